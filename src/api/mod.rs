@@ -1,0 +1,26 @@
+//! The `DatabaseMigration` API (`phasegate.dev/v1alpha1`).
+//!
+//! Doc comments on fields become `kubectl explain` text; keep them user-facing.
+
+mod spec;
+mod status;
+
+pub use spec::*;
+pub use status::*;
+
+/// API group of every Phasegate resource.
+pub const GROUP: &str = "phasegate.dev";
+/// Field manager used for every server-side apply Phasegate makes.
+pub const FIELD_MANAGER: &str = "phasegate";
+
+/// Annotation approving contract when `spec.contract.approval` is `Manual`.
+pub const ANNOTATION_APPROVE: &str = "phasegate.dev/approve";
+/// Annotation whose new value requests a retry of a failed phase.
+pub const ANNOTATION_RETRY: &str = "phasegate.dev/retry";
+
+/// Label put on every executor Job and its pods.
+pub const LABEL_EXECUTOR: &str = "phasegate.dev/executor";
+/// Label naming the migration an executor Job belongs to.
+pub const LABEL_MIGRATION: &str = "phasegate.dev/migration";
+/// Label naming the phase an executor Job runs.
+pub const LABEL_PHASE: &str = "phasegate.dev/phase";

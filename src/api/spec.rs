@@ -1,0 +1,266 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::DatabaseMigrationStatus;
+
+/// A PostgreSQL schema change run with the expand/contract pattern: expand, wait until every
+/// target workload runs `appVersion` or newer, then contract.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "phasegate.dev",
+    version = "v1alpha1",
+    kind = "DatabaseMigration",
+    plural = "databasemigrations",
+    shortname = "dbm",
+    namespaced,
+    status = "DatabaseMigrationStatus",
+    category = "phasegate",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.appVersion"}"#,
+    printcolumn = r#"{"name":"Targets","type":"string","jsonPath":".status.targetsReady","description":"Targets whose rollout is complete / all targets"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseMigrationSpec {
+    /// The application code version that needs this schema. Contract runs only once every
+    /// target runs this version or a newer one. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("appVersion is immutable; create a new DatabaseMigration"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub app_version: String,
+
+    /// The database to migrate. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("database is immutable; create a new DatabaseMigration"))]
+    pub database: DatabaseSpec,
+
+    /// The additive, backward-compatible change, applied before the new code rolls out.
+    /// Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("expand is immutable; create a new DatabaseMigration"))]
+    pub expand: PhaseSpec,
+
+    /// The change that removes what the old code needed, applied only after every target
+    /// has rolled out `appVersion`.
+    pub contract: ContractSpec,
+
+    /// The workloads that must run `appVersion` before contract.
+    pub rollout: RolloutSpec,
+
+    /// Lock and statement limits for the executor.
+    #[serde(default)]
+    pub safety: SafetySpec,
+}
+
+/// Where the database is.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// A key of a Secret in the migration's namespace holding a PostgreSQL connection URL
+    /// (`postgres://user:password@host:5432/db?sslmode=require`). Only the executor Job
+    /// reads it; the operator never does.
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// A key in a Secret of the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// What one phase runs: exactly one of `sql` or `job`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.sql) != has(self.job)").message("exactly one of sql or job must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseSpec {
+    /// SQL run by Phasegate's executor in one transaction, with the lock safety of
+    /// `spec.safety`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    /// A Job of your own (Flyway, Atlas, golang-migrate, psql, …) that runs this phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobSpec>,
+}
+
+/// A user-supplied executor.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    /// A pod template (as in a Job's `spec.template`). Phasegate sets `restartPolicy: Never`
+    /// and adds `PHASEGATE_*` environment variables naming the migration and phase.
+    #[schemars(schema_with = "crate::api::spec::preserve_unknown_object")]
+    pub template: serde_json::Value,
+    /// Retries of the Job's pod before the phase fails (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: Option<i32>,
+}
+
+/// The contract phase and its gates.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.sql) != has(self.job)").message("exactly one of contract.sql or contract.job must be set"))]
+#[x_kube(validation = Rule::new("(has(self.sql) ? self.sql : '') == (has(oldSelf.sql) ? oldSelf.sql : '') && has(self.job) == has(oldSelf.job) && (!has(self.job) || self.job == oldSelf.job)").message("contract.sql and contract.job are immutable; approval and delay may change"))]
+#[serde(rename_all = "camelCase")]
+pub struct ContractSpec {
+    /// SQL run by Phasegate's executor in one transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    /// A Job of your own that runs contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobSpec>,
+    /// `Automatic` contracts as soon as the gates allow; `Manual` also waits for the
+    /// annotation `phasegate.dev/approve: "true"`.
+    #[serde(default)]
+    pub approval: Approval,
+    /// Soak time after the rollout completed and before contract, e.g. `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub delay: Option<String>,
+}
+
+/// How contract is approved.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Approval {
+    /// Contract runs once the rollout is complete and the delay has passed.
+    #[default]
+    Automatic,
+    /// Contract additionally waits for the `phasegate.dev/approve: "true"` annotation.
+    Manual,
+}
+
+/// The workloads whose rollout gates contract.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Workloads in the migration's namespace, by name or label selector.
+    #[schemars(length(min = 1, max = 32))]
+    pub targets: Vec<TargetSpec>,
+    /// Where a pod template's version is read from (default: the
+    /// `app.kubernetes.io/version` label).
+    #[serde(default)]
+    pub version_from: VersionFrom,
+    /// How long to wait for the rollout before the migration fails, e.g. `1h`. Unset waits
+    /// forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub timeout: Option<String>,
+}
+
+/// One target: a workload by name, or every workload of a kind matching a selector.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.name) != has(self.selector)").message("a target needs exactly one of name or selector"))]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSpec {
+    /// The workload kind.
+    pub kind: TargetKind,
+    /// The workload's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A label selector; it must match at least one workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Workload kinds that can gate contract.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+pub enum TargetKind {
+    /// An `apps/v1` Deployment.
+    Deployment,
+}
+
+impl std::fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetKind::Deployment => f.write_str("Deployment"),
+        }
+    }
+}
+
+/// Where a pod template's version is read from: exactly one of `label`, `annotation` or
+/// `image`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("(has(self.label) ? 1 : 0) + (has(self.annotation) ? 1 : 0) + (has(self.image) ? 1 : 0) == 1").message("versionFrom needs exactly one of label, annotation or image"))]
+#[serde(rename_all = "camelCase")]
+pub struct VersionFrom {
+    /// A pod-template label key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// A pod-template annotation key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotation: Option<String>,
+    /// The tag of a container's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageVersion>,
+}
+
+impl Default for VersionFrom {
+    fn default() -> Self {
+        Self {
+            label: Some("app.kubernetes.io/version".into()),
+            annotation: None,
+            image: None,
+        }
+    }
+}
+
+/// Read the version from a container's image tag.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ImageVersion {
+    /// The container's name.
+    pub container: String,
+}
+
+/// Limits the executor applies to every phase.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SafetySpec {
+    /// `lock_timeout` of each attempt, e.g. `2s`.
+    #[serde(default = "default_lock_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub lock_timeout: String,
+    /// `statement_timeout` of the phase, e.g. `10m`.
+    #[serde(default = "default_statement_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub statement_timeout: String,
+    /// Attempts after a lock timeout before the phase fails.
+    #[serde(default = "default_max_lock_retries")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_lock_retries: u32,
+}
+
+impl Default for SafetySpec {
+    fn default() -> Self {
+        Self {
+            lock_timeout: default_lock_timeout(),
+            statement_timeout: default_statement_timeout(),
+            max_lock_retries: default_max_lock_retries(),
+        }
+    }
+}
+
+fn default_lock_timeout() -> String {
+    "2s".into()
+}
+fn default_statement_timeout() -> String {
+    "10m".into()
+}
+fn default_max_lock_retries() -> u32 {
+    10
+}
+
+/// Schema of an embedded object Phasegate passes through (a pod template).
+pub(crate) fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// Labels of a workload or pod, as observed.
+pub type Labels = BTreeMap<String, String>;

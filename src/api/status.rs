@@ -1,0 +1,134 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Observed state of a DatabaseMigration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseMigrationStatus {
+    /// Where the migration is: Pending, Expanding, AwaitingRollout, Soaking,
+    /// AwaitingApproval, Contracting, Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// kstatus conditions (`Ready`, `Reconciling`, `Stalled`) and Phasegate's own
+    /// (`Expanded`, `RolloutComplete`, `Contracted`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Rollout progress of every target workload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetStatus>,
+    /// Targets whose rollout is complete, out of all targets, e.g. `2/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets_ready: Option<String>,
+    /// The expand phase's executions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expand: Option<PhaseStatus>,
+    /// The contract phase's executions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<PhaseStatus>,
+    /// When every target first reported a complete rollout; the soak delay counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_completed_at: Option<Time>,
+    /// When the migration started waiting for the rollout; the rollout timeout counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_started_at: Option<Time>,
+    /// The last `phasegate.dev/retry` annotation value acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_retry: Option<String>,
+}
+
+/// The lifecycle of a migration.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Phase {
+    /// Accepted, nothing run yet.
+    Pending,
+    /// The expand Job is running.
+    Expanding,
+    /// Expand is applied; waiting for every target to roll out `appVersion`.
+    AwaitingRollout,
+    /// The rollout is complete; waiting out `contract.delay`.
+    Soaking,
+    /// The rollout is complete; waiting for manual approval.
+    AwaitingApproval,
+    /// The contract Job is running.
+    Contracting,
+    /// Both phases are applied.
+    Succeeded,
+    /// A phase failed, the spec is invalid or the rollout timed out; see the `Stalled`
+    /// condition.
+    Failed,
+}
+
+impl Phase {
+    /// The name used in status, Events and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Expanding => "Expanding",
+            Phase::AwaitingRollout => "AwaitingRollout",
+            Phase::Soaking => "Soaking",
+            Phase::AwaitingApproval => "AwaitingApproval",
+            Phase::Contracting => "Contracting",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Executions of one phase.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseStatus {
+    /// Jobs started for this phase (retries included).
+    pub attempts: u32,
+    /// The Job of the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// When the latest attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the phase last finished, successfully or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// Whether the phase is applied.
+    #[serde(default)]
+    pub succeeded: bool,
+    /// The executor's report of the latest attempt, or its error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Rollout progress of one workload.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    /// The workload kind.
+    pub kind: String,
+    /// The workload name.
+    pub name: String,
+    /// The version its pod template carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Whether its rollout of `appVersion` (or newer) is complete.
+    pub complete: bool,
+    /// Desired replicas.
+    pub replicas: i32,
+    /// Replicas running the latest pod template.
+    pub updated_replicas: i32,
+    /// Available replicas.
+    pub available_replicas: i32,
+    /// Pods of an older version still present, terminating ones included.
+    pub old_pods: i32,
+    /// Why the target is not complete yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

@@ -1,0 +1,192 @@
+//! Test and demo harness for kwok clusters, not part of the product: kwok simulates pods
+//! without running them, so this runner does what a kubelet would for Phasegate's executor
+//! pods. It watches pods labelled `phasegate.dev/executor`, resolves their environment
+//! through the API (Secrets included), runs the real `phasegate apply` process on this
+//! machine, and writes the outcome (phase, exit code, termination message) into the pod's
+//! status, so the real Job controller sees a real success or failure.
+//!
+//! Containers whose image is not Phasegate's run their `command`/`args` locally when the
+//! program exists here (e.g. `psql`), which is how the user-Job examples are exercised.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, Context as _};
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Runs Phasegate executor pods of a kwok cluster on this machine (tests and demo only)")]
+struct Args {
+    /// Only handle pods in this namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The `phasegate` binary to run for Phasegate's executor image.
+    #[arg(long, env = "PHASEGATE_BIN")]
+    phasegate_bin: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    let args = Args::parse();
+    let client = Client::try_default().await.context("building a Kubernetes client")?;
+    let pods: Api<Pod> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let started: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let cfg = watcher::Config::default().labels(phasegate::api::LABEL_EXECUTOR);
+    let mut stream = watcher(pods, cfg).default_backoff().applied_objects().boxed();
+    tracing::info!(namespace = ?args.namespace, "kwok runner watching executor pods");
+    while let Some(pod) = stream.try_next().await? {
+        let uid = pod.uid().unwrap_or_default();
+        let scheduled = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+        let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
+        if !scheduled || !pending || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let fresh = started.lock().map(|mut s| s.insert(uid)).unwrap_or(false);
+        if !fresh {
+            continue;
+        }
+        let (client, args) = (client.clone(), args.clone());
+        tokio::spawn(async move {
+            let name = pod.name_any();
+            if let Err(e) = run_pod(client, &args, pod).await {
+                tracing::error!(pod = %name, error = %format!("{e:#}"), "could not run executor pod");
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
+    let ns = pod.namespace().ok_or_else(|| anyhow!("pod without namespace"))?;
+    let name = pod.name_any();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let container = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .cloned()
+        .ok_or_else(|| anyhow!("pod {name} has no container"))?;
+    let started_at = Timestamp::now();
+    set_status(&pods, &name, &container, serde_json::json!({"running": {"startedAt": started_at.to_string()}}), "Running").await?;
+
+    let env = resolve_env(&client, &ns, &container).await;
+    let dir = tempfile::tempdir()?;
+    let term_log = dir.path().join("termination-log");
+    let (program, argv) = command_of(&container, args)?;
+    tracing::info!(pod = %name, %program, "running executor");
+    let outcome = match env {
+        Ok(env) => {
+            let out = tokio::process::Command::new(&program)
+                .args(&argv)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .envs(env)
+                .env("PHASEGATE_TERMINATION_LOG", &term_log)
+                .output()
+                .await
+                .with_context(|| format!("starting {program}"))?;
+            let code = out.status.code().unwrap_or(128);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            tracing::info!(pod = %name, code, "executor finished");
+            let message = std::fs::read_to_string(&term_log).ok().filter(|m| !m.trim().is_empty()).unwrap_or_else(|| {
+                // FallbackToLogsOnError: the tail of the logs.
+                let logs = format!("{stdout}{stderr}");
+                let tail: Vec<&str> = logs.lines().rev().take(20).collect();
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            });
+            (code, message)
+        }
+        // The kubelet reports a missing Secret as CreateContainerConfigError; fail the pod.
+        Err(e) => (1, format!("CreateContainerConfigError: {e:#}")),
+    };
+    let (code, message) = outcome;
+    let message: String = message.chars().take(4000).collect();
+    let terminated = serde_json::json!({"terminated": {
+        "exitCode": code,
+        "reason": if code == 0 { "Completed" } else { "Error" },
+        "message": message,
+        "startedAt": started_at.to_string(),
+        "finishedAt": Timestamp::now().to_string(),
+    }});
+    set_status(&pods, &name, &container, terminated, if code == 0 { "Succeeded" } else { "Failed" }).await
+}
+
+async fn set_status(pods: &Api<Pod>, name: &str, c: &Container, state: serde_json::Value, phase: &str) -> anyhow::Result<()> {
+    let patch = serde_json::json!({"status": {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": if phase == "Running" { "True" } else { "False" }, "lastTransitionTime": Timestamp::now().to_string()}],
+        "containerStatuses": [{
+            "name": c.name,
+            "image": c.image.clone().unwrap_or_default(),
+            "imageID": "",
+            "ready": phase == "Running",
+            "restartCount": 0,
+            "started": phase == "Running",
+            "state": state,
+        }],
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("writing status of pod {name}"))?;
+    Ok(())
+}
+
+/// What to run: Phasegate's image runs the local `phasegate` binary with the container's
+/// args; any other image runs its command locally.
+fn command_of(c: &Container, args: &Args) -> anyhow::Result<(String, Vec<String>)> {
+    let image = c.image.clone().unwrap_or_default();
+    let image_name = image.rsplit('/').next().unwrap_or_default();
+    let mut argv: Vec<String> = c.command.clone().unwrap_or_default();
+    argv.extend(c.args.clone().unwrap_or_default());
+    if image_name.starts_with("phasegate:") || image_name == "phasegate" {
+        let rest = if c.command.is_some() { argv.into_iter().skip(1).collect() } else { argv };
+        return Ok((args.phasegate_bin.display().to_string(), rest));
+    }
+    let mut it = argv.into_iter();
+    let program = it.next().ok_or_else(|| anyhow!("container {} of image {image} has no command to run locally", c.name))?;
+    Ok((program, it.collect()))
+}
+
+async fn resolve_env(client: &Client, ns: &str, c: &Container) -> anyhow::Result<BTreeMap<String, String>> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let mut env = BTreeMap::new();
+    for var in c.env.iter().flatten() {
+        let value = if let Some(v) = &var.value {
+            v.clone()
+        } else if let Some(src) = &var.value_from {
+            if let Some(sk) = &src.secret_key_ref {
+                let secret = secrets.get(&sk.name).await.with_context(|| format!("secret {:?} not found", sk.name))?;
+                let bytes = secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(&sk.key))
+                    .map(|b| b.0.clone())
+                    .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&sk.key)).map(|s| s.as_bytes().to_vec()))
+                    .ok_or_else(|| anyhow!("couldn't find key {} in Secret {}/{}", sk.key, ns, sk.name))?;
+                String::from_utf8(bytes).context("secret value is not UTF-8")?
+            } else if let Some(ck) = &src.config_map_key_ref {
+                let cm = maps.get(&ck.name).await.with_context(|| format!("configmap {:?} not found", ck.name))?;
+                cm.data.as_ref().and_then(|d| d.get(&ck.key)).cloned().ok_or_else(|| anyhow!("couldn't find key {} in ConfigMap {}", ck.key, ck.name))?
+            } else {
+                continue;
+            }
+        } else {
+            String::new()
+        };
+        env.insert(var.name.clone(), value);
+    }
+    Ok(env)
+}

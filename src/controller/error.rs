@@ -1,0 +1,48 @@
+use thiserror::Error;
+
+/// Errors of one reconcile; each maps to a low-cardinality reason for logs and metrics.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("Kubernetes API error while {action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Job {job} exists but belongs to another owner; delete or rename it")]
+    JobConflict { job: String },
+    #[error("invalid label selector in {target}: {reason}")]
+    Selector { target: String, reason: String },
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+    #[error("cannot serialise {what}: {source}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// The reason label used in metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "KubeApi",
+            Error::JobConflict { .. } => "JobConflict",
+            Error::Selector { .. } => "InvalidSelector",
+            Error::MissingField(_) => "MalformedObject",
+            Error::Serialize { .. } => "Serialize",
+        }
+    }
+}
+
+/// Attach what was being done to a kube error.
+pub trait KubeContext<T> {
+    fn during(self, action: impl Into<String>) -> Result<T, Error>;
+}
+
+impl<T> KubeContext<T> for Result<T, kube::Error> {
+    fn during(self, action: impl Into<String>) -> Result<T, Error> {
+        self.map_err(|source| Error::Kube { action: action.into(), source })
+    }
+}

@@ -1,0 +1,212 @@
+//! Executor Jobs: built from the spec (pure), created or adopted, and read back.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec as K8sJobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
+    SecretKeySelector, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::api::{DatabaseMigration, LABEL_EXECUTOR, LABEL_MIGRATION, LABEL_PHASE};
+use crate::planner::{job_name, validate, JobPhase, JobState};
+
+use super::error::{Error, KubeContext};
+
+/// How executor Jobs are run.
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// Image holding the `phasegate` binary, for inline `sql`.
+    pub image: String,
+}
+
+/// The Job of `phase`'s attempt `attempt` (pure).
+pub fn build_job(dbm: &DatabaseMigration, phase: JobPhase, attempt: u32, cfg: &ExecutorConfig) -> Result<Job, Error> {
+    let name = dbm.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    let namespace = dbm.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
+    let uid = dbm.metadata.uid.clone().unwrap_or_default();
+    let owner = dbm.controller_owner_ref(&()).ok_or(Error::MissingField("metadata.uid"))?;
+    let spec = &dbm.spec;
+    let (sql, user_job) = match phase {
+        JobPhase::Expand => (spec.expand.sql.clone(), spec.expand.job.clone()),
+        JobPhase::Contract => (spec.contract.sql.clone(), spec.contract.job.clone()),
+    };
+    let labels: BTreeMap<String, String> = [
+        (LABEL_EXECUTOR.to_string(), "true".to_string()),
+        (LABEL_MIGRATION.to_string(), name.clone()),
+        (LABEL_PHASE.to_string(), phase.as_str().to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), "phasegate".to_string()),
+    ]
+    .into();
+
+    let url_ref = &spec.database.url_secret_ref;
+    let mut env = vec![
+        EnvVar {
+            name: "PHASEGATE_DATABASE_URL".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector { name: url_ref.name.clone(), key: url_ref.key.clone(), optional: Some(false) }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        plain("PHASEGATE_PHASE", phase.as_str()),
+        plain("PHASEGATE_MIGRATION_NAMESPACE", &namespace),
+        plain("PHASEGATE_MIGRATION_NAME", &name),
+        plain("PHASEGATE_MIGRATION_UID", &uid),
+        plain("PHASEGATE_APP_VERSION", &spec.app_version),
+        plain("PHASEGATE_ATTEMPT", &attempt.to_string()),
+        plain("PHASEGATE_LOCK_TIMEOUT", &spec.safety.lock_timeout),
+        plain("PHASEGATE_STATEMENT_TIMEOUT", &spec.safety.statement_timeout),
+        plain("PHASEGATE_MAX_LOCK_RETRIES", &spec.safety.max_lock_retries.to_string()),
+    ];
+
+    let (mut template, backoff_limit) = match (sql, user_job) {
+        (Some(sql), _) => {
+            env.push(plain("PHASEGATE_SQL", &sql));
+            (executor_template(cfg, env), 0)
+        }
+        (None, Some(job)) => {
+            let mut t = validate::pod_template(&job).map_err(|reason| Error::Selector { target: format!("{phase} job"), reason })?;
+            if let Some(ps) = t.spec.as_mut() {
+                for c in &mut ps.containers {
+                    c.env.get_or_insert_with(Vec::new).extend(env.iter().cloned());
+                }
+            }
+            (t, job.backoff_limit.unwrap_or(0))
+        }
+        (None, None) => return Err(Error::MissingField("sql or job")),
+    };
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    meta.labels.get_or_insert_with(BTreeMap::new).extend(labels.clone());
+    if let Some(ps) = template.spec.as_mut() {
+        ps.restart_policy = Some("Never".into());
+    }
+
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(&name, phase, attempt)),
+            namespace: Some(namespace),
+            labels: Some(labels),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(K8sJobSpec { backoff_limit: Some(backoff_limit), template, ..Default::default() }),
+        status: None,
+    })
+}
+
+fn plain(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+}
+
+/// Phasegate's own executor pod, under the restricted pod security standard.
+fn executor_template(cfg: &ExecutorConfig, env: Vec<EnvVar>) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta::default()),
+        spec: Some(PodSpec {
+            automount_service_account_token: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            containers: vec![Container {
+                name: "executor".into(),
+                image: Some(cfg.image.clone()),
+                args: Some(vec!["apply".into()]),
+                env: Some(env),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    run_as_non_root: Some(true),
+                    capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+/// Create the Job, or adopt one of that name that is ours or ownerless. Never duplicates.
+pub async fn create_or_adopt(jobs: &Api<Job>, job: &Job, owner: &OwnerReference) -> Result<Job, Error> {
+    let name = job.name_any();
+    match jobs.create(&PostParams::default(), job).await {
+        Ok(j) => Ok(j),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let existing = jobs.get(&name).await.during(format!("reading existing Job {name}"))?;
+            let refs = existing.metadata.owner_references.clone().unwrap_or_default();
+            if refs.iter().any(|r| r.uid == owner.uid) {
+                return Ok(existing);
+            }
+            if refs.iter().any(|r| r.controller == Some(true)) {
+                return Err(Error::JobConflict { job: name });
+            }
+            let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
+            jobs.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+                .await
+                .during(format!("adopting Job {name}"))
+        }
+        Err(e) => Err(Error::Kube { action: format!("creating Job {name}"), source: e }),
+    }
+}
+
+/// The state of the Job of a phase's current attempt, with the executor's report.
+pub async fn observe(jobs: &Api<Job>, pods: &Api<Pod>, dbm: &DatabaseMigration, phase: JobPhase, attempt: u32) -> Result<JobState, Error> {
+    let name = job_name(&dbm.name_any(), phase, attempt);
+    let Some(job) = jobs.get_opt(&name).await.during(format!("reading Job {name}"))? else {
+        return Ok(JobState::Absent);
+    };
+    // A Job of that name owned by another object is not ours to read.
+    let ours = dbm.meta().uid.as_ref().is_some_and(|uid| {
+        job.metadata.owner_references.iter().flatten().any(|r| &r.uid == uid)
+    });
+    if !ours {
+        return Ok(JobState::Absent);
+    }
+    let cond = |t: &str| {
+        job.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == t && c.status == "True")).cloned()
+    };
+    if cond("Complete").is_some() {
+        return Ok(JobState::Succeeded(termination_message(pods, &name).await?));
+    }
+    if let Some(failed) = cond("Failed") {
+        let msg = match termination_message(pods, &name).await? {
+            Some(m) => m,
+            None => format!("Job {name} failed: {}", failed.message.or(failed.reason).unwrap_or_default()),
+        };
+        return Ok(JobState::Failed(msg));
+    }
+    Ok(JobState::Running)
+}
+
+/// The executor's one-line summary from the newest terminated pod of a Job.
+async fn termination_message(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Error> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await
+        .during(format!("listing pods of Job {job}"))?;
+    let mut terminated: Vec<_> = list
+        .items
+        .iter()
+        .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+        .filter_map(|cs| cs.state.as_ref()?.terminated.clone())
+        .collect();
+    terminated.sort_by(|a, b| a.finished_at.cmp(&b.finished_at));
+    Ok(terminated.last().and_then(|t| t.message.clone()).filter(|m| !m.trim().is_empty()).map(|m| summarise(&m)))
+}
+
+/// Turn a termination message into one line for status: the executor's report summary, or
+/// the message itself for a user Job.
+pub fn summarise(message: &str) -> String {
+    match crate::executor::report::Report::parse(message) {
+        Some(r) => r.summary(),
+        None => message.trim().chars().take(1024).collect(),
+    }
+}

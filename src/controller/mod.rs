@@ -1,0 +1,138 @@
+//! The Kubernetes side: watch DatabaseMigrations, their Jobs, target workloads and pods;
+//! observe, plan (see [`crate::planner`]), apply.
+
+pub mod error;
+pub mod jobs;
+mod reconcile;
+pub mod workloads;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::Selector;
+use kube::core::SelectorExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+
+use crate::api::{DatabaseMigration, Phase, LABEL_EXECUTOR};
+
+pub use error::Error;
+pub use jobs::ExecutorConfig;
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Watch only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    pub executor: ExecutorConfig,
+}
+
+/// Shared state of every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub config: Config,
+}
+
+/// Run the controller until SIGTERM/SIGINT.
+pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
+    let api = |c: &Client| -> Api<DatabaseMigration> {
+        match &config.namespace {
+            Some(ns) => Api::namespaced(c.clone(), ns),
+            None => Api::all(c.clone()),
+        }
+    };
+    let migrations = api(&client);
+    if let Err(e) = migrations.list(&kube::api::ListParams::default().limit(1)).await {
+        anyhow::bail!("cannot list DatabaseMigrations (is the CRD installed? `phasegate crd | kubectl apply --server-side -f -`): {e}");
+    }
+    let jobs: Api<Job> = scoped(&client, &config.namespace);
+    let deployments: Api<Deployment> = scoped(&client, &config.namespace);
+    let pods: Api<Pod> = scoped(&client, &config.namespace);
+
+    let reporter = Reporter { controller: "phasegate".into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context { client: client.clone(), recorder: Recorder::new(client.clone(), reporter), config });
+
+    let controller = Controller::new(migrations, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let deploy_store = store.clone();
+    let pod_store = store.clone();
+    controller
+        .owns(jobs, watcher::Config::default().labels(LABEL_EXECUTOR))
+        .watches(deployments, watcher::Config::default(), move |d| migrations_targeting(&deploy_store, &d))
+        .watches(pods, watcher::Config::default(), move |p| migrations_waiting_in(&pod_store, &p))
+        .shutdown_on_signal()
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(migration = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+    Ok(())
+}
+
+fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The migrations whose targets name or select this Deployment.
+fn migrations_targeting(store: &Store<DatabaseMigration>, d: &Deployment) -> Vec<ObjectRef<DatabaseMigration>> {
+    let ns = d.namespace();
+    let name = d.name_any();
+    let labels = d.labels();
+    store
+        .state()
+        .iter()
+        .filter(|m| m.namespace() == ns)
+        .filter(|m| {
+            m.spec.rollout.targets.iter().any(|t| match (&t.name, &t.selector) {
+                (Some(n), _) => *n == name,
+                (None, Some(sel)) => Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels)),
+                _ => false,
+            })
+        })
+        .map(|m| ObjectRef::from_obj(m.as_ref()))
+        .collect()
+}
+
+/// The migrations of a pod's namespace that still wait on a rollout: a pod's arrival or
+/// departure (terminating pods included) can open their gate.
+fn migrations_waiting_in(store: &Store<DatabaseMigration>, p: &Pod) -> Vec<ObjectRef<DatabaseMigration>> {
+    if p.labels().contains_key(LABEL_EXECUTOR) {
+        return Vec::new();
+    }
+    let ns = p.namespace();
+    store
+        .state()
+        .iter()
+        .filter(|m| m.namespace() == ns)
+        .filter(|m| {
+            matches!(
+                m.status.as_ref().and_then(|s| s.phase),
+                Some(Phase::AwaitingRollout | Phase::Soaking | Phase::AwaitingApproval)
+            )
+        })
+        .map(|m| ObjectRef::from_obj(m.as_ref()))
+        .collect()
+}
+
+/// Requeue used after an error.
+pub(crate) fn backoff(_: &Error) -> Action {
+    Action::requeue(Duration::from_secs(10))
+}

@@ -1,0 +1,98 @@
+//! One reconcile: observe → validate & plan (pure) → apply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::api::{DatabaseMigration, FIELD_MANAGER, ANNOTATION_APPROVE, ANNOTATION_RETRY};
+use crate::planner::{self, Input, JobPhase, JobState};
+
+use super::error::{Error, KubeContext};
+use super::{jobs, workloads, Context};
+
+pub async fn reconcile(dbm: Arc<DatabaseMigration>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = dbm.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = dbm.name_any();
+    let client = &ctx.client;
+    let jobs_api: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let status = dbm.status.clone().unwrap_or_default();
+
+    // Observe.
+    let attempt = |p: &Option<crate::api::PhaseStatus>| p.as_ref().map_or(1, |s| s.attempts.max(1));
+    let expand_job = jobs::observe(&jobs_api, &pods_api, &dbm, JobPhase::Expand, attempt(&status.expand)).await?;
+    let expanded = status.expand.as_ref().is_some_and(|e| e.succeeded) || matches!(expand_job, JobState::Succeeded(_));
+    let contract_job = if expanded {
+        jobs::observe(&jobs_api, &pods_api, &dbm, JobPhase::Contract, attempt(&status.contract)).await?
+    } else {
+        JobState::Absent
+    };
+    let targets = if expanded {
+        workloads::observe_targets(client, &ns, &dbm.spec.rollout.targets, &dbm.spec.rollout.version_from, &dbm.spec.app_version).await?
+    } else {
+        Vec::new()
+    };
+    let annotations = dbm.annotations();
+
+    // Plan.
+    let plan = planner::plan(&Input {
+        now: Timestamp::now(),
+        name: &name,
+        generation: dbm.metadata.generation.unwrap_or(0),
+        spec: &dbm.spec,
+        status: &status,
+        approved: annotations.get(ANNOTATION_APPROVE).is_some_and(|v| v == "true"),
+        retry: annotations.get(ANNOTATION_RETRY).map(String::as_str),
+        expand_job,
+        contract_job,
+        targets,
+    });
+
+    // Apply: the Job first, so a crash before the status write is healed by adoption.
+    if let planner::Action::StartJob { phase, attempt } = plan.action {
+        let job = jobs::build_job(&dbm, phase, attempt, &ctx.config.executor)?;
+        let owner = dbm.controller_owner_ref(&()).ok_or(Error::MissingField("metadata.uid"))?;
+        jobs::create_or_adopt(&jobs_api, &job, &owner).await?;
+        tracing::info!(migration = %name, namespace = %ns, %phase, attempt, "started Job");
+    }
+    if dbm.status.as_ref() != Some(&plan.status) {
+        let patch = serde_json::json!({
+            "apiVersion": "phasegate.dev/v1alpha1",
+            "kind": "DatabaseMigration",
+            "status": plan.status,
+        });
+        let api: Api<DatabaseMigration> = Api::namespaced(client.clone(), &ns);
+        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .during(format!("writing status of DatabaseMigration {name}"))?;
+    }
+    if let Some(t) = &plan.transition {
+        tracing::info!(migration = %name, namespace = %ns, phase = ?plan.status.phase, reason = %t.reason, message = %t.message, "phase changed");
+        let event = Event {
+            type_: if t.warning { EventType::Warning } else { EventType::Normal },
+            reason: t.reason.clone(),
+            note: Some(t.message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &dbm.object_ref(&())).await {
+            tracing::warn!(migration = %name, error = %e, "could not publish Event");
+        }
+    }
+    Ok(match plan.requeue_after {
+        Some(d) => Action::requeue(d + Duration::from_millis(200)),
+        None => Action::await_change(),
+    })
+}
+
+pub fn error_policy(dbm: Arc<DatabaseMigration>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(migration = %dbm.name_any(), namespace = ?dbm.namespace(), reason = err.reason(), error = %err, "reconcile failed");
+    super::backoff(err)
+}

@@ -1,0 +1,378 @@
+//! Connecting to PostgreSQL from a libpq-style URL, with TLS through rustls.
+//!
+//! tokio-postgres only understands `sslmode=disable|prefer|require` and never verifies
+//! certificates by itself, so the libpq TLS parameters (`sslmode` incl. `verify-ca` and
+//! `verify-full`, `sslrootcert`) are taken out of the URL here and turned into a rustls config.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::Client;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Result<SslMode, ConnectError> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => return Err(ConnectError::Config(format!("unsupported sslmode {other:?}"))),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Never carries the URL itself: it holds the password.
+    #[error("invalid database URL: {0}")]
+    Config(String),
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("could not connect to the database: {message}")]
+    Connect { sqlstate: Option<String>, message: String },
+}
+
+/// Parsed connection settings. `Debug` is deliberately not derived: the config holds the password.
+pub struct ConnSettings {
+    pub config: tokio_postgres::Config,
+    pub ssl_mode: SslMode,
+    pub root_cert: Option<String>,
+}
+
+impl ConnSettings {
+    /// Strings that must never appear in any output (the password, the whole URL).
+    pub fn secrets(&self, url: &str) -> Vec<String> {
+        let mut out = vec![url.to_string()];
+        if let Some(pw) = self.config.get_password() {
+            let pw = String::from_utf8_lossy(pw).to_string();
+            if !pw.is_empty() {
+                out.push(percent_encode_min(&pw));
+                out.push(pw);
+            }
+        }
+        out.retain(|s| s.len() >= 3);
+        out
+    }
+}
+
+/// Splits the libpq TLS parameters out of a URL or key=value connection string.
+pub fn parse(url: &str) -> Result<ConnSettings, ConnectError> {
+    let mut ssl_mode: Option<SslMode> = None;
+    let mut root_cert: Option<String> = None;
+    let url = url.trim();
+    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        match url.split_once('?') {
+            None => url.to_string(),
+            Some((base, query)) => {
+                let mut kept = Vec::new();
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    match k {
+                        "sslmode" => ssl_mode = Some(SslMode::parse(&percent_decode(v))?),
+                        "sslrootcert" => root_cert = Some(percent_decode(v)),
+                        _ => kept.push(pair),
+                    }
+                }
+                if kept.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+        }
+    } else {
+        // key=value form; values with spaces must be quoted, which we keep as is.
+        let mut kept = Vec::new();
+        for tok in url.split_whitespace() {
+            match tok.split_once('=') {
+                Some(("sslmode", v)) => ssl_mode = Some(SslMode::parse(v.trim_matches('\''))?),
+                Some(("sslrootcert", v)) => root_cert = Some(v.trim_matches('\'').to_string()),
+                _ => kept.push(tok),
+            }
+        }
+        kept.join(" ")
+    };
+    let ssl_mode = match ssl_mode {
+        Some(m) => m,
+        None => match std::env::var("PGSSLMODE") {
+            Ok(v) if !v.is_empty() => SslMode::parse(&v)?,
+            _ => SslMode::Prefer,
+        },
+    };
+    let root_cert = root_cert.or_else(|| std::env::var("PGSSLROOTCERT").ok().filter(|v| !v.is_empty()));
+    let mut config = tokio_postgres::Config::from_str(&rest)
+        // tokio-postgres' parse errors name the offending key, never the value.
+        .map_err(|e| ConnectError::Config(e.to_string()))?;
+    config.ssl_mode(match ssl_mode {
+        SslMode::Disable => PgSslMode::Disable,
+        SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+    });
+    if config.get_application_name().is_none() {
+        config.application_name("phasegate");
+    }
+    Ok(ConnSettings { config, ssl_mode, root_cert })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+fn percent_encode_min(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Connects and spawns the connection task.
+pub async fn connect(settings: &ConnSettings, timeout: Duration) -> Result<Client, ConnectError> {
+    let mut config = settings.config.clone();
+    if !timeout.is_zero() {
+        config.connect_timeout(timeout);
+    }
+    let connect_err = |e: tokio_postgres::Error| {
+        let (sqlstate, message) = describe(&e);
+        ConnectError::Connect { sqlstate, message }
+    };
+    if settings.ssl_mode == SslMode::Disable {
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(connect_err)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "database connection closed");
+            }
+        });
+        return Ok(client);
+    }
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(settings)?);
+    let (client, conn) = config.connect(tls).await.map_err(connect_err)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// SQLSTATE and message of a tokio-postgres error, including its source chain.
+pub fn describe(e: &tokio_postgres::Error) -> (Option<String>, String) {
+    if let Some(db) = e.as_db_error() {
+        let mut msg = db.message().to_string();
+        if let Some(d) = db.detail() {
+            msg.push_str(&format!(" DETAIL: {d}"));
+        }
+        if let Some(h) = db.hint() {
+            msg.push_str(&format!(" HINT: {h}"));
+        }
+        return (Some(db.code().code().to_string()), msg);
+    }
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg.push_str(": ");
+            msg.push_str(&t);
+        }
+        src = s.source();
+    }
+    (e.code().map(|c| c.code().to_string()), msg)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_config(settings: &ConnSettings) -> Result<rustls::ClientConfig, ConnectError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let verify = matches!(settings.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull);
+    if !verify {
+        // libpq semantics: require/prefer encrypt but do not authenticate the server.
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match &settings.root_cert {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| ConnectError::Tls(format!("cannot read sslrootcert {path}: {e}")))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| ConnectError::Tls(format!("bad certificate in sslrootcert {path}: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| ConnectError::Tls(format!("bad certificate in sslrootcert {path}: {e}")))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(ConnectError::Tls(
+            "no trusted root certificates for sslmode=verify-ca/verify-full: set sslrootcert".into(),
+        ));
+    }
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let verifier: Arc<dyn ServerCertVerifier> = if settings.ssl_mode == SslMode::VerifyCa {
+        Arc::new(VerifyCaOnly(webpki))
+    } else {
+        webpki
+    };
+    Ok(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth())
+}
+
+/// `sslmode=require`: encryption without server authentication (as libpq does).
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `sslmode=verify-ca`: the chain must lead to a trusted root; the host name is not checked.
+#[derive(Debug)]
+struct VerifyCaOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for VerifyCaOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_tls_params_from_urls() {
+        let s = parse("postgres://u:p%40ss@db.example:5433/app?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&connect_timeout=5")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(s.root_cert.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(s.config.get_password(), Some(&b"p@ss"[..]));
+        assert_eq!(s.config.get_dbname(), Some("app"));
+        let secrets = s.secrets("postgres://u:p%40ss@x");
+        assert!(secrets.contains(&"p@ss".to_string()));
+        assert!(secrets.contains(&"p%40ss".to_string()));
+
+        let s = parse("host=localhost user=u password=pw sslmode=require").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.ssl_mode, SslMode::Require);
+        assert_eq!(s.config.get_application_name(), Some("phasegate"));
+    }
+
+    #[test]
+    fn bad_urls_do_not_echo_the_password() {
+        let err = parse("postgres://u:hunter2@h/db?sslmode=bogus").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("sslmode"), "{err}");
+        assert!(!err.contains("hunter2"));
+        let err = parse("postgres://u:hunter2@h:notaport/db").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,111 @@
+//! The ledger: one row per (namespace, name, phase) in the `phasegate` schema of the target
+//! database. The row commits in the same transaction as the phase's statements, so a phase is
+//! applied exactly once whatever crashes or retries.
+
+use tokio_postgres::GenericClient;
+
+/// Created under the advisory lock, so concurrent executors never race on `IF NOT EXISTS`.
+pub const SCHEMA_SQL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS phasegate;
+CREATE TABLE IF NOT EXISTS phasegate.ledger (
+    namespace        text        NOT NULL,
+    name             text        NOT NULL,
+    phase            text        NOT NULL CHECK (phase IN ('expand', 'contract')),
+    uid              text        NOT NULL DEFAULT '',
+    app_version      text        NOT NULL DEFAULT '',
+    checksum         text        NOT NULL,
+    status           text        NOT NULL CHECK (status IN ('in_progress', 'applied')),
+    statements_total integer     NOT NULL,
+    statements_done  integer     NOT NULL,
+    attempts         integer     NOT NULL DEFAULT 0,
+    executor_version text        NOT NULL,
+    started_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    applied_at       timestamptz,
+    PRIMARY KEY (namespace, name, phase)
+);
+COMMENT ON TABLE phasegate.ledger IS 'Phases applied by the Phasegate executor; do not edit by hand.';
+"#;
+
+pub const EXECUTOR_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Identity of the migration a phase belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub app_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub uid: String,
+    pub checksum: String,
+    pub applied: bool,
+    pub statements_total: i32,
+    pub statements_done: i32,
+    pub attempts: i32,
+}
+
+pub async fn get<C: GenericClient>(c: &C, id: &Identity, phase: &str) -> Result<Option<Entry>, tokio_postgres::Error> {
+    let row = c
+        .query_opt(
+            "SELECT uid, checksum, status = 'applied', statements_total, statements_done, attempts
+               FROM phasegate.ledger WHERE namespace = $1 AND name = $2 AND phase = $3",
+            &[&id.namespace, &id.name, &phase],
+        )
+        .await?;
+    Ok(row.map(|r| Entry {
+        uid: r.get(0),
+        checksum: r.get(1),
+        applied: r.get(2),
+        statements_total: r.get(3),
+        statements_done: r.get(4),
+        attempts: r.get(5),
+    }))
+}
+
+/// Records progress: `done` statements of `total` applied; `applied` when the phase is complete.
+#[allow(clippy::too_many_arguments)]
+pub async fn record<C: GenericClient>(
+    c: &C,
+    id: &Identity,
+    phase: &str,
+    checksum: &str,
+    total: usize,
+    done: usize,
+    attempts: u32,
+) -> Result<(), tokio_postgres::Error> {
+    let total = i32::try_from(total).unwrap_or(i32::MAX);
+    let done_i = i32::try_from(done).unwrap_or(i32::MAX);
+    let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+    let status = if done_i >= total { "applied" } else { "in_progress" };
+    c.execute(
+        "INSERT INTO phasegate.ledger AS l
+             (namespace, name, phase, uid, app_version, checksum, status, statements_total,
+              statements_done, attempts, executor_version, applied_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                 CASE WHEN $7 = 'applied' THEN clock_timestamp() END)
+         ON CONFLICT (namespace, name, phase) DO UPDATE SET
+             uid = EXCLUDED.uid, app_version = EXCLUDED.app_version, status = EXCLUDED.status,
+             statements_done = EXCLUDED.statements_done, attempts = l.attempts + EXCLUDED.attempts,
+             executor_version = EXCLUDED.executor_version, updated_at = clock_timestamp(),
+             applied_at = EXCLUDED.applied_at",
+        &[
+            &id.namespace,
+            &id.name,
+            &phase,
+            &id.uid,
+            &id.app_version,
+            &checksum,
+            &status,
+            &total,
+            &done_i,
+            &attempts,
+            &EXECUTOR_VERSION,
+        ],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Lock handling: the per-database advisory lock that serialises migrations, and lock-aware
+//! waiting, which keeps the executor out of the lock queue while an older transaction holds a
+//! table it needs (queueing there would block every application query behind it).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::sql::{LockMode, Statement, TableRef};
+
+/// `pg_advisory_lock(int4, int4)` key: "PHAG" and 1. Advisory locks are per database.
+pub const ADVISORY_CLASS: i32 = 0x5048_4147;
+pub const ADVISORY_OBJ: i32 = 1;
+
+/// Transactions younger than this are ordinary short application work: attempting with a
+/// short `lock_timeout` costs them at most that long. Older ones are waited out.
+pub const YOUNG_TRANSACTION: Duration = Duration::from_millis(30);
+const POLL: Duration = Duration::from_millis(20);
+
+/// Another backend in the way, for messages and logs (no query text: it may hold user data).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocker {
+    pub pid: i32,
+    pub table: String,
+    pub mode: String,
+    pub granted: bool,
+    pub xact_ms: f64,
+    pub state: String,
+    pub application: String,
+}
+
+impl std::fmt::Display for Blocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pid {} ({}{}) {} {} on {}, transaction open for {:.1} s",
+            self.pid,
+            if self.application.is_empty() { "no application_name" } else { &self.application },
+            if self.state.is_empty() { String::new() } else { format!(", {}", self.state) },
+            if self.granted { "holds" } else { "waits for" },
+            self.mode,
+            self.table,
+            self.xact_ms / 1000.0
+        )
+    }
+}
+
+/// Tries `pg_try_advisory_lock` until `timeout`; returns the time waited, or the holder's pid.
+pub async fn advisory_lock(client: &Client, timeout: Duration) -> Result<Duration, AdvisoryError> {
+    let start = Instant::now();
+    let mut logged = false;
+    loop {
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&ADVISORY_CLASS, &ADVISORY_OBJ])
+            .await
+            .map_err(AdvisoryError::Db)?
+            .get(0);
+        if got {
+            return Ok(start.elapsed());
+        }
+        let holder = advisory_holder(client).await.ok().flatten();
+        if start.elapsed() >= timeout {
+            return Err(AdvisoryError::Timeout { waited: start.elapsed(), holder });
+        }
+        if !logged {
+            tracing::info!(holder_pid = holder, "another migration is running on this database; waiting for it to finish");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn advisory_holder(client: &Client) -> Result<Option<i32>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2 LIMIT 1",
+            &[&ADVISORY_CLASS, &ADVISORY_OBJ],
+        )
+        .await?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdvisoryError {
+    #[error(transparent)]
+    Db(tokio_postgres::Error),
+    #[error("another migration holds the Phasegate lock on this database{}; gave up after {}",
+        holder.map(|p| format!(" (backend pid {p})")).unwrap_or_default(), humantime::format_duration(Duration::from_secs(waited.as_secs())))]
+    Timeout { waited: Duration, holder: Option<i32> },
+}
+
+/// Tables and the strongest lock the statements will request on each.
+pub fn lock_targets<'a>(statements: impl IntoIterator<Item = &'a Statement>) -> BTreeMap<TableRef, LockMode> {
+    let mut out: BTreeMap<TableRef, LockMode> = BTreeMap::new();
+    for s in statements {
+        for t in &s.tables {
+            let e = out.entry(t.clone()).or_insert(s.lock);
+            if s.lock > *e {
+                *e = s.lock;
+            }
+        }
+    }
+    out
+}
+
+/// Current backends whose locks on the targets would make our request queue.
+pub async fn blockers(client: &Client, targets: &BTreeMap<TableRef, LockMode>) -> Result<Vec<Blocker>, tokio_postgres::Error> {
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let schemas: Vec<String> = targets.keys().map(|t| t.schema.clone()).collect();
+    let names: Vec<String> = targets.keys().map(|t| t.name.clone()).collect();
+    let modes: Vec<LockMode> = targets.values().copied().collect();
+    // Resolve names the way the statements will (search_path), then look at relation locks of
+    // other backends; prepared transactions have no pid and count as infinitely old.
+    let rows = client
+        .query(
+            "WITH t AS (
+                 SELECT ord, to_regclass(CASE WHEN s = '' THEN quote_ident(n)
+                                              ELSE quote_ident(s) || '.' || quote_ident(n) END) AS oid,
+                        CASE WHEN s = '' THEN n ELSE s || '.' || n END AS label
+                   FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, n, ord))
+             SELECT t.ord::int, t.label, l.pid, l.mode, l.granted,
+                    coalesce(extract(epoch FROM clock_timestamp() - a.xact_start) * 1000, 1e9)::float8,
+                    coalesce(a.state, ''), coalesce(a.application_name, '')
+               FROM pg_locks l
+               JOIN t ON l.relation = t.oid
+               LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'relation'
+                AND l.pid IS DISTINCT FROM pg_backend_pid()
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&schemas, &names],
+        )
+        .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let ord: i32 = r.get(0);
+        let Some(want) = usize::try_from(ord - 1).ok().and_then(|i| modes.get(i)) else {
+            continue;
+        };
+        let mode: String = r.get(3);
+        let Some(held) = LockMode::from_pg(&mode) else {
+            continue;
+        };
+        if !want.conflicts_with(held) {
+            continue;
+        }
+        out.push(Blocker {
+            pid: r.get::<_, Option<i32>>(2).unwrap_or(0),
+            table: r.get(1),
+            mode,
+            granted: r.get(4),
+            xact_ms: r.get(5),
+            state: r.get(6),
+            application: r.get(7),
+        });
+    }
+    Ok(out)
+}
+
+/// Only old transactions and queued requests are worth waiting for.
+pub fn is_blocking(b: &Blocker) -> bool {
+    !b.granted || b.xact_ms >= YOUNG_TRANSACTION.as_secs_f64() * 1000.0
+}
+
+/// Polls until no conflicting lock older than [`YOUNG_TRANSACTION`] is held on the targets, or
+/// `budget` runs out (then returns the blockers still there). Never queues for a lock itself.
+pub async fn wait_until_clear(
+    client: &Client,
+    targets: &BTreeMap<TableRef, LockMode>,
+    budget: Duration,
+) -> Result<(Duration, Vec<Blocker>), tokio_postgres::Error> {
+    let start = Instant::now();
+    let mut logged = false;
+    loop {
+        let blocking: Vec<Blocker> = blockers(client, targets).await?.into_iter().filter(is_blocking).collect();
+        if blocking.is_empty() {
+            if logged {
+                tracing::info!(waited_ms = start.elapsed().as_millis() as u64, "tables are free, attempting");
+            }
+            return Ok((start.elapsed(), Vec::new()));
+        }
+        if start.elapsed() >= budget {
+            return Ok((start.elapsed(), blocking));
+        }
+        if !logged {
+            for b in &blocking {
+                tracing::info!(blocker = %b, "waiting outside the lock queue for an older transaction");
+            }
+            logged = true;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

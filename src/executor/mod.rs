@@ -1,0 +1,707 @@
+//! `phasegate apply`: runs one phase (expand or contract) of a migration against PostgreSQL,
+//! exactly once, without stalling application traffic while it waits for locks.
+//!
+//! Order of work: parse and classify the SQL (before touching the database), connect, take the
+//! per-database advisory lock, consult the ledger, then run the statements: consecutive
+//! transactional statements as one transaction that also writes the ledger row; statements that
+//! cannot run in a transaction block one by one, with the ledger recording progress after each.
+
+pub mod connect;
+pub mod ledger;
+pub mod locks;
+pub mod report;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+
+use crate::sql::{self, SqlError, Statement};
+pub use ledger::Identity;
+pub use report::{Outcome, Report, ReportError};
+
+/// A phase of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    Expand,
+    Contract,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Expand => "expand",
+            Phase::Contract => "contract",
+        }
+    }
+}
+
+/// A string that never shows in `Debug` output (the database URL holds the password).
+#[derive(Clone, Default)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<u64>() {
+        // PostgreSQL's own convention: a bare number of a timeout setting is milliseconds.
+        return Ok(Duration::from_millis(ms));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Arguments of `phasegate apply`; every flag can also come from the environment (the Job sets it).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApplyArgs {
+    /// PostgreSQL URL (postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=...).
+    #[arg(long, env = "PHASEGATE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Secret,
+    /// Which phase to run.
+    #[arg(long, env = "PHASEGATE_PHASE", value_enum)]
+    pub phase: Phase,
+    /// The phase's SQL.
+    #[arg(long, env = "PHASEGATE_SQL", hide_env_values = true, conflicts_with = "file")]
+    pub sql: Option<String>,
+    /// Read the phase's SQL from a file instead.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    #[arg(long, env = "PHASEGATE_MIGRATION_NAMESPACE", default_value = "default")]
+    pub migration_namespace: String,
+    #[arg(long, env = "PHASEGATE_MIGRATION_NAME", default_value = "local")]
+    pub migration_name: String,
+    #[arg(long, env = "PHASEGATE_MIGRATION_UID", default_value = "")]
+    pub migration_uid: String,
+    #[arg(long, env = "PHASEGATE_APP_VERSION", default_value = "")]
+    pub app_version: String,
+    /// `lock_timeout` of each attempt.
+    #[arg(long, env = "PHASEGATE_LOCK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    /// `statement_timeout` of each statement.
+    #[arg(long, env = "PHASEGATE_STATEMENT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub statement_timeout: Duration,
+    /// Retries after a lock timeout (SQLSTATE 55P03) or deadlock.
+    #[arg(long, env = "PHASEGATE_MAX_LOCK_RETRIES", default_value_t = 10)]
+    pub max_lock_retries: u32,
+    /// How long to wait, outside the lock queue, for older transactions to release the tables.
+    #[arg(long, env = "PHASEGATE_LOCK_WAIT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub lock_wait_timeout: Duration,
+    /// How long to wait for another migration on the same database to finish.
+    #[arg(long, env = "PHASEGATE_ADVISORY_LOCK_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub advisory_lock_timeout: Duration,
+    #[arg(long, env = "PHASEGATE_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Where the JSON report goes (skipped when the directory does not exist).
+    #[arg(long, env = "PHASEGATE_TERMINATION_LOG", default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
+    /// Test hook: `pause-before-commit` or `pause-after-commit` makes the process sleep there.
+    #[arg(long, env = "PHASEGATE_FAILPOINT", hide = true)]
+    pub failpoint: Option<String>,
+}
+
+/// Everything a run needs, independent of clap.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: Secret,
+    pub phase: Phase,
+    pub sql: String,
+    pub identity: Identity,
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub max_lock_retries: u32,
+    pub lock_wait_timeout: Duration,
+    pub advisory_lock_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub failpoint: Option<String>,
+}
+
+impl Config {
+    /// Sensible defaults for library use and tests.
+    pub fn new(database_url: impl Into<String>, phase: Phase, sql: impl Into<String>) -> Config {
+        Config {
+            database_url: Secret(database_url.into()),
+            phase,
+            sql: sql.into(),
+            identity: Identity {
+                namespace: "default".into(),
+                name: "local".into(),
+                uid: String::new(),
+                app_version: String::new(),
+            },
+            lock_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(600),
+            max_lock_retries: 10,
+            lock_wait_timeout: Duration::from_secs(600),
+            advisory_lock_timeout: Duration::from_secs(600),
+            connect_timeout: Duration::from_secs(10),
+            failpoint: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("no SQL given: set PHASEGATE_SQL, --sql or --file")]
+    NoSql,
+    #[error("cannot read {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+    #[error(transparent)]
+    Connect(#[from] connect::ConnectError),
+    #[error(transparent)]
+    Advisory(#[from] locks::AdvisoryError),
+    #[error("{message}")]
+    Db {
+        sqlstate: Option<String>,
+        message: String,
+        statement: Option<usize>,
+    },
+    #[error(
+        "{phase} of {namespace}/{name} was already {state} with checksum {recorded}, but the SQL now has checksum {current}; an applied phase is immutable: revert the SQL, or create a new migration for further changes"
+    )]
+    ChecksumMismatch {
+        phase: &'static str,
+        namespace: String,
+        name: String,
+        state: &'static str,
+        recorded: String,
+        current: String,
+    },
+    #[error("statement {statement}: gave up after {attempts} attempts, the lock could not be taken within lock_timeout {lock_timeout}")]
+    LockRetriesExhausted { statement: usize, attempts: u32, lock_timeout: String },
+    #[error("statements {first}..{last}: still blocked after waiting {waited} outside the lock queue: {blockers}")]
+    LockWaitTimeout { first: usize, last: usize, waited: String, blockers: String },
+}
+
+impl ApplyError {
+    fn db(e: &tokio_postgres::Error, statement: Option<usize>) -> ApplyError {
+        let (sqlstate, message) = connect::describe(e);
+        ApplyError::Db { sqlstate, message, statement }
+    }
+
+    fn to_report_error(&self) -> ReportError {
+        let (sqlstate, statement) = match self {
+            ApplyError::Sql(e) => (Some(e.sqlstate().to_string()), e.statement()),
+            ApplyError::Connect(connect::ConnectError::Connect { sqlstate, .. }) => (sqlstate.clone(), None),
+            ApplyError::Advisory(locks::AdvisoryError::Db(e)) => (e.code().map(|c| c.code().to_string()), None),
+            ApplyError::Advisory(locks::AdvisoryError::Timeout { .. }) => (Some("55P03".into()), None),
+            ApplyError::Db { sqlstate, statement, .. } => (sqlstate.clone(), *statement),
+            ApplyError::LockRetriesExhausted { statement, .. } => (Some("55P03".into()), Some(*statement)),
+            ApplyError::LockWaitTimeout { first, .. } => (Some("55P03".into()), Some(*first)),
+            _ => (None, None),
+        };
+        ReportError {
+            sqlstate,
+            message: self.to_string(),
+            statement,
+        }
+    }
+}
+
+/// Counters that end up in the report.
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    statements: usize,
+    attempts: u32,
+    lock_retries: u32,
+    lock_wait: Duration,
+}
+
+/// Entry point of `phasegate apply`: runs the phase, writes the report to the termination log
+/// and prints it as the last line on stdout.
+pub async fn apply(args: ApplyArgs) -> std::process::ExitCode {
+    let termination_log = args.termination_log.clone();
+    let report = match config_from_args(args) {
+        Ok(cfg) => execute(&cfg).await,
+        Err((phase, e)) => failed_report(phase, e, Duration::ZERO, Stats::default(), None, &[]),
+    };
+    let line = report.to_json_line();
+    write_termination_log(&termination_log, &line);
+    println!("{line}");
+    if report.is_success() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, ApplyError)> {
+    let phase = args.phase;
+    let sql = match (&args.sql, &args.file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|source| {
+            (
+                phase,
+                ApplyError::ReadFile {
+                    path: path.clone(),
+                    source,
+                },
+            )
+        })?,
+        (None, None) => return Err((phase, ApplyError::NoSql)),
+    };
+    Ok(Config {
+        database_url: args.database_url,
+        phase,
+        sql,
+        identity: Identity {
+            namespace: args.migration_namespace,
+            name: args.migration_name,
+            uid: args.migration_uid,
+            app_version: args.app_version,
+        },
+        lock_timeout: args.lock_timeout,
+        statement_timeout: args.statement_timeout,
+        max_lock_retries: args.max_lock_retries,
+        lock_wait_timeout: args.lock_wait_timeout,
+        advisory_lock_timeout: args.advisory_lock_timeout,
+        connect_timeout: args.connect_timeout,
+        failpoint: args.failpoint,
+    })
+}
+
+fn write_termination_log(path: &Path, line: &str) {
+    // Outside Kubernetes /dev/termination-log usually cannot be written; that is not an error.
+    let dir_exists = path.parent().map(|p| p.as_os_str().is_empty() || p.is_dir()).unwrap_or(false);
+    if !dir_exists {
+        tracing::debug!(path = %path.display(), "termination log directory missing; not writing it");
+        return;
+    }
+    if let Err(e) = std::fs::write(path, line) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the termination log");
+    }
+}
+
+/// SHA-256 of the phase's SQL (surrounding whitespace ignored), hex.
+pub fn checksum(sql: &str) -> String {
+    hex::encode(Sha256::digest(sql.trim().as_bytes()))
+}
+
+/// Runs one phase and returns its report. Never panics on database errors.
+pub async fn execute(cfg: &Config) -> Report {
+    let start = Instant::now();
+    let mut stats = Stats::default();
+    let sum = checksum(&cfg.sql);
+    let secrets = connect::parse(&cfg.database_url.0)
+        .map(|s| s.secrets(&cfg.database_url.0))
+        .unwrap_or_else(|_| vec![cfg.database_url.0.clone()]);
+    let result = run(cfg, &sum, &mut stats).await;
+    let elapsed = start.elapsed();
+    match result {
+        Ok(outcome) => {
+            let report = Report {
+                outcome,
+                phase: cfg.phase.as_str().into(),
+                statements: stats.statements,
+                attempts: stats.attempts,
+                lock_retries: stats.lock_retries,
+                lock_wait_ms: stats.lock_wait.as_millis() as u64,
+                duration_ms: elapsed.as_millis() as u64,
+                checksum: Some(sum[..12].to_string()),
+                error: None,
+            };
+            tracing::info!(summary = %report.summary(), "phase done");
+            report
+        }
+        Err(e) => failed_report(cfg.phase, e, elapsed, stats, Some(&sum), &secrets),
+    }
+}
+
+fn failed_report(phase: Phase, e: ApplyError, elapsed: Duration, stats: Stats, sum: Option<&str>, secrets: &[String]) -> Report {
+    let mut error = e.to_report_error();
+    for s in secrets {
+        if !s.is_empty() {
+            error.message = error.message.replace(s.as_str(), "***");
+        }
+    }
+    tracing::error!(sqlstate = error.sqlstate.as_deref().unwrap_or(""), statement = error.statement, error = %error.message, "phase failed");
+    Report {
+        outcome: Outcome::Failed,
+        phase: phase.as_str().into(),
+        statements: stats.statements,
+        attempts: stats.attempts,
+        lock_retries: stats.lock_retries,
+        lock_wait_ms: stats.lock_wait.as_millis() as u64,
+        duration_ms: elapsed.as_millis() as u64,
+        checksum: sum.map(|s| s[..12.min(s.len())].to_string()),
+        error: Some(error),
+    }
+}
+
+async fn run(cfg: &Config, sum: &str, stats: &mut Stats) -> Result<Outcome, ApplyError> {
+    // Parse first: a syntax error must not even open a connection.
+    let statements = sql::parse_phase(&cfg.sql)?;
+    let phase = cfg.phase.as_str();
+    let id = &cfg.identity;
+    tracing::info!(phase, namespace = %id.namespace, name = %id.name, statements = statements.len(), checksum = &sum[..12], "applying phase");
+
+    let settings = connect::parse(&cfg.database_url.0)?;
+    let mut client = connect::connect(&settings, cfg.connect_timeout).await?;
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| ApplyError::db(&e, None))?
+        .get(0);
+    if version >= 140_000 {
+        // If this process is killed mid-statement, the server notices the dead client within a
+        // second and rolls back, instead of holding its locks until the statement ends.
+        let _ = client.batch_execute("SET client_connection_check_interval = '1s'").await;
+    }
+
+    stats.lock_wait += locks::advisory_lock(&client, cfg.advisory_lock_timeout).await?;
+    client.batch_execute(ledger::SCHEMA_SQL).await.map_err(|e| ApplyError::db(&e, None))?;
+
+    let entry = ledger::get(&client, id, phase).await.map_err(|e| ApplyError::db(&e, None))?;
+    let mut done = 0usize;
+    if let Some(entry) = entry {
+        if entry.checksum != sum {
+            return Err(ApplyError::ChecksumMismatch {
+                phase: cfg.phase.as_str(),
+                namespace: id.namespace.clone(),
+                name: id.name.clone(),
+                state: if entry.applied { "applied" } else { "partially applied" },
+                recorded: entry.checksum[..12.min(entry.checksum.len())].to_string(),
+                current: sum[..12].to_string(),
+            });
+        }
+        if entry.uid != id.uid {
+            tracing::info!(recorded_uid = %entry.uid, uid = %id.uid, "ledger entry was written by an earlier object of the same name");
+        }
+        if entry.applied {
+            tracing::info!("phase already applied with the same checksum; nothing to do");
+            return Ok(Outcome::AlreadyApplied);
+        }
+        done = usize::try_from(entry.statements_done).unwrap_or(0).min(statements.len());
+        tracing::info!(done, total = statements.len(), "resuming a partially applied phase");
+    }
+
+    for step in steps(&statements, done, version) {
+        if step.own {
+            run_own(cfg, &mut client, &statements, step.range.start, sum, stats).await?;
+        } else {
+            run_transaction(cfg, &mut client, &statements, step.range, sum, stats).await?;
+        }
+    }
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1, $2)", &[&locks::ADVISORY_CLASS, &locks::ADVISORY_OBJ])
+        .await;
+    Ok(Outcome::Applied)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Step {
+    range: Range<usize>,
+    /// Runs outside a transaction block.
+    own: bool,
+}
+
+/// Groups statements from `from` on: runs of transactional statements, and each
+/// non-transactional statement alone.
+fn steps(statements: &[Statement], from: usize, version: i32) -> Vec<Step> {
+    let mut out: Vec<Step> = Vec::new();
+    for (i, s) in statements.iter().enumerate().skip(from) {
+        let own = s.tx.needs_own_transaction(version);
+        match out.last_mut() {
+            Some(last) if !own && !last.own => last.range.end = i + 1,
+            _ => out.push(Step { range: i..i + 1, own }),
+        }
+    }
+    out
+}
+
+fn is_lock_failure(e: &tokio_postgres::Error) -> bool {
+    matches!(e.code().map(|c| c.code()), Some("55P03") | Some("40P01"))
+}
+
+/// Jittered exponential backoff: 50 ms, 100 ms, … capped at 5 s, each scaled by 0.5–1.0.
+fn backoff(retry: u32) -> Duration {
+    let base = 50u64.saturating_mul(1u64 << retry.min(7)).min(5_000);
+    let jittered = rand::rng().random_range(base / 2..=base);
+    Duration::from_millis(jittered)
+}
+
+fn pg_ms(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+async fn failpoint(cfg: &Config, name: &str) {
+    if cfg.failpoint.as_deref() == Some(name) {
+        eprintln!("phasegate failpoint {name} reached");
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    }
+}
+
+/// Waits outside the lock queue; fails clearly if the budget runs out.
+async fn wait_for_tables(cfg: &Config, client: &Client, stmts: &[Statement], range: &Range<usize>, stats: &mut Stats, budget_used: &mut Duration) -> Result<(), ApplyError> {
+    let targets = locks::lock_targets(stmts);
+    let budget = cfg.lock_wait_timeout.saturating_sub(*budget_used);
+    let (waited, blockers) = locks::wait_until_clear(client, &targets, budget)
+        .await
+        .map_err(|e| ApplyError::db(&e, None))?;
+    stats.lock_wait += waited;
+    *budget_used += waited;
+    if !blockers.is_empty() {
+        let list: Vec<String> = blockers.iter().take(3).map(|b| b.to_string()).collect();
+        return Err(ApplyError::LockWaitTimeout {
+            first: range.start + 1,
+            last: range.end,
+            waited: humantime::format_duration(Duration::from_secs(budget_used.as_secs())).to_string(),
+            blockers: list.join("; "),
+        });
+    }
+    Ok(())
+}
+
+/// Runs `range` in one transaction together with the ledger update, retrying lock timeouts.
+async fn run_transaction(
+    cfg: &Config,
+    client: &mut Client,
+    all: &[Statement],
+    range: Range<usize>,
+    sum: &str,
+    stats: &mut Stats,
+) -> Result<(), ApplyError> {
+    let stmts = &all[range.clone()];
+    let mut retries = 0u32;
+    let mut waited = Duration::ZERO;
+    loop {
+        wait_for_tables(cfg, client, stmts, &range, stats, &mut waited).await?;
+        stats.attempts += 1;
+        let attempt = stats.attempts;
+        let tx = client.transaction().await.map_err(|e| ApplyError::db(&e, None))?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}'; SET LOCAL statement_timeout = '{}'",
+            pg_ms(cfg.lock_timeout),
+            pg_ms(cfg.statement_timeout)
+        ))
+        .await
+        .map_err(|e| ApplyError::db(&e, None))?;
+        let mut failure = None;
+        for (offset, s) in stmts.iter().enumerate() {
+            let n = range.start + offset + 1;
+            tracing::debug!(statement = n, kind = %s.kind, attempt, "executing");
+            if let Err(e) = tx.batch_execute(&s.sql).await {
+                failure = Some((n, e));
+                break;
+            }
+        }
+        if let Some((n, e)) = failure {
+            // Dropping the transaction would roll back too, but only lazily; be explicit.
+            let _ = tx.rollback().await;
+            if is_lock_failure(&e) {
+                if retries >= cfg.max_lock_retries {
+                    return Err(ApplyError::LockRetriesExhausted {
+                        statement: n,
+                        attempts: retries + 1,
+                        lock_timeout: humantime::format_duration(cfg.lock_timeout).to_string(),
+                    });
+                }
+                retries += 1;
+                stats.lock_retries += 1;
+                let pause = backoff(retries - 1);
+                tracing::warn!(statement = n, attempt, retry_in_ms = pause.as_millis() as u64, sqlstate = e.code().map(|c| c.code()).unwrap_or(""), "lock not available; rolled back, will retry");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+            return Err(ApplyError::db(&e, Some(n)));
+        }
+        ledger::record(&tx, &cfg.identity, cfg.phase.as_str(), sum, all.len(), range.end, retries + 1)
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        failpoint(cfg, "pause-before-commit").await;
+        if let Err(e) = tx.commit().await {
+            if is_lock_failure(&e) && retries < cfg.max_lock_retries {
+                retries += 1;
+                stats.lock_retries += 1;
+                tokio::time::sleep(backoff(retries - 1)).await;
+                continue;
+            }
+            return Err(ApplyError::db(&e, Some(range.end)));
+        }
+        failpoint(cfg, "pause-after-commit").await;
+        stats.statements += stmts.len();
+        tracing::info!(statements = stmts.len(), attempt, "transaction committed");
+        return Ok(());
+    }
+}
+
+/// Quoted `schema.name` (or just `name`) for SQL text.
+fn qualified(schema: &str, name: &str) -> String {
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    if schema.is_empty() {
+        q(name)
+    } else {
+        format!("{}.{}", q(schema), q(name))
+    }
+}
+
+/// State of a named index in the schema of `table`: None if absent, Some(valid) otherwise.
+async fn index_state(client: &Client, ci: &sql::ConcurrentIndex) -> Result<Option<(bool, String)>, tokio_postgres::Error> {
+    let table = qualified(&ci.table.schema, &ci.table.name);
+    let row = client
+        .query_opt(
+            "SELECT i.indisvalid AND i.indisready, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+               FROM pg_class c
+               JOIN pg_index i ON i.indexrelid = c.oid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relname = $1
+                AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass($2))",
+            &[&ci.index, &table],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Runs one statement outside a transaction block, idempotently, then records progress.
+async fn run_own(cfg: &Config, client: &mut Client, all: &[Statement], index: usize, sum: &str, stats: &mut Stats) -> Result<(), ApplyError> {
+    let s = &all[index];
+    let n = index + 1;
+    let range = index..index + 1;
+    let mut retries = 0u32;
+    let mut waited = Duration::ZERO;
+    let mut skip = false;
+    loop {
+        // A concurrent build that failed or was killed leaves an invalid index behind: drop it
+        // and build again; a valid one means the build finished before the ledger was updated.
+        if let Some(ci) = &s.concurrent_index {
+            match index_state(client, ci).await.map_err(|e| ApplyError::db(&e, Some(n)))? {
+                Some((true, _)) => {
+                    tracing::info!(index = %ci.index, "index already exists and is valid; skipping its build");
+                    skip = true;
+                }
+                Some((false, qname)) => {
+                    tracing::warn!(index = %qname, "dropping invalid index left by an interrupted concurrent build");
+                    client
+                        .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qname}"))
+                        .await
+                        .map_err(|e| ApplyError::db(&e, Some(n)))?;
+                }
+                None => {}
+            }
+        }
+        if s.kind == "DropStmt" && s.concurrent {
+            // Re-running DROP INDEX CONCURRENTLY after it succeeded must not fail.
+            let mut any = false;
+            for t in &s.tables {
+                let row = client
+                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified(&t.schema, &t.name)])
+                    .await
+                    .map_err(|e| ApplyError::db(&e, Some(n)))?;
+                any |= row.get::<_, bool>(0);
+            }
+            skip = !any;
+        }
+        if skip {
+            break;
+        }
+        wait_for_tables(cfg, client, std::slice::from_ref(s), &range, stats, &mut waited).await?;
+        stats.attempts += 1;
+        // Concurrent variants take only SHARE UPDATE EXCLUSIVE, which never blocks application
+        // reads or writes, and must wait for older transactions by design: no lock_timeout.
+        let lock_timeout = if s.concurrent { Duration::ZERO } else { cfg.lock_timeout };
+        client
+            .batch_execute(&format!(
+                "SET lock_timeout = '{}'; SET statement_timeout = '{}'",
+                pg_ms(lock_timeout),
+                pg_ms(cfg.statement_timeout)
+            ))
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        let result = client.batch_execute(&s.sql).await;
+        let _ = client.batch_execute("RESET lock_timeout; RESET statement_timeout").await;
+        match result {
+            Ok(()) => {
+                stats.statements += 1;
+                break;
+            }
+            Err(e) if is_lock_failure(&e) && retries < cfg.max_lock_retries => {
+                retries += 1;
+                stats.lock_retries += 1;
+                let pause = backoff(retries - 1);
+                tracing::warn!(statement = n, retry_in_ms = pause.as_millis() as u64, "lock not available; will retry");
+                tokio::time::sleep(pause).await;
+            }
+            Err(e) => {
+                if let Some(ci) = &s.concurrent_index {
+                    if let Ok(Some((false, qname))) = index_state(client, ci).await {
+                        let _ = client.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qname}")).await;
+                        tracing::warn!(index = %qname, "dropped the invalid index left by the failed build");
+                    }
+                }
+                if is_lock_failure(&e) {
+                    return Err(ApplyError::LockRetriesExhausted {
+                        statement: n,
+                        attempts: retries + 1,
+                        lock_timeout: humantime::format_duration(lock_timeout).to_string(),
+                    });
+                }
+                return Err(ApplyError::db(&e, Some(n)));
+            }
+        }
+    }
+    failpoint(cfg, "pause-before-commit").await;
+    ledger::record(&*client, &cfg.identity, cfg.phase.as_str(), sum, all.len(), index + 1, retries + 1)
+        .await
+        .map_err(|e| ApplyError::db(&e, None))?;
+    failpoint(cfg, "pause-after-commit").await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_group_transactional_runs() {
+        let st = sql::parse_phase(
+            "ALTER TABLE a ADD x int; ALTER TABLE a ADD y int; CREATE INDEX CONCURRENTLY i ON a (x); ALTER TABLE a ADD z int; ALTER TYPE m ADD VALUE 'v'",
+        )
+        .expect("parses");
+        assert_eq!(
+            steps(&st, 0, 150_000),
+            vec![Step { range: 0..2, own: false }, Step { range: 2..3, own: true }, Step { range: 3..5, own: false }]
+        );
+        assert_eq!(steps(&st, 3, 110_000), vec![Step { range: 3..4, own: false }, Step { range: 4..5, own: true }]);
+        assert!(steps(&st, 5, 150_000).is_empty());
+    }
+
+    #[test]
+    fn durations_and_backoff() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+        for r in 0..20 {
+            let b = backoff(r);
+            assert!(b <= Duration::from_secs(5) && b >= Duration::from_millis(25), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn checksum_ignores_surrounding_whitespace() {
+        assert_eq!(checksum("SELECT 1;\n"), checksum("  SELECT 1;"));
+        assert_ne!(checksum("SELECT 1"), checksum("SELECT 2"));
+        assert_eq!(checksum("x").len(), 64);
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s: Secret = "postgres://u:pw@h/db".parse().unwrap_or_default();
+        assert_eq!(format!("{s:?}"), "\"***\"");
+    }
+}

@@ -1,0 +1,192 @@
+//! The executor's report: one compact JSON line that the operator reads back from the Job's
+//! termination message (limited to 4096 bytes by Kubernetes).
+
+use serde::{Deserialize, Serialize};
+
+/// Kubernetes truncates termination messages at 4096 bytes; stay well below.
+pub const MAX_REPORT_BYTES: usize = 4000;
+/// Error text is cut to this many bytes before the report is serialised.
+const MAX_MESSAGE_BYTES: usize = 1500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    Applied,
+    AlreadyApplied,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportError {
+    /// PostgreSQL SQLSTATE (or the closest one for errors detected before reaching the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+    pub message: String,
+    /// 1-based index of the failing statement within the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub outcome: Outcome,
+    pub phase: String,
+    /// Statements applied by this run (0 when already applied).
+    pub statements: usize,
+    /// Transaction attempts made by this run.
+    pub attempts: u32,
+    /// Attempts rolled back because a lock could not be taken in time (55P03) or a deadlock.
+    pub lock_retries: u32,
+    /// Time spent waiting outside the lock queue and for the migration advisory lock.
+    pub lock_wait_ms: u64,
+    pub duration_ms: u64,
+    /// First 12 hex digits of the SHA-256 of the phase's SQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ReportError>,
+}
+
+impl Report {
+    pub fn parse(s: &str) -> Option<Report> {
+        // The termination message may carry other lines (e.g. a shell wrapper); take the last JSON one.
+        s.lines()
+            .rev()
+            .map(str::trim)
+            .filter(|l| l.starts_with('{'))
+            .find_map(|l| serde_json::from_str(l).ok())
+    }
+
+    pub fn is_success(&self) -> bool {
+        matches!(self.outcome, Outcome::Applied | Outcome::AlreadyApplied)
+    }
+
+    /// Serialises to one line that always fits the termination message.
+    pub fn to_json_line(&self) -> String {
+        let mut r = self.clone();
+        if let Some(e) = r.error.as_mut() {
+            e.message = truncate(&e.message, MAX_MESSAGE_BYTES);
+        }
+        let mut line = serde_json::to_string(&r).unwrap_or_else(|_| fallback_json(&r));
+        // Escaping can inflate the message (e.g. many quotes); shrink until it fits.
+        let mut budget = MAX_MESSAGE_BYTES;
+        while line.len() > MAX_REPORT_BYTES && budget > 16 {
+            budget /= 2;
+            if let Some(e) = r.error.as_mut() {
+                e.message = truncate(&e.message, budget);
+            }
+            line = serde_json::to_string(&r).unwrap_or_else(|_| fallback_json(&r));
+        }
+        line
+    }
+
+    /// One line of human text for status conditions.
+    pub fn summary(&self) -> String {
+        let plural = |n: u64, w: &str| if n == 1 { format!("{n} {w}") } else { format!("{n} {w}s") };
+        match self.outcome {
+            Outcome::Applied => format!(
+                "applied {} in {} ms ({}, {}{})",
+                plural(self.statements as u64, "statement"),
+                self.duration_ms,
+                plural(self.attempts.into(), "attempt"),
+                plural(self.lock_retries.into(), "lock retry").replace("retrys", "retries"),
+                if self.lock_wait_ms > 0 { format!(", waited {} ms for locks", self.lock_wait_ms) } else { String::new() },
+            ),
+            Outcome::AlreadyApplied => "already applied with the same checksum; nothing to do".to_string(),
+            Outcome::Failed => {
+                let Some(e) = &self.error else {
+                    return "failed".to_string();
+                };
+                let mut s = String::from("failed: ");
+                if let Some(code) = &e.sqlstate {
+                    s.push_str(&format!("ERROR {code}: "));
+                }
+                s.push_str(&e.message);
+                if let Some(n) = e.statement {
+                    s.push_str(&format!(" (statement {n})"));
+                }
+                truncate(&s, 1024)
+            }
+        }
+    }
+}
+
+fn fallback_json(r: &Report) -> String {
+    format!(r#"{{"outcome":"failed","phase":"{}","statements":0,"attempts":0,"lockRetries":0,"lockWaitMs":0,"durationMs":0}}"#, r.phase.replace('"', ""))
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Report {
+        Report {
+            outcome: Outcome::Applied,
+            phase: "expand".into(),
+            statements: 2,
+            attempts: 1,
+            lock_retries: 0,
+            lock_wait_ms: 0,
+            duration_ms: 31,
+            checksum: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn json_shape_and_roundtrip() {
+        let r = sample();
+        let line = r.to_json_line();
+        assert_eq!(
+            line,
+            r#"{"outcome":"applied","phase":"expand","statements":2,"attempts":1,"lockRetries":0,"lockWaitMs":0,"durationMs":31}"#
+        );
+        assert_eq!(Report::parse(&format!("noise\n{line}\n")), Some(r));
+        assert_eq!(Report::parse("not json"), None);
+    }
+
+    #[test]
+    fn summaries() {
+        assert_eq!(sample().summary(), "applied 2 statements in 31 ms (1 attempt, 0 lock retries)");
+        let mut f = sample();
+        f.outcome = Outcome::Failed;
+        f.error = Some(ReportError {
+            sqlstate: Some("42P01".into()),
+            message: "relation \"nope\" does not exist".into(),
+            statement: Some(1),
+        });
+        assert_eq!(f.summary(), "failed: ERROR 42P01: relation \"nope\" does not exist (statement 1)");
+        let mut a = sample();
+        a.outcome = Outcome::AlreadyApplied;
+        assert!(a.summary().starts_with("already applied"));
+    }
+
+    #[test]
+    fn huge_errors_fit_the_termination_message() {
+        let mut f = sample();
+        f.outcome = Outcome::Failed;
+        f.error = Some(ReportError {
+            sqlstate: Some("XX000".into()),
+            message: "\"é\\".repeat(5000),
+            statement: None,
+        });
+        let line = f.to_json_line();
+        assert!(line.len() <= MAX_REPORT_BYTES, "{}", line.len());
+        let back = Report::parse(&line).expect("parses");
+        assert_eq!(back.outcome, Outcome::Failed);
+    }
+}

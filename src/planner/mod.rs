@@ -1,0 +1,451 @@
+//! The planner: a pure function from (spec, status, observed Jobs, observed targets, clock)
+//! to the next status and the one action to take. All of Phasegate's safety lives here; it
+//! does no I/O, so it is tested exhaustively.
+//!
+//! The plan is level-triggered: it is derived from durable facts (the status' per-phase
+//! records and the Jobs that exist), never from the previous phase alone, so a lost status
+//! write or an operator restart cannot skip a gate.
+
+pub mod conditions;
+pub mod rollout;
+pub mod validate;
+pub mod version;
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::api::{Approval, DatabaseMigrationSpec, DatabaseMigrationStatus, Phase, PhaseStatus, TargetStatus};
+
+pub use validate::{validate, SpecError, ValidSpec};
+
+/// The two phases that run a Job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JobPhase {
+    Expand,
+    Contract,
+}
+
+impl JobPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPhase::Expand => "expand",
+            JobPhase::Contract => "contract",
+        }
+    }
+}
+
+impl std::fmt::Display for JobPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The Job of a phase's current attempt, as observed.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum JobState {
+    /// No Job of that attempt exists.
+    #[default]
+    Absent,
+    /// The Job exists and has not finished.
+    Running,
+    /// The Job completed; the executor's one-line report, if any.
+    Succeeded(Option<String>),
+    /// The Job failed; why (the executor's report or the Job's condition).
+    Failed(String),
+}
+
+/// Everything the planner looks at.
+#[derive(Clone, Debug)]
+pub struct Input<'a> {
+    pub now: Timestamp,
+    /// The migration's name (Job names derive from it).
+    pub name: &'a str,
+    pub generation: i64,
+    pub spec: &'a DatabaseMigrationSpec,
+    pub status: &'a DatabaseMigrationStatus,
+    /// The `phasegate.dev/approve` annotation is `"true"`.
+    pub approved: bool,
+    /// The `phasegate.dev/retry` annotation's value.
+    pub retry: Option<&'a str>,
+    /// The Job of expand's attempt `max(attempts, 1)`.
+    pub expand_job: JobState,
+    /// The Job of contract's attempt `max(attempts, 1)`.
+    pub contract_job: JobState,
+    /// Every target, judged (see [`rollout::evaluate`]); a target that could not be
+    /// observed is present and incomplete.
+    pub targets: Vec<TargetStatus>,
+}
+
+/// What to do now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing to change outside the status.
+    None,
+    /// Create (or adopt) the Job of `phase`'s attempt number `attempt`.
+    StartJob { phase: JobPhase, attempt: u32 },
+}
+
+/// A Kubernetes Event to publish because the phase changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The planner's decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub status: DatabaseMigrationStatus,
+    pub action: Action,
+    /// Wake up after this long even without a watch event (soak delay, rollout timeout).
+    pub requeue_after: Option<Duration>,
+    /// Set when the phase changed.
+    pub transition: Option<Transition>,
+}
+
+/// Low-cardinality reasons used in conditions, Events and metrics.
+pub mod reason {
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const EXPANDING: &str = "Expanding";
+    pub const EXPAND_FAILED: &str = "ExpandFailed";
+    pub const EXPANDED: &str = "Expanded";
+    pub const AWAITING_ROLLOUT: &str = "AwaitingRollout";
+    pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
+    pub const ROLLOUT_TIMEOUT: &str = "RolloutTimeout";
+    pub const SOAKING: &str = "Soaking";
+    pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
+    pub const CONTRACTING: &str = "Contracting";
+    pub const CONTRACT_FAILED: &str = "ContractFailed";
+    pub const CONTRACTED: &str = "Contracted";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const PENDING: &str = "Pending";
+    pub const RETRYING: &str = "Retrying";
+}
+
+/// Decide the next step.
+pub fn plan(input: &Input<'_>) -> Plan {
+    let mut p = Planner::new(input);
+    p.run();
+    p.finish()
+}
+
+struct Planner<'a> {
+    input: &'a Input<'a>,
+    status: DatabaseMigrationStatus,
+    action: Action,
+    requeue_after: Option<Duration>,
+    /// (phase, condition reason, message) of the outcome.
+    outcome: Option<(Phase, &'static str, String)>,
+    retry_consumed: bool,
+}
+
+impl<'a> Planner<'a> {
+    fn new(input: &'a Input<'a>) -> Self {
+        let mut status = input.status.clone();
+        status.observed_generation = Some(input.generation);
+        Self { input, status, action: Action::None, requeue_after: None, outcome: None, retry_consumed: false }
+    }
+
+    fn now(&self) -> Time {
+        Time(self.input.now)
+    }
+
+    /// A retry was asked for that has not been acted on yet.
+    fn retry_requested(&self) -> bool {
+        match self.input.retry {
+            Some(token) if !token.is_empty() => self.input.status.observed_retry.as_deref() != Some(token),
+            _ => false,
+        }
+    }
+
+    fn consume_retry(&mut self) {
+        self.status.observed_retry = self.input.retry.map(str::to_owned);
+        self.retry_consumed = true;
+    }
+
+    fn set(&mut self, phase: Phase, reason: &'static str, message: impl Into<String>) {
+        self.outcome = Some((phase, reason, message.into()));
+    }
+
+    fn run(&mut self) {
+        let valid = match validate(self.input.spec) {
+            Ok(v) => v,
+            Err(e) => {
+                self.set(Phase::Failed, reason::INVALID_SPEC, e.to_string());
+                return;
+            }
+        };
+        if self.expand() {
+            self.rollout_and_contract(&valid);
+        }
+        // A retry annotation seen while nothing had failed is recorded, so that it cannot
+        // trigger an unasked-for retry of a later failure.
+        if self.retry_requested() && !self.retry_consumed && !matches!(self.outcome, Some((Phase::Failed, _, _))) {
+            self.consume_retry();
+        }
+    }
+
+    /// Drives expand; true once expand is applied.
+    fn expand(&mut self) -> bool {
+        let rec = self.status.expand.clone().unwrap_or_default();
+        if rec.succeeded {
+            return true;
+        }
+        let attempt = rec.attempts.max(1);
+        match &self.input.expand_job {
+            JobState::Succeeded(report) => {
+                let now = self.now();
+                let e = self.status.expand.get_or_insert_with(PhaseStatus::default);
+                e.attempts = attempt;
+                e.job_name = Some(job_name(self.input.name, JobPhase::Expand, attempt));
+                e.succeeded = true;
+                e.finished_at = Some(now);
+                e.message = report.clone();
+                true
+            }
+            JobState::Running => {
+                let e = self.status.expand.get_or_insert_with(PhaseStatus::default);
+                e.attempts = attempt;
+                self.set(Phase::Expanding, reason::EXPANDING, format!("expand Job attempt {attempt} is running"));
+                false
+            }
+            JobState::Failed(msg) => {
+                if self.retry_requested() {
+                    self.consume_retry();
+                    self.start(JobPhase::Expand, attempt + 1);
+                } else {
+                    let now = self.now();
+                    let e = self.status.expand.get_or_insert_with(PhaseStatus::default);
+                    e.attempts = attempt;
+                    if e.finished_at.is_none() || e.message.as_deref() != Some(msg.as_str()) {
+                        e.finished_at = Some(now);
+                    }
+                    e.message = Some(msg.clone());
+                    self.set(Phase::Failed, reason::EXPAND_FAILED, format!("expand failed: {msg}"));
+                }
+                false
+            }
+            JobState::Absent => {
+                if rec.attempts == 0 {
+                    self.start(JobPhase::Expand, 1);
+                } else if rec.finished_at.is_some() {
+                    // The failed Job is gone but its failure is recorded: still failed.
+                    if self.retry_requested() {
+                        self.consume_retry();
+                        self.start(JobPhase::Expand, rec.attempts + 1);
+                    } else {
+                        let msg = rec.message.clone().unwrap_or_else(|| "expand Job failed".into());
+                        self.set(Phase::Failed, reason::EXPAND_FAILED, format!("expand failed: {msg}"));
+                    }
+                } else {
+                    // The running Job vanished (deleted by hand); the executor's ledger makes
+                    // a new attempt safe.
+                    self.start(JobPhase::Expand, rec.attempts + 1);
+                }
+                false
+            }
+        }
+    }
+
+    fn start(&mut self, phase: JobPhase, attempt: u32) {
+        let now = self.now();
+        let rec = match phase {
+            JobPhase::Expand => self.status.expand.get_or_insert_with(PhaseStatus::default),
+            JobPhase::Contract => self.status.contract.get_or_insert_with(PhaseStatus::default),
+        };
+        rec.attempts = attempt;
+        rec.started_at = Some(now);
+        rec.finished_at = None;
+        rec.succeeded = false;
+        rec.message = None;
+        rec.job_name = Some(job_name(self.input.name, phase, attempt));
+        self.action = Action::StartJob { phase, attempt };
+        match phase {
+            JobPhase::Expand => self.set(Phase::Expanding, reason::EXPANDING, format!("expand Job attempt {attempt} started")),
+            JobPhase::Contract => self.set(Phase::Contracting, reason::CONTRACTING, format!("contract Job attempt {attempt} started")),
+        }
+    }
+
+    fn rollout_and_contract(&mut self, valid: &ValidSpec) {
+        let rec = self.status.contract.clone().unwrap_or_default();
+        if rec.succeeded {
+            self.set(Phase::Succeeded, reason::SUCCEEDED, "expand and contract applied");
+            return;
+        }
+        let attempt = rec.attempts.max(1);
+        match &self.input.contract_job {
+            JobState::Succeeded(report) => {
+                let now = self.now();
+                let c = self.status.contract.get_or_insert_with(PhaseStatus::default);
+                c.attempts = attempt;
+                c.succeeded = true;
+                c.finished_at = Some(now);
+                c.message = report.clone();
+                self.set(Phase::Succeeded, reason::SUCCEEDED, "expand and contract applied");
+                return;
+            }
+            JobState::Running => {
+                let c = self.status.contract.get_or_insert_with(PhaseStatus::default);
+                c.attempts = attempt;
+                self.set(Phase::Contracting, reason::CONTRACTING, format!("contract Job attempt {attempt} is running"));
+                return;
+            }
+            JobState::Failed(msg) => {
+                if !self.retry_requested() {
+                    let now = self.now();
+                    let c = self.status.contract.get_or_insert_with(PhaseStatus::default);
+                    c.attempts = attempt;
+                    if c.finished_at.is_none() || c.message.as_deref() != Some(msg.as_str()) {
+                        c.finished_at = Some(now);
+                    }
+                    c.message = Some(msg.clone());
+                    self.set(Phase::Failed, reason::CONTRACT_FAILED, format!("contract failed: {msg}"));
+                    return;
+                }
+                // A retry of contract passes through the rollout gates again below.
+            }
+            JobState::Absent => {
+                if rec.attempts > 0 && rec.finished_at.is_some() && !self.retry_requested() {
+                    let msg = rec.message.clone().unwrap_or_else(|| "contract Job failed".into());
+                    self.set(Phase::Failed, reason::CONTRACT_FAILED, format!("contract failed: {msg}"));
+                    return;
+                }
+            }
+        }
+        // A first attempt, a retry after a failure, or a new attempt after the running Job
+        // vanished (the executor's ledger keeps the phase exactly-once).
+        let next_attempt = rec.attempts + 1;
+        self.gate_contract(valid, next_attempt);
+    }
+
+    /// The rollout gates; starts contract only when every one is open.
+    fn gate_contract(&mut self, valid: &ValidSpec, attempt: u32) {
+        let now = self.input.now;
+        let targets = self.input.targets.clone();
+        let ready = targets.iter().filter(|t| t.complete).count();
+        self.status.targets_ready = Some(format!("{ready}/{}", targets.len()));
+        self.status.targets = targets.clone();
+
+        // A timed-out rollout stays failed until a retry.
+        let timed_out_before = self.input.status.phase == Some(Phase::Failed)
+            && conditions::reason_of(&self.input.status.conditions, conditions::STALLED) == Some(reason::ROLLOUT_TIMEOUT);
+        if timed_out_before {
+            if self.retry_requested() {
+                self.consume_retry();
+                self.status.rollout_started_at = Some(Time(now));
+            } else {
+                let msg = conditions::message_of(&self.input.status.conditions, conditions::STALLED).unwrap_or_default();
+                self.set(Phase::Failed, reason::ROLLOUT_TIMEOUT, msg);
+                return;
+            }
+        }
+
+        let started = self.status.rollout_started_at.get_or_insert(Time(now)).0;
+        let all_complete = !targets.is_empty() && ready == targets.len();
+        if !all_complete {
+            // A rollback or a new incomplete target restarts the soak.
+            self.status.rollout_completed_at = None;
+            let waiting: Vec<String> = targets
+                .iter()
+                .filter(|t| !t.complete)
+                .map(|t| t.message.clone().unwrap_or_else(|| format!("{} {} not complete", t.kind, t.name)))
+                .collect();
+            let msg = if targets.is_empty() {
+                "no rollout targets".to_string()
+            } else {
+                format!("waiting for {}/{} target(s): {}", targets.len() - ready, targets.len(), waiting.join("; "))
+            };
+            if let Some(timeout) = valid.rollout_timeout {
+                let elapsed = elapsed(started, now);
+                if elapsed >= timeout {
+                    self.set(
+                        Phase::Failed,
+                        reason::ROLLOUT_TIMEOUT,
+                        format!("rollout not complete after {}: {msg}", humantime::format_duration(timeout)),
+                    );
+                    return;
+                }
+                self.requeue_after = Some(timeout - elapsed);
+            }
+            self.set(Phase::AwaitingRollout, reason::AWAITING_ROLLOUT, msg);
+            return;
+        }
+
+        let completed = self.status.rollout_completed_at.get_or_insert(Time(now)).0;
+        if let Some(delay) = valid.contract_delay {
+            let soaked = elapsed(completed, now);
+            if soaked < delay {
+                let left = delay - soaked;
+                self.requeue_after = Some(left);
+                self.set(
+                    Phase::Soaking,
+                    reason::SOAKING,
+                    format!("rollout complete; contract in {}", humantime::format_duration(round_secs(left))),
+                );
+                return;
+            }
+        }
+        if self.input.spec.contract.approval == Approval::Manual && !self.input.approved {
+            self.set(
+                Phase::AwaitingApproval,
+                reason::AWAITING_APPROVAL,
+                format!("rollout complete; approve contract with the annotation {}=\"true\"", crate::api::ANNOTATION_APPROVE),
+            );
+            return;
+        }
+        self.start(JobPhase::Contract, attempt);
+    }
+
+    fn finish(mut self) -> Plan {
+        let (phase, why, message) = self
+            .outcome
+            .clone()
+            .unwrap_or((Phase::Pending, reason::PENDING, "waiting".to_string()));
+        let old_phase = self.input.status.phase;
+        self.status.phase = Some(phase);
+        if phase != Phase::Expanding && phase != Phase::Pending {
+            if let Some(e) = self.status.expand.as_mut() {
+                if e.succeeded && e.finished_at.is_none() {
+                    e.finished_at = Some(Time(self.input.now));
+                }
+            }
+        }
+        conditions::apply(&mut self.status, phase, why, &message, self.input.generation, self.input.now);
+        let transition = (old_phase != Some(phase)).then(|| Transition {
+            warning: phase == Phase::Failed,
+            reason: if phase == Phase::Failed { why.to_string() } else { phase.as_str().to_string() },
+            message: message.clone(),
+        });
+        Plan { status: self.status, action: self.action, requeue_after: self.requeue_after, transition }
+    }
+}
+
+/// The deterministic name of a phase's Job: `<migration>-<phase>-<attempt>`, shortened with
+/// a stable hash when the migration's name is long (Job names feed 63-character labels).
+pub fn job_name(migration: &str, phase: JobPhase, attempt: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let suffix = format!("-{}-{attempt}", phase.as_str());
+    const MAX: usize = 52;
+    if migration.len() + suffix.len() <= MAX {
+        return format!("{migration}{suffix}");
+    }
+    let hash = hex::encode(&Sha256::digest(migration.as_bytes())[..4]);
+    let keep = MAX - suffix.len() - hash.len() - 1;
+    let head: String = migration.chars().take(keep).collect();
+    format!("{}-{hash}{suffix}", head.trim_end_matches(['-', '.']))
+}
+
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    let d: SignedDuration = now.duration_since(since);
+    Duration::try_from(d).unwrap_or(Duration::ZERO)
+}
+
+fn round_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,88 @@
+//! Checks the API server cannot do itself, turned into values the planner uses.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+
+use crate::api::{DatabaseMigrationSpec, JobSpec, PhaseSpec};
+
+/// A spec the planner can act on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidSpec {
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub contract_delay: Option<Duration>,
+    pub rollout_timeout: Option<Duration>,
+}
+
+/// Why a spec cannot be acted on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> SpecError {
+    SpecError::Invalid { field, reason: reason.into() }
+}
+
+/// Validate what the CRD schema cannot express.
+pub fn validate(spec: &DatabaseMigrationSpec) -> Result<ValidSpec, SpecError> {
+    if spec.app_version.trim().is_empty() {
+        return Err(invalid("spec.appVersion", "must not be empty"));
+    }
+    check_phase("spec.expand", &spec.expand)?;
+    check_phase(
+        "spec.contract",
+        &PhaseSpec { sql: spec.contract.sql.clone(), job: spec.contract.job.clone() },
+    )?;
+    if spec.rollout.targets.is_empty() {
+        return Err(invalid("spec.rollout.targets", "needs at least one target"));
+    }
+    for t in &spec.rollout.targets {
+        if t.name.is_some() == t.selector.is_some() {
+            return Err(invalid("spec.rollout.targets", "each target needs exactly one of name or selector"));
+        }
+        if let Some(sel) = &t.selector {
+            if sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+                && sel.match_expressions.as_ref().is_none_or(|m| m.is_empty())
+            {
+                return Err(invalid("spec.rollout.targets", "an empty selector would match everything; name the labels"));
+            }
+        }
+    }
+    let vf = &spec.rollout.version_from;
+    let sources = usize::from(vf.label.is_some()) + usize::from(vf.annotation.is_some()) + usize::from(vf.image.is_some());
+    if sources != 1 {
+        return Err(invalid("spec.rollout.versionFrom", "needs exactly one of label, annotation or image"));
+    }
+    Ok(ValidSpec {
+        lock_timeout: duration("spec.safety.lockTimeout", &spec.safety.lock_timeout)?,
+        statement_timeout: duration("spec.safety.statementTimeout", &spec.safety.statement_timeout)?,
+        contract_delay: spec.contract.delay.as_deref().map(|d| duration("spec.contract.delay", d)).transpose()?,
+        rollout_timeout: spec.rollout.timeout.as_deref().map(|d| duration("spec.rollout.timeout", d)).transpose()?,
+    })
+}
+
+fn check_phase(field: &'static str, p: &PhaseSpec) -> Result<(), SpecError> {
+    match (&p.sql, &p.job) {
+        (Some(sql), None) if sql.trim().is_empty() => Err(invalid(field, "sql is empty")),
+        (Some(_), None) => Ok(()),
+        (None, Some(job)) => pod_template(job).map(|_| ()).map_err(|r| invalid(field, r)),
+        _ => Err(invalid(field, "exactly one of sql or job must be set")),
+    }
+}
+
+/// The pod template of a user Job, checked.
+pub fn pod_template(job: &JobSpec) -> Result<PodTemplateSpec, String> {
+    let t: PodTemplateSpec = serde_json::from_value(job.template.clone()).map_err(|e| format!("job.template is not a pod template: {e}"))?;
+    let containers = t.spec.as_ref().map(|s| s.containers.len()).unwrap_or(0);
+    if containers == 0 {
+        return Err("job.template.spec.containers must name at least one container".into());
+    }
+    Ok(t)
+}
+
+fn duration(field: &'static str, s: &str) -> Result<Duration, SpecError> {
+    humantime::parse_duration(s).map_err(|e| invalid(field, format!("{s:?} is not a duration: {e}")))
+}

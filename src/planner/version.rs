@@ -1,0 +1,39 @@
+//! Version ordering between a workload's version and `spec.appVersion`.
+
+/// Whether `have` is at or above `want`: semantic-version order when both parse (a leading
+/// `v` is ignored), exact equality otherwise.
+pub fn at_least(have: &str, want: &str) -> bool {
+    match (parse(have), parse(want)) {
+        (Some(h), Some(w)) => h >= w,
+        _ => have == want,
+    }
+}
+
+fn parse(v: &str) -> Option<semver::Version> {
+    let v = v.trim();
+    let v = v.strip_prefix('v').unwrap_or(v);
+    semver::Version::parse(v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::at_least;
+
+    #[test]
+    fn semver_order_where_both_parse() {
+        assert!(at_least("2.4.0", "2.4.0"));
+        assert!(at_least("2.10.0", "2.4.0"));
+        assert!(at_least("v2.4.1", "2.4.0"));
+        assert!(!at_least("2.3.9", "2.4.0"));
+        assert!(!at_least("2.4.0-rc.1", "2.4.0"));
+        assert!(at_least("3.0.0", "v2.4.0"));
+    }
+
+    #[test]
+    fn equality_otherwise() {
+        assert!(at_least("abc123", "abc123"));
+        assert!(!at_least("abc124", "abc123"));
+        assert!(!at_least("2.4", "2.4.0"));
+        assert!(!at_least("latest", "2.4.0"));
+    }
+}
