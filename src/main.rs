@@ -25,8 +25,8 @@ enum Command {
     Controller(ControllerArgs),
     /// Print the DatabaseMigration CustomResourceDefinition as YAML.
     Crd,
-    // TEMP/// Apply one phase's SQL to the database (what an executor Job runs).
-    // TEMP Apply(phasegate::executor::ApplyArgs),
+    /// Apply one phase's SQL to the database (what an executor Job runs).
+    Apply(phasegate::executor::ApplyArgs),
 }
 
 #[derive(clap::Args)]
@@ -82,9 +82,9 @@ fn main() -> ExitCode {
                 }
             })
         }
-        /* TEMP Command::Apply(args) => {
+        Command::Apply(args) => {
             telemetry::init(cli.log_format, "info");
             runtime.block_on(phasegate::executor::apply(args))
-        } TEMP */
+        }
     }
 }

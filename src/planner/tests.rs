@@ -1,1 +1,1529 @@
-#[test] fn placeholder(){}
+//! Unit and property tests of the planner: every transition, the gates, retries, lost status
+//! writes, conditions and Job names; then a simulator fed random observations.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::jiff::Timestamp;
+use proptest::prelude::*;
+
+use super::conditions::{CONTRACTED, EXPANDED, READY, RECONCILING, ROLLOUT_COMPLETE, STALLED};
+use super::*;
+use crate::api::{
+    Approval, ContractSpec, DatabaseMigrationSpec, DatabaseMigrationStatus, DatabaseSpec, JobSpec, Phase, PhaseSpec,
+    RolloutSpec, SafetySpec, SecretKeyRef, TargetKind, TargetSpec, TargetStatus, VersionFrom,
+};
+
+const NAME: &str = "users-email-verified";
+const T0: i64 = 1_700_000_000;
+
+fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_second(T0 + secs).unwrap()
+}
+
+fn time(secs: i64) -> Time {
+    Time(ts(secs))
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------
+
+struct SpecBuilder(DatabaseMigrationSpec);
+
+impl SpecBuilder {
+    fn new() -> Self {
+        Self(DatabaseMigrationSpec {
+            app_version: "2.4.0".into(),
+            database: DatabaseSpec { url_secret_ref: SecretKeyRef { name: "shop-db".into(), key: "url".into() } },
+            expand: PhaseSpec { sql: Some("ALTER TABLE users ADD COLUMN email_verified boolean;".into()), job: None },
+            contract: ContractSpec {
+                sql: Some("ALTER TABLE users DROP COLUMN legacy_flag;".into()),
+                job: None,
+                approval: Approval::Automatic,
+                delay: None,
+            },
+            rollout: RolloutSpec { targets: vec![named("shop-api")], version_from: VersionFrom::default(), timeout: None },
+            safety: SafetySpec::default(),
+        })
+    }
+    fn targets(mut self, names: &[&str]) -> Self {
+        self.0.rollout.targets = names.iter().map(|n| named(n)).collect();
+        self
+    }
+    fn delay(mut self, d: &str) -> Self {
+        self.0.contract.delay = Some(d.into());
+        self
+    }
+    fn timeout(mut self, d: &str) -> Self {
+        self.0.rollout.timeout = Some(d.into());
+        self
+    }
+    fn manual(mut self) -> Self {
+        self.0.contract.approval = Approval::Manual;
+        self
+    }
+    fn with(mut self, f: impl FnOnce(&mut DatabaseMigrationSpec)) -> Self {
+        f(&mut self.0);
+        self
+    }
+    fn build(self) -> DatabaseMigrationSpec {
+        self.0
+    }
+}
+
+fn named(name: &str) -> TargetSpec {
+    TargetSpec { kind: TargetKind::Deployment, name: Some(name.into()), selector: None }
+}
+
+fn target(name: &str, complete: bool) -> TargetStatus {
+    TargetStatus {
+        kind: "Deployment".into(),
+        name: name.into(),
+        version: Some(if complete { "2.4.0" } else { "2.3.0" }.into()),
+        complete,
+        replicas: 2,
+        updated_replicas: if complete { 2 } else { 0 },
+        available_replicas: 2,
+        old_pods: if complete { 0 } else { 2 },
+        message: (!complete).then(|| format!("Deployment {name} runs version 2.3.0, needs 2.4.0 or newer")),
+    }
+}
+
+/// One migration and what the controller observes of it; `step` plans and persists the status.
+struct Fx {
+    name: String,
+    generation: i64,
+    spec: DatabaseMigrationSpec,
+    status: DatabaseMigrationStatus,
+    now: i64,
+    approved: bool,
+    retry: Option<String>,
+    expand_job: JobState,
+    contract_job: JobState,
+    targets: Vec<TargetStatus>,
+}
+
+impl Fx {
+    fn new(spec: DatabaseMigrationSpec) -> Self {
+        let targets = spec.rollout.targets.iter().map(|t| target(t.name.as_deref().unwrap_or("sel"), false)).collect();
+        Self {
+            name: NAME.into(),
+            generation: 1,
+            spec,
+            status: DatabaseMigrationStatus::default(),
+            now: 0,
+            approved: false,
+            retry: None,
+            expand_job: JobState::Absent,
+            contract_job: JobState::Absent,
+            targets,
+        }
+    }
+    fn input(&self) -> Input<'_> {
+        Input {
+            now: ts(self.now),
+            name: &self.name,
+            generation: self.generation,
+            spec: &self.spec,
+            status: &self.status,
+            approved: self.approved,
+            retry: self.retry.as_deref(),
+            expand_job: self.expand_job.clone(),
+            contract_job: self.contract_job.clone(),
+            targets: self.targets.clone(),
+        }
+    }
+    fn plan(&self) -> Plan {
+        plan(&self.input())
+    }
+    /// Plan and persist the status.
+    fn step(&mut self) -> Plan {
+        let p = self.plan();
+        self.status = p.status.clone();
+        p
+    }
+    fn complete(&mut self, yes: bool) {
+        for t in &mut self.targets {
+            *t = target(&t.name.clone(), yes);
+        }
+    }
+    fn retry(&mut self, token: &str) {
+        self.retry = Some(token.into());
+    }
+    /// Expand applied, waiting for the rollout (at `now`).
+    fn expanded(spec: DatabaseMigrationSpec) -> Self {
+        let mut fx = Fx::new(spec);
+        assert_eq!(fx.step().action, Action::StartJob { phase: JobPhase::Expand, attempt: 1 });
+        fx.expand_job = JobState::Running;
+        fx.step();
+        fx.expand_job = JobState::Succeeded(Some("expand applied".into()));
+        assert_eq!(fx.step().status.phase, Some(Phase::AwaitingRollout));
+        fx
+    }
+    /// Contract attempt 1 started (targets complete).
+    fn contracting(spec: DatabaseMigrationSpec) -> Self {
+        let mut fx = Fx::expanded(spec);
+        fx.complete(true);
+        fx.approved = true;
+        assert_eq!(fx.step().action, Action::StartJob { phase: JobPhase::Contract, attempt: 1 });
+        fx.contract_job = JobState::Running;
+        fx
+    }
+}
+
+fn phase(p: &Plan) -> Phase {
+    p.status.phase.expect("phase is always set")
+}
+
+fn cond<'a>(s: &'a DatabaseMigrationStatus, type_: &str) -> &'a Condition {
+    s.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_} condition"))
+}
+
+fn is_true(s: &DatabaseMigrationStatus, type_: &str) -> bool {
+    cond(s, type_).status == "True"
+}
+
+fn stalled_reason(s: &DatabaseMigrationStatus) -> Option<&str> {
+    conditions::reason_of(&s.conditions, STALLED)
+}
+
+fn start(phase: JobPhase, attempt: u32) -> Action {
+    Action::StartJob { phase, attempt }
+}
+
+// ---------------------------------------------------------------------------------------
+// The happy path
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn fresh_migration_starts_expand_attempt_1() {
+    let fx = Fx::new(SpecBuilder::new().build());
+    let p = fx.plan();
+    assert_eq!(p.action, start(JobPhase::Expand, 1));
+    assert_eq!(phase(&p), Phase::Expanding);
+    let e = p.status.expand.as_ref().unwrap();
+    assert_eq!(e.attempts, 1);
+    assert_eq!(e.job_name.as_deref(), Some("users-email-verified-expand-1"));
+    assert_eq!(e.started_at, Some(time(0)));
+    assert!(!e.succeeded && e.finished_at.is_none());
+    assert!(p.status.contract.is_none());
+    assert_eq!(p.status.observed_generation, Some(1));
+    let t = p.transition.expect("Pending -> Expanding is a transition");
+    assert!(!t.warning);
+    assert_eq!(t.reason, "Expanding");
+    assert!(is_true(&p.status, RECONCILING));
+    assert!(!is_true(&p.status, READY));
+    assert!(!is_true(&p.status, STALLED));
+    assert_eq!(cond(&p.status, EXPANDED).reason, reason::EXPANDING);
+}
+
+#[test]
+fn expand_running_waits_without_action() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.step();
+    fx.expand_job = JobState::Running;
+    fx.now = 30;
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::Expanding);
+    assert_eq!(p.transition, None);
+    assert_eq!(p.status.expand.as_ref().unwrap().attempts, 1);
+    assert_eq!(p.status.expand.as_ref().unwrap().started_at, Some(time(0)), "started_at is kept");
+    assert!(is_true(&p.status, RECONCILING));
+}
+
+#[test]
+fn expand_succeeded_awaits_rollout_without_action() {
+    let mut fx = Fx::new(SpecBuilder::new().targets(&["shop-api", "shop-worker"]).build());
+    fx.step();
+    fx.expand_job = JobState::Running;
+    fx.step();
+    fx.now = 60;
+    fx.targets[0] = target("shop-api", true);
+    fx.expand_job = JobState::Succeeded(Some("2 statements applied".into()));
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    assert_eq!(p.transition.as_ref().unwrap().reason, "AwaitingRollout");
+    let e = p.status.expand.as_ref().unwrap();
+    assert!(e.succeeded);
+    assert_eq!(e.finished_at, Some(time(60)));
+    assert_eq!(e.message.as_deref(), Some("2 statements applied"));
+    assert_eq!(p.status.targets_ready.as_deref(), Some("1/2"));
+    assert_eq!(p.status.targets, fx.targets);
+    assert_eq!(p.status.rollout_started_at, Some(time(60)));
+    assert_eq!(p.status.rollout_completed_at, None);
+    assert!(p.status.contract.is_none());
+    assert!(is_true(&p.status, READY), "Ready once expand is applied (Argo CD / Flux gate)");
+    assert!(is_true(&p.status, EXPANDED));
+    assert!(!is_true(&p.status, RECONCILING));
+    assert!(!is_true(&p.status, STALLED));
+    let rc = cond(&p.status, ROLLOUT_COMPLETE);
+    assert_eq!((rc.status.as_str(), rc.reason.as_str()), ("False", reason::AWAITING_ROLLOUT));
+    assert!(rc.message.contains("shop-worker"), "{}", rc.message);
+    assert!(!rc.message.contains("Deployment shop-api"), "{}", rc.message);
+}
+
+#[test]
+fn targets_complete_start_contract() {
+    let mut fx = Fx::expanded(SpecBuilder::new().build());
+    fx.now = 120;
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Contract, 1));
+    assert_eq!(phase(&p), Phase::Contracting);
+    assert_eq!(p.transition.as_ref().unwrap().reason, "Contracting");
+    let c = p.status.contract.as_ref().unwrap();
+    assert_eq!(c.attempts, 1);
+    assert_eq!(c.job_name.as_deref(), Some("users-email-verified-contract-1"));
+    assert_eq!(c.started_at, Some(time(120)));
+    assert_eq!(p.status.rollout_completed_at, Some(time(120)));
+    assert_eq!(p.status.targets_ready.as_deref(), Some("1/1"));
+    assert!(is_true(&p.status, ROLLOUT_COMPLETE));
+    assert!(is_true(&p.status, READY));
+    assert_eq!(cond(&p.status, CONTRACTED).reason, reason::CONTRACTING);
+}
+
+#[test]
+fn contract_running_then_succeeded() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.now = 200;
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::Contracting);
+    assert_eq!(p.transition, None);
+
+    fx.now = 260;
+    fx.contract_job = JobState::Succeeded(Some("1 statement applied".into()));
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::Succeeded);
+    let t = p.transition.as_ref().unwrap();
+    assert_eq!((t.reason.as_str(), t.warning), ("Succeeded", false));
+    let c = p.status.contract.as_ref().unwrap();
+    assert!(c.succeeded);
+    assert_eq!(c.finished_at, Some(time(260)));
+    assert_eq!(c.message.as_deref(), Some("1 statement applied"));
+    for ty in [READY, EXPANDED, ROLLOUT_COMPLETE, CONTRACTED] {
+        assert!(is_true(&p.status, ty), "{ty}");
+    }
+    assert!(!is_true(&p.status, RECONCILING));
+    assert!(!is_true(&p.status, STALLED));
+
+    // Succeeded is terminal: a later rollback or the Job's TTL cleanup changes nothing.
+    fx.now = 10_000;
+    fx.complete(false);
+    fx.contract_job = JobState::Absent;
+    fx.expand_job = JobState::Absent;
+    let p = fx.step();
+    assert_eq!((phase(&p), &p.action, &p.transition), (Phase::Succeeded, &Action::None, &None));
+}
+
+// ---------------------------------------------------------------------------------------
+// Failures and retries
+// ---------------------------------------------------------------------------------------
+
+fn expand_failed() -> Fx {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.step();
+    fx.expand_job = JobState::Running;
+    fx.step();
+    fx.now = 50;
+    fx.expand_job = JobState::Failed("relation \"users\" does not exist".into());
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Failed);
+    fx
+}
+
+#[test]
+fn expand_failed_is_failed_with_message_and_no_action() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.step();
+    fx.expand_job = JobState::Running;
+    fx.step();
+    fx.now = 50;
+    fx.expand_job = JobState::Failed("relation \"users\" does not exist".into());
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::Failed);
+    let t = p.transition.as_ref().unwrap();
+    assert!(t.warning);
+    assert_eq!(t.reason, reason::EXPAND_FAILED);
+    assert!(t.message.contains("relation \"users\" does not exist"), "{}", t.message);
+    assert_eq!(stalled_reason(&p.status), Some(reason::EXPAND_FAILED));
+    assert!(cond(&p.status, STALLED).message.contains("does not exist"));
+    assert_eq!(cond(&p.status, EXPANDED).reason, reason::EXPAND_FAILED);
+    assert!(!is_true(&p.status, READY));
+    assert!(!is_true(&p.status, RECONCILING));
+    let e = p.status.expand.as_ref().unwrap();
+    assert_eq!(e.finished_at, Some(time(50)));
+    assert_eq!(e.message.as_deref(), Some("relation \"users\" does not exist"));
+    assert!(!e.succeeded);
+
+    // Re-planning keeps the failure time; a deleted failed Job is still a failure.
+    fx.now = 500;
+    let p = fx.step();
+    assert_eq!((p.action.clone(), p.transition.clone()), (Action::None, None));
+    assert_eq!(p.status.expand.as_ref().unwrap().finished_at, Some(time(50)));
+    fx.expand_job = JobState::Absent;
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
+    assert!(p.transition.is_none());
+    assert!(cond(&p.status, STALLED).message.contains("does not exist"));
+}
+
+#[test]
+fn retry_after_expand_failure_starts_attempt_2() {
+    let mut fx = expand_failed();
+    fx.now = 100;
+    fx.retry("1");
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Expand, 2));
+    assert_eq!(phase(&p), Phase::Expanding);
+    assert_eq!(p.status.observed_retry.as_deref(), Some("1"));
+    let e = p.status.expand.as_ref().unwrap();
+    assert_eq!(e.attempts, 2);
+    assert_eq!(e.job_name.as_deref(), Some("users-email-verified-expand-2"));
+    assert_eq!(e.started_at, Some(time(100)));
+    assert_eq!((e.finished_at.clone(), e.message.clone()), (None, None));
+    assert!(!is_true(&p.status, STALLED));
+    assert_eq!(p.transition.as_ref().unwrap().reason, "Expanding");
+
+    // The new attempt runs; the same token does nothing more.
+    fx.expand_job = JobState::Running;
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Expanding, Action::None));
+}
+
+#[test]
+fn retry_after_expand_failure_whose_job_is_gone() {
+    let mut fx = expand_failed();
+    fx.expand_job = JobState::Absent;
+    fx.retry("1");
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 2));
+}
+
+#[test]
+fn stale_retry_token_does_nothing() {
+    let mut fx = expand_failed();
+    fx.retry("1");
+    fx.step();
+    fx.expand_job = JobState::Failed("again".into());
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
+    assert_eq!(p.status.expand.as_ref().unwrap().attempts, 2);
+    assert_eq!(p.status.observed_retry.as_deref(), Some("1"));
+    // Same token again, later, with the Job gone: still nothing.
+    fx.now = 1000;
+    fx.expand_job = JobState::Absent;
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
+}
+
+#[test]
+fn empty_retry_token_is_no_retry() {
+    let mut fx = expand_failed();
+    fx.retry("");
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
+}
+
+#[test]
+fn retry_token_set_before_any_failure_is_recorded_and_not_acted_on_later() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.step();
+    fx.expand_job = JobState::Running;
+    fx.retry("early");
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Expanding);
+    assert_eq!(p.status.observed_retry.as_deref(), Some("early"), "recorded while nothing failed");
+
+    fx.expand_job = JobState::Failed("boom".into());
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
+
+    fx.retry("late");
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 2));
+}
+
+#[test]
+fn retry_token_set_during_rollout_does_not_retry_a_later_contract_failure() {
+    let mut fx = Fx::expanded(SpecBuilder::new().build());
+    fx.retry("early");
+    assert_eq!(fx.step().status.observed_retry.as_deref(), Some("early"));
+    fx.complete(true);
+    fx.step();
+    fx.contract_job = JobState::Failed("boom".into());
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
+}
+
+fn contract_failed() -> Fx {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.now = 300;
+    fx.contract_job = JobState::Failed("lock timeout on users".into());
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Failed);
+    fx
+}
+
+#[test]
+fn contract_failed_is_failed_with_message_and_no_action() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.now = 300;
+    fx.contract_job = JobState::Failed("lock timeout on users".into());
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    let t = p.transition.as_ref().unwrap();
+    assert!(t.warning);
+    assert_eq!(t.reason, reason::CONTRACT_FAILED);
+    assert!(t.message.contains("lock timeout on users"));
+    assert_eq!(stalled_reason(&p.status), Some(reason::CONTRACT_FAILED));
+    assert_eq!(cond(&p.status, CONTRACTED).reason, reason::CONTRACT_FAILED);
+    assert!(!is_true(&p.status, READY));
+    let c = p.status.contract.as_ref().unwrap();
+    assert_eq!((c.finished_at.clone(), c.succeeded), (Some(time(300)), false));
+
+    // The failed Job deleted: still failed, nothing started.
+    fx.contract_job = JobState::Absent;
+    fx.now = 900;
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone(), p.transition.clone()), (Phase::Failed, Action::None, None));
+}
+
+#[test]
+fn retry_after_contract_failure_starts_attempt_2_when_gates_open() {
+    let mut fx = contract_failed();
+    fx.now = 400;
+    fx.retry("1");
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Contract, 2));
+    assert_eq!(phase(&p), Phase::Contracting);
+    assert_eq!(p.status.observed_retry.as_deref(), Some("1"));
+    let c = p.status.contract.as_ref().unwrap();
+    assert_eq!((c.attempts, c.finished_at.clone()), (2, None));
+    assert_eq!(c.job_name.as_deref(), Some("users-email-verified-contract-2"));
+    fx.contract_job = JobState::Running;
+    assert_eq!(fx.step().action, Action::None);
+}
+
+#[test]
+fn retry_after_contract_failure_rechecks_the_gates() {
+    let mut fx = contract_failed();
+    fx.complete(false); // a rollback happened since
+    fx.retry("1");
+    let p = fx.step();
+    assert_eq!(p.action, Action::None, "contract must not run while the rollout is incomplete");
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    assert_eq!(p.status.rollout_completed_at, None);
+
+    fx.approved = false;
+    fx.spec.contract.approval = Approval::Manual;
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!(p.action, Action::None, "contract must not run without approval");
+}
+
+#[test]
+#[ignore = "BUG: a contract retry seen while a gate is closed is consumed, then the migration falls back to Failed"]
+fn retry_after_contract_failure_survives_a_closed_gate() {
+    // Contract failed; the user retries while the rollout is (momentarily) incomplete.
+    let mut fx = contract_failed();
+    fx.complete(false);
+    fx.retry("1");
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    // The rollout completes: the retry must now start contract attempt 2.
+    fx.now = 500;
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Contracting, "retry lost: {:?}", p.status.conditions);
+    assert_eq!(p.action, start(JobPhase::Contract, 2));
+}
+
+#[test]
+#[ignore = "BUG: a contract retry seen while awaiting approval is consumed, then the migration falls back to Failed"]
+fn retry_after_contract_failure_survives_awaiting_approval() {
+    let mut fx = contract_failed();
+    fx.spec.contract.approval = Approval::Manual;
+    fx.approved = false;
+    fx.retry("1");
+    assert_eq!(phase(&fx.step()), Phase::AwaitingApproval);
+    fx.approved = true;
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Contract, 2), "retry lost: phase {:?}", p.status.phase);
+}
+
+// ---------------------------------------------------------------------------------------
+// Gates: soak delay, approval, timeout, targets
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn soak_delay_then_contract() {
+    let mut fx = Fx::expanded(SpecBuilder::new().delay("10m").build());
+    fx.now = 100;
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Soaking, Action::None));
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(600)));
+    assert_eq!(p.status.rollout_completed_at, Some(time(100)));
+    assert_eq!(p.transition.as_ref().unwrap().reason, "Soaking");
+    assert!(is_true(&p.status, ROLLOUT_COMPLETE));
+    assert!(is_true(&p.status, READY));
+
+    fx.now = 400;
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone(), p.transition.clone()), (Phase::Soaking, Action::None, None));
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(300)));
+    assert_eq!(p.status.rollout_completed_at, Some(time(100)), "soak counts from the first complete observation");
+    assert!(cond(&p.status, READY).message.contains("5m"), "{}", cond(&p.status, READY).message);
+
+    fx.now = 699;
+    assert_eq!(phase(&fx.step()), Phase::Soaking);
+    fx.now = 700;
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
+}
+
+#[test]
+fn rollback_during_soak_resets_the_soak() {
+    let mut fx = Fx::expanded(SpecBuilder::new().delay("10m").build());
+    fx.now = 100;
+    fx.complete(true);
+    fx.step();
+    fx.now = 400;
+    fx.complete(false);
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    assert_eq!(p.status.rollout_completed_at, None);
+    assert!(!is_true(&p.status, ROLLOUT_COMPLETE));
+    assert_eq!(p.transition.as_ref().unwrap().reason, "AwaitingRollout");
+
+    fx.now = 800; // 700s after the first completion, but only 0s after the second
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Soaking, Action::None));
+    assert_eq!(p.status.rollout_completed_at, Some(time(800)));
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(600)));
+    fx.now = 1399;
+    assert_eq!(fx.step().action, Action::None);
+    fx.now = 1400;
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
+}
+
+#[test]
+fn one_target_rolling_back_closes_the_gate() {
+    let mut fx = Fx::expanded(SpecBuilder::new().targets(&["a", "b", "c"]).build());
+    fx.complete(true);
+    fx.targets[1] = target("b", false);
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    assert_eq!(p.status.targets_ready.as_deref(), Some("2/3"));
+    assert!(cond(&p.status, READY).message.contains("1/3"), "{}", cond(&p.status, READY).message);
+}
+
+#[test]
+fn manual_approval_waits_until_approved() {
+    let mut fx = Fx::expanded(SpecBuilder::new().manual().build());
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingApproval, Action::None));
+    assert!(p.transition.as_ref().unwrap().message.contains(crate::api::ANNOTATION_APPROVE));
+    assert!(is_true(&p.status, ROLLOUT_COMPLETE));
+    fx.now = 3600;
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone(), p.transition.clone()), (Phase::AwaitingApproval, Action::None, None));
+    fx.approved = true;
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
+}
+
+#[test]
+fn manual_approval_after_soak() {
+    let mut fx = Fx::expanded(SpecBuilder::new().manual().delay("1m").build());
+    fx.approved = true; // approved early: the soak still applies
+    fx.complete(true);
+    assert_eq!(phase(&fx.step()), Phase::Soaking);
+    fx.approved = false;
+    fx.now = 60;
+    assert_eq!(phase(&fx.step()), Phase::AwaitingApproval);
+    fx.approved = true;
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
+}
+
+#[test]
+fn approval_does_not_bypass_the_rollout() {
+    let mut fx = Fx::expanded(SpecBuilder::new().manual().build());
+    fx.approved = true;
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+}
+
+#[test]
+fn rollout_timeout_fails_and_stays_failed_until_retry() {
+    let mut fx = Fx::expanded(SpecBuilder::new().timeout("1h").build());
+    assert_eq!(fx.status.rollout_started_at, Some(time(0)));
+    assert_eq!(fx.plan().requeue_after, Some(Duration::from_secs(3600)));
+    fx.now = 1800;
+    assert_eq!(fx.step().requeue_after, Some(Duration::from_secs(1800)));
+    fx.now = 3600;
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
+    let t = p.transition.as_ref().unwrap();
+    assert!(t.warning);
+    assert_eq!(t.reason, reason::ROLLOUT_TIMEOUT);
+    assert!(t.message.contains("1h"), "{}", t.message);
+    assert_eq!(stalled_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
+    assert_eq!(cond(&p.status, ROLLOUT_COMPLETE).reason, reason::ROLLOUT_TIMEOUT);
+    assert!(!is_true(&p.status, READY));
+
+    // The targets complete later: still failed, contract does not run.
+    fx.now = 4000;
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone(), p.transition.clone()), (Phase::Failed, Action::None, None));
+    assert_eq!(stalled_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
+    fx.approved = true;
+    fx.now = 100_000;
+    assert_eq!(fx.step().action, Action::None);
+
+    // A retry re-opens the gates.
+    fx.retry("1");
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Contract, 1));
+    assert_eq!(p.status.observed_retry.as_deref(), Some("1"));
+}
+
+#[test]
+fn retry_after_rollout_timeout_restarts_the_timeout_clock() {
+    let mut fx = Fx::expanded(SpecBuilder::new().timeout("10m").build());
+    fx.now = 600;
+    assert_eq!(phase(&fx.step()), Phase::Failed);
+    fx.now = 1000;
+    fx.retry("1");
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    assert_eq!(p.status.rollout_started_at, Some(time(1000)));
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(600)));
+    fx.now = 1599;
+    assert_eq!(phase(&fx.step()), Phase::AwaitingRollout);
+    fx.now = 1600;
+    assert_eq!(phase(&fx.step()), Phase::Failed);
+}
+
+#[test]
+#[ignore = "BUG: an InvalidSpec failure overwrites the Stalled reason, forgetting an earlier rollout timeout"]
+fn rollout_timeout_survives_an_invalid_spec_edit() {
+    let mut fx = Fx::expanded(SpecBuilder::new().timeout("10m").build());
+    fx.now = 600;
+    assert_eq!(stalled_reason(&fx.step().status), Some(reason::ROLLOUT_TIMEOUT));
+    // An edit makes the spec invalid, then the edit is reverted; meanwhile the rollout completed.
+    let good = fx.spec.clone();
+    fx.spec.contract.delay = Some("10 parsecs".into());
+    assert_eq!(stalled_reason(&fx.step().status), Some(reason::INVALID_SPEC));
+    fx.spec = good;
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!(p.action, Action::None, "a timed-out rollout must stay failed until a retry");
+    assert_eq!(stalled_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
+}
+
+#[test]
+fn targets_complete_before_timeout_never_time_out() {
+    let mut fx = Fx::expanded(SpecBuilder::new().timeout("10m").delay("1h").build());
+    fx.complete(true);
+    fx.now = 1200; // past the rollout timeout, inside the soak
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Soaking);
+    fx.now = 3600;
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
+}
+
+#[test]
+fn empty_targets_list_never_counts_as_complete() {
+    let mut fx = Fx::expanded(SpecBuilder::new().build());
+    fx.targets.clear();
+    fx.approved = true;
+    fx.now = 1_000_000;
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    assert_eq!(p.status.targets_ready.as_deref(), Some("0/0"));
+    assert!(cond(&p.status, READY).message.contains("no rollout targets"));
+    assert!(!is_true(&p.status, ROLLOUT_COMPLETE));
+}
+
+#[test]
+fn a_missing_target_reported_incomplete_blocks_contract() {
+    let mut fx = Fx::expanded(SpecBuilder::new().targets(&["shop-api", "shop-worker"]).build());
+    fx.targets = vec![
+        target("shop-api", true),
+        TargetStatus {
+            kind: "Deployment".into(),
+            name: "shop-worker".into(),
+            message: Some("Deployment shop-worker not found".into()),
+            ..Default::default()
+        },
+    ];
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    assert!(cond(&p.status, READY).message.contains("shop-worker not found"));
+}
+
+#[test]
+#[ignore = "BUG (defence in depth): a named spec target absent from Input::targets is not noticed; the others count as all"]
+fn a_named_target_absent_from_the_observation_blocks_contract() {
+    let mut fx = Fx::expanded(SpecBuilder::new().targets(&["shop-api", "shop-worker"]).build());
+    fx.targets = vec![target("shop-api", true)];
+    let p = fx.step();
+    assert_eq!(p.action, Action::None, "shop-worker was never observed");
+}
+
+// ---------------------------------------------------------------------------------------
+// Invalid specs
+// ---------------------------------------------------------------------------------------
+
+fn invalid_specs() -> Vec<(&'static str, DatabaseMigrationSpec)> {
+    let empty_selector = TargetSpec { kind: TargetKind::Deployment, name: None, selector: Some(LabelSelector::default()) };
+    let both = TargetSpec {
+        kind: TargetKind::Deployment,
+        name: Some("a".into()),
+        selector: Some(LabelSelector {
+            match_labels: Some([("app".to_string(), "a".to_string())].into()),
+            ..Default::default()
+        }),
+    };
+    let no_containers = JobSpec { template: serde_json::json!({"spec": {"containers": []}}), backoff_limit: None };
+    vec![
+        ("spec.expand", SpecBuilder::new().with(|s| s.expand = PhaseSpec { sql: None, job: None }).build()),
+        ("spec.expand", SpecBuilder::new().with(|s| s.expand.sql = Some("  ".into())).build()),
+        ("spec.expand", SpecBuilder::new().with(|s| s.expand = PhaseSpec { sql: None, job: Some(no_containers) }).build()),
+        ("spec.contract", SpecBuilder::new().with(|s| s.contract.sql = None).build()),
+        ("spec.contract.delay", SpecBuilder::new().delay("10 parsecs").build()),
+        ("spec.rollout.timeout", SpecBuilder::new().timeout("soon").build()),
+        ("spec.rollout.targets", SpecBuilder::new().with(|s| s.rollout.targets = vec![empty_selector]).build()),
+        ("spec.rollout.targets", SpecBuilder::new().with(|s| s.rollout.targets = vec![both]).build()),
+        ("spec.rollout.targets", SpecBuilder::new().with(|s| s.rollout.targets.clear()).build()),
+        ("spec.rollout.versionFrom", SpecBuilder::new().with(|s| s.rollout.version_from.label = None).build()),
+        ("spec.appVersion", SpecBuilder::new().with(|s| s.app_version = " ".into()).build()),
+        ("spec.safety.lockTimeout", SpecBuilder::new().with(|s| s.safety.lock_timeout = "2 fortnights".into()).build()),
+    ]
+}
+
+#[test]
+fn invalid_spec_fails_with_the_field_and_does_nothing() {
+    for (field, spec) in invalid_specs() {
+        let mut fx = Fx::new(spec);
+        let p = fx.step();
+        assert_eq!(p.action, Action::None, "{field}");
+        assert_eq!(phase(&p), Phase::Failed, "{field}");
+        assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC), "{field}");
+        let msg = &cond(&p.status, STALLED).message;
+        assert!(msg.starts_with(field), "{field}: {msg}");
+        let t = p.transition.as_ref().unwrap();
+        assert_eq!((t.warning, t.reason.as_str()), (true, reason::INVALID_SPEC), "{field}");
+        assert!(p.status.expand.is_none(), "{field}: nothing recorded");
+        // Still invalid: no new Event.
+        assert_eq!(fx.step().transition, None, "{field}");
+    }
+}
+
+#[test]
+fn fixed_spec_resumes_from_recorded_progress() {
+    let mut fx = Fx::expanded(SpecBuilder::new().build());
+    let good = fx.spec.clone();
+    fx.spec.contract.delay = Some("10 parsecs".into());
+    fx.expand_job = JobState::Absent; // the expand Job was cleaned up meanwhile
+    fx.now = 100;
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
+    assert!(cond(&p.status, STALLED).message.contains("spec.contract.delay"));
+    assert!(!is_true(&p.status, READY));
+    assert!(is_true(&p.status, EXPANDED), "expand stays applied");
+
+    fx.spec = good;
+    fx.now = 200;
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None), "expand is not re-run");
+    assert_eq!(p.status.expand.as_ref().unwrap().attempts, 1);
+    assert!(is_true(&p.status, READY));
+    fx.complete(true);
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
+}
+
+#[test]
+fn invalid_spec_while_expand_runs_resumes_the_same_attempt() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.step();
+    fx.expand_job = JobState::Running;
+    fx.step();
+    let good = fx.spec.clone();
+    fx.spec.rollout.targets.clear();
+    assert_eq!(phase(&fx.step()), Phase::Failed);
+    fx.spec = good;
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Expanding, Action::None));
+    assert_eq!(p.status.expand.as_ref().unwrap().attempts, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Lost Jobs and lost status writes
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn expand_job_vanished_while_running_starts_a_new_attempt() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.step();
+    fx.expand_job = JobState::Running;
+    fx.step();
+    fx.expand_job = JobState::Absent;
+    fx.now = 10;
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Expand, 2));
+    assert_eq!(p.status.expand.as_ref().unwrap().job_name.as_deref(), Some("users-email-verified-expand-2"));
+}
+
+#[test]
+fn contract_job_vanished_while_running_starts_a_new_attempt_through_the_gates() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.step();
+    fx.contract_job = JobState::Absent;
+    fx.complete(false);
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    fx.complete(true);
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 2));
+}
+
+#[test]
+fn expand_job_found_while_status_write_was_lost_is_adopted() {
+    // The Job of attempt 1 exists but the status recording its start was lost.
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.expand_job = JobState::Running;
+    let p = fx.step();
+    assert_eq!(p.action, Action::None, "adopted, not duplicated");
+    assert_eq!(phase(&p), Phase::Expanding);
+    assert_eq!(p.status.expand.as_ref().unwrap().attempts, 1);
+
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.expand_job = JobState::Succeeded(None);
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    assert!(p.status.expand.as_ref().unwrap().succeeded);
+    assert_eq!(p.status.expand.as_ref().unwrap().attempts, 1);
+
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.expand_job = JobState::Failed("x".into());
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
+    assert_eq!(p.status.expand.as_ref().unwrap().attempts, 1);
+}
+
+#[test]
+fn contract_job_found_while_status_write_was_lost_is_adopted() {
+    let mut fx = Fx::expanded(SpecBuilder::new().build());
+    fx.contract_job = JobState::Running; // targets look incomplete: no matter, it runs already
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Contracting, Action::None));
+    assert_eq!(p.status.contract.as_ref().unwrap().attempts, 1);
+    fx.contract_job = JobState::Succeeded(None);
+    assert_eq!(phase(&fx.step()), Phase::Succeeded);
+}
+
+#[test]
+#[ignore = "BUG (minor): adopting a Job whose start was not recorded leaves job_name/started_at unset"]
+fn adopted_job_is_named_in_status() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.expand_job = JobState::Running;
+    let p = fx.step();
+    let e = p.status.expand.as_ref().unwrap();
+    assert_eq!(e.job_name.as_deref(), Some("users-email-verified-expand-1"));
+    assert!(e.started_at.is_some());
+}
+
+#[test]
+fn retry_replanned_from_a_stale_status_re_issues_the_same_attempt() {
+    // Expand failed; a retry started attempt 2 but that status write was lost.
+    let mut fx = expand_failed();
+    let before = fx.status.clone();
+    fx.retry("1");
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 2));
+    fx.status = before;
+    // Re-planned from the old status: the same attempt (the controller adopts it), not a third.
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 2));
+}
+
+#[test]
+fn expand_is_never_rerun_once_recorded_succeeded() {
+    let mut fx = Fx::expanded(SpecBuilder::new().build());
+    for job in [JobState::Absent, JobState::Running, JobState::Failed("x".into())] {
+        fx.expand_job = job;
+        fx.retry(&format!("{:?}", fx.expand_job));
+        let p = fx.step();
+        assert!(!matches!(p.action, Action::StartJob { phase: JobPhase::Expand, .. }));
+        assert_eq!(phase(&p), Phase::AwaitingRollout);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Transitions and conditions
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn transition_only_when_the_phase_changes() {
+    // Walk the whole path; at every step a second plan from the output status is silent.
+    let mut fx = Fx::new(SpecBuilder::new().manual().delay("1m").build());
+    let mut seen = Vec::new();
+    let mut check = |fx: &mut Fx, seen: &mut Vec<Phase>| {
+        let p = fx.step();
+        assert!(p.transition.is_some(), "{:?}", p.status.phase);
+        seen.push(phase(&p));
+        if let Action::StartJob { phase: JobPhase::Expand, .. } = p.action {
+            fx.expand_job = JobState::Running;
+        }
+        if let Action::StartJob { phase: JobPhase::Contract, .. } = p.action {
+            fx.contract_job = JobState::Running;
+        }
+        let again = fx.step();
+        assert_eq!(again.transition, None, "{:?}", again.status.phase);
+        assert_eq!(again.action, Action::None);
+    };
+    check(&mut fx, &mut seen); // Expanding
+    fx.expand_job = JobState::Succeeded(None);
+    check(&mut fx, &mut seen); // AwaitingRollout
+    fx.complete(true);
+    check(&mut fx, &mut seen); // Soaking
+    fx.now = 60;
+    check(&mut fx, &mut seen); // AwaitingApproval
+    fx.approved = true;
+    check(&mut fx, &mut seen); // Contracting
+    fx.contract_job = JobState::Failed("x".into());
+    check(&mut fx, &mut seen); // Failed
+    fx.retry("1");
+    check(&mut fx, &mut seen); // Contracting
+    fx.contract_job = JobState::Succeeded(None);
+    check(&mut fx, &mut seen); // Succeeded
+    use Phase::*;
+    assert_eq!(seen, [Expanding, AwaitingRollout, Soaking, AwaitingApproval, Contracting, Failed, Contracting, Succeeded]);
+}
+
+#[test]
+fn conditions_keep_last_transition_time_while_unchanged() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    let p = fx.step();
+    assert_eq!(p.status.conditions.len(), 6);
+    for c in &p.status.conditions {
+        assert_eq!(c.last_transition_time, time(0), "{}", c.type_);
+        assert_eq!(c.observed_generation, Some(1), "{}", c.type_);
+    }
+    fx.expand_job = JobState::Running;
+    fx.now = 10;
+    fx.generation = 2;
+    let p = fx.step();
+    assert_eq!(p.status.observed_generation, Some(2));
+    for c in &p.status.conditions {
+        assert_eq!(c.last_transition_time, time(0), "{} unchanged", c.type_);
+        assert_eq!(c.observed_generation, Some(2), "{}", c.type_);
+    }
+    fx.expand_job = JobState::Succeeded(None);
+    fx.now = 20;
+    let p = fx.step();
+    assert_eq!(cond(&p.status, READY).last_transition_time, time(20));
+    assert_eq!(cond(&p.status, EXPANDED).last_transition_time, time(20));
+    assert_eq!(cond(&p.status, RECONCILING).last_transition_time, time(20));
+    assert_eq!(cond(&p.status, STALLED).last_transition_time, time(0));
+    assert_eq!(cond(&p.status, CONTRACTED).last_transition_time, time(0));
+    // A message change alone (another target state) keeps the time.
+    fx.now = 30;
+    fx.targets[0].message = Some("something else".into());
+    let p = fx.step();
+    assert_eq!(cond(&p.status, READY).last_transition_time, time(20));
+    assert_eq!(cond(&p.status, ROLLOUT_COMPLETE).message, "something else");
+    assert_eq!(cond(&p.status, ROLLOUT_COMPLETE).last_transition_time, time(0));
+}
+
+#[test]
+fn condition_messages_are_bounded() {
+    let mut fx = Fx::expanded(SpecBuilder::new().build());
+    fx.targets[0].message = Some("x".repeat(5000));
+    let p = fx.step();
+    assert!(p.status.conditions.iter().all(|c| c.message.chars().count() <= 1024));
+}
+
+#[test]
+fn status_is_stable_when_nothing_changes() {
+    // The controller skips the status write when the plan's status equals the input's.
+    let mut fx = Fx::expanded(SpecBuilder::new().timeout("1h").build());
+    fx.step();
+    let p = fx.plan();
+    assert_eq!(p.status, fx.status);
+}
+
+// ---------------------------------------------------------------------------------------
+// Job names
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn job_names_are_deterministic_and_distinct() {
+    assert_eq!(job_name("m", JobPhase::Expand, 1), "m-expand-1");
+    assert_eq!(job_name("m", JobPhase::Contract, 12), "m-contract-12");
+    let long = "a".repeat(200);
+    let n = job_name(&long, JobPhase::Contract, 3);
+    assert_eq!(n, job_name(&long, JobPhase::Contract, 3));
+    assert!(n.len() <= 52, "{n}");
+    assert!(n.ends_with("-contract-3"), "{n}");
+    let other = format!("{}b", "a".repeat(199));
+    assert_ne!(n, job_name(&other, JobPhase::Contract, 3), "same prefix, different names");
+    let mut all = std::collections::HashSet::new();
+    for name in ["m", long.as_str()] {
+        for ph in [JobPhase::Expand, JobPhase::Contract] {
+            for a in [1, 2, 10, u32::MAX] {
+                let j = job_name(name, ph, a);
+                assert!(j.len() <= 52, "{j}");
+                assert!(all.insert(j));
+            }
+        }
+    }
+}
+
+#[test]
+fn job_names_at_the_length_boundary() {
+    for len in 30..70 {
+        let name = "m".repeat(len);
+        for ph in [JobPhase::Expand, JobPhase::Contract] {
+            let j = job_name(&name, ph, 9);
+            assert!(j.len() <= 52, "{len}: {j}");
+            if len + format!("-{ph}-9").len() <= 52 {
+                assert_eq!(j, format!("{name}-{ph}-9"));
+            }
+        }
+    }
+    // No double dash where the name is cut.
+    let name = format!("{}-{}", "a".repeat(22), "b".repeat(40));
+    let j = job_name(&name, JobPhase::Expand, 1);
+    assert!(!j.contains("--"), "{j}");
+}
+
+proptest! {
+    #[test]
+    fn job_name_is_a_short_valid_name(name in "[a-z0-9]([a-z0-9.-]{0,200}[a-z0-9])?", attempt in 1u32..1000) {
+        for ph in [JobPhase::Expand, JobPhase::Contract] {
+            let j = job_name(&name, ph, attempt);
+            prop_assert!(j.len() <= 52, "{}", j);
+            prop_assert_eq!(&j, &job_name(&name, ph, attempt));
+            let suffix = format!("-{}-{}", ph.as_str(), attempt);
+            prop_assert!(j.ends_with(&suffix));
+            prop_assert!(j.chars().next().unwrap().is_ascii_alphanumeric());
+            prop_assert!(j.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'));
+        }
+        prop_assert_ne!(job_name(&name, JobPhase::Expand, attempt), job_name(&name, JobPhase::Contract, attempt));
+        prop_assert_ne!(job_name(&name, JobPhase::Expand, attempt), job_name(&name, JobPhase::Expand, attempt + 1));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Property tests: a simulated world fed random observations
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+struct Tgt {
+    new_version: bool,
+    rolled_out: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    /// Target `i`'s template moves to `appVersion`; its rollout starts.
+    Update(usize),
+    /// Target `i` is rolled back to the old version.
+    Rollback(usize),
+    /// Target `i`'s rollout finishes.
+    RolloutDone(usize),
+    /// Target `i`'s rollout stalls (pods unavailable).
+    Stall(usize),
+    JobSucceeds(JobPhase),
+    JobFails(JobPhase),
+    /// A running Job is deleted by hand.
+    JobVanishes(JobPhase),
+    Approve(bool),
+    /// A new `retry` annotation value (or none).
+    Retry(bool),
+    Advance(u32),
+    /// Re-plan; with `lost`, the last status write never landed.
+    Restart { lost: bool },
+}
+
+fn job_phase() -> impl Strategy<Value = JobPhase> {
+    prop_oneof![Just(JobPhase::Expand), Just(JobPhase::Contract)]
+}
+
+fn event(lost_writes: bool) -> impl Strategy<Value = Ev> {
+    prop_oneof![
+        3 => (0usize..3).prop_map(Ev::Update),
+        1 => (0usize..3).prop_map(Ev::Rollback),
+        4 => (0usize..3).prop_map(Ev::RolloutDone),
+        1 => (0usize..3).prop_map(Ev::Stall),
+        4 => job_phase().prop_map(Ev::JobSucceeds),
+        1 => job_phase().prop_map(Ev::JobFails),
+        1 => job_phase().prop_map(Ev::JobVanishes),
+        1 => any::<bool>().prop_map(Ev::Approve),
+        1 => prop::bool::weighted(0.85).prop_map(Ev::Retry),
+        3 => prop_oneof![1u32..60, 60u32..1500].prop_map(Ev::Advance),
+        1 => any::<bool>().prop_map(move |l| Ev::Restart { lost: l && lost_writes }),
+    ]
+}
+
+#[derive(Clone, Debug)]
+struct Params {
+    targets: usize,
+    delay: Option<&'static str>,
+    timeout: Option<&'static str>,
+    manual: bool,
+}
+
+fn params() -> impl Strategy<Value = Params> {
+    (
+        1usize..=3,
+        prop_oneof![Just(None), Just(Some("30s")), Just(Some("5m"))],
+        prop_oneof![Just(None), Just(Some("3m")), Just(Some("20m"))],
+        any::<bool>(),
+    )
+        .prop_map(|(targets, delay, timeout, manual)| Params { targets, delay, timeout, manual })
+}
+
+fn secs(d: &str) -> i64 {
+    humantime::parse_duration(d).unwrap().as_secs() as i64
+}
+
+struct Sim {
+    lost_writes: bool,
+    spec: DatabaseMigrationSpec,
+    status: DatabaseMigrationStatus,
+    prev_status: DatabaseMigrationStatus,
+    now: i64,
+    approved: bool,
+    retry: Option<String>,
+    retries: u32,
+    jobs: BTreeMap<(u8, u32), JobState>,
+    targets: Vec<Tgt>,
+    /// When every target last became complete (world truth).
+    complete_since: Option<i64>,
+    /// (phase, attempt) → whether the status recording that start is persisted.
+    started: BTreeMap<(u8, u32), bool>,
+    last_write_started: Option<(u8, u32)>,
+    /// The planner reported a rollout timeout and the user has not asked for a retry since.
+    timed_out: bool,
+    /// A persisted status said Succeeded.
+    succeeded: bool,
+    log: Vec<String>,
+}
+
+fn key(p: JobPhase) -> u8 {
+    match p {
+        JobPhase::Expand => 0,
+        JobPhase::Contract => 1,
+    }
+}
+
+impl Sim {
+    fn new(p: &Params, lost_writes: bool) -> Self {
+        let names: Vec<String> = (0..p.targets).map(|i| format!("app-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut b = SpecBuilder::new().targets(&names);
+        if let Some(d) = p.delay {
+            b = b.delay(d);
+        }
+        if let Some(t) = p.timeout {
+            b = b.timeout(t);
+        }
+        if p.manual {
+            b = b.manual();
+        }
+        Self {
+            lost_writes,
+            spec: b.build(),
+            status: Default::default(),
+            prev_status: Default::default(),
+            now: 0,
+            approved: false,
+            retry: None,
+            retries: 0,
+            jobs: BTreeMap::new(),
+            targets: vec![Tgt { new_version: false, rolled_out: true }; p.targets],
+            complete_since: None,
+            started: BTreeMap::new(),
+            last_write_started: None,
+            timed_out: false,
+            succeeded: false,
+            log: Vec::new(),
+        }
+    }
+
+    fn all_complete(&self) -> bool {
+        self.targets.iter().all(|t| t.new_version && t.rolled_out)
+    }
+
+    fn observed_targets(&self) -> Vec<TargetStatus> {
+        self.targets.iter().enumerate().map(|(i, t)| target(&format!("app-{i}"), t.new_version && t.rolled_out)).collect()
+    }
+
+    fn job(&self, p: JobPhase, rec: &Option<PhaseStatus>) -> JobState {
+        let attempt = rec.as_ref().map_or(1, |r| r.attempts.max(1));
+        self.jobs.get(&(key(p), attempt)).cloned().unwrap_or_default()
+    }
+
+    fn any_job(&self, p: JobPhase, f: impl Fn(u32, &JobState) -> bool) -> bool {
+        self.jobs.iter().any(|((k, a), s)| *k == key(p) && f(*a, s))
+    }
+
+    fn latest_running(&self, p: JobPhase) -> Option<(u8, u32)> {
+        self.jobs.iter().filter(|((k, _), s)| *k == key(p) && **s == JobState::Running).map(|(k, _)| *k).last()
+    }
+
+    fn apply(&mut self, ev: &Ev) {
+        let n = self.targets.len();
+        match *ev {
+            Ev::Update(i) => self.targets[i % n] = Tgt { new_version: true, rolled_out: false },
+            Ev::Rollback(i) => self.targets[i % n] = Tgt { new_version: false, rolled_out: false },
+            Ev::RolloutDone(i) => self.targets[i % n].rolled_out = true,
+            Ev::Stall(i) => self.targets[i % n].rolled_out = false,
+            Ev::JobSucceeds(p) => {
+                if let Some(k) = self.latest_running(p) {
+                    self.jobs.insert(k, JobState::Succeeded(Some(format!("{p} ok"))));
+                }
+            }
+            Ev::JobFails(p) => {
+                if let Some(k) = self.latest_running(p) {
+                    self.jobs.insert(k, JobState::Failed(format!("{p} failed")));
+                }
+            }
+            Ev::JobVanishes(p) => {
+                if let Some(k) = self.latest_running(p) {
+                    self.jobs.remove(&k);
+                }
+            }
+            Ev::Approve(a) => self.approved = a,
+            Ev::Retry(set) => {
+                if set {
+                    self.retries += 1;
+                    self.retry = Some(format!("r{}", self.retries));
+                    self.timed_out = false;
+                } else {
+                    self.retry = None;
+                }
+            }
+            Ev::Advance(s) => self.now += i64::from(s),
+            Ev::Restart { lost } => {
+                if lost {
+                    self.status = self.prev_status.clone();
+                    if let Some(k) = self.last_write_started.take() {
+                        self.started.insert(k, false);
+                    }
+                    self.succeeded = false;
+                }
+            }
+        }
+        if !self.all_complete() {
+            self.complete_since = None;
+        } else if self.complete_since.is_none() {
+            self.complete_since = Some(self.now);
+        }
+    }
+
+    /// Plan from the current status and world, check the invariants, apply the plan.
+    fn step(&mut self) -> Result<(), TestCaseError> {
+        let targets = self.observed_targets();
+        let input = Input {
+            now: ts(self.now),
+            name: NAME,
+            generation: 1,
+            spec: &self.spec,
+            status: &self.status,
+            approved: self.approved,
+            retry: self.retry.as_deref(),
+            expand_job: self.job(JobPhase::Expand, &self.status.expand),
+            contract_job: self.job(JobPhase::Contract, &self.status.contract),
+            targets,
+        };
+        let plan = plan(&input);
+        self.log.push(format!(
+            "t={} phase={:?} action={:?} expand_job={:?} contract_job={:?}",
+            self.now, plan.status.phase, plan.action, input.expand_job, input.contract_job
+        ));
+        self.check(&input, &plan)?;
+
+        let mut started = None;
+        if let Action::StartJob { phase, attempt } = plan.action {
+            self.jobs.entry((key(phase), attempt)).or_insert(JobState::Running);
+            started = Some((key(phase), attempt));
+        }
+        self.prev_status = std::mem::replace(&mut self.status, plan.status.clone());
+        self.last_write_started = started;
+        if let Some(k) = started {
+            self.started.insert(k, true);
+        }
+        if plan.status.phase == Some(Phase::Failed) && stalled_reason(&plan.status) == Some(reason::ROLLOUT_TIMEOUT) {
+            self.timed_out = true;
+        }
+        self.succeeded = plan.status.phase == Some(Phase::Succeeded);
+        Ok(())
+    }
+
+    fn check(&self, input: &Input<'_>, plan: &Plan) -> Result<(), TestCaseError> {
+        let expand_done = self.any_job(JobPhase::Expand, |_, s| matches!(s, JobState::Succeeded(_)));
+        let contract_done = self.any_job(JobPhase::Contract, |_, s| matches!(s, JobState::Succeeded(_)));
+        match plan.action {
+            Action::StartJob { phase: JobPhase::Contract, attempt } => {
+                // (a) every gate open in this very input.
+                prop_assert!(
+                    !input.targets.is_empty() && input.targets.iter().all(|t| t.complete),
+                    "contract started with an incomplete rollout"
+                );
+                prop_assert!(expand_done, "contract started before expand succeeded");
+                if self.spec.contract.approval == Approval::Manual {
+                    prop_assert!(input.approved, "contract started without approval");
+                }
+                if let Some(d) = self.spec.contract.delay.as_deref() {
+                    let since = input.status.rollout_completed_at.as_ref().map(|t| t.0.as_second() - T0);
+                    prop_assert!(since.is_some_and(|s| self.now - s >= secs(d)), "contract started inside the soak");
+                    if !self.lost_writes {
+                        let truth = self.complete_since.expect("complete");
+                        prop_assert!(self.now - truth >= secs(d), "contract started {}s after the rollout completed", self.now - truth);
+                    }
+                }
+                if !self.lost_writes {
+                    prop_assert!(!self.timed_out, "contract started after a rollout timeout without a retry");
+                }
+                prop_assert!(
+                    !self.any_job(JobPhase::Contract, |a, s| a != attempt && matches!(s, JobState::Running | JobState::Succeeded(_))),
+                    "contract started while another contract Job runs or succeeded"
+                );
+                self.check_attempt(JobPhase::Contract, attempt)?;
+            }
+            Action::StartJob { phase: JobPhase::Expand, attempt } => {
+                // (b) never once succeeded, never beside a running or succeeded attempt.
+                prop_assert!(!input.status.expand.as_ref().is_some_and(|e| e.succeeded), "expand re-run after recorded success");
+                prop_assert!(
+                    !self.any_job(JobPhase::Expand, |a, s| a != attempt && matches!(s, JobState::Running | JobState::Succeeded(_))),
+                    "expand started while another expand Job runs or succeeded"
+                );
+                prop_assert!(
+                    !matches!(input.expand_job, JobState::Running | JobState::Succeeded(_)),
+                    "expand started while the current attempt runs or succeeded"
+                );
+                self.check_attempt(JobPhase::Expand, attempt)?;
+            }
+            Action::None => {}
+        }
+        // (d) Succeeded only after contract's Job succeeded (and expand's).
+        if plan.status.phase == Some(Phase::Succeeded) {
+            prop_assert!(contract_done && expand_done, "Succeeded without both Jobs succeeded");
+        }
+        if conditions::is_true(&plan.status.conditions, READY) {
+            prop_assert!(expand_done, "Ready before expand succeeded");
+        }
+        if !self.lost_writes && self.succeeded {
+            prop_assert_eq!(plan.status.phase, Some(Phase::Succeeded), "Succeeded is terminal");
+        }
+        // Transition exactly when the phase changes.
+        prop_assert_eq!(plan.transition.is_some(), input.status.phase != plan.status.phase);
+        Ok(())
+    }
+
+    /// (c) attempt numbers never repeat (unless the status recording the start was lost: then
+    /// the same attempt is re-issued and adopted) and never skip.
+    fn check_attempt(&self, p: JobPhase, attempt: u32) -> Result<(), TestCaseError> {
+        let max = self.started.keys().filter(|(k, _)| *k == key(p)).map(|(_, a)| *a).max().unwrap_or(0);
+        match self.started.get(&(key(p), attempt)) {
+            Some(true) => prop_assert!(false, "{} attempt {} started twice", p, attempt),
+            Some(false) => {}
+            None => prop_assert_eq!(attempt, max + 1, "{} attempt numbers skip", p),
+        }
+        Ok(())
+    }
+
+    /// Make the world favourable and keep retrying: the migration must finish.
+    fn drain(&mut self) -> Result<(), TestCaseError> {
+        self.approved = true;
+        for t in &mut self.targets {
+            *t = Tgt { new_version: true, rolled_out: true };
+        }
+        self.apply(&Ev::Advance(0));
+        for _ in 0..12 {
+            if self.status.phase == Some(Phase::Failed) {
+                self.apply(&Ev::Retry(true));
+            }
+            self.apply(&Ev::Advance(3600));
+            self.step()?;
+            for p in [JobPhase::Expand, JobPhase::Contract] {
+                self.apply(&Ev::JobSucceeds(p));
+            }
+            self.step()?;
+        }
+        prop_assert_eq!(self.status.phase, Some(Phase::Succeeded), "stuck: {:?}", self.status.conditions);
+        Ok(())
+    }
+}
+
+fn simulate(p: &Params, events: &[Ev], lost_writes: bool, drain: bool) -> Result<(), TestCaseError> {
+    let mut sim = Sim::new(p, lost_writes);
+    sim.step()?;
+    for ev in events {
+        sim.apply(ev);
+        if let Err(e) = sim.step() {
+            return Err(TestCaseError::fail(format!("{e}\nlast steps:\n{}", sim.log.iter().rev().take(8).rev().cloned().collect::<Vec<_>>().join("\n"))));
+        }
+    }
+    if drain {
+        sim.drain()?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn gates_hold_under_random_observations(p in params(), events in prop::collection::vec(event(false), 0..80)) {
+        simulate(&p, &events, false, false)?;
+    }
+
+    #[test]
+    fn gates_hold_with_lost_status_writes(p in params(), events in prop::collection::vec(event(true), 0..80)) {
+        simulate(&p, &events, true, false)?;
+    }
+
+    #[test]
+    fn a_favourable_world_and_a_retry_always_finish(p in params(), events in prop::collection::vec(event(false), 0..60)) {
+        simulate(&p, &events, false, true)?;
+    }
+}
+
+#[test]
+fn simulator_reaches_every_phase() {
+    // The random walks above are only meaningful if they get past the gates; one scripted walk
+    // through the simulator shows the plumbing works.
+    let p = Params { targets: 2, delay: Some("30s"), timeout: None, manual: true };
+    let mut sim = Sim::new(&p, false);
+    sim.step().unwrap();
+    let mut phases = vec![sim.status.phase];
+    for ev in [
+        Ev::JobSucceeds(JobPhase::Expand),
+        Ev::Update(0),
+        Ev::Update(1),
+        Ev::RolloutDone(0),
+        Ev::RolloutDone(1),
+        Ev::Advance(30),
+        Ev::Approve(true),
+        Ev::JobFails(JobPhase::Contract),
+        Ev::Retry(true),
+        Ev::JobSucceeds(JobPhase::Contract),
+    ] {
+        sim.apply(&ev);
+        sim.step().unwrap();
+        phases.push(sim.status.phase);
+    }
+    phases.dedup();
+    use Phase::*;
+    let want = [Expanding, AwaitingRollout, Soaking, AwaitingApproval, Contracting, Failed, Contracting, Succeeded];
+    assert_eq!(phases, want.map(Some).to_vec());
+}

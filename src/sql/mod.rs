@@ -316,6 +316,23 @@ fn range_var(v: &protobuf::RangeVar) -> TableRef {
     }
 }
 
+fn collect_range_vars(v: &serde_json::Value, out: &mut Vec<TableRef>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if let (Some(serde_json::Value::String(rel)), true) = (map.get("relname"), map.contains_key("relpersistence")) {
+                let schema = map.get("schemaname").and_then(|s| s.as_str()).unwrap_or("");
+                out.push(TableRef {
+                    schema: schema.to_string(),
+                    name: rel.clone(),
+                });
+            }
+            map.values().for_each(|c| collect_range_vars(c, out));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|c| collect_range_vars(c, out)),
+        _ => {}
+    }
+}
+
 fn has_option(options: &[protobuf::Node], name: &str) -> bool {
     options.iter().any(|o| match o.node.as_ref() {
         Some(N::DefElem(d)) => d.defname.eq_ignore_ascii_case(name),
@@ -330,10 +347,10 @@ fn tables_of(sql: &str) -> Vec<TableRef> {
     let Ok(parsed) = pg_query::parse(sql, 0) else {
         return out;
     };
-    for (node, _, _, _) in parsed.protobuf.nodes() {
-        if let pg_query::NodeRef::RangeVar(v) = node {
-            out.push(range_var(v));
-        }
+    // pg_query's own walker skips some subtrees (e.g. the referenced table of an inline
+    // REFERENCES constraint), so walk the whole tree generically for RangeVar-shaped nodes.
+    if let Ok(tree) = serde_json::to_value(&parsed.protobuf) {
+        collect_range_vars(&tree, &mut out);
     }
     // DROP TABLE names its objects as lists of strings, not RangeVars.
     for raw in &parsed.protobuf.stmts {

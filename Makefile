@@ -1,0 +1,58 @@
+# Phasegate developer entry points. Everything a user types is documented in README.md.
+SHELL := /bin/bash
+CARGO ?= cargo
+CACHE ?= $(or $(PHASEGATE_CACHE),$(HOME)/.cache/phasegate)
+E2E_KUBECONFIG ?= $(CACHE)/kubeconfig
+E2E_THREADS ?= 3
+
+.PHONY: all build deps crd check-crd unit e2e test demo demo-down cluster-up cluster-down bench-lock fmt lint-rust
+
+all: build
+
+## Install system packages the build and tests need (idempotent).
+deps:
+	hack/install-deps.sh
+
+build: deps
+	$(CARGO) build --bins
+
+## Regenerate the CRD from the Rust types.
+crd:
+	$(CARGO) run -q -- crd > crds/databasemigrations.phasegate.dev.yaml
+
+## Unit, property and PostgreSQL integration tests (no cluster needed).
+unit: deps
+	$(CARGO) test
+
+## Local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok).
+cluster-up: deps
+	hack/local-cluster.sh up
+
+cluster-down:
+	hack/local-cluster.sh down
+
+## End-to-end suite against the local cluster; set PHASEGATE_E2E_KUBECONFIG to use another.
+e2e: deps
+	@if [ -z "$$PHASEGATE_E2E_KUBECONFIG" ]; then hack/local-cluster.sh up; fi
+	PHASEGATE_E2E_KUBECONFIG=$${PHASEGATE_E2E_KUBECONFIG:-$(E2E_KUBECONFIG)} \
+	  $(CARGO) test --features e2e --test e2e -- --test-threads=$(E2E_THREADS)
+
+## Every test: unit, PostgreSQL integration and end-to-end.
+test: unit e2e
+
+## The operator driving a real migration on the local cluster and a local PostgreSQL.
+demo: deps
+	hack/demo.sh
+
+demo-down:
+	hack/demo.sh down
+
+## Application latency while a migration waits for a lock: naive vs retries vs Phasegate.
+bench-lock: deps
+	hack/bench-lock.sh
+
+fmt:
+	$(CARGO) fmt
+
+lint-rust:
+	$(CARGO) clippy --all-targets --features e2e -- -D warnings

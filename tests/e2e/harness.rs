@@ -1,0 +1,273 @@
+//! The end-to-end harness: one namespace, one PostgreSQL server, one operator and one kwok
+//! runner per test, against the cluster named by `PHASEGATE_E2E_KUBECONFIG` only.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config, CustomResourceExt, ResourceExt};
+use phasegate::api::{DatabaseMigration, Phase};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::postgres::TestPostgres;
+
+/// Everything one test owns.
+pub struct Env {
+    pub client: Client,
+    pub ns: String,
+    pub pg: TestPostgres,
+    kubeconfig: PathBuf,
+    operator: Option<Child>,
+    _runner: Child,
+    logs: PathBuf,
+    operator_starts: u32,
+}
+
+fn kubeconfig_path() -> PathBuf {
+    match std::env::var_os("PHASEGATE_E2E_KUBECONFIG") {
+        Some(p) => PathBuf::from(p),
+        None => panic!(
+            "PHASEGATE_E2E_KUBECONFIG is not set. The end-to-end suite only touches a cluster you name: \
+             run `make e2e` (local kwok cluster) or set PHASEGATE_E2E_KUBECONFIG=/path/to/kubeconfig"
+        ),
+    }
+}
+
+async fn client_for(path: &PathBuf) -> Client {
+    let kc = Kubeconfig::read_from(path).expect("PHASEGATE_E2E_KUBECONFIG is a readable kubeconfig");
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig is usable");
+    Client::try_from(cfg).expect("client")
+}
+
+impl Env {
+    /// A fresh namespace with a database Secret, an operator and a runner scoped to it.
+    pub async fn new(test: &str) -> Env {
+        let kubeconfig = kubeconfig_path();
+        let client = client_for(&kubeconfig).await;
+        install_crd(&client).await;
+
+        let ns = format!("e2e-{test}-{:04x}", rand::random::<u16>()).replace('_', "-");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace"))
+            .await
+            .expect("create namespace");
+        // Pods need the namespace's default ServiceAccount, made by the controller-manager.
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        wait_until(Duration::from_secs(30), "default ServiceAccount", || async { sas.get_opt("default").await.ok().flatten().is_some() }).await;
+
+        let pg = TestPostgres::start().await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let secret = json!({"metadata": {"name": "shop-db"}, "stringData": {"url": pg.url()}});
+        secrets.create(&PostParams::default(), &serde_json::from_value(secret).expect("secret")).await.expect("create secret");
+
+        let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let runner = spawn(
+            &kubeconfig,
+            env!("CARGO_BIN_EXE_phasegate-kwok-runner"),
+            &["--namespace", &ns, "--phasegate-bin", env!("CARGO_BIN_EXE_phasegate")],
+            &logs.join(format!("{ns}-runner.log")),
+        );
+        let mut env = Env { client, ns, pg, kubeconfig, operator: None, _runner: runner, logs, operator_starts: 0 };
+        env.start_operator();
+        eprintln!("[{test}] namespace {} (logs in {})", env.ns, env.logs.display());
+        env
+    }
+
+    pub fn start_operator(&mut self) {
+        self.operator_starts += 1;
+        let log = self.logs.join(format!("{}-operator-{}.log", self.ns, self.operator_starts));
+        self.operator = Some(spawn(
+            &self.kubeconfig,
+            env!("CARGO_BIN_EXE_phasegate"),
+            &["controller", "--namespace", &self.ns, "--executor-image", "phasegate:e2e"],
+            &log,
+        ));
+    }
+
+    /// SIGKILL the operator, as a node failure would.
+    pub async fn kill_operator(&mut self) {
+        if let Some(mut child) = self.operator.take() {
+            child.kill().await.expect("kill operator");
+        }
+    }
+
+    pub fn migrations(&self) -> Api<DatabaseMigration> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+    pub fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Create a Deployment whose pod template carries `app.kubernetes.io/version`.
+    pub async fn create_deployment(&self, name: &str, replicas: i32, version: &str) {
+        let d = json!({
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "shop"}},
+            "spec": {
+                "replicas": replicas,
+                "progressDeadlineSeconds": 10,
+                "selector": {"matchLabels": {"app": name}},
+                "strategy": {"rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1}},
+                "template": {
+                    "metadata": {"labels": {"app": name, "app.kubernetes.io/version": version}},
+                    "spec": {"containers": [{"name": "api", "image": format!("shop/api:{version}")}]}
+                }
+            }
+        });
+        self.deployments().create(&PostParams::default(), &serde_json::from_value(d).expect("deployment")).await.expect("create deployment");
+        self.wait_rolled_out(name).await;
+    }
+
+    /// Move a Deployment's pod template to `version`, adding (or, with `null`, removing) pod labels.
+    pub async fn set_version(&self, name: &str, version: &str, extra_labels: serde_json::Value) {
+        let mut labels = json!({"app": name, "app.kubernetes.io/version": version});
+        if let (Some(l), Some(extra)) = (labels.as_object_mut(), extra_labels.as_object()) {
+            l.extend(extra.clone());
+        }
+        let patch = json!({"spec": {"template": {
+            "metadata": {"labels": labels},
+            "spec": {"containers": [{"name": "api", "image": format!("shop/api:{version}")}]}
+        }}});
+        // A JSON merge patch: a `null` in `extra_labels` removes that label.
+        self.deployments().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch deployment");
+    }
+
+    pub async fn wait_rolled_out(&self, name: &str) {
+        let api = self.deployments();
+        wait_until(Duration::from_secs(60), &format!("Deployment {name} rolled out"), || async {
+            let Ok(d) = api.get(name).await else { return false };
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let s = d.status.unwrap_or_default();
+            s.observed_generation == d.metadata.generation
+                && s.updated_replicas.unwrap_or(0) == want
+                && s.available_replicas.unwrap_or(0) == want
+                && s.replicas.unwrap_or(0) == want
+        })
+        .await;
+    }
+
+    /// Create a migration from a JSON spec.
+    pub async fn create_migration(&self, name: &str, spec: serde_json::Value) -> Result<DatabaseMigration, kube::Error> {
+        let obj = json!({"apiVersion": "phasegate.dev/v1alpha1", "kind": "DatabaseMigration", "metadata": {"name": name}, "spec": spec});
+        self.migrations().create(&PostParams::default(), &serde_json::from_value(obj).expect("migration")).await
+    }
+
+    /// Wait until the migration satisfies `pred`; panics with its last status otherwise.
+    pub async fn wait_migration(&self, name: &str, timeout: Duration, what: &str, pred: impl Fn(&DatabaseMigration) -> bool) -> DatabaseMigration {
+        let api = self.migrations();
+        let start = Instant::now();
+        loop {
+            if let Ok(m) = api.get(name).await {
+                if pred(&m) {
+                    return m;
+                }
+                if start.elapsed() > timeout {
+                    panic!(
+                        "timed out after {timeout:?} waiting for {what}; status: {}",
+                        serde_json::to_string_pretty(&m.status).unwrap_or_default()
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub async fn wait_phase(&self, name: &str, phase: Phase, timeout: Duration) -> DatabaseMigration {
+        self.wait_migration(name, timeout, &format!("phase {phase}"), |m| m.status.as_ref().and_then(|s| s.phase) == Some(phase)).await
+    }
+
+    /// Reasons of the Events Phasegate published about a migration, oldest first.
+    pub async fn event_reasons(&self, name: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let mut list = events.list(&ListParams::default()).await.expect("list events").items;
+        list.retain(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name) && e.reporting_controller.as_deref() == Some("phasegate"));
+        list.sort_by(|a, b| a.event_time.cmp(&b.event_time));
+        list.into_iter().filter_map(|e| e.reason).collect()
+    }
+
+    /// Names of the Jobs of a phase.
+    pub async fn job_names(&self, phase: &str) -> Vec<String> {
+        let lp = ListParams::default().labels(&format!("phasegate.dev/phase={phase}"));
+        self.jobs().list(&lp).await.expect("list jobs").items.iter().map(|j| j.name_any()).collect()
+    }
+
+    /// Whether `table.column` exists in the test database.
+    pub async fn column_exists(&self, table: &str, column: &str) -> bool {
+        let client = self.pg.client().await;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1 AND column_name = $2",
+                &[&table, &column],
+            )
+            .await
+            .expect("query information_schema");
+        row.get::<_, i64>(0) == 1
+    }
+
+    /// Delete the namespace (only on success: a failed test leaves it for inspection).
+    pub async fn cleanup(mut self) {
+        self.kill_operator().await;
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let _ = namespaces.delete(&self.ns, &DeleteParams::background()).await;
+    }
+}
+
+fn spawn(kubeconfig: &PathBuf, bin: &str, args: &[&str], log: &PathBuf) -> Child {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    Command::new(bin)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info,phasegate=debug")
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
+}
+
+async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = DatabaseMigration::crd();
+    crds.patch(&crd.name_any(), &PatchParams::apply("phasegate-e2e").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+    wait_until(Duration::from_secs(30), "CRD established", || async {
+        crds.get(&crd.name_any()).await.ok().and_then(|c| c.status).and_then(|s| s.conditions).is_some_and(|cs| {
+            cs.iter().any(|c| c.type_ == "Established" && c.status == "True")
+        })
+    })
+    .await;
+}
+
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Condition `type_` of a migration as (status, reason, message).
+pub fn condition(m: &DatabaseMigration, type_: &str) -> Option<(String, String, String)> {
+    m.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}

@@ -1,0 +1,286 @@
+//! Throwaway PostgreSQL servers for tests: `initdb` in a temporary directory (once per test
+//! binary, then copied), started with `pg_ctl` on a free port on 127.0.0.1 with password
+//! (scram-sha-256) authentication, stopped and deleted on drop.
+//!
+//! Binaries: `PHASEGATE_PG_BINDIR`, else the newest `/usr/lib/postgresql/*/bin`, else
+//! `pg_config --bindir`, else `PATH`. When run as root (CI), the server runs as the `postgres`
+//! user (or `nobody`), because PostgreSQL refuses to run as root.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Superuser created by `initdb`.
+pub const USER: &str = "phasegate_test";
+/// Distinctive, so tests can assert it never leaks into output.
+pub const PASSWORD: &str = "pw-Zq7-test-s3cret";
+
+pub struct TestPostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    bindir: PathBuf,
+    run_as: Option<String>,
+}
+
+impl TestPostgres {
+    /// Starts a fresh server; panics with the server log if that fails.
+    pub fn start() -> TestPostgres {
+        match TestPostgres::try_start() {
+            Ok(pg) => pg,
+            Err(e) => panic!("cannot start a test PostgreSQL server: {e}"),
+        }
+    }
+
+    pub fn try_start() -> Result<TestPostgres, String> {
+        let bindir = bindir()?;
+        let run_as = run_as_user();
+        let template = template(&bindir, run_as.as_deref())?;
+        let dir = tempfile::Builder::new()
+            .prefix("phasegate-pg-")
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let data = dir.path().join("data");
+        let sock = dir.path().join("sock");
+        std::fs::create_dir(&sock).map_err(|e| format!("mkdir: {e}"))?;
+        run(Command::new("cp").arg("-a").arg(&template).arg(&data))?;
+        if let Some(user) = &run_as {
+            run(Command::new("chown").arg("-R").arg(format!("{user}:")).arg(dir.path()))?;
+        }
+        let mut last_err = String::new();
+        // A free port can be taken by someone else before the server binds it: retry.
+        for _ in 0..5 {
+            let port = free_port()?;
+            match pg_ctl_start(dir.path(), port, &bindir, run_as.as_deref()) {
+                Ok(()) => {
+                    return Ok(TestPostgres {
+                        dir,
+                        port,
+                        bindir,
+                        run_as,
+                    })
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        Err(last_err)
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        command_as(self.run_as.as_deref(), &self.bindir.join(tool))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `postgres://USER:PASSWORD@127.0.0.1:PORT/postgres`
+    pub fn url(&self) -> String {
+        self.url_with_password(PASSWORD)
+    }
+
+    pub fn url_with_password(&self, password: &str) -> String {
+        format!("postgres://{USER}:{password}@127.0.0.1:{}/postgres?sslmode=disable", self.port)
+    }
+
+    pub fn url_for_db(&self, db: &str) -> String {
+        format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// A connected client (the connection task runs on the current runtime).
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to test server: {e}"));
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+}
+
+fn pg_ctl_start(dir: &Path, port: u16, bindir: &Path, run_as: Option<&str>) -> Result<(), String> {
+    let data = dir.join("data");
+    let sock = dir.join("sock");
+    let log = dir.join("server.log");
+    let opts = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+         -c full_page_writes=off -c max_connections=60 -c shared_buffers=32MB \
+         -c log_min_messages=warning",
+        sock.display()
+    );
+    let mut cmd = command_as(run_as, &bindir.join("pg_ctl"));
+    cmd.arg("-D").arg(&data).arg("-l").arg(&log).arg("-w").arg("-t").arg("60").arg("-o").arg(opts).arg("start");
+    run(&mut cmd).map_err(|e| format!("{e}\n--- server log ---\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("-D").arg(self.data_dir()).arg("-m").arg("immediate").arg("-w").arg("stop");
+        let _ = run(&mut cmd);
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn command_as(user: Option<&str>, program: &Path) -> Command {
+    match user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.arg("-u").arg(u).arg("--").arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| format!("local_addr: {e}"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn run_as_user() -> Option<String> {
+    if !is_root() {
+        return None;
+    }
+    for u in ["postgres", "nobody"] {
+        if Command::new("id").arg("-u").arg(u).output().map(|o| o.status.success()).unwrap_or(false) {
+            return Some(u.to_string());
+        }
+    }
+    None
+}
+
+/// Directory with initdb/pg_ctl/postgres.
+pub fn bindir() -> Result<PathBuf, String> {
+    if let Ok(dir) = std::env::var("PHASEGATE_PG_BINDIR") {
+        if !dir.is_empty() {
+            return Ok(PathBuf::from(dir));
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let v: u32 = e.file_name().to_string_lossy().parse().ok()?;
+                    let bin = e.path().join("bin");
+                    bin.join("initdb").exists().then_some((v, bin))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && dir.join("initdb").exists() {
+            return Ok(dir);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("initdb").exists() && dir.join("pg_ctl").exists() {
+                return Ok(dir);
+            }
+        }
+    }
+    Err("no PostgreSQL server binaries found: install postgresql or set PHASEGATE_PG_BINDIR".into())
+}
+
+/// An initialised data directory, made once (per user, server version and credentials) in
+/// the system temp dir and copied for each server: initdb costs seconds, a copy milliseconds.
+fn template(bindir: &Path, run_as: Option<&str>) -> Result<PathBuf, String> {
+    static TEMPLATE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    TEMPLATE.get_or_init(|| make_template(bindir, run_as)).clone()
+}
+
+fn make_template(bindir: &Path, run_as: Option<&str>) -> Result<PathBuf, String> {
+    let out = Command::new(bindir.join("postgres"))
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("postgres --version: {e}"))?;
+    let version: String = String::from_utf8_lossy(&out.stdout)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+        .collect();
+    let key = format!("{version}-{}-{USER}-{}", run_as.unwrap_or("self"), PASSWORD.len());
+    let final_dir = std::env::temp_dir().join(format!("phasegate-pg-template-{key}"));
+    if final_dir.join("data").join("PG_VERSION").exists() && final_dir.join("ready").exists() {
+        return Ok(final_dir.join("data"));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("phasegate-pg-template-tmp-")
+        .tempdir()
+        .map_err(|e| format!("tempdir: {e}"))?;
+    let data = dir.path().join("data");
+    let pwfile = dir.path().join("pw");
+    std::fs::write(&pwfile, PASSWORD).map_err(|e| format!("write pwfile: {e}"))?;
+    if let Some(u) = run_as {
+        run(Command::new("chown").arg("-R").arg(format!("{u}:")).arg(dir.path()))?;
+    }
+    let mut cmd = command_as(run_as, &bindir.join("initdb"));
+    cmd.arg("-D")
+        .arg(&data)
+        .arg("-U")
+        .arg(USER)
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .arg("--auth-local=trust")
+        .arg("--auth-host=scram-sha-256")
+        .arg("-E")
+        .arg("UTF8")
+        .arg("--locale=C")
+        .arg("-N");
+    run(&mut cmd)?;
+    std::fs::write(dir.path().join("ready"), "").map_err(|e| format!("write marker: {e}"))?;
+    let tmp = dir.keep();
+    // Atomic publish; if another test process won the race, use its copy and drop ours.
+    if std::fs::rename(&tmp, &final_dir).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    if final_dir.join("ready").exists() {
+        Ok(final_dir.join("data"))
+    } else {
+        Err(format!("template {} is incomplete", final_dir.display()))
+    }
+}
+
+/// Seconds-granularity sleep helper for tests polling the server.
+pub async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
