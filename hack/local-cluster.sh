@@ -129,10 +129,16 @@ cluster_healthy() {
   local ready
   ready="$(kc get nodes --request-timeout=5s -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c '^True$' || true)"
   [[ "${ready}" -ge "${NODES}" ]] || return 1
-  # Every kwokctl-managed component (etcd, apiserver, kcm, scheduler, kwok) running.
-  if kwokctl get components --name "${CLUSTER}" >/dev/null 2>&1; then
-    ! kwokctl get components --name "${CLUSTER}" 2>/dev/null | awk 'NR > 1 && $0 !~ /Running|Ready/ {bad=1} END {exit !bad}'
-  fi
+  # Every kwokctl-managed process (etcd, apiserver, kcm, scheduler, kwok-controller) alive.
+  local pidfile pid n=0
+  for pidfile in "${KWOK_WORKDIR}/clusters/${CLUSTER}"/pids/*.pid; do
+    [[ -f "${pidfile}" ]] || continue
+    pid="$(cat "${pidfile}")"
+    # Alive and not a zombie (kwokctl's children are reparented to PID 1).
+    [[ -n "${pid}" ]] && [[ "$(ps -o stat= -p "${pid}" 2>/dev/null)" =~ ^[^Z] ]] || return 1
+    n=$((n + 1))
+  done
+  [[ "${n}" -ge 5 ]]
 }
 
 # wait_for <seconds> <description> <command...>
@@ -248,6 +254,7 @@ cmd_status() {
 cmd_env() {
   echo "export KUBECONFIG='${KUBECONFIG_PATH}'"
   echo "export PATH='${BIN}':\"\$PATH\""
+  echo "export KWOK_WORKDIR='${KWOK_WORKDIR}'"
 }
 
 case "${1:-}" in

@@ -10,7 +10,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, CustomResourceExt, ResourceExt};
 use phasegate::api::{DatabaseMigration, Phase};
@@ -64,7 +64,7 @@ impl Env {
         let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
         wait_until(Duration::from_secs(30), "default ServiceAccount", || async { sas.get_opt("default").await.ok().flatten().is_some() }).await;
 
-        let pg = TestPostgres::start().await;
+        let pg = tokio::task::spawn_blocking(TestPostgres::start).await.expect("start PostgreSQL");
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let secret = json!({"metadata": {"name": "shop-db"}, "stringData": {"url": pg.url()}});
         secrets.create(&PostParams::default(), &serde_json::from_value(secret).expect("secret")).await.expect("create secret");
@@ -159,9 +159,12 @@ impl Env {
     }
 
     /// Create a migration from a JSON spec.
-    pub async fn create_migration(&self, name: &str, spec: serde_json::Value) -> Result<DatabaseMigration, kube::Error> {
+    /// Sent untyped, so that manifests the Rust types would refuse reach the API server.
+    pub async fn create_migration(&self, name: &str, spec: serde_json::Value) -> Result<DynamicObject, kube::Error> {
+        let ar = ApiResource::erase::<DatabaseMigration>(&());
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.ns, &ar);
         let obj = json!({"apiVersion": "phasegate.dev/v1alpha1", "kind": "DatabaseMigration", "metadata": {"name": name}, "spec": spec});
-        self.migrations().create(&PostParams::default(), &serde_json::from_value(obj).expect("migration")).await
+        api.create(&PostParams::default(), &serde_json::from_value(obj).expect("migration")).await
     }
 
     /// Wait until the migration satisfies `pred`; panics with its last status otherwise.
