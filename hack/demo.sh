@@ -5,7 +5,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PHASEGATE_CACHE:-$HOME/.cache/phasegate}"
 DEMO="${CACHE}/demo"
-PGDATA="${DEMO}/postgres"
+# PostgreSQL refuses to run as root and the postgres user cannot enter /root: when run as
+# root, its data lives under /var/tmp instead.
+if [ "$(id -u)" -eq 0 ]; then PGHOME="/var/tmp/phasegate-demo-postgres"; else PGHOME="${DEMO}/pg"; fi
+PGDATA="${PGHOME}/data"
 PGPORT="${PHASEGATE_DEMO_PGPORT:-55432}"
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
 NS=shop
@@ -38,13 +41,12 @@ say "Starting a local PostgreSQL on 127.0.0.1:${PGPORT}"
 mkdir -p "${DEMO}"
 if [ ! -f "${PGDATA}/PG_VERSION" ]; then
   mkdir -p "${PGDATA}"
-  [ "$(id -u)" -eq 0 ] && chown -R postgres: "${DEMO}"
-  echo "demo" > "${DEMO}/pwfile"; [ "$(id -u)" -eq 0 ] && chown postgres: "${DEMO}/pwfile"
-  as_pg "${PGBIN}/initdb" -D "${PGDATA}" -U shop --pwfile="${DEMO}/pwfile" -A scram-sha-256 >/dev/null
+  echo "demo" > "${PGHOME}/pwfile"
+  if [ "$(id -u)" -eq 0 ]; then chown -R postgres: "${PGHOME}"; fi
+  as_pg "${PGBIN}/initdb" -D "${PGDATA}" -U shop --pwfile="${PGHOME}/pwfile" -A scram-sha-256 >/dev/null
 fi
-[ "$(id -u)" -eq 0 ] && chown -R postgres: "${DEMO}"
 if ! as_pg "${PGBIN}/pg_ctl" -D "${PGDATA}" status >/dev/null 2>&1; then
-  as_pg "${PGBIN}/pg_ctl" -D "${PGDATA}" -l "${DEMO}/postgres.log" -w \
+  as_pg "${PGBIN}/pg_ctl" -D "${PGDATA}" -l "${PGHOME}/postgres.log" -w \
     -o "-p ${PGPORT} -c listen_addresses=127.0.0.1 -k ${PGDATA}" start >/dev/null
 fi
 URL="postgres://shop:demo@127.0.0.1:${PGPORT}/postgres"
