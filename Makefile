@@ -5,7 +5,7 @@ CACHE ?= $(or $(PHASEGATE_CACHE),$(HOME)/.cache/phasegate)
 E2E_KUBECONFIG ?= $(CACHE)/kubeconfig
 E2E_THREADS ?= 3
 
-.PHONY: all build deps crd check-crd unit e2e test demo demo-down cluster-up cluster-down bench-lock fmt lint-rust
+.PHONY: all build deps crd unit e2e test chart-test lua-test demo demo-down cluster-up cluster-down bench-lock fmt lint-rust
 
 all: build
 
@@ -19,6 +19,7 @@ build: deps
 ## Regenerate the CRD from the Rust types.
 crd:
 	$(CARGO) run -q -- crd > crds/databasemigrations.phasegate.dev.yaml
+	cp crds/databasemigrations.phasegate.dev.yaml charts/phasegate/crds/
 
 ## Unit, property and PostgreSQL integration tests (no cluster needed).
 unit: deps
@@ -37,8 +38,16 @@ e2e: deps
 	PHASEGATE_E2E_KUBECONFIG=$${PHASEGATE_E2E_KUBECONFIG:-$(E2E_KUBECONFIG)} \
 	  $(CARGO) test --features e2e --test e2e -- --test-threads=$(E2E_THREADS)
 
-## Every test: unit, PostgreSQL integration and end-to-end.
-test: unit e2e
+## Helm chart: lint, template, server-side dry run, RBAC checks against the local cluster.
+chart-test: deps
+	hack/chart-test.sh
+
+## Argo CD Lua health check and Flux kstatus tables.
+lua-test:
+	hack/lua-health-test.sh
+
+## Every test: unit, PostgreSQL integration, chart, health checks and end-to-end.
+test: unit lua-test chart-test e2e
 
 ## The operator driving a real migration on the local cluster and a local PostgreSQL.
 demo: deps

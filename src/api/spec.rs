@@ -172,13 +172,25 @@ pub struct TargetSpec {
 pub enum TargetKind {
     /// An `apps/v1` Deployment.
     Deployment,
+    /// An `apps/v1` StatefulSet.
+    StatefulSet,
+    /// An `apps/v1` DaemonSet.
+    DaemonSet,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Deployment => "Deployment",
+            TargetKind::StatefulSet => "StatefulSet",
+            TargetKind::DaemonSet => "DaemonSet",
+        }
+    }
 }
 
 impl std::fmt::Display for TargetKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TargetKind::Deployment => f.write_str("Deployment"),
-        }
+        f.write_str(self.as_str())
     }
 }
 

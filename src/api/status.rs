@@ -35,6 +35,9 @@ pub struct DatabaseMigrationStatus {
     /// When the migration started waiting for the rollout; the rollout timeout counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_started_at: Option<Time>,
+    /// When the rollout timed out; contract stays blocked until a retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_timed_out_at: Option<Time>,
     /// The last `phasegate.dev/retry` annotation value acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_retry: Option<String>,

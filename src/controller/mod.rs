@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::Selector;
@@ -21,7 +21,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{DatabaseMigration, Phase, LABEL_EXECUTOR};
+use crate::api::{DatabaseMigration, Phase, TargetKind, LABEL_EXECUTOR};
 
 pub use error::Error;
 pub use jobs::ExecutorConfig;
@@ -55,6 +55,8 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     }
     let jobs: Api<Job> = scoped(&client, &config.namespace);
     let deployments: Api<Deployment> = scoped(&client, &config.namespace);
+    let statefulsets: Api<StatefulSet> = scoped(&client, &config.namespace);
+    let daemonsets: Api<DaemonSet> = scoped(&client, &config.namespace);
     let pods: Api<Pod> = scoped(&client, &config.namespace);
 
     let reporter = Reporter { controller: "phasegate".into(), instance: std::env::var("POD_NAME").ok() };
@@ -62,11 +64,12 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
 
     let controller = Controller::new(migrations, watcher::Config::default().any_semantic());
     let store = controller.store();
-    let deploy_store = store.clone();
-    let pod_store = store.clone();
+    let (s1, s2, s3, pod_store) = (store.clone(), store.clone(), store.clone(), store.clone());
     controller
         .owns(jobs, watcher::Config::default().labels(LABEL_EXECUTOR))
-        .watches(deployments, watcher::Config::default(), move |d| migrations_targeting(&deploy_store, &d))
+        .watches(deployments, watcher::Config::default(), move |w| migrations_targeting(&s1, TargetKind::Deployment, &w))
+        .watches(statefulsets, watcher::Config::default(), move |w| migrations_targeting(&s2, TargetKind::StatefulSet, &w))
+        .watches(daemonsets, watcher::Config::default(), move |w| migrations_targeting(&s3, TargetKind::DaemonSet, &w))
         .watches(pods, watcher::Config::default(), move |p| migrations_waiting_in(&pod_store, &p))
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -91,17 +94,17 @@ where
     }
 }
 
-/// The migrations whose targets name or select this Deployment.
-fn migrations_targeting(store: &Store<DatabaseMigration>, d: &Deployment) -> Vec<ObjectRef<DatabaseMigration>> {
-    let ns = d.namespace();
-    let name = d.name_any();
-    let labels = d.labels();
+/// The migrations whose targets name or select this workload.
+fn migrations_targeting<K: kube::Resource>(store: &Store<DatabaseMigration>, kind: TargetKind, w: &K) -> Vec<ObjectRef<DatabaseMigration>> {
+    let ns = w.namespace();
+    let name = w.name_any();
+    let labels = w.labels();
     store
         .state()
         .iter()
         .filter(|m| m.namespace() == ns)
         .filter(|m| {
-            m.spec.rollout.targets.iter().any(|t| match (&t.name, &t.selector) {
+            m.spec.rollout.targets.iter().filter(|t| t.kind == kind).any(|t| match (&t.name, &t.selector) {
                 (Some(n), _) => *n == name,
                 (None, Some(sel)) => Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels)),
                 _ => false,

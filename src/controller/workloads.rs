@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::ListParams;
 use kube::core::Selector;
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 
 use crate::api::{TargetKind, TargetSpec, TargetStatus, VersionFrom};
 use crate::planner::rollout::{self, PodObservation, WorkloadObservation};
@@ -23,57 +23,124 @@ pub async fn observe_targets(
     version_from: &VersionFrom,
     app_version: &str,
 ) -> Result<Vec<TargetStatus>, Error> {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let mut out = Vec::new();
     for t in targets {
-        let found: Vec<Deployment> = match (&t.name, &t.selector) {
-            (Some(name), _) => match deployments.get_opt(name).await.during(format!("reading Deployment {name}"))? {
-                Some(d) => vec![d],
-                None => {
-                    out.push(rollout::missing(t.kind, name.clone(), format!("{} {name} not found in namespace {namespace}", t.kind)));
-                    continue;
-                }
-            },
-            (None, Some(sel)) => {
-                let selector = to_selector(sel, &describe_selector(sel))?;
-                let list = deployments
-                    .list(&ListParams::default().labels_from(&selector))
-                    .await
-                    .during(format!("listing Deployments matching {selector}"))?;
-                if list.items.is_empty() {
-                    out.push(rollout::missing(t.kind, format!("selector {selector}"), format!("selector {selector} matches no {}", t.kind)));
-                    continue;
-                }
-                list.items
-            }
-            (None, None) => continue,
+        let found = match t.kind {
+            TargetKind::Deployment => fetch::<Deployment>(client, namespace, t).await?,
+            TargetKind::StatefulSet => fetch::<StatefulSet>(client, namespace, t).await?,
+            TargetKind::DaemonSet => fetch::<DaemonSet>(client, namespace, t).await?,
         };
-        for d in found {
-            let obs = observe_deployment(&pods, &d, t.kind, version_from).await?;
+        let workloads = match found {
+            Found::Workloads(w) => w,
+            Found::Missing(status) => {
+                out.push(status);
+                continue;
+            }
+        };
+        for w in workloads {
+            let selector = to_selector(&w.selector, &format!("{} {}", t.kind, w.name))?;
+            let pod_list = pods
+                .list(&ListParams::default().labels_from(&selector))
+                .await
+                .during(format!("listing pods of {} {}", t.kind, w.name))?;
+            let obs = (w.observe)(version_from, &pod_list.items);
             out.push(rollout::evaluate(&obs, app_version));
         }
     }
     Ok(out)
 }
 
-async fn observe_deployment(pods: &Api<Pod>, d: &Deployment, kind: TargetKind, vf: &VersionFrom) -> Result<WorkloadObservation, Error> {
-    let name = d.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
-    let spec = d.spec.as_ref().ok_or(Error::MissingField("spec"))?;
-    let selector = to_selector(&spec.selector, &name)?;
-    let pod_list = pods.list(&ListParams::default().labels_from(&selector)).await.during(format!("listing pods of Deployment {name}"))?;
-    Ok(deployment_observation(d, kind, vf, &pod_list.items))
+/// A workload found for a target, ready to be judged once its pods are listed.
+struct Found1 {
+    name: String,
+    selector: LabelSelector,
+    observe: Box<dyn Fn(&VersionFrom, &[Pod]) -> WorkloadObservation + Send>,
+}
+
+enum Found {
+    Workloads(Vec<Found1>),
+    Missing(TargetStatus),
+}
+
+/// The workload kinds Phasegate can judge.
+trait Workload: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static {
+    const KIND: TargetKind;
+    fn selector(&self) -> Option<LabelSelector>;
+    fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation;
+}
+
+impl Workload for Deployment {
+    const KIND: TargetKind = TargetKind::Deployment;
+    fn selector(&self) -> Option<LabelSelector> {
+        self.spec.as_ref().map(|s| s.selector.clone())
+    }
+    fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+        deployment_observation(self, vf, pods)
+    }
+}
+
+impl Workload for StatefulSet {
+    const KIND: TargetKind = TargetKind::StatefulSet;
+    fn selector(&self) -> Option<LabelSelector> {
+        self.spec.as_ref().map(|s| s.selector.clone())
+    }
+    fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+        statefulset_observation(self, vf, pods)
+    }
+}
+
+impl Workload for DaemonSet {
+    const KIND: TargetKind = TargetKind::DaemonSet;
+    fn selector(&self) -> Option<LabelSelector> {
+        self.spec.as_ref().map(|s| s.selector.clone())
+    }
+    fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+        daemonset_observation(self, vf, pods)
+    }
+}
+
+async fn fetch<K: Workload>(client: &Client, namespace: &str, t: &TargetSpec) -> Result<Found, Error> {
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let kind = K::KIND;
+    let items: Vec<K> = match (&t.name, &t.selector) {
+        (Some(name), _) => match api.get_opt(name).await.during(format!("reading {kind} {name}"))? {
+            Some(w) => vec![w],
+            None => {
+                return Ok(Found::Missing(rollout::missing(kind, name.clone(), format!("{kind} {name} not found in namespace {namespace}"))));
+            }
+        },
+        (None, Some(sel)) => {
+            let selector = to_selector(sel, &format!("{kind} target"))?;
+            let list = api
+                .list(&ListParams::default().labels_from(&selector))
+                .await
+                .during(format!("listing {kind}s matching {selector}"))?;
+            if list.items.is_empty() {
+                return Ok(Found::Missing(rollout::missing(kind, format!("selector {selector}"), format!("selector {selector} matches no {kind}"))));
+            }
+            list.items
+        }
+        (None, None) => return Ok(Found::Missing(rollout::missing(kind, "?", "target names neither name nor selector"))),
+    };
+    let mut out = Vec::new();
+    for w in items {
+        let name = w.meta().name.clone().ok_or(Error::MissingField("metadata.name"))?;
+        let selector = w.selector().ok_or(Error::MissingField("spec.selector"))?;
+        out.push(Found1 { name, selector, observe: Box::new(move |vf, pods| w.observation(vf, pods)) });
+    }
+    Ok(Found::Workloads(out))
 }
 
 /// The planner's view of a Deployment and its pods (pure).
-pub fn deployment_observation(d: &Deployment, kind: TargetKind, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+pub fn deployment_observation(d: &Deployment, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
     let spec = d.spec.clone().unwrap_or_default();
     let status = d.status.clone().unwrap_or_default();
     let progress_deadline_exceeded = status.conditions.iter().flatten().any(|c| {
         c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     });
     WorkloadObservation {
-        kind,
+        kind: TargetKind::Deployment,
         name: d.metadata.name.clone().unwrap_or_default(),
         generation: d.metadata.generation.unwrap_or(0),
         observed_generation: status.observed_generation.unwrap_or(0),
@@ -84,17 +151,62 @@ pub fn deployment_observation(d: &Deployment, kind: TargetKind, vf: &VersionFrom
         available_replicas: status.available_replicas.unwrap_or(0),
         paused: spec.paused.unwrap_or(false),
         progress_deadline_exceeded,
-        pods: pods
-            .iter()
-            // A pod that has finished runs no code; every other one counts, terminating too.
-            .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
-            .map(|p| PodObservation {
-                name: p.metadata.name.clone().unwrap_or_default(),
-                version: version_of(Some(&p.metadata), p.spec.as_ref(), vf),
-                terminating: p.metadata.deletion_timestamp.is_some(),
-            })
-            .collect(),
+        pods: pod_observations(pods, vf),
     }
+}
+
+/// The planner's view of a StatefulSet and its pods (pure). With `OnDelete` or a partition,
+/// pods not yet replaced keep it incomplete.
+pub fn statefulset_observation(s: &StatefulSet, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+    let spec = s.spec.clone().unwrap_or_default();
+    let status = s.status.clone().unwrap_or_default();
+    WorkloadObservation {
+        kind: TargetKind::StatefulSet,
+        name: s.metadata.name.clone().unwrap_or_default(),
+        generation: s.metadata.generation.unwrap_or(0),
+        observed_generation: status.observed_generation.unwrap_or(0),
+        template_version: version_of(spec.template.metadata.as_ref(), spec.template.spec.as_ref(), vf),
+        replicas: spec.replicas.unwrap_or(1),
+        current_replicas: status.replicas,
+        updated_replicas: status.updated_replicas.unwrap_or(0),
+        available_replicas: status.available_replicas.unwrap_or(0),
+        paused: false,
+        progress_deadline_exceeded: false,
+        pods: pod_observations(pods, vf),
+    }
+}
+
+/// The planner's view of a DaemonSet and its pods (pure): one pod per eligible node.
+pub fn daemonset_observation(d: &DaemonSet, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+    let spec = d.spec.clone().unwrap_or_default();
+    let status = d.status.clone().unwrap_or_default();
+    WorkloadObservation {
+        kind: TargetKind::DaemonSet,
+        name: d.metadata.name.clone().unwrap_or_default(),
+        generation: d.metadata.generation.unwrap_or(0),
+        observed_generation: status.observed_generation.unwrap_or(0),
+        template_version: version_of(spec.template.metadata.as_ref(), spec.template.spec.as_ref(), vf),
+        replicas: status.desired_number_scheduled,
+        // Surplus pods of an old version are caught by the pod check below.
+        current_replicas: status.desired_number_scheduled,
+        updated_replicas: status.updated_number_scheduled.unwrap_or(0),
+        available_replicas: status.number_available.unwrap_or(0),
+        paused: false,
+        progress_deadline_exceeded: false,
+        pods: pod_observations(pods, vf),
+    }
+}
+
+fn pod_observations(pods: &[Pod], vf: &VersionFrom) -> Vec<PodObservation> {
+    pods.iter()
+        // A pod that has finished runs no code; every other one counts, terminating too.
+        .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
+        .map(|p| PodObservation {
+            name: p.metadata.name.clone().unwrap_or_default(),
+            version: version_of(Some(&p.metadata), p.spec.as_ref(), vf),
+            terminating: p.metadata.deletion_timestamp.is_some(),
+        })
+        .collect()
 }
 
 /// The version a pod (template) carries, read as `versionFrom` says.
@@ -124,12 +236,6 @@ fn to_selector(sel: &LabelSelector, what: &str) -> Result<Selector, Error> {
     Selector::try_from(sel.clone()).map_err(|e| Error::Selector { target: what.to_string(), reason: e.to_string() })
 }
 
-fn describe_selector(sel: &LabelSelector) -> String {
-    match Selector::try_from(sel.clone()) {
-        Ok(s) => s.to_string(),
-        Err(_) => "selector".into(),
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -34,7 +34,11 @@ impl SslMode {
             "require" => SslMode::Require,
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
-            other => return Err(ConnectError::Config(format!("unsupported sslmode {other:?}"))),
+            other => {
+                return Err(ConnectError::Config(format!(
+                    "unsupported sslmode {other:?}"
+                )))
+            }
         })
     }
 }
@@ -47,7 +51,10 @@ pub enum ConnectError {
     #[error("TLS setup failed: {0}")]
     Tls(String),
     #[error("could not connect to the database: {message}")]
-    Connect { sqlstate: Option<String>, message: String },
+    Connect {
+        sqlstate: Option<String>,
+        message: String,
+    },
 }
 
 /// Parsed connection settings. `Debug` is deliberately not derived: the config holds the password.
@@ -117,7 +124,11 @@ pub fn parse(url: &str) -> Result<ConnSettings, ConnectError> {
             _ => SslMode::Prefer,
         },
     };
-    let root_cert = root_cert.or_else(|| std::env::var("PGSSLROOTCERT").ok().filter(|v| !v.is_empty()));
+    let root_cert = root_cert.or_else(|| {
+        std::env::var("PGSSLROOTCERT")
+            .ok()
+            .filter(|v| !v.is_empty())
+    });
     let mut config = tokio_postgres::Config::from_str(&rest)
         // tokio-postgres' parse errors name the offending key, never the value.
         .map_err(|e| ConnectError::Config(e.to_string()))?;
@@ -129,7 +140,11 @@ pub fn parse(url: &str) -> Result<ConnSettings, ConnectError> {
     if config.get_application_name().is_none() {
         config.application_name("phasegate");
     }
-    Ok(ConnSettings { config, ssl_mode, root_cert })
+    Ok(ConnSettings {
+        config,
+        ssl_mode,
+        root_cert,
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -174,7 +189,10 @@ pub async fn connect(settings: &ConnSettings, timeout: Duration) -> Result<Clien
         ConnectError::Connect { sqlstate, message }
     };
     if settings.ssl_mode == SslMode::Disable {
-        let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(connect_err)?;
+        let (client, conn) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(connect_err)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "database connection closed");
@@ -239,10 +257,12 @@ fn tls_config(settings: &ConnSettings) -> Result<rustls::ClientConfig, ConnectEr
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| ConnectError::Tls(format!("cannot read sslrootcert {path}: {e}")))?;
             for cert in certs {
-                let cert = cert.map_err(|e| ConnectError::Tls(format!("bad certificate in sslrootcert {path}: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| ConnectError::Tls(format!("bad certificate in sslrootcert {path}: {e}")))?;
+                let cert = cert.map_err(|e| {
+                    ConnectError::Tls(format!("bad certificate in sslrootcert {path}: {e}"))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    ConnectError::Tls(format!("bad certificate in sslrootcert {path}: {e}"))
+                })?;
             }
         }
         None => {
@@ -254,7 +274,8 @@ fn tls_config(settings: &ConnSettings) -> Result<rustls::ClientConfig, ConnectEr
     }
     if roots.is_empty() {
         return Err(ConnectError::Tls(
-            "no trusted root certificates for sslmode=verify-ca/verify-full: set sslrootcert".into(),
+            "no trusted root certificates for sslmode=verify-ca/verify-full: set sslrootcert"
+                .into(),
         ));
     }
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
@@ -265,7 +286,10 @@ fn tls_config(settings: &ConnSettings) -> Result<rustls::ClientConfig, ConnectEr
     } else {
         webpki
     };
-    Ok(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth())
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
 }
 
 /// `sslmode=require`: encryption without server authentication (as libpq does).
@@ -289,7 +313,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -297,7 +326,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -317,11 +351,14 @@ impl ServerCertVerifier for VerifyCaOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {
-                Ok(ServerCertVerified::assertion())
-            }
+            | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                ..
+            })) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -362,17 +399,24 @@ mod tests {
         assert!(secrets.contains(&"p@ss".to_string()));
         assert!(secrets.contains(&"p%40ss".to_string()));
 
-        let s = parse("host=localhost user=u password=pw sslmode=require").unwrap_or_else(|e| panic!("{e}"));
+        let s = parse("host=localhost user=u password=pw sslmode=require")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.ssl_mode, SslMode::Require);
         assert_eq!(s.config.get_application_name(), Some("phasegate"));
     }
 
     #[test]
     fn bad_urls_do_not_echo_the_password() {
-        let err = parse("postgres://u:hunter2@h/db?sslmode=bogus").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = parse("postgres://u:hunter2@h/db?sslmode=bogus")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("sslmode"), "{err}");
         assert!(!err.contains("hunter2"));
-        let err = parse("postgres://u:hunter2@h:notaport/db").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = parse("postgres://u:hunter2@h:notaport/db")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(!err.contains("hunter2"), "{err}");
     }
 }

@@ -48,7 +48,11 @@ pub struct Entry {
     pub attempts: i32,
 }
 
-pub async fn get<C: GenericClient>(c: &C, id: &Identity, phase: &str) -> Result<Option<Entry>, tokio_postgres::Error> {
+pub async fn get<C: GenericClient>(
+    c: &C,
+    id: &Identity,
+    phase: &str,
+) -> Result<Option<Entry>, tokio_postgres::Error> {
     let row = c
         .query_opt(
             "SELECT uid, checksum, status = 'applied', statements_total, statements_done, attempts
@@ -80,7 +84,11 @@ pub async fn record<C: GenericClient>(
     let total = i32::try_from(total).unwrap_or(i32::MAX);
     let done_i = i32::try_from(done).unwrap_or(i32::MAX);
     let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-    let status = if done_i >= total { "applied" } else { "in_progress" };
+    let status = if done_i >= total {
+        "applied"
+    } else {
+        "in_progress"
+    };
     c.execute(
         "INSERT INTO phasegate.ledger AS l
              (namespace, name, phase, uid, app_version, checksum, status, statements_total,

@@ -36,8 +36,16 @@ impl std::fmt::Display for Blocker {
             f,
             "pid {} ({}{}) {} {} on {}, transaction open for {:.1} s",
             self.pid,
-            if self.application.is_empty() { "no application_name" } else { &self.application },
-            if self.state.is_empty() { String::new() } else { format!(", {}", self.state) },
+            if self.application.is_empty() {
+                "no application_name"
+            } else {
+                &self.application
+            },
+            if self.state.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", self.state)
+            },
             if self.granted { "holds" } else { "waits for" },
             self.mode,
             self.table,
@@ -52,7 +60,10 @@ pub async fn advisory_lock(client: &Client, timeout: Duration) -> Result<Duratio
     let mut logged = false;
     loop {
         let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&ADVISORY_CLASS, &ADVISORY_OBJ])
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&ADVISORY_CLASS, &ADVISORY_OBJ],
+            )
             .await
             .map_err(AdvisoryError::Db)?
             .get(0);
@@ -61,10 +72,16 @@ pub async fn advisory_lock(client: &Client, timeout: Duration) -> Result<Duratio
         }
         let holder = advisory_holder(client).await.ok().flatten();
         if start.elapsed() >= timeout {
-            return Err(AdvisoryError::Timeout { waited: start.elapsed(), holder });
+            return Err(AdvisoryError::Timeout {
+                waited: start.elapsed(),
+                holder,
+            });
         }
         if !logged {
-            tracing::info!(holder_pid = holder, "another migration is running on this database; waiting for it to finish");
+            tracing::info!(
+                holder_pid = holder,
+                "another migration is running on this database; waiting for it to finish"
+            );
             logged = true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -89,11 +106,16 @@ pub enum AdvisoryError {
     Db(tokio_postgres::Error),
     #[error("another migration holds the Phasegate lock on this database{}; gave up after {}",
         holder.map(|p| format!(" (backend pid {p})")).unwrap_or_default(), humantime::format_duration(Duration::from_secs(waited.as_secs())))]
-    Timeout { waited: Duration, holder: Option<i32> },
+    Timeout {
+        waited: Duration,
+        holder: Option<i32>,
+    },
 }
 
 /// Tables and the strongest lock the statements will request on each.
-pub fn lock_targets<'a>(statements: impl IntoIterator<Item = &'a Statement>) -> BTreeMap<TableRef, LockMode> {
+pub fn lock_targets<'a>(
+    statements: impl IntoIterator<Item = &'a Statement>,
+) -> BTreeMap<TableRef, LockMode> {
     let mut out: BTreeMap<TableRef, LockMode> = BTreeMap::new();
     for s in statements {
         for t in &s.tables {
@@ -107,7 +129,10 @@ pub fn lock_targets<'a>(statements: impl IntoIterator<Item = &'a Statement>) -> 
 }
 
 /// Current backends whose locks on the targets would make our request queue.
-pub async fn blockers(client: &Client, targets: &BTreeMap<TableRef, LockMode>) -> Result<Vec<Blocker>, tokio_postgres::Error> {
+pub async fn blockers(
+    client: &Client,
+    targets: &BTreeMap<TableRef, LockMode>,
+) -> Result<Vec<Blocker>, tokio_postgres::Error> {
     if targets.is_empty() {
         return Ok(Vec::new());
     }
@@ -176,10 +201,17 @@ pub async fn wait_until_clear(
     let start = Instant::now();
     let mut logged = false;
     loop {
-        let blocking: Vec<Blocker> = blockers(client, targets).await?.into_iter().filter(is_blocking).collect();
+        let blocking: Vec<Blocker> = blockers(client, targets)
+            .await?
+            .into_iter()
+            .filter(is_blocking)
+            .collect();
         if blocking.is_empty() {
             if logged {
-                tracing::info!(waited_ms = start.elapsed().as_millis() as u64, "tables are free, attempting");
+                tracing::info!(
+                    waited_ms = start.elapsed().as_millis() as u64,
+                    "tables are free, attempting"
+                );
             }
             return Ok((start.elapsed(), Vec::new()));
         }

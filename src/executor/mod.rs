@@ -75,7 +75,12 @@ pub struct ApplyArgs {
     #[arg(long, env = "PHASEGATE_PHASE", value_enum)]
     pub phase: Phase,
     /// The phase's SQL.
-    #[arg(long, env = "PHASEGATE_SQL", hide_env_values = true, conflicts_with = "file")]
+    #[arg(
+        long,
+        env = "PHASEGATE_SQL",
+        hide_env_values = true,
+        conflicts_with = "file"
+    )]
     pub sql: Option<String>,
     /// Read the phase's SQL from a file instead.
     #[arg(long)]
@@ -97,7 +102,8 @@ pub struct ApplyArgs {
     /// Retries after a lock timeout (SQLSTATE 55P03) or deadlock.
     #[arg(long, env = "PHASEGATE_MAX_LOCK_RETRIES", default_value_t = 10)]
     pub max_lock_retries: u32,
-    /// How long to wait, outside the lock queue, for older transactions to release the tables.
+    /// How long to wait, outside the lock queue, for older transactions to release the tables
+    /// (0 disables lock-aware waiting: plain retries on lock timeouts).
     #[arg(long, env = "PHASEGATE_LOCK_WAIT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub lock_wait_timeout: Duration,
     /// How long to wait for another migration on the same database to finish.
@@ -106,7 +112,11 @@ pub struct ApplyArgs {
     #[arg(long, env = "PHASEGATE_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// Where the JSON report goes (skipped when the directory does not exist).
-    #[arg(long, env = "PHASEGATE_TERMINATION_LOG", default_value = "/dev/termination-log")]
+    #[arg(
+        long,
+        env = "PHASEGATE_TERMINATION_LOG",
+        default_value = "/dev/termination-log"
+    )]
     pub termination_log: PathBuf,
     /// Test hook: `pause-before-commit` or `pause-after-commit` makes the process sleep there.
     #[arg(long, env = "PHASEGATE_FAILPOINT", hide = true)]
@@ -158,7 +168,10 @@ pub enum ApplyError {
     #[error("no SQL given: set PHASEGATE_SQL, --sql or --file")]
     NoSql,
     #[error("cannot read {path}: {source}")]
-    ReadFile { path: PathBuf, source: std::io::Error },
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Sql(#[from] SqlError),
     #[error(transparent)]
@@ -183,25 +196,50 @@ pub enum ApplyError {
         current: String,
     },
     #[error("statement {statement}: gave up after {attempts} attempts, the lock could not be taken within lock_timeout {lock_timeout}")]
-    LockRetriesExhausted { statement: usize, attempts: u32, lock_timeout: String },
+    LockRetriesExhausted {
+        statement: usize,
+        attempts: u32,
+        lock_timeout: String,
+    },
     #[error("statements {first}..{last}: still blocked after waiting {waited} outside the lock queue: {blockers}")]
-    LockWaitTimeout { first: usize, last: usize, waited: String, blockers: String },
+    LockWaitTimeout {
+        first: usize,
+        last: usize,
+        waited: String,
+        blockers: String,
+    },
 }
 
 impl ApplyError {
     fn db(e: &tokio_postgres::Error, statement: Option<usize>) -> ApplyError {
         let (sqlstate, message) = connect::describe(e);
-        ApplyError::Db { sqlstate, message, statement }
+        ApplyError::Db {
+            sqlstate,
+            message,
+            statement,
+        }
     }
 
     fn to_report_error(&self) -> ReportError {
         let (sqlstate, statement) = match self {
             ApplyError::Sql(e) => (Some(e.sqlstate().to_string()), e.statement()),
-            ApplyError::Connect(connect::ConnectError::Connect { sqlstate, .. }) => (sqlstate.clone(), None),
-            ApplyError::Advisory(locks::AdvisoryError::Db(e)) => (e.code().map(|c| c.code().to_string()), None),
-            ApplyError::Advisory(locks::AdvisoryError::Timeout { .. }) => (Some("55P03".into()), None),
-            ApplyError::Db { sqlstate, statement, .. } => (sqlstate.clone(), *statement),
-            ApplyError::LockRetriesExhausted { statement, .. } => (Some("55P03".into()), Some(*statement)),
+            ApplyError::Connect(connect::ConnectError::Connect { sqlstate, .. }) => {
+                (sqlstate.clone(), None)
+            }
+            ApplyError::Advisory(locks::AdvisoryError::Db(e)) => {
+                (e.code().map(|c| c.code().to_string()), None)
+            }
+            ApplyError::Advisory(locks::AdvisoryError::Timeout { .. }) => {
+                (Some("55P03".into()), None)
+            }
+            ApplyError::Db {
+                sqlstate,
+                statement,
+                ..
+            } => (sqlstate.clone(), *statement),
+            ApplyError::LockRetriesExhausted { statement, .. } => {
+                (Some("55P03".into()), Some(*statement))
+            }
             ApplyError::LockWaitTimeout { first, .. } => (Some("55P03".into()), Some(*first)),
             _ => (None, None),
         };
@@ -228,7 +266,7 @@ pub async fn apply(args: ApplyArgs) -> std::process::ExitCode {
     let termination_log = args.termination_log.clone();
     let report = match config_from_args(args) {
         Ok(cfg) => execute(&cfg).await,
-        Err((phase, e)) => failed_report(phase, e, Duration::ZERO, Stats::default(), None, &[]),
+        Err((phase, e)) => failed_report(phase, *e, Duration::ZERO, Stats::default(), None, &[]),
     };
     let line = report.to_json_line();
     write_termination_log(&termination_log, &line);
@@ -240,20 +278,20 @@ pub async fn apply(args: ApplyArgs) -> std::process::ExitCode {
     }
 }
 
-fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, ApplyError)> {
+fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, Box<ApplyError>)> {
     let phase = args.phase;
     let sql = match (&args.sql, &args.file) {
         (Some(s), _) => s.clone(),
         (None, Some(path)) => std::fs::read_to_string(path).map_err(|source| {
             (
                 phase,
-                ApplyError::ReadFile {
+                Box::new(ApplyError::ReadFile {
                     path: path.clone(),
                     source,
-                },
+                }),
             )
         })?,
-        (None, None) => return Err((phase, ApplyError::NoSql)),
+        (None, None) => return Err((phase, Box::new(ApplyError::NoSql))),
     };
     Ok(Config {
         database_url: args.database_url,
@@ -277,7 +315,10 @@ fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, ApplyError)> {
 
 fn write_termination_log(path: &Path, line: &str) {
     // Outside Kubernetes /dev/termination-log usually cannot be written; that is not an error.
-    let dir_exists = path.parent().map(|p| p.as_os_str().is_empty() || p.is_dir()).unwrap_or(false);
+    let dir_exists = path
+        .parent()
+        .map(|p| p.as_os_str().is_empty() || p.is_dir())
+        .unwrap_or(false);
     if !dir_exists {
         tracing::debug!(path = %path.display(), "termination log directory missing; not writing it");
         return;
@@ -322,7 +363,14 @@ pub async fn execute(cfg: &Config) -> Report {
     }
 }
 
-fn failed_report(phase: Phase, e: ApplyError, elapsed: Duration, stats: Stats, sum: Option<&str>, secrets: &[String]) -> Report {
+fn failed_report(
+    phase: Phase,
+    e: ApplyError,
+    elapsed: Duration,
+    stats: Stats,
+    sum: Option<&str>,
+    secrets: &[String],
+) -> Report {
     let mut error = e.to_report_error();
     for s in secrets {
         if !s.is_empty() {
@@ -360,13 +408,20 @@ async fn run(cfg: &Config, sum: &str, stats: &mut Stats) -> Result<Outcome, Appl
     if version >= 140_000 {
         // If this process is killed mid-statement, the server notices the dead client within a
         // second and rolls back, instead of holding its locks until the statement ends.
-        let _ = client.batch_execute("SET client_connection_check_interval = '1s'").await;
+        let _ = client
+            .batch_execute("SET client_connection_check_interval = '1s'")
+            .await;
     }
 
     stats.lock_wait += locks::advisory_lock(&client, cfg.advisory_lock_timeout).await?;
-    client.batch_execute(ledger::SCHEMA_SQL).await.map_err(|e| ApplyError::db(&e, None))?;
+    client
+        .batch_execute(ledger::SCHEMA_SQL)
+        .await
+        .map_err(|e| ApplyError::db(&e, None))?;
 
-    let entry = ledger::get(&client, id, phase).await.map_err(|e| ApplyError::db(&e, None))?;
+    let entry = ledger::get(&client, id, phase)
+        .await
+        .map_err(|e| ApplyError::db(&e, None))?;
     let mut done = 0usize;
     if let Some(entry) = entry {
         if entry.checksum != sum {
@@ -374,7 +429,11 @@ async fn run(cfg: &Config, sum: &str, stats: &mut Stats) -> Result<Outcome, Appl
                 phase: cfg.phase.as_str(),
                 namespace: id.namespace.clone(),
                 name: id.name.clone(),
-                state: if entry.applied { "applied" } else { "partially applied" },
+                state: if entry.applied {
+                    "applied"
+                } else {
+                    "partially applied"
+                },
                 recorded: entry.checksum[..12.min(entry.checksum.len())].to_string(),
                 current: sum[..12].to_string(),
             });
@@ -386,8 +445,14 @@ async fn run(cfg: &Config, sum: &str, stats: &mut Stats) -> Result<Outcome, Appl
             tracing::info!("phase already applied with the same checksum; nothing to do");
             return Ok(Outcome::AlreadyApplied);
         }
-        done = usize::try_from(entry.statements_done).unwrap_or(0).min(statements.len());
-        tracing::info!(done, total = statements.len(), "resuming a partially applied phase");
+        done = usize::try_from(entry.statements_done)
+            .unwrap_or(0)
+            .min(statements.len());
+        tracing::info!(
+            done,
+            total = statements.len(),
+            "resuming a partially applied phase"
+        );
     }
 
     for step in steps(&statements, done, version) {
@@ -398,7 +463,10 @@ async fn run(cfg: &Config, sum: &str, stats: &mut Stats) -> Result<Outcome, Appl
         }
     }
     let _ = client
-        .execute("SELECT pg_advisory_unlock($1, $2)", &[&locks::ADVISORY_CLASS, &locks::ADVISORY_OBJ])
+        .execute(
+            "SELECT pg_advisory_unlock($1, $2)",
+            &[&locks::ADVISORY_CLASS, &locks::ADVISORY_OBJ],
+        )
         .await;
     Ok(Outcome::Applied)
 }
@@ -418,7 +486,10 @@ fn steps(statements: &[Statement], from: usize, version: i32) -> Vec<Step> {
         let own = s.tx.needs_own_transaction(version);
         match out.last_mut() {
             Some(last) if !own && !last.own => last.range.end = i + 1,
-            _ => out.push(Step { range: i..i + 1, own }),
+            _ => out.push(Step {
+                range: i..i + 1,
+                own,
+            }),
         }
     }
     out
@@ -447,7 +518,18 @@ async fn failpoint(cfg: &Config, name: &str) {
 }
 
 /// Waits outside the lock queue; fails clearly if the budget runs out.
-async fn wait_for_tables(cfg: &Config, client: &Client, stmts: &[Statement], range: &Range<usize>, stats: &mut Stats, budget_used: &mut Duration) -> Result<(), ApplyError> {
+async fn wait_for_tables(
+    cfg: &Config,
+    client: &Client,
+    stmts: &[Statement],
+    range: &Range<usize>,
+    stats: &mut Stats,
+    budget_used: &mut Duration,
+) -> Result<(), ApplyError> {
+    if cfg.lock_wait_timeout.is_zero() {
+        // Explicitly disabled: blind retries only (as pgroll or GitLab do).
+        return Ok(());
+    }
     let targets = locks::lock_targets(stmts);
     let budget = cfg.lock_wait_timeout.saturating_sub(*budget_used);
     let (waited, blockers) = locks::wait_until_clear(client, &targets, budget)
@@ -460,7 +542,8 @@ async fn wait_for_tables(cfg: &Config, client: &Client, stmts: &[Statement], ran
         return Err(ApplyError::LockWaitTimeout {
             first: range.start + 1,
             last: range.end,
-            waited: humantime::format_duration(Duration::from_secs(budget_used.as_secs())).to_string(),
+            waited: humantime::format_duration(Duration::from_secs(budget_used.as_secs()))
+                .to_string(),
             blockers: list.join("; "),
         });
     }
@@ -483,7 +566,10 @@ async fn run_transaction(
         wait_for_tables(cfg, client, stmts, &range, stats, &mut waited).await?;
         stats.attempts += 1;
         let attempt = stats.attempts;
-        let tx = client.transaction().await.map_err(|e| ApplyError::db(&e, None))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
         tx.batch_execute(&format!(
             "SET LOCAL lock_timeout = '{}'; SET LOCAL statement_timeout = '{}'",
             pg_ms(cfg.lock_timeout),
@@ -514,15 +600,29 @@ async fn run_transaction(
                 retries += 1;
                 stats.lock_retries += 1;
                 let pause = backoff(retries - 1);
-                tracing::warn!(statement = n, attempt, retry_in_ms = pause.as_millis() as u64, sqlstate = e.code().map(|c| c.code()).unwrap_or(""), "lock not available; rolled back, will retry");
+                tracing::warn!(
+                    statement = n,
+                    attempt,
+                    retry_in_ms = pause.as_millis() as u64,
+                    sqlstate = e.code().map(|c| c.code()).unwrap_or(""),
+                    "lock not available; rolled back, will retry"
+                );
                 tokio::time::sleep(pause).await;
                 continue;
             }
             return Err(ApplyError::db(&e, Some(n)));
         }
-        ledger::record(&tx, &cfg.identity, cfg.phase.as_str(), sum, all.len(), range.end, retries + 1)
-            .await
-            .map_err(|e| ApplyError::db(&e, None))?;
+        ledger::record(
+            &tx,
+            &cfg.identity,
+            cfg.phase.as_str(),
+            sum,
+            all.len(),
+            range.end,
+            retries + 1,
+        )
+        .await
+        .map_err(|e| ApplyError::db(&e, None))?;
         failpoint(cfg, "pause-before-commit").await;
         if let Err(e) = tx.commit().await {
             if is_lock_failure(&e) && retries < cfg.max_lock_retries {
@@ -551,7 +651,10 @@ fn qualified(schema: &str, name: &str) -> String {
 }
 
 /// State of a named index in the schema of `table`: None if absent, Some(valid) otherwise.
-async fn index_state(client: &Client, ci: &sql::ConcurrentIndex) -> Result<Option<(bool, String)>, tokio_postgres::Error> {
+async fn index_state(
+    client: &Client,
+    ci: &sql::ConcurrentIndex,
+) -> Result<Option<(bool, String)>, tokio_postgres::Error> {
     let table = qualified(&ci.table.schema, &ci.table.name);
     let row = client
         .query_opt(
@@ -568,7 +671,14 @@ async fn index_state(client: &Client, ci: &sql::ConcurrentIndex) -> Result<Optio
 }
 
 /// Runs one statement outside a transaction block, idempotently, then records progress.
-async fn run_own(cfg: &Config, client: &mut Client, all: &[Statement], index: usize, sum: &str, stats: &mut Stats) -> Result<(), ApplyError> {
+async fn run_own(
+    cfg: &Config,
+    client: &mut Client,
+    all: &[Statement],
+    index: usize,
+    sum: &str,
+    stats: &mut Stats,
+) -> Result<(), ApplyError> {
     let s = &all[index];
     let n = index + 1;
     let range = index..index + 1;
@@ -579,7 +689,10 @@ async fn run_own(cfg: &Config, client: &mut Client, all: &[Statement], index: us
         // A concurrent build that failed or was killed leaves an invalid index behind: drop it
         // and build again; a valid one means the build finished before the ledger was updated.
         if let Some(ci) = &s.concurrent_index {
-            match index_state(client, ci).await.map_err(|e| ApplyError::db(&e, Some(n)))? {
+            match index_state(client, ci)
+                .await
+                .map_err(|e| ApplyError::db(&e, Some(n)))?
+            {
                 Some((true, _)) => {
                     tracing::info!(index = %ci.index, "index already exists and is valid; skipping its build");
                     skip = true;
@@ -599,7 +712,10 @@ async fn run_own(cfg: &Config, client: &mut Client, all: &[Statement], index: us
             let mut any = false;
             for t in &s.tables {
                 let row = client
-                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified(&t.schema, &t.name)])
+                    .query_one(
+                        "SELECT to_regclass($1) IS NOT NULL",
+                        &[&qualified(&t.schema, &t.name)],
+                    )
                     .await
                     .map_err(|e| ApplyError::db(&e, Some(n)))?;
                 any |= row.get::<_, bool>(0);
@@ -609,11 +725,23 @@ async fn run_own(cfg: &Config, client: &mut Client, all: &[Statement], index: us
         if skip {
             break;
         }
-        wait_for_tables(cfg, client, std::slice::from_ref(s), &range, stats, &mut waited).await?;
+        wait_for_tables(
+            cfg,
+            client,
+            std::slice::from_ref(s),
+            &range,
+            stats,
+            &mut waited,
+        )
+        .await?;
         stats.attempts += 1;
         // Concurrent variants take only SHARE UPDATE EXCLUSIVE, which never blocks application
         // reads or writes, and must wait for older transactions by design: no lock_timeout.
-        let lock_timeout = if s.concurrent { Duration::ZERO } else { cfg.lock_timeout };
+        let lock_timeout = if s.concurrent {
+            Duration::ZERO
+        } else {
+            cfg.lock_timeout
+        };
         client
             .batch_execute(&format!(
                 "SET lock_timeout = '{}'; SET statement_timeout = '{}'",
@@ -623,7 +751,9 @@ async fn run_own(cfg: &Config, client: &mut Client, all: &[Statement], index: us
             .await
             .map_err(|e| ApplyError::db(&e, None))?;
         let result = client.batch_execute(&s.sql).await;
-        let _ = client.batch_execute("RESET lock_timeout; RESET statement_timeout").await;
+        let _ = client
+            .batch_execute("RESET lock_timeout; RESET statement_timeout")
+            .await;
         match result {
             Ok(()) => {
                 stats.statements += 1;
@@ -633,13 +763,19 @@ async fn run_own(cfg: &Config, client: &mut Client, all: &[Statement], index: us
                 retries += 1;
                 stats.lock_retries += 1;
                 let pause = backoff(retries - 1);
-                tracing::warn!(statement = n, retry_in_ms = pause.as_millis() as u64, "lock not available; will retry");
+                tracing::warn!(
+                    statement = n,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "lock not available; will retry"
+                );
                 tokio::time::sleep(pause).await;
             }
             Err(e) => {
                 if let Some(ci) = &s.concurrent_index {
                     if let Ok(Some((false, qname))) = index_state(client, ci).await {
-                        let _ = client.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qname}")).await;
+                        let _ = client
+                            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qname}"))
+                            .await;
                         tracing::warn!(index = %qname, "dropped the invalid index left by the failed build");
                     }
                 }
@@ -655,9 +791,17 @@ async fn run_own(cfg: &Config, client: &mut Client, all: &[Statement], index: us
         }
     }
     failpoint(cfg, "pause-before-commit").await;
-    ledger::record(&*client, &cfg.identity, cfg.phase.as_str(), sum, all.len(), index + 1, retries + 1)
-        .await
-        .map_err(|e| ApplyError::db(&e, None))?;
+    ledger::record(
+        &*client,
+        &cfg.identity,
+        cfg.phase.as_str(),
+        sum,
+        all.len(),
+        index + 1,
+        retries + 1,
+    )
+    .await
+    .map_err(|e| ApplyError::db(&e, None))?;
     failpoint(cfg, "pause-after-commit").await;
     Ok(())
 }
@@ -674,9 +818,34 @@ mod tests {
         .expect("parses");
         assert_eq!(
             steps(&st, 0, 150_000),
-            vec![Step { range: 0..2, own: false }, Step { range: 2..3, own: true }, Step { range: 3..5, own: false }]
+            vec![
+                Step {
+                    range: 0..2,
+                    own: false
+                },
+                Step {
+                    range: 2..3,
+                    own: true
+                },
+                Step {
+                    range: 3..5,
+                    own: false
+                }
+            ]
         );
-        assert_eq!(steps(&st, 3, 110_000), vec![Step { range: 3..4, own: false }, Step { range: 4..5, own: true }]);
+        assert_eq!(
+            steps(&st, 3, 110_000),
+            vec![
+                Step {
+                    range: 3..4,
+                    own: false
+                },
+                Step {
+                    range: 4..5,
+                    own: true
+                }
+            ]
+        );
         assert!(steps(&st, 5, 150_000).is_empty());
     }
 
@@ -688,7 +857,10 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         for r in 0..20 {
             let b = backoff(r);
-            assert!(b <= Duration::from_secs(5) && b >= Duration::from_millis(25), "{b:?}");
+            assert!(
+                b <= Duration::from_secs(5) && b >= Duration::from_millis(25),
+                "{b:?}"
+            );
         }
     }
 

@@ -84,7 +84,13 @@ impl Report {
 
     /// One line of human text for status conditions.
     pub fn summary(&self) -> String {
-        let plural = |n: u64, w: &str| if n == 1 { format!("{n} {w}") } else { format!("{n} {w}s") };
+        let plural = |n: u64, w: &str| {
+            if n == 1 {
+                format!("{n} {w}")
+            } else {
+                format!("{n} {w}s")
+            }
+        };
         match self.outcome {
             Outcome::Applied => format!(
                 "applied {} in {} ms ({}, {}{})",
@@ -92,9 +98,15 @@ impl Report {
                 self.duration_ms,
                 plural(self.attempts.into(), "attempt"),
                 plural(self.lock_retries.into(), "lock retry").replace("retrys", "retries"),
-                if self.lock_wait_ms > 0 { format!(", waited {} ms for locks", self.lock_wait_ms) } else { String::new() },
+                if self.lock_wait_ms > 0 {
+                    format!(", waited {} ms for locks", self.lock_wait_ms)
+                } else {
+                    String::new()
+                },
             ),
-            Outcome::AlreadyApplied => "already applied with the same checksum; nothing to do".to_string(),
+            Outcome::AlreadyApplied => {
+                "already applied with the same checksum; nothing to do".to_string()
+            }
             Outcome::Failed => {
                 let Some(e) = &self.error else {
                     return "failed".to_string();
@@ -114,7 +126,10 @@ impl Report {
 }
 
 fn fallback_json(r: &Report) -> String {
-    format!(r#"{{"outcome":"failed","phase":"{}","statements":0,"attempts":0,"lockRetries":0,"lockWaitMs":0,"durationMs":0}}"#, r.phase.replace('"', ""))
+    format!(
+        r#"{{"outcome":"failed","phase":"{}","statements":0,"attempts":0,"lockRetries":0,"lockWaitMs":0,"durationMs":0}}"#,
+        r.phase.replace('"', "")
+    )
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
@@ -161,7 +176,10 @@ mod tests {
 
     #[test]
     fn summaries() {
-        assert_eq!(sample().summary(), "applied 2 statements in 31 ms (1 attempt, 0 lock retries)");
+        assert_eq!(
+            sample().summary(),
+            "applied 2 statements in 31 ms (1 attempt, 0 lock retries)"
+        );
         let mut f = sample();
         f.outcome = Outcome::Failed;
         f.error = Some(ReportError {
@@ -169,7 +187,10 @@ mod tests {
             message: "relation \"nope\" does not exist".into(),
             statement: Some(1),
         });
-        assert_eq!(f.summary(), "failed: ERROR 42P01: relation \"nope\" does not exist (statement 1)");
+        assert_eq!(
+            f.summary(),
+            "failed: ERROR 42P01: relation \"nope\" does not exist (statement 1)"
+        );
         let mut a = sample();
         a.outcome = Outcome::AlreadyApplied;
         assert!(a.summary().starts_with("already applied"));

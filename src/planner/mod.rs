@@ -140,13 +140,15 @@ struct Planner<'a> {
     /// (phase, condition reason, message) of the outcome.
     outcome: Option<(Phase, &'static str, String)>,
     retry_consumed: bool,
+    /// A retry of a failed contract waits for the gates to open; its token stays pending.
+    contract_retry_pending: bool,
 }
 
 impl<'a> Planner<'a> {
     fn new(input: &'a Input<'a>) -> Self {
         let mut status = input.status.clone();
         status.observed_generation = Some(input.generation);
-        Self { input, status, action: Action::None, requeue_after: None, outcome: None, retry_consumed: false }
+        Self { input, status, action: Action::None, requeue_after: None, outcome: None, retry_consumed: false, contract_retry_pending: false }
     }
 
     fn now(&self) -> Time {
@@ -183,7 +185,11 @@ impl<'a> Planner<'a> {
         }
         // A retry annotation seen while nothing had failed is recorded, so that it cannot
         // trigger an unasked-for retry of a later failure.
-        if self.retry_requested() && !self.retry_consumed && !matches!(self.outcome, Some((Phase::Failed, _, _))) {
+        if self.retry_requested()
+            && !self.retry_consumed
+            && !self.contract_retry_pending
+            && !matches!(self.outcome, Some((Phase::Failed, _, _)))
+        {
             self.consume_retry();
         }
     }
@@ -198,17 +204,15 @@ impl<'a> Planner<'a> {
         match &self.input.expand_job {
             JobState::Succeeded(report) => {
                 let now = self.now();
+                self.adopt(JobPhase::Expand, attempt);
                 let e = self.status.expand.get_or_insert_with(PhaseStatus::default);
-                e.attempts = attempt;
-                e.job_name = Some(job_name(self.input.name, JobPhase::Expand, attempt));
                 e.succeeded = true;
                 e.finished_at = Some(now);
                 e.message = report.clone();
                 true
             }
             JobState::Running => {
-                let e = self.status.expand.get_or_insert_with(PhaseStatus::default);
-                e.attempts = attempt;
+                self.adopt(JobPhase::Expand, attempt);
                 self.set(Phase::Expanding, reason::EXPANDING, format!("expand Job attempt {attempt} is running"));
                 false
             }
@@ -218,8 +222,8 @@ impl<'a> Planner<'a> {
                     self.start(JobPhase::Expand, attempt + 1);
                 } else {
                     let now = self.now();
+                    self.adopt(JobPhase::Expand, attempt);
                     let e = self.status.expand.get_or_insert_with(PhaseStatus::default);
-                    e.attempts = attempt;
                     if e.finished_at.is_none() || e.message.as_deref() != Some(msg.as_str()) {
                         e.finished_at = Some(now);
                     }
@@ -250,7 +254,26 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Record the Job of `attempt` as the phase's current one (also heals a lost status
+    /// write: the Job exists but the status never said so).
+    fn adopt(&mut self, phase: JobPhase, attempt: u32) {
+        let now = self.now();
+        let name = job_name(self.input.name, phase, attempt);
+        let rec = match phase {
+            JobPhase::Expand => self.status.expand.get_or_insert_with(PhaseStatus::default),
+            JobPhase::Contract => self.status.contract.get_or_insert_with(PhaseStatus::default),
+        };
+        rec.attempts = attempt;
+        if rec.job_name.as_deref() != Some(name.as_str()) {
+            rec.job_name = Some(name);
+        }
+        rec.started_at.get_or_insert(now);
+    }
+
     fn start(&mut self, phase: JobPhase, attempt: u32) {
+        if phase == JobPhase::Contract && self.contract_retry_pending {
+            self.consume_retry();
+        }
         let now = self.now();
         let rec = match phase {
             JobPhase::Expand => self.status.expand.get_or_insert_with(PhaseStatus::default),
@@ -275,12 +298,17 @@ impl<'a> Planner<'a> {
             self.set(Phase::Succeeded, reason::SUCCEEDED, "expand and contract applied");
             return;
         }
+        // Targets are tracked in every phase up to Succeeded, so a rollback while contract
+        // runs or has failed still restarts the soak before any retry.
+        if !self.record_targets() {
+            self.status.rollout_completed_at = None;
+        }
         let attempt = rec.attempts.max(1);
         match &self.input.contract_job {
             JobState::Succeeded(report) => {
                 let now = self.now();
+                self.adopt(JobPhase::Contract, attempt);
                 let c = self.status.contract.get_or_insert_with(PhaseStatus::default);
-                c.attempts = attempt;
                 c.succeeded = true;
                 c.finished_at = Some(now);
                 c.message = report.clone();
@@ -288,16 +316,15 @@ impl<'a> Planner<'a> {
                 return;
             }
             JobState::Running => {
-                let c = self.status.contract.get_or_insert_with(PhaseStatus::default);
-                c.attempts = attempt;
+                self.adopt(JobPhase::Contract, attempt);
                 self.set(Phase::Contracting, reason::CONTRACTING, format!("contract Job attempt {attempt} is running"));
                 return;
             }
             JobState::Failed(msg) => {
                 if !self.retry_requested() {
                     let now = self.now();
+                    self.adopt(JobPhase::Contract, attempt);
                     let c = self.status.contract.get_or_insert_with(PhaseStatus::default);
-                    c.attempts = attempt;
                     if c.finished_at.is_none() || c.message.as_deref() != Some(msg.as_str()) {
                         c.finished_at = Some(now);
                     }
@@ -306,12 +333,16 @@ impl<'a> Planner<'a> {
                     return;
                 }
                 // A retry of contract passes through the rollout gates again below.
+                self.contract_retry_pending = true;
             }
             JobState::Absent => {
-                if rec.attempts > 0 && rec.finished_at.is_some() && !self.retry_requested() {
-                    let msg = rec.message.clone().unwrap_or_else(|| "contract Job failed".into());
-                    self.set(Phase::Failed, reason::CONTRACT_FAILED, format!("contract failed: {msg}"));
-                    return;
+                if rec.attempts > 0 && rec.finished_at.is_some() {
+                    if !self.retry_requested() {
+                        let msg = rec.message.clone().unwrap_or_else(|| "contract Job failed".into());
+                        self.set(Phase::Failed, reason::CONTRACT_FAILED, format!("contract failed: {msg}"));
+                        return;
+                    }
+                    self.contract_retry_pending = true;
                 }
             }
         }
@@ -321,30 +352,43 @@ impl<'a> Planner<'a> {
         self.gate_contract(valid, next_attempt);
     }
 
+    /// Copy the judged targets into status; true when every target is complete. A named
+    /// target the observation lacks counts as incomplete.
+    fn record_targets(&mut self) -> bool {
+        let targets = &self.input.targets;
+        let ready = targets.iter().filter(|t| t.complete).count();
+        self.status.targets_ready = Some(format!("{ready}/{}", targets.len()));
+        self.status.targets = targets.clone();
+        let named_present = self.input.spec.rollout.targets.iter().all(|spec| match &spec.name {
+            Some(name) => targets.iter().any(|t| t.kind == spec.kind.as_str() && &t.name == name),
+            None => true,
+        });
+        named_present && !targets.is_empty() && ready == targets.len()
+    }
+
     /// The rollout gates; starts contract only when every one is open.
     fn gate_contract(&mut self, valid: &ValidSpec, attempt: u32) {
         let now = self.input.now;
         let targets = self.input.targets.clone();
         let ready = targets.iter().filter(|t| t.complete).count();
-        self.status.targets_ready = Some(format!("{ready}/{}", targets.len()));
-        self.status.targets = targets.clone();
+        let all_complete = self.record_targets();
 
-        // A timed-out rollout stays failed until a retry.
-        let timed_out_before = self.input.status.phase == Some(Phase::Failed)
-            && conditions::reason_of(&self.input.status.conditions, conditions::STALLED) == Some(reason::ROLLOUT_TIMEOUT);
-        if timed_out_before {
+        // A timed-out rollout stays failed until a retry, whatever happens to the spec.
+        if let Some(at) = self.input.status.rollout_timed_out_at.clone() {
             if self.retry_requested() {
                 self.consume_retry();
+                self.status.rollout_timed_out_at = None;
                 self.status.rollout_started_at = Some(Time(now));
             } else {
-                let msg = conditions::message_of(&self.input.status.conditions, conditions::STALLED).unwrap_or_default();
+                let msg = conditions::message_of(&self.input.status.conditions, conditions::STALLED)
+                    .filter(|_| conditions::reason_of(&self.input.status.conditions, conditions::STALLED) == Some(reason::ROLLOUT_TIMEOUT))
+                    .unwrap_or_else(|| format!("rollout timed out at {}; set {} to a new value to wait again", at.0, crate::api::ANNOTATION_RETRY));
                 self.set(Phase::Failed, reason::ROLLOUT_TIMEOUT, msg);
                 return;
             }
         }
 
         let started = self.status.rollout_started_at.get_or_insert(Time(now)).0;
-        let all_complete = !targets.is_empty() && ready == targets.len();
         if !all_complete {
             // A rollback or a new incomplete target restarts the soak.
             self.status.rollout_completed_at = None;
@@ -361,6 +405,7 @@ impl<'a> Planner<'a> {
             if let Some(timeout) = valid.rollout_timeout {
                 let elapsed = elapsed(started, now);
                 if elapsed >= timeout {
+                    self.status.rollout_timed_out_at = Some(Time(now));
                     self.set(
                         Phase::Failed,
                         reason::ROLLOUT_TIMEOUT,

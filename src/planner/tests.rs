@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 
 use super::conditions::{CONTRACTED, EXPANDED, READY, RECONCILING, ROLLOUT_COMPLETE, STALLED};
 use super::*;
@@ -527,7 +528,6 @@ fn retry_after_contract_failure_rechecks_the_gates() {
 }
 
 #[test]
-#[ignore = "BUG: a contract retry seen while a gate is closed is consumed, then the migration falls back to Failed"]
 fn retry_after_contract_failure_survives_a_closed_gate() {
     // Contract failed; the user retries while the rollout is (momentarily) incomplete.
     let mut fx = contract_failed();
@@ -544,7 +544,6 @@ fn retry_after_contract_failure_survives_a_closed_gate() {
 }
 
 #[test]
-#[ignore = "BUG: a contract retry seen while awaiting approval is consumed, then the migration falls back to Failed"]
 fn retry_after_contract_failure_survives_awaiting_approval() {
     let mut fx = contract_failed();
     fx.spec.contract.approval = Approval::Manual;
@@ -554,6 +553,28 @@ fn retry_after_contract_failure_survives_awaiting_approval() {
     fx.approved = true;
     let p = fx.step();
     assert_eq!(p.action, start(JobPhase::Contract, 2), "retry lost: phase {:?}", p.status.phase);
+}
+
+#[test]
+fn a_rollback_while_contract_failed_restarts_the_soak() {
+    let mut fx = Fx::expanded(SpecBuilder::new().delay("10m").build());
+    fx.complete(true);
+    fx.step(); // Soaking from t=0
+    fx.now = 600;
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
+    fx.contract_job = JobState::Failed("boom".into());
+    fx.now = 700;
+    fx.step();
+    // While failed, the app is rolled back and rolled out again.
+    fx.now = 800;
+    fx.complete(false);
+    fx.step();
+    fx.now = 900;
+    fx.complete(true);
+    fx.step();
+    fx.retry("1");
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Soaking, "the rollout completed 0s ago; action {:?}", p.action);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -712,7 +733,6 @@ fn retry_after_rollout_timeout_restarts_the_timeout_clock() {
 }
 
 #[test]
-#[ignore = "BUG: an InvalidSpec failure overwrites the Stalled reason, forgetting an earlier rollout timeout"]
 fn rollout_timeout_survives_an_invalid_spec_edit() {
     let mut fx = Fx::expanded(SpecBuilder::new().timeout("10m").build());
     fx.now = 600;
@@ -732,6 +752,7 @@ fn rollout_timeout_survives_an_invalid_spec_edit() {
 fn targets_complete_before_timeout_never_time_out() {
     let mut fx = Fx::expanded(SpecBuilder::new().timeout("10m").delay("1h").build());
     fx.complete(true);
+    assert_eq!(phase(&fx.step()), Phase::Soaking);
     fx.now = 1200; // past the rollout timeout, inside the soak
     let p = fx.step();
     assert_eq!(phase(&p), Phase::Soaking);
@@ -770,7 +791,6 @@ fn a_missing_target_reported_incomplete_blocks_contract() {
 }
 
 #[test]
-#[ignore = "BUG (defence in depth): a named spec target absent from Input::targets is not noticed; the others count as all"]
 fn a_named_target_absent_from_the_observation_blocks_contract() {
     let mut fx = Fx::expanded(SpecBuilder::new().targets(&["shop-api", "shop-worker"]).build());
     fx.targets = vec![target("shop-api", true)];
@@ -930,7 +950,6 @@ fn contract_job_found_while_status_write_was_lost_is_adopted() {
 }
 
 #[test]
-#[ignore = "BUG (minor): adopting a Job whose start was not recorded leaves job_name/started_at unset"]
 fn adopted_job_is_named_in_status() {
     let mut fx = Fx::new(SpecBuilder::new().build());
     fx.expand_job = JobState::Running;
@@ -973,7 +992,7 @@ fn transition_only_when_the_phase_changes() {
     // Walk the whole path; at every step a second plan from the output status is silent.
     let mut fx = Fx::new(SpecBuilder::new().manual().delay("1m").build());
     let mut seen = Vec::new();
-    let mut check = |fx: &mut Fx, seen: &mut Vec<Phase>| {
+    let check = |fx: &mut Fx, seen: &mut Vec<Phase>| {
         let p = fx.step();
         assert!(p.transition.is_some(), "{:?}", p.status.phase);
         seen.push(phase(&p));
@@ -1037,7 +1056,7 @@ fn conditions_keep_last_transition_time_while_unchanged() {
     fx.targets[0].message = Some("something else".into());
     let p = fx.step();
     assert_eq!(cond(&p.status, READY).last_transition_time, time(20));
-    assert_eq!(cond(&p.status, ROLLOUT_COMPLETE).message, "something else");
+    assert!(cond(&p.status, ROLLOUT_COMPLETE).message.contains("something else"));
     assert_eq!(cond(&p.status, ROLLOUT_COMPLETE).last_transition_time, time(0));
 }
 
@@ -1103,7 +1122,14 @@ fn job_names_at_the_length_boundary() {
     assert!(!j.contains("--"), "{j}");
 }
 
+/// Fixed seeds: the suite is deterministic (set `PROPTEST_CASES` to explore more).
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig { cases, rng_seed: RngSeed::Fixed(0x9A5E_6A7E), failure_persistence: None, ..ProptestConfig::default() }
+}
+
 proptest! {
+    #![proptest_config(config(256))]
+
     #[test]
     fn job_name_is_a_short_valid_name(name in "[a-z0-9]([a-z0-9.-]{0,200}[a-z0-9])?", attempt in 1u32..1000) {
         for ph in [JobPhase::Expand, JobPhase::Contract] {
@@ -1385,6 +1411,7 @@ impl Sim {
                 if let Some(d) = self.spec.contract.delay.as_deref() {
                     let since = input.status.rollout_completed_at.as_ref().map(|t| t.0.as_second() - T0);
                     prop_assert!(since.is_some_and(|s| self.now - s >= secs(d)), "contract started inside the soak");
+                    // Against the world's truth, retries and replacement attempts included.
                     if !self.lost_writes {
                         let truth = self.complete_since.expect("complete");
                         prop_assert!(self.now - truth >= secs(d), "contract started {}s after the rollout completed", self.now - truth);
@@ -1480,7 +1507,7 @@ fn simulate(p: &Params, events: &[Ev], lost_writes: bool, drain: bool) -> Result
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(config(400))]
 
     #[test]
     fn gates_hold_under_random_observations(p in params(), events in prop::collection::vec(event(false), 0..80)) {

@@ -67,10 +67,37 @@ impl LockMode {
             AccessShare => &[AccessExclusive],
             RowShare => &[Exclusive, AccessExclusive],
             RowExclusive => &[Share, ShareRowExclusive, Exclusive, AccessExclusive],
-            ShareUpdateExclusive => &[ShareUpdateExclusive, Share, ShareRowExclusive, Exclusive, AccessExclusive],
-            Share => &[RowExclusive, ShareUpdateExclusive, ShareRowExclusive, Exclusive, AccessExclusive],
-            ShareRowExclusive => &[RowExclusive, ShareUpdateExclusive, Share, ShareRowExclusive, Exclusive, AccessExclusive],
-            Exclusive => &[RowShare, RowExclusive, ShareUpdateExclusive, Share, ShareRowExclusive, Exclusive, AccessExclusive],
+            ShareUpdateExclusive => &[
+                ShareUpdateExclusive,
+                Share,
+                ShareRowExclusive,
+                Exclusive,
+                AccessExclusive,
+            ],
+            Share => &[
+                RowExclusive,
+                ShareUpdateExclusive,
+                ShareRowExclusive,
+                Exclusive,
+                AccessExclusive,
+            ],
+            ShareRowExclusive => &[
+                RowExclusive,
+                ShareUpdateExclusive,
+                Share,
+                ShareRowExclusive,
+                Exclusive,
+                AccessExclusive,
+            ],
+            Exclusive => &[
+                RowShare,
+                RowExclusive,
+                ShareUpdateExclusive,
+                Share,
+                ShareRowExclusive,
+                Exclusive,
+                AccessExclusive,
+            ],
             AccessExclusive => &[
                 AccessShare,
                 RowShare,
@@ -160,7 +187,8 @@ impl SqlError {
     /// 1-based index of the offending statement, when known.
     pub fn statement(&self) -> Option<usize> {
         match self {
-            SqlError::TransactionControl { index, .. } | SqlError::UnnamedConcurrentIndex { index } => Some(*index),
+            SqlError::TransactionControl { index, .. }
+            | SqlError::UnnamedConcurrentIndex { index } => Some(*index),
             _ => None,
         }
     }
@@ -197,15 +225,25 @@ fn slice_statement(sql: &str, location: i32, len: i32) -> String {
     let end = if len <= 0 {
         sql.len()
     } else {
-        start.saturating_add(usize::try_from(len).unwrap_or(0)).min(sql.len())
+        start
+            .saturating_add(usize::try_from(len).unwrap_or(0))
+            .min(sql.len())
     };
-    sql.get(start..end).unwrap_or("").trim().trim_end_matches(';').trim().to_string()
+    sql.get(start..end)
+        .unwrap_or("")
+        .trim()
+        .trim_end_matches(';')
+        .trim()
+        .to_string()
 }
 
 fn node_name(node: &N) -> String {
     // `Debug` of the enum starts with the variant name, e.g. `AlterTableStmt(AlterTableStmt { .. })`.
     let dbg = format!("{node:?}");
-    dbg.split(['(', ' ', '{']).next().unwrap_or("Unknown").to_string()
+    dbg.split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("Unknown")
+        .to_string()
 }
 
 fn classify(index: usize, sql: String, node: &N) -> Result<Statement, SqlError> {
@@ -226,11 +264,18 @@ fn classify(index: usize, sql: String, node: &N) -> Result<Statement, SqlError> 
                 if s.idxname.is_empty() {
                     return Err(SqlError::UnnamedConcurrentIndex { index });
                 }
-                let table = s.relation.as_ref().map(range_var).unwrap_or_else(|| TableRef {
-                    schema: String::new(),
-                    name: String::new(),
+                let table = s
+                    .relation
+                    .as_ref()
+                    .map(range_var)
+                    .unwrap_or_else(|| TableRef {
+                        schema: String::new(),
+                        name: String::new(),
+                    });
+                concurrent_index = Some(ConcurrentIndex {
+                    index: s.idxname.clone(),
+                    table,
                 });
-                concurrent_index = Some(ConcurrentIndex { index: s.idxname.clone(), table });
             }
         }
         N::DropStmt(s) if s.concurrent => {
@@ -239,7 +284,8 @@ fn classify(index: usize, sql: String, node: &N) -> Result<Statement, SqlError> 
             concurrent = true;
         }
         N::ReindexStmt(s) => {
-            let kind_enum = protobuf::ReindexObjectType::try_from(s.kind).unwrap_or(protobuf::ReindexObjectType::Undefined);
+            let kind_enum = protobuf::ReindexObjectType::try_from(s.kind)
+                .unwrap_or(protobuf::ReindexObjectType::Undefined);
             if has_option(&s.params, "concurrently") {
                 tx = TxMode::NonTransactional;
                 lock = LockMode::ShareUpdateExclusive;
@@ -319,7 +365,9 @@ fn range_var(v: &protobuf::RangeVar) -> TableRef {
 fn collect_range_vars(v: &serde_json::Value, out: &mut Vec<TableRef>) {
     match v {
         serde_json::Value::Object(map) => {
-            if let (Some(serde_json::Value::String(rel)), true) = (map.get("relname"), map.contains_key("relpersistence")) {
+            if let (Some(serde_json::Value::String(rel)), true) =
+                (map.get("relname"), map.contains_key("relpersistence"))
+            {
                 let schema = map.get("schemaname").and_then(|s| s.as_str()).unwrap_or("");
                 out.push(TableRef {
                     schema: schema.to_string(),
@@ -420,32 +468,162 @@ mod tests {
     fn classification_table() {
         use TxMode::*;
         let cases: &[(&str, TxMode, &[&str], LockMode)] = &[
-            ("ALTER TABLE users ADD COLUMN email_verified boolean", Transactional, &["users"], LockMode::AccessExclusive),
-            ("alter table shop.Users drop column legacy", Transactional, &["shop.users"], LockMode::AccessExclusive),
-            (r#"ALTER TABLE "Shop"."Users" ADD c int"#, Transactional, &["Shop.Users"], LockMode::AccessExclusive),
-            ("CREATE TABLE orders (id bigint primary key, user_id bigint references users(id))", Transactional, &["orders", "users"], LockMode::AccessExclusive),
-            ("CREATE INDEX idx_a ON users (email)", Transactional, &["users"], LockMode::Share),
-            ("CREATE INDEX CONCURRENTLY idx_b ON shop.users (email)", NonTransactional, &["shop.users"], LockMode::ShareUpdateExclusive),
-            ("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS idx_c ON users (email)", NonTransactional, &["users"], LockMode::ShareUpdateExclusive),
-            ("DROP INDEX CONCURRENTLY IF EXISTS idx_b", NonTransactional, &["idx_b"], LockMode::ShareUpdateExclusive),
-            ("DROP INDEX idx_b", Transactional, &["idx_b"], LockMode::AccessExclusive),
-            ("REINDEX INDEX CONCURRENTLY idx_b", NonTransactional, &["idx_b"], LockMode::ShareUpdateExclusive),
-            ("REINDEX (CONCURRENTLY) TABLE users", NonTransactional, &["users"], LockMode::ShareUpdateExclusive),
-            ("REINDEX TABLE users", Transactional, &["users"], LockMode::Share),
-            ("REINDEX SCHEMA public", NonTransactional, &[], LockMode::Share),
-            ("VACUUM users", NonTransactional, &["users"], LockMode::ShareUpdateExclusive),
-            ("VACUUM (FULL) users", NonTransactional, &["users"], LockMode::AccessExclusive),
-            ("ANALYZE users", Transactional, &["users"], LockMode::ShareUpdateExclusive),
-            ("ALTER TYPE mood ADD VALUE 'meh'", NonTransactionalBeforePg12, &[], LockMode::AccessExclusive),
-            ("ALTER TYPE mood RENAME VALUE 'meh' TO 'ok'", Transactional, &[], LockMode::AccessExclusive),
-            ("CREATE DATABASE other", NonTransactional, &[], LockMode::AccessExclusive),
-            ("ALTER SYSTEM SET work_mem = '8MB'", NonTransactional, &[], LockMode::AccessExclusive),
-            ("DROP TABLE a, public.b", Transactional, &["a", "public.b"], LockMode::AccessExclusive),
-            ("UPDATE users SET x = 1 WHERE id IN (SELECT user_id FROM orders)", Transactional, &["orders", "users"], LockMode::RowExclusive),
-            ("INSERT INTO t SELECT * FROM s", Transactional, &["s", "t"], LockMode::RowExclusive),
-            ("CREATE TRIGGER trg BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION f()", Transactional, &["users"], LockMode::ShareRowExclusive),
-            ("COMMENT ON TABLE users IS 'x'", Transactional, &[], LockMode::AccessExclusive),
-            ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1; $$", Transactional, &[], LockMode::AccessExclusive),
+            (
+                "ALTER TABLE users ADD COLUMN email_verified boolean",
+                Transactional,
+                &["users"],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "alter table shop.Users drop column legacy",
+                Transactional,
+                &["shop.users"],
+                LockMode::AccessExclusive,
+            ),
+            (
+                r#"ALTER TABLE "Shop"."Users" ADD c int"#,
+                Transactional,
+                &["Shop.Users"],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "CREATE TABLE orders (id bigint primary key, user_id bigint references users(id))",
+                Transactional,
+                &["orders", "users"],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "CREATE INDEX idx_a ON users (email)",
+                Transactional,
+                &["users"],
+                LockMode::Share,
+            ),
+            (
+                "CREATE INDEX CONCURRENTLY idx_b ON shop.users (email)",
+                NonTransactional,
+                &["shop.users"],
+                LockMode::ShareUpdateExclusive,
+            ),
+            (
+                "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS idx_c ON users (email)",
+                NonTransactional,
+                &["users"],
+                LockMode::ShareUpdateExclusive,
+            ),
+            (
+                "DROP INDEX CONCURRENTLY IF EXISTS idx_b",
+                NonTransactional,
+                &["idx_b"],
+                LockMode::ShareUpdateExclusive,
+            ),
+            (
+                "DROP INDEX idx_b",
+                Transactional,
+                &["idx_b"],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "REINDEX INDEX CONCURRENTLY idx_b",
+                NonTransactional,
+                &["idx_b"],
+                LockMode::ShareUpdateExclusive,
+            ),
+            (
+                "REINDEX (CONCURRENTLY) TABLE users",
+                NonTransactional,
+                &["users"],
+                LockMode::ShareUpdateExclusive,
+            ),
+            (
+                "REINDEX TABLE users",
+                Transactional,
+                &["users"],
+                LockMode::Share,
+            ),
+            (
+                "REINDEX SCHEMA public",
+                NonTransactional,
+                &[],
+                LockMode::Share,
+            ),
+            (
+                "VACUUM users",
+                NonTransactional,
+                &["users"],
+                LockMode::ShareUpdateExclusive,
+            ),
+            (
+                "VACUUM (FULL) users",
+                NonTransactional,
+                &["users"],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "ANALYZE users",
+                Transactional,
+                &["users"],
+                LockMode::ShareUpdateExclusive,
+            ),
+            (
+                "ALTER TYPE mood ADD VALUE 'meh'",
+                NonTransactionalBeforePg12,
+                &[],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "ALTER TYPE mood RENAME VALUE 'meh' TO 'ok'",
+                Transactional,
+                &[],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "CREATE DATABASE other",
+                NonTransactional,
+                &[],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "ALTER SYSTEM SET work_mem = '8MB'",
+                NonTransactional,
+                &[],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "DROP TABLE a, public.b",
+                Transactional,
+                &["a", "public.b"],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "UPDATE users SET x = 1 WHERE id IN (SELECT user_id FROM orders)",
+                Transactional,
+                &["orders", "users"],
+                LockMode::RowExclusive,
+            ),
+            (
+                "INSERT INTO t SELECT * FROM s",
+                Transactional,
+                &["s", "t"],
+                LockMode::RowExclusive,
+            ),
+            (
+                "CREATE TRIGGER trg BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION f()",
+                Transactional,
+                &["users"],
+                LockMode::ShareRowExclusive,
+            ),
+            (
+                "COMMENT ON TABLE users IS 'x'",
+                Transactional,
+                &[],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1; $$",
+                Transactional,
+                &[],
+                LockMode::AccessExclusive,
+            ),
         ];
         for (sql, tx, tables, lock) in cases {
             let s = one(sql);
@@ -462,9 +640,23 @@ mod tests {
         let v = parse_phase(sql).expect("parses");
         assert_eq!(v.len(), 4);
         assert_eq!(v[0].sql, "ALTER TABLE users ADD COLUMN a int");
-        assert!(v[1].sql.ends_with("CREATE INDEX CONCURRENTLY idx ON users (a)"), "{}", v[1].sql);
-        assert_eq!(v[1].concurrent_index, Some(ConcurrentIndex { index: "idx".into(), table: t("users") }));
-        assert_eq!(v[2].sql, "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1; $$");
+        assert!(
+            v[1].sql
+                .ends_with("CREATE INDEX CONCURRENTLY idx ON users (a)"),
+            "{}",
+            v[1].sql
+        );
+        assert_eq!(
+            v[1].concurrent_index,
+            Some(ConcurrentIndex {
+                index: "idx".into(),
+                table: t("users")
+            })
+        );
+        assert_eq!(
+            v[2].sql,
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1; $$"
+        );
         assert_eq!(v[3].sql, "SELECT 'a;b'");
         assert_eq!(v[0].kind, "AlterTableStmt");
     }
@@ -478,10 +670,15 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert!(matches!(parse_phase("ALTER TABLE users ADD COLUMN"), Err(SqlError::Syntax(_))));
+        assert!(matches!(
+            parse_phase("ALTER TABLE users ADD COLUMN"),
+            Err(SqlError::Syntax(_))
+        ));
         assert_eq!(parse_phase("  -- nothing\n ;"), Err(SqlError::Empty));
         assert_eq!(
-            parse_phase("BEGIN; ALTER TABLE a ADD b int; COMMIT;").err().map(|e| e.statement()),
+            parse_phase("BEGIN; ALTER TABLE a ADD b int; COMMIT;")
+                .err()
+                .map(|e| e.statement()),
             Some(Some(1))
         );
         assert_eq!(
@@ -502,7 +699,16 @@ mod tests {
     #[test]
     fn lock_conflicts_are_symmetric() {
         use LockMode::*;
-        let all = [AccessShare, RowShare, RowExclusive, ShareUpdateExclusive, Share, ShareRowExclusive, Exclusive, AccessExclusive];
+        let all = [
+            AccessShare,
+            RowShare,
+            RowExclusive,
+            ShareUpdateExclusive,
+            Share,
+            ShareRowExclusive,
+            Exclusive,
+            AccessExclusive,
+        ];
         for a in all {
             for b in all {
                 assert_eq!(a.conflicts_with(b), b.conflicts_with(a), "{a:?} vs {b:?}");
@@ -510,6 +716,9 @@ mod tests {
         }
         assert!(!RowExclusive.conflicts_with(RowExclusive));
         assert!(AccessExclusive.conflicts_with(AccessShare));
-        assert_eq!(LockMode::from_pg("ShareRowExclusiveLock"), Some(ShareRowExclusive));
+        assert_eq!(
+            LockMode::from_pg("ShareRowExclusiveLock"),
+            Some(ShareRowExclusive)
+        );
     }
 }

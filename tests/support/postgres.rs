@@ -22,6 +22,7 @@ pub struct TestPostgres {
     port: u16,
     bindir: PathBuf,
     run_as: Option<String>,
+    tls: bool,
 }
 
 impl TestPostgres {
@@ -34,6 +35,32 @@ impl TestPostgres {
     }
 
     pub fn try_start() -> Result<TestPostgres, String> {
+        TestPostgres::try_start_with(false)
+    }
+
+    /// Starts a server with TLS on (`ssl=on`), certificates from a throwaway CA made with the
+    /// `openssl` CLI: server certificate for `localhost` and `127.0.0.1`; see [`Self::ca_cert`].
+    pub fn start_with_tls() -> TestPostgres {
+        match TestPostgres::try_start_with(true) {
+            Ok(pg) => pg,
+            Err(e) => panic!("cannot start a TLS test PostgreSQL server: {e}"),
+        }
+    }
+
+    /// PEM file of the CA that signed the server certificate (TLS servers only).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// A URL with arbitrary host and query, e.g. `("localhost", "sslmode=verify-full")`.
+    pub fn url_with(&self, host: &str, query: &str) -> String {
+        format!(
+            "postgres://{USER}:{PASSWORD}@{host}:{}/postgres?{query}",
+            self.port
+        )
+    }
+
+    fn try_start_with(tls: bool) -> Result<TestPostgres, String> {
         let bindir = bindir()?;
         let run_as = run_as_user();
         let template = template(&bindir, run_as.as_deref())?;
@@ -45,20 +72,27 @@ impl TestPostgres {
         let sock = dir.path().join("sock");
         std::fs::create_dir(&sock).map_err(|e| format!("mkdir: {e}"))?;
         run(Command::new("cp").arg("-a").arg(&template).arg(&data))?;
+        if tls {
+            make_certs(dir.path())?;
+        }
         if let Some(user) = &run_as {
-            run(Command::new("chown").arg("-R").arg(format!("{user}:")).arg(dir.path()))?;
+            run(Command::new("chown")
+                .arg("-R")
+                .arg(format!("{user}:"))
+                .arg(dir.path()))?;
         }
         let mut last_err = String::new();
         // A free port can be taken by someone else before the server binds it: retry.
         for _ in 0..5 {
             let port = free_port()?;
-            match pg_ctl_start(dir.path(), port, &bindir, run_as.as_deref()) {
+            match pg_ctl_start(dir.path(), port, &bindir, run_as.as_deref(), tls) {
                 Ok(()) => {
                     return Ok(TestPostgres {
                         dir,
                         port,
                         bindir,
                         run_as,
+                        tls,
                     })
                 }
                 Err(e) => last_err = e,
@@ -81,11 +115,17 @@ impl TestPostgres {
     }
 
     pub fn url_with_password(&self, password: &str) -> String {
-        format!("postgres://{USER}:{password}@127.0.0.1:{}/postgres?sslmode=disable", self.port)
+        format!(
+            "postgres://{USER}:{password}@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
     }
 
     pub fn url_for_db(&self, db: &str) -> String {
-        format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+        format!(
+            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -112,27 +152,121 @@ impl TestPostgres {
     }
 }
 
-fn pg_ctl_start(dir: &Path, port: u16, bindir: &Path, run_as: Option<&str>) -> Result<(), String> {
+fn pg_ctl_start(
+    dir: &Path,
+    port: u16,
+    bindir: &Path,
+    run_as: Option<&str>,
+    tls: bool,
+) -> Result<(), String> {
     let data = dir.join("data");
     let sock = dir.join("sock");
     let log = dir.join("server.log");
-    let opts = format!(
+    let mut opts = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
          -c full_page_writes=off -c max_connections=60 -c shared_buffers=32MB \
          -c log_min_messages=warning",
         sock.display()
     );
+    if tls {
+        opts.push_str(&format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            dir.join("server.crt").display(),
+            dir.join("server.key").display()
+        ));
+    }
     let mut cmd = command_as(run_as, &bindir.join("pg_ctl"));
-    cmd.arg("-D").arg(&data).arg("-l").arg(&log).arg("-w").arg("-t").arg("60").arg("-o").arg(opts).arg("start");
-    run(&mut cmd).map_err(|e| format!("{e}\n--- server log ---\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+    cmd.arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(&log)
+        .arg("-w")
+        .arg("-t")
+        .arg("60")
+        .arg("-o")
+        .arg(opts)
+        .arg("start");
+    run(&mut cmd).map_err(|e| {
+        format!(
+            "{e}\n--- server log ---\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    })
 }
 
 impl Drop for TestPostgres {
     fn drop(&mut self) {
         let mut cmd = self.command("pg_ctl");
-        cmd.arg("-D").arg(self.data_dir()).arg("-m").arg("immediate").arg("-w").arg("stop");
+        cmd.arg("-D")
+            .arg(self.data_dir())
+            .arg("-m")
+            .arg("immediate")
+            .arg("-w")
+            .arg("stop");
         let _ = run(&mut cmd);
     }
+}
+
+/// A throwaway CA and a server certificate signed by it (SAN: localhost, 127.0.0.1).
+fn make_certs(dir: &Path) -> Result<(), String> {
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .map_err(|e| format!("write ext: {e}"))?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .args(["req", "-x509"])
+        .args(ec)
+        .args([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=phasegate-test-ca",
+        ]))?;
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .arg("req")
+        .args(ec)
+        .args([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]))?;
+    run(Command::new("openssl").current_dir(dir).args([
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "30",
+        "-extfile",
+        "server.ext",
+    ]))?;
+    // PostgreSQL refuses a key readable by others.
+    run(Command::new("chmod").arg("600").arg(dir.join("server.key")))
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -162,7 +296,9 @@ fn command_as(user: Option<&str>, program: &Path) -> Command {
 
 fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| format!("local_addr: {e}"))
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("local_addr: {e}"))
 }
 
 fn is_root() -> bool {
@@ -178,7 +314,13 @@ fn run_as_user() -> Option<String> {
         return None;
     }
     for u in ["postgres", "nobody"] {
-        if Command::new("id").arg("-u").arg(u).output().map(|o| o.status.success()).unwrap_or(false) {
+        if Command::new("id")
+            .arg("-u")
+            .arg(u)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+        {
             return Some(u.to_string());
         }
     }
@@ -227,7 +369,9 @@ pub fn bindir() -> Result<PathBuf, String> {
 /// the system temp dir and copied for each server: initdb costs seconds, a copy milliseconds.
 fn template(bindir: &Path, run_as: Option<&str>) -> Result<PathBuf, String> {
     static TEMPLATE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    TEMPLATE.get_or_init(|| make_template(bindir, run_as)).clone()
+    TEMPLATE
+        .get_or_init(|| make_template(bindir, run_as))
+        .clone()
 }
 
 fn make_template(bindir: &Path, run_as: Option<&str>) -> Result<PathBuf, String> {
@@ -239,7 +383,11 @@ fn make_template(bindir: &Path, run_as: Option<&str>) -> Result<PathBuf, String>
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
         .collect();
-    let key = format!("{version}-{}-{USER}-{}", run_as.unwrap_or("self"), PASSWORD.len());
+    let key = format!(
+        "{version}-{}-{USER}-{}",
+        run_as.unwrap_or("self"),
+        PASSWORD.len()
+    );
     let final_dir = std::env::temp_dir().join(format!("phasegate-pg-template-{key}"));
     if final_dir.join("data").join("PG_VERSION").exists() && final_dir.join("ready").exists() {
         return Ok(final_dir.join("data"));
@@ -252,7 +400,10 @@ fn make_template(bindir: &Path, run_as: Option<&str>) -> Result<PathBuf, String>
     let pwfile = dir.path().join("pw");
     std::fs::write(&pwfile, PASSWORD).map_err(|e| format!("write pwfile: {e}"))?;
     if let Some(u) = run_as {
-        run(Command::new("chown").arg("-R").arg(format!("{u}:")).arg(dir.path()))?;
+        run(Command::new("chown")
+            .arg("-R")
+            .arg(format!("{u}:"))
+            .arg(dir.path()))?;
     }
     let mut cmd = command_as(run_as, &bindir.join("initdb"));
     cmd.arg("-D")

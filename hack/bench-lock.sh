@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): what does a migration cost the application while a long transaction
+# holds the table? An open-loop application (pgbench --rate: latency counted from each query's
+# scheduled start, so a stall cannot hide) runs while a 12 s transaction reads the table and a
+# migration adds a column, with three runners:
+#   naive      psql -f, as Helm hooks and Argo CD PreSync Jobs do (queues behind the reader and
+#              every application query queues behind it)
+#   retry      blind retries with lock_timeout (pgroll / GitLab with_lock_retries style)
+#   phasegate  `phasegate apply`: waits outside the lock queue, then tries with a short lock_timeout
+# Prints p50/p99/worst application latency and failed queries per runner; last line:
+#   app p99: naive=<ms> retry=<ms> phasegate=<ms>
+#
+# Knobs (env): BENCH_RATE (2000 q/s), BENCH_HOLD (12 s), BENCH_DURATION (20 s per runner),
+# BENCH_RETRY_LOCK_TIMEOUT (200ms), BENCH_PG_LOCK_TIMEOUT (50ms), PHASEGATE_BIN, PHASEGATE_PG_BINDIR.
+set -euo pipefail
+
+RATE=${BENCH_RATE:-2000}
+HOLD=${BENCH_HOLD:-12}
+DURATION=${BENCH_DURATION:-20}
+RETRY_LT=${BENCH_RETRY_LOCK_TIMEOUT:-200ms}
+PG_LT=${BENCH_PG_LOCK_TIMEOUT:-50ms}
+HOLD_START=2      # seconds after the application starts
+MIGRATE_START=3   # the migration starts while the long transaction is running
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+log() { echo "bench-lock: $*" >&2; }
+
+# --- binaries ---------------------------------------------------------------------------------
+bindir=${PHASEGATE_PG_BINDIR:-}
+if [[ -z $bindir ]]; then
+  bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+fi
+if [[ -z $bindir ]] && command -v pg_config >/dev/null; then bindir=$(pg_config --bindir); fi
+for tool in initdb pg_ctl pgbench psql; do
+  if [[ ! -x $bindir/$tool ]] && ! command -v "$tool" >/dev/null; then
+    echo "bench-lock: $tool not found (set PHASEGATE_PG_BINDIR)" >&2; exit 1
+  fi
+done
+tool() { if [[ -x $bindir/$1 ]]; then echo "$bindir/$1"; else command -v "$1"; fi; }
+PSQL=$(tool psql); PGBENCH=$(tool pgbench)
+
+if [[ -z ${PHASEGATE_BIN:-} ]]; then
+  log "building phasegate"
+  (cd "$root" && cargo build --quiet --bin phasegate)
+  PHASEGATE_BIN=${CARGO_TARGET_DIR:-$root/target}/debug/phasegate
+fi
+
+# --- a throwaway server ----------------------------------------------------------------------
+work=$(mktemp -d /tmp/phasegate-bench-XXXXXX)
+as_pg=()
+if [[ $(id -u) == 0 ]]; then
+  user=postgres; id -u postgres >/dev/null 2>&1 || user=nobody
+  chown "$user:" "$work"; as_pg=(runuser -u "$user" --)
+fi
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 55432)
+cleanup() {
+  "${as_pg[@]}" "$(tool pg_ctl)" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+log "initdb in $work (port $port)"
+"${as_pg[@]}" "$(tool initdb)" -D "$work/data" -U bench --auth=trust -N -E UTF8 --locale=C >/dev/null
+"${as_pg[@]}" "$(tool pg_ctl)" -D "$work/data" -l "$work/server.log" -w \
+  -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=50 -c shared_buffers=64MB" \
+  start >/dev/null
+export PGHOST=127.0.0.1 PGPORT=$port PGUSER=bench PGDATABASE=postgres
+url="postgres://bench@127.0.0.1:$port/postgres?sslmode=disable"
+psql_q() { "$PSQL" -X -q -v ON_ERROR_STOP=1 "$@"; }
+psql_q -c "CREATE TABLE app (id int PRIMARY KEY, v text NOT NULL)" \
+       -c "INSERT INTO app SELECT g, md5(g::text) FROM generate_series(1, 10000) g" -c "VACUUM ANALYZE app"
+printf '\\set id random(1, 10000)\nSELECT v FROM app WHERE id = :id;\n' >"$work/app.sql"
+
+# --- one run: application + optional long transaction + optional migration --------------------
+# Prints "p50 p99 max failed done" (ms, ms, ms, count, count).
+run() {
+  local name=$1 migrate=$2 duration=$3
+  local dir=$work/$name; mkdir -p "$dir"
+  (cd "$dir" && "$PGBENCH" -n -f "$work/app.sql" -c 8 -j 2 -T "$duration" --rate "$RATE" \
+      -l --log-prefix=app >"$dir/pgbench.out" 2>&1) &
+  local app=$!
+  local holder="" mig=""
+  if [[ $migrate != none ]]; then
+    sleep "$HOLD_START"
+    psql_q -c "BEGIN; SELECT count(*) FROM app; SELECT pg_sleep($HOLD); COMMIT;" >/dev/null &
+    holder=$!
+    sleep $((MIGRATE_START - HOLD_START))
+    local col="c_$name" t0; t0=$(date +%s%N)
+    case $migrate in
+      naive)
+        echo "ALTER TABLE app ADD COLUMN $col int;" >"$dir/m.sql"
+        psql_q -f "$dir/m.sql" >"$dir/migration.out" 2>&1 ;;
+      retry)
+        # Blind retries: a short lock_timeout, roll back, sleep, try again.
+        local n=0
+        until psql_q -c "SET lock_timeout = '$RETRY_LT'" -c "ALTER TABLE app ADD COLUMN $col int" >>"$dir/migration.out" 2>&1; do
+          n=$((n + 1)); sleep 0.$((RANDOM % 5 + 5))   # 0.5–0.9 s
+          [[ $n -lt 200 ]] || break
+        done
+        echo "retries=$n" >>"$dir/migration.out" ;;
+      phasegate)
+        PHASEGATE_DATABASE_URL=$url PHASEGATE_PHASE=expand PHASEGATE_SQL="ALTER TABLE app ADD COLUMN $col int;" \
+        PHASEGATE_MIGRATION_NAME=bench PHASEGATE_LOCK_TIMEOUT=$PG_LT PHASEGATE_TERMINATION_LOG=$dir/termination-log \
+          "$PHASEGATE_BIN" apply >"$dir/migration.out" 2>"$dir/migration.err" || true ;;
+    esac
+    log "$name: migration done after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  fi
+  wait "$app" || true
+  [[ -z $holder ]] || wait "$holder" || true
+  # Per-transaction log: client tx time(us) script epoch us lag(us); "failed" in place of time.
+  cat "$dir"/app.* 2>/dev/null | awk '
+      $3 == "failed" { failed++; next }
+      $3 == "skipped" { next }
+      { printf "%.3f\n", ($3 + $7) / 1000.0 }' | sort -n >"$dir/lat.txt"
+  local failed; failed=$(cat "$dir"/app.* 2>/dev/null | awk '$3 == "failed"' | wc -l)
+  local n; n=$(wc -l <"$dir/lat.txt")
+  # Clients aborted by an error stop sending: count what the open loop should have sent.
+  local expected=$((RATE * duration))
+  awk -v n="$n" -v failed="$failed" -v expected="$expected" '
+      { a[NR] = $1 }
+      END {
+        if (n == 0) { print "0 0 0", failed, 0; exit }
+        p50 = a[int(n * 0.50) > 0 ? int(n * 0.50) : 1]; p99 = a[int(n * 0.99) > 0 ? int(n * 0.99) : 1]
+        missing = expected - n - failed; if (missing < 0 || missing < expected * 0.02) missing = 0
+        printf "%.1f %.1f %.1f %d %d\n", p50, p99, a[n], failed + missing, n
+      }' "$dir/lat.txt"
+}
+
+# Warm up caches and connections so the baseline measures the steady state.
+run warmup none 3 >/dev/null
+printf '%-10s %10s %10s %10s %8s %8s\n' runner p50_ms p99_ms worst_ms failed queries
+declare -A p99
+for name in baseline naive retry phasegate; do
+  if [[ $name == baseline ]]; then
+    res=$(run baseline none 8)
+  else
+    res=$(run "$name" "$name" "$DURATION")
+  fi
+  read -r p50 p99v worst failed n <<<"$res"
+  p99[$name]=$p99v
+  printf '%-10s %10s %10s %10s %8s %8s\n' "$name" "$p50" "$p99v" "$worst" "$failed" "$n"
+done
+if [[ -f $work/phasegate/migration.out ]]; then
+  log "phasegate report: $(tail -1 "$work/phasegate/migration.out")"
+fi
+echo "app p99: naive=${p99[naive]} retry=${p99[retry]} phasegate=${p99[phasegate]}"

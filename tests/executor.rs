@@ -1,0 +1,682 @@
+//! The executor against real PostgreSQL servers started by the tests (see support/postgres.rs),
+//! through the library and through the real `phasegate apply` binary.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use phasegate::executor::{self, Config, Outcome, Phase, Report};
+use support::postgres::{TestPostgres, PASSWORD};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_phasegate");
+
+async fn setup(pg: &TestPostgres) -> tokio_postgres::Client {
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL);
+         INSERT INTO users (email) SELECT 'u' || g || '@example.com' FROM generate_series(1, 100) g;",
+    )
+    .await
+    .expect("setup schema");
+    c
+}
+
+fn cfg(pg: &TestPostgres, sql: &str) -> Config {
+    let mut c = Config::new(pg.url(), Phase::Expand, sql);
+    c.identity.namespace = "shop".into();
+    c.identity.name = "users-email-verified".into();
+    c.identity.uid = "uid-1".into();
+    c.identity.app_version = "2.4.0".into();
+    c
+}
+
+async fn columns(c: &tokio_postgres::Client, table: &str) -> Vec<String> {
+    c.query(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        &[&table],
+    )
+    .await
+    .expect("columns")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+async fn ledger_rows(c: &tokio_postgres::Client) -> Vec<(String, String, String, i32, i32)> {
+    let exists: bool = c
+        .query_one("SELECT to_regclass('phasegate.ledger') IS NOT NULL", &[])
+        .await
+        .expect("regclass")
+        .get(0);
+    if !exists {
+        return Vec::new();
+    }
+    c.query("SELECT name, phase, status, statements_done, attempts FROM phasegate.ledger ORDER BY name, phase", &[])
+        .await
+        .expect("ledger")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+}
+
+fn assert_outcome(r: &Report, want: Outcome) {
+    assert_eq!(r.outcome, want, "report: {}", r.to_json_line());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_once_then_reports_already_applied() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let sql = "ALTER TABLE users ADD COLUMN email_verified boolean;\nCREATE INDEX users_email_idx ON users (email);";
+    let r = executor::execute(&cfg(&pg, sql)).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!((r.statements, r.attempts, r.lock_retries), (2, 1, 0));
+    assert!(columns(&c, "users")
+        .await
+        .contains(&"email_verified".to_string()));
+    assert_eq!(
+        ledger_rows(&c).await,
+        vec![(
+            "users-email-verified".into(),
+            "expand".into(),
+            "applied".into(),
+            2,
+            1
+        )]
+    );
+
+    let again = executor::execute(&cfg(&pg, &format!("  {sql}\n\n"))).await;
+    assert_outcome(&again, Outcome::AlreadyApplied);
+    assert_eq!(again.statements, 0);
+    assert_eq!(again.checksum, r.checksum);
+
+    // The same name in another namespace is another migration; contract is another phase.
+    let mut other = cfg(&pg, "ALTER TABLE users ADD COLUMN other boolean");
+    other.phase = Phase::Contract;
+    assert_outcome(&executor::execute(&other).await, Outcome::Applied);
+    assert_eq!(ledger_rows(&c).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksum_mismatch_is_refused_without_running_anything() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    assert_outcome(
+        &executor::execute(&cfg(&pg, "ALTER TABLE users ADD COLUMN a int")).await,
+        Outcome::Applied,
+    );
+    let r = executor::execute(&cfg(&pg, "ALTER TABLE users ADD COLUMN b int")).await;
+    assert_outcome(&r, Outcome::Failed);
+    let msg = r
+        .error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("checksum") && msg.contains("shop/users-email-verified"),
+        "{msg}"
+    );
+    assert!(!columns(&c, "users").await.contains(&"b".to_string()));
+
+    // A recreated object (new uid) with the same SQL is already applied, not re-run.
+    let mut recreated = cfg(&pg, "ALTER TABLE users ADD COLUMN a int");
+    recreated.identity.uid = "uid-2".into();
+    assert_outcome(
+        &executor::execute(&recreated).await,
+        Outcome::AlreadyApplied,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_statement_rolls_back_the_whole_phase() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let r = executor::execute(&cfg(
+        &pg,
+        "ALTER TABLE users ADD COLUMN a int;\nSELECT * FROM nope;",
+    ))
+    .await;
+    assert_outcome(&r, Outcome::Failed);
+    let e = r.error.clone().expect("error");
+    assert_eq!(e.sqlstate.as_deref(), Some("42P01"));
+    assert_eq!(e.statement, Some(2));
+    assert!(
+        e.message.contains("relation \"nope\" does not exist"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        r.summary(),
+        "failed: ERROR 42P01: relation \"nope\" does not exist (statement 2)"
+    );
+    assert!(!columns(&c, "users").await.contains(&"a".to_string()));
+    assert!(ledger_rows(&c).await.is_empty());
+    // Fixing the SQL afterwards is allowed: nothing was recorded.
+    assert_outcome(
+        &executor::execute(&cfg(&pg, "ALTER TABLE users ADD COLUMN a int")).await,
+        Outcome::Applied,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syntax_errors_are_caught_before_connecting() {
+    // Port 9 on loopback: nothing listens; a connection attempt would fail differently.
+    let mut c = Config::new(
+        "postgres://u:pw@127.0.0.1:9/db",
+        Phase::Expand,
+        "ALTER TABLE users ADD COLUMN",
+    );
+    c.connect_timeout = Duration::from_secs(1);
+    let r = executor::execute(&c).await;
+    assert_outcome(&r, Outcome::Failed);
+    let e = r.error.expect("error");
+    assert_eq!(e.sqlstate.as_deref(), Some("42601"));
+    assert!(e.message.contains("syntax error"), "{}", e.message);
+
+    c.sql = "BEGIN; ALTER TABLE users ADD COLUMN a int; COMMIT;".into();
+    let e = executor::execute(&c).await.error.expect("error");
+    assert_eq!(e.statement, Some(1));
+    assert!(e.message.contains("transaction control"), "{}", e.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_fails_fast_with_a_clear_message() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let mut c = Config::new(
+        format!("postgres://u:{PASSWORD}@127.0.0.1:{port}/db"),
+        Phase::Expand,
+        "SELECT 1",
+    );
+    c.connect_timeout = Duration::from_secs(2);
+    let start = Instant::now();
+    let r = executor::execute(&c).await;
+    assert_outcome(&r, Outcome::Failed);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let msg = r.error.expect("error").message;
+    assert!(msg.contains("could not connect"), "{msg}");
+    assert!(!msg.contains(PASSWORD));
+}
+
+/// Runs the real binary; returns (exit success, stdout, stderr).
+async fn run_bin(envs: &[(&str, &str)]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .arg("apply")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(envs.iter().copied())
+        .output()
+        .await
+        .expect("run phasegate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines().last().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_reports_and_never_leaks_the_password() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let term = dir.path().join("termination-log");
+    let term_s = term.to_string_lossy().to_string();
+
+    let wrong = pg.url_with_password("not-the-pw-9");
+    let (ok, out, err) = run_bin(&[
+        ("PHASEGATE_DATABASE_URL", &wrong),
+        ("PHASEGATE_PHASE", "expand"),
+        ("PHASEGATE_SQL", "ALTER TABLE users ADD COLUMN a int"),
+        ("PHASEGATE_TERMINATION_LOG", &term_s),
+    ])
+    .await;
+    assert!(!ok);
+    let r = Report::parse(last_line(&out)).unwrap_or_else(|| panic!("no report in {out}"));
+    assert_outcome(&r, Outcome::Failed);
+    assert_eq!(
+        r.error.as_ref().and_then(|e| e.sqlstate.as_deref()),
+        Some("28P01"),
+        "{out}"
+    );
+    for s in [&out, &err] {
+        assert!(
+            !s.contains("not-the-pw-9") && !s.contains(&wrong),
+            "leak in {s}"
+        );
+    }
+    let written = std::fs::read_to_string(&term).expect("termination log");
+    assert_eq!(Report::parse(&written), Some(r));
+
+    let (ok, out, err) = run_bin(&[
+        ("PHASEGATE_DATABASE_URL", &pg.url()),
+        ("PHASEGATE_PHASE", "expand"),
+        ("PHASEGATE_SQL", "ALTER TABLE users ADD COLUMN a int"),
+        ("PHASEGATE_MIGRATION_NAMESPACE", "shop"),
+        ("PHASEGATE_MIGRATION_NAME", "m1"),
+        (
+            "PHASEGATE_TERMINATION_LOG",
+            "/nonexistent-dir/termination-log",
+        ),
+    ])
+    .await;
+    assert!(ok, "{out}\n{err}");
+    assert_outcome(
+        &Report::parse(last_line(&out)).expect("report"),
+        Outcome::Applied,
+    );
+    assert!(
+        !out.contains(PASSWORD) && !err.contains(PASSWORD),
+        "leak: {out}{err}"
+    );
+    assert!(columns(&c, "users").await.contains(&"a".to_string()));
+
+    // --help must not print the URL from the environment either.
+    let help = tokio::process::Command::new(BIN)
+        .args(["apply", "--help"])
+        .env("PHASEGATE_DATABASE_URL", pg.url())
+        .output()
+        .await
+        .expect("help");
+    assert!(!String::from_utf8_lossy(&help.stdout).contains(PASSWORD));
+}
+
+/// Starts the binary with a failpoint, waits until it is reached, then SIGKILLs the process.
+async fn kill_at(pg: &TestPostgres, sql: &str, failpoint: &str) {
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("apply")
+        .env("PHASEGATE_DATABASE_URL", pg.url())
+        .env("PHASEGATE_PHASE", "expand")
+        .env("PHASEGATE_SQL", sql)
+        .env("PHASEGATE_MIGRATION_NAME", "killed")
+        .env("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x")
+        .env("PHASEGATE_FAILPOINT", failpoint)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let reached = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("failpoint") && line.contains(failpoint) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(reached, "failpoint {failpoint} not reached");
+    child.start_kill().expect("SIGKILL"); // std/tokio kill() is SIGKILL on Unix
+    let _ = child.wait().await;
+}
+
+fn killed_cfg(pg: &TestPostgres, sql: &str) -> Config {
+    let mut c = Config::new(pg.url(), Phase::Expand, sql);
+    c.identity.name = "killed".into();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_before_commit_leaves_nothing_and_rerun_applies_once() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let sql = "ALTER TABLE users ADD COLUMN a int; UPDATE users SET a = 1;";
+    kill_at(&pg, sql, "pause-before-commit").await;
+    // The server rolls the orphaned transaction back once it sees the closed socket.
+    let r = executor::execute(&killed_cfg(&pg, sql)).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(r.statements, 2);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM users WHERE a = 1", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 100);
+    assert_outcome(
+        &executor::execute(&killed_cfg(&pg, sql)).await,
+        Outcome::AlreadyApplied,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_commit_is_already_applied() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let sql = "ALTER TABLE users ADD COLUMN a int";
+    kill_at(&pg, sql, "pause-after-commit").await;
+    assert_eq!(
+        ledger_rows(&c).await,
+        vec![("killed".into(), "expand".into(), "applied".into(), 1, 1)]
+    );
+    let r = executor::execute(&killed_cfg(&pg, sql)).await;
+    assert_outcome(&r, Outcome::AlreadyApplied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_non_transactional_statements_resumes() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let sql = "CREATE INDEX CONCURRENTLY users_email_idx ON users (email);\nALTER TABLE users ADD COLUMN a int;";
+    // Killed after the index was built but before the ledger recorded it.
+    kill_at(&pg, sql, "pause-before-commit").await;
+    let r = executor::execute(&killed_cfg(&pg, sql)).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(
+        r.statements,
+        1,
+        "the finished index build is not repeated: {}",
+        r.to_json_line()
+    );
+    let valid: bool = c
+        .query_one(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_email_idx'::regclass",
+            &[],
+        )
+        .await
+        .expect("index")
+        .get(0);
+    assert!(valid);
+    assert_eq!(
+        ledger_rows(&c).await,
+        vec![("killed".into(), "expand".into(), "applied".into(), 2, 2)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_timeouts_are_retried_with_backoff() {
+    let pg = TestPostgres::start();
+    let _c = setup(&pg).await;
+    let holder = pg.client().await;
+    holder
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("hold");
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        holder.batch_execute("COMMIT").await.expect("commit");
+        holder
+    });
+    let mut c = cfg(&pg, "ALTER TABLE users ADD COLUMN a int");
+    c.lock_timeout = Duration::from_millis(100);
+    c.lock_wait_timeout = Duration::ZERO; // blind retries: no waiting outside the queue
+    c.max_lock_retries = 30;
+    let r = executor::execute(&c).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert!(r.lock_retries >= 1, "{}", r.to_json_line());
+    assert_eq!(r.attempts, r.lock_retries + 1);
+    let _ = release.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_retries_exhausted_fail_with_55p03() {
+    let pg = TestPostgres::start();
+    let _c = setup(&pg).await;
+    let holder = pg.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE users IN ACCESS SHARE MODE;")
+        .await
+        .expect("hold");
+    let mut c = cfg(&pg, "ALTER TABLE users ADD COLUMN a int");
+    c.lock_timeout = Duration::from_millis(50);
+    c.lock_wait_timeout = Duration::ZERO;
+    c.max_lock_retries = 2;
+    let r = executor::execute(&c).await;
+    assert_outcome(&r, Outcome::Failed);
+    assert_eq!((r.attempts, r.lock_retries), (3, 2));
+    let e = r.error.expect("error");
+    assert_eq!(
+        (e.sqlstate.as_deref(), e.statement),
+        (Some("55P03"), Some(1))
+    );
+
+    // With lock-aware waiting and a bounded budget the message names the blocker.
+    let mut c = cfg(&pg, "ALTER TABLE users ADD COLUMN a int");
+    c.lock_wait_timeout = Duration::from_millis(300);
+    let r = executor::execute(&c).await;
+    let e = r.error.expect("error");
+    assert!(
+        e.message.contains("holds AccessShareLock on users"),
+        "{}",
+        e.message
+    );
+    assert_eq!(r.attempts, 0, "never queued for the lock");
+    holder.batch_execute("COMMIT").await.expect("commit");
+}
+
+/// Application queries keep flowing while the executor waits for an old transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_aware_waiting_does_not_block_application_queries() {
+    let pg = TestPostgres::start();
+    let _c = setup(&pg).await;
+    let holder = pg.client().await;
+    holder
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("hold");
+    let app = pg.client().await;
+    let app_task = tokio::spawn(async move {
+        let mut worst = Duration::ZERO;
+        let until = Instant::now() + Duration::from_millis(2500);
+        while Instant::now() < until {
+            let t = Instant::now();
+            app.query_one("SELECT email FROM users WHERE id = 1", &[])
+                .await
+                .expect("app query");
+            worst = worst.max(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        worst
+    });
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        holder.batch_execute("COMMIT").await.expect("commit");
+    });
+    let r = executor::execute(&cfg(&pg, "ALTER TABLE users ADD COLUMN a int")).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(r.lock_retries, 0, "{}", r.to_json_line());
+    assert!(r.lock_wait_ms >= 1000, "{}", r.to_json_line());
+    let worst = app_task.await.expect("app");
+    let _ = release.await;
+    assert!(
+        worst < Duration::from_millis(500),
+        "an application query waited {worst:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_executors_apply_exactly_once() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let sql = "ALTER TABLE users ADD COLUMN a int; INSERT INTO users (email) VALUES ('race@example.com');";
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let cfg = cfg(&pg, sql);
+            tokio::spawn(async move { executor::execute(&cfg).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for r in runs {
+        outcomes.push(r.await.expect("join").outcome);
+    }
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::AlreadyApplied,
+            Outcome::AlreadyApplied,
+            Outcome::AlreadyApplied,
+            Outcome::Applied
+        ]
+    );
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM users WHERE email = 'race@example.com'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1);
+
+    // Different migrations on one database are serialised by the advisory lock, both apply.
+    let mut a = cfg(&pg, "ALTER TABLE users ADD COLUMN b int");
+    a.identity.name = "a".into();
+    let mut b = cfg(&pg, "ALTER TABLE users ADD COLUMN c int");
+    b.identity.name = "b".into();
+    let (ra, rb) = tokio::join!(executor::execute(&a), executor::execute(&b));
+    assert_outcome(&ra, Outcome::Applied);
+    assert_outcome(&rb, Outcome::Applied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advisory_lock_wait_is_bounded() {
+    let pg = TestPostgres::start();
+    let _c = setup(&pg).await;
+    let other = pg.client().await;
+    other
+        .query_one(
+            "SELECT pg_advisory_lock($1, $2)",
+            &[
+                &executor::locks::ADVISORY_CLASS,
+                &executor::locks::ADVISORY_OBJ,
+            ],
+        )
+        .await
+        .expect("lock");
+    let mut c = cfg(&pg, "ALTER TABLE users ADD COLUMN a int");
+    c.advisory_lock_timeout = Duration::from_millis(500);
+    let r = executor::execute(&c).await;
+    assert_outcome(&r, Outcome::Failed);
+    let msg = r.error.expect("error").message;
+    assert!(
+        msg.contains("another migration holds the Phasegate lock") && msg.contains("backend pid"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_index_builds_are_idempotent_and_clean_up_invalid_indexes() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    c.batch_execute("INSERT INTO users (email) VALUES ('u1@example.com')")
+        .await
+        .expect("dup");
+    let sql = "CREATE UNIQUE INDEX CONCURRENTLY users_email_key ON users (email);";
+
+    // The build fails on the duplicate; the invalid index it leaves is dropped.
+    let r = executor::execute(&cfg(&pg, sql)).await;
+    assert_outcome(&r, Outcome::Failed);
+    assert_eq!(
+        r.error.as_ref().and_then(|e| e.sqlstate.as_deref()),
+        Some("23505")
+    );
+    let left: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'users_email_key'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0);
+
+    // An invalid index left by someone else (e.g. a killed run) is detected, dropped, rebuilt.
+    let _ = c.batch_execute(sql).await; // fails, leaves an invalid index
+    c.batch_execute("DELETE FROM users WHERE id > 100")
+        .await
+        .expect("dedupe");
+    let r = executor::execute(&cfg(&pg, sql)).await;
+    assert_outcome(&r, Outcome::Applied);
+    let valid: bool = c
+        .query_one(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_email_key'::regclass",
+            &[],
+        )
+        .await
+        .expect("index")
+        .get(0);
+    assert!(valid);
+
+    // DROP INDEX CONCURRENTLY in another migration, re-run after an interruption, is a no-op.
+    let mut drop = cfg(&pg, "DROP INDEX CONCURRENTLY users_email_key");
+    drop.identity.name = "drop".into();
+    assert_outcome(&executor::execute(&drop).await, Outcome::Applied);
+    c.batch_execute("DELETE FROM phasegate.ledger WHERE name = 'drop'")
+        .await
+        .expect("forget");
+    assert_outcome(&executor::execute(&drop).await, Outcome::Applied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_require_and_verify_full() {
+    let pg = TestPostgres::start_with_tls();
+    let c = setup(&pg).await;
+    let ca = pg.ca_cert().to_string_lossy().to_string();
+    // The phase records whether its own connection was encrypted.
+    let probe = |name: &str| {
+        format!("CREATE TABLE {name} AS SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    };
+    let cases = [
+        ("t_require", pg.url_with("127.0.0.1", "sslmode=require")),
+        (
+            "t_full_name",
+            pg.url_with(
+                "localhost",
+                &format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+        ),
+        (
+            "t_full_ip",
+            pg.url_with(
+                "127.0.0.1",
+                &format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+        ),
+        (
+            "t_ca",
+            pg.url_with("localhost", &format!("sslmode=verify-ca&sslrootcert={ca}")),
+        ),
+    ];
+    for (name, url) in &cases {
+        let mut cfg = Config::new(url.clone(), Phase::Expand, probe(name));
+        cfg.identity.name = name.to_string();
+        let r = executor::execute(&cfg).await;
+        assert_outcome(&r, Outcome::Applied);
+        let ssl: bool = c
+            .query_one(&format!("SELECT ssl FROM {name}"), &[])
+            .await
+            .expect("probe")
+            .get(0);
+        assert!(ssl, "{name} was not encrypted");
+    }
+
+    // A server certificate from another CA is rejected under verify-full.
+    let other = TestPostgres::start_with_tls();
+    let wrong_ca = other.ca_cert().to_string_lossy().to_string();
+    let cfg = Config::new(
+        pg.url_with(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={wrong_ca}"),
+        ),
+        Phase::Expand,
+        "SELECT 1",
+    );
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Failed);
+    let msg = r.error.expect("error").message;
+    assert!(
+        msg.contains("could not connect") && msg.to_lowercase().contains("certificate"),
+        "{msg}"
+    );
+    assert!(!msg.contains(PASSWORD));
+}
