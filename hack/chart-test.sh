@@ -175,7 +175,8 @@ if k apply -f "${WORK}/cluster-nocrd.yaml" >/dev/null; then
   can_i yes watch pods ""
   can_i yes create events.events.k8s.io "${OTHER_NS}"
   can_i yes create leases.coordination.k8s.io "${NS}"
-  can_i yes update leases.coordination.k8s.io "${NS}"
+  can_i yes patch leases.coordination.k8s.io "${NS}"
+  can_i no update leases.coordination.k8s.io "${NS}"
   # ... and nothing more: no Secrets, no writes to migrations' spec or to workloads.
   can_i no get secrets "${OTHER_NS}"
   can_i no list secrets ""

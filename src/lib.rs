@@ -4,11 +4,20 @@
 //! - [`planner`]: pure decisions (no I/O); where the safety lives.
 //! - [`controller`]: Kubernetes plumbing: observe, plan, apply.
 //! - [`executor`]: `phasegate apply`, the only code that touches the database.
+//! - [`plugin`]: `phasegate approve|retry|status`, the `kubectl phasegate` plugin.
 //! - [`sql`]: statement parsing with PostgreSQL's own parser.
+//! - [`leader`], [`metrics`], [`server`]: leader election on a Lease, Prometheus metrics,
+//!   and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! - [`lint`]: classifying a phase's statements and the policy that refuses them.
 
 pub mod api;
 pub mod planner;
 pub mod controller;
 pub mod executor;
+pub mod leader;
+pub mod metrics;
+pub mod plugin;
+pub mod server;
 pub mod sql;
+pub mod lint;
 pub mod telemetry;

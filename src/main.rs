@@ -27,6 +27,14 @@ enum Command {
     Crd,
     /// Apply one phase's SQL to the database (what an executor Job runs).
     Apply(phasegate::executor::ApplyArgs),
+    /// Lint SQL files for a phase with PostgreSQL's own parser (for CI).
+    Lint(phasegate::lint::cli::LintArgs),
+    /// Approve contract of a Manual migration (sets phasegate.dev/approve: "true").
+    Approve(phasegate::plugin::TargetArgs),
+    /// Retry the failed phase of a Failed migration (sets phasegate.dev/retry to a new value).
+    Retry(phasegate::plugin::TargetArgs),
+    /// Show a readable summary of one migration and its targets.
+    Status(phasegate::plugin::TargetArgs),
 }
 
 #[derive(clap::Args)]
@@ -37,6 +45,28 @@ struct ControllerArgs {
     /// Image with the `phasegate` binary that runs inline `sql` phases.
     #[arg(long, env = "PHASEGATE_EXECUTOR_IMAGE", default_value = concat!("phasegate:", env!("CARGO_PKG_VERSION")))]
     executor_image: String,
+    /// Address of /metrics, /healthz and /readyz (port 0 picks a free port; the bound address is logged).
+    #[arg(long, env = "PHASEGATE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// Elect a leader on a Lease so that only one replica reconciles (`--leader-election=false` to turn off)
+    /// [default: on in a pod (KUBERNETES_SERVICE_HOST is set), off elsewhere]
+    #[arg(long, env = "PHASEGATE_LEADER_ELECTION", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    leader_election: Option<bool>,
+    /// Namespace of the leader Lease [default: $POD_NAMESPACE, else --namespace, else `default`]
+    #[arg(long, env = "PHASEGATE_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the leader Lease [default: `phasegate`, or `phasegate-<namespace>` with --namespace]
+    #[arg(long, env = "PHASEGATE_LEASE_NAME")]
+    lease_name: Option<String>,
+    /// This replica's identity in the Lease; unique per replica [default: $POD_NAME, else `<hostname>-<pid>`]
+    #[arg(long, env = "PHASEGATE_LEASE_IDENTITY")]
+    lease_identity: Option<String>,
+    /// Seconds the Lease stays valid after a renewal: the longest failover after a leader dies.
+    #[arg(long, env = "PHASEGATE_LEASE_DURATION", default_value_t = 15, value_name = "SECONDS")]
+    lease_duration: u64,
+    /// The leader renews the Lease this many seconds before it expires (less than --lease-duration).
+    #[arg(long, env = "PHASEGATE_LEASE_GRACE", default_value_t = 5, value_name = "SECONDS")]
+    lease_grace: u64,
 }
 
 fn main() -> ExitCode {
@@ -61,30 +91,76 @@ fn main() -> ExitCode {
         },
         Command::Controller(args) => {
             telemetry::init(cli.log_format, "info,kube_runtime=warn");
-            runtime.block_on(async {
-                let client = match kube::Client::try_default().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot build a Kubernetes client from kubeconfig or the in-cluster environment");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                let config = controller::Config {
-                    namespace: args.namespace,
-                    executor: ExecutorConfig { image: args.executor_image },
-                };
-                match controller::run(client, config).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        tracing::error!(error = %e, "controller stopped");
-                        ExitCode::FAILURE
-                    }
-                }
-            })
+            runtime.block_on(run_controller(args))
         }
+        Command::Approve(args) => runtime.block_on(phasegate::plugin::run(phasegate::plugin::Action::Approve, args)),
+        Command::Retry(args) => runtime.block_on(phasegate::plugin::run(phasegate::plugin::Action::Retry, args)),
+        Command::Status(args) => runtime.block_on(phasegate::plugin::run(phasegate::plugin::Action::Status, args)),
         Command::Apply(args) => {
             telemetry::init(cli.log_format, "info");
             runtime.block_on(phasegate::executor::apply(args))
+        }
+        Command::Lint(args) => phasegate::lint::cli::run(args),
+    }
+}
+
+/// `phasegate controller`: serve /metrics, /healthz and /readyz, then run the controller,
+/// behind leader election when it is on.
+async fn run_controller(args: ControllerArgs) -> ExitCode {
+    use std::sync::Arc;
+
+    use phasegate::leader::{self, LeaseConfig};
+    use phasegate::metrics::Metrics;
+    use phasegate::server::{self, Health, Role};
+
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build a Kubernetes client from kubeconfig or the in-cluster environment");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new());
+    health.tick();
+    if let Err(e) = server::serve(args.metrics_addr, metrics.clone(), health.clone()).await {
+        tracing::error!(error = %e, "cannot serve metrics and health endpoints");
+        return ExitCode::FAILURE;
+    }
+    let ops = controller::Ops { metrics, health, shutdown: leader::shutdown_on_signal() };
+    let elect = args.leader_election.unwrap_or_else(|| std::env::var_os("KUBERNETES_SERVICE_HOST").is_some());
+    let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let lease = LeaseConfig {
+        name: non_empty(args.lease_name).unwrap_or_else(|| LeaseConfig::default_name(args.namespace.as_deref())),
+        namespace: non_empty(args.lease_namespace)
+            .or_else(|| non_empty(std::env::var("POD_NAMESPACE").ok()))
+            .or_else(|| args.namespace.clone())
+            .unwrap_or_else(|| "default".to_string()),
+        identity: non_empty(args.lease_identity).unwrap_or_else(LeaseConfig::default_identity),
+        duration_secs: args.lease_duration,
+        grace_secs: args.lease_grace,
+    };
+    let config = controller::Config {
+        namespace: args.namespace,
+        executor: ExecutorConfig { image: args.executor_image },
+    };
+    let result = if elect {
+        let (health, metrics, shutdown) = (ops.health.clone(), ops.metrics.clone(), ops.shutdown.clone());
+        leader::run_elected(client.clone(), lease, health, metrics, shutdown, || controller::run(client, config, ops)).await
+    } else {
+        tracing::info!("leader election is off: this process reconciles on its own (run one replica only)");
+        ops.health.set_role(Role::Leader);
+        ops.metrics.leader.set(1);
+        controller::run(client, config, ops).await
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!("controller stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "controller stopped");
+            ExitCode::FAILURE
         }
     }
 }

@@ -31,8 +31,9 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
     ("phasegate.operatorRules", "", "pods", &["list", "watch"]),
     // kube::runtime::events::Recorder: create, and patch for a repeated Event's series.
     ("phasegate.operatorRules", "events.k8s.io", "events", &["create", "patch"]),
-    // Leader election on a Lease in the release namespace.
-    ("phasegate.leaderElectionRules", "coordination.k8s.io", "leases", &["get", "create", "update", "patch"]),
+    // src/leader.rs via kube-lease-manager: get, create (first start), patch (server-side apply
+    // and strategic merge to take, renew and release). Never update or delete.
+    ("phasegate.leaderElectionRules", "coordination.k8s.io", "leases", &["get", "create", "patch"]),
 ];
 
 #[derive(serde::Deserialize)]

@@ -6,7 +6,8 @@
 //! status, so the real Job controller sees a real success or failure.
 //!
 //! Containers whose image is not Phasegate's run their `command`/`args` locally when the
-//! program exists here (e.g. `psql`), which is how the user-Job examples are exercised.
+//! program exists here (e.g. `psql`), which is how the user-Job examples are exercised; when
+//! it does not (e.g. `flyway`), the pod fails to start, as with an image lacking it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -94,8 +95,18 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
                 .envs(env)
                 .env("PHASEGATE_TERMINATION_LOG", &term_log)
                 .output()
-                .await
-                .with_context(|| format!("starting {program}"))?;
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                // As the kubelet does for an image without the executable (here: a program
+                // this machine lacks, e.g. `flyway`): the container fails to start.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::warn!(pod = %name, %program, "program not found on this machine; failing the pod");
+                    let msg = format!("StartError: exec: {program:?}: executable file not found in $PATH (kwok runner: {program} is not installed on this machine)");
+                    return finish(&pods, &name, &container, started_at, 128, msg).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("starting {program}")),
+            };
             let code = out.status.code().unwrap_or(128);
             let stderr = String::from_utf8_lossy(&out.stderr);
             let stdout = String::from_utf8_lossy(&out.stdout);
@@ -112,6 +123,11 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
         Err(e) => (1, format!("CreateContainerConfigError: {e:#}")),
     };
     let (code, message) = outcome;
+    finish(&pods, &name, &container, started_at, code, message).await
+}
+
+/// Write the terminated state of the pod's container.
+async fn finish(pods: &Api<Pod>, name: &str, container: &Container, started_at: Timestamp, code: i32, message: String) -> anyhow::Result<()> {
     let message: String = message.chars().take(4000).collect();
     let terminated = serde_json::json!({"terminated": {
         "exitCode": code,
@@ -120,7 +136,7 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
         "startedAt": started_at.to_string(),
         "finishedAt": Timestamp::now().to_string(),
     }});
-    set_status(&pods, &name, &container, terminated, if code == 0 { "Succeeded" } else { "Failed" }).await
+    set_status(pods, name, container, terminated, if code == 0 { "Succeeded" } else { "Failed" }).await
 }
 
 async fn set_status(pods: &Api<Pod>, name: &str, c: &Container, state: serde_json::Value, phase: &str) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 
 use crate::api::{DatabaseMigration, LABEL_EXECUTOR, LABEL_MIGRATION, LABEL_PHASE};
+use crate::executor::report::Report;
 use crate::planner::{job_name, validate, JobPhase, JobState};
 
 use super::error::{Error, KubeContext};
@@ -159,34 +160,51 @@ pub async fn create_or_adopt(jobs: &Api<Job>, job: &Job, owner: &OwnerReference)
 
 /// The state of the Job of a phase's current attempt, with the executor's report.
 pub async fn observe(jobs: &Api<Job>, pods: &Api<Pod>, dbm: &DatabaseMigration, phase: JobPhase, attempt: u32) -> Result<JobState, Error> {
+    Ok(observe_reported(jobs, pods, dbm, phase, attempt).await?.0)
+}
+
+/// [`observe`], plus the executor's structured report when the Job finished and its
+/// termination message carries one (for metrics: lock retries and lock waits).
+pub async fn observe_reported(
+    jobs: &Api<Job>,
+    pods: &Api<Pod>,
+    dbm: &DatabaseMigration,
+    phase: JobPhase,
+    attempt: u32,
+) -> Result<(JobState, Option<Report>), Error> {
     let name = job_name(&dbm.name_any(), phase, attempt);
     let Some(job) = jobs.get_opt(&name).await.during(format!("reading Job {name}"))? else {
-        return Ok(JobState::Absent);
+        return Ok((JobState::Absent, None));
     };
     // A Job of that name owned by another object is not ours to read.
     let ours = dbm.meta().uid.as_ref().is_some_and(|uid| {
         job.metadata.owner_references.iter().flatten().any(|r| &r.uid == uid)
     });
     if !ours {
-        return Ok(JobState::Absent);
+        return Ok((JobState::Absent, None));
     }
     let cond = |t: &str| {
         job.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == t && c.status == "True")).cloned()
     };
     if cond("Complete").is_some() {
-        return Ok(JobState::Succeeded(termination_message(pods, &name).await?));
+        let raw = termination_message(pods, &name).await?;
+        let report = raw.as_deref().and_then(Report::parse);
+        return Ok((JobState::Succeeded(raw.map(|m| summarise(&m))), report));
     }
     if let Some(failed) = cond("Failed") {
-        let msg = match termination_message(pods, &name).await? {
-            Some(m) => m,
+        let raw = termination_message(pods, &name).await?;
+        let report = raw.as_deref().and_then(Report::parse);
+        let msg = match raw {
+            Some(m) => summarise(&m),
             None => format!("Job {name} failed: {}", failed.message.or(failed.reason).unwrap_or_default()),
         };
-        return Ok(JobState::Failed(msg));
+        return Ok((JobState::Failed(msg), report));
     }
-    Ok(JobState::Running)
+    Ok((JobState::Running, None))
 }
 
-/// The executor's one-line summary from the newest terminated pod of a Job.
+/// The termination message of the newest terminated pod of a Job (the executor's report line,
+/// or a user Job's own message), as written.
 async fn termination_message(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Error> {
     let list = pods
         .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
@@ -199,14 +217,15 @@ async fn termination_message(pods: &Api<Pod>, job: &str) -> Result<Option<String
         .filter_map(|cs| cs.state.as_ref()?.terminated.clone())
         .collect();
     terminated.sort_by(|a, b| a.finished_at.cmp(&b.finished_at));
-    Ok(terminated.last().and_then(|t| t.message.clone()).filter(|m| !m.trim().is_empty()).map(|m| summarise(&m)))
+    Ok(terminated.last().and_then(|t| t.message.clone()).filter(|m| !m.trim().is_empty()))
 }
 
 /// Turn a termination message into one line for status: the executor's report summary, or
 /// the message itself for a user Job.
 pub fn summarise(message: &str) -> String {
     match crate::executor::report::Report::parse(message) {
-        Some(r) => r.summary(),
+        // The planner says which phase failed; keep just the cause.
+        Some(r) => r.summary().trim_start_matches("failed: ").to_string(),
         None => message.trim().chars().take(1024).collect(),
     }
 }

@@ -22,6 +22,9 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{DatabaseMigration, Phase, TargetKind, LABEL_EXECUTOR};
+use crate::leader::Shutdown;
+use crate::metrics::Metrics;
+use crate::server::Health;
 
 pub use error::Error;
 pub use jobs::ExecutorConfig;
@@ -39,10 +42,22 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub config: Config,
+    pub metrics: Arc<Metrics>,
 }
 
-/// Run the controller until SIGTERM/SIGINT.
-pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
+/// What the controller reports to and stops on.
+#[derive(Clone)]
+pub struct Ops {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// The controller drains in-flight reconciles and returns once this resolves.
+    pub shutdown: Shutdown,
+}
+
+/// Run the controller until `ops.shutdown` resolves. Ticks `ops.health` from the task that
+/// drives the controller, marks it synced once the migration cache is, and hands that cache to
+/// `ops.metrics`.
+pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()> {
     let api = |c: &Client| -> Api<DatabaseMigration> {
         match &config.namespace {
             Some(ns) => Api::namespaced(c.clone(), ns),
@@ -60,26 +75,45 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     let pods: Api<Pod> = scoped(&client, &config.namespace);
 
     let reporter = Reporter { controller: "phasegate".into(), instance: std::env::var("POD_NAME").ok() };
-    let ctx = Arc::new(Context { client: client.clone(), recorder: Recorder::new(client.clone(), reporter), config });
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        config,
+        metrics: ops.metrics.clone(),
+    });
 
     let controller = Controller::new(migrations, watcher::Config::default().any_semantic());
     let store = controller.store();
+    ops.metrics.set_store(Some(store.clone()));
     let (s1, s2, s3, pod_store) = (store.clone(), store.clone(), store.clone(), store.clone());
-    controller
+    let reconciling = controller
         .owns(jobs, watcher::Config::default().labels(LABEL_EXECUTOR))
         .watches(deployments, watcher::Config::default(), move |w| migrations_targeting(&s1, TargetKind::Deployment, &w))
         .watches(statefulsets, watcher::Config::default(), move |w| migrations_targeting(&s2, TargetKind::StatefulSet, &w))
         .watches(daemonsets, watcher::Config::default(), move |w| migrations_targeting(&s3, TargetKind::DaemonSet, &w))
         .watches(pods, watcher::Config::default(), move |p| migrations_waiting_in(&pod_store, &p))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(ops.shutdown.clone())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(migration = %obj, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile failed"),
             }
-        })
-        .await;
+        });
+    let synced = async {
+        if store.wait_until_ready().await.is_ok() {
+            ops.health.set_synced(true);
+            tracing::info!("migration cache synced; reconciling");
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = reconciling => {}
+        _ = synced => {}
+        _ = ops.health.keep_alive() => {}
+    }
+    ops.metrics.set_store(None);
+    ops.health.set_synced(false);
     Ok(())
 }
 

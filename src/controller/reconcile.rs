@@ -18,6 +18,14 @@ use super::error::{Error, KubeContext};
 use super::{jobs, workloads, Context};
 
 pub async fn reconcile(dbm: Arc<DatabaseMigration>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = std::time::Instant::now();
+    let result = reconcile_once(dbm, &ctx).await;
+    ctx.metrics.reconciles.inc();
+    ctx.metrics.reconcile_duration.observe(start.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Action, Error> {
     let ns = dbm.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let name = dbm.name_any();
     let client = &ctx.client;
@@ -27,12 +35,12 @@ pub async fn reconcile(dbm: Arc<DatabaseMigration>, ctx: Arc<Context>) -> Result
 
     // Observe.
     let attempt = |p: &Option<crate::api::PhaseStatus>| p.as_ref().map_or(1, |s| s.attempts.max(1));
-    let expand_job = jobs::observe(&jobs_api, &pods_api, &dbm, JobPhase::Expand, attempt(&status.expand)).await?;
+    let (expand_job, expand_report) = jobs::observe_reported(&jobs_api, &pods_api, &dbm, JobPhase::Expand, attempt(&status.expand)).await?;
     let expanded = status.expand.as_ref().is_some_and(|e| e.succeeded) || matches!(expand_job, JobState::Succeeded(_));
-    let contract_job = if expanded {
-        jobs::observe(&jobs_api, &pods_api, &dbm, JobPhase::Contract, attempt(&status.contract)).await?
+    let (contract_job, contract_report) = if expanded {
+        jobs::observe_reported(&jobs_api, &pods_api, &dbm, JobPhase::Contract, attempt(&status.contract)).await?
     } else {
-        JobState::Absent
+        (JobState::Absent, None)
     };
     let targets = if expanded {
         workloads::observe_targets(client, &ns, &dbm.spec.rollout.targets, &dbm.spec.rollout.version_from, &dbm.spec.app_version).await?
@@ -72,6 +80,8 @@ pub async fn reconcile(dbm: Arc<DatabaseMigration>, ctx: Arc<Context>) -> Result
         api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await
             .during(format!("writing status of DatabaseMigration {name}"))?;
+        // Counted once the new status is stored, so each transition is counted once.
+        ctx.metrics.record_transition(&status, &plan.status, expand_report.as_ref(), contract_report.as_ref());
     }
     if let Some(t) = &plan.transition {
         tracing::info!(migration = %name, namespace = %ns, phase = ?plan.status.phase, reason = %t.reason, message = %t.message, "phase changed");
@@ -92,7 +102,8 @@ pub async fn reconcile(dbm: Arc<DatabaseMigration>, ctx: Arc<Context>) -> Result
     })
 }
 
-pub fn error_policy(dbm: Arc<DatabaseMigration>, err: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(dbm: Arc<DatabaseMigration>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(err.reason());
     tracing::warn!(migration = %dbm.name_any(), namespace = ?dbm.namespace(), reason = err.reason(), error = %err, "reconcile failed");
     super::backoff(err)
 }

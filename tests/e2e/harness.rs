@@ -89,7 +89,8 @@ impl Env {
         self.operator = Some(spawn(
             &self.kubeconfig,
             env!("CARGO_BIN_EXE_phasegate"),
-            &["controller", "--namespace", &self.ns, "--executor-image", "phasegate:e2e"],
+            // Port 0: tests run in parallel, each with its own operator (see ha.rs for probes).
+            &["controller", "--namespace", &self.ns, "--executor-image", "phasegate:e2e", "--metrics-addr", "127.0.0.1:0"],
             &log,
         ));
     }
@@ -273,4 +274,65 @@ pub fn condition(m: &DatabaseMigration, type_: &str) -> Option<(String, String, 
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+// Helpers for the plugin and examples tests (tests/e2e/plugin.rs, tests/e2e/examples.rs).
+impl Env {
+    /// The kubeconfig the suite runs against.
+    pub fn kubeconfig(&self) -> &std::path::Path {
+        &self.kubeconfig
+    }
+
+    /// Run the real `phasegate` binary with `KUBECONFIG` set to the suite's kubeconfig (or to
+    /// `kubeconfig`), stdout piped (so never coloured): (success, stdout, stderr).
+    pub async fn phasegate_cli(&self, args: &[&str], kubeconfig: Option<&std::path::Path>) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig.unwrap_or(&self.kubeconfig))
+            .env("TERM", "xterm-256color")
+            .env_remove("NO_COLOR")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .await
+            .expect("run phasegate");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        eprintln!("$ phasegate {}\n{stdout}{stderr}", args.join(" "));
+        (out.status.success(), stdout, stderr)
+    }
+}
+
+// Helpers for the HA and metrics tests (tests/e2e/ha.rs).
+impl Env {
+    /// Start one more operator for this namespace with `extra` arguments (leader election
+    /// flags, `--metrics-addr`); the caller owns it (killed on drop). Logs: `<ns>-<label>.log`.
+    pub fn spawn_operator(&self, label: &str, extra: &[&str]) -> Child {
+        let log = self.logs.join(format!("{}-{label}.log", self.ns));
+        let mut args = vec!["controller", "--namespace", self.ns.as_str(), "--executor-image", "phasegate:e2e"];
+        args.extend_from_slice(extra);
+        spawn(&self.kubeconfig, env!("CARGO_BIN_EXE_phasegate"), &args, &log)
+    }
+}
+
+/// A TCP port free on 127.0.0.1 right now (for an operator's `--metrics-addr`).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// `GET http://127.0.0.1:<port><path>` as (status code, body); an error while nothing listens.
+pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw)?;
+        let code = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((code, body))
+    })
+    .await
+    .expect("http_get task")
 }

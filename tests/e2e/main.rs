@@ -7,7 +7,12 @@
 #[path = "../support/postgres.rs"]
 #[allow(dead_code)]
 mod postgres;
+mod gates;
+mod examples;
+mod ha;
 mod harness;
+mod plugin;
+mod targets;
 
 use std::time::Duration;
 
@@ -15,16 +20,16 @@ use harness::{condition, Env};
 use phasegate::api::Phase;
 use serde_json::json;
 
-const T: Duration = Duration::from_secs(90);
+pub(crate) const T: Duration = Duration::from_secs(90);
 
-async fn seed_users_table(env: &Env) {
+pub(crate) async fn seed_users_table(env: &Env) {
     let db = env.pg.client().await;
     db.batch_execute("CREATE TABLE users (id bigserial PRIMARY KEY, email text, legacy_flag boolean); INSERT INTO users (email) VALUES ('a@example.com');")
         .await
         .expect("seed table");
 }
 
-fn migration_spec(expand_sql: &str, contract: serde_json::Value) -> serde_json::Value {
+pub(crate) fn migration_spec(expand_sql: &str, contract: serde_json::Value) -> serde_json::Value {
     let mut contract = contract;
     if contract.get("sql").is_none() && contract.get("job").is_none() {
         contract["sql"] = json!("ALTER TABLE users DROP COLUMN legacy_flag;");
@@ -39,10 +44,10 @@ fn migration_spec(expand_sql: &str, contract: serde_json::Value) -> serde_json::
     })
 }
 
-const EXPAND: &str = "ALTER TABLE users ADD COLUMN email_verified boolean;";
+pub(crate) const EXPAND: &str = "ALTER TABLE users ADD COLUMN email_verified boolean;";
 
 /// Shared first half: a v1 Deployment and a migration that expands and then waits.
-async fn expanded(test: &str, contract: serde_json::Value) -> Env {
+pub(crate) async fn expanded(test: &str, contract: serde_json::Value) -> Env {
     let env = Env::new(test).await;
     seed_users_table(&env).await;
     env.create_deployment("shop-api", 3, "1.0.0").await;

@@ -1,0 +1,439 @@
+//! Prometheus metrics, encoded as OpenMetrics text by `prometheus-client` and served on
+//! `/metrics` by [`crate::server`].
+//!
+//! Every series is low-cardinality: labels are a namespace, a phase, a step, a result or an
+//! error reason, never a migration name. Values that describe the migrations themselves
+//! (`phasegate_migrations`, `phasegate_rollout_wait_seconds`) are computed from the
+//! controller's cache at scrape time, so only the leader reports them; a standby reports them
+//! empty and `phasegate_leader 0`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::Store;
+use kube::ResourceExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::api::{DatabaseMigration, DatabaseMigrationStatus, Phase, PhaseStatus};
+use crate::executor::report::Report;
+
+/// Every phase, so that a namespace's gauge shows zeros rather than missing series.
+pub const PHASES: [Phase; 8] = [
+    Phase::Pending,
+    Phase::Expanding,
+    Phase::AwaitingRollout,
+    Phase::Soaking,
+    Phase::AwaitingApproval,
+    Phase::Contracting,
+    Phase::Succeeded,
+    Phase::Failed,
+];
+
+/// Buckets of phase durations: a second to a day (rollout waits can be long).
+const DURATION_BUCKETS: [f64; 14] =
+    [1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0];
+/// Buckets of one reconcile: a millisecond to half a minute.
+const RECONCILE_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub namespace: String,
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+/// `step`: `expand`, `rollout_wait` or `contract`; `result`: `succeeded` or `failed`
+/// (a rollout wait fails when it times out).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub step: String,
+    pub result: String,
+}
+
+/// `phase`: the executor Job's phase, `expand` or `contract`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The operator's metrics. Cheap to share behind an `Arc`; every metric is internally atomic.
+pub struct Metrics {
+    registry: Registry,
+    /// The controller's cache of migrations, set by the leader once its controller runs.
+    store: Mutex<Option<Store<DatabaseMigration>>>,
+    /// Serialises refresh + encode of the scrape-time gauges.
+    scrape: Mutex<()>,
+    pub migrations: Family<PhaseLabels, Gauge>,
+    pub rollout_wait: Family<NamespaceLabels, Gauge<f64, AtomicU64>>,
+    pub phase_duration: HistogramFamily<StepLabels>,
+    pub lock_retries: Family<JobLabels, Counter>,
+    pub lock_wait: Family<JobLabels, Counter<f64, AtomicU64>>,
+    pub reconciles: Counter,
+    pub reconcile_errors: Family<ReasonLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("phasegate");
+        let migrations = Family::<PhaseLabels, Gauge>::default();
+        let rollout_wait = Family::<NamespaceLabels, Gauge<f64, AtomicU64>>::default();
+        let phase_duration: HistogramFamily<StepLabels> = Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        let lock_retries = Family::<JobLabels, Counter>::default();
+        let lock_wait = Family::<JobLabels, Counter<f64, AtomicU64>>::default();
+        let reconciles = Counter::default();
+        let reconcile_errors = Family::<ReasonLabels, Counter>::default();
+        let reconcile_duration = Histogram::new(RECONCILE_BUCKETS);
+        let leader = Gauge::default();
+
+        registry.register(
+            "migrations",
+            "DatabaseMigrations by namespace and phase (reported by the leader, from its cache)",
+            migrations.clone(),
+        );
+        registry.register_with_unit(
+            "rollout_wait",
+            "Longest current wait for a rollout among the namespace's migrations in AwaitingRollout",
+            Unit::Seconds,
+            rollout_wait.clone(),
+        );
+        registry.register_with_unit(
+            "phase_duration",
+            "Duration of finished steps (expand, rollout_wait, contract) from status timestamps",
+            Unit::Seconds,
+            phase_duration.clone(),
+        );
+        registry.register(
+            "executor_lock_retries",
+            "Transaction attempts the executor rolled back on a lock timeout or deadlock",
+            lock_retries.clone(),
+        );
+        registry.register_with_unit(
+            "executor_lock_wait",
+            "Time the executor waited outside the lock queue and for the migration advisory lock",
+            Unit::Seconds,
+            lock_wait.clone(),
+        );
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register("reconcile_errors", "Failed reconciles by reason", reconcile_errors.clone());
+        registry.register_with_unit("reconcile_duration", "Duration of one reconcile", Unit::Seconds, reconcile_duration.clone());
+        registry.register("leader", "1 while this replica holds the leader Lease and runs the controller", leader.clone());
+
+        Metrics {
+            registry,
+            store: Mutex::new(None),
+            scrape: Mutex::new(()),
+            migrations,
+            rollout_wait,
+            phase_duration,
+            lock_retries,
+            lock_wait,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            leader,
+        }
+    }
+
+    /// Report the migrations of this cache (the leader's controller store); `None` on a standby.
+    pub fn set_store(&self, store: Option<Store<DatabaseMigration>>) {
+        *self.store.lock().unwrap_or_else(|e| e.into_inner()) = store;
+    }
+
+    /// A failed reconcile, by [`crate::controller::Error::reason`].
+    pub fn reconcile_failed(&self, reason: &str) {
+        self.reconcile_errors.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
+    }
+
+    /// Record what changed between the status a reconcile read and the one it wrote: finished
+    /// expand/contract attempts (duration, and the executor's lock figures from its report) and a
+    /// rollout wait that completed or timed out. Call only after the status write succeeded, so a
+    /// transition is counted once, whichever replica or restart observes it.
+    pub fn record_transition(
+        &self,
+        before: &DatabaseMigrationStatus,
+        after: &DatabaseMigrationStatus,
+        expand_report: Option<&Report>,
+        contract_report: Option<&Report>,
+    ) {
+        for (step, b, a, report) in [
+            ("expand", &before.expand, &after.expand, expand_report),
+            ("contract", &before.contract, &after.contract, contract_report),
+        ] {
+            let Some(a) = a else { continue };
+            if !newly_finished(b.as_ref(), a) {
+                continue;
+            }
+            if let Some(secs) = seconds_between(a.started_at.as_ref(), a.finished_at.as_ref()) {
+                self.observe_step(step, a.succeeded, secs);
+            }
+            if let Some(r) = report {
+                let labels = JobLabels { phase: step.to_string() };
+                self.lock_retries.get_or_create(&labels).inc_by(r.lock_retries.into());
+                self.lock_wait.get_or_create(&labels).inc_by(r.lock_wait_ms as f64 / 1000.0);
+            }
+        }
+        let started = after.rollout_started_at.as_ref();
+        if after.rollout_completed_at.is_some() && after.rollout_completed_at != before.rollout_completed_at {
+            if let Some(secs) = seconds_between(started, after.rollout_completed_at.as_ref()) {
+                self.observe_step("rollout_wait", true, secs);
+            }
+        }
+        if after.rollout_timed_out_at.is_some() && after.rollout_timed_out_at != before.rollout_timed_out_at {
+            if let Some(secs) = seconds_between(started, after.rollout_timed_out_at.as_ref()) {
+                self.observe_step("rollout_wait", false, secs);
+            }
+        }
+    }
+
+    fn observe_step(&self, step: &str, succeeded: bool, secs: f64) {
+        let result = if succeeded { "succeeded" } else { "failed" };
+        self.phase_duration.get_or_create(&StepLabels { step: step.to_string(), result: result.to_string() }).observe(secs);
+    }
+
+    /// Recompute the gauges that describe the cached migrations.
+    fn refresh(&self, now: Timestamp) {
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.migrations.clear();
+        self.rollout_wait.clear();
+        let Some(store) = store else { return };
+        let mut by_ns: BTreeMap<String, ([i64; PHASES.len()], f64)> = BTreeMap::new();
+        for m in store.state() {
+            let entry = by_ns.entry(m.namespace().unwrap_or_default()).or_insert(([0; PHASES.len()], 0.0));
+            let status = m.status.as_ref();
+            let phase = status.and_then(|s| s.phase).unwrap_or(Phase::Pending);
+            if let Some(i) = PHASES.iter().position(|p| *p == phase) {
+                entry.0[i] += 1;
+            }
+            if phase == Phase::AwaitingRollout {
+                let started = status.and_then(|s| s.rollout_started_at.as_ref()).map(|t| t.0);
+                if let Some(started) = started {
+                    let waited = now.duration_since(started).as_secs_f64().max(0.0);
+                    entry.1 = entry.1.max(waited);
+                }
+            }
+        }
+        for (namespace, (counts, waited)) in by_ns {
+            for (phase, n) in PHASES.iter().zip(counts) {
+                self.migrations.get_or_create(&PhaseLabels { namespace: namespace.clone(), phase: phase.as_str().to_string() }).set(n);
+            }
+            self.rollout_wait.get_or_create(&NamespaceLabels { namespace }).set(waited);
+        }
+    }
+
+    /// The OpenMetrics text of every metric (scrape-time gauges refreshed first).
+    pub fn encode(&self) -> String {
+        let _guard = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh(Timestamp::now());
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn newly_finished(before: Option<&PhaseStatus>, after: &PhaseStatus) -> bool {
+    after.finished_at.is_some()
+        && before.is_none_or(|b| b.finished_at != after.finished_at || b.attempts != after.attempts)
+}
+
+fn seconds_between(from: Option<&Time>, to: Option<&Time>) -> Option<f64> {
+    let (from, to) = (from?, to?);
+    Some(to.0.duration_since(from.0).as_secs_f64().max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::report::Outcome;
+
+    fn t(s: &str) -> Option<Time> {
+        Some(Time(s.parse().expect("timestamp")))
+    }
+
+    fn report(lock_retries: u32, lock_wait_ms: u64) -> Report {
+        Report {
+            outcome: Outcome::Applied,
+            phase: "expand".into(),
+            statements: 1,
+            attempts: lock_retries + 1,
+            lock_retries,
+            lock_wait_ms,
+            duration_ms: 10,
+            checksum: None,
+            error: None,
+        }
+    }
+
+    fn lines(text: &str, prefix: &str) -> Vec<String> {
+        text.lines().filter(|l| l.starts_with(prefix)).map(str::to_string).collect()
+    }
+
+    #[test]
+    fn encodes_openmetrics_with_prefix_units_and_eof() {
+        let m = Metrics::new();
+        m.reconciles.inc();
+        m.reconcile_failed("KubeApi");
+        m.reconcile_failed("KubeApi");
+        m.leader.set(1);
+        let text = m.encode();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("# TYPE phasegate_reconciles counter\n"), "{text}");
+        assert!(text.contains("\nphasegate_reconciles_total 1\n"), "{text}");
+        assert!(text.contains("\nphasegate_reconcile_errors_total{reason=\"KubeApi\"} 2\n"), "{text}");
+        assert!(text.contains("\nphasegate_leader 1\n"), "{text}");
+        assert!(text.contains("# TYPE phasegate_reconcile_duration_seconds histogram\n"), "{text}");
+        assert!(text.contains("# UNIT phasegate_reconcile_duration_seconds seconds\n"), "{text}");
+        // Families without a series yet are left out entirely.
+        assert!(!text.contains("phasegate_migrations"), "{text}");
+    }
+
+    #[test]
+    fn finished_phases_record_durations_and_lock_figures_once() {
+        let m = Metrics::new();
+        let running = DatabaseMigrationStatus {
+            expand: Some(PhaseStatus { attempts: 1, started_at: t("2025-01-01T00:00:00Z"), ..Default::default() }),
+            ..Default::default()
+        };
+        let expanded = DatabaseMigrationStatus {
+            expand: Some(PhaseStatus {
+                attempts: 1,
+                started_at: t("2025-01-01T00:00:00Z"),
+                finished_at: t("2025-01-01T00:00:04Z"),
+                succeeded: true,
+                ..Default::default()
+            }),
+            rollout_started_at: t("2025-01-01T00:00:04Z"),
+            ..Default::default()
+        };
+        let r = report(3, 1500);
+        m.record_transition(&running, &expanded, Some(&r), None);
+        // The same status observed again (another reconcile, a restart) adds nothing.
+        m.record_transition(&expanded, &expanded, Some(&r), None);
+        let text = m.encode();
+        assert_eq!(lines(&text, "phasegate_executor_lock_retries_total"), ["phasegate_executor_lock_retries_total{phase=\"expand\"} 3"]);
+        assert_eq!(lines(&text, "phasegate_executor_lock_wait_seconds_total"), ["phasegate_executor_lock_wait_seconds_total{phase=\"expand\"} 1.5"]);
+        assert!(text.contains("phasegate_phase_duration_seconds_count{step=\"expand\",result=\"succeeded\"} 1\n"), "{text}");
+        assert!(text.contains("phasegate_phase_duration_seconds_sum{step=\"expand\",result=\"succeeded\"} 4.0\n"), "{text}");
+        assert!(text.contains("phasegate_phase_duration_seconds_bucket{le=\"5.0\",step=\"expand\",result=\"succeeded\"} 1\n"), "{text}");
+        assert!(text.contains("phasegate_phase_duration_seconds_bucket{le=\"2.0\",step=\"expand\",result=\"succeeded\"} 0\n"), "{text}");
+
+        let rolled = DatabaseMigrationStatus { rollout_completed_at: t("2025-01-01T00:10:04Z"), ..expanded.clone() };
+        m.record_transition(&expanded, &rolled, None, None);
+        let failed_contract = DatabaseMigrationStatus {
+            contract: Some(PhaseStatus {
+                attempts: 1,
+                started_at: t("2025-01-01T00:11:00Z"),
+                finished_at: t("2025-01-01T00:11:30Z"),
+                succeeded: false,
+                ..Default::default()
+            }),
+            ..rolled.clone()
+        };
+        m.record_transition(&rolled, &failed_contract, None, None);
+        let text = m.encode();
+        assert!(text.contains("phasegate_phase_duration_seconds_sum{step=\"rollout_wait\",result=\"succeeded\"} 600.0\n"), "{text}");
+        assert!(text.contains("phasegate_phase_duration_seconds_sum{step=\"contract\",result=\"failed\"} 30.0\n"), "{text}");
+        // A retry is a new attempt: it finishes again and is counted again.
+        let retried = DatabaseMigrationStatus {
+            contract: Some(PhaseStatus {
+                attempts: 2,
+                started_at: t("2025-01-01T00:12:00Z"),
+                finished_at: t("2025-01-01T00:12:02Z"),
+                succeeded: true,
+                ..Default::default()
+            }),
+            ..rolled
+        };
+        m.record_transition(&failed_contract, &retried, None, Some(&report(0, 0)));
+        let text = m.encode();
+        assert!(text.contains("phasegate_phase_duration_seconds_count{step=\"contract\",result=\"succeeded\"} 1\n"), "{text}");
+        assert_eq!(lines(&text, "phasegate_executor_lock_retries_total{phase=\"contract\"}"), ["phasegate_executor_lock_retries_total{phase=\"contract\"} 0"]);
+    }
+
+    #[test]
+    fn a_rollout_timeout_is_a_failed_wait() {
+        let m = Metrics::new();
+        let waiting = DatabaseMigrationStatus { rollout_started_at: t("2025-01-01T00:00:00Z"), ..Default::default() };
+        let timed_out = DatabaseMigrationStatus { rollout_timed_out_at: t("2025-01-01T01:00:00Z"), ..waiting.clone() };
+        m.record_transition(&waiting, &timed_out, None, None);
+        let text = m.encode();
+        assert!(text.contains("phasegate_phase_duration_seconds_sum{step=\"rollout_wait\",result=\"failed\"} 3600.0\n"), "{text}");
+    }
+
+    #[test]
+    fn phase_gauge_counts_cached_migrations_by_namespace_with_zeros() {
+        use kube::runtime::reflector::store;
+        use kube::runtime::watcher;
+        let m = Metrics::new();
+        let (reader, mut writer) = store::<DatabaseMigration>();
+        let mk = |ns: &str, name: &str, phase: Option<Phase>, started: Option<Time>| {
+            let mut dbm: DatabaseMigration = serde_json::from_value(serde_json::json!({
+                "apiVersion": "phasegate.dev/v1alpha1",
+                "kind": "DatabaseMigration",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {
+                    "appVersion": "2.0.0",
+                    "database": {"urlSecretRef": {"name": "db", "key": "url"}},
+                    "expand": {"sql": "SELECT 1"},
+                    "contract": {"sql": "SELECT 1"},
+                    "rollout": {"targets": [{"kind": "Deployment", "name": "api"}]}
+                }
+            }))
+            .expect("migration");
+            dbm.status = Some(DatabaseMigrationStatus { phase, rollout_started_at: started, ..Default::default() });
+            dbm
+        };
+        let started = Some(Time(Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(90)));
+        for obj in [
+            mk("shop", "a", Some(Phase::AwaitingRollout), started),
+            mk("shop", "b", Some(Phase::Succeeded), None),
+            mk("shop", "c", Some(Phase::Succeeded), None),
+            mk("billing", "d", None, None),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(obj));
+        }
+        // A standby has no cache: no series.
+        assert!(lines(&m.encode(), "phasegate_migrations{").is_empty());
+        m.set_store(Some(reader.clone()));
+        let text = m.encode();
+        let got = lines(&text, "phasegate_migrations{");
+        assert_eq!(got.len(), 2 * PHASES.len(), "every phase of every namespace: {got:?}");
+        assert!(got.contains(&"phasegate_migrations{namespace=\"shop\",phase=\"Succeeded\"} 2".to_string()), "{got:?}");
+        assert!(got.contains(&"phasegate_migrations{namespace=\"shop\",phase=\"AwaitingRollout\"} 1".to_string()), "{got:?}");
+        assert!(got.contains(&"phasegate_migrations{namespace=\"shop\",phase=\"Failed\"} 0".to_string()), "{got:?}");
+        assert!(got.contains(&"phasegate_migrations{namespace=\"billing\",phase=\"Pending\"} 1".to_string()), "{got:?}");
+        let wait = lines(&text, "phasegate_rollout_wait_seconds{namespace=\"shop\"}");
+        let secs: f64 = wait[0].rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value");
+        assert!((89.0..120.0).contains(&secs), "{wait:?}");
+        // Deleted migrations disappear at the next scrape.
+        writer.apply_watcher_event(&watcher::Event::Delete(mk("billing", "d", None, None)));
+        assert!(lines(&m.encode(), "phasegate_migrations{namespace=\"billing\"").is_empty());
+    }
+}

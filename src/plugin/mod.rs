@@ -1,0 +1,291 @@
+//! The `kubectl` plugin commands: `phasegate approve`, `phasegate retry` and
+//! `phasegate status`, against the current kubeconfig context.
+//!
+//! Installed as `kubectl-phasegate` (a symlink to the `phasegate` binary) they become
+//! `kubectl phasegate approve …`: kubectl passes the arguments after `phasegate` through
+//! unchanged, so the same clap subcommands serve both spellings.
+//!
+//! Decisions are pure ([`approve_plan`], [`retry_plan`], [`render::render_status`]); this
+//! module only reads the object and patches one annotation.
+
+pub mod render;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use kube::api::{Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
+use kube::{Api, Client, Config};
+
+use crate::api::{Approval, DatabaseMigration, Phase, ANNOTATION_APPROVE, ANNOTATION_RETRY};
+pub use render::{render_status, Style};
+
+/// Which migration, and which cluster.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// The DatabaseMigration's name.
+    pub name: String,
+    /// Its namespace (default: the namespace of the kubeconfig context, else `default`).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The kubeconfig file (default: `$KUBECONFIG`, else `~/.kube/config`).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// One plugin command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Approve,
+    Retry,
+    Status,
+}
+
+/// What `approve` does with a migration as it is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ApprovePlan {
+    /// Set `phasegate.dev/approve: "true"`, then tell the user this.
+    Annotate(String),
+    /// Change nothing; not an error (the user's intent already holds). Tell them this.
+    Nothing(String),
+}
+
+/// Decide what `phasegate approve` does (pure).
+///
+/// With `approval: Automatic` contract never waits for approval, so the annotation would
+/// have no effect now — and would silently pre-approve if someone later switched to
+/// `Manual`. We therefore leave the object unchanged and say so (exit 0).
+pub fn approve_plan(dbm: &DatabaseMigration) -> ApprovePlan {
+    let name = dbm.metadata.name.clone().unwrap_or_default();
+    if dbm.spec.contract.approval == Approval::Automatic {
+        return ApprovePlan::Nothing(format!(
+            "{name}: contract.approval is Automatic, so contract does not wait for approval; the annotation would have no effect and was not set"
+        ));
+    }
+    if render::is_approved(dbm) {
+        return ApprovePlan::Nothing(format!("{name}: already approved ({ANNOTATION_APPROVE}=true)"));
+    }
+    let phase = dbm.status.as_ref().and_then(|s| s.phase);
+    match phase {
+        Some(Phase::Contracting) | Some(Phase::Succeeded) => {
+            ApprovePlan::Nothing(format!("{name}: contract is already {}; nothing to approve", if phase == Some(Phase::Succeeded) { "applied" } else { "running" }))
+        }
+        Some(Phase::AwaitingApproval) => ApprovePlan::Annotate(format!("{name}: approved; contract starts now")),
+        Some(Phase::Failed) => ApprovePlan::Annotate(format!(
+            "{name}: approved; the migration is Failed, so contract runs only after `phasegate retry {name}` and a complete rollout"
+        )),
+        _ => ApprovePlan::Annotate(format!(
+            "{name}: approved in advance; contract still waits for the rollout to complete{}",
+            dbm.spec.contract.delay.as_deref().map(|d| format!(" and the {d} delay")).unwrap_or_default()
+        )),
+    }
+}
+
+/// Decide what `phasegate retry` does (pure): `Ok(message)` to set the annotation, or
+/// `Err(message)` when there is nothing to retry. The operator records and ignores a retry
+/// value it sees while nothing has failed, so setting one then would do nothing.
+pub fn retry_plan(dbm: &DatabaseMigration) -> Result<String, String> {
+    let name = dbm.metadata.name.clone().unwrap_or_default();
+    let status = dbm.status.clone().unwrap_or_default();
+    match status.phase {
+        Some(Phase::Failed) => {
+            let what = match (&status.expand, &status.contract) {
+                (_, Some(c)) if c.finished_at.is_some() && !c.succeeded => format!("contract runs again (attempt {})", c.attempts + 1),
+                (Some(e), _) if !e.succeeded => format!("expand runs again (attempt {})", e.attempts + 1),
+                _ => "the failed step runs again".to_string(),
+            };
+            Ok(format!("{name}: retry requested; {what}"))
+        }
+        Some(p) => Err(format!(
+            "{name} is {p}, not Failed: there is nothing to retry (a retry value set now would be recorded and ignored)"
+        )),
+        None => Err(format!("{name} has not been observed by the operator yet: there is nothing to retry")),
+    }
+}
+
+/// A fresh `phasegate.dev/retry` value: the current time, made distinct from `previous`.
+pub fn fresh_retry_value(now: k8s_openapi::jiff::Timestamp, previous: &[Option<&str>]) -> String {
+    let mut value = now.strftime("%Y-%m-%dT%H:%M:%S%.fZ").to_string();
+    let mut n = 1;
+    while previous.iter().flatten().any(|p| *p == value) {
+        n += 1;
+        value = format!("{}-{n}", now.strftime("%Y-%m-%dT%H:%M:%S%.fZ"));
+    }
+    value
+}
+
+/// Whether `status` may use colour: stdout is a terminal, `NO_COLOR` is unset or empty
+/// (<https://no-color.org>) and `TERM` is not `dumb`.
+pub fn detect_style() -> Style {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
+    Style { color: std::io::stdout().is_terminal() && !no_color && !dumb }
+}
+
+/// A client for the chosen context and the namespace to use.
+async fn connect(args: &TargetArgs) -> Result<(Client, String, String), String> {
+    let kubeconfig = match &args.kubeconfig {
+        Some(p) => Kubeconfig::read_from(p).map_err(|e| format!("cannot read kubeconfig {}: {e}", p.display()))?,
+        None => match Kubeconfig::read() {
+            Ok(kc) => kc,
+            Err(KubeconfigError::FindPath) => return in_cluster(args),
+            Err(KubeconfigError::ReadConfig(e, _)) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("KUBECONFIG").is_none() => {
+                return in_cluster(args)
+            }
+            Err(KubeconfigError::ReadConfig(e, path)) => {
+                return Err(format!("cannot read kubeconfig {}: {e} (check KUBECONFIG or pass --kubeconfig)", path.display()))
+            }
+            Err(e) => return Err(format!("cannot load kubeconfig: {e}")),
+        },
+    };
+    let options = KubeConfigOptions { context: args.context.clone(), ..Default::default() };
+    let context = args.context.clone().or_else(|| kubeconfig.current_context.clone()).unwrap_or_default();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| match e {
+        KubeconfigError::CurrentContextNotSet => "the kubeconfig has no current context: run `kubectl config use-context NAME` or pass --context".to_string(),
+        KubeconfigError::LoadContext(c) => format!("context {c:?} is not in the kubeconfig"),
+        e => format!("cannot use kubeconfig context {context:?}: {e}"),
+    })?;
+    finish(config, args, format!("context {context:?}"))
+}
+
+fn in_cluster(args: &TargetArgs) -> Result<(Client, String, String), String> {
+    match Config::incluster() {
+        Ok(config) => finish(config, args, "the in-cluster service account".into()),
+        Err(_) => Err("no kubeconfig found: set KUBECONFIG, pass --kubeconfig, or create ~/.kube/config".into()),
+    }
+}
+
+fn finish(config: Config, args: &TargetArgs, origin: String) -> Result<(Client, String, String), String> {
+    let ns = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+    let where_ = format!("{origin}, {}", config.cluster_url);
+    let client = Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client for {where_}: {e}"))?;
+    Ok((client, ns, where_))
+}
+
+fn describe(e: kube::Error, name: &str, ns: &str, where_: &str) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 404 && s.message.contains("could not find the requested resource") => format!(
+            "the DatabaseMigration API is not installed on the cluster ({where_}): install the CRD (`phasegate crd | kubectl apply --server-side -f -` or the Helm chart)"
+        ),
+        kube::Error::Api(s) if s.code == 404 => format!("DatabaseMigration {name:?} not found in namespace {ns:?} ({where_})"),
+        kube::Error::Api(s) if s.code == 403 => format!("forbidden ({where_}): {}", s.message),
+        kube::Error::Api(s) => format!("the API server refused ({where_}): {} ({})", s.message, s.code),
+        e => format!("cannot reach the cluster ({where_}): {e}"),
+    }
+}
+
+/// Run one plugin command; messages go to stdout, errors to stderr.
+pub async fn run(action: Action, args: TargetArgs) -> ExitCode {
+    match run_inner(action, &args).await {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_inner(action: Action, args: &TargetArgs) -> Result<String, String> {
+    let (client, ns, where_) = connect(args).await?;
+    let api: Api<DatabaseMigration> = Api::namespaced(client, &ns);
+    let name = args.name.as_str();
+    let dbm = api.get(name).await.map_err(|e| describe(e, name, &ns, &where_))?;
+    let annotate = |key: &'static str, value: String| {
+        let api = api.clone();
+        async move {
+            let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|e| describe(e, name, &ns, &where_)).map(|_| ())
+        }
+    };
+    match action {
+        Action::Status => Ok(render_status(&dbm, detect_style())),
+        Action::Approve => match approve_plan(&dbm) {
+            ApprovePlan::Nothing(msg) => Ok(format!("{msg}\n")),
+            ApprovePlan::Annotate(msg) => {
+                annotate(ANNOTATION_APPROVE, "true".into()).await?;
+                Ok(format!("{msg}\n"))
+            }
+        },
+        Action::Retry => {
+            let msg = retry_plan(&dbm)?;
+            let current = dbm.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_RETRY)).map(String::as_str);
+            let observed = dbm.status.as_ref().and_then(|s| s.observed_retry.as_deref());
+            let value = fresh_retry_value(k8s_openapi::jiff::Timestamp::now(), &[current, observed]);
+            annotate(ANNOTATION_RETRY, value.clone()).await?;
+            Ok(format!("{msg} ({ANNOTATION_RETRY}={value})\n"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DatabaseMigrationStatus, PhaseStatus};
+
+    fn migration(approval: &str, phase: Option<Phase>) -> DatabaseMigration {
+        let mut m: DatabaseMigration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "phasegate.dev/v1alpha1",
+            "kind": "DatabaseMigration",
+            "metadata": {"name": "m", "namespace": "shop"},
+            "spec": {
+                "appVersion": "2.0.0",
+                "database": {"urlSecretRef": {"name": "shop-db", "key": "url"}},
+                "expand": {"sql": "SELECT 1"},
+                "contract": {"sql": "SELECT 1", "approval": approval},
+                "rollout": {"targets": [{"kind": "Deployment", "name": "shop-api"}]}
+            }
+        }))
+        .expect("migration");
+        m.status = phase.map(|p| DatabaseMigrationStatus { phase: Some(p), ..Default::default() });
+        m
+    }
+
+    #[test]
+    fn approve_is_a_no_op_when_approval_is_automatic() {
+        for phase in [Some(Phase::AwaitingRollout), Some(Phase::Failed), None] {
+            assert!(matches!(approve_plan(&migration("Automatic", phase)), ApprovePlan::Nothing(m) if m.contains("Automatic")));
+        }
+    }
+
+    #[test]
+    fn approve_annotates_a_manual_migration_until_contract_runs() {
+        assert_eq!(approve_plan(&migration("Manual", Some(Phase::AwaitingApproval))), ApprovePlan::Annotate("m: approved; contract starts now".into()));
+        assert!(matches!(approve_plan(&migration("Manual", Some(Phase::AwaitingRollout))), ApprovePlan::Annotate(m) if m.contains("in advance")));
+        assert!(matches!(approve_plan(&migration("Manual", Some(Phase::Failed))), ApprovePlan::Annotate(m) if m.contains("retry")));
+        assert!(matches!(approve_plan(&migration("Manual", Some(Phase::Succeeded))), ApprovePlan::Nothing(_)));
+        let mut approved = migration("Manual", Some(Phase::AwaitingApproval));
+        approved.metadata.annotations = Some([(ANNOTATION_APPROVE.to_string(), "true".to_string())].into());
+        assert!(matches!(approve_plan(&approved), ApprovePlan::Nothing(m) if m.contains("already approved")));
+    }
+
+    #[test]
+    fn retry_only_when_failed_and_names_the_next_attempt() {
+        assert!(retry_plan(&migration("Automatic", Some(Phase::AwaitingRollout))).unwrap_err().contains("not Failed"));
+        assert!(retry_plan(&migration("Automatic", None)).unwrap_err().contains("not been observed"));
+        let mut failed = migration("Automatic", Some(Phase::Failed));
+        failed.status.as_mut().expect("status").expand = Some(PhaseStatus { attempts: 1, ..Default::default() });
+        assert_eq!(retry_plan(&failed).expect("retry"), "m: retry requested; expand runs again (attempt 2)");
+        let st = failed.status.as_mut().expect("status");
+        st.expand = Some(PhaseStatus { attempts: 1, succeeded: true, ..Default::default() });
+        st.contract = Some(PhaseStatus { attempts: 2, finished_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)), ..Default::default() });
+        assert_eq!(retry_plan(&failed).expect("retry"), "m: retry requested; contract runs again (attempt 3)");
+    }
+
+    #[test]
+    fn retry_values_are_fresh() {
+        let now: k8s_openapi::jiff::Timestamp = "2025-01-01T00:00:00.5Z".parse().expect("time");
+        let v = fresh_retry_value(now, &[None, None]);
+        assert_eq!(v, "2025-01-01T00:00:00.5Z");
+        let v2 = fresh_retry_value(now, &[Some(&v), None]);
+        assert_ne!(v2, v);
+        let v3 = fresh_retry_value(now, &[Some(&v), Some(&v2)]);
+        assert!(v3 != v && v3 != v2);
+    }
+}

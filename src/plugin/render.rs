@@ -1,0 +1,420 @@
+//! `phasegate status`: a readable summary of one migration, rendered from the object alone
+//! (pure, no I/O), so what the user sees is exactly what the status says.
+
+use std::fmt::Write as _;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::{Approval, DatabaseMigration, Phase, PhaseStatus, ANNOTATION_APPROVE};
+
+/// How to render: with ANSI colours (a terminal) or plain text (a pipe, a file, `NO_COLOR`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Style {
+    pub color: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Tone {
+    Good,
+    Warn,
+    Bad,
+    Dim,
+    Bold,
+}
+
+impl Style {
+    fn paint(self, tone: Tone, text: &str) -> String {
+        if !self.color {
+            return text.to_string();
+        }
+        let code = match tone {
+            Tone::Good => "32",
+            Tone::Warn => "33",
+            Tone::Bad => "31",
+            Tone::Dim => "2",
+            Tone::Bold => "1",
+        };
+        format!("\x1b[{code}m{text}\x1b[0m")
+    }
+}
+
+fn phase_tone(p: Phase) -> Tone {
+    match p {
+        Phase::Succeeded => Tone::Good,
+        Phase::Failed => Tone::Bad,
+        _ => Tone::Warn,
+    }
+}
+
+/// Whether a condition's status is the healthy one: `Stalled` and `Reconciling` are
+/// abnormal-true (kstatus), the others normal-true.
+fn condition_tone(type_: &str, status: &str) -> Tone {
+    let abnormal_true = matches!(type_, "Stalled" | "Reconciling");
+    match (abnormal_true, status) {
+        (false, "True") | (true, "False") => Tone::Good,
+        (true, "True") if type_ == "Stalled" => Tone::Bad,
+        _ => Tone::Warn,
+    }
+}
+
+fn time(t: &Option<Time>) -> Option<String> {
+    t.as_ref().map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+/// Pad `text` to `width` display columns, then paint it (so colour never breaks alignment).
+fn cell(style: Style, tone: Tone, text: &str, width: usize) -> String {
+    let pad = width.saturating_sub(text.chars().count());
+    format!("{}{}", style.paint(tone, text), " ".repeat(pad))
+}
+
+/// Indent every line after the first of a multi-line message.
+fn indented(text: &str, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    text.trim().lines().collect::<Vec<_>>().join(&format!("\n{pad}"))
+}
+
+/// Whether `phasegate.dev/approve: "true"` is set.
+pub fn is_approved(dbm: &DatabaseMigration) -> bool {
+    dbm.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_APPROVE)).is_some_and(|v| v == "true")
+}
+
+/// The `phasegate status` text of a migration.
+pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
+    let mut out = String::new();
+    let name = dbm.metadata.name.clone().unwrap_or_default();
+    let ns = dbm.metadata.namespace.clone().unwrap_or_default();
+    let spec = &dbm.spec;
+    let status = dbm.status.clone().unwrap_or_default();
+    let label = |s: &str| style.paint(Tone::Bold, &format!("{s:<13}"));
+
+    let _ = writeln!(out, "{}{}", label("Migration:"), format_args!("{ns}/{name}"));
+    let phase = match status.phase {
+        Some(p) => style.paint(phase_tone(p), p.as_str()),
+        None => style.paint(Tone::Dim, "(not observed by the operator yet)"),
+    };
+    let _ = writeln!(out, "{}{phase}", label("Phase:"));
+    let (generation, observed) = (dbm.metadata.generation, status.observed_generation);
+    if status.phase.is_some() && generation.is_some() && observed != generation {
+        let note = format!(
+            "status is stale: it reflects generation {}, the spec is at generation {}",
+            observed.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+            generation.unwrap_or_default()
+        );
+        let _ = writeln!(out, "{}{}", label(""), style.paint(Tone::Warn, &note));
+    }
+    let _ = writeln!(out, "{}{}", label("App version:"), spec.app_version);
+    let db = &spec.database.url_secret_ref;
+    let _ = writeln!(out, "{}Secret {}, key {}", label("Database:"), db.name, db.key);
+
+    let mut gates = Vec::new();
+    match spec.contract.approval {
+        Approval::Automatic => gates.push("approval Automatic".to_string()),
+        Approval::Manual if is_approved(dbm) => gates.push("approval Manual (approved)".to_string()),
+        Approval::Manual => gates.push("approval Manual (not approved yet)".to_string()),
+    }
+    if let Some(d) = &spec.contract.delay {
+        gates.push(format!("delay {d}"));
+    }
+    if let Some(t) = &spec.rollout.timeout {
+        gates.push(format!("rollout timeout {t}"));
+    }
+    let _ = writeln!(out, "{}{}", label("Gates:"), gates.join(", "));
+    let mut rollout = Vec::new();
+    if let Some(t) = time(&status.rollout_started_at) {
+        rollout.push(format!("waiting since {t}"));
+    }
+    if let Some(t) = time(&status.rollout_completed_at) {
+        rollout.push(format!("complete since {t}"));
+    }
+    if let Some(t) = time(&status.rollout_timed_out_at) {
+        rollout.push(style.paint(Tone::Bad, &format!("timed out at {t}")));
+    }
+    if !rollout.is_empty() {
+        let _ = writeln!(out, "{}{}", label("Rollout:"), rollout.join(", "));
+    }
+
+    // Targets.
+    let ready = status.targets_ready.clone().unwrap_or_else(|| {
+        format!("{}/{}", status.targets.iter().filter(|t| t.complete).count(), status.targets.len())
+    });
+    if status.targets.is_empty() {
+        let _ = writeln!(out, "\n{}", style.paint(Tone::Bold, "Targets"));
+    } else {
+        let _ = writeln!(out, "\n{} ({ready} ready)", style.paint(Tone::Bold, "Targets"));
+    }
+    if status.targets.is_empty() {
+        for t in &spec.rollout.targets {
+            let what = match (&t.name, &t.selector) {
+                (Some(n), _) => format!("{}/{n}", t.kind),
+                (None, Some(sel)) => format!("{} selector {}", t.kind, selector_text(sel)),
+                (None, None) => t.kind.to_string(),
+            };
+            let _ = writeln!(out, "  {what}  {}", style.paint(Tone::Dim, "(not observed yet)"));
+        }
+    }
+    let width = status.targets.iter().map(|t| t.kind.len() + 1 + t.name.len()).max().unwrap_or(0);
+    for t in &status.targets {
+        let id = format!("{}/{}", t.kind, t.name);
+        let (tone, state) = if t.complete { (Tone::Good, "ready") } else { (Tone::Warn, "waiting") };
+        let _ = writeln!(
+            out,
+            "  {}  {}  version {}  replicas {}  updated {}  available {}  old pods {}",
+            cell(style, Tone::Bold, &id, width),
+            cell(style, tone, state, 7),
+            t.version.as_deref().unwrap_or("(none)"),
+            t.replicas,
+            t.updated_replicas,
+            t.available_replicas,
+            t.old_pods
+        );
+        if let Some(m) = t.message.as_deref().filter(|m| !m.trim().is_empty()) {
+            let _ = writeln!(out, "    why: {}", indented(m, 9));
+        }
+    }
+
+    // Conditions.
+    let _ = writeln!(out, "\n{}", style.paint(Tone::Bold, "Conditions"));
+    if status.conditions.is_empty() {
+        let _ = writeln!(out, "  {}", style.paint(Tone::Dim, "(none yet)"));
+    } else {
+        let tw = status.conditions.iter().map(|c| c.type_.len()).max().unwrap_or(4).max(4);
+        let rw = status.conditions.iter().map(|c| c.reason.len()).max().unwrap_or(6).max(6);
+        let _ = writeln!(out, "  {:<tw$}  {:<6}  {:<rw$}  MESSAGE", "TYPE", "STATUS", "REASON");
+        for c in &status.conditions {
+            let _ = writeln!(
+                out,
+                "  {:<tw$}  {}  {:<rw$}  {}",
+                c.type_,
+                cell(style, condition_tone(&c.type_, &c.status), &c.status, 6),
+                c.reason,
+                indented(&c.message, tw + rw + 14)
+            );
+        }
+    }
+
+    // Phases.
+    for (title, phase) in [("Expand", &status.expand), ("Contract", &status.contract)] {
+        let _ = writeln!(out, "\n{}", style.paint(Tone::Bold, title));
+        render_phase(&mut out, style, phase.as_ref());
+    }
+
+    if let Some(hint) = next_step(dbm) {
+        let _ = writeln!(out, "\n{} {hint}", style.paint(Tone::Bold, "Next:"));
+    }
+    // No trailing blanks (empty condition messages, padding).
+    out.lines().map(str::trim_end).fold(String::new(), |mut acc, l| {
+        acc.push_str(l);
+        acc.push('\n');
+        acc
+    })
+}
+
+fn render_phase(out: &mut String, style: Style, phase: Option<&PhaseStatus>) {
+    let Some(p) = phase.filter(|p| p.attempts > 0 || p.job_name.is_some()) else {
+        let _ = writeln!(out, "  {}", style.paint(Tone::Dim, "not started"));
+        return;
+    };
+    let state = if p.succeeded {
+        style.paint(Tone::Good, "applied")
+    } else if p.finished_at.is_some() {
+        style.paint(Tone::Bad, "failed")
+    } else {
+        style.paint(Tone::Warn, "running")
+    };
+    let _ = writeln!(out, "  attempts:  {}  ({state})", p.attempts);
+    if let Some(j) = &p.job_name {
+        let _ = writeln!(out, "  job:       {j}");
+    }
+    if let Some(t) = time(&p.started_at) {
+        let _ = writeln!(out, "  started:   {t}");
+    }
+    if let Some(t) = time(&p.finished_at) {
+        let _ = writeln!(out, "  finished:  {t}");
+    }
+    if let Some(m) = p.message.as_deref().filter(|m| !m.trim().is_empty()) {
+        let _ = writeln!(out, "  report:    {}", indented(m, 13));
+    }
+}
+
+fn selector_text(sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> String {
+    let mut parts: Vec<String> = sel.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+    for e in sel.match_expressions.iter().flatten() {
+        parts.push(format!("{} {} ({})", e.key, e.operator.to_lowercase(), e.values.clone().unwrap_or_default().join(",")));
+    }
+    parts.join(",")
+}
+
+/// What the user can do next, when it is up to them.
+fn next_step(dbm: &DatabaseMigration) -> Option<String> {
+    let name = dbm.metadata.name.clone().unwrap_or_default();
+    let ns = dbm.metadata.namespace.clone().unwrap_or_default();
+    match dbm.status.as_ref()?.phase? {
+        Phase::AwaitingApproval if !is_approved(dbm) => Some(format!("approve contract: phasegate approve {name} -n {ns}")),
+        Phase::Failed => Some(format!("fix the cause above, then: phasegate retry {name} -n {ns}")),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DatabaseMigrationStatus, TargetStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    fn migration(approval: &str, status: Option<DatabaseMigrationStatus>) -> DatabaseMigration {
+        let mut m: DatabaseMigration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "phasegate.dev/v1alpha1",
+            "kind": "DatabaseMigration",
+            "metadata": {"name": "users-email-verified", "namespace": "shop", "generation": 1},
+            "spec": {
+                "appVersion": "2.0.0",
+                "database": {"urlSecretRef": {"name": "shop-db", "key": "url"}},
+                "expand": {"sql": "ALTER TABLE users ADD COLUMN email_verified boolean;"},
+                "contract": {"sql": "ALTER TABLE users DROP COLUMN legacy_flag;", "approval": approval, "delay": "5m"},
+                "rollout": {"targets": [{"kind": "Deployment", "name": "shop-api"}], "timeout": "1h"}
+            }
+        }))
+        .expect("migration");
+        m.status = status;
+        m
+    }
+
+    fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Condition {
+        serde_json::from_value(serde_json::json!({
+            "type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": "2025-01-01T00:00:00Z"
+        }))
+        .expect("condition")
+    }
+
+    fn waiting() -> DatabaseMigrationStatus {
+        DatabaseMigrationStatus {
+            phase: Some(Phase::AwaitingRollout),
+            observed_generation: Some(1),
+            conditions: vec![
+                cond("Ready", "True", "ExpandApplied", "expand is applied"),
+                cond("RolloutComplete", "False", "AwaitingRollout", "Deployment/shop-api runs 1.0.0, waiting for 2.0.0"),
+                cond("Stalled", "False", "Progressing", ""),
+            ],
+            targets: vec![TargetStatus {
+                kind: "Deployment".into(),
+                name: "shop-api".into(),
+                version: Some("1.0.0".into()),
+                complete: false,
+                replicas: 3,
+                updated_replicas: 3,
+                available_replicas: 3,
+                old_pods: 3,
+                message: Some("template version 1.0.0 is older than 2.0.0".into()),
+            }],
+            targets_ready: Some("0/1".into()),
+            expand: Some(PhaseStatus {
+                attempts: 1,
+                job_name: Some("users-email-verified-expand-1".into()),
+                succeeded: true,
+                finished_at: Some(Time("2025-01-01T00:00:05Z".parse().expect("time"))),
+                message: Some("applied 1 statement in 12ms".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn waiting_migration_shows_phase_targets_conditions_and_jobs() {
+        let out = render_status(&migration("Automatic", Some(waiting())), Style::default());
+        for want in [
+            "Migration:   shop/users-email-verified",
+            "Phase:       AwaitingRollout",
+            "App version: 2.0.0",
+            "Database:    Secret shop-db, key url",
+            "Gates:       approval Automatic, delay 5m, rollout timeout 1h",
+            "Targets (0/1 ready)",
+            "Deployment/shop-api  waiting  version 1.0.0  replicas 3  updated 3  available 3  old pods 3",
+            "why: template version 1.0.0 is older than 2.0.0",
+            "RolloutComplete  False   AwaitingRollout  Deployment/shop-api runs 1.0.0, waiting for 2.0.0",
+            "job:       users-email-verified-expand-1",
+            "report:    applied 1 statement in 12ms",
+            "finished:  2025-01-01T00:00:05Z",
+            "attempts:  1  (applied)",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in:\n{out}");
+        }
+        let contract = out.split("Contract\n").nth(1).expect("contract section");
+        assert!(contract.contains("not started"), "{out}");
+        assert!(!out.contains("Next:"), "nothing for the user to do while waiting: {out}");
+    }
+
+    #[test]
+    fn plain_style_has_no_escape_codes_and_colour_style_has_them() {
+        let m = migration("Automatic", Some(waiting()));
+        assert!(!render_status(&m, Style { color: false }).contains('\x1b'));
+        let coloured = render_status(&m, Style { color: true });
+        assert!(coloured.contains("\x1b[33mAwaitingRollout\x1b[0m"), "{coloured}");
+        // Colour never changes the text once the escape codes are removed.
+        let stripped = coloured.replace("\x1b[0m", "").replace("\x1b[1m", "").replace("\x1b[2m", "");
+        let stripped = stripped.replace("\x1b[31m", "").replace("\x1b[32m", "").replace("\x1b[33m", "");
+        assert_eq!(stripped, render_status(&m, Style { color: false }));
+    }
+
+    #[test]
+    fn awaiting_approval_says_how_to_approve_until_approved() {
+        let mut st = waiting();
+        st.phase = Some(Phase::AwaitingApproval);
+        let mut m = migration("Manual", Some(st));
+        let out = render_status(&m, Style::default());
+        assert!(out.contains("approval Manual (not approved yet)"), "{out}");
+        assert!(out.contains("Next: approve contract: phasegate approve users-email-verified -n shop"), "{out}");
+        m.metadata.annotations = Some([(ANNOTATION_APPROVE.to_string(), "true".to_string())].into());
+        let out = render_status(&m, Style::default());
+        assert!(out.contains("approval Manual (approved)") && !out.contains("Next:"), "{out}");
+    }
+
+    #[test]
+    fn failed_migration_shows_the_error_and_the_retry_hint() {
+        let st = DatabaseMigrationStatus {
+            phase: Some(Phase::Failed),
+            observed_generation: Some(1),
+            conditions: vec![cond("Stalled", "True", "ExpandFailed", "relation \"orders\" does not exist (SQLSTATE 42P01)")],
+            expand: Some(PhaseStatus {
+                attempts: 2,
+                job_name: Some("x-expand-2".into()),
+                finished_at: Some(Time("2025-01-01T00:00:05Z".parse().expect("time"))),
+                message: Some("line one\nline two".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let out = render_status(&migration("Automatic", Some(st)), Style::default());
+        assert!(out.contains("Phase:       Failed"), "{out}");
+        assert!(out.contains("Stalled  True    ExpandFailed  relation \"orders\" does not exist (SQLSTATE 42P01)"), "{out}");
+        assert!(out.contains("attempts:  2  (failed)"), "{out}");
+        assert!(out.contains("report:    line one\n             line two"), "multi-line reports stay indented: {out}");
+        assert!(out.contains("Next: fix the cause above, then: phasegate retry users-email-verified -n shop"), "{out}");
+        let coloured = render_status(&migration("Automatic", Some(DatabaseMigrationStatus { phase: Some(Phase::Failed), ..Default::default() })), Style { color: true });
+        assert!(coloured.contains("\x1b[31mFailed\x1b[0m"), "{coloured}");
+    }
+
+    #[test]
+    fn unobserved_and_stale_status_are_called_out() {
+        let out = render_status(&migration("Automatic", None), Style::default());
+        assert!(out.contains("(not observed by the operator yet)"), "{out}");
+        assert!(out.contains("Deployment/shop-api  (not observed yet)"), "spec targets listed: {out}");
+        assert!(out.contains("(none yet)") && out.contains("not started"), "{out}");
+        assert!(out.contains("\nTargets\n") && !out.contains("ready)"), "no ready count before observation: {out}");
+        assert!(out.lines().all(|l| l == l.trim_end()), "no trailing blanks: {out:?}");
+        let mut m = migration("Automatic", Some(waiting()));
+        m.metadata.generation = Some(2);
+        let out = render_status(&m, Style::default());
+        assert!(out.contains("status is stale: it reflects generation 1, the spec is at generation 2"), "{out}");
+    }
+
+    #[test]
+    fn condition_tones_follow_kstatus_polarity() {
+        assert!(matches!(condition_tone("Ready", "True"), Tone::Good));
+        assert!(matches!(condition_tone("Stalled", "False"), Tone::Good));
+        assert!(matches!(condition_tone("Stalled", "True"), Tone::Bad));
+        assert!(matches!(condition_tone("Reconciling", "True"), Tone::Warn));
+        assert!(matches!(condition_tone("Contracted", "False"), Tone::Warn));
+    }
+}
