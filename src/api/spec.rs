@@ -244,6 +244,20 @@ pub struct SafetySpec {
     #[serde(default = "default_max_lock_retries")]
     #[schemars(range(min = 0, max = 1000))]
     pub max_lock_retries: u32,
+    /// Refuse lock-dangerous statements (non-concurrent index builds, constraints without
+    /// NOT VALID, table rewrites, …) instead of only warning about them.
+    #[serde(default)]
+    pub strict: bool,
+    /// Lint rules explicitly overridden for this migration, e.g. `[drop-column]`; each
+    /// override is recorded in status and an Event. `phasegate lint --help` lists the rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allow: Vec<String>,
+    /// Before contract, the executor checks the database itself: no session whose
+    /// `application_name` (`<app>@<version>`) carries an older version, and no transaction
+    /// that began before the rollout finished. It waits for them, then fails.
+    #[serde(default = "default_true")]
+    pub database_check: bool,
 }
 
 impl Default for SafetySpec {
@@ -252,6 +266,9 @@ impl Default for SafetySpec {
             lock_timeout: default_lock_timeout(),
             statement_timeout: default_statement_timeout(),
             max_lock_retries: default_max_lock_retries(),
+            strict: false,
+            allow: Vec::new(),
+            database_check: true,
         }
     }
 }
@@ -264,6 +281,9 @@ fn default_statement_timeout() -> String {
 }
 fn default_max_lock_retries() -> u32 {
     10
+}
+fn default_true() -> bool {
+    true
 }
 
 /// Schema of an embedded object Phasegate passes through (a pod template).

@@ -38,6 +38,10 @@ pub struct DatabaseMigrationStatus {
     /// When the rollout timed out; contract stays blocked until a retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_timed_out_at: Option<Time>,
+    /// What the SQL linter let through: warnings, and findings overridden by
+    /// `spec.safety.allow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lint: Option<LintStatus>,
     /// The last `phasegate.dev/retry` annotation value acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_retry: Option<String>,
@@ -134,4 +138,16 @@ pub struct TargetStatus {
     /// Why the target is not complete yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// Findings of the SQL linter that did not stop the migration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LintStatus {
+    /// Lock-dangerous statements (refused instead when `spec.safety.strict`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Findings let through by an explicit `spec.safety.allow` rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
 }

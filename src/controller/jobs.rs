@@ -63,6 +63,13 @@ pub fn build_job(dbm: &DatabaseMigration, phase: JobPhase, attempt: u32, cfg: &E
         plain("PHASEGATE_STATEMENT_TIMEOUT", &spec.safety.statement_timeout),
         plain("PHASEGATE_MAX_LOCK_RETRIES", &spec.safety.max_lock_retries.to_string()),
     ];
+    if phase == JobPhase::Contract {
+        env.push(plain("PHASEGATE_DATABASE_CHECK", if spec.safety.database_check { "true" } else { "false" }));
+        // Transactions older than this may still run the old code's queries.
+        if let Some(at) = dbm.status.as_ref().and_then(|s| s.rollout_completed_at.as_ref()) {
+            env.push(plain("PHASEGATE_ROLLOUT_COMPLETED_AT", &at.0.to_string()));
+        }
+    }
 
     let (mut template, backoff_limit) = match (sql, user_job) {
         (Some(sql), _) => {

@@ -85,6 +85,8 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     }
     if let Some(t) = &plan.transition {
         tracing::info!(migration = %name, namespace = %ns, phase = ?plan.status.phase, reason = %t.reason, message = %t.message, "phase changed");
+    }
+    for t in plan.transition.iter().chain(plan.notices.iter()) {
         let event = Event {
             type_: if t.warning { EventType::Warning } else { EventType::Normal },
             reason: t.reason.clone(),

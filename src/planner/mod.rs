@@ -16,7 +16,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::api::{Approval, DatabaseMigrationSpec, DatabaseMigrationStatus, Phase, PhaseStatus, TargetStatus};
+use crate::api::{Approval, DatabaseMigrationSpec, DatabaseMigrationStatus, LintStatus, Phase, PhaseStatus, TargetStatus};
 
 pub use validate::{validate, SpecError, ValidSpec};
 
@@ -104,11 +104,16 @@ pub struct Plan {
     pub requeue_after: Option<Duration>,
     /// Set when the phase changed.
     pub transition: Option<Transition>,
+    /// Other Events, each published once: new lint warnings and overrides.
+    pub notices: Vec<Transition>,
 }
 
 /// Low-cardinality reasons used in conditions, Events and metrics.
 pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const SQL_REFUSED: &str = "SqlRefused";
+    pub const LINT_WARNING: &str = "LintWarning";
+    pub const LINT_OVERRIDE: &str = "LintOverride";
     pub const EXPANDING: &str = "Expanding";
     pub const EXPAND_FAILED: &str = "ExpandFailed";
     pub const EXPANDED: &str = "Expanded";
@@ -176,10 +181,16 @@ impl<'a> Planner<'a> {
         let valid = match validate(self.input.spec) {
             Ok(v) => v,
             Err(e) => {
-                self.set(Phase::Failed, reason::INVALID_SPEC, e.to_string());
+                let why = match e {
+                    SpecError::Refused { .. } => reason::SQL_REFUSED,
+                    SpecError::Invalid { .. } => reason::INVALID_SPEC,
+                };
+                self.set(Phase::Failed, why, e.to_string());
                 return;
             }
         };
+        let lint = LintStatus { warnings: valid.lint_warnings.clone(), overrides: valid.lint_overrides.clone() };
+        self.status.lint = (lint != LintStatus::default()).then_some(lint);
         if self.expand() {
             self.rollout_and_contract(&valid);
         }
@@ -464,7 +475,27 @@ impl<'a> Planner<'a> {
             reason: if phase == Phase::Failed { why.to_string() } else { phase.as_str().to_string() },
             message: message.clone(),
         });
-        Plan { status: self.status, action: self.action, requeue_after: self.requeue_after, transition }
+        let notices = self.notices();
+        Plan { status: self.status, action: self.action, requeue_after: self.requeue_after, transition, notices }
+    }
+}
+
+impl Planner<'_> {
+    /// One Event per lint warning or override not yet recorded in status.
+    fn notices(&self) -> Vec<Transition> {
+        let old = self.input.status.lint.clone().unwrap_or_default();
+        let new = self.status.lint.clone().unwrap_or_default();
+        let fresh = |new: &[String], old: &[String]| new.iter().filter(|w| !old.contains(w)).cloned().collect::<Vec<_>>();
+        let mut out: Vec<Transition> = fresh(&new.warnings, &old.warnings)
+            .into_iter()
+            .map(|message| Transition { warning: true, reason: reason::LINT_WARNING.into(), message })
+            .collect();
+        out.extend(
+            fresh(&new.overrides, &old.overrides)
+                .into_iter()
+                .map(|message| Transition { warning: true, reason: reason::LINT_OVERRIDE.into(), message: format!("overridden by spec.safety.allow: {message}") }),
+        );
+        out
     }
 }
 

@@ -1554,3 +1554,97 @@ fn simulator_reaches_every_phase() {
     let want = [Expanding, AwaitingRollout, Soaking, AwaitingApproval, Contracting, Failed, Contracting, Succeeded];
     assert_eq!(phases, want.map(Some).to_vec());
 }
+
+// ---- SQL lint policy: refused before any Job, overrides and warnings recorded ----
+
+fn expand_sql(sql: &str) -> SpecBuilder {
+    let sql = sql.to_string();
+    SpecBuilder::new().with(move |s| s.expand = PhaseSpec { sql: Some(sql), job: None })
+}
+
+#[test]
+fn backward_incompatible_expand_is_refused_before_any_job() {
+    let fx = Fx::new(expand_sql("ALTER TABLE users ADD COLUMN a int;\nALTER TABLE users DROP COLUMN legacy_flag;").build());
+    let p = fx.plan();
+    assert_eq!(p.action, Action::None, "no Job for refused SQL");
+    assert_eq!(phase(&p), Phase::Failed);
+    assert_eq!(stalled_reason(&p.status), Some(reason::SQL_REFUSED));
+    let msg = &cond(&p.status, STALLED).message;
+    for part in ["spec.expand.sql", "line 2", "[drop-column]", "DROP COLUMN legacy_flag", "Fix:"] {
+        assert!(msg.contains(part), "{part:?} in {msg}");
+    }
+    let t = p.transition.expect("an Event");
+    assert!(t.warning && t.reason == reason::SQL_REFUSED);
+}
+
+#[test]
+fn unparseable_sql_is_refused_with_its_line() {
+    let fx = Fx::new(expand_sql("ALTER TABLE users ADD COLUMN a int;\nALTER TABLE users ADD COLUMN;").build());
+    let p = fx.plan();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(stalled_reason(&p.status), Some(reason::SQL_REFUSED));
+    let msg = &cond(&p.status, STALLED).message;
+    assert!(msg.contains("syntax-error") && msg.contains("line 2"), "{msg}");
+}
+
+#[test]
+fn explicit_override_lets_the_expert_proceed_and_is_recorded_once() {
+    let spec = expand_sql("ALTER TABLE users DROP COLUMN legacy_flag;")
+        .with(|s| s.safety.allow = vec!["drop-column".into()])
+        .build();
+    let mut fx = Fx::new(spec);
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Expand, 1));
+    let overrides = p.status.lint.as_ref().map(|l| l.overrides.clone()).unwrap_or_default();
+    assert_eq!(overrides.len(), 1);
+    assert!(overrides[0].contains("[drop-column]"));
+    assert_eq!(p.notices.len(), 1);
+    assert_eq!(p.notices[0].reason, reason::LINT_OVERRIDE);
+    assert!(fx.step().notices.is_empty(), "an override is announced once");
+}
+
+#[test]
+fn lock_dangerous_statements_warn_or_are_refused_when_strict() {
+    let sql = "CREATE INDEX users_email ON users (email);";
+    let mut fx = Fx::new(expand_sql(sql).build());
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Expand, 1), "a warning does not stop expand");
+    let warnings = p.status.lint.as_ref().map(|l| l.warnings.clone()).unwrap_or_default();
+    assert!(warnings.iter().any(|w| w.contains("create-index-non-concurrently")), "{warnings:?}");
+    assert_eq!(p.notices.first().map(|n| n.reason.as_str()), Some(reason::LINT_WARNING));
+
+    let strict = Fx::new(expand_sql(sql).with(|s| s.safety.strict = true).build()).plan();
+    assert_eq!(strict.action, Action::None);
+    assert_eq!(stalled_reason(&strict.status), Some(reason::SQL_REFUSED));
+}
+
+#[test]
+fn contract_accepts_drops_but_lints_syntax_before_expand_runs() {
+    // DROP COLUMN belongs in contract.
+    let p = Fx::new(SpecBuilder::new().build()).plan();
+    assert_eq!(p.action, start(JobPhase::Expand, 1));
+    // Broken contract SQL is refused up front, not after expand has run.
+    let spec = SpecBuilder::new().with(|s| s.contract.sql = Some("ALTER TABLE users DROP COLUMN;".into())).build();
+    let p = Fx::new(spec).plan();
+    assert_eq!(p.action, Action::None);
+    assert!(cond(&p.status, STALLED).message.contains("spec.contract.sql"));
+}
+
+#[test]
+fn unknown_override_rule_is_an_invalid_spec() {
+    let spec = SpecBuilder::new().with(|s| s.safety.allow = vec!["drop-everything".into()]).build();
+    let p = Fx::new(spec).plan();
+    assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+    assert!(cond(&p.status, STALLED).message.contains("spec.safety.allow"));
+}
+
+#[test]
+fn fixing_a_refused_spec_resumes() {
+    let mut fx = Fx::new(expand_sql("ALTER TABLE users DROP COLUMN legacy_flag;").build());
+    assert_eq!(phase(&fx.step()), Phase::Failed);
+    fx.spec.safety.allow = vec!["drop-column".into()];
+    fx.generation = 2;
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Expand, 1));
+    assert_eq!(cond(&p.status, STALLED).status, "False");
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use crate::api::{DatabaseMigrationSpec, JobSpec, PhaseSpec};
+use crate::lint::{self, LintPhase, Policy};
 
 /// A spec the planner can act on.
 #[derive(Clone, Debug, PartialEq)]
@@ -13,6 +14,11 @@ pub struct ValidSpec {
     pub statement_timeout: Duration,
     pub contract_delay: Option<Duration>,
     pub rollout_timeout: Option<Duration>,
+    /// Lock-dangerous statements allowed through as warnings, e.g.
+    /// `spec.expand.sql line 2: [create-index-non-concurrently] …`.
+    pub lint_warnings: Vec<String>,
+    /// Findings an explicit `spec.safety.allow` let through.
+    pub lint_overrides: Vec<String>,
 }
 
 /// Why a spec cannot be acted on.
@@ -20,6 +26,9 @@ pub struct ValidSpec {
 pub enum SpecError {
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// The SQL linter refused a statement; nothing has run.
+    #[error("{field} refused before anything ran: {detail}")]
+    Refused { field: &'static str, detail: String },
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> SpecError {
@@ -56,7 +65,32 @@ pub fn validate(spec: &DatabaseMigrationSpec) -> Result<ValidSpec, SpecError> {
     if sources != 1 {
         return Err(invalid("spec.rollout.versionFrom", "needs exactly one of label, annotation or image"));
     }
+    for rule in &spec.safety.allow {
+        if !lint::is_known_rule(rule) {
+            return Err(invalid("spec.safety.allow", format!("unknown lint rule {rule:?} (`phasegate lint --help` lists them)")));
+        }
+    }
+    let policy = Policy { strict: spec.safety.strict, allow: spec.safety.allow.clone() };
+    let mut lint_warnings = Vec::new();
+    let mut lint_overrides = Vec::new();
+    for (field, phase, sql) in [
+        ("spec.expand.sql", LintPhase::Expand, spec.expand.sql.as_deref()),
+        ("spec.contract.sql", LintPhase::Contract, spec.contract.sql.as_deref()),
+    ] {
+        let Some(sql) = sql else { continue };
+        let findings = lint::lint(sql).map_err(|e| SpecError::Refused { field, detail: format!("[{}] {e}", e.rule) })?;
+        let verdict = lint::judge(&findings, phase, &policy);
+        if let Some(first) = verdict.refused.first() {
+            let more = verdict.refused.len() - 1;
+            let detail = if more > 0 { format!("{first} (and {more} more)") } else { first.to_string() };
+            return Err(SpecError::Refused { field, detail });
+        }
+        lint_warnings.extend(verdict.warnings.iter().map(|f| format!("{field} {f}")));
+        lint_overrides.extend(verdict.overridden.iter().map(|f| format!("{field} {f}")));
+    }
     Ok(ValidSpec {
+        lint_warnings,
+        lint_overrides,
         lock_timeout: duration("spec.safety.lockTimeout", &spec.safety.lock_timeout)?,
         statement_timeout: duration("spec.safety.statementTimeout", &spec.safety.statement_timeout)?,
         contract_delay: spec.contract.delay.as_deref().map(|d| duration("spec.contract.delay", d)).transpose()?,

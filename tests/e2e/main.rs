@@ -11,6 +11,7 @@ mod gates;
 mod examples;
 mod ha;
 mod harness;
+mod lint;
 mod plugin;
 mod targets;
 
