@@ -168,7 +168,9 @@ pub struct TargetSpec {
 }
 
 /// Workload kinds that can gate contract.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 pub enum TargetKind {
     /// An `apps/v1` Deployment.
     Deployment,
@@ -249,7 +251,7 @@ pub struct SafetySpec {
     #[serde(default)]
     pub strict: bool,
     /// Lint rules explicitly overridden for this migration, e.g. `[drop-column]`; each
-    /// override is recorded in status and an Event. `phasegate lint --help` lists the rules.
+    /// override is recorded in status and an Event. docs/lint-rules.md lists the rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub allow: Vec<String>,

@@ -32,7 +32,10 @@ pub enum SpecError {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> SpecError {
-    SpecError::Invalid { field, reason: reason.into() }
+    SpecError::Invalid {
+        field,
+        reason: reason.into(),
+    }
 }
 
 /// Validate what the CRD schema cannot express.
@@ -43,46 +46,81 @@ pub fn validate(spec: &DatabaseMigrationSpec) -> Result<ValidSpec, SpecError> {
     check_phase("spec.expand", &spec.expand)?;
     check_phase(
         "spec.contract",
-        &PhaseSpec { sql: spec.contract.sql.clone(), job: spec.contract.job.clone() },
+        &PhaseSpec {
+            sql: spec.contract.sql.clone(),
+            job: spec.contract.job.clone(),
+        },
     )?;
     if spec.rollout.targets.is_empty() {
         return Err(invalid("spec.rollout.targets", "needs at least one target"));
     }
     for t in &spec.rollout.targets {
         if t.name.is_some() == t.selector.is_some() {
-            return Err(invalid("spec.rollout.targets", "each target needs exactly one of name or selector"));
+            return Err(invalid(
+                "spec.rollout.targets",
+                "each target needs exactly one of name or selector",
+            ));
         }
         if let Some(sel) = &t.selector {
             if sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
                 && sel.match_expressions.as_ref().is_none_or(|m| m.is_empty())
             {
-                return Err(invalid("spec.rollout.targets", "an empty selector would match everything; name the labels"));
+                return Err(invalid(
+                    "spec.rollout.targets",
+                    "an empty selector would match everything; name the labels",
+                ));
             }
         }
     }
     let vf = &spec.rollout.version_from;
-    let sources = usize::from(vf.label.is_some()) + usize::from(vf.annotation.is_some()) + usize::from(vf.image.is_some());
+    let sources = usize::from(vf.label.is_some())
+        + usize::from(vf.annotation.is_some())
+        + usize::from(vf.image.is_some());
     if sources != 1 {
-        return Err(invalid("spec.rollout.versionFrom", "needs exactly one of label, annotation or image"));
+        return Err(invalid(
+            "spec.rollout.versionFrom",
+            "needs exactly one of label, annotation or image",
+        ));
     }
     for rule in &spec.safety.allow {
         if !lint::is_known_rule(rule) {
-            return Err(invalid("spec.safety.allow", format!("unknown lint rule {rule:?} (`phasegate lint --help` lists them)")));
+            return Err(invalid(
+                "spec.safety.allow",
+                format!("unknown lint rule {rule:?} (docs/lint-rules.md lists them)"),
+            ));
         }
     }
-    let policy = Policy { strict: spec.safety.strict, allow: spec.safety.allow.clone() };
+    let policy = Policy {
+        strict: spec.safety.strict,
+        allow: spec.safety.allow.clone(),
+    };
     let mut lint_warnings = Vec::new();
     let mut lint_overrides = Vec::new();
     for (field, phase, sql) in [
-        ("spec.expand.sql", LintPhase::Expand, spec.expand.sql.as_deref()),
-        ("spec.contract.sql", LintPhase::Contract, spec.contract.sql.as_deref()),
+        (
+            "spec.expand.sql",
+            LintPhase::Expand,
+            spec.expand.sql.as_deref(),
+        ),
+        (
+            "spec.contract.sql",
+            LintPhase::Contract,
+            spec.contract.sql.as_deref(),
+        ),
     ] {
         let Some(sql) = sql else { continue };
-        let findings = lint::lint(sql).map_err(|e| SpecError::Refused { field, detail: format!("[{}] {e}", e.rule) })?;
+        let findings = lint::lint(sql).map_err(|e| SpecError::Refused {
+            field,
+            detail: format!("[{}] {e}", e.rule),
+        })?;
         let verdict = lint::judge(&findings, phase, &policy);
         if let Some(first) = verdict.refused.first() {
             let more = verdict.refused.len() - 1;
-            let detail = if more > 0 { format!("{first} (and {more} more)") } else { first.to_string() };
+            let detail = if more > 0 {
+                format!("{first} (and {more} more)")
+            } else {
+                first.to_string()
+            };
             return Err(SpecError::Refused { field, detail });
         }
         lint_warnings.extend(verdict.warnings.iter().map(|f| format!("{field} {f}")));
@@ -92,9 +130,22 @@ pub fn validate(spec: &DatabaseMigrationSpec) -> Result<ValidSpec, SpecError> {
         lint_warnings,
         lint_overrides,
         lock_timeout: duration("spec.safety.lockTimeout", &spec.safety.lock_timeout)?,
-        statement_timeout: duration("spec.safety.statementTimeout", &spec.safety.statement_timeout)?,
-        contract_delay: spec.contract.delay.as_deref().map(|d| duration("spec.contract.delay", d)).transpose()?,
-        rollout_timeout: spec.rollout.timeout.as_deref().map(|d| duration("spec.rollout.timeout", d)).transpose()?,
+        statement_timeout: duration(
+            "spec.safety.statementTimeout",
+            &spec.safety.statement_timeout,
+        )?,
+        contract_delay: spec
+            .contract
+            .delay
+            .as_deref()
+            .map(|d| duration("spec.contract.delay", d))
+            .transpose()?,
+        rollout_timeout: spec
+            .rollout
+            .timeout
+            .as_deref()
+            .map(|d| duration("spec.rollout.timeout", d))
+            .transpose()?,
     })
 }
 
@@ -109,7 +160,8 @@ fn check_phase(field: &'static str, p: &PhaseSpec) -> Result<(), SpecError> {
 
 /// The pod template of a user Job, checked.
 pub fn pod_template(job: &JobSpec) -> Result<PodTemplateSpec, String> {
-    let t: PodTemplateSpec = serde_json::from_value(job.template.clone()).map_err(|e| format!("job.template is not a pod template: {e}"))?;
+    let t: PodTemplateSpec = serde_json::from_value(job.template.clone())
+        .map_err(|e| format!("job.template is not a pod template: {e}"))?;
     let containers = t.spec.as_ref().map(|s| s.containers.len()).unwrap_or(0);
     if containers == 0 {
         return Err("job.template.spec.containers must name at least one container".into());
@@ -118,5 +170,6 @@ pub fn pod_template(job: &JobSpec) -> Result<PodTemplateSpec, String> {
 }
 
 fn duration(field: &'static str, s: &str) -> Result<Duration, SpecError> {
-    humantime::parse_duration(s).map_err(|e| invalid(field, format!("{s:?} is not a duration: {e}")))
+    humantime::parse_duration(s)
+        .map_err(|e| invalid(field, format!("{s:?} is not a duration: {e}")))
 }
