@@ -51,20 +51,31 @@ pub async fn observe_targets(
     Ok(out)
 }
 
+/// Turns a found workload and its pods into the planner's observation.
+type Observe = Box<dyn Fn(&VersionFrom, &[Pod]) -> WorkloadObservation + Send>;
+
 /// A workload found for a target, ready to be judged once its pods are listed.
-struct Found1 {
+struct FoundWorkload {
     name: String,
     selector: LabelSelector,
-    observe: Box<dyn Fn(&VersionFrom, &[Pod]) -> WorkloadObservation + Send>,
+    observe: Observe,
 }
 
 enum Found {
-    Workloads(Vec<Found1>),
+    Workloads(Vec<FoundWorkload>),
     Missing(TargetStatus),
 }
 
 /// The workload kinds Phasegate can judge.
-trait Workload: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static {
+trait Workload:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
     const KIND: TargetKind;
     fn selector(&self) -> Option<LabelSelector>;
     fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation;
@@ -100,14 +111,26 @@ impl Workload for DaemonSet {
     }
 }
 
-async fn fetch<K: Workload>(client: &Client, namespace: &str, t: &TargetSpec) -> Result<Found, Error> {
+async fn fetch<K: Workload>(
+    client: &Client,
+    namespace: &str,
+    t: &TargetSpec,
+) -> Result<Found, Error> {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let kind = K::KIND;
     let items: Vec<K> = match (&t.name, &t.selector) {
-        (Some(name), _) => match api.get_opt(name).await.during(format!("reading {kind} {name}"))? {
+        (Some(name), _) => match api
+            .get_opt(name)
+            .await
+            .during(format!("reading {kind} {name}"))?
+        {
             Some(w) => vec![w],
             None => {
-                return Ok(Found::Missing(rollout::missing(kind, name.clone(), format!("{kind} {name} not found in namespace {namespace}"))));
+                return Ok(Found::Missing(rollout::missing(
+                    kind,
+                    name.clone(),
+                    format!("{kind} {name} not found in namespace {namespace}"),
+                )));
             }
         },
         (None, Some(sel)) => {
@@ -117,34 +140,62 @@ async fn fetch<K: Workload>(client: &Client, namespace: &str, t: &TargetSpec) ->
                 .await
                 .during(format!("listing {kind}s matching {selector}"))?;
             if list.items.is_empty() {
-                return Ok(Found::Missing(rollout::missing(kind, format!("selector {selector}"), format!("selector {selector} matches no {kind}"))));
+                return Ok(Found::Missing(rollout::missing(
+                    kind,
+                    format!("selector {selector}"),
+                    format!("selector {selector} matches no {kind}"),
+                )));
             }
             list.items
         }
-        (None, None) => return Ok(Found::Missing(rollout::missing(kind, "?", "target names neither name nor selector"))),
+        (None, None) => {
+            return Ok(Found::Missing(rollout::missing(
+                kind,
+                "?",
+                "target names neither name nor selector",
+            )))
+        }
     };
     let mut out = Vec::new();
     for w in items {
-        let name = w.meta().name.clone().ok_or(Error::MissingField("metadata.name"))?;
+        let name = w
+            .meta()
+            .name
+            .clone()
+            .ok_or(Error::MissingField("metadata.name"))?;
         let selector = w.selector().ok_or(Error::MissingField("spec.selector"))?;
-        out.push(Found1 { name, selector, observe: Box::new(move |vf, pods| w.observation(vf, pods)) });
+        out.push(FoundWorkload {
+            name,
+            selector,
+            observe: Box::new(move |vf, pods| w.observation(vf, pods)),
+        });
     }
     Ok(Found::Workloads(out))
 }
 
 /// The planner's view of a Deployment and its pods (pure).
-pub fn deployment_observation(d: &Deployment, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+pub fn deployment_observation(
+    d: &Deployment,
+    vf: &VersionFrom,
+    pods: &[Pod],
+) -> WorkloadObservation {
     let spec = d.spec.clone().unwrap_or_default();
     let status = d.status.clone().unwrap_or_default();
     let progress_deadline_exceeded = status.conditions.iter().flatten().any(|c| {
-        c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     });
     WorkloadObservation {
         kind: TargetKind::Deployment,
         name: d.metadata.name.clone().unwrap_or_default(),
         generation: d.metadata.generation.unwrap_or(0),
         observed_generation: status.observed_generation.unwrap_or(0),
-        template_version: version_of(spec.template.metadata.as_ref(), spec.template.spec.as_ref(), vf),
+        template_version: version_of(
+            spec.template.metadata.as_ref(),
+            spec.template.spec.as_ref(),
+            vf,
+        ),
         replicas: spec.replicas.unwrap_or(1),
         current_replicas: status.replicas.unwrap_or(0),
         updated_replicas: status.updated_replicas.unwrap_or(0),
@@ -157,7 +208,11 @@ pub fn deployment_observation(d: &Deployment, vf: &VersionFrom, pods: &[Pod]) ->
 
 /// The planner's view of a StatefulSet and its pods (pure). With `OnDelete` or a partition,
 /// pods not yet replaced keep it incomplete.
-pub fn statefulset_observation(s: &StatefulSet, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+pub fn statefulset_observation(
+    s: &StatefulSet,
+    vf: &VersionFrom,
+    pods: &[Pod],
+) -> WorkloadObservation {
     let spec = s.spec.clone().unwrap_or_default();
     let status = s.status.clone().unwrap_or_default();
     WorkloadObservation {
@@ -165,7 +220,11 @@ pub fn statefulset_observation(s: &StatefulSet, vf: &VersionFrom, pods: &[Pod]) 
         name: s.metadata.name.clone().unwrap_or_default(),
         generation: s.metadata.generation.unwrap_or(0),
         observed_generation: status.observed_generation.unwrap_or(0),
-        template_version: version_of(spec.template.metadata.as_ref(), spec.template.spec.as_ref(), vf),
+        template_version: version_of(
+            spec.template.metadata.as_ref(),
+            spec.template.spec.as_ref(),
+            vf,
+        ),
         replicas: spec.replicas.unwrap_or(1),
         current_replicas: status.replicas,
         updated_replicas: status.updated_replicas.unwrap_or(0),
@@ -185,7 +244,11 @@ pub fn daemonset_observation(d: &DaemonSet, vf: &VersionFrom, pods: &[Pod]) -> W
         name: d.metadata.name.clone().unwrap_or_default(),
         generation: d.metadata.generation.unwrap_or(0),
         observed_generation: status.observed_generation.unwrap_or(0),
-        template_version: version_of(spec.template.metadata.as_ref(), spec.template.spec.as_ref(), vf),
+        template_version: version_of(
+            spec.template.metadata.as_ref(),
+            spec.template.spec.as_ref(),
+            vf,
+        ),
         replicas: status.desired_number_scheduled,
         // Surplus pods of an old version are caught by the pod check below.
         current_replicas: status.desired_number_scheduled,
@@ -200,7 +263,12 @@ pub fn daemonset_observation(d: &DaemonSet, vf: &VersionFrom, pods: &[Pod]) -> W
 fn pod_observations(pods: &[Pod], vf: &VersionFrom) -> Vec<PodObservation> {
     pods.iter()
         // A pod that has finished runs no code; every other one counts, terminating too.
-        .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
         .map(|p| PodObservation {
             name: p.metadata.name.clone().unwrap_or_default(),
             version: version_of(Some(&p.metadata), p.spec.as_ref(), vf),
@@ -210,13 +278,25 @@ fn pod_observations(pods: &[Pod], vf: &VersionFrom) -> Vec<PodObservation> {
 }
 
 /// The version a pod (template) carries, read as `versionFrom` says.
-pub fn version_of(meta: Option<&ObjectMeta>, spec: Option<&PodSpec>, vf: &VersionFrom) -> Option<String> {
+pub fn version_of(
+    meta: Option<&ObjectMeta>,
+    spec: Option<&PodSpec>,
+    vf: &VersionFrom,
+) -> Option<String> {
     let empty = BTreeMap::new();
     if let Some(key) = &vf.label {
-        return meta.and_then(|m| m.labels.as_ref()).unwrap_or(&empty).get(key).cloned();
+        return meta
+            .and_then(|m| m.labels.as_ref())
+            .unwrap_or(&empty)
+            .get(key)
+            .cloned();
     }
     if let Some(key) = &vf.annotation {
-        return meta.and_then(|m| m.annotations.as_ref()).unwrap_or(&empty).get(key).cloned();
+        return meta
+            .and_then(|m| m.annotations.as_ref())
+            .unwrap_or(&empty)
+            .get(key)
+            .cloned();
     }
     if let Some(img) = &vf.image {
         let c = spec?.containers.iter().find(|c| c.name == img.container)?;
@@ -233,9 +313,11 @@ pub fn image_tag(image: &str) -> Option<String> {
 }
 
 fn to_selector(sel: &LabelSelector, what: &str) -> Result<Selector, Error> {
-    Selector::try_from(sel.clone()).map_err(|e| Error::Selector { target: what.to_string(), reason: e.to_string() })
+    Selector::try_from(sel.clone()).map_err(|e| Error::Selector {
+        target: what.to_string(),
+        reason: e.to_string(),
+    })
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -244,7 +326,10 @@ mod tests {
 
     #[test]
     fn image_tags() {
-        assert_eq!(image_tag("registry:5000/shop/api:2.4.0").as_deref(), Some("2.4.0"));
+        assert_eq!(
+            image_tag("registry:5000/shop/api:2.4.0").as_deref(),
+            Some("2.4.0")
+        );
         assert_eq!(image_tag("api:2.4.0@sha256:abc").as_deref(), Some("2.4.0"));
         assert_eq!(image_tag("registry:5000/shop/api"), None);
     }
@@ -255,7 +340,16 @@ mod tests {
             "containers": [{"name": "sidecar", "image": "envoy:1.0"}, {"name": "api", "image": "shop/api:v2.4.0"}]
         }))
         .expect("pod spec");
-        let vf = VersionFrom { label: None, annotation: None, image: Some(ImageVersion { container: "api".into() }) };
-        assert_eq!(version_of(None, Some(&spec), &vf).as_deref(), Some("v2.4.0"));
+        let vf = VersionFrom {
+            label: None,
+            annotation: None,
+            image: Some(ImageVersion {
+                container: "api".into(),
+            }),
+        };
+        assert_eq!(
+            version_of(None, Some(&spec), &vf).as_deref(),
+            Some("v2.4.0")
+        );
     }
 }

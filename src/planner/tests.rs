@@ -12,8 +12,9 @@ use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 use super::conditions::{CONTRACTED, EXPANDED, READY, RECONCILING, ROLLOUT_COMPLETE, STALLED};
 use super::*;
 use crate::api::{
-    Approval, ContractSpec, DatabaseMigrationSpec, DatabaseMigrationStatus, DatabaseSpec, JobSpec, Phase, PhaseSpec,
-    RolloutSpec, SafetySpec, SecretKeyRef, TargetKind, TargetSpec, TargetStatus, VersionFrom,
+    Approval, ContractSpec, DatabaseMigrationSpec, DatabaseMigrationStatus, DatabaseSpec, JobSpec,
+    Phase, PhaseSpec, RolloutSpec, SafetySpec, SecretKeyRef, TargetKind, TargetSpec, TargetStatus,
+    VersionFrom,
 };
 
 const NAME: &str = "users-email-verified";
@@ -37,15 +38,27 @@ impl SpecBuilder {
     fn new() -> Self {
         Self(DatabaseMigrationSpec {
             app_version: "2.4.0".into(),
-            database: DatabaseSpec { url_secret_ref: SecretKeyRef { name: "shop-db".into(), key: "url".into() } },
-            expand: PhaseSpec { sql: Some("ALTER TABLE users ADD COLUMN email_verified boolean;".into()), job: None },
+            database: DatabaseSpec {
+                url_secret_ref: SecretKeyRef {
+                    name: "shop-db".into(),
+                    key: "url".into(),
+                },
+            },
+            expand: PhaseSpec {
+                sql: Some("ALTER TABLE users ADD COLUMN email_verified boolean;".into()),
+                job: None,
+            },
             contract: ContractSpec {
                 sql: Some("ALTER TABLE users DROP COLUMN legacy_flag;".into()),
                 job: None,
                 approval: Approval::Automatic,
                 delay: None,
             },
-            rollout: RolloutSpec { targets: vec![named("shop-api")], version_from: VersionFrom::default(), timeout: None },
+            rollout: RolloutSpec {
+                targets: vec![named("shop-api")],
+                version_from: VersionFrom::default(),
+                timeout: None,
+            },
             safety: SafetySpec::default(),
         })
     }
@@ -75,7 +88,11 @@ impl SpecBuilder {
 }
 
 fn named(name: &str) -> TargetSpec {
-    TargetSpec { kind: TargetKind::Deployment, name: Some(name.into()), selector: None }
+    TargetSpec {
+        kind: TargetKind::Deployment,
+        name: Some(name.into()),
+        selector: None,
+    }
 }
 
 fn target(name: &str, complete: bool) -> TargetStatus {
@@ -88,7 +105,8 @@ fn target(name: &str, complete: bool) -> TargetStatus {
         updated_replicas: if complete { 2 } else { 0 },
         available_replicas: 2,
         old_pods: if complete { 0 } else { 2 },
-        message: (!complete).then(|| format!("Deployment {name} runs version 2.3.0, needs 2.4.0 or newer")),
+        message: (!complete)
+            .then(|| format!("Deployment {name} runs version 2.3.0, needs 2.4.0 or newer")),
     }
 }
 
@@ -108,7 +126,12 @@ struct Fx {
 
 impl Fx {
     fn new(spec: DatabaseMigrationSpec) -> Self {
-        let targets = spec.rollout.targets.iter().map(|t| target(t.name.as_deref().unwrap_or("sel"), false)).collect();
+        let targets = spec
+            .rollout
+            .targets
+            .iter()
+            .map(|t| target(t.name.as_deref().unwrap_or("sel"), false))
+            .collect();
         Self {
             name: NAME.into(),
             generation: 1,
@@ -156,7 +179,13 @@ impl Fx {
     /// Expand applied, waiting for the rollout (at `now`).
     fn expanded(spec: DatabaseMigrationSpec) -> Self {
         let mut fx = Fx::new(spec);
-        assert_eq!(fx.step().action, Action::StartJob { phase: JobPhase::Expand, attempt: 1 });
+        assert_eq!(
+            fx.step().action,
+            Action::StartJob {
+                phase: JobPhase::Expand,
+                attempt: 1
+            }
+        );
         fx.expand_job = JobState::Running;
         fx.step();
         fx.expand_job = JobState::Succeeded(Some("expand applied".into()));
@@ -168,7 +197,13 @@ impl Fx {
         let mut fx = Fx::expanded(spec);
         fx.complete(true);
         fx.approved = true;
-        assert_eq!(fx.step().action, Action::StartJob { phase: JobPhase::Contract, attempt: 1 });
+        assert_eq!(
+            fx.step().action,
+            Action::StartJob {
+                phase: JobPhase::Contract,
+                attempt: 1
+            }
+        );
         fx.contract_job = JobState::Running;
         fx
     }
@@ -179,7 +214,10 @@ fn phase(p: &Plan) -> Phase {
 }
 
 fn cond<'a>(s: &'a DatabaseMigrationStatus, type_: &str) -> &'a Condition {
-    s.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_} condition"))
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"))
 }
 
 fn is_true(s: &DatabaseMigrationStatus, type_: &str) -> bool {
@@ -231,13 +269,21 @@ fn expand_running_waits_without_action() {
     assert_eq!(phase(&p), Phase::Expanding);
     assert_eq!(p.transition, None);
     assert_eq!(p.status.expand.as_ref().unwrap().attempts, 1);
-    assert_eq!(p.status.expand.as_ref().unwrap().started_at, Some(time(0)), "started_at is kept");
+    assert_eq!(
+        p.status.expand.as_ref().unwrap().started_at,
+        Some(time(0)),
+        "started_at is kept"
+    );
     assert!(is_true(&p.status, RECONCILING));
 }
 
 #[test]
 fn expand_succeeded_awaits_rollout_without_action() {
-    let mut fx = Fx::new(SpecBuilder::new().targets(&["shop-api", "shop-worker"]).build());
+    let mut fx = Fx::new(
+        SpecBuilder::new()
+            .targets(&["shop-api", "shop-worker"])
+            .build(),
+    );
     fx.step();
     fx.expand_job = JobState::Running;
     fx.step();
@@ -257,14 +303,24 @@ fn expand_succeeded_awaits_rollout_without_action() {
     assert_eq!(p.status.rollout_started_at, Some(time(60)));
     assert_eq!(p.status.rollout_completed_at, None);
     assert!(p.status.contract.is_none());
-    assert!(is_true(&p.status, READY), "Ready once expand is applied (Argo CD / Flux gate)");
+    assert!(
+        is_true(&p.status, READY),
+        "Ready once expand is applied (Argo CD / Flux gate)"
+    );
     assert!(is_true(&p.status, EXPANDED));
     assert!(!is_true(&p.status, RECONCILING));
     assert!(!is_true(&p.status, STALLED));
     let rc = cond(&p.status, ROLLOUT_COMPLETE);
-    assert_eq!((rc.status.as_str(), rc.reason.as_str()), ("False", reason::AWAITING_ROLLOUT));
+    assert_eq!(
+        (rc.status.as_str(), rc.reason.as_str()),
+        ("False", reason::AWAITING_ROLLOUT)
+    );
     assert!(rc.message.contains("shop-worker"), "{}", rc.message);
-    assert!(!rc.message.contains("Deployment shop-api"), "{}", rc.message);
+    assert!(
+        !rc.message.contains("Deployment shop-api"),
+        "{}",
+        rc.message
+    );
 }
 
 #[test]
@@ -278,7 +334,10 @@ fn targets_complete_start_contract() {
     assert_eq!(p.transition.as_ref().unwrap().reason, "Contracting");
     let c = p.status.contract.as_ref().unwrap();
     assert_eq!(c.attempts, 1);
-    assert_eq!(c.job_name.as_deref(), Some("users-email-verified-contract-1"));
+    assert_eq!(
+        c.job_name.as_deref(),
+        Some("users-email-verified-contract-1")
+    );
     assert_eq!(c.started_at, Some(time(120)));
     assert_eq!(p.status.rollout_completed_at, Some(time(120)));
     assert_eq!(p.status.targets_ready.as_deref(), Some("1/1"));
@@ -319,7 +378,10 @@ fn contract_running_then_succeeded() {
     fx.contract_job = JobState::Absent;
     fx.expand_job = JobState::Absent;
     let p = fx.step();
-    assert_eq!((phase(&p), &p.action, &p.transition), (Phase::Succeeded, &Action::None, &None));
+    assert_eq!(
+        (phase(&p), &p.action, &p.transition),
+        (Phase::Succeeded, &Action::None, &None)
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -352,7 +414,11 @@ fn expand_failed_is_failed_with_message_and_no_action() {
     let t = p.transition.as_ref().unwrap();
     assert!(t.warning);
     assert_eq!(t.reason, reason::EXPAND_FAILED);
-    assert!(t.message.contains("relation \"users\" does not exist"), "{}", t.message);
+    assert!(
+        t.message.contains("relation \"users\" does not exist"),
+        "{}",
+        t.message
+    );
     assert_eq!(stalled_reason(&p.status), Some(reason::EXPAND_FAILED));
     assert!(cond(&p.status, STALLED).message.contains("does not exist"));
     assert_eq!(cond(&p.status, EXPANDED).reason, reason::EXPAND_FAILED);
@@ -360,14 +426,23 @@ fn expand_failed_is_failed_with_message_and_no_action() {
     assert!(!is_true(&p.status, RECONCILING));
     let e = p.status.expand.as_ref().unwrap();
     assert_eq!(e.finished_at, Some(time(50)));
-    assert_eq!(e.message.as_deref(), Some("relation \"users\" does not exist"));
+    assert_eq!(
+        e.message.as_deref(),
+        Some("relation \"users\" does not exist")
+    );
     assert!(!e.succeeded);
 
     // Re-planning keeps the failure time; a deleted failed Job is still a failure.
     fx.now = 500;
     let p = fx.step();
-    assert_eq!((p.action.clone(), p.transition.clone()), (Action::None, None));
-    assert_eq!(p.status.expand.as_ref().unwrap().finished_at, Some(time(50)));
+    assert_eq!(
+        (p.action.clone(), p.transition.clone()),
+        (Action::None, None)
+    );
+    assert_eq!(
+        p.status.expand.as_ref().unwrap().finished_at,
+        Some(time(50))
+    );
     fx.expand_job = JobState::Absent;
     let p = fx.step();
     assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
@@ -395,7 +470,10 @@ fn retry_after_expand_failure_starts_attempt_2() {
     // The new attempt runs; the same token does nothing more.
     fx.expand_job = JobState::Running;
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::Expanding, Action::None));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::Expanding, Action::None)
+    );
 }
 
 #[test]
@@ -439,7 +517,11 @@ fn retry_token_set_before_any_failure_is_recorded_and_not_acted_on_later() {
     fx.retry("early");
     let p = fx.step();
     assert_eq!(phase(&p), Phase::Expanding);
-    assert_eq!(p.status.observed_retry.as_deref(), Some("early"), "recorded while nothing failed");
+    assert_eq!(
+        p.status.observed_retry.as_deref(),
+        Some("early"),
+        "recorded while nothing failed"
+    );
 
     fx.expand_job = JobState::Failed("boom".into());
     let p = fx.step();
@@ -485,13 +567,19 @@ fn contract_failed_is_failed_with_message_and_no_action() {
     assert_eq!(cond(&p.status, CONTRACTED).reason, reason::CONTRACT_FAILED);
     assert!(!is_true(&p.status, READY));
     let c = p.status.contract.as_ref().unwrap();
-    assert_eq!((c.finished_at.clone(), c.succeeded), (Some(time(300)), false));
+    assert_eq!(
+        (c.finished_at.clone(), c.succeeded),
+        (Some(time(300)), false)
+    );
 
     // The failed Job deleted: still failed, nothing started.
     fx.contract_job = JobState::Absent;
     fx.now = 900;
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone(), p.transition.clone()), (Phase::Failed, Action::None, None));
+    assert_eq!(
+        (phase(&p), p.action.clone(), p.transition.clone()),
+        (Phase::Failed, Action::None, None)
+    );
 }
 
 #[test]
@@ -505,7 +593,10 @@ fn retry_after_contract_failure_starts_attempt_2_when_gates_open() {
     assert_eq!(p.status.observed_retry.as_deref(), Some("1"));
     let c = p.status.contract.as_ref().unwrap();
     assert_eq!((c.attempts, c.finished_at.clone()), (2, None));
-    assert_eq!(c.job_name.as_deref(), Some("users-email-verified-contract-2"));
+    assert_eq!(
+        c.job_name.as_deref(),
+        Some("users-email-verified-contract-2")
+    );
     fx.contract_job = JobState::Running;
     assert_eq!(fx.step().action, Action::None);
 }
@@ -516,7 +607,11 @@ fn retry_after_contract_failure_rechecks_the_gates() {
     fx.complete(false); // a rollback happened since
     fx.retry("1");
     let p = fx.step();
-    assert_eq!(p.action, Action::None, "contract must not run while the rollout is incomplete");
+    assert_eq!(
+        p.action,
+        Action::None,
+        "contract must not run while the rollout is incomplete"
+    );
     assert_eq!(phase(&p), Phase::AwaitingRollout);
     assert_eq!(p.status.rollout_completed_at, None);
 
@@ -524,7 +619,11 @@ fn retry_after_contract_failure_rechecks_the_gates() {
     fx.spec.contract.approval = Approval::Manual;
     fx.complete(true);
     let p = fx.step();
-    assert_eq!(p.action, Action::None, "contract must not run without approval");
+    assert_eq!(
+        p.action,
+        Action::None,
+        "contract must not run without approval"
+    );
 }
 
 #[test]
@@ -539,7 +638,12 @@ fn retry_after_contract_failure_survives_a_closed_gate() {
     fx.now = 500;
     fx.complete(true);
     let p = fx.step();
-    assert_eq!(phase(&p), Phase::Contracting, "retry lost: {:?}", p.status.conditions);
+    assert_eq!(
+        phase(&p),
+        Phase::Contracting,
+        "retry lost: {:?}",
+        p.status.conditions
+    );
     assert_eq!(p.action, start(JobPhase::Contract, 2));
 }
 
@@ -552,7 +656,12 @@ fn retry_after_contract_failure_survives_awaiting_approval() {
     assert_eq!(phase(&fx.step()), Phase::AwaitingApproval);
     fx.approved = true;
     let p = fx.step();
-    assert_eq!(p.action, start(JobPhase::Contract, 2), "retry lost: phase {:?}", p.status.phase);
+    assert_eq!(
+        p.action,
+        start(JobPhase::Contract, 2),
+        "retry lost: phase {:?}",
+        p.status.phase
+    );
 }
 
 #[test]
@@ -574,7 +683,12 @@ fn a_rollback_while_contract_failed_restarts_the_soak() {
     fx.step();
     fx.retry("1");
     let p = fx.step();
-    assert_eq!(phase(&p), Phase::Soaking, "the rollout completed 0s ago; action {:?}", p.action);
+    assert_eq!(
+        phase(&p),
+        Phase::Soaking,
+        "the rollout completed 0s ago; action {:?}",
+        p.action
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -587,7 +701,10 @@ fn soak_delay_then_contract() {
     fx.now = 100;
     fx.complete(true);
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::Soaking, Action::None));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::Soaking, Action::None)
+    );
     assert_eq!(p.requeue_after, Some(Duration::from_secs(600)));
     assert_eq!(p.status.rollout_completed_at, Some(time(100)));
     assert_eq!(p.transition.as_ref().unwrap().reason, "Soaking");
@@ -596,10 +713,21 @@ fn soak_delay_then_contract() {
 
     fx.now = 400;
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone(), p.transition.clone()), (Phase::Soaking, Action::None, None));
+    assert_eq!(
+        (phase(&p), p.action.clone(), p.transition.clone()),
+        (Phase::Soaking, Action::None, None)
+    );
     assert_eq!(p.requeue_after, Some(Duration::from_secs(300)));
-    assert_eq!(p.status.rollout_completed_at, Some(time(100)), "soak counts from the first complete observation");
-    assert!(cond(&p.status, READY).message.contains("5m"), "{}", cond(&p.status, READY).message);
+    assert_eq!(
+        p.status.rollout_completed_at,
+        Some(time(100)),
+        "soak counts from the first complete observation"
+    );
+    assert!(
+        cond(&p.status, READY).message.contains("5m"),
+        "{}",
+        cond(&p.status, READY).message
+    );
 
     fx.now = 699;
     assert_eq!(phase(&fx.step()), Phase::Soaking);
@@ -616,7 +744,10 @@ fn rollback_during_soak_resets_the_soak() {
     fx.now = 400;
     fx.complete(false);
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::AwaitingRollout, Action::None)
+    );
     assert_eq!(p.status.rollout_completed_at, None);
     assert!(!is_true(&p.status, ROLLOUT_COMPLETE));
     assert_eq!(p.transition.as_ref().unwrap().reason, "AwaitingRollout");
@@ -624,7 +755,10 @@ fn rollback_during_soak_resets_the_soak() {
     fx.now = 800; // 700s after the first completion, but only 0s after the second
     fx.complete(true);
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::Soaking, Action::None));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::Soaking, Action::None)
+    );
     assert_eq!(p.status.rollout_completed_at, Some(time(800)));
     assert_eq!(p.requeue_after, Some(Duration::from_secs(600)));
     fx.now = 1399;
@@ -639,9 +773,16 @@ fn one_target_rolling_back_closes_the_gate() {
     fx.complete(true);
     fx.targets[1] = target("b", false);
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::AwaitingRollout, Action::None)
+    );
     assert_eq!(p.status.targets_ready.as_deref(), Some("2/3"));
-    assert!(cond(&p.status, READY).message.contains("1/3"), "{}", cond(&p.status, READY).message);
+    assert!(
+        cond(&p.status, READY).message.contains("1/3"),
+        "{}",
+        cond(&p.status, READY).message
+    );
 }
 
 #[test]
@@ -649,12 +790,23 @@ fn manual_approval_waits_until_approved() {
     let mut fx = Fx::expanded(SpecBuilder::new().manual().build());
     fx.complete(true);
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingApproval, Action::None));
-    assert!(p.transition.as_ref().unwrap().message.contains(crate::api::ANNOTATION_APPROVE));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::AwaitingApproval, Action::None)
+    );
+    assert!(p
+        .transition
+        .as_ref()
+        .unwrap()
+        .message
+        .contains(crate::api::ANNOTATION_APPROVE));
     assert!(is_true(&p.status, ROLLOUT_COMPLETE));
     fx.now = 3600;
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone(), p.transition.clone()), (Phase::AwaitingApproval, Action::None, None));
+    assert_eq!(
+        (phase(&p), p.action.clone(), p.transition.clone()),
+        (Phase::AwaitingApproval, Action::None, None)
+    );
     fx.approved = true;
     assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
 }
@@ -677,7 +829,10 @@ fn approval_does_not_bypass_the_rollout() {
     let mut fx = Fx::expanded(SpecBuilder::new().manual().build());
     fx.approved = true;
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::AwaitingRollout, Action::None)
+    );
 }
 
 #[test]
@@ -695,14 +850,20 @@ fn rollout_timeout_fails_and_stays_failed_until_retry() {
     assert_eq!(t.reason, reason::ROLLOUT_TIMEOUT);
     assert!(t.message.contains("1h"), "{}", t.message);
     assert_eq!(stalled_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
-    assert_eq!(cond(&p.status, ROLLOUT_COMPLETE).reason, reason::ROLLOUT_TIMEOUT);
+    assert_eq!(
+        cond(&p.status, ROLLOUT_COMPLETE).reason,
+        reason::ROLLOUT_TIMEOUT
+    );
     assert!(!is_true(&p.status, READY));
 
     // The targets complete later: still failed, contract does not run.
     fx.now = 4000;
     fx.complete(true);
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone(), p.transition.clone()), (Phase::Failed, Action::None, None));
+    assert_eq!(
+        (phase(&p), p.action.clone(), p.transition.clone()),
+        (Phase::Failed, Action::None, None)
+    );
     assert_eq!(stalled_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
     fx.approved = true;
     fx.now = 100_000;
@@ -723,7 +884,10 @@ fn retry_after_rollout_timeout_restarts_the_timeout_clock() {
     fx.now = 1000;
     fx.retry("1");
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::AwaitingRollout, Action::None)
+    );
     assert_eq!(p.status.rollout_started_at, Some(time(1000)));
     assert_eq!(p.requeue_after, Some(Duration::from_secs(600)));
     fx.now = 1599;
@@ -736,15 +900,25 @@ fn retry_after_rollout_timeout_restarts_the_timeout_clock() {
 fn rollout_timeout_survives_an_invalid_spec_edit() {
     let mut fx = Fx::expanded(SpecBuilder::new().timeout("10m").build());
     fx.now = 600;
-    assert_eq!(stalled_reason(&fx.step().status), Some(reason::ROLLOUT_TIMEOUT));
+    assert_eq!(
+        stalled_reason(&fx.step().status),
+        Some(reason::ROLLOUT_TIMEOUT)
+    );
     // An edit makes the spec invalid, then the edit is reverted; meanwhile the rollout completed.
     let good = fx.spec.clone();
     fx.spec.contract.delay = Some("10 parsecs".into());
-    assert_eq!(stalled_reason(&fx.step().status), Some(reason::INVALID_SPEC));
+    assert_eq!(
+        stalled_reason(&fx.step().status),
+        Some(reason::INVALID_SPEC)
+    );
     fx.spec = good;
     fx.complete(true);
     let p = fx.step();
-    assert_eq!(p.action, Action::None, "a timed-out rollout must stay failed until a retry");
+    assert_eq!(
+        p.action,
+        Action::None,
+        "a timed-out rollout must stay failed until a retry"
+    );
     assert_eq!(stalled_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
 }
 
@@ -767,15 +941,24 @@ fn empty_targets_list_never_counts_as_complete() {
     fx.approved = true;
     fx.now = 1_000_000;
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::AwaitingRollout, Action::None)
+    );
     assert_eq!(p.status.targets_ready.as_deref(), Some("0/0"));
-    assert!(cond(&p.status, READY).message.contains("no rollout targets"));
+    assert!(cond(&p.status, READY)
+        .message
+        .contains("no rollout targets"));
     assert!(!is_true(&p.status, ROLLOUT_COMPLETE));
 }
 
 #[test]
 fn a_missing_target_reported_incomplete_blocks_contract() {
-    let mut fx = Fx::expanded(SpecBuilder::new().targets(&["shop-api", "shop-worker"]).build());
+    let mut fx = Fx::expanded(
+        SpecBuilder::new()
+            .targets(&["shop-api", "shop-worker"])
+            .build(),
+    );
     fx.targets = vec![
         target("shop-api", true),
         TargetStatus {
@@ -786,13 +969,22 @@ fn a_missing_target_reported_incomplete_blocks_contract() {
         },
     ];
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
-    assert!(cond(&p.status, READY).message.contains("shop-worker not found"));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::AwaitingRollout, Action::None)
+    );
+    assert!(cond(&p.status, READY)
+        .message
+        .contains("shop-worker not found"));
 }
 
 #[test]
 fn a_named_target_absent_from_the_observation_blocks_contract() {
-    let mut fx = Fx::expanded(SpecBuilder::new().targets(&["shop-api", "shop-worker"]).build());
+    let mut fx = Fx::expanded(
+        SpecBuilder::new()
+            .targets(&["shop-api", "shop-worker"])
+            .build(),
+    );
     fx.targets = vec![target("shop-api", true)];
     let p = fx.step();
     assert_eq!(p.action, Action::None, "shop-worker was never observed");
@@ -803,7 +995,11 @@ fn a_named_target_absent_from_the_observation_blocks_contract() {
 // ---------------------------------------------------------------------------------------
 
 fn invalid_specs() -> Vec<(&'static str, DatabaseMigrationSpec)> {
-    let empty_selector = TargetSpec { kind: TargetKind::Deployment, name: None, selector: Some(LabelSelector::default()) };
+    let empty_selector = TargetSpec {
+        kind: TargetKind::Deployment,
+        name: None,
+        selector: Some(LabelSelector::default()),
+    };
     let both = TargetSpec {
         kind: TargetKind::Deployment,
         name: Some("a".into()),
@@ -812,20 +1008,87 @@ fn invalid_specs() -> Vec<(&'static str, DatabaseMigrationSpec)> {
             ..Default::default()
         }),
     };
-    let no_containers = JobSpec { template: serde_json::json!({"spec": {"containers": []}}), backoff_limit: None };
+    let no_containers = JobSpec {
+        template: serde_json::json!({"spec": {"containers": []}}),
+        backoff_limit: None,
+    };
     vec![
-        ("spec.expand", SpecBuilder::new().with(|s| s.expand = PhaseSpec { sql: None, job: None }).build()),
-        ("spec.expand", SpecBuilder::new().with(|s| s.expand.sql = Some("  ".into())).build()),
-        ("spec.expand", SpecBuilder::new().with(|s| s.expand = PhaseSpec { sql: None, job: Some(no_containers) }).build()),
-        ("spec.contract", SpecBuilder::new().with(|s| s.contract.sql = None).build()),
-        ("spec.contract.delay", SpecBuilder::new().delay("10 parsecs").build()),
-        ("spec.rollout.timeout", SpecBuilder::new().timeout("soon").build()),
-        ("spec.rollout.targets", SpecBuilder::new().with(|s| s.rollout.targets = vec![empty_selector]).build()),
-        ("spec.rollout.targets", SpecBuilder::new().with(|s| s.rollout.targets = vec![both]).build()),
-        ("spec.rollout.targets", SpecBuilder::new().with(|s| s.rollout.targets.clear()).build()),
-        ("spec.rollout.versionFrom", SpecBuilder::new().with(|s| s.rollout.version_from.label = None).build()),
-        ("spec.appVersion", SpecBuilder::new().with(|s| s.app_version = " ".into()).build()),
-        ("spec.safety.lockTimeout", SpecBuilder::new().with(|s| s.safety.lock_timeout = "2 fortnights".into()).build()),
+        (
+            "spec.expand",
+            SpecBuilder::new()
+                .with(|s| {
+                    s.expand = PhaseSpec {
+                        sql: None,
+                        job: None,
+                    }
+                })
+                .build(),
+        ),
+        (
+            "spec.expand",
+            SpecBuilder::new()
+                .with(|s| s.expand.sql = Some("  ".into()))
+                .build(),
+        ),
+        (
+            "spec.expand",
+            SpecBuilder::new()
+                .with(|s| {
+                    s.expand = PhaseSpec {
+                        sql: None,
+                        job: Some(no_containers),
+                    }
+                })
+                .build(),
+        ),
+        (
+            "spec.contract",
+            SpecBuilder::new().with(|s| s.contract.sql = None).build(),
+        ),
+        (
+            "spec.contract.delay",
+            SpecBuilder::new().delay("10 parsecs").build(),
+        ),
+        (
+            "spec.rollout.timeout",
+            SpecBuilder::new().timeout("soon").build(),
+        ),
+        (
+            "spec.rollout.targets",
+            SpecBuilder::new()
+                .with(|s| s.rollout.targets = vec![empty_selector])
+                .build(),
+        ),
+        (
+            "spec.rollout.targets",
+            SpecBuilder::new()
+                .with(|s| s.rollout.targets = vec![both])
+                .build(),
+        ),
+        (
+            "spec.rollout.targets",
+            SpecBuilder::new()
+                .with(|s| s.rollout.targets.clear())
+                .build(),
+        ),
+        (
+            "spec.rollout.versionFrom",
+            SpecBuilder::new()
+                .with(|s| s.rollout.version_from.label = None)
+                .build(),
+        ),
+        (
+            "spec.appVersion",
+            SpecBuilder::new()
+                .with(|s| s.app_version = " ".into())
+                .build(),
+        ),
+        (
+            "spec.safety.lockTimeout",
+            SpecBuilder::new()
+                .with(|s| s.safety.lock_timeout = "2 fortnights".into())
+                .build(),
+        ),
     ]
 }
 
@@ -836,11 +1099,19 @@ fn invalid_spec_fails_with_the_field_and_does_nothing() {
         let p = fx.step();
         assert_eq!(p.action, Action::None, "{field}");
         assert_eq!(phase(&p), Phase::Failed, "{field}");
-        assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC), "{field}");
+        assert_eq!(
+            stalled_reason(&p.status),
+            Some(reason::INVALID_SPEC),
+            "{field}"
+        );
         let msg = &cond(&p.status, STALLED).message;
         assert!(msg.starts_with(field), "{field}: {msg}");
         let t = p.transition.as_ref().unwrap();
-        assert_eq!((t.warning, t.reason.as_str()), (true, reason::INVALID_SPEC), "{field}");
+        assert_eq!(
+            (t.warning, t.reason.as_str()),
+            (true, reason::INVALID_SPEC),
+            "{field}"
+        );
         assert!(p.status.expand.is_none(), "{field}: nothing recorded");
         // Still invalid: no new Event.
         assert_eq!(fx.step().transition, None, "{field}");
@@ -856,14 +1127,20 @@ fn fixed_spec_resumes_from_recorded_progress() {
     fx.now = 100;
     let p = fx.step();
     assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
-    assert!(cond(&p.status, STALLED).message.contains("spec.contract.delay"));
+    assert!(cond(&p.status, STALLED)
+        .message
+        .contains("spec.contract.delay"));
     assert!(!is_true(&p.status, READY));
     assert!(is_true(&p.status, EXPANDED), "expand stays applied");
 
     fx.spec = good;
     fx.now = 200;
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None), "expand is not re-run");
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::AwaitingRollout, Action::None),
+        "expand is not re-run"
+    );
     assert_eq!(p.status.expand.as_ref().unwrap().attempts, 1);
     assert!(is_true(&p.status, READY));
     fx.complete(true);
@@ -881,7 +1158,10 @@ fn invalid_spec_while_expand_runs_resumes_the_same_attempt() {
     assert_eq!(phase(&fx.step()), Phase::Failed);
     fx.spec = good;
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::Expanding, Action::None));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::Expanding, Action::None)
+    );
     assert_eq!(p.status.expand.as_ref().unwrap().attempts, 1);
 }
 
@@ -899,7 +1179,10 @@ fn expand_job_vanished_while_running_starts_a_new_attempt() {
     fx.now = 10;
     let p = fx.step();
     assert_eq!(p.action, start(JobPhase::Expand, 2));
-    assert_eq!(p.status.expand.as_ref().unwrap().job_name.as_deref(), Some("users-email-verified-expand-2"));
+    assert_eq!(
+        p.status.expand.as_ref().unwrap().job_name.as_deref(),
+        Some("users-email-verified-expand-2")
+    );
 }
 
 #[test]
@@ -909,7 +1192,10 @@ fn contract_job_vanished_while_running_starts_a_new_attempt_through_the_gates() 
     fx.contract_job = JobState::Absent;
     fx.complete(false);
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::AwaitingRollout, Action::None)
+    );
     fx.complete(true);
     assert_eq!(fx.step().action, start(JobPhase::Contract, 2));
 }
@@ -927,7 +1213,10 @@ fn expand_job_found_while_status_write_was_lost_is_adopted() {
     let mut fx = Fx::new(SpecBuilder::new().build());
     fx.expand_job = JobState::Succeeded(None);
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::AwaitingRollout, Action::None));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::AwaitingRollout, Action::None)
+    );
     assert!(p.status.expand.as_ref().unwrap().succeeded);
     assert_eq!(p.status.expand.as_ref().unwrap().attempts, 1);
 
@@ -943,7 +1232,10 @@ fn contract_job_found_while_status_write_was_lost_is_adopted() {
     let mut fx = Fx::expanded(SpecBuilder::new().build());
     fx.contract_job = JobState::Running; // targets look incomplete: no matter, it runs already
     let p = fx.step();
-    assert_eq!((phase(&p), p.action.clone()), (Phase::Contracting, Action::None));
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::Contracting, Action::None)
+    );
     assert_eq!(p.status.contract.as_ref().unwrap().attempts, 1);
     fx.contract_job = JobState::Succeeded(None);
     assert_eq!(phase(&fx.step()), Phase::Succeeded);
@@ -974,11 +1266,21 @@ fn retry_replanned_from_a_stale_status_re_issues_the_same_attempt() {
 #[test]
 fn expand_is_never_rerun_once_recorded_succeeded() {
     let mut fx = Fx::expanded(SpecBuilder::new().build());
-    for job in [JobState::Absent, JobState::Running, JobState::Failed("x".into())] {
+    for job in [
+        JobState::Absent,
+        JobState::Running,
+        JobState::Failed("x".into()),
+    ] {
         fx.expand_job = job;
         fx.retry(&format!("{:?}", fx.expand_job));
         let p = fx.step();
-        assert!(!matches!(p.action, Action::StartJob { phase: JobPhase::Expand, .. }));
+        assert!(!matches!(
+            p.action,
+            Action::StartJob {
+                phase: JobPhase::Expand,
+                ..
+            }
+        ));
         assert_eq!(phase(&p), Phase::AwaitingRollout);
     }
 }
@@ -996,10 +1298,18 @@ fn transition_only_when_the_phase_changes() {
         let p = fx.step();
         assert!(p.transition.is_some(), "{:?}", p.status.phase);
         seen.push(phase(&p));
-        if let Action::StartJob { phase: JobPhase::Expand, .. } = p.action {
+        if let Action::StartJob {
+            phase: JobPhase::Expand,
+            ..
+        } = p.action
+        {
             fx.expand_job = JobState::Running;
         }
-        if let Action::StartJob { phase: JobPhase::Contract, .. } = p.action {
+        if let Action::StartJob {
+            phase: JobPhase::Contract,
+            ..
+        } = p.action
+        {
             fx.contract_job = JobState::Running;
         }
         let again = fx.step();
@@ -1022,7 +1332,19 @@ fn transition_only_when_the_phase_changes() {
     fx.contract_job = JobState::Succeeded(None);
     check(&mut fx, &mut seen); // Succeeded
     use Phase::*;
-    assert_eq!(seen, [Expanding, AwaitingRollout, Soaking, AwaitingApproval, Contracting, Failed, Contracting, Succeeded]);
+    assert_eq!(
+        seen,
+        [
+            Expanding,
+            AwaitingRollout,
+            Soaking,
+            AwaitingApproval,
+            Contracting,
+            Failed,
+            Contracting,
+            Succeeded
+        ]
+    );
 }
 
 #[test]
@@ -1056,8 +1378,13 @@ fn conditions_keep_last_transition_time_while_unchanged() {
     fx.targets[0].message = Some("something else".into());
     let p = fx.step();
     assert_eq!(cond(&p.status, READY).last_transition_time, time(20));
-    assert!(cond(&p.status, ROLLOUT_COMPLETE).message.contains("something else"));
-    assert_eq!(cond(&p.status, ROLLOUT_COMPLETE).last_transition_time, time(0));
+    assert!(cond(&p.status, ROLLOUT_COMPLETE)
+        .message
+        .contains("something else"));
+    assert_eq!(
+        cond(&p.status, ROLLOUT_COMPLETE).last_transition_time,
+        time(0)
+    );
 }
 
 #[test]
@@ -1065,7 +1392,11 @@ fn condition_messages_are_bounded() {
     let mut fx = Fx::expanded(SpecBuilder::new().build());
     fx.targets[0].message = Some("x".repeat(5000));
     let p = fx.step();
-    assert!(p.status.conditions.iter().all(|c| c.message.chars().count() <= 1024));
+    assert!(p
+        .status
+        .conditions
+        .iter()
+        .all(|c| c.message.chars().count() <= 1024));
 }
 
 #[test]
@@ -1091,7 +1422,11 @@ fn job_names_are_deterministic_and_distinct() {
     assert!(n.len() <= 52, "{n}");
     assert!(n.ends_with("-contract-3"), "{n}");
     let other = format!("{}b", "a".repeat(199));
-    assert_ne!(n, job_name(&other, JobPhase::Contract, 3), "same prefix, different names");
+    assert_ne!(
+        n,
+        job_name(&other, JobPhase::Contract, 3),
+        "same prefix, different names"
+    );
     let mut all = std::collections::HashSet::new();
     for name in ["m", long.as_str()] {
         for ph in [JobPhase::Expand, JobPhase::Contract] {
@@ -1124,7 +1459,12 @@ fn job_names_at_the_length_boundary() {
 
 /// Fixed seeds: the suite is deterministic (set `PROPTEST_CASES` to explore more).
 fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig { cases, rng_seed: RngSeed::Fixed(0x9A5E_6A7E), failure_persistence: None, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases,
+        rng_seed: RngSeed::Fixed(0x9A5E_6A7E),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 proptest! {
@@ -1175,7 +1515,9 @@ enum Ev {
     Retry(bool),
     Advance(u32),
     /// Re-plan; with `lost`, the last status write never landed.
-    Restart { lost: bool },
+    Restart {
+        lost: bool,
+    },
 }
 
 fn job_phase() -> impl Strategy<Value = JobPhase> {
@@ -1213,7 +1555,12 @@ fn params() -> impl Strategy<Value = Params> {
         prop_oneof![Just(None), Just(Some("3m")), Just(Some("20m"))],
         any::<bool>(),
     )
-        .prop_map(|(targets, delay, timeout, manual)| Params { targets, delay, timeout, manual })
+        .prop_map(|(targets, delay, timeout, manual)| Params {
+            targets,
+            delay,
+            timeout,
+            manual,
+        })
 }
 
 fn secs(d: &str) -> i64 {
@@ -1274,7 +1621,13 @@ impl Sim {
             retry: None,
             retries: 0,
             jobs: BTreeMap::new(),
-            targets: vec![Tgt { new_version: false, rolled_out: true }; p.targets],
+            targets: vec![
+                Tgt {
+                    new_version: false,
+                    rolled_out: true
+                };
+                p.targets
+            ],
             complete_since: None,
             started: BTreeMap::new(),
             last_write_started: None,
@@ -1289,12 +1642,19 @@ impl Sim {
     }
 
     fn observed_targets(&self) -> Vec<TargetStatus> {
-        self.targets.iter().enumerate().map(|(i, t)| target(&format!("app-{i}"), t.new_version && t.rolled_out)).collect()
+        self.targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| target(&format!("app-{i}"), t.new_version && t.rolled_out))
+            .collect()
     }
 
     fn job(&self, p: JobPhase, rec: &Option<PhaseStatus>) -> JobState {
         let attempt = rec.as_ref().map_or(1, |r| r.attempts.max(1));
-        self.jobs.get(&(key(p), attempt)).cloned().unwrap_or_default()
+        self.jobs
+            .get(&(key(p), attempt))
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn any_job(&self, p: JobPhase, f: impl Fn(u32, &JobState) -> bool) -> bool {
@@ -1302,19 +1662,34 @@ impl Sim {
     }
 
     fn latest_running(&self, p: JobPhase) -> Option<(u8, u32)> {
-        self.jobs.iter().filter(|((k, _), s)| *k == key(p) && **s == JobState::Running).map(|(k, _)| *k).last()
+        self.jobs
+            .iter()
+            .filter(|((k, _), s)| *k == key(p) && **s == JobState::Running)
+            .map(|(k, _)| *k)
+            .next_back()
     }
 
     fn apply(&mut self, ev: &Ev) {
         let n = self.targets.len();
         match *ev {
-            Ev::Update(i) => self.targets[i % n] = Tgt { new_version: true, rolled_out: false },
-            Ev::Rollback(i) => self.targets[i % n] = Tgt { new_version: false, rolled_out: false },
+            Ev::Update(i) => {
+                self.targets[i % n] = Tgt {
+                    new_version: true,
+                    rolled_out: false,
+                }
+            }
+            Ev::Rollback(i) => {
+                self.targets[i % n] = Tgt {
+                    new_version: false,
+                    rolled_out: false,
+                }
+            }
             Ev::RolloutDone(i) => self.targets[i % n].rolled_out = true,
             Ev::Stall(i) => self.targets[i % n].rolled_out = false,
             Ev::JobSucceeds(p) => {
                 if let Some(k) = self.latest_running(p) {
-                    self.jobs.insert(k, JobState::Succeeded(Some(format!("{p} ok"))));
+                    self.jobs
+                        .insert(k, JobState::Succeeded(Some(format!("{p} ok"))));
                 }
             }
             Ev::JobFails(p) => {
@@ -1379,7 +1754,9 @@ impl Sim {
 
         let mut started = None;
         if let Action::StartJob { phase, attempt } = plan.action {
-            self.jobs.entry((key(phase), attempt)).or_insert(JobState::Running);
+            self.jobs
+                .entry((key(phase), attempt))
+                .or_insert(JobState::Running);
             started = Some((key(phase), attempt));
         }
         self.prev_status = std::mem::replace(&mut self.status, plan.status.clone());
@@ -1387,7 +1764,9 @@ impl Sim {
         if let Some(k) = started {
             self.started.insert(k, true);
         }
-        if plan.status.phase == Some(Phase::Failed) && stalled_reason(&plan.status) == Some(reason::ROLLOUT_TIMEOUT) {
+        if plan.status.phase == Some(Phase::Failed)
+            && stalled_reason(&plan.status) == Some(reason::ROLLOUT_TIMEOUT)
+        {
             self.timed_out = true;
         }
         self.succeeded = plan.status.phase == Some(Phase::Succeeded);
@@ -1395,10 +1774,16 @@ impl Sim {
     }
 
     fn check(&self, input: &Input<'_>, plan: &Plan) -> Result<(), TestCaseError> {
-        let expand_done = self.any_job(JobPhase::Expand, |_, s| matches!(s, JobState::Succeeded(_)));
-        let contract_done = self.any_job(JobPhase::Contract, |_, s| matches!(s, JobState::Succeeded(_)));
+        let expand_done =
+            self.any_job(JobPhase::Expand, |_, s| matches!(s, JobState::Succeeded(_)));
+        let contract_done = self.any_job(JobPhase::Contract, |_, s| {
+            matches!(s, JobState::Succeeded(_))
+        });
         match plan.action {
-            Action::StartJob { phase: JobPhase::Contract, attempt } => {
+            Action::StartJob {
+                phase: JobPhase::Contract,
+                attempt,
+            } => {
                 // (a) every gate open in this very input.
                 prop_assert!(
                     !input.targets.is_empty() && input.targets.iter().all(|t| t.complete),
@@ -1409,28 +1794,50 @@ impl Sim {
                     prop_assert!(input.approved, "contract started without approval");
                 }
                 if let Some(d) = self.spec.contract.delay.as_deref() {
-                    let since = input.status.rollout_completed_at.as_ref().map(|t| t.0.as_second() - T0);
-                    prop_assert!(since.is_some_and(|s| self.now - s >= secs(d)), "contract started inside the soak");
+                    let since = input
+                        .status
+                        .rollout_completed_at
+                        .as_ref()
+                        .map(|t| t.0.as_second() - T0);
+                    prop_assert!(
+                        since.is_some_and(|s| self.now - s >= secs(d)),
+                        "contract started inside the soak"
+                    );
                     // Against the world's truth, retries and replacement attempts included.
                     if !self.lost_writes {
                         let truth = self.complete_since.expect("complete");
-                        prop_assert!(self.now - truth >= secs(d), "contract started {}s after the rollout completed", self.now - truth);
+                        prop_assert!(
+                            self.now - truth >= secs(d),
+                            "contract started {}s after the rollout completed",
+                            self.now - truth
+                        );
                     }
                 }
                 if !self.lost_writes {
-                    prop_assert!(!self.timed_out, "contract started after a rollout timeout without a retry");
+                    prop_assert!(
+                        !self.timed_out,
+                        "contract started after a rollout timeout without a retry"
+                    );
                 }
                 prop_assert!(
-                    !self.any_job(JobPhase::Contract, |a, s| a != attempt && matches!(s, JobState::Running | JobState::Succeeded(_))),
+                    !self.any_job(JobPhase::Contract, |a, s| a != attempt
+                        && matches!(s, JobState::Running | JobState::Succeeded(_))),
                     "contract started while another contract Job runs or succeeded"
                 );
                 self.check_attempt(JobPhase::Contract, attempt)?;
             }
-            Action::StartJob { phase: JobPhase::Expand, attempt } => {
+            Action::StartJob {
+                phase: JobPhase::Expand,
+                attempt,
+            } => {
                 // (b) never once succeeded, never beside a running or succeeded attempt.
-                prop_assert!(!input.status.expand.as_ref().is_some_and(|e| e.succeeded), "expand re-run after recorded success");
                 prop_assert!(
-                    !self.any_job(JobPhase::Expand, |a, s| a != attempt && matches!(s, JobState::Running | JobState::Succeeded(_))),
+                    !input.status.expand.as_ref().is_some_and(|e| e.succeeded),
+                    "expand re-run after recorded success"
+                );
+                prop_assert!(
+                    !self.any_job(JobPhase::Expand, |a, s| a != attempt
+                        && matches!(s, JobState::Running | JobState::Succeeded(_))),
                     "expand started while another expand Job runs or succeeded"
                 );
                 prop_assert!(
@@ -1443,23 +1850,39 @@ impl Sim {
         }
         // (d) Succeeded only after contract's Job succeeded (and expand's).
         if plan.status.phase == Some(Phase::Succeeded) {
-            prop_assert!(contract_done && expand_done, "Succeeded without both Jobs succeeded");
+            prop_assert!(
+                contract_done && expand_done,
+                "Succeeded without both Jobs succeeded"
+            );
         }
         if conditions::is_true(&plan.status.conditions, READY) {
             prop_assert!(expand_done, "Ready before expand succeeded");
         }
         if !self.lost_writes && self.succeeded {
-            prop_assert_eq!(plan.status.phase, Some(Phase::Succeeded), "Succeeded is terminal");
+            prop_assert_eq!(
+                plan.status.phase,
+                Some(Phase::Succeeded),
+                "Succeeded is terminal"
+            );
         }
         // Transition exactly when the phase changes.
-        prop_assert_eq!(plan.transition.is_some(), input.status.phase != plan.status.phase);
+        prop_assert_eq!(
+            plan.transition.is_some(),
+            input.status.phase != plan.status.phase
+        );
         Ok(())
     }
 
     /// (c) attempt numbers never repeat (unless the status recording the start was lost: then
     /// the same attempt is re-issued and adopted) and never skip.
     fn check_attempt(&self, p: JobPhase, attempt: u32) -> Result<(), TestCaseError> {
-        let max = self.started.keys().filter(|(k, _)| *k == key(p)).map(|(_, a)| *a).max().unwrap_or(0);
+        let max = self
+            .started
+            .keys()
+            .filter(|(k, _)| *k == key(p))
+            .map(|(_, a)| *a)
+            .max()
+            .unwrap_or(0);
         match self.started.get(&(key(p), attempt)) {
             Some(true) => prop_assert!(false, "{} attempt {} started twice", p, attempt),
             Some(false) => {}
@@ -1472,7 +1895,10 @@ impl Sim {
     fn drain(&mut self) -> Result<(), TestCaseError> {
         self.approved = true;
         for t in &mut self.targets {
-            *t = Tgt { new_version: true, rolled_out: true };
+            *t = Tgt {
+                new_version: true,
+                rolled_out: true,
+            };
         }
         self.apply(&Ev::Advance(0));
         for _ in 0..12 {
@@ -1486,18 +1912,38 @@ impl Sim {
             }
             self.step()?;
         }
-        prop_assert_eq!(self.status.phase, Some(Phase::Succeeded), "stuck: {:?}", self.status.conditions);
+        prop_assert_eq!(
+            self.status.phase,
+            Some(Phase::Succeeded),
+            "stuck: {:?}",
+            self.status.conditions
+        );
         Ok(())
     }
 }
 
-fn simulate(p: &Params, events: &[Ev], lost_writes: bool, drain: bool) -> Result<(), TestCaseError> {
+fn simulate(
+    p: &Params,
+    events: &[Ev],
+    lost_writes: bool,
+    drain: bool,
+) -> Result<(), TestCaseError> {
     let mut sim = Sim::new(p, lost_writes);
     sim.step()?;
     for ev in events {
         sim.apply(ev);
         if let Err(e) = sim.step() {
-            return Err(TestCaseError::fail(format!("{e}\nlast steps:\n{}", sim.log.iter().rev().take(8).rev().cloned().collect::<Vec<_>>().join("\n"))));
+            return Err(TestCaseError::fail(format!(
+                "{e}\nlast steps:\n{}",
+                sim.log
+                    .iter()
+                    .rev()
+                    .take(8)
+                    .rev()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )));
         }
     }
     if drain {
@@ -1529,7 +1975,12 @@ proptest! {
 fn simulator_reaches_every_phase() {
     // The random walks above are only meaningful if they get past the gates; one scripted walk
     // through the simulator shows the plumbing works.
-    let p = Params { targets: 2, delay: Some("30s"), timeout: None, manual: true };
+    let p = Params {
+        targets: 2,
+        delay: Some("30s"),
+        timeout: None,
+        manual: true,
+    };
     let mut sim = Sim::new(&p, false);
     sim.step().unwrap();
     let mut phases = vec![sim.status.phase];
@@ -1551,7 +2002,16 @@ fn simulator_reaches_every_phase() {
     }
     phases.dedup();
     use Phase::*;
-    let want = [Expanding, AwaitingRollout, Soaking, AwaitingApproval, Contracting, Failed, Contracting, Succeeded];
+    let want = [
+        Expanding,
+        AwaitingRollout,
+        Soaking,
+        AwaitingApproval,
+        Contracting,
+        Failed,
+        Contracting,
+        Succeeded,
+    ];
     assert_eq!(phases, want.map(Some).to_vec());
 }
 
@@ -1559,18 +2019,34 @@ fn simulator_reaches_every_phase() {
 
 fn expand_sql(sql: &str) -> SpecBuilder {
     let sql = sql.to_string();
-    SpecBuilder::new().with(move |s| s.expand = PhaseSpec { sql: Some(sql), job: None })
+    SpecBuilder::new().with(move |s| {
+        s.expand = PhaseSpec {
+            sql: Some(sql),
+            job: None,
+        }
+    })
 }
 
 #[test]
 fn backward_incompatible_expand_is_refused_before_any_job() {
-    let fx = Fx::new(expand_sql("ALTER TABLE users ADD COLUMN a int;\nALTER TABLE users DROP COLUMN legacy_flag;").build());
+    let fx = Fx::new(
+        expand_sql(
+            "ALTER TABLE users ADD COLUMN a int;\nALTER TABLE users DROP COLUMN legacy_flag;",
+        )
+        .build(),
+    );
     let p = fx.plan();
     assert_eq!(p.action, Action::None, "no Job for refused SQL");
     assert_eq!(phase(&p), Phase::Failed);
     assert_eq!(stalled_reason(&p.status), Some(reason::SQL_REFUSED));
     let msg = &cond(&p.status, STALLED).message;
-    for part in ["spec.expand.sql", "line 2", "[drop-column]", "DROP COLUMN legacy_flag", "Fix:"] {
+    for part in [
+        "spec.expand.sql",
+        "line 2",
+        "[drop-column]",
+        "DROP COLUMN legacy_flag",
+        "Fix:",
+    ] {
         assert!(msg.contains(part), "{part:?} in {msg}");
     }
     let t = p.transition.expect("an Event");
@@ -1579,12 +2055,17 @@ fn backward_incompatible_expand_is_refused_before_any_job() {
 
 #[test]
 fn unparseable_sql_is_refused_with_its_line() {
-    let fx = Fx::new(expand_sql("ALTER TABLE users ADD COLUMN a int;\nALTER TABLE users ADD COLUMN;").build());
+    let fx = Fx::new(
+        expand_sql("ALTER TABLE users ADD COLUMN a int;\nALTER TABLE users ADD COLUMN;").build(),
+    );
     let p = fx.plan();
     assert_eq!(p.action, Action::None);
     assert_eq!(stalled_reason(&p.status), Some(reason::SQL_REFUSED));
     let msg = &cond(&p.status, STALLED).message;
-    assert!(msg.contains("syntax-error") && msg.contains("line 2"), "{msg}");
+    assert!(
+        msg.contains("syntax-error") && msg.contains("line 2"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -1595,12 +2076,20 @@ fn explicit_override_lets_the_expert_proceed_and_is_recorded_once() {
     let mut fx = Fx::new(spec);
     let p = fx.step();
     assert_eq!(p.action, start(JobPhase::Expand, 1));
-    let overrides = p.status.lint.as_ref().map(|l| l.overrides.clone()).unwrap_or_default();
+    let overrides = p
+        .status
+        .lint
+        .as_ref()
+        .map(|l| l.overrides.clone())
+        .unwrap_or_default();
     assert_eq!(overrides.len(), 1);
     assert!(overrides[0].contains("[drop-column]"));
     assert_eq!(p.notices.len(), 1);
     assert_eq!(p.notices[0].reason, reason::LINT_OVERRIDE);
-    assert!(fx.step().notices.is_empty(), "an override is announced once");
+    assert!(
+        fx.step().notices.is_empty(),
+        "an override is announced once"
+    );
 }
 
 #[test]
@@ -1608,10 +2097,27 @@ fn lock_dangerous_statements_warn_or_are_refused_when_strict() {
     let sql = "CREATE INDEX users_email ON users (email);";
     let mut fx = Fx::new(expand_sql(sql).build());
     let p = fx.step();
-    assert_eq!(p.action, start(JobPhase::Expand, 1), "a warning does not stop expand");
-    let warnings = p.status.lint.as_ref().map(|l| l.warnings.clone()).unwrap_or_default();
-    assert!(warnings.iter().any(|w| w.contains("create-index-non-concurrently")), "{warnings:?}");
-    assert_eq!(p.notices.first().map(|n| n.reason.as_str()), Some(reason::LINT_WARNING));
+    assert_eq!(
+        p.action,
+        start(JobPhase::Expand, 1),
+        "a warning does not stop expand"
+    );
+    let warnings = p
+        .status
+        .lint
+        .as_ref()
+        .map(|l| l.warnings.clone())
+        .unwrap_or_default();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("create-index-non-concurrently")),
+        "{warnings:?}"
+    );
+    assert_eq!(
+        p.notices.first().map(|n| n.reason.as_str()),
+        Some(reason::LINT_WARNING)
+    );
 
     let strict = Fx::new(expand_sql(sql).with(|s| s.safety.strict = true).build()).plan();
     assert_eq!(strict.action, Action::None);
@@ -1624,18 +2130,26 @@ fn contract_accepts_drops_but_lints_syntax_before_expand_runs() {
     let p = Fx::new(SpecBuilder::new().build()).plan();
     assert_eq!(p.action, start(JobPhase::Expand, 1));
     // Broken contract SQL is refused up front, not after expand has run.
-    let spec = SpecBuilder::new().with(|s| s.contract.sql = Some("ALTER TABLE users DROP COLUMN;".into())).build();
+    let spec = SpecBuilder::new()
+        .with(|s| s.contract.sql = Some("ALTER TABLE users DROP COLUMN;".into()))
+        .build();
     let p = Fx::new(spec).plan();
     assert_eq!(p.action, Action::None);
-    assert!(cond(&p.status, STALLED).message.contains("spec.contract.sql"));
+    assert!(cond(&p.status, STALLED)
+        .message
+        .contains("spec.contract.sql"));
 }
 
 #[test]
 fn unknown_override_rule_is_an_invalid_spec() {
-    let spec = SpecBuilder::new().with(|s| s.safety.allow = vec!["drop-everything".into()]).build();
+    let spec = SpecBuilder::new()
+        .with(|s| s.safety.allow = vec!["drop-everything".into()])
+        .build();
     let p = Fx::new(spec).plan();
     assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
-    assert!(cond(&p.status, STALLED).message.contains("spec.safety.allow"));
+    assert!(cond(&p.status, STALLED)
+        .message
+        .contains("spec.safety.allow"));
 }
 
 #[test]
