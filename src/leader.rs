@@ -34,7 +34,8 @@ pub fn shutdown_on_signal() -> Shutdown {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let handlers = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+        let handlers =
+            signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
         async move {
             match handlers {
                 Ok((mut term, mut int)) => tokio::select! {
@@ -100,7 +101,10 @@ impl LeaseConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.duration_secs > 0 && self.grace_secs > 0, "--lease-duration and --lease-grace must be positive");
+        anyhow::ensure!(
+            self.duration_secs > 0 && self.grace_secs > 0,
+            "--lease-duration and --lease-grace must be positive"
+        );
         anyhow::ensure!(
             self.grace_secs < self.duration_secs,
             "--lease-grace ({}s) must be less than --lease-duration ({}s)",
@@ -197,7 +201,10 @@ where
             result
         }
         Err(()) => {
-            let msg = format!("lost the leader Lease {}/{}; stopping so that only one replica reconciles", cfg.namespace, cfg.name);
+            let msg = format!(
+                "lost the leader Lease {}/{}; stopping so that only one replica reconciles",
+                cfg.namespace, cfg.name
+            );
             tracing::error!("{msg}");
             health.fail(msg.clone());
             Err(anyhow::anyhow!(msg))
@@ -206,16 +213,27 @@ where
 }
 
 /// The lease manager's background task.
-type ManagerTask = tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>;
+type ManagerTask =
+    tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>;
 
 /// Close the channel: the lease manager releases the Lease if we hold it, and stops.
-async fn release(leading: tokio::sync::watch::Receiver<bool>, task: ManagerTask, cfg: &LeaseConfig) {
+async fn release(
+    leading: tokio::sync::watch::Receiver<bool>,
+    task: ManagerTask,
+    cfg: &LeaseConfig,
+) {
     drop(leading);
     match tokio::time::timeout(Duration::from_secs(5), task).await {
-        Ok(Ok(Ok(_))) => tracing::info!(lease = %cfg.name, namespace = %cfg.namespace, "released the leader Lease"),
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, lease = %cfg.name, "could not release the leader Lease; it expires by itself"),
+        Ok(Ok(Ok(_))) => {
+            tracing::info!(lease = %cfg.name, namespace = %cfg.namespace, "released the leader Lease")
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %e, lease = %cfg.name, "could not release the leader Lease; it expires by itself")
+        }
         Ok(Err(e)) => tracing::warn!(error = %e, "the lease manager task failed"),
-        Err(_) => tracing::warn!(lease = %cfg.name, "releasing the leader Lease timed out; it expires by itself"),
+        Err(_) => {
+            tracing::warn!(lease = %cfg.name, "releasing the leader Lease timed out; it expires by itself")
+        }
     }
 }
 
@@ -238,7 +256,13 @@ mod tests {
 
     #[test]
     fn grace_must_be_shorter_than_duration() {
-        let cfg = |d, g| LeaseConfig { name: "n".into(), namespace: "ns".into(), identity: "i".into(), duration_secs: d, grace_secs: g };
+        let cfg = |d, g| LeaseConfig {
+            name: "n".into(),
+            namespace: "ns".into(),
+            identity: "i".into(),
+            duration_secs: d,
+            grace_secs: g,
+        };
         assert!(cfg(15, 5).validate().is_ok());
         assert!(cfg(5, 5).validate().is_err());
         assert!(cfg(5, 0).validate().is_err());

@@ -11,13 +11,13 @@
 //! - [`lint`]: classifying a phase's statements and the policy that refuses them.
 
 pub mod api;
-pub mod planner;
 pub mod controller;
 pub mod executor;
 pub mod leader;
+pub mod lint;
 pub mod metrics;
+pub mod planner;
 pub mod plugin;
 pub mod server;
 pub mod sql;
-pub mod lint;
 pub mod telemetry;

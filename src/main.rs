@@ -10,10 +10,20 @@ use phasegate::controller::{self, ExecutorConfig};
 use phasegate::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "phasegate", version, about = "Expand/contract PostgreSQL migrations gated on Kubernetes rollouts")]
+#[command(
+    name = "phasegate",
+    version,
+    about = "Expand/contract PostgreSQL migrations gated on Kubernetes rollouts"
+)]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, env = "PHASEGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "PHASEGATE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -62,16 +72,29 @@ struct ControllerArgs {
     #[arg(long, env = "PHASEGATE_LEASE_IDENTITY")]
     lease_identity: Option<String>,
     /// Seconds the Lease stays valid after a renewal: the longest failover after a leader dies.
-    #[arg(long, env = "PHASEGATE_LEASE_DURATION", default_value_t = 15, value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "PHASEGATE_LEASE_DURATION",
+        default_value_t = 15,
+        value_name = "SECONDS"
+    )]
     lease_duration: u64,
     /// The leader renews the Lease this many seconds before it expires (less than --lease-duration).
-    #[arg(long, env = "PHASEGATE_LEASE_GRACE", default_value_t = 5, value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "PHASEGATE_LEASE_GRACE",
+        default_value_t = 5,
+        value_name = "SECONDS"
+    )]
     lease_grace: u64,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -93,9 +116,18 @@ fn main() -> ExitCode {
             telemetry::init(cli.log_format, "info,kube_runtime=warn");
             runtime.block_on(run_controller(args))
         }
-        Command::Approve(args) => runtime.block_on(phasegate::plugin::run(phasegate::plugin::Action::Approve, args)),
-        Command::Retry(args) => runtime.block_on(phasegate::plugin::run(phasegate::plugin::Action::Retry, args)),
-        Command::Status(args) => runtime.block_on(phasegate::plugin::run(phasegate::plugin::Action::Status, args)),
+        Command::Approve(args) => runtime.block_on(phasegate::plugin::run(
+            phasegate::plugin::Action::Approve,
+            args,
+        )),
+        Command::Retry(args) => runtime.block_on(phasegate::plugin::run(
+            phasegate::plugin::Action::Retry,
+            args,
+        )),
+        Command::Status(args) => runtime.block_on(phasegate::plugin::run(
+            phasegate::plugin::Action::Status,
+            args,
+        )),
         Command::Apply(args) => {
             telemetry::init(cli.log_format, "info");
             runtime.block_on(phasegate::executor::apply(args))
@@ -127,11 +159,18 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
         tracing::error!(error = %e, "cannot serve metrics and health endpoints");
         return ExitCode::FAILURE;
     }
-    let ops = controller::Ops { metrics, health, shutdown: leader::shutdown_on_signal() };
-    let elect = args.leader_election.unwrap_or_else(|| std::env::var_os("KUBERNETES_SERVICE_HOST").is_some());
+    let ops = controller::Ops {
+        metrics,
+        health,
+        shutdown: leader::shutdown_on_signal(),
+    };
+    let elect = args
+        .leader_election
+        .unwrap_or_else(|| std::env::var_os("KUBERNETES_SERVICE_HOST").is_some());
     let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
     let lease = LeaseConfig {
-        name: non_empty(args.lease_name).unwrap_or_else(|| LeaseConfig::default_name(args.namespace.as_deref())),
+        name: non_empty(args.lease_name)
+            .unwrap_or_else(|| LeaseConfig::default_name(args.namespace.as_deref())),
         namespace: non_empty(args.lease_namespace)
             .or_else(|| non_empty(std::env::var("POD_NAMESPACE").ok()))
             .or_else(|| args.namespace.clone())
@@ -142,13 +181,24 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
     };
     let config = controller::Config {
         namespace: args.namespace,
-        executor: ExecutorConfig { image: args.executor_image },
+        executor: ExecutorConfig {
+            image: args.executor_image,
+        },
     };
     let result = if elect {
-        let (health, metrics, shutdown) = (ops.health.clone(), ops.metrics.clone(), ops.shutdown.clone());
-        leader::run_elected(client.clone(), lease, health, metrics, shutdown, || controller::run(client, config, ops)).await
+        let (health, metrics, shutdown) = (
+            ops.health.clone(),
+            ops.metrics.clone(),
+            ops.shutdown.clone(),
+        );
+        leader::run_elected(client.clone(), lease, health, metrics, shutdown, || {
+            controller::run(client, config, ops)
+        })
+        .await
     } else {
-        tracing::info!("leader election is off: this process reconciles on its own (run one replica only)");
+        tracing::info!(
+            "leader election is off: this process reconciles on its own (run one replica only)"
+        );
         ops.health.set_role(Role::Leader);
         ops.metrics.leader.set(1);
         controller::run(client, config, ops).await

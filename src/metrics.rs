@@ -38,10 +38,13 @@ pub const PHASES: [Phase; 8] = [
 ];
 
 /// Buckets of phase durations: a second to a day (rollout waits can be long).
-const DURATION_BUCKETS: [f64; 14] =
-    [1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0];
+const DURATION_BUCKETS: [f64; 14] = [
+    1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
+];
 /// Buckets of one reconcile: a millisecond to half a minute.
-const RECONCILE_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+const RECONCILE_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -104,7 +107,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("phasegate");
         let migrations = Family::<PhaseLabels, Gauge>::default();
         let rollout_wait = Family::<NamespaceLabels, Gauge<f64, AtomicU64>>::default();
-        let phase_duration: HistogramFamily<StepLabels> = Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        let phase_duration: HistogramFamily<StepLabels> =
+            Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
         let lock_retries = Family::<JobLabels, Counter>::default();
         let lock_wait = Family::<JobLabels, Counter<f64, AtomicU64>>::default();
         let reconciles = Counter::default();
@@ -141,9 +145,22 @@ impl Metrics {
             lock_wait.clone(),
         );
         registry.register("reconciles", "Reconciles run", reconciles.clone());
-        registry.register("reconcile_errors", "Failed reconciles by reason", reconcile_errors.clone());
-        registry.register_with_unit("reconcile_duration", "Duration of one reconcile", Unit::Seconds, reconcile_duration.clone());
-        registry.register("leader", "1 while this replica holds the leader Lease and runs the controller", leader.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by reason",
+            reconcile_errors.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Duration of one reconcile",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and runs the controller",
+            leader.clone(),
+        );
 
         Metrics {
             registry,
@@ -168,7 +185,11 @@ impl Metrics {
 
     /// A failed reconcile, by [`crate::controller::Error::reason`].
     pub fn reconcile_failed(&self, reason: &str) {
-        self.reconcile_errors.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
+        self.reconcile_errors
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Record what changed between the status a reconcile read and the one it wrote: finished
@@ -184,7 +205,12 @@ impl Metrics {
     ) {
         for (step, b, a, report) in [
             ("expand", &before.expand, &after.expand, expand_report),
-            ("contract", &before.contract, &after.contract, contract_report),
+            (
+                "contract",
+                &before.contract,
+                &after.contract,
+                contract_report,
+            ),
         ] {
             let Some(a) = a else { continue };
             if !newly_finished(b.as_ref(), a) {
@@ -194,18 +220,28 @@ impl Metrics {
                 self.observe_step(step, a.succeeded, secs);
             }
             if let Some(r) = report {
-                let labels = JobLabels { phase: step.to_string() };
-                self.lock_retries.get_or_create(&labels).inc_by(r.lock_retries.into());
-                self.lock_wait.get_or_create(&labels).inc_by(r.lock_wait_ms as f64 / 1000.0);
+                let labels = JobLabels {
+                    phase: step.to_string(),
+                };
+                self.lock_retries
+                    .get_or_create(&labels)
+                    .inc_by(r.lock_retries.into());
+                self.lock_wait
+                    .get_or_create(&labels)
+                    .inc_by(r.lock_wait_ms as f64 / 1000.0);
             }
         }
         let started = after.rollout_started_at.as_ref();
-        if after.rollout_completed_at.is_some() && after.rollout_completed_at != before.rollout_completed_at {
+        if after.rollout_completed_at.is_some()
+            && after.rollout_completed_at != before.rollout_completed_at
+        {
             if let Some(secs) = seconds_between(started, after.rollout_completed_at.as_ref()) {
                 self.observe_step("rollout_wait", true, secs);
             }
         }
-        if after.rollout_timed_out_at.is_some() && after.rollout_timed_out_at != before.rollout_timed_out_at {
+        if after.rollout_timed_out_at.is_some()
+            && after.rollout_timed_out_at != before.rollout_timed_out_at
+        {
             if let Some(secs) = seconds_between(started, after.rollout_timed_out_at.as_ref()) {
                 self.observe_step("rollout_wait", false, secs);
             }
@@ -214,7 +250,12 @@ impl Metrics {
 
     fn observe_step(&self, step: &str, succeeded: bool, secs: f64) {
         let result = if succeeded { "succeeded" } else { "failed" };
-        self.phase_duration.get_or_create(&StepLabels { step: step.to_string(), result: result.to_string() }).observe(secs);
+        self.phase_duration
+            .get_or_create(&StepLabels {
+                step: step.to_string(),
+                result: result.to_string(),
+            })
+            .observe(secs);
     }
 
     /// Recompute the gauges that describe the cached migrations.
@@ -225,14 +266,18 @@ impl Metrics {
         let Some(store) = store else { return };
         let mut by_ns: BTreeMap<String, ([i64; PHASES.len()], f64)> = BTreeMap::new();
         for m in store.state() {
-            let entry = by_ns.entry(m.namespace().unwrap_or_default()).or_insert(([0; PHASES.len()], 0.0));
+            let entry = by_ns
+                .entry(m.namespace().unwrap_or_default())
+                .or_insert(([0; PHASES.len()], 0.0));
             let status = m.status.as_ref();
             let phase = status.and_then(|s| s.phase).unwrap_or(Phase::Pending);
             if let Some(i) = PHASES.iter().position(|p| *p == phase) {
                 entry.0[i] += 1;
             }
             if phase == Phase::AwaitingRollout {
-                let started = status.and_then(|s| s.rollout_started_at.as_ref()).map(|t| t.0);
+                let started = status
+                    .and_then(|s| s.rollout_started_at.as_ref())
+                    .map(|t| t.0);
                 if let Some(started) = started {
                     let waited = now.duration_since(started).as_secs_f64().max(0.0);
                     entry.1 = entry.1.max(waited);
@@ -241,9 +286,16 @@ impl Metrics {
         }
         for (namespace, (counts, waited)) in by_ns {
             for (phase, n) in PHASES.iter().zip(counts) {
-                self.migrations.get_or_create(&PhaseLabels { namespace: namespace.clone(), phase: phase.as_str().to_string() }).set(n);
+                self.migrations
+                    .get_or_create(&PhaseLabels {
+                        namespace: namespace.clone(),
+                        phase: phase.as_str().to_string(),
+                    })
+                    .set(n);
             }
-            self.rollout_wait.get_or_create(&NamespaceLabels { namespace }).set(waited);
+            self.rollout_wait
+                .get_or_create(&NamespaceLabels { namespace })
+                .set(waited);
         }
     }
 
@@ -287,12 +339,17 @@ mod tests {
             lock_wait_ms,
             duration_ms: 10,
             checksum: None,
+            db_check_wait_ms: None,
+            db_check_warning: None,
             error: None,
         }
     }
 
     fn lines(text: &str, prefix: &str) -> Vec<String> {
-        text.lines().filter(|l| l.starts_with(prefix)).map(str::to_string).collect()
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
     }
 
     #[test]
@@ -304,12 +361,24 @@ mod tests {
         m.leader.set(1);
         let text = m.encode();
         assert!(text.ends_with("# EOF\n"), "{text}");
-        assert!(text.contains("# TYPE phasegate_reconciles counter\n"), "{text}");
+        assert!(
+            text.contains("# TYPE phasegate_reconciles counter\n"),
+            "{text}"
+        );
         assert!(text.contains("\nphasegate_reconciles_total 1\n"), "{text}");
-        assert!(text.contains("\nphasegate_reconcile_errors_total{reason=\"KubeApi\"} 2\n"), "{text}");
+        assert!(
+            text.contains("\nphasegate_reconcile_errors_total{reason=\"KubeApi\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("\nphasegate_leader 1\n"), "{text}");
-        assert!(text.contains("# TYPE phasegate_reconcile_duration_seconds histogram\n"), "{text}");
-        assert!(text.contains("# UNIT phasegate_reconcile_duration_seconds seconds\n"), "{text}");
+        assert!(
+            text.contains("# TYPE phasegate_reconcile_duration_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# UNIT phasegate_reconcile_duration_seconds seconds\n"),
+            "{text}"
+        );
         // Families without a series yet are left out entirely.
         assert!(!text.contains("phasegate_migrations"), "{text}");
     }
@@ -318,7 +387,11 @@ mod tests {
     fn finished_phases_record_durations_and_lock_figures_once() {
         let m = Metrics::new();
         let running = DatabaseMigrationStatus {
-            expand: Some(PhaseStatus { attempts: 1, started_at: t("2025-01-01T00:00:00Z"), ..Default::default() }),
+            expand: Some(PhaseStatus {
+                attempts: 1,
+                started_at: t("2025-01-01T00:00:00Z"),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let expanded = DatabaseMigrationStatus {
@@ -337,14 +410,33 @@ mod tests {
         // The same status observed again (another reconcile, a restart) adds nothing.
         m.record_transition(&expanded, &expanded, Some(&r), None);
         let text = m.encode();
-        assert_eq!(lines(&text, "phasegate_executor_lock_retries_total"), ["phasegate_executor_lock_retries_total{phase=\"expand\"} 3"]);
-        assert_eq!(lines(&text, "phasegate_executor_lock_wait_seconds_total"), ["phasegate_executor_lock_wait_seconds_total{phase=\"expand\"} 1.5"]);
-        assert!(text.contains("phasegate_phase_duration_seconds_count{step=\"expand\",result=\"succeeded\"} 1\n"), "{text}");
-        assert!(text.contains("phasegate_phase_duration_seconds_sum{step=\"expand\",result=\"succeeded\"} 4.0\n"), "{text}");
+        assert_eq!(
+            lines(&text, "phasegate_executor_lock_retries_total"),
+            ["phasegate_executor_lock_retries_total{phase=\"expand\"} 3"]
+        );
+        assert_eq!(
+            lines(&text, "phasegate_executor_lock_wait_seconds_total"),
+            ["phasegate_executor_lock_wait_seconds_total{phase=\"expand\"} 1.5"]
+        );
+        assert!(
+            text.contains(
+                "phasegate_phase_duration_seconds_count{step=\"expand\",result=\"succeeded\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "phasegate_phase_duration_seconds_sum{step=\"expand\",result=\"succeeded\"} 4.0\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("phasegate_phase_duration_seconds_bucket{le=\"5.0\",step=\"expand\",result=\"succeeded\"} 1\n"), "{text}");
         assert!(text.contains("phasegate_phase_duration_seconds_bucket{le=\"2.0\",step=\"expand\",result=\"succeeded\"} 0\n"), "{text}");
 
-        let rolled = DatabaseMigrationStatus { rollout_completed_at: t("2025-01-01T00:10:04Z"), ..expanded.clone() };
+        let rolled = DatabaseMigrationStatus {
+            rollout_completed_at: t("2025-01-01T00:10:04Z"),
+            ..expanded.clone()
+        };
         m.record_transition(&expanded, &rolled, None, None);
         let failed_contract = DatabaseMigrationStatus {
             contract: Some(PhaseStatus {
@@ -359,7 +451,12 @@ mod tests {
         m.record_transition(&rolled, &failed_contract, None, None);
         let text = m.encode();
         assert!(text.contains("phasegate_phase_duration_seconds_sum{step=\"rollout_wait\",result=\"succeeded\"} 600.0\n"), "{text}");
-        assert!(text.contains("phasegate_phase_duration_seconds_sum{step=\"contract\",result=\"failed\"} 30.0\n"), "{text}");
+        assert!(
+            text.contains(
+                "phasegate_phase_duration_seconds_sum{step=\"contract\",result=\"failed\"} 30.0\n"
+            ),
+            "{text}"
+        );
         // A retry is a new attempt: it finishes again and is counted again.
         let retried = DatabaseMigrationStatus {
             contract: Some(PhaseStatus {
@@ -374,14 +471,26 @@ mod tests {
         m.record_transition(&failed_contract, &retried, None, Some(&report(0, 0)));
         let text = m.encode();
         assert!(text.contains("phasegate_phase_duration_seconds_count{step=\"contract\",result=\"succeeded\"} 1\n"), "{text}");
-        assert_eq!(lines(&text, "phasegate_executor_lock_retries_total{phase=\"contract\"}"), ["phasegate_executor_lock_retries_total{phase=\"contract\"} 0"]);
+        assert_eq!(
+            lines(
+                &text,
+                "phasegate_executor_lock_retries_total{phase=\"contract\"}"
+            ),
+            ["phasegate_executor_lock_retries_total{phase=\"contract\"} 0"]
+        );
     }
 
     #[test]
     fn a_rollout_timeout_is_a_failed_wait() {
         let m = Metrics::new();
-        let waiting = DatabaseMigrationStatus { rollout_started_at: t("2025-01-01T00:00:00Z"), ..Default::default() };
-        let timed_out = DatabaseMigrationStatus { rollout_timed_out_at: t("2025-01-01T01:00:00Z"), ..waiting.clone() };
+        let waiting = DatabaseMigrationStatus {
+            rollout_started_at: t("2025-01-01T00:00:00Z"),
+            ..Default::default()
+        };
+        let timed_out = DatabaseMigrationStatus {
+            rollout_timed_out_at: t("2025-01-01T01:00:00Z"),
+            ..waiting.clone()
+        };
         m.record_transition(&waiting, &timed_out, None, None);
         let text = m.encode();
         assert!(text.contains("phasegate_phase_duration_seconds_sum{step=\"rollout_wait\",result=\"failed\"} 3600.0\n"), "{text}");
@@ -407,10 +516,16 @@ mod tests {
                 }
             }))
             .expect("migration");
-            dbm.status = Some(DatabaseMigrationStatus { phase, rollout_started_at: started, ..Default::default() });
+            dbm.status = Some(DatabaseMigrationStatus {
+                phase,
+                rollout_started_at: started,
+                ..Default::default()
+            });
             dbm
         };
-        let started = Some(Time(Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(90)));
+        let started = Some(Time(
+            Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(90),
+        ));
         for obj in [
             mk("shop", "a", Some(Phase::AwaitingRollout), started),
             mk("shop", "b", Some(Phase::Succeeded), None),
@@ -424,13 +539,41 @@ mod tests {
         m.set_store(Some(reader.clone()));
         let text = m.encode();
         let got = lines(&text, "phasegate_migrations{");
-        assert_eq!(got.len(), 2 * PHASES.len(), "every phase of every namespace: {got:?}");
-        assert!(got.contains(&"phasegate_migrations{namespace=\"shop\",phase=\"Succeeded\"} 2".to_string()), "{got:?}");
-        assert!(got.contains(&"phasegate_migrations{namespace=\"shop\",phase=\"AwaitingRollout\"} 1".to_string()), "{got:?}");
-        assert!(got.contains(&"phasegate_migrations{namespace=\"shop\",phase=\"Failed\"} 0".to_string()), "{got:?}");
-        assert!(got.contains(&"phasegate_migrations{namespace=\"billing\",phase=\"Pending\"} 1".to_string()), "{got:?}");
+        assert_eq!(
+            got.len(),
+            2 * PHASES.len(),
+            "every phase of every namespace: {got:?}"
+        );
+        assert!(
+            got.contains(
+                &"phasegate_migrations{namespace=\"shop\",phase=\"Succeeded\"} 2".to_string()
+            ),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(
+                &"phasegate_migrations{namespace=\"shop\",phase=\"AwaitingRollout\"} 1".to_string()
+            ),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(
+                &"phasegate_migrations{namespace=\"shop\",phase=\"Failed\"} 0".to_string()
+            ),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(
+                &"phasegate_migrations{namespace=\"billing\",phase=\"Pending\"} 1".to_string()
+            ),
+            "{got:?}"
+        );
         let wait = lines(&text, "phasegate_rollout_wait_seconds{namespace=\"shop\"}");
-        let secs: f64 = wait[0].rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value");
+        let secs: f64 = wait[0]
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("value");
         assert!((89.0..120.0).contains(&secs), "{wait:?}");
         // Deleted migrations disappear at the next scrape.
         writer.apply_watcher_event(&watcher::Event::Delete(mk("billing", "d", None, None)));

@@ -82,7 +82,8 @@ impl Health {
 
     /// Record that the main loop made progress.
     pub fn tick(&self) {
-        self.last_tick_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_tick_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Tick every [`TICK`] forever. Poll it in the same task (`select!`) as the loop it vouches
@@ -128,7 +129,10 @@ impl Health {
         let last = Duration::from_millis(self.last_tick_ms.load(Ordering::Relaxed));
         let since = now.saturating_sub(last);
         if since > STALE_AFTER {
-            return Err(format!("the main loop has not ticked for {}s", since.as_secs()));
+            return Err(format!(
+                "the main loop has not ticked for {}s",
+                since.as_secs()
+            ));
         }
         Ok(())
     }
@@ -151,11 +155,22 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .with_state(metrics)
-        .merge(Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(health))
+        .merge(
+            Router::new()
+                .route("/healthz", get(healthz))
+                .route("/readyz", get(readyz))
+                .with_state(health),
+        )
 }
 
 async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
 }
 
 async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
@@ -174,10 +189,14 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
 
 /// Bind `addr` (port 0 picks a free port) and serve in the background. Returns the bound
 /// address; a bind failure is an error (another process on the port, a bad address).
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /metrics, /healthz and /readyz: {e}"))?;
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {addr} for /metrics, /healthz and /readyz: {e}")
+    })?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "serving /metrics, /healthz and /readyz");
     let app = router(metrics, health);
@@ -198,7 +217,10 @@ mod tests {
         let h = Health::new();
         h.tick();
         assert!(h.live_at(Duration::from_secs(5)).is_ok());
-        assert!(h.live_at(STALE_AFTER + Duration::from_secs(1)).is_err(), "no tick for too long");
+        assert!(
+            h.live_at(STALE_AFTER + Duration::from_secs(1)).is_err(),
+            "no tick for too long"
+        );
         h.fail("lease lost");
         assert_eq!(h.live_at(Duration::ZERO), Err("lease lost".to_string()));
     }

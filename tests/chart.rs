@@ -18,22 +18,62 @@ fn read(path: &Path) -> String {
 /// When the code needs a new permission, add it here and in rbac.yaml together.
 const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
     // Controller::new watch (list+watch), reads of one migration, status by server-side apply.
-    ("phasegate.operatorRules", "phasegate.dev", "databasemigrations", &["get", "list", "watch"]),
-    ("phasegate.operatorRules", "phasegate.dev", "databasemigrations/status", &["patch"]),
+    (
+        "phasegate.operatorRules",
+        "phasegate.dev",
+        "databasemigrations",
+        &["get", "list", "watch"],
+    ),
+    (
+        "phasegate.operatorRules",
+        "phasegate.dev",
+        "databasemigrations/status",
+        &["patch"],
+    ),
     // jobs::create_or_adopt (create, get on 409, merge-patch to adopt), jobs::observe (get),
     // Controller::owns (list, watch).
-    ("phasegate.operatorRules", "batch", "jobs", &["create", "get", "list", "watch", "patch"]),
+    (
+        "phasegate.operatorRules",
+        "batch",
+        "jobs",
+        &["create", "get", "list", "watch", "patch"],
+    ),
     // workloads::observe_targets (get by name, list by selector), Controller::watches.
-    ("phasegate.operatorRules", "apps", "deployments", &["get", "list", "watch"]),
-    ("phasegate.operatorRules", "apps", "statefulsets", &["get", "list", "watch"]),
-    ("phasegate.operatorRules", "apps", "daemonsets", &["get", "list", "watch"]),
+    (
+        "phasegate.operatorRules",
+        "apps",
+        "deployments",
+        &["get", "list", "watch"],
+    ),
+    (
+        "phasegate.operatorRules",
+        "apps",
+        "statefulsets",
+        &["get", "list", "watch"],
+    ),
+    (
+        "phasegate.operatorRules",
+        "apps",
+        "daemonsets",
+        &["get", "list", "watch"],
+    ),
     // Pods of targets and executor pods' termination messages (list), Controller::watches.
     ("phasegate.operatorRules", "", "pods", &["list", "watch"]),
     // kube::runtime::events::Recorder: create, and patch for a repeated Event's series.
-    ("phasegate.operatorRules", "events.k8s.io", "events", &["create", "patch"]),
+    (
+        "phasegate.operatorRules",
+        "events.k8s.io",
+        "events",
+        &["create", "patch"],
+    ),
     // src/leader.rs via kube-lease-manager: get, create (first start), patch (server-side apply
     // and strategic merge to take, renew and release). Never update or delete.
-    ("phasegate.leaderElectionRules", "coordination.k8s.io", "leases", &["get", "create", "patch"]),
+    (
+        "phasegate.leaderElectionRules",
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "patch"],
+    ),
 ];
 
 #[derive(serde::Deserialize)]
@@ -61,7 +101,10 @@ fn chart_grants() -> Grants {
             in_comment = !t.contains("*/");
             continue;
         }
-        if let Some(rest) = t.strip_prefix("{{- define \"").or_else(|| t.strip_prefix("{{ define \"")) {
+        if let Some(rest) = t
+            .strip_prefix("{{- define \"")
+            .or_else(|| t.strip_prefix("{{ define \""))
+        {
             block = Some(rest.split('"').next().unwrap_or_default().to_string());
             continue;
         }
@@ -70,18 +113,32 @@ fn chart_grants() -> Grants {
             continue;
         }
         let lower = t.to_ascii_lowercase();
-        let looks_like_rule = ["apigroups", "resources", "verbs", "resourcenames", "nonresourceurls"]
-            .iter()
-            .any(|k| lower.contains(k));
+        let looks_like_rule = [
+            "apigroups",
+            "resources",
+            "verbs",
+            "resourcenames",
+            "nonresourceurls",
+        ]
+        .iter()
+        .any(|k| lower.contains(k));
         if t.starts_with('#') || !looks_like_rule {
             continue;
         }
-        let flow = t.strip_prefix("- ").unwrap_or_else(|| panic!("rbac.yaml:{}: not a one-line rule: {t}", n + 1));
-        let rule: Rule = serde_yaml::from_str(flow).unwrap_or_else(|e| panic!("rbac.yaml:{}: {e}: {t}", n + 1));
-        let scope = block.clone().unwrap_or_else(|| panic!("rbac.yaml:{}: rule outside a define block", n + 1));
+        let flow = t
+            .strip_prefix("- ")
+            .unwrap_or_else(|| panic!("rbac.yaml:{}: not a one-line rule: {t}", n + 1));
+        let rule: Rule =
+            serde_yaml::from_str(flow).unwrap_or_else(|e| panic!("rbac.yaml:{}: {e}: {t}", n + 1));
+        let scope = block
+            .clone()
+            .unwrap_or_else(|| panic!("rbac.yaml:{}: rule outside a define block", n + 1));
         for g in &rule.api_groups {
             for r in &rule.resources {
-                grants.entry((scope.clone(), g.clone(), r.clone())).or_default().extend(rule.verbs.iter().cloned());
+                grants
+                    .entry((scope.clone(), g.clone(), r.clone()))
+                    .or_default()
+                    .extend(rule.verbs.iter().cloned());
             }
         }
     }
@@ -94,7 +151,9 @@ fn strip_template_comments(text: &str) -> String {
     let mut rest = text;
     while let Some(start) = rest.find("/*") {
         out.push_str(&rest[..start]);
-        rest = rest[start..].find("*/").map_or("", |end| &rest[start + end + 2..]);
+        rest = rest[start..]
+            .find("*/")
+            .map_or("", |end| &rest[start + end + 2..]);
     }
     out.push_str(rest);
     out
@@ -102,8 +161,11 @@ fn strip_template_comments(text: &str) -> String {
 
 #[test]
 fn chart_crd_is_the_generated_crd() {
-    let generated = std::fs::read(root().join("crds/databasemigrations.phasegate.dev.yaml")).expect("crds/ CRD");
-    let chart = std::fs::read(root().join("charts/phasegate/crds/databasemigrations.phasegate.dev.yaml")).expect("chart CRD");
+    let generated = std::fs::read(root().join("crds/databasemigrations.phasegate.dev.yaml"))
+        .expect("crds/ CRD");
+    let chart =
+        std::fs::read(root().join("charts/phasegate/crds/databasemigrations.phasegate.dev.yaml"))
+            .expect("chart CRD");
     assert!(
         generated == chart,
         "charts/phasegate/crds/databasemigrations.phasegate.dev.yaml differs from crds/: \
@@ -111,9 +173,18 @@ fn chart_crd_is_the_generated_crd() {
     );
     let names: Vec<_> = std::fs::read_dir(root().join("charts/phasegate/crds"))
         .expect("charts/phasegate/crds")
-        .map(|e| e.expect("dir entry").file_name().into_string().expect("utf-8 name"))
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .into_string()
+                .expect("utf-8 name")
+        })
         .collect();
-    assert_eq!(names, ["databasemigrations.phasegate.dev.yaml"], "unexpected files in the chart's crds/");
+    assert_eq!(
+        names,
+        ["databasemigrations.phasegate.dev.yaml"],
+        "unexpected files in the chart's crds/"
+    );
 }
 
 #[test]
@@ -121,36 +192,69 @@ fn rbac_grants_exactly_what_the_operator_uses() {
     let got = chart_grants();
     let want: Grants = EXPECTED
         .iter()
-        .map(|(scope, g, r, verbs)| ((scope.to_string(), g.to_string(), r.to_string()), verbs.iter().map(|v| v.to_string()).collect()))
+        .map(|(scope, g, r, verbs)| {
+            (
+                (scope.to_string(), g.to_string(), r.to_string()),
+                verbs.iter().map(|v| v.to_string()).collect(),
+            )
+        })
         .collect();
     let fmt = |g: &Grants| {
         g.iter()
-            .map(|((s, grp, r), v)| format!("  {s}: {}/{r}: {:?}", if grp.is_empty() { "core" } else { grp }, v))
+            .map(|((s, grp, r), v)| {
+                format!(
+                    "  {s}: {}/{r}: {:?}",
+                    if grp.is_empty() { "core" } else { grp },
+                    v
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     };
-    assert!(got == want, "charts/phasegate/templates/rbac.yaml grants\n{}\nbut the operator uses exactly\n{}", fmt(&got), fmt(&want));
+    assert!(
+        got == want,
+        "charts/phasegate/templates/rbac.yaml grants\n{}\nbut the operator uses exactly\n{}",
+        fmt(&got),
+        fmt(&want)
+    );
 }
 
 #[test]
 fn no_rule_mentions_secrets_or_wildcards() {
     for ((scope, group, resource), verbs) in chart_grants() {
-        assert!(!resource.to_ascii_lowercase().contains("secret"), "{scope} grants {verbs:?} on {resource}: the operator never reads Secrets");
-        assert!(!group.contains('*') && !resource.contains('*'), "{scope} grants a wildcard: {group}/{resource}");
-        assert!(!verbs.contains("*"), "{scope} grants every verb on {group}/{resource}");
+        assert!(
+            !resource.to_ascii_lowercase().contains("secret"),
+            "{scope} grants {verbs:?} on {resource}: the operator never reads Secrets"
+        );
+        assert!(
+            !group.contains('*') && !resource.contains('*'),
+            "{scope} grants a wildcard: {group}/{resource}"
+        );
+        assert!(
+            !verbs.contains("*"),
+            "{scope} grants every verb on {group}/{resource}"
+        );
     }
     // Rules live only in rbac.yaml: no other template may declare a Role or ClusterRole.
     for entry in std::fs::read_dir(root().join("charts/phasegate/templates")).expect("templates") {
         let path = entry.expect("dir entry").path();
         let text = read(&path);
         if path.file_name().is_some_and(|n| n == "rbac.yaml") {
-            for line in strip_template_comments(&text).lines().filter(|l| !l.trim_start().starts_with('#') && !l.contains("{{")) {
-                assert!(!line.to_ascii_lowercase().contains("secret"), "rbac.yaml mentions Secrets: {line}");
+            for line in strip_template_comments(&text)
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#') && !l.contains("{{"))
+            {
+                assert!(
+                    !line.to_ascii_lowercase().contains("secret"),
+                    "rbac.yaml mentions Secrets: {line}"
+                );
             }
             continue;
         }
         assert!(
-            !text.contains("kind: Role") && !text.contains("kind: ClusterRole") && !text.contains("rules:"),
+            !text.contains("kind: Role")
+                && !text.contains("kind: ClusterRole")
+                && !text.contains("rules:"),
             "{} declares RBAC rules; keep them in rbac.yaml",
             path.display()
         );
@@ -159,20 +263,43 @@ fn no_rule_mentions_secrets_or_wildcards() {
 
 #[test]
 fn default_values_run_the_operator_restricted() {
-    let values: serde_yaml::Value = serde_yaml::from_str(&read(&root().join("charts/phasegate/values.yaml"))).expect("values.yaml");
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&read(&root().join("charts/phasegate/values.yaml")))
+            .expect("values.yaml");
     let get = |path: &str| -> serde_yaml::Value {
-        path.split('.').fold(values.clone(), |v, k| v.get(k).cloned().unwrap_or_else(|| panic!("values.yaml lacks {path}")))
+        path.split('.').fold(values.clone(), |v, k| {
+            v.get(k)
+                .cloned()
+                .unwrap_or_else(|| panic!("values.yaml lacks {path}"))
+        })
     };
     let yes = serde_yaml::Value::Bool(true);
     let no = serde_yaml::Value::Bool(false);
     assert_eq!(get("podSecurityContext.runAsNonRoot"), yes);
-    assert_eq!(get("podSecurityContext.seccompProfile.type"), serde_yaml::Value::from("RuntimeDefault"));
+    assert_eq!(
+        get("podSecurityContext.seccompProfile.type"),
+        serde_yaml::Value::from("RuntimeDefault")
+    );
     assert_eq!(get("securityContext.runAsNonRoot"), yes);
     assert_eq!(get("securityContext.readOnlyRootFilesystem"), yes);
     assert_eq!(get("securityContext.allowPrivilegeEscalation"), no);
-    assert_eq!(get("securityContext.seccompProfile.type"), serde_yaml::Value::from("RuntimeDefault"));
-    assert_eq!(get("securityContext.capabilities.drop"), serde_yaml::Value::Sequence(vec!["ALL".into()]));
-    assert_eq!(get("livenessProbe.httpGet.path"), serde_yaml::Value::from("/healthz"));
-    assert_eq!(get("readinessProbe.httpGet.path"), serde_yaml::Value::from("/readyz"));
-    assert!(get("resources.requests.memory").is_string() && get("resources.limits.memory").is_string());
+    assert_eq!(
+        get("securityContext.seccompProfile.type"),
+        serde_yaml::Value::from("RuntimeDefault")
+    );
+    assert_eq!(
+        get("securityContext.capabilities.drop"),
+        serde_yaml::Value::Sequence(vec!["ALL".into()])
+    );
+    assert_eq!(
+        get("livenessProbe.httpGet.path"),
+        serde_yaml::Value::from("/healthz")
+    );
+    assert_eq!(
+        get("readinessProbe.httpGet.path"),
+        serde_yaml::Value::from("/readyz")
+    );
+    assert!(
+        get("resources.requests.memory").is_string() && get("resources.limits.memory").is_string()
+    );
 }

@@ -2,12 +2,17 @@
 
 use kube::CustomResourceExt;
 
-const CRD_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/databasemigrations.phasegate.dev.yaml");
+const CRD_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/crds/databasemigrations.phasegate.dev.yaml"
+);
 
 #[test]
 fn checked_in_crd_matches_the_code() {
-    let generated = serde_yaml::to_string(&phasegate::api::DatabaseMigration::crd()).expect("CRD renders");
-    let on_disk = std::fs::read_to_string(CRD_PATH).expect("crds/databasemigrations.phasegate.dev.yaml exists");
+    let generated =
+        serde_yaml::to_string(&phasegate::api::DatabaseMigration::crd()).expect("CRD renders");
+    let on_disk = std::fs::read_to_string(CRD_PATH)
+        .expect("crds/databasemigrations.phasegate.dev.yaml exists");
     assert!(
         generated == on_disk,
         "crds/databasemigrations.phasegate.dev.yaml is stale: run `make crd`"

@@ -8,7 +8,13 @@ fn render() -> String {
          | id | class | detects | fix |\n|---|---|---|---|\n",
     );
     for r in phasegate::lint::RULES {
-        out.push_str(&format!("| `{}` | {} | {} | {} |\n", r.id, r.class, r.summary.replace('|', "\\|"), r.fix.replace('|', "\\|")));
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            r.id,
+            r.class,
+            r.summary.replace('|', "\\|"),
+            r.fix.replace('|', "\\|")
+        ));
     }
     out
 }
@@ -21,5 +27,8 @@ fn lint_rules_doc_matches_the_code() {
         std::fs::write(path, &want).expect("write docs/lint-rules.md");
     }
     let have = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(have == want, "docs/lint-rules.md is stale: run `PHASEGATE_BLESS=1 cargo test --test lint_rules_doc`");
+    assert!(
+        have == want,
+        "docs/lint-rules.md is stale: run `PHASEGATE_BLESS=1 cargo test --test lint_rules_doc`"
+    );
 }

@@ -23,7 +23,9 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Runs Phasegate executor pods of a kwok cluster on this machine (tests and demo only)")]
+#[command(
+    about = "Runs Phasegate executor pods of a kwok cluster on this machine (tests and demo only)"
+)]
 struct Args {
     /// Only handle pods in this namespace.
     #[arg(long)]
@@ -35,21 +37,37 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let args = Args::parse();
-    let client = Client::try_default().await.context("building a Kubernetes client")?;
+    let client = Client::try_default()
+        .await
+        .context("building a Kubernetes client")?;
     let pods: Api<Pod> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     let started: Arc<Mutex<HashSet<String>>> = Arc::default();
     let cfg = watcher::Config::default().labels(phasegate::api::LABEL_EXECUTOR);
-    let mut stream = watcher(pods, cfg).default_backoff().applied_objects().boxed();
+    let mut stream = watcher(pods, cfg)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
     tracing::info!(namespace = ?args.namespace, "kwok runner watching executor pods");
     while let Some(pod) = stream.try_next().await? {
         let uid = pod.uid().unwrap_or_default();
-        let scheduled = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
-        let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
+        let scheduled = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some();
+        let pending = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_none_or(|p| p == "Pending");
         if !scheduled || !pending || pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -69,7 +87,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
-    let ns = pod.namespace().ok_or_else(|| anyhow!("pod without namespace"))?;
+    let ns = pod
+        .namespace()
+        .ok_or_else(|| anyhow!("pod without namespace"))?;
     let name = pod.name_any();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let container = pod
@@ -79,7 +99,14 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
         .cloned()
         .ok_or_else(|| anyhow!("pod {name} has no container"))?;
     let started_at = Timestamp::now();
-    set_status(&pods, &name, &container, serde_json::json!({"running": {"startedAt": started_at.to_string()}}), "Running").await?;
+    set_status(
+        &pods,
+        &name,
+        &container,
+        serde_json::json!({"running": {"startedAt": started_at.to_string()}}),
+        "Running",
+    )
+    .await?;
 
     let env = resolve_env(&client, &ns, &container).await;
     let dir = tempfile::tempdir()?;
@@ -111,12 +138,15 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let stdout = String::from_utf8_lossy(&out.stdout);
             tracing::info!(pod = %name, code, "executor finished");
-            let message = std::fs::read_to_string(&term_log).ok().filter(|m| !m.trim().is_empty()).unwrap_or_else(|| {
-                // FallbackToLogsOnError: the tail of the logs.
-                let logs = format!("{stdout}{stderr}");
-                let tail: Vec<&str> = logs.lines().rev().take(20).collect();
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            });
+            let message = std::fs::read_to_string(&term_log)
+                .ok()
+                .filter(|m| !m.trim().is_empty())
+                .unwrap_or_else(|| {
+                    // FallbackToLogsOnError: the tail of the logs.
+                    let logs = format!("{stdout}{stderr}");
+                    let tail: Vec<&str> = logs.lines().rev().take(20).collect();
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                });
             (code, message)
         }
         // The kubelet reports a missing Secret as CreateContainerConfigError; fail the pod.
@@ -127,7 +157,14 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
 }
 
 /// Write the terminated state of the pod's container.
-async fn finish(pods: &Api<Pod>, name: &str, container: &Container, started_at: Timestamp, code: i32, message: String) -> anyhow::Result<()> {
+async fn finish(
+    pods: &Api<Pod>,
+    name: &str,
+    container: &Container,
+    started_at: Timestamp,
+    code: i32,
+    message: String,
+) -> anyhow::Result<()> {
     let message: String = message.chars().take(4000).collect();
     let terminated = serde_json::json!({"terminated": {
         "exitCode": code,
@@ -136,10 +173,23 @@ async fn finish(pods: &Api<Pod>, name: &str, container: &Container, started_at: 
         "startedAt": started_at.to_string(),
         "finishedAt": Timestamp::now().to_string(),
     }});
-    set_status(pods, name, container, terminated, if code == 0 { "Succeeded" } else { "Failed" }).await
+    set_status(
+        pods,
+        name,
+        container,
+        terminated,
+        if code == 0 { "Succeeded" } else { "Failed" },
+    )
+    .await
 }
 
-async fn set_status(pods: &Api<Pod>, name: &str, c: &Container, state: serde_json::Value, phase: &str) -> anyhow::Result<()> {
+async fn set_status(
+    pods: &Api<Pod>,
+    name: &str,
+    c: &Container,
+    state: serde_json::Value,
+    phase: &str,
+) -> anyhow::Result<()> {
     let patch = serde_json::json!({"status": {
         "phase": phase,
         "conditions": [{"type": "Ready", "status": if phase == "Running" { "True" } else { "False" }, "lastTransitionTime": Timestamp::now().to_string()}],
@@ -167,15 +217,28 @@ fn command_of(c: &Container, args: &Args) -> anyhow::Result<(String, Vec<String>
     let mut argv: Vec<String> = c.command.clone().unwrap_or_default();
     argv.extend(c.args.clone().unwrap_or_default());
     if image_name.starts_with("phasegate:") || image_name == "phasegate" {
-        let rest = if c.command.is_some() { argv.into_iter().skip(1).collect() } else { argv };
+        let rest = if c.command.is_some() {
+            argv.into_iter().skip(1).collect()
+        } else {
+            argv
+        };
         return Ok((args.phasegate_bin.display().to_string(), rest));
     }
     let mut it = argv.into_iter();
-    let program = it.next().ok_or_else(|| anyhow!("container {} of image {image} has no command to run locally", c.name))?;
+    let program = it.next().ok_or_else(|| {
+        anyhow!(
+            "container {} of image {image} has no command to run locally",
+            c.name
+        )
+    })?;
     Ok((program, it.collect()))
 }
 
-async fn resolve_env(client: &Client, ns: &str, c: &Container) -> anyhow::Result<BTreeMap<String, String>> {
+async fn resolve_env(
+    client: &Client,
+    ns: &str,
+    c: &Container,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let mut env = BTreeMap::new();
@@ -184,18 +247,38 @@ async fn resolve_env(client: &Client, ns: &str, c: &Container) -> anyhow::Result
             v.clone()
         } else if let Some(src) = &var.value_from {
             if let Some(sk) = &src.secret_key_ref {
-                let secret = secrets.get(&sk.name).await.with_context(|| format!("secret {:?} not found", sk.name))?;
+                let secret = secrets
+                    .get(&sk.name)
+                    .await
+                    .with_context(|| format!("secret {:?} not found", sk.name))?;
                 let bytes = secret
                     .data
                     .as_ref()
                     .and_then(|d| d.get(&sk.key))
                     .map(|b| b.0.clone())
-                    .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&sk.key)).map(|s| s.as_bytes().to_vec()))
-                    .ok_or_else(|| anyhow!("couldn't find key {} in Secret {}/{}", sk.key, ns, sk.name))?;
+                    .or_else(|| {
+                        secret
+                            .string_data
+                            .as_ref()
+                            .and_then(|d| d.get(&sk.key))
+                            .map(|s| s.as_bytes().to_vec())
+                    })
+                    .ok_or_else(|| {
+                        anyhow!("couldn't find key {} in Secret {}/{}", sk.key, ns, sk.name)
+                    })?;
                 String::from_utf8(bytes).context("secret value is not UTF-8")?
             } else if let Some(ck) = &src.config_map_key_ref {
-                let cm = maps.get(&ck.name).await.with_context(|| format!("configmap {:?} not found", ck.name))?;
-                cm.data.as_ref().and_then(|d| d.get(&ck.key)).cloned().ok_or_else(|| anyhow!("couldn't find key {} in ConfigMap {}", ck.key, ck.name))?
+                let cm = maps
+                    .get(&ck.name)
+                    .await
+                    .with_context(|| format!("configmap {:?} not found", ck.name))?;
+                cm.data
+                    .as_ref()
+                    .and_then(|d| d.get(&ck.key))
+                    .cloned()
+                    .ok_or_else(|| {
+                        anyhow!("couldn't find key {} in ConfigMap {}", ck.key, ck.name)
+                    })?
             } else {
                 continue;
             }

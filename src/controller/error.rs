@@ -43,6 +43,9 @@ pub trait KubeContext<T> {
 
 impl<T> KubeContext<T> for Result<T, kube::Error> {
     fn during(self, action: impl Into<String>) -> Result<T, Error> {
-        self.map_err(|source| Error::Kube { action: action.into(), source })
+        self.map_err(|source| Error::Kube {
+            action: action.into(),
+            source,
+        })
     }
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec as K8sJobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
-    SecretKeySelector, SecurityContext,
+    Capabilities, Container, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec,
+    PodTemplateSpec, SeccompProfile, SecretKeySelector, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{ListParams, PostParams};
@@ -25,11 +25,26 @@ pub struct ExecutorConfig {
 }
 
 /// The Job of `phase`'s attempt `attempt` (pure).
-pub fn build_job(dbm: &DatabaseMigration, phase: JobPhase, attempt: u32, cfg: &ExecutorConfig) -> Result<Job, Error> {
-    let name = dbm.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
-    let namespace = dbm.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
+pub fn build_job(
+    dbm: &DatabaseMigration,
+    phase: JobPhase,
+    attempt: u32,
+    cfg: &ExecutorConfig,
+) -> Result<Job, Error> {
+    let name = dbm
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    let namespace = dbm
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let uid = dbm.metadata.uid.clone().unwrap_or_default();
-    let owner = dbm.controller_owner_ref(&()).ok_or(Error::MissingField("metadata.uid"))?;
+    let owner = dbm
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingField("metadata.uid"))?;
     let spec = &dbm.spec;
     let (sql, user_job) = match phase {
         JobPhase::Expand => (spec.expand.sql.clone(), spec.expand.job.clone()),
@@ -39,7 +54,10 @@ pub fn build_job(dbm: &DatabaseMigration, phase: JobPhase, attempt: u32, cfg: &E
         (LABEL_EXECUTOR.to_string(), "true".to_string()),
         (LABEL_MIGRATION.to_string(), name.clone()),
         (LABEL_PHASE.to_string(), phase.as_str().to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), "phasegate".to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "phasegate".to_string(),
+        ),
     ]
     .into();
 
@@ -48,7 +66,11 @@ pub fn build_job(dbm: &DatabaseMigration, phase: JobPhase, attempt: u32, cfg: &E
         EnvVar {
             name: "PHASEGATE_DATABASE_URL".into(),
             value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector { name: url_ref.name.clone(), key: url_ref.key.clone(), optional: Some(false) }),
+                secret_key_ref: Some(SecretKeySelector {
+                    name: url_ref.name.clone(),
+                    key: url_ref.key.clone(),
+                    optional: Some(false),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -60,13 +82,30 @@ pub fn build_job(dbm: &DatabaseMigration, phase: JobPhase, attempt: u32, cfg: &E
         plain("PHASEGATE_APP_VERSION", &spec.app_version),
         plain("PHASEGATE_ATTEMPT", &attempt.to_string()),
         plain("PHASEGATE_LOCK_TIMEOUT", &spec.safety.lock_timeout),
-        plain("PHASEGATE_STATEMENT_TIMEOUT", &spec.safety.statement_timeout),
-        plain("PHASEGATE_MAX_LOCK_RETRIES", &spec.safety.max_lock_retries.to_string()),
+        plain(
+            "PHASEGATE_STATEMENT_TIMEOUT",
+            &spec.safety.statement_timeout,
+        ),
+        plain(
+            "PHASEGATE_MAX_LOCK_RETRIES",
+            &spec.safety.max_lock_retries.to_string(),
+        ),
     ];
     if phase == JobPhase::Contract {
-        env.push(plain("PHASEGATE_DATABASE_CHECK", if spec.safety.database_check { "true" } else { "false" }));
+        env.push(plain(
+            "PHASEGATE_DATABASE_CHECK",
+            if spec.safety.database_check {
+                "true"
+            } else {
+                "false"
+            },
+        ));
         // Transactions older than this may still run the old code's queries.
-        if let Some(at) = dbm.status.as_ref().and_then(|s| s.rollout_completed_at.as_ref()) {
+        if let Some(at) = dbm
+            .status
+            .as_ref()
+            .and_then(|s| s.rollout_completed_at.as_ref())
+        {
             env.push(plain("PHASEGATE_ROLLOUT_COMPLETED_AT", &at.0.to_string()));
         }
     }
@@ -77,10 +116,15 @@ pub fn build_job(dbm: &DatabaseMigration, phase: JobPhase, attempt: u32, cfg: &E
             (executor_template(cfg, env), 0)
         }
         (None, Some(job)) => {
-            let mut t = validate::pod_template(&job).map_err(|reason| Error::Selector { target: format!("{phase} job"), reason })?;
+            let mut t = validate::pod_template(&job).map_err(|reason| Error::Selector {
+                target: format!("{phase} job"),
+                reason,
+            })?;
             if let Some(ps) = t.spec.as_mut() {
                 for c in &mut ps.containers {
-                    c.env.get_or_insert_with(Vec::new).extend(env.iter().cloned());
+                    c.env
+                        .get_or_insert_with(Vec::new)
+                        .extend(env.iter().cloned());
                 }
             }
             (t, job.backoff_limit.unwrap_or(0))
@@ -88,7 +132,9 @@ pub fn build_job(dbm: &DatabaseMigration, phase: JobPhase, attempt: u32, cfg: &E
         (None, None) => return Err(Error::MissingField("sql or job")),
     };
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
-    meta.labels.get_or_insert_with(BTreeMap::new).extend(labels.clone());
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(labels.clone());
     if let Some(ps) = template.spec.as_mut() {
         ps.restart_policy = Some("Never".into());
     }
@@ -101,13 +147,21 @@ pub fn build_job(dbm: &DatabaseMigration, phase: JobPhase, attempt: u32, cfg: &E
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
-        spec: Some(K8sJobSpec { backoff_limit: Some(backoff_limit), template, ..Default::default() }),
+        spec: Some(K8sJobSpec {
+            backoff_limit: Some(backoff_limit),
+            template,
+            ..Default::default()
+        }),
         status: None,
     })
 }
 
 fn plain(name: &str, value: &str) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
 }
 
 /// Phasegate's own executor pod, under the restricted pod security standard.
@@ -119,7 +173,10 @@ fn executor_template(cfg: &ExecutorConfig, env: Vec<EnvVar>) -> PodTemplateSpec 
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(65532),
-                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             containers: vec![Container {
@@ -132,7 +189,10 @@ fn executor_template(cfg: &ExecutorConfig, env: Vec<EnvVar>) -> PodTemplateSpec 
                     allow_privilege_escalation: Some(false),
                     read_only_root_filesystem: Some(true),
                     run_as_non_root: Some(true),
-                    capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -143,13 +203,24 @@ fn executor_template(cfg: &ExecutorConfig, env: Vec<EnvVar>) -> PodTemplateSpec 
 }
 
 /// Create the Job, or adopt one of that name that is ours or ownerless. Never duplicates.
-pub async fn create_or_adopt(jobs: &Api<Job>, job: &Job, owner: &OwnerReference) -> Result<Job, Error> {
+pub async fn create_or_adopt(
+    jobs: &Api<Job>,
+    job: &Job,
+    owner: &OwnerReference,
+) -> Result<Job, Error> {
     let name = job.name_any();
     match jobs.create(&PostParams::default(), job).await {
         Ok(j) => Ok(j),
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            let existing = jobs.get(&name).await.during(format!("reading existing Job {name}"))?;
-            let refs = existing.metadata.owner_references.clone().unwrap_or_default();
+            let existing = jobs
+                .get(&name)
+                .await
+                .during(format!("reading existing Job {name}"))?;
+            let refs = existing
+                .metadata
+                .owner_references
+                .clone()
+                .unwrap_or_default();
             if refs.iter().any(|r| r.uid == owner.uid) {
                 return Ok(existing);
             }
@@ -157,16 +228,29 @@ pub async fn create_or_adopt(jobs: &Api<Job>, job: &Job, owner: &OwnerReference)
                 return Err(Error::JobConflict { job: name });
             }
             let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
-            jobs.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
-                .await
-                .during(format!("adopting Job {name}"))
+            jobs.patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .during(format!("adopting Job {name}"))
         }
-        Err(e) => Err(Error::Kube { action: format!("creating Job {name}"), source: e }),
+        Err(e) => Err(Error::Kube {
+            action: format!("creating Job {name}"),
+            source: e,
+        }),
     }
 }
 
 /// The state of the Job of a phase's current attempt, with the executor's report.
-pub async fn observe(jobs: &Api<Job>, pods: &Api<Pod>, dbm: &DatabaseMigration, phase: JobPhase, attempt: u32) -> Result<JobState, Error> {
+pub async fn observe(
+    jobs: &Api<Job>,
+    pods: &Api<Pod>,
+    dbm: &DatabaseMigration,
+    phase: JobPhase,
+    attempt: u32,
+) -> Result<JobState, Error> {
     Ok(observe_reported(jobs, pods, dbm, phase, attempt).await?.0)
 }
 
@@ -180,18 +264,30 @@ pub async fn observe_reported(
     attempt: u32,
 ) -> Result<(JobState, Option<Report>), Error> {
     let name = job_name(&dbm.name_any(), phase, attempt);
-    let Some(job) = jobs.get_opt(&name).await.during(format!("reading Job {name}"))? else {
+    let Some(job) = jobs
+        .get_opt(&name)
+        .await
+        .during(format!("reading Job {name}"))?
+    else {
         return Ok((JobState::Absent, None));
     };
     // A Job of that name owned by another object is not ours to read.
     let ours = dbm.meta().uid.as_ref().is_some_and(|uid| {
-        job.metadata.owner_references.iter().flatten().any(|r| &r.uid == uid)
+        job.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| &r.uid == uid)
     });
     if !ours {
         return Ok((JobState::Absent, None));
     }
     let cond = |t: &str| {
-        job.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == t && c.status == "True")).cloned()
+        job.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == t && c.status == "True"))
+            .cloned()
     };
     if cond("Complete").is_some() {
         let raw = termination_message(pods, &name).await?;
@@ -203,7 +299,10 @@ pub async fn observe_reported(
         let report = raw.as_deref().and_then(Report::parse);
         let msg = match raw {
             Some(m) => summarise(&m),
-            None => format!("Job {name} failed: {}", failed.message.or(failed.reason).unwrap_or_default()),
+            None => format!(
+                "Job {name} failed: {}",
+                failed.message.or(failed.reason).unwrap_or_default()
+            ),
         };
         return Ok((JobState::Failed(msg), report));
     }
@@ -220,11 +319,18 @@ async fn termination_message(pods: &Api<Pod>, job: &str) -> Result<Option<String
     let mut terminated: Vec<_> = list
         .items
         .iter()
-        .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
         .filter_map(|cs| cs.state.as_ref()?.terminated.clone())
         .collect();
     terminated.sort_by(|a, b| a.finished_at.cmp(&b.finished_at));
-    Ok(terminated.last().and_then(|t| t.message.clone()).filter(|m| !m.trim().is_empty()))
+    Ok(terminated
+        .last()
+        .and_then(|t| t.message.clone())
+        .filter(|m| !m.trim().is_empty()))
 }
 
 /// Turn a termination message into one line for status: the executor's report summary, or

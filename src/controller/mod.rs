@@ -65,7 +65,10 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         }
     };
     let migrations = api(&client);
-    if let Err(e) = migrations.list(&kube::api::ListParams::default().limit(1)).await {
+    if let Err(e) = migrations
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
         anyhow::bail!("cannot list DatabaseMigrations (is the CRD installed? `phasegate crd | kubectl apply --server-side -f -`): {e}");
     }
     let jobs: Api<Job> = scoped(&client, &config.namespace);
@@ -74,7 +77,10 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
     let daemonsets: Api<DaemonSet> = scoped(&client, &config.namespace);
     let pods: Api<Pod> = scoped(&client, &config.namespace);
 
-    let reporter = Reporter { controller: "phasegate".into(), instance: std::env::var("POD_NAME").ok() };
+    let reporter = Reporter {
+        controller: "phasegate".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -88,10 +94,18 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
     let (s1, s2, s3, pod_store) = (store.clone(), store.clone(), store.clone(), store.clone());
     let reconciling = controller
         .owns(jobs, watcher::Config::default().labels(LABEL_EXECUTOR))
-        .watches(deployments, watcher::Config::default(), move |w| migrations_targeting(&s1, TargetKind::Deployment, &w))
-        .watches(statefulsets, watcher::Config::default(), move |w| migrations_targeting(&s2, TargetKind::StatefulSet, &w))
-        .watches(daemonsets, watcher::Config::default(), move |w| migrations_targeting(&s3, TargetKind::DaemonSet, &w))
-        .watches(pods, watcher::Config::default(), move |p| migrations_waiting_in(&pod_store, &p))
+        .watches(deployments, watcher::Config::default(), move |w| {
+            migrations_targeting(&s1, TargetKind::Deployment, &w)
+        })
+        .watches(statefulsets, watcher::Config::default(), move |w| {
+            migrations_targeting(&s2, TargetKind::StatefulSet, &w)
+        })
+        .watches(daemonsets, watcher::Config::default(), move |w| {
+            migrations_targeting(&s3, TargetKind::DaemonSet, &w)
+        })
+        .watches(pods, watcher::Config::default(), move |p| {
+            migrations_waiting_in(&pod_store, &p)
+        })
         .graceful_shutdown_on(ops.shutdown.clone())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
@@ -129,7 +143,11 @@ where
 }
 
 /// The migrations whose targets name or select this workload.
-fn migrations_targeting<K: kube::Resource>(store: &Store<DatabaseMigration>, kind: TargetKind, w: &K) -> Vec<ObjectRef<DatabaseMigration>> {
+fn migrations_targeting<K: kube::Resource>(
+    store: &Store<DatabaseMigration>,
+    kind: TargetKind,
+    w: &K,
+) -> Vec<ObjectRef<DatabaseMigration>> {
     let ns = w.namespace();
     let name = w.name_any();
     let labels = w.labels();
@@ -138,11 +156,18 @@ fn migrations_targeting<K: kube::Resource>(store: &Store<DatabaseMigration>, kin
         .iter()
         .filter(|m| m.namespace() == ns)
         .filter(|m| {
-            m.spec.rollout.targets.iter().filter(|t| t.kind == kind).any(|t| match (&t.name, &t.selector) {
-                (Some(n), _) => *n == name,
-                (None, Some(sel)) => Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels)),
-                _ => false,
-            })
+            m.spec
+                .rollout
+                .targets
+                .iter()
+                .filter(|t| t.kind == kind)
+                .any(|t| match (&t.name, &t.selector) {
+                    (Some(n), _) => *n == name,
+                    (None, Some(sel)) => {
+                        Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels))
+                    }
+                    _ => false,
+                })
         })
         .map(|m| ObjectRef::from_obj(m.as_ref()))
         .collect()
@@ -150,7 +175,10 @@ fn migrations_targeting<K: kube::Resource>(store: &Store<DatabaseMigration>, kin
 
 /// The migrations of a pod's namespace that still wait on a rollout: a pod's arrival or
 /// departure (terminating pods included) can open their gate.
-fn migrations_waiting_in(store: &Store<DatabaseMigration>, p: &Pod) -> Vec<ObjectRef<DatabaseMigration>> {
+fn migrations_waiting_in(
+    store: &Store<DatabaseMigration>,
+    p: &Pod,
+) -> Vec<ObjectRef<DatabaseMigration>> {
     if p.labels().contains_key(LABEL_EXECUTOR) {
         return Vec::new();
     }

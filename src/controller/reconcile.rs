@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
-use crate::api::{DatabaseMigration, FIELD_MANAGER, ANNOTATION_APPROVE, ANNOTATION_RETRY};
+use crate::api::{DatabaseMigration, ANNOTATION_APPROVE, ANNOTATION_RETRY, FIELD_MANAGER};
 use crate::planner::{self, Input, JobPhase, JobState};
 
 use super::error::{Error, KubeContext};
@@ -21,12 +21,16 @@ pub async fn reconcile(dbm: Arc<DatabaseMigration>, ctx: Arc<Context>) -> Result
     let start = std::time::Instant::now();
     let result = reconcile_once(dbm, &ctx).await;
     ctx.metrics.reconciles.inc();
-    ctx.metrics.reconcile_duration.observe(start.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconcile_duration
+        .observe(start.elapsed().as_secs_f64());
     result
 }
 
 async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Action, Error> {
-    let ns = dbm.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = dbm
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = dbm.name_any();
     let client = &ctx.client;
     let jobs_api: Api<Job> = Api::namespaced(client.clone(), &ns);
@@ -35,15 +39,37 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
 
     // Observe.
     let attempt = |p: &Option<crate::api::PhaseStatus>| p.as_ref().map_or(1, |s| s.attempts.max(1));
-    let (expand_job, expand_report) = jobs::observe_reported(&jobs_api, &pods_api, &dbm, JobPhase::Expand, attempt(&status.expand)).await?;
-    let expanded = status.expand.as_ref().is_some_and(|e| e.succeeded) || matches!(expand_job, JobState::Succeeded(_));
+    let (expand_job, expand_report) = jobs::observe_reported(
+        &jobs_api,
+        &pods_api,
+        &dbm,
+        JobPhase::Expand,
+        attempt(&status.expand),
+    )
+    .await?;
+    let expanded = status.expand.as_ref().is_some_and(|e| e.succeeded)
+        || matches!(expand_job, JobState::Succeeded(_));
     let (contract_job, contract_report) = if expanded {
-        jobs::observe_reported(&jobs_api, &pods_api, &dbm, JobPhase::Contract, attempt(&status.contract)).await?
+        jobs::observe_reported(
+            &jobs_api,
+            &pods_api,
+            &dbm,
+            JobPhase::Contract,
+            attempt(&status.contract),
+        )
+        .await?
     } else {
         (JobState::Absent, None)
     };
     let targets = if expanded {
-        workloads::observe_targets(client, &ns, &dbm.spec.rollout.targets, &dbm.spec.rollout.version_from, &dbm.spec.app_version).await?
+        workloads::observe_targets(
+            client,
+            &ns,
+            &dbm.spec.rollout.targets,
+            &dbm.spec.rollout.version_from,
+            &dbm.spec.app_version,
+        )
+        .await?
     } else {
         Vec::new()
     };
@@ -56,7 +82,9 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         generation: dbm.metadata.generation.unwrap_or(0),
         spec: &dbm.spec,
         status: &status,
-        approved: annotations.get(ANNOTATION_APPROVE).is_some_and(|v| v == "true"),
+        approved: annotations
+            .get(ANNOTATION_APPROVE)
+            .is_some_and(|v| v == "true"),
         retry: annotations.get(ANNOTATION_RETRY).map(String::as_str),
         expand_job,
         contract_job,
@@ -66,7 +94,9 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     // Apply: the Job first, so a crash before the status write is healed by adoption.
     if let planner::Action::StartJob { phase, attempt } = plan.action {
         let job = jobs::build_job(&dbm, phase, attempt, &ctx.config.executor)?;
-        let owner = dbm.controller_owner_ref(&()).ok_or(Error::MissingField("metadata.uid"))?;
+        let owner = dbm
+            .controller_owner_ref(&())
+            .ok_or(Error::MissingField("metadata.uid"))?;
         jobs::create_or_adopt(&jobs_api, &job, &owner).await?;
         tracing::info!(migration = %name, namespace = %ns, %phase, attempt, "started Job");
     }
@@ -77,18 +107,31 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             "status": plan.status,
         });
         let api: Api<DatabaseMigration> = Api::namespaced(client.clone(), &ns);
-        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .during(format!("writing status of DatabaseMigration {name}"))?;
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .during(format!("writing status of DatabaseMigration {name}"))?;
         // Counted once the new status is stored, so each transition is counted once.
-        ctx.metrics.record_transition(&status, &plan.status, expand_report.as_ref(), contract_report.as_ref());
+        ctx.metrics.record_transition(
+            &status,
+            &plan.status,
+            expand_report.as_ref(),
+            contract_report.as_ref(),
+        );
     }
     if let Some(t) = &plan.transition {
         tracing::info!(migration = %name, namespace = %ns, phase = ?plan.status.phase, reason = %t.reason, message = %t.message, "phase changed");
     }
     for t in plan.transition.iter().chain(plan.notices.iter()) {
         let event = Event {
-            type_: if t.warning { EventType::Warning } else { EventType::Normal },
+            type_: if t.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: t.reason.clone(),
             note: Some(t.message.chars().take(1000).collect()),
             action: "Reconcile".into(),

@@ -5,8 +5,10 @@
 //! per-database advisory lock, consult the ledger, then run the statements: consecutive
 //! transactional statements as one transaction that also writes the ledger row; statements that
 //! cannot run in a transaction block one by one, with the ledger recording progress after each.
+//! Contract additionally runs the database-side check ([`dbcheck`]) right before each attempt.
 
 pub mod connect;
+pub mod dbcheck;
 pub mod ledger;
 pub mod locks;
 pub mod report;
@@ -111,6 +113,17 @@ pub struct ApplyArgs {
     pub advisory_lock_timeout: Duration,
     #[arg(long, env = "PHASEGATE_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Contract only: refuse to run while sessions of older application versions
+    /// (`application_name` `<app>@<version>`) or transactions begun before the rollout completed
+    /// are in the database (`true`/`false`; default true; ignored for expand).
+    #[arg(long, env = "PHASEGATE_DATABASE_CHECK")]
+    pub database_check: Option<String>,
+    /// When the rollout completed (RFC 3339); older transactions block contract.
+    #[arg(long, env = "PHASEGATE_ROLLOUT_COMPLETED_AT")]
+    pub rollout_completed_at: Option<String>,
+    /// How long contract waits for old sessions and transactions to end before failing.
+    #[arg(long, env = "PHASEGATE_DATABASE_CHECK_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub database_check_timeout: Duration,
     /// Where the JSON report goes (skipped when the directory does not exist).
     #[arg(
         long,
@@ -136,6 +149,11 @@ pub struct Config {
     pub lock_wait_timeout: Duration,
     pub advisory_lock_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Contract only: run the database-side check (see [`dbcheck`]).
+    pub database_check: bool,
+    /// When the rollout completed; transactions that began earlier block contract.
+    pub rollout_completed_at: Option<jiff::Timestamp>,
+    pub database_check_timeout: Duration,
     pub failpoint: Option<String>,
 }
 
@@ -158,6 +176,9 @@ impl Config {
             lock_wait_timeout: Duration::from_secs(600),
             advisory_lock_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(10),
+            database_check: true,
+            rollout_completed_at: None,
+            database_check_timeout: Duration::from_secs(300),
             failpoint: None,
         }
     }
@@ -167,6 +188,8 @@ impl Config {
 pub enum ApplyError {
     #[error("no SQL given: set PHASEGATE_SQL, --sql or --file")]
     NoSql,
+    #[error("invalid setting: {0}")]
+    Setting(String),
     #[error("cannot read {path}: {source}")]
     ReadFile {
         path: PathBuf,
@@ -205,6 +228,12 @@ pub enum ApplyError {
     LockWaitTimeout {
         first: usize,
         last: usize,
+        waited: String,
+        blockers: String,
+    },
+    #[error("contract refused by the database check: still {count} old session(s) or transaction(s) after waiting {waited} (PHASEGATE_DATABASE_CHECK_TIMEOUT): {blockers}; nothing was applied, retry once they are gone")]
+    DatabaseCheckTimeout {
+        count: usize,
         waited: String,
         blockers: String,
     },
@@ -258,6 +287,9 @@ struct Stats {
     attempts: u32,
     lock_retries: u32,
     lock_wait: Duration,
+    /// Set when the database check ran.
+    db_check_wait: Option<Duration>,
+    db_check_warning: Option<String>,
 }
 
 /// Entry point of `phasegate apply`: runs the phase, writes the report to the termination log
@@ -293,6 +325,36 @@ fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, Box<ApplyError>)>
         })?,
         (None, None) => return Err((phase, Box::new(ApplyError::NoSql))),
     };
+    // Contract only; expand ignores these settings entirely.
+    let contract = phase == Phase::Contract;
+    let database_check = match args.database_check.as_deref().map(str::trim) {
+        _ if !contract => false,
+        None | Some("") => true,
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => {
+                return Err((
+                    phase,
+                    Box::new(ApplyError::Setting(format!(
+                        "PHASEGATE_DATABASE_CHECK must be true or false, not {v:?}"
+                    ))),
+                ))
+            }
+        },
+    };
+    let rollout_completed_at = match args.rollout_completed_at.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(_) if !database_check => None,
+        Some(v) => Some(v.parse::<jiff::Timestamp>().map_err(|e| {
+            (
+                phase,
+                Box::new(ApplyError::Setting(format!(
+                    "PHASEGATE_ROLLOUT_COMPLETED_AT must be an RFC 3339 timestamp, not {v:?}: {e}"
+                ))),
+            )
+        })?),
+    };
     Ok(Config {
         database_url: args.database_url,
         phase,
@@ -309,6 +371,9 @@ fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, Box<ApplyError>)>
         lock_wait_timeout: args.lock_wait_timeout,
         advisory_lock_timeout: args.advisory_lock_timeout,
         connect_timeout: args.connect_timeout,
+        database_check,
+        rollout_completed_at,
+        database_check_timeout: args.database_check_timeout,
         failpoint: args.failpoint,
     })
 }
@@ -354,6 +419,8 @@ pub async fn execute(cfg: &Config) -> Report {
                 lock_wait_ms: stats.lock_wait.as_millis() as u64,
                 duration_ms: elapsed.as_millis() as u64,
                 checksum: Some(sum[..12].to_string()),
+                db_check_wait_ms: stats.db_check_wait.map(|d| d.as_millis() as u64),
+                db_check_warning: stats.db_check_warning.clone(),
                 error: None,
             };
             tracing::info!(summary = %report.summary(), "phase done");
@@ -387,6 +454,8 @@ fn failed_report(
         lock_wait_ms: stats.lock_wait.as_millis() as u64,
         duration_ms: elapsed.as_millis() as u64,
         checksum: sum.map(|s| s[..12.min(s.len())].to_string()),
+        db_check_wait_ms: stats.db_check_wait.map(|d| d.as_millis() as u64),
+        db_check_warning: stats.db_check_warning,
         error: Some(error),
     }
 }
@@ -455,11 +524,30 @@ async fn run(cfg: &Config, sum: &str, stats: &mut Stats) -> Result<Outcome, Appl
         );
     }
 
+    let mut gate = Gate::new(cfg);
     for step in steps(&statements, done, version) {
         if step.own {
-            run_own(cfg, &mut client, &statements, step.range.start, sum, stats).await?;
+            run_own(
+                cfg,
+                &mut client,
+                &statements,
+                step.range.start,
+                sum,
+                stats,
+                &mut gate,
+            )
+            .await?;
         } else {
-            run_transaction(cfg, &mut client, &statements, step.range, sum, stats).await?;
+            run_transaction(
+                cfg,
+                &mut client,
+                &statements,
+                step.range,
+                sum,
+                stats,
+                &mut gate,
+            )
+            .await?;
         }
     }
     let _ = client
@@ -550,6 +638,71 @@ async fn wait_for_tables(
     Ok(())
 }
 
+/// The database-side check of contract, run right before every attempt (outside any
+/// transaction, holding no table lock), with one time budget for the whole run.
+struct Gate {
+    checker: Option<dbcheck::Checker>,
+    timeout: Duration,
+    waited: Duration,
+}
+
+impl Gate {
+    fn new(cfg: &Config) -> Gate {
+        let checker = (cfg.phase == Phase::Contract && cfg.database_check).then(|| {
+            dbcheck::Checker::new(
+                &cfg.identity.app_version,
+                cfg.rollout_completed_at.map(|t| t.to_string()),
+            )
+        });
+        if let Some(c) = &checker {
+            if c.want.is_empty() {
+                tracing::warn!("database check: no app version (PHASEGATE_APP_VERSION) given; sessions are not checked for old versions");
+            }
+            if c.rollout_completed_at.is_none() {
+                tracing::info!("database check: no rollout completion time (PHASEGATE_ROLLOUT_COMPLETED_AT) given; transactions are not checked for their age");
+            }
+        }
+        Gate {
+            checker: checker.filter(dbcheck::Checker::active),
+            timeout: cfg.database_check_timeout,
+            waited: Duration::ZERO,
+        }
+    }
+
+    async fn pass(&mut self, client: &Client, stats: &mut Stats) -> Result<(), ApplyError> {
+        let Some(checker) = self.checker.as_mut() else {
+            return Ok(());
+        };
+        let budget = self.timeout.saturating_sub(self.waited);
+        let (waited, blockers) = checker
+            .wait_until_clear(client, budget)
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        self.waited += waited;
+        stats.db_check_wait = Some(self.waited);
+        stats.db_check_warning = checker.warning();
+        if blockers.is_empty() {
+            return Ok(());
+        }
+        let mut list: Vec<String> = blockers
+            .iter()
+            .take(dbcheck::MAX_NAMED)
+            .map(|b| b.to_string())
+            .collect();
+        if blockers.len() > dbcheck::MAX_NAMED {
+            list.push(format!("and {} more", blockers.len() - dbcheck::MAX_NAMED));
+        }
+        Err(ApplyError::DatabaseCheckTimeout {
+            count: blockers.len(),
+            waited: humantime::format_duration(Duration::from_millis(
+                self.waited.as_millis() as u64
+            ))
+            .to_string(),
+            blockers: list.join("; "),
+        })
+    }
+}
+
 /// Runs `range` in one transaction together with the ledger update, retrying lock timeouts.
 async fn run_transaction(
     cfg: &Config,
@@ -558,12 +711,14 @@ async fn run_transaction(
     range: Range<usize>,
     sum: &str,
     stats: &mut Stats,
+    gate: &mut Gate,
 ) -> Result<(), ApplyError> {
     let stmts = &all[range.clone()];
     let mut retries = 0u32;
     let mut waited = Duration::ZERO;
     loop {
         wait_for_tables(cfg, client, stmts, &range, stats, &mut waited).await?;
+        gate.pass(client, stats).await?;
         stats.attempts += 1;
         let attempt = stats.attempts;
         let tx = client
@@ -678,6 +833,7 @@ async fn run_own(
     index: usize,
     sum: &str,
     stats: &mut Stats,
+    gate: &mut Gate,
 ) -> Result<(), ApplyError> {
     let s = &all[index];
     let n = index + 1;
@@ -734,6 +890,7 @@ async fn run_own(
             &mut waited,
         )
         .await?;
+        gate.pass(client, stats).await?;
         stats.attempts += 1;
         // Concurrent variants take only SHARE UPDATE EXCLUSIVE, which never blocks application
         // reads or writes, and must wait for older transactions by design: no lock_timeout.

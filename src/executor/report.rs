@@ -45,6 +45,13 @@ pub struct Report {
     /// First 12 hex digits of the SHA-256 of the phase's SQL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+    /// Contract only, when the database check ran: time spent waiting for sessions of older
+    /// application versions and transactions begun before the rollout completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_check_wait_ms: Option<u64>,
+    /// Set when the database check could not see everything (missing `pg_read_all_stats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_check_warning: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ReportError>,
 }
@@ -93,7 +100,7 @@ impl Report {
         };
         match self.outcome {
             Outcome::Applied => format!(
-                "applied {} in {} ms ({}, {}{})",
+                "applied {} in {} ms ({}, {}{}{})",
                 plural(self.statements as u64, "statement"),
                 self.duration_ms,
                 plural(self.attempts.into(), "attempt"),
@@ -102,6 +109,10 @@ impl Report {
                     format!(", waited {} ms for locks", self.lock_wait_ms)
                 } else {
                     String::new()
+                },
+                match self.db_check_wait_ms {
+                    Some(ms) if ms > 0 => format!(", waited {ms} ms for old sessions"),
+                    _ => String::new(),
                 },
             ),
             Outcome::AlreadyApplied => {
@@ -158,6 +169,8 @@ mod tests {
             lock_wait_ms: 0,
             duration_ms: 31,
             checksum: None,
+            db_check_wait_ms: None,
+            db_check_warning: None,
             error: None,
         }
     }

@@ -19,17 +19,36 @@ pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
 pub const CONTRACTED: &str = "Contracted";
 
 /// Set every condition from the outcome of a plan.
-pub fn apply(status: &mut DatabaseMigrationStatus, phase: Phase, why: &str, message: &str, generation: i64, now: Timestamp) {
+pub fn apply(
+    status: &mut DatabaseMigrationStatus,
+    phase: Phase,
+    why: &str,
+    message: &str,
+    generation: i64,
+    now: Timestamp,
+) {
     let expanded = status.expand.as_ref().is_some_and(|e| e.succeeded);
     let contracted = status.contract.as_ref().is_some_and(|c| c.succeeded);
     let failed = phase == Phase::Failed;
     let ready = !failed && expanded;
     let reconciling = matches!(phase, Phase::Pending | Phase::Expanding);
-    let mut set = |t: &str, ok: bool, r: &str, m: &str| set_condition(&mut status.conditions, t, ok, r, m, generation, now);
+    let mut set = |t: &str, ok: bool, r: &str, m: &str| {
+        set_condition(&mut status.conditions, t, ok, r, m, generation, now)
+    };
 
     set(READY, ready, why, message);
-    set(RECONCILING, reconciling, if reconciling { why } else { "Idle" }, if reconciling { message } else { "" });
-    set(STALLED, failed, if failed { why } else { "NotStalled" }, if failed { message } else { "" });
+    set(
+        RECONCILING,
+        reconciling,
+        if reconciling { why } else { "Idle" },
+        if reconciling { message } else { "" },
+    );
+    set(
+        STALLED,
+        failed,
+        if failed { why } else { "NotStalled" },
+        if failed { message } else { "" },
+    );
     let expand_reason = if expanded {
         reason::EXPANDED
     } else if why == reason::EXPAND_FAILED {
@@ -39,7 +58,11 @@ pub fn apply(status: &mut DatabaseMigrationStatus, phase: Phase, why: &str, mess
     } else {
         reason::PENDING
     };
-    let expand_msg = status.expand.as_ref().and_then(|e| e.message.clone()).unwrap_or_default();
+    let expand_msg = status
+        .expand
+        .as_ref()
+        .and_then(|e| e.message.clone())
+        .unwrap_or_default();
     set(EXPANDED, expanded, expand_reason, &expand_msg);
 
     let targets_done = !status.targets.is_empty() && status.targets.iter().all(|t| t.complete);
@@ -53,7 +76,13 @@ pub fn apply(status: &mut DatabaseMigrationStatus, phase: Phase, why: &str, mess
     } else {
         reason::PENDING
     };
-    let rollout_msg = if rollout_done || !expanded { String::new() } else if phase == Phase::AwaitingRollout || why == reason::ROLLOUT_TIMEOUT { message.to_string() } else { String::new() };
+    let rollout_msg = if rollout_done || !expanded {
+        String::new()
+    } else if phase == Phase::AwaitingRollout || why == reason::ROLLOUT_TIMEOUT {
+        message.to_string()
+    } else {
+        String::new()
+    };
     set(ROLLOUT_COMPLETE, rollout_done, rollout_reason, &rollout_msg);
 
     let contract_reason = if contracted {
@@ -65,12 +94,24 @@ pub fn apply(status: &mut DatabaseMigrationStatus, phase: Phase, why: &str, mess
     } else {
         reason::PENDING
     };
-    let contract_msg = status.contract.as_ref().and_then(|c| c.message.clone()).unwrap_or_default();
+    let contract_msg = status
+        .contract
+        .as_ref()
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default();
     set(CONTRACTED, contracted, contract_reason, &contract_msg);
 }
 
 /// Upsert a condition, keeping `lastTransitionTime` while its status is unchanged.
-pub fn set_condition(conds: &mut Vec<Condition>, type_: &str, ok: bool, reason: &str, message: &str, generation: i64, now: Timestamp) {
+pub fn set_condition(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: i64,
+    now: Timestamp,
+) {
     let status = if ok { "True" } else { "False" };
     let message: String = message.chars().take(1024).collect();
     if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
@@ -95,12 +136,18 @@ pub fn set_condition(conds: &mut Vec<Condition>, type_: &str, ok: bool, reason: 
 
 /// The reason of condition `type_`, when it is True.
 pub fn reason_of<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a str> {
-    conds.iter().find(|c| c.type_ == type_ && c.status == "True").map(|c| c.reason.as_str())
+    conds
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| c.reason.as_str())
 }
 
 /// The message of condition `type_`, when it is True.
 pub fn message_of(conds: &[Condition], type_: &str) -> Option<String> {
-    conds.iter().find(|c| c.type_ == type_ && c.status == "True").map(|c| c.message.clone())
+    conds
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| c.message.clone())
 }
 
 /// Whether condition `type_` is True.

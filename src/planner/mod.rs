@@ -16,7 +16,10 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::api::{Approval, DatabaseMigrationSpec, DatabaseMigrationStatus, LintStatus, Phase, PhaseStatus, TargetStatus};
+use crate::api::{
+    Approval, DatabaseMigrationSpec, DatabaseMigrationStatus, LintStatus, Phase, PhaseStatus,
+    TargetStatus,
+};
 
 pub use validate::{validate, SpecError, ValidSpec};
 
@@ -153,7 +156,15 @@ impl<'a> Planner<'a> {
     fn new(input: &'a Input<'a>) -> Self {
         let mut status = input.status.clone();
         status.observed_generation = Some(input.generation);
-        Self { input, status, action: Action::None, requeue_after: None, outcome: None, retry_consumed: false, contract_retry_pending: false }
+        Self {
+            input,
+            status,
+            action: Action::None,
+            requeue_after: None,
+            outcome: None,
+            retry_consumed: false,
+            contract_retry_pending: false,
+        }
     }
 
     fn now(&self) -> Time {
@@ -163,7 +174,9 @@ impl<'a> Planner<'a> {
     /// A retry was asked for that has not been acted on yet.
     fn retry_requested(&self) -> bool {
         match self.input.retry {
-            Some(token) if !token.is_empty() => self.input.status.observed_retry.as_deref() != Some(token),
+            Some(token) if !token.is_empty() => {
+                self.input.status.observed_retry.as_deref() != Some(token)
+            }
             _ => false,
         }
     }
@@ -189,7 +202,10 @@ impl<'a> Planner<'a> {
                 return;
             }
         };
-        let lint = LintStatus { warnings: valid.lint_warnings.clone(), overrides: valid.lint_overrides.clone() };
+        let lint = LintStatus {
+            warnings: valid.lint_warnings.clone(),
+            overrides: valid.lint_overrides.clone(),
+        };
         self.status.lint = (lint != LintStatus::default()).then_some(lint);
         if self.expand() {
             self.rollout_and_contract(&valid);
@@ -224,7 +240,11 @@ impl<'a> Planner<'a> {
             }
             JobState::Running => {
                 self.adopt(JobPhase::Expand, attempt);
-                self.set(Phase::Expanding, reason::EXPANDING, format!("expand Job attempt {attempt} is running"));
+                self.set(
+                    Phase::Expanding,
+                    reason::EXPANDING,
+                    format!("expand Job attempt {attempt} is running"),
+                );
                 false
             }
             JobState::Failed(msg) => {
@@ -239,7 +259,11 @@ impl<'a> Planner<'a> {
                         e.finished_at = Some(now);
                     }
                     e.message = Some(msg.clone());
-                    self.set(Phase::Failed, reason::EXPAND_FAILED, format!("expand failed: {msg}"));
+                    self.set(
+                        Phase::Failed,
+                        reason::EXPAND_FAILED,
+                        format!("expand failed: {msg}"),
+                    );
                 }
                 false
             }
@@ -252,8 +276,15 @@ impl<'a> Planner<'a> {
                         self.consume_retry();
                         self.start(JobPhase::Expand, rec.attempts + 1);
                     } else {
-                        let msg = rec.message.clone().unwrap_or_else(|| "expand Job failed".into());
-                        self.set(Phase::Failed, reason::EXPAND_FAILED, format!("expand failed: {msg}"));
+                        let msg = rec
+                            .message
+                            .clone()
+                            .unwrap_or_else(|| "expand Job failed".into());
+                        self.set(
+                            Phase::Failed,
+                            reason::EXPAND_FAILED,
+                            format!("expand failed: {msg}"),
+                        );
                     }
                 } else {
                     // The running Job vanished (deleted by hand); the executor's ledger makes
@@ -272,7 +303,10 @@ impl<'a> Planner<'a> {
         let name = job_name(self.input.name, phase, attempt);
         let rec = match phase {
             JobPhase::Expand => self.status.expand.get_or_insert_with(PhaseStatus::default),
-            JobPhase::Contract => self.status.contract.get_or_insert_with(PhaseStatus::default),
+            JobPhase::Contract => self
+                .status
+                .contract
+                .get_or_insert_with(PhaseStatus::default),
         };
         rec.attempts = attempt;
         if rec.job_name.as_deref() != Some(name.as_str()) {
@@ -288,7 +322,10 @@ impl<'a> Planner<'a> {
         let now = self.now();
         let rec = match phase {
             JobPhase::Expand => self.status.expand.get_or_insert_with(PhaseStatus::default),
-            JobPhase::Contract => self.status.contract.get_or_insert_with(PhaseStatus::default),
+            JobPhase::Contract => self
+                .status
+                .contract
+                .get_or_insert_with(PhaseStatus::default),
         };
         rec.attempts = attempt;
         rec.started_at = Some(now);
@@ -298,15 +335,27 @@ impl<'a> Planner<'a> {
         rec.job_name = Some(job_name(self.input.name, phase, attempt));
         self.action = Action::StartJob { phase, attempt };
         match phase {
-            JobPhase::Expand => self.set(Phase::Expanding, reason::EXPANDING, format!("expand Job attempt {attempt} started")),
-            JobPhase::Contract => self.set(Phase::Contracting, reason::CONTRACTING, format!("contract Job attempt {attempt} started")),
+            JobPhase::Expand => self.set(
+                Phase::Expanding,
+                reason::EXPANDING,
+                format!("expand Job attempt {attempt} started"),
+            ),
+            JobPhase::Contract => self.set(
+                Phase::Contracting,
+                reason::CONTRACTING,
+                format!("contract Job attempt {attempt} started"),
+            ),
         }
     }
 
     fn rollout_and_contract(&mut self, valid: &ValidSpec) {
         let rec = self.status.contract.clone().unwrap_or_default();
         if rec.succeeded {
-            self.set(Phase::Succeeded, reason::SUCCEEDED, "expand and contract applied");
+            self.set(
+                Phase::Succeeded,
+                reason::SUCCEEDED,
+                "expand and contract applied",
+            );
             return;
         }
         // Targets are tracked in every phase up to Succeeded, so a rollback while contract
@@ -319,28 +368,46 @@ impl<'a> Planner<'a> {
             JobState::Succeeded(report) => {
                 let now = self.now();
                 self.adopt(JobPhase::Contract, attempt);
-                let c = self.status.contract.get_or_insert_with(PhaseStatus::default);
+                let c = self
+                    .status
+                    .contract
+                    .get_or_insert_with(PhaseStatus::default);
                 c.succeeded = true;
                 c.finished_at = Some(now);
                 c.message = report.clone();
-                self.set(Phase::Succeeded, reason::SUCCEEDED, "expand and contract applied");
+                self.set(
+                    Phase::Succeeded,
+                    reason::SUCCEEDED,
+                    "expand and contract applied",
+                );
                 return;
             }
             JobState::Running => {
                 self.adopt(JobPhase::Contract, attempt);
-                self.set(Phase::Contracting, reason::CONTRACTING, format!("contract Job attempt {attempt} is running"));
+                self.set(
+                    Phase::Contracting,
+                    reason::CONTRACTING,
+                    format!("contract Job attempt {attempt} is running"),
+                );
                 return;
             }
             JobState::Failed(msg) => {
                 if !self.retry_requested() {
                     let now = self.now();
                     self.adopt(JobPhase::Contract, attempt);
-                    let c = self.status.contract.get_or_insert_with(PhaseStatus::default);
+                    let c = self
+                        .status
+                        .contract
+                        .get_or_insert_with(PhaseStatus::default);
                     if c.finished_at.is_none() || c.message.as_deref() != Some(msg.as_str()) {
                         c.finished_at = Some(now);
                     }
                     c.message = Some(msg.clone());
-                    self.set(Phase::Failed, reason::CONTRACT_FAILED, format!("contract failed: {msg}"));
+                    self.set(
+                        Phase::Failed,
+                        reason::CONTRACT_FAILED,
+                        format!("contract failed: {msg}"),
+                    );
                     return;
                 }
                 // A retry of contract passes through the rollout gates again below.
@@ -349,8 +416,15 @@ impl<'a> Planner<'a> {
             JobState::Absent => {
                 if rec.attempts > 0 && rec.finished_at.is_some() {
                     if !self.retry_requested() {
-                        let msg = rec.message.clone().unwrap_or_else(|| "contract Job failed".into());
-                        self.set(Phase::Failed, reason::CONTRACT_FAILED, format!("contract failed: {msg}"));
+                        let msg = rec
+                            .message
+                            .clone()
+                            .unwrap_or_else(|| "contract Job failed".into());
+                        self.set(
+                            Phase::Failed,
+                            reason::CONTRACT_FAILED,
+                            format!("contract failed: {msg}"),
+                        );
                         return;
                     }
                     self.contract_retry_pending = true;
@@ -370,10 +444,18 @@ impl<'a> Planner<'a> {
         let ready = targets.iter().filter(|t| t.complete).count();
         self.status.targets_ready = Some(format!("{ready}/{}", targets.len()));
         self.status.targets = targets.clone();
-        let named_present = self.input.spec.rollout.targets.iter().all(|spec| match &spec.name {
-            Some(name) => targets.iter().any(|t| t.kind == spec.kind.as_str() && &t.name == name),
-            None => true,
-        });
+        let named_present = self
+            .input
+            .spec
+            .rollout
+            .targets
+            .iter()
+            .all(|spec| match &spec.name {
+                Some(name) => targets
+                    .iter()
+                    .any(|t| t.kind == spec.kind.as_str() && &t.name == name),
+                None => true,
+            });
         named_present && !targets.is_empty() && ready == targets.len()
     }
 
@@ -391,9 +473,21 @@ impl<'a> Planner<'a> {
                 self.status.rollout_timed_out_at = None;
                 self.status.rollout_started_at = Some(Time(now));
             } else {
-                let msg = conditions::message_of(&self.input.status.conditions, conditions::STALLED)
-                    .filter(|_| conditions::reason_of(&self.input.status.conditions, conditions::STALLED) == Some(reason::ROLLOUT_TIMEOUT))
-                    .unwrap_or_else(|| format!("rollout timed out at {}; set {} to a new value to wait again", at.0, crate::api::ANNOTATION_RETRY));
+                let msg =
+                    conditions::message_of(&self.input.status.conditions, conditions::STALLED)
+                        .filter(|_| {
+                            conditions::reason_of(
+                                &self.input.status.conditions,
+                                conditions::STALLED,
+                            ) == Some(reason::ROLLOUT_TIMEOUT)
+                        })
+                        .unwrap_or_else(|| {
+                            format!(
+                                "rollout timed out at {}; set {} to a new value to wait again",
+                                at.0,
+                                crate::api::ANNOTATION_RETRY
+                            )
+                        });
                 self.set(Phase::Failed, reason::ROLLOUT_TIMEOUT, msg);
                 return;
             }
@@ -406,12 +500,21 @@ impl<'a> Planner<'a> {
             let waiting: Vec<String> = targets
                 .iter()
                 .filter(|t| !t.complete)
-                .map(|t| t.message.clone().unwrap_or_else(|| format!("{} {} not complete", t.kind, t.name)))
+                .map(|t| {
+                    t.message
+                        .clone()
+                        .unwrap_or_else(|| format!("{} {} not complete", t.kind, t.name))
+                })
                 .collect();
             let msg = if targets.is_empty() {
                 "no rollout targets".to_string()
             } else {
-                format!("waiting for {}/{} target(s): {}", targets.len() - ready, targets.len(), waiting.join("; "))
+                format!(
+                    "waiting for {}/{} target(s): {}",
+                    targets.len() - ready,
+                    targets.len(),
+                    waiting.join("; ")
+                )
             };
             if let Some(timeout) = valid.rollout_timeout {
                 let elapsed = elapsed(started, now);
@@ -420,7 +523,10 @@ impl<'a> Planner<'a> {
                     self.set(
                         Phase::Failed,
                         reason::ROLLOUT_TIMEOUT,
-                        format!("rollout not complete after {}: {msg}", humantime::format_duration(timeout)),
+                        format!(
+                            "rollout not complete after {}: {msg}",
+                            humantime::format_duration(timeout)
+                        ),
                     );
                     return;
                 }
@@ -439,7 +545,10 @@ impl<'a> Planner<'a> {
                 self.set(
                     Phase::Soaking,
                     reason::SOAKING,
-                    format!("rollout complete; contract in {}", humantime::format_duration(round_secs(left))),
+                    format!(
+                        "rollout complete; contract in {}",
+                        humantime::format_duration(round_secs(left))
+                    ),
                 );
                 return;
             }
@@ -448,7 +557,10 @@ impl<'a> Planner<'a> {
             self.set(
                 Phase::AwaitingApproval,
                 reason::AWAITING_APPROVAL,
-                format!("rollout complete; approve contract with the annotation {}=\"true\"", crate::api::ANNOTATION_APPROVE),
+                format!(
+                    "rollout complete; approve contract with the annotation {}=\"true\"",
+                    crate::api::ANNOTATION_APPROVE
+                ),
             );
             return;
         }
@@ -456,10 +568,11 @@ impl<'a> Planner<'a> {
     }
 
     fn finish(mut self) -> Plan {
-        let (phase, why, message) = self
-            .outcome
-            .clone()
-            .unwrap_or((Phase::Pending, reason::PENDING, "waiting".to_string()));
+        let (phase, why, message) = self.outcome.clone().unwrap_or((
+            Phase::Pending,
+            reason::PENDING,
+            "waiting".to_string(),
+        ));
         let old_phase = self.input.status.phase;
         self.status.phase = Some(phase);
         if phase != Phase::Expanding && phase != Phase::Pending {
@@ -469,14 +582,31 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        conditions::apply(&mut self.status, phase, why, &message, self.input.generation, self.input.now);
+        conditions::apply(
+            &mut self.status,
+            phase,
+            why,
+            &message,
+            self.input.generation,
+            self.input.now,
+        );
         let transition = (old_phase != Some(phase)).then(|| Transition {
             warning: phase == Phase::Failed,
-            reason: if phase == Phase::Failed { why.to_string() } else { phase.as_str().to_string() },
+            reason: if phase == Phase::Failed {
+                why.to_string()
+            } else {
+                phase.as_str().to_string()
+            },
             message: message.clone(),
         });
         let notices = self.notices();
-        Plan { status: self.status, action: self.action, requeue_after: self.requeue_after, transition, notices }
+        Plan {
+            status: self.status,
+            action: self.action,
+            requeue_after: self.requeue_after,
+            transition,
+            notices,
+        }
     }
 }
 
@@ -485,15 +615,28 @@ impl Planner<'_> {
     fn notices(&self) -> Vec<Transition> {
         let old = self.input.status.lint.clone().unwrap_or_default();
         let new = self.status.lint.clone().unwrap_or_default();
-        let fresh = |new: &[String], old: &[String]| new.iter().filter(|w| !old.contains(w)).cloned().collect::<Vec<_>>();
+        let fresh = |new: &[String], old: &[String]| {
+            new.iter()
+                .filter(|w| !old.contains(w))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
         let mut out: Vec<Transition> = fresh(&new.warnings, &old.warnings)
             .into_iter()
-            .map(|message| Transition { warning: true, reason: reason::LINT_WARNING.into(), message })
+            .map(|message| Transition {
+                warning: true,
+                reason: reason::LINT_WARNING.into(),
+                message,
+            })
             .collect();
         out.extend(
             fresh(&new.overrides, &old.overrides)
                 .into_iter()
-                .map(|message| Transition { warning: true, reason: reason::LINT_OVERRIDE.into(), message: format!("overridden by spec.safety.allow: {message}") }),
+                .map(|message| Transition {
+                    warning: true,
+                    reason: reason::LINT_OVERRIDE.into(),
+                    message: format!("overridden by spec.safety.allow: {message}"),
+                }),
         );
         out
     }

@@ -43,7 +43,11 @@ pub fn evaluate(w: &WorkloadObservation, app_version: &str) -> TargetStatus {
     let old_pods: Vec<&PodObservation> = w
         .pods
         .iter()
-        .filter(|p| !p.version.as_deref().is_some_and(|v| version::at_least(v, app_version)))
+        .filter(|p| {
+            !p.version
+                .as_deref()
+                .is_some_and(|v| version::at_least(v, app_version))
+        })
         .collect();
     let old_terminating = old_pods.iter().filter(|p| p.terminating).count();
 
@@ -67,7 +71,12 @@ pub fn evaluate(w: &WorkloadObservation, app_version: &str) -> TargetStatus {
         {
             let mut m = format!(
                 "{} {}: {}/{} replicas updated, {} available, {} total",
-                w.kind, w.name, w.updated_replicas, w.replicas, w.available_replicas, w.current_replicas
+                w.kind,
+                w.name,
+                w.updated_replicas,
+                w.replicas,
+                w.available_replicas,
+                w.current_replicas
             );
             if w.paused {
                 m.push_str("; rollout is paused");
@@ -117,7 +126,11 @@ mod tests {
     use super::*;
 
     fn pod(name: &str, v: &str, terminating: bool) -> PodObservation {
-        PodObservation { name: name.into(), version: Some(v.into()), terminating }
+        PodObservation {
+            name: name.into(),
+            version: Some(v.into()),
+            terminating,
+        }
     }
 
     fn done(v: &str) -> WorkloadObservation {
@@ -191,7 +204,11 @@ mod tests {
     #[test]
     fn unlabelled_pod_blocks() {
         let mut w = done("2.4.0");
-        w.pods.push(PodObservation { name: "x".into(), version: None, terminating: false });
+        w.pods.push(PodObservation {
+            name: "x".into(),
+            version: None,
+            terminating: false,
+        });
         assert!(!evaluate(&w, "2.4.0").complete);
     }
 

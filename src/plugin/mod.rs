@@ -67,7 +67,9 @@ pub fn approve_plan(dbm: &DatabaseMigration) -> ApprovePlan {
         ));
     }
     if render::is_approved(dbm) {
-        return ApprovePlan::Nothing(format!("{name}: already approved ({ANNOTATION_APPROVE}=true)"));
+        return ApprovePlan::Nothing(format!(
+            "{name}: already approved ({ANNOTATION_APPROVE}=true)"
+        ));
     }
     let phase = dbm.status.as_ref().and_then(|s| s.phase);
     match phase {
@@ -123,27 +125,43 @@ pub fn fresh_retry_value(now: k8s_openapi::jiff::Timestamp, previous: &[Option<&
 pub fn detect_style() -> Style {
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
-    Style { color: std::io::stdout().is_terminal() && !no_color && !dumb }
+    Style {
+        color: std::io::stdout().is_terminal() && !no_color && !dumb,
+    }
 }
 
 /// A client for the chosen context and the namespace to use.
 async fn connect(args: &TargetArgs) -> Result<(Client, String, String), String> {
     let kubeconfig = match &args.kubeconfig {
-        Some(p) => Kubeconfig::read_from(p).map_err(|e| format!("cannot read kubeconfig {}: {e}", p.display()))?,
+        Some(p) => Kubeconfig::read_from(p)
+            .map_err(|e| format!("cannot read kubeconfig {}: {e}", p.display()))?,
         None => match Kubeconfig::read() {
             Ok(kc) => kc,
             Err(KubeconfigError::FindPath) => return in_cluster(args),
-            Err(KubeconfigError::ReadConfig(e, _)) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("KUBECONFIG").is_none() => {
+            Err(KubeconfigError::ReadConfig(e, _))
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && std::env::var_os("KUBECONFIG").is_none() =>
+            {
                 return in_cluster(args)
             }
             Err(KubeconfigError::ReadConfig(e, path)) => {
-                return Err(format!("cannot read kubeconfig {}: {e} (check KUBECONFIG or pass --kubeconfig)", path.display()))
+                return Err(format!(
+                    "cannot read kubeconfig {}: {e} (check KUBECONFIG or pass --kubeconfig)",
+                    path.display()
+                ))
             }
             Err(e) => return Err(format!("cannot load kubeconfig: {e}")),
         },
     };
-    let options = KubeConfigOptions { context: args.context.clone(), ..Default::default() };
-    let context = args.context.clone().or_else(|| kubeconfig.current_context.clone()).unwrap_or_default();
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
+    let context = args
+        .context
+        .clone()
+        .or_else(|| kubeconfig.current_context.clone())
+        .unwrap_or_default();
     let config = Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| match e {
         KubeconfigError::CurrentContextNotSet => "the kubeconfig has no current context: run `kubectl config use-context NAME` or pass --context".to_string(),
         KubeconfigError::LoadContext(c) => format!("context {c:?} is not in the kubeconfig"),
@@ -155,14 +173,25 @@ async fn connect(args: &TargetArgs) -> Result<(Client, String, String), String> 
 fn in_cluster(args: &TargetArgs) -> Result<(Client, String, String), String> {
     match Config::incluster() {
         Ok(config) => finish(config, args, "the in-cluster service account".into()),
-        Err(_) => Err("no kubeconfig found: set KUBECONFIG, pass --kubeconfig, or create ~/.kube/config".into()),
+        Err(_) => Err(
+            "no kubeconfig found: set KUBECONFIG, pass --kubeconfig, or create ~/.kube/config"
+                .into(),
+        ),
     }
 }
 
-fn finish(config: Config, args: &TargetArgs, origin: String) -> Result<(Client, String, String), String> {
-    let ns = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+fn finish(
+    config: Config,
+    args: &TargetArgs,
+    origin: String,
+) -> Result<(Client, String, String), String> {
+    let ns = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
     let where_ = format!("{origin}, {}", config.cluster_url);
-    let client = Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client for {where_}: {e}"))?;
+    let client = Client::try_from(config)
+        .map_err(|e| format!("cannot build a Kubernetes client for {where_}: {e}"))?;
     Ok((client, ns, where_))
 }
 
@@ -196,12 +225,18 @@ async fn run_inner(action: Action, args: &TargetArgs) -> Result<String, String> 
     let (client, ns, where_) = connect(args).await?;
     let api: Api<DatabaseMigration> = Api::namespaced(client, &ns);
     let name = args.name.as_str();
-    let dbm = api.get(name).await.map_err(|e| describe(e, name, &ns, &where_))?;
+    let dbm = api
+        .get(name)
+        .await
+        .map_err(|e| describe(e, name, &ns, &where_))?;
     let annotate = |key: &'static str, value: String| {
         let api = api.clone();
         async move {
             let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
-            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|e| describe(e, name, &ns, &where_)).map(|_| ())
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| describe(e, name, &ns, &where_))
+                .map(|_| ())
         }
     };
     match action {
@@ -215,9 +250,18 @@ async fn run_inner(action: Action, args: &TargetArgs) -> Result<String, String> 
         },
         Action::Retry => {
             let msg = retry_plan(&dbm)?;
-            let current = dbm.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_RETRY)).map(String::as_str);
-            let observed = dbm.status.as_ref().and_then(|s| s.observed_retry.as_deref());
-            let value = fresh_retry_value(k8s_openapi::jiff::Timestamp::now(), &[current, observed]);
+            let current = dbm
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_RETRY))
+                .map(String::as_str);
+            let observed = dbm
+                .status
+                .as_ref()
+                .and_then(|s| s.observed_retry.as_deref());
+            let value =
+                fresh_retry_value(k8s_openapi::jiff::Timestamp::now(), &[current, observed]);
             annotate(ANNOTATION_RETRY, value.clone()).await?;
             Ok(format!("{msg} ({ANNOTATION_RETRY}={value})\n"))
         }
@@ -243,39 +287,82 @@ mod tests {
             }
         }))
         .expect("migration");
-        m.status = phase.map(|p| DatabaseMigrationStatus { phase: Some(p), ..Default::default() });
+        m.status = phase.map(|p| DatabaseMigrationStatus {
+            phase: Some(p),
+            ..Default::default()
+        });
         m
     }
 
     #[test]
     fn approve_is_a_no_op_when_approval_is_automatic() {
         for phase in [Some(Phase::AwaitingRollout), Some(Phase::Failed), None] {
-            assert!(matches!(approve_plan(&migration("Automatic", phase)), ApprovePlan::Nothing(m) if m.contains("Automatic")));
+            assert!(
+                matches!(approve_plan(&migration("Automatic", phase)), ApprovePlan::Nothing(m) if m.contains("Automatic"))
+            );
         }
     }
 
     #[test]
     fn approve_annotates_a_manual_migration_until_contract_runs() {
-        assert_eq!(approve_plan(&migration("Manual", Some(Phase::AwaitingApproval))), ApprovePlan::Annotate("m: approved; contract starts now".into()));
-        assert!(matches!(approve_plan(&migration("Manual", Some(Phase::AwaitingRollout))), ApprovePlan::Annotate(m) if m.contains("in advance")));
-        assert!(matches!(approve_plan(&migration("Manual", Some(Phase::Failed))), ApprovePlan::Annotate(m) if m.contains("retry")));
-        assert!(matches!(approve_plan(&migration("Manual", Some(Phase::Succeeded))), ApprovePlan::Nothing(_)));
+        assert_eq!(
+            approve_plan(&migration("Manual", Some(Phase::AwaitingApproval))),
+            ApprovePlan::Annotate("m: approved; contract starts now".into())
+        );
+        assert!(
+            matches!(approve_plan(&migration("Manual", Some(Phase::AwaitingRollout))), ApprovePlan::Annotate(m) if m.contains("in advance"))
+        );
+        assert!(
+            matches!(approve_plan(&migration("Manual", Some(Phase::Failed))), ApprovePlan::Annotate(m) if m.contains("retry"))
+        );
+        assert!(matches!(
+            approve_plan(&migration("Manual", Some(Phase::Succeeded))),
+            ApprovePlan::Nothing(_)
+        ));
         let mut approved = migration("Manual", Some(Phase::AwaitingApproval));
-        approved.metadata.annotations = Some([(ANNOTATION_APPROVE.to_string(), "true".to_string())].into());
-        assert!(matches!(approve_plan(&approved), ApprovePlan::Nothing(m) if m.contains("already approved")));
+        approved.metadata.annotations =
+            Some([(ANNOTATION_APPROVE.to_string(), "true".to_string())].into());
+        assert!(
+            matches!(approve_plan(&approved), ApprovePlan::Nothing(m) if m.contains("already approved"))
+        );
     }
 
     #[test]
     fn retry_only_when_failed_and_names_the_next_attempt() {
-        assert!(retry_plan(&migration("Automatic", Some(Phase::AwaitingRollout))).unwrap_err().contains("not Failed"));
-        assert!(retry_plan(&migration("Automatic", None)).unwrap_err().contains("not been observed"));
+        assert!(
+            retry_plan(&migration("Automatic", Some(Phase::AwaitingRollout)))
+                .unwrap_err()
+                .contains("not Failed")
+        );
+        assert!(retry_plan(&migration("Automatic", None))
+            .unwrap_err()
+            .contains("not been observed"));
         let mut failed = migration("Automatic", Some(Phase::Failed));
-        failed.status.as_mut().expect("status").expand = Some(PhaseStatus { attempts: 1, ..Default::default() });
-        assert_eq!(retry_plan(&failed).expect("retry"), "m: retry requested; expand runs again (attempt 2)");
+        failed.status.as_mut().expect("status").expand = Some(PhaseStatus {
+            attempts: 1,
+            ..Default::default()
+        });
+        assert_eq!(
+            retry_plan(&failed).expect("retry"),
+            "m: retry requested; expand runs again (attempt 2)"
+        );
         let st = failed.status.as_mut().expect("status");
-        st.expand = Some(PhaseStatus { attempts: 1, succeeded: true, ..Default::default() });
-        st.contract = Some(PhaseStatus { attempts: 2, finished_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)), ..Default::default() });
-        assert_eq!(retry_plan(&failed).expect("retry"), "m: retry requested; contract runs again (attempt 3)");
+        st.expand = Some(PhaseStatus {
+            attempts: 1,
+            succeeded: true,
+            ..Default::default()
+        });
+        st.contract = Some(PhaseStatus {
+            attempts: 2,
+            finished_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            )),
+            ..Default::default()
+        });
+        assert_eq!(
+            retry_plan(&failed).expect("retry"),
+            "m: retry requested; contract runs again (attempt 3)"
+        );
     }
 
     #[test]

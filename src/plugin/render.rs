@@ -58,7 +58,8 @@ fn condition_tone(type_: &str, status: &str) -> Tone {
 }
 
 fn time(t: &Option<Time>) -> Option<String> {
-    t.as_ref().map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+    t.as_ref()
+        .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 /// Pad `text` to `width` display columns, then paint it (so colour never breaks alignment).
@@ -70,12 +71,19 @@ fn cell(style: Style, tone: Tone, text: &str, width: usize) -> String {
 /// Indent every line after the first of a multi-line message.
 fn indented(text: &str, indent: usize) -> String {
     let pad = " ".repeat(indent);
-    text.trim().lines().collect::<Vec<_>>().join(&format!("\n{pad}"))
+    text.trim()
+        .lines()
+        .collect::<Vec<_>>()
+        .join(&format!("\n{pad}"))
 }
 
 /// Whether `phasegate.dev/approve: "true"` is set.
 pub fn is_approved(dbm: &DatabaseMigration) -> bool {
-    dbm.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_APPROVE)).is_some_and(|v| v == "true")
+    dbm.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_APPROVE))
+        .is_some_and(|v| v == "true")
 }
 
 /// The `phasegate status` text of a migration.
@@ -87,7 +95,12 @@ pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
     let status = dbm.status.clone().unwrap_or_default();
     let label = |s: &str| style.paint(Tone::Bold, &format!("{s:<13}"));
 
-    let _ = writeln!(out, "{}{}", label("Migration:"), format_args!("{ns}/{name}"));
+    let _ = writeln!(
+        out,
+        "{}{}",
+        label("Migration:"),
+        format_args!("{ns}/{name}")
+    );
     let phase = match status.phase {
         Some(p) => style.paint(phase_tone(p), p.as_str()),
         None => style.paint(Tone::Dim, "(not observed by the operator yet)"),
@@ -97,19 +110,29 @@ pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
     if status.phase.is_some() && generation.is_some() && observed != generation {
         let note = format!(
             "status is stale: it reflects generation {}, the spec is at generation {}",
-            observed.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+            observed
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| "none".into()),
             generation.unwrap_or_default()
         );
         let _ = writeln!(out, "{}{}", label(""), style.paint(Tone::Warn, &note));
     }
     let _ = writeln!(out, "{}{}", label("App version:"), spec.app_version);
     let db = &spec.database.url_secret_ref;
-    let _ = writeln!(out, "{}Secret {}, key {}", label("Database:"), db.name, db.key);
+    let _ = writeln!(
+        out,
+        "{}Secret {}, key {}",
+        label("Database:"),
+        db.name,
+        db.key
+    );
 
     let mut gates = Vec::new();
     match spec.contract.approval {
         Approval::Automatic => gates.push("approval Automatic".to_string()),
-        Approval::Manual if is_approved(dbm) => gates.push("approval Manual (approved)".to_string()),
+        Approval::Manual if is_approved(dbm) => {
+            gates.push("approval Manual (approved)".to_string())
+        }
         Approval::Manual => gates.push("approval Manual (not approved yet)".to_string()),
     }
     if let Some(d) = &spec.contract.delay {
@@ -135,12 +158,20 @@ pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
 
     // Targets.
     let ready = status.targets_ready.clone().unwrap_or_else(|| {
-        format!("{}/{}", status.targets.iter().filter(|t| t.complete).count(), status.targets.len())
+        format!(
+            "{}/{}",
+            status.targets.iter().filter(|t| t.complete).count(),
+            status.targets.len()
+        )
     });
     if status.targets.is_empty() {
         let _ = writeln!(out, "\n{}", style.paint(Tone::Bold, "Targets"));
     } else {
-        let _ = writeln!(out, "\n{} ({ready} ready)", style.paint(Tone::Bold, "Targets"));
+        let _ = writeln!(
+            out,
+            "\n{} ({ready} ready)",
+            style.paint(Tone::Bold, "Targets")
+        );
     }
     if status.targets.is_empty() {
         for t in &spec.rollout.targets {
@@ -149,13 +180,26 @@ pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
                 (None, Some(sel)) => format!("{} selector {}", t.kind, selector_text(sel)),
                 (None, None) => t.kind.to_string(),
             };
-            let _ = writeln!(out, "  {what}  {}", style.paint(Tone::Dim, "(not observed yet)"));
+            let _ = writeln!(
+                out,
+                "  {what}  {}",
+                style.paint(Tone::Dim, "(not observed yet)")
+            );
         }
     }
-    let width = status.targets.iter().map(|t| t.kind.len() + 1 + t.name.len()).max().unwrap_or(0);
+    let width = status
+        .targets
+        .iter()
+        .map(|t| t.kind.len() + 1 + t.name.len())
+        .max()
+        .unwrap_or(0);
     for t in &status.targets {
         let id = format!("{}/{}", t.kind, t.name);
-        let (tone, state) = if t.complete { (Tone::Good, "ready") } else { (Tone::Warn, "waiting") };
+        let (tone, state) = if t.complete {
+            (Tone::Good, "ready")
+        } else {
+            (Tone::Warn, "waiting")
+        };
         let _ = writeln!(
             out,
             "  {}  {}  version {}  replicas {}  updated {}  available {}  old pods {}",
@@ -177,9 +221,25 @@ pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
     if status.conditions.is_empty() {
         let _ = writeln!(out, "  {}", style.paint(Tone::Dim, "(none yet)"));
     } else {
-        let tw = status.conditions.iter().map(|c| c.type_.len()).max().unwrap_or(4).max(4);
-        let rw = status.conditions.iter().map(|c| c.reason.len()).max().unwrap_or(6).max(6);
-        let _ = writeln!(out, "  {:<tw$}  {:<6}  {:<rw$}  MESSAGE", "TYPE", "STATUS", "REASON");
+        let tw = status
+            .conditions
+            .iter()
+            .map(|c| c.type_.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let rw = status
+            .conditions
+            .iter()
+            .map(|c| c.reason.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        let _ = writeln!(
+            out,
+            "  {:<tw$}  {:<6}  {:<rw$}  MESSAGE",
+            "TYPE", "STATUS", "REASON"
+        );
         for c in &status.conditions {
             let _ = writeln!(
                 out,
@@ -202,11 +262,13 @@ pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
         let _ = writeln!(out, "\n{} {hint}", style.paint(Tone::Bold, "Next:"));
     }
     // No trailing blanks (empty condition messages, padding).
-    out.lines().map(str::trim_end).fold(String::new(), |mut acc, l| {
-        acc.push_str(l);
-        acc.push('\n');
-        acc
-    })
+    out.lines()
+        .map(str::trim_end)
+        .fold(String::new(), |mut acc, l| {
+            acc.push_str(l);
+            acc.push('\n');
+            acc
+        })
 }
 
 fn render_phase(out: &mut String, style: Style, phase: Option<&PhaseStatus>) {
@@ -237,9 +299,19 @@ fn render_phase(out: &mut String, style: Style, phase: Option<&PhaseStatus>) {
 }
 
 fn selector_text(sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> String {
-    let mut parts: Vec<String> = sel.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut parts: Vec<String> = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     for e in sel.match_expressions.iter().flatten() {
-        parts.push(format!("{} {} ({})", e.key, e.operator.to_lowercase(), e.values.clone().unwrap_or_default().join(",")));
+        parts.push(format!(
+            "{} {} ({})",
+            e.key,
+            e.operator.to_lowercase(),
+            e.values.clone().unwrap_or_default().join(",")
+        ));
     }
     parts.join(",")
 }
@@ -249,8 +321,12 @@ fn next_step(dbm: &DatabaseMigration) -> Option<String> {
     let name = dbm.metadata.name.clone().unwrap_or_default();
     let ns = dbm.metadata.namespace.clone().unwrap_or_default();
     match dbm.status.as_ref()?.phase? {
-        Phase::AwaitingApproval if !is_approved(dbm) => Some(format!("approve contract: phasegate approve {name} -n {ns}")),
-        Phase::Failed => Some(format!("fix the cause above, then: phasegate retry {name} -n {ns}")),
+        Phase::AwaitingApproval if !is_approved(dbm) => Some(format!(
+            "approve contract: phasegate approve {name} -n {ns}"
+        )),
+        Phase::Failed => Some(format!(
+            "fix the cause above, then: phasegate retry {name} -n {ns}"
+        )),
         _ => None,
     }
 }
@@ -293,7 +369,12 @@ mod tests {
             observed_generation: Some(1),
             conditions: vec![
                 cond("Ready", "True", "ExpandApplied", "expand is applied"),
-                cond("RolloutComplete", "False", "AwaitingRollout", "Deployment/shop-api runs 1.0.0, waiting for 2.0.0"),
+                cond(
+                    "RolloutComplete",
+                    "False",
+                    "AwaitingRollout",
+                    "Deployment/shop-api runs 1.0.0, waiting for 2.0.0",
+                ),
                 cond("Stalled", "False", "Progressing", ""),
             ],
             targets: vec![TargetStatus {
@@ -342,7 +423,10 @@ mod tests {
         }
         let contract = out.split("Contract\n").nth(1).expect("contract section");
         assert!(contract.contains("not started"), "{out}");
-        assert!(!out.contains("Next:"), "nothing for the user to do while waiting: {out}");
+        assert!(
+            !out.contains("Next:"),
+            "nothing for the user to do while waiting: {out}"
+        );
     }
 
     #[test]
@@ -350,10 +434,19 @@ mod tests {
         let m = migration("Automatic", Some(waiting()));
         assert!(!render_status(&m, Style { color: false }).contains('\x1b'));
         let coloured = render_status(&m, Style { color: true });
-        assert!(coloured.contains("\x1b[33mAwaitingRollout\x1b[0m"), "{coloured}");
+        assert!(
+            coloured.contains("\x1b[33mAwaitingRollout\x1b[0m"),
+            "{coloured}"
+        );
         // Colour never changes the text once the escape codes are removed.
-        let stripped = coloured.replace("\x1b[0m", "").replace("\x1b[1m", "").replace("\x1b[2m", "");
-        let stripped = stripped.replace("\x1b[31m", "").replace("\x1b[32m", "").replace("\x1b[33m", "");
+        let stripped = coloured
+            .replace("\x1b[0m", "")
+            .replace("\x1b[1m", "")
+            .replace("\x1b[2m", "");
+        let stripped = stripped
+            .replace("\x1b[31m", "")
+            .replace("\x1b[32m", "")
+            .replace("\x1b[33m", "");
         assert_eq!(stripped, render_status(&m, Style { color: false }));
     }
 
@@ -364,10 +457,17 @@ mod tests {
         let mut m = migration("Manual", Some(st));
         let out = render_status(&m, Style::default());
         assert!(out.contains("approval Manual (not approved yet)"), "{out}");
-        assert!(out.contains("Next: approve contract: phasegate approve users-email-verified -n shop"), "{out}");
-        m.metadata.annotations = Some([(ANNOTATION_APPROVE.to_string(), "true".to_string())].into());
+        assert!(
+            out.contains("Next: approve contract: phasegate approve users-email-verified -n shop"),
+            "{out}"
+        );
+        m.metadata.annotations =
+            Some([(ANNOTATION_APPROVE.to_string(), "true".to_string())].into());
         let out = render_status(&m, Style::default());
-        assert!(out.contains("approval Manual (approved)") && !out.contains("Next:"), "{out}");
+        assert!(
+            out.contains("approval Manual (approved)") && !out.contains("Next:"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -375,7 +475,12 @@ mod tests {
         let st = DatabaseMigrationStatus {
             phase: Some(Phase::Failed),
             observed_generation: Some(1),
-            conditions: vec![cond("Stalled", "True", "ExpandFailed", "relation \"orders\" does not exist (SQLSTATE 42P01)")],
+            conditions: vec![cond(
+                "Stalled",
+                "True",
+                "ExpandFailed",
+                "relation \"orders\" does not exist (SQLSTATE 42P01)",
+            )],
             expand: Some(PhaseStatus {
                 attempts: 2,
                 job_name: Some("x-expand-2".into()),
@@ -389,9 +494,26 @@ mod tests {
         assert!(out.contains("Phase:       Failed"), "{out}");
         assert!(out.contains("Stalled  True    ExpandFailed  relation \"orders\" does not exist (SQLSTATE 42P01)"), "{out}");
         assert!(out.contains("attempts:  2  (failed)"), "{out}");
-        assert!(out.contains("report:    line one\n             line two"), "multi-line reports stay indented: {out}");
-        assert!(out.contains("Next: fix the cause above, then: phasegate retry users-email-verified -n shop"), "{out}");
-        let coloured = render_status(&migration("Automatic", Some(DatabaseMigrationStatus { phase: Some(Phase::Failed), ..Default::default() })), Style { color: true });
+        assert!(
+            out.contains("report:    line one\n             line two"),
+            "multi-line reports stay indented: {out}"
+        );
+        assert!(
+            out.contains(
+                "Next: fix the cause above, then: phasegate retry users-email-verified -n shop"
+            ),
+            "{out}"
+        );
+        let coloured = render_status(
+            &migration(
+                "Automatic",
+                Some(DatabaseMigrationStatus {
+                    phase: Some(Phase::Failed),
+                    ..Default::default()
+                }),
+            ),
+            Style { color: true },
+        );
         assert!(coloured.contains("\x1b[31mFailed\x1b[0m"), "{coloured}");
     }
 
@@ -399,14 +521,29 @@ mod tests {
     fn unobserved_and_stale_status_are_called_out() {
         let out = render_status(&migration("Automatic", None), Style::default());
         assert!(out.contains("(not observed by the operator yet)"), "{out}");
-        assert!(out.contains("Deployment/shop-api  (not observed yet)"), "spec targets listed: {out}");
-        assert!(out.contains("(none yet)") && out.contains("not started"), "{out}");
-        assert!(out.contains("\nTargets\n") && !out.contains("ready)"), "no ready count before observation: {out}");
-        assert!(out.lines().all(|l| l == l.trim_end()), "no trailing blanks: {out:?}");
+        assert!(
+            out.contains("Deployment/shop-api  (not observed yet)"),
+            "spec targets listed: {out}"
+        );
+        assert!(
+            out.contains("(none yet)") && out.contains("not started"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nTargets\n") && !out.contains("ready)"),
+            "no ready count before observation: {out}"
+        );
+        assert!(
+            out.lines().all(|l| l == l.trim_end()),
+            "no trailing blanks: {out:?}"
+        );
         let mut m = migration("Automatic", Some(waiting()));
         m.metadata.generation = Some(2);
         let out = render_status(&m, Style::default());
-        assert!(out.contains("status is stale: it reflects generation 1, the spec is at generation 2"), "{out}");
+        assert!(
+            out.contains("status is stale: it reflects generation 1, the spec is at generation 2"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -11,22 +11,40 @@ use crate::{expanded, migration_spec, seed_users_table, T};
 
 async fn annotate(env: &Env, name: &str, key: &str, value: &str) {
     let patch = json!({"metadata": {"annotations": {key: value}}});
-    env.migrations().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("annotate");
+    env.migrations()
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("annotate");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn manual_approval_waits_for_the_annotation() {
     let env = expanded("approval", json!({"approval": "Manual"})).await;
     env.set_version("shop-api", "2.0.0", json!({})).await;
-    let m = env.wait_phase("users-email-verified", Phase::AwaitingApproval, T).await;
+    let m = env
+        .wait_phase("users-email-verified", Phase::AwaitingApproval, T)
+        .await;
     let (ready, _, msg) = condition(&m, "Ready").expect("Ready");
     assert_eq!(ready, "True");
-    assert!(msg.contains("phasegate.dev/approve"), "says how to approve: {msg}");
+    assert!(
+        msg.contains("phasegate.dev/approve"),
+        "says how to approve: {msg}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(env.job_names("contract").await.is_empty(), "no contract before approval");
+    assert!(
+        env.job_names("contract").await.is_empty(),
+        "no contract before approval"
+    );
     assert!(env.column_exists("users", "legacy_flag").await);
-    annotate(&env, "users-email-verified", "phasegate.dev/approve", "true").await;
-    env.wait_phase("users-email-verified", Phase::Succeeded, T).await;
+    annotate(
+        &env,
+        "users-email-verified",
+        "phasegate.dev/approve",
+        "true",
+    )
+    .await;
+    env.wait_phase("users-email-verified", Phase::Succeeded, T)
+        .await;
     assert!(!env.column_exists("users", "legacy_flag").await);
     env.cleanup().await;
 }
@@ -35,15 +53,29 @@ async fn manual_approval_waits_for_the_annotation() {
 async fn soak_delay_holds_contract_after_the_rollout() {
     let env = expanded("soak", json!({"delay": "8s"})).await;
     env.set_version("shop-api", "2.0.0", json!({})).await;
-    let m = env.wait_phase("users-email-verified", Phase::Soaking, T).await;
-    assert!(env.job_names("contract").await.is_empty(), "no contract while soaking");
+    let m = env
+        .wait_phase("users-email-verified", Phase::Soaking, T)
+        .await;
+    assert!(
+        env.job_names("contract").await.is_empty(),
+        "no contract while soaking"
+    );
     assert!(condition(&m, "RolloutComplete").is_some_and(|c| c.0 == "True"));
-    let m = env.wait_phase("users-email-verified", Phase::Succeeded, T).await;
+    let m = env
+        .wait_phase("users-email-verified", Phase::Succeeded, T)
+        .await;
     let s = m.status.expect("status");
     let completed = s.rollout_completed_at.expect("rollout_completed_at").0;
-    let contract_started = s.contract.and_then(|c| c.started_at).expect("contract started_at").0;
+    let contract_started = s
+        .contract
+        .and_then(|c| c.started_at)
+        .expect("contract started_at")
+        .0;
     let soaked = contract_started.duration_since(completed);
-    assert!(soaked.as_secs() >= 8, "contract began {soaked:?} after the rollout, before the 8s soak ended");
+    assert!(
+        soaked.as_secs() >= 8,
+        "contract began {soaked:?} after the rollout, before the 8s soak ended"
+    );
     env.cleanup().await;
 }
 
@@ -53,18 +85,35 @@ async fn retry_annotation_reruns_a_failed_expand() {
     seed_users_table(&env).await;
     env.create_deployment("shop-api", 1, "1.0.0").await;
     let spec = migration_spec("ALTER TABLE audit ADD COLUMN actor text;", json!({}));
-    env.create_migration("audit-actor", spec).await.expect("create");
+    env.create_migration("audit-actor", spec)
+        .await
+        .expect("create");
     let m = env.wait_phase("audit-actor", Phase::Failed, T).await;
     assert!(condition(&m, "Stalled").is_some_and(|c| c.2.contains("42P01")));
     // Fix the cause, then ask for a retry the way git would: a new annotation value.
-    env.pg.client().await.batch_execute("CREATE TABLE audit (id bigserial PRIMARY KEY);").await.expect("create audit");
+    env.pg
+        .client()
+        .await
+        .batch_execute("CREATE TABLE audit (id bigserial PRIMARY KEY);")
+        .await
+        .expect("create audit");
     annotate(&env, "audit-actor", "phasegate.dev/retry", "1").await;
-    let m = env.wait_phase("audit-actor", Phase::AwaitingRollout, T).await;
+    let m = env
+        .wait_phase("audit-actor", Phase::AwaitingRollout, T)
+        .await;
     let s = m.status.expect("status");
-    assert_eq!(s.expand.as_ref().map(|e| e.attempts), Some(2), "a second expand attempt");
+    assert_eq!(
+        s.expand.as_ref().map(|e| e.attempts),
+        Some(2),
+        "a second expand attempt"
+    );
     assert_eq!(s.observed_retry.as_deref(), Some("1"));
     assert!(env.column_exists("audit", "actor").await);
-    assert_eq!(env.job_names("expand").await.len(), 2, "the failed Job is kept for inspection");
+    assert_eq!(
+        env.job_names("expand").await.len(),
+        2,
+        "the failed Job is kept for inspection"
+    );
     env.cleanup().await;
 }
 
@@ -75,20 +124,92 @@ async fn rollout_timeout_fails_and_blocks_contract_until_retry() {
     env.create_deployment("shop-api", 2, "1.0.0").await;
     let mut spec = migration_spec(crate::EXPAND, json!({}));
     spec["rollout"]["timeout"] = json!("6s");
-    env.create_migration("users-email-verified", spec).await.expect("create");
-    let m = env.wait_phase("users-email-verified", Phase::Failed, T).await;
+    env.create_migration("users-email-verified", spec)
+        .await
+        .expect("create");
+    let m = env
+        .wait_phase("users-email-verified", Phase::Failed, T)
+        .await;
     let (stalled, reason, msg) = condition(&m, "Stalled").expect("Stalled");
-    assert_eq!((stalled.as_str(), reason.as_str()), ("True", "RolloutTimeout"));
+    assert_eq!(
+        (stalled.as_str(), reason.as_str()),
+        ("True", "RolloutTimeout")
+    );
     assert!(msg.contains("shop-api"), "{msg}");
     // The rollout completing late must not contract on its own.
     env.set_version("shop-api", "2.0.0", json!({})).await;
     env.wait_rolled_out("shop-api").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let m = env.migrations().get("users-email-verified").await.expect("get");
+    let m = env
+        .migrations()
+        .get("users-email-verified")
+        .await
+        .expect("get");
     assert_eq!(m.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed));
-    assert!(env.job_names("contract").await.is_empty(), "no contract after a timeout");
-    annotate(&env, "users-email-verified", "phasegate.dev/retry", "after-timeout").await;
-    env.wait_phase("users-email-verified", Phase::Succeeded, T).await;
+    assert!(
+        env.job_names("contract").await.is_empty(),
+        "no contract after a timeout"
+    );
+    annotate(
+        &env,
+        "users-email-verified",
+        "phasegate.dev/retry",
+        "after-timeout",
+    )
+    .await;
+    env.wait_phase("users-email-verified", Phase::Succeeded, T)
+        .await;
     assert!(!env.column_exists("users", "legacy_flag").await);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_check_waits_for_old_version_sessions() {
+    let env = expanded("dbcheck", json!({})).await;
+    // An old pod's connection, named by the documented convention `<app>@<version>`.
+    let url = format!("{}&application_name=shop-api%401.0.0", env.pg.url());
+    let (old_app, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("old app connects");
+    let conn = tokio::spawn(conn);
+    old_app
+        .simple_query("SELECT 1")
+        .await
+        .expect("old app query");
+
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    env.wait_phase("users-email-verified", Phase::Contracting, T)
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let m = env
+        .migrations()
+        .get("users-email-verified")
+        .await
+        .expect("get");
+    assert_eq!(
+        m.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Contracting),
+        "contract waits for the old session"
+    );
+    assert!(
+        env.column_exists("users", "legacy_flag").await,
+        "nothing dropped while an old session is connected"
+    );
+
+    drop(old_app);
+    let _ = conn.await;
+    let m = env
+        .wait_phase("users-email-verified", Phase::Succeeded, T)
+        .await;
+    assert!(!env.column_exists("users", "legacy_flag").await);
+    let report = m
+        .status
+        .and_then(|s| s.contract)
+        .and_then(|c| c.message)
+        .unwrap_or_default();
+    assert!(
+        report.contains("old sessions"),
+        "the wait is reported: {report}"
+    );
     env.cleanup().await;
 }

@@ -10,7 +10,9 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, CustomResourceExt, ResourceExt};
 use phasegate::api::{DatabaseMigration, Phase};
@@ -42,8 +44,11 @@ fn kubeconfig_path() -> PathBuf {
 }
 
 async fn client_for(path: &PathBuf) -> Client {
-    let kc = Kubeconfig::read_from(path).expect("PHASEGATE_E2E_KUBECONFIG is a readable kubeconfig");
-    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig is usable");
+    let kc =
+        Kubeconfig::read_from(path).expect("PHASEGATE_E2E_KUBECONFIG is a readable kubeconfig");
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is usable");
     Client::try_from(cfg).expect("client")
 }
 
@@ -57,40 +62,85 @@ impl Env {
         let ns = format!("e2e-{test}-{:04x}", rand::random::<u16>()).replace('_', "-");
         let namespaces: Api<Namespace> = Api::all(client.clone());
         namespaces
-            .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace"))
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace"),
+            )
             .await
             .expect("create namespace");
         // Pods need the namespace's default ServiceAccount, made by the controller-manager.
-        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
-        wait_until(Duration::from_secs(30), "default ServiceAccount", || async { sas.get_opt("default").await.ok().flatten().is_some() }).await;
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &ns);
+        wait_until(
+            Duration::from_secs(30),
+            "default ServiceAccount",
+            || async { sas.get_opt("default").await.ok().flatten().is_some() },
+        )
+        .await;
 
-        let pg = tokio::task::spawn_blocking(TestPostgres::start).await.expect("start PostgreSQL");
+        let pg = tokio::task::spawn_blocking(TestPostgres::start)
+            .await
+            .expect("start PostgreSQL");
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let secret = json!({"metadata": {"name": "shop-db"}, "stringData": {"url": pg.url()}});
-        secrets.create(&PostParams::default(), &serde_json::from_value(secret).expect("secret")).await.expect("create secret");
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(secret).expect("secret"),
+            )
+            .await
+            .expect("create secret");
 
         let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
         std::fs::create_dir_all(&logs).expect("log dir");
         let runner = spawn(
             &kubeconfig,
             env!("CARGO_BIN_EXE_phasegate-kwok-runner"),
-            &["--namespace", &ns, "--phasegate-bin", env!("CARGO_BIN_EXE_phasegate")],
+            &[
+                "--namespace",
+                &ns,
+                "--phasegate-bin",
+                env!("CARGO_BIN_EXE_phasegate"),
+            ],
             &logs.join(format!("{ns}-runner.log")),
         );
-        let mut env = Env { client, ns, pg, kubeconfig, operator: None, _runner: runner, logs, operator_starts: 0 };
+        let mut env = Env {
+            client,
+            ns,
+            pg,
+            kubeconfig,
+            operator: None,
+            _runner: runner,
+            logs,
+            operator_starts: 0,
+        };
         env.start_operator();
-        eprintln!("[{test}] namespace {} (logs in {})", env.ns, env.logs.display());
+        eprintln!(
+            "[{test}] namespace {} (logs in {})",
+            env.ns,
+            env.logs.display()
+        );
         env
     }
 
     pub fn start_operator(&mut self) {
         self.operator_starts += 1;
-        let log = self.logs.join(format!("{}-operator-{}.log", self.ns, self.operator_starts));
+        let log = self
+            .logs
+            .join(format!("{}-operator-{}.log", self.ns, self.operator_starts));
         self.operator = Some(spawn(
             &self.kubeconfig,
             env!("CARGO_BIN_EXE_phasegate"),
             // Port 0: tests run in parallel, each with its own operator (see ha.rs for probes).
-            &["controller", "--namespace", &self.ns, "--executor-image", "phasegate:e2e", "--metrics-addr", "127.0.0.1:0"],
+            &[
+                "controller",
+                "--namespace",
+                &self.ns,
+                "--executor-image",
+                "phasegate:e2e",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ],
             &log,
         ));
     }
@@ -127,7 +177,13 @@ impl Env {
                 }
             }
         });
-        self.deployments().create(&PostParams::default(), &serde_json::from_value(d).expect("deployment")).await.expect("create deployment");
+        self.deployments()
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(d).expect("deployment"),
+            )
+            .await
+            .expect("create deployment");
         self.wait_rolled_out(name).await;
     }
 
@@ -142,34 +198,57 @@ impl Env {
             "spec": {"containers": [{"name": "api", "image": format!("shop/api:{version}")}]}
         }}});
         // A JSON merge patch: a `null` in `extra_labels` removes that label.
-        self.deployments().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch deployment");
+        self.deployments()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch deployment");
     }
 
     pub async fn wait_rolled_out(&self, name: &str) {
         let api = self.deployments();
-        wait_until(Duration::from_secs(60), &format!("Deployment {name} rolled out"), || async {
-            let Ok(d) = api.get(name).await else { return false };
-            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            let s = d.status.unwrap_or_default();
-            s.observed_generation == d.metadata.generation
-                && s.updated_replicas.unwrap_or(0) == want
-                && s.available_replicas.unwrap_or(0) == want
-                && s.replicas.unwrap_or(0) == want
-        })
+        wait_until(
+            Duration::from_secs(60),
+            &format!("Deployment {name} rolled out"),
+            || async {
+                let Ok(d) = api.get(name).await else {
+                    return false;
+                };
+                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let s = d.status.unwrap_or_default();
+                s.observed_generation == d.metadata.generation
+                    && s.updated_replicas.unwrap_or(0) == want
+                    && s.available_replicas.unwrap_or(0) == want
+                    && s.replicas.unwrap_or(0) == want
+            },
+        )
         .await;
     }
 
     /// Create a migration from a JSON spec.
     /// Sent untyped, so that manifests the Rust types would refuse reach the API server.
-    pub async fn create_migration(&self, name: &str, spec: serde_json::Value) -> Result<DynamicObject, kube::Error> {
+    pub async fn create_migration(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<DynamicObject, kube::Error> {
         let ar = ApiResource::erase::<DatabaseMigration>(&());
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.ns, &ar);
         let obj = json!({"apiVersion": "phasegate.dev/v1alpha1", "kind": "DatabaseMigration", "metadata": {"name": name}, "spec": spec});
-        api.create(&PostParams::default(), &serde_json::from_value(obj).expect("migration")).await
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(obj).expect("migration"),
+        )
+        .await
     }
 
     /// Wait until the migration satisfies `pred`; panics with its last status otherwise.
-    pub async fn wait_migration(&self, name: &str, timeout: Duration, what: &str, pred: impl Fn(&DatabaseMigration) -> bool) -> DatabaseMigration {
+    pub async fn wait_migration(
+        &self,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&DatabaseMigration) -> bool,
+    ) -> DatabaseMigration {
         let api = self.migrations();
         let start = Instant::now();
         loop {
@@ -188,15 +267,30 @@ impl Env {
         }
     }
 
-    pub async fn wait_phase(&self, name: &str, phase: Phase, timeout: Duration) -> DatabaseMigration {
-        self.wait_migration(name, timeout, &format!("phase {phase}"), |m| m.status.as_ref().and_then(|s| s.phase) == Some(phase)).await
+    pub async fn wait_phase(
+        &self,
+        name: &str,
+        phase: Phase,
+        timeout: Duration,
+    ) -> DatabaseMigration {
+        self.wait_migration(name, timeout, &format!("phase {phase}"), |m| {
+            m.status.as_ref().and_then(|s| s.phase) == Some(phase)
+        })
+        .await
     }
 
     /// Reasons of the Events Phasegate published about a migration, oldest first.
     pub async fn event_reasons(&self, name: &str) -> Vec<String> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
-        let mut list = events.list(&ListParams::default()).await.expect("list events").items;
-        list.retain(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name) && e.reporting_controller.as_deref() == Some("phasegate"));
+        let mut list = events
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items;
+        list.retain(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                && e.reporting_controller.as_deref() == Some("phasegate")
+        });
         list.sort_by(|a, b| a.event_time.cmp(&b.event_time));
         list.into_iter().filter_map(|e| e.reason).collect()
     }
@@ -204,7 +298,14 @@ impl Env {
     /// Names of the Jobs of a phase.
     pub async fn job_names(&self, phase: &str) -> Vec<String> {
         let lp = ListParams::default().labels(&format!("phasegate.dev/phase={phase}"));
-        self.jobs().list(&lp).await.expect("list jobs").items.iter().map(|j| j.name_any()).collect()
+        self.jobs()
+            .list(&lp)
+            .await
+            .expect("list jobs")
+            .items
+            .iter()
+            .map(|j| j.name_any())
+            .collect()
     }
 
     /// Whether `table.column` exists in the test database.
@@ -224,7 +325,9 @@ impl Env {
     pub async fn cleanup(mut self) {
         self.kill_operator().await;
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = namespaces.delete(&self.ns, &DeleteParams::background()).await;
+        let _ = namespaces
+            .delete(&self.ns, &DeleteParams::background())
+            .await;
     }
 }
 
@@ -245,11 +348,23 @@ fn spawn(kubeconfig: &PathBuf, bin: &str, args: &[&str], log: &PathBuf) -> Child
 async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = DatabaseMigration::crd();
-    crds.patch(&crd.name_any(), &PatchParams::apply("phasegate-e2e").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+    crds.patch(
+        &crd.name_any(),
+        &PatchParams::apply("phasegate-e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply CRD");
     wait_until(Duration::from_secs(30), "CRD established", || async {
-        crds.get(&crd.name_any()).await.ok().and_then(|c| c.status).and_then(|s| s.conditions).is_some_and(|cs| {
-            cs.iter().any(|c| c.type_ == "Established" && c.status == "True")
-        })
+        crds.get(&crd.name_any())
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
     })
     .await;
 }
@@ -261,7 +376,10 @@ where
 {
     let start = Instant::now();
     while !f().await {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -285,7 +403,11 @@ impl Env {
 
     /// Run the real `phasegate` binary with `KUBECONFIG` set to the suite's kubeconfig (or to
     /// `kubeconfig`), stdout piped (so never coloured): (success, stdout, stderr).
-    pub async fn phasegate_cli(&self, args: &[&str], kubeconfig: Option<&std::path::Path>) -> (bool, String, String) {
+    pub async fn phasegate_cli(
+        &self,
+        args: &[&str],
+        kubeconfig: Option<&std::path::Path>,
+    ) -> (bool, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_phasegate"))
             .args(args)
             .env("KUBECONFIG", kubeconfig.unwrap_or(&self.kubeconfig))
@@ -295,7 +417,10 @@ impl Env {
             .output()
             .await
             .expect("run phasegate");
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
         eprintln!("$ phasegate {}\n{stdout}{stderr}", args.join(" "));
         (out.status.success(), stdout, stderr)
     }
@@ -307,9 +432,20 @@ impl Env {
     /// flags, `--metrics-addr`); the caller owns it (killed on drop). Logs: `<ns>-<label>.log`.
     pub fn spawn_operator(&self, label: &str, extra: &[&str]) -> Child {
         let log = self.logs.join(format!("{}-{label}.log", self.ns));
-        let mut args = vec!["controller", "--namespace", self.ns.as_str(), "--executor-image", "phasegate:e2e"];
+        let mut args = vec![
+            "controller",
+            "--namespace",
+            self.ns.as_str(),
+            "--executor-image",
+            "phasegate:e2e",
+        ];
         args.extend_from_slice(extra);
-        spawn(&self.kubeconfig, env!("CARGO_BIN_EXE_phasegate"), &args, &log)
+        spawn(
+            &self.kubeconfig,
+            env!("CARGO_BIN_EXE_phasegate"),
+            &args,
+            &log,
+        )
     }
 }
 
@@ -326,11 +462,21 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )?;
         let mut raw = String::new();
         s.read_to_string(&mut raw)?;
-        let code = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let code = raw
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok((code, body))
     })
     .await

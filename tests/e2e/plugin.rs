@@ -34,7 +34,15 @@ async fn plugin_approve_releases_a_manual_contract() {
     let env = Env::new("plugin-approve").await;
     seed(&env).await;
     env.create_deployment("shop-api", 1, "1.0.0").await;
-    env.create_migration(NAME, spec("ALTER TABLE users ADD COLUMN email_verified boolean;", "Manual")).await.expect("create");
+    env.create_migration(
+        NAME,
+        spec(
+            "ALTER TABLE users ADD COLUMN email_verified boolean;",
+            "Manual",
+        ),
+    )
+    .await
+    .expect("create");
     env.wait_phase(NAME, Phase::AwaitingRollout, T).await;
     env.set_version("shop-api", "2.0.0", json!({})).await;
     env.wait_phase(NAME, Phase::AwaitingApproval, T).await;
@@ -44,25 +52,53 @@ async fn plugin_approve_releases_a_manual_contract() {
     assert!(ok);
     assert!(out.contains("Phase:       AwaitingApproval"), "{out}");
     assert!(out.contains("approval Manual (not approved yet)"), "{out}");
-    assert!(out.contains(&format!("Next: approve contract: phasegate approve {NAME} -n {ns}")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "Next: approve contract: phasegate approve {NAME} -n {ns}"
+        )),
+        "{out}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(env.job_names("contract").await.is_empty(), "no contract before approval");
+    assert!(
+        env.job_names("contract").await.is_empty(),
+        "no contract before approval"
+    );
 
     let (ok, out, err) = env.phasegate_cli(&["approve", NAME, "-n", &ns], None).await;
     assert!(ok, "approve succeeds: {err}");
     assert!(out.contains("approved; contract starts now"), "{out}");
     let m = env.migrations().get(NAME).await.expect("get");
-    assert_eq!(m.metadata.annotations.as_ref().and_then(|a| a.get("phasegate.dev/approve")).map(String::as_str), Some("true"));
+    assert_eq!(
+        m.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("phasegate.dev/approve"))
+            .map(String::as_str),
+        Some("true")
+    );
     let m = env.wait_phase(NAME, Phase::Succeeded, T).await;
-    assert_eq!(condition(&m, "Contracted").map(|c| c.0).as_deref(), Some("True"));
-    assert!(!env.column_exists("users", "legacy_flag").await, "contract ran after approval");
+    assert_eq!(
+        condition(&m, "Contracted").map(|c| c.0).as_deref(),
+        Some("True")
+    );
+    assert!(
+        !env.column_exists("users", "legacy_flag").await,
+        "contract ran after approval"
+    );
 
     // Approving again changes nothing and says so; a missing migration is a clear error.
     let (ok, out, _) = env.phasegate_cli(&["approve", NAME, "-n", &ns], None).await;
     assert!(ok && out.contains("already approved"), "{out}");
-    let (ok, _, err) = env.phasegate_cli(&["approve", "no-such-migration", "-n", &ns], None).await;
+    let (ok, _, err) = env
+        .phasegate_cli(&["approve", "no-such-migration", "-n", &ns], None)
+        .await;
     assert!(!ok);
-    assert!(err.contains(&format!("DatabaseMigration \"no-such-migration\" not found in namespace \"{ns}\"")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "DatabaseMigration \"no-such-migration\" not found in namespace \"{ns}\""
+        )),
+        "{err}"
+    );
     env.cleanup().await;
 }
 
@@ -71,31 +107,61 @@ async fn plugin_retry_reruns_a_fixed_expand() {
     let env = Env::new("plugin-retry").await;
     seed(&env).await;
     env.create_deployment("shop-api", 1, "2.0.0").await;
-    env.create_migration(NAME, spec("ALTER TABLE orders ADD COLUMN note text;", "Automatic")).await.expect("create");
+    env.create_migration(
+        NAME,
+        spec("ALTER TABLE orders ADD COLUMN note text;", "Automatic"),
+    )
+    .await
+    .expect("create");
     env.wait_phase(NAME, Phase::Failed, T).await;
 
     let ns = env.ns.clone();
     let (ok, out, _) = env.phasegate_cli(&["status", NAME, "-n", &ns], None).await;
     assert!(ok);
     assert!(out.contains("Phase:       Failed"), "{out}");
-    assert!(out.contains("Stalled") && out.contains("ExpandFailed") && out.contains("orders"), "{out}");
+    assert!(
+        out.contains("Stalled") && out.contains("ExpandFailed") && out.contains("orders"),
+        "{out}"
+    );
     assert!(out.contains("attempts:  1  (failed)"), "{out}");
-    assert!(out.contains(&format!("Next: fix the cause above, then: phasegate retry {NAME} -n {ns}")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "Next: fix the cause above, then: phasegate retry {NAME} -n {ns}"
+        )),
+        "{out}"
+    );
 
     // Fix the cause, then retry.
-    env.pg.client().await.batch_execute("CREATE TABLE orders (id bigserial PRIMARY KEY);").await.expect("create orders");
+    env.pg
+        .client()
+        .await
+        .batch_execute("CREATE TABLE orders (id bigserial PRIMARY KEY);")
+        .await
+        .expect("create orders");
     let (ok, out, err) = env.phasegate_cli(&["retry", NAME, "-n", &ns], None).await;
     assert!(ok, "retry succeeds: {err}");
-    assert!(out.contains("retry requested; expand runs again (attempt 2)"), "{out}");
+    assert!(
+        out.contains("retry requested; expand runs again (attempt 2)"),
+        "{out}"
+    );
     let m = env.wait_phase(NAME, Phase::Succeeded, T).await;
-    assert_eq!(m.status.as_ref().and_then(|s| s.expand.as_ref()).map(|e| e.attempts), Some(2));
+    assert_eq!(
+        m.status
+            .as_ref()
+            .and_then(|s| s.expand.as_ref())
+            .map(|e| e.attempts),
+        Some(2)
+    );
     assert!(env.column_exists("orders", "note").await);
     assert!(!env.column_exists("users", "legacy_flag").await);
 
     // Nothing has failed now: retry refuses instead of setting a value the operator ignores.
     let (ok, _, err) = env.phasegate_cli(&["retry", NAME, "-n", &ns], None).await;
     assert!(!ok);
-    assert!(err.contains("is Succeeded, not Failed: there is nothing to retry"), "{err}");
+    assert!(
+        err.contains("is Succeeded, not Failed: there is nothing to retry"),
+        "{err}"
+    );
     env.cleanup().await;
 }
 
@@ -104,18 +170,35 @@ async fn plugin_status_summarises_phase_targets_and_conditions() {
     let env = Env::new("plugin-status").await;
     seed(&env).await;
     env.create_deployment("shop-api", 3, "1.0.0").await;
-    env.create_migration(NAME, spec("ALTER TABLE users ADD COLUMN email_verified boolean;", "Automatic")).await.expect("create");
+    env.create_migration(
+        NAME,
+        spec(
+            "ALTER TABLE users ADD COLUMN email_verified boolean;",
+            "Automatic",
+        ),
+    )
+    .await
+    .expect("create");
     env.wait_migration(NAME, T, "the target observed", |m| {
-        m.status.as_ref().is_some_and(|s| s.phase == Some(Phase::AwaitingRollout) && s.targets.first().is_some_and(|t| t.old_pods == 3))
+        m.status.as_ref().is_some_and(|s| {
+            s.phase == Some(Phase::AwaitingRollout)
+                && s.targets.first().is_some_and(|t| t.old_pods == 3)
+        })
     })
     .await;
 
     // No -n: the namespace comes from the kubeconfig context.
     let text = std::fs::read_to_string(env.kubeconfig()).expect("read kubeconfig");
     let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig yaml");
-    let current = kc["current-context"].as_str().expect("current-context").to_string();
+    let current = kc["current-context"]
+        .as_str()
+        .expect("current-context")
+        .to_string();
     let contexts = kc["contexts"].as_sequence_mut().expect("contexts");
-    let ctx = contexts.iter_mut().find(|c| c["name"].as_str() == Some(&current)).expect("current context");
+    let ctx = contexts
+        .iter_mut()
+        .find(|c| c["name"].as_str() == Some(&current))
+        .expect("current context");
     ctx["context"]["namespace"] = serde_yaml::Value::from(env.ns.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("kubeconfig");
@@ -139,12 +222,18 @@ async fn plugin_status_summarises_phase_targets_and_conditions() {
     ] {
         assert!(out.contains(&want), "missing {want:?} in:\n{out}");
     }
-    assert!(!out.contains('\x1b'), "no colour when stdout is not a terminal: {out:?}");
+    assert!(
+        !out.contains('\x1b'),
+        "no colour when stdout is not a terminal: {out:?}"
+    );
 
     // Clear errors without a usable kubeconfig.
     let missing = dir.path().join("missing");
     let (ok, _, err) = env.phasegate_cli(&["status", NAME], Some(&missing)).await;
-    assert!(!ok && err.contains("cannot read kubeconfig") && err.contains("missing"), "{err}");
+    assert!(
+        !ok && err.contains("cannot read kubeconfig") && err.contains("missing"),
+        "{err}"
+    );
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_phasegate"))
         .args(["status", NAME])
         .env_remove("KUBECONFIG")

@@ -25,17 +25,30 @@ fn pod_template(app: &str, version: &str) -> serde_json::Value {
 }
 
 fn first_target_message(m: &DatabaseMigration) -> String {
-    m.status.as_ref().and_then(|s| s.targets.first()).and_then(|t| t.message.clone()).unwrap_or_default()
+    m.status
+        .as_ref()
+        .and_then(|s| s.targets.first())
+        .and_then(|t| t.message.clone())
+        .unwrap_or_default()
 }
 
 async fn wait_target_message(env: &Env, name: &str, needle: &str) -> DatabaseMigration {
-    env.wait_migration(name, T, &format!("target message containing {needle:?}"), |m| first_target_message(m).contains(needle)).await
+    env.wait_migration(
+        name,
+        T,
+        &format!("target message containing {needle:?}"),
+        |m| first_target_message(m).contains(needle),
+    )
+    .await
 }
 
 /// Wait a little and prove contract has not started.
 async fn assert_no_contract(env: &Env) {
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(env.job_names("contract").await.is_empty(), "contract must not start");
+    assert!(
+        env.job_names("contract").await.is_empty(),
+        "contract must not start"
+    );
     assert!(env.column_exists("users", "legacy_flag").await);
 }
 
@@ -47,14 +60,35 @@ async fn statefulset_target_by_name() {
     let sts = json!({"metadata": {"name": "ledger"}, "spec": {
         "replicas": 2, "serviceName": "ledger", "selector": {"matchLabels": {"app": "ledger"}},
         "template": pod_template("ledger", "1.0.0")}});
-    api.create(&PostParams::default(), &serde_json::from_value(sts).expect("sts")).await.expect("create sts");
-    env.create_migration("m", with_targets(json!([{"kind": "StatefulSet", "name": "ledger"}]))).await.expect("create");
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(sts).expect("sts"),
+    )
+    .await
+    .expect("create sts");
+    env.create_migration(
+        "m",
+        with_targets(json!([{"kind": "StatefulSet", "name": "ledger"}])),
+    )
+    .await
+    .expect("create");
     let m = env.wait_phase("m", Phase::AwaitingRollout, T).await;
-    assert!(first_target_message(&m).contains("StatefulSet ledger"), "{}", first_target_message(&m));
+    assert!(
+        first_target_message(&m).contains("StatefulSet ledger"),
+        "{}",
+        first_target_message(&m)
+    );
     let patch = json!({"spec": {"template": pod_template("ledger", "2.0.0")}});
-    api.patch("ledger", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("update sts");
+    api.patch("ledger", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("update sts");
     let m = env.wait_phase("m", Phase::Succeeded, T).await;
-    assert_eq!(m.status.and_then(|s| s.targets.first().cloned()).map(|t| (t.kind, t.complete)), Some(("StatefulSet".into(), true)));
+    assert_eq!(
+        m.status
+            .and_then(|s| s.targets.first().cloned())
+            .map(|t| (t.kind, t.complete)),
+        Some(("StatefulSet".into(), true))
+    );
     env.cleanup().await;
 }
 
@@ -65,16 +99,36 @@ async fn daemonset_target_by_selector() {
     let api: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.ns);
     let ds = json!({"metadata": {"name": "agent", "labels": {"app.kubernetes.io/part-of": "shop"}}, "spec": {
         "selector": {"matchLabels": {"app": "agent"}}, "template": pod_template("agent", "1.0.0")}});
-    api.create(&PostParams::default(), &serde_json::from_value(ds).expect("ds")).await.expect("create ds");
-    let spec = with_targets(json!([{"kind": "DaemonSet", "selector": {"matchLabels": {"app.kubernetes.io/part-of": "shop"}}}]));
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(ds).expect("ds"),
+    )
+    .await
+    .expect("create ds");
+    let spec = with_targets(
+        json!([{"kind": "DaemonSet", "selector": {"matchLabels": {"app.kubernetes.io/part-of": "shop"}}}]),
+    );
     env.create_migration("m", spec).await.expect("create");
     let m = env.wait_phase("m", Phase::AwaitingRollout, T).await;
-    assert!(first_target_message(&m).contains("DaemonSet agent runs version 1.0.0"), "{}", first_target_message(&m));
+    assert!(
+        first_target_message(&m).contains("DaemonSet agent runs version 1.0.0"),
+        "{}",
+        first_target_message(&m)
+    );
     let patch = json!({"spec": {"template": pod_template("agent", "2.0.0")}});
-    api.patch("agent", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("update ds");
+    api.patch("agent", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("update ds");
     let m = env.wait_phase("m", Phase::Succeeded, T).await;
-    let t = m.status.and_then(|s| s.targets.first().cloned()).expect("target");
-    assert_eq!((t.kind.as_str(), t.name.as_str(), t.replicas), ("DaemonSet", "agent", 2), "one pod per kwok node");
+    let t = m
+        .status
+        .and_then(|s| s.targets.first().cloned())
+        .expect("target");
+    assert_eq!(
+        (t.kind.as_str(), t.name.as_str(), t.replicas),
+        ("DaemonSet", "agent", 2),
+        "one pod per kwok node"
+    );
     env.cleanup().await;
 }
 
@@ -83,7 +137,9 @@ async fn zero_replicas_completes_on_the_template_version() {
     let env = Env::new("zero").await;
     seed_users_table(&env).await;
     env.create_deployment("shop-api", 0, "1.0.0").await;
-    env.create_migration("m", migration_spec(EXPAND, json!({}))).await.expect("create");
+    env.create_migration("m", migration_spec(EXPAND, json!({})))
+        .await
+        .expect("create");
     let m = env.wait_phase("m", Phase::AwaitingRollout, T).await;
     assert!(first_target_message(&m).contains("runs version 1.0.0"));
     assert_no_contract(&env).await;
@@ -97,13 +153,29 @@ async fn paused_rollout_waits_and_says_so() {
     let env = Env::new("paused").await;
     seed_users_table(&env).await;
     env.create_deployment("shop-api", 2, "1.0.0").await;
-    env.deployments().patch("shop-api", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"paused": true}}))).await.expect("pause");
-    env.create_migration("m", migration_spec(EXPAND, json!({}))).await.expect("create");
+    env.deployments()
+        .patch(
+            "shop-api",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"paused": true}})),
+        )
+        .await
+        .expect("pause");
+    env.create_migration("m", migration_spec(EXPAND, json!({})))
+        .await
+        .expect("create");
     env.wait_phase("m", Phase::AwaitingRollout, T).await;
     env.set_version("shop-api", "2.0.0", json!({})).await;
     wait_target_message(&env, "m", "rollout is paused").await;
     assert_no_contract(&env).await;
-    env.deployments().patch("shop-api", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"paused": false}}))).await.expect("resume");
+    env.deployments()
+        .patch(
+            "shop-api",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"paused": false}})),
+        )
+        .await
+        .expect("resume");
     env.wait_phase("m", Phase::Succeeded, T).await;
     env.cleanup().await;
 }
@@ -113,11 +185,22 @@ async fn deleted_target_blocks_contract() {
     let env = Env::new("deleted").await;
     seed_users_table(&env).await;
     env.create_deployment("shop-api", 1, "1.0.0").await;
-    env.create_migration("m", migration_spec(EXPAND, json!({}))).await.expect("create");
+    env.create_migration("m", migration_spec(EXPAND, json!({})))
+        .await
+        .expect("create");
     env.wait_phase("m", Phase::AwaitingRollout, T).await;
-    env.deployments().delete("shop-api", &DeleteParams::foreground()).await.expect("delete");
+    env.deployments()
+        .delete("shop-api", &DeleteParams::foreground())
+        .await
+        .expect("delete");
     let m = wait_target_message(&env, "m", "not found").await;
-    assert_eq!(m.status.as_ref().and_then(|s| s.targets_ready.clone()).as_deref(), Some("0/1"));
+    assert_eq!(
+        m.status
+            .as_ref()
+            .and_then(|s| s.targets_ready.clone())
+            .as_deref(),
+        Some("0/1")
+    );
     assert_no_contract(&env).await;
     // Recreated at the new version, the target completes.
     env.create_deployment("shop-api", 1, "2.0.0").await;
@@ -132,15 +215,33 @@ async fn unlabelled_target_and_empty_selector_never_complete() {
     // A Deployment whose pod template carries no version label at all.
     let d = json!({"metadata": {"name": "legacy"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "legacy"}},
         "template": {"metadata": {"labels": {"app": "legacy"}}, "spec": {"containers": [{"name": "api", "image": "legacy:latest"}]}}}});
-    env.deployments().create(&PostParams::default(), &serde_json::from_value(d).expect("deployment")).await.expect("create");
+    env.deployments()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(d).expect("deployment"),
+        )
+        .await
+        .expect("create");
     env.wait_rolled_out("legacy").await;
-    env.create_migration("unlabelled", with_targets(json!([{"kind": "Deployment", "name": "legacy"}]))).await.expect("create");
+    env.create_migration(
+        "unlabelled",
+        with_targets(json!([{"kind": "Deployment", "name": "legacy"}])),
+    )
+    .await
+    .expect("create");
     wait_target_message(&env, "unlabelled", "carries no version").await;
-    let mut nothing = with_targets(json!([{"kind": "Deployment", "selector": {"matchLabels": {"app": "ghost"}}}]));
+    let mut nothing = with_targets(
+        json!([{"kind": "Deployment", "selector": {"matchLabels": {"app": "ghost"}}}]),
+    );
     nothing["expand"]["sql"] = json!("ALTER TABLE users ADD COLUMN ghost_flag boolean;");
-    env.create_migration("nothing", nothing).await.expect("create");
+    env.create_migration("nothing", nothing)
+        .await
+        .expect("create");
     let m = wait_target_message(&env, "nothing", "matches no Deployment").await;
-    assert_eq!(m.status.as_ref().and_then(|s| s.phase), Some(Phase::AwaitingRollout));
+    assert_eq!(
+        m.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::AwaitingRollout)
+    );
     assert_no_contract(&env).await;
     env.cleanup().await;
 }

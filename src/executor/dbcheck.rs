@@ -1,0 +1,322 @@
+//! The database-side check before contract: no session of an older application version and no
+//! transaction that began before the rollout completed may still be connected to the database.
+//!
+//! Convention for applications: set `application_name` to `<app>@<version>` (libpq URL
+//! parameter `application_name=shop-api%401.4.2`, `PGAPPNAME`, or `SET application_name`). A
+//! backend whose name has that form with a version that is not at least the migration's
+//! `appVersion` (semantic-version order where both parse, equality otherwise) blocks contract.
+//!
+//! Visibility (checked on PostgreSQL 15): for sessions of roles the executor's role is not a
+//! member of, `pg_stat_activity` shows only `pid`, `datid`/`datname`, `usesysid`/`usename`,
+//! `application_name`, `backend_xid` and `backend_xmin`; `backend_type`, `state`, `xact_start`,
+//! `backend_start`, `query_start`, `leader_pid` and wait events are NULL and `query` reads
+//! `<insufficient privilege>`, unless the role has `pg_read_all_stats` (or is superuser).
+//! `pg_locks` is not filtered. So the version rule always works; for the transaction rule a
+//! hidden session's start time is unknown, and we fall back to a barrier, as
+//! `CREATE INDEX CONCURRENTLY` does: every transaction such a session had open when the check
+//! first looked (its virtual transaction id in `pg_locks`) must end. That is safe but may wait
+//! for young transactions too; the report carries a warning recommending the grant.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::planner::version::at_least;
+
+/// Poll interval while blockers exist.
+pub const POLL: Duration = Duration::from_millis(200);
+/// Blockers named in the failure message.
+pub const MAX_NAMED: usize = 5;
+
+/// The version part of an `<app>@<version>` application name (split at the last `@`), if any.
+pub fn app_version_of(application_name: &str) -> Option<&str> {
+    let (app, version) = application_name.rsplit_once('@')?;
+    let version = version.trim();
+    if app.trim().is_empty() || version.is_empty() || version.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(version)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    /// `application_name` carries this version, older than the one contract needs.
+    OldVersion { version: String, want: String },
+    /// The transaction began before the rollout completed.
+    OldTransaction,
+    /// A session pg_stat_activity hides from us had this transaction open when we first looked.
+    HiddenTransaction,
+}
+
+/// A session in the way (no query text: it may hold user data).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocker {
+    pub pid: i32,
+    pub application: String,
+    pub state: String,
+    /// Age of its transaction, when it has one and we may see it.
+    pub xact_ms: Option<f64>,
+    pub reason: Reason,
+}
+
+impl std::fmt::Display for Blocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let app = if self.application.is_empty() {
+            "no application_name"
+        } else {
+            &self.application
+        };
+        write!(f, "pid {} ({app}", self.pid)?;
+        if !self.state.is_empty() {
+            write!(f, ", {}", self.state)?;
+        }
+        f.write_str("): ")?;
+        match &self.reason {
+            Reason::OldVersion { version, want } => {
+                write!(f, "application version {version} is older than {want}")?
+            }
+            Reason::OldTransaction => f.write_str("transaction began before the rollout completed")?,
+            Reason::HiddenTransaction => f.write_str(
+                "transaction of another role, open since before the check began (start time hidden without pg_read_all_stats)",
+            )?,
+        }
+        if let Some(ms) = self.xact_ms {
+            write!(f, ", transaction open for {:.1} s", ms / 1000.0)?;
+        }
+        Ok(())
+    }
+}
+
+/// What one look at the database found.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    pub blockers: Vec<Blocker>,
+    /// Sessions in this database whose details pg_stat_activity hides from us.
+    pub hidden: usize,
+}
+
+/// State of the check across polls and attempts within one run.
+#[derive(Debug, Clone)]
+pub struct Checker {
+    /// `PHASEGATE_APP_VERSION`; empty disables the version rule.
+    pub want: String,
+    /// RFC 3339 text of `PHASEGATE_ROLLOUT_COMPLETED_AT`; None disables the transaction rule.
+    pub rollout_completed_at: Option<String>,
+    /// Virtual transaction ids of hidden sessions that may predate the rollout.
+    suspects: HashSet<String>,
+    looked: bool,
+    /// Highest number of hidden sessions seen (for the warning).
+    pub max_hidden: usize,
+}
+
+impl Checker {
+    pub fn new(want: &str, rollout_completed_at: Option<String>) -> Checker {
+        Checker {
+            want: want.trim().to_string(),
+            rollout_completed_at,
+            suspects: HashSet::new(),
+            looked: false,
+            max_hidden: 0,
+        }
+    }
+
+    /// Whether any rule is active.
+    pub fn active(&self) -> bool {
+        !self.want.is_empty() || self.rollout_completed_at.is_some()
+    }
+
+    /// The warning for the report when the check could not see everything it needed.
+    pub fn warning(&self) -> Option<String> {
+        (self.rollout_completed_at.is_some() && self.max_hidden > 0).then(|| {
+            format!(
+                "database check limited: {} session(s) of other roles hide their transaction start; their open transactions were waited out (GRANT pg_read_all_stats for an exact check)",
+                self.max_hidden
+            )
+        })
+    }
+
+    /// Looks once. Never takes a lock.
+    pub async fn observe(&mut self, client: &Client) -> Result<Observation, tokio_postgres::Error> {
+        let rows = client
+            .query(
+                "WITH v AS (
+                     SELECT pid, virtualxid FROM pg_locks
+                      WHERE locktype = 'virtualxid' AND granted AND pid IS NOT NULL
+                        AND virtualxid = virtualtransaction)
+                 SELECT a.pid, coalesce(a.application_name, ''), a.backend_type,
+                        coalesce(a.state, ''),
+                        (extract(epoch FROM clock_timestamp() - a.xact_start) * 1000)::float8,
+                        a.xact_start < $1::text::timestamptz,
+                        v.virtualxid::text,
+                        clock_timestamp() < $1::text::timestamptz
+                   FROM pg_stat_activity a
+                   LEFT JOIN v ON v.pid = a.pid
+                  WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    AND a.pid <> pg_backend_pid()
+                    AND a.usesysid IS NOT NULL
+                  ORDER BY a.pid",
+                &[&self.rollout_completed_at],
+            )
+            .await?;
+        let first = !self.looked;
+        self.looked = true;
+        let mut out = Observation::default();
+        for r in rows {
+            let pid: i32 = r.get(0);
+            let application: String = r.get(1);
+            let backend_type: Option<String> = r.get(2);
+            let state: String = r.get(3);
+            let xact_ms: Option<f64> = r.get(4);
+            let before: Option<bool> = r.get(5);
+            let vxid: Option<String> = r.get(6);
+            let db_clock_before_rollout: Option<bool> = r.get(7);
+            // Without privileges backend_type is NULL for the session (see the module comment).
+            let hidden = backend_type.is_none();
+            if backend_type.as_deref() == Some("parallel worker") {
+                continue; // its leader is listed too
+            }
+            if hidden {
+                out.hidden += 1;
+            }
+            let blocker = |reason| Blocker {
+                pid,
+                application: application.clone(),
+                state: state.clone(),
+                xact_ms,
+                reason,
+            };
+            if !self.want.is_empty() {
+                if let Some(version) = app_version_of(&application) {
+                    if !at_least(version, &self.want) {
+                        out.blockers.push(blocker(Reason::OldVersion {
+                            version: version.to_string(),
+                            want: self.want.clone(),
+                        }));
+                        continue;
+                    }
+                }
+            }
+            if self.rollout_completed_at.is_none() {
+                continue;
+            }
+            if !hidden {
+                if backend_type.as_deref() == Some("client backend") && before == Some(true) {
+                    out.blockers.push(blocker(Reason::OldTransaction));
+                }
+                continue;
+            }
+            let Some(vxid) = vxid else {
+                continue; // not in a transaction
+            };
+            // Transactions seen for the first time after the rollout completed (by the server's
+            // clock) began after it; those present at the first look may be older.
+            if first || db_clock_before_rollout == Some(true) {
+                self.suspects.insert(vxid.clone());
+            }
+            if self.suspects.contains(&vxid) {
+                out.blockers.push(blocker(Reason::HiddenTransaction));
+            }
+        }
+        self.max_hidden = self.max_hidden.max(out.hidden);
+        Ok(out)
+    }
+
+    /// Polls every [`POLL`] until no blocker is left or `budget` runs out; returns the time
+    /// waited and the blockers still there. Logs every change of the blocker set.
+    pub async fn wait_until_clear(
+        &mut self,
+        client: &Client,
+        budget: Duration,
+    ) -> Result<(Duration, Vec<Blocker>), tokio_postgres::Error> {
+        let start = Instant::now();
+        let mut last: Vec<i32> = Vec::new();
+        let mut warned = self.max_hidden > 0;
+        loop {
+            let seen = self.observe(client).await?;
+            if !warned {
+                if let Some(w) = self.warning() {
+                    tracing::warn!(hidden = self.max_hidden, "{w}");
+                    warned = true;
+                }
+            }
+            if seen.blockers.is_empty() {
+                if !last.is_empty() {
+                    tracing::info!(
+                        waited_ms = start.elapsed().as_millis() as u64,
+                        "database check passed: no old sessions or transactions left"
+                    );
+                }
+                return Ok((start.elapsed(), Vec::new()));
+            }
+            if start.elapsed() >= budget {
+                return Ok((start.elapsed(), seen.blockers));
+            }
+            let pids: Vec<i32> = seen.blockers.iter().map(|b| b.pid).collect();
+            if pids != last {
+                for b in &seen.blockers {
+                    tracing::info!(blocker = %b, waited_ms = start.elapsed().as_millis() as u64,
+                        "contract waits: an old session or transaction is still in the database");
+                }
+                last = pids;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_name_convention() {
+        assert_eq!(app_version_of("shop-api@1.4.2"), Some("1.4.2"));
+        assert_eq!(app_version_of("shop@eu@v2.0.0"), Some("v2.0.0"));
+        assert_eq!(app_version_of("worker@3f2a9c1"), Some("3f2a9c1"));
+        assert_eq!(app_version_of("psql"), None);
+        assert_eq!(app_version_of(""), None);
+        assert_eq!(app_version_of("shop-api@"), None);
+        assert_eq!(app_version_of("@1.0.0"), None);
+        assert_eq!(app_version_of("x@1.0 beta"), None);
+    }
+
+    #[test]
+    fn blocker_text() {
+        let b = Blocker {
+            pid: 42,
+            application: "shop-api@1.0.0".into(),
+            state: "idle".into(),
+            xact_ms: None,
+            reason: Reason::OldVersion {
+                version: "1.0.0".into(),
+                want: "2.0.0".into(),
+            },
+        };
+        assert_eq!(
+            b.to_string(),
+            "pid 42 (shop-api@1.0.0, idle): application version 1.0.0 is older than 2.0.0"
+        );
+        let b = Blocker {
+            pid: 7,
+            application: String::new(),
+            state: "idle in transaction".into(),
+            xact_ms: Some(12_345.0),
+            reason: Reason::OldTransaction,
+        };
+        assert_eq!(
+            b.to_string(),
+            "pid 7 (no application_name, idle in transaction): transaction began before the rollout completed, transaction open for 12.3 s"
+        );
+    }
+
+    #[test]
+    fn warning_only_when_the_transaction_rule_is_blind() {
+        let mut c = Checker::new("2.0.0", None);
+        c.max_hidden = 3;
+        assert_eq!(c.warning(), None);
+        c.rollout_completed_at = Some("2026-11-26T01:42:35Z".into());
+        assert!(c.warning().is_some_and(|w| w.contains("pg_read_all_stats")));
+        assert!(!Checker::new("", None).active());
+    }
+}

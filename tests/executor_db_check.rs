@@ -1,0 +1,481 @@
+//! The database-side check before contract (see src/executor/dbcheck.rs), against real
+//! PostgreSQL servers started by the tests, through the library and the real binary.
+
+mod support;
+
+use std::time::Duration;
+
+use phasegate::executor::{self, Config, Outcome, Phase, Report};
+use support::postgres::{sleep_ms, TestPostgres};
+
+const BIN: &str = env!("CARGO_BIN_EXE_phasegate");
+const CONTRACT: &str = "ALTER TABLE users DROP COLUMN legacy";
+
+async fn setup(pg: &TestPostgres) -> tokio_postgres::Client {
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL, legacy int, legacy2 int);
+         INSERT INTO users (email) SELECT 'u' || g || '@example.com' FROM generate_series(1, 10) g;",
+    )
+    .await
+    .expect("setup schema");
+    c
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// An application session following the `<app>@<version>` convention (or any name).
+async fn session(url: &str, application_name: &str) -> (tokio_postgres::Client, i32) {
+    let c = connect(url).await;
+    c.batch_execute(&format!("SET application_name = '{application_name}'"))
+        .await
+        .expect("set application_name");
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    (c, pid)
+}
+
+/// Opens a transaction (xact_start = now) and leaves it open.
+async fn begin(c: &tokio_postgres::Client) {
+    c.batch_execute("BEGIN; SELECT 1;").await.expect("begin");
+}
+
+fn contract(url: String, sql: &str) -> Config {
+    let mut c = Config::new(url, Phase::Contract, sql);
+    c.identity.namespace = "shop".into();
+    c.identity.name = "m".into();
+    c.identity.app_version = "2.0.0".into();
+    c.database_check_timeout = Duration::from_secs(20);
+    c
+}
+
+async fn columns(c: &tokio_postgres::Client) -> Vec<String> {
+    c.query(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = 'users'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        &[],
+    )
+    .await
+    .expect("columns")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+async fn ledger_phases(c: &tokio_postgres::Client) -> Vec<(String, String, String)> {
+    let exists: bool = c
+        .query_one("SELECT to_regclass('phasegate.ledger') IS NOT NULL", &[])
+        .await
+        .expect("regclass")
+        .get(0);
+    if !exists {
+        return Vec::new();
+    }
+    c.query(
+        "SELECT name, phase, status FROM phasegate.ledger ORDER BY name, phase",
+        &[],
+    )
+    .await
+    .expect("ledger")
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+fn assert_outcome(r: &Report, want: Outcome) {
+    assert_eq!(r.outcome, want, "report: {}", r.to_json_line());
+}
+
+fn message(r: &Report) -> String {
+    r.error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default()
+}
+
+/// Releases `c` after `ms`: drops it (closes the session) or commits.
+fn close_after(c: tokio_postgres::Client, ms: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        sleep_ms(ms).await;
+        drop(c);
+    })
+}
+
+fn commit_after(
+    c: tokio_postgres::Client,
+    ms: u64,
+) -> tokio::task::JoinHandle<tokio_postgres::Client> {
+    tokio::spawn(async move {
+        sleep_ms(ms).await;
+        c.batch_execute("COMMIT").await.expect("commit");
+        c
+    })
+}
+
+/// Runs the real binary with `PHASEGATE_*` settings; returns (success, report, stdout+stderr).
+async fn run_bin(envs: &[(&str, &str)]) -> (bool, Report, String) {
+    let out = tokio::process::Command::new(BIN)
+        .arg("apply")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "PHASEGATE_TERMINATION_LOG",
+            "/nonexistent-dir/termination-log",
+        )
+        .envs(envs.iter().copied())
+        .output()
+        .await
+        .expect("run phasegate");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let report = Report::parse(&stdout).unwrap_or_else(|| panic!("no report: {stdout}\n{stderr}"));
+    (out.status.success(), report, format!("{stdout}\n{stderr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_version_session_blocks_contract_until_it_closes() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let (old, _) = session(&pg.url(), "shop-api@1.0.0").await;
+    let release = close_after(old, 1000);
+    let r = executor::execute(&contract(pg.url(), CONTRACT)).await;
+    assert_outcome(&r, Outcome::Applied);
+    let waited = r.db_check_wait_ms.expect("dbCheckWaitMs");
+    assert!(waited >= 700, "{}", r.to_json_line());
+    assert!(r.summary().contains("for old sessions"), "{}", r.summary());
+    assert_eq!(r.db_check_warning, None);
+    assert!(!columns(&c).await.contains(&"legacy".to_string()));
+    release.await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_version_and_unversioned_sessions_do_not_block() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let mut keep = Vec::new();
+    for name in [
+        "shop-api@2.0.0",
+        "shop-api@v2.1.0",
+        "worker@3.0.0",
+        "psql",
+        "shop-api@",
+        "",
+    ] {
+        keep.push(session(&pg.url(), name).await.0);
+    }
+    // A transaction of today's code is fine too (no rollout time: only versions are checked).
+    begin(&keep[3]).await;
+    let r = executor::execute(&contract(pg.url(), CONTRACT)).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert!(
+        r.db_check_wait_ms.is_some_and(|ms| ms < 150),
+        "{}",
+        r.to_json_line()
+    );
+    assert!(!columns(&c).await.contains(&"legacy".to_string()));
+    drop(keep);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_begun_before_the_rollout_block_until_they_end() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let (before, before_pid) = session(&pg.url(), "psql").await;
+    begin(&before).await;
+    sleep_ms(100).await;
+    let completed = jiff::Timestamp::now();
+    sleep_ms(100).await;
+    let (after, _) = session(&pg.url(), "shop-api@2.0.0").await;
+    begin(&after).await;
+    let idle = session(&pg.url(), "psql").await.0; // no transaction at all
+
+    // Bounded first: the old transaction is named; the young one is not.
+    let mut cfg = contract(pg.url(), CONTRACT);
+    cfg.rollout_completed_at = Some(completed);
+    cfg.database_check_timeout = Duration::from_millis(300);
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Failed);
+    let msg = message(&r);
+    assert!(
+        msg.contains(&format!("pid {before_pid} (psql, idle in transaction): transaction began before the rollout completed"))
+            && msg.contains("still 1 old session"),
+        "{msg}"
+    );
+
+    let release = commit_after(before, 1000);
+    cfg.database_check_timeout = Duration::from_secs(20);
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert!(
+        r.db_check_wait_ms.is_some_and(|ms| ms >= 500),
+        "{}",
+        r.to_json_line()
+    );
+    assert!(!columns(&c).await.contains(&"legacy".to_string()));
+    let _before = release.await.expect("release");
+    after.batch_execute("COMMIT").await.expect("commit");
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_fails_after_the_check_timeout_naming_blockers_and_a_retry_succeeds() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let (old, old_pid) = session(&pg.url(), "shop-api@1.0.0").await;
+    let (tx, tx_pid) = session(&pg.url(), "psql").await;
+    begin(&tx).await;
+    sleep_ms(50).await;
+    let completed = jiff::Timestamp::now().to_string();
+    let url = pg.url();
+    let envs = [
+        ("PHASEGATE_DATABASE_URL", url.as_str()),
+        ("PHASEGATE_PHASE", "contract"),
+        ("PHASEGATE_SQL", CONTRACT),
+        ("PHASEGATE_MIGRATION_NAMESPACE", "shop"),
+        ("PHASEGATE_MIGRATION_NAME", "m"),
+        ("PHASEGATE_APP_VERSION", "2.0.0"),
+        ("PHASEGATE_ROLLOUT_COMPLETED_AT", completed.as_str()),
+        ("PHASEGATE_DATABASE_CHECK_TIMEOUT", "600"), // bare number: milliseconds
+    ];
+    let (ok, r, output) = run_bin(&envs).await;
+    assert!(!ok, "{output}");
+    assert_outcome(&r, Outcome::Failed);
+    let e = r.error.clone().expect("error");
+    assert_eq!((e.sqlstate.as_deref(), e.statement), (None, None));
+    assert!(
+        e.message.contains(&format!(
+            "pid {old_pid} (shop-api@1.0.0, idle): application version 1.0.0 is older than 2.0.0"
+        )) && e
+            .message
+            .contains(&format!("pid {tx_pid} (psql, idle in transaction)"))
+            && e.message.contains("nothing was applied"),
+        "{}",
+        e.message
+    );
+    assert!(
+        r.db_check_wait_ms.is_some_and(|ms| ms >= 600),
+        "{}",
+        r.to_json_line()
+    );
+    assert!(r.to_json_line().contains("\"dbCheckWaitMs\":"));
+    assert!(
+        output.contains("contract waits"),
+        "the wait is logged: {output}"
+    );
+    assert_eq!(r.attempts, 0, "no attempt was made");
+    assert!(columns(&c).await.contains(&"legacy".to_string()));
+    assert!(
+        !ledger_phases(&c)
+            .await
+            .iter()
+            .any(|(_, p, _)| p == "contract"),
+        "{:?}",
+        ledger_phases(&c).await
+    );
+
+    // Once they are gone, the retry applies.
+    drop(old);
+    tx.batch_execute("COMMIT").await.expect("commit");
+    let (ok, r, output) = run_bin(&envs).await;
+    assert!(ok, "{output}");
+    assert_outcome(&r, Outcome::Applied);
+    assert!(!columns(&c).await.contains(&"legacy".to_string()));
+    assert_eq!(
+        ledger_phases(&c).await,
+        vec![("m".into(), "contract".into(), "applied".into())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_with_database_check_false_skips_the_check() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let (_old, _) = session(&pg.url(), "shop-api@1.0.0").await;
+    let url = pg.url();
+    let completed = jiff::Timestamp::now().to_string();
+    let mut envs = vec![
+        ("PHASEGATE_DATABASE_URL", url.as_str()),
+        ("PHASEGATE_PHASE", "contract"),
+        ("PHASEGATE_SQL", CONTRACT),
+        ("PHASEGATE_APP_VERSION", "2.0.0"),
+        ("PHASEGATE_ROLLOUT_COMPLETED_AT", completed.as_str()),
+        ("PHASEGATE_DATABASE_CHECK_TIMEOUT", "300ms"),
+        ("PHASEGATE_DATABASE_CHECK", "maybe"),
+    ];
+    // An invalid value is refused for contract before anything runs.
+    let (ok, r, output) = run_bin(&envs).await;
+    assert!(!ok, "{output}");
+    assert!(
+        message(&r).contains("PHASEGATE_DATABASE_CHECK"),
+        "{}",
+        message(&r)
+    );
+
+    envs.pop();
+    envs.push(("PHASEGATE_DATABASE_CHECK", "false"));
+    let (ok, r, output) = run_bin(&envs).await;
+    assert!(ok, "{output}");
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(r.db_check_wait_ms, None);
+    assert!(!r.to_json_line().contains("dbCheck"));
+    assert!(!columns(&c).await.contains(&"legacy".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expand_never_runs_the_database_check() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let (_old, _) = session(&pg.url(), "shop-api@1.0.0").await;
+    let (tx, _) = session(&pg.url(), "psql").await;
+    begin(&tx).await;
+    sleep_ms(50).await;
+    let mut cfg = contract(pg.url(), "ALTER TABLE users ADD COLUMN fresh int");
+    cfg.phase = Phase::Expand;
+    cfg.rollout_completed_at = Some(jiff::Timestamp::now());
+    cfg.database_check = true;
+    cfg.database_check_timeout = Duration::from_millis(100);
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(r.db_check_wait_ms, None);
+    assert!(columns(&c).await.contains(&"fresh".to_string()));
+
+    // Through the binary, even an invalid PHASEGATE_DATABASE_CHECK is ignored for expand.
+    let url = pg.url();
+    let (ok, r, output) = run_bin(&[
+        ("PHASEGATE_DATABASE_URL", url.as_str()),
+        ("PHASEGATE_PHASE", "expand"),
+        ("PHASEGATE_SQL", "ALTER TABLE users ADD COLUMN fresh2 int"),
+        ("PHASEGATE_APP_VERSION", "2.0.0"),
+        ("PHASEGATE_ROLLOUT_COMPLETED_AT", "2020-01-01T00:00:00Z"),
+        ("PHASEGATE_DATABASE_CHECK", "maybe"),
+    ])
+    .await;
+    assert!(ok, "{output}");
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(r.db_check_wait_ms, None);
+    tx.batch_execute("COMMIT").await.expect("commit");
+}
+
+/// Without pg_read_all_stats, pg_stat_activity hides other roles' xact_start but not their
+/// application_name: versions are still checked exactly; transactions conservatively.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprivileged_role_sees_versions_and_waits_out_hidden_transactions() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    c.batch_execute(
+        "CREATE ROLE app LOGIN PASSWORD 'app-pw';
+         CREATE ROLE migr LOGIN PASSWORD 'migr-pw';
+         GRANT CREATE ON DATABASE postgres TO migr;
+         ALTER TABLE users OWNER TO migr;
+         GRANT ALL ON users TO app;",
+    )
+    .await
+    .expect("roles");
+    let port = pg.port();
+    let app_url = format!("postgres://app:app-pw@127.0.0.1:{port}/postgres?sslmode=disable");
+    let migr_url = format!("postgres://migr:migr-pw@127.0.0.1:{port}/postgres?sslmode=disable");
+
+    // What the migration role sees of the application's sessions.
+    let (old, old_pid) = session(&app_url, "shop-api@1.0.0").await;
+    begin(&old).await;
+    let migr = connect(&migr_url).await;
+    let row = migr
+        .query_one(
+            "SELECT application_name, backend_type, state, xact_start, query FROM pg_stat_activity WHERE pid = $1",
+            &[&old_pid],
+        )
+        .await
+        .expect("activity");
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("shop-api@1.0.0")
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(1),
+        None,
+        "backend_type is hidden"
+    );
+    assert_eq!(row.get::<_, Option<String>>(2), None, "state is hidden");
+    assert!(
+        row.get::<_, Option<std::time::SystemTime>>(3).is_none(),
+        "xact_start is hidden"
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(4).as_deref(),
+        Some("<insufficient privilege>")
+    );
+
+    // 1. The version rule works without privileges.
+    let mut cfg = contract(migr_url.clone(), CONTRACT);
+    cfg.database_check_timeout = Duration::from_millis(300);
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Failed);
+    assert!(
+        message(&r).contains(&format!(
+            "pid {old_pid} (shop-api@1.0.0): application version 1.0.0"
+        )),
+        "{}",
+        message(&r)
+    );
+    old.batch_execute("COMMIT").await.expect("commit");
+    drop(old);
+
+    // 2. A hidden transaction that was open when the check began is waited out, even a young
+    //    one (its start is unknown), and the report says the check was limited.
+    let (tx, _) = session(&app_url, "psql").await;
+    sleep_ms(50).await;
+    cfg.rollout_completed_at = Some(jiff::Timestamp::now());
+    sleep_ms(50).await;
+    begin(&tx).await; // began after the rollout, but we cannot tell
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Failed);
+    assert!(
+        message(&r).contains("start time hidden without pg_read_all_stats"),
+        "{}",
+        message(&r)
+    );
+    assert!(
+        r.db_check_warning
+            .as_deref()
+            .is_some_and(|w| w.contains("GRANT pg_read_all_stats")),
+        "{}",
+        r.to_json_line()
+    );
+    let release = commit_after(tx, 1000);
+    cfg.database_check_timeout = Duration::from_secs(20);
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert!(
+        r.db_check_wait_ms.is_some_and(|ms| ms >= 500),
+        "{}",
+        r.to_json_line()
+    );
+    assert!(r.db_check_warning.is_some(), "{}", r.to_json_line());
+    let tx = release.await.expect("release");
+
+    // 3. With pg_read_all_stats the check is exact: a young transaction does not block.
+    c.batch_execute("GRANT pg_read_all_stats TO migr")
+        .await
+        .expect("grant");
+    let mut cfg = contract(migr_url, "ALTER TABLE users DROP COLUMN legacy2");
+    cfg.identity.name = "m2".into();
+    cfg.rollout_completed_at = Some(jiff::Timestamp::now());
+    sleep_ms(50).await;
+    begin(&tx).await;
+    cfg.database_check_timeout = Duration::from_millis(300);
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(r.db_check_warning, None);
+    tx.batch_execute("COMMIT").await.expect("commit");
+    drop(migr);
+}
