@@ -23,6 +23,7 @@ crd:
 
 ## Unit, property and PostgreSQL integration tests (no cluster needed).
 unit: deps
+	$(CARGO) fmt --check
 	$(CARGO) test
 
 ## Local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok).
