@@ -226,6 +226,18 @@ else
   fail "applying the namespace-scoped install"
 fi
 
+# The README's install command, for real: helm installs the chart and waits for the operator
+# Deployment (kwok marks its pod Ready; the image itself is not pulled here).
+README_NS=phasegate-chart-test-readme
+if "${HELM}" install phasegate-readme "${CHART}" -n "${README_NS}" --create-namespace \
+  --set image.repository=registry.example.com/phasegate --wait --timeout 120s >/dev/null; then
+  pass "helm install as in docs/install.md"
+  "${HELM}" uninstall phasegate-readme -n "${README_NS}" --wait >/dev/null && pass "helm uninstall" || fail "helm uninstall"
+else
+  fail "helm install as in docs/install.md"
+fi
+k delete namespace "${README_NS}" --wait=false >/dev/null 2>&1 || true
+
 if ((failures > 0)); then
   log "${failures} check(s) failed"
   exit 1
