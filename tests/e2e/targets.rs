@@ -245,3 +245,35 @@ async fn unlabelled_target_and_empty_selector_never_complete() {
     assert_no_contract(&env).await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn version_from_image_tag() {
+    let env = Env::new("imagetag").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 2, "1.0.0").await;
+    let mut spec = migration_spec(EXPAND, json!({}));
+    spec["rollout"]["versionFrom"] = json!({"image": {"container": "api"}});
+    env.create_migration("m", spec).await.expect("create");
+    let m = env.wait_phase("m", Phase::AwaitingRollout, T).await;
+    assert_eq!(
+        m.status
+            .as_ref()
+            .and_then(|s| s.targets.first())
+            .and_then(|t| t.version.clone())
+            .as_deref(),
+        Some("1.0.0"),
+        "read from shop/api:1.0.0"
+    );
+    // Only the image moves: the version label stays at 1.0.0.
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "api", "image": "shop/api:2.0.0"}]}}}});
+    env.deployments()
+        .patch(
+            "shop-api",
+            &PatchParams::default(),
+            &Patch::Strategic(patch),
+        )
+        .await
+        .expect("new image");
+    env.wait_phase("m", Phase::Succeeded, T).await;
+    env.cleanup().await;
+}
