@@ -68,7 +68,12 @@ pub async fn advisory_lock(client: &Client, timeout: Duration) -> Result<Duratio
             .map_err(AdvisoryError::Db)?
             .get(0);
         if got {
-            return Ok(start.elapsed());
+            // The first try is no wait; only time spent behind another holder counts.
+            return Ok(if logged {
+                start.elapsed()
+            } else {
+                Duration::ZERO
+            });
         }
         let holder = advisory_holder(client).await.ok().flatten();
         if start.elapsed() >= timeout {
@@ -213,7 +218,12 @@ pub async fn wait_until_clear(
                     "tables are free, attempting"
                 );
             }
-            return Ok((start.elapsed(), Vec::new()));
+            let waited = if logged {
+                start.elapsed()
+            } else {
+                Duration::ZERO
+            };
+            return Ok((waited, Vec::new()));
         }
         if start.elapsed() >= budget {
             return Ok((start.elapsed(), blocking));

@@ -188,7 +188,9 @@ pub fn lint_report(sql: &str) -> Result<Report, LintError> {
         let line = line_col(sql, *start).0;
         for h in hits {
             // Every hit names a rule of RULES (`hit` debug-asserts it); skip rather than panic.
-            let Some(rule) = rules::find(h.rule) else { continue };
+            let Some(rule) = rules::find(h.rule) else {
+                continue;
+            };
             findings.push(Finding {
                 rule: rule.id,
                 class: rule.class,
