@@ -5,7 +5,7 @@ CACHE ?= $(or $(PHASEGATE_CACHE),$(HOME)/.cache/phasegate)
 E2E_KUBECONFIG ?= $(CACHE)/kubeconfig
 E2E_THREADS ?= 3
 
-.PHONY: all build deps crd unit e2e test chart-test lua-test demo demo-down cluster-up cluster-down bench-lock fmt lint-rust
+.PHONY: all build deps crd unit executor-pg17 e2e test chart-test lua-test demo demo-down cluster-up cluster-down bench-lock fmt lint-rust
 
 all: build
 
@@ -25,6 +25,11 @@ crd:
 unit: deps
 	$(CARGO) fmt --check
 	$(CARGO) test
+	$(MAKE) executor-pg17
+
+## The executor's integration tests again, against PostgreSQL 17 (the default run uses 15).
+executor-pg17: deps
+	PHASEGATE_PG_BINDIR=$$(hack/install-postgres17.sh) $(CARGO) test --test executor --test executor_db_check
 
 ## Local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok).
 cluster-up: deps
