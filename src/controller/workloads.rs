@@ -81,35 +81,27 @@ trait Workload:
     fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation;
 }
 
-impl Workload for Deployment {
-    const KIND: TargetKind = TargetKind::Deployment;
-    fn selector(&self) -> Option<LabelSelector> {
-        self.spec.as_ref().map(|s| s.selector.clone())
-    }
-    fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
-        deployment_observation(self, vf, pods)
-    }
+macro_rules! workload {
+    ($ty:ty, $kind:expr, $observe:path) => {
+        impl Workload for $ty {
+            const KIND: TargetKind = $kind;
+            fn selector(&self) -> Option<LabelSelector> {
+                self.spec.as_ref().map(|s| s.selector.clone())
+            }
+            fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+                $observe(self, vf, pods)
+            }
+        }
+    };
 }
 
-impl Workload for StatefulSet {
-    const KIND: TargetKind = TargetKind::StatefulSet;
-    fn selector(&self) -> Option<LabelSelector> {
-        self.spec.as_ref().map(|s| s.selector.clone())
-    }
-    fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
-        statefulset_observation(self, vf, pods)
-    }
-}
-
-impl Workload for DaemonSet {
-    const KIND: TargetKind = TargetKind::DaemonSet;
-    fn selector(&self) -> Option<LabelSelector> {
-        self.spec.as_ref().map(|s| s.selector.clone())
-    }
-    fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
-        daemonset_observation(self, vf, pods)
-    }
-}
+workload!(Deployment, TargetKind::Deployment, deployment_observation);
+workload!(
+    StatefulSet,
+    TargetKind::StatefulSet,
+    statefulset_observation
+);
+workload!(DaemonSet, TargetKind::DaemonSet, daemonset_observation);
 
 async fn fetch<K: Workload>(
     client: &Client,

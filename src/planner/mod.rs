@@ -252,18 +252,7 @@ impl<'a> Planner<'a> {
                     self.consume_retry();
                     self.start(JobPhase::Expand, attempt + 1);
                 } else {
-                    let now = self.now();
-                    self.adopt(JobPhase::Expand, attempt);
-                    let e = self.status.expand.get_or_insert_with(PhaseStatus::default);
-                    if e.finished_at.is_none() || e.message.as_deref() != Some(msg.as_str()) {
-                        e.finished_at = Some(now);
-                    }
-                    e.message = Some(msg.clone());
-                    self.set(
-                        Phase::Failed,
-                        reason::EXPAND_FAILED,
-                        format!("expand failed: {msg}"),
-                    );
+                    self.job_failed(JobPhase::Expand, attempt, msg);
                 }
                 false
             }
@@ -294,6 +283,28 @@ impl<'a> Planner<'a> {
                 false
             }
         }
+    }
+
+    /// The Job of `attempt` failed: record when (once per distinct failure) and why, and fail.
+    fn job_failed(&mut self, phase: JobPhase, attempt: u32, msg: &str) {
+        let now = self.now();
+        self.adopt(phase, attempt);
+        let rec = match phase {
+            JobPhase::Expand => self.status.expand.get_or_insert_with(PhaseStatus::default),
+            JobPhase::Contract => self
+                .status
+                .contract
+                .get_or_insert_with(PhaseStatus::default),
+        };
+        if rec.finished_at.is_none() || rec.message.as_deref() != Some(msg) {
+            rec.finished_at = Some(now);
+        }
+        rec.message = Some(msg.to_string());
+        let why = match phase {
+            JobPhase::Expand => reason::EXPAND_FAILED,
+            JobPhase::Contract => reason::CONTRACT_FAILED,
+        };
+        self.set(Phase::Failed, why, format!("{phase} failed: {msg}"));
     }
 
     /// Record the Job of `attempt` as the phase's current one (also heals a lost status
@@ -393,21 +404,7 @@ impl<'a> Planner<'a> {
             }
             JobState::Failed(msg) => {
                 if !self.retry_requested() {
-                    let now = self.now();
-                    self.adopt(JobPhase::Contract, attempt);
-                    let c = self
-                        .status
-                        .contract
-                        .get_or_insert_with(PhaseStatus::default);
-                    if c.finished_at.is_none() || c.message.as_deref() != Some(msg.as_str()) {
-                        c.finished_at = Some(now);
-                    }
-                    c.message = Some(msg.clone());
-                    self.set(
-                        Phase::Failed,
-                        reason::CONTRACT_FAILED,
-                        format!("contract failed: {msg}"),
-                    );
+                    self.job_failed(JobPhase::Contract, attempt, msg);
                     return;
                 }
                 // A retry of contract passes through the rollout gates again below.
