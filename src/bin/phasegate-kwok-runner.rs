@@ -98,6 +98,28 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
         .and_then(|s| s.containers.first())
         .cloned()
         .ok_or_else(|| anyhow!("pod {name} has no container"))?;
+    // As the kubelet does, a missing Secret or key keeps the container waiting with
+    // CreateContainerConfigError, retried until it appears or the pod goes away.
+    let mut reported = None;
+    let env = loop {
+        match resolve_env(&client, &ns, &container).await {
+            Ok(env) => break env,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if reported.as_ref() != Some(&msg) {
+                    tracing::warn!(pod = %name, error = %msg, "container config error; retrying");
+                    let waiting = serde_json::json!({"waiting": {"reason": "CreateContainerConfigError", "message": msg}});
+                    set_status(&pods, &name, &container, waiting, "Pending").await?;
+                    reported = Some(msg);
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                match pods.get_opt(&name).await? {
+                    Some(p) if p.metadata.deletion_timestamp.is_none() => continue,
+                    _ => return Ok(()),
+                }
+            }
+        }
+    };
     let started_at = Timestamp::now();
     set_status(
         &pods,
@@ -108,13 +130,12 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
     )
     .await?;
 
-    let env = resolve_env(&client, &ns, &container).await;
     let dir = tempfile::tempdir()?;
     let term_log = dir.path().join("termination-log");
     let (program, argv) = command_of(&container, args)?;
     tracing::info!(pod = %name, %program, "running executor");
-    let outcome = match env {
-        Ok(env) => {
+    let outcome = {
+        {
             let out = tokio::process::Command::new(&program)
                 .args(&argv)
                 .env_clear()
@@ -149,8 +170,6 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
                 });
             (code, message)
         }
-        // The kubelet reports a missing Secret as CreateContainerConfigError; fail the pod.
-        Err(e) => (1, format!("CreateContainerConfigError: {e:#}")),
     };
     let (code, message) = outcome;
     finish(&pods, &name, &container, started_at, code, message).await

@@ -306,7 +306,49 @@ pub async fn observe_reported(
         };
         return Ok((JobState::Failed(msg), report));
     }
-    Ok((JobState::Running, None))
+    Ok((JobState::Running(stuck_reason(pods, &name).await?), None))
+}
+
+/// Why a running Job's pod cannot make progress, as the kubelet or scheduler reports it
+/// (a missing Secret, a bad image, an unschedulable pod); `None` while it is fine.
+async fn stuck_reason(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Error> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await
+        .during(format!("listing pods of Job {job}"))?;
+    for p in &list.items {
+        let Some(status) = &p.status else { continue };
+        let waiting = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter_map(|cs| cs.state.as_ref()?.waiting.as_ref())
+            .find(|w| {
+                !matches!(
+                    w.reason.as_deref(),
+                    None | Some("ContainerCreating" | "PodInitializing")
+                )
+            });
+        if let Some(w) = waiting {
+            let reason = w.reason.clone().unwrap_or_default();
+            return Ok(Some(match &w.message {
+                Some(m) => format!("{reason}: {m}"),
+                None => reason,
+            }));
+        }
+        let unschedulable = status.conditions.iter().flatten().find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+        });
+        if let Some(c) = unschedulable {
+            return Ok(Some(format!(
+                "Unschedulable: {}",
+                c.message.clone().unwrap_or_default()
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// The termination message of the newest terminated pod of a Job (the executor's report line,

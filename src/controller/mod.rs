@@ -21,7 +21,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{DatabaseMigration, Phase, TargetKind, LABEL_EXECUTOR};
+use crate::api::{DatabaseMigration, Phase, TargetKind, LABEL_EXECUTOR, LABEL_MIGRATION};
 use crate::leader::Shutdown;
 use crate::metrics::Metrics;
 use crate::server::Health;
@@ -180,7 +180,12 @@ fn migrations_waiting_in(
     p: &Pod,
 ) -> Vec<ObjectRef<DatabaseMigration>> {
     if p.labels().contains_key(LABEL_EXECUTOR) {
-        return Vec::new();
+        // An executor pod wakes its own migration: a stuck pod (missing Secret, bad image)
+        // changes no Job status, but the migration's status should say why it waits.
+        return match (p.labels().get(LABEL_MIGRATION), p.namespace()) {
+            (Some(name), Some(ns)) => vec![ObjectRef::new(name).within(&ns)],
+            _ => Vec::new(),
+        };
     }
     let ns = p.namespace();
     store

@@ -51,8 +51,9 @@ pub enum JobState {
     /// No Job of that attempt exists.
     #[default]
     Absent,
-    /// The Job exists and has not finished.
-    Running,
+    /// The Job exists and has not finished; why its pod is stuck, if it is (e.g.
+    /// `CreateContainerConfigError: secret "shop-db" not found`).
+    Running(Option<String>),
     /// The Job completed; the executor's one-line report, if any.
     Succeeded(Option<String>),
     /// The Job failed; why (the executor's report or the Job's condition).
@@ -238,12 +239,16 @@ impl<'a> Planner<'a> {
                 e.message = report.clone();
                 true
             }
-            JobState::Running => {
+            JobState::Running(stuck) => {
+                let stuck = stuck
+                    .as_deref()
+                    .map(|w| format!("; pod waiting: {w}"))
+                    .unwrap_or_default();
                 self.adopt(JobPhase::Expand, attempt);
                 self.set(
                     Phase::Expanding,
                     reason::EXPANDING,
-                    format!("expand Job attempt {attempt} is running"),
+                    format!("expand Job attempt {attempt} is running{stuck}"),
                 );
                 false
             }
@@ -393,12 +398,16 @@ impl<'a> Planner<'a> {
                 );
                 return;
             }
-            JobState::Running => {
+            JobState::Running(stuck) => {
+                let stuck = stuck
+                    .as_deref()
+                    .map(|w| format!("; pod waiting: {w}"))
+                    .unwrap_or_default();
                 self.adopt(JobPhase::Contract, attempt);
                 self.set(
                     Phase::Contracting,
                     reason::CONTRACTING,
-                    format!("contract Job attempt {attempt} is running"),
+                    format!("contract Job attempt {attempt} is running{stuck}"),
                 );
                 return;
             }

@@ -186,7 +186,7 @@ impl Fx {
                 attempt: 1
             }
         );
-        fx.expand_job = JobState::Running;
+        fx.expand_job = JobState::Running(None);
         fx.step();
         fx.expand_job = JobState::Succeeded(Some("expand applied".into()));
         assert_eq!(fx.step().status.phase, Some(Phase::AwaitingRollout));
@@ -204,7 +204,7 @@ impl Fx {
                 attempt: 1
             }
         );
-        fx.contract_job = JobState::Running;
+        fx.contract_job = JobState::Running(None);
         fx
     }
 }
@@ -262,7 +262,7 @@ fn fresh_migration_starts_expand_attempt_1() {
 fn expand_running_waits_without_action() {
     let mut fx = Fx::new(SpecBuilder::new().build());
     fx.step();
-    fx.expand_job = JobState::Running;
+    fx.expand_job = JobState::Running(None);
     fx.now = 30;
     let p = fx.step();
     assert_eq!(p.action, Action::None);
@@ -285,7 +285,7 @@ fn expand_succeeded_awaits_rollout_without_action() {
             .build(),
     );
     fx.step();
-    fx.expand_job = JobState::Running;
+    fx.expand_job = JobState::Running(None);
     fx.step();
     fx.now = 60;
     fx.targets[0] = target("shop-api", true);
@@ -391,7 +391,7 @@ fn contract_running_then_succeeded() {
 fn expand_failed() -> Fx {
     let mut fx = Fx::new(SpecBuilder::new().build());
     fx.step();
-    fx.expand_job = JobState::Running;
+    fx.expand_job = JobState::Running(None);
     fx.step();
     fx.now = 50;
     fx.expand_job = JobState::Failed("relation \"users\" does not exist".into());
@@ -404,7 +404,7 @@ fn expand_failed() -> Fx {
 fn expand_failed_is_failed_with_message_and_no_action() {
     let mut fx = Fx::new(SpecBuilder::new().build());
     fx.step();
-    fx.expand_job = JobState::Running;
+    fx.expand_job = JobState::Running(None);
     fx.step();
     fx.now = 50;
     fx.expand_job = JobState::Failed("relation \"users\" does not exist".into());
@@ -468,7 +468,7 @@ fn retry_after_expand_failure_starts_attempt_2() {
     assert_eq!(p.transition.as_ref().unwrap().reason, "Expanding");
 
     // The new attempt runs; the same token does nothing more.
-    fx.expand_job = JobState::Running;
+    fx.expand_job = JobState::Running(None);
     let p = fx.step();
     assert_eq!(
         (phase(&p), p.action.clone()),
@@ -513,7 +513,7 @@ fn empty_retry_token_is_no_retry() {
 fn retry_token_set_before_any_failure_is_recorded_and_not_acted_on_later() {
     let mut fx = Fx::new(SpecBuilder::new().build());
     fx.step();
-    fx.expand_job = JobState::Running;
+    fx.expand_job = JobState::Running(None);
     fx.retry("early");
     let p = fx.step();
     assert_eq!(phase(&p), Phase::Expanding);
@@ -597,7 +597,7 @@ fn retry_after_contract_failure_starts_attempt_2_when_gates_open() {
         c.job_name.as_deref(),
         Some("users-email-verified-contract-2")
     );
-    fx.contract_job = JobState::Running;
+    fx.contract_job = JobState::Running(None);
     assert_eq!(fx.step().action, Action::None);
 }
 
@@ -1151,7 +1151,7 @@ fn fixed_spec_resumes_from_recorded_progress() {
 fn invalid_spec_while_expand_runs_resumes_the_same_attempt() {
     let mut fx = Fx::new(SpecBuilder::new().build());
     fx.step();
-    fx.expand_job = JobState::Running;
+    fx.expand_job = JobState::Running(None);
     fx.step();
     let good = fx.spec.clone();
     fx.spec.rollout.targets.clear();
@@ -1173,7 +1173,7 @@ fn invalid_spec_while_expand_runs_resumes_the_same_attempt() {
 fn expand_job_vanished_while_running_starts_a_new_attempt() {
     let mut fx = Fx::new(SpecBuilder::new().build());
     fx.step();
-    fx.expand_job = JobState::Running;
+    fx.expand_job = JobState::Running(None);
     fx.step();
     fx.expand_job = JobState::Absent;
     fx.now = 10;
@@ -1204,7 +1204,7 @@ fn contract_job_vanished_while_running_starts_a_new_attempt_through_the_gates() 
 fn expand_job_found_while_status_write_was_lost_is_adopted() {
     // The Job of attempt 1 exists but the status recording its start was lost.
     let mut fx = Fx::new(SpecBuilder::new().build());
-    fx.expand_job = JobState::Running;
+    fx.expand_job = JobState::Running(None);
     let p = fx.step();
     assert_eq!(p.action, Action::None, "adopted, not duplicated");
     assert_eq!(phase(&p), Phase::Expanding);
@@ -1230,7 +1230,7 @@ fn expand_job_found_while_status_write_was_lost_is_adopted() {
 #[test]
 fn contract_job_found_while_status_write_was_lost_is_adopted() {
     let mut fx = Fx::expanded(SpecBuilder::new().build());
-    fx.contract_job = JobState::Running; // targets look incomplete: no matter, it runs already
+    fx.contract_job = JobState::Running(None); // targets look incomplete: no matter, it runs already
     let p = fx.step();
     assert_eq!(
         (phase(&p), p.action.clone()),
@@ -1244,7 +1244,7 @@ fn contract_job_found_while_status_write_was_lost_is_adopted() {
 #[test]
 fn adopted_job_is_named_in_status() {
     let mut fx = Fx::new(SpecBuilder::new().build());
-    fx.expand_job = JobState::Running;
+    fx.expand_job = JobState::Running(None);
     let p = fx.step();
     let e = p.status.expand.as_ref().unwrap();
     assert_eq!(e.job_name.as_deref(), Some("users-email-verified-expand-1"));
@@ -1268,7 +1268,7 @@ fn expand_is_never_rerun_once_recorded_succeeded() {
     let mut fx = Fx::expanded(SpecBuilder::new().build());
     for job in [
         JobState::Absent,
-        JobState::Running,
+        JobState::Running(None),
         JobState::Failed("x".into()),
     ] {
         fx.expand_job = job;
@@ -1303,14 +1303,14 @@ fn transition_only_when_the_phase_changes() {
             ..
         } = p.action
         {
-            fx.expand_job = JobState::Running;
+            fx.expand_job = JobState::Running(None);
         }
         if let Action::StartJob {
             phase: JobPhase::Contract,
             ..
         } = p.action
         {
-            fx.contract_job = JobState::Running;
+            fx.contract_job = JobState::Running(None);
         }
         let again = fx.step();
         assert_eq!(again.transition, None, "{:?}", again.status.phase);
@@ -1356,7 +1356,7 @@ fn conditions_keep_last_transition_time_while_unchanged() {
         assert_eq!(c.last_transition_time, time(0), "{}", c.type_);
         assert_eq!(c.observed_generation, Some(1), "{}", c.type_);
     }
-    fx.expand_job = JobState::Running;
+    fx.expand_job = JobState::Running(None);
     fx.now = 10;
     fx.generation = 2;
     let p = fx.step();
@@ -1664,7 +1664,7 @@ impl Sim {
     fn latest_running(&self, p: JobPhase) -> Option<(u8, u32)> {
         self.jobs
             .iter()
-            .filter(|((k, _), s)| *k == key(p) && **s == JobState::Running)
+            .filter(|((k, _), s)| *k == key(p) && **s == JobState::Running(None))
             .map(|(k, _)| *k)
             .next_back()
     }
@@ -1756,7 +1756,7 @@ impl Sim {
         if let Action::StartJob { phase, attempt } = plan.action {
             self.jobs
                 .entry((key(phase), attempt))
-                .or_insert(JobState::Running);
+                .or_insert(JobState::Running(None));
             started = Some((key(phase), attempt));
         }
         self.prev_status = std::mem::replace(&mut self.status, plan.status.clone());
@@ -1821,7 +1821,7 @@ impl Sim {
                 }
                 prop_assert!(
                     !self.any_job(JobPhase::Contract, |a, s| a != attempt
-                        && matches!(s, JobState::Running | JobState::Succeeded(_))),
+                        && matches!(s, JobState::Running(None) | JobState::Succeeded(_))),
                     "contract started while another contract Job runs or succeeded"
                 );
                 self.check_attempt(JobPhase::Contract, attempt)?;
@@ -1837,11 +1837,14 @@ impl Sim {
                 );
                 prop_assert!(
                     !self.any_job(JobPhase::Expand, |a, s| a != attempt
-                        && matches!(s, JobState::Running | JobState::Succeeded(_))),
+                        && matches!(s, JobState::Running(None) | JobState::Succeeded(_))),
                     "expand started while another expand Job runs or succeeded"
                 );
                 prop_assert!(
-                    !matches!(input.expand_job, JobState::Running | JobState::Succeeded(_)),
+                    !matches!(
+                        input.expand_job,
+                        JobState::Running(None) | JobState::Succeeded(_)
+                    ),
                     "expand started while the current attempt runs or succeeded"
                 );
                 self.check_attempt(JobPhase::Expand, attempt)?;
@@ -2161,4 +2164,18 @@ fn fixing_a_refused_spec_resumes() {
     let p = fx.step();
     assert_eq!(p.action, start(JobPhase::Expand, 1));
     assert_eq!(cond(&p.status, STALLED).status, "False");
+}
+
+#[test]
+fn a_stuck_executor_pod_is_explained_while_expanding() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.step();
+    fx.expand_job = JobState::Running(Some(
+        "CreateContainerConfigError: secret \"shop-db\" not found".into(),
+    ));
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Expanding);
+    assert!(is_true(&p.status, RECONCILING));
+    let msg = &cond(&p.status, RECONCILING).message;
+    assert!(msg.contains("secret \"shop-db\" not found"), "{msg}");
 }

@@ -213,3 +213,43 @@ async fn database_check_waits_for_old_version_sessions() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_secret_is_explained_and_recovers_once_created() {
+    let env = Env::new("nosecret").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    let mut spec = migration_spec(crate::EXPAND, json!({}));
+    spec["database"]["urlSecretRef"]["name"] = json!("late-db");
+    env.create_migration("m", spec).await.expect("create");
+    let m = env
+        .wait_migration("m", T, "the stuck pod explained", |m| {
+            condition(m, "Reconciling").is_some_and(|c| c.2.contains("CreateContainerConfigError"))
+        })
+        .await;
+    let (_, _, msg) = condition(&m, "Reconciling").expect("Reconciling");
+    assert!(msg.contains("late-db"), "names the Secret: {msg}");
+    assert_eq!(
+        m.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Expanding)
+    );
+
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let secret = json!({"metadata": {"name": "late-db"}, "stringData": {"url": env.pg.url()}});
+    secrets
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(secret).expect("secret"),
+        )
+        .await
+        .expect("create secret");
+    let m = env.wait_phase("m", Phase::AwaitingRollout, T).await;
+    assert_eq!(
+        m.status.and_then(|s| s.expand).map(|e| e.attempts),
+        Some(1),
+        "the same attempt went through"
+    );
+    assert!(env.column_exists("users", "email_verified").await);
+    env.cleanup().await;
+}
