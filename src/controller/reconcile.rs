@@ -61,7 +61,9 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     } else {
         (JobState::Absent, None)
     };
-    let targets = if expanded {
+    // A finished migration no longer looks at its targets (the planner ignores them then).
+    let contracted = status.contract.as_ref().is_some_and(|c| c.succeeded);
+    let targets = if expanded && !contracted {
         workloads::observe_targets(
             client,
             &ns,
