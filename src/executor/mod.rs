@@ -87,12 +87,17 @@ pub struct ApplyArgs {
     /// Read the phase's SQL from a file instead.
     #[arg(long)]
     pub file: Option<PathBuf>,
+    /// Namespace of the migration: with name and phase, the key of its ledger row.
     #[arg(long, env = "PHASEGATE_MIGRATION_NAMESPACE", default_value = "default")]
     pub migration_namespace: String,
+    /// Name of the migration (ledger key).
     #[arg(long, env = "PHASEGATE_MIGRATION_NAME", default_value = "local")]
     pub migration_name: String,
+    /// UID of the DatabaseMigration object, recorded in the ledger.
     #[arg(long, env = "PHASEGATE_MIGRATION_UID", default_value = "")]
     pub migration_uid: String,
+    /// The migration's `appVersion`: recorded in the ledger; contract's database check
+    /// compares sessions' versions with it.
     #[arg(long, env = "PHASEGATE_APP_VERSION", default_value = "")]
     pub app_version: String,
     /// `lock_timeout` of each attempt.
@@ -111,6 +116,7 @@ pub struct ApplyArgs {
     /// How long to wait for another migration on the same database to finish.
     #[arg(long, env = "PHASEGATE_ADVISORY_LOCK_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub advisory_lock_timeout: Duration,
+    /// How long to wait for the database connection.
     #[arg(long, env = "PHASEGATE_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// Contract only: refuse to run while sessions of older application versions
