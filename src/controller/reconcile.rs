@@ -78,10 +78,12 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     let annotations = dbm.annotations();
 
     // Plan.
-    let plan = planner::plan(&Input {
-        now: Timestamp::now(),
+    let now = Timestamp::now();
+    let generation = dbm.metadata.generation.unwrap_or(0);
+    let mut plan = planner::plan(&Input {
+        now,
         name: &name,
-        generation: dbm.metadata.generation.unwrap_or(0),
+        generation,
         spec: &dbm.spec,
         status: &status,
         approved: annotations
@@ -99,8 +101,21 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         let owner = dbm
             .controller_owner_ref(&())
             .ok_or(Error::MissingField("metadata.uid"))?;
-        jobs::create_or_adopt(&jobs_api, &job, &owner).await?;
-        tracing::info!(migration = %name, namespace = %ns, %phase, attempt, "started Job");
+        match jobs::create_or_adopt(&jobs_api, &job, &owner).await {
+            Ok(_) => {
+                tracing::info!(migration = %name, namespace = %ns, %phase, attempt, "started Job")
+            }
+            // The API server refused the Job built from the spec (e.g. an invalid pod
+            // template): no retry can fix that, so say so in status instead of looping.
+            Err(Error::Kube {
+                source: kube::Error::Api(e),
+                ..
+            }) if e.code == 400 || e.code == 422 => {
+                tracing::warn!(migration = %name, namespace = %ns, %phase, error = %e.message, "Job rejected by the API server");
+                plan = planner::job_rejected(plan, phase, &e.message, now, generation);
+            }
+            Err(e) => return Err(e),
+        }
     }
     if dbm.status.as_ref() != Some(&plan.status) {
         let patch = serde_json::json!({

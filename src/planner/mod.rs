@@ -132,6 +132,7 @@ pub mod reason {
     pub const SUCCEEDED: &str = "Succeeded";
     pub const PENDING: &str = "Pending";
     pub const RETRYING: &str = "Retrying";
+    pub const JOB_REJECTED: &str = "JobRejected";
 }
 
 /// Decide the next step.
@@ -646,6 +647,44 @@ impl Planner<'_> {
         );
         out
     }
+}
+
+/// The API server refused the Job a plan asked for: record the attempt as failed (so the
+/// next plan stays Failed until a retry) and fail now, with the server's reason.
+pub fn job_rejected(
+    mut plan: Plan,
+    phase: JobPhase,
+    reason_text: &str,
+    now: Timestamp,
+    generation: i64,
+) -> Plan {
+    let message = format!("{phase} Job rejected by the API server: {reason_text}");
+    let rec = match phase {
+        JobPhase::Expand => plan.status.expand.get_or_insert_with(PhaseStatus::default),
+        JobPhase::Contract => plan
+            .status
+            .contract
+            .get_or_insert_with(PhaseStatus::default),
+    };
+    rec.finished_at = Some(Time(now));
+    rec.succeeded = false;
+    rec.message = Some(message.clone());
+    plan.status.phase = Some(Phase::Failed);
+    plan.action = Action::None;
+    conditions::apply(
+        &mut plan.status,
+        Phase::Failed,
+        reason::JOB_REJECTED,
+        &message,
+        generation,
+        now,
+    );
+    plan.transition = Some(Transition {
+        warning: true,
+        reason: reason::JOB_REJECTED.into(),
+        message,
+    });
+    plan
 }
 
 /// The deterministic name of a phase's Job: `<migration>-<phase>-<attempt>`, shortened with

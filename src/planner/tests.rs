@@ -2179,3 +2179,28 @@ fn a_stuck_executor_pod_is_explained_while_expanding() {
     let msg = &cond(&p.status, RECONCILING).message;
     assert!(msg.contains("secret \"shop-db\" not found"), "{msg}");
 }
+
+#[test]
+fn a_rejected_job_fails_the_phase_and_stays_failed_until_retry() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    let p = fx.plan();
+    assert_eq!(p.action, start(JobPhase::Expand, 1));
+    let p = job_rejected(
+        p,
+        JobPhase::Expand,
+        "spec.template.spec.containers[0].name: Invalid value",
+        ts(0),
+        1,
+    );
+    assert_eq!(phase(&p), Phase::Failed);
+    assert_eq!(p.action, Action::None);
+    assert_eq!(stalled_reason(&p.status), Some(reason::JOB_REJECTED));
+    assert!(cond(&p.status, STALLED).message.contains("Invalid value"));
+    fx.status = p.status;
+    // The Job never existed: the recorded failure keeps it Failed, without a new Job.
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Failed);
+    assert_eq!(p.action, Action::None);
+    fx.retry("1");
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 2));
+}

@@ -253,3 +253,28 @@ async fn missing_secret_is_explained_and_recovers_once_created() {
     assert!(env.column_exists("users", "email_verified").await);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_the_api_server_rejects_fails_with_its_reason() {
+    let env = Env::new("rejected").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    let mut spec = migration_spec(crate::EXPAND, json!({}));
+    // The CRD keeps pod templates opaque; the API server judges them when the Job is created.
+    spec["expand"] = json!({"job": {"template": {"spec": {"containers": [{"name": "Not_A_DNS_Label", "image": "postgres:17"}]}}}});
+    env.create_migration("m", spec).await.expect("create");
+    let m = env.wait_phase("m", Phase::Failed, T).await;
+    let (stalled, _, msg) = condition(&m, "Stalled").expect("Stalled");
+    assert_eq!(stalled, "True");
+    assert!(
+        msg.contains("rejected by the API server") && msg.contains("Not_A_DNS_Label"),
+        "{msg}"
+    );
+    assert!(env.job_names("expand").await.is_empty());
+    assert!(env
+        .event_reasons("m")
+        .await
+        .iter()
+        .any(|r| r == "JobRejected"));
+    env.cleanup().await;
+}
