@@ -271,15 +271,7 @@ impl<'a> Planner<'a> {
                         self.consume_retry();
                         self.start(JobPhase::Expand, rec.attempts + 1);
                     } else {
-                        let msg = rec
-                            .message
-                            .clone()
-                            .unwrap_or_else(|| "expand Job failed".into());
-                        self.set(
-                            Phase::Failed,
-                            reason::EXPAND_FAILED,
-                            format!("expand failed: {msg}"),
-                        );
+                        self.recorded_failure(JobPhase::Expand, &rec);
                     }
                 } else {
                     // The running Job vanished (deleted by hand); the executor's ledger makes
@@ -287,6 +279,24 @@ impl<'a> Planner<'a> {
                     self.start(JobPhase::Expand, rec.attempts + 1);
                 }
                 false
+            }
+        }
+    }
+
+    /// A failure recorded in status whose Job is gone (deleted, or never created because the
+    /// API server rejected it): still failed, with the same reason as when it happened.
+    fn recorded_failure(&mut self, phase: JobPhase, rec: &PhaseStatus) {
+        match rec.message.as_deref() {
+            Some(m) if m.starts_with(&format!("{phase} Job rejected by the API server")) => {
+                self.set(Phase::Failed, reason::JOB_REJECTED, m.to_string());
+            }
+            m => {
+                let why = match phase {
+                    JobPhase::Expand => reason::EXPAND_FAILED,
+                    JobPhase::Contract => reason::CONTRACT_FAILED,
+                };
+                let msg = m.unwrap_or("the Job failed");
+                self.set(Phase::Failed, why, format!("{phase} failed: {msg}"));
             }
         }
     }
@@ -423,15 +433,7 @@ impl<'a> Planner<'a> {
             JobState::Absent => {
                 if rec.attempts > 0 && rec.finished_at.is_some() {
                     if !self.retry_requested() {
-                        let msg = rec
-                            .message
-                            .clone()
-                            .unwrap_or_else(|| "contract Job failed".into());
-                        self.set(
-                            Phase::Failed,
-                            reason::CONTRACT_FAILED,
-                            format!("contract failed: {msg}"),
-                        );
+                        self.recorded_failure(JobPhase::Contract, &rec);
                         return;
                     }
                     self.contract_retry_pending = true;

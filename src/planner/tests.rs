@@ -2197,10 +2197,13 @@ fn a_rejected_job_fails_the_phase_and_stays_failed_until_retry() {
     assert_eq!(stalled_reason(&p.status), Some(reason::JOB_REJECTED));
     assert!(cond(&p.status, STALLED).message.contains("Invalid value"));
     fx.status = p.status;
-    // The Job never existed: the recorded failure keeps it Failed, without a new Job.
+    // The Job never existed: the recorded failure keeps it Failed, without a new Job, and
+    // keeps saying why.
     let p = fx.step();
     assert_eq!(phase(&p), Phase::Failed);
     assert_eq!(p.action, Action::None);
+    assert_eq!(stalled_reason(&p.status), Some(reason::JOB_REJECTED));
+    assert!(p.transition.is_none());
     fx.retry("1");
     assert_eq!(fx.step().action, start(JobPhase::Expand, 2));
 }
