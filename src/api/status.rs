@@ -112,6 +112,9 @@ pub struct PhaseStatus {
     /// The executor's report of the latest attempt, or its error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Why the latest attempt failed: `ExpandFailed`, `ContractFailed` or `JobRejected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Rollout progress of one workload.

@@ -39,6 +39,32 @@ impl JobPhase {
     }
 }
 
+impl JobPhase {
+    /// The migration phase while this phase's Job runs, and its condition reason.
+    fn running(self) -> (Phase, &'static str) {
+        match self {
+            JobPhase::Expand => (Phase::Expanding, reason::EXPANDING),
+            JobPhase::Contract => (Phase::Contracting, reason::CONTRACTING),
+        }
+    }
+
+    /// The condition reason when this phase's Job failed.
+    fn failed_reason(self) -> &'static str {
+        match self {
+            JobPhase::Expand => reason::EXPAND_FAILED,
+            JobPhase::Contract => reason::CONTRACT_FAILED,
+        }
+    }
+}
+
+/// The status record of a phase, created on first use.
+fn record_mut(status: &mut DatabaseMigrationStatus, phase: JobPhase) -> &mut PhaseStatus {
+    match phase {
+        JobPhase::Expand => status.expand.get_or_insert_with(PhaseStatus::default),
+        JobPhase::Contract => status.contract.get_or_insert_with(PhaseStatus::default),
+    }
+}
+
 impl std::fmt::Display for JobPhase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -232,25 +258,11 @@ impl<'a> Planner<'a> {
         let attempt = rec.attempts.max(1);
         match &self.input.expand_job {
             JobState::Succeeded(report) => {
-                let now = self.now();
-                self.adopt(JobPhase::Expand, attempt);
-                let e = self.status.expand.get_or_insert_with(PhaseStatus::default);
-                e.succeeded = true;
-                e.finished_at = Some(now);
-                e.message = report.clone();
+                self.job_succeeded(JobPhase::Expand, attempt, report.clone());
                 true
             }
             JobState::Running(stuck) => {
-                let stuck = stuck
-                    .as_deref()
-                    .map(|w| format!("; pod waiting: {w}"))
-                    .unwrap_or_default();
-                self.adopt(JobPhase::Expand, attempt);
-                self.set(
-                    Phase::Expanding,
-                    reason::EXPANDING,
-                    format!("expand Job attempt {attempt} is running{stuck}"),
-                );
+                self.job_running(JobPhase::Expand, attempt, stuck.as_deref());
                 false
             }
             JobState::Failed(msg) => {
@@ -286,41 +298,57 @@ impl<'a> Planner<'a> {
     /// A failure recorded in status whose Job is gone (deleted, or never created because the
     /// API server rejected it): still failed, with the same reason as when it happened.
     fn recorded_failure(&mut self, phase: JobPhase, rec: &PhaseStatus) {
-        match rec.message.as_deref() {
-            Some(m) if m.starts_with(&format!("{phase} Job rejected by the API server")) => {
-                self.set(Phase::Failed, reason::JOB_REJECTED, m.to_string());
-            }
-            m => {
-                let why = match phase {
-                    JobPhase::Expand => reason::EXPAND_FAILED,
-                    JobPhase::Contract => reason::CONTRACT_FAILED,
-                };
-                let msg = m.unwrap_or("the Job failed");
-                self.set(Phase::Failed, why, format!("{phase} failed: {msg}"));
-            }
+        let msg = rec.message.as_deref().unwrap_or("the Job failed");
+        if rec.reason.as_deref() == Some(reason::JOB_REJECTED) {
+            self.set(Phase::Failed, reason::JOB_REJECTED, msg.to_string());
+        } else {
+            self.set(
+                Phase::Failed,
+                phase.failed_reason(),
+                format!("{phase} failed: {msg}"),
+            );
         }
+    }
+
+    /// The Job of `attempt` completed.
+    fn job_succeeded(&mut self, phase: JobPhase, attempt: u32, report: Option<String>) {
+        let now = self.now();
+        self.adopt(phase, attempt);
+        let rec = record_mut(&mut self.status, phase);
+        rec.succeeded = true;
+        rec.finished_at = Some(now);
+        rec.message = report;
+    }
+
+    /// The Job of `attempt` runs; say so, and why its pod is stuck if it is.
+    fn job_running(&mut self, phase: JobPhase, attempt: u32, stuck: Option<&str>) {
+        self.adopt(phase, attempt);
+        let stuck = stuck
+            .map(|w| format!("; pod waiting: {w}"))
+            .unwrap_or_default();
+        let (running, why) = phase.running();
+        self.set(
+            running,
+            why,
+            format!("{phase} Job attempt {attempt} is running{stuck}"),
+        );
     }
 
     /// The Job of `attempt` failed: record when (once per distinct failure) and why, and fail.
     fn job_failed(&mut self, phase: JobPhase, attempt: u32, msg: &str) {
         let now = self.now();
         self.adopt(phase, attempt);
-        let rec = match phase {
-            JobPhase::Expand => self.status.expand.get_or_insert_with(PhaseStatus::default),
-            JobPhase::Contract => self
-                .status
-                .contract
-                .get_or_insert_with(PhaseStatus::default),
-        };
+        let rec = record_mut(&mut self.status, phase);
         if rec.finished_at.is_none() || rec.message.as_deref() != Some(msg) {
             rec.finished_at = Some(now);
         }
         rec.message = Some(msg.to_string());
-        let why = match phase {
-            JobPhase::Expand => reason::EXPAND_FAILED,
-            JobPhase::Contract => reason::CONTRACT_FAILED,
-        };
-        self.set(Phase::Failed, why, format!("{phase} failed: {msg}"));
+        rec.reason = Some(phase.failed_reason().to_string());
+        self.set(
+            Phase::Failed,
+            phase.failed_reason(),
+            format!("{phase} failed: {msg}"),
+        );
     }
 
     /// Record the Job of `attempt` as the phase's current one (also heals a lost status
@@ -328,13 +356,7 @@ impl<'a> Planner<'a> {
     fn adopt(&mut self, phase: JobPhase, attempt: u32) {
         let now = self.now();
         let name = job_name(self.input.name, phase, attempt);
-        let rec = match phase {
-            JobPhase::Expand => self.status.expand.get_or_insert_with(PhaseStatus::default),
-            JobPhase::Contract => self
-                .status
-                .contract
-                .get_or_insert_with(PhaseStatus::default),
-        };
+        let rec = record_mut(&mut self.status, phase);
         rec.attempts = attempt;
         if rec.job_name.as_deref() != Some(name.as_str()) {
             rec.job_name = Some(name);
@@ -347,32 +369,21 @@ impl<'a> Planner<'a> {
             self.consume_retry();
         }
         let now = self.now();
-        let rec = match phase {
-            JobPhase::Expand => self.status.expand.get_or_insert_with(PhaseStatus::default),
-            JobPhase::Contract => self
-                .status
-                .contract
-                .get_or_insert_with(PhaseStatus::default),
-        };
+        let rec = record_mut(&mut self.status, phase);
         rec.attempts = attempt;
         rec.started_at = Some(now);
         rec.finished_at = None;
         rec.succeeded = false;
         rec.message = None;
         rec.job_name = Some(job_name(self.input.name, phase, attempt));
+        rec.reason = None;
         self.action = Action::StartJob { phase, attempt };
-        match phase {
-            JobPhase::Expand => self.set(
-                Phase::Expanding,
-                reason::EXPANDING,
-                format!("expand Job attempt {attempt} started"),
-            ),
-            JobPhase::Contract => self.set(
-                Phase::Contracting,
-                reason::CONTRACTING,
-                format!("contract Job attempt {attempt} started"),
-            ),
-        }
+        let (running, why) = phase.running();
+        self.set(
+            running,
+            why,
+            format!("{phase} Job attempt {attempt} started"),
+        );
     }
 
     fn rollout_and_contract(&mut self, valid: &ValidSpec) {
@@ -393,15 +404,7 @@ impl<'a> Planner<'a> {
         let attempt = rec.attempts.max(1);
         match &self.input.contract_job {
             JobState::Succeeded(report) => {
-                let now = self.now();
-                self.adopt(JobPhase::Contract, attempt);
-                let c = self
-                    .status
-                    .contract
-                    .get_or_insert_with(PhaseStatus::default);
-                c.succeeded = true;
-                c.finished_at = Some(now);
-                c.message = report.clone();
+                self.job_succeeded(JobPhase::Contract, attempt, report.clone());
                 self.set(
                     Phase::Succeeded,
                     reason::SUCCEEDED,
@@ -410,16 +413,7 @@ impl<'a> Planner<'a> {
                 return;
             }
             JobState::Running(stuck) => {
-                let stuck = stuck
-                    .as_deref()
-                    .map(|w| format!("; pod waiting: {w}"))
-                    .unwrap_or_default();
-                self.adopt(JobPhase::Contract, attempt);
-                self.set(
-                    Phase::Contracting,
-                    reason::CONTRACTING,
-                    format!("contract Job attempt {attempt} is running{stuck}"),
-                );
+                self.job_running(JobPhase::Contract, attempt, stuck.as_deref());
                 return;
             }
             JobState::Failed(msg) => {
@@ -661,16 +655,11 @@ pub fn job_rejected(
     generation: i64,
 ) -> Plan {
     let message = format!("{phase} Job rejected by the API server: {reason_text}");
-    let rec = match phase {
-        JobPhase::Expand => plan.status.expand.get_or_insert_with(PhaseStatus::default),
-        JobPhase::Contract => plan
-            .status
-            .contract
-            .get_or_insert_with(PhaseStatus::default),
-    };
+    let rec = record_mut(&mut plan.status, phase);
     rec.finished_at = Some(Time(now));
     rec.succeeded = false;
     rec.message = Some(message.clone());
+    rec.reason = Some(reason::JOB_REJECTED.to_string());
     plan.status.phase = Some(Phase::Failed);
     plan.action = Action::None;
     conditions::apply(
