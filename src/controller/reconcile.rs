@@ -37,19 +37,26 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let status = dbm.status.clone().unwrap_or_default();
 
-    // Observe.
+    // Observe. A phase recorded as applied is never looked at again (the planner ignores
+    // its Job then, and its report was counted when it finished): no Job or pod reads for it
+    // on the reconciles every pod event of the namespace triggers.
     let attempt = |p: &Option<crate::api::PhaseStatus>| p.as_ref().map_or(1, |s| s.attempts.max(1));
-    let (expand_job, expand_report) = jobs::observe_reported(
-        &jobs_api,
-        &pods_api,
-        &dbm,
-        JobPhase::Expand,
-        attempt(&status.expand),
-    )
-    .await?;
-    let expanded = status.expand.as_ref().is_some_and(|e| e.succeeded)
-        || matches!(expand_job, JobState::Succeeded(_));
-    let (contract_job, contract_report) = if expanded {
+    let applied = |p: &Option<crate::api::PhaseStatus>| p.as_ref().is_some_and(|s| s.succeeded);
+    let (expand_job, expand_report) = if applied(&status.expand) {
+        (JobState::Absent, None)
+    } else {
+        jobs::observe_reported(
+            &jobs_api,
+            &pods_api,
+            &dbm,
+            JobPhase::Expand,
+            attempt(&status.expand),
+        )
+        .await?
+    };
+    let expanded = applied(&status.expand) || matches!(expand_job, JobState::Succeeded(_));
+    let contracted = applied(&status.contract);
+    let (contract_job, contract_report) = if expanded && !contracted {
         jobs::observe_reported(
             &jobs_api,
             &pods_api,
@@ -62,7 +69,6 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         (JobState::Absent, None)
     };
     // A finished migration no longer looks at its targets (the planner ignores them then).
-    let contracted = status.contract.as_ref().is_some_and(|c| c.succeeded);
     let targets = if expanded && !contracted {
         workloads::observe_targets(
             client,
