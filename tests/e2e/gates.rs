@@ -2,20 +2,11 @@
 
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams};
 use phasegate::api::Phase;
 use serde_json::json;
 
 use crate::harness::{condition, Env};
 use crate::{expanded, migration_spec, seed_users_table, T};
-
-async fn annotate(env: &Env, name: &str, key: &str, value: &str) {
-    let patch = json!({"metadata": {"annotations": {key: value}}});
-    env.migrations()
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("annotate");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn manual_approval_waits_for_the_annotation() {
@@ -36,13 +27,8 @@ async fn manual_approval_waits_for_the_annotation() {
         "no contract before approval"
     );
     assert!(env.column_exists("users", "legacy_flag").await);
-    annotate(
-        &env,
-        "users-email-verified",
-        "phasegate.dev/approve",
-        "true",
-    )
-    .await;
+    env.annotate("users-email-verified", "phasegate.dev/approve", "true")
+        .await;
     env.wait_phase("users-email-verified", Phase::Succeeded, T)
         .await;
     assert!(!env.column_exists("users", "legacy_flag").await);
@@ -97,7 +83,8 @@ async fn retry_annotation_reruns_a_failed_expand() {
         .batch_execute("CREATE TABLE audit (id bigserial PRIMARY KEY);")
         .await
         .expect("create audit");
-    annotate(&env, "audit-actor", "phasegate.dev/retry", "1").await;
+    env.annotate("audit-actor", "phasegate.dev/retry", "1")
+        .await;
     let m = env
         .wait_phase("audit-actor", Phase::AwaitingRollout, T)
         .await;
@@ -150,8 +137,7 @@ async fn rollout_timeout_fails_and_blocks_contract_until_retry() {
         env.job_names("contract").await.is_empty(),
         "no contract after a timeout"
     );
-    annotate(
-        &env,
+    env.annotate(
         "users-email-verified",
         "phasegate.dev/retry",
         "after-timeout",

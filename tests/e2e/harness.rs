@@ -267,6 +267,15 @@ impl Env {
         }
     }
 
+    /// Set an annotation on a migration, as a commit to git would.
+    pub async fn annotate(&self, name: &str, key: &str, value: &str) {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        self.migrations()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("annotate");
+    }
+
     pub async fn wait_phase(
         &self,
         name: &str,

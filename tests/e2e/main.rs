@@ -196,15 +196,8 @@ async fn rollback_during_wait_never_contracts() {
         "a rollback resets the completed rollout"
     );
     env.wait_rolled_out("shop-api").await;
-    let patch = json!({"metadata": {"annotations": {"phasegate.dev/approve": "true"}}});
-    env.migrations()
-        .patch(
-            "users-email-verified",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-        .expect("approve");
+    env.annotate("users-email-verified", "phasegate.dev/approve", "true")
+        .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let m = env
         .migrations()
