@@ -220,7 +220,7 @@ cmd_up() {
     --config "${STAGES}" \
     --disable-qps-limits \
     --wait 120s \
-    --quiet-pull >&2 || {
+    --quiet-pull >&2 8>&- || {
     log "kwokctl create cluster failed; cleaning up"
     cmd_down || true
     die "could not create cluster ${CLUSTER}"
@@ -232,7 +232,7 @@ cmd_up() {
 
   wait_for 120 "API server readiness" api_ready
   log "adding ${NODES} fake nodes ..."
-  kwokctl scale node --name "${CLUSTER}" --replicas "${NODES}" >&2
+  kwokctl scale node --name "${CLUSTER}" --replicas "${NODES}" >&2 8>&-
   wait_for 120 "${NODES} Ready nodes" nodes_ready
   wait_for 120 "ServiceAccount default/default" default_sa
   log "cluster ${CLUSTER} is up in $(($(date +%s) - start))s (KUBECONFIG=${KUBECONFIG_PATH})"
@@ -257,10 +257,19 @@ cmd_env() {
   echo "export KWOK_WORKDIR='${KWOK_WORKDIR}'"
 }
 
+# One up/down at a time: two concurrent `up`s (a test run and a developer) would delete
+# each other's half-created cluster. The cluster's daemons must not inherit the lock's fd.
+locked() {
+  mkdir -p "${CACHE}"
+  exec 8>"${CACHE}/cluster.lock"
+  flock 8
+  "$@"
+}
+
 case "${1:-}" in
   build) cmd_build ;;
-  up) cmd_up ;;
-  down) cmd_down ;;
+  up) locked cmd_up ;;
+  down) locked cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
   *)

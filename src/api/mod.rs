@@ -20,7 +20,13 @@ pub const ANNOTATION_RETRY: &str = "phasegate.dev/retry";
 
 /// Label put on every executor Job and its pods.
 pub const LABEL_EXECUTOR: &str = "phasegate.dev/executor";
-/// Label naming the migration an executor Job belongs to.
+/// Label naming the migration an executor Job belongs to (shortened with a hash when the
+/// name is longer than a label value may be; see [`ANNOTATION_MIGRATION`]).
 pub const LABEL_MIGRATION: &str = "phasegate.dev/migration";
+/// Annotation on executor Jobs and pods with the migration's full name.
+pub const ANNOTATION_MIGRATION: &str = "phasegate.dev/migration";
+/// Label with the UID of the migration that created an executor Job: only such Jobs are
+/// ever adopted or read as this migration's.
+pub const LABEL_MIGRATION_UID: &str = "phasegate.dev/migration-uid";
 /// Label naming the phase an executor Job runs.
 pub const LABEL_PHASE: &str = "phasegate.dev/phase";

@@ -260,6 +260,12 @@ pub struct SafetySpec {
     /// that began before the rollout finished. It waits for them, then fails.
     #[serde(default = "default_true")]
     pub database_check: bool,
+    /// The `<app>` names whose sessions the database check judges by version. Sessions of
+    /// other applications sharing the database (e.g. `billing@1.3.0`) are not judged by
+    /// version. Default: the names of the target workloads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub application_names: Vec<String>,
 }
 
 impl Default for SafetySpec {
@@ -271,6 +277,7 @@ impl Default for SafetySpec {
             strict: false,
             allow: Vec::new(),
             database_check: true,
+            application_names: Vec::new(),
         }
     }
 }

@@ -136,16 +136,17 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
     tracing::info!(pod = %name, %program, "running executor");
     let outcome = {
         {
-            let out = tokio::process::Command::new(&program)
+            let child = tokio::process::Command::new(&program)
                 .args(&argv)
                 .env_clear()
                 .env("PATH", std::env::var("PATH").unwrap_or_default())
                 .envs(env)
                 .env("PHASEGATE_TERMINATION_LOG", &term_log)
-                .output()
-                .await;
-            let out = match out {
-                Ok(out) => out,
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn();
+            let child = match child {
+                Ok(child) => child,
                 // As the kubelet does for an image without the executable (here: a program
                 // this machine lacks, e.g. `flyway`): the container fails to start.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -155,6 +156,12 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
                 }
                 Err(e) => return Err(e).with_context(|| format!("starting {program}")),
             };
+            let grace = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30);
+            let out = run_until_deleted(child, &pods, &name, grace).await?;
             let code = out.status.code().unwrap_or(128);
             let stderr = String::from_utf8_lossy(&out.stderr);
             let stdout = String::from_utf8_lossy(&out.stdout);
@@ -173,6 +180,63 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
     };
     let (code, message) = outcome;
     finish(&pods, &name, &container, started_at, code, message).await
+}
+
+/// Wait for the container's process; as the kubelet does, send SIGTERM once the pod is being
+/// deleted (a stopped Job), and SIGKILL after the grace period.
+async fn run_until_deleted(
+    mut child: tokio::process::Child,
+    pods: &Api<Pod>,
+    name: &str,
+    grace_secs: i64,
+) -> anyhow::Result<std::process::Output> {
+    use tokio::io::AsyncReadExt;
+    let mut stdout = child.stdout.take().context("child stdout")?;
+    let mut stderr = child.stderr.take().context("child stderr")?;
+    let out_task = tokio::spawn(async move {
+        let mut b = Vec::new();
+        let _ = stdout.read_to_end(&mut b).await;
+        b
+    });
+    let err_task = tokio::spawn(async move {
+        let mut b = Vec::new();
+        let _ = stderr.read_to_end(&mut b).await;
+        b
+    });
+    let mut terminating_since: Option<std::time::Instant> = None;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status?,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                if let Some(since) = terminating_since {
+                    if since.elapsed().as_secs() >= u64::try_from(grace_secs).unwrap_or(0) {
+                        let _ = child.start_kill();
+                    }
+                    continue;
+                }
+                let gone = match pods.get_opt(name).await {
+                    Ok(Some(p)) => p.metadata.deletion_timestamp.is_some(),
+                    Ok(None) => true,
+                    Err(_) => false,
+                };
+                if gone {
+                    if let Some(pid) = child.id() {
+                        tracing::info!(pod = %name, pid, "pod deleted: sending SIGTERM");
+                        let _ = tokio::process::Command::new("kill")
+                            .args(["-TERM", &pid.to_string()])
+                            .status()
+                            .await;
+                    }
+                    terminating_since = Some(std::time::Instant::now());
+                }
+            }
+        }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: out_task.await.unwrap_or_default(),
+        stderr: err_task.await.unwrap_or_default(),
+    })
 }
 
 /// Write the terminated state of the pod's container.

@@ -9,7 +9,7 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("Job {job} exists but belongs to another owner; delete or rename it")]
+    #[error("a Job named {job} exists that this migration did not create; delete it, then retry (annotate phasegate.dev/retry)")]
     JobConflict { job: String },
     #[error("invalid label selector in {target}: {reason}")]
     Selector { target: String, reason: String },

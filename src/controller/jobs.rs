@@ -11,9 +11,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 
-use crate::api::{DatabaseMigration, LABEL_EXECUTOR, LABEL_MIGRATION, LABEL_PHASE};
+use crate::api::{
+    DatabaseMigration, DatabaseMigrationStatus, ANNOTATION_MIGRATION, LABEL_EXECUTOR,
+    LABEL_MIGRATION, LABEL_MIGRATION_UID, LABEL_PHASE,
+};
 use crate::executor::report::Report;
-use crate::planner::{job_name, validate, JobPhase, JobState};
+use crate::planner::{job_name, migration_label, validate, JobPhase, JobState};
 
 use super::error::{Error, KubeContext};
 
@@ -24,9 +27,11 @@ pub struct ExecutorConfig {
     pub image: String,
 }
 
-/// The Job of `phase`'s attempt `attempt` (pure).
+/// The Job of `phase`'s attempt `attempt` (pure). `status` is the one the plan that asked
+/// for the Job will write (it may already say when the rollout completed).
 pub fn build_job(
     dbm: &DatabaseMigration,
+    status: &DatabaseMigrationStatus,
     phase: JobPhase,
     attempt: u32,
     cfg: &ExecutorConfig,
@@ -52,7 +57,8 @@ pub fn build_job(
     };
     let labels: BTreeMap<String, String> = [
         (LABEL_EXECUTOR.to_string(), "true".to_string()),
-        (LABEL_MIGRATION.to_string(), name.clone()),
+        (LABEL_MIGRATION.to_string(), migration_label(&name)),
+        (LABEL_MIGRATION_UID.to_string(), uid.clone()),
         (LABEL_PHASE.to_string(), phase.as_str().to_string()),
         (
             "app.kubernetes.io/managed-by".to_string(),
@@ -101,12 +107,21 @@ pub fn build_job(
             },
         ));
         // Transactions older than this may still run the old code's queries.
-        if let Some(at) = dbm
-            .status
-            .as_ref()
-            .and_then(|s| s.rollout_completed_at.as_ref())
-        {
+        if let Some(at) = status.rollout_completed_at.as_ref() {
             env.push(plain("PHASEGATE_ROLLOUT_COMPLETED_AT", &at.0.to_string()));
+        }
+        // Only the migration's own applications are judged by version.
+        let mut apps: Vec<String> = if spec.safety.application_names.is_empty() {
+            status.targets.iter().map(|t| t.name.clone()).collect()
+        } else {
+            spec.safety.application_names.clone()
+        };
+        apps.sort();
+        apps.dedup();
+        env.push(plain("PHASEGATE_APPLICATION_NAMES", &apps.join(",")));
+        // Phasegate's own expand left a ledger row: contract must find it on this database.
+        if spec.expand.sql.is_some() {
+            env.push(plain("PHASEGATE_REQUIRE_EXPAND", "true"));
         }
     }
 
@@ -135,15 +150,19 @@ pub fn build_job(
     meta.labels
         .get_or_insert_with(BTreeMap::new)
         .extend(labels.clone());
+    meta.annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ANNOTATION_MIGRATION.to_string(), name.clone());
     if let Some(ps) = template.spec.as_mut() {
         ps.restart_policy = Some("Never".into());
     }
 
     Ok(Job {
         metadata: ObjectMeta {
-            name: Some(job_name(&name, phase, attempt)),
+            name: Some(job_name(&name, &uid, phase, attempt)),
             namespace: Some(namespace),
             labels: Some(labels),
+            annotations: Some([(ANNOTATION_MIGRATION.to_string(), name.clone())].into()),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
@@ -202,7 +221,21 @@ fn executor_template(cfg: &ExecutorConfig, env: Vec<EnvVar>) -> PodTemplateSpec 
     }
 }
 
-/// Create the Job, or adopt one of that name that is ours or ownerless. Never duplicates.
+/// Whether a Job was created for the migration with this UID: it carries the UID label, and
+/// no other object controls it.
+fn created_for(job: &Job, uid: &str) -> bool {
+    let labelled = job.labels().get(LABEL_MIGRATION_UID).map(String::as_str) == Some(uid);
+    let foreign_owner = job
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid != uid);
+    !uid.is_empty() && labelled && !foreign_owner
+}
+
+/// Create the Job, or adopt one of that name that this migration created (e.g. before a
+/// crash lost the status write). Anything else of that name is a conflict, never a success.
 pub async fn create_or_adopt(
     jobs: &Api<Job>,
     job: &Job,
@@ -216,16 +249,17 @@ pub async fn create_or_adopt(
                 .get(&name)
                 .await
                 .during(format!("reading existing Job {name}"))?;
-            let refs = existing
+            if !created_for(&existing, &owner.uid) {
+                return Err(Error::JobConflict { job: name });
+            }
+            let owned = existing
                 .metadata
                 .owner_references
-                .clone()
-                .unwrap_or_default();
-            if refs.iter().any(|r| r.uid == owner.uid) {
+                .iter()
+                .flatten()
+                .any(|r| r.uid == owner.uid);
+            if owned {
                 return Ok(existing);
-            }
-            if refs.iter().any(|r| r.controller == Some(true)) {
-                return Err(Error::JobConflict { job: name });
             }
             let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
             jobs.patch(
@@ -238,6 +272,33 @@ pub async fn create_or_adopt(
         }
         Err(e) => Err(Error::Kube {
             action: format!("creating Job {name}"),
+            source: e,
+        }),
+    }
+}
+
+/// Stop a running attempt: delete its Job; the pod goes with it (the kubelet sends SIGTERM
+/// and the executor rolls back). Gone already is fine.
+pub async fn stop(
+    jobs: &Api<Job>,
+    dbm: &DatabaseMigration,
+    phase: JobPhase,
+    attempt: u32,
+) -> Result<(), Error> {
+    let name = job_name(
+        &dbm.name_any(),
+        dbm.uid().as_deref().unwrap_or_default(),
+        phase,
+        attempt,
+    );
+    match jobs
+        .delete(&name, &kube::api::DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube {
+            action: format!("deleting Job {name}"),
             source: e,
         }),
     }
@@ -263,7 +324,8 @@ pub async fn observe_reported(
     phase: JobPhase,
     attempt: u32,
 ) -> Result<(JobState, Option<Report>), Error> {
-    let name = job_name(&dbm.name_any(), phase, attempt);
+    let uid = dbm.uid().unwrap_or_default();
+    let name = job_name(&dbm.name_any(), &uid, phase, attempt);
     let Some(job) = jobs
         .get_opt(&name)
         .await
@@ -271,15 +333,8 @@ pub async fn observe_reported(
     else {
         return Ok((JobState::Absent, None));
     };
-    // A Job of that name owned by another object is not ours to read.
-    let ours = dbm.meta().uid.as_ref().is_some_and(|uid| {
-        job.metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|r| &r.uid == uid)
-    });
-    if !ours {
+    // A Job of that name this migration did not create is not ours to read.
+    if !created_for(&job, &uid) {
         return Ok((JobState::Absent, None));
     }
     let cond = |t: &str| {

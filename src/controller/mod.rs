@@ -21,7 +21,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{DatabaseMigration, Phase, TargetKind, LABEL_EXECUTOR, LABEL_MIGRATION};
+use crate::api::{
+    DatabaseMigration, Phase, TargetKind, ANNOTATION_MIGRATION, LABEL_EXECUTOR, LABEL_MIGRATION,
+};
 use crate::leader::Shutdown;
 use crate::metrics::Metrics;
 use crate::server::Health;
@@ -173,8 +175,8 @@ fn migrations_targeting<K: kube::Resource>(
         .collect()
 }
 
-/// The migrations of a pod's namespace that still wait on a rollout: a pod's arrival or
-/// departure (terminating pods included) can open their gate.
+/// The migrations of a pod's namespace that still wait on a rollout or run contract: a pod's
+/// arrival or departure (terminating pods included) can open their gate, or close it.
 fn migrations_waiting_in(
     store: &Store<DatabaseMigration>,
     p: &Pod,
@@ -182,7 +184,11 @@ fn migrations_waiting_in(
     if p.labels().contains_key(LABEL_EXECUTOR) {
         // An executor pod wakes its own migration: a stuck pod (missing Secret, bad image)
         // changes no Job status, but the migration's status should say why it waits.
-        return match (p.labels().get(LABEL_MIGRATION), p.namespace()) {
+        let name = p
+            .annotations()
+            .get(ANNOTATION_MIGRATION)
+            .or_else(|| p.labels().get(LABEL_MIGRATION));
+        return match (name, p.namespace()) {
             (Some(name), Some(ns)) => vec![ObjectRef::new(name).within(&ns)],
             _ => Vec::new(),
         };
@@ -195,7 +201,12 @@ fn migrations_waiting_in(
         .filter(|m| {
             matches!(
                 m.status.as_ref().and_then(|s| s.phase),
-                Some(Phase::AwaitingRollout | Phase::Soaking | Phase::AwaitingApproval)
+                Some(
+                    Phase::AwaitingRollout
+                        | Phase::Soaking
+                        | Phase::AwaitingApproval
+                        | Phase::Contracting
+                )
             )
         })
         .map(|m| ObjectRef::from_obj(m.as_ref()))

@@ -14,7 +14,7 @@ use kube::{Api, Resource, ResourceExt};
 use crate::api::{DatabaseMigration, ANNOTATION_APPROVE, ANNOTATION_RETRY, FIELD_MANAGER};
 use crate::planner::{self, Input, JobPhase, JobState};
 
-use super::error::{Error, KubeContext};
+use super::error::Error;
 use super::{jobs, workloads, Context};
 
 pub async fn reconcile(dbm: Arc<DatabaseMigration>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -86,9 +86,11 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     // Plan.
     let now = Timestamp::now();
     let generation = dbm.metadata.generation.unwrap_or(0);
+    let uid = dbm.uid().unwrap_or_default();
     let mut plan = planner::plan(&Input {
         now,
         name: &name,
+        uid: &uid,
         generation,
         spec: &dbm.spec,
         status: &status,
@@ -101,42 +103,85 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         targets,
     });
 
-    // Apply: the Job first, so a crash before the status write is healed by adoption.
-    if let planner::Action::StartJob { phase, attempt } = plan.action {
-        let job = jobs::build_job(&dbm, phase, attempt, &ctx.config.executor)?;
-        let owner = dbm
-            .controller_owner_ref(&())
-            .ok_or(Error::MissingField("metadata.uid"))?;
-        match jobs::create_or_adopt(&jobs_api, &job, &owner).await {
-            Ok(_) => {
-                tracing::info!(migration = %name, namespace = %ns, %phase, attempt, "started Job")
+    // Apply: the Job first, so a crash before the status write is healed by adoption (or,
+    // for a stop, by the next plan stopping it again).
+    match plan.action {
+        planner::Action::StartJob { phase, attempt } => {
+            let job = jobs::build_job(&dbm, &plan.status, phase, attempt, &ctx.config.executor)?;
+            let owner = dbm
+                .controller_owner_ref(&())
+                .ok_or(Error::MissingField("metadata.uid"))?;
+            match jobs::create_or_adopt(&jobs_api, &job, &owner).await {
+                Ok(_) => {
+                    tracing::info!(migration = %name, namespace = %ns, %phase, attempt, "started Job")
+                }
+                // The API server refused the Job built from the spec (e.g. an invalid pod
+                // template): no retry can fix that, so say so in status instead of looping.
+                Err(Error::Kube {
+                    source: kube::Error::Api(e),
+                    ..
+                }) if e.code == 400 || e.code == 422 => {
+                    tracing::warn!(migration = %name, namespace = %ns, %phase, error = %e.message, "Job rejected by the API server");
+                    plan = planner::job_refused(
+                        plan,
+                        phase,
+                        planner::JobRefusal::Rejected,
+                        &e.message,
+                        now,
+                        generation,
+                    );
+                }
+                Err(e @ Error::JobConflict { .. }) => {
+                    tracing::warn!(migration = %name, namespace = %ns, %phase, error = %e, "Job name taken by a Job this migration did not create");
+                    plan = planner::job_refused(
+                        plan,
+                        phase,
+                        planner::JobRefusal::Conflict,
+                        &e.to_string(),
+                        now,
+                        generation,
+                    );
+                }
+                Err(e) => return Err(e),
             }
-            // The API server refused the Job built from the spec (e.g. an invalid pod
-            // template): no retry can fix that, so say so in status instead of looping.
-            Err(Error::Kube {
-                source: kube::Error::Api(e),
-                ..
-            }) if e.code == 400 || e.code == 422 => {
-                tracing::warn!(migration = %name, namespace = %ns, %phase, error = %e.message, "Job rejected by the API server");
-                plan = planner::job_rejected(plan, phase, &e.message, now, generation);
-            }
-            Err(e) => return Err(e),
         }
+        planner::Action::StopJob { phase, attempt } => {
+            jobs::stop(&jobs_api, &dbm, phase, attempt).await?;
+            tracing::warn!(migration = %name, namespace = %ns, %phase, attempt, "a gate closed: stopped the running attempt before it could commit");
+        }
+        planner::Action::None => {}
     }
     if dbm.status.as_ref() != Some(&plan.status) {
+        // The plan was made from this resourceVersion; if our own last write has not reached
+        // the cache yet, the plan is stale and must not overwrite it (it would forget, e.g.,
+        // when the rollout completed). The newer object's watch event plans again.
         let patch = serde_json::json!({
             "apiVersion": "phasegate.dev/v1alpha1",
             "kind": "DatabaseMigration",
+            "metadata": {"resourceVersion": dbm.resource_version()},
             "status": plan.status,
         });
         let api: Api<DatabaseMigration> = Api::namespaced(client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .during(format!("writing status of DatabaseMigration {name}"))?;
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::debug!(migration = %name, namespace = %ns, "planned from a stale copy; planning again");
+                return Ok(Action::requeue(Duration::from_millis(500)));
+            }
+            Err(e) => {
+                return Err(Error::Kube {
+                    action: format!("writing status of DatabaseMigration {name}"),
+                    source: e,
+                })
+            }
+        }
         // Counted once the new status is stored, so each transition is counted once.
         ctx.metrics.record_transition(
             &status,

@@ -6,8 +6,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::ListParams;
-use kube::core::Selector;
-use kube::{Api, Client};
+use kube::core::{Selector, SelectorExt};
+use kube::{Api, Client, ResourceExt};
 
 use crate::api::{TargetKind, TargetSpec, TargetStatus, VersionFrom};
 use crate::planner::rollout::{self, PodObservation, WorkloadObservation};
@@ -16,6 +16,10 @@ use super::error::{Error, KubeContext};
 
 /// Judge every target of a migration. A target that does not exist, or a selector that
 /// matches nothing, yields an incomplete target, never a vacuous success.
+///
+/// Pods are read first, workloads second, both from the API server (not a cache): a
+/// rollback that lands between the two reads shows in the workload's template, whereas
+/// workload-first could miss the old pods the rollback has not created yet.
 pub async fn observe_targets(
     client: &Client,
     namespace: &str,
@@ -24,6 +28,11 @@ pub async fn observe_targets(
     app_version: &str,
 ) -> Result<Vec<TargetStatus>, Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let all_pods = pods
+        .list(&ListParams::default())
+        .await
+        .during(format!("listing pods in {namespace}"))?
+        .items;
     let mut out = Vec::new();
     for t in targets {
         let found = match t.kind {
@@ -40,11 +49,12 @@ pub async fn observe_targets(
         };
         for w in workloads {
             let selector = to_selector(&w.selector, &format!("{} {}", t.kind, w.name))?;
-            let pod_list = pods
-                .list(&ListParams::default().labels_from(&selector))
-                .await
-                .during(format!("listing pods of {} {}", t.kind, w.name))?;
-            let obs = (w.observe)(version_from, &pod_list.items);
+            let matched: Vec<Pod> = all_pods
+                .iter()
+                .filter(|p| selector.matches(p.labels()))
+                .cloned()
+                .collect();
+            let obs = (w.observe)(version_from, &matched);
             out.push(rollout::evaluate(&obs, app_version));
         }
     }

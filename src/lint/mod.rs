@@ -161,7 +161,24 @@ pub fn is_known_rule(id: &str) -> bool {
 /// Lints a phase's SQL. Errors for SQL that does not parse, contains no statement, or that
 /// the executor refuses (transaction control, an unnamed `CREATE INDEX CONCURRENTLY`).
 pub fn lint(sql: &str) -> Result<Vec<Finding>, LintError> {
-    lint_report(sql).map(|r| r.findings)
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    // A migration's SQL is immutable and every reconcile lints it: parse each text once.
+    type Cache = Mutex<HashMap<String, Result<Vec<Finding>, LintError>>>;
+    const MAX_ENTRIES: usize = 512;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Cache::default);
+    if let Some(hit) = cache.lock().ok().and_then(|c| c.get(sql).cloned()) {
+        return hit;
+    }
+    let result = lint_report(sql).map(|r| r.findings);
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= MAX_ENTRIES {
+            c.clear();
+        }
+        c.insert(sql.to_string(), result.clone());
+    }
+    result
 }
 
 /// [`lint`], also counting statements.

@@ -90,8 +90,9 @@ pub enum JobState {
 #[derive(Clone, Debug)]
 pub struct Input<'a> {
     pub now: Timestamp,
-    /// The migration's name (Job names derive from it).
+    /// The migration's name and UID (Job names derive from both).
     pub name: &'a str,
+    pub uid: &'a str,
     pub generation: i64,
     pub spec: &'a DatabaseMigrationSpec,
     pub status: &'a DatabaseMigrationStatus,
@@ -115,6 +116,9 @@ pub enum Action {
     None,
     /// Create (or adopt) the Job of `phase`'s attempt number `attempt`.
     StartJob { phase: JobPhase, attempt: u32 },
+    /// Stop the Job of that attempt at once (delete it; its pod gets SIGTERM and the executor
+    /// rolls back): a gate closed before the attempt committed.
+    StopJob { phase: JobPhase, attempt: u32 },
 }
 
 /// A Kubernetes Event to publish because the phase changed.
@@ -159,6 +163,11 @@ pub mod reason {
     pub const PENDING: &str = "Pending";
     pub const RETRYING: &str = "Retrying";
     pub const JOB_REJECTED: &str = "JobRejected";
+    /// A Job of the attempt's name exists that this migration did not create.
+    pub const JOB_CONFLICT: &str = "JobConflict";
+    /// A gate closed (rollback, old pod, revoked approval) while contract ran; the attempt
+    /// was stopped before it could commit.
+    pub const GATE_CLOSED: &str = "GateClosed";
 }
 
 /// Decide the next step.
@@ -219,7 +228,32 @@ impl<'a> Planner<'a> {
     }
 
     fn run(&mut self) {
-        let valid = match validate(self.input.spec) {
+        self.steps();
+        // A retry annotation seen while nothing had failed is recorded, so that it cannot
+        // trigger an unasked-for retry of a later failure.
+        if self.retry_requested()
+            && !self.retry_consumed
+            && !self.contract_retry_pending
+            && !matches!(self.outcome, Some((Phase::Failed, _, _)))
+        {
+            self.consume_retry();
+        }
+    }
+
+    fn steps(&mut self) {
+        // Finished is finished: a later operator version (a new lint rule) or a later edit
+        // never turns a migration that has applied both phases into a failure.
+        if self.status.contract.as_ref().is_some_and(|c| c.succeeded) {
+            self.set(
+                Phase::Succeeded,
+                reason::SUCCEEDED,
+                "expand and contract applied",
+            );
+            return;
+        }
+        // Only what is still to run is validated and linted.
+        let expand_applied = self.status.expand.as_ref().is_some_and(|e| e.succeeded);
+        let valid = match validate(self.input.spec, !expand_applied) {
             Ok(v) => v,
             Err(e) => {
                 let why = match e {
@@ -230,22 +264,30 @@ impl<'a> Planner<'a> {
                 return;
             }
         };
-        let lint = LintStatus {
+        let mut lint = LintStatus {
             warnings: valid.lint_warnings.clone(),
             overrides: valid.lint_overrides.clone(),
         };
+        if expand_applied {
+            // Keep the record of what expand was let through with.
+            let old = self.input.status.lint.clone().unwrap_or_default();
+            let expand_only = |v: Vec<String>| -> Vec<String> {
+                v.into_iter()
+                    .filter(|w| w.starts_with("spec.expand"))
+                    .collect()
+            };
+            let mut warnings = expand_only(old.warnings);
+            warnings.append(&mut lint.warnings);
+            let mut overrides = expand_only(old.overrides);
+            overrides.append(&mut lint.overrides);
+            lint = LintStatus {
+                warnings,
+                overrides,
+            };
+        }
         self.status.lint = (lint != LintStatus::default()).then_some(lint);
         if self.expand() {
             self.rollout_and_contract(&valid);
-        }
-        // A retry annotation seen while nothing had failed is recorded, so that it cannot
-        // trigger an unasked-for retry of a later failure.
-        if self.retry_requested()
-            && !self.retry_consumed
-            && !self.contract_retry_pending
-            && !matches!(self.outcome, Some((Phase::Failed, _, _)))
-        {
-            self.consume_retry();
         }
     }
 
@@ -299,8 +341,11 @@ impl<'a> Planner<'a> {
     /// API server rejected it): still failed, with the same reason as when it happened.
     fn recorded_failure(&mut self, phase: JobPhase, rec: &PhaseStatus) {
         let msg = rec.message.as_deref().unwrap_or("the Job failed");
-        if rec.reason.as_deref() == Some(reason::JOB_REJECTED) {
-            self.set(Phase::Failed, reason::JOB_REJECTED, msg.to_string());
+        let refused = [reason::JOB_REJECTED, reason::JOB_CONFLICT]
+            .into_iter()
+            .find(|r| rec.reason.as_deref() == Some(*r));
+        if let Some(r) = refused {
+            self.set(Phase::Failed, r, msg.to_string());
         } else {
             self.set(
                 Phase::Failed,
@@ -355,7 +400,7 @@ impl<'a> Planner<'a> {
     /// write: the Job exists but the status never said so).
     fn adopt(&mut self, phase: JobPhase, attempt: u32) {
         let now = self.now();
-        let name = job_name(self.input.name, phase, attempt);
+        let name = job_name(self.input.name, self.input.uid, phase, attempt);
         let rec = record_mut(&mut self.status, phase);
         rec.attempts = attempt;
         if rec.job_name.as_deref() != Some(name.as_str()) {
@@ -375,7 +420,7 @@ impl<'a> Planner<'a> {
         rec.finished_at = None;
         rec.succeeded = false;
         rec.message = None;
-        rec.job_name = Some(job_name(self.input.name, phase, attempt));
+        rec.job_name = Some(job_name(self.input.name, self.input.uid, phase, attempt));
         rec.reason = None;
         self.action = Action::StartJob { phase, attempt };
         let (running, why) = phase.running();
@@ -388,20 +433,12 @@ impl<'a> Planner<'a> {
 
     fn rollout_and_contract(&mut self, valid: &ValidSpec) {
         let rec = self.status.contract.clone().unwrap_or_default();
-        if rec.succeeded {
-            self.set(
-                Phase::Succeeded,
-                reason::SUCCEEDED,
-                "expand and contract applied",
-            );
-            return;
-        }
-        // Targets are tracked in every phase up to Succeeded, so a rollback while contract
-        // runs or has failed still restarts the soak before any retry.
-        if !self.record_targets() {
-            self.status.rollout_completed_at = None;
-        }
+        // Targets are judged in every phase up to Succeeded: a rollback while contract runs
+        // stops it, and one while contract has failed restarts the soak before any retry.
+        let rollout = self.judge_rollout();
         let attempt = rec.attempts.max(1);
+        let stopped =
+            rec.reason.as_deref() == Some(reason::GATE_CLOSED) && rec.finished_at.is_some();
         match &self.input.contract_job {
             JobState::Succeeded(report) => {
                 self.job_succeeded(JobPhase::Contract, attempt, report.clone());
@@ -413,7 +450,17 @@ impl<'a> Planner<'a> {
                 return;
             }
             JobState::Running(stuck) => {
-                self.job_running(JobPhase::Contract, attempt, stuck.as_deref());
+                // The fence: the gates must still hold while the attempt runs, until it
+                // commits. A stopped attempt stays stopped until its Job is gone.
+                let closed = if stopped {
+                    Some(rec.message.clone().unwrap_or_default())
+                } else {
+                    self.closed_gate(&rollout)
+                };
+                match closed {
+                    Some(why) => self.stop_contract(attempt, &rollout, why, !stopped),
+                    None => self.job_running(JobPhase::Contract, attempt, stuck.as_deref()),
+                }
                 return;
             }
             JobState::Failed(msg) => {
@@ -425,7 +472,8 @@ impl<'a> Planner<'a> {
                 self.contract_retry_pending = true;
             }
             JobState::Absent => {
-                if rec.attempts > 0 && rec.finished_at.is_some() {
+                // A stopped attempt is no failure: the next one waits for the gates.
+                if rec.attempts > 0 && rec.finished_at.is_some() && !stopped {
                     if !self.retry_requested() {
                         self.recorded_failure(JobPhase::Contract, &rec);
                         return;
@@ -434,16 +482,66 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        // A first attempt, a retry after a failure, or a new attempt after the running Job
-        // vanished (the executor's ledger keeps the phase exactly-once).
+        // A first attempt, a retry after a failure, a new attempt after a stopped one, or
+        // after the running Job vanished (the executor's ledger keeps the phase exactly-once).
         let next_attempt = rec.attempts + 1;
-        self.gate_contract(valid, next_attempt);
+        self.gate_contract(valid, rollout, next_attempt);
     }
 
-    /// Copy the judged targets into status; true when every target is complete. A named
-    /// target the observation lacks counts as incomplete.
-    fn record_targets(&mut self) -> bool {
-        let targets = &self.input.targets;
+    /// Why a running contract attempt must stop now, if a gate closed.
+    fn closed_gate(&self, rollout: &Result<(), String>) -> Option<String> {
+        if let Err(why) = rollout {
+            return Some(why.clone());
+        }
+        if self.input.spec.contract.approval == Approval::Manual && !self.input.approved {
+            return Some(format!(
+                "the approval was withdrawn ({} is no longer \"true\")",
+                crate::api::ANNOTATION_APPROVE
+            ));
+        }
+        None
+    }
+
+    /// Stop the running contract attempt: record why (once) and ask for its Job to go.
+    fn stop_contract(
+        &mut self,
+        attempt: u32,
+        rollout: &Result<(), String>,
+        why: String,
+        first: bool,
+    ) {
+        let now = self.now();
+        self.adopt(JobPhase::Contract, attempt);
+        let rec = record_mut(&mut self.status, JobPhase::Contract);
+        let message = if first {
+            let m = format!("contract attempt {attempt} stopped before commit: {why}");
+            rec.finished_at = Some(now);
+            rec.succeeded = false;
+            rec.reason = Some(reason::GATE_CLOSED.to_string());
+            rec.message = Some(m.clone());
+            m
+        } else {
+            why
+        };
+        self.action = Action::StopJob {
+            phase: JobPhase::Contract,
+            attempt,
+        };
+        let phase = if rollout.is_err() {
+            Phase::AwaitingRollout
+        } else {
+            Phase::AwaitingApproval
+        };
+        self.set(phase, reason::GATE_CLOSED, message);
+    }
+
+    /// Copy the judged targets into status and judge the rollout gate: `Ok` while it holds,
+    /// else why not. It opens once every target is complete; from then on it holds while
+    /// no old code can run (every template at or above `appVersion`, no old pod), so an
+    /// availability dip of the new version neither fails nor restarts anything. When it
+    /// closes after having held (a rollback), the soak and the timeout clock restart.
+    fn judge_rollout(&mut self) -> Result<(), String> {
+        let targets = self.input.targets.clone();
         let ready = targets.iter().filter(|t| t.complete).count();
         self.status.targets_ready = Some(format!("{ready}/{}", targets.len()));
         self.status.targets = targets.clone();
@@ -459,15 +557,45 @@ impl<'a> Planner<'a> {
                     .any(|t| t.kind == spec.kind.as_str() && &t.name == name),
                 None => true,
             });
-        named_present && !targets.is_empty() && ready == targets.len()
+        let observed = named_present && !targets.is_empty();
+        let all_complete = observed && ready == targets.len();
+        let only_new_code = observed
+            && targets
+                .iter()
+                .all(|t| rollout::runs_only_new_code(t, &self.input.spec.app_version));
+        let held = self.status.rollout_completed_at.is_some();
+        if all_complete || (held && only_new_code) {
+            self.status.rollout_completed_at.get_or_insert(self.now());
+            return Ok(());
+        }
+        if held {
+            self.status.rollout_completed_at = None;
+            self.status.rollout_started_at = Some(self.now());
+        }
+        let waiting: Vec<String> = targets
+            .iter()
+            .filter(|t| !t.complete)
+            .map(|t| {
+                t.message
+                    .clone()
+                    .unwrap_or_else(|| format!("{} {} not complete", t.kind, t.name))
+            })
+            .collect();
+        Err(if targets.is_empty() {
+            "no rollout targets".to_string()
+        } else {
+            format!(
+                "waiting for {}/{} target(s): {}",
+                targets.len() - ready,
+                targets.len(),
+                waiting.join("; ")
+            )
+        })
     }
 
     /// The rollout gates; starts contract only when every one is open.
-    fn gate_contract(&mut self, valid: &ValidSpec, attempt: u32) {
+    fn gate_contract(&mut self, valid: &ValidSpec, rollout: Result<(), String>, attempt: u32) {
         let now = self.input.now;
-        let targets = self.input.targets.clone();
-        let ready = targets.iter().filter(|t| t.complete).count();
-        let all_complete = self.record_targets();
 
         // A timed-out rollout stays failed until a retry, whatever happens to the spec.
         if let Some(at) = self.input.status.rollout_timed_out_at.clone() {
@@ -497,28 +625,7 @@ impl<'a> Planner<'a> {
         }
 
         let started = self.status.rollout_started_at.get_or_insert(Time(now)).0;
-        if !all_complete {
-            // A rollback or a new incomplete target restarts the soak.
-            self.status.rollout_completed_at = None;
-            let waiting: Vec<String> = targets
-                .iter()
-                .filter(|t| !t.complete)
-                .map(|t| {
-                    t.message
-                        .clone()
-                        .unwrap_or_else(|| format!("{} {} not complete", t.kind, t.name))
-                })
-                .collect();
-            let msg = if targets.is_empty() {
-                "no rollout targets".to_string()
-            } else {
-                format!(
-                    "waiting for {}/{} target(s): {}",
-                    targets.len() - ready,
-                    targets.len(),
-                    waiting.join("; ")
-                )
-            };
+        if let Err(msg) = rollout {
             if let Some(timeout) = valid.rollout_timeout {
                 let elapsed = elapsed(started, now);
                 if elapsed >= timeout {
@@ -593,9 +700,10 @@ impl<'a> Planner<'a> {
             self.input.generation,
             self.input.now,
         );
+        let alarm = phase == Phase::Failed || why == reason::GATE_CLOSED;
         let transition = (old_phase != Some(phase)).then(|| Transition {
-            warning: phase == Phase::Failed,
-            reason: if phase == Phase::Failed {
+            warning: alarm,
+            reason: if alarm {
                 why.to_string()
             } else {
                 phase.as_str().to_string()
@@ -645,44 +753,75 @@ impl Planner<'_> {
     }
 }
 
-/// The API server refused the Job a plan asked for: record the attempt as failed (so the
-/// next plan stays Failed until a retry) and fail now, with the server's reason.
-pub fn job_rejected(
+/// Why the Job a plan asked for could not be created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobRefusal {
+    /// The API server refused it (e.g. an invalid pod template): no retry can fix that.
+    Rejected,
+    /// A Job of that name exists that this migration did not create.
+    Conflict,
+}
+
+/// The Job a plan asked for could not be created: record the attempt as failed (so the next
+/// plan stays Failed until a retry) and fail now, with the reason.
+pub fn job_refused(
     mut plan: Plan,
     phase: JobPhase,
+    refusal: JobRefusal,
     reason_text: &str,
     now: Timestamp,
     generation: i64,
 ) -> Plan {
-    let message = format!("{phase} Job rejected by the API server: {reason_text}");
+    let (why, message) = match refusal {
+        JobRefusal::Rejected => (
+            reason::JOB_REJECTED,
+            format!("{phase} Job rejected by the API server: {reason_text}"),
+        ),
+        JobRefusal::Conflict => (
+            reason::JOB_CONFLICT,
+            format!("{phase} Job not started: {reason_text}"),
+        ),
+    };
     let rec = record_mut(&mut plan.status, phase);
     rec.finished_at = Some(Time(now));
     rec.succeeded = false;
     rec.message = Some(message.clone());
-    rec.reason = Some(reason::JOB_REJECTED.to_string());
+    rec.reason = Some(why.to_string());
     plan.status.phase = Some(Phase::Failed);
     plan.action = Action::None;
     conditions::apply(
         &mut plan.status,
         Phase::Failed,
-        reason::JOB_REJECTED,
+        why,
         &message,
         generation,
         now,
     );
     plan.transition = Some(Transition {
         warning: true,
-        reason: reason::JOB_REJECTED.into(),
+        reason: why.into(),
         message,
     });
     plan
 }
 
-/// The deterministic name of a phase's Job: `<migration>-<phase>-<attempt>`, shortened with
-/// a stable hash when the migration's name is long (Job names feed 63-character labels).
-pub fn job_name(migration: &str, phase: JobPhase, attempt: u32) -> String {
+/// The deterministic name of a phase's Job: `<migration>-<phase>-<attempt>-<uid5>`, with the
+/// first five characters of the migration's UID, so that a Job left behind by a deleted
+/// migration of the same name is never mistaken for this one's. Shortened with a stable hash
+/// when the name is long (Job names feed 63-character labels).
+pub fn job_name(migration: &str, uid: &str, phase: JobPhase, attempt: u32) -> String {
     use sha2::{Digest, Sha256};
-    let suffix = format!("-{}-{attempt}", phase.as_str());
+    let uid: String = uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(5)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let suffix = if uid.is_empty() {
+        format!("-{}-{attempt}", phase.as_str())
+    } else {
+        format!("-{}-{attempt}-{uid}", phase.as_str())
+    };
     const MAX: usize = 52;
     if migration.len() + suffix.len() <= MAX {
         return format!("{migration}{suffix}");
@@ -691,6 +830,19 @@ pub fn job_name(migration: &str, phase: JobPhase, attempt: u32) -> String {
     let keep = MAX - suffix.len() - hash.len() - 1;
     let head: String = migration.chars().take(keep).collect();
     format!("{}-{hash}{suffix}", head.trim_end_matches(['-', '.']))
+}
+
+/// A label value naming the migration: its name when that fits the 63 characters a label
+/// value may have, else a prefix and a stable hash. The full name is in an annotation.
+pub fn migration_label(migration: &str) -> String {
+    use sha2::{Digest, Sha256};
+    const MAX: usize = 63;
+    if migration.len() <= MAX {
+        return migration.to_string();
+    }
+    let hash = hex::encode(&Sha256::digest(migration.as_bytes())[..4]);
+    let head: String = migration.chars().take(MAX - hash.len() - 1).collect();
+    format!("{}-{hash}", head.trim_end_matches(['-', '.']))
 }
 
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {

@@ -110,6 +110,16 @@ pub fn evaluate(w: &WorkloadObservation, app_version: &str) -> TargetStatus {
     }
 }
 
+/// Whether only code at or above `app_version` can run on this target, availability aside:
+/// its template carries such a version and no older (or unversioned) pod remains. A target
+/// that could not be observed never qualifies.
+pub fn runs_only_new_code(t: &TargetStatus, app_version: &str) -> bool {
+    t.old_pods == 0
+        && t.version
+            .as_deref()
+            .is_some_and(|v| version::at_least(v, app_version))
+}
+
 /// A target that could not be observed (not found, selector matched nothing): never complete.
 pub fn missing(kind: TargetKind, name: impl Into<String>, why: impl Into<String>) -> TargetStatus {
     TargetStatus {

@@ -149,6 +149,7 @@ impl Fx {
         Input {
             now: ts(self.now),
             name: &self.name,
+            uid: "",
             generation: self.generation,
             spec: &self.spec,
             status: &self.status,
@@ -1230,7 +1231,8 @@ fn expand_job_found_while_status_write_was_lost_is_adopted() {
 #[test]
 fn contract_job_found_while_status_write_was_lost_is_adopted() {
     let mut fx = Fx::expanded(SpecBuilder::new().build());
-    fx.contract_job = JobState::Running(None); // targets look incomplete: no matter, it runs already
+    fx.complete(true);
+    fx.contract_job = JobState::Running(None);
     let p = fx.step();
     assert_eq!(
         (phase(&p), p.action.clone()),
@@ -1414,24 +1416,24 @@ fn status_is_stable_when_nothing_changes() {
 
 #[test]
 fn job_names_are_deterministic_and_distinct() {
-    assert_eq!(job_name("m", JobPhase::Expand, 1), "m-expand-1");
-    assert_eq!(job_name("m", JobPhase::Contract, 12), "m-contract-12");
+    assert_eq!(job_name("m", "", JobPhase::Expand, 1), "m-expand-1");
+    assert_eq!(job_name("m", "", JobPhase::Contract, 12), "m-contract-12");
     let long = "a".repeat(200);
-    let n = job_name(&long, JobPhase::Contract, 3);
-    assert_eq!(n, job_name(&long, JobPhase::Contract, 3));
+    let n = job_name(&long, "", JobPhase::Contract, 3);
+    assert_eq!(n, job_name(&long, "", JobPhase::Contract, 3));
     assert!(n.len() <= 52, "{n}");
     assert!(n.ends_with("-contract-3"), "{n}");
     let other = format!("{}b", "a".repeat(199));
     assert_ne!(
         n,
-        job_name(&other, JobPhase::Contract, 3),
+        job_name(&other, "", JobPhase::Contract, 3),
         "same prefix, different names"
     );
     let mut all = std::collections::HashSet::new();
     for name in ["m", long.as_str()] {
         for ph in [JobPhase::Expand, JobPhase::Contract] {
             for a in [1, 2, 10, u32::MAX] {
-                let j = job_name(name, ph, a);
+                let j = job_name(name, "", ph, a);
                 assert!(j.len() <= 52, "{j}");
                 assert!(all.insert(j));
             }
@@ -1444,7 +1446,7 @@ fn job_names_at_the_length_boundary() {
     for len in 30..70 {
         let name = "m".repeat(len);
         for ph in [JobPhase::Expand, JobPhase::Contract] {
-            let j = job_name(&name, ph, 9);
+            let j = job_name(&name, "", ph, 9);
             assert!(j.len() <= 52, "{len}: {j}");
             if len + format!("-{ph}-9").len() <= 52 {
                 assert_eq!(j, format!("{name}-{ph}-9"));
@@ -1453,7 +1455,7 @@ fn job_names_at_the_length_boundary() {
     }
     // No double dash where the name is cut.
     let name = format!("{}-{}", "a".repeat(22), "b".repeat(40));
-    let j = job_name(&name, JobPhase::Expand, 1);
+    let j = job_name(&name, "", JobPhase::Expand, 1);
     assert!(!j.contains("--"), "{j}");
 }
 
@@ -1473,16 +1475,16 @@ proptest! {
     #[test]
     fn job_name_is_a_short_valid_name(name in "[a-z0-9]([a-z0-9.-]{0,200}[a-z0-9])?", attempt in 1u32..1000) {
         for ph in [JobPhase::Expand, JobPhase::Contract] {
-            let j = job_name(&name, ph, attempt);
+            let j = job_name(&name, "", ph, attempt);
             prop_assert!(j.len() <= 52, "{}", j);
-            prop_assert_eq!(&j, &job_name(&name, ph, attempt));
+            prop_assert_eq!(&j, &job_name(&name, "", ph, attempt));
             let suffix = format!("-{}-{}", ph.as_str(), attempt);
             prop_assert!(j.ends_with(&suffix));
             prop_assert!(j.chars().next().unwrap().is_ascii_alphanumeric());
             prop_assert!(j.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'));
         }
-        prop_assert_ne!(job_name(&name, JobPhase::Expand, attempt), job_name(&name, JobPhase::Contract, attempt));
-        prop_assert_ne!(job_name(&name, JobPhase::Expand, attempt), job_name(&name, JobPhase::Expand, attempt + 1));
+        prop_assert_ne!(job_name(&name, "", JobPhase::Expand, attempt), job_name(&name, "", JobPhase::Contract, attempt));
+        prop_assert_ne!(job_name(&name, "", JobPhase::Expand, attempt), job_name(&name, "", JobPhase::Expand, attempt + 1));
     }
 }
 
@@ -1492,8 +1494,31 @@ proptest! {
 
 #[derive(Clone, Copy, Debug)]
 struct Tgt {
+    /// The pod template carries `appVersion`.
     new_version: bool,
+    /// A pod of an older version exists (running or terminating).
+    old_pods: bool,
+    /// Every desired replica is updated and available.
     rolled_out: bool,
+}
+
+impl Tgt {
+    const OLD: Tgt = Tgt {
+        new_version: false,
+        old_pods: true,
+        rolled_out: true,
+    };
+    const DONE: Tgt = Tgt {
+        new_version: true,
+        old_pods: false,
+        rolled_out: true,
+    };
+    fn runs_old_code(&self) -> bool {
+        !self.new_version || self.old_pods
+    }
+    fn complete(&self) -> bool {
+        !self.runs_old_code() && self.rolled_out
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -1504,8 +1529,10 @@ enum Ev {
     Rollback(usize),
     /// Target `i`'s rollout finishes.
     RolloutDone(usize),
-    /// Target `i`'s rollout stalls (pods unavailable).
+    /// Target `i` loses availability (a stalled rollout, or a dip after it completed).
     Stall(usize),
+    /// An old pod of target `i` appears (an old ReplicaSet scaled up by hand).
+    OldPod(usize),
     JobSucceeds(JobPhase),
     JobFails(JobPhase),
     /// A running Job is deleted by hand.
@@ -1530,6 +1557,7 @@ fn event(lost_writes: bool) -> impl Strategy<Value = Ev> {
         1 => (0usize..3).prop_map(Ev::Rollback),
         4 => (0usize..3).prop_map(Ev::RolloutDone),
         1 => (0usize..3).prop_map(Ev::Stall),
+        1 => (0usize..3).prop_map(Ev::OldPod),
         4 => job_phase().prop_map(Ev::JobSucceeds),
         1 => job_phase().prop_map(Ev::JobFails),
         1 => job_phase().prop_map(Ev::JobVanishes),
@@ -1587,6 +1615,8 @@ struct Sim {
     timed_out: bool,
     /// A persisted status said Succeeded.
     succeeded: bool,
+    /// Contract commits that happened while a gate was closed in the world.
+    unsafe_commits: u32,
     log: Vec<String>,
 }
 
@@ -1621,31 +1651,37 @@ impl Sim {
             retry: None,
             retries: 0,
             jobs: BTreeMap::new(),
-            targets: vec![
-                Tgt {
-                    new_version: false,
-                    rolled_out: true
-                };
-                p.targets
-            ],
+            targets: vec![Tgt::OLD; p.targets],
             complete_since: None,
             started: BTreeMap::new(),
             last_write_started: None,
             timed_out: false,
             succeeded: false,
+            unsafe_commits: 0,
             log: Vec::new(),
         }
     }
 
     fn all_complete(&self) -> bool {
-        self.targets.iter().all(|t| t.new_version && t.rolled_out)
+        self.targets.iter().all(Tgt::complete)
+    }
+
+    /// A gate is closed in the world: old code can run, or a needed approval is missing.
+    fn gate_closed(&self) -> bool {
+        self.targets.iter().any(Tgt::runs_old_code)
+            || (self.spec.contract.approval == Approval::Manual && !self.approved)
     }
 
     fn observed_targets(&self) -> Vec<TargetStatus> {
         self.targets
             .iter()
             .enumerate()
-            .map(|(i, t)| target(&format!("app-{i}"), t.new_version && t.rolled_out))
+            .map(|(i, t)| {
+                let mut s = target(&format!("app-{i}"), t.complete());
+                s.version = Some(if t.new_version { "2.4.0" } else { "2.3.0" }.into());
+                s.old_pods = i32::from(t.old_pods);
+                s
+            })
             .collect()
     }
 
@@ -1675,19 +1711,34 @@ impl Sim {
             Ev::Update(i) => {
                 self.targets[i % n] = Tgt {
                     new_version: true,
+                    old_pods: true,
                     rolled_out: false,
                 }
             }
             Ev::Rollback(i) => {
                 self.targets[i % n] = Tgt {
                     new_version: false,
+                    old_pods: true,
                     rolled_out: false,
                 }
             }
-            Ev::RolloutDone(i) => self.targets[i % n].rolled_out = true,
+            Ev::RolloutDone(i) => {
+                let t = &mut self.targets[i % n];
+                t.rolled_out = true;
+                t.old_pods = !t.new_version;
+            }
             Ev::Stall(i) => self.targets[i % n].rolled_out = false,
+            Ev::OldPod(i) => {
+                let t = &mut self.targets[i % n];
+                t.old_pods = true;
+                t.rolled_out = false;
+            }
             Ev::JobSucceeds(p) => {
                 if let Some(k) = self.latest_running(p) {
+                    // The executor commits now: the world must still let it.
+                    if p == JobPhase::Contract && self.gate_closed() {
+                        self.unsafe_commits += 1;
+                    }
                     self.jobs
                         .insert(k, JobState::Succeeded(Some(format!("{p} ok"))));
                 }
@@ -1723,9 +1774,11 @@ impl Sim {
                 }
             }
         }
-        if !self.all_complete() {
+        // The soak counts from the first complete rollout; a dip in availability does not
+        // restart it, old code running again does.
+        if self.targets.iter().any(Tgt::runs_old_code) {
             self.complete_since = None;
-        } else if self.complete_since.is_none() {
+        } else if self.all_complete() && self.complete_since.is_none() {
             self.complete_since = Some(self.now);
         }
     }
@@ -1736,6 +1789,7 @@ impl Sim {
         let input = Input {
             now: ts(self.now),
             name: NAME,
+            uid: "",
             generation: 1,
             spec: &self.spec,
             status: &self.status,
@@ -1753,11 +1807,28 @@ impl Sim {
         self.check(&input, &plan)?;
 
         let mut started = None;
-        if let Action::StartJob { phase, attempt } = plan.action {
-            self.jobs
-                .entry((key(phase), attempt))
-                .or_insert(JobState::Running(None));
-            started = Some((key(phase), attempt));
+        match plan.action {
+            Action::StartJob { phase, attempt } => {
+                self.jobs
+                    .entry((key(phase), attempt))
+                    .or_insert(JobState::Running(None));
+                started = Some((key(phase), attempt));
+            }
+            // The Job is deleted; its executor rolls back (a Job that already finished keeps
+            // its outcome: deleting it changes nothing in the database).
+            Action::StopJob { phase, attempt } => {
+                if self.jobs.get(&(key(phase), attempt)) == Some(&JobState::Running(None)) {
+                    self.jobs.remove(&(key(phase), attempt));
+                }
+            }
+            Action::None => {}
+        }
+        // The fence: once a plan has seen a closed gate, no contract attempt is left running.
+        if self.gate_closed() {
+            prop_assert!(
+                self.latest_running(JobPhase::Contract).is_none(),
+                "a contract attempt still runs after the plan saw a closed gate"
+            );
         }
         self.prev_status = std::mem::replace(&mut self.status, plan.status.clone());
         self.last_write_started = started;
@@ -1784,11 +1855,21 @@ impl Sim {
                 phase: JobPhase::Contract,
                 attempt,
             } => {
-                // (a) every gate open in this very input.
+                // (a) every gate open in this very input: only new code runs, and the
+                // rollout completed (availability may have dipped since).
                 prop_assert!(
-                    !input.targets.is_empty() && input.targets.iter().all(|t| t.complete),
-                    "contract started with an incomplete rollout"
+                    !input.targets.is_empty()
+                        && input
+                            .targets
+                            .iter()
+                            .all(|t| rollout::runs_only_new_code(t, &self.spec.app_version)),
+                    "contract started while old code can run"
                 );
+                prop_assert!(
+                    plan.status.rollout_completed_at.is_some(),
+                    "contract started before the rollout ever completed"
+                );
+                prop_assert!(!self.gate_closed(), "contract started with a gate closed");
                 prop_assert!(expand_done, "contract started before expand succeeded");
                 if self.spec.contract.approval == Approval::Manual {
                     prop_assert!(input.approved, "contract started without approval");
@@ -1805,7 +1886,11 @@ impl Sim {
                     );
                     // Against the world's truth, retries and replacement attempts included.
                     if !self.lost_writes {
-                        let truth = self.complete_since.expect("complete");
+                        let Some(truth) = self.complete_since else {
+                            return Err(TestCaseError::fail(
+                                "contract started before the rollout completed (world truth)",
+                            ));
+                        };
                         prop_assert!(
                             self.now - truth >= secs(d),
                             "contract started {}s after the rollout completed",
@@ -1849,8 +1934,35 @@ impl Sim {
                 );
                 self.check_attempt(JobPhase::Expand, attempt)?;
             }
+            Action::StopJob { phase, attempt } => {
+                prop_assert_eq!(phase, JobPhase::Contract, "only contract is fenced");
+                prop_assert!(
+                    self.gate_closed()
+                        || input
+                            .status
+                            .contract
+                            .as_ref()
+                            .is_some_and(|c| c.reason.as_deref() == Some(reason::GATE_CLOSED)),
+                    "stopped an attempt with every gate open"
+                );
+                prop_assert_eq!(
+                    Some(attempt),
+                    input
+                        .status
+                        .contract
+                        .as_ref()
+                        .map(|c| c.attempts.max(1))
+                        .or(Some(1))
+                );
+            }
             Action::None => {}
         }
+        // The invariant the fence exists for.
+        prop_assert_eq!(
+            self.unsafe_commits,
+            0,
+            "contract committed while a gate was closed"
+        );
         // (d) Succeeded only after contract's Job succeeded (and expand's).
         if plan.status.phase == Some(Phase::Succeeded) {
             prop_assert!(
@@ -1898,10 +2010,7 @@ impl Sim {
     fn drain(&mut self) -> Result<(), TestCaseError> {
         self.approved = true;
         for t in &mut self.targets {
-            *t = Tgt {
-                new_version: true,
-                rolled_out: true,
-            };
+            *t = Tgt::DONE;
         }
         self.apply(&Ev::Advance(0));
         for _ in 0..12 {
@@ -1971,6 +2080,17 @@ proptest! {
     #[test]
     fn a_favourable_world_and_a_retry_always_finish(p in params(), events in prop::collection::vec(event(false), 0..60)) {
         simulate(&p, &events, false, true)?;
+    }
+}
+
+proptest! {
+    // The fence's invariant over many interleavings: no contract commit while old code can
+    // run or a needed approval is missing; every running attempt stopped once a gate closes.
+    #![proptest_config(config(10_000))]
+
+    #[test]
+    fn contract_never_commits_while_a_gate_is_closed(p in params(), events in prop::collection::vec(event(true), 0..60)) {
+        simulate(&p, &events, true, false)?;
     }
 }
 
@@ -2185,9 +2305,10 @@ fn a_rejected_job_fails_the_phase_and_stays_failed_until_retry() {
     let mut fx = Fx::new(SpecBuilder::new().build());
     let p = fx.plan();
     assert_eq!(p.action, start(JobPhase::Expand, 1));
-    let p = job_rejected(
+    let p = job_refused(
         p,
         JobPhase::Expand,
+        JobRefusal::Rejected,
         "spec.template.spec.containers[0].name: Invalid value",
         ts(0),
         1,
@@ -2203,6 +2324,242 @@ fn a_rejected_job_fails_the_phase_and_stays_failed_until_retry() {
     assert_eq!(phase(&p), Phase::Failed);
     assert_eq!(p.action, Action::None);
     assert_eq!(stalled_reason(&p.status), Some(reason::JOB_REJECTED));
+    assert!(p.transition.is_none());
+    fx.retry("1");
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 2));
+}
+
+// ---------------------------------------------------------------------------------------
+// The contract fence
+// ---------------------------------------------------------------------------------------
+
+fn stop(attempt: u32) -> Action {
+    Action::StopJob {
+        phase: JobPhase::Contract,
+        attempt,
+    }
+}
+
+#[test]
+fn a_rollback_while_contract_runs_stops_the_attempt() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    assert_eq!(phase(&fx.step()), Phase::Contracting);
+    fx.now += 5;
+    fx.complete(false); // rolled back: old version in the template, old pods
+    let p = fx.step();
+    assert_eq!(p.action, stop(1));
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    let rec = p.status.contract.clone().unwrap();
+    assert_eq!(rec.reason.as_deref(), Some(reason::GATE_CLOSED));
+    assert!(rec.finished_at.is_some() && !rec.succeeded);
+    assert!(
+        rec.message.unwrap().contains("runs version 2.3.0"),
+        "says which gate closed"
+    );
+    let t = p.transition.expect("an Event");
+    assert!(t.warning);
+    assert_eq!(t.reason, reason::GATE_CLOSED);
+    assert!(p.status.rollout_completed_at.is_none(), "the soak restarts");
+    assert!(!is_true(&p.status, STALLED), "a stop is no failure");
+
+    // The Job is gone; nothing starts while old code runs.
+    fx.contract_job = JobState::Absent;
+    let p = fx.step();
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::AwaitingRollout, Action::None)
+    );
+    assert!(p.transition.is_none());
+    // Rolled forward: the next attempt, without a retry annotation.
+    fx.complete(true);
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 2));
+}
+
+#[test]
+fn a_stopped_attempt_whose_job_still_exists_is_stopped_again_never_resumed() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.step();
+    fx.complete(false);
+    assert_eq!(fx.step().action, stop(1));
+    // The deletion has not landed yet and the app is already rolled forward again.
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!(p.action, stop(1), "never resumes a stopped attempt");
+    fx.contract_job = JobState::Absent;
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 2));
+}
+
+#[test]
+fn a_stopped_attempt_that_had_committed_is_a_success() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.step();
+    fx.complete(false);
+    assert_eq!(fx.step().action, stop(1));
+    // The executor committed just before the SIGTERM: the Job completed. Report the truth.
+    fx.contract_job = JobState::Succeeded(Some("applied".into()));
+    assert_eq!(phase(&fx.step()), Phase::Succeeded);
+}
+
+#[test]
+fn a_withdrawn_approval_stops_contract() {
+    let mut fx = Fx::contracting(SpecBuilder::new().manual().build());
+    fx.step();
+    fx.approved = false;
+    let p = fx.step();
+    assert_eq!(p.action, stop(1));
+    assert_eq!(phase(&p), Phase::AwaitingApproval);
+    assert!(cond(&p.status, READY)
+        .message
+        .contains("approval was withdrawn"));
+    fx.contract_job = JobState::Absent;
+    assert_eq!(phase(&fx.step()), Phase::AwaitingApproval);
+    fx.approved = true;
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 2));
+}
+
+#[test]
+fn an_old_pod_appearing_while_contract_runs_stops_it() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.step();
+    fx.targets[0].old_pods = 1; // template still new, one old pod back
+    fx.targets[0].complete = false;
+    assert_eq!(fx.step().action, stop(1));
+}
+
+#[test]
+fn an_availability_dip_after_completion_neither_stops_nor_resets_nor_times_out() {
+    let mut fx = Fx::expanded(SpecBuilder::new().delay("10m").timeout("5m").build());
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Soaking);
+    let completed = p.status.rollout_completed_at.clone();
+    // New-version pods become unavailable (HPA scale-up, node drain, a crash loop).
+    fx.targets[0].complete = false;
+    fx.targets[0].available_replicas = 0;
+    fx.targets[0].message = Some("Deployment shop-api: 2/2 replicas updated, 0 available".into());
+    fx.now += 9 * 60;
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Soaking, "no timeout, no reset");
+    assert_eq!(p.status.rollout_completed_at, completed);
+    fx.now += 61;
+    let p = fx.step();
+    assert_eq!(
+        p.action,
+        start(JobPhase::Contract, 1),
+        "soak counted from the completion"
+    );
+    fx.contract_job = JobState::Running(None);
+    assert_eq!(
+        fx.step().action,
+        Action::None,
+        "a dip does not stop contract"
+    );
+}
+
+#[test]
+fn a_dip_before_the_first_completion_is_still_waiting() {
+    let mut fx = Fx::expanded(SpecBuilder::new().build());
+    fx.complete(true);
+    fx.targets[0].complete = false;
+    fx.targets[0].available_replicas = 1;
+    let p = fx.step();
+    assert_eq!(
+        phase(&p),
+        Phase::AwaitingRollout,
+        "completion needs full availability once"
+    );
+    assert_eq!(p.action, Action::None);
+}
+
+#[test]
+fn the_timeout_clock_restarts_when_old_code_returns_after_completion() {
+    let mut fx = Fx::expanded(SpecBuilder::new().delay("1h").timeout("5m").build());
+    fx.now += 4 * 60;
+    fx.complete(true);
+    assert_eq!(phase(&fx.step()), Phase::Soaking);
+    fx.now += 30 * 60; // long after the first wait began
+    fx.complete(false); // a rollback
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::AwaitingRollout, "not timed out at once");
+    assert_eq!(p.status.rollout_started_at, Some(time(34 * 60)));
+    fx.now += 5 * 60;
+    assert_eq!(
+        stalled_reason(&fx.step().status),
+        Some(reason::ROLLOUT_TIMEOUT)
+    );
+}
+
+#[test]
+fn succeeded_is_terminal_whatever_the_spec_says_later() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.contract_job = JobState::Succeeded(None);
+    assert_eq!(phase(&fx.step()), Phase::Succeeded);
+    // An operator upgrade with a rule that refuses the old expand, or an unknown allow entry.
+    fx.spec.expand.sql = Some("ALTER TABLE users DROP COLUMN x;".into());
+    fx.spec.safety.allow = vec!["no-such-rule".into()];
+    fx.complete(false);
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Succeeded);
+    assert_eq!(p.action, Action::None);
+}
+
+#[test]
+fn applied_expand_is_not_linted_again() {
+    let mut fx = Fx::expanded(SpecBuilder::new().build());
+    fx.spec.expand.sql = Some("ALTER TABLE users DROP COLUMN x;".into());
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+}
+
+#[test]
+fn timeouts_that_switch_limits_off_or_cannot_run_are_invalid() {
+    for (lock, stmt) in [("0s", "10m"), ("9999h", "10m"), ("2s", "0s"), ("2s", "30d")] {
+        let spec = SpecBuilder::new()
+            .with(|s| {
+                s.safety.lock_timeout = lock.into();
+                s.safety.statement_timeout = stmt.into();
+            })
+            .build();
+        let mut fx = Fx::new(spec);
+        let p = fx.step();
+        assert_eq!(phase(&p), Phase::Failed, "{lock}/{stmt}");
+        assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+        assert!(cond(&p.status, STALLED).message.contains("out of range"));
+    }
+}
+
+#[test]
+fn job_names_carry_the_uid_and_labels_fit() {
+    let uid = "3F2A9c1e-0000-4000-8000-000000000000";
+    assert_eq!(job_name("m", uid, JobPhase::Expand, 1), "m-expand-1-3f2a9");
+    assert_ne!(
+        job_name("m", uid, JobPhase::Expand, 1),
+        job_name("m", "99999999-0000", JobPhase::Expand, 1)
+    );
+    let long = "x".repeat(200);
+    assert!(job_name(&long, uid, JobPhase::Contract, 1000).len() <= 52);
+    let l = migration_label(&long);
+    assert!(l.len() <= 63 && l.chars().last().unwrap().is_ascii_alphanumeric());
+    assert_ne!(l, migration_label(&"x".repeat(199)));
+    assert_eq!(migration_label("short"), "short");
+}
+
+#[test]
+fn a_job_conflict_fails_with_its_reason_until_retry() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    let p = fx.plan();
+    let p = job_refused(
+        p,
+        JobPhase::Expand,
+        JobRefusal::Conflict,
+        "a Job named m-expand-1 exists",
+        ts(0),
+        1,
+    );
+    assert_eq!(stalled_reason(&p.status), Some(reason::JOB_CONFLICT));
+    fx.status = p.status;
+    let p = fx.step();
+    assert_eq!(stalled_reason(&p.status), Some(reason::JOB_CONFLICT));
     assert!(p.transition.is_none());
     fx.retry("1");
     assert_eq!(fx.step().action, start(JobPhase::Expand, 2));

@@ -38,12 +38,18 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> SpecError {
     }
 }
 
-/// Validate what the CRD schema cannot express.
-pub fn validate(spec: &DatabaseMigrationSpec) -> Result<ValidSpec, SpecError> {
+/// Validate what the CRD schema cannot express. `expand_pending` is false once expand is
+/// applied: what has run is not judged again (a later lint rule must not fail it).
+pub fn validate(
+    spec: &DatabaseMigrationSpec,
+    expand_pending: bool,
+) -> Result<ValidSpec, SpecError> {
     if spec.app_version.trim().is_empty() {
         return Err(invalid("spec.appVersion", "must not be empty"));
     }
-    check_phase("spec.expand", &spec.expand)?;
+    if expand_pending {
+        check_phase("spec.expand", &spec.expand)?;
+    }
     check_phase(
         "spec.contract",
         &PhaseSpec {
@@ -100,7 +106,7 @@ pub fn validate(spec: &DatabaseMigrationSpec) -> Result<ValidSpec, SpecError> {
         (
             "spec.expand.sql",
             LintPhase::Expand,
-            spec.expand.sql.as_deref(),
+            spec.expand.sql.as_deref().filter(|_| expand_pending),
         ),
         (
             "spec.contract.sql",
@@ -129,10 +135,17 @@ pub fn validate(spec: &DatabaseMigrationSpec) -> Result<ValidSpec, SpecError> {
     Ok(ValidSpec {
         lint_warnings,
         lint_overrides,
-        lock_timeout: duration("spec.safety.lockTimeout", &spec.safety.lock_timeout)?,
-        statement_timeout: duration(
+        lock_timeout: bounded(
+            "spec.safety.lockTimeout",
+            &spec.safety.lock_timeout,
+            Duration::from_millis(1),
+            MAX_LOCK_TIMEOUT,
+        )?,
+        statement_timeout: bounded(
             "spec.safety.statementTimeout",
             &spec.safety.statement_timeout,
+            Duration::from_secs(1),
+            MAX_STATEMENT_TIMEOUT,
         )?,
         contract_delay: spec
             .contract
@@ -167,6 +180,33 @@ pub fn pod_template(job: &JobSpec) -> Result<PodTemplateSpec, String> {
         return Err("job.template.spec.containers must name at least one container".into());
     }
     Ok(t)
+}
+
+/// Longer lock waits would queue application queries behind the DDL for that long.
+pub const MAX_LOCK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// PostgreSQL's own limit for `statement_timeout` is about 24.8 days; a day is plenty.
+pub const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A duration within `[min, max]`: `0s` would switch PostgreSQL's limit off silently, and a
+/// value beyond PostgreSQL's range would only fail once the executor runs.
+fn bounded(
+    field: &'static str,
+    s: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, SpecError> {
+    let d = duration(field, s)?;
+    if d < min || d > max {
+        return Err(invalid(
+            field,
+            format!(
+                "{s:?} is out of range: use between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
 }
 
 fn duration(field: &'static str, s: &str) -> Result<Duration, SpecError> {

@@ -194,11 +194,18 @@ async fn examples_psql_job() {
         env.column_exists("users", "legacy_flag").await,
         "contract waits for the rollout"
     );
-    let job = env
-        .jobs()
-        .get(&format!("{name}-expand-1"))
-        .await
-        .expect("expand Job");
+    let job_name = phasegate::planner::job_name(
+        name,
+        &env.migrations()
+            .get(name)
+            .await
+            .expect("migration")
+            .uid()
+            .unwrap_or_default(),
+        phasegate::planner::JobPhase::Expand,
+        1,
+    );
+    let job = env.jobs().get(&job_name).await.expect("expand Job");
     let pod = job.spec.and_then(|s| s.template.spec).expect("pod spec");
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
     assert_eq!(
@@ -256,7 +263,12 @@ async fn examples_flyway_job() {
         .await
         .expect("the migration is stored");
 
-    let job_name = format!("{name}-expand-1");
+    let job_name = phasegate::planner::job_name(
+        name,
+        &m.uid().unwrap_or_default(),
+        phasegate::planner::JobPhase::Expand,
+        1,
+    );
     let jobs = env.jobs();
     wait_until(T, "the expand Job", || async {
         jobs.get_opt(&job_name).await.ok().flatten().is_some()

@@ -5,6 +5,7 @@
 //! local one. Built only with `--features e2e`.
 
 mod examples;
+mod fence;
 mod gates;
 mod ha;
 mod harness;

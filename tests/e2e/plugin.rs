@@ -217,7 +217,7 @@ async fn plugin_status_summarises_phase_targets_and_conditions() {
         "Ready ".into(),
         "RolloutComplete  False".into(),
         "Expanded ".into(),
-        format!("job:       {NAME}-expand-1"),
+        format!("job:       {NAME}-expand-1-"),
         "attempts:  1  (applied)".into(),
     ] {
         assert!(out.contains(&want), "missing {want:?} in:\n{out}");

@@ -1,0 +1,226 @@
+//! The contract fence: contract commits only while every gate still holds, and the normal
+//! situations that must still contract do.
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::ListParams;
+use kube::ResourceExt;
+use phasegate::api::Phase;
+use serde_json::json;
+
+use crate::harness::{condition, wait_until, Env};
+use crate::{expanded, migration_spec, seed_users_table, EXPAND, T};
+
+const NAME: &str = "users-email-verified";
+
+/// Rows the ledger holds for `phase` of any migration.
+async fn ledger_rows(env: &Env, phase: &str) -> i64 {
+    let db = env.pg.client().await;
+    let exists: bool = db
+        .query_one("SELECT to_regclass('phasegate.ledger') IS NOT NULL", &[])
+        .await
+        .expect("ledger exists?")
+        .get(0);
+    if !exists {
+        return 0;
+    }
+    db.query_one(
+        "SELECT count(*) FROM phasegate.ledger WHERE phase = $1 AND status = 'applied'",
+        &[&phase],
+    )
+    .await
+    .expect("ledger rows")
+    .get(0)
+}
+
+/// A session with an open transaction that has read `users`: contract's DROP waits for it
+/// outside the lock queue (and the database check waits for a transaction older than the
+/// rollout), which holds the contract executor for as long as the test likes.
+async fn open_reader(env: &Env) -> tokio_postgres::Client {
+    let db = env.pg.client().await;
+    db.batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("reader transaction");
+    db
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_while_contract_waits_never_commits() {
+    let env = expanded("fence-rollback", json!({})).await;
+    let reader = open_reader(&env).await;
+
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    env.wait_phase(NAME, Phase::Contracting, T).await;
+    // The first contract Job carries the rollout completion time for the database check.
+    let jobs = env.jobs();
+    let contract_jobs = env.job_names("contract").await;
+    assert_eq!(
+        contract_jobs.len(),
+        1,
+        "one contract Job: {contract_jobs:?}"
+    );
+    let job = jobs.get(&contract_jobs[0]).await.expect("contract Job");
+    let env_names: Vec<String> = job
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|ps| ps.containers[0].env.clone().unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(
+        env_names
+            .iter()
+            .any(|n| n == "PHASEGATE_ROLLOUT_COMPLETED_AT"),
+        "contract Job gets the rollout completion time: {env_names:?}"
+    );
+    // Let the executor start and wait behind the reader.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(env.column_exists("users", "legacy_flag").await);
+
+    // The app is rolled back while the contract executor waits.
+    env.set_version("shop-api", "1.0.0", json!({})).await;
+    let m = env
+        .wait_migration(NAME, T, "the gate closed and contract stopped", |m| {
+            m.status.as_ref().and_then(|s| s.phase) == Some(Phase::AwaitingRollout)
+        })
+        .await;
+    let rec = m
+        .status
+        .as_ref()
+        .and_then(|s| s.contract.clone())
+        .expect("contract record");
+    assert_eq!(rec.reason.as_deref(), Some("GateClosed"), "{rec:?}");
+    assert!(
+        rec.message.as_deref().unwrap_or_default().contains("1.0.0"),
+        "says why the attempt was stopped: {rec:?}"
+    );
+    let (_, _, msg) = condition(&m, "RolloutComplete").expect("RolloutComplete");
+    assert!(msg.contains("1.0.0"), "{msg}");
+    wait_until(T, "the stopped contract Job is gone", || async {
+        env.job_names("contract").await.is_empty()
+    })
+    .await;
+    assert!(
+        env.event_reasons(NAME)
+            .await
+            .iter()
+            .any(|r| r == "GateClosed"),
+        "a GateClosed Event"
+    );
+
+    // The reader goes away: nothing may commit now, v1 pods serve.
+    reader.batch_execute("COMMIT").await.expect("commit reader");
+    drop(reader);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        env.column_exists("users", "legacy_flag").await,
+        "the DROP never commits while v1 pods serve"
+    );
+    assert_eq!(ledger_rows(&env, "contract").await, 0, "no contract row");
+
+    // Roll forward: the next attempt commits, once.
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    let m = env.wait_phase(NAME, Phase::Succeeded, T).await;
+    assert!(!env.column_exists("users", "legacy_flag").await);
+    assert_eq!(ledger_rows(&env, "contract").await, 1);
+    assert_eq!(
+        m.status.and_then(|s| s.contract).map(|c| c.attempts),
+        Some(2),
+        "the stopped attempt was followed by one more"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn availability_dip_after_completion_neither_fails_nor_resets_the_soak() {
+    let env = Env::new("fence-dip").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 2, "1.0.0").await;
+    let mut spec = migration_spec(EXPAND, json!({"delay": "12s"}));
+    spec["rollout"]["timeout"] = json!("8s");
+    env.create_migration(NAME, spec).await.expect("create");
+    env.wait_phase(NAME, Phase::AwaitingRollout, T).await;
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    let m = env.wait_phase(NAME, Phase::Soaking, T).await;
+    let completed = m
+        .status
+        .and_then(|s| s.rollout_completed_at)
+        .expect("rollout completed")
+        .0;
+
+    // Same version, but new pods never become ready: availability dips, no old code runs.
+    env.set_version(
+        "shop-api",
+        "2.0.0",
+        json!({"e2e.phasegate.dev/unready": "true"}),
+    )
+    .await;
+    let m = env.wait_phase(NAME, Phase::Succeeded, T).await;
+    let s = m.status.expect("status");
+    assert_eq!(
+        s.rollout_completed_at.map(|t| t.0),
+        Some(completed),
+        "the soak was not restarted"
+    );
+    assert!(s.rollout_timed_out_at.is_none(), "no rollout timeout");
+    assert!(!env.column_exists("users", "legacy_flag").await);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pre_created_job_is_never_taken_for_success() {
+    let env = Env::new("fence-precreated").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    env.create_migration(NAME, migration_spec(EXPAND, json!({})))
+        .await
+        .expect("create");
+    env.wait_phase(NAME, Phase::AwaitingRollout, T).await;
+    let expand_job = env.job_names("expand").await.pop().expect("expand Job");
+    // Someone who may create Jobs pre-creates the next contract Job's name with a no-op.
+    let contract_name = expand_job.replacen("-expand-", "-contract-", 1);
+    let fake: Job = serde_json::from_value(json!({
+        "metadata": {"name": contract_name, "labels": {"phasegate.dev/executor": "true"}},
+        "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "x", "image": "busybox", "command": ["true"]}]}}}
+    }))
+    .expect("job");
+    env.jobs()
+        .create(&Default::default(), &fake)
+        .await
+        .expect("pre-create Job");
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    let m = env
+        .wait_migration(NAME, T, "a conflict, not a success", |m| {
+            m.status.as_ref().and_then(|s| s.phase) == Some(Phase::Failed)
+        })
+        .await;
+    let (_, reason, msg) = condition(&m, "Stalled").expect("Stalled");
+    assert_eq!(reason, "JobConflict", "{msg}");
+    assert!(msg.contains(&contract_name), "{msg}");
+    assert!(env.column_exists("users", "legacy_flag").await);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_200_character_name_works_end_to_end() {
+    let env = Env::new("fence-long-name").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    let name = format!("users-{}", "x".repeat(194));
+    assert_eq!(name.len(), 200);
+    env.create_migration(&name, migration_spec(EXPAND, json!({})))
+        .await
+        .expect("create");
+    env.wait_phase(&name, Phase::AwaitingRollout, T).await;
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    env.wait_phase(&name, Phase::Succeeded, T).await;
+    assert!(!env.column_exists("users", "legacy_flag").await);
+    let lp = ListParams::default().labels("phasegate.dev/phase=contract");
+    for j in env.jobs().list(&lp).await.expect("jobs").items {
+        assert!(j.name_any().len() <= 63);
+    }
+    env.cleanup().await;
+}
