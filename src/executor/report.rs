@@ -52,6 +52,19 @@ pub struct Report {
     /// Set when the database check could not see everything (missing `pg_read_all_stats`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_check_warning: Option<String>,
+    /// Contract only, when not zero: transactions rolled back because the database check, run
+    /// again inside the transaction right before COMMIT, found a new blocker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_check_rollbacks: Option<u32>,
+    /// Microseconds from the last look at the gates (the database re-check, the stop flag) to
+    /// COMMIT's acknowledgement, the longest over the run's transactions: the race window left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_to_commit_us: Option<u64>,
+    /// `SIGTERM` or `SIGINT` when a stop was requested during the run. With outcome `failed`
+    /// the run stopped before COMMIT (the error says what, if anything, it had committed
+    /// earlier); with `applied` the signal came after COMMIT was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ReportError>,
 }
@@ -171,6 +184,9 @@ mod tests {
             checksum: None,
             db_check_wait_ms: None,
             db_check_warning: None,
+            db_check_rollbacks: None,
+            gate_to_commit_us: None,
+            stopped_by: None,
             error: None,
         }
     }
