@@ -743,3 +743,57 @@ async fn contract_requires_the_expand_of_the_same_migration_in_this_database() {
     let f = contract_run(&other_url, "uid-1", false).await;
     assert_outcome(f.report(), Outcome::Applied);
 }
+
+/// A stop while contract waits in the database check ends the wait at once; nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_the_database_check_stops_at_once() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let (old, _) = session(&pg.url(), "shop-api@1.0.0").await;
+    let url = pg.url();
+    let run = apply::spawn(&bin_contract_envs(&url, CONTRACT));
+    assert!(
+        run.wait_for_stderr(
+            |l| l.contains("\"database-check\""),
+            Duration::from_secs(20)
+        )
+        .await,
+        "never waited: {}",
+        run.stderr_so_far()
+    );
+    run.signal("TERM");
+    let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
+    assert_eq!(f.code, Some(143), "{}", f.output());
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    assert_outcome(f.report(), Outcome::Failed);
+    assert_eq!(f.report_json()["stoppedBy"], "SIGTERM");
+    assert_eq!(f.report().attempts, 0);
+    assert!(columns(&c).await.contains(&"legacy".to_string()));
+    assert!(ledger_phases(&c).await.is_empty());
+    drop(old);
+}
+
+/// The report measures what is left of the race: from the last look at the gates (the
+/// re-check inside the transaction, the stop flag) to COMMIT's acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_race_window_before_commit_is_measured() {
+    let pg = TestPostgres::start();
+    let _c = setup(&pg).await;
+    let url = pg.url();
+    let mut windows = Vec::new();
+    for (i, col) in ["legacy", "legacy2"].iter().enumerate() {
+        let sql = format!("ALTER TABLE users DROP COLUMN {col}");
+        let name = format!("m{i}");
+        let mut envs = bin_contract_envs(&url, &sql);
+        envs.retain(|(k, _)| *k != "PHASEGATE_MIGRATION_NAME");
+        envs.push(("PHASEGATE_MIGRATION_NAME", &name));
+        let f = apply::run(&envs).await;
+        assert_outcome(f.report(), Outcome::Applied);
+        let us = f.report_json()["gateToCommitUs"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no gateToCommitUs: {}", f.stdout));
+        windows.push(us);
+    }
+    eprintln!("gate-to-commit windows (µs): {windows:?}");
+    assert!(windows.iter().all(|us| *us < 1_000_000), "{windows:?}");
+}
