@@ -1030,7 +1030,6 @@ impl Runner<'_> {
             }
             self.stats.attempts += 1;
             let attempt = self.stats.attempts;
-            let began = Instant::now();
             let tx = client
                 .transaction()
                 .await
@@ -1115,9 +1114,9 @@ impl Runner<'_> {
                     blockers = blockers.len(),
                     "database check failed right before COMMIT; rolled back, waiting outside the locks"
                 );
-                // The lost attempt counts against the check's budget, so a flapping blocker
-                // cannot keep us retrying forever.
-                self.gate.waited += began.elapsed() + dbcheck::POLL;
+                // Each lost attempt costs the check's budget a poll interval, so a flapping
+                // blocker cannot keep us taking and dropping locks forever.
+                self.gate.waited += dbcheck::POLL;
                 pause(&cfg.stop, dbcheck::POLL).await?;
                 continue;
             }

@@ -113,7 +113,7 @@ impl Report {
         };
         match self.outcome {
             Outcome::Applied => format!(
-                "applied {} in {} ms ({}, {}{}{})",
+                "applied {} in {} ms ({}, {}{}{}{})",
                 plural(self.statements as u64, "statement"),
                 self.duration_ms,
                 plural(self.attempts.into(), "attempt"),
@@ -125,6 +125,12 @@ impl Report {
                 },
                 match self.db_check_wait_ms {
                     Some(ms) if ms > 0 => format!(", waited {ms} ms for old sessions"),
+                    _ => String::new(),
+                },
+                match self.db_check_rollbacks {
+                    Some(n) if n > 0 => format!(
+                        ", rolled back {n} time(s) for a session that arrived before COMMIT"
+                    ),
                     _ => String::new(),
                 },
             ),
@@ -220,6 +226,11 @@ mod tests {
             f.summary(),
             "failed: ERROR 42P01: relation \"nope\" does not exist (statement 1)"
         );
+        let mut late = sample();
+        late.db_check_rollbacks = Some(1);
+        assert!(late.summary().ends_with(
+            "lock retries, rolled back 1 time(s) for a session that arrived before COMMIT)"
+        ));
         let mut a = sample();
         a.outcome = Outcome::AlreadyApplied;
         assert!(a.summary().starts_with("already applied"));
