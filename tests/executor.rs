@@ -951,3 +951,128 @@ async fn server_notices_and_errors_are_scrubbed() {
         assert!(!s.contains(PASSWORD), "leak in {s}");
     }
 }
+
+/// Waiting for another migration's advisory lock, and between lock retries: a stop ends either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_advisory_lock_wait_and_the_retry_backoff() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let term = dir.path().join("termination-log");
+    let (url, term_s) = (pg.url(), term.to_string_lossy().to_string());
+
+    let other = pg.client().await;
+    other
+        .query_one(
+            "SELECT pg_advisory_lock($1, $2)",
+            &[
+                &executor::locks::ADVISORY_CLASS,
+                &executor::locks::ADVISORY_OBJ,
+            ],
+        )
+        .await
+        .expect("lock");
+    let run = apply::spawn(&contract_envs(&url, DROP_EMAIL, &term_s));
+    assert!(
+        run.wait_for_stderr(|l| l.contains("\"advisory-lock\""), Duration::from_secs(20))
+            .await,
+        "never waited: {}",
+        run.stderr_so_far()
+    );
+    run.signal("TERM");
+    let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
+    assert_stopped(&f, elapsed, &term);
+    drop(other);
+
+    // Blind retries (no lock-aware waiting): short lock timeouts, then backoff sleeps.
+    let holder = hold_users(&pg).await;
+    let mut envs = contract_envs(&url, DROP_EMAIL, &term_s);
+    envs.push(("PHASEGATE_LOCK_WAIT_TIMEOUT", "0"));
+    envs.push(("PHASEGATE_LOCK_TIMEOUT", "20ms"));
+    envs.push(("PHASEGATE_MAX_LOCK_RETRIES", "1000"));
+    let run = apply::spawn(&envs);
+    assert!(
+        run.wait_for_stderr(|l| l.contains("will retry"), Duration::from_secs(20))
+            .await,
+        "never retried: {}",
+        run.stderr_so_far()
+    );
+    run.signal("TERM");
+    let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
+    assert_stopped(&f, elapsed, &term);
+    assert!(f.report().lock_retries >= 1, "{}", f.stdout);
+    assert!(columns(&c, "users").await.contains(&"email".to_string()));
+    assert!(
+        ledger_rows(&c).await.is_empty(),
+        "{:?}",
+        ledger_rows(&c).await
+    );
+    holder.batch_execute("COMMIT").await.expect("commit");
+}
+
+/// A statement outside a transaction block (here CREATE INDEX CONCURRENTLY waiting for an old
+/// snapshot) is cancelled on stop; the invalid index it leaves is rebuilt by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cancels_a_concurrent_index_build_and_the_rerun_completes_it() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let term = dir.path().join("termination-log");
+    let (url, term_s) = (pg.url(), term.to_string_lossy().to_string());
+    let old = pg.client().await;
+    old.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM users;")
+        .await
+        .expect("old snapshot");
+    let envs = [
+        ("PHASEGATE_DATABASE_URL", url.as_str()),
+        ("PHASEGATE_PHASE", "expand"),
+        (
+            "PHASEGATE_SQL",
+            "CREATE INDEX CONCURRENTLY users_email_idx ON users (email)",
+        ),
+        ("PHASEGATE_MIGRATION_NAME", "idx"),
+        ("PHASEGATE_TERMINATION_LOG", term_s.as_str()),
+    ];
+    let run = apply::spawn(&envs);
+    // The build is running (waiting for the old snapshot) once the index exists, invalid.
+    let exists = "SELECT count(*) FROM pg_class WHERE relname = 'users_email_idx'";
+    let until = Instant::now() + Duration::from_secs(20);
+    while c
+        .query_one(exists, &[])
+        .await
+        .expect("index")
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < until, "no build: {}", run.stderr_so_far());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    run.signal("TERM");
+    let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
+    assert_stopped(&f, elapsed, &term);
+    assert!(ledger_rows(&c).await.iter().all(|r| r.0 != "idx"));
+    let building: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX CONCURRENTLY%'",
+            &[],
+        )
+        .await
+        .expect("activity")
+        .get(0);
+    assert_eq!(building, 0, "the build was cancelled");
+
+    old.batch_execute("COMMIT").await.expect("commit");
+    let f = apply::run(&envs).await;
+    assert_eq!(f.code, Some(0), "{}", f.output());
+    assert_outcome(f.report(), Outcome::Applied);
+    let valid: bool = c
+        .query_one(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_email_idx'::regclass",
+            &[],
+        )
+        .await
+        .expect("index")
+        .get(0);
+    assert!(valid);
+}
