@@ -1054,7 +1054,8 @@ async fn sigterm_cancels_a_concurrent_index_build_and_the_rerun_completes_it() {
     assert!(ledger_rows(&c).await.iter().all(|r| r.0 != "idx"));
     let building: i64 = c
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX CONCURRENTLY%'",
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE state = 'active' AND query LIKE 'CREATE INDEX CONCURRENTLY%'",
             &[],
         )
         .await
