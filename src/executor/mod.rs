@@ -957,8 +957,18 @@ impl Runner<'_> {
             r = &mut statement => return Ok(r),
             signal = self.cfg.stop.wait() => signal,
         };
-        if let Err(e) = connect::cancel(&self.settings, &self.cancel).await {
-            tracing::warn!(error = %e, "could not cancel the running statement; the connection closes on exit");
+        // Bounded: an unreachable server must not hold up the exit (closing our connection
+        // ends the statement too, within client_connection_check_interval).
+        match tokio::time::timeout(CANCEL_GRACE, connect::cancel(&self.settings, &self.cancel))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not cancel the running statement; the connection closes on exit")
+            }
+            Err(_) => tracing::warn!(
+                "cancelling the running statement timed out; the connection closes on exit"
+            ),
         }
         match tokio::time::timeout(CANCEL_GRACE, &mut statement).await {
             // It finished before the cancel arrived: the caller records what is true.
