@@ -341,6 +341,9 @@ mod tests {
             checksum: None,
             db_check_wait_ms: None,
             db_check_warning: None,
+            db_check_rollbacks: None,
+            gate_to_commit_us: None,
+            stopped_by: None,
             error: None,
         }
     }

@@ -680,3 +680,400 @@ async fn tls_require_and_verify_full() {
     );
     assert!(!msg.contains(PASSWORD));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stopping: SIGTERM/SIGINT never let a phase commit (the operator deletes the Job of an attempt
+// whose gate closed; Kubernetes then sends SIGTERM to the executor).
+// ---------------------------------------------------------------------------------------------
+
+use support::apply;
+
+const DROP_EMAIL: &str = "ALTER TABLE users DROP COLUMN email";
+
+fn contract_envs<'a>(url: &'a str, sql: &'a str, term: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("PHASEGATE_DATABASE_URL", url),
+        ("PHASEGATE_PHASE", "contract"),
+        ("PHASEGATE_SQL", sql),
+        ("PHASEGATE_MIGRATION_NAMESPACE", "shop"),
+        ("PHASEGATE_MIGRATION_NAME", "m"),
+        ("PHASEGATE_MIGRATION_UID", "uid-1"),
+        ("PHASEGATE_APP_VERSION", "2.4.0"),
+        ("PHASEGATE_TERMINATION_LOG", term),
+    ]
+}
+
+/// A session holding a lock that conflicts with DDL on `users` (an open read transaction).
+async fn hold_users(pg: &TestPostgres) -> tokio_postgres::Client {
+    let holder = pg.client().await;
+    holder
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("hold");
+    holder
+}
+
+/// Asserts the report and exit of a run stopped by SIGTERM before COMMIT.
+fn assert_stopped(f: &apply::Finished, elapsed: Duration, term: &std::path::Path) {
+    eprintln!("stopped {elapsed:?} after the signal:\n{}", f.output());
+    assert_eq!(f.code, Some(143), "exit code; {}", f.output());
+    assert!(
+        elapsed < Duration::from_millis(1000),
+        "took {elapsed:?} to stop"
+    );
+    let r = f.report();
+    assert_outcome(r, Outcome::Failed);
+    assert_eq!(f.report_json()["stoppedBy"], "SIGTERM", "{}", f.stdout);
+    assert_eq!(r.statements, 0);
+    let msg = &r.error.as_ref().expect("error").message;
+    assert!(
+        msg.contains("stopped by SIGTERM before COMMIT") && msg.contains("nothing was applied"),
+        "{msg}"
+    );
+    let written = std::fs::read_to_string(term).expect("termination log");
+    assert_eq!(Report::parse(&written).as_ref(), Some(r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_waiting_outside_the_lock_queue_stops_at_once() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let holder = hold_users(&pg).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let term = dir.path().join("termination-log");
+    let (url, term_s) = (pg.url(), term.to_string_lossy().to_string());
+    let envs = contract_envs(&url, DROP_EMAIL, &term_s);
+
+    let run = apply::spawn(&envs);
+    assert!(
+        run.wait_for_stderr(|l| l.contains("waiting"), Duration::from_secs(20))
+            .await,
+        "never waited: {}",
+        run.stderr_so_far()
+    );
+    run.signal("TERM");
+    let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
+    assert_stopped(&f, elapsed, &term);
+    // The wait was announced once, as a JSON line naming the blocker.
+    let waits = f.waits();
+    assert_eq!(waits.len(), 1, "{}", f.stderr);
+    assert_eq!(waits[0]["waiting"], "table-lock", "{}", f.stderr);
+    assert!(columns(&c, "users").await.contains(&"email".to_string()));
+    assert!(
+        ledger_rows(&c).await.is_empty(),
+        "{:?}",
+        ledger_rows(&c).await
+    );
+
+    // Released, the same Job applies once.
+    holder.batch_execute("COMMIT").await.expect("commit");
+    let f = apply::run(&envs).await;
+    assert_eq!(f.code, Some(0), "{}", f.output());
+    assert_outcome(f.report(), Outcome::Applied);
+    assert!(f.report_json().get("stoppedBy").is_none(), "{}", f.stdout);
+    assert!(!columns(&c, "users").await.contains(&"email".to_string()));
+    assert_eq!(
+        ledger_rows(&c).await,
+        vec![("m".into(), "contract".into(), "applied".into(), 1, 1)]
+    );
+    let f = apply::run(&envs).await;
+    assert_outcome(f.report(), Outcome::AlreadyApplied);
+}
+
+/// Without lock-aware waiting the executor queues for the lock inside its transaction; a stop
+/// takes it out of the queue at once (application queries must not keep queueing behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_lock_queue_rolls_back_at_once() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let holder = hold_users(&pg).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let term = dir.path().join("termination-log");
+    let (url, term_s) = (pg.url(), term.to_string_lossy().to_string());
+    let mut envs = contract_envs(&url, DROP_EMAIL, &term_s);
+    envs.push(("PHASEGATE_LOCK_WAIT_TIMEOUT", "0"));
+    envs.push(("PHASEGATE_LOCK_TIMEOUT", "60s"));
+
+    let run = apply::spawn(&envs);
+    let queued = "SELECT count(*) FROM pg_locks WHERE relation = 'users'::regclass AND NOT granted";
+    let until = Instant::now() + Duration::from_secs(20);
+    while c
+        .query_one(queued, &[])
+        .await
+        .expect("locks")
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            Instant::now() < until,
+            "never queued: {}",
+            run.stderr_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    run.signal("TERM");
+    let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
+    assert_stopped(&f, elapsed, &term);
+    // Nothing of ours is left in the lock queue.
+    let n: i64 = c.query_one(queued, &[]).await.expect("locks").get(0);
+    assert_eq!(n, 0);
+    assert!(columns(&c, "users").await.contains(&"email".to_string()));
+    assert!(
+        !ledger_rows(&c).await.iter().any(|r| r.1 == "contract"),
+        "{:?}",
+        ledger_rows(&c).await
+    );
+    holder.batch_execute("COMMIT").await.expect("commit");
+}
+
+/// Waits until the child reaches `failpoint` (it prints a line there).
+async fn at_failpoint(run: &apply::Running, failpoint: &str) {
+    assert!(
+        run.wait_for_stderr(
+            |l| l.contains("failpoint") && l.contains(failpoint),
+            Duration::from_secs(20)
+        )
+        .await,
+        "failpoint {failpoint} not reached: {}",
+        run.stderr_so_far()
+    );
+}
+
+/// A stop that arrives with everything done but COMMIT never commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_just_before_commit_never_commits() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let term = dir.path().join("termination-log");
+    let (url, term_s) = (pg.url(), term.to_string_lossy().to_string());
+    let mut envs = contract_envs(&url, DROP_EMAIL, &term_s);
+    envs.push(("PHASEGATE_FAILPOINT", "pause-before-commit"));
+    let run = apply::spawn(&envs);
+    at_failpoint(&run, "pause-before-commit").await;
+    run.signal("TERM");
+    let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
+    assert_stopped(&f, elapsed, &term);
+    assert!(columns(&c, "users").await.contains(&"email".to_string()));
+    assert!(
+        ledger_rows(&c).await.is_empty(),
+        "{:?}",
+        ledger_rows(&c).await
+    );
+}
+
+/// After COMMIT was sent the ledger decides: the report tells the truth (applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_after_commit_reports_applied() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let term = dir.path().join("termination-log");
+    let (url, term_s) = (pg.url(), term.to_string_lossy().to_string());
+    let mut envs = contract_envs(&url, DROP_EMAIL, &term_s);
+    envs.push(("PHASEGATE_FAILPOINT", "pause-after-commit"));
+    let run = apply::spawn(&envs);
+    at_failpoint(&run, "pause-after-commit").await;
+    run.signal("INT");
+    let (f, _) = run.finish(Duration::from_secs(10)).await;
+    assert_eq!(f.code, Some(0), "{}", f.output());
+    let r = f.report();
+    assert_outcome(r, Outcome::Applied);
+    assert_eq!(f.report_json()["stoppedBy"], "SIGINT", "{}", f.stdout);
+    assert!(!columns(&c, "users").await.contains(&"email".to_string()));
+    assert_eq!(
+        ledger_rows(&c).await,
+        vec![("m".into(), "contract".into(), "applied".into(), 1, 1)]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redaction of server messages.
+// ---------------------------------------------------------------------------------------------
+
+/// A NOTICE or WARNING (or an error) carrying the password never reaches any output: here the
+/// URL sets a custom setting to the password and the SQL raises it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_notices_and_errors_are_scrubbed() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let term = dir.path().join("termination-log");
+    let term_s = term.to_string_lossy().to_string();
+    let url = format!("{}&options=-c%20phasegate.leak%3D{PASSWORD}", pg.url());
+    let sql = "DO $$ BEGIN
+                 RAISE NOTICE 'notice: %', current_setting('phasegate.leak');
+                 RAISE WARNING 'warning: %', current_setting('phasegate.leak');
+               END $$;
+               ALTER TABLE users ADD COLUMN a int;";
+    let f = apply::run(&[
+        ("PHASEGATE_DATABASE_URL", &url),
+        ("PHASEGATE_PHASE", "expand"),
+        ("PHASEGATE_SQL", sql),
+        ("PHASEGATE_TERMINATION_LOG", &term_s),
+    ])
+    .await;
+    assert_eq!(f.code, Some(0), "{}", f.output());
+    assert_outcome(f.report(), Outcome::Applied);
+    assert!(columns(&c, "users").await.contains(&"a".to_string()));
+    // The notices are logged, with the secret replaced.
+    assert!(
+        f.stderr.contains("notice: ***") && f.stderr.contains("warning: ***"),
+        "{}",
+        f.stderr
+    );
+    let written = std::fs::read_to_string(&term).expect("termination log");
+    for s in [&f.stdout, &f.stderr, &written] {
+        assert!(!s.contains(PASSWORD), "leak in {s}");
+    }
+
+    // An error raised with the secret in its message, detail and hint.
+    let sql = "DO $$ BEGIN
+                 RAISE NOTICE 'before: %', current_setting('phasegate.leak');
+                 RAISE EXCEPTION 'boom: %', current_setting('phasegate.leak')
+                   USING DETAIL = current_setting('phasegate.leak'),
+                         HINT = current_setting('phasegate.leak');
+               END $$";
+    let f = apply::run(&[
+        ("PHASEGATE_DATABASE_URL", &url),
+        ("PHASEGATE_PHASE", "expand"),
+        ("PHASEGATE_SQL", sql),
+        ("PHASEGATE_MIGRATION_NAME", "boom"),
+        ("PHASEGATE_TERMINATION_LOG", &term_s),
+    ])
+    .await;
+    assert_eq!(f.code, Some(1), "{}", f.output());
+    assert_outcome(f.report(), Outcome::Failed);
+    let msg = &f.report().error.as_ref().expect("error").message;
+    assert!(msg.contains("boom: ***"), "{msg}");
+    let written = std::fs::read_to_string(&term).expect("termination log");
+    for s in [&f.stdout, &f.stderr, &written] {
+        assert!(!s.contains(PASSWORD), "leak in {s}");
+    }
+}
+
+/// Waiting for another migration's advisory lock, and between lock retries: a stop ends either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_advisory_lock_wait_and_the_retry_backoff() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let term = dir.path().join("termination-log");
+    let (url, term_s) = (pg.url(), term.to_string_lossy().to_string());
+
+    let other = pg.client().await;
+    other
+        .query_one(
+            "SELECT pg_advisory_lock($1, $2)",
+            &[
+                &executor::locks::ADVISORY_CLASS,
+                &executor::locks::ADVISORY_OBJ,
+            ],
+        )
+        .await
+        .expect("lock");
+    let run = apply::spawn(&contract_envs(&url, DROP_EMAIL, &term_s));
+    assert!(
+        run.wait_for_stderr(|l| l.contains("\"advisory-lock\""), Duration::from_secs(20))
+            .await,
+        "never waited: {}",
+        run.stderr_so_far()
+    );
+    run.signal("TERM");
+    let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
+    assert_stopped(&f, elapsed, &term);
+    drop(other);
+
+    // Blind retries (no lock-aware waiting): short lock timeouts, then backoff sleeps.
+    let holder = hold_users(&pg).await;
+    let mut envs = contract_envs(&url, DROP_EMAIL, &term_s);
+    envs.push(("PHASEGATE_LOCK_WAIT_TIMEOUT", "0"));
+    envs.push(("PHASEGATE_LOCK_TIMEOUT", "20ms"));
+    envs.push(("PHASEGATE_MAX_LOCK_RETRIES", "1000"));
+    let run = apply::spawn(&envs);
+    assert!(
+        run.wait_for_stderr(|l| l.contains("will retry"), Duration::from_secs(20))
+            .await,
+        "never retried: {}",
+        run.stderr_so_far()
+    );
+    run.signal("TERM");
+    let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
+    assert_stopped(&f, elapsed, &term);
+    assert!(f.report().lock_retries >= 1, "{}", f.stdout);
+    assert!(columns(&c, "users").await.contains(&"email".to_string()));
+    assert!(
+        ledger_rows(&c).await.is_empty(),
+        "{:?}",
+        ledger_rows(&c).await
+    );
+    holder.batch_execute("COMMIT").await.expect("commit");
+}
+
+/// A statement outside a transaction block (here CREATE INDEX CONCURRENTLY waiting for an old
+/// snapshot) is cancelled on stop; the invalid index it leaves is rebuilt by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cancels_a_concurrent_index_build_and_the_rerun_completes_it() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let term = dir.path().join("termination-log");
+    let (url, term_s) = (pg.url(), term.to_string_lossy().to_string());
+    let old = pg.client().await;
+    old.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM users;")
+        .await
+        .expect("old snapshot");
+    let envs = [
+        ("PHASEGATE_DATABASE_URL", url.as_str()),
+        ("PHASEGATE_PHASE", "expand"),
+        (
+            "PHASEGATE_SQL",
+            "CREATE INDEX CONCURRENTLY users_email_idx ON users (email)",
+        ),
+        ("PHASEGATE_MIGRATION_NAME", "idx"),
+        ("PHASEGATE_TERMINATION_LOG", term_s.as_str()),
+    ];
+    let run = apply::spawn(&envs);
+    // The build is running (waiting for the old snapshot) once the index exists, invalid.
+    let exists = "SELECT count(*) FROM pg_class WHERE relname = 'users_email_idx'";
+    let until = Instant::now() + Duration::from_secs(20);
+    while c
+        .query_one(exists, &[])
+        .await
+        .expect("index")
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < until, "no build: {}", run.stderr_so_far());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    run.signal("TERM");
+    let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
+    assert_stopped(&f, elapsed, &term);
+    assert!(ledger_rows(&c).await.iter().all(|r| r.0 != "idx"));
+    let building: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE state = 'active' AND query LIKE 'CREATE INDEX CONCURRENTLY%'",
+            &[],
+        )
+        .await
+        .expect("activity")
+        .get(0);
+    assert_eq!(building, 0, "the build was cancelled");
+
+    old.batch_execute("COMMIT").await.expect("commit");
+    let f = apply::run(&envs).await;
+    assert_eq!(f.code, Some(0), "{}", f.output());
+    assert_outcome(f.report(), Outcome::Applied);
+    let valid: bool = c
+        .query_one(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_email_idx'::regclass",
+            &[],
+        )
+        .await
+        .expect("index")
+        .get(0);
+    assert!(valid);
+}

@@ -479,3 +479,321 @@ async fn unprivileged_role_sees_versions_and_waits_out_hidden_transactions() {
     tx.batch_execute("COMMIT").await.expect("commit");
     drop(migr);
 }
+
+use support::apply;
+
+fn bin_contract_envs<'a>(url: &'a str, sql: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("PHASEGATE_DATABASE_URL", url),
+        ("PHASEGATE_PHASE", "contract"),
+        ("PHASEGATE_SQL", sql),
+        ("PHASEGATE_MIGRATION_NAMESPACE", "shop"),
+        ("PHASEGATE_MIGRATION_NAME", "m"),
+        ("PHASEGATE_MIGRATION_UID", "uid-1"),
+        ("PHASEGATE_APP_VERSION", "2.0.0"),
+        (
+            "PHASEGATE_TERMINATION_LOG",
+            "/nonexistent-dir/termination-log",
+        ),
+    ]
+}
+
+/// The check passed, then the executor queued for its lock; an old-version session connects
+/// meanwhile. The re-check inside the transaction, right before COMMIT, must catch it: the
+/// transaction rolls back and contract waits (outside the locks) until the session is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_session_arriving_during_the_lock_wait_is_caught_before_commit() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let holder = connect(&pg.url()).await;
+    holder
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("hold");
+    let url = pg.url();
+    let mut envs = bin_contract_envs(&url, CONTRACT);
+    // In the lock queue inside the transaction (no lock-aware waiting), for long enough.
+    envs.push(("PHASEGATE_LOCK_WAIT_TIMEOUT", "0"));
+    envs.push(("PHASEGATE_LOCK_TIMEOUT", "60s"));
+    envs.push(("PHASEGATE_DATABASE_CHECK_TIMEOUT", "30s"));
+    let mut run = apply::spawn(&envs);
+    let queued = "SELECT count(*) FROM pg_locks WHERE relation = 'users'::regclass AND NOT granted";
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while c
+        .query_one(queued, &[])
+        .await
+        .expect("locks")
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "never queued: {}",
+            run.stderr_so_far()
+        );
+        sleep_ms(20).await;
+    }
+    let (old, old_pid) = session(&pg.url(), "shop-api@1.0.0").await;
+    holder.batch_execute("COMMIT").await.expect("release");
+
+    // While the old session is connected, contract does not commit.
+    sleep_ms(1500).await;
+    assert!(!run.exited(), "exited early: {}", run.stderr_so_far());
+    assert!(columns(&c).await.contains(&"legacy".to_string()));
+    assert!(ledger_phases(&c).await.is_empty());
+
+    drop(old);
+    let (f, _) = run.finish(Duration::from_secs(30)).await;
+    assert_eq!(f.code, Some(0), "{}", f.output());
+    let r = f.report();
+    assert_outcome(r, Outcome::Applied);
+    assert_eq!(
+        r.attempts,
+        2,
+        "one rolled back, one committed: {}",
+        r.to_json_line()
+    );
+    assert!(!columns(&c).await.contains(&"legacy".to_string()));
+    assert_eq!(
+        ledger_phases(&c).await,
+        vec![("m".into(), "contract".into(), "applied".into())]
+    );
+    assert!(
+        f.stderr.contains(&format!("pid {old_pid} (shop-api@1.0.0")),
+        "the late blocker is named: {}",
+        f.stderr
+    );
+}
+
+/// PHASEGATE_APPLICATION_NAMES: only the migration's own applications are judged by version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_migrations_own_applications_are_judged() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let (billing, billing_pid) = session(&pg.url(), "billing@1.3.0").await;
+    let (shop, shop_pid) = session(&pg.url(), "shop-api@1.0.0").await;
+    let url = pg.url();
+    let mut envs = bin_contract_envs(&url, CONTRACT);
+    envs.push(("PHASEGATE_APPLICATION_NAMES", "shop-api, shop-worker"));
+    envs.push(("PHASEGATE_DATABASE_CHECK_TIMEOUT", "700ms"));
+
+    let f = apply::run(&envs).await;
+    assert_eq!(f.code, Some(1), "{}", f.output());
+    let r = f.report();
+    assert_outcome(r, Outcome::Failed);
+    let msg = message(r);
+    assert!(
+        msg.contains(&format!("pid {shop_pid} (shop-api@1.0.0")) && msg.contains("still 1 old"),
+        "{msg}"
+    );
+    assert!(!msg.contains("billing"), "{msg}");
+    // The wait was announced once per blocker, as a JSON line, though the check polled often.
+    let waits = f.waits();
+    assert_eq!(waits.len(), 1, "{}", f.stderr);
+    assert_eq!(waits[0]["waiting"], "database-check");
+    assert!(
+        waits[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&shop_pid.to_string())),
+        "{}",
+        f.stderr
+    );
+    assert!(columns(&c).await.contains(&"legacy".to_string()));
+
+    // The shop's old session leaves; billing's stays and does not matter.
+    drop(shop);
+    let f = apply::run(&envs).await;
+    assert_eq!(f.code, Some(0), "{}", f.output());
+    assert_outcome(f.report(), Outcome::Applied);
+    assert!(!columns(&c).await.contains(&"legacy".to_string()));
+    let still: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+            &[&billing_pid],
+        )
+        .await
+        .expect("activity")
+        .get(0);
+    assert!(still);
+
+    // Unset: every `<app>@<version>` session is judged, as before.
+    let envs = bin_contract_envs(&url, "ALTER TABLE users DROP COLUMN legacy2");
+    let mut envs: Vec<_> = envs
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                if k == "PHASEGATE_MIGRATION_NAME" {
+                    "m2"
+                } else {
+                    v
+                },
+            )
+        })
+        .collect();
+    envs.push(("PHASEGATE_DATABASE_CHECK_TIMEOUT", "300ms"));
+    let f = apply::run(&envs).await;
+    assert_outcome(f.report(), Outcome::Failed);
+    assert!(
+        message(f.report()).contains("billing@1.3.0"),
+        "{}",
+        message(f.report())
+    );
+    drop(billing);
+}
+
+/// PHASEGATE_REQUIRE_EXPAND: contract runs only on the database whose ledger holds this
+/// migration's expand (same namespace, name and uid).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_requires_the_expand_of_the_same_migration_in_this_database() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    c.batch_execute("CREATE DATABASE other").await.expect("db");
+    let other = connect(&pg.url_for_db("other")).await;
+    other
+        .batch_execute("CREATE TABLE users (id int, legacy int, legacy2 int)")
+        .await
+        .expect("other schema");
+    let url = pg.url();
+    let other_url = pg.url_for_db("other");
+
+    let f = apply::run(&[
+        ("PHASEGATE_DATABASE_URL", &url),
+        ("PHASEGATE_PHASE", "expand"),
+        ("PHASEGATE_SQL", "ALTER TABLE users ADD COLUMN fresh int"),
+        ("PHASEGATE_MIGRATION_NAMESPACE", "shop"),
+        ("PHASEGATE_MIGRATION_NAME", "m"),
+        ("PHASEGATE_MIGRATION_UID", "uid-1"),
+    ])
+    .await;
+    assert_outcome(f.report(), Outcome::Applied);
+
+    // Contract settings for `url` as object `uid`, optionally requiring expand.
+    let contract_run = |url: &str, uid: &str, require: bool| {
+        let mut envs: Vec<(&str, &str)> = bin_contract_envs(url, CONTRACT)
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    if k == "PHASEGATE_MIGRATION_UID" {
+                        uid
+                    } else {
+                        v
+                    },
+                )
+            })
+            .collect();
+        if require {
+            envs.push(("PHASEGATE_REQUIRE_EXPAND", "true"));
+        }
+        let owned: Vec<(String, String)> = envs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        async move {
+            let envs: Vec<(&str, &str)> = owned
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            apply::run(&envs).await
+        }
+    };
+
+    // The Secret now points at another database: refused, nothing applied there.
+    let f = contract_run(&other_url, "uid-1", true).await;
+    assert_eq!(f.code, Some(1), "{}", f.output());
+    assert_outcome(f.report(), Outcome::Failed);
+    let msg = message(f.report());
+    assert!(
+        msg.contains("no record of expand") && msg.contains("shop/m"),
+        "{msg}"
+    );
+    let cols: Vec<String> = other
+        .query("SELECT attname::text FROM pg_attribute WHERE attrelid = 'users'::regclass AND attnum > 0 AND NOT attisdropped", &[])
+        .await
+        .expect("columns")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(cols.contains(&"legacy".to_string()), "{cols:?}");
+    let ledger: bool = other
+        .query_one("SELECT to_regclass('phasegate.ledger') IS NOT NULL", &[])
+        .await
+        .expect("regclass")
+        .get(0);
+    assert!(
+        !ledger,
+        "no ledger is created in a database that is not ours"
+    );
+
+    // Same name, another object (uid): refused too.
+    let f = contract_run(&url, "uid-2", true).await;
+    assert_outcome(f.report(), Outcome::Failed);
+    let msg = message(f.report());
+    assert!(msg.contains("uid-1") && msg.contains("uid-2"), "{msg}");
+    assert!(columns(&c).await.contains(&"legacy".to_string()));
+
+    // The right database and object: applied.
+    let f = contract_run(&url, "uid-1", true).await;
+    assert_eq!(f.code, Some(0), "{}", f.output());
+    assert_outcome(f.report(), Outcome::Applied);
+    assert!(!columns(&c).await.contains(&"legacy".to_string()));
+
+    // Without the setting, the other database is not protected (today's behaviour).
+    let f = contract_run(&other_url, "uid-1", false).await;
+    assert_outcome(f.report(), Outcome::Applied);
+}
+
+/// A stop while contract waits in the database check ends the wait at once; nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_the_database_check_stops_at_once() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let (old, _) = session(&pg.url(), "shop-api@1.0.0").await;
+    let url = pg.url();
+    let run = apply::spawn(&bin_contract_envs(&url, CONTRACT));
+    assert!(
+        run.wait_for_stderr(
+            |l| l.contains("\"database-check\""),
+            Duration::from_secs(20)
+        )
+        .await,
+        "never waited: {}",
+        run.stderr_so_far()
+    );
+    run.signal("TERM");
+    let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
+    assert_eq!(f.code, Some(143), "{}", f.output());
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    assert_outcome(f.report(), Outcome::Failed);
+    assert_eq!(f.report_json()["stoppedBy"], "SIGTERM");
+    assert_eq!(f.report().attempts, 0);
+    assert!(columns(&c).await.contains(&"legacy".to_string()));
+    assert!(ledger_phases(&c).await.is_empty());
+    drop(old);
+}
+
+/// The report measures what is left of the race: from the last look at the gates (the
+/// re-check inside the transaction, the stop flag) to COMMIT's acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_race_window_before_commit_is_measured() {
+    let pg = TestPostgres::start();
+    let _c = setup(&pg).await;
+    let url = pg.url();
+    let mut windows = Vec::new();
+    for (i, col) in ["legacy", "legacy2"].iter().enumerate() {
+        let sql = format!("ALTER TABLE users DROP COLUMN {col}");
+        let name = format!("m{i}");
+        let mut envs = bin_contract_envs(&url, &sql);
+        envs.retain(|(k, _)| *k != "PHASEGATE_MIGRATION_NAME");
+        envs.push(("PHASEGATE_MIGRATION_NAME", &name));
+        let f = apply::run(&envs).await;
+        assert_outcome(f.report(), Outcome::Applied);
+        let us = f.report_json()["gateToCommitUs"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no gateToCommitUs: {}", f.stdout));
+        windows.push(us);
+    }
+    eprintln!("gate-to-commit windows (µs): {windows:?}");
+    assert!(windows.iter().all(|us| *us < 1_000_000), "{windows:?}");
+}

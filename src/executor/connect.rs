@@ -12,8 +12,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::config::SslMode as PgSslMode;
-use tokio_postgres::Client;
+use tokio_postgres::error::DbError;
+use tokio_postgres::{AsyncMessage, CancelToken, Client, Connection};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
@@ -55,6 +57,45 @@ pub enum ConnectError {
         sqlstate: Option<String>,
         message: String,
     },
+}
+
+/// Replaces secrets (the URL, the password, plain and percent-encoded) with `***` in any text
+/// that leaves the process: reports, logs, server notices.
+#[derive(Clone, Default)]
+pub struct Scrubber(Arc<Vec<String>>);
+
+impl std::fmt::Debug for Scrubber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Scrubber({} secrets)", self.0.len())
+    }
+}
+
+impl Scrubber {
+    pub fn new(mut secrets: Vec<String>) -> Scrubber {
+        // Longest first, so the URL goes as a whole before the password inside it.
+        secrets.retain(|s| !s.is_empty());
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Scrubber(Arc::new(secrets))
+    }
+
+    /// For a URL that may not even parse: everything we can tell is secret.
+    pub fn for_url(url: &str) -> Scrubber {
+        Scrubber::new(
+            parse(url)
+                .map(|s| s.secrets(url))
+                .unwrap_or_else(|_| vec![url.to_string()]),
+        )
+    }
+
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in self.0.iter() {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        out
+    }
 }
 
 /// Parsed connection settings. `Debug` is deliberately not derived: the config holds the password.
@@ -178,8 +219,12 @@ fn percent_encode_min(s: &str) -> String {
     out
 }
 
-/// Connects and spawns the connection task.
-pub async fn connect(settings: &ConnSettings, timeout: Duration) -> Result<Client, ConnectError> {
+/// Connects and spawns the connection task, which logs server notices through `scrub`.
+pub async fn connect(
+    settings: &ConnSettings,
+    timeout: Duration,
+    scrub: &Scrubber,
+) -> Result<Client, ConnectError> {
     let mut config = settings.config.clone();
     if !timeout.is_zero() {
         config.connect_timeout(timeout);
@@ -193,21 +238,67 @@ pub async fn connect(settings: &ConnSettings, timeout: Duration) -> Result<Clien
             .connect(tokio_postgres::NoTls)
             .await
             .map_err(connect_err)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "database connection closed");
-            }
-        });
+        drive(conn, scrub.clone());
         return Ok(client);
     }
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(settings)?);
     let (client, conn) = config.connect(tls).await.map_err(connect_err)?;
+    drive(conn, scrub.clone());
+    Ok(client)
+}
+
+/// Runs the connection. Awaiting a `Connection` would log notices itself, unscrubbed (through
+/// the `log` crate); polling its messages lets us scrub them first.
+fn drive<S, T>(mut conn: Connection<S, T>, scrub: Scrubber)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "database connection closed");
+        loop {
+            match futures::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notice(n))) => log_notice(&n, &scrub),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %scrub.scrub(&e.to_string()), "database connection closed");
+                    return;
+                }
+                None => return,
+            }
         }
     });
-    Ok(client)
+}
+
+/// A server NOTICE, WARNING, INFO or LOG message (e.g. from `RAISE NOTICE` in the phase's SQL).
+fn log_notice(n: &DbError, scrub: &Scrubber) {
+    let mut text = format!("{}: {}", n.severity(), n.message());
+    if let Some(d) = n.detail() {
+        text.push_str(&format!(" DETAIL: {d}"));
+    }
+    if let Some(h) = n.hint() {
+        text.push_str(&format!(" HINT: {h}"));
+    }
+    let text = scrub.scrub(&text);
+    let sqlstate = n.code().code();
+    if n.severity() == "WARNING" {
+        tracing::warn!(sqlstate, "{text}");
+    } else {
+        tracing::info!(sqlstate, "{text}");
+    }
+}
+
+/// Asks the server to cancel the statement running on the connection of `token` (a separate,
+/// short connection, with the same TLS settings).
+pub async fn cancel(settings: &ConnSettings, token: &CancelToken) -> Result<(), ConnectError> {
+    let err = |e: tokio_postgres::Error| {
+        let (sqlstate, message) = describe(&e);
+        ConnectError::Connect { sqlstate, message }
+    };
+    if settings.ssl_mode == SslMode::Disable {
+        return token.cancel_query(tokio_postgres::NoTls).await.map_err(err);
+    }
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(settings)?);
+    token.cancel_query(tls).await.map_err(err)
 }
 
 /// SQLSTATE and message of a tokio-postgres error, including its source chain.
@@ -403,6 +494,17 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.ssl_mode, SslMode::Require);
         assert_eq!(s.config.get_application_name(), Some("phasegate"));
+    }
+
+    #[test]
+    fn scrubber_replaces_url_and_password() {
+        let url = "postgres://u:p%40ss@h/db";
+        let s = Scrubber::for_url(url);
+        assert_eq!(
+            s.scrub(&format!("a {url} b p@ss c p%40ss")),
+            "a *** b *** c ***"
+        );
+        assert_eq!(Scrubber::for_url("::bad::").scrub("x ::bad:: y"), "x *** y");
     }
 
     #[test]

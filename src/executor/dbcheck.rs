@@ -5,6 +5,9 @@
 //! parameter `application_name=shop-api%401.4.2`, `PGAPPNAME`, or `SET application_name`). A
 //! backend whose name has that form with a version that is not at least the migration's
 //! `appVersion` (semantic-version order where both parse, equality otherwise) blocks contract.
+//! With `PHASEGATE_APPLICATION_NAMES` only sessions whose `<app>` is one of the migration's own
+//! applications are judged by version (another application sharing the database has its own
+//! versions); the transaction rule applies to every session either way.
 //!
 //! Visibility (checked on PostgreSQL 15): for sessions of roles the executor's role is not a
 //! member of, `pg_stat_activity` shows only `pid`, `datid`/`datname`, `usesysid`/`usename`,
@@ -20,8 +23,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
+use super::waits::{Kind, Waits};
 use crate::planner::version::at_least;
 
 /// Poll interval while blockers exist.
@@ -37,6 +41,23 @@ pub fn app_version_of(application_name: &str) -> Option<&str> {
         return None;
     }
     Some(version)
+}
+
+/// The `<app>` part of an `<app>@<version>` application name, if it has that form.
+pub fn app_of(application_name: &str) -> Option<&str> {
+    app_version_of(application_name)?;
+    application_name.rsplit_once('@').map(|(app, _)| app.trim())
+}
+
+/// Parses `PHASEGATE_APPLICATION_NAMES`: comma-separated `<app>` names; None when there are none.
+pub fn parse_application_names(list: &str) -> Option<Vec<String>> {
+    let names: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    (!names.is_empty()).then_some(names)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +124,8 @@ pub struct Checker {
     pub want: String,
     /// RFC 3339 text of `PHASEGATE_ROLLOUT_COMPLETED_AT`; None disables the transaction rule.
     pub rollout_completed_at: Option<String>,
+    /// `PHASEGATE_APPLICATION_NAMES`: the applications judged by version; None judges all.
+    pub applications: Option<Vec<String>>,
     /// Virtual transaction ids of hidden sessions that may predate the rollout.
     suspects: HashSet<String>,
     looked: bool,
@@ -111,10 +134,15 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(want: &str, rollout_completed_at: Option<String>) -> Checker {
+    pub fn new(
+        want: &str,
+        rollout_completed_at: Option<String>,
+        applications: Option<Vec<String>>,
+    ) -> Checker {
         Checker {
             want: want.trim().to_string(),
             rollout_completed_at,
+            applications,
             suspects: HashSet::new(),
             looked: false,
             max_hidden: 0,
@@ -136,8 +164,32 @@ impl Checker {
         })
     }
 
+    /// Whether a session with this application name is judged by its version. Names are
+    /// compared ignoring ASCII case: judging too many sessions only makes contract wait.
+    pub fn judged(&self, application_name: &str) -> bool {
+        match (&self.applications, app_of(application_name)) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(list), Some(app)) => list.iter().any(|a| a.eq_ignore_ascii_case(app)),
+        }
+    }
+
+    /// Looks once inside the caller's transaction, right before COMMIT (see
+    /// [`Checker::observe`]). PostgreSQL keeps one snapshot of `pg_stat_activity` per
+    /// transaction; clear it so the look is current.
+    pub async fn recheck<C: GenericClient>(
+        &mut self,
+        tx: &C,
+    ) -> Result<Observation, tokio_postgres::Error> {
+        tx.execute("SELECT pg_stat_clear_snapshot()", &[]).await?;
+        self.observe(tx).await
+    }
+
     /// Looks once. Never takes a lock.
-    pub async fn observe(&mut self, client: &Client) -> Result<Observation, tokio_postgres::Error> {
+    pub async fn observe<C: GenericClient>(
+        &mut self,
+        client: &C,
+    ) -> Result<Observation, tokio_postgres::Error> {
         let rows = client
             .query(
                 "WITH v AS (
@@ -186,7 +238,7 @@ impl Checker {
                 xact_ms,
                 reason,
             };
-            if !self.want.is_empty() {
+            if !self.want.is_empty() && self.judged(&application) {
                 if let Some(version) = app_version_of(&application) {
                     if !at_least(version, &self.want) {
                         out.blockers.push(blocker(Reason::OldVersion {
@@ -228,6 +280,7 @@ impl Checker {
         &mut self,
         client: &Client,
         budget: Duration,
+        waits: &mut Waits,
     ) -> Result<(Duration, Vec<Blocker>), tokio_postgres::Error> {
         let start = Instant::now();
         let mut last: Vec<i32> = Vec::new();
@@ -258,17 +311,28 @@ impl Checker {
             if start.elapsed() >= budget {
                 return Ok((start.elapsed(), seen.blockers));
             }
-            let pids: Vec<i32> = seen.blockers.iter().map(|b| b.pid).collect();
-            if pids != last {
-                for b in &seen.blockers {
-                    tracing::info!(blocker = %b, waited_ms = start.elapsed().as_millis() as u64,
-                        "contract waits: an old session or transaction is still in the database");
-                }
-                last = pids;
+            for b in &seen.blockers {
+                announce(waits, b);
             }
+            last = seen.blockers.iter().map(|b| b.pid).collect();
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// Announces a blocker once per run (per session and reason).
+pub fn announce(waits: &mut Waits, b: &Blocker) {
+    let reason = match b.reason {
+        Reason::OldVersion { .. } => "version",
+        Reason::OldTransaction => "transaction",
+        Reason::HiddenTransaction => "hidden",
+    };
+    waits.announce(
+        Kind::DatabaseCheck,
+        format!("{} {reason}", b.pid),
+        "contract waits: an old session or transaction is still in the database",
+        &b.to_string(),
+    );
 }
 
 #[cfg(test)]
@@ -318,11 +382,27 @@ mod tests {
 
     #[test]
     fn warning_only_when_the_transaction_rule_is_blind() {
-        let mut c = Checker::new("2.0.0", None);
+        let mut c = Checker::new("2.0.0", None, None);
         c.max_hidden = 3;
         assert_eq!(c.warning(), None);
         c.rollout_completed_at = Some("2026-11-26T01:42:35Z".into());
         assert!(c.warning().is_some_and(|w| w.contains("pg_read_all_stats")));
-        assert!(!Checker::new("", None).active());
+        assert!(!Checker::new("", None, None).active());
+    }
+
+    #[test]
+    fn application_names_limit_the_version_rule() {
+        assert_eq!(app_of("shop-api@1.0.0"), Some("shop-api"));
+        assert_eq!(app_of("psql"), None);
+        assert_eq!(
+            parse_application_names(" shop-api, ,worker "),
+            Some(vec!["shop-api".to_string(), "worker".to_string()])
+        );
+        assert_eq!(parse_application_names(" , "), None);
+        let all = Checker::new("2.0.0", None, None);
+        assert!(all.judged("billing@1.3.0") && !all.judged("psql"));
+        let own = Checker::new("2.0.0", None, parse_application_names("shop-api"));
+        assert!(own.judged("shop-api@1.0.0") && own.judged("Shop-API@1.0.0"));
+        assert!(!own.judged("billing@1.3.0") && !own.judged("shop-api"));
     }
 }

@@ -117,3 +117,19 @@ pub async fn record<C: GenericClient>(
     .await?;
     Ok(())
 }
+
+/// Re-attributes an applied phase to the object `id` (same namespace and name, a new uid), once
+/// this object found its own SQL (same checksum) already applied in this database.
+pub async fn adopt<C: GenericClient>(
+    c: &C,
+    id: &Identity,
+    phase: &str,
+) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "UPDATE phasegate.ledger SET uid = $4, updated_at = clock_timestamp()
+          WHERE namespace = $1 AND name = $2 AND phase = $3",
+        &[&id.namespace, &id.name, &phase, &id.uid],
+    )
+    .await?;
+    Ok(())
+}

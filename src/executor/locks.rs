@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+use super::waits::{Kind, Waits};
 use crate::sql::{LockMode, Statement, TableRef};
 
 /// `pg_advisory_lock(int4, int4)` key: "PHAG" and 1. Advisory locks are per database.
@@ -55,7 +56,11 @@ impl std::fmt::Display for Blocker {
 }
 
 /// Tries `pg_try_advisory_lock` until `timeout`; returns the time waited, or the holder's pid.
-pub async fn advisory_lock(client: &Client, timeout: Duration) -> Result<Duration, AdvisoryError> {
+pub async fn advisory_lock(
+    client: &Client,
+    timeout: Duration,
+    waits: &mut Waits,
+) -> Result<Duration, AdvisoryError> {
     let start = Instant::now();
     let mut logged = false;
     loop {
@@ -82,13 +87,16 @@ pub async fn advisory_lock(client: &Client, timeout: Duration) -> Result<Duratio
                 holder,
             });
         }
-        if !logged {
-            tracing::info!(
-                holder_pid = holder,
-                "another migration is running on this database; waiting for it to finish"
-            );
-            logged = true;
-        }
+        waits.announce(
+            Kind::AdvisoryLock,
+            holder.map(|p| p.to_string()).unwrap_or_default(),
+            "another migration is running on this database; waiting for it to finish",
+            &match holder {
+                Some(p) => format!("backend pid {p} holds the Phasegate advisory lock"),
+                None => "the Phasegate advisory lock is held".to_string(),
+            },
+        );
+        logged = true;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -202,6 +210,7 @@ pub async fn wait_until_clear(
     client: &Client,
     targets: &BTreeMap<TableRef, LockMode>,
     budget: Duration,
+    waits: &mut Waits,
 ) -> Result<(Duration, Vec<Blocker>), tokio_postgres::Error> {
     let start = Instant::now();
     let mut logged = false;
@@ -228,12 +237,15 @@ pub async fn wait_until_clear(
         if start.elapsed() >= budget {
             return Ok((start.elapsed(), blocking));
         }
-        if !logged {
-            for b in &blocking {
-                tracing::info!(blocker = %b, "waiting outside the lock queue for an older transaction");
-            }
-            logged = true;
+        for b in &blocking {
+            waits.announce(
+                Kind::TableLock,
+                format!("{} {} {}", b.pid, b.table, b.mode),
+                "waiting outside the lock queue for an older transaction",
+                &b.to_string(),
+            );
         }
+        logged = true;
         tokio::time::sleep(POLL).await;
     }
 }

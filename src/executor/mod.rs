@@ -5,25 +5,36 @@
 //! per-database advisory lock, consult the ledger, then run the statements: consecutive
 //! transactional statements as one transaction that also writes the ledger row; statements that
 //! cannot run in a transaction block one by one, with the ledger recording progress after each.
-//! Contract additionally runs the database-side check ([`dbcheck`]) right before each attempt.
+//! Contract additionally runs the database-side check ([`dbcheck`]) right before each attempt,
+//! and once more inside the transaction, with its locks held, right before COMMIT.
+//!
+//! The fence: a stop request (SIGTERM, SIGINT; see [`stop`]) ends every wait at once, cancels a
+//! statement in flight, rolls the transaction back and is checked again immediately before
+//! COMMIT, so a stopped run never commits anything it had not committed already.
 
 pub mod connect;
 pub mod dbcheck;
 pub mod ledger;
 pub mod locks;
 pub mod report;
+pub mod stop;
+pub mod waits;
 
+use std::future::Future;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use tokio_postgres::Client;
+use tokio_postgres::{CancelToken, Client};
 
 use crate::sql::{self, SqlError, Statement};
+use connect::{ConnSettings, Scrubber};
 pub use ledger::Identity;
 pub use report::{Outcome, Report, ReportError};
+pub use stop::{Signal, Stop};
+use waits::Waits;
 
 /// A phase of a migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -69,6 +80,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Arguments of `phasegate apply`; every flag can also come from the environment (the Job sets it).
 #[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Exit status: 0 when the phase is applied (or was already); 1 when it failed; \
+143 (SIGTERM) or 130 (SIGINT) when a stop signal ended the run before COMMIT: nothing it had not \
+committed yet was applied. A signal after COMMIT was sent changes nothing: the report says applied. \
+The JSON report is the last line on stdout and goes to --termination-log."
+)]
 pub struct ApplyArgs {
     /// PostgreSQL URL (postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=...).
     #[arg(long, env = "PHASEGATE_DATABASE_URL", hide_env_values = true)]
@@ -119,9 +136,29 @@ pub struct ApplyArgs {
     /// How long to wait for the database connection.
     #[arg(long, env = "PHASEGATE_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
-    /// Contract only: refuse to run while sessions of older application versions
-    /// (`application_name` `<app>@<version>`) or transactions begun before the rollout completed
-    /// are in the database (`true`/`false`; default true; ignored for expand).
+    /// Where the JSON report goes (skipped when the directory does not exist).
+    #[arg(
+        long,
+        env = "PHASEGATE_TERMINATION_LOG",
+        default_value = "/dev/termination-log"
+    )]
+    pub termination_log: PathBuf,
+    /// Test hook: `pause-before-commit` or `pause-after-commit` makes the process sleep there
+    /// (until a stop signal).
+    #[arg(long, env = "PHASEGATE_FAILPOINT", hide = true)]
+    pub failpoint: Option<String>,
+    /// Settings of contract's database check and identity check (ignored for expand); last,
+    /// because their help heading applies to every argument after them.
+    #[command(flatten, next_help_heading = "Contract only")]
+    pub contract: Box<ContractArgs>,
+}
+
+/// Contract-only arguments of `phasegate apply` (boxed in [`ApplyArgs`]: they are many).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ContractArgs {
+    /// Refuse to run while sessions of older application versions (`application_name`
+    /// `<app>@<version>`) or transactions begun before the rollout completed are in the
+    /// database, here and again right before COMMIT (`true`/`false`; default true).
     #[arg(long, env = "PHASEGATE_DATABASE_CHECK")]
     pub database_check: Option<String>,
     /// When the rollout completed (RFC 3339); older transactions block contract.
@@ -130,16 +167,17 @@ pub struct ApplyArgs {
     /// How long contract waits for old sessions and transactions to end before failing.
     #[arg(long, env = "PHASEGATE_DATABASE_CHECK_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub database_check_timeout: Duration,
-    /// Where the JSON report goes (skipped when the directory does not exist).
-    #[arg(
-        long,
-        env = "PHASEGATE_TERMINATION_LOG",
-        default_value = "/dev/termination-log"
-    )]
-    pub termination_log: PathBuf,
-    /// Test hook: `pause-before-commit` or `pause-after-commit` makes the process sleep there.
-    #[arg(long, env = "PHASEGATE_FAILPOINT", hide = true)]
-    pub failpoint: Option<String>,
+    /// The applications the database check judges by version, as comma-separated
+    /// `<app>` names of `application_name` `<app>@<version>` (compared ignoring ASCII case).
+    /// Sessions of other applications are not judged by version (the transaction rule still
+    /// applies to them). Unset or empty: every `<app>@<version>` session is judged.
+    #[arg(long, env = "PHASEGATE_APPLICATION_NAMES", value_name = "APP,...")]
+    pub application_names: Option<String>,
+    /// Refuse (nothing applied) unless this database's ledger records the applied
+    /// expand of the same migration — namespace, name and PHASEGATE_MIGRATION_UID — e.g. when the
+    /// Secret was repointed to another database (`true`/`false`; default false).
+    #[arg(long, env = "PHASEGATE_REQUIRE_EXPAND")]
+    pub require_expand: Option<String>,
 }
 
 /// Everything a run needs, independent of clap.
@@ -160,6 +198,12 @@ pub struct Config {
     /// When the rollout completed; transactions that began earlier block contract.
     pub rollout_completed_at: Option<jiff::Timestamp>,
     pub database_check_timeout: Duration,
+    /// Contract only: the applications judged by version; None judges every application.
+    pub application_names: Option<Vec<String>>,
+    /// Contract only: refuse unless the ledger holds this migration's applied expand.
+    pub require_expand: bool,
+    /// Set by SIGTERM/SIGINT (see [`stop`]); a run never commits after it is requested.
+    pub stop: Stop,
     pub failpoint: Option<String>,
 }
 
@@ -185,6 +229,9 @@ impl Config {
             database_check: true,
             rollout_completed_at: None,
             database_check_timeout: Duration::from_secs(300),
+            application_names: None,
+            require_expand: false,
+            stop: Stop::new(),
             failpoint: None,
         }
     }
@@ -243,6 +290,24 @@ pub enum ApplyError {
         waited: String,
         blockers: String,
     },
+    #[error("contract of {namespace}/{name} refused (PHASEGATE_REQUIRE_EXPAND): {why}; nothing was applied. Check that the database Secret still points at the database expand ran on")]
+    ExpandNotRecorded {
+        namespace: String,
+        name: String,
+        why: String,
+    },
+    /// `committed`: statements this run had committed before the stop (filled in by [`execute`]).
+    #[error("{}", stopped_message(*signal, *committed))]
+    Stopped { signal: Signal, committed: usize },
+}
+
+fn stopped_message(signal: Signal, committed: usize) -> String {
+    let s = signal.name();
+    if committed == 0 {
+        format!("stopped by {s} before COMMIT: nothing was applied by this run and the ledger is unchanged")
+    } else {
+        format!("stopped by {s}: the {committed} statement(s) this run committed earlier are applied and recorded in the ledger; nothing after them was applied")
+    }
 }
 
 impl ApplyError {
@@ -296,71 +361,107 @@ struct Stats {
     /// Set when the database check ran.
     db_check_wait: Option<Duration>,
     db_check_warning: Option<String>,
+    /// Transactions rolled back because the re-check before COMMIT found a blocker.
+    db_check_rollbacks: u32,
+    /// Longest time from the last look at the gates to COMMIT's acknowledgement.
+    gate_to_commit: Option<Duration>,
 }
 
 /// Entry point of `phasegate apply`: runs the phase, writes the report to the termination log
-/// and prints it as the last line on stdout.
+/// and prints it as the last line on stdout. Exit status: 0 when applied (or already applied),
+/// 143 (SIGTERM) or 130 (SIGINT) when stopped before COMMIT, 1 on any other failure.
 pub async fn apply(args: ApplyArgs) -> std::process::ExitCode {
     let termination_log = args.termination_log.clone();
+    let stop = Stop::new();
+    if let Err(e) = stop.on_signals() {
+        tracing::warn!(error = %e, "cannot handle SIGTERM/SIGINT; a stop will kill the process instead");
+    }
     let report = match config_from_args(args) {
-        Ok(cfg) => execute(&cfg).await,
-        Err((phase, e)) => failed_report(phase, *e, Duration::ZERO, Stats::default(), None, &[]),
+        Ok(mut cfg) => {
+            cfg.stop = stop.clone();
+            execute(&cfg).await
+        }
+        Err((phase, e)) => failed_report(
+            phase,
+            *e,
+            Duration::ZERO,
+            Stats::default(),
+            None,
+            &Scrubber::default(),
+        ),
     };
     let line = report.to_json_line();
     write_termination_log(&termination_log, &line);
     println!("{line}");
-    if report.is_success() {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
+    match (report.is_success(), stop.requested()) {
+        (true, _) => std::process::ExitCode::SUCCESS,
+        (false, Some(signal)) => std::process::ExitCode::from(signal.exit_code()),
+        (false, None) => std::process::ExitCode::FAILURE,
+    }
+}
+
+/// `true`/`false` (and the usual spellings) of a boolean setting; None when unset or empty.
+fn parse_bool(name: &str, value: Option<&str>) -> Result<Option<bool>, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Some(true)),
+            "false" | "0" | "no" | "off" => Ok(Some(false)),
+            _ => Err(format!("{name} must be true or false, not {v:?}")),
+        },
     }
 }
 
 fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, Box<ApplyError>)> {
     let phase = args.phase;
+    let fail = |e: ApplyError| (phase, Box::new(e));
+    let setting = |e: String| fail(ApplyError::Setting(e));
     let sql = match (&args.sql, &args.file) {
         (Some(s), _) => s.clone(),
         (None, Some(path)) => std::fs::read_to_string(path).map_err(|source| {
-            (
-                phase,
-                Box::new(ApplyError::ReadFile {
-                    path: path.clone(),
-                    source,
-                }),
-            )
+            fail(ApplyError::ReadFile {
+                path: path.clone(),
+                source,
+            })
         })?,
-        (None, None) => return Err((phase, Box::new(ApplyError::NoSql))),
+        (None, None) => return Err(fail(ApplyError::NoSql)),
     };
     // Contract only; expand ignores these settings entirely.
     let contract = phase == Phase::Contract;
-    let database_check = match args.database_check.as_deref().map(str::trim) {
-        _ if !contract => false,
-        None | Some("") => true,
-        Some(v) => match v.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => true,
-            "false" | "0" | "no" | "off" => false,
-            _ => {
-                return Err((
-                    phase,
-                    Box::new(ApplyError::Setting(format!(
-                        "PHASEGATE_DATABASE_CHECK must be true or false, not {v:?}"
-                    ))),
-                ))
-            }
-        },
-    };
-    let rollout_completed_at = match args.rollout_completed_at.as_deref().map(str::trim) {
+    let database_check = contract
+        && parse_bool(
+            "PHASEGATE_DATABASE_CHECK",
+            args.contract.database_check.as_deref(),
+        )
+        .map_err(setting)?
+        .unwrap_or(true);
+    let require_expand = contract
+        && parse_bool(
+            "PHASEGATE_REQUIRE_EXPAND",
+            args.contract.require_expand.as_deref(),
+        )
+        .map_err(setting)?
+        .unwrap_or(false);
+    if require_expand && args.migration_uid.trim().is_empty() {
+        return Err(fail(ApplyError::Setting(
+            "PHASEGATE_REQUIRE_EXPAND=true needs PHASEGATE_MIGRATION_UID: the expand to require is identified by it".into(),
+        )));
+    }
+    let rollout_completed_at = match args.contract.rollout_completed_at.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(_) if !database_check => None,
         Some(v) => Some(v.parse::<jiff::Timestamp>().map_err(|e| {
-            (
-                phase,
-                Box::new(ApplyError::Setting(format!(
-                    "PHASEGATE_ROLLOUT_COMPLETED_AT must be an RFC 3339 timestamp, not {v:?}: {e}"
-                ))),
-            )
+            fail(ApplyError::Setting(format!(
+                "PHASEGATE_ROLLOUT_COMPLETED_AT must be an RFC 3339 timestamp, not {v:?}: {e}"
+            )))
         })?),
     };
+    let application_names = args
+        .contract
+        .application_names
+        .as_deref()
+        .filter(|_| database_check)
+        .and_then(dbcheck::parse_application_names);
     Ok(Config {
         database_url: args.database_url,
         phase,
@@ -379,7 +480,10 @@ fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, Box<ApplyError>)>
         connect_timeout: args.connect_timeout,
         database_check,
         rollout_completed_at,
-        database_check_timeout: args.database_check_timeout,
+        database_check_timeout: args.contract.database_check_timeout,
+        application_names,
+        require_expand,
+        stop: Stop::new(),
         failpoint: args.failpoint,
     })
 }
@@ -409,12 +513,10 @@ pub async fn execute(cfg: &Config) -> Report {
     let start = Instant::now();
     let mut stats = Stats::default();
     let sum = checksum(&cfg.sql);
-    let secrets = connect::parse(&cfg.database_url.0)
-        .map(|s| s.secrets(&cfg.database_url.0))
-        .unwrap_or_else(|_| vec![cfg.database_url.0.clone()]);
-    let result = run(cfg, &sum, &mut stats).await;
+    let scrub = Scrubber::for_url(&cfg.database_url.0);
+    let result = run(cfg, &sum, &mut stats, &scrub).await;
     let elapsed = start.elapsed();
-    match result {
+    let mut report = match result {
         Ok(outcome) => {
             let report = Report {
                 outcome,
@@ -426,14 +528,25 @@ pub async fn execute(cfg: &Config) -> Report {
                 duration_ms: elapsed.as_millis() as u64,
                 checksum: Some(sum[..12].to_string()),
                 db_check_wait_ms: stats.db_check_wait.map(|d| d.as_millis() as u64),
-                db_check_warning: stats.db_check_warning.clone(),
+                db_check_warning: stats.db_check_warning.as_deref().map(|w| scrub.scrub(w)),
+                db_check_rollbacks: (stats.db_check_rollbacks > 0)
+                    .then_some(stats.db_check_rollbacks),
+                gate_to_commit_us: stats.gate_to_commit.map(|d| d.as_micros() as u64),
+                stopped_by: None,
                 error: None,
             };
             tracing::info!(summary = %report.summary(), "phase done");
             report
         }
-        Err(e) => failed_report(cfg.phase, e, elapsed, stats, Some(&sum), &secrets),
-    }
+        Err(mut e) => {
+            if let ApplyError::Stopped { committed, .. } = &mut e {
+                *committed = stats.statements;
+            }
+            failed_report(cfg.phase, e, elapsed, stats, Some(&sum), &scrub)
+        }
+    };
+    report.stopped_by = cfg.stop.requested().map(|s| s.name().to_string());
+    report
 }
 
 fn failed_report(
@@ -442,14 +555,10 @@ fn failed_report(
     elapsed: Duration,
     stats: Stats,
     sum: Option<&str>,
-    secrets: &[String],
+    scrub: &Scrubber,
 ) -> Report {
     let mut error = e.to_report_error();
-    for s in secrets {
-        if !s.is_empty() {
-            error.message = error.message.replace(s.as_str(), "***");
-        }
-    }
+    error.message = scrub.scrub(&error.message);
     tracing::error!(sqlstate = error.sqlstate.as_deref().unwrap_or(""), statement = error.statement, error = %error.message, "phase failed");
     Report {
         outcome: Outcome::Failed,
@@ -461,12 +570,53 @@ fn failed_report(
         duration_ms: elapsed.as_millis() as u64,
         checksum: sum.map(|s| s[..12.min(s.len())].to_string()),
         db_check_wait_ms: stats.db_check_wait.map(|d| d.as_millis() as u64),
-        db_check_warning: stats.db_check_warning,
+        db_check_warning: stats.db_check_warning.as_deref().map(|w| scrub.scrub(w)),
+        db_check_rollbacks: (stats.db_check_rollbacks > 0).then_some(stats.db_check_rollbacks),
+        gate_to_commit_us: stats.gate_to_commit.map(|d| d.as_micros() as u64),
+        stopped_by: None,
         error: Some(error),
     }
 }
 
-async fn run(cfg: &Config, sum: &str, stats: &mut Stats) -> Result<Outcome, ApplyError> {
+/// Runs `fut` unless a stop is requested first (then `fut` is dropped where it waits).
+async fn or_stop<T>(
+    stop: &Stop,
+    fut: impl Future<Output = Result<T, ApplyError>>,
+) -> Result<T, ApplyError> {
+    tokio::select! {
+        biased;
+        signal = stop.wait() => Err(signal.into()),
+        r = fut => r,
+    }
+}
+
+impl From<Signal> for ApplyError {
+    fn from(signal: Signal) -> ApplyError {
+        ApplyError::Stopped {
+            signal,
+            committed: 0,
+        }
+    }
+}
+
+/// Sleeps unless a stop is requested first.
+async fn pause(stop: &Stop, d: Duration) -> Result<(), ApplyError> {
+    or_stop(stop, async {
+        tokio::time::sleep(d).await;
+        Ok(())
+    })
+    .await
+}
+
+/// How long a cancelled statement may take to report back before we stop waiting for it.
+const CANCEL_GRACE: Duration = Duration::from_millis(700);
+
+async fn run(
+    cfg: &Config,
+    sum: &str,
+    stats: &mut Stats,
+    scrub: &Scrubber,
+) -> Result<Outcome, ApplyError> {
     // Parse first: a syntax error must not even open a connection.
     let statements = sql::parse_phase(&cfg.sql)?;
     let phase = cfg.phase.as_str();
@@ -474,7 +624,10 @@ async fn run(cfg: &Config, sum: &str, stats: &mut Stats) -> Result<Outcome, Appl
     tracing::info!(phase, namespace = %id.namespace, name = %id.name, statements = statements.len(), checksum = &sum[..12], "applying phase");
 
     let settings = connect::parse(&cfg.database_url.0)?;
-    let mut client = connect::connect(&settings, cfg.connect_timeout).await?;
+    let mut client = or_stop(&cfg.stop, async {
+        Ok(connect::connect(&settings, cfg.connect_timeout, scrub).await?)
+    })
+    .await?;
     let version: i32 = client
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await
@@ -488,7 +641,21 @@ async fn run(cfg: &Config, sum: &str, stats: &mut Stats) -> Result<Outcome, Appl
             .await;
     }
 
-    stats.lock_wait += locks::advisory_lock(&client, cfg.advisory_lock_timeout).await?;
+    let mut runner = Runner {
+        cfg,
+        sum,
+        settings,
+        cancel: client.cancel_token(),
+        stats,
+        gate: Gate::new(cfg),
+        waits: Waits::new(),
+    };
+    let advisory = locks::advisory_lock(&client, cfg.advisory_lock_timeout, &mut runner.waits);
+    runner.stats.lock_wait += or_stop(&cfg.stop, async { Ok(advisory.await?) }).await?;
+    if cfg.require_expand {
+        // Before creating anything: this may not be our database at all.
+        require_expand(&client, id).await?;
+    }
     client
         .batch_execute(ledger::SCHEMA_SQL)
         .await
@@ -517,6 +684,13 @@ async fn run(cfg: &Config, sum: &str, stats: &mut Stats) -> Result<Outcome, Appl
             tracing::info!(recorded_uid = %entry.uid, uid = %id.uid, "ledger entry was written by an earlier object of the same name");
         }
         if entry.applied {
+            if entry.uid != id.uid && !id.uid.is_empty() {
+                // The same SQL of this object is applied here: record that this object's phase
+                // is in this database (contract's PHASEGATE_REQUIRE_EXPAND looks for it).
+                ledger::adopt(&client, id, phase)
+                    .await
+                    .map_err(|e| ApplyError::db(&e, None))?;
+            }
             tracing::info!("phase already applied with the same checksum; nothing to do");
             return Ok(Outcome::AlreadyApplied);
         }
@@ -530,30 +704,18 @@ async fn run(cfg: &Config, sum: &str, stats: &mut Stats) -> Result<Outcome, Appl
         );
     }
 
-    let mut gate = Gate::new(cfg);
     for step in steps(&statements, done, version) {
+        if let Some(signal) = cfg.stop.requested() {
+            return Err(signal.into());
+        }
         if step.own {
-            run_own(
-                cfg,
-                &mut client,
-                &statements,
-                step.range.start,
-                sum,
-                stats,
-                &mut gate,
-            )
-            .await?;
+            runner
+                .run_own(&mut client, &statements, step.range.start)
+                .await?;
         } else {
-            run_transaction(
-                cfg,
-                &mut client,
-                &statements,
-                step.range,
-                sum,
-                stats,
-                &mut gate,
-            )
-            .await?;
+            runner
+                .run_transaction(&mut client, &statements, step.range)
+                .await?;
         }
     }
     let _ = client
@@ -563,6 +725,46 @@ async fn run(cfg: &Config, sum: &str, stats: &mut Stats) -> Result<Outcome, Appl
         )
         .await;
     Ok(Outcome::Applied)
+}
+
+/// PHASEGATE_REQUIRE_EXPAND: this database's ledger must hold the applied expand of the same
+/// migration (namespace, name, uid). Reads only; creates nothing.
+async fn require_expand(client: &Client, id: &Identity) -> Result<(), ApplyError> {
+    let db = |e: tokio_postgres::Error| ApplyError::db(&e, None);
+    let has_ledger: bool = client
+        .query_one("SELECT to_regclass('phasegate.ledger') IS NOT NULL", &[])
+        .await
+        .map_err(db)?
+        .get(0);
+    let entry = if has_ledger {
+        ledger::get(client, id, Phase::Expand.as_str())
+            .await
+            .map_err(db)?
+    } else {
+        None
+    };
+    let (ns, name) = (&id.namespace, &id.name);
+    let why = match entry {
+        None if !has_ledger => format!(
+            "this database has no record of expand of {ns}/{name} (it has no Phasegate ledger)"
+        ),
+        None => format!("this database has no record of expand of {ns}/{name}"),
+        Some(e) if e.uid != id.uid => format!(
+            "expand of {ns}/{name} in this database was recorded for another object (uid {}), not this one (uid {})",
+            if e.uid.is_empty() { "none" } else { &e.uid },
+            id.uid
+        ),
+        Some(e) if !e.applied => format!(
+            "expand of {ns}/{name} in this database is only partially applied ({} of {} statements)",
+            e.statements_done, e.statements_total
+        ),
+        Some(_) => return Ok(()),
+    };
+    Err(ApplyError::ExpandNotRecorded {
+        namespace: ns.clone(),
+        name: name.clone(),
+        why,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -604,204 +806,6 @@ fn pg_ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
-async fn failpoint(cfg: &Config, name: &str) {
-    if cfg.failpoint.as_deref() == Some(name) {
-        eprintln!("phasegate failpoint {name} reached");
-        tokio::time::sleep(Duration::from_secs(600)).await;
-    }
-}
-
-/// Waits outside the lock queue; fails clearly if the budget runs out.
-async fn wait_for_tables(
-    cfg: &Config,
-    client: &Client,
-    stmts: &[Statement],
-    range: &Range<usize>,
-    stats: &mut Stats,
-    budget_used: &mut Duration,
-) -> Result<(), ApplyError> {
-    if cfg.lock_wait_timeout.is_zero() {
-        // Explicitly disabled: blind retries only (as pgroll or GitLab do).
-        return Ok(());
-    }
-    let targets = locks::lock_targets(stmts);
-    let budget = cfg.lock_wait_timeout.saturating_sub(*budget_used);
-    let (waited, blockers) = locks::wait_until_clear(client, &targets, budget)
-        .await
-        .map_err(|e| ApplyError::db(&e, None))?;
-    stats.lock_wait += waited;
-    *budget_used += waited;
-    if !blockers.is_empty() {
-        let list: Vec<String> = blockers.iter().take(3).map(|b| b.to_string()).collect();
-        return Err(ApplyError::LockWaitTimeout {
-            first: range.start + 1,
-            last: range.end,
-            waited: humantime::format_duration(Duration::from_secs(budget_used.as_secs()))
-                .to_string(),
-            blockers: list.join("; "),
-        });
-    }
-    Ok(())
-}
-
-/// The database-side check of contract, run right before every attempt (outside any
-/// transaction, holding no table lock), with one time budget for the whole run.
-struct Gate {
-    checker: Option<dbcheck::Checker>,
-    timeout: Duration,
-    waited: Duration,
-}
-
-impl Gate {
-    fn new(cfg: &Config) -> Gate {
-        let checker = (cfg.phase == Phase::Contract && cfg.database_check).then(|| {
-            dbcheck::Checker::new(
-                &cfg.identity.app_version,
-                cfg.rollout_completed_at.map(|t| t.to_string()),
-            )
-        });
-        if let Some(c) = &checker {
-            if c.want.is_empty() {
-                tracing::warn!("database check: no app version (PHASEGATE_APP_VERSION) given; sessions are not checked for old versions");
-            }
-            if c.rollout_completed_at.is_none() {
-                tracing::info!("database check: no rollout completion time (PHASEGATE_ROLLOUT_COMPLETED_AT) given; transactions are not checked for their age");
-            }
-        }
-        Gate {
-            checker: checker.filter(dbcheck::Checker::active),
-            timeout: cfg.database_check_timeout,
-            waited: Duration::ZERO,
-        }
-    }
-
-    async fn pass(&mut self, client: &Client, stats: &mut Stats) -> Result<(), ApplyError> {
-        let Some(checker) = self.checker.as_mut() else {
-            return Ok(());
-        };
-        let budget = self.timeout.saturating_sub(self.waited);
-        let (waited, blockers) = checker
-            .wait_until_clear(client, budget)
-            .await
-            .map_err(|e| ApplyError::db(&e, None))?;
-        self.waited += waited;
-        stats.db_check_wait = Some(self.waited);
-        stats.db_check_warning = checker.warning();
-        if blockers.is_empty() {
-            return Ok(());
-        }
-        let mut list: Vec<String> = blockers
-            .iter()
-            .take(dbcheck::MAX_NAMED)
-            .map(|b| b.to_string())
-            .collect();
-        if blockers.len() > dbcheck::MAX_NAMED {
-            list.push(format!("and {} more", blockers.len() - dbcheck::MAX_NAMED));
-        }
-        Err(ApplyError::DatabaseCheckTimeout {
-            count: blockers.len(),
-            waited: humantime::format_duration(Duration::from_millis(
-                self.waited.as_millis() as u64
-            ))
-            .to_string(),
-            blockers: list.join("; "),
-        })
-    }
-}
-
-/// Runs `range` in one transaction together with the ledger update, retrying lock timeouts.
-async fn run_transaction(
-    cfg: &Config,
-    client: &mut Client,
-    all: &[Statement],
-    range: Range<usize>,
-    sum: &str,
-    stats: &mut Stats,
-    gate: &mut Gate,
-) -> Result<(), ApplyError> {
-    let stmts = &all[range.clone()];
-    let mut retries = 0u32;
-    let mut waited = Duration::ZERO;
-    loop {
-        wait_for_tables(cfg, client, stmts, &range, stats, &mut waited).await?;
-        gate.pass(client, stats).await?;
-        stats.attempts += 1;
-        let attempt = stats.attempts;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| ApplyError::db(&e, None))?;
-        tx.batch_execute(&format!(
-            "SET LOCAL lock_timeout = '{}'; SET LOCAL statement_timeout = '{}'",
-            pg_ms(cfg.lock_timeout),
-            pg_ms(cfg.statement_timeout)
-        ))
-        .await
-        .map_err(|e| ApplyError::db(&e, None))?;
-        let mut failure = None;
-        for (offset, s) in stmts.iter().enumerate() {
-            let n = range.start + offset + 1;
-            tracing::debug!(statement = n, kind = %s.kind, attempt, "executing");
-            if let Err(e) = tx.batch_execute(&s.sql).await {
-                failure = Some((n, e));
-                break;
-            }
-        }
-        if let Some((n, e)) = failure {
-            // Dropping the transaction would roll back too, but only lazily; be explicit.
-            let _ = tx.rollback().await;
-            if is_lock_failure(&e) {
-                if retries >= cfg.max_lock_retries {
-                    return Err(ApplyError::LockRetriesExhausted {
-                        statement: n,
-                        attempts: retries + 1,
-                        lock_timeout: humantime::format_duration(cfg.lock_timeout).to_string(),
-                    });
-                }
-                retries += 1;
-                stats.lock_retries += 1;
-                let pause = backoff(retries - 1);
-                tracing::warn!(
-                    statement = n,
-                    attempt,
-                    retry_in_ms = pause.as_millis() as u64,
-                    sqlstate = e.code().map(|c| c.code()).unwrap_or(""),
-                    "lock not available; rolled back, will retry"
-                );
-                tokio::time::sleep(pause).await;
-                continue;
-            }
-            return Err(ApplyError::db(&e, Some(n)));
-        }
-        ledger::record(
-            &tx,
-            &cfg.identity,
-            cfg.phase.as_str(),
-            sum,
-            all.len(),
-            range.end,
-            retries + 1,
-        )
-        .await
-        .map_err(|e| ApplyError::db(&e, None))?;
-        failpoint(cfg, "pause-before-commit").await;
-        if let Err(e) = tx.commit().await {
-            if is_lock_failure(&e) && retries < cfg.max_lock_retries {
-                retries += 1;
-                stats.lock_retries += 1;
-                tokio::time::sleep(backoff(retries - 1)).await;
-                continue;
-            }
-            return Err(ApplyError::db(&e, Some(range.end)));
-        }
-        failpoint(cfg, "pause-after-commit").await;
-        stats.statements += stmts.len();
-        tracing::info!(statements = stmts.len(), attempt, "transaction committed");
-        return Ok(());
-    }
-}
-
-/// Quoted `schema.name` (or just `name`) for SQL text.
 fn qualified(schema: &str, name: &str) -> String {
     let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     if schema.is_empty() {
@@ -831,142 +835,479 @@ async fn index_state(
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
-/// Runs one statement outside a transaction block, idempotently, then records progress.
-async fn run_own(
-    cfg: &Config,
-    client: &mut Client,
-    all: &[Statement],
-    index: usize,
-    sum: &str,
-    stats: &mut Stats,
-    gate: &mut Gate,
-) -> Result<(), ApplyError> {
-    let s = &all[index];
-    let n = index + 1;
-    let range = index..index + 1;
-    let mut retries = 0u32;
-    let mut waited = Duration::ZERO;
-    let mut skip = false;
-    loop {
-        // A concurrent build that failed or was killed leaves an invalid index behind: drop it
-        // and build again; a valid one means the build finished before the ledger was updated.
-        if let Some(ci) = &s.concurrent_index {
-            match index_state(client, ci)
-                .await
-                .map_err(|e| ApplyError::db(&e, Some(n)))?
-            {
-                Some((true, _)) => {
-                    tracing::info!(index = %ci.index, "index already exists and is valid; skipping its build");
-                    skip = true;
-                }
-                Some((false, qname)) => {
-                    tracing::warn!(index = %qname, "dropping invalid index left by an interrupted concurrent build");
-                    client
-                        .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qname}"))
-                        .await
-                        .map_err(|e| ApplyError::db(&e, Some(n)))?;
-                }
-                None => {}
+async fn failpoint(cfg: &Config, name: &str) {
+    if cfg.failpoint.as_deref() == Some(name) {
+        eprintln!("phasegate failpoint {name} reached");
+        // A stop ends the pause, so tests can signal a run that sits at a failpoint.
+        let _ = pause(&cfg.stop, Duration::from_secs(600)).await;
+    }
+}
+
+/// The database-side check of contract, run right before every attempt (outside any
+/// transaction, holding no table lock), with one time budget for the whole run, and once more
+/// inside each transaction right before COMMIT.
+struct Gate {
+    checker: Option<dbcheck::Checker>,
+    timeout: Duration,
+    waited: Duration,
+}
+
+impl Gate {
+    fn new(cfg: &Config) -> Gate {
+        let checker = (cfg.phase == Phase::Contract && cfg.database_check).then(|| {
+            dbcheck::Checker::new(
+                &cfg.identity.app_version,
+                cfg.rollout_completed_at.map(|t| t.to_string()),
+                cfg.application_names.clone(),
+            )
+        });
+        if let Some(c) = &checker {
+            if c.want.is_empty() {
+                tracing::warn!("database check: no app version (PHASEGATE_APP_VERSION) given; sessions are not checked for old versions");
+            }
+            if c.rollout_completed_at.is_none() {
+                tracing::info!("database check: no rollout completion time (PHASEGATE_ROLLOUT_COMPLETED_AT) given; transactions are not checked for their age");
             }
         }
-        if s.kind == "DropStmt" && s.concurrent {
-            // Re-running DROP INDEX CONCURRENTLY after it succeeded must not fail.
-            let mut any = false;
-            for t in &s.tables {
-                let row = client
-                    .query_one(
-                        "SELECT to_regclass($1) IS NOT NULL",
-                        &[&qualified(&t.schema, &t.name)],
-                    )
-                    .await
-                    .map_err(|e| ApplyError::db(&e, Some(n)))?;
-                any |= row.get::<_, bool>(0);
-            }
-            skip = !any;
+        Gate {
+            checker: checker.filter(dbcheck::Checker::active),
+            timeout: cfg.database_check_timeout,
+            waited: Duration::ZERO,
         }
-        if skip {
-            break;
-        }
-        wait_for_tables(
-            cfg,
-            client,
-            std::slice::from_ref(s),
-            &range,
-            stats,
-            &mut waited,
-        )
-        .await?;
-        gate.pass(client, stats).await?;
-        stats.attempts += 1;
-        // Concurrent variants take only SHARE UPDATE EXCLUSIVE, which never blocks application
-        // reads or writes, and must wait for older transactions by design: no lock_timeout.
-        let lock_timeout = if s.concurrent {
-            Duration::ZERO
-        } else {
-            cfg.lock_timeout
+    }
+
+    async fn pass(
+        &mut self,
+        client: &Client,
+        stats: &mut Stats,
+        waits: &mut Waits,
+    ) -> Result<(), ApplyError> {
+        let Some(checker) = self.checker.as_mut() else {
+            return Ok(());
         };
-        client
-            .batch_execute(&format!(
-                "SET lock_timeout = '{}'; SET statement_timeout = '{}'",
-                pg_ms(lock_timeout),
+        let budget = self.timeout.saturating_sub(self.waited);
+        let (waited, blockers) = checker
+            .wait_until_clear(client, budget, waits)
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        self.waited += waited;
+        stats.db_check_wait = Some(self.waited);
+        stats.db_check_warning = checker.warning();
+        if blockers.is_empty() {
+            return Ok(());
+        }
+        let mut list: Vec<String> = blockers
+            .iter()
+            .take(dbcheck::MAX_NAMED)
+            .map(|b| b.to_string())
+            .collect();
+        if blockers.len() > dbcheck::MAX_NAMED {
+            list.push(format!("and {} more", blockers.len() - dbcheck::MAX_NAMED));
+        }
+        Err(ApplyError::DatabaseCheckTimeout {
+            count: blockers.len(),
+            waited: humantime::format_duration(Duration::from_millis(
+                self.waited.as_millis() as u64
+            ))
+            .to_string(),
+            blockers: list.join("; "),
+        })
+    }
+
+    /// One look inside the transaction, locks held, without waiting: the blockers that appeared
+    /// since [`Gate::pass`] (empty when the check is off).
+    async fn recheck(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<Vec<dbcheck::Blocker>, ApplyError> {
+        let Some(checker) = self.checker.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let seen = checker
+            .recheck(tx)
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        Ok(seen.blockers)
+    }
+}
+
+/// One run's working state: settings, counters, the gate and the announced waits.
+struct Runner<'a> {
+    cfg: &'a Config,
+    sum: &'a str,
+    settings: ConnSettings,
+    /// Cancels the statement running on our connection (a stop while it waits for a lock).
+    cancel: CancelToken,
+    stats: &'a mut Stats,
+    gate: Gate,
+    waits: Waits,
+}
+
+impl Runner<'_> {
+    /// Awaits a statement; on a stop request, asks the server to cancel it (a DDL statement in
+    /// the lock queue blocks every application query behind it) and gives it [`CANCEL_GRACE`]
+    /// to report back. Ok(result) when the statement finished, Err(Stopped) otherwise.
+    async fn stoppable(
+        &self,
+        statement: impl Future<Output = Result<(), tokio_postgres::Error>>,
+    ) -> Result<Result<(), tokio_postgres::Error>, ApplyError> {
+        tokio::pin!(statement);
+        let signal = tokio::select! {
+            biased;
+            r = &mut statement => return Ok(r),
+            signal = self.cfg.stop.wait() => signal,
+        };
+        // Bounded: an unreachable server must not hold up the exit (closing our connection
+        // ends the statement too, within client_connection_check_interval).
+        match tokio::time::timeout(CANCEL_GRACE, connect::cancel(&self.settings, &self.cancel))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not cancel the running statement; the connection closes on exit")
+            }
+            Err(_) => tracing::warn!(
+                "cancelling the running statement timed out; the connection closes on exit"
+            ),
+        }
+        match tokio::time::timeout(CANCEL_GRACE, &mut statement).await {
+            // It finished before the cancel arrived: the caller records what is true.
+            Ok(Ok(())) => Ok(Ok(())),
+            _ => Err(signal.into()),
+        }
+    }
+
+    /// Waits outside the lock queue; fails clearly if the budget runs out.
+    async fn wait_for_tables(
+        &mut self,
+        client: &Client,
+        stmts: &[Statement],
+        range: &Range<usize>,
+        budget_used: &mut Duration,
+    ) -> Result<(), ApplyError> {
+        let cfg = self.cfg;
+        if cfg.lock_wait_timeout.is_zero() {
+            // Explicitly disabled: blind retries only (as pgroll or GitLab do).
+            return Ok(());
+        }
+        let targets = locks::lock_targets(stmts);
+        let budget = cfg.lock_wait_timeout.saturating_sub(*budget_used);
+        let waits = &mut self.waits;
+        let (waited, blockers) = or_stop(&cfg.stop, async {
+            locks::wait_until_clear(client, &targets, budget, waits)
+                .await
+                .map_err(|e| ApplyError::db(&e, None))
+        })
+        .await?;
+        self.stats.lock_wait += waited;
+        *budget_used += waited;
+        if !blockers.is_empty() {
+            let list: Vec<String> = blockers.iter().take(3).map(|b| b.to_string()).collect();
+            return Err(ApplyError::LockWaitTimeout {
+                first: range.start + 1,
+                last: range.end,
+                waited: humantime::format_duration(Duration::from_secs(budget_used.as_secs()))
+                    .to_string(),
+                blockers: list.join("; "),
+            });
+        }
+        Ok(())
+    }
+
+    /// The database check outside any lock, unless a stop comes first.
+    async fn pass_gate(&mut self, client: &Client) -> Result<(), ApplyError> {
+        let (gate, stats, waits) = (&mut self.gate, &mut *self.stats, &mut self.waits);
+        or_stop(&self.cfg.stop, gate.pass(client, stats, waits)).await
+    }
+
+    /// Runs `range` in one transaction together with the ledger update, retrying lock timeouts.
+    async fn run_transaction(
+        &mut self,
+        client: &mut Client,
+        all: &[Statement],
+        range: Range<usize>,
+    ) -> Result<(), ApplyError> {
+        let cfg = self.cfg;
+        let stmts = &all[range.clone()];
+        let mut retries = 0u32;
+        let mut waited = Duration::ZERO;
+        loop {
+            self.wait_for_tables(client, stmts, &range, &mut waited)
+                .await?;
+            self.pass_gate(client).await?;
+            if let Some(signal) = cfg.stop.requested() {
+                return Err(signal.into());
+            }
+            self.stats.attempts += 1;
+            let attempt = self.stats.attempts;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|e| ApplyError::db(&e, None))?;
+            tx.batch_execute(&format!(
+                "SET LOCAL lock_timeout = '{}'; SET LOCAL statement_timeout = '{}'",
+                pg_ms(cfg.lock_timeout),
                 pg_ms(cfg.statement_timeout)
             ))
             .await
             .map_err(|e| ApplyError::db(&e, None))?;
-        let result = client.batch_execute(&s.sql).await;
-        let _ = client
-            .batch_execute("RESET lock_timeout; RESET statement_timeout")
-            .await;
-        match result {
-            Ok(()) => {
-                stats.statements += 1;
-                break;
-            }
-            Err(e) if is_lock_failure(&e) && retries < cfg.max_lock_retries => {
-                retries += 1;
-                stats.lock_retries += 1;
-                let pause = backoff(retries - 1);
-                tracing::warn!(
-                    statement = n,
-                    retry_in_ms = pause.as_millis() as u64,
-                    "lock not available; will retry"
-                );
-                tokio::time::sleep(pause).await;
-            }
-            Err(e) => {
-                if let Some(ci) = &s.concurrent_index {
-                    if let Ok(Some((false, qname))) = index_state(client, ci).await {
-                        let _ = client
-                            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qname}"))
-                            .await;
-                        tracing::warn!(index = %qname, "dropped the invalid index left by the failed build");
+            let mut failure = None;
+            for (offset, s) in stmts.iter().enumerate() {
+                let n = range.start + offset + 1;
+                tracing::debug!(statement = n, kind = %s.kind, attempt, "executing");
+                let result = match self.stoppable(tx.batch_execute(&s.sql)).await {
+                    Ok(r) => r,
+                    Err(stopped) => {
+                        rollback(tx).await;
+                        return Err(stopped);
                     }
+                };
+                if let Err(e) = result {
+                    failure = Some((n, e));
+                    break;
                 }
+                if let Some(signal) = cfg.stop.requested() {
+                    rollback(tx).await;
+                    return Err(signal.into());
+                }
+            }
+            if let Some((n, e)) = failure {
+                // Dropping the transaction would roll back too, but only lazily; be explicit.
+                rollback(tx).await;
                 if is_lock_failure(&e) {
-                    return Err(ApplyError::LockRetriesExhausted {
-                        statement: n,
-                        attempts: retries + 1,
-                        lock_timeout: humantime::format_duration(lock_timeout).to_string(),
-                    });
+                    if retries >= cfg.max_lock_retries {
+                        return Err(ApplyError::LockRetriesExhausted {
+                            statement: n,
+                            attempts: retries + 1,
+                            lock_timeout: humantime::format_duration(cfg.lock_timeout).to_string(),
+                        });
+                    }
+                    retries += 1;
+                    self.stats.lock_retries += 1;
+                    let delay = backoff(retries - 1);
+                    tracing::warn!(
+                        statement = n,
+                        attempt,
+                        retry_in_ms = delay.as_millis() as u64,
+                        sqlstate = e.code().map(|c| c.code()).unwrap_or(""),
+                        "lock not available; rolled back, will retry"
+                    );
+                    pause(&cfg.stop, delay).await?;
+                    continue;
                 }
                 return Err(ApplyError::db(&e, Some(n)));
             }
+            ledger::record(
+                &tx,
+                &cfg.identity,
+                cfg.phase.as_str(),
+                self.sum,
+                all.len(),
+                range.end,
+                retries + 1,
+            )
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+            failpoint(cfg, "pause-before-commit").await;
+
+            // The gate holds until COMMIT: with our locks held, look once more. A session that
+            // connected while we queued for a lock would otherwise meet the new schema.
+            let blockers = self.gate.recheck(&tx).await?;
+            if !blockers.is_empty() {
+                rollback(tx).await;
+                self.stats.db_check_rollbacks += 1;
+                for b in &blockers {
+                    dbcheck::announce(&mut self.waits, b);
+                }
+                tracing::warn!(
+                    attempt,
+                    blockers = blockers.len(),
+                    "database check failed right before COMMIT; rolled back, waiting outside the locks"
+                );
+                // Each lost attempt costs the check's budget a poll interval, so a flapping
+                // blocker cannot keep us taking and dropping locks forever.
+                self.gate.waited += dbcheck::POLL;
+                pause(&cfg.stop, dbcheck::POLL).await?;
+                continue;
+            }
+            // Last word before COMMIT: a stop request means never commit.
+            if let Some(signal) = cfg.stop.requested() {
+                rollback(tx).await;
+                return Err(signal.into());
+            }
+            let gate_checked = Instant::now();
+            let committed = tx.commit().await;
+            let window = gate_checked.elapsed();
+            if let Err(e) = committed {
+                if is_lock_failure(&e) && retries < cfg.max_lock_retries {
+                    retries += 1;
+                    self.stats.lock_retries += 1;
+                    pause(&cfg.stop, backoff(retries - 1)).await?;
+                    continue;
+                }
+                return Err(ApplyError::db(&e, Some(range.end)));
+            }
+            self.stats.gate_to_commit =
+                Some(self.stats.gate_to_commit.unwrap_or_default().max(window));
+            if let Some(signal) = cfg.stop.requested() {
+                tracing::warn!(
+                    signal = signal.name(),
+                    "a stop request arrived after COMMIT was sent; the transaction committed and the ledger records it"
+                );
+            }
+            failpoint(cfg, "pause-after-commit").await;
+            self.stats.statements += stmts.len();
+            tracing::info!(
+                statements = stmts.len(),
+                attempt,
+                window_us = window.as_micros() as u64,
+                "transaction committed"
+            );
+            return Ok(());
         }
     }
-    failpoint(cfg, "pause-before-commit").await;
-    ledger::record(
-        &*client,
-        &cfg.identity,
-        cfg.phase.as_str(),
-        sum,
-        all.len(),
-        index + 1,
-        retries + 1,
-    )
-    .await
-    .map_err(|e| ApplyError::db(&e, None))?;
-    failpoint(cfg, "pause-after-commit").await;
-    Ok(())
+
+    /// Runs one statement outside a transaction block, idempotently, then records progress.
+    async fn run_own(
+        &mut self,
+        client: &mut Client,
+        all: &[Statement],
+        index: usize,
+    ) -> Result<(), ApplyError> {
+        let cfg = self.cfg;
+        let s = &all[index];
+        let n = index + 1;
+        let range = index..index + 1;
+        let mut retries = 0u32;
+        let mut waited = Duration::ZERO;
+        let mut skip = false;
+        loop {
+            // A concurrent build that failed or was killed leaves an invalid index behind: drop it
+            // and build again; a valid one means the build finished before the ledger was updated.
+            if let Some(ci) = &s.concurrent_index {
+                match index_state(client, ci)
+                    .await
+                    .map_err(|e| ApplyError::db(&e, Some(n)))?
+                {
+                    Some((true, _)) => {
+                        tracing::info!(index = %ci.index, "index already exists and is valid; skipping its build");
+                        skip = true;
+                    }
+                    Some((false, qname)) => {
+                        tracing::warn!(index = %qname, "dropping invalid index left by an interrupted concurrent build");
+                        client
+                            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qname}"))
+                            .await
+                            .map_err(|e| ApplyError::db(&e, Some(n)))?;
+                    }
+                    None => {}
+                }
+            }
+            if s.kind == "DropStmt" && s.concurrent {
+                // Re-running DROP INDEX CONCURRENTLY after it succeeded must not fail.
+                let mut any = false;
+                for t in &s.tables {
+                    let row = client
+                        .query_one(
+                            "SELECT to_regclass($1) IS NOT NULL",
+                            &[&qualified(&t.schema, &t.name)],
+                        )
+                        .await
+                        .map_err(|e| ApplyError::db(&e, Some(n)))?;
+                    any |= row.get::<_, bool>(0);
+                }
+                skip = !any;
+            }
+            if skip {
+                break;
+            }
+            self.wait_for_tables(client, std::slice::from_ref(s), &range, &mut waited)
+                .await?;
+            self.pass_gate(client).await?;
+            if let Some(signal) = cfg.stop.requested() {
+                return Err(signal.into());
+            }
+            self.stats.attempts += 1;
+            // Concurrent variants take only SHARE UPDATE EXCLUSIVE, which never blocks application
+            // reads or writes, and must wait for older transactions by design: no lock_timeout.
+            let lock_timeout = if s.concurrent {
+                Duration::ZERO
+            } else {
+                cfg.lock_timeout
+            };
+            client
+                .batch_execute(&format!(
+                    "SET lock_timeout = '{}'; SET statement_timeout = '{}'",
+                    pg_ms(lock_timeout),
+                    pg_ms(cfg.statement_timeout)
+                ))
+                .await
+                .map_err(|e| ApplyError::db(&e, None))?;
+            // A stop cancels the statement; if it finished anyway, it is applied (it commits by
+            // itself) and is recorded below before the run stops at the next step.
+            let result = self.stoppable(client.batch_execute(&s.sql)).await?;
+            let _ = client
+                .batch_execute("RESET lock_timeout; RESET statement_timeout")
+                .await;
+            match result {
+                Ok(()) => {
+                    self.stats.statements += 1;
+                    break;
+                }
+                Err(e) if is_lock_failure(&e) && retries < cfg.max_lock_retries => {
+                    retries += 1;
+                    self.stats.lock_retries += 1;
+                    let delay = backoff(retries - 1);
+                    tracing::warn!(
+                        statement = n,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "lock not available; will retry"
+                    );
+                    pause(&cfg.stop, delay).await?;
+                }
+                Err(e) => {
+                    if let Some(ci) = &s.concurrent_index {
+                        if let Ok(Some((false, qname))) = index_state(client, ci).await {
+                            let _ = client
+                                .batch_execute(&format!(
+                                    "DROP INDEX CONCURRENTLY IF EXISTS {qname}"
+                                ))
+                                .await;
+                            tracing::warn!(index = %qname, "dropped the invalid index left by the failed build");
+                        }
+                    }
+                    if is_lock_failure(&e) {
+                        return Err(ApplyError::LockRetriesExhausted {
+                            statement: n,
+                            attempts: retries + 1,
+                            lock_timeout: humantime::format_duration(lock_timeout).to_string(),
+                        });
+                    }
+                    return Err(ApplyError::db(&e, Some(n)));
+                }
+            }
+        }
+        failpoint(cfg, "pause-before-commit").await;
+        ledger::record(
+            &*client,
+            &cfg.identity,
+            cfg.phase.as_str(),
+            self.sum,
+            all.len(),
+            index + 1,
+            retries + 1,
+        )
+        .await
+        .map_err(|e| ApplyError::db(&e, None))?;
+        failpoint(cfg, "pause-after-commit").await;
+        Ok(())
+    }
+}
+
+/// Rolls back explicitly (dropping a transaction only queues the ROLLBACK), but never waits
+/// long for it: a stopping run must exit promptly, and the server rolls back on disconnect.
+async fn rollback(tx: tokio_postgres::Transaction<'_>) {
+    let _ = tokio::time::timeout(CANCEL_GRACE, tx.rollback()).await;
 }
 
 #[cfg(test)]

@@ -52,6 +52,19 @@ pub struct Report {
     /// Set when the database check could not see everything (missing `pg_read_all_stats`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_check_warning: Option<String>,
+    /// Contract only, when not zero: transactions rolled back because the database check, run
+    /// again inside the transaction right before COMMIT, found a new blocker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_check_rollbacks: Option<u32>,
+    /// Microseconds from the last look at the gates (the database re-check, the stop flag) to
+    /// COMMIT's acknowledgement, the longest over the run's transactions: the race window left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_to_commit_us: Option<u64>,
+    /// `SIGTERM` or `SIGINT` when a stop was requested during the run. With outcome `failed`
+    /// the run stopped before COMMIT (the error says what, if anything, it had committed
+    /// earlier); with `applied` the signal came after COMMIT was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ReportError>,
 }
@@ -100,7 +113,7 @@ impl Report {
         };
         match self.outcome {
             Outcome::Applied => format!(
-                "applied {} in {} ms ({}, {}{}{})",
+                "applied {} in {} ms ({}, {}{}{}{})",
                 plural(self.statements as u64, "statement"),
                 self.duration_ms,
                 plural(self.attempts.into(), "attempt"),
@@ -112,6 +125,12 @@ impl Report {
                 },
                 match self.db_check_wait_ms {
                     Some(ms) if ms > 0 => format!(", waited {ms} ms for old sessions"),
+                    _ => String::new(),
+                },
+                match self.db_check_rollbacks {
+                    Some(n) if n > 0 => format!(
+                        ", rolled back {n} time(s) for a session that arrived before COMMIT"
+                    ),
                     _ => String::new(),
                 },
             ),
@@ -171,6 +190,9 @@ mod tests {
             checksum: None,
             db_check_wait_ms: None,
             db_check_warning: None,
+            db_check_rollbacks: None,
+            gate_to_commit_us: None,
+            stopped_by: None,
             error: None,
         }
     }
@@ -204,6 +226,11 @@ mod tests {
             f.summary(),
             "failed: ERROR 42P01: relation \"nope\" does not exist (statement 1)"
         );
+        let mut late = sample();
+        late.db_check_rollbacks = Some(1);
+        assert!(late.summary().ends_with(
+            "lock retries, rolled back 1 time(s) for a session that arrived before COMMIT)"
+        ));
         let mut a = sample();
         a.outcome = Outcome::AlreadyApplied;
         assert!(a.summary().starts_with("already applied"));

@@ -1,1 +1,2 @@
+pub mod apply;
 pub mod postgres;
