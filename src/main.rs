@@ -158,7 +158,10 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(policy = ?job_policy, "Job template policy");
+    tracing::info!(
+        policy = %serde_json::to_string(&job_policy).unwrap_or_default(),
+        "Job template policy"
+    );
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
