@@ -423,6 +423,20 @@ if "${HELM}" install "${VAP_RELEASE}" "${CHART}" -n "${NS}" -f "${WORK}/vap-valu
   admitted hardened "a restricted template (drop ALL, RuntimeDefault, allowed image)" \
     "{spec: {securityContext: {runAsNonRoot: true, runAsUser: 1000, seccompProfile: {type: RuntimeDefault}}, containers: [{name: m, image: \"registry.example.com/db/migrate:2\", securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}, readOnlyRootFilesystem: true}}]}}"
 
+  # Cost: a template far larger than any real one (40 containers with 40 mounts and 10 ports
+  # each, 40 volumes, in both phases) stays within the API server's CEL cost limits.
+  vols="" mounts="" ports="" ctrs=""
+  for i in $(seq 40); do
+    vols+="${vols:+, }{name: v${i}, emptyDir: {}}"
+    mounts+="${mounts:+, }{name: v${i}, mountPath: /m${i}}"
+  done
+  for i in $(seq 10); do ports+="${ports:+, }{containerPort: $((5000 + i))}"; done
+  for i in $(seq 40); do
+    ctrs+="${ctrs:+, }{name: c${i}, image: \"postgres:17\", ports: [${ports}], volumeMounts: [${mounts}], securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}}"
+  done
+  BIG="{spec: {${NONROOT}, volumes: [${vols}], containers: [${ctrs}]}}"
+  admitted big "a very large template in both phases (CEL cost)" "${BIG}" "{job: {template: ${BIG}}}"
+
   # An UPDATE that keeps the template (approve, retry) is not judged again.
   if migration kept "${PLAIN}" | ka create -f - >/dev/null 2>&1 \
     && ka annotate databasemigration kept phasegate.dev/retry=1 >/dev/null 2>&1; then
