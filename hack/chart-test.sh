@@ -6,12 +6,17 @@
 #   3. the rendered manifests pass `kubectl apply --dry-run=server` on a real API server,
 #      in namespaces that enforce the `restricted` Pod Security Standard;
 #   4. the RBAC is applied for real and probed with `kubectl auth can-i` as the operator's
-#      ServiceAccount (what it may do, and that it may not read Secrets), then removed.
+#      ServiceAccount (what it may do, and that it may not read Secrets), then removed;
+#   5. the Job policy at admission: the chart is installed for real (its ValidatingAdmissionPolicy
+#      bound to one test namespace) and an impersonated migration author, bound only to the
+#      chart's -author ClusterRole, tries each attack of issue 12 (privileged, hostPID, hostPath
+#      /, a foreign ServiceAccount, ...): each must be refused with the field and the rule, and
+#      plain templates must be admitted.
 #
 # Cluster: $PHASEGATE_E2E_KUBECONFIG if set, else the local control plane
 # (hack/local-cluster.sh up). helm comes from hack/helm.sh (built from its Go module).
 # Only objects this script creates (names starting with phasegate-chart-test) are deleted;
-# the CRD is applied only as a dry run.
+# the CRD is created if it is missing (helm would install it too), never changed or deleted.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -62,12 +67,38 @@ for f in cluster namespaced; do
     expect_render "${WORK}/${f}.yaml" "${f}: ${p}" "${p}"
   done
 done
-expect_render "${WORK}/cluster.yaml" "cluster: ClusterRole" '^kind: ClusterRole$' 1
+expect_render "${WORK}/cluster.yaml" "cluster: operator and author ClusterRoles" '^kind: ClusterRole$' 2
 expect_render "${WORK}/cluster.yaml" "cluster: no PHASEGATE_NAMESPACE" 'PHASEGATE_NAMESPACE' 0
-expect_render "${WORK}/namespaced.yaml" "namespaced: no ClusterRole" '^kind: ClusterRole' 0
+expect_render "${WORK}/namespaced.yaml" "namespaced: only the author ClusterRole" '^kind: ClusterRole$' 1
+expect_render "${WORK}/namespaced.yaml" "namespaced: no ClusterRoleBinding" '^kind: ClusterRoleBinding$' 0
 expect_render "${WORK}/namespaced.yaml" "namespaced: PHASEGATE_NAMESPACE" 'name: PHASEGATE_NAMESPACE' 1
 expect_render "${WORK}/namespaced.yaml" "namespaced: Role in the watched namespace" "^  namespace: ${WATCH_NS}$" 2
 expect_render "${WORK}/namespaced.yaml" "namespaced: PodDisruptionBudget with 2 replicas" '^kind: PodDisruptionBudget$' 1
+# The Job policy: a ConfigMap the operator reads, and the same rules at admission.
+"${HELM}" template "${RELEASE}" "${CHART}" -n "${NS}" --set admissionPolicy.enabled=false >"${WORK}/no-vap.yaml"
+"${HELM}" template "${RELEASE}" "${CHART}" -n "${NS}" --set jobPolicy.enabled=false >"${WORK}/policy-off.yaml"
+"${HELM}" template "${RELEASE}" "${CHART}" -n "${NS}" --set rbac.author.aggregateToEdit=true >"${WORK}/aggregate.yaml"
+for f in cluster namespaced; do
+  expect_render "${WORK}/${f}.yaml" "${f}: ValidatingAdmissionPolicy" '^kind: ValidatingAdmissionPolicy$' 1
+  expect_render "${WORK}/${f}.yaml" "${f}: ValidatingAdmissionPolicyBinding" '^kind: ValidatingAdmissionPolicyBinding$' 1
+  expect_render "${WORK}/${f}.yaml" "${f}: Job policy ConfigMap" "^  name: ${RELEASE}-job-policy$" 3
+  expect_render "${WORK}/${f}.yaml" "${f}: PHASEGATE_JOB_POLICY" 'name: PHASEGATE_JOB_POLICY' 1
+  expect_render "${WORK}/${f}.yaml" "${f}: author ClusterRole" "^  name: ${RELEASE}-author$" 1
+  expect_render "${WORK}/${f}.yaml" "${f}: author role not aggregated by default" 'aggregate-to-edit' 0
+done
+expect_render "${WORK}/cluster.yaml" "cluster: binding covers every namespace" 'namespaceSelector' 0
+expect_render "${WORK}/namespaced.yaml" "namespaced: binding covers the watched namespace" "kubernetes.io/metadata.name: \"${WATCH_NS}\"" 1
+expect_render "${WORK}/no-vap.yaml" "admissionPolicy.enabled=false: no admission policy" 'ValidatingAdmissionPolicy' 0
+expect_render "${WORK}/no-vap.yaml" "admissionPolicy.enabled=false: the operator still polices" 'name: PHASEGATE_JOB_POLICY' 1
+expect_render "${WORK}/policy-off.yaml" "jobPolicy.enabled=false: no admission policy" 'ValidatingAdmissionPolicy' 0
+expect_render "${WORK}/policy-off.yaml" "jobPolicy.enabled=false: in the operator's policy file" 'enabled: false' 1
+expect_render "${WORK}/aggregate.yaml" "aggregateToEdit: edit label" 'rbac.authorization.k8s.io/aggregate-to-edit: "true"' 1
+if "${HELM}" template "${RELEASE}" "${CHART}" --set jobPolicy.allowedServiceAcounts[0]=x >/dev/null 2>&1; then
+  fail "a misspelt jobPolicy key is accepted by the chart"
+else
+  pass "a misspelt jobPolicy key is refused (values.schema.json)"
+fi
+
 expect_render "${WORK}/monitor.yaml" "ServiceMonitor rendered when enabled" '^kind: ServiceMonitor$' 1
 expect_render "${WORK}/cluster.yaml" "no ServiceMonitor by default" 'ServiceMonitor' 0
 
@@ -86,7 +117,9 @@ cleanup() {
   set +e
   k delete --ignore-not-found --wait=false -f "${WORK}/cluster-nocrd.yaml" >/dev/null 2>&1
   k delete --ignore-not-found --wait=false -f "${WORK}/namespaced-nocrd.yaml" >/dev/null 2>&1
-  k delete namespace --ignore-not-found --wait=false "${NS}" "${WATCH_NS}" "${OTHER_NS}" >/dev/null 2>&1
+  "${HELM}" uninstall phasegate-chart-test-vap -n "${NS}" >/dev/null 2>&1
+  k delete namespace --ignore-not-found --wait=false "${NS}" "${WATCH_NS}" "${OTHER_NS}" \
+    phasegate-chart-test-author >/dev/null 2>&1
   rm -rf "${WORK}"
 }
 trap cleanup EXIT
@@ -226,11 +259,222 @@ else
   fail "applying the namespace-scoped install"
 fi
 
+# ---------------------------------------------------------------- Job policy at admission
+# The chart installed for real, its admission policy bound to AUTHOR_NS only (watchNamespace),
+# so other users of the cluster are not affected. AUTHOR may do nothing but what the chart's
+# -author ClusterRole grants, bound in AUTHOR_NS.
+VAP_RELEASE=phasegate-chart-test-vap    # contains the chart name: fullname = release name
+AUTHOR_NS=phasegate-chart-test-author
+AUTHOR=phasegate-chart-test-author       # an impersonated user (kubectl --as)
+ka() { k --as="${AUTHOR}" -n "${AUTHOR_NS}" "$@"; }
+
+cat >"${WORK}/vap-values.yaml" <<VALUES
+watchNamespace: ${AUTHOR_NS}
+jobPolicy:
+  allowedServiceAccounts: [migrator]
+  allowedImages: ["postgres:", "registry.example.com/db/"]
+VALUES
+
+# migration <name> <expand job template> [contract phase]: a DatabaseMigration in AUTHOR_NS
+# (flow YAML), with an inline-SQL contract unless one is given.
+migration() {
+  local contract="${3:-}"
+  [[ -n "${contract}" ]] || contract="{sql: 'ALTER TABLE users DROP COLUMN legacy_flag'}"
+  cat <<DBM
+apiVersion: phasegate.dev/v1alpha1
+kind: DatabaseMigration
+metadata: {name: $1, namespace: ${AUTHOR_NS}}
+spec:
+  appVersion: "1.0.0"
+  database: {urlSecretRef: {name: shop-db, key: url}}
+  expand: {job: {template: $2}}
+  contract: ${contract}
+  rollout: {targets: [{kind: Deployment, name: shop-api}]}
+DBM
+}
+PSQL='{name: psql, image: "postgres:17-alpine", command: [psql, "$(PHASEGATE_DATABASE_URL)", -c, "SELECT 1"]}'
+NONROOT='securityContext: {runAsNonRoot: true, runAsUser: 70}'
+PLAIN="{spec: {${NONROOT}, containers: [${PSQL}]}}"
+
+# refused <name> <description> <expand template> <contract or ""> <text the refusal must hold>...
+refused() {
+  local name="$1" desc="$2" out want missing=()
+  if out="$(migration "${name}" "$3" "$4" | ka create -f - 2>&1)"; then
+    fail "admission: ${desc}: admitted"
+    ka delete databasemigration "${name}" --wait=false >/dev/null 2>&1 || true
+    return 0
+  fi
+  for want in "ValidatingAdmissionPolicy '${VAP_RELEASE}-job-policy'" "${@:5}"; do
+    grep -qF -- "${want}" <<<"${out}" || missing+=("'${want}'")
+  done
+  if ((${#missing[@]} > 0)); then
+    fail "admission: ${desc}: refused, but the message lacks ${missing[*]}:"$'\n'"${out}"
+  else
+    pass "admission: ${desc}: refused: ${out#*denied request: }"
+  fi
+}
+
+# admitted <name> <description> <expand template> [contract]: created for real, then deleted.
+admitted() {
+  local out
+  if out="$(migration "$1" "$3" "${4:-}" | ka create -f - 2>&1)"; then
+    pass "admission: $2: admitted"
+    ka delete databasemigration "$1" --wait=false >/dev/null 2>&1 || true
+  else
+    fail "admission: $2: refused:"$'\n'"${out}"
+  fi
+}
+
+# can_author <yes|no> <verb> <resource> [subresource]: `kubectl auth can-i` as AUTHOR in AUTHOR_NS.
+can_author() {
+  local got
+  got="$(ka auth can-i "$2" "$3" ${4:+--subresource="$4"} 2>/dev/null || true)"
+  [[ "${got}" == "$1" ]] && pass "author can-i $2 $3${4:+/$4} = ${got}" \
+    || fail "author can-i $2 $3${4:+/$4}: want $1, got ${got}"
+}
+
+k wait --for=delete "namespace/${AUTHOR_NS}" --timeout=120s >/dev/null 2>&1 || true
+k create namespace "${AUTHOR_NS}" >/dev/null
+k label namespace "${AUTHOR_NS}" pod-security.kubernetes.io/enforce=restricted >/dev/null
+# A migration stored before the policy existed (as the admin, so nothing judged it): the policy
+# must not lock it (annotations such as approve and retry are UPDATEs). Its template breaks a
+# rule harmlessly: it names a node that does not exist.
+PRIV="{spec: {${NONROOT}, containers: [{name: pwn, image: \"postgres:17\", securityContext: {privileged: true}}]}}"
+LEGACY="{spec: {nodeName: phasegate-chart-test-nowhere, ${NONROOT}, containers: [${PSQL}]}}"
+k get crd databasemigrations.phasegate.dev >/dev/null 2>&1 \
+  || k create -f "${CHART}/crds/databasemigrations.phasegate.dev.yaml" >/dev/null
+k wait --for=condition=Established crd/databasemigrations.phasegate.dev --timeout=60s >/dev/null
+legacy=no
+migration legacy "${LEGACY}" | k create -f - >/dev/null && legacy=yes
+if "${HELM}" install "${VAP_RELEASE}" "${CHART}" -n "${NS}" -f "${WORK}/vap-values.yaml" >/dev/null; then
+  pass "helm install with the admission policy bound to ${AUTHOR_NS}"
+  k wait --for=condition=Established crd/databasemigrations.phasegate.dev --timeout=60s >/dev/null
+  k create rolebinding "${VAP_RELEASE}-author" -n "${AUTHOR_NS}" \
+    --clusterrole="${VAP_RELEASE}-author" --user="${AUTHOR}" >/dev/null
+
+  # The premise: the author may write migrations and nothing that runs or reads anything.
+  deadline=$(($(date +%s) + 30))
+  until [[ "$(ka auth can-i create databasemigrations.phasegate.dev 2>/dev/null)" == yes ]]; do
+    (($(date +%s) < deadline)) || break
+    sleep 0.5
+  done
+  can_author yes create databasemigrations.phasegate.dev
+  can_author yes delete databasemigrations.phasegate.dev
+  can_author no update databasemigrations.phasegate.dev status
+  can_author no create pods
+  can_author no create jobs.batch
+  can_author no get secrets
+  can_author no create serviceaccounts token
+
+  # Policies reach the API server's admission asynchronously: wait until the attack is refused
+  # (a server-side dry run creates nothing).
+  deadline=$(($(date +%s) + 30))
+  until ! migration probe "${PRIV}" | ka create --dry-run=server -f - >/dev/null 2>&1; do
+    (($(date +%s) < deadline)) || break
+    sleep 0.5
+  done
+  if warnings="$(k get validatingadmissionpolicy "${VAP_RELEASE}-job-policy" \
+    -o jsonpath='{.status.typeChecking.expressionWarnings}' 2>&1)"; then
+    [[ -z "${warnings}" ]] || log "type-checking warnings of the admission policy: ${warnings}"
+  else
+    fail "the chart installed no ValidatingAdmissionPolicy: ${warnings}"
+  fi
+
+  # Each attack of issue 12 on its own, then all at once (the field and the rule must be named).
+  refused privileged "privileged container" "${PRIV}" "" \
+    'spec.expand.job.template.spec.containers[name=pwn].securityContext.privileged' '[Phasegate Job policy: privileged]'
+  refused host-pid "hostPID" "{spec: {hostPID: true, ${NONROOT}, containers: [${PSQL}]}}" "" \
+    'spec.expand.job.template.spec.hostPID' '[Phasegate Job policy: host-namespace]'
+  refused host-path "hostPath /" \
+    "{spec: {${NONROOT}, volumes: [{name: host, hostPath: {path: /}}], containers: [${PSQL}]}}" "" \
+    'spec.expand.job.template.spec.volumes[name=host].hostPath (/)' '[Phasegate Job policy: host-path]'
+  refused foreign-sa "a foreign serviceAccountName (in contract)" "${PLAIN}" \
+    "{job: {template: {spec: {serviceAccountName: deployer, ${NONROOT}, containers: [${PSQL}]}}}}" \
+    'spec.contract.job.template.spec.serviceAccountName (deployer)' '[Phasegate Job policy: service-account]'
+  refused attack "the whole attack (privileged, hostPID, hostPath /, deployer)" \
+    "{spec: {serviceAccountName: deployer, hostPID: true, volumes: [{name: host, hostPath: {path: /}}], containers: [{name: pwn, image: busybox, securityContext: {privileged: true}, volumeMounts: [{name: host, mountPath: /host}]}]}}" "" \
+    'spec.expand.job.template.spec.serviceAccountName (deployer)' '[Phasegate Job policy: service-account]' \
+    '[Phasegate Job policy: host-namespace]' '[Phasegate Job policy: host-path]' '[Phasegate Job policy: privileged]'
+  refused root "no runAsNonRoot" "{spec: {containers: [${PSQL}]}}" "" \
+    'spec.expand.job.template.spec.containers[name=psql].securityContext.runAsNonRoot' '[Phasegate Job policy: run-as-non-root]'
+  refused init-root "an init container running as uid 0" \
+    "{spec: {${NONROOT}, initContainers: [{name: init, image: \"postgres:17\", securityContext: {runAsUser: 0}}], containers: [${PSQL}]}}" "" \
+    'spec.expand.job.template.spec.initContainers[name=init].securityContext.runAsUser' '[Phasegate Job policy: run-as-non-root]'
+  refused token "a ServiceAccount token" "{spec: {automountServiceAccountToken: true, ${NONROOT}, containers: [${PSQL}]}}" "" \
+    'spec.expand.job.template.spec.automountServiceAccountToken' '[Phasegate Job policy: service-account-token]'
+  refused projected-token "a projected ServiceAccount token" \
+    "{spec: {${NONROOT}, volumes: [{name: t, projected: {sources: [{serviceAccountToken: {path: t}}]}}], containers: [${PSQL}]}}" "" \
+    'spec.expand.job.template.spec.volumes[name=t].projected.sources[*].serviceAccountToken' '[Phasegate Job policy: service-account-token]'
+  refused caps "an added capability" \
+    "{spec: {${NONROOT}, containers: [{name: psql, image: \"postgres:17\", securityContext: {capabilities: {add: [SYS_ADMIN]}}}]}}" "" \
+    'spec.expand.job.template.spec.containers[name=psql].securityContext.capabilities.add' '[Phasegate Job policy: capabilities]'
+  refused image "an image outside jobPolicy.allowedImages" \
+    "{spec: {${NONROOT}, containers: [{name: evil, image: \"registry.example.com/dbx/evil:1\"}]}}" "" \
+    'spec.expand.job.template.spec.containers[name=evil].image' '[Phasegate Job policy: image]'
+  refused seccomp "seccomp Unconfined" \
+    "{spec: {securityContext: {runAsNonRoot: true, seccompProfile: {type: Unconfined}}, containers: [${PSQL}]}}" "" \
+    'spec.expand.job.template.spec.securityContext.seccompProfile.type' '[Phasegate Job policy: seccomp]'
+  refused node-name "nodeName" "{spec: {nodeName: node-0, ${NONROOT}, containers: [${PSQL}]}}" "" \
+    'spec.expand.job.template.spec.nodeName' '[Phasegate Job policy: node-name]'
+
+  admitted plain "a plain psql template (non-root)" "${PLAIN}"
+  admitted allowed-sa "the allowed ServiceAccount migrator, both phases as Jobs" \
+    "{spec: {serviceAccountName: migrator, ${NONROOT}, containers: [${PSQL}]}}" "{job: {template: ${PLAIN}}}"
+  admitted hardened "a restricted template (drop ALL, RuntimeDefault, allowed image)" \
+    "{spec: {securityContext: {runAsNonRoot: true, runAsUser: 1000, seccompProfile: {type: RuntimeDefault}}, containers: [{name: m, image: \"registry.example.com/db/migrate:2\", securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}, readOnlyRootFilesystem: true}}]}}"
+
+  # Cost: a template far larger than any real one (40 containers with 40 mounts and 10 ports
+  # each, 40 volumes, in both phases) stays within the API server's CEL cost limits.
+  vols="" mounts="" ports="" ctrs=""
+  for i in $(seq 40); do
+    vols+="${vols:+, }{name: v${i}, emptyDir: {}}"
+    mounts+="${mounts:+, }{name: v${i}, mountPath: /m${i}}"
+  done
+  for i in $(seq 10); do ports+="${ports:+, }{containerPort: $((5000 + i))}"; done
+  for i in $(seq 40); do
+    ctrs+="${ctrs:+, }{name: c${i}, image: \"postgres:17\", ports: [${ports}], volumeMounts: [${mounts}], securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}}"
+  done
+  BIG="{spec: {${NONROOT}, volumes: [${vols}], containers: [${ctrs}]}}"
+  admitted big "a very large template in both phases (CEL cost)" "${BIG}" "{job: {template: ${BIG}}}"
+
+  # An UPDATE that keeps the template (approve, retry) is not judged again.
+  if migration kept "${PLAIN}" | ka create -f - >/dev/null 2>&1 \
+    && ka annotate databasemigration kept phasegate.dev/retry=1 >/dev/null 2>&1; then
+    pass "admission: annotating an admitted migration"
+  else
+    fail "admission: annotating an admitted migration"
+  fi
+  ka delete databasemigration kept --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  if [[ "${legacy}" == yes ]] && ka annotate databasemigration legacy phasegate.dev/retry=1 >/dev/null 2>&1 \
+    && ka delete databasemigration legacy >/dev/null 2>&1; then
+    pass "admission: a migration stored before the policy can still be annotated and deleted"
+  else
+    fail "admission: a migration stored before the policy (created: ${legacy}) is locked by the policy"
+  fi
+
+  # Outside the bound namespace the chart's binding does not apply (watchNamespace scopes it).
+  if migration outside "${PRIV}" | sed "s/namespace: ${AUTHOR_NS}/namespace: ${OTHER_NS}/" \
+    | k create --dry-run=server -f - >/dev/null 2>&1; then
+    pass "admission: the binding is scoped to ${AUTHOR_NS}"
+  else
+    fail "admission: the binding refused a migration in ${OTHER_NS}, outside watchNamespace"
+  fi
+
+  "${HELM}" uninstall "${VAP_RELEASE}" -n "${NS}" --wait >/dev/null || fail "helm uninstall ${VAP_RELEASE}"
+else
+  fail "helm install with the admission policy"
+fi
+k delete namespace "${AUTHOR_NS}" --wait=false >/dev/null 2>&1 || true
+
 # The README's install command, for real: helm installs the chart and waits for the operator
-# Deployment (kwok marks its pod Ready; the image itself is not pulled here).
+# Deployment (kwok marks its pod Ready; the image itself is not pulled here). Its admission
+# policy is bound to no namespace, since the cluster may be shared with e2e runs whose templates
+# it would judge (it is tested above, bound to one namespace).
 README_NS=phasegate-chart-test-readme
 if "${HELM}" install phasegate-readme "${CHART}" -n "${README_NS}" --create-namespace \
-  --set image.repository=registry.example.com/phasegate --wait --timeout 120s >/dev/null; then
+  --set image.repository=registry.example.com/phasegate \
+  --set admissionPolicy.namespaceSelector.matchLabels.phasegate-chart-test=readme \
+  --wait --timeout 120s >/dev/null; then
   pass "helm install as in docs/install.md"
   "${HELM}" uninstall phasegate-readme -n "${README_NS}" --wait >/dev/null && pass "helm uninstall" || fail "helm uninstall"
 else

@@ -9,6 +9,7 @@
 //! - [`leader`], [`metrics`], [`server`]: leader election on a Lease, Prometheus metrics,
 //!   and the `/metrics`, `/healthz`, `/readyz` endpoints.
 //! - [`lint`]: classifying a phase's statements and the policy that refuses them.
+//! - [`policy`]: what a user-supplied Job template may ask of the cluster (admin-set rules).
 
 pub mod api;
 pub mod controller;
@@ -18,6 +19,7 @@ pub mod lint;
 pub mod metrics;
 pub mod planner;
 pub mod plugin;
+pub mod policy;
 pub mod server;
 pub mod sql;
 pub mod telemetry;

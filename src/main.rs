@@ -87,6 +87,11 @@ struct ControllerArgs {
         value_name = "SECONDS"
     )]
     lease_grace: u64,
+    /// JSON or YAML file with the policy for user-supplied Job templates (fields of
+    /// `JobPolicy`: enabled, allowedServiceAccounts, allowServiceAccountToken,
+    /// allowedCapabilities, allowedImages) [default: the built-in safe policy]
+    #[arg(long, env = "PHASEGATE_JOB_POLICY", value_name = "FILE")]
+    job_policy: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +150,18 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
     use phasegate::metrics::Metrics;
     use phasegate::server::{self, Health, Role};
 
+    // A bad policy file stops the operator before it touches the cluster.
+    let job_policy = match load_job_policy(args.job_policy.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot load the Job policy");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        policy = %serde_json::to_string(&job_policy).unwrap_or_default(),
+        "Job template policy"
+    );
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
@@ -183,6 +200,7 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
         namespace: args.namespace,
         executor: ExecutorConfig {
             image: args.executor_image,
+            job_policy,
         },
     };
     let result = if elect {
@@ -213,4 +231,15 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The admin's Job policy from `--job-policy`; none (or an empty path) is the safe default.
+/// Read once at start: the chart rolls the operator when the policy changes.
+fn load_job_policy(path: Option<&std::path::Path>) -> Result<phasegate::policy::JobPolicy, String> {
+    let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(phasegate::policy::JobPolicy::default());
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    phasegate::policy::JobPolicy::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
 }

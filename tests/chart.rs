@@ -66,6 +66,15 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
         "events",
         &["create", "patch"],
     ),
+    // Not the operator's: the `-author` ClusterRole for people who write migrations (spec only).
+    (
+        "phasegate.authorRules",
+        "phasegate.dev",
+        "databasemigrations",
+        &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
+    ),
     // src/leader.rs via kube-lease-manager: get, create (first start), patch (server-side apply
     // and strategic merge to take, renew and release). Never update or delete.
     (
@@ -301,5 +310,81 @@ fn default_values_run_the_operator_restricted() {
     );
     assert!(
         get("resources.requests.memory").is_string() && get("resources.limits.memory").is_string()
+    );
+}
+
+fn values() -> serde_yaml::Value {
+    serde_yaml::from_str(&read(&root().join("charts/phasegate/values.yaml"))).expect("values.yaml")
+}
+
+/// values.yaml's `jobPolicy` is a valid `JobPolicy` document (no unknown keys) and equals the
+/// operator's built-in default, so `helm install` with defaults changes nothing.
+#[test]
+fn job_policy_values_are_the_operator_default() {
+    let doc = values()
+        .get("jobPolicy")
+        .cloned()
+        .expect("values.yaml lacks jobPolicy");
+    let text = serde_yaml::to_string(&doc).expect("yaml");
+    let policy = phasegate::policy::JobPolicy::from_yaml(&text)
+        .unwrap_or_else(|e| panic!("values.yaml jobPolicy: {e}"));
+    assert_eq!(policy, phasegate::policy::JobPolicy::default());
+    // Every field is spelled out, so the values document the whole policy.
+    let want = serde_yaml::to_value(phasegate::policy::JobPolicy::default()).expect("yaml");
+    let keys = |v: &serde_yaml::Value| -> BTreeSet<String> {
+        v.as_mapping()
+            .expect("a mapping")
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(keys(&doc), keys(&want), "jobPolicy keys in values.yaml");
+}
+
+/// The operator reads the policy the chart renders: one file name, one env variable.
+#[test]
+fn operator_reads_the_rendered_job_policy() {
+    let dir = root().join("charts/phasegate/templates");
+    let deployment = read(&dir.join("deployment.yaml"));
+    let configmap = read(&dir.join("job-policy.yaml"));
+    for needle in [
+        "name: PHASEGATE_JOB_POLICY",
+        "value: /etc/phasegate/job-policy.yaml",
+        "mountPath: /etc/phasegate",
+        "name: {{ include \"phasegate.fullname\" . }}-job-policy",
+        "checksum/job-policy",
+    ] {
+        assert!(
+            deployment.contains(needle),
+            "deployment.yaml lacks {needle:?}"
+        );
+    }
+    assert!(configmap.contains("job-policy.yaml: |"));
+    assert!(configmap.contains("toYaml .Values.jobPolicy"));
+    let main = read(&root().join("src/main.rs"));
+    assert!(main.contains("env = \"PHASEGATE_JOB_POLICY\""));
+}
+
+/// Every rule of src/policy is also a rule of the admission policy, and it is on by default.
+#[test]
+fn admission_policy_covers_every_rule() {
+    let vap = read(&root().join("charts/phasegate/templates/admission-policy.yaml"));
+    for rule in phasegate::policy::RULES {
+        assert!(
+            vap.contains(&format!("\"rule\" \"{rule}\"")),
+            "admission-policy.yaml has no validation for the rule {rule}"
+        );
+    }
+    for phase in ["expand", "contract"] {
+        assert!(vap.contains(&format!("\"{phase}\"")));
+    }
+    let v = values();
+    assert_eq!(
+        v["admissionPolicy"]["enabled"],
+        serde_yaml::Value::Bool(true)
+    );
+    assert_eq!(
+        v["admissionPolicy"]["validationActions"],
+        serde_yaml::from_str::<serde_yaml::Value>("[Deny]").expect("yaml")
     );
 }

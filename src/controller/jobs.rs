@@ -21,10 +21,12 @@ use crate::planner::{job_name, migration_label, validate, JobPhase, JobState};
 use super::error::{Error, KubeContext};
 
 /// How executor Jobs are run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ExecutorConfig {
     /// Image holding the `phasegate` binary, for inline `sql`.
     pub image: String,
+    /// What user-supplied `job` templates may ask for (set by the cluster admin).
+    pub job_policy: crate::policy::JobPolicy,
 }
 
 /// The Job of `phase`'s attempt `attempt` (pure). `status` is the one the plan that asked
