@@ -127,6 +127,18 @@ async fn checksum_mismatch_is_refused_without_running_anything() {
         &executor::execute(&recreated).await,
         Outcome::AlreadyApplied,
     );
+
+    // A recreated object (new uid) with other SQL is another migration: its SQL runs, once,
+    // and the ledger row is now its own.
+    let mut renewed = cfg(&pg, "ALTER TABLE users ADD COLUMN c int");
+    renewed.identity.uid = "uid-3".into();
+    assert_outcome(&executor::execute(&renewed).await, Outcome::Applied);
+    assert!(columns(&c, "users").await.contains(&"c".to_string()));
+    assert_outcome(&executor::execute(&renewed).await, Outcome::AlreadyApplied);
+    // The same object with yet other SQL is still refused.
+    let mut edited = cfg(&pg, "ALTER TABLE users ADD COLUMN d int");
+    edited.identity.uid = "uid-3".into();
+    assert_outcome(&executor::execute(&edited).await, Outcome::Failed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

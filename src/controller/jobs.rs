@@ -137,6 +137,7 @@ pub fn build_job(
                 target: format!("{phase} job"),
                 reason,
             })?;
+            crate::policy::enforce(&mut t, &cfg.job_policy);
             if let Some(ps) = t.spec.as_mut() {
                 for c in &mut ps.containers {
                     c.env

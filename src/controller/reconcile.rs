@@ -101,6 +101,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         expand_job,
         contract_job,
         targets,
+        job_policy: &ctx.config.executor.job_policy,
     });
 
     // Apply: the Job first, so a crash before the status write is healed by adoption (or,

@@ -97,6 +97,7 @@ pub async fn record<C: GenericClient>(
                  CASE WHEN $7 = 'applied' THEN clock_timestamp() END)
          ON CONFLICT (namespace, name, phase) DO UPDATE SET
              uid = EXCLUDED.uid, app_version = EXCLUDED.app_version, status = EXCLUDED.status,
+             checksum = EXCLUDED.checksum, statements_total = EXCLUDED.statements_total,
              statements_done = EXCLUDED.statements_done, attempts = l.attempts + EXCLUDED.attempts,
              executor_version = EXCLUDED.executor_version, updated_at = clock_timestamp(),
              applied_at = EXCLUDED.applied_at",

@@ -665,6 +665,16 @@ async fn run(
         .await
         .map_err(|e| ApplyError::db(&e, None))?;
     let mut done = 0usize;
+    // A row an earlier object of the same name wrote for other SQL (the migration was deleted
+    // and created anew with new SQL): this object is another migration and runs its own.
+    let entry = entry.filter(|e| {
+        let earlier_object = !e.uid.is_empty() && !id.uid.is_empty() && e.uid != id.uid;
+        if earlier_object && e.checksum != sum {
+            tracing::warn!(recorded_uid = %e.uid, uid = %id.uid, "ledger row of an earlier object of the same name with other SQL; this object's SQL runs and replaces it");
+            return false;
+        }
+        true
+    });
     if let Some(entry) = entry {
         if entry.checksum != sum {
             return Err(ApplyError::ChecksumMismatch {

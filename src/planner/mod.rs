@@ -107,6 +107,8 @@ pub struct Input<'a> {
     /// Every target, judged (see [`rollout::evaluate`]); a target that could not be
     /// observed is present and incomplete.
     pub targets: Vec<TargetStatus>,
+    /// The cluster admin's policy for user Job templates.
+    pub job_policy: &'a crate::policy::JobPolicy,
 }
 
 /// What to do now.
@@ -168,6 +170,8 @@ pub mod reason {
     /// A gate closed (rollback, old pod, revoked approval) while contract ran; the attempt
     /// was stopped before it could commit.
     pub const GATE_CLOSED: &str = "GateClosed";
+    /// A user Job template breaks the cluster admin's Job policy.
+    pub const POLICY_REFUSED: &str = "PolicyRefused";
 }
 
 /// Decide the next step.
@@ -264,6 +268,11 @@ impl<'a> Planner<'a> {
                 return;
             }
         };
+        // The admin's Job policy, for every user template still to run, before any Job.
+        if let Some(refusal) = self.policy_refusal(!expand_applied) {
+            self.set(Phase::Failed, reason::POLICY_REFUSED, refusal);
+            return;
+        }
         let mut lint = LintStatus {
             warnings: valid.lint_warnings.clone(),
             overrides: valid.lint_overrides.clone(),
@@ -289,6 +298,32 @@ impl<'a> Planner<'a> {
         if self.expand() {
             self.rollout_and_contract(&valid);
         }
+    }
+
+    /// Why a user Job template still to run is refused by the admin's policy, if one is.
+    fn policy_refusal(&self, expand_pending: bool) -> Option<String> {
+        let spec = self.input.spec;
+        let phases = [
+            (
+                "spec.expand.job.template.",
+                spec.expand.job.as_ref().filter(|_| expand_pending),
+            ),
+            ("spec.contract.job.template.", spec.contract.job.as_ref()),
+        ];
+        let found: Vec<String> = phases
+            .into_iter()
+            .filter_map(|(prefix, job)| {
+                let template = validate::pod_template(job?).ok()?;
+                let violations = crate::policy::check(&template, self.input.job_policy);
+                (!violations.is_empty()).then(|| crate::policy::describe(prefix, &violations))
+            })
+            .collect();
+        (!found.is_empty()).then(|| {
+            format!(
+                "refused by the cluster's Job policy before any Job ran: {}",
+                found.join("; ")
+            )
+        })
     }
 
     /// Drives expand; true once expand is applied.

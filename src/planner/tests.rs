@@ -18,6 +18,8 @@ use crate::api::{
 };
 
 const NAME: &str = "users-email-verified";
+static POLICY: std::sync::LazyLock<crate::policy::JobPolicy> =
+    std::sync::LazyLock::new(crate::policy::JobPolicy::default);
 const T0: i64 = 1_700_000_000;
 
 fn ts(secs: i64) -> Timestamp {
@@ -158,6 +160,7 @@ impl Fx {
             expand_job: self.expand_job.clone(),
             contract_job: self.contract_job.clone(),
             targets: self.targets.clone(),
+            job_policy: &POLICY,
         }
     }
     fn plan(&self) -> Plan {
@@ -1798,6 +1801,7 @@ impl Sim {
             expand_job: self.job(JobPhase::Expand, &self.status.expand),
             contract_job: self.job(JobPhase::Contract, &self.status.contract),
             targets,
+            job_policy: &POLICY,
         };
         let plan = plan(&input);
         self.log.push(format!(
@@ -2563,4 +2567,37 @@ fn a_job_conflict_fails_with_its_reason_until_retry() {
     assert!(p.transition.is_none());
     fx.retry("1");
     assert_eq!(fx.step().action, start(JobPhase::Expand, 2));
+}
+
+#[test]
+fn a_user_template_the_job_policy_forbids_is_refused_before_any_job() {
+    let spec = SpecBuilder::new()
+        .with(|s| {
+            s.contract.sql = None;
+            s.contract.job = Some(JobSpec {
+                template: serde_json::json!({"spec": {"hostNetwork": true,
+                    "securityContext": {"runAsNonRoot": true},
+                    "containers": [{"name": "c", "image": "psql"}]}}),
+                backoff_limit: None,
+            });
+        })
+        .build();
+    // Contract's template is judged before expand runs: nothing starts.
+    let mut fx = Fx::new(spec);
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Failed);
+    assert_eq!(p.action, Action::None);
+    assert_eq!(stalled_reason(&p.status), Some(reason::POLICY_REFUSED));
+    let msg = &cond(&p.status, STALLED).message;
+    assert!(
+        msg.contains("spec.contract.job.template.spec.hostNetwork"),
+        "{msg}"
+    );
+    // Fixing the template resumes.
+    fx.spec.contract.job = Some(JobSpec {
+        template: serde_json::json!({"spec": {"securityContext": {"runAsNonRoot": true},
+            "containers": [{"name": "c", "image": "psql"}]}}),
+        backoff_limit: None,
+    });
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
 }

@@ -586,10 +586,7 @@ fn policy_documents() {
 
 /// Examples that do not pass the default policy yet, with the reason. Remove an entry once the
 /// example is fixed (the test fails while a listed example passes, so the list cannot go stale).
-const EXAMPLES_TO_FIX: &[(&str, &str)] = &[(
-    "flyway-job",
-    "no runAsNonRoot: needs runAsNonRoot: true and the numeric uid of the image's flyway user",
-)];
+const EXAMPLES_TO_FIX: &[(&str, &str)] = &[];
 
 /// The examples a user copies must pass the default policy.
 #[test]

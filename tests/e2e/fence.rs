@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::ListParams;
+use kube::api::{DeleteParams, ListParams, PropagationPolicy};
 use kube::ResourceExt;
 use phasegate::api::Phase;
 use serde_json::json;
@@ -222,5 +222,117 @@ async fn a_200_character_name_works_end_to_end() {
     for j in env.jobs().list(&lp).await.expect("jobs").items {
         assert!(j.name_any().len() <= 63);
     }
+    env.cleanup().await;
+}
+#[tokio::test(flavor = "multi_thread")]
+async fn another_apps_older_sessions_do_not_block_contract() {
+    let env = expanded("fence-shared-db", json!({})).await;
+    // Another application on the same database, at its own (lower) version.
+    let url = format!("{}&application_name=billing%401.3.0", env.pg.url());
+    let (billing, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("billing connects");
+    let conn = tokio::spawn(conn);
+    billing
+        .simple_query("SELECT 1")
+        .await
+        .expect("billing query");
+
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    env.wait_phase(NAME, Phase::Succeeded, T).await;
+    assert!(!env.column_exists("users", "legacy_flag").await);
+    drop(billing);
+    let _ = conn.await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orphaned_job_and_recreated_migration_runs_the_new_sql() {
+    let env = Env::new("fence-orphan").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    env.create_migration(NAME, migration_spec(EXPAND, json!({})))
+        .await
+        .expect("create");
+    env.wait_phase(NAME, Phase::AwaitingRollout, T).await;
+    let old_jobs = env.job_names("expand").await;
+    assert_eq!(old_jobs.len(), 1);
+
+    // Delete the migration but keep its Jobs, then recreate it with other expand SQL.
+    env.migrations()
+        .delete(
+            NAME,
+            &DeleteParams {
+                propagation_policy: Some(PropagationPolicy::Orphan),
+                ..DeleteParams::default()
+            },
+        )
+        .await
+        .expect("delete orphaning Jobs");
+    wait_until(T, "migration gone", || async {
+        env.migrations()
+            .get_opt(NAME)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    })
+    .await;
+    assert!(
+        env.jobs()
+            .get_opt(&old_jobs[0])
+            .await
+            .expect("get")
+            .is_some(),
+        "the old Job was orphaned, not deleted"
+    );
+    let new_expand = "ALTER TABLE users ADD COLUMN nickname text;";
+    env.create_migration(NAME, migration_spec(new_expand, json!({})))
+        .await
+        .expect("recreate");
+    env.wait_phase(NAME, Phase::AwaitingRollout, T).await;
+    assert!(
+        env.column_exists("users", "nickname").await,
+        "the recreated migration's expand ran"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_the_job_policy_forbids_is_refused_before_any_job() {
+    let env = Env::new("policy-refused").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    // What a migration author without pod rights would like to run.
+    let mut spec = migration_spec(EXPAND, json!({}));
+    spec["expand"] = json!({"job": {"template": {"spec": {
+        "serviceAccountName": "deployer",
+        "hostPID": true,
+        "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+        "containers": [{"name": "pwn", "image": "busybox",
+            "securityContext": {"privileged": true},
+            "volumeMounts": [{"name": "root", "mountPath": "/host"}]}]}}}});
+    env.create_migration(NAME, spec).await.expect("create");
+    let m = env.wait_phase(NAME, Phase::Failed, T).await;
+    let (_, reason, msg) = condition(&m, "Stalled").expect("Stalled");
+    assert_eq!(reason, "PolicyRefused", "{msg}");
+    for rule in [
+        "service-account",
+        "host-namespace",
+        "host-path",
+        "privileged",
+    ] {
+        assert!(msg.contains(rule), "names the rule {rule}: {msg}");
+    }
+    assert!(
+        msg.contains("spec.expand.job.template.spec.containers[0].securityContext.privileged"),
+        "names the field: {msg}"
+    );
+    assert!(env.job_names("expand").await.is_empty(), "no Job");
+    assert!(env
+        .event_reasons(NAME)
+        .await
+        .iter()
+        .any(|r| r == "PolicyRefused"));
     env.cleanup().await;
 }

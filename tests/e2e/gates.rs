@@ -247,7 +247,9 @@ async fn a_job_the_api_server_rejects_fails_with_its_reason() {
     env.create_deployment("shop-api", 1, "1.0.0").await;
     let mut spec = migration_spec(crate::EXPAND, json!({}));
     // The CRD keeps pod templates opaque; the API server judges them when the Job is created.
-    spec["expand"] = json!({"job": {"template": {"spec": {"containers": [{"name": "Not_A_DNS_Label", "image": "postgres:17"}]}}}});
+    spec["expand"] = json!({"job": {"template": {"spec": {
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 70},
+        "containers": [{"name": "Not_A_DNS_Label", "image": "postgres:17"}]}}}});
     env.create_migration("m", spec).await.expect("create");
     let m = env.wait_phase("m", Phase::Failed, T).await;
     let (stalled, _, msg) = condition(&m, "Stalled").expect("Stalled");
