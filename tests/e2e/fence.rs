@@ -45,6 +45,49 @@ async fn open_reader(env: &Env) -> tokio_postgres::Client {
     db
 }
 
+/// How long after `since` a line containing `needle` was logged by `process` ("runner" or
+/// "operator-1") of this test.
+async fn logged_after(
+    env: &Env,
+    process: &str,
+    needle: &str,
+    since: std::time::SystemTime,
+) -> Option<Duration> {
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("e2e-logs")
+        .join(format!("{}-{process}.log", env.ns));
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let line = text.lines().find(|l| l.contains(needle));
+        if let Some(line) = line {
+            let plain: String = strip_ansi(line);
+            let stamp = plain.split_whitespace().next()?;
+            let at: k8s_openapi::jiff::Timestamp = stamp.parse().ok()?;
+            let since = k8s_openapi::jiff::Timestamp::try_from(since).ok()?;
+            return Duration::try_from(at.duration_since(since)).ok();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rollback_while_contract_waits_never_commits() {
     let env = expanded("fence-rollback", json!({})).await;
@@ -80,12 +123,33 @@ async fn rollback_while_contract_waits_never_commits() {
     assert!(env.column_exists("users", "legacy_flag").await);
 
     // The app is rolled back while the contract executor waits.
+    let rolled_back = std::time::SystemTime::now();
     env.set_version("shop-api", "1.0.0", json!({})).await;
     let m = env
         .wait_migration(NAME, T, "the gate closed and contract stopped", |m| {
             m.status.as_ref().and_then(|s| s.phase) == Some(Phase::AwaitingRollout)
         })
         .await;
+    // The figure docs/guarantees.md quotes: rollback written → executor told to stop.
+    let ms =
+        |d: Option<Duration>| d.map_or("not found".into(), |d| format!("{} ms", d.as_millis()));
+    let deleted = logged_after(
+        &env,
+        "operator-1",
+        "stopped the running attempt",
+        rolled_back,
+    )
+    .await;
+    let sigterm = logged_after(&env, "runner", "pod deleted: sending SIGTERM", rolled_back).await;
+    eprintln!(
+        "[fence] rollback written → operator deleted the contract Job: {}; → SIGTERM sent to the executor: {}",
+        ms(deleted),
+        ms(sigterm)
+    );
+    wait_until(T, "the stopped contract Job is gone", || async {
+        env.job_names("contract").await.is_empty()
+    })
+    .await;
     let rec = m
         .status
         .as_ref()
@@ -98,10 +162,6 @@ async fn rollback_while_contract_waits_never_commits() {
     );
     let (_, _, msg) = condition(&m, "RolloutComplete").expect("RolloutComplete");
     assert!(msg.contains("1.0.0"), "{msg}");
-    wait_until(T, "the stopped contract Job is gone", || async {
-        env.job_names("contract").await.is_empty()
-    })
-    .await;
     assert!(
         env.event_reasons(NAME)
             .await
