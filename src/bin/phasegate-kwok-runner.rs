@@ -251,7 +251,12 @@ async fn finish(
     let message: String = message.chars().take(4000).collect();
     let terminated = serde_json::json!({"terminated": {
         "exitCode": code,
-        "reason": if code == 0 { "Completed" } else { "Error" },
+        // As containerd reports a container that could not be started.
+        "reason": match code {
+            0 => "Completed",
+            _ if message.starts_with("StartError") => "StartError",
+            _ => "Error",
+        },
         "message": message,
         "startedAt": started_at.to_string(),
         "finishedAt": Timestamp::now().to_string(),

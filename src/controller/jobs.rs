@@ -307,26 +307,24 @@ pub async fn stop(
     }
 }
 
-/// The state of the Job of a phase's current attempt, with the executor's report.
-pub async fn observe(
-    jobs: &Api<Job>,
-    pods: &Api<Pod>,
-    dbm: &DatabaseMigration,
-    phase: JobPhase,
-    attempt: u32,
-) -> Result<JobState, Error> {
-    Ok(observe_reported(jobs, pods, dbm, phase, attempt).await?.0)
-}
-
-/// [`observe`], plus the executor's structured report when the Job finished and its
+/// The state of the Job of a phase's current attempt, with the executor's structured report when the Job finished and its
 /// termination message carries one (for metrics: lock retries and lock waits).
+///
+/// A user Job's own output (termination message, log tail) reaches status only when
+/// `show_user_output`: it may print whatever its environment holds, the database URL too.
 pub async fn observe_reported(
     jobs: &Api<Job>,
     pods: &Api<Pod>,
     dbm: &DatabaseMigration,
     phase: JobPhase,
     attempt: u32,
+    show_user_output: bool,
 ) -> Result<(JobState, Option<Report>), Error> {
+    let user_job = match phase {
+        JobPhase::Expand => dbm.spec.expand.job.is_some(),
+        JobPhase::Contract => dbm.spec.contract.job.is_some(),
+    };
+    let hide = user_job && !show_user_output;
     let uid = dbm.uid().unwrap_or_default();
     let name = job_name(&dbm.name_any(), &uid, phase, attempt);
     let Some(job) = jobs
@@ -348,18 +346,48 @@ pub async fn observe_reported(
             .cloned()
     };
     if cond("Complete").is_some() {
-        let raw = termination_message(pods, &name).await?;
+        let last = last_termination(pods, &name).await?;
+        if hide {
+            return Ok((JobState::Succeeded(None), None));
+        }
+        let raw = last
+            .and_then(|t| t.message)
+            .filter(|m| !m.trim().is_empty());
         let report = raw.as_deref().and_then(Report::parse);
         return Ok((JobState::Succeeded(raw.map(|m| summarise(&m))), report));
     }
     if let Some(failed) = cond("Failed") {
-        let raw = termination_message(pods, &name).await?;
+        let last = last_termination(pods, &name).await?;
+        let how = last.as_ref().map(|t| {
+            format!(
+                "container exited with code {}{}",
+                t.exit_code,
+                t.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            )
+        });
+        // A container that could not start has the runtime's message, not its own output.
+        let runtime_says = last.as_ref().is_some_and(|t| {
+            matches!(
+                t.reason.as_deref(),
+                Some("StartError" | "ContainerCannotRun")
+            )
+        });
+        let raw = last
+            .and_then(|t| t.message)
+            .filter(|m| !m.trim().is_empty() && (!hide || runtime_says));
         let report = raw.as_deref().and_then(Report::parse);
-        let msg = match raw {
-            Some(m) => summarise(&m),
-            None => format!(
+        let msg = match (raw, how) {
+            (Some(m), _) => summarise(&m),
+            (None, Some(how)) if hide => format!(
+                "Job {name} failed: {how}; its output is not copied into status \
+                 (the cluster's jobPolicy.showJobOutput is off): kubectl logs job/{name}"
+            ),
+            (None, how) => format!(
                 "Job {name} failed: {}",
-                failed.message.or(failed.reason).unwrap_or_default()
+                how.or(failed.message).or(failed.reason).unwrap_or_default()
             ),
         };
         return Ok((JobState::Failed(msg), report));
@@ -409,9 +437,12 @@ async fn stuck_reason(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Erro
     Ok(None)
 }
 
-/// The termination message of the newest terminated pod of a Job (the executor's report line,
-/// or a user Job's own message), as written.
-async fn termination_message(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Error> {
+/// How the newest terminated container of a Job ended: exit code, reason and termination
+/// message (the executor's report line, or a user Job's own message), as written.
+async fn last_termination(
+    pods: &Api<Pod>,
+    job: &str,
+) -> Result<Option<k8s_openapi::api::core::v1::ContainerStateTerminated>, Error> {
     let list = pods
         .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
         .await
@@ -427,10 +458,7 @@ async fn termination_message(pods: &Api<Pod>, job: &str) -> Result<Option<String
         .filter_map(|cs| cs.state.as_ref()?.terminated.clone())
         .collect();
     terminated.sort_by(|a, b| a.finished_at.cmp(&b.finished_at));
-    Ok(terminated
-        .last()
-        .and_then(|t| t.message.clone())
-        .filter(|m| !m.trim().is_empty()))
+    Ok(terminated.pop())
 }
 
 /// Turn a termination message into one line for status: the executor's report summary, or

@@ -51,6 +51,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             &dbm,
             JobPhase::Expand,
             attempt(&status.expand),
+            ctx.config.executor.job_policy.show_job_output,
         )
         .await?
     };
@@ -63,6 +64,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             &dbm,
             JobPhase::Contract,
             attempt(&status.contract),
+            ctx.config.executor.job_policy.show_job_output,
         )
         .await?
     } else {

@@ -47,6 +47,10 @@ pub struct JobPolicy {
     /// Image prefixes a container's image must start with, e.g. `registry.example.com/db/`
     /// (end a registry or path with `/`). Empty: any image.
     pub allowed_images: Vec<String>,
+    /// Copy a user Job's own output (its termination message or log tail) into status,
+    /// conditions and Events. Off: status says how the Job ended (exit code, reason) but not
+    /// what it printed, which may hold whatever its environment held (the database URL).
+    pub show_job_output: bool,
 }
 
 impl Default for JobPolicy {
@@ -57,6 +61,7 @@ impl Default for JobPolicy {
             allow_service_account_token: false,
             allowed_capabilities: Vec::new(),
             allowed_images: Vec::new(),
+            show_job_output: false,
         }
     }
 }

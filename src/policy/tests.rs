@@ -556,6 +556,7 @@ fn policy_documents() {
         allow_service_account_token: true,
         allowed_capabilities: vec!["NET_BIND_SERVICE".into()],
         allowed_images: vec!["registry.example.com/".into()],
+        show_job_output: false,
     };
     assert_eq!(JobPolicy::from_yaml(yaml).expect("yaml"), want);
     assert_eq!(JobPolicy::from_yaml(json).expect("json"), want);

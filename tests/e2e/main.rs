@@ -14,6 +14,7 @@ mod plugin;
 #[path = "../support/postgres.rs"]
 mod postgres;
 mod targets;
+mod tenant;
 
 use std::time::Duration;
 
