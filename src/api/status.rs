@@ -141,6 +141,10 @@ pub struct TargetStatus {
     /// Why the target is not complete yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The target does not exist (a named workload not found, or a selector that matches
+    /// nothing): likely a typo, never complete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_found: bool,
 }
 
 /// Findings of the SQL linter that did not stop the migration.

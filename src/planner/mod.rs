@@ -172,6 +172,8 @@ pub mod reason {
     pub const GATE_CLOSED: &str = "GateClosed";
     /// A user Job template breaks the cluster admin's Job policy.
     pub const POLICY_REFUSED: &str = "PolicyRefused";
+    /// A target does not exist (likely a typo in its name or selector).
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
 }
 
 /// Decide the next step.
@@ -775,6 +777,19 @@ impl Planner<'_> {
                 message,
             })
             .collect();
+        let missing_now = conditions::not_found(&self.status);
+        let missing_before = conditions::not_found(self.input.status);
+        out.extend(
+            fresh(&missing_now, &missing_before)
+                .into_iter()
+                .map(|message| Transition {
+                    warning: true,
+                    reason: reason::TARGET_NOT_FOUND.into(),
+                    message: format!(
+                        "{message}: check the target's name or selector in spec.rollout.targets"
+                    ),
+                }),
+        );
         out.extend(
             fresh(&new.overrides, &old.overrides)
                 .into_iter()

@@ -57,8 +57,10 @@ pub fn evaluate(w: &WorkloadObservation, app_version: &str) -> TargetStatus {
             w.kind, w.name
         )),
         Some(v) if !version::at_least(v, app_version) => Some(format!(
-            "{} {} runs version {v}, needs {app_version} or newer",
-            w.kind, w.name
+            "{} {} runs version {v}, needs {}",
+            w.kind,
+            w.name,
+            version::wanted(v, app_version)
         )),
         Some(_) if w.observed_generation < w.generation => Some(format!(
             "{} {}: controller has not observed generation {} yet",
@@ -107,6 +109,7 @@ pub fn evaluate(w: &WorkloadObservation, app_version: &str) -> TargetStatus {
         available_replicas: w.available_replicas,
         old_pods: i32::try_from(old_pods.len()).unwrap_or(i32::MAX),
         message: waiting,
+        not_found: false,
     }
 }
 
@@ -127,6 +130,7 @@ pub fn missing(kind: TargetKind, name: impl Into<String>, why: impl Into<String>
         name: name.into(),
         complete: false,
         message: Some(why.into()),
+        not_found: true,
         ..TargetStatus::default()
     }
 }

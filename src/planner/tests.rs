@@ -109,6 +109,7 @@ fn target(name: &str, complete: bool) -> TargetStatus {
         old_pods: if complete { 0 } else { 2 },
         message: (!complete)
             .then(|| format!("Deployment {name} runs version 2.3.0, needs 2.4.0 or newer")),
+        not_found: false,
     }
 }
 
@@ -1356,7 +1357,7 @@ fn transition_only_when_the_phase_changes() {
 fn conditions_keep_last_transition_time_while_unchanged() {
     let mut fx = Fx::new(SpecBuilder::new().build());
     let p = fx.step();
-    assert_eq!(p.status.conditions.len(), 6);
+    assert_eq!(p.status.conditions.len(), 7);
     for c in &p.status.conditions {
         assert_eq!(c.last_transition_time, time(0), "{}", c.type_);
         assert_eq!(c.observed_generation, Some(1), "{}", c.type_);
@@ -2600,4 +2601,39 @@ fn a_user_template_the_job_policy_forbids_is_refused_before_any_job() {
         backoff_limit: None,
     });
     assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
+}
+
+#[test]
+fn a_missing_target_is_a_warning_not_just_a_wait() {
+    let mut fx = Fx::expanded(
+        SpecBuilder::new()
+            .targets(&["shop-api", "shop-apy"])
+            .build(),
+    );
+    fx.targets[1] = rollout::missing(
+        TargetKind::Deployment,
+        "shop-apy",
+        "Deployment shop-apy not found in namespace shop",
+    );
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    let c = cond(&p.status, conditions::TARGETS_FOUND);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reason::TARGET_NOT_FOUND)
+    );
+    assert!(c.message.contains("shop-apy not found"), "{}", c.message);
+    let warned: Vec<_> = p
+        .notices
+        .iter()
+        .filter(|n| n.reason == reason::TARGET_NOT_FOUND)
+        .collect();
+    assert_eq!(warned.len(), 1, "one Warning Event: {:?}", p.notices);
+    assert!(warned[0].warning);
+    // Once: the next plan with the same world publishes nothing new.
+    assert!(fx.step().notices.is_empty());
+    // Fixed: the condition turns True.
+    fx.targets[1] = target("shop-apy", false);
+    let p = fx.step();
+    assert!(is_true(&p.status, conditions::TARGETS_FOUND));
 }

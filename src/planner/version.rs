@@ -9,6 +9,17 @@ pub fn at_least(have: &str, want: &str) -> bool {
     }
 }
 
+/// What `want` asks of `have`, in words: "2.4.0 or newer" where both are semantic versions,
+/// else "exactly abc123" (versions that do not parse are compared for equality).
+pub fn wanted(have: &str, want: &str) -> String {
+    match (parse(have), parse(want)) {
+        (Some(_), Some(_)) => format!("{want} or newer"),
+        _ => format!(
+            "exactly {want} (not both semantic versions, so they are compared for equality)"
+        ),
+    }
+}
+
 fn parse(v: &str) -> Option<semver::Version> {
     let v = v.trim();
     let v = v.strip_prefix('v').unwrap_or(v);
@@ -27,6 +38,13 @@ mod tests {
         assert!(!at_least("2.3.9", "2.4.0"));
         assert!(!at_least("2.4.0-rc.1", "2.4.0"));
         assert!(at_least("3.0.0", "v2.4.0"));
+    }
+
+    #[test]
+    fn what_is_wanted_is_said_truthfully() {
+        assert_eq!(super::wanted("2.3.0", "2.4.0"), "2.4.0 or newer");
+        assert!(super::wanted("abc122", "abc123").starts_with("exactly abc123"));
+        assert!(super::wanted("2.3.0", "abc123").starts_with("exactly abc123"));
     }
 
     #[test]

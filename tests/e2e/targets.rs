@@ -8,7 +8,7 @@ use kube::Api;
 use phasegate::api::{DatabaseMigration, Phase};
 use serde_json::json;
 
-use crate::harness::Env;
+use crate::harness::{condition, Env};
 use crate::{migration_spec, seed_users_table, EXPAND, T};
 
 fn with_targets(targets: serde_json::Value) -> serde_json::Value {
@@ -201,6 +201,20 @@ async fn deleted_target_blocks_contract() {
             .as_deref(),
         Some("0/1")
     );
+    // A missing target looks different from a wait: a condition and a Warning Event.
+    let m = env
+        .wait_migration("m", T, "TargetsFound False", |m| {
+            condition(m, "TargetsFound").is_some_and(|c| c.0 == "False")
+        })
+        .await;
+    let (_, reason, msg) = condition(&m, "TargetsFound").expect("TargetsFound");
+    assert_eq!(reason, "TargetNotFound");
+    assert!(msg.contains("shop-api not found"), "{msg}");
+    assert!(env
+        .event_reasons("m")
+        .await
+        .iter()
+        .any(|r| r == "TargetNotFound"));
     assert_no_contract(&env).await;
     // Recreated at the new version, the target completes.
     env.create_deployment("shop-api", 1, "2.0.0").await;
