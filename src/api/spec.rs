@@ -48,6 +48,13 @@ pub struct DatabaseMigrationSpec {
     /// The workloads that must run `appVersion` before contract.
     pub rollout: RolloutSpec,
 
+    /// Migrations (by name, in this namespace) whose expand must be applied before this
+    /// one's expand starts, e.g. one that adds a column this one comments on. Without it,
+    /// migrations on the same database start their expand in creation order (then by name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub depends_on: Vec<String>,
+
     /// Lock and statement limits for the executor.
     #[serde(default)]
     pub safety: SafetySpec,

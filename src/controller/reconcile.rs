@@ -84,6 +84,20 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         Vec::new()
     };
     let annotations = dbm.annotations();
+    // The order among migrations matters only until expand first starts.
+    let waits_for = if status.expand.as_ref().is_some_and(|e| e.attempts > 0) {
+        Vec::new()
+    } else {
+        let all: Api<DatabaseMigration> = Api::namespaced(client.clone(), &ns);
+        let list = all
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(|e| Error::Kube {
+                action: format!("listing DatabaseMigrations in {ns}"),
+                source: e,
+            })?;
+        planner::order::waits_for(&dbm, &list.items)
+    };
 
     // Plan.
     let now = Timestamp::now();
@@ -104,6 +118,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         contract_job,
         targets,
         job_policy: &ctx.config.executor.job_policy,
+        waits_for,
     });
 
     // Apply: the Job first, so a crash before the status write is healed by adoption (or,

@@ -7,6 +7,7 @@
 //! write or an operator restart cannot skip a gate.
 
 pub mod conditions;
+pub mod order;
 pub mod rollout;
 pub mod validate;
 pub mod version;
@@ -109,6 +110,10 @@ pub struct Input<'a> {
     pub targets: Vec<TargetStatus>,
     /// The cluster admin's policy for user Job templates.
     pub job_policy: &'a crate::policy::JobPolicy,
+    /// Why expand may not start yet: each migration this one waits for (its `dependsOn`, and
+    /// migrations on the same database created earlier whose expand has not run), e.g.
+    /// `add-email (dependsOn; Expanding)`.
+    pub waits_for: Vec<String>,
 }
 
 /// What to do now.
@@ -174,6 +179,8 @@ pub mod reason {
     pub const POLICY_REFUSED: &str = "PolicyRefused";
     /// A target does not exist (likely a typo in its name or selector).
     pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    /// Expand waits for other migrations (`dependsOn`, or earlier on the same database).
+    pub const WAITING_FOR_MIGRATION: &str = "WaitingForMigration";
 }
 
 /// Decide the next step.
@@ -270,6 +277,20 @@ impl<'a> Planner<'a> {
                 return;
             }
         };
+        if self
+            .input
+            .spec
+            .depends_on
+            .iter()
+            .any(|d| d == self.input.name)
+        {
+            self.set(
+                Phase::Failed,
+                reason::INVALID_SPEC,
+                "spec.dependsOn: a migration cannot depend on itself",
+            );
+            return;
+        }
         // The admin's Job policy, for every user template still to run, before any Job.
         if let Some(refusal) = self.policy_refusal(!expand_applied) {
             self.set(Phase::Failed, reason::POLICY_REFUSED, refusal);
@@ -354,7 +375,15 @@ impl<'a> Planner<'a> {
                 false
             }
             JobState::Absent => {
-                if rec.attempts == 0 {
+                if rec.attempts == 0 && !self.input.waits_for.is_empty() {
+                    // Other migrations' status changes do not wake this one: look again soon.
+                    self.requeue_after = Some(Duration::from_secs(5));
+                    self.set(
+                        Phase::Pending,
+                        reason::WAITING_FOR_MIGRATION,
+                        format!("expand waits for: {}", self.input.waits_for.join("; ")),
+                    );
+                } else if rec.attempts == 0 {
                     self.start(JobPhase::Expand, 1);
                 } else if rec.finished_at.is_some() {
                     // The failed Job is gone but its failure is recorded: still failed.

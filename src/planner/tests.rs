@@ -62,6 +62,7 @@ impl SpecBuilder {
                 timeout: None,
             },
             safety: SafetySpec::default(),
+            depends_on: Vec::new(),
         })
     }
     fn targets(mut self, names: &[&str]) -> Self {
@@ -162,6 +163,7 @@ impl Fx {
             contract_job: self.contract_job.clone(),
             targets: self.targets.clone(),
             job_policy: &POLICY,
+            waits_for: Vec::new(),
         }
     }
     fn plan(&self) -> Plan {
@@ -1803,6 +1805,7 @@ impl Sim {
             contract_job: self.job(JobPhase::Contract, &self.status.contract),
             targets,
             job_policy: &POLICY,
+            waits_for: Vec::new(),
         };
         let plan = plan(&input);
         self.log.push(format!(
@@ -2636,4 +2639,45 @@ fn a_missing_target_is_a_warning_not_just_a_wait() {
     fx.targets[1] = target("shop-apy", false);
     let p = fx.step();
     assert!(is_true(&p.status, conditions::TARGETS_FOUND));
+}
+
+#[test]
+fn expand_waits_for_the_migrations_before_it() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    let mut input = fx.input();
+    input.waits_for = vec!["add-email (dependsOn; Expanding)".into()];
+    let p = plan(&input);
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::Pending, Action::None)
+    );
+    assert_eq!(
+        cond(&p.status, RECONCILING).reason,
+        reason::WAITING_FOR_MIGRATION
+    );
+    assert!(cond(&p.status, RECONCILING)
+        .message
+        .contains("add-email (dependsOn; Expanding)"));
+    assert!(
+        p.requeue_after.is_some(),
+        "looks again without an event of its own"
+    );
+    fx.status = p.status;
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
+    // Once expand has started, later arrivals never hold it back.
+    fx.expand_job = JobState::Running(None);
+    let mut input = fx.input();
+    input.waits_for = vec!["x".into()];
+    assert_eq!(phase(&plan(&input)), Phase::Expanding);
+}
+
+#[test]
+fn depending_on_itself_is_invalid() {
+    let mut fx = Fx::new(
+        SpecBuilder::new()
+            .with(|s| s.depends_on = vec![NAME.into()])
+            .build(),
+    );
+    let p = fx.step();
+    assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
 }
