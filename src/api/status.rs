@@ -38,6 +38,10 @@ pub struct DatabaseMigrationStatus {
     /// When the rollout timed out; contract stays blocked until a retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_timed_out_at: Option<Time>,
+    /// With `versionOrder: NotPrevious`: the versions the targets ran when the migration was
+    /// first observed; they, and only they, count as old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_versions: Option<Vec<String>>,
     /// What the SQL linter let through: warnings, and findings overridden by
     /// `spec.safety.allow`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -121,6 +121,16 @@ pub fn build_job(
         apps.sort();
         apps.dedup();
         env.push(plain("PHASEGATE_APPLICATION_NAMES", &apps.join(",")));
+        let rule = crate::planner::version_rule(spec, status);
+        if rule.order != crate::api::VersionOrder::SemVer {
+            env.push(plain(
+                "PHASEGATE_VERSION_ORDER",
+                &format!("{:?}", rule.order),
+            ));
+        }
+        if let Some(previous) = &rule.previous {
+            env.push(plain("PHASEGATE_PREVIOUS_VERSIONS", &previous.join(",")));
+        }
         // Phasegate's own expand left a ledger row: contract must find it on this database.
         if spec.expand.sql.is_some() {
             env.push(plain("PHASEGATE_REQUIRE_EXPAND", "true"));

@@ -70,14 +70,17 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     } else {
         (JobState::Absent, None)
     };
-    // A finished migration no longer looks at its targets (the planner ignores them then).
-    let targets = if expanded && !contracted {
+    // A finished migration no longer looks at its targets (the planner ignores them then);
+    // with versionOrder NotPrevious they are looked at from the start, to record what ran.
+    let record_previous = dbm.spec.rollout.version_order == crate::api::VersionOrder::NotPrevious
+        && status.previous_versions.is_none();
+    let targets = if (expanded || record_previous) && !contracted {
         workloads::observe_targets(
             client,
             &ns,
             &dbm.spec.rollout.targets,
             &dbm.spec.rollout.version_from,
-            &dbm.spec.app_version,
+            &planner::version_rule(&dbm.spec, &status),
         )
         .await?
     } else {

@@ -318,6 +318,7 @@ impl<'a> Planner<'a> {
             };
         }
         self.status.lint = (lint != LintStatus::default()).then_some(lint);
+        self.record_previous_versions();
         if self.expand() {
             self.rollout_and_contract(&valid);
         }
@@ -347,6 +348,33 @@ impl<'a> Planner<'a> {
                 found.join("; ")
             )
         })
+    }
+
+    /// `appVersion` and how versions compare to it.
+    pub fn version_rule(&self) -> version::VersionRule {
+        version_rule(self.input.spec, &self.status)
+    }
+
+    /// With `versionOrder: NotPrevious`, record once what the targets run before anything
+    /// ran: those versions count as old.
+    fn record_previous_versions(&mut self) {
+        if self.input.spec.rollout.version_order != crate::api::VersionOrder::NotPrevious
+            || self.status.previous_versions.is_some()
+        {
+            return;
+        }
+        let mut seen: Vec<String> = self
+            .input
+            .targets
+            .iter()
+            .filter_map(|t| t.version.clone())
+            .filter(|v| v != &self.input.spec.app_version)
+            .collect();
+        seen.sort();
+        seen.dedup();
+        if !seen.is_empty() {
+            self.status.previous_versions = Some(seen);
+        }
     }
 
     /// Drives expand; true once expand is applied.
@@ -625,10 +653,11 @@ impl<'a> Planner<'a> {
             });
         let observed = named_present && !targets.is_empty();
         let all_complete = observed && ready == targets.len();
+        let rule = self.version_rule();
         let only_new_code = observed
             && targets
                 .iter()
-                .all(|t| rollout::runs_only_new_code(t, &self.input.spec.app_version));
+                .all(|t| rollout::runs_only_new_code(t, &rule));
         let held = self.status.rollout_completed_at.is_some();
         if all_complete || (held && only_new_code) {
             self.status.rollout_completed_at.get_or_insert(self.now());
@@ -829,6 +858,18 @@ impl Planner<'_> {
                 }),
         );
         out
+    }
+}
+
+/// `appVersion` and how versions compare to it, as the spec and status say.
+pub fn version_rule(
+    spec: &DatabaseMigrationSpec,
+    status: &DatabaseMigrationStatus,
+) -> version::VersionRule {
+    version::VersionRule {
+        want: spec.app_version.clone(),
+        order: spec.rollout.version_order,
+        previous: status.previous_versions.clone(),
     }
 }
 

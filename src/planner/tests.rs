@@ -59,6 +59,7 @@ impl SpecBuilder {
             rollout: RolloutSpec {
                 targets: vec![named("shop-api")],
                 version_from: VersionFrom::default(),
+                version_order: Default::default(),
                 timeout: None,
             },
             safety: SafetySpec::default(),
@@ -1867,10 +1868,10 @@ impl Sim {
                 // rollout completed (availability may have dipped since).
                 prop_assert!(
                     !input.targets.is_empty()
-                        && input
-                            .targets
-                            .iter()
-                            .all(|t| rollout::runs_only_new_code(t, &self.spec.app_version)),
+                        && input.targets.iter().all(|t| rollout::runs_only_new_code(
+                            t,
+                            &version::VersionRule::semver(&self.spec.app_version)
+                        )),
                     "contract started while old code can run"
                 );
                 prop_assert!(
@@ -2680,4 +2681,34 @@ fn depending_on_itself_is_invalid() {
     );
     let p = fx.step();
     assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+}
+
+#[test]
+fn not_previous_order_records_what_ran_and_accepts_anything_else() {
+    let spec = SpecBuilder::new()
+        .with(|s| {
+            s.app_version = "a1b2c3d".into();
+            s.rollout.version_order = crate::api::VersionOrder::NotPrevious;
+        })
+        .build();
+    let mut fx = Fx::new(spec);
+    fx.targets[0].version = Some("9f8e7d6".into());
+    let p = fx.step();
+    assert_eq!(
+        p.status.previous_versions,
+        Some(vec!["9f8e7d6".to_string()])
+    );
+    assert_eq!(p.action, start(JobPhase::Expand, 1));
+    fx.expand_job = JobState::Succeeded(None);
+    fx.step();
+    // A later build (not the exact appVersion) counts as new; the old one never does.
+    let rule = fx.plan().status.previous_versions.clone();
+    assert_eq!(rule, Some(vec!["9f8e7d6".to_string()]), "recorded once");
+    fx.targets[0] = target("shop-api", true);
+    fx.targets[0].version = Some("0c0ffee".into());
+    assert_eq!(phase(&fx.step()), Phase::Contracting);
+    fx.contract_job = JobState::Running(None);
+    fx.targets[0].version = Some("9f8e7d6".into()); // rolled back to what ran before
+    fx.targets[0].complete = false;
+    assert!(matches!(fx.step().action, Action::StopJob { .. }));
 }

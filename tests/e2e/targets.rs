@@ -291,3 +291,25 @@ async fn version_from_image_tag() {
     env.wait_phase("m", Phase::Succeeded, T).await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_sha_versions_with_not_previous_order() {
+    let env = Env::new("sha-order").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 2, "9f8e7d6").await;
+    let mut spec = migration_spec(EXPAND, json!({}));
+    spec["appVersion"] = json!("a1b2c3d");
+    spec["rollout"]["versionOrder"] = json!("NotPrevious");
+    env.create_migration("m", spec).await.expect("create");
+    let m = env.wait_phase("m", Phase::AwaitingRollout, T).await;
+    assert_eq!(
+        m.status.and_then(|s| s.previous_versions),
+        Some(vec!["9f8e7d6".to_string()]),
+        "what ran before the migration is recorded"
+    );
+    // The build that shipped is a later one than appVersion names: any version not seen
+    // before counts as new.
+    env.set_version("shop-api", "0c0ffee", json!({})).await;
+    env.wait_phase("m", Phase::Succeeded, T).await;
+    env.cleanup().await;
+}
