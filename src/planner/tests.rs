@@ -2601,3 +2601,30 @@ fn a_user_template_the_job_policy_forbids_is_refused_before_any_job() {
     });
     assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
 }
+
+#[test]
+fn inline_sql_larger_than_one_environment_variable_is_invalid() {
+    // One statement that lints fine, padded past MAX_ARG_STRLEN with a comment.
+    let big = |n: usize| {
+        let head = "ALTER TABLE users ADD COLUMN email_verified boolean; -- ";
+        format!("{head}{}", "x".repeat(n - head.len()))
+    };
+    let spec = SpecBuilder::new()
+        .with(|s| s.expand.sql = Some(big(validate::MAX_INLINE_SQL_BYTES + 1)))
+        .build();
+    let mut fx = Fx::new(spec);
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+    let msg = &cond(&p.status, STALLED).message;
+    assert!(msg.starts_with("spec.expand: sql is 131058 bytes"), "{msg}");
+    assert!(msg.contains("at most 131057 bytes"), "{msg}");
+    assert!(msg.contains("MAX_ARG_STRLEN"), "{msg}");
+
+    // At the limit it runs.
+    let spec = SpecBuilder::new()
+        .with(|s| s.expand.sql = Some(big(validate::MAX_INLINE_SQL_BYTES)))
+        .build();
+    let mut fx = Fx::new(spec);
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
+}
