@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec,
     PodTemplateSpec, SeccompProfile, SecretKeySelector, SecurityContext,
 };
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
@@ -315,6 +316,7 @@ pub async fn stop(
 pub async fn observe_reported(
     jobs: &Api<Job>,
     pods: &Api<Pod>,
+    events: &Api<Event>,
     dbm: &DatabaseMigration,
     phase: JobPhase,
     attempt: u32,
@@ -392,16 +394,28 @@ pub async fn observe_reported(
         };
         return Ok((JobState::Failed(msg), report));
     }
-    Ok((JobState::Running(stuck_reason(pods, &name).await?), None))
+    Ok((
+        JobState::Running(stuck_reason(pods, events, &name).await?),
+        None,
+    ))
 }
 
 /// Why a running Job's pod cannot make progress, as the kubelet or scheduler reports it
-/// (a missing Secret, a bad image, an unschedulable pod); `None` while it is fine.
-async fn stuck_reason(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Error> {
+/// (a missing Secret, a bad image, an unschedulable pod), or as the Job controller does when
+/// the API server refuses its pod (Pod Security admission, a ResourceQuota); `None` while it
+/// is fine.
+pub async fn stuck_reason(
+    pods: &Api<Pod>,
+    events: &Api<Event>,
+    job: &str,
+) -> Result<Option<String>, Error> {
     let list = pods
         .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
         .await
         .during(format!("listing pods of Job {job}"))?;
+    if list.items.is_empty() {
+        return refused_pods(events, job).await;
+    }
     for p in &list.items {
         let Some(status) = &p.status else { continue };
         let waiting = status
@@ -418,8 +432,8 @@ async fn stuck_reason(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Erro
         if let Some(w) = waiting {
             let reason = w.reason.clone().unwrap_or_default();
             return Ok(Some(match &w.message {
-                Some(m) => format!("{reason}: {m}"),
-                None => reason,
+                Some(m) => format!("pod waiting: {reason}: {m}"),
+                None => format!("pod waiting: {reason}"),
             }));
         }
         let unschedulable = status.conditions.iter().flatten().find(|c| {
@@ -429,12 +443,40 @@ async fn stuck_reason(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Erro
         });
         if let Some(c) = unschedulable {
             return Ok(Some(format!(
-                "Unschedulable: {}",
+                "pod waiting: Unschedulable: {}",
                 c.message.clone().unwrap_or_default()
             )));
         }
     }
     Ok(None)
+}
+
+/// A Job without pods: the newest `FailedCreate` Event the Job controller recorded for it.
+/// Kubernetes (1.34) sets no Job condition for this, only the Event: `Error creating: pods
+/// "…" is forbidden: violates PodSecurity "restricted:latest": …` or `… exceeded quota: …`.
+async fn refused_pods(events: &Api<Event>, job: &str) -> Result<Option<String>, Error> {
+    let list = events
+        .list(&ListParams::default().fields(&format!("regarding.name={job},reason=FailedCreate")))
+        .await
+        .during(format!("listing Events of Job {job}"))?;
+    let when = |e: &Event| {
+        e.series
+            .as_ref()
+            .map(|s| s.last_observed_time.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+            .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))
+            .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    };
+    Ok(list
+        .items
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Job"))
+        .max_by_key(|e| when(e))
+        .map(|e| {
+            let note = e.note.as_deref().unwrap_or_default();
+            let note = note.strip_prefix("Error creating: ").unwrap_or(note);
+            format!("pods refused: FailedCreate: {}", note.trim())
+        }))
 }
 
 /// How the newest terminated container of a Job ended: exit code, reason and termination

@@ -140,7 +140,7 @@ pub struct Plan {
     pub requeue_after: Option<Duration>,
     /// Set when the phase changed.
     pub transition: Option<Transition>,
-    /// Other Events, each published once: new lint warnings and overrides.
+    /// Other Events, each published once: new lint warnings and overrides, a stuck pod.
     pub notices: Vec<Transition>,
 }
 
@@ -172,6 +172,8 @@ pub mod reason {
     pub const GATE_CLOSED: &str = "GateClosed";
     /// A user Job template breaks the cluster admin's Job policy.
     pub const POLICY_REFUSED: &str = "PolicyRefused";
+    /// A running attempt's pod cannot start or was refused (`FailedCreate`); an Event only.
+    pub const JOB_STUCK: &str = "JobStuck";
 }
 
 /// Decide the next step.
@@ -191,6 +193,8 @@ struct Planner<'a> {
     retry_consumed: bool,
     /// A retry of a failed contract waits for the gates to open; its token stays pending.
     contract_retry_pending: bool,
+    /// Events beyond the transition, each published once (see [`Plan::notices`]).
+    extra_notices: Vec<Transition>,
 }
 
 impl<'a> Planner<'a> {
@@ -205,6 +209,7 @@ impl<'a> Planner<'a> {
             outcome: None,
             retry_consumed: false,
             contract_retry_pending: false,
+            extra_notices: Vec::new(),
         }
     }
 
@@ -403,15 +408,32 @@ impl<'a> Planner<'a> {
     /// The Job of `attempt` runs; say so, and why its pod is stuck if it is.
     fn job_running(&mut self, phase: JobPhase, attempt: u32, stuck: Option<&str>) {
         self.adopt(phase, attempt);
-        let stuck = stuck
-            .map(|w| format!("; pod waiting: {w}"))
-            .unwrap_or_default();
+        let suffix = stuck.map(|w| format!("; {w}")).unwrap_or_default();
+        let message = format!("{phase} Job attempt {attempt} is running{suffix}");
+        if let Some(w) = stuck {
+            // One Warning Event when the reason first appears or changes, not per reconcile:
+            // the Ready condition carries the last message (cut as conditions cut it).
+            let cut: String = message
+                .chars()
+                .take(conditions::MAX_MESSAGE_CHARS)
+                .collect();
+            let before = self
+                .input
+                .status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == conditions::READY)
+                .map(|c| c.message.as_str());
+            if before != Some(cut.as_str()) {
+                self.extra_notices.push(Transition {
+                    warning: true,
+                    reason: reason::JOB_STUCK.into(),
+                    message: format!("{phase} Job attempt {attempt}: {w}"),
+                });
+            }
+        }
         let (running, why) = phase.running();
-        self.set(
-            running,
-            why,
-            format!("{phase} Job attempt {attempt} is running{stuck}"),
-        );
+        self.set(running, why, message);
     }
 
     /// The Job of `attempt` failed: record when (once per distinct failure) and why, and fail.
@@ -745,7 +767,8 @@ impl<'a> Planner<'a> {
             },
             message: message.clone(),
         });
-        let notices = self.notices();
+        let mut notices = self.notices();
+        notices.append(&mut self.extra_notices);
         Plan {
             status: self.status,
             action: self.action,

@@ -2628,3 +2628,38 @@ fn inline_sql_larger_than_one_environment_variable_is_invalid() {
     let mut fx = Fx::new(spec);
     assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
 }
+
+#[test]
+fn pods_refused_by_the_api_server_are_explained_with_one_warning() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.step();
+    let refused = "pods refused: FailedCreate: pods \"m-expand-1-x\" is forbidden: violates \
+                   PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false";
+    fx.expand_job = JobState::Running(Some(refused.into()));
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Expanding);
+    let msg = &cond(&p.status, RECONCILING).message;
+    assert_eq!(
+        msg,
+        &format!("expand Job attempt 1 is running; {refused}"),
+        "{msg}"
+    );
+    let warnings: Vec<_> = p
+        .notices
+        .iter()
+        .filter(|n| n.reason == reason::JOB_STUCK)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", p.notices);
+    assert!(warnings[0].warning);
+    assert!(warnings[0].message.contains("violates PodSecurity"));
+    // The same reason again: no new Event.
+    assert!(fx.step().notices.is_empty());
+    // Another reason (the quota now): one more.
+    fx.expand_job = JobState::Running(Some(
+        "pods refused: FailedCreate: exceeded quota: pods".into(),
+    ));
+    assert_eq!(fx.step().notices.len(), 1);
+    // Fine again: none.
+    fx.expand_job = JobState::Running(None);
+    assert!(fx.step().notices.is_empty());
+}
