@@ -364,10 +364,7 @@ pub async fn observe_reported(
             format!(
                 "container exited with code {}{}",
                 t.exit_code,
-                t.reason
-                    .as_deref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
+                describe_exit(t.exit_code, t.reason.as_deref())
             )
         });
         // A container that could not start has the runtime's message, not its own output.
@@ -381,6 +378,26 @@ pub async fn observe_reported(
             .and_then(|t| t.message)
             .filter(|m| !m.trim().is_empty() && (!hide || runtime_says));
         let report = raw.as_deref().and_then(Report::parse);
+        // Phasegate's own executor always writes its report, unless it was killed first.
+        if !user_job && report.is_none() && !runtime_says {
+            let how = how.unwrap_or_else(|| {
+                format!(
+                    "no container status left ({})",
+                    failed.reason.as_deref().unwrap_or("Failed")
+                )
+            });
+            return Ok((
+                JobState::Died(format!(
+                    "the executor of Job {name} died without its report ({how}). PostgreSQL \
+                     rolls back the transaction a dead client had open: nothing was committed \
+                     by this attempt unless the ledger (phasegate.ledger) says otherwise (a \
+                     COMMIT already sent, or a statement that runs outside a transaction, such \
+                     as CREATE INDEX CONCURRENTLY, may have taken effect; the next attempt \
+                     resumes from the ledger). Its log: kubectl logs job/{name}"
+                )),
+                None,
+            ));
+        }
         let msg = match (raw, how) {
             (Some(m), _) => summarise(&m),
             (None, Some(how)) if hide => format!(
@@ -479,6 +496,37 @@ async fn refused_pods(events: &Api<Event>, job: &str) -> Result<Option<String>, 
         }))
 }
 
+/// What an exit code and the runtime's reason say about how a container ended, e.g.
+/// ` (OOMKilled; killed by signal 9, SIGKILL)`; empty when they say nothing more.
+fn describe_exit(code: i32, reason: Option<&str>) -> String {
+    let mut parts: Vec<String> = reason
+        .filter(|r| !r.is_empty() && *r != "Error")
+        .map(str::to_string)
+        .into_iter()
+        .collect();
+    // Runtimes report a process ended by signal N as exit code 128 + N.
+    if (129..=128 + 31).contains(&code) {
+        let signal = code - 128;
+        let name = match signal {
+            2 => Some("SIGINT"),
+            6 => Some("SIGABRT"),
+            9 => Some("SIGKILL"),
+            11 => Some("SIGSEGV"),
+            15 => Some("SIGTERM"),
+            _ => None,
+        };
+        parts.push(match name {
+            Some(n) => format!("killed by signal {signal}, {n}"),
+            None => format!("killed by signal {signal}"),
+        });
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join("; "))
+    }
+}
+
 /// How the newest terminated container of a Job ended: exit code, reason and termination
 /// message (the executor's report line, or a user Job's own message), as written.
 async fn last_termination(
@@ -510,5 +558,25 @@ pub fn summarise(message: &str) -> String {
         // The planner says which phase failed; keep just the cause.
         Some(r) => r.summary().trim_start_matches("failed: ").to_string(),
         None => message.trim().chars().take(1024).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_exit;
+
+    #[test]
+    fn exits_say_how_the_container_died() {
+        assert_eq!(
+            describe_exit(137, Some("OOMKilled")),
+            " (OOMKilled; killed by signal 9, SIGKILL)"
+        );
+        assert_eq!(
+            describe_exit(137, Some("Error")),
+            " (killed by signal 9, SIGKILL)"
+        );
+        assert_eq!(describe_exit(1, Some("Error")), "");
+        assert_eq!(describe_exit(3, None), "");
+        assert_eq!(describe_exit(128, Some("StartError")), " (StartError)");
     }
 }

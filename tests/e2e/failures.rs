@@ -60,3 +60,107 @@ async fn pods_refused_by_pod_security_are_named_in_status() {
     .await;
     env.cleanup().await;
 }
+
+/// The pid of this namespace's executor process of `attempt` (the kwok runner runs it on this
+/// machine), found by its environment: other tests may run executors at the same time.
+fn executor_pid(ns: &str, attempt: u32) -> Option<u32> {
+    let want_ns = format!("PHASEGATE_MIGRATION_NAMESPACE={ns}");
+    let want_attempt = format!("PHASEGATE_ATTEMPT={attempt}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|d| {
+        let pid: u32 = d.file_name().to_str()?.parse().ok()?;
+        let environ = std::fs::read(d.path().join("environ")).ok()?;
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        let has = |v: &str| vars.contains(&v.as_bytes());
+        (has(&want_ns) && has(&want_attempt) && has("PHASEGATE_PHASE=expand")).then_some(pid)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_executor_is_retried_automatically_and_applies_once() {
+    let env = Env::new("executor-killed").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    // An older transaction holds the table: the executor waits for it (outside the lock
+    // queue), which gives the test a live executor to kill.
+    let holder = env.pg.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE users IN ACCESS SHARE MODE;")
+        .await
+        .expect("hold users");
+    env.create_migration(NAME, migration_spec(EXPAND, json!({})))
+        .await
+        .expect("create");
+    let pid = std::cell::Cell::new(None);
+    crate::harness::wait_until(T, "the executor of attempt 1", || {
+        pid.set(executor_pid(&env.ns, 1));
+        std::future::ready(pid.get().is_some())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let pid = pid.get().expect("executor pid");
+    // SIGKILL, as the OOM killer would: no report, no rollback by the executor itself.
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "killed executor {pid}");
+
+    let m = env
+        .wait_migration(NAME, T, "attempt 2 started by itself", |m| {
+            m.status
+                .as_ref()
+                .and_then(|s| s.expand.as_ref())
+                .is_some_and(|e| e.attempts == 2)
+        })
+        .await;
+    let e = m
+        .status
+        .as_ref()
+        .and_then(|s| s.expand.clone())
+        .expect("expand");
+    assert_eq!(e.reason.as_deref(), Some("ExecutorDied"), "{e:?}");
+    let why = e.message.unwrap_or_default();
+    for part in [
+        "attempt 1 died: the executor of Job",
+        "died without its report (container exited with code 137 (killed by signal 9, SIGKILL))",
+        "nothing was committed by this attempt unless the ledger (phasegate.ledger) says otherwise",
+        "kubectl logs job/",
+    ] {
+        assert!(why.contains(part), "{part:?} in {why}");
+    }
+    let (_, _, msg) = condition(&m, "Reconciling").expect("Reconciling");
+    assert!(msg.contains("attempt 1 died"), "{msg}");
+    crate::harness::wait_until(T, "an ExecutorDied Event", || async {
+        env.event_reasons(NAME)
+            .await
+            .iter()
+            .any(|r| r == "ExecutorDied")
+    })
+    .await;
+    assert!(
+        !env.column_exists("users", "email_verified").await,
+        "nothing applied yet"
+    );
+
+    // Let attempt 2 through: it applies, once.
+    holder.batch_execute("COMMIT").await.expect("release");
+    let m = env.wait_phase(NAME, Phase::AwaitingRollout, T).await;
+    let e = m
+        .status
+        .as_ref()
+        .and_then(|s| s.expand.clone())
+        .expect("expand");
+    assert!(e.succeeded && e.attempts == 2, "{e:?}");
+    assert_eq!(e.reason, None);
+    assert!(env.column_exists("users", "email_verified").await);
+    let rows: i64 = holder
+        .query_one(
+            "SELECT count(*) FROM phasegate.ledger WHERE phase = 'expand'",
+            &[],
+        )
+        .await
+        .expect("ledger")
+        .get(0);
+    assert_eq!(rows, 1, "applied once");
+    env.cleanup().await;
+}
