@@ -164,3 +164,49 @@ async fn a_killed_executor_is_retried_automatically_and_applies_once() {
     assert_eq!(rows, 1, "applied once");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inputs_that_could_never_run_say_why() {
+    let env = Env::new("never-run").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+
+    // Inline SQL over what one environment variable may hold: refused before any Job.
+    let big = format!("{EXPAND} -- {}", "x".repeat(131_072));
+    env.create_migration("too-big", migration_spec(&big, json!({})))
+        .await
+        .expect("the API server admits it");
+    let m = env.wait_phase("too-big", Phase::Failed, T).await;
+    let (_, reason, msg) = condition(&m, "Stalled").expect("Stalled");
+    assert_eq!(reason, "InvalidSpec", "{msg}");
+    assert!(msg.contains("at most 131057 bytes"), "{msg}");
+    assert!(msg.contains("MAX_ARG_STRLEN"), "{msg}");
+
+    // A misspelt URL parameter: the executor names it, and never the password.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let url = env
+        .pg
+        .url_with("127.0.0.1", "sslmode=disable&statement_timout=5");
+    let secret = json!({"metadata": {"name": "typo-db"}, "stringData": {"url": url}});
+    secrets
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(secret).expect("secret"),
+        )
+        .await
+        .expect("create secret");
+    let mut spec = migration_spec(EXPAND, json!({}));
+    spec["database"] = json!({"urlSecretRef": {"name": "typo-db", "key": "url"}});
+    env.create_migration("typo", spec).await.expect("create");
+    let m = env.wait_phase("typo", Phase::Failed, T).await;
+    let (_, reason, msg) = condition(&m, "Stalled").expect("Stalled");
+    assert_eq!(reason, "ExpandFailed", "{msg}");
+    assert!(
+        msg.contains("unknown option `statement_timout`"),
+        "names the parameter: {msg}"
+    );
+    let status = serde_json::to_string(&m.status).expect("status");
+    assert!(!status.contains(crate::postgres::PASSWORD), "{status}");
+    env.cleanup().await;
+}
