@@ -421,7 +421,7 @@ pub async fn observe_reported(
 /// (a missing Secret, a bad image, an unschedulable pod), or as the Job controller does when
 /// the API server refuses its pod (Pod Security admission, a ResourceQuota); `None` while it
 /// is fine.
-pub async fn stuck_reason(
+async fn stuck_reason(
     pods: &Api<Pod>,
     events: &Api<Event>,
     job: &str,
