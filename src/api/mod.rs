@@ -28,5 +28,8 @@ pub const ANNOTATION_MIGRATION: &str = "phasegate.dev/migration";
 /// Label with the UID of the migration that created an executor Job: only such Jobs are
 /// ever adopted or read as this migration's.
 pub const LABEL_MIGRATION_UID: &str = "phasegate.dev/migration-uid";
+/// Label with the start of the SHA-256 of an inline-SQL phase's SQL: a Job is only taken for
+/// this phase's when it runs this SQL.
+pub const LABEL_SQL_CHECKSUM: &str = "phasegate.dev/sql-checksum";
 /// Label naming the phase an executor Job runs.
 pub const LABEL_PHASE: &str = "phasegate.dev/phase";

@@ -48,6 +48,13 @@ pub struct DatabaseMigrationSpec {
     /// The workloads that must run `appVersion` before contract.
     pub rollout: RolloutSpec,
 
+    /// Migrations (by name, in this namespace) whose expand must be applied before this
+    /// one's expand starts, e.g. one that adds a column this one comments on. Without it,
+    /// migrations on the same database start their expand in creation order (then by name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub depends_on: Vec<String>,
+
     /// Lock and statement limits for the executor.
     #[serde(default)]
     pub safety: SafetySpec,
@@ -145,6 +152,12 @@ pub struct RolloutSpec {
     /// `app.kubernetes.io/version` label).
     #[serde(default)]
     pub version_from: VersionFrom,
+    /// How a workload's version is compared with `appVersion`: `SemVer` (default: semantic
+    /// order where both parse, equality otherwise), `Exact` (equality only), or `NotPrevious`
+    /// (`appVersion` or any version the targets did not run when the migration was first
+    /// observed — for git SHAs or CalVer; create the migration before rolling out).
+    #[serde(default)]
+    pub version_order: VersionOrder,
     /// How long to wait for the rollout before the migration fails, e.g. `1h`. Unset waits
     /// forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,6 +166,15 @@ pub struct RolloutSpec {
 }
 
 /// One target: a workload by name, or every workload of a kind matching a selector.
+/// How versions are ordered (see `spec.rollout.versionOrder`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum VersionOrder {
+    #[default]
+    SemVer,
+    Exact,
+    NotPrevious,
+}
+
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("has(self.name) != has(self.selector)").message("a target needs exactly one of name or selector"))]
 #[serde(rename_all = "camelCase")]

@@ -38,6 +38,10 @@ pub struct DatabaseMigrationStatus {
     /// When the rollout timed out; contract stays blocked until a retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_timed_out_at: Option<Time>,
+    /// With `versionOrder: NotPrevious`: the versions the targets ran when the migration was
+    /// first observed; they, and only they, count as old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_versions: Option<Vec<String>>,
     /// What the SQL linter let through: warnings, and findings overridden by
     /// `spec.safety.allow`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,6 +145,10 @@ pub struct TargetStatus {
     /// Why the target is not complete yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The target does not exist (a named workload not found, or a selector that matches
+    /// nothing): likely a typo, never complete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_found: bool,
 }
 
 /// Findings of the SQL linter that did not stop the migration.

@@ -14,7 +14,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use crate::api::{
     DatabaseMigration, DatabaseMigrationStatus, ANNOTATION_MIGRATION, LABEL_EXECUTOR,
-    LABEL_MIGRATION, LABEL_MIGRATION_UID, LABEL_PHASE,
+    LABEL_MIGRATION, LABEL_MIGRATION_UID, LABEL_PHASE, LABEL_SQL_CHECKSUM,
 };
 use crate::executor::report::Report;
 use crate::planner::{job_name, migration_label, validate, JobPhase, JobState};
@@ -58,7 +58,7 @@ pub fn build_job(
         JobPhase::Expand => (spec.expand.sql.clone(), spec.expand.job.clone()),
         JobPhase::Contract => (spec.contract.sql.clone(), spec.contract.job.clone()),
     };
-    let labels: BTreeMap<String, String> = [
+    let mut labels: BTreeMap<String, String> = [
         (LABEL_EXECUTOR.to_string(), "true".to_string()),
         (LABEL_MIGRATION.to_string(), migration_label(&name)),
         (LABEL_MIGRATION_UID.to_string(), uid.clone()),
@@ -69,6 +69,9 @@ pub fn build_job(
         ),
     ]
     .into();
+    if let Some(sum) = sql_checksum(dbm, phase) {
+        labels.insert(LABEL_SQL_CHECKSUM.to_string(), sum);
+    }
 
     let url_ref = &spec.database.url_secret_ref;
     let mut env = vec![
@@ -122,6 +125,16 @@ pub fn build_job(
         apps.sort();
         apps.dedup();
         env.push(plain("PHASEGATE_APPLICATION_NAMES", &apps.join(",")));
+        let rule = crate::planner::version_rule(spec, status);
+        if rule.order != crate::api::VersionOrder::SemVer {
+            env.push(plain(
+                "PHASEGATE_VERSION_ORDER",
+                &format!("{:?}", rule.order),
+            ));
+        }
+        if let Some(previous) = &rule.previous {
+            env.push(plain("PHASEGATE_PREVIOUS_VERSIONS", &previous.join(",")));
+        }
         // Phasegate's own expand left a ledger row: contract must find it on this database.
         if spec.expand.sql.is_some() {
             env.push(plain("PHASEGATE_REQUIRE_EXPAND", "true"));
@@ -225,10 +238,22 @@ fn executor_template(cfg: &ExecutorConfig, env: Vec<EnvVar>) -> PodTemplateSpec 
     }
 }
 
-/// Whether a Job was created for the migration with this UID: it carries the UID label, and
-/// no other object controls it.
-fn created_for(job: &Job, uid: &str) -> bool {
-    let labelled = job.labels().get(LABEL_MIGRATION_UID).map(String::as_str) == Some(uid);
+/// The label value identifying an inline-SQL phase's SQL (the first 16 hex digits of the
+/// executor's checksum); `None` for a user Job.
+pub fn sql_checksum(dbm: &DatabaseMigration, phase: JobPhase) -> Option<String> {
+    let sql = match phase {
+        JobPhase::Expand => dbm.spec.expand.sql.as_deref(),
+        JobPhase::Contract => dbm.spec.contract.sql.as_deref(),
+    }?;
+    Some(crate::executor::checksum(sql)[..16].to_string())
+}
+
+/// Whether a Job was created for this migration's phase: it carries the migration's UID (and,
+/// for inline SQL, the SQL's checksum) and no other object controls it.
+fn created_for(job: &Job, uid: &str, checksum: Option<&str>) -> bool {
+    let label = |k: &str| job.labels().get(k).map(String::as_str);
+    let labelled = label(LABEL_MIGRATION_UID) == Some(uid)
+        && checksum.is_none_or(|c| label(LABEL_SQL_CHECKSUM) == Some(c));
     let foreign_owner = job
         .metadata
         .owner_references
@@ -253,7 +278,8 @@ pub async fn create_or_adopt(
                 .get(&name)
                 .await
                 .during(format!("reading existing Job {name}"))?;
-            if !created_for(&existing, &owner.uid) {
+            let checksum = job.labels().get(LABEL_SQL_CHECKSUM).map(String::as_str);
+            if !created_for(&existing, &owner.uid, checksum) {
                 return Err(Error::JobConflict { job: name });
             }
             let owned = existing
@@ -337,7 +363,7 @@ pub async fn observe_reported(
         return Ok((JobState::Absent, None));
     };
     // A Job of that name this migration did not create is not ours to read.
-    if !created_for(&job, &uid) {
+    if !created_for(&job, &uid, sql_checksum(dbm, phase).as_deref()) {
         return Ok((JobState::Absent, None));
     }
     let cond = |t: &str| {
@@ -563,7 +589,87 @@ pub fn summarise(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::describe_exit;
+    use super::*;
+    use crate::api::{DatabaseMigrationSpec, TargetStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn migration(name: &str) -> DatabaseMigration {
+        let spec: DatabaseMigrationSpec = serde_json::from_value(serde_json::json!({
+            "appVersion": "2.0.0",
+            "database": {"urlSecretRef": {"name": "db", "key": "url"}},
+            "expand": {"sql": "ALTER TABLE users ADD COLUMN a int;"},
+            "contract": {"sql": "ALTER TABLE users DROP COLUMN b;"},
+            "rollout": {"targets": [{"kind": "Deployment", "name": "shop-api"}]}
+        }))
+        .expect("spec");
+        let mut m = DatabaseMigration::new(name, spec);
+        m.metadata.namespace = Some("shop".into());
+        m.metadata.uid = Some("0a1b2c3d-0000-4000-8000-000000000000".into());
+        m
+    }
+
+    fn env_of(job: &Job) -> BTreeMap<String, String> {
+        job.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod spec")
+            .containers[0]
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect()
+    }
+
+    #[test]
+    fn contract_job_carries_what_the_plan_knows_and_its_identity() {
+        let m = migration(&"m".repeat(200));
+        let status = DatabaseMigrationStatus {
+            rollout_completed_at: Some(Time(Timestamp::from_second(1_700_000_000).expect("ts"))),
+            targets: vec![TargetStatus {
+                kind: "Deployment".into(),
+                name: "shop-api".into(),
+                ..TargetStatus::default()
+            }],
+            ..DatabaseMigrationStatus::default()
+        };
+        let cfg = ExecutorConfig::default();
+        let job = build_job(&m, &status, JobPhase::Contract, 1, &cfg).expect("job");
+        let env = env_of(&job);
+        assert_eq!(
+            env.get("PHASEGATE_ROLLOUT_COMPLETED_AT")
+                .map(String::as_str),
+            Some("2023-11-14T22:13:20Z")
+        );
+        assert_eq!(
+            env.get("PHASEGATE_APPLICATION_NAMES").map(String::as_str),
+            Some("shop-api")
+        );
+        assert_eq!(
+            env.get("PHASEGATE_REQUIRE_EXPAND").map(String::as_str),
+            Some("true")
+        );
+        let labels = job.metadata.labels.clone().expect("labels");
+        assert!(labels.values().all(|v| v.len() <= 63), "{labels:?}");
+        assert!(created_for(
+            &job,
+            m.metadata.uid.as_deref().unwrap_or_default(),
+            sql_checksum(&m, JobPhase::Contract).as_deref()
+        ));
+        assert!(
+            !created_for(&job, "another-uid", None),
+            "another migration's Job"
+        );
+        assert!(
+            !created_for(
+                &job,
+                m.metadata.uid.as_deref().unwrap_or_default(),
+                Some("0000000000000000")
+            ),
+            "a Job running other SQL"
+        );
+    }
 
     #[test]
     fn exits_say_how_the_container_died() {

@@ -76,20 +76,37 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     } else {
         (JobState::Absent, None)
     };
-    // A finished migration no longer looks at its targets (the planner ignores them then).
-    let targets = if expanded && !contracted {
+    // A finished migration no longer looks at its targets (the planner ignores them then);
+    // with versionOrder NotPrevious they are looked at from the start, to record what ran.
+    let record_previous = dbm.spec.rollout.version_order == crate::api::VersionOrder::NotPrevious
+        && status.previous_versions.is_none();
+    let targets = if (expanded || record_previous) && !contracted {
         workloads::observe_targets(
             client,
             &ns,
             &dbm.spec.rollout.targets,
             &dbm.spec.rollout.version_from,
-            &dbm.spec.app_version,
+            &planner::version_rule(&dbm.spec, &status),
         )
         .await?
     } else {
         Vec::new()
     };
     let annotations = dbm.annotations();
+    // The order among migrations matters only until expand first starts.
+    let waits_for = if status.expand.as_ref().is_some_and(|e| e.attempts > 0) {
+        Vec::new()
+    } else {
+        let all: Api<DatabaseMigration> = Api::namespaced(client.clone(), &ns);
+        let list = all
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(|e| Error::Kube {
+                action: format!("listing DatabaseMigrations in {ns}"),
+                source: e,
+            })?;
+        planner::order::waits_for(&dbm, &list.items)
+    };
 
     // Plan.
     let now = Timestamp::now();
@@ -114,6 +131,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         contract_job,
         targets,
         job_policy: &ctx.config.executor.job_policy,
+        waits_for,
     });
 
     // Apply: the Job first, so a crash before the status write is healed by adoption (or,

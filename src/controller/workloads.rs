@@ -11,6 +11,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::api::{TargetKind, TargetSpec, TargetStatus, VersionFrom};
 use crate::planner::rollout::{self, PodObservation, WorkloadObservation};
+use crate::planner::version::VersionRule;
 
 use super::error::{Error, KubeContext};
 
@@ -25,7 +26,7 @@ pub async fn observe_targets(
     namespace: &str,
     targets: &[TargetSpec],
     version_from: &VersionFrom,
-    app_version: &str,
+    rule: &VersionRule,
 ) -> Result<Vec<TargetStatus>, Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let all_pods = pods
@@ -55,7 +56,7 @@ pub async fn observe_targets(
                 .cloned()
                 .collect();
             let obs = (w.observe)(version_from, &matched);
-            out.push(rollout::evaluate(&obs, app_version));
+            out.push(rollout::evaluate(&obs, rule));
         }
     }
     Ok(out)

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, GenericClient};
 
 use super::waits::{Kind, Waits};
-use crate::planner::version::at_least;
+use crate::planner::version::VersionRule;
 
 /// Poll interval while blockers exist.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -126,6 +126,9 @@ pub struct Checker {
     pub rollout_completed_at: Option<String>,
     /// `PHASEGATE_APPLICATION_NAMES`: the applications judged by version; None judges all.
     pub applications: Option<Vec<String>>,
+    /// When a session's version is new enough (`PHASEGATE_VERSION_ORDER`,
+    /// `PHASEGATE_PREVIOUS_VERSIONS`); semantic order by default.
+    pub rule: VersionRule,
     /// Virtual transaction ids of hidden sessions that may predate the rollout.
     suspects: HashSet<String>,
     looked: bool,
@@ -141,6 +144,7 @@ impl Checker {
     ) -> Checker {
         Checker {
             want: want.trim().to_string(),
+            rule: VersionRule::semver(want.trim()),
             rollout_completed_at,
             applications,
             suspects: HashSet::new(),
@@ -240,7 +244,7 @@ impl Checker {
             };
             if !self.want.is_empty() && self.judged(&application) {
                 if let Some(version) = app_version_of(&application) {
-                    if !at_least(version, &self.want) {
+                    if !self.rule.satisfied_by(version) {
                         out.blockers.push(blocker(Reason::OldVersion {
                             version: version.to_string(),
                             want: self.want.clone(),

@@ -173,6 +173,14 @@ pub struct ContractArgs {
     /// applies to them). Unset or empty: every `<app>@<version>` session is judged.
     #[arg(long, env = "PHASEGATE_APPLICATION_NAMES", value_name = "APP,...")]
     pub application_names: Option<String>,
+    /// How a session's version compares with PHASEGATE_APP_VERSION: `SemVer` (default;
+    /// semantic order where both parse, equality otherwise), `Exact`, or `NotPrevious`
+    /// (only the versions in PHASEGATE_PREVIOUS_VERSIONS are old).
+    #[arg(long, env = "PHASEGATE_VERSION_ORDER", value_name = "ORDER")]
+    pub version_order: Option<String>,
+    /// With `NotPrevious`: the comma-separated versions that count as old.
+    #[arg(long, env = "PHASEGATE_PREVIOUS_VERSIONS", value_name = "V,...")]
+    pub previous_versions: Option<String>,
     /// Refuse (nothing applied) unless this database's ledger records the applied
     /// expand of the same migration — namespace, name and PHASEGATE_MIGRATION_UID — e.g. when the
     /// Secret was repointed to another database (`true`/`false`; default false).
@@ -200,6 +208,10 @@ pub struct Config {
     pub database_check_timeout: Duration,
     /// Contract only: the applications judged by version; None judges every application.
     pub application_names: Option<Vec<String>>,
+    /// Contract only: how session versions compare with the app version.
+    pub version_order: crate::api::VersionOrder,
+    /// Contract only, with `NotPrevious`: the versions that count as old.
+    pub previous_versions: Option<Vec<String>>,
     /// Contract only: refuse unless the ledger holds this migration's applied expand.
     pub require_expand: bool,
     /// Set by SIGTERM/SIGINT (see [`stop`]); a run never commits after it is requested.
@@ -230,6 +242,8 @@ impl Config {
             rollout_completed_at: None,
             database_check_timeout: Duration::from_secs(300),
             application_names: None,
+            version_order: crate::api::VersionOrder::SemVer,
+            previous_versions: None,
             require_expand: false,
             stop: Stop::new(),
             failpoint: None,
@@ -462,6 +476,23 @@ fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, Box<ApplyError>)>
         .as_deref()
         .filter(|_| database_check)
         .and_then(dbcheck::parse_application_names);
+    let version_order = match args.contract.version_order.as_deref().map(str::trim) {
+        None | Some("") | Some("SemVer") => crate::api::VersionOrder::SemVer,
+        Some("Exact") => crate::api::VersionOrder::Exact,
+        Some("NotPrevious") => crate::api::VersionOrder::NotPrevious,
+        Some(other) => {
+            return Err(fail(ApplyError::Setting(format!(
+                "PHASEGATE_VERSION_ORDER must be SemVer, Exact or NotPrevious, not {other:?}"
+            ))))
+        }
+    };
+    let previous_versions = args.contract.previous_versions.as_deref().map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    });
     Ok(Config {
         database_url: args.database_url,
         phase,
@@ -482,6 +513,8 @@ fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, Box<ApplyError>)>
         rollout_completed_at,
         database_check_timeout: args.contract.database_check_timeout,
         application_names,
+        version_order,
+        previous_versions,
         require_expand,
         stop: Stop::new(),
         failpoint: args.failpoint,
@@ -870,6 +903,11 @@ impl Gate {
                 cfg.rollout_completed_at.map(|t| t.to_string()),
                 cfg.application_names.clone(),
             )
+        });
+        let checker = checker.map(|mut c| {
+            c.rule.order = cfg.version_order;
+            c.rule.previous = cfg.previous_versions.clone();
+            c
         });
         if let Some(c) = &checker {
             if c.want.is_empty() {

@@ -17,6 +17,8 @@ pub const STALLED: &str = "Stalled";
 pub const EXPANDED: &str = "Expanded";
 pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
 pub const CONTRACTED: &str = "Contracted";
+/// False while a target does not exist: a typo must not look like a wait.
+pub const TARGETS_FOUND: &str = "TargetsFound";
 
 /// Set every condition from the outcome of a plan.
 pub fn apply(
@@ -27,6 +29,7 @@ pub fn apply(
     generation: i64,
     now: Timestamp,
 ) {
+    let missing = not_found(status);
     let expanded = status.expand.as_ref().is_some_and(|e| e.succeeded);
     let contracted = status.contract.as_ref().is_some_and(|c| c.succeeded);
     let failed = phase == Phase::Failed;
@@ -100,6 +103,31 @@ pub fn apply(
         .and_then(|c| c.message.clone())
         .unwrap_or_default();
     set(CONTRACTED, contracted, contract_reason, &contract_msg);
+
+    set(
+        TARGETS_FOUND,
+        missing.is_empty(),
+        if missing.is_empty() {
+            "TargetsFound"
+        } else {
+            reason::TARGET_NOT_FOUND
+        },
+        &missing.join("; "),
+    );
+}
+
+/// Why each target that does not exist is missing, e.g. `Deployment shop-apy not found`.
+pub fn not_found(status: &DatabaseMigrationStatus) -> Vec<String> {
+    status
+        .targets
+        .iter()
+        .filter(|t| t.not_found)
+        .map(|t| {
+            t.message
+                .clone()
+                .unwrap_or_else(|| format!("{} {} not found", t.kind, t.name))
+        })
+        .collect()
 }
 
 /// Condition messages are cut to this many characters.

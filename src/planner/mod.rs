@@ -7,6 +7,7 @@
 //! write or an operator restart cannot skip a gate.
 
 pub mod conditions;
+pub mod order;
 pub mod rollout;
 pub mod validate;
 pub mod version;
@@ -116,6 +117,10 @@ pub struct Input<'a> {
     pub targets: Vec<TargetStatus>,
     /// The cluster admin's policy for user Job templates.
     pub job_policy: &'a crate::policy::JobPolicy,
+    /// Why expand may not start yet: each migration this one waits for (its `dependsOn`, and
+    /// migrations on the same database created earlier whose expand has not run), e.g.
+    /// `add-email (dependsOn; Expanding)`.
+    pub waits_for: Vec<String>,
 }
 
 /// What to do now.
@@ -179,6 +184,10 @@ pub mod reason {
     pub const GATE_CLOSED: &str = "GateClosed";
     /// A user Job template breaks the cluster admin's Job policy.
     pub const POLICY_REFUSED: &str = "PolicyRefused";
+    /// A target does not exist (likely a typo in its name or selector).
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    /// Expand waits for other migrations (`dependsOn`, or earlier on the same database).
+    pub const WAITING_FOR_MIGRATION: &str = "WaitingForMigration";
     /// The executor died without its report; the phase is retried automatically (bounded).
     pub const EXECUTOR_DIED: &str = "ExecutorDied";
     /// A running attempt's pod cannot start or was refused (`FailedCreate`); an Event only.
@@ -286,6 +295,20 @@ impl<'a> Planner<'a> {
                 return;
             }
         };
+        if self
+            .input
+            .spec
+            .depends_on
+            .iter()
+            .any(|d| d == self.input.name)
+        {
+            self.set(
+                Phase::Failed,
+                reason::INVALID_SPEC,
+                "spec.dependsOn: a migration cannot depend on itself",
+            );
+            return;
+        }
         // The admin's Job policy, for every user template still to run, before any Job.
         if let Some(refusal) = self.policy_refusal(!expand_applied) {
             self.set(Phase::Failed, reason::POLICY_REFUSED, refusal);
@@ -313,6 +336,7 @@ impl<'a> Planner<'a> {
             };
         }
         self.status.lint = (lint != LintStatus::default()).then_some(lint);
+        self.record_previous_versions();
         if self.expand() {
             self.rollout_and_contract(&valid);
         }
@@ -342,6 +366,33 @@ impl<'a> Planner<'a> {
                 found.join("; ")
             )
         })
+    }
+
+    /// `appVersion` and how versions compare to it.
+    pub fn version_rule(&self) -> version::VersionRule {
+        version_rule(self.input.spec, &self.status)
+    }
+
+    /// With `versionOrder: NotPrevious`, record once what the targets run before anything
+    /// ran: those versions count as old.
+    fn record_previous_versions(&mut self) {
+        if self.input.spec.rollout.version_order != crate::api::VersionOrder::NotPrevious
+            || self.status.previous_versions.is_some()
+        {
+            return;
+        }
+        let mut seen: Vec<String> = self
+            .input
+            .targets
+            .iter()
+            .filter_map(|t| t.version.clone())
+            .filter(|v| v != &self.input.spec.app_version)
+            .collect();
+        seen.sort();
+        seen.dedup();
+        if !seen.is_empty() {
+            self.status.previous_versions = Some(seen);
+        }
     }
 
     /// Drives expand; true once expand is applied.
@@ -382,7 +433,15 @@ impl<'a> Planner<'a> {
                 false
             }
             JobState::Absent => {
-                if rec.attempts == 0 {
+                if rec.attempts == 0 && !self.input.waits_for.is_empty() {
+                    // Other migrations' status changes do not wake this one: look again soon.
+                    self.requeue_after = Some(Duration::from_secs(5));
+                    self.set(
+                        Phase::Pending,
+                        reason::WAITING_FOR_MIGRATION,
+                        format!("expand waits for: {}", self.input.waits_for.join("; ")),
+                    );
+                } else if rec.attempts == 0 {
                     self.start(JobPhase::Expand, 1);
                 } else if rec.finished_at.is_some() {
                     // The failed Job is gone but its failure is recorded: still failed.
@@ -700,10 +759,11 @@ impl<'a> Planner<'a> {
             });
         let observed = named_present && !targets.is_empty();
         let all_complete = observed && ready == targets.len();
+        let rule = self.version_rule();
         let only_new_code = observed
             && targets
                 .iter()
-                .all(|t| rollout::runs_only_new_code(t, &self.input.spec.app_version));
+                .all(|t| rollout::runs_only_new_code(t, &rule));
         let held = self.status.rollout_completed_at.is_some();
         if all_complete || (held && only_new_code) {
             self.status.rollout_completed_at.get_or_insert(self.now());
@@ -882,6 +942,19 @@ impl Planner<'_> {
                 message,
             })
             .collect();
+        let missing_now = conditions::not_found(&self.status);
+        let missing_before = conditions::not_found(self.input.status);
+        out.extend(
+            fresh(&missing_now, &missing_before)
+                .into_iter()
+                .map(|message| Transition {
+                    warning: true,
+                    reason: reason::TARGET_NOT_FOUND.into(),
+                    message: format!(
+                        "{message}: check the target's name or selector in spec.rollout.targets"
+                    ),
+                }),
+        );
         out.extend(
             fresh(&new.overrides, &old.overrides)
                 .into_iter()
@@ -892,6 +965,18 @@ impl Planner<'_> {
                 }),
         );
         out
+    }
+}
+
+/// `appVersion` and how versions compare to it, as the spec and status say.
+pub fn version_rule(
+    spec: &DatabaseMigrationSpec,
+    status: &DatabaseMigrationStatus,
+) -> version::VersionRule {
+    version::VersionRule {
+        want: spec.app_version.clone(),
+        order: spec.rollout.version_order,
+        previous: status.previous_versions.clone(),
     }
 }
 

@@ -35,19 +35,15 @@ pub struct PodObservation {
     pub terminating: bool,
 }
 
-/// Judge one workload against `app_version`. Complete means: the template carries a version
-/// at or above `app_version`, the controller has observed the latest generation, every
+/// Judge one workload against `rule` (`appVersion` and its order). Complete means: the
+/// template carries a version the rule accepts, the controller has observed the latest generation, every
 /// desired replica is updated and available with no surplus, and no pod of an older (or
 /// unknown) version remains, terminating pods included.
-pub fn evaluate(w: &WorkloadObservation, app_version: &str) -> TargetStatus {
+pub fn evaluate(w: &WorkloadObservation, rule: &version::VersionRule) -> TargetStatus {
     let old_pods: Vec<&PodObservation> = w
         .pods
         .iter()
-        .filter(|p| {
-            !p.version
-                .as_deref()
-                .is_some_and(|v| version::at_least(v, app_version))
-        })
+        .filter(|p| !p.version.as_deref().is_some_and(|v| rule.satisfied_by(v)))
         .collect();
     let old_terminating = old_pods.iter().filter(|p| p.terminating).count();
 
@@ -56,9 +52,11 @@ pub fn evaluate(w: &WorkloadObservation, app_version: &str) -> TargetStatus {
             "{} {} pod template carries no version",
             w.kind, w.name
         )),
-        Some(v) if !version::at_least(v, app_version) => Some(format!(
-            "{} {} runs version {v}, needs {app_version} or newer",
-            w.kind, w.name
+        Some(v) if !rule.satisfied_by(v) => Some(format!(
+            "{} {} runs version {v}, needs {}",
+            w.kind,
+            w.name,
+            rule.wanted(v)
         )),
         Some(_) if w.observed_generation < w.generation => Some(format!(
             "{} {}: controller has not observed generation {} yet",
@@ -107,17 +105,15 @@ pub fn evaluate(w: &WorkloadObservation, app_version: &str) -> TargetStatus {
         available_replicas: w.available_replicas,
         old_pods: i32::try_from(old_pods.len()).unwrap_or(i32::MAX),
         message: waiting,
+        not_found: false,
     }
 }
 
-/// Whether only code at or above `app_version` can run on this target, availability aside:
+/// Whether only code the rule accepts can run on this target, availability aside:
 /// its template carries such a version and no older (or unversioned) pod remains. A target
 /// that could not be observed never qualifies.
-pub fn runs_only_new_code(t: &TargetStatus, app_version: &str) -> bool {
-    t.old_pods == 0
-        && t.version
-            .as_deref()
-            .is_some_and(|v| version::at_least(v, app_version))
+pub fn runs_only_new_code(t: &TargetStatus, rule: &version::VersionRule) -> bool {
+    t.old_pods == 0 && t.version.as_deref().is_some_and(|v| rule.satisfied_by(v))
 }
 
 /// A target that could not be observed (not found, selector matched nothing): never complete.
@@ -127,6 +123,7 @@ pub fn missing(kind: TargetKind, name: impl Into<String>, why: impl Into<String>
         name: name.into(),
         complete: false,
         message: Some(why.into()),
+        not_found: true,
         ..TargetStatus::default()
     }
 }
@@ -162,14 +159,14 @@ mod tests {
 
     #[test]
     fn complete_rollout() {
-        let s = evaluate(&done("2.4.0"), "2.4.0");
+        let s = evaluate(&done("2.4.0"), &version::VersionRule::semver("2.4.0"));
         assert!(s.complete, "{s:?}");
-        assert!(evaluate(&done("2.5.0"), "2.4.0").complete);
+        assert!(evaluate(&done("2.5.0"), &version::VersionRule::semver("2.4.0")).complete);
     }
 
     #[test]
     fn older_template_is_not_complete() {
-        let s = evaluate(&done("2.3.0"), "2.4.0");
+        let s = evaluate(&done("2.3.0"), &version::VersionRule::semver("2.4.0"));
         assert!(!s.complete);
         assert!(s.message.unwrap().contains("runs version 2.3.0"));
     }
@@ -178,34 +175,34 @@ mod tests {
     fn missing_version_is_not_complete() {
         let mut w = done("2.4.0");
         w.template_version = None;
-        assert!(!evaluate(&w, "2.4.0").complete);
+        assert!(!evaluate(&w, &version::VersionRule::semver("2.4.0")).complete);
     }
 
     #[test]
     fn unobserved_generation_is_not_complete() {
         let mut w = done("2.4.0");
         w.observed_generation = 1;
-        assert!(!evaluate(&w, "2.4.0").complete);
+        assert!(!evaluate(&w, &version::VersionRule::semver("2.4.0")).complete);
     }
 
     #[test]
     fn partial_rollout_is_not_complete() {
         let mut w = done("2.4.0");
         w.updated_replicas = 2;
-        assert!(!evaluate(&w, "2.4.0").complete);
+        assert!(!evaluate(&w, &version::VersionRule::semver("2.4.0")).complete);
         let mut w = done("2.4.0");
         w.available_replicas = 2;
-        assert!(!evaluate(&w, "2.4.0").complete);
+        assert!(!evaluate(&w, &version::VersionRule::semver("2.4.0")).complete);
         let mut w = done("2.4.0");
         w.current_replicas = 4;
-        assert!(!evaluate(&w, "2.4.0").complete);
+        assert!(!evaluate(&w, &version::VersionRule::semver("2.4.0")).complete);
     }
 
     #[test]
     fn terminating_old_pod_blocks() {
         let mut w = done("2.4.0");
         w.pods.push(pod("old", "2.3.0", true));
-        let s = evaluate(&w, "2.4.0");
+        let s = evaluate(&w, &version::VersionRule::semver("2.4.0"));
         assert!(!s.complete);
         assert_eq!(s.old_pods, 1);
         assert!(s.message.unwrap().contains("1 terminating"));
@@ -219,7 +216,7 @@ mod tests {
             version: None,
             terminating: false,
         });
-        assert!(!evaluate(&w, "2.4.0").complete);
+        assert!(!evaluate(&w, &version::VersionRule::semver("2.4.0")).complete);
     }
 
     #[test]
@@ -230,9 +227,9 @@ mod tests {
         w.updated_replicas = 0;
         w.available_replicas = 0;
         w.pods.clear();
-        assert!(evaluate(&w, "2.4.0").complete);
+        assert!(evaluate(&w, &version::VersionRule::semver("2.4.0")).complete);
         w.template_version = Some("2.3.0".into());
-        assert!(!evaluate(&w, "2.4.0").complete);
+        assert!(!evaluate(&w, &version::VersionRule::semver("2.4.0")).complete);
     }
 
     #[test]
@@ -240,7 +237,7 @@ mod tests {
         let mut w = done("2.4.0");
         w.available_replicas = 1;
         w.progress_deadline_exceeded = true;
-        let s = evaluate(&w, "2.4.0");
+        let s = evaluate(&w, &version::VersionRule::semver("2.4.0"));
         assert!(s.message.unwrap().contains("ProgressDeadlineExceeded"));
     }
 }

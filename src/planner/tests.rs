@@ -59,9 +59,11 @@ impl SpecBuilder {
             rollout: RolloutSpec {
                 targets: vec![named("shop-api")],
                 version_from: VersionFrom::default(),
+                version_order: Default::default(),
                 timeout: None,
             },
             safety: SafetySpec::default(),
+            depends_on: Vec::new(),
         })
     }
     fn targets(mut self, names: &[&str]) -> Self {
@@ -109,6 +111,7 @@ fn target(name: &str, complete: bool) -> TargetStatus {
         old_pods: if complete { 0 } else { 2 },
         message: (!complete)
             .then(|| format!("Deployment {name} runs version 2.3.0, needs 2.4.0 or newer")),
+        not_found: false,
     }
 }
 
@@ -161,6 +164,7 @@ impl Fx {
             contract_job: self.contract_job.clone(),
             targets: self.targets.clone(),
             job_policy: &POLICY,
+            waits_for: Vec::new(),
         }
     }
     fn plan(&self) -> Plan {
@@ -1356,7 +1360,7 @@ fn transition_only_when_the_phase_changes() {
 fn conditions_keep_last_transition_time_while_unchanged() {
     let mut fx = Fx::new(SpecBuilder::new().build());
     let p = fx.step();
-    assert_eq!(p.status.conditions.len(), 6);
+    assert_eq!(p.status.conditions.len(), 7);
     for c in &p.status.conditions {
         assert_eq!(c.last_transition_time, time(0), "{}", c.type_);
         assert_eq!(c.observed_generation, Some(1), "{}", c.type_);
@@ -1810,6 +1814,7 @@ impl Sim {
             contract_job: self.job(JobPhase::Contract, &self.status.contract),
             targets,
             job_policy: &POLICY,
+            waits_for: Vec::new(),
         };
         let plan = plan(&input);
         self.log.push(format!(
@@ -1871,10 +1876,10 @@ impl Sim {
                 // rollout completed (availability may have dipped since).
                 prop_assert!(
                     !input.targets.is_empty()
-                        && input
-                            .targets
-                            .iter()
-                            .all(|t| rollout::runs_only_new_code(t, &self.spec.app_version)),
+                        && input.targets.iter().all(|t| rollout::runs_only_new_code(
+                            t,
+                            &version::VersionRule::semver(&self.spec.app_version)
+                        )),
                     "contract started while old code can run"
                 );
                 prop_assert!(
@@ -2779,4 +2784,110 @@ fn a_contract_executor_death_is_retried_through_the_gates() {
     let c = p.status.contract.as_ref().unwrap();
     assert_eq!(c.reason.as_deref(), Some(reason::EXECUTOR_DIED));
     assert!(p.notices.iter().any(|n| n.reason == reason::EXECUTOR_DIED));
+}
+
+#[test]
+fn a_missing_target_is_a_warning_not_just_a_wait() {
+    let mut fx = Fx::expanded(
+        SpecBuilder::new()
+            .targets(&["shop-api", "shop-apy"])
+            .build(),
+    );
+    fx.targets[1] = rollout::missing(
+        TargetKind::Deployment,
+        "shop-apy",
+        "Deployment shop-apy not found in namespace shop",
+    );
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    let c = cond(&p.status, conditions::TARGETS_FOUND);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reason::TARGET_NOT_FOUND)
+    );
+    assert!(c.message.contains("shop-apy not found"), "{}", c.message);
+    let warned: Vec<_> = p
+        .notices
+        .iter()
+        .filter(|n| n.reason == reason::TARGET_NOT_FOUND)
+        .collect();
+    assert_eq!(warned.len(), 1, "one Warning Event: {:?}", p.notices);
+    assert!(warned[0].warning);
+    // Once: the next plan with the same world publishes nothing new.
+    assert!(fx.step().notices.is_empty());
+    // Fixed: the condition turns True.
+    fx.targets[1] = target("shop-apy", false);
+    let p = fx.step();
+    assert!(is_true(&p.status, conditions::TARGETS_FOUND));
+}
+
+#[test]
+fn expand_waits_for_the_migrations_before_it() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    let mut input = fx.input();
+    input.waits_for = vec!["add-email (dependsOn; Expanding)".into()];
+    let p = plan(&input);
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::Pending, Action::None)
+    );
+    assert_eq!(
+        cond(&p.status, RECONCILING).reason,
+        reason::WAITING_FOR_MIGRATION
+    );
+    assert!(cond(&p.status, RECONCILING)
+        .message
+        .contains("add-email (dependsOn; Expanding)"));
+    assert!(
+        p.requeue_after.is_some(),
+        "looks again without an event of its own"
+    );
+    fx.status = p.status;
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
+    // Once expand has started, later arrivals never hold it back.
+    fx.expand_job = JobState::Running(None);
+    let mut input = fx.input();
+    input.waits_for = vec!["x".into()];
+    assert_eq!(phase(&plan(&input)), Phase::Expanding);
+}
+
+#[test]
+fn depending_on_itself_is_invalid() {
+    let mut fx = Fx::new(
+        SpecBuilder::new()
+            .with(|s| s.depends_on = vec![NAME.into()])
+            .build(),
+    );
+    let p = fx.step();
+    assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+}
+
+#[test]
+fn not_previous_order_records_what_ran_and_accepts_anything_else() {
+    let spec = SpecBuilder::new()
+        .with(|s| {
+            s.app_version = "a1b2c3d".into();
+            s.rollout.version_order = crate::api::VersionOrder::NotPrevious;
+        })
+        .build();
+    let mut fx = Fx::new(spec);
+    fx.targets[0].version = Some("9f8e7d6".into());
+    let p = fx.step();
+    assert_eq!(
+        p.status.previous_versions,
+        Some(vec!["9f8e7d6".to_string()])
+    );
+    assert_eq!(p.action, start(JobPhase::Expand, 1));
+    fx.expand_job = JobState::Succeeded(None);
+    fx.step();
+    // A later build (not the exact appVersion) counts as new; the old one never does.
+    let rule = fx.plan().status.previous_versions.clone();
+    assert_eq!(rule, Some(vec!["9f8e7d6".to_string()]), "recorded once");
+    fx.targets[0] = target("shop-api", true);
+    fx.targets[0].version = Some("0c0ffee".into());
+    assert_eq!(phase(&fx.step()), Phase::Contracting);
+    fx.contract_job = JobState::Running(None);
+    fx.targets[0].version = Some("9f8e7d6".into()); // rolled back to what ran before
+    fx.targets[0].complete = false;
+    assert!(matches!(fx.step().action, Action::StopJob { .. }));
 }

@@ -387,6 +387,7 @@ mod tests {
                 available_replicas: 3,
                 old_pods: 3,
                 message: Some("template version 1.0.0 is older than 2.0.0".into()),
+                not_found: false,
             }],
             targets_ready: Some("0/1".into()),
             expand: Some(PhaseStatus {

@@ -11,6 +11,7 @@ mod gates;
 mod ha;
 mod harness;
 mod lint;
+mod order;
 mod plugin;
 #[path = "../support/postgres.rs"]
 mod postgres;

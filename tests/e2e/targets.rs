@@ -8,7 +8,7 @@ use kube::Api;
 use phasegate::api::{DatabaseMigration, Phase};
 use serde_json::json;
 
-use crate::harness::Env;
+use crate::harness::{condition, Env};
 use crate::{migration_spec, seed_users_table, EXPAND, T};
 
 fn with_targets(targets: serde_json::Value) -> serde_json::Value {
@@ -201,6 +201,20 @@ async fn deleted_target_blocks_contract() {
             .as_deref(),
         Some("0/1")
     );
+    // A missing target looks different from a wait: a condition and a Warning Event.
+    let m = env
+        .wait_migration("m", T, "TargetsFound False", |m| {
+            condition(m, "TargetsFound").is_some_and(|c| c.0 == "False")
+        })
+        .await;
+    let (_, reason, msg) = condition(&m, "TargetsFound").expect("TargetsFound");
+    assert_eq!(reason, "TargetNotFound");
+    assert!(msg.contains("shop-api not found"), "{msg}");
+    assert!(env
+        .event_reasons("m")
+        .await
+        .iter()
+        .any(|r| r == "TargetNotFound"));
     assert_no_contract(&env).await;
     // Recreated at the new version, the target completes.
     env.create_deployment("shop-api", 1, "2.0.0").await;
@@ -274,6 +288,28 @@ async fn version_from_image_tag() {
         )
         .await
         .expect("new image");
+    env.wait_phase("m", Phase::Succeeded, T).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_sha_versions_with_not_previous_order() {
+    let env = Env::new("sha-order").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 2, "9f8e7d6").await;
+    let mut spec = migration_spec(EXPAND, json!({}));
+    spec["appVersion"] = json!("a1b2c3d");
+    spec["rollout"]["versionOrder"] = json!("NotPrevious");
+    env.create_migration("m", spec).await.expect("create");
+    let m = env.wait_phase("m", Phase::AwaitingRollout, T).await;
+    assert_eq!(
+        m.status.and_then(|s| s.previous_versions),
+        Some(vec!["9f8e7d6".to_string()]),
+        "what ran before the migration is recorded"
+    );
+    // The build that shipped is a later one than appVersion names: any version not seen
+    // before counts as new.
+    env.set_version("shop-api", "0c0ffee", json!({})).await;
     env.wait_phase("m", Phase::Succeeded, T).await;
     env.cleanup().await;
 }
