@@ -498,10 +498,21 @@ async fn stuck_reason(
 /// Kubernetes (1.34) sets no Job condition for this, only the Event: `Error creating: pods
 /// "…" is forbidden: violates PodSecurity "restricted:latest": …` or `… exceeded quota: …`.
 async fn refused_pods(events: &Api<Event>, job: &str) -> Result<Option<String>, Error> {
-    let list = events
-        .list(&ListParams::default().fields(&format!("regarding.name={job},reason=FailedCreate")))
-        .await
-        .during(format!("listing Events of Job {job}"))?;
+    let lp = ListParams::default().fields(&format!("regarding.name={job},reason=FailedCreate"));
+    let list = match events.list(&lp).await {
+        Ok(list) => list,
+        // An older Role without `list` on Events: only this explanation is lost.
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            tracing::warn!(job, error = %e.message, "cannot list Events: pods the API server refuses go unexplained");
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(Error::Kube {
+                action: format!("listing Events of Job {job}"),
+                source: e,
+            })
+        }
+    };
     let when = |e: &Event| {
         e.series
             .as_ref()
