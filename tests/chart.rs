@@ -59,12 +59,13 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
     ),
     // Pods of targets and executor pods' termination messages (list), Controller::watches.
     ("phasegate.operatorRules", "", "pods", &["list", "watch"]),
-    // kube::runtime::events::Recorder: create, and patch for a repeated Event's series.
+    // kube::runtime::events::Recorder: create, and patch for a repeated Event's series;
+    // jobs::stuck_reason lists a Job's FailedCreate Events.
     (
         "phasegate.operatorRules",
         "events.k8s.io",
         "events",
-        &["create", "patch"],
+        &["create", "patch", "list"],
     ),
     // Not the operator's: the `-author` ClusterRole for people who write migrations (spec only).
     (

@@ -162,7 +162,16 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
                 .and_then(|s| s.termination_grace_period_seconds)
                 .unwrap_or(30);
             let out = run_until_deleted(child, &pods, &name, grace).await?;
-            let code = out.status.code().unwrap_or(128);
+            // As container runtimes report it: a process ended by signal N exits 128 + N
+            // (137 for SIGKILL).
+            let code = out
+                .status
+                .code()
+                .or_else(|| {
+                    use std::os::unix::process::ExitStatusExt as _;
+                    out.status.signal().map(|s| 128 + s)
+                })
+                .unwrap_or(128);
             let stderr = String::from_utf8_lossy(&out.stderr);
             let stdout = String::from_utf8_lossy(&out.stdout);
             tracing::info!(pod = %name, code, "executor finished");

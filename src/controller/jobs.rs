@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec,
     PodTemplateSpec, SeccompProfile, SecretKeySelector, SecurityContext,
 };
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
@@ -341,6 +342,7 @@ pub async fn stop(
 pub async fn observe_reported(
     jobs: &Api<Job>,
     pods: &Api<Pod>,
+    events: &Api<Event>,
     dbm: &DatabaseMigration,
     phase: JobPhase,
     attempt: u32,
@@ -388,10 +390,7 @@ pub async fn observe_reported(
             format!(
                 "container exited with code {}{}",
                 t.exit_code,
-                t.reason
-                    .as_deref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
+                describe_exit(t.exit_code, t.reason.as_deref())
             )
         });
         // A container that could not start has the runtime's message, not its own output.
@@ -405,6 +404,26 @@ pub async fn observe_reported(
             .and_then(|t| t.message)
             .filter(|m| !m.trim().is_empty() && (!hide || runtime_says));
         let report = raw.as_deref().and_then(Report::parse);
+        // Phasegate's own executor always writes its report, unless it was killed first.
+        if !user_job && report.is_none() && !runtime_says {
+            let how = how.unwrap_or_else(|| {
+                format!(
+                    "no container status left ({})",
+                    failed.reason.as_deref().unwrap_or("Failed")
+                )
+            });
+            return Ok((
+                JobState::Died(format!(
+                    "the executor of Job {name} died without its report ({how}). PostgreSQL \
+                     rolls back the transaction a dead client had open: nothing was committed \
+                     by this attempt unless the ledger (phasegate.ledger) says otherwise (a \
+                     COMMIT already sent, or a statement that runs outside a transaction, such \
+                     as CREATE INDEX CONCURRENTLY, may have taken effect; the next attempt \
+                     resumes from the ledger). Its log: kubectl logs job/{name}"
+                )),
+                None,
+            ));
+        }
         let msg = match (raw, how) {
             (Some(m), _) => summarise(&m),
             (None, Some(how)) if hide => format!(
@@ -418,16 +437,28 @@ pub async fn observe_reported(
         };
         return Ok((JobState::Failed(msg), report));
     }
-    Ok((JobState::Running(stuck_reason(pods, &name).await?), None))
+    Ok((
+        JobState::Running(stuck_reason(pods, events, &name).await?),
+        None,
+    ))
 }
 
 /// Why a running Job's pod cannot make progress, as the kubelet or scheduler reports it
-/// (a missing Secret, a bad image, an unschedulable pod); `None` while it is fine.
-async fn stuck_reason(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Error> {
+/// (a missing Secret, a bad image, an unschedulable pod), or as the Job controller does when
+/// the API server refuses its pod (Pod Security admission, a ResourceQuota); `None` while it
+/// is fine.
+async fn stuck_reason(
+    pods: &Api<Pod>,
+    events: &Api<Event>,
+    job: &str,
+) -> Result<Option<String>, Error> {
     let list = pods
         .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
         .await
         .during(format!("listing pods of Job {job}"))?;
+    if list.items.is_empty() {
+        return refused_pods(events, job).await;
+    }
     for p in &list.items {
         let Some(status) = &p.status else { continue };
         let waiting = status
@@ -444,8 +475,8 @@ async fn stuck_reason(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Erro
         if let Some(w) = waiting {
             let reason = w.reason.clone().unwrap_or_default();
             return Ok(Some(match &w.message {
-                Some(m) => format!("{reason}: {m}"),
-                None => reason,
+                Some(m) => format!("pod waiting: {reason}: {m}"),
+                None => format!("pod waiting: {reason}"),
             }));
         }
         let unschedulable = status.conditions.iter().flatten().find(|c| {
@@ -455,12 +486,82 @@ async fn stuck_reason(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Erro
         });
         if let Some(c) = unschedulable {
             return Ok(Some(format!(
-                "Unschedulable: {}",
+                "pod waiting: Unschedulable: {}",
                 c.message.clone().unwrap_or_default()
             )));
         }
     }
     Ok(None)
+}
+
+/// A Job without pods: the newest `FailedCreate` Event the Job controller recorded for it.
+/// Kubernetes (1.34) sets no Job condition for this, only the Event: `Error creating: pods
+/// "…" is forbidden: violates PodSecurity "restricted:latest": …` or `… exceeded quota: …`.
+async fn refused_pods(events: &Api<Event>, job: &str) -> Result<Option<String>, Error> {
+    let lp = ListParams::default().fields(&format!("regarding.name={job},reason=FailedCreate"));
+    let list = match events.list(&lp).await {
+        Ok(list) => list,
+        // An older Role without `list` on Events: only this explanation is lost.
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            tracing::warn!(job, error = %e.message, "cannot list Events: pods the API server refuses go unexplained");
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(Error::Kube {
+                action: format!("listing Events of Job {job}"),
+                source: e,
+            })
+        }
+    };
+    let when = |e: &Event| {
+        e.series
+            .as_ref()
+            .map(|s| s.last_observed_time.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+            .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))
+            .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    };
+    Ok(list
+        .items
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Job"))
+        .max_by_key(|e| when(e))
+        .map(|e| {
+            let note = e.note.as_deref().unwrap_or_default();
+            let note = note.strip_prefix("Error creating: ").unwrap_or(note);
+            format!("pods refused: FailedCreate: {}", note.trim())
+        }))
+}
+
+/// What an exit code and the runtime's reason say about how a container ended, e.g.
+/// ` (OOMKilled; killed by signal 9, SIGKILL)`; empty when they say nothing more.
+fn describe_exit(code: i32, reason: Option<&str>) -> String {
+    let mut parts: Vec<String> = reason
+        .filter(|r| !r.is_empty() && *r != "Error")
+        .map(str::to_string)
+        .into_iter()
+        .collect();
+    // Runtimes report a process ended by signal N as exit code 128 + N.
+    if (129..=128 + 31).contains(&code) {
+        let signal = code - 128;
+        let name = match signal {
+            2 => Some("SIGINT"),
+            6 => Some("SIGABRT"),
+            9 => Some("SIGKILL"),
+            11 => Some("SIGSEGV"),
+            15 => Some("SIGTERM"),
+            _ => None,
+        };
+        parts.push(match name {
+            Some(n) => format!("killed by signal {signal}, {n}"),
+            None => format!("killed by signal {signal}"),
+        });
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join("; "))
+    }
 }
 
 /// How the newest terminated container of a Job ended: exit code, reason and termination
@@ -579,5 +680,20 @@ mod tests {
             ),
             "a Job running other SQL"
         );
+    }
+
+    #[test]
+    fn exits_say_how_the_container_died() {
+        assert_eq!(
+            describe_exit(137, Some("OOMKilled")),
+            " (OOMKilled; killed by signal 9, SIGKILL)"
+        );
+        assert_eq!(
+            describe_exit(137, Some("Error")),
+            " (killed by signal 9, SIGKILL)"
+        );
+        assert_eq!(describe_exit(1, Some("Error")), "");
+        assert_eq!(describe_exit(3, None), "");
+        assert_eq!(describe_exit(128, Some("StartError")), " (StartError)");
     }
 }

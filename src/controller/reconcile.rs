@@ -17,6 +17,9 @@ use crate::planner::{self, Input, JobPhase, JobState};
 use super::error::Error;
 use super::{jobs, workloads, Context};
 
+/// How often a running Job is looked at without a watch event (see `reconcile_once`).
+const RUNNING_JOB_POLL: Duration = Duration::from_secs(10);
+
 pub async fn reconcile(dbm: Arc<DatabaseMigration>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = std::time::Instant::now();
     let result = reconcile_once(dbm, &ctx).await;
@@ -35,6 +38,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     let client = &ctx.client;
     let jobs_api: Api<Job> = Api::namespaced(client.clone(), &ns);
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let events_api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
     let status = dbm.status.clone().unwrap_or_default();
 
     // Observe. A phase recorded as applied is never looked at again (the planner ignores
@@ -48,6 +52,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         jobs::observe_reported(
             &jobs_api,
             &pods_api,
+            &events_api,
             &dbm,
             JobPhase::Expand,
             attempt(&status.expand),
@@ -61,6 +66,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         jobs::observe_reported(
             &jobs_api,
             &pods_api,
+            &events_api,
             &dbm,
             JobPhase::Contract,
             attempt(&status.contract),
@@ -106,6 +112,10 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     let now = Timestamp::now();
     let generation = dbm.metadata.generation.unwrap_or(0);
     let uid = dbm.uid().unwrap_or_default();
+    // A running Job is looked at again now and then even without a watch event: a pod the
+    // API server refuses never exists, so only the Job controller's Events tell (unwatched).
+    let running =
+        matches!(expand_job, JobState::Running(_)) || matches!(contract_job, JobState::Running(_));
     let mut plan = planner::plan(&Input {
         now,
         name: &name,
@@ -230,10 +240,19 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             tracing::warn!(migration = %name, error = %e, "could not publish Event");
         }
     }
-    Ok(match plan.requeue_after {
-        Some(d) => Action::requeue(d + Duration::from_millis(200)),
-        None => Action::await_change(),
-    })
+    let poll = running.then_some(RUNNING_JOB_POLL);
+    Ok(
+        match plan
+            .requeue_after
+            .map(|d| d + Duration::from_millis(200))
+            .into_iter()
+            .chain(poll)
+            .min()
+        {
+            Some(d) => Action::requeue(d),
+            None => Action::await_change(),
+        },
+    )
 }
 
 pub fn error_policy(dbm: Arc<DatabaseMigration>, err: &Error, ctx: Arc<Context>) -> Action {

@@ -170,9 +170,7 @@ pub fn parse(url: &str) -> Result<ConnSettings, ConnectError> {
             .ok()
             .filter(|v| !v.is_empty())
     });
-    let mut config = tokio_postgres::Config::from_str(&rest)
-        // tokio-postgres' parse errors name the offending key, never the value.
-        .map_err(|e| ConnectError::Config(e.to_string()))?;
+    let mut config = tokio_postgres::Config::from_str(&rest).map_err(config_error)?;
     config.ssl_mode(match ssl_mode {
         SslMode::Disable => PgSslMode::Disable,
         SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
@@ -186,6 +184,23 @@ pub fn parse(url: &str) -> Result<ConnSettings, ConnectError> {
         ssl_mode,
         root_cert,
     })
+}
+
+/// tokio-postgres' parse error with its cause, which names the offending key (never the
+/// value): its own `Display` stops at "invalid connection string".
+fn config_error(e: tokio_postgres::Error) -> ConnectError {
+    use std::error::Error as _;
+    let mut msg = e.to_string();
+    if let Some(cause) = e.source() {
+        msg = format!("{msg}: {cause}");
+        if cause.to_string().starts_with("unknown option") {
+            msg.push_str(
+                " (the executor takes tokio-postgres' connection parameters plus sslmode and \
+                 sslrootcert; docs/executor.md)",
+            );
+        }
+    }
+    ConnectError::Config(msg)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -520,5 +535,17 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn unknown_url_parameters_are_named() {
+        for url in [
+            "postgres://u:hunter2@h/db?sslmode=disable&statement_timout=5",
+            "host=h user=u password=hunter2 statement_timout=5",
+        ] {
+            let err = parse(url).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("statement_timout"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 }

@@ -130,6 +130,9 @@ pub fn not_found(status: &DatabaseMigrationStatus) -> Vec<String> {
         .collect()
 }
 
+/// Condition messages are cut to this many characters.
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+
 /// Upsert a condition, keeping `lastTransitionTime` while its status is unchanged.
 pub fn set_condition(
     conds: &mut Vec<Condition>,
@@ -141,7 +144,7 @@ pub fn set_condition(
     now: Timestamp,
 ) {
     let status = if ok { "True" } else { "False" };
-    let message: String = message.chars().take(1024).collect();
+    let message: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
     if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
         if c.status != status {
             c.last_transition_time = Time(now);

@@ -85,7 +85,14 @@ pub enum JobState {
     Succeeded(Option<String>),
     /// The Job failed; why (the executor's report or the Job's condition).
     Failed(String),
+    /// Phasegate's own executor (inline `sql`) ended without its report: killed (OOM, a
+    /// signal, a lost node) before it could say what happened; how it ended.
+    Died(String),
 }
+
+/// Attempts in total, automatic ones included, after which an executor that keeps dying
+/// without a report is left failed: each death may have been an OOM kill that will recur.
+pub const MAX_AUTOMATIC_ATTEMPTS: u32 = 3;
 
 /// Everything the planner looks at.
 #[derive(Clone, Debug)]
@@ -145,7 +152,7 @@ pub struct Plan {
     pub requeue_after: Option<Duration>,
     /// Set when the phase changed.
     pub transition: Option<Transition>,
-    /// Other Events, each published once: new lint warnings and overrides.
+    /// Other Events, each published once: new lint warnings and overrides, a stuck pod.
     pub notices: Vec<Transition>,
 }
 
@@ -181,6 +188,10 @@ pub mod reason {
     pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
     /// Expand waits for other migrations (`dependsOn`, or earlier on the same database).
     pub const WAITING_FOR_MIGRATION: &str = "WaitingForMigration";
+    /// The executor died without its report; the phase is retried automatically (bounded).
+    pub const EXECUTOR_DIED: &str = "ExecutorDied";
+    /// A running attempt's pod cannot start or was refused (`FailedCreate`); an Event only.
+    pub const JOB_STUCK: &str = "JobStuck";
 }
 
 /// Decide the next step.
@@ -200,6 +211,11 @@ struct Planner<'a> {
     retry_consumed: bool,
     /// A retry of a failed contract waits for the gates to open; its token stays pending.
     contract_retry_pending: bool,
+    /// Events beyond the transition, each published once (see [`Plan::notices`]).
+    extra_notices: Vec<Transition>,
+    /// An attempt whose executor died without a report, to be retried automatically by the
+    /// next start of that phase: (phase, attempt, how it died).
+    died: Option<(JobPhase, u32, String)>,
 }
 
 impl<'a> Planner<'a> {
@@ -214,6 +230,8 @@ impl<'a> Planner<'a> {
             outcome: None,
             retry_consumed: false,
             contract_retry_pending: false,
+            extra_notices: Vec::new(),
+            died: None,
         }
     }
 
@@ -402,6 +420,18 @@ impl<'a> Planner<'a> {
                 }
                 false
             }
+            JobState::Died(msg) => {
+                if self.retry_requested() {
+                    self.consume_retry();
+                    self.start(JobPhase::Expand, attempt + 1);
+                } else if self.may_retry_death(JobPhase::Expand, attempt) {
+                    self.died = Some((JobPhase::Expand, attempt, msg.clone()));
+                    self.start(JobPhase::Expand, attempt + 1);
+                } else {
+                    self.death_final(JobPhase::Expand, attempt, msg);
+                }
+                false
+            }
             JobState::Absent => {
                 if rec.attempts == 0 && !self.input.waits_for.is_empty() {
                     // Other migrations' status changes do not wake this one: look again soon.
@@ -457,20 +487,46 @@ impl<'a> Planner<'a> {
         rec.succeeded = true;
         rec.finished_at = Some(now);
         rec.message = report;
+        if rec.reason.as_deref() == Some(reason::EXECUTOR_DIED) {
+            rec.reason = None;
+        }
     }
 
     /// The Job of `attempt` runs; say so, and why its pod is stuck if it is.
     fn job_running(&mut self, phase: JobPhase, attempt: u32, stuck: Option<&str>) {
         self.adopt(phase, attempt);
-        let stuck = stuck
-            .map(|w| format!("; pod waiting: {w}"))
-            .unwrap_or_default();
+        let mut suffix = stuck.map(|w| format!("; {w}")).unwrap_or_default();
+        let rec = record_mut(&mut self.status, phase);
+        if rec.reason.as_deref() == Some(reason::EXECUTOR_DIED) {
+            if let Some(m) = &rec.message {
+                suffix.push_str(&format!(" (retried automatically: {m})"));
+            }
+        }
+        let message = format!("{phase} Job attempt {attempt} is running{suffix}");
+        if let Some(w) = stuck {
+            // One Warning Event when the reason first appears or changes, not per reconcile:
+            // the Ready condition carries the last message (cut as conditions cut it).
+            let cut: String = message
+                .chars()
+                .take(conditions::MAX_MESSAGE_CHARS)
+                .collect();
+            let before = self
+                .input
+                .status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == conditions::READY)
+                .map(|c| c.message.as_str());
+            if before != Some(cut.as_str()) {
+                self.extra_notices.push(Transition {
+                    warning: true,
+                    reason: reason::JOB_STUCK.into(),
+                    message: format!("{phase} Job attempt {attempt}: {w}"),
+                });
+            }
+        }
         let (running, why) = phase.running();
-        self.set(
-            running,
-            why,
-            format!("{phase} Job attempt {attempt} is running{stuck}"),
-        );
+        self.set(running, why, message);
     }
 
     /// The Job of `attempt` failed: record when (once per distinct failure) and why, and fail.
@@ -518,11 +574,50 @@ impl<'a> Planner<'a> {
         rec.reason = None;
         self.action = Action::StartJob { phase, attempt };
         let (running, why) = phase.running();
-        self.set(
-            running,
-            why,
-            format!("{phase} Job attempt {attempt} started"),
-        );
+        let mut message = format!("{phase} Job attempt {attempt} started");
+        if let Some((_, died, how)) = self.died.take().filter(|(p, _, _)| *p == phase) {
+            let why_retry = format!("attempt {died} died: {how}");
+            let rec = record_mut(&mut self.status, phase);
+            rec.reason = Some(reason::EXECUTOR_DIED.to_string());
+            rec.message = Some(why_retry.clone());
+            message = format!(
+                "{message} automatically ({attempt} of {MAX_AUTOMATIC_ATTEMPTS}): {why_retry}"
+            );
+            self.extra_notices.push(Transition {
+                warning: true,
+                reason: reason::EXECUTOR_DIED.into(),
+                message: message.clone(),
+            });
+        }
+        self.set(running, why, message);
+    }
+
+    /// An executor death without a report is retried automatically: only Phasegate's own
+    /// executor (inline `sql`, all-or-nothing per transaction through the ledger), never a
+    /// user Job, and at most up to [`MAX_AUTOMATIC_ATTEMPTS`] attempts in total.
+    fn may_retry_death(&self, phase: JobPhase, attempt: u32) -> bool {
+        let inline = match phase {
+            JobPhase::Expand => self.input.spec.expand.sql.is_some(),
+            JobPhase::Contract => self.input.spec.contract.sql.is_some(),
+        };
+        inline && attempt < MAX_AUTOMATIC_ATTEMPTS
+    }
+
+    /// A death not retried automatically (any more): failed, with the retry hint.
+    fn death_final(&mut self, phase: JobPhase, attempt: u32, how: &str) {
+        let msg = if attempt >= MAX_AUTOMATIC_ATTEMPTS {
+            format!(
+                "{how}; attempt {attempt} of {MAX_AUTOMATIC_ATTEMPTS} retried automatically, \
+                 no more: find the cause (memory limit?), then set {} to a new value to retry",
+                crate::api::ANNOTATION_RETRY
+            )
+        } else {
+            format!(
+                "{how}; set {} to a new value to retry",
+                crate::api::ANNOTATION_RETRY
+            )
+        };
+        self.job_failed(phase, attempt, &msg);
     }
 
     fn rollout_and_contract(&mut self, valid: &ValidSpec) {
@@ -564,6 +659,17 @@ impl<'a> Planner<'a> {
                 }
                 // A retry of contract passes through the rollout gates again below.
                 self.contract_retry_pending = true;
+            }
+            JobState::Died(msg) => {
+                if self.retry_requested() {
+                    self.contract_retry_pending = true;
+                } else if self.may_retry_death(JobPhase::Contract, attempt) {
+                    // Automatic, but through the gates like any other attempt.
+                    self.died = Some((JobPhase::Contract, attempt, msg.clone()));
+                } else {
+                    self.death_final(JobPhase::Contract, attempt, msg);
+                    return;
+                }
             }
             JobState::Absent => {
                 // A stopped attempt is no failure: the next one waits for the gates.
@@ -805,7 +911,8 @@ impl<'a> Planner<'a> {
             },
             message: message.clone(),
         });
-        let notices = self.notices();
+        let mut notices = self.notices();
+        notices.append(&mut self.extra_notices);
         Plan {
             status: self.status,
             action: self.action,

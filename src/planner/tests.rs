@@ -1542,6 +1542,8 @@ enum Ev {
     OldPod(usize),
     JobSucceeds(JobPhase),
     JobFails(JobPhase),
+    /// The executor is killed before its report (OOM, a signal).
+    JobDies(JobPhase),
     /// A running Job is deleted by hand.
     JobVanishes(JobPhase),
     Approve(bool),
@@ -1567,6 +1569,7 @@ fn event(lost_writes: bool) -> impl Strategy<Value = Ev> {
         1 => (0usize..3).prop_map(Ev::OldPod),
         4 => job_phase().prop_map(Ev::JobSucceeds),
         1 => job_phase().prop_map(Ev::JobFails),
+        1 => job_phase().prop_map(Ev::JobDies),
         1 => job_phase().prop_map(Ev::JobVanishes),
         1 => any::<bool>().prop_map(Ev::Approve),
         1 => prop::bool::weighted(0.85).prop_map(Ev::Retry),
@@ -1753,6 +1756,11 @@ impl Sim {
             Ev::JobFails(p) => {
                 if let Some(k) = self.latest_running(p) {
                     self.jobs.insert(k, JobState::Failed(format!("{p} failed")));
+                }
+            }
+            Ev::JobDies(p) => {
+                if let Some(k) = self.latest_running(p) {
+                    self.jobs.insert(k, JobState::Died(format!("{p} killed")));
                 }
             }
             Ev::JobVanishes(p) => {
@@ -2605,6 +2613,177 @@ fn a_user_template_the_job_policy_forbids_is_refused_before_any_job() {
         backoff_limit: None,
     });
     assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
+}
+
+#[test]
+fn inline_sql_larger_than_one_environment_variable_is_invalid() {
+    // One statement that lints fine, padded past MAX_ARG_STRLEN with a comment.
+    let big = |n: usize| {
+        let head = "ALTER TABLE users ADD COLUMN email_verified boolean; -- ";
+        format!("{head}{}", "x".repeat(n - head.len()))
+    };
+    let spec = SpecBuilder::new()
+        .with(|s| s.expand.sql = Some(big(validate::MAX_INLINE_SQL_BYTES + 1)))
+        .build();
+    let mut fx = Fx::new(spec);
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+    let msg = &cond(&p.status, STALLED).message;
+    assert!(msg.starts_with("spec.expand: sql is 131058 bytes"), "{msg}");
+    assert!(msg.contains("at most 131057 bytes"), "{msg}");
+    assert!(msg.contains("MAX_ARG_STRLEN"), "{msg}");
+
+    // At the limit it runs.
+    let spec = SpecBuilder::new()
+        .with(|s| s.expand.sql = Some(big(validate::MAX_INLINE_SQL_BYTES)))
+        .build();
+    let mut fx = Fx::new(spec);
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
+}
+
+#[test]
+fn pods_refused_by_the_api_server_are_explained_with_one_warning() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.step();
+    let refused = "pods refused: FailedCreate: pods \"m-expand-1-x\" is forbidden: violates \
+                   PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false";
+    fx.expand_job = JobState::Running(Some(refused.into()));
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Expanding);
+    let msg = &cond(&p.status, RECONCILING).message;
+    assert_eq!(
+        msg,
+        &format!("expand Job attempt 1 is running; {refused}"),
+        "{msg}"
+    );
+    let warnings: Vec<_> = p
+        .notices
+        .iter()
+        .filter(|n| n.reason == reason::JOB_STUCK)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", p.notices);
+    assert!(warnings[0].warning);
+    assert!(warnings[0].message.contains("violates PodSecurity"));
+    // The same reason again: no new Event.
+    assert!(fx.step().notices.is_empty());
+    // Another reason (the quota now): one more.
+    fx.expand_job = JobState::Running(Some(
+        "pods refused: FailedCreate: exceeded quota: pods".into(),
+    ));
+    assert_eq!(fx.step().notices.len(), 1);
+    // Fine again: none.
+    fx.expand_job = JobState::Running(None);
+    assert!(fx.step().notices.is_empty());
+}
+
+const DIED: &str = "the executor of Job x died without its report (container exited with code \
+                    137 (OOMKilled; killed by signal 9, SIGKILL))";
+
+#[test]
+fn an_executor_that_died_without_a_report_is_retried_automatically_three_attempts_in_all() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
+    for attempt in 1..MAX_AUTOMATIC_ATTEMPTS {
+        fx.expand_job = JobState::Died(DIED.into());
+        let p = fx.step();
+        assert_eq!(p.action, start(JobPhase::Expand, attempt + 1), "{attempt}");
+        assert_eq!(phase(&p), Phase::Expanding);
+        let e = p.status.expand.as_ref().unwrap();
+        assert_eq!(e.reason.as_deref(), Some(reason::EXECUTOR_DIED));
+        let why = e.message.as_deref().unwrap_or_default();
+        assert!(
+            why.starts_with(&format!("attempt {attempt} died: ")),
+            "{why}"
+        );
+        let msg = &cond(&p.status, RECONCILING).message;
+        assert!(
+            msg.starts_with(&format!(
+                "expand Job attempt {} started automatically ({} of 3): attempt {attempt} died",
+                attempt + 1,
+                attempt + 1
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("OOMKilled"), "{msg}");
+        let n: Vec<_> = p
+            .notices
+            .iter()
+            .filter(|n| n.reason == reason::EXECUTOR_DIED && n.warning)
+            .collect();
+        assert_eq!(n.len(), 1, "one Warning Event per death: {:?}", p.notices);
+        // The new attempt runs and still says why it exists.
+        fx.expand_job = JobState::Running(None);
+        let p = fx.step();
+        assert!(p.notices.is_empty());
+        let msg = &cond(&p.status, RECONCILING).message;
+        assert!(msg.contains("retried automatically: attempt"), "{msg}");
+    }
+    // The third death is final, with the retry hint.
+    fx.expand_job = JobState::Died(DIED.into());
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
+    let msg = &cond(&p.status, STALLED).message;
+    assert!(msg.contains("OOMKilled"), "{msg}");
+    assert!(
+        msg.contains("attempt 3 of 3 retried automatically, no more"),
+        "{msg}"
+    );
+    assert!(msg.contains("phasegate.dev/retry"), "{msg}");
+    assert_eq!(fx.step().action, Action::None, "stays failed");
+    fx.retry("again");
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 4));
+    // Success after a death clears the death's reason.
+    fx.expand_job = JobState::Succeeded(None);
+    let p = fx.step();
+    assert_eq!(p.status.expand.as_ref().unwrap().reason, None);
+}
+
+#[test]
+fn failures_with_a_report_and_user_jobs_are_never_retried_automatically() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.step();
+    fx.expand_job = JobState::Failed("relation \"users\" does not exist".into());
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
+
+    let spec = SpecBuilder::new()
+        .with(|s| {
+            s.expand.sql = None;
+            s.expand.job = Some(JobSpec {
+                template: serde_json::json!({"spec": {"securityContext": {"runAsNonRoot": true},
+                    "containers": [{"name": "c", "image": "flyway"}]}}),
+                backoff_limit: None,
+            });
+        })
+        .build();
+    let mut fx = Fx::new(spec);
+    fx.step();
+    fx.expand_job = JobState::Died(DIED.into());
+    let p = fx.step();
+    assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
+    assert!(cond(&p.status, STALLED)
+        .message
+        .contains("phasegate.dev/retry"));
+}
+
+#[test]
+fn a_contract_executor_death_is_retried_through_the_gates() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.now = 300;
+    // The app is rolled back meanwhile: no new attempt while the gate is closed.
+    fx.complete(false);
+    fx.contract_job = JobState::Died(DIED.into());
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    // Open again: attempt 2 starts by itself.
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Contract, 2));
+    let c = p.status.contract.as_ref().unwrap();
+    assert_eq!(c.reason.as_deref(), Some(reason::EXECUTOR_DIED));
+    assert!(p.notices.iter().any(|n| n.reason == reason::EXECUTOR_DIED));
 }
 
 #[test]

@@ -165,11 +165,25 @@ pub fn validate(
 fn check_phase(field: &'static str, p: &PhaseSpec) -> Result<(), SpecError> {
     match (&p.sql, &p.job) {
         (Some(sql), None) if sql.trim().is_empty() => Err(invalid(field, "sql is empty")),
+        (Some(sql), None) if sql.len() > MAX_INLINE_SQL_BYTES => Err(invalid(
+            field,
+            format!(
+                "sql is {} bytes; inline SQL reaches the executor as one environment variable \
+                 (PHASEGATE_SQL), which Linux limits to 128 KiB (MAX_ARG_STRLEN), so at most \
+                 {MAX_INLINE_SQL_BYTES} bytes: split it across migrations, or run it from a \
+                 `job` whose image holds the files",
+                sql.len()
+            ),
+        )),
         (Some(_), None) => Ok(()),
         (None, Some(job)) => pod_template(job).map(|_| ()).map_err(|r| invalid(field, r)),
         _ => Err(invalid(field, "exactly one of sql or job must be set")),
     }
 }
+
+/// Linux refuses to exec a process with one `NAME=value` environment string longer than
+/// MAX_ARG_STRLEN (32 pages: 131072 bytes, the NUL included), so the pod could never start.
+pub const MAX_INLINE_SQL_BYTES: usize = 131_072 - "PHASEGATE_SQL=".len() - 1;
 
 /// The pod template of a user Job, checked.
 pub fn pod_template(job: &JobSpec) -> Result<PodTemplateSpec, String> {

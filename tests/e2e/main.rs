@@ -5,6 +5,7 @@
 //! local one. Built only with `--features e2e`.
 
 mod examples;
+mod failures;
 mod fence;
 mod gates;
 mod ha;
