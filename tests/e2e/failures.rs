@@ -183,19 +183,10 @@ async fn inputs_that_could_never_run_say_why() {
     assert!(msg.contains("MAX_ARG_STRLEN"), "{msg}");
 
     // A misspelt URL parameter: the executor names it, and never the password.
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(env.client.clone(), &env.ns);
     let url = env
         .pg
         .url_with("127.0.0.1", "sslmode=disable&statement_timout=5");
-    let secret = json!({"metadata": {"name": "typo-db"}, "stringData": {"url": url}});
-    secrets
-        .create(
-            &kube::api::PostParams::default(),
-            &serde_json::from_value(secret).expect("secret"),
-        )
-        .await
-        .expect("create secret");
+    env.create_secret("typo-db", &url).await;
     let mut spec = migration_spec(EXPAND, json!({}));
     spec["database"] = json!({"urlSecretRef": {"name": "typo-db", "key": "url"}});
     env.create_migration("typo", spec).await.expect("create");

@@ -220,16 +220,7 @@ async fn missing_secret_is_explained_and_recovers_once_created() {
         Some(Phase::Expanding)
     );
 
-    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
-        kube::Api::namespaced(env.client.clone(), &env.ns);
-    let secret = json!({"metadata": {"name": "late-db"}, "stringData": {"url": env.pg.url()}});
-    secrets
-        .create(
-            &kube::api::PostParams::default(),
-            &serde_json::from_value(secret).expect("secret"),
-        )
-        .await
-        .expect("create secret");
+    env.create_secret("late-db", &env.pg.url()).await;
     let m = env.wait_phase("m", Phase::AwaitingRollout, T).await;
     assert_eq!(
         m.status.and_then(|s| s.expand).map(|e| e.attempts),

@@ -81,15 +81,7 @@ impl Env {
         let pg = tokio::task::spawn_blocking(TestPostgres::start)
             .await
             .expect("start PostgreSQL");
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let secret = json!({"metadata": {"name": "shop-db"}, "stringData": {"url": pg.url()}});
-        secrets
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(secret).expect("secret"),
-            )
-            .await
-            .expect("create secret");
+        create_secret(&client, &ns, "shop-db", &pg.url()).await;
 
         let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
         std::fs::create_dir_all(&logs).expect("log dir");
@@ -150,6 +142,11 @@ impl Env {
         if let Some(mut child) = self.operator.take() {
             child.kill().await.expect("kill operator");
         }
+    }
+
+    /// A Secret `name` whose key `url` holds `url`, as a database Secret.
+    pub async fn create_secret(&self, name: &str, url: &str) {
+        create_secret(&self.client, &self.ns, name, url).await;
     }
 
     pub fn migrations(&self) -> Api<DatabaseMigration> {
@@ -376,6 +373,18 @@ async fn install_crd(client: &Client) {
             })
     })
     .await;
+}
+
+async fn create_secret(client: &Client, ns: &str, name: &str, url: &str) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = json!({"metadata": {"name": name}, "stringData": {"url": url}});
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(secret).expect("secret"),
+        )
+        .await
+        .expect("create secret");
 }
 
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, f: F)

@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use kube::Api;
 use phasegate::api::Phase;
 use serde_json::json;
@@ -60,15 +59,7 @@ async fn a_user_job_cannot_read_a_secret_back_through_status() {
     seed_users_table(&env).await;
     env.create_deployment("shop-api", 1, "1.0.0").await;
     const VALUE: &str = "sk_live_9f8e7d6c5b4a";
-    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
-    let secret = json!({"metadata": {"name": "payments-api-key"}, "stringData": {"url": VALUE}});
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(secret).expect("secret"),
-        )
-        .await
-        .expect("create secret");
+    env.create_secret("payments-api-key", VALUE).await;
     // The author names an unrelated Secret and prints what Phasegate hands the container.
     let mut spec = migration_spec(EXPAND, json!({}));
     spec["database"] = json!({"urlSecretRef": {"name": "payments-api-key", "key": "url"}});
