@@ -182,6 +182,27 @@ async fn inputs_that_could_never_run_say_why() {
     assert!(msg.contains("at most 131057 bytes"), "{msg}");
     assert!(msg.contains("MAX_ARG_STRLEN"), "{msg}");
 
+    // Timeouts that would switch PostgreSQL's limit off, or that no server accepts.
+    for (name, lock, statement) in [("lock-off", "0s", "30s"), ("lock-forever", "9999h", "30s")] {
+        let mut spec = migration_spec(EXPAND, json!({}));
+        spec["safety"]["lockTimeout"] = json!(lock);
+        spec["safety"]["statementTimeout"] = json!(statement);
+        env.create_migration(name, spec)
+            .await
+            .expect("the API server admits it");
+        let m = env.wait_phase(name, Phase::Failed, T).await;
+        let (_, reason, msg) = condition(&m, "Stalled").expect("Stalled");
+        assert_eq!(reason, "InvalidSpec", "{msg}");
+        assert!(
+            msg.contains("spec.safety.lockTimeout") && msg.contains("out of range"),
+            "{msg}"
+        );
+    }
+    assert!(
+        env.job_names("expand").await.is_empty(),
+        "no Job for any of them"
+    );
+
     // A misspelt URL parameter: the executor names it, and never the password.
     let url = env
         .pg
