@@ -194,6 +194,35 @@ pub mod reason {
     pub const JOB_STUCK: &str = "JobStuck";
 }
 
+/// The `phasegate.dev/retry` annotation within one plan. A value differing from
+/// `status.observedRetry` asks for one retry; acting on it records the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// Nothing new asked for.
+    Absent,
+    /// A new value, not acted on yet. If nothing has failed when the plan ends, it is
+    /// recorded unused, so that a stale value in git never retries a later failure.
+    Fresh,
+    /// A new value retrying a failed contract, held until the gates let the next attempt
+    /// start.
+    AwaitingGates,
+    /// Acted on (or recorded) in this plan.
+    Spent,
+}
+
+impl Retry {
+    fn from_input(input: &Input<'_>) -> Retry {
+        match input.retry {
+            Some(token)
+                if !token.is_empty() && input.status.observed_retry.as_deref() != Some(token) =>
+            {
+                Retry::Fresh
+            }
+            _ => Retry::Absent,
+        }
+    }
+}
+
 /// Decide the next step.
 pub fn plan(input: &Input<'_>) -> Plan {
     let mut p = Planner::new(input);
@@ -208,9 +237,8 @@ struct Planner<'a> {
     requeue_after: Option<Duration>,
     /// (phase, condition reason, message) of the outcome.
     outcome: Option<(Phase, &'static str, String)>,
-    retry_consumed: bool,
-    /// A retry of a failed contract waits for the gates to open; its token stays pending.
-    contract_retry_pending: bool,
+    /// Where this plan stands with the `phasegate.dev/retry` annotation.
+    retry: Retry,
     /// Events beyond the transition, each published once (see [`Plan::notices`]).
     extra_notices: Vec<Transition>,
     /// An attempt whose executor died without a report, to be retried automatically by the
@@ -228,8 +256,7 @@ impl<'a> Planner<'a> {
             action: Action::None,
             requeue_after: None,
             outcome: None,
-            retry_consumed: false,
-            contract_retry_pending: false,
+            retry: Retry::from_input(input),
             extra_notices: Vec::new(),
             died: None,
         }
@@ -239,19 +266,23 @@ impl<'a> Planner<'a> {
         Time(self.input.now)
     }
 
-    /// A retry was asked for that has not been acted on yet.
+    /// A retry was asked for that this plan has not acted on yet.
     fn retry_requested(&self) -> bool {
-        match self.input.retry {
-            Some(token) if !token.is_empty() => {
-                self.input.status.observed_retry.as_deref() != Some(token)
-            }
-            _ => false,
-        }
+        matches!(self.retry, Retry::Fresh | Retry::AwaitingGates)
     }
 
+    /// Act on the retry: record its value, so it is never acted on again.
     fn consume_retry(&mut self) {
         self.status.observed_retry = self.input.retry.map(str::to_owned);
-        self.retry_consumed = true;
+        self.retry = Retry::Spent;
+    }
+
+    /// A retry of a failed contract passes through the gates; it is spent only when the new
+    /// attempt starts, so a closed gate keeps it for later.
+    fn defer_retry_to_gates(&mut self) {
+        if self.retry == Retry::Fresh {
+            self.retry = Retry::AwaitingGates;
+        }
     }
 
     fn set(&mut self, phase: Phase, reason: &'static str, message: impl Into<String>) {
@@ -262,11 +293,7 @@ impl<'a> Planner<'a> {
         self.steps();
         // A retry annotation seen while nothing had failed is recorded, so that it cannot
         // trigger an unasked-for retry of a later failure.
-        if self.retry_requested()
-            && !self.retry_consumed
-            && !self.contract_retry_pending
-            && !matches!(self.outcome, Some((Phase::Failed, _, _)))
-        {
+        if self.retry == Retry::Fresh && !matches!(self.outcome, Some((Phase::Failed, _, _))) {
             self.consume_retry();
         }
     }
@@ -560,7 +587,7 @@ impl<'a> Planner<'a> {
     }
 
     fn start(&mut self, phase: JobPhase, attempt: u32) {
-        if phase == JobPhase::Contract && self.contract_retry_pending {
+        if phase == JobPhase::Contract && self.retry == Retry::AwaitingGates {
             self.consume_retry();
         }
         let now = self.now();
@@ -658,11 +685,11 @@ impl<'a> Planner<'a> {
                     return;
                 }
                 // A retry of contract passes through the rollout gates again below.
-                self.contract_retry_pending = true;
+                self.defer_retry_to_gates();
             }
             JobState::Died(msg) => {
                 if self.retry_requested() {
-                    self.contract_retry_pending = true;
+                    self.defer_retry_to_gates();
                 } else if self.may_retry_death(JobPhase::Contract, attempt) {
                     // Automatic, but through the gates like any other attempt.
                     self.died = Some((JobPhase::Contract, attempt, msg.clone()));
@@ -678,7 +705,7 @@ impl<'a> Planner<'a> {
                         self.recorded_failure(JobPhase::Contract, &rec);
                         return;
                     }
-                    self.contract_retry_pending = true;
+                    self.defer_retry_to_gates();
                 }
             }
         }
