@@ -1038,10 +1038,14 @@ impl Runner<'_> {
             // Explicitly disabled: blind retries only (as pgroll or GitLab do).
             return Ok(());
         }
-        let targets = locks::lock_targets(stmts);
+        let mut targets = locks::lock_targets(stmts);
         let budget = cfg.lock_wait_timeout.saturating_sub(*budget_used);
         let waits = &mut self.waits;
         let (waited, blockers) = or_stop(&cfg.stop, async {
+            // Looked up on every attempt: an earlier step may have changed the catalog.
+            locks::add_implicit_targets(client, stmts, &mut targets)
+                .await
+                .map_err(|e| ApplyError::db(&e, None))?;
             locks::wait_until_clear(client, &targets, budget, waits)
                 .await
                 .map_err(|e| ApplyError::db(&e, None))

@@ -1,0 +1,172 @@
+//! Lock safety beyond the tables a statement names (issue 10): tables PostgreSQL locks
+//! implicitly, a lock left by a frozen executor, and a ledger shared by several roles. Real
+//! PostgreSQL servers (see support/postgres.rs).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use phasegate::executor::{self, Config, Outcome, Phase, Report};
+use support::postgres::TestPostgres;
+
+fn assert_outcome(r: &Report, want: Outcome) {
+    assert_eq!(r.outcome, want, "report: {}", r.to_json_line());
+}
+
+fn contract(pg: &TestPostgres, sql: &str) -> Config {
+    let mut c = Config::new(pg.url(), Phase::Contract, sql);
+    c.identity.namespace = "shop".into();
+    c.identity.name = "drop-legacy".into();
+    c.database_check = false;
+    c
+}
+
+async fn exists(c: &tokio_postgres::Client, table: &str) -> bool {
+    c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .expect("regclass")
+        .get(0)
+}
+
+/// `DROP TABLE legacy`, where legacy has a foreign key to users, takes ACCESS EXCLUSIVE on users
+/// too (to drop the key's triggers there). While an old transaction reads users, the executor
+/// must wait outside the lock queue, or every application query on users queues behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_table_waits_for_readers_of_the_referenced_table() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
+         INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 100) g;
+         CREATE TABLE legacy (id bigint PRIMARY KEY, user_id bigint REFERENCES users (id));",
+    )
+    .await
+    .expect("schema");
+    let reader = pg.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("reader");
+    let cfg = contract(&pg, "DROP TABLE legacy");
+    let run = tokio::spawn(async move { executor::execute(&cfg).await });
+
+    // Let the executor look (and, without the fix, queue for users' lock).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let app = pg.client().await;
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let q = tokio::time::timeout(
+            Duration::from_secs(5),
+            app.query_one("SELECT email FROM users WHERE id = 1", &[]),
+        )
+        .await;
+        assert!(matches!(q, Ok(Ok(_))), "application query failed: {q:?}");
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !run.is_finished(),
+        "the executor did not wait for the reader"
+    );
+    reader.batch_execute("COMMIT").await.expect("commit");
+    let r = run.await.expect("join");
+    assert_outcome(&r, Outcome::Applied);
+    assert!(
+        worst < Duration::from_millis(100),
+        "an application query on users waited {worst:?} behind the executor: {}",
+        r.to_json_line()
+    );
+    assert_eq!(r.lock_retries, 0, "{}", r.to_json_line());
+    assert!(r.lock_wait_ms >= 600, "{}", r.to_json_line());
+    assert!(!exists(&c, "legacy").await);
+    eprintln!(
+        "worst application query while the executor waited: {:.1} ms; {}",
+        worst.as_secs_f64() * 1000.0,
+        r.to_json_line()
+    );
+}
+
+/// Each statement locks a table it does not name; PostgreSQL itself is the oracle (the
+/// statement times out behind the reader when run by hand), and the executor must wait for
+/// that reader outside the queue, naming the table, without ever attempting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_lock_targets_are_resolved_from_the_catalog() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
+         CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint CONSTRAINT orders_user_fk REFERENCES users (id), n int);
+         CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER users_noop BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION noop();
+         CREATE TABLE events (id bigint, at date NOT NULL) PARTITION BY RANGE (at);
+         CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');",
+    )
+    .await
+    .expect("schema");
+    let cases = [
+        ("DROP TRIGGER users_noop ON users", "users"),
+        ("ALTER TABLE orders DROP COLUMN user_id", "users"),
+        ("ALTER TABLE orders DROP CONSTRAINT orders_user_fk", "users"),
+        ("ALTER TABLE events ADD COLUMN note text", "events_2026"),
+        ("DROP TABLE events_2026", "events"),
+    ];
+    for (sql, held) in cases {
+        let reader = pg.client().await;
+        reader
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE ONLY {held} IN ACCESS SHARE MODE;"
+            ))
+            .await
+            .expect("reader");
+        let by_hand = c
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '100ms'; {sql}; ROLLBACK"
+            ))
+            .await;
+        let _ = c.batch_execute("ROLLBACK").await;
+        assert_eq!(
+            by_hand
+                .as_ref()
+                .err()
+                .and_then(|e| e.code())
+                .map(|s| s.code()),
+            Some("55P03"),
+            "PostgreSQL should lock {held} for {sql}: {by_hand:?}"
+        );
+        let mut cfg = contract(&pg, sql);
+        cfg.lock_wait_timeout = Duration::from_millis(300);
+        let r = executor::execute(&cfg).await;
+        assert_outcome(&r, Outcome::Failed);
+        let msg = r
+            .error
+            .as_ref()
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
+        assert!(
+            msg.contains(&format!("AccessShareLock on public.{held},"))
+                || msg.contains(&format!("AccessShareLock on {held},")),
+            "{sql}: {msg}"
+        );
+        assert_eq!(
+            r.attempts,
+            0,
+            "{sql}: queued for a lock: {}",
+            r.to_json_line()
+        );
+        reader.batch_execute("COMMIT").await.expect("commit");
+    }
+
+    // A column that is in no foreign key does not make the executor wait for users' readers.
+    let reader = pg.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("reader");
+    let mut cfg = contract(&pg, "ALTER TABLE orders DROP COLUMN n");
+    cfg.lock_wait_timeout = Duration::from_millis(300);
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(r.lock_wait_ms, 0, "{}", r.to_json_line());
+    reader.batch_execute("COMMIT").await.expect("commit");
+}
