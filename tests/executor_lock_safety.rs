@@ -7,6 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use phasegate::executor::{self, Config, Outcome, Phase, Report};
+use support::apply;
 use support::postgres::TestPostgres;
 
 fn assert_outcome(r: &Report, want: Outcome) {
@@ -169,4 +170,84 @@ async fn implicit_lock_targets_are_resolved_from_the_catalog() {
     assert_outcome(&r, Outcome::Applied);
     assert_eq!(r.lock_wait_ms, 0, "{}", r.to_json_line());
     reader.batch_execute("COMMIT").await.expect("commit");
+}
+
+/// The executor froze (SIGSTOP: a node that hangs, a network that drops) right after its DDL
+/// ran, inside the transaction, holding ACCESS EXCLUSIVE on users. The server must end the
+/// session within idle_in_transaction_session_timeout (3 × lock_timeout, at least 1 s), so an
+/// application query on users stalls at most that long; nothing is recorded, and a rerun
+/// applies the phase once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_executor_holds_its_lock_for_a_bounded_time() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
+         INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 100) g;",
+    )
+    .await
+    .expect("schema");
+    let sql = "ALTER TABLE users ADD COLUMN verified boolean";
+    let lock_timeout = Duration::from_millis(500);
+    let bound = executor::idle_in_transaction_timeout(lock_timeout);
+    let url = pg.url();
+    let envs = [
+        ("PHASEGATE_DATABASE_URL", url.as_str()),
+        ("PHASEGATE_PHASE", "expand"),
+        ("PHASEGATE_SQL", sql),
+        ("PHASEGATE_MIGRATION_NAME", "frozen"),
+        ("PHASEGATE_LOCK_TIMEOUT", "500ms"),
+        ("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x"),
+        // Inside the transaction, after the DDL and the ledger row, before COMMIT.
+        ("PHASEGATE_FAILPOINT", "pause-before-commit"),
+    ];
+    let run = apply::spawn(&envs);
+    assert!(
+        run.wait_for_stderr(
+            |l| l.contains("failpoint pause-before-commit"),
+            Duration::from_secs(20)
+        )
+        .await,
+        "failpoint not reached: {}",
+        run.stderr_so_far()
+    );
+    run.signal("STOP");
+    let frozen = Instant::now();
+
+    let app = pg.client().await;
+    let q = tokio::time::timeout(
+        Duration::from_secs(20),
+        app.query_one("SELECT count(*) FROM users", &[]),
+    )
+    .await;
+    let stall = frozen.elapsed();
+    assert!(matches!(q, Ok(Ok(_))), "application query: {q:?}");
+    eprintln!(
+        "application query on users stalled {:.0} ms behind the frozen executor (bound {} ms)",
+        stall.as_secs_f64() * 1000.0,
+        bound.as_millis()
+    );
+    assert!(
+        stall < bound + Duration::from_millis(500),
+        "stalled {stall:?}, bound {bound:?}"
+    );
+    let recorded: i64 = c
+        .query_one(
+            "SELECT count(*) FROM phasegate.ledger WHERE name = 'frozen'",
+            &[],
+        )
+        .await
+        .expect("ledger")
+        .get(0);
+    assert_eq!(recorded, 0, "the phase was recorded");
+
+    // The frozen process never comes back (the failpoint would sleep on): SIGKILL it.
+    let _ = run.finish(Duration::ZERO).await;
+
+    let mut again = Config::new(pg.url(), Phase::Expand, sql);
+    again.identity.name = "frozen".into();
+    let r = executor::execute(&again).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(r.statements, 1);
+    assert_outcome(&executor::execute(&again).await, Outcome::AlreadyApplied);
 }
