@@ -251,3 +251,77 @@ async fn a_frozen_executor_holds_its_lock_for_a_bounded_time() {
     assert_eq!(r.statements, 1);
     assert_outcome(&executor::execute(&again).await, Outcome::AlreadyApplied);
 }
+
+/// Two migration roles share a database: the first creates the ledger (and owns it), the second
+/// is only granted its use. The second must apply its phases without owning the ledger or
+/// having CREATE on the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_role_uses_the_ledger_it_does_not_own() {
+    let pg = TestPostgres::start();
+    let admin = pg.client().await;
+    admin
+        .batch_execute(
+            "CREATE ROLE shop_migrator LOGIN PASSWORD 'pw-shop';
+             CREATE ROLE billing_migrator LOGIN PASSWORD 'pw-billing';
+             GRANT CREATE ON DATABASE postgres TO shop_migrator;
+             CREATE TABLE users (id bigint PRIMARY KEY);
+             ALTER TABLE users OWNER TO shop_migrator;
+             CREATE TABLE invoices (id bigint PRIMARY KEY);
+             ALTER TABLE invoices OWNER TO billing_migrator;",
+        )
+        .await
+        .expect("roles");
+    let url =
+        |role: &str, pw: &str| format!("postgres://{role}:{pw}@127.0.0.1:{}/postgres", pg.port());
+    let phase = |url: String, name: &str, sql: &str| {
+        let mut c = Config::new(url, Phase::Expand, sql);
+        c.identity.namespace = name.into();
+        c.identity.name = name.into();
+        c
+    };
+
+    let shop = phase(
+        url("shop_migrator", "pw-shop"),
+        "shop",
+        "ALTER TABLE users ADD COLUMN email text",
+    );
+    assert_outcome(&executor::execute(&shop).await, Outcome::Applied);
+    // What the owner (or an admin) grants a second migration role.
+    admin
+        .batch_execute(
+            "SET ROLE shop_migrator;
+             GRANT USAGE ON SCHEMA phasegate TO billing_migrator;
+             GRANT SELECT, INSERT, UPDATE ON phasegate.ledger TO billing_migrator;
+             RESET ROLE;",
+        )
+        .await
+        .expect("grants");
+
+    let billing = phase(
+        url("billing_migrator", "pw-billing"),
+        "billing",
+        "ALTER TABLE invoices ADD COLUMN total numeric",
+    );
+    let r = executor::execute(&billing).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_outcome(&executor::execute(&billing).await, Outcome::AlreadyApplied);
+    assert_outcome(&executor::execute(&shop).await, Outcome::AlreadyApplied);
+    let owner: String = admin
+        .query_one(
+            "SELECT tableowner::text FROM pg_tables WHERE schemaname = 'phasegate' AND tablename = 'ledger'",
+            &[],
+        )
+        .await
+        .expect("owner")
+        .get(0);
+    assert_eq!(owner, "shop_migrator");
+    let comment: Option<String> = admin
+        .query_one(
+            "SELECT obj_description('phasegate.ledger'::regclass, 'pg_class')",
+            &[],
+        )
+        .await
+        .expect("comment")
+        .get(0);
+    assert!(comment.is_some_and(|c| c.contains("Phasegate")));
+}

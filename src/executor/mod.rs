@@ -731,8 +731,7 @@ async fn run(
         // Before creating anything: this may not be our database at all.
         require_expand(&client, id).await?;
     }
-    client
-        .batch_execute(ledger::SCHEMA_SQL)
+    ledger::ensure(&client)
         .await
         .map_err(|e| ApplyError::db(&e, None))?;
 
