@@ -697,6 +697,18 @@ mod tests {
                 LockMode::ShareRowExclusive,
             ),
             (
+                "DROP POLICY p ON users",
+                Transactional,
+                &["users"],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "DROP RULE r ON users",
+                Transactional,
+                &["users"],
+                LockMode::AccessExclusive,
+            ),
+            (
                 "DROP TRIGGER trg ON shop.users",
                 Transactional,
                 &["shop.users"],
