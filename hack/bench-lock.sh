@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): what does a migration cost the application while a long transaction
 # holds the table? An open-loop application (pgbench --rate: latency counted from each query's
-# scheduled start, so a stall cannot hide) runs while a 12 s transaction reads the table and a
-# migration adds a column, with three runners:
+# scheduled start, so a stall cannot hide) reads `users` while a 12 s transaction reads it too
+# and a migration runs, in two scenarios:
+#   add-column  ALTER TABLE users ADD COLUMN …            (the table the reader holds)
+#   fk-peer     DROP TABLE legacy, legacy REFERENCES users (locks users without naming it)
+# each with three runners:
 #   naive      psql -f, as Helm hooks and Argo CD PreSync Jobs do (queues behind the reader and
 #              every application query queues behind it)
 #   retry      blind retries with lock_timeout (pgroll / GitLab with_lock_retries style)
 #   phasegate  `phasegate apply`: waits outside the lock queue, then tries with a short lock_timeout
-# Prints p50/p99/worst application latency and failed queries per runner; last line:
+# Prints p50/p99/worst application latency and failed queries per scenario and runner, after a
+# baseline without migration; last lines, one per scenario:
 #   app p99: naive=<ms> retry=<ms> phasegate=<ms>
+#   fk-peer app p99: naive=<ms> retry=<ms> phasegate=<ms>
 #
 # Knobs (env): BENCH_RATE (2000 q/s), BENCH_HOLD (12 s), BENCH_DURATION (20 s per runner),
 # BENCH_RETRY_LOCK_TIMEOUT (200ms), BENCH_PG_LOCK_TIMEOUT (50ms), PHASEGATE_BIN, PHASEGATE_PG_BINDIR.
@@ -66,51 +71,60 @@ log "initdb in $work (port $port)"
 export PGHOST=127.0.0.1 PGPORT=$port PGUSER=bench PGDATABASE=postgres
 url="postgres://bench@127.0.0.1:$port/postgres?sslmode=disable"
 psql_q() { "$PSQL" -X -q -v ON_ERROR_STOP=1 "$@"; }
-psql_q -c "CREATE TABLE app (id int PRIMARY KEY, v text NOT NULL)" \
-       -c "INSERT INTO app SELECT g, md5(g::text) FROM generate_series(1, 10000) g" -c "VACUUM ANALYZE app"
-printf '\\set id random(1, 10000)\nSELECT v FROM app WHERE id = :id;\n' >"$work/app.sql"
+psql_q -c "CREATE TABLE users (id int PRIMARY KEY, v text NOT NULL)" \
+       -c "INSERT INTO users SELECT g, md5(g::text) FROM generate_series(1, 10000) g" -c "VACUUM ANALYZE users"
+printf '\\set id random(1, 10000)\nSELECT v FROM users WHERE id = :id;\n' >"$work/app.sql"
 
 # --- one run: application + optional long transaction + optional migration --------------------
 # Prints "p50 p99 max failed done" (ms, ms, ms, count, count).
 run() {
-  local name=$1 migrate=$2 duration=$3
-  local dir=$work/$name; mkdir -p "$dir"
+  local name=$1 migrate=$2 duration=$3 scenario=${4:-add-column}
+  local dir=$work/$scenario-$name; mkdir -p "$dir"
+  local sql
+  case $scenario in
+    add-column) sql="ALTER TABLE users ADD COLUMN c_$name int;" ;;
+    fk-peer)
+      psql_q -c "CREATE TABLE legacy_$name (id int PRIMARY KEY, user_id int REFERENCES users (id))" >/dev/null
+      sql="DROP TABLE legacy_$name;" ;;
+  esac
   (cd "$dir" && "$PGBENCH" -n -f "$work/app.sql" -c 8 -j 2 -T "$duration" --rate "$RATE" \
       -l --log-prefix=app >"$dir/pgbench.out" 2>&1) &
   local app=$!
   local holder="" mig=""
   if [[ $migrate != none ]]; then
     sleep "$HOLD_START"
-    psql_q -c "BEGIN; SELECT count(*) FROM app; SELECT pg_sleep($HOLD); COMMIT;" >/dev/null &
+    psql_q -c "BEGIN; SELECT count(*) FROM users; SELECT pg_sleep($HOLD); COMMIT;" >/dev/null &
     holder=$!
     sleep $((MIGRATE_START - HOLD_START))
-    local col="c_$name" t0; t0=$(date +%s%N)
+    local t0; t0=$(date +%s%N)
     case $migrate in
       naive)
-        echo "ALTER TABLE app ADD COLUMN $col int;" >"$dir/m.sql"
+        echo "$sql" >"$dir/m.sql"
         psql_q -f "$dir/m.sql" >"$dir/migration.out" 2>&1 ;;
       retry)
         # Blind retries: a short lock_timeout, roll back, sleep, try again.
         local n=0
-        until psql_q -c "SET lock_timeout = '$RETRY_LT'" -c "ALTER TABLE app ADD COLUMN $col int" >>"$dir/migration.out" 2>&1; do
+        until psql_q -c "SET lock_timeout = '$RETRY_LT'" -c "$sql" >>"$dir/migration.out" 2>&1; do
           n=$((n + 1)); sleep 0.$((RANDOM % 5 + 5))   # 0.5–0.9 s
           [[ $n -lt 200 ]] || break
         done
         echo "retries=$n" >>"$dir/migration.out" ;;
       phasegate)
-        PHASEGATE_DATABASE_URL=$url PHASEGATE_PHASE=expand PHASEGATE_SQL="ALTER TABLE app ADD COLUMN $col int;" \
-        PHASEGATE_MIGRATION_NAME=bench PHASEGATE_LOCK_TIMEOUT=$PG_LT PHASEGATE_TERMINATION_LOG=$dir/termination-log \
+        PHASEGATE_DATABASE_URL=$url PHASEGATE_PHASE=expand PHASEGATE_SQL="$sql" \
+        PHASEGATE_MIGRATION_NAME=bench-$scenario PHASEGATE_LOCK_TIMEOUT=$PG_LT PHASEGATE_TERMINATION_LOG=$dir/termination-log \
           "$PHASEGATE_BIN" apply >"$dir/migration.out" 2>"$dir/migration.err" || true ;;
     esac
-    log "$name: migration done after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+    log "$scenario $name: migration done after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
   fi
   wait "$app" || true
   [[ -z $holder ]] || wait "$holder" || true
   # Per-transaction log: client tx time(us) script epoch us lag(us); "failed" in place of time.
+  # With --rate, time already counts from the scheduled start (it includes the lag): report it
+  # alone; adding lag would count the lag twice.
   cat "$dir"/app.* 2>/dev/null | awk '
       $3 == "failed" { failed++; next }
       $3 == "skipped" { next }
-      { printf "%.3f\n", ($3 + $7) / 1000.0 }' | sort -n >"$dir/lat.txt"
+      { printf "%.3f\n", $3 / 1000.0 }' | sort -n >"$dir/lat.txt"
   local failed; failed=$(cat "$dir"/app.* 2>/dev/null | awk '$3 == "failed"' | wc -l)
   local n; n=$(wc -l <"$dir/lat.txt")
   # Clients aborted by an error stop sending: count what the open loop should have sent.
@@ -127,19 +141,20 @@ run() {
 
 # Warm up caches and connections so the baseline measures the steady state.
 run warmup none 3 >/dev/null
-printf '%-10s %10s %10s %10s %8s %8s\n' runner p50_ms p99_ms worst_ms failed queries
+row() { printf '%-11s %-10s %10s %10s %10s %8s %8s\n' "$@"; }
+row scenario runner p50_ms p99_ms worst_ms failed queries
+read -r p50 p99v worst failed n <<<"$(run baseline none 8)"
+row - baseline "$p50" "$p99v" "$worst" "$failed" "$n"
 declare -A p99
-for name in baseline naive retry phasegate; do
-  if [[ $name == baseline ]]; then
-    res=$(run baseline none 8)
-  else
-    res=$(run "$name" "$name" "$DURATION")
+for scenario in add-column fk-peer; do
+  for name in naive retry phasegate; do
+    read -r p50 p99v worst failed n <<<"$(run "$name" "$name" "$DURATION" "$scenario")"
+    p99[$scenario-$name]=$p99v
+    row "$scenario" "$name" "$p50" "$p99v" "$worst" "$failed" "$n"
+  done
+  if [[ -f $work/$scenario-phasegate/migration.out ]]; then
+    log "$scenario phasegate report: $(tail -1 "$work/$scenario-phasegate/migration.out")"
   fi
-  read -r p50 p99v worst failed n <<<"$res"
-  p99[$name]=$p99v
-  printf '%-10s %10s %10s %10s %8s %8s\n' "$name" "$p50" "$p99v" "$worst" "$failed" "$n"
 done
-if [[ -f $work/phasegate/migration.out ]]; then
-  log "phasegate report: $(tail -1 "$work/phasegate/migration.out")"
-fi
-echo "app p99: naive=${p99[naive]} retry=${p99[retry]} phasegate=${p99[phasegate]}"
+echo "app p99: naive=${p99[add-column-naive]} retry=${p99[add-column-retry]} phasegate=${p99[add-column-phasegate]}"
+echo "fk-peer app p99: naive=${p99[fk-peer-naive]} retry=${p99[fk-peer-retry]} phasegate=${p99[fk-peer-phasegate]}"

@@ -4,7 +4,8 @@
 
 use tokio_postgres::GenericClient;
 
-/// Created under the advisory lock, so concurrent executors never race on `IF NOT EXISTS`.
+/// Run only when the ledger does not exist yet (see [`ensure`]), under the advisory lock, so
+/// concurrent executors never race on `IF NOT EXISTS`.
 pub const SCHEMA_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS phasegate;
 CREATE TABLE IF NOT EXISTS phasegate.ledger (
@@ -28,6 +29,27 @@ COMMENT ON TABLE phasegate.ledger IS 'Phases applied by the Phasegate executor; 
 "#;
 
 pub const EXECUTOR_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Creates the ledger unless it exists. An existing ledger is left alone: another migration
+/// role may own it, and `CREATE … IF NOT EXISTS` still needs CREATE privilege and `COMMENT ON`
+/// needs ownership, so running them every time would fail every phase of a role that only has
+/// been granted the use of the ledger. Looks in the catalog, which every role may read (whether
+/// it may use the ledger shows on first use, with PostgreSQL's own message).
+pub async fn ensure<C: GenericClient>(c: &C) -> Result<(), tokio_postgres::Error> {
+    let exists: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = 'phasegate' AND c.relname = 'ledger')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        // One implicit transaction: the comment comes with the table, or neither does.
+        c.batch_execute(SCHEMA_SQL).await?;
+    }
+    Ok(())
+}
 
 /// Identity of the migration a phase belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]

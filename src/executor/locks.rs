@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use super::waits::{Kind, Waits};
-use crate::sql::{LockMode, Statement, TableRef};
+use crate::sql::{LockMode, Reach, Statement, TableRef};
 
 /// `pg_advisory_lock(int4, int4)` key: "PHAG" and 1. Advisory locks are per database.
 pub const ADVISORY_CLASS: i32 = 0x5048_4147;
@@ -139,6 +139,85 @@ pub fn lock_targets<'a>(
         }
     }
     out
+}
+
+/// Tables PostgreSQL locks that the statement does not name, from the catalog: for a table
+/// altered or dropped, its partitions and inheritance children (the command recurses to them);
+/// for `DROP TABLE`, the parent of a partition and every foreign-key peer (the key's triggers on
+/// the other table are dropped with it); for dropped or retyped columns and dropped constraints,
+/// the foreign keys among them. `CREATE/DROP TRIGGER … ON t` and `… REFERENCES t` name their
+/// table and need nothing here. They get the statement's lock mode: the strongest they could
+/// take. Tables that do not exist yet (created earlier in the phase) add nothing.
+///
+/// Not resolved: what functions, `DO` blocks and triggers do when they run (opaque to a
+/// parser); a statement naming no table at all is waited for by no one and relies on the short
+/// `lock_timeout` with retries.
+pub async fn add_implicit_targets(
+    client: &Client,
+    statements: &[Statement],
+    targets: &mut BTreeMap<TableRef, LockMode>,
+) -> Result<(), tokio_postgres::Error> {
+    for s in statements {
+        for reach in &s.reaches {
+            for t in implied_by(client, reach).await? {
+                let e = targets.entry(t).or_insert(s.lock);
+                if s.lock > *e {
+                    *e = s.lock;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn implied_by(
+    client: &Client,
+    reach: &Reach,
+) -> Result<Vec<TableRef>, tokio_postgres::Error> {
+    let t = &reach.table;
+    let name = if t.schema.is_empty() {
+        quote_ident(&t.name)
+    } else {
+        format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
+    };
+    let rows = client
+        .query(
+            "WITH RECURSIVE root AS (SELECT to_regclass($1)::oid AS oid),
+             tree AS (SELECT oid FROM root WHERE oid IS NOT NULL
+                      UNION SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid),
+             parents AS (SELECT i.inhparent AS oid FROM pg_inherits i JOIN root ON i.inhrelid = root.oid
+                          WHERE $2),
+             cols AS (SELECT attrelid, attnum FROM pg_attribute
+                       WHERE attrelid IN (SELECT oid FROM tree) AND attname = ANY($3::text[])),
+             fk AS (SELECT CASE WHEN c.conrelid IN (SELECT oid FROM tree) THEN c.confrelid
+                                ELSE c.conrelid END AS oid
+                      FROM pg_constraint c
+                     WHERE c.contype = 'f'
+                       AND (c.conrelid IN (SELECT oid FROM tree) OR c.confrelid IN (SELECT oid FROM tree))
+                       AND ($2
+                            OR (c.conname = ANY($4::text[]) AND c.conrelid IN (SELECT oid FROM tree))
+                            OR EXISTS (SELECT 1 FROM cols
+                                        WHERE (cols.attrelid = c.conrelid AND cols.attnum = ANY(c.conkey))
+                                           OR (cols.attrelid = c.confrelid AND cols.attnum = ANY(c.confkey)))))
+             SELECT DISTINCT n.nspname::text, r.relname::text
+               FROM (SELECT oid FROM tree UNION SELECT oid FROM parents UNION SELECT oid FROM fk) x
+               JOIN pg_class r ON r.oid = x.oid
+               JOIN pg_namespace n ON n.oid = r.relnamespace
+              WHERE x.oid IS DISTINCT FROM (SELECT oid FROM root)",
+            &[&name, &reach.dropped, &reach.columns, &reach.constraints],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TableRef {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .collect())
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// Current backends whose locks on the targets would make our request queue.

@@ -644,6 +644,26 @@ async fn pause(stop: &Stop, d: Duration) -> Result<(), ApplyError> {
 /// How long a cancelled statement may take to report back before we stop waiting for it.
 const CANCEL_GRACE: Duration = Duration::from_millis(700);
 
+/// TCP keepalives, both ends: a dead peer is noticed after about 30 + 3 × 10 = 60 s.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_COUNT: u32 = 3;
+
+/// `idle_in_transaction_session_timeout` of the executor's session: 3 × `lock_timeout`, at
+/// least 1 s. The executor never waits inside a transaction, so its session is idle there only
+/// for a round trip, unless the process is frozen or gone; the locks it then holds stall the
+/// application like a lock attempt does, so the stall is bounded on the same scale.
+pub fn idle_in_transaction_timeout(lock_timeout: Duration) -> Duration {
+    (lock_timeout * 3).max(Duration::from_secs(1))
+}
+
+/// PostgreSQL 17's `transaction_timeout` for a transaction of `statements` statements: each may
+/// use its `statement_timeout`, plus one more for the ledger and the check before COMMIT.
+fn transaction_timeout(statement_timeout: Duration, statements: usize) -> Duration {
+    let n = u32::try_from(statements.saturating_add(1)).unwrap_or(u32::MAX);
+    statement_timeout.saturating_mul(n)
+}
+
 async fn run(
     cfg: &Config,
     sum: &str,
@@ -656,7 +676,14 @@ async fn run(
     let id = &cfg.identity;
     tracing::info!(phase, namespace = %id.namespace, name = %id.name, statements = statements.len(), checksum = &sum[..12], "applying phase");
 
-    let settings = connect::parse(&cfg.database_url.0)?;
+    let mut settings = connect::parse(&cfg.database_url.0)?;
+    // Client side: notice a server (or network) that died, instead of waiting on a dead socket.
+    settings
+        .config
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_COUNT);
     let mut client = or_stop(&cfg.stop, async {
         Ok(connect::connect(&settings, cfg.connect_timeout, scrub).await?)
     })
@@ -673,10 +700,25 @@ async fn run(
             .batch_execute("SET client_connection_check_interval = '1s'")
             .await;
     }
+    // A frozen or partitioned executor must not hold its locks for hours: the server ends our
+    // session once it sits idle inside a transaction (we never wait there: a pause means we are
+    // stuck) and probes the connection with TCP keepalives (a dead node or network).
+    client
+        .batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = '{}'; SET tcp_keepalives_idle = {}; \
+             SET tcp_keepalives_interval = {}; SET tcp_keepalives_count = {}",
+            pg_ms(idle_in_transaction_timeout(cfg.lock_timeout)),
+            KEEPALIVE_IDLE.as_secs(),
+            KEEPALIVE_INTERVAL.as_secs(),
+            KEEPALIVE_COUNT
+        ))
+        .await
+        .map_err(|e| ApplyError::db(&e, None))?;
 
     let mut runner = Runner {
         cfg,
         sum,
+        server_version: version,
         settings,
         cancel: client.cancel_token(),
         stats,
@@ -689,8 +731,7 @@ async fn run(
         // Before creating anything: this may not be our database at all.
         require_expand(&client, id).await?;
     }
-    client
-        .batch_execute(ledger::SCHEMA_SQL)
+    ledger::ensure(&client)
         .await
         .map_err(|e| ApplyError::db(&e, None))?;
 
@@ -983,6 +1024,8 @@ impl Gate {
 struct Runner<'a> {
     cfg: &'a Config,
     sum: &'a str,
+    /// `server_version_num`.
+    server_version: i32,
     settings: ConnSettings,
     /// Cancels the statement running on our connection (a stop while it waits for a lock).
     cancel: CancelToken,
@@ -1038,10 +1081,14 @@ impl Runner<'_> {
             // Explicitly disabled: blind retries only (as pgroll or GitLab do).
             return Ok(());
         }
-        let targets = locks::lock_targets(stmts);
+        let mut targets = locks::lock_targets(stmts);
         let budget = cfg.lock_wait_timeout.saturating_sub(*budget_used);
         let waits = &mut self.waits;
         let (waited, blockers) = or_stop(&cfg.stop, async {
+            // Looked up on every attempt: an earlier step may have changed the catalog.
+            locks::add_implicit_targets(client, stmts, &mut targets)
+                .await
+                .map_err(|e| ApplyError::db(&e, None))?;
             locks::wait_until_clear(client, &targets, budget, waits)
                 .await
                 .map_err(|e| ApplyError::db(&e, None))
@@ -1092,13 +1139,21 @@ impl Runner<'_> {
                 .transaction()
                 .await
                 .map_err(|e| ApplyError::db(&e, None))?;
-            tx.batch_execute(&format!(
+            let mut set = format!(
                 "SET LOCAL lock_timeout = '{}'; SET LOCAL statement_timeout = '{}'",
                 pg_ms(cfg.lock_timeout),
                 pg_ms(cfg.statement_timeout)
-            ))
-            .await
-            .map_err(|e| ApplyError::db(&e, None))?;
+            );
+            if self.server_version >= 170_000 && !cfg.statement_timeout.is_zero() {
+                // Bounds the whole transaction too, whatever state the session is in.
+                set.push_str(&format!(
+                    "; SET LOCAL transaction_timeout = '{}'",
+                    pg_ms(transaction_timeout(cfg.statement_timeout, stmts.len()))
+                ));
+            }
+            tx.batch_execute(&set)
+                .await
+                .map_err(|e| ApplyError::db(&e, None))?;
             let mut failure = None;
             for (offset, s) in stmts.iter().enumerate() {
                 let n = range.start + offset + 1;
@@ -1414,6 +1469,14 @@ mod tests {
                 "{b:?}"
             );
         }
+    }
+
+    #[test]
+    fn session_timeouts() {
+        let s = Duration::from_secs;
+        assert_eq!(idle_in_transaction_timeout(s(2)), s(6));
+        assert_eq!(idle_in_transaction_timeout(Duration::from_millis(50)), s(1));
+        assert_eq!(transaction_timeout(s(600), 2), s(1800));
     }
 
     #[test]

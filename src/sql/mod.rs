@@ -155,6 +155,23 @@ pub struct Statement {
     /// Set for `DROP INDEX CONCURRENTLY`/`REINDEX … CONCURRENTLY`; these use a weak lock and
     /// wait for older transactions by design, so no short `lock_timeout` is applied.
     pub concurrent: bool,
+    /// Tables altered or dropped: PostgreSQL also locks tables the statement does not name
+    /// (foreign-key peers, partitions, a partition's parent), found in the catalog before waiting.
+    pub reaches: Vec<Reach>,
+}
+
+/// A table an `ALTER TABLE` or `DROP TABLE` changes, with what makes PostgreSQL lock other
+/// tables too; resolved from the catalog by `executor::locks::implicit_targets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    pub table: TableRef,
+    /// `DROP TABLE`: every foreign key to or from it (their triggers live on the other table)
+    /// and, for a partition, its parent.
+    pub dropped: bool,
+    /// Columns dropped or retyped: foreign keys on them are dropped or rebuilt.
+    pub columns: Vec<String>,
+    /// Constraints dropped: a foreign key among them locks its referenced table.
+    pub constraints: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -352,7 +369,84 @@ fn classify(index: usize, sql: String, node: &N) -> Result<Statement, SqlError> 
         lock,
         concurrent_index,
         concurrent,
+        reaches: reaches_of(node),
     })
+}
+
+/// The tables an `ALTER TABLE` or `DROP TABLE` changes (see [`Reach`]).
+fn reaches_of(node: &N) -> Vec<Reach> {
+    match node {
+        N::AlterTableStmt(a) => {
+            let Some(rel) = a.relation.as_ref() else {
+                return Vec::new();
+            };
+            let mut reach = Reach {
+                table: range_var(rel),
+                dropped: false,
+                columns: Vec::new(),
+                constraints: Vec::new(),
+            };
+            for cmd in &a.cmds {
+                let Some(N::AlterTableCmd(c)) = cmd.node.as_ref() else {
+                    continue;
+                };
+                match protobuf::AlterTableType::try_from(c.subtype) {
+                    Ok(protobuf::AlterTableType::AtDropColumn)
+                    | Ok(protobuf::AlterTableType::AtAlterColumnType) => {
+                        reach.columns.push(c.name.clone())
+                    }
+                    Ok(protobuf::AlterTableType::AtDropConstraint) => {
+                        reach.constraints.push(c.name.clone())
+                    }
+                    _ => {}
+                }
+            }
+            vec![reach]
+        }
+        N::DropStmt(d)
+            if matches!(
+                protobuf::ObjectType::try_from(d.remove_type),
+                Ok(protobuf::ObjectType::ObjectTable)
+            ) =>
+        {
+            d.objects
+                .iter()
+                .filter_map(|o| match o.node.as_ref() {
+                    Some(N::List(list)) => qualified_name(&list.items),
+                    _ => None,
+                })
+                .map(|table| Reach {
+                    table,
+                    dropped: true,
+                    columns: Vec::new(),
+                    constraints: Vec::new(),
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `[schema.]name` from the string list of a DROP object.
+fn qualified_name(items: &[protobuf::Node]) -> Option<TableRef> {
+    let parts: Vec<String> = items
+        .iter()
+        .filter_map(|i| match i.node.as_ref() {
+            Some(N::String(s)) => Some(s.sval.clone()),
+            _ => None,
+        })
+        .collect();
+    match parts.as_slice() {
+        [name] => Some(TableRef {
+            schema: String::new(),
+            name: name.clone(),
+        }),
+        [.., schema, name] => Some(TableRef {
+            schema: schema.clone(),
+            name: name.clone(),
+        }),
+        [] => None,
+    }
 }
 
 fn range_var(v: &protobuf::RangeVar) -> TableRef {
@@ -400,37 +494,27 @@ fn tables_of(sql: &str) -> Vec<TableRef> {
     if let Ok(tree) = serde_json::to_value(&parsed.protobuf) {
         collect_range_vars(&tree, &mut out);
     }
-    // DROP TABLE names its objects as lists of strings, not RangeVars.
+    // DROP TABLE names its objects as lists of strings, not RangeVars; DROP TRIGGER, RULE and
+    // POLICY name theirs as the table's name followed by their own.
     for raw in &parsed.protobuf.stmts {
         if let Some(N::DropStmt(d)) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
-            let is_table = matches!(
-                protobuf::ObjectType::try_from(d.remove_type),
-                Ok(protobuf::ObjectType::ObjectTable | protobuf::ObjectType::ObjectIndex)
-            );
-            if !is_table {
-                continue;
-            }
+            let on_table = match protobuf::ObjectType::try_from(d.remove_type) {
+                Ok(protobuf::ObjectType::ObjectTable | protobuf::ObjectType::ObjectIndex) => false,
+                Ok(
+                    protobuf::ObjectType::ObjectTrigger
+                    | protobuf::ObjectType::ObjectRule
+                    | protobuf::ObjectType::ObjectPolicy,
+                ) => true,
+                _ => continue,
+            };
             for o in &d.objects {
                 if let Some(N::List(list)) = o.node.as_ref() {
-                    let parts: Vec<String> = list
-                        .items
-                        .iter()
-                        .filter_map(|i| match i.node.as_ref() {
-                            Some(N::String(s)) => Some(s.sval.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    match parts.as_slice() {
-                        [name] => out.push(TableRef {
-                            schema: String::new(),
-                            name: name.clone(),
-                        }),
-                        [.., schema, name] => out.push(TableRef {
-                            schema: schema.clone(),
-                            name: name.clone(),
-                        }),
-                        [] => {}
-                    }
+                    let items = if on_table {
+                        list.items.split_last().map(|(_, t)| t).unwrap_or(&[])
+                    } else {
+                        &list.items[..]
+                    };
+                    out.extend(qualified_name(items));
                 }
             }
         }
@@ -613,6 +697,30 @@ mod tests {
                 LockMode::ShareRowExclusive,
             ),
             (
+                "DROP POLICY p ON users",
+                Transactional,
+                &["users"],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "DROP RULE r ON users",
+                Transactional,
+                &["users"],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "DROP TRIGGER trg ON shop.users",
+                Transactional,
+                &["shop.users"],
+                LockMode::AccessExclusive,
+            ),
+            (
+                "ALTER TABLE orders ADD CONSTRAINT orders_user_fk FOREIGN KEY (user_id) REFERENCES users (id)",
+                Transactional,
+                &["orders", "users"],
+                LockMode::AccessExclusive,
+            ),
+            (
                 "COMMENT ON TABLE users IS 'x'",
                 Transactional,
                 &[],
@@ -632,6 +740,26 @@ mod tests {
             assert_eq!(s.tables, want, "tables of {sql}");
             assert_eq!(s.lock, *lock, "lock of {sql}");
         }
+    }
+
+    #[test]
+    fn reaches_of_alter_and_drop_table() {
+        let r = |table: &str, dropped: bool, columns: &[&str], constraints: &[&str]| Reach {
+            table: t(table),
+            dropped,
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            constraints: constraints.iter().map(|c| c.to_string()).collect(),
+        };
+        assert_eq!(
+            one("DROP TABLE legacy, shop.old").reaches,
+            vec![r("legacy", true, &[], &[]), r("shop.old", true, &[], &[])]
+        );
+        assert_eq!(
+            one("ALTER TABLE orders DROP COLUMN user_id, ALTER COLUMN n TYPE bigint, DROP CONSTRAINT fk, ADD COLUMN x int").reaches,
+            vec![r("orders", false, &["user_id", "n"], &["fk"])]
+        );
+        assert!(one("DROP INDEX i").reaches.is_empty());
+        assert!(one("CREATE TABLE x (id int)").reaches.is_empty());
     }
 
     #[test]

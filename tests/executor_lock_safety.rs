@@ -1,0 +1,327 @@
+//! Lock safety beyond the tables a statement names (issue 10): tables PostgreSQL locks
+//! implicitly, a lock left by a frozen executor, and a ledger shared by several roles. Real
+//! PostgreSQL servers (see support/postgres.rs).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use phasegate::executor::{self, Config, Outcome, Phase, Report};
+use support::apply;
+use support::postgres::TestPostgres;
+
+fn assert_outcome(r: &Report, want: Outcome) {
+    assert_eq!(r.outcome, want, "report: {}", r.to_json_line());
+}
+
+fn contract(pg: &TestPostgres, sql: &str) -> Config {
+    let mut c = Config::new(pg.url(), Phase::Contract, sql);
+    c.identity.namespace = "shop".into();
+    c.identity.name = "drop-legacy".into();
+    c.database_check = false;
+    c
+}
+
+async fn exists(c: &tokio_postgres::Client, table: &str) -> bool {
+    c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .expect("regclass")
+        .get(0)
+}
+
+/// `DROP TABLE legacy`, where legacy has a foreign key to users, takes ACCESS EXCLUSIVE on users
+/// too (to drop the key's triggers there). While an old transaction reads users, the executor
+/// must wait outside the lock queue, or every application query on users queues behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_table_waits_for_readers_of_the_referenced_table() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
+         INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 100) g;
+         CREATE TABLE legacy (id bigint PRIMARY KEY, user_id bigint REFERENCES users (id));",
+    )
+    .await
+    .expect("schema");
+    let reader = pg.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("reader");
+    let cfg = contract(&pg, "DROP TABLE legacy");
+    let run = tokio::spawn(async move { executor::execute(&cfg).await });
+
+    // Let the executor look (and, without the fix, queue for users' lock).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let app = pg.client().await;
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let q = tokio::time::timeout(
+            Duration::from_secs(5),
+            app.query_one("SELECT email FROM users WHERE id = 1", &[]),
+        )
+        .await;
+        assert!(matches!(q, Ok(Ok(_))), "application query failed: {q:?}");
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !run.is_finished(),
+        "the executor did not wait for the reader"
+    );
+    reader.batch_execute("COMMIT").await.expect("commit");
+    let r = run.await.expect("join");
+    assert_outcome(&r, Outcome::Applied);
+    assert!(
+        worst < Duration::from_millis(100),
+        "an application query on users waited {worst:?} behind the executor: {}",
+        r.to_json_line()
+    );
+    assert_eq!(r.lock_retries, 0, "{}", r.to_json_line());
+    assert!(r.lock_wait_ms >= 600, "{}", r.to_json_line());
+    assert!(!exists(&c, "legacy").await);
+    eprintln!(
+        "worst application query while the executor waited: {:.1} ms; {}",
+        worst.as_secs_f64() * 1000.0,
+        r.to_json_line()
+    );
+}
+
+/// Each statement locks a table it does not name; PostgreSQL itself is the oracle (the
+/// statement times out behind the reader when run by hand), and the executor must wait for
+/// that reader outside the queue, naming the table, without ever attempting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_lock_targets_are_resolved_from_the_catalog() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
+         CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint CONSTRAINT orders_user_fk REFERENCES users (id), n int);
+         CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER users_noop BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION noop();
+         CREATE TABLE events (id bigint, at date NOT NULL) PARTITION BY RANGE (at);
+         CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');",
+    )
+    .await
+    .expect("schema");
+    let cases = [
+        ("DROP TRIGGER users_noop ON users", "users"),
+        ("ALTER TABLE orders DROP COLUMN user_id", "users"),
+        ("ALTER TABLE orders DROP CONSTRAINT orders_user_fk", "users"),
+        ("ALTER TABLE events ADD COLUMN note text", "events_2026"),
+        ("DROP TABLE events_2026", "events"),
+    ];
+    for (sql, held) in cases {
+        let reader = pg.client().await;
+        reader
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE ONLY {held} IN ACCESS SHARE MODE;"
+            ))
+            .await
+            .expect("reader");
+        let by_hand = c
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '100ms'; {sql}; ROLLBACK"
+            ))
+            .await;
+        let _ = c.batch_execute("ROLLBACK").await;
+        assert_eq!(
+            by_hand
+                .as_ref()
+                .err()
+                .and_then(|e| e.code())
+                .map(|s| s.code()),
+            Some("55P03"),
+            "PostgreSQL should lock {held} for {sql}: {by_hand:?}"
+        );
+        let mut cfg = contract(&pg, sql);
+        cfg.lock_wait_timeout = Duration::from_millis(300);
+        let r = executor::execute(&cfg).await;
+        assert_outcome(&r, Outcome::Failed);
+        let msg = r
+            .error
+            .as_ref()
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
+        assert!(
+            msg.contains(&format!("AccessShareLock on public.{held},"))
+                || msg.contains(&format!("AccessShareLock on {held},")),
+            "{sql}: {msg}"
+        );
+        assert_eq!(
+            r.attempts,
+            0,
+            "{sql}: queued for a lock: {}",
+            r.to_json_line()
+        );
+        reader.batch_execute("COMMIT").await.expect("commit");
+    }
+
+    // A column that is in no foreign key does not make the executor wait for users' readers.
+    let reader = pg.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("reader");
+    let mut cfg = contract(&pg, "ALTER TABLE orders DROP COLUMN n");
+    cfg.lock_wait_timeout = Duration::from_millis(300);
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(r.lock_wait_ms, 0, "{}", r.to_json_line());
+    reader.batch_execute("COMMIT").await.expect("commit");
+}
+
+/// The executor froze (SIGSTOP: a node that hangs, a network that drops) right after its DDL
+/// ran, inside the transaction, holding ACCESS EXCLUSIVE on users. The server must end the
+/// session within idle_in_transaction_session_timeout (3 × lock_timeout, at least 1 s), so an
+/// application query on users stalls at most that long; nothing is recorded, and a rerun
+/// applies the phase once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_executor_holds_its_lock_for_a_bounded_time() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
+         INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 100) g;",
+    )
+    .await
+    .expect("schema");
+    let sql = "ALTER TABLE users ADD COLUMN verified boolean";
+    let lock_timeout = Duration::from_millis(500);
+    let bound = executor::idle_in_transaction_timeout(lock_timeout);
+    let url = pg.url();
+    let envs = [
+        ("PHASEGATE_DATABASE_URL", url.as_str()),
+        ("PHASEGATE_PHASE", "expand"),
+        ("PHASEGATE_SQL", sql),
+        ("PHASEGATE_MIGRATION_NAME", "frozen"),
+        ("PHASEGATE_LOCK_TIMEOUT", "500ms"),
+        ("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x"),
+        // Inside the transaction, after the DDL and the ledger row, before COMMIT.
+        ("PHASEGATE_FAILPOINT", "pause-before-commit"),
+    ];
+    let run = apply::spawn(&envs);
+    assert!(
+        run.wait_for_stderr(
+            |l| l.contains("failpoint pause-before-commit"),
+            Duration::from_secs(20)
+        )
+        .await,
+        "failpoint not reached: {}",
+        run.stderr_so_far()
+    );
+    run.signal("STOP");
+    let frozen = Instant::now();
+
+    let app = pg.client().await;
+    let q = tokio::time::timeout(
+        Duration::from_secs(20),
+        app.query_one("SELECT count(*) FROM users", &[]),
+    )
+    .await;
+    let stall = frozen.elapsed();
+    assert!(matches!(q, Ok(Ok(_))), "application query: {q:?}");
+    eprintln!(
+        "application query on users stalled {:.0} ms behind the frozen executor (bound {} ms)",
+        stall.as_secs_f64() * 1000.0,
+        bound.as_millis()
+    );
+    assert!(
+        stall < bound + Duration::from_millis(500),
+        "stalled {stall:?}, bound {bound:?}"
+    );
+    let recorded: i64 = c
+        .query_one(
+            "SELECT count(*) FROM phasegate.ledger WHERE name = 'frozen'",
+            &[],
+        )
+        .await
+        .expect("ledger")
+        .get(0);
+    assert_eq!(recorded, 0, "the phase was recorded");
+
+    // The frozen process never comes back (the failpoint would sleep on): SIGKILL it.
+    let _ = run.finish(Duration::ZERO).await;
+
+    let mut again = Config::new(pg.url(), Phase::Expand, sql);
+    again.identity.name = "frozen".into();
+    let r = executor::execute(&again).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(r.statements, 1);
+    assert_outcome(&executor::execute(&again).await, Outcome::AlreadyApplied);
+}
+
+/// Two migration roles share a database: the first creates the ledger (and owns it), the second
+/// is only granted its use. The second must apply its phases without owning the ledger or
+/// having CREATE on the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_role_uses_the_ledger_it_does_not_own() {
+    let pg = TestPostgres::start();
+    let admin = pg.client().await;
+    admin
+        .batch_execute(
+            "CREATE ROLE shop_migrator LOGIN PASSWORD 'pw-shop';
+             CREATE ROLE billing_migrator LOGIN PASSWORD 'pw-billing';
+             GRANT CREATE ON DATABASE postgres TO shop_migrator;
+             CREATE TABLE users (id bigint PRIMARY KEY);
+             ALTER TABLE users OWNER TO shop_migrator;
+             CREATE TABLE invoices (id bigint PRIMARY KEY);
+             ALTER TABLE invoices OWNER TO billing_migrator;",
+        )
+        .await
+        .expect("roles");
+    let url =
+        |role: &str, pw: &str| format!("postgres://{role}:{pw}@127.0.0.1:{}/postgres", pg.port());
+    let phase = |url: String, name: &str, sql: &str| {
+        let mut c = Config::new(url, Phase::Expand, sql);
+        c.identity.namespace = name.into();
+        c.identity.name = name.into();
+        c
+    };
+
+    let shop = phase(
+        url("shop_migrator", "pw-shop"),
+        "shop",
+        "ALTER TABLE users ADD COLUMN email text",
+    );
+    assert_outcome(&executor::execute(&shop).await, Outcome::Applied);
+    // What the owner (or an admin) grants a second migration role.
+    admin
+        .batch_execute(
+            "SET ROLE shop_migrator;
+             GRANT USAGE ON SCHEMA phasegate TO billing_migrator;
+             GRANT SELECT, INSERT, UPDATE ON phasegate.ledger TO billing_migrator;
+             RESET ROLE;",
+        )
+        .await
+        .expect("grants");
+
+    let billing = phase(
+        url("billing_migrator", "pw-billing"),
+        "billing",
+        "ALTER TABLE invoices ADD COLUMN total numeric",
+    );
+    let r = executor::execute(&billing).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_outcome(&executor::execute(&billing).await, Outcome::AlreadyApplied);
+    assert_outcome(&executor::execute(&shop).await, Outcome::AlreadyApplied);
+    let owner: String = admin
+        .query_one(
+            "SELECT tableowner::text FROM pg_tables WHERE schemaname = 'phasegate' AND tablename = 'ledger'",
+            &[],
+        )
+        .await
+        .expect("owner")
+        .get(0);
+    assert_eq!(owner, "shop_migrator");
+    let comment: Option<String> = admin
+        .query_one(
+            "SELECT obj_description('phasegate.ledger'::regclass, 'pg_class')",
+            &[],
+        )
+        .await
+        .expect("comment")
+        .get(0);
+    assert!(comment.is_some_and(|c| c.contains("Phasegate")));
+}
