@@ -32,3 +32,39 @@ fn crd_declares_immutability_and_one_of_rules() {
         assert!(yaml.contains(rule), "CRD lacks the rule {rule:?}");
     }
 }
+
+#[test]
+fn wide_output_shows_why_and_explain_says_what_it_is() {
+    let crd = phasegate::api::DatabaseMigration::crd();
+    let version = &crd.spec.versions[0];
+    let wide: Vec<(String, String)> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .filter(|c| c.priority == Some(1))
+        .map(|c| (c.name.clone(), c.json_path.clone()))
+        .collect();
+    assert_eq!(
+        wide,
+        vec![
+            (
+                "Reason".to_string(),
+                ".status.conditions[?(@.type==\"Ready\")].reason".to_string()
+            ),
+            (
+                "Message".to_string(),
+                ".status.conditions[?(@.type==\"Ready\")].message".to_string()
+            ),
+        ]
+    );
+    let description = version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| s.description.clone())
+        .unwrap_or_default();
+    assert!(
+        description.contains("expand/contract") && !description.contains("Auto-generated"),
+        "{description}"
+    );
+}

@@ -22,7 +22,10 @@ use super::DatabaseMigrationStatus;
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.appVersion"}"#,
     printcolumn = r#"{"name":"Targets","type":"string","jsonPath":".status.targetsReady","description":"Targets whose rollout is complete / all targets"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    doc = "A PostgreSQL schema change run with the expand/contract pattern: expand (additive SQL) runs at once; contract (the DROPs) runs only once every target workload has rolled out `appVersion` and no pod of an older version is left, and never commits while a gate is closed."
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseMigrationSpec {
