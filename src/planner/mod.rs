@@ -858,6 +858,11 @@ impl<'a> Planner<'a> {
                 let elapsed = elapsed(started, now);
                 if elapsed >= timeout {
                     self.status.rollout_timed_out_at = Some(Time(now));
+                    // A retry that was waiting for the gates was asked before this timeout:
+                    // it is used up, and only a new value waits again.
+                    if self.retry == Retry::AwaitingGates {
+                        self.consume_retry();
+                    }
                     self.set(
                         Phase::Failed,
                         reason::ROLLOUT_TIMEOUT,

@@ -2891,3 +2891,26 @@ fn not_previous_order_records_what_ran_and_accepts_anything_else() {
     fx.targets[0].complete = false;
     assert!(matches!(fx.step().action, Action::StopJob { .. }));
 }
+
+#[test]
+fn a_retry_waiting_for_the_gates_is_used_up_by_a_rollout_timeout() {
+    // Found by the property tests with more cases: contract failed, a retry waits for the
+    // gates, the app rolls again and times out; that older retry must not also lift the
+    // timeout once the rollout completes.
+    let mut fx = Fx::contracting(SpecBuilder::new().timeout("3m").build());
+    fx.contract_job = JobState::Failed("boom".into());
+    assert_eq!(phase(&fx.step()), Phase::Failed);
+    fx.complete(false);
+    fx.retry("r1");
+    assert_eq!(phase(&fx.step()), Phase::AwaitingRollout);
+    fx.now += 180;
+    let p = fx.step();
+    assert_eq!(stalled_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Failed, "r1 does not lift the timeout");
+    assert_eq!(p.action, Action::None);
+    assert!(p.status.rollout_timed_out_at.is_some());
+    fx.retry("r2");
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 2));
+}
