@@ -808,21 +808,7 @@ async fn sigterm_in_the_lock_queue_rolls_back_at_once() {
 
     let run = apply::spawn(&envs);
     let queued = "SELECT count(*) FROM pg_locks WHERE relation = 'users'::regclass AND NOT granted";
-    let until = Instant::now() + Duration::from_secs(20);
-    while c
-        .query_one(queued, &[])
-        .await
-        .expect("locks")
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(
-            Instant::now() < until,
-            "never queued: {}",
-            run.stderr_so_far()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    run.wait_queued(&c, "users").await;
     run.signal("TERM");
     let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
     assert_stopped(&f, elapsed, &term);

@@ -517,22 +517,7 @@ async fn old_session_arriving_during_the_lock_wait_is_caught_before_commit() {
     envs.push(("PHASEGATE_LOCK_TIMEOUT", "60s"));
     envs.push(("PHASEGATE_DATABASE_CHECK_TIMEOUT", "30s"));
     let mut run = apply::spawn(&envs);
-    let queued = "SELECT count(*) FROM pg_locks WHERE relation = 'users'::regclass AND NOT granted";
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    while c
-        .query_one(queued, &[])
-        .await
-        .expect("locks")
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < until,
-            "never queued: {}",
-            run.stderr_so_far()
-        );
-        sleep_ms(20).await;
-    }
+    run.wait_queued(&c, "users").await;
     let (old, old_pid) = session(&pg.url(), "shop-api@1.0.0").await;
     holder.batch_execute("COMMIT").await.expect("release");
 

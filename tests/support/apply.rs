@@ -115,6 +115,29 @@ impl Running {
         false
     }
 
+    /// Wait (up to 20 s) until a session waits for a lock on `table`: the executor has
+    /// queued for it.
+    pub async fn wait_queued(&self, db: &tokio_postgres::Client, table: &str) {
+        let queued = format!(
+            "SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass AND NOT granted"
+        );
+        let until = Instant::now() + Duration::from_secs(20);
+        while db
+            .query_one(queued.as_str(), &[])
+            .await
+            .expect("locks")
+            .get::<_, i64>(0)
+            == 0
+        {
+            assert!(
+                Instant::now() < until,
+                "never queued: {}",
+                self.stderr_so_far()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn stderr_so_far(&self) -> String {
         self.stderr.lock().expect("stderr lines").join("\n")
     }
