@@ -325,3 +325,115 @@ async fn a_second_role_uses_the_ledger_it_does_not_own() {
         .get(0);
     assert!(comment.is_some_and(|c| c.contains("Phasegate")));
 }
+
+/// Issue 10, item 4: the lock-aware wait ran before the database check, which can wait for
+/// minutes; a reader that took the table meanwhile must be waited out again, not queued behind.
+/// Reader A holds users, an old-version session blocks the check; A ends, reader B takes users,
+/// the old session leaves: the executor must not enter the lock queue while B holds users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_are_looked_at_again_after_the_database_check_waited() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, legacy int);
+         INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 100) g;",
+    )
+    .await
+    .expect("schema");
+    let reader_a = pg.client().await;
+    reader_a
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("reader A");
+    let old = pg.client().await;
+    old.batch_execute("SET application_name = 'shop-api@1.0.0'")
+        .await
+        .expect("old session");
+    let url = pg.url();
+    let envs = [
+        ("PHASEGATE_DATABASE_URL", url.as_str()),
+        ("PHASEGATE_PHASE", "contract"),
+        ("PHASEGATE_SQL", "ALTER TABLE users DROP COLUMN legacy"),
+        ("PHASEGATE_MIGRATION_NAMESPACE", "shop"),
+        ("PHASEGATE_MIGRATION_NAME", "stale"),
+        ("PHASEGATE_APP_VERSION", "2.0.0"),
+        ("PHASEGATE_APPLICATION_NAMES", "shop-api"),
+        // Long enough that queueing behind B would be plain to see.
+        ("PHASEGATE_LOCK_TIMEOUT", "5s"),
+        ("PHASEGATE_DATABASE_CHECK_TIMEOUT", "30s"),
+        ("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x"),
+    ];
+    let run = apply::spawn(&envs);
+    assert!(
+        run.wait_for_stderr(|l| l.contains("\"table-lock\""), Duration::from_secs(20))
+            .await,
+        "never waited for reader A: {}",
+        run.stderr_so_far()
+    );
+    reader_a.batch_execute("COMMIT").await.expect("release A");
+    assert!(
+        run.wait_for_stderr(
+            |l| l.contains("\"database-check\""),
+            Duration::from_secs(20)
+        )
+        .await,
+        "the old session never blocked the check: {}",
+        run.stderr_so_far()
+    );
+    let reader_b = pg.client().await;
+    reader_b
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("reader B");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(old);
+
+    // For 2 s while B holds users: no request of ours in the queue, application reads flow.
+    let app = pg.client().await;
+    let queued = "SELECT count(*) FROM pg_locks WHERE relation = 'users'::regclass AND NOT granted";
+    let mut worst = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let n: i64 = c.query_one(queued, &[]).await.expect("locks").get(0);
+        assert_eq!(
+            n,
+            0,
+            "the executor queued for users behind reader B: {}",
+            run.stderr_so_far()
+        );
+        let t = Instant::now();
+        let q = tokio::time::timeout(
+            Duration::from_secs(10),
+            app.query_one("SELECT email FROM users WHERE id = 1", &[]),
+        )
+        .await;
+        assert!(matches!(q, Ok(Ok(_))), "application query failed: {q:?}");
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        worst < Duration::from_millis(100),
+        "an application query waited {worst:?}"
+    );
+    reader_b.batch_execute("COMMIT").await.expect("release B");
+    let (f, _) = run.finish(Duration::from_secs(30)).await;
+    assert_eq!(f.code, Some(0), "{}", f.output());
+    let r = f.report();
+    assert_outcome(r, Outcome::Applied);
+    assert_eq!(r.lock_retries, 0, "{}", r.to_json_line());
+    assert_eq!(r.attempts, 1, "{}", r.to_json_line());
+    let gone: bool = c
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'users'::regclass AND attname = 'legacy' AND NOT attisdropped)",
+            &[],
+        )
+        .await
+        .expect("columns")
+        .get(0);
+    assert!(gone, "{}", r.to_json_line());
+    eprintln!(
+        "worst application query while B held users: {:.1} ms; {}",
+        worst.as_secs_f64() * 1000.0,
+        r.to_json_line()
+    );
+}
