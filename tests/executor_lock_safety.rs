@@ -437,3 +437,69 @@ async fn locks_are_looked_at_again_after_the_database_check_waited() {
         r.to_json_line()
     );
 }
+
+/// Issue 10, item 3: PostgreSQL cancels an ordinary autovacuum that blocks a lock request, so
+/// the executor must not wait outside the queue for one (a slow autovacuum can take minutes).
+/// A real autovacuum, slowed down by its cost delay, holds SHARE UPDATE EXCLUSIVE on `t`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordinary_autovacuum_is_not_waited_for() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+        .await
+        .expect("naptime");
+    c.batch_execute(
+        "SELECT pg_reload_conf();
+         CREATE TABLE t (id bigint PRIMARY KEY, pad text)
+           WITH (autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0,
+                 autovacuum_vacuum_insert_threshold = 0, autovacuum_vacuum_insert_scale_factor = 0,
+                 autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1);
+         INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g;
+         DELETE FROM t WHERE id % 2 = 0;",
+    )
+    .await
+    .expect("schema");
+    let autovacuum = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                       WHERE l.relation = 't'::regclass AND l.granted
+                         AND a.backend_type = 'autovacuum worker'";
+    let until = Instant::now() + Duration::from_secs(30);
+    while c
+        .query_one(autovacuum, &[])
+        .await
+        .expect("locks")
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < until, "no autovacuum of t started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = pg.url();
+    let envs = [
+        ("PHASEGATE_DATABASE_URL", url.as_str()),
+        ("PHASEGATE_PHASE", "expand"),
+        ("PHASEGATE_SQL", "ALTER TABLE t ADD COLUMN note text"),
+        ("PHASEGATE_MIGRATION_NAME", "autovacuum"),
+        // Longer than deadlock_timeout (1 s), after which PostgreSQL cancels the autovacuum.
+        ("PHASEGATE_LOCK_TIMEOUT", "3s"),
+        ("PHASEGATE_LOCK_WAIT_TIMEOUT", "5s"),
+        ("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x"),
+    ];
+    let t = Instant::now();
+    let f = apply::run(&envs).await;
+    let took = t.elapsed();
+    assert_eq!(f.code, Some(0), "{}", f.output());
+    let r = f.report();
+    assert_outcome(r, Outcome::Applied);
+    assert!(
+        !f.stderr.contains("\"table-lock\""),
+        "waited for the autovacuum: {}",
+        f.output()
+    );
+    assert!(r.lock_wait_ms < 1000, "{}", r.to_json_line());
+    assert!(exists(&c, "t").await);
+    eprintln!(
+        "applied behind a running autovacuum in {:.2} s; {}",
+        took.as_secs_f64(),
+        r.to_json_line()
+    );
+}
