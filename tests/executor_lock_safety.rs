@@ -503,3 +503,66 @@ async fn an_ordinary_autovacuum_is_not_waited_for() {
         r.to_json_line()
     );
 }
+
+/// Issue 10, item 3: without pg_read_all_stats other roles' sessions are opaque (their
+/// transactions look infinitely old). The executor says so once, at start, in the report; a
+/// role with the grant gets no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_pg_read_all_stats_is_warned_once() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE ROLE migr LOGIN PASSWORD 'migr-pw';
+         GRANT CREATE ON DATABASE postgres TO migr;
+         CREATE TABLE users (id bigint PRIMARY KEY, legacy int);
+         ALTER TABLE users OWNER TO migr;",
+    )
+    .await
+    .expect("roles");
+    let url = format!(
+        "postgres://migr:migr-pw@127.0.0.1:{}/postgres?sslmode=disable",
+        pg.port()
+    );
+    let mut cfg = Config::new(
+        url.clone(),
+        Phase::Expand,
+        "ALTER TABLE users ADD COLUMN n int",
+    );
+    cfg.identity.name = "plain".into();
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Applied);
+    let w = r.db_check_warning.clone().unwrap_or_default();
+    assert!(
+        w.contains("role migr lacks pg_read_all_stats")
+            && w.contains("GRANT pg_read_all_stats TO migr"),
+        "{}",
+        r.to_json_line()
+    );
+
+    // Contract with the check on: the check's own warning is not added to it.
+    let mut cfg = Config::new(
+        url.clone(),
+        Phase::Contract,
+        "ALTER TABLE users DROP COLUMN legacy",
+    );
+    cfg.identity.name = "plain".into();
+    cfg.identity.app_version = "2.0.0".into();
+    cfg.rollout_completed_at = Some(jiff::Timestamp::now());
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(
+        r.db_check_warning.as_deref(),
+        Some(w.as_str()),
+        "{}",
+        r.to_json_line()
+    );
+
+    c.batch_execute("GRANT pg_read_all_stats TO migr")
+        .await
+        .expect("grant");
+    let mut cfg = Config::new(url, Phase::Expand, "ALTER TABLE users ADD COLUMN m int");
+    cfg.identity.name = "granted".into();
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(r.db_check_warning, None, "{}", r.to_json_line());
+}

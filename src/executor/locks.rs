@@ -295,6 +295,26 @@ pub fn yields_to_ddl(backend_type: Option<&str>, query: Option<&str>) -> bool {
         && query.is_some_and(|q| !q.contains("(to prevent wraparound)"))
 }
 
+/// The warning for the report when the executor's role cannot see other roles' sessions in
+/// `pg_stat_activity` (no `pg_read_all_stats`; superusers have it). Their `xact_start`,
+/// `backend_type` and query then read NULL / `<insufficient privilege>`: the lock wait counts
+/// their transactions as old, cannot tell an autovacuum apart, and the database check waits out
+/// their open transactions (see `dbcheck`). Safe, but it may wait longer than needed.
+pub async fn visibility_warning(client: &Client) -> Result<Option<String>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_has_role('pg_read_all_stats', 'USAGE'), current_user::text",
+            &[],
+        )
+        .await?;
+    let (privileged, role): (bool, String) = (row.get(0), row.get(1));
+    Ok((!privileged).then(|| {
+        format!(
+            "role {role} lacks pg_read_all_stats: other roles' sessions show <insufficient privilege>, so their transactions count as old and are waited out, autovacuum is waited for, and the database check is conservative (GRANT pg_read_all_stats TO {role} for an exact view)"
+        )
+    }))
+}
+
 /// Only old transactions and queued requests are worth waiting for.
 pub fn is_blocking(b: &Blocker) -> bool {
     !b.granted || b.xact_ms >= YOUNG_TRANSACTION.as_secs_f64() * 1000.0

@@ -725,6 +725,15 @@ async fn run(
         gate: Gate::new(cfg),
         waits: Waits::new(),
     };
+    if !cfg.lock_wait_timeout.is_zero() || runner.gate.checker.is_some() {
+        // Once per run; the database check reuses it rather than adding its own.
+        runner.stats.db_check_warning = locks::visibility_warning(&client)
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        if let Some(w) = &runner.stats.db_check_warning {
+            tracing::warn!("{}", scrub.scrub(w));
+        }
+    }
     let advisory = locks::advisory_lock(&client, cfg.advisory_lock_timeout, &mut runner.waits);
     runner.stats.lock_wait += or_stop(&cfg.stop, async { Ok(advisory.await?) }).await?;
     if cfg.require_expand {
@@ -982,7 +991,9 @@ impl Gate {
             .map_err(|e| ApplyError::db(&e, None))?;
         self.waited += waited;
         stats.db_check_wait = Some(self.waited);
-        stats.db_check_warning = checker.warning();
+        if stats.db_check_warning.is_none() {
+            stats.db_check_warning = checker.warning();
+        }
         if blockers.is_empty() {
             return Ok(waited);
         }
