@@ -325,3 +325,252 @@ async fn a_second_role_uses_the_ledger_it_does_not_own() {
         .get(0);
     assert!(comment.is_some_and(|c| c.contains("Phasegate")));
 }
+
+/// Issue 10, item 4: the lock-aware wait ran before the database check, which can wait for
+/// minutes; a reader that took the table meanwhile must be waited out again, not queued behind.
+/// Reader A holds users, an old-version session blocks the check; A ends, reader B takes users,
+/// the old session leaves: the executor must not enter the lock queue while B holds users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_are_looked_at_again_after_the_database_check_waited() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, legacy int);
+         INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 100) g;",
+    )
+    .await
+    .expect("schema");
+    let reader_a = pg.client().await;
+    reader_a
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("reader A");
+    let old = pg.client().await;
+    old.batch_execute("SET application_name = 'shop-api@1.0.0'")
+        .await
+        .expect("old session");
+    let url = pg.url();
+    let envs = [
+        ("PHASEGATE_DATABASE_URL", url.as_str()),
+        ("PHASEGATE_PHASE", "contract"),
+        ("PHASEGATE_SQL", "ALTER TABLE users DROP COLUMN legacy"),
+        ("PHASEGATE_MIGRATION_NAMESPACE", "shop"),
+        ("PHASEGATE_MIGRATION_NAME", "stale"),
+        ("PHASEGATE_APP_VERSION", "2.0.0"),
+        ("PHASEGATE_APPLICATION_NAMES", "shop-api"),
+        // Long enough that queueing behind B would be plain to see.
+        ("PHASEGATE_LOCK_TIMEOUT", "5s"),
+        ("PHASEGATE_DATABASE_CHECK_TIMEOUT", "30s"),
+        ("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x"),
+    ];
+    let run = apply::spawn(&envs);
+    assert!(
+        run.wait_for_stderr(|l| l.contains("\"table-lock\""), Duration::from_secs(20))
+            .await,
+        "never waited for reader A: {}",
+        run.stderr_so_far()
+    );
+    reader_a.batch_execute("COMMIT").await.expect("release A");
+    assert!(
+        run.wait_for_stderr(
+            |l| l.contains("\"database-check\""),
+            Duration::from_secs(20)
+        )
+        .await,
+        "the old session never blocked the check: {}",
+        run.stderr_so_far()
+    );
+    let reader_b = pg.client().await;
+    reader_b
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("reader B");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(old);
+
+    // For 2 s while B holds users: no request of ours in the queue, application reads flow.
+    let app = pg.client().await;
+    let queued = "SELECT count(*) FROM pg_locks WHERE relation = 'users'::regclass AND NOT granted";
+    let mut worst = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let n: i64 = c.query_one(queued, &[]).await.expect("locks").get(0);
+        assert_eq!(
+            n,
+            0,
+            "the executor queued for users behind reader B: {}",
+            run.stderr_so_far()
+        );
+        let t = Instant::now();
+        let q = tokio::time::timeout(
+            Duration::from_secs(10),
+            app.query_one("SELECT email FROM users WHERE id = 1", &[]),
+        )
+        .await;
+        assert!(matches!(q, Ok(Ok(_))), "application query failed: {q:?}");
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        worst < Duration::from_millis(100),
+        "an application query waited {worst:?}"
+    );
+    reader_b.batch_execute("COMMIT").await.expect("release B");
+    let (f, _) = run.finish(Duration::from_secs(30)).await;
+    assert_eq!(f.code, Some(0), "{}", f.output());
+    let r = f.report();
+    assert_outcome(r, Outcome::Applied);
+    assert_eq!(r.lock_retries, 0, "{}", r.to_json_line());
+    assert_eq!(r.attempts, 1, "{}", r.to_json_line());
+    let gone: bool = c
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'users'::regclass AND attname = 'legacy' AND NOT attisdropped)",
+            &[],
+        )
+        .await
+        .expect("columns")
+        .get(0);
+    assert!(gone, "{}", r.to_json_line());
+    eprintln!(
+        "worst application query while B held users: {:.1} ms; {}",
+        worst.as_secs_f64() * 1000.0,
+        r.to_json_line()
+    );
+}
+
+/// Issue 10, item 3: PostgreSQL cancels an ordinary autovacuum that blocks a lock request, so
+/// the executor must not wait outside the queue for one (a slow autovacuum can take minutes).
+/// A real autovacuum, slowed down by its cost delay, holds SHARE UPDATE EXCLUSIVE on `t`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordinary_autovacuum_is_not_waited_for() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+        .await
+        .expect("naptime");
+    c.batch_execute(
+        "SELECT pg_reload_conf();
+         CREATE TABLE t (id bigint PRIMARY KEY, pad text)
+           WITH (autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0,
+                 autovacuum_vacuum_insert_threshold = 0, autovacuum_vacuum_insert_scale_factor = 0,
+                 autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1);
+         INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g;
+         DELETE FROM t WHERE id % 2 = 0;",
+    )
+    .await
+    .expect("schema");
+    let autovacuum = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                       WHERE l.relation = 't'::regclass AND l.granted
+                         AND a.backend_type = 'autovacuum worker'";
+    let until = Instant::now() + Duration::from_secs(30);
+    while c
+        .query_one(autovacuum, &[])
+        .await
+        .expect("locks")
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < until, "no autovacuum of t started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = pg.url();
+    let envs = [
+        ("PHASEGATE_DATABASE_URL", url.as_str()),
+        ("PHASEGATE_PHASE", "expand"),
+        ("PHASEGATE_SQL", "ALTER TABLE t ADD COLUMN note text"),
+        ("PHASEGATE_MIGRATION_NAME", "autovacuum"),
+        // Longer than deadlock_timeout (1 s), after which PostgreSQL cancels the autovacuum.
+        ("PHASEGATE_LOCK_TIMEOUT", "3s"),
+        ("PHASEGATE_LOCK_WAIT_TIMEOUT", "5s"),
+        ("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x"),
+    ];
+    let t = Instant::now();
+    let f = apply::run(&envs).await;
+    let took = t.elapsed();
+    assert_eq!(f.code, Some(0), "{}", f.output());
+    let r = f.report();
+    assert_outcome(r, Outcome::Applied);
+    assert!(
+        !f.stderr.contains("\"table-lock\""),
+        "waited for the autovacuum: {}",
+        f.output()
+    );
+    assert!(r.lock_wait_ms < 1000, "{}", r.to_json_line());
+    let added: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'note')",
+            &[],
+        )
+        .await
+        .expect("columns")
+        .get(0);
+    assert!(added, "{}", r.to_json_line());
+    eprintln!(
+        "applied behind a running autovacuum in {:.2} s; {}",
+        took.as_secs_f64(),
+        r.to_json_line()
+    );
+}
+
+/// Issue 10, item 3: without pg_read_all_stats other roles' sessions are opaque (their
+/// transactions look infinitely old). The executor says so once, at start, in the report; a
+/// role with the grant gets no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_pg_read_all_stats_is_warned_once() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE ROLE migr LOGIN PASSWORD 'migr-pw';
+         GRANT CREATE ON DATABASE postgres TO migr;
+         CREATE TABLE users (id bigint PRIMARY KEY, legacy int);
+         ALTER TABLE users OWNER TO migr;",
+    )
+    .await
+    .expect("roles");
+    let url = format!(
+        "postgres://migr:migr-pw@127.0.0.1:{}/postgres?sslmode=disable",
+        pg.port()
+    );
+    let mut cfg = Config::new(
+        url.clone(),
+        Phase::Expand,
+        "ALTER TABLE users ADD COLUMN n int",
+    );
+    cfg.identity.name = "plain".into();
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Applied);
+    let w = r.db_check_warning.clone().unwrap_or_default();
+    assert!(
+        w.contains("role migr lacks pg_read_all_stats")
+            && w.contains("GRANT pg_read_all_stats TO migr"),
+        "{}",
+        r.to_json_line()
+    );
+
+    // Contract with the check on: the check's own warning is not added to it.
+    let mut cfg = Config::new(
+        url.clone(),
+        Phase::Contract,
+        "ALTER TABLE users DROP COLUMN legacy",
+    );
+    cfg.identity.name = "plain".into();
+    cfg.identity.app_version = "2.0.0".into();
+    cfg.rollout_completed_at = Some(jiff::Timestamp::now());
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(
+        r.db_check_warning.as_deref(),
+        Some(w.as_str()),
+        "{}",
+        r.to_json_line()
+    );
+
+    c.batch_execute("GRANT pg_read_all_stats TO migr")
+        .await
+        .expect("grant");
+    let mut cfg = Config::new(url, Phase::Expand, "ALTER TABLE users ADD COLUMN m int");
+    cfg.identity.name = "granted".into();
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(r.db_check_warning, None, "{}", r.to_json_line());
+}

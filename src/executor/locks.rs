@@ -242,7 +242,9 @@ pub async fn blockers(
                    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, n, ord))
              SELECT t.ord::int, t.label, l.pid, l.mode, l.granted,
                     coalesce(extract(epoch FROM clock_timestamp() - a.xact_start) * 1000, 1e9)::float8,
-                    coalesce(a.state, ''), coalesce(a.application_name, '')
+                    coalesce(a.state, ''), coalesce(a.application_name, ''),
+                    a.backend_type,
+                    CASE WHEN a.backend_type = 'autovacuum worker' THEN a.query END
                FROM pg_locks l
                JOIN t ON l.relation = t.oid
                LEFT JOIN pg_stat_activity a ON a.pid = l.pid
@@ -265,6 +267,9 @@ pub async fn blockers(
         if !want.conflicts_with(held) {
             continue;
         }
+        if yields_to_ddl(r.get(8), r.get(9)) {
+            continue;
+        }
         out.push(Blocker {
             pid: r.get::<_, Option<i32>>(2).unwrap_or(0),
             table: r.get(1),
@@ -276,6 +281,38 @@ pub async fn blockers(
         });
     }
     Ok(out)
+}
+
+/// Whether a lock holder gives way by itself: PostgreSQL cancels an autovacuum worker that
+/// blocks a lock request (after `deadlock_timeout`, 1 s by default), except one run to prevent
+/// transaction-id wraparound, which must finish. Waiting for a cancellable autovacuum can cost
+/// minutes for nothing; the attempt pays at most `deadlock_timeout` in the queue instead (with a
+/// `lock_timeout` shorter than that it times out before the cancel and retries). Without
+/// `pg_read_all_stats` an autovacuum's `backend_type` and query are hidden, so it is waited for
+/// like any other session.
+pub fn yields_to_ddl(backend_type: Option<&str>, query: Option<&str>) -> bool {
+    backend_type == Some("autovacuum worker")
+        && query.is_some_and(|q| !q.contains("(to prevent wraparound)"))
+}
+
+/// The warning for the report when the executor's role cannot see other roles' sessions in
+/// `pg_stat_activity` (no `pg_read_all_stats`; superusers have it). Their `xact_start`,
+/// `backend_type` and query then read NULL / `<insufficient privilege>`: the lock wait counts
+/// their transactions as old, cannot tell an autovacuum apart, and the database check waits out
+/// their open transactions (see `dbcheck`). Safe, but it may wait longer than needed.
+pub async fn visibility_warning(client: &Client) -> Result<Option<String>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_has_role('pg_read_all_stats', 'USAGE'), current_user::text",
+            &[],
+        )
+        .await?;
+    let (privileged, role): (bool, String) = (row.get(0), row.get(1));
+    Ok((!privileged).then(|| {
+        format!(
+            "role {role} lacks pg_read_all_stats: other roles' sessions show <insufficient privilege>, so their transactions count as old and are waited out, autovacuum is waited for, and the database check is conservative (GRANT pg_read_all_stats TO {role} for an exact view)"
+        )
+    }))
 }
 
 /// Only old transactions and queued requests are worth waiting for.
@@ -326,5 +363,34 @@ pub async fn wait_until_clear(
         }
         logged = true;
         tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancellable_autovacuum_is_not_waited_for() {
+        let av = Some("autovacuum worker");
+        assert!(yields_to_ddl(av, Some("autovacuum: VACUUM public.users")));
+        assert!(yields_to_ddl(
+            av,
+            Some("autovacuum: VACUUM ANALYZE public.users")
+        ));
+        assert!(yields_to_ddl(av, Some("autovacuum: ANALYZE public.users")));
+        // Wraparound vacuums are never cancelled by PostgreSQL: wait for them.
+        assert!(!yields_to_ddl(
+            av,
+            Some("autovacuum: VACUUM public.users (to prevent wraparound)")
+        ));
+        // Unknown query (hidden or missing): wait.
+        assert!(!yields_to_ddl(av, None));
+        // Hidden backend type (no pg_read_all_stats), clients, a manual VACUUM: wait.
+        assert!(!yields_to_ddl(
+            None,
+            Some("autovacuum: VACUUM public.users")
+        ));
+        assert!(!yields_to_ddl(Some("client backend"), Some("VACUUM users")));
     }
 }

@@ -725,6 +725,15 @@ async fn run(
         gate: Gate::new(cfg),
         waits: Waits::new(),
     };
+    if !cfg.lock_wait_timeout.is_zero() || runner.gate.checker.is_some() {
+        // Once per run; the database check reuses it rather than adding its own.
+        runner.stats.db_check_warning = locks::visibility_warning(&client)
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        if let Some(w) = &runner.stats.db_check_warning {
+            tracing::warn!("{}", scrub.scrub(w));
+        }
+    }
     let advisory = locks::advisory_lock(&client, cfg.advisory_lock_timeout, &mut runner.waits);
     runner.stats.lock_wait += or_stop(&cfg.stop, async { Ok(advisory.await?) }).await?;
     if cfg.require_expand {
@@ -965,14 +974,15 @@ impl Gate {
         }
     }
 
+    /// Waits until the check passes; returns how long this call waited for blockers.
     async fn pass(
         &mut self,
         client: &Client,
         stats: &mut Stats,
         waits: &mut Waits,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<Duration, ApplyError> {
         let Some(checker) = self.checker.as_mut() else {
-            return Ok(());
+            return Ok(Duration::ZERO);
         };
         let budget = self.timeout.saturating_sub(self.waited);
         let (waited, blockers) = checker
@@ -981,9 +991,11 @@ impl Gate {
             .map_err(|e| ApplyError::db(&e, None))?;
         self.waited += waited;
         stats.db_check_wait = Some(self.waited);
-        stats.db_check_warning = checker.warning();
+        if stats.db_check_warning.is_none() {
+            stats.db_check_warning = checker.warning();
+        }
         if blockers.is_empty() {
-            return Ok(());
+            return Ok(waited);
         }
         let mut list: Vec<String> = blockers
             .iter()
@@ -1109,10 +1121,32 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// The database check outside any lock, unless a stop comes first.
-    async fn pass_gate(&mut self, client: &Client) -> Result<(), ApplyError> {
+    /// The database check outside any lock, unless a stop comes first; returns the time it
+    /// waited for blockers.
+    async fn pass_gate(&mut self, client: &Client) -> Result<Duration, ApplyError> {
         let (gate, stats, waits) = (&mut self.gate, &mut *self.stats, &mut self.waits);
         or_stop(&self.cfg.stop, gate.pass(client, stats, waits)).await
+    }
+
+    /// Before an attempt: the tables are free and the database check passes, both observed
+    /// just now. The check can wait for minutes, and a new long transaction may take a table
+    /// meanwhile; queueing behind it blind would stall the application for up to
+    /// `lock_timeout` × retries. So whenever the check waited, look at the locks again. Ends:
+    /// each round that waits spends the check's budget, which is finite.
+    async fn clear_to_attempt(
+        &mut self,
+        client: &Client,
+        stmts: &[Statement],
+        range: &Range<usize>,
+        lock_waited: &mut Duration,
+    ) -> Result<(), ApplyError> {
+        loop {
+            self.wait_for_tables(client, stmts, range, lock_waited)
+                .await?;
+            if self.pass_gate(client).await?.is_zero() {
+                return Ok(());
+            }
+        }
     }
 
     /// Runs `range` in one transaction together with the ledger update, retrying lock timeouts.
@@ -1127,9 +1161,8 @@ impl Runner<'_> {
         let mut retries = 0u32;
         let mut waited = Duration::ZERO;
         loop {
-            self.wait_for_tables(client, stmts, &range, &mut waited)
+            self.clear_to_attempt(client, stmts, &range, &mut waited)
                 .await?;
-            self.pass_gate(client).await?;
             if let Some(signal) = cfg.stop.requested() {
                 return Err(signal.into());
             }
@@ -1324,9 +1357,8 @@ impl Runner<'_> {
             if skip {
                 break;
             }
-            self.wait_for_tables(client, std::slice::from_ref(s), &range, &mut waited)
+            self.clear_to_attempt(client, std::slice::from_ref(s), &range, &mut waited)
                 .await?;
-            self.pass_gate(client).await?;
             if let Some(signal) = cfg.stop.requested() {
                 return Err(signal.into());
             }

@@ -49,7 +49,8 @@ pub struct Report {
     /// application versions and transactions begun before the rollout completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_check_wait_ms: Option<u64>,
-    /// Set when the database check could not see everything (missing `pg_read_all_stats`).
+    /// Set when the executor could not see everything: its role lacks `pg_read_all_stats`
+    /// (checked once at start), or the database check met sessions it could not see into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_check_warning: Option<String>,
     /// Contract only, when not zero: transactions rolled back because the database check, run
