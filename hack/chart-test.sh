@@ -99,6 +99,19 @@ else
   pass "a misspelt jobPolicy key is refused (values.schema.json)"
 fi
 
+if out=$("${HELM}" template "${RELEASE}" "${CHART}" --set replicas=2 --set leaderElection.enabled=false 2>&1); then
+  fail "replicas=2 without leader election renders"
+elif grep -q "needs leaderElection.enabled=true" <<<"${out}"; then
+  pass "replicas=2 without leader election is refused with the reason"
+else
+  fail "replicas=2 without leader election fails for another reason: ${out}"
+fi
+if "${HELM}" template "${RELEASE}" "${CHART}" --set replicas=2 >/dev/null 2>&1; then
+  pass "replicas=2 with leader election (the default) renders"
+else
+  fail "replicas=2 with leader election does not render"
+fi
+
 expect_render "${WORK}/monitor.yaml" "ServiceMonitor rendered when enabled" '^kind: ServiceMonitor$' 1
 expect_render "${WORK}/cluster.yaml" "no ServiceMonitor by default" 'ServiceMonitor' 0
 
