@@ -17,7 +17,7 @@ use crate::api::{
     LABEL_MIGRATION, LABEL_MIGRATION_UID, LABEL_PHASE, LABEL_SQL_CHECKSUM,
 };
 use crate::executor::report::Report;
-use crate::planner::{job_name, migration_label, validate, JobPhase, JobState};
+use crate::planner::{job_name, migration_label, phase_code, validate, JobPhase, JobState};
 
 use super::error::{Error, KubeContext};
 
@@ -54,10 +54,7 @@ pub fn build_job(
         .controller_owner_ref(&())
         .ok_or(Error::MissingField("metadata.uid"))?;
     let spec = &dbm.spec;
-    let (sql, user_job) = match phase {
-        JobPhase::Expand => (spec.expand.sql.clone(), spec.expand.job.clone()),
-        JobPhase::Contract => (spec.contract.sql.clone(), spec.contract.job.clone()),
-    };
+    let (sql, user_job) = phase_code(spec, phase);
     let mut labels: BTreeMap<String, String> = [
         (LABEL_EXECUTOR.to_string(), "true".to_string()),
         (LABEL_MIGRATION.to_string(), migration_label(&name)),
@@ -143,11 +140,11 @@ pub fn build_job(
 
     let (mut template, backoff_limit) = match (sql, user_job) {
         (Some(sql), _) => {
-            env.push(plain("PHASEGATE_SQL", &sql));
+            env.push(plain("PHASEGATE_SQL", sql));
             (executor_template(cfg, env), 0)
         }
         (None, Some(job)) => {
-            let mut t = validate::pod_template(&job).map_err(|reason| Error::Selector {
+            let mut t = validate::pod_template(job).map_err(|reason| Error::Selector {
                 target: format!("{phase} job"),
                 reason,
             })?;
@@ -241,10 +238,7 @@ fn executor_template(cfg: &ExecutorConfig, env: Vec<EnvVar>) -> PodTemplateSpec 
 /// The label value identifying an inline-SQL phase's SQL (the first 16 hex digits of the
 /// executor's checksum); `None` for a user Job.
 pub fn sql_checksum(dbm: &DatabaseMigration, phase: JobPhase) -> Option<String> {
-    let sql = match phase {
-        JobPhase::Expand => dbm.spec.expand.sql.as_deref(),
-        JobPhase::Contract => dbm.spec.contract.sql.as_deref(),
-    }?;
+    let sql = phase_code(&dbm.spec, phase).0?;
     Some(crate::executor::checksum(sql)[..16].to_string())
 }
 
@@ -334,8 +328,9 @@ pub async fn stop(
     }
 }
 
-/// The state of the Job of a phase's current attempt, with the executor's structured report when the Job finished and its
-/// termination message carries one (for metrics: lock retries and lock waits).
+/// The state of the Job of a phase's current attempt, with the executor's structured report
+/// when the Job finished and its termination message carries one (for metrics: lock retries
+/// and lock waits).
 ///
 /// A user Job's own output (termination message, log tail) reaches status only when
 /// `show_user_output`: it may print whatever its environment holds, the database URL too.
@@ -348,10 +343,7 @@ pub async fn observe_reported(
     attempt: u32,
     show_user_output: bool,
 ) -> Result<(JobState, Option<Report>), Error> {
-    let user_job = match phase {
-        JobPhase::Expand => dbm.spec.expand.job.is_some(),
-        JobPhase::Contract => dbm.spec.contract.job.is_some(),
-    };
+    let user_job = phase_code(&dbm.spec, phase).1.is_some();
     let hide = user_job && !show_user_output;
     let uid = dbm.uid().unwrap_or_default();
     let name = job_name(&dbm.name_any(), &uid, phase, attempt);
@@ -374,11 +366,11 @@ pub async fn observe_reported(
             .cloned()
     };
     if cond("Complete").is_some() {
-        let last = last_termination(pods, &name).await?;
         if hide {
             return Ok((JobState::Succeeded(None), None));
         }
-        let raw = last
+        let raw = last_termination(pods, &name)
+            .await?
             .and_then(|t| t.message)
             .filter(|m| !m.trim().is_empty());
         let report = raw.as_deref().and_then(Report::parse);
@@ -452,10 +444,7 @@ async fn stuck_reason(
     events: &Api<Event>,
     job: &str,
 ) -> Result<Option<String>, Error> {
-    let list = pods
-        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
-        .await
-        .during(format!("listing pods of Job {job}"))?;
+    let list = job_pods(pods, job).await?;
     if list.items.is_empty() {
         return refused_pods(events, job).await;
     }
@@ -492,6 +481,13 @@ async fn stuck_reason(
         }
     }
     Ok(None)
+}
+
+/// The pods of a Job.
+async fn job_pods(pods: &Api<Pod>, job: &str) -> Result<kube::core::ObjectList<Pod>, Error> {
+    pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await
+        .during(format!("listing pods of Job {job}"))
 }
 
 /// A Job without pods: the newest `FailedCreate` Event the Job controller recorded for it.
@@ -570,10 +566,7 @@ async fn last_termination(
     pods: &Api<Pod>,
     job: &str,
 ) -> Result<Option<k8s_openapi::api::core::v1::ContainerStateTerminated>, Error> {
-    let list = pods
-        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
-        .await
-        .during(format!("listing pods of Job {job}"))?;
+    let list = job_pods(pods, job).await?;
     let mut terminated: Vec<_> = list
         .items
         .iter()

@@ -14,7 +14,7 @@ use kube::{Api, Resource, ResourceExt};
 use crate::api::{DatabaseMigration, ANNOTATION_APPROVE, ANNOTATION_RETRY, FIELD_MANAGER};
 use crate::planner::{self, Input, JobPhase, JobState};
 
-use super::error::Error;
+use super::error::{Error, KubeContext};
 use super::{jobs, workloads, Context};
 
 /// How often a running Job is looked at without a watch event (see `reconcile_once`).
@@ -101,10 +101,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         let list = all
             .list(&kube::api::ListParams::default())
             .await
-            .map_err(|e| Error::Kube {
-                action: format!("listing DatabaseMigrations in {ns}"),
-                source: e,
-            })?;
+            .during(format!("listing DatabaseMigrations in {ns}"))?;
         planner::order::waits_for(&dbm, &list.items)
     };
 

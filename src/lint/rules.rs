@@ -167,17 +167,7 @@ fn object_name(node: Option<&pb::Node>) -> String {
 
 fn list_ref(node: &pb::Node) -> Option<TableRef> {
     match node.node.as_ref() {
-        Some(N::List(l)) => match strings(&l.items).as_slice() {
-            [name] => Some(TableRef {
-                schema: String::new(),
-                name: name.clone(),
-            }),
-            [.., schema, name] => Some(TableRef {
-                schema: schema.clone(),
-                name: name.clone(),
-            }),
-            [] => None,
-        },
+        Some(N::List(l)) => crate::sql::qualified_name(&l.items),
         _ => None,
     }
 }

@@ -58,6 +58,17 @@ impl JobPhase {
     }
 }
 
+/// A phase's inline SQL or user Job, as the spec gives it (exactly one is set).
+pub fn phase_code(
+    spec: &DatabaseMigrationSpec,
+    phase: JobPhase,
+) -> (Option<&str>, Option<&crate::api::JobSpec>) {
+    match phase {
+        JobPhase::Expand => (spec.expand.sql.as_deref(), spec.expand.job.as_ref()),
+        JobPhase::Contract => (spec.contract.sql.as_deref(), spec.contract.job.as_ref()),
+    }
+}
+
 /// The status record of a phase, created on first use.
 fn record_mut(status: &mut DatabaseMigrationStatus, phase: JobPhase) -> &mut PhaseStatus {
     match phase {
@@ -396,7 +407,7 @@ impl<'a> Planner<'a> {
     }
 
     /// `appVersion` and how versions compare to it.
-    pub fn version_rule(&self) -> version::VersionRule {
+    fn version_rule(&self) -> version::VersionRule {
         version_rule(self.input.spec, &self.status)
     }
 
@@ -623,10 +634,7 @@ impl<'a> Planner<'a> {
     /// executor (inline `sql`, all-or-nothing per transaction through the ledger), never a
     /// user Job, and at most up to [`MAX_AUTOMATIC_ATTEMPTS`] attempts in total.
     fn may_retry_death(&self, phase: JobPhase, attempt: u32) -> bool {
-        let inline = match phase {
-            JobPhase::Expand => self.input.spec.expand.sql.is_some(),
-            JobPhase::Contract => self.input.spec.contract.sql.is_some(),
-        };
+        let inline = phase_code(self.input.spec, phase).0.is_some();
         inline && attempt < MAX_AUTOMATIC_ATTEMPTS
     }
 
@@ -768,10 +776,11 @@ impl<'a> Planner<'a> {
     /// availability dip of the new version neither fails nor restarts anything. When it
     /// closes after having held (a rollback), the soak and the timeout clock restart.
     fn judge_rollout(&mut self) -> Result<(), String> {
-        let targets = self.input.targets.clone();
+        let input = self.input;
+        let targets = &input.targets;
         let ready = targets.iter().filter(|t| t.complete).count();
         self.status.targets_ready = Some(format!("{ready}/{}", targets.len()));
-        self.status.targets = targets.clone();
+        self.status.targets.clone_from(targets);
         let named_present = self
             .input
             .spec
@@ -1069,7 +1078,6 @@ pub fn job_refused(
 /// migration of the same name is never mistaken for this one's. Shortened with a stable hash
 /// when the name is long (Job names feed 63-character labels).
 pub fn job_name(migration: &str, uid: &str, phase: JobPhase, attempt: u32) -> String {
-    use sha2::{Digest, Sha256};
     let uid: String = uid
         .chars()
         .filter(char::is_ascii_alphanumeric)
@@ -1081,27 +1089,28 @@ pub fn job_name(migration: &str, uid: &str, phase: JobPhase, attempt: u32) -> St
     } else {
         format!("-{}-{attempt}-{uid}", phase.as_str())
     };
+    // Job names feed the 63-character `batch.kubernetes.io/job-name` label of pods named
+    // `<job>-<5 random>`.
     const MAX: usize = 52;
-    if migration.len() + suffix.len() <= MAX {
-        return format!("{migration}{suffix}");
+    format!("{}{suffix}", shortened(migration, MAX - suffix.len()))
+}
+
+/// `name` if it has at most `room` characters, else a prefix and a stable hash of the whole
+/// name that together fit.
+fn shortened(name: &str, room: usize) -> String {
+    use sha2::{Digest, Sha256};
+    if name.len() <= room {
+        return name.to_string();
     }
-    let hash = hex::encode(&Sha256::digest(migration.as_bytes())[..4]);
-    let keep = MAX - suffix.len() - hash.len() - 1;
-    let head: String = migration.chars().take(keep).collect();
-    format!("{}-{hash}{suffix}", head.trim_end_matches(['-', '.']))
+    let hash = hex::encode(&Sha256::digest(name.as_bytes())[..4]);
+    let head: String = name.chars().take(room - hash.len() - 1).collect();
+    format!("{}-{hash}", head.trim_end_matches(['-', '.']))
 }
 
 /// A label value naming the migration: its name when that fits the 63 characters a label
 /// value may have, else a prefix and a stable hash. The full name is in an annotation.
 pub fn migration_label(migration: &str) -> String {
-    use sha2::{Digest, Sha256};
-    const MAX: usize = 63;
-    if migration.len() <= MAX {
-        return migration.to_string();
-    }
-    let hash = hex::encode(&Sha256::digest(migration.as_bytes())[..4]);
-    let head: String = migration.chars().take(MAX - hash.len() - 1).collect();
-    format!("{}-{hash}", head.trim_end_matches(['-', '.']))
+    shortened(migration, 63)
 }
 
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {

@@ -428,7 +428,7 @@ fn reaches_of(node: &N) -> Vec<Reach> {
 }
 
 /// `[schema.]name` from the string list of a DROP object.
-fn qualified_name(items: &[protobuf::Node]) -> Option<TableRef> {
+pub(crate) fn qualified_name(items: &[protobuf::Node]) -> Option<TableRef> {
     let parts: Vec<String> = items
         .iter()
         .filter_map(|i| match i.node.as_ref() {
