@@ -231,13 +231,7 @@ async fn availability_dip_after_completion_neither_fails_nor_resets_the_soak() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pre_created_job_is_never_taken_for_success() {
-    let env = Env::new("fence-precreated").await;
-    seed_users_table(&env).await;
-    env.create_deployment("shop-api", 1, "1.0.0").await;
-    env.create_migration(NAME, migration_spec(EXPAND, json!({})))
-        .await
-        .expect("create");
-    env.wait_phase(NAME, Phase::AwaitingRollout, T).await;
+    let env = expanded("fence-precreated", json!({})).await;
     let expand_job = env.job_names("expand").await.pop().expect("expand Job");
     // Someone who may create Jobs pre-creates the next contract Job's name with a no-op.
     let contract_name = expand_job.replacen("-expand-", "-contract-", 1);
@@ -308,13 +302,7 @@ async fn another_apps_older_sessions_do_not_block_contract() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn orphaned_job_and_recreated_migration_runs_the_new_sql() {
-    let env = Env::new("fence-orphan").await;
-    seed_users_table(&env).await;
-    env.create_deployment("shop-api", 1, "1.0.0").await;
-    env.create_migration(NAME, migration_spec(EXPAND, json!({})))
-        .await
-        .expect("create");
-    env.wait_phase(NAME, Phase::AwaitingRollout, T).await;
+    let env = expanded("fence-orphan", json!({})).await;
     let old_jobs = env.job_names("expand").await;
     assert_eq!(old_jobs.len(), 1);
 
