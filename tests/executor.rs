@@ -702,17 +702,9 @@ use support::apply;
 
 const DROP_EMAIL: &str = "ALTER TABLE users DROP COLUMN email";
 
+/// A contract run of shop/m needing 2.4.0 (see [`apply::contract_envs`]).
 fn contract_envs<'a>(url: &'a str, sql: &'a str, term: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("PHASEGATE_DATABASE_URL", url),
-        ("PHASEGATE_PHASE", "contract"),
-        ("PHASEGATE_SQL", sql),
-        ("PHASEGATE_MIGRATION_NAMESPACE", "shop"),
-        ("PHASEGATE_MIGRATION_NAME", "m"),
-        ("PHASEGATE_MIGRATION_UID", "uid-1"),
-        ("PHASEGATE_APP_VERSION", "2.4.0"),
-        ("PHASEGATE_TERMINATION_LOG", term),
-    ]
+    apply::contract_envs(url, sql, "2.4.0", term)
 }
 
 /// A session holding a lock that conflicts with DDL on `users` (an open read transaction).

@@ -482,20 +482,9 @@ async fn unprivileged_role_sees_versions_and_waits_out_hidden_transactions() {
 
 use support::apply;
 
+/// A contract run of shop/m needing 2.0.0 (see [`apply::contract_envs`]).
 fn bin_contract_envs<'a>(url: &'a str, sql: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("PHASEGATE_DATABASE_URL", url),
-        ("PHASEGATE_PHASE", "contract"),
-        ("PHASEGATE_SQL", sql),
-        ("PHASEGATE_MIGRATION_NAMESPACE", "shop"),
-        ("PHASEGATE_MIGRATION_NAME", "m"),
-        ("PHASEGATE_MIGRATION_UID", "uid-1"),
-        ("PHASEGATE_APP_VERSION", "2.0.0"),
-        (
-            "PHASEGATE_TERMINATION_LOG",
-            "/nonexistent-dir/termination-log",
-        ),
-    ]
+    apply::contract_envs(url, sql, "2.0.0", "/nonexistent-dir/termination-log")
 }
 
 /// The check passed, then the executor queued for its lock; an old-version session connects

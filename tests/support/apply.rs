@@ -11,6 +11,25 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_phasegate");
 
+/// The settings of a contract run of migration shop/m (uid-1) needing `app_version`.
+pub fn contract_envs<'a>(
+    url: &'a str,
+    sql: &'a str,
+    app_version: &'a str,
+    termination_log: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("PHASEGATE_DATABASE_URL", url),
+        ("PHASEGATE_PHASE", "contract"),
+        ("PHASEGATE_SQL", sql),
+        ("PHASEGATE_MIGRATION_NAMESPACE", "shop"),
+        ("PHASEGATE_MIGRATION_NAME", "m"),
+        ("PHASEGATE_MIGRATION_UID", "uid-1"),
+        ("PHASEGATE_APP_VERSION", app_version),
+        ("PHASEGATE_TERMINATION_LOG", termination_log),
+    ]
+}
+
 pub struct Running {
     child: tokio::process::Child,
     pub pid: u32,
