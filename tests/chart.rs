@@ -59,6 +59,8 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
     ),
     // Pods of targets and executor pods' termination messages (list), Controller::watches.
     ("phasegate.operatorRules", "", "pods", &["list", "watch"]),
+    // jobs::executor_wait: the tail of a running executor's log (what it waits on).
+    ("phasegate.operatorRules", "", "pods/log", &["get"]),
     // kube::runtime::events::Recorder: create, and patch for a repeated Event's series;
     // jobs::stuck_reason lists a Job's FailedCreate Events.
     (

@@ -17,7 +17,7 @@ use crate::api::{
     LABEL_MIGRATION, LABEL_MIGRATION_UID, LABEL_PHASE, LABEL_SQL_CHECKSUM,
 };
 use crate::executor::report::Report;
-use crate::planner::{job_name, migration_label, phase_code, validate, JobPhase, JobState};
+use crate::planner::{job_name, migration_label, phase_code, validate, Holdup, JobPhase, JobState};
 
 use super::error::{Error, KubeContext};
 
@@ -29,6 +29,9 @@ pub struct ExecutorConfig {
     /// What user-supplied `job` templates may ask for (set by the cluster admin).
     pub job_policy: crate::policy::JobPolicy,
 }
+
+/// The name of the executor's container in its pod.
+const EXECUTOR_CONTAINER: &str = "executor";
 
 /// The Job of `phase`'s attempt `attempt` (pure). `status` is the one the plan that asked
 /// for the Job will write (it may already say when the rollout completed).
@@ -213,7 +216,7 @@ fn executor_template(cfg: &ExecutorConfig, env: Vec<EnvVar>) -> PodTemplateSpec 
                 ..Default::default()
             }),
             containers: vec![Container {
-                name: "executor".into(),
+                name: EXECUTOR_CONTAINER.into(),
                 image: Some(cfg.image.clone()),
                 args: Some(vec!["apply".into()]),
                 env: Some(env),
@@ -429,10 +432,50 @@ pub async fn observe_reported(
         };
         return Ok((JobState::Failed(msg), report));
     }
-    Ok((
-        JobState::Running(stuck_reason(pods, events, &name).await?),
-        None,
-    ))
+    let list = job_pods(pods, &name).await?;
+    let holdup = match stuck_reason(&list.items, events, &name).await? {
+        Some(why) => Some(Holdup::Stuck(why)),
+        // Only Phasegate's own executor writes wait lines; a user Job's log is not ours to read.
+        None if !user_job => executor_wait(pods, &list.items).await.map(Holdup::Waiting),
+        None => None,
+    };
+    Ok((JobState::Running(holdup), None))
+}
+
+/// Most of the executor's log read to find what it waits on: its wait lines are short and
+/// printed once per reason, so the tail holds the current ones.
+const WAIT_LOG_TAIL_LINES: i64 = 50;
+const WAIT_LOG_LIMIT_BYTES: i64 = 32 * 1024;
+/// A kubelet that does not answer (node lost) must not hold up the reconcile.
+const WAIT_LOG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What the running executor waits on, from the tail of its log (see
+/// [`crate::executor::waits::current`]); `None` when it does not wait, or its log cannot be
+/// read (no `pods/log` permission, a kubelet that does not answer): only the explanation is
+/// lost, never the fence.
+async fn executor_wait(pods: &Api<Pod>, job_pods: &[Pod]) -> Option<String> {
+    let running = job_pods.iter().find(|p| {
+        p.metadata.deletion_timestamp.is_none()
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })?;
+    let params = kube::api::LogParams {
+        container: Some(EXECUTOR_CONTAINER.into()),
+        tail_lines: Some(WAIT_LOG_TAIL_LINES),
+        limit_bytes: Some(WAIT_LOG_LIMIT_BYTES),
+        ..Default::default()
+    };
+    let name = running.name_any();
+    match tokio::time::timeout(WAIT_LOG_TIMEOUT, pods.logs(&name, &params)).await {
+        Ok(Ok(log)) => crate::executor::waits::current(&log),
+        Ok(Err(e)) => {
+            tracing::debug!(pod = %name, error = %e, "could not read the executor's log");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(pod = %name, "reading the executor's log timed out");
+            None
+        }
+    }
 }
 
 /// Why a running Job's pod cannot make progress, as the kubelet or scheduler reports it
@@ -440,15 +483,14 @@ pub async fn observe_reported(
 /// the API server refuses its pod (Pod Security admission, a ResourceQuota); `None` while it
 /// is fine.
 async fn stuck_reason(
-    pods: &Api<Pod>,
+    job_pods: &[Pod],
     events: &Api<Event>,
     job: &str,
 ) -> Result<Option<String>, Error> {
-    let list = job_pods(pods, job).await?;
-    if list.items.is_empty() {
+    if job_pods.is_empty() {
         return refused_pods(events, job).await;
     }
-    for p in &list.items {
+    for p in job_pods {
         let Some(status) = &p.status else { continue };
         let waiting = status
             .container_statuses

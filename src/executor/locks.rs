@@ -73,6 +73,7 @@ pub async fn advisory_lock(
             .map_err(AdvisoryError::Db)?
             .get(0);
         if got {
+            waits.done(Kind::AdvisoryLock);
             // The first try is no wait; only time spent behind another holder counts.
             return Ok(if logged {
                 start.elapsed()
@@ -337,6 +338,7 @@ pub async fn wait_until_clear(
             .filter(is_blocking)
             .collect();
         if blocking.is_empty() {
+            waits.done(Kind::TableLock);
             if logged {
                 tracing::info!(
                     waited_ms = start.elapsed().as_millis() as u64,
