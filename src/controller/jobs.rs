@@ -19,6 +19,7 @@ use crate::api::{
 use crate::executor::report::Report;
 use crate::planner::{job_name, migration_label, phase_code, validate, Holdup, JobPhase, JobState};
 
+use super::cache::Caches;
 use super::error::{Error, KubeContext};
 
 /// How executor Jobs are run.
@@ -338,7 +339,7 @@ pub async fn stop(
 /// A user Job's own output (termination message, log tail) reaches status only when
 /// `show_user_output`: it may print whatever its environment holds, the database URL too.
 pub async fn observe_reported(
-    jobs: &Api<Job>,
+    caches: &Caches,
     pods: &Api<Pod>,
     events: &Api<Event>,
     dbm: &DatabaseMigration,
@@ -350,11 +351,10 @@ pub async fn observe_reported(
     let hide = user_job && !show_user_output;
     let uid = dbm.uid().unwrap_or_default();
     let name = job_name(&dbm.name_any(), &uid, phase, attempt);
-    let Some(job) = jobs
-        .get_opt(&name)
-        .await
-        .during(format!("reading Job {name}"))?
-    else {
+    let ns = dbm.namespace().unwrap_or_default();
+    // From the cache: a Job created a moment ago and not seen yet reads as absent, and
+    // starting it again adopts it (create_or_adopt).
+    let Some(job) = caches.job(&ns, &name) else {
         return Ok((JobState::Absent, None));
     };
     // A Job of that name this migration did not create is not ours to read.
@@ -368,19 +368,29 @@ pub async fn observe_reported(
             .and_then(|cs| cs.iter().find(|c| c.type_ == t && c.status == "True"))
             .cloned()
     };
+    let finished = cond("Complete").is_some() || cond("Failed").is_some();
+    let mut job_pods = caches.job_pods(&ns, &name);
+    // The pods watch may trail the Jobs watch: a finished Job whose pod's end the cache has
+    // not seen yet is read from the API server, or a failure would look like a dead executor.
+    if finished && last_termination(&job_pods).is_none() {
+        job_pods = pods
+            .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}")))
+            .await
+            .during(format!("listing pods of Job {name}"))?
+            .items;
+    }
     if cond("Complete").is_some() {
         if hide {
             return Ok((JobState::Succeeded(None), None));
         }
-        let raw = last_termination(pods, &name)
-            .await?
+        let raw = last_termination(&job_pods)
             .and_then(|t| t.message)
             .filter(|m| !m.trim().is_empty());
         let report = raw.as_deref().and_then(Report::parse);
         return Ok((JobState::Succeeded(raw.map(|m| summarise(&m))), report));
     }
     if let Some(failed) = cond("Failed") {
-        let last = last_termination(pods, &name).await?;
+        let last = last_termination(&job_pods);
         let how = last.as_ref().map(|t| {
             format!(
                 "container exited with code {}{}",
@@ -432,11 +442,10 @@ pub async fn observe_reported(
         };
         return Ok((JobState::Failed(msg), report));
     }
-    let list = job_pods(pods, &name).await?;
-    let holdup = match stuck_reason(&list.items, events, &name).await? {
+    let holdup = match stuck_reason(&job_pods, events, &name).await? {
         Some(why) => Some(Holdup::Stuck(why)),
         // Only Phasegate's own executor writes wait lines; a user Job's log is not ours to read.
-        None if !user_job => executor_wait(pods, &list.items).await.map(Holdup::Waiting),
+        None if !user_job => executor_wait(pods, &job_pods).await.map(Holdup::Waiting),
         None => None,
     };
     Ok((JobState::Running(holdup), None))
@@ -525,13 +534,6 @@ async fn stuck_reason(
     Ok(None)
 }
 
-/// The pods of a Job.
-async fn job_pods(pods: &Api<Pod>, job: &str) -> Result<kube::core::ObjectList<Pod>, Error> {
-    pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
-        .await
-        .during(format!("listing pods of Job {job}"))
-}
-
 /// A Job without pods: the newest `FailedCreate` Event the Job controller recorded for it.
 /// Kubernetes (1.34) sets no Job condition for this, only the Event: `Error creating: pods
 /// "…" is forbidden: violates PodSecurity "restricted:latest": …` or `… exceeded quota: …`.
@@ -604,13 +606,10 @@ fn describe_exit(code: i32, reason: Option<&str>) -> String {
 
 /// How the newest terminated container of a Job ended: exit code, reason and termination
 /// message (the executor's report line, or a user Job's own message), as written.
-async fn last_termination(
-    pods: &Api<Pod>,
-    job: &str,
-) -> Result<Option<k8s_openapi::api::core::v1::ContainerStateTerminated>, Error> {
-    let list = job_pods(pods, job).await?;
-    let mut terminated: Vec<_> = list
-        .items
+fn last_termination(
+    job_pods: &[Pod],
+) -> Option<k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    let mut terminated: Vec<_> = job_pods
         .iter()
         .flat_map(|p| {
             p.status
@@ -620,7 +619,7 @@ async fn last_termination(
         .filter_map(|cs| cs.state.as_ref()?.terminated.clone())
         .collect();
     terminated.sort_by(|a, b| a.finished_at.cmp(&b.finished_at));
-    Ok(terminated.pop())
+    terminated.pop()
 }
 
 /// Turn a termination message into one line for status: the executor's report summary, or

@@ -914,12 +914,18 @@ impl<'a> Planner<'a> {
             if soaked < delay {
                 let left = delay - soaked;
                 self.requeue_after = Some(left);
+                // The deadline, not a countdown: the message (and so status) stays the same
+                // for the whole soak.
+                let not_before = completed
+                    .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or_default())
+                    .unwrap_or(completed);
                 self.set(
                     Phase::Soaking,
                     reason::SOAKING,
                     format!(
-                        "rollout complete; contract in {}",
-                        humantime::format_duration(round_secs(left))
+                        "rollout complete; soaking for {}, contract not before {}",
+                        humantime::format_duration(delay),
+                        not_before.round(jiff::Unit::Second).unwrap_or(not_before)
                     ),
                 );
                 return;
@@ -1136,10 +1142,6 @@ pub fn migration_label(migration: &str) -> String {
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     let d: SignedDuration = now.duration_since(since);
     Duration::try_from(d).unwrap_or(Duration::ZERO)
-}
-
-fn round_secs(d: Duration) -> Duration {
-    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 #[cfg(test)]
