@@ -189,11 +189,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
     let for_pods = caches.clone();
     let caches_ready = caches.clone();
     let reconciling = Controller::for_stream(migration_stream, migration_store)
-        .with_config(
-            controller::Config::default()
-                .debounce(DEBOUNCE)
-                .concurrency(CONCURRENCY),
-        )
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(job_stream)
         .watches_stream(deployment_stream, move |w| {
             migrations_targeting(&s1, TargetKind::Deployment, &w)
@@ -360,10 +356,10 @@ fn workload_labels(
     meta.and_then(|m| m.labels).unwrap_or_default()
 }
 
-/// How long a migration's triggers are gathered before it is reconciled once for all of
-/// them (a rollout sends bursts of pod events).
-const DEBOUNCE: Duration = Duration::from_millis(200);
-/// Reconciles running at once.
+/// Reconciles running at once. No trailing-edge debounce: it would delay (and under a burst
+/// of pod events keep delaying) the reconcile that stops a contract attempt after a
+/// rollback. Triggers for a migration that is queued or being reconciled are merged into one
+/// reconcile anyway, and a reconcile reads only caches.
 const CONCURRENCY: u16 = 8;
 
 #[cfg(test)]
