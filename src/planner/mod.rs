@@ -827,6 +827,7 @@ impl<'a> Planner<'a> {
         }
         if held {
             self.status.rollout_completed_at = None;
+            self.status.contract_not_before = None;
             self.status.rollout_started_at = Some(self.now());
         }
         let waiting: Vec<String> = targets
@@ -919,6 +920,7 @@ impl<'a> Planner<'a> {
                 let not_before = completed
                     .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or_default())
                     .unwrap_or(completed);
+                self.status.contract_not_before = Some(Time(not_before));
                 self.set(
                     Phase::Soaking,
                     reason::SOAKING,

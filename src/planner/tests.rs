@@ -738,6 +738,7 @@ fn soak_delay_then_contract() {
         msg.contains(&format!("contract not before {}", ts(700))),
         "{msg}"
     );
+    assert_eq!(p.status.contract_not_before, Some(time(700)));
     fx.now = 500;
     assert_eq!(cond(&fx.step().status, READY).message, msg);
 
@@ -2940,4 +2941,20 @@ fn what_the_contract_executor_waits_on_is_in_status_and_one_event() {
     fx.complete(false);
     let p = fx.step();
     assert!(matches!(p.action, Action::StopJob { .. }), "{:?}", p.action);
+}
+
+#[test]
+fn a_regression_clears_the_contract_deadline() {
+    let mut fx = Fx::expanded(SpecBuilder::new().delay("10m").build());
+    fx.now = 100;
+    fx.complete(true);
+    assert_eq!(fx.step().status.contract_not_before, Some(time(700)));
+    fx.now = 200;
+    fx.complete(false);
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    assert_eq!(p.status.contract_not_before, None);
+    fx.now = 300;
+    fx.complete(true);
+    assert_eq!(fx.step().status.contract_not_before, Some(time(900)));
 }
