@@ -206,6 +206,11 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(migration = %obj, "reconciled"),
+                // A watch that keeps failing (e.g. RBAC lost for a kind) keeps the caches
+                // from syncing: every reconcile waits, and /readyz says not synced.
+                Err(controller::Error::QueueError(e)) => {
+                    tracing::warn!(error = %e, "watch failed; retrying with backoff")
+                }
                 Err(e) => tracing::debug!(error = %e, "reconcile failed"),
             }
         });

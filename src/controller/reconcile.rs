@@ -37,9 +37,15 @@ pub async fn reconcile(dbm: Arc<DatabaseMigration>, ctx: Arc<Context>) -> Result
 }
 
 async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Action, Error> {
-    // Plans are made from the caches: never from a half-filled one.
-    if ctx.caches.wait_until_ready().await.is_err() {
-        return Ok(Action::await_change());
+    // Plans are made from the caches: never from a half-filled one. A shutdown does not wait
+    // for them.
+    tokio::select! {
+        ready = ctx.caches.wait_until_ready() => {
+            if ready.is_err() {
+                return Ok(Action::await_change());
+            }
+        }
+        _ = ctx.shutdown.clone() => return Ok(Action::await_change()),
     }
     let ns = dbm
         .namespace()
