@@ -217,6 +217,9 @@ if k apply -f "${WORK}/cluster-nocrd.yaml" >/dev/null; then
   can_i yes list statefulsets.apps ""
   can_i yes get daemonsets.apps "${OTHER_NS}"
   can_i yes watch daemonsets.apps ""
+  can_i yes get rollouts.argoproj.io "${OTHER_NS}"
+  can_i yes watch rollouts.argoproj.io ""
+  can_i no patch rollouts.argoproj.io "${OTHER_NS}"
   can_i yes list pods ""
   can_i yes watch pods ""
   can_i yes get pods "${OTHER_NS}" log

@@ -57,6 +57,13 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
         "daemonsets",
         &["get", "list", "watch"],
     ),
+    // Argo Rollouts targets (controller/argo.rs), read and watched like apps/v1 workloads.
+    (
+        "phasegate.operatorRules",
+        "argoproj.io",
+        "rollouts",
+        &["get", "list", "watch"],
+    ),
     // Pods of targets and executor pods' termination messages (list), Controller::watches.
     ("phasegate.operatorRules", "", "pods", &["list", "watch"]),
     // jobs::executor_wait: the tail of a running executor's log (what it waits on).

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 
+use super::argo::{self, Rollout};
 use crate::api::{DatabaseMigration, LABEL_EXECUTOR};
 
 /// The readers of every cache the reconcile uses.
@@ -23,6 +24,9 @@ pub struct Caches {
     pub deployments: Store<Deployment>,
     pub statefulsets: Store<StatefulSet>,
     pub daemonsets: Store<DaemonSet>,
+    /// Argo Rollouts' Rollouts; empty (and never filled) when Argo Rollouts is not installed.
+    pub rollouts: Store<Rollout>,
+    pub rollouts_installed: bool,
 }
 
 impl Caches {
@@ -36,7 +40,8 @@ impl Caches {
         self.pods.wait_until_ready().await?;
         self.deployments.wait_until_ready().await?;
         self.statefulsets.wait_until_ready().await?;
-        self.daemonsets.wait_until_ready().await
+        self.daemonsets.wait_until_ready().await?;
+        self.rollouts.wait_until_ready().await
     }
 
     /// Pods of a namespace, cloned out of the cache.
@@ -154,6 +159,13 @@ pub fn prune_statefulset(s: &mut StatefulSet) {
     }
 }
 
+pub fn prune_rollout(r: &mut Rollout) {
+    prune_meta(&mut r.metadata, false);
+    if let Some(t) = r.spec.template.as_mut() {
+        prune_template(t);
+    }
+}
+
 pub fn prune_daemonset(d: &mut DaemonSet) {
     prune_meta(&mut d.metadata, false);
     if let Some(s) = d.spec.as_mut() {
@@ -175,7 +187,7 @@ pub fn prune_migration(m: &mut DatabaseMigration) {
 }
 
 /// The workload that owns a pod, as `(kind, name)`: a StatefulSet or DaemonSet directly, a
-/// Deployment through its ReplicaSet (`<deployment>-<pod-template-hash>`).
+/// Deployment or an Argo Rollout through its ReplicaSet (`<name>-<pod-template-hash>`).
 pub fn owning_workload(p: &Pod) -> Option<(crate::api::TargetKind, String)> {
     use crate::api::TargetKind;
     let owner = p
@@ -185,10 +197,14 @@ pub fn owning_workload(p: &Pod) -> Option<(crate::api::TargetKind, String)> {
     match owner.kind.as_str() {
         "StatefulSet" => Some((TargetKind::StatefulSet, owner.name.clone())),
         "DaemonSet" => Some((TargetKind::DaemonSet, owner.name.clone())),
+        // Argo Rollouts names its ReplicaSets like Deployments do, with its own label.
         "ReplicaSet" => {
-            let hash = p.labels().get("pod-template-hash")?;
+            let (kind, hash) = match p.labels().get(argo::POD_TEMPLATE_HASH) {
+                Some(h) => (TargetKind::Rollout, h),
+                None => (TargetKind::Deployment, p.labels().get("pod-template-hash")?),
+            };
             let name = owner.name.strip_suffix(&format!("-{hash}"))?;
-            Some((TargetKind::Deployment, name.to_string()))
+            Some((kind, name.to_string()))
         }
         _ => None,
     }

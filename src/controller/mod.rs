@@ -1,6 +1,7 @@
 //! The Kubernetes side: watch DatabaseMigrations, their Jobs, target workloads and pods;
 //! observe, plan (see [`crate::planner`]), apply.
 
+pub mod argo;
 pub mod cache;
 pub mod error;
 pub mod jobs;
@@ -160,6 +161,34 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         .modify(cache::prune_daemonset)
         .reflect(w)
         .touched_objects();
+    // Argo Rollouts is optional: watch Rollouts only where its API exists (a watch on a
+    // missing API would keep the caches from ever syncing).
+    let rollouts: Api<argo::Rollout> = scoped(&client, &config.namespace);
+    let rollouts_installed = match rollouts
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => true,
+        Err(kube::Error::Api(e)) if e.code == 404 => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list Argo Rollouts; Rollout targets will not be judged");
+            false
+        }
+    };
+    let (rollout_store, mut w) = reflector::store();
+    let rollout_stream = if rollouts_installed {
+        watcher(rollouts, wc())
+            .default_backoff()
+            .modify(cache::prune_rollout)
+            .reflect(w)
+            .touched_objects()
+            .boxed()
+    } else {
+        // Never filled, and ready: nothing waits for it.
+        w.apply_watcher_event(&watcher::Event::Init);
+        w.apply_watcher_event(&watcher::Event::InitDone);
+        futures::stream::pending().boxed()
+    };
     let caches = cache::Caches {
         migrations: migration_store.clone(),
         jobs: job_store,
@@ -167,6 +196,8 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         deployments: deployment_store,
         statefulsets: statefulset_store,
         daemonsets: daemonset_store,
+        rollouts: rollout_store,
+        rollouts_installed,
     };
 
     let reporter = Reporter {
@@ -185,7 +216,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
 
     let store = migration_store.clone();
     ops.metrics.set_store(Some(store.clone()));
-    let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
     let for_pods = caches.clone();
     let caches_ready = caches.clone();
     let reconciling = Controller::for_stream(migration_stream, migration_store)
@@ -199,6 +230,9 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         })
         .watches_stream(daemonset_stream, move |w| {
             migrations_targeting(&s3, TargetKind::DaemonSet, &w)
+        })
+        .watches_stream(rollout_stream, move |w| {
+            migrations_targeting(&s4, TargetKind::Rollout, &w)
         })
         .watches_stream(pod_stream, move |p| migrations_waiting_on(&for_pods, &p))
         .graceful_shutdown_on(ops.shutdown.clone())
@@ -357,6 +391,10 @@ fn workload_labels(
             .daemonsets
             .get(&ObjectRef::new(name).within(ns))
             .map(|w| w.metadata.clone()),
+        TargetKind::Rollout => caches
+            .rollouts
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|w| w.metadata.clone()),
     };
     meta.and_then(|m| m.labels).unwrap_or_default()
 }
@@ -413,6 +451,8 @@ mod tests {
             deployments: store(vec![deployment]),
             statefulsets: store(vec![]),
             daemonsets: store(vec![]),
+            rollouts: store(vec![]),
+            rollouts_installed: false,
         }
     }
 

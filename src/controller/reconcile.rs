@@ -104,6 +104,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             &dbm.spec.rollout.targets,
             &dbm.spec.rollout.version_from,
             &rule,
+            ctx.caches.rollouts_installed,
         )
     };
     let look_at_targets = (expanded || record_previous) && !contracted;

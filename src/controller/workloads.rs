@@ -14,6 +14,7 @@ use crate::api::{TargetKind, TargetSpec, TargetStatus, VersionFrom};
 use crate::planner::rollout::{self, PodObservation, WorkloadObservation};
 use crate::planner::version::VersionRule;
 
+use super::argo::{rollout_observation, Rollout};
 use super::cache::Caches;
 use super::error::{Error, KubeContext};
 
@@ -37,6 +38,7 @@ pub async fn observe_targets(
     targets: &[TargetSpec],
     version_from: &VersionFrom,
     rule: &VersionRule,
+    rollouts_installed: bool,
 ) -> Result<Vec<TargetStatus>, Error> {
     let all_pods = match source {
         Source::Cache(c) => c.pods_in(namespace),
@@ -54,6 +56,13 @@ pub async fn observe_targets(
             TargetKind::Deployment => fetch::<Deployment>(source, namespace, t).await?,
             TargetKind::StatefulSet => fetch::<StatefulSet>(source, namespace, t).await?,
             TargetKind::DaemonSet => fetch::<DaemonSet>(source, namespace, t).await?,
+            TargetKind::Rollout if !rollouts_installed => Found::Missing(rollout::missing(
+                t.kind,
+                t.name.clone().unwrap_or_else(|| "selector".into()),
+                "Argo Rollouts is not installed (no rollouts.argoproj.io API), or the operator \
+                 started before it was: install it, then restart the operator",
+            )),
+            TargetKind::Rollout => fetch::<Rollout>(source, namespace, t).await?,
         };
         let workloads = match found {
             Found::Workloads(w) => w,
@@ -142,6 +151,19 @@ workload!(
     daemonsets,
     daemonset_observation
 );
+
+impl Workload for Rollout {
+    const KIND: TargetKind = TargetKind::Rollout;
+    fn cache(c: &Caches) -> &Store<Self> {
+        &c.rollouts
+    }
+    fn selector(&self) -> Option<LabelSelector> {
+        self.spec.selector.clone()
+    }
+    fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+        rollout_observation(self, vf, pods)
+    }
+}
 
 async fn fetch<K: Workload>(
     source: Source<'_>,
@@ -263,6 +285,7 @@ pub fn deployment_observation(
         available_replicas: status.available_replicas.unwrap_or(0),
         paused: spec.paused.unwrap_or(false),
         progress_deadline_exceeded,
+        unfinished: None,
         pods: pod_observations(pods, vf),
     }
 }
@@ -292,6 +315,7 @@ pub fn statefulset_observation(
         available_replicas: status.available_replicas.unwrap_or(0),
         paused: false,
         progress_deadline_exceeded: false,
+        unfinished: None,
         pods: pod_observations(pods, vf),
     }
 }
@@ -317,11 +341,12 @@ pub fn daemonset_observation(d: &DaemonSet, vf: &VersionFrom, pods: &[Pod]) -> W
         available_replicas: status.number_available.unwrap_or(0),
         paused: false,
         progress_deadline_exceeded: false,
+        unfinished: None,
         pods: pod_observations(pods, vf),
     }
 }
 
-fn pod_observations(pods: &[Pod], vf: &VersionFrom) -> Vec<PodObservation> {
+pub(crate) fn pod_observations(pods: &[Pod], vf: &VersionFrom) -> Vec<PodObservation> {
     pods.iter()
         // A pod that has finished runs no code; every other one counts, terminating too.
         .filter(|p| {
