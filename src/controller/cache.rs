@@ -27,11 +27,23 @@ pub struct Caches {
     /// Argo Rollouts' Rollouts; empty (and never filled) when Argo Rollouts is not installed.
     pub rollouts: Store<Rollout>,
     pub rollouts_installed: bool,
+    /// Set once every store above is ready (see [`Caches::ready`]).
+    pub synced: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Caches {
-    /// Resolves once every cache holds its first full list (a reconcile before that could
-    /// see a Deployment without its pods). Fails only if the controller is gone.
+    /// Whether every cache holds its first full list (a reconcile before that could see a
+    /// Deployment without its pods); waits until then, `false` if the controller is gone.
+    /// Many reconciles may wait here at once, unlike on `Store::wait_until_ready`, which
+    /// wakes only its latest waiter.
+    pub async fn ready(&self) -> bool {
+        let mut synced = self.synced.clone();
+        let ready = synced.wait_for(|s| *s).await.is_ok();
+        ready
+    }
+
+    /// Resolves once every cache holds its first full list. Fails only if the controller is
+    /// gone. Await it from one place only (see [`Caches::ready`]).
     pub async fn wait_until_ready(
         &self,
     ) -> Result<(), kube::runtime::reflector::store::WriterDropped> {

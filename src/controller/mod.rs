@@ -189,6 +189,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         w.apply_watcher_event(&watcher::Event::InitDone);
         futures::stream::pending().boxed()
     };
+    let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     let caches = cache::Caches {
         migrations: migration_store.clone(),
         jobs: job_store,
@@ -198,6 +199,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         daemonsets: daemonset_store,
         rollouts: rollout_store,
         rollouts_installed,
+        synced: synced_rx,
     };
 
     let reporter = Reporter {
@@ -250,6 +252,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         });
     let synced = async {
         if caches_ready.wait_until_ready().await.is_ok() {
+            let _ = synced_tx.send(true);
             ops.health.set_synced(true);
             tracing::info!("migration cache synced; reconciling");
         }
@@ -453,6 +456,7 @@ mod tests {
             daemonsets: store(vec![]),
             rollouts: store(vec![]),
             rollouts_installed: false,
+            synced: tokio::sync::watch::channel(true).1,
         }
     }
 

@@ -40,8 +40,8 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     // Plans are made from the caches: never from a half-filled one. A shutdown does not wait
     // for them.
     tokio::select! {
-        ready = ctx.caches.wait_until_ready() => {
-            if ready.is_err() {
+        ready = ctx.caches.ready() => {
+            if !ready {
                 return Ok(Action::await_change());
             }
         }
