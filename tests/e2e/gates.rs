@@ -260,10 +260,6 @@ async fn a_job_the_api_server_rejects_fails_with_its_reason() {
         "{msg}"
     );
     assert!(env.job_names("expand").await.is_empty());
-    assert!(env
-        .event_reasons("m")
-        .await
-        .iter()
-        .any(|r| r == "JobRejected"));
+    env.wait_event("m", "JobRejected").await;
     env.cleanup().await;
 }
