@@ -41,6 +41,8 @@ cluster-down:
 ## End-to-end suite against the local cluster; set PHASEGATE_E2E_KUBECONFIG to use another.
 e2e: deps
 	@if [ -z "$$PHASEGATE_E2E_KUBECONFIG" ]; then hack/local-cluster.sh up; fi
+	argo=($$(hack/argo-rollouts.sh build)) && \
+	PHASEGATE_ARGO_ROLLOUTS_BIN=$${argo[0]} PHASEGATE_ARGO_ROLLOUTS_CRDS=$${argo[1]} \
 	PHASEGATE_E2E_KUBECONFIG=$${PHASEGATE_E2E_KUBECONFIG:-$(E2E_KUBECONFIG)} \
 	  $(CARGO) test --features e2e --test e2e -- --test-threads=$(E2E_THREADS)
 

@@ -29,8 +29,13 @@ pub struct Env {
     kubeconfig: PathBuf,
     operator: Option<Child>,
     _runner: Child,
-    logs: PathBuf,
+    pub logs: PathBuf,
     operator_starts: u32,
+}
+
+/// A client for the suite's cluster.
+pub async fn client() -> Client {
+    client_for(&kubeconfig_path()).await
 }
 
 fn kubeconfig_path() -> PathBuf {
@@ -349,7 +354,7 @@ impl Env {
     }
 }
 
-fn spawn(kubeconfig: &PathBuf, bin: &str, args: &[&str], log: &PathBuf) -> Child {
+pub fn spawn(kubeconfig: &PathBuf, bin: &str, args: &[&str], log: &PathBuf) -> Child {
     let out = std::fs::File::create(log).expect("log file");
     let err = out.try_clone().expect("log file");
     Command::new(bin)
