@@ -455,6 +455,61 @@ async fn argocd_failed_expand_stops_the_wave() {
         "1.0.0",
         "the app was not released"
     );
+
+    // Expand ran (and failed): editing it in git is refused by the API server, and the sync
+    // says why.
+    git.commit(&[
+        migration(
+            "ALTER TABLE users ADD COLUMN x int;",
+            json!({}),
+            None,
+            json!({}),
+        ),
+        deployment("2.0.0", false),
+    ]);
+    let s = sync(&env, &git, SYNC).await;
+    s.assert_phase("Failed", "an edit of an expand that ran");
+    let text = s.0.to_string();
+    assert!(
+        text.contains("expand is immutable once the migration may have run it"),
+        "the refusal is shown: {text}"
+    );
+    assert_eq!(template_version(&env).await, "1.0.0");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn argocd_refused_expand_is_fixed_in_git() {
+    let (env, git) = app_at_v1("argo-refused").await;
+    // The DROP belongs in contract: the linter refuses expand before anything runs.
+    git.commit(&[
+        migration(
+            "ALTER TABLE users ADD COLUMN email_verified boolean; ALTER TABLE users DROP COLUMN legacy_flag;",
+            json!({}),
+            None,
+            json!({}),
+        ),
+        deployment("2.0.0", false),
+    ]);
+    let s = sync(&env, &git, SYNC).await;
+    s.assert_phase("Failed", "a refused expand fails the sync");
+    let (health, msg) = s.migration_health();
+    assert_eq!(health, "Degraded", "{msg}");
+    assert!(msg.contains("refused"), "{msg}");
+    assert!(!s.applied("Deployment", "shop-api"), "wave 0 was applied");
+
+    // The fix, committed to the same migration: nothing had run, so the edit is accepted
+    // and the migration resumes by itself.
+    git.commit(&[
+        migration(EXPAND, json!({}), None, json!({})),
+        deployment("2.0.0", false),
+    ]);
+    let s = sync(&env, &git, SYNC).await;
+    s.assert_phase("Succeeded", "the fixed migration, then the app");
+    assert_eq!(template_version(&env).await, "2.0.0");
+    env.wait_phase(MIGRATION, Phase::Succeeded, T).await;
+    assert!(env.column_exists("users", "email_verified").await);
+    assert!(!env.column_exists("users", "legacy_flag").await);
     env.cleanup().await;
 }
 
