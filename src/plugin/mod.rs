@@ -94,10 +94,19 @@ pub fn retry_plan(dbm: &DatabaseMigration) -> Result<String, String> {
     let name = dbm.metadata.name.clone().unwrap_or_default();
     let status = dbm.status.clone().unwrap_or_default();
     match status.phase {
+        Some(Phase::Failed) if refused_before_running(&status) => Err(format!(
+            "{name} was refused before anything ran ({}): a retry would check the same spec again and nothing would run. {}",
+            crate::planner::conditions::reason_of(&status.conditions, crate::planner::conditions::STALLED)
+                .unwrap_or("Failed"),
+            FIX_IN_PLACE
+        )),
         Some(Phase::Failed) => {
             let what = match (&status.expand, &status.contract) {
                 (_, Some(c)) if c.finished_at.is_some() && !c.succeeded => format!("contract runs again (attempt {})", c.attempts + 1),
                 (Some(e), _) if !e.succeeded => format!("expand runs again (attempt {})", e.attempts + 1),
+                _ if status.rollout_timed_out_at.is_some() => {
+                    "the rollout timeout starts again from now; contract runs once every target has rolled out".to_string()
+                }
                 _ => "the failed step runs again".to_string(),
             };
             Ok(format!("{name}: retry requested; {what}"))
@@ -107,6 +116,16 @@ pub fn retry_plan(dbm: &DatabaseMigration) -> Result<String, String> {
         )),
         None => Err(format!("{name} has not been observed by the operator yet: there is nothing to retry")),
     }
+}
+
+/// What to do about a migration refused before anything ran (the spec is checked again on
+/// every change, so no retry is needed).
+pub const FIX_IN_PLACE: &str = "Fix the spec in place (in git or with kubectl edit; spec.expand and contract stay editable while nothing has run) or add a spec.safety.allow rule: the migration resumes by itself.";
+
+/// Failed before any expand attempt started: refused by the linter or the Job policy, or an
+/// invalid spec. Nothing ran, and a retry would change nothing.
+pub fn refused_before_running(status: &crate::api::DatabaseMigrationStatus) -> bool {
+    status.phase == Some(Phase::Failed) && status.expand.as_ref().is_none_or(|e| e.attempts == 0)
 }
 
 /// A fresh `phasegate.dev/retry` value: the current time, made distinct from `previous`.
@@ -363,6 +382,42 @@ mod tests {
             retry_plan(&failed).expect("retry"),
             "m: retry requested; contract runs again (attempt 3)"
         );
+        let st = failed.status.as_mut().expect("status");
+        st.contract = None;
+        st.rollout_timed_out_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+        assert_eq!(
+            retry_plan(&failed).expect("retry"),
+            "m: retry requested; the rollout timeout starts again from now; contract runs once every target has rolled out"
+        );
+    }
+
+    #[test]
+    fn retry_of_a_refusal_says_nothing_would_run_and_what_to_do() {
+        let mut refused = migration("Automatic", Some(Phase::Failed));
+        refused.status.as_mut().expect("status").conditions.push(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Stalled".into(),
+                status: "True".into(),
+                reason: "SqlRefused".into(),
+                message: "spec.expand.sql refused before anything ran".into(),
+                observed_generation: Some(1),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ),
+            },
+        );
+        let err = retry_plan(&refused).expect_err("nothing to retry");
+        assert!(
+            err.starts_with("m was refused before anything ran (SqlRefused)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("nothing would run") && err.contains("Fix the spec in place"),
+            "{err}"
+        );
+        assert!(!err.contains("runs again"), "{err}");
     }
 
     #[test]

@@ -324,6 +324,9 @@ fn next_step(dbm: &DatabaseMigration) -> Option<String> {
         Phase::AwaitingApproval if !is_approved(dbm) => Some(format!(
             "approve contract: phasegate approve {name} -n {ns}"
         )),
+        Phase::Failed if super::refused_before_running(dbm.status.as_ref()?) => {
+            Some(super::FIX_IN_PLACE.to_string())
+        }
         Phase::Failed => Some(format!(
             "fix the cause above, then: phasegate retry {name} -n {ns}"
         )),
@@ -469,6 +472,24 @@ mod tests {
             out.contains("approval Manual (approved)") && !out.contains("Next:"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn refused_migration_says_fix_in_place_not_retry() {
+        let st = DatabaseMigrationStatus {
+            phase: Some(Phase::Failed),
+            observed_generation: Some(1),
+            conditions: vec![cond(
+                "Stalled",
+                "True",
+                "SqlRefused",
+                "spec.expand.sql refused before anything ran",
+            )],
+            ..Default::default()
+        };
+        let out = render_status(&migration("Automatic", Some(st)), Style::default());
+        assert!(out.contains("Next: Fix the spec in place"), "{out}");
+        assert!(!out.contains("phasegate retry"), "{out}");
     }
 
     #[test]
