@@ -24,8 +24,12 @@ pub use render::{render_status, Style};
 /// Which migration, and which cluster.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TargetArgs {
-    /// The DatabaseMigration's name.
-    pub name: String,
+    /// The DatabaseMigration's name (`status` without a name lists the namespace's
+    /// migrations).
+    pub name: Option<String>,
+    /// `status` only: print the object (or the list) as `json` or `yaml` instead of a summary.
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<Output>,
     /// Its namespace (default: the namespace of the kubeconfig context, else `default`).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
@@ -35,6 +39,63 @@ pub struct TargetArgs {
     /// The kubeconfig file (default: `$KUBECONFIG`, else `~/.kube/config`).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+}
+
+/// Machine-readable output of `status`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Json,
+    Yaml,
+}
+
+/// The plugin's flags that kubectl users put before the command (`kubectl phasegate -n shop
+/// status NAME`): moved after the command so each subcommand parses them. Other arguments
+/// keep their order.
+pub fn hoist_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let commands = ["approve", "retry", "status"];
+    let Some(pos) = args
+        .iter()
+        .skip(1)
+        .position(|a| a.to_str().is_some_and(|a| commands.contains(&a)))
+        .map(|p| p + 1)
+    else {
+        return args;
+    };
+    let mut before = Vec::new();
+    let mut hoisted = Vec::new();
+    let mut i = 1;
+    while i < pos {
+        let a = args[i].to_str().unwrap_or_default();
+        let with_value = [
+            "-n",
+            "--namespace",
+            "--context",
+            "--kubeconfig",
+            "-o",
+            "--output",
+        ];
+        if with_value.contains(&a) && i + 1 < pos {
+            hoisted.extend_from_slice(&args[i..i + 2]);
+            i += 2;
+            continue;
+        }
+        let joined = ["--namespace=", "--context=", "--kubeconfig=", "--output="];
+        if joined.iter().any(|p| a.starts_with(p))
+            || (a.starts_with("-n") && a.len() > 2)
+            || (a.starts_with("-o") && a.len() > 2)
+        {
+            hoisted.push(args[i].clone());
+        } else {
+            before.push(args[i].clone());
+        }
+        i += 1;
+    }
+    let mut out = vec![args[0].clone()];
+    out.extend(before);
+    out.push(args[pos].clone());
+    out.extend(hoisted);
+    out.extend_from_slice(&args[pos + 1..]);
+    out
 }
 
 /// One plugin command.
@@ -241,9 +302,34 @@ pub async fn run(action: Action, args: TargetArgs) -> ExitCode {
 }
 
 async fn run_inner(action: Action, args: &TargetArgs) -> Result<String, String> {
+    if args.output.is_some() && action != Action::Status {
+        return Err("-o/--output is for `status`".into());
+    }
     let (client, ns, where_) = connect(args).await?;
     let api: Api<DatabaseMigration> = Api::namespaced(client, &ns);
-    let name = args.name.as_str();
+    let Some(name) = args.name.as_deref() else {
+        if action != Action::Status {
+            return Err("which migration? give its NAME".into());
+        }
+        let list = api
+            .list(&Default::default())
+            .await
+            .map_err(|e| describe(e, "", &ns, &where_))?;
+        return match args.output {
+            Some(o) => {
+                let items: Vec<serde_json::Value> = list
+                    .items
+                    .iter()
+                    .map(|m| serde_json::to_value(m).unwrap_or_default())
+                    .collect();
+                format_output(
+                    o,
+                    &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}),
+                )
+            }
+            None => Ok(render::render_list(&list.items, &ns)),
+        };
+    };
     let dbm = api
         .get(name)
         .await
@@ -259,7 +345,10 @@ async fn run_inner(action: Action, args: &TargetArgs) -> Result<String, String> 
         }
     };
     match action {
-        Action::Status => Ok(render_status(&dbm, detect_style())),
+        Action::Status => match args.output {
+            Some(o) => format_output(o, &serde_json::to_value(&dbm).map_err(|e| e.to_string())?),
+            None => Ok(render_status(&dbm, detect_style())),
+        },
         Action::Approve => match approve_plan(&dbm) {
             ApprovePlan::Nothing(msg) => Ok(format!("{msg}\n")),
             ApprovePlan::Annotate(msg) => {
@@ -287,10 +376,40 @@ async fn run_inner(action: Action, args: &TargetArgs) -> Result<String, String> 
     }
 }
 
+fn format_output(o: Output, v: &serde_json::Value) -> Result<String, String> {
+    match o {
+        Output::Json => serde_json::to_string_pretty(v)
+            .map(|s| s + "\n")
+            .map_err(|e| e.to_string()),
+        Output::Yaml => serde_yaml::to_string(v).map_err(|e| e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::{DatabaseMigrationStatus, PhaseStatus};
+
+    fn argv(s: &str) -> Vec<std::ffi::OsString> {
+        s.split_whitespace().map(Into::into).collect()
+    }
+
+    #[test]
+    fn plugin_flags_before_the_command_are_moved_after_it() {
+        assert_eq!(
+            hoist_flags(argv("phasegate -n shop --context=kind status m -o json")),
+            argv("phasegate status -n shop --context=kind m -o json")
+        );
+        assert_eq!(
+            hoist_flags(argv("phasegate --log-format json -nshop retry m")),
+            argv("phasegate --log-format json retry -nshop m")
+        );
+        assert_eq!(
+            hoist_flags(argv("phasegate controller --namespace shop")),
+            argv("phasegate controller --namespace shop"),
+            "other commands are left alone"
+        );
+    }
 
     fn migration(approval: &str, phase: Option<Phase>) -> DatabaseMigration {
         let mut m: DatabaseMigration = serde_json::from_value(serde_json::json!({

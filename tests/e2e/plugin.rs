@@ -306,5 +306,28 @@ async fn plugin_refused_expand_is_fixed_in_place_not_retried() {
         .await
         .expect_err("expand is immutable once it ran");
     assert!(err.to_string().contains("expand is immutable"), "{err}");
+
+    // Flags before the command, as `kubectl phasegate -n NS …` passes them; list; -o json.
+    let (ok, out, err) = env.phasegate_cli(&["-n", &ns, "status"], None).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().next().is_some_and(|l| l.starts_with("NAME"))
+            && out.contains(NAME)
+            && out.contains("AwaitingRollout"),
+        "{out}"
+    );
+    let (ok, out, err) = env
+        .phasegate_cli(&["--namespace", &ns, "status", NAME, "-o", "json"], None)
+        .await;
+    assert!(ok, "{err}");
+    let obj: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(obj["status"]["phase"], "AwaitingRollout", "{out}");
+    let (ok, out, _) = env
+        .phasegate_cli(&["status", "-n", &ns, "-o", "yaml"], None)
+        .await;
+    assert!(
+        ok && out.contains("kind: List") && out.contains(NAME),
+        "{out}"
+    );
     env.cleanup().await;
 }
