@@ -5,7 +5,7 @@ CACHE ?= $(or $(PHASEGATE_CACHE),$(HOME)/.cache/phasegate)
 E2E_KUBECONFIG ?= $(CACHE)/kubeconfig
 E2E_THREADS ?= 3
 
-.PHONY: all build deps crd unit executor-pg17 e2e test chart-test lua-test demo demo-down cluster-up cluster-down bench-lock fmt lint-rust
+.PHONY: all build deps crd unit executor-pg17 e2e test chart-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock fmt lint-rust
 
 all: build
 
@@ -44,18 +44,30 @@ e2e: deps
 	argo=($$(hack/argo-rollouts.sh build)) && \
 	PHASEGATE_ARGO_ROLLOUTS_BIN=$${argo[0]} PHASEGATE_ARGO_ROLLOUTS_CRDS=$${argo[1]} \
 	PHASEGATE_E2E_KUBECONFIG=$${PHASEGATE_E2E_KUBECONFIG:-$(E2E_KUBECONFIG)} \
-	  $(CARGO) test --features e2e --test e2e -- --test-threads=$(E2E_THREADS)
+	  $(CARGO) test --features e2e --test e2e -- --test-threads=$(E2E_THREADS) --skip gitops::
 
 ## Helm chart: lint, template, server-side dry run, RBAC checks against the local cluster.
 chart-test: deps
 	hack/chart-test.sh
 
-## Argo CD Lua health check and Flux kstatus tables.
+## Argo CD Lua health check table (gopher-lua).
 lua-test:
 	hack/lua-health-test.sh
 
-## Every test: unit, PostgreSQL integration, chart, health checks and end-to-end.
-test: unit lua-test chart-test e2e
+## GitOps: the health table through Argo CD's own Lua path; every state through kstatus and
+## the shipped Flux CEL expressions (Flux's own evaluator); then Argo CD's sync engine
+## syncing waves -1/0 against the real operator on the local cluster (tests/e2e/gitops.rs).
+## The Go drivers (tests/gitops) build once into $(CACHE)/bin (hack/gitops-driver.sh).
+gitops-test: deps
+	$$(hack/gitops-driver.sh argocd) health deploy/argocd/health.lua deploy/argocd/health_test.yaml
+	$$(hack/gitops-driver.sh flux) deploy/flux/kustomizations.yaml deploy/flux/kstatus_test.yaml
+	@if [ -z "$$PHASEGATE_E2E_KUBECONFIG" ]; then hack/local-cluster.sh up; fi
+	PHASEGATE_E2E_KUBECONFIG=$${PHASEGATE_E2E_KUBECONFIG:-$(E2E_KUBECONFIG)} \
+	  PHASEGATE_GITOPS_DRIVER=$$(hack/gitops-driver.sh argocd) \
+	  $(CARGO) test --features e2e --test e2e gitops:: -- --test-threads=$(E2E_THREADS)
+
+## Every test: unit, PostgreSQL integration, chart, health checks, end-to-end and GitOps.
+test: unit lua-test chart-test e2e gitops-test
 
 ## The operator driving a real migration on the local cluster and a local PostgreSQL.
 demo: deps

@@ -43,7 +43,8 @@ enum Command {
     Approve(phasegate::plugin::TargetArgs),
     /// Retry the failed phase of a Failed migration (sets phasegate.dev/retry to a new value).
     Retry(phasegate::plugin::TargetArgs),
-    /// Show a readable summary of one migration and its targets.
+    /// Show a readable summary of one migration and its targets; without NAME, list the
+    /// namespace's migrations (`-o json|yaml` for the objects).
     Status(phasegate::plugin::TargetArgs),
 }
 
@@ -95,7 +96,10 @@ struct ControllerArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `kubectl phasegate -n shop status NAME`: the plugin's flags may come before its command.
+    let cli = Cli::parse_from(phasegate::plugin::hoist_flags(
+        std::env::args_os().collect(),
+    ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

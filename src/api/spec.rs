@@ -25,6 +25,8 @@ use super::DatabaseMigrationStatus;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    validation = Rule::new("self.spec.expand == oldSelf.spec.expand || (has(oldSelf.status) && has(oldSelf.status.phase) && oldSelf.status.phase == 'Failed' && (!has(oldSelf.status.expand) || oldSelf.status.expand.attempts == 0))").message("expand is immutable once the migration may have run it; create a new DatabaseMigration (expand can be edited only while the migration is Failed before any expand attempt, e.g. refused by the linter)"),
+    validation = Rule::new("((has(self.spec.contract.sql) ? self.spec.contract.sql : '') == (has(oldSelf.spec.contract.sql) ? oldSelf.spec.contract.sql : '') && has(self.spec.contract.job) == has(oldSelf.spec.contract.job) && (!has(self.spec.contract.job) || self.spec.contract.job == oldSelf.spec.contract.job)) || (has(oldSelf.status) && has(oldSelf.status.phase) && oldSelf.status.phase == 'Failed' && (!has(oldSelf.status.expand) || oldSelf.status.expand.attempts == 0))").message("contract.sql and contract.job are immutable once the migration may have run; approval and delay may change (sql and job can be edited only while the migration is Failed before any expand attempt, e.g. refused by the linter)"),
     doc = "A PostgreSQL schema change run with the expand/contract pattern: expand (additive SQL) runs at once; contract (the DROPs) runs only once every target workload has rolled out `appVersion` and no pod of an older version is left, and never commits while a gate is closed."
 )]
 #[serde(rename_all = "camelCase")]
@@ -40,8 +42,8 @@ pub struct DatabaseMigrationSpec {
     pub database: DatabaseSpec,
 
     /// The additive, backward-compatible change, applied before the new code rolls out.
-    /// Immutable.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("expand is immutable; create a new DatabaseMigration"))]
+    /// Immutable, except while the migration is Failed before any expand attempt started
+    /// (refused by the linter, invalid, refused by the Job policy): fix it in place then.
     pub expand: PhaseSpec,
 
     /// The change that removes what the old code needed, applied only after every target
@@ -115,7 +117,6 @@ pub struct JobSpec {
 /// The contract phase and its gates.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("has(self.sql) != has(self.job)").message("exactly one of contract.sql or contract.job must be set"))]
-#[x_kube(validation = Rule::new("(has(self.sql) ? self.sql : '') == (has(oldSelf.sql) ? oldSelf.sql : '') && has(self.job) == has(oldSelf.job) && (!has(self.job) || self.job == oldSelf.job)").message("contract.sql and contract.job are immutable; approval and delay may change"))]
 #[serde(rename_all = "camelCase")]
 pub struct ContractSpec {
     /// SQL run by Phasegate's executor in one transaction.

@@ -2,9 +2,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Observed state of a DatabaseMigration.
+/// Observed state of a DatabaseMigration, written by the operator. Until its first write
+/// the API server shows `{observedGeneration: 0}`: not observed yet, which kstatus (Flux)
+/// reads as InProgress.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {"observedGeneration": 0}))]
 pub struct DatabaseMigrationStatus {
     /// Where the migration is: Pending, Expanding, AwaitingRollout, Soaking,
     /// AwaitingApproval, Contracting, Succeeded or Failed.

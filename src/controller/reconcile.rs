@@ -264,7 +264,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             },
             reason: t.reason.clone(),
             note: Some(t.message.chars().take(1000).collect()),
-            action: "Reconcile".into(),
+            action: event_action(&t.message),
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &dbm.object_ref(&())).await {
@@ -292,6 +292,17 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             None => Action::await_change(),
         },
     )
+}
+
+/// The Event's action. kube's Recorder folds Events with the same type, reason and action
+/// into one series that keeps the first message, so a second attempt's Event would only bump
+/// the count of the first. The action names the message (a short hash): each distinct
+/// message is its own Event, and only a repeat of the very same one joins a series.
+fn event_action(message: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    message.hash(&mut h);
+    format!("Reconcile-{:08x}", h.finish() as u32)
 }
 
 pub fn error_policy(dbm: Arc<DatabaseMigration>, err: &Error, ctx: Arc<Context>) -> Action {

@@ -24,8 +24,12 @@ pub use render::{render_status, Style};
 /// Which migration, and which cluster.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TargetArgs {
-    /// The DatabaseMigration's name.
-    pub name: String,
+    /// The DatabaseMigration's name (`status` without a name lists the namespace's
+    /// migrations).
+    pub name: Option<String>,
+    /// `status` only: print the object (or the list) as `json` or `yaml` instead of a summary.
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<Output>,
     /// Its namespace (default: the namespace of the kubeconfig context, else `default`).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
@@ -35,6 +39,63 @@ pub struct TargetArgs {
     /// The kubeconfig file (default: `$KUBECONFIG`, else `~/.kube/config`).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+}
+
+/// Machine-readable output of `status`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Json,
+    Yaml,
+}
+
+/// The plugin's flags that kubectl users put before the command (`kubectl phasegate -n shop
+/// status NAME`): moved after the command so each subcommand parses them. Other arguments
+/// keep their order.
+pub fn hoist_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let commands = ["approve", "retry", "status"];
+    let Some(pos) = args
+        .iter()
+        .skip(1)
+        .position(|a| a.to_str().is_some_and(|a| commands.contains(&a)))
+        .map(|p| p + 1)
+    else {
+        return args;
+    };
+    let mut before = Vec::new();
+    let mut hoisted = Vec::new();
+    let mut i = 1;
+    while i < pos {
+        let a = args[i].to_str().unwrap_or_default();
+        let with_value = [
+            "-n",
+            "--namespace",
+            "--context",
+            "--kubeconfig",
+            "-o",
+            "--output",
+        ];
+        if with_value.contains(&a) && i + 1 < pos {
+            hoisted.extend_from_slice(&args[i..i + 2]);
+            i += 2;
+            continue;
+        }
+        let joined = ["--namespace=", "--context=", "--kubeconfig=", "--output="];
+        if joined.iter().any(|p| a.starts_with(p))
+            || (a.starts_with("-n") && a.len() > 2)
+            || (a.starts_with("-o") && a.len() > 2)
+        {
+            hoisted.push(args[i].clone());
+        } else {
+            before.push(args[i].clone());
+        }
+        i += 1;
+    }
+    let mut out = vec![args[0].clone()];
+    out.extend(before);
+    out.push(args[pos].clone());
+    out.extend(hoisted);
+    out.extend_from_slice(&args[pos + 1..]);
+    out
 }
 
 /// One plugin command.
@@ -94,10 +155,19 @@ pub fn retry_plan(dbm: &DatabaseMigration) -> Result<String, String> {
     let name = dbm.metadata.name.clone().unwrap_or_default();
     let status = dbm.status.clone().unwrap_or_default();
     match status.phase {
+        Some(Phase::Failed) if refused_before_running(&status) => Err(format!(
+            "{name} was refused before anything ran ({}): a retry would check the same spec again and nothing would run. {}",
+            crate::planner::conditions::reason_of(&status.conditions, crate::planner::conditions::STALLED)
+                .unwrap_or("Failed"),
+            FIX_IN_PLACE
+        )),
         Some(Phase::Failed) => {
             let what = match (&status.expand, &status.contract) {
                 (_, Some(c)) if c.finished_at.is_some() && !c.succeeded => format!("contract runs again (attempt {})", c.attempts + 1),
                 (Some(e), _) if !e.succeeded => format!("expand runs again (attempt {})", e.attempts + 1),
+                _ if status.rollout_timed_out_at.is_some() => {
+                    "the rollout timeout starts again from now; contract runs once every target has rolled out".to_string()
+                }
                 _ => "the failed step runs again".to_string(),
             };
             Ok(format!("{name}: retry requested; {what}"))
@@ -107,6 +177,16 @@ pub fn retry_plan(dbm: &DatabaseMigration) -> Result<String, String> {
         )),
         None => Err(format!("{name} has not been observed by the operator yet: there is nothing to retry")),
     }
+}
+
+/// What to do about a migration refused before anything ran (the spec is checked again on
+/// every change, so no retry is needed).
+pub const FIX_IN_PLACE: &str = "Fix the spec in place (in git or with kubectl edit; spec.expand and contract stay editable while nothing has run) or add a spec.safety.allow rule: the migration resumes by itself.";
+
+/// Failed before any expand attempt started: refused by the linter or the Job policy, or an
+/// invalid spec. Nothing ran, and a retry would change nothing.
+pub fn refused_before_running(status: &crate::api::DatabaseMigrationStatus) -> bool {
+    status.phase == Some(Phase::Failed) && status.expand.as_ref().is_none_or(|e| e.attempts == 0)
 }
 
 /// A fresh `phasegate.dev/retry` value: the current time, made distinct from `previous`.
@@ -222,9 +302,34 @@ pub async fn run(action: Action, args: TargetArgs) -> ExitCode {
 }
 
 async fn run_inner(action: Action, args: &TargetArgs) -> Result<String, String> {
+    if args.output.is_some() && action != Action::Status {
+        return Err("-o/--output is for `status`".into());
+    }
     let (client, ns, where_) = connect(args).await?;
     let api: Api<DatabaseMigration> = Api::namespaced(client, &ns);
-    let name = args.name.as_str();
+    let Some(name) = args.name.as_deref() else {
+        if action != Action::Status {
+            return Err("which migration? give its NAME".into());
+        }
+        let list = api
+            .list(&Default::default())
+            .await
+            .map_err(|e| describe(e, "", &ns, &where_))?;
+        return match args.output {
+            Some(o) => {
+                let items: Vec<serde_json::Value> = list
+                    .items
+                    .iter()
+                    .map(|m| serde_json::to_value(m).unwrap_or_default())
+                    .collect();
+                format_output(
+                    o,
+                    &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}),
+                )
+            }
+            None => Ok(render::render_list(&list.items, &ns)),
+        };
+    };
     let dbm = api
         .get(name)
         .await
@@ -240,7 +345,10 @@ async fn run_inner(action: Action, args: &TargetArgs) -> Result<String, String> 
         }
     };
     match action {
-        Action::Status => Ok(render_status(&dbm, detect_style())),
+        Action::Status => match args.output {
+            Some(o) => format_output(o, &serde_json::to_value(&dbm).map_err(|e| e.to_string())?),
+            None => Ok(render_status(&dbm, detect_style())),
+        },
         Action::Approve => match approve_plan(&dbm) {
             ApprovePlan::Nothing(msg) => Ok(format!("{msg}\n")),
             ApprovePlan::Annotate(msg) => {
@@ -268,10 +376,40 @@ async fn run_inner(action: Action, args: &TargetArgs) -> Result<String, String> 
     }
 }
 
+fn format_output(o: Output, v: &serde_json::Value) -> Result<String, String> {
+    match o {
+        Output::Json => serde_json::to_string_pretty(v)
+            .map(|s| s + "\n")
+            .map_err(|e| e.to_string()),
+        Output::Yaml => serde_yaml::to_string(v).map_err(|e| e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::{DatabaseMigrationStatus, PhaseStatus};
+
+    fn argv(s: &str) -> Vec<std::ffi::OsString> {
+        s.split_whitespace().map(Into::into).collect()
+    }
+
+    #[test]
+    fn plugin_flags_before_the_command_are_moved_after_it() {
+        assert_eq!(
+            hoist_flags(argv("phasegate -n shop --context=kind status m -o json")),
+            argv("phasegate status -n shop --context=kind m -o json")
+        );
+        assert_eq!(
+            hoist_flags(argv("phasegate --log-format json -nshop retry m")),
+            argv("phasegate --log-format json retry -nshop m")
+        );
+        assert_eq!(
+            hoist_flags(argv("phasegate controller --namespace shop")),
+            argv("phasegate controller --namespace shop"),
+            "other commands are left alone"
+        );
+    }
 
     fn migration(approval: &str, phase: Option<Phase>) -> DatabaseMigration {
         let mut m: DatabaseMigration = serde_json::from_value(serde_json::json!({
@@ -363,6 +501,42 @@ mod tests {
             retry_plan(&failed).expect("retry"),
             "m: retry requested; contract runs again (attempt 3)"
         );
+        let st = failed.status.as_mut().expect("status");
+        st.contract = None;
+        st.rollout_timed_out_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+        assert_eq!(
+            retry_plan(&failed).expect("retry"),
+            "m: retry requested; the rollout timeout starts again from now; contract runs once every target has rolled out"
+        );
+    }
+
+    #[test]
+    fn retry_of_a_refusal_says_nothing_would_run_and_what_to_do() {
+        let mut refused = migration("Automatic", Some(Phase::Failed));
+        refused.status.as_mut().expect("status").conditions.push(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Stalled".into(),
+                status: "True".into(),
+                reason: "SqlRefused".into(),
+                message: "spec.expand.sql refused before anything ran".into(),
+                observed_generation: Some(1),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ),
+            },
+        );
+        let err = retry_plan(&refused).expect_err("nothing to retry");
+        assert!(
+            err.starts_with("m was refused before anything ran (SqlRefused)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("nothing would run") && err.contains("Fix the spec in place"),
+            "{err}"
+        );
+        assert!(!err.contains("runs again"), "{err}");
     }
 
     #[test]

@@ -87,6 +87,58 @@ pub fn is_approved(dbm: &DatabaseMigration) -> bool {
 }
 
 /// The `phasegate status` text of a migration.
+/// The migrations of a namespace, one line each: name, phase, version, targets ready, and
+/// the reason of the `Ready` condition (why it is not ready, or what it waits for).
+pub fn render_list(items: &[DatabaseMigration], ns: &str) -> String {
+    if items.is_empty() {
+        return format!("No DatabaseMigrations in namespace {ns}.\n");
+    }
+    let rows: Vec<[String; 5]> = items
+        .iter()
+        .map(|m| {
+            let status = m.status.clone().unwrap_or_default();
+            let reason = crate::planner::conditions::reason_of(&status.conditions, "Ready")
+                .map(str::to_owned)
+                .or_else(|| {
+                    status
+                        .conditions
+                        .iter()
+                        .find(|c| c.type_ == "Ready")
+                        .map(|c| c.reason.clone())
+                })
+                .unwrap_or_default();
+            [
+                m.metadata.name.clone().unwrap_or_default(),
+                status
+                    .phase
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_else(|| "(not observed yet)".into()),
+                m.spec.app_version.clone(),
+                status.targets_ready.unwrap_or_default(),
+                reason,
+            ]
+        })
+        .collect();
+    let header = ["NAME", "PHASE", "VERSION", "TARGETS", "REASON"].map(String::from);
+    let mut widths = [0usize; 5];
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
     let mut out = String::new();
     let name = dbm.metadata.name.clone().unwrap_or_default();
@@ -324,6 +376,9 @@ fn next_step(dbm: &DatabaseMigration) -> Option<String> {
         Phase::AwaitingApproval if !is_approved(dbm) => Some(format!(
             "approve contract: phasegate approve {name} -n {ns}"
         )),
+        Phase::Failed if super::refused_before_running(dbm.status.as_ref()?) => {
+            Some(super::FIX_IN_PLACE.to_string())
+        }
         Phase::Failed => Some(format!(
             "fix the cause above, then: phasegate retry {name} -n {ns}"
         )),
@@ -469,6 +524,53 @@ mod tests {
             out.contains("approval Manual (approved)") && !out.contains("Next:"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn list_shows_one_line_per_migration() {
+        let st = DatabaseMigrationStatus {
+            phase: Some(Phase::AwaitingRollout),
+            targets_ready: Some("0/1".into()),
+            conditions: vec![cond("Ready", "True", "AwaitingRollout", "waiting")],
+            ..Default::default()
+        };
+        let out = render_list(
+            &[
+                migration("Automatic", Some(st)),
+                migration("Automatic", None),
+            ],
+            "shop",
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("NAME"), "{out}");
+        assert!(
+            lines[1].contains("AwaitingRollout") && lines[1].contains("0/1"),
+            "{out}"
+        );
+        assert!(lines[2].contains("(not observed yet)"), "{out}");
+        assert_eq!(
+            render_list(&[], "shop"),
+            "No DatabaseMigrations in namespace shop.\n"
+        );
+    }
+
+    #[test]
+    fn refused_migration_says_fix_in_place_not_retry() {
+        let st = DatabaseMigrationStatus {
+            phase: Some(Phase::Failed),
+            observed_generation: Some(1),
+            conditions: vec![cond(
+                "Stalled",
+                "True",
+                "SqlRefused",
+                "spec.expand.sql refused before anything ran",
+            )],
+            ..Default::default()
+        };
+        let out = render_status(&migration("Automatic", Some(st)), Style::default());
+        assert!(out.contains("Next: Fix the spec in place"), "{out}");
+        assert!(!out.contains("phasegate retry"), "{out}");
     }
 
     #[test]

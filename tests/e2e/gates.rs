@@ -101,6 +101,27 @@ async fn retry_annotation_reruns_a_failed_expand() {
         2,
         "the failed Job is kept for inspection"
     );
+    // One Event per attempt, each with its own message (not a series folded into the first).
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let expanding: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("audit-actor")
+                && e.reason.as_deref() == Some("Expanding")
+        })
+        .filter_map(|e| e.note)
+        .collect();
+    assert_eq!(
+        expanding.len(),
+        2,
+        "one Expanding Event per attempt: {expanding:?}"
+    );
+    assert_ne!(expanding[0], expanding[1], "each with its own message");
     env.cleanup().await;
 }
 

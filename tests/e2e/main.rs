@@ -9,6 +9,7 @@ mod examples;
 mod failures;
 mod fence;
 mod gates;
+mod gitops;
 mod ha;
 mod harness;
 mod lint;

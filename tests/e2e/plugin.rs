@@ -247,3 +247,87 @@ async fn plugin_status_summarises_phase_targets_and_conditions() {
     assert!(err.contains("no kubeconfig found"), "{err}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_refused_expand_is_fixed_in_place_not_retried() {
+    let env = Env::new("plugin-refused").await;
+    seed(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    env.create_migration(
+        NAME,
+        spec(
+            "ALTER TABLE users ADD COLUMN email_verified boolean; ALTER TABLE users DROP COLUMN legacy_flag;",
+            "Automatic",
+        ),
+    )
+    .await
+    .expect("create");
+    let m = env.wait_phase(NAME, Phase::Failed, T).await;
+    assert_eq!(
+        condition(&m, "Stalled").map(|c| c.1).as_deref(),
+        Some("SqlRefused")
+    );
+
+    let ns = env.ns.clone();
+    let (ok, out, _) = env.phasegate_cli(&["status", NAME, "-n", &ns], None).await;
+    assert!(ok);
+    assert!(out.contains("Next: Fix the spec in place"), "{out}");
+    assert!(!out.contains("phasegate retry"), "no retry hint: {out}");
+    let (ok, out, err) = env.phasegate_cli(&["retry", NAME, "-n", &ns], None).await;
+    assert!(!ok, "retry refuses: {out}");
+    assert!(
+        err.contains("refused before anything ran (SqlRefused)")
+            && err.contains("nothing would run"),
+        "{err}"
+    );
+    assert!(!err.contains("runs again"), "{err}");
+
+    // What the status says, done: edit expand in place; the migration resumes by itself.
+    let patch = json!({"spec": {"expand": {"sql": "ALTER TABLE users ADD COLUMN email_verified boolean;"}}});
+    env.migrations()
+        .patch(
+            NAME,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("expand is editable while nothing has run");
+    env.wait_phase(NAME, Phase::AwaitingRollout, T).await;
+    assert!(env.column_exists("users", "email_verified").await);
+    // Now expand has run: it is immutable again.
+    let patch = json!({"spec": {"expand": {"sql": "ALTER TABLE users ADD COLUMN other int;"}}});
+    let err = env
+        .migrations()
+        .patch(
+            NAME,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect_err("expand is immutable once it ran");
+    assert!(err.to_string().contains("expand is immutable"), "{err}");
+
+    // Flags before the command, as `kubectl phasegate -n NS …` passes them; list; -o json.
+    let (ok, out, err) = env.phasegate_cli(&["-n", &ns, "status"], None).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().next().is_some_and(|l| l.starts_with("NAME"))
+            && out.contains(NAME)
+            && out.contains("AwaitingRollout"),
+        "{out}"
+    );
+    let (ok, out, err) = env
+        .phasegate_cli(&["--namespace", &ns, "status", NAME, "-o", "json"], None)
+        .await;
+    assert!(ok, "{err}");
+    let obj: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(obj["status"]["phase"], "AwaitingRollout", "{out}");
+    let (ok, out, _) = env
+        .phasegate_cli(&["status", "-n", &ns, "-o", "yaml"], None)
+        .await;
+    assert!(
+        ok && out.contains("kind: List") && out.contains(NAME),
+        "{out}"
+    );
+    env.cleanup().await;
+}

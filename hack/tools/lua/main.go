@@ -2,10 +2,6 @@
 // Argo CD's health_test.yaml format, with gopher-lua, the interpreter Argo CD embeds.
 //
 //	go run . <health.lua> <health_test.yaml>
-//	go run . kstatus <kstatus_test.yaml>
-//
-// The second form computes kstatus (sigs.k8s.io/cli-utils, what Flux's health checks use)
-// for each case's input and compares it with the case's `status`.
 //
 // Each case's inputPath is relative to the test table. The object is exposed to the script
 // as the global `obj`, as Argo CD does; the script must return a table with `status` (one of
@@ -41,14 +37,6 @@ var validStatuses = map[string]bool{
 }
 
 func main() {
-	if len(os.Args) == 3 && os.Args[1] == "kstatus" {
-		passed, failed := runKstatus(os.Args[2])
-		fmt.Printf("%d passed, %d failed\n", passed, failed)
-		if failed > 0 {
-			os.Exit(1)
-		}
-		return
-	}
 	if len(os.Args) != 3 {
 		fmt.Fprintln(os.Stderr, "usage: lua-health-test <health.lua> <health_test.yaml>")
 		os.Exit(2)
