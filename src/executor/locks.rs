@@ -29,13 +29,15 @@ pub struct Blocker {
     pub xact_ms: f64,
     pub state: String,
     pub application: String,
+    /// The lock we will request on the table, which conflicts with `mode`.
+    pub want: LockMode,
 }
 
 impl std::fmt::Display for Blocker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "pid {} ({}{}) {} {} on {}, transaction open for {:.1} s",
+            "pid {} ({}{}) {} {} on {}, transaction open for {:.1} s; we need {}",
             self.pid,
             if self.application.is_empty() {
                 "no application_name"
@@ -50,7 +52,8 @@ impl std::fmt::Display for Blocker {
             if self.granted { "holds" } else { "waits for" },
             self.mode,
             self.table,
-            self.xact_ms / 1000.0
+            self.xact_ms / 1000.0,
+            self.want.as_pg()
         )
     }
 }
@@ -131,23 +134,33 @@ pub fn lock_targets<'a>(
 ) -> BTreeMap<TableRef, LockMode> {
     let mut out: BTreeMap<TableRef, LockMode> = BTreeMap::new();
     for s in statements {
-        for t in &s.tables {
-            let e = out.entry(t.clone()).or_insert(s.lock);
-            if s.lock > *e {
-                *e = s.lock;
-            }
+        for (t, mode) in &s.locks {
+            raise(&mut out, t.clone(), *mode);
         }
     }
     out
 }
 
-/// Tables PostgreSQL locks that the statement does not name, from the catalog: for a table
-/// altered or dropped, its partitions and inheritance children (the command recurses to them);
-/// for `DROP TABLE`, the parent of a partition and every foreign-key peer (the key's triggers on
-/// the other table are dropped with it); for dropped or retyped columns and dropped constraints,
-/// the foreign keys among them. `CREATE/DROP TRIGGER … ON t` and `… REFERENCES t` name their
-/// table and need nothing here. They get the statement's lock mode: the strongest they could
-/// take. Tables that do not exist yet (created earlier in the phase) add nothing.
+fn raise(targets: &mut BTreeMap<TableRef, LockMode>, t: TableRef, mode: LockMode) {
+    let e = targets.entry(t).or_insert(mode);
+    *e = (*e).max(mode);
+}
+
+/// Tables PostgreSQL locks that the statement does not name, from the catalog, each with the
+/// lock it takes there:
+/// - for a table altered or dropped, its partitions and inheritance children (the command
+///   recurses to them, in its own mode); for `DROP INDEX`, the index's table (and its
+///   partitions), in the statement's mode;
+/// - for `DROP TABLE`, the parent of a partition and every foreign-key peer (the key's triggers
+///   on the other table are dropped with it): ACCESS EXCLUSIVE;
+/// - for dropped or retyped columns and dropped constraints, the other side of the foreign keys
+///   among them: ACCESS EXCLUSIVE;
+/// - for `VALIDATE CONSTRAINT` of a foreign key, its referenced table: ROW SHARE;
+/// - for `ATTACH/DETACH PARTITION`, the default partition (ACCESS EXCLUSIVE) and, attaching,
+///   the other side of the parent's foreign keys, which are cloned (SHARE ROW EXCLUSIVE).
+///
+/// `CREATE/DROP TRIGGER … ON t` and `… REFERENCES t` name their table and need nothing here.
+/// Tables that do not exist yet (created earlier in the phase) add nothing.
 ///
 /// Not resolved: what functions, `DO` blocks and triggers do when they run (opaque to a
 /// parser); a statement naming no table at all is waited for by no one and relies on the short
@@ -159,21 +172,30 @@ pub async fn add_implicit_targets(
 ) -> Result<(), tokio_postgres::Error> {
     for s in statements {
         for reach in &s.reaches {
-            for t in implied_by(client, reach).await? {
-                let e = targets.entry(t).or_insert(s.lock);
-                if s.lock > *e {
-                    *e = s.lock;
-                }
+            for (t, role) in implied_by(client, reach).await? {
+                raise(targets, t, implied_mode(reach, &role));
             }
         }
     }
     Ok(())
 }
 
+/// The lock PostgreSQL takes on a table found by [`implied_by`] in the role it names.
+pub fn implied_mode(reach: &Reach, role: &str) -> LockMode {
+    match role {
+        // Recursion to partitions and children, or the table of a dropped index.
+        "tree" => reach.mode,
+        "validated" => LockMode::RowShare,
+        "cloned" => LockMode::ShareRowExclusive,
+        // "parent", "fk", "default", and anything unforeseen.
+        _ => LockMode::AccessExclusive,
+    }
+}
+
 async fn implied_by(
     client: &Client,
     reach: &Reach,
-) -> Result<Vec<TableRef>, tokio_postgres::Error> {
+) -> Result<Vec<(TableRef, String)>, tokio_postgres::Error> {
     let t = &reach.table;
     let name = if t.schema.is_empty() {
         quote_ident(&t.name)
@@ -182,9 +204,12 @@ async fn implied_by(
     };
     let rows = client
         .query(
-            "WITH RECURSIVE root AS (SELECT to_regclass($1)::oid AS oid),
+            "WITH RECURSIVE named AS (SELECT to_regclass($1)::oid AS oid),
+             root AS (SELECT CASE WHEN $5 THEN (SELECT indrelid FROM pg_index WHERE indexrelid = named.oid)
+                                  ELSE named.oid END AS oid FROM named),
              tree AS (SELECT oid FROM root WHERE oid IS NOT NULL
-                      UNION SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid),
+                      UNION SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid
+                       WHERE NOT $8),
              parents AS (SELECT i.inhparent AS oid FROM pg_inherits i JOIN root ON i.inhrelid = root.oid
                           WHERE $2),
              cols AS (SELECT attrelid, attnum FROM pg_attribute
@@ -198,20 +223,48 @@ async fn implied_by(
                             OR (c.conname = ANY($4::text[]) AND c.conrelid IN (SELECT oid FROM tree))
                             OR EXISTS (SELECT 1 FROM cols
                                         WHERE (cols.attrelid = c.conrelid AND cols.attnum = ANY(c.conkey))
-                                           OR (cols.attrelid = c.confrelid AND cols.attnum = ANY(c.confkey)))))
-             SELECT DISTINCT n.nspname::text, r.relname::text
-               FROM (SELECT oid FROM tree UNION SELECT oid FROM parents UNION SELECT oid FROM fk) x
+                                           OR (cols.attrelid = c.confrelid AND cols.attnum = ANY(c.confkey))))),
+             validated AS (SELECT c.confrelid AS oid FROM pg_constraint c
+                            WHERE c.contype = 'f' AND c.conname = ANY($6::text[])
+                              AND c.conrelid IN (SELECT oid FROM tree)),
+             dflt AS (SELECT p.partdefid AS oid FROM pg_partitioned_table p JOIN root ON p.partrelid = root.oid
+                       WHERE $7 AND p.partdefid <> 0),
+             cloned AS (SELECT CASE WHEN c.conrelid = root.oid THEN c.confrelid ELSE c.conrelid END AS oid
+                          FROM pg_constraint c, root
+                         WHERE $7 AND c.contype = 'f' AND (c.conrelid = root.oid OR c.confrelid = root.oid)),
+             found AS (SELECT oid, 'tree' AS role FROM tree
+                       UNION ALL SELECT oid, 'parent' FROM parents
+                       UNION ALL SELECT oid, 'fk' FROM fk
+                       UNION ALL SELECT oid, 'validated' FROM validated
+                       UNION ALL SELECT oid, 'default' FROM dflt
+                       UNION ALL SELECT oid, 'cloned' FROM cloned)
+             SELECT DISTINCT n.nspname::text, r.relname::text, x.role
+               FROM found x
                JOIN pg_class r ON r.oid = x.oid
                JOIN pg_namespace n ON n.oid = r.relnamespace
-              WHERE x.oid IS DISTINCT FROM (SELECT oid FROM root)",
-            &[&name, &reach.dropped, &reach.columns, &reach.constraints],
+              WHERE x.oid IS DISTINCT FROM (SELECT oid FROM named)",
+            &[
+                &name,
+                &reach.dropped,
+                &reach.columns,
+                &reach.constraints,
+                &reach.index,
+                &reach.validated,
+                &reach.partitions_change,
+                &reach.only,
+            ],
         )
         .await?;
     Ok(rows
         .iter()
-        .map(|r| TableRef {
-            schema: r.get(0),
-            name: r.get(1),
+        .map(|r| {
+            (
+                TableRef {
+                    schema: r.get(0),
+                    name: r.get(1),
+                },
+                r.get(2),
+            )
         })
         .collect())
 }
@@ -278,6 +331,7 @@ pub async fn blockers(
             xact_ms: r.get(5),
             state: r.get(6),
             application: r.get(7),
+            want: *want,
         });
     }
     Ok(out)
