@@ -835,3 +835,182 @@ async fn a_conflicting_holder_is_still_waited_for() {
         );
     }
 }
+
+/// Issue 10, item 8b: the per-database advisory lock is held only while applying. A contract
+/// waiting outside the lock queue for a long reader must not hold up another migration on the
+/// same database (another namespace, another table). Before, the advisory lock was held through
+/// all waiting: the second migration waited for it and failed after
+/// PHASEGATE_ADVISORY_LOCK_TIMEOUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_migration_does_not_hold_up_others() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigint PRIMARY KEY, legacy int);
+         CREATE TABLE invoices (id bigint PRIMARY KEY);",
+    )
+    .await
+    .expect("schema");
+    let reader = pg.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("reader");
+    let mut waiting = contract(&pg, "ALTER TABLE users DROP COLUMN legacy");
+    waiting.lock_wait_timeout = Duration::from_secs(30);
+    let run = tokio::spawn(async move { executor::execute(&waiting).await });
+    // Until the first run waits for the reader (its wait, not the advisory lock).
+    let waiting_for_users = "SELECT count(*) FROM pg_stat_activity
+                              WHERE query LIKE '%pg_locks%' AND pid <> pg_backend_pid()";
+    let until = Instant::now() + Duration::from_secs(20);
+    while c
+        .query_one(waiting_for_users, &[])
+        .await
+        .expect("activity")
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < until, "the first run never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut other = Config::new(
+        pg.url(),
+        Phase::Expand,
+        "ALTER TABLE invoices ADD COLUMN total numeric",
+    );
+    other.identity.namespace = "billing".into();
+    other.identity.name = "add-total".into();
+    other.advisory_lock_timeout = Duration::from_secs(1);
+    let t = Instant::now();
+    let r = executor::execute(&other).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert!(
+        !run.is_finished(),
+        "the first run should still wait for the reader"
+    );
+    eprintln!(
+        "another migration applied in {:.0} ms while the first waited; {}",
+        t.elapsed().as_secs_f64() * 1000.0,
+        r.to_json_line()
+    );
+    reader.batch_execute("COMMIT").await.expect("commit");
+    let r = run.await.expect("join");
+    assert_outcome(&r, Outcome::Applied);
+}
+
+/// With the advisory lock released while waiting, several executors of the same phase (a stale
+/// Job and its retry) can wait side by side; each reads the ledger again under the lock right
+/// before its attempt, so the phase still applies exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executors_waiting_side_by_side_apply_exactly_once() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text);",
+    )
+    .await
+    .expect("schema");
+    let reader = pg.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("reader");
+    let sql = "ALTER TABLE users ADD COLUMN a int;
+               INSERT INTO users (email) VALUES ('once@example.com');
+               CREATE INDEX CONCURRENTLY users_email ON users (email);
+               INSERT INTO users (email) VALUES ('twice@example.com');";
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let mut cfg = Config::new(pg.url(), Phase::Expand, sql);
+            cfg.identity.name = "side-by-side".into();
+            tokio::spawn(async move { executor::execute(&cfg).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    reader.batch_execute("COMMIT").await.expect("commit");
+    let mut outcomes = Vec::new();
+    for r in runs {
+        let r = r.await.expect("join");
+        outcomes.push(format!("{:?}", r.outcome));
+        assert!(r.outcome != Outcome::Failed, "{}", r.to_json_line());
+    }
+    outcomes.sort();
+    let applied = outcomes.iter().filter(|o| *o == "Applied").count();
+    assert!(applied >= 1, "{outcomes:?}");
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM users WHERE email IN ('once@example.com', 'twice@example.com')",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 2, "{outcomes:?}");
+    let (status, done): (String, i32) = c
+        .query_one(
+            "SELECT status, statements_done FROM phasegate.ledger WHERE name = 'side-by-side'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .expect("ledger");
+    assert_eq!((status.as_str(), done), ("applied", 4));
+    eprintln!("outcomes: {outcomes:?}");
+}
+
+/// Issue 10, item 7: a `-- phasegate:commit` line ends the transaction, so a backfill after DDL
+/// runs without the DDL's ACCESS EXCLUSIVE lock. Shown by a backfill that fails: the DDL before
+/// the marker stays applied and recorded (1 of 2 statements), and a rerun resumes at the backfill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_marker_runs_the_backfill_in_its_own_transaction() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigint PRIMARY KEY, fullname text);
+         INSERT INTO users VALUES (1, 'Ada'), (2, NULL);",
+    )
+    .await
+    .expect("schema");
+    let failing = "ALTER TABLE users ADD COLUMN display_name text;
+-- phasegate:commit
+UPDATE users SET display_name = fullname WHERE display_name IS NULL AND 1 / (id - 2) IS NOT NULL;";
+    let mut cfg = Config::new(pg.url(), Phase::Expand, failing);
+    cfg.identity.name = "marker".into();
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Failed);
+    assert_eq!(r.statements, 1, "{}", r.to_json_line());
+    let (status, done): (String, i32) = c
+        .query_one(
+            "SELECT status, statements_done FROM phasegate.ledger WHERE name = 'marker'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .expect("ledger");
+    assert_eq!((status.as_str(), done), ("in_progress", 1));
+    assert!(exists(&c, "users").await);
+    let added: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'users'::regclass AND attname = 'display_name')",
+            &[],
+        )
+        .await
+        .expect("columns")
+        .get(0);
+    assert!(added, "the DDL before the marker was committed on its own");
+    // The data is fixed; the same SQL resumes at the backfill.
+    c.batch_execute("DELETE FROM users WHERE id = 2")
+        .await
+        .expect("fix");
+    let r = executor::execute(&cfg).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(r.statements, 1, "{}", r.to_json_line());
+    let name: Option<String> = c
+        .query_one("SELECT display_name FROM users WHERE id = 1", &[])
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(name.as_deref(), Some("Ada"));
+}

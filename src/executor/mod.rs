@@ -1,12 +1,14 @@
 //! `phasegate apply`: runs one phase (expand or contract) of a migration against PostgreSQL,
 //! exactly once, without stalling application traffic while it waits for locks.
 //!
-//! Order of work: parse and classify the SQL (before touching the database), connect, take the
-//! per-database advisory lock, consult the ledger, then run the statements: consecutive
+//! Order of work: parse and classify the SQL (before touching the database), connect, consult
+//! the ledger under the per-database advisory lock, then run the statements: consecutive
 //! transactional statements as one transaction that also writes the ledger row; statements that
 //! cannot run in a transaction block one by one, with the ledger recording progress after each.
-//! Contract additionally runs the database-side check ([`dbcheck`]) right before each attempt,
-//! and once more inside the transaction, with its locks held, right before COMMIT.
+//! Each attempt first waits outside the lock queue ([`locks`]) and, for contract, for the
+//! database-side check ([`dbcheck`]), without the advisory lock; then takes the advisory lock,
+//! reads the ledger again, and holds the lock until COMMIT. Contract runs the check once more
+//! inside the transaction, with its locks held, right before COMMIT.
 //!
 //! The fence: a stop request (SIGTERM, SIGINT; see [`stop`]) ends every wait at once, cancels a
 //! statement in flight, rolls the transaction back and is checked again immediately before
@@ -724,6 +726,8 @@ async fn run(
         stats,
         gate: Gate::new(cfg),
         waits: Waits::new(),
+        advisory_waited: Duration::ZERO,
+        skipped: 0,
     };
     if !cfg.lock_wait_timeout.is_zero() || runner.gate.checker.is_some() {
         // Once per run; the database check reuses it rather than adding its own.
@@ -734,8 +738,11 @@ async fn run(
             tracing::warn!("{}", scrub.scrub(w));
         }
     }
-    let advisory = locks::advisory_lock(&client, cfg.advisory_lock_timeout, &mut runner.waits);
-    runner.stats.lock_wait += or_stop(&cfg.stop, async { Ok(advisory.await?) }).await?;
+    // The per-database advisory lock serialises what touches the ledger and applies SQL; it is
+    // held for the setup below and then only for each attempt, never while waiting for tables or
+    // the database check, so a contract waiting for an old transaction does not hold up other
+    // migrations on the same database.
+    runner.lock_database(&client).await?;
     if cfg.require_expand {
         // Before creating anything: this may not be our database at all.
         require_expand(&client, id).await?;
@@ -785,6 +792,7 @@ async fn run(
                     .map_err(|e| ApplyError::db(&e, None))?;
             }
             tracing::info!("phase already applied with the same checksum; nothing to do");
+            runner.unlock_database(&client).await;
             return Ok(Outcome::AlreadyApplied);
         }
         done = usize::try_from(entry.statements_done)
@@ -797,7 +805,11 @@ async fn run(
         );
     }
 
-    for step in steps(&statements, done, version) {
+    runner.unlock_database(&client).await;
+
+    let steps = steps(&statements, done, version);
+    let n_steps = steps.len();
+    for step in steps {
         if let Some(signal) = cfg.stop.requested() {
             return Err(signal.into());
         }
@@ -811,12 +823,11 @@ async fn run(
                 .await?;
         }
     }
-    let _ = client
-        .execute(
-            "SELECT pg_advisory_unlock($1, $2)",
-            &[&locks::ADVISORY_CLASS, &locks::ADVISORY_OBJ],
-        )
-        .await;
+    if runner.skipped == n_steps && n_steps > 0 {
+        // Another executor of this phase applied every step while this one waited.
+        tracing::info!("another run applied the phase meanwhile; nothing to do");
+        return Ok(Outcome::AlreadyApplied);
+    }
     Ok(Outcome::Applied)
 }
 
@@ -874,7 +885,7 @@ fn steps(statements: &[Statement], from: usize, version: i32) -> Vec<Step> {
     for (i, s) in statements.iter().enumerate().skip(from) {
         let own = s.tx.needs_own_transaction(version);
         match out.last_mut() {
-            Some(last) if !own && !last.own => last.range.end = i + 1,
+            Some(last) if !own && !last.own && !s.new_transaction => last.range.end = i + 1,
             _ => out.push(Step {
                 range: i..i + 1,
                 own,
@@ -1044,9 +1055,85 @@ struct Runner<'a> {
     stats: &'a mut Stats,
     gate: Gate,
     waits: Waits,
+    /// Time spent waiting for the advisory lock so far (one budget for the run).
+    advisory_waited: Duration,
+    /// Steps another executor of this phase applied while this one waited.
+    skipped: usize,
+}
+
+/// What [`Runner::enter`] found once it held the advisory lock.
+#[derive(Debug, PartialEq, Eq)]
+enum Entered {
+    /// Go ahead: the lock is held.
+    Go,
+    /// Another executor of this phase applied the step meanwhile (the lock is released).
+    Done,
+    /// We waited for another migration to finish applying; the tables may have been taken in
+    /// the meantime, so look at them again (the lock is released).
+    LookAgain,
 }
 
 impl Runner<'_> {
+    /// Takes the per-database advisory lock, waiting while another migration holds it (it is
+    /// applying: holders never wait for tables with it), within PHASEGATE_ADVISORY_LOCK_TIMEOUT
+    /// over the whole run. Returns the time waited.
+    async fn lock_database(&mut self, client: &Client) -> Result<Duration, ApplyError> {
+        let budget = self
+            .cfg
+            .advisory_lock_timeout
+            .saturating_sub(self.advisory_waited);
+        let waits = &mut self.waits;
+        let waited = or_stop(&self.cfg.stop, async {
+            Ok(locks::advisory_lock(client, budget, waits).await?)
+        })
+        .await?;
+        self.advisory_waited += waited;
+        self.stats.lock_wait += waited;
+        Ok(waited)
+    }
+
+    /// Releases the advisory lock (the server releases it anyway when the session ends).
+    async fn unlock_database(&self, client: &Client) {
+        let _ = client
+            .execute(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&locks::ADVISORY_CLASS, &locks::ADVISORY_OBJ],
+            )
+            .await;
+    }
+
+    /// Right before an attempt at the statements of `range`, with the tables clear: takes the
+    /// advisory lock and reads the ledger again, since another executor of this phase (a
+    /// stale Job, a retry) may have applied them while this one waited without the lock.
+    async fn enter(
+        &mut self,
+        client: &Client,
+        range: &Range<usize>,
+    ) -> Result<Entered, ApplyError> {
+        let waited = self.lock_database(client).await?;
+        if !waited.is_zero() && !self.cfg.lock_wait_timeout.is_zero() {
+            self.unlock_database(client).await;
+            return Ok(Entered::LookAgain);
+        }
+        let entry = ledger::get(client, &self.cfg.identity, self.cfg.phase.as_str())
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        let done = entry
+            .filter(|e| e.checksum == self.sum)
+            .map(|e| usize::try_from(e.statements_done).unwrap_or(0))
+            .unwrap_or(0);
+        if done >= range.end {
+            tracing::info!(
+                statements = range.end,
+                "another run applied these statements meanwhile; skipping them"
+            );
+            self.unlock_database(client).await;
+            self.skipped += 1;
+            return Ok(Entered::Done);
+        }
+        Ok(Entered::Go)
+    }
+
     /// Awaits a statement; on a stop request, asks the server to cancel it (a DDL statement in
     /// the lock queue blocks every application query behind it) and gives it [`CANCEL_GRACE`]
     /// to report back. Ok(result) when the statement finished, Err(Stopped) otherwise.
@@ -1163,6 +1250,11 @@ impl Runner<'_> {
         loop {
             self.clear_to_attempt(client, stmts, &range, &mut waited)
                 .await?;
+            match self.enter(client, &range).await? {
+                Entered::Go => {}
+                Entered::Done => return Ok(()),
+                Entered::LookAgain => continue,
+            }
             if let Some(signal) = cfg.stop.requested() {
                 return Err(signal.into());
             }
@@ -1228,6 +1320,7 @@ impl Runner<'_> {
                         sqlstate = e.code().map(|c| c.code()).unwrap_or(""),
                         "lock not available; rolled back, will retry"
                     );
+                    self.unlock_database(client).await;
                     pause(&cfg.stop, delay).await?;
                     continue;
                 }
@@ -1263,6 +1356,7 @@ impl Runner<'_> {
                 // Each lost attempt costs the check's budget a poll interval, so a flapping
                 // blocker cannot keep us taking and dropping locks forever.
                 self.gate.waited += dbcheck::POLL;
+                self.unlock_database(client).await;
                 pause(&cfg.stop, dbcheck::POLL).await?;
                 continue;
             }
@@ -1278,6 +1372,7 @@ impl Runner<'_> {
                 if is_lock_failure(&e) && retries < cfg.max_lock_retries {
                     retries += 1;
                     self.stats.lock_retries += 1;
+                    self.unlock_database(client).await;
                     pause(&cfg.stop, backoff(retries - 1)).await?;
                     continue;
                 }
@@ -1292,6 +1387,7 @@ impl Runner<'_> {
                 );
             }
             failpoint(cfg, "pause-after-commit").await;
+            self.unlock_database(client).await;
             self.stats.statements += stmts.len();
             tracing::info!(
                 statements = stmts.len(),
@@ -1318,6 +1414,14 @@ impl Runner<'_> {
         let mut waited = Duration::ZERO;
         let mut skip = false;
         loop {
+            self.clear_to_attempt(client, std::slice::from_ref(s), &range, &mut waited)
+                .await?;
+            match self.enter(client, &range).await? {
+                Entered::Go => {}
+                Entered::Done => return Ok(()),
+                Entered::LookAgain => continue,
+            }
+            // Under the advisory lock: no other executor of this phase is building right now.
             // A concurrent build that failed or was killed leaves an invalid index behind: drop it
             // and build again; a valid one means the build finished before the ledger was updated.
             if let Some(ci) = &s.concurrent_index {
@@ -1357,8 +1461,6 @@ impl Runner<'_> {
             if skip {
                 break;
             }
-            self.clear_to_attempt(client, std::slice::from_ref(s), &range, &mut waited)
-                .await?;
             if let Some(signal) = cfg.stop.requested() {
                 return Err(signal.into());
             }
@@ -1398,6 +1500,7 @@ impl Runner<'_> {
                         retry_in_ms = delay.as_millis() as u64,
                         "lock not available; will retry"
                     );
+                    self.unlock_database(client).await;
                     pause(&cfg.stop, delay).await?;
                 }
                 Err(e) => {
@@ -1435,6 +1538,7 @@ impl Runner<'_> {
         .await
         .map_err(|e| ApplyError::db(&e, None))?;
         failpoint(cfg, "pause-after-commit").await;
+        self.unlock_database(client).await;
         Ok(())
     }
 }
@@ -1486,6 +1590,25 @@ mod tests {
             ]
         );
         assert!(steps(&st, 5, 150_000).is_empty());
+    }
+
+    #[test]
+    fn a_commit_marker_ends_the_transaction() {
+        let st = sql::parse_phase(
+            "ALTER TABLE a ADD x int; CREATE INDEX i ON a (x);\n-- phasegate:commit\nUPDATE a SET x = 1 WHERE x IS NULL; UPDATE a SET x = 2 WHERE x = 1",
+        )
+        .expect("parses");
+        let ranges: Vec<Range<usize>> = steps(&st, 0, 150_000)
+            .into_iter()
+            .map(|s| s.range)
+            .collect();
+        assert_eq!(ranges, vec![0..2, 2..4]);
+        // Resuming after the first transaction starts at the marker.
+        let ranges: Vec<Range<usize>> = steps(&st, 2, 150_000)
+            .into_iter()
+            .map(|s| s.range)
+            .collect();
+        assert_eq!(ranges, vec![2..4]);
     }
 
     #[test]

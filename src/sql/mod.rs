@@ -178,6 +178,31 @@ pub struct Statement {
     /// Tables altered or dropped: PostgreSQL also locks tables the statement does not name
     /// (foreign-key peers, partitions, a partition's parent), found in the catalog before waiting.
     pub reaches: Vec<Reach>,
+    /// A [`COMMIT_MARKER`] line precedes the statement: it starts a new transaction, so what
+    /// follows (a backfill) does not run under the locks of the DDL before it.
+    pub new_transaction: bool,
+}
+
+/// A comment line in a phase's SQL that ends the transaction before the next statement:
+/// consecutive statements otherwise share one transaction.
+pub const COMMIT_MARKER: &str = "-- phasegate:commit";
+
+/// Whether the text between the previous statement and this one's first token holds a
+/// [`COMMIT_MARKER`] line (`gap`: from the end of the previous statement, its `;` included;
+/// `text`: the statement, which may start with its leading comments).
+fn starts_new_transaction(gap: &str, text: &str) -> bool {
+    let marker = |l: &str| {
+        l.trim()
+            .trim_start_matches(';')
+            .trim()
+            .eq_ignore_ascii_case(COMMIT_MARKER)
+    };
+    gap.lines().any(marker)
+        || text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| l.is_empty() || l.starts_with("--"))
+            .any(marker)
 }
 
 /// A table an `ALTER TABLE`, `DROP TABLE` or `DROP INDEX` changes, with what makes PostgreSQL
@@ -249,13 +274,27 @@ impl SqlError {
 pub fn parse_phase(sql: &str) -> Result<Vec<Statement>, SqlError> {
     let parsed = pg_query::parse(sql, 0).map_err(|e| SqlError::Syntax(error_text(e)))?;
     let mut out = Vec::new();
+    let mut prev_end = 0usize;
     for raw in &parsed.protobuf.stmts {
+        let location = usize::try_from(raw.stmt_location)
+            .unwrap_or(0)
+            .min(sql.len());
+        let gap = sql.get(prev_end.min(location)..location).unwrap_or("");
+        prev_end = if raw.stmt_len <= 0 {
+            sql.len()
+        } else {
+            location
+                .saturating_add(usize::try_from(raw.stmt_len).unwrap_or(0))
+                .min(sql.len())
+        };
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
         };
         let index = out.len() + 1;
         let text = slice_statement(sql, raw.stmt_location, raw.stmt_len);
-        out.push(classify(index, text, node)?);
+        let mut statement = classify(index, text, node)?;
+        statement.new_transaction = index > 1 && starts_new_transaction(gap, &statement.sql);
+        out.push(statement);
     }
     if out.is_empty() {
         return Err(SqlError::Empty);
@@ -429,6 +468,7 @@ fn classify(index: usize, sql: String, node: &N) -> Result<Statement, SqlError> 
         concurrent_index,
         concurrent,
         reaches: reaches_of(node, lock),
+        new_transaction: false,
     })
 }
 
@@ -1288,6 +1328,18 @@ mod tests {
         );
         assert_eq!(v[3].sql, "SELECT 'a;b'");
         assert_eq!(v[0].kind, "AlterTableStmt");
+    }
+
+    #[test]
+    fn commit_marker_starts_a_new_transaction() {
+        let v = parse_phase(
+            "-- phasegate:commit\nALTER TABLE a ADD x int;\n  -- phasegate:commit  \n-- backfill\nUPDATE a SET x = 1 WHERE x IS NULL; SELECT 1; -- phasegate:commit\nSELECT 2; /* -- phasegate:commit */ SELECT 3",
+        )
+        .expect("parses");
+        let marks: Vec<bool> = v.iter().map(|s| s.new_transaction).collect();
+        // The first statement starts a transaction anyway; a marker after a statement on the
+        // same line belongs to the next one.
+        assert_eq!(marks, vec![false, true, false, true, false]);
     }
 
     #[test]
