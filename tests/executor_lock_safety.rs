@@ -628,6 +628,9 @@ async fn lock_modes_match_what_postgresql_takes() {
         "COMMENT ON TABLE orders IS 'orders'",
         "COMMENT ON COLUMN orders.n IS 'n'",
         "DROP INDEX orders_n",
+        "TRUNCATE events",
+        "TRUNCATE ONLY orders",
+        "TRUNCATE users CASCADE",
         "DROP TABLE orders",
     ];
     let held_q = "SELECT n.nspname || '.' || r.relname, l.mode FROM pg_locks l
@@ -1013,4 +1016,125 @@ UPDATE users SET display_name = fullname WHERE display_name IS NULL AND 1 / (id 
         .expect("row")
         .get(0);
     assert_eq!(name.as_deref(), Some("Ada"));
+}
+
+/// Sessions that each run transactions back to back on `users` (BEGIN, a read, `hold_ms` of
+/// sleep, a little more for each further session so they do not fall into step, COMMIT),
+/// starting one after another across one transaction's length, until `stop` is set.
+fn short_transactions(
+    pg: &TestPostgres,
+    sessions: usize,
+    hold_ms: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let n = sessions as u64;
+    (0..n)
+        .map(|i| {
+            let url = pg.url();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(hold_ms * i / n)).await;
+                let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect");
+                tokio::spawn(conn);
+                let secs = (hold_ms + 7 * i) as f64 / 1000.0;
+                let sql =
+                    format!("BEGIN; SELECT count(*) FROM users; SELECT pg_sleep({secs}); COMMIT;");
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = c.batch_execute(&sql).await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// Issue 10, item 10: under a steady stream of short transactions (here 6 sessions × 150 ms,
+/// back to back) some transaction older than 30 ms always holds the table, so the executor
+/// waited outside the queue until PHASEGATE_LOCK_WAIT_TIMEOUT and failed without ever
+/// attempting. After PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER with only transactions younger than
+/// lock_timeout in the way it attempts anyway; the attempt costs them at most lock_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_short_transactions_does_not_starve_the_executor() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute("CREATE TABLE users (id bigint PRIMARY KEY); INSERT INTO users VALUES (1);")
+        .await
+        .expect("schema");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = short_transactions(&pg, 6, 150, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Never attempting past them: starved until the wait limit.
+    let mut cfg = contract(&pg, "ALTER TABLE users ADD COLUMN a int");
+    cfg.identity.name = "starved".into();
+    cfg.lock_timeout = Duration::from_secs(1);
+    cfg.lock_wait_timeout = Duration::from_secs(4);
+    cfg.lock_wait_attempt_after = Duration::ZERO;
+    let starved = executor::execute(&cfg).await;
+
+    // Attempting anyway after 1 s (at least lock_timeout).
+    cfg.identity.name = "not-starved".into();
+    cfg.lock_wait_attempt_after = Duration::from_secs(1);
+    let t = Instant::now();
+    let r = executor::execute(&cfg).await;
+    let took = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in load {
+        let _ = h.await;
+    }
+    assert_outcome(&starved, Outcome::Failed);
+    assert_eq!(starved.attempts, 0, "{}", starved.to_json_line());
+    assert_outcome(&r, Outcome::Applied);
+    assert!(r.lock_wait_ms >= 900, "{}", r.to_json_line());
+    eprintln!(
+        "applied under a stream of short transactions in {:.2} s; {}",
+        took.as_secs_f64(),
+        r.to_json_line()
+    );
+}
+
+/// Issue 10, item 10: a session that ends one long transaction and at once starts another
+/// (a batch job) is never attempted past, not even in the moment its new transaction is young.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_of_back_to_back_long_transactions_is_waited_for() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute("CREATE TABLE users (id bigint PRIMARY KEY); INSERT INTO users VALUES (1);")
+        .await
+        .expect("schema");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = short_transactions(&pg, 1, 700, stop.clone());
+    // Start while its transaction is older than lock_timeout: the executor sees a long one
+    // first (before that, nothing tells it the session runs long transactions).
+    let old = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(0.7)%'
+                AND pid <> pg_backend_pid() AND clock_timestamp() - xact_start > interval '550 ms'";
+    let until = Instant::now() + Duration::from_secs(20);
+    while c
+        .query_one(old, &[])
+        .await
+        .expect("activity")
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < until, "the batch session never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut cfg = contract(&pg, "ALTER TABLE users ADD COLUMN a int");
+    cfg.lock_timeout = Duration::from_millis(500);
+    cfg.lock_wait_timeout = Duration::from_secs(4);
+    // Longer than one of its transactions: by then one was seen older than lock_timeout.
+    cfg.lock_wait_attempt_after = Duration::from_secs(1);
+    let r = executor::execute(&cfg).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in load {
+        let _ = h.await;
+    }
+    assert_outcome(&r, Outcome::Failed);
+    assert_eq!(
+        r.attempts,
+        0,
+        "attempted past the batch session: {}",
+        r.to_json_line()
+    );
 }

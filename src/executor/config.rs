@@ -103,6 +103,15 @@ pub struct ApplyArgs {
     /// (0 disables lock-aware waiting: plain retries on lock timeouts).
     #[arg(long, env = "PHASEGATE_LOCK_WAIT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub lock_wait_timeout: Duration,
+    /// Waiting outside the lock queue, transactions younger than this are short application work
+    /// and attempted past (the attempt's lock_timeout bounds what it costs them).
+    #[arg(long, env = "PHASEGATE_YOUNG_TRANSACTION", default_value = "30ms", value_parser = parse_duration)]
+    pub young_transaction: Duration,
+    /// After waiting this long outside the lock queue with only transactions younger than
+    /// lock_timeout in the way (a steady stream of short ones), attempt anyway with lock_timeout
+    /// (never before lock_timeout has passed; 0: never).
+    #[arg(long, env = "PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER", default_value = "10s", value_parser = parse_duration)]
+    pub lock_wait_attempt_after: Duration,
     /// How long to wait for another migration on the same database to finish.
     #[arg(long, env = "PHASEGATE_ADVISORY_LOCK_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub advisory_lock_timeout: Duration,
@@ -172,6 +181,9 @@ pub struct Config {
     pub statement_timeout: Duration,
     pub max_lock_retries: u32,
     pub lock_wait_timeout: Duration,
+    /// Waiting outside the lock queue: see [`super::locks::Patience`].
+    pub young_transaction: Duration,
+    pub lock_wait_attempt_after: Duration,
     pub advisory_lock_timeout: Duration,
     pub connect_timeout: Duration,
     /// Contract only: run the database-side check (see [`dbcheck`]).
@@ -209,6 +221,8 @@ impl Config {
             statement_timeout: Duration::from_secs(600),
             max_lock_retries: 10,
             lock_wait_timeout: Duration::from_secs(600),
+            young_transaction: super::locks::YOUNG_TRANSACTION,
+            lock_wait_attempt_after: Duration::from_secs(10),
             advisory_lock_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(10),
             database_check: true,
@@ -317,6 +331,8 @@ pub(super) fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, Box<Ap
         statement_timeout: args.statement_timeout,
         max_lock_retries: args.max_lock_retries,
         lock_wait_timeout: args.lock_wait_timeout,
+        young_transaction: args.young_transaction,
+        lock_wait_attempt_after: args.lock_wait_attempt_after,
         advisory_lock_timeout: args.advisory_lock_timeout,
         connect_timeout: args.connect_timeout,
         database_check,

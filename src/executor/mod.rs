@@ -218,6 +218,11 @@ async fn run(
         waits: Waits::new(),
         advisory_waited: Duration::ZERO,
         skipped: 0,
+        patience: locks::Patience::new(
+            cfg.young_transaction,
+            cfg.lock_wait_attempt_after,
+            cfg.lock_timeout,
+        ),
     };
     if !cfg.lock_wait_timeout.is_zero() || runner.gate.checker.is_some() {
         // Once per run; the database check reuses it rather than adding its own.

@@ -34,6 +34,8 @@ pub(super) struct Runner<'a> {
     pub(super) advisory_waited: Duration,
     /// Steps another executor of this phase applied while this one waited.
     pub(super) skipped: usize,
+    /// Which transactions the wait outside the lock queue waits for; remembers sessions.
+    pub(super) patience: locks::Patience,
 }
 
 /// What [`Runner::enter`] found once it held the advisory lock.
@@ -157,13 +159,13 @@ impl Runner<'_> {
         }
         let mut targets = locks::lock_targets(stmts);
         let budget = cfg.lock_wait_timeout.saturating_sub(*budget_used);
-        let waits = &mut self.waits;
+        let (waits, patience) = (&mut self.waits, &mut self.patience);
         let (waited, blockers) = or_stop(&cfg.stop, async {
             // Looked up on every attempt: an earlier step may have changed the catalog.
             locks::add_implicit_targets(client, stmts, &mut targets)
                 .await
                 .map_err(|e| ApplyError::db(&e, None))?;
-            locks::wait_until_clear(client, &targets, budget, waits)
+            locks::wait_until_clear(client, &targets, budget, waits, patience)
                 .await
                 .map_err(|e| ApplyError::db(&e, None))
         })

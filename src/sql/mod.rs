@@ -231,6 +231,9 @@ pub struct Reach {
     pub partitions_change: bool,
     /// The command does not recurse to `table`'s partitions and children.
     pub only: bool,
+    /// `TRUNCATE … CASCADE`: every table with a foreign key to `table` (recursively) is
+    /// truncated too, under ACCESS EXCLUSIVE.
+    pub cascade: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -757,6 +760,23 @@ fn reaches_of(node: &N, lock: LockMode) -> Vec<Reach> {
             out.insert(0, reach);
             out
         }
+        // TRUNCATE recurses to partitions and children (unless ONLY) and, with CASCADE, to the
+        // tables referencing it.
+        N::TruncateStmt(t) => t
+            .relations
+            .iter()
+            .filter_map(|r| match r.node.as_ref() {
+                Some(N::RangeVar(rv)) => Some(Reach {
+                    table: range_var(rv),
+                    mode: LockMode::AccessExclusive,
+                    only: !rv.inh,
+                    cascade: protobuf::DropBehavior::try_from(t.behavior)
+                        == Ok(protobuf::DropBehavior::DropCascade),
+                    ..Reach::default()
+                }),
+                _ => None,
+            })
+            .collect(),
         // A new partition changes its parent's partition bounds, not the other partitions.
         N::CreateStmt(c) if c.partbound.is_some() => c
             .inh_relations
@@ -1193,6 +1213,24 @@ mod tests {
             ]
         );
         assert!(one("CREATE TABLE x (id int)").reaches.is_empty());
+        assert_eq!(
+            one("TRUNCATE users, ONLY shop.orders CASCADE").reaches,
+            vec![
+                Reach {
+                    cascade: true,
+                    ..r("users", AccessExclusive, false, &[], &[])
+                },
+                Reach {
+                    cascade: true,
+                    only: true,
+                    ..r("shop.orders", AccessExclusive, false, &[], &[])
+                },
+            ]
+        );
+        assert_eq!(
+            one("TRUNCATE users").reaches,
+            vec![r("users", AccessExclusive, false, &[], &[])]
+        );
     }
 
     /// PostgreSQL's documented lock per command and `ALTER TABLE` sub-command (ALTER TABLE,
