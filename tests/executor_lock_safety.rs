@@ -1095,7 +1095,8 @@ async fn a_stream_of_short_transactions_does_not_starve_the_executor() {
 }
 
 /// Issue 10, item 10: a session that ends one long transaction and at once starts another
-/// (a batch job) is never attempted past, not even in the moment its new transaction is young.
+/// (a batch job, here 2.5 s each) is never attempted past once seen in a long one, not even in
+/// the moment its new transaction is young.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_of_back_to_back_long_transactions_is_waited_for() {
     let pg = TestPostgres::start();
@@ -1104,11 +1105,11 @@ async fn a_session_of_back_to_back_long_transactions_is_waited_for() {
         .await
         .expect("schema");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = short_transactions(&pg, 1, 700, stop.clone());
+    let load = short_transactions(&pg, 1, 2500, stop.clone());
     // Start while its transaction is older than lock_timeout: the executor sees a long one
     // first (before that, nothing tells it the session runs long transactions).
-    let old = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(0.7)%'
-                AND pid <> pg_backend_pid() AND clock_timestamp() - xact_start > interval '550 ms'";
+    let old = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(2.5)%'
+                AND pid <> pg_backend_pid() AND clock_timestamp() - xact_start > interval '600 ms'";
     let until = Instant::now() + Duration::from_secs(20);
     while c
         .query_one(old, &[])
@@ -1122,8 +1123,8 @@ async fn a_session_of_back_to_back_long_transactions_is_waited_for() {
     }
     let mut cfg = contract(&pg, "ALTER TABLE users ADD COLUMN a int");
     cfg.lock_timeout = Duration::from_millis(500);
-    cfg.lock_wait_timeout = Duration::from_secs(4);
-    // Longer than one of its transactions: by then one was seen older than lock_timeout.
+    // Two of its transactions end (and the next begins) while the executor waits.
+    cfg.lock_wait_timeout = Duration::from_secs(7);
     cfg.lock_wait_attempt_after = Duration::from_secs(1);
     let r = executor::execute(&cfg).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
