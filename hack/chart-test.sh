@@ -217,8 +217,12 @@ if k apply -f "${WORK}/cluster-nocrd.yaml" >/dev/null; then
   can_i yes list statefulsets.apps ""
   can_i yes get daemonsets.apps "${OTHER_NS}"
   can_i yes watch daemonsets.apps ""
+  can_i yes get rollouts.argoproj.io "${OTHER_NS}"
+  can_i yes watch rollouts.argoproj.io ""
+  can_i no patch rollouts.argoproj.io "${OTHER_NS}"
   can_i yes list pods ""
   can_i yes watch pods ""
+  can_i yes get pods "${OTHER_NS}" log
   can_i yes create events.events.k8s.io "${OTHER_NS}"
   can_i yes create leases.coordination.k8s.io "${NS}"
   can_i yes patch leases.coordination.k8s.io "${NS}"
@@ -240,7 +244,6 @@ if k apply -f "${WORK}/cluster-nocrd.yaml" >/dev/null; then
   can_i no get replicasets.apps "${OTHER_NS}"
   can_i no get pods "${OTHER_NS}"
   can_i no create pods "${OTHER_NS}"
-  can_i no get pods "${OTHER_NS}" log
   can_i no create pods "${OTHER_NS}" exec
   can_i no create events "${OTHER_NS}"
   can_i no create leases.coordination.k8s.io "${OTHER_NS}"
@@ -265,6 +268,8 @@ if k apply -f "${WORK}/namespaced-nocrd.yaml" >/dev/null; then
   can_i no list databasemigrations.phasegate.dev "${OTHER_NS}"
   can_i no create jobs.batch "${OTHER_NS}"
   can_i no list pods ""
+  can_i yes get pods "${WATCH_NS}" log
+  can_i no get pods "${OTHER_NS}" log
   can_i no get secrets "${WATCH_NS}"
   can_i no get secrets "${NS}"
   k delete --wait=false -f "${WORK}/namespaced-nocrd.yaml" >/dev/null

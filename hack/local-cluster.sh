@@ -129,6 +129,8 @@ cluster_healthy() {
   local ready
   ready="$(kc get nodes --request-timeout=5s -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c '^True$' || true)"
   [[ "${ready}" -ge "${NODES}" ]] || return 1
+  # Created with the kwok Logs CRD (older clusters lack it: recreate them).
+  kc get crd logs.kwok.x-k8s.io --request-timeout=5s >/dev/null 2>&1 || return 1
   # Every kwokctl-managed process (etcd, apiserver, kcm, scheduler, kwok-controller) alive.
   local pidfile pid n=0
   for pidfile in "${KWOK_WORKDIR}/clusters/${CLUSTER}"/pids/*.pid; do
@@ -218,6 +220,7 @@ cmd_up() {
     --etcd-binary "${ETCD_BIN}/etcd" \
     --kwok-controller-binary "${KWOK_BIN}/kwok" \
     --config "${STAGES}" \
+    --enable-crds Logs \
     --disable-qps-limits \
     --wait 120s \
     --quiet-pull >&2 8>&- || {

@@ -57,8 +57,17 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
         "daemonsets",
         &["get", "list", "watch"],
     ),
+    // Argo Rollouts targets (controller/argo.rs), read and watched like apps/v1 workloads.
+    (
+        "phasegate.operatorRules",
+        "argoproj.io",
+        "rollouts",
+        &["get", "list", "watch"],
+    ),
     // Pods of targets and executor pods' termination messages (list), Controller::watches.
     ("phasegate.operatorRules", "", "pods", &["list", "watch"]),
+    // jobs::executor_wait: the tail of a running executor's log (what it waits on).
+    ("phasegate.operatorRules", "", "pods/log", &["get"]),
     // kube::runtime::events::Recorder: create, and patch for a repeated Event's series;
     // jobs::stuck_reason lists a Job's FailedCreate Events.
     (

@@ -203,6 +203,9 @@ pub enum TargetKind {
     StatefulSet,
     /// An `apps/v1` DaemonSet.
     DaemonSet,
+    /// An Argo Rollouts `argoproj.io/v1alpha1` Rollout (canary or blueGreen): complete once
+    /// fully promoted (the stable ReplicaSet is the current one) and no old pod is left.
+    Rollout,
 }
 
 impl TargetKind {
@@ -211,6 +214,7 @@ impl TargetKind {
             TargetKind::Deployment => "Deployment",
             TargetKind::StatefulSet => "StatefulSet",
             TargetKind::DaemonSet => "DaemonSet",
+            TargetKind::Rollout => "Rollout",
         }
     }
 }

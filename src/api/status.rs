@@ -32,6 +32,10 @@ pub struct DatabaseMigrationStatus {
     /// When every target first reported a complete rollout; the soak delay counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_completed_at: Option<Time>,
+    /// With `contract.delay`: the earliest time contract may start (`rolloutCompletedAt` plus
+    /// the delay); cleared when the rollout regresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract_not_before: Option<Time>,
     /// When the migration started waiting for the rollout; the rollout timeout counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_started_at: Option<Time>,

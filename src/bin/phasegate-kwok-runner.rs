@@ -5,6 +5,11 @@
 //! machine, and writes the outcome (phase, exit code, termination message) into the pod's
 //! status, so the real Job controller sees a real success or failure.
 //!
+//! The container's output is also written, in the CRI log format, to a file that a kwok `Logs`
+//! object names for the pod, so `kubectl logs` (and the operator, which reads an executor's
+//! wait lines) get it from kwok-controller as they would from a kubelet. The cluster must have
+//! the Logs CRD (`kwokctl create cluster --enable-crds Logs`, as hack/local-cluster.sh does).
+//!
 //! Containers whose image is not Phasegate's run their `command`/`args` locally when the
 //! program exists here (e.g. `psql`), which is how the user-Job examples are exercised; when
 //! it does not (e.g. `flyway`), the pod fails to start, as with an image lacking it.
@@ -33,6 +38,9 @@ struct Args {
     /// The `phasegate` binary to run for Phasegate's executor image.
     #[arg(long, env = "PHASEGATE_BIN")]
     phasegate_bin: PathBuf,
+    /// Where container logs are written (one file per pod and container).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("phasegate-kwok-runner-logs"))]
+    logs_dir: PathBuf,
 }
 
 #[tokio::main]
@@ -132,6 +140,7 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let term_log = dir.path().join("termination-log");
+    let log_file = serve_logs(&client, args, &ns, &name, &pod, &container.name).await;
     let (program, argv) = command_of(&container, args)?;
     tracing::info!(pod = %name, %program, "running executor");
     let outcome = {
@@ -161,7 +170,7 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
                 .as_ref()
                 .and_then(|s| s.termination_grace_period_seconds)
                 .unwrap_or(30);
-            let out = run_until_deleted(child, &pods, &name, grace).await?;
+            let out = run_until_deleted(child, &pods, &name, grace, log_file).await?;
             // As container runtimes report it: a process ended by signal N exits 128 + N
             // (137 for SIGKILL).
             let code = out
@@ -198,20 +207,14 @@ async fn run_until_deleted(
     pods: &Api<Pod>,
     name: &str,
     grace_secs: i64,
+    log_file: Option<tokio::fs::File>,
 ) -> anyhow::Result<std::process::Output> {
-    use tokio::io::AsyncReadExt;
     let mut stdout = child.stdout.take().context("child stdout")?;
     let mut stderr = child.stderr.take().context("child stderr")?;
-    let out_task = tokio::spawn(async move {
-        let mut b = Vec::new();
-        let _ = stdout.read_to_end(&mut b).await;
-        b
-    });
-    let err_task = tokio::spawn(async move {
-        let mut b = Vec::new();
-        let _ = stderr.read_to_end(&mut b).await;
-        b
-    });
+    let log = Arc::new(tokio::sync::Mutex::new(log_file));
+    let (out_log, err_log) = (log.clone(), log);
+    let out_task = tokio::spawn(async move { capture(&mut stdout, "stdout", out_log).await });
+    let err_task = tokio::spawn(async move { capture(&mut stderr, "stderr", err_log).await });
     let mut terminating_since: Option<std::time::Instant> = None;
     let status = loop {
         tokio::select! {
@@ -246,6 +249,82 @@ async fn run_until_deleted(
         stdout: out_task.await.unwrap_or_default(),
         stderr: err_task.await.unwrap_or_default(),
     })
+}
+
+/// Reads a stream to its end, as the process writes it; each line is also appended to the log
+/// file in the CRI format (`<RFC 3339 time> <stream> F <line>`), as container runtimes do.
+async fn capture(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    stream: &str,
+    log: Arc<tokio::sync::Mutex<Option<tokio::fs::File>>>,
+) -> Vec<u8> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut reader = tokio::io::BufReader::new(from);
+    let mut all = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        all.extend_from_slice(&line);
+        let mut guard = log.lock().await;
+        if let Some(file) = guard.as_mut() {
+            let text = String::from_utf8_lossy(&line);
+            let entry = format!(
+                "{} {stream} F {}\n",
+                Timestamp::now(),
+                text.trim_end_matches('\n')
+            );
+            if file.write_all(entry.as_bytes()).await.is_err() {
+                *guard = None;
+            }
+        }
+    }
+    all
+}
+
+/// Creates the pod's log file and a kwok `Logs` object pointing kwok-controller at it. Without
+/// the Logs CRD (or on any error) the pod still runs; only `kubectl logs` has nothing.
+async fn serve_logs(
+    client: &Client,
+    args: &Args,
+    ns: &str,
+    name: &str,
+    pod: &Pod,
+    container: &str,
+) -> Option<tokio::fs::File> {
+    let uid = pod.uid().unwrap_or_default();
+    let path = args
+        .logs_dir
+        .join(format!("{ns}_{name}_{uid}_{container}.log"));
+    let file = async {
+        tokio::fs::create_dir_all(&args.logs_dir).await?;
+        tokio::fs::File::create(&path).await
+    }
+    .await;
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(pod = %name, error = %e, path = %path.display(), "cannot write the pod's log");
+            return None;
+        }
+    };
+    let gvk = kube::api::GroupVersionKind::gvk("kwok.x-k8s.io", "v1alpha1", "Logs");
+    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, "logs");
+    let logs: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let obj = serde_json::json!({
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Logs",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"logs": [{"containers": [container], "logsFile": path, "follow": true}]},
+    });
+    let ssa = PatchParams::apply("phasegate-kwok-runner").force();
+    if let Err(e) = logs.patch(name, &ssa, &Patch::Apply(&obj)).await {
+        tracing::warn!(pod = %name, error = %e, "cannot register the pod's log with kwok (is the Logs CRD installed?)");
+    }
+    Some(file)
 }
 
 /// Write the terminated state of the pod's container.

@@ -17,8 +17,9 @@ use crate::api::{
     LABEL_MIGRATION, LABEL_MIGRATION_UID, LABEL_PHASE, LABEL_SQL_CHECKSUM,
 };
 use crate::executor::report::Report;
-use crate::planner::{job_name, migration_label, phase_code, validate, JobPhase, JobState};
+use crate::planner::{job_name, migration_label, phase_code, validate, Holdup, JobPhase, JobState};
 
+use super::cache::Caches;
 use super::error::{Error, KubeContext};
 
 /// How executor Jobs are run.
@@ -29,6 +30,9 @@ pub struct ExecutorConfig {
     /// What user-supplied `job` templates may ask for (set by the cluster admin).
     pub job_policy: crate::policy::JobPolicy,
 }
+
+/// The name of the executor's container in its pod.
+const EXECUTOR_CONTAINER: &str = "executor";
 
 /// The Job of `phase`'s attempt `attempt` (pure). `status` is the one the plan that asked
 /// for the Job will write (it may already say when the rollout completed).
@@ -213,7 +217,7 @@ fn executor_template(cfg: &ExecutorConfig, env: Vec<EnvVar>) -> PodTemplateSpec 
                 ..Default::default()
             }),
             containers: vec![Container {
-                name: "executor".into(),
+                name: EXECUTOR_CONTAINER.into(),
                 image: Some(cfg.image.clone()),
                 args: Some(vec!["apply".into()]),
                 env: Some(env),
@@ -335,7 +339,7 @@ pub async fn stop(
 /// A user Job's own output (termination message, log tail) reaches status only when
 /// `show_user_output`: it may print whatever its environment holds, the database URL too.
 pub async fn observe_reported(
-    jobs: &Api<Job>,
+    caches: &Caches,
     pods: &Api<Pod>,
     events: &Api<Event>,
     dbm: &DatabaseMigration,
@@ -347,11 +351,10 @@ pub async fn observe_reported(
     let hide = user_job && !show_user_output;
     let uid = dbm.uid().unwrap_or_default();
     let name = job_name(&dbm.name_any(), &uid, phase, attempt);
-    let Some(job) = jobs
-        .get_opt(&name)
-        .await
-        .during(format!("reading Job {name}"))?
-    else {
+    let ns = dbm.namespace().unwrap_or_default();
+    // From the cache: a Job created a moment ago and not seen yet reads as absent, and
+    // starting it again adopts it (create_or_adopt).
+    let Some(job) = caches.job(&ns, &name) else {
         return Ok((JobState::Absent, None));
     };
     // A Job of that name this migration did not create is not ours to read.
@@ -365,19 +368,29 @@ pub async fn observe_reported(
             .and_then(|cs| cs.iter().find(|c| c.type_ == t && c.status == "True"))
             .cloned()
     };
+    let finished = cond("Complete").is_some() || cond("Failed").is_some();
+    let mut job_pods = caches.job_pods(&ns, &name);
+    // The pods watch may trail the Jobs watch: a finished Job whose pod's end the cache has
+    // not seen yet is read from the API server, or a failure would look like a dead executor.
+    if finished && last_termination(&job_pods).is_none() {
+        job_pods = pods
+            .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}")))
+            .await
+            .during(format!("listing pods of Job {name}"))?
+            .items;
+    }
     if cond("Complete").is_some() {
         if hide {
             return Ok((JobState::Succeeded(None), None));
         }
-        let raw = last_termination(pods, &name)
-            .await?
+        let raw = last_termination(&job_pods)
             .and_then(|t| t.message)
             .filter(|m| !m.trim().is_empty());
         let report = raw.as_deref().and_then(Report::parse);
         return Ok((JobState::Succeeded(raw.map(|m| summarise(&m))), report));
     }
     if let Some(failed) = cond("Failed") {
-        let last = last_termination(pods, &name).await?;
+        let last = last_termination(&job_pods);
         let how = last.as_ref().map(|t| {
             format!(
                 "container exited with code {}{}",
@@ -429,10 +442,49 @@ pub async fn observe_reported(
         };
         return Ok((JobState::Failed(msg), report));
     }
-    Ok((
-        JobState::Running(stuck_reason(pods, events, &name).await?),
-        None,
-    ))
+    let holdup = match stuck_reason(&job_pods, events, &name).await? {
+        Some(why) => Some(Holdup::Stuck(why)),
+        // Only Phasegate's own executor writes wait lines; a user Job's log is not ours to read.
+        None if !user_job => executor_wait(pods, &job_pods).await.map(Holdup::Waiting),
+        None => None,
+    };
+    Ok((JobState::Running(holdup), None))
+}
+
+/// Most of the executor's log read to find what it waits on: its wait lines are short and
+/// printed once per reason, so the tail holds the current ones.
+const WAIT_LOG_TAIL_LINES: i64 = 50;
+const WAIT_LOG_LIMIT_BYTES: i64 = 32 * 1024;
+/// A kubelet that does not answer (node lost) must not hold up the reconcile.
+const WAIT_LOG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What the running executor waits on, from the tail of its log (see
+/// [`crate::executor::waits::current`]); `None` when it does not wait, or its log cannot be
+/// read (no `pods/log` permission, a kubelet that does not answer): only the explanation is
+/// lost, never the fence.
+async fn executor_wait(pods: &Api<Pod>, job_pods: &[Pod]) -> Option<String> {
+    let running = job_pods.iter().find(|p| {
+        p.metadata.deletion_timestamp.is_none()
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })?;
+    let params = kube::api::LogParams {
+        container: Some(EXECUTOR_CONTAINER.into()),
+        tail_lines: Some(WAIT_LOG_TAIL_LINES),
+        limit_bytes: Some(WAIT_LOG_LIMIT_BYTES),
+        ..Default::default()
+    };
+    let name = running.name_any();
+    match tokio::time::timeout(WAIT_LOG_TIMEOUT, pods.logs(&name, &params)).await {
+        Ok(Ok(log)) => crate::executor::waits::current(&log),
+        Ok(Err(e)) => {
+            tracing::debug!(pod = %name, error = %e, "could not read the executor's log");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(pod = %name, "reading the executor's log timed out");
+            None
+        }
+    }
 }
 
 /// Why a running Job's pod cannot make progress, as the kubelet or scheduler reports it
@@ -440,15 +492,14 @@ pub async fn observe_reported(
 /// the API server refuses its pod (Pod Security admission, a ResourceQuota); `None` while it
 /// is fine.
 async fn stuck_reason(
-    pods: &Api<Pod>,
+    job_pods: &[Pod],
     events: &Api<Event>,
     job: &str,
 ) -> Result<Option<String>, Error> {
-    let list = job_pods(pods, job).await?;
-    if list.items.is_empty() {
+    if job_pods.is_empty() {
         return refused_pods(events, job).await;
     }
-    for p in &list.items {
+    for p in job_pods {
         let Some(status) = &p.status else { continue };
         let waiting = status
             .container_statuses
@@ -481,13 +532,6 @@ async fn stuck_reason(
         }
     }
     Ok(None)
-}
-
-/// The pods of a Job.
-async fn job_pods(pods: &Api<Pod>, job: &str) -> Result<kube::core::ObjectList<Pod>, Error> {
-    pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
-        .await
-        .during(format!("listing pods of Job {job}"))
 }
 
 /// A Job without pods: the newest `FailedCreate` Event the Job controller recorded for it.
@@ -562,13 +606,10 @@ fn describe_exit(code: i32, reason: Option<&str>) -> String {
 
 /// How the newest terminated container of a Job ended: exit code, reason and termination
 /// message (the executor's report line, or a user Job's own message), as written.
-async fn last_termination(
-    pods: &Api<Pod>,
-    job: &str,
-) -> Result<Option<k8s_openapi::api::core::v1::ContainerStateTerminated>, Error> {
-    let list = job_pods(pods, job).await?;
-    let mut terminated: Vec<_> = list
-        .items
+fn last_termination(
+    job_pods: &[Pod],
+) -> Option<k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    let mut terminated: Vec<_> = job_pods
         .iter()
         .flat_map(|p| {
             p.status
@@ -578,7 +619,7 @@ async fn last_termination(
         .filter_map(|cs| cs.state.as_ref()?.terminated.clone())
         .collect();
     terminated.sort_by(|a, b| a.finished_at.cmp(&b.finished_at));
-    Ok(terminated.pop())
+    terminated.pop()
 }
 
 /// Turn a termination message into one line for status: the executor's report summary, or

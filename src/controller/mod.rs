@@ -1,6 +1,8 @@
 //! The Kubernetes side: watch DatabaseMigrations, their Jobs, target workloads and pods;
 //! observe, plan (see [`crate::planner`]), apply.
 
+pub mod argo;
+pub mod cache;
 pub mod error;
 pub mod jobs;
 mod reconcile;
@@ -15,10 +17,10 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::Selector;
 use kube::core::SelectorExt;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{
@@ -45,6 +47,47 @@ pub struct Context {
     pub recorder: Recorder,
     pub config: Config,
     pub metrics: Arc<Metrics>,
+    pub caches: cache::Caches,
+    /// Resolves when the controller must stop: no new work is started after that.
+    pub shutdown: Shutdown,
+    /// Consecutive failed reconciles per migration, for exponential backoff.
+    failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<DatabaseMigration>, u32>>,
+}
+
+impl Context {
+    /// Whether the controller was asked to stop.
+    pub fn stopping(&self) -> bool {
+        self.shutdown.peek().is_some()
+    }
+
+    /// A reconcile failed: how long to wait before the next one (1 s, doubling, at most
+    /// 5 minutes; reset by a success).
+    pub(crate) fn failed(&self, m: &DatabaseMigration) -> Duration {
+        let n = self
+            .failures
+            .lock()
+            .map(|mut f| {
+                let n = f.entry(ObjectRef::from_obj(m)).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            })
+            .unwrap_or(1);
+        error_backoff(n)
+    }
+
+    pub(crate) fn succeeded(&self, m: &DatabaseMigration) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(&ObjectRef::from_obj(m));
+        }
+    }
+}
+
+/// The wait after the `n`th consecutive failure (n ≥ 1).
+fn error_backoff(n: u32) -> Duration {
+    const MAX: Duration = Duration::from_secs(300);
+    Duration::from_secs(1)
+        .checked_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX))
+        .map_or(MAX, |d| d.min(MAX))
 }
 
 /// What the controller reports to and stops on.
@@ -79,6 +122,86 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
     let daemonsets: Api<DaemonSet> = scoped(&client, &config.namespace);
     let pods: Api<Pod> = scoped(&client, &config.namespace);
 
+    // Every watched kind is cached, pruned to what the planner reads; the initial lists may be
+    // served from the API server's watch cache (any semantic), in pages.
+    let wc = || watcher::Config::default().any_semantic().page_size(500);
+    let (migration_store, w) = reflector::store();
+    let migration_stream = watcher(migrations, wc())
+        .default_backoff()
+        .modify(cache::prune_migration)
+        .reflect(w)
+        .applied_objects();
+    let (job_store, w) = reflector::store();
+    let job_stream = watcher(jobs, wc().labels(LABEL_EXECUTOR))
+        .default_backoff()
+        .modify(cache::prune_job)
+        .reflect(w)
+        .touched_objects();
+    let (pod_store, w) = reflector::store();
+    let pod_stream = watcher(pods, wc())
+        .default_backoff()
+        .modify(cache::prune_pod)
+        .reflect(w)
+        .touched_objects();
+    let (deployment_store, w) = reflector::store();
+    let deployment_stream = watcher(deployments, wc())
+        .default_backoff()
+        .modify(cache::prune_deployment)
+        .reflect(w)
+        .touched_objects();
+    let (statefulset_store, w) = reflector::store();
+    let statefulset_stream = watcher(statefulsets, wc())
+        .default_backoff()
+        .modify(cache::prune_statefulset)
+        .reflect(w)
+        .touched_objects();
+    let (daemonset_store, w) = reflector::store();
+    let daemonset_stream = watcher(daemonsets, wc())
+        .default_backoff()
+        .modify(cache::prune_daemonset)
+        .reflect(w)
+        .touched_objects();
+    // Argo Rollouts is optional: watch Rollouts only where its API exists (a watch on a
+    // missing API would keep the caches from ever syncing).
+    let rollouts: Api<argo::Rollout> = scoped(&client, &config.namespace);
+    let rollouts_installed = match rollouts
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => true,
+        Err(kube::Error::Api(e)) if e.code == 404 => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list Argo Rollouts; Rollout targets will not be judged");
+            false
+        }
+    };
+    let (rollout_store, mut w) = reflector::store();
+    let rollout_stream = if rollouts_installed {
+        watcher(rollouts, wc())
+            .default_backoff()
+            .modify(cache::prune_rollout)
+            .reflect(w)
+            .touched_objects()
+            .boxed()
+    } else {
+        // Never filled, and ready: nothing waits for it.
+        w.apply_watcher_event(&watcher::Event::Init);
+        w.apply_watcher_event(&watcher::Event::InitDone);
+        futures::stream::pending().boxed()
+    };
+    let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
+    let caches = cache::Caches {
+        migrations: migration_store.clone(),
+        jobs: job_store,
+        pods: pod_store,
+        deployments: deployment_store,
+        statefulsets: statefulset_store,
+        daemonsets: daemonset_store,
+        rollouts: rollout_store,
+        rollouts_installed,
+        synced: synced_rx,
+    };
+
     let reporter = Reporter {
         controller: "phasegate".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -88,36 +211,48 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         recorder: Recorder::new(client.clone(), reporter),
         config,
         metrics: ops.metrics.clone(),
+        caches: caches.clone(),
+        shutdown: ops.shutdown.clone(),
+        failures: Default::default(),
     });
 
-    let controller = Controller::new(migrations, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    let store = migration_store.clone();
     ops.metrics.set_store(Some(store.clone()));
-    let (s1, s2, s3, pod_store) = (store.clone(), store.clone(), store.clone(), store.clone());
-    let reconciling = controller
-        .owns(jobs, watcher::Config::default().labels(LABEL_EXECUTOR))
-        .watches(deployments, watcher::Config::default(), move |w| {
+    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
+    let for_pods = caches.clone();
+    let caches_ready = caches.clone();
+    let reconciling = Controller::for_stream(migration_stream, migration_store)
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .owns_stream(job_stream)
+        .watches_stream(deployment_stream, move |w| {
             migrations_targeting(&s1, TargetKind::Deployment, &w)
         })
-        .watches(statefulsets, watcher::Config::default(), move |w| {
+        .watches_stream(statefulset_stream, move |w| {
             migrations_targeting(&s2, TargetKind::StatefulSet, &w)
         })
-        .watches(daemonsets, watcher::Config::default(), move |w| {
+        .watches_stream(daemonset_stream, move |w| {
             migrations_targeting(&s3, TargetKind::DaemonSet, &w)
         })
-        .watches(pods, watcher::Config::default(), move |p| {
-            migrations_waiting_in(&pod_store, &p)
+        .watches_stream(rollout_stream, move |w| {
+            migrations_targeting(&s4, TargetKind::Rollout, &w)
         })
+        .watches_stream(pod_stream, move |p| migrations_waiting_on(&for_pods, &p))
         .graceful_shutdown_on(ops.shutdown.clone())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(migration = %obj, "reconciled"),
+                // A watch that keeps failing (e.g. RBAC lost for a kind) keeps the caches
+                // from syncing: every reconcile waits, and /readyz says not synced.
+                Err(controller::Error::QueueError(e)) => {
+                    tracing::warn!(error = %e, "watch failed; retrying with backoff")
+                }
                 Err(e) => tracing::debug!(error = %e, "reconcile failed"),
             }
         });
     let synced = async {
-        if store.wait_until_ready().await.is_ok() {
+        if caches_ready.wait_until_ready().await.is_ok() {
+            let _ = synced_tx.send(true);
             ops.health.set_synced(true);
             tracing::info!("migration cache synced; reconciling");
         }
@@ -144,7 +279,16 @@ where
     }
 }
 
-/// The migrations whose targets name or select this workload.
+/// Whether a migration still looks at its targets: not once it succeeded, nor while it
+/// failed (a retry comes through the migration's own watch event).
+fn watches_targets(m: &DatabaseMigration) -> bool {
+    !matches!(
+        m.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Succeeded | Phase::Failed)
+    )
+}
+
+/// The unfinished migrations whose targets name or select this workload.
 fn migrations_targeting<K: kube::Resource>(
     store: &Store<DatabaseMigration>,
     kind: TargetKind,
@@ -156,34 +300,41 @@ fn migrations_targeting<K: kube::Resource>(
     store
         .state()
         .iter()
-        .filter(|m| m.namespace() == ns)
-        .filter(|m| {
-            m.spec
-                .rollout
-                .targets
-                .iter()
-                .filter(|t| t.kind == kind)
-                .any(|t| match (&t.name, &t.selector) {
-                    (Some(n), _) => *n == name,
-                    (None, Some(sel)) => {
-                        Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels))
-                    }
-                    _ => false,
-                })
-        })
+        .filter(|m| m.namespace() == ns && watches_targets(m))
+        .filter(|m| targets_workload(m, kind, &name, labels))
         .map(|m| ObjectRef::from_obj(m.as_ref()))
         .collect()
 }
 
-/// The migrations of a pod's namespace that still wait on a rollout or run contract: a pod's
-/// arrival or departure (terminating pods included) can open their gate, or close it.
-fn migrations_waiting_in(
-    store: &Store<DatabaseMigration>,
-    p: &Pod,
-) -> Vec<ObjectRef<DatabaseMigration>> {
+/// Whether one of the migration's targets is this workload (by name, or by a selector
+/// matching its labels).
+fn targets_workload(
+    m: &DatabaseMigration,
+    kind: TargetKind,
+    name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    m.spec
+        .rollout
+        .targets
+        .iter()
+        .filter(|t| t.kind == kind)
+        .any(|t| match (&t.name, &t.selector) {
+            (Some(n), _) => n == name,
+            (None, Some(sel)) => Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels)),
+            _ => false,
+        })
+}
+
+/// The migrations a pod's arrival, change or departure (terminating pods included) can
+/// concern: an executor pod wakes its own migration; another pod wakes the migrations that
+/// wait on a rollout or run contract and target the workload owning it. A pod no workload
+/// owns (a stray pod a selector may still match) wakes every waiting migration of its
+/// namespace.
+fn migrations_waiting_on(caches: &cache::Caches, p: &Pod) -> Vec<ObjectRef<DatabaseMigration>> {
     if p.labels().contains_key(LABEL_EXECUTOR) {
-        // An executor pod wakes its own migration: a stuck pod (missing Secret, bad image)
-        // changes no Job status, but the migration's status should say why it waits.
+        // A stuck pod (missing Secret, bad image) changes no Job status, but the migration's
+        // status should say why it waits.
         let name = p
             .annotations()
             .get(ANNOTATION_MIGRATION)
@@ -193,11 +344,16 @@ fn migrations_waiting_in(
             _ => Vec::new(),
         };
     }
-    let ns = p.namespace();
-    store
+    let ns = p.namespace().unwrap_or_default();
+    let owner = cache::owning_workload(p).map(|(kind, name)| {
+        let labels = workload_labels(caches, kind, &ns, &name);
+        (kind, name, labels)
+    });
+    caches
+        .migrations
         .state()
         .iter()
-        .filter(|m| m.namespace() == ns)
+        .filter(|m| m.metadata.namespace.as_deref() == Some(ns.as_str()))
         .filter(|m| {
             matches!(
                 m.status.as_ref().and_then(|s| s.phase),
@@ -209,11 +365,169 @@ fn migrations_waiting_in(
                 )
             )
         })
+        .filter(|m| match &owner {
+            Some((kind, name, labels)) => targets_workload(m, *kind, name, labels),
+            None => true,
+        })
         .map(|m| ObjectRef::from_obj(m.as_ref()))
         .collect()
 }
 
-/// Requeue used after an error.
-pub(crate) fn backoff(_: &Error) -> Action {
-    Action::requeue(Duration::from_secs(10))
+/// A workload's labels from the cache (empty when it is not cached: only selector targets
+/// need them).
+fn workload_labels(
+    caches: &cache::Caches,
+    kind: TargetKind,
+    ns: &str,
+    name: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let meta = match kind {
+        TargetKind::Deployment => caches
+            .deployments
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|w| w.metadata.clone()),
+        TargetKind::StatefulSet => caches
+            .statefulsets
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|w| w.metadata.clone()),
+        TargetKind::DaemonSet => caches
+            .daemonsets
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|w| w.metadata.clone()),
+        TargetKind::Rollout => caches
+            .rollouts
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|w| w.metadata.clone()),
+    };
+    meta.and_then(|m| m.labels).unwrap_or_default()
+}
+
+/// Reconciles running at once. No trailing-edge debounce: it would delay (and under a burst
+/// of pod events keep delaying) the reconcile that stops a contract attempt after a
+/// rollback. Triggers for a migration that is queued or being reconciled are merged into one
+/// reconcile anyway, and a reconcile reads only caches.
+const CONCURRENCY: u16 = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher::Event;
+
+    fn migration(name: &str, phase: &str, targets: serde_json::Value) -> DatabaseMigration {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "phasegate.dev/v1alpha1", "kind": "DatabaseMigration",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {
+                "appVersion": "2.0.0",
+                "database": {"urlSecretRef": {"name": "db", "key": "url"}},
+                "expand": {"sql": "SELECT 1"}, "contract": {"sql": "SELECT 1"},
+                "rollout": {"targets": targets, "versionFrom": {"label": "version"}}
+            },
+            "status": {"phase": phase}
+        }))
+        .expect("migration")
+    }
+
+    fn store<K>(objs: Vec<K>) -> Store<K>
+    where
+        K: kube::Resource + Clone + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let (reader, mut writer) = reflector::store();
+        writer.apply_watcher_event(&Event::Init);
+        for o in objs {
+            writer.apply_watcher_event(&Event::InitApply(o));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        reader
+    }
+
+    fn caches(migrations: Vec<DatabaseMigration>) -> cache::Caches {
+        let deployment: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "api", "namespace": "shop", "labels": {"tier": "web"}}
+        }))
+        .expect("deployment");
+        cache::Caches {
+            migrations: store(migrations),
+            jobs: store(vec![]),
+            pods: store(vec![]),
+            deployments: store(vec![deployment]),
+            statefulsets: store(vec![]),
+            daemonsets: store(vec![]),
+            rollouts: store(vec![]),
+            rollouts_installed: false,
+            synced: tokio::sync::watch::channel(true).1,
+        }
+    }
+
+    fn pod(owner: Option<&str>) -> Pod {
+        let owners = owner.map(|rs| {
+            serde_json::json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": "u", "controller": true}])
+        });
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop",
+                         "labels": {"app": "api", "pod-template-hash": "7d9f"},
+                         "ownerReferences": owners.unwrap_or_default()}
+        }))
+        .expect("pod")
+    }
+
+    fn names(refs: Vec<ObjectRef<DatabaseMigration>>) -> Vec<String> {
+        let mut v: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_pod_wakes_only_the_waiting_migrations_that_target_its_workload() {
+        let named = serde_json::json!([{"kind": "Deployment", "name": "api"}]);
+        let by_selector = serde_json::json!([{"kind": "Deployment", "selector": {"matchLabels": {"tier": "web"}}}]);
+        let other = serde_json::json!([{"kind": "Deployment", "name": "worker"}]);
+        let c = caches(vec![
+            migration("named", "AwaitingRollout", named.clone()),
+            migration("selected", "Contracting", by_selector),
+            migration("other", "AwaitingRollout", other),
+            migration("done", "Succeeded", named.clone()),
+            migration("new", "Pending", named),
+        ]);
+        assert_eq!(
+            names(migrations_waiting_on(&c, &pod(Some("api-7d9f")))),
+            ["named", "selected"]
+        );
+        // A pod no workload owns may still be matched by a selector: every waiting one.
+        assert_eq!(
+            names(migrations_waiting_on(&c, &pod(None))),
+            ["named", "other", "selected"]
+        );
+    }
+
+    #[test]
+    fn a_workload_wakes_only_unfinished_migrations_that_target_it() {
+        let named = serde_json::json!([{"kind": "Deployment", "name": "api"}]);
+        let store = store(vec![
+            migration("waiting", "AwaitingRollout", named.clone()),
+            migration("done", "Succeeded", named.clone()),
+            migration("failed", "Failed", named.clone()),
+            migration(
+                "sts",
+                "AwaitingRollout",
+                serde_json::json!([{"kind": "StatefulSet", "name": "api"}]),
+            ),
+        ]);
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "api", "namespace": "shop"}
+        }))
+        .expect("deployment");
+        assert_eq!(
+            names(migrations_targeting(&store, TargetKind::Deployment, &d)),
+            ["waiting"]
+        );
+    }
+
+    #[test]
+    fn error_backoff_doubles_up_to_five_minutes() {
+        let secs: Vec<u64> = (1..=12).map(|n| error_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(error_backoff(u32::MAX).as_secs(), 300);
+    }
 }

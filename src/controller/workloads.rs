@@ -7,39 +7,62 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::ListParams;
 use kube::core::{Selector, SelectorExt};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{TargetKind, TargetSpec, TargetStatus, VersionFrom};
 use crate::planner::rollout::{self, PodObservation, WorkloadObservation};
 use crate::planner::version::VersionRule;
 
+use super::argo::{rollout_observation, Rollout};
+use super::cache::Caches;
 use super::error::{Error, KubeContext};
+
+/// Where targets are read from: the watch caches (every reconcile), or the API server (a
+/// quorum read, once, right before the contract Job is created).
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    Cache(&'a Caches),
+    Api(&'a Client),
+}
 
 /// Judge every target of a migration. A target that does not exist, or a selector that
 /// matches nothing, yields an incomplete target, never a vacuous success.
 ///
-/// Pods are read first, workloads second, both from the API server (not a cache): a
-/// rollback that lands between the two reads shows in the workload's template, whereas
-/// workload-first could miss the old pods the rollback has not created yet.
+/// Pods are read first, workloads second: a rollback that lands between the two reads shows
+/// in the workload's template, whereas workload-first could miss the old pods the rollback
+/// has not created yet.
 pub async fn observe_targets(
-    client: &Client,
+    source: Source<'_>,
     namespace: &str,
     targets: &[TargetSpec],
     version_from: &VersionFrom,
     rule: &VersionRule,
+    rollouts_installed: bool,
 ) -> Result<Vec<TargetStatus>, Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let all_pods = pods
-        .list(&ListParams::default())
-        .await
-        .during(format!("listing pods in {namespace}"))?
-        .items;
+    let all_pods = match source {
+        Source::Cache(c) => c.pods_in(namespace),
+        Source::Api(client) => {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+            pods.list(&ListParams::default())
+                .await
+                .during(format!("listing pods in {namespace}"))?
+                .items
+        }
+    };
     let mut out = Vec::new();
     for t in targets {
         let found = match t.kind {
-            TargetKind::Deployment => fetch::<Deployment>(client, namespace, t).await?,
-            TargetKind::StatefulSet => fetch::<StatefulSet>(client, namespace, t).await?,
-            TargetKind::DaemonSet => fetch::<DaemonSet>(client, namespace, t).await?,
+            TargetKind::Deployment => fetch::<Deployment>(source, namespace, t).await?,
+            TargetKind::StatefulSet => fetch::<StatefulSet>(source, namespace, t).await?,
+            TargetKind::DaemonSet => fetch::<DaemonSet>(source, namespace, t).await?,
+            TargetKind::Rollout if !rollouts_installed => Found::Missing(rollout::missing(
+                t.kind,
+                t.name.clone().unwrap_or_else(|| "selector".into()),
+                "Argo Rollouts is not installed (no rollouts.argoproj.io API), or the operator \
+                 started before it was: install it, then restart the operator",
+            )),
+            TargetKind::Rollout => fetch::<Rollout>(source, namespace, t).await?,
         };
         let workloads = match found {
             Found::Workloads(w) => w,
@@ -88,14 +111,18 @@ trait Workload:
     + 'static
 {
     const KIND: TargetKind;
+    fn cache(c: &Caches) -> &Store<Self>;
     fn selector(&self) -> Option<LabelSelector>;
     fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation;
 }
 
 macro_rules! workload {
-    ($ty:ty, $kind:expr, $observe:path) => {
+    ($ty:ty, $kind:expr, $cache:ident, $observe:path) => {
         impl Workload for $ty {
             const KIND: TargetKind = $kind;
+            fn cache(c: &Caches) -> &Store<Self> {
+                &c.$cache
+            }
             fn selector(&self) -> Option<LabelSelector> {
                 self.spec.as_ref().map(|s| s.selector.clone())
             }
@@ -106,27 +133,46 @@ macro_rules! workload {
     };
 }
 
-workload!(Deployment, TargetKind::Deployment, deployment_observation);
+workload!(
+    Deployment,
+    TargetKind::Deployment,
+    deployments,
+    deployment_observation
+);
 workload!(
     StatefulSet,
     TargetKind::StatefulSet,
+    statefulsets,
     statefulset_observation
 );
-workload!(DaemonSet, TargetKind::DaemonSet, daemonset_observation);
+workload!(
+    DaemonSet,
+    TargetKind::DaemonSet,
+    daemonsets,
+    daemonset_observation
+);
+
+impl Workload for Rollout {
+    const KIND: TargetKind = TargetKind::Rollout;
+    fn cache(c: &Caches) -> &Store<Self> {
+        &c.rollouts
+    }
+    fn selector(&self) -> Option<LabelSelector> {
+        self.spec.selector.clone()
+    }
+    fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+        rollout_observation(self, vf, pods)
+    }
+}
 
 async fn fetch<K: Workload>(
-    client: &Client,
+    source: Source<'_>,
     namespace: &str,
     t: &TargetSpec,
 ) -> Result<Found, Error> {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let kind = K::KIND;
     let items: Vec<K> = match (&t.name, &t.selector) {
-        (Some(name), _) => match api
-            .get_opt(name)
-            .await
-            .during(format!("reading {kind} {name}"))?
-        {
+        (Some(name), _) => match get::<K>(source, namespace, name).await? {
             Some(w) => vec![w],
             None => {
                 return Ok(Found::Missing(rollout::missing(
@@ -138,18 +184,15 @@ async fn fetch<K: Workload>(
         },
         (None, Some(sel)) => {
             let selector = to_selector(sel, &format!("{kind} target"))?;
-            let list = api
-                .list(&ListParams::default().labels_from(&selector))
-                .await
-                .during(format!("listing {kind}s matching {selector}"))?;
-            if list.items.is_empty() {
+            let items = list::<K>(source, namespace, &selector).await?;
+            if items.is_empty() {
                 return Ok(Found::Missing(rollout::missing(
                     kind,
                     format!("selector {selector}"),
                     format!("selector {selector} matches no {kind}"),
                 )));
             }
-            list.items
+            items
         }
         (None, None) => {
             return Ok(Found::Missing(rollout::missing(
@@ -174,6 +217,43 @@ async fn fetch<K: Workload>(
         });
     }
     Ok(Found::Workloads(out))
+}
+
+async fn get<K: Workload>(
+    source: Source<'_>,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, Error> {
+    match source {
+        Source::Cache(c) => Ok(K::cache(c)
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|w| w.as_ref().clone())),
+        Source::Api(client) => Api::<K>::namespaced(client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .during(format!("reading {} {name}", K::KIND)),
+    }
+}
+
+async fn list<K: Workload>(
+    source: Source<'_>,
+    namespace: &str,
+    selector: &Selector,
+) -> Result<Vec<K>, Error> {
+    match source {
+        Source::Cache(c) => Ok(K::cache(c)
+            .state()
+            .iter()
+            .filter(|w| w.meta().namespace.as_deref() == Some(namespace))
+            .filter(|w| selector.matches(w.labels()))
+            .map(|w| w.as_ref().clone())
+            .collect()),
+        Source::Api(client) => Ok(Api::<K>::namespaced(client.clone(), namespace)
+            .list(&ListParams::default().labels_from(selector))
+            .await
+            .during(format!("listing {}s matching {selector}", K::KIND))?
+            .items),
+    }
 }
 
 /// The planner's view of a Deployment and its pods (pure).
@@ -205,6 +285,7 @@ pub fn deployment_observation(
         available_replicas: status.available_replicas.unwrap_or(0),
         paused: spec.paused.unwrap_or(false),
         progress_deadline_exceeded,
+        unfinished: None,
         pods: pod_observations(pods, vf),
     }
 }
@@ -234,6 +315,7 @@ pub fn statefulset_observation(
         available_replicas: status.available_replicas.unwrap_or(0),
         paused: false,
         progress_deadline_exceeded: false,
+        unfinished: None,
         pods: pod_observations(pods, vf),
     }
 }
@@ -259,11 +341,12 @@ pub fn daemonset_observation(d: &DaemonSet, vf: &VersionFrom, pods: &[Pod]) -> W
         available_replicas: status.number_available.unwrap_or(0),
         paused: false,
         progress_deadline_exceeded: false,
+        unfinished: None,
         pods: pod_observations(pods, vf),
     }
 }
 
-fn pod_observations(pods: &[Pod], vf: &VersionFrom) -> Vec<PodObservation> {
+pub(crate) fn pod_observations(pods: &[Pod], vf: &VersionFrom) -> Vec<PodObservation> {
     pods.iter()
         // A pod that has finished runs no code; every other one counts, terminating too.
         .filter(|p| {

@@ -298,6 +298,7 @@ impl Checker {
                 }
             }
             if seen.blockers.is_empty() {
+                waits.done(Kind::DatabaseCheck);
                 if !last.is_empty() {
                     tracing::info!(
                         waited_ms = start.elapsed().as_millis() as u64,

@@ -77,6 +77,7 @@ pub async fn advisory_lock(
             .map_err(AdvisoryError::Db)?
             .get(0);
         if got {
+            waits.done(Kind::AdvisoryLock);
             // The first try is no wait; only time spent behind another holder counts.
             return Ok(if logged {
                 start.elapsed()
@@ -469,6 +470,7 @@ pub async fn wait_until_clear(
         let blocking: Vec<Blocker> = all.into_iter().filter(|b| patience.blocks(b)).collect();
         let short_stream = patience.attempt_anyway(start.elapsed(), &blocking);
         if blocking.is_empty() || short_stream {
+            waits.done(Kind::TableLock);
             if short_stream {
                 tracing::warn!(
                     waited_ms = start.elapsed().as_millis() as u64,

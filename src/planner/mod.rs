@@ -89,9 +89,8 @@ pub enum JobState {
     /// No Job of that attempt exists.
     #[default]
     Absent,
-    /// The Job exists and has not finished; why its pod is stuck, if it is (e.g.
-    /// `CreateContainerConfigError: secret "shop-db" not found`).
-    Running(Option<String>),
+    /// The Job exists and has not finished; what holds it up, if anything is known.
+    Running(Option<Holdup>),
     /// The Job completed; the executor's one-line report, if any.
     Succeeded(Option<String>),
     /// The Job failed; why (the executor's report or the Job's condition).
@@ -99,6 +98,17 @@ pub enum JobState {
     /// Phasegate's own executor (inline `sql`) ended without its report: killed (OOM, a
     /// signal, a lost node) before it could say what happened; how it ended.
     Died(String),
+}
+
+/// What holds up a running Job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holdup {
+    /// Its pod cannot make progress, as the kubelet, scheduler or API server says (e.g.
+    /// `pod waiting: CreateContainerConfigError: secret "shop-db" not found`).
+    Stuck(String),
+    /// Phasegate's executor runs and waits for the database, as its log says (e.g. `waiting
+    /// for an older transaction's lock since …: pid 42 (…) holds AccessShareLock on …`).
+    Waiting(String),
 }
 
 /// Attempts in total, automatic ones included, after which an executor that keeps dying
@@ -203,6 +213,9 @@ pub mod reason {
     pub const EXECUTOR_DIED: &str = "ExecutorDied";
     /// A running attempt's pod cannot start or was refused (`FailedCreate`); an Event only.
     pub const JOB_STUCK: &str = "JobStuck";
+    /// A running attempt's executor waits for the database (a lock, old sessions, another
+    /// migration); an Event only.
+    pub const EXECUTOR_WAITING: &str = "ExecutorWaiting";
 }
 
 /// The `phasegate.dev/retry` annotation within one plan. A value differing from
@@ -445,8 +458,8 @@ impl<'a> Planner<'a> {
                 self.job_succeeded(JobPhase::Expand, attempt, report.clone());
                 true
             }
-            JobState::Running(stuck) => {
-                self.job_running(JobPhase::Expand, attempt, stuck.as_deref());
+            JobState::Running(holdup) => {
+                self.job_running(JobPhase::Expand, attempt, holdup.as_ref());
                 false
             }
             JobState::Failed(msg) => {
@@ -530,10 +543,15 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// The Job of `attempt` runs; say so, and why its pod is stuck if it is.
-    fn job_running(&mut self, phase: JobPhase, attempt: u32, stuck: Option<&str>) {
+    /// The Job of `attempt` runs; say so, and what holds it up if anything does: one Event
+    /// when that first appears or changes, not per reconcile (the Ready condition carries the
+    /// last message, cut as conditions cut it).
+    fn job_running(&mut self, phase: JobPhase, attempt: u32, holdup: Option<&Holdup>) {
         self.adopt(phase, attempt);
-        let mut suffix = stuck.map(|w| format!("; {w}")).unwrap_or_default();
+        let mut suffix = match holdup {
+            Some(Holdup::Stuck(w) | Holdup::Waiting(w)) => format!("; {w}"),
+            None => String::new(),
+        };
         let rec = record_mut(&mut self.status, phase);
         if rec.reason.as_deref() == Some(reason::EXECUTOR_DIED) {
             if let Some(m) = &rec.message {
@@ -541,9 +559,7 @@ impl<'a> Planner<'a> {
             }
         }
         let message = format!("{phase} Job attempt {attempt} is running{suffix}");
-        if let Some(w) = stuck {
-            // One Warning Event when the reason first appears or changes, not per reconcile:
-            // the Ready condition carries the last message (cut as conditions cut it).
+        if let Some(h) = holdup {
             let cut: String = message
                 .chars()
                 .take(conditions::MAX_MESSAGE_CHARS)
@@ -556,9 +572,13 @@ impl<'a> Planner<'a> {
                 .find(|c| c.type_ == conditions::READY)
                 .map(|c| c.message.as_str());
             if before != Some(cut.as_str()) {
+                let (warning, why, w) = match h {
+                    Holdup::Stuck(w) => (true, reason::JOB_STUCK, w),
+                    Holdup::Waiting(w) => (false, reason::EXECUTOR_WAITING, w),
+                };
                 self.extra_notices.push(Transition {
-                    warning: true,
-                    reason: reason::JOB_STUCK.into(),
+                    warning,
+                    reason: why.into(),
                     message: format!("{phase} Job attempt {attempt}: {w}"),
                 });
             }
@@ -673,7 +693,7 @@ impl<'a> Planner<'a> {
                 );
                 return;
             }
-            JobState::Running(stuck) => {
+            JobState::Running(holdup) => {
                 // The fence: the gates must still hold while the attempt runs, until it
                 // commits. A stopped attempt stays stopped until its Job is gone.
                 let closed = if stopped {
@@ -683,7 +703,7 @@ impl<'a> Planner<'a> {
                 };
                 match closed {
                     Some(why) => self.stop_contract(attempt, &rollout, why, !stopped),
-                    None => self.job_running(JobPhase::Contract, attempt, stuck.as_deref()),
+                    None => self.job_running(JobPhase::Contract, attempt, holdup.as_ref()),
                 }
                 return;
             }
@@ -807,6 +827,7 @@ impl<'a> Planner<'a> {
         }
         if held {
             self.status.rollout_completed_at = None;
+            self.status.contract_not_before = None;
             self.status.rollout_started_at = Some(self.now());
         }
         let waiting: Vec<String> = targets
@@ -894,12 +915,19 @@ impl<'a> Planner<'a> {
             if soaked < delay {
                 let left = delay - soaked;
                 self.requeue_after = Some(left);
+                // The deadline, not a countdown: the message (and so status) stays the same
+                // for the whole soak.
+                let not_before = completed
+                    .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or_default())
+                    .unwrap_or(completed);
+                self.status.contract_not_before = Some(Time(not_before));
                 self.set(
                     Phase::Soaking,
                     reason::SOAKING,
                     format!(
-                        "rollout complete; contract in {}",
-                        humantime::format_duration(round_secs(left))
+                        "rollout complete; soaking for {}, contract not before {}",
+                        humantime::format_duration(delay),
+                        not_before.round(jiff::Unit::Second).unwrap_or(not_before)
                     ),
                 );
                 return;
@@ -1116,10 +1144,6 @@ pub fn migration_label(migration: &str) -> String {
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     let d: SignedDuration = now.duration_since(since);
     Duration::try_from(d).unwrap_or(Duration::ZERO)
-}
-
-fn round_secs(d: Duration) -> Duration {
-    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 #[cfg(test)]

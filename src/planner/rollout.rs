@@ -23,6 +23,9 @@ pub struct WorkloadObservation {
     pub paused: bool,
     /// The workload's controller reported it cannot make progress.
     pub progress_deadline_exceeded: bool,
+    /// What the workload's own controller still has to finish, beyond replica counts (an
+    /// Argo Rollout not fully promoted, or aborted).
+    pub unfinished: Option<String>,
     /// Every pod the workload's selector matches, terminating ones included.
     pub pods: Vec<PodObservation>,
 }
@@ -61,6 +64,12 @@ pub fn evaluate(w: &WorkloadObservation, rule: &version::VersionRule) -> TargetS
         Some(_) if w.observed_generation < w.generation => Some(format!(
             "{} {}: controller has not observed generation {} yet",
             w.kind, w.name, w.generation
+        )),
+        Some(_) if w.unfinished.is_some() => Some(format!(
+            "{} {}: {}",
+            w.kind,
+            w.name,
+            w.unfinished.as_deref().unwrap_or_default()
         )),
         Some(_)
             if w.updated_replicas < w.replicas
@@ -153,6 +162,7 @@ mod tests {
             available_replicas: 3,
             paused: false,
             progress_deadline_exceeded: false,
+            unfinished: None,
             pods: vec![pod("a", v, false), pod("b", v, false), pod("c", v, false)],
         }
     }
@@ -217,6 +227,15 @@ mod tests {
             terminating: false,
         });
         assert!(!evaluate(&w, &version::VersionRule::semver("2.4.0")).complete);
+    }
+
+    #[test]
+    fn what_the_workloads_controller_has_not_finished_keeps_it_incomplete() {
+        let mut w = done("2.4.0");
+        w.unfinished = Some("not fully promoted: stable ReplicaSet 6d4f, current 7c9b".into());
+        let s = evaluate(&w, &version::VersionRule::semver("2.4.0"));
+        assert!(!s.complete);
+        assert!(s.message.unwrap_or_default().contains("not fully promoted"));
     }
 
     #[test]

@@ -731,11 +731,16 @@ fn soak_delay_then_contract() {
         Some(time(100)),
         "soak counts from the first complete observation"
     );
+    // The message names the deadline, not a countdown: status is not rewritten while
+    // nothing changes.
+    let msg = cond(&p.status, READY).message.clone();
     assert!(
-        cond(&p.status, READY).message.contains("5m"),
-        "{}",
-        cond(&p.status, READY).message
+        msg.contains(&format!("contract not before {}", ts(700))),
+        "{msg}"
     );
+    assert_eq!(p.status.contract_not_before, Some(time(700)));
+    fx.now = 500;
+    assert_eq!(cond(&fx.step().status, READY).message, msg);
 
     fx.now = 699;
     assert_eq!(phase(&fx.step()), Phase::Soaking);
@@ -2307,9 +2312,9 @@ fn fixing_a_refused_spec_resumes() {
 fn a_stuck_executor_pod_is_explained_while_expanding() {
     let mut fx = Fx::new(SpecBuilder::new().build());
     fx.step();
-    fx.expand_job = JobState::Running(Some(
+    fx.expand_job = JobState::Running(Some(Holdup::Stuck(
         "CreateContainerConfigError: secret \"shop-db\" not found".into(),
-    ));
+    )));
     let p = fx.step();
     assert_eq!(phase(&p), Phase::Expanding);
     assert!(is_true(&p.status, RECONCILING));
@@ -2648,7 +2653,7 @@ fn pods_refused_by_the_api_server_are_explained_with_one_warning() {
     fx.step();
     let refused = "pods refused: FailedCreate: pods \"m-expand-1-x\" is forbidden: violates \
                    PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false";
-    fx.expand_job = JobState::Running(Some(refused.into()));
+    fx.expand_job = JobState::Running(Some(Holdup::Stuck(refused.into())));
     let p = fx.step();
     assert_eq!(phase(&p), Phase::Expanding);
     let msg = &cond(&p.status, RECONCILING).message;
@@ -2668,9 +2673,9 @@ fn pods_refused_by_the_api_server_are_explained_with_one_warning() {
     // The same reason again: no new Event.
     assert!(fx.step().notices.is_empty());
     // Another reason (the quota now): one more.
-    fx.expand_job = JobState::Running(Some(
+    fx.expand_job = JobState::Running(Some(Holdup::Stuck(
         "pods refused: FailedCreate: exceeded quota: pods".into(),
-    ));
+    )));
     assert_eq!(fx.step().notices.len(), 1);
     // Fine again: none.
     fx.expand_job = JobState::Running(None);
@@ -2913,4 +2918,43 @@ fn a_retry_waiting_for_the_gates_is_used_up_by_a_rollout_timeout() {
     assert!(p.status.rollout_timed_out_at.is_some());
     fx.retry("r2");
     assert_eq!(fx.step().action, start(JobPhase::Contract, 2));
+}
+
+#[test]
+fn what_the_contract_executor_waits_on_is_in_status_and_one_event() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.step();
+    let wait = "waiting for an older transaction's lock since 2026-11-30T12:00:01Z: pid 42 \
+                (report, idle in transaction) holds AccessShareLock on public.users";
+    fx.contract_job = JobState::Running(Some(Holdup::Waiting(wait.into())));
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Contracting);
+    assert_eq!(p.action, Action::None);
+    let msg = &cond(&p.status, READY).message;
+    assert!(msg.contains(wait), "{msg}");
+    assert_eq!(p.notices.len(), 1, "{:?}", p.notices);
+    assert!(!p.notices[0].warning, "a wait is normal, not a warning");
+    assert_eq!(p.notices[0].reason, reason::EXECUTOR_WAITING);
+    // The same wait again: no new Event.
+    assert!(fx.step().notices.is_empty());
+    // The wait does not weaken the fence: a rollback still stops the attempt.
+    fx.complete(false);
+    let p = fx.step();
+    assert!(matches!(p.action, Action::StopJob { .. }), "{:?}", p.action);
+}
+
+#[test]
+fn a_regression_clears_the_contract_deadline() {
+    let mut fx = Fx::expanded(SpecBuilder::new().delay("10m").build());
+    fx.now = 100;
+    fx.complete(true);
+    assert_eq!(fx.step().status.contract_not_before, Some(time(700)));
+    fx.now = 200;
+    fx.complete(false);
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    assert_eq!(p.status.contract_not_before, None);
+    fx.now = 300;
+    fx.complete(true);
+    assert_eq!(fx.step().status.contract_not_before, Some(time(900)));
 }

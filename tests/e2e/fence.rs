@@ -118,8 +118,15 @@ async fn rollback_while_contract_waits_never_commits() {
             .any(|n| n == "PHASEGATE_ROLLOUT_COMPLETED_AT"),
         "contract Job gets the rollout completion time: {env_names:?}"
     );
-    // Let the executor start and wait behind the reader.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The executor waits behind the reader, and status says so.
+    let m = env
+        .wait_migration(NAME, T, "status names the lock wait", |m| {
+            condition(m, "Ready")
+                .is_some_and(|(_, _, msg)| msg.contains("waiting for an older transaction's lock"))
+        })
+        .await;
+    let (_, _, msg) = condition(&m, "Ready").expect("Ready");
+    assert!(msg.contains("users"), "names the table: {msg}");
     assert!(env.column_exists("users", "legacy_flag").await);
 
     // The app is rolled back while the contract executor waits.
@@ -162,13 +169,7 @@ async fn rollback_while_contract_waits_never_commits() {
     );
     let (_, _, msg) = condition(&m, "RolloutComplete").expect("RolloutComplete");
     assert!(msg.contains("1.0.0"), "{msg}");
-    assert!(
-        env.event_reasons(NAME)
-            .await
-            .iter()
-            .any(|r| r == "GateClosed"),
-        "a GateClosed Event"
-    );
+    env.wait_event(NAME, "GateClosed").await;
 
     // The reader goes away: nothing may commit now, v1 pods serve.
     reader.batch_execute("COMMIT").await.expect("commit reader");

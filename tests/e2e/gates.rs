@@ -166,7 +166,17 @@ async fn database_check_waits_for_old_version_sessions() {
     env.set_version("shop-api", "2.0.0", json!({})).await;
     env.wait_phase("users-email-verified", Phase::Contracting, T)
         .await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Status says what the running contract waits on: the old session, by name.
+    let m = env
+        .wait_migration("users-email-verified", T, "status names the wait", |m| {
+            condition(m, "Ready")
+                .is_some_and(|(_, _, msg)| msg.contains("waiting for old sessions or transactions"))
+        })
+        .await;
+    let (_, reason, msg) = condition(&m, "Ready").expect("Ready");
+    assert_eq!(reason, "Contracting", "{msg}");
+    assert!(msg.contains("shop-api@1.0.0"), "names the session: {msg}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let m = env
         .migrations()
         .get("users-email-verified")
@@ -250,10 +260,6 @@ async fn a_job_the_api_server_rejects_fails_with_its_reason() {
         "{msg}"
     );
     assert!(env.job_names("expand").await.is_empty());
-    assert!(env
-        .event_reasons("m")
-        .await
-        .iter()
-        .any(|r| r == "JobRejected"));
+    env.wait_event("m", "JobRejected").await;
     env.cleanup().await;
 }

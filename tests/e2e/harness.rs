@@ -301,6 +301,18 @@ impl Env {
         list.into_iter().filter_map(|e| e.reason).collect()
     }
 
+    /// Waits until the migration has a phasegate Event with this reason (Events are
+    /// published right after the status write, so a test that just saw the status may be
+    /// early).
+    pub async fn wait_event(&self, name: &str, reason: &str) {
+        wait_until(
+            std::time::Duration::from_secs(30),
+            &format!("a {reason} Event on {name}"),
+            || async { self.event_reasons(name).await.iter().any(|r| r == reason) },
+        )
+        .await;
+    }
+
     /// Names of the Jobs of a phase.
     pub async fn job_names(&self, phase: &str) -> Vec<String> {
         let lp = ListParams::default().labels(&format!("phasegate.dev/phase={phase}"));

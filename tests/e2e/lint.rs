@@ -33,11 +33,7 @@ async fn drop_in_expand_is_refused_until_explicitly_allowed() {
         env.job_names("expand").await.is_empty(),
         "refused before any Job"
     );
-    assert!(env
-        .event_reasons("risky")
-        .await
-        .iter()
-        .any(|r| r == "SqlRefused"));
+    env.wait_event("risky", "SqlRefused").await;
     assert!(env.column_exists("users", "email").await);
 
     let patch = json!({"spec": {"safety": {"allow": ["drop-column"]}}});
@@ -55,11 +51,7 @@ async fn drop_in_expand_is_refused_until_explicitly_allowed() {
         overrides.iter().any(|o| o.contains("[drop-column]")),
         "override recorded: {overrides:?}"
     );
-    assert!(env
-        .event_reasons("risky")
-        .await
-        .iter()
-        .any(|r| r == "LintOverride"));
+    env.wait_event("risky", "LintOverride").await;
     assert!(
         !env.column_exists("users", "email").await,
         "the expert's expand ran"
@@ -90,10 +82,6 @@ async fn lock_heavy_expand_warns_and_proceeds() {
             .any(|w| w.contains("create-index-non-concurrently")),
         "{warnings:?}"
     );
-    assert!(env
-        .event_reasons("index")
-        .await
-        .iter()
-        .any(|r| r == "LintWarning"));
+    env.wait_event("index", "LintWarning").await;
     env.cleanup().await;
 }

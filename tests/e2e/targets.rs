@@ -8,7 +8,7 @@ use kube::Api;
 use phasegate::api::{DatabaseMigration, Phase};
 use serde_json::json;
 
-use crate::harness::{condition, Env};
+use crate::harness::{condition, wait_until, Env};
 use crate::{migration_spec, seed_users_table, EXPAND, T};
 
 fn with_targets(targets: serde_json::Value) -> serde_json::Value {
@@ -210,11 +210,14 @@ async fn deleted_target_blocks_contract() {
     let (_, reason, msg) = condition(&m, "TargetsFound").expect("TargetsFound");
     assert_eq!(reason, "TargetNotFound");
     assert!(msg.contains("shop-api not found"), "{msg}");
-    assert!(env
-        .event_reasons("m")
-        .await
-        .iter()
-        .any(|r| r == "TargetNotFound"));
+    // The Event is published right after the status write.
+    wait_until(T, "a TargetNotFound Event", || async {
+        env.event_reasons("m")
+            .await
+            .iter()
+            .any(|r| r == "TargetNotFound")
+    })
+    .await;
     assert_no_contract(&env).await;
     // Recreated at the new version, the target completes.
     env.create_deployment("shop-api", 1, "2.0.0").await;
