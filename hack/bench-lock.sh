@@ -5,18 +5,23 @@
 # and a migration runs, in two scenarios:
 #   add-column  ALTER TABLE users ADD COLUMN …            (the table the reader holds)
 #   fk-peer     DROP TABLE legacy, legacy REFERENCES users (locks users without naming it)
+#   validate    ALTER TABLE users VALIDATE CONSTRAINT …  (SHARE UPDATE EXCLUSIVE: readers do not
+#               conflict; a runner that waits for them only finishes late — see migr_ms)
 # each with three runners:
 #   naive      psql -f, as Helm hooks and Argo CD PreSync Jobs do (queues behind the reader and
 #              every application query queues behind it)
 #   retry      blind retries with lock_timeout (pgroll / GitLab with_lock_retries style)
 #   phasegate  `phasegate apply`: waits outside the lock queue, then tries with a short lock_timeout
-# Prints p50/p99/worst application latency and failed queries per scenario and runner, after a
+# Prints p50/p99/worst application latency, failed queries and the migration's own duration
+# (migr_ms, from its start 1 s into the long transaction) per scenario and runner, after a
 # baseline without migration; last lines, one per scenario:
 #   app p99: naive=<ms> retry=<ms> phasegate=<ms>
 #   fk-peer app p99: naive=<ms> retry=<ms> phasegate=<ms>
+#   validate app p99: … ; migration ms: naive=<ms> retry=<ms> phasegate=<ms>
 #
 # Knobs (env): BENCH_RATE (2000 q/s), BENCH_HOLD (12 s), BENCH_DURATION (20 s per runner),
-# BENCH_RETRY_LOCK_TIMEOUT (200ms), BENCH_PG_LOCK_TIMEOUT (50ms), PHASEGATE_BIN, PHASEGATE_PG_BINDIR.
+# BENCH_RETRY_LOCK_TIMEOUT (200ms), BENCH_PG_LOCK_TIMEOUT (50ms), BENCH_SCENARIOS
+# ("add-column fk-peer validate"), PHASEGATE_BIN, PHASEGATE_PG_BINDIR.
 set -euo pipefail
 
 RATE=${BENCH_RATE:-2000}
@@ -24,6 +29,7 @@ HOLD=${BENCH_HOLD:-12}
 DURATION=${BENCH_DURATION:-20}
 RETRY_LT=${BENCH_RETRY_LOCK_TIMEOUT:-200ms}
 PG_LT=${BENCH_PG_LOCK_TIMEOUT:-50ms}
+SCENARIOS=${BENCH_SCENARIOS:-add-column fk-peer validate}
 HOLD_START=2      # seconds after the application starts
 MIGRATE_START=3   # the migration starts while the long transaction is running
 
@@ -76,7 +82,7 @@ psql_q -c "CREATE TABLE users (id int PRIMARY KEY, v text NOT NULL)" \
 printf '\\set id random(1, 10000)\nSELECT v FROM users WHERE id = :id;\n' >"$work/app.sql"
 
 # --- one run: application + optional long transaction + optional migration --------------------
-# Prints "p50 p99 max failed done" (ms, ms, ms, count, count).
+# Prints "p50 p99 max failed done migr" (ms, ms, ms, count, count, ms).
 run() {
   local name=$1 migrate=$2 duration=$3 scenario=${4:-add-column}
   local dir=$work/$scenario-$name; mkdir -p "$dir"
@@ -86,11 +92,14 @@ run() {
     fk-peer)
       psql_q -c "CREATE TABLE legacy_$name (id int PRIMARY KEY, user_id int REFERENCES users (id))" >/dev/null
       sql="DROP TABLE legacy_$name;" ;;
+    validate)
+      psql_q -c "ALTER TABLE users ADD CONSTRAINT positive_$name CHECK (id > 0) NOT VALID" >/dev/null
+      sql="ALTER TABLE users VALIDATE CONSTRAINT positive_$name;" ;;
   esac
   (cd "$dir" && "$PGBENCH" -n -f "$work/app.sql" -c 8 -j 2 -T "$duration" --rate "$RATE" \
       -l --log-prefix=app >"$dir/pgbench.out" 2>&1) &
   local app=$!
-  local holder="" mig=""
+  local holder="" migr_ms=-
   if [[ $migrate != none ]]; then
     sleep "$HOLD_START"
     psql_q -c "BEGIN; SELECT count(*) FROM users; SELECT pg_sleep($HOLD); COMMIT;" >/dev/null &
@@ -114,7 +123,8 @@ run() {
         PHASEGATE_MIGRATION_NAME=bench-$scenario PHASEGATE_LOCK_TIMEOUT=$PG_LT PHASEGATE_TERMINATION_LOG=$dir/termination-log \
           "$PHASEGATE_BIN" apply >"$dir/migration.out" 2>"$dir/migration.err" || true ;;
     esac
-    log "$scenario $name: migration done after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+    migr_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    log "$scenario $name: migration done after $migr_ms ms"
   fi
   wait "$app" || true
   [[ -z $holder ]] || wait "$holder" || true
@@ -129,32 +139,39 @@ run() {
   local n; n=$(wc -l <"$dir/lat.txt")
   # Clients aborted by an error stop sending: count what the open loop should have sent.
   local expected=$((RATE * duration))
-  awk -v n="$n" -v failed="$failed" -v expected="$expected" '
+  awk -v n="$n" -v failed="$failed" -v expected="$expected" -v migr="$migr_ms" '
       { a[NR] = $1 }
       END {
-        if (n == 0) { print "0 0 0", failed, 0; exit }
+        if (n == 0) { print "0 0 0", failed, 0, migr; exit }
         p50 = a[int(n * 0.50) > 0 ? int(n * 0.50) : 1]; p99 = a[int(n * 0.99) > 0 ? int(n * 0.99) : 1]
         missing = expected - n - failed; if (missing < 0 || missing < expected * 0.02) missing = 0
-        printf "%.1f %.1f %.1f %d %d\n", p50, p99, a[n], failed + missing, n
+        printf "%.1f %.1f %.1f %d %d %s\n", p50, p99, a[n], failed + missing, n, migr
       }' "$dir/lat.txt"
 }
 
 # Warm up caches and connections so the baseline measures the steady state.
 run warmup none 3 >/dev/null
-row() { printf '%-11s %-10s %10s %10s %10s %8s %8s\n' "$@"; }
-row scenario runner p50_ms p99_ms worst_ms failed queries
-read -r p50 p99v worst failed n <<<"$(run baseline none 8)"
-row - baseline "$p50" "$p99v" "$worst" "$failed" "$n"
-declare -A p99
-for scenario in add-column fk-peer; do
+row() { printf '%-11s %-10s %10s %10s %10s %8s %8s %8s\n' "$@"; }
+row scenario runner p50_ms p99_ms worst_ms failed queries migr_ms
+read -r p50 p99v worst failed n migr <<<"$(run baseline none 8)"
+row - baseline "$p50" "$p99v" "$worst" "$failed" "$n" "$migr"
+declare -A p99 migr_of
+for scenario in $SCENARIOS; do
   for name in naive retry phasegate; do
-    read -r p50 p99v worst failed n <<<"$(run "$name" "$name" "$DURATION" "$scenario")"
+    read -r p50 p99v worst failed n migr <<<"$(run "$name" "$name" "$DURATION" "$scenario")"
     p99[$scenario-$name]=$p99v
-    row "$scenario" "$name" "$p50" "$p99v" "$worst" "$failed" "$n"
+    migr_of[$scenario-$name]=$migr
+    row "$scenario" "$name" "$p50" "$p99v" "$worst" "$failed" "$n" "$migr"
   done
   if [[ -f $work/$scenario-phasegate/migration.out ]]; then
     log "$scenario phasegate report: $(tail -1 "$work/$scenario-phasegate/migration.out")"
   fi
 done
-echo "app p99: naive=${p99[add-column-naive]} retry=${p99[add-column-retry]} phasegate=${p99[add-column-phasegate]}"
-echo "fk-peer app p99: naive=${p99[fk-peer-naive]} retry=${p99[fk-peer-retry]} phasegate=${p99[fk-peer-phasegate]}"
+for scenario in $SCENARIOS; do
+  line="app p99: naive=${p99[$scenario-naive]} retry=${p99[$scenario-retry]} phasegate=${p99[$scenario-phasegate]}"
+  case $scenario in
+    add-column) echo "$line" ;;
+    validate) echo "$scenario $line; migration ms: naive=${migr_of[$scenario-naive]} retry=${migr_of[$scenario-retry]} phasegate=${migr_of[$scenario-phasegate]}" ;;
+    *) echo "$scenario $line" ;;
+  esac
+done

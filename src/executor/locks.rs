@@ -2,7 +2,7 @@
 //! waiting, which keeps the executor out of the lock queue while an older transaction holds a
 //! table it needs (queueing there would block every application query behind it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
@@ -14,8 +14,9 @@ use crate::sql::{LockMode, Reach, Statement, TableRef};
 pub const ADVISORY_CLASS: i32 = 0x5048_4147;
 pub const ADVISORY_OBJ: i32 = 1;
 
-/// Transactions younger than this are ordinary short application work: attempting with a
-/// short `lock_timeout` costs them at most that long. Older ones are waited out.
+/// Default of [`Patience::young`]: transactions younger than this are ordinary short
+/// application work: attempting with a short `lock_timeout` costs them at most that long. Older
+/// ones are waited out.
 pub const YOUNG_TRANSACTION: Duration = Duration::from_millis(30);
 const POLL: Duration = Duration::from_millis(20);
 
@@ -29,13 +30,15 @@ pub struct Blocker {
     pub xact_ms: f64,
     pub state: String,
     pub application: String,
+    /// The lock we will request on the table, which conflicts with `mode`.
+    pub want: LockMode,
 }
 
 impl std::fmt::Display for Blocker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "pid {} ({}{}) {} {} on {}, transaction open for {:.1} s",
+            "pid {} ({}{}) {} {} on {}, transaction open for {:.1} s; we need {}",
             self.pid,
             if self.application.is_empty() {
                 "no application_name"
@@ -50,7 +53,8 @@ impl std::fmt::Display for Blocker {
             if self.granted { "holds" } else { "waits for" },
             self.mode,
             self.table,
-            self.xact_ms / 1000.0
+            self.xact_ms / 1000.0,
+            self.want.as_pg()
         )
     }
 }
@@ -132,23 +136,35 @@ pub fn lock_targets<'a>(
 ) -> BTreeMap<TableRef, LockMode> {
     let mut out: BTreeMap<TableRef, LockMode> = BTreeMap::new();
     for s in statements {
-        for t in &s.tables {
-            let e = out.entry(t.clone()).or_insert(s.lock);
-            if s.lock > *e {
-                *e = s.lock;
-            }
+        for (t, mode) in &s.locks {
+            raise(&mut out, t.clone(), *mode);
         }
     }
     out
 }
 
-/// Tables PostgreSQL locks that the statement does not name, from the catalog: for a table
-/// altered or dropped, its partitions and inheritance children (the command recurses to them);
-/// for `DROP TABLE`, the parent of a partition and every foreign-key peer (the key's triggers on
-/// the other table are dropped with it); for dropped or retyped columns and dropped constraints,
-/// the foreign keys among them. `CREATE/DROP TRIGGER … ON t` and `… REFERENCES t` name their
-/// table and need nothing here. They get the statement's lock mode: the strongest they could
-/// take. Tables that do not exist yet (created earlier in the phase) add nothing.
+fn raise(targets: &mut BTreeMap<TableRef, LockMode>, t: TableRef, mode: LockMode) {
+    let e = targets.entry(t).or_insert(mode);
+    *e = (*e).max(mode);
+}
+
+/// Tables PostgreSQL locks that the statement does not name, from the catalog, each with the
+/// lock it takes there:
+/// - for a table altered or dropped, its partitions and inheritance children (the command
+///   recurses to them, in its own mode); for `DROP INDEX`, the index's table (and its
+///   partitions), in the statement's mode;
+/// - for `DROP TABLE`, the parent of a partition and every foreign-key peer (the key's triggers
+///   on the other table are dropped with it): ACCESS EXCLUSIVE;
+/// - for dropped or retyped columns and dropped constraints, the other side of the foreign keys
+///   among them: ACCESS EXCLUSIVE;
+/// - for `VALIDATE CONSTRAINT` of a foreign key, its referenced table: ROW SHARE;
+/// - for `ATTACH/DETACH PARTITION`, the default partition (ACCESS EXCLUSIVE) and, attaching,
+///   the other side of the parent's foreign keys, which are cloned (SHARE ROW EXCLUSIVE);
+/// - for `TRUNCATE`, partitions and children (unless `ONLY`) and, with `CASCADE`, every table
+///   referencing it by a foreign key, recursively (ACCESS EXCLUSIVE).
+///
+/// `CREATE/DROP TRIGGER … ON t` and `… REFERENCES t` name their table and need nothing here.
+/// Tables that do not exist yet (created earlier in the phase) add nothing.
 ///
 /// Not resolved: what functions, `DO` blocks and triggers do when they run (opaque to a
 /// parser); a statement naming no table at all is waited for by no one and relies on the short
@@ -160,21 +176,30 @@ pub async fn add_implicit_targets(
 ) -> Result<(), tokio_postgres::Error> {
     for s in statements {
         for reach in &s.reaches {
-            for t in implied_by(client, reach).await? {
-                let e = targets.entry(t).or_insert(s.lock);
-                if s.lock > *e {
-                    *e = s.lock;
-                }
+            for (t, role) in implied_by(client, reach).await? {
+                raise(targets, t, implied_mode(reach, &role));
             }
         }
     }
     Ok(())
 }
 
+/// The lock PostgreSQL takes on a table found by [`implied_by`] in the role it names.
+pub fn implied_mode(reach: &Reach, role: &str) -> LockMode {
+    match role {
+        // Recursion to partitions and children, or the table of a dropped index.
+        "tree" => reach.mode,
+        "validated" => LockMode::RowShare,
+        "cloned" => LockMode::ShareRowExclusive,
+        // "parent", "fk", "default", and anything unforeseen.
+        _ => LockMode::AccessExclusive,
+    }
+}
+
 async fn implied_by(
     client: &Client,
     reach: &Reach,
-) -> Result<Vec<TableRef>, tokio_postgres::Error> {
+) -> Result<Vec<(TableRef, String)>, tokio_postgres::Error> {
     let t = &reach.table;
     let name = if t.schema.is_empty() {
         quote_ident(&t.name)
@@ -183,9 +208,12 @@ async fn implied_by(
     };
     let rows = client
         .query(
-            "WITH RECURSIVE root AS (SELECT to_regclass($1)::oid AS oid),
+            "WITH RECURSIVE named AS (SELECT to_regclass($1)::oid AS oid),
+             root AS (SELECT CASE WHEN $5 THEN (SELECT indrelid FROM pg_index WHERE indexrelid = named.oid)
+                                  ELSE named.oid END AS oid FROM named),
              tree AS (SELECT oid FROM root WHERE oid IS NOT NULL
-                      UNION SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid),
+                      UNION SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid
+                       WHERE NOT $8),
              parents AS (SELECT i.inhparent AS oid FROM pg_inherits i JOIN root ON i.inhrelid = root.oid
                           WHERE $2),
              cols AS (SELECT attrelid, attnum FROM pg_attribute
@@ -199,20 +227,56 @@ async fn implied_by(
                             OR (c.conname = ANY($4::text[]) AND c.conrelid IN (SELECT oid FROM tree))
                             OR EXISTS (SELECT 1 FROM cols
                                         WHERE (cols.attrelid = c.conrelid AND cols.attnum = ANY(c.conkey))
-                                           OR (cols.attrelid = c.confrelid AND cols.attnum = ANY(c.confkey)))))
-             SELECT DISTINCT n.nspname::text, r.relname::text
-               FROM (SELECT oid FROM tree UNION SELECT oid FROM parents UNION SELECT oid FROM fk) x
+                                           OR (cols.attrelid = c.confrelid AND cols.attnum = ANY(c.confkey))))),
+             validated AS (SELECT c.confrelid AS oid FROM pg_constraint c
+                            WHERE c.contype = 'f' AND c.conname = ANY($6::text[])
+                              AND c.conrelid IN (SELECT oid FROM tree)),
+             dflt AS (SELECT p.partdefid AS oid FROM pg_partitioned_table p JOIN root ON p.partrelid = root.oid
+                       WHERE $7 AND p.partdefid <> 0),
+             cloned AS (SELECT CASE WHEN c.conrelid = root.oid THEN c.confrelid ELSE c.conrelid END AS oid
+                          FROM pg_constraint c, root
+                         WHERE $7 AND c.contype = 'f' AND (c.conrelid = root.oid OR c.confrelid = root.oid)),
+             referencing AS (SELECT c.conrelid AS oid FROM pg_constraint c
+                              WHERE $9 AND c.contype = 'f' AND c.confrelid IN (SELECT oid FROM tree)
+                             UNION SELECT c.conrelid FROM pg_constraint c
+                               JOIN referencing r ON c.confrelid = r.oid WHERE c.contype = 'f'),
+             cascaded AS (SELECT oid FROM referencing
+                          UNION SELECT i.inhrelid FROM pg_inherits i JOIN cascaded ON i.inhparent = cascaded.oid),
+             found AS (SELECT oid, 'tree' AS role FROM tree
+                       UNION ALL SELECT oid, 'parent' FROM parents
+                       UNION ALL SELECT oid, 'fk' FROM fk
+                       UNION ALL SELECT oid, 'validated' FROM validated
+                       UNION ALL SELECT oid, 'default' FROM dflt
+                       UNION ALL SELECT oid, 'cloned' FROM cloned
+                       UNION ALL SELECT oid, 'cascade' FROM cascaded)
+             SELECT DISTINCT n.nspname::text, r.relname::text, x.role
+               FROM found x
                JOIN pg_class r ON r.oid = x.oid
                JOIN pg_namespace n ON n.oid = r.relnamespace
-              WHERE x.oid IS DISTINCT FROM (SELECT oid FROM root)",
-            &[&name, &reach.dropped, &reach.columns, &reach.constraints],
+              WHERE x.oid IS DISTINCT FROM (SELECT oid FROM named)",
+            &[
+                &name,
+                &reach.dropped,
+                &reach.columns,
+                &reach.constraints,
+                &reach.index,
+                &reach.validated,
+                &reach.partitions_change,
+                &reach.only,
+                &reach.cascade,
+            ],
         )
         .await?;
     Ok(rows
         .iter()
-        .map(|r| TableRef {
-            schema: r.get(0),
-            name: r.get(1),
+        .map(|r| {
+            (
+                TableRef {
+                    schema: r.get(0),
+                    name: r.get(1),
+                },
+                r.get(2),
+            )
         })
         .collect())
 }
@@ -279,6 +343,7 @@ pub async fn blockers(
             xact_ms: r.get(5),
             state: r.get(6),
             application: r.get(7),
+            want: *want,
         });
     }
     Ok(out)
@@ -316,30 +381,103 @@ pub async fn visibility_warning(client: &Client) -> Result<Option<String>, tokio
     }))
 }
 
-/// Only old transactions and queued requests are worth waiting for.
-pub fn is_blocking(b: &Blocker) -> bool {
-    !b.granted || b.xact_ms >= YOUNG_TRANSACTION.as_secs_f64() * 1000.0
+/// Which transactions the wait outside the lock queue waits for, and when it stops waiting for
+/// a stream of short ones (issue 10, item 10). One per run: it remembers sessions.
+#[derive(Debug, Clone)]
+pub struct Patience {
+    /// Transactions younger than this are ordinary short application work: attempting with a
+    /// short `lock_timeout` costs them at most that long (`PHASEGATE_YOUNG_TRANSACTION`).
+    pub young: Duration,
+    /// After waiting this long with only transactions younger than `lock_timeout` in the way (a
+    /// steady stream of short transactions that never leaves the table free), attempt anyway:
+    /// the attempt costs the application at most `lock_timeout`
+    /// (`PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER`; zero never attempts past a blocker).
+    pub attempt_after: Duration,
+    /// The attempt's `lock_timeout` (zero: none, so never attempt past a blocker).
+    pub lock_timeout: Duration,
+    /// Sessions seen in a transaction older than `lock_timeout`: one that ends a long transaction
+    /// and at once starts another is waited for even while the new one is young.
+    pub long_sessions: HashSet<i32>,
 }
 
-/// Polls until no conflicting lock older than [`YOUNG_TRANSACTION`] is held on the targets, or
-/// `budget` runs out (then returns the blockers still there). Never queues for a lock itself.
+impl Patience {
+    pub fn new(young: Duration, attempt_after: Duration, lock_timeout: Duration) -> Patience {
+        Patience {
+            young,
+            attempt_after,
+            lock_timeout,
+            long_sessions: HashSet::new(),
+        }
+    }
+
+    /// Worth waiting for: a queued request, an old transaction, or any transaction of a
+    /// session known for long ones.
+    pub fn blocks(&self, b: &Blocker) -> bool {
+        !b.granted
+            || b.xact_ms >= self.young.as_secs_f64() * 1000.0
+            || (b.pid != 0 && self.long_sessions.contains(&b.pid))
+    }
+
+    fn is_long(&self, b: &Blocker) -> bool {
+        !self.lock_timeout.is_zero() && b.xact_ms >= self.lock_timeout.as_secs_f64() * 1000.0
+    }
+
+    /// After `waited`, whether to attempt past `blocking`: only short transactions (younger than
+    /// `lock_timeout`, of sessions not known for long ones) are in the way. Never before
+    /// `lock_timeout` has passed, so a transaction that was there when the wait began is old
+    /// by then and still waited for.
+    pub fn attempt_anyway(&self, waited: Duration, blocking: &[Blocker]) -> bool {
+        !self.attempt_after.is_zero()
+            && !self.lock_timeout.is_zero()
+            && waited >= self.attempt_after.max(self.lock_timeout)
+            && blocking
+                .iter()
+                .all(|b| !self.is_long(b) && !self.long_sessions.contains(&b.pid) && b.pid != 0)
+    }
+}
+
+impl Default for Patience {
+    fn default() -> Patience {
+        Patience::new(
+            YOUNG_TRANSACTION,
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        )
+    }
+}
+
+/// Polls until no conflicting lock worth waiting for ([`Patience::blocks`]) is held on the
+/// targets, or only short transactions have been in the way for `attempt_after`
+/// ([`Patience::attempt_anyway`]), or `budget` runs out (then returns the blockers still there).
+/// Never queues for a lock itself.
 pub async fn wait_until_clear(
     client: &Client,
     targets: &BTreeMap<TableRef, LockMode>,
     budget: Duration,
     waits: &mut Waits,
+    patience: &mut Patience,
 ) -> Result<(Duration, Vec<Blocker>), tokio_postgres::Error> {
     let start = Instant::now();
     let mut logged = false;
     loop {
-        let blocking: Vec<Blocker> = blockers(client, targets)
-            .await?
-            .into_iter()
-            .filter(is_blocking)
+        let all = blockers(client, targets).await?;
+        let long: Vec<i32> = all
+            .iter()
+            .filter(|b| patience.is_long(b) && b.pid != 0)
+            .map(|b| b.pid)
             .collect();
-        if blocking.is_empty() {
+        patience.long_sessions.extend(long);
+        let blocking: Vec<Blocker> = all.into_iter().filter(|b| patience.blocks(b)).collect();
+        let short_stream = patience.attempt_anyway(start.elapsed(), &blocking);
+        if blocking.is_empty() || short_stream {
             waits.done(Kind::TableLock);
-            if logged {
+            if short_stream {
+                tracing::warn!(
+                    waited_ms = start.elapsed().as_millis() as u64,
+                    transactions = blocking.len(),
+                    "only short transactions in the way, never none: attempting anyway with lock_timeout"
+                );
+            } else if logged {
                 tracing::info!(
                     waited_ms = start.elapsed().as_millis() as u64,
                     "tables are free, attempting"
@@ -371,6 +509,51 @@ pub async fn wait_until_clear(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn holder(pid: i32, xact_ms: f64) -> Blocker {
+        Blocker {
+            pid,
+            table: "users".into(),
+            mode: "AccessShareLock".into(),
+            granted: true,
+            xact_ms,
+            state: String::new(),
+            application: String::new(),
+            want: LockMode::AccessExclusive,
+        }
+    }
+
+    #[test]
+    fn patience_with_short_and_long_transactions() {
+        let s = Duration::from_secs;
+        let mut p = Patience::new(Duration::from_millis(30), s(5), s(2));
+        assert!(!p.blocks(&holder(1, 10.0)));
+        assert!(p.blocks(&holder(1, 40.0)));
+        assert!(p.blocks(&Blocker {
+            granted: false,
+            ..holder(1, 1.0)
+        }));
+        // A stream of short transactions: waited for, then attempted past after 5 s.
+        let stream = [holder(1, 150.0), holder(2, 90.0)];
+        assert!(!p.attempt_anyway(s(4), &stream));
+        assert!(p.attempt_anyway(s(5), &stream));
+        // A long transaction is never attempted past, nor a prepared one (no pid).
+        assert!(!p.attempt_anyway(s(60), &[holder(1, 150.0), holder(3, 2500.0)]));
+        assert!(!p.attempt_anyway(s(60), &[holder(0, 150.0)]));
+        // A session known for long transactions: its next one is waited for while young.
+        p.long_sessions.insert(3);
+        assert!(p.blocks(&holder(3, 5.0)));
+        assert!(!p.attempt_anyway(s(60), &[holder(3, 5.0)]));
+        // Zero: never attempt past a blocker; nor without a lock_timeout.
+        assert!(
+            !Patience::new(Duration::from_millis(30), Duration::ZERO, s(2))
+                .attempt_anyway(s(60), &stream)
+        );
+        assert!(
+            !Patience::new(Duration::from_millis(30), s(5), Duration::ZERO)
+                .attempt_anyway(s(60), &stream)
+        );
+    }
 
     #[test]
     fn cancellable_autovacuum_is_not_waited_for() {

@@ -21,6 +21,10 @@
 //! Changes to a table created earlier in the same SQL (index, constraints, drops) are not
 //! findings: no running code uses that table and nobody waits for its locks.
 //!
+//! Consecutive statements run in one transaction (until a statement that cannot, or a
+//! `-- phasegate:commit` line): a data change after DDL in that transaction runs under the DDL's
+//! locks (`dml-after-ddl`), using the executor's lock levels ([`crate::sql`]).
+//!
 //! Not inspected: bodies of `DO` blocks and functions, and facts only the catalog knows
 //! (whether a function is volatile, whether a type change is binary compatible) — there the
 //! linter assumes the risky answer and says so in the message.
@@ -186,10 +190,12 @@ pub fn lint_report(sql: &str) -> Result<Report, LintError> {
     let parsed = pg_query::parse(sql, 0).map_err(|e| syntax_error(sql, e))?;
     let starts = statement_spans(sql, &parsed.protobuf.stmts);
     // What the executor refuses is refused here too, before any Job exists.
-    if let Err(e) = crate::sql::parse_phase(sql) {
-        return Err(executor_error(sql, e, &starts));
-    }
+    let statements = match crate::sql::parse_phase(sql) {
+        Ok(s) => s,
+        Err(e) => return Err(executor_error(sql, e, &starts)),
+    };
     let mut ctx = rules::Ctx::default();
+    let mut held = rules::Held::default();
     let mut findings = Vec::new();
     let mut index = 0;
     for (raw, (start, end)) in parsed.protobuf.stmts.iter().zip(&starts) {
@@ -197,7 +203,11 @@ pub fn lint_report(sql: &str) -> Result<Report, LintError> {
             continue;
         };
         index += 1;
-        let hits = rules::check(node, &mut ctx);
+        let mut hits = rules::check(node, &mut ctx);
+        // parse_phase keeps exactly the statements with a node, in order.
+        if let Some(s) = statements.get(index - 1) {
+            hits.extend(rules::transaction_locks(s, index, node, &ctx, &mut held));
+        }
         if hits.is_empty() {
             continue;
         }

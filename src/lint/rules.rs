@@ -10,7 +10,7 @@ use pg_query::protobuf::{
 };
 
 use super::Class;
-use crate::sql::TableRef;
+use crate::sql::{LockMode, Statement, TableRef};
 
 /// A rule: a stable id, its class and how to fix what it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -99,6 +99,8 @@ pub const RULES: &[Rule] = &[
         "Use REFRESH MATERIALIZED VIEW CONCURRENTLY (it needs a unique index on the view)."),
     rule("update-without-where", Ld, "updates every row in one transaction",
         "Backfill in batches (UPDATE ... WHERE id BETWEEN ...) so rows are not locked for the whole phase."),
+    rule("dml-after-ddl", Ld, "changes data while an earlier statement of the same transaction holds a lock that blocks the application",
+        "Commit the DDL first: put a line `-- phasegate:commit` before the data change (it then runs in a transaction of its own), or move it to a later phase or a batched Job."),
 ];
 
 /// The rule with this id.
@@ -688,5 +690,95 @@ fn rename(s: &pb::RenameStmt, ctx: &Ctx, out: &mut Vec<Hit>) {
             )
         }
         _ => {}
+    }
+}
+
+/// Locks taken by earlier statements of the transaction the next statement runs in, that block
+/// application writes (SHARE and up) or reads too (ACCESS EXCLUSIVE), on tables that existed
+/// before the phase: `(statement, table, mode)`.
+#[derive(Default)]
+pub(super) struct Held {
+    locks: Vec<(usize, TableRef, LockMode)>,
+}
+
+/// `dml-after-ddl`: consecutive statements share one transaction (see `sql::COMMIT_MARKER`), so
+/// a data change after DDL runs with the DDL's locks held. Call after [`check`] (which records
+/// the tables the statement creates) for statement `index` (1-based).
+pub(super) fn transaction_locks(
+    s: &Statement,
+    index: usize,
+    node: &N,
+    ctx: &Ctx,
+    held: &mut Held,
+) -> Vec<Hit> {
+    let mut out = Vec::new();
+    // PostgreSQL 12 and later: ALTER TYPE … ADD VALUE runs in the transaction.
+    let own = s.tx.needs_own_transaction(120_000);
+    if s.new_transaction || own {
+        held.locks.clear();
+    }
+    if let Some(verb) = bulk_dml(node) {
+        if let Some(strongest) = held.locks.iter().map(|(_, _, m)| *m).max() {
+            let mut tables: Vec<String> = held
+                .locks
+                .iter()
+                .filter(|(_, _, m)| *m == strongest)
+                .map(|(_, t, _)| t.to_string())
+                .collect();
+            tables.dedup();
+            let first = held
+                .locks
+                .iter()
+                .find(|(_, _, m)| *m == strongest)
+                .map(|(i, _, _)| *i)
+                .unwrap_or(0);
+            let blocked = if strongest == LockMode::AccessExclusive {
+                "reads and writes"
+            } else {
+                "writes"
+            };
+            hit(&mut out, "dml-after-ddl", format!(
+                "{verb} runs in the same transaction as statement {first}, which holds {} on {} until the phase commits: application {blocked} of {} wait for the whole {verb}",
+                mode_name(strongest), tables.join(", "), tables.join(", ")
+            ));
+        }
+        return out;
+    }
+    if own {
+        return out;
+    }
+    for (t, m) in &s.locks {
+        if *m >= LockMode::Share && !ctx.fresh(t) {
+            held.locks.push((index, t.clone(), *m));
+        }
+    }
+    out
+}
+
+/// The verb of a statement that may change many rows: UPDATE, DELETE, MERGE, INSERT … SELECT
+/// … FROM (a single-row INSERT is quick).
+fn bulk_dml(node: &N) -> Option<&'static str> {
+    match node {
+        N::UpdateStmt(_) => Some("UPDATE"),
+        N::DeleteStmt(_) => Some("DELETE"),
+        N::MergeStmt(_) => Some("MERGE"),
+        N::InsertStmt(i) => match i.select_stmt.as_deref().and_then(|n| n.node.as_ref()) {
+            Some(N::SelectStmt(sel)) if !sel.from_clause.is_empty() => Some("INSERT … SELECT"),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn mode_name(m: LockMode) -> &'static str {
+    match m {
+        LockMode::AccessShare => "ACCESS SHARE",
+        LockMode::RowShare => "ROW SHARE",
+        LockMode::RowExclusive => "ROW EXCLUSIVE",
+        LockMode::ShareUpdateExclusive => "SHARE UPDATE EXCLUSIVE",
+        LockMode::Share => "SHARE",
+        LockMode::ShareRowExclusive => "SHARE ROW EXCLUSIVE",
+        LockMode::Exclusive => "EXCLUSIVE",
+        LockMode::AccessExclusive => "ACCESS EXCLUSIVE",
     }
 }

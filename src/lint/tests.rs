@@ -278,3 +278,60 @@ fn finding_display_names_rule_statement_and_fix() {
         "{s}"
     );
 }
+
+/// Issue 10, item 7: consecutive statements share one transaction, so a backfill after DDL runs
+/// with the DDL's lock held (examples/rename-column did this).
+#[test]
+fn dml_after_ddl_in_the_same_transaction() {
+    let rules = |sql: &str| -> Vec<(usize, &'static str)> {
+        lint(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .iter()
+            .filter(|f| f.rule == "dml-after-ddl")
+            .map(|f| (f.statement, f.rule))
+            .collect()
+    };
+    let d = "dml-after-ddl";
+    let sql = "ALTER TABLE users ADD COLUMN display_name text;
+UPDATE users SET display_name = fullname WHERE display_name IS NULL;";
+    assert_eq!(rules(sql), vec![(2, d)]);
+    let f = lint(sql).unwrap();
+    assert!(
+        f[0].message
+            .contains("statement 1, which holds ACCESS EXCLUSIVE on users")
+            && f[0]
+                .message
+                .contains("application reads and writes of users wait for the whole UPDATE"),
+        "{}",
+        f[0].message
+    );
+    assert!(f[0].fix.contains("-- phasegate:commit"), "{}", f[0].fix);
+    // Another table is held just the same; a trigger (SHARE ROW EXCLUSIVE) blocks writes.
+    let sql = "CREATE TRIGGER t BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION f();
+DELETE FROM sessions WHERE expired;";
+    assert_eq!(rules(sql), vec![(2, d)]);
+    assert!(lint(sql).unwrap()[0]
+        .message
+        .contains("application writes of users"));
+    assert_eq!(
+        rules("ALTER TABLE a ADD x int; INSERT INTO b SELECT * FROM c; MERGE INTO a USING c ON a.id = c.id WHEN MATCHED THEN DELETE"),
+        vec![(2, d), (3, d)]
+    );
+    // The safe shapes: a commit marker, a statement outside the transaction in between, data
+    // changes first, a table created here, locks that block nobody, a single-row insert.
+    for sql in [
+        "ALTER TABLE users ADD COLUMN n text;\n-- phasegate:commit\nUPDATE users SET n = 'x' WHERE n IS NULL;",
+        "ALTER TABLE users ADD COLUMN n text; CREATE INDEX CONCURRENTLY i ON users (n); UPDATE users SET n = 'x' WHERE n IS NULL;",
+        "UPDATE users SET n = 'x' WHERE n IS NULL; ALTER TABLE users ADD COLUMN m text;",
+        "CREATE TABLE audit (id int, note text); CREATE INDEX audit_note ON audit (note); INSERT INTO audit SELECT id, 'x' FROM users;",
+        "ALTER TABLE orders VALIDATE CONSTRAINT fk; ALTER TABLE orders ALTER COLUMN n SET STATISTICS 500; UPDATE orders SET n = 1 WHERE n = 0;",
+        "ALTER TABLE settings ADD COLUMN k text; INSERT INTO settings (k) VALUES ('a');",
+    ] {
+        assert_eq!(rules(sql), vec![], "{sql}");
+    }
+    // ADD CONSTRAINT … NOT VALID (a CHECK) still takes ACCESS EXCLUSIVE.
+    assert_eq!(
+        rules("ALTER TABLE orders ADD CONSTRAINT c CHECK (n > 0) NOT VALID; UPDATE orders SET n = 1 WHERE n = 0;"),
+        vec![(2, d)]
+    );
+}

@@ -1,0 +1,106 @@
+//! Contract's gate on the database side: the check of [`dbcheck`] before each attempt (waiting,
+//! with one budget for the run) and once more inside the transaction right before COMMIT.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::error::ApplyError;
+use super::waits::Waits;
+use super::{dbcheck, Config, Phase, Stats};
+
+/// The database-side check of contract, run right before every attempt (outside any
+/// transaction, holding no table lock), with one time budget for the whole run, and once more
+/// inside each transaction right before COMMIT.
+pub(super) struct Gate {
+    pub(super) checker: Option<dbcheck::Checker>,
+    timeout: Duration,
+    pub(super) waited: Duration,
+}
+
+impl Gate {
+    pub(super) fn new(cfg: &Config) -> Gate {
+        let checker = (cfg.phase == Phase::Contract && cfg.database_check).then(|| {
+            dbcheck::Checker::new(
+                &cfg.identity.app_version,
+                cfg.rollout_completed_at.map(|t| t.to_string()),
+                cfg.application_names.clone(),
+            )
+        });
+        let checker = checker.map(|mut c| {
+            c.rule.order = cfg.version_order;
+            c.rule.previous = cfg.previous_versions.clone();
+            c
+        });
+        if let Some(c) = &checker {
+            if c.want.is_empty() {
+                tracing::warn!("database check: no app version (PHASEGATE_APP_VERSION) given; sessions are not checked for old versions");
+            }
+            if c.rollout_completed_at.is_none() {
+                tracing::info!("database check: no rollout completion time (PHASEGATE_ROLLOUT_COMPLETED_AT) given; transactions are not checked for their age");
+            }
+        }
+        Gate {
+            checker: checker.filter(dbcheck::Checker::active),
+            timeout: cfg.database_check_timeout,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// Waits until the check passes; returns how long this call waited for blockers.
+    pub(super) async fn pass(
+        &mut self,
+        client: &Client,
+        stats: &mut Stats,
+        waits: &mut Waits,
+    ) -> Result<Duration, ApplyError> {
+        let Some(checker) = self.checker.as_mut() else {
+            return Ok(Duration::ZERO);
+        };
+        let budget = self.timeout.saturating_sub(self.waited);
+        let (waited, blockers) = checker
+            .wait_until_clear(client, budget, waits)
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        self.waited += waited;
+        stats.db_check_wait = Some(self.waited);
+        if stats.db_check_warning.is_none() {
+            stats.db_check_warning = checker.warning();
+        }
+        if blockers.is_empty() {
+            return Ok(waited);
+        }
+        let mut list: Vec<String> = blockers
+            .iter()
+            .take(dbcheck::MAX_NAMED)
+            .map(|b| b.to_string())
+            .collect();
+        if blockers.len() > dbcheck::MAX_NAMED {
+            list.push(format!("and {} more", blockers.len() - dbcheck::MAX_NAMED));
+        }
+        Err(ApplyError::DatabaseCheckTimeout {
+            count: blockers.len(),
+            waited: humantime::format_duration(Duration::from_millis(
+                self.waited.as_millis() as u64
+            ))
+            .to_string(),
+            blockers: list.join("; "),
+        })
+    }
+
+    /// One look inside the transaction, locks held, without waiting: the blockers that appeared
+    /// since [`Gate::pass`] (empty when the check is off).
+    pub(super) async fn recheck(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<Vec<dbcheck::Blocker>, ApplyError> {
+        let Some(checker) = self.checker.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let seen = checker
+            .recheck(tx)
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        Ok(seen.blockers)
+    }
+}

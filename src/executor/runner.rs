@@ -1,0 +1,554 @@
+//! One run's attempts: waiting outside the lock queue and for contract's database check, the
+//! advisory lock around each attempt, the attempt itself (a transaction with the ledger row, or
+//! one statement outside any), and the one retry loop around them ([`Runner::run_step`]).
+
+use std::future::Future;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio_postgres::{CancelToken, Client};
+
+use super::connect::{self, ConnSettings};
+use super::error::ApplyError;
+use super::gate::Gate;
+use super::session::{pg_ms, transaction_timeout};
+use super::stop::Stop;
+use super::waits::Waits;
+use super::{dbcheck, index, ledger, locks, Config, Stats};
+use crate::sql::Statement;
+
+/// One run's working state: settings, counters, the gate and the announced waits.
+pub(super) struct Runner<'a> {
+    pub(super) cfg: &'a Config,
+    pub(super) sum: &'a str,
+    /// `server_version_num`.
+    pub(super) server_version: i32,
+    pub(super) settings: ConnSettings,
+    /// Cancels the statement running on our connection (a stop while it waits for a lock).
+    pub(super) cancel: CancelToken,
+    pub(super) stats: &'a mut Stats,
+    pub(super) gate: Gate,
+    pub(super) waits: Waits,
+    /// Time spent waiting for the advisory lock so far (one budget for the run).
+    pub(super) advisory_waited: Duration,
+    /// Steps another executor of this phase applied while this one waited.
+    pub(super) skipped: usize,
+    /// Which transactions the wait outside the lock queue waits for; remembers sessions.
+    pub(super) patience: locks::Patience,
+}
+
+/// What [`Runner::enter`] found once it held the advisory lock.
+#[derive(Debug, PartialEq, Eq)]
+enum Entered {
+    /// Go ahead: the lock is held.
+    Go,
+    /// Another executor of this phase applied the step meanwhile (the lock is released).
+    Done,
+    /// We waited for another migration to finish applying; the tables may have been taken in
+    /// the meantime, so look at them again (the lock is released).
+    LookAgain,
+}
+
+impl Runner<'_> {
+    /// Takes the per-database advisory lock, waiting while another migration holds it (it is
+    /// applying: holders never wait for tables with it), within PHASEGATE_ADVISORY_LOCK_TIMEOUT
+    /// over the whole run. Returns the time waited.
+    pub(super) async fn lock_database(&mut self, client: &Client) -> Result<Duration, ApplyError> {
+        let budget = self
+            .cfg
+            .advisory_lock_timeout
+            .saturating_sub(self.advisory_waited);
+        let waits = &mut self.waits;
+        let waited = or_stop(&self.cfg.stop, async {
+            Ok(locks::advisory_lock(client, budget, waits).await?)
+        })
+        .await?;
+        self.advisory_waited += waited;
+        self.stats.lock_wait += waited;
+        Ok(waited)
+    }
+
+    /// Releases the advisory lock (the server releases it anyway when the session ends).
+    pub(super) async fn unlock_database(&self, client: &Client) {
+        let _ = client
+            .execute(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&locks::ADVISORY_CLASS, &locks::ADVISORY_OBJ],
+            )
+            .await;
+    }
+
+    /// Right before an attempt at the statements of `range`, with the tables clear: takes the
+    /// advisory lock and reads the ledger again, since another executor of this phase (a
+    /// stale Job, a retry) may have applied them while this one waited without the lock.
+    async fn enter(
+        &mut self,
+        client: &Client,
+        range: &Range<usize>,
+    ) -> Result<Entered, ApplyError> {
+        let waited = self.lock_database(client).await?;
+        if !waited.is_zero() && !self.cfg.lock_wait_timeout.is_zero() {
+            self.unlock_database(client).await;
+            return Ok(Entered::LookAgain);
+        }
+        let entry = ledger::get(client, &self.cfg.identity, self.cfg.phase.as_str())
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        let done = entry
+            .filter(|e| e.checksum == self.sum)
+            .map(|e| usize::try_from(e.statements_done).unwrap_or(0))
+            .unwrap_or(0);
+        if done >= range.end {
+            tracing::info!(
+                statements = range.end,
+                "another run applied these statements meanwhile; skipping them"
+            );
+            self.unlock_database(client).await;
+            self.skipped += 1;
+            return Ok(Entered::Done);
+        }
+        Ok(Entered::Go)
+    }
+
+    /// Awaits a statement; on a stop request, asks the server to cancel it (a DDL statement in
+    /// the lock queue blocks every application query behind it) and gives it [`CANCEL_GRACE`]
+    /// to report back. Ok(result) when the statement finished, Err(Stopped) otherwise.
+    async fn stoppable(
+        &self,
+        statement: impl Future<Output = Result<(), tokio_postgres::Error>>,
+    ) -> Result<Result<(), tokio_postgres::Error>, ApplyError> {
+        tokio::pin!(statement);
+        let signal = tokio::select! {
+            biased;
+            r = &mut statement => return Ok(r),
+            signal = self.cfg.stop.wait() => signal,
+        };
+        // Bounded: an unreachable server must not hold up the exit (closing our connection
+        // ends the statement too, within client_connection_check_interval).
+        match tokio::time::timeout(CANCEL_GRACE, connect::cancel(&self.settings, &self.cancel))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not cancel the running statement; the connection closes on exit")
+            }
+            Err(_) => tracing::warn!(
+                "cancelling the running statement timed out; the connection closes on exit"
+            ),
+        }
+        match tokio::time::timeout(CANCEL_GRACE, &mut statement).await {
+            // It finished before the cancel arrived: the caller records what is true.
+            Ok(Ok(())) => Ok(Ok(())),
+            _ => Err(signal.into()),
+        }
+    }
+
+    /// Waits outside the lock queue; fails clearly if the budget runs out.
+    async fn wait_for_tables(
+        &mut self,
+        client: &Client,
+        stmts: &[Statement],
+        range: &Range<usize>,
+        budget_used: &mut Duration,
+    ) -> Result<(), ApplyError> {
+        let cfg = self.cfg;
+        if cfg.lock_wait_timeout.is_zero() {
+            // Explicitly disabled: blind retries only (as pgroll or GitLab do).
+            return Ok(());
+        }
+        let mut targets = locks::lock_targets(stmts);
+        let budget = cfg.lock_wait_timeout.saturating_sub(*budget_used);
+        let (waits, patience) = (&mut self.waits, &mut self.patience);
+        let (waited, blockers) = or_stop(&cfg.stop, async {
+            // Looked up on every attempt: an earlier step may have changed the catalog.
+            locks::add_implicit_targets(client, stmts, &mut targets)
+                .await
+                .map_err(|e| ApplyError::db(&e, None))?;
+            locks::wait_until_clear(client, &targets, budget, waits, patience)
+                .await
+                .map_err(|e| ApplyError::db(&e, None))
+        })
+        .await?;
+        self.stats.lock_wait += waited;
+        *budget_used += waited;
+        if !blockers.is_empty() {
+            let list: Vec<String> = blockers.iter().take(3).map(|b| b.to_string()).collect();
+            return Err(ApplyError::LockWaitTimeout {
+                first: range.start + 1,
+                last: range.end,
+                waited: humantime::format_duration(Duration::from_secs(budget_used.as_secs()))
+                    .to_string(),
+                blockers: list.join("; "),
+            });
+        }
+        Ok(())
+    }
+
+    /// The database check outside any lock, unless a stop comes first; returns the time it
+    /// waited for blockers.
+    async fn pass_gate(&mut self, client: &Client) -> Result<Duration, ApplyError> {
+        let (gate, stats, waits) = (&mut self.gate, &mut *self.stats, &mut self.waits);
+        or_stop(&self.cfg.stop, gate.pass(client, stats, waits)).await
+    }
+
+    /// Before an attempt: the tables are free and the database check passes, both observed
+    /// just now. The check can wait for minutes, and a new long transaction may take a table
+    /// meanwhile; queueing behind it blind would stall the application for up to
+    /// `lock_timeout` × retries. So whenever the check waited, look at the locks again. Ends:
+    /// each round that waits spends the check's budget, which is finite.
+    async fn clear_to_attempt(
+        &mut self,
+        client: &Client,
+        stmts: &[Statement],
+        range: &Range<usize>,
+        lock_waited: &mut Duration,
+    ) -> Result<(), ApplyError> {
+        loop {
+            self.wait_for_tables(client, stmts, range, lock_waited)
+                .await?;
+            if self.pass_gate(client).await?.is_zero() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs one step — one transaction, or one statement outside any — until it is applied or
+    /// fails for good. The executor's one retry loop: wait outside the lock queue (and for
+    /// contract's database check), take the advisory lock, attempt; after a lock timeout or
+    /// deadlock, or a blocker found right before COMMIT, roll back, let go of the advisory lock,
+    /// back off and start over.
+    pub(super) async fn run_step(
+        &mut self,
+        client: &mut Client,
+        all: &[Statement],
+        range: Range<usize>,
+        own: bool,
+    ) -> Result<(), ApplyError> {
+        let cfg = self.cfg;
+        let stmts = &all[range.clone()];
+        let mut retries = 0u32;
+        let mut waited = Duration::ZERO;
+        loop {
+            self.clear_to_attempt(client, stmts, &range, &mut waited)
+                .await?;
+            match self.enter(client, &range).await? {
+                Entered::Go => {}
+                Entered::Done => return Ok(()),
+                Entered::LookAgain => continue,
+            }
+            if let Some(signal) = cfg.stop.requested() {
+                return Err(signal.into());
+            }
+            let attempt = if own {
+                self.attempt_own(client, all, range.start, retries).await?
+            } else {
+                self.attempt_transaction(client, all, range.clone(), retries)
+                    .await?
+            };
+            let delay = match attempt {
+                Attempt::Done => {
+                    self.unlock_database(client).await;
+                    return Ok(());
+                }
+                Attempt::LockFailure {
+                    statement,
+                    sqlstate,
+                    lock_timeout,
+                } => {
+                    if retries >= cfg.max_lock_retries {
+                        return Err(ApplyError::LockRetriesExhausted {
+                            statement,
+                            attempts: retries + 1,
+                            lock_timeout: humantime::format_duration(lock_timeout).to_string(),
+                        });
+                    }
+                    retries += 1;
+                    self.stats.lock_retries += 1;
+                    let delay = backoff(retries - 1);
+                    tracing::warn!(
+                        statement,
+                        attempt = self.stats.attempts,
+                        retry_in_ms = delay.as_millis() as u64,
+                        sqlstate,
+                        "lock not available; rolled back, will retry"
+                    );
+                    delay
+                }
+                Attempt::GateClosed => {
+                    // Each lost attempt costs the check's budget a poll interval, so a flapping
+                    // blocker cannot keep us taking and dropping locks forever.
+                    self.gate.waited += dbcheck::POLL;
+                    dbcheck::POLL
+                }
+            };
+            self.unlock_database(client).await;
+            pause(&cfg.stop, delay).await?;
+        }
+    }
+
+    /// One attempt at `range` in one transaction, together with the ledger update.
+    async fn attempt_transaction(
+        &mut self,
+        client: &mut Client,
+        all: &[Statement],
+        range: Range<usize>,
+        retries: u32,
+    ) -> Result<Attempt, ApplyError> {
+        let cfg = self.cfg;
+        let stmts = &all[range.clone()];
+        self.stats.attempts += 1;
+        let attempt = self.stats.attempts;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        let mut set = format!(
+            "SET LOCAL lock_timeout = '{}'; SET LOCAL statement_timeout = '{}'",
+            pg_ms(cfg.lock_timeout),
+            pg_ms(cfg.statement_timeout)
+        );
+        if self.server_version >= 170_000 && !cfg.statement_timeout.is_zero() {
+            // Bounds the whole transaction too, whatever state the session is in.
+            set.push_str(&format!(
+                "; SET LOCAL transaction_timeout = '{}'",
+                pg_ms(transaction_timeout(cfg.statement_timeout, stmts.len()))
+            ));
+        }
+        tx.batch_execute(&set)
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        for (offset, s) in stmts.iter().enumerate() {
+            let n = range.start + offset + 1;
+            tracing::debug!(statement = n, kind = %s.kind, attempt, "executing");
+            let result = match self.stoppable(tx.batch_execute(&s.sql)).await {
+                Ok(r) => r,
+                Err(stopped) => {
+                    rollback(tx).await;
+                    return Err(stopped);
+                }
+            };
+            if let Err(e) = result {
+                // Dropping the transaction would roll back too, but only lazily; be explicit.
+                rollback(tx).await;
+                return lock_failure(&e, n, cfg.lock_timeout)
+                    .ok_or_else(|| ApplyError::db(&e, Some(n)));
+            }
+            if let Some(signal) = cfg.stop.requested() {
+                rollback(tx).await;
+                return Err(signal.into());
+            }
+        }
+        ledger::record(
+            &tx,
+            &cfg.identity,
+            cfg.phase.as_str(),
+            self.sum,
+            all.len(),
+            range.end,
+            retries + 1,
+        )
+        .await
+        .map_err(|e| ApplyError::db(&e, None))?;
+        failpoint(cfg, "pause-before-commit").await;
+
+        // The gate holds until COMMIT: with our locks held, look once more. A session that
+        // connected while we queued for a lock would otherwise meet the new schema.
+        let blockers = self.gate.recheck(&tx).await?;
+        if !blockers.is_empty() {
+            rollback(tx).await;
+            self.stats.db_check_rollbacks += 1;
+            for b in &blockers {
+                dbcheck::announce(&mut self.waits, b);
+            }
+            tracing::warn!(
+                attempt,
+                blockers = blockers.len(),
+                "database check failed right before COMMIT; rolled back, waiting outside the locks"
+            );
+            return Ok(Attempt::GateClosed);
+        }
+        // Last word before COMMIT: a stop request means never commit.
+        if let Some(signal) = cfg.stop.requested() {
+            rollback(tx).await;
+            return Err(signal.into());
+        }
+        let gate_checked = Instant::now();
+        let committed = tx.commit().await;
+        let window = gate_checked.elapsed();
+        if let Err(e) = committed {
+            return lock_failure(&e, range.end, cfg.lock_timeout)
+                .ok_or_else(|| ApplyError::db(&e, Some(range.end)));
+        }
+        self.stats.gate_to_commit = Some(self.stats.gate_to_commit.unwrap_or_default().max(window));
+        if let Some(signal) = cfg.stop.requested() {
+            tracing::warn!(
+                signal = signal.name(),
+                "a stop request arrived after COMMIT was sent; the transaction committed and the ledger records it"
+            );
+        }
+        failpoint(cfg, "pause-after-commit").await;
+        self.stats.statements += stmts.len();
+        tracing::info!(
+            statements = stmts.len(),
+            attempt,
+            window_us = window.as_micros() as u64,
+            "transaction committed"
+        );
+        Ok(Attempt::Done)
+    }
+
+    /// One attempt at statement `index` outside a transaction block, idempotently (see
+    /// [`index`]), then the ledger records progress.
+    async fn attempt_own(
+        &mut self,
+        client: &mut Client,
+        all: &[Statement],
+        index: usize,
+        retries: u32,
+    ) -> Result<Attempt, ApplyError> {
+        let cfg = self.cfg;
+        let s = &all[index];
+        let n = index + 1;
+        // Under the advisory lock: no other executor of this phase is running it right now.
+        if !index::already_done(client, s, n).await? {
+            self.stats.attempts += 1;
+            // Concurrent variants take only SHARE UPDATE EXCLUSIVE, which never blocks
+            // application reads or writes, and must wait for older transactions by design: no
+            // lock_timeout.
+            let lock_timeout = if s.concurrent {
+                Duration::ZERO
+            } else {
+                cfg.lock_timeout
+            };
+            client
+                .batch_execute(&format!(
+                    "SET lock_timeout = '{}'; SET statement_timeout = '{}'",
+                    pg_ms(lock_timeout),
+                    pg_ms(cfg.statement_timeout)
+                ))
+                .await
+                .map_err(|e| ApplyError::db(&e, None))?;
+            // A stop cancels the statement; if it finished anyway, it is applied (it commits by
+            // itself) and is recorded below before the run stops at the next step.
+            let result = self.stoppable(client.batch_execute(&s.sql)).await?;
+            let _ = client
+                .batch_execute("RESET lock_timeout; RESET statement_timeout")
+                .await;
+            if let Err(e) = result {
+                index::clean_up_after_failure(client, s).await;
+                return lock_failure(&e, n, lock_timeout)
+                    .ok_or_else(|| ApplyError::db(&e, Some(n)));
+            }
+            self.stats.statements += 1;
+        }
+        failpoint(cfg, "pause-before-commit").await;
+        ledger::record(
+            &*client,
+            &cfg.identity,
+            cfg.phase.as_str(),
+            self.sum,
+            all.len(),
+            index + 1,
+            retries + 1,
+        )
+        .await
+        .map_err(|e| ApplyError::db(&e, None))?;
+        failpoint(cfg, "pause-after-commit").await;
+        Ok(Attempt::Done)
+    }
+}
+
+/// What one attempt at a step came to (anything else is an error that ends the run).
+enum Attempt {
+    /// Committed, or run outside a transaction, and recorded in the ledger.
+    Done,
+    /// The lock could not be taken within `lock_timeout` (55P03), or a deadlock (40P01):
+    /// rolled back, nothing applied.
+    LockFailure {
+        statement: usize,
+        sqlstate: &'static str,
+        lock_timeout: Duration,
+    },
+    /// The database check found a blocker right before COMMIT: rolled back.
+    GateClosed,
+}
+
+/// [`Attempt::LockFailure`] when `e` is a lock timeout or deadlock.
+fn lock_failure(
+    e: &tokio_postgres::Error,
+    statement: usize,
+    lock_timeout: Duration,
+) -> Option<Attempt> {
+    let sqlstate = match e.code().map(|c| c.code()) {
+        Some("55P03") => "55P03",
+        Some("40P01") => "40P01",
+        _ => return None,
+    };
+    Some(Attempt::LockFailure {
+        statement,
+        sqlstate,
+        lock_timeout,
+    })
+}
+
+/// Rolls back explicitly (dropping a transaction only queues the ROLLBACK), but never waits
+/// long for it: a stopping run must exit promptly, and the server rolls back on disconnect.
+async fn rollback(tx: tokio_postgres::Transaction<'_>) {
+    let _ = tokio::time::timeout(CANCEL_GRACE, tx.rollback()).await;
+}
+
+/// Jittered exponential backoff: 50 ms, 100 ms, … capped at 5 s, each scaled by 0.5–1.0.
+fn backoff(retry: u32) -> Duration {
+    let base = 50u64.saturating_mul(1u64 << retry.min(7)).min(5_000);
+    let jittered = rand::rng().random_range(base / 2..=base);
+    Duration::from_millis(jittered)
+}
+
+async fn failpoint(cfg: &Config, name: &str) {
+    if cfg.failpoint.as_deref() == Some(name) {
+        eprintln!("phasegate failpoint {name} reached");
+        // A stop ends the pause, so tests can signal a run that sits at a failpoint.
+        let _ = pause(&cfg.stop, Duration::from_secs(600)).await;
+    }
+}
+
+/// Runs `fut` unless a stop is requested first (then `fut` is dropped where it waits).
+pub(super) async fn or_stop<T>(
+    stop: &Stop,
+    fut: impl Future<Output = Result<T, ApplyError>>,
+) -> Result<T, ApplyError> {
+    tokio::select! {
+        biased;
+        signal = stop.wait() => Err(signal.into()),
+        r = fut => r,
+    }
+}
+
+/// Sleeps unless a stop is requested first.
+async fn pause(stop: &Stop, d: Duration) -> Result<(), ApplyError> {
+    or_stop(stop, async {
+        tokio::time::sleep(d).await;
+        Ok(())
+    })
+    .await
+}
+
+/// How long a cancelled statement may take to report back before we stop waiting for it.
+const CANCEL_GRACE: Duration = Duration::from_millis(700);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_and_jittered() {
+        for r in 0..20 {
+            let b = backoff(r);
+            assert!(
+                b <= Duration::from_secs(5) && b >= Duration::from_millis(25),
+                "{b:?}"
+            );
+        }
+    }
+}
