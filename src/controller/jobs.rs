@@ -748,6 +748,75 @@ mod tests {
     }
 
     #[test]
+    fn backfill_job_runs_phasegate_backfill_in_the_rollout_epoch() {
+        let mut m = migration("fill");
+        m.spec.backfill = serde_json::from_value(serde_json::json!({
+            "table": "users", "key": "id", "pause": "10ms", "batchSize": 200,
+            "sql": "UPDATE users SET a = b WHERE id > $1 AND id <= $2"
+        }))
+        .expect("backfill spec");
+        let mut status = DatabaseMigrationStatus {
+            rollout_completed_at: Some(Time(Timestamp::from_second(1_700_000_000).expect("ts"))),
+            ..DatabaseMigrationStatus::default()
+        };
+        let job = build_job(
+            &m,
+            &status,
+            JobPhase::Backfill,
+            2,
+            &ExecutorConfig::default(),
+        )
+        .expect("job");
+        assert_eq!(job.metadata.name.as_deref(), Some("fill-backfill-2-0a1b2"));
+        let pod = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod");
+        assert_eq!(pod.containers[0].args, Some(vec!["backfill".to_string()]));
+        let env = env_of(&job);
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(get("PHASEGATE_BACKFILL_TABLE"), Some("users"));
+        assert_eq!(get("PHASEGATE_BACKFILL_KEY"), Some("id"));
+        assert_eq!(get("PHASEGATE_BACKFILL_PAUSE"), Some("10ms"));
+        assert_eq!(get("PHASEGATE_BACKFILL_BATCH_SIZE"), Some("200"));
+        assert_eq!(
+            get("PHASEGATE_BACKFILL_LOCK_TIMEOUT"),
+            None,
+            "unset: the executor's default"
+        );
+        assert_eq!(get("PHASEGATE_SQL"), None);
+        assert_eq!(
+            get("PHASEGATE_BACKFILL_EPOCH"),
+            Some("2023-11-14T22:13:20Z/0")
+        );
+        // The epoch is the stored form: a status read back from the API server gives the same.
+        let stored: DatabaseMigrationStatus =
+            serde_json::from_value(serde_json::to_value(&status).expect("json")).expect("back");
+        assert_eq!(backfill_epoch(&stored), backfill_epoch(&status));
+        // Also when the plan that starts the Job holds a sub-second timestamp.
+        let fine = DatabaseMigrationStatus {
+            rollout_completed_at: Some(Time(
+                Timestamp::new(1_700_000_000, 123_456_789).expect("ts"),
+            )),
+            ..DatabaseMigrationStatus::default()
+        };
+        let fine_stored: DatabaseMigrationStatus =
+            serde_json::from_value(serde_json::to_value(&fine).expect("json")).expect("back");
+        assert_eq!(backfill_epoch(&fine_stored), backfill_epoch(&fine));
+        status.backfill = Some(crate::api::BackfillStatus {
+            regressions: 1,
+            ..Default::default()
+        });
+        assert_eq!(backfill_epoch(&status), "2023-11-14T22:13:20Z/1");
+        assert!(created_for(
+            &job,
+            m.metadata.uid.as_deref().unwrap_or_default(),
+            sql_checksum(&m, JobPhase::Backfill).as_deref()
+        ));
+    }
+
+    #[test]
     fn contract_job_carries_what_the_plan_knows_and_its_identity() {
         let m = migration(&"m".repeat(200));
         let status = DatabaseMigrationStatus {

@@ -165,11 +165,11 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     };
     let mut plan = planner::plan(&input);
     // The gate is about to open: judge it again on a quorum read from the API server, so that
-    // a rollback the caches have not seen yet cannot let contract start.
+    // a rollback the caches have not seen yet cannot let contract (or the backfill) start.
     if matches!(
         plan.action,
         planner::Action::StartJob {
-            phase: JobPhase::Contract,
+            phase: JobPhase::Contract | JobPhase::Backfill,
             ..
         }
     ) {

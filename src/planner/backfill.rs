@@ -109,7 +109,8 @@ impl Planner<'_> {
                 }
             }
             JobState::Failed(msg) => {
-                if self.retry_requested() {
+                // Paused: the failure stands, and a retry waits until the pause ends.
+                if self.retry_requested() && !paused {
                     self.consume_retry();
                     self.start_backfill(attempt + 1);
                 } else {
@@ -120,7 +121,9 @@ impl Planner<'_> {
                 }
             }
             JobState::Died(msg) => {
-                if self.retry_requested() {
+                if paused {
+                    self.paused_outcome();
+                } else if self.retry_requested() {
                     self.consume_retry();
                     self.start_backfill(attempt + 1);
                 } else if rec.run.reason.as_deref() != Some(reason::EXECUTOR_DIED) {

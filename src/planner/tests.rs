@@ -3122,3 +3122,216 @@ fn what_the_contract_executor_waits_on_is_in_status_and_one_event() {
     let p = fx.step();
     assert!(matches!(p.action, Action::StopJob { .. }), "{:?}", p.action);
 }
+
+// ---- Backfill (issue 13): after the rollout, before soak/approval/contract, fenced ----
+
+fn with_backfill(b: SpecBuilder) -> DatabaseMigrationSpec {
+    b.with(|s| {
+        s.backfill = Some(crate::api::BackfillSpec {
+            table: "users".into(),
+            key: "id".into(),
+            sql: "UPDATE users SET email_address = email WHERE id > $1 AND id <= $2 AND email_address IS NULL".into(),
+            batch_size: None,
+            max_batch_size: None,
+            target_batch_duration: None,
+            pause: None,
+            lock_timeout: None,
+            max_replication_lag: None,
+        })
+    })
+    .build()
+}
+
+#[test]
+fn backfill_runs_after_the_rollout_and_contract_waits_for_it() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    // Never while old code runs.
+    assert_eq!(fx.step().action, Action::None);
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Backfill, 1));
+    assert_eq!(phase(&p), Phase::Backfilling);
+    let b = p.status.backfill.clone().expect("backfill status");
+    assert_eq!(b.epoch, p.status.rollout_completed_at);
+    assert_eq!(
+        b.run.job_name.as_deref(),
+        Some("users-email-verified-backfill-1")
+    );
+    // Running with progress: in status, no contract, no Event per progress line.
+    let progress = crate::api::BackfillProgress {
+        rows_done: 500,
+        estimated_rows: 1000,
+        key_range_done_permille: 500,
+        batches: 5,
+        batch_size: 100,
+        rows_per_second: 50,
+        eta_seconds: Some(10),
+        throttled: None,
+    };
+    fx.backfill_job = JobState::Running(Some(Holdup::Progress(progress.clone())));
+    fx.now += 3600;
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::Backfilling);
+    assert!(p.notices.is_empty(), "{:?}", p.notices);
+    assert_eq!(
+        p.status.backfill.as_ref().and_then(|b| b.progress.clone()),
+        Some(progress)
+    );
+    assert!(
+        cond(&p.status, READY)
+            .message
+            .contains("backfilled 500 row(s) of ~1000"),
+        "{:?}",
+        cond(&p.status, READY)
+    );
+    // Done: contract starts in the same plan.
+    fx.backfill_job = JobState::Succeeded(Some("backfill done".into()));
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Contract, 1));
+    assert!(p.status.backfill.as_ref().is_some_and(|b| b.run.succeeded));
+    // Argo CD: Ready (expand applied) all along.
+    assert_eq!(cond(&p.status, READY).status, "True");
+}
+
+#[test]
+fn a_rollback_while_backfilling_stops_it_and_the_next_rollout_starts_over() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    assert_eq!(fx.step().action, start(JobPhase::Backfill, 1));
+    let first_epoch = fx.status.rollout_completed_at.clone();
+    fx.backfill_job = JobState::Running(None);
+    fx.now += 10;
+    fx.step();
+    // Old code again: the backfill Job is stopped at once.
+    fx.complete(false);
+    let p = fx.step();
+    assert_eq!(
+        p.action,
+        Action::StopJob {
+            phase: JobPhase::Backfill,
+            attempt: 1
+        }
+    );
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    assert_eq!(
+        p.status.backfill.as_ref().map(|b| b.regressions),
+        Some(1),
+        "the regression is recorded: the next run scans from the first key"
+    );
+    // Still stopping while its Job exists.
+    assert!(matches!(fx.step().action, Action::StopJob { .. }));
+    fx.backfill_job = JobState::Absent;
+    assert_eq!(fx.step().action, Action::None);
+    // A new complete rollout: a new attempt in a new epoch.
+    fx.now += 60;
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Backfill, 2));
+    let b = p.status.backfill.clone().unwrap();
+    assert_ne!(b.epoch, first_epoch);
+    assert_eq!(b.epoch, p.status.rollout_completed_at);
+    assert_eq!(b.regressions, 1);
+}
+
+#[test]
+fn a_regression_after_the_backfill_succeeded_runs_it_again_before_contract() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new().delay("10m")));
+    fx.complete(true);
+    assert_eq!(fx.step().action, start(JobPhase::Backfill, 1));
+    fx.backfill_job = JobState::Succeeded(None);
+    assert_eq!(phase(&fx.step()), Phase::Soaking);
+    fx.complete(false);
+    fx.step();
+    fx.complete(true);
+    // Within the same second as before: the regression count still tells the epochs apart.
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Backfill, 2));
+    assert!(!p.status.backfill.as_ref().unwrap().run.succeeded);
+}
+
+#[test]
+fn pausing_stops_the_backfill_and_resuming_continues_in_the_same_epoch() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    fx.step();
+    let epoch = fx.status.rollout_completed_at.clone();
+    fx.backfill_job = JobState::Running(None);
+    fx.step();
+    fx.backfill_paused = true;
+    let p = fx.step();
+    assert_eq!(
+        p.action,
+        Action::StopJob {
+            phase: JobPhase::Backfill,
+            attempt: 1
+        }
+    );
+    assert_eq!(
+        crate::planner::conditions::reason_of(&p.status.conditions, READY),
+        Some(reason::BACKFILL_PAUSED)
+    );
+    fx.backfill_job = JobState::Absent;
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::Backfilling);
+    fx.backfill_paused = false;
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Backfill, 2));
+    assert_eq!(p.status.backfill.as_ref().unwrap().epoch, epoch);
+    assert_eq!(p.status.backfill.as_ref().unwrap().regressions, 0);
+}
+
+#[test]
+fn a_failed_backfill_fails_the_migration_until_a_retry_resumes_it() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    fx.step();
+    fx.backfill_job = JobState::Failed("ERROR 23502: null value".into());
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Failed);
+    assert_eq!(
+        crate::planner::conditions::reason_of(&p.status.conditions, STALLED),
+        Some(reason::BACKFILL_FAILED)
+    );
+    assert!(cond(&p.status, STALLED).message.contains("checkpoint"));
+    assert_eq!(p.action, Action::None);
+    assert_eq!(fx.step().action, Action::None);
+    fx.retry("1");
+    assert_eq!(fx.step().action, start(JobPhase::Backfill, 2));
+}
+
+#[test]
+fn a_dead_backfill_executor_is_retried_once_automatically() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    fx.step();
+    fx.backfill_job = JobState::Died("OOMKilled".into());
+    assert_eq!(fx.step().action, start(JobPhase::Backfill, 2));
+    fx.backfill_job = JobState::Died("OOMKilled".into());
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::Failed);
+}
+
+#[test]
+fn a_running_contract_stops_if_the_backfill_is_not_done_in_this_epoch() {
+    // Defense in depth: only reachable through a status that lost the backfill's success.
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    fx.step();
+    fx.backfill_job = JobState::Succeeded(None);
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
+    fx.contract_job = JobState::Running(None);
+    fx.backfill_job = JobState::Absent;
+    if let Some(b) = fx.status.backfill.as_mut() {
+        b.run.succeeded = false;
+    }
+    assert!(matches!(
+        fx.step().action,
+        Action::StopJob {
+            phase: JobPhase::Contract,
+            ..
+        }
+    ));
+}

@@ -4,6 +4,7 @@
 //! Runs only against the cluster named by `PHASEGATE_E2E_KUBECONFIG`; `make e2e` starts a
 //! local one. Built only with `--features e2e`.
 
+mod backfill;
 mod examples;
 mod failures;
 mod fence;
