@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use kube::api::{Patch, PatchParams};
 use phasegate::api::Phase;
 use serde_json::json;
 
@@ -41,6 +42,36 @@ async fn backfill_runs_after_the_rollout_shows_progress_and_gates_contract() {
         .wait_phase("users-email-address", Phase::AwaitingRollout, T)
         .await;
     assert!(m.spec.backfill.is_some(), "the CRD keeps spec.backfill");
+    // CEL: table, key and sql are immutable, backfill cannot be removed; tuning may change.
+    let api = env.migrations();
+    let merge = |v: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                "users-email-address",
+                &PatchParams::default(),
+                &Patch::Merge(&v),
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+    };
+    let err = merge(json!({"spec": {"backfill": {"sql": "UPDATE users SET email_address = 'x' WHERE id > $1 AND id <= $2"}}}))
+        .await
+        .expect_err("backfill.sql is immutable");
+    assert!(err.contains("immutable"), "{err}");
+    let err = merge(json!({"spec": {"backfill": null}}))
+        .await
+        .expect_err("backfill cannot be removed");
+    assert!(err.contains("cannot be added or removed"), "{err}");
+    let err =
+        merge(json!({"spec": {"backfill": {"sql": "UPDATE users SET email_address = email"}}}))
+            .await
+            .expect_err("the batch SQL needs its bounds");
+    assert!(err.contains("$1"), "{err}");
+    merge(json!({"spec": {"backfill": {"lockTimeout": "2s"}}}))
+        .await
+        .expect("tuning fields may change");
     // Old code runs: no backfill yet (it could write rows behind the scan).
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
