@@ -433,7 +433,8 @@ mod tests {
     #[test]
     fn a_pod_wakes_only_the_waiting_migrations_that_target_its_workload() {
         let named = serde_json::json!([{"kind": "Deployment", "name": "api"}]);
-        let by_selector = serde_json::json!([{"kind": "Deployment", "selector": {"matchLabels": {"tier": "web"}}}]);
+        let by_selector =
+            serde_json::json!([{"kind": "Deployment", "selector": {"matchLabels": {"tier": "web"}}}]);
         let other = serde_json::json!([{"kind": "Deployment", "name": "worker"}]);
         let c = caches(vec![
             migration("named", "AwaitingRollout", named.clone()),
@@ -460,11 +461,7 @@ mod tests {
             migration("waiting", "AwaitingRollout", named.clone()),
             migration("done", "Succeeded", named.clone()),
             migration("failed", "Failed", named.clone()),
-            migration(
-                "sts",
-                "AwaitingRollout",
-                serde_json::json!([{"kind": "StatefulSet", "name": "api"}]),
-            ),
+            migration("sts", "AwaitingRollout", serde_json::json!([{"kind": "StatefulSet", "name": "api"}])),
         ]);
         let d: Deployment = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "api", "namespace": "shop"}
