@@ -5,7 +5,7 @@ CACHE ?= $(or $(PHASEGATE_CACHE),$(HOME)/.cache/phasegate)
 E2E_KUBECONFIG ?= $(CACHE)/kubeconfig
 E2E_THREADS ?= 3
 
-.PHONY: all build deps crd unit executor-pg17 e2e test chart-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock fmt lint-rust
+.PHONY: all build deps crd unit executor-pg17 e2e test chart-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock bench-backfill fmt lint-rust
 
 all: build
 
@@ -29,7 +29,7 @@ unit: deps
 
 ## The executor's integration tests again, against PostgreSQL 17 (the default run uses 15).
 executor-pg17: deps
-	PHASEGATE_PG_BINDIR=$$(hack/install-postgres17.sh) $(CARGO) test --test executor --test executor_db_check --test executor_lock_safety
+	PHASEGATE_PG_BINDIR=$$(hack/install-postgres17.sh) $(CARGO) test --test executor --test executor_db_check --test executor_lock_safety --test executor_backfill
 
 ## Local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok).
 cluster-up: deps
@@ -79,6 +79,10 @@ demo-down:
 ## Application latency while a migration waits for a lock: naive vs retries vs Phasegate.
 bench-lock: deps
 	hack/bench-lock.sh
+
+## Backfill benchmark: single UPDATE vs `phasegate backfill` under open-loop app load (not a test).
+bench-backfill: deps
+	hack/bench-backfill.sh
 
 fmt:
 	$(CARGO) fmt

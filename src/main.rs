@@ -37,6 +37,9 @@ enum Command {
     Crd,
     /// Apply one phase's SQL to the database (what an executor Job runs).
     Apply(phasegate::executor::ApplyArgs),
+    /// Fill data between expand and contract in throttled, resumable batches (what a
+    /// backfill Job runs).
+    Backfill(phasegate::executor::backfill::BackfillArgs),
     /// Lint SQL files for a phase with PostgreSQL's own parser (for CI).
     Lint(phasegate::lint::cli::LintArgs),
     /// Approve contract of a Manual migration (sets phasegate.dev/approve: "true").
@@ -140,6 +143,10 @@ fn main() -> ExitCode {
         Command::Apply(args) => {
             telemetry::init(cli.log_format, "info");
             runtime.block_on(phasegate::executor::apply(args))
+        }
+        Command::Backfill(args) => {
+            telemetry::init(cli.log_format, "info");
+            runtime.block_on(phasegate::executor::backfill::run(args))
         }
         Command::Lint(args) => phasegate::lint::cli::run(args),
     }

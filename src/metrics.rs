@@ -26,12 +26,13 @@ use crate::api::{DatabaseMigration, DatabaseMigrationStatus, Phase, PhaseStatus}
 use crate::executor::report::Report;
 
 /// Every phase, so that a namespace's gauge shows zeros rather than missing series.
-pub const PHASES: [Phase; 8] = [
+pub const PHASES: [Phase; 9] = [
     Phase::Pending,
     Phase::Expanding,
     Phase::AwaitingRollout,
     Phase::Soaking,
     Phase::AwaitingApproval,
+    Phase::Backfilling,
     Phase::Contracting,
     Phase::Succeeded,
     Phase::Failed,

@@ -2,9 +2,11 @@
 //!
 //! Doc comments on fields become `kubectl explain` text; keep them user-facing.
 
+mod backfill;
 mod spec;
 mod status;
 
+pub use backfill::*;
 pub use spec::*;
 pub use status::*;
 

@@ -10,6 +10,7 @@ use super::DatabaseMigrationStatus;
 /// A PostgreSQL schema change run with the expand/contract pattern: expand, wait until every
 /// target workload runs `appVersion` or newer, then contract.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.backfill) == has(oldSelf.backfill)").message("backfill cannot be added or removed after creation; create a new DatabaseMigration"))]
 #[kube(
     group = "phasegate.dev",
     version = "v1alpha1",
@@ -63,6 +64,12 @@ pub struct DatabaseMigrationSpec {
     /// Lock and statement limits for the executor.
     #[serde(default)]
     pub safety: SafetySpec,
+
+    /// Data to fill between expand and contract, in small throttled, resumable batches once
+    /// the rollout is complete; contract waits until it is done. Cannot be added or removed
+    /// after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<super::BackfillSpec>,
 }
 
 /// Where the database is.

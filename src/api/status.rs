@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 #[schemars(extend("default" = {"observedGeneration": 0}))]
 pub struct DatabaseMigrationStatus {
     /// Where the migration is: Pending, Expanding, AwaitingRollout, Soaking,
-    /// AwaitingApproval, Contracting, Succeeded or Failed.
+    /// AwaitingApproval, Backfilling, Contracting, Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// The `metadata.generation` this status was computed from.
@@ -56,6 +56,11 @@ pub struct DatabaseMigrationStatus {
     /// The last `phasegate.dev/retry` annotation value acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_retry: Option<String>,
+
+    // --- backfill (issue 13) ---
+    /// The backfill's executions and progress (with `spec.backfill`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<super::BackfillStatus>,
 }
 
 /// The lifecycle of a migration.
@@ -73,6 +78,8 @@ pub enum Phase {
     AwaitingApproval,
     /// The contract Job is running.
     Contracting,
+    /// The rollout is complete; the backfill Job runs (`spec.backfill`).
+    Backfilling,
     /// Both phases are applied.
     Succeeded,
     /// A phase failed, the spec is invalid or the rollout timed out; see the `Stalled`
@@ -90,6 +97,7 @@ impl Phase {
             Phase::Soaking => "Soaking",
             Phase::AwaitingApproval => "AwaitingApproval",
             Phase::Contracting => "Contracting",
+            Phase::Backfilling => "Backfilling",
             Phase::Succeeded => "Succeeded",
             Phase::Failed => "Failed",
         }

@@ -141,8 +141,18 @@ pub fn build_job(
             env.push(plain("PHASEGATE_REQUIRE_EXPAND", "true"));
         }
     }
+    if phase == JobPhase::Backfill {
+        env.extend(backfill_env(spec, status));
+    }
 
     let (mut template, backoff_limit) = match (sql, user_job) {
+        (Some(_), _) if phase == JobPhase::Backfill => {
+            let mut t = executor_template(cfg, env);
+            if let Some(c) = t.spec.as_mut().and_then(|ps| ps.containers.first_mut()) {
+                c.args = Some(vec!["backfill".into()]);
+            }
+            (t, 0)
+        }
         (Some(sql), _) => {
             env.push(plain("PHASEGATE_SQL", sql));
             (executor_template(cfg, env), 0)
@@ -191,6 +201,63 @@ pub fn build_job(
         }),
         status: None,
     })
+}
+
+/// The settings of `phasegate backfill` (see [`crate::executor::backfill::BackfillArgs`]).
+fn backfill_env(
+    spec: &crate::api::DatabaseMigrationSpec,
+    status: &DatabaseMigrationStatus,
+) -> Vec<EnvVar> {
+    let Some(b) = &spec.backfill else {
+        return Vec::new();
+    };
+    let mut env = vec![
+        plain("PHASEGATE_BACKFILL_TABLE", &b.table),
+        plain("PHASEGATE_BACKFILL_KEY", &b.key),
+        plain("PHASEGATE_BACKFILL_SQL", &b.sql),
+        plain(
+            "PHASEGATE_BACKFILL_STATEMENT_TIMEOUT",
+            &spec.safety.statement_timeout,
+        ),
+        // The rollout epoch, exactly as status stores it: another epoch restarts the scan.
+        plain("PHASEGATE_BACKFILL_EPOCH", &backfill_epoch(status)),
+    ];
+    let opt = [
+        (
+            "PHASEGATE_BACKFILL_BATCH_SIZE",
+            b.batch_size.map(|n| n.to_string()),
+        ),
+        (
+            "PHASEGATE_BACKFILL_MAX_BATCH_SIZE",
+            b.max_batch_size.map(|n| n.to_string()),
+        ),
+        (
+            "PHASEGATE_BACKFILL_TARGET_BATCH_DURATION",
+            b.target_batch_duration.clone(),
+        ),
+        ("PHASEGATE_BACKFILL_PAUSE", b.pause.clone()),
+        ("PHASEGATE_BACKFILL_LOCK_TIMEOUT", b.lock_timeout.clone()),
+        (
+            "PHASEGATE_BACKFILL_MAX_REPLICATION_LAG",
+            b.max_replication_lag.clone(),
+        ),
+    ];
+    env.extend(opt.into_iter().filter_map(|(k, v)| Some(plain(k, &v?))));
+    env
+}
+
+/// The rollout epoch a backfill attempt runs in: when the rollout completed, as status stores
+/// it, and how many regressions the backfill has seen (two completions within one second
+/// still differ).
+pub fn backfill_epoch(status: &DatabaseMigrationStatus) -> String {
+    let at = status
+        .rollout_completed_at
+        .as_ref()
+        .and_then(|t| serde_json::to_value(t).ok())
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let regressions = status.backfill.as_ref().map_or(0, |b| b.regressions);
+    format!("{at}/{regressions}")
 }
 
 fn plain(name: &str, value: &str) -> EnvVar {
@@ -445,6 +512,14 @@ pub async fn observe_reported(
     let holdup = match stuck_reason(&job_pods, events, &name).await? {
         Some(why) => Some(Holdup::Stuck(why)),
         // Only Phasegate's own executor writes wait lines; a user Job's log is not ours to read.
+        // A backfill's log also carries its progress.
+        None if !user_job && phase == JobPhase::Backfill => {
+            executor_log(pods, &job_pods).await.and_then(|log| {
+                crate::executor::waits::current(&log)
+                    .map(Holdup::Waiting)
+                    .or_else(|| crate::executor::backfill::progress(&log).map(Holdup::Progress))
+            })
+        }
         None if !user_job => executor_wait(pods, &job_pods).await.map(Holdup::Waiting),
         None => None,
     };
@@ -463,6 +538,11 @@ const WAIT_LOG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// read (no `pods/log` permission, a kubelet that does not answer): only the explanation is
 /// lost, never the fence.
 async fn executor_wait(pods: &Api<Pod>, job_pods: &[Pod]) -> Option<String> {
+    crate::executor::waits::current(&executor_log(pods, job_pods).await?)
+}
+
+/// The tail of the running executor's log; `None` when it cannot be read.
+async fn executor_log(pods: &Api<Pod>, job_pods: &[Pod]) -> Option<String> {
     let running = job_pods.iter().find(|p| {
         p.metadata.deletion_timestamp.is_none()
             && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
@@ -475,7 +555,7 @@ async fn executor_wait(pods: &Api<Pod>, job_pods: &[Pod]) -> Option<String> {
     };
     let name = running.name_any();
     match tokio::time::timeout(WAIT_LOG_TIMEOUT, pods.logs(&name, &params)).await {
-        Ok(Ok(log)) => crate::executor::waits::current(&log),
+        Ok(Ok(log)) => Some(log),
         Ok(Err(e)) => {
             tracing::debug!(pod = %name, error = %e, "could not read the executor's log");
             None
@@ -665,6 +745,75 @@ mod tests {
             .flatten()
             .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
             .collect()
+    }
+
+    #[test]
+    fn backfill_job_runs_phasegate_backfill_in_the_rollout_epoch() {
+        let mut m = migration("fill");
+        m.spec.backfill = serde_json::from_value(serde_json::json!({
+            "table": "users", "key": "id", "pause": "10ms", "batchSize": 200,
+            "sql": "UPDATE users SET a = b WHERE id > $1 AND id <= $2"
+        }))
+        .expect("backfill spec");
+        let mut status = DatabaseMigrationStatus {
+            rollout_completed_at: Some(Time(Timestamp::from_second(1_700_000_000).expect("ts"))),
+            ..DatabaseMigrationStatus::default()
+        };
+        let job = build_job(
+            &m,
+            &status,
+            JobPhase::Backfill,
+            2,
+            &ExecutorConfig::default(),
+        )
+        .expect("job");
+        assert_eq!(job.metadata.name.as_deref(), Some("fill-backfill-2-0a1b2"));
+        let pod = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod");
+        assert_eq!(pod.containers[0].args, Some(vec!["backfill".to_string()]));
+        let env = env_of(&job);
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(get("PHASEGATE_BACKFILL_TABLE"), Some("users"));
+        assert_eq!(get("PHASEGATE_BACKFILL_KEY"), Some("id"));
+        assert_eq!(get("PHASEGATE_BACKFILL_PAUSE"), Some("10ms"));
+        assert_eq!(get("PHASEGATE_BACKFILL_BATCH_SIZE"), Some("200"));
+        assert_eq!(
+            get("PHASEGATE_BACKFILL_LOCK_TIMEOUT"),
+            None,
+            "unset: the executor's default"
+        );
+        assert_eq!(get("PHASEGATE_SQL"), None);
+        assert_eq!(
+            get("PHASEGATE_BACKFILL_EPOCH"),
+            Some("2023-11-14T22:13:20Z/0")
+        );
+        // The epoch is the stored form: a status read back from the API server gives the same.
+        let stored: DatabaseMigrationStatus =
+            serde_json::from_value(serde_json::to_value(&status).expect("json")).expect("back");
+        assert_eq!(backfill_epoch(&stored), backfill_epoch(&status));
+        // Also when the plan that starts the Job holds a sub-second timestamp.
+        let fine = DatabaseMigrationStatus {
+            rollout_completed_at: Some(Time(
+                Timestamp::new(1_700_000_000, 123_456_789).expect("ts"),
+            )),
+            ..DatabaseMigrationStatus::default()
+        };
+        let fine_stored: DatabaseMigrationStatus =
+            serde_json::from_value(serde_json::to_value(&fine).expect("json")).expect("back");
+        assert_eq!(backfill_epoch(&fine_stored), backfill_epoch(&fine));
+        status.backfill = Some(crate::api::BackfillStatus {
+            regressions: 1,
+            ..Default::default()
+        });
+        assert_eq!(backfill_epoch(&status), "2023-11-14T22:13:20Z/1");
+        assert!(created_for(
+            &job,
+            m.metadata.uid.as_deref().unwrap_or_default(),
+            sql_checksum(&m, JobPhase::Backfill).as_deref()
+        ));
     }
 
     #[test]

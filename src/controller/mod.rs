@@ -361,6 +361,7 @@ fn migrations_waiting_on(caches: &cache::Caches, p: &Pod) -> Vec<ObjectRef<Datab
                     Phase::AwaitingRollout
                         | Phase::Soaking
                         | Phase::AwaitingApproval
+                        | Phase::Backfilling
                         | Phase::Contracting
                 )
             )

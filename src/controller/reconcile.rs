@@ -92,6 +92,25 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     } else {
         (JobState::Absent, None)
     };
+    // The backfill's Job, while it may still run (see planner/backfill.rs).
+    let backfill_job = match (&dbm.spec.backfill, &status.backfill) {
+        (Some(_), rec)
+            if expanded && !contracted && !rec.as_ref().is_some_and(|b| b.run.succeeded) =>
+        {
+            jobs::observe_reported(
+                &ctx.caches,
+                &pods_api,
+                &events_api,
+                &dbm,
+                JobPhase::Backfill,
+                rec.as_ref().map_or(1, |b| b.run.attempts.max(1)),
+                false,
+            )
+            .await?
+            .0
+        }
+        _ => JobState::Absent,
+    };
     // A finished migration no longer looks at its targets (the planner ignores them then);
     // with versionOrder NotPrevious they are looked at from the start, to record what ran.
     let record_previous = dbm.spec.rollout.version_order == crate::api::VersionOrder::NotPrevious
@@ -127,8 +146,9 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     let uid = dbm.uid().unwrap_or_default();
     // A running Job is looked at again now and then even without a watch event: a pod the
     // API server refuses never exists, so only the Job controller's Events tell (unwatched).
-    let running =
-        matches!(expand_job, JobState::Running(_)) || matches!(contract_job, JobState::Running(_));
+    let running = matches!(expand_job, JobState::Running(_))
+        || matches!(contract_job, JobState::Running(_))
+        || matches!(backfill_job, JobState::Running(_));
     let mut input = Input {
         now,
         name: &name,
@@ -142,17 +162,21 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         retry: annotations.get(ANNOTATION_RETRY).map(String::as_str),
         expand_job,
         contract_job,
+        backfill_job,
+        backfill_paused: annotations
+            .get(crate::api::ANNOTATION_BACKFILL_PAUSED)
+            .is_some_and(|v| v == "true"),
         targets,
         job_policy: &ctx.config.executor.job_policy,
         waits_for,
     };
     let mut plan = planner::plan(&input);
     // The gate is about to open: judge it again on a quorum read from the API server, so that
-    // a rollback the caches have not seen yet cannot let contract start.
+    // a rollback the caches have not seen yet cannot let contract (or the backfill) start.
     if matches!(
         plan.action,
         planner::Action::StartJob {
-            phase: JobPhase::Contract,
+            phase: JobPhase::Contract | JobPhase::Backfill,
             ..
         }
     ) {

@@ -14,6 +14,7 @@
 //! statement in flight, rolls the transaction back and is checked again immediately before
 //! COMMIT, so a stopped run never commits anything it had not committed already.
 
+pub mod backfill;
 mod config;
 pub mod connect;
 pub mod dbcheck;

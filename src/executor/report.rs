@@ -113,6 +113,15 @@ impl Report {
             }
         };
         match self.outcome {
+            Outcome::Applied if self.phase == "backfill" => format!(
+                "backfill done: this run committed {} in {} ms ({})",
+                plural(self.statements as u64, "batch").replace("batchs", "batches"),
+                self.duration_ms,
+                plural(self.lock_retries.into(), "lock retry").replace("retrys", "retries"),
+            ),
+            Outcome::AlreadyApplied if self.phase == "backfill" => {
+                "backfill already done in this rollout epoch; nothing to do".to_string()
+            }
             Outcome::Applied => format!(
                 "applied {} in {} ms ({}, {}{}{}{})",
                 plural(self.statements as u64, "statement"),

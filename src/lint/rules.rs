@@ -98,7 +98,7 @@ pub const RULES: &[Rule] = &[
     rule("refresh-matview-non-concurrently", Ld, "refreshes a materialized view while blocking its readers",
         "Use REFRESH MATERIALIZED VIEW CONCURRENTLY (it needs a unique index on the view)."),
     rule("update-without-where", Ld, "updates every row in one transaction",
-        "Backfill in batches (UPDATE ... WHERE id BETWEEN ...) so rows are not locked for the whole phase."),
+        "Move it to spec.backfill: Phasegate runs it in short keyset batches (UPDATE ... WHERE id > $1 AND id <= $2), throttled and resumable, after the rollout and before contract (docs/backfill.md)."),
     rule("dml-after-ddl", Ld, "changes data while an earlier statement of the same transaction holds a lock that blocks the application",
         "Commit the DDL first: put a line `-- phasegate:commit` before the data change (it then runs in a transaction of its own), or move it to a later phase or a batched Job."),
 ];

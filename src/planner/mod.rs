@@ -6,6 +6,7 @@
 //! records and the Jobs that exist), never from the previous phase alone, so a lost status
 //! write or an operator restart cannot skip a gate.
 
+mod backfill;
 pub mod conditions;
 pub mod order;
 pub mod rollout;
@@ -24,11 +25,13 @@ use crate::api::{
 
 pub use validate::{validate, SpecError, ValidSpec};
 
-/// The two phases that run a Job.
+/// The phases that run a Job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum JobPhase {
     Expand,
     Contract,
+    /// `spec.backfill`: after the rollout completed, before soak, approval and contract.
+    Backfill,
 }
 
 impl JobPhase {
@@ -36,6 +39,7 @@ impl JobPhase {
         match self {
             JobPhase::Expand => "expand",
             JobPhase::Contract => "contract",
+            JobPhase::Backfill => "backfill",
         }
     }
 }
@@ -46,6 +50,7 @@ impl JobPhase {
         match self {
             JobPhase::Expand => (Phase::Expanding, reason::EXPANDING),
             JobPhase::Contract => (Phase::Contracting, reason::CONTRACTING),
+            JobPhase::Backfill => (Phase::Backfilling, reason::BACKFILLING),
         }
     }
 
@@ -54,6 +59,7 @@ impl JobPhase {
         match self {
             JobPhase::Expand => reason::EXPAND_FAILED,
             JobPhase::Contract => reason::CONTRACT_FAILED,
+            JobPhase::Backfill => reason::BACKFILL_FAILED,
         }
     }
 }
@@ -66,6 +72,7 @@ pub fn phase_code(
     match phase {
         JobPhase::Expand => (spec.expand.sql.as_deref(), spec.expand.job.as_ref()),
         JobPhase::Contract => (spec.contract.sql.as_deref(), spec.contract.job.as_ref()),
+        JobPhase::Backfill => (spec.backfill.as_ref().map(|b| b.sql.as_str()), None),
     }
 }
 
@@ -74,6 +81,7 @@ fn record_mut(status: &mut DatabaseMigrationStatus, phase: JobPhase) -> &mut Pha
     match phase {
         JobPhase::Expand => status.expand.get_or_insert_with(PhaseStatus::default),
         JobPhase::Contract => status.contract.get_or_insert_with(PhaseStatus::default),
+        JobPhase::Backfill => &mut status.backfill.get_or_insert_with(Default::default).run,
     }
 }
 
@@ -109,6 +117,8 @@ pub enum Holdup {
     /// Phasegate's executor runs and waits for the database, as its log says (e.g. `waiting
     /// for an older transaction's lock since …: pid 42 (…) holds AccessShareLock on …`).
     Waiting(String),
+    /// A backfill Job makes progress, as its executor's log says (no Event: it changes often).
+    Progress(crate::api::BackfillProgress),
 }
 
 /// Attempts in total, automatic ones included, after which an executor that keeps dying
@@ -133,6 +143,10 @@ pub struct Input<'a> {
     pub expand_job: JobState,
     /// The Job of contract's attempt `max(attempts, 1)`.
     pub contract_job: JobState,
+    /// The Job of the backfill's attempt `max(attempts, 1)` (Absent without `spec.backfill`).
+    pub backfill_job: JobState,
+    /// The `phasegate.dev/backfill-paused` annotation is `"true"`.
+    pub backfill_paused: bool,
     /// Every target, judged (see [`rollout::evaluate`]); a target that could not be
     /// observed is present and incomplete.
     pub targets: Vec<TargetStatus>,
@@ -216,6 +230,12 @@ pub mod reason {
     /// A running attempt's executor waits for the database (a lock, old sessions, another
     /// migration); an Event only.
     pub const EXECUTOR_WAITING: &str = "ExecutorWaiting";
+    /// The backfill Job runs.
+    pub const BACKFILLING: &str = "Backfilling";
+    pub const BACKFILL_FAILED: &str = "BackfillFailed";
+    /// The backfill was paused by annotation (its Job stopped; resuming continues from the
+    /// checkpoint).
+    pub const BACKFILL_PAUSED: &str = "BackfillPaused";
 }
 
 /// The `phasegate.dev/retry` annotation within one plan. A value differing from
@@ -550,8 +570,16 @@ impl<'a> Planner<'a> {
         self.adopt(phase, attempt);
         let mut suffix = match holdup {
             Some(Holdup::Stuck(w) | Holdup::Waiting(w)) => format!("; {w}"),
+            Some(Holdup::Progress(p)) => format!("; {}", p.summary()),
             None => String::new(),
         };
+        if let Some(Holdup::Progress(p)) = holdup {
+            if phase == JobPhase::Backfill {
+                if let Some(b) = self.status.backfill.as_mut() {
+                    b.progress = Some(p.clone());
+                }
+            }
+        }
         let rec = record_mut(&mut self.status, phase);
         if rec.reason.as_deref() == Some(reason::EXECUTOR_DIED) {
             if let Some(m) = &rec.message {
@@ -559,7 +587,8 @@ impl<'a> Planner<'a> {
             }
         }
         let message = format!("{phase} Job attempt {attempt} is running{suffix}");
-        if let Some(h) = holdup {
+        let no_detail = String::new();
+        if let Some(h) = holdup.filter(|h| !matches!(h, Holdup::Progress(_))) {
             let cut: String = message
                 .chars()
                 .take(conditions::MAX_MESSAGE_CHARS)
@@ -575,6 +604,7 @@ impl<'a> Planner<'a> {
                 let (warning, why, w) = match h {
                     Holdup::Stuck(w) => (true, reason::JOB_STUCK, w),
                     Holdup::Waiting(w) => (false, reason::EXECUTOR_WAITING, w),
+                    Holdup::Progress(_) => (false, reason::EXECUTOR_WAITING, &no_detail),
                 };
                 self.extra_notices.push(Transition {
                     warning,
@@ -748,6 +778,9 @@ impl<'a> Planner<'a> {
         if let Err(why) = rollout {
             return Some(why.clone());
         }
+        if !self.backfill_done_in_epoch() {
+            return Some("the backfill has not finished in this rollout epoch".to_string());
+        }
         if self.input.spec.contract.approval == Approval::Manual && !self.input.approved {
             return Some(format!(
                 "the approval was withdrawn ({} is no longer \"true\")",
@@ -829,6 +862,7 @@ impl<'a> Planner<'a> {
             self.status.rollout_completed_at = None;
             self.status.contract_not_before = None;
             self.status.rollout_started_at = Some(self.now());
+            self.backfill_regressed();
         }
         let waiting: Vec<String> = targets
             .iter()
@@ -884,6 +918,8 @@ impl<'a> Planner<'a> {
 
         let started = self.status.rollout_started_at.get_or_insert(Time(now)).0;
         if let Err(msg) = rollout {
+            // The fence of the backfill: old code may write rows behind its checkpoint.
+            self.stop_backfill_on_closed_gate(&msg);
             if let Some(timeout) = valid.rollout_timeout {
                 let elapsed = elapsed(started, now);
                 if elapsed >= timeout {
@@ -910,6 +946,10 @@ impl<'a> Planner<'a> {
         }
 
         let completed = self.status.rollout_completed_at.get_or_insert(Time(now)).0;
+        // The backfill runs once no old code is left, and contract waits for it.
+        if !self.backfill() {
+            return;
+        }
         if let Some(delay) = valid.contract_delay {
             let soaked = elapsed(completed, now);
             if soaked < delay {

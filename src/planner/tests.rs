@@ -64,6 +64,7 @@ impl SpecBuilder {
             },
             safety: SafetySpec::default(),
             depends_on: Vec::new(),
+            backfill: None,
         })
     }
     fn targets(mut self, names: &[&str]) -> Self {
@@ -126,6 +127,8 @@ struct Fx {
     retry: Option<String>,
     expand_job: JobState,
     contract_job: JobState,
+    backfill_job: JobState,
+    backfill_paused: bool,
     targets: Vec<TargetStatus>,
 }
 
@@ -147,6 +150,8 @@ impl Fx {
             retry: None,
             expand_job: JobState::Absent,
             contract_job: JobState::Absent,
+            backfill_job: JobState::Absent,
+            backfill_paused: false,
             targets,
         }
     }
@@ -162,6 +167,8 @@ impl Fx {
             retry: self.retry.as_deref(),
             expand_job: self.expand_job.clone(),
             contract_job: self.contract_job.clone(),
+            backfill_job: self.backfill_job.clone(),
+            backfill_paused: self.backfill_paused,
             targets: self.targets.clone(),
             job_policy: &POLICY,
             waits_for: Vec::new(),
@@ -1552,6 +1559,8 @@ enum Ev {
     /// A running Job is deleted by hand.
     JobVanishes(JobPhase),
     Approve(bool),
+    /// The `phasegate.dev/backfill-paused` annotation is set (or removed).
+    Pause(bool),
     /// A new `retry` annotation value (or none).
     Retry(bool),
     Advance(u32),
@@ -1562,7 +1571,11 @@ enum Ev {
 }
 
 fn job_phase() -> impl Strategy<Value = JobPhase> {
-    prop_oneof![Just(JobPhase::Expand), Just(JobPhase::Contract)]
+    prop_oneof![
+        Just(JobPhase::Expand),
+        Just(JobPhase::Contract),
+        Just(JobPhase::Backfill)
+    ]
 }
 
 fn event(lost_writes: bool) -> impl Strategy<Value = Ev> {
@@ -1577,6 +1590,7 @@ fn event(lost_writes: bool) -> impl Strategy<Value = Ev> {
         1 => job_phase().prop_map(Ev::JobDies),
         1 => job_phase().prop_map(Ev::JobVanishes),
         1 => any::<bool>().prop_map(Ev::Approve),
+        1 => prop::bool::weighted(0.3).prop_map(Ev::Pause),
         1 => prop::bool::weighted(0.85).prop_map(Ev::Retry),
         3 => prop_oneof![1u32..60, 60u32..1500].prop_map(Ev::Advance),
         1 => any::<bool>().prop_map(move |l| Ev::Restart { lost: l && lost_writes }),
@@ -1589,6 +1603,7 @@ struct Params {
     delay: Option<&'static str>,
     timeout: Option<&'static str>,
     manual: bool,
+    backfill: bool,
 }
 
 fn params() -> impl Strategy<Value = Params> {
@@ -1597,12 +1612,14 @@ fn params() -> impl Strategy<Value = Params> {
         prop_oneof![Just(None), Just(Some("30s")), Just(Some("5m"))],
         prop_oneof![Just(None), Just(Some("3m")), Just(Some("20m"))],
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(targets, delay, timeout, manual)| Params {
+        .prop_map(|(targets, delay, timeout, manual, backfill)| Params {
             targets,
             delay,
             timeout,
             manual,
+            backfill,
         })
 }
 
@@ -1630,8 +1647,16 @@ struct Sim {
     timed_out: bool,
     /// A persisted status said Succeeded.
     succeeded: bool,
-    /// Contract commits that happened while a gate was closed in the world.
+    /// Contract commits that happened while a gate was closed in the world, or before a
+    /// backfill had completed with no old code running since it started.
     unsafe_commits: u32,
+    /// The backfill-paused annotation.
+    paused: bool,
+    /// Backfill attempts during which old code ran in the world (their scan may have missed
+    /// rows old code wrote).
+    tainted: std::collections::BTreeSet<u32>,
+    /// World truth: a backfill attempt completed and no old code ran since it started.
+    backfilled: bool,
     log: Vec<String>,
 }
 
@@ -1639,6 +1664,7 @@ fn key(p: JobPhase) -> u8 {
     match p {
         JobPhase::Expand => 0,
         JobPhase::Contract => 1,
+        JobPhase::Backfill => 2,
     }
 }
 
@@ -1655,6 +1681,21 @@ impl Sim {
         }
         if p.manual {
             b = b.manual();
+        }
+        if p.backfill {
+            b = b.with(|s| {
+                s.backfill = Some(crate::api::BackfillSpec {
+                    table: "users".into(),
+                    key: "id".into(),
+                    sql: "UPDATE users SET b = a WHERE id > $1 AND id <= $2".into(),
+                    batch_size: None,
+                    max_batch_size: None,
+                    target_batch_duration: None,
+                    pause: None,
+                    lock_timeout: None,
+                    max_replication_lag: None,
+                })
+            });
         }
         Self {
             lost_writes,
@@ -1673,12 +1714,35 @@ impl Sim {
             timed_out: false,
             succeeded: false,
             unsafe_commits: 0,
+            paused: false,
+            tainted: Default::default(),
+            backfilled: false,
             log: Vec::new(),
         }
     }
 
     fn all_complete(&self) -> bool {
         self.targets.iter().all(Tgt::complete)
+    }
+
+    fn old_code_runs(&self) -> bool {
+        self.targets.iter().any(Tgt::runs_old_code)
+    }
+
+    /// Old code runs now: what a backfill had done may be incomplete again.
+    fn taint_backfills(&mut self) {
+        if self.old_code_runs() {
+            self.backfilled = false;
+            let running: Vec<u32> = self
+                .jobs
+                .iter()
+                .filter(|((k, _), s)| {
+                    *k == key(JobPhase::Backfill) && **s == JobState::Running(None)
+                })
+                .map(|((_, a), _)| *a)
+                .collect();
+            self.tainted.extend(running);
+        }
     }
 
     /// A gate is closed in the world: old code can run, or a needed approval is missing.
@@ -1751,8 +1815,16 @@ impl Sim {
             Ev::JobSucceeds(p) => {
                 if let Some(k) = self.latest_running(p) {
                     // The executor commits now: the world must still let it.
-                    if p == JobPhase::Contract && self.gate_closed() {
+                    if p == JobPhase::Contract
+                        && (self.gate_closed()
+                            || (self.spec.backfill.is_some()
+                                && !self.backfilled
+                                && !self.lost_writes))
+                    {
                         self.unsafe_commits += 1;
+                    }
+                    if p == JobPhase::Backfill {
+                        self.backfilled = !self.tainted.contains(&k.1) && !self.old_code_runs();
                     }
                     self.jobs
                         .insert(k, JobState::Succeeded(Some(format!("{p} ok"))));
@@ -1774,6 +1846,7 @@ impl Sim {
                 }
             }
             Ev::Approve(a) => self.approved = a,
+            Ev::Pause(p) => self.paused = p,
             Ev::Retry(set) => {
                 if set {
                     self.retries += 1;
@@ -1801,6 +1874,7 @@ impl Sim {
         } else if self.all_complete() && self.complete_since.is_none() {
             self.complete_since = Some(self.now);
         }
+        self.taint_backfills();
     }
 
     /// Plan from the current status and world, check the invariants, apply the plan.
@@ -1817,6 +1891,11 @@ impl Sim {
             retry: self.retry.as_deref(),
             expand_job: self.job(JobPhase::Expand, &self.status.expand),
             contract_job: self.job(JobPhase::Contract, &self.status.contract),
+            backfill_job: self.job(
+                JobPhase::Backfill,
+                &self.status.backfill.as_ref().map(|b| b.run.clone()),
+            ),
+            backfill_paused: self.paused,
             targets,
             job_policy: &POLICY,
             waits_for: Vec::new(),
@@ -1825,6 +1904,18 @@ impl Sim {
         self.log.push(format!(
             "t={} phase={:?} action={:?} expand_job={:?} contract_job={:?}",
             self.now, plan.status.phase, plan.action, input.expand_job, input.contract_job
+        ));
+        self.log.push(format!(
+            "   backfill_job={:?} paused={} backfilled={} backfill={:?}",
+            input.backfill_job,
+            self.paused,
+            self.backfilled,
+            plan.status.backfill.as_ref().map(|b| (
+                &b.run.attempts,
+                &b.run.succeeded,
+                &b.run.reason,
+                &b.epoch
+            )),
         ));
         self.check(&input, &plan)?;
 
@@ -1835,6 +1926,9 @@ impl Sim {
                     .entry((key(phase), attempt))
                     .or_insert(JobState::Running(None));
                 started = Some((key(phase), attempt));
+                if phase == JobPhase::Backfill && self.old_code_runs() {
+                    self.tainted.insert(attempt);
+                }
             }
             // The Job is deleted; its executor rolls back (a Job that already finished keeps
             // its outcome: deleting it changes nothing in the database).
@@ -1850,6 +1944,19 @@ impl Sim {
             prop_assert!(
                 self.latest_running(JobPhase::Contract).is_none(),
                 "a contract attempt still runs after the plan saw a closed gate"
+            );
+        }
+        // The backfill's fence: no backfill attempt runs while old code can.
+        if self.old_code_runs() {
+            prop_assert!(
+                self.latest_running(JobPhase::Backfill).is_none(),
+                "a backfill attempt still runs after the plan saw old code"
+            );
+        }
+        if self.paused {
+            prop_assert!(
+                self.latest_running(JobPhase::Backfill).is_none(),
+                "a backfill attempt still runs after the plan saw the pause"
             );
         }
         self.prev_status = std::mem::replace(&mut self.status, plan.status.clone());
@@ -1893,6 +2000,25 @@ impl Sim {
                 );
                 prop_assert!(!self.gate_closed(), "contract started with a gate closed");
                 prop_assert!(expand_done, "contract started before expand succeeded");
+                // The backfill's invariant: contract never starts before the backfill
+                // succeeded in the current rollout epoch (world truth, and as status says).
+                if self.spec.backfill.is_some() {
+                    // World truth, unless a status write was lost: then the planner may
+                    // have forgotten a regression it saw (as it may forget the soak).
+                    prop_assert!(
+                        self.backfilled || self.lost_writes,
+                        "contract started before a backfill completed with no old code since"
+                    );
+                    prop_assert!(
+                        plan.status
+                            .backfill
+                            .as_ref()
+                            .is_some_and(|b| b.run.succeeded
+                                && b.epoch.is_some()
+                                && b.epoch == plan.status.rollout_completed_at),
+                        "contract started before the backfill succeeded in this rollout epoch"
+                    );
+                }
                 if self.spec.contract.approval == Approval::Manual {
                     prop_assert!(input.approved, "contract started without approval");
                 }
@@ -1955,6 +2081,59 @@ impl Sim {
                     "expand started while the current attempt runs or succeeded"
                 );
                 self.check_attempt(JobPhase::Expand, attempt)?;
+            }
+            Action::StartJob {
+                phase: JobPhase::Backfill,
+                attempt,
+            } => {
+                prop_assert!(
+                    self.spec.backfill.is_some(),
+                    "backfill without spec.backfill"
+                );
+                prop_assert!(expand_done, "backfill started before expand succeeded");
+                prop_assert!(
+                    !input.targets.is_empty()
+                        && input.targets.iter().all(|t| rollout::runs_only_new_code(
+                            t,
+                            &version::VersionRule::semver(&self.spec.app_version)
+                        ))
+                        && plan.status.rollout_completed_at.is_some(),
+                    "backfill started while old code can run"
+                );
+                prop_assert!(!input.backfill_paused, "backfill started while paused");
+                prop_assert!(
+                    !self.any_job(JobPhase::Backfill, |a, s| a != attempt
+                        && matches!(s, JobState::Running(None))),
+                    "backfill started while another backfill Job runs"
+                );
+                prop_assert!(
+                    !self.any_job(JobPhase::Contract, |_, s| matches!(
+                        s,
+                        JobState::Running(None) | JobState::Succeeded(_)
+                    )),
+                    "backfill started while contract runs or after it succeeded"
+                );
+                self.check_attempt(JobPhase::Backfill, attempt)?;
+            }
+            Action::StopJob {
+                phase: JobPhase::Backfill,
+                attempt,
+            } => {
+                let rec = input.status.backfill.as_ref();
+                prop_assert!(
+                    self.old_code_runs()
+                        || input.backfill_paused
+                        || rec.is_some_and(|b| b.epoch != plan.status.rollout_completed_at
+                            || matches!(
+                                b.run.reason.as_deref(),
+                                Some(reason::GATE_CLOSED | reason::BACKFILL_PAUSED)
+                            )),
+                    "stopped a backfill attempt for no reason"
+                );
+                prop_assert_eq!(
+                    Some(attempt),
+                    rec.map(|b| b.run.attempts.max(1)).or(Some(1))
+                );
             }
             Action::StopJob { phase, attempt } => {
                 prop_assert_eq!(phase, JobPhase::Contract, "only contract is fenced");
@@ -2041,7 +2220,8 @@ impl Sim {
             }
             self.apply(&Ev::Advance(3600));
             self.step()?;
-            for p in [JobPhase::Expand, JobPhase::Contract] {
+            self.paused = false;
+            for p in [JobPhase::Expand, JobPhase::Backfill, JobPhase::Contract] {
                 self.apply(&Ev::JobSucceeds(p));
             }
             self.step()?;
@@ -2125,6 +2305,7 @@ fn simulator_reaches_every_phase() {
         delay: Some("30s"),
         timeout: None,
         manual: true,
+        backfill: false,
     };
     let mut sim = Sim::new(&p, false);
     sim.step().unwrap();
@@ -2957,4 +3138,217 @@ fn a_regression_clears_the_contract_deadline() {
     fx.now = 300;
     fx.complete(true);
     assert_eq!(fx.step().status.contract_not_before, Some(time(900)));
+}
+
+// ---- Backfill (issue 13): after the rollout, before soak/approval/contract, fenced ----
+
+fn with_backfill(b: SpecBuilder) -> DatabaseMigrationSpec {
+    b.with(|s| {
+        s.backfill = Some(crate::api::BackfillSpec {
+            table: "users".into(),
+            key: "id".into(),
+            sql: "UPDATE users SET email_address = email WHERE id > $1 AND id <= $2 AND email_address IS NULL".into(),
+            batch_size: None,
+            max_batch_size: None,
+            target_batch_duration: None,
+            pause: None,
+            lock_timeout: None,
+            max_replication_lag: None,
+        })
+    })
+    .build()
+}
+
+#[test]
+fn backfill_runs_after_the_rollout_and_contract_waits_for_it() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    // Never while old code runs.
+    assert_eq!(fx.step().action, Action::None);
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Backfill, 1));
+    assert_eq!(phase(&p), Phase::Backfilling);
+    let b = p.status.backfill.clone().expect("backfill status");
+    assert_eq!(b.epoch, p.status.rollout_completed_at);
+    assert_eq!(
+        b.run.job_name.as_deref(),
+        Some("users-email-verified-backfill-1")
+    );
+    // Running with progress: in status, no contract, no Event per progress line.
+    let progress = crate::api::BackfillProgress {
+        rows_done: 500,
+        estimated_rows: 1000,
+        key_range_done_permille: 500,
+        batches: 5,
+        batch_size: 100,
+        rows_per_second: 50,
+        eta_seconds: Some(10),
+        throttled: None,
+    };
+    fx.backfill_job = JobState::Running(Some(Holdup::Progress(progress.clone())));
+    fx.now += 3600;
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::Backfilling);
+    assert!(p.notices.is_empty(), "{:?}", p.notices);
+    assert_eq!(
+        p.status.backfill.as_ref().and_then(|b| b.progress.clone()),
+        Some(progress)
+    );
+    assert!(
+        cond(&p.status, READY)
+            .message
+            .contains("backfilled 500 row(s) of ~1000"),
+        "{:?}",
+        cond(&p.status, READY)
+    );
+    // Done: contract starts in the same plan.
+    fx.backfill_job = JobState::Succeeded(Some("backfill done".into()));
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Contract, 1));
+    assert!(p.status.backfill.as_ref().is_some_and(|b| b.run.succeeded));
+    // Argo CD: Ready (expand applied) all along.
+    assert_eq!(cond(&p.status, READY).status, "True");
+}
+
+#[test]
+fn a_rollback_while_backfilling_stops_it_and_the_next_rollout_starts_over() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    assert_eq!(fx.step().action, start(JobPhase::Backfill, 1));
+    let first_epoch = fx.status.rollout_completed_at.clone();
+    fx.backfill_job = JobState::Running(None);
+    fx.now += 10;
+    fx.step();
+    // Old code again: the backfill Job is stopped at once.
+    fx.complete(false);
+    let p = fx.step();
+    assert_eq!(
+        p.action,
+        Action::StopJob {
+            phase: JobPhase::Backfill,
+            attempt: 1
+        }
+    );
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    assert_eq!(
+        p.status.backfill.as_ref().map(|b| b.regressions),
+        Some(1),
+        "the regression is recorded: the next run scans from the first key"
+    );
+    // Still stopping while its Job exists.
+    assert!(matches!(fx.step().action, Action::StopJob { .. }));
+    fx.backfill_job = JobState::Absent;
+    assert_eq!(fx.step().action, Action::None);
+    // A new complete rollout: a new attempt in a new epoch.
+    fx.now += 60;
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Backfill, 2));
+    let b = p.status.backfill.clone().unwrap();
+    assert_ne!(b.epoch, first_epoch);
+    assert_eq!(b.epoch, p.status.rollout_completed_at);
+    assert_eq!(b.regressions, 1);
+}
+
+#[test]
+fn a_regression_after_the_backfill_succeeded_runs_it_again_before_contract() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new().delay("10m")));
+    fx.complete(true);
+    assert_eq!(fx.step().action, start(JobPhase::Backfill, 1));
+    fx.backfill_job = JobState::Succeeded(None);
+    assert_eq!(phase(&fx.step()), Phase::Soaking);
+    fx.complete(false);
+    fx.step();
+    fx.complete(true);
+    // Within the same second as before: the regression count still tells the epochs apart.
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Backfill, 2));
+    assert!(!p.status.backfill.as_ref().unwrap().run.succeeded);
+}
+
+#[test]
+fn pausing_stops_the_backfill_and_resuming_continues_in_the_same_epoch() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    fx.step();
+    let epoch = fx.status.rollout_completed_at.clone();
+    fx.backfill_job = JobState::Running(None);
+    fx.step();
+    fx.backfill_paused = true;
+    let p = fx.step();
+    assert_eq!(
+        p.action,
+        Action::StopJob {
+            phase: JobPhase::Backfill,
+            attempt: 1
+        }
+    );
+    assert_eq!(
+        crate::planner::conditions::reason_of(&p.status.conditions, READY),
+        Some(reason::BACKFILL_PAUSED)
+    );
+    fx.backfill_job = JobState::Absent;
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::Backfilling);
+    fx.backfill_paused = false;
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Backfill, 2));
+    assert_eq!(p.status.backfill.as_ref().unwrap().epoch, epoch);
+    assert_eq!(p.status.backfill.as_ref().unwrap().regressions, 0);
+}
+
+#[test]
+fn a_failed_backfill_fails_the_migration_until_a_retry_resumes_it() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    fx.step();
+    fx.backfill_job = JobState::Failed("ERROR 23502: null value".into());
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Failed);
+    assert_eq!(
+        crate::planner::conditions::reason_of(&p.status.conditions, STALLED),
+        Some(reason::BACKFILL_FAILED)
+    );
+    assert!(cond(&p.status, STALLED).message.contains("checkpoint"));
+    assert_eq!(p.action, Action::None);
+    assert_eq!(fx.step().action, Action::None);
+    fx.retry("1");
+    assert_eq!(fx.step().action, start(JobPhase::Backfill, 2));
+}
+
+#[test]
+fn a_dead_backfill_executor_is_retried_once_automatically() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    fx.step();
+    fx.backfill_job = JobState::Died("OOMKilled".into());
+    assert_eq!(fx.step().action, start(JobPhase::Backfill, 2));
+    fx.backfill_job = JobState::Died("OOMKilled".into());
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::Failed);
+}
+
+#[test]
+fn a_running_contract_stops_if_the_backfill_is_not_done_in_this_epoch() {
+    // Defense in depth: only reachable through a status that lost the backfill's success.
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    fx.step();
+    fx.backfill_job = JobState::Succeeded(None);
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
+    fx.contract_job = JobState::Running(None);
+    fx.backfill_job = JobState::Absent;
+    if let Some(b) = fx.status.backfill.as_mut() {
+        b.run.succeeded = false;
+    }
+    assert!(matches!(
+        fx.step().action,
+        Action::StopJob {
+            phase: JobPhase::Contract,
+            ..
+        }
+    ));
 }

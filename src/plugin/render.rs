@@ -305,10 +305,18 @@ pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
     }
 
     // Phases.
-    for (title, phase) in [("Expand", &status.expand), ("Contract", &status.contract)] {
-        let _ = writeln!(out, "\n{}", style.paint(Tone::Bold, title));
-        render_phase(&mut out, style, phase.as_ref());
+    let _ = writeln!(out, "\n{}", style.paint(Tone::Bold, "Expand"));
+    render_phase(&mut out, style, status.expand.as_ref());
+    if dbm.spec.backfill.is_some() {
+        let _ = writeln!(out, "\n{}", style.paint(Tone::Bold, "Backfill"));
+        let b = status.backfill.clone().unwrap_or_default();
+        render_phase(&mut out, style, Some(&b.run));
+        if let Some(p) = &b.progress {
+            let _ = writeln!(out, "  progress:  {}", indented(&p.summary(), 13));
+        }
     }
+    let _ = writeln!(out, "\n{}", style.paint(Tone::Bold, "Contract"));
+    render_phase(&mut out, style, status.contract.as_ref());
 
     if let Some(hint) = next_step(dbm) {
         let _ = writeln!(out, "\n{} {hint}", style.paint(Tone::Bold, "Next:"));

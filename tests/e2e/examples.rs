@@ -543,3 +543,32 @@ async fn examples_argocd_sync_waves() {
     assert!(!env.column_exists("users", "legacy_flag").await);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn examples_backfill() {
+    let env = Env::new("ex-backfill").await;
+    run_sql_file(&env, "examples/backfill/schema.sql").await;
+    apply_file(&env, "examples/backfill/deployment.yaml").await;
+    wait_deployments(&env, &["shop-api"]).await;
+    apply_file(&env, "examples/backfill/migration.yaml").await;
+    let name = "users-email-address-2-0-0";
+    env.wait_phase(name, Phase::AwaitingRollout, T).await;
+    assert!(env.column_exists("users", "email_address").await);
+    assert!(env.job_names("backfill").await.is_empty());
+    ship(&env, "shop-api", "2.0.0").await;
+    env.wait_phase(name, Phase::Succeeded, T).await;
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM users WHERE email_address IS NULL"
+        )
+        .await,
+        0,
+        "the backfill filled every row"
+    );
+    assert!(
+        !env.column_exists("users", "email").await,
+        "contract dropped users.email after the backfill"
+    );
+    env.cleanup().await;
+}

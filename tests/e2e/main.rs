@@ -5,6 +5,7 @@
 //! local one. Built only with `--features e2e`.
 
 mod argo;
+mod backfill;
 mod examples;
 mod failures;
 mod fence;

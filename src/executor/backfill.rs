@@ -1,0 +1,1120 @@
+//! `phasegate backfill`: fills data between expand and contract in small keyset batches.
+//!
+//! Each batch runs the user's batch SQL for one key range `($1, $2]` (exclusive lower bound,
+//! inclusive upper bound, both `bigint`) and advances the checkpoint row in
+//! `phasegate.backfill` in the same short transaction, so a batch is applied exactly once
+//! whatever crashes or retries: a killed executor (SIGKILL, a node drain) loses at most the
+//! batch in flight, which PostgreSQL rolls back, and the next run resumes after the last
+//! committed batch. The checkpoint update is a compare-and-set on the previous upper bound, so
+//! two executors of the same backfill (a stopped pod still terminating while the next attempt
+//! starts) can never both commit the same batch.
+//!
+//! The checkpoint is keyed by the migration (namespace, name), and carries its uid, the
+//! backfill's checksum and the *rollout epoch* (`status.rolloutCompletedAt`). A different
+//! epoch means the rollout regressed since the scan began (old code ran again and may have
+//! written rows behind the checkpoint, without the new column): the scan restarts from the
+//! beginning. The same epoch resumes.
+//!
+//! The scan ends at the largest key that existed when it began (recorded in the checkpoint):
+//! the backfill only runs once no old code is left, so rows inserted later were written by new
+//! code and need no backfill, and a busy table's growing tail is never chased.
+//!
+//! Between batches: adapt the batch size toward the target batch duration, pause, and throttle
+//! while replication lag is above the limit or other sessions wait for locks on the table. A
+//! batch that hits `lock_timeout` is rolled back and retried with a smaller batch after a
+//! jittered backoff. Progress is printed as one JSON line per batch (at most every
+//! [`PROGRESS_EVERY`]) on stderr, which the operator reads from the pod's log tail.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio_postgres::types::Type;
+use tokio_postgres::Client;
+
+use super::config::parse_duration;
+use super::connect::{self, Scrubber};
+use super::report::{Outcome, Report, ReportError};
+use super::stop::{Signal, Stop};
+use super::{checksum, write_termination_log, Secret};
+
+/// Schema of the checkpoint table (created on first use, next to the ledger).
+pub const SCHEMA_SQL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS phasegate;
+CREATE TABLE IF NOT EXISTS phasegate.backfill (
+    namespace   text        NOT NULL,
+    name        text        NOT NULL,
+    uid         text        NOT NULL DEFAULT '',
+    checksum    text        NOT NULL,
+    epoch       text        NOT NULL,
+    status      text        NOT NULL CHECK (status IN ('running', 'done')),
+    min_key     bigint,
+    end_key     bigint,
+    last_key    bigint,
+    rows_done   bigint      NOT NULL DEFAULT 0,
+    batches     bigint      NOT NULL DEFAULT 0,
+    restarts    integer     NOT NULL DEFAULT 0,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    PRIMARY KEY (namespace, name)
+);
+COMMENT ON TABLE phasegate.backfill IS 'Backfill checkpoints of the Phasegate executor; do not edit by hand.';
+"#;
+
+/// At most one progress line per this interval (and one per batch below it).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Arguments of `phasegate backfill`; every flag can also come from the environment.
+#[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Exit status: 0 when the backfill is done (or was already done in this rollout \
+epoch); 1 when it failed; 143 (SIGTERM) or 130 (SIGINT) when stopped: every batch committed so \
+far is recorded in the checkpoint and the next run resumes after it."
+)]
+pub struct BackfillArgs {
+    /// PostgreSQL URL.
+    #[arg(long, env = "PHASEGATE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Secret,
+    /// The table to fill (optionally schema-qualified).
+    #[arg(long, env = "PHASEGATE_BACKFILL_TABLE")]
+    pub table: String,
+    /// A unique, integer (smallint, integer, bigint) column of the table to walk in order.
+    #[arg(long, env = "PHASEGATE_BACKFILL_KEY")]
+    pub key: String,
+    /// SQL of one batch: `$1` is the exclusive lower and `$2` the inclusive upper bound of the
+    /// key range (both bigint), e.g. `UPDATE t SET b = a WHERE id > $1 AND id <= $2 AND b IS NULL`.
+    #[arg(long, env = "PHASEGATE_BACKFILL_SQL", hide_env_values = true)]
+    pub sql: String,
+    /// Rows in the first batch; later batches adapt toward the target duration.
+    #[arg(long, env = "PHASEGATE_BACKFILL_BATCH_SIZE", default_value_t = 1000)]
+    pub batch_size: i64,
+    /// Largest batch the adaptation may reach.
+    #[arg(
+        long,
+        env = "PHASEGATE_BACKFILL_MAX_BATCH_SIZE",
+        default_value_t = 50_000
+    )]
+    pub max_batch_size: i64,
+    /// How long one batch's transaction should take.
+    #[arg(long, env = "PHASEGATE_BACKFILL_TARGET_BATCH_DURATION", default_value = "200ms", value_parser = parse_duration)]
+    pub target_batch_duration: Duration,
+    /// Sleep between batches.
+    #[arg(long, env = "PHASEGATE_BACKFILL_PAUSE", default_value = "50ms", value_parser = parse_duration)]
+    pub pause: Duration,
+    /// `lock_timeout` of each batch.
+    #[arg(long, env = "PHASEGATE_BACKFILL_LOCK_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    /// `statement_timeout` of each batch.
+    #[arg(long, env = "PHASEGATE_BACKFILL_STATEMENT_TIMEOUT", default_value = "1m", value_parser = parse_duration)]
+    pub statement_timeout: Duration,
+    /// Consecutive lock timeouts of one batch before the backfill fails.
+    #[arg(
+        long,
+        env = "PHASEGATE_BACKFILL_MAX_LOCK_RETRIES",
+        default_value_t = 30
+    )]
+    pub max_lock_retries: u32,
+    /// Throttle while a standby's replay lag (`pg_stat_replication`) exceeds this (0: off).
+    #[arg(long, env = "PHASEGATE_BACKFILL_MAX_REPLICATION_LAG", default_value = "10s", value_parser = parse_duration)]
+    pub max_replication_lag: Duration,
+    /// The rollout epoch (`status.rolloutCompletedAt`): a different one restarts the scan.
+    #[arg(long, env = "PHASEGATE_BACKFILL_EPOCH", default_value = "")]
+    pub epoch: String,
+    #[arg(long, env = "PHASEGATE_MIGRATION_NAMESPACE", default_value = "default")]
+    pub migration_namespace: String,
+    #[arg(long, env = "PHASEGATE_MIGRATION_NAME", default_value = "local")]
+    pub migration_name: String,
+    #[arg(long, env = "PHASEGATE_MIGRATION_UID", default_value = "")]
+    pub migration_uid: String,
+    #[arg(long, env = "PHASEGATE_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    #[arg(
+        long,
+        env = "PHASEGATE_TERMINATION_LOG",
+        default_value = "/dev/termination-log"
+    )]
+    pub termination_log: PathBuf,
+}
+
+/// Everything a run needs (see [`BackfillArgs`]).
+#[derive(Debug, Clone)]
+pub struct BackfillConfig {
+    pub database_url: Secret,
+    pub table: String,
+    pub key: String,
+    pub sql: String,
+    pub batch_size: i64,
+    pub max_batch_size: i64,
+    pub target_batch_duration: Duration,
+    pub pause: Duration,
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub max_lock_retries: u32,
+    pub max_replication_lag: Duration,
+    pub epoch: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub connect_timeout: Duration,
+    pub stop: Stop,
+}
+
+impl BackfillConfig {
+    pub fn new(
+        url: impl Into<String>,
+        table: impl Into<String>,
+        key: impl Into<String>,
+        sql: impl Into<String>,
+    ) -> BackfillConfig {
+        BackfillConfig {
+            database_url: Secret(url.into()),
+            table: table.into(),
+            key: key.into(),
+            sql: sql.into(),
+            batch_size: 1000,
+            max_batch_size: 50_000,
+            target_batch_duration: Duration::from_millis(200),
+            pause: Duration::from_millis(50),
+            lock_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(60),
+            max_lock_retries: 30,
+            max_replication_lag: Duration::from_secs(10),
+            epoch: String::new(),
+            namespace: "default".into(),
+            name: "local".into(),
+            uid: String::new(),
+            connect_timeout: Duration::from_secs(10),
+            stop: Stop::new(),
+        }
+    }
+
+    fn from_args(a: BackfillArgs) -> BackfillConfig {
+        BackfillConfig {
+            database_url: a.database_url,
+            table: a.table,
+            key: a.key,
+            sql: a.sql,
+            batch_size: a.batch_size,
+            max_batch_size: a.max_batch_size,
+            target_batch_duration: a.target_batch_duration,
+            pause: a.pause,
+            lock_timeout: a.lock_timeout,
+            statement_timeout: a.statement_timeout,
+            max_lock_retries: a.max_lock_retries,
+            max_replication_lag: a.max_replication_lag,
+            epoch: a.epoch,
+            namespace: a.migration_namespace,
+            name: a.migration_name,
+            uid: a.migration_uid,
+            connect_timeout: a.connect_timeout,
+            stop: Stop::new(),
+        }
+    }
+
+    /// What identifies this backfill's work: a change restarts the scan.
+    pub fn checksum(&self) -> String {
+        checksum(&format!(
+            "{}\n{}\n{}",
+            self.table.trim(),
+            self.key.trim(),
+            self.sql.trim()
+        ))
+    }
+}
+
+pub use crate::api::BackfillProgress;
+
+impl BackfillProgress {
+    /// One line for a status message.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "backfilled {} row(s) of ~{} ({}.{}% of the key range, {} batches of {}, {} rows/s",
+            self.rows_done,
+            self.estimated_rows,
+            self.key_range_done_permille / 10,
+            self.key_range_done_permille % 10,
+            self.batches,
+            self.batch_size,
+            self.rows_per_second
+        );
+        if let Some(eta) = self.eta_seconds {
+            s.push_str(&format!(
+                ", ETA {}",
+                humantime::format_duration(Duration::from_secs(eta.max(0) as u64))
+            ));
+        }
+        s.push(')');
+        if let Some(t) = &self.throttled {
+            s.push_str(&format!("; throttled: {t}"));
+        }
+        s
+    }
+}
+
+/// The newest progress line in the tail of the executor's log, if any.
+pub fn progress(log_tail: &str) -> Option<BackfillProgress> {
+    log_tail.lines().rev().find_map(|raw| {
+        let v: serde_json::Value = serde_json::from_str(&raw[raw.find('{')?..]).ok()?;
+        serde_json::from_value(v.get("backfill")?.clone()).ok()
+    })
+}
+
+fn progress_line(p: &BackfillProgress) -> String {
+    serde_json::json!({
+        "timestamp": jiff::Timestamp::now().to_string(),
+        "level": "INFO",
+        "message": "backfill progress",
+        "backfill": p,
+    })
+    .to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("invalid setting: {0}")]
+    Setting(String),
+    #[error(transparent)]
+    Connect(#[from] connect::ConnectError),
+    #[error("{message}")]
+    Db {
+        sqlstate: Option<String>,
+        message: String,
+    },
+    #[error("a batch could not take its locks within lock_timeout {lock_timeout} in {attempts} consecutive attempts; the checkpoint keeps every committed batch, retry later")]
+    LockRetriesExhausted { attempts: u32, lock_timeout: String },
+    #[error("the checkpoint moved under this run (another executor runs the same backfill); this run's batch was rolled back")]
+    CheckpointMoved,
+    #[error("stopped by {}: {batches} batch(es) committed by this run are recorded in the checkpoint; the next run resumes after them", signal.name())]
+    Stopped { signal: Signal, batches: u64 },
+}
+
+impl BackfillError {
+    fn db(e: &tokio_postgres::Error) -> BackfillError {
+        let (sqlstate, message) = connect::describe(e);
+        BackfillError::Db { sqlstate, message }
+    }
+
+    fn sqlstate(&self) -> Option<String> {
+        match self {
+            BackfillError::Db { sqlstate, .. } => sqlstate.clone(),
+            BackfillError::Connect(connect::ConnectError::Connect { sqlstate, .. }) => {
+                sqlstate.clone()
+            }
+            BackfillError::LockRetriesExhausted { .. } => Some("55P03".into()),
+            _ => None,
+        }
+    }
+}
+
+/// Counters of one run.
+#[derive(Debug, Default)]
+struct RunStats {
+    batches: u64,
+    attempts: u32,
+    lock_retries: u32,
+    throttle_wait: Duration,
+}
+
+/// Entry point of `phasegate backfill`.
+pub async fn run(args: BackfillArgs) -> std::process::ExitCode {
+    let termination_log = args.termination_log.clone();
+    let stop = Stop::new();
+    if let Err(e) = stop.on_signals() {
+        tracing::warn!(error = %e, "cannot handle SIGTERM/SIGINT; a stop will kill the process instead");
+    }
+    let mut cfg = BackfillConfig::from_args(args);
+    cfg.stop = stop.clone();
+    let report = execute(&cfg).await;
+    let line = report.to_json_line();
+    write_termination_log(&termination_log, &line);
+    println!("{line}");
+    match (report.is_success(), stop.requested()) {
+        (true, _) => std::process::ExitCode::SUCCESS,
+        (false, Some(signal)) => std::process::ExitCode::from(signal.exit_code()),
+        (false, None) => std::process::ExitCode::FAILURE,
+    }
+}
+
+/// Runs the backfill and returns its report (phase `backfill`; `statements` counts the
+/// batches this run committed). Never panics on database errors.
+pub async fn execute(cfg: &BackfillConfig) -> Report {
+    let start = Instant::now();
+    let scrub = Scrubber::for_url(&cfg.database_url.0);
+    let sum = cfg.checksum();
+    let mut stats = RunStats::default();
+    let result = run_inner(cfg, &sum, &mut stats, &scrub).await;
+    let (outcome, error) = match result {
+        Ok(o) => (o, None),
+        Err(e) => {
+            let message = scrub.scrub(&e.to_string());
+            tracing::error!(error = %message, "backfill failed");
+            (
+                Outcome::Failed,
+                Some(ReportError {
+                    sqlstate: e.sqlstate(),
+                    message,
+                    statement: None,
+                }),
+            )
+        }
+    };
+    Report {
+        outcome,
+        phase: "backfill".into(),
+        statements: stats.batches as usize,
+        attempts: stats.attempts,
+        lock_retries: stats.lock_retries,
+        lock_wait_ms: stats.throttle_wait.as_millis() as u64,
+        duration_ms: start.elapsed().as_millis() as u64,
+        checksum: Some(sum[..12].to_string()),
+        db_check_wait_ms: None,
+        db_check_warning: None,
+        db_check_rollbacks: None,
+        gate_to_commit_us: None,
+        stopped_by: cfg.stop.requested().map(|s| s.name().to_string()),
+        error,
+    }
+}
+
+/// Runs `fut` unless a stop is requested first.
+async fn or_stop<T>(
+    stop: &Stop,
+    batches: u64,
+    fut: impl std::future::Future<Output = Result<T, BackfillError>>,
+) -> Result<T, BackfillError> {
+    tokio::select! {
+        biased;
+        signal = stop.wait() => Err(BackfillError::Stopped { signal, batches }),
+        r = fut => r,
+    }
+}
+
+async fn sleep(stop: &Stop, batches: u64, d: Duration) -> Result<(), BackfillError> {
+    or_stop(stop, batches, async {
+        tokio::time::sleep(d).await;
+        Ok(())
+    })
+    .await
+}
+
+/// A double-quoted identifier, schema-qualified when `name` has one dot outside quotes.
+fn quote_ident_path(name: &str) -> Result<String, BackfillError> {
+    let name = name.trim();
+    if name.is_empty() || name.contains('"') || name.contains('\0') {
+        return Err(BackfillError::Setting(format!(
+            "{name:?} is not a plain table or column name"
+        )));
+    }
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(BackfillError::Setting(format!(
+            "{name:?} is not a plain (optionally schema-qualified) name"
+        )));
+    }
+    Ok(parts
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join("."))
+}
+
+/// Where the scan stands, from the checkpoint row.
+#[derive(Debug, Clone)]
+struct Checkpoint {
+    last_key: Option<i64>,
+    min_key: Option<i64>,
+    end_key: Option<i64>,
+    rows_done: i64,
+    batches: i64,
+    done: bool,
+    /// The scan (re)started in this run.
+    fresh: bool,
+}
+
+async fn ensure_table(c: &Client) -> Result<(), BackfillError> {
+    for _ in 0..3 {
+        let exists: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                 WHERE n.nspname = 'phasegate' AND c.relname = 'backfill')",
+                &[],
+            )
+            .await
+            .map_err(|e| BackfillError::db(&e))?
+            .get(0);
+        if exists {
+            return Ok(());
+        }
+        match c.batch_execute(SCHEMA_SQL).await {
+            Ok(()) => return Ok(()),
+            // Another executor created it at the same time: look again.
+            Err(e)
+                if e.code()
+                    .is_some_and(|s| matches!(s.code(), "23505" | "42P07" | "42P06")) =>
+            {
+                continue
+            }
+            Err(e) => return Err(BackfillError::db(&e)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the checkpoint, or (re)starts the scan: no row, another object (uid), other SQL
+/// (checksum) or another rollout epoch begins from the first key.
+async fn load_checkpoint(
+    c: &Client,
+    cfg: &BackfillConfig,
+    sum: &str,
+    table: &str,
+    key: &str,
+) -> Result<Checkpoint, BackfillError> {
+    let db = |e: tokio_postgres::Error| BackfillError::db(&e);
+    let row = c
+        .query_opt(
+            "SELECT uid, checksum, epoch, status = 'done', min_key, end_key, last_key, rows_done, batches
+               FROM phasegate.backfill WHERE namespace = $1 AND name = $2",
+            &[&cfg.namespace, &cfg.name],
+        )
+        .await
+        .map_err(db)?;
+    if let Some(r) = &row {
+        let (uid, checksum, epoch): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        if uid == cfg.uid && checksum == sum && epoch == cfg.epoch {
+            let cp = Checkpoint {
+                done: r.get(3),
+                min_key: r.get(4),
+                end_key: r.get(5),
+                last_key: r.get(6),
+                rows_done: r.get(7),
+                batches: r.get(8),
+                fresh: false,
+            };
+            if !cp.done {
+                tracing::info!(
+                    last_key = cp.last_key,
+                    end_key = cp.end_key,
+                    rows_done = cp.rows_done,
+                    "resuming the backfill from its checkpoint"
+                );
+            }
+            return Ok(cp);
+        }
+        let why = if uid != cfg.uid {
+            "the checkpoint belongs to another object of this name"
+        } else if checksum != sum {
+            "the backfill's table, key or SQL changed"
+        } else {
+            "the rollout epoch changed (the rollout regressed after the scan began: old code may have written rows behind the checkpoint)"
+        };
+        tracing::warn!(
+            previous_epoch = %epoch,
+            epoch = %cfg.epoch,
+            "restarting the backfill from the first key: {why}"
+        );
+    }
+    // The key range to walk: from the smallest key to the largest that exists now.
+    let bounds = c
+        .query_one(
+            &format!("SELECT min({key})::bigint, max({key})::bigint FROM {table}"),
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    let (min_key, end_key): (Option<i64>, Option<i64>) = (bounds.get(0), bounds.get(1));
+    let start_after = match min_key {
+        Some(m) => Some(m.checked_sub(1).ok_or_else(|| {
+            BackfillError::Setting(format!(
+                "the smallest key of {table} is the smallest bigint; it cannot be given as an exclusive lower bound"
+            ))
+        })?),
+        None => None,
+    };
+    let done = end_key.is_none();
+    c.execute(
+        "INSERT INTO phasegate.backfill AS b
+             (namespace, name, uid, checksum, epoch, status, min_key, end_key, last_key)
+         VALUES ($1, $2, $3, $4, $5, CASE WHEN $8 THEN 'done' ELSE 'running' END, $6, $7, $6)
+         ON CONFLICT (namespace, name) DO UPDATE SET
+             uid = EXCLUDED.uid, checksum = EXCLUDED.checksum, epoch = EXCLUDED.epoch,
+             status = EXCLUDED.status, min_key = EXCLUDED.min_key, end_key = EXCLUDED.end_key,
+             last_key = EXCLUDED.last_key, rows_done = 0, batches = 0,
+             restarts = b.restarts + 1, started_at = clock_timestamp(),
+             updated_at = clock_timestamp(),
+             finished_at = CASE WHEN $8 THEN clock_timestamp() END",
+        &[
+            &cfg.namespace,
+            &cfg.name,
+            &cfg.uid,
+            &sum,
+            &cfg.epoch,
+            &start_after,
+            &end_key,
+            &done,
+        ],
+    )
+    .await
+    .map_err(db)?;
+    Ok(Checkpoint {
+        last_key: start_after,
+        min_key: start_after,
+        end_key,
+        rows_done: 0,
+        batches: 0,
+        done,
+        fresh: true,
+    })
+}
+
+/// Why to hold off before the next batch, if anything says so.
+async fn throttle_reason(
+    c: &Client,
+    cfg: &BackfillConfig,
+    table_oid: u32,
+) -> Result<Option<String>, BackfillError> {
+    let db = |e: tokio_postgres::Error| BackfillError::db(&e);
+    if !cfg.max_replication_lag.is_zero() {
+        let lag: Option<f64> = c
+            .query_one(
+                "SELECT max(extract(epoch FROM greatest(write_lag, flush_lag, replay_lag)))::float8
+                   FROM pg_stat_replication",
+                &[],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        if let Some(lag) = lag.filter(|l| *l > cfg.max_replication_lag.as_secs_f64()) {
+            return Ok(Some(format!(
+                "replication lag {lag:.1}s exceeds maxReplicationLag {}",
+                humantime::format_duration(cfg.max_replication_lag)
+            )));
+        }
+    }
+    let waiting: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT pid) FROM pg_locks
+              WHERE locktype = 'relation' AND relation = $1 AND NOT granted
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&table_oid],
+        )
+        .await
+        .map_err(db)?
+        .get(0);
+    if waiting > 0 {
+        return Ok(Some(format!(
+            "{waiting} session(s) wait for a lock on the table; letting them go first"
+        )));
+    }
+    Ok(None)
+}
+
+/// The next batch size: toward the target duration, at most doubling or halving per batch.
+pub fn adapt(current: i64, took: Duration, target: Duration, max: i64) -> i64 {
+    let took = took.as_secs_f64().max(0.000_5);
+    let ratio = (target.as_secs_f64() / took).clamp(0.5, 2.0);
+    ((current as f64 * ratio) as i64).clamp(10, max.max(10))
+}
+
+async fn run_inner(
+    cfg: &BackfillConfig,
+    sum: &str,
+    stats: &mut RunStats,
+    scrub: &Scrubber,
+) -> Result<Outcome, BackfillError> {
+    let table = quote_ident_path(&cfg.table)?;
+    let key = quote_ident_path(&cfg.key)?;
+    if cfg.key.contains('.') {
+        return Err(BackfillError::Setting(
+            "the key is a column name, without table or schema".into(),
+        ));
+    }
+    if !cfg.sql.contains("$1") || !cfg.sql.contains("$2") {
+        return Err(BackfillError::Setting(
+            "the batch SQL must use $1 (exclusive lower bound) and $2 (inclusive upper bound) of the key range".into(),
+        ));
+    }
+    let stop = &cfg.stop;
+    let settings = connect::parse(&cfg.database_url.0)?;
+    let mut client = or_stop(stop, 0, async {
+        Ok(connect::connect(&settings, cfg.connect_timeout, scrub).await?)
+    })
+    .await?;
+    let db = |e: tokio_postgres::Error| BackfillError::db(&e);
+    let _ = client
+        .batch_execute("SET client_connection_check_interval = '1s'")
+        .await;
+    client
+        .batch_execute(&format!(
+            "SET application_name = 'phasegate-backfill'; SET idle_in_transaction_session_timeout = '{}ms'",
+            (cfg.lock_timeout + cfg.statement_timeout).as_millis() + 10_000
+        ))
+        .await
+        .map_err(db)?;
+    // The key must be an integer column (smallint, integer, bigint): the bounds are bigint.
+    let key_type: Option<String> = client
+        .query_opt(
+            "SELECT format_type(a.atttypid, NULL) FROM pg_attribute a
+              WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped",
+            &[&table, &cfg.key.trim()],
+        )
+        .await
+        .map_err(db)?
+        .map(|r| r.get(0));
+    match key_type.as_deref() {
+        Some("smallint" | "integer" | "bigint") => {}
+        Some(other) => {
+            return Err(BackfillError::Setting(format!(
+            "key {} of {} is {other}; a backfill walks an integer key (smallint, integer, bigint)",
+            cfg.key, cfg.table
+        )))
+        }
+        None => {
+            return Err(BackfillError::Setting(format!(
+                "table {} has no column {}",
+                cfg.table, cfg.key
+            )))
+        }
+    }
+    let table_oid: u32 = client
+        .query_one("SELECT $1::text::regclass::oid", &[&table])
+        .await
+        .map_err(db)?
+        .get(0);
+    // One backfill of a migration at a time, without blocking other migrations' phases.
+    let lock_key = format!("phasegate-backfill/{}/{}", cfg.namespace, cfg.name);
+    let mut announced = false;
+    loop {
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&lock_key])
+            .await
+            .map_err(db)?
+            .get(0);
+        if got {
+            break;
+        }
+        if !announced {
+            tracing::warn!("another executor runs this backfill; waiting for it to end");
+            announced = true;
+        }
+        sleep(stop, 0, Duration::from_millis(500)).await?;
+    }
+    ensure_table(&client).await?;
+    // Every statement outside a batch (the checkpoint's first look at the table) is bounded too.
+    client
+        .batch_execute(&format!(
+            "SET lock_timeout = '{}ms'",
+            cfg.lock_timeout.as_millis().max(1)
+        ))
+        .await
+        .map_err(db)?;
+    let mut cp = loop {
+        while let Some(why) = or_stop(stop, 0, throttle_reason(&client, cfg, table_oid)).await? {
+            tracing::warn!(reason = %why, "backfill throttled");
+            eprintln!(
+                "{}",
+                progress_line(&BackfillProgress {
+                    throttled: Some(why),
+                    ..Default::default()
+                })
+            );
+            stats.throttle_wait += Duration::from_millis(500);
+            sleep(stop, 0, Duration::from_millis(500)).await?;
+        }
+        match load_checkpoint(&client, cfg, sum, &table, &key).await {
+            Err(BackfillError::Db {
+                sqlstate: Some(code),
+                ..
+            }) if code == "55P03" && stats.lock_retries < cfg.max_lock_retries => {
+                stats.lock_retries += 1;
+                tracing::warn!(
+                    reason = "lock timeout on the table before the first batch; retrying",
+                    "backfill throttled"
+                );
+                sleep(stop, 0, Duration::from_millis(200)).await?;
+            }
+            other => break other?,
+        }
+    };
+    if cp.done && cp.fresh {
+        tracing::info!("nothing to backfill: the table is empty");
+        return Ok(Outcome::Applied);
+    }
+    if cp.done {
+        tracing::info!(
+            rows_done = cp.rows_done,
+            "backfill already done in this rollout epoch"
+        );
+        return Ok(Outcome::AlreadyApplied);
+    }
+    let estimated: i64 = client
+        .query_one(
+            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1",
+            &[&table_oid],
+        )
+        .await
+        .map_err(db)?
+        .get(0);
+
+    // Preparing the batch SQL locks the table briefly (parse analysis): retried on lock
+    // timeouts like a batch.
+    let (upper_stmt, batch_stmt, advance) = loop {
+        let prepared = async {
+            let upper_stmt = client
+                .prepare_typed(
+                    &format!(
+                        "SELECT max(k) FROM (SELECT {key}::bigint AS k FROM {table}
+                      WHERE {key} > $1 AND {key} <= $2 ORDER BY {key} LIMIT $3) s"
+                    ),
+                    &[Type::INT8, Type::INT8, Type::INT8],
+                )
+                .await
+                .map_err(db);
+            let batch_stmt = client
+                .prepare_typed(&cfg.sql, &[Type::INT8, Type::INT8])
+                .await
+                .map_err(db);
+            let advance = client
+                .prepare_typed(
+                    "UPDATE phasegate.backfill
+                    SET last_key = $4, rows_done = rows_done + $5, batches = batches + 1,
+                        status = CASE WHEN $4 >= end_key THEN 'done' ELSE 'running' END,
+                        finished_at = CASE WHEN $4 >= end_key THEN clock_timestamp() END,
+                        updated_at = clock_timestamp()
+                  WHERE namespace = $1 AND name = $2 AND epoch = $6 AND last_key = $3",
+                    &[
+                        Type::TEXT,
+                        Type::TEXT,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::TEXT,
+                    ],
+                )
+                .await
+                .map_err(db);
+            Ok::<_, BackfillError>((upper_stmt?, batch_stmt?, advance?))
+        }
+        .await;
+        match prepared {
+            Err(BackfillError::Db {
+                sqlstate: Some(code),
+                ..
+            }) if code == "55P03" && stats.lock_retries < cfg.max_lock_retries => {
+                stats.lock_retries += 1;
+                tracing::warn!(
+                    reason = "lock timeout on the table before the first batch; retrying",
+                    "backfill throttled"
+                );
+                sleep(stop, 0, Duration::from_millis(200)).await?;
+            }
+            other => break other?,
+        }
+    };
+
+    let end_key = cp.end_key.unwrap_or(i64::MIN);
+    let min_key = cp.min_key.unwrap_or(0);
+    let run_start = Instant::now();
+    let mut run_rows: i64 = 0;
+    let mut size = cfg.batch_size.clamp(1, cfg.max_batch_size.max(1));
+    let mut last_print: Option<Instant> = None;
+    let mut consecutive_lock_timeouts = 0u32;
+    let mut throttled: Option<String> = None;
+    let lock_ms = cfg.lock_timeout.as_millis().max(1);
+    let stmt_ms = cfg.statement_timeout.as_millis();
+    loop {
+        let lower = cp.last_key.unwrap_or(min_key);
+        if lower >= end_key {
+            break;
+        }
+        // Throttle outside any transaction.
+        if let Some(why) = or_stop(
+            stop,
+            stats.batches,
+            throttle_reason(&client, cfg, table_oid),
+        )
+        .await?
+        {
+            if throttled.as_deref() != Some(why.as_str()) {
+                tracing::warn!(reason = %why, "backfill throttled");
+                throttled = Some(why.clone());
+                last_print = None;
+            }
+            print_progress(
+                &mut last_print,
+                &cp,
+                estimated,
+                end_key,
+                size,
+                run_rows,
+                run_start,
+                throttled.clone(),
+            );
+            let wait = Duration::from_millis(500);
+            stats.throttle_wait += wait;
+            sleep(stop, stats.batches, wait).await?;
+            continue;
+        }
+        if throttled.take().is_some() {
+            tracing::info!("backfill no longer throttled");
+            last_print = None;
+        }
+        let began = Instant::now();
+        stats.attempts += 1;
+        let result = or_stop(stop, stats.batches, async {
+            let tx = client.transaction().await.map_err(db)?;
+            tx.batch_execute(&format!(
+                "SET LOCAL lock_timeout = '{lock_ms}ms'; SET LOCAL statement_timeout = '{stmt_ms}ms'"
+            ))
+            .await
+            .map_err(db)?;
+            let upper: Option<i64> = tx
+                .query_one(&upper_stmt, &[&lower, &end_key, &size])
+                .await
+                .map_err(db)?
+                .get(0);
+            // No key left in (lower, end]: the scan ends at the end of the range.
+            let (upper, n) = match upper {
+                Some(upper) => {
+                    let n = tx.execute(&batch_stmt, &[&lower, &upper]).await.map_err(db)? as i64;
+                    (upper, n)
+                }
+                None => (end_key, 0),
+            };
+            let moved = tx
+                .execute(&advance, &[&cfg.namespace, &cfg.name, &lower, &upper, &n, &cfg.epoch])
+                .await
+                .map_err(db)?;
+            if moved != 1 {
+                tx.rollback().await.map_err(db)?;
+                return Err(BackfillError::CheckpointMoved);
+            }
+            // The last look at the stop flag before COMMIT (a stop during COMMIT is harmless:
+            // the batch and its checkpoint commit together or not at all).
+            if let Some(signal) = stop.requested() {
+                tx.rollback().await.map_err(db)?;
+                return Err(BackfillError::Stopped {
+                    signal,
+                    batches: 0,
+                });
+            }
+            tx.commit().await.map_err(db)?;
+            Ok((upper, n))
+        })
+        .await;
+        let took = began.elapsed();
+        match result {
+            Ok((upper, n)) => {
+                consecutive_lock_timeouts = 0;
+                stats.batches += 1;
+                run_rows += n;
+                cp.last_key = Some(upper);
+                cp.rows_done += n;
+                cp.batches += 1;
+                size = adapt(size, took, cfg.target_batch_duration, cfg.max_batch_size);
+                // A batch far over target even so: give the database as long again.
+                let extra = if took > cfg.target_batch_duration * 4 {
+                    throttled = Some(format!(
+                        "batch took {} ms, target {} ms",
+                        took.as_millis(),
+                        cfg.target_batch_duration.as_millis()
+                    ));
+                    took
+                } else {
+                    Duration::ZERO
+                };
+                print_progress(
+                    &mut last_print,
+                    &cp,
+                    estimated,
+                    end_key,
+                    size,
+                    run_rows,
+                    run_start,
+                    throttled.clone(),
+                );
+                stats.throttle_wait += extra;
+                sleep(stop, stats.batches, cfg.pause + extra).await?;
+            }
+            Err(BackfillError::Db {
+                sqlstate: Some(code),
+                message,
+            }) if code == "55P03" || code == "40P01" || code == "57014" => {
+                // Lock timeout, deadlock, or statement timeout (a batch too large): roll back
+                // (done), shrink, back off, retry.
+                stats.lock_retries += 1;
+                consecutive_lock_timeouts += 1;
+                if consecutive_lock_timeouts > cfg.max_lock_retries {
+                    if code == "57014" {
+                        return Err(BackfillError::Db {
+                            sqlstate: Some(code),
+                            message,
+                        });
+                    }
+                    return Err(BackfillError::LockRetriesExhausted {
+                        attempts: consecutive_lock_timeouts,
+                        lock_timeout: humantime::format_duration(cfg.lock_timeout).to_string(),
+                    });
+                }
+                size = (size / 2).max(10);
+                let why = match code.as_str() {
+                    "55P03" => format!(
+                        "lock timeout ({}) on the table, retry {consecutive_lock_timeouts}",
+                        humantime::format_duration(cfg.lock_timeout)
+                    ),
+                    "40P01" => format!("deadlock, retry {consecutive_lock_timeouts}"),
+                    _ => format!(
+                        "statement timeout, retry {consecutive_lock_timeouts} with a smaller batch"
+                    ),
+                };
+                tracing::warn!(reason = %why, batch_size = size, "backfill batch rolled back");
+                throttled = Some(why);
+                last_print = None;
+                print_progress(
+                    &mut last_print,
+                    &cp,
+                    estimated,
+                    end_key,
+                    size,
+                    run_rows,
+                    run_start,
+                    throttled.clone(),
+                );
+                let base = 100u64 << consecutive_lock_timeouts.min(6);
+                let jitter = rand::rng().random_range(0..=base / 2);
+                let wait = Duration::from_millis((base + jitter).min(5_000));
+                stats.throttle_wait += wait;
+                sleep(stop, stats.batches, wait).await?;
+            }
+            Err(BackfillError::Stopped { signal, .. }) => {
+                return Err(BackfillError::Stopped {
+                    signal,
+                    batches: stats.batches,
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    cp.done = true;
+    last_print_final(&cp, estimated, end_key, size, run_rows, run_start);
+    tracing::info!(
+        rows_done = cp.rows_done,
+        batches = cp.batches,
+        "backfill done"
+    );
+    Ok(Outcome::Applied)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_progress(
+    last_print: &mut Option<Instant>,
+    cp: &Checkpoint,
+    estimated: i64,
+    end_key: i64,
+    size: i64,
+    run_rows: i64,
+    run_start: Instant,
+    throttled: Option<String>,
+) {
+    if last_print.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+        return;
+    }
+    *last_print = Some(Instant::now());
+    eprintln!(
+        "{}",
+        progress_line(&compute(
+            cp, estimated, end_key, size, run_rows, run_start, throttled
+        ))
+    );
+}
+
+fn last_print_final(
+    cp: &Checkpoint,
+    estimated: i64,
+    end_key: i64,
+    size: i64,
+    run_rows: i64,
+    run_start: Instant,
+) {
+    let mut p = compute(cp, estimated, end_key, size, run_rows, run_start, None);
+    p.key_range_done_permille = 1000;
+    p.eta_seconds = Some(0);
+    eprintln!("{}", progress_line(&p));
+}
+
+fn compute(
+    cp: &Checkpoint,
+    estimated: i64,
+    end_key: i64,
+    size: i64,
+    run_rows: i64,
+    run_start: Instant,
+    throttled: Option<String>,
+) -> BackfillProgress {
+    let min = cp.min_key.unwrap_or(0) as f64;
+    let span = (end_key as f64 - min).max(1.0);
+    let walked = (cp.last_key.unwrap_or(cp.min_key.unwrap_or(0)) as f64 - min).max(0.0);
+    let fraction = (walked / span).clamp(0.0, 1.0);
+    let secs = run_start.elapsed().as_secs_f64().max(0.001);
+    let rate = run_rows as f64 / secs;
+    // Pace over the key range in this run (a resumed run started part-way).
+    let eta = (fraction > 0.0 && rate > 0.0).then(|| {
+        let rows_left = (1.0 - fraction) * estimated.max(cp.rows_done) as f64;
+        (rows_left / rate).round() as i64
+    });
+    BackfillProgress {
+        rows_done: cp.rows_done,
+        estimated_rows: estimated,
+        key_range_done_permille: (fraction * 1000.0) as i64,
+        batches: cp.batches,
+        batch_size: size,
+        rows_per_second: rate as i64,
+        eta_seconds: eta,
+        throttled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapts_toward_the_target_within_bounds() {
+        let t = Duration::from_millis(200);
+        assert_eq!(adapt(1000, Duration::from_millis(100), t, 50_000), 2000);
+        assert_eq!(adapt(1000, Duration::from_millis(400), t, 50_000), 500);
+        assert_eq!(adapt(1000, Duration::from_millis(1), t, 50_000), 2000);
+        assert_eq!(adapt(1000, Duration::from_secs(10), t, 50_000), 500);
+        assert_eq!(adapt(40_000, Duration::from_millis(1), t, 50_000), 50_000);
+        assert_eq!(adapt(12, Duration::from_secs(1), t, 50_000), 10);
+    }
+
+    #[test]
+    fn reads_the_newest_progress_line() {
+        let p1 = BackfillProgress {
+            rows_done: 10,
+            ..Default::default()
+        };
+        let p2 = BackfillProgress {
+            rows_done: 20,
+            throttled: Some("lock".into()),
+            ..Default::default()
+        };
+        let log = format!(
+            "{}\nnoise\n{}\n{{\"message\":\"other\"}}\n",
+            progress_line(&p1),
+            progress_line(&p2)
+        );
+        assert_eq!(progress(&log), Some(p2));
+        assert_eq!(progress("nothing"), None);
+    }
+
+    #[test]
+    fn quotes_names_and_refuses_odd_ones() {
+        assert_eq!(quote_ident_path("users").unwrap(), "\"users\"");
+        assert_eq!(quote_ident_path("app.users").unwrap(), "\"app\".\"users\"");
+        assert!(quote_ident_path("a\"b").is_err());
+        assert!(quote_ident_path("a.b.c").is_err());
+        assert!(quote_ident_path("").is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! A migration with `spec.backfill` through the real cluster: the backfill Job runs only once
+//! the rollout is complete, status shows its progress, and contract waits for it.
+
+use std::time::Duration;
+
+use kube::api::{Patch, PatchParams};
+use phasegate::api::Phase;
+use serde_json::json;
+
+use crate::harness::Env;
+use crate::{migration_spec, T};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backfill_runs_after_the_rollout_shows_progress_and_gates_contract() {
+    let env = Env::new("backfill").await;
+    let db = env.pg.client().await;
+    db.batch_execute(
+        "CREATE TABLE users (id bigserial PRIMARY KEY, email text, legacy_flag boolean);
+         INSERT INTO users (email) SELECT 'u' || g || '@example.com' FROM generate_series(1, 3000) g;
+         ANALYZE users;",
+    )
+    .await
+    .expect("seed");
+    env.create_deployment("shop-api", 3, "1.0.0").await;
+    let mut spec = migration_spec(
+        "ALTER TABLE users ADD COLUMN email_address text;",
+        json!({}),
+    );
+    // 30 batches of 100 keys, a second apart: long enough to be seen running.
+    spec["backfill"] = json!({
+        "table": "users",
+        "key": "id",
+        "sql": "UPDATE users SET email_address = email WHERE id > $1 AND id <= $2 AND email_address IS NULL",
+        "batchSize": 100,
+        "maxBatchSize": 100,
+        "pause": "1s"
+    });
+    env.create_migration("users-email-address", spec)
+        .await
+        .expect("create migration");
+    let m = env
+        .wait_phase("users-email-address", Phase::AwaitingRollout, T)
+        .await;
+    assert!(m.spec.backfill.is_some(), "the CRD keeps spec.backfill");
+    // CEL: table, key and sql are immutable, backfill cannot be removed; tuning may change.
+    let api = env.migrations();
+    let merge = |v: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                "users-email-address",
+                &PatchParams::default(),
+                &Patch::Merge(&v),
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+    };
+    let err = merge(json!({"spec": {"backfill": {"sql": "UPDATE users SET email_address = 'x' WHERE id > $1 AND id <= $2"}}}))
+        .await
+        .expect_err("backfill.sql is immutable");
+    assert!(err.contains("immutable"), "{err}");
+    let err = merge(json!({"spec": {"backfill": null}}))
+        .await
+        .expect_err("backfill cannot be removed");
+    assert!(err.contains("cannot be added or removed"), "{err}");
+    let err =
+        merge(json!({"spec": {"backfill": {"sql": "UPDATE users SET email_address = email"}}}))
+            .await
+            .expect_err("the batch SQL needs its bounds");
+    assert!(err.contains("$1"), "{err}");
+    merge(json!({"spec": {"backfill": {"lockTimeout": "2s"}}}))
+        .await
+        .expect("tuning fields may change");
+    // Old code runs: no backfill yet (it could write rows behind the scan).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        env.job_names("backfill").await.is_empty(),
+        "no backfill Job while v1 runs"
+    );
+    let filled: i64 = db
+        .query_one("SELECT count(email_address) FROM users", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(filled, 0);
+
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    env.wait_phase("users-email-address", Phase::Backfilling, T)
+        .await;
+    // Progress in status while it runs; contract waits.
+    let m = env
+        .wait_migration(
+            "users-email-address",
+            T,
+            "backfill progress in status",
+            |m| {
+                m.status
+                    .as_ref()
+                    .and_then(|s| s.backfill.as_ref())
+                    .and_then(|b| b.progress.as_ref())
+                    .is_some_and(|p| p.rows_done > 0 && p.key_range_done_permille < 1000)
+            },
+        )
+        .await;
+    let status = m.status.clone().expect("status");
+    assert_eq!(status.phase, Some(Phase::Backfilling));
+    let progress = status.backfill.and_then(|b| b.progress).expect("progress");
+    assert!(progress.estimated_rows >= 2000, "{progress:?}");
+    assert!(
+        env.job_names("contract").await.is_empty(),
+        "no contract Job while the backfill runs"
+    );
+    assert!(env.column_exists("users", "legacy_flag").await);
+
+    let m = env
+        .wait_phase(
+            "users-email-address",
+            Phase::Succeeded,
+            Duration::from_secs(180),
+        )
+        .await;
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM users WHERE email_address IS NULL",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "every row filled");
+    assert!(
+        !env.column_exists("users", "legacy_flag").await,
+        "contract ran"
+    );
+    let b = m
+        .status
+        .as_ref()
+        .and_then(|s| s.backfill.clone())
+        .expect("backfill status");
+    assert!(b.run.succeeded, "{b:?}");
+    assert_eq!(b.run.attempts, 1);
+    let (done, batches): (String, i64) = {
+        let r = db
+            .query_one(
+                "SELECT status, batches FROM phasegate.backfill WHERE name = 'users-email-address'",
+                &[],
+            )
+            .await
+            .expect("checkpoint");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((done.as_str(), batches), ("done", 30));
+    let reasons = env.event_reasons("users-email-address").await;
+    assert!(
+        reasons.iter().any(|r| r == "Backfilling"),
+        "Event Backfilling in {reasons:?}"
+    );
+    env.cleanup().await;
+}
