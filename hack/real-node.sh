@@ -177,19 +177,23 @@ build_rust_base() {
   mirror="${mirror:-http://deb.debian.org/debian}"
   log "debootstrap bookworm from ${mirror} (about 2 minutes) ..."
   debootstrap --variant=minbase --include=ca-certificates,gcc,libc6-dev,make,pkg-config,git,curl \
-    bookworm "${dir}/root" "${mirror}" >"${dir}/debootstrap.log" 2>&1 || { tail -20 "${dir}/debootstrap.log" >&2; die "debootstrap failed"; }
+    bookworm "${dir}/root" "${mirror}" >"${RN}/debootstrap.log" 2>&1 || { tail -20 "${RN}/debootstrap.log" >&2; die "debootstrap failed (log: ${RN}/debootstrap.log)"; }
   cp /usr/local/share/ca-certificates/*.crt "${dir}/root/usr/local/share/ca-certificates/" 2>/dev/null || true
   chroot "${dir}/root" update-ca-certificates >/dev/null 2>&1 || true
-  local rustup="${RUSTUP_HOME:-${HOME}/.rustup}" cargo_home="${CARGO_HOME:-${HOME}/.cargo}"
-  mkdir -p "${dir}/root/usr/local/rustup" "${dir}/root/usr/local/cargo/bin"
-  cp -a "${rustup}/." "${dir}/root/usr/local/rustup/"
-  cp -a "${cargo_home}/bin/." "${dir}/root/usr/local/cargo/bin/"
+  # The host's toolchain of the tag's version (e.g. rust:1.95-bookworm -> 1.95.x), else stable.
+  local rustup="${RUSTUP_HOME:-${HOME}/.rustup}" ver tc
+  ver="$(sed -E 's#.*:([0-9]+\.[0-9]+).*#\1#' <<<"${want}")"
+  tc="$(ls -d "${rustup}/toolchains/${ver}"*-x86_64-unknown-linux-gnu 2>/dev/null | head -1)"
+  [[ -n "${tc}" && -x "$(readlink -f "${tc}")/bin/cargo" ]] || tc="${rustup}/toolchains/stable-x86_64-unknown-linux-gnu"
+  [[ -x "${tc}/bin/cargo" ]] || die "no Rust toolchain under ${rustup}/toolchains"
+  mkdir -p "${dir}/root/usr/local/rust" "${dir}/root/usr/local/cargo"
+  cp -a "$(readlink -f "${tc}")/." "${dir}/root/usr/local/rust/"
   tar -C "${dir}/root" --numeric-owner -cf "${dir}/root.tar" .
   rm -rf "${dir}/root"
   ctr="$(buildah from scratch)"
   buildah add "${ctr}" "${dir}/root.tar" / >/dev/null
-  buildah config --env RUSTUP_HOME=/usr/local/rustup --env CARGO_HOME=/usr/local/cargo \
-    --env PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${ctr}"
+  buildah config --env CARGO_HOME=/usr/local/cargo \
+    --env PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${ctr}"
   buildah commit -q "${ctr}" "${want}" >/dev/null
   buildah rm "${ctr}" >/dev/null
   rm -rf "${dir}"
@@ -240,7 +244,7 @@ cmd_image_full() {
   build_rust_base "${rust}"
   start=$(date +%s)
   log "buildah bud of ./Dockerfile (full build, tens of minutes) ..."
-  (cd "${REPO_ROOT}" && buildah bud --pull=never --runtime /usr/sbin/runc --layers \
+  (cd "${REPO_ROOT}" && buildah bud --pull=never --runtime /usr/sbin/runc --layers --network host \
     -t "localhost/phasegate:${VERSION}-full" .)
   load_image "localhost/phasegate:${VERSION}-full" "docker.io/library/phasegate:${VERSION}-full"
   log "full image build done in $(($(date +%s) - start))s: docker.io/library/phasegate:${VERSION}-full"
