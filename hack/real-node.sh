@@ -363,7 +363,12 @@ start_containerd() {
 }
 
 start_kubelet() {
-  if pid_alive "${RUN}/kubelet.pid"; then return 0; fi
+  if pid_alive "${RUN}/kubelet.pid"; then
+    node_ready && return 0
+    # E.g. the control plane was recreated: the kubelet still talks to the old one.
+    log "kubelet running but node ${NODE} is not Ready in this cluster; restarting the kubelet"
+    stop_pid "${RUN}/kubelet.pid"
+  fi
   # kwok (--manage-all-nodes) takes a node whose Lease is free; the node holds its own first.
   kc apply -f - >/dev/null <<EOF
 apiVersion: coordination.k8s.io/v1
