@@ -66,7 +66,8 @@ wait_until() {
 eval "$("${ROOT}/hack/local-cluster.sh" env)"
 t0=$(date +%s)
 "${ROOT}/hack/real-node.sh" up || die "the real node did not come up (see ~/.cache/phasegate/real-node/*.log)"
-eval "$("${ROOT}/hack/real-node.sh" env)" # NODE NODE_IP TAINT_KEY POD_CIDR POD_GATEWAY IMAGE
+eval "$("${ROOT}/hack/real-node.sh" env)" # NODE NODE_IP TAINT_KEY POD_CIDR POD_GATEWAY IMAGE CONTAINERD_ADDRESS
+export CONTAINERD_ADDRESS # for ctr
 t1=$(date +%s)
 "${ROOT}/hack/real-node.sh" image || die "the image build failed"
 t2=$(date +%s)

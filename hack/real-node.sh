@@ -10,7 +10,8 @@
 #   hack/real-node.sh image    build the phasegate image (runtime stage of ./Dockerfile, the
 #                              host-built release binary copied in) and load it into containerd
 #   hack/real-node.sh image-full  the same from the full multi-stage Dockerfile (slow)
-#   hack/real-node.sh env      print NODE=, NODE_IP=, TAINT=, POD_GATEWAY= for scripts
+#   hack/real-node.sh env      print NODE=, NODE_IP=, TAINT_KEY=, POD_CIDR=, IMAGE=,
+#                              CONTAINERD_ADDRESS= (for ctr) for scripts
 #
 # The node is tainted `phasegate.dev/real-node=true:NoSchedule` and labelled
 # `phasegate.dev/real-node=true`: only pods that tolerate the taint (and select the label) run
@@ -37,7 +38,9 @@ KUBECTL="${CACHE}/k8s-$(modver "${HACK}/tools/kube/go.mod" k8s.io/kubernetes)/bi
 # Runtime state (containerd's images and snapshots stay across down/up; pods do not).
 STATE=/var/lib/phasegate-real-node
 RUN=/run/phasegate-real-node
-CONTAINERD_SOCK=/run/containerd/containerd.sock
+# containerd of its own (socket, state): a system containerd, if any, is left alone.
+CONTAINERD_SOCK=/run/phasegate-real-node/containerd.sock
+CONTAINERD_STATE=/run/phasegate-real-node/containerd
 NODE="$(hostname | tr '[:upper:]' '[:lower:]')"
 NODE_IP="$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "src") {print $(i + 1); exit}}')"
 TAINT_KEY=phasegate.dev/real-node
@@ -257,7 +260,7 @@ write_configs() {
   cat >"${RN}/etc/containerd.toml" <<EOF
 version = 2
 root = "${STATE}/containerd"
-state = "/run/containerd"
+state = "${CONTAINERD_STATE}"
 [grpc]
   address = "${CONTAINERD_SOCK}"
 [plugins."io.containerd.grpc.v1.cri"]
@@ -467,7 +470,7 @@ cmd_down() {
   fi
   stop_pid "${RUN}/containerd.pid"
   # Shims containerd started and that outlived it.
-  for shim in /run/containerd/io.containerd.runtime.v2.task/k8s.io/*/shim.pid; do
+  for shim in "${CONTAINERD_STATE}"/io.containerd.runtime.v2.task/k8s.io/*/shim.pid; do
     [[ -f "${shim}" ]] || continue
     pid="$(cat "${shim}")"
     [[ "$(ps -o comm= -p "${pid}" 2>/dev/null)" == containerd-shim* ]] && kill "${pid}" 2>/dev/null || true
@@ -512,6 +515,7 @@ cmd_env() {
   echo "POD_CIDR=${POD_CIDR}"
   echo "POD_GATEWAY=${POD_GATEWAY}"
   echo "IMAGE=${IMAGE}"
+  echo "CONTAINERD_ADDRESS=${CONTAINERD_SOCK}"
 }
 
 # One up/down at a time; the daemons must not inherit the lock's fd (closed with 8>&-).
