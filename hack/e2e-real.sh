@@ -21,7 +21,7 @@
 # the chart's executor.pod values). Fails, never skips, when something cannot run.
 #
 # Environment: PHASEGATE_CACHE; PHASEGATE_E2E_REAL_KEEP=1 keeps namespaces for debugging.
-set -euo pipefail
+set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PHASEGATE_CACHE:-${HOME}/.cache/phasegate}"
@@ -62,10 +62,15 @@ wait_until() {
 
 # ---------------------------------------------------------------- setup
 
-"${ROOT}/hack/local-cluster.sh" up
+# One run at a time (fixed namespaces, port and release); daemons get 7>&-.
+mkdir -p "${CACHE}"
+exec 7>"${CACHE}/e2e-real.lock"
+flock -n 7 || { log "another e2e-real run holds ${CACHE}/e2e-real.lock; waiting ..."; flock 7; }
+
+"${ROOT}/hack/local-cluster.sh" up 7>&-
 eval "$("${ROOT}/hack/local-cluster.sh" env)"
 t0=$(date +%s)
-"${ROOT}/hack/real-node.sh" up || die "the real node did not come up (see ~/.cache/phasegate/real-node/*.log)"
+"${ROOT}/hack/real-node.sh" up 7>&- || die "the real node did not come up (see ~/.cache/phasegate/real-node/*.log)"
 eval "$("${ROOT}/hack/real-node.sh" env)" # NODE NODE_IP TAINT_KEY POD_CIDR POD_GATEWAY IMAGE CONTAINERD_ADDRESS
 export CONTAINERD_ADDRESS # for ctr
 t1=$(date +%s)
@@ -104,10 +109,12 @@ cleanup() {
     kubectl delete namespace "${NS}" "${OP_NS}" --ignore-not-found --wait=true --timeout=90s >/dev/null 2>&1 || true
     stop_postgres
   fi
-  log "$((passes)) passed, ${failures} failed in $(($(date +%s) - START))s"
+  log "${passes} passed, ${failures} failed in $(($(date +%s) - START))s (exit ${rc})"
   exit "${rc}"
 }
 trap cleanup EXIT
+# A command failing outside an assertion stops the run: say where.
+trap 'log "FATAL: line ${LINENO} failed: ${BASH_COMMAND}"' ERR
 
 # PostgreSQL on this host, listening on the node's address: pods reach it over the pod network
 # (the bridge routes to the host; pg_hba admits the pod CIDR with a password).
@@ -119,7 +126,8 @@ echo "${PGPASS}" >"${PGHOME}/pwfile"
 as_pg "${PGBIN}/initdb" -D "${PGDATA}" -U shop --pwfile="${PGHOME}/pwfile" -A scram-sha-256 >/dev/null
 echo "host all all ${POD_CIDR} scram-sha-256" >>"${PGDATA}/pg_hba.conf"
 as_pg "${PGBIN}/pg_ctl" -D "${PGDATA}" -l "${PGHOME}/postgres.log" -w \
-  -o "-p ${PGPORT} -c listen_addresses=127.0.0.1,${NODE_IP} -k ${PGDATA}" start >/dev/null
+  -o "-p ${PGPORT} -c listen_addresses=127.0.0.1,${NODE_IP} -k ${PGDATA}" start >/dev/null 7>&- \
+  || die "PostgreSQL did not start on port ${PGPORT} (log: ${PGHOME}/postgres.log)"
 psql_() { PGPASSWORD="${PGPASS}" psql -qtAX -h 127.0.0.1 -p "${PGPORT}" -U shop -v ON_ERROR_STOP=1 "$@"; }
 for db in shop billing; do psql_ -d postgres -c "CREATE DATABASE ${db}"; done
 psql_ -d shop -c "CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL, legacy_flag boolean);
@@ -309,7 +317,7 @@ expect_has "rollback: old column kept" "old_total" "$(columns billing invoices)"
 container_of() { local c; c="$(opk get pod "$1" -o jsonpath='{.status.containerStatuses[0].containerID}')"; echo "${c#containerd://}"; }
 restarts_of() { opk get pod "$1" -o jsonpath='{.status.containerStatuses[0].restartCount}'; }
 says_leader() { curl -fsS --max-time 3 "http://$(pod_ip "$1"):8080/metrics" | grep -qx "phasegate_leader $2"; }
-other_than() { local p; for p in "${OP_PODS[@]}"; do [[ "${p}" != "$1" ]] && echo "${p}"; done; }
+other_than() { local p; for p in "${OP_PODS[@]}"; do if [[ "${p}" != "$1" ]]; then echo "${p}"; fi; done; }
 
 # a) The leader hangs (SIGSTOP its process: no Lease renewals, no probe answers). The standby
 #    takes the Lease once it expires; the kubelet's liveness probe kills and restarts the hung
