@@ -234,6 +234,8 @@ cmd_image() {
   buildah bud -q --pull=never --runtime /usr/sbin/runc -f "${dir}/Dockerfile" -t "localhost/phasegate:${VERSION}" "${dir}" >/dev/null
   rm -rf "${dir}"
   load_image "localhost/phasegate:${VERSION}" "${IMAGE}"
+  ensure_pause
+  buildah rmi --prune >/dev/null 2>&1 || true # the previous build's image, now untagged
   log "image ${IMAGE} built and loaded into containerd in $(($(date +%s) - start))s"
 }
 
@@ -312,7 +314,9 @@ serializeImagePulls: false
 # Only local images: never garbage-collect them away.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
+# Absolute floors: a big, nearly full shared disk must not make the kubelet evict pods or
+# delete images it cannot pull back (no registry here).
+evictionHard: {memory.available: "100Mi", nodefs.available: "256Mi", imagefs.available: "256Mi", nodefs.inodesFree: "1%"}
 protectKernelDefaults: false
 makeIPTablesUtilChains: true
 cgroupsPerQOS: true
@@ -359,10 +363,12 @@ start_containerd() {
   setsid containerd --config "${RN}/etc/containerd.toml" </dev/null >"${RN}/containerd.log" 2>&1 8>&- 9>&- &
   echo $! >"${RUN}/containerd.pid"
   wait_for 30 "containerd" containerd_up
-  local img
-  for img in "${PAUSE_IMAGE}"; do
-    ctr_ images check "name==${img}" 2>/dev/null | grep -q . || load_image "${img}" "${img}"
-  done
+  ensure_pause
+}
+
+# The sandbox image must be in containerd (it cannot be pulled).
+ensure_pause() {
+  ctr_ images check "name==${PAUSE_IMAGE}" 2>/dev/null | grep -q . || load_image "${PAUSE_IMAGE}" "${PAUSE_IMAGE}"
 }
 
 start_kubelet() {
