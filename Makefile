@@ -5,7 +5,7 @@ CACHE ?= $(or $(PHASEGATE_CACHE),$(HOME)/.cache/phasegate)
 E2E_KUBECONFIG ?= $(CACHE)/kubeconfig
 E2E_THREADS ?= 3
 
-.PHONY: all build deps crd unit executor-pg17 e2e test chart-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock bench-backfill fmt lint-rust
+.PHONY: all build deps crd unit executor-pg17 e2e e2e-real real-node-up real-node-down test chart-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock bench-backfill fmt lint-rust
 
 all: build
 
@@ -46,6 +46,18 @@ e2e: deps
 	PHASEGATE_E2E_KUBECONFIG=$${PHASEGATE_E2E_KUBECONFIG:-$(E2E_KUBECONFIG)} \
 	  $(CARGO) test --features e2e --test e2e -- --test-threads=$(E2E_THREADS) --skip gitops::
 
+## The image, the chart and executor Jobs as real containers on a real kubelet joined to the
+## local cluster (hack/real-node.sh; needs root): see hack/e2e-real.sh for what it checks.
+e2e-real: deps
+	hack/e2e-real.sh
+
+real-node-up: deps
+	hack/local-cluster.sh up
+	hack/real-node.sh up
+
+real-node-down:
+	hack/real-node.sh down
+
 ## Helm chart: lint, template, server-side dry run, RBAC checks against the local cluster.
 chart-test: deps
 	hack/chart-test.sh
@@ -66,8 +78,9 @@ gitops-test: deps
 	  PHASEGATE_GITOPS_DRIVER=$$(hack/gitops-driver.sh argocd) \
 	  $(CARGO) test --features e2e --test e2e gitops:: -- --test-threads=$(E2E_THREADS)
 
-## Every test: unit, PostgreSQL integration, chart, health checks, end-to-end and GitOps.
-test: unit lua-test chart-test e2e gitops-test
+## Every test: unit, PostgreSQL integration, chart, health checks, end-to-end on kwok,
+## GitOps, and end-to-end with real containers.
+test: unit lua-test chart-test e2e gitops-test e2e-real
 
 ## The operator driving a real migration on the local cluster and a local PostgreSQL.
 demo: deps

@@ -99,6 +99,21 @@ else
   pass "a misspelt jobPolicy key is refused (values.schema.json)"
 fi
 
+# Executor pod settings: rendered as JSON into PHASEGATE_EXECUTOR_POD; unknown keys refused.
+"${HELM}" template "${RELEASE}" "${CHART}" -n "${NS}" \
+  --set-json 'executor.pod={"nodeSelector":{"pool":"db"},"tolerations":[{"key":"db","operator":"Exists"}],"priorityClassName":"migrations"}' \
+  --set-json 'extraEnv=[{"name":"KUBERNETES_SERVICE_HOST","value":"192.0.2.2"}]' >"${WORK}/executor-pod.yaml"
+expect_render "${WORK}/cluster.yaml" "executor.pod defaults: PHASEGATE_EXECUTOR_POD sets nothing" \
+  'value: "\{\\"annotations\\":\{\},\\"nodeSelector\\":\{\},\\"priorityClassName\\":\\"\\",\\"resources\\":\{\},\\"tolerations\\":\[\]\}"' 1
+expect_render "${WORK}/executor-pod.yaml" "executor.pod: nodeSelector in PHASEGATE_EXECUTOR_POD" '\\"nodeSelector\\":\{\\"pool\\":\\"db\\"\}' 1
+expect_render "${WORK}/executor-pod.yaml" "executor.pod: tolerations in PHASEGATE_EXECUTOR_POD" '\\"tolerations\\":\[\{\\"key\\":\\"db\\"' 1
+expect_render "${WORK}/executor-pod.yaml" "extraEnv reaches the operator container" 'name: KUBERNETES_SERVICE_HOST' 1
+if "${HELM}" template "${RELEASE}" "${CHART}" --set executor.pod.nodeSelectors.a=b >/dev/null 2>&1; then
+  fail "a misspelt executor.pod key is accepted by the chart"
+else
+  pass "a misspelt executor.pod key is refused (values.schema.json)"
+fi
+
 if out=$("${HELM}" template "${RELEASE}" "${CHART}" --set replicas=2 --set leaderElection.enabled=false 2>&1); then
   fail "replicas=2 without leader election renders"
 elif grep -q "needs leaderElection.enabled=true" <<<"${out}"; then

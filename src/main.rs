@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
 
 use phasegate::api::DatabaseMigration;
-use phasegate::controller::{self, ExecutorConfig};
+use phasegate::controller::{self, ExecutorConfig, ExecutorPod};
 use phasegate::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -96,6 +96,10 @@ struct ControllerArgs {
     /// allowedCapabilities, allowedImages) [default: the built-in safe policy]
     #[arg(long, env = "PHASEGATE_JOB_POLICY", value_name = "FILE")]
     job_policy: Option<std::path::PathBuf>,
+    /// JSON with pod settings for every executor Job: nodeSelector, tolerations, annotations,
+    /// priorityClassName, resources [default: none]
+    #[arg(long, env = "PHASEGATE_EXECUTOR_POD", value_name = "JSON")]
+    executor_pod: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -173,6 +177,17 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
         policy = %serde_json::to_string(&job_policy).unwrap_or_default(),
         "Job template policy"
     );
+    let executor_pod = match ExecutorPod::from_json(args.executor_pod.as_deref().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the executor pod settings (PHASEGATE_EXECUTOR_POD)");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        settings = %serde_json::to_string(&executor_pod).unwrap_or_default(),
+        "executor pod settings"
+    );
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
@@ -212,6 +227,7 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
         executor: ExecutorConfig {
             image: args.executor_image,
             job_policy,
+            pod: executor_pod,
         },
     };
     let result = if elect {

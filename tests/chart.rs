@@ -375,6 +375,38 @@ fn operator_reads_the_rendered_job_policy() {
     assert!(main.contains("env = \"PHASEGATE_JOB_POLICY\""));
 }
 
+/// values.yaml's `executor.pod` is what the operator reads from PHASEGATE_EXECUTOR_POD: every
+/// key the operator knows, no other, and the defaults set nothing.
+#[test]
+fn executor_pod_values_are_what_the_operator_reads() {
+    let doc = values()["executor"]["pod"].clone();
+    let json = serde_json::to_string(&doc).expect("json");
+    let pod = phasegate::controller::ExecutorPod::from_json(&json)
+        .unwrap_or_else(|e| panic!("values.yaml executor.pod: {e}"));
+    assert_eq!(pod, phasegate::controller::ExecutorPod::default());
+    let keys: BTreeSet<String> = doc
+        .as_mapping()
+        .expect("executor.pod is a mapping")
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect();
+    let want: BTreeSet<String> = [
+        "nodeSelector",
+        "tolerations",
+        "annotations",
+        "priorityClassName",
+        "resources",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    assert_eq!(keys, want, "executor.pod keys in values.yaml");
+    let deployment = read(&root().join("charts/phasegate/templates/deployment.yaml"));
+    assert!(deployment.contains("name: PHASEGATE_EXECUTOR_POD"));
+    assert!(deployment.contains("toJson .Values.executor.pod"));
+    assert!(read(&root().join("src/main.rs")).contains("env = \"PHASEGATE_EXECUTOR_POD\""));
+}
+
 /// Every rule of src/policy is also a rule of the admission policy, and it is on by default.
 #[test]
 fn admission_policy_covers_every_rule() {

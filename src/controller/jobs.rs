@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec as K8sJobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec,
-    PodTemplateSpec, SeccompProfile, SecretKeySelector, SecurityContext,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+    Toleration,
 };
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -29,6 +30,87 @@ pub struct ExecutorConfig {
     pub image: String,
     /// What user-supplied `job` templates may ask for (set by the cluster admin).
     pub job_policy: crate::policy::JobPolicy,
+    /// Pod settings the cluster admin gives every executor Job.
+    pub pod: ExecutorPod,
+}
+
+/// Pod settings the cluster admin gives every executor Job, Phasegate's own (inline `sql`)
+/// and those built from a migration's `job` template alike: where they may run and what they
+/// may use (chart value `executor.pod`, passed as JSON in `PHASEGATE_EXECUTOR_POD`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ExecutorPod {
+    /// Merged into the pod's nodeSelector; the admin's keys win over a template's.
+    pub node_selector: BTreeMap<String, String>,
+    /// Added to the pod's tolerations.
+    pub tolerations: Vec<Toleration>,
+    /// Pod annotations (e.g. `sidecar.istio.io/inject: "false"`); the admin's keys win.
+    pub annotations: BTreeMap<String, String>,
+    /// The pod's priorityClassName (empty: none set; a template's own is replaced).
+    pub priority_class_name: String,
+    /// Resources of Phasegate's executor container, and of every container of a `job`
+    /// template that sets none itself.
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl ExecutorPod {
+    /// Parse the JSON (or YAML) the chart renders; empty text is "no settings".
+    pub fn from_json(text: &str) -> Result<ExecutorPod, String> {
+        if text.trim().is_empty() {
+            return Ok(ExecutorPod::default());
+        }
+        let mut pod: ExecutorPod = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        // The chart's default `resources: {}` sets nothing.
+        if pod.resources == Some(ResourceRequirements::default()) {
+            pod.resources = None;
+        }
+        for (k, v) in pod.node_selector.iter().chain(&pod.annotations) {
+            if k.is_empty() {
+                return Err(format!("an empty key (value {v:?})"));
+            }
+        }
+        Ok(pod)
+    }
+
+    /// Apply the settings to an executor pod template.
+    fn apply(&self, template: &mut PodTemplateSpec) {
+        if !self.annotations.is_empty() {
+            template
+                .metadata
+                .get_or_insert_with(ObjectMeta::default)
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .extend(self.annotations.clone());
+        }
+        let Some(ps) = template.spec.as_mut() else {
+            return;
+        };
+        if !self.node_selector.is_empty() {
+            ps.node_selector
+                .get_or_insert_with(BTreeMap::new)
+                .extend(self.node_selector.clone());
+        }
+        if !self.tolerations.is_empty() {
+            let tolerations = ps.tolerations.get_or_insert_with(Vec::new);
+            for t in &self.tolerations {
+                if !tolerations.contains(t) {
+                    tolerations.push(t.clone());
+                }
+            }
+        }
+        if !self.priority_class_name.is_empty() {
+            ps.priority_class_name = Some(self.priority_class_name.clone());
+            // The admission plugin fills the priority from the class; a stale one is refused.
+            ps.priority = None;
+        }
+        if let Some(resources) = &self.resources {
+            for c in &mut ps.containers {
+                if c.resources.is_none() {
+                    c.resources = Some(resources.clone());
+                }
+            }
+        }
+    }
 }
 
 /// The name of the executor's container in its pod.
@@ -174,6 +256,7 @@ pub fn build_job(
         }
         (None, None) => return Err(Error::MissingField("sql or job")),
     };
+    cfg.pod.apply(&mut template);
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
     meta.labels
         .get_or_insert_with(BTreeMap::new)
@@ -863,6 +946,166 @@ mod tests {
             ),
             "a Job running other SQL"
         );
+    }
+
+    fn pod_spec(job: &Job) -> &PodSpec {
+        job.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod spec")
+    }
+
+    fn admin_pod() -> ExecutorPod {
+        ExecutorPod::from_json(
+            r#"{"nodeSelector": {"pool": "migrations"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db",
+                                 "effect": "NoSchedule"}],
+                "annotations": {"sidecar.istio.io/inject": "false"},
+                "priorityClassName": "migrations",
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+                              "limits": {"memory": "128Mi"}}}"#,
+        )
+        .expect("settings")
+    }
+
+    #[test]
+    fn the_admins_pod_settings_reach_the_inline_sql_executor() {
+        let cfg = ExecutorConfig {
+            pod: admin_pod(),
+            ..ExecutorConfig::default()
+        };
+        let job = build_job(
+            &migration("m"),
+            &DatabaseMigrationStatus::default(),
+            JobPhase::Expand,
+            1,
+            &cfg,
+        )
+        .expect("job");
+        let ps = pod_spec(&job);
+        assert_eq!(
+            ps.node_selector.clone().unwrap_or_default(),
+            [("pool".to_string(), "migrations".to_string())].into()
+        );
+        assert_eq!(
+            ps.tolerations.clone().unwrap_or_default(),
+            cfg.pod.tolerations
+        );
+        assert_eq!(ps.priority_class_name.as_deref(), Some("migrations"));
+        assert_eq!(ps.containers[0].resources, cfg.pod.resources);
+        let annotations = job.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
+        let annotations = annotations
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            annotations
+                .get("sidecar.istio.io/inject")
+                .map(String::as_str),
+            Some("false")
+        );
+        // Phasegate's own annotation stays.
+        assert!(
+            annotations.contains_key(ANNOTATION_MIGRATION),
+            "{annotations:?}"
+        );
+        // The restricted profile is untouched.
+        assert_eq!(ps.automount_service_account_token, Some(false));
+
+        // No settings: nothing added.
+        let plain = build_job(
+            &migration("m"),
+            &DatabaseMigrationStatus::default(),
+            JobPhase::Expand,
+            1,
+            &ExecutorConfig::default(),
+        )
+        .expect("job");
+        let ps = pod_spec(&plain);
+        assert!(ps.node_selector.is_none() && ps.tolerations.is_none());
+        assert!(ps.priority_class_name.is_none() && ps.containers[0].resources.is_none());
+    }
+
+    #[test]
+    fn the_admins_pod_settings_win_over_a_job_template() {
+        let mut m = migration("m");
+        m.spec = serde_json::from_value(serde_json::json!({
+            "appVersion": "2.0.0",
+            "database": {"urlSecretRef": {"name": "db", "key": "url"}},
+            "expand": {"job": {"template": {
+                "metadata": {"annotations": {"sidecar.istio.io/inject": "true", "mine": "x"}},
+                "spec": {
+                    "nodeSelector": {"pool": "general", "zone": "a"},
+                    "tolerations": [{"key": "other", "operator": "Exists"}],
+                    "priorityClassName": "high",
+                    "containers": [
+                        {"name": "a", "image": "migrate:1",
+                         "resources": {"requests": {"cpu": "1"}}},
+                        {"name": "b", "image": "migrate:1"}
+                    ]}}}},
+            "contract": {"sql": "SELECT 1;"},
+            "rollout": {"targets": [{"kind": "Deployment", "name": "shop-api"}]}
+        }))
+        .expect("spec");
+        let cfg = ExecutorConfig {
+            pod: admin_pod(),
+            ..ExecutorConfig::default()
+        };
+        let job = build_job(
+            &m,
+            &DatabaseMigrationStatus::default(),
+            JobPhase::Expand,
+            1,
+            &cfg,
+        )
+        .expect("job");
+        let ps = pod_spec(&job);
+        let selector = ps.node_selector.clone().unwrap_or_default();
+        assert_eq!(selector.get("pool").map(String::as_str), Some("migrations"));
+        assert_eq!(selector.get("zone").map(String::as_str), Some("a"));
+        let tolerations = ps.tolerations.clone().unwrap_or_default();
+        assert_eq!(tolerations.len(), 2, "{tolerations:?}");
+        assert!(tolerations.contains(&cfg.pod.tolerations[0]));
+        assert_eq!(ps.priority_class_name.as_deref(), Some("migrations"));
+        // A container's own resources stay; one without gets the admin's.
+        let cpu = |c: &Container| {
+            c.resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("cpu"))
+                .map(|q| q.0.clone())
+        };
+        assert_eq!(cpu(&ps.containers[0]).as_deref(), Some("1"));
+        assert_eq!(cpu(&ps.containers[1]).as_deref(), Some("100m"));
+        let annotations = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            annotations
+                .get("sidecar.istio.io/inject")
+                .map(String::as_str),
+            Some("false")
+        );
+        assert_eq!(annotations.get("mine").map(String::as_str), Some("x"));
+    }
+
+    #[test]
+    fn executor_pod_settings_parse_strictly() {
+        assert_eq!(ExecutorPod::from_json(""), Ok(ExecutorPod::default()));
+        // What the chart renders with its defaults.
+        assert_eq!(
+            ExecutorPod::from_json(
+                r#"{"annotations":{},"nodeSelector":{},"priorityClassName":"","resources":{},"tolerations":[]}"#
+            )
+            .map(|p| p == ExecutorPod::default()),
+            Ok(true)
+        );
+        let err = ExecutorPod::from_json(r#"{"nodeSelectors": {"a": "b"}}"#).expect_err("typo");
+        assert!(err.contains("nodeSelectors"), "{err}");
+        assert!(ExecutorPod::from_json(r#"{"tolerations": "all"}"#).is_err());
+        assert!(ExecutorPod::from_json(r#"{"nodeSelector": {"": "x"}}"#).is_err());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::server::Health;
 
 pub use error::Error;
-pub use jobs::ExecutorConfig;
+pub use jobs::{ExecutorConfig, ExecutorPod};
 
 /// How the controller runs.
 #[derive(Clone, Debug)]

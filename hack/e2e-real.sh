@@ -1,0 +1,369 @@
+#!/usr/bin/env bash
+# `make e2e-real`: Phasegate as users run it, on a real kubelet (hack/real-node.sh).
+#
+# The image is built from ./Dockerfile's runtime stage with buildah and loaded into containerd;
+# the operator is installed with the README's `helm install` (namespace-scoped form), runs as
+# a real container under its chart ServiceAccount only, in a namespace enforcing Pod Security
+# `restricted`, with two replicas and leader election. Its executor Jobs run as real
+# containers (restricted too) against a PostgreSQL on this host reached over the pod network.
+# Checked, each as a user would see it:
+#   1. the operator: ServiceAccount only, probes passed by the kubelet, /metrics, /healthz and
+#      /readyz scraped over the pod network, exactly one leader;
+#   2. the quickstart (examples/quickstart) end to end: expand, rollout, contract;
+#   3. a failing expand: the container's exit code and the executor's report reach status;
+#   4. a rollback holds contract, even once approved;
+#   5. leader election: a hung leader (SIGSTOP) loses the Lease to the standby and is restarted
+#      by the kubelet's liveness probe; a killed leader container (SIGKILL) is restarted and one
+#      replica leads throughout; the held migration then finishes.
+#
+# Application Deployments (rollout targets) stay on kwok's fake nodes; only the operator and
+# the executor Jobs select the real node (nodeSelector + toleration of its taint, set through
+# the chart's executor.pod values). Fails, never skips, when something cannot run.
+#
+# Environment: PHASEGATE_CACHE; PHASEGATE_E2E_REAL_KEEP=1 keeps namespaces for debugging.
+set -Eeuo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${PHASEGATE_CACHE:-${HOME}/.cache/phasegate}"
+HELM="${ROOT}/hack/helm.sh"
+RELEASE=phasegate-real
+OP_NS=phasegate-real-system
+NS=phasegate-real-shop
+T=120 # seconds for any single wait
+PGPORT="${PHASEGATE_E2E_REAL_PGPORT:-55433}"
+PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+if [[ "$(id -u)" -eq 0 ]]; then PGHOME=/var/tmp/phasegate-e2e-real-postgres; else PGHOME="${CACHE}/e2e-real-postgres"; fi
+PGDATA="${PGHOME}/data"
+PGPASS=phasegate-e2e
+START=$(date +%s)
+failures=0
+passes=0
+
+log() { echo "[e2e-real] $*" >&2; }
+pass() { log "ok: $*"; passes=$((passes + 1)); }
+fail() { log "FAIL: $*"; failures=$((failures + 1)); }
+die() { log "FATAL: $*"; dump; exit 1; }
+# check <description> <command...>: one assertion.
+check() { local what="$1"; shift; if "$@" >/dev/null 2>&1; then pass "${what}"; else fail "${what}"; fi; }
+# expect_eq <description> <want> <got>
+expect_eq() { if [[ "$3" == "$2" ]]; then pass "$1 (${3})"; else fail "$1: want '$2', got '$3'"; fi; }
+# expect_has <description> <needle> <haystack>
+expect_has() { if [[ "$3" == *"$2"* ]]; then pass "$1"; else fail "$1: '$2' not in: $(echo "$3" | head -c 600)"; fi; }
+# wait_until <seconds> <description> <command...>: fatal on timeout.
+wait_until() {
+  local timeout="$1" what="$2" deadline
+  shift 2
+  deadline=$(($(date +%s) + timeout))
+  until "$@" >/dev/null 2>&1; do
+    (($(date +%s) < deadline)) || die "timed out after ${timeout}s waiting for ${what}"
+    sleep 1
+  done
+}
+
+# ---------------------------------------------------------------- setup
+
+# One run at a time (fixed namespaces, port and release); daemons get 7>&-.
+mkdir -p "${CACHE}"
+exec 7>"${CACHE}/e2e-real.lock"
+flock -n 7 || { log "another e2e-real run holds ${CACHE}/e2e-real.lock; waiting ..."; flock 7; }
+
+"${ROOT}/hack/local-cluster.sh" up 7>&-
+eval "$("${ROOT}/hack/local-cluster.sh" env)"
+t0=$(date +%s)
+"${ROOT}/hack/real-node.sh" up 7>&- || die "the real node did not come up (see ~/.cache/phasegate/real-node/*.log)"
+eval "$("${ROOT}/hack/real-node.sh" env)" # NODE NODE_IP TAINT_KEY POD_CIDR POD_GATEWAY IMAGE CONTAINERD_ADDRESS
+export CONTAINERD_ADDRESS # for ctr
+t1=$(date +%s)
+"${ROOT}/hack/real-node.sh" image || die "the image build failed"
+t2=$(date +%s)
+log "real node up in $((t1 - t0))s, image built and loaded in $((t2 - t1))s"
+"${HELM}" --build-only >/dev/null
+API_PORT="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}' | sed 's#.*:##')"
+
+kc() { kubectl -n "${NS}" "$@"; }
+jp() { kc get "$1" "$2" -o "jsonpath=$3" 2>/dev/null; }
+phase() { jp dbm "$1" '{.status.phase}'; }
+phase_is() { [[ "$(phase "$1")" == "$2" ]]; }
+
+dump() {
+  log "---- state for debugging"
+  kubectl get nodes -o wide >&2 || true
+  kubectl -n "${OP_NS}" get pods -o wide >&2 || true
+  kc get dbm,jobs,pods -o wide >&2 || true
+  kc get dbm -o yaml 2>/dev/null | grep -A40 '^  status:' | head -120 >&2 || true
+  local p
+  for p in $(kubectl -n "${OP_NS}" get pods -o name 2>/dev/null); do
+    log "---- logs ${p}"; kubectl -n "${OP_NS}" logs "${p}" --tail=40 >&2 || true
+  done
+  kubectl get events -n "${NS}" --sort-by=.lastTimestamp 2>/dev/null | tail -20 >&2 || true
+  tail -20 "${CACHE}/real-node/kubelet.log" >&2 || true
+}
+
+as_pg() { if [[ "$(id -u)" -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+stop_postgres() { [[ -d "${PGDATA}" ]] && as_pg "${PGBIN}/pg_ctl" -D "${PGDATA}" -m fast stop >/dev/null 2>&1 || true; }
+
+cleanup() {
+  local rc=$?
+  if [[ "${PHASEGATE_E2E_REAL_KEEP:-}" != 1 ]]; then
+    "${HELM}" uninstall "${RELEASE}" -n "${OP_NS}" --wait --timeout 60s >/dev/null 2>&1 || true
+    kubectl delete namespace "${NS}" "${OP_NS}" --ignore-not-found --wait=true --timeout=90s >/dev/null 2>&1 || true
+    stop_postgres
+  fi
+  log "${passes} passed, ${failures} failed in $(($(date +%s) - START))s (exit ${rc})"
+  exit "${rc}"
+}
+trap cleanup EXIT
+# A command failing outside an assertion stops the run: say where.
+trap 'log "FATAL: line ${LINENO} failed: ${BASH_COMMAND}"' ERR
+
+# PostgreSQL on this host, listening on the node's address: pods reach it over the pod network
+# (the bridge routes to the host; pg_hba admits the pod CIDR with a password).
+stop_postgres
+rm -rf "${PGHOME}"
+mkdir -p "${PGDATA}"
+echo "${PGPASS}" >"${PGHOME}/pwfile"
+[[ "$(id -u)" -eq 0 ]] && chown -R postgres: "${PGHOME}"
+as_pg "${PGBIN}/initdb" -D "${PGDATA}" -U shop --pwfile="${PGHOME}/pwfile" -A scram-sha-256 >/dev/null
+echo "host all all ${POD_CIDR} scram-sha-256" >>"${PGDATA}/pg_hba.conf"
+as_pg "${PGBIN}/pg_ctl" -D "${PGDATA}" -l "${PGHOME}/postgres.log" -w \
+  -o "-p ${PGPORT} -c listen_addresses=127.0.0.1,${NODE_IP} -k ${PGDATA}" start >/dev/null 7>&- \
+  || die "PostgreSQL did not start on port ${PGPORT} (log: ${PGHOME}/postgres.log)"
+psql_() { PGPASSWORD="${PGPASS}" psql -qtAX -h 127.0.0.1 -p "${PGPORT}" -U shop -v ON_ERROR_STOP=1 "$@"; }
+for db in shop billing; do psql_ -d postgres -c "CREATE DATABASE ${db}"; done
+psql_ -d shop -c "CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL, legacy_flag boolean);
+  INSERT INTO users (email) VALUES ('ada@example.com'), ('grace@example.com');"
+psql_ -d billing -c "CREATE TABLE invoices (id bigserial PRIMARY KEY, total numeric, old_total text);"
+columns() { psql_ -d "$1" -c "SELECT string_agg(column_name, ',' ORDER BY column_name) FROM information_schema.columns WHERE table_name = '$2'"; }
+
+# Namespaces enforcing the restricted Pod Security Standard, before anything runs in them.
+kubectl delete namespace "${NS}" "${OP_NS}" --ignore-not-found --wait=true --timeout=90s >/dev/null
+for n in "${OP_NS}" "${NS}"; do
+  kubectl create namespace "${n}" >/dev/null
+  kubectl label namespace "${n}" pod-security.kubernetes.io/enforce=restricted \
+    pod-security.kubernetes.io/enforce-version=latest >/dev/null
+done
+
+# ---------------------------------------------------------------- install (README's command)
+
+# The cluster admin's values for this machine: the image built here, the operator and its
+# executor Jobs on the real node, and the API server's real address (pods cannot reach the
+# `kubernetes` Service's ClusterIP without kube-proxy).
+cat >"${PGHOME}/values.yaml" <<EOF
+replicas: 2
+image:
+  repository: ${IMAGE%:*}
+  tag: "${IMAGE##*:}"
+  pullPolicy: Never
+nodeSelector: {${TAINT_KEY}: "true"}
+tolerations: [{key: ${TAINT_KEY}, operator: Exists, effect: NoSchedule}]
+extraEnv:
+  - {name: KUBERNETES_SERVICE_HOST, value: "${NODE_IP}"}
+  - {name: KUBERNETES_SERVICE_PORT, value: "${API_PORT}"}
+executor:
+  pod:
+    nodeSelector: {${TAINT_KEY}: "true"}
+    tolerations: [{key: ${TAINT_KEY}, operator: Exists, effect: NoSchedule}]
+    annotations: {sidecar.istio.io/inject: "false"}
+    resources: {requests: {cpu: 50m, memory: 32Mi}, limits: {memory: 256Mi}}
+EOF
+# README: helm install phasegate charts/phasegate -n phasegate-system --create-namespace --set watchNamespace=shop
+"${HELM}" install "${RELEASE}" "${ROOT}/charts/phasegate" -n "${OP_NS}" --create-namespace \
+  --set watchNamespace="${NS}" -f "${PGHOME}/values.yaml" --wait --timeout 120s >/dev/null \
+  || die "helm install did not become ready"
+pass "helm install: Deployment ${RELEASE} available with 2 replicas"
+
+# ---------------------------------------------------------------- 1. the operator pods
+
+opk() { kubectl -n "${OP_NS}" "$@"; }
+OP_PODS=($(opk get pods -l app.kubernetes.io/instance="${RELEASE}" -o jsonpath='{.items[*].metadata.name}'))
+expect_eq "two operator pods" 2 "${#OP_PODS[@]}"
+for p in "${OP_PODS[@]}"; do
+  spec="$(opk get pod "${p}" -o json)"
+  expect_eq "${p} runs on the real node" "${NODE}" "$(jq -r .spec.nodeName <<<"${spec}")"
+  expect_eq "${p} runs as the chart's ServiceAccount" "${RELEASE}" "$(jq -r .spec.serviceAccountName <<<"${spec}")"
+  expect_eq "${p}: no kubeconfig (env, volumes)" "" \
+    "$(jq -r '[.spec.containers[].env[]?.name | select(test("KUBECONFIG"))] + [.spec.volumes[]? | select(.secret or .hostPath) | .name] | join(",")' <<<"${spec}")"
+  expect_eq "${p}: container ready (kubelet probes passed)" "true" "$(jq -r '.status.containerStatuses[0].ready' <<<"${spec}")"
+  expect_eq "${p}: started by containerd" "containerd" "$(jq -r '.status.containerStatuses[0].containerID' <<<"${spec}" | cut -d: -f1)"
+  expect_eq "${p}: uid 65532, read-only root" "65532 true" \
+    "$(jq -r '"\(.spec.securityContext.runAsUser) \(.spec.containers[0].securityContext.readOnlyRootFilesystem)"' <<<"${spec}")"
+done
+# What the SA may not do: the operator reads no Secrets.
+expect_eq "operator SA cannot read Secrets" "no" \
+  "$(kubectl auth can-i get secrets -n "${NS}" --as "system:serviceaccount:${OP_NS}:${RELEASE}" 2>/dev/null || true)"
+
+pod_ip() { opk get pod "$1" -o jsonpath='{.status.podIP}'; }
+scrape() { curl -fsS --max-time 5 "http://$(pod_ip "$1"):8080$2"; }
+leader_of_lease() { opk get lease "phasegate-${NS}" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null; }
+wait_until "${T}" "a leader Lease" bash -c "[[ -n \"\$(kubectl -n ${OP_NS} get lease phasegate-${NS} -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)\" ]]"
+LEADER="$(leader_of_lease)"
+leaders=0
+for p in "${OP_PODS[@]}"; do
+  ip="$(pod_ip "${p}")"
+  [[ "${ip}" == 10.244.* ]] && pass "${p} has a pod-network address (${ip})" || fail "${p} pod IP ${ip} not in ${POD_CIDR}"
+  check "${p} /healthz 200 over the pod network" scrape "${p}" /healthz
+  check "${p} /readyz 200 over the pod network" scrape "${p}" /readyz
+  m="$(scrape "${p}" /metrics || true)"
+  expect_has "${p} /metrics is OpenMetrics" "# EOF" "${m}"
+  if grep -qx 'phasegate_leader 1' <<<"${m}"; then
+    leaders=$((leaders + 1))
+    expect_eq "the replica saying phasegate_leader 1 holds the Lease" "${LEADER}" "${p}"
+  fi
+done
+expect_eq "exactly one leader among the replicas" 1 "${leaders}"
+
+# ---------------------------------------------------------------- 2. the quickstart
+
+kc create secret generic shop-db --from-literal=url="postgres://shop:${PGPASS}@${NODE_IP}:${PGPORT}/shop" >/dev/null
+kc create secret generic billing-db --from-literal=url="postgres://shop:${PGPASS}@${NODE_IP}:${PGPORT}/billing" >/dev/null
+# The example files, in this test's namespace (the app pods run on kwok's fake nodes).
+sed "s/namespace: shop$/namespace: ${NS}/" "${ROOT}/examples/quickstart/10-deployment.yaml" | kc apply -f - >/dev/null
+kc rollout status deployment/shop-api --timeout="${T}s" >/dev/null || die "shop-api did not roll out"
+sed "s/namespace: shop$/namespace: ${NS}/" "${ROOT}/examples/quickstart/20-migration.yaml" | kc apply -f - >/dev/null
+wait_until "${T}" "users-email-verified AwaitingRollout (expand applied)" phase_is users-email-verified AwaitingRollout
+expect_has "expand added users.email_verified" "email_verified" "$(columns shop users)"
+job="$(jp dbm users-email-verified '{.status.expand.jobName}')"
+pod="$(kc get pods -l job-name="${job}" -o jsonpath='{.items[0].metadata.name}')"
+pspec="$(kc get pod "${pod}" -o json)"
+expect_eq "expand Job's pod ran on the real node" "${NODE}" "$(jq -r .spec.nodeName <<<"${pspec}")"
+expect_eq "expand container exited 0 (a real container)" "0" "$(jq -r '.status.containerStatuses[0].state.terminated.exitCode' <<<"${pspec}")"
+expect_eq "expand container ran by containerd" "containerd" "$(jq -r '.status.containerStatuses[0].containerID' <<<"${pspec}" | cut -d: -f1)"
+expect_eq "executor pod settings from the chart applied" "false true 50m" \
+  "$(jq -r '"\(.metadata.annotations["sidecar.istio.io/inject"]) \(.spec.tolerations | map(.key) | index("'"${TAINT_KEY}"'") != null) \(.spec.containers[0].resources.requests.cpu)"' <<<"${pspec}")"
+expect_has "the executor's report reached status.expand.message" "statement" "$(jp dbm users-email-verified '{.status.expand.message}')"
+# Roll out 2.0.0: contract runs after the 5 s delay.
+kc patch deployment shop-api --type merge -p '{"spec":{"template":{"metadata":{"labels":{"app.kubernetes.io/version":"2.0.0"}}}}}' >/dev/null
+wait_until "${T}" "users-email-verified Succeeded" phase_is users-email-verified Succeeded
+cols="$(columns shop users)"
+expect_eq "quickstart: users columns after contract" "email,email_verified,id" "${cols}"
+cjob="$(jp dbm users-email-verified '{.status.contract.jobName}')"
+expect_eq "contract Job completed" "1" "$(kc get job "${cjob}" -o jsonpath='{.status.succeeded}')"
+expect_eq "quickstart Ready condition" "True" "$(jp dbm users-email-verified '{.status.conditions[?(@.type=="Ready")].status}')"
+
+# ---------------------------------------------------------------- 3. a failing expand
+
+cat <<EOF | kc apply -f - >/dev/null
+apiVersion: phasegate.dev/v1alpha1
+kind: DatabaseMigration
+metadata: {name: broken}
+spec:
+  appVersion: "3.0.0"
+  database: {urlSecretRef: {name: shop-db, key: url}}
+  expand: {sql: "ALTER TABLE no_such_table ADD COLUMN x int;"}
+  contract: {sql: "SELECT 1;"}
+  rollout: {targets: [{kind: Deployment, name: shop-api}]}
+EOF
+wait_until "${T}" "broken Failed" phase_is broken Failed
+expect_eq "failing expand: reason" "ExpandFailed" "$(jp dbm broken '{.status.expand.reason}')"
+msg="$(jp dbm broken '{.status.expand.message}')"
+expect_has "failing expand: PostgreSQL's error in status" "no_such_table" "${msg}"
+expect_has "failing expand: SQLSTATE in status" "42P01" "${msg}"
+expect_eq "failing expand: Stalled condition" "True ExpandFailed" \
+  "$(jp dbm broken '{.status.conditions[?(@.type=="Stalled")].status} {.status.conditions[?(@.type=="Stalled")].reason}')"
+job="$(jp dbm broken '{.status.expand.jobName}')"
+term="$(kc get pods -l job-name="${job}" -o jsonpath='{.items[0].status.containerStatuses[0].state.terminated}')"
+code="$(jq -r .exitCode <<<"${term}")"
+[[ "${code}" =~ ^[0-9]+$ && "${code}" -ne 0 ]] && pass "failing expand: container exit code ${code}" || fail "failing expand: exit code '${code}'"
+expect_has "failing expand: report in the termination message" "42P01" "$(jq -r .message <<<"${term}")"
+expect_eq "failing expand: nothing contracted" "" "$(kc get jobs -l phasegate.dev/phase=contract,phasegate.dev/migration=broken -o name)"
+
+# ---------------------------------------------------------------- 4. a rollback holds contract
+
+cat <<EOF | kc apply -f - >/dev/null
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: billing-api}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: billing-api}}
+  template:
+    metadata: {labels: {app: billing-api, app.kubernetes.io/version: "1.0.0"}}
+    spec:
+      securityContext: {runAsNonRoot: true, runAsUser: 1000, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: api
+          image: example.com/billing/api:1.0.0
+          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+---
+apiVersion: phasegate.dev/v1alpha1
+kind: DatabaseMigration
+metadata: {name: invoices-total}
+spec:
+  appVersion: "2.0.0"
+  database: {urlSecretRef: {name: billing-db, key: url}}
+  expand: {sql: "ALTER TABLE invoices ADD COLUMN total_cents bigint;"}
+  contract: {sql: "ALTER TABLE invoices DROP COLUMN old_total;", approval: Manual}
+  rollout:
+    targets: [{kind: Deployment, name: billing-api}]
+    versionFrom: {label: app.kubernetes.io/version}
+EOF
+set_billing() { kc patch deployment billing-api --type merge -p "{\"spec\":{\"template\":{\"metadata\":{\"labels\":{\"app.kubernetes.io/version\":\"$1\"}}}}}" >/dev/null; }
+wait_until "${T}" "invoices-total AwaitingRollout" phase_is invoices-total AwaitingRollout
+set_billing 2.0.0
+wait_until "${T}" "invoices-total AwaitingApproval" phase_is invoices-total AwaitingApproval
+set_billing 1.0.0
+wait_until "${T}" "invoices-total back to AwaitingRollout after the rollback" phase_is invoices-total AwaitingRollout
+pass "rollback: AwaitingApproval -> AwaitingRollout"
+expect_eq "rollback resets rolloutCompletedAt" "" "$(jp dbm invoices-total '{.status.rolloutCompletedAt}')"
+kc rollout status deployment/billing-api --timeout="${T}s" >/dev/null
+kc annotate dbm invoices-total phasegate.dev/approve=true >/dev/null
+sleep 8
+expect_eq "rollback: approved contract is held" "AwaitingRollout" "$(phase invoices-total)"
+expect_eq "rollback: no contract Job" "" "$(kc get jobs -l phasegate.dev/phase=contract -o name | grep -v users || true)"
+expect_has "rollback: old column kept" "old_total" "$(columns billing invoices)"
+
+# ---------------------------------------------------------------- 5. leader failover
+
+container_of() { local c; c="$(opk get pod "$1" -o jsonpath='{.status.containerStatuses[0].containerID}')"; echo "${c#containerd://}"; }
+restarts_of() { opk get pod "$1" -o jsonpath='{.status.containerStatuses[0].restartCount}'; }
+says_leader() { curl -fsS --max-time 3 "http://$(pod_ip "$1"):8080/metrics" | grep -qx "phasegate_leader $2"; }
+other_than() { local p; for p in "${OP_PODS[@]}"; do if [[ "${p}" != "$1" ]]; then echo "${p}"; fi; done; }
+
+# a) The leader hangs (SIGSTOP its process: no Lease renewals, no probe answers). The standby
+#    takes the Lease once it expires; the kubelet's liveness probe kills and restarts the hung
+#    container, which comes back as a standby.
+old="$(leader_of_lease)"
+standby="$(other_than "${old}")"
+cid="$(container_of "${old}")"
+pid="$(ctr -n k8s.io tasks ls | awk -v c="${cid}" '$1 == c {print $2}')"
+[[ -n "${pid}" ]] || die "no process for the leader's container ${cid}"
+restarts_before="$(restarts_of "${old}")"
+kill -STOP "${pid}"
+stopped_at=$(date +%s)
+log "stopped the process of leader ${old} (pid ${pid})"
+wait_until 60 "the standby ${standby} to take the Lease" bash -c "[[ \"\$(kubectl -n ${OP_NS} get lease phasegate-${NS} -o jsonpath='{.spec.holderIdentity}')\" == ${standby} ]]"
+pass "hung leader: standby ${standby} took the Lease $(($(date +%s) - stopped_at))s later"
+wait_until 30 "phasegate_leader 1 on ${standby}" says_leader "${standby}" 1
+pass "hung leader: ${standby} reports phasegate_leader 1 over the pod network"
+wait_until 90 "the kubelet to restart the hung container (liveness probe)" bash -c \
+  "[[ \"\$(kubectl -n ${OP_NS} get pod ${old} -o jsonpath='{.status.containerStatuses[0].restartCount}')\" -gt ${restarts_before} ]]"
+pass "hung leader: the kubelet's liveness probe restarted it"
+wait_until 60 "${old} ready again" bash -c "[[ \"\$(kubectl -n ${OP_NS} get pod ${old} -o jsonpath='{.status.containerStatuses[0].ready}')\" == true ]]"
+check "hung leader: ${old} came back as a standby (phasegate_leader 0)" says_leader "${old}" 0
+expect_eq "hung leader: the Lease stays with ${standby}" "${standby}" "$(leader_of_lease)"
+
+# b) The new leader's container is killed (SIGKILL through containerd, as a crash): the
+#    kubelet restarts it at once; the pod's identity holds the unexpired Lease, so the
+#    restarted process leads again (the other replica stays standby). One leader throughout.
+old="$(leader_of_lease)"
+restarts_before="$(restarts_of "${old}")"
+ctr -n k8s.io tasks kill -s SIGKILL "$(container_of "${old}")" >/dev/null || die "could not kill the leader's container"
+log "killed the container of leader ${old}"
+wait_until 60 "the kubelet to restart the killed container" bash -c \
+  "[[ \"\$(kubectl -n ${OP_NS} get pod ${old} -o jsonpath='{.status.containerStatuses[0].restartCount}')\" -gt ${restarts_before} ]]"
+pass "killed leader: the kubelet restarted its container"
+one_leader() {
+  local n=0 p
+  for p in "${OP_PODS[@]}"; do says_leader "${p}" 1 && n=$((n + 1)); done
+  [[ "${n}" -eq 1 ]] && says_leader "$(leader_of_lease)" 1
+}
+wait_until 60 "exactly one replica leading, the Lease holder" one_leader
+pass "killed leader: exactly one replica leads ($(leader_of_lease)), and it holds the Lease"
+
+# The held migration finishes under the leadership that survived both.
+set_billing 2.0.0
+wait_until "${T}" "invoices-total Succeeded after the failovers" phase_is invoices-total Succeeded
+expect_eq "failover: contract ran" "id,total,total_cents" "$(columns billing invoices)"
+
+log "real node: ${NODE}; setup $((t1 - t0))s, image $((t2 - t1))s, tests $(($(date +%s) - t2))s"
+[[ "${failures}" -eq 0 ]] || { dump; exit 1; }
