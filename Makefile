@@ -5,7 +5,7 @@ CACHE ?= $(or $(PHASEGATE_CACHE),$(HOME)/.cache/phasegate)
 E2E_KUBECONFIG ?= $(CACHE)/kubeconfig
 E2E_THREADS ?= 3
 
-.PHONY: all build deps crd unit executor-pg17 e2e test chart-test lua-test demo demo-down cluster-up cluster-down bench-lock fmt lint-rust
+.PHONY: all build deps crd unit executor-pg17 e2e test chart-test lua-test demo demo-down cluster-up cluster-down bench-lock bench-scale fmt lint-rust
 
 all: build
 
@@ -65,6 +65,11 @@ demo-down:
 ## Application latency while a migration waits for a lock: naive vs retries vs Phasegate.
 bench-lock: deps
 	hack/bench-lock.sh
+
+## The operator at scale on its own kwok cluster, baseline vs this tree (not part of `test`;
+## PRESET=small|medium|full or DEPLOYMENTS/REPLICAS/MIGRATIONS, BASELINE_REF; see docs/scale.md).
+bench-scale: deps
+	hack/bench-scale.sh
 
 fmt:
 	$(CARGO) fmt
