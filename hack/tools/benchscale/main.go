@@ -110,8 +110,9 @@ type Result struct {
 	CPUTotal        float64 `json:"cpu_total_s"`      // over the operator's life
 	ShutdownSeconds float64 `json:"shutdown_seconds"` // SIGTERM -> exit (-1: killed after 60 s)
 
-	OperatorWave    []ReqCount `json:"operator_requests_wave"`    // at the proxy, during the wave
-	OperatorStartup []ReqCount `json:"operator_requests_startup"` // operator start -> AwaitingRollout
+	OperatorWave    []ReqCount `json:"operator_requests_wave"`            // at the proxy, during the wave
+	PeakReqPerSec   int64      `json:"operator_peak_requests_per_second"` // busiest second of the wave
+	OperatorStartup []ReqCount `json:"operator_requests_startup"`         // operator start -> AwaitingRollout
 	OperatorIdle    []ReqCount `json:"operator_requests_idle"`
 	APIServerWave   []APICount `json:"apiserver_requests_wave"` // apiserver_request_total delta, all clients
 	StatusWrites    int64      `json:"status_writes"`           // databasemigrations/status PATCH+PUT during the wave (apiserver)
@@ -521,6 +522,25 @@ func run(o opts) error {
 	st.mu.Lock()
 	st.waveOn = true
 	st.mu.Unlock()
+	waveDone, peakDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(peakDone)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		prev := stats.total.Load()
+		for {
+			select {
+			case <-waveDone:
+				return
+			case <-tick.C:
+				n := stats.total.Load()
+				if n-prev > res.PeakReqPerSec {
+					res.PeakReqPerSec = n - prev
+				}
+				prev = n
+			}
+		}
+	}()
 	logf("rollout wave: %d Deployments -> %s", o.deployments, o.newVersion)
 	patch := []byte(fmt.Sprintf(`{"spec":{"template":{"metadata":{"labels":{%q:%q}},"spec":{"containers":[{"name":"app","image":"example.com/bench/app:%s"}]}}}}`,
 		versionLabel, o.newVersion, o.newVersion))
@@ -540,6 +560,8 @@ func run(o opts) error {
 	})
 	res.WaveOK = err == nil
 	res.WaveSeconds = time.Since(tWave).Seconds()
+	close(waveDone)
+	<-peakDone
 	if err != nil {
 		logf("WARNING: %v", err)
 	}

@@ -30,8 +30,9 @@ type reqStat struct {
 }
 
 type proxyStats struct {
-	mu sync.Mutex
-	m  map[ReqKey]*reqStat
+	mu    sync.Mutex
+	m     map[ReqKey]*reqStat
+	total atomic.Int64
 }
 
 func (p *proxyStats) get(k ReqKey) *reqStat {
@@ -178,6 +179,7 @@ func startProxy(cfg *rest.Config, st *proxyStats, dir string) (string, error) {
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s := st.get(classify(r))
 		s.count.Add(1)
+		st.total.Add(1)
 		rp.ServeHTTP(&countingWriter{ResponseWriter: w, st: s}, r)
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

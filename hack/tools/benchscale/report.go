@@ -95,6 +95,7 @@ func cmdReport(args []string) error {
 		{"operator API requests, idle window", func(r *Result) float64 { n, _, _ := sumReq(r.OperatorIdle); return float64(n) }, "%.0f"},
 		{"operator API requests, wave", opReq, "%.0f"},
 		{"operator API requests/s, wave", func(r *Result) float64 { return opReq(r) / r.WaveSeconds }, "%.1f"},
+		{"operator API requests/s, busiest second of the wave", func(r *Result) float64 { return float64(r.PeakReqPerSec) }, "%.0f"},
 		{"operator API error responses, wave", func(r *Result) float64 { _, _, e := sumReq(r.OperatorWave); return float64(e) }, "%.0f"},
 		{"MiB the operator received, wave", func(r *Result) float64 { _, b, _ := sumReq(r.OperatorWave); return float64(b) / (1 << 20) }, "%.1f"},
 		{"apiserver requests (all clients, no WATCH), wave", func(r *Result) float64 { return float64(sumAPI(r.APIServerWave)) }, "%.0f"},
