@@ -45,8 +45,9 @@ WAVE_TIMEOUT="${WAVE_TIMEOUT:-1200}"
 IDLE_SECONDS="${IDLE_SECONDS:-20}"
 export PHASEGATE_CLUSTER="${BENCH_CLUSTER:-phasegate-bench}"
 [[ "${PHASEGATE_CLUSTER}" != "phasegate" ]] || die "the bench needs a cluster of its own, not the e2e cluster \"phasegate\""
-# kwok nodes take any number of pods (allocatable pods: 1M); one per 1,000 pods spreads them.
-export PHASEGATE_NODES="${BENCH_NODES:-$(((PODS + 999) / 1000 > 2 ? (PODS + 999) / 1000 : 2))}"
+# kwokctl's fake nodes take 110 pods each (and a /24 of pod IPs): one node per 100 pods, plus
+# a quarter for the surge of the rolling update and the executor pods, plus 2.
+export PHASEGATE_NODES="${BENCH_NODES:-$(((PODS * 125 / 100 + MIGRATIONS + 99) / 100 + 2))}"
 (((DEPLOYMENTS >= MIGRATIONS * 5))) || log "note: fewer Deployments than 5 x migrations: targets are shared"
 OUT="${BENCH_OUT:-${WORK}/results/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "${OUT}"

@@ -404,6 +404,8 @@ func run(o opts) error {
 	cmd := exec.Command(o.operator, "controller", "--metrics-addr", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "PHASEGATE_LEADER_ELECTION=false", "PHASEGATE_NAMESPACE=")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// The operator does not outlive the helper (interrupted runs leave nothing behind).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
