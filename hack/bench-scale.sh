@@ -20,6 +20,7 @@
 #   IDLE_SECONDS                       idle window before the wave (default 20)
 #   BENCH_CLUSTER                      kwok cluster name (default phasegate-bench; never the
 #                                      e2e cluster "phasegate")
+#   RUNS                               "baseline current" (default), or one of them
 #   KEEP_CLUSTER=1                     leave the cluster of the last run up
 #   BENCH_OUT                          results directory (default $CACHE/bench-scale/results/<time>)
 set -euo pipefail
@@ -130,13 +131,19 @@ cleanup() {
 trap cleanup EXIT
 
 log "sizes: ${DEPLOYMENTS} Deployments x ${REPLICAS} replicas = ${PODS} pods, ${MIGRATIONS} migrations; results in ${OUT}"
-if [[ -n "${BASE_BIN}" ]]; then
+# RUNS=baseline or RUNS=current runs one side only (into the same BENCH_OUT as the other).
+RUNS="${RUNS:-baseline current}"
+if [[ -n "${BASE_BIN}" && " ${RUNS} " == *" baseline "* ]]; then
   run_one baseline "${BASE_BIN}"
 fi
-run_one current "${CURRENT_BIN}"
+if [[ " ${RUNS} " == *" current "* ]]; then
+  run_one current "${CURRENT_BIN}"
+fi
 
-if [[ -n "${BASE_BIN}" ]]; then
+if [[ -f "${OUT}/baseline.json" && -f "${OUT}/current.json" ]]; then
   "${HELPER}" report --baseline "${OUT}/baseline.json" "${OUT}/current.json" | tee "${OUT}/report.txt"
-else
+elif [[ -f "${OUT}/current.json" ]]; then
   "${HELPER}" report "${OUT}/current.json" | tee "${OUT}/report.txt"
+else
+  "${HELPER}" report "${OUT}/baseline.json" | tee "${OUT}/report.txt"
 fi
