@@ -50,6 +50,9 @@ export PHASEGATE_CLUSTER="${BENCH_CLUSTER:-phasegate-bench}"
 # a quarter for the surge of the rolling update and the executor pods, plus 2.
 export PHASEGATE_NODES="${BENCH_NODES:-$(((PODS * 125 / 100 + MIGRATIONS + 99) / 100 + 2))}"
 (((DEPLOYMENTS >= MIGRATIONS * 5))) || log "note: fewer Deployments than 5 x migrations: targets are shared"
+# On a busy machine the controller-manager and the scheduler lose their leader lease (renewals
+# time out) and exit, and kwokctl does not restart them: with one replica each, no election.
+export PHASEGATE_KWOKCTL_ARGS="--extra-args kube-scheduler=leader-elect=false --extra-args kube-controller-manager=leader-elect=false"
 OUT="${BENCH_OUT:-${WORK}/results/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "${OUT}"
 

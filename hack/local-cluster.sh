@@ -14,6 +14,7 @@
 #   PHASEGATE_CLUSTER     cluster name (default: phasegate); another name gets its own
 #                         kubeconfig (kubeconfig-<name>) and lock, so it can run beside the default
 #   PHASEGATE_NODES       number of fake nodes (default: 2)
+#   PHASEGATE_KWOKCTL_ARGS  extra `kwokctl create cluster` arguments (default: none)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -227,7 +228,7 @@ cmd_up() {
     --enable-crds Logs \
     --disable-qps-limits \
     --wait 120s \
-    --quiet-pull >&2 8>&- || {
+    --quiet-pull ${PHASEGATE_KWOKCTL_ARGS:-} >&2 8>&- || {
     log "kwokctl create cluster failed; cleaning up"
     cmd_down || true
     die "could not create cluster ${CLUSTER}"
