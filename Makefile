@@ -5,7 +5,7 @@ CACHE ?= $(or $(PHASEGATE_CACHE),$(HOME)/.cache/phasegate)
 E2E_KUBECONFIG ?= $(CACHE)/kubeconfig
 E2E_THREADS ?= 3
 
-.PHONY: all build deps crd unit executor-pg17 e2e e2e-real real-node-up real-node-down test chart-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock bench-backfill fmt lint-rust
+.PHONY: all build deps crd unit executor-pg17 e2e e2e-real real-node-up real-node-down test chart-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock bench-backfill bench-scale fmt lint-rust
 
 all: build
 
@@ -96,6 +96,11 @@ bench-lock: deps
 ## Backfill benchmark: single UPDATE vs `phasegate backfill` under open-loop app load (not a test).
 bench-backfill: deps
 	hack/bench-backfill.sh
+
+## The operator at scale on its own kwok cluster, baseline vs this tree (not part of `test`;
+## PRESET=small|medium|full or DEPLOYMENTS/REPLICAS/MIGRATIONS, BASELINE_REF; see docs/scale.md).
+bench-scale: deps
+	hack/bench-scale.sh
 
 fmt:
 	$(CARGO) fmt

@@ -11,8 +11,10 @@
 #
 # Environment:
 #   PHASEGATE_CACHE       cache root (default: $HOME/.cache/phasegate)
-#   PHASEGATE_CLUSTER     cluster name (default: phasegate)
+#   PHASEGATE_CLUSTER     cluster name (default: phasegate); another name gets its own
+#                         kubeconfig (kubeconfig-<name>) and lock, so it can run beside the default
 #   PHASEGATE_NODES       number of fake nodes (default: 2)
+#   PHASEGATE_KWOKCTL_ARGS  extra `kwokctl create cluster` arguments (default: none)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,7 +34,10 @@ K8S_BIN="${CACHE}/k8s-${K8S_VERSION}/bin"
 ETCD_BIN="${CACHE}/etcd-${ETCD_VERSION}/bin"
 KWOK_BIN="${CACHE}/kwok-${KWOK_VERSION}/bin"
 BIN="${CACHE}/bin" # symlinks to the versioned binaries, for PATH
-KUBECONFIG_PATH="${CACHE}/kubeconfig"
+# The default cluster keeps the historical paths; any other cluster has its own kubeconfig and
+# up/down lock, so e.g. `make bench-scale` can run beside the e2e cluster (kwokctl picks free ports).
+if [[ "${CLUSTER}" == "phasegate" ]]; then CLUSTER_SUFFIX=""; else CLUSTER_SUFFIX="-${CLUSTER}"; fi
+KUBECONFIG_PATH="${CACHE}/kubeconfig${CLUSTER_SUFFIX}"
 STAGES="${HACK}/kwok/stages.yaml"
 # kwokctl keeps cluster state (pki, etcd data, logs, pids) here instead of ~/.kwok.
 export KWOK_WORKDIR="${CACHE}/kwok-workdir"
@@ -223,7 +228,7 @@ cmd_up() {
     --enable-crds Logs \
     --disable-qps-limits \
     --wait 120s \
-    --quiet-pull >&2 8>&- || {
+    --quiet-pull ${PHASEGATE_KWOKCTL_ARGS:-} >&2 8>&- || {
     log "kwokctl create cluster failed; cleaning up"
     cmd_down || true
     die "could not create cluster ${CLUSTER}"
@@ -264,7 +269,7 @@ cmd_env() {
 # each other's half-created cluster. The cluster's daemons must not inherit the lock's fd.
 locked() {
   mkdir -p "${CACHE}"
-  exec 8>"${CACHE}/cluster.lock"
+  exec 8>"${CACHE}/cluster${CLUSTER_SUFFIX}.lock"
   flock 8
   "$@"
 }
