@@ -125,42 +125,18 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
     // Every watched kind is cached, pruned to what the planner reads; the initial lists may be
     // served from the API server's watch cache (any semantic), in pages.
     let wc = || watcher::Config::default().any_semantic().page_size(500);
-    let (migration_store, w) = reflector::store();
-    let migration_stream = watcher(migrations, wc())
-        .default_backoff()
-        .modify(cache::prune_migration)
-        .reflect(w)
-        .applied_objects();
-    let (job_store, w) = reflector::store();
-    let job_stream = watcher(jobs, wc().labels(LABEL_EXECUTOR))
-        .default_backoff()
-        .modify(cache::prune_job)
-        .reflect(w)
-        .touched_objects();
-    let (pod_store, w) = reflector::store();
-    let pod_stream = watcher(pods, wc())
-        .default_backoff()
-        .modify(cache::prune_pod)
-        .reflect(w)
-        .touched_objects();
-    let (deployment_store, w) = reflector::store();
-    let deployment_stream = watcher(deployments, wc())
-        .default_backoff()
-        .modify(cache::prune_deployment)
-        .reflect(w)
-        .touched_objects();
-    let (statefulset_store, w) = reflector::store();
-    let statefulset_stream = watcher(statefulsets, wc())
-        .default_backoff()
-        .modify(cache::prune_statefulset)
-        .reflect(w)
-        .touched_objects();
-    let (daemonset_store, w) = reflector::store();
-    let daemonset_stream = watcher(daemonsets, wc())
-        .default_backoff()
-        .modify(cache::prune_daemonset)
-        .reflect(w)
-        .touched_objects();
+    let (migration_store, migration_stream) = cached(migrations, wc(), cache::prune_migration);
+    let migration_stream = migration_stream.applied_objects();
+    let (job_store, job_stream) = cached(jobs, wc().labels(LABEL_EXECUTOR), cache::prune_job);
+    let (pod_store, pod_stream) = cached(pods, wc(), cache::prune_pod);
+    let (deployment_store, deployment_stream) = cached(deployments, wc(), cache::prune_deployment);
+    let (statefulset_store, statefulset_stream) =
+        cached(statefulsets, wc(), cache::prune_statefulset);
+    let (daemonset_store, daemonset_stream) = cached(daemonsets, wc(), cache::prune_daemonset);
+    let (job_stream, pod_stream) = (job_stream.touched_objects(), pod_stream.touched_objects());
+    let deployment_stream = deployment_stream.touched_objects();
+    let statefulset_stream = statefulset_stream.touched_objects();
+    let daemonset_stream = daemonset_stream.touched_objects();
     // Argo Rollouts is optional: watch Rollouts only where its API exists (a watch on a
     // missing API would keep the caches from ever syncing).
     let rollouts: Api<argo::Rollout> = scoped(&client, &config.namespace);
@@ -175,19 +151,15 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
             false
         }
     };
-    let (rollout_store, mut w) = reflector::store();
-    let rollout_stream = if rollouts_installed {
-        watcher(rollouts, wc())
-            .default_backoff()
-            .modify(cache::prune_rollout)
-            .reflect(w)
-            .touched_objects()
-            .boxed()
+    let (rollout_store, rollout_stream) = if rollouts_installed {
+        let (store, events) = cached(rollouts, wc(), cache::prune_rollout);
+        (store, events.touched_objects().boxed())
     } else {
         // Never filled, and ready: nothing waits for it.
+        let (store, mut w) = reflector::store();
         w.apply_watcher_event(&watcher::Event::Init);
         w.apply_watcher_event(&watcher::Event::InitDone);
-        futures::stream::pending().boxed()
+        (store, futures::stream::pending().boxed())
     };
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     let caches = cache::Caches {
@@ -266,6 +238,34 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
     ops.metrics.set_store(None);
     ops.health.set_synced(false);
     Ok(())
+}
+
+/// A watch of `api`, pruned by `prune` and reflected into a cache: the cache's reader and the
+/// watch's events (to trigger reconciles from).
+fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    prune: fn(&mut K),
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+)
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let events = watcher(api, config)
+        .default_backoff()
+        .modify(prune)
+        .reflect(writer);
+    (store, events)
 }
 
 fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>

@@ -12,7 +12,7 @@ use phasegate::api::Phase;
 use phasegate::controller::argo::Rollout;
 use serde_json::json;
 
-use crate::harness::{spawn, wait_until, Env};
+use crate::harness::{spawn, wait_crd_established, Env};
 use crate::{migration_spec, seed_users_table, EXPAND, T};
 
 fn from_env(var: &str) -> PathBuf {
@@ -38,22 +38,7 @@ async fn install_argo_crds() {
         .await
         .expect("apply Argo Rollouts CRD");
     }
-    wait_until(
-        Duration::from_secs(30),
-        "rollouts CRD established",
-        || async {
-            crds.get("rollouts.argoproj.io")
-                .await
-                .ok()
-                .and_then(|c| c.status)
-                .and_then(|s| s.conditions)
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        },
-    )
-    .await;
+    wait_crd_established(&crds, "rollouts.argoproj.io").await;
 }
 
 fn rollout(version: &str, steps: serde_json::Value) -> serde_json::Value {

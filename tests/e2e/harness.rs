@@ -378,17 +378,26 @@ async fn install_crd(client: &Client) {
     )
     .await
     .expect("apply CRD");
-    wait_until(Duration::from_secs(30), "CRD established", || async {
-        crds.get(&crd.name_any())
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .and_then(|s| s.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-    })
+    wait_crd_established(&crds, &crd.name_any()).await;
+}
+
+/// Waits until the API server serves a CRD.
+pub async fn wait_crd_established(crds: &Api<CustomResourceDefinition>, name: &str) {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("CRD {name} established"),
+        || async {
+            crds.get(name)
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        },
+    )
     .await;
 }
 
