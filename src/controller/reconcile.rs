@@ -180,7 +180,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             ..
         }
     ) {
-        input.targets = observe_targets(Source::Api(client)).await?;
+        input.targets = observe_targets(Source::Api(client, &ctx.caches)).await?;
         plan = planner::plan(&input);
     }
     // Asked to stop (SIGTERM, or leadership lost): start nothing new.

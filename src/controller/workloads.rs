@@ -19,11 +19,12 @@ use super::cache::Caches;
 use super::error::{Error, KubeContext};
 
 /// Where targets are read from: the watch caches (every reconcile), or the API server (a
-/// quorum read, once, right before the contract Job is created).
+/// quorum read, once, right before the contract Job is created; the caches only tell which
+/// pods to list).
 #[derive(Clone, Copy)]
 pub enum Source<'a> {
     Cache(&'a Caches),
-    Api(&'a Client),
+    Api(&'a Client, &'a Caches),
 }
 
 /// Judge every target of a migration. A target that does not exist, or a selector that
@@ -31,7 +32,10 @@ pub enum Source<'a> {
 ///
 /// Pods are read first, workloads second: a rollback that lands between the two reads shows
 /// in the workload's template, whereas workload-first could miss the old pods the rollback
-/// has not created yet.
+/// has not created yet. From the API server, only the pods of the targets' workloads are
+/// listed, by the selectors the caches know (workload selectors are immutable); should a
+/// workload turn up whose selector was not listed, every pod of the namespace is read again
+/// and the targets judged anew, pods first.
 pub async fn observe_targets(
     source: Source<'_>,
     namespace: &str,
@@ -40,19 +44,127 @@ pub async fn observe_targets(
     rule: &VersionRule,
     rollouts_installed: bool,
 ) -> Result<Vec<TargetStatus>, Error> {
-    let all_pods = match source {
-        Source::Cache(c) => c.pods_in(namespace),
-        Source::Api(client) => {
+    let judge = Judge {
+        source,
+        namespace,
+        targets,
+        version_from,
+        rule,
+        rollouts_installed,
+    };
+    match source {
+        Source::Cache(c) => Ok(judge.run(c.pods_in(namespace), None).await?.0),
+        Source::Api(client, caches) => {
             let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-            pods.list(&ListParams::default())
+            if let Some(selectors) = cached_selectors(caches, namespace, targets) {
+                let mut seen = std::collections::HashSet::new();
+                let mut listed = Vec::new();
+                for sel in &selectors {
+                    let items = pods
+                        .list(&ListParams::default().labels(sel))
+                        .await
+                        .during(format!("listing pods matching {sel} in {namespace}"))?
+                        .items;
+                    listed.extend(items.into_iter().filter(|p| seen.insert(p.uid())));
+                }
+                let (out, complete) = judge.run(listed, Some(&selectors)).await?;
+                if complete {
+                    return Ok(out);
+                }
+            }
+            let all = pods
+                .list(&ListParams::default())
                 .await
                 .during(format!("listing pods in {namespace}"))?
-                .items
+                .items;
+            Ok(judge.run(all, None).await?.0)
         }
-    };
-    let mut out = Vec::new();
+    }
+}
+
+/// The pod selectors of the targets' workloads as the caches know them; `None` when a target
+/// has no cached workload (then every pod of the namespace is listed).
+fn cached_selectors(
+    caches: &Caches,
+    namespace: &str,
+    targets: &[TargetSpec],
+) -> Option<std::collections::BTreeSet<String>> {
+    fn of<K: Workload>(
+        caches: &Caches,
+        namespace: &str,
+        t: &TargetSpec,
+    ) -> Option<Vec<LabelSelector>> {
+        let store = K::cache(caches);
+        let found: Vec<std::sync::Arc<K>> = match (&t.name, &t.selector) {
+            (Some(name), _) => store
+                .get(&ObjectRef::new(name).within(namespace))
+                .into_iter()
+                .collect(),
+            (None, Some(sel)) => {
+                let sel = Selector::try_from(sel.clone()).ok()?;
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|w| w.meta().namespace.as_deref() == Some(namespace))
+                    .filter(|w| sel.matches(w.labels()))
+                    .collect()
+            }
+            (None, None) => Vec::new(),
+        };
+        if found.is_empty() {
+            return None;
+        }
+        found.iter().map(|w| w.selector()).collect()
+    }
+    let mut out = std::collections::BTreeSet::new();
     for t in targets {
-        let found = match t.kind {
+        let selectors = match t.kind {
+            TargetKind::Deployment => of::<Deployment>(caches, namespace, t),
+            TargetKind::StatefulSet => of::<StatefulSet>(caches, namespace, t),
+            TargetKind::DaemonSet => of::<DaemonSet>(caches, namespace, t),
+            TargetKind::Rollout => of::<Rollout>(caches, namespace, t),
+        }?;
+        for sel in selectors {
+            let sel = Selector::try_from(sel).ok()?;
+            // An empty selector selects every pod: list them all.
+            if sel.selects_all() {
+                return None;
+            }
+            out.insert(sel.to_string());
+        }
+    }
+    Some(out)
+}
+
+/// What judging a migration's targets needs besides the pods.
+struct Judge<'a> {
+    source: Source<'a>,
+    namespace: &'a str,
+    targets: &'a [TargetSpec],
+    version_from: &'a VersionFrom,
+    rule: &'a VersionRule,
+    rollouts_installed: bool,
+}
+
+impl Judge<'_> {
+    /// Judges the targets on `pods`. With `listed` (the selectors `pods` were listed by), also
+    /// says whether every workload found was covered by them (`false`: judge again on every pod).
+    async fn run(
+        &self,
+        all_pods: Vec<Pod>,
+        listed: Option<&std::collections::BTreeSet<String>>,
+    ) -> Result<(Vec<TargetStatus>, bool), Error> {
+        let Judge {
+            source,
+            namespace,
+            targets,
+            version_from,
+            rule,
+            rollouts_installed,
+        } = *self;
+        let mut out = Vec::new();
+        for t in targets {
+            let found = match t.kind {
             TargetKind::Deployment => fetch::<Deployment>(source, namespace, t).await?,
             TargetKind::StatefulSet => fetch::<StatefulSet>(source, namespace, t).await?,
             TargetKind::DaemonSet => fetch::<DaemonSet>(source, namespace, t).await?,
@@ -64,25 +176,29 @@ pub async fn observe_targets(
             )),
             TargetKind::Rollout => fetch::<Rollout>(source, namespace, t).await?,
         };
-        let workloads = match found {
-            Found::Workloads(w) => w,
-            Found::Missing(status) => {
-                out.push(status);
-                continue;
+            let workloads = match found {
+                Found::Workloads(w) => w,
+                Found::Missing(status) => {
+                    out.push(status);
+                    continue;
+                }
+            };
+            for w in workloads {
+                let selector = to_selector(&w.selector, &format!("{} {}", t.kind, w.name))?;
+                if listed.is_some_and(|l| !l.contains(&selector.to_string())) {
+                    return Ok((out, false));
+                }
+                let matched: Vec<Pod> = all_pods
+                    .iter()
+                    .filter(|p| selector.matches(p.labels()))
+                    .cloned()
+                    .collect();
+                let obs = (w.observe)(version_from, &matched);
+                out.push(rollout::evaluate(&obs, rule));
             }
-        };
-        for w in workloads {
-            let selector = to_selector(&w.selector, &format!("{} {}", t.kind, w.name))?;
-            let matched: Vec<Pod> = all_pods
-                .iter()
-                .filter(|p| selector.matches(p.labels()))
-                .cloned()
-                .collect();
-            let obs = (w.observe)(version_from, &matched);
-            out.push(rollout::evaluate(&obs, rule));
         }
+        Ok((out, true))
     }
-    Ok(out)
 }
 
 /// Turns a found workload and its pods into the planner's observation.
@@ -228,7 +344,7 @@ async fn get<K: Workload>(
         Source::Cache(c) => Ok(K::cache(c)
             .get(&ObjectRef::new(name).within(namespace))
             .map(|w| w.as_ref().clone())),
-        Source::Api(client) => Api::<K>::namespaced(client.clone(), namespace)
+        Source::Api(client, _) => Api::<K>::namespaced(client.clone(), namespace)
             .get_opt(name)
             .await
             .during(format!("reading {} {name}", K::KIND)),
@@ -248,7 +364,7 @@ async fn list<K: Workload>(
             .filter(|w| selector.matches(w.labels()))
             .map(|w| w.as_ref().clone())
             .collect()),
-        Source::Api(client) => Ok(Api::<K>::namespaced(client.clone(), namespace)
+        Source::Api(client, _) => Ok(Api::<K>::namespaced(client.clone(), namespace)
             .list(&ListParams::default().labels_from(selector))
             .await
             .during(format!("listing {}s matching {selector}", K::KIND))?
