@@ -56,13 +56,12 @@ impl Caches {
         self.rollouts.wait_until_ready().await
     }
 
-    /// Pods of a namespace, cloned out of the cache.
-    pub fn pods_in(&self, ns: &str) -> Vec<Pod> {
+    /// Pods of a namespace (shared, not copied: a reconcile copies only the pods it judges).
+    pub fn pods_in(&self, ns: &str) -> Vec<std::sync::Arc<Pod>> {
         self.pods
             .state()
-            .iter()
+            .into_iter()
             .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
-            .map(|p| p.as_ref().clone())
             .collect()
     }
 

@@ -65,7 +65,12 @@ pub async fn observe_targets(
                         .await
                         .during(format!("listing pods matching {sel} in {namespace}"))?
                         .items;
-                    listed.extend(items.into_iter().filter(|p| seen.insert(p.uid())));
+                    listed.extend(
+                        items
+                            .into_iter()
+                            .filter(|p| seen.insert(p.uid()))
+                            .map(std::sync::Arc::new),
+                    );
                 }
                 let (out, complete) = judge.run(listed, Some(&selectors)).await?;
                 if complete {
@@ -76,7 +81,10 @@ pub async fn observe_targets(
                 .list(&ListParams::default())
                 .await
                 .during(format!("listing pods in {namespace}"))?
-                .items;
+                .items
+                .into_iter()
+                .map(std::sync::Arc::new)
+                .collect();
             Ok(judge.run(all, None).await?.0)
         }
     }
@@ -151,7 +159,7 @@ impl Judge<'_> {
     /// says whether every workload found was covered by them (`false`: judge again on every pod).
     async fn run(
         &self,
-        all_pods: Vec<Pod>,
+        all_pods: Vec<std::sync::Arc<Pod>>,
         listed: Option<&std::collections::BTreeSet<String>>,
     ) -> Result<(Vec<TargetStatus>, bool), Error> {
         let Judge {
@@ -191,7 +199,7 @@ impl Judge<'_> {
                 let matched: Vec<Pod> = all_pods
                     .iter()
                     .filter(|p| selector.matches(p.labels()))
-                    .cloned()
+                    .map(|p| p.as_ref().clone())
                     .collect();
                 let obs = (w.observe)(version_from, &matched);
                 out.push(rollout::evaluate(&obs, rule));
