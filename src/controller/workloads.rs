@@ -56,7 +56,9 @@ pub async fn observe_targets(
         Source::Cache(c) => Ok(judge.run(c.pods_in(namespace), None).await?.0),
         Source::Api(client, caches) => {
             let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-            if let Some(selectors) = cached_selectors(caches, namespace, targets) {
+            if let Some(selectors) =
+                cached_selectors(caches, namespace, targets, rollouts_installed).await?
+            {
                 let mut seen = std::collections::HashSet::new();
                 let mut listed = Vec::new();
                 for sel in &selectors {
@@ -92,56 +94,49 @@ pub async fn observe_targets(
 
 /// The pod selectors of the targets' workloads as the caches know them; `None` when a target
 /// has no cached workload (then every pod of the namespace is listed).
-fn cached_selectors(
+async fn cached_selectors(
     caches: &Caches,
     namespace: &str,
     targets: &[TargetSpec],
-) -> Option<std::collections::BTreeSet<String>> {
-    fn of<K: Workload>(
-        caches: &Caches,
-        namespace: &str,
-        t: &TargetSpec,
-    ) -> Option<Vec<LabelSelector>> {
-        let store = K::cache(caches);
-        let found: Vec<std::sync::Arc<K>> = match (&t.name, &t.selector) {
-            (Some(name), _) => store
-                .get(&ObjectRef::new(name).within(namespace))
-                .into_iter()
-                .collect(),
-            (None, Some(sel)) => {
-                let sel = Selector::try_from(sel.clone()).ok()?;
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|w| w.meta().namespace.as_deref() == Some(namespace))
-                    .filter(|w| sel.matches(w.labels()))
-                    .collect()
-            }
-            (None, None) => Vec::new(),
-        };
-        if found.is_empty() {
-            return None;
-        }
-        found.iter().map(|w| w.selector()).collect()
-    }
+    rollouts_installed: bool,
+) -> Result<Option<std::collections::BTreeSet<String>>, Error> {
     let mut out = std::collections::BTreeSet::new();
     for t in targets {
-        let selectors = match t.kind {
-            TargetKind::Deployment => of::<Deployment>(caches, namespace, t),
-            TargetKind::StatefulSet => of::<StatefulSet>(caches, namespace, t),
-            TargetKind::DaemonSet => of::<DaemonSet>(caches, namespace, t),
-            TargetKind::Rollout => of::<Rollout>(caches, namespace, t),
-        }?;
-        for sel in selectors {
-            let sel = Selector::try_from(sel).ok()?;
+        let found = find(Source::Cache(caches), namespace, t, rollouts_installed).await?;
+        let Found::Workloads(workloads) = found else {
+            return Ok(None);
+        };
+        for w in workloads {
+            let sel = to_selector(&w.selector, &format!("{} {}", t.kind, w.name))?;
             // An empty selector selects every pod: list them all.
             if sel.selects_all() {
-                return None;
+                return Ok(None);
             }
             out.insert(sel.to_string());
         }
     }
-    Some(out)
+    Ok(Some(out))
+}
+
+/// The workloads a target names or selects, read from `source`.
+async fn find(
+    source: Source<'_>,
+    namespace: &str,
+    t: &TargetSpec,
+    rollouts_installed: bool,
+) -> Result<Found, Error> {
+    Ok(match t.kind {
+        TargetKind::Deployment => fetch::<Deployment>(source, namespace, t).await?,
+        TargetKind::StatefulSet => fetch::<StatefulSet>(source, namespace, t).await?,
+        TargetKind::DaemonSet => fetch::<DaemonSet>(source, namespace, t).await?,
+        TargetKind::Rollout if !rollouts_installed => Found::Missing(rollout::missing(
+            t.kind,
+            t.name.clone().unwrap_or_else(|| "selector".into()),
+            "Argo Rollouts is not installed (no rollouts.argoproj.io API), or the operator \
+             started before it was: install it, then restart the operator",
+        )),
+        TargetKind::Rollout => fetch::<Rollout>(source, namespace, t).await?,
+    })
 }
 
 /// What judging a migration's targets needs besides the pods.
@@ -172,18 +167,7 @@ impl Judge<'_> {
         } = *self;
         let mut out = Vec::new();
         for t in targets {
-            let found = match t.kind {
-            TargetKind::Deployment => fetch::<Deployment>(source, namespace, t).await?,
-            TargetKind::StatefulSet => fetch::<StatefulSet>(source, namespace, t).await?,
-            TargetKind::DaemonSet => fetch::<DaemonSet>(source, namespace, t).await?,
-            TargetKind::Rollout if !rollouts_installed => Found::Missing(rollout::missing(
-                t.kind,
-                t.name.clone().unwrap_or_else(|| "selector".into()),
-                "Argo Rollouts is not installed (no rollouts.argoproj.io API), or the operator \
-                 started before it was: install it, then restart the operator",
-            )),
-            TargetKind::Rollout => fetch::<Rollout>(source, namespace, t).await?,
-        };
+            let found = find(source, namespace, t, rollouts_installed).await?;
             let workloads = match found {
                 Found::Workloads(w) => w,
                 Found::Missing(status) => {
