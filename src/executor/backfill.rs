@@ -36,7 +36,7 @@ use super::config::parse_duration;
 use super::connect::{self, Scrubber};
 use super::report::{Outcome, Report, ReportError};
 use super::stop::{Signal, Stop};
-use super::{checksum, write_termination_log, Secret};
+use super::{checksum, finish, stop_on_signals, Secret};
 
 /// Schema of the checkpoint table (created on first use, next to the ledger).
 pub const SCHEMA_SQL: &str = r#"
@@ -319,21 +319,11 @@ struct RunStats {
 /// Entry point of `phasegate backfill`.
 pub async fn run(args: BackfillArgs) -> std::process::ExitCode {
     let termination_log = args.termination_log.clone();
-    let stop = Stop::new();
-    if let Err(e) = stop.on_signals() {
-        tracing::warn!(error = %e, "cannot handle SIGTERM/SIGINT; a stop will kill the process instead");
-    }
+    let stop = stop_on_signals();
     let mut cfg = BackfillConfig::from_args(args);
     cfg.stop = stop.clone();
     let report = execute(&cfg).await;
-    let line = report.to_json_line();
-    write_termination_log(&termination_log, &line);
-    println!("{line}");
-    match (report.is_success(), stop.requested()) {
-        (true, _) => std::process::ExitCode::SUCCESS,
-        (false, Some(signal)) => std::process::ExitCode::from(signal.exit_code()),
-        (false, None) => std::process::ExitCode::FAILURE,
-    }
+    finish(&report, &termination_log, &stop)
 }
 
 /// Runs the backfill and returns its report (phase `backfill`; `statements` counts the

@@ -76,10 +76,7 @@ pub(super) struct Stats {
 /// 143 (SIGTERM) or 130 (SIGINT) when stopped before COMMIT, 1 on any other failure.
 pub async fn apply(args: ApplyArgs) -> std::process::ExitCode {
     let termination_log = args.termination_log.clone();
-    let stop = Stop::new();
-    if let Err(e) = stop.on_signals() {
-        tracing::warn!(error = %e, "cannot handle SIGTERM/SIGINT; a stop will kill the process instead");
-    }
+    let stop = stop_on_signals();
     let report = match config_from_args(args) {
         Ok(mut cfg) => {
             cfg.stop = stop.clone();
@@ -94,8 +91,23 @@ pub async fn apply(args: ApplyArgs) -> std::process::ExitCode {
             &Scrubber::default(),
         ),
     };
+    finish(&report, &termination_log, &stop)
+}
+
+/// A stop requested by SIGTERM or SIGINT (handlers installed now).
+fn stop_on_signals() -> Stop {
+    let stop = Stop::new();
+    if let Err(e) = stop.on_signals() {
+        tracing::warn!(error = %e, "cannot handle SIGTERM/SIGINT; a stop will kill the process instead");
+    }
+    stop
+}
+
+/// Writes the report to the termination log and prints it as the last line on stdout; the
+/// exit status: 0 on success, 128 + the signal when stopped, 1 on any other failure.
+fn finish(report: &Report, termination_log: &Path, stop: &Stop) -> std::process::ExitCode {
     let line = report.to_json_line();
-    write_termination_log(&termination_log, &line);
+    write_termination_log(termination_log, &line);
     println!("{line}");
     match (report.is_success(), stop.requested()) {
         (true, _) => std::process::ExitCode::SUCCESS,
