@@ -125,17 +125,14 @@ async fn canary_contracts_only_after_full_promotion() {
     let steps = json!([{"setWeight": 50}, {"pause": {}}]);
     let (env, rollouts, _controller) = rolled_out_v1("argo-canary", steps.clone()).await;
     set_version(&rollouts, "2.0.0", steps).await;
-    // Paused at the canary step: a 2.0.0 pod and a 1.0.0 pod serve; no contract.
-    let m = env
-        .wait_migration("m", T, "the canary step is named", |m| {
-            target_message(m).contains("not fully promoted")
-        })
-        .await;
-    assert!(
-        target_message(&m).contains("paused"),
-        "{}",
-        target_message(&m)
-    );
+    // Paused at the canary step: a 2.0.0 pod and a 1.0.0 pod serve; no contract. The Argo
+    // controller records the pause a moment after the new ReplicaSet exists, so the message
+    // first says only "not fully promoted".
+    env.wait_migration("m", T, "the paused canary step is named", |m| {
+        let msg = target_message(m);
+        msg.contains("not fully promoted") && msg.contains("paused")
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let m = env.migrations().get("m").await.expect("get");
     assert_eq!(m.status.and_then(|s| s.phase), Some(Phase::AwaitingRollout));
