@@ -19,6 +19,9 @@
 --                invalid spec, Job rejected): the sync stops at this wave, so code that needs
 --                the schema is never released. The message is the Stalled condition's.
 --
+-- After expand, a failure leaves Stalled False (kstatus would call it Failed and hold back
+-- what depends on the migration); its message is the Ready condition's.
+--
 -- Suspended is never returned: Argo CD would wait on it and hang every later sync.
 local hs = {}
 
@@ -80,7 +83,7 @@ hs.status = "Healthy"
 if phase == "Succeeded" then
   hs.message = "Expand and contract applied"
 elseif phase == "Failed" then
-  hs.message = "Expand applied; contract blocked: " .. message_of(status, "Stalled", "the migration failed")
+  hs.message = "Expand applied; contract blocked: " .. message_of(status, "Ready", "the migration failed")
 elseif phase == "AwaitingApproval" then
   hs.message = "Expand applied and rollout complete; contract waits for the annotation phasegate.dev/approve: \"true\""
 elseif phase == "AwaitingRollout" then

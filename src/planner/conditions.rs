@@ -3,6 +3,14 @@
 //! `Ready` is True from the moment expand is applied: the schema is then ready for
 //! `appVersion`, so GitOps tools that wait for Ready (Flux `dependsOn`, Argo CD sync waves)
 //! release the application rollout that contract is waiting for.
+//!
+//! It stays True when a later phase fails (rollout timeout, backfill or contract failed): the
+//! schema is still ready for `appVersion`, and kstatus (Flux's `healthChecks`/`wait`) reads
+//! `Ready=False` as InProgress and `Stalled=True` as Failed, either of which holds back every
+//! Kustomization that depends on the migration — and with it the fix of a failed rollout.
+//! So `Stalled` is True only for a failure that leaves expand unapplied. A failure after
+//! expand shows in the phase (`Failed`), `Ready`'s reason and message, the condition of the
+//! phase that failed (`RolloutComplete`, `Contracted`) and a Warning Event.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -33,7 +41,8 @@ pub fn apply(
     let expanded = status.expand.as_ref().is_some_and(|e| e.succeeded);
     let contracted = status.contract.as_ref().is_some_and(|c| c.succeeded);
     let failed = phase == Phase::Failed;
-    let ready = !failed && expanded;
+    let ready = expanded;
+    let stalled = failed && !expanded;
     let reconciling = matches!(phase, Phase::Pending | Phase::Expanding);
     let mut set = |t: &str, ok: bool, r: &str, m: &str| {
         set_condition(&mut status.conditions, t, ok, r, m, generation, now)
@@ -46,12 +55,17 @@ pub fn apply(
         if reconciling { why } else { "Idle" },
         if reconciling { message } else { "" },
     );
-    set(
-        STALLED,
-        failed,
-        if failed { why } else { "NotStalled" },
-        if failed { message } else { "" },
-    );
+    let (stalled_reason, stalled_msg) = if stalled {
+        (why, message)
+    } else if failed {
+        (
+            reason::FAILED_AFTER_EXPAND,
+            "expand is applied, so nothing that depends on this migration is held back; Ready says what failed",
+        )
+    } else {
+        ("NotStalled", "")
+    };
+    set(STALLED, stalled, stalled_reason, stalled_msg);
     let expand_reason = if expanded {
         reason::EXPANDED
     } else if why == reason::EXPAND_FAILED {
@@ -163,6 +177,11 @@ pub fn set_condition(
             last_transition_time: Time(now),
         });
     }
+}
+
+/// Condition `type_`, whatever its status.
+pub fn get<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conds.iter().find(|c| c.type_ == type_)
 }
 
 /// The reason of condition `type_`, when it is True.

@@ -236,6 +236,9 @@ pub mod reason {
     /// The backfill was paused by annotation (its Job stopped; resuming continues from the
     /// checkpoint).
     pub const BACKFILL_PAUSED: &str = "BackfillPaused";
+    /// `Stalled` is False although the phase is Failed: expand is applied, so GitOps tools
+    /// must not hold back what depends on the migration.
+    pub const FAILED_AFTER_EXPAND: &str = "FailedAfterExpand";
 }
 
 /// The `phasegate.dev/retry` annotation within one plan. A value differing from
@@ -896,21 +899,17 @@ impl<'a> Planner<'a> {
                 self.status.rollout_timed_out_at = None;
                 self.status.rollout_started_at = Some(Time(now));
             } else {
-                let msg =
-                    conditions::message_of(&self.input.status.conditions, conditions::STALLED)
-                        .filter(|_| {
-                            conditions::reason_of(
-                                &self.input.status.conditions,
-                                conditions::STALLED,
-                            ) == Some(reason::ROLLOUT_TIMEOUT)
-                        })
-                        .unwrap_or_else(|| {
-                            format!(
-                                "rollout timed out at {}; set {} to a new value to wait again",
-                                at.0,
-                                crate::api::ANNOTATION_RETRY
-                            )
-                        });
+                // Keep the message written when it timed out (Ready carries the failure).
+                let msg = conditions::get(&self.input.status.conditions, conditions::READY)
+                    .filter(|c| c.reason == reason::ROLLOUT_TIMEOUT && !c.message.is_empty())
+                    .map(|c| c.message.clone())
+                    .unwrap_or_else(|| {
+                        format!(
+                            "rollout timed out at {}; set {} to a new value to wait again",
+                            at.0,
+                            crate::api::ANNOTATION_RETRY
+                        )
+                    });
                 self.set(Phase::Failed, reason::ROLLOUT_TIMEOUT, msg);
                 return;
             }

@@ -239,8 +239,12 @@ fn is_true(s: &DatabaseMigrationStatus, type_: &str) -> bool {
     cond(s, type_).status == "True"
 }
 
-fn stalled_reason(s: &DatabaseMigrationStatus) -> Option<&str> {
-    conditions::reason_of(&s.conditions, STALLED)
+/// Why the migration failed: the `Ready` condition's reason, for failures before and after
+/// expand alike (`Stalled` carries only the former).
+fn failure_reason(s: &DatabaseMigrationStatus) -> Option<&str> {
+    conditions::get(&s.conditions, READY)
+        .filter(|_| s.phase == Some(Phase::Failed))
+        .map(|c| c.reason.as_str())
 }
 
 fn start(phase: JobPhase, attempt: u32) -> Action {
@@ -434,7 +438,7 @@ fn expand_failed_is_failed_with_message_and_no_action() {
         "{}",
         t.message
     );
-    assert_eq!(stalled_reason(&p.status), Some(reason::EXPAND_FAILED));
+    assert_eq!(failure_reason(&p.status), Some(reason::EXPAND_FAILED));
     assert!(cond(&p.status, STALLED).message.contains("does not exist"));
     assert_eq!(cond(&p.status, EXPANDED).reason, reason::EXPAND_FAILED);
     assert!(!is_true(&p.status, READY));
@@ -558,6 +562,31 @@ fn retry_token_set_during_rollout_does_not_retry_a_later_contract_failure() {
     assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
 }
 
+#[test]
+fn a_failure_after_expand_is_not_stalled_so_gitops_does_not_hold_the_app() {
+    // kstatus calls Stalled=True Failed; Flux would then hold back the app's Kustomization
+    // (and the fix of whatever failed). After expand the app needs nothing more.
+    let p = contract_failed().step();
+    assert_eq!(phase(&p), Phase::Failed);
+    assert_eq!(cond(&p.status, STALLED).status, "False");
+    assert_eq!(cond(&p.status, STALLED).reason, reason::FAILED_AFTER_EXPAND);
+    // Ready stays True (the schema is ready for appVersion; kstatus reads Ready=False as
+    // InProgress) and says what failed.
+    assert_eq!(cond(&p.status, READY).status, "True");
+    assert_eq!(cond(&p.status, READY).reason, reason::CONTRACT_FAILED);
+    assert!(cond(&p.status, READY)
+        .message
+        .contains("lock timeout on users"));
+    // Before expand, the same kind of failure is Stalled: the app must not roll out.
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.step();
+    fx.expand_job = JobState::Failed("relation \"orders\" does not exist".into());
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Failed);
+    assert_eq!(cond(&p.status, STALLED).status, "True");
+    assert_eq!(cond(&p.status, STALLED).reason, reason::EXPAND_FAILED);
+}
+
 fn contract_failed() -> Fx {
     let mut fx = Fx::contracting(SpecBuilder::new().build());
     fx.now = 300;
@@ -578,9 +607,12 @@ fn contract_failed_is_failed_with_message_and_no_action() {
     assert!(t.warning);
     assert_eq!(t.reason, reason::CONTRACT_FAILED);
     assert!(t.message.contains("lock timeout on users"));
-    assert_eq!(stalled_reason(&p.status), Some(reason::CONTRACT_FAILED));
+    assert_eq!(failure_reason(&p.status), Some(reason::CONTRACT_FAILED));
     assert_eq!(cond(&p.status, CONTRACTED).reason, reason::CONTRACT_FAILED);
-    assert!(!is_true(&p.status, READY));
+    assert!(
+        is_true(&p.status, READY),
+        "the schema stays ready for appVersion"
+    );
     let c = p.status.contract.as_ref().unwrap();
     assert_eq!(
         (c.finished_at.clone(), c.succeeded),
@@ -869,12 +901,15 @@ fn rollout_timeout_fails_and_stays_failed_until_retry() {
     assert!(t.warning);
     assert_eq!(t.reason, reason::ROLLOUT_TIMEOUT);
     assert!(t.message.contains("1h"), "{}", t.message);
-    assert_eq!(stalled_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
+    assert_eq!(failure_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
     assert_eq!(
         cond(&p.status, ROLLOUT_COMPLETE).reason,
         reason::ROLLOUT_TIMEOUT
     );
-    assert!(!is_true(&p.status, READY));
+    assert!(
+        is_true(&p.status, READY),
+        "the schema stays ready for appVersion"
+    );
 
     // The targets complete later: still failed, contract does not run.
     fx.now = 4000;
@@ -884,7 +919,7 @@ fn rollout_timeout_fails_and_stays_failed_until_retry() {
         (phase(&p), p.action.clone(), p.transition.clone()),
         (Phase::Failed, Action::None, None)
     );
-    assert_eq!(stalled_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
+    assert_eq!(failure_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
     fx.approved = true;
     fx.now = 100_000;
     assert_eq!(fx.step().action, Action::None);
@@ -921,14 +956,14 @@ fn rollout_timeout_survives_an_invalid_spec_edit() {
     let mut fx = Fx::expanded(SpecBuilder::new().timeout("10m").build());
     fx.now = 600;
     assert_eq!(
-        stalled_reason(&fx.step().status),
+        failure_reason(&fx.step().status),
         Some(reason::ROLLOUT_TIMEOUT)
     );
     // An edit makes the spec invalid, then the edit is reverted; meanwhile the rollout completed.
     let good = fx.spec.clone();
     fx.spec.contract.delay = Some("10 parsecs".into());
     assert_eq!(
-        stalled_reason(&fx.step().status),
+        failure_reason(&fx.step().status),
         Some(reason::INVALID_SPEC)
     );
     fx.spec = good;
@@ -939,7 +974,7 @@ fn rollout_timeout_survives_an_invalid_spec_edit() {
         Action::None,
         "a timed-out rollout must stay failed until a retry"
     );
-    assert_eq!(stalled_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
+    assert_eq!(failure_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
 }
 
 #[test]
@@ -1120,7 +1155,7 @@ fn invalid_spec_fails_with_the_field_and_does_nothing() {
         assert_eq!(p.action, Action::None, "{field}");
         assert_eq!(phase(&p), Phase::Failed, "{field}");
         assert_eq!(
-            stalled_reason(&p.status),
+            failure_reason(&p.status),
             Some(reason::INVALID_SPEC),
             "{field}"
         );
@@ -1147,10 +1182,13 @@ fn fixed_spec_resumes_from_recorded_progress() {
     fx.now = 100;
     let p = fx.step();
     assert_eq!((phase(&p), p.action.clone()), (Phase::Failed, Action::None));
-    assert!(cond(&p.status, STALLED)
+    assert!(cond(&p.status, READY)
         .message
         .contains("spec.contract.delay"));
-    assert!(!is_true(&p.status, READY));
+    assert!(
+        is_true(&p.status, READY),
+        "the schema stays ready for appVersion"
+    );
     assert!(is_true(&p.status, EXPANDED), "expand stays applied");
 
     fx.spec = good;
@@ -1965,7 +2003,7 @@ impl Sim {
             self.started.insert(k, true);
         }
         if plan.status.phase == Some(Phase::Failed)
-            && stalled_reason(&plan.status) == Some(reason::ROLLOUT_TIMEOUT)
+            && failure_reason(&plan.status) == Some(reason::ROLLOUT_TIMEOUT)
         {
             self.timed_out = true;
         }
@@ -1979,6 +2017,21 @@ impl Sim {
         let contract_done = self.any_job(JobPhase::Contract, |_, s| {
             matches!(s, JobState::Succeeded(_))
         });
+        // What GitOps tools read: Stalled (kstatus Failed, which holds back everything that
+        // depends on the migration) only while the schema the app needs is missing; Ready
+        // (kstatus InProgress while False) exactly when expand is applied.
+        let expanded = plan.status.expand.as_ref().is_some_and(|e| e.succeeded);
+        let failed = plan.status.phase == Some(Phase::Failed);
+        prop_assert_eq!(
+            conditions::is_true(&plan.status.conditions, STALLED),
+            failed && !expanded,
+            "Stalled must be True exactly for a failure before expand"
+        );
+        prop_assert_eq!(
+            conditions::is_true(&plan.status.conditions, READY),
+            expanded,
+            "Ready must be True exactly when expand is applied"
+        );
         match plan.action {
             Action::StartJob {
                 phase: JobPhase::Contract,
@@ -2364,7 +2417,7 @@ fn backward_incompatible_expand_is_refused_before_any_job() {
     let p = fx.plan();
     assert_eq!(p.action, Action::None, "no Job for refused SQL");
     assert_eq!(phase(&p), Phase::Failed);
-    assert_eq!(stalled_reason(&p.status), Some(reason::SQL_REFUSED));
+    assert_eq!(failure_reason(&p.status), Some(reason::SQL_REFUSED));
     let msg = &cond(&p.status, STALLED).message;
     for part in [
         "spec.expand.sql",
@@ -2386,7 +2439,7 @@ fn unparseable_sql_is_refused_with_its_line() {
     );
     let p = fx.plan();
     assert_eq!(p.action, Action::None);
-    assert_eq!(stalled_reason(&p.status), Some(reason::SQL_REFUSED));
+    assert_eq!(failure_reason(&p.status), Some(reason::SQL_REFUSED));
     let msg = &cond(&p.status, STALLED).message;
     assert!(
         msg.contains("syntax-error") && msg.contains("line 2"),
@@ -2447,7 +2500,7 @@ fn lock_dangerous_statements_warn_or_are_refused_when_strict() {
 
     let strict = Fx::new(expand_sql(sql).with(|s| s.safety.strict = true).build()).plan();
     assert_eq!(strict.action, Action::None);
-    assert_eq!(stalled_reason(&strict.status), Some(reason::SQL_REFUSED));
+    assert_eq!(failure_reason(&strict.status), Some(reason::SQL_REFUSED));
 }
 
 #[test]
@@ -2472,7 +2525,7 @@ fn unknown_override_rule_is_an_invalid_spec() {
         .with(|s| s.safety.allow = vec!["drop-everything".into()])
         .build();
     let p = Fx::new(spec).plan();
-    assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+    assert_eq!(failure_reason(&p.status), Some(reason::INVALID_SPEC));
     assert!(cond(&p.status, STALLED)
         .message
         .contains("spec.safety.allow"));
@@ -2518,7 +2571,7 @@ fn a_rejected_job_fails_the_phase_and_stays_failed_until_retry() {
     );
     assert_eq!(phase(&p), Phase::Failed);
     assert_eq!(p.action, Action::None);
-    assert_eq!(stalled_reason(&p.status), Some(reason::JOB_REJECTED));
+    assert_eq!(failure_reason(&p.status), Some(reason::JOB_REJECTED));
     assert!(cond(&p.status, STALLED).message.contains("Invalid value"));
     fx.status = p.status;
     // The Job never existed: the recorded failure keeps it Failed, without a new Job, and
@@ -2526,7 +2579,7 @@ fn a_rejected_job_fails_the_phase_and_stays_failed_until_retry() {
     let p = fx.step();
     assert_eq!(phase(&p), Phase::Failed);
     assert_eq!(p.action, Action::None);
-    assert_eq!(stalled_reason(&p.status), Some(reason::JOB_REJECTED));
+    assert_eq!(failure_reason(&p.status), Some(reason::JOB_REJECTED));
     assert!(p.transition.is_none());
     fx.retry("1");
     assert_eq!(fx.step().action, start(JobPhase::Expand, 2));
@@ -2687,7 +2740,7 @@ fn the_timeout_clock_restarts_when_old_code_returns_after_completion() {
     assert_eq!(p.status.rollout_started_at, Some(time(34 * 60)));
     fx.now += 5 * 60;
     assert_eq!(
-        stalled_reason(&fx.step().status),
+        failure_reason(&fx.step().status),
         Some(reason::ROLLOUT_TIMEOUT)
     );
 }
@@ -2726,7 +2779,7 @@ fn timeouts_that_switch_limits_off_or_cannot_run_are_invalid() {
         let mut fx = Fx::new(spec);
         let p = fx.step();
         assert_eq!(phase(&p), Phase::Failed, "{lock}/{stmt}");
-        assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+        assert_eq!(failure_reason(&p.status), Some(reason::INVALID_SPEC));
         assert!(cond(&p.status, STALLED).message.contains("out of range"));
     }
 }
@@ -2759,10 +2812,10 @@ fn a_job_conflict_fails_with_its_reason_until_retry() {
         ts(0),
         1,
     );
-    assert_eq!(stalled_reason(&p.status), Some(reason::JOB_CONFLICT));
+    assert_eq!(failure_reason(&p.status), Some(reason::JOB_CONFLICT));
     fx.status = p.status;
     let p = fx.step();
-    assert_eq!(stalled_reason(&p.status), Some(reason::JOB_CONFLICT));
+    assert_eq!(failure_reason(&p.status), Some(reason::JOB_CONFLICT));
     assert!(p.transition.is_none());
     fx.retry("1");
     assert_eq!(fx.step().action, start(JobPhase::Expand, 2));
@@ -2786,7 +2839,7 @@ fn a_user_template_the_job_policy_forbids_is_refused_before_any_job() {
     let p = fx.step();
     assert_eq!(phase(&p), Phase::Failed);
     assert_eq!(p.action, Action::None);
-    assert_eq!(stalled_reason(&p.status), Some(reason::POLICY_REFUSED));
+    assert_eq!(failure_reason(&p.status), Some(reason::POLICY_REFUSED));
     let msg = &cond(&p.status, STALLED).message;
     assert!(
         msg.contains("spec.contract.job.template.spec.hostNetwork"),
@@ -2814,7 +2867,7 @@ fn inline_sql_larger_than_one_environment_variable_is_invalid() {
     let mut fx = Fx::new(spec);
     let p = fx.step();
     assert_eq!(p.action, Action::None);
-    assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+    assert_eq!(failure_reason(&p.status), Some(reason::INVALID_SPEC));
     let msg = &cond(&p.status, STALLED).message;
     assert!(msg.starts_with("spec.expand: sql is 131058 bytes"), "{msg}");
     assert!(msg.contains("at most 131057 bytes"), "{msg}");
@@ -3045,7 +3098,7 @@ fn depending_on_itself_is_invalid() {
             .build(),
     );
     let p = fx.step();
-    assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+    assert_eq!(failure_reason(&p.status), Some(reason::INVALID_SPEC));
 }
 
 #[test]
@@ -3091,7 +3144,7 @@ fn a_retry_waiting_for_the_gates_is_used_up_by_a_rollout_timeout() {
     assert_eq!(phase(&fx.step()), Phase::AwaitingRollout);
     fx.now += 180;
     let p = fx.step();
-    assert_eq!(stalled_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
+    assert_eq!(failure_reason(&p.status), Some(reason::ROLLOUT_TIMEOUT));
     fx.complete(true);
     let p = fx.step();
     assert_eq!(phase(&p), Phase::Failed, "r1 does not lift the timeout");
@@ -3307,11 +3360,8 @@ fn a_failed_backfill_fails_the_migration_until_a_retry_resumes_it() {
     fx.backfill_job = JobState::Failed("ERROR 23502: null value".into());
     let p = fx.step();
     assert_eq!(phase(&p), Phase::Failed);
-    assert_eq!(
-        crate::planner::conditions::reason_of(&p.status.conditions, STALLED),
-        Some(reason::BACKFILL_FAILED)
-    );
-    assert!(cond(&p.status, STALLED).message.contains("checkpoint"));
+    assert_eq!(failure_reason(&p.status), Some(reason::BACKFILL_FAILED));
+    assert!(cond(&p.status, READY).message.contains("checkpoint"));
     assert_eq!(p.action, Action::None);
     assert_eq!(fx.step().action, Action::None);
     fx.retry("1");

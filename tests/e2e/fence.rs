@@ -252,7 +252,7 @@ async fn a_pre_created_job_is_never_taken_for_success() {
             m.status.as_ref().and_then(|s| s.phase) == Some(Phase::Failed)
         })
         .await;
-    let (_, reason, msg) = condition(&m, "Stalled").expect("Stalled");
+    let (_, reason, msg) = condition(&m, "Ready").expect("Ready");
     assert_eq!(reason, "JobConflict", "{msg}");
     assert!(msg.contains(&contract_name), "{msg}");
     assert!(env.column_exists("users", "legacy_flag").await);

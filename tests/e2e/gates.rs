@@ -138,12 +138,19 @@ async fn rollout_timeout_fails_and_blocks_contract_until_retry() {
     let m = env
         .wait_phase("users-email-verified", Phase::Failed, T)
         .await;
-    let (stalled, reason, msg) = condition(&m, "Stalled").expect("Stalled");
+    // Expand is applied: Ready stays True and says what failed; Stalled stays False, so
+    // kstatus (Flux) does not hold back the app's fix behind this migration.
+    let (ready, reason, msg) = condition(&m, "Ready").expect("Ready");
     assert_eq!(
-        (stalled.as_str(), reason.as_str()),
+        (ready.as_str(), reason.as_str()),
         ("True", "RolloutTimeout")
     );
     assert!(msg.contains("shop-api"), "{msg}");
+    let (stalled, reason, _) = condition(&m, "Stalled").expect("Stalled");
+    assert_eq!(
+        (stalled.as_str(), reason.as_str()),
+        ("False", "FailedAfterExpand")
+    );
     // The rollout completing late must not contract on its own.
     env.set_version("shop-api", "2.0.0", json!({})).await;
     env.wait_rolled_out("shop-api").await;

@@ -33,20 +33,30 @@ const MIGRATION: &str = "users-email-verified";
 fn driver() -> &'static Path {
     static DRIVER: OnceLock<PathBuf> = OnceLock::new();
     DRIVER.get_or_init(|| {
-        if let Some(p) = std::env::var_os("PHASEGATE_GITOPS_DRIVER") {
-            return PathBuf::from(p);
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/gitops-driver.sh");
-        let out = std::process::Command::new(script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-        assert!(
-            out.status.success(),
-            "{script} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        std::env::var_os("PHASEGATE_GITOPS_DRIVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| build_driver("argocd"))
     })
+}
+
+/// The Flux driver (kstatus + Flux's CEL evaluator), built once by `hack/gitops-driver.sh`.
+fn flux_driver() -> &'static Path {
+    static DRIVER: OnceLock<PathBuf> = OnceLock::new();
+    DRIVER.get_or_init(|| build_driver("flux"))
+}
+
+fn build_driver(which: &str) -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/gitops-driver.sh");
+    let out = std::process::Command::new(script)
+        .arg(which)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} {which} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// The application's git path: every commit replaces its manifests.
@@ -227,6 +237,135 @@ async fn template_version(env: &Env) -> String {
         .unwrap_or_default()
 }
 
+/// The health fixture for `state` (`deploy/argocd/testdata/<state>.yaml`, the input of the
+/// Argo CD and Flux health tables) is what the operator writes live in that state: the same
+/// phase and the same conditions (type, status, reason). And Flux judges the live object as
+/// `deploy/flux/kstatus_test.yaml` says it judges the fixture: kstatus (both libraries) and
+/// the shipped `healthCheckExprs`, run by the Flux driver on the live object.
+/// `PHASEGATE_WRITE_FIXTURES=1 make gitops-test` rewrites these fixtures from the live
+/// objects (then `make lua-test gitops-test` shows what the health tables make of them).
+async fn assert_live_matches_fixture(env: &Env, state: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let live = env.migrations().get(MIGRATION).await.expect("migration");
+    let live = fixture_of(&serde_json::to_value(&live).expect("live object"));
+    let fixture = format!("deploy/argocd/testdata/{state}.yaml");
+    if std::env::var_os("PHASEGATE_WRITE_FIXTURES").is_some() {
+        let text = format!(
+            "# Generated from the live object in state {state} by tests/e2e/gitops.rs\n\
+             # (PHASEGATE_WRITE_FIXTURES=1 make gitops-test); times and the namespace normalised.\n{}",
+            serde_yaml::to_string(&live).expect("YAML")
+        );
+        std::fs::write(root.join(&fixture), text).expect("write fixture");
+    }
+    let text = std::fs::read_to_string(root.join(&fixture)).expect("fixture");
+    let fixture_obj: Value = serde_yaml::from_str(&text).expect("fixture YAML");
+    let shape = |o: &Value| {
+        let mut conds: Vec<String> = o["status"]["conditions"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| format!("{} {} {}", c["type"], c["status"], c["reason"]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        conds.sort();
+        (o["status"]["phase"].clone(), conds)
+    };
+    assert_eq!(
+        shape(&live),
+        shape(&fixture_obj),
+        "{fixture} no longer matches what the operator writes in that state \
+         (PHASEGATE_WRITE_FIXTURES=1 regenerates it); live status:\n{}",
+        serde_yaml::to_string(&live["status"]).unwrap_or_default()
+    );
+
+    let table: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("deploy/flux/kstatus_test.yaml")).expect("table"),
+    )
+    .expect("kstatus_test.yaml");
+    let row = table["tests"]
+        .as_array()
+        .and_then(|rows| {
+            rows.iter().find(|r| {
+                r["inputPath"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(&format!("/{state}.yaml")))
+            })
+        })
+        .unwrap_or_else(|| panic!("no row for {state} in deploy/flux/kstatus_test.yaml"))
+        .clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("live.yaml"),
+        serde_yaml::to_string(&live).expect("YAML"),
+    )
+    .expect("write live object");
+    let one = json!({"tests": [{"inputPath": "live.yaml", "kstatus": row["kstatus"],
+        "healthCheckExprs": row["healthCheckExprs"]}]});
+    let table_path = dir.path().join("table.yaml");
+    std::fs::write(&table_path, serde_yaml::to_string(&one).expect("YAML")).expect("write");
+    let out = std::process::Command::new(flux_driver())
+        .arg(root.join("deploy/flux/kustomizations.yaml"))
+        .arg(&table_path)
+        .output()
+        .expect("run the Flux driver");
+    assert!(
+        out.status.success(),
+        "Flux judges the live {state} object differently from its fixture:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A live DatabaseMigration as a fixture: no server-set metadata, namespace `shop`, every
+/// time 2025-01-01, so a regenerated fixture differs only where the operator's output does.
+fn fixture_of(live: &Value) -> Value {
+    fn times(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if (k.ends_with("At") || k.ends_with("Time") || k == "contractNotBefore")
+                        && v.is_string()
+                    {
+                        *v = json!("2025-01-01T00:00:00Z");
+                    } else {
+                        times(v);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(times),
+            _ => {}
+        }
+    }
+    let mut status = live["status"].clone();
+    times(&mut status);
+    let mut metadata = json!({
+        "name": live["metadata"]["name"],
+        "namespace": "shop",
+        "generation": live["metadata"]["generation"],
+    });
+    if let Some(a) = live["metadata"]["annotations"].as_object() {
+        let kept: serde_json::Map<String, Value> = a
+            .iter()
+            .filter(|(k, _)| {
+                !k.starts_with("kubectl.kubernetes.io/")
+                    && !k.starts_with("gitops-test.phasegate.dev/")
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !kept.is_empty() {
+            metadata["annotations"] = Value::Object(kept);
+        }
+    }
+    json!({
+        "apiVersion": "phasegate.dev/v1alpha1",
+        "kind": "DatabaseMigration",
+        "metadata": metadata,
+        "spec": live["spec"],
+        "status": status,
+    })
+}
+
 /// The app at 1.0.0, synced before any migration is in git.
 async fn app_at_v1(test: &str) -> (Env, Git) {
     let env = Env::new(test).await;
@@ -285,6 +424,7 @@ async fn argocd_releases_the_app_exactly_when_expand_is_applied() {
         "2.0.0 pods were created at {created}, before expand finished at {expanded_at}"
     );
     env.wait_phase(MIGRATION, Phase::Succeeded, T).await;
+    assert_live_matches_fixture(&env, "succeeded").await;
     assert!(!env.column_exists("users", "legacy_flag").await);
     env.cleanup().await;
 }
@@ -312,6 +452,7 @@ async fn argocd_manual_approval_never_holds_a_sync() {
         "a Manual migration for a version already rolled out",
     );
     env.wait_phase(MIGRATION, Phase::AwaitingApproval, T).await;
+    assert_live_matches_fixture(&env, "awaiting-approval").await;
 
     // An unrelated change lands while the approval is pending.
     git.commit(&[
@@ -375,8 +516,11 @@ async fn argocd_ships_the_fix_past_an_old_failed_migration() {
         s.0
     );
     let m = env.wait_phase(MIGRATION, Phase::Failed, T).await;
-    let stalled = crate::harness::condition(&m, "Stalled").expect("Stalled");
-    assert_eq!(stalled.1, "RolloutTimeout");
+    let ready = crate::harness::condition(&m, "Ready").expect("Ready");
+    assert_eq!(ready.1, "RolloutTimeout");
+    // Plain kstatus too says Current: a Flux Kustomization that dependsOn the migrations
+    // would let the fix through as well.
+    assert_live_matches_fixture(&env, "rollout-timeout").await;
 
     // The fix: the same migration stays in git, the Deployment gets a good image.
     git.commit(&[
@@ -445,6 +589,7 @@ async fn argocd_failed_expand_stops_the_wave() {
     let (health, msg) = s.migration_health();
     assert_eq!(health, "Degraded", "{msg}");
     assert!(msg.contains("no_such_table"), "the error is shown: {msg}");
+    assert_live_matches_fixture(&env, "expand-failed").await;
     assert!(
         !s.applied("Deployment", "shop-api"),
         "wave 0 was applied: {}",
@@ -544,6 +689,7 @@ async fn argocd_waits_while_no_operator_handles_the_migration() {
     assert_eq!(status.observed_generation, Some(0));
     assert_eq!(status.phase, None);
     assert_eq!(m.metadata.generation, Some(1));
+    assert_live_matches_fixture(&env, "not-observed").await;
 
     // The operator comes back: the same sync finishes.
     env.start_operator();
