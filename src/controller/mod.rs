@@ -9,7 +9,7 @@ mod reconcile;
 pub mod workloads;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -52,6 +52,9 @@ pub struct Context {
     pub shutdown: Shutdown,
     /// Consecutive failed reconciles per migration, for exponential backoff.
     failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<DatabaseMigration>, u32>>,
+    /// When each migration's status was last written (see `planner::writes`).
+    status_writes:
+        std::sync::Mutex<std::collections::HashMap<ObjectRef<DatabaseMigration>, Instant>>,
 }
 
 impl Context {
@@ -73,6 +76,27 @@ impl Context {
             })
             .unwrap_or(1);
         error_backoff(n)
+    }
+
+    /// How long a progress-only status change of `m` must still wait, if its status was
+    /// written less than `interval` ago.
+    pub(crate) fn progress_write_wait(
+        &self,
+        m: &DatabaseMigration,
+        interval: Duration,
+    ) -> Option<Duration> {
+        let writes = self.status_writes.lock().ok()?;
+        let since = writes.get(&ObjectRef::from_obj(m))?.elapsed();
+        interval.checked_sub(since).filter(|d| !d.is_zero())
+    }
+
+    /// `m`'s status was just written. Entries older than `interval` are dropped, so the map
+    /// holds only migrations written recently.
+    pub(crate) fn status_written(&self, m: &DatabaseMigration, interval: Duration) {
+        if let Ok(mut writes) = self.status_writes.lock() {
+            writes.retain(|_, at| at.elapsed() < interval);
+            writes.insert(ObjectRef::from_obj(m), Instant::now());
+        }
     }
 
     pub(crate) fn succeeded(&self, m: &DatabaseMigration) {
@@ -186,6 +210,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         caches: caches.clone(),
         shutdown: ops.shutdown.clone(),
         failures: Default::default(),
+        status_writes: Default::default(),
     });
 
     let store = migration_store.clone();

@@ -12,6 +12,7 @@ pub mod order;
 pub mod rollout;
 pub mod validate;
 pub mod version;
+pub mod writes;
 
 use std::time::Duration;
 
