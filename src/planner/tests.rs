@@ -1109,6 +1109,18 @@ fn invalid_specs() -> Vec<(&'static str, DatabaseMigrationSpec)> {
                 .with(|s| s.safety.lock_timeout = "2 fortnights".into())
                 .build(),
         ),
+        (
+            "spec.safety.youngTransaction",
+            SpecBuilder::new()
+                .with(|s| s.safety.young_transaction = "a blink".into())
+                .build(),
+        ),
+        (
+            "spec.safety.lockWaitAttemptAfter",
+            SpecBuilder::new()
+                .with(|s| s.safety.lock_wait_attempt_after = "later".into())
+                .build(),
+        ),
     ]
 }
 
@@ -2728,6 +2740,44 @@ fn timeouts_that_switch_limits_off_or_cannot_run_are_invalid() {
         assert_eq!(phase(&p), Phase::Failed, "{lock}/{stmt}");
         assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
         assert!(cond(&p.status, STALLED).message.contains("out of range"));
+    }
+}
+
+#[test]
+fn starvation_settings_out_of_range_are_invalid() {
+    // (youngTransaction, lockWaitAttemptAfter) with the default lockTimeout of 2s.
+    for (young, after, field) in [
+        // Older than lockTimeout is no longer short: attempting past it would time out.
+        ("3s", "10s", "spec.safety.youngTransaction"),
+        // Past the 10-minute wait limit: it would never attempt (say so with 0s).
+        ("30ms", "11m", "spec.safety.lockWaitAttemptAfter"),
+    ] {
+        let spec = SpecBuilder::new()
+            .with(|s| {
+                s.safety.young_transaction = young.into();
+                s.safety.lock_wait_attempt_after = after.into();
+            })
+            .build();
+        let mut fx = Fx::new(spec);
+        let p = fx.step();
+        assert_eq!(phase(&p), Phase::Failed, "{young}/{after}");
+        assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+        let msg = &cond(&p.status, STALLED).message;
+        assert!(
+            msg.starts_with(field) && msg.contains("out of range"),
+            "{young}/{after}: {msg}"
+        );
+    }
+    // 0s is meaningful for both: wait for every transaction; never attempt past a blocker.
+    for (young, after) in [("0s", "0s"), ("2s", "10m"), ("30ms", "10s")] {
+        let spec = SpecBuilder::new()
+            .with(|s| {
+                s.safety.young_transaction = young.into();
+                s.safety.lock_wait_attempt_after = after.into();
+            })
+            .build();
+        let valid = crate::planner::validate::validate(&spec, true);
+        assert!(valid.is_ok(), "{young}/{after}: {valid:?}");
     }
 }
 
