@@ -3402,3 +3402,46 @@ fn a_running_contract_stops_if_the_backfill_is_not_done_in_this_epoch() {
         }
     ));
 }
+
+/// The examples a user copies validate and lint clean: no refusal, no warning (issue 10, item
+/// 7: examples/rename-column backfilled under the ADD COLUMN's lock).
+#[test]
+fn examples_lint_clean() {
+    use serde::Deserialize;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&root).expect("examples/") {
+        let dir = entry.expect("entry").path();
+        for file in std::fs::read_dir(&dir).into_iter().flatten() {
+            let path = file.expect("file").path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let v = serde_json::Value::deserialize(doc).expect("yaml");
+                if v["kind"] != "DatabaseMigration" {
+                    continue;
+                }
+                let spec: crate::api::DatabaseMigrationSpec =
+                    serde_json::from_value(v["spec"].clone())
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let valid =
+                    validate(&spec, true).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert_eq!(
+                    valid.lint_warnings,
+                    Vec::<String>::new(),
+                    "{}",
+                    path.display()
+                );
+                checked.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(
+        checked
+            .iter()
+            .any(|p| p.ends_with("rename-column/migration.yaml")),
+        "{checked:?}"
+    );
+}
