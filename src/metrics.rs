@@ -345,6 +345,7 @@ mod tests {
             db_check_rollbacks: None,
             gate_to_commit_us: None,
             stopped_by: None,
+            recovered: Vec::new(),
             error: None,
         }
     }

@@ -404,6 +404,124 @@ async fn sigkill_between_non_transactional_statements_resumes() {
     );
 }
 
+/// A list-partitioned `events` with partitions `events_1` and `events_2`.
+async fn partitioned(c: &tokio_postgres::Client) {
+    c.batch_execute(
+        "CREATE TABLE events (kind int, at timestamptz DEFAULT now()) PARTITION BY LIST (kind);
+         CREATE TABLE events_1 PARTITION OF events FOR VALUES IN (1);
+         CREATE TABLE events_2 PARTITION OF events FOR VALUES IN (2);
+         INSERT INTO events (kind) VALUES (1), (2);",
+    )
+    .await
+    .expect("partitioned table");
+}
+
+/// (attached, detach pending) of `events_1` under `events`.
+async fn events_1_state(c: &tokio_postgres::Client) -> Option<bool> {
+    c.query_opt(
+        "SELECT inhdetachpending FROM pg_inherits
+          WHERE inhrelid = 'events_1'::regclass AND inhparent = 'events'::regclass",
+        &[],
+    )
+    .await
+    .expect("pg_inherits")
+    .map(|r| r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_a_concurrent_detach_skips_it_on_rerun() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    partitioned(&c).await;
+    let sql = "ALTER TABLE events DETACH PARTITION events_1 CONCURRENTLY;\nALTER TABLE users ADD COLUMN a int;";
+    // Killed after the detach committed (by itself: it cannot run in a transaction) but before
+    // the ledger recorded it.
+    kill_at(&pg, sql, "pause-before-commit").await;
+    assert_eq!(events_1_state(&c).await, None, "the detach is done");
+    let r = executor::execute(&killed_cfg(&pg, sql)).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(
+        r.statements,
+        1,
+        "the detach is not run again: {}",
+        r.to_json_line()
+    );
+    assert!(
+        r.recovered
+            .iter()
+            .any(|n| n.starts_with("statement 1:") && n.contains("already detached")),
+        "the report says what was skipped: {}",
+        r.to_json_line()
+    );
+    assert_eq!(columns(&c, "users").await, ["id", "email", "a"]);
+    assert_eq!(
+        ledger_rows(&c).await,
+        vec![("killed".into(), "expand".into(), "applied".into(), 2, 2)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_concurrent_detach_is_finalized_on_rerun() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    partitioned(&c).await;
+    // DETACH … CONCURRENTLY commits its first transaction (the partition is marked pending),
+    // then waits for snapshots older than that; cancelled there, it stays pending.
+    let reader = pg.client().await;
+    reader
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM events;")
+        .await
+        .expect("old snapshot");
+    let detacher = pg.client().await;
+    let pid: i32 = detacher
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let sql = "ALTER TABLE events DETACH PARTITION events_1 CONCURRENTLY";
+    let detach = tokio::spawn(async move { detacher.batch_execute(sql).await.map(|_| detacher) });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while events_1_state(&c).await != Some(true) {
+        assert!(Instant::now() < deadline, "the detach never became pending");
+        support::postgres::sleep_ms(50).await;
+    }
+    c.query_one("SELECT pg_cancel_backend($1)", &[&pid])
+        .await
+        .expect("cancel");
+    let cancelled = detach.await.expect("join");
+    assert!(cancelled.is_err(), "the detach was cancelled while waiting");
+    reader.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(events_1_state(&c).await, Some(true), "pending detach");
+
+    // The plain statement would now fail ("already pending detach … use FINALIZE").
+    let r = executor::execute(&cfg(&pg, sql)).await;
+    assert_outcome(&r, Outcome::Applied);
+    assert_eq!(events_1_state(&c).await, None, "detached");
+    assert!(
+        r.recovered
+            .iter()
+            .any(|n| n.starts_with("statement 1:") && n.contains("FINALIZE")),
+        "the report says the detach was finished: {}",
+        r.to_json_line()
+    );
+    let rows: i64 = c
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 1, "only events_2 is left under events");
+    assert_eq!(
+        ledger_rows(&c).await,
+        vec![(
+            "users-email-verified".into(),
+            "expand".into(),
+            "applied".into(),
+            1,
+            1
+        )]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_timeouts_are_retried_with_backoff() {
     let pg = TestPostgres::start();

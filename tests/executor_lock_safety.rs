@@ -22,6 +22,24 @@ fn contract(pg: &TestPostgres, sql: &str) -> Config {
     c
 }
 
+/// A fresh server with `schema` applied, and a session on it.
+async fn database(schema: &str) -> (TestPostgres, tokio_postgres::Client) {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    c.batch_execute(schema).await.expect("schema");
+    (pg, c)
+}
+
+/// A session inside an open transaction that ran `sql`: it holds what `sql` locked (and its
+/// snapshot) until it commits, like a long application transaction.
+async fn in_transaction(pg: &TestPostgres, sql: &str) -> tokio_postgres::Client {
+    let c = pg.client().await;
+    c.batch_execute(&format!("BEGIN; {sql}"))
+        .await
+        .unwrap_or_else(|e| panic!("BEGIN; {sql}: {e}"));
+    c
+}
+
 async fn exists(c: &tokio_postgres::Client, table: &str) -> bool {
     c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .await
@@ -34,20 +52,13 @@ async fn exists(c: &tokio_postgres::Client, table: &str) -> bool {
 /// must wait outside the lock queue, or every application query on users queues behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_table_waits_for_readers_of_the_referenced_table() {
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    c.batch_execute(
+    let (pg, c) = database(
         "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
          INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 100) g;
          CREATE TABLE legacy (id bigint PRIMARY KEY, user_id bigint REFERENCES users (id));",
     )
-    .await
-    .expect("schema");
-    let reader = pg.client().await;
-    reader
-        .batch_execute("BEGIN; SELECT count(*) FROM users;")
-        .await
-        .expect("reader");
+    .await;
+    let reader = in_transaction(&pg, "SELECT count(*) FROM users;").await;
     let cfg = contract(&pg, "DROP TABLE legacy");
     let run = tokio::spawn(async move { executor::execute(&cfg).await });
 
@@ -93,9 +104,7 @@ async fn drop_table_waits_for_readers_of_the_referenced_table() {
 /// that reader outside the queue, naming the table, without ever attempting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn implicit_lock_targets_are_resolved_from_the_catalog() {
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    c.batch_execute(
+    let (pg, c) = database(
         "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
          CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint CONSTRAINT orders_user_fk REFERENCES users (id), n int);
          CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
@@ -103,8 +112,7 @@ async fn implicit_lock_targets_are_resolved_from_the_catalog() {
          CREATE TABLE events (id bigint, at date NOT NULL) PARTITION BY RANGE (at);
          CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');",
     )
-    .await
-    .expect("schema");
+    .await;
     let cases = [
         ("DROP TRIGGER users_noop ON users", "users"),
         ("ALTER TABLE orders DROP COLUMN user_id", "users"),
@@ -113,13 +121,11 @@ async fn implicit_lock_targets_are_resolved_from_the_catalog() {
         ("DROP TABLE events_2026", "events"),
     ];
     for (sql, held) in cases {
-        let reader = pg.client().await;
-        reader
-            .batch_execute(&format!(
-                "BEGIN; LOCK TABLE ONLY {held} IN ACCESS SHARE MODE;"
-            ))
-            .await
-            .expect("reader");
+        let reader = in_transaction(
+            &pg,
+            &format!("LOCK TABLE ONLY {held} IN ACCESS SHARE MODE;"),
+        )
+        .await;
         let by_hand = c
             .batch_execute(&format!(
                 "BEGIN; SET LOCAL lock_timeout = '100ms'; {sql}; ROLLBACK"
@@ -159,11 +165,7 @@ async fn implicit_lock_targets_are_resolved_from_the_catalog() {
     }
 
     // A column that is in no foreign key does not make the executor wait for users' readers.
-    let reader = pg.client().await;
-    reader
-        .batch_execute("BEGIN; SELECT count(*) FROM users;")
-        .await
-        .expect("reader");
+    let reader = in_transaction(&pg, "SELECT count(*) FROM users;").await;
     let mut cfg = contract(&pg, "ALTER TABLE orders DROP COLUMN n");
     cfg.lock_wait_timeout = Duration::from_millis(300);
     let r = executor::execute(&cfg).await;
@@ -179,14 +181,11 @@ async fn implicit_lock_targets_are_resolved_from_the_catalog() {
 /// applies the phase once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_executor_holds_its_lock_for_a_bounded_time() {
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    c.batch_execute(
+    let (pg, c) = database(
         "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
          INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 100) g;",
     )
-    .await
-    .expect("schema");
+    .await;
     let sql = "ALTER TABLE users ADD COLUMN verified boolean";
     let lock_timeout = Duration::from_millis(500);
     let bound = executor::idle_in_transaction_timeout(lock_timeout);
@@ -257,20 +256,16 @@ async fn a_frozen_executor_holds_its_lock_for_a_bounded_time() {
 /// having CREATE on the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_role_uses_the_ledger_it_does_not_own() {
-    let pg = TestPostgres::start();
-    let admin = pg.client().await;
-    admin
-        .batch_execute(
-            "CREATE ROLE shop_migrator LOGIN PASSWORD 'pw-shop';
-             CREATE ROLE billing_migrator LOGIN PASSWORD 'pw-billing';
-             GRANT CREATE ON DATABASE postgres TO shop_migrator;
-             CREATE TABLE users (id bigint PRIMARY KEY);
-             ALTER TABLE users OWNER TO shop_migrator;
-             CREATE TABLE invoices (id bigint PRIMARY KEY);
-             ALTER TABLE invoices OWNER TO billing_migrator;",
-        )
-        .await
-        .expect("roles");
+    let (pg, admin) = database(
+        "CREATE ROLE shop_migrator LOGIN PASSWORD 'pw-shop';
+         CREATE ROLE billing_migrator LOGIN PASSWORD 'pw-billing';
+         GRANT CREATE ON DATABASE postgres TO shop_migrator;
+         CREATE TABLE users (id bigint PRIMARY KEY);
+         ALTER TABLE users OWNER TO shop_migrator;
+         CREATE TABLE invoices (id bigint PRIMARY KEY);
+         ALTER TABLE invoices OWNER TO billing_migrator;",
+    )
+    .await;
     let url =
         |role: &str, pw: &str| format!("postgres://{role}:{pw}@127.0.0.1:{}/postgres", pg.port());
     let phase = |url: String, name: &str, sql: &str| {
@@ -332,19 +327,12 @@ async fn a_second_role_uses_the_ledger_it_does_not_own() {
 /// the old session leaves: the executor must not enter the lock queue while B holds users.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_are_looked_at_again_after_the_database_check_waited() {
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    c.batch_execute(
+    let (pg, c) = database(
         "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, legacy int);
          INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 100) g;",
     )
-    .await
-    .expect("schema");
-    let reader_a = pg.client().await;
-    reader_a
-        .batch_execute("BEGIN; SELECT count(*) FROM users;")
-        .await
-        .expect("reader A");
+    .await;
+    let reader_a = in_transaction(&pg, "SELECT count(*) FROM users;").await;
     let old = pg.client().await;
     old.batch_execute("SET application_name = 'shop-api@1.0.0'")
         .await
@@ -380,11 +368,7 @@ async fn locks_are_looked_at_again_after_the_database_check_waited() {
         "the old session never blocked the check: {}",
         run.stderr_so_far()
     );
-    let reader_b = pg.client().await;
-    reader_b
-        .batch_execute("BEGIN; SELECT count(*) FROM users;")
-        .await
-        .expect("reader B");
+    let reader_b = in_transaction(&pg, "SELECT count(*) FROM users;").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(old);
 
@@ -443,11 +427,7 @@ async fn locks_are_looked_at_again_after_the_database_check_waited() {
 /// A real autovacuum, slowed down by its cost delay, holds SHARE UPDATE EXCLUSIVE on `t`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ordinary_autovacuum_is_not_waited_for() {
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    c.batch_execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
-        .await
-        .expect("naptime");
+    let (pg, c) = database("ALTER SYSTEM SET autovacuum_naptime = '1s'").await;
     c.batch_execute(
         "SELECT pg_reload_conf();
          CREATE TABLE t (id bigint PRIMARY KEY, pad text)
@@ -517,16 +497,13 @@ async fn an_ordinary_autovacuum_is_not_waited_for() {
 /// role with the grant gets no warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_without_pg_read_all_stats_is_warned_once() {
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    c.batch_execute(
+    let (pg, c) = database(
         "CREATE ROLE migr LOGIN PASSWORD 'migr-pw';
          GRANT CREATE ON DATABASE postgres TO migr;
          CREATE TABLE users (id bigint PRIMARY KEY, legacy int);
          ALTER TABLE users OWNER TO migr;",
     )
-    .await
-    .expect("roles");
+    .await;
     let url = format!(
         "postgres://migr:migr-pw@127.0.0.1:{}/postgres?sslmode=disable",
         pg.port()
@@ -584,9 +561,7 @@ async fn a_role_without_pg_read_all_stats_is_warned_once() {
 async fn lock_modes_match_what_postgresql_takes() {
     use phasegate::executor::locks;
     use phasegate::sql::{self, LockMode};
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    c.batch_execute(
+    let (_pg, c) = database(
         "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
          CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint, n int, note text);
          ALTER TABLE orders ADD CONSTRAINT orders_user_fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID;
@@ -600,8 +575,7 @@ async fn lock_modes_match_what_postgresql_takes() {
          CREATE TABLE events_2027 (id bigint, at date NOT NULL, user_id bigint);
          CREATE TABLE tmpl (a int);",
     )
-    .await
-    .expect("schema");
+    .await;
     let cases = [
         "ALTER TABLE orders VALIDATE CONSTRAINT orders_user_fk",
         "ALTER TABLE orders VALIDATE CONSTRAINT orders_n_check",
@@ -700,9 +674,7 @@ async fn lock_modes_match_what_postgresql_takes() {
 /// and failed after PHASEGATE_LOCK_WAIT_TIMEOUT while blocking nobody.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_constraint_proceeds_under_a_long_reader() {
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    c.batch_execute(
+    let (pg, c) = database(
         "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
          INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 1000) g;
          CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint, n int);
@@ -710,13 +682,12 @@ async fn validate_constraint_proceeds_under_a_long_reader() {
          ALTER TABLE orders ADD CONSTRAINT orders_user_fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID;
          ALTER TABLE orders ADD CONSTRAINT orders_n_check CHECK (n > 0) NOT VALID;",
     )
-    .await
-    .expect("schema");
-    let reader = pg.client().await;
-    reader
-        .batch_execute("BEGIN; SELECT count(*) FROM users; SELECT count(*) FROM orders;")
-        .await
-        .expect("reader");
+    .await;
+    let reader = in_transaction(
+        &pg,
+        "SELECT count(*) FROM users; SELECT count(*) FROM orders;",
+    )
+    .await;
     // The reader is old (not a young transaction the executor would attempt past anyway).
     tokio::time::sleep(Duration::from_millis(200)).await;
     for (name, sql) in [
@@ -761,22 +732,19 @@ async fn validate_constraint_proceeds_under_a_long_reader() {
 /// the queue, says what it needs, and applies once the holder is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_holder_is_still_waited_for() {
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    c.batch_execute(
+    let (pg, c) = database(
         "CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
          INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 100) g;
          CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint, n int);
          INSERT INTO orders SELECT g, g, g FROM generate_series(1, 100) g;
          ALTER TABLE orders ADD CONSTRAINT orders_n_check CHECK (n > 0) NOT VALID;",
     )
-    .await
-    .expect("schema");
+    .await;
     let url = pg.url();
     let cases = [
         (
             "validate",
-            "BEGIN; ANALYZE orders;",
+            "ANALYZE orders;",
             "ALTER TABLE orders VALIDATE CONSTRAINT orders_n_check",
             "orders",
             "holds ShareUpdateExclusiveLock on orders",
@@ -784,7 +752,7 @@ async fn a_conflicting_holder_is_still_waited_for() {
         ),
         (
             "add-fk",
-            "BEGIN; INSERT INTO users VALUES (1000, 'new');",
+            "INSERT INTO users VALUES (1000, 'new');",
             "ALTER TABLE orders ADD CONSTRAINT orders_user_fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID",
             "users",
             "holds RowExclusiveLock on users",
@@ -792,8 +760,7 @@ async fn a_conflicting_holder_is_still_waited_for() {
         ),
     ];
     for (name, hold, sql, table, holds, needs) in cases {
-        let holder = pg.client().await;
-        holder.batch_execute(hold).await.expect("holder");
+        let holder = in_transaction(&pg, hold).await;
         let envs = [
             ("PHASEGATE_DATABASE_URL", url.as_str()),
             ("PHASEGATE_PHASE", "expand"),
@@ -846,19 +813,12 @@ async fn a_conflicting_holder_is_still_waited_for() {
 /// PHASEGATE_ADVISORY_LOCK_TIMEOUT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_migration_does_not_hold_up_others() {
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    c.batch_execute(
+    let (pg, c) = database(
         "CREATE TABLE users (id bigint PRIMARY KEY, legacy int);
          CREATE TABLE invoices (id bigint PRIMARY KEY);",
     )
-    .await
-    .expect("schema");
-    let reader = pg.client().await;
-    reader
-        .batch_execute("BEGIN; SELECT count(*) FROM users;")
-        .await
-        .expect("reader");
+    .await;
+    let reader = in_transaction(&pg, "SELECT count(*) FROM users;").await;
     let mut waiting = contract(&pg, "ALTER TABLE users DROP COLUMN legacy");
     waiting.lock_wait_timeout = Duration::from_secs(30);
     let run = tokio::spawn(async move { executor::execute(&waiting).await });
@@ -908,18 +868,11 @@ async fn a_waiting_migration_does_not_hold_up_others() {
 /// before its attempt, so the phase still applies exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executors_waiting_side_by_side_apply_exactly_once() {
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    c.batch_execute(
+    let (pg, c) = database(
         "CREATE TABLE users (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text);",
     )
-    .await
-    .expect("schema");
-    let reader = pg.client().await;
-    reader
-        .batch_execute("BEGIN; SELECT count(*) FROM users;")
-        .await
-        .expect("reader");
+    .await;
+    let reader = in_transaction(&pg, "SELECT count(*) FROM users;").await;
     let sql = "ALTER TABLE users ADD COLUMN a int;
                INSERT INTO users (email) VALUES ('once@example.com');
                CREATE INDEX CONCURRENTLY users_email ON users (email);
@@ -968,14 +921,11 @@ async fn executors_waiting_side_by_side_apply_exactly_once() {
 /// the marker stays applied and recorded (1 of 2 statements), and a rerun resumes at the backfill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_marker_runs_the_backfill_in_its_own_transaction() {
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    c.batch_execute(
+    let (pg, c) = database(
         "CREATE TABLE users (id bigint PRIMARY KEY, fullname text);
          INSERT INTO users VALUES (1, 'Ada'), (2, NULL);",
     )
-    .await
-    .expect("schema");
+    .await;
     let failing = "ALTER TABLE users ADD COLUMN display_name text;
 -- phasegate:commit
 UPDATE users SET display_name = fullname WHERE display_name IS NULL AND 1 / (id - 2) IS NOT NULL;";
@@ -1056,11 +1006,8 @@ fn short_transactions(
 /// lock_timeout in the way it attempts anyway; the attempt costs them at most lock_timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_of_short_transactions_does_not_starve_the_executor() {
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    c.batch_execute("CREATE TABLE users (id bigint PRIMARY KEY); INSERT INTO users VALUES (1);")
-        .await
-        .expect("schema");
+    let (pg, _) =
+        database("CREATE TABLE users (id bigint PRIMARY KEY); INSERT INTO users VALUES (1);").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = short_transactions(&pg, 6, 150, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -279,6 +279,19 @@ pub struct SafetySpec {
     #[serde(default = "default_statement_timeout")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub statement_timeout: String,
+    /// Waiting outside the lock queue, transactions younger than this are ordinary short
+    /// application work and are not waited for: the attempt's `lockTimeout` bounds what it
+    /// costs them. At most `lockTimeout`; `0s` waits for every transaction. E.g. `30ms`.
+    #[serde(default = "default_young_transaction")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub young_transaction: String,
+    /// After waiting this long outside the lock queue with only transactions younger than
+    /// `lockTimeout` in the way (a steady stream of short ones), attempt anyway: the attempt
+    /// queues at most `lockTimeout`. Never before `lockTimeout` has passed; at most `10m`;
+    /// `0s` never attempts past a blocker. E.g. `10s`.
+    #[serde(default = "default_lock_wait_attempt_after")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub lock_wait_attempt_after: String,
     /// Attempts after a lock timeout before the phase fails.
     #[serde(default = "default_max_lock_retries")]
     #[schemars(range(min = 0, max = 1000))]
@@ -310,6 +323,8 @@ impl Default for SafetySpec {
         Self {
             lock_timeout: default_lock_timeout(),
             statement_timeout: default_statement_timeout(),
+            young_transaction: default_young_transaction(),
+            lock_wait_attempt_after: default_lock_wait_attempt_after(),
             max_lock_retries: default_max_lock_retries(),
             strict: false,
             allow: Vec::new(),
@@ -324,6 +339,13 @@ fn default_lock_timeout() -> String {
 }
 fn default_statement_timeout() -> String {
     "10m".into()
+}
+// The executor's own defaults (`phasegate apply`), so a Job of an older spec runs the same.
+fn default_young_transaction() -> String {
+    "30ms".into()
+}
+fn default_lock_wait_attempt_after() -> String {
+    "10s".into()
 }
 fn default_max_lock_retries() -> u32 {
     10

@@ -182,6 +182,14 @@ pub fn build_job(
             &spec.safety.statement_timeout,
         ),
         plain(
+            "PHASEGATE_YOUNG_TRANSACTION",
+            &spec.safety.young_transaction,
+        ),
+        plain(
+            "PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER",
+            &spec.safety.lock_wait_attempt_after,
+        ),
+        plain(
             "PHASEGATE_MAX_LOCK_RETRIES",
             &spec.safety.max_lock_retries.to_string(),
         ),
@@ -946,6 +954,34 @@ mod tests {
             ),
             "a Job running other SQL"
         );
+    }
+
+    #[test]
+    fn starvation_settings_reach_the_executor() {
+        let status = DatabaseMigrationStatus::default();
+        let cfg = ExecutorConfig::default();
+        // Unset in the spec: the CRD's defaults, which are the executor's own.
+        let job = build_job(&migration("m"), &status, JobPhase::Expand, 1, &cfg).expect("job");
+        let env = env_of(&job);
+        let get = |k: &str| env.get(k).cloned();
+        assert_eq!(get("PHASEGATE_YOUNG_TRANSACTION").as_deref(), Some("30ms"));
+        assert_eq!(
+            get("PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER").as_deref(),
+            Some("10s")
+        );
+        let mut m = migration("m");
+        m.spec.safety.young_transaction = "100ms".into();
+        m.spec.safety.lock_wait_attempt_after = "0s".into();
+        for phase in [JobPhase::Expand, JobPhase::Contract] {
+            let env = env_of(&build_job(&m, &status, phase, 1, &cfg).expect("job"));
+            let get = |k: &str| env.get(k).map(String::as_str);
+            assert_eq!(get("PHASEGATE_YOUNG_TRANSACTION"), Some("100ms"), "{phase}");
+            assert_eq!(
+                get("PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER"),
+                Some("0s"),
+                "{phase}"
+            );
+        }
     }
 
     fn pod_spec(job: &Job) -> &PodSpec {

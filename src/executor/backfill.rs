@@ -363,6 +363,7 @@ pub async fn execute(cfg: &BackfillConfig) -> Report {
         db_check_rollbacks: None,
         gate_to_commit_us: None,
         stopped_by: cfg.stop.requested().map(|s| s.name().to_string()),
+        recovered: Vec::new(),
         error,
     }
 }

@@ -20,10 +20,10 @@ pub mod connect;
 pub mod dbcheck;
 mod error;
 mod gate;
-mod index;
 pub mod ledger;
 pub mod locks;
 pub mod report;
+mod rerun;
 mod runner;
 mod session;
 pub mod stop;
@@ -52,7 +52,7 @@ use waits::Waits;
 // Modules, each with one job: `config` (arguments and settings), `session` (connecting and the
 // session's timeouts), `locks` (what the statements lock and waiting outside the lock queue),
 // `dbcheck` and `gate` (contract's database check), `runner` (attempts and the one retry loop),
-// `index` (statements outside a transaction made idempotent), `ledger`, `report`, `stop`,
+// `rerun` (statements outside a transaction made safe to run again), `ledger`, `report`, `stop`,
 // `waits`, `error`. This file: the entry points and the order of work.
 
 /// Counters that end up in the report.
@@ -69,6 +69,8 @@ pub(super) struct Stats {
     pub(super) db_check_rollbacks: u32,
     /// Longest time from the last look at the gates to COMMIT's acknowledgement.
     pub(super) gate_to_commit: Option<Duration>,
+    /// What an interrupted earlier run left and this one finished or skipped (see [`rerun`]).
+    pub(super) recovered: Vec<String>,
 }
 
 /// Entry point of `phasegate apply`: runs the phase, writes the report to the termination log
@@ -161,6 +163,7 @@ pub async fn execute(cfg: &Config) -> Report {
                     .then_some(stats.db_check_rollbacks),
                 gate_to_commit_us: stats.gate_to_commit.map(|d| d.as_micros() as u64),
                 stopped_by: None,
+                recovered: stats.recovered.iter().map(|n| scrub.scrub(n)).collect(),
                 error: None,
             };
             tracing::info!(summary = %report.summary(), "phase done");
@@ -202,6 +205,7 @@ fn failed_report(
         db_check_rollbacks: (stats.db_check_rollbacks > 0).then_some(stats.db_check_rollbacks),
         gate_to_commit_us: stats.gate_to_commit.map(|d| d.as_micros() as u64),
         stopped_by: None,
+        recovered: stats.recovered.iter().map(|n| scrub.scrub(n)).collect(),
         error: Some(error),
     }
 }

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 
 /// Kubernetes truncates termination messages at 4096 bytes; stay well below.
 pub const MAX_REPORT_BYTES: usize = 4000;
+/// Notes in [`Report::recovered`], each cut to [`MAX_NOTE_BYTES`], so they always fit.
+pub const MAX_RECOVERED: usize = 8;
+pub const MAX_NOTE_BYTES: usize = 160;
 /// Error text is cut to this many bytes before the report is serialised.
 const MAX_MESSAGE_BYTES: usize = 1500;
 
@@ -66,6 +69,12 @@ pub struct Report {
     /// earlier); with `applied` the signal came after COMMIT was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_by: Option<String>,
+    /// Statements outside a transaction that an interrupted earlier run had finished, or left
+    /// half done, and what this run did instead of running them again (at most
+    /// [`MAX_RECOVERED`]), e.g. `statement 1: partition "events_1" is already detached from
+    /// "events"; skipped`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ReportError>,
 }
@@ -203,6 +212,7 @@ mod tests {
             db_check_rollbacks: None,
             gate_to_commit_us: None,
             stopped_by: None,
+            recovered: Vec::new(),
             error: None,
         }
     }

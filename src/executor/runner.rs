@@ -12,10 +12,11 @@ use tokio_postgres::{CancelToken, Client};
 use super::connect::{self, ConnSettings};
 use super::error::ApplyError;
 use super::gate::Gate;
+use super::rerun::{self, Rerun};
 use super::session::{pg_ms, transaction_timeout};
 use super::stop::Stop;
 use super::waits::Waits;
-use super::{dbcheck, index, ledger, locks, Config, Stats};
+use super::{dbcheck, ledger, locks, Config, Stats};
 use crate::sql::Statement;
 
 /// One run's working state: settings, counters, the gate and the announced waits.
@@ -398,8 +399,8 @@ impl Runner<'_> {
         Ok(Attempt::Done)
     }
 
-    /// One attempt at statement `index` outside a transaction block, idempotently (see
-    /// [`index`]), then the ledger records progress.
+    /// One attempt at statement `index` outside a transaction block, safe to rerun (see
+    /// [`rerun`]), then the ledger records progress.
     async fn attempt_own(
         &mut self,
         client: &mut Client,
@@ -411,16 +412,19 @@ impl Runner<'_> {
         let s = &all[index];
         let n = index + 1;
         // Under the advisory lock: no other executor of this phase is running it right now.
-        if !index::already_done(client, s, n).await? {
-            self.stats.attempts += 1;
+        let rerun =
+            rerun::prepare(client, s, n, self.server_version, &mut self.stats.recovered).await?;
+        let run = match &rerun {
+            Rerun::Skip => None,
             // Concurrent variants take only SHARE UPDATE EXCLUSIVE, which never blocks
             // application reads or writes, and must wait for older transactions by design: no
             // lock_timeout.
-            let lock_timeout = if s.concurrent {
-                Duration::ZERO
-            } else {
-                cfg.lock_timeout
-            };
+            Rerun::Run if s.concurrent => Some((s.sql.as_str(), Duration::ZERO)),
+            Rerun::Run => Some((s.sql.as_str(), cfg.lock_timeout)),
+            Rerun::Finalize(sql) => Some((sql.as_str(), cfg.lock_timeout)),
+        };
+        if let Some((sql, lock_timeout)) = run {
+            self.stats.attempts += 1;
             client
                 .batch_execute(&format!(
                     "SET lock_timeout = '{}'; SET statement_timeout = '{}'",
@@ -431,12 +435,12 @@ impl Runner<'_> {
                 .map_err(|e| ApplyError::db(&e, None))?;
             // A stop cancels the statement; if it finished anyway, it is applied (it commits by
             // itself) and is recorded below before the run stops at the next step.
-            let result = self.stoppable(client.batch_execute(&s.sql)).await?;
+            let result = self.stoppable(client.batch_execute(sql)).await?;
             let _ = client
                 .batch_execute("RESET lock_timeout; RESET statement_timeout")
                 .await;
             if let Err(e) = result {
-                index::clean_up_after_failure(client, s).await;
+                rerun::clean_up_after_failure(client, s).await;
                 return lock_failure(&e, n, lock_timeout)
                     .ok_or_else(|| ApplyError::db(&e, Some(n)));
             }

@@ -1144,6 +1144,18 @@ fn invalid_specs() -> Vec<(&'static str, DatabaseMigrationSpec)> {
                 .with(|s| s.safety.lock_timeout = "2 fortnights".into())
                 .build(),
         ),
+        (
+            "spec.safety.youngTransaction",
+            SpecBuilder::new()
+                .with(|s| s.safety.young_transaction = "a blink".into())
+                .build(),
+        ),
+        (
+            "spec.safety.lockWaitAttemptAfter",
+            SpecBuilder::new()
+                .with(|s| s.safety.lock_wait_attempt_after = "later".into())
+                .build(),
+        ),
     ]
 }
 
@@ -2785,6 +2797,44 @@ fn timeouts_that_switch_limits_off_or_cannot_run_are_invalid() {
 }
 
 #[test]
+fn starvation_settings_out_of_range_are_invalid() {
+    // (youngTransaction, lockWaitAttemptAfter) with the default lockTimeout of 2s.
+    for (young, after, field) in [
+        // Older than lockTimeout is no longer short: attempting past it would time out.
+        ("3s", "10s", "spec.safety.youngTransaction"),
+        // Past the 10-minute wait limit: it would never attempt (say so with 0s).
+        ("30ms", "11m", "spec.safety.lockWaitAttemptAfter"),
+    ] {
+        let spec = SpecBuilder::new()
+            .with(|s| {
+                s.safety.young_transaction = young.into();
+                s.safety.lock_wait_attempt_after = after.into();
+            })
+            .build();
+        let mut fx = Fx::new(spec);
+        let p = fx.step();
+        assert_eq!(phase(&p), Phase::Failed, "{young}/{after}");
+        assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+        let msg = &cond(&p.status, STALLED).message;
+        assert!(
+            msg.starts_with(field) && msg.contains("out of range"),
+            "{young}/{after}: {msg}"
+        );
+    }
+    // 0s is meaningful for both: wait for every transaction; never attempt past a blocker.
+    for (young, after) in [("0s", "0s"), ("2s", "10m"), ("30ms", "10s")] {
+        let spec = SpecBuilder::new()
+            .with(|s| {
+                s.safety.young_transaction = young.into();
+                s.safety.lock_wait_attempt_after = after.into();
+            })
+            .build();
+        let valid = crate::planner::validate::validate(&spec, true);
+        assert!(valid.is_ok(), "{young}/{after}: {valid:?}");
+    }
+}
+
+#[test]
 fn job_names_carry_the_uid_and_labels_fit() {
     let uid = "3F2A9c1e-0000-4000-8000-000000000000";
     assert_eq!(job_name("m", uid, JobPhase::Expand, 1), "m-expand-1-3f2a9");
@@ -3401,4 +3451,47 @@ fn a_running_contract_stops_if_the_backfill_is_not_done_in_this_epoch() {
             ..
         }
     ));
+}
+
+/// The examples a user copies validate and lint clean: no refusal, no warning (issue 10, item
+/// 7: examples/rename-column backfilled under the ADD COLUMN's lock).
+#[test]
+fn examples_lint_clean() {
+    use serde::Deserialize;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&root).expect("examples/") {
+        let dir = entry.expect("entry").path();
+        for file in std::fs::read_dir(&dir).into_iter().flatten() {
+            let path = file.expect("file").path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let v = serde_json::Value::deserialize(doc).expect("yaml");
+                if v["kind"] != "DatabaseMigration" {
+                    continue;
+                }
+                let spec: crate::api::DatabaseMigrationSpec =
+                    serde_json::from_value(v["spec"].clone())
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let valid =
+                    validate(&spec, true).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert_eq!(
+                    valid.lint_warnings,
+                    Vec::<String>::new(),
+                    "{}",
+                    path.display()
+                );
+                checked.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(
+        checked
+            .iter()
+            .any(|p| p.ends_with("rename-column/migration.yaml")),
+        "{checked:?}"
+    );
 }

@@ -12,6 +12,8 @@ use crate::lint::{self, LintPhase, Policy};
 pub struct ValidSpec {
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
+    pub young_transaction: Duration,
+    pub lock_wait_attempt_after: Duration,
     pub contract_delay: Option<Duration>,
     pub rollout_timeout: Option<Duration>,
     /// Lock-dangerous statements allowed through as warnings, e.g.
@@ -132,14 +134,29 @@ pub fn validate(
         lint_warnings.extend(verdict.warnings.iter().map(|f| format!("{field} {f}")));
         lint_overrides.extend(verdict.overridden.iter().map(|f| format!("{field} {f}")));
     }
+    let lock_timeout = bounded(
+        "spec.safety.lockTimeout",
+        &spec.safety.lock_timeout,
+        Duration::from_millis(1),
+        MAX_LOCK_TIMEOUT,
+    )?;
     Ok(ValidSpec {
         lint_warnings,
         lint_overrides,
-        lock_timeout: bounded(
-            "spec.safety.lockTimeout",
-            &spec.safety.lock_timeout,
-            Duration::from_millis(1),
-            MAX_LOCK_TIMEOUT,
+        lock_timeout,
+        // A transaction older than lockTimeout is not short: an attempt past it would only
+        // queue for lockTimeout, stall the application that long, and time out.
+        young_transaction: bounded(
+            "spec.safety.youngTransaction",
+            &spec.safety.young_transaction,
+            Duration::ZERO,
+            lock_timeout,
+        )?,
+        lock_wait_attempt_after: bounded(
+            "spec.safety.lockWaitAttemptAfter",
+            &spec.safety.lock_wait_attempt_after,
+            Duration::ZERO,
+            MAX_LOCK_WAIT_ATTEMPT_AFTER,
         )?,
         statement_timeout: bounded(
             "spec.safety.statementTimeout",
@@ -198,6 +215,9 @@ pub fn pod_template(job: &JobSpec) -> Result<PodTemplateSpec, String> {
 
 /// Longer lock waits would queue application queries behind the DDL for that long.
 pub const MAX_LOCK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// The executor gives up waiting outside the lock queue after 10 minutes
+/// (`PHASEGATE_LOCK_WAIT_TIMEOUT`); a later attempt would never come (`0s` says "never").
+pub const MAX_LOCK_WAIT_ATTEMPT_AFTER: Duration = Duration::from_secs(10 * 60);
 /// PostgreSQL's own limit for `statement_timeout` is about 24.8 days; a day is plenty.
 pub const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 

@@ -153,6 +153,14 @@ pub struct ConcurrentIndex {
     pub table: TableRef,
 }
 
+/// The tables of an `ALTER TABLE parent DETACH PARTITION partition CONCURRENTLY`, so a rerun can
+/// tell from the catalog whether an earlier run finished it or left it pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetachPartition {
+    pub parent: TableRef,
+    pub partition: TableRef,
+}
+
 /// One statement of a phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
@@ -172,6 +180,9 @@ pub struct Statement {
     pub locks: Vec<(TableRef, LockMode)>,
     /// Set for `CREATE INDEX CONCURRENTLY`, so a failed build can be detected and cleaned up.
     pub concurrent_index: Option<ConcurrentIndex>,
+    /// Set for `DETACH PARTITION … CONCURRENTLY`: it commits by itself, so it cannot commit
+    /// with the ledger row, and run again after it finished it fails.
+    pub detach: Option<DetachPartition>,
     /// Set for `DROP INDEX CONCURRENTLY`/`REINDEX … CONCURRENTLY`; these use a weak lock and
     /// wait for older transactions by design, so no short `lock_timeout` is applied.
     pub concurrent: bool,
@@ -344,6 +355,7 @@ fn classify(index: usize, sql: String, node: &N) -> Result<Statement, SqlError> 
     let mut tx = TxMode::Transactional;
     let mut lock = LockMode::AccessExclusive;
     let mut concurrent_index = None;
+    let mut detach = None;
     let mut concurrent = false;
 
     match node {
@@ -442,12 +454,25 @@ fn classify(index: usize, sql: String, node: &N) -> Result<Statement, SqlError> 
             // DETACH PARTITION … CONCURRENTLY commits in two steps of its own and refuses a
             // transaction block; like CREATE INDEX CONCURRENTLY it waits for older transactions
             // by design (it takes only SHARE UPDATE EXCLUSIVE).
-            if alter_cmds(a).any(|(t, c)| {
-                t == protobuf::AlterTableType::AtDetachPartition
-                    && matches!(c.def.as_deref().and_then(|d| d.node.as_ref()), Some(N::PartitionCmd(p)) if p.concurrent)
-            }) {
+            let detached = alter_cmds(a).find_map(|(t, c)| {
+                match c.def.as_deref().and_then(|d| d.node.as_ref()) {
+                    Some(N::PartitionCmd(p))
+                        if t == protobuf::AlterTableType::AtDetachPartition && p.concurrent =>
+                    {
+                        Some(p.name.as_ref().map(range_var))
+                    }
+                    _ => None,
+                }
+            });
+            if let Some(partition) = detached {
                 tx = TxMode::NonTransactional;
                 concurrent = true;
+                detach = a
+                    .relation
+                    .as_ref()
+                    .map(range_var)
+                    .zip(partition)
+                    .map(|(parent, partition)| DetachPartition { parent, partition });
             }
         }
         _ => {}
@@ -469,6 +494,7 @@ fn classify(index: usize, sql: String, node: &N) -> Result<Statement, SqlError> 
         lock,
         locks,
         concurrent_index,
+        detach,
         concurrent,
         reaches: reaches_of(node, lock),
         new_transaction: false,
@@ -638,8 +664,10 @@ fn table_locks(node: &N, lock: LockMode) -> std::collections::BTreeMap<TableRef,
                         protobuf::AlterTableType::AtDetachPartitionFinalize,
                         Some(N::PartitionCmd(p)),
                     ) => {
+                        // It opens the partition with ACCESS EXCLUSIVE (pg_locks), then waits
+                        // for older snapshots holding it.
                         if let Some(r) = &p.name {
-                            put(range_var(r), ShareUpdateExclusive);
+                            put(range_var(r), AccessExclusive);
                         }
                     }
                     _ => {}
@@ -1289,8 +1317,9 @@ mod tests {
                 &[("events", AccessExclusive), ("events_2020", AccessExclusive)],
             ),
             (
+                // The partition is opened with ACCESS EXCLUSIVE (pg_locks, PostgreSQL 15).
                 "ALTER TABLE events DETACH PARTITION events_2020 FINALIZE",
-                &[("events", ShareUpdateExclusive), ("events_2020", ShareUpdateExclusive)],
+                &[("events", ShareUpdateExclusive), ("events_2020", AccessExclusive)],
             ),
             // Everything else ALTER TABLE does takes ACCESS EXCLUSIVE.
             ("ALTER TABLE orders ADD COLUMN x int", &[("orders", AccessExclusive)]),
@@ -1366,6 +1395,27 @@ mod tests {
         );
         assert_eq!(v[3].sql, "SELECT 'a;b'");
         assert_eq!(v[0].kind, "AlterTableStmt");
+    }
+
+    #[test]
+    fn a_concurrent_detach_names_its_parent_and_partition() {
+        let s = one("ALTER TABLE shop.events DETACH PARTITION shop.\"Events 1\" CONCURRENTLY");
+        assert_eq!(
+            s.detach,
+            Some(DetachPartition {
+                parent: t("shop.events"),
+                partition: t("shop.Events 1"),
+            })
+        );
+        // Only the concurrent form needs it: the others commit with the ledger.
+        assert_eq!(
+            one("ALTER TABLE events DETACH PARTITION events_1").detach,
+            None
+        );
+        assert_eq!(
+            one("ALTER TABLE events DETACH PARTITION events_1 FINALIZE").detach,
+            None
+        );
     }
 
     #[test]
