@@ -2814,7 +2814,7 @@ fn starvation_settings_out_of_range_are_invalid() {
         let mut fx = Fx::new(spec);
         let p = fx.step();
         assert_eq!(phase(&p), Phase::Failed, "{young}/{after}");
-        assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+        assert_eq!(failure_reason(&p.status), Some(reason::INVALID_SPEC));
         let msg = &cond(&p.status, STALLED).message;
         assert!(
             msg.starts_with(field) && msg.contains("out of range"),
