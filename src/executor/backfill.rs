@@ -260,6 +260,38 @@ pub fn progress(log_tail: &str) -> Option<BackfillProgress> {
     })
 }
 
+/// The kinds of throttle reason, as metric label values: a small fixed set (the messages
+/// themselves carry numbers and would make a new series per value).
+pub const THROTTLE_KINDS: [&str; 7] = [
+    "replication_lag",
+    "lock_waiters",
+    "lock_timeout",
+    "deadlock",
+    "statement_timeout",
+    "slow_batch",
+    "other",
+];
+
+/// The kind of a `throttled` message this executor prints (see [`THROTTLE_KINDS`]); `other`
+/// for anything else, e.g. a message of a newer executor image.
+pub fn throttle_kind(message: &str) -> &'static str {
+    if message.starts_with("replication lag") {
+        "replication_lag"
+    } else if message.contains("wait for a lock on the table") {
+        "lock_waiters"
+    } else if message.starts_with("lock timeout") {
+        "lock_timeout"
+    } else if message.starts_with("deadlock") {
+        "deadlock"
+    } else if message.starts_with("statement timeout") {
+        "statement_timeout"
+    } else if message.starts_with("batch took") {
+        "slow_batch"
+    } else {
+        "other"
+    }
+}
+
 fn progress_line(p: &BackfillProgress) -> String {
     serde_json::json!({
         "timestamp": jiff::Timestamp::now().to_string(),
