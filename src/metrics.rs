@@ -2,7 +2,9 @@
 //! `/metrics` by [`crate::server`].
 //!
 //! Every series is low-cardinality: labels are a namespace, a phase, a step, a result or an
-//! error reason, never a migration name. Values that describe the migrations themselves
+//! error reason, never a migration name — except the `phasegate_backfill_*` gauges, which
+//! exist only while a migration is in `Backfilling` (a handful at a time, gone at the next
+//! scrape once it moves on or is deleted). Values that describe the migrations themselves
 //! (`phasegate_migrations`, `phasegate_rollout_wait_seconds`) are computed from the
 //! controller's cache at scrape time, so only the leader reports them; a standby reports them
 //! empty and `phasegate_leader 0`.
@@ -23,6 +25,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::api::{DatabaseMigration, DatabaseMigrationStatus, Phase, PhaseStatus};
+use crate::executor::backfill::{throttle_kind, THROTTLE_KINDS};
 use crate::executor::report::Report;
 
 /// Every phase, so that a namespace's gauge shows zeros rather than missing series.
@@ -72,6 +75,21 @@ pub struct JobLabels {
     pub phase: String,
 }
 
+/// One migration. Only for migrations in `Backfilling`, so the set stays small.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MigrationLabels {
+    pub namespace: String,
+    pub migration: String,
+}
+
+/// `reason`: one of [`THROTTLE_KINDS`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThrottleLabels {
+    pub namespace: String,
+    pub migration: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
@@ -88,6 +106,11 @@ pub struct Metrics {
     scrape: Mutex<()>,
     pub migrations: Family<PhaseLabels, Gauge>,
     pub rollout_wait: Family<NamespaceLabels, Gauge<f64, AtomicU64>>,
+    pub backfill_rows_done: Family<MigrationLabels, Gauge>,
+    pub backfill_rows_estimated: Family<MigrationLabels, Gauge>,
+    pub backfill_rows_per_second: Family<MigrationLabels, Gauge>,
+    pub backfill_key_range_done: Family<MigrationLabels, Gauge<f64, AtomicU64>>,
+    pub backfill_throttled: Family<ThrottleLabels, Gauge>,
     pub phase_duration: HistogramFamily<StepLabels>,
     pub lock_retries: Family<JobLabels, Counter>,
     pub lock_wait: Family<JobLabels, Counter<f64, AtomicU64>>,
@@ -108,6 +131,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix("phasegate");
         let migrations = Family::<PhaseLabels, Gauge>::default();
         let rollout_wait = Family::<NamespaceLabels, Gauge<f64, AtomicU64>>::default();
+        let backfill_rows_done = Family::<MigrationLabels, Gauge>::default();
+        let backfill_rows_estimated = Family::<MigrationLabels, Gauge>::default();
+        let backfill_rows_per_second = Family::<MigrationLabels, Gauge>::default();
+        let backfill_key_range_done = Family::<MigrationLabels, Gauge<f64, AtomicU64>>::default();
+        let backfill_throttled = Family::<ThrottleLabels, Gauge>::default();
         let phase_duration: HistogramFamily<StepLabels> =
             Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
         let lock_retries = Family::<JobLabels, Counter>::default();
@@ -127,6 +155,31 @@ impl Metrics {
             "Longest current wait for a rollout among the namespace's migrations in AwaitingRollout",
             Unit::Seconds,
             rollout_wait.clone(),
+        );
+        registry.register(
+            "backfill_rows_done",
+            "Rows the running backfill has changed in this rollout epoch (migrations in Backfilling)",
+            backfill_rows_done.clone(),
+        );
+        registry.register(
+            "backfill_rows_estimated",
+            "The backfilled table's estimated row count (pg_class.reltuples)",
+            backfill_rows_estimated.clone(),
+        );
+        registry.register(
+            "backfill_rows_per_second",
+            "Rows per second of the running backfill attempt (0 while no attempt runs, e.g. paused)",
+            backfill_rows_per_second.clone(),
+        );
+        registry.register(
+            "backfill_key_range_done_ratio",
+            "Share of the backfill's key range walked, 0 to 1",
+            backfill_key_range_done.clone(),
+        );
+        registry.register(
+            "backfill_throttled",
+            "1 for the reason the running backfill holds off now, 0 for the others",
+            backfill_throttled.clone(),
         );
         registry.register_with_unit(
             "phase_duration",
@@ -169,6 +222,11 @@ impl Metrics {
             scrape: Mutex::new(()),
             migrations,
             rollout_wait,
+            backfill_rows_done,
+            backfill_rows_estimated,
+            backfill_rows_per_second,
+            backfill_key_range_done,
+            backfill_throttled,
             phase_duration,
             lock_retries,
             lock_wait,
@@ -264,6 +322,13 @@ impl Metrics {
         let store = self.store.lock().unwrap_or_else(|e| e.into_inner()).clone();
         self.migrations.clear();
         self.rollout_wait.clear();
+        // Rebuilt from the cache at every scrape: a finished, failed or deleted backfill
+        // leaves no stale series behind.
+        self.backfill_rows_done.clear();
+        self.backfill_rows_estimated.clear();
+        self.backfill_rows_per_second.clear();
+        self.backfill_key_range_done.clear();
+        self.backfill_throttled.clear();
         let Some(store) = store else { return };
         let mut by_ns: BTreeMap<String, ([i64; PHASES.len()], f64)> = BTreeMap::new();
         for m in store.state() {
@@ -274,6 +339,9 @@ impl Metrics {
             let phase = status.and_then(|s| s.phase).unwrap_or(Phase::Pending);
             if let Some(i) = PHASES.iter().position(|p| *p == phase) {
                 entry.0[i] += 1;
+            }
+            if phase == Phase::Backfilling {
+                self.set_backfill(&m.namespace().unwrap_or_default(), &m.name_any(), status);
             }
             if phase == Phase::AwaitingRollout {
                 let started = status
@@ -297,6 +365,53 @@ impl Metrics {
             self.rollout_wait
                 .get_or_create(&NamespaceLabels { namespace })
                 .set(waited);
+        }
+    }
+
+    /// The backfill gauges of one migration in `Backfilling`, from the progress its executor
+    /// last reported (none before the first progress line).
+    fn set_backfill(
+        &self,
+        namespace: &str,
+        migration: &str,
+        status: Option<&DatabaseMigrationStatus>,
+    ) {
+        let Some(b) = status.and_then(|s| s.backfill.as_ref()) else {
+            return;
+        };
+        let Some(p) = b.progress.as_ref() else { return };
+        // The progress of a stopped attempt (paused, gate closed, waiting for a retry) stays in
+        // status; its rate and throttle reason are not current.
+        let running = b.run.started_at.is_some() && b.run.finished_at.is_none();
+        let labels = MigrationLabels {
+            namespace: namespace.to_string(),
+            migration: migration.to_string(),
+        };
+        self.backfill_rows_done
+            .get_or_create(&labels)
+            .set(p.rows_done);
+        self.backfill_rows_estimated
+            .get_or_create(&labels)
+            .set(p.estimated_rows);
+        self.backfill_rows_per_second
+            .get_or_create(&labels)
+            .set(if running { p.rows_per_second } else { 0 });
+        self.backfill_key_range_done
+            .get_or_create(&labels)
+            .set(p.key_range_done_permille.clamp(0, 1000) as f64 / 1000.0);
+        let current = p
+            .throttled
+            .as_deref()
+            .filter(|_| running)
+            .map(throttle_kind);
+        for kind in THROTTLE_KINDS {
+            self.backfill_throttled
+                .get_or_create(&ThrottleLabels {
+                    namespace: namespace.to_string(),
+                    migration: migration.to_string(),
+                    reason: kind.to_string(),
+                })
+                .set(i64::from(current == Some(kind)));
         }
     }
 
@@ -583,5 +698,187 @@ mod tests {
         // Deleted migrations disappear at the next scrape.
         writer.apply_watcher_event(&watcher::Event::Delete(mk("billing", "d", None, None)));
         assert!(lines(&m.encode(), "phasegate_migrations{namespace=\"billing\"").is_empty());
+    }
+
+    fn backfilling(
+        ns: &str,
+        name: &str,
+        phase: Phase,
+        running: bool,
+        progress: Option<crate::api::BackfillProgress>,
+    ) -> DatabaseMigration {
+        let mut dbm: DatabaseMigration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "phasegate.dev/v1alpha1",
+            "kind": "DatabaseMigration",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "appVersion": "2.0.0",
+                "database": {"urlSecretRef": {"name": "db", "key": "url"}},
+                "expand": {"sql": "SELECT 1"},
+                "backfill": {"table": "users", "key": "id", "sql": "SELECT $1::bigint, $2::bigint"},
+                "contract": {"sql": "SELECT 1"},
+                "rollout": {"targets": [{"kind": "Deployment", "name": "api"}]}
+            }
+        }))
+        .expect("migration");
+        dbm.status = Some(DatabaseMigrationStatus {
+            phase: Some(phase),
+            backfill: Some(crate::api::BackfillStatus {
+                run: PhaseStatus {
+                    attempts: 1,
+                    started_at: t("2025-01-01T00:00:00Z"),
+                    finished_at: if running {
+                        None
+                    } else {
+                        t("2025-01-01T00:01:00Z")
+                    },
+                    ..Default::default()
+                },
+                progress,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        dbm
+    }
+
+    #[test]
+    fn backfill_progress_gauges_per_running_backfill_and_none_once_finished_or_deleted() {
+        use kube::runtime::reflector::store;
+        use kube::runtime::watcher;
+        let m = Metrics::new();
+        let (reader, mut writer) = store::<DatabaseMigration>();
+        m.set_store(Some(reader));
+        let progress = crate::api::BackfillProgress {
+            rows_done: 412_000,
+            estimated_rows: 1_000_000,
+            key_range_done_permille: 412,
+            batches: 83,
+            batch_size: 6400,
+            rows_per_second: 20_500,
+            eta_seconds: Some(29),
+            throttled: Some(
+                "1 session(s) wait for a lock on the table; letting them go first".into(),
+            ),
+        };
+        let running = backfilling(
+            "shop",
+            "fill",
+            Phase::Backfilling,
+            true,
+            Some(progress.clone()),
+        );
+        writer.apply_watcher_event(&watcher::Event::Apply(running.clone()));
+        // Started, no progress line read yet: no series.
+        writer.apply_watcher_event(&watcher::Event::Apply(backfilling(
+            "shop",
+            "starting",
+            Phase::Backfilling,
+            true,
+            None,
+        )));
+        // Finished (the phase moved on; progress is kept in status): no series.
+        writer.apply_watcher_event(&watcher::Event::Apply(backfilling(
+            "shop",
+            "done",
+            Phase::Soaking,
+            false,
+            Some(progress.clone()),
+        )));
+        let text = m.encode();
+        let l = "{namespace=\"shop\",migration=\"fill\"}";
+        assert_eq!(
+            lines(&text, "phasegate_backfill_rows_done"),
+            [format!("phasegate_backfill_rows_done{l} 412000")]
+        );
+        assert_eq!(
+            lines(&text, "phasegate_backfill_rows_estimated"),
+            [format!("phasegate_backfill_rows_estimated{l} 1000000")]
+        );
+        assert_eq!(
+            lines(&text, "phasegate_backfill_rows_per_second"),
+            [format!("phasegate_backfill_rows_per_second{l} 20500")]
+        );
+        assert_eq!(
+            lines(&text, "phasegate_backfill_key_range_done_ratio"),
+            [format!("phasegate_backfill_key_range_done_ratio{l} 0.412")]
+        );
+        let throttled = lines(&text, "phasegate_backfill_throttled{");
+        assert_eq!(throttled.len(), THROTTLE_KINDS.len(), "{throttled:?}");
+        for reason in THROTTLE_KINDS {
+            let v = if reason == "lock_waiters" { 1 } else { 0 };
+            let want = format!(
+                "phasegate_backfill_throttled{{namespace=\"shop\",migration=\"fill\",reason=\"{reason}\"}} {v}"
+            );
+            assert!(throttled.contains(&want), "{want} in {throttled:?}");
+        }
+
+        // Paused (no attempt runs): the series stay, the rate and throttling read 0.
+        writer.apply_watcher_event(&watcher::Event::Apply(backfilling(
+            "shop",
+            "fill",
+            Phase::Backfilling,
+            false,
+            Some(progress.clone()),
+        )));
+        let text = m.encode();
+        assert_eq!(
+            lines(&text, "phasegate_backfill_rows_per_second"),
+            [format!("phasegate_backfill_rows_per_second{l} 0")]
+        );
+        assert!(
+            lines(&text, "phasegate_backfill_throttled{")
+                .iter()
+                .all(|s| s.ends_with(" 0")),
+            "{text}"
+        );
+        assert_eq!(
+            lines(&text, "phasegate_backfill_rows_done"),
+            [format!("phasegate_backfill_rows_done{l} 412000")]
+        );
+
+        // Finished: every series of the migration is gone at the next scrape.
+        writer.apply_watcher_event(&watcher::Event::Apply(backfilling(
+            "shop",
+            "fill",
+            Phase::Soaking,
+            false,
+            Some(progress.clone()),
+        )));
+        assert!(lines(&m.encode(), "phasegate_backfill_").is_empty());
+
+        // Deleted while running: gone too.
+        writer.apply_watcher_event(&watcher::Event::Apply(running.clone()));
+        assert!(!lines(&m.encode(), "phasegate_backfill_rows_done").is_empty());
+        writer.apply_watcher_event(&watcher::Event::Delete(running));
+        assert!(lines(&m.encode(), "phasegate_backfill_").is_empty());
+        // A standby reports none.
+        m.set_store(None);
+        assert!(lines(&m.encode(), "phasegate_backfill_").is_empty());
+    }
+
+    #[test]
+    fn throttle_messages_map_to_a_fixed_set_of_reasons() {
+        for (msg, want) in [
+            (
+                "replication lag 12.3s exceeds maxReplicationLag 10s",
+                "replication_lag",
+            ),
+            (
+                "2 session(s) wait for a lock on the table; letting them go first",
+                "lock_waiters",
+            ),
+            ("lock timeout (1s) on the table, retry 3", "lock_timeout"),
+            ("deadlock, retry 1", "deadlock"),
+            (
+                "statement timeout, retry 2 with a smaller batch",
+                "statement_timeout",
+            ),
+            ("batch took 950 ms, target 200 ms", "slow_batch"),
+            ("something a newer executor says", "other"),
+        ] {
+            assert_eq!(crate::executor::backfill::throttle_kind(msg), want, "{msg}");
+            assert!(THROTTLE_KINDS.contains(&want));
+        }
     }
 }

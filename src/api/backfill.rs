@@ -23,14 +23,17 @@ pub struct BackfillSpec {
     /// created quoted).
     #[schemars(length(min = 1, max = 127), regex(pattern = r#"^[^".]+(\.[^".]+)?$"#))]
     pub table: String,
-    /// A unique integer column (smallint, integer or bigint) of the table, walked in order,
-    /// usually the primary key.
+    /// A unique column of the table, walked in order, usually the primary key: smallint,
+    /// integer or bigint, or text, varchar, char, citext, bytea, uuid, date, timestamp,
+    /// timestamptz, numeric, real or double precision (or a domain over one).
+    /// One column: composite keys are not supported.
     #[schemars(length(min = 1, max = 63), regex(pattern = r#"^[^".]+$"#))]
     pub key: String,
     /// The SQL of one batch: `$1` is the exclusive lower and `$2` the inclusive upper bound
-    /// of the batch's key range (bigint), e.g. `UPDATE users SET email_address = email WHERE
-    /// id > $1 AND id <= $2 AND email_address IS NULL`. Make it idempotent (the `IS NULL`):
-    /// after a rollback of the app the scan starts over.
+    /// of the batch's key range (bigint for an integer key, the key's type otherwise), e.g.
+    /// `UPDATE users SET email_address = email WHERE id > $1 AND id <= $2 AND email_address IS
+    /// NULL`. Make it idempotent (the `IS NULL`): after a rollback of the app the scan starts
+    /// over.
     #[x_kube(validation = Rule::new("self.contains('$1') && self.contains('$2')").message("backfill.sql must use $1 (exclusive lower bound) and $2 (inclusive upper bound) of the key range"))]
     #[schemars(length(min = 1, max = 65536))]
     pub sql: String,

@@ -1,7 +1,8 @@
 //! `phasegate backfill`: fills data between expand and contract in small keyset batches.
 //!
 //! Each batch runs the user's batch SQL for one key range `($1, $2]` (exclusive lower bound,
-//! inclusive upper bound, both `bigint`) and advances the checkpoint row in
+//! inclusive upper bound: `bigint` for an integer key, the key's own type otherwise) and
+//! advances the checkpoint row in
 //! `phasegate.backfill` in the same short transaction, so a batch is applied exactly once
 //! whatever crashes or retries: a killed executor (SIGKILL, a node drain) loses at most the
 //! batch in flight, which PostgreSQL rolls back, and the next run resumes after the last
@@ -18,6 +19,13 @@
 //! The scan ends at the largest key that existed when it began (recorded in the checkpoint):
 //! the backfill only runs once no old code is left, so rows inserted later were written by new
 //! code and need no backfill, and a busy table's growing tail is never chased.
+//!
+//! Key types: an integer key keeps the checkpoint in the `bigint` columns every version wrote
+//! (a checkpoint of an older executor resumes as is, and an older executor can resume ours).
+//! Any other supported type is walked by keyset queries (`WHERE key > $last ORDER BY key
+//! LIMIT n`), its bounds passed as text in the key's input syntax and kept in `*_key_text`
+//! columns; the first batch's exclusive lower bound is the type's smallest value (`''`, the nil
+//! uuid, `-infinity`), and a table whose key *is* that value is refused before anything runs.
 //!
 //! Between batches: adapt the batch size toward the target batch duration, pause, and throttle
 //! while replication lag is above the limit or other sessions wait for locks on the table. A
@@ -51,6 +59,10 @@ CREATE TABLE IF NOT EXISTS phasegate.backfill (
     min_key     bigint,
     end_key     bigint,
     last_key    bigint,
+    key_type    text,
+    end_key_text  text,
+    last_key_text text,
+    keys_done   bigint      NOT NULL DEFAULT 0,
     rows_done   bigint      NOT NULL DEFAULT 0,
     batches     bigint      NOT NULL DEFAULT 0,
     restarts    integer     NOT NULL DEFAULT 0,
@@ -61,6 +73,88 @@ CREATE TABLE IF NOT EXISTS phasegate.backfill (
 );
 COMMENT ON TABLE phasegate.backfill IS 'Backfill checkpoints of the Phasegate executor; do not edit by hand.';
 "#;
+
+/// Columns for keys other than integers, added to a checkpoint table an older executor created
+/// (only when such a key is walked: integer keys leave the table as it is).
+const TEXT_KEY_COLUMNS_SQL: &str = "ALTER TABLE phasegate.backfill
+    ADD COLUMN IF NOT EXISTS key_type text,
+    ADD COLUMN IF NOT EXISTS end_key_text text,
+    ADD COLUMN IF NOT EXISTS last_key_text text,
+    ADD COLUMN IF NOT EXISTS keys_done bigint NOT NULL DEFAULT 0";
+
+/// Key types walked by keyset queries, by base type name, with a value of the type below
+/// every other (the first batch's exclusive lower bound), in the type's input syntax.
+const SORTED_KEY_TYPES: [(&str, &str); 12] = [
+    ("text", ""),
+    ("varchar", ""),
+    ("bpchar", ""),
+    ("citext", ""),
+    ("bytea", ""),
+    ("uuid", "00000000-0000-0000-0000-000000000000"),
+    ("date", "-infinity"),
+    ("timestamp", "-infinity"),
+    ("timestamptz", "-infinity"),
+    ("numeric", "-Infinity"),
+    ("float4", "-Infinity"),
+    ("float8", "-Infinity"),
+];
+
+/// How the key is walked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyKind {
+    /// smallint, integer, bigint: bigint bounds, integer arithmetic for progress.
+    Integer,
+    /// Another orderable type (`type_name` as in `pg_type`): bounds in the key's own type,
+    /// passed and stored as text.
+    Sorted {
+        type_name: String,
+        before_all: &'static str,
+    },
+}
+
+/// A bound of a key range, as bound to a statement: a `bigint`, or the text form of any
+/// other key, sent in text format so that PostgreSQL parses it as the parameter's type.
+#[derive(Debug, Clone, PartialEq)]
+enum Key {
+    Int(i64),
+    Text(String),
+}
+
+impl tokio_postgres::types::ToSql for Key {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Key::Int(i) => i.to_sql(ty, out),
+            Key::Text(t) => {
+                out.extend_from_slice(t.as_bytes());
+                Ok(tokio_postgres::types::IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _ty: &Type) -> tokio_postgres::types::Format {
+        match self {
+            Key::Int(_) => tokio_postgres::types::Format::Binary,
+            Key::Text(_) => tokio_postgres::types::Format::Text,
+        }
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// The text form of a key that its input function reads back as the same value whatever the
+/// session's DateStyle or TimeZone (ISO 8601 for dates and times; a key must round-trip
+/// exactly, or a batch boundary would move).
+fn key_text(expr: &str) -> String {
+    format!("(to_json({expr}) #>> '{{}}')")
+}
 
 /// At most one progress line per this interval (and one per batch below it).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -79,11 +173,13 @@ pub struct BackfillArgs {
     /// The table to fill (optionally schema-qualified).
     #[arg(long, env = "PHASEGATE_BACKFILL_TABLE")]
     pub table: String,
-    /// A unique, integer (smallint, integer, bigint) column of the table to walk in order.
+    /// A unique column of the table to walk in order: an integer, or text, uuid, a date or
+    /// time, numeric... (see docs/backfill.md).
     #[arg(long, env = "PHASEGATE_BACKFILL_KEY")]
     pub key: String,
     /// SQL of one batch: `$1` is the exclusive lower and `$2` the inclusive upper bound of the
-    /// key range (both bigint), e.g. `UPDATE t SET b = a WHERE id > $1 AND id <= $2 AND b IS NULL`.
+    /// key range (bigint for an integer key, else the key's type), e.g.
+    /// `UPDATE t SET b = a WHERE id > $1 AND id <= $2 AND b IS NULL`.
     #[arg(long, env = "PHASEGATE_BACKFILL_SQL", hide_env_values = true)]
     pub sql: String,
     /// Rows in the first batch; later batches adapt toward the target duration.
@@ -260,6 +356,38 @@ pub fn progress(log_tail: &str) -> Option<BackfillProgress> {
     })
 }
 
+/// The kinds of throttle reason, as metric label values: a small fixed set (the messages
+/// themselves carry numbers and would make a new series per value).
+pub const THROTTLE_KINDS: [&str; 7] = [
+    "replication_lag",
+    "lock_waiters",
+    "lock_timeout",
+    "deadlock",
+    "statement_timeout",
+    "slow_batch",
+    "other",
+];
+
+/// The kind of a `throttled` message this executor prints (see [`THROTTLE_KINDS`]); `other`
+/// for anything else, e.g. a message of a newer executor image.
+pub fn throttle_kind(message: &str) -> &'static str {
+    if message.starts_with("replication lag") {
+        "replication_lag"
+    } else if message.contains("wait for a lock on the table") {
+        "lock_waiters"
+    } else if message.starts_with("lock timeout") {
+        "lock_timeout"
+    } else if message.starts_with("deadlock") {
+        "deadlock"
+    } else if message.starts_with("statement timeout") {
+        "statement_timeout"
+    } else if message.starts_with("batch took") {
+        "slow_batch"
+    } else {
+        "other"
+    }
+}
+
 fn progress_line(p: &BackfillProgress) -> String {
     serde_json::json!({
         "timestamp": jiff::Timestamp::now().to_string(),
@@ -416,6 +544,11 @@ struct Checkpoint {
     last_key: Option<i64>,
     min_key: Option<i64>,
     end_key: Option<i64>,
+    /// A non-integer key's bounds (text form) and the keys walked so far (for progress).
+    last_text: Option<String>,
+    end_text: Option<String>,
+    keys_done: i64,
+    sorted: bool,
     rows_done: i64,
     batches: i64,
     done: bool,
@@ -452,40 +585,96 @@ async fn ensure_table(c: &Client) -> Result<(), BackfillError> {
     Ok(())
 }
 
+/// Whether the checkpoint table has the columns of non-integer keys (an older executor's
+/// table does not).
+async fn has_text_key_columns(c: &Client) -> Result<bool, BackfillError> {
+    Ok(c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                             WHERE attrelid = 'phasegate.backfill'::regclass
+                               AND attname = 'last_key_text' AND NOT attisdropped)",
+        &[],
+    )
+    .await
+    .map_err(|e| BackfillError::db(&e))?
+    .get(0))
+}
+
+/// Adds the columns of non-integer keys to an older executor's checkpoint table.
+async fn ensure_text_key_columns(c: &Client) -> Result<(), BackfillError> {
+    if has_text_key_columns(c).await? {
+        return Ok(());
+    }
+    tracing::info!("adding the columns of non-integer keys to phasegate.backfill");
+    c.batch_execute(TEXT_KEY_COLUMNS_SQL).await.map_err(|e| {
+        BackfillError::Setting(format!(
+            "phasegate.backfill lacks the columns of non-integer keys and this role cannot add \
+             them ({}); run once as the table's owner: {TEXT_KEY_COLUMNS_SQL}",
+            BackfillError::db(&e)
+        ))
+    })
+}
+
 /// Reads the checkpoint, or (re)starts the scan: no row, another object (uid), other SQL
-/// (checksum) or another rollout epoch begins from the first key.
+/// (checksum), another rollout epoch or a key of another kind begins from the first key.
 async fn load_checkpoint(
     c: &Client,
     cfg: &BackfillConfig,
     sum: &str,
     table: &str,
     key: &str,
+    kind: &KeyKind,
 ) -> Result<Checkpoint, BackfillError> {
     let db = |e: tokio_postgres::Error| BackfillError::db(&e);
+    // An integer key reads only the columns every version has (the table may be an older
+    // executor's).
+    let select = match kind {
+        KeyKind::Integer => {
+            "SELECT uid, checksum, epoch, status = 'done', min_key, end_key, last_key, rows_done, batches,
+                    NULL::text, NULL::text, 0::bigint, NULL::text
+               FROM phasegate.backfill WHERE namespace = $1 AND name = $2"
+        }
+        KeyKind::Sorted { .. } => {
+            "SELECT uid, checksum, epoch, status = 'done', min_key, end_key, last_key, rows_done, batches,
+                    end_key_text, last_key_text, keys_done, key_type
+               FROM phasegate.backfill WHERE namespace = $1 AND name = $2"
+        }
+    };
     let row = c
-        .query_opt(
-            "SELECT uid, checksum, epoch, status = 'done', min_key, end_key, last_key, rows_done, batches
-               FROM phasegate.backfill WHERE namespace = $1 AND name = $2",
-            &[&cfg.namespace, &cfg.name],
-        )
+        .query_opt(select, &[&cfg.namespace, &cfg.name])
         .await
         .map_err(db)?;
     if let Some(r) = &row {
         let (uid, checksum, epoch): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        if uid == cfg.uid && checksum == sum && epoch == cfg.epoch {
-            let cp = Checkpoint {
-                done: r.get(3),
-                min_key: r.get(4),
-                end_key: r.get(5),
-                last_key: r.get(6),
-                rows_done: r.get(7),
-                batches: r.get(8),
-                fresh: false,
-            };
+        let cp = Checkpoint {
+            done: r.get(3),
+            min_key: r.get(4),
+            end_key: r.get(5),
+            last_key: r.get(6),
+            rows_done: r.get(7),
+            batches: r.get(8),
+            end_text: r.get(9),
+            last_text: r.get(10),
+            keys_done: r.get(11),
+            sorted: matches!(kind, KeyKind::Sorted { .. }),
+            fresh: false,
+        };
+        let key_type: Option<String> = r.get(12);
+        // A running scan keeps its lower bound in the columns of its key's kind; a row whose
+        // bound is in the other ones was written for a key of another type.
+        let same_kind = match kind {
+            KeyKind::Integer => cp.done || cp.last_key.is_some(),
+            KeyKind::Sorted { type_name, .. } => {
+                key_type.as_deref() == Some(type_name.as_str())
+                    && (cp.done || cp.last_text.is_some())
+            }
+        };
+        if uid == cfg.uid && checksum == sum && epoch == cfg.epoch && same_kind {
             if !cp.done {
                 tracing::info!(
                     last_key = cp.last_key,
+                    last_key_text = cp.last_text,
                     end_key = cp.end_key,
+                    end_key_text = cp.end_text,
                     rows_done = cp.rows_done,
                     "resuming the backfill from its checkpoint"
                 );
@@ -496,8 +685,10 @@ async fn load_checkpoint(
             "the checkpoint belongs to another object of this name"
         } else if checksum != sum {
             "the backfill's table, key or SQL changed"
-        } else {
+        } else if epoch != cfg.epoch {
             "the rollout epoch changed (the rollout regressed after the scan began: old code may have written rows behind the checkpoint)"
+        } else {
+            "the key's type changed"
         };
         tracing::warn!(
             previous_epoch = %epoch,
@@ -505,6 +696,23 @@ async fn load_checkpoint(
             "restarting the backfill from the first key: {why}"
         );
     }
+    match kind {
+        KeyKind::Integer => restart_integer(c, cfg, sum, table, key).await,
+        KeyKind::Sorted {
+            type_name,
+            before_all,
+        } => restart_sorted(c, cfg, sum, table, key, type_name, before_all).await,
+    }
+}
+
+async fn restart_integer(
+    c: &Client,
+    cfg: &BackfillConfig,
+    sum: &str,
+    table: &str,
+    key: &str,
+) -> Result<Checkpoint, BackfillError> {
+    let db = |e: tokio_postgres::Error| BackfillError::db(&e);
     // The key range to walk: from the smallest key to the largest that exists now.
     let bounds = c
         .query_one(
@@ -547,10 +755,112 @@ async fn load_checkpoint(
     )
     .await
     .map_err(db)?;
+    // A row once written for a non-integer key (the key's type changed since) must not look
+    // like one of those to a later run. Only a table that has those columns can hold one.
+    if has_text_key_columns(c).await? {
+        c.execute(
+            "UPDATE phasegate.backfill SET key_type = NULL, last_key_text = NULL, end_key_text = NULL,
+                    keys_done = 0
+              WHERE namespace = $1 AND name = $2 AND key_type IS NOT NULL",
+            &[&cfg.namespace, &cfg.name],
+        )
+        .await
+        .map_err(db)?;
+    }
     Ok(Checkpoint {
         last_key: start_after,
         min_key: start_after,
         end_key,
+        last_text: None,
+        end_text: None,
+        keys_done: 0,
+        sorted: false,
+        rows_done: 0,
+        batches: 0,
+        done,
+        fresh: true,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restart_sorted(
+    c: &Client,
+    cfg: &BackfillConfig,
+    sum: &str,
+    table: &str,
+    key: &str,
+    type_name: &str,
+    before_all: &str,
+) -> Result<Checkpoint, BackfillError> {
+    let db = |e: tokio_postgres::Error| BackfillError::db(&e);
+    // The scan ends at the largest key that exists now (an index scan backwards).
+    let end: Option<String> = c
+        .query_opt(
+            &format!(
+                "SELECT {} FROM {table} WHERE {key} IS NOT NULL ORDER BY {key} DESC LIMIT 1",
+                key_text(key)
+            ),
+            &[],
+        )
+        .await
+        .map_err(db)?
+        .map(|r| r.get(0));
+    // The first batch starts after the type's smallest value: a key that equals it (or sorts
+    // with it, e.g. a string of characters the collation ignores) would never be walked.
+    if end.is_some() {
+        let at_start: Option<String> = c
+            .query_opt(
+                &format!(
+                    "SELECT {} FROM {table} WHERE {key} <= $1 ORDER BY {key} LIMIT 1",
+                    key_text(key)
+                ),
+                &[&Key::Text(before_all.to_string())],
+            )
+            .await
+            .map_err(db)?
+            .map(|r| r.get(0));
+        if let Some(k) = at_start {
+            return Err(BackfillError::Setting(format!(
+                "key {} of {} has the value {k:?}, which sorts with the smallest {type_name} value                  {before_all:?} that the first batch starts after; walk another unique column",
+                cfg.key, cfg.table
+            )));
+        }
+    }
+    let done = end.is_none();
+    c.execute(
+        "INSERT INTO phasegate.backfill AS b
+             (namespace, name, uid, checksum, epoch, status, key_type, end_key_text, last_key_text)
+         VALUES ($1, $2, $3, $4, $5, CASE WHEN $9 THEN 'done' ELSE 'running' END, $6, $7, $8)
+         ON CONFLICT (namespace, name) DO UPDATE SET
+             uid = EXCLUDED.uid, checksum = EXCLUDED.checksum, epoch = EXCLUDED.epoch,
+             status = EXCLUDED.status, min_key = NULL, end_key = NULL, last_key = NULL,
+             key_type = EXCLUDED.key_type, end_key_text = EXCLUDED.end_key_text,
+             last_key_text = EXCLUDED.last_key_text, keys_done = 0, rows_done = 0, batches = 0,
+             restarts = b.restarts + 1, started_at = clock_timestamp(),
+             updated_at = clock_timestamp(),
+             finished_at = CASE WHEN $9 THEN clock_timestamp() END",
+        &[
+            &cfg.namespace,
+            &cfg.name,
+            &cfg.uid,
+            &sum,
+            &cfg.epoch,
+            &type_name,
+            &end,
+            &before_all,
+            &done,
+        ],
+    )
+    .await
+    .map_err(db)?;
+    Ok(Checkpoint {
+        last_key: None,
+        min_key: None,
+        end_key: None,
+        last_text: Some(before_all.to_string()),
+        end_text: end,
+        keys_done: 0,
+        sorted: true,
         rows_done: 0,
         batches: 0,
         done,
@@ -614,6 +924,15 @@ async fn run_inner(
     scrub: &Scrubber,
 ) -> Result<Outcome, BackfillError> {
     let table = quote_ident_path(&cfg.table)?;
+    // A composite key would need row comparisons in every bound and two placeholders per
+    // bound: not supported yet (docs/backfill.md).
+    if cfg.key.contains(',') || cfg.key.contains('(') {
+        return Err(BackfillError::Setting(format!(
+            "key {:?} names several columns: composite keys are not supported; walk one unique \
+             column (e.g. a surrogate id)",
+            cfg.key
+        )));
+    }
     let key = quote_ident_path(&cfg.key)?;
     if cfg.key.contains('.') {
         return Err(BackfillError::Setting(
@@ -642,31 +961,43 @@ async fn run_inner(
         ))
         .await
         .map_err(db)?;
-    // The key must be an integer column (smallint, integer, bigint): the bounds are bigint.
-    let key_type: Option<String> = client
+    // The key's base type (through a domain) decides how it is walked.
+    let key_type: Option<(String, String)> = client
         .query_opt(
-            "SELECT format_type(a.atttypid, NULL) FROM pg_attribute a
+            "SELECT t.typname::text, format_type(a.atttypid, a.atttypmod)
+               FROM pg_attribute a
+               JOIN pg_type d ON d.oid = a.atttypid
+               JOIN pg_type t ON t.oid = CASE WHEN d.typtype = 'd' THEN d.typbasetype ELSE d.oid END
               WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped",
             &[&table, &cfg.key.trim()],
         )
         .await
         .map_err(db)?
-        .map(|r| r.get(0));
-    match key_type.as_deref() {
-        Some("smallint" | "integer" | "bigint") => {}
-        Some(other) => {
-            return Err(BackfillError::Setting(format!(
-            "key {} of {} is {other}; a backfill walks an integer key (smallint, integer, bigint)",
-            cfg.key, cfg.table
-        )))
-        }
+        .map(|r| (r.get(0), r.get(1)));
+    let kind = match key_type {
+        Some((base, _)) if matches!(base.as_str(), "int2" | "int4" | "int8") => KeyKind::Integer,
+        Some((base, shown)) => match SORTED_KEY_TYPES.iter().find(|(t, _)| *t == base) {
+            Some((t, before_all)) => KeyKind::Sorted {
+                type_name: t.to_string(),
+                before_all,
+            },
+            None => {
+                return Err(BackfillError::Setting(format!(
+                    "key {} of {} is {shown}; a backfill walks a key of type smallint, integer, \
+                     bigint, text, varchar, char, citext, bytea, uuid, date, timestamp, \
+                     timestamptz, numeric, real or double precision (types with a \
+                     known smallest value, the first batch's exclusive lower bound)",
+                    cfg.key, cfg.table
+                )))
+            }
+        },
         None => {
             return Err(BackfillError::Setting(format!(
                 "table {} has no column {}",
                 cfg.table, cfg.key
             )))
         }
-    }
+    };
     let table_oid: u32 = client
         .query_one("SELECT $1::text::regclass::oid", &[&table])
         .await
@@ -691,6 +1022,9 @@ async fn run_inner(
         sleep(stop, 0, Duration::from_millis(500)).await?;
     }
     ensure_table(&client).await?;
+    if matches!(kind, KeyKind::Sorted { .. }) {
+        ensure_text_key_columns(&client).await?;
+    }
     // Every statement outside a batch (the checkpoint's first look at the table) is bounded too.
     client
         .batch_execute(&format!(
@@ -712,7 +1046,7 @@ async fn run_inner(
             stats.throttle_wait += Duration::from_millis(500);
             sleep(stop, 0, Duration::from_millis(500)).await?;
         }
-        match load_checkpoint(&client, cfg, sum, &table, &key).await {
+        match load_checkpoint(&client, cfg, sum, &table, &key, &kind).await {
             Err(BackfillError::Db {
                 sqlstate: Some(code),
                 ..
@@ -749,8 +1083,47 @@ async fn run_inner(
 
     // Preparing the batch SQL locks the table briefly (parse analysis): retried on lock
     // timeouts like a batch.
+    let sorted = matches!(kind, KeyKind::Sorted { .. });
     let (upper_stmt, batch_stmt, advance) = loop {
         let prepared = async {
+            if sorted {
+                // Keyset: the n-th key after the lower bound, and how many keys that is (fewer
+                // than n at the end of the range). Parameter types come from the key column.
+                let upper_stmt = client
+                    .prepare(&format!(
+                        "SELECT {}, n FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) AS n
+                           FROM {table} WHERE {key} > $1 AND {key} <= $2 ORDER BY {key} LIMIT $3) s
+                          ORDER BY n DESC LIMIT 1",
+                        key_text("s.k")
+                    ))
+                    .await
+                    .map_err(db);
+                // `$1` and `$2` take the type the SQL gives them (`id > $1`: the key's).
+                let batch_stmt = client.prepare(&cfg.sql).await.map_err(db);
+                let advance = client
+                    .prepare_typed(
+                        "UPDATE phasegate.backfill
+                        SET last_key_text = $4, rows_done = rows_done + $5, keys_done = keys_done + $7,
+                            batches = batches + 1,
+                            status = CASE WHEN $8 THEN 'done' ELSE 'running' END,
+                            finished_at = CASE WHEN $8 THEN clock_timestamp() END,
+                            updated_at = clock_timestamp()
+                      WHERE namespace = $1 AND name = $2 AND epoch = $6 AND last_key_text = $3",
+                        &[
+                            Type::TEXT,
+                            Type::TEXT,
+                            Type::TEXT,
+                            Type::TEXT,
+                            Type::INT8,
+                            Type::TEXT,
+                            Type::INT8,
+                            Type::BOOL,
+                        ],
+                    )
+                    .await
+                    .map_err(db);
+                return Ok::<_, BackfillError>((upper_stmt?, batch_stmt?, advance?));
+            }
             let upper_stmt = client
                 .prepare_typed(
                     &format!(
@@ -814,10 +1187,21 @@ async fn run_inner(
     let lock_ms = cfg.lock_timeout.as_millis().max(1);
     let stmt_ms = cfg.statement_timeout.as_millis();
     loop {
-        let lower = cp.last_key.unwrap_or(min_key);
-        if lower >= end_key {
+        if cp.done {
             break;
         }
+        let (lower, end) = if sorted {
+            (
+                Key::Text(cp.last_text.clone().unwrap_or_default()),
+                Key::Text(cp.end_text.clone().unwrap_or_default()),
+            )
+        } else {
+            let lower = cp.last_key.unwrap_or(min_key);
+            if lower >= end_key {
+                break;
+            }
+            (Key::Int(lower), Key::Int(end_key))
+        };
         // Throttle outside any transaction.
         if let Some(why) = or_stop(
             stop,
@@ -859,23 +1243,47 @@ async fn run_inner(
             ))
             .await
             .map_err(db)?;
-            let upper: Option<i64> = tx
-                .query_one(&upper_stmt, &[&lower, &end_key, &size])
+            let row = tx
+                .query_opt(&upper_stmt, &[&lower, &end, &size])
                 .await
-                .map_err(db)?
-                .get(0);
-            // No key left in (lower, end]: the scan ends at the end of the range.
+                .map_err(db)?;
+            // (upper bound, keys in the batch, the range's last batch); no key left in
+            // (lower, end]: the scan ends at the end of the range.
+            let (upper, keys, done) = match row {
+                Some(r) if sorted => {
+                    let (k, keys): (String, i64) = (r.get(0), r.get(1));
+                    if keys < size {
+                        (Some(end.clone()), keys, true)
+                    } else {
+                        let k = Key::Text(k);
+                        let done = k == end;
+                        (Some(k), keys, done)
+                    }
+                }
+                Some(r) => match r.get::<_, Option<i64>>(0) {
+                    Some(u) => (Some(Key::Int(u)), 0, u >= end_key),
+                    None => (None, 0, true),
+                },
+                None => (None, 0, true),
+            };
             let (upper, n) = match upper {
                 Some(upper) => {
                     let n = tx.execute(&batch_stmt, &[&lower, &upper]).await.map_err(db)? as i64;
                     (upper, n)
                 }
-                None => (end_key, 0),
+                None => (end.clone(), 0),
             };
-            let moved = tx
-                .execute(&advance, &[&cfg.namespace, &cfg.name, &lower, &upper, &n, &cfg.epoch])
+            let moved = if sorted {
+                tx.execute(
+                    &advance,
+                    &[&cfg.namespace, &cfg.name, &lower, &upper, &n, &cfg.epoch, &keys, &done],
+                )
                 .await
-                .map_err(db)?;
+            } else {
+                tx.execute(&advance, &[&cfg.namespace, &cfg.name, &lower, &upper, &n, &cfg.epoch])
+                    .await
+            }
+            .map_err(db)?;
             if moved != 1 {
                 tx.rollback().await.map_err(db)?;
                 return Err(BackfillError::CheckpointMoved);
@@ -890,16 +1298,21 @@ async fn run_inner(
                 });
             }
             tx.commit().await.map_err(db)?;
-            Ok((upper, n))
+            Ok((upper, n, keys, done))
         })
         .await;
         let took = began.elapsed();
         match result {
-            Ok((upper, n)) => {
+            Ok((upper, n, keys, done)) => {
                 consecutive_lock_timeouts = 0;
                 stats.batches += 1;
                 run_rows += n;
-                cp.last_key = Some(upper);
+                match upper {
+                    Key::Int(u) => cp.last_key = Some(u),
+                    Key::Text(t) => cp.last_text = Some(t),
+                }
+                cp.keys_done += keys;
+                cp.done = done;
                 cp.rows_done += n;
                 cp.batches += 1;
                 size = adapt(size, took, cfg.target_batch_duration, cfg.max_batch_size);
@@ -1042,10 +1455,17 @@ fn compute(
     run_start: Instant,
     throttled: Option<String>,
 ) -> BackfillProgress {
-    let min = cp.min_key.unwrap_or(0) as f64;
-    let span = (end_key as f64 - min).max(1.0);
-    let walked = (cp.last_key.unwrap_or(cp.min_key.unwrap_or(0)) as f64 - min).max(0.0);
-    let fraction = (walked / span).clamp(0.0, 1.0);
+    let fraction = if cp.sorted {
+        // No arithmetic on the key: the share of the estimated rows walked, short of 1 until
+        // the end (the estimate can be low).
+        let total = estimated.max(cp.keys_done).max(1) as f64;
+        (cp.keys_done as f64 / total).clamp(0.0, 0.999)
+    } else {
+        let min = cp.min_key.unwrap_or(0) as f64;
+        let span = (end_key as f64 - min).max(1.0);
+        let walked = (cp.last_key.unwrap_or(cp.min_key.unwrap_or(0)) as f64 - min).max(0.0);
+        (walked / span).clamp(0.0, 1.0)
+    };
     let secs = run_start.elapsed().as_secs_f64().max(0.001);
     let rate = run_rows as f64 / secs;
     // Pace over the key range in this run (a resumed run started part-way).

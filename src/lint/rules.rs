@@ -72,7 +72,7 @@ pub const RULES: &[Rule] = &[
     rule("truncate", Bi, "empties a table",
         "Move the TRUNCATE to the contract phase, or delete the rows the new code no longer needs in batches."),
     rule("delete-without-where", Bi, "deletes every row of a table",
-        "Move the DELETE to the contract phase, or add a WHERE clause that keeps the rows the running code needs."),
+        "Move the DELETE to the contract phase or to spec.backfill (short batches once the rollout is complete, docs/backfill.md), or add a WHERE clause that keeps the rows the running code needs."),
     rule("create-index-non-concurrently", Ld, "builds an index while blocking writes",
         "Use CREATE INDEX CONCURRENTLY with an explicit index name (Phasegate runs it outside the transaction and resumes it)."),
     rule("drop-index-non-concurrently", Ld, "drops an index under an ACCESS EXCLUSIVE lock",
@@ -99,6 +99,8 @@ pub const RULES: &[Rule] = &[
         "Use REFRESH MATERIALIZED VIEW CONCURRENTLY (it needs a unique index on the view)."),
     rule("update-without-where", Ld, "updates every row in one transaction",
         "Move it to spec.backfill: Phasegate runs it in short keyset batches (UPDATE ... WHERE id > $1 AND id <= $2), throttled and resumable, after the rollout and before contract (docs/backfill.md)."),
+    rule("delete-in-one-transaction", Ld, "deletes every row of a table in one transaction",
+        "Move it to spec.backfill: Phasegate deletes in short keyset batches (DELETE ... WHERE id > $1 AND id <= $2), throttled and resumable, once the rollout is complete and before contract (docs/backfill.md)."),
     rule("dml-after-ddl", Ld, "changes data while an earlier statement of the same transaction holds a lock that blocks the application",
         "Commit the DDL first: put a line `-- phasegate:commit` before the data change (it then runs in a transaction of its own), or move it to a later phase or a batched Job."),
 ];
@@ -243,9 +245,14 @@ pub(super) fn check(node: &N, ctx: &mut Ctx) -> Vec<Hit> {
             }
         }
         N::DeleteStmt(s) if s.where_clause.is_none() && !ctx.fresh_rv(s.relation.as_ref()) => {
+            let table = rv_name(s.relation.as_ref());
             hit(&mut out, "delete-without-where", format!(
-                "DELETE without WHERE removes every row of {}",
-                rv_name(s.relation.as_ref())
+                "DELETE without WHERE removes every row of {table}"
+            ));
+            // Contract accepts the finding above (no old code needs the rows); the single long
+            // transaction is a hazard in both phases.
+            hit(&mut out, "delete-in-one-transaction", format!(
+                "DELETE without WHERE locks every row of {table} against application writes until the phase commits, and writes all of it to the WAL in one transaction"
             ));
         }
         N::UpdateStmt(s) if s.where_clause.is_none() && !ctx.fresh_rv(s.relation.as_ref()) => {

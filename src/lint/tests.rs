@@ -47,7 +47,7 @@ fn statement_table() {
         ("ALTER TABLE users ALTER COLUMN status DROP DEFAULT", B, &["drop-default"]),
         ("ALTER TABLE users ADD COLUMN tenant_id bigint NOT NULL", B, &["add-not-null-column-without-default"]),
         ("TRUNCATE sessions", B, &["truncate"]),
-        ("DELETE FROM sessions", B, &["delete-without-where"]),
+        ("DELETE FROM sessions", B, &["delete-without-where", "delete-in-one-transaction"]),
         // lock-dangerous
         ("CREATE INDEX idx_users_email ON users (email)", L, &["create-index-non-concurrently"]),
         ("CREATE UNIQUE INDEX ON users (email)", L, &["create-index-non-concurrently"]),
@@ -100,6 +100,40 @@ fn statement_table() {
         assert_eq!(rules_of(sql), *rules, "rules of {sql}");
         assert_eq!(class_of(sql), *class, "class of {sql}");
     }
+}
+
+#[test]
+fn a_delete_of_every_row_warns_toward_backfill_in_contract_too() {
+    // Contract accepts the backward-incompatible finding (no old code reads the rows), but one
+    // long transaction still locks every row against application writes: a warning.
+    let f = lint("DELETE FROM sessions").unwrap();
+    let v = judge(&f, LintPhase::Contract, &Policy::default());
+    assert!(v.refused.is_empty(), "{v:#?}");
+    let w = &v.warnings;
+    assert_eq!(w.len(), 1, "{v:#?}");
+    assert_eq!(w[0].rule, "delete-in-one-transaction");
+    assert!(w[0].fix.contains("spec.backfill"), "{}", w[0].fix);
+    assert!(w[0].message.contains("sessions"), "{}", w[0].message);
+    // Expand refuses it, and the refusal's fix names backfill as well.
+    let f = lint("DELETE FROM sessions").unwrap();
+    let v = judge(&f, LintPhase::Expand, &Policy::default());
+    assert_eq!(v.refused.len(), 1, "{v:#?}");
+    assert!(
+        v.refused[0].fix.contains("spec.backfill"),
+        "{}",
+        v.refused[0].fix
+    );
+    // The UPDATE counterpart already points there, in both phases.
+    let f = lint("UPDATE users SET email_verified = false").unwrap();
+    for phase in [LintPhase::Expand, LintPhase::Contract] {
+        let v = judge(&f, phase, &Policy::default());
+        assert_eq!(v.warnings.len(), 1, "{v:#?}");
+        assert!(v.warnings[0].fix.contains("spec.backfill"));
+    }
+    // With a WHERE, neither.
+    assert!(lint("DELETE FROM sessions WHERE expires_at < now()")
+        .unwrap()
+        .is_empty());
 }
 
 #[test]

@@ -2532,6 +2532,32 @@ fn contract_accepts_drops_but_lints_syntax_before_expand_runs() {
 }
 
 #[test]
+fn a_composite_backfill_key_is_an_invalid_spec_before_expand() {
+    let spec = SpecBuilder::new()
+        .with(|s| {
+            s.backfill = Some(crate::api::BackfillSpec {
+                table: "order_items".into(),
+                key: "order_id, line".into(),
+                sql: "UPDATE order_items SET b = a WHERE order_id > $1 AND order_id <= $2".into(),
+                batch_size: None,
+                max_batch_size: None,
+                target_batch_duration: None,
+                pause: None,
+                lock_timeout: None,
+                max_replication_lag: None,
+            })
+        })
+        .build();
+    let p = Fx::new(spec).plan();
+    assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+    let msg = &cond(&p.status, STALLED).message;
+    assert!(
+        msg.contains("spec.backfill.key") && msg.contains("composite"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn unknown_override_rule_is_an_invalid_spec() {
     let spec = SpecBuilder::new()
         .with(|s| s.safety.allow = vec!["drop-everything".into()])

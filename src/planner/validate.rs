@@ -80,6 +80,16 @@ pub fn validate(
             }
         }
     }
+    if let Some(b) = &spec.backfill {
+        // Refused before expand rather than by the executor after the rollout.
+        if b.key.contains(',') || b.key.contains('(') {
+            return Err(invalid(
+                "spec.backfill.key",
+                "names several columns: composite keys are not supported; walk one unique \
+                 column (e.g. a surrogate id)",
+            ));
+        }
+    }
     let vf = &spec.rollout.version_from;
     let sources = usize::from(vf.label.is_some())
         + usize::from(vf.annotation.is_some())

@@ -7,12 +7,19 @@ use kube::api::{Patch, PatchParams};
 use phasegate::api::Phase;
 use serde_json::json;
 
-use crate::harness::Env;
+use crate::harness::{free_port, http_get, Env};
 use crate::{migration_spec, T};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backfill_runs_after_the_rollout_shows_progress_and_gates_contract() {
-    let env = Env::new("backfill").await;
+    let mut env = Env::new("backfill").await;
+    // An operator whose /metrics this test can reach (the default one listens on port 0).
+    env.kill_operator().await;
+    let port = free_port();
+    let _operator = env.spawn_operator(
+        "op-metrics",
+        &["--metrics-addr", &format!("127.0.0.1:{port}")],
+    );
     let db = env.pg.client().await;
     db.batch_execute(
         "CREATE TABLE users (id bigserial PRIMARY KEY, email text, legacy_flag boolean);
@@ -111,6 +118,26 @@ async fn backfill_runs_after_the_rollout_shows_progress_and_gates_contract() {
         env.job_names("contract").await.is_empty(),
         "no contract Job while the backfill runs"
     );
+    // The same progress as Prometheus gauges, labelled by the migration.
+    let labels = format!(
+        "{{namespace=\"{}\",migration=\"users-email-address\"}}",
+        env.ns
+    );
+    let text = backfill_metrics(port).await;
+    let rows_done = value(&text, &format!("phasegate_backfill_rows_done{labels}"));
+    assert!(rows_done.is_some_and(|v| v > 0.0), "{text}");
+    assert!(
+        value(&text, &format!("phasegate_backfill_rows_estimated{labels}"))
+            .is_some_and(|v| v >= 2000.0),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("phasegate_backfill_throttled{"))
+            .count(),
+        phasegate::executor::backfill::THROTTLE_KINDS.len(),
+        "{text}"
+    );
     assert!(env.column_exists("users", "legacy_flag").await);
 
     let m = env
@@ -139,6 +166,11 @@ async fn backfill_runs_after_the_rollout_shows_progress_and_gates_contract() {
         .and_then(|s| s.backfill.clone())
         .expect("backfill status");
     assert!(b.run.succeeded, "{b:?}");
+    let text = backfill_metrics(port).await;
+    assert!(
+        !text.contains("phasegate_backfill_"),
+        "no series once the backfill finished: {text}"
+    );
     assert_eq!(b.run.attempts, 1);
     let (done, batches): (String, i64) = {
         let r = db
@@ -157,4 +189,16 @@ async fn backfill_runs_after_the_rollout_shows_progress_and_gates_contract() {
         "Event Backfilling in {reasons:?}"
     );
     env.cleanup().await;
+}
+
+async fn backfill_metrics(port: u16) -> String {
+    let (code, body) = http_get(port, "/metrics").await.expect("GET /metrics");
+    assert_eq!(code, 200, "/metrics: {body}");
+    body
+}
+
+/// The value of the series `series` (name with its labels, exactly as exposed).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
