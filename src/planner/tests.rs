@@ -2549,7 +2549,7 @@ fn a_composite_backfill_key_is_an_invalid_spec_before_expand() {
         })
         .build();
     let p = Fx::new(spec).plan();
-    assert_eq!(stalled_reason(&p.status), Some(reason::INVALID_SPEC));
+    assert_eq!(failure_reason(&p.status), Some(reason::INVALID_SPEC));
     let msg = &cond(&p.status, STALLED).message;
     assert!(
         msg.contains("spec.backfill.key") && msg.contains("composite"),
