@@ -59,21 +59,23 @@ pub async fn observe_targets(
             if let Some(selectors) =
                 cached_selectors(caches, namespace, targets, rollouts_installed).await?
             {
+                // One LIST per selector, at once: the gate waits for the slowest, not the sum.
+                let lists = futures::future::try_join_all(selectors.iter().map(|sel| {
+                    let pods = &pods;
+                    async move {
+                        pods.list(&ListParams::default().labels(sel))
+                            .await
+                            .during(format!("listing pods matching {sel} in {namespace}"))
+                    }
+                }))
+                .await?;
                 let mut seen = std::collections::HashSet::new();
-                let mut listed = Vec::new();
-                for sel in &selectors {
-                    let items = pods
-                        .list(&ListParams::default().labels(sel))
-                        .await
-                        .during(format!("listing pods matching {sel} in {namespace}"))?
-                        .items;
-                    listed.extend(
-                        items
-                            .into_iter()
-                            .filter(|p| seen.insert(p.uid()))
-                            .map(std::sync::Arc::new),
-                    );
-                }
+                let listed: Vec<_> = lists
+                    .into_iter()
+                    .flat_map(|l| l.items)
+                    .filter(|p| seen.insert(p.uid()))
+                    .map(std::sync::Arc::new)
+                    .collect();
                 let (out, complete) = judge.run(listed, Some(&selectors)).await?;
                 if complete {
                     return Ok(out);
@@ -165,9 +167,15 @@ impl Judge<'_> {
             rule,
             rollouts_installed,
         } = *self;
+        // After the pods (see `Source::Api`), every target's workloads at once.
+        let found = futures::future::try_join_all(
+            targets
+                .iter()
+                .map(|t| find(source, namespace, t, rollouts_installed)),
+        )
+        .await?;
         let mut out = Vec::new();
-        for t in targets {
-            let found = find(source, namespace, t, rollouts_installed).await?;
+        for (t, found) in targets.iter().zip(found) {
             let workloads = match found {
                 Found::Workloads(w) => w,
                 Found::Missing(status) => {
