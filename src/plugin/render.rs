@@ -47,8 +47,13 @@ fn phase_tone(p: Phase) -> Tone {
 }
 
 /// Whether a condition's status is the healthy one: `Stalled` and `Reconciling` are
-/// abnormal-true (kstatus), the others normal-true.
-fn condition_tone(type_: &str, status: &str) -> Tone {
+/// abnormal-true (kstatus), the others normal-true. A failed migration's `Ready` is shown as
+/// bad whatever its status: after expand it stays True (for GitOps tools) and carries the
+/// failure.
+fn condition_tone(type_: &str, status: &str, failed: bool) -> Tone {
+    if failed && type_ == "Ready" {
+        return Tone::Bad;
+    }
     let abnormal_true = matches!(type_, "Stalled" | "Reconciling");
     match (abnormal_true, status) {
         (false, "True") | (true, "False") => Tone::Good,
@@ -297,7 +302,12 @@ pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
                 out,
                 "  {:<tw$}  {}  {:<rw$}  {}",
                 c.type_,
-                cell(style, condition_tone(&c.type_, &c.status), &c.status, 6),
+                cell(
+                    style,
+                    condition_tone(&c.type_, &c.status, status.phase == Some(Phase::Failed)),
+                    &c.status,
+                    6
+                ),
                 c.reason,
                 indented(&c.message, tw + rw + 14)
             );
@@ -659,10 +669,25 @@ mod tests {
 
     #[test]
     fn condition_tones_follow_kstatus_polarity() {
-        assert!(matches!(condition_tone("Ready", "True"), Tone::Good));
-        assert!(matches!(condition_tone("Stalled", "False"), Tone::Good));
-        assert!(matches!(condition_tone("Stalled", "True"), Tone::Bad));
-        assert!(matches!(condition_tone("Reconciling", "True"), Tone::Warn));
-        assert!(matches!(condition_tone("Contracted", "False"), Tone::Warn));
+        assert!(matches!(condition_tone("Ready", "True", false), Tone::Good));
+        assert!(matches!(
+            condition_tone("Stalled", "False", false),
+            Tone::Good
+        ));
+        assert!(matches!(condition_tone("Stalled", "True", true), Tone::Bad));
+        assert!(matches!(
+            condition_tone("Reconciling", "True", false),
+            Tone::Warn
+        ));
+        assert!(matches!(
+            condition_tone("Contracted", "False", false),
+            Tone::Warn
+        ));
+        // Failed after expand: Ready stays True for GitOps tools but carries the failure.
+        assert!(matches!(condition_tone("Ready", "True", true), Tone::Bad));
+        assert!(matches!(
+            condition_tone("Stalled", "False", true),
+            Tone::Good
+        ));
     }
 }
