@@ -517,6 +517,32 @@ async fn sleep(stop: &Stop, batches: u64, d: Duration) -> Result<(), BackfillErr
     .await
 }
 
+/// Before the first batch (the checkpoint's first look, preparing the batch SQL): a lock
+/// timeout on the table is retried after a short pause, up to `max_lock_retries`. `None`:
+/// try again.
+async fn retry_before_first_batch<T>(
+    r: Result<T, BackfillError>,
+    cfg: &BackfillConfig,
+    stats: &mut RunStats,
+    stop: &Stop,
+) -> Result<Option<T>, BackfillError> {
+    match r {
+        Err(BackfillError::Db {
+            sqlstate: Some(code),
+            ..
+        }) if code == "55P03" && stats.lock_retries < cfg.max_lock_retries => {
+            stats.lock_retries += 1;
+            tracing::warn!(
+                reason = "lock timeout on the table before the first batch; retrying",
+                "backfill throttled"
+            );
+            sleep(stop, 0, Duration::from_millis(200)).await?;
+            Ok(None)
+        }
+        other => other.map(Some),
+    }
+}
+
 /// A double-quoted identifier, schema-qualified when `name` has one dot outside quotes.
 fn quote_ident_path(name: &str) -> Result<String, BackfillError> {
     let name = name.trim();
@@ -1046,19 +1072,9 @@ async fn run_inner(
             stats.throttle_wait += Duration::from_millis(500);
             sleep(stop, 0, Duration::from_millis(500)).await?;
         }
-        match load_checkpoint(&client, cfg, sum, &table, &key, &kind).await {
-            Err(BackfillError::Db {
-                sqlstate: Some(code),
-                ..
-            }) if code == "55P03" && stats.lock_retries < cfg.max_lock_retries => {
-                stats.lock_retries += 1;
-                tracing::warn!(
-                    reason = "lock timeout on the table before the first batch; retrying",
-                    "backfill throttled"
-                );
-                sleep(stop, 0, Duration::from_millis(200)).await?;
-            }
-            other => break other?,
+        let loaded = load_checkpoint(&client, cfg, sum, &table, &key, &kind).await;
+        if let Some(cp) = retry_before_first_batch(loaded, cfg, stats, stop).await? {
+            break cp;
         }
     };
     if cp.done && cp.fresh {
@@ -1160,19 +1176,8 @@ async fn run_inner(
             Ok::<_, BackfillError>((upper_stmt?, batch_stmt?, advance?))
         }
         .await;
-        match prepared {
-            Err(BackfillError::Db {
-                sqlstate: Some(code),
-                ..
-            }) if code == "55P03" && stats.lock_retries < cfg.max_lock_retries => {
-                stats.lock_retries += 1;
-                tracing::warn!(
-                    reason = "lock timeout on the table before the first batch; retrying",
-                    "backfill throttled"
-                );
-                sleep(stop, 0, Duration::from_millis(200)).await?;
-            }
-            other => break other?,
+        if let Some(p) = retry_before_first_batch(prepared, cfg, stats, stop).await? {
+            break p;
         }
     };
 
