@@ -239,16 +239,18 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     }
     // Progress alone (replica counts, their messages) is written at most every few seconds;
     // a change that comes with an Event is written at once so the Event is not repeated.
+    let changed = dbm.status.as_ref() != Some(&plan.status);
     let progress_wait = dbm
         .status
         .as_ref()
         .filter(|old| {
-            plan.transition.is_none()
+            changed
+                && plan.transition.is_none()
                 && plan.notices.is_empty()
                 && planner::writes::progress_only(old, &plan.status)
         })
         .and_then(|_| ctx.progress_write_wait(&dbm, planner::writes::PROGRESS_WRITE_INTERVAL));
-    if dbm.status.as_ref() != Some(&plan.status) && progress_wait.is_none() {
+    if changed && progress_wait.is_none() {
         // The plan was made from this resourceVersion; if our own last write has not reached
         // the cache yet, the plan is stale and must not overwrite it (it would forget, e.g.,
         // when the rollout completed). The newer object's watch event plans again.
