@@ -184,23 +184,17 @@ pub fn get<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conds.iter().find(|c| c.type_ == type_)
 }
 
-/// The reason of condition `type_`, when it is True.
-pub fn reason_of<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a str> {
-    conds
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == "True")
-        .map(|c| c.reason.as_str())
+/// Condition `type_` when it is True.
+fn get_true<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    get(conds, type_).filter(|c| c.status == "True")
 }
 
-/// The message of condition `type_`, when it is True.
-pub fn message_of(conds: &[Condition], type_: &str) -> Option<String> {
-    conds
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == "True")
-        .map(|c| c.message.clone())
+/// The reason of condition `type_`, when it is True.
+pub fn reason_of<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a str> {
+    get_true(conds, type_).map(|c| c.reason.as_str())
 }
 
 /// Whether condition `type_` is True.
 pub fn is_true(conds: &[Condition], type_: &str) -> bool {
-    conds.iter().any(|c| c.type_ == type_ && c.status == "True")
+    get_true(conds, type_).is_some()
 }
