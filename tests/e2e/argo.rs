@@ -12,7 +12,7 @@ use phasegate::api::Phase;
 use phasegate::controller::argo::Rollout;
 use serde_json::json;
 
-use crate::harness::{spawn, wait_crd_established, Env};
+use crate::harness::{spawn, wait_crd_established, wait_until, Env};
 use crate::{migration_spec, seed_users_table, EXPAND, T};
 
 fn from_env(var: &str) -> PathBuf {
@@ -93,6 +93,23 @@ async fn rolled_out_v1(
         )
         .await
         .expect("create Rollout");
+    // 1.0.0 must be the Rollout's stable revision before the test moves on: Argo Rollouts skips
+    // the canary steps for a change made while its first revision is still rolling out (there
+    // is no stable ReplicaSet to fall back on), and 2.0.0 would then be fully promoted at once.
+    let api = rollouts.clone();
+    wait_until(T, "Rollout shop-api stable at 1.0.0", || {
+        let api = api.clone();
+        async move {
+            let Ok(r) = api.get("shop-api").await else {
+                return false;
+            };
+            let s = r.status.unwrap_or_default();
+            s.stable_rs.is_some()
+                && s.stable_rs == s.current_pod_hash
+                && s.available_replicas == Some(2)
+        }
+    })
+    .await;
     let mut spec = migration_spec(EXPAND, json!({}));
     spec["rollout"]["targets"] = json!([{"kind": "Rollout", "name": "shop-api"}]);
     env.create_migration("m", spec).await.expect("create");
