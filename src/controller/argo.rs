@@ -7,7 +7,7 @@
 //! keeps the old pods (and contract closed) until they are gone. An aborted Rollout went back
 //! to its stable (old) pods, so contract stays closed.
 
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{TargetKind, VersionFrom};
 use crate::planner::rollout::WorkloadObservation;
 
+use super::views::PodView;
 use super::workloads::{pod_observations, version_of};
 
 /// The parts of an Argo Rollouts Rollout's spec Phasegate reads.
@@ -75,7 +76,7 @@ pub struct RolloutStatus {
 pub const POD_TEMPLATE_HASH: &str = "rollouts-pod-template-hash";
 
 /// The planner's view of a Rollout and its pods (pure).
-pub fn rollout_observation(r: &Rollout, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+pub fn rollout_observation(r: &Rollout, vf: &VersionFrom, pods: &[PodView]) -> WorkloadObservation {
     let spec = &r.spec;
     let status = r.status.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1);
@@ -122,7 +123,11 @@ pub fn rollout_observation(r: &Rollout, vf: &VersionFrom, pods: &[Pod]) -> Workl
         observed_generation,
         template_version: version_of(
             template.and_then(|t| t.metadata.as_ref()),
-            template.and_then(|t| t.spec.as_ref()),
+            template
+                .and_then(|t| t.spec.as_ref())
+                .into_iter()
+                .flat_map(|s| s.containers.iter())
+                .map(|c| (c.name.as_str(), c.image.as_deref())),
             vf,
         ),
         replicas,
@@ -158,7 +163,7 @@ mod tests {
         .expect("rollout")
     }
 
-    fn pod(version: &str) -> Pod {
+    fn pod(version: &str) -> PodView {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": format!("api-{version}"), "labels": {"app": "api", "version": version}},
             "status": {"phase": "Running"}
@@ -166,7 +171,7 @@ mod tests {
         .expect("pod")
     }
 
-    fn judge(r: &Rollout, pods: &[Pod]) -> crate::api::TargetStatus {
+    fn judge(r: &Rollout, pods: &[PodView]) -> crate::api::TargetStatus {
         let vf: VersionFrom =
             serde_json::from_value(serde_json::json!({"label": "version"})).expect("vf");
         evaluate(

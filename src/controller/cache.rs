@@ -5,7 +5,6 @@
 //! one: the contract Job is created only after a fresh read from the API server (see
 //! `reconcile.rs`), so a rollback the cache has not seen yet cannot open the gate.
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -13,17 +12,21 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 
 use super::argo::{self, Rollout};
-use crate::api::{DatabaseMigration, LABEL_EXECUTOR};
+use super::views::{DaemonSetView, DeploymentView, PodView, StatefulSetView};
+use crate::api::DatabaseMigration;
 
 /// The readers of every cache the reconcile uses.
 #[derive(Clone)]
 pub struct Caches {
     pub migrations: Store<DatabaseMigration>,
     pub jobs: Store<Job>,
-    pub pods: Store<Pod>,
-    pub deployments: Store<Deployment>,
-    pub statefulsets: Store<StatefulSet>,
-    pub daemonsets: Store<DaemonSet>,
+    /// Every pod but executor pods, as views.
+    pub pods: Store<PodView>,
+    /// Executor pods, whole.
+    pub executor_pods: Store<Pod>,
+    pub deployments: Store<DeploymentView>,
+    pub statefulsets: Store<StatefulSetView>,
+    pub daemonsets: Store<DaemonSetView>,
     /// Argo Rollouts' Rollouts; empty (and never filled) when Argo Rollouts is not installed.
     pub rollouts: Store<Rollout>,
     pub rollouts_installed: bool,
@@ -50,6 +53,7 @@ impl Caches {
         self.migrations.wait_until_ready().await?;
         self.jobs.wait_until_ready().await?;
         self.pods.wait_until_ready().await?;
+        self.executor_pods.wait_until_ready().await?;
         self.deployments.wait_until_ready().await?;
         self.statefulsets.wait_until_ready().await?;
         self.daemonsets.wait_until_ready().await?;
@@ -57,7 +61,7 @@ impl Caches {
     }
 
     /// Pods of a namespace (shared, not copied: a reconcile copies only the pods it judges).
-    pub fn pods_in(&self, ns: &str) -> Vec<std::sync::Arc<Pod>> {
+    pub fn pods_in(&self, ns: &str) -> Vec<std::sync::Arc<PodView>> {
         self.pods
             .state()
             .into_iter()
@@ -67,7 +71,7 @@ impl Caches {
 
     /// The pods of a Job (by the label the Job controller sets).
     pub fn job_pods(&self, ns: &str, job: &str) -> Vec<Pod> {
-        self.pods
+        self.executor_pods
             .state()
             .iter()
             .filter(|p| {
@@ -116,71 +120,28 @@ fn prune_container(c: &Container) -> Container {
     }
 }
 
-fn prune_pod_spec(s: &mut PodSpec) {
-    *s = PodSpec {
-        containers: s.containers.iter().map(prune_container).collect(),
-        node_name: s.node_name.take(),
-        ..Default::default()
-    };
-}
-
 fn prune_template(t: &mut PodTemplateSpec) {
     if let Some(m) = t.metadata.as_mut() {
         prune_meta(m, true);
     }
     if let Some(s) = t.spec.as_mut() {
-        prune_pod_spec(s);
-    }
-}
-
-/// A pod as the planner reads it: labels, annotations, owners, deletion, phase and the
-/// containers' images. Executor pods keep their status whole (container states, termination
-/// messages and conditions explain a stuck or finished attempt).
-pub fn prune_pod(p: &mut Pod) {
-    let executor = p.labels().contains_key(LABEL_EXECUTOR);
-    prune_meta(&mut p.metadata, true);
-    if executor {
-        return;
-    }
-    if let Some(s) = p.spec.as_mut() {
-        prune_pod_spec(s);
-    }
-    if let Some(st) = p.status.as_mut() {
-        *st = k8s_openapi::api::core::v1::PodStatus {
-            phase: st.phase.take(),
+        *s = PodSpec {
+            containers: s.containers.iter().map(prune_container).collect(),
             ..Default::default()
         };
     }
 }
 
-/// A Deployment as the planner reads it: replicas, selector, paused, the template's version
-/// and the status counters and conditions.
-pub fn prune_deployment(d: &mut Deployment) {
-    prune_meta(&mut d.metadata, false);
-    if let Some(s) = d.spec.as_mut() {
-        prune_template(&mut s.template);
-    }
-}
-
-pub fn prune_statefulset(s: &mut StatefulSet) {
-    prune_meta(&mut s.metadata, false);
-    if let Some(spec) = s.spec.as_mut() {
-        prune_template(&mut spec.template);
-        spec.volume_claim_templates = None;
-    }
+/// An executor pod keeps its spec and status whole (container states, termination messages
+/// and conditions explain a stuck or finished attempt); there is one per attempt.
+pub fn prune_executor_pod(p: &mut Pod) {
+    prune_meta(&mut p.metadata, true);
 }
 
 pub fn prune_rollout(r: &mut Rollout) {
     prune_meta(&mut r.metadata, false);
     if let Some(t) = r.spec.template.as_mut() {
         prune_template(t);
-    }
-}
-
-pub fn prune_daemonset(d: &mut DaemonSet) {
-    prune_meta(&mut d.metadata, false);
-    if let Some(s) = d.spec.as_mut() {
-        prune_template(&mut s.template);
     }
 }
 
@@ -199,7 +160,7 @@ pub fn prune_migration(m: &mut DatabaseMigration) {
 
 /// The workload that owns a pod, as `(kind, name)`: a StatefulSet or DaemonSet directly, a
 /// Deployment or an Argo Rollout through its ReplicaSet (`<name>-<pod-template-hash>`).
-pub fn owning_workload(p: &Pod) -> Option<(crate::api::TargetKind, String)> {
+pub fn owning_workload(p: &PodView) -> Option<(crate::api::TargetKind, String)> {
     use crate::api::TargetKind;
     let owner = p
         .owner_references()
@@ -225,58 +186,36 @@ pub fn owning_workload(p: &Pod) -> Option<(crate::api::TargetKind, String)> {
 mod tests {
     use super::*;
     use crate::api::{TargetKind, VersionFrom};
+    use crate::controller::views::PodView;
     use crate::controller::workloads::{deployment_observation, version_of};
 
-    fn pod(extra: serde_json::Value) -> Pod {
-        let mut v = serde_json::json!({
+    fn pod(owner: serde_json::Value) -> PodView {
+        serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "api-7d9f-abcde", "namespace": "shop",
                 "labels": {"app": "api", "version": "2.0.0", "pod-template-hash": "7d9f"},
                 "annotations": {"app.example/version": "2.0.0"},
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-7d9f", "uid": "u", "controller": true}],
+                "ownerReferences": owner,
                 "managedFields": [{"manager": "kubectl"}],
-                "deletionTimestamp": "2026-11-30T12:00:00Z"
             },
             "spec": {"nodeName": "n1", "containers": [{"name": "api", "image": "shop/api:2.0.0",
-                     "env": [{"name": "X", "value": "y"}], "args": ["--big"]}],
-                     "volumes": [{"name": "v", "emptyDir": {}}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1",
-                       "containerStatuses": [{"name": "api", "image": "", "imageID": "", "ready": true, "restartCount": 0}]}
-        });
-        json_patch(&mut v, extra);
-        serde_json::from_value(v).expect("pod")
+                     "env": [{"name": "X", "value": "y"}]}]},
+            "status": {"phase": "Running"}
+        }))
+        .expect("pod")
     }
 
-    fn json_patch(a: &mut serde_json::Value, b: serde_json::Value) {
-        if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
-            for (k, v) in b {
-                a.insert(k, v);
-            }
-        }
+    fn rs_owner() -> serde_json::Value {
+        serde_json::json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-7d9f", "uid": "u", "controller": true}])
     }
 
     #[test]
-    fn a_pruned_pod_keeps_what_the_planner_reads() {
-        let full = pod(serde_json::json!({}));
-        let mut p = full.clone();
-        prune_pod(&mut p);
-        assert_eq!(p.metadata.managed_fields, None);
-        assert_eq!(p.metadata.labels, full.metadata.labels);
-        assert_eq!(
-            p.metadata.deletion_timestamp,
-            full.metadata.deletion_timestamp
-        );
+    fn a_pod_view_gives_its_owner_and_version_every_way() {
+        let p = pod(rs_owner());
         assert_eq!(
             owning_workload(&p),
             Some((TargetKind::Deployment, "api".into()))
         );
-        let spec = p.spec.clone().unwrap_or_default();
-        assert_eq!(spec.volumes, None);
-        assert_eq!(spec.containers[0].env, None);
-        let status = p.status.clone().unwrap_or_default();
-        assert_eq!(status.phase.as_deref(), Some("Running"));
-        assert_eq!(status.container_statuses, None);
-        // Every way of reading the version gives the same answer on the pruned pod.
         for vf in [
             serde_json::json!({"label": "version"}),
             serde_json::json!({"annotation": "app.example/version"}),
@@ -284,61 +223,67 @@ mod tests {
         ] {
             let vf: VersionFrom = serde_json::from_value(vf).expect("versionFrom");
             assert_eq!(
-                version_of(Some(&p.metadata), p.spec.as_ref(), &vf),
-                version_of(Some(&full.metadata), full.spec.as_ref(), &vf),
+                version_of(Some(&p.metadata), p.spec.images(), &vf).as_deref(),
+                Some("2.0.0")
             );
         }
     }
 
     #[test]
     fn an_executor_pod_keeps_its_status() {
-        let full = pod(serde_json::json!({}));
+        let full: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "e", "managedFields": [{"manager": "kubelet"}]},
+            "status": {"phase": "Failed", "containerStatuses": [{"name": "executor", "image": "", "imageID": "",
+                       "ready": false, "restartCount": 0,
+                       "state": {"terminated": {"exitCode": 3, "message": "{}"}}}]}
+        }))
+        .expect("pod");
         let mut e = full.clone();
-        e.metadata
-            .labels
-            .get_or_insert_with(Default::default)
-            .insert(LABEL_EXECUTOR.into(), "true".into());
-        prune_pod(&mut e);
+        prune_executor_pod(&mut e);
+        assert_eq!(e.metadata.managed_fields, None);
         assert_eq!(e.status, full.status);
     }
 
     #[test]
-    fn a_pruned_deployment_is_judged_as_the_full_one() {
-        let full: Deployment = serde_json::from_value(serde_json::json!({
+    fn a_deployment_view_is_judged_as_the_full_object_says() {
+        let d: DeploymentView = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "api", "namespace": "shop", "generation": 3,
                          "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{…}"},
                          "managedFields": [{"manager": "kubectl"}]},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "api"}},
                      "template": {"metadata": {"labels": {"app": "api", "version": "2.0.0"}},
                                   "spec": {"containers": [{"name": "api", "image": "shop/api:2.0.0", "env": [{"name": "X", "value": "y"}]}]}}},
-            "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}
+            "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1}
         }))
         .expect("deployment");
-        let mut d = full.clone();
-        prune_deployment(&mut d);
-        assert_eq!(d.metadata.annotations, None);
-        assert_eq!(d.metadata.managed_fields, None);
         let vf: VersionFrom =
             serde_json::from_value(serde_json::json!({"label": "version"})).expect("vf");
-        let pods = [pod(serde_json::json!({}))];
+        let o = deployment_observation(&d, &vf, &[pod(rs_owner())]);
+        assert_eq!(o.name, "api");
+        assert_eq!((o.generation, o.observed_generation), (3, 3));
+        assert_eq!(o.template_version.as_deref(), Some("2.0.0"));
         assert_eq!(
-            deployment_observation(&d, &vf, &pods),
-            deployment_observation(&full, &vf, &pods)
+            (
+                o.replicas,
+                o.current_replicas,
+                o.updated_replicas,
+                o.available_replicas
+            ),
+            (2, 2, 2, 1)
         );
+        assert_eq!(o.pods.len(), 1);
+        assert_eq!(o.pods[0].version.as_deref(), Some("2.0.0"));
     }
 
     #[test]
     fn owners_of_statefulset_and_stray_pods() {
-        let mut p = pod(serde_json::json!({}));
-        p.metadata.owner_references = Some(vec![serde_json::from_value(serde_json::json!(
-            {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u", "controller": true}
-        ))
-        .expect("owner")]);
+        let p = pod(serde_json::json!(
+            [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u", "controller": true}]
+        ));
         assert_eq!(
             owning_workload(&p),
             Some((TargetKind::StatefulSet, "db".into()))
         );
-        p.metadata.owner_references = None;
-        assert_eq!(owning_workload(&p), None);
+        assert_eq!(owning_workload(&pod(serde_json::json!([]))), None);
     }
 }

@@ -6,13 +6,13 @@ pub mod cache;
 pub mod error;
 pub mod jobs;
 mod reconcile;
+pub mod views;
 pub mod workloads;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::Selector;
@@ -32,6 +32,7 @@ use crate::server::Health;
 
 pub use error::Error;
 pub use jobs::{ExecutorConfig, ExecutorPod};
+use views::{DaemonSetView, DeploymentView, PodView, StatefulSetView};
 
 /// How the controller runs.
 #[derive(Clone, Debug)]
@@ -141,23 +142,31 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         anyhow::bail!("cannot list DatabaseMigrations (is the CRD installed? `phasegate crd | kubectl apply --server-side -f -`): {e}");
     }
     let jobs: Api<Job> = scoped(&client, &config.namespace);
-    let deployments: Api<Deployment> = scoped(&client, &config.namespace);
-    let statefulsets: Api<StatefulSet> = scoped(&client, &config.namespace);
-    let daemonsets: Api<DaemonSet> = scoped(&client, &config.namespace);
-    let pods: Api<Pod> = scoped(&client, &config.namespace);
+    let deployments: Api<DeploymentView> = scoped(&client, &config.namespace);
+    let statefulsets: Api<StatefulSetView> = scoped(&client, &config.namespace);
+    let daemonsets: Api<DaemonSetView> = scoped(&client, &config.namespace);
+    let pods: Api<PodView> = scoped(&client, &config.namespace);
+    let executor_pods: Api<Pod> = scoped(&client, &config.namespace);
 
-    // Every watched kind is cached, pruned to what the planner reads; the initial lists may be
-    // served from the API server's watch cache (any semantic), in pages.
+    // Every watched kind is cached with only what the planner reads (pods and workloads as
+    // views, see `views.rs`); the initial lists may be served from the API server's watch
+    // cache (any semantic), in pages.
     let wc = || watcher::Config::default().any_semantic().page_size(500);
+    let not_executor = format!("!{LABEL_EXECUTOR}");
     let (migration_store, migration_stream) = cached(migrations, wc(), cache::prune_migration);
     let migration_stream = migration_stream.applied_objects();
     let (job_store, job_stream) = cached(jobs, wc().labels(LABEL_EXECUTOR), cache::prune_job);
-    let (pod_store, pod_stream) = cached(pods, wc(), cache::prune_pod);
-    let (deployment_store, deployment_stream) = cached(deployments, wc(), cache::prune_deployment);
-    let (statefulset_store, statefulset_stream) =
-        cached(statefulsets, wc(), cache::prune_statefulset);
-    let (daemonset_store, daemonset_stream) = cached(daemonsets, wc(), cache::prune_daemonset);
+    let (pod_store, pod_stream) = cached(pods, wc().labels(&not_executor), |_| ());
+    let (executor_pod_store, executor_pod_stream) = cached(
+        executor_pods,
+        wc().labels(LABEL_EXECUTOR),
+        cache::prune_executor_pod,
+    );
+    let (deployment_store, deployment_stream) = cached(deployments, wc(), |_| ());
+    let (statefulset_store, statefulset_stream) = cached(statefulsets, wc(), |_| ());
+    let (daemonset_store, daemonset_stream) = cached(daemonsets, wc(), |_| ());
     let (job_stream, pod_stream) = (job_stream.touched_objects(), pod_stream.touched_objects());
+    let executor_pod_stream = executor_pod_stream.touched_objects();
     let deployment_stream = deployment_stream.touched_objects();
     let statefulset_stream = statefulset_stream.touched_objects();
     let daemonset_stream = daemonset_stream.touched_objects();
@@ -190,6 +199,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         migrations: migration_store.clone(),
         jobs: job_store,
         pods: pod_store,
+        executor_pods: executor_pod_store,
         deployments: deployment_store,
         statefulsets: statefulset_store,
         daemonsets: daemonset_store,
@@ -234,6 +244,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
             migrations_targeting(&s4, TargetKind::Rollout, &w)
         })
         .watches_stream(pod_stream, move |p| migrations_waiting_on(&for_pods, &p))
+        .watches_stream(executor_pod_stream, |p| executor_pod_migration(&p))
         .graceful_shutdown_on(ops.shutdown.clone())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
@@ -351,24 +362,21 @@ fn targets_workload(
         })
 }
 
-/// The migrations a pod's arrival, change or departure (terminating pods included) can
-/// concern: an executor pod wakes its own migration; another pod wakes the migrations that
-/// wait on a rollout or run contract and target the workload owning it. A pod no workload
-/// owns (a stray pod a selector may still match) wakes every waiting migration of its
-/// namespace.
-fn migrations_waiting_on(caches: &cache::Caches, p: &Pod) -> Vec<ObjectRef<DatabaseMigration>> {
-    if p.labels().contains_key(LABEL_EXECUTOR) {
-        // A stuck pod (missing Secret, bad image) changes no Job status, but the migration's
-        // status should say why it waits.
-        let name = p
-            .annotations()
-            .get(ANNOTATION_MIGRATION)
-            .or_else(|| p.labels().get(LABEL_MIGRATION));
-        return match (name, p.namespace()) {
-            (Some(name), Some(ns)) => vec![ObjectRef::new(name).within(&ns)],
-            _ => Vec::new(),
-        };
-    }
+/// The migration an executor pod works for: a stuck pod (missing Secret, bad image) changes
+/// no Job status, but the migration's status should say why it waits.
+fn executor_pod_migration(p: &Pod) -> Option<ObjectRef<DatabaseMigration>> {
+    let name = p
+        .annotations()
+        .get(ANNOTATION_MIGRATION)
+        .or_else(|| p.labels().get(LABEL_MIGRATION))?;
+    Some(ObjectRef::new(name).within(&p.namespace()?))
+}
+
+/// The migrations a (non-executor) pod's arrival, change or departure (terminating pods
+/// included) can concern: the migrations that wait on a rollout or run contract and target
+/// the workload owning it. A pod no workload owns (a stray pod a selector may still match)
+/// wakes every waiting migration of its namespace.
+fn migrations_waiting_on(caches: &cache::Caches, p: &PodView) -> Vec<ObjectRef<DatabaseMigration>> {
     let ns = p.namespace().unwrap_or_default();
     let owner = cache::owning_workload(p).map(|(kind, name)| {
         let labels = workload_labels(caches, kind, &ns, &name);
@@ -471,7 +479,7 @@ mod tests {
     }
 
     fn caches(migrations: Vec<DatabaseMigration>) -> cache::Caches {
-        let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        let deployment: DeploymentView = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "api", "namespace": "shop", "labels": {"tier": "web"}}
         }))
         .expect("deployment");
@@ -479,6 +487,7 @@ mod tests {
             migrations: store(migrations),
             jobs: store(vec![]),
             pods: store(vec![]),
+            executor_pods: store(vec![]),
             deployments: store(vec![deployment]),
             statefulsets: store(vec![]),
             daemonsets: store(vec![]),
@@ -488,7 +497,7 @@ mod tests {
         }
     }
 
-    fn pod(owner: Option<&str>) -> Pod {
+    fn pod(owner: Option<&str>) -> PodView {
         let owners = owner.map(|rs| {
             serde_json::json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": "u", "controller": true}])
         });
@@ -530,6 +539,25 @@ mod tests {
     }
 
     #[test]
+    fn an_executor_pod_wakes_its_own_migration() {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "x-contract-1-abcde", "namespace": "shop",
+                         "labels": {LABEL_EXECUTOR: "true"},
+                         "annotations": {ANNOTATION_MIGRATION: "a-very-long-migration-name"}}
+        }))
+        .expect("pod");
+        assert_eq!(
+            executor_pod_migration(&p),
+            Some(ObjectRef::new("a-very-long-migration-name").within("shop"))
+        );
+        let stray: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop", "labels": {LABEL_EXECUTOR: "true"}}
+        }))
+        .expect("pod");
+        assert_eq!(executor_pod_migration(&stray), None);
+    }
+
+    #[test]
     fn a_workload_wakes_only_unfinished_migrations_that_target_it() {
         let named = serde_json::json!([{"kind": "Deployment", "name": "api"}]);
         let store = store(vec![
@@ -542,7 +570,7 @@ mod tests {
                 serde_json::json!([{"kind": "StatefulSet", "name": "api"}]),
             ),
         ]);
-        let d: Deployment = serde_json::from_value(serde_json::json!({
+        let d: DeploymentView = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "api", "namespace": "shop"}
         }))
         .expect("deployment");

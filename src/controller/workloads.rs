@@ -2,8 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::ListParams;
 use kube::core::{Selector, SelectorExt};
@@ -17,6 +15,7 @@ use crate::planner::version::VersionRule;
 use super::argo::{rollout_observation, Rollout};
 use super::cache::Caches;
 use super::error::{Error, KubeContext};
+use super::views::{DaemonSetView, DeploymentView, PodView, StatefulSetView};
 
 /// Where targets are read from: the watch caches (every reconcile), or the API server (a
 /// quorum read, once, right before the contract Job is created; the caches only tell which
@@ -55,7 +54,7 @@ pub async fn observe_targets(
     match source {
         Source::Cache(c) => Ok(judge.run(c.pods_in(namespace), None).await?.0),
         Source::Api(client, caches) => {
-            let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+            let pods: Api<PodView> = Api::namespaced(client.clone(), namespace);
             if let Some(selectors) =
                 cached_selectors(caches, namespace, targets, rollouts_installed).await?
             {
@@ -128,9 +127,9 @@ async fn find(
     rollouts_installed: bool,
 ) -> Result<Found, Error> {
     Ok(match t.kind {
-        TargetKind::Deployment => fetch::<Deployment>(source, namespace, t).await?,
-        TargetKind::StatefulSet => fetch::<StatefulSet>(source, namespace, t).await?,
-        TargetKind::DaemonSet => fetch::<DaemonSet>(source, namespace, t).await?,
+        TargetKind::Deployment => fetch::<DeploymentView>(source, namespace, t).await?,
+        TargetKind::StatefulSet => fetch::<StatefulSetView>(source, namespace, t).await?,
+        TargetKind::DaemonSet => fetch::<DaemonSetView>(source, namespace, t).await?,
         TargetKind::Rollout if !rollouts_installed => Found::Missing(rollout::missing(
             t.kind,
             t.name.clone().unwrap_or_else(|| "selector".into()),
@@ -156,7 +155,7 @@ impl Judge<'_> {
     /// says whether every workload found was covered by them (`false`: judge again on every pod).
     async fn run(
         &self,
-        all_pods: Vec<std::sync::Arc<Pod>>,
+        all_pods: Vec<std::sync::Arc<PodView>>,
         listed: Option<&std::collections::BTreeSet<String>>,
     ) -> Result<(Vec<TargetStatus>, bool), Error> {
         let Judge {
@@ -188,7 +187,7 @@ impl Judge<'_> {
                 if listed.is_some_and(|l| !l.contains(&selector.to_string())) {
                     return Ok((out, false));
                 }
-                let matched: Vec<Pod> = all_pods
+                let matched: Vec<PodView> = all_pods
                     .iter()
                     .filter(|p| selector.matches(p.labels()))
                     .map(|p| p.as_ref().clone())
@@ -202,7 +201,7 @@ impl Judge<'_> {
 }
 
 /// Turns a found workload and its pods into the planner's observation.
-type Observe = Box<dyn Fn(&VersionFrom, &[Pod]) -> WorkloadObservation + Send>;
+type Observe = Box<dyn Fn(&VersionFrom, &[PodView]) -> WorkloadObservation + Send>;
 
 /// A workload found for a target, ready to be judged once its pods are listed.
 struct FoundWorkload {
@@ -229,7 +228,7 @@ trait Workload:
     const KIND: TargetKind;
     fn cache(c: &Caches) -> &Store<Self>;
     fn selector(&self) -> Option<LabelSelector>;
-    fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation;
+    fn observation(&self, vf: &VersionFrom, pods: &[PodView]) -> WorkloadObservation;
 }
 
 macro_rules! workload {
@@ -240,9 +239,9 @@ macro_rules! workload {
                 &c.$cache
             }
             fn selector(&self) -> Option<LabelSelector> {
-                self.spec.as_ref().map(|s| s.selector.clone())
+                self.spec.selector.clone()
             }
-            fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+            fn observation(&self, vf: &VersionFrom, pods: &[PodView]) -> WorkloadObservation {
                 $observe(self, vf, pods)
             }
         }
@@ -250,19 +249,19 @@ macro_rules! workload {
 }
 
 workload!(
-    Deployment,
+    DeploymentView,
     TargetKind::Deployment,
     deployments,
     deployment_observation
 );
 workload!(
-    StatefulSet,
+    StatefulSetView,
     TargetKind::StatefulSet,
     statefulsets,
     statefulset_observation
 );
 workload!(
-    DaemonSet,
+    DaemonSetView,
     TargetKind::DaemonSet,
     daemonsets,
     daemonset_observation
@@ -276,7 +275,7 @@ impl Workload for Rollout {
     fn selector(&self) -> Option<LabelSelector> {
         self.spec.selector.clone()
     }
-    fn observation(&self, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
+    fn observation(&self, vf: &VersionFrom, pods: &[PodView]) -> WorkloadObservation {
         rollout_observation(self, vf, pods)
     }
 }
@@ -374,13 +373,12 @@ async fn list<K: Workload>(
 
 /// The planner's view of a Deployment and its pods (pure).
 pub fn deployment_observation(
-    d: &Deployment,
+    d: &DeploymentView,
     vf: &VersionFrom,
-    pods: &[Pod],
+    pods: &[PodView],
 ) -> WorkloadObservation {
-    let spec = d.spec.clone().unwrap_or_default();
-    let status = d.status.clone().unwrap_or_default();
-    let progress_deadline_exceeded = status.conditions.iter().flatten().any(|c| {
+    let (spec, status) = (&d.spec, &d.status);
+    let progress_deadline_exceeded = status.conditions.iter().any(|c| {
         c.type_ == "Progressing"
             && c.status == "False"
             && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
@@ -391,8 +389,8 @@ pub fn deployment_observation(
         generation: d.metadata.generation.unwrap_or(0),
         observed_generation: status.observed_generation.unwrap_or(0),
         template_version: version_of(
-            spec.template.metadata.as_ref(),
-            spec.template.spec.as_ref(),
+            Some(&spec.template.metadata),
+            spec.template.spec.images(),
             vf,
         ),
         replicas: spec.replicas.unwrap_or(1),
@@ -409,20 +407,19 @@ pub fn deployment_observation(
 /// The planner's view of a StatefulSet and its pods (pure). With `OnDelete` or a partition,
 /// pods not yet replaced keep it incomplete.
 pub fn statefulset_observation(
-    s: &StatefulSet,
+    s: &StatefulSetView,
     vf: &VersionFrom,
-    pods: &[Pod],
+    pods: &[PodView],
 ) -> WorkloadObservation {
-    let spec = s.spec.clone().unwrap_or_default();
-    let status = s.status.clone().unwrap_or_default();
+    let (spec, status) = (&s.spec, &s.status);
     WorkloadObservation {
         kind: TargetKind::StatefulSet,
         name: s.metadata.name.clone().unwrap_or_default(),
         generation: s.metadata.generation.unwrap_or(0),
         observed_generation: status.observed_generation.unwrap_or(0),
         template_version: version_of(
-            spec.template.metadata.as_ref(),
-            spec.template.spec.as_ref(),
+            Some(&spec.template.metadata),
+            spec.template.spec.images(),
             vf,
         ),
         replicas: spec.replicas.unwrap_or(1),
@@ -437,17 +434,20 @@ pub fn statefulset_observation(
 }
 
 /// The planner's view of a DaemonSet and its pods (pure): one pod per eligible node.
-pub fn daemonset_observation(d: &DaemonSet, vf: &VersionFrom, pods: &[Pod]) -> WorkloadObservation {
-    let spec = d.spec.clone().unwrap_or_default();
-    let status = d.status.clone().unwrap_or_default();
+pub fn daemonset_observation(
+    d: &DaemonSetView,
+    vf: &VersionFrom,
+    pods: &[PodView],
+) -> WorkloadObservation {
+    let (spec, status) = (&d.spec, &d.status);
     WorkloadObservation {
         kind: TargetKind::DaemonSet,
         name: d.metadata.name.clone().unwrap_or_default(),
         generation: d.metadata.generation.unwrap_or(0),
         observed_generation: status.observed_generation.unwrap_or(0),
         template_version: version_of(
-            spec.template.metadata.as_ref(),
-            spec.template.spec.as_ref(),
+            Some(&spec.template.metadata),
+            spec.template.spec.images(),
             vf,
         ),
         replicas: status.desired_number_scheduled,
@@ -462,27 +462,23 @@ pub fn daemonset_observation(d: &DaemonSet, vf: &VersionFrom, pods: &[Pod]) -> W
     }
 }
 
-pub(crate) fn pod_observations(pods: &[Pod], vf: &VersionFrom) -> Vec<PodObservation> {
+pub(crate) fn pod_observations(pods: &[PodView], vf: &VersionFrom) -> Vec<PodObservation> {
     pods.iter()
         // A pod that has finished runs no code; every other one counts, terminating too.
-        .filter(|p| {
-            !matches!(
-                p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            )
-        })
+        .filter(|p| !matches!(p.status.phase.as_deref(), Some("Succeeded" | "Failed")))
         .map(|p| PodObservation {
             name: p.metadata.name.clone().unwrap_or_default(),
-            version: version_of(Some(&p.metadata), p.spec.as_ref(), vf),
+            version: version_of(Some(&p.metadata), p.spec.images(), vf),
             terminating: p.metadata.deletion_timestamp.is_some(),
         })
         .collect()
 }
 
-/// The version a pod (template) carries, read as `versionFrom` says.
-pub fn version_of(
+/// The version a pod (template) carries, read as `versionFrom` says; `images` are its
+/// containers' `(name, image)`.
+pub fn version_of<'a>(
     meta: Option<&ObjectMeta>,
-    spec: Option<&PodSpec>,
+    mut images: impl Iterator<Item = (&'a str, Option<&'a str>)>,
     vf: &VersionFrom,
 ) -> Option<String> {
     let empty = BTreeMap::new();
@@ -501,8 +497,8 @@ pub fn version_of(
             .cloned();
     }
     if let Some(img) = &vf.image {
-        let c = spec?.containers.iter().find(|c| c.name == img.container)?;
-        return image_tag(c.image.as_deref()?);
+        let (_, image) = images.find(|(name, _)| *name == img.container)?;
+        return image_tag(image?);
     }
     None
 }
@@ -538,7 +534,7 @@ mod tests {
 
     #[test]
     fn version_from_image() {
-        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+        let spec: crate::controller::views::PodSpecView = serde_json::from_value(serde_json::json!({
             "containers": [{"name": "sidecar", "image": "envoy:1.0"}, {"name": "api", "image": "shop/api:v2.4.0"}]
         }))
         .expect("pod spec");
@@ -550,7 +546,7 @@ mod tests {
             }),
         };
         assert_eq!(
-            version_of(None, Some(&spec), &vf).as_deref(),
+            version_of(None, spec.images(), &vf).as_deref(),
             Some("v2.4.0")
         );
     }
