@@ -12,6 +12,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 
 use super::argo::{self, Rollout};
+use super::pod_index::PodCache;
 use super::views::{DaemonSetView, DeploymentView, PodView, StatefulSetView};
 use crate::api::DatabaseMigration;
 
@@ -20,8 +21,8 @@ use crate::api::DatabaseMigration;
 pub struct Caches {
     pub migrations: Store<DatabaseMigration>,
     pub jobs: Store<Job>,
-    /// Every pod but executor pods, as views.
-    pub pods: Store<PodView>,
+    /// Every pod but executor pods, as views, indexed by label.
+    pub pods: PodCache,
     /// Executor pods, whole.
     pub executor_pods: Store<Pod>,
     pub deployments: Store<DeploymentView>,
@@ -52,21 +53,12 @@ impl Caches {
     ) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
         self.migrations.wait_until_ready().await?;
         self.jobs.wait_until_ready().await?;
-        self.pods.wait_until_ready().await?;
+        self.pods.wait_until_ready().await;
         self.executor_pods.wait_until_ready().await?;
         self.deployments.wait_until_ready().await?;
         self.statefulsets.wait_until_ready().await?;
         self.daemonsets.wait_until_ready().await?;
         self.rollouts.wait_until_ready().await
-    }
-
-    /// Pods of a namespace (shared, not copied: a reconcile copies only the pods it judges).
-    pub fn pods_in(&self, ns: &str) -> Vec<std::sync::Arc<PodView>> {
-        self.pods
-            .state()
-            .into_iter()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
-            .collect()
     }
 
     /// The pods of a Job (by the label the Job controller sets).

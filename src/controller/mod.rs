@@ -5,6 +5,7 @@ pub mod argo;
 pub mod cache;
 pub mod error;
 pub mod jobs;
+pub mod pod_index;
 mod reconcile;
 pub mod views;
 pub mod workloads;
@@ -12,7 +13,7 @@ pub mod workloads;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::Selector;
@@ -156,7 +157,16 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
     let (migration_store, migration_stream) = cached(migrations, wc(), cache::prune_migration);
     let migration_stream = migration_stream.applied_objects();
     let (job_store, job_stream) = cached(jobs, wc().labels(LABEL_EXECUTOR), cache::prune_job);
-    let (pod_store, pod_stream) = cached(pods, wc().labels(&not_executor), |_| ());
+    let pod_cache = pod_index::PodCache::default();
+    let pod_stream = {
+        let cache = pod_cache.clone();
+        watcher(pods, wc().labels(&not_executor))
+            .default_backoff()
+            .map_ok(move |event| {
+                cache.apply(&event);
+                event
+            })
+    };
     let (executor_pod_store, executor_pod_stream) = cached(
         executor_pods,
         wc().labels(LABEL_EXECUTOR),
@@ -198,7 +208,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
     let caches = cache::Caches {
         migrations: migration_store.clone(),
         jobs: job_store,
-        pods: pod_store,
+        pods: pod_cache,
         executor_pods: executor_pod_store,
         deployments: deployment_store,
         statefulsets: statefulset_store,
@@ -486,7 +496,7 @@ mod tests {
         cache::Caches {
             migrations: store(migrations),
             jobs: store(vec![]),
-            pods: store(vec![]),
+            pods: Default::default(),
             executor_pods: store(vec![]),
             deployments: store(vec![deployment]),
             statefulsets: store(vec![]),

@@ -52,7 +52,7 @@ pub async fn observe_targets(
         rollouts_installed,
     };
     match source {
-        Source::Cache(c) => Ok(judge.run(c.pods_in(namespace), None).await?.0),
+        Source::Cache(c) => Ok(judge.run(&Pods::Cached(c), None).await?.0),
         Source::Api(client, caches) => {
             let pods: Api<PodView> = Api::namespaced(client.clone(), namespace);
             if let Some(selectors) =
@@ -75,7 +75,7 @@ pub async fn observe_targets(
                     .filter(|p| seen.insert(p.uid()))
                     .map(std::sync::Arc::new)
                     .collect();
-                let (out, complete) = judge.run(listed, Some(&selectors)).await?;
+                let (out, complete) = judge.run(&Pods::Listed(listed), Some(&selectors)).await?;
                 if complete {
                     return Ok(out);
                 }
@@ -88,7 +88,31 @@ pub async fn observe_targets(
                 .into_iter()
                 .map(std::sync::Arc::new)
                 .collect();
-            Ok(judge.run(all, None).await?.0)
+            Ok(judge.run(&Pods::Listed(all), None).await?.0)
+        }
+    }
+}
+
+/// The pods a judgement reads: the indexed cache, or what the API server listed.
+enum Pods<'a> {
+    Cached(&'a Caches),
+    Listed(Vec<std::sync::Arc<PodView>>),
+}
+
+impl Pods<'_> {
+    fn matching(&self, namespace: &str, selector: &Selector) -> Vec<PodView> {
+        match self {
+            Pods::Cached(c) => c
+                .pods
+                .matching(namespace, selector)
+                .into_iter()
+                .map(|p| p.as_ref().clone())
+                .collect(),
+            Pods::Listed(pods) => pods
+                .iter()
+                .filter(|p| selector.matches(p.labels()))
+                .map(|p| p.as_ref().clone())
+                .collect(),
         }
     }
 }
@@ -155,7 +179,7 @@ impl Judge<'_> {
     /// says whether every workload found was covered by them (`false`: judge again on every pod).
     async fn run(
         &self,
-        all_pods: Vec<std::sync::Arc<PodView>>,
+        pods: &Pods<'_>,
         listed: Option<&std::collections::BTreeSet<String>>,
     ) -> Result<(Vec<TargetStatus>, bool), Error> {
         let Judge {
@@ -187,11 +211,7 @@ impl Judge<'_> {
                 if listed.is_some_and(|l| !l.contains(&selector.to_string())) {
                     return Ok((out, false));
                 }
-                let matched: Vec<PodView> = all_pods
-                    .iter()
-                    .filter(|p| selector.matches(p.labels()))
-                    .map(|p| p.as_ref().clone())
-                    .collect();
+                let matched = pods.matching(namespace, &selector);
                 let obs = (w.observe)(version_from, &matched);
                 out.push(rollout::evaluate(&obs, rule));
             }
