@@ -8,7 +8,10 @@ use crate::api::{DatabaseMigration, Phase};
 
 /// What `me`'s expand waits for among `all` (the migrations of its namespace): one line per
 /// migration, e.g. `add-email (dependsOn; Expanding)`. Empty: expand may start.
-pub fn waits_for(me: &DatabaseMigration, all: &[DatabaseMigration]) -> Vec<String> {
+pub fn waits_for<M: std::borrow::Borrow<DatabaseMigration>>(
+    me: &DatabaseMigration,
+    all: &[M],
+) -> Vec<String> {
     let my_name = me.name_any();
     let expand_applied = |m: &DatabaseMigration| {
         m.status
@@ -24,7 +27,7 @@ pub fn waits_for(me: &DatabaseMigration, all: &[DatabaseMigration]) -> Vec<Strin
     };
     let mut out = Vec::new();
     for dep in &me.spec.depends_on {
-        match all.iter().find(|m| &m.name_any() == dep) {
+        match all.iter().map(M::borrow).find(|m| &m.name_any() == dep) {
             None => out.push(format!(
                 "{dep} (dependsOn; no such migration in this namespace)"
             )),
@@ -35,7 +38,7 @@ pub fn waits_for(me: &DatabaseMigration, all: &[DatabaseMigration]) -> Vec<Strin
     let key = |m: &DatabaseMigration| (m.metadata.creation_timestamp.clone(), m.name_any());
     let same_db =
         |m: &DatabaseMigration| m.spec.database.url_secret_ref == me.spec.database.url_secret_ref;
-    for m in all {
+    for m in all.iter().map(M::borrow) {
         let earlier = key(m) < key(me);
         let name = m.name_any();
         // A failed one no longer holds the line; one that waits for us would deadlock.
