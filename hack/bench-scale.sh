@@ -93,6 +93,10 @@ build_baseline() {
   if [[ ! -d "${target}/release" && -d "${seed}" ]]; then
     log "seeding ${target} from ${seed}"
     mkdir -p "${target}" && cp -a "${seed}" "${target}/release"
+    # Cargo keys a workspace crate's fingerprint by its path inside the workspace, so the
+    # seeded one looks like the baseline's own and only source mtimes newer than it force a
+    # rebuild: make them all newer, or an untouched file would keep this tree's code.
+    find "${src}" -path "${src}/target" -prune -o -name '*.rs' -exec touch {} +
   fi
   log "building the baseline operator ${BASELINE_REF} (${sha:0:12}, release, CARGO_TARGET_DIR=${target}) ..."
   (cd "${src}" && CARGO_TARGET_DIR="${target}" cargo build -q --release --bin phasegate) >&2
