@@ -124,10 +124,11 @@ fn prune_template(t: &mut PodTemplateSpec) {
     }
 }
 
-/// An executor pod keeps its spec and status whole (container states, termination messages
-/// and conditions explain a stuck or finished attempt); there is one per attempt.
+/// An executor pod keeps its status whole (container states, termination messages and
+/// conditions explain a stuck or finished attempt); its spec is never read.
 pub fn prune_executor_pod(p: &mut Pod) {
     prune_meta(&mut p.metadata, true);
+    p.spec = None;
 }
 
 pub fn prune_rollout(r: &mut Rollout) {
@@ -225,6 +226,7 @@ mod tests {
     fn an_executor_pod_keeps_its_status() {
         let full: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "e", "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"containers": [{"name": "executor", "image": "phasegate:dev"}]},
             "status": {"phase": "Failed", "containerStatuses": [{"name": "executor", "image": "", "imageID": "",
                        "ready": false, "restartCount": 0,
                        "state": {"terminated": {"exitCode": 3, "message": "{}"}}}]}
@@ -232,7 +234,7 @@ mod tests {
         .expect("pod");
         let mut e = full.clone();
         prune_executor_pod(&mut e);
-        assert_eq!(e.metadata.managed_fields, None);
+        assert_eq!((e.metadata.managed_fields, e.spec), (None, None));
         assert_eq!(e.status, full.status);
     }
 
