@@ -1,0 +1,140 @@
+//! What the operator's caches hold per object, measured with a counting allocator:
+//! `cargo bench --bench cache_memory` (or `make bench-cache-memory`). The objects are real ones
+//! from a `make bench-scale` cluster (benches/data, as the API server sends them), cached the
+//! way the controller caches them; sizes default to the full bench preset and are set with
+//! `PODS`, `DEPLOYMENTS`, `MIGRATIONS`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher::Event;
+use phasegate::api::DatabaseMigration;
+use phasegate::controller::cache;
+use phasegate::controller::pod_index::PodCache;
+use phasegate::controller::views::{DeploymentView, PodView};
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `n` copies of a sample, each with its own name (and labels, as a Deployment's pods have).
+fn samples(file: &str, n: usize, rename: impl Fn(&mut serde_json::Value, usize)) -> Vec<String> {
+    let path = format!("{}/benches/data/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let base: serde_json::Value = serde_json::from_str(&text).expect("sample JSON");
+    (0..n)
+        .map(|i| {
+            let mut v = base.clone();
+            rename(&mut v, i);
+            v.to_string()
+        })
+        .collect()
+}
+
+/// Decodes each text as `T`, keeps it as `keep` says, and prints what the kept objects cost.
+fn measure<T: serde::de::DeserializeOwned, K>(
+    what: &str,
+    texts: &[String],
+    mut keep: impl FnMut(T) -> K,
+) -> Vec<K> {
+    let before = live();
+    let kept: Vec<K> = texts
+        .iter()
+        .map(|t| keep(serde_json::from_str(t).expect("decodes")))
+        .collect();
+    let bytes = live() - before;
+    println!(
+        "| {what:<44} | {:>7} | {:>10.1} | {:>8} |",
+        texts.len(),
+        bytes as f64 / 1_048_576.0,
+        bytes / texts.len().max(1) as isize
+    );
+    kept
+}
+
+fn main() {
+    let (pods, deployments, migrations) = (
+        env("PODS", 20_000),
+        env("DEPLOYMENTS", 5_000),
+        env("MIGRATIONS", 1_000),
+    );
+    let per = pods / deployments.max(1);
+    let pod_texts = samples("pod.json", pods, |v, i| {
+        let app = format!("app-{:05}", i / per.max(1));
+        v["metadata"]["name"] = format!("{app}-7fd55776ff-{i:05}").into();
+        v["metadata"]["labels"]["app"] = app.into();
+    });
+    let deployment_texts = samples("deployment.json", deployments, |v, i| {
+        v["metadata"]["name"] = format!("app-{i:05}").into();
+    });
+    let migration_texts = samples("migration.json", migrations, |v, i| {
+        v["metadata"]["name"] = format!("mig-{i:05}").into();
+    });
+    let job_texts = samples("job.json", migrations, |v, i| {
+        v["metadata"]["name"] = format!("mig-{i:05}-expand-1").into();
+    });
+    let executor_texts = samples("executor-pod.json", migrations, |v, i| {
+        v["metadata"]["name"] = format!("mig-{i:05}-expand-1-abcde").into();
+    });
+
+    println!("| object, as cached                            |   count |  heap MiB | B/object |");
+    println!("|----------------------------------------------|---------|-----------|----------|");
+    let start = live();
+    let full_pods = measure("pod, k8s-openapi Pod (for comparison)", &pod_texts, |p: Pod| p);
+    drop(full_pods);
+    let index = PodCache::default();
+    index.apply(&Event::Init);
+    measure("pod, PodView in the label index", &pod_texts, |p: PodView| {
+        index.apply(&Event::InitApply(p));
+    });
+    index.apply(&Event::InitDone);
+    let d = measure("Deployment, DeploymentView", &deployment_texts, |d: DeploymentView| d);
+    let m = measure("DatabaseMigration (no managedFields)", &migration_texts, |mut m: DatabaseMigration| {
+        cache::prune_migration(&mut m);
+        m
+    });
+    let j = measure("executor Job (no template)", &job_texts, |mut j: Job| {
+        cache::prune_job(&mut j);
+        j
+    });
+    let e = measure("executor pod (status only)", &executor_texts, |mut p: Pod| {
+        cache::prune_executor_pod(&mut p);
+        p
+    });
+    println!(
+        "\ncache_memory: pods={pods} deployments={deployments} migrations={migrations} heap_mib={:.1} (pods indexed: {})",
+        (live() - start) as f64 / 1_048_576.0,
+        index.len()
+    );
+    drop((d, m, j, e));
+}
