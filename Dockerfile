@@ -18,8 +18,10 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-# Cargo.toml declares the tests/e2e target; its sources must exist for the manifest to load.
+# Cargo.toml declares the tests/e2e and benches/cache_memory targets; their sources must exist
+# for the manifest to load.
 COPY tests ./tests
+COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
