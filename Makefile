@@ -5,7 +5,7 @@ CACHE ?= $(or $(PHASEGATE_CACHE),$(HOME)/.cache/phasegate)
 E2E_KUBECONFIG ?= $(CACHE)/kubeconfig
 E2E_THREADS ?= 3
 
-.PHONY: all build deps crd unit executor-pg17 e2e e2e-real real-node-up real-node-down test chart-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock bench-backfill bench-scale fmt lint-rust
+.PHONY: all build deps crd unit executor-pg17 e2e e2e-real real-node-up real-node-down test chart-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock bench-backfill bench-scale bench-cache-memory fmt lint-rust
 
 all: build
 
@@ -101,6 +101,11 @@ bench-backfill: deps
 ## PRESET=small|medium|full or DEPLOYMENTS/REPLICAS/MIGRATIONS, BASELINE_REF; see docs/scale.md).
 bench-scale: deps
 	hack/bench-scale.sh
+
+## What each cached object costs the operator (heap bytes per pod, Deployment, migration…;
+## PODS/DEPLOYMENTS/MIGRATIONS set the counts; no cluster needed; see docs/scale.md).
+bench-cache-memory:
+	$(CARGO) bench --bench cache_memory
 
 fmt:
 	$(CARGO) fmt
