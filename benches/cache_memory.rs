@@ -110,27 +110,47 @@ fn main() {
     println!("| object, as cached                            |   count |  heap MiB | B/object |");
     println!("|----------------------------------------------|---------|-----------|----------|");
     let start = live();
-    let full_pods = measure("pod, k8s-openapi Pod (for comparison)", &pod_texts, |p: Pod| p);
+    let full_pods = measure(
+        "pod, k8s-openapi Pod (for comparison)",
+        &pod_texts,
+        |p: Pod| p,
+    );
     drop(full_pods);
     let index = PodCache::default();
     index.apply(&Event::Init);
-    measure("pod, PodView in the label index", &pod_texts, |p: PodView| {
-        index.apply(&Event::InitApply(p));
-    });
+    measure(
+        "pod, PodView in the label index",
+        &pod_texts,
+        |p: PodView| {
+            index.apply(&Event::InitApply(p));
+        },
+    );
     index.apply(&Event::InitDone);
-    let d = measure("Deployment, DeploymentView", &deployment_texts, |d: DeploymentView| d);
-    let m = measure("DatabaseMigration (no managedFields)", &migration_texts, |mut m: DatabaseMigration| {
-        cache::prune_migration(&mut m);
-        m
-    });
+    let d = measure(
+        "Deployment, DeploymentView",
+        &deployment_texts,
+        |d: DeploymentView| d,
+    );
+    let m = measure(
+        "DatabaseMigration (no managedFields)",
+        &migration_texts,
+        |mut m: DatabaseMigration| {
+            cache::prune_migration(&mut m);
+            m
+        },
+    );
     let j = measure("executor Job (no template)", &job_texts, |mut j: Job| {
         cache::prune_job(&mut j);
         j
     });
-    let e = measure("executor pod (status only)", &executor_texts, |mut p: Pod| {
-        cache::prune_executor_pod(&mut p);
-        p
-    });
+    let e = measure(
+        "executor pod (status only)",
+        &executor_texts,
+        |mut p: Pod| {
+            cache::prune_executor_pod(&mut p);
+            p
+        },
+    );
     println!(
         "\ncache_memory: pods={pods} deployments={deployments} migrations={migrations} heap_mib={:.1} (pods indexed: {})",
         (live() - start) as f64 / 1_048_576.0,
