@@ -340,14 +340,15 @@ fn migrations_targeting<K: kube::Resource>(
     kind: TargetKind,
     w: &K,
 ) -> Vec<ObjectRef<DatabaseMigration>> {
-    let ns = w.namespace();
-    let name = w.name_any();
+    // Borrowed, not cloned: this runs for every migration on every workload event.
+    let ns = w.meta().namespace.as_deref();
+    let name = w.meta().name.as_deref().unwrap_or_default();
     let labels = w.labels();
     store
         .state()
         .iter()
-        .filter(|m| m.namespace() == ns && watches_targets(m))
-        .filter(|m| targets_workload(m, kind, &name, labels))
+        .filter(|m| m.metadata.namespace.as_deref() == ns && watches_targets(m))
+        .filter(|m| targets_workload(m, kind, name, labels))
         .map(|m| ObjectRef::from_obj(m.as_ref()))
         .collect()
 }
@@ -425,25 +426,28 @@ fn workload_labels(
     ns: &str,
     name: &str,
 ) -> std::collections::BTreeMap<String, String> {
-    let meta = match kind {
+    fn key<K: kube::Resource<DynamicType = ()>>(ns: &str, name: &str) -> ObjectRef<K> {
+        ObjectRef::new(name).within(ns)
+    }
+    let labels = match kind {
         TargetKind::Deployment => caches
             .deployments
-            .get(&ObjectRef::new(name).within(ns))
-            .map(|w| w.metadata.clone()),
+            .get(&key(ns, name))
+            .and_then(|w| w.metadata.labels.clone()),
         TargetKind::StatefulSet => caches
             .statefulsets
-            .get(&ObjectRef::new(name).within(ns))
-            .map(|w| w.metadata.clone()),
+            .get(&key(ns, name))
+            .and_then(|w| w.metadata.labels.clone()),
         TargetKind::DaemonSet => caches
             .daemonsets
-            .get(&ObjectRef::new(name).within(ns))
-            .map(|w| w.metadata.clone()),
+            .get(&key(ns, name))
+            .and_then(|w| w.metadata.labels.clone()),
         TargetKind::Rollout => caches
             .rollouts
-            .get(&ObjectRef::new(name).within(ns))
-            .map(|w| w.metadata.clone()),
+            .get(&key(ns, name))
+            .and_then(|w| w.metadata.labels.clone()),
     };
-    meta.and_then(|m| m.labels).unwrap_or_default()
+    labels.unwrap_or_default()
 }
 
 /// Reconciles running at once. A reconcile reads only caches but may wait on a status write
