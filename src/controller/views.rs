@@ -112,9 +112,11 @@ pub struct PodView {
     pub status: PodStatusView,
 }
 
+/// The spec of a Deployment, StatefulSet or DaemonSet: one shape serves all three (a field a
+/// kind does not have, such as a DaemonSet's `replicas`, decodes as `None` and is not read).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct DeploymentSpecView {
+pub struct WorkloadSpecView {
     #[serde(default)]
     pub replicas: Option<i32>,
     #[serde(default)]
@@ -124,6 +126,22 @@ pub struct DeploymentSpecView {
     #[serde(default)]
     pub template: TemplateView,
 }
+
+/// A workload: its metadata (no annotations), spec, and its kind's own status.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(bound(deserialize = "Status: Deserialize<'de> + Default"))]
+pub struct WorkloadView<Status> {
+    #[serde(default, deserialize_with = "workload_meta")]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: WorkloadSpecView,
+    #[serde(default)]
+    pub status: Status,
+}
+
+pub type DeploymentView = WorkloadView<DeploymentStatusView>;
+pub type StatefulSetView = WorkloadView<StatefulSetStatusView>;
+pub type DaemonSetView = WorkloadView<DaemonSetStatusView>;
 
 /// A workload condition's type, status and reason (its message and times are not read).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -151,26 +169,6 @@ pub struct DeploymentStatusView {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct DeploymentView {
-    #[serde(default, deserialize_with = "workload_meta")]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: DeploymentSpecView,
-    #[serde(default)]
-    pub status: DeploymentStatusView,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct StatefulSetSpecView {
-    #[serde(default)]
-    pub replicas: Option<i32>,
-    #[serde(default)]
-    pub selector: Option<LabelSelector>,
-    #[serde(default)]
-    pub template: TemplateView,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct StatefulSetStatusView {
     #[serde(default)]
@@ -184,24 +182,6 @@ pub struct StatefulSetStatusView {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct StatefulSetView {
-    #[serde(default, deserialize_with = "workload_meta")]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: StatefulSetSpecView,
-    #[serde(default)]
-    pub status: StatefulSetStatusView,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct DaemonSetSpecView {
-    #[serde(default)]
-    pub selector: Option<LabelSelector>,
-    #[serde(default)]
-    pub template: TemplateView,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DaemonSetStatusView {
     #[serde(default)]
@@ -212,16 +192,6 @@ pub struct DaemonSetStatusView {
     pub updated_number_scheduled: Option<i32>,
     #[serde(default)]
     pub number_available: Option<i32>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct DaemonSetView {
-    #[serde(default, deserialize_with = "workload_meta")]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: DaemonSetSpecView,
-    #[serde(default)]
-    pub status: DaemonSetStatusView,
 }
 
 /// A view is read from (and watched at) the full kind's API.
