@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::api::{TargetKind, VersionFrom};
 use crate::planner::rollout::WorkloadObservation;
 
-use super::views::PodView;
+use std::sync::Arc;
+
+use super::views::PodFacts;
 use super::workloads::{pod_observations, version_of};
 
 /// The parts of an Argo Rollouts Rollout's spec Phasegate reads.
@@ -76,7 +78,11 @@ pub struct RolloutStatus {
 pub const POD_TEMPLATE_HASH: &str = "rollouts-pod-template-hash";
 
 /// The planner's view of a Rollout and its pods (pure).
-pub fn rollout_observation(r: &Rollout, vf: &VersionFrom, pods: &[PodView]) -> WorkloadObservation {
+pub fn rollout_observation(
+    r: &Rollout,
+    vf: &VersionFrom,
+    pods: &[Arc<PodFacts>],
+) -> WorkloadObservation {
     let spec = &r.spec;
     let status = r.status.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1);
@@ -163,15 +169,16 @@ mod tests {
         .expect("rollout")
     }
 
-    fn pod(version: &str) -> PodView {
-        serde_json::from_value(serde_json::json!({
+    fn pod(version: &str) -> Arc<PodFacts> {
+        serde_json::from_value::<crate::controller::views::PodView>(serde_json::json!({
             "metadata": {"name": format!("api-{version}"), "labels": {"app": "api", "version": version}},
             "status": {"phase": "Running"}
         }))
         .expect("pod")
+        .pod
     }
 
-    fn judge(r: &Rollout, pods: &[PodView]) -> crate::api::TargetStatus {
+    fn judge(r: &Rollout, pods: &[Arc<PodFacts>]) -> crate::api::TargetStatus {
         let vf: VersionFrom =
             serde_json::from_value(serde_json::json!({"label": "version"})).expect("vf");
         evaluate(

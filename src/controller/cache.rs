@@ -13,7 +13,7 @@ use kube::ResourceExt;
 
 use super::argo::{self, Rollout};
 use super::pod_index::PodCache;
-use super::views::{DaemonSetView, DeploymentView, PodView, StatefulSetView};
+use super::views::{DaemonSetView, DeploymentView, PodFacts, StatefulSetView};
 use crate::api::DatabaseMigration;
 
 /// The readers of every cache the reconcile uses.
@@ -153,20 +153,17 @@ pub fn prune_migration(m: &mut DatabaseMigration) {
 
 /// The workload that owns a pod, as `(kind, name)`: a StatefulSet or DaemonSet directly, a
 /// Deployment or an Argo Rollout through its ReplicaSet (`<name>-<pod-template-hash>`).
-pub fn owning_workload(p: &PodView) -> Option<(crate::api::TargetKind, String)> {
+pub fn owning_workload(p: &PodFacts) -> Option<(crate::api::TargetKind, String)> {
     use crate::api::TargetKind;
-    let owner = p
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true))?;
-    match owner.kind.as_str() {
-        "StatefulSet" => Some((TargetKind::StatefulSet, owner.name.clone())),
-        "DaemonSet" => Some((TargetKind::DaemonSet, owner.name.clone())),
+    let owner = p.controller.as_ref()?;
+    match owner.kind.as_ref() {
+        "StatefulSet" => Some((TargetKind::StatefulSet, owner.name.to_string())),
+        "DaemonSet" => Some((TargetKind::DaemonSet, owner.name.to_string())),
         // Argo Rollouts names its ReplicaSets like Deployments do, with its own label.
         "ReplicaSet" => {
-            let (kind, hash) = match p.labels().get(argo::POD_TEMPLATE_HASH) {
+            let (kind, hash) = match p.labels.get(argo::POD_TEMPLATE_HASH) {
                 Some(h) => (TargetKind::Rollout, h),
-                None => (TargetKind::Deployment, p.labels().get("pod-template-hash")?),
+                None => (TargetKind::Deployment, p.labels.get("pod-template-hash")?),
             };
             let name = owner.name.strip_suffix(&format!("-{hash}"))?;
             Some((kind, name.to_string()))
@@ -182,7 +179,7 @@ mod tests {
     use crate::controller::views::PodView;
     use crate::controller::workloads::{deployment_observation, version_of};
 
-    fn pod(owner: serde_json::Value) -> PodView {
+    fn pod(owner: serde_json::Value) -> std::sync::Arc<PodFacts> {
         serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "api-7d9f-abcde", "namespace": "shop",
@@ -195,6 +192,7 @@ mod tests {
                      "env": [{"name": "X", "value": "y"}]}]},
             "status": {"phase": "Running"}
         }))
+        .map(|p: PodView| p.pod)
         .expect("pod")
     }
 
@@ -216,7 +214,7 @@ mod tests {
         ] {
             let vf: VersionFrom = serde_json::from_value(vf).expect("versionFrom");
             assert_eq!(
-                version_of(Some(&p.metadata), p.spec.images(), &vf).as_deref(),
+                version_of(Some(p.as_ref()), p.spec.images(), &vf).as_deref(),
                 Some("2.0.0")
             );
         }

@@ -5,6 +5,7 @@ pub mod argo;
 pub mod cache;
 pub mod error;
 pub mod jobs;
+pub mod labels;
 pub mod pod_index;
 mod reconcile;
 pub mod views;
@@ -389,7 +390,7 @@ fn executor_pod_migration(p: &Pod) -> Option<ObjectRef<DatabaseMigration>> {
 /// wakes every waiting migration of its namespace.
 fn migrations_waiting_on(caches: &cache::Caches, p: &PodView) -> Vec<ObjectRef<DatabaseMigration>> {
     let ns = p.namespace().unwrap_or_default();
-    let owner = cache::owning_workload(p).map(|(kind, name)| {
+    let owner = cache::owning_workload(&p.pod).map(|(kind, name)| {
         let labels = workload_labels(caches, kind, &ns, &name);
         (kind, name, labels)
     });

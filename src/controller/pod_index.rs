@@ -10,35 +10,34 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
-use kube::core::{Expression, Selector, SelectorExt};
+use kube::core::Expression;
 use kube::runtime::watcher;
 
-use super::views::PodView;
+use super::labels::LabelQuery;
+use super::views::{PodFacts, PodView};
 
 type Name = Arc<str>;
 
 #[derive(Default)]
 struct Namespace {
-    pods: HashMap<Name, Arc<PodView>>,
-    /// `(key, value)` of every label → the pods carrying it.
-    by_label: HashMap<(String, String), HashSet<Name>>,
+    pods: HashMap<Name, Arc<PodFacts>>,
+    /// label key → label value → the pods carrying it.
+    by_label: HashMap<Box<str>, HashMap<Box<str>, HashSet<Name>>>,
 }
 
 impl Namespace {
-    fn insert(&mut self, pod: Arc<PodView>) {
-        let Some(name) = pod.metadata.name.as_deref() else {
-            return;
-        };
-        let name: Name = match self.pods.get_key_value(name) {
-            Some((k, _)) => k.clone(),
-            None => name.into(),
-        };
+    fn insert(&mut self, pod: Arc<PodFacts>) {
+        let name = pod.name.clone();
         self.remove(&name);
-        for (k, v) in pod.metadata.labels.iter().flatten() {
-            self.by_label
-                .entry((k.clone(), v.clone()))
-                .or_default()
-                .insert(name.clone());
+        for (k, v) in pod.labels.iter() {
+            let values = match self.by_label.get_mut(k) {
+                Some(values) => values,
+                None => self.by_label.entry(k.into()).or_default(),
+            };
+            match values.get_mut(v) {
+                Some(names) => names.insert(name.clone()),
+                None => values.entry(v.into()).or_default().insert(name.clone()),
+            };
         }
         self.pods.insert(name, pod);
     }
@@ -47,42 +46,45 @@ impl Namespace {
         let Some(old) = self.pods.remove(name) else {
             return;
         };
-        for (k, v) in old.metadata.labels.iter().flatten() {
-            let key = (k.clone(), v.clone());
-            if let Some(set) = self.by_label.get_mut(&key) {
-                set.remove(name);
-                if set.is_empty() {
-                    self.by_label.remove(&key);
+        for (k, v) in old.labels.iter() {
+            let Some(values) = self.by_label.get_mut(k) else {
+                continue;
+            };
+            if let Some(names) = values.get_mut(v) {
+                names.remove(name);
+                if names.is_empty() {
+                    values.remove(v);
                 }
+            }
+            if values.is_empty() {
+                self.by_label.remove(k);
             }
         }
     }
 
-    /// The pods `selector` matches: candidates from its narrowest `key=value` requirement
-    /// (every pod of the namespace when it has none), each checked against the whole selector.
-    fn matching(&self, selector: &Selector) -> Vec<Arc<PodView>> {
-        let equalities: Vec<(String, String)> = selector
-            .clone()
-            .into_iter()
+    fn carrying(&self, key: &str, value: &str) -> Option<&HashSet<Name>> {
+        self.by_label.get(key)?.get(value)
+    }
+
+    /// The pods `query` matches: candidates from its narrowest `key=value` requirement
+    /// (every pod of the namespace when it has none), each checked against the whole query.
+    fn matching(&self, query: &LabelQuery) -> Vec<Arc<PodFacts>> {
+        let narrowest = query
+            .expressions()
+            .iter()
             .filter_map(|e| match e {
-                Expression::Equal(k, v) => Some((k, v)),
+                Expression::Equal(k, v) => Some((k.as_str(), v.as_str())),
                 Expression::In(k, values) if values.len() == 1 => {
-                    values.into_iter().next().map(|v| (k, v))
+                    values.first().map(|v| (k.as_str(), v.as_str()))
                 }
                 _ => None,
             })
-            .collect();
-        let no_labels = Default::default();
-        let selected =
-            |p: &&Arc<PodView>| selector.matches(p.metadata.labels.as_ref().unwrap_or(&no_labels));
-        let narrowest = equalities
-            .iter()
-            .min_by_key(|kv| self.by_label.get(*kv).map_or(0, HashSet::len));
+            .min_by_key(|(k, v)| self.carrying(k, v).map_or(0, HashSet::len));
+        let selected = |p: &&Arc<PodFacts>| query.matches(&p.labels);
         match narrowest {
             None => self.pods.values().filter(selected).cloned().collect(),
-            Some(kv) => self
-                .by_label
-                .get(kv)
+            Some((k, v)) => self
+                .carrying(k, v)
                 .into_iter()
                 .flatten()
                 .filter_map(|n| self.pods.get(n))
@@ -99,16 +101,19 @@ struct Index {
 }
 
 impl Index {
-    fn insert(&mut self, pod: PodView) {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        self.namespaces.entry(ns).or_default().insert(Arc::new(pod));
+    fn insert(&mut self, pod: &PodView) {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let namespace = match self.namespaces.get_mut(ns) {
+            Some(n) => n,
+            None => self.namespaces.entry(ns.to_string()).or_default(),
+        };
+        namespace.insert(pod.pod.clone());
     }
 
     fn remove(&mut self, pod: &PodView) {
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-        let name = pod.metadata.name.as_deref().unwrap_or_default();
         if let Some(n) = self.namespaces.get_mut(ns) {
-            n.remove(name);
+            n.remove(&pod.pod.name);
             if n.pods.is_empty() {
                 self.namespaces.remove(ns);
             }
@@ -146,7 +151,7 @@ impl PodCache {
             }
             watcher::Event::InitApply(p) => {
                 if let Ok(mut b) = self.building.lock() {
-                    b.get_or_insert_with(Index::default).insert(p.clone());
+                    b.get_or_insert_with(Index::default).insert(p);
                 }
             }
             watcher::Event::InitDone => {
@@ -158,7 +163,7 @@ impl PodCache {
             }
             watcher::Event::Apply(p) => {
                 if let Ok(mut live) = self.live.write() {
-                    live.insert(p.clone());
+                    live.insert(p);
                 }
             }
             watcher::Event::Delete(p) => {
@@ -175,12 +180,12 @@ impl PodCache {
         let _ = ready.wait_for(|r| *r).await;
     }
 
-    /// The pods of `ns` that `selector` matches.
-    pub fn matching(&self, ns: &str, selector: &Selector) -> Vec<Arc<PodView>> {
+    /// The pods of `ns` that `query` matches.
+    pub fn matching(&self, ns: &str, query: &LabelQuery) -> Vec<Arc<PodFacts>> {
         self.live
             .read()
             .ok()
-            .and_then(|i| i.namespaces.get(ns).map(|n| n.matching(selector)))
+            .and_then(|i| i.namespaces.get(ns).map(|n| n.matching(query)))
             .unwrap_or_default()
     }
 
@@ -201,6 +206,7 @@ impl PodCache {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use kube::core::{Selector, SelectorExt};
     use proptest::prelude::*;
 
     fn pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> PodView {
@@ -219,11 +225,12 @@ mod tests {
         Selector::try_from(s).expect("valid selector")
     }
 
-    fn names(pods: Vec<Arc<PodView>>) -> Vec<String> {
-        let mut v: Vec<_> = pods
-            .iter()
-            .filter_map(|p| p.metadata.name.clone())
-            .collect();
+    fn query(v: serde_json::Value) -> LabelQuery {
+        LabelQuery::from(&selector(v))
+    }
+
+    fn names(pods: Vec<Arc<PodFacts>>) -> Vec<String> {
+        let mut v: Vec<_> = pods.iter().map(|p| p.name.to_string()).collect();
         v.sort();
         v
     }
@@ -246,15 +253,15 @@ mod tests {
             pod("shop", "web-1", &[("app", "web")]),
             pod("other", "api-1", &[("app", "api")]),
         ]);
-        let api = selector(serde_json::json!({"matchLabels": {"app": "api"}}));
+        let api = query(serde_json::json!({"matchLabels": {"app": "api"}}));
         assert_eq!(names(c.matching("shop", &api)), ["api-1", "api-2"]);
-        let api_v2 = selector(serde_json::json!({"matchLabels": {"app": "api", "v": "2"}}));
+        let api_v2 = query(serde_json::json!({"matchLabels": {"app": "api", "v": "2"}}));
         assert_eq!(names(c.matching("shop", &api_v2)), ["api-2"]);
         // Only set-based requirements: every pod of the namespace is checked.
         let exists =
-            selector(serde_json::json!({"matchExpressions": [{"key": "v", "operator": "Exists"}]}));
+            query(serde_json::json!({"matchExpressions": [{"key": "v", "operator": "Exists"}]}));
         assert_eq!(names(c.matching("shop", &exists)), ["api-1", "api-2"]);
-        let none = selector(serde_json::json!({"matchLabels": {"app": "gone"}}));
+        let none = query(serde_json::json!({"matchLabels": {"app": "gone"}}));
         assert!(c.matching("shop", &none).is_empty());
         assert!(c.matching("nowhere", &api).is_empty());
     }
@@ -262,8 +269,8 @@ mod tests {
     #[test]
     fn a_relabelled_or_deleted_pod_leaves_its_old_postings() {
         let c = listed(vec![pod("shop", "p", &[("app", "api")])]);
-        let api = selector(serde_json::json!({"matchLabels": {"app": "api"}}));
-        let web = selector(serde_json::json!({"matchLabels": {"app": "web"}}));
+        let api = query(serde_json::json!({"matchLabels": {"app": "api"}}));
+        let web = query(serde_json::json!({"matchLabels": {"app": "web"}}));
         c.apply(&watcher::Event::Apply(pod("shop", "p", &[("app", "web")])));
         assert!(c.matching("shop", &api).is_empty());
         assert_eq!(names(c.matching("shop", &web)), ["p"]);
@@ -276,7 +283,7 @@ mod tests {
     async fn a_relist_replaces_the_index_whole_at_init_done() {
         let c = listed(vec![pod("shop", "gone", &[("app", "api")])]);
         c.wait_until_ready().await;
-        let api = selector(serde_json::json!({"matchLabels": {"app": "api"}}));
+        let api = query(serde_json::json!({"matchLabels": {"app": "api"}}));
         c.apply(&watcher::Event::Init);
         c.apply(&watcher::Event::InitApply(pod(
             "shop",
@@ -318,10 +325,13 @@ mod tests {
             let s = selector(serde_json::json!({"matchLabels": labels}));
             let expected: Vec<String> = truth
                 .iter()
-                .filter(|(_, p)| s.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default())))
+                .filter(|(_, p)| {
+                    let labels = p.pod.labels.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+                    s.matches(&labels.collect())
+                })
                 .map(|(n, _)| n.clone())
                 .collect();
-            prop_assert_eq!(names(c.matching("shop", &s)), expected);
+            prop_assert_eq!(names(c.matching("shop", &LabelQuery::from(&s))), expected);
             prop_assert_eq!(c.len(), truth.len());
         }
     }

@@ -9,72 +9,66 @@
 //! API server are judged by one code path.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, ObjectMeta, OwnerReference, Time,
+    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference, Time,
 };
 use serde::{Deserialize, Deserializer};
 
-/// The metadata a view keeps: identity, labels, owners, deletion, generation, and (for pods
-/// and templates, where a version may be an annotation) annotations. Never `managedFields`.
+use super::labels::Labels;
+
+/// A workload's metadata as kept: identity, labels, owners, deletion, generation. Never
+/// annotations (`last-applied-configuration` can be large, and no decision reads a workload's
+/// annotations) nor `managedFields`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct MetaWire<A> {
+struct MetaWire {
     name: Option<String>,
     namespace: Option<String>,
     uid: Option<String>,
     resource_version: Option<String>,
     generation: Option<i64>,
-    labels: Option<BTreeMap<String, String>>,
-    annotations: Option<A>,
+    labels: Option<std::collections::BTreeMap<String, String>>,
     owner_references: Option<Vec<OwnerReference>>,
     deletion_timestamp: Option<Time>,
 }
 
-impl<A> MetaWire<A> {
-    fn into_meta(self, annotations: Option<BTreeMap<String, String>>) -> ObjectMeta {
-        ObjectMeta {
-            name: self.name,
-            namespace: self.namespace,
-            uid: self.uid,
-            resource_version: self.resource_version,
-            generation: self.generation,
-            labels: self.labels,
-            annotations,
-            owner_references: self.owner_references,
-            deletion_timestamp: self.deletion_timestamp,
-            ..Default::default()
-        }
-    }
-}
-
-/// Metadata with annotations (pods, pod templates).
-fn meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
-    let mut w = MetaWire::<BTreeMap<String, String>>::deserialize(d)?;
-    let annotations = w.annotations.take();
-    Ok(w.into_meta(annotations))
-}
-
-/// Metadata without annotations (workloads: `last-applied-configuration` can be large, and no
-/// decision reads a workload's annotations).
 fn workload_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
-    Ok(MetaWire::<serde::de::IgnoredAny>::deserialize(d)?.into_meta(None))
+    let w = MetaWire::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: w.name,
+        namespace: w.namespace,
+        uid: w.uid,
+        resource_version: w.resource_version,
+        generation: w.generation,
+        labels: w.labels,
+        owner_references: w.owner_references,
+        deletion_timestamp: w.deletion_timestamp,
+        ..Default::default()
+    })
+}
+
+/// Reads a JSON value that may be `null` as its type's default.
+fn or_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A container's name and image (a version may be an image tag).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct ContainerView {
-    pub name: String,
+    pub name: Box<str>,
     #[serde(default)]
-    pub image: Option<String>,
+    pub image: Option<Box<str>>,
 }
 
 /// The containers of a pod or a pod template.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct PodSpecView {
-    #[serde(default)]
-    pub containers: Vec<ContainerView>,
+    #[serde(default, deserialize_with = "or_default")]
+    pub containers: Box<[ContainerView]>,
 }
 
 impl PodSpecView {
@@ -82,34 +76,191 @@ impl PodSpecView {
     pub fn images(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
         self.containers
             .iter()
-            .map(|c| (c.name.as_str(), c.image.as_deref()))
+            .map(|c| (c.name.as_ref(), c.image.as_deref()))
+    }
+}
+
+/// Where a version may be written on a pod or a pod template besides its images.
+pub trait Labelled {
+    fn label(&self, key: &str) -> Option<&str>;
+    fn annotation(&self, key: &str) -> Option<&str>;
+}
+
+impl Labelled for ObjectMeta {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.as_ref()?.get(key).map(String::as_str)
+    }
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+}
+
+/// A pod template's labels and annotations.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct TemplateMeta {
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub annotations: Labels,
+}
+
+impl Labelled for TemplateMeta {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key)
+    }
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.get(key)
     }
 }
 
 /// A pod template: the version it carries is in its labels, annotations or images.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct TemplateView {
-    #[serde(default, deserialize_with = "meta")]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
+    pub metadata: TemplateMeta,
+    #[serde(default, deserialize_with = "or_default")]
     pub spec: PodSpecView,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct PodStatusView {
-    #[serde(default)]
-    pub phase: Option<String>,
+/// The controller (owner with `controller: true`) of a pod.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Owner {
+    pub kind: Box<str>,
+    pub name: Box<str>,
 }
 
-/// A workload's pod: whom it belongs to, which version it runs, whether it is going away.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+/// What the operator knows of a workload's pod: whom it belongs to, which version it runs,
+/// whether it is going away or done. Shared (`Arc`) between the watch event and the index.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodFacts {
+    pub name: Arc<str>,
+    pub labels: Labels,
+    pub annotations: Labels,
+    pub controller: Option<Owner>,
+    pub spec: PodSpecView,
+    /// A deletion timestamp is set: the pod still runs until it is gone.
+    pub terminating: bool,
+    /// Phase `Succeeded` or `Failed`: the pod runs no code any more.
+    pub finished: bool,
+}
+
+impl Labelled for PodFacts {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key)
+    }
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.get(key)
+    }
+}
+
+/// A workload's pod as the API server sends it, decoded straight into [`PodFacts`].
+/// `metadata` holds only what the watch machinery reads (name, namespace, uid,
+/// resourceVersion): a pod's labels, annotations and owner are in `pod`, never in
+/// `metadata` (`ResourceExt::labels()` on a `PodView` is always empty).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(from = "PodWire")]
 pub struct PodView {
-    #[serde(default, deserialize_with = "meta")]
     pub metadata: ObjectMeta,
+    pub pod: Arc<PodFacts>,
+}
+
+#[derive(Deserialize)]
+struct PodWire {
+    #[serde(default, deserialize_with = "or_default")]
+    metadata: PodMetaWire,
+    #[serde(default, deserialize_with = "or_default")]
+    spec: PodSpecView,
+    #[serde(default, deserialize_with = "or_default")]
+    status: PodStatusWire,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodMetaWire {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
     #[serde(default)]
-    pub spec: PodSpecView,
+    labels: Labels,
     #[serde(default)]
-    pub status: PodStatusView,
+    annotations: Labels,
+    #[serde(default, deserialize_with = "or_default")]
+    owner_references: Vec<OwnerWire>,
+    #[serde(default)]
+    deletion_timestamp: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct OwnerWire {
+    kind: Box<str>,
+    name: Box<str>,
+    #[serde(default)]
+    controller: Option<bool>,
+}
+
+#[derive(Default, Deserialize)]
+struct PodStatusWire {
+    #[serde(default)]
+    phase: Option<String>,
+}
+
+impl From<PodWire> for PodView {
+    fn from(w: PodWire) -> Self {
+        let m = w.metadata;
+        let name: Arc<str> = m.name.as_deref().unwrap_or_default().into();
+        let controller = m
+            .owner_references
+            .into_iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| Owner {
+                kind: o.kind,
+                name: o.name,
+            });
+        PodView {
+            metadata: ObjectMeta {
+                name: m.name,
+                namespace: m.namespace,
+                uid: m.uid,
+                resource_version: m.resource_version,
+                ..Default::default()
+            },
+            pod: Arc::new(PodFacts {
+                name,
+                labels: m.labels,
+                annotations: m.annotations,
+                controller,
+                spec: w.spec,
+                terminating: m.deletion_timestamp.is_some(),
+                finished: matches!(w.status.phase.as_deref(), Some("Succeeded" | "Failed")),
+            }),
+        }
+    }
+}
+
+/// A workload's pod selector (`matchLabels` kept compact).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SelectorView {
+    #[serde(default)]
+    pub match_labels: Labels,
+    #[serde(default, deserialize_with = "or_default")]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+impl SelectorView {
+    pub fn to_label_selector(&self) -> LabelSelector {
+        LabelSelector {
+            match_labels: (!self.match_labels.is_empty()).then(|| {
+                self.match_labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            }),
+            match_expressions: (!self.match_expressions.is_empty())
+                .then(|| self.match_expressions.clone()),
+        }
+    }
 }
 
 /// The spec of a Deployment, StatefulSet or DaemonSet: one shape serves all three (a field a
@@ -120,7 +271,7 @@ pub struct WorkloadSpecView {
     #[serde(default)]
     pub replicas: Option<i32>,
     #[serde(default)]
-    pub selector: Option<LabelSelector>,
+    pub selector: Option<SelectorView>,
     #[serde(default)]
     pub paused: Option<bool>,
     #[serde(default)]
@@ -265,19 +416,49 @@ mod tests {
                        "containerStatuses": [{"name": "api", "image": "", "imageID": "", "ready": true, "restartCount": 0}]}
         }))
         .expect("pod");
-        assert_eq!(p.metadata.managed_fields, None);
-        assert_eq!(p.metadata.resource_version.as_deref(), Some("42"));
+        // Identity only in `metadata`; everything read is in `pod`.
         assert_eq!(
-            p.metadata.annotations,
-            Some([("app.example/version".to_string(), "2.0.0".to_string())].into())
+            p.metadata,
+            ObjectMeta {
+                name: Some("api-7d9f-abcde".into()),
+                namespace: Some("shop".into()),
+                uid: Some("u1".into()),
+                resource_version: Some("42".into()),
+                ..Default::default()
+            }
         );
-        assert!(p.metadata.deletion_timestamp.is_some());
-        assert_eq!(p.metadata.owner_references.as_ref().map(Vec::len), Some(1));
+        let f = &p.pod;
+        assert_eq!(f.name.as_ref(), "api-7d9f-abcde");
+        assert_eq!(f.labels.get("app"), Some("api"));
+        assert_eq!(f.annotation("app.example/version"), Some("2.0.0"));
         assert_eq!(
-            p.spec.images().collect::<Vec<_>>(),
+            f.controller,
+            Some(Owner {
+                kind: "ReplicaSet".into(),
+                name: "api-7d9f".into()
+            })
+        );
+        assert!(f.terminating);
+        assert!(!f.finished);
+        assert_eq!(
+            f.spec.images().collect::<Vec<_>>(),
             [("api", Some("shop/api:2.0.0"))]
         );
-        assert_eq!(p.status.phase.as_deref(), Some("Running"));
+    }
+
+    #[test]
+    fn a_pod_without_a_controller_or_deletion_or_labels() {
+        let p: PodView = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "stray", "labels": null, "deletionTimestamp": null,
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "n", "uid": "u"}]},
+            "spec": {"containers": null},
+            "status": {"phase": "Succeeded"}
+        }))
+        .expect("pod");
+        assert_eq!(p.pod.controller, None);
+        assert!(!p.pod.terminating);
+        assert!(p.pod.finished);
+        assert!(p.pod.labels.is_empty());
     }
 
     #[test]
@@ -295,9 +476,14 @@ mod tests {
         .expect("deployment");
         assert_eq!(d.metadata.annotations, None);
         assert_eq!(d.metadata.generation, Some(3));
+        assert_eq!(d.spec.template.metadata.annotation("v"), Some("2"));
+        assert_eq!(d.spec.template.metadata.label("app"), Some("api"));
         assert_eq!(
-            d.spec.template.metadata.annotations,
-            Some([("v".to_string(), "2".to_string())].into())
+            d.spec.selector.map(|s| s.to_label_selector()),
+            Some(LabelSelector {
+                match_labels: Some([("app".to_string(), "api".to_string())].into()),
+                match_expressions: None,
+            })
         );
         assert_eq!(
             d.status.conditions[0].reason.as_deref(),

@@ -1,8 +1,8 @@
 //! Reads target workloads and their pods, and turns them into the planner's observations.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::ListParams;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -15,7 +15,8 @@ use crate::planner::version::VersionRule;
 use super::argo::{rollout_observation, Rollout};
 use super::cache::Caches;
 use super::error::{Error, KubeContext};
-use super::views::{DaemonSetView, DeploymentView, PodView, StatefulSetView};
+use super::labels::LabelQuery;
+use super::views::{DaemonSetView, DeploymentView, Labelled, PodFacts, PodView, StatefulSetView};
 
 /// Where targets are read from: the watch caches (every reconcile), or the API server (a
 /// quorum read, once, right before the contract Job is created; the caches only tell which
@@ -73,7 +74,7 @@ pub async fn observe_targets(
                     .into_iter()
                     .flat_map(|l| l.items)
                     .filter(|p| seen.insert(p.uid()))
-                    .map(std::sync::Arc::new)
+                    .map(|p| p.pod)
                     .collect();
                 let (out, complete) = judge.run(&Pods::Listed(listed), Some(&selectors)).await?;
                 if complete {
@@ -86,7 +87,7 @@ pub async fn observe_targets(
                 .during(format!("listing pods in {namespace}"))?
                 .items
                 .into_iter()
-                .map(std::sync::Arc::new)
+                .map(|p| p.pod)
                 .collect();
             Ok(judge.run(&Pods::Listed(all), None).await?.0)
         }
@@ -96,22 +97,18 @@ pub async fn observe_targets(
 /// The pods a judgement reads: the indexed cache, or what the API server listed.
 enum Pods<'a> {
     Cached(&'a Caches),
-    Listed(Vec<std::sync::Arc<PodView>>),
+    Listed(Vec<Arc<PodFacts>>),
 }
 
 impl Pods<'_> {
-    fn matching(&self, namespace: &str, selector: &Selector) -> Vec<PodView> {
+    fn matching(&self, namespace: &str, selector: &Selector) -> Vec<Arc<PodFacts>> {
+        let query = LabelQuery::from(selector);
         match self {
-            Pods::Cached(c) => c
-                .pods
-                .matching(namespace, selector)
-                .into_iter()
-                .map(|p| p.as_ref().clone())
-                .collect(),
+            Pods::Cached(c) => c.pods.matching(namespace, &query),
             Pods::Listed(pods) => pods
                 .iter()
-                .filter(|p| selector.matches(p.labels()))
-                .map(|p| p.as_ref().clone())
+                .filter(|p| query.matches(&p.labels))
+                .cloned()
                 .collect(),
         }
     }
@@ -221,7 +218,7 @@ impl Judge<'_> {
 }
 
 /// Turns a found workload and its pods into the planner's observation.
-type Observe = Box<dyn Fn(&VersionFrom, &[PodView]) -> WorkloadObservation + Send>;
+type Observe = Box<dyn Fn(&VersionFrom, &[Arc<PodFacts>]) -> WorkloadObservation + Send>;
 
 /// A workload found for a target, ready to be judged once its pods are listed.
 struct FoundWorkload {
@@ -248,7 +245,7 @@ trait Workload:
     const KIND: TargetKind;
     fn cache(c: &Caches) -> &Store<Self>;
     fn selector(&self) -> Option<LabelSelector>;
-    fn observation(&self, vf: &VersionFrom, pods: &[PodView]) -> WorkloadObservation;
+    fn observation(&self, vf: &VersionFrom, pods: &[Arc<PodFacts>]) -> WorkloadObservation;
 }
 
 macro_rules! workload {
@@ -259,9 +256,9 @@ macro_rules! workload {
                 &c.$cache
             }
             fn selector(&self) -> Option<LabelSelector> {
-                self.spec.selector.clone()
+                self.spec.selector.as_ref().map(|s| s.to_label_selector())
             }
-            fn observation(&self, vf: &VersionFrom, pods: &[PodView]) -> WorkloadObservation {
+            fn observation(&self, vf: &VersionFrom, pods: &[Arc<PodFacts>]) -> WorkloadObservation {
                 $observe(self, vf, pods)
             }
         }
@@ -295,7 +292,7 @@ impl Workload for Rollout {
     fn selector(&self) -> Option<LabelSelector> {
         self.spec.selector.clone()
     }
-    fn observation(&self, vf: &VersionFrom, pods: &[PodView]) -> WorkloadObservation {
+    fn observation(&self, vf: &VersionFrom, pods: &[Arc<PodFacts>]) -> WorkloadObservation {
         rollout_observation(self, vf, pods)
     }
 }
@@ -395,7 +392,7 @@ async fn list<K: Workload>(
 pub fn deployment_observation(
     d: &DeploymentView,
     vf: &VersionFrom,
-    pods: &[PodView],
+    pods: &[Arc<PodFacts>],
 ) -> WorkloadObservation {
     let (spec, status) = (&d.spec, &d.status);
     let progress_deadline_exceeded = status.conditions.iter().any(|c| {
@@ -429,7 +426,7 @@ pub fn deployment_observation(
 pub fn statefulset_observation(
     s: &StatefulSetView,
     vf: &VersionFrom,
-    pods: &[PodView],
+    pods: &[Arc<PodFacts>],
 ) -> WorkloadObservation {
     let (spec, status) = (&s.spec, &s.status);
     WorkloadObservation {
@@ -457,7 +454,7 @@ pub fn statefulset_observation(
 pub fn daemonset_observation(
     d: &DaemonSetView,
     vf: &VersionFrom,
-    pods: &[PodView],
+    pods: &[Arc<PodFacts>],
 ) -> WorkloadObservation {
     let (spec, status) = (&d.spec, &d.status);
     WorkloadObservation {
@@ -482,39 +479,30 @@ pub fn daemonset_observation(
     }
 }
 
-pub(crate) fn pod_observations(pods: &[PodView], vf: &VersionFrom) -> Vec<PodObservation> {
+pub(crate) fn pod_observations(pods: &[Arc<PodFacts>], vf: &VersionFrom) -> Vec<PodObservation> {
     pods.iter()
         // A pod that has finished runs no code; every other one counts, terminating too.
-        .filter(|p| !matches!(p.status.phase.as_deref(), Some("Succeeded" | "Failed")))
+        .filter(|p| !p.finished)
         .map(|p| PodObservation {
-            name: p.metadata.name.clone().unwrap_or_default(),
-            version: version_of(Some(&p.metadata), p.spec.images(), vf),
-            terminating: p.metadata.deletion_timestamp.is_some(),
+            name: p.name.to_string(),
+            version: version_of(Some(p.as_ref()), p.spec.images(), vf),
+            terminating: p.terminating,
         })
         .collect()
 }
 
 /// The version a pod (template) carries, read as `versionFrom` says; `images` are its
 /// containers' `(name, image)`.
-pub fn version_of<'a>(
-    meta: Option<&ObjectMeta>,
+pub fn version_of<'a, M: Labelled + ?Sized>(
+    meta: Option<&M>,
     mut images: impl Iterator<Item = (&'a str, Option<&'a str>)>,
     vf: &VersionFrom,
 ) -> Option<String> {
-    let empty = BTreeMap::new();
     if let Some(key) = &vf.label {
-        return meta
-            .and_then(|m| m.labels.as_ref())
-            .unwrap_or(&empty)
-            .get(key)
-            .cloned();
+        return meta?.label(key).map(str::to_string);
     }
     if let Some(key) = &vf.annotation {
-        return meta
-            .and_then(|m| m.annotations.as_ref())
-            .unwrap_or(&empty)
-            .get(key)
-            .cloned();
+        return meta?.annotation(key).map(str::to_string);
     }
     if let Some(img) = &vf.image {
         let (_, image) = images.find(|(name, _)| *name == img.container)?;
@@ -566,7 +554,12 @@ mod tests {
             }),
         };
         assert_eq!(
-            version_of(None, spec.images(), &vf).as_deref(),
+            version_of(
+                None::<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+                spec.images(),
+                &vf
+            )
+            .as_deref(),
             Some("v2.4.0")
         );
     }
