@@ -5,7 +5,6 @@
 //! one: the contract Job is created only after a fresh read from the API server (see
 //! `reconcile.rs`), so a rollback the cache has not seen yet cannot open the gate.
 
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -13,17 +12,17 @@ use kube::ResourceExt;
 
 use super::argo::{self, Rollout};
 use super::pod_index::PodCache;
-use super::views::{DaemonSetView, DeploymentView, PodFacts, StatefulSetView};
+use super::views::{DaemonSetView, DeploymentView, JobView, PodFacts, StatefulSetView};
 use crate::api::DatabaseMigration;
 
 /// The readers of every cache the reconcile uses.
 #[derive(Clone)]
 pub struct Caches {
     pub migrations: Store<DatabaseMigration>,
-    pub jobs: Store<Job>,
+    pub jobs: Store<JobView>,
     /// Every pod but executor pods, as views, indexed by label.
     pub pods: PodCache,
-    /// Executor pods, whole.
+    /// Executor pods not finished, without their spec.
     pub executor_pods: Store<Pod>,
     pub deployments: Store<DeploymentView>,
     pub statefulsets: Store<StatefulSetView>,
@@ -77,10 +76,8 @@ impl Caches {
             .collect()
     }
 
-    pub fn job(&self, ns: &str, name: &str) -> Option<Job> {
-        self.jobs
-            .get(&ObjectRef::new(name).within(ns))
-            .map(|j| j.as_ref().clone())
+    pub fn job(&self, ns: &str, name: &str) -> Option<std::sync::Arc<JobView>> {
+        self.jobs.get(&ObjectRef::new(name).within(ns))
     }
 
     /// Every migration of a namespace (shared, not copied: at 1,000 migrations a copy each
@@ -135,14 +132,6 @@ pub fn prune_rollout(r: &mut Rollout) {
     prune_meta(&mut r.metadata, false);
     if let Some(t) = r.spec.template.as_mut() {
         prune_template(t);
-    }
-}
-
-/// An executor Job: its status and identity (labels, annotations) matter, its template not.
-pub fn prune_job(j: &mut Job) {
-    prune_meta(&mut j.metadata, true);
-    if let Some(s) = j.spec.as_mut() {
-        s.template = PodTemplateSpec::default();
     }
 }
 

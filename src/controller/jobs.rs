@@ -406,12 +406,11 @@ pub fn sql_checksum(dbm: &DatabaseMigration, phase: JobPhase) -> Option<String> 
 
 /// Whether a Job was created for this migration's phase: it carries the migration's UID (and,
 /// for inline SQL, the SQL's checksum) and no other object controls it.
-fn created_for(job: &Job, uid: &str, checksum: Option<&str>) -> bool {
-    let label = |k: &str| job.labels().get(k).map(String::as_str);
+fn created_for(job: &ObjectMeta, uid: &str, checksum: Option<&str>) -> bool {
+    let label = |k: &str| job.labels.as_ref()?.get(k).map(String::as_str);
     let labelled = label(LABEL_MIGRATION_UID) == Some(uid)
         && checksum.is_none_or(|c| label(LABEL_SQL_CHECKSUM) == Some(c));
     let foreign_owner = job
-        .metadata
         .owner_references
         .iter()
         .flatten()
@@ -435,7 +434,7 @@ pub async fn create_or_adopt(
                 .await
                 .during(format!("reading existing Job {name}"))?;
             let checksum = job.labels().get(LABEL_SQL_CHECKSUM).map(String::as_str);
-            if !created_for(&existing, &owner.uid, checksum) {
+            if !created_for(&existing.metadata, &owner.uid, checksum) {
                 return Err(Error::JobConflict { job: name });
             }
             let owned = existing
@@ -516,20 +515,21 @@ pub async fn observe_reported(
         return Ok((JobState::Absent, None));
     };
     // A Job of that name this migration did not create is not ours to read.
-    if !created_for(&job, &uid, sql_checksum(dbm, phase).as_deref()) {
+    if !created_for(&job.metadata, &uid, sql_checksum(dbm, phase).as_deref()) {
         return Ok((JobState::Absent, None));
     }
     let cond = |t: &str| {
         job.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == t && c.status == "True"))
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == "True")
             .cloned()
     };
     let finished = cond("Complete").is_some() || cond("Failed").is_some();
     let mut job_pods = caches.job_pods(&ns, &name);
-    // The pods watch may trail the Jobs watch: a finished Job whose pod's end the cache has
-    // not seen yet is read from the API server, or a failure would look like a dead executor.
+    // The cache holds only executor pods still running: a finished Job's pods (and their
+    // reports) are read from the API server, once per phase (an applied phase is not looked
+    // at again).
     if finished && last_termination(&job_pods).is_none() {
         job_pods = pods
             .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}")))
@@ -901,7 +901,7 @@ mod tests {
         });
         assert_eq!(backfill_epoch(&status), "2023-11-14T22:13:20Z/1");
         assert!(created_for(
-            &job,
+            &job.metadata,
             m.metadata.uid.as_deref().unwrap_or_default(),
             sql_checksum(&m, JobPhase::Backfill).as_deref()
         ));
@@ -938,17 +938,17 @@ mod tests {
         let labels = job.metadata.labels.clone().expect("labels");
         assert!(labels.values().all(|v| v.len() <= 63), "{labels:?}");
         assert!(created_for(
-            &job,
+            &job.metadata,
             m.metadata.uid.as_deref().unwrap_or_default(),
             sql_checksum(&m, JobPhase::Contract).as_deref()
         ));
         assert!(
-            !created_for(&job, "another-uid", None),
+            !created_for(&job.metadata, "another-uid", None),
             "another migration's Job"
         );
         assert!(
             !created_for(
-                &job,
+                &job.metadata,
                 m.metadata.uid.as_deref().unwrap_or_default(),
                 Some("0000000000000000")
             ),

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::Selector;
 use kube::core::SelectorExt;
@@ -143,7 +142,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
     {
         anyhow::bail!("cannot list DatabaseMigrations (is the CRD installed? `phasegate crd | kubectl apply --server-side -f -`): {e}");
     }
-    let jobs: Api<Job> = scoped(&client, &config.namespace);
+    let jobs: Api<views::JobView> = scoped(&client, &config.namespace);
     let deployments: Api<DeploymentView> = scoped(&client, &config.namespace);
     let statefulsets: Api<StatefulSetView> = scoped(&client, &config.namespace);
     let daemonsets: Api<DaemonSetView> = scoped(&client, &config.namespace);
@@ -157,7 +156,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
     let not_executor = format!("!{LABEL_EXECUTOR}");
     let (migration_store, migration_stream) = cached(migrations, wc(), cache::prune_migration);
     let migration_stream = migration_stream.applied_objects();
-    let (job_store, job_stream) = cached(jobs, wc().labels(LABEL_EXECUTOR), cache::prune_job);
+    let (job_store, job_stream) = cached(jobs, wc().labels(LABEL_EXECUTOR), |_| ());
     let pod_cache = pod_index::PodCache::default();
     let pod_stream = {
         let cache = pod_cache.clone();
@@ -168,9 +167,12 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
                 event
             })
     };
+    // Executor pods only while they run: a finished pod is read once, from the API server,
+    // when its Job is seen finished (`jobs::observe_reported`); kept, every finished
+    // migration's pods (~8 KB each) would stay in memory for as long as its Jobs exist.
     let (executor_pod_store, executor_pod_stream) = cached(
         executor_pods,
-        wc().labels(LABEL_EXECUTOR),
+        wc().labels(LABEL_EXECUTOR).fields(EXECUTOR_PODS_RUNNING),
         cache::prune_executor_pod,
     );
     let (deployment_store, deployment_stream) = cached(deployments, wc(), |_| ());
@@ -450,6 +452,9 @@ fn workload_labels(
     };
     labels.unwrap_or_default()
 }
+
+/// The executor pods the cache holds: those not finished (see `run`).
+const EXECUTOR_PODS_RUNNING: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
 /// Reconciles running at once. A reconcile reads only caches but may wait on a status write
 /// or a quorum read; during a rollout wave on a busy API server, 8 at once queued the

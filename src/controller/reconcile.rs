@@ -37,6 +37,7 @@ pub async fn reconcile(dbm: Arc<DatabaseMigration>, ctx: Arc<Context>) -> Result
 }
 
 async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     // Plans are made from the caches: never from a half-filled one. A shutdown does not wait
     // for them.
     tokio::select! {
@@ -171,6 +172,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         waits_for,
     };
     let mut plan = planner::plan(&input);
+    let mut quorum_read = None;
     // The gate is about to open: judge it again on a quorum read from the API server, so that
     // a rollback the caches have not seen yet cannot let contract (or the backfill) start.
     if matches!(
@@ -180,7 +182,9 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             ..
         }
     ) {
+        let read = std::time::Instant::now();
         input.targets = observe_targets(Source::Api(client, &ctx.caches)).await?;
+        quorum_read = Some(read.elapsed());
         plan = planner::plan(&input);
     }
     // Asked to stop (SIGTERM, or leadership lost): start nothing new.
@@ -199,7 +203,14 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
                 .ok_or(Error::MissingField("metadata.uid"))?;
             match jobs::create_or_adopt(&jobs_api, &job, &owner).await {
                 Ok(_) => {
-                    tracing::info!(migration = %name, namespace = %ns, %phase, attempt, "started Job")
+                    // How long the gate took inside the operator (see docs/scale.md).
+                    let ms = |d: Duration| d.as_millis() as u64;
+                    tracing::info!(
+                        migration = %name, namespace = %ns, %phase, attempt,
+                        reconcile_ms = ms(started.elapsed()),
+                        quorum_read_ms = quorum_read.map(ms),
+                        "started Job"
+                    )
                 }
                 // The API server refused the Job built from the spec (e.g. an invalid pod
                 // template): no retry can fix that, so say so in status instead of looping.

@@ -18,9 +18,9 @@ use serde::{Deserialize, Deserializer};
 
 use super::labels::Labels;
 
-/// A workload's metadata as kept: identity, labels, owners, deletion, generation. Never
-/// annotations (`last-applied-configuration` can be large, and no decision reads a workload's
-/// annotations) nor `managedFields`.
+/// A workload's or a Job's metadata as kept: identity, labels, owners, deletion, generation.
+/// Never annotations (`last-applied-configuration` can be large, and no decision reads a
+/// workload's or a Job's annotations) nor `managedFields`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MetaWire {
@@ -345,6 +345,34 @@ pub struct DaemonSetStatusView {
     pub number_available: Option<i32>,
 }
 
+/// An executor Job: who created it and for which SQL (labels), its owner, and its
+/// conditions. Its spec (the pod template is most of a Job) is never read from the cache.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct JobView {
+    #[serde(default, deserialize_with = "workload_meta")]
+    pub metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "or_default")]
+    pub status: JobStatusView,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct JobStatusView {
+    #[serde(default, deserialize_with = "or_default")]
+    pub conditions: Vec<JobConditionView>,
+}
+
+/// A Job condition as read: `Complete`/`Failed`, whether it holds, and why.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct JobConditionView {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
 /// A view is read from (and watched at) the full kind's API.
 macro_rules! view_of {
     ($view:ty, $full:ty) => {
@@ -378,6 +406,7 @@ view_of!(PodView, k8s_openapi::api::core::v1::Pod);
 view_of!(DeploymentView, k8s_openapi::api::apps::v1::Deployment);
 view_of!(StatefulSetView, k8s_openapi::api::apps::v1::StatefulSet);
 view_of!(DaemonSetView, k8s_openapi::api::apps::v1::DaemonSet);
+view_of!(JobView, k8s_openapi::api::batch::v1::Job);
 
 #[cfg(test)]
 mod tests {
@@ -492,6 +521,40 @@ mod tests {
     }
 
     #[test]
+    fn a_job_view_keeps_identity_owner_and_conditions_only() {
+        let j: JobView = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "m-expand-1-abcde", "namespace": "shop", "uid": "j1",
+                         "labels": {"phasegate.dev/migration-uid": "u1"},
+                         "annotations": {"phasegate.dev/migration": "m"},
+                         "ownerReferences": [{"apiVersion": "phasegate.dev/v1alpha1", "kind": "DatabaseMigration",
+                                              "name": "m", "uid": "u1", "controller": true}]},
+            "spec": {"backoffLimit": 0, "template": {"spec": {"containers": [{"name": "executor", "image": "x"}]}}},
+            "status": {"succeeded": 1, "conditions": [
+                {"type": "Complete", "status": "True", "reason": "CompletionsReached",
+                 "message": "Reached expected number of succeeded pods", "lastProbeTime": "2026-11-30T12:00:00Z"}]}
+        }))
+        .expect("job");
+        assert_eq!(j.metadata.annotations, None);
+        assert_eq!(
+            j.metadata.labels,
+            Some([("phasegate.dev/migration-uid".to_string(), "u1".to_string())].into())
+        );
+        assert_eq!(
+            j.metadata.owner_references.map(|o| o[0].uid.clone()),
+            Some("u1".into())
+        );
+        assert_eq!(
+            j.status.conditions,
+            [JobConditionView {
+                type_: "Complete".into(),
+                status: "True".into(),
+                reason: Some("CompletionsReached".into()),
+                message: Some("Reached expected number of succeeded pods".into()),
+            }]
+        );
+    }
+
+    #[test]
     fn an_empty_object_still_decodes() {
         // A watch event that fails to decode would stop the whole watch: be lenient.
         for v in [
@@ -501,6 +564,7 @@ mod tests {
             serde_json::from_value::<PodView>(v.clone()).expect("pod");
             serde_json::from_value::<DeploymentView>(v.clone()).expect("deployment");
             serde_json::from_value::<StatefulSetView>(v.clone()).expect("statefulset");
+            serde_json::from_value::<JobView>(v.clone()).expect("job");
             serde_json::from_value::<DaemonSetView>(v).expect("daemonset");
         }
     }
