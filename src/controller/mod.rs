@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::Selector;
-use kube::core::SelectorExt;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -33,6 +32,7 @@ use crate::server::Health;
 
 pub use error::Error;
 pub use jobs::{ExecutorConfig, ExecutorPod};
+use labels::{LabelQuery, Labels};
 use views::{DaemonSetView, DeploymentView, PodView, StatefulSetView};
 
 /// How the controller runs.
@@ -245,16 +245,16 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(job_stream)
         .watches_stream(deployment_stream, move |w| {
-            migrations_targeting(&s1, TargetKind::Deployment, &w)
+            migrations_targeting(&s1, TargetKind::Deployment, &w, &w.labels)
         })
         .watches_stream(statefulset_stream, move |w| {
-            migrations_targeting(&s2, TargetKind::StatefulSet, &w)
+            migrations_targeting(&s2, TargetKind::StatefulSet, &w, &w.labels)
         })
         .watches_stream(daemonset_stream, move |w| {
-            migrations_targeting(&s3, TargetKind::DaemonSet, &w)
+            migrations_targeting(&s3, TargetKind::DaemonSet, &w, &w.labels)
         })
         .watches_stream(rollout_stream, move |w| {
-            migrations_targeting(&s4, TargetKind::Rollout, &w)
+            migrations_targeting(&s4, TargetKind::Rollout, &w, &Labels::from(w.labels()))
         })
         .watches_stream(pod_stream, move |p| migrations_waiting_on(&for_pods, &p))
         .watches_stream(executor_pod_stream, |p| executor_pod_migration(&p))
@@ -342,11 +342,11 @@ fn migrations_targeting<K: kube::Resource>(
     store: &Store<DatabaseMigration>,
     kind: TargetKind,
     w: &K,
+    labels: &Labels,
 ) -> Vec<ObjectRef<DatabaseMigration>> {
     // Borrowed, not cloned: this runs for every migration on every workload event.
     let ns = w.meta().namespace.as_deref();
     let name = w.meta().name.as_deref().unwrap_or_default();
-    let labels = w.labels();
     store
         .state()
         .iter()
@@ -358,12 +358,7 @@ fn migrations_targeting<K: kube::Resource>(
 
 /// Whether one of the migration's targets is this workload (by name, or by a selector
 /// matching its labels).
-fn targets_workload(
-    m: &DatabaseMigration,
-    kind: TargetKind,
-    name: &str,
-    labels: &std::collections::BTreeMap<String, String>,
-) -> bool {
+fn targets_workload(m: &DatabaseMigration, kind: TargetKind, name: &str, labels: &Labels) -> bool {
     m.spec
         .rollout
         .targets
@@ -371,7 +366,9 @@ fn targets_workload(
         .filter(|t| t.kind == kind)
         .any(|t| match (&t.name, &t.selector) {
             (Some(n), _) => n == name,
-            (None, Some(sel)) => Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels)),
+            (None, Some(sel)) => {
+                Selector::try_from(sel.clone()).is_ok_and(|s| LabelQuery::from(&s).matches(labels))
+            }
             _ => false,
         })
 }
@@ -423,12 +420,7 @@ fn migrations_waiting_on(caches: &cache::Caches, p: &PodView) -> Vec<ObjectRef<D
 
 /// A workload's labels from the cache (empty when it is not cached: only selector targets
 /// need them).
-fn workload_labels(
-    caches: &cache::Caches,
-    kind: TargetKind,
-    ns: &str,
-    name: &str,
-) -> std::collections::BTreeMap<String, String> {
+fn workload_labels(caches: &cache::Caches, kind: TargetKind, ns: &str, name: &str) -> Labels {
     fn key<K: kube::Resource<DynamicType = ()>>(ns: &str, name: &str) -> ObjectRef<K> {
         ObjectRef::new(name).within(ns)
     }
@@ -436,19 +428,19 @@ fn workload_labels(
         TargetKind::Deployment => caches
             .deployments
             .get(&key(ns, name))
-            .and_then(|w| w.metadata.labels.clone()),
+            .map(|w| w.labels.clone()),
         TargetKind::StatefulSet => caches
             .statefulsets
             .get(&key(ns, name))
-            .and_then(|w| w.metadata.labels.clone()),
+            .map(|w| w.labels.clone()),
         TargetKind::DaemonSet => caches
             .daemonsets
             .get(&key(ns, name))
-            .and_then(|w| w.metadata.labels.clone()),
+            .map(|w| w.labels.clone()),
         TargetKind::Rollout => caches
             .rollouts
             .get(&key(ns, name))
-            .and_then(|w| w.metadata.labels.clone()),
+            .map(|w| Labels::from(w.labels())),
     };
     labels.unwrap_or_default()
 }
@@ -585,18 +577,33 @@ mod tests {
             migration("done", "Succeeded", named.clone()),
             migration("failed", "Failed", named.clone()),
             migration(
+                "selected",
+                "Soaking",
+                serde_json::json!([{"kind": "Deployment", "selector": {"matchLabels": {"tier": "web"}}}]),
+            ),
+            migration(
+                "unselected",
+                "Soaking",
+                serde_json::json!([{"kind": "Deployment", "selector": {"matchLabels": {"tier": "db"}}}]),
+            ),
+            migration(
                 "sts",
                 "AwaitingRollout",
                 serde_json::json!([{"kind": "StatefulSet", "name": "api"}]),
             ),
         ]);
         let d: DeploymentView = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "api", "namespace": "shop"}
+            "metadata": {"name": "api", "namespace": "shop", "labels": {"tier": "web"}}
         }))
         .expect("deployment");
         assert_eq!(
-            names(migrations_targeting(&store, TargetKind::Deployment, &d)),
-            ["waiting"]
+            names(migrations_targeting(
+                &store,
+                TargetKind::Deployment,
+                &d,
+                &d.labels
+            )),
+            ["selected", "waiting"]
         );
     }
 

@@ -18,9 +18,8 @@ use serde::{Deserialize, Deserializer};
 
 use super::labels::Labels;
 
-/// A workload's or a Job's metadata as kept: identity, labels, owners, deletion, generation.
-/// Never annotations (`last-applied-configuration` can be large, and no decision reads a
-/// workload's or a Job's annotations) nor `managedFields`.
+/// A Job's metadata as kept: identity, labels, owners, deletion, generation. Never
+/// annotations (no decision reads them) nor `managedFields`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MetaWire {
@@ -34,7 +33,7 @@ struct MetaWire {
     deletion_timestamp: Option<Time>,
 }
 
-fn workload_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+fn job_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     let w = MetaWire::deserialize(d)?;
     Ok(ObjectMeta {
         name: w.name,
@@ -278,16 +277,61 @@ pub struct WorkloadSpecView {
     pub template: TemplateView,
 }
 
-/// A workload: its metadata (no annotations), spec, and its kind's own status.
+/// A workload: its identity and generation, its labels, spec, and its kind's own status.
+/// Its labels are in `labels`, never in `metadata` (`ResourceExt::labels()` on a view is
+/// always empty); no decision reads its annotations or owners.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(bound(deserialize = "Status: Deserialize<'de> + Default"))]
+#[serde(
+    from = "WorkloadWire<Status>",
+    bound(deserialize = "Status: Deserialize<'de> + Default")
+)]
 pub struct WorkloadView<Status> {
-    #[serde(default, deserialize_with = "workload_meta")]
     pub metadata: ObjectMeta,
-    #[serde(default)]
+    pub labels: Labels,
     pub spec: WorkloadSpecView,
-    #[serde(default)]
     pub status: Status,
+}
+
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "Status: Deserialize<'de> + Default"))]
+struct WorkloadWire<Status> {
+    #[serde(default, deserialize_with = "or_default")]
+    metadata: WorkloadMetaWire,
+    #[serde(default, deserialize_with = "or_default")]
+    spec: WorkloadSpecView,
+    #[serde(default, deserialize_with = "or_default")]
+    status: Status,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkloadMetaWire {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    #[serde(default)]
+    labels: Labels,
+}
+
+impl<Status> From<WorkloadWire<Status>> for WorkloadView<Status> {
+    fn from(w: WorkloadWire<Status>) -> Self {
+        let m = w.metadata;
+        WorkloadView {
+            metadata: ObjectMeta {
+                name: m.name,
+                namespace: m.namespace,
+                uid: m.uid,
+                resource_version: m.resource_version,
+                generation: m.generation,
+                ..Default::default()
+            },
+            labels: m.labels,
+            spec: w.spec,
+            status: w.status,
+        }
+    }
 }
 
 pub type DeploymentView = WorkloadView<DeploymentStatusView>;
@@ -349,7 +393,7 @@ pub struct DaemonSetStatusView {
 /// conditions. Its spec (the pod template is most of a Job) is never read from the cache.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct JobView {
-    #[serde(default, deserialize_with = "workload_meta")]
+    #[serde(default, deserialize_with = "job_meta")]
     pub metadata: ObjectMeta,
     #[serde(default, deserialize_with = "or_default")]
     pub status: JobStatusView,
@@ -493,7 +537,7 @@ mod tests {
     #[test]
     fn a_workload_view_drops_its_annotations_but_not_its_templates() {
         let d: DeploymentView = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "api", "namespace": "shop", "generation": 3,
+            "metadata": {"name": "api", "namespace": "shop", "generation": 3, "labels": {"tier": "web"},
                          "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{…}"}},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "api"}},
                      "template": {"metadata": {"labels": {"app": "api"}, "annotations": {"v": "2"}},
@@ -505,6 +549,11 @@ mod tests {
         .expect("deployment");
         assert_eq!(d.metadata.annotations, None);
         assert_eq!(d.metadata.generation, Some(3));
+        // Labels are kept compact, outside `metadata`.
+        assert_eq!(
+            (d.labels.get("tier"), d.metadata.labels.as_ref()),
+            (Some("web"), None)
+        );
         assert_eq!(d.spec.template.metadata.annotation("v"), Some("2"));
         assert_eq!(d.spec.template.metadata.label("app"), Some("api"));
         assert_eq!(

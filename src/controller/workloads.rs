@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::ListParams;
-use kube::core::{Selector, SelectorExt};
+use kube::core::Selector;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
@@ -15,7 +15,7 @@ use crate::planner::version::VersionRule;
 use super::argo::{rollout_observation, Rollout};
 use super::cache::Caches;
 use super::error::{Error, KubeContext};
-use super::labels::LabelQuery;
+use super::labels::{LabelQuery, Labels};
 use super::views::{DaemonSetView, DeploymentView, Labelled, PodFacts, PodView, StatefulSetView};
 
 /// Where targets are read from: the watch caches (every reconcile), or the API server (a
@@ -245,6 +245,8 @@ trait Workload:
     const KIND: TargetKind;
     fn cache(c: &Caches) -> &Store<Self>;
     fn selector(&self) -> Option<LabelSelector>;
+    /// The workload's own labels (a view keeps them outside `metadata`).
+    fn workload_labels(&self) -> std::borrow::Cow<'_, Labels>;
     fn observation(&self, vf: &VersionFrom, pods: &[Arc<PodFacts>]) -> WorkloadObservation;
 }
 
@@ -257,6 +259,9 @@ macro_rules! workload {
             }
             fn selector(&self) -> Option<LabelSelector> {
                 self.spec.selector.as_ref().map(|s| s.to_label_selector())
+            }
+            fn workload_labels(&self) -> std::borrow::Cow<'_, Labels> {
+                std::borrow::Cow::Borrowed(&self.labels)
             }
             fn observation(&self, vf: &VersionFrom, pods: &[Arc<PodFacts>]) -> WorkloadObservation {
                 $observe(self, vf, pods)
@@ -291,6 +296,9 @@ impl Workload for Rollout {
     }
     fn selector(&self) -> Option<LabelSelector> {
         self.spec.selector.clone()
+    }
+    fn workload_labels(&self) -> std::borrow::Cow<'_, Labels> {
+        std::borrow::Cow::Owned(Labels::from(self.labels()))
     }
     fn observation(&self, vf: &VersionFrom, pods: &[Arc<PodFacts>]) -> WorkloadObservation {
         rollout_observation(self, vf, pods)
@@ -373,13 +381,16 @@ async fn list<K: Workload>(
     selector: &Selector,
 ) -> Result<Vec<K>, Error> {
     match source {
-        Source::Cache(c) => Ok(K::cache(c)
-            .state()
-            .iter()
-            .filter(|w| w.meta().namespace.as_deref() == Some(namespace))
-            .filter(|w| selector.matches(w.labels()))
-            .map(|w| w.as_ref().clone())
-            .collect()),
+        Source::Cache(c) => {
+            let query = LabelQuery::from(selector);
+            Ok(K::cache(c)
+                .state()
+                .iter()
+                .filter(|w| w.meta().namespace.as_deref() == Some(namespace))
+                .filter(|w| query.matches(&w.workload_labels()))
+                .map(|w| w.as_ref().clone())
+                .collect())
+        }
         Source::Api(client, _) => Ok(Api::<K>::namespaced(client.clone(), namespace)
             .list(&ListParams::default().labels_from(selector))
             .await
