@@ -600,7 +600,15 @@ pub async fn observe_reported(
         };
         return Ok((JobState::Failed(msg), report));
     }
-    let holdup = match stuck_reason(&job_pods, events, &name).await? {
+    // Only running executor pods are cached: one that ended while the Job controller has not
+    // set the Job's condition yet is gone from the cache, and nothing is stuck.
+    let ended = job_pods.is_empty() && job.status.a_pod_ended();
+    let stuck = if ended {
+        None
+    } else {
+        stuck_reason(&job_pods, events, &name).await?
+    };
+    let holdup = match stuck {
         Some(why) => Some(Holdup::Stuck(why)),
         // Only Phasegate's own executor writes wait lines; a user Job's log is not ours to read.
         // A backfill's log also carries its progress.

@@ -59,16 +59,17 @@ pub async fn observe_targets(
             if let Some(selectors) =
                 cached_selectors(caches, namespace, targets, rollouts_installed).await?
             {
-                // One LIST per selector, at once: the gate waits for the slowest, not the sum.
-                let lists = futures::future::try_join_all(selectors.iter().map(|sel| {
-                    let pods = &pods;
-                    async move {
-                        pods.list(&ListParams::default().labels(sel))
-                            .await
-                            .during(format!("listing pods matching {sel} in {namespace}"))
-                    }
-                }))
-                .await?;
+                // The LISTs at once: the gate waits for the slowest, not the sum.
+                let lists =
+                    futures::future::try_join_all(pod_lists(&selectors).iter().map(|sel| {
+                        let pods = &pods;
+                        async move {
+                            pods.list(&ListParams::default().labels(sel))
+                                .await
+                                .during(format!("listing pods matching {sel} in {namespace}"))
+                        }
+                    }))
+                    .await?;
                 let mut seen = std::collections::HashSet::new();
                 let listed: Vec<_> = lists
                     .into_iter()
@@ -121,8 +122,8 @@ async fn cached_selectors(
     namespace: &str,
     targets: &[TargetSpec],
     rollouts_installed: bool,
-) -> Result<Option<std::collections::BTreeSet<String>>, Error> {
-    let mut out = std::collections::BTreeSet::new();
+) -> Result<Option<Selectors>, Error> {
+    let mut out = Selectors::new();
     for t in targets {
         let found = find(Source::Cache(caches), namespace, t, rollouts_installed).await?;
         let Found::Workloads(workloads) = found else {
@@ -134,10 +135,38 @@ async fn cached_selectors(
             if sel.selects_all() {
                 return Ok(None);
             }
-            out.insert(sel.to_string());
+            out.insert(sel.to_string(), sel);
         }
     }
     Ok(Some(out))
+}
+
+/// Pod selectors by their string form.
+type Selectors = std::collections::BTreeMap<String, Selector>;
+
+/// The label selectors that list the pods of `selectors` (as strings): one selector each, or,
+/// when every one is a single `key=value` on the same key (`app=api`, `app=worker`), one
+/// `key in (…)` for all. The API server then filters a namespace's pods once per gate instead
+/// of once per target (the quorum read is most of the time a gate takes to open under load).
+fn pod_lists(selectors: &Selectors) -> Vec<String> {
+    use kube::core::Expression;
+    let one_per_selector = || selectors.keys().cloned().collect();
+    let mut key: Option<String> = None;
+    let mut values = std::collections::BTreeSet::new();
+    for sel in selectors.values() {
+        let mut exprs = sel.clone().into_iter();
+        let (Some(Expression::Equal(k, v)), None) = (exprs.next(), exprs.next()) else {
+            return one_per_selector();
+        };
+        if key.get_or_insert_with(|| k.clone()) != &k {
+            return one_per_selector();
+        }
+        values.insert(v);
+    }
+    match key {
+        Some(k) if values.len() > 1 => vec![Selector::from(Expression::In(k, values)).to_string()],
+        _ => one_per_selector(),
+    }
 }
 
 /// The workloads a target names or selects, read from `source`.
@@ -177,7 +206,7 @@ impl Judge<'_> {
     async fn run(
         &self,
         pods: &Pods<'_>,
-        listed: Option<&std::collections::BTreeSet<String>>,
+        listed: Option<&Selectors>,
     ) -> Result<(Vec<TargetStatus>, bool), Error> {
         let Judge {
             source,
@@ -205,7 +234,7 @@ impl Judge<'_> {
             };
             for w in workloads {
                 let selector = to_selector(&w.selector, &format!("{} {}", t.kind, w.name))?;
-                if listed.is_some_and(|l| !l.contains(&selector.to_string())) {
+                if listed.is_some_and(|l| !l.contains_key(&selector.to_string())) {
                     return Ok((out, false));
                 }
                 let matched = pods.matching(namespace, &selector);
@@ -540,6 +569,53 @@ fn to_selector(sel: &LabelSelector, what: &str) -> Result<Selector, Error> {
 mod tests {
     use super::*;
     use crate::api::ImageVersion;
+
+    #[test]
+    fn pods_of_single_equality_selectors_on_one_key_are_listed_at_once() {
+        let set = |v: &[serde_json::Value]| -> Selectors {
+            v.iter()
+                .map(|j| {
+                    let ls: LabelSelector = serde_json::from_value(j.clone()).expect("selector");
+                    let s = Selector::try_from(ls).expect("valid");
+                    (s.to_string(), s)
+                })
+                .collect()
+        };
+        let labels = |l: serde_json::Value| serde_json::json!({ "matchLabels": l });
+        let (api, worker) = (
+            labels(serde_json::json!({"app": "api"})),
+            labels(serde_json::json!({"app": "worker"})),
+        );
+        assert_eq!(
+            pod_lists(&set(&[api.clone(), worker.clone()])),
+            ["app in (api,worker)"]
+        );
+        // Anything else: one LIST per selector.
+        for v in [
+            vec![api.clone(), labels(serde_json::json!({"tier": "web"}))],
+            vec![
+                labels(serde_json::json!({"app": "api", "tier": "web"})),
+                worker.clone(),
+            ],
+            vec![
+                serde_json::json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["a", "b"]}]}),
+                worker.clone(),
+            ],
+            vec![
+                serde_json::json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["a"]}]}),
+                worker.clone(),
+            ],
+            vec![api.clone()],
+            vec![],
+        ] {
+            let s = set(&v);
+            assert_eq!(
+                pod_lists(&s),
+                s.keys().cloned().collect::<Vec<_>>(),
+                "{v:?}"
+            );
+        }
+    }
 
     #[test]
     fn image_tags() {
