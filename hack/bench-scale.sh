@@ -123,7 +123,12 @@ run_one() { # run_one <label> <operator binary>
   "${ROOT}/hack/local-cluster.sh" down
   "${ROOT}/hack/local-cluster.sh" up
   "${bin}" crd | kc apply --server-side -f - >/dev/null
-  kc wait --for condition=established crd/databasemigrations.phasegate.dev --timeout=60s >/dev/null
+  # `kubectl wait` fails at once ("accessor error") while a new CRD has no conditions yet.
+  local i
+  for i in $(seq 60); do
+    [[ "$(kc get crd databasemigrations.phasegate.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" == True ]] && break
+    sleep 1
+  done
   log "load before the run: $(uptime)"
   "${HELPER}" run --kubeconfig "${KUBECONFIG_BENCH}" --operator "${bin}" --label "${label}" \
     --out "${OUT}/${label}.json" --operator-log "${OUT}/${label}-operator.log" \

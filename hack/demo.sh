@@ -62,7 +62,11 @@ echo "users columns: $(columns)"
 
 say "Installing the CRD and the quickstart"
 kubectl apply --server-side -f "${ROOT}/crds/" >/dev/null
-kubectl wait --for condition=established crd/databasemigrations.phasegate.dev --timeout=30s >/dev/null
+# `kubectl wait` fails at once ("accessor error") while a new CRD has no conditions yet.
+for _ in $(seq 30); do
+  [[ "$(kubectl get crd databasemigrations.phasegate.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" == True ]] && break
+  sleep 1
+done
 kubectl delete namespace "${NS}" --ignore-not-found --wait=true >/dev/null
 kubectl apply -f "${ROOT}/examples/quickstart/00-namespace.yaml" >/dev/null
 kubectl -n "${NS}" create secret generic shop-db --from-literal=url="${URL}" >/dev/null

@@ -590,6 +590,12 @@ func run(o opts) error {
 	}
 
 	// Reactions.
+	type reaction struct {
+		name           string
+		ms             float64
+		complete, seen time.Time
+	}
+	var slow []reaction
 	st.mu.Lock()
 	res.Succeeded, res.Failed = st.countPhase("Succeeded"), st.countPhase("Failed")
 	res.ExecutorPods = st.execDone
@@ -620,11 +626,19 @@ func run(o opts) error {
 		case !complete:
 			res.TargetsIncomplete++
 		default:
-			res.ReactionsMs = append(res.ReactionsMs, float64(seen.Sub(last).Microseconds())/1000)
+			ms := float64(seen.Sub(last).Microseconds()) / 1000
+			res.ReactionsMs = append(res.ReactionsMs, ms)
+			slow = append(slow, reaction{migName(i), ms, last, seen})
 		}
 	}
 	st.mu.Unlock()
 	sort.Float64s(res.ReactionsMs)
+	// The slowest ones by name and time, to find them in the operator's log.
+	sort.Slice(slow, func(a, b int) bool { return slow[a].ms > slow[b].ms })
+	for _, r := range slow[:min(5, len(slow))] {
+		logf("slow reaction: %s %.0f ms (last target complete %s, contract Job seen %s)",
+			r.name, r.ms, r.complete.UTC().Format("15:04:05.000"), r.seen.UTC().Format("15:04:05.000"))
+	}
 
 	// Shutdown.
 	time.Sleep(2 * time.Second)
