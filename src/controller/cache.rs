@@ -22,7 +22,7 @@ pub struct Caches {
     pub jobs: Store<JobView>,
     /// Every pod but executor pods, as views, indexed by label.
     pub pods: PodCache,
-    /// Executor pods not finished, without their spec.
+    /// Executor pods, without their spec.
     pub executor_pods: Store<Pod>,
     pub deployments: Store<DeploymentView>,
     pub statefulsets: Store<StatefulSetView>,

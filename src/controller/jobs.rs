@@ -527,9 +527,8 @@ pub async fn observe_reported(
     };
     let finished = cond("Complete").is_some() || cond("Failed").is_some();
     let mut job_pods = caches.job_pods(&ns, &name);
-    // The cache holds only executor pods still running: a finished Job's pods (and their
-    // reports) are read from the API server, once per phase (an applied phase is not looked
-    // at again).
+    // The pods watch may trail the Jobs watch: a finished Job whose pod's end the cache has
+    // not seen yet is read from the API server, or a failure would look like a dead executor.
     if finished && last_termination(&job_pods).is_none() {
         job_pods = pods
             .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}")))
@@ -600,8 +599,8 @@ pub async fn observe_reported(
         };
         return Ok((JobState::Failed(msg), report));
     }
-    // Only running executor pods are cached: one that ended while the Job controller has not
-    // set the Job's condition yet is gone from the cache, and nothing is stuck.
+    // A pod that ended and is gone (deleted) before the Job controller set the Job's
+    // condition: nothing is stuck, no Events to read.
     let ended = job_pods.is_empty() && job.status.a_pod_ended();
     let stuck = if ended {
         None
