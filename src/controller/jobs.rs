@@ -599,15 +599,7 @@ pub async fn observe_reported(
         };
         return Ok((JobState::Failed(msg), report));
     }
-    // A pod that ended and is gone (deleted) before the Job controller set the Job's
-    // condition: nothing is stuck, no Events to read.
-    let ended = job_pods.is_empty() && job.status.a_pod_ended();
-    let stuck = if ended {
-        None
-    } else {
-        stuck_reason(&job_pods, events, &name).await?
-    };
-    let holdup = match stuck {
+    let holdup = match stuck_reason(&job_pods, events, &name).await? {
         Some(why) => Some(Holdup::Stuck(why)),
         // Only Phasegate's own executor writes wait lines; a user Job's log is not ours to read.
         // A backfill's log also carries its progress.

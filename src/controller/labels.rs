@@ -95,9 +95,15 @@ impl<'de> Deserialize<'de> for Labels {
 #[derive(Clone, Debug)]
 pub struct LabelQuery(Vec<Expression>);
 
+impl From<Selector> for LabelQuery {
+    fn from(s: Selector) -> Self {
+        LabelQuery(s.into_iter().collect())
+    }
+}
+
 impl From<&Selector> for LabelQuery {
     fn from(s: &Selector) -> Self {
-        LabelQuery(s.clone().into_iter().collect())
+        LabelQuery::from(s.clone())
     }
 }
 

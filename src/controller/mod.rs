@@ -368,7 +368,7 @@ fn targets_workload(m: &DatabaseMigration, kind: TargetKind, name: &str, labels:
         .any(|t| match (&t.name, &t.selector) {
             (Some(n), _) => n == name,
             (None, Some(sel)) => {
-                Selector::try_from(sel.clone()).is_ok_and(|s| LabelQuery::from(&s).matches(labels))
+                Selector::try_from(sel.clone()).is_ok_and(|s| LabelQuery::from(s).matches(labels))
             }
             _ => false,
         })

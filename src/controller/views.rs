@@ -400,36 +400,9 @@ pub struct JobView {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
 pub struct JobStatusView {
     #[serde(default, deserialize_with = "or_default")]
     pub conditions: Vec<JobConditionView>,
-    #[serde(default)]
-    pub succeeded: Option<i32>,
-    #[serde(default)]
-    pub failed: Option<i32>,
-    #[serde(default, deserialize_with = "or_default")]
-    pub uncounted_terminated_pods: UncountedView,
-}
-
-impl JobStatusView {
-    /// Whether a pod of the Job ran to its end (counted, or about to be), though the Job's
-    /// own `Complete`/`Failed` condition may not be set yet.
-    pub fn a_pod_ended(&self) -> bool {
-        self.succeeded.unwrap_or(0) > 0
-            || self.failed.unwrap_or(0) > 0
-            || !self.uncounted_terminated_pods.succeeded.is_empty()
-            || !self.uncounted_terminated_pods.failed.is_empty()
-    }
-}
-
-/// The UIDs of finished pods the Job controller has not counted yet.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct UncountedView {
-    #[serde(default, deserialize_with = "or_default")]
-    pub succeeded: Vec<String>,
-    #[serde(default, deserialize_with = "or_default")]
-    pub failed: Vec<String>,
 }
 
 /// A Job condition as read: `Complete`/`Failed`, whether it holds, and why.
@@ -619,17 +592,6 @@ mod tests {
             j.metadata.owner_references.map(|o| o[0].uid.clone()),
             Some("u1".into())
         );
-        assert!(j.status.a_pod_ended());
-        let running: JobView = serde_json::from_value(serde_json::json!({
-            "status": {"active": 1, "uncountedTerminatedPods": {}}
-        }))
-        .expect("job");
-        assert!(!running.status.a_pod_ended());
-        let uncounted: JobView = serde_json::from_value(serde_json::json!({
-            "status": {"active": 0, "uncountedTerminatedPods": {"failed": ["p1"]}}
-        }))
-        .expect("job");
-        assert!(uncounted.status.a_pod_ended());
         assert_eq!(
             j.status.conditions,
             [JobConditionView {
