@@ -12,7 +12,7 @@ use kube::runtime::watcher::Event;
 use phasegate::api::DatabaseMigration;
 use phasegate::controller::cache;
 use phasegate::controller::pod_index::PodCache;
-use phasegate::controller::views::{DeploymentView, JobView, PodView};
+use phasegate::controller::views::{DeploymentView, ExecutorPodView, JobView, PodView};
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -139,13 +139,21 @@ fn main() {
         },
     );
     let j = measure("executor Job, JobView", &job_texts, |j: JobView| j);
-    let e = measure(
-        "executor pod (status only)",
+    // What the cache held before ExecutorPodView: the k8s Pod without spec and managedFields.
+    let pruned = measure(
+        "executor pod, k8s Pod w/o spec (comparison)",
         &executor_texts,
         |mut p: Pod| {
-            cache::prune_executor_pod(&mut p);
+            p.spec = None;
+            p.metadata.managed_fields = None;
             p
         },
+    );
+    drop(pruned);
+    let e = measure(
+        "executor pod, ExecutorPodView",
+        &executor_texts,
+        |p: ExecutorPodView| p,
     );
     println!(
         "\ncache_memory: pods={pods} deployments={deployments} migrations={migrations} heap_mib={:.1} (pods indexed: {})",

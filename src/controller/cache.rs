@@ -5,14 +5,16 @@
 //! one: the contract Job is created only after a fresh read from the API server (see
 //! `reconcile.rs`), so a rollback the cache has not seen yet cannot open the gate.
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 
 use super::argo::{self, Rollout};
 use super::pod_index::PodCache;
-use super::views::{DaemonSetView, DeploymentView, JobView, PodFacts, StatefulSetView};
+use super::views::{
+    DaemonSetView, DeploymentView, ExecutorPodView, JobView, PodFacts, StatefulSetView,
+};
 use crate::api::DatabaseMigration;
 
 /// The readers of every cache the reconcile uses.
@@ -22,8 +24,8 @@ pub struct Caches {
     pub jobs: Store<JobView>,
     /// Every pod but executor pods, as views, indexed by label.
     pub pods: PodCache,
-    /// Executor pods, without their spec.
-    pub executor_pods: Store<Pod>,
+    /// Executor pods, as views (their status, without their spec).
+    pub executor_pods: Store<ExecutorPodView>,
     pub deployments: Store<DeploymentView>,
     pub statefulsets: Store<StatefulSetView>,
     pub daemonsets: Store<DaemonSetView>,
@@ -61,10 +63,10 @@ impl Caches {
     }
 
     /// The pods of a Job (by the label the Job controller sets).
-    pub fn job_pods(&self, ns: &str, job: &str) -> Vec<Pod> {
+    pub fn job_pods(&self, ns: &str, job: &str) -> Vec<std::sync::Arc<ExecutorPodView>> {
         self.executor_pods
             .state()
-            .iter()
+            .into_iter()
             .filter(|p| {
                 p.metadata.namespace.as_deref() == Some(ns)
                     && p.labels()
@@ -72,7 +74,6 @@ impl Caches {
                         .map(String::as_str)
                         == Some(job)
             })
-            .map(|p| p.as_ref().clone())
             .collect()
     }
 
@@ -119,13 +120,6 @@ fn prune_template(t: &mut PodTemplateSpec) {
             ..Default::default()
         };
     }
-}
-
-/// An executor pod keeps its status whole (container states, termination messages and
-/// conditions explain a stuck or finished attempt); its spec is never read.
-pub fn prune_executor_pod(p: &mut Pod) {
-    prune_meta(&mut p.metadata, true);
-    p.spec = None;
 }
 
 pub fn prune_rollout(r: &mut Rollout) {
@@ -207,22 +201,6 @@ mod tests {
                 Some("2.0.0")
             );
         }
-    }
-
-    #[test]
-    fn an_executor_pod_keeps_its_status() {
-        let full: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "e", "managedFields": [{"manager": "kubelet"}]},
-            "spec": {"containers": [{"name": "executor", "image": "phasegate:dev"}]},
-            "status": {"phase": "Failed", "containerStatuses": [{"name": "executor", "image": "", "imageID": "",
-                       "ready": false, "restartCount": 0,
-                       "state": {"terminated": {"exitCode": 3, "message": "{}"}}}]}
-        }))
-        .expect("pod");
-        let mut e = full.clone();
-        prune_executor_pod(&mut e);
-        assert_eq!((e.metadata.managed_fields, e.spec), (None, None));
-        assert_eq!(e.status, full.status);
     }
 
     #[test]

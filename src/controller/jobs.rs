@@ -1,6 +1,7 @@
 //! Executor Jobs: built from the spec (pure), created or adopted, and read back.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec as K8sJobSpec};
 use k8s_openapi::api::core::v1::{
@@ -22,6 +23,7 @@ use crate::planner::{job_name, migration_label, phase_code, validate, Holdup, Jo
 
 use super::cache::Caches;
 use super::error::{Error, KubeContext};
+use super::views::{ContainerTerminatedView, ExecutorPodView};
 
 /// How executor Jobs are run.
 #[derive(Clone, Debug, Default)]
@@ -530,11 +532,15 @@ pub async fn observe_reported(
     // The pods watch may trail the Jobs watch: a finished Job whose pod's end the cache has
     // not seen yet is read from the API server, or a failure would look like a dead executor.
     if finished && last_termination(&job_pods).is_none() {
-        job_pods = pods
+        let views: Api<ExecutorPodView> = Api::namespaced(pods.clone().into_client(), &ns);
+        job_pods = views
             .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}")))
             .await
             .during(format!("listing pods of Job {name}"))?
-            .items;
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect();
     }
     if cond("Complete").is_some() {
         if hide {
@@ -627,15 +633,14 @@ const WAIT_LOG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// [`crate::executor::waits::current`]); `None` when it does not wait, or its log cannot be
 /// read (no `pods/log` permission, a kubelet that does not answer): only the explanation is
 /// lost, never the fence.
-async fn executor_wait(pods: &Api<Pod>, job_pods: &[Pod]) -> Option<String> {
+async fn executor_wait(pods: &Api<Pod>, job_pods: &[Arc<ExecutorPodView>]) -> Option<String> {
     crate::executor::waits::current(&executor_log(pods, job_pods).await?)
 }
 
 /// The tail of the running executor's log; `None` when it cannot be read.
-async fn executor_log(pods: &Api<Pod>, job_pods: &[Pod]) -> Option<String> {
+async fn executor_log(pods: &Api<Pod>, job_pods: &[Arc<ExecutorPodView>]) -> Option<String> {
     let running = job_pods.iter().find(|p| {
-        p.metadata.deletion_timestamp.is_none()
-            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        p.metadata.deletion_timestamp.is_none() && p.status.phase.as_deref() == Some("Running")
     })?;
     let params = kube::api::LogParams {
         container: Some(EXECUTOR_CONTAINER.into()),
@@ -662,7 +667,7 @@ async fn executor_log(pods: &Api<Pod>, job_pods: &[Pod]) -> Option<String> {
 /// the API server refuses its pod (Pod Security admission, a ResourceQuota); `None` while it
 /// is fine.
 async fn stuck_reason(
-    job_pods: &[Pod],
+    job_pods: &[Arc<ExecutorPodView>],
     events: &Api<Event>,
     job: &str,
 ) -> Result<Option<String>, Error> {
@@ -670,12 +675,11 @@ async fn stuck_reason(
         return refused_pods(events, job).await;
     }
     for p in job_pods {
-        let Some(status) = &p.status else { continue };
+        let status = &p.status;
         let waiting = status
             .container_statuses
             .iter()
-            .flatten()
-            .filter_map(|cs| cs.state.as_ref()?.waiting.as_ref())
+            .filter_map(|cs| cs.state.waiting.as_ref())
             .find(|w| {
                 !matches!(
                     w.reason.as_deref(),
@@ -689,7 +693,7 @@ async fn stuck_reason(
                 None => format!("pod waiting: {reason}"),
             }));
         }
-        let unschedulable = status.conditions.iter().flatten().find(|c| {
+        let unschedulable = status.conditions.iter().find(|c| {
             c.type_ == "PodScheduled"
                 && c.status == "False"
                 && c.reason.as_deref() == Some("Unschedulable")
@@ -776,20 +780,13 @@ fn describe_exit(code: i32, reason: Option<&str>) -> String {
 
 /// How the newest terminated container of a Job ended: exit code, reason and termination
 /// message (the executor's report line, or a user Job's own message), as written.
-fn last_termination(
-    job_pods: &[Pod],
-) -> Option<k8s_openapi::api::core::v1::ContainerStateTerminated> {
-    let mut terminated: Vec<_> = job_pods
+fn last_termination(job_pods: &[Arc<ExecutorPodView>]) -> Option<ContainerTerminatedView> {
+    job_pods
         .iter()
-        .flat_map(|p| {
-            p.status
-                .iter()
-                .flat_map(|s| s.container_statuses.iter().flatten())
-        })
-        .filter_map(|cs| cs.state.as_ref()?.terminated.clone())
-        .collect();
-    terminated.sort_by(|a, b| a.finished_at.cmp(&b.finished_at));
-    terminated.pop()
+        .flat_map(|p| p.status.container_statuses.iter())
+        .filter_map(|cs| cs.state.terminated.as_ref())
+        .max_by(|a, b| a.finished_at.cmp(&b.finished_at))
+        .cloned()
 }
 
 /// Turn a termination message into one line for status: the executor's report summary, or

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Pod;
 use kube::core::Selector;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -147,7 +146,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
     let statefulsets: Api<StatefulSetView> = scoped(&client, &config.namespace);
     let daemonsets: Api<DaemonSetView> = scoped(&client, &config.namespace);
     let pods: Api<PodView> = scoped(&client, &config.namespace);
-    let executor_pods: Api<Pod> = scoped(&client, &config.namespace);
+    let executor_pods: Api<views::ExecutorPodView> = scoped(&client, &config.namespace);
 
     // Every watched kind is cached with only what the planner reads (pods and workloads as
     // views, see `views.rs`); the initial lists may be served from the API server's watch
@@ -167,15 +166,12 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
                 event
             })
     };
-    // Finished executor pods stay cached (~8 KB each while their Job exists): caching only
+    // Finished executor pods stay cached (as views, ~1 KB each while their Job exists): caching only
     // running ones made each finished Job's reconcile list its pods from the API server, and
     // those LISTs held reconcile slots at the end of a wave (reaction p99 1.2 s -> 7 s,
     // docs/scale.md).
-    let (executor_pod_store, executor_pod_stream) = cached(
-        executor_pods,
-        wc().labels(LABEL_EXECUTOR),
-        cache::prune_executor_pod,
-    );
+    let (executor_pod_store, executor_pod_stream) =
+        cached(executor_pods, wc().labels(LABEL_EXECUTOR), |_| ());
     let (deployment_store, deployment_stream) = cached(deployments, wc(), |_| ());
     let (statefulset_store, statefulset_stream) = cached(statefulsets, wc(), |_| ());
     let (daemonset_store, daemonset_stream) = cached(daemonsets, wc(), |_| ());
@@ -376,7 +372,7 @@ fn targets_workload(m: &DatabaseMigration, kind: TargetKind, name: &str, labels:
 
 /// The migration an executor pod works for: a stuck pod (missing Secret, bad image) changes
 /// no Job status, but the migration's status should say why it waits.
-fn executor_pod_migration(p: &Pod) -> Option<ObjectRef<DatabaseMigration>> {
+fn executor_pod_migration(p: &views::ExecutorPodView) -> Option<ObjectRef<DatabaseMigration>> {
     let name = p
         .annotations()
         .get(ANNOTATION_MIGRATION)
@@ -550,7 +546,7 @@ mod tests {
 
     #[test]
     fn an_executor_pod_wakes_its_own_migration() {
-        let p: Pod = serde_json::from_value(serde_json::json!({
+        let p: views::ExecutorPodView = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "x-contract-1-abcde", "namespace": "shop",
                          "labels": {LABEL_EXECUTOR: "true"},
                          "annotations": {ANNOTATION_MIGRATION: "a-very-long-migration-name"}}
@@ -560,7 +556,7 @@ mod tests {
             executor_pod_migration(&p),
             Some(ObjectRef::new("a-very-long-migration-name").within("shop"))
         );
-        let stray: Pod = serde_json::from_value(serde_json::json!({
+        let stray: views::ExecutorPodView = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "shop", "labels": {LABEL_EXECUTOR: "true"}}
         }))
         .expect("pod");

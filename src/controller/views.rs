@@ -18,8 +18,8 @@ use serde::{Deserialize, Deserializer};
 
 use super::labels::Labels;
 
-/// A Job's metadata as kept: identity, labels, owners, deletion, generation. Never
-/// annotations (no decision reads them) nor `managedFields`.
+/// Metadata as kept for executor Jobs and pods: identity, labels, owners, deletion,
+/// generation, and (pods only) annotations. Never `managedFields`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MetaWire {
@@ -29,23 +29,36 @@ struct MetaWire {
     resource_version: Option<String>,
     generation: Option<i64>,
     labels: Option<std::collections::BTreeMap<String, String>>,
+    annotations: Option<std::collections::BTreeMap<String, String>>,
     owner_references: Option<Vec<OwnerReference>>,
     deletion_timestamp: Option<Time>,
 }
 
+impl MetaWire {
+    fn into_meta(self, keep_annotations: bool) -> ObjectMeta {
+        ObjectMeta {
+            name: self.name,
+            namespace: self.namespace,
+            uid: self.uid,
+            resource_version: self.resource_version,
+            generation: self.generation,
+            labels: self.labels,
+            annotations: self.annotations.filter(|_| keep_annotations),
+            owner_references: self.owner_references,
+            deletion_timestamp: self.deletion_timestamp,
+            ..Default::default()
+        }
+    }
+}
+
+/// A Job's annotations: no decision reads them.
 fn job_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
-    let w = MetaWire::deserialize(d)?;
-    Ok(ObjectMeta {
-        name: w.name,
-        namespace: w.namespace,
-        uid: w.uid,
-        resource_version: w.resource_version,
-        generation: w.generation,
-        labels: w.labels,
-        owner_references: w.owner_references,
-        deletion_timestamp: w.deletion_timestamp,
-        ..Default::default()
-    })
+    Ok(MetaWire::deserialize(d)?.into_meta(false))
+}
+
+/// An executor pod's annotations name its migration in full (a label value is cut at 63).
+fn executor_pod_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    Ok(MetaWire::deserialize(d)?.into_meta(true))
 }
 
 /// Reads a JSON value that may be `null` as its type's default.
@@ -402,12 +415,13 @@ pub struct JobView {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct JobStatusView {
     #[serde(default, deserialize_with = "or_default")]
-    pub conditions: Vec<JobConditionView>,
+    pub conditions: Vec<ConditionWithMessage>,
 }
 
-/// A Job condition as read: `Complete`/`Failed`, whether it holds, and why.
+/// A Job or pod condition as read (`Complete`, `Failed`, `PodScheduled`…), whether it holds,
+/// and why.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct JobConditionView {
+pub struct ConditionWithMessage {
     #[serde(rename = "type")]
     pub type_: String,
     pub status: String,
@@ -415,6 +429,66 @@ pub struct JobConditionView {
     pub reason: Option<String>,
     #[serde(default)]
     pub message: Option<String>,
+}
+
+/// An executor pod: which Job and migration it works for (labels, annotations), whether it
+/// runs, and how its containers wait or ended (that explains a stuck or finished attempt).
+/// Decoded without its spec and without the rest of its status: at 1,000 executor pods a
+/// k8s-openapi `Pod` per watch event cost ~23 MiB of RSS (docs/scale.md).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct ExecutorPodView {
+    #[serde(default, deserialize_with = "executor_pod_meta")]
+    pub metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "or_default")]
+    pub status: ExecutorPodStatus,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutorPodStatus {
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default, deserialize_with = "or_default")]
+    pub conditions: Vec<ConditionWithMessage>,
+    #[serde(default, deserialize_with = "or_default")]
+    pub container_statuses: Vec<ContainerStatusView>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct ContainerStatusView {
+    #[serde(default, deserialize_with = "or_default")]
+    pub state: ContainerStateView,
+}
+
+/// A container's state; a running one has neither.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct ContainerStateView {
+    #[serde(default)]
+    pub waiting: Option<ContainerWaitingView>,
+    #[serde(default)]
+    pub terminated: Option<ContainerTerminatedView>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct ContainerWaitingView {
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// How a container ended; `message` is its termination message (the executor's report).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerTerminatedView {
+    #[serde(default)]
+    pub exit_code: i32,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<Time>,
 }
 
 /// A view is read from (and watched at) the full kind's API.
@@ -451,6 +525,7 @@ view_of!(DeploymentView, k8s_openapi::api::apps::v1::Deployment);
 view_of!(StatefulSetView, k8s_openapi::api::apps::v1::StatefulSet);
 view_of!(DaemonSetView, k8s_openapi::api::apps::v1::DaemonSet);
 view_of!(JobView, k8s_openapi::api::batch::v1::Job);
+view_of!(ExecutorPodView, k8s_openapi::api::core::v1::Pod);
 
 #[cfg(test)]
 mod tests {
@@ -594,13 +669,89 @@ mod tests {
         );
         assert_eq!(
             j.status.conditions,
-            [JobConditionView {
+            [ConditionWithMessage {
                 type_: "Complete".into(),
                 status: "True".into(),
                 reason: Some("CompletionsReached".into()),
                 message: Some("Reached expected number of succeeded pods".into()),
             }]
         );
+    }
+
+    #[test]
+    fn an_executor_pod_view_reads_what_the_full_pod_says() {
+        let v = serde_json::json!({
+            "metadata": {"name": "m-contract-1-abcde", "namespace": "shop",
+                         "labels": {"batch.kubernetes.io/job-name": "m-contract-1"},
+                         "annotations": {"phasegate.dev/migration": "m"},
+                         "managedFields": [{"manager": "kubelet"}],
+                         "deletionTimestamp": "2026-11-30T12:00:05Z"},
+            "spec": {"containers": [{"name": "executor", "image": "phasegate:dev"}]},
+            "status": {"phase": "Pending", "qosClass": "BestEffort",
+                       "conditions": [{"type": "PodScheduled", "status": "False",
+                                       "reason": "Unschedulable", "message": "0/3 nodes are available"}],
+                       "containerStatuses": [
+                {"name": "executor", "image": "", "imageID": "", "ready": false, "restartCount": 1,
+                 "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"db\" not found"}},
+                 "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}},
+                {"name": "executor-2", "image": "", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": "{\"phase\":\"contract\"}",
+                                          "startedAt": "2026-11-30T12:00:00Z", "finishedAt": "2026-11-30T12:00:04Z"}}}]}
+        });
+        let full: k8s_openapi::api::core::v1::Pod = serde_json::from_value(v.clone()).expect("pod");
+        let e: ExecutorPodView = serde_json::from_value(v).expect("executor pod");
+        assert_eq!(e.metadata.managed_fields, None);
+        assert_eq!(
+            (&e.metadata.labels, &e.metadata.annotations),
+            (&full.metadata.labels, &full.metadata.annotations)
+        );
+        assert_eq!(
+            e.metadata.deletion_timestamp,
+            full.metadata.deletion_timestamp
+        );
+        let fs = full.status.expect("status");
+        assert_eq!(e.status.phase, fs.phase);
+        let conditions: Vec<_> = fs
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.type_, c.status, c.reason, c.message))
+            .collect();
+        let read: Vec<_> = e
+            .status
+            .conditions
+            .into_iter()
+            .map(|c| (c.type_, c.status, c.reason, c.message))
+            .collect();
+        assert_eq!(read, conditions);
+        let states: Vec<_> = fs
+            .container_statuses
+            .unwrap_or_default()
+            .into_iter()
+            .map(|cs| {
+                let s = cs.state.unwrap_or_default();
+                (
+                    s.waiting.map(|w| (w.reason, w.message)),
+                    s.terminated
+                        .map(|t| (t.exit_code, t.reason, t.message, t.finished_at)),
+                )
+            })
+            .collect();
+        let read: Vec<_> = e
+            .status
+            .container_statuses
+            .into_iter()
+            .map(|cs| {
+                (
+                    cs.state.waiting.map(|w| (w.reason, w.message)),
+                    cs.state
+                        .terminated
+                        .map(|t| (t.exit_code, t.reason, t.message, t.finished_at)),
+                )
+            })
+            .collect();
+        assert_eq!(read, states);
+        assert!(read[1].1.is_some() && read[0].0.is_some(), "{read:?}");
     }
 
     #[test]
@@ -614,6 +765,7 @@ mod tests {
             serde_json::from_value::<DeploymentView>(v.clone()).expect("deployment");
             serde_json::from_value::<StatefulSetView>(v.clone()).expect("statefulset");
             serde_json::from_value::<JobView>(v.clone()).expect("job");
+            serde_json::from_value::<ExecutorPodView>(v.clone()).expect("executor pod");
             serde_json::from_value::<DaemonSetView>(v).expect("daemonset");
         }
     }
