@@ -20,7 +20,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -118,7 +121,13 @@ type Result struct {
 	StatusWrites    int64      `json:"status_writes"`           // databasemigrations/status PATCH+PUT during the wave (apiserver)
 	StatusWritesAll int64      `json:"status_writes_total"`     // same, over the operator's life
 
-	ReactionsMs       []float64 `json:"reactions_ms"` // sorted; last target complete -> contract Job ADDED
+	ReactionsMs []float64 `json:"reactions_ms"` // sorted; last target complete -> contract Job ADDED
+	// From the operator's "started Job" log lines for contract (sorted): the deciding
+	// reconcile's duration and the quorum read inside it; reaction minus that reconcile is
+	// the wait for the watch event and for a free reconcile slot.
+	GateReconcileMs   []float64 `json:"gate_reconcile_ms,omitempty"`
+	GateQuorumMs      []float64 `json:"gate_quorum_read_ms,omitempty"`
+	GateWaitMs        []float64 `json:"gate_wait_ms,omitempty"` // reaction - gate reconcile, per migration
 	NoContractJob     int       `json:"no_contract_job"`
 	TargetsIncomplete int       `json:"targets_incomplete"` // migrations whose targets never completed (as seen here)
 	ExecutorPods      int       `json:"executor_pods_completed"`
@@ -513,6 +522,8 @@ func run(o opts) error {
 	res.RSSSteadyMiB = meanRSS(tIdle, time.Now())
 	p2 := stats.snapshot()
 	res.OperatorIdle = diffCounts(p1, p2)
+	stats.latencies()
+	stats.timing.Store(true)
 
 	// The wave.
 	api1, err := scrapeAPIServer(ctx, cs)
@@ -570,7 +581,14 @@ func run(o opts) error {
 	c3 := snap()
 	res.CPUWave = c3.CPUSeconds - c2.CPUSeconds
 	p3 := stats.snapshot()
+	stats.timing.Store(false)
 	res.OperatorWave = diffCounts(p2, p3)
+	lat := stats.latencies()
+	for i, q := range res.OperatorWave {
+		if l, ok := lat[ReqKey{q.Verb, q.Resource}]; ok {
+			res.OperatorWave[i].P50Ms, res.OperatorWave[i].P99Ms = l[0], l[1]
+		}
+	}
 	load1, _ := os.ReadFile("/proc/loadavg")
 	res.Load = fmt.Sprintf("start %s; end %s", fields3(load0), fields3(load1))
 	api2, err := scrapeAPIServer(ctx, cs)
@@ -640,6 +658,18 @@ func run(o opts) error {
 			r.name, r.ms, r.complete.UTC().Format("15:04:05.000"), r.seen.UTC().Format("15:04:05.000"))
 	}
 
+	gates := gateTimes(o.operatorLog)
+	for _, r := range slow {
+		if g, ok := gates[r.name]; ok {
+			res.GateReconcileMs = append(res.GateReconcileMs, g[0])
+			res.GateQuorumMs = append(res.GateQuorumMs, g[1])
+			res.GateWaitMs = append(res.GateWaitMs, max(r.ms-g[0], 0))
+		}
+	}
+	sort.Float64s(res.GateReconcileMs)
+	sort.Float64s(res.GateQuorumMs)
+	sort.Float64s(res.GateWaitMs)
+
 	// Shutdown.
 	time.Sleep(2 * time.Second)
 	c4 := snap()
@@ -662,6 +692,37 @@ func run(o opts) error {
 	}
 	logf("wrote %s", o.out)
 	return nil
+}
+
+var (
+	ansi       = regexp.MustCompile(`\x1b\[[0-9;]*m`)
+	reconcileR = regexp.MustCompile(`reconcile_ms=(\d+)`)
+	quorumR    = regexp.MustCompile(`quorum_read_ms=(?:Some\()?(\d+)`)
+	migrationR = regexp.MustCompile(`migration=(\S+)`)
+)
+
+// gateTimes reads the contract "started Job" lines of the operator's log: per migration, the
+// deciding reconcile's duration and the quorum read inside it (operators without these
+// fields give none).
+func gateTimes(path string) map[string][2]float64 {
+	out := map[string][2]float64{}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return out
+	}
+	for _, line := range strings.Split(ansi.ReplaceAllString(string(b), ""), "\n") {
+		if !strings.Contains(line, "started Job") || !strings.Contains(line, "phase=contract") {
+			continue
+		}
+		name, r, q := migrationR.FindStringSubmatch(line), reconcileR.FindStringSubmatch(line), quorumR.FindStringSubmatch(line)
+		if name == nil || r == nil || q == nil {
+			continue
+		}
+		rv, _ := strconv.ParseFloat(r[1], 64)
+		qv, _ := strconv.ParseFloat(q[1], 64)
+		out[name[1]] = [2]float64{rv, qv}
+	}
+	return out
 }
 
 func fields3(b []byte) string {

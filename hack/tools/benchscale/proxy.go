@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"k8s.io/client-go/rest"
 )
@@ -27,12 +28,34 @@ type ReqKey struct{ Verb, Resource string }
 
 type reqStat struct {
 	count, bytes, errors atomic.Int64
+	// Response times (ms, request to full answer) while timing is on; never WATCHes.
+	mu  sync.Mutex
+	dur []float64
 }
 
 type proxyStats struct {
-	mu    sync.Mutex
-	m     map[ReqKey]*reqStat
-	total atomic.Int64
+	mu     sync.Mutex
+	m      map[ReqKey]*reqStat
+	total  atomic.Int64
+	timing atomic.Bool
+}
+
+// latencies returns the p50 and p99 response times recorded per request kind, and forgets them.
+func (p *proxyStats) latencies() map[ReqKey][2]float64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[ReqKey][2]float64{}
+	for k, s := range p.m {
+		s.mu.Lock()
+		d := s.dur
+		s.dur = nil
+		s.mu.Unlock()
+		if len(d) > 0 {
+			sort.Float64s(d)
+			out[k] = [2]float64{percentile(d, 50), percentile(d, 99)}
+		}
+	}
+	return out
 }
 
 func (p *proxyStats) get(k ReqKey) *reqStat {
@@ -53,6 +76,9 @@ type ReqCount struct {
 	Count    int64  `json:"count"`
 	Bytes    int64  `json:"bytes"`
 	Errors   int64  `json:"errors"` // responses with status >= 400 (404s included)
+	// The API server's answer time as the operator saw it (wave only; not for WATCH).
+	P50Ms float64 `json:"p50_ms,omitempty"`
+	P99Ms float64 `json:"p99_ms,omitempty"`
 }
 
 func (p *proxyStats) snapshot() map[ReqKey]ReqCount {
@@ -60,7 +86,7 @@ func (p *proxyStats) snapshot() map[ReqKey]ReqCount {
 	defer p.mu.Unlock()
 	out := map[ReqKey]ReqCount{}
 	for k, s := range p.m {
-		out[k] = ReqCount{k.Verb, k.Resource, s.count.Load(), s.bytes.Load(), s.errors.Load()}
+		out[k] = ReqCount{Verb: k.Verb, Resource: k.Resource, Count: s.count.Load(), Bytes: s.bytes.Load(), Errors: s.errors.Load()}
 	}
 	return out
 }
@@ -69,7 +95,7 @@ func diffCounts(a, b map[ReqKey]ReqCount) []ReqCount {
 	var out []ReqCount
 	for k, v := range b {
 		o := a[k]
-		d := ReqCount{k.Verb, k.Resource, v.Count - o.Count, v.Bytes - o.Bytes, v.Errors - o.Errors}
+		d := ReqCount{Verb: k.Verb, Resource: k.Resource, Count: v.Count - o.Count, Bytes: v.Bytes - o.Bytes, Errors: v.Errors - o.Errors}
 		if d.Count != 0 || d.Bytes != 0 {
 			out = append(out, d)
 		}
@@ -177,10 +203,18 @@ func startProxy(cfg *rest.Config, st *proxyStats, dir string) (string, error) {
 	rp.FlushInterval = -1
 	rp.ErrorLog = nil
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s := st.get(classify(r))
+		k := classify(r)
+		s := st.get(k)
 		s.count.Add(1)
 		st.total.Add(1)
+		start := time.Now()
 		rp.ServeHTTP(&countingWriter{ResponseWriter: w, st: s}, r)
+		if k.Verb != "WATCH" && st.timing.Load() {
+			ms := float64(time.Since(start).Microseconds()) / 1000
+			s.mu.Lock()
+			s.dur = append(s.dur, ms)
+			s.mu.Unlock()
+		}
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -104,6 +104,12 @@ func cmdReport(args []string) error {
 		{"reaction p50 (ms)", func(r *Result) float64 { return percentile(r.ReactionsMs, 50) }, "%.0f"},
 		{"reaction p99 (ms)", func(r *Result) float64 { return percentile(r.ReactionsMs, 99) }, "%.0f"},
 		{"reaction max (ms)", func(r *Result) float64 { return percentile(r.ReactionsMs, 100) }, "%.0f"},
+		{"  gate reconcile p50 (ms, operator log)", func(r *Result) float64 { return percentile(r.GateReconcileMs, 50) }, "%.0f"},
+		{"  gate reconcile p99 (ms, operator log)", func(r *Result) float64 { return percentile(r.GateReconcileMs, 99) }, "%.0f"},
+		{"  quorum read in it p50 (ms)", func(r *Result) float64 { return percentile(r.GateQuorumMs, 50) }, "%.0f"},
+		{"  quorum read in it p99 (ms)", func(r *Result) float64 { return percentile(r.GateQuorumMs, 99) }, "%.0f"},
+		{"  wait before it p50 (ms, reaction - reconcile)", func(r *Result) float64 { return percentile(r.GateWaitMs, 50) }, "%.0f"},
+		{"  wait before it p99 (ms)", func(r *Result) float64 { return percentile(r.GateWaitMs, 99) }, "%.0f"},
 		{"reactions measured", func(r *Result) float64 { return float64(len(r.ReactionsMs)) }, "%.0f"},
 		{"migrations without a contract Job", func(r *Result) float64 { return float64(r.NoContractJob) }, "%.0f"},
 		{"shutdown: SIGTERM -> exit (s)", func(r *Result) float64 { return r.ShutdownSeconds }, "%.2f"},
@@ -146,13 +152,19 @@ func cmdReport(args []string) error {
 			continue
 		}
 		fmt.Printf("\n%s: the operator's requests during the wave (counted at its proxy), top %d\n", r.Label, *top)
-		fmt.Printf("| %-7s | %-34s | %9s | %10s | %7s |\n", "verb", "resource", "requests", "MiB recv", "errors")
-		fmt.Printf("|%s|%s|%s|%s|%s|\n", strings.Repeat("-", 9), strings.Repeat("-", 36), strings.Repeat("-", 11), strings.Repeat("-", 12), strings.Repeat("-", 9))
+		fmt.Printf("| %-7s | %-34s | %9s | %10s | %7s | %7s | %7s |\n", "verb", "resource", "requests", "MiB recv", "errors", "p50 ms", "p99 ms")
+		fmt.Printf("|%s|%s|%s|%s|%s|%s|%s|\n", strings.Repeat("-", 9), strings.Repeat("-", 36), strings.Repeat("-", 11), strings.Repeat("-", 12), strings.Repeat("-", 9), strings.Repeat("-", 9), strings.Repeat("-", 9))
 		for i, q := range r.OperatorWave {
 			if i >= *top {
 				break
 			}
-			fmt.Printf("| %-7s | %-34s | %9d | %10.1f | %7d |\n", q.Verb, q.Resource, q.Count, float64(q.Bytes)/(1<<20), q.Errors)
+			ms := func(v float64) string {
+				if v == 0 {
+					return "-"
+				}
+				return fmt.Sprintf("%.0f", v)
+			}
+			fmt.Printf("| %-7s | %-34s | %9d | %10.1f | %7d | %7s | %7s |\n", q.Verb, q.Resource, q.Count, float64(q.Bytes)/(1<<20), q.Errors, ms(q.P50Ms), ms(q.P99Ms))
 		}
 		fmt.Printf("\n%s: apiserver_request_total delta during the wave (all clients), top %d\n", r.Label, *top)
 		fmt.Printf("| %-7s | %-34s | %9s |\n", "verb", "resource", "requests")
