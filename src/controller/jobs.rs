@@ -1154,4 +1154,34 @@ mod tests {
         assert_eq!(describe_exit(3, None), "");
         assert_eq!(describe_exit(128, Some("StartError")), " (StartError)");
     }
+
+    #[test]
+    fn the_newest_termination_of_a_job_is_the_one_reported() {
+        let pod = |state: serde_json::Value| {
+            Arc::new(
+                serde_json::from_value::<ExecutorPodView>(serde_json::json!({
+                    "metadata": {"name": "p", "namespace": "shop"},
+                    "status": {"containerStatuses": [{"name": "executor", "state": state}]}
+                }))
+                .expect("pod"),
+            )
+        };
+        let ended = |code: i32, at: &str| {
+            pod(
+                serde_json::json!({"terminated": {"exitCode": code, "finishedAt": at, "message": format!("exit {code}")}}),
+            )
+        };
+        let pods = [
+            ended(1, "2026-11-30T12:00:05Z"),
+            ended(0, "2026-11-30T12:00:09Z"),
+            pod(serde_json::json!({"running": {"startedAt": "2026-11-30T12:00:10Z"}})),
+            ended(2, "2026-11-30T12:00:07Z"),
+        ];
+        let last = last_termination(&pods).expect("a terminated container");
+        assert_eq!(
+            (last.exit_code, last.message.as_deref()),
+            (0, Some("exit 0"))
+        );
+        assert_eq!(last_termination(&pods[2..3]), None);
+    }
 }
