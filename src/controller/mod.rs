@@ -8,11 +8,12 @@ pub mod jobs;
 pub mod labels;
 pub mod pod_index;
 mod reconcile;
+mod status_writes;
 pub mod views;
 pub mod workloads;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use kube::core::Selector;
@@ -53,9 +54,8 @@ pub struct Context {
     pub shutdown: Shutdown,
     /// Consecutive failed reconciles per migration, for exponential backoff.
     failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<DatabaseMigration>, u32>>,
-    /// When each migration's status was last written (see `planner::writes`).
-    status_writes:
-        std::sync::Mutex<std::collections::HashMap<ObjectRef<DatabaseMigration>, Instant>>,
+    /// Recent status writes: progress pacing and stale-copy detection.
+    pub(crate) status_writes: status_writes::StatusWrites,
 }
 
 impl Context {
@@ -77,27 +77,6 @@ impl Context {
             })
             .unwrap_or(1);
         error_backoff(n)
-    }
-
-    /// How long a progress-only status change of `m` must still wait, if its status was
-    /// written less than `interval` ago.
-    pub(crate) fn progress_write_wait(
-        &self,
-        m: &DatabaseMigration,
-        interval: Duration,
-    ) -> Option<Duration> {
-        let writes = self.status_writes.lock().ok()?;
-        let since = writes.get(&ObjectRef::from_obj(m))?.elapsed();
-        interval.checked_sub(since).filter(|d| !d.is_zero())
-    }
-
-    /// `m`'s status was just written. Entries older than `interval` are dropped, so the map
-    /// holds only migrations written recently.
-    pub(crate) fn status_written(&self, m: &DatabaseMigration, interval: Duration) {
-        if let Ok(mut writes) = self.status_writes.lock() {
-            writes.retain(|_, at| at.elapsed() < interval);
-            writes.insert(ObjectRef::from_obj(m), Instant::now());
-        }
     }
 
     pub(crate) fn succeeded(&self, m: &DatabaseMigration) {

@@ -48,6 +48,15 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         }
         _ = ctx.shutdown.clone() => return Ok(Action::await_change()),
     }
+    // Our own last status write replaced this copy and its watch event is on the way (it
+    // reconciles again): a plan from here would be stale, and its write would get 409.
+    if ctx
+        .status_writes
+        .replaced(&dbm, planner::writes::PROGRESS_WRITE_INTERVAL)
+    {
+        tracing::debug!(migration = %dbm.name_any(), "the cache has not caught up with our last status write; waiting for it");
+        return Ok(Action::await_change());
+    }
     let ns = dbm
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -260,7 +269,10 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
                 && plan.notices.is_empty()
                 && planner::writes::progress_only(old, &plan.status)
         })
-        .and_then(|_| ctx.progress_write_wait(&dbm, planner::writes::PROGRESS_WRITE_INTERVAL));
+        .and_then(|_| {
+            ctx.status_writes
+                .progress_wait(&dbm, planner::writes::PROGRESS_WRITE_INTERVAL)
+        });
     if changed && progress_wait.is_none() {
         // The plan was made from this resourceVersion; if our own last write has not reached
         // the cache yet, the plan is stale and must not overwrite it (it would forget, e.g.,
@@ -272,7 +284,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             "status": plan.status,
         });
         let api: Api<DatabaseMigration> = Api::namespaced(client.clone(), &ns);
-        match api
+        let written = match api
             .patch_status(
                 &name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -280,7 +292,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             )
             .await
         {
-            Ok(_) => {}
+            Ok(written) => written,
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 tracing::debug!(migration = %name, namespace = %ns, "planned from a stale copy; planning again");
                 return Ok(Action::requeue(Duration::from_millis(500)));
@@ -291,8 +303,13 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
                     source: e,
                 })
             }
-        }
-        ctx.status_written(&dbm, planner::writes::PROGRESS_WRITE_INTERVAL);
+        };
+        ctx.status_writes.written(
+            &dbm,
+            dbm.resource_version(),
+            written.metadata.resource_version.as_deref(),
+            planner::writes::PROGRESS_WRITE_INTERVAL,
+        );
         // Counted once the new status is stored, so each transition is counted once.
         ctx.metrics.record_transition(
             &status,
