@@ -605,7 +605,8 @@ pub async fn observe_reported(
         };
         return Ok((JobState::Failed(msg), report));
     }
-    let holdup = match stuck_reason(&job_pods, events, &name).await? {
+    let created = job.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let holdup = match stuck_reason(&job_pods, created, events, &name).await? {
         Some(why) => Some(Holdup::Stuck(why)),
         // Only Phasegate's own executor writes wait lines; a user Job's log is not ours to read.
         // A backfill's log also carries its progress.
@@ -662,16 +663,29 @@ async fn executor_log(pods: &Api<Pod>, job_pods: &[Arc<ExecutorPodView>]) -> Opt
     }
 }
 
+/// How long a Job may have no pod before the operator looks for why (the running-Job poll
+/// looks again after it).
+const PODLESS_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(5);
+
 /// Why a running Job's pod cannot make progress, as the kubelet or scheduler reports it
 /// (a missing Secret, a bad image, an unschedulable pod), or as the Job controller does when
 /// the API server refuses its pod (Pod Security admission, a ResourceQuota); `None` while it
 /// is fine.
 async fn stuck_reason(
     job_pods: &[Arc<ExecutorPodView>],
+    job_created: Option<jiff::Timestamp>,
     events: &Api<Event>,
     job: &str,
 ) -> Result<Option<String>, Error> {
     if job_pods.is_empty() {
+        // The Job controller creates the pod within moments; until then nothing is refused.
+        // Listing Events by field selector makes the API server scan the namespace's Events
+        // (1–3 s each during a rollout wave, holding a reconcile slot; docs/scale.md).
+        let young =
+            job_created.is_some_and(|t| jiff::Timestamp::now().duration_since(t) < PODLESS_GRACE);
+        if young {
+            return Ok(None);
+        }
         return refused_pods(events, job).await;
     }
     for p in job_pods {
@@ -803,8 +817,8 @@ pub fn summarise(message: &str) -> String {
 mod tests {
     use super::*;
     use crate::api::{DatabaseMigrationSpec, TargetStatus};
+    use jiff::Timestamp;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use k8s_openapi::jiff::Timestamp;
 
     fn migration(name: &str) -> DatabaseMigration {
         let spec: DatabaseMigrationSpec = serde_json::from_value(serde_json::json!({

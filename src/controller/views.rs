@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::labels::Labels;
 
-/// Metadata as kept for executor Jobs and pods: identity, labels, owners, deletion,
+/// Metadata as kept for executor Jobs and pods: identity, labels, owners, creation, deletion,
 /// generation, and (pods only) annotations. Never `managedFields`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -28,6 +28,7 @@ struct MetaWire {
     uid: Option<String>,
     resource_version: Option<String>,
     generation: Option<i64>,
+    creation_timestamp: Option<Time>,
     labels: Option<std::collections::BTreeMap<String, String>>,
     annotations: Option<std::collections::BTreeMap<String, String>>,
     owner_references: Option<Vec<OwnerReference>>,
@@ -42,6 +43,7 @@ impl MetaWire {
             uid: self.uid,
             resource_version: self.resource_version,
             generation: self.generation,
+            creation_timestamp: self.creation_timestamp,
             labels: self.labels,
             annotations: self.annotations.filter(|_| keep_annotations),
             owner_references: self.owner_references,
