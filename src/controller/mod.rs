@@ -432,7 +432,6 @@ const CONCURRENCY: u16 = 32;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::runtime::watcher::Event;
 
     fn migration(name: &str, phase: &str, targets: serde_json::Value) -> DatabaseMigration {
         serde_json::from_value(serde_json::json!({
@@ -449,37 +448,12 @@ mod tests {
         .expect("migration")
     }
 
-    fn store<K>(objs: Vec<K>) -> Store<K>
-    where
-        K: kube::Resource + Clone + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    {
-        let (reader, mut writer) = reflector::store();
-        writer.apply_watcher_event(&Event::Init);
-        for o in objs {
-            writer.apply_watcher_event(&Event::InitApply(o));
-        }
-        writer.apply_watcher_event(&Event::InitDone);
-        reader
-    }
-
     fn caches(migrations: Vec<DatabaseMigration>) -> cache::Caches {
         let deployment: DeploymentView = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "api", "namespace": "shop", "labels": {"tier": "web"}}
         }))
         .expect("deployment");
-        cache::Caches {
-            migrations: store(migrations),
-            jobs: store(vec![]),
-            pods: Default::default(),
-            executor_pods: store(vec![]),
-            deployments: store(vec![deployment]),
-            statefulsets: store(vec![]),
-            daemonsets: store(vec![]),
-            rollouts: store(vec![]),
-            rollouts_installed: false,
-            synced: tokio::sync::watch::channel(true).1,
-        }
+        cache::Caches::for_tests(migrations, vec![deployment])
     }
 
     fn pod(owner: Option<&str>) -> PodView {
@@ -545,7 +519,7 @@ mod tests {
     #[test]
     fn a_workload_wakes_only_unfinished_migrations_that_target_it() {
         let named = serde_json::json!([{"kind": "Deployment", "name": "api"}]);
-        let store = store(vec![
+        let store = cache::test_store(vec![
             migration("waiting", "AwaitingRollout", named.clone()),
             migration("done", "Succeeded", named.clone()),
             migration("failed", "Failed", named.clone()),

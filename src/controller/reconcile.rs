@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -63,25 +62,22 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     let name = dbm.name_any();
     let client = &ctx.client;
     let jobs_api: Api<Job> = Api::namespaced(client.clone(), &ns);
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let events_api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let apis = jobs::JobApis::new(client, &ns);
     let status = dbm.status.clone().unwrap_or_default();
 
     // Observe. A phase recorded as applied is never looked at again (the planner ignores
     // its Job then, and its report was counted when it finished): no Job or pod reads for it
     // on the reconciles every pod event of the namespace triggers.
-    let attempt = |p: &Option<crate::api::PhaseStatus>| p.as_ref().map_or(1, |s| s.attempts.max(1));
     let applied = |p: &Option<crate::api::PhaseStatus>| p.as_ref().is_some_and(|s| s.succeeded);
     let (expand_job, expand_report) = if applied(&status.expand) {
         (JobState::Absent, None)
     } else {
         jobs::observe_reported(
             &ctx.caches,
-            &pods_api,
-            &events_api,
+            &apis,
             &dbm,
             JobPhase::Expand,
-            attempt(&status.expand),
+            status.expand.as_ref(),
             ctx.config.executor.job_policy.show_job_output,
         )
         .await?
@@ -91,11 +87,10 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     let (contract_job, contract_report) = if expanded && !contracted {
         jobs::observe_reported(
             &ctx.caches,
-            &pods_api,
-            &events_api,
+            &apis,
             &dbm,
             JobPhase::Contract,
-            attempt(&status.contract),
+            status.contract.as_ref(),
             ctx.config.executor.job_policy.show_job_output,
         )
         .await?
@@ -109,11 +104,10 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         {
             jobs::observe_reported(
                 &ctx.caches,
-                &pods_api,
-                &events_api,
+                &apis,
                 &dbm,
                 JobPhase::Backfill,
-                rec.as_ref().map_or(1, |b| b.run.attempts.max(1)),
+                rec.as_ref().map(|b| &b.run),
                 false,
             )
             .await?

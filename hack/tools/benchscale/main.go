@@ -131,6 +131,9 @@ type Result struct {
 	NoContractJob     int       `json:"no_contract_job"`
 	TargetsIncomplete int       `json:"targets_incomplete"` // migrations whose targets never completed (as seen here)
 	ExecutorPods      int       `json:"executor_pods_completed"`
+	// Executor Jobs beyond one per migration and phase. No executor fails here, so each is
+	// an attempt started beside a running one (should be 0).
+	ExtraJobs int `json:"extra_jobs"`
 }
 
 func cmdRun(args []string) error {
@@ -176,6 +179,7 @@ type state struct {
 	uids      map[string]string              // migration uid -> name
 	contract  map[string]time.Time           // migration uid -> contract Job ADDED seen
 	executors map[string]bool                // executor pod uids handled
+	jobs      map[string]int                 // "migration uid/phase" -> executor Jobs created
 	execDone  int
 	waveOn    bool
 }
@@ -234,7 +238,7 @@ func run(o opts) error {
 
 	st := &state{newVer: o.newVersion, depOK: map[string]bool{}, oldPods: map[string]map[string]struct{}{},
 		complete: map[string]time.Time{}, ready: map[string]bool{}, phases: map[string]string{},
-		uids: map[string]string{}, contract: map[string]time.Time{}, executors: map[string]bool{}}
+		uids: map[string]string{}, contract: map[string]time.Time{}, executors: map[string]bool{}, jobs: map[string]int{}}
 
 	// Executor pods: marked Succeeded by a few workers.
 	execQ := make(chan *corev1.Pod, 100000)
@@ -327,10 +331,15 @@ func run(o opts) error {
 	_, _ = jobInf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: func(obj any) {
 		now := time.Now()
 		j, ok := obj.(*batchv1.Job)
-		if !ok || j.Labels[phaseLabel] != "contract" {
+		if !ok {
 			return
 		}
 		st.mu.Lock()
+		st.jobs[j.Labels[uidLabel]+"/"+j.Labels[phaseLabel]]++
+		if j.Labels[phaseLabel] != "contract" {
+			st.mu.Unlock()
+			return
+		}
 		if _, seen := st.contract[j.Labels[uidLabel]]; !seen {
 			st.contract[j.Labels[uidLabel]] = now
 		}
@@ -648,6 +657,9 @@ func run(o opts) error {
 			res.ReactionsMs = append(res.ReactionsMs, ms)
 			slow = append(slow, reaction{migName(i), ms, last, seen})
 		}
+	}
+	for _, n := range st.jobs {
+		res.ExtraJobs += n - 1
 	}
 	st.mu.Unlock()
 	sort.Float64s(res.ReactionsMs)

@@ -111,6 +111,7 @@ func cmdReport(args []string) error {
 		{"  wait before it p50 (ms, reaction - reconcile)", func(r *Result) float64 { return percentile(r.GateWaitMs, 50) }, "%.0f"},
 		{"  wait before it p99 (ms)", func(r *Result) float64 { return percentile(r.GateWaitMs, 99) }, "%.0f"},
 		{"reactions measured", func(r *Result) float64 { return float64(len(r.ReactionsMs)) }, "%.0f"},
+		{"executor Jobs beyond one per migration and phase", func(r *Result) float64 { return float64(r.ExtraJobs) }, "%.0f"},
 		{"migrations without a contract Job", func(r *Result) float64 { return float64(r.NoContractJob) }, "%.0f"},
 		{"shutdown: SIGTERM -> exit (s)", func(r *Result) float64 { return r.ShutdownSeconds }, "%.2f"},
 	}
