@@ -17,6 +17,8 @@
 #   BASELINE_REF                       git ref of the baseline (default a47a784; "none": skip)
 #   OPERATOR_BIN, BASELINE_BIN         use these binaries instead of building
 #   STARTUP_TIMEOUT, WAVE_TIMEOUT      seconds (default 900, 1200)
+#   WAVE_DEPLOYMENTS                   roll only the first N Deployments (default: all); the
+#                                      migrations whose targets all roll are the ones measured
 #   IDLE_SECONDS                       idle window before the wave (default 20)
 #   BENCH_CLUSTER                      kwok cluster name (default phasegate-bench; never the
 #                                      e2e cluster "phasegate")
@@ -133,7 +135,8 @@ run_one() { # run_one <label> <operator binary>
   "${HELPER}" run --kubeconfig "${KUBECONFIG_BENCH}" --operator "${bin}" --label "${label}" \
     --out "${OUT}/${label}.json" --operator-log "${OUT}/${label}-operator.log" \
     --deployments "${DEPLOYMENTS}" --replicas "${REPLICAS}" --migrations "${MIGRATIONS}" \
-    --startup-timeout "${STARTUP_TIMEOUT}s" --wave-timeout "${WAVE_TIMEOUT}s" --idle "${IDLE_SECONDS}s"
+    --startup-timeout "${STARTUP_TIMEOUT}s" --wave-timeout "${WAVE_TIMEOUT}s" --idle "${IDLE_SECONDS}s" \
+    --wave "${WAVE_DEPLOYMENTS:-0}"
   log "load after the run: $(uptime)"
 }
 

@@ -81,6 +81,7 @@ func main() {
 type opts struct {
 	kubeconfig, operator, operatorLog, out, label, ns   string
 	deployments, replicas, migrations, targets, workers int
+	wave                                                int // Deployments the wave rolls (0: all)
 	readyTimeout, startupTimeout, waveTimeout, idle     time.Duration
 	oldVersion, newVersion                              string
 }
@@ -95,12 +96,14 @@ type Result struct {
 	Migrations  int    `json:"migrations"`
 	Load        string `json:"load"` // /proc/loadavg at the start and end of the wave
 
-	StartupSeconds float64 `json:"startup_seconds"` // operator start -> all AwaitingRollout
-	StartupOK      bool    `json:"startup_ok"`
-	WaveSeconds    float64 `json:"wave_seconds"` // first rollout patch -> all finished (or timeout)
-	WaveOK         bool    `json:"wave_ok"`
-	Succeeded      int     `json:"succeeded"`
-	Failed         int     `json:"failed"`
+	StartupSeconds  float64 `json:"startup_seconds"` // operator start -> all AwaitingRollout
+	StartupOK       bool    `json:"startup_ok"`
+	WaveSeconds     float64 `json:"wave_seconds"`     // first rollout patch -> all finished (or timeout)
+	WaveDeployments int     `json:"wave_deployments"` // Deployments rolled (all unless --wave)
+	WaveMigrations  int     `json:"wave_migrations"`  // migrations whose targets all rolled
+	WaveOK          bool    `json:"wave_ok"`
+	Succeeded       int     `json:"succeeded"`
+	Failed          int     `json:"failed"`
 
 	RSSPeakMiB      float64 `json:"rss_peak_mib"`     // VmHWM at the end
 	RSSStartupMiB   float64 `json:"rss_startup_mib"`  // max VmRSS sampled during startup
@@ -150,6 +153,7 @@ func cmdRun(args []string) error {
 	fs.IntVar(&o.migrations, "migrations", 40, "")
 	fs.IntVar(&o.targets, "targets", 5, "Deployments per migration")
 	fs.IntVar(&o.workers, "workers", 16, "parallel creates/patches")
+	fs.IntVar(&o.wave, "wave", 0, "roll only the first N Deployments (0: all); only migrations whose targets all roll are waited for and measured")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 20*time.Minute, "")
 	fs.DurationVar(&o.startupTimeout, "startup-timeout", 15*time.Minute, "")
 	fs.DurationVar(&o.waveTimeout, "wave-timeout", 20*time.Minute, "")
@@ -563,10 +567,17 @@ func run(o opts) error {
 			}
 		}
 	}()
-	logf("rollout wave: %d Deployments -> %s", o.deployments, o.newVersion)
+	res.WaveDeployments, res.WaveMigrations = o.waveDeployments(), 0
+	for i := 0; i < o.migrations; i++ {
+		if o.inWave(i) {
+			res.WaveMigrations++
+		}
+	}
+	logf("rollout wave: %d of %d Deployments -> %s (%d migrations have all their targets in it)",
+		res.WaveDeployments, o.deployments, o.newVersion, res.WaveMigrations)
 	patch := []byte(fmt.Sprintf(`{"spec":{"template":{"metadata":{"labels":{%q:%q}},"spec":{"containers":[{"name":"app","image":"example.com/bench/app:%s"}]}}}}`,
 		versionLabel, o.newVersion, o.newVersion))
-	if err := parallel(o.workers, o.deployments, func(i int) error {
+	if err := parallel(o.workers, res.WaveDeployments, func(i int) error {
 		_, err := cs.AppsV1().Deployments(o.ns).Patch(ctx, depName(i), types.StrategicMergePatchType, patch, metav1.PatchOptions{})
 		return err
 	}); err != nil {
@@ -577,8 +588,8 @@ func run(o opts) error {
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		ok, failed := st.countPhase("Succeeded"), st.countPhase("Failed")
-		return ok+failed >= o.migrations, fmt.Sprintf("%d/%d Deployments complete, %d contract Jobs, %d Succeeded, %d Failed",
-			len(st.complete), o.deployments, len(st.contract), ok, failed)
+		return ok+failed >= res.WaveMigrations, fmt.Sprintf("%d/%d Deployments complete, %d contract Jobs, %d Succeeded, %d Failed",
+			len(st.complete), res.WaveDeployments, len(st.contract), ok, failed)
 	})
 	res.WaveOK = err == nil
 	res.WaveSeconds = time.Since(tWave).Seconds()
@@ -642,6 +653,9 @@ func run(o opts) error {
 			if t.After(last) {
 				last = t
 			}
+		}
+		if !o.inWave(i) {
+			continue
 		}
 		seen, ok := st.contract[uidOf[migName(i)]]
 		switch {
@@ -770,6 +784,23 @@ func completeExecutor(ctx context.Context, cs kubernetes.Interface, p *corev1.Po
 
 func depName(i int) string { return fmt.Sprintf("app-%05d", i) }
 func migName(i int) string { return fmt.Sprintf("mig-%05d", i) }
+
+func (o opts) waveDeployments() int {
+	if o.wave <= 0 || o.wave > o.deployments {
+		return o.deployments
+	}
+	return o.wave
+}
+
+// inWave: every target of migration i is among the Deployments the wave rolls.
+func (o opts) inWave(i int) bool {
+	for k := 0; k < o.targets; k++ {
+		if (i*o.targets+k)%o.deployments >= o.waveDeployments() {
+			return false
+		}
+	}
+	return true
+}
 
 func targetsOf(i int, o opts) []string {
 	out := make([]string, 0, o.targets)

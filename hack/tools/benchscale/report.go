@@ -118,6 +118,10 @@ func cmdReport(args []string) error {
 
 	fmt.Printf("\nbench-scale: %d Deployments x %d replicas (%d pods), %d migrations x 5 targets\n",
 		cur.Deployments, cur.Replicas, cur.Pods, cur.Migrations)
+	if cur.WaveDeployments > 0 && cur.WaveDeployments < cur.Deployments {
+		fmt.Printf("  the wave rolls %d of the %d Deployments: the %d migrations whose targets all roll are waited for and measured\n",
+			cur.WaveDeployments, cur.Deployments, cur.WaveMigrations)
+	}
 	for _, r := range []*Result{base, cur} {
 		if r != nil {
 			fmt.Printf("  %-8s %s\n           load average during the wave: %s\n", r.Label+":", r.Operator, r.Load)
