@@ -48,14 +48,12 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         _ = ctx.shutdown.clone() => return Ok(Action::await_change()),
     }
     // Our own last status write replaced this copy and its watch event is on the way (it
-    // reconciles again): a plan from here would be stale, and its write would get 409.
-    if ctx
+    // reconciles again). A plan from here is stale: it may only stop a running attempt whose
+    // gate closed (stopping never commits, and the fence must not wait for our own write to
+    // come back); it starts nothing and writes nothing (the write would get 409).
+    let stale = ctx
         .status_writes
-        .replaced(&dbm, planner::writes::PROGRESS_WRITE_INTERVAL)
-    {
-        tracing::debug!(migration = %dbm.name_any(), "the cache has not caught up with our last status write; waiting for it");
-        return Ok(Action::await_change());
-    }
+        .replaced(&dbm, planner::writes::PROGRESS_WRITE_INTERVAL);
     let ns = dbm
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -175,6 +173,15 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         waits_for,
     };
     let mut plan = planner::plan(&input);
+    if stale {
+        if let planner::Action::StopJob { phase, attempt } = plan.action {
+            if !ctx.stopping() {
+                stop_attempt(&jobs_api, &dbm, phase, attempt).await?;
+            }
+        }
+        tracing::debug!(migration = %name, namespace = %ns, "the cache has not caught up with our last status write; waiting for it");
+        return Ok(Action::await_change());
+    }
     let mut quorum_read = None;
     // The gate is about to open: judge it again on a quorum read from the API server, so that
     // a rollback the caches have not seen yet cannot let contract (or the backfill) start.
@@ -246,8 +253,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             }
         }
         planner::Action::StopJob { phase, attempt } => {
-            jobs::stop(&jobs_api, &dbm, phase, attempt).await?;
-            tracing::warn!(migration = %name, namespace = %ns, %phase, attempt, "a gate closed: stopped the running attempt before it could commit");
+            stop_attempt(&jobs_api, &dbm, phase, attempt).await?;
         }
         planner::Action::None => {}
     }
@@ -353,6 +359,18 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             None => Action::await_change(),
         },
     )
+}
+
+/// A gate closed while an attempt runs: its Job goes (the executor rolls back on SIGTERM).
+async fn stop_attempt(
+    jobs_api: &Api<Job>,
+    dbm: &DatabaseMigration,
+    phase: JobPhase,
+    attempt: u32,
+) -> Result<(), Error> {
+    jobs::stop(jobs_api, dbm, phase, attempt).await?;
+    tracing::warn!(migration = %dbm.name_any(), namespace = ?dbm.namespace(), %phase, attempt, "a gate closed: stopped the running attempt before it could commit");
+    Ok(())
 }
 
 /// The Event's action. kube's Recorder folds Events with the same type, reason and action

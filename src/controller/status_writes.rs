@@ -1,7 +1,8 @@
 //! The operator's recent status writes, per migration: when (progress-only changes wait a
 //! little, see `planner::writes`) and which resourceVersion each write replaced. A reconcile
 //! handed that replaced version is planning from a copy the watch has not brought up to date
-//! yet: its write would only get 409, and the write's own watch event reconciles again.
+//! yet: it may stop a running attempt whose gate closed, but it starts and writes nothing (the
+//! write would only get 409); the write's own watch event reconciles again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
