@@ -389,3 +389,106 @@ pub fn error_policy(dbm: Arc<DatabaseMigration>, err: &Error, ctx: Arc<Context>)
     tracing::warn!(migration = %dbm.name_any(), namespace = ?dbm.namespace(), reason = err.reason(), error = %err, "reconcile failed");
     Action::requeue(ctx.failed(&dbm))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::views::{DeploymentView, JobView};
+    use crate::controller::{cache, Config, ExecutorConfig};
+    use futures::FutureExt;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    /// A migration whose contract attempt 1 runs, read from a copy our last status write
+    /// replaced, while its target was rolled back to 1.0.0: the attempt is stopped at once
+    /// (the one request: DELETE of its Job), and nothing is started or written.
+    #[tokio::test]
+    async fn a_stale_copy_still_stops_an_attempt_whose_gate_closed() {
+        let m: DatabaseMigration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "phasegate.dev/v1alpha1", "kind": "DatabaseMigration",
+            "metadata": {"name": "m", "namespace": "shop", "uid": "0a1b2c3d-0000-4000-8000-000000000000",
+                         "resourceVersion": "10", "generation": 1},
+            "spec": {
+                "appVersion": "2.0.0",
+                "database": {"urlSecretRef": {"name": "db", "key": "url"}},
+                "expand": {"sql": "SELECT 1"}, "contract": {"sql": "SELECT 2"},
+                "rollout": {"targets": [{"kind": "Deployment", "name": "api"}],
+                            "versionFrom": {"label": "version"}}
+            },
+            "status": {"phase": "Contracting", "observedGeneration": 1,
+                       "expand": {"attempts": 1, "succeeded": true},
+                       "contract": {"attempts": 1, "startedAt": "2026-12-01T00:00:00Z"},
+                       "rolloutCompletedAt": "2026-12-01T00:00:00Z"}
+        }))
+        .expect("migration");
+        let cfg = ExecutorConfig::default();
+        let status = m.status.clone().unwrap_or_default();
+        let mut job =
+            jobs::build_job(&m, &status, JobPhase::Contract, 1, &cfg).expect("contract Job");
+        job.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        let job: JobView =
+            serde_json::from_value(serde_json::to_value(&job).expect("json")).expect("job view");
+        let job_name = job.metadata.name.clone().expect("name");
+        let rolled_back: DeploymentView = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "api", "namespace": "shop", "generation": 2},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "api"}},
+                     "template": {"metadata": {"labels": {"app": "api", "version": "1.0.0"}}}},
+            "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
+        }))
+        .expect("deployment");
+        let mut caches = cache::Caches::for_tests(vec![m.clone()], vec![rolled_back]);
+        caches.jobs = cache::test_store(vec![job]);
+
+        let (svc, mut server) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = kube::Client::new(svc, "shop");
+        let ctx = Context {
+            client: client.clone(),
+            recorder: kube::runtime::events::Recorder::new(
+                client,
+                kube::runtime::events::Reporter {
+                    controller: "phasegate".into(),
+                    instance: None,
+                },
+            ),
+            config: Config {
+                namespace: None,
+                executor: cfg,
+            },
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            caches,
+            shutdown: futures::future::pending().boxed().shared(),
+            failures: Default::default(),
+            status_writes: Default::default(),
+        };
+        // Our write replaced resourceVersion 10 with 11; the cache still has 10.
+        ctx.status_writes.written(
+            &m,
+            Some("10".into()),
+            Some("11"),
+            planner::writes::PROGRESS_WRITE_INTERVAL,
+        );
+        let served = tokio::spawn(async move {
+            let mut asked = Vec::new();
+            while let Some((req, send)) = server.next_request().await {
+                asked.push(format!("{} {}", req.method(), req.uri().path()));
+                let body = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
+                send.send_response(
+                    http::Response::builder()
+                        .status(200)
+                        .body(kube::client::Body::from(body.to_string().into_bytes()))
+                        .expect("response"),
+                );
+            }
+            asked
+        });
+        let action = reconcile_once(Arc::new(m), &ctx).await.expect("reconcile");
+        assert_eq!(action, Action::await_change());
+        drop(ctx);
+        assert_eq!(
+            served.await.expect("mock"),
+            [format!("DELETE /apis/batch/v1/namespaces/shop/jobs/{job_name}")]
+        );
+    }
+}
