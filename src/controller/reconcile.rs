@@ -473,7 +473,8 @@ mod tests {
             let mut asked = Vec::new();
             while let Some((req, send)) = server.next_request().await {
                 asked.push(format!("{} {}", req.method(), req.uri().path()));
-                let body = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
+                let body =
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
                 send.send_response(
                     http::Response::builder()
                         .status(200)
@@ -488,7 +489,9 @@ mod tests {
         drop(ctx);
         assert_eq!(
             served.await.expect("mock"),
-            [format!("DELETE /apis/batch/v1/namespaces/shop/jobs/{job_name}")]
+            [format!(
+                "DELETE /apis/batch/v1/namespaces/shop/jobs/{job_name}"
+            )]
         );
     }
 }
