@@ -92,45 +92,6 @@ impl Caches {
     }
 }
 
-/// A ready store holding `objs` (unit tests).
-#[cfg(test)]
-pub(crate) fn test_store<K>(objs: Vec<K>) -> Store<K>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    use kube::runtime::watcher::Event;
-    let (reader, mut writer) = kube::runtime::reflector::store();
-    writer.apply_watcher_event(&Event::Init);
-    for o in objs {
-        writer.apply_watcher_event(&Event::InitApply(o));
-    }
-    writer.apply_watcher_event(&Event::InitDone);
-    reader
-}
-
-#[cfg(test)]
-impl Caches {
-    /// Synced caches holding these migrations and Deployments, and nothing else (unit tests).
-    pub(crate) fn for_tests(
-        migrations: Vec<DatabaseMigration>,
-        deployments: Vec<DeploymentView>,
-    ) -> Caches {
-        Caches {
-            migrations: test_store(migrations),
-            jobs: test_store(vec![]),
-            pods: Default::default(),
-            executor_pods: test_store(vec![]),
-            deployments: test_store(deployments),
-            statefulsets: test_store(vec![]),
-            daemonsets: test_store(vec![]),
-            rollouts: test_store(vec![]),
-            rollouts_installed: false,
-            synced: tokio::sync::watch::channel(true).1,
-        }
-    }
-}
-
 /// Metadata the planner and the event mapping read: identity, labels, annotations (a version
 /// may be an annotation), owners and deletion; never `managedFields`.
 fn prune_meta(m: &mut ObjectMeta, keep_annotations: bool) {

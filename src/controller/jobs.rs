@@ -1236,32 +1236,12 @@ mod tests {
         assert_eq!(last_termination(&pods[2..3]), None);
     }
 
-    /// The API server as a mock that answers each request with `answer` (one request each).
+    /// `JobApis` on a mocked API server (see `test_support::mock_api`).
     fn api_answering(
         answers: Vec<(u16, serde_json::Value)>,
     ) -> (JobApis, tokio::task::JoinHandle<Vec<String>>) {
-        let (svc, mut server) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        let apis = JobApis::new(&kube::Client::new(svc, "shop"), "shop");
-        let served = tokio::spawn(async move {
-            let mut asked = Vec::new();
-            for (code, body) in answers {
-                let Some((req, send)) = server.next_request().await else {
-                    break;
-                };
-                asked.push(format!("{} {}", req.method(), req.uri().path()));
-                send.send_response(
-                    http::Response::builder()
-                        .status(code)
-                        .body(kube::client::Body::from(body.to_string().into_bytes()))
-                        .expect("response"),
-                );
-            }
-            asked
-        });
-        (apis, served)
+        let (client, served) = crate::controller::test_support::mock_api(answers);
+        (JobApis::new(&client, "shop"), served)
     }
 
     #[tokio::test]

@@ -9,6 +9,8 @@ pub mod labels;
 pub mod pod_index;
 mod reconcile;
 mod status_writes;
+#[cfg(test)]
+mod test_support;
 pub mod views;
 pub mod workloads;
 
@@ -519,7 +521,7 @@ mod tests {
     #[test]
     fn a_workload_wakes_only_unfinished_migrations_that_target_it() {
         let named = serde_json::json!([{"kind": "Deployment", "name": "api"}]);
-        let store = cache::test_store(vec![
+        let store = test_support::test_store(vec![
             migration("waiting", "AwaitingRollout", named.clone()),
             migration("done", "Succeeded", named.clone()),
             migration("failed", "Failed", named.clone()),

@@ -394,7 +394,7 @@ pub fn error_policy(dbm: Arc<DatabaseMigration>, err: &Error, ctx: Arc<Context>)
 mod tests {
     use super::*;
     use crate::controller::views::{DeploymentView, JobView};
-    use crate::controller::{cache, Config, ExecutorConfig};
+    use crate::controller::{cache, test_support, Config, ExecutorConfig};
     use futures::FutureExt;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -403,23 +403,14 @@ mod tests {
     /// (the one request: DELETE of its Job), and nothing is started or written.
     #[tokio::test]
     async fn a_stale_copy_still_stops_an_attempt_whose_gate_closed() {
-        let m: DatabaseMigration = serde_json::from_value(serde_json::json!({
-            "apiVersion": "phasegate.dev/v1alpha1", "kind": "DatabaseMigration",
-            "metadata": {"name": "m", "namespace": "shop", "uid": "0a1b2c3d-0000-4000-8000-000000000000",
-                         "resourceVersion": "10", "generation": 1},
-            "spec": {
-                "appVersion": "2.0.0",
-                "database": {"urlSecretRef": {"name": "db", "key": "url"}},
-                "expand": {"sql": "SELECT 1"}, "contract": {"sql": "SELECT 2"},
-                "rollout": {"targets": [{"kind": "Deployment", "name": "api"}],
-                            "versionFrom": {"label": "version"}}
-            },
-            "status": {"phase": "Contracting", "observedGeneration": 1,
-                       "expand": {"attempts": 1, "succeeded": true},
-                       "contract": {"attempts": 1, "startedAt": "2026-12-01T00:00:00Z"},
-                       "rolloutCompletedAt": "2026-12-01T00:00:00Z"}
-        }))
-        .expect("migration");
+        let m = test_support::test_migration(
+            "m",
+            "10",
+            serde_json::json!({"phase": "Contracting", "observedGeneration": 1,
+                               "expand": {"attempts": 1, "succeeded": true},
+                               "contract": {"attempts": 1, "startedAt": "2026-12-01T00:00:00Z"},
+                               "rolloutCompletedAt": "2026-12-01T00:00:00Z"}),
+        );
         let cfg = ExecutorConfig::default();
         let status = m.status.clone().unwrap_or_default();
         let mut job =
@@ -436,13 +427,12 @@ mod tests {
         }))
         .expect("deployment");
         let mut caches = cache::Caches::for_tests(vec![m.clone()], vec![rolled_back]);
-        caches.jobs = cache::test_store(vec![job]);
+        caches.jobs = test_support::test_store(vec![job]);
 
-        let (svc, mut server) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        let client = kube::Client::new(svc, "shop");
+        // One answer: a second request would fail the reconcile.
+        let deleted =
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
+        let (client, served) = test_support::mock_api(vec![(200, deleted)]);
         let ctx = Context {
             client: client.clone(),
             recorder: kube::runtime::events::Recorder::new(
@@ -469,21 +459,6 @@ mod tests {
             Some("11"),
             planner::writes::PROGRESS_WRITE_INTERVAL,
         );
-        let served = tokio::spawn(async move {
-            let mut asked = Vec::new();
-            while let Some((req, send)) = server.next_request().await {
-                asked.push(format!("{} {}", req.method(), req.uri().path()));
-                let body =
-                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
-                send.send_response(
-                    http::Response::builder()
-                        .status(200)
-                        .body(kube::client::Body::from(body.to_string().into_bytes()))
-                        .expect("response"),
-                );
-            }
-            asked
-        });
         let action = reconcile_once(Arc::new(m), &ctx).await.expect("reconcile");
         assert_eq!(action, Action::await_change());
         drop(ctx);

@@ -72,18 +72,7 @@ mod tests {
     use super::*;
 
     fn migration(name: &str, rv: &str) -> DatabaseMigration {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "phasegate.dev/v1alpha1", "kind": "DatabaseMigration",
-            "metadata": {"name": name, "namespace": "shop", "resourceVersion": rv},
-            "spec": {
-                "appVersion": "2.0.0",
-                "database": {"urlSecretRef": {"name": "db", "key": "url"}},
-                "expand": {"sql": "SELECT 1"}, "contract": {"sql": "SELECT 1"},
-                "rollout": {"targets": [{"kind": "Deployment", "name": "api"}],
-                            "versionFrom": {"label": "version"}}
-            }
-        }))
-        .expect("migration")
+        crate::controller::test_support::test_migration(name, rv, serde_json::Value::Null)
     }
 
     const KEEP: Duration = Duration::from_secs(5);
