@@ -795,17 +795,20 @@ func (o opts) waveDeployments() int {
 // inWave: every target of migration i is among the Deployments the wave rolls.
 func (o opts) inWave(i int) bool {
 	for k := 0; k < o.targets; k++ {
-		if (i*o.targets+k)%o.deployments >= o.waveDeployments() {
+		if o.targetIndex(i, k) >= o.waveDeployments() {
 			return false
 		}
 	}
 	return true
 }
 
+// targetIndex: the Deployment (by index) that is migration i's k-th target.
+func (o opts) targetIndex(i, k int) int { return (i*o.targets + k) % o.deployments }
+
 func targetsOf(i int, o opts) []string {
 	out := make([]string, 0, o.targets)
 	for k := 0; k < o.targets; k++ {
-		out = append(out, depName((i*o.targets+k)%o.deployments))
+		out = append(out, depName(o.targetIndex(i, k)))
 	}
 	return out
 }
