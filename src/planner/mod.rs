@@ -366,6 +366,7 @@ impl<'a> Planner<'a> {
                     SpecError::Refused { .. } => reason::SQL_REFUSED,
                     SpecError::Invalid { .. } => reason::INVALID_SPEC,
                 };
+                self.fence_refused(&e.to_string());
                 self.set(Phase::Failed, why, e.to_string());
                 return;
             }
@@ -377,15 +378,14 @@ impl<'a> Planner<'a> {
             .iter()
             .any(|d| d == self.input.name)
         {
-            self.set(
-                Phase::Failed,
-                reason::INVALID_SPEC,
-                "spec.dependsOn: a migration cannot depend on itself",
-            );
+            let why = "spec.dependsOn: a migration cannot depend on itself";
+            self.fence_refused(why);
+            self.set(Phase::Failed, reason::INVALID_SPEC, why);
             return;
         }
         // The admin's Job policy, for every user template still to run, before any Job.
         if let Some(refusal) = self.policy_refusal(!expand_applied) {
+            self.fence_refused(&refusal);
             self.set(Phase::Failed, reason::POLICY_REFUSED, refusal);
             return;
         }
@@ -415,6 +415,42 @@ impl<'a> Planner<'a> {
         if self.expand() {
             self.rollout_and_contract(&valid);
         }
+    }
+
+    /// The spec is refused while a fenced attempt may run: a plan that judges no gate cannot
+    /// vouch for it, so a running contract (or backfill) attempt is stopped before anything
+    /// else. Fixing the spec resumes through the gates with a new attempt.
+    fn fence_refused(&mut self, why: &str) {
+        let rec = self.status.contract.clone().unwrap_or_default();
+        if rec.attempts > 0
+            && !rec.succeeded
+            && matches!(self.input.contract_job, JobState::Running(_))
+        {
+            let attempt = rec.attempts;
+            let stopped =
+                rec.reason.as_deref() == Some(reason::GATE_CLOSED) && rec.finished_at.is_some();
+            if !stopped {
+                let now = self.now();
+                let message = format!(
+                    "contract attempt {attempt} stopped before commit: the spec is refused: {why}"
+                );
+                let rec = record_mut(&mut self.status, JobPhase::Contract);
+                rec.finished_at = Some(now);
+                rec.reason = Some(reason::GATE_CLOSED.to_string());
+                rec.message = Some(message.clone());
+                self.extra_notices.push(Transition {
+                    warning: true,
+                    reason: reason::GATE_CLOSED.into(),
+                    message,
+                });
+            }
+            self.action = Action::StopJob {
+                phase: JobPhase::Contract,
+                attempt,
+            };
+            return;
+        }
+        self.stop_backfill_on_closed_gate(&format!("the spec is refused: {why}"));
     }
 
     /// Why a user Job template still to run is refused by the admin's policy, if one is.

@@ -1271,6 +1271,61 @@ fn contract_job_vanished_while_running_starts_a_new_attempt_through_the_gates() 
 }
 
 #[test]
+fn an_invalid_edit_while_contract_runs_stops_the_attempt() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    assert_eq!(phase(&fx.step()), Phase::Contracting);
+    let good = fx.spec.clone();
+    // Admitted by the API server, refused by the planner: below youngTransaction.
+    fx.spec.safety.lock_timeout = "20ms".into();
+    let p = fx.step();
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (
+            Phase::Failed,
+            Action::StopJob {
+                phase: JobPhase::Contract,
+                attempt: 1
+            }
+        ),
+        "a plan that judges no gate must not let the running attempt commit"
+    );
+    let rec = p.status.contract.clone().unwrap();
+    assert_eq!(rec.reason.as_deref(), Some(reason::GATE_CLOSED), "{rec:?}");
+    assert!(
+        rec.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("is out of range"),
+        "{rec:?}"
+    );
+    assert!(p.notices.iter().any(|n| n.reason == reason::GATE_CLOSED));
+    // Its Job is still there (a kubelet that has not stopped it): still stopped, once noticed.
+    let p = fx.step();
+    assert!(matches!(p.action, Action::StopJob { .. }));
+    assert!(p.notices.iter().all(|n| n.reason != reason::GATE_CLOSED));
+    // Fixed: the stopped attempt is not resumed; a new one starts through the gates.
+    fx.contract_job = JobState::Absent;
+    fx.spec = good;
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 2));
+}
+
+#[test]
+fn a_policy_refusal_while_contract_runs_stops_the_attempt() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.step();
+    fx.spec.depends_on = vec![NAME.to_string()];
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Failed);
+    assert_eq!(
+        p.action,
+        Action::StopJob {
+            phase: JobPhase::Contract,
+            attempt: 1
+        }
+    );
+}
+
+#[test]
 fn expand_job_found_while_status_write_was_lost_is_adopted() {
     // The Job of attempt 1 exists but the status recording its start was lost.
     let mut fx = Fx::new(SpecBuilder::new().build());
