@@ -175,6 +175,7 @@ async fn judge(ctx: &Context, req: &Request) -> Result<Answer, Error> {
         targets,
         job_policy: &ctx.config.executor.job_policy,
         waits_for: Vec::new(),
+        unconfirmed_stop: None,
     };
     let plan = planner::plan(&input);
     let runs = plan.action == Action::None
@@ -246,4 +247,35 @@ pub(super) async fn sweep(
         }
     }
     Ok(stopped)
+}
+
+/// The executor pod of a contract attempt recorded as stopped that has not ended yet: the
+/// stop is not confirmed until it has (a kubelet that never delivers SIGTERM keeps it), and
+/// the next attempt waits for that. Described for status.
+pub(super) fn unconfirmed_stop(
+    ctx: &Context,
+    dbm: &DatabaseMigration,
+    status: &crate::api::DatabaseMigrationStatus,
+) -> Option<String> {
+    let rec = status.contract.as_ref()?;
+    let stopped = rec.reason.as_deref() == Some(planner::reason::GATE_CLOSED)
+        && rec.finished_at.is_some()
+        && !rec.succeeded;
+    if !stopped || rec.attempts == 0 {
+        return None;
+    }
+    let ns = dbm.namespace().unwrap_or_default();
+    let uid = dbm.uid().unwrap_or_default();
+    let job = planner::job_name(&dbm.name_any(), &uid, JobPhase::Contract, rec.attempts);
+    ctx.caches
+        .job_pods(&ns, &job)
+        .iter()
+        .find(|p| !matches!(p.status.phase.as_deref(), Some("Succeeded" | "Failed")))
+        .map(|p| {
+            format!(
+                "pod {} is still {}",
+                p.metadata.name.as_deref().unwrap_or("?"),
+                p.status.phase.as_deref().unwrap_or("Pending")
+            )
+        })
 }

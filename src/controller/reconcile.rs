@@ -167,6 +167,11 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         targets,
         job_policy: &ctx.config.executor.job_policy,
         waits_for,
+        unconfirmed_stop: if expanded && !contracted {
+            fence::unconfirmed_stop(ctx, &dbm, &status)
+        } else {
+            None
+        },
     };
     let mut plan = planner::plan(&input);
     if stale {

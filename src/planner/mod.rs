@@ -157,6 +157,10 @@ pub struct Input<'a> {
     /// migrations on the same database created earlier whose expand has not run), e.g.
     /// `add-email (dependsOn; Expanding)`.
     pub waits_for: Vec<String>,
+    /// A contract attempt recorded as stopped whose executor pod has not ended yet (the
+    /// kubelet has not confirmed the stop), described, e.g. `pod m-contract-1-x7k2p is still
+    /// Running`. The next attempt waits for it.
+    pub unconfirmed_stop: Option<String>,
 }
 
 /// What to do now.
@@ -218,6 +222,8 @@ pub mod reason {
     /// A gate closed (rollback, old pod, revoked approval) while contract ran; the attempt
     /// was stopped before it could commit.
     pub const GATE_CLOSED: &str = "GateClosed";
+    /// A stopped contract attempt's executor pod has not ended: the next attempt waits.
+    pub const STOP_UNCONFIRMED: &str = "StopUnconfirmed";
     /// A user Job template breaks the cluster admin's Job policy.
     pub const POLICY_REFUSED: &str = "PolicyRefused";
     /// A target does not exist (likely a typo in its name or selector).
@@ -772,7 +778,10 @@ impl<'a> Planner<'a> {
                     self.closed_gate(&rollout)
                 };
                 match closed {
-                    Some(why) => self.stop_contract(attempt, &rollout, why, !stopped),
+                    Some(why) => {
+                        let why = format!("{why}{}", self.unconfirmed_note());
+                        self.stop_contract(attempt, &rollout, why, !stopped)
+                    }
                     None => self.job_running(JobPhase::Contract, attempt, holdup.as_ref()),
                 }
                 return;
@@ -828,6 +837,16 @@ impl<'a> Planner<'a> {
             ));
         }
         None
+    }
+
+    /// What status adds while a stopped attempt's pod has not ended.
+    fn unconfirmed_note(&self) -> String {
+        match &self.input.unconfirmed_stop {
+            Some(pod) => format!(
+                " (stop not confirmed yet: {pod}; it cannot commit without the operator's grant)"
+            ),
+            None => String::new(),
+        }
     }
 
     /// Stop the running contract attempt: record why (once) and ask for its Job to go.
@@ -977,6 +996,7 @@ impl<'a> Planner<'a> {
                 }
                 self.requeue_after = Some(timeout - elapsed);
             }
+            let msg = format!("{msg}{}", self.unconfirmed_note());
             self.set(Phase::AwaitingRollout, reason::AWAITING_ROLLOUT, msg);
             return;
         }
@@ -1016,6 +1036,21 @@ impl<'a> Planner<'a> {
                 format!(
                     "rollout complete; approve contract with the annotation {}=\"true\"",
                     crate::api::ANNOTATION_APPROVE
+                ),
+            );
+            return;
+        }
+        // The stop of the previous attempt is confirmed only once its pod has ended.
+        if let Some(pod) = &self.input.unconfirmed_stop {
+            self.requeue_after = Some(Duration::from_secs(5));
+            self.set(
+                Phase::Contracting,
+                reason::STOP_UNCONFIRMED,
+                format!(
+                    "contract attempt {attempt} waits until the stopped attempt {} has ended \
+                     ({pod}; its node has not confirmed the stop; it cannot commit without \
+                     the operator's grant)",
+                    attempt - 1
                 ),
             );
             return;

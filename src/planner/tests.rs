@@ -172,6 +172,7 @@ impl Fx {
             targets: self.targets.clone(),
             job_policy: &POLICY,
             waits_for: Vec::new(),
+            unconfirmed_stop: None,
         }
     }
     fn plan(&self) -> Plan {
@@ -2004,6 +2005,7 @@ impl Sim {
             targets,
             job_policy: &POLICY,
             waits_for: Vec::new(),
+            unconfirmed_stop: None,
         };
         let plan = plan(&input);
         self.log.push(format!(
