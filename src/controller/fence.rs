@@ -122,29 +122,6 @@ async fn judge(ctx: &Context, req: &Request) -> Result<Answer, Error> {
         return Ok(Answer::superseded("the migration is being deleted"));
     }
     let status = dbm.status.clone().unwrap_or_default();
-    let rec = status.contract.clone().unwrap_or_default();
-    if !status.expand.as_ref().is_some_and(|e| e.succeeded) {
-        return Ok(Answer::withheld("status does not record expand as applied"));
-    }
-    if rec.attempts > req.attempt {
-        return Ok(Answer::superseded(format!(
-            "attempt {} replaced it",
-            rec.attempts
-        )));
-    }
-    if rec.attempts < req.attempt {
-        return Ok(Answer::withheld(format!(
-            "status has not recorded attempt {} yet",
-            req.attempt
-        )));
-    }
-    if rec.succeeded || rec.finished_at.is_some() {
-        let why = rec.message.unwrap_or_else(|| "it ended".into());
-        return Ok(Answer::superseded(format!(
-            "attempt {} is recorded as ended: {why}",
-            req.attempt
-        )));
-    }
     let name = dbm.name_any();
     let rule = planner::version_rule(&dbm.spec, &status);
     let targets = workloads::observe_targets(
@@ -157,11 +134,10 @@ async fn judge(ctx: &Context, req: &Request) -> Result<Answer, Error> {
     )
     .await?;
     let (approved, retry, backfill_paused) = marks(&dbm);
-    let uid = req.uid.as_str();
     let input = Input {
         now: Timestamp::now(),
         name: &name,
-        uid,
+        uid: &req.uid,
         generation: dbm.metadata.generation.unwrap_or(0),
         spec: &dbm.spec,
         status: &status,
@@ -169,7 +145,6 @@ async fn judge(ctx: &Context, req: &Request) -> Result<Answer, Error> {
         retry,
         expand_job: JobState::Absent,
         contract_job: JobState::Running(None),
-        // Only a backfill status records as succeeded counts here.
         backfill_job: JobState::Absent,
         backfill_paused,
         targets,
@@ -177,22 +152,7 @@ async fn judge(ctx: &Context, req: &Request) -> Result<Answer, Error> {
         waits_for: Vec::new(),
         unconfirmed_stop: None,
     };
-    let plan = planner::plan(&input);
-    let runs = plan.action == Action::None
-        && plan.status.phase == Some(Phase::Contracting)
-        && plan
-            .status
-            .contract
-            .as_ref()
-            .is_some_and(|c| c.attempts == req.attempt);
-    Ok(if runs {
-        Answer::granted()
-    } else {
-        let why = planner::conditions::get(&plan.status.conditions, planner::conditions::READY)
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        Answer::withheld(format!("a gate is closed: {why}"))
-    })
+    Ok(planner::grant::verdict(&input, req.attempt))
 }
 
 /// The attempts of the fenced phases (contract, backfill) the plan wants running.

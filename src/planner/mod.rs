@@ -8,6 +8,7 @@
 
 mod backfill;
 pub mod conditions;
+pub mod grant;
 pub mod order;
 pub mod rollout;
 pub mod validate;

@@ -1674,6 +1674,13 @@ enum Ev {
     Restart {
         lost: bool,
     },
+    /// The kubelet stops (or resumes) delivering stops: a deleted Job's executor keeps
+    /// running until it resumes.
+    KubeletStall(bool),
+    /// The operator is stopped (or back): no plan, no grant, while it is away.
+    OperatorAway(bool),
+    /// The operator's caches freeze at what the targets look like now (or catch up).
+    StaleView(bool),
 }
 
 fn job_phase() -> impl Strategy<Value = JobPhase> {
@@ -1700,6 +1707,9 @@ fn event(lost_writes: bool) -> impl Strategy<Value = Ev> {
         1 => prop::bool::weighted(0.85).prop_map(Ev::Retry),
         3 => prop_oneof![1u32..60, 60u32..1500].prop_map(Ev::Advance),
         1 => any::<bool>().prop_map(move |l| Ev::Restart { lost: l && lost_writes }),
+        1 => any::<bool>().prop_map(Ev::KubeletStall),
+        1 => any::<bool>().prop_map(Ev::OperatorAway),
+        1 => any::<bool>().prop_map(Ev::StaleView),
     ]
 }
 
@@ -1763,6 +1773,19 @@ struct Sim {
     tainted: std::collections::BTreeSet<u32>,
     /// World truth: a backfill attempt completed and no old code ran since it started.
     backfilled: bool,
+    /// The kubelet delivers no stop.
+    stalled: bool,
+    /// Executors still running whose Job was deleted while the kubelet stalled.
+    zombies: std::collections::BTreeSet<(u8, u32)>,
+    /// The operator is stopped: it neither plans nor grants.
+    away: bool,
+    /// What the operator's caches show of the targets, frozen; None when current.
+    stale: Option<Vec<Tgt>>,
+    /// Old code ran while the operator was away or its view stale: a regression it may never
+    /// see (the rollout looks complete again by the time it looks). What it then forgets — a
+    /// soak to restart, a backfill to rerun — is only known from the workloads' rollout
+    /// history, which this simulation does not model; the gates themselves still hold.
+    blind: bool,
     log: Vec<String>,
 }
 
@@ -1823,6 +1846,11 @@ impl Sim {
             paused: false,
             tainted: Default::default(),
             backfilled: false,
+            stalled: false,
+            zombies: Default::default(),
+            away: false,
+            stale: None,
+            blind: false,
             log: Vec::new(),
         }
     }
@@ -1858,7 +1886,11 @@ impl Sim {
     }
 
     fn observed_targets(&self) -> Vec<TargetStatus> {
-        self.targets
+        self.view(&self.targets)
+    }
+
+    fn view(&self, targets: &[Tgt]) -> Vec<TargetStatus> {
+        targets
             .iter()
             .enumerate()
             .map(|(i, t)| {
@@ -1918,6 +1950,7 @@ impl Sim {
                 t.old_pods = true;
                 t.rolled_out = false;
             }
+            Ev::JobSucceeds(JobPhase::Contract) => self.contract_commits(),
             Ev::JobSucceeds(p) => {
                 if let Some(k) = self.latest_running(p) {
                     // The executor commits now: the world must still let it.
@@ -1963,6 +1996,15 @@ impl Sim {
                 }
             }
             Ev::Advance(s) => self.now += i64::from(s),
+            Ev::KubeletStall(stalled) => {
+                self.stalled = stalled;
+                if !stalled {
+                    // SIGTERM at last: each rolls back.
+                    self.zombies.clear();
+                }
+            }
+            Ev::OperatorAway(away) => self.away = away,
+            Ev::StaleView(stale) => self.stale = stale.then(|| self.targets.clone()),
             Ev::Restart { lost } => {
                 if lost {
                     self.status = self.prev_status.clone();
@@ -1981,12 +2023,80 @@ impl Sim {
             self.complete_since = Some(self.now);
         }
         self.taint_backfills();
+        if (self.away || self.stale.is_some()) && self.old_code_runs() {
+            self.blind = true;
+        }
+    }
+
+    /// A contract executor reaches COMMIT: the running attempt, or one whose Job was deleted
+    /// while the kubelet stalled. It commits only with a grant: the operator is there and the
+    /// verdict on a fresh view of the world is Granted for that very attempt.
+    fn contract_commits(&mut self) {
+        let c = key(JobPhase::Contract);
+        let Some(k) = self.latest_running(JobPhase::Contract).or_else(|| {
+            self.zombies
+                .iter()
+                .filter(|(p, _)| *p == c)
+                .next_back()
+                .copied()
+        }) else {
+            return;
+        };
+        if self.away {
+            return;
+        }
+        let targets = self.observed_targets();
+        let input = Input {
+            now: ts(self.now),
+            name: NAME,
+            uid: "",
+            generation: 1,
+            spec: &self.spec,
+            status: &self.status,
+            approved: self.approved,
+            retry: self.retry.as_deref(),
+            expand_job: JobState::Absent,
+            contract_job: JobState::Running(None),
+            backfill_job: JobState::Absent,
+            backfill_paused: self.paused,
+            targets,
+            job_policy: &POLICY,
+            waits_for: Vec::new(),
+            unconfirmed_stop: None,
+        };
+        if super::grant::verdict(&input, k.1).verdict != crate::protocol::grant::Verdict::Granted {
+            return;
+        }
+        if self.gate_closed()
+            || (self.spec.backfill.is_some()
+                && !self.backfilled
+                && !self.lost_writes
+                && !self.blind)
+        {
+            self.unsafe_commits += 1;
+        }
+        self.zombies.remove(&k);
+        self.jobs
+            .insert(k, JobState::Succeeded(Some("contract ok".into())));
     }
 
     /// Plan from the current status and world, check the invariants, apply the plan.
     fn step(&mut self) -> Result<(), TestCaseError> {
-        let targets = self.observed_targets();
-        let input = Input {
+        if self.away {
+            return Ok(());
+        }
+        let targets = match &self.stale {
+            Some(frozen) => self.view(frozen),
+            None => self.observed_targets(),
+        };
+        let unconfirmed = self
+            .zombies
+            .contains(&(
+                key(JobPhase::Contract),
+                self.status.contract.as_ref().map_or(0, |c| c.attempts),
+            ))
+            .then(|| "pod x is still Running".to_string());
+        let mut input = Input {
             now: ts(self.now),
             name: NAME,
             uid: "",
@@ -2005,9 +2115,20 @@ impl Sim {
             targets,
             job_policy: &POLICY,
             waits_for: Vec::new(),
-            unconfirmed_stop: None,
+            unconfirmed_stop: unconfirmed,
         };
-        let plan = plan(&input);
+        let mut plan = plan(&input);
+        // As the controller does: contract and the backfill start only on a quorum read.
+        if matches!(
+            plan.action,
+            Action::StartJob {
+                phase: JobPhase::Contract | JobPhase::Backfill,
+                ..
+            }
+        ) {
+            input.targets = self.observed_targets();
+            plan = super::plan(&input);
+        }
         self.log.push(format!(
             "t={} phase={:?} action={:?} expand_job={:?} contract_job={:?}",
             self.now, plan.status.phase, plan.action, input.expand_job, input.contract_job
@@ -2042,19 +2163,22 @@ impl Sim {
             Action::StopJob { phase, attempt } => {
                 if self.jobs.get(&(key(phase), attempt)) == Some(&JobState::Running(None)) {
                     self.jobs.remove(&(key(phase), attempt));
+                    if self.stalled {
+                        self.zombies.insert((key(phase), attempt));
+                    }
                 }
             }
             Action::None => {}
         }
         // The fence: once a plan has seen a closed gate, no contract attempt is left running.
-        if self.gate_closed() {
+        if self.gate_closed() && self.stale.is_none() {
             prop_assert!(
                 self.latest_running(JobPhase::Contract).is_none(),
                 "a contract attempt still runs after the plan saw a closed gate"
             );
         }
         // The backfill's fence: no backfill attempt runs while old code can.
-        if self.old_code_runs() {
+        if self.old_code_runs() && self.stale.is_none() {
             prop_assert!(
                 self.latest_running(JobPhase::Backfill).is_none(),
                 "a backfill attempt still runs after the plan saw old code"
@@ -2128,7 +2252,7 @@ impl Sim {
                     // World truth, unless a status write was lost: then the planner may
                     // have forgotten a regression it saw (as it may forget the soak).
                     prop_assert!(
-                        self.backfilled || self.lost_writes,
+                        self.backfilled || self.lost_writes || self.blind,
                         "contract started before a backfill completed with no old code since"
                     );
                     prop_assert!(
@@ -2155,7 +2279,7 @@ impl Sim {
                         "contract started inside the soak"
                     );
                     // Against the world's truth, retries and replacement attempts included.
-                    if !self.lost_writes {
+                    if !self.lost_writes && !self.blind {
                         let Some(truth) = self.complete_since else {
                             return Err(TestCaseError::fail(
                                 "contract started before the rollout completed (world truth)",
@@ -2332,6 +2456,9 @@ impl Sim {
     /// Make the world favourable and keep retrying: the migration must finish.
     fn drain(&mut self) -> Result<(), TestCaseError> {
         self.approved = true;
+        self.apply(&Ev::KubeletStall(false));
+        self.apply(&Ev::OperatorAway(false));
+        self.apply(&Ev::StaleView(false));
         for t in &mut self.targets {
             *t = Tgt::DONE;
         }
