@@ -15,7 +15,7 @@ use crate::planner::{self, Input, JobPhase, JobState};
 
 use super::error::Error;
 use super::workloads::Source;
-use super::{jobs, workloads, Context};
+use super::{history, jobs, workloads, Context};
 
 /// How often a running Job is looked at without a watch event (see `reconcile_once`).
 const RUNNING_JOB_POLL: Duration = Duration::from_secs(10);
@@ -171,6 +171,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         targets,
         job_policy: &ctx.config.executor.job_policy,
         waits_for,
+        history: None,
     };
     let mut plan = planner::plan(&input);
     if stale {
@@ -196,6 +197,23 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         input.targets = observe_targets(Source::Api(client, &ctx.caches)).await?;
         quorum_read = Some(read.elapsed());
         plan = planner::plan(&input);
+    }
+    // A rollback the operator was not there to see (down, not leading, between two looks)
+    // shows in the targets' rollout history: read it where the epoch matters
+    // (src/controller/history.rs), and plan again.
+    if ctx.history_checked.wanted(&uid, &status, &plan) {
+        input.history = Some(
+            history::observe(
+                client,
+                &ctx.caches,
+                &ns,
+                &dbm.spec.rollout,
+                ctx.caches.rollouts_installed,
+            )
+            .await?,
+        );
+        plan = planner::plan(&input);
+        ctx.history_checked.note(&uid, &status, &plan);
     }
     // Asked to stop (SIGTERM, or leadership lost): start nothing new.
     if ctx.stopping() {
@@ -451,6 +469,7 @@ mod tests {
             shutdown: futures::future::pending().boxed().shared(),
             failures: Default::default(),
             status_writes: Default::default(),
+            history_checked: Default::default(),
         };
         // Our write replaced resourceVersion 10 with 11; the cache still has 10.
         ctx.status_writes.written(

@@ -9,6 +9,7 @@
 mod backfill;
 pub mod conditions;
 pub mod order;
+pub mod regression;
 pub mod rollout;
 pub mod validate;
 pub mod version;
@@ -157,6 +158,9 @@ pub struct Input<'a> {
     /// migrations on the same database created earlier whose expand has not run), e.g.
     /// `add-email (dependsOn; Expanding)`.
     pub waits_for: Vec<String>,
+    /// Every target workload's kept revisions (ReplicaSets, ControllerRevisions), when the
+    /// controller read them (see [`regression`]); `None` on most reconciles.
+    pub history: Option<Vec<regression::TargetHistory>>,
 }
 
 /// What to do now.
@@ -240,6 +244,9 @@ pub mod reason {
     /// `Stalled` is False although the phase is Failed: expand is applied, so GitOps tools
     /// must not hold back what depends on the migration.
     pub const FAILED_AFTER_EXPAND: &str = "FailedAfterExpand";
+    /// The rollout history (ReplicaSet / ControllerRevision revisions) shows old code was
+    /// rolled out after the rollout completed, e.g. while the operator was down; an Event.
+    pub const REGRESSION_IN_HISTORY: &str = "RegressionInHistory";
 }
 
 /// The `phasegate.dev/retry` annotation within one plan. A value differing from
@@ -838,6 +845,11 @@ impl<'a> Planner<'a> {
         let ready = targets.iter().filter(|t| t.complete).count();
         self.status.targets_ready = Some(format!("{ready}/{}", targets.len()));
         self.status.targets.clone_from(targets);
+        // Old code rolled out since the rollout completed, as the kept revisions show: the
+        // gate is closed for this plan, like for a rollback seen live.
+        if let Some(why) = self.regression_from_history() {
+            return Err(why);
+        }
         let named_present = self
             .input
             .spec
@@ -860,13 +872,11 @@ impl<'a> Planner<'a> {
         let held = self.status.rollout_completed_at.is_some();
         if all_complete || (held && only_new_code) {
             self.status.rollout_completed_at.get_or_insert(self.now());
+            self.record_epoch_revisions();
             return Ok(());
         }
         if held {
-            self.status.rollout_completed_at = None;
-            self.status.contract_not_before = None;
-            self.status.rollout_started_at = Some(self.now());
-            self.backfill_regressed();
+            self.rollout_regressed(regression::live(targets, &rule));
         }
         let waiting: Vec<String> = targets
             .iter()
