@@ -254,6 +254,69 @@ mod tests {
     }
 
     #[test]
+    fn the_history_is_read_once_per_epoch_and_before_every_gated_start() {
+        use crate::api::{DatabaseMigrationStatus, TargetRevision, TargetStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let epoch = |s: i64| {
+            Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(s).expect("t"),
+            ))
+        };
+        let recorded = DatabaseMigrationStatus {
+            rollout_completed_at: epoch(100),
+            targets: vec![TargetStatus {
+                kind: "Deployment".into(),
+                name: "api".into(),
+                complete: true,
+                ..Default::default()
+            }],
+            rollout_revisions: vec![TargetRevision {
+                kind: "Deployment".into(),
+                name: "api".into(),
+                uid: "u".into(),
+                revision: 2,
+            }],
+            ..Default::default()
+        };
+        let plan = |status: &DatabaseMigrationStatus, action: Action| Plan {
+            status: status.clone(),
+            action,
+            requeue_after: None,
+            transition: None,
+            notices: Vec::new(),
+        };
+        let checked = Checked::default();
+        let idle = plan(&recorded, Action::None);
+        // A (re)started operator reads it once in the epoch ...
+        assert!(checked.wanted("m", &recorded, &idle));
+        checked.note("m", &recorded, &idle);
+        assert!(!checked.wanted("m", &recorded, &idle));
+        assert!(checked.wanted("other", &recorded, &idle));
+        // ... and again before a backfill or contract starts, and in a new epoch.
+        let start = plan(
+            &recorded,
+            Action::StartJob {
+                phase: JobPhase::Contract,
+                attempt: 1,
+            },
+        );
+        assert!(checked.wanted("m", &recorded, &start));
+        let mut next = recorded.clone();
+        next.rollout_completed_at = epoch(200);
+        assert!(checked.wanted("m", &next, &plan(&next, Action::None)));
+        // An epoch without recorded revisions: read until they are written.
+        let mut bare = recorded.clone();
+        bare.rollout_revisions.clear();
+        let p = plan(&bare, Action::None);
+        assert!(checked.wanted("n", &bare, &p));
+        checked.note("n", &bare, &p);
+        assert!(checked.wanted("n", &bare, &p));
+        // No epoch: nothing to judge.
+        let none = DatabaseMigrationStatus::default();
+        assert!(!checked.wanted("o", &none, &plan(&none, Action::None)));
+    }
+
+    #[test]
     fn a_controller_revision_carries_its_template_in_data() {
         let cr: ControllerRevision = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web-7c9b", "namespace": "shop"},
