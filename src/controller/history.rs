@@ -174,7 +174,10 @@ impl Checked {
     /// revisions to record, or this process has not read the history in this epoch yet (it
     /// was not running, or not leading, when a rollback may have come and gone).
     pub fn wanted(&self, uid: &str, status: &DatabaseMigrationStatus, plan: &Plan) -> bool {
-        if plan.status.rollout_completed_at.is_none() {
+        // Nothing to judge before the epoch, nor once contract is applied.
+        if plan.status.rollout_completed_at.is_none()
+            || plan.status.phase == Some(crate::api::Phase::Succeeded)
+        {
             return false;
         }
         let gated_start = matches!(
@@ -311,9 +314,12 @@ mod tests {
         assert!(checked.wanted("n", &bare, &p));
         checked.note("n", &bare, &p);
         assert!(checked.wanted("n", &bare, &p));
-        // No epoch: nothing to judge.
+        // No epoch, or contract applied: nothing to judge.
         let none = DatabaseMigrationStatus::default();
         assert!(!checked.wanted("o", &none, &plan(&none, Action::None)));
+        let mut done = recorded.clone();
+        done.phase = Some(crate::api::Phase::Succeeded);
+        assert!(!checked.wanted("p", &done, &plan(&done, Action::None)));
     }
 
     #[test]
