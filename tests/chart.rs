@@ -31,12 +31,12 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
         &["patch"],
     ),
     // jobs::create_or_adopt (create, get on 409, merge-patch to adopt), jobs::observe (get),
-    // Controller::owns (list, watch).
+    // Controller::owns (list, watch), jobs::stop (delete: the fence's fast stop).
     (
         "phasegate.operatorRules",
         "batch",
         "jobs",
-        &["create", "get", "list", "watch", "patch"],
+        &["create", "get", "list", "watch", "patch", "delete"],
     ),
     // workloads::observe_targets (get by name, list by selector), Controller::watches.
     (

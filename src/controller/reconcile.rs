@@ -10,12 +10,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
-use crate::api::{DatabaseMigration, Phase, ANNOTATION_APPROVE, ANNOTATION_RETRY, FIELD_MANAGER};
+use crate::api::{DatabaseMigration, Phase, FIELD_MANAGER};
 use crate::planner::{self, Input, JobPhase, JobState};
 
 use super::error::Error;
 use super::workloads::Source;
-use super::{history, jobs, workloads, Context};
+use super::{fence, history, jobs, workloads, Context};
 
 /// How often a running Job is looked at without a watch event (see `reconcile_once`).
 const RUNNING_JOB_POLL: Duration = Duration::from_secs(10);
@@ -134,7 +134,6 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     } else {
         Vec::new()
     };
-    let annotations = dbm.annotations();
     // The order among migrations matters only until expand first starts.
     let waits_for = if status.expand.as_ref().is_some_and(|e| e.attempts > 0) {
         Vec::new()
@@ -151,6 +150,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     let running = matches!(expand_job, JobState::Running(_))
         || matches!(contract_job, JobState::Running(_))
         || matches!(backfill_job, JobState::Running(_));
+    let (approved, retry, backfill_paused) = fence::marks(&dbm);
     let mut input = Input {
         now,
         name: &name,
@@ -158,20 +158,21 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         generation,
         spec: &dbm.spec,
         status: &status,
-        approved: annotations
-            .get(ANNOTATION_APPROVE)
-            .is_some_and(|v| v == "true"),
-        retry: annotations.get(ANNOTATION_RETRY).map(String::as_str),
+        approved,
+        retry,
         expand_job,
         contract_job,
         backfill_job,
-        backfill_paused: annotations
-            .get(crate::api::ANNOTATION_BACKFILL_PAUSED)
-            .is_some_and(|v| v == "true"),
+        backfill_paused,
         targets,
         job_policy: &ctx.config.executor.job_policy,
         waits_for,
         history: None,
+        unconfirmed_stop: if expanded && !contracted {
+            fence::unconfirmed_stop(ctx, &dbm, &status)
+        } else {
+            None
+        },
     };
     let mut plan = planner::plan(&input);
     if stale {
@@ -274,6 +275,11 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             stop_attempt(&jobs_api, &dbm, phase, attempt).await?;
         }
         planner::Action::None => {}
+    }
+    // Whatever the plan says (a failure, an invalid spec, a policy refusal), no attempt of a
+    // fenced phase it does not want keeps running.
+    if expanded && !contracted {
+        fence::sweep(ctx, &dbm, &plan).await?;
     }
     // Progress alone (replica counts, their messages) is written at most every few seconds;
     // a change that comes with an Event is written at once so the Event is not repeated.

@@ -23,6 +23,8 @@
 //! The controller reads the history only where it matters (src/controller/history.rs); the
 //! planner decides.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use crate::api::{RegressionStatus, TargetKind, TargetRevision};
 
 use super::{reason, version::VersionRule, Planner, Transition};
@@ -208,11 +210,40 @@ impl Planner<'_> {
         self.status.contract_not_before = None;
         self.status.rollout_started_at = Some(self.now());
         self.status.rollout_revisions.clear();
+        // A contract attempt of the ended epoch never commits, even where its Job is no
+        // longer seen (a stop whose record was lost, a Job deleted while its pod runs on).
+        if let Some(c) = self
+            .status
+            .contract
+            .as_mut()
+            .filter(|c| c.attempts > 0 && !c.succeeded && c.finished_at.is_none())
+        {
+            c.finished_at = Some(Time(self.input.now));
+            c.reason = Some(reason::GATE_CLOSED.to_string());
+            c.message = Some(format!(
+                "contract attempt {} stopped before commit: {message}",
+                c.attempts
+            ));
+        }
         self.status.last_regression = Some(RegressionStatus {
             seen_at: self.now(),
             message,
         });
         self.backfill_regressed();
+    }
+
+    /// A contract attempt belongs to the rollout epoch it started in: one that started before
+    /// the current epoch began (a regression since, its stop record lost) must stop, and the
+    /// soak, backfill and approval hold anew for the next.
+    pub(super) fn contract_predates_epoch(&self) -> Option<String> {
+        let started = self.status.contract.as_ref()?.started_at.as_ref()?;
+        let epoch = self.status.rollout_completed_at.as_ref()?;
+        (started.0 < epoch.0).then(|| {
+            format!(
+                "the rollout regressed since this attempt started ({}); it completed again at {}",
+                started.0, epoch.0
+            )
+        })
     }
 
     /// The epoch holds: record the revision of each target the history shows and that has

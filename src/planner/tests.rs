@@ -175,6 +175,7 @@ impl Fx {
             job_policy: &POLICY,
             waits_for: Vec::new(),
             history: self.history.clone(),
+            unconfirmed_stop: None,
         }
     }
     fn plan(&self) -> Plan {
@@ -1274,6 +1275,61 @@ fn contract_job_vanished_while_running_starts_a_new_attempt_through_the_gates() 
 }
 
 #[test]
+fn an_invalid_edit_while_contract_runs_stops_the_attempt() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    assert_eq!(phase(&fx.step()), Phase::Contracting);
+    let good = fx.spec.clone();
+    // Admitted by the API server, refused by the planner: below youngTransaction.
+    fx.spec.safety.lock_timeout = "20ms".into();
+    let p = fx.step();
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (
+            Phase::Failed,
+            Action::StopJob {
+                phase: JobPhase::Contract,
+                attempt: 1
+            }
+        ),
+        "a plan that judges no gate must not let the running attempt commit"
+    );
+    let rec = p.status.contract.clone().unwrap();
+    assert_eq!(rec.reason.as_deref(), Some(reason::GATE_CLOSED), "{rec:?}");
+    assert!(
+        rec.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("is out of range"),
+        "{rec:?}"
+    );
+    assert!(p.notices.iter().any(|n| n.reason == reason::GATE_CLOSED));
+    // Its Job is still there (a kubelet that has not stopped it): still stopped, once noticed.
+    let p = fx.step();
+    assert!(matches!(p.action, Action::StopJob { .. }));
+    assert!(p.notices.iter().all(|n| n.reason != reason::GATE_CLOSED));
+    // Fixed: the stopped attempt is not resumed; a new one starts through the gates.
+    fx.contract_job = JobState::Absent;
+    fx.spec = good;
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 2));
+}
+
+#[test]
+fn a_policy_refusal_while_contract_runs_stops_the_attempt() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.step();
+    fx.spec.depends_on = vec![NAME.to_string()];
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Failed);
+    assert_eq!(
+        p.action,
+        Action::StopJob {
+            phase: JobPhase::Contract,
+            attempt: 1
+        }
+    );
+}
+
+#[test]
 fn expand_job_found_while_status_write_was_lost_is_adopted() {
     // The Job of attempt 1 exists but the status recording its start was lost.
     let mut fx = Fx::new(SpecBuilder::new().build());
@@ -1627,6 +1683,13 @@ enum Ev {
     Restart {
         lost: bool,
     },
+    /// The kubelet stops (or resumes) delivering stops: a deleted Job's executor keeps
+    /// running until it resumes.
+    KubeletStall(bool),
+    /// The operator is stopped (or back): no plan, no grant, while it is away.
+    OperatorAway(bool),
+    /// The operator's caches freeze at what the targets look like now (or catch up).
+    StaleView(bool),
 }
 
 fn job_phase() -> impl Strategy<Value = JobPhase> {
@@ -1655,6 +1718,9 @@ fn event(lost_writes: bool) -> impl Strategy<Value = Ev> {
         1 => (0usize..3).prop_map(Ev::Unseen),
         1 => (0usize..3).prop_map(Ev::Prune),
         1 => any::<bool>().prop_map(move |l| Ev::Restart { lost: l && lost_writes }),
+        1 => any::<bool>().prop_map(Ev::KubeletStall),
+        1 => any::<bool>().prop_map(Ev::OperatorAway),
+        1 => any::<bool>().prop_map(Ev::StaleView),
     ]
 }
 
@@ -1730,6 +1796,23 @@ struct Sim {
     /// World truth, lost writes or not: a backfill attempt that did not run during an unseen
     /// regression succeeded since the last one.
     backfilled_since_unseen: bool,
+    /// The kubelet delivers no stop.
+    stalled: bool,
+    /// Executors still running whose Job was deleted while the kubelet stalled.
+    zombies: std::collections::BTreeSet<(u8, u32)>,
+    /// The operator is stopped: it neither plans nor grants.
+    away: bool,
+    /// What the operator's caches show of the targets, frozen; None when current.
+    stale: Option<Vec<Tgt>>,
+    /// Old code ran while the operator was away or its view stale: a regression it may never
+    /// see (the rollout looks complete again by the time it looks). What it then forgets — a
+    /// soak to restart, a backfill to rerun — is known only from the workloads' rollout
+    /// history. The simulation models that history for rollbacks and roll-forwards while the
+    /// operator is away (`Ev::Unseen`, checked by `last_unseen` and
+    /// `backfilled_since_unseen` whatever `blind` says); an old pod that comes and goes
+    /// (`Ev::OldPod`) leaves no revision behind, so `blind` still relaxes the world-truth
+    /// soak and backfill checks for the other events. The gates themselves still hold.
+    blind: bool,
     log: Vec<String>,
 }
 
@@ -1795,6 +1878,11 @@ impl Sim {
             last_unseen: None,
             unseen_tainted: Default::default(),
             backfilled_since_unseen: true,
+            stalled: false,
+            zombies: Default::default(),
+            away: false,
+            stale: None,
+            blind: false,
             log: Vec::new(),
         }
     }
@@ -1859,7 +1947,11 @@ impl Sim {
     }
 
     fn observed_targets(&self) -> Vec<TargetStatus> {
-        self.targets
+        self.view(&self.targets)
+    }
+
+    fn view(&self, targets: &[Tgt]) -> Vec<TargetStatus> {
+        targets
             .iter()
             .enumerate()
             .map(|(i, t)| {
@@ -1921,6 +2013,7 @@ impl Sim {
                 t.old_pods = true;
                 t.rolled_out = false;
             }
+            Ev::JobSucceeds(JobPhase::Contract) => self.contract_commits(),
             Ev::JobSucceeds(p) => {
                 if let Some(k) = self.latest_running(p) {
                     // The executor commits now: the world must still let it.
@@ -1996,6 +2089,21 @@ impl Sim {
                 let newest = revs.iter().copied().max_by_key(|r| r.0);
                 revs.retain(|r| Some(*r) == newest);
             }
+            Ev::KubeletStall(stalled) => {
+                self.stalled = stalled;
+                if !stalled {
+                    // SIGTERM at last: each rolls back.
+                    self.zombies.clear();
+                }
+            }
+            Ev::OperatorAway(away) => {
+                // Back: a new process, which reads the rollout history once per epoch.
+                if self.away && !away {
+                    self.history_due = true;
+                }
+                self.away = away;
+            }
+            Ev::StaleView(stale) => self.stale = stale.then(|| self.targets.clone()),
             Ev::Restart { lost } => {
                 self.history_due = true;
                 if lost {
@@ -2015,11 +2123,91 @@ impl Sim {
             self.complete_since = Some(self.now);
         }
         self.taint_backfills();
+        if (self.away || self.stale.is_some()) && self.old_code_runs() {
+            self.blind = true;
+        }
+    }
+
+    /// A contract executor reaches COMMIT: the running attempt, or one whose Job was deleted
+    /// while the kubelet stalled. It commits only with a grant: the operator is there and the
+    /// verdict on a fresh view of the world is Granted for that very attempt.
+    fn contract_commits(&mut self) {
+        let c = key(JobPhase::Contract);
+        let Some(k) = self
+            .latest_running(JobPhase::Contract)
+            .or_else(|| self.zombies.iter().rfind(|(p, _)| *p == c).copied())
+        else {
+            return;
+        };
+        if self.away {
+            return;
+        }
+        let targets = self.observed_targets();
+        let input = Input {
+            now: ts(self.now),
+            name: NAME,
+            uid: "",
+            generation: 1,
+            spec: &self.spec,
+            status: &self.status,
+            approved: self.approved,
+            retry: self.retry.as_deref(),
+            expand_job: JobState::Absent,
+            contract_job: JobState::Running(None),
+            backfill_job: JobState::Absent,
+            backfill_paused: self.paused,
+            targets,
+            job_policy: &POLICY,
+            waits_for: Vec::new(),
+            unconfirmed_stop: None,
+            // The endpoint reads the rollout history with every grant.
+            history: Some(self.history()),
+        };
+        if super::grant::verdict(&input, k.1).verdict != crate::protocol::grant::Verdict::Granted {
+            return;
+        }
+        // A rollback and roll-forward while the operator was away: its grant reads the
+        // rollout history, lost status writes or not.
+        if (self.spec.backfill.is_some() && !self.backfilled_since_unseen)
+            || self
+                .spec
+                .contract
+                .delay
+                .as_deref()
+                .zip(self.last_unseen)
+                .is_some_and(|(d, u)| self.now - u < secs(d))
+        {
+            self.unsafe_commits += 1;
+        }
+        if self.gate_closed()
+            || (self.spec.backfill.is_some()
+                && !self.backfilled
+                && !self.lost_writes
+                && !self.blind)
+        {
+            self.unsafe_commits += 1;
+        }
+        self.zombies.remove(&k);
+        self.jobs
+            .insert(k, JobState::Succeeded(Some("contract ok".into())));
     }
 
     /// Plan from the current status and world, check the invariants, apply the plan.
     fn step(&mut self) -> Result<(), TestCaseError> {
-        let targets = self.observed_targets();
+        if self.away {
+            return Ok(());
+        }
+        let targets = match &self.stale {
+            Some(frozen) => self.view(frozen),
+            None => self.observed_targets(),
+        };
+        let unconfirmed = self
+            .zombies
+            .contains(&(
+                key(JobPhase::Contract),
+                self.status.contract.as_ref().map_or(0, |c| c.attempts),
+            ))
+            .then(|| "pod x is still Running".to_string());
         let mut input = Input {
             now: ts(self.now),
             name: NAME,
@@ -2039,12 +2227,11 @@ impl Sim {
             targets,
             job_policy: &POLICY,
             waits_for: Vec::new(),
+            unconfirmed_stop: unconfirmed,
             history: None,
         };
         let mut plan = plan(&input);
-        // The controller reads the rollout history where the epoch matters: before a
-        // backfill or contract starts, when an epoch has revisions to record, and once per
-        // epoch after it (re)started.
+        // As the controller does: contract and the backfill start only on a quorum read.
         let gated_start = matches!(
             plan.action,
             Action::StartJob {
@@ -2052,6 +2239,13 @@ impl Sim {
                 ..
             }
         );
+        if gated_start {
+            input.targets = self.observed_targets();
+            plan = super::plan(&input);
+        }
+        // The controller reads the rollout history where the epoch matters: before a
+        // backfill or contract starts, when an epoch has revisions to record, and once per
+        // epoch after it (re)started.
         if plan.status.rollout_completed_at.is_some()
             && (gated_start || self.history_due || regression::unrecorded(&plan.status))
         {
@@ -2097,19 +2291,22 @@ impl Sim {
             Action::StopJob { phase, attempt } => {
                 if self.jobs.get(&(key(phase), attempt)) == Some(&JobState::Running(None)) {
                     self.jobs.remove(&(key(phase), attempt));
+                    if self.stalled {
+                        self.zombies.insert((key(phase), attempt));
+                    }
                 }
             }
             Action::None => {}
         }
         // The fence: once a plan has seen a closed gate, no contract attempt is left running.
-        if self.gate_closed() {
+        if self.gate_closed() && self.stale.is_none() {
             prop_assert!(
                 self.latest_running(JobPhase::Contract).is_none(),
                 "a contract attempt still runs after the plan saw a closed gate"
             );
         }
         // The backfill's fence: no backfill attempt runs while old code can.
-        if self.old_code_runs() {
+        if self.old_code_runs() && self.stale.is_none() {
             prop_assert!(
                 self.latest_running(JobPhase::Backfill).is_none(),
                 "a backfill attempt still runs after the plan saw old code"
@@ -2199,7 +2396,7 @@ impl Sim {
                     // World truth, unless a status write was lost: then the planner may
                     // have forgotten a regression it saw (as it may forget the soak).
                     prop_assert!(
-                        self.backfilled || self.lost_writes,
+                        self.backfilled || self.lost_writes || self.blind,
                         "contract started before a backfill completed with no old code since"
                     );
                     prop_assert!(
@@ -2226,7 +2423,7 @@ impl Sim {
                         "contract started inside the soak"
                     );
                     // Against the world's truth, retries and replacement attempts included.
-                    if !self.lost_writes {
+                    if !self.lost_writes && !self.blind {
                         let Some(truth) = self.complete_since else {
                             return Err(TestCaseError::fail(
                                 "contract started before the rollout completed (world truth)",
@@ -2407,6 +2604,9 @@ impl Sim {
     /// Make the world favourable and keep retrying: the migration must finish.
     fn drain(&mut self) -> Result<(), TestCaseError> {
         self.approved = true;
+        self.apply(&Ev::KubeletStall(false));
+        self.apply(&Ev::OperatorAway(false));
+        self.apply(&Ev::StaleView(false));
         for i in 0..self.targets.len() {
             // A new template is a new revision.
             if self.revisions[i]
@@ -3850,4 +4050,32 @@ fn history_pruned_since_the_epoch_counts_as_a_regression() {
         .notices
         .iter()
         .any(|n| n.message.contains("revision 3") && n.message.contains("no longer kept")));
+}
+
+#[test]
+fn a_retry_set_while_the_operator_was_away_does_not_retry_a_later_timeout() {
+    // Found by the favourable-world property once the simulator's event mix changed: the
+    // retry annotation is set while the operator is away, the rollout times out meanwhile;
+    // the operator's first plan declares the timeout, and the retry, asked before it, does
+    // not undo it (only a new value does).
+    let p = Params {
+        targets: 1,
+        delay: None,
+        timeout: Some("3m"),
+        manual: false,
+        backfill: false,
+    };
+    let events = vec![
+        Ev::Update(0),
+        Ev::JobSucceeds(JobPhase::Expand),
+        Ev::RolloutDone(0),
+        Ev::Update(0),
+        Ev::OperatorAway(true),
+        Ev::Retry(true),
+        Ev::Advance(180),
+        Ev::OperatorAway(false),
+        Ev::Advance(1),
+        Ev::Update(0),
+    ];
+    simulate(&p, &events, false, true).unwrap();
 }
