@@ -57,6 +57,15 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
         "daemonsets",
         &["get", "list", "watch"],
     ),
+    // history::observe: the targets' ReplicaSets and ControllerRevisions (their revisions),
+    // listed by selector, never watched.
+    ("phasegate.operatorRules", "apps", "replicasets", &["list"]),
+    (
+        "phasegate.operatorRules",
+        "apps",
+        "controllerrevisions",
+        &["list"],
+    ),
     // Argo Rollouts targets (controller/argo.rs), read and watched like apps/v1 workloads.
     (
         "phasegate.operatorRules",

@@ -133,6 +133,17 @@ async fn judge(ctx: &Context, req: &Request) -> Result<Answer, Error> {
         ctx.caches.rollouts_installed,
     )
     .await?;
+    // What the cluster keeps decides: a rollback and a roll-forward since the rollout
+    // completed (the operator down, its caches behind) withholds the grant although the
+    // targets look complete now (src/controller/history.rs).
+    let history = super::history::observe(
+        &ctx.client,
+        &ctx.caches,
+        &req.namespace,
+        &dbm.spec.rollout,
+        ctx.caches.rollouts_installed,
+    )
+    .await?;
     let (approved, retry, backfill_paused) = marks(&dbm);
     let input = Input {
         now: Timestamp::now(),
@@ -151,6 +162,7 @@ async fn judge(ctx: &Context, req: &Request) -> Result<Answer, Error> {
         job_policy: &ctx.config.executor.job_policy,
         waits_for: Vec::new(),
         unconfirmed_stop: None,
+        history: Some(history),
     };
     Ok(planner::grant::verdict(&input, req.attempt))
 }

@@ -5,6 +5,7 @@ pub mod argo;
 pub mod cache;
 pub mod error;
 pub mod fence;
+pub mod history;
 pub mod jobs;
 pub mod labels;
 pub mod pod_index;
@@ -59,6 +60,8 @@ pub struct Context {
     failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<DatabaseMigration>, u32>>,
     /// Recent status writes: progress pacing and stale-copy detection.
     pub(crate) status_writes: status_writes::StatusWrites,
+    /// Migrations whose rollout history this process has read in their current epoch.
+    pub(crate) history_checked: history::Checked,
 }
 
 impl Context {
@@ -215,6 +218,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         shutdown: ops.shutdown.clone(),
         failures: Default::default(),
         status_writes: Default::default(),
+        history_checked: Default::default(),
     });
 
     ops.grants.open(ctx.clone());

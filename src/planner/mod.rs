@@ -10,6 +10,7 @@ mod backfill;
 pub mod conditions;
 pub mod grant;
 pub mod order;
+pub mod regression;
 pub mod rollout;
 pub mod validate;
 pub mod version;
@@ -158,6 +159,9 @@ pub struct Input<'a> {
     /// migrations on the same database created earlier whose expand has not run), e.g.
     /// `add-email (dependsOn; Expanding)`.
     pub waits_for: Vec<String>,
+    /// Every target workload's kept revisions (ReplicaSets, ControllerRevisions), when the
+    /// controller read them (see [`regression`]); `None` on most reconciles.
+    pub history: Option<Vec<regression::TargetHistory>>,
     /// A contract attempt recorded as stopped whose executor pod has not ended yet (the
     /// kubelet has not confirmed the stop), described, e.g. `pod m-contract-1-x7k2p is still
     /// Running`. The next attempt waits for it.
@@ -247,6 +251,9 @@ pub mod reason {
     /// `Stalled` is False although the phase is Failed: expand is applied, so GitOps tools
     /// must not hold back what depends on the migration.
     pub const FAILED_AFTER_EXPAND: &str = "FailedAfterExpand";
+    /// The rollout history (ReplicaSet / ControllerRevision revisions) shows old code was
+    /// rolled out after the rollout completed, e.g. while the operator was down; an Event.
+    pub const REGRESSION_IN_HISTORY: &str = "RegressionInHistory";
 }
 
 /// The `phasegate.dev/retry` annotation within one plan. A value differing from
@@ -828,6 +835,9 @@ impl<'a> Planner<'a> {
         if let Err(why) = rollout {
             return Some(why.clone());
         }
+        if let Some(why) = self.contract_predates_epoch() {
+            return Some(why);
+        }
         if !self.backfill_done_in_epoch() {
             return Some("the backfill has not finished in this rollout epoch".to_string());
         }
@@ -894,6 +904,11 @@ impl<'a> Planner<'a> {
         let ready = targets.iter().filter(|t| t.complete).count();
         self.status.targets_ready = Some(format!("{ready}/{}", targets.len()));
         self.status.targets.clone_from(targets);
+        // Old code rolled out since the rollout completed, as the kept revisions show: the
+        // gate is closed for this plan, like for a rollback seen live.
+        if let Some(why) = self.regression_from_history() {
+            return Err(why);
+        }
         let named_present = self
             .input
             .spec
@@ -916,13 +931,11 @@ impl<'a> Planner<'a> {
         let held = self.status.rollout_completed_at.is_some();
         if all_complete || (held && only_new_code) {
             self.status.rollout_completed_at.get_or_insert(self.now());
+            self.record_epoch_revisions();
             return Ok(());
         }
         if held {
-            self.status.rollout_completed_at = None;
-            self.status.contract_not_before = None;
-            self.status.rollout_started_at = Some(self.now());
-            self.backfill_regressed();
+            self.rollout_regressed(regression::live(targets, &rule));
         }
         let waiting: Vec<String> = targets
             .iter()
@@ -980,9 +993,10 @@ impl<'a> Planner<'a> {
                 let elapsed = elapsed(started, now);
                 if elapsed >= timeout {
                     self.status.rollout_timed_out_at = Some(Time(now));
-                    // A retry that was waiting for the gates was asked before this timeout:
-                    // it is used up, and only a new value waits again.
-                    if self.retry == Retry::AwaitingGates {
+                    // A retry that was waiting for the gates, or one first seen now (set
+                    // while the operator was away), was asked before this timeout: it is
+                    // used up, and only a new value waits again.
+                    if matches!(self.retry, Retry::AwaitingGates | Retry::Fresh) {
                         self.consume_retry();
                     }
                     self.set(

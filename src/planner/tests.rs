@@ -130,6 +130,7 @@ struct Fx {
     backfill_job: JobState,
     backfill_paused: bool,
     targets: Vec<TargetStatus>,
+    history: Option<Vec<regression::TargetHistory>>,
 }
 
 impl Fx {
@@ -153,6 +154,7 @@ impl Fx {
             backfill_job: JobState::Absent,
             backfill_paused: false,
             targets,
+            history: None,
         }
     }
     fn input(&self) -> Input<'_> {
@@ -172,6 +174,7 @@ impl Fx {
             targets: self.targets.clone(),
             job_policy: &POLICY,
             waits_for: Vec::new(),
+            history: self.history.clone(),
             unconfirmed_stop: None,
         }
     }
@@ -1670,6 +1673,12 @@ enum Ev {
     /// A new `retry` annotation value (or none).
     Retry(bool),
     Advance(u32),
+    /// While the operator is down, target `i` is rolled back to the old version (old code
+    /// runs, its rollout completes) and rolled forward again; then the operator restarts.
+    /// Only the kept revisions tell.
+    Unseen(usize),
+    /// Target `i`'s kept revisions are pruned to its newest (`revisionHistoryLimit`).
+    Prune(usize),
     /// Re-plan; with `lost`, the last status write never landed.
     Restart {
         lost: bool,
@@ -1706,6 +1715,8 @@ fn event(lost_writes: bool) -> impl Strategy<Value = Ev> {
         1 => prop::bool::weighted(0.3).prop_map(Ev::Pause),
         1 => prop::bool::weighted(0.85).prop_map(Ev::Retry),
         3 => prop_oneof![1u32..60, 60u32..1500].prop_map(Ev::Advance),
+        1 => (0usize..3).prop_map(Ev::Unseen),
+        1 => (0usize..3).prop_map(Ev::Prune),
         1 => any::<bool>().prop_map(move |l| Ev::Restart { lost: l && lost_writes }),
         1 => any::<bool>().prop_map(Ev::KubeletStall),
         1 => any::<bool>().prop_map(Ev::OperatorAway),
@@ -1773,6 +1784,18 @@ struct Sim {
     tainted: std::collections::BTreeSet<u32>,
     /// World truth: a backfill attempt completed and no old code ran since it started.
     backfilled: bool,
+    /// Each target's kept revisions: (number, carries appVersion).
+    revisions: Vec<Vec<(i64, bool)>>,
+    /// The operator (re)started and has not read the rollout history in this epoch yet.
+    history_due: bool,
+    /// When old code last ran unseen (`Ev::Unseen`): the soak counts from then at the
+    /// earliest, lost status writes or not (the history is not lost with them).
+    last_unseen: Option<i64>,
+    /// Backfill attempts running when old code ran unseen.
+    unseen_tainted: std::collections::BTreeSet<u32>,
+    /// World truth, lost writes or not: a backfill attempt that did not run during an unseen
+    /// regression succeeded since the last one.
+    backfilled_since_unseen: bool,
     /// The kubelet delivers no stop.
     stalled: bool,
     /// Executors still running whose Job was deleted while the kubelet stalled.
@@ -1783,8 +1806,12 @@ struct Sim {
     stale: Option<Vec<Tgt>>,
     /// Old code ran while the operator was away or its view stale: a regression it may never
     /// see (the rollout looks complete again by the time it looks). What it then forgets — a
-    /// soak to restart, a backfill to rerun — is only known from the workloads' rollout
-    /// history, which this simulation does not model; the gates themselves still hold.
+    /// soak to restart, a backfill to rerun — is known only from the workloads' rollout
+    /// history. The simulation models that history for rollbacks and roll-forwards while the
+    /// operator is away (`Ev::Unseen`, checked by `last_unseen` and
+    /// `backfilled_since_unseen` whatever `blind` says); an old pod that comes and goes
+    /// (`Ev::OldPod`) leaves no revision behind, so `blind` still relaxes the world-truth
+    /// soak and backfill checks for the other events. The gates themselves still hold.
     blind: bool,
     log: Vec<String>,
 }
@@ -1846,6 +1873,11 @@ impl Sim {
             paused: false,
             tainted: Default::default(),
             backfilled: false,
+            revisions: vec![vec![(1, false)]; p.targets],
+            history_due: false,
+            last_unseen: None,
+            unseen_tainted: Default::default(),
+            backfilled_since_unseen: true,
             stalled: false,
             zombies: Default::default(),
             away: false,
@@ -1857,6 +1889,35 @@ impl Sim {
 
     fn all_complete(&self) -> bool {
         self.targets.iter().all(Tgt::complete)
+    }
+
+    /// A new revision of target `i`'s template.
+    fn roll(&mut self, i: usize, new_version: bool) {
+        let revs = &mut self.revisions[i];
+        let next = revs.iter().map(|r| r.0).max().unwrap_or(0) + 1;
+        revs.push((next, new_version));
+    }
+
+    /// The kept revisions, as the controller reads them.
+    fn history(&self) -> Vec<regression::TargetHistory> {
+        self.revisions
+            .iter()
+            .enumerate()
+            .map(|(i, revs)| regression::TargetHistory {
+                kind: TargetKind::Deployment,
+                name: format!("app-{i}"),
+                uid: "u".into(),
+                revisions: revs
+                    .iter()
+                    .map(|&(n, new)| regression::Revision {
+                        name: format!("app-{i}-{n}"),
+                        number: n,
+                        version: Some(if new { "2.4.0" } else { "2.3.0" }.into()),
+                        earlier: Vec::new(),
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     fn old_code_runs(&self) -> bool {
@@ -1926,6 +1987,7 @@ impl Sim {
         let n = self.targets.len();
         match *ev {
             Ev::Update(i) => {
+                self.roll(i % n, true);
                 self.targets[i % n] = Tgt {
                     new_version: true,
                     old_pods: true,
@@ -1933,6 +1995,7 @@ impl Sim {
                 }
             }
             Ev::Rollback(i) => {
+                self.roll(i % n, false);
                 self.targets[i % n] = Tgt {
                     new_version: false,
                     old_pods: true,
@@ -1964,6 +2027,9 @@ impl Sim {
                     }
                     if p == JobPhase::Backfill {
                         self.backfilled = !self.tainted.contains(&k.1) && !self.old_code_runs();
+                        if !self.unseen_tainted.contains(&k.1) {
+                            self.backfilled_since_unseen = true;
+                        }
                     }
                     self.jobs
                         .insert(k, JobState::Succeeded(Some(format!("{p} ok"))));
@@ -1996,6 +2062,33 @@ impl Sim {
                 }
             }
             Ev::Advance(s) => self.now += i64::from(s),
+            Ev::Unseen(i) => {
+                // Old code ran: what a backfill did meanwhile may have missed its rows, and
+                // the rollout completed again only now.
+                self.roll(i % n, false);
+                self.roll(i % n, true);
+                self.targets[i % n] = Tgt::OLD;
+                self.complete_since = None;
+                self.taint_backfills();
+                self.targets[i % n] = Tgt::DONE;
+                self.history_due = true;
+                self.last_unseen = Some(self.now);
+                self.backfilled_since_unseen = false;
+                let running: Vec<u32> = self
+                    .jobs
+                    .iter()
+                    .filter(|((k, _), s)| {
+                        *k == key(JobPhase::Backfill) && **s == JobState::Running(None)
+                    })
+                    .map(|((_, a), _)| *a)
+                    .collect();
+                self.unseen_tainted.extend(running);
+            }
+            Ev::Prune(i) => {
+                let revs = &mut self.revisions[i % n];
+                let newest = revs.iter().copied().max_by_key(|r| r.0);
+                revs.retain(|r| Some(*r) == newest);
+            }
             Ev::KubeletStall(stalled) => {
                 self.stalled = stalled;
                 if !stalled {
@@ -2003,9 +2096,16 @@ impl Sim {
                     self.zombies.clear();
                 }
             }
-            Ev::OperatorAway(away) => self.away = away,
+            Ev::OperatorAway(away) => {
+                // Back: a new process, which reads the rollout history once per epoch.
+                if self.away && !away {
+                    self.history_due = true;
+                }
+                self.away = away;
+            }
             Ev::StaleView(stale) => self.stale = stale.then(|| self.targets.clone()),
             Ev::Restart { lost } => {
+                self.history_due = true;
                 if lost {
                     self.status = self.prev_status.clone();
                     if let Some(k) = self.last_write_started.take() {
@@ -2033,13 +2133,10 @@ impl Sim {
     /// verdict on a fresh view of the world is Granted for that very attempt.
     fn contract_commits(&mut self) {
         let c = key(JobPhase::Contract);
-        let Some(k) = self.latest_running(JobPhase::Contract).or_else(|| {
-            self.zombies
-                .iter()
-                .filter(|(p, _)| *p == c)
-                .next_back()
-                .copied()
-        }) else {
+        let Some(k) = self
+            .latest_running(JobPhase::Contract)
+            .or_else(|| self.zombies.iter().rfind(|(p, _)| *p == c).copied())
+        else {
             return;
         };
         if self.away {
@@ -2063,9 +2160,24 @@ impl Sim {
             job_policy: &POLICY,
             waits_for: Vec::new(),
             unconfirmed_stop: None,
+            // The endpoint reads the rollout history with every grant.
+            history: Some(self.history()),
         };
         if super::grant::verdict(&input, k.1).verdict != crate::protocol::grant::Verdict::Granted {
             return;
+        }
+        // A rollback and roll-forward while the operator was away: its grant reads the
+        // rollout history, lost status writes or not.
+        if (self.spec.backfill.is_some() && !self.backfilled_since_unseen)
+            || self
+                .spec
+                .contract
+                .delay
+                .as_deref()
+                .zip(self.last_unseen)
+                .is_some_and(|(d, u)| self.now - u < secs(d))
+        {
+            self.unsafe_commits += 1;
         }
         if self.gate_closed()
             || (self.spec.backfill.is_some()
@@ -2116,18 +2228,34 @@ impl Sim {
             job_policy: &POLICY,
             waits_for: Vec::new(),
             unconfirmed_stop: unconfirmed,
+            history: None,
         };
         let mut plan = plan(&input);
         // As the controller does: contract and the backfill start only on a quorum read.
-        if matches!(
+        let gated_start = matches!(
             plan.action,
             Action::StartJob {
                 phase: JobPhase::Contract | JobPhase::Backfill,
                 ..
             }
-        ) {
+        );
+        if gated_start {
             input.targets = self.observed_targets();
             plan = super::plan(&input);
+        }
+        // The controller reads the rollout history where the epoch matters: before a
+        // backfill or contract starts, when an epoch has revisions to record, and once per
+        // epoch after it (re)started.
+        if plan.status.rollout_completed_at.is_some()
+            && (gated_start || self.history_due || regression::unrecorded(&plan.status))
+        {
+            input.history = Some(self.history());
+            plan = super::plan(&input);
+            if plan.status.rollout_completed_at == input.status.rollout_completed_at
+                && !regression::unrecorded(input.status)
+            {
+                self.history_due = false;
+            }
         }
         self.log.push(format!(
             "t={} phase={:?} action={:?} expand_job={:?} contract_job={:?}",
@@ -2248,6 +2376,22 @@ impl Sim {
                 prop_assert!(expand_done, "contract started before expand succeeded");
                 // The backfill's invariant: contract never starts before the backfill
                 // succeeded in the current rollout epoch (world truth, and as status says).
+                // A rollback and roll-forward while the operator was away: found in the
+                // rollout history whatever status writes were lost.
+                if self.spec.backfill.is_some() {
+                    prop_assert!(
+                        self.backfilled_since_unseen,
+                        "contract started before a backfill ran again after an unseen regression"
+                    );
+                }
+                if let (Some(d), Some(u)) = (self.spec.contract.delay.as_deref(), self.last_unseen)
+                {
+                    prop_assert!(
+                        self.now - u >= secs(d),
+                        "contract started {}s after an unseen regression",
+                        self.now - u
+                    );
+                }
                 if self.spec.backfill.is_some() {
                     // World truth, unless a status write was lost: then the planner may
                     // have forgotten a regression it saw (as it may forget the soak).
@@ -2389,7 +2533,11 @@ impl Sim {
                             .status
                             .contract
                             .as_ref()
-                            .is_some_and(|c| c.reason.as_deref() == Some(reason::GATE_CLOSED)),
+                            .is_some_and(|c| c.reason.as_deref() == Some(reason::GATE_CLOSED))
+                        // The rollout history shows old code rolled out since the epoch began
+                        // (or can no longer rule it out).
+                        || (input.history.is_some()
+                            && plan.status.last_regression != input.status.last_regression),
                     "stopped an attempt with every gate open"
                 );
                 prop_assert_eq!(
@@ -2459,8 +2607,16 @@ impl Sim {
         self.apply(&Ev::KubeletStall(false));
         self.apply(&Ev::OperatorAway(false));
         self.apply(&Ev::StaleView(false));
-        for t in &mut self.targets {
-            *t = Tgt::DONE;
+        for i in 0..self.targets.len() {
+            // A new template is a new revision.
+            if self.revisions[i]
+                .iter()
+                .max_by_key(|r| r.0)
+                .is_some_and(|r| !r.1)
+            {
+                self.roll(i, true);
+            }
+            self.targets[i] = Tgt::DONE;
         }
         self.apply(&Ev::Advance(0));
         for _ in 0..12 {
@@ -3704,4 +3860,222 @@ fn examples_lint_clean() {
             .any(|p| p.ends_with("rename-column/migration.yaml")),
         "{checked:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Regressions seen from the rollout history (issue 22): a rollback and a roll-forward while
+// the operator was away
+// ---------------------------------------------------------------------------------------
+
+/// `shop-api`'s kept revisions: (number, version).
+fn history(revs: &[(i64, &str)]) -> Option<Vec<regression::TargetHistory>> {
+    Some(vec![regression::TargetHistory {
+        kind: TargetKind::Deployment,
+        name: "shop-api".into(),
+        uid: "u".into(),
+        revisions: revs
+            .iter()
+            .map(|&(n, v)| regression::Revision {
+                name: format!("shop-api-{n}"),
+                number: n,
+                version: Some(v.into()),
+                earlier: Vec::new(),
+            })
+            .collect(),
+    }])
+}
+
+#[test]
+fn the_epoch_records_each_targets_revision_and_config_changes_are_no_regression() {
+    let mut fx = Fx::expanded(SpecBuilder::new().delay("10m").build());
+    fx.complete(true);
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Soaking);
+    assert_eq!(
+        p.status.rollout_revisions,
+        [crate::api::TargetRevision {
+            kind: "Deployment".into(),
+            name: "shop-api".into(),
+            uid: "u".into(),
+            revision: 2
+        }]
+    );
+    assert!(!regression::unrecorded(&p.status));
+    // A config-only change since (same version, new revision): the soak goes on.
+    fx.now += 60;
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0"), (3, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Soaking);
+    assert_eq!(p.status.rollout_completed_at, Some(time(0)));
+    assert!(p.notices.is_empty(), "{:?}", p.notices);
+    assert_eq!(p.status.rollout_revisions[0].revision, 2);
+}
+
+#[test]
+fn a_rollback_behind_our_back_found_in_the_history_restarts_the_soak() {
+    let mut fx = Fx::expanded(SpecBuilder::new().delay("10m").build());
+    fx.complete(true);
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0")]);
+    fx.step();
+    // The operator was down for 15 minutes: 2.3.0 was rolled out again (its ReplicaSet 1 →
+    // 3) and 2.4.0 after it (2 → 4). From what it sees now, the soak is over:
+    fx.now += 900;
+    fx.history = None;
+    assert_eq!(fx.plan().action, start(JobPhase::Contract, 1));
+    // ... but the kept revisions show old code rolled out since the rollout completed.
+    fx.history = history(&[(3, "2.3.0"), (4, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    assert_eq!(p.status.rollout_completed_at, None);
+    assert!(p.status.rollout_revisions.is_empty());
+    let n = p
+        .notices
+        .iter()
+        .find(|n| n.reason == reason::REGRESSION_IN_HISTORY)
+        .expect("an Event");
+    assert!(n.warning);
+    assert!(
+        n.message.contains("revision 3 (shop-api-3, version 2.3.0)")
+            && n.message.contains("completed at revision 2"),
+        "{}",
+        n.message
+    );
+    assert!(p
+        .status
+        .last_regression
+        .as_ref()
+        .is_some_and(|r| r.message == n.message && r.seen_at == time(900)));
+    // The next plan opens a new epoch: the soak counts from now, the revision is recorded
+    // anew (no regression any more).
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Soaking);
+    assert_eq!(p.status.rollout_completed_at, Some(time(900)));
+    assert_eq!(p.status.rollout_revisions[0].revision, 4);
+    fx.now += 599;
+    assert_eq!(phase(&fx.step()), Phase::Soaking);
+    fx.now += 1;
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
+}
+
+#[test]
+fn a_backfill_that_finished_behind_a_hidden_rollback_runs_again_from_the_first_key() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0")]);
+    assert_eq!(fx.step().action, start(JobPhase::Backfill, 1));
+    let first_epoch = fx.status.rollout_completed_at.clone();
+    fx.backfill_job = JobState::Running(None);
+    fx.history = None;
+    fx.now += 10;
+    fx.step();
+    // The operator is killed; the app is rolled back and forward; the Job kept running and
+    // finished meanwhile. From what it sees now, contract may start:
+    fx.now += 300;
+    fx.backfill_job = JobState::Succeeded(Some("backfill done".into()));
+    assert_eq!(fx.plan().action, start(JobPhase::Contract, 1));
+    // The history read after the restart shows the regression.
+    fx.history = history(&[(3, "2.3.0"), (4, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    let b = p.status.backfill.clone().expect("backfill");
+    assert_eq!((b.regressions, b.run.succeeded, b.epoch), (1, false, None));
+    assert!(p
+        .notices
+        .iter()
+        .any(|n| n.reason == reason::REGRESSION_IN_HISTORY
+            && n.message
+                .contains("the backfill runs again from its first key")));
+    // A new epoch: attempt 2, from the first key (a new epoch for the executor).
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Backfill, 2));
+    let b = p.status.backfill.clone().expect("backfill");
+    assert_eq!(b.epoch, p.status.rollout_completed_at);
+    assert_ne!(b.epoch, first_epoch);
+}
+
+#[test]
+fn a_regression_in_the_history_stops_running_attempts() {
+    // A backfill still running after the restart.
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0")]);
+    fx.step();
+    fx.backfill_job = JobState::Running(None);
+    fx.now += 60;
+    fx.history = history(&[(3, "2.3.0"), (4, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(
+        p.action,
+        Action::StopJob {
+            phase: JobPhase::Backfill,
+            attempt: 1
+        }
+    );
+    // A running contract attempt.
+    let mut fx = Fx::expanded(SpecBuilder::new().build());
+    fx.complete(true);
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0")]);
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
+    fx.contract_job = JobState::Running(None);
+    fx.history = history(&[(3, "2.3.0"), (4, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(
+        p.action,
+        Action::StopJob {
+            phase: JobPhase::Contract,
+            attempt: 1
+        }
+    );
+    assert_eq!(
+        p.status.contract.as_ref().and_then(|c| c.reason.as_deref()),
+        Some(reason::GATE_CLOSED)
+    );
+}
+
+#[test]
+fn history_pruned_since_the_epoch_counts_as_a_regression() {
+    let mut fx = Fx::expanded(SpecBuilder::new().delay("10m").build());
+    fx.complete(true);
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0")]);
+    fx.step();
+    fx.now += 900;
+    // revisionHistoryLimit: 0: only the live ReplicaSet is kept, revision 3 is gone.
+    fx.history = history(&[(4, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    assert!(p
+        .notices
+        .iter()
+        .any(|n| n.message.contains("revision 3") && n.message.contains("no longer kept")));
+}
+
+#[test]
+fn a_retry_set_while_the_operator_was_away_does_not_retry_a_later_timeout() {
+    // Found by the favourable-world property once the simulator's event mix changed: the
+    // retry annotation is set while the operator is away, the rollout times out meanwhile;
+    // the operator's first plan declares the timeout, and the retry, asked before it, does
+    // not undo it (only a new value does).
+    let p = Params {
+        targets: 1,
+        delay: None,
+        timeout: Some("3m"),
+        manual: false,
+        backfill: false,
+    };
+    let events = vec![
+        Ev::Update(0),
+        Ev::JobSucceeds(JobPhase::Expand),
+        Ev::RolloutDone(0),
+        Ev::Update(0),
+        Ev::OperatorAway(true),
+        Ev::Retry(true),
+        Ev::Advance(180),
+        Ev::OperatorAway(false),
+        Ev::Advance(1),
+        Ev::Update(0),
+    ];
+    simulate(&p, &events, false, true).unwrap();
 }
