@@ -51,6 +51,10 @@ pub struct JobPolicy {
     /// conditions and Events. Off: status says how the Job ended (exit code, reason) but not
     /// what it printed, which may hold whatever its environment held (the database URL).
     pub show_job_output: bool,
+    /// PriorityClasses a template's `priorityClassName` may name. Empty: none (a high class
+    /// would preempt other namespaces' pods). The admin's `executor.pod.priorityClassName`
+    /// replaces a template's either way.
+    pub allowed_priority_classes: Vec<String>,
 }
 
 impl Default for JobPolicy {
@@ -62,6 +66,7 @@ impl Default for JobPolicy {
             allowed_capabilities: Vec::new(),
             allowed_images: Vec::new(),
             show_job_output: false,
+            allowed_priority_classes: Vec::new(),
         }
     }
 }
@@ -102,6 +107,13 @@ impl JobPolicy {
             if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(PolicyError::Invalid(format!(
                     "allowedCapabilities: {cap:?} is not a capability name"
+                )));
+            }
+        }
+        for pc in &self.allowed_priority_classes {
+            if !is_dns_subdomain(pc) {
+                return Err(PolicyError::Invalid(format!(
+                    "allowedPriorityClasses: {pc:?} is not a PriorityClass name"
                 )));
             }
         }
@@ -174,6 +186,7 @@ pub const RULES: &[&str] = &[
     SYSCTLS,
     NODE_NAME,
     IMAGE,
+    PRIORITY_CLASS,
 ];
 
 const SERVICE_ACCOUNT: &str = "service-account";
@@ -193,6 +206,7 @@ const PROC_MOUNT: &str = "proc-mount";
 const SYSCTLS: &str = "sysctls";
 const NODE_NAME: &str = "node-name";
 const IMAGE: &str = "image";
+const PRIORITY_CLASS: &str = "priority-class";
 
 /// Sysctls the Pod Security Standards call safe (namespaced, isolated from the node).
 pub const SAFE_SYSCTLS: &[&str] = &[
@@ -219,6 +233,9 @@ pub const SAFE_SELINUX_TYPES: &[&str] = &[
 ];
 
 const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
+/// The deprecated seccomp annotations: older kubelets and runtimes still honour them.
+const SECCOMP_POD_ANNOTATION: &str = "seccomp.security.alpha.kubernetes.io/pod";
+const SECCOMP_CONTAINER_ANNOTATION_PREFIX: &str = "container.seccomp.security.alpha.kubernetes.io/";
 
 /// Every rule `template` breaks under `policy`, in field order (empty: allowed).
 /// Fields are relative to the template; prefix them with where the template sits
@@ -234,6 +251,7 @@ pub fn check(template: &PodTemplateSpec, policy: &JobPolicy) -> Vec<Violation> {
         .and_then(|m| m.annotations.as_ref())
     {
         apparmor_annotations(annotations, &mut out);
+        seccomp_annotations(annotations, &mut out);
     }
     // A template without a spec runs nothing; the planner refuses it for that reason.
     if let Some(spec) = template.spec.as_ref() {
@@ -359,6 +377,27 @@ fn check_pod(spec: &PodSpec, policy: &JobPolicy, out: &mut Out) {
                 ),
             );
         }
+    }
+    if let Some(pc) = spec
+        .priority_class_name
+        .as_deref()
+        .filter(|pc| !pc.is_empty() && !policy.allowed_priority_classes.iter().any(|a| a == pc))
+    {
+        let allowed = if policy.allowed_priority_classes.is_empty() {
+            "none".to_string()
+        } else {
+            policy.allowed_priority_classes.join(", ")
+        };
+        out.push(
+            "spec.priorityClassName",
+            PRIORITY_CLASS,
+            format!(
+                "asks for PriorityClass {pc:?}, which the Job policy does not allow (allowed: \
+                 {allowed}); remove it (the cluster admin's executor.pod.priorityClassName \
+                 applies to every Job), or ask the cluster admin to add it to \
+                 jobPolicy.allowedPriorityClasses"
+            ),
+        );
     }
     if let Some(node) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
         out.push(
@@ -491,7 +530,10 @@ fn check_container(
             },
         );
     }
-    let Some(sc) = sc else { return };
+    let Some(sc) = sc else {
+        privilege_escalation(&at, name, None, out);
+        return;
+    };
     if sc.run_as_user == Some(0) {
         out.push(
             format!("{at}.runAsUser"),
@@ -508,16 +550,7 @@ fn check_container(
             ),
         );
     }
-    if sc.allow_privilege_escalation == Some(true) {
-        out.push(
-            format!("{at}.allowPrivilegeEscalation"),
-            PRIVILEGE_ESCALATION,
-            format!(
-                "container {name:?} allows privilege escalation; set allowPrivilegeEscalation: \
-                 false"
-            ),
-        );
-    }
+    privilege_escalation(&at, name, sc.allow_privilege_escalation, out);
     let added = sc.capabilities.as_ref().and_then(|c| c.add.as_ref());
     for (k, cap) in added.into_iter().flatten().enumerate() {
         if !policy.capability_allowed(cap) {
@@ -549,6 +582,27 @@ fn check_container(
     host_process(&at, sc.windows_options.as_ref(), out);
 }
 
+/// Non-root is not enough: unless `allowPrivilegeEscalation` is `false` (no_new_privs), a
+/// setuid binary in the image makes the process root again.
+fn privilege_escalation(at: &str, name: &str, allow: Option<bool>, out: &mut Out) {
+    let message = match allow {
+        Some(false) => return,
+        Some(true) => format!(
+            "container {name:?} allows privilege escalation; set allowPrivilegeEscalation: false"
+        ),
+        None => format!(
+            "container {name:?} does not set allowPrivilegeEscalation: false, so a setuid \
+             binary in its image can make it root despite runAsNonRoot; set \
+             allowPrivilegeEscalation: false in the container's securityContext"
+        ),
+    };
+    out.push(
+        format!("{at}.allowPrivilegeEscalation"),
+        PRIVILEGE_ESCALATION,
+        message,
+    );
+}
+
 fn seccomp(at: &str, profile: Option<&SeccompProfile>, out: &mut Out) {
     if profile.is_some_and(|p| p.type_ == "Unconfined") {
         out.push(
@@ -576,6 +630,30 @@ fn apparmor_annotations(annotations: &BTreeMap<String, String>, out: &mut Out) {
                 format!("metadata.annotations[{key:?}]"),
                 APPARMOR,
                 "turns AppArmor off (unconfined); remove the annotation",
+            );
+        }
+    }
+}
+
+/// The deprecated seccomp annotations take the values of the Pod Security Standards' baseline:
+/// `runtime/default`, `docker/default` or `localhost/<profile>`; anything else (`unconfined`)
+/// turns seccomp off where they are still honoured.
+fn seccomp_annotations(annotations: &BTreeMap<String, String>, out: &mut Out) {
+    for (key, value) in annotations {
+        let seccomp_key =
+            key == SECCOMP_POD_ANNOTATION || key.starts_with(SECCOMP_CONTAINER_ANNOTATION_PREFIX);
+        let confined = value == "runtime/default"
+            || value == "docker/default"
+            || value.starts_with("localhost/");
+        if seccomp_key && !confined {
+            out.push(
+                format!("metadata.annotations[{key:?}]"),
+                SECCOMP,
+                format!(
+                    "sets the deprecated seccomp annotation to {value:?}; remove it (or use \
+                     runtime/default or localhost/<profile>) and set \
+                     securityContext.seccompProfile instead"
+                ),
             );
         }
     }

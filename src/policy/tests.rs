@@ -12,6 +12,7 @@ fn plain() -> Value {
                 "name": "psql",
                 "image": "postgres:17-alpine",
                 "command": ["psql", "$(PHASEGATE_DATABASE_URL)", "-c", "SELECT 1"],
+                "securityContext": {"allowPrivilegeEscalation": false},
             }],
         },
     })
@@ -406,7 +407,8 @@ fn attack_template_is_refused_on_every_count() {
             "host-namespace",
             "host-path",
             "run-as-non-root",
-            "privileged"
+            "privileged",
+            "privilege-escalation"
         ],
         "{violations:#?}"
     );
@@ -478,7 +480,7 @@ fn allow_lists() {
             "image": "registry.example.com/dbx/evil:1",
             "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE", "NET_RAW"]}},
         }))],
-        "initContainers": [{"name": "noimage"}],
+        "initContainers": [{"name": "noimage", "securityContext": {"allowPrivilegeEscalation": false}}],
     }}));
     assert_eq!(
         found(&bad, &policy),
@@ -557,6 +559,7 @@ fn policy_documents() {
         allowed_capabilities: vec!["NET_BIND_SERVICE".into()],
         allowed_images: vec!["registry.example.com/".into()],
         show_job_output: false,
+        allowed_priority_classes: Vec::new(),
     };
     assert_eq!(JobPolicy::from_yaml(yaml).expect("yaml"), want);
     assert_eq!(JobPolicy::from_yaml(json).expect("json"), want);
@@ -579,6 +582,7 @@ fn policy_documents() {
         ("allowedCapabilities: ['CAP_']", "allowedCapabilities"),
         ("allowedCapabilities: ['NET BIND']", "allowedCapabilities"),
         ("allowedImages: ['']", "allowedImages"),
+        ("allowedPriorityClasses: [High]", "allowedPriorityClasses"),
     ] {
         let err = JobPolicy::from_yaml(doc).expect_err(doc).to_string();
         assert!(err.contains(needle), "{doc}: {err}");
