@@ -268,9 +268,10 @@ pub fn build_job(
     };
     cfg.pod.apply(&mut template);
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
-    meta.labels
-        .get_or_insert_with(BTreeMap::new)
-        .extend(labels.clone());
+    let pod_labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    // Phasegate's keys are the operator's alone, also where the policy is off.
+    pod_labels.retain(|k, _| !k.starts_with(crate::policy::PHASEGATE_PREFIX));
+    pod_labels.extend(labels.clone());
     meta.annotations
         .get_or_insert_with(BTreeMap::new)
         .insert(ANNOTATION_MIGRATION.to_string(), name.clone());
@@ -1172,6 +1173,45 @@ mod tests {
             Some("false")
         );
         assert_eq!(annotations.get("mine").map(String::as_str), Some("x"));
+    }
+
+    /// A template cannot pose as another migration's pod or drop Phasegate's labels, even
+    /// with the Job policy off (issue 23).
+    #[test]
+    fn phasegates_labels_win_over_a_job_template() {
+        let mut m = migration("m");
+        m.spec = serde_json::from_value(serde_json::json!({
+            "appVersion": "2.0.0",
+            "database": {"urlSecretRef": {"name": "db", "key": "url"}},
+            "expand": {"job": {"template": {
+                "metadata": {"labels": {"phasegate.dev/migration-uid": "someone-else",
+                    "phasegate.dev/sql-checksum": "0123456789abcdef",
+                    "phasegate.dev/executor": "false", "app": "migrate"}},
+                "spec": {"containers": [{"name": "a", "image": "migrate:1"}]}}}},
+            "contract": {"sql": "SELECT 1;"},
+            "rollout": {"targets": [{"kind": "Deployment", "name": "shop-api"}]}
+        }))
+        .expect("spec");
+        let job = build_job(
+            &m,
+            &DatabaseMigrationStatus::default(),
+            JobPhase::Expand,
+            1,
+            &ExecutorConfig::default(),
+        )
+        .expect("job");
+        let labels = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        let uid = m.metadata.uid.clone().unwrap_or_default();
+        assert_eq!(labels.get(LABEL_MIGRATION_UID), Some(&uid));
+        assert_eq!(labels.get(LABEL_EXECUTOR).map(String::as_str), Some("true"));
+        assert_eq!(labels.get(LABEL_SQL_CHECKSUM), None, "{labels:?}");
+        // Other labels are the Job policy's to judge.
+        assert_eq!(labels.get("app").map(String::as_str), Some("migrate"));
     }
 
     #[test]

@@ -55,6 +55,15 @@ pub struct JobPolicy {
     /// would preempt other namespaces' pods). The admin's `executor.pod.priorityClassName`
     /// replaces a template's either way.
     pub allowed_priority_classes: Vec<String>,
+    /// Pod label keys a template may set: exact keys, or prefixes ending in `*`
+    /// (`example.com/*`). Empty: none — a label such as `app: shop-api` would put the Job's pod
+    /// behind another workload's Service or under its NetworkPolicies. Phasegate's own
+    /// `phasegate.dev/` labels are never the template's.
+    pub allowed_labels: Vec<String>,
+    /// Pod annotation keys a template may set, in the same form. Empty: none (annotations
+    /// drive mutating webhooks that run after this policy looked). The AppArmor and seccomp
+    /// annotations are judged by their own rules instead.
+    pub allowed_annotations: Vec<String>,
 }
 
 impl Default for JobPolicy {
@@ -67,6 +76,8 @@ impl Default for JobPolicy {
             allowed_images: Vec::new(),
             show_job_output: false,
             allowed_priority_classes: Vec::new(),
+            allowed_labels: Vec::new(),
+            allowed_annotations: Vec::new(),
         }
     }
 }
@@ -117,6 +128,26 @@ impl JobPolicy {
                 )));
             }
         }
+        for (field, keys) in [
+            ("allowedLabels", &self.allowed_labels),
+            ("allowedAnnotations", &self.allowed_annotations),
+        ] {
+            for key in keys {
+                let stem = key.strip_suffix('*').unwrap_or(key);
+                // `*` alone says "every key"; an empty entry would say nothing.
+                let ok = key == "*"
+                    || (!stem.is_empty()
+                        && !stem.contains('*')
+                        && stem.chars().all(|c| {
+                            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')
+                        }));
+                if !ok {
+                    return Err(PolicyError::Invalid(format!(
+                        "{field}: {key:?} is not a key or a prefix ending in *"
+                    )));
+                }
+            }
+        }
         // An empty prefix would allow every image; an empty list is the way to say that.
         if self.allowed_images.iter().any(|p| p.trim().is_empty()) {
             return Err(PolicyError::Invalid(
@@ -140,6 +171,14 @@ impl JobPolicy {
             .any(|a| capability_key(a) == key)
     }
 
+    fn label_allowed(&self, key: &str) -> bool {
+        !key.starts_with(PHASEGATE_PREFIX) && key_allowed(&self.allowed_labels, key)
+    }
+
+    fn annotation_allowed(&self, key: &str) -> bool {
+        !key.starts_with(PHASEGATE_PREFIX) && key_allowed(&self.allowed_annotations, key)
+    }
+
     fn image_allowed(&self, image: &str) -> bool {
         self.allowed_images.is_empty()
             || self
@@ -147,6 +186,17 @@ impl JobPolicy {
                 .iter()
                 .any(|p| image.starts_with(p.as_str()))
     }
+}
+
+/// Phasegate's own label and annotation keys: set by the operator, never by a template.
+pub const PHASEGATE_PREFIX: &str = "phasegate.dev/";
+
+/// Whether `key` matches an entry of `allowed` (an exact key, or a prefix ending in `*`).
+fn key_allowed(allowed: &[String], key: &str) -> bool {
+    allowed.iter().any(|a| match a.strip_suffix('*') {
+        Some(prefix) => key.starts_with(prefix),
+        None => a == key,
+    })
 }
 
 /// One rule a template breaks.
@@ -187,6 +237,8 @@ pub const RULES: &[&str] = &[
     NODE_NAME,
     IMAGE,
     PRIORITY_CLASS,
+    LABELS,
+    ANNOTATIONS,
 ];
 
 const SERVICE_ACCOUNT: &str = "service-account";
@@ -207,6 +259,8 @@ const SYSCTLS: &str = "sysctls";
 const NODE_NAME: &str = "node-name";
 const IMAGE: &str = "image";
 const PRIORITY_CLASS: &str = "priority-class";
+const LABELS: &str = "labels";
+const ANNOTATIONS: &str = "annotations";
 
 /// Sysctls the Pod Security Standards call safe (namespaced, isolated from the node).
 pub const SAFE_SYSCTLS: &[&str] = &[
@@ -245,11 +299,12 @@ pub fn check(template: &PodTemplateSpec, policy: &JobPolicy) -> Vec<Violation> {
     if !policy.enabled {
         return out.0;
     }
-    if let Some(annotations) = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.as_ref())
-    {
+    let meta = template.metadata.as_ref();
+    if let Some(labels) = meta.and_then(|m| m.labels.as_ref()) {
+        template_labels(labels, policy, &mut out);
+    }
+    if let Some(annotations) = meta.and_then(|m| m.annotations.as_ref()) {
+        template_annotations(annotations, policy, &mut out);
         apparmor_annotations(annotations, &mut out);
         seccomp_annotations(annotations, &mut out);
     }
@@ -293,6 +348,64 @@ impl Out {
             rule,
             message: message.into(),
         });
+    }
+}
+
+fn allowed_keys(allowed: &[String]) -> String {
+    if allowed.is_empty() {
+        "none".to_string()
+    } else {
+        allowed.join(", ")
+    }
+}
+
+fn template_labels(labels: &BTreeMap<String, String>, policy: &JobPolicy, out: &mut Out) {
+    for key in labels.keys().filter(|k| !policy.label_allowed(k)) {
+        let why = if key.starts_with(PHASEGATE_PREFIX) {
+            "is Phasegate's own (the operator sets its labels); remove it".to_string()
+        } else {
+            format!(
+                "is not in the Job policy's allowed labels ({}): a pod label can put the Job's \
+                 pod behind another workload's Service or under its NetworkPolicies; remove it, \
+                 or ask the cluster admin to add it to jobPolicy.allowedLabels",
+                allowed_keys(&policy.allowed_labels)
+            )
+        };
+        out.push(
+            format!("metadata.labels[{key:?}]"),
+            LABELS,
+            format!("label {key:?} {why}"),
+        );
+    }
+}
+
+/// Whether a security annotation judged by its own rule (AppArmor, seccomp).
+fn security_annotation(key: &str) -> bool {
+    key.starts_with(APPARMOR_ANNOTATION_PREFIX)
+        || key == SECCOMP_POD_ANNOTATION
+        || key.starts_with(SECCOMP_CONTAINER_ANNOTATION_PREFIX)
+}
+
+fn template_annotations(annotations: &BTreeMap<String, String>, policy: &JobPolicy, out: &mut Out) {
+    let refused = annotations
+        .keys()
+        .filter(|k| !security_annotation(k) && !policy.annotation_allowed(k));
+    for key in refused {
+        let why = if key.starts_with(PHASEGATE_PREFIX) {
+            "is Phasegate's own (the operator sets its annotations); remove it".to_string()
+        } else {
+            format!(
+                "is not in the Job policy's allowed annotations ({}): annotations can drive \
+                 mutating webhooks that change the pod after this policy looked; remove it, or \
+                 ask the cluster admin to add it to jobPolicy.allowedAnnotations",
+                allowed_keys(&policy.allowed_annotations)
+            )
+        };
+        out.push(
+            format!("metadata.annotations[{key:?}]"),
+            ANNOTATIONS,
+            format!("annotation {key:?} {why}"),
+        );
     }
 }
 

@@ -5,7 +5,6 @@ use super::*;
 /// A template the default policy admits: psql as a non-root user.
 fn plain() -> Value {
     json!({
-        "metadata": {"labels": {"app": "migrate"}},
         "spec": {
             "securityContext": {"runAsNonRoot": true, "runAsUser": 70},
             "containers": [{
@@ -560,6 +559,8 @@ fn policy_documents() {
         allowed_images: vec!["registry.example.com/".into()],
         show_job_output: false,
         allowed_priority_classes: Vec::new(),
+        allowed_labels: Vec::new(),
+        allowed_annotations: Vec::new(),
     };
     assert_eq!(JobPolicy::from_yaml(yaml).expect("yaml"), want);
     assert_eq!(JobPolicy::from_yaml(json).expect("json"), want);
@@ -583,6 +584,9 @@ fn policy_documents() {
         ("allowedCapabilities: ['NET BIND']", "allowedCapabilities"),
         ("allowedImages: ['']", "allowedImages"),
         ("allowedPriorityClasses: [High]", "allowedPriorityClasses"),
+        ("allowedLabels: ['']", "allowedLabels"),
+        ("allowedLabels: ['a*b']", "allowedLabels"),
+        ("allowedAnnotations: ['a b']", "allowedAnnotations"),
     ] {
         let err = JobPolicy::from_yaml(doc).expect_err(doc).to_string();
         assert!(err.contains(needle), "{doc}: {err}");
