@@ -130,18 +130,18 @@ pub fn prune_rollout(r: &mut Rollout) {
     }
 }
 
-/// kubectl's copy of the whole object it applied: nobody here reads it, and it doubles what a
-/// cached migration costs.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// A migration as the reconcile and the event mapping read it: no managedFields, no kubectl
-/// last-applied copy, and a job template larger than the planner accepts reduced to its size
-/// (the planner refuses it by that size). What an author can make the operator hold is then
-/// bounded by the CRD's limits on the SQL fields and [`validate::MAX_TEMPLATE_BYTES`].
+/// A migration as the reconcile and the event mapping read it: no managedFields, no labels,
+/// only Phasegate's own annotations (approve, retry, backfill pause: kubectl's last-applied
+/// copy alone doubles what a migration costs, and an author may add 256 KiB of others), and a
+/// job template larger than the planner accepts reduced to its size (the planner refuses it
+/// by that size). What an author can make the operator hold is then bounded by the CRD's
+/// limits on the SQL fields and [`validate::MAX_TEMPLATE_BYTES`]. Reading a new label or
+/// annotation of a migration means keeping it here.
 pub fn prune_migration(m: &mut DatabaseMigration) {
     prune_meta(&mut m.metadata, true);
+    m.metadata.labels = None;
     if let Some(a) = m.metadata.annotations.as_mut() {
-        a.remove(LAST_APPLIED);
+        a.retain(|k, _| k.starts_with(crate::policy::PHASEGATE_PREFIX));
     }
     let jobs = [m.spec.expand.job.as_mut(), m.spec.contract.job.as_mut()];
     for job in jobs.into_iter().flatten() {
@@ -266,7 +266,8 @@ mod tests {
             "apiVersion": "phasegate.dev/v1alpha1", "kind": "DatabaseMigration",
             "metadata": {"name": "m", "namespace": "shop", "uid": "u",
                 "annotations": {"kubectl.kubernetes.io/last-applied-configuration": big.clone(),
-                                "phasegate.dev/approve": "true"},
+                                "phasegate.dev/approve": "true", "example.com/notes": big.clone()},
+                "labels": {"app.kubernetes.io/part-of": "shop"},
                 "managedFields": [{"manager": "kubectl"}]},
             "spec": {"appVersion": "2.0.0",
                 "database": {"urlSecretRef": {"name": "db", "key": "url"}},
@@ -276,7 +277,7 @@ mod tests {
         }))
         .expect("migration");
         prune_migration(&mut m);
-        assert!(m.metadata.managed_fields.is_none());
+        assert!(m.metadata.managed_fields.is_none() && m.metadata.labels.is_none());
         let annotations = m.metadata.annotations.clone().unwrap_or_default();
         assert_eq!(
             annotations.keys().collect::<Vec<_>>(),
