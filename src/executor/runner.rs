@@ -335,6 +335,27 @@ impl Runner<'_> {
         tx.batch_execute(&set)
             .await
             .map_err(|e| ApplyError::db(&e, None))?;
+        // Exactly once in the ledger itself: the phase's row is claimed (locked) in this
+        // transaction before any statement; another executor of the phase waits for it.
+        let claimed =
+            ledger::claim(&tx, &cfg.identity, cfg.phase.as_str(), self.sum, all.len()).await;
+        match claimed {
+            Ok(done) if done >= range.end => {
+                rollback(tx).await;
+                tracing::info!(
+                    statements = range.end,
+                    "another run applied these statements meanwhile (ledger); skipping them"
+                );
+                self.skipped += 1;
+                return Ok(Attempt::Done);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                rollback(tx).await;
+                return lock_failure(&e, range.start + 1, cfg.lock_timeout)
+                    .ok_or_else(|| ApplyError::db(&e, None));
+            }
+        }
         for (offset, s) in stmts.iter().enumerate() {
             let n = range.start + offset + 1;
             tracing::debug!(statement = n, kind = %s.kind, attempt, "executing");
