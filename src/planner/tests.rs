@@ -1329,6 +1329,49 @@ fn a_policy_refusal_while_contract_runs_stops_the_attempt() {
     );
 }
 
+// ---------------------------------------------------------------------------------------
+// The commit grant's verdict
+// ---------------------------------------------------------------------------------------
+
+fn verdict(fx: &Fx, attempt: u32) -> crate::protocol::grant::Verdict {
+    grant::verdict(&fx.input(), attempt).verdict
+}
+
+#[test]
+fn the_grant_holds_only_while_every_gate_does_for_the_recorded_attempt() {
+    use crate::protocol::grant::Verdict::*;
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.step();
+    assert_eq!(verdict(&fx, 1), Granted);
+    // The Job of attempt 2 exists but the status write that recorded it was lost: no grant
+    // until status says so (attempt 1's plan must not vouch for it).
+    assert_eq!(verdict(&fx, 2), Withheld);
+    // A rollback the operator has not planned on yet: a fresh view withholds.
+    fx.complete(false);
+    assert_eq!(verdict(&fx, 1), Withheld);
+    fx.complete(true);
+    // An invalid edit: nothing is granted while the spec is refused.
+    let good = fx.spec.clone();
+    fx.spec.safety.lock_timeout = "20ms".into();
+    assert_eq!(verdict(&fx, 1), Withheld);
+    fx.spec = good;
+    // Once the plan stopped the attempt, it is superseded for good.
+    fx.complete(false);
+    fx.step();
+    fx.complete(true);
+    assert_eq!(verdict(&fx, 1), Superseded);
+}
+
+#[test]
+fn the_grant_needs_the_approval_to_stay() {
+    use crate::protocol::grant::Verdict::*;
+    let mut fx = Fx::contracting(SpecBuilder::new().manual().build());
+    fx.step();
+    assert_eq!(verdict(&fx, 1), Granted);
+    fx.approved = false;
+    assert_eq!(verdict(&fx, 1), Withheld);
+}
+
 #[test]
 fn expand_job_found_while_status_write_was_lost_is_adopted() {
     // The Job of attempt 1 exists but the status recording its start was lost.
