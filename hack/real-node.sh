@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # One real node for the local control plane (hack/local-cluster.sh): containerd + runc + a
-# kubelet built from k8s.io/kubernetes (hack/tools/kubelet/go.mod) on this machine, joined to
-# the running cluster next to kwok's fake nodes. Pods scheduled there run as real containers.
+# kubelet and a kube-proxy built from k8s.io/kubernetes (hack/tools/kubelet/go.mod) on this
+# machine, joined to the running cluster next to kwok's fake nodes. Pods scheduled there run as
+# real containers and reach ClusterIP Services (kube-proxy, iptables mode); there is no cluster
+# DNS, so they reach a Service by its IP, not its name.
 #
 #   hack/real-node.sh up       install packages, build what is missing (cached), start
-#                              containerd and the kubelet, wait for the node to be Ready
-#   hack/real-node.sh down     drain, stop both, restore every sysctl and iptables rule changed
-#   hack/real-node.sh status   exit 0 when the node is up and Ready
+#                              containerd, the kubelet and kube-proxy, wait for the node to be
+#                              Ready and the Service rules to be in place
+#   hack/real-node.sh down     drain, stop all three, restore every sysctl and iptables rule
+#                              changed (and say so if the rules differ from before `up`)
+#   hack/real-node.sh status   exit 0 when the node is up and Ready and kube-proxy runs
 #   hack/real-node.sh image    build the phasegate image (runtime stage of ./Dockerfile, the
 #                              host-built binary copied in) and load it into containerd
 #   hack/real-node.sh image-full  the same from the full multi-stage Dockerfile (slow)
@@ -34,6 +38,7 @@ KUBECONFIG_PATH="${CACHE}/kubeconfig"
 modver() { awk -v m="$2" '$1 == m && $2 ~ /^v/ {print $2; exit} $1 == "require" && $2 == m {print $3; exit}' "$1"; }
 K8S_VERSION="$(modver "${HACK}/tools/kubelet/go.mod" k8s.io/kubernetes)"
 KUBELET="${RN}/kubelet-${K8S_VERSION}/kubelet"
+KUBE_PROXY="${RN}/kubelet-${K8S_VERSION}/kube-proxy"
 KUBECTL="${CACHE}/k8s-$(modver "${HACK}/tools/kube/go.mod" k8s.io/kubernetes)/bin/kubectl"
 # Runtime state (containerd's images and snapshots stay across down/up; pods do not).
 STATE=/var/lib/phasegate-real-node
@@ -47,11 +52,17 @@ TAINT_KEY=phasegate.dev/real-node
 POD_CIDR=10.244.0.0/24
 POD_GATEWAY=10.244.0.1
 BRIDGE=phasegate0
+KUBE_PROXY_HEALTHZ_PORT=10256
+KUBE_PROXY_METRICS_PORT=10249
 PAUSE_IMAGE=localhost/phasegate-pause:3.10
 VERSION="$(awk -F'"' '/^version *=/ {print $2; exit}' "${REPO_ROOT}/Cargo.toml")"
 IMAGE="docker.io/library/phasegate:${VERSION}"
+# The kubelet's, the CNI plugins' and kube-proxy's (kube-proxy is configured to leave the
+# conntrack limits and route_localnet alone; they are saved and restored all the same).
 SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forward
-  net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables)
+  net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables
+  net.ipv4.conf.all.route_localnet net.netfilter.nf_conntrack_max
+  net.netfilter.nf_conntrack_tcp_timeout_established net.netfilter.nf_conntrack_tcp_timeout_close_wait)
 # buildah/podman settings of this machine (rlimits, runc), without touching /etc/containers.
 export CONTAINERS_CONF="${RN}/containers.conf"
 
@@ -92,21 +103,23 @@ EOF
   mv -f "${CONTAINERS_CONF}.tmp" "${CONTAINERS_CONF}"
 }
 
-build_kubelet() {
-  [[ -x "${KUBELET}" ]] && return 0
-  command -v go >/dev/null || die "go is required to build the kubelet"
-  local tmp="${KUBELET}.tmp.$$" start flags="-s -w" p
-  mkdir -p "$(dirname "${KUBELET}")"
+# build_k8s <binary path> <cmd name>: k8s.io/kubernetes/cmd/<name> at K8S_VERSION, cached.
+build_k8s() {
+  local out="$1" name="$2"
+  [[ -x "${out}" ]] && return 0
+  command -v go >/dev/null || die "go is required to build the ${name}"
+  local tmp="${out}.tmp.$$" start flags="-s -w" p
+  mkdir -p "$(dirname "${out}")"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     flags+=" -X ${p}.gitVersion=${K8S_VERSION} -X ${p}.gitMajor=$(echo "${K8S_VERSION#v}" | cut -d. -f1)"
     flags+=" -X ${p}.gitMinor=$(echo "${K8S_VERSION#v}" | cut -d. -f2) -X ${p}.gitTreeState=clean"
   done
   start=$(date +%s)
-  log "building kubelet ${K8S_VERSION} from k8s.io/kubernetes/cmd/kubelet ..."
+  log "building ${name} ${K8S_VERSION} from k8s.io/kubernetes/cmd/${name} ..."
   (cd "${HACK}/tools/kubelet" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "${flags}" \
-    -o "${tmp}" k8s.io/kubernetes/cmd/kubelet) || { rm -f "${tmp}"; die "kubelet build failed"; }
-  mv -f "${tmp}" "${KUBELET}"
-  log "built kubelet in $(($(date +%s) - start))s"
+    -o "${tmp}" "k8s.io/kubernetes/cmd/${name}") || { rm -f "${tmp}"; die "${name} build failed"; }
+  mv -f "${tmp}" "${out}"
+  log "built ${name} in $(($(date +%s) - start))s"
 }
 
 image_exists() { buildah inspect --type image "$1" >/dev/null 2>&1; }
@@ -330,6 +343,22 @@ enforceNodeAllocatable: []
 registerWithTaints:
   - {key: ${TAINT_KEY}, value: "true", effect: NoSchedule}
 EOF
+  # kube-proxy in iptables mode: ClusterIP Services work from this node's pods (and from the
+  # host). It leaves the conntrack sysctls and route_localnet alone (zeros below), and opens
+  # NodePorts on the node's address only.
+  cat >"${RN}/etc/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clientConnection: {kubeconfig: ${KUBECONFIG_PATH}}
+hostnameOverride: ${NODE}
+clusterCIDR: ${POD_CIDR}
+healthzBindAddress: 127.0.0.1:${KUBE_PROXY_HEALTHZ_PORT}
+metricsBindAddress: 127.0.0.1:${KUBE_PROXY_METRICS_PORT}
+nodePortAddresses: ["${NODE_IP}/32"]
+iptables: {localhostNodePorts: false, masqueradeAll: false, minSyncPeriod: 1s, syncPeriod: 30s}
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+EOF
 }
 
 # ---------------------------------------------------------------- processes
@@ -411,6 +440,23 @@ EOF
   wait_for 120 "node ${NODE} Ready (log: ${RN}/kubelet.log)" node_ready
 }
 
+kube_proxy_synced() { curl -fsS --max-time 2 "http://127.0.0.1:${KUBE_PROXY_HEALTHZ_PORT}/healthz" >/dev/null; }
+
+start_kube_proxy() {
+  if pid_alive "${RUN}/kube-proxy.pid"; then
+    kube_proxy_synced && return 0
+    log "kube-proxy running but not healthy; restarting it"
+    stop_pid "${RUN}/kube-proxy.pid"
+  fi
+  log "starting kube-proxy ${K8S_VERSION} (iptables mode) ..."
+  setsid "${KUBE_PROXY}" --config "${RN}/etc/kube-proxy.yaml" --v 1 \
+    </dev/null >"${RN}/kube-proxy.log" 2>&1 8>&- 9>&- &
+  echo $! >"${RUN}/kube-proxy.pid"
+  # Healthy once it has written the rules of every Service (the `kubernetes` one included).
+  wait_for 60 "kube-proxy healthy (log: ${RN}/kube-proxy.log)" kube_proxy_synced
+  wait_for 30 "kube-proxy's KUBE-SERVICES chain" iptables -t nat -S KUBE-SERVICES
+}
+
 cmd_up() {
   local start
   start=$(date +%s)
@@ -419,7 +465,8 @@ cmd_up() {
   kc get --raw /readyz >/dev/null || die "the local cluster's API server is not ready"
   install_packages
   write_containers_conf
-  build_kubelet
+  build_k8s "${KUBELET}" kubelet
+  build_k8s "${KUBE_PROXY}" kube-proxy
   build_pause
   build_distroless
   mkdir -p "${RUN}" "${STATE}"
@@ -428,6 +475,7 @@ cmd_up() {
   modprobe br_netfilter 2>/dev/null || true
   start_containerd
   start_kubelet
+  start_kube_proxy
   log "node ${NODE} is Ready in $(($(date +%s) - start))s (taint ${TAINT_KEY}=true:NoSchedule; logs in ${RN})"
 }
 
@@ -454,6 +502,9 @@ drop_chains() {
     | "${bin}-restore" || log "WARNING: ${bin}-restore failed; check ${bin}-save"
 }
 
+# iptables-save output without comments and packet counters, sorted per table: comparable.
+rules_of() { sed -e '/^#/d' -e 's/ \[[0-9]*:[0-9]*\]$//' | awk '/^\*/ {t = $0} {print t " " $0}' | sort; }
+
 cmd_down() {
   local c pid shim ns
   if [[ -s "${KUBECONFIG_PATH}" ]] && kc get node "${NODE}" >/dev/null 2>&1; then
@@ -468,6 +519,8 @@ cmd_down() {
     fi
   fi
   stop_pid "${RUN}/kubelet.pid"
+  # Before its chains go (it would write them again).
+  stop_pid "${RUN}/kube-proxy.pid"
   if [[ -s "${KUBECONFIG_PATH}" ]]; then
     kc delete pods -A --field-selector "spec.nodeName=${NODE}" --force --grace-period=0 >/dev/null 2>&1 || true
     kc delete node "${NODE}" --wait=false >/dev/null 2>&1 || true
@@ -501,9 +554,16 @@ cmd_down() {
     grep " ${STATE}/kubelet" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "${m}" 2>/dev/null || true; done
     rm -rf "${STATE}/kubelet"
   fi
-  # The kubelet's and the CNI plugins' sysctls and iptables chains.
+  # The kubelet's, kube-proxy's and the CNI plugins' sysctls and iptables chains.
   drop_chains iptables
   drop_chains ip6tables
+  if [[ -f "${RUN}/iptables.before" ]]; then
+    # Say so when the rules are not what they were before `up` (something else changed them
+    # meanwhile, or a rule of ours outside a KUBE-/CNI- chain was left).
+    local diff
+    diff="$(diff <(rules_of <"${RUN}/iptables.before") <(iptables-save 2>/dev/null | rules_of) || true)"
+    [[ -z "${diff}" ]] || log "WARNING: iptables rules differ from before 'up':"$'\n'"${diff}"
+  fi
   if [[ -f "${RUN}/sysctl.before" ]]; then
     while IFS= read -r line; do sysctl -q -w "${line}" >/dev/null 2>&1 || true; done <"${RUN}/sysctl.before"
     rm -f "${RUN}/sysctl.before" "${RUN}/iptables.before" "${RUN}/netns.before"
@@ -512,8 +572,9 @@ cmd_down() {
 }
 
 cmd_status() {
-  if pid_alive "${RUN}/containerd.pid" && pid_alive "${RUN}/kubelet.pid" && node_ready; then
-    echo "up: node ${NODE} (${NODE_IP}) Ready, kubelet ${K8S_VERSION}"
+  if pid_alive "${RUN}/containerd.pid" && pid_alive "${RUN}/kubelet.pid" && node_ready \
+    && pid_alive "${RUN}/kube-proxy.pid"; then
+    echo "up: node ${NODE} (${NODE_IP}) Ready, kubelet and kube-proxy ${K8S_VERSION}"
     return 0
   fi
   echo "down: real node ${NODE} is not running"
