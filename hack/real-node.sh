@@ -326,7 +326,9 @@ authentication:
   anonymous: {enabled: true}
   webhook: {enabled: false}
 authorization: {mode: AlwaysAllow}
-address: ${NODE_IP}
+# All addresses: the API server reaches a kubelet (logs, exec) at the Node's Hostname address
+# first, and this host's name may resolve to 127.0.0.1 (/etc/hosts), not to the node IP.
+address: 0.0.0.0
 readOnlyPort: 0
 staticPodPath: ""
 serializeImagePulls: false
@@ -502,8 +504,13 @@ drop_chains() {
     | "${bin}-restore" || log "WARNING: ${bin}-restore failed; check ${bin}-save"
 }
 
-# iptables-save output without comments and packet counters, sorted per table: comparable.
-rules_of() { sed -e '/^#/d' -e 's/ \[[0-9]*:[0-9]*\]$//' | awk '/^\*/ {t = $0} {print t " " $0}' | sort; }
+# iptables-save output as comparable lines "<table> <rule or chain>": no comments, packet
+# counters or COMMITs, and no built-in chain left at its default ACCEPT (a table that holds
+# nothing else equals one never loaded).
+rules_of() {
+  sed -e '/^#/d' -e '/^COMMIT$/d' -e 's/ \[[0-9]*:[0-9]*\]$//' \
+    | awk '/^\*/ {t = $0; next} /^:(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) ACCEPT$/ {next} {print t " " $0}' | sort
+}
 
 cmd_down() {
   local c pid shim ns
