@@ -9,18 +9,25 @@
 # Checked, each as a user would see it:
 #   1. the operator: ServiceAccount only, probes passed by the kubelet, /metrics, /healthz and
 #      /readyz scraped over the pod network, exactly one leader;
-#   2. the quickstart (examples/quickstart) end to end: expand, rollout, contract;
+#   2. the quickstart (examples/quickstart) end to end: expand, rollout, contract — the
+#      contract executor gets its commit grant from the leading operator through the chart's
+#      Service (kube-proxy on the real node; a fixed ClusterIP, as there is no cluster DNS);
 #   3. a failing expand: the container's exit code and the executor's report reach status;
 #   4. a rollback holds contract, even once approved;
 #   5. leader election: a hung leader (SIGSTOP) loses the Lease to the standby and is restarted
 #      by the kubelet's liveness probe; a killed leader container (SIGKILL) is restarted and one
-#      replica leads throughout; the held migration then finishes.
+#      replica leads throughout; the held migration then finishes;
+#   6. a rollback while contract waits (behind an open reader transaction on the table it
+#      drops): the reader ends, and the DROP never commits while the old version serves (no
+#      ledger row, the column kept, AwaitingRollout/GateClosed); rolled forward, it commits once.
 #
 # Application Deployments (rollout targets) stay on kwok's fake nodes; only the operator and
 # the executor Jobs select the real node (nodeSelector + toleration of its taint, set through
 # the chart's executor.pod values). Fails, never skips, when something cannot run.
 #
-# Environment: PHASEGATE_CACHE; PHASEGATE_E2E_REAL_KEEP=1 keeps namespaces for debugging.
+# Environment: PHASEGATE_CACHE; PHASEGATE_E2E_REAL_KEEP=1 keeps namespaces for debugging;
+# PHASEGATE_E2E_REAL_SERVICE_IP: the operator Service's fixed ClusterIP (default 10.0.0.12, in
+# the static band of the local cluster's 10.0.0.0/24 Service range).
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,6 +42,8 @@ PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
 if [[ "$(id -u)" -eq 0 ]]; then PGHOME=/var/tmp/phasegate-e2e-real-postgres; else PGHOME="${CACHE}/e2e-real-postgres"; fi
 PGDATA="${PGHOME}/data"
 PGPASS=phasegate-e2e
+SERVICE_IP="${PHASEGATE_E2E_REAL_SERVICE_IP:-10.0.0.12}"
+GRANT_URL="http://${SERVICE_IP}:8082"
 START=$(date +%s)
 failures=0
 passes=0
@@ -146,8 +155,9 @@ done
 # ---------------------------------------------------------------- install (README's command)
 
 # The cluster admin's values for this machine: the image built here, the operator and its
-# executor Jobs on the real node, and the API server's real address (pods cannot reach the
-# `kubernetes` Service's ClusterIP without kube-proxy).
+# executor Jobs on the real node, the API server's real address (its certificate does not
+# cover the `kubernetes` Service's ClusterIP), and — no cluster DNS here — a fixed ClusterIP
+# for the operator's Service, which executors ask for their commit grant.
 cat >"${PGHOME}/values.yaml" <<EOF
 replicas: 2
 image:
@@ -159,6 +169,8 @@ tolerations: [{key: ${TAINT_KEY}, operator: Exists, effect: NoSchedule}]
 extraEnv:
   - {name: KUBERNETES_SERVICE_HOST, value: "${NODE_IP}"}
   - {name: KUBERNETES_SERVICE_PORT, value: "${API_PORT}"}
+service: {clusterIP: ${SERVICE_IP}}
+grant: {url: "${GRANT_URL}"}
 executor:
   pod:
     nodeSelector: {${TAINT_KEY}: "true"}
@@ -225,6 +237,15 @@ for p in "${OP_PODS[@]}"; do
   fi
 done
 expect_eq "exactly one leader among the replicas" 1 "${leaders}"
+# The Service's ClusterIP leads to the operator (kube-proxy's DNAT), not to whatever answers
+# an unknown address here (a TLS-intercepting proxy): a request that is not a grant request
+# gets the operator's own refusal. From the host; executor pods use the same rules.
+expect_eq "the operator Service has the fixed ClusterIP" "${SERVICE_IP}" \
+  "$(opk get service "${RELEASE}" -o jsonpath='{.spec.clusterIP}')"
+wait_until 30 "the Service's endpoints" bash -c "[[ \"\$(kubectl -n ${OP_NS} get endpointslices \
+  -l kubernetes.io/service-name=${RELEASE} -o jsonpath='{.items[*].endpoints[*].addresses[0]}' | wc -w)\" -eq 2 ]]"
+expect_has "${GRANT_URL} answers as the operator (through kube-proxy)" "not a grant request" \
+  "$(curl -sS --max-time 5 -X POST -H 'content-type: application/json' -d '{}' "${GRANT_URL}/v1/commit-grant" 2>&1 || true)"
 
 # ---------------------------------------------------------------- 2. the quickstart
 
@@ -252,6 +273,16 @@ cols="$(columns shop users)"
 expect_eq "quickstart: users columns after contract" "email,email_verified,id" "${cols}"
 cjob="$(jp dbm users-email-verified '{.status.contract.jobName}')"
 expect_eq "contract Job completed" "1" "$(kc get job "${cjob}" -o jsonpath='{.status.succeeded}')"
+# The commit grant: the executor was told the Service's address and got its "yes" from the
+# leader through it (the leader counts the grants it gave).
+cpod="$(kc get pods -l job-name="${cjob}" -o jsonpath='{.items[0].metadata.name}')"
+expect_eq "contract executor asks ${GRANT_URL}" "${GRANT_URL}" \
+  "$(kc get pod "${cpod}" -o jsonpath='{.spec.containers[0].env[?(@.name=="PHASEGATE_GRANT_URL")].value}')"
+expect_has "contract executor logged its commit grant" "Granted" "$(kc logs "${cpod}" 2>&1 | grep 'commit grant' || true)"
+grants_given() { curl -fsS --max-time 5 "http://$(pod_ip "$(leader_of_lease)"):8080/metrics" | awk '$1 == "phasegate_commit_grants_total{reason=\"Granted\"}" {print $2}'; }
+g="$(grants_given || true)"
+[[ "${g:-0}" =~ ^[0-9]+$ && "${g:-0}" -ge 1 ]] && pass "the leader gave commit grants (phasegate_commit_grants_total{reason=\"Granted\"} ${g})" \
+  || fail "the leader's phasegate_commit_grants_total{reason=\"Granted\"}: '${g}'"
 expect_eq "quickstart Ready condition" "True" "$(jp dbm users-email-verified '{.status.conditions[?(@.type=="Ready")].status}')"
 
 # ---------------------------------------------------------------- 3. a failing expand
@@ -378,6 +409,93 @@ pass "killed leader: exactly one replica leads ($(leader_of_lease)), and it hold
 set_billing 2.0.0
 wait_until "${T}" "invoices-total Succeeded after the failovers" phase_is invoices-total Succeeded
 expect_eq "failover: contract ran" "id,total,total_cents" "$(columns billing invoices)"
+
+# ---------------------------------------------------------------- 6. rollback while contract waits
+
+t6=$(date +%s)
+
+# Under the chart's ServiceAccount (the operator as installed above). The contract executor
+# waits behind a reader's open transaction on the table it drops; the app is rolled back; the
+# reader ends. Neither the fast stop (Job deleted, SIGTERM) nor a grant may let the DROP
+# commit while 1.0.0 pods serve.
+psql_ -d shop -c "CREATE TABLE orders (id bigserial PRIMARY KEY, note text, legacy_code text);
+  INSERT INTO orders (note) VALUES ('first');"
+cat <<EOF | kc apply -f - >/dev/null
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: orders-api}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: orders-api}}
+  template:
+    metadata: {labels: {app: orders-api, app.kubernetes.io/version: "1.0.0"}}
+    spec:
+      securityContext: {runAsNonRoot: true, runAsUser: 1000, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: api
+          image: example.com/orders/api:1.0.0
+          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+---
+apiVersion: phasegate.dev/v1alpha1
+kind: DatabaseMigration
+metadata: {name: orders-code}
+spec:
+  appVersion: "2.0.0"
+  database: {urlSecretRef: {name: shop-db, key: url}}
+  expand: {sql: "ALTER TABLE orders ADD COLUMN code text;"}
+  contract: {sql: "ALTER TABLE orders DROP COLUMN legacy_code;"}
+  rollout:
+    targets: [{kind: Deployment, name: orders-api}]
+    versionFrom: {label: app.kubernetes.io/version}
+EOF
+set_orders() { kc patch deployment orders-api --type merge -p "{\"spec\":{\"template\":{\"metadata\":{\"labels\":{\"app.kubernetes.io/version\":\"$1\"}}}}}" >/dev/null; }
+ledger_contract_rows() { psql_ -d shop -c "SELECT count(*) FROM phasegate.ledger WHERE name = 'orders-code' AND phase = 'contract'"; }
+wait_until "${T}" "orders-code AwaitingRollout (expand applied)" phase_is orders-code AwaitingRollout
+# The reader: a session that read orders in a transaction it keeps open until told to end.
+rm -f "${PGHOME}/reader.fifo"
+mkfifo "${PGHOME}/reader.fifo"
+PGPASSWORD="${PGPASS}" psql -qtAX -h 127.0.0.1 -p "${PGPORT}" -U shop -d shop \
+  <"${PGHOME}/reader.fifo" >"${PGHOME}/reader.log" 2>&1 7>&- &
+reader_pid=$!
+exec 6>"${PGHOME}/reader.fifo"
+echo "BEGIN; SELECT count(*) FROM orders;" >&6
+wait_until 30 "the reader's open transaction" bash -c "[[ \"\$(PGPASSWORD=${PGPASS} psql -qtAX -h 127.0.0.1 -p ${PGPORT} -U shop -d shop -c \
+  \"SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' AND state = 'idle in transaction'\")\" -ge 1 ]]"
+set_orders 2.0.0
+wait_until "${T}" "orders-code Contracting" phase_is orders-code Contracting
+# Behind the reader: its lock on orders, or the database check's old transaction.
+wait_until "${T}" "status to say the contract executor waits for the reader" bash -c \
+  "kubectl -n ${NS} get dbm orders-code -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].message}' | grep -Eq 'waiting for (an older transaction|old sessions)'"
+pass "waiting contract: status says it waits for the reader ($(jp dbm orders-code '{.status.conditions[?(@.type=="Ready")].message}' | head -c 120))"
+cjob="$(jp dbm orders-code '{.status.contract.jobName}')"
+cpod="$(kc get pods -l job-name="${cjob}" -o jsonpath='{.items[0].metadata.name}')"
+expect_eq "waiting contract: its executor runs on the real node" "${NODE} Running" \
+  "$(kc get pod "${cpod}" -o jsonpath='{.spec.nodeName} {.status.phase}')"
+# The app is rolled back while the executor waits.
+rolled_back=$(date +%s%N)
+set_orders 1.0.0
+wait_until "${T}" "orders-code back to AwaitingRollout" phase_is orders-code AwaitingRollout
+pass "rollback while contract waits: AwaitingRollout $((($(date +%s%N) - rolled_back) / 1000000)) ms after the rollback was written"
+expect_eq "rollback while contract waits: the attempt is GateClosed" "GateClosed" "$(jp dbm orders-code '{.status.contract.reason}')"
+wait_until 60 "the stopped executor pod to be gone" bash -c "! kubectl -n ${NS} get pod ${cpod} >/dev/null 2>&1"
+pass "rollback while contract waits: the stopped executor pod is gone"
+# The reader ends: nothing stands between the DROP and COMMIT but the fence.
+echo "COMMIT;" >&6
+exec 6>&-
+wait "${reader_pid}" || true
+sleep 6
+expect_has "after the reader ended: the dropped column is still there" "legacy_code" "$(columns shop orders)"
+expect_eq "after the reader ended: no contract row in the ledger" "0" "$(ledger_contract_rows)"
+expect_eq "after the reader ended: still AwaitingRollout/GateClosed" "AwaitingRollout GateClosed" \
+  "$(jp dbm orders-code '{.status.phase} {.status.contract.reason}')"
+expect_eq "after the reader ended: no contract Job runs" "" "$(kc get jobs -l phasegate.dev/phase=contract,phasegate.dev/migration=orders-code -o name)"
+# Rolled forward: the next attempt commits, once.
+set_orders 2.0.0
+wait_until "${T}" "orders-code Succeeded after the roll forward" phase_is orders-code Succeeded
+expect_eq "roll forward: contract ran" "code,id,note" "$(columns shop orders)"
+expect_eq "roll forward: one contract row in the ledger" "1" "$(ledger_contract_rows)"
+expect_eq "roll forward: the stopped attempt was followed by one more" "2" "$(jp dbm orders-code '{.status.contract.attempts}')"
+log "rollback while contract waits: $(($(date +%s) - t6))s"
 
 log "real node: ${NODE}; setup $((t1 - t0))s, image $((t2 - t1))s, tests $(($(date +%s) - t2))s"
 [[ "${failures}" -eq 0 ]] || { dump; exit 1; }
