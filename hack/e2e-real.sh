@@ -20,6 +20,8 @@
 #   6. a rollback while contract waits (behind an open reader transaction on the table it
 #      drops): the reader ends, and the DROP never commits while the old version serves (no
 #      ledger row, the column kept, AwaitingRollout/GateClosed); rolled forward, it commits once.
+#      Again with the kubelet stalled (SIGSTOP) across the rollback, so no stop reaches the
+#      executor and the commit grant alone holds the DROP.
 #
 # Application Deployments (rollout targets) stay on kwok's fake nodes; only the operator and
 # the executor Jobs select the real node (nodeSelector + toleration of its taint, set through
@@ -80,7 +82,7 @@ flock -n 7 || { log "another e2e-real run holds ${CACHE}/e2e-real.lock; waiting 
 eval "$("${ROOT}/hack/local-cluster.sh" env)"
 t0=$(date +%s)
 "${ROOT}/hack/real-node.sh" up 7>&- || die "the real node did not come up (see ~/.cache/phasegate/real-node/*.log)"
-eval "$("${ROOT}/hack/real-node.sh" env)" # NODE NODE_IP TAINT_KEY POD_CIDR POD_GATEWAY IMAGE CONTAINERD_ADDRESS
+eval "$("${ROOT}/hack/real-node.sh" env)" # NODE NODE_IP TAINT_KEY POD_CIDR POD_GATEWAY IMAGE CONTAINERD_ADDRESS KUBELET_PID_FILE
 export CONTAINERD_ADDRESS # for ctr
 t1=$(date +%s)
 "${ROOT}/hack/real-node.sh" image || die "the image build failed"
@@ -94,7 +96,16 @@ jp() { kc get "$1" "$2" -o "jsonpath=$3" 2>/dev/null; }
 phase() { jp dbm "$1" '{.status.phase}'; }
 phase_is() { [[ "$(phase "$1")" == "$2" ]]; }
 
+# The kubelet, if a check stalled it (SIGSTOP): resumed before anything needs it, and on exit.
+kubelet_stalled=""
+resume_kubelet() {
+  [[ -n "${kubelet_stalled}" ]] || return 0
+  kill -CONT "$(cat "${KUBELET_PID_FILE}")" 2>/dev/null || true
+  kubelet_stalled=""
+}
+
 dump() {
+  resume_kubelet
   log "---- state for debugging"
   kubectl get nodes -o wide >&2 || true
   kubectl -n "${OP_NS}" get pods -o wide >&2 || true
@@ -106,6 +117,7 @@ dump() {
   done
   kubectl get events -n "${NS}" --sort-by=.lastTimestamp 2>/dev/null | tail -20 >&2 || true
   tail -20 "${CACHE}/real-node/kubelet.log" >&2 || true
+  tail -10 "${CACHE}/real-node/kube-proxy.log" >&2 || true
 }
 
 as_pg() { if [[ "$(id -u)" -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -113,6 +125,7 @@ stop_postgres() { [[ -d "${PGDATA}" ]] && as_pg "${PGBIN}/pg_ctl" -D "${PGDATA}"
 
 cleanup() {
   local rc=$?
+  resume_kubelet
   if [[ "${PHASEGATE_E2E_REAL_KEEP:-}" != 1 ]]; then
     "${HELM}" uninstall "${RELEASE}" -n "${OP_NS}" --wait --timeout 60s >/dev/null 2>&1 || true
     kubectl delete namespace "${NS}" "${OP_NS}" --ignore-not-found --wait=true --timeout=90s >/dev/null 2>&1 || true
@@ -412,90 +425,137 @@ expect_eq "failover: contract ran" "id,total,total_cents" "$(columns billing inv
 
 # ---------------------------------------------------------------- 6. rollback while contract waits
 
-t6=$(date +%s)
+# Under the chart's ServiceAccount (the operator as installed above). A contract executor waits
+# behind a reader's open transaction on the table it drops; the app is rolled back; the reader
+# ends. The DROP must not commit while 1.0.0 pods serve. Twice:
+#   a) as it normally goes: the fast stop (the operator deletes the Job, the kubelet stops the
+#      executor) ends the attempt before the reader does;
+#   b) with the kubelet stalled (SIGSTOP) from before the rollback until after the reader
+#      ended: no stop reaches the executor; only the commit grant, no longer given once the
+#      gate closed, keeps it from committing.
 
-# Under the chart's ServiceAccount (the operator as installed above). The contract executor
-# waits behind a reader's open transaction on the table it drops; the app is rolled back; the
-# reader ends. Neither the fast stop (Job deleted, SIGTERM) nor a grant may let the DROP
-# commit while 1.0.0 pods serve.
-psql_ -d shop -c "CREATE TABLE orders (id bigserial PRIMARY KEY, note text, legacy_code text);
-  INSERT INTO orders (note) VALUES ('first');"
-cat <<EOF | kc apply -f - >/dev/null
+# A reader: a session that read <table> in a transaction it keeps open until end_reader.
+open_reader() {
+  rm -f "${PGHOME}/reader.fifo"
+  mkfifo "${PGHOME}/reader.fifo"
+  PGPASSWORD="${PGPASS}" psql -qtAX -h 127.0.0.1 -p "${PGPORT}" -U shop -d shop \
+    <"${PGHOME}/reader.fifo" >"${PGHOME}/reader.log" 2>&1 7>&- &
+  reader_pid=$!
+  exec 6>"${PGHOME}/reader.fifo"
+  echo "BEGIN; SELECT count(*) FROM $1;" >&6
+  wait_until 30 "the reader's open transaction" bash -c "[[ \"\$(PGPASSWORD=${PGPASS} psql -qtAX -h 127.0.0.1 -p ${PGPORT} -U shop -d shop -c \
+    \"SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' AND state = 'idle in transaction'\")\" -ge 1 ]]"
+}
+end_reader() { echo "COMMIT;" >&6; exec 6>&-; wait "${reader_pid}" || true; }
+set_version() { kc patch deployment "$1" --type merge -p "{\"spec\":{\"template\":{\"metadata\":{\"labels\":{\"app.kubernetes.io/version\":\"$2\"}}}}}" >/dev/null; }
+stall_kubelet() { kubelet_stalled=1; kill -STOP "$(cat "${KUBELET_PID_FILE}")"; }
+# What the executor's container printed, read from the node's log file (no kubelet needed).
+executor_log() { cat /var/log/pods/"${NS}_$1"_*/executor/*.log 2>/dev/null || true; }
+lost_grant() { executor_log "$1" | grep 'commit grant' | grep -Eq 'Withheld|Superseded'; }
+
+# rollback_while_waiting <case> <migration> <table> <deployment> <stall the kubelet: yes|no>
+rollback_while_waiting() {
+  local c="$1" m="$2" table="$3" app="$4" stall="$5" t6 cjob cpod cid rolled_back
+  t6=$(date +%s)
+  psql_ -d shop -c "CREATE TABLE ${table} (id bigserial PRIMARY KEY, note text, legacy_code text);
+    INSERT INTO ${table} (note) VALUES ('first');"
+  cat <<EOF | kc apply -f - >/dev/null
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: orders-api}
+metadata: {name: ${app}}
 spec:
   replicas: 1
-  selector: {matchLabels: {app: orders-api}}
+  selector: {matchLabels: {app: ${app}}}
   template:
-    metadata: {labels: {app: orders-api, app.kubernetes.io/version: "1.0.0"}}
+    metadata: {labels: {app: ${app}, app.kubernetes.io/version: "1.0.0"}}
     spec:
       securityContext: {runAsNonRoot: true, runAsUser: 1000, seccompProfile: {type: RuntimeDefault}}
       containers:
         - name: api
-          image: example.com/orders/api:1.0.0
+          image: example.com/shop/${app}:1.0.0
           securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
 ---
 apiVersion: phasegate.dev/v1alpha1
 kind: DatabaseMigration
-metadata: {name: orders-code}
+metadata: {name: ${m}}
 spec:
   appVersion: "2.0.0"
   database: {urlSecretRef: {name: shop-db, key: url}}
-  expand: {sql: "ALTER TABLE orders ADD COLUMN code text;"}
-  contract: {sql: "ALTER TABLE orders DROP COLUMN legacy_code;"}
+  expand: {sql: "ALTER TABLE ${table} ADD COLUMN code text;"}
+  contract: {sql: "ALTER TABLE ${table} DROP COLUMN legacy_code;"}
   rollout:
-    targets: [{kind: Deployment, name: orders-api}]
+    targets: [{kind: Deployment, name: ${app}}]
     versionFrom: {label: app.kubernetes.io/version}
 EOF
-set_orders() { kc patch deployment orders-api --type merge -p "{\"spec\":{\"template\":{\"metadata\":{\"labels\":{\"app.kubernetes.io/version\":\"$1\"}}}}}" >/dev/null; }
-ledger_contract_rows() { psql_ -d shop -c "SELECT count(*) FROM phasegate.ledger WHERE name = 'orders-code' AND phase = 'contract'"; }
-wait_until "${T}" "orders-code AwaitingRollout (expand applied)" phase_is orders-code AwaitingRollout
-# The reader: a session that read orders in a transaction it keeps open until told to end.
-rm -f "${PGHOME}/reader.fifo"
-mkfifo "${PGHOME}/reader.fifo"
-PGPASSWORD="${PGPASS}" psql -qtAX -h 127.0.0.1 -p "${PGPORT}" -U shop -d shop \
-  <"${PGHOME}/reader.fifo" >"${PGHOME}/reader.log" 2>&1 7>&- &
-reader_pid=$!
-exec 6>"${PGHOME}/reader.fifo"
-echo "BEGIN; SELECT count(*) FROM orders;" >&6
-wait_until 30 "the reader's open transaction" bash -c "[[ \"\$(PGPASSWORD=${PGPASS} psql -qtAX -h 127.0.0.1 -p ${PGPORT} -U shop -d shop -c \
-  \"SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' AND state = 'idle in transaction'\")\" -ge 1 ]]"
-set_orders 2.0.0
-wait_until "${T}" "orders-code Contracting" phase_is orders-code Contracting
-# Behind the reader: its lock on orders, or the database check's old transaction.
-wait_until "${T}" "status to say the contract executor waits for the reader" bash -c \
-  "kubectl -n ${NS} get dbm orders-code -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].message}' | grep -Eq 'waiting for (an older transaction|old sessions)'"
-pass "waiting contract: status says it waits for the reader ($(jp dbm orders-code '{.status.conditions[?(@.type=="Ready")].message}' | head -c 120))"
-cjob="$(jp dbm orders-code '{.status.contract.jobName}')"
-cpod="$(kc get pods -l job-name="${cjob}" -o jsonpath='{.items[0].metadata.name}')"
-expect_eq "waiting contract: its executor runs on the real node" "${NODE} Running" \
-  "$(kc get pod "${cpod}" -o jsonpath='{.spec.nodeName} {.status.phase}')"
-# The app is rolled back while the executor waits.
-rolled_back=$(date +%s%N)
-set_orders 1.0.0
-wait_until "${T}" "orders-code back to AwaitingRollout" phase_is orders-code AwaitingRollout
-pass "rollback while contract waits: AwaitingRollout $((($(date +%s%N) - rolled_back) / 1000000)) ms after the rollback was written"
-expect_eq "rollback while contract waits: the attempt is GateClosed" "GateClosed" "$(jp dbm orders-code '{.status.contract.reason}')"
-wait_until 60 "the stopped executor pod to be gone" bash -c "! kubectl -n ${NS} get pod ${cpod} >/dev/null 2>&1"
-pass "rollback while contract waits: the stopped executor pod is gone"
-# The reader ends: nothing stands between the DROP and COMMIT but the fence.
-echo "COMMIT;" >&6
-exec 6>&-
-wait "${reader_pid}" || true
-sleep 6
-expect_has "after the reader ended: the dropped column is still there" "legacy_code" "$(columns shop orders)"
-expect_eq "after the reader ended: no contract row in the ledger" "0" "$(ledger_contract_rows)"
-expect_eq "after the reader ended: still AwaitingRollout/GateClosed" "AwaitingRollout GateClosed" \
-  "$(jp dbm orders-code '{.status.phase} {.status.contract.reason}')"
-expect_eq "after the reader ended: no contract Job runs" "" "$(kc get jobs -l phasegate.dev/phase=contract,phasegate.dev/migration=orders-code -o name)"
-# Rolled forward: the next attempt commits, once.
-set_orders 2.0.0
-wait_until "${T}" "orders-code Succeeded after the roll forward" phase_is orders-code Succeeded
-expect_eq "roll forward: contract ran" "code,id,note" "$(columns shop orders)"
-expect_eq "roll forward: one contract row in the ledger" "1" "$(ledger_contract_rows)"
-expect_eq "roll forward: the stopped attempt was followed by one more" "2" "$(jp dbm orders-code '{.status.contract.attempts}')"
-log "rollback while contract waits: $(($(date +%s) - t6))s"
+  ledger_rows() { psql_ -d shop -c "SELECT count(*) FROM phasegate.ledger WHERE name = '${m}' AND phase = 'contract'"; }
+  wait_until "${T}" "${m} AwaitingRollout (expand applied)" phase_is "${m}" AwaitingRollout
+  open_reader "${table}"
+  set_version "${app}" 2.0.0
+  wait_until "${T}" "${m} Contracting" phase_is "${m}" Contracting
+  # Behind the reader: its lock on the table, or the database check's old transaction.
+  wait_until "${T}" "status to say the contract executor waits for the reader" bash -c \
+    "kubectl -n ${NS} get dbm ${m} -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].message}' | grep -Eq 'waiting for (an older transaction|old sessions)'"
+  pass "${c}: status says the contract waits for the reader ($(jp dbm "${m}" '{.status.conditions[?(@.type=="Ready")].message}' | head -c 100) ...)"
+  cjob="$(jp dbm "${m}" '{.status.contract.jobName}')"
+  cpod="$(kc get pods -l job-name="${cjob}" -o jsonpath='{.items[0].metadata.name}')"
+  expect_eq "${c}: the waiting executor runs on the real node" "${NODE} Running" \
+    "$(kc get pod "${cpod}" -o jsonpath='{.spec.nodeName} {.status.phase}')"
+  if [[ "${stall}" == yes ]]; then
+    wait_until 30 "the waiting executor to hold a commit grant" bash -c \
+      "kubectl -n ${NS} logs ${cpod} | grep 'commit grant' | grep -q Granted"
+    pass "${c}: the waiting executor holds a commit grant"
+    cid="$(kc get pod "${cpod}" -o jsonpath='{.status.containerStatuses[0].containerID}')"
+    stall_kubelet
+    log "${c}: stalled the kubelet (SIGSTOP)"
+  fi
+  # The app is rolled back while the executor waits.
+  rolled_back=$(date +%s%N)
+  set_version "${app}" 1.0.0
+  wait_until "${T}" "${m} back to AwaitingRollout" phase_is "${m}" AwaitingRollout
+  pass "${c}: AwaitingRollout $((($(date +%s%N) - rolled_back) / 1000000)) ms after the rollback was written"
+  expect_eq "${c}: the attempt is GateClosed" "GateClosed" "$(jp dbm "${m}" '{.status.contract.reason}')"
+  if [[ "${stall}" == yes ]]; then
+    # The Job is deleted, yet nothing stops the executor: its container still runs, and it
+    # learns that the gate closed from its next grant request.
+    expect_eq "${c}: the executor's container still runs (no stop delivered)" "RUNNING" \
+      "$(ctr -n k8s.io tasks ls | awk -v c="${cid#containerd://}" '$1 == c {print $3}')"
+    wait_until 15 "the executor to lose its commit grant" lost_grant "${cpod}"
+    pass "${c}: the executor lost its grant $((($(date +%s%N) - rolled_back) / 1000000)) ms after the rollback was written"
+  else
+    wait_until 60 "the stopped executor pod to be gone" bash -c "! kubectl -n ${NS} get pod ${cpod} >/dev/null 2>&1"
+    pass "${c}: the stopped executor pod is gone"
+  fi
+  # The reader ends: nothing but the fence stands between the DROP and COMMIT now.
+  end_reader
+  sleep 6
+  expect_has "${c}: after the reader ended, the dropped column is still there" "legacy_code" "$(columns shop "${table}")"
+  expect_eq "${c}: after the reader ended, no contract row in the ledger" "0" "$(ledger_rows)"
+  expect_eq "${c}: after the reader ended, still AwaitingRollout/GateClosed" "AwaitingRollout GateClosed" \
+    "$(jp dbm "${m}" '{.status.phase} {.status.contract.reason}')"
+  if [[ "${stall}" == yes ]]; then
+    # Once the reader let it go, it asked for the grant it needs before taking its locks and
+    # was told its attempt is over (were the reader to end within a grant's validity after the
+    # rollback, it would run the DROP and roll back at COMMIT instead: no valid grant).
+    local said
+    said="$(executor_log "${cpod}" | grep -Eo 'was superseded[^"]*|no valid commit grant right before COMMIT' | head -1)"
+    [[ -n "${said}" ]] && pass "${c}: the executor ended without committing: ${said:0:140}" \
+      || fail "${c}: the executor's log says neither 'superseded' nor 'no valid commit grant': $(executor_log "${cpod}" | tail -5)"
+    resume_kubelet
+    log "${c}: resumed the kubelet (SIGCONT)"
+    wait_until 60 "the stopped executor pod to be gone" bash -c "! kubectl -n ${NS} get pod ${cpod} >/dev/null 2>&1"
+    pass "${c}: once the kubelet is back, the stopped executor pod is gone"
+  fi
+  expect_eq "${c}: no contract Job runs" "" "$(kc get jobs -l phasegate.dev/phase=contract,phasegate.dev/migration="${m}" -o name)"
+  # Rolled forward: the next attempt commits, once.
+  set_version "${app}" 2.0.0
+  wait_until "${T}" "${m} Succeeded after the roll forward" phase_is "${m}" Succeeded
+  expect_eq "${c}: rolled forward, contract ran" "code,id,note" "$(columns shop "${table}")"
+  expect_eq "${c}: rolled forward, one contract row in the ledger" "1" "$(ledger_rows)"
+  expect_eq "${c}: rolled forward, the stopped attempt was followed by one more" "2" "$(jp dbm "${m}" '{.status.contract.attempts}')"
+  log "${c}: $(($(date +%s) - t6))s"
+}
+rollback_while_waiting "rollback while contract waits" orders-code orders orders-api no
+rollback_while_waiting "rollback while contract waits, kubelet stalled" payments-code payments payments-api yes
 
 log "real node: ${NODE}; setup $((t1 - t0))s, image $((t2 - t1))s, tests $(($(date +%s) - t2))s"
 [[ "${failures}" -eq 0 ]] || { dump; exit 1; }

@@ -15,7 +15,7 @@
 #                              host-built binary copied in) and load it into containerd
 #   hack/real-node.sh image-full  the same from the full multi-stage Dockerfile (slow)
 #   hack/real-node.sh env      print NODE=, NODE_IP=, TAINT_KEY=, POD_CIDR=, IMAGE=,
-#                              CONTAINERD_ADDRESS= (for ctr) for scripts
+#                              CONTAINERD_ADDRESS= (for ctr), KUBELET_PID_FILE= for scripts
 #
 # The node is tainted `phasegate.dev/real-node=true:NoSchedule` and labelled
 # `phasegate.dev/real-node=true`: only pods that tolerate the taint (and select the label) run
@@ -596,6 +596,7 @@ cmd_env() {
   echo "POD_GATEWAY=${POD_GATEWAY}"
   echo "IMAGE=${IMAGE}"
   echo "CONTAINERD_ADDRESS=${CONTAINERD_SOCK}"
+  echo "KUBELET_PID_FILE=${RUN}/kubelet.pid"
 }
 
 # One up/down at a time; the daemons must not inherit the lock's fd (closed with 8>&-).
