@@ -512,7 +512,8 @@ EOF
   rolled_back=$(date +%s%N)
   set_version "${app}" 1.0.0
   wait_until "${T}" "${m} back to AwaitingRollout" phase_is "${m}" AwaitingRollout
-  pass "${c}: AwaitingRollout $((($(date +%s%N) - rolled_back) / 1000000)) ms after the rollback was written"
+  local status_ms=$((($(date +%s%N) - rolled_back) / 1000000))
+  pass "${c}: AwaitingRollout ${status_ms} ms after the rollback was written"
   expect_eq "${c}: the attempt is GateClosed" "GateClosed" "$(jp dbm "${m}" '{.status.contract.reason}')"
   if [[ "${stall}" == yes ]]; then
     # The Job is deleted, yet nothing stops the executor: its container still runs, and it
@@ -520,7 +521,11 @@ EOF
     expect_eq "${c}: the executor's container still runs (no stop delivered)" "RUNNING" \
       "$(ctr -n k8s.io tasks ls | awk -v c="${cid#containerd://}" '$1 == c {print $3}')"
     wait_until 15 "the executor to lose its commit grant" lost_grant "${cpod}"
-    pass "${c}: the executor lost its grant $((($(date +%s%N) - rolled_back) / 1000000)) ms after the rollback was written"
+    # When: the first answer that was not a grant, by the container log's own timestamp.
+    local refused_at
+    refused_at="$(executor_log "${cpod}" | grep 'commit grant' | grep -E 'Withheld|Superseded' | head -1 | cut -d' ' -f1)"
+    refused_at="$(date -d "${refused_at}" +%s%N 2>/dev/null || echo 0)"
+    pass "${c}: the operator refused the executor's next grant request $(((refused_at - rolled_back) / 1000000)) ms after the rollback was written (status said AwaitingRollout after ${status_ms} ms)"
   else
     wait_until 60 "the stopped executor pod to be gone" bash -c "! kubectl -n ${NS} get pod ${cpod} >/dev/null 2>&1"
     pass "${c}: the stopped executor pod is gone"

@@ -447,8 +447,9 @@ kube_proxy_synced() { curl -fsS --max-time 2 "http://127.0.0.1:${KUBE_PROXY_HEAL
 start_kube_proxy() {
   if pid_alive "${RUN}/kube-proxy.pid"; then
     kube_proxy_synced && return 0
-    log "kube-proxy running but not healthy; restarting it"
+    log "kube-proxy running but not healthy ($(curl -sS --max-time 2 "http://127.0.0.1:${KUBE_PROXY_HEALTHZ_PORT}/healthz" 2>&1 | head -c 400)); restarting it (previous log: ${RN}/kube-proxy.log.1)"
     stop_pid "${RUN}/kube-proxy.pid"
+    mv -f "${RN}/kube-proxy.log" "${RN}/kube-proxy.log.1" 2>/dev/null || true
   fi
   log "starting kube-proxy ${K8S_VERSION} (iptables mode) ..."
   setsid "${KUBE_PROXY}" --config "${RN}/etc/kube-proxy.yaml" --v 1 \
