@@ -431,7 +431,11 @@ impl<'a> Planner<'a> {
             .into_iter()
             .filter_map(|(prefix, job)| {
                 let template = validate::pod_template(job?).ok()?;
-                let violations = crate::policy::check(&template, self.input.job_policy);
+                let violations = crate::policy::check(
+                    &template,
+                    self.input.job_policy,
+                    &spec.database.url_secret_ref.name,
+                );
                 (!violations.is_empty()).then(|| crate::policy::describe(prefix, &violations))
             })
             .collect();
