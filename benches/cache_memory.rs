@@ -220,25 +220,24 @@ fn max_size_migrations(n: usize) {
     // next to the page's JSON and the cache it replaces.
     let page_text: usize = texts.iter().take(20).map(String::len).sum();
     let before = live();
-    let decoded: Vec<DatabaseMigration> = texts
+    let page: Vec<DatabaseMigration> = texts
         .iter()
         .take(20)
         .map(|t| serde_json::from_str(t).expect("decodes"))
         .collect();
     let page_heap = live() - before;
-    drop(decoded);
     let mib = |b: f64| b / 1_048_576.0;
-    let page = page_heap as f64 + page_text as f64;
+    let page_bytes = page_heap as f64 + page_text as f64;
     // kube-runtime's reflector fills a new map during a relist and swaps it in at the end:
     // the old cache and the new one live side by side, plus the page being decoded.
     println!(
         "\ncache_memory: max_migrations={n} cached_mib={:.1} relist_page_mib={:.1} \
          (20 decoded: {:.1}, their JSON: {:.1}) relist_peak_mib={:.1} (2 caches + 1 page)",
         mib(cached as f64),
-        mib(page),
+        mib(page_bytes),
         mib(page_heap as f64),
         mib(page_text as f64),
-        mib(2.0 * cached as f64 + page),
+        mib(2.0 * cached as f64 + page_bytes),
     );
     drop((m, page));
 }

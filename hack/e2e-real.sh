@@ -13,6 +13,9 @@
 #      contract executor gets its commit grant from the leading operator through the chart's
 #      Service (kube-proxy on the real node; a fixed ClusterIP, as there is no cluster DNS);
 #   3. a failing expand: the container's exit code and the executor's report reach status;
+#      a user Job whose container cannot start (`command: ["/$(K)"]`, K from the database
+#      Secret: the runtime quotes the expanded value) or waits on a missing Secret key: the
+#      reason and where to look reach status, never the runtime's or kubelet's message;
 #   4. a rollback holds contract, even once approved;
 #   5. leader election: a hung leader (SIGSTOP) loses the Lease to the standby and is restarted
 #      by the kubelet's liveness probe; a killed leader container (SIGKILL) is restarted and one
@@ -324,6 +327,80 @@ code="$(jq -r .exitCode <<<"${term}")"
 [[ "${code}" =~ ^[0-9]+$ && "${code}" -ne 0 ]] && pass "failing expand: container exit code ${code}" || fail "failing expand: exit code '${code}'"
 expect_has "failing expand: report in the termination message" "42P01" "$(jq -r .message <<<"${term}")"
 expect_eq "failing expand: nothing contracted" "" "$(kc get jobs -l phasegate.dev/phase=contract,phasegate.dev/migration=broken -o name)"
+
+# A user Job's runtime messages (issue 23): the kubelet expands $(K) from the container's env,
+# here the database URL with its password, and the runtime quotes the result.
+cat <<EOF | kc apply -f - >/dev/null
+apiVersion: phasegate.dev/v1alpha1
+kind: DatabaseMigration
+metadata: {name: runtime-leak}
+spec:
+  appVersion: "3.0.0"
+  database: {urlSecretRef: {name: shop-db, key: url}}
+  expand:
+    job:
+      template:
+        spec:
+          securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
+          containers:
+            - name: leak
+              image: ${IMAGE}
+              command: ["/\$(K)"]
+              env: [{name: K, valueFrom: {secretKeyRef: {name: shop-db, key: url}}}]
+              securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+  contract: {sql: "SELECT 1;"}
+  rollout: {targets: [{kind: Deployment, name: shop-api}]}
+---
+apiVersion: phasegate.dev/v1alpha1
+kind: DatabaseMigration
+metadata: {name: missing-key}
+spec:
+  appVersion: "3.0.0"
+  database: {urlSecretRef: {name: shop-db, key: url}}
+  expand:
+    job:
+      template:
+        spec:
+          securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
+          containers:
+            - name: wait
+              image: ${IMAGE}
+              env: [{name: P, valueFrom: {secretKeyRef: {name: shop-db, key: no-such-key}}}]
+              securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+  contract: {sql: "SELECT 1;"}
+  rollout: {targets: [{kind: Deployment, name: shop-api}]}
+EOF
+wait_until "${T}" "runtime-leak Failed" phase_is runtime-leak Failed
+leak_job="$(jp dbm runtime-leak '{.status.expand.jobName}')"
+runtime_says="$(kc get pods -l job-name="${leak_job}" -o jsonpath='{.items[0].status.containerStatuses[0].state.terminated.message}')"
+expect_has "user Job that cannot start: the runtime quotes the expanded Secret (premise)" "${PGPASS}" "${runtime_says}"
+msg="$(jp dbm runtime-leak '{.status.conditions[?(@.type=="Stalled")].message}')"
+expect_has "user Job that cannot start: the reason in status" "could not start" "${msg}"
+expect_has "user Job that cannot start: where to look" "kubectl describe pod" "${msg}"
+# Stuck on CreateContainerConfigError, or failed: on kubelet 1.34 the Job fails the waiting pod
+# ("reached the specified backoff limit") within seconds, so the stuck message may never show
+# (src/controller/jobs.rs tests it); either way the kubelet's message must not leak.
+missing_key_seen() {
+  [[ "$(phase missing-key)" == Failed ]] \
+    || jp dbm missing-key '{.status.conditions[?(@.type=="Reconciling")].message}' | grep -q CreateContainerConfigError
+}
+wait_until "${T}" "missing-key stuck on CreateContainerConfigError, or failed" missing_key_seen
+msg="$(jp dbm missing-key '{.status.conditions[?(@.type=="Reconciling")].message}')"
+if [[ "${msg}" == *CreateContainerConfigError* ]]; then
+  expect_has "user Job waiting on a missing key: the reason and where to look" "CreateContainerConfigError; the kubelet's message is not copied" "${msg}"
+else
+  log "missing-key: the Job failed before the operator saw the pod wait ($(jp dbm missing-key '{.status.expand.message}'))"
+fi
+sleep 2 # the JobStuck Event and its log line
+# Phasegate's Events (the kubelet's own Events on the pod do carry its message: that is where
+# `kubectl describe pod` looks, for whoever may read Events there).
+all="$(kc get dbm runtime-leak missing-key -o json) $(kc get events --field-selector involvedObject.kind=DatabaseMigration -o json) $(kubectl -n "${OP_NS}" logs -l app.kubernetes.io/name=phasegate --tail=-1 2>/dev/null || true)"
+if [[ "${all}" == *"${PGPASS}"* || "${all}" == *"couldn't find key"* ]]; then
+  fail "user Job runtime messages: the Secret's value or the kubelet's message reached status, Events or the operator log"
+else
+  pass "user Job runtime messages: neither the Secret's value nor the kubelet's message in status, Events or the operator log"
+fi
+kc delete dbm runtime-leak missing-key --wait=false >/dev/null
 
 # ---------------------------------------------------------------- 4. a rollback holds contract
 

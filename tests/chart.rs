@@ -502,7 +502,8 @@ fn policy_cases_through_the_operator() {
         };
         let pod: k8s_openapi::api::core::v1::PodTemplateSpec =
             serde_json::from_value(template.clone()).expect("a pod template");
-        let got: Vec<(String, &str)> = phasegate::policy::check(&pod, &policy)
+        let secret = table["databaseSecret"].as_str().expect("databaseSecret");
+        let got: Vec<(String, &str)> = phasegate::policy::check(&pod, &policy, secret)
             .into_iter()
             .map(|v| (by_name(&v.field, &template), v.rule))
             .collect();

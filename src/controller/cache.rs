@@ -63,8 +63,37 @@ impl Caches {
         self.rollouts.wait_until_ready().await
     }
 
-    /// The pods of a Job (by the label the Job controller sets).
-    pub fn job_pods(&self, ns: &str, job: &str) -> Vec<std::sync::Arc<ExecutorPodView>> {
+    /// The pods of a Job: labelled with its name by the Job controller and controlled by the
+    /// Job of that UID. The label alone anyone who may create pods can set, and such a pod
+    /// could plant a report or a termination message (issue 23).
+    pub fn job_pods(
+        &self,
+        ns: &str,
+        job: &str,
+        job_uid: &str,
+    ) -> Vec<std::sync::Arc<ExecutorPodView>> {
+        self.executor_pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(ns)
+                    && p.labels()
+                        .get("batch.kubernetes.io/job-name")
+                        .map(String::as_str)
+                        == Some(job)
+                    && controlled_by(&p.metadata, job_uid)
+            })
+            .collect()
+    }
+
+    /// Every pod labelled as a Job's, whoever controls it. Only for waiting longer (a stopped
+    /// attempt's pod outlives its deleted Job, whose UID is gone with it): a planted pod can
+    /// delay the next attempt, never let anything commit.
+    pub fn pods_labelled_for_job(
+        &self,
+        ns: &str,
+        job: &str,
+    ) -> Vec<std::sync::Arc<ExecutorPodView>> {
         self.executor_pods
             .state()
             .into_iter()
@@ -91,6 +120,16 @@ impl Caches {
             .filter(|m| m.metadata.namespace.as_deref() == Some(ns))
             .collect()
     }
+}
+
+/// Whether the object's controller is the object of `uid` (never for an empty `uid`).
+pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+    !uid.is_empty()
+        && meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true) && r.uid == uid)
 }
 
 /// Metadata the planner and the event mapping read: identity, labels, annotations (a version

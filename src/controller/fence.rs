@@ -250,7 +250,7 @@ pub(super) fn unconfirmed_stop(
     let uid = dbm.uid().unwrap_or_default();
     let job = planner::job_name(&dbm.name_any(), &uid, JobPhase::Contract, rec.attempts);
     ctx.caches
-        .job_pods(&ns, &job)
+        .pods_labelled_for_job(&ns, &job)
         .iter()
         .find(|p| !matches!(p.status.phase.as_deref(), Some("Succeeded" | "Failed")))
         .map(|p| {

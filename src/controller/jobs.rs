@@ -413,18 +413,20 @@ pub fn sql_checksum(dbm: &DatabaseMigration, phase: JobPhase) -> Option<String> 
     Some(crate::executor::checksum(sql)[..16].to_string())
 }
 
-/// Whether a Job was created for this migration's phase: it carries the migration's UID (and,
-/// for inline SQL, the SQL's checksum) and no other object controls it.
+/// Whether a Job was created for this migration's phase: the migration controls it (Phasegate
+/// creates every Job with that owner) and it carries the migration's UID (and, for inline SQL,
+/// the SQL's checksum). Labels alone prove nothing: whoever may create Jobs can copy them onto
+/// a no-op Job, and an adopted one would pass for the phase (issue 23).
 fn created_for(job: &ObjectMeta, uid: &str, checksum: Option<&str>) -> bool {
     let label = |k: &str| job.labels.as_ref()?.get(k).map(String::as_str);
     let labelled = label(LABEL_MIGRATION_UID) == Some(uid)
         && checksum.is_none_or(|c| label(LABEL_SQL_CHECKSUM) == Some(c));
-    let foreign_owner = job
+    let ours = job
         .owner_references
         .iter()
         .flatten()
-        .any(|r| r.controller == Some(true) && r.uid != uid);
-    !uid.is_empty() && labelled && !foreign_owner
+        .any(|r| r.controller == Some(true) && r.uid == uid);
+    !uid.is_empty() && labelled && ours
 }
 
 /// A Job this migration owns (controller reference to its UID) that has not finished and is
@@ -444,8 +446,9 @@ pub fn ours_and_running(job: &JobView, uid: &str) -> bool {
     !uid.is_empty() && owned && !finished && job.metadata.deletion_timestamp.is_none()
 }
 
-/// Create the Job, or adopt one of that name that this migration created (e.g. before a
-/// crash lost the status write). Anything else of that name is a conflict, never a success.
+/// Create the Job, or take up one of that name that this migration created (e.g. before a
+/// crash lost the status write). Anything else of that name — an ownerless Job carrying the
+/// migration's labels included — is a conflict, never a success.
 pub async fn create_or_adopt(
     jobs: &Api<Job>,
     job: &Job,
@@ -463,23 +466,7 @@ pub async fn create_or_adopt(
             if !created_for(&existing.metadata, &owner.uid, checksum) {
                 return Err(Error::JobConflict { job: name });
             }
-            let owned = existing
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|r| r.uid == owner.uid);
-            if owned {
-                return Ok(existing);
-            }
-            let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
-            jobs.patch(
-                &name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await
-            .during(format!("adopting Job {name}"))
+            Ok(existing)
         }
         Err(e) => Err(Error::Kube {
             action: format!("creating Job {name}"),
@@ -587,7 +574,8 @@ pub async fn observe_reported(
             .cloned()
     };
     let finished = cond("Complete").is_some() || cond("Failed").is_some();
-    let mut job_pods = caches.job_pods(&ns, &name);
+    let job_uid = job.metadata.uid.clone().unwrap_or_default();
+    let mut job_pods = caches.job_pods(&ns, &name, &job_uid);
     // The pods watch may trail the Jobs watch: a finished Job whose pod's end the cache has
     // not seen yet is read from the API server, or a failure would look like a dead executor.
     if finished && last_termination(&job_pods).is_none() {
@@ -598,6 +586,7 @@ pub async fn observe_reported(
             .during(format!("listing pods of Job {name}"))?
             .items
             .into_iter()
+            .filter(|p| super::cache::controlled_by(&p.metadata, &job_uid))
             .map(Arc::new)
             .collect();
     }
@@ -1337,17 +1326,108 @@ mod tests {
         let name = job.metadata.name.clone().expect("name");
         let mut job = serde_json::to_value(&job).expect("json");
         job["metadata"]["creationTimestamp"] = serde_json::json!("2026-01-01T00:00:00Z");
+        job["metadata"]["uid"] = serde_json::json!(JOB_UID);
         job["status"] = serde_json::json!({"conditions": conditions});
         let job: JobView = serde_json::from_value(job).expect("job view");
-        let pod: ExecutorPodView = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": format!("{name}-abcde"), "namespace": "shop",
-                "labels": {"batch.kubernetes.io/job-name": name, LABEL_EXECUTOR: "true"}},
-            "status": pod_status}))
-        .expect("pod view");
+        let pod = job_pod(&name, "abcde", Some(JOB_UID), pod_status);
         let mut caches = Caches::for_tests(vec![], vec![]);
         caches.jobs = crate::controller::test_support::test_store(vec![job]);
         caches.executor_pods = crate::controller::test_support::test_store(vec![pod]);
         (m, caches)
+    }
+
+    const JOB_UID: &str = "0b1c2d3e-0000-4000-8000-00000000000j";
+
+    /// A pod labelled as Job `job`'s, controlled by the Job of `owner` (none: ownerless).
+    fn job_pod(
+        job: &str,
+        suffix: &str,
+        owner: Option<&str>,
+        status: serde_json::Value,
+    ) -> ExecutorPodView {
+        let owners = owner.map_or(serde_json::json!([]), |uid| {
+            serde_json::json!([{"apiVersion": "batch/v1", "kind": "Job", "name": job,
+                "uid": uid, "controller": true}])
+        });
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{job}-{suffix}"), "namespace": "shop",
+                "labels": {"batch.kubernetes.io/job-name": job, LABEL_EXECUTOR: "true"},
+                "ownerReferences": owners},
+            "status": status}))
+        .expect("pod view")
+    }
+
+    /// Trust only what the operator created (issue 23): a pod that only carries a Job's
+    /// `job-name` label cannot plant what status reports, and a Job that only carries the
+    /// migration's labels is neither adopted nor read.
+    #[tokio::test]
+    async fn pods_and_jobs_the_operator_did_not_create_are_not_read() {
+        let running = crate::api::PhaseStatus {
+            attempts: 1,
+            ..Default::default()
+        };
+        let ended = |message: &str, at: &str| {
+            serde_json::json!({"phase": "Failed", "containerStatuses": [{"state": {"terminated":
+                {"exitCode": 3, "reason": "Error", "message": message, "finishedAt": at}}}]})
+        };
+        let failed = serde_json::json!([{"type": "Failed", "status": "True"}]);
+        let (m, mut caches) =
+            user_job_caches(ended("the real output", "2026-01-01T00:00:05Z"), failed);
+        let name = job_name("m", &m.uid().expect("uid"), JobPhase::Expand, 1);
+        let mut pods = caches.executor_pods.state();
+        pods.push(Arc::new(job_pod(
+            &name,
+            "plant",
+            None,
+            ended("PLANTED", "2026-01-01T00:00:09Z"),
+        )));
+        caches.executor_pods = crate::controller::test_support::test_store(
+            pods.iter().map(|p| p.as_ref().clone()).collect(),
+        );
+        let (apis, _) = api_answering(vec![]);
+        let (state, _) =
+            observe_reported(&caches, &apis, &m, JobPhase::Expand, Some(&running), true)
+                .await
+                .expect("observe");
+        assert!(
+            matches!(&state, JobState::Failed(msg) if msg == "the real output"),
+            "{state:?}"
+        );
+
+        // An ownerless Job with the migration's labels: not ours to read or to adopt.
+        let mut job = build_job(
+            &m,
+            &DatabaseMigrationStatus::default(),
+            JobPhase::Expand,
+            1,
+            &ExecutorConfig::default(),
+        )
+        .expect("job");
+        let owner = job.metadata.owner_references.take().expect("owner")[0].clone();
+        assert!(!created_for(&job.metadata, &m.uid().expect("uid"), None));
+        let mut planted = serde_json::to_value(&job).expect("json");
+        planted["status"] =
+            serde_json::json!({"conditions": [{"type": "Complete", "status": "True"}]});
+        let view: JobView = serde_json::from_value(planted.clone()).expect("view");
+        caches.jobs = crate::controller::test_support::test_store(vec![view]);
+        let (apis, _) = api_answering(vec![]);
+        let (state, _) =
+            observe_reported(&caches, &apis, &m, JobPhase::Expand, Some(&running), true)
+                .await
+                .expect("observe");
+        assert!(matches!(state, JobState::Absent), "{state:?}");
+        let exists = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "AlreadyExists", "code": 409, "message": "exists"});
+        let (client, served) =
+            crate::controller::test_support::mock_api(vec![(409, exists), (200, planted)]);
+        let jobs: Api<Job> = Api::namespaced(client, "shop");
+        let mut ours = job.clone();
+        ours.metadata.owner_references = Some(vec![owner.clone()]);
+        let err = create_or_adopt(&jobs, &ours, &owner)
+            .await
+            .expect_err("not adopted");
+        assert!(matches!(err, Error::JobConflict { .. }), "{err:?}");
+        assert_eq!(served.await.expect("mock").len(), 2, "no adopting PATCH");
     }
 
     /// What a user container's runtime says may quote a Secret: `$(K)` in its command is

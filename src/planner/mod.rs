@@ -477,20 +477,43 @@ impl<'a> Planner<'a> {
             ),
             ("spec.contract.job.template.", spec.contract.job.as_ref()),
         ];
-        let found: Vec<String> = phases
+        let found: Vec<(&str, Vec<crate::policy::Violation>)> = phases
             .into_iter()
             .filter_map(|(prefix, job)| {
                 let template = validate::pod_template(job?).ok()?;
-                let violations = crate::policy::check(&template, self.input.job_policy);
-                (!violations.is_empty()).then(|| crate::policy::describe(prefix, &violations))
+                let violations = crate::policy::check(
+                    &template,
+                    self.input.job_policy,
+                    &spec.database.url_secret_ref.name,
+                );
+                (!violations.is_empty()).then_some((prefix, violations))
             })
             .collect();
-        (!found.is_empty()).then(|| {
-            format!(
-                "refused by the cluster's Job policy before any Job ran: {}",
-                found.join("; ")
-            )
-        })
+        if found.is_empty() {
+            return None;
+        }
+        let head = "refused by the cluster's Job policy before any Job ran: ";
+        let full: Vec<String> = found
+            .iter()
+            .map(|(prefix, v)| crate::policy::describe(prefix, v))
+            .collect();
+        let full = format!("{head}{}", full.join("; "));
+        // Conditions keep 1,024 characters, Events 1,000.
+        if full.chars().count() <= 1000 {
+            return Some(full);
+        }
+        // Too long for a condition: every field and rule still fits, without the advice.
+        let short: Vec<String> = found
+            .iter()
+            .flat_map(|(prefix, v)| {
+                v.iter()
+                    .map(move |v| format!("{prefix}{} [{}]", v.field, v.rule))
+            })
+            .collect();
+        Some(format!(
+            "{head}{} (how to fix each: docs/security.md#rules)",
+            short.join("; ")
+        ))
     }
 
     /// `appVersion` and how versions compare to it.

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{
-    AppArmorProfile, Container, ContainerPort, EphemeralContainer, PodSecurityContext, PodSpec,
-    PodTemplateSpec, SELinuxOptions, SeccompProfile, SecurityContext,
+    AppArmorProfile, Container, ContainerPort, EnvFromSource, EnvVar, EphemeralContainer,
+    PodSecurityContext, PodSpec, PodTemplateSpec, SELinuxOptions, SeccompProfile, SecurityContext,
     WindowsSecurityContextOptions,
 };
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,12 @@ pub struct JobPolicy {
     /// drive mutating webhooks that run after this policy looked). The AppArmor and seccomp
     /// annotations are judged by their own rules instead.
     pub allowed_annotations: Vec<String>,
+    /// Secrets (by name, in the migration's namespace) a template may reference besides the
+    /// migration's own database Secret (`spec.database.urlSecretRef.name`): in env, envFrom,
+    /// secret volumes, projected sources and imagePullSecrets. `["*"]`: any. Empty: only the
+    /// database Secret — another Secret's value written into a table, or relayed by an error,
+    /// would reach whoever may read the database or the migration's status.
+    pub allowed_secrets: Vec<String>,
 }
 
 impl Default for JobPolicy {
@@ -78,6 +84,7 @@ impl Default for JobPolicy {
             allowed_priority_classes: Vec::new(),
             allowed_labels: Vec::new(),
             allowed_annotations: Vec::new(),
+            allowed_secrets: Vec::new(),
         }
     }
 }
@@ -148,6 +155,13 @@ impl JobPolicy {
                 }
             }
         }
+        for name in &self.allowed_secrets {
+            if name != "*" && !is_dns_subdomain(name) {
+                return Err(PolicyError::Invalid(format!(
+                    "allowedSecrets: {name:?} is not a Secret name (or *)"
+                )));
+            }
+        }
         // An empty prefix would allow every image; an empty list is the way to say that.
         if self.allowed_images.iter().any(|p| p.trim().is_empty()) {
             return Err(PolicyError::Invalid(
@@ -177,6 +191,10 @@ impl JobPolicy {
 
     fn annotation_allowed(&self, key: &str) -> bool {
         !key.starts_with(PHASEGATE_PREFIX) && key_allowed(&self.allowed_annotations, key)
+    }
+
+    fn secret_allowed(&self, name: &str, database_secret: &str) -> bool {
+        name == database_secret || self.allowed_secrets.iter().any(|a| a == "*" || a == name)
     }
 
     fn image_allowed(&self, image: &str) -> bool {
@@ -239,6 +257,7 @@ pub const RULES: &[&str] = &[
     PRIORITY_CLASS,
     LABELS,
     ANNOTATIONS,
+    SECRETS,
 ];
 
 const SERVICE_ACCOUNT: &str = "service-account";
@@ -261,6 +280,7 @@ const IMAGE: &str = "image";
 const PRIORITY_CLASS: &str = "priority-class";
 const LABELS: &str = "labels";
 const ANNOTATIONS: &str = "annotations";
+const SECRETS: &str = "secret-references";
 
 /// Sysctls the Pod Security Standards call safe (namespaced, isolated from the node).
 pub const SAFE_SYSCTLS: &[&str] = &[
@@ -291,10 +311,15 @@ const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kuber
 const SECCOMP_POD_ANNOTATION: &str = "seccomp.security.alpha.kubernetes.io/pod";
 const SECCOMP_CONTAINER_ANNOTATION_PREFIX: &str = "container.seccomp.security.alpha.kubernetes.io/";
 
-/// Every rule `template` breaks under `policy`, in field order (empty: allowed).
-/// Fields are relative to the template; prefix them with where the template sits
+/// Every rule `template` breaks under `policy`, in field order (empty: allowed), for a
+/// migration whose database Secret is `database_secret` (the one Secret a template may always
+/// reference). Fields are relative to the template; prefix them with where the template sits
 /// (e.g. `spec.expand.job.template.`), as [`describe`] does.
-pub fn check(template: &PodTemplateSpec, policy: &JobPolicy) -> Vec<Violation> {
+pub fn check(
+    template: &PodTemplateSpec,
+    policy: &JobPolicy,
+    database_secret: &str,
+) -> Vec<Violation> {
     let mut out = Out(Vec::new());
     if !policy.enabled {
         return out.0;
@@ -314,6 +339,7 @@ pub fn check(template: &PodTemplateSpec, policy: &JobPolicy) -> Vec<Violation> {
         for c in containers(spec) {
             check_container(&c, spec.security_context.as_ref(), policy, &mut out);
         }
+        secrets(spec, policy, database_secret, &mut out);
     }
     out.0
 }
@@ -406,6 +432,71 @@ fn template_annotations(annotations: &BTreeMap<String, String>, policy: &JobPoli
             ANNOTATIONS,
             format!("annotation {key:?} {why}"),
         );
+    }
+}
+
+/// Every Secret the pod references (env, envFrom, secret volumes, projected sources,
+/// imagePullSecrets) must be the migration's database Secret or one the admin allows. The
+/// kubelet reads them for the pod, so the author needs no `get secrets` (issue 23).
+fn secrets(spec: &PodSpec, policy: &JobPolicy, database_secret: &str, out: &mut Out) {
+    let mut refs: Vec<(String, &str)> = Vec::new();
+    for c in containers(spec) {
+        for (i, e) in c.env.iter().enumerate() {
+            let secret = e
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref());
+            if let Some(r) = secret {
+                refs.push((
+                    format!("{}.env[{i}].valueFrom.secretKeyRef", c.field),
+                    r.name.as_str(),
+                ));
+            }
+        }
+        for (i, f) in c.env_from.iter().enumerate() {
+            if let Some(r) = f.secret_ref.as_ref() {
+                refs.push((
+                    format!("{}.envFrom[{i}].secretRef", c.field),
+                    r.name.as_str(),
+                ));
+            }
+        }
+    }
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        if let Some(sv) = v.secret.as_ref() {
+            let name = sv.secret_name.as_deref().unwrap_or_default();
+            refs.push((format!("spec.volumes[{i}].secret"), name));
+        }
+        let sources = v.projected.as_ref().and_then(|p| p.sources.as_ref());
+        for (j, src) in sources.into_iter().flatten().enumerate() {
+            if let Some(sp) = src.secret.as_ref() {
+                refs.push((
+                    format!("spec.volumes[{i}].projected.sources[{j}].secret"),
+                    sp.name.as_str(),
+                ));
+            }
+        }
+    }
+    for (i, r) in spec.image_pull_secrets.iter().flatten().enumerate() {
+        refs.push((format!("spec.imagePullSecrets[{i}]"), r.name.as_str()));
+    }
+    let allowed = std::iter::once(database_secret)
+        .chain(policy.allowed_secrets.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (field, name) in refs {
+        if !policy.secret_allowed(name, database_secret) {
+            out.push(
+                field,
+                SECRETS,
+                format!(
+                    "references Secret {name:?}, which is neither the migration's database \
+                     Secret nor allowed by the Job policy (allowed: {allowed}); use keys of the \
+                     database Secret, or ask the cluster admin to add it to \
+                     jobPolicy.allowedSecrets"
+                ),
+            );
+        }
     }
 }
 
@@ -563,6 +654,8 @@ struct ContainerRef<'a> {
     image: Option<&'a str>,
     ports: &'a [ContainerPort],
     security_context: Option<&'a SecurityContext>,
+    env: &'a [EnvVar],
+    env_from: &'a [EnvFromSource],
 }
 
 fn containers(spec: &PodSpec) -> Vec<ContainerRef<'_>> {
@@ -574,6 +667,8 @@ fn containers(spec: &PodSpec) -> Vec<ContainerRef<'_>> {
             image: c.image.as_deref(),
             ports: c.ports.as_deref().unwrap_or_default(),
             security_context: c.security_context.as_ref(),
+            env: c.env.as_deref().unwrap_or_default(),
+            env_from: c.env_from.as_deref().unwrap_or_default(),
         })
     }
     let ephemeral: &[EphemeralContainer] = spec.ephemeral_containers.as_deref().unwrap_or_default();
@@ -588,6 +683,8 @@ fn containers(spec: &PodSpec) -> Vec<ContainerRef<'_>> {
             image: c.image.as_deref(),
             ports: c.ports.as_deref().unwrap_or_default(),
             security_context: c.security_context.as_ref(),
+            env: c.env.as_deref().unwrap_or_default(),
+            env_from: c.env_from.as_deref().unwrap_or_default(),
         }))
         .collect()
 }

@@ -43,7 +43,7 @@ fn template(patch: Value) -> PodTemplateSpec {
 type Found = Vec<(String, &'static str)>;
 
 fn found(t: &PodTemplateSpec, policy: &JobPolicy) -> Found {
-    check(t, policy)
+    check(t, policy, "shop-db")
         .into_iter()
         .map(|v| (v.field, v.rule))
         .collect()
@@ -397,7 +397,7 @@ fn attack_template_is_refused_on_every_count() {
             "volumeMounts": [{"name": "host", "mountPath": "/host"}],
         }],
     }}));
-    let violations = check(&attack, &JobPolicy::default());
+    let violations = check(&attack, &JobPolicy::default(), "shop-db");
     let rules: Vec<_> = violations.iter().map(|v| v.rule).collect();
     assert_eq!(
         rules,
@@ -426,7 +426,7 @@ fn attack_template_is_refused_on_every_count() {
         enabled: false,
         ..JobPolicy::default()
     };
-    assert_eq!(check(&attack, &off), vec![]);
+    assert_eq!(check(&attack, &off, "shop-db"), vec![]);
 }
 
 #[test]
@@ -442,7 +442,7 @@ fn every_violation_message_says_how_to_fix() {
             "capabilities": {"add": ["NET_ADMIN"]},
         }}))],
     }}));
-    let violations = check(&t, &JobPolicy::default());
+    let violations = check(&t, &JobPolicy::default(), "shop-db");
     assert!(violations.len() >= 8, "{violations:#?}");
     for v in &violations {
         assert!(RULES.contains(&v.rule), "unknown rule {}", v.rule);
@@ -561,6 +561,7 @@ fn policy_documents() {
         allowed_priority_classes: Vec::new(),
         allowed_labels: Vec::new(),
         allowed_annotations: Vec::new(),
+        allowed_secrets: Vec::new(),
     };
     assert_eq!(JobPolicy::from_yaml(yaml).expect("yaml"), want);
     assert_eq!(JobPolicy::from_yaml(json).expect("json"), want);
@@ -587,6 +588,7 @@ fn policy_documents() {
         ("allowedLabels: ['']", "allowedLabels"),
         ("allowedLabels: ['a*b']", "allowedLabels"),
         ("allowedAnnotations: ['a b']", "allowedAnnotations"),
+        ("allowedSecrets: ['Other']", "allowedSecrets"),
     ] {
         let err = JobPolicy::from_yaml(doc).expect_err(doc).to_string();
         assert!(err.contains(needle), "{doc}: {err}");
@@ -619,7 +621,10 @@ fn examples_pass_the_default_policy() {
                     continue;
                 }
                 let t: PodTemplateSpec = serde_json::from_value(t.clone()).expect("template");
-                let violations = check(&t, &JobPolicy::default());
+                let secret = v["spec"]["database"]["urlSecretRef"]["name"]
+                    .as_str()
+                    .unwrap_or_default();
+                let violations = check(&t, &JobPolicy::default(), secret);
                 if let Some((name, why)) = to_fix {
                     assert!(
                         !violations.is_empty(),
@@ -638,4 +643,51 @@ fn examples_pass_the_default_policy() {
         }
     }
     assert!(checked >= 2, "no example job templates found");
+}
+
+/// Secrets a template references: the database Secret and the admin's list only (issue 23).
+#[test]
+fn secrets_beyond_the_database_secret_are_refused() {
+    let c0 = "spec.containers[0]";
+    let t = template(json!({"spec": {
+        "imagePullSecrets": [{"name": "registry"}],
+        "volumes": [
+            {"name": "own", "secret": {"secretName": "shop-db"}},
+            {"name": "other", "secret": {"secretName": "payments-api-key"}},
+            {"name": "p", "projected": {"sources": [{"secret": {"name": "payments-api-key"}}]}},
+        ],
+        "containers": [container(json!({
+            "env": [
+                {"name": "URL", "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "url"}}},
+                {"name": "K", "valueFrom": {"secretKeyRef": {"name": "payments-api-key", "key": "k"}}},
+            ],
+            "envFrom": [{"secretRef": {"name": "payments-api-key"}}],
+        }))],
+    }}));
+    assert_eq!(
+        found(&t, &JobPolicy::default()),
+        vec![
+            (
+                format!("{c0}.env[1].valueFrom.secretKeyRef"),
+                "secret-references"
+            ),
+            (format!("{c0}.envFrom[0].secretRef"), "secret-references"),
+            ("spec.volumes[1].secret".into(), "secret-references"),
+            (
+                "spec.volumes[2].projected.sources[0].secret".into(),
+                "secret-references"
+            ),
+            ("spec.imagePullSecrets[0]".into(), "secret-references"),
+        ]
+    );
+    let allowed = JobPolicy {
+        allowed_secrets: vec!["payments-api-key".into(), "registry".into()],
+        ..JobPolicy::default()
+    };
+    assert_eq!(found(&t, &allowed), vec![]);
+    let any = JobPolicy {
+        allowed_secrets: vec!["*".into()],
+        ..JobPolicy::default()
+    };
+    assert_eq!(found(&t, &any), vec![]);
 }
