@@ -11,7 +11,9 @@
 #      bound to one test namespace) and an impersonated migration author, bound only to the
 #      chart's -author ClusterRole, tries each attack of issue 12 (privileged, hostPID, hostPath
 #      /, a foreign ServiceAccount, ...): each must be refused with the field and the rule, and
-#      plain templates must be admitted.
+#      plain templates must be admitted; then every case of tests/data/policy-cases.json, the
+#      table tests/chart.rs runs through the operator's check, must be refused with exactly the
+#      rules and fields the table names (or admitted).
 #
 # Cluster: $PHASEGATE_E2E_KUBECONFIG if set, else the local control plane
 # (hack/local-cluster.sh up). helm comes from hack/helm.sh (built from its Go module).
@@ -304,12 +306,9 @@ AUTHOR_NS=phasegate-chart-test-author
 AUTHOR=phasegate-chart-test-author       # an impersonated user (kubectl --as)
 ka() { k --as="${AUTHOR}" -n "${AUTHOR_NS}" "$@"; }
 
-cat >"${WORK}/vap-values.yaml" <<VALUES
-watchNamespace: ${AUTHOR_NS}
-jobPolicy:
-  allowedServiceAccounts: [migrator]
-  allowedImages: ["postgres:", "registry.example.com/db/"]
-VALUES
+# The policy of the shared case table (tests/data/policy-cases.json), as the operator's test uses.
+CASES="${REPO_ROOT}/tests/data/policy-cases.json"
+jq --arg ns "${AUTHOR_NS}" '{watchNamespace: $ns, jobPolicy: .policy}' "${CASES}" >"${WORK}/vap-values.yaml"
 
 # migration <name> <expand job template> [contract phase]: a DatabaseMigration in AUTHOR_NS
 # (flow YAML), with an inline-SQL contract unless one is given.
@@ -328,7 +327,7 @@ spec:
   rollout: {targets: [{kind: Deployment, name: shop-api}]}
 DBM
 }
-PSQL='{name: psql, image: "postgres:17-alpine", command: [psql, "$(PHASEGATE_DATABASE_URL)", -c, "SELECT 1"]}'
+PSQL='{name: psql, image: "postgres:17-alpine", command: [psql, "$(PHASEGATE_DATABASE_URL)", -c, "SELECT 1"], securityContext: {allowPrivilegeEscalation: false}}'
 NONROOT='securityContext: {runAsNonRoot: true, runAsUser: 70}'
 PLAIN="{spec: {${NONROOT}, containers: [${PSQL}]}}"
 
@@ -359,6 +358,32 @@ admitted() {
   else
     fail "admission: $2: refused:"$'\n'"${out}"
   fi
+}
+
+# policy_cases: every case of the shared table as an expand template, refused with exactly the
+# rules the table names (each naming its field), or admitted when it names none.
+policy_cases() {
+  local n i name tmpl out created want got f missing
+  n="$(jq '.cases | length' "${CASES}")"
+  for ((i = 0; i < n; i++)); do
+    name="$(jq -r ".cases[${i}].name" "${CASES}")"
+    tmpl="$(jq -c ".cases[${i}] as \$c | (\$c.template // (.base * \$c.patch))" "${CASES}")"
+    created=yes
+    out="$(migration "case-${name}" "${tmpl}" "" | ka create --dry-run=server -f - 2>&1)" || created=no
+    want="$(jq -r ".cases[${i}].refused[].rule" "${CASES}" | sort -u)"
+    got="$(grep -oE '\[Phasegate Job policy: [a-z-]+\]' <<<"${out}" | sed -E 's/.*: ([a-z-]+)\]$/\1/' | sort -u || true)"
+    missing=()
+    while IFS= read -r f; do
+      [[ -z "${f}" ]] || grep -qF -- "spec.expand.job.template.${f}" <<<"${out}" || missing+=("${f}")
+    done < <(jq -r ".cases[${i}].refused[].field" "${CASES}")
+    if [[ -z "${want}" && "${created}" == no ]]; then
+      fail "policy case ${name}: refused, the table admits it:"$'\n'"${out}"
+    elif [[ "${got}" != "${want}" || ${#missing[@]} -gt 0 ]]; then
+      fail "policy case ${name}: want rules [${want//$'\n'/ }], got [${got//$'\n'/ }], fields not named: ${missing[*]:-none}:"$'\n'"${out}"
+    else
+      pass "policy case ${name}: $([[ -n "${want}" ]] && echo "refused (${want//$'\n'/ })" || echo admitted)"
+    fi
+  done
 }
 
 # can_author <yes|no> <verb> <resource> [subresource]: `kubectl auth can-i` as AUTHOR in AUTHOR_NS.
@@ -452,6 +477,8 @@ if "${HELM}" install "${VAP_RELEASE}" "${CHART}" -n "${NS}" -f "${WORK}/vap-valu
     'spec.expand.job.template.spec.securityContext.seccompProfile.type' '[Phasegate Job policy: seccomp]'
   refused node-name "nodeName" "{spec: {nodeName: node-0, ${NONROOT}, containers: [${PSQL}]}}" "" \
     'spec.expand.job.template.spec.nodeName' '[Phasegate Job policy: node-name]'
+
+  policy_cases
 
   admitted plain "a plain psql template (non-root)" "${PLAIN}"
   admitted allowed-sa "the allowed ServiceAccount migrator, both phases as Jobs" \

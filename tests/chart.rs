@@ -439,3 +439,96 @@ fn admission_policy_covers_every_rule() {
         serde_yaml::from_str::<serde_yaml::Value>("[Deny]").expect("yaml")
     );
 }
+
+/// `base` with `patch` merged in: objects merge, anything else replaces (jq's `*`, which
+/// hack/chart-test.sh uses on the same table).
+fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+/// The operator's field with containers and volumes named as the admission policy names
+/// them (`spec.containers[0]` → `spec.containers[name=psql]`).
+fn by_name(field: &str, template: &serde_json::Value) -> String {
+    let mut out = field.to_string();
+    for kind in [
+        "containers",
+        "initContainers",
+        "ephemeralContainers",
+        "volumes",
+    ] {
+        let list = template["spec"][kind]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (i, item) in list.iter().enumerate() {
+            let name = item["name"].as_str().unwrap_or_default();
+            let at = format!("spec.{kind}[{i}]");
+            if out.starts_with(&at) {
+                out = format!("spec.{kind}[name={name}]{}", &out[at.len()..]);
+            }
+        }
+    }
+    out
+}
+
+/// The shared table of tests/data/policy-cases.json through the operator's check: exactly the
+/// rules the table names, each at its field. hack/chart-test.sh runs the same table through the
+/// chart's ValidatingAdmissionPolicy, so the two agree on every case.
+#[test]
+fn policy_cases_through_the_operator() {
+    let table: serde_json::Value =
+        serde_json::from_str(&read(&root().join("tests/data/policy-cases.json")))
+            .expect("policy-cases.json");
+    let policy = phasegate::policy::JobPolicy::from_yaml(&table["policy"].to_string())
+        .expect("the table's policy");
+    let cases = table["cases"].as_array().expect("cases");
+    let mut failures = Vec::new();
+    for case in cases {
+        let name = case["name"].as_str().expect("name");
+        let template = match case.get("template") {
+            Some(t) => t.clone(),
+            None => {
+                let mut t = table["base"].clone();
+                merge(&mut t, &case["patch"]);
+                t
+            }
+        };
+        let pod: k8s_openapi::api::core::v1::PodTemplateSpec =
+            serde_json::from_value(template.clone()).expect("a pod template");
+        let got: Vec<(String, &str)> = phasegate::policy::check(&pod, &policy)
+            .into_iter()
+            .map(|v| (by_name(&v.field, &template), v.rule))
+            .collect();
+        let want: Vec<(&str, &str)> = case["refused"]
+            .as_array()
+            .expect("refused")
+            .iter()
+            .map(|r| {
+                (
+                    r["field"].as_str().expect("field"),
+                    r["rule"].as_str().expect("rule"),
+                )
+            })
+            .collect();
+        let got_rules: BTreeSet<&str> = got.iter().map(|(_, r)| *r).collect();
+        let want_rules: BTreeSet<&str> = want.iter().map(|(_, r)| *r).collect();
+        let fields_named = want
+            .iter()
+            .all(|(f, r)| got.iter().any(|(gf, gr)| gr == r && gf.starts_with(f)));
+        if got_rules != want_rules || !fields_named {
+            failures.push(format!("{name}: want {want:?}, got {got:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "the operator disagrees with tests/data/policy-cases.json:\n{}",
+        failures.join("\n")
+    );
+}

@@ -68,3 +68,27 @@ fn wide_output_shows_why_and_explain_says_what_it_is() {
         "{description}"
     );
 }
+
+/// Every SQL field an author writes is bounded (issue 23): the operator caches every
+/// migration, so unbounded fields let one author exhaust its memory.
+#[test]
+fn every_sql_field_is_bounded() {
+    let crd = phasegate::api::DatabaseMigration::crd();
+    let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema");
+    let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    for (field, max) in [
+        ("expand", 131_072),
+        ("contract", 131_072),
+        ("backfill", 65_536),
+    ] {
+        let sql = &spec[field]["properties"]["sql"];
+        assert_eq!(sql["maxLength"], max, "spec.{field}.sql: {sql}");
+    }
+    for field in ["expand", "contract"] {
+        let rules = spec[field]["properties"]["sql"]["x-kubernetes-validations"].to_string();
+        assert!(
+            rules.contains("size(bytes(self)) <= 131057"),
+            "spec.{field}.sql has no byte bound: {rules}"
+        );
+    }
+}

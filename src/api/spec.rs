@@ -101,6 +101,8 @@ pub struct PhaseSpec {
     /// SQL run by Phasegate's executor in one transaction, with the lock safety of
     /// `spec.safety`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 131072))]
+    #[x_kube(validation = Rule::new("size(bytes(self)) <= 131057").message("sql may be at most 131057 bytes: the executor gets it in one environment variable, which Linux limits to 128 KiB; split it across migrations, or run it from a job whose image holds the files"))]
     pub sql: Option<String>,
     /// A Job of your own (Flyway, Atlas, golang-migrate, psql, …) that runs this phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,6 +130,8 @@ pub struct JobSpec {
 pub struct ContractSpec {
     /// SQL run by Phasegate's executor in one transaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 131072))]
+    #[x_kube(validation = Rule::new("size(bytes(self)) <= 131057").message("sql may be at most 131057 bytes: the executor gets it in one environment variable, which Linux limits to 128 KiB; split it across migrations, or run it from a job whose image holds the files"))]
     pub sql: Option<String>,
     /// A Job of your own that runs contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]

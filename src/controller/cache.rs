@@ -16,6 +16,7 @@ use super::views::{
     DaemonSetView, DeploymentView, ExecutorPodView, JobView, PodFacts, StatefulSetView,
 };
 use crate::api::DatabaseMigration;
+use crate::planner::validate;
 
 /// The readers of every cache the reconcile uses.
 #[derive(Clone)]
@@ -129,9 +130,26 @@ pub fn prune_rollout(r: &mut Rollout) {
     }
 }
 
-/// A migration as the reconcile and the event mapping read it (everything but managedFields).
+/// A migration as the reconcile and the event mapping read it: no managedFields, no labels,
+/// only Phasegate's own annotations (approve, retry, backfill pause: kubectl's last-applied
+/// copy alone doubles what a migration costs, and an author may add 256 KiB of others), and a
+/// job template larger than the planner accepts reduced to its size (the planner refuses it
+/// by that size). What an author can make the operator hold is then bounded by the CRD's
+/// limits on the SQL fields and [`validate::MAX_TEMPLATE_BYTES`]. Reading a new label or
+/// annotation of a migration means keeping it here.
 pub fn prune_migration(m: &mut DatabaseMigration) {
     prune_meta(&mut m.metadata, true);
+    m.metadata.labels = None;
+    if let Some(a) = m.metadata.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with(crate::policy::PHASEGATE_PREFIX));
+    }
+    let jobs = [m.spec.expand.job.as_mut(), m.spec.contract.job.as_mut()];
+    for job in jobs.into_iter().flatten() {
+        let bytes = validate::template_bytes(&job.template);
+        if bytes > validate::MAX_TEMPLATE_BYTES {
+            job.template = serde_json::json!({ validate::PRUNED_TEMPLATE_KEY: bytes });
+        }
+    }
 }
 
 /// The workload that owns a pod, as `(kind, name)`: a StatefulSet or DaemonSet directly, a
@@ -232,6 +250,53 @@ mod tests {
         );
         assert_eq!(o.pods.len(), 1);
         assert_eq!(o.pods[0].version.as_deref(), Some("2.0.0"));
+    }
+
+    /// What one author can make the operator hold is bounded (issue 23): kubectl's copy of
+    /// the object goes, and an oversize template leaves only its size, which the planner
+    /// refuses with the limit.
+    #[test]
+    fn a_cached_migration_keeps_no_kubectl_copy_and_no_oversize_template() {
+        let big = "x".repeat(validate::MAX_TEMPLATE_BYTES);
+        let template = |cmd: &str| {
+            serde_json::json!({"spec": {"containers": [{"name": "m", "image": "psql",
+                "command": ["sh", "-c", cmd]}]}})
+        };
+        let mut m: DatabaseMigration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "phasegate.dev/v1alpha1", "kind": "DatabaseMigration",
+            "metadata": {"name": "m", "namespace": "shop", "uid": "u",
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": big.clone(),
+                                "phasegate.dev/approve": "true", "example.com/notes": big.clone()},
+                "labels": {"app.kubernetes.io/part-of": "shop"},
+                "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"appVersion": "2.0.0",
+                "database": {"urlSecretRef": {"name": "db", "key": "url"}},
+                "expand": {"job": {"template": template(&big)}},
+                "contract": {"job": {"template": template("true")}},
+                "rollout": {"targets": [{"kind": "Deployment", "name": "shop-api"}]}}
+        }))
+        .expect("migration");
+        prune_migration(&mut m);
+        assert!(m.metadata.managed_fields.is_none() && m.metadata.labels.is_none());
+        let annotations = m.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            ["phasegate.dev/approve"]
+        );
+        let expand = m.spec.expand.job.as_ref().expect("expand job");
+        assert!(
+            serde_json::to_vec(&expand.template).expect("json").len() < 100,
+            "{}",
+            expand.template
+        );
+        let err = validate::pod_template(expand).expect_err("too large");
+        assert!(
+            err.contains("job.template is") && err.contains("more than the 32768"),
+            "{err}"
+        );
+        let contract = m.spec.contract.job.as_ref().expect("contract job");
+        assert_eq!(contract.template, template("true"));
+        assert!(validate::pod_template(contract).is_ok());
     }
 
     #[test]

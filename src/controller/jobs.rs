@@ -274,9 +274,10 @@ pub fn build_job(
     };
     cfg.pod.apply(&mut template);
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
-    meta.labels
-        .get_or_insert_with(BTreeMap::new)
-        .extend(labels.clone());
+    let pod_labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    // Phasegate's keys are the operator's alone, also where the policy is off.
+    pod_labels.retain(|k, _| !k.starts_with(crate::policy::PHASEGATE_PREFIX));
+    pod_labels.extend(labels.clone());
     meta.annotations
         .get_or_insert_with(BTreeMap::new)
         .insert(ANNOTATION_MIGRATION.to_string(), name.clone());
@@ -626,9 +627,12 @@ pub async fn observe_reported(
                 Some("StartError" | "ContainerCannotRun")
             )
         });
+        // Hidden too when the runtime says it: `$(VAR)` in command, args and subPathExpr is
+        // expanded from the container's env (any Secret of the namespace) before the runtime
+        // quotes it back, e.g. `exec: "/<the Secret's value>": no such file` (issue 23).
         let raw = last
             .and_then(|t| t.message)
-            .filter(|m| !m.trim().is_empty() && (!hide || runtime_says));
+            .filter(|m| !m.trim().is_empty() && !hide);
         let report = raw.as_deref().and_then(Report::parse);
         // Phasegate's own executor always writes its report, unless it was killed first.
         if !user_job && report.is_none() && !runtime_says {
@@ -652,6 +656,11 @@ pub async fn observe_reported(
         }
         let msg = match (raw, how) {
             (Some(m), _) => summarise(&m),
+            (None, Some(how)) if hide && runtime_says => format!(
+                "Job {name} failed: {how}: its container could not start; the runtime's message \
+                 is not copied into status (the cluster's jobPolicy.showJobOutput is off), see \
+                 its pod's events: kubectl describe pod -n {ns} -l batch.kubernetes.io/job-name={name}"
+            ),
             (None, Some(how)) if hide => format!(
                 "Job {name} failed: {how}; its output is not copied into status \
                  (the cluster's jobPolicy.showJobOutput is off): kubectl logs job/{name}"
@@ -664,7 +673,7 @@ pub async fn observe_reported(
         return Ok((JobState::Failed(msg), report));
     }
     let created = job.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    let holdup = match stuck_reason(&job_pods, created, &apis.events, &name).await? {
+    let holdup = match stuck_reason(&job_pods, created, &apis.events, &name, hide).await? {
         Some(why) => Some(Holdup::Stuck(why)),
         // Only Phasegate's own executor writes wait lines; a user Job's log is not ours to read.
         // A backfill's log also carries its progress.
@@ -730,12 +739,15 @@ const PODLESS_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(5);
 /// Why a running Job's pod cannot make progress, as the kubelet or scheduler reports it
 /// (a missing Secret, a bad image, an unschedulable pod), or as the Job controller does when
 /// the API server refuses its pod (Pod Security admission, a ResourceQuota); `None` while it
-/// is fine.
+/// is fine. With `hide` (a user Job, output not allowed) a container's waiting message is not
+/// copied: the kubelet quotes what `$(VAR)` expanded to (`subPath … <a Secret's value>`) and
+/// which Secrets and keys exist; the reason and where to look are given instead.
 async fn stuck_reason(
     job_pods: &[Arc<ExecutorPodView>],
     job_created: Option<jiff::Timestamp>,
     events: &Api<Event>,
     job: &str,
+    hide: bool,
 ) -> Result<Option<String>, Error> {
     if job_pods.is_empty() {
         // The Job controller creates the pod within moments; until then nothing is refused.
@@ -763,6 +775,12 @@ async fn stuck_reason(
         if let Some(w) = waiting {
             let reason = w.reason.clone().unwrap_or_default();
             return Ok(Some(match &w.message {
+                Some(_) if hide => format!(
+                    "pod waiting: {reason}; the kubelet's message is not copied into status (the \
+                     cluster's jobPolicy.showJobOutput is off): kubectl describe pod -n {} {}",
+                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                    p.metadata.name.as_deref().unwrap_or_default()
+                ),
                 Some(m) => format!("pod waiting: {reason}: {m}"),
                 None => format!("pod waiting: {reason}"),
             }));
@@ -1197,6 +1215,45 @@ mod tests {
         assert_eq!(annotations.get("mine").map(String::as_str), Some("x"));
     }
 
+    /// A template cannot pose as another migration's pod or drop Phasegate's labels, even
+    /// with the Job policy off (issue 23).
+    #[test]
+    fn phasegates_labels_win_over_a_job_template() {
+        let mut m = migration("m");
+        m.spec = serde_json::from_value(serde_json::json!({
+            "appVersion": "2.0.0",
+            "database": {"urlSecretRef": {"name": "db", "key": "url"}},
+            "expand": {"job": {"template": {
+                "metadata": {"labels": {"phasegate.dev/migration-uid": "someone-else",
+                    "phasegate.dev/sql-checksum": "0123456789abcdef",
+                    "phasegate.dev/executor": "false", "app": "migrate"}},
+                "spec": {"containers": [{"name": "a", "image": "migrate:1"}]}}}},
+            "contract": {"sql": "SELECT 1;"},
+            "rollout": {"targets": [{"kind": "Deployment", "name": "shop-api"}]}
+        }))
+        .expect("spec");
+        let job = build_job(
+            &m,
+            &DatabaseMigrationStatus::default(),
+            JobPhase::Expand,
+            1,
+            &ExecutorConfig::default(),
+        )
+        .expect("job");
+        let labels = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        let uid = m.metadata.uid.clone().unwrap_or_default();
+        assert_eq!(labels.get(LABEL_MIGRATION_UID), Some(&uid));
+        assert_eq!(labels.get(LABEL_EXECUTOR).map(String::as_str), Some("true"));
+        assert_eq!(labels.get(LABEL_SQL_CHECKSUM), None, "{labels:?}");
+        // Other labels are the Job policy's to judge.
+        assert_eq!(labels.get("app").map(String::as_str), Some("migrate"));
+    }
+
     #[test]
     fn executor_pod_settings_parse_strictly() {
         assert_eq!(ExecutorPod::from_json(""), Ok(ExecutorPod::default()));
@@ -1257,6 +1314,103 @@ mod tests {
             (0, Some("exit 0"))
         );
         assert_eq!(last_termination(&pods[2..3]), None);
+    }
+
+    /// A user-Job migration (expand runs the author's template) and its attempt-1 Job, as
+    /// the caches hold them, with one pod of `pod_status` and the Job's `conditions`.
+    fn user_job_caches(
+        pod_status: serde_json::Value,
+        conditions: serde_json::Value,
+    ) -> (DatabaseMigration, Caches) {
+        let mut m = migration("m");
+        m.spec.expand = serde_json::from_value(serde_json::json!({"job": {"template": {
+            "spec": {"containers": [{"name": "leak", "image": "busybox"}]}}}}))
+        .expect("expand");
+        let job = build_job(
+            &m,
+            &DatabaseMigrationStatus::default(),
+            JobPhase::Expand,
+            1,
+            &ExecutorConfig::default(),
+        )
+        .expect("job");
+        let name = job.metadata.name.clone().expect("name");
+        let mut job = serde_json::to_value(&job).expect("json");
+        job["metadata"]["creationTimestamp"] = serde_json::json!("2026-01-01T00:00:00Z");
+        job["status"] = serde_json::json!({"conditions": conditions});
+        let job: JobView = serde_json::from_value(job).expect("job view");
+        let pod: ExecutorPodView = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{name}-abcde"), "namespace": "shop",
+                "labels": {"batch.kubernetes.io/job-name": name, LABEL_EXECUTOR: "true"}},
+            "status": pod_status}))
+        .expect("pod view");
+        let mut caches = Caches::for_tests(vec![], vec![]);
+        caches.jobs = crate::controller::test_support::test_store(vec![job]);
+        caches.executor_pods = crate::controller::test_support::test_store(vec![pod]);
+        (m, caches)
+    }
+
+    /// What a user container's runtime says may quote a Secret: `$(K)` in its command is
+    /// expanded from env before the runtime reports `exec: "/<value>"`, and the kubelet's
+    /// waiting messages quote subPaths and name Secrets and keys. Not copied unless the admin
+    /// allows output; the reason and where to look are (issue 23).
+    #[tokio::test]
+    async fn a_user_containers_runtime_messages_stay_out_of_status() {
+        const SECRET: &str = "sk_live_9f8e7d6c5b4a";
+        let running = crate::api::PhaseStatus {
+            attempts: 1,
+            ..Default::default()
+        };
+        let start_error = serde_json::json!({"phase": "Failed", "containerStatuses": [{"state": {
+            "terminated": {"exitCode": 128, "reason": "StartError",
+                "message": format!("failed to create containerd task: exec: \"/{SECRET}\": stat /{SECRET}: no such file or directory"),
+                "finishedAt": "2026-01-01T00:00:05Z"}}}]});
+        let failed = serde_json::json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]);
+        let (m, caches) = user_job_caches(start_error.clone(), failed.clone());
+        let (apis, _) = api_answering(vec![]);
+        let (state, _) =
+            observe_reported(&caches, &apis, &m, JobPhase::Expand, Some(&running), false)
+                .await
+                .expect("observe");
+        let JobState::Failed(msg) = state else {
+            panic!("{state:?}")
+        };
+        assert!(!msg.contains(SECRET), "{msg}");
+        assert!(
+            msg.contains("exited with code 128 (StartError)")
+                && msg.contains("kubectl describe pod -n shop -l batch.kubernetes.io/job-name="),
+            "{msg}"
+        );
+        // The admin allows output: the runtime's message is shown.
+        let (apis, _) = api_answering(vec![]);
+        let (state, _) =
+            observe_reported(&caches, &apis, &m, JobPhase::Expand, Some(&running), true)
+                .await
+                .expect("observe");
+        assert!(
+            matches!(&state, JobState::Failed(m) if m.contains(SECRET)),
+            "{state:?}"
+        );
+
+        let waiting = serde_json::json!({"phase": "Pending", "containerStatuses": [{"state": {
+            "waiting": {"reason": "CreateContainerConfigError",
+                "message": format!("failed to prepare subPath for volumeMount \"v\" of container \"leak\": {SECRET}")}}}]});
+        let (m, caches) = user_job_caches(waiting, serde_json::json!([]));
+        let (apis, served) = api_answering(vec![]);
+        let (state, _) =
+            observe_reported(&caches, &apis, &m, JobPhase::Expand, Some(&running), false)
+                .await
+                .expect("observe");
+        let JobState::Running(Some(Holdup::Stuck(why))) = state else {
+            panic!("{state:?}")
+        };
+        assert!(!why.contains(SECRET), "{why}");
+        assert!(
+            why.starts_with("pod waiting: CreateContainerConfigError;")
+                && why.contains("kubectl describe pod -n shop "),
+            "{why}"
+        );
+        assert!(served.await.expect("mock").is_empty(), "no log is read");
     }
 
     /// `JobApis` on a mocked API server (see `test_support::mock_api`).

@@ -140,7 +140,13 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
     // cache (any semantic), in pages.
     let wc = || watcher::Config::default().any_semantic().page_size(500);
     let not_executor = format!("!{LABEL_EXECUTOR}");
-    let (migration_store, migration_stream) = cached(migrations, wc(), cache::prune_migration);
+    // Small pages for migrations: an author may make one up to the API server's object limit
+    // (about 1.5 MiB; the cache prunes it after decoding), and a page is held whole.
+    let (migration_store, migration_stream) = cached(
+        migrations,
+        wc().page_size(MIGRATION_PAGE_SIZE),
+        cache::prune_migration,
+    );
     let migration_stream = migration_stream.applied_objects();
     let (job_store, job_stream) = cached(jobs, wc().labels(LABEL_EXECUTOR), |_| ());
     let pod_cache = pod_index::PodCache::default();
@@ -275,6 +281,10 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
     ops.health.set_synced(false);
     Ok(())
 }
+
+/// Migrations per list page: 20 objects of at most about 1.5 MiB each bound what a relist
+/// holds at once before pruning.
+const MIGRATION_PAGE_SIZE: u32 = 20;
 
 /// A watch of `api`, pruned by `prune` and reflected into a cache: the cache's reader and the
 /// watch's events (to trigger reconciles from).

@@ -1,5 +1,5 @@
 //! The executor's half of the commit grant ([`crate::protocol::grant`]): a background task
-//! asks the operator while the run waits and renews the answer every second; the run checks
+//! asks the operator while the run waits and renews the answer every half second; the run checks
 //! the grant locally right before COMMIT, so the round trip never adds to the time the DDL
 //! holds its locks. Whatever goes wrong on the way — the operator down or not leading, no
 //! route, a slow answer — leaves no valid grant, and no valid grant means no COMMIT.

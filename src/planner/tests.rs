@@ -3264,7 +3264,8 @@ fn a_user_template_the_job_policy_forbids_is_refused_before_any_job() {
     // Fixing the template resumes.
     fx.spec.contract.job = Some(JobSpec {
         template: serde_json::json!({"spec": {"securityContext": {"runAsNonRoot": true},
-            "containers": [{"name": "c", "image": "psql"}]}}),
+            "containers": [{"name": "c", "image": "psql",
+                "securityContext": {"allowPrivilegeEscalation": false}}]}}),
         backoff_limit: None,
     });
     assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
@@ -3407,7 +3408,8 @@ fn failures_with_a_report_and_user_jobs_are_never_retried_automatically() {
             s.expand.sql = None;
             s.expand.job = Some(JobSpec {
                 template: serde_json::json!({"spec": {"securityContext": {"runAsNonRoot": true},
-                    "containers": [{"name": "c", "image": "flyway"}]}}),
+                    "containers": [{"name": "c", "image": "flyway",
+                        "securityContext": {"allowPrivilegeEscalation": false}}]}}),
                 backoff_limit: None,
             });
         })

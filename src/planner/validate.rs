@@ -212,8 +212,33 @@ fn check_phase(field: &'static str, p: &PhaseSpec) -> Result<(), SpecError> {
 /// MAX_ARG_STRLEN (32 pages: 131072 bytes, the NUL included), so the pod could never start.
 pub const MAX_INLINE_SQL_BYTES: usize = 131_072 - "PHASEGATE_SQL=".len() - 1;
 
+/// A user Job's pod template, as JSON, may be at most this large. The CRD cannot bound it
+/// (CEL does not see a free-form object's fields), and the operator caches every
+/// migration: without a bound, a few hundred large templates exhaust its memory (issue 23).
+/// Real templates are a few KiB.
+pub const MAX_TEMPLATE_BYTES: usize = 32 * 1024;
+
+/// The key of what the operator's cache keeps of a template over [`MAX_TEMPLATE_BYTES`]:
+/// only its size (`controller::cache::prune_migration`).
+pub const PRUNED_TEMPLATE_KEY: &str = "phasegate.dev/template-bytes";
+
+/// The size of a template as JSON (or the size the cache recorded when it dropped it).
+pub fn template_bytes(template: &serde_json::Value) -> usize {
+    match template.get(PRUNED_TEMPLATE_KEY).and_then(|v| v.as_u64()) {
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        None => serde_json::to_vec(template).map_or(usize::MAX, |v| v.len()),
+    }
+}
+
 /// The pod template of a user Job, checked.
 pub fn pod_template(job: &JobSpec) -> Result<PodTemplateSpec, String> {
+    let bytes = template_bytes(&job.template);
+    if bytes > MAX_TEMPLATE_BYTES {
+        return Err(format!(
+            "job.template is {bytes} bytes of JSON, more than the {MAX_TEMPLATE_BYTES} Phasegate \
+             keeps per template; move scripts and data into the image or a ConfigMap"
+        ));
+    }
     let t: PodTemplateSpec = serde_json::from_value(job.template.clone())
         .map_err(|e| format!("job.template is not a pod template: {e}"))?;
     let containers = t.spec.as_ref().map(|s| s.containers.len()).unwrap_or(0);

@@ -51,6 +51,19 @@ pub struct JobPolicy {
     /// conditions and Events. Off: status says how the Job ended (exit code, reason) but not
     /// what it printed, which may hold whatever its environment held (the database URL).
     pub show_job_output: bool,
+    /// PriorityClasses a template's `priorityClassName` may name. Empty: none (a high class
+    /// would preempt other namespaces' pods). The admin's `executor.pod.priorityClassName`
+    /// replaces a template's either way.
+    pub allowed_priority_classes: Vec<String>,
+    /// Pod label keys a template may set: exact keys, or prefixes ending in `*`
+    /// (`example.com/*`). Empty: none — a label such as `app: shop-api` would put the Job's pod
+    /// behind another workload's Service or under its NetworkPolicies. Phasegate's own
+    /// `phasegate.dev/` labels are never the template's.
+    pub allowed_labels: Vec<String>,
+    /// Pod annotation keys a template may set, in the same form. Empty: none (annotations
+    /// drive mutating webhooks that run after this policy looked). The AppArmor and seccomp
+    /// annotations are judged by their own rules instead.
+    pub allowed_annotations: Vec<String>,
 }
 
 impl Default for JobPolicy {
@@ -62,6 +75,9 @@ impl Default for JobPolicy {
             allowed_capabilities: Vec::new(),
             allowed_images: Vec::new(),
             show_job_output: false,
+            allowed_priority_classes: Vec::new(),
+            allowed_labels: Vec::new(),
+            allowed_annotations: Vec::new(),
         }
     }
 }
@@ -105,6 +121,33 @@ impl JobPolicy {
                 )));
             }
         }
+        for pc in &self.allowed_priority_classes {
+            if !is_dns_subdomain(pc) {
+                return Err(PolicyError::Invalid(format!(
+                    "allowedPriorityClasses: {pc:?} is not a PriorityClass name"
+                )));
+            }
+        }
+        for (field, keys) in [
+            ("allowedLabels", &self.allowed_labels),
+            ("allowedAnnotations", &self.allowed_annotations),
+        ] {
+            for key in keys {
+                let stem = key.strip_suffix('*').unwrap_or(key);
+                // `*` alone says "every key"; an empty entry would say nothing.
+                let ok = key == "*"
+                    || (!stem.is_empty()
+                        && !stem.contains('*')
+                        && stem.chars().all(|c| {
+                            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')
+                        }));
+                if !ok {
+                    return Err(PolicyError::Invalid(format!(
+                        "{field}: {key:?} is not a key or a prefix ending in *"
+                    )));
+                }
+            }
+        }
         // An empty prefix would allow every image; an empty list is the way to say that.
         if self.allowed_images.iter().any(|p| p.trim().is_empty()) {
             return Err(PolicyError::Invalid(
@@ -128,6 +171,14 @@ impl JobPolicy {
             .any(|a| capability_key(a) == key)
     }
 
+    fn label_allowed(&self, key: &str) -> bool {
+        !key.starts_with(PHASEGATE_PREFIX) && key_allowed(&self.allowed_labels, key)
+    }
+
+    fn annotation_allowed(&self, key: &str) -> bool {
+        !key.starts_with(PHASEGATE_PREFIX) && key_allowed(&self.allowed_annotations, key)
+    }
+
     fn image_allowed(&self, image: &str) -> bool {
         self.allowed_images.is_empty()
             || self
@@ -135,6 +186,17 @@ impl JobPolicy {
                 .iter()
                 .any(|p| image.starts_with(p.as_str()))
     }
+}
+
+/// Phasegate's own label and annotation keys: set by the operator, never by a template.
+pub const PHASEGATE_PREFIX: &str = "phasegate.dev/";
+
+/// Whether `key` matches an entry of `allowed` (an exact key, or a prefix ending in `*`).
+fn key_allowed(allowed: &[String], key: &str) -> bool {
+    allowed.iter().any(|a| match a.strip_suffix('*') {
+        Some(prefix) => key.starts_with(prefix),
+        None => a == key,
+    })
 }
 
 /// One rule a template breaks.
@@ -174,6 +236,9 @@ pub const RULES: &[&str] = &[
     SYSCTLS,
     NODE_NAME,
     IMAGE,
+    PRIORITY_CLASS,
+    LABELS,
+    ANNOTATIONS,
 ];
 
 const SERVICE_ACCOUNT: &str = "service-account";
@@ -193,6 +258,9 @@ const PROC_MOUNT: &str = "proc-mount";
 const SYSCTLS: &str = "sysctls";
 const NODE_NAME: &str = "node-name";
 const IMAGE: &str = "image";
+const PRIORITY_CLASS: &str = "priority-class";
+const LABELS: &str = "labels";
+const ANNOTATIONS: &str = "annotations";
 
 /// Sysctls the Pod Security Standards call safe (namespaced, isolated from the node).
 pub const SAFE_SYSCTLS: &[&str] = &[
@@ -219,6 +287,9 @@ pub const SAFE_SELINUX_TYPES: &[&str] = &[
 ];
 
 const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
+/// The deprecated seccomp annotations: older kubelets and runtimes still honour them.
+const SECCOMP_POD_ANNOTATION: &str = "seccomp.security.alpha.kubernetes.io/pod";
+const SECCOMP_CONTAINER_ANNOTATION_PREFIX: &str = "container.seccomp.security.alpha.kubernetes.io/";
 
 /// Every rule `template` breaks under `policy`, in field order (empty: allowed).
 /// Fields are relative to the template; prefix them with where the template sits
@@ -228,12 +299,14 @@ pub fn check(template: &PodTemplateSpec, policy: &JobPolicy) -> Vec<Violation> {
     if !policy.enabled {
         return out.0;
     }
-    if let Some(annotations) = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.as_ref())
-    {
+    let meta = template.metadata.as_ref();
+    if let Some(labels) = meta.and_then(|m| m.labels.as_ref()) {
+        template_labels(labels, policy, &mut out);
+    }
+    if let Some(annotations) = meta.and_then(|m| m.annotations.as_ref()) {
+        template_annotations(annotations, policy, &mut out);
         apparmor_annotations(annotations, &mut out);
+        seccomp_annotations(annotations, &mut out);
     }
     // A template without a spec runs nothing; the planner refuses it for that reason.
     if let Some(spec) = template.spec.as_ref() {
@@ -275,6 +348,64 @@ impl Out {
             rule,
             message: message.into(),
         });
+    }
+}
+
+fn allowed_keys(allowed: &[String]) -> String {
+    if allowed.is_empty() {
+        "none".to_string()
+    } else {
+        allowed.join(", ")
+    }
+}
+
+fn template_labels(labels: &BTreeMap<String, String>, policy: &JobPolicy, out: &mut Out) {
+    for key in labels.keys().filter(|k| !policy.label_allowed(k)) {
+        let why = if key.starts_with(PHASEGATE_PREFIX) {
+            "is Phasegate's own (the operator sets its labels); remove it".to_string()
+        } else {
+            format!(
+                "is not in the Job policy's allowed labels ({}): a pod label can put the Job's \
+                 pod behind another workload's Service or under its NetworkPolicies; remove it, \
+                 or ask the cluster admin to add it to jobPolicy.allowedLabels",
+                allowed_keys(&policy.allowed_labels)
+            )
+        };
+        out.push(
+            format!("metadata.labels[{key:?}]"),
+            LABELS,
+            format!("label {key:?} {why}"),
+        );
+    }
+}
+
+/// Whether a security annotation judged by its own rule (AppArmor, seccomp).
+fn security_annotation(key: &str) -> bool {
+    key.starts_with(APPARMOR_ANNOTATION_PREFIX)
+        || key == SECCOMP_POD_ANNOTATION
+        || key.starts_with(SECCOMP_CONTAINER_ANNOTATION_PREFIX)
+}
+
+fn template_annotations(annotations: &BTreeMap<String, String>, policy: &JobPolicy, out: &mut Out) {
+    let refused = annotations
+        .keys()
+        .filter(|k| !security_annotation(k) && !policy.annotation_allowed(k));
+    for key in refused {
+        let why = if key.starts_with(PHASEGATE_PREFIX) {
+            "is Phasegate's own (the operator sets its annotations); remove it".to_string()
+        } else {
+            format!(
+                "is not in the Job policy's allowed annotations ({}): annotations can drive \
+                 mutating webhooks that change the pod after this policy looked; remove it, or \
+                 ask the cluster admin to add it to jobPolicy.allowedAnnotations",
+                allowed_keys(&policy.allowed_annotations)
+            )
+        };
+        out.push(
+            format!("metadata.annotations[{key:?}]"),
+            ANNOTATIONS,
+            format!("annotation {key:?} {why}"),
+        );
     }
 }
 
@@ -359,6 +490,27 @@ fn check_pod(spec: &PodSpec, policy: &JobPolicy, out: &mut Out) {
                 ),
             );
         }
+    }
+    if let Some(pc) = spec
+        .priority_class_name
+        .as_deref()
+        .filter(|pc| !pc.is_empty() && !policy.allowed_priority_classes.iter().any(|a| a == pc))
+    {
+        let allowed = if policy.allowed_priority_classes.is_empty() {
+            "none".to_string()
+        } else {
+            policy.allowed_priority_classes.join(", ")
+        };
+        out.push(
+            "spec.priorityClassName",
+            PRIORITY_CLASS,
+            format!(
+                "asks for PriorityClass {pc:?}, which the Job policy does not allow (allowed: \
+                 {allowed}); remove it (the cluster admin's executor.pod.priorityClassName \
+                 applies to every Job), or ask the cluster admin to add it to \
+                 jobPolicy.allowedPriorityClasses"
+            ),
+        );
     }
     if let Some(node) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
         out.push(
@@ -491,7 +643,10 @@ fn check_container(
             },
         );
     }
-    let Some(sc) = sc else { return };
+    let Some(sc) = sc else {
+        privilege_escalation(&at, name, None, out);
+        return;
+    };
     if sc.run_as_user == Some(0) {
         out.push(
             format!("{at}.runAsUser"),
@@ -508,16 +663,7 @@ fn check_container(
             ),
         );
     }
-    if sc.allow_privilege_escalation == Some(true) {
-        out.push(
-            format!("{at}.allowPrivilegeEscalation"),
-            PRIVILEGE_ESCALATION,
-            format!(
-                "container {name:?} allows privilege escalation; set allowPrivilegeEscalation: \
-                 false"
-            ),
-        );
-    }
+    privilege_escalation(&at, name, sc.allow_privilege_escalation, out);
     let added = sc.capabilities.as_ref().and_then(|c| c.add.as_ref());
     for (k, cap) in added.into_iter().flatten().enumerate() {
         if !policy.capability_allowed(cap) {
@@ -549,6 +695,27 @@ fn check_container(
     host_process(&at, sc.windows_options.as_ref(), out);
 }
 
+/// Non-root is not enough: unless `allowPrivilegeEscalation` is `false` (no_new_privs), a
+/// setuid binary in the image makes the process root again.
+fn privilege_escalation(at: &str, name: &str, allow: Option<bool>, out: &mut Out) {
+    let message = match allow {
+        Some(false) => return,
+        Some(true) => format!(
+            "container {name:?} allows privilege escalation; set allowPrivilegeEscalation: false"
+        ),
+        None => format!(
+            "container {name:?} does not set allowPrivilegeEscalation: false, so a setuid \
+             binary in its image can make it root despite runAsNonRoot; set \
+             allowPrivilegeEscalation: false in the container's securityContext"
+        ),
+    };
+    out.push(
+        format!("{at}.allowPrivilegeEscalation"),
+        PRIVILEGE_ESCALATION,
+        message,
+    );
+}
+
 fn seccomp(at: &str, profile: Option<&SeccompProfile>, out: &mut Out) {
     if profile.is_some_and(|p| p.type_ == "Unconfined") {
         out.push(
@@ -576,6 +743,30 @@ fn apparmor_annotations(annotations: &BTreeMap<String, String>, out: &mut Out) {
                 format!("metadata.annotations[{key:?}]"),
                 APPARMOR,
                 "turns AppArmor off (unconfined); remove the annotation",
+            );
+        }
+    }
+}
+
+/// The deprecated seccomp annotations take the values of the Pod Security Standards' baseline:
+/// `runtime/default`, `docker/default` or `localhost/<profile>`; anything else (`unconfined`)
+/// turns seccomp off where they are still honoured.
+fn seccomp_annotations(annotations: &BTreeMap<String, String>, out: &mut Out) {
+    for (key, value) in annotations {
+        let seccomp_key =
+            key == SECCOMP_POD_ANNOTATION || key.starts_with(SECCOMP_CONTAINER_ANNOTATION_PREFIX);
+        let confined = value == "runtime/default"
+            || value == "docker/default"
+            || value.starts_with("localhost/");
+        if seccomp_key && !confined {
+            out.push(
+                format!("metadata.annotations[{key:?}]"),
+                SECCOMP,
+                format!(
+                    "sets the deprecated seccomp annotation to {value:?}; remove it (or use \
+                     runtime/default or localhost/<profile>) and set \
+                     securityContext.seccompProfile instead"
+                ),
             );
         }
     }

@@ -5,13 +5,13 @@ use super::*;
 /// A template the default policy admits: psql as a non-root user.
 fn plain() -> Value {
     json!({
-        "metadata": {"labels": {"app": "migrate"}},
         "spec": {
             "securityContext": {"runAsNonRoot": true, "runAsUser": 70},
             "containers": [{
                 "name": "psql",
                 "image": "postgres:17-alpine",
                 "command": ["psql", "$(PHASEGATE_DATABASE_URL)", "-c", "SELECT 1"],
+                "securityContext": {"allowPrivilegeEscalation": false},
             }],
         },
     })
@@ -406,7 +406,8 @@ fn attack_template_is_refused_on_every_count() {
             "host-namespace",
             "host-path",
             "run-as-non-root",
-            "privileged"
+            "privileged",
+            "privilege-escalation"
         ],
         "{violations:#?}"
     );
@@ -478,7 +479,7 @@ fn allow_lists() {
             "image": "registry.example.com/dbx/evil:1",
             "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE", "NET_RAW"]}},
         }))],
-        "initContainers": [{"name": "noimage"}],
+        "initContainers": [{"name": "noimage", "securityContext": {"allowPrivilegeEscalation": false}}],
     }}));
     assert_eq!(
         found(&bad, &policy),
@@ -557,6 +558,9 @@ fn policy_documents() {
         allowed_capabilities: vec!["NET_BIND_SERVICE".into()],
         allowed_images: vec!["registry.example.com/".into()],
         show_job_output: false,
+        allowed_priority_classes: Vec::new(),
+        allowed_labels: Vec::new(),
+        allowed_annotations: Vec::new(),
     };
     assert_eq!(JobPolicy::from_yaml(yaml).expect("yaml"), want);
     assert_eq!(JobPolicy::from_yaml(json).expect("json"), want);
@@ -579,6 +583,10 @@ fn policy_documents() {
         ("allowedCapabilities: ['CAP_']", "allowedCapabilities"),
         ("allowedCapabilities: ['NET BIND']", "allowedCapabilities"),
         ("allowedImages: ['']", "allowedImages"),
+        ("allowedPriorityClasses: [High]", "allowedPriorityClasses"),
+        ("allowedLabels: ['']", "allowedLabels"),
+        ("allowedLabels: ['a*b']", "allowedLabels"),
+        ("allowedAnnotations: ['a b']", "allowedAnnotations"),
     ] {
         let err = JobPolicy::from_yaml(doc).expect_err(doc).to_string();
         assert!(err.contains(needle), "{doc}: {err}");

@@ -24,9 +24,10 @@ pub const ENV_WAIT: &str = "PHASEGATE_GRANT_WAIT";
 /// How long a grant is valid after the executor sent its request. The longest a commit can
 /// follow the last "yes": the window the fail-silent cases (operator stopped, partitioned)
 /// leave, documented in docs/guarantees.md.
-pub const VALIDITY_MS: u64 = 3_000;
-/// How often the executor asks again while it holds or waits for a grant.
-pub const RENEW_EVERY_MS: u64 = 1_000;
+pub const VALIDITY_MS: u64 = 2_000;
+/// How often the executor asks again while it holds or waits for a grant: while the operator
+/// runs, a gate that closes withdraws a held grant within this (plus one answer's time).
+pub const RENEW_EVERY_MS: u64 = 500;
 
 /// What the executor asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,7 +116,7 @@ mod tests {
         let ans = Answer::granted();
         let text = serde_json::to_string(&ans).expect("json");
         assert!(text.contains(r#""verdict":"Granted""#), "{text}");
-        assert!(text.contains(r#""validForMs":3000"#), "{text}");
+        assert!(text.contains(r#""validForMs":2000"#), "{text}");
         assert_eq!(serde_json::from_str::<Answer>(&text).expect("parse"), ans);
     }
 }

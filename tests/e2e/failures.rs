@@ -25,11 +25,12 @@ async fn pods_refused_by_pod_security_are_named_in_status() {
         .await
         .expect("label namespace");
     // Admitted by the Job policy (non-root, no host access), refused by restricted Pod
-    // Security: privilege escalation, capabilities and seccomp are left unset.
+    // Security: capabilities and seccomp are left unset.
     let mut spec = migration_spec(EXPAND, json!({}));
     spec["expand"] = json!({"job": {"template": {"spec": {
         "securityContext": {"runAsNonRoot": true, "runAsUser": 70},
-        "containers": [{"name": "migrate", "image": "busybox", "command": ["true"]}]}}}});
+        "containers": [{"name": "migrate", "image": "busybox", "command": ["true"],
+            "securityContext": {"allowPrivilegeEscalation": false}}]}}}});
     env.create_migration(NAME, spec).await.expect("create");
     let m = env
         .wait_migration(NAME, T, "the refusal in Reconciling", |m| {
@@ -46,7 +47,7 @@ async fn pods_refused_by_pod_security_are_named_in_status() {
         msg.contains("violates PodSecurity \"restricted:latest\""),
         "{msg}"
     );
-    assert!(msg.contains("allowPrivilegeEscalation"), "{msg}");
+    assert!(msg.contains("seccompProfile"), "{msg}");
     assert_eq!(
         m.status.as_ref().and_then(|s| s.phase),
         Some(Phase::Expanding)

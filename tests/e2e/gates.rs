@@ -278,7 +278,8 @@ async fn a_job_the_api_server_rejects_fails_with_its_reason() {
     // The CRD keeps pod templates opaque; the API server judges them when the Job is created.
     spec["expand"] = json!({"job": {"template": {"spec": {
         "securityContext": {"runAsNonRoot": true, "runAsUser": 70},
-        "containers": [{"name": "Not_A_DNS_Label", "image": "postgres:17"}]}}}});
+        "containers": [{"name": "Not_A_DNS_Label", "image": "postgres:17",
+            "securityContext": {"allowPrivilegeEscalation": false}}]}}}});
     env.create_migration("m", spec).await.expect("create");
     let m = env.wait_phase("m", Phase::Failed, T).await;
     let (stalled, _, msg) = condition(&m, "Stalled").expect("Stalled");

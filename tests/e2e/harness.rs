@@ -30,7 +30,7 @@ pub struct Env {
     /// The operator's: a token of the chart's ServiceAccount, bound to the chart's rules.
     operator_kubeconfig: PathBuf,
     operator: Option<Child>,
-    _runner: Child,
+    runner: Child,
     pub logs: PathBuf,
     operator_starts: u32,
 }
@@ -113,7 +113,7 @@ impl Env {
             kubeconfig,
             operator_kubeconfig,
             operator: None,
-            _runner: runner,
+            runner,
             logs,
             operator_starts: 0,
         };
@@ -149,6 +149,18 @@ impl Env {
             ],
             &log,
         ));
+    }
+
+    /// Send `signal` (`STOP`, `CONT`, …) to the operator: a stopped operator neither plans
+    /// nor answers grant requests.
+    pub fn signal_operator(&self, signal: &str) {
+        send_signal(self.operator.as_ref().and_then(Child::id), signal);
+    }
+
+    /// Send `signal` to this test's stand-in for the kubelet (the kwok runner): stopped, it
+    /// delivers no SIGTERM to a deleted pod's executor and reports nothing.
+    pub fn signal_runner(&self, signal: &str) {
+        send_signal(self.runner.id(), signal);
     }
 
     /// SIGKILL the operator, as a node failure would.
@@ -361,6 +373,16 @@ impl Env {
             .delete(&self.ns, &DeleteParams::background())
             .await;
     }
+}
+
+fn send_signal(pid: Option<u32>, signal: &str) {
+    let pid = pid.expect("the process runs");
+    let ok = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
 }
 
 pub fn spawn(kubeconfig: &PathBuf, bin: &str, args: &[&str], log: &PathBuf) -> Child {

@@ -21,8 +21,11 @@ async fn a_template_the_job_policy_forbids_is_refused_before_any_job() {
     env.create_deployment("shop-api", 1, "1.0.0").await;
     // What a migration author without pod rights would like to run.
     let mut spec = migration_spec(EXPAND, json!({}));
-    spec["expand"] = json!({"job": {"template": {"spec": {
+    spec["expand"] = json!({"job": {"template": {
+        "metadata": {"annotations": {"seccomp.security.alpha.kubernetes.io/pod": "unconfined"}},
+        "spec": {
         "serviceAccountName": "deployer",
+        "priorityClassName": "system-node-critical",
         "hostPID": true,
         "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
         "containers": [{"name": "pwn", "image": "busybox",
@@ -37,6 +40,9 @@ async fn a_template_the_job_policy_forbids_is_refused_before_any_job() {
         "host-namespace",
         "host-path",
         "privileged",
+        "privilege-escalation",
+        "priority-class",
+        "seccomp",
     ] {
         assert!(msg.contains(rule), "names the rule {rule}: {msg}");
     }
@@ -44,6 +50,13 @@ async fn a_template_the_job_policy_forbids_is_refused_before_any_job() {
         msg.contains("spec.expand.job.template.spec.containers[0].securityContext.privileged"),
         "names the field: {msg}"
     );
+    for field in [
+        "spec.expand.job.template.spec.priorityClassName",
+        "spec.expand.job.template.metadata.annotations[\"seccomp.security.alpha.kubernetes.io/pod\"]",
+        "spec.expand.job.template.spec.containers[0].securityContext.allowPrivilegeEscalation",
+    ] {
+        assert!(msg.contains(field), "names the field {field}: {msg}");
+    }
     assert!(env.job_names("expand").await.is_empty(), "no Job");
     assert!(env
         .event_reasons(NAME)
@@ -66,6 +79,7 @@ async fn a_user_job_cannot_read_a_secret_back_through_status() {
     spec["expand"] = json!({"job": {"template": {"spec": {
         "securityContext": {"runAsNonRoot": true, "runAsUser": 70},
         "containers": [{"name": "leak", "image": "busybox",
+            "securityContext": {"allowPrivilegeEscalation": false},
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "command": ["sh", "-c", "echo \"url=$PHASEGATE_DATABASE_URL\"; exit 3"]}]}}}});
     env.create_migration(NAME, spec).await.expect("create");
