@@ -663,7 +663,10 @@ impl<'a> Planner<'a> {
                 suffix.push_str(&format!(" (retried automatically: {m})"));
             }
         }
-        let message = format!("{phase} Job attempt {attempt} is running{suffix}");
+        let message = format!(
+            "{phase} Job attempt {attempt} is running{suffix}{}",
+            self.signal_only_note(phase)
+        );
         let no_detail = String::new();
         if let Some(h) = holdup.filter(|h| !matches!(h, Holdup::Progress(_))) {
             let cut: String = message
@@ -739,7 +742,10 @@ impl<'a> Planner<'a> {
         rec.reason = None;
         self.action = Action::StartJob { phase, attempt };
         let (running, why) = phase.running();
-        let mut message = format!("{phase} Job attempt {attempt} started");
+        let mut message = format!(
+            "{phase} Job attempt {attempt} started{}",
+            self.signal_only_note(phase)
+        );
         if let Some((_, died, how)) = self.died.take().filter(|(p, _, _)| *p == phase) {
             let why_retry = format!("attempt {died} died: {how}");
             let rec = record_mut(&mut self.status, phase);
@@ -755,6 +761,15 @@ impl<'a> Planner<'a> {
             });
         }
         self.set(running, why, message);
+    }
+
+    /// A user Job's contract cannot ask for the commit grant: only its stop holds it.
+    fn signal_only_note(&self, phase: JobPhase) -> &'static str {
+        if phase == JobPhase::Contract && phase_code(self.input.spec, phase).1.is_some() {
+            " (your own Job: fenced by SIGTERM only, it cannot hold a commit grant; see docs/guarantees.md)"
+        } else {
+            ""
+        }
     }
 
     /// An executor death without a report is retried automatically: only Phasegate's own

@@ -3314,6 +3314,30 @@ fn a_user_template_the_job_policy_forbids_is_refused_before_any_job() {
     assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
 }
 
+/// A user Job's contract cannot hold a commit grant: status says it is fenced by SIGTERM only.
+#[test]
+fn a_user_job_contract_says_it_is_fenced_by_signal_only() {
+    let spec = SpecBuilder::new()
+        .with(|s| {
+            s.contract.sql = None;
+            s.contract.job = Some(JobSpec {
+                template: serde_json::json!({"spec": {"securityContext": {"runAsNonRoot": true},
+                    "containers": [{"name": "c", "image": "psql",
+                        "securityContext": {"allowPrivilegeEscalation": false}}]}}),
+                backoff_limit: None,
+            });
+        })
+        .build();
+    let mut fx = Fx::contracting(spec);
+    let p = fx.step();
+    let msg = &cond(&p.status, READY).message;
+    assert!(msg.contains("fenced by SIGTERM only"), "{msg}");
+    // Phasegate's own executor asks for the grant: no such note.
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    let p = fx.step();
+    assert!(!cond(&p.status, READY).message.contains("SIGTERM"));
+}
+
 /// A template that breaks many rules: status still names every field and rule (issue 23;
 /// the full advice for each did not fit the 1,024 characters a condition keeps).
 #[test]
