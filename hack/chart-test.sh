@@ -238,6 +238,9 @@ if k apply -f "${WORK}/cluster-nocrd.yaml" >/dev/null; then
   can_i yes watch rollouts.argoproj.io ""
   can_i no patch rollouts.argoproj.io "${OTHER_NS}"
   can_i yes list pods ""
+  can_i yes list replicasets.apps ""
+  can_i yes list controllerrevisions.apps ""
+  can_i no watch replicasets.apps ""
   can_i yes watch pods ""
   can_i yes get pods "${OTHER_NS}" log
   can_i yes create events.events.k8s.io "${OTHER_NS}"

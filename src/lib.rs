@@ -10,6 +10,7 @@
 //!   and the `/metrics`, `/healthz`, `/readyz` endpoints.
 //! - [`lint`]: classifying a phase's statements and the policy that refuses them.
 //! - [`policy`]: what a user-supplied Job template may ask of the cluster (admin-set rules).
+//! - [`protocol`]: the contract between the operator and its executor (the commit grant).
 
 pub mod api;
 pub mod controller;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod planner;
 pub mod plugin;
 pub mod policy;
+pub mod protocol;
 pub mod server;
 pub mod sql;
 pub mod telemetry;

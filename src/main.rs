@@ -62,6 +62,14 @@ struct ControllerArgs {
     /// Address of /metrics, /healthz and /readyz (port 0 picks a free port; the bound address is logged).
     #[arg(long, env = "PHASEGATE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: std::net::SocketAddr,
+    /// Address of the commit grant endpoint contract executors ask before COMMIT (port 0
+    /// picks a free port)
+    #[arg(long, env = "PHASEGATE_GRANT_ADDR", default_value = "0.0.0.0:8082")]
+    grant_addr: std::net::SocketAddr,
+    /// The URL executor pods reach that endpoint at (the chart's Service)
+    /// [default outside a pod: http://127.0.0.1:<grant port>; required in a pod]
+    #[arg(long, env = "PHASEGATE_GRANT_URL_FOR_EXECUTORS", value_name = "URL")]
+    grant_url: Option<String>,
     /// Elect a leader on a Lease so that only one replica reconciles (`--leader-election=false` to turn off)
     /// [default: on in a pod (KUBERNETES_SERVICE_HOST is set), off elsewhere]
     #[arg(long, env = "PHASEGATE_LEADER_ELECTION", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
@@ -202,10 +210,31 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
         tracing::error!(error = %e, "cannot serve metrics and health endpoints");
         return ExitCode::FAILURE;
     }
+    let grants = Arc::new(controller::fence::GrantDesk::new(health.clone()));
+    let grant_addr = match server::serve_grants(args.grant_addr, grants.clone()).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve commit grants");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Executors must reach the endpoint; guessing an in-cluster address would leave every
+    // contract waiting for a grant that never comes.
+    let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let grant_url = match args.grant_url.filter(|u| !u.trim().is_empty()) {
+        Some(u) => u,
+        None if !in_pod => format!("http://127.0.0.1:{}", grant_addr.port()),
+        None => {
+            tracing::error!("--grant-url (PHASEGATE_GRANT_URL_FOR_EXECUTORS) is required in a pod: the URL executor pods reach this operator's commit grant endpoint at (the chart sets it to its Service)");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(url = %grant_url, "contract executors ask for commit grants here");
     let ops = controller::Ops {
         metrics,
         health,
         shutdown: leader::shutdown_on_signal(),
+        grants,
     };
     let elect = args
         .leader_election
@@ -228,6 +257,7 @@ async fn run_controller(args: ControllerArgs) -> ExitCode {
             image: args.executor_image,
             job_policy,
             pod: executor_pod,
+            grant_url,
         },
     };
     let result = if elect {

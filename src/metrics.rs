@@ -118,6 +118,8 @@ pub struct Metrics {
     pub reconcile_errors: Family<ReasonLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub leader: Gauge,
+    /// Commit grants answered, by verdict (`Granted`, `Withheld`, `Superseded`).
+    pub commit_grants: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -215,6 +217,12 @@ impl Metrics {
             "1 while this replica holds the leader Lease and runs the controller",
             leader.clone(),
         );
+        let commit_grants = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "commit_grants",
+            "Commit grant requests of contract executors answered, by verdict (label reason)",
+            commit_grants.clone(),
+        );
 
         Metrics {
             registry,
@@ -234,6 +242,7 @@ impl Metrics {
             reconcile_errors,
             reconcile_duration,
             leader,
+            commit_grants,
         }
     }
 
@@ -247,6 +256,15 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// A commit grant request answered.
+    pub fn record_grant(&self, verdict: crate::protocol::grant::Verdict) {
+        self.commit_grants
+            .get_or_create(&ReasonLabels {
+                reason: format!("{verdict:?}"),
             })
             .inc();
     }
@@ -458,6 +476,7 @@ mod tests {
             db_check_wait_ms: None,
             db_check_warning: None,
             db_check_rollbacks: None,
+            grant_rollbacks: None,
             gate_to_commit_us: None,
             stopped_by: None,
             recovered: Vec::new(),

@@ -1,5 +1,7 @@
 //! The operator's HTTP endpoints (axum): `/metrics` (OpenMetrics text), `/healthz`
-//! (liveness) and `/readyz` (readiness), on `--metrics-addr`.
+//! (liveness) and `/readyz` (readiness), on `--metrics-addr`; and, on `--grant-addr`, the
+//! commit grant endpoint contract executors ask before COMMIT
+//! ([`crate::protocol::grant`], answered by [`crate::controller::fence::GrantDesk`]).
 //!
 //! - `/healthz` is 200 while the task that drives the lease election and the controller keeps
 //!   ticking (see [`Health::keep_alive`]) and nothing fatal happened; a stuck or dead loop fails
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::metrics::Metrics;
@@ -206,6 +208,55 @@ pub async fn serve(
         }
     });
     Ok(local)
+}
+
+/// Serve the commit grant endpoint on `addr` (its own listener, so that a NetworkPolicy can
+/// open it to executor pods and nothing else). Returns the bound address.
+pub async fn serve_grants(
+    addr: SocketAddr,
+    desk: Arc<crate::controller::fence::GrantDesk>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for commit grants: {e}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "serving commit grants");
+    let app = Router::new()
+        .route(crate::protocol::grant::PATH, post(grant_handler))
+        .with_state(desk);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the commit grant server stopped");
+        }
+    });
+    Ok(local)
+}
+
+async fn grant_handler(
+    State(desk): State<Arc<crate::controller::fence::GrantDesk>>,
+    body: axum::body::Bytes,
+) -> impl IntoResponse {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    let req: crate::protocol::grant::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                json,
+                serde_json::json!({"error": format!("not a grant request: {e}")}).to_string(),
+            )
+        }
+    };
+    let answer = desk.answer(&req).await;
+    tracing::debug!(namespace = %req.namespace, migration = %req.migration, attempt = req.attempt, verdict = ?answer.verdict, reason = %answer.reason, "commit grant answered");
+    match serde_json::to_string(&answer) {
+        Ok(text) => (StatusCode::OK, json, text),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json,
+            serde_json::json!({"error": e.to_string()}).to_string(),
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -31,12 +31,12 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
         &["patch"],
     ),
     // jobs::create_or_adopt (create, get on 409, merge-patch to adopt), jobs::observe (get),
-    // Controller::owns (list, watch).
+    // Controller::owns (list, watch), jobs::stop (delete: the fence's fast stop).
     (
         "phasegate.operatorRules",
         "batch",
         "jobs",
-        &["create", "get", "list", "watch", "patch"],
+        &["create", "get", "list", "watch", "patch", "delete"],
     ),
     // workloads::observe_targets (get by name, list by selector), Controller::watches.
     (
@@ -56,6 +56,15 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
         "apps",
         "daemonsets",
         &["get", "list", "watch"],
+    ),
+    // history::observe: the targets' ReplicaSets and ControllerRevisions (their revisions),
+    // listed by selector, never watched.
+    ("phasegate.operatorRules", "apps", "replicasets", &["list"]),
+    (
+        "phasegate.operatorRules",
+        "apps",
+        "controllerrevisions",
+        &["list"],
     ),
     // Argo Rollouts targets (controller/argo.rs), read and watched like apps/v1 workloads.
     (

@@ -1185,3 +1185,63 @@ async fn sigterm_cancels_a_concurrent_index_build_and_the_rerun_completes_it() {
         .get(0);
     assert!(valid);
 }
+
+/// Exactly once in the ledger itself: a phase's row is claimed inside the transaction that
+/// applies it, so a second executor of the phase — one that never saw the first's advisory
+/// lock, as behind a transaction pooler — waits for the first to end, then sees what it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_claim_of_a_phase_waits_for_the_first_and_sees_its_outcome() {
+    use phasegate::executor::ledger;
+    let pg = TestPostgres::start();
+    let mut a = pg.client().await;
+    let mut b = pg.client().await;
+    ledger::ensure(&a).await.expect("ledger");
+    let id = executor::Identity {
+        namespace: "shop".into(),
+        name: "m".into(),
+        uid: "uid-1".into(),
+        app_version: "2.0.0".into(),
+    };
+    for commit in [false, true] {
+        let ta = a.transaction().await.expect("begin a");
+        assert_eq!(
+            ledger::claim(&ta, &id, "contract", "sum", 1)
+                .await
+                .expect("claim a"),
+            0
+        );
+        // B claims meanwhile: it must wait for A's transaction.
+        let (id_b, started) = (id.clone(), Instant::now());
+        let second = tokio::spawn(async move {
+            let tb = b.transaction().await.expect("begin b");
+            let done = ledger::claim(&tb, &id_b, "contract", "sum", 1)
+                .await
+                .expect("claim b");
+            tb.rollback().await.expect("rollback b");
+            (done, started.elapsed(), b)
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !second.is_finished(),
+            "the second claim waits for the first"
+        );
+        if commit {
+            ledger::record(&ta, &id, "contract", "sum", 1, 1, 1)
+                .await
+                .expect("record");
+            ta.commit().await.expect("commit a");
+        } else {
+            ta.rollback().await.expect("rollback a");
+        }
+        let (done, waited, back) = second.await.expect("second claim");
+        b = back;
+        assert!(waited >= Duration::from_millis(500), "{waited:?}");
+        assert_eq!(
+            done,
+            usize::from(commit),
+            "after a commit the statement is done; after a rollback nothing is"
+        );
+    }
+    let rows = ledger_rows(&a).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+}

@@ -61,6 +61,45 @@ pub struct DatabaseMigrationStatus {
     /// The backfill's executions and progress (with `spec.backfill`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<super::BackfillStatus>,
+
+    // --- regressions seen from durable facts (issue 22) ---
+    /// The revision of each target workload when the rollout completed
+    /// (`rolloutCompletedAt`). A later revision carrying an older version, found in what the
+    /// cluster keeps (ReplicaSets, ControllerRevisions), proves a rollback since, even one
+    /// that happened while the operator was not running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout_revisions: Vec<TargetRevision>,
+    /// The last regression of the rollout seen (live, or from the rollout history): the soak
+    /// restarted then, and the backfill runs again from its first key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_regression: Option<RegressionStatus>,
+}
+
+/// A target workload's revision when the rollout completed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRevision {
+    /// The workload kind.
+    pub kind: String,
+    /// The workload name.
+    pub name: String,
+    /// The workload's UID: a workload deleted and created again has a history of its own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    /// Its revision (`deployment.kubernetes.io/revision` of its ReplicaSet, the `revision`
+    /// of its ControllerRevision, `rollout.argoproj.io/revision`).
+    pub revision: i64,
+}
+
+/// A regression of the rollout after it had completed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegressionStatus {
+    /// When the operator saw it.
+    pub seen_at: Time,
+    /// What showed it, e.g. `Deployment shop-api: revision 3 (version 1.0.0) was rolled out
+    /// after the rollout completed at revision 2`.
+    pub message: String,
 }
 
 /// The lifecycle of a migration.

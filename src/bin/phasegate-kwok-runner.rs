@@ -137,10 +137,58 @@ async fn run_pod(client: Client, args: &Args, pod: Pod) -> anyhow::Result<()> {
         "Running",
     )
     .await?;
+    // As a kubelet does, the pod object outlives a deletion until its container has ended:
+    // kwok's own pod-delete stage would remove it at once, so a finalizer holds it.
+    hold(&pods, &name, true).await?;
+    let result = run_started(
+        client, args, &pods, &name, &pod, &container, env, started_at,
+    )
+    .await;
+    hold(&pods, &name, false).await?;
+    result
+}
 
+/// Add (or remove) the runner's finalizer on a pod, beside the others (the Job controller
+/// tracks its pods with one of its own): a strategic merge patch merges the list.
+async fn hold(pods: &Api<Pod>, name: &str, on: bool) -> anyhow::Result<()> {
+    let patch = if on {
+        serde_json::json!({"metadata": {"finalizers": [RUNNER_FINALIZER]}})
+    } else {
+        serde_json::json!({"metadata": {"$deleteFromPrimitiveList/finalizers": [RUNNER_FINALIZER]}})
+    };
+    match pods
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("finalizer of pod {name}")),
+    }
+}
+
+/// Keeps a started executor pod's object until its process has ended.
+const RUNNER_FINALIZER: &str = "phasegate.dev/kwok-runner";
+
+#[allow(clippy::too_many_arguments)]
+async fn run_started(
+    client: Client,
+    args: &Args,
+    pods: &Api<Pod>,
+    name: &str,
+    pod: &Pod,
+    container: &k8s_openapi::api::core::v1::Container,
+    env: std::collections::BTreeMap<String, String>,
+    started_at: Timestamp,
+) -> anyhow::Result<()> {
+    let (pods, name, container) = (pods.clone(), name.to_string(), container.clone());
+    let ns = pod.namespace().unwrap_or_default();
     let dir = tempfile::tempdir()?;
     let term_log = dir.path().join("termination-log");
-    let log_file = serve_logs(&client, args, &ns, &name, &pod, &container.name).await;
+    let log_file = serve_logs(&client, args, &ns, &name, pod, &container.name).await;
     let (program, argv) = command_of(&container, args)?;
     tracing::info!(pod = %name, %program, "running executor");
     let outcome = {

@@ -34,6 +34,8 @@ pub struct ExecutorConfig {
     pub job_policy: crate::policy::JobPolicy,
     /// Pod settings the cluster admin gives every executor Job.
     pub pod: ExecutorPod,
+    /// Where contract executors ask the operator for their commit grant.
+    pub grant_url: String,
 }
 
 /// Pod settings the cluster admin gives every executor Job, Phasegate's own (inline `sql`)
@@ -177,7 +179,7 @@ pub fn build_job(
         plain("PHASEGATE_MIGRATION_NAME", &name),
         plain("PHASEGATE_MIGRATION_UID", &uid),
         plain("PHASEGATE_APP_VERSION", &spec.app_version),
-        plain("PHASEGATE_ATTEMPT", &attempt.to_string()),
+        plain(crate::protocol::grant::ENV_ATTEMPT, &attempt.to_string()),
         plain("PHASEGATE_LOCK_TIMEOUT", &spec.safety.lock_timeout),
         plain(
             "PHASEGATE_STATEMENT_TIMEOUT",
@@ -247,6 +249,10 @@ pub fn build_job(
         }
         (Some(sql), _) => {
             env.push(plain("PHASEGATE_SQL", sql));
+            // Phasegate's own contract executor never commits without the operator's grant.
+            if phase == JobPhase::Contract {
+                env.push(plain(crate::protocol::grant::ENV_URL, &cfg.grant_url));
+            }
             (executor_template(cfg, env), 0)
         }
         (None, Some(job)) => {
@@ -421,6 +427,23 @@ fn created_for(job: &ObjectMeta, uid: &str, checksum: Option<&str>) -> bool {
         .flatten()
         .any(|r| r.controller == Some(true) && r.uid == uid);
     !uid.is_empty() && labelled && ours
+}
+
+/// A Job this migration owns (controller reference to its UID) that has not finished and is
+/// not being deleted: an attempt that may still commit.
+pub fn ours_and_running(job: &JobView, uid: &str) -> bool {
+    let owned = job
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid);
+    let finished = job
+        .status
+        .conditions
+        .iter()
+        .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True");
+    !uid.is_empty() && owned && !finished && job.metadata.deletion_timestamp.is_none()
 }
 
 /// Create the Job, or take up one of that name that this migration created (e.g. before a

@@ -4,6 +4,8 @@
 pub mod argo;
 pub mod cache;
 pub mod error;
+pub mod fence;
+pub mod history;
 pub mod jobs;
 pub mod labels;
 pub mod pod_index;
@@ -58,6 +60,8 @@ pub struct Context {
     failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<DatabaseMigration>, u32>>,
     /// Recent status writes: progress pacing and stale-copy detection.
     pub(crate) status_writes: status_writes::StatusWrites,
+    /// Migrations whose rollout history this process has read in their current epoch.
+    pub(crate) history_checked: history::Checked,
 }
 
 impl Context {
@@ -103,6 +107,8 @@ pub struct Ops {
     pub health: Arc<Health>,
     /// The controller drains in-flight reconciles and returns once this resolves.
     pub shutdown: Shutdown,
+    /// Answers executors' commit grant requests while this controller runs.
+    pub grants: Arc<fence::GrantDesk>,
 }
 
 /// Run the controller until `ops.shutdown` resolves. Ticks `ops.health` from the task that
@@ -218,8 +224,10 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         shutdown: ops.shutdown.clone(),
         failures: Default::default(),
         status_writes: Default::default(),
+        history_checked: Default::default(),
     });
 
+    ops.grants.open(ctx.clone());
     let store = migration_store.clone();
     ops.metrics.set_store(Some(store.clone()));
     let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
@@ -268,6 +276,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         _ = synced => {}
         _ = ops.health.keep_alive() => {}
     }
+    ops.grants.close();
     ops.metrics.set_store(None);
     ops.health.set_synced(false);
     Ok(())

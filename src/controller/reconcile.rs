@@ -10,12 +10,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
-use crate::api::{DatabaseMigration, Phase, ANNOTATION_APPROVE, ANNOTATION_RETRY, FIELD_MANAGER};
+use crate::api::{DatabaseMigration, Phase, FIELD_MANAGER};
 use crate::planner::{self, Input, JobPhase, JobState};
 
 use super::error::Error;
 use super::workloads::Source;
-use super::{jobs, workloads, Context};
+use super::{fence, history, jobs, workloads, Context};
 
 /// How often a running Job is looked at without a watch event (see `reconcile_once`).
 const RUNNING_JOB_POLL: Duration = Duration::from_secs(10);
@@ -134,7 +134,6 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     } else {
         Vec::new()
     };
-    let annotations = dbm.annotations();
     // The order among migrations matters only until expand first starts.
     let waits_for = if status.expand.as_ref().is_some_and(|e| e.attempts > 0) {
         Vec::new()
@@ -151,6 +150,7 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     let running = matches!(expand_job, JobState::Running(_))
         || matches!(contract_job, JobState::Running(_))
         || matches!(backfill_job, JobState::Running(_));
+    let (approved, retry, backfill_paused) = fence::marks(&dbm);
     let mut input = Input {
         now,
         name: &name,
@@ -158,19 +158,21 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         generation,
         spec: &dbm.spec,
         status: &status,
-        approved: annotations
-            .get(ANNOTATION_APPROVE)
-            .is_some_and(|v| v == "true"),
-        retry: annotations.get(ANNOTATION_RETRY).map(String::as_str),
+        approved,
+        retry,
         expand_job,
         contract_job,
         backfill_job,
-        backfill_paused: annotations
-            .get(crate::api::ANNOTATION_BACKFILL_PAUSED)
-            .is_some_and(|v| v == "true"),
+        backfill_paused,
         targets,
         job_policy: &ctx.config.executor.job_policy,
         waits_for,
+        history: None,
+        unconfirmed_stop: if expanded && !contracted {
+            fence::unconfirmed_stop(ctx, &dbm, &status)
+        } else {
+            None
+        },
     };
     let mut plan = planner::plan(&input);
     if stale {
@@ -196,6 +198,23 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         input.targets = observe_targets(Source::Api(client, &ctx.caches)).await?;
         quorum_read = Some(read.elapsed());
         plan = planner::plan(&input);
+    }
+    // A rollback the operator was not there to see (down, not leading, between two looks)
+    // shows in the targets' rollout history: read it where the epoch matters
+    // (src/controller/history.rs), and plan again.
+    if ctx.history_checked.wanted(&uid, &status, &plan) {
+        input.history = Some(
+            history::observe(
+                client,
+                &ctx.caches,
+                &ns,
+                &dbm.spec.rollout,
+                ctx.caches.rollouts_installed,
+            )
+            .await?,
+        );
+        plan = planner::plan(&input);
+        ctx.history_checked.note(&uid, &status, &plan);
     }
     // Asked to stop (SIGTERM, or leadership lost): start nothing new.
     if ctx.stopping() {
@@ -256,6 +275,11 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             stop_attempt(&jobs_api, &dbm, phase, attempt).await?;
         }
         planner::Action::None => {}
+    }
+    // Whatever the plan says (a failure, an invalid spec, a policy refusal), no attempt of a
+    // fenced phase it does not want keeps running.
+    if expanded && !contracted {
+        fence::sweep(ctx, &dbm, &plan).await?;
     }
     // Progress alone (replica counts, their messages) is written at most every few seconds;
     // a change that comes with an Event is written at once so the Event is not repeated.
@@ -451,6 +475,7 @@ mod tests {
             shutdown: futures::future::pending().boxed().shared(),
             failures: Default::default(),
             status_writes: Default::default(),
+            history_checked: Default::default(),
         };
         // Our write replaced resourceVersion 10 with 11; the cache still has 10.
         ctx.status_writes.written(
@@ -467,6 +492,87 @@ mod tests {
             [format!(
                 "DELETE /apis/batch/v1/namespaces/shop/jobs/{job_name}"
             )]
+        );
+    }
+
+    /// Issue 22: an operator that (re)starts while a migration soaks reads its target's
+    /// rollout history once, from the API server (the Deployment, then its ReplicaSets), and
+    /// a ReplicaSet of the old version rolled out since the epoch began ends the epoch: the
+    /// status is written, and no contract Job is created.
+    #[tokio::test]
+    async fn a_restarted_operator_reads_the_rollout_history_and_finds_a_hidden_rollback() {
+        let mut m = test_support::test_migration(
+            "m",
+            "10",
+            serde_json::json!({"phase": "Soaking", "observedGeneration": 1,
+                               "expand": {"attempts": 1, "succeeded": true},
+                               "rolloutCompletedAt": "2026-12-01T00:00:00Z",
+                               "rolloutRevisions": [{"kind": "Deployment", "name": "api", "uid": "d1", "revision": 2}]}),
+        );
+        m.spec.contract.delay = Some("1000000h".into());
+        let deployment = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "api", "namespace": "shop", "uid": "d1", "generation": 4,
+                         "annotations": {"deployment.kubernetes.io/revision": "4"}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "api"}},
+                     "template": {"metadata": {"labels": {"app": "api", "version": "2.0.0"}}}},
+            "status": {"observedGeneration": 4, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
+        });
+        let view: DeploymentView = serde_json::from_value(deployment.clone()).expect("view");
+        let rs = |name: &str, revision: &str, history: Option<&str>, version: &str| {
+            let mut annotations =
+                serde_json::json!({"deployment.kubernetes.io/revision": revision});
+            if let Some(h) = history {
+                annotations["deployment.kubernetes.io/revision-history"] = h.into();
+            }
+            serde_json::json!({
+                "metadata": {"name": name, "namespace": "shop", "annotations": annotations,
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                         "name": "api", "uid": "d1", "controller": true}]},
+                "spec": {"selector": {"matchLabels": {"app": "api"}},
+                         "template": {"metadata": {"labels": {"app": "api", "version": version}}}}
+            })
+        };
+        // While the operator was down: 1.0.0's ReplicaSet rolled out again (1 → 3), then
+        // 2.0.0's (2 → 4).
+        let replicasets = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSetList", "metadata": {},
+            "items": [rs("api-v1", "3", Some("1"), "1.0.0"), rs("api-v2", "4", Some("2"), "2.0.0")]
+        });
+        let mut written = serde_json::to_value(&m).expect("json");
+        written["metadata"]["resourceVersion"] = "11".into();
+        let caches = cache::Caches::for_tests(vec![m.clone()], vec![view]);
+        let (client, served) =
+            test_support::mock_api(vec![(200, deployment), (200, replicasets), (200, written)]);
+        let ctx = Context {
+            client: client.clone(),
+            recorder: kube::runtime::events::Recorder::new(
+                client,
+                kube::runtime::events::Reporter {
+                    controller: "phasegate".into(),
+                    instance: None,
+                },
+            ),
+            config: Config {
+                namespace: None,
+                executor: ExecutorConfig::default(),
+            },
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            caches,
+            shutdown: futures::future::pending().boxed().shared(),
+            failures: Default::default(),
+            status_writes: Default::default(),
+            history_checked: Default::default(),
+        };
+        reconcile_once(Arc::new(m), &ctx).await.expect("reconcile");
+        drop(ctx);
+        assert_eq!(
+            served.await.expect("mock"),
+            [
+                "GET /apis/apps/v1/namespaces/shop/deployments/api",
+                "GET /apis/apps/v1/namespaces/shop/replicasets",
+                "PATCH /apis/phasegate.dev/v1alpha1/namespaces/shop/databasemigrations/m/status",
+            ]
         );
     }
 }

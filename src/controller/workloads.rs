@@ -190,6 +190,47 @@ async fn find(
     })
 }
 
+/// A target workload's identity: what its revision history is read by
+/// (src/controller/history.rs).
+pub struct WorkloadId {
+    pub kind: TargetKind,
+    pub name: String,
+    pub uid: String,
+    pub selector: Selector,
+}
+
+/// Every workload the targets name or select, read from `source` (targets not found are
+/// left out: the rollout gate is closed for them anyway).
+pub async fn workload_ids(
+    source: Source<'_>,
+    namespace: &str,
+    targets: &[TargetSpec],
+    rollouts_installed: bool,
+) -> Result<Vec<WorkloadId>, Error> {
+    let found = futures::future::try_join_all(
+        targets
+            .iter()
+            .map(|t| find(source, namespace, t, rollouts_installed)),
+    )
+    .await?;
+    let mut out = Vec::new();
+    for (t, found) in targets.iter().zip(found) {
+        let Found::Workloads(workloads) = found else {
+            continue;
+        };
+        for w in workloads {
+            let selector = to_selector(&w.selector, &format!("{} {}", t.kind, w.name))?;
+            out.push(WorkloadId {
+                kind: t.kind,
+                name: w.name,
+                uid: w.uid,
+                selector,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// What judging a migration's targets needs besides the pods.
 struct Judge<'a> {
     source: Source<'a>,
@@ -252,6 +293,7 @@ type Observe = Box<dyn Fn(&VersionFrom, &[Arc<PodFacts>]) -> WorkloadObservation
 /// A workload found for a target, ready to be judged once its pods are listed.
 struct FoundWorkload {
     name: String,
+    uid: String,
     selector: LabelSelector,
     observe: Observe,
 }
@@ -379,8 +421,10 @@ async fn fetch<K: Workload>(
             .clone()
             .ok_or(Error::MissingField("metadata.name"))?;
         let selector = w.selector().ok_or(Error::MissingField("spec.selector"))?;
+        let uid = w.meta().uid.clone().unwrap_or_default();
         out.push(FoundWorkload {
             name,
+            uid,
             selector,
             observe: Box::new(move |vf, pods| w.observation(vf, pods)),
         });

@@ -489,6 +489,7 @@ pub async fn execute(cfg: &BackfillConfig) -> Report {
         db_check_wait_ms: None,
         db_check_warning: None,
         db_check_rollbacks: None,
+        grant_rollbacks: None,
         gate_to_commit_us: None,
         stopped_by: cfg.stop.requested().map(|s| s.name().to_string()),
         recovered: Vec::new(),

@@ -168,6 +168,18 @@ pub struct ContractArgs {
     /// Secret was repointed to another database (`true`/`false`; default false).
     #[arg(long, env = "PHASEGATE_REQUIRE_EXPAND")]
     pub require_expand: Option<String>,
+    /// The operator's commit-grant endpoint (base URL). When set, contract never COMMITs
+    /// without a fresh grant for this attempt from the leading operator (the operator sets
+    /// it on every contract Job; without it, a run by hand is not fenced by the operator).
+    #[arg(long, env = "PHASEGATE_GRANT_URL", value_name = "URL")]
+    pub grant_url: Option<String>,
+    /// The attempt this run is (its Job's attempt number), for the grant.
+    #[arg(long, env = "PHASEGATE_ATTEMPT", default_value_t = 0)]
+    pub attempt: u32,
+    /// How long the run waits for a grant, in all, before it gives up (exit 1, report
+    /// `no commit grant`).
+    #[arg(long, env = "PHASEGATE_GRANT_WAIT", default_value = "10m", value_parser = parse_duration)]
+    pub grant_wait: Duration,
 }
 
 /// Everything a run needs, independent of clap.
@@ -199,6 +211,8 @@ pub struct Config {
     pub previous_versions: Option<Vec<String>>,
     /// Contract only: refuse unless the ledger holds this migration's applied expand.
     pub require_expand: bool,
+    /// Contract only: where to ask for the commit grant; None when run without an operator.
+    pub grant: Option<super::grant::GrantConfig>,
     /// Set by SIGTERM/SIGINT (see [`stop`]); a run never commits after it is requested.
     pub stop: Stop,
     pub failpoint: Option<String>,
@@ -232,6 +246,7 @@ impl Config {
             version_order: crate::api::VersionOrder::SemVer,
             previous_versions: None,
             require_expand: false,
+            grant: None,
             stop: Stop::new(),
             failpoint: None,
         }
@@ -317,6 +332,23 @@ pub(super) fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, Box<Ap
             .map(str::to_string)
             .collect::<Vec<_>>()
     });
+    let grant = args
+        .contract
+        .grant_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| contract && !u.is_empty())
+        .map(|url| super::grant::GrantConfig {
+            url: url.to_string(),
+            request: crate::protocol::grant::Request {
+                namespace: args.migration_namespace.clone(),
+                migration: args.migration_name.clone(),
+                uid: args.migration_uid.clone(),
+                phase: phase.as_str().to_string(),
+                attempt: args.contract.attempt,
+            },
+            wait: args.contract.grant_wait,
+        });
     Ok(Config {
         database_url: args.database_url,
         phase,
@@ -342,6 +374,7 @@ pub(super) fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, Box<Ap
         version_order,
         previous_versions,
         require_expand,
+        grant,
         stop: Stop::new(),
         failpoint: args.failpoint,
     })

@@ -66,6 +66,17 @@ pub enum ApplyError {
         name: String,
         why: String,
     },
+    /// The operator never confirmed that every gate holds for this attempt (see
+    /// [`crate::protocol::grant`]): rolled back, nothing committed by the step that waited.
+    #[error("no commit grant from the operator for contract attempt {attempt} after waiting {waited} (PHASEGATE_GRANT_WAIT): {why}; rolled back, nothing was applied by this step. The operator may be down or not leading, or a gate is closed: see the migration's status")]
+    NoCommitGrant {
+        attempt: u32,
+        waited: String,
+        why: String,
+    },
+    /// The operator said this attempt will never commit (stopped, replaced, migration gone).
+    #[error("contract attempt {attempt} was superseded: {why}; rolled back, nothing was applied by this step")]
+    Superseded { attempt: u32, why: String },
     /// `committed`: statements this run had committed before the stop (filled in by [`execute`]).
     #[error("{}", stopped_message(*signal, *committed))]
     Stopped { signal: Signal, committed: usize },

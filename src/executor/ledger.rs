@@ -141,6 +141,54 @@ pub async fn record<C: GenericClient>(
     Ok(())
 }
 
+/// Claims the phase's ledger row inside the transaction that will apply `checksum`'s
+/// statements, and returns how many of them are recorded as done. The row (inserted as
+/// `in_progress` when missing; gone again if the transaction rolls back) is locked until the
+/// transaction ends, so a second executor of the same phase — whatever its connection path,
+/// advisory lock or not — waits here until the first commits or rolls back, then sees what
+/// the first applied. Statements recorded under another checksum count as none done.
+pub async fn claim<C: GenericClient>(
+    c: &C,
+    id: &Identity,
+    phase: &str,
+    checksum: &str,
+    total: usize,
+) -> Result<usize, tokio_postgres::Error> {
+    let total = i32::try_from(total).unwrap_or(i32::MAX);
+    c.execute(
+        "INSERT INTO phasegate.ledger
+             (namespace, name, phase, uid, app_version, checksum, status, statements_total,
+              statements_done, attempts, executor_version)
+         VALUES ($1, $2, $3, $4, $5, $6, 'in_progress', $7, 0, 0, $8)
+         ON CONFLICT (namespace, name, phase) DO NOTHING",
+        &[
+            &id.namespace,
+            &id.name,
+            &phase,
+            &id.uid,
+            &id.app_version,
+            &checksum,
+            &total,
+            &EXECUTOR_VERSION,
+        ],
+    )
+    .await?;
+    let row = c
+        .query_one(
+            "SELECT checksum, statements_done FROM phasegate.ledger
+              WHERE namespace = $1 AND name = $2 AND phase = $3 FOR UPDATE",
+            &[&id.namespace, &id.name, &phase],
+        )
+        .await?;
+    let recorded: String = row.get(0);
+    let done: i32 = row.get(1);
+    Ok(if recorded == checksum {
+        usize::try_from(done).unwrap_or(0)
+    } else {
+        0
+    })
+}
+
 /// Re-attributes an applied phase to the object `id` (same namespace and name, a new uid), once
 /// this object found its own SQL (same checksum) already applied in this database.
 pub async fn adopt<C: GenericClient>(

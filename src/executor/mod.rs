@@ -20,6 +20,7 @@ pub mod connect;
 pub mod dbcheck;
 mod error;
 mod gate;
+pub mod grant;
 pub mod ledger;
 pub mod locks;
 pub mod report;
@@ -67,6 +68,8 @@ pub(super) struct Stats {
     pub(super) db_check_warning: Option<String>,
     /// Transactions rolled back because the re-check before COMMIT found a blocker.
     pub(super) db_check_rollbacks: u32,
+    /// Transactions rolled back because no valid commit grant was held at COMMIT.
+    pub(super) grant_rollbacks: u32,
     /// Longest time from the last look at the gates to COMMIT's acknowledgement.
     pub(super) gate_to_commit: Option<Duration>,
     /// What an interrupted earlier run left and this one finished or skipped (see [`rerun`]).
@@ -161,6 +164,7 @@ pub async fn execute(cfg: &Config) -> Report {
                 db_check_warning: stats.db_check_warning.as_deref().map(|w| scrub.scrub(w)),
                 db_check_rollbacks: (stats.db_check_rollbacks > 0)
                     .then_some(stats.db_check_rollbacks),
+                grant_rollbacks: (stats.grant_rollbacks > 0).then_some(stats.grant_rollbacks),
                 gate_to_commit_us: stats.gate_to_commit.map(|d| d.as_micros() as u64),
                 stopped_by: None,
                 recovered: stats.recovered.iter().map(|n| scrub.scrub(n)).collect(),
@@ -203,6 +207,7 @@ fn failed_report(
         db_check_wait_ms: stats.db_check_wait.map(|d| d.as_millis() as u64),
         db_check_warning: stats.db_check_warning.as_deref().map(|w| scrub.scrub(w)),
         db_check_rollbacks: (stats.db_check_rollbacks > 0).then_some(stats.db_check_rollbacks),
+        grant_rollbacks: (stats.grant_rollbacks > 0).then_some(stats.grant_rollbacks),
         gate_to_commit_us: stats.gate_to_commit.map(|d| d.as_micros() as u64),
         stopped_by: None,
         recovered: stats.recovered.iter().map(|n| scrub.scrub(n)).collect(),
@@ -234,6 +239,10 @@ async fn run(
         gate: Gate::new(cfg),
         waits: Waits::new(),
         advisory_waited: Duration::ZERO,
+        // Asked from now on, while the run waits, so that a grant is usually held by the time
+        // the tables are clear.
+        grant: cfg.grant.clone().map(grant::Grant::start),
+        grant_waited: Duration::ZERO,
         skipped: 0,
         patience: locks::Patience::new(
             cfg.young_transaction,

@@ -60,6 +60,10 @@ pub struct Report {
     /// again inside the transaction right before COMMIT, found a new blocker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_check_rollbacks: Option<u32>,
+    /// Contract only, when not zero: transactions rolled back because no valid commit grant
+    /// from the operator was held right before COMMIT (a gate closed, the operator silent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_rollbacks: Option<u32>,
     /// Microseconds from the last look at the gates (the database re-check, the stop flag) to
     /// COMMIT's acknowledgement, the longest over the run's transactions: the race window left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -210,6 +214,7 @@ mod tests {
             db_check_wait_ms: None,
             db_check_warning: None,
             db_check_rollbacks: None,
+            grant_rollbacks: None,
             gate_to_commit_us: None,
             stopped_by: None,
             recovered: Vec::new(),

@@ -12,6 +12,7 @@ use tokio_postgres::{CancelToken, Client};
 use super::connect::{self, ConnSettings};
 use super::error::ApplyError;
 use super::gate::Gate;
+use super::grant::Grant;
 use super::rerun::{self, Rerun};
 use super::session::{pg_ms, transaction_timeout};
 use super::stop::Stop;
@@ -33,6 +34,10 @@ pub(super) struct Runner<'a> {
     pub(super) waits: Waits,
     /// Time spent waiting for the advisory lock so far (one budget for the run).
     pub(super) advisory_waited: Duration,
+    /// Contract run by the operator: the commit grant, renewed in the background.
+    pub(super) grant: Option<Grant>,
+    /// Time spent waiting for a grant so far (one budget for the run).
+    pub(super) grant_waited: Duration,
     /// Steps another executor of this phase applied while this one waited.
     pub(super) skipped: usize,
     /// Which transactions the wait outside the lock queue waits for; remembers sessions.
@@ -233,6 +238,15 @@ impl Runner<'_> {
         loop {
             self.clear_to_attempt(client, stmts, &range, &mut waited)
                 .await?;
+            if let Some(grant) = &self.grant {
+                if !grant.holds() {
+                    // Waited for a grant: the tables may have been taken meanwhile.
+                    grant
+                        .acquire(&cfg.stop, &mut self.waits, &mut self.grant_waited)
+                        .await?;
+                    continue;
+                }
+            }
             match self.enter(client, &range).await? {
                 Entered::Go => {}
                 Entered::Done => return Ok(()),
@@ -282,6 +296,8 @@ impl Runner<'_> {
                     self.gate.waited += dbcheck::POLL;
                     dbcheck::POLL
                 }
+                // The next round waits for a grant outside the locks.
+                Attempt::NoGrant => Duration::ZERO,
             };
             self.unlock_database(client).await;
             pause(&cfg.stop, delay).await?;
@@ -319,6 +335,27 @@ impl Runner<'_> {
         tx.batch_execute(&set)
             .await
             .map_err(|e| ApplyError::db(&e, None))?;
+        // Exactly once in the ledger itself: the phase's row is claimed (locked) in this
+        // transaction before any statement; another executor of the phase waits for it.
+        let claimed =
+            ledger::claim(&tx, &cfg.identity, cfg.phase.as_str(), self.sum, all.len()).await;
+        match claimed {
+            Ok(done) if done >= range.end => {
+                rollback(tx).await;
+                tracing::info!(
+                    statements = range.end,
+                    "another run applied these statements meanwhile (ledger); skipping them"
+                );
+                self.skipped += 1;
+                return Ok(Attempt::Done);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                rollback(tx).await;
+                return lock_failure(&e, range.start + 1, cfg.lock_timeout)
+                    .ok_or_else(|| ApplyError::db(&e, None));
+            }
+        }
         for (offset, s) in stmts.iter().enumerate() {
             let n = range.start + offset + 1;
             tracing::debug!(statement = n, kind = %s.kind, attempt, "executing");
@@ -369,10 +406,21 @@ impl Runner<'_> {
             );
             return Ok(Attempt::GateClosed);
         }
-        // Last word before COMMIT: a stop request means never commit.
+        // Last word before COMMIT: a stop request means never commit, and neither does the
+        // absence of a fresh grant (checked locally: no round trip while the locks are held).
         if let Some(signal) = cfg.stop.requested() {
             rollback(tx).await;
             return Err(signal.into());
+        }
+        if let Some(grant) = self.grant.as_ref().filter(|g| !g.holds()) {
+            rollback(tx).await;
+            self.stats.grant_rollbacks += 1;
+            tracing::warn!(
+                attempt,
+                reason = %grant.reason(),
+                "no valid commit grant right before COMMIT; rolled back, waiting for one outside the locks"
+            );
+            return Ok(Attempt::NoGrant);
         }
         let gate_checked = Instant::now();
         let committed = tx.commit().await;
@@ -476,6 +524,8 @@ enum Attempt {
     },
     /// The database check found a blocker right before COMMIT: rolled back.
     GateClosed,
+    /// No valid commit grant right before COMMIT: rolled back.
+    NoGrant,
 }
 
 /// [`Attempt::LockFailure`] when `e` is a lock timeout or deadlock.

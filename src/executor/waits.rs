@@ -14,6 +14,8 @@ pub enum Kind {
     TableLock,
     /// Contract's database check: an old-version session or a pre-rollout transaction.
     DatabaseCheck,
+    /// The operator's commit grant (every gate holds for this attempt).
+    CommitGrant,
 }
 
 impl Kind {
@@ -22,13 +24,19 @@ impl Kind {
             Kind::AdvisoryLock => "advisory-lock",
             Kind::TableLock => "table-lock",
             Kind::DatabaseCheck => "database-check",
+            Kind::CommitGrant => "commit-grant",
         }
     }
 
     fn parse(s: &str) -> Option<Kind> {
-        [Kind::AdvisoryLock, Kind::TableLock, Kind::DatabaseCheck]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Kind::AdvisoryLock,
+            Kind::TableLock,
+            Kind::DatabaseCheck,
+            Kind::CommitGrant,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 
     /// What the wait is for, as a user reads it in status.
@@ -37,6 +45,7 @@ impl Kind {
             Kind::AdvisoryLock => "another migration on this database",
             Kind::TableLock => "an older transaction's lock",
             Kind::DatabaseCheck => "old sessions or transactions (database check)",
+            Kind::CommitGrant => "the operator's commit grant",
         }
     }
 }

@@ -8,7 +8,9 @@
 
 mod backfill;
 pub mod conditions;
+pub mod grant;
 pub mod order;
+pub mod regression;
 pub mod rollout;
 pub mod validate;
 pub mod version;
@@ -157,6 +159,13 @@ pub struct Input<'a> {
     /// migrations on the same database created earlier whose expand has not run), e.g.
     /// `add-email (dependsOn; Expanding)`.
     pub waits_for: Vec<String>,
+    /// Every target workload's kept revisions (ReplicaSets, ControllerRevisions), when the
+    /// controller read them (see [`regression`]); `None` on most reconciles.
+    pub history: Option<Vec<regression::TargetHistory>>,
+    /// A contract attempt recorded as stopped whose executor pod has not ended yet (the
+    /// kubelet has not confirmed the stop), described, e.g. `pod m-contract-1-x7k2p is still
+    /// Running`. The next attempt waits for it.
+    pub unconfirmed_stop: Option<String>,
 }
 
 /// What to do now.
@@ -218,6 +227,8 @@ pub mod reason {
     /// A gate closed (rollback, old pod, revoked approval) while contract ran; the attempt
     /// was stopped before it could commit.
     pub const GATE_CLOSED: &str = "GateClosed";
+    /// A stopped contract attempt's executor pod has not ended: the next attempt waits.
+    pub const STOP_UNCONFIRMED: &str = "StopUnconfirmed";
     /// A user Job template breaks the cluster admin's Job policy.
     pub const POLICY_REFUSED: &str = "PolicyRefused";
     /// A target does not exist (likely a typo in its name or selector).
@@ -240,6 +251,9 @@ pub mod reason {
     /// `Stalled` is False although the phase is Failed: expand is applied, so GitOps tools
     /// must not hold back what depends on the migration.
     pub const FAILED_AFTER_EXPAND: &str = "FailedAfterExpand";
+    /// The rollout history (ReplicaSet / ControllerRevision revisions) shows old code was
+    /// rolled out after the rollout completed, e.g. while the operator was down; an Event.
+    pub const REGRESSION_IN_HISTORY: &str = "RegressionInHistory";
 }
 
 /// The `phasegate.dev/retry` annotation within one plan. A value differing from
@@ -366,6 +380,7 @@ impl<'a> Planner<'a> {
                     SpecError::Refused { .. } => reason::SQL_REFUSED,
                     SpecError::Invalid { .. } => reason::INVALID_SPEC,
                 };
+                self.fence_refused(&e.to_string());
                 self.set(Phase::Failed, why, e.to_string());
                 return;
             }
@@ -377,15 +392,14 @@ impl<'a> Planner<'a> {
             .iter()
             .any(|d| d == self.input.name)
         {
-            self.set(
-                Phase::Failed,
-                reason::INVALID_SPEC,
-                "spec.dependsOn: a migration cannot depend on itself",
-            );
+            let why = "spec.dependsOn: a migration cannot depend on itself";
+            self.fence_refused(why);
+            self.set(Phase::Failed, reason::INVALID_SPEC, why);
             return;
         }
         // The admin's Job policy, for every user template still to run, before any Job.
         if let Some(refusal) = self.policy_refusal(!expand_applied) {
+            self.fence_refused(&refusal);
             self.set(Phase::Failed, reason::POLICY_REFUSED, refusal);
             return;
         }
@@ -415,6 +429,42 @@ impl<'a> Planner<'a> {
         if self.expand() {
             self.rollout_and_contract(&valid);
         }
+    }
+
+    /// The spec is refused while a fenced attempt may run: a plan that judges no gate cannot
+    /// vouch for it, so a running contract (or backfill) attempt is stopped before anything
+    /// else. Fixing the spec resumes through the gates with a new attempt.
+    fn fence_refused(&mut self, why: &str) {
+        let rec = self.status.contract.clone().unwrap_or_default();
+        if rec.attempts > 0
+            && !rec.succeeded
+            && matches!(self.input.contract_job, JobState::Running(_))
+        {
+            let attempt = rec.attempts;
+            let stopped =
+                rec.reason.as_deref() == Some(reason::GATE_CLOSED) && rec.finished_at.is_some();
+            if !stopped {
+                let now = self.now();
+                let message = format!(
+                    "contract attempt {attempt} stopped before commit: the spec is refused: {why}"
+                );
+                let rec = record_mut(&mut self.status, JobPhase::Contract);
+                rec.finished_at = Some(now);
+                rec.reason = Some(reason::GATE_CLOSED.to_string());
+                rec.message = Some(message.clone());
+                self.extra_notices.push(Transition {
+                    warning: true,
+                    reason: reason::GATE_CLOSED.into(),
+                    message,
+                });
+            }
+            self.action = Action::StopJob {
+                phase: JobPhase::Contract,
+                attempt,
+            };
+            return;
+        }
+        self.stop_backfill_on_closed_gate(&format!("the spec is refused: {why}"));
     }
 
     /// Why a user Job template still to run is refused by the admin's policy, if one is.
@@ -759,7 +809,10 @@ impl<'a> Planner<'a> {
                     self.closed_gate(&rollout)
                 };
                 match closed {
-                    Some(why) => self.stop_contract(attempt, &rollout, why, !stopped),
+                    Some(why) => {
+                        let why = format!("{why}{}", self.unconfirmed_note());
+                        self.stop_contract(attempt, &rollout, why, !stopped)
+                    }
                     None => self.job_running(JobPhase::Contract, attempt, holdup.as_ref()),
                 }
                 return;
@@ -805,6 +858,9 @@ impl<'a> Planner<'a> {
         if let Err(why) = rollout {
             return Some(why.clone());
         }
+        if let Some(why) = self.contract_predates_epoch() {
+            return Some(why);
+        }
         if !self.backfill_done_in_epoch() {
             return Some("the backfill has not finished in this rollout epoch".to_string());
         }
@@ -815,6 +871,16 @@ impl<'a> Planner<'a> {
             ));
         }
         None
+    }
+
+    /// What status adds while a stopped attempt's pod has not ended.
+    fn unconfirmed_note(&self) -> String {
+        match &self.input.unconfirmed_stop {
+            Some(pod) => format!(
+                " (stop not confirmed yet: {pod}; it cannot commit without the operator's grant)"
+            ),
+            None => String::new(),
+        }
     }
 
     /// Stop the running contract attempt: record why (once) and ask for its Job to go.
@@ -861,6 +927,11 @@ impl<'a> Planner<'a> {
         let ready = targets.iter().filter(|t| t.complete).count();
         self.status.targets_ready = Some(format!("{ready}/{}", targets.len()));
         self.status.targets.clone_from(targets);
+        // Old code rolled out since the rollout completed, as the kept revisions show: the
+        // gate is closed for this plan, like for a rollback seen live.
+        if let Some(why) = self.regression_from_history() {
+            return Err(why);
+        }
         let named_present = self
             .input
             .spec
@@ -883,13 +954,11 @@ impl<'a> Planner<'a> {
         let held = self.status.rollout_completed_at.is_some();
         if all_complete || (held && only_new_code) {
             self.status.rollout_completed_at.get_or_insert(self.now());
+            self.record_epoch_revisions();
             return Ok(());
         }
         if held {
-            self.status.rollout_completed_at = None;
-            self.status.contract_not_before = None;
-            self.status.rollout_started_at = Some(self.now());
-            self.backfill_regressed();
+            self.rollout_regressed(regression::live(targets, &rule));
         }
         let waiting: Vec<String> = targets
             .iter()
@@ -947,9 +1016,10 @@ impl<'a> Planner<'a> {
                 let elapsed = elapsed(started, now);
                 if elapsed >= timeout {
                     self.status.rollout_timed_out_at = Some(Time(now));
-                    // A retry that was waiting for the gates was asked before this timeout:
-                    // it is used up, and only a new value waits again.
-                    if self.retry == Retry::AwaitingGates {
+                    // A retry that was waiting for the gates, or one first seen now (set
+                    // while the operator was away), was asked before this timeout: it is
+                    // used up, and only a new value waits again.
+                    if matches!(self.retry, Retry::AwaitingGates | Retry::Fresh) {
                         self.consume_retry();
                     }
                     self.set(
@@ -964,6 +1034,7 @@ impl<'a> Planner<'a> {
                 }
                 self.requeue_after = Some(timeout - elapsed);
             }
+            let msg = format!("{msg}{}", self.unconfirmed_note());
             self.set(Phase::AwaitingRollout, reason::AWAITING_ROLLOUT, msg);
             return;
         }
@@ -1003,6 +1074,21 @@ impl<'a> Planner<'a> {
                 format!(
                     "rollout complete; approve contract with the annotation {}=\"true\"",
                     crate::api::ANNOTATION_APPROVE
+                ),
+            );
+            return;
+        }
+        // The stop of the previous attempt is confirmed only once its pod has ended.
+        if let Some(pod) = &self.input.unconfirmed_stop {
+            self.requeue_after = Some(Duration::from_secs(5));
+            self.set(
+                Phase::Contracting,
+                reason::STOP_UNCONFIRMED,
+                format!(
+                    "contract attempt {attempt} waits until the stopped attempt {} has ended \
+                     ({pod}; its node has not confirmed the stop; it cannot commit without \
+                     the operator's grant)",
+                    attempt - 1
                 ),
             );
             return;

@@ -130,6 +130,7 @@ struct Fx {
     backfill_job: JobState,
     backfill_paused: bool,
     targets: Vec<TargetStatus>,
+    history: Option<Vec<regression::TargetHistory>>,
 }
 
 impl Fx {
@@ -153,6 +154,7 @@ impl Fx {
             backfill_job: JobState::Absent,
             backfill_paused: false,
             targets,
+            history: None,
         }
     }
     fn input(&self) -> Input<'_> {
@@ -172,6 +174,8 @@ impl Fx {
             targets: self.targets.clone(),
             job_policy: &POLICY,
             waits_for: Vec::new(),
+            history: self.history.clone(),
+            unconfirmed_stop: None,
         }
     }
     fn plan(&self) -> Plan {
@@ -1271,6 +1275,104 @@ fn contract_job_vanished_while_running_starts_a_new_attempt_through_the_gates() 
 }
 
 #[test]
+fn an_invalid_edit_while_contract_runs_stops_the_attempt() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    assert_eq!(phase(&fx.step()), Phase::Contracting);
+    let good = fx.spec.clone();
+    // Admitted by the API server, refused by the planner: below youngTransaction.
+    fx.spec.safety.lock_timeout = "20ms".into();
+    let p = fx.step();
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (
+            Phase::Failed,
+            Action::StopJob {
+                phase: JobPhase::Contract,
+                attempt: 1
+            }
+        ),
+        "a plan that judges no gate must not let the running attempt commit"
+    );
+    let rec = p.status.contract.clone().unwrap();
+    assert_eq!(rec.reason.as_deref(), Some(reason::GATE_CLOSED), "{rec:?}");
+    assert!(
+        rec.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("is out of range"),
+        "{rec:?}"
+    );
+    assert!(p.notices.iter().any(|n| n.reason == reason::GATE_CLOSED));
+    // Its Job is still there (a kubelet that has not stopped it): still stopped, once noticed.
+    let p = fx.step();
+    assert!(matches!(p.action, Action::StopJob { .. }));
+    assert!(p.notices.iter().all(|n| n.reason != reason::GATE_CLOSED));
+    // Fixed: the stopped attempt is not resumed; a new one starts through the gates.
+    fx.contract_job = JobState::Absent;
+    fx.spec = good;
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 2));
+}
+
+#[test]
+fn a_policy_refusal_while_contract_runs_stops_the_attempt() {
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.step();
+    fx.spec.depends_on = vec![NAME.to_string()];
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Failed);
+    assert_eq!(
+        p.action,
+        Action::StopJob {
+            phase: JobPhase::Contract,
+            attempt: 1
+        }
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The commit grant's verdict
+// ---------------------------------------------------------------------------------------
+
+fn verdict(fx: &Fx, attempt: u32) -> crate::protocol::grant::Verdict {
+    grant::verdict(&fx.input(), attempt).verdict
+}
+
+#[test]
+fn the_grant_holds_only_while_every_gate_does_for_the_recorded_attempt() {
+    use crate::protocol::grant::Verdict::*;
+    let mut fx = Fx::contracting(SpecBuilder::new().build());
+    fx.step();
+    assert_eq!(verdict(&fx, 1), Granted);
+    // The Job of attempt 2 exists but the status write that recorded it was lost: no grant
+    // until status says so (attempt 1's plan must not vouch for it).
+    assert_eq!(verdict(&fx, 2), Withheld);
+    // A rollback the operator has not planned on yet: a fresh view withholds.
+    fx.complete(false);
+    assert_eq!(verdict(&fx, 1), Withheld);
+    fx.complete(true);
+    // An invalid edit: nothing is granted while the spec is refused.
+    let good = fx.spec.clone();
+    fx.spec.safety.lock_timeout = "20ms".into();
+    assert_eq!(verdict(&fx, 1), Withheld);
+    fx.spec = good;
+    // Once the plan stopped the attempt, it is superseded for good.
+    fx.complete(false);
+    fx.step();
+    fx.complete(true);
+    assert_eq!(verdict(&fx, 1), Superseded);
+}
+
+#[test]
+fn the_grant_needs_the_approval_to_stay() {
+    use crate::protocol::grant::Verdict::*;
+    let mut fx = Fx::contracting(SpecBuilder::new().manual().build());
+    fx.step();
+    assert_eq!(verdict(&fx, 1), Granted);
+    fx.approved = false;
+    assert_eq!(verdict(&fx, 1), Withheld);
+}
+
+#[test]
 fn expand_job_found_while_status_write_was_lost_is_adopted() {
     // The Job of attempt 1 exists but the status recording its start was lost.
     let mut fx = Fx::new(SpecBuilder::new().build());
@@ -1614,10 +1716,23 @@ enum Ev {
     /// A new `retry` annotation value (or none).
     Retry(bool),
     Advance(u32),
+    /// While the operator is down, target `i` is rolled back to the old version (old code
+    /// runs, its rollout completes) and rolled forward again; then the operator restarts.
+    /// Only the kept revisions tell.
+    Unseen(usize),
+    /// Target `i`'s kept revisions are pruned to its newest (`revisionHistoryLimit`).
+    Prune(usize),
     /// Re-plan; with `lost`, the last status write never landed.
     Restart {
         lost: bool,
     },
+    /// The kubelet stops (or resumes) delivering stops: a deleted Job's executor keeps
+    /// running until it resumes.
+    KubeletStall(bool),
+    /// The operator is stopped (or back): no plan, no grant, while it is away.
+    OperatorAway(bool),
+    /// The operator's caches freeze at what the targets look like now (or catch up).
+    StaleView(bool),
 }
 
 fn job_phase() -> impl Strategy<Value = JobPhase> {
@@ -1643,7 +1758,12 @@ fn event(lost_writes: bool) -> impl Strategy<Value = Ev> {
         1 => prop::bool::weighted(0.3).prop_map(Ev::Pause),
         1 => prop::bool::weighted(0.85).prop_map(Ev::Retry),
         3 => prop_oneof![1u32..60, 60u32..1500].prop_map(Ev::Advance),
+        1 => (0usize..3).prop_map(Ev::Unseen),
+        1 => (0usize..3).prop_map(Ev::Prune),
         1 => any::<bool>().prop_map(move |l| Ev::Restart { lost: l && lost_writes }),
+        1 => any::<bool>().prop_map(Ev::KubeletStall),
+        1 => any::<bool>().prop_map(Ev::OperatorAway),
+        1 => any::<bool>().prop_map(Ev::StaleView),
     ]
 }
 
@@ -1707,6 +1827,35 @@ struct Sim {
     tainted: std::collections::BTreeSet<u32>,
     /// World truth: a backfill attempt completed and no old code ran since it started.
     backfilled: bool,
+    /// Each target's kept revisions: (number, carries appVersion).
+    revisions: Vec<Vec<(i64, bool)>>,
+    /// The operator (re)started and has not read the rollout history in this epoch yet.
+    history_due: bool,
+    /// When old code last ran unseen (`Ev::Unseen`): the soak counts from then at the
+    /// earliest, lost status writes or not (the history is not lost with them).
+    last_unseen: Option<i64>,
+    /// Backfill attempts running when old code ran unseen.
+    unseen_tainted: std::collections::BTreeSet<u32>,
+    /// World truth, lost writes or not: a backfill attempt that did not run during an unseen
+    /// regression succeeded since the last one.
+    backfilled_since_unseen: bool,
+    /// The kubelet delivers no stop.
+    stalled: bool,
+    /// Executors still running whose Job was deleted while the kubelet stalled.
+    zombies: std::collections::BTreeSet<(u8, u32)>,
+    /// The operator is stopped: it neither plans nor grants.
+    away: bool,
+    /// What the operator's caches show of the targets, frozen; None when current.
+    stale: Option<Vec<Tgt>>,
+    /// Old code ran while the operator was away or its view stale: a regression it may never
+    /// see (the rollout looks complete again by the time it looks). What it then forgets — a
+    /// soak to restart, a backfill to rerun — is known only from the workloads' rollout
+    /// history. The simulation models that history for rollbacks and roll-forwards while the
+    /// operator is away (`Ev::Unseen`, checked by `last_unseen` and
+    /// `backfilled_since_unseen` whatever `blind` says); an old pod that comes and goes
+    /// (`Ev::OldPod`) leaves no revision behind, so `blind` still relaxes the world-truth
+    /// soak and backfill checks for the other events. The gates themselves still hold.
+    blind: bool,
     log: Vec<String>,
 }
 
@@ -1767,12 +1916,51 @@ impl Sim {
             paused: false,
             tainted: Default::default(),
             backfilled: false,
+            revisions: vec![vec![(1, false)]; p.targets],
+            history_due: false,
+            last_unseen: None,
+            unseen_tainted: Default::default(),
+            backfilled_since_unseen: true,
+            stalled: false,
+            zombies: Default::default(),
+            away: false,
+            stale: None,
+            blind: false,
             log: Vec::new(),
         }
     }
 
     fn all_complete(&self) -> bool {
         self.targets.iter().all(Tgt::complete)
+    }
+
+    /// A new revision of target `i`'s template.
+    fn roll(&mut self, i: usize, new_version: bool) {
+        let revs = &mut self.revisions[i];
+        let next = revs.iter().map(|r| r.0).max().unwrap_or(0) + 1;
+        revs.push((next, new_version));
+    }
+
+    /// The kept revisions, as the controller reads them.
+    fn history(&self) -> Vec<regression::TargetHistory> {
+        self.revisions
+            .iter()
+            .enumerate()
+            .map(|(i, revs)| regression::TargetHistory {
+                kind: TargetKind::Deployment,
+                name: format!("app-{i}"),
+                uid: "u".into(),
+                revisions: revs
+                    .iter()
+                    .map(|&(n, new)| regression::Revision {
+                        name: format!("app-{i}-{n}"),
+                        number: n,
+                        version: Some(if new { "2.4.0" } else { "2.3.0" }.into()),
+                        earlier: Vec::new(),
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     fn old_code_runs(&self) -> bool {
@@ -1802,7 +1990,11 @@ impl Sim {
     }
 
     fn observed_targets(&self) -> Vec<TargetStatus> {
-        self.targets
+        self.view(&self.targets)
+    }
+
+    fn view(&self, targets: &[Tgt]) -> Vec<TargetStatus> {
+        targets
             .iter()
             .enumerate()
             .map(|(i, t)| {
@@ -1838,6 +2030,7 @@ impl Sim {
         let n = self.targets.len();
         match *ev {
             Ev::Update(i) => {
+                self.roll(i % n, true);
                 self.targets[i % n] = Tgt {
                     new_version: true,
                     old_pods: true,
@@ -1845,6 +2038,7 @@ impl Sim {
                 }
             }
             Ev::Rollback(i) => {
+                self.roll(i % n, false);
                 self.targets[i % n] = Tgt {
                     new_version: false,
                     old_pods: true,
@@ -1862,6 +2056,7 @@ impl Sim {
                 t.old_pods = true;
                 t.rolled_out = false;
             }
+            Ev::JobSucceeds(JobPhase::Contract) => self.contract_commits(),
             Ev::JobSucceeds(p) => {
                 if let Some(k) = self.latest_running(p) {
                     // The executor commits now: the world must still let it.
@@ -1875,6 +2070,9 @@ impl Sim {
                     }
                     if p == JobPhase::Backfill {
                         self.backfilled = !self.tainted.contains(&k.1) && !self.old_code_runs();
+                        if !self.unseen_tainted.contains(&k.1) {
+                            self.backfilled_since_unseen = true;
+                        }
                     }
                     self.jobs
                         .insert(k, JobState::Succeeded(Some(format!("{p} ok"))));
@@ -1907,7 +2105,50 @@ impl Sim {
                 }
             }
             Ev::Advance(s) => self.now += i64::from(s),
+            Ev::Unseen(i) => {
+                // Old code ran: what a backfill did meanwhile may have missed its rows, and
+                // the rollout completed again only now.
+                self.roll(i % n, false);
+                self.roll(i % n, true);
+                self.targets[i % n] = Tgt::OLD;
+                self.complete_since = None;
+                self.taint_backfills();
+                self.targets[i % n] = Tgt::DONE;
+                self.history_due = true;
+                self.last_unseen = Some(self.now);
+                self.backfilled_since_unseen = false;
+                let running: Vec<u32> = self
+                    .jobs
+                    .iter()
+                    .filter(|((k, _), s)| {
+                        *k == key(JobPhase::Backfill) && **s == JobState::Running(None)
+                    })
+                    .map(|((_, a), _)| *a)
+                    .collect();
+                self.unseen_tainted.extend(running);
+            }
+            Ev::Prune(i) => {
+                let revs = &mut self.revisions[i % n];
+                let newest = revs.iter().copied().max_by_key(|r| r.0);
+                revs.retain(|r| Some(*r) == newest);
+            }
+            Ev::KubeletStall(stalled) => {
+                self.stalled = stalled;
+                if !stalled {
+                    // SIGTERM at last: each rolls back.
+                    self.zombies.clear();
+                }
+            }
+            Ev::OperatorAway(away) => {
+                // Back: a new process, which reads the rollout history once per epoch.
+                if self.away && !away {
+                    self.history_due = true;
+                }
+                self.away = away;
+            }
+            Ev::StaleView(stale) => self.stale = stale.then(|| self.targets.clone()),
             Ev::Restart { lost } => {
+                self.history_due = true;
                 if lost {
                     self.status = self.prev_status.clone();
                     if let Some(k) = self.last_write_started.take() {
@@ -1925,12 +2166,92 @@ impl Sim {
             self.complete_since = Some(self.now);
         }
         self.taint_backfills();
+        if (self.away || self.stale.is_some()) && self.old_code_runs() {
+            self.blind = true;
+        }
+    }
+
+    /// A contract executor reaches COMMIT: the running attempt, or one whose Job was deleted
+    /// while the kubelet stalled. It commits only with a grant: the operator is there and the
+    /// verdict on a fresh view of the world is Granted for that very attempt.
+    fn contract_commits(&mut self) {
+        let c = key(JobPhase::Contract);
+        let Some(k) = self
+            .latest_running(JobPhase::Contract)
+            .or_else(|| self.zombies.iter().rfind(|(p, _)| *p == c).copied())
+        else {
+            return;
+        };
+        if self.away {
+            return;
+        }
+        let targets = self.observed_targets();
+        let input = Input {
+            now: ts(self.now),
+            name: NAME,
+            uid: "",
+            generation: 1,
+            spec: &self.spec,
+            status: &self.status,
+            approved: self.approved,
+            retry: self.retry.as_deref(),
+            expand_job: JobState::Absent,
+            contract_job: JobState::Running(None),
+            backfill_job: JobState::Absent,
+            backfill_paused: self.paused,
+            targets,
+            job_policy: &POLICY,
+            waits_for: Vec::new(),
+            unconfirmed_stop: None,
+            // The endpoint reads the rollout history with every grant.
+            history: Some(self.history()),
+        };
+        if super::grant::verdict(&input, k.1).verdict != crate::protocol::grant::Verdict::Granted {
+            return;
+        }
+        // A rollback and roll-forward while the operator was away: its grant reads the
+        // rollout history, lost status writes or not.
+        if (self.spec.backfill.is_some() && !self.backfilled_since_unseen)
+            || self
+                .spec
+                .contract
+                .delay
+                .as_deref()
+                .zip(self.last_unseen)
+                .is_some_and(|(d, u)| self.now - u < secs(d))
+        {
+            self.unsafe_commits += 1;
+        }
+        if self.gate_closed()
+            || (self.spec.backfill.is_some()
+                && !self.backfilled
+                && !self.lost_writes
+                && !self.blind)
+        {
+            self.unsafe_commits += 1;
+        }
+        self.zombies.remove(&k);
+        self.jobs
+            .insert(k, JobState::Succeeded(Some("contract ok".into())));
     }
 
     /// Plan from the current status and world, check the invariants, apply the plan.
     fn step(&mut self) -> Result<(), TestCaseError> {
-        let targets = self.observed_targets();
-        let input = Input {
+        if self.away {
+            return Ok(());
+        }
+        let targets = match &self.stale {
+            Some(frozen) => self.view(frozen),
+            None => self.observed_targets(),
+        };
+        let unconfirmed = self
+            .zombies
+            .contains(&(
+                key(JobPhase::Contract),
+                self.status.contract.as_ref().map_or(0, |c| c.attempts),
+            ))
+            .then(|| "pod x is still Running".to_string());
+        let mut input = Input {
             now: ts(self.now),
             name: NAME,
             uid: "",
@@ -1949,8 +2270,36 @@ impl Sim {
             targets,
             job_policy: &POLICY,
             waits_for: Vec::new(),
+            unconfirmed_stop: unconfirmed,
+            history: None,
         };
-        let plan = plan(&input);
+        let mut plan = plan(&input);
+        // As the controller does: contract and the backfill start only on a quorum read.
+        let gated_start = matches!(
+            plan.action,
+            Action::StartJob {
+                phase: JobPhase::Contract | JobPhase::Backfill,
+                ..
+            }
+        );
+        if gated_start {
+            input.targets = self.observed_targets();
+            plan = super::plan(&input);
+        }
+        // The controller reads the rollout history where the epoch matters: before a
+        // backfill or contract starts, when an epoch has revisions to record, and once per
+        // epoch after it (re)started.
+        if plan.status.rollout_completed_at.is_some()
+            && (gated_start || self.history_due || regression::unrecorded(&plan.status))
+        {
+            input.history = Some(self.history());
+            plan = super::plan(&input);
+            if plan.status.rollout_completed_at == input.status.rollout_completed_at
+                && !regression::unrecorded(input.status)
+            {
+                self.history_due = false;
+            }
+        }
         self.log.push(format!(
             "t={} phase={:?} action={:?} expand_job={:?} contract_job={:?}",
             self.now, plan.status.phase, plan.action, input.expand_job, input.contract_job
@@ -1985,19 +2334,22 @@ impl Sim {
             Action::StopJob { phase, attempt } => {
                 if self.jobs.get(&(key(phase), attempt)) == Some(&JobState::Running(None)) {
                     self.jobs.remove(&(key(phase), attempt));
+                    if self.stalled {
+                        self.zombies.insert((key(phase), attempt));
+                    }
                 }
             }
             Action::None => {}
         }
         // The fence: once a plan has seen a closed gate, no contract attempt is left running.
-        if self.gate_closed() {
+        if self.gate_closed() && self.stale.is_none() {
             prop_assert!(
                 self.latest_running(JobPhase::Contract).is_none(),
                 "a contract attempt still runs after the plan saw a closed gate"
             );
         }
         // The backfill's fence: no backfill attempt runs while old code can.
-        if self.old_code_runs() {
+        if self.old_code_runs() && self.stale.is_none() {
             prop_assert!(
                 self.latest_running(JobPhase::Backfill).is_none(),
                 "a backfill attempt still runs after the plan saw old code"
@@ -2067,11 +2419,27 @@ impl Sim {
                 prop_assert!(expand_done, "contract started before expand succeeded");
                 // The backfill's invariant: contract never starts before the backfill
                 // succeeded in the current rollout epoch (world truth, and as status says).
+                // A rollback and roll-forward while the operator was away: found in the
+                // rollout history whatever status writes were lost.
+                if self.spec.backfill.is_some() {
+                    prop_assert!(
+                        self.backfilled_since_unseen,
+                        "contract started before a backfill ran again after an unseen regression"
+                    );
+                }
+                if let (Some(d), Some(u)) = (self.spec.contract.delay.as_deref(), self.last_unseen)
+                {
+                    prop_assert!(
+                        self.now - u >= secs(d),
+                        "contract started {}s after an unseen regression",
+                        self.now - u
+                    );
+                }
                 if self.spec.backfill.is_some() {
                     // World truth, unless a status write was lost: then the planner may
                     // have forgotten a regression it saw (as it may forget the soak).
                     prop_assert!(
-                        self.backfilled || self.lost_writes,
+                        self.backfilled || self.lost_writes || self.blind,
                         "contract started before a backfill completed with no old code since"
                     );
                     prop_assert!(
@@ -2098,7 +2466,7 @@ impl Sim {
                         "contract started inside the soak"
                     );
                     // Against the world's truth, retries and replacement attempts included.
-                    if !self.lost_writes {
+                    if !self.lost_writes && !self.blind {
                         let Some(truth) = self.complete_since else {
                             return Err(TestCaseError::fail(
                                 "contract started before the rollout completed (world truth)",
@@ -2208,7 +2576,11 @@ impl Sim {
                             .status
                             .contract
                             .as_ref()
-                            .is_some_and(|c| c.reason.as_deref() == Some(reason::GATE_CLOSED)),
+                            .is_some_and(|c| c.reason.as_deref() == Some(reason::GATE_CLOSED))
+                        // The rollout history shows old code rolled out since the epoch began
+                        // (or can no longer rule it out).
+                        || (input.history.is_some()
+                            && plan.status.last_regression != input.status.last_regression),
                     "stopped an attempt with every gate open"
                 );
                 prop_assert_eq!(
@@ -2275,8 +2647,19 @@ impl Sim {
     /// Make the world favourable and keep retrying: the migration must finish.
     fn drain(&mut self) -> Result<(), TestCaseError> {
         self.approved = true;
-        for t in &mut self.targets {
-            *t = Tgt::DONE;
+        self.apply(&Ev::KubeletStall(false));
+        self.apply(&Ev::OperatorAway(false));
+        self.apply(&Ev::StaleView(false));
+        for i in 0..self.targets.len() {
+            // A new template is a new revision.
+            if self.revisions[i]
+                .iter()
+                .max_by_key(|r| r.0)
+                .is_some_and(|r| !r.1)
+            {
+                self.roll(i, true);
+            }
+            self.targets[i] = Tgt::DONE;
         }
         self.apply(&Ev::Advance(0));
         for _ in 0..12 {
@@ -3558,4 +3941,222 @@ fn examples_lint_clean() {
             .any(|p| p.ends_with("rename-column/migration.yaml")),
         "{checked:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Regressions seen from the rollout history (issue 22): a rollback and a roll-forward while
+// the operator was away
+// ---------------------------------------------------------------------------------------
+
+/// `shop-api`'s kept revisions: (number, version).
+fn history(revs: &[(i64, &str)]) -> Option<Vec<regression::TargetHistory>> {
+    Some(vec![regression::TargetHistory {
+        kind: TargetKind::Deployment,
+        name: "shop-api".into(),
+        uid: "u".into(),
+        revisions: revs
+            .iter()
+            .map(|&(n, v)| regression::Revision {
+                name: format!("shop-api-{n}"),
+                number: n,
+                version: Some(v.into()),
+                earlier: Vec::new(),
+            })
+            .collect(),
+    }])
+}
+
+#[test]
+fn the_epoch_records_each_targets_revision_and_config_changes_are_no_regression() {
+    let mut fx = Fx::expanded(SpecBuilder::new().delay("10m").build());
+    fx.complete(true);
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Soaking);
+    assert_eq!(
+        p.status.rollout_revisions,
+        [crate::api::TargetRevision {
+            kind: "Deployment".into(),
+            name: "shop-api".into(),
+            uid: "u".into(),
+            revision: 2
+        }]
+    );
+    assert!(!regression::unrecorded(&p.status));
+    // A config-only change since (same version, new revision): the soak goes on.
+    fx.now += 60;
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0"), (3, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Soaking);
+    assert_eq!(p.status.rollout_completed_at, Some(time(0)));
+    assert!(p.notices.is_empty(), "{:?}", p.notices);
+    assert_eq!(p.status.rollout_revisions[0].revision, 2);
+}
+
+#[test]
+fn a_rollback_behind_our_back_found_in_the_history_restarts_the_soak() {
+    let mut fx = Fx::expanded(SpecBuilder::new().delay("10m").build());
+    fx.complete(true);
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0")]);
+    fx.step();
+    // The operator was down for 15 minutes: 2.3.0 was rolled out again (its ReplicaSet 1 →
+    // 3) and 2.4.0 after it (2 → 4). From what it sees now, the soak is over:
+    fx.now += 900;
+    fx.history = None;
+    assert_eq!(fx.plan().action, start(JobPhase::Contract, 1));
+    // ... but the kept revisions show old code rolled out since the rollout completed.
+    fx.history = history(&[(3, "2.3.0"), (4, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    assert_eq!(p.status.rollout_completed_at, None);
+    assert!(p.status.rollout_revisions.is_empty());
+    let n = p
+        .notices
+        .iter()
+        .find(|n| n.reason == reason::REGRESSION_IN_HISTORY)
+        .expect("an Event");
+    assert!(n.warning);
+    assert!(
+        n.message.contains("revision 3 (shop-api-3, version 2.3.0)")
+            && n.message.contains("completed at revision 2"),
+        "{}",
+        n.message
+    );
+    assert!(p
+        .status
+        .last_regression
+        .as_ref()
+        .is_some_and(|r| r.message == n.message && r.seen_at == time(900)));
+    // The next plan opens a new epoch: the soak counts from now, the revision is recorded
+    // anew (no regression any more).
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Soaking);
+    assert_eq!(p.status.rollout_completed_at, Some(time(900)));
+    assert_eq!(p.status.rollout_revisions[0].revision, 4);
+    fx.now += 599;
+    assert_eq!(phase(&fx.step()), Phase::Soaking);
+    fx.now += 1;
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
+}
+
+#[test]
+fn a_backfill_that_finished_behind_a_hidden_rollback_runs_again_from_the_first_key() {
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0")]);
+    assert_eq!(fx.step().action, start(JobPhase::Backfill, 1));
+    let first_epoch = fx.status.rollout_completed_at.clone();
+    fx.backfill_job = JobState::Running(None);
+    fx.history = None;
+    fx.now += 10;
+    fx.step();
+    // The operator is killed; the app is rolled back and forward; the Job kept running and
+    // finished meanwhile. From what it sees now, contract may start:
+    fx.now += 300;
+    fx.backfill_job = JobState::Succeeded(Some("backfill done".into()));
+    assert_eq!(fx.plan().action, start(JobPhase::Contract, 1));
+    // The history read after the restart shows the regression.
+    fx.history = history(&[(3, "2.3.0"), (4, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    let b = p.status.backfill.clone().expect("backfill");
+    assert_eq!((b.regressions, b.run.succeeded, b.epoch), (1, false, None));
+    assert!(p
+        .notices
+        .iter()
+        .any(|n| n.reason == reason::REGRESSION_IN_HISTORY
+            && n.message
+                .contains("the backfill runs again from its first key")));
+    // A new epoch: attempt 2, from the first key (a new epoch for the executor).
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Backfill, 2));
+    let b = p.status.backfill.clone().expect("backfill");
+    assert_eq!(b.epoch, p.status.rollout_completed_at);
+    assert_ne!(b.epoch, first_epoch);
+}
+
+#[test]
+fn a_regression_in_the_history_stops_running_attempts() {
+    // A backfill still running after the restart.
+    let mut fx = Fx::expanded(with_backfill(SpecBuilder::new()));
+    fx.complete(true);
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0")]);
+    fx.step();
+    fx.backfill_job = JobState::Running(None);
+    fx.now += 60;
+    fx.history = history(&[(3, "2.3.0"), (4, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(
+        p.action,
+        Action::StopJob {
+            phase: JobPhase::Backfill,
+            attempt: 1
+        }
+    );
+    // A running contract attempt.
+    let mut fx = Fx::expanded(SpecBuilder::new().build());
+    fx.complete(true);
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0")]);
+    assert_eq!(fx.step().action, start(JobPhase::Contract, 1));
+    fx.contract_job = JobState::Running(None);
+    fx.history = history(&[(3, "2.3.0"), (4, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(
+        p.action,
+        Action::StopJob {
+            phase: JobPhase::Contract,
+            attempt: 1
+        }
+    );
+    assert_eq!(
+        p.status.contract.as_ref().and_then(|c| c.reason.as_deref()),
+        Some(reason::GATE_CLOSED)
+    );
+}
+
+#[test]
+fn history_pruned_since_the_epoch_counts_as_a_regression() {
+    let mut fx = Fx::expanded(SpecBuilder::new().delay("10m").build());
+    fx.complete(true);
+    fx.history = history(&[(1, "2.3.0"), (2, "2.4.0")]);
+    fx.step();
+    fx.now += 900;
+    // revisionHistoryLimit: 0: only the live ReplicaSet is kept, revision 3 is gone.
+    fx.history = history(&[(4, "2.4.0")]);
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+    assert!(p
+        .notices
+        .iter()
+        .any(|n| n.message.contains("revision 3") && n.message.contains("no longer kept")));
+}
+
+#[test]
+fn a_retry_set_while_the_operator_was_away_does_not_retry_a_later_timeout() {
+    // Found by the favourable-world property once the simulator's event mix changed: the
+    // retry annotation is set while the operator is away, the rollout times out meanwhile;
+    // the operator's first plan declares the timeout, and the retry, asked before it, does
+    // not undo it (only a new value does).
+    let p = Params {
+        targets: 1,
+        delay: None,
+        timeout: Some("3m"),
+        manual: false,
+        backfill: false,
+    };
+    let events = vec![
+        Ev::Update(0),
+        Ev::JobSucceeds(JobPhase::Expand),
+        Ev::RolloutDone(0),
+        Ev::Update(0),
+        Ev::OperatorAway(true),
+        Ev::Retry(true),
+        Ev::Advance(180),
+        Ev::OperatorAway(false),
+        Ev::Advance(1),
+        Ev::Update(0),
+    ];
+    simulate(&p, &events, false, true).unwrap();
 }

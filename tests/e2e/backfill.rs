@@ -191,6 +191,137 @@ async fn backfill_runs_after_the_rollout_shows_progress_and_gates_contract() {
     env.cleanup().await;
 }
 
+/// Issue 22: the operator is killed mid-backfill; behind its back the app is rolled back to
+/// the old version, old code inserts rows inside the key range the backfill already walked
+/// (they have the old column only), the app is rolled forward, and the backfill Job finishes.
+/// When the operator comes back the targets look as complete as before; only the rollout
+/// history (the Deployment's ReplicaSet revisions) shows the regression. No row may be lost
+/// when contract drops the old column: the backfill runs again from its first key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_while_the_operator_was_down_reruns_the_backfill_from_the_first_key() {
+    let mut env = Env::new("backfill-unseen").await;
+    let db = env.pg.client().await;
+    // 3000 rows with even keys 2..6000: old code's rows below fit between them.
+    db.batch_execute(
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text);
+         INSERT INTO users (id, email) SELECT 2 * g, 'u' || g || '@example.com' FROM generate_series(1, 3000) g;
+         ANALYZE users;",
+    )
+    .await
+    .expect("seed");
+    env.create_deployment("shop-api", 2, "1.0.0").await;
+    let mut spec = migration_spec(
+        "ALTER TABLE users ADD COLUMN email_address text;",
+        json!({"sql": "ALTER TABLE users DROP COLUMN email;"}),
+    );
+    // 30 batches of 100 keys (200 key units each), half a second apart.
+    spec["backfill"] = json!({
+        "table": "users",
+        "key": "id",
+        "sql": "UPDATE users SET email_address = email WHERE id > $1 AND id <= $2 AND email_address IS NULL",
+        "batchSize": 100,
+        "maxBatchSize": 100,
+        "pause": "500ms"
+    });
+    const NAME: &str = "users-email-address";
+    env.create_migration(NAME, spec)
+        .await
+        .expect("create migration");
+    env.wait_phase(NAME, Phase::AwaitingRollout, T).await;
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    env.wait_phase(NAME, Phase::Backfilling, T).await;
+    let checkpoint = |sql: &'static str| {
+        let db = &db;
+        async move {
+            // No checkpoint table before the executor's first run.
+            db.query_opt(sql, &[&NAME])
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.get::<_, i64>(0))
+        }
+    };
+    // The scan has walked past key 1000.
+    crate::harness::wait_until(T, "the backfill walked past key 1000", || async {
+        checkpoint("SELECT last_key FROM phasegate.backfill WHERE name = $1")
+            .await
+            .is_some_and(|k| k >= 1000)
+    })
+    .await;
+    let first = env.migrations().get(NAME).await.expect("migration");
+    let first_epoch = first
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout_completed_at.clone())
+        .expect("epoch");
+
+    // The operator dies; its backfill Job runs on.
+    env.kill_operator().await;
+    // Rolled back: old code runs and inserts 500 rows inside the walked range, old column only.
+    env.set_version("shop-api", "1.0.0", json!({})).await;
+    env.wait_rolled_out("shop-api").await;
+    db.batch_execute(
+        "INSERT INTO users (id, email) SELECT g, 'old' || g || '@example.com' FROM generate_series(1, 999, 2) g;",
+    )
+    .await
+    .expect("old code's rows");
+    // Rolled forward again, and the backfill Job finishes its scan.
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    env.wait_rolled_out("shop-api").await;
+    crate::harness::wait_until(
+        Duration::from_secs(120),
+        "the first backfill run finished",
+        || async {
+            checkpoint(
+                "SELECT count(*) FROM phasegate.backfill WHERE name = $1 AND status = 'done'",
+            )
+            .await
+            .is_some_and(|n| n == 1)
+        },
+    )
+    .await;
+
+    env.start_operator();
+    let m = env
+        .wait_phase(NAME, Phase::Succeeded, Duration::from_secs(180))
+        .await;
+    let (lost, total): (i64, i64) = {
+        let r = db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE email_address IS NULL), count(*) FROM users",
+                &[],
+            )
+            .await
+            .expect("count");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(total, 3500);
+    assert_eq!(
+        lost, 0,
+        "rows written by old code behind the backfill's checkpoint lost when contract dropped the old column"
+    );
+    assert!(!env.column_exists("users", "email").await, "contract ran");
+    let status = m.status.clone().expect("status");
+    let b = status.backfill.clone().expect("backfill status");
+    assert_eq!((b.run.attempts, b.regressions), (2, 1), "{b:?}");
+    assert_ne!(b.epoch, Some(first_epoch), "a new rollout epoch");
+    // The second run restarted the scan from the first key (a new epoch in the checkpoint).
+    assert_eq!(
+        checkpoint("SELECT restarts::bigint FROM phasegate.backfill WHERE name = $1").await,
+        Some(1)
+    );
+    env.wait_event(NAME, "RegressionInHistory").await;
+    let raw = crate::regression::raw_status(&env, NAME).await;
+    let why = raw["lastRegression"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains("rollout history") && why.contains("version 1.0.0"),
+        "status.lastRegression: {raw}"
+    );
+    env.cleanup().await;
+}
+
 async fn backfill_metrics(port: u16) -> String {
     let (code, body) = http_get(port, "/metrics").await.expect("GET /metrics");
     assert_eq!(code, 200, "/metrics: {body}");

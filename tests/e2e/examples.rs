@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::ResourceExt;
 use phasegate::api::Phase;
@@ -228,6 +228,75 @@ async fn examples_psql_job() {
             status.contract.map(|c| c.attempts)
         ),
         (Some(1), Some(1))
+    );
+    env.cleanup().await;
+}
+
+/// examples/psql-job stops on SIGTERM: a rollback while its contract psql waits for a lock
+/// deletes the Job, and psql ends with the shell (the example forwards the signal), so the
+/// DROP never commits once the lock frees. A bare `sh -c 'psql …'` leaves psql running.
+#[tokio::test(flavor = "multi_thread")]
+async fn examples_psql_job_stops_on_sigterm() {
+    let env = Env::new("ex-psql-stop").await;
+    run_sql_file(&env, "examples/psql-job/schema.sql").await;
+    apply_file(&env, "examples/psql-job/deployment.yaml").await;
+    env.wait_rolled_out("shop-api").await;
+    apply_file(&env, "examples/psql-job/migration.yaml").await;
+    let name = "users-locale-2-0-0";
+    env.wait_phase(name, Phase::AwaitingRollout, T).await;
+
+    let reader = env.pg.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("reader");
+    ship(&env, "shop-api", "2.0.0").await;
+    let db = env.pg.client().await;
+    wait_until(T, "contract's psql waits for the reader's lock", || async {
+        count(
+            &env,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query ILIKE '%DROP COLUMN legacy_flag%'",
+        )
+        .await
+            > 0
+    })
+    .await;
+    // Rolled back: the Job goes and the stand-in kubelet sends SIGTERM. The reader ends right
+    // then, long before psql's own lock_timeout: a psql still running would now commit.
+    ship(&env, "shop-api", "1.0.0").await;
+    let runner_log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("e2e-logs")
+        .join(format!("{}-runner.log", env.ns));
+    wait_until(T, "SIGTERM sent to the contract pod", || async {
+        std::fs::read_to_string(&runner_log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("pod deleted: sending SIGTERM") && l.contains("-contract-1-"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    reader.batch_execute("COMMIT").await.expect("end reader");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = count(
+        &env,
+        "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE '%DROP COLUMN legacy_flag%' \
+         AND pid <> pg_backend_pid()",
+    )
+    .await;
+    assert_eq!(waiting, 0, "no psql left behind by the stopped Job");
+    assert!(
+        env.column_exists("users", "legacy_flag").await,
+        "the stopped psql never dropped the column"
+    );
+    drop(db);
+
+    ship(&env, "shop-api", "2.0.0").await;
+    let m = env.wait_phase(name, Phase::Succeeded, T).await;
+    assert!(!env.column_exists("users", "legacy_flag").await);
+    assert_eq!(
+        m.status.and_then(|s| s.contract).map(|c| c.attempts),
+        Some(2)
     );
     env.cleanup().await;
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{DeleteParams, ListParams, PropagationPolicy};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::ResourceExt;
 use phasegate::api::Phase;
 use serde_json::json;
@@ -190,6 +190,153 @@ async fn rollback_while_contract_waits_never_commits() {
         m.status.and_then(|s| s.contract).map(|c| c.attempts),
         Some(2),
         "the stopped attempt was followed by one more"
+    );
+    env.cleanup().await;
+}
+
+/// The contract executor waits behind a reader with the app on 2.0.0.
+async fn contract_waiting(test: &str) -> (Env, tokio_postgres::Client) {
+    let env = expanded(test, json!({})).await;
+    let reader = open_reader(&env).await;
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    env.wait_migration(NAME, T, "contract waits behind the reader", |m| {
+        condition(m, "Ready")
+            .is_some_and(|(_, _, msg)| msg.contains("waiting for an older transaction's lock"))
+    })
+    .await;
+    (env, reader)
+}
+
+/// Nothing committed: the column is there and the ledger has no contract row.
+async fn contract_not_applied(env: &Env, why: &str) {
+    assert!(env.column_exists("users", "legacy_flag").await, "{why}");
+    assert_eq!(ledger_rows(env, "contract").await, 0, "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_edit_mid_contract_stops_it() {
+    let (env, reader) = contract_waiting("fence-invalid").await;
+    // Admitted by the API server, refused by the planner (below youngTransaction).
+    let edit = |lock_timeout: &str| json!({"spec": {"safety": {"lockTimeout": lock_timeout}}});
+    env.migrations()
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(&edit("20ms")))
+        .await
+        .expect("edit the migration");
+    let m = env
+        .wait_migration(NAME, T, "the spec refused and the attempt stopped", |m| {
+            let s = m.status.as_ref();
+            s.and_then(|s| s.phase) == Some(Phase::Failed)
+                && s.and_then(|s| s.contract.as_ref())
+                    .is_some_and(|c| c.reason.as_deref() == Some("GateClosed"))
+        })
+        .await;
+    let (_, reason, _) = condition(&m, "Ready").expect("Ready");
+    assert_eq!(reason, "InvalidSpec");
+    wait_until(T, "the stopped contract Job is gone", || async {
+        env.job_names("contract").await.is_empty()
+    })
+    .await;
+    reader.batch_execute("COMMIT").await.expect("commit reader");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    contract_not_applied(&env, "an invalid spec never lets contract commit").await;
+
+    // Fixed in place: a new attempt, through the gates.
+    env.migrations()
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(&edit("2s")))
+        .await
+        .expect("fix the migration");
+    let m = env.wait_phase(NAME, Phase::Succeeded, T).await;
+    assert!(!env.column_exists("users", "legacy_flag").await);
+    assert_eq!(
+        m.status.and_then(|s| s.contract).map(|c| c.attempts),
+        Some(2)
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_operator_never_lets_contract_commit() {
+    let (env, reader) = contract_waiting("fence-opstop").await;
+    env.signal_operator("STOP");
+    // Longer than a grant lives (2 s): whatever the executor held has run out.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.set_version("shop-api", "1.0.0", json!({})).await;
+    wait_until(T, "the rollback reached the pods", || async {
+        env.deployments()
+            .get("shop-api")
+            .await
+            .ok()
+            .and_then(|d| d.status)
+            .is_some_and(|s| s.updated_replicas.unwrap_or(0) > 0)
+    })
+    .await;
+    reader.batch_execute("COMMIT").await.expect("commit reader");
+    drop(reader);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    contract_not_applied(&env, "no grant while the operator is stopped, so no COMMIT").await;
+
+    // Back: it sees the rollback and stops the attempt; rolled forward, contract runs once.
+    env.signal_operator("CONT");
+    let m = env.wait_phase(NAME, Phase::AwaitingRollout, T).await;
+    let rec = m.status.and_then(|s| s.contract).expect("contract record");
+    assert_eq!(rec.reason.as_deref(), Some("GateClosed"), "{rec:?}");
+    contract_not_applied(&env, "still nothing committed").await;
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    let m = env.wait_phase(NAME, Phase::Succeeded, T).await;
+    assert!(!env.column_exists("users", "legacy_flag").await);
+    assert_eq!(ledger_rows(&env, "contract").await, 1);
+    assert_eq!(
+        m.status.and_then(|s| s.contract).map(|c| c.attempts),
+        Some(2)
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_kubelet_never_lets_contract_commit_and_status_says_so() {
+    let (env, reader) = contract_waiting("fence-kubelet").await;
+    // The stand-in kubelet stops: a deleted pod's executor gets no SIGTERM.
+    env.signal_runner("STOP");
+    env.set_version("shop-api", "1.0.0", json!({})).await;
+    env.wait_migration(NAME, T, "status says the stop is not confirmed", |m| {
+        m.status.as_ref().and_then(|s| s.phase) == Some(Phase::AwaitingRollout)
+            && condition(m, "Ready").is_some_and(|(_, _, msg)| msg.contains("stop not confirmed"))
+    })
+    .await;
+    // A grant issued before the rollback may be used for up to its validity (2 s): the
+    // window docs/guarantees.md states. Past it, nothing may commit.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    reader.batch_execute("COMMIT").await.expect("commit reader");
+    drop(reader);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    contract_not_applied(&env, "the executor that never got SIGTERM has no grant").await;
+
+    // Rolled forward while the old executor's pod has not ended: no second attempt beside it.
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    let m = env
+        .wait_migration(NAME, T, "the next attempt waits for the stop", |m| {
+            condition(m, "Ready").is_some_and(|(_, reason, _)| reason == "StopUnconfirmed")
+        })
+        .await;
+    let (_, _, msg) = condition(&m, "Ready").expect("Ready");
+    assert!(msg.contains("pod "), "names the pod: {msg}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = env.migrations().get(NAME).await.expect("migration");
+    assert_eq!(
+        m.status.and_then(|s| s.contract).map(|c| c.attempts),
+        Some(1),
+        "no attempt 2 while attempt 1's executor may still run"
+    );
+    contract_not_applied(&env, "still nothing committed").await;
+
+    // The kubelet is back: the old pod ends, the next attempt commits once.
+    env.signal_runner("CONT");
+    let m = env.wait_phase(NAME, Phase::Succeeded, T).await;
+    assert!(!env.column_exists("users", "legacy_flag").await);
+    assert_eq!(ledger_rows(&env, "contract").await, 1);
+    assert_eq!(
+        m.status.and_then(|s| s.contract).map(|c| c.attempts),
+        Some(2)
     );
     env.cleanup().await;
 }

@@ -27,8 +27,10 @@ pub struct Env {
     pub ns: String,
     pub pg: TestPostgres,
     kubeconfig: PathBuf,
+    /// The operator's: a token of the chart's ServiceAccount, bound to the chart's rules.
+    operator_kubeconfig: PathBuf,
     operator: Option<Child>,
-    _runner: Child,
+    runner: Child,
     pub logs: PathBuf,
     operator_starts: u32,
 }
@@ -83,6 +85,9 @@ impl Env {
         )
         .await;
 
+        // The operator runs as users run it: under the chart's ServiceAccount and RBAC.
+        let operator_kubeconfig = operator_identity(&client, &kubeconfig, &ns).await;
+
         let pg = tokio::task::spawn_blocking(TestPostgres::start)
             .await
             .expect("start PostgreSQL");
@@ -106,8 +111,9 @@ impl Env {
             ns,
             pg,
             kubeconfig,
+            operator_kubeconfig,
             operator: None,
-            _runner: runner,
+            runner,
             logs,
             operator_starts: 0,
         };
@@ -126,9 +132,10 @@ impl Env {
             .logs
             .join(format!("{}-operator-{}.log", self.ns, self.operator_starts));
         self.operator = Some(spawn(
-            &self.kubeconfig,
+            &self.operator_kubeconfig,
             env!("CARGO_BIN_EXE_phasegate"),
             // Port 0: tests run in parallel, each with its own operator (see ha.rs for probes).
+            // Executors (run by the kwok runner on this host) reach its grant port directly.
             &[
                 "controller",
                 "--namespace",
@@ -137,9 +144,23 @@ impl Env {
                 "phasegate:e2e",
                 "--metrics-addr",
                 "127.0.0.1:0",
+                "--grant-addr",
+                "127.0.0.1:0",
             ],
             &log,
         ));
+    }
+
+    /// Send `signal` (`STOP`, `CONT`, …) to the operator: a stopped operator neither plans
+    /// nor answers grant requests.
+    pub fn signal_operator(&self, signal: &str) {
+        send_signal(self.operator.as_ref().and_then(Child::id), signal);
+    }
+
+    /// Send `signal` to this test's stand-in for the kubelet (the kwok runner): stopped, it
+    /// delivers no SIGTERM to a deleted pod's executor and reports nothing.
+    pub fn signal_runner(&self, signal: &str) {
+        send_signal(self.runner.id(), signal);
     }
 
     /// SIGKILL the operator, as a node failure would.
@@ -354,6 +375,16 @@ impl Env {
     }
 }
 
+fn send_signal(pid: Option<u32>, signal: &str) {
+    let pid = pid.expect("the process runs");
+    let ok = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
 pub fn spawn(kubeconfig: &PathBuf, bin: &str, args: &[&str], log: &PathBuf) -> Child {
     let out = std::fs::File::create(log).expect("log file");
     let err = out.try_clone().expect("log file");
@@ -366,6 +397,112 @@ pub fn spawn(kubeconfig: &PathBuf, bin: &str, args: &[&str], log: &PathBuf) -> C
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
+}
+
+/// The operator's rules as the chart grants them (the `phasegate.operatorRules` and
+/// `phasegate.leaderElectionRules` blocks of charts/phasegate/templates/rbac.yaml, one flow
+/// mapping per line), as one namespaced Role: the e2e operator watches one namespace, as the
+/// chart's `watchNamespace` form does.
+fn chart_operator_rules() -> Vec<serde_json::Value> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/phasegate/templates/rbac.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("read the chart's rbac.yaml");
+    let mut rules = Vec::new();
+    let mut inside = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("{{- define \"phasegate.operatorRules\"")
+            || line.starts_with("{{- define \"phasegate.leaderElectionRules\"")
+        {
+            inside = true;
+        } else if line.starts_with("{{- end") {
+            inside = false;
+        } else if inside && line.starts_with("- {") {
+            let rule: serde_json::Value =
+                serde_yaml::from_str(&line[2..]).expect("a one-line rule in rbac.yaml");
+            rules.push(rule);
+        }
+    }
+    assert!(
+        rules.len() > 5,
+        "found the chart's operator rules: {rules:?}"
+    );
+    rules
+}
+
+/// A ServiceAccount `phasegate` in `ns` bound to the chart's operator rules, and a kubeconfig
+/// that authenticates with a token of it (TokenRequest) against the suite's cluster.
+async fn operator_identity(client: &Client, admin: &PathBuf, ns: &str) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let pp = PostParams::default();
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    sas.create(
+        &pp,
+        &serde_json::from_value(json!({"metadata": {"name": "phasegate"}})).expect("sa"),
+    )
+    .await
+    .expect("create the operator's ServiceAccount");
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    roles
+        .create(
+            &pp,
+            &serde_json::from_value(
+                json!({"metadata": {"name": "phasegate"}, "rules": chart_operator_rules()}),
+            )
+            .expect("role"),
+        )
+        .await
+        .expect("create the operator's Role");
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    bindings
+        .create(
+            &pp,
+            &serde_json::from_value(json!({
+                "metadata": {"name": "phasegate"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "phasegate"},
+                "subjects": [{"kind": "ServiceAccount", "name": "phasegate", "namespace": ns}]
+            }))
+            .expect("binding"),
+        )
+        .await
+        .expect("bind the operator's Role");
+    let req: TokenRequest = serde_json::from_value(json!({
+        "spec": {"audiences": [], "expirationSeconds": 6 * 3600}
+    }))
+    .expect("token request");
+    let token = sas
+        .create_token_request("phasegate", &pp, &req)
+        .await
+        .expect("a token of the operator's ServiceAccount")
+        .status
+        .expect("token status")
+        .token;
+    let mut kc = Kubeconfig::read_from(admin).expect("the suite's kubeconfig");
+    let context = kc.current_context.clone().unwrap_or_default();
+    let cluster = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == context)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .expect("the current context's cluster");
+    let kc_text = serde_yaml::to_string(&json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [serde_json::to_value(
+            kc.clusters.drain(..).find(|c| c.name == cluster).expect("cluster")
+        ).expect("cluster json")],
+        "users": [{"name": "phasegate", "user": {"token": token}}],
+        "contexts": [{"name": "phasegate", "context": {"cluster": cluster, "user": "phasegate", "namespace": ns}}],
+        "current-context": "phasegate",
+    }))
+    .expect("kubeconfig yaml");
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kubeconfig-{ns}"));
+    std::fs::write(&path, kc_text).expect("write the operator's kubeconfig");
+    path
 }
 
 async fn install_crd(client: &Client) {
@@ -483,9 +620,12 @@ impl Env {
             "--executor-image",
             "phasegate:e2e",
         ];
+        if !extra.contains(&"--grant-addr") {
+            args.extend_from_slice(&["--grant-addr", "127.0.0.1:0"]);
+        }
         args.extend_from_slice(extra);
         spawn(
-            &self.kubeconfig,
+            &self.operator_kubeconfig,
             env!("CARGO_BIN_EXE_phasegate"),
             &args,
             &log,

@@ -18,6 +18,7 @@ mod order;
 mod plugin;
 #[path = "../support/postgres.rs"]
 mod postgres;
+mod regression;
 mod targets;
 mod tenant;
 

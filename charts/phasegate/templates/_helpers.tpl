@@ -46,3 +46,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- include "phasegate.image" . -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Where executor pods ask for the commit grant: grant.url, else this release's Service. */}}
+{{- define "phasegate.grantURL" -}}
+{{- if .Values.grant.url -}}
+{{- .Values.grant.url -}}
+{{- else -}}
+{{- printf "http://%s.%s.svc:%v" (include "phasegate.fullname" .) .Release.Namespace .Values.grant.port -}}
+{{- end -}}
+{{- end }}

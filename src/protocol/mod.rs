@@ -1,0 +1,7 @@
+//! The contract between the operator and its executor (`phasegate apply`), two processes that
+//! share only what is here: no I/O and no Kubernetes types.
+//!
+//! - [`grant`]: the commit grant — the operator's fresh, attempt-bound "every gate holds"
+//!   without which a contract attempt never sends COMMIT (the fail-safe half of the fence).
+
+pub mod grant;
