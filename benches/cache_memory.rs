@@ -220,13 +220,12 @@ fn max_size_migrations(n: usize) {
     // next to the page's JSON and the cache it replaces.
     let page_text: usize = texts.iter().take(20).map(String::len).sum();
     let before = live();
-    let decoded: Vec<DatabaseMigration> = texts
+    let page: Vec<DatabaseMigration> = texts
         .iter()
         .take(20)
         .map(|t| serde_json::from_str(t).expect("decodes"))
         .collect();
     let page_heap = live() - before;
-    drop(decoded);
     let mib = |b: f64| b / 1_048_576.0;
     let page_bytes = page_heap as f64 + page_text as f64;
     // kube-runtime's reflector fills a new map during a relist and swaps it in at the end:

@@ -88,7 +88,11 @@ for f in cluster namespaced; do
   expect_render "${WORK}/${f}.yaml" "${f}: author ClusterRole" "^  name: ${RELEASE}-author$" 1
   expect_render "${WORK}/${f}.yaml" "${f}: author role not aggregated by default" 'aggregate-to-edit' 0
 done
-expect_render "${WORK}/cluster.yaml" "cluster: binding covers every namespace" 'namespaceSelector' 0
+# The binding's own documents only (the grant's NetworkPolicy has a namespaceSelector too).
+docs_of() { awk -v kind="$2" '/^---/ {if (doc ~ "\nkind: " kind "\n") printf "%s", doc; doc = ""} {doc = doc $0 "\n"} END {if (doc ~ "\nkind: " kind "\n") printf "%s", doc}' "$1"; }
+docs_of "${WORK}/cluster.yaml" ValidatingAdmissionPolicyBinding >"${WORK}/cluster-binding.yaml"
+expect_render "${WORK}/cluster-binding.yaml" "cluster: binding rendered" '^kind: ValidatingAdmissionPolicyBinding$' 1
+expect_render "${WORK}/cluster-binding.yaml" "cluster: binding covers every namespace" 'namespaceSelector' 0
 expect_render "${WORK}/namespaced.yaml" "namespaced: binding covers the watched namespace" "kubernetes.io/metadata.name: \"${WATCH_NS}\"" 1
 expect_render "${WORK}/no-vap.yaml" "admissionPolicy.enabled=false: no admission policy" 'ValidatingAdmissionPolicy' 0
 expect_render "${WORK}/no-vap.yaml" "admissionPolicy.enabled=false: the operator still polices" 'name: PHASEGATE_JOB_POLICY' 1
@@ -130,6 +134,24 @@ else
 fi
 
 expect_render "${WORK}/monitor.yaml" "ServiceMonitor rendered when enabled" '^kind: ServiceMonitor$' 1
+
+# The commit grant: container and Service port `grant`, the URL executors get, the NetworkPolicy
+# letting executor pods (and only them) reach it; a fixed ClusterIP and URL where pods have no DNS.
+"${HELM}" template "${RELEASE}" "${CHART}" -n "${NS}" --set service.clusterIP=10.0.0.12 \
+  --set grant.url=http://10.0.0.12:8082 >"${WORK}/grant-ip.yaml"
+"${HELM}" template "${RELEASE}" "${CHART}" -n "${NS}" --set grant.networkPolicy.enabled=false >"${WORK}/no-netpol.yaml"
+for f in cluster namespaced; do
+  expect_render "${WORK}/${f}.yaml" "${f}: grant port on the container and the Service" '^ *- name: grant$|^ *targetPort: grant$' 3
+  expect_render "${WORK}/${f}.yaml" "${f}: grant served on 8082" 'value: "0\.0\.0\.0:8082"' 1
+  expect_render "${WORK}/${f}.yaml" "${f}: executors ask the Service by its DNS name" \
+    "value: \"http://${RELEASE}\\.${NS}\\.svc:8082\"" 1
+  expect_render "${WORK}/${f}.yaml" "${f}: NetworkPolicy" '^kind: NetworkPolicy$' 1
+  expect_render "${WORK}/${f}.yaml" "${f}: grant port from executor pods only" 'phasegate.dev/executor: "true"' 1
+  expect_render "${WORK}/${f}.yaml" "${f}: no fixed ClusterIP by default" 'clusterIP:' 0
+done
+expect_render "${WORK}/grant-ip.yaml" "service.clusterIP: a fixed ClusterIP" '^  clusterIP: 10\.0\.0\.12$' 1
+expect_render "${WORK}/grant-ip.yaml" "grant.url: executors ask that URL" 'value: "http://10\.0\.0\.12:8082"' 1
+expect_render "${WORK}/no-netpol.yaml" "grant.networkPolicy.enabled=false: no NetworkPolicy" 'NetworkPolicy' 0
 expect_render "${WORK}/cluster.yaml" "no ServiceMonitor by default" 'ServiceMonitor' 0
 
 # ---------------------------------------------------------------- against the API server
@@ -228,6 +250,7 @@ if k apply -f "${WORK}/cluster-nocrd.yaml" >/dev/null; then
   can_i yes get jobs.batch "${OTHER_NS}"
   can_i yes patch jobs.batch "${OTHER_NS}"
   can_i yes watch jobs.batch ""
+  can_i yes delete jobs.batch "${OTHER_NS}" # the fence's fast stop
   can_i yes get deployments.apps "${OTHER_NS}"
   can_i yes watch deployments.apps ""
   can_i yes get statefulsets.apps "${OTHER_NS}"
@@ -257,7 +280,6 @@ if k apply -f "${WORK}/cluster-nocrd.yaml" >/dev/null; then
   can_i no patch databasemigrations.phasegate.dev "${OTHER_NS}"
   can_i no delete databasemigrations.phasegate.dev "${OTHER_NS}"
   can_i no update databasemigrations.phasegate.dev "${OTHER_NS}" status
-  can_i no delete jobs.batch "${OTHER_NS}"
   can_i no update jobs.batch "${OTHER_NS}"
   can_i no patch deployments.apps "${OTHER_NS}"
   can_i no update statefulsets.apps "${OTHER_NS}"
@@ -281,12 +303,14 @@ if k apply -f "${WORK}/namespaced-nocrd.yaml" >/dev/null; then
   can_i yes list databasemigrations.phasegate.dev "${WATCH_NS}"
   can_i yes patch databasemigrations.phasegate.dev "${WATCH_NS}" status
   can_i yes create jobs.batch "${WATCH_NS}"
+  can_i yes delete jobs.batch "${WATCH_NS}"
   can_i yes list pods "${WATCH_NS}"
   can_i yes create events.events.k8s.io "${WATCH_NS}"
   can_i yes create leases.coordination.k8s.io "${NS}"
   can_i no list databasemigrations.phasegate.dev ""
   can_i no list databasemigrations.phasegate.dev "${OTHER_NS}"
   can_i no create jobs.batch "${OTHER_NS}"
+  can_i no delete jobs.batch "${OTHER_NS}"
   can_i no list pods ""
   can_i yes get pods "${WATCH_NS}" log
   can_i no get pods "${OTHER_NS}" log

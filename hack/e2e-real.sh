@@ -9,7 +9,9 @@
 # Checked, each as a user would see it:
 #   1. the operator: ServiceAccount only, probes passed by the kubelet, /metrics, /healthz and
 #      /readyz scraped over the pod network, exactly one leader;
-#   2. the quickstart (examples/quickstart) end to end: expand, rollout, contract;
+#   2. the quickstart (examples/quickstart) end to end: expand, rollout, contract — the
+#      contract executor gets its commit grant from the leading operator through the chart's
+#      Service (kube-proxy on the real node; a fixed ClusterIP, as there is no cluster DNS);
 #   3. a failing expand: the container's exit code and the executor's report reach status;
 #      a user Job whose container cannot start (`command: ["/$(K)"]`, K from the database
 #      Secret: the runtime quotes the expanded value) or waits on a missing Secret key: the
@@ -17,13 +19,20 @@
 #   4. a rollback holds contract, even once approved;
 #   5. leader election: a hung leader (SIGSTOP) loses the Lease to the standby and is restarted
 #      by the kubelet's liveness probe; a killed leader container (SIGKILL) is restarted and one
-#      replica leads throughout; the held migration then finishes.
+#      replica leads throughout; the held migration then finishes;
+#   6. a rollback while contract waits (behind an open reader transaction on the table it
+#      drops): the reader ends, and the DROP never commits while the old version serves (no
+#      ledger row, the column kept, AwaitingRollout/GateClosed); rolled forward, it commits once.
+#      Again with the kubelet stalled (SIGSTOP) across the rollback, so no stop reaches the
+#      executor and the commit grant alone holds the DROP.
 #
 # Application Deployments (rollout targets) stay on kwok's fake nodes; only the operator and
 # the executor Jobs select the real node (nodeSelector + toleration of its taint, set through
 # the chart's executor.pod values). Fails, never skips, when something cannot run.
 #
-# Environment: PHASEGATE_CACHE; PHASEGATE_E2E_REAL_KEEP=1 keeps namespaces for debugging.
+# Environment: PHASEGATE_CACHE; PHASEGATE_E2E_REAL_KEEP=1 keeps namespaces for debugging;
+# PHASEGATE_E2E_REAL_SERVICE_IP: the operator Service's fixed ClusterIP (default 10.0.0.12, in
+# the static band of the local cluster's 10.0.0.0/24 Service range).
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +47,8 @@ PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
 if [[ "$(id -u)" -eq 0 ]]; then PGHOME=/var/tmp/phasegate-e2e-real-postgres; else PGHOME="${CACHE}/e2e-real-postgres"; fi
 PGDATA="${PGHOME}/data"
 PGPASS=phasegate-e2e
+SERVICE_IP="${PHASEGATE_E2E_REAL_SERVICE_IP:-10.0.0.12}"
+GRANT_URL="http://${SERVICE_IP}:8082"
 START=$(date +%s)
 failures=0
 passes=0
@@ -74,7 +85,7 @@ flock -n 7 || { log "another e2e-real run holds ${CACHE}/e2e-real.lock; waiting 
 eval "$("${ROOT}/hack/local-cluster.sh" env)"
 t0=$(date +%s)
 "${ROOT}/hack/real-node.sh" up 7>&- || die "the real node did not come up (see ~/.cache/phasegate/real-node/*.log)"
-eval "$("${ROOT}/hack/real-node.sh" env)" # NODE NODE_IP TAINT_KEY POD_CIDR POD_GATEWAY IMAGE CONTAINERD_ADDRESS
+eval "$("${ROOT}/hack/real-node.sh" env)" # NODE NODE_IP TAINT_KEY POD_CIDR POD_GATEWAY IMAGE CONTAINERD_ADDRESS KUBELET_PID_FILE
 export CONTAINERD_ADDRESS # for ctr
 t1=$(date +%s)
 "${ROOT}/hack/real-node.sh" image || die "the image build failed"
@@ -88,7 +99,16 @@ jp() { kc get "$1" "$2" -o "jsonpath=$3" 2>/dev/null; }
 phase() { jp dbm "$1" '{.status.phase}'; }
 phase_is() { [[ "$(phase "$1")" == "$2" ]]; }
 
+# The kubelet, if a check stalled it (SIGSTOP): resumed before anything needs it, and on exit.
+kubelet_stalled=""
+resume_kubelet() {
+  [[ -n "${kubelet_stalled}" ]] || return 0
+  kill -CONT "$(cat "${KUBELET_PID_FILE}")" 2>/dev/null || true
+  kubelet_stalled=""
+}
+
 dump() {
+  resume_kubelet
   log "---- state for debugging"
   kubectl get nodes -o wide >&2 || true
   kubectl -n "${OP_NS}" get pods -o wide >&2 || true
@@ -100,6 +120,7 @@ dump() {
   done
   kubectl get events -n "${NS}" --sort-by=.lastTimestamp 2>/dev/null | tail -20 >&2 || true
   tail -20 "${CACHE}/real-node/kubelet.log" >&2 || true
+  tail -10 "${CACHE}/real-node/kube-proxy.log" >&2 || true
 }
 
 as_pg() { if [[ "$(id -u)" -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -107,6 +128,7 @@ stop_postgres() { [[ -d "${PGDATA}" ]] && as_pg "${PGBIN}/pg_ctl" -D "${PGDATA}"
 
 cleanup() {
   local rc=$?
+  resume_kubelet
   if [[ "${PHASEGATE_E2E_REAL_KEEP:-}" != 1 ]]; then
     "${HELM}" uninstall "${RELEASE}" -n "${OP_NS}" --wait --timeout 60s >/dev/null 2>&1 || true
     kubectl delete namespace "${NS}" "${OP_NS}" --ignore-not-found --wait=true --timeout=90s >/dev/null 2>&1 || true
@@ -149,8 +171,9 @@ done
 # ---------------------------------------------------------------- install (README's command)
 
 # The cluster admin's values for this machine: the image built here, the operator and its
-# executor Jobs on the real node, and the API server's real address (pods cannot reach the
-# `kubernetes` Service's ClusterIP without kube-proxy).
+# executor Jobs on the real node, the API server's real address (its certificate does not
+# cover the `kubernetes` Service's ClusterIP), and — no cluster DNS here — a fixed ClusterIP
+# for the operator's Service, which executors ask for their commit grant.
 cat >"${PGHOME}/values.yaml" <<EOF
 replicas: 2
 image:
@@ -162,6 +185,8 @@ tolerations: [{key: ${TAINT_KEY}, operator: Exists, effect: NoSchedule}]
 extraEnv:
   - {name: KUBERNETES_SERVICE_HOST, value: "${NODE_IP}"}
   - {name: KUBERNETES_SERVICE_PORT, value: "${API_PORT}"}
+service: {clusterIP: ${SERVICE_IP}}
+grant: {url: "${GRANT_URL}"}
 executor:
   pod:
     nodeSelector: {${TAINT_KEY}: "true"}
@@ -228,6 +253,15 @@ for p in "${OP_PODS[@]}"; do
   fi
 done
 expect_eq "exactly one leader among the replicas" 1 "${leaders}"
+# The Service's ClusterIP leads to the operator (kube-proxy's DNAT), not to whatever answers
+# an unknown address here (a TLS-intercepting proxy): a request that is not a grant request
+# gets the operator's own refusal. From the host; executor pods use the same rules.
+expect_eq "the operator Service has the fixed ClusterIP" "${SERVICE_IP}" \
+  "$(opk get service "${RELEASE}" -o jsonpath='{.spec.clusterIP}')"
+wait_until 30 "the Service's endpoints" bash -c "[[ \"\$(kubectl -n ${OP_NS} get endpointslices \
+  -l kubernetes.io/service-name=${RELEASE} -o jsonpath='{.items[*].endpoints[*].addresses[0]}' | wc -w)\" -eq 2 ]]"
+expect_has "${GRANT_URL} answers as the operator (through kube-proxy)" "not a grant request" \
+  "$(curl -sS --max-time 5 -X POST -H 'content-type: application/json' -d '{}' "${GRANT_URL}/v1/commit-grant" 2>&1 || true)"
 
 # ---------------------------------------------------------------- 2. the quickstart
 
@@ -255,6 +289,16 @@ cols="$(columns shop users)"
 expect_eq "quickstart: users columns after contract" "email,email_verified,id" "${cols}"
 cjob="$(jp dbm users-email-verified '{.status.contract.jobName}')"
 expect_eq "contract Job completed" "1" "$(kc get job "${cjob}" -o jsonpath='{.status.succeeded}')"
+# The commit grant: the executor was told the Service's address and got its "yes" from the
+# leader through it (the leader counts the grants it gave).
+cpod="$(kc get pods -l job-name="${cjob}" -o jsonpath='{.items[0].metadata.name}')"
+expect_eq "contract executor asks ${GRANT_URL}" "${GRANT_URL}" \
+  "$(kc get pod "${cpod}" -o jsonpath='{.spec.containers[0].env[?(@.name=="PHASEGATE_GRANT_URL")].value}')"
+expect_has "contract executor logged its commit grant" "Granted" "$(kc logs "${cpod}" 2>&1 | grep 'commit grant' || true)"
+grants_given() { curl -fsS --max-time 5 "http://$(pod_ip "$(leader_of_lease)"):8080/metrics" | awk '$1 == "phasegate_commit_grants_total{reason=\"Granted\"}" {print $2}'; }
+g="$(grants_given || true)"
+[[ "${g:-0}" =~ ^[0-9]+$ && "${g:-0}" -ge 1 ]] && pass "the leader gave commit grants (phasegate_commit_grants_total{reason=\"Granted\"} ${g})" \
+  || fail "the leader's phasegate_commit_grants_total{reason=\"Granted\"}: '${g}'"
 expect_eq "quickstart Ready condition" "True" "$(jp dbm users-email-verified '{.status.conditions[?(@.type=="Ready")].status}')"
 
 # ---------------------------------------------------------------- 3. a failing expand
@@ -455,6 +499,148 @@ pass "killed leader: exactly one replica leads ($(leader_of_lease)), and it hold
 set_billing 2.0.0
 wait_until "${T}" "invoices-total Succeeded after the failovers" phase_is invoices-total Succeeded
 expect_eq "failover: contract ran" "id,total,total_cents" "$(columns billing invoices)"
+
+# ---------------------------------------------------------------- 6. rollback while contract waits
+
+# Under the chart's ServiceAccount (the operator as installed above). A contract executor waits
+# behind a reader's open transaction on the table it drops; the app is rolled back; the reader
+# ends. The DROP must not commit while 1.0.0 pods serve. Twice:
+#   a) as it normally goes: the fast stop (the operator deletes the Job, the kubelet stops the
+#      executor) ends the attempt before the reader does;
+#   b) with the kubelet stalled (SIGSTOP) from before the rollback until after the reader
+#      ended: no stop reaches the executor; only the commit grant, no longer given once the
+#      gate closed, keeps it from committing.
+
+# A reader: a session that read <table> in a transaction it keeps open until end_reader.
+open_reader() {
+  rm -f "${PGHOME}/reader.fifo"
+  mkfifo "${PGHOME}/reader.fifo"
+  PGPASSWORD="${PGPASS}" psql -qtAX -h 127.0.0.1 -p "${PGPORT}" -U shop -d shop \
+    <"${PGHOME}/reader.fifo" >"${PGHOME}/reader.log" 2>&1 7>&- &
+  reader_pid=$!
+  exec 6>"${PGHOME}/reader.fifo"
+  echo "BEGIN; SELECT count(*) FROM $1;" >&6
+  wait_until 30 "the reader's open transaction" bash -c "[[ \"\$(PGPASSWORD=${PGPASS} psql -qtAX -h 127.0.0.1 -p ${PGPORT} -U shop -d shop -c \
+    \"SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' AND state = 'idle in transaction'\")\" -ge 1 ]]"
+}
+end_reader() { echo "COMMIT;" >&6; exec 6>&-; wait "${reader_pid}" || true; }
+set_version() { kc patch deployment "$1" --type merge -p "{\"spec\":{\"template\":{\"metadata\":{\"labels\":{\"app.kubernetes.io/version\":\"$2\"}}}}}" >/dev/null; }
+stall_kubelet() { kubelet_stalled=1; kill -STOP "$(cat "${KUBELET_PID_FILE}")"; }
+# What the executor's container printed, read from the node's log file (no kubelet needed).
+executor_log() { cat /var/log/pods/"${NS}_$1"_*/executor/*.log 2>/dev/null || true; }
+# The executor's grant answers as it logged them (on each change of verdict).
+verdicts() { executor_log "$1" | grep 'commit grant' | grep 'verdict'; }
+# Its latest answer is not a grant.
+lost_grant() { verdicts "$1" | tail -1 | grep -Eq 'Withheld|Superseded'; }
+
+# rollback_while_waiting <case> <migration> <table> <deployment> <stall the kubelet: yes|no>
+rollback_while_waiting() {
+  local c="$1" m="$2" table="$3" app="$4" stall="$5" t6 cjob cpod cid rolled_back
+  t6=$(date +%s)
+  psql_ -d shop -c "CREATE TABLE ${table} (id bigserial PRIMARY KEY, note text, legacy_code text);
+    INSERT INTO ${table} (note) VALUES ('first');"
+  cat <<EOF | kc apply -f - >/dev/null
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ${app}}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: ${app}}}
+  template:
+    metadata: {labels: {app: ${app}, app.kubernetes.io/version: "1.0.0"}}
+    spec:
+      securityContext: {runAsNonRoot: true, runAsUser: 1000, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: api
+          image: example.com/shop/${app}:1.0.0
+          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+---
+apiVersion: phasegate.dev/v1alpha1
+kind: DatabaseMigration
+metadata: {name: ${m}}
+spec:
+  appVersion: "2.0.0"
+  database: {urlSecretRef: {name: shop-db, key: url}}
+  expand: {sql: "ALTER TABLE ${table} ADD COLUMN code text;"}
+  contract: {sql: "ALTER TABLE ${table} DROP COLUMN legacy_code;"}
+  rollout:
+    targets: [{kind: Deployment, name: ${app}}]
+    versionFrom: {label: app.kubernetes.io/version}
+EOF
+  ledger_rows() { psql_ -d shop -c "SELECT count(*) FROM phasegate.ledger WHERE name = '${m}' AND phase = 'contract'"; }
+  wait_until "${T}" "${m} AwaitingRollout (expand applied)" phase_is "${m}" AwaitingRollout
+  open_reader "${table}"
+  set_version "${app}" 2.0.0
+  wait_until "${T}" "${m} Contracting" phase_is "${m}" Contracting
+  # Behind the reader: its lock on the table, or the database check's old transaction.
+  wait_until "${T}" "status to say the contract executor waits for the reader" bash -c \
+    "kubectl -n ${NS} get dbm ${m} -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].message}' | grep -Eq 'waiting for (an older transaction|old sessions)'"
+  pass "${c}: status says the contract waits for the reader ($(jp dbm "${m}" '{.status.conditions[?(@.type=="Ready")].message}' | head -c 100) ...)"
+  cjob="$(jp dbm "${m}" '{.status.contract.jobName}')"
+  cpod="$(kc get pods -l job-name="${cjob}" -o jsonpath='{.items[0].metadata.name}')"
+  expect_eq "${c}: the waiting executor runs on the real node" "${NODE} Running" \
+    "$(kc get pod "${cpod}" -o jsonpath='{.spec.nodeName} {.status.phase}')"
+  if [[ "${stall}" == yes ]]; then
+    wait_until 30 "the waiting executor to hold a commit grant" bash -c \
+      "kubectl -n ${NS} logs ${cpod} | grep 'commit grant' | grep -q Granted"
+    pass "${c}: the waiting executor holds a commit grant"
+    cid="$(kc get pod "${cpod}" -o jsonpath='{.status.containerStatuses[0].containerID}')"
+    stall_kubelet
+    log "${c}: stalled the kubelet (SIGSTOP)"
+  fi
+  # The app is rolled back while the executor waits.
+  rolled_back=$(date +%s%N)
+  set_version "${app}" 1.0.0
+  wait_until "${T}" "${m} back to AwaitingRollout" phase_is "${m}" AwaitingRollout
+  local status_ms=$((($(date +%s%N) - rolled_back) / 1000000))
+  pass "${c}: AwaitingRollout ${status_ms} ms after the rollback was written"
+  expect_eq "${c}: the attempt is GateClosed" "GateClosed" "$(jp dbm "${m}" '{.status.contract.reason}')"
+  if [[ "${stall}" == yes ]]; then
+    # The Job is deleted, yet nothing stops the executor: its container still runs, and it
+    # learns that the gate closed from its next grant request.
+    expect_eq "${c}: the executor's container still runs (no stop delivered)" "RUNNING" \
+      "$(ctr -n k8s.io tasks ls | awk -v c="${cid#containerd://}" '$1 == c {print $3}')"
+    wait_until 15 "the executor to lose its commit grant" lost_grant "${cpod}"
+    # When: the first answer after its last grant, by the container log's own timestamp.
+    local refused_at
+    refused_at="$(verdicts "${cpod}" | awk '/Granted/ {at = ""; next} at == "" {at = $1} END {print at}')"
+    refused_at="$(date -d "${refused_at}" +%s%N 2>/dev/null || echo 0)"
+    pass "${c}: the operator refused the executor's next grant request $(((refused_at - rolled_back) / 1000000)) ms after the rollback was written (status said AwaitingRollout after ${status_ms} ms)"
+  else
+    wait_until 60 "the stopped executor pod to be gone" bash -c "! kubectl -n ${NS} get pod ${cpod} >/dev/null 2>&1"
+    pass "${c}: the stopped executor pod is gone"
+  fi
+  # The reader ends: nothing but the fence stands between the DROP and COMMIT now.
+  end_reader
+  sleep 6
+  expect_has "${c}: after the reader ended, the dropped column is still there" "legacy_code" "$(columns shop "${table}")"
+  expect_eq "${c}: after the reader ended, no contract row in the ledger" "0" "$(ledger_rows)"
+  expect_eq "${c}: after the reader ended, still AwaitingRollout/GateClosed" "AwaitingRollout GateClosed" \
+    "$(jp dbm "${m}" '{.status.phase} {.status.contract.reason}')"
+  if [[ "${stall}" == yes ]]; then
+    # Once the reader let it go, it asked for the grant it needs before taking its locks and
+    # was told its attempt is over (were the reader to end within a grant's validity after the
+    # rollback, it would run the DROP and roll back at COMMIT instead: no valid grant).
+    local said
+    said="$(executor_log "${cpod}" | grep -Eo 'was superseded[^"]*|no valid commit grant right before COMMIT' | head -1)"
+    [[ -n "${said}" ]] && pass "${c}: the executor ended without committing: ${said:0:140}" \
+      || fail "${c}: the executor's log says neither 'superseded' nor 'no valid commit grant': $(executor_log "${cpod}" | tail -5)"
+    resume_kubelet
+    log "${c}: resumed the kubelet (SIGCONT)"
+    wait_until 60 "the stopped executor pod to be gone" bash -c "! kubectl -n ${NS} get pod ${cpod} >/dev/null 2>&1"
+    pass "${c}: once the kubelet is back, the stopped executor pod is gone"
+  fi
+  expect_eq "${c}: no contract Job runs" "" "$(kc get jobs -l phasegate.dev/phase=contract,phasegate.dev/migration="${m}" -o name)"
+  # Rolled forward: the next attempt commits, once.
+  set_version "${app}" 2.0.0
+  wait_until "${T}" "${m} Succeeded after the roll forward" phase_is "${m}" Succeeded
+  expect_eq "${c}: rolled forward, contract ran" "code,id,note" "$(columns shop "${table}")"
+  expect_eq "${c}: rolled forward, one contract row in the ledger" "1" "$(ledger_rows)"
+  expect_eq "${c}: rolled forward, the stopped attempt was followed by one more" "2" "$(jp dbm "${m}" '{.status.contract.attempts}')"
+  log "${c}: $(($(date +%s) - t6))s"
+}
+rollback_while_waiting "rollback while contract waits" orders-code orders orders-api no
+rollback_while_waiting "rollback while contract waits, kubelet stalled" payments-code payments payments-api yes
 
 log "real node: ${NODE}; setup $((t1 - t0))s, image $((t2 - t1))s, tests $(($(date +%s) - t2))s"
 [[ "${failures}" -eq 0 ]] || { dump; exit 1; }

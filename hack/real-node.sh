@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # One real node for the local control plane (hack/local-cluster.sh): containerd + runc + a
-# kubelet built from k8s.io/kubernetes (hack/tools/kubelet/go.mod) on this machine, joined to
-# the running cluster next to kwok's fake nodes. Pods scheduled there run as real containers.
+# kubelet and a kube-proxy built from k8s.io/kubernetes (hack/tools/kubelet/go.mod) on this
+# machine, joined to the running cluster next to kwok's fake nodes. Pods scheduled there run as
+# real containers and reach ClusterIP Services (kube-proxy, iptables mode); there is no cluster
+# DNS, so they reach a Service by its IP, not its name.
 #
 #   hack/real-node.sh up       install packages, build what is missing (cached), start
-#                              containerd and the kubelet, wait for the node to be Ready
-#   hack/real-node.sh down     drain, stop both, restore every sysctl and iptables rule changed
-#   hack/real-node.sh status   exit 0 when the node is up and Ready
+#                              containerd, the kubelet and kube-proxy, wait for the node to be
+#                              Ready and the Service rules to be in place
+#   hack/real-node.sh down     drain, stop all three, restore every sysctl and iptables rule
+#                              changed (and say so if the rules differ from before `up`)
+#   hack/real-node.sh status   exit 0 when the node is up and Ready and kube-proxy runs
 #   hack/real-node.sh image    build the phasegate image (runtime stage of ./Dockerfile, the
 #                              host-built binary copied in) and load it into containerd
 #   hack/real-node.sh image-full  the same from the full multi-stage Dockerfile (slow)
 #   hack/real-node.sh env      print NODE=, NODE_IP=, TAINT_KEY=, POD_CIDR=, IMAGE=,
-#                              CONTAINERD_ADDRESS= (for ctr) for scripts
+#                              CONTAINERD_ADDRESS= (for ctr), KUBELET_PID_FILE= for scripts
 #
 # The node is tainted `phasegate.dev/real-node=true:NoSchedule` and labelled
 # `phasegate.dev/real-node=true`: only pods that tolerate the taint (and select the label) run
@@ -34,6 +38,7 @@ KUBECONFIG_PATH="${CACHE}/kubeconfig"
 modver() { awk -v m="$2" '$1 == m && $2 ~ /^v/ {print $2; exit} $1 == "require" && $2 == m {print $3; exit}' "$1"; }
 K8S_VERSION="$(modver "${HACK}/tools/kubelet/go.mod" k8s.io/kubernetes)"
 KUBELET="${RN}/kubelet-${K8S_VERSION}/kubelet"
+KUBE_PROXY="${RN}/kubelet-${K8S_VERSION}/kube-proxy"
 KUBECTL="${CACHE}/k8s-$(modver "${HACK}/tools/kube/go.mod" k8s.io/kubernetes)/bin/kubectl"
 # Runtime state (containerd's images and snapshots stay across down/up; pods do not).
 STATE=/var/lib/phasegate-real-node
@@ -47,11 +52,17 @@ TAINT_KEY=phasegate.dev/real-node
 POD_CIDR=10.244.0.0/24
 POD_GATEWAY=10.244.0.1
 BRIDGE=phasegate0
+KUBE_PROXY_HEALTHZ_PORT=10256
+KUBE_PROXY_METRICS_PORT=10249
 PAUSE_IMAGE=localhost/phasegate-pause:3.10
 VERSION="$(awk -F'"' '/^version *=/ {print $2; exit}' "${REPO_ROOT}/Cargo.toml")"
 IMAGE="docker.io/library/phasegate:${VERSION}"
+# The kubelet's, the CNI plugins' and kube-proxy's (kube-proxy is configured to leave the
+# conntrack limits and route_localnet alone; they are saved and restored all the same).
 SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forward
-  net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables)
+  net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables
+  net.ipv4.conf.all.route_localnet net.netfilter.nf_conntrack_max
+  net.netfilter.nf_conntrack_tcp_timeout_established net.netfilter.nf_conntrack_tcp_timeout_close_wait)
 # buildah/podman settings of this machine (rlimits, runc), without touching /etc/containers.
 export CONTAINERS_CONF="${RN}/containers.conf"
 
@@ -92,21 +103,23 @@ EOF
   mv -f "${CONTAINERS_CONF}.tmp" "${CONTAINERS_CONF}"
 }
 
-build_kubelet() {
-  [[ -x "${KUBELET}" ]] && return 0
-  command -v go >/dev/null || die "go is required to build the kubelet"
-  local tmp="${KUBELET}.tmp.$$" start flags="-s -w" p
-  mkdir -p "$(dirname "${KUBELET}")"
+# build_k8s <binary path> <cmd name>: k8s.io/kubernetes/cmd/<name> at K8S_VERSION, cached.
+build_k8s() {
+  local out="$1" name="$2"
+  [[ -x "${out}" ]] && return 0
+  command -v go >/dev/null || die "go is required to build the ${name}"
+  local tmp="${out}.tmp.$$" start flags="-s -w" p
+  mkdir -p "$(dirname "${out}")"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     flags+=" -X ${p}.gitVersion=${K8S_VERSION} -X ${p}.gitMajor=$(echo "${K8S_VERSION#v}" | cut -d. -f1)"
     flags+=" -X ${p}.gitMinor=$(echo "${K8S_VERSION#v}" | cut -d. -f2) -X ${p}.gitTreeState=clean"
   done
   start=$(date +%s)
-  log "building kubelet ${K8S_VERSION} from k8s.io/kubernetes/cmd/kubelet ..."
+  log "building ${name} ${K8S_VERSION} from k8s.io/kubernetes/cmd/${name} ..."
   (cd "${HACK}/tools/kubelet" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "${flags}" \
-    -o "${tmp}" k8s.io/kubernetes/cmd/kubelet) || { rm -f "${tmp}"; die "kubelet build failed"; }
-  mv -f "${tmp}" "${KUBELET}"
-  log "built kubelet in $(($(date +%s) - start))s"
+    -o "${tmp}" "k8s.io/kubernetes/cmd/${name}") || { rm -f "${tmp}"; die "${name} build failed"; }
+  mv -f "${tmp}" "${out}"
+  log "built ${name} in $(($(date +%s) - start))s"
 }
 
 image_exists() { buildah inspect --type image "$1" >/dev/null 2>&1; }
@@ -313,7 +326,9 @@ authentication:
   anonymous: {enabled: true}
   webhook: {enabled: false}
 authorization: {mode: AlwaysAllow}
-address: ${NODE_IP}
+# All addresses: the API server reaches a kubelet (logs, exec) at the Node's Hostname address
+# first, and this host's name may resolve to 127.0.0.1 (/etc/hosts), not to the node IP.
+address: 0.0.0.0
 readOnlyPort: 0
 staticPodPath: ""
 serializeImagePulls: false
@@ -330,11 +345,37 @@ enforceNodeAllocatable: []
 registerWithTaints:
   - {key: ${TAINT_KEY}, value: "true", effect: NoSchedule}
 EOF
+  # kube-proxy in iptables mode: ClusterIP Services work from this node's pods (and from the
+  # host). It leaves the conntrack sysctls and route_localnet alone (zeros below), and opens
+  # NodePorts on the node's address only. kube-proxy exits as soon as its config file is
+  # written to (even with the same content): replace the file only when it changes, and then
+  # restart kube-proxy (start_kube_proxy).
+  cat >"${RN}/etc/kube-proxy.yaml.new" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clientConnection: {kubeconfig: ${KUBECONFIG_PATH}}
+hostnameOverride: ${NODE}
+clusterCIDR: ${POD_CIDR}
+healthzBindAddress: 127.0.0.1:${KUBE_PROXY_HEALTHZ_PORT}
+metricsBindAddress: 127.0.0.1:${KUBE_PROXY_METRICS_PORT}
+nodePortAddresses: ["${NODE_IP}/32"]
+iptables: {localhostNodePorts: false, masqueradeAll: false, minSyncPeriod: 1s, syncPeriod: 30s}
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+EOF
+  if cmp -s "${RN}/etc/kube-proxy.yaml.new" "${RN}/etc/kube-proxy.yaml"; then
+    rm -f "${RN}/etc/kube-proxy.yaml.new"
+  else
+    mv -f "${RN}/etc/kube-proxy.yaml.new" "${RN}/etc/kube-proxy.yaml"
+    KUBE_PROXY_CONFIG_CHANGED=1
+  fi
 }
 
 # ---------------------------------------------------------------- processes
 
-pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Running, and not a zombie (a daemon that exited may stay one here: PID 1 may not reap it).
+running() { kill -0 "$1" 2>/dev/null && [[ "$(ps -o stat= -p "$1" 2>/dev/null)" != Z* ]]; }
+pid_alive() { [[ -f "$1" ]] && running "$(cat "$1")"; }
 containerd_up() { ctr --address "${CONTAINERD_SOCK}" version >/dev/null 2>&1; }
 node_ready() {
   [[ "$(kc get node "${NODE}" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
@@ -411,6 +452,28 @@ EOF
   wait_for 120 "node ${NODE} Ready (log: ${RN}/kubelet.log)" node_ready
 }
 
+kube_proxy_synced() { curl -fsS --max-time 2 "http://127.0.0.1:${KUBE_PROXY_HEALTHZ_PORT}/healthz" >/dev/null; }
+
+start_kube_proxy() {
+  if [[ -n "${KUBE_PROXY_CONFIG_CHANGED:-}" ]] && pid_alive "${RUN}/kube-proxy.pid"; then
+    log "kube-proxy's configuration changed; restarting it"
+    stop_pid "${RUN}/kube-proxy.pid"
+  fi
+  if pid_alive "${RUN}/kube-proxy.pid"; then
+    kube_proxy_synced && return 0
+    log "kube-proxy running but not healthy ($(curl -sS --max-time 2 "http://127.0.0.1:${KUBE_PROXY_HEALTHZ_PORT}/healthz" 2>&1 | head -c 400)); restarting it (previous log: ${RN}/kube-proxy.log.1)"
+    stop_pid "${RUN}/kube-proxy.pid"
+    mv -f "${RN}/kube-proxy.log" "${RN}/kube-proxy.log.1" 2>/dev/null || true
+  fi
+  log "starting kube-proxy ${K8S_VERSION} (iptables mode) ..."
+  setsid "${KUBE_PROXY}" --config "${RN}/etc/kube-proxy.yaml" --v 1 \
+    </dev/null >"${RN}/kube-proxy.log" 2>&1 8>&- 9>&- &
+  echo $! >"${RUN}/kube-proxy.pid"
+  # Healthy once it has written the rules of every Service (the `kubernetes` one included).
+  wait_for 60 "kube-proxy healthy (log: ${RN}/kube-proxy.log)" kube_proxy_synced
+  wait_for 30 "kube-proxy's KUBE-SERVICES chain" iptables -t nat -S KUBE-SERVICES
+}
+
 cmd_up() {
   local start
   start=$(date +%s)
@@ -419,7 +482,8 @@ cmd_up() {
   kc get --raw /readyz >/dev/null || die "the local cluster's API server is not ready"
   install_packages
   write_containers_conf
-  build_kubelet
+  build_k8s "${KUBELET}" kubelet
+  build_k8s "${KUBE_PROXY}" kube-proxy
   build_pause
   build_distroless
   mkdir -p "${RUN}" "${STATE}"
@@ -428,6 +492,7 @@ cmd_up() {
   modprobe br_netfilter 2>/dev/null || true
   start_containerd
   start_kubelet
+  start_kube_proxy
   log "node ${NODE} is Ready in $(($(date +%s) - start))s (taint ${TAINT_KEY}=true:NoSchedule; logs in ${RN})"
 }
 
@@ -435,10 +500,10 @@ stop_pid() {
   local file="$1" pid i
   [[ -f "${file}" ]] || return 0
   pid="$(cat "${file}")"
-  if kill -0 "${pid}" 2>/dev/null; then
+  if running "${pid}"; then
     kill "${pid}" 2>/dev/null || true
-    for i in $(seq 1 40); do kill -0 "${pid}" 2>/dev/null || break; sleep 0.25; done
-    kill -9 "${pid}" 2>/dev/null || true
+    for i in $(seq 1 40); do running "${pid}" || break; sleep 0.25; done
+    running "${pid}" && kill -9 "${pid}" 2>/dev/null || true
   fi
   rm -f "${file}"
 }
@@ -452,6 +517,14 @@ drop_chains() {
   grep -qE '(^:| -j )(KUBE-|CNI-)' <<<"${rules}" || return 0
   awk '/^:(KUBE-|CNI-)/ || /^-A (KUBE-|CNI-)/ || / -j (KUBE-|CNI-)/ {next} {print}' <<<"${rules}" \
     | "${bin}-restore" || log "WARNING: ${bin}-restore failed; check ${bin}-save"
+}
+
+# iptables-save output as comparable lines "<table> <rule or chain>": no comments, packet
+# counters or COMMITs, and no built-in chain left at its default ACCEPT (a table that holds
+# nothing else equals one never loaded).
+rules_of() {
+  sed -e '/^#/d' -e '/^COMMIT$/d' -e 's/ \[[0-9]*:[0-9]*\]$//' \
+    | awk '/^\*/ {t = $0; next} /^:(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) ACCEPT$/ {next} {print t " " $0}' | sort
 }
 
 cmd_down() {
@@ -468,6 +541,8 @@ cmd_down() {
     fi
   fi
   stop_pid "${RUN}/kubelet.pid"
+  # Before its chains go (it would write them again).
+  stop_pid "${RUN}/kube-proxy.pid"
   if [[ -s "${KUBECONFIG_PATH}" ]]; then
     kc delete pods -A --field-selector "spec.nodeName=${NODE}" --force --grace-period=0 >/dev/null 2>&1 || true
     kc delete node "${NODE}" --wait=false >/dev/null 2>&1 || true
@@ -501,9 +576,16 @@ cmd_down() {
     grep " ${STATE}/kubelet" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "${m}" 2>/dev/null || true; done
     rm -rf "${STATE}/kubelet"
   fi
-  # The kubelet's and the CNI plugins' sysctls and iptables chains.
+  # The kubelet's, kube-proxy's and the CNI plugins' sysctls and iptables chains.
   drop_chains iptables
   drop_chains ip6tables
+  if [[ -f "${RUN}/iptables.before" ]]; then
+    # Say so when the rules are not what they were before `up` (something else changed them
+    # meanwhile, or a rule of ours outside a KUBE-/CNI- chain was left).
+    local diff
+    diff="$(diff <(rules_of <"${RUN}/iptables.before") <(iptables-save 2>/dev/null | rules_of) || true)"
+    [[ -z "${diff}" ]] || log "WARNING: iptables rules differ from before 'up':"$'\n'"${diff}"
+  fi
   if [[ -f "${RUN}/sysctl.before" ]]; then
     while IFS= read -r line; do sysctl -q -w "${line}" >/dev/null 2>&1 || true; done <"${RUN}/sysctl.before"
     rm -f "${RUN}/sysctl.before" "${RUN}/iptables.before" "${RUN}/netns.before"
@@ -512,8 +594,9 @@ cmd_down() {
 }
 
 cmd_status() {
-  if pid_alive "${RUN}/containerd.pid" && pid_alive "${RUN}/kubelet.pid" && node_ready; then
-    echo "up: node ${NODE} (${NODE_IP}) Ready, kubelet ${K8S_VERSION}"
+  if pid_alive "${RUN}/containerd.pid" && pid_alive "${RUN}/kubelet.pid" && node_ready \
+    && pid_alive "${RUN}/kube-proxy.pid"; then
+    echo "up: node ${NODE} (${NODE_IP}) Ready, kubelet and kube-proxy ${K8S_VERSION}"
     return 0
   fi
   echo "down: real node ${NODE} is not running"
@@ -528,6 +611,7 @@ cmd_env() {
   echo "POD_GATEWAY=${POD_GATEWAY}"
   echo "IMAGE=${IMAGE}"
   echo "CONTAINERD_ADDRESS=${CONTAINERD_SOCK}"
+  echo "KUBELET_PID_FILE=${RUN}/kubelet.pid"
 }
 
 # One up/down at a time; the daemons must not inherit the lock's fd (closed with 8>&-).

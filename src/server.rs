@@ -235,7 +235,7 @@ pub async fn serve_grants(
 async fn grant_handler(
     State(desk): State<Arc<crate::controller::fence::GrantDesk>>,
     body: axum::body::Bytes,
-) -> impl IntoResponse {
+) -> axum::response::Response {
     let json = [(header::CONTENT_TYPE, "application/json")];
     let req: crate::protocol::grant::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -245,18 +245,31 @@ async fn grant_handler(
                 json,
                 serde_json::json!({"error": format!("not a grant request: {e}")}).to_string(),
             )
+                .into_response()
         }
     };
     let answer = desk.answer(&req).await;
     tracing::debug!(namespace = %req.namespace, migration = %req.migration, attempt = req.attempt, verdict = ?answer.verdict, reason = %answer.reason, "commit grant answered");
-    match serde_json::to_string(&answer) {
-        Ok(text) => (StatusCode::OK, json, text),
+    let mut resp = match serde_json::to_string(&answer) {
+        Ok(text) => (StatusCode::OK, json, text).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             json,
             serde_json::json!({"error": e.to_string()}).to_string(),
-        ),
+        )
+            .into_response(),
+    };
+    // The Service balances connections, not requests, and the executor keeps its connection
+    // open between asks: a replica that does not lead (a standby, or a leader that lost the
+    // Lease) closes it after answering, so the executor's next ask goes through the Service
+    // again and finds the leader, whose connection then stays open.
+    if !desk.leads() {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
     }
+    resp
 }
 
 #[cfg(test)]
@@ -274,6 +287,48 @@ mod tests {
         );
         h.fail("lease lost");
         assert_eq!(h.live_at(Duration::ZERO), Err("lease lost".to_string()));
+    }
+
+    /// A replica that does not lead closes the executor's connection after its answer, so the
+    /// next ask goes through the Service again (which balances connections, not requests).
+    #[tokio::test]
+    async fn a_replica_that_does_not_lead_closes_the_connection() {
+        use http_body_util::{BodyExt, Full};
+        use hyper::body::Bytes;
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+
+        let health = Arc::new(Health::new());
+        health.set_role(Role::Standby);
+        let desk = Arc::new(crate::controller::fence::GrantDesk::new(health));
+        let addr = serve_grants("127.0.0.1:0".parse().expect("addr"), desk)
+            .await
+            .expect("serve");
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let body = serde_json::to_vec(&crate::protocol::grant::Request {
+            namespace: "shop".into(),
+            migration: "m".into(),
+            uid: "u".into(),
+            phase: "contract".into(),
+            attempt: 1,
+        })
+        .expect("json");
+        let req = hyper::Request::post(format!("http://{addr}{}", crate::protocol::grant::PATH))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        let resp = client.request(req).await.expect("answer");
+        assert_eq!(
+            resp.headers().get(header::CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "{:?}",
+            resp.headers()
+        );
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let answer: crate::protocol::grant::Answer =
+            serde_json::from_slice(&bytes).expect("an answer");
+        assert_eq!(answer.verdict, crate::protocol::grant::Verdict::Withheld);
+        assert!(answer.reason.contains("leader"), "{}", answer.reason);
     }
 
     #[test]

@@ -98,6 +98,27 @@ impl Caches {
             .collect()
     }
 
+    /// Every pod labelled as a Job's, whoever controls it. Only for waiting longer (a stopped
+    /// attempt's pod outlives its deleted Job, whose UID is gone with it): a planted pod can
+    /// delay the next attempt, never let anything commit.
+    pub fn pods_labelled_for_job(
+        &self,
+        ns: &str,
+        job: &str,
+    ) -> Vec<std::sync::Arc<ExecutorPodView>> {
+        self.executor_pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(ns)
+                    && p.labels()
+                        .get("batch.kubernetes.io/job-name")
+                        .map(String::as_str)
+                        == Some(job)
+            })
+            .collect()
+    }
+
     pub fn job(&self, ns: &str, name: &str) -> Option<std::sync::Arc<JobView>> {
         self.jobs.get(&ObjectRef::new(name).within(ns))
     }

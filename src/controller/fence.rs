@@ -65,6 +65,16 @@ impl GrantDesk {
         }
     }
 
+    /// This replica leads and its controller runs: the one replica whose answers count.
+    pub fn leads(&self) -> bool {
+        self.health.role() == Role::Leader
+            && self
+                .ctx
+                .read()
+                .ok()
+                .is_some_and(|c| c.as_ref().is_some_and(|c| !c.stopping()))
+    }
+
     /// The answer to one request. Every doubt withholds.
     pub async fn answer(&self, req: &Request) -> Answer {
         if self.health.role() != Role::Leader {

@@ -1,4 +1,7 @@
-//! One reconcile: observe → validate & plan (pure) → apply.
+//! One reconcile, as a pipeline, one stage per function: observe (the caches, the Jobs and
+//! the targets) → plan (pure; again on a quorum read and the rollout history where a gate is
+//! about to open) → fence (a stale plan may only stop) → act (start or stop the one Job; stop
+//! any other running attempt) → write status → publish Events → when to look again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +13,15 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
-use crate::api::{DatabaseMigration, Phase, FIELD_MANAGER};
-use crate::planner::{self, Input, JobPhase, JobState};
+use crate::api::{DatabaseMigration, DatabaseMigrationStatus, Phase, TargetStatus, FIELD_MANAGER};
+use crate::executor::report::Report;
+use crate::planner::{self, Input, JobPhase, JobState, Plan};
 
 use super::error::Error;
 use super::workloads::Source;
 use super::{fence, history, jobs, workloads, Context};
 
-/// How often a running Job is looked at without a watch event (see `reconcile_once`).
+/// How often a running Job is looked at without a watch event (see [`next_wakeup`]).
 const RUNNING_JOB_POLL: Duration = Duration::from_secs(10);
 /// How often a migration waiting on a rollout is looked at without a watch event.
 const WAITING_RESYNC: Duration = Duration::from_secs(300);
@@ -37,15 +41,8 @@ pub async fn reconcile(dbm: Arc<DatabaseMigration>, ctx: Arc<Context>) -> Result
 
 async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    // Plans are made from the caches: never from a half-filled one. A shutdown does not wait
-    // for them.
-    tokio::select! {
-        ready = ctx.caches.ready() => {
-            if !ready {
-                return Ok(Action::await_change());
-            }
-        }
-        _ = ctx.shutdown.clone() => return Ok(Action::await_change()),
+    if !caches_ready(ctx).await {
+        return Ok(Action::await_change());
     }
     // Our own last status write replaced this copy and its watch event is on the way (it
     // reconciles again). A plan from here is stale: it may only stop a running attempt whose
@@ -54,42 +51,88 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     let stale = ctx
         .status_writes
         .replaced(&dbm, planner::writes::PROGRESS_WRITE_INTERVAL);
+    let seen = observe(ctx, &dbm).await?;
+    let Some(decided) = plan(ctx, &dbm, &seen, stale).await? else {
+        return Ok(Action::await_change());
+    };
+    // Asked to stop (SIGTERM, or leadership lost): start nothing new.
+    if ctx.stopping() {
+        tracing::info!(migration = %dbm.name_any(), namespace = ?dbm.namespace(), "shutting down: not acting on this reconcile");
+        return Ok(Action::await_change());
+    }
+    let plan = act(ctx, &dbm, &seen, decided, started).await?;
+    let progress_wait = match write_status(ctx, &dbm, &seen, &plan).await? {
+        Written::Done { progress_wait } => progress_wait,
+        Written::Stale => return Ok(Action::requeue(Duration::from_millis(500))),
+    };
+    publish(ctx, &dbm, &plan).await;
+    Ok(next_wakeup(&plan, seen.running(), progress_wait))
+}
+
+/// Plans are made from the caches: never from a half-filled one. A shutdown does not wait for
+/// them.
+async fn caches_ready(ctx: &Context) -> bool {
+    tokio::select! {
+        ready = ctx.caches.ready() => ready,
+        _ = ctx.shutdown.clone() => false,
+    }
+}
+
+/// What one reconcile observed (from the caches, and the API server where they cannot tell).
+struct Observed {
+    ns: String,
+    status: DatabaseMigrationStatus,
+    expand_job: JobState,
+    expand_report: Option<Report>,
+    contract_job: JobState,
+    contract_report: Option<Report>,
+    backfill_job: JobState,
+    targets: Vec<TargetStatus>,
+    waits_for: Vec<String>,
+    unconfirmed_stop: Option<String>,
+    /// Expand is applied (recorded, or its Job succeeded) and contract is not recorded yet:
+    /// the fenced phases may run.
+    fenced_phases_live: bool,
+}
+
+impl Observed {
+    /// A running Job is looked at again now and then even without a watch event: a pod the
+    /// API server refuses never exists, so only the Job controller's Events tell (unwatched).
+    fn running(&self) -> bool {
+        [&self.expand_job, &self.contract_job, &self.backfill_job]
+            .iter()
+            .any(|j| matches!(j, JobState::Running(_)))
+    }
+}
+
+/// Observe. A phase recorded as applied is never looked at again (the planner ignores its Job
+/// then, and its report was counted when it finished): no Job or pod reads for it on the
+/// reconciles every pod event of the namespace triggers.
+async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Error> {
     let ns = dbm
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    let name = dbm.name_any();
-    let client = &ctx.client;
-    let jobs_api: Api<Job> = Api::namespaced(client.clone(), &ns);
-    let apis = jobs::JobApis::new(client, &ns);
+    let apis = jobs::JobApis::new(&ctx.client, &ns);
     let status = dbm.status.clone().unwrap_or_default();
-
-    // Observe. A phase recorded as applied is never looked at again (the planner ignores
-    // its Job then, and its report was counted when it finished): no Job or pod reads for it
-    // on the reconciles every pod event of the namespace triggers.
+    let show_output = ctx.config.executor.job_policy.show_job_output;
     let applied = |p: &Option<crate::api::PhaseStatus>| p.as_ref().is_some_and(|s| s.succeeded);
     let (expand_job, expand_report) = if applied(&status.expand) {
         (JobState::Absent, None)
     } else {
-        jobs::observe_reported(
-            &ctx.caches,
-            &apis,
-            &dbm,
-            JobPhase::Expand,
-            status.expand.as_ref(),
-            ctx.config.executor.job_policy.show_job_output,
-        )
-        .await?
+        let rec = status.expand.as_ref();
+        jobs::observe_reported(&ctx.caches, &apis, dbm, JobPhase::Expand, rec, show_output).await?
     };
     let expanded = applied(&status.expand) || matches!(expand_job, JobState::Succeeded(_));
     let contracted = applied(&status.contract);
     let (contract_job, contract_report) = if expanded && !contracted {
+        let rec = status.contract.as_ref();
         jobs::observe_reported(
             &ctx.caches,
             &apis,
-            &dbm,
+            dbm,
             JobPhase::Contract,
-            status.contract.as_ref(),
-            ctx.config.executor.job_policy.show_job_output,
+            rec,
+            show_output,
         )
         .await?
     } else {
@@ -100,16 +143,10 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         (Some(_), rec)
             if expanded && !contracted && !rec.as_ref().is_some_and(|b| b.run.succeeded) =>
         {
-            jobs::observe_reported(
-                &ctx.caches,
-                &apis,
-                &dbm,
-                JobPhase::Backfill,
-                rec.as_ref().map(|b| &b.run),
-                false,
-            )
-            .await?
-            .0
+            let rec = rec.as_ref().map(|b| &b.run);
+            jobs::observe_reported(&ctx.caches, &apis, dbm, JobPhase::Backfill, rec, false)
+                .await?
+                .0
         }
         _ => JobState::Absent,
     };
@@ -117,20 +154,8 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     // with versionOrder NotPrevious they are looked at from the start, to record what ran.
     let record_previous = dbm.spec.rollout.version_order == crate::api::VersionOrder::NotPrevious
         && status.previous_versions.is_none();
-    let rule = planner::version_rule(&dbm.spec, &status);
-    let observe_targets = |source| {
-        workloads::observe_targets(
-            source,
-            &ns,
-            &dbm.spec.rollout.targets,
-            &dbm.spec.rollout.version_from,
-            &rule,
-            ctx.caches.rollouts_installed,
-        )
-    };
-    let look_at_targets = (expanded || record_previous) && !contracted;
-    let targets = if look_at_targets {
-        observe_targets(Source::Cache(&ctx.caches)).await?
+    let targets = if (expanded || record_previous) && !contracted {
+        targets(ctx, dbm, &status, Source::Cache(&ctx.caches)).await?
     } else {
         Vec::new()
     };
@@ -138,51 +163,87 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
     let waits_for = if status.expand.as_ref().is_some_and(|e| e.attempts > 0) {
         Vec::new()
     } else {
-        planner::order::waits_for(&dbm, &ctx.caches.migrations_in(&ns))
+        planner::order::waits_for(dbm, &ctx.caches.migrations_in(&ns))
     };
+    let fenced_phases_live = expanded && !contracted;
+    let unconfirmed_stop = fenced_phases_live
+        .then(|| fence::unconfirmed_stop(ctx, dbm, &status))
+        .flatten();
+    Ok(Observed {
+        ns,
+        status,
+        expand_job,
+        expand_report,
+        contract_job,
+        contract_report,
+        backfill_job,
+        targets,
+        waits_for,
+        unconfirmed_stop,
+        fenced_phases_live,
+    })
+}
 
-    // Plan.
-    let now = Timestamp::now();
-    let generation = dbm.metadata.generation.unwrap_or(0);
+/// Every target of the migration, judged, from the caches or from the API server.
+async fn targets(
+    ctx: &Context,
+    dbm: &DatabaseMigration,
+    status: &DatabaseMigrationStatus,
+    source: Source<'_>,
+) -> Result<Vec<TargetStatus>, Error> {
+    workloads::observe_targets(
+        source,
+        dbm.metadata.namespace.as_deref().unwrap_or_default(),
+        &dbm.spec.rollout.targets,
+        &dbm.spec.rollout.version_from,
+        &planner::version_rule(&dbm.spec, status),
+        ctx.caches.rollouts_installed,
+    )
+    .await
+}
+
+/// The plan, and how long its quorum read took (if it made one).
+struct Decided {
+    plan: Plan,
+    quorum_read: Option<Duration>,
+}
+
+/// Plan from what was observed. Where a gate is about to open, judge it again on a quorum read
+/// from the API server, and read the rollout history where the epoch matters. A stale copy's
+/// plan only fences: `None` then.
+async fn plan(
+    ctx: &Context,
+    dbm: &DatabaseMigration,
+    seen: &Observed,
+    stale: bool,
+) -> Result<Option<Decided>, Error> {
+    let name = dbm.name_any();
     let uid = dbm.uid().unwrap_or_default();
-    // A running Job is looked at again now and then even without a watch event: a pod the
-    // API server refuses never exists, so only the Job controller's Events tell (unwatched).
-    let running = matches!(expand_job, JobState::Running(_))
-        || matches!(contract_job, JobState::Running(_))
-        || matches!(backfill_job, JobState::Running(_));
-    let (approved, retry, backfill_paused) = fence::marks(&dbm);
+    let (approved, retry, backfill_paused) = fence::marks(dbm);
     let mut input = Input {
-        now,
+        now: Timestamp::now(),
         name: &name,
         uid: &uid,
-        generation,
+        generation: dbm.metadata.generation.unwrap_or(0),
         spec: &dbm.spec,
-        status: &status,
+        status: &seen.status,
         approved,
         retry,
-        expand_job,
-        contract_job,
-        backfill_job,
+        expand_job: seen.expand_job.clone(),
+        contract_job: seen.contract_job.clone(),
+        backfill_job: seen.backfill_job.clone(),
         backfill_paused,
-        targets,
+        targets: seen.targets.clone(),
         job_policy: &ctx.config.executor.job_policy,
-        waits_for,
+        waits_for: seen.waits_for.clone(),
         history: None,
-        unconfirmed_stop: if expanded && !contracted {
-            fence::unconfirmed_stop(ctx, &dbm, &status)
-        } else {
-            None
-        },
+        unconfirmed_stop: seen.unconfirmed_stop.clone(),
     };
     let mut plan = planner::plan(&input);
     if stale {
-        if let planner::Action::StopJob { phase, attempt } = plan.action {
-            if !ctx.stopping() {
-                stop_attempt(&jobs_api, &dbm, phase, attempt).await?;
-            }
-        }
-        tracing::debug!(migration = %name, namespace = %ns, "the cache has not caught up with our last status write; waiting for it");
-        return Ok(Action::await_change());
+        fence_only(ctx, dbm, &plan).await?;
+        tracing::debug!(migration = %name, namespace = %seen.ns, "the cache has not caught up with our last status write; waiting for it");
+        return Ok(None);
     }
     let mut quorum_read = None;
     // The gate is about to open: judge it again on a quorum read from the API server, so that
@@ -195,41 +256,75 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         }
     ) {
         let read = std::time::Instant::now();
-        input.targets = observe_targets(Source::Api(client, &ctx.caches)).await?;
+        let api = Source::Api(&ctx.client, &ctx.caches);
+        input.targets = targets(ctx, dbm, &seen.status, api).await?;
         quorum_read = Some(read.elapsed());
         plan = planner::plan(&input);
     }
     // A rollback the operator was not there to see (down, not leading, between two looks)
     // shows in the targets' rollout history: read it where the epoch matters
     // (src/controller/history.rs), and plan again.
-    if ctx.history_checked.wanted(&uid, &status, &plan) {
+    if ctx.history_checked.wanted(&uid, &seen.status, &plan) {
         input.history = Some(
             history::observe(
-                client,
+                &ctx.client,
                 &ctx.caches,
-                &ns,
+                &seen.ns,
                 &dbm.spec.rollout,
                 ctx.caches.rollouts_installed,
             )
             .await?,
         );
         plan = planner::plan(&input);
-        ctx.history_checked.note(&uid, &status, &plan);
+        ctx.history_checked.note(&uid, &seen.status, &plan);
     }
-    // Asked to stop (SIGTERM, or leadership lost): start nothing new.
-    if ctx.stopping() {
-        tracing::info!(migration = %name, namespace = %ns, "shutting down: not acting on this reconcile");
-        return Ok(Action::await_change());
-    }
+    Ok(Some(Decided { plan, quorum_read }))
+}
 
-    // Apply: the Job first, so a crash before the status write is healed by adoption (or,
-    // for a stop, by the next plan stopping it again).
+/// A stale plan may stop a running attempt whose gate closed, and nothing else.
+async fn fence_only(ctx: &Context, dbm: &DatabaseMigration, plan: &Plan) -> Result<(), Error> {
+    if let planner::Action::StopJob { phase, attempt } = plan.action {
+        if !ctx.stopping() {
+            let ns = dbm.namespace().unwrap_or_default();
+            stop_attempt(
+                &Api::namespaced(ctx.client.clone(), &ns),
+                dbm,
+                phase,
+                attempt,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Act: the Job first, so a crash before the status write is healed by adoption (or, for a
+/// stop, by the next plan stopping it again); then no attempt of a fenced phase the plan does
+/// not want keeps running, whatever the plan says (a failure, an invalid spec, a policy
+/// refusal). Returns the plan, failed when the API server refused the Job it asked for.
+async fn act(
+    ctx: &Context,
+    dbm: &DatabaseMigration,
+    seen: &Observed,
+    decided: Decided,
+    started: std::time::Instant,
+) -> Result<Plan, Error> {
+    let Decided {
+        mut plan,
+        quorum_read,
+    } = decided;
+    let (name, ns) = (dbm.name_any(), &seen.ns);
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     match plan.action {
         planner::Action::StartJob { phase, attempt } => {
-            let job = jobs::build_job(&dbm, &plan.status, phase, attempt, &ctx.config.executor)?;
+            let job = jobs::build_job(dbm, &plan.status, phase, attempt, &ctx.config.executor)?;
             let owner = dbm
                 .controller_owner_ref(&())
                 .ok_or(Error::MissingField("metadata.uid"))?;
+            let refused = |why: planner::JobRefusal, text: &str, plan: Plan| {
+                let generation = dbm.metadata.generation.unwrap_or(0);
+                planner::job_refused(plan, phase, why, text, Timestamp::now(), generation)
+            };
             match jobs::create_or_adopt(&jobs_api, &job, &owner).await {
                 Ok(_) => {
                     // How long the gate took inside the operator (see docs/scale.md).
@@ -248,41 +343,44 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
                     ..
                 }) if e.code == 400 || e.code == 422 => {
                     tracing::warn!(migration = %name, namespace = %ns, %phase, error = %e.message, "Job rejected by the API server");
-                    plan = planner::job_refused(
-                        plan,
-                        phase,
-                        planner::JobRefusal::Rejected,
-                        &e.message,
-                        now,
-                        generation,
-                    );
+                    plan = refused(planner::JobRefusal::Rejected, &e.message, plan);
                 }
                 Err(e @ Error::JobConflict { .. }) => {
                     tracing::warn!(migration = %name, namespace = %ns, %phase, error = %e, "Job name taken by a Job this migration did not create");
-                    plan = planner::job_refused(
-                        plan,
-                        phase,
-                        planner::JobRefusal::Conflict,
-                        &e.to_string(),
-                        now,
-                        generation,
-                    );
+                    plan = refused(planner::JobRefusal::Conflict, &e.to_string(), plan);
                 }
                 Err(e) => return Err(e),
             }
         }
         planner::Action::StopJob { phase, attempt } => {
-            stop_attempt(&jobs_api, &dbm, phase, attempt).await?;
+            stop_attempt(&jobs_api, dbm, phase, attempt).await?;
         }
         planner::Action::None => {}
     }
-    // Whatever the plan says (a failure, an invalid spec, a policy refusal), no attempt of a
-    // fenced phase it does not want keeps running.
-    if expanded && !contracted {
-        fence::sweep(ctx, &dbm, &plan).await?;
+    if seen.fenced_phases_live {
+        fence::sweep(ctx, dbm, &plan).await?;
     }
-    // Progress alone (replica counts, their messages) is written at most every few seconds;
-    // a change that comes with an Event is written at once so the Event is not repeated.
+    Ok(plan)
+}
+
+/// What the status write came to.
+enum Written {
+    /// Written (or nothing to write); progress alone waits this long for its next write.
+    Done { progress_wait: Option<Duration> },
+    /// The plan was made from a copy our own last write replaced: plan again.
+    Stale,
+}
+
+/// Write status under the field manager `phasegate`, with the resourceVersion the plan was
+/// made from. Progress alone (replica counts, their messages) is written at most every few
+/// seconds; a change that comes with an Event is written at once so the Event is not repeated.
+async fn write_status(
+    ctx: &Context,
+    dbm: &DatabaseMigration,
+    seen: &Observed,
+    plan: &Plan,
+) -> Result<Written, Error> {
+    let name = dbm.name_any();
     let changed = dbm.status.as_ref() != Some(&plan.status);
     let progress_wait = dbm
         .status
@@ -295,55 +393,62 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         })
         .and_then(|_| {
             ctx.status_writes
-                .progress_wait(&dbm, planner::writes::PROGRESS_WRITE_INTERVAL)
+                .progress_wait(dbm, planner::writes::PROGRESS_WRITE_INTERVAL)
         });
-    if changed && progress_wait.is_none() {
-        // The plan was made from this resourceVersion; if our own last write has not reached
-        // the cache yet, the plan is stale and must not overwrite it (it would forget, e.g.,
-        // when the rollout completed). The newer object's watch event plans again.
-        let patch = serde_json::json!({
-            "apiVersion": "phasegate.dev/v1alpha1",
-            "kind": "DatabaseMigration",
-            "metadata": {"resourceVersion": dbm.resource_version()},
-            "status": plan.status,
-        });
-        let api: Api<DatabaseMigration> = Api::namespaced(client.clone(), &ns);
-        let written = match api
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-        {
-            Ok(written) => written,
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                tracing::debug!(migration = %name, namespace = %ns, "planned from a stale copy; planning again");
-                return Ok(Action::requeue(Duration::from_millis(500)));
-            }
-            Err(e) => {
-                return Err(Error::Kube {
-                    action: format!("writing status of DatabaseMigration {name}"),
-                    source: e,
-                })
-            }
-        };
-        ctx.status_writes.written(
-            &dbm,
-            dbm.resource_version(),
-            written.metadata.resource_version.as_deref(),
-            planner::writes::PROGRESS_WRITE_INTERVAL,
-        );
-        // Counted once the new status is stored, so each transition is counted once.
-        ctx.metrics.record_transition(
-            &status,
-            &plan.status,
-            expand_report.as_ref(),
-            contract_report.as_ref(),
-        );
+    if !changed || progress_wait.is_some() {
+        return Ok(Written::Done { progress_wait });
     }
+    // If our own last write has not reached the cache yet, the plan is stale and must not
+    // overwrite it (it would forget, e.g., when the rollout completed). The newer object's
+    // watch event plans again.
+    let patch = serde_json::json!({
+        "apiVersion": "phasegate.dev/v1alpha1",
+        "kind": "DatabaseMigration",
+        "metadata": {"resourceVersion": dbm.resource_version()},
+        "status": plan.status,
+    });
+    let api: Api<DatabaseMigration> = Api::namespaced(ctx.client.clone(), &seen.ns);
+    let written = match api
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(written) => written,
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::debug!(migration = %name, namespace = %seen.ns, "planned from a stale copy; planning again");
+            return Ok(Written::Stale);
+        }
+        Err(e) => {
+            return Err(Error::Kube {
+                action: format!("writing status of DatabaseMigration {name}"),
+                source: e,
+            })
+        }
+    };
+    ctx.status_writes.written(
+        dbm,
+        dbm.resource_version(),
+        written.metadata.resource_version.as_deref(),
+        planner::writes::PROGRESS_WRITE_INTERVAL,
+    );
+    // Counted once the new status is stored, so each transition is counted once.
+    ctx.metrics.record_transition(
+        &seen.status,
+        &plan.status,
+        seen.expand_report.as_ref(),
+        seen.contract_report.as_ref(),
+    );
+    Ok(Written::Done { progress_wait })
+}
+
+/// Events for the transition and the notices, each published once.
+async fn publish(ctx: &Context, dbm: &DatabaseMigration, plan: &Plan) {
+    let name = dbm.name_any();
     if let Some(t) = &plan.transition {
-        tracing::info!(migration = %name, namespace = %ns, phase = ?plan.status.phase, reason = %t.reason, message = %t.message, "phase changed");
+        tracing::info!(migration = %name, namespace = ?dbm.namespace(), phase = ?plan.status.phase, reason = %t.reason, message = %t.message, "phase changed");
     }
     for t in plan.transition.iter().chain(plan.notices.iter()) {
         let event = Event {
@@ -361,6 +466,11 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
             tracing::warn!(migration = %name, error = %e, "could not publish Event");
         }
     }
+}
+
+/// When to look again without a watch event: the plan's own deadline (soak, timeout), a
+/// running Job's poll, a waiting migration's resync, or the next progress write.
+fn next_wakeup(plan: &Plan, running: bool, progress_wait: Option<Duration>) -> Action {
     let poll = running.then_some(RUNNING_JOB_POLL);
     // Watch events are mapped to the migrations they concern (see `migrations_waiting_on`);
     // a rare change no mapping foresees (overlapping selectors) is caught up with here.
@@ -369,20 +479,18 @@ async fn reconcile_once(dbm: Arc<DatabaseMigration>, ctx: &Context) -> Result<Ac
         Some(Phase::AwaitingRollout | Phase::Soaking | Phase::AwaitingApproval)
     );
     let resync = waiting.then_some(WAITING_RESYNC);
-    Ok(
-        match plan
-            .requeue_after
-            .map(|d| d + Duration::from_millis(200))
-            .into_iter()
-            .chain(poll)
-            .chain(resync)
-            .chain(progress_wait)
-            .min()
-        {
-            Some(d) => Action::requeue(d),
-            None => Action::await_change(),
-        },
-    )
+    match plan
+        .requeue_after
+        .map(|d| d + Duration::from_millis(200))
+        .into_iter()
+        .chain(poll)
+        .chain(resync)
+        .chain(progress_wait)
+        .min()
+    {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    }
 }
 
 /// A gate closed while an attempt runs: its Job goes (the executor rolls back on SIGTERM).

@@ -18,8 +18,8 @@ pub mod backfill;
 mod config;
 pub mod connect;
 pub mod dbcheck;
+mod dbcheck_run;
 mod error;
-mod gate;
 pub mod grant;
 pub mod ledger;
 pub mod locks;
@@ -41,8 +41,8 @@ use crate::sql::{self, Statement};
 use config::config_from_args;
 pub use config::{ApplyArgs, Config, ContractArgs, Phase, Secret};
 use connect::Scrubber;
+use dbcheck_run::DbCheckRun;
 pub use error::ApplyError;
-use gate::Gate;
 pub use ledger::Identity;
 pub use report::{Outcome, Report, ReportError};
 use runner::Runner;
@@ -52,7 +52,7 @@ use waits::Waits;
 //
 // Modules, each with one job: `config` (arguments and settings), `session` (connecting and the
 // session's timeouts), `locks` (what the statements lock and waiting outside the lock queue),
-// `dbcheck` and `gate` (contract's database check), `runner` (attempts and the one retry loop),
+// `dbcheck` and `dbcheck_run` (contract's database check), `grant` (the commit grant), `runner` (attempts and the one retry loop),
 // `rerun` (statements outside a transaction made safe to run again), `ledger`, `report`, `stop`,
 // `waits`, `error`. This file: the entry points and the order of work.
 
@@ -236,7 +236,7 @@ async fn run(
         settings,
         cancel: client.cancel_token(),
         stats,
-        gate: Gate::new(cfg),
+        db_check: DbCheckRun::new(cfg),
         waits: Waits::new(),
         advisory_waited: Duration::ZERO,
         // Asked from now on, while the run waits, so that a grant is usually held by the time
@@ -250,7 +250,7 @@ async fn run(
             cfg.lock_timeout,
         ),
     };
-    if !cfg.lock_wait_timeout.is_zero() || runner.gate.checker.is_some() {
+    if !cfg.lock_wait_timeout.is_zero() || runner.db_check.checker.is_some() {
         // Once per run; the database check reuses it rather than adding its own.
         runner.stats.db_check_warning = locks::visibility_warning(&client)
             .await

@@ -10,8 +10,8 @@ use rand::Rng;
 use tokio_postgres::{CancelToken, Client};
 
 use super::connect::{self, ConnSettings};
+use super::dbcheck_run::DbCheckRun;
 use super::error::ApplyError;
-use super::gate::Gate;
 use super::grant::Grant;
 use super::rerun::{self, Rerun};
 use super::session::{pg_ms, transaction_timeout};
@@ -20,7 +20,8 @@ use super::waits::Waits;
 use super::{dbcheck, ledger, locks, Config, Stats};
 use crate::sql::Statement;
 
-/// One run's working state: settings, counters, the gate and the announced waits.
+/// One run's working state: settings, counters, the database check, the commit grant and
+/// the announced waits.
 pub(super) struct Runner<'a> {
     pub(super) cfg: &'a Config,
     pub(super) sum: &'a str,
@@ -30,7 +31,7 @@ pub(super) struct Runner<'a> {
     /// Cancels the statement running on our connection (a stop while it waits for a lock).
     pub(super) cancel: CancelToken,
     pub(super) stats: &'a mut Stats,
-    pub(super) gate: Gate,
+    pub(super) db_check: DbCheckRun,
     pub(super) waits: Waits,
     /// Time spent waiting for the advisory lock so far (one budget for the run).
     pub(super) advisory_waited: Duration,
@@ -193,9 +194,9 @@ impl Runner<'_> {
 
     /// The database check outside any lock, unless a stop comes first; returns the time it
     /// waited for blockers.
-    async fn pass_gate(&mut self, client: &Client) -> Result<Duration, ApplyError> {
-        let (gate, stats, waits) = (&mut self.gate, &mut *self.stats, &mut self.waits);
-        or_stop(&self.cfg.stop, gate.pass(client, stats, waits)).await
+    async fn pass_database_check(&mut self, client: &Client) -> Result<Duration, ApplyError> {
+        let (check, stats, waits) = (&mut self.db_check, &mut *self.stats, &mut self.waits);
+        or_stop(&self.cfg.stop, check.pass(client, stats, waits)).await
     }
 
     /// Before an attempt: the tables are free and the database check passes, both observed
@@ -213,7 +214,7 @@ impl Runner<'_> {
         loop {
             self.wait_for_tables(client, stmts, range, lock_waited)
                 .await?;
-            if self.pass_gate(client).await?.is_zero() {
+            if self.pass_database_check(client).await?.is_zero() {
                 return Ok(());
             }
         }
@@ -290,10 +291,10 @@ impl Runner<'_> {
                     );
                     delay
                 }
-                Attempt::GateClosed => {
+                Attempt::DatabaseBlocked => {
                     // Each lost attempt costs the check's budget a poll interval, so a flapping
                     // blocker cannot keep us taking and dropping locks forever.
-                    self.gate.waited += dbcheck::POLL;
+                    self.db_check.waited += dbcheck::POLL;
                     dbcheck::POLL
                 }
                 // The next round waits for a grant outside the locks.
@@ -390,9 +391,9 @@ impl Runner<'_> {
         .map_err(|e| ApplyError::db(&e, None))?;
         failpoint(cfg, "pause-before-commit").await;
 
-        // The gate holds until COMMIT: with our locks held, look once more. A session that
+        // The database check holds until COMMIT: with our locks held, look once more. A session that
         // connected while we queued for a lock would otherwise meet the new schema.
-        let blockers = self.gate.recheck(&tx).await?;
+        let blockers = self.db_check.recheck(&tx).await?;
         if !blockers.is_empty() {
             rollback(tx).await;
             self.stats.db_check_rollbacks += 1;
@@ -404,7 +405,7 @@ impl Runner<'_> {
                 blockers = blockers.len(),
                 "database check failed right before COMMIT; rolled back, waiting outside the locks"
             );
-            return Ok(Attempt::GateClosed);
+            return Ok(Attempt::DatabaseBlocked);
         }
         // Last word before COMMIT: a stop request means never commit, and neither does the
         // absence of a fresh grant (checked locally: no round trip while the locks are held).
@@ -523,7 +524,7 @@ enum Attempt {
         lock_timeout: Duration,
     },
     /// The database check found a blocker right before COMMIT: rolled back.
-    GateClosed,
+    DatabaseBlocked,
     /// No valid commit grant right before COMMIT: rolled back.
     NoGrant,
 }

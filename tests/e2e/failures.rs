@@ -172,16 +172,29 @@ async fn inputs_that_could_never_run_say_why() {
     seed_users_table(&env).await;
     env.create_deployment("shop-api", 1, "1.0.0").await;
 
-    // Inline SQL over what one environment variable may hold: refused before any Job.
-    let big = format!("{EXPAND} -- {}", "x".repeat(131_072));
-    env.create_migration("too-big", migration_spec(&big, json!({})))
+    // Inline SQL over the CRD's bound: refused at admission, naming the field.
+    let huge = format!("{EXPAND} -- {}", "x".repeat(131_072));
+    let refused = env
+        .create_migration("too-huge", migration_spec(&huge, json!({})))
         .await
-        .expect("the API server admits it");
-    let m = env.wait_phase("too-big", Phase::Failed, T).await;
-    let (_, reason, msg) = condition(&m, "Stalled").expect("Stalled");
-    assert_eq!(reason, "InvalidSpec", "{msg}");
-    assert!(msg.contains("at most 131057 bytes"), "{msg}");
-    assert!(msg.contains("MAX_ARG_STRLEN"), "{msg}");
+        .expect_err("the API server refuses it");
+    let text = refused.to_string();
+    assert!(
+        text.contains("spec.expand.sql") && text.contains("Too long"),
+        "{text}"
+    );
+    // Within the schema's length but over what one environment variable may hold: refused at
+    // admission too, saying why (the planner keeps the same bound for objects stored before).
+    let big = format!("{EXPAND} -- {}", "x".repeat(131_010));
+    let refused = env
+        .create_migration("too-big", migration_spec(&big, json!({})))
+        .await
+        .expect_err("the API server refuses it");
+    let text = refused.to_string();
+    assert!(
+        text.contains("spec.expand.sql") && text.contains("at most 131057 bytes"),
+        "{text}"
+    );
 
     // Timeouts that would switch PostgreSQL's limit off, or that no server accepts.
     for (name, lock, statement) in [("lock-off", "0s", "30s"), ("lock-forever", "9999h", "30s")] {

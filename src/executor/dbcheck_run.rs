@@ -1,4 +1,4 @@
-//! Contract's gate on the database side: the check of [`dbcheck`] before each attempt (waiting,
+//! Contract's database check in a run: the check of [`dbcheck`] before each attempt (waiting,
 //! with one budget for the run) and once more inside the transaction right before COMMIT.
 
 use std::time::Duration;
@@ -12,14 +12,14 @@ use super::{dbcheck, Config, Phase, Stats};
 /// The database-side check of contract, run right before every attempt (outside any
 /// transaction, holding no table lock), with one time budget for the whole run, and once more
 /// inside each transaction right before COMMIT.
-pub(super) struct Gate {
+pub(super) struct DbCheckRun {
     pub(super) checker: Option<dbcheck::Checker>,
     timeout: Duration,
     pub(super) waited: Duration,
 }
 
-impl Gate {
-    pub(super) fn new(cfg: &Config) -> Gate {
+impl DbCheckRun {
+    pub(super) fn new(cfg: &Config) -> DbCheckRun {
         let checker = (cfg.phase == Phase::Contract && cfg.database_check).then(|| {
             dbcheck::Checker::new(
                 &cfg.identity.app_version,
@@ -40,7 +40,7 @@ impl Gate {
                 tracing::info!("database check: no rollout completion time (PHASEGATE_ROLLOUT_COMPLETED_AT) given; transactions are not checked for their age");
             }
         }
-        Gate {
+        DbCheckRun {
             checker: checker.filter(dbcheck::Checker::active),
             timeout: cfg.database_check_timeout,
             waited: Duration::ZERO,
@@ -89,7 +89,7 @@ impl Gate {
     }
 
     /// One look inside the transaction, locks held, without waiting: the blockers that appeared
-    /// since [`Gate::pass`] (empty when the check is off).
+    /// since [`DbCheckRun::pass`] (empty when the check is off).
     pub(super) async fn recheck(
         &mut self,
         tx: &tokio_postgres::Transaction<'_>,
