@@ -239,5 +239,5 @@ fn max_size_migrations(n: usize) {
         mib(page_text as f64),
         mib(2.0 * cached as f64 + page_bytes),
     );
-    drop(m);
+    drop((m, page));
 }

@@ -72,19 +72,6 @@ impl Caches {
         job: &str,
         job_uid: &str,
     ) -> Vec<std::sync::Arc<ExecutorPodView>> {
-        let mut pods = self.pods_labelled_for_job(ns, job);
-        pods.retain(|p| controlled_by(&p.metadata, job_uid));
-        pods
-    }
-
-    /// Every pod labelled as Job `job`'s, whoever controls it: only for decisions that a
-    /// foreign pod can hold but never release (a stop is confirmed once none is left running,
-    /// also after the Job itself is gone).
-    pub fn pods_labelled_for_job(
-        &self,
-        ns: &str,
-        job: &str,
-    ) -> Vec<std::sync::Arc<ExecutorPodView>> {
         self.executor_pods
             .state()
             .into_iter()
@@ -94,6 +81,7 @@ impl Caches {
                         .get("batch.kubernetes.io/job-name")
                         .map(String::as_str)
                         == Some(job)
+                    && controlled_by(&p.metadata, job_uid)
             })
             .collect()
     }
