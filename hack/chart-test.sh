@@ -248,7 +248,7 @@ if k apply -f "${WORK}/cluster-nocrd.yaml" >/dev/null; then
   can_i yes patch databasemigrations.phasegate.dev "${OTHER_NS}" status
   can_i yes create jobs.batch "${OTHER_NS}"
   can_i yes get jobs.batch "${OTHER_NS}"
-  can_i yes patch jobs.batch "${OTHER_NS}"
+  can_i no patch jobs.batch "${OTHER_NS}" # no adoption: a Job the operator did not create is a conflict
   can_i yes watch jobs.batch ""
   can_i yes delete jobs.batch "${OTHER_NS}" # the fence's fast stop
   can_i yes get deployments.apps "${OTHER_NS}"

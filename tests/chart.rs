@@ -30,13 +30,14 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
         "databasemigrations/status",
         &["patch"],
     ),
-    // jobs::create_or_adopt (create, get on 409, merge-patch to adopt), jobs::observe (get),
-    // Controller::owns (list, watch), jobs::stop (delete: the fence's fast stop).
+    // jobs::create_or_adopt (create, get on 409; a Job it did not create is never adopted),
+    // jobs::observe (get), Controller::owns (list, watch), jobs::stop (delete: the fence's
+    // fast stop).
     (
         "phasegate.operatorRules",
         "batch",
         "jobs",
-        &["create", "get", "list", "watch", "patch", "delete"],
+        &["create", "get", "list", "watch", "delete"],
     ),
     // workloads::observe_targets (get by name, list by selector), Controller::watches.
     (
