@@ -70,6 +70,11 @@ pub struct JobPolicy {
     /// database Secret — another Secret's value written into a table, or relayed by an error,
     /// would reach whoever may read the database or the migration's status.
     pub allowed_secrets: Vec<String>,
+    /// The longest `terminationGracePeriodSeconds` a template may ask for; a template that
+    /// sets none gets this. A user Job's contract is fenced by SIGTERM only: a stopped attempt
+    /// whose tool ignores the signal keeps running (and may COMMIT) until the kubelet kills it
+    /// this long after.
+    pub max_termination_grace_period_seconds: i64,
 }
 
 impl Default for JobPolicy {
@@ -85,6 +90,7 @@ impl Default for JobPolicy {
             allowed_labels: Vec::new(),
             allowed_annotations: Vec::new(),
             allowed_secrets: Vec::new(),
+            max_termination_grace_period_seconds: 30,
         }
     }
 }
@@ -113,6 +119,12 @@ impl JobPolicy {
 
     /// Refuse entries that would silently allow more than they say.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.max_termination_grace_period_seconds < 0 {
+            return Err(PolicyError::Invalid(format!(
+                "maxTerminationGracePeriodSeconds: {} is negative",
+                self.max_termination_grace_period_seconds
+            )));
+        }
         for sa in &self.allowed_service_accounts {
             if !is_dns_subdomain(sa) {
                 return Err(PolicyError::Invalid(format!(
@@ -281,6 +293,7 @@ const PRIORITY_CLASS: &str = "priority-class";
 const LABELS: &str = "labels";
 const ANNOTATIONS: &str = "annotations";
 const SECRETS: &str = "secret-references";
+const TERMINATION_GRACE: &str = "termination-grace";
 
 /// Sysctls the Pod Security Standards call safe (namespaced, isolated from the node).
 pub const SAFE_SYSCTLS: &[&str] = &[
@@ -347,11 +360,16 @@ pub fn check(
 /// Apply what Phasegate imposes on every user template it runs: no ServiceAccount token unless
 /// the policy allows one (the template cannot opt back in; [`check`] refuses asking for it).
 pub fn enforce(template: &mut PodTemplateSpec, policy: &JobPolicy) {
-    if !policy.enabled || policy.allow_service_account_token {
+    if !policy.enabled {
         return;
     }
     if let Some(spec) = template.spec.as_mut() {
-        spec.automount_service_account_token = Some(false);
+        if !policy.allow_service_account_token {
+            spec.automount_service_account_token = Some(false);
+        }
+        // Bounded even when the template says nothing (the kubelet's default is 30 s).
+        spec.termination_grace_period_seconds
+            .get_or_insert(policy.max_termination_grace_period_seconds);
     }
 }
 
@@ -600,6 +618,22 @@ fn check_pod(spec: &PodSpec, policy: &JobPolicy, out: &mut Out) {
                  {allowed}); remove it (the cluster admin's executor.pod.priorityClassName \
                  applies to every Job), or ask the cluster admin to add it to \
                  jobPolicy.allowedPriorityClasses"
+            ),
+        );
+    }
+    let max_grace = policy.max_termination_grace_period_seconds;
+    if let Some(grace) = spec
+        .termination_grace_period_seconds
+        .filter(|g| *g > max_grace)
+    {
+        out.push(
+            "spec.terminationGracePeriodSeconds",
+            TERMINATION_GRACE,
+            format!(
+                "asks for {grace} s between SIGTERM and SIGKILL, more than the Job policy's \
+                 {max_grace} s: a stopped attempt whose tool ignores SIGTERM would keep running \
+                 that long; lower it (or ask the cluster admin to raise \
+                 jobPolicy.maxTerminationGracePeriodSeconds)"
             ),
         );
     }

@@ -511,7 +511,33 @@ fn token_allowed_by_the_admin() {
     assert_eq!(found(&t, &policy), vec![]);
     let mut enforced = t.clone();
     enforce(&mut enforced, &policy);
-    assert_eq!(enforced, t, "enforce leaves an allowed token alone");
+    let spec = enforced.spec.as_ref().expect("spec");
+    assert_eq!(
+        spec.automount_service_account_token,
+        Some(true),
+        "enforce leaves an allowed token alone"
+    );
+}
+
+#[test]
+fn the_grace_period_is_bounded() {
+    let policy = JobPolicy::default();
+    let long = template(json!({"spec": {"terminationGracePeriodSeconds": 600}}));
+    let rules: Vec<&str> = crate::policy::check(&long, &policy, "shop-db")
+        .iter()
+        .map(|v| v.rule)
+        .collect();
+    assert!(rules.contains(&"termination-grace"), "{rules:?}");
+    // A template that sets none gets the policy's bound; a shorter one keeps its own.
+    for (set, want) in [(None, 30), (Some(10), 10)] {
+        let mut t = template(json!({"spec": {}}));
+        if let Some(spec) = t.spec.as_mut() {
+            spec.termination_grace_period_seconds = set;
+        }
+        enforce(&mut t, &policy);
+        let got = t.spec.and_then(|s| s.termination_grace_period_seconds);
+        assert_eq!(got, Some(want));
+    }
 }
 
 #[test]
@@ -562,6 +588,7 @@ fn policy_documents() {
         allowed_labels: Vec::new(),
         allowed_annotations: Vec::new(),
         allowed_secrets: Vec::new(),
+        max_termination_grace_period_seconds: 30,
     };
     assert_eq!(JobPolicy::from_yaml(yaml).expect("yaml"), want);
     assert_eq!(JobPolicy::from_yaml(json).expect("json"), want);
