@@ -72,18 +72,9 @@ impl Caches {
         job: &str,
         job_uid: &str,
     ) -> Vec<std::sync::Arc<ExecutorPodView>> {
-        self.executor_pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.metadata.namespace.as_deref() == Some(ns)
-                    && p.labels()
-                        .get("batch.kubernetes.io/job-name")
-                        .map(String::as_str)
-                        == Some(job)
-                    && controlled_by(&p.metadata, job_uid)
-            })
-            .collect()
+        let mut pods = self.pods_labelled_for_job(ns, job);
+        pods.retain(|p| controlled_by(&p.metadata, job_uid));
+        pods
     }
 
     /// Every pod labelled as a Job's, whoever controls it. Only for waiting longer (a stopped

@@ -183,14 +183,7 @@ async fn rollback_while_contract_waits_never_commits() {
 
     // Roll forward: the next attempt commits, once.
     env.set_version("shop-api", "2.0.0", json!({})).await;
-    let m = env.wait_phase(NAME, Phase::Succeeded, T).await;
-    assert!(!env.column_exists("users", "legacy_flag").await);
-    assert_eq!(ledger_rows(&env, "contract").await, 1);
-    assert_eq!(
-        m.status.and_then(|s| s.contract).map(|c| c.attempts),
-        Some(2),
-        "the stopped attempt was followed by one more"
-    );
+    commits_once_at_attempt_2(&env).await;
     env.cleanup().await;
 }
 
@@ -205,6 +198,18 @@ async fn contract_waiting(test: &str) -> (Env, tokio_postgres::Client) {
     })
     .await;
     (env, reader)
+}
+
+/// Rolled forward after a stopped attempt: contract commits once, in attempt 2.
+async fn commits_once_at_attempt_2(env: &Env) {
+    let m = env.wait_phase(NAME, Phase::Succeeded, T).await;
+    assert!(!env.column_exists("users", "legacy_flag").await);
+    assert_eq!(ledger_rows(env, "contract").await, 1);
+    assert_eq!(
+        m.status.and_then(|s| s.contract).map(|c| c.attempts),
+        Some(2),
+        "the stopped attempt was followed by exactly one more"
+    );
 }
 
 /// Nothing committed: the column is there and the ledger has no contract row.
@@ -245,12 +250,7 @@ async fn an_invalid_edit_mid_contract_stops_it() {
         .patch(NAME, &PatchParams::default(), &Patch::Merge(&edit("2s")))
         .await
         .expect("fix the migration");
-    let m = env.wait_phase(NAME, Phase::Succeeded, T).await;
-    assert!(!env.column_exists("users", "legacy_flag").await);
-    assert_eq!(
-        m.status.and_then(|s| s.contract).map(|c| c.attempts),
-        Some(2)
-    );
+    commits_once_at_attempt_2(&env).await;
     env.cleanup().await;
 }
 
@@ -282,13 +282,7 @@ async fn a_stopped_operator_never_lets_contract_commit() {
     assert_eq!(rec.reason.as_deref(), Some("GateClosed"), "{rec:?}");
     contract_not_applied(&env, "still nothing committed").await;
     env.set_version("shop-api", "2.0.0", json!({})).await;
-    let m = env.wait_phase(NAME, Phase::Succeeded, T).await;
-    assert!(!env.column_exists("users", "legacy_flag").await);
-    assert_eq!(ledger_rows(&env, "contract").await, 1);
-    assert_eq!(
-        m.status.and_then(|s| s.contract).map(|c| c.attempts),
-        Some(2)
-    );
+    commits_once_at_attempt_2(&env).await;
     env.cleanup().await;
 }
 
@@ -331,13 +325,7 @@ async fn a_stalled_kubelet_never_lets_contract_commit_and_status_says_so() {
 
     // The kubelet is back: the old pod ends, the next attempt commits once.
     env.signal_runner("CONT");
-    let m = env.wait_phase(NAME, Phase::Succeeded, T).await;
-    assert!(!env.column_exists("users", "legacy_flag").await);
-    assert_eq!(ledger_rows(&env, "contract").await, 1);
-    assert_eq!(
-        m.status.and_then(|s| s.contract).map(|c| c.attempts),
-        Some(2)
-    );
+    commits_once_at_attempt_2(&env).await;
     env.cleanup().await;
 }
 
