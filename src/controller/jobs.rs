@@ -536,6 +536,54 @@ pub async fn observe_reported(
     rec: Option<&crate::api::PhaseStatus>,
     show_user_output: bool,
 ) -> Result<(JobState, Option<Report>), Error> {
+    observe_job(caches, apis, dbm, phase, rec, show_user_output, true).await
+}
+
+/// As [`observe_reported`], but a running Job is reported without what holds it up: that
+/// takes its pod's Events and its executor's log through the kubelet (up to 3 s when the
+/// kubelet hangs), which the fence must not wait for. See [`explain_running`].
+pub async fn observe_unexplained(
+    caches: &Caches,
+    apis: &JobApis,
+    dbm: &DatabaseMigration,
+    phase: JobPhase,
+    rec: Option<&crate::api::PhaseStatus>,
+    show_user_output: bool,
+) -> Result<(JobState, Option<Report>), Error> {
+    observe_job(caches, apis, dbm, phase, rec, show_user_output, false).await
+}
+
+/// What holds up the running Job of `phase`'s current attempt, once the plan keeps it
+/// running; `None` when nothing does, or it no longer runs.
+pub async fn explain_running(
+    caches: &Caches,
+    apis: &JobApis,
+    dbm: &DatabaseMigration,
+    phase: JobPhase,
+    rec: Option<&crate::api::PhaseStatus>,
+    show_user_output: bool,
+) -> Result<Option<Holdup>, Error> {
+    Ok(
+        match observe_job(caches, apis, dbm, phase, rec, show_user_output, true)
+            .await?
+            .0
+        {
+            JobState::Running(holdup) => holdup,
+            _ => None,
+        },
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn observe_job(
+    caches: &Caches,
+    apis: &JobApis,
+    dbm: &DatabaseMigration,
+    phase: JobPhase,
+    rec: Option<&crate::api::PhaseStatus>,
+    show_user_output: bool,
+    explain: bool,
+) -> Result<(JobState, Option<Report>), Error> {
     let user_job = phase_code(&dbm.spec, phase).1.is_some();
     let hide = user_job && !show_user_output;
     let uid = dbm.uid().unwrap_or_default();
@@ -660,6 +708,9 @@ pub async fn observe_reported(
             ),
         };
         return Ok((JobState::Failed(msg), report));
+    }
+    if !explain {
+        return Ok((JobState::Running(None), None));
     }
     let created = job.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let holdup = match stuck_reason(&job_pods, created, &apis.events, &name, hide).await? {

@@ -124,9 +124,11 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
     };
     let expanded = applied(&status.expand) || matches!(expand_job, JobState::Succeeded(_));
     let contracted = applied(&status.contract);
+    // Fenced phases are observed without what holds a running Job up (see `explain`): a
+    // stop must not wait for a kubelet that does not answer.
     let (contract_job, contract_report) = if expanded && !contracted {
         let rec = status.contract.as_ref();
-        jobs::observe_reported(
+        jobs::observe_unexplained(
             &ctx.caches,
             &apis,
             dbm,
@@ -144,7 +146,7 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
             if expanded && !contracted && !rec.as_ref().is_some_and(|b| b.run.succeeded) =>
         {
             let rec = rec.as_ref().map(|b| &b.run);
-            jobs::observe_reported(&ctx.caches, &apis, dbm, JobPhase::Backfill, rec, false)
+            jobs::observe_unexplained(&ctx.caches, &apis, dbm, JobPhase::Backfill, rec, false)
                 .await?
                 .0
         }
@@ -278,7 +280,50 @@ async fn plan(
         plan = planner::plan(&input);
         ctx.history_checked.note(&uid, &seen.status, &plan);
     }
+    explain(ctx, dbm, seen, &mut input, &mut plan).await?;
     Ok(Some(Decided { plan, quorum_read }))
+}
+
+/// A running contract or backfill Job the plan keeps gets what holds it up (its pod's state,
+/// its executor's wait or progress lines), and the plan is made again with it; one the plan
+/// stops needs none, so the stop never waits for the kubelet.
+async fn explain(
+    ctx: &Context,
+    dbm: &DatabaseMigration,
+    seen: &Observed,
+    input: &mut Input<'_>,
+    plan: &mut Plan,
+) -> Result<(), Error> {
+    let apis = jobs::JobApis::new(&ctx.client, &seen.ns);
+    let show_output = ctx.config.executor.job_policy.show_job_output;
+    let mut explained = false;
+    for phase in [JobPhase::Contract, JobPhase::Backfill] {
+        let (job, rec, show) = match phase {
+            JobPhase::Contract => (
+                &mut input.contract_job,
+                seen.status.contract.as_ref(),
+                show_output,
+            ),
+            _ => (
+                &mut input.backfill_job,
+                seen.status.backfill.as_ref().map(|b| &b.run),
+                false,
+            ),
+        };
+        let stops = matches!(plan.action, planner::Action::StopJob { phase: p, .. } if p == phase);
+        if *job != JobState::Running(None) || stops {
+            continue;
+        }
+        let holdup = jobs::explain_running(&ctx.caches, &apis, dbm, phase, rec, show).await?;
+        if holdup.is_some() {
+            *job = JobState::Running(holdup);
+            explained = true;
+        }
+    }
+    if explained {
+        *plan = planner::plan(input);
+    }
+    Ok(())
 }
 
 /// A stale plan may stop a running attempt whose gate closed, and nothing else.
