@@ -117,6 +117,19 @@ impl ExecutorPod {
     }
 }
 
+/// Variables of `phasegate apply` (and of users' own Jobs) that `phasegate backfill` does not
+/// read.
+const APPLY_ONLY: &[&str] = &[
+    "PHASEGATE_PHASE",
+    "PHASEGATE_APP_VERSION",
+    crate::protocol::grant::ENV_ATTEMPT,
+    "PHASEGATE_LOCK_TIMEOUT",
+    "PHASEGATE_STATEMENT_TIMEOUT",
+    "PHASEGATE_YOUNG_TRANSACTION",
+    "PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER",
+    "PHASEGATE_MAX_LOCK_RETRIES",
+];
+
 /// The name of the executor's container in its pod.
 const EXECUTOR_CONTAINER: &str = "executor";
 
@@ -236,6 +249,9 @@ pub fn build_job(
         }
     }
     if phase == JobPhase::Backfill {
+        // `phasegate backfill` has settings of its own (tests/protocol.rs checks that every
+        // variable set here is one the executor reads).
+        env.retain(|e| !APPLY_ONLY.contains(&e.name.as_str()));
         env.extend(backfill_env(spec, status));
     }
 
