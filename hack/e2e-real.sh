@@ -451,7 +451,10 @@ set_version() { kc patch deployment "$1" --type merge -p "{\"spec\":{\"template\
 stall_kubelet() { kubelet_stalled=1; kill -STOP "$(cat "${KUBELET_PID_FILE}")"; }
 # What the executor's container printed, read from the node's log file (no kubelet needed).
 executor_log() { cat /var/log/pods/"${NS}_$1"_*/executor/*.log 2>/dev/null || true; }
-lost_grant() { executor_log "$1" | grep 'commit grant' | grep -Eq 'Withheld|Superseded'; }
+# The executor's grant answers as it logged them (on each change of verdict).
+verdicts() { executor_log "$1" | grep 'commit grant' | grep 'verdict'; }
+# Its latest answer is not a grant.
+lost_grant() { verdicts "$1" | tail -1 | grep -Eq 'Withheld|Superseded'; }
 
 # rollback_while_waiting <case> <migration> <table> <deployment> <stall the kubelet: yes|no>
 rollback_while_waiting() {
@@ -521,9 +524,9 @@ EOF
     expect_eq "${c}: the executor's container still runs (no stop delivered)" "RUNNING" \
       "$(ctr -n k8s.io tasks ls | awk -v c="${cid#containerd://}" '$1 == c {print $3}')"
     wait_until 15 "the executor to lose its commit grant" lost_grant "${cpod}"
-    # When: the first answer that was not a grant, by the container log's own timestamp.
+    # When: the first answer after its last grant, by the container log's own timestamp.
     local refused_at
-    refused_at="$(executor_log "${cpod}" | grep 'commit grant' | grep -E 'Withheld|Superseded' | head -1 | cut -d' ' -f1)"
+    refused_at="$(verdicts "${cpod}" | awk '/Granted/ {at = ""; next} at == "" {at = $1} END {print at}')"
     refused_at="$(date -d "${refused_at}" +%s%N 2>/dev/null || echo 0)"
     pass "${c}: the operator refused the executor's next grant request $(((refused_at - rolled_back) / 1000000)) ms after the rollback was written (status said AwaitingRollout after ${status_ms} ms)"
   else

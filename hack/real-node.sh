@@ -347,8 +347,10 @@ registerWithTaints:
 EOF
   # kube-proxy in iptables mode: ClusterIP Services work from this node's pods (and from the
   # host). It leaves the conntrack sysctls and route_localnet alone (zeros below), and opens
-  # NodePorts on the node's address only.
-  cat >"${RN}/etc/kube-proxy.yaml" <<EOF
+  # NodePorts on the node's address only. kube-proxy exits as soon as its config file is
+  # written to (even with the same content): replace the file only when it changes, and then
+  # restart kube-proxy (start_kube_proxy).
+  cat >"${RN}/etc/kube-proxy.yaml.new" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
@@ -361,11 +363,19 @@ nodePortAddresses: ["${NODE_IP}/32"]
 iptables: {localhostNodePorts: false, masqueradeAll: false, minSyncPeriod: 1s, syncPeriod: 30s}
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 EOF
+  if cmp -s "${RN}/etc/kube-proxy.yaml.new" "${RN}/etc/kube-proxy.yaml"; then
+    rm -f "${RN}/etc/kube-proxy.yaml.new"
+  else
+    mv -f "${RN}/etc/kube-proxy.yaml.new" "${RN}/etc/kube-proxy.yaml"
+    KUBE_PROXY_CONFIG_CHANGED=1
+  fi
 }
 
 # ---------------------------------------------------------------- processes
 
-pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Running, and not a zombie (a daemon that exited may stay one here: PID 1 may not reap it).
+running() { kill -0 "$1" 2>/dev/null && [[ "$(ps -o stat= -p "$1" 2>/dev/null)" != Z* ]]; }
+pid_alive() { [[ -f "$1" ]] && running "$(cat "$1")"; }
 containerd_up() { ctr --address "${CONTAINERD_SOCK}" version >/dev/null 2>&1; }
 node_ready() {
   [[ "$(kc get node "${NODE}" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
@@ -445,6 +455,10 @@ EOF
 kube_proxy_synced() { curl -fsS --max-time 2 "http://127.0.0.1:${KUBE_PROXY_HEALTHZ_PORT}/healthz" >/dev/null; }
 
 start_kube_proxy() {
+  if [[ -n "${KUBE_PROXY_CONFIG_CHANGED:-}" ]] && pid_alive "${RUN}/kube-proxy.pid"; then
+    log "kube-proxy's configuration changed; restarting it"
+    stop_pid "${RUN}/kube-proxy.pid"
+  fi
   if pid_alive "${RUN}/kube-proxy.pid"; then
     kube_proxy_synced && return 0
     log "kube-proxy running but not healthy ($(curl -sS --max-time 2 "http://127.0.0.1:${KUBE_PROXY_HEALTHZ_PORT}/healthz" 2>&1 | head -c 400)); restarting it (previous log: ${RN}/kube-proxy.log.1)"
@@ -486,10 +500,10 @@ stop_pid() {
   local file="$1" pid i
   [[ -f "${file}" ]] || return 0
   pid="$(cat "${file}")"
-  if kill -0 "${pid}" 2>/dev/null; then
+  if running "${pid}"; then
     kill "${pid}" 2>/dev/null || true
-    for i in $(seq 1 40); do kill -0 "${pid}" 2>/dev/null || break; sleep 0.25; done
-    kill -9 "${pid}" 2>/dev/null || true
+    for i in $(seq 1 40); do running "${pid}" || break; sleep 0.25; done
+    running "${pid}" && kill -9 "${pid}" 2>/dev/null || true
   fi
   rm -f "${file}"
 }
