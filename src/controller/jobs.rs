@@ -20,6 +20,7 @@ use crate::api::{
 };
 use crate::executor::report::Report;
 use crate::planner::{job_name, migration_label, phase_code, validate, Holdup, JobPhase, JobState};
+use crate::protocol::env as penv;
 
 use super::cache::Caches;
 use super::error::{Error, KubeContext};
@@ -120,14 +121,14 @@ impl ExecutorPod {
 /// Variables of `phasegate apply` (and of users' own Jobs) that `phasegate backfill` does not
 /// read.
 const APPLY_ONLY: &[&str] = &[
-    "PHASEGATE_PHASE",
-    "PHASEGATE_APP_VERSION",
+    penv::PHASE,
+    penv::APP_VERSION,
     crate::protocol::grant::ENV_ATTEMPT,
-    "PHASEGATE_LOCK_TIMEOUT",
-    "PHASEGATE_STATEMENT_TIMEOUT",
-    "PHASEGATE_YOUNG_TRANSACTION",
-    "PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER",
-    "PHASEGATE_MAX_LOCK_RETRIES",
+    penv::LOCK_TIMEOUT,
+    penv::STATEMENT_TIMEOUT,
+    penv::YOUNG_TRANSACTION,
+    penv::LOCK_WAIT_ATTEMPT_AFTER,
+    penv::MAX_LOCK_RETRIES,
 ];
 
 /// The name of the executor's container in its pod.
@@ -176,7 +177,7 @@ pub fn build_job(
     let url_ref = &spec.database.url_secret_ref;
     let mut env = vec![
         EnvVar {
-            name: "PHASEGATE_DATABASE_URL".into(),
+            name: penv::DATABASE_URL.into(),
             value_from: Some(EnvVarSource {
                 secret_key_ref: Some(SecretKeySelector {
                     name: url_ref.name.clone(),
@@ -187,33 +188,27 @@ pub fn build_job(
             }),
             ..Default::default()
         },
-        plain("PHASEGATE_PHASE", phase.as_str()),
-        plain("PHASEGATE_MIGRATION_NAMESPACE", &namespace),
-        plain("PHASEGATE_MIGRATION_NAME", &name),
-        plain("PHASEGATE_MIGRATION_UID", &uid),
-        plain("PHASEGATE_APP_VERSION", &spec.app_version),
+        plain(penv::PHASE, phase.as_str()),
+        plain(penv::MIGRATION_NAMESPACE, &namespace),
+        plain(penv::MIGRATION_NAME, &name),
+        plain(penv::MIGRATION_UID, &uid),
+        plain(penv::APP_VERSION, &spec.app_version),
         plain(crate::protocol::grant::ENV_ATTEMPT, &attempt.to_string()),
-        plain("PHASEGATE_LOCK_TIMEOUT", &spec.safety.lock_timeout),
+        plain(penv::LOCK_TIMEOUT, &spec.safety.lock_timeout),
+        plain(penv::STATEMENT_TIMEOUT, &spec.safety.statement_timeout),
+        plain(penv::YOUNG_TRANSACTION, &spec.safety.young_transaction),
         plain(
-            "PHASEGATE_STATEMENT_TIMEOUT",
-            &spec.safety.statement_timeout,
-        ),
-        plain(
-            "PHASEGATE_YOUNG_TRANSACTION",
-            &spec.safety.young_transaction,
-        ),
-        plain(
-            "PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER",
+            penv::LOCK_WAIT_ATTEMPT_AFTER,
             &spec.safety.lock_wait_attempt_after,
         ),
         plain(
-            "PHASEGATE_MAX_LOCK_RETRIES",
+            penv::MAX_LOCK_RETRIES,
             &spec.safety.max_lock_retries.to_string(),
         ),
     ];
     if phase == JobPhase::Contract {
         env.push(plain(
-            "PHASEGATE_DATABASE_CHECK",
+            penv::DATABASE_CHECK,
             if spec.safety.database_check {
                 "true"
             } else {
@@ -222,7 +217,7 @@ pub fn build_job(
         ));
         // Transactions older than this may still run the old code's queries.
         if let Some(at) = status.rollout_completed_at.as_ref() {
-            env.push(plain("PHASEGATE_ROLLOUT_COMPLETED_AT", &at.0.to_string()));
+            env.push(plain(penv::ROLLOUT_COMPLETED_AT, &at.0.to_string()));
         }
         // Only the migration's own applications are judged by version.
         let mut apps: Vec<String> = if spec.safety.application_names.is_empty() {
@@ -232,20 +227,17 @@ pub fn build_job(
         };
         apps.sort();
         apps.dedup();
-        env.push(plain("PHASEGATE_APPLICATION_NAMES", &apps.join(",")));
+        env.push(plain(penv::APPLICATION_NAMES, &apps.join(",")));
         let rule = crate::planner::version_rule(spec, status);
         if rule.order != crate::api::VersionOrder::SemVer {
-            env.push(plain(
-                "PHASEGATE_VERSION_ORDER",
-                &format!("{:?}", rule.order),
-            ));
+            env.push(plain(penv::VERSION_ORDER, &format!("{:?}", rule.order)));
         }
         if let Some(previous) = &rule.previous {
-            env.push(plain("PHASEGATE_PREVIOUS_VERSIONS", &previous.join(",")));
+            env.push(plain(penv::PREVIOUS_VERSIONS, &previous.join(",")));
         }
         // Phasegate's own expand left a ledger row: contract must find it on this database.
         if spec.expand.sql.is_some() {
-            env.push(plain("PHASEGATE_REQUIRE_EXPAND", "true"));
+            env.push(plain(penv::REQUIRE_EXPAND, "true"));
         }
     }
     if phase == JobPhase::Backfill {
@@ -264,7 +256,7 @@ pub fn build_job(
             (t, 0)
         }
         (Some(sql), _) => {
-            env.push(plain("PHASEGATE_SQL", sql));
+            env.push(plain(penv::SQL, sql));
             // Phasegate's own contract executor never commits without the operator's grant.
             if phase == JobPhase::Contract {
                 env.push(plain(crate::protocol::grant::ENV_URL, &cfg.grant_url));
@@ -328,33 +320,33 @@ fn backfill_env(
         return Vec::new();
     };
     let mut env = vec![
-        plain("PHASEGATE_BACKFILL_TABLE", &b.table),
-        plain("PHASEGATE_BACKFILL_KEY", &b.key),
-        plain("PHASEGATE_BACKFILL_SQL", &b.sql),
+        plain(penv::BACKFILL_TABLE, &b.table),
+        plain(penv::BACKFILL_KEY, &b.key),
+        plain(penv::BACKFILL_SQL, &b.sql),
         plain(
-            "PHASEGATE_BACKFILL_STATEMENT_TIMEOUT",
+            penv::BACKFILL_STATEMENT_TIMEOUT,
             &spec.safety.statement_timeout,
         ),
         // The rollout epoch, exactly as status stores it: another epoch restarts the scan.
-        plain("PHASEGATE_BACKFILL_EPOCH", &backfill_epoch(status)),
+        plain(penv::BACKFILL_EPOCH, &backfill_epoch(status)),
     ];
     let opt = [
         (
-            "PHASEGATE_BACKFILL_BATCH_SIZE",
+            penv::BACKFILL_BATCH_SIZE,
             b.batch_size.map(|n| n.to_string()),
         ),
         (
-            "PHASEGATE_BACKFILL_MAX_BATCH_SIZE",
+            penv::BACKFILL_MAX_BATCH_SIZE,
             b.max_batch_size.map(|n| n.to_string()),
         ),
         (
-            "PHASEGATE_BACKFILL_TARGET_BATCH_DURATION",
+            penv::BACKFILL_TARGET_BATCH_DURATION,
             b.target_batch_duration.clone(),
         ),
-        ("PHASEGATE_BACKFILL_PAUSE", b.pause.clone()),
-        ("PHASEGATE_BACKFILL_LOCK_TIMEOUT", b.lock_timeout.clone()),
+        (penv::BACKFILL_PAUSE, b.pause.clone()),
+        (penv::BACKFILL_LOCK_TIMEOUT, b.lock_timeout.clone()),
         (
-            "PHASEGATE_BACKFILL_MAX_REPLICATION_LAG",
+            penv::BACKFILL_MAX_REPLICATION_LAG,
             b.max_replication_lag.clone(),
         ),
     ];
@@ -1011,20 +1003,17 @@ mod tests {
         assert_eq!(pod.containers[0].args, Some(vec!["backfill".to_string()]));
         let env = env_of(&job);
         let get = |k: &str| env.get(k).map(String::as_str);
-        assert_eq!(get("PHASEGATE_BACKFILL_TABLE"), Some("users"));
-        assert_eq!(get("PHASEGATE_BACKFILL_KEY"), Some("id"));
-        assert_eq!(get("PHASEGATE_BACKFILL_PAUSE"), Some("10ms"));
-        assert_eq!(get("PHASEGATE_BACKFILL_BATCH_SIZE"), Some("200"));
+        assert_eq!(get(penv::BACKFILL_TABLE), Some("users"));
+        assert_eq!(get(penv::BACKFILL_KEY), Some("id"));
+        assert_eq!(get(penv::BACKFILL_PAUSE), Some("10ms"));
+        assert_eq!(get(penv::BACKFILL_BATCH_SIZE), Some("200"));
         assert_eq!(
-            get("PHASEGATE_BACKFILL_LOCK_TIMEOUT"),
+            get(penv::BACKFILL_LOCK_TIMEOUT),
             None,
             "unset: the executor's default"
         );
-        assert_eq!(get("PHASEGATE_SQL"), None);
-        assert_eq!(
-            get("PHASEGATE_BACKFILL_EPOCH"),
-            Some("2023-11-14T22:13:20Z/0")
-        );
+        assert_eq!(get(penv::SQL), None);
+        assert_eq!(get(penv::BACKFILL_EPOCH), Some("2023-11-14T22:13:20Z/0"));
         // The epoch is the stored form: a status read back from the API server gives the same.
         let stored: DatabaseMigrationStatus =
             serde_json::from_value(serde_json::to_value(&status).expect("json")).expect("back");
@@ -1067,16 +1056,15 @@ mod tests {
         let job = build_job(&m, &status, JobPhase::Contract, 1, &cfg).expect("job");
         let env = env_of(&job);
         assert_eq!(
-            env.get("PHASEGATE_ROLLOUT_COMPLETED_AT")
-                .map(String::as_str),
+            env.get(penv::ROLLOUT_COMPLETED_AT).map(String::as_str),
             Some("2023-11-14T22:13:20Z")
         );
         assert_eq!(
-            env.get("PHASEGATE_APPLICATION_NAMES").map(String::as_str),
+            env.get(penv::APPLICATION_NAMES).map(String::as_str),
             Some("shop-api")
         );
         assert_eq!(
-            env.get("PHASEGATE_REQUIRE_EXPAND").map(String::as_str),
+            env.get(penv::REQUIRE_EXPAND).map(String::as_str),
             Some("true")
         );
         let labels = job.metadata.labels.clone().expect("labels");
@@ -1108,23 +1096,16 @@ mod tests {
         let job = build_job(&migration("m"), &status, JobPhase::Expand, 1, &cfg).expect("job");
         let env = env_of(&job);
         let get = |k: &str| env.get(k).cloned();
-        assert_eq!(get("PHASEGATE_YOUNG_TRANSACTION").as_deref(), Some("30ms"));
-        assert_eq!(
-            get("PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER").as_deref(),
-            Some("10s")
-        );
+        assert_eq!(get(penv::YOUNG_TRANSACTION).as_deref(), Some("30ms"));
+        assert_eq!(get(penv::LOCK_WAIT_ATTEMPT_AFTER).as_deref(), Some("10s"));
         let mut m = migration("m");
         m.spec.safety.young_transaction = "100ms".into();
         m.spec.safety.lock_wait_attempt_after = "0s".into();
         for phase in [JobPhase::Expand, JobPhase::Contract] {
             let env = env_of(&build_job(&m, &status, phase, 1, &cfg).expect("job"));
             let get = |k: &str| env.get(k).map(String::as_str);
-            assert_eq!(get("PHASEGATE_YOUNG_TRANSACTION"), Some("100ms"), "{phase}");
-            assert_eq!(
-                get("PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER"),
-                Some("0s"),
-                "{phase}"
-            );
+            assert_eq!(get(penv::YOUNG_TRANSACTION), Some("100ms"), "{phase}");
+            assert_eq!(get(penv::LOCK_WAIT_ATTEMPT_AFTER), Some("0s"), "{phase}");
         }
     }
 

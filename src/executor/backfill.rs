@@ -168,66 +168,66 @@ far is recorded in the checkpoint and the next run resumes after it."
 )]
 pub struct BackfillArgs {
     /// PostgreSQL URL.
-    #[arg(long, env = "PHASEGATE_DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = crate::protocol::env::DATABASE_URL, hide_env_values = true)]
     pub database_url: Secret,
     /// The table to fill (optionally schema-qualified).
-    #[arg(long, env = "PHASEGATE_BACKFILL_TABLE")]
+    #[arg(long, env = crate::protocol::env::BACKFILL_TABLE)]
     pub table: String,
     /// A unique column of the table to walk in order: an integer, or text, uuid, a date or
     /// time, numeric... (see docs/backfill.md).
-    #[arg(long, env = "PHASEGATE_BACKFILL_KEY")]
+    #[arg(long, env = crate::protocol::env::BACKFILL_KEY)]
     pub key: String,
     /// SQL of one batch: `$1` is the exclusive lower and `$2` the inclusive upper bound of the
     /// key range (bigint for an integer key, else the key's type), e.g.
     /// `UPDATE t SET b = a WHERE id > $1 AND id <= $2 AND b IS NULL`.
-    #[arg(long, env = "PHASEGATE_BACKFILL_SQL", hide_env_values = true)]
+    #[arg(long, env = crate::protocol::env::BACKFILL_SQL, hide_env_values = true)]
     pub sql: String,
     /// Rows in the first batch; later batches adapt toward the target duration.
-    #[arg(long, env = "PHASEGATE_BACKFILL_BATCH_SIZE", default_value_t = 1000)]
+    #[arg(long, env = crate::protocol::env::BACKFILL_BATCH_SIZE, default_value_t = 1000)]
     pub batch_size: i64,
     /// Largest batch the adaptation may reach.
     #[arg(
         long,
-        env = "PHASEGATE_BACKFILL_MAX_BATCH_SIZE",
+        env = crate::protocol::env::BACKFILL_MAX_BATCH_SIZE,
         default_value_t = 50_000
     )]
     pub max_batch_size: i64,
     /// How long one batch's transaction should take.
-    #[arg(long, env = "PHASEGATE_BACKFILL_TARGET_BATCH_DURATION", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::BACKFILL_TARGET_BATCH_DURATION, default_value = "200ms", value_parser = parse_duration)]
     pub target_batch_duration: Duration,
     /// Sleep between batches.
-    #[arg(long, env = "PHASEGATE_BACKFILL_PAUSE", default_value = "50ms", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::BACKFILL_PAUSE, default_value = "50ms", value_parser = parse_duration)]
     pub pause: Duration,
     /// `lock_timeout` of each batch.
-    #[arg(long, env = "PHASEGATE_BACKFILL_LOCK_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::BACKFILL_LOCK_TIMEOUT, default_value = "1s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
     /// `statement_timeout` of each batch.
-    #[arg(long, env = "PHASEGATE_BACKFILL_STATEMENT_TIMEOUT", default_value = "1m", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::BACKFILL_STATEMENT_TIMEOUT, default_value = "1m", value_parser = parse_duration)]
     pub statement_timeout: Duration,
     /// Consecutive lock timeouts of one batch before the backfill fails.
     #[arg(
         long,
-        env = "PHASEGATE_BACKFILL_MAX_LOCK_RETRIES",
+        env = crate::protocol::env::BACKFILL_MAX_LOCK_RETRIES,
         default_value_t = 30
     )]
     pub max_lock_retries: u32,
     /// Throttle while a standby's replay lag (`pg_stat_replication`) exceeds this (0: off).
-    #[arg(long, env = "PHASEGATE_BACKFILL_MAX_REPLICATION_LAG", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::BACKFILL_MAX_REPLICATION_LAG, default_value = "10s", value_parser = parse_duration)]
     pub max_replication_lag: Duration,
     /// The rollout epoch (`status.rolloutCompletedAt`): a different one restarts the scan.
-    #[arg(long, env = "PHASEGATE_BACKFILL_EPOCH", default_value = "")]
+    #[arg(long, env = crate::protocol::env::BACKFILL_EPOCH, default_value = "")]
     pub epoch: String,
-    #[arg(long, env = "PHASEGATE_MIGRATION_NAMESPACE", default_value = "default")]
+    #[arg(long, env = crate::protocol::env::MIGRATION_NAMESPACE, default_value = "default")]
     pub migration_namespace: String,
-    #[arg(long, env = "PHASEGATE_MIGRATION_NAME", default_value = "local")]
+    #[arg(long, env = crate::protocol::env::MIGRATION_NAME, default_value = "local")]
     pub migration_name: String,
-    #[arg(long, env = "PHASEGATE_MIGRATION_UID", default_value = "")]
+    #[arg(long, env = crate::protocol::env::MIGRATION_UID, default_value = "")]
     pub migration_uid: String,
-    #[arg(long, env = "PHASEGATE_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::CONNECT_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     #[arg(
         long,
-        env = "PHASEGATE_TERMINATION_LOG",
+        env = crate::protocol::env::TERMINATION_LOG,
         default_value = "/dev/termination-log"
     )]
     pub termination_log: PathBuf,

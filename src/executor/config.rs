@@ -61,15 +61,15 @@ The JSON report is the last line on stdout and goes to --termination-log."
 )]
 pub struct ApplyArgs {
     /// PostgreSQL URL (postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=...).
-    #[arg(long, env = "PHASEGATE_DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = crate::protocol::env::DATABASE_URL, hide_env_values = true)]
     pub database_url: Secret,
     /// Which phase to run.
-    #[arg(long, env = "PHASEGATE_PHASE", value_enum)]
+    #[arg(long, env = crate::protocol::env::PHASE, value_enum)]
     pub phase: Phase,
     /// The phase's SQL.
     #[arg(
         long,
-        env = "PHASEGATE_SQL",
+        env = crate::protocol::env::SQL,
         hide_env_values = true,
         conflicts_with = "file"
     )]
@@ -78,56 +78,56 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub file: Option<PathBuf>,
     /// Namespace of the migration: with name and phase, the key of its ledger row.
-    #[arg(long, env = "PHASEGATE_MIGRATION_NAMESPACE", default_value = "default")]
+    #[arg(long, env = crate::protocol::env::MIGRATION_NAMESPACE, default_value = "default")]
     pub migration_namespace: String,
     /// Name of the migration (ledger key).
-    #[arg(long, env = "PHASEGATE_MIGRATION_NAME", default_value = "local")]
+    #[arg(long, env = crate::protocol::env::MIGRATION_NAME, default_value = "local")]
     pub migration_name: String,
     /// UID of the DatabaseMigration object, recorded in the ledger.
-    #[arg(long, env = "PHASEGATE_MIGRATION_UID", default_value = "")]
+    #[arg(long, env = crate::protocol::env::MIGRATION_UID, default_value = "")]
     pub migration_uid: String,
     /// The migration's `appVersion`: recorded in the ledger; contract's database check
     /// compares sessions' versions with it.
-    #[arg(long, env = "PHASEGATE_APP_VERSION", default_value = "")]
+    #[arg(long, env = crate::protocol::env::APP_VERSION, default_value = "")]
     pub app_version: String,
     /// `lock_timeout` of each attempt.
-    #[arg(long, env = "PHASEGATE_LOCK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::LOCK_TIMEOUT, default_value = "2s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
     /// `statement_timeout` of each statement.
-    #[arg(long, env = "PHASEGATE_STATEMENT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::STATEMENT_TIMEOUT, default_value = "10m", value_parser = parse_duration)]
     pub statement_timeout: Duration,
     /// Retries after a lock timeout (SQLSTATE 55P03) or deadlock.
-    #[arg(long, env = "PHASEGATE_MAX_LOCK_RETRIES", default_value_t = 10)]
+    #[arg(long, env = crate::protocol::env::MAX_LOCK_RETRIES, default_value_t = 10)]
     pub max_lock_retries: u32,
     /// How long to wait, outside the lock queue, for older transactions to release the tables
     /// (0 disables lock-aware waiting: plain retries on lock timeouts).
-    #[arg(long, env = "PHASEGATE_LOCK_WAIT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::LOCK_WAIT_TIMEOUT, default_value = "10m", value_parser = parse_duration)]
     pub lock_wait_timeout: Duration,
     /// Waiting outside the lock queue, transactions younger than this are short application work
     /// and attempted past (the attempt's lock_timeout bounds what it costs them).
-    #[arg(long, env = "PHASEGATE_YOUNG_TRANSACTION", default_value = "30ms", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::YOUNG_TRANSACTION, default_value = "30ms", value_parser = parse_duration)]
     pub young_transaction: Duration,
     /// After waiting this long outside the lock queue with only transactions younger than
     /// lock_timeout in the way (a steady stream of short ones), attempt anyway with lock_timeout
     /// (never before lock_timeout has passed; 0: never).
-    #[arg(long, env = "PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::LOCK_WAIT_ATTEMPT_AFTER, default_value = "10s", value_parser = parse_duration)]
     pub lock_wait_attempt_after: Duration,
     /// How long to wait for another migration on the same database to finish.
-    #[arg(long, env = "PHASEGATE_ADVISORY_LOCK_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::ADVISORY_LOCK_TIMEOUT, default_value = "10m", value_parser = parse_duration)]
     pub advisory_lock_timeout: Duration,
     /// How long to wait for the database connection.
-    #[arg(long, env = "PHASEGATE_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::CONNECT_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
     /// Where the JSON report goes (skipped when the directory does not exist).
     #[arg(
         long,
-        env = "PHASEGATE_TERMINATION_LOG",
+        env = crate::protocol::env::TERMINATION_LOG,
         default_value = "/dev/termination-log"
     )]
     pub termination_log: PathBuf,
     /// Test hook: `pause-before-commit` or `pause-after-commit` makes the process sleep there
     /// (until a stop signal).
-    #[arg(long, env = "PHASEGATE_FAILPOINT", hide = true)]
+    #[arg(long, env = crate::protocol::env::FAILPOINT, hide = true)]
     pub failpoint: Option<String>,
     /// Settings of contract's database check and identity check (ignored for expand); last,
     /// because their help heading applies to every argument after them.
@@ -141,44 +141,44 @@ pub struct ContractArgs {
     /// Refuse to run while sessions of older application versions (`application_name`
     /// `<app>@<version>`) or transactions begun before the rollout completed are in the
     /// database, here and again right before COMMIT (`true`/`false`; default true).
-    #[arg(long, env = "PHASEGATE_DATABASE_CHECK")]
+    #[arg(long, env = crate::protocol::env::DATABASE_CHECK)]
     pub database_check: Option<String>,
     /// When the rollout completed (RFC 3339); older transactions block contract.
-    #[arg(long, env = "PHASEGATE_ROLLOUT_COMPLETED_AT")]
+    #[arg(long, env = crate::protocol::env::ROLLOUT_COMPLETED_AT)]
     pub rollout_completed_at: Option<String>,
     /// How long contract waits for old sessions and transactions to end before failing.
-    #[arg(long, env = "PHASEGATE_DATABASE_CHECK_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::env::DATABASE_CHECK_TIMEOUT, default_value = "5m", value_parser = parse_duration)]
     pub database_check_timeout: Duration,
     /// The applications the database check judges by version, as comma-separated
     /// `<app>` names of `application_name` `<app>@<version>` (compared ignoring ASCII case).
     /// Sessions of other applications are not judged by version (the transaction rule still
     /// applies to them). Unset or empty: every `<app>@<version>` session is judged.
-    #[arg(long, env = "PHASEGATE_APPLICATION_NAMES", value_name = "APP,...")]
+    #[arg(long, env = crate::protocol::env::APPLICATION_NAMES, value_name = "APP,...")]
     pub application_names: Option<String>,
     /// How a session's version compares with PHASEGATE_APP_VERSION: `SemVer` (default;
     /// semantic order where both parse, equality otherwise), `Exact`, or `NotPrevious`
     /// (only the versions in PHASEGATE_PREVIOUS_VERSIONS are old).
-    #[arg(long, env = "PHASEGATE_VERSION_ORDER", value_name = "ORDER")]
+    #[arg(long, env = crate::protocol::env::VERSION_ORDER, value_name = "ORDER")]
     pub version_order: Option<String>,
     /// With `NotPrevious`: the comma-separated versions that count as old.
-    #[arg(long, env = "PHASEGATE_PREVIOUS_VERSIONS", value_name = "V,...")]
+    #[arg(long, env = crate::protocol::env::PREVIOUS_VERSIONS, value_name = "V,...")]
     pub previous_versions: Option<String>,
     /// Refuse (nothing applied) unless this database's ledger records the applied
     /// expand of the same migration — namespace, name and PHASEGATE_MIGRATION_UID — e.g. when the
     /// Secret was repointed to another database (`true`/`false`; default false).
-    #[arg(long, env = "PHASEGATE_REQUIRE_EXPAND")]
+    #[arg(long, env = crate::protocol::env::REQUIRE_EXPAND)]
     pub require_expand: Option<String>,
     /// The operator's commit-grant endpoint (base URL). When set, contract never COMMITs
     /// without a fresh grant for this attempt from the leading operator (the operator sets
     /// it on every contract Job; without it, a run by hand is not fenced by the operator).
-    #[arg(long, env = "PHASEGATE_GRANT_URL", value_name = "URL")]
+    #[arg(long, env = crate::protocol::grant::ENV_URL, value_name = "URL")]
     pub grant_url: Option<String>,
     /// The attempt this run is (its Job's attempt number), for the grant.
-    #[arg(long, env = "PHASEGATE_ATTEMPT", default_value_t = 0)]
+    #[arg(long, env = crate::protocol::grant::ENV_ATTEMPT, default_value_t = 0)]
     pub attempt: u32,
     /// How long the run waits for a grant, in all, before it gives up (exit 1, report
     /// `no commit grant`).
-    #[arg(long, env = "PHASEGATE_GRANT_WAIT", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = crate::protocol::grant::ENV_WAIT, default_value = "10m", value_parser = parse_duration)]
     pub grant_wait: Duration,
 }
 
