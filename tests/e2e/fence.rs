@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::ResourceExt;
 use phasegate::api::Phase;
 use serde_json::json;
@@ -326,6 +326,66 @@ async fn a_stalled_kubelet_never_lets_contract_commit_and_status_says_so() {
     // The kubelet is back: the old pod ends, the next attempt commits once.
     env.signal_runner("CONT");
     commits_once_at_attempt_2(&env).await;
+    env.cleanup().await;
+}
+
+/// A contract Job created, and the status write that records its attempt refused (here by
+/// taking `patch` on the status away from the operator's Role): the executor gets no grant for
+/// an attempt status does not record, so nothing commits until the write lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_contract_attempt_status_does_not_record_never_commits() {
+    use k8s_openapi::api::rbac::v1::Role;
+    let env = expanded("fence-lostwrite", json!({})).await;
+    let roles: Api<Role> = Api::namespaced(env.client.clone(), &env.ns);
+    let full = roles.get("phasegate").await.expect("the operator's Role");
+    let mut cut = full.clone();
+    cut.metadata.managed_fields = None;
+    if let Some(rules) = cut.rules.as_mut() {
+        rules.retain(|r| {
+            !r.resources
+                .iter()
+                .flatten()
+                .any(|res| res == "databasemigrations/status")
+        });
+    }
+    roles
+        .replace("phasegate", &Default::default(), &cut)
+        .await
+        .expect("take status writes away");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    wait_until(T, "the contract Job exists", || async {
+        !env.job_names("contract").await.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let m = env.migrations().get(NAME).await.expect("migration");
+    assert_eq!(
+        m.status.and_then(|s| s.contract).map(|c| c.attempts),
+        None,
+        "status never recorded the attempt"
+    );
+    contract_not_applied(&env, "no grant for an attempt status does not record").await;
+
+    let mut back = roles.get("phasegate").await.expect("role");
+    back.rules = full.rules.clone();
+    back.metadata.managed_fields = None;
+    roles
+        .replace("phasegate", &Default::default(), &back)
+        .await
+        .expect("give status writes back");
+    // The refused writes backed the reconciles off (up to 5 minutes); any change to the
+    // migration reconciles it at once.
+    env.annotate(NAME, "example.com/touched", "1").await;
+    let m = env.wait_phase(NAME, Phase::Succeeded, T).await;
+    assert!(!env.column_exists("users", "legacy_flag").await);
+    assert_eq!(ledger_rows(&env, "contract").await, 1);
+    assert_eq!(
+        m.status.and_then(|s| s.contract).map(|c| c.attempts),
+        Some(1),
+        "the attempt created before the write landed is the one that committed"
+    );
     env.cleanup().await;
 }
 
