@@ -57,7 +57,7 @@ pub struct Context {
     /// Resolves when the controller must stop: no new work is started after that.
     pub shutdown: Shutdown,
     /// Consecutive failed reconciles per migration, for exponential backoff.
-    failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<DatabaseMigration>, u32>>,
+    failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<DatabaseMigration>, Failures>>,
     /// Recent status writes: progress pacing and stale-copy detection.
     pub(crate) status_writes: status_writes::StatusWrites,
     /// Migrations whose rollout history this process has read in their current epoch.
@@ -73,14 +73,11 @@ impl Context {
     /// A reconcile failed: how long to wait before the next one (1 s, doubling, at most
     /// 5 minutes; reset by a success).
     pub(crate) fn failed(&self, m: &DatabaseMigration) -> Duration {
+        let now = std::time::Instant::now();
         let n = self
             .failures
             .lock()
-            .map(|mut f| {
-                let n = f.entry(ObjectRef::from_obj(m)).or_insert(0);
-                *n = n.saturating_add(1);
-                *n
-            })
+            .map(|mut f| f.entry(ObjectRef::from_obj(m)).or_default().record(now))
             .unwrap_or(1);
         error_backoff(n)
     }
@@ -89,6 +86,30 @@ impl Context {
         if let Ok(mut f) = self.failures.lock() {
             f.remove(&ObjectRef::from_obj(m));
         }
+    }
+}
+
+/// Consecutive failed reconciles of one migration.
+#[derive(Debug, Default)]
+struct Failures {
+    count: u32,
+    last: Option<std::time::Instant>,
+}
+
+impl Failures {
+    /// One more failure at `now`; returns the count to back off by. Failures within the
+    /// current backoff count once: a burst of watch events each failing the same way (a
+    /// refused status write) would otherwise reach the 5-minute cap within a second, and the
+    /// cause fixed then would wait that long.
+    fn record(&mut self, now: std::time::Instant) -> u32 {
+        let within = self
+            .last
+            .is_some_and(|t| self.count > 0 && now.duration_since(t) < error_backoff(self.count));
+        if !within {
+            self.count = self.count.saturating_add(1);
+            self.last = Some(now);
+        }
+        self.count
     }
 }
 
@@ -573,6 +594,19 @@ mod tests {
             )),
             ["selected", "waiting"]
         );
+    }
+
+    #[test]
+    fn a_burst_of_failures_backs_off_once() {
+        let t0 = std::time::Instant::now();
+        let mut f = Failures::default();
+        let burst: Vec<u32> = (0..10)
+            .map(|i| f.record(t0 + Duration::from_millis(i * 5)))
+            .collect();
+        assert_eq!(burst, [1; 10], "ten failures within 50 ms count once");
+        assert_eq!(f.record(t0 + Duration::from_millis(1_100)), 2);
+        assert_eq!(f.record(t0 + Duration::from_millis(1_200)), 2);
+        assert_eq!(f.record(t0 + Duration::from_millis(3_200)), 3);
     }
 
     #[test]
