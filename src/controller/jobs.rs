@@ -544,21 +544,27 @@ pub async fn observe_reported(
     rec: Option<&crate::api::PhaseStatus>,
     show_user_output: bool,
 ) -> Result<(JobState, Option<Report>), Error> {
-    observe_job(caches, apis, dbm, phase, rec, show_user_output, true).await
+    observe(
+        caches,
+        apis,
+        dbm,
+        phase,
+        rec,
+        show_user_output,
+        Detail::Explained,
+    )
+    .await
 }
 
-/// As [`observe_reported`], but a running Job is reported without what holds it up: that
-/// takes its pod's Events and its executor's log through the kubelet (up to 3 s when the
-/// kubelet hangs), which the fence must not wait for. See [`explain_running`].
-pub async fn observe_unexplained(
-    caches: &Caches,
-    apis: &JobApis,
-    dbm: &DatabaseMigration,
-    phase: JobPhase,
-    rec: Option<&crate::api::PhaseStatus>,
-    show_user_output: bool,
-) -> Result<(JobState, Option<Report>), Error> {
-    observe_job(caches, apis, dbm, phase, rec, show_user_output, false).await
+/// How much [`observe`] says of a running Job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// What holds it up too: its pod's Events and its executor's log through the kubelet (up
+    /// to 3 s when the kubelet hangs).
+    Explained,
+    /// Only that it runs: what the fence decides on, which must not wait for a kubelet. The
+    /// plan that keeps the Job then asks [`explain_running`].
+    Unexplained,
 }
 
 /// What holds up the running Job of `phase`'s current attempt, once the plan keeps it
@@ -571,26 +577,32 @@ pub async fn explain_running(
     rec: Option<&crate::api::PhaseStatus>,
     show_user_output: bool,
 ) -> Result<Option<Holdup>, Error> {
-    Ok(
-        match observe_job(caches, apis, dbm, phase, rec, show_user_output, true)
-            .await?
-            .0
-        {
-            JobState::Running(holdup) => holdup,
-            _ => None,
-        },
+    let (state, _) = observe(
+        caches,
+        apis,
+        dbm,
+        phase,
+        rec,
+        show_user_output,
+        Detail::Explained,
     )
+    .await?;
+    Ok(match state {
+        JobState::Running(holdup) => holdup,
+        _ => None,
+    })
 }
 
+/// [`observe_reported`], with the detail asked for.
 #[allow(clippy::too_many_arguments)]
-async fn observe_job(
+pub async fn observe(
     caches: &Caches,
     apis: &JobApis,
     dbm: &DatabaseMigration,
     phase: JobPhase,
     rec: Option<&crate::api::PhaseStatus>,
     show_user_output: bool,
-    explain: bool,
+    detail: Detail,
 ) -> Result<(JobState, Option<Report>), Error> {
     let user_job = phase_code(&dbm.spec, phase).1.is_some();
     let hide = user_job && !show_user_output;
@@ -717,7 +729,7 @@ async fn observe_job(
         };
         return Ok((JobState::Failed(msg), report));
     }
-    if !explain {
+    if detail == Detail::Unexplained {
         return Ok((JobState::Running(None), None));
     }
     let created = job.metadata.creation_timestamp.as_ref().map(|t| t.0);

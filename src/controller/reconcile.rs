@@ -128,13 +128,14 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
     // stop must not wait for a kubelet that does not answer.
     let (contract_job, contract_report) = if expanded && !contracted {
         let rec = status.contract.as_ref();
-        jobs::observe_unexplained(
+        jobs::observe(
             &ctx.caches,
             &apis,
             dbm,
             JobPhase::Contract,
             rec,
             show_output,
+            jobs::Detail::Unexplained,
         )
         .await?
     } else {
@@ -146,9 +147,17 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
             if expanded && !contracted && !rec.as_ref().is_some_and(|b| b.run.succeeded) =>
         {
             let rec = rec.as_ref().map(|b| &b.run);
-            jobs::observe_unexplained(&ctx.caches, &apis, dbm, JobPhase::Backfill, rec, false)
-                .await?
-                .0
+            jobs::observe(
+                &ctx.caches,
+                &apis,
+                dbm,
+                JobPhase::Backfill,
+                rec,
+                false,
+                jobs::Detail::Unexplained,
+            )
+            .await?
+            .0
         }
         _ => JobState::Absent,
     };
@@ -571,8 +580,7 @@ pub fn error_policy(dbm: Arc<DatabaseMigration>, err: &Error, ctx: Arc<Context>)
 mod tests {
     use super::*;
     use crate::controller::views::{DeploymentView, JobView};
-    use crate::controller::{cache, test_support, Config, ExecutorConfig};
-    use futures::FutureExt;
+    use crate::controller::{cache, test_support, ExecutorConfig};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     /// A migration whose contract attempt 1 runs, read from a copy our last status write
@@ -610,26 +618,7 @@ mod tests {
         let deleted =
             serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
         let (client, served) = test_support::mock_api(vec![(200, deleted)]);
-        let ctx = Context {
-            client: client.clone(),
-            recorder: kube::runtime::events::Recorder::new(
-                client,
-                kube::runtime::events::Reporter {
-                    controller: "phasegate".into(),
-                    instance: None,
-                },
-            ),
-            config: Config {
-                namespace: None,
-                executor: cfg,
-            },
-            metrics: Arc::new(crate::metrics::Metrics::new()),
-            caches,
-            shutdown: futures::future::pending().boxed().shared(),
-            failures: Default::default(),
-            status_writes: Default::default(),
-            history_checked: Default::default(),
-        };
+        let ctx = test_support::test_context(client, caches, cfg);
         // Our write replaced resourceVersion 10 with 11; the cache still has 10.
         ctx.status_writes.written(
             &m,
@@ -697,26 +686,7 @@ mod tests {
         let caches = cache::Caches::for_tests(vec![m.clone()], vec![view]);
         let (client, served) =
             test_support::mock_api(vec![(200, deployment), (200, replicasets), (200, written)]);
-        let ctx = Context {
-            client: client.clone(),
-            recorder: kube::runtime::events::Recorder::new(
-                client,
-                kube::runtime::events::Reporter {
-                    controller: "phasegate".into(),
-                    instance: None,
-                },
-            ),
-            config: Config {
-                namespace: None,
-                executor: ExecutorConfig::default(),
-            },
-            metrics: Arc::new(crate::metrics::Metrics::new()),
-            caches,
-            shutdown: futures::future::pending().boxed().shared(),
-            failures: Default::default(),
-            status_writes: Default::default(),
-            history_checked: Default::default(),
-        };
+        let ctx = test_support::test_context(client, caches, ExecutorConfig::default());
         reconcile_once(Arc::new(m), &ctx).await.expect("reconcile");
         drop(ctx);
         assert_eq!(

@@ -91,3 +91,33 @@ pub(crate) fn mock_api(
     });
     (kube::Client::new(svc, "shop"), served)
 }
+
+/// A controller context over `caches` that talks to `client` (a [`mock_api`]), with the
+/// executor settings `executor`, watching every namespace, never shutting down.
+pub(crate) fn test_context(
+    client: kube::Client,
+    caches: Caches,
+    executor: super::ExecutorConfig,
+) -> super::Context {
+    use futures::FutureExt;
+    super::Context {
+        client: client.clone(),
+        recorder: kube::runtime::events::Recorder::new(
+            client,
+            kube::runtime::events::Reporter {
+                controller: "phasegate".into(),
+                instance: None,
+            },
+        ),
+        config: super::Config {
+            namespace: None,
+            executor,
+        },
+        metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+        caches,
+        shutdown: futures::future::pending().boxed().shared(),
+        failures: Default::default(),
+        status_writes: Default::default(),
+        history_checked: Default::default(),
+    }
+}
