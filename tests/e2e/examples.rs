@@ -171,14 +171,19 @@ async fn examples_inline_sql() {
     env.cleanup().await;
 }
 
+/// examples/psql-job applied as its README says: the schema, the app at 1.0.0, the migration.
+async fn apply_psql_example(env: &Env) -> &'static str {
+    run_sql_file(env, "examples/psql-job/schema.sql").await;
+    apply_file(env, "examples/psql-job/deployment.yaml").await;
+    env.wait_rolled_out("shop-api").await;
+    apply_file(env, "examples/psql-job/migration.yaml").await;
+    "users-locale-2-0-0"
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn examples_psql_job() {
     let env = Env::new("ex-psql").await;
-    run_sql_file(&env, "examples/psql-job/schema.sql").await;
-    apply_file(&env, "examples/psql-job/deployment.yaml").await;
-    env.wait_rolled_out("shop-api").await;
-    apply_file(&env, "examples/psql-job/migration.yaml").await;
-    let name = "users-locale-2-0-0";
+    let name = apply_psql_example(&env).await;
 
     // The runner executes the Job's `sh -c 'psql …'` with this machine's sh and psql.
     env.wait_phase(name, Phase::AwaitingRollout, T).await;
@@ -238,11 +243,7 @@ async fn examples_psql_job() {
 #[tokio::test(flavor = "multi_thread")]
 async fn examples_psql_job_stops_on_sigterm() {
     let env = Env::new("ex-psql-stop").await;
-    run_sql_file(&env, "examples/psql-job/schema.sql").await;
-    apply_file(&env, "examples/psql-job/deployment.yaml").await;
-    env.wait_rolled_out("shop-api").await;
-    apply_file(&env, "examples/psql-job/migration.yaml").await;
-    let name = "users-locale-2-0-0";
+    let name = apply_psql_example(&env).await;
     env.wait_phase(name, Phase::AwaitingRollout, T).await;
 
     let reader = env.pg.client().await;
