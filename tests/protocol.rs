@@ -1,24 +1,22 @@
-//! The operator↔executor contract, checked from both sides: every `PHASEGATE_*` variable the
-//! operator puts into an executor Job is one the executor reads (`phasegate apply` or
-//! `phasegate backfill`), so a name changed on one side only fails here, not in a cluster.
+//! The operator↔executor environment, checked from both sides: what the operator writes into
+//! an executor Job ([`ExecutorEnv`]) is what `phasegate apply` / `phasegate backfill` parse
+//! back, and the settings they run with are the spec's. A name or format changed on one side
+//! only fails here, not in a cluster.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use clap::{Args, Command};
 use phasegate::api::{DatabaseMigration, DatabaseMigrationSpec, DatabaseMigrationStatus};
-use phasegate::controller::jobs::{build_job, ExecutorConfig};
+use phasegate::controller::jobs::{build_job, executor_env, ExecutorConfig};
+use phasegate::executor::backfill::BackfillConfig;
 use phasegate::planner::JobPhase;
+use phasegate::protocol::env::{ExecutorEnv, Secret};
 
-/// The variables a clap argument group reads.
-fn declared<A: Args>() -> BTreeSet<String> {
-    A::augment_args(Command::new("x"))
-        .get_arguments()
-        .filter_map(|a| a.get_env())
-        .map(|e| e.to_string_lossy().into_owned())
-        .collect()
-}
+const URL: &str = "postgres://app:pw@db:5432/shop";
+const GRANT_URL: &str = "http://phasegate.phasegate-system.svc:8082";
+const UID: &str = "0a1b2c3d-0000-4000-8000-000000000000";
 
-fn migration(backfill: bool) -> DatabaseMigration {
+fn migration(backfill: bool, user_job: bool) -> DatabaseMigration {
     let mut spec = serde_json::json!({
         "appVersion": "2.0.0",
         "database": {"urlSecretRef": {"name": "db", "key": "url"}},
@@ -26,70 +24,145 @@ fn migration(backfill: bool) -> DatabaseMigration {
         "contract": {"sql": "ALTER TABLE users DROP COLUMN b;"},
         "rollout": {"targets": [{"kind": "Deployment", "name": "shop-api"}],
                     "versionOrder": "NotPrevious"},
-        "safety": {"applicationNames": ["shop-api"]}
+        "safety": {"applicationNames": ["shop-api", "shop-worker"], "lockTimeout": "20ms",
+                   "maxLockRetries": 4, "youngTransaction": "5ms"}
     });
     if backfill {
         spec["backfill"] = serde_json::json!({
-            "table": "users", "key": "id",
+            "table": "users", "key": "id", "batchSize": 250, "pause": "10ms",
             "sql": "UPDATE users SET a = 1 WHERE id > $1 AND id <= $2"
         });
+    }
+    if user_job {
+        spec["contract"] = serde_json::json!({"job": {"template": {"spec": {
+            "containers": [{"name": "psql", "image": "postgres:17"}]}}}});
     }
     let spec: DatabaseMigrationSpec = serde_json::from_value(spec).expect("spec");
     let mut m = DatabaseMigration::new("m", spec);
     m.metadata.namespace = Some("shop".into());
-    m.metadata.uid = Some("0a1b2c3d-0000-4000-8000-000000000000".into());
+    m.metadata.uid = Some(UID.into());
     m
 }
 
-fn job_env(m: &DatabaseMigration, phase: JobPhase) -> BTreeSet<String> {
-    let status: DatabaseMigrationStatus = serde_json::from_value(serde_json::json!({
+fn status() -> DatabaseMigrationStatus {
+    serde_json::from_value(serde_json::json!({
         "rolloutCompletedAt": "2026-12-01T00:00:00Z",
         "previousVersions": ["1.0.0"],
         "targets": [{"kind": "Deployment", "name": "shop-api", "complete": true, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1, "oldPods": 0}]
     }))
-    .expect("status");
+    .expect("status")
+}
+
+/// The variables of the Job's first container as the kubelet gives them to the process: the
+/// Secret key `db`/`url` resolved to [`URL`].
+fn job_env(m: &DatabaseMigration, phase: JobPhase) -> Vec<(String, String)> {
     let cfg = ExecutorConfig {
         image: "phasegate:test".into(),
-        grant_url: "http://phasegate.phasegate-system.svc:8082".into(),
+        grant_url: GRANT_URL.into(),
         ..ExecutorConfig::default()
     };
-    let job = build_job(m, &status, phase, 1, &cfg).expect("job");
+    let job = build_job(m, &status(), phase, 3, &cfg).expect("job");
     let pod = job.spec.expect("job spec").template.spec.expect("pod spec");
     pod.containers[0]
         .env
         .iter()
         .flatten()
-        .map(|e| e.name.clone())
+        .map(|e| {
+            let value = match e
+                .value_from
+                .as_ref()
+                .and_then(|f| f.secret_key_ref.as_ref())
+            {
+                Some(k) if k.name == "db" && k.key == "url" => URL.to_string(),
+                Some(k) => panic!("unexpected secret key {k:?}"),
+                None => e.value.clone().unwrap_or_default(),
+            };
+            (e.name.clone(), value)
+        })
         .collect()
 }
 
+fn parsed(env: &[(String, String)]) -> ExecutorEnv<Secret> {
+    let map: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(map.len(), env.len(), "a variable is set twice: {env:?}");
+    ExecutorEnv::parse(|name| map.get(name).map(|v| v.to_string())).expect("parses")
+}
+
+fn built(m: &DatabaseMigration, phase: JobPhase) -> ExecutorEnv {
+    executor_env(m, &status(), phase, 3, ("shop", "m", UID), GRANT_URL)
+}
+
 #[test]
-fn every_variable_the_operator_sets_is_one_the_executor_reads() {
-    let apply = declared::<phasegate::executor::ApplyArgs>();
-    let backfill = declared::<phasegate::executor::backfill::BackfillArgs>();
-    for (phase, reads) in [
-        (JobPhase::Expand, &apply),
-        (JobPhase::Contract, &apply),
-        (JobPhase::Backfill, &backfill),
+fn what_the_operator_writes_the_executor_parses_back() {
+    for (m, phase) in [
+        (migration(false, false), JobPhase::Expand),
+        (migration(false, false), JobPhase::Contract),
+        (migration(true, false), JobPhase::Backfill),
+        (migration(false, true), JobPhase::Contract),
     ] {
-        let set = job_env(&migration(true), phase);
-        let unread: Vec<&String> = set
+        let env = job_env(&m, phase);
+        let written = built(&m, phase);
+        // The Job carries exactly the struct's variables, in its order, the URL from the Secret.
+        let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+        let want: Vec<&str> = written.to_env().iter().map(|v| v.name).collect();
+        assert_eq!(names, want, "{phase}");
+        assert!(names
             .iter()
-            .filter(|n| n.starts_with("PHASEGATE_") && !reads.contains(*n))
-            .collect();
-        assert!(
-            unread.is_empty(),
-            "{phase}: the operator sets {unread:?}, which the executor never reads"
-        );
+            .all(|n| ExecutorEnv::<Secret>::names().contains(n)));
+        let url = Some(Secret(URL.into()));
+        assert_eq!(parsed(&env), written.with_url(url), "{phase}");
     }
-    // The commit grant's variables, on both sides.
-    let contract = job_env(&migration(false), JobPhase::Contract);
-    for name in [
-        phasegate::protocol::grant::ENV_URL,
-        phasegate::protocol::grant::ENV_ATTEMPT,
-    ] {
-        assert!(contract.contains(name), "contract Job lacks {name}");
-        assert!(apply.contains(name), "the executor does not read {name}");
-    }
-    assert!(apply.contains(phasegate::protocol::grant::ENV_WAIT));
+}
+
+#[test]
+fn a_contract_executor_runs_with_the_specs_settings() {
+    let env = parsed(&job_env(&migration(false, false), JobPhase::Contract));
+    let cfg = phasegate::executor::config_from_env(env).expect("config");
+    assert_eq!(cfg.phase, phasegate::executor::Phase::Contract);
+    assert_eq!(cfg.database_url, Secret(URL.into()));
+    assert_eq!(cfg.sql, "ALTER TABLE users DROP COLUMN b;");
+    assert_eq!(cfg.identity.namespace, "shop");
+    assert_eq!(cfg.identity.name, "m");
+    assert_eq!(cfg.identity.uid, UID);
+    assert_eq!(cfg.identity.app_version, "2.0.0");
+    assert_eq!(cfg.lock_timeout, Duration::from_millis(20));
+    assert_eq!(cfg.young_transaction, Duration::from_millis(5));
+    assert_eq!(cfg.max_lock_retries, 4);
+    assert!(cfg.database_check);
+    assert!(cfg.require_expand);
+    assert_eq!(
+        cfg.rollout_completed_at.map(|t| t.to_string()),
+        Some("2026-12-01T00:00:00Z".to_string())
+    );
+    assert_eq!(
+        cfg.application_names,
+        Some(vec!["shop-api".to_string(), "shop-worker".to_string()])
+    );
+    assert_eq!(cfg.version_order, phasegate::api::VersionOrder::NotPrevious);
+    assert_eq!(cfg.previous_versions, Some(vec!["1.0.0".to_string()]));
+    let grant = cfg.grant.expect("a contract Job is fenced by the grant");
+    assert_eq!(grant.url, GRANT_URL);
+    assert_eq!(grant.request.attempt, 3);
+    assert_eq!(grant.request.uid, UID);
+}
+
+#[test]
+fn a_backfill_executor_runs_with_the_specs_settings() {
+    let env = parsed(&job_env(&migration(true, false), JobPhase::Backfill));
+    assert_eq!(env.phase, None, "backfill reads no phase");
+    let cfg = BackfillConfig::from_env(&env).expect("config");
+    assert_eq!(cfg.table, "users");
+    assert_eq!(cfg.key, "id");
+    assert_eq!(cfg.batch_size, 250);
+    assert_eq!(cfg.pause, Duration::from_millis(10));
+    assert_eq!(cfg.uid, UID);
+    assert_eq!(cfg.epoch, "2026-12-01T00:00:00Z/0");
+}
+
+#[test]
+fn a_bad_value_names_its_variable() {
+    let e = ExecutorEnv::parse(|n| (n == "PHASEGATE_MAX_LOCK_RETRIES").then(|| "many".into()))
+        .expect_err("not a number");
+    assert_eq!(e.name, "PHASEGATE_MAX_LOCK_RETRIES");
+    assert!(e.to_string().contains("\"many\""), "{e}");
 }

@@ -20,7 +20,7 @@ use crate::api::{
 };
 use crate::executor::report::Report;
 use crate::planner::{job_name, migration_label, phase_code, validate, Holdup, JobPhase, JobState};
-use crate::protocol::env as penv;
+use crate::protocol::env::{self as penv, ExecutorEnv, SecretKey, Value};
 
 use super::cache::Caches;
 use super::error::{Error, KubeContext};
@@ -118,19 +118,6 @@ impl ExecutorPod {
     }
 }
 
-/// Variables of `phasegate apply` (and of users' own Jobs) that `phasegate backfill` does not
-/// read.
-const APPLY_ONLY: &[&str] = &[
-    penv::PHASE,
-    penv::APP_VERSION,
-    crate::protocol::grant::ENV_ATTEMPT,
-    penv::LOCK_TIMEOUT,
-    penv::STATEMENT_TIMEOUT,
-    penv::YOUNG_TRANSACTION,
-    penv::LOCK_WAIT_ATTEMPT_AFTER,
-    penv::MAX_LOCK_RETRIES,
-];
-
 /// The name of the executor's container in its pod.
 const EXECUTOR_CONTAINER: &str = "executor";
 
@@ -174,78 +161,15 @@ pub fn build_job(
         labels.insert(LABEL_SQL_CHECKSUM.to_string(), sum);
     }
 
-    let url_ref = &spec.database.url_secret_ref;
-    let mut env = vec![
-        EnvVar {
-            name: penv::DATABASE_URL.into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: url_ref.name.clone(),
-                    key: url_ref.key.clone(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        plain(penv::PHASE, phase.as_str()),
-        plain(penv::MIGRATION_NAMESPACE, &namespace),
-        plain(penv::MIGRATION_NAME, &name),
-        plain(penv::MIGRATION_UID, &uid),
-        plain(penv::APP_VERSION, &spec.app_version),
-        plain(crate::protocol::grant::ENV_ATTEMPT, &attempt.to_string()),
-        plain(penv::LOCK_TIMEOUT, &spec.safety.lock_timeout),
-        plain(penv::STATEMENT_TIMEOUT, &spec.safety.statement_timeout),
-        plain(penv::YOUNG_TRANSACTION, &spec.safety.young_transaction),
-        plain(
-            penv::LOCK_WAIT_ATTEMPT_AFTER,
-            &spec.safety.lock_wait_attempt_after,
-        ),
-        plain(
-            penv::MAX_LOCK_RETRIES,
-            &spec.safety.max_lock_retries.to_string(),
-        ),
-    ];
-    if phase == JobPhase::Contract {
-        env.push(plain(
-            penv::DATABASE_CHECK,
-            if spec.safety.database_check {
-                "true"
-            } else {
-                "false"
-            },
-        ));
-        // Transactions older than this may still run the old code's queries.
-        if let Some(at) = status.rollout_completed_at.as_ref() {
-            env.push(plain(penv::ROLLOUT_COMPLETED_AT, &at.0.to_string()));
-        }
-        // Only the migration's own applications are judged by version.
-        let mut apps: Vec<String> = if spec.safety.application_names.is_empty() {
-            status.targets.iter().map(|t| t.name.clone()).collect()
-        } else {
-            spec.safety.application_names.clone()
-        };
-        apps.sort();
-        apps.dedup();
-        env.push(plain(penv::APPLICATION_NAMES, &apps.join(",")));
-        let rule = crate::planner::version_rule(spec, status);
-        if rule.order != crate::api::VersionOrder::SemVer {
-            env.push(plain(penv::VERSION_ORDER, &format!("{:?}", rule.order)));
-        }
-        if let Some(previous) = &rule.previous {
-            env.push(plain(penv::PREVIOUS_VERSIONS, &previous.join(",")));
-        }
-        // Phasegate's own expand left a ledger row: contract must find it on this database.
-        if spec.expand.sql.is_some() {
-            env.push(plain(penv::REQUIRE_EXPAND, "true"));
-        }
-    }
-    if phase == JobPhase::Backfill {
-        // `phasegate backfill` has settings of its own (tests/protocol.rs checks that every
-        // variable set here is one the executor reads).
-        env.retain(|e| !APPLY_ONLY.contains(&e.name.as_str()));
-        env.extend(backfill_env(spec, status));
-    }
+    let ids = (namespace.as_str(), name.as_str(), uid.as_str());
+    let env = env_vars(&executor_env(
+        dbm,
+        status,
+        phase,
+        attempt,
+        ids,
+        &cfg.grant_url,
+    ));
 
     let (mut template, backoff_limit) = match (sql, user_job) {
         (Some(_), _) if phase == JobPhase::Backfill => {
@@ -255,14 +179,7 @@ pub fn build_job(
             }
             (t, 0)
         }
-        (Some(sql), _) => {
-            env.push(plain(penv::SQL, sql));
-            // Phasegate's own contract executor never commits without the operator's grant.
-            if phase == JobPhase::Contract {
-                env.push(plain(crate::protocol::grant::ENV_URL, &cfg.grant_url));
-            }
-            (executor_template(cfg, env), 0)
-        }
+        (Some(_), _) => (executor_template(cfg, env), 0),
         (None, Some(job)) => {
             let mut t = validate::pod_template(job).map_err(|reason| Error::Selector {
                 target: format!("{phase} job"),
@@ -311,47 +228,131 @@ pub fn build_job(
     })
 }
 
-/// The settings of `phasegate backfill` (see [`crate::executor::backfill::BackfillArgs`]).
-fn backfill_env(
+/// The executor environment of `phase`'s attempt `attempt` (pure), for the migration
+/// `(namespace, name, uid)`.
+pub fn executor_env(
+    dbm: &DatabaseMigration,
+    status: &DatabaseMigrationStatus,
+    phase: JobPhase,
+    attempt: u32,
+    (namespace, name, uid): (&str, &str, &str),
+    grant_url: &str,
+) -> ExecutorEnv {
+    let spec = &dbm.spec;
+    let url_ref = &spec.database.url_secret_ref;
+    let some = |s: &str| Some(s.to_string());
+    let mut env = ExecutorEnv {
+        database_url: Some(SecretKey {
+            name: url_ref.name.clone(),
+            key: url_ref.key.clone(),
+        }),
+        phase: some(phase.as_str()),
+        migration_namespace: some(namespace),
+        migration_name: some(name),
+        migration_uid: some(uid),
+        app_version: some(&spec.app_version),
+        attempt: Some(attempt),
+        lock_timeout: some(&spec.safety.lock_timeout),
+        statement_timeout: some(&spec.safety.statement_timeout),
+        young_transaction: some(&spec.safety.young_transaction),
+        lock_wait_attempt_after: some(&spec.safety.lock_wait_attempt_after),
+        max_lock_retries: Some(spec.safety.max_lock_retries),
+        sql: phase_code(spec, phase).0.map(str::to_string),
+        ..ExecutorEnv::default()
+    };
+    match phase {
+        JobPhase::Contract => {
+            contract_env(&mut env, spec, status);
+            // Phasegate's own contract executor never commits without the operator's grant.
+            if env.sql.is_some() {
+                env.grant_url = Some(grant_url.to_string());
+            }
+        }
+        JobPhase::Backfill => {
+            env.sql = None;
+            env = env.without_apply_only();
+            backfill_env(&mut env, spec, status);
+        }
+        _ => {}
+    }
+    env
+}
+
+/// Contract's database check and identity check settings.
+fn contract_env(
+    env: &mut ExecutorEnv,
     spec: &crate::api::DatabaseMigrationSpec,
     status: &DatabaseMigrationStatus,
-) -> Vec<EnvVar> {
-    let Some(b) = &spec.backfill else {
-        return Vec::new();
+) {
+    env.database_check = Some(penv::bool_text(spec.safety.database_check));
+    // Transactions older than this may still run the old code's queries.
+    env.rollout_completed_at = status
+        .rollout_completed_at
+        .as_ref()
+        .map(|at| at.0.to_string());
+    // Only the migration's own applications are judged by version.
+    let mut apps: Vec<String> = if spec.safety.application_names.is_empty() {
+        status.targets.iter().map(|t| t.name.clone()).collect()
+    } else {
+        spec.safety.application_names.clone()
     };
-    let mut env = vec![
-        plain(penv::BACKFILL_TABLE, &b.table),
-        plain(penv::BACKFILL_KEY, &b.key),
-        plain(penv::BACKFILL_SQL, &b.sql),
-        plain(
-            penv::BACKFILL_STATEMENT_TIMEOUT,
-            &spec.safety.statement_timeout,
-        ),
-        // The rollout epoch, exactly as status stores it: another epoch restarts the scan.
-        plain(penv::BACKFILL_EPOCH, &backfill_epoch(status)),
-    ];
-    let opt = [
-        (
-            penv::BACKFILL_BATCH_SIZE,
-            b.batch_size.map(|n| n.to_string()),
-        ),
-        (
-            penv::BACKFILL_MAX_BATCH_SIZE,
-            b.max_batch_size.map(|n| n.to_string()),
-        ),
-        (
-            penv::BACKFILL_TARGET_BATCH_DURATION,
-            b.target_batch_duration.clone(),
-        ),
-        (penv::BACKFILL_PAUSE, b.pause.clone()),
-        (penv::BACKFILL_LOCK_TIMEOUT, b.lock_timeout.clone()),
-        (
-            penv::BACKFILL_MAX_REPLICATION_LAG,
-            b.max_replication_lag.clone(),
-        ),
-    ];
-    env.extend(opt.into_iter().filter_map(|(k, v)| Some(plain(k, &v?))));
-    env
+    apps.sort();
+    apps.dedup();
+    env.application_names = Some(apps);
+    let rule = crate::planner::version_rule(spec, status);
+    if rule.order != crate::api::VersionOrder::SemVer {
+        env.version_order = Some(format!("{:?}", rule.order));
+    }
+    env.previous_versions = rule.previous.clone();
+    // Phasegate's own expand left a ledger row: contract must find it on this database.
+    if spec.expand.sql.is_some() {
+        env.require_expand = Some(penv::bool_text(true));
+    }
+}
+
+/// The settings of `phasegate backfill`.
+fn backfill_env(
+    env: &mut ExecutorEnv,
+    spec: &crate::api::DatabaseMigrationSpec,
+    status: &DatabaseMigrationStatus,
+) {
+    let Some(b) = &spec.backfill else {
+        return;
+    };
+    env.backfill_table = Some(b.table.clone());
+    env.backfill_key = Some(b.key.clone());
+    env.backfill_sql = Some(b.sql.clone());
+    env.backfill_statement_timeout = Some(spec.safety.statement_timeout.clone());
+    // The rollout epoch, exactly as status stores it: another epoch restarts the scan.
+    env.backfill_epoch = Some(backfill_epoch(status));
+    env.backfill_batch_size = b.batch_size;
+    env.backfill_max_batch_size = b.max_batch_size;
+    env.backfill_target_batch_duration = b.target_batch_duration.clone();
+    env.backfill_pause = b.pause.clone();
+    env.backfill_lock_timeout = b.lock_timeout.clone();
+    env.backfill_max_replication_lag = b.max_replication_lag.clone();
+}
+
+/// The Job's `env` of an [`ExecutorEnv`]: the database URL from its Secret key.
+fn env_vars(env: &ExecutorEnv) -> Vec<EnvVar> {
+    env.to_env()
+        .into_iter()
+        .map(|v| match v.value {
+            Value::Plain(value) => plain(v.name, &value),
+            Value::Secret(k) => EnvVar {
+                name: v.name.into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: k.name,
+                        key: k.key,
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        })
+        .collect()
 }
 
 /// The rollout epoch a backfill attempt runs in: when the rollout completed, as status stores

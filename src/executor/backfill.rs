@@ -40,11 +40,12 @@ use rand::Rng;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use super::config::parse_duration;
+use super::config::{duration, parse_duration, setting, termination_log};
 use super::connect::{self, Scrubber};
 use super::report::{Outcome, Report, ReportError};
 use super::stop::{Signal, Stop};
-use super::{checksum, finish, stop_on_signals, Secret};
+use super::{checksum, finish, stop_on_signals, usage_error, Secret};
+use crate::protocol::env::{self as penv, ExecutorEnv};
 
 /// Schema of the checkpoint table (created on first use, next to the ledger).
 pub const SCHEMA_SQL: &str = r#"
@@ -159,78 +160,74 @@ fn key_text(expr: &str) -> String {
 /// At most one progress line per this interval (and one per batch below it).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-/// Arguments of `phasegate backfill`; every flag can also come from the environment.
-#[derive(clap::Args, Debug, Clone)]
+/// Arguments of `phasegate backfill`: flags for a run by hand. A Job sets the same settings
+/// as `PHASEGATE_*` variables ([`ExecutorEnv`]); a flag wins over its variable.
+#[derive(clap::Args, Debug, Clone, Default)]
 #[command(
-    after_help = "Exit status: 0 when the backfill is done (or was already done in this rollout \
-epoch); 1 when it failed; 143 (SIGTERM) or 130 (SIGINT) when stopped: every batch committed so \
-far is recorded in the checkpoint and the next run resumes after it."
+    after_help = "Every setting can also come from its PHASEGATE_* environment variable (see \
+docs/backfill.md); a flag wins over it. Exit status: 0 when the backfill is done (or was already \
+done in this rollout epoch); 1 when it failed; 2 when a setting is missing or invalid; 143 \
+(SIGTERM) or 130 (SIGINT) when stopped: every batch committed so far is recorded in the \
+checkpoint and the next run resumes after it."
 )]
 pub struct BackfillArgs {
-    /// PostgreSQL URL.
-    #[arg(long, env = crate::protocol::env::DATABASE_URL, hide_env_values = true)]
-    pub database_url: Secret,
-    /// The table to fill (optionally schema-qualified).
-    #[arg(long, env = crate::protocol::env::BACKFILL_TABLE)]
-    pub table: String,
+    /// PostgreSQL URL [env: PHASEGATE_DATABASE_URL].
+    #[arg(long)]
+    pub database_url: Option<Secret>,
+    /// The table to fill (optionally schema-qualified) [env: PHASEGATE_BACKFILL_TABLE].
+    #[arg(long)]
+    pub table: Option<String>,
     /// A unique column of the table to walk in order: an integer, or text, uuid, a date or
-    /// time, numeric... (see docs/backfill.md).
-    #[arg(long, env = crate::protocol::env::BACKFILL_KEY)]
-    pub key: String,
+    /// time, numeric... (see docs/backfill.md) [env: PHASEGATE_BACKFILL_KEY].
+    #[arg(long)]
+    pub key: Option<String>,
     /// SQL of one batch: `$1` is the exclusive lower and `$2` the inclusive upper bound of the
     /// key range (bigint for an integer key, else the key's type), e.g.
-    /// `UPDATE t SET b = a WHERE id > $1 AND id <= $2 AND b IS NULL`.
-    #[arg(long, env = crate::protocol::env::BACKFILL_SQL, hide_env_values = true)]
-    pub sql: String,
-    /// Rows in the first batch; later batches adapt toward the target duration.
-    #[arg(long, env = crate::protocol::env::BACKFILL_BATCH_SIZE, default_value_t = 1000)]
-    pub batch_size: i64,
-    /// Largest batch the adaptation may reach.
-    #[arg(
-        long,
-        env = crate::protocol::env::BACKFILL_MAX_BATCH_SIZE,
-        default_value_t = 50_000
-    )]
-    pub max_batch_size: i64,
-    /// How long one batch's transaction should take.
-    #[arg(long, env = crate::protocol::env::BACKFILL_TARGET_BATCH_DURATION, default_value = "200ms", value_parser = parse_duration)]
-    pub target_batch_duration: Duration,
-    /// Sleep between batches.
-    #[arg(long, env = crate::protocol::env::BACKFILL_PAUSE, default_value = "50ms", value_parser = parse_duration)]
-    pub pause: Duration,
-    /// `lock_timeout` of each batch.
-    #[arg(long, env = crate::protocol::env::BACKFILL_LOCK_TIMEOUT, default_value = "1s", value_parser = parse_duration)]
-    pub lock_timeout: Duration,
-    /// `statement_timeout` of each batch.
-    #[arg(long, env = crate::protocol::env::BACKFILL_STATEMENT_TIMEOUT, default_value = "1m", value_parser = parse_duration)]
-    pub statement_timeout: Duration,
-    /// Consecutive lock timeouts of one batch before the backfill fails.
-    #[arg(
-        long,
-        env = crate::protocol::env::BACKFILL_MAX_LOCK_RETRIES,
-        default_value_t = 30
-    )]
-    pub max_lock_retries: u32,
-    /// Throttle while a standby's replay lag (`pg_stat_replication`) exceeds this (0: off).
-    #[arg(long, env = crate::protocol::env::BACKFILL_MAX_REPLICATION_LAG, default_value = "10s", value_parser = parse_duration)]
-    pub max_replication_lag: Duration,
+    /// `UPDATE t SET b = a WHERE id > $1 AND id <= $2 AND b IS NULL` [env: PHASEGATE_BACKFILL_SQL].
+    #[arg(long)]
+    pub sql: Option<String>,
+    /// Rows in the first batch; later batches adapt toward the target duration [default: 1000].
+    #[arg(long)]
+    pub batch_size: Option<i64>,
+    /// Largest batch the adaptation may reach [default: 50000].
+    #[arg(long)]
+    pub max_batch_size: Option<i64>,
+    /// How long one batch's transaction should take [default: 200ms].
+    #[arg(long, value_parser = parse_duration)]
+    pub target_batch_duration: Option<Duration>,
+    /// Sleep between batches [default: 50ms].
+    #[arg(long, value_parser = parse_duration)]
+    pub pause: Option<Duration>,
+    /// `lock_timeout` of each batch [default: 1s].
+    #[arg(long, value_parser = parse_duration)]
+    pub lock_timeout: Option<Duration>,
+    /// `statement_timeout` of each batch [default: 1m].
+    #[arg(long, value_parser = parse_duration)]
+    pub statement_timeout: Option<Duration>,
+    /// Consecutive lock timeouts of one batch before the backfill fails [default: 30].
+    #[arg(long)]
+    pub max_lock_retries: Option<u32>,
+    /// Throttle while a standby's replay lag (`pg_stat_replication`) exceeds this (0: off)
+    /// [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub max_replication_lag: Option<Duration>,
     /// The rollout epoch (`status.rolloutCompletedAt`): a different one restarts the scan.
-    #[arg(long, env = crate::protocol::env::BACKFILL_EPOCH, default_value = "")]
-    pub epoch: String,
-    #[arg(long, env = crate::protocol::env::MIGRATION_NAMESPACE, default_value = "default")]
-    pub migration_namespace: String,
-    #[arg(long, env = crate::protocol::env::MIGRATION_NAME, default_value = "local")]
-    pub migration_name: String,
-    #[arg(long, env = crate::protocol::env::MIGRATION_UID, default_value = "")]
-    pub migration_uid: String,
-    #[arg(long, env = crate::protocol::env::CONNECT_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-    #[arg(
-        long,
-        env = crate::protocol::env::TERMINATION_LOG,
-        default_value = "/dev/termination-log"
-    )]
-    pub termination_log: PathBuf,
+    #[arg(long)]
+    pub epoch: Option<String>,
+    /// [default: default]
+    #[arg(long)]
+    pub migration_namespace: Option<String>,
+    /// [default: local]
+    #[arg(long)]
+    pub migration_name: Option<String>,
+    #[arg(long)]
+    pub migration_uid: Option<String>,
+    /// [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// [default: /dev/termination-log]
+    #[arg(long)]
+    pub termination_log: Option<PathBuf>,
 }
 
 /// Everything a run needs (see [`BackfillArgs`]).
@@ -254,6 +251,13 @@ pub struct BackfillConfig {
     pub uid: String,
     pub connect_timeout: Duration,
     pub stop: Stop,
+}
+
+/// The flag of a `PHASEGATE_BACKFILL_*` variable, e.g. `table`.
+fn flag_of(name: &str) -> String {
+    name.trim_start_matches("PHASEGATE_BACKFILL_")
+        .to_ascii_lowercase()
+        .replace('_', "-")
 }
 
 impl BackfillConfig {
@@ -285,27 +289,74 @@ impl BackfillConfig {
         }
     }
 
-    fn from_args(a: BackfillArgs) -> BackfillConfig {
-        BackfillConfig {
-            database_url: a.database_url,
-            table: a.table,
-            key: a.key,
-            sql: a.sql,
-            batch_size: a.batch_size,
-            max_batch_size: a.max_batch_size,
-            target_batch_duration: a.target_batch_duration,
-            pause: a.pause,
-            lock_timeout: a.lock_timeout,
-            statement_timeout: a.statement_timeout,
-            max_lock_retries: a.max_lock_retries,
-            max_replication_lag: a.max_replication_lag,
-            epoch: a.epoch,
-            namespace: a.migration_namespace,
-            name: a.migration_name,
-            uid: a.migration_uid,
-            connect_timeout: a.connect_timeout,
+    /// The configuration of a run told only by its environment, as in a Job.
+    pub fn from_env(env: &ExecutorEnv<Secret>) -> Result<BackfillConfig, String> {
+        BackfillConfig::resolve(BackfillArgs::default(), env)
+    }
+
+    /// Flags over the environment over defaults; a missing or invalid setting is a usage
+    /// error (exit 2).
+    fn resolve(a: BackfillArgs, env: &ExecutorEnv<Secret>) -> Result<BackfillConfig, String> {
+        let required = |flag: Option<String>, var: &Option<String>, name: &str| {
+            flag.or(var.clone())
+                .ok_or_else(|| format!("--{} or {name} is required", flag_of(name)))
+        };
+        let ms = Duration::from_millis;
+        let database_url = a
+            .database_url
+            .or(env.database_url.clone())
+            .ok_or_else(|| format!("--database-url or {} is required", penv::DATABASE_URL))?;
+        Ok(BackfillConfig {
+            database_url,
+            table: required(a.table, &env.backfill_table, penv::BACKFILL_TABLE)?,
+            key: required(a.key, &env.backfill_key, penv::BACKFILL_KEY)?,
+            sql: required(a.sql, &env.backfill_sql, penv::BACKFILL_SQL)?,
+            batch_size: setting(a.batch_size, env.backfill_batch_size, || 1000),
+            max_batch_size: setting(a.max_batch_size, env.backfill_max_batch_size, || 50_000),
+            target_batch_duration: duration(
+                a.target_batch_duration,
+                &env.backfill_target_batch_duration,
+                penv::BACKFILL_TARGET_BATCH_DURATION,
+                ms(200),
+            )?,
+            pause: duration(a.pause, &env.backfill_pause, penv::BACKFILL_PAUSE, ms(50))?,
+            lock_timeout: duration(
+                a.lock_timeout,
+                &env.backfill_lock_timeout,
+                penv::BACKFILL_LOCK_TIMEOUT,
+                ms(1000),
+            )?,
+            statement_timeout: duration(
+                a.statement_timeout,
+                &env.backfill_statement_timeout,
+                penv::BACKFILL_STATEMENT_TIMEOUT,
+                Duration::from_secs(60),
+            )?,
+            max_lock_retries: setting(a.max_lock_retries, env.backfill_max_lock_retries, || 30),
+            max_replication_lag: duration(
+                a.max_replication_lag,
+                &env.backfill_max_replication_lag,
+                penv::BACKFILL_MAX_REPLICATION_LAG,
+                Duration::from_secs(10),
+            )?,
+            epoch: setting(a.epoch, env.backfill_epoch.clone(), String::new),
+            namespace: setting(
+                a.migration_namespace,
+                env.migration_namespace.clone(),
+                || "default".into(),
+            ),
+            name: setting(a.migration_name, env.migration_name.clone(), || {
+                "local".into()
+            }),
+            uid: setting(a.migration_uid, env.migration_uid.clone(), String::new),
+            connect_timeout: duration(
+                a.connect_timeout,
+                &env.connect_timeout,
+                penv::CONNECT_TIMEOUT,
+                Duration::from_secs(10),
+            )?,
             stop: Stop::new(),
-        }
+        })
     }
 
     /// What identifies this backfill's work: a change restarts the scan.
@@ -446,9 +497,16 @@ struct RunStats {
 
 /// Entry point of `phasegate backfill`.
 pub async fn run(args: BackfillArgs) -> std::process::ExitCode {
-    let termination_log = args.termination_log.clone();
+    let env = match ExecutorEnv::from_process() {
+        Ok(env) => env,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    let termination_log = termination_log(args.termination_log.clone(), &env);
+    let mut cfg = match BackfillConfig::resolve(args, &env) {
+        Ok(cfg) => cfg,
+        Err(e) => return usage_error(&e),
+    };
     let stop = stop_on_signals();
-    let mut cfg = BackfillConfig::from_args(args);
     cfg.stop = stop.clone();
     let report = execute(&cfg).await;
     finish(&report, &termination_log, &stop)

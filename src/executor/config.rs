@@ -25,109 +25,83 @@ impl Phase {
     }
 }
 
-/// A string that never shows in `Debug` output (the database URL holds the password).
-#[derive(Clone, Default)]
-pub struct Secret(pub String);
+use crate::protocol::env::{self as penv, parse_bool, ExecutorEnv};
+pub use crate::protocol::env::{parse_duration, Secret};
 
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
-}
-
-pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(ms) = s.parse::<u64>() {
-        // PostgreSQL's own convention: a bare number of a timeout setting is milliseconds.
-        return Ok(Duration::from_millis(ms));
-    }
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
-}
-
-/// Arguments of `phasegate apply`; every flag can also come from the environment (the Job sets it).
-#[derive(clap::Args, Debug, Clone)]
+/// Arguments of `phasegate apply`: flags for a run by hand. A Job sets the same settings as
+/// `PHASEGATE_*` variables ([`ExecutorEnv`]); a flag wins over its variable.
+#[derive(clap::Args, Debug, Clone, Default)]
 #[command(
-    after_help = "Exit status: 0 when the phase is applied (or was already); 1 when it failed; \
-143 (SIGTERM) or 130 (SIGINT) when a stop signal ended the run before COMMIT: nothing it had not \
-committed yet was applied. A signal after COMMIT was sent changes nothing: the report says applied. \
-The JSON report is the last line on stdout and goes to --termination-log."
+    after_help = "Every setting can also come from its PHASEGATE_* environment variable (see \
+docs/executor.md); a flag wins over it. Exit status: 0 when the phase is applied (or was already); \
+1 when it failed; 2 when a setting is missing or invalid; 143 (SIGTERM) or 130 (SIGINT) when a \
+stop signal ended the run before COMMIT: nothing it had not committed yet was applied. A signal \
+after COMMIT was sent changes nothing: the report says applied. The JSON report is the last line \
+on stdout and goes to --termination-log."
 )]
 pub struct ApplyArgs {
-    /// PostgreSQL URL (postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=...).
-    #[arg(long, env = crate::protocol::env::DATABASE_URL, hide_env_values = true)]
-    pub database_url: Secret,
-    /// Which phase to run.
-    #[arg(long, env = crate::protocol::env::PHASE, value_enum)]
-    pub phase: Phase,
-    /// The phase's SQL.
-    #[arg(
-        long,
-        env = crate::protocol::env::SQL,
-        hide_env_values = true,
-        conflicts_with = "file"
-    )]
+    /// PostgreSQL URL (postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=...)
+    /// [env: PHASEGATE_DATABASE_URL].
+    #[arg(long)]
+    pub database_url: Option<Secret>,
+    /// Which phase to run [env: PHASEGATE_PHASE].
+    #[arg(long, value_enum)]
+    pub phase: Option<Phase>,
+    /// The phase's SQL [env: PHASEGATE_SQL].
+    #[arg(long, conflicts_with = "file")]
     pub sql: Option<String>,
     /// Read the phase's SQL from a file instead.
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// Namespace of the migration: with name and phase, the key of its ledger row.
-    #[arg(long, env = crate::protocol::env::MIGRATION_NAMESPACE, default_value = "default")]
-    pub migration_namespace: String,
-    /// Name of the migration (ledger key).
-    #[arg(long, env = crate::protocol::env::MIGRATION_NAME, default_value = "local")]
-    pub migration_name: String,
+    /// Namespace of the migration: with name and phase, the key of its ledger row
+    /// [default: default].
+    #[arg(long)]
+    pub migration_namespace: Option<String>,
+    /// Name of the migration (ledger key) [default: local].
+    #[arg(long)]
+    pub migration_name: Option<String>,
     /// UID of the DatabaseMigration object, recorded in the ledger.
-    #[arg(long, env = crate::protocol::env::MIGRATION_UID, default_value = "")]
-    pub migration_uid: String,
+    #[arg(long)]
+    pub migration_uid: Option<String>,
     /// The migration's `appVersion`: recorded in the ledger; contract's database check
     /// compares sessions' versions with it.
-    #[arg(long, env = crate::protocol::env::APP_VERSION, default_value = "")]
-    pub app_version: String,
-    /// `lock_timeout` of each attempt.
-    #[arg(long, env = crate::protocol::env::LOCK_TIMEOUT, default_value = "2s", value_parser = parse_duration)]
-    pub lock_timeout: Duration,
-    /// `statement_timeout` of each statement.
-    #[arg(long, env = crate::protocol::env::STATEMENT_TIMEOUT, default_value = "10m", value_parser = parse_duration)]
-    pub statement_timeout: Duration,
-    /// Retries after a lock timeout (SQLSTATE 55P03) or deadlock.
-    #[arg(long, env = crate::protocol::env::MAX_LOCK_RETRIES, default_value_t = 10)]
-    pub max_lock_retries: u32,
+    #[arg(long)]
+    pub app_version: Option<String>,
+    /// `lock_timeout` of each attempt [default: 2s].
+    #[arg(long, value_parser = parse_duration)]
+    pub lock_timeout: Option<Duration>,
+    /// `statement_timeout` of each statement [default: 10m].
+    #[arg(long, value_parser = parse_duration)]
+    pub statement_timeout: Option<Duration>,
+    /// Retries after a lock timeout (SQLSTATE 55P03) or deadlock [default: 10].
+    #[arg(long)]
+    pub max_lock_retries: Option<u32>,
     /// How long to wait, outside the lock queue, for older transactions to release the tables
-    /// (0 disables lock-aware waiting: plain retries on lock timeouts).
-    #[arg(long, env = crate::protocol::env::LOCK_WAIT_TIMEOUT, default_value = "10m", value_parser = parse_duration)]
-    pub lock_wait_timeout: Duration,
+    /// (0 disables lock-aware waiting: plain retries on lock timeouts) [default: 10m].
+    #[arg(long, value_parser = parse_duration)]
+    pub lock_wait_timeout: Option<Duration>,
     /// Waiting outside the lock queue, transactions younger than this are short application work
-    /// and attempted past (the attempt's lock_timeout bounds what it costs them).
-    #[arg(long, env = crate::protocol::env::YOUNG_TRANSACTION, default_value = "30ms", value_parser = parse_duration)]
-    pub young_transaction: Duration,
+    /// and attempted past (the attempt's lock_timeout bounds what it costs them) [default: 30ms].
+    #[arg(long, value_parser = parse_duration)]
+    pub young_transaction: Option<Duration>,
     /// After waiting this long outside the lock queue with only transactions younger than
     /// lock_timeout in the way (a steady stream of short ones), attempt anyway with lock_timeout
-    /// (never before lock_timeout has passed; 0: never).
-    #[arg(long, env = crate::protocol::env::LOCK_WAIT_ATTEMPT_AFTER, default_value = "10s", value_parser = parse_duration)]
-    pub lock_wait_attempt_after: Duration,
-    /// How long to wait for another migration on the same database to finish.
-    #[arg(long, env = crate::protocol::env::ADVISORY_LOCK_TIMEOUT, default_value = "10m", value_parser = parse_duration)]
-    pub advisory_lock_timeout: Duration,
-    /// How long to wait for the database connection.
-    #[arg(long, env = crate::protocol::env::CONNECT_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-    /// Where the JSON report goes (skipped when the directory does not exist).
-    #[arg(
-        long,
-        env = crate::protocol::env::TERMINATION_LOG,
-        default_value = "/dev/termination-log"
-    )]
-    pub termination_log: PathBuf,
+    /// (never before lock_timeout has passed; 0: never) [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub lock_wait_attempt_after: Option<Duration>,
+    /// How long to wait for another migration on the same database to finish [default: 10m].
+    #[arg(long, value_parser = parse_duration)]
+    pub advisory_lock_timeout: Option<Duration>,
+    /// How long to wait for the database connection [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Where the JSON report goes (skipped when the directory does not exist)
+    /// [default: /dev/termination-log].
+    #[arg(long)]
+    pub termination_log: Option<PathBuf>,
     /// Test hook: `pause-before-commit` or `pause-after-commit` makes the process sleep there
     /// (until a stop signal).
-    #[arg(long, env = crate::protocol::env::FAILPOINT, hide = true)]
+    #[arg(long, hide = true)]
     pub failpoint: Option<String>,
     /// Settings of contract's database check and identity check (ignored for expand); last,
     /// because their help heading applies to every argument after them.
@@ -136,50 +110,222 @@ pub struct ApplyArgs {
 }
 
 /// Contract-only arguments of `phasegate apply` (boxed in [`ApplyArgs`]: they are many).
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct ContractArgs {
     /// Refuse to run while sessions of older application versions (`application_name`
     /// `<app>@<version>`) or transactions begun before the rollout completed are in the
     /// database, here and again right before COMMIT (`true`/`false`; default true).
-    #[arg(long, env = crate::protocol::env::DATABASE_CHECK)]
+    #[arg(long)]
     pub database_check: Option<String>,
     /// When the rollout completed (RFC 3339); older transactions block contract.
-    #[arg(long, env = crate::protocol::env::ROLLOUT_COMPLETED_AT)]
+    #[arg(long)]
     pub rollout_completed_at: Option<String>,
-    /// How long contract waits for old sessions and transactions to end before failing.
-    #[arg(long, env = crate::protocol::env::DATABASE_CHECK_TIMEOUT, default_value = "5m", value_parser = parse_duration)]
-    pub database_check_timeout: Duration,
+    /// How long contract waits for old sessions and transactions to end before failing
+    /// [default: 5m].
+    #[arg(long, value_parser = parse_duration)]
+    pub database_check_timeout: Option<Duration>,
     /// The applications the database check judges by version, as comma-separated
     /// `<app>` names of `application_name` `<app>@<version>` (compared ignoring ASCII case).
     /// Sessions of other applications are not judged by version (the transaction rule still
     /// applies to them). Unset or empty: every `<app>@<version>` session is judged.
-    #[arg(long, env = crate::protocol::env::APPLICATION_NAMES, value_name = "APP,...")]
+    #[arg(long, value_name = "APP,...")]
     pub application_names: Option<String>,
-    /// How a session's version compares with PHASEGATE_APP_VERSION: `SemVer` (default;
+    /// How a session's version compares with the app version: `SemVer` (default;
     /// semantic order where both parse, equality otherwise), `Exact`, or `NotPrevious`
-    /// (only the versions in PHASEGATE_PREVIOUS_VERSIONS are old).
-    #[arg(long, env = crate::protocol::env::VERSION_ORDER, value_name = "ORDER")]
+    /// (only the versions in --previous-versions are old).
+    #[arg(long, value_name = "ORDER")]
     pub version_order: Option<String>,
     /// With `NotPrevious`: the comma-separated versions that count as old.
-    #[arg(long, env = crate::protocol::env::PREVIOUS_VERSIONS, value_name = "V,...")]
+    #[arg(long, value_name = "V,...")]
     pub previous_versions: Option<String>,
     /// Refuse (nothing applied) unless this database's ledger records the applied
-    /// expand of the same migration — namespace, name and PHASEGATE_MIGRATION_UID — e.g. when the
+    /// expand of the same migration — namespace, name and migration UID — e.g. when the
     /// Secret was repointed to another database (`true`/`false`; default false).
-    #[arg(long, env = crate::protocol::env::REQUIRE_EXPAND)]
+    #[arg(long)]
     pub require_expand: Option<String>,
     /// The operator's commit-grant endpoint (base URL). When set, contract never COMMITs
     /// without a fresh grant for this attempt from the leading operator (the operator sets
     /// it on every contract Job; without it, a run by hand is not fenced by the operator).
-    #[arg(long, env = crate::protocol::grant::ENV_URL, value_name = "URL")]
+    #[arg(long, value_name = "URL")]
     pub grant_url: Option<String>,
-    /// The attempt this run is (its Job's attempt number), for the grant.
-    #[arg(long, env = crate::protocol::grant::ENV_ATTEMPT, default_value_t = 0)]
-    pub attempt: u32,
+    /// The attempt this run is (its Job's attempt number), for the grant [default: 0].
+    #[arg(long)]
+    pub attempt: Option<u32>,
     /// How long the run waits for a grant, in all, before it gives up (exit 1, report
-    /// `no commit grant`).
-    #[arg(long, env = crate::protocol::grant::ENV_WAIT, default_value = "10m", value_parser = parse_duration)]
+    /// `no commit grant`) [default: 10m].
+    #[arg(long, value_parser = parse_duration)]
+    pub grant_wait: Option<Duration>,
+}
+
+/// A setting's value: its flag, else its variable, else `default`.
+pub(super) fn setting<T>(flag: Option<T>, var: Option<T>, default: impl FnOnce() -> T) -> T {
+    flag.or(var).unwrap_or_else(default)
+}
+
+/// A duration setting: its flag, else its variable (text), else `default`.
+pub(super) fn duration(
+    flag: Option<Duration>,
+    var: &Option<String>,
+    name: &str,
+    default: Duration,
+) -> Result<Duration, String> {
+    match (flag, var) {
+        (Some(d), _) => Ok(d),
+        (None, Some(text)) => parse_duration(text).map_err(|e| format!("{name}: {e}")),
+        (None, None) => Ok(default),
+    }
+}
+
+/// The settings of a run, flags over the environment over defaults: what clap once read
+/// from both. A missing or invalid one is a usage error (exit 2).
+#[derive(Debug)]
+pub(super) struct Settings {
+    pub database_url: Secret,
+    pub phase: Phase,
+    pub sql: Option<String>,
+    pub file: Option<PathBuf>,
+    pub migration_namespace: String,
+    pub migration_name: String,
+    pub migration_uid: String,
+    pub app_version: String,
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub max_lock_retries: u32,
+    pub lock_wait_timeout: Duration,
+    pub young_transaction: Duration,
+    pub lock_wait_attempt_after: Duration,
+    pub advisory_lock_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub termination_log: PathBuf,
+    pub failpoint: Option<String>,
+    pub contract: ContractSettings,
+}
+
+/// [`ContractArgs`] resolved.
+#[derive(Debug)]
+pub(super) struct ContractSettings {
+    pub database_check: Option<String>,
+    pub rollout_completed_at: Option<String>,
+    pub database_check_timeout: Duration,
+    pub application_names: Option<String>,
+    pub version_order: Option<String>,
+    pub previous_versions: Option<String>,
+    pub require_expand: Option<String>,
+    pub grant_url: Option<String>,
+    pub attempt: u32,
     pub grant_wait: Duration,
+}
+
+/// The termination log a run writes: its flag, else its variable, else the kubelet's file.
+pub(super) fn termination_log(flag: Option<PathBuf>, env: &ExecutorEnv<Secret>) -> PathBuf {
+    setting(flag, env.termination_log.clone().map(PathBuf::from), || {
+        PathBuf::from("/dev/termination-log")
+    })
+}
+
+impl ApplyArgs {
+    /// Flags over the environment over defaults.
+    pub(super) fn resolve(self, env: ExecutorEnv<Secret>) -> Result<Settings, String> {
+        let phase = match (self.phase, env.phase.as_deref()) {
+            (Some(p), _) => p,
+            (None, Some(text)) => <Phase as clap::ValueEnum>::from_str(text.trim(), false)
+                .map_err(|_| format!("{}: expand or contract, not {text:?}", penv::PHASE))?,
+            (None, None) => return Err(format!("--phase or {} is required", penv::PHASE)),
+        };
+        let Some(database_url) = self.database_url.or(env.database_url.clone()) else {
+            return Err(format!(
+                "--database-url or {} is required",
+                penv::DATABASE_URL
+            ));
+        };
+        let ms = Duration::from_millis;
+        let termination_log = termination_log(self.termination_log, &env);
+        let c = *self.contract;
+        let contract = ContractSettings {
+            database_check: c.database_check.or(env.database_check.clone()),
+            rollout_completed_at: c.rollout_completed_at.or(env.rollout_completed_at.clone()),
+            database_check_timeout: duration(
+                c.database_check_timeout,
+                &env.database_check_timeout,
+                penv::DATABASE_CHECK_TIMEOUT,
+                Duration::from_secs(300),
+            )?,
+            application_names: c
+                .application_names
+                .or(env.application_names.as_ref().map(|v| v.join(","))),
+            version_order: c.version_order.or(env.version_order.clone()),
+            previous_versions: c
+                .previous_versions
+                .or(env.previous_versions.as_ref().map(|v| v.join(","))),
+            require_expand: c.require_expand.or(env.require_expand.clone()),
+            grant_url: c.grant_url.or(env.grant_url.clone()),
+            attempt: setting(c.attempt, env.attempt, || 0),
+            grant_wait: duration(
+                c.grant_wait,
+                &env.grant_wait,
+                crate::protocol::grant::ENV_WAIT,
+                Duration::from_secs(600),
+            )?,
+        };
+        Ok(Settings {
+            database_url,
+            phase,
+            sql: self.sql.or(env.sql.clone()).filter(|_| self.file.is_none()),
+            file: self.file,
+            migration_namespace: setting(self.migration_namespace, env.migration_namespace, || {
+                "default".into()
+            }),
+            migration_name: setting(self.migration_name, env.migration_name, || "local".into()),
+            migration_uid: setting(self.migration_uid, env.migration_uid, String::new),
+            app_version: setting(self.app_version, env.app_version, String::new),
+            lock_timeout: duration(
+                self.lock_timeout,
+                &env.lock_timeout,
+                penv::LOCK_TIMEOUT,
+                ms(2000),
+            )?,
+            statement_timeout: duration(
+                self.statement_timeout,
+                &env.statement_timeout,
+                penv::STATEMENT_TIMEOUT,
+                Duration::from_secs(600),
+            )?,
+            max_lock_retries: setting(self.max_lock_retries, env.max_lock_retries, || 10),
+            lock_wait_timeout: duration(
+                self.lock_wait_timeout,
+                &env.lock_wait_timeout,
+                penv::LOCK_WAIT_TIMEOUT,
+                Duration::from_secs(600),
+            )?,
+            young_transaction: duration(
+                self.young_transaction,
+                &env.young_transaction,
+                penv::YOUNG_TRANSACTION,
+                ms(30),
+            )?,
+            lock_wait_attempt_after: duration(
+                self.lock_wait_attempt_after,
+                &env.lock_wait_attempt_after,
+                penv::LOCK_WAIT_ATTEMPT_AFTER,
+                Duration::from_secs(10),
+            )?,
+            advisory_lock_timeout: duration(
+                self.advisory_lock_timeout,
+                &env.advisory_lock_timeout,
+                penv::ADVISORY_LOCK_TIMEOUT,
+                Duration::from_secs(600),
+            )?,
+            connect_timeout: duration(
+                self.connect_timeout,
+                &env.connect_timeout,
+                penv::CONNECT_TIMEOUT,
+                Duration::from_secs(10),
+            )?,
+            termination_log,
+            failpoint: self.failpoint.or(env.failpoint),
+            contract,
+        })
+    }
 }
 
 /// Everything a run needs, independent of clap.
@@ -253,19 +399,13 @@ impl Config {
     }
 }
 
-/// `true`/`false` (and the usual spellings) of a boolean setting; None when unset or empty.
-fn parse_bool(name: &str, value: Option<&str>) -> Result<Option<bool>, String> {
-    match value.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(v) => match v.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Ok(Some(true)),
-            "false" | "0" | "no" | "off" => Ok(Some(false)),
-            _ => Err(format!("{name} must be true or false, not {v:?}")),
-        },
-    }
+/// The [`Config`] of a run told only by its environment, as in a Job.
+pub fn config_from_env(env: ExecutorEnv<Secret>) -> Result<Config, String> {
+    let settings = ApplyArgs::default().resolve(env)?;
+    config_from_args(settings).map_err(|(_, e)| e.to_string())
 }
 
-pub(super) fn config_from_args(args: ApplyArgs) -> Result<Config, (Phase, Box<ApplyError>)> {
+pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<ApplyError>)> {
     let phase = args.phase;
     let fail = |e: ApplyError| (phase, Box::new(e));
     let setting = |e: String| fail(ApplyError::Setting(e));

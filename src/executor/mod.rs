@@ -37,9 +37,10 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
+use crate::protocol::env::ExecutorEnv;
 use crate::sql::{self, Statement};
 use config::config_from_args;
-pub use config::{ApplyArgs, Config, ContractArgs, Phase, Secret};
+pub use config::{config_from_env, ApplyArgs, Config, ContractArgs, Phase, Secret};
 use connect::Scrubber;
 use dbcheck_run::DbCheckRun;
 pub use error::ApplyError;
@@ -80,9 +81,16 @@ pub(super) struct Stats {
 /// and prints it as the last line on stdout. Exit status: 0 when applied (or already applied),
 /// 143 (SIGTERM) or 130 (SIGINT) when stopped before COMMIT, 1 on any other failure.
 pub async fn apply(args: ApplyArgs) -> std::process::ExitCode {
-    let termination_log = args.termination_log.clone();
+    let settings = match ExecutorEnv::from_process()
+        .map_err(|e| e.to_string())
+        .and_then(|env| args.resolve(env))
+    {
+        Ok(s) => s,
+        Err(e) => return usage_error(&e),
+    };
+    let termination_log = settings.termination_log.clone();
     let stop = stop_on_signals();
-    let report = match config_from_args(args) {
+    let report = match config_from_args(settings) {
         Ok(mut cfg) => {
             cfg.stop = stop.clone();
             execute(&cfg).await
@@ -97,6 +105,12 @@ pub async fn apply(args: ApplyArgs) -> std::process::ExitCode {
         ),
     };
     finish(&report, &termination_log, &stop)
+}
+
+/// A setting missing or invalid, as clap reports one: on stderr, exit status 2.
+fn usage_error(message: &str) -> std::process::ExitCode {
+    eprintln!("error: {message}");
+    std::process::ExitCode::from(2)
 }
 
 /// A stop requested by SIGTERM or SIGINT (handlers installed now).
