@@ -25,8 +25,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::api::{DatabaseMigration, DatabaseMigrationStatus, Phase, PhaseStatus};
-use crate::executor::backfill::{throttle_kind, THROTTLE_KINDS};
-use crate::executor::report::Report;
+use crate::protocol::log::{throttle_kind, THROTTLE_KINDS};
+use crate::protocol::report::Report;
 
 /// Every phase, so that a namespace's gauge shows zeros rather than missing series.
 pub const PHASES: [Phase; 9] = [
@@ -457,7 +457,7 @@ fn seconds_between(from: Option<&Time>, to: Option<&Time>) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor::report::Outcome;
+    use crate::protocol::report::Outcome;
 
     fn t(s: &str) -> Option<Time> {
         Some(Time(s.parse().expect("timestamp")))
@@ -896,7 +896,7 @@ mod tests {
             ("batch took 950 ms, target 200 ms", "slow_batch"),
             ("something a newer executor says", "other"),
         ] {
-            assert_eq!(crate::executor::backfill::throttle_kind(msg), want, "{msg}");
+            assert_eq!(crate::protocol::log::throttle_kind(msg), want, "{msg}");
             assert!(THROTTLE_KINDS.contains(&want));
         }
     }

@@ -577,7 +577,7 @@ async fn throttles_under_lock_waits_and_lock_timeouts_then_finishes() {
     let (status, _, rows_done, _, _) = checkpoint(&db).await.expect("checkpoint");
     assert_eq!((status.as_str(), rows_done), ("done", 5_000));
     assert!(held < 5_000);
-    let progress = backfill::progress(&child.log()).expect("progress line");
+    let progress = phasegate::protocol::log::progress(&child.log()).expect("progress line");
     assert_eq!(progress.rows_done, 5_000);
     assert_eq!(progress.key_range_done_permille, 1000);
 }

@@ -18,9 +18,9 @@ use crate::api::{
     DatabaseMigration, DatabaseMigrationStatus, ANNOTATION_MIGRATION, LABEL_EXECUTOR,
     LABEL_MIGRATION, LABEL_MIGRATION_UID, LABEL_PHASE, LABEL_SQL_CHECKSUM,
 };
-use crate::executor::report::Report;
 use crate::planner::{job_name, migration_label, phase_code, validate, Holdup, JobPhase, JobState};
 use crate::protocol::env::{self as penv, ExecutorEnv, SecretKey, Value};
+use crate::protocol::report::Report;
 
 use super::cache::Caches;
 use super::error::{Error, KubeContext};
@@ -415,11 +415,12 @@ fn executor_template(cfg: &ExecutorConfig, env: Vec<EnvVar>) -> PodTemplateSpec 
     }
 }
 
-/// The label value identifying an inline-SQL phase's SQL (the first 16 hex digits of the
-/// executor's checksum); `None` for a user Job.
+/// The label value identifying an inline-SQL phase's SQL (see
+/// [`crate::protocol::checksum::label`]); `None` for a user Job.
 pub fn sql_checksum(dbm: &DatabaseMigration, phase: JobPhase) -> Option<String> {
-    let sql = phase_code(&dbm.spec, phase).0?;
-    Some(crate::executor::checksum(sql)[..16].to_string())
+    Some(crate::protocol::checksum::label(
+        phase_code(&dbm.spec, phase).0?,
+    ))
 }
 
 /// Whether a Job was created for this migration's phase: the migration controls it (Phasegate
@@ -741,9 +742,9 @@ pub async fn observe(
         None if !user_job && phase == JobPhase::Backfill => executor_log(&apis.pod_logs, &job_pods)
             .await
             .and_then(|log| {
-                crate::executor::waits::current(&log)
+                crate::protocol::log::current_wait(&log)
                     .map(Holdup::Waiting)
-                    .or_else(|| crate::executor::backfill::progress(&log).map(Holdup::Progress))
+                    .or_else(|| crate::protocol::log::progress(&log).map(Holdup::Progress))
             }),
         None if !user_job => executor_wait(&apis.pod_logs, &job_pods)
             .await
@@ -761,11 +762,11 @@ const WAIT_LOG_LIMIT_BYTES: i64 = 32 * 1024;
 const WAIT_LOG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What the running executor waits on, from the tail of its log (see
-/// [`crate::executor::waits::current`]); `None` when it does not wait, or its log cannot be
+/// [`crate::protocol::log::current_wait`]); `None` when it does not wait, or its log cannot be
 /// read (no `pods/log` permission, a kubelet that does not answer): only the explanation is
 /// lost, never the fence.
 async fn executor_wait(pods: &Api<Pod>, job_pods: &[Arc<ExecutorPodView>]) -> Option<String> {
-    crate::executor::waits::current(&executor_log(pods, job_pods).await?)
+    crate::protocol::log::current_wait(&executor_log(pods, job_pods).await?)
 }
 
 /// The tail of the running executor's log; `None` when it cannot be read.
@@ -945,7 +946,7 @@ fn last_termination(job_pods: &[Arc<ExecutorPodView>]) -> Option<ContainerTermin
 /// Turn a termination message into one line for status: the executor's report summary, or
 /// the message itself for a user Job.
 pub fn summarise(message: &str) -> String {
-    match crate::executor::report::Report::parse(message) {
+    match crate::protocol::report::Report::parse(message) {
         // The planner says which phase failed; keep just the cause.
         Some(r) => r.summary().trim_start_matches("failed: ").to_string(),
         None => message.trim().chars().take(1024).collect(),

@@ -14,8 +14,8 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
 use crate::api::{DatabaseMigration, DatabaseMigrationStatus, Phase, TargetStatus, FIELD_MANAGER};
-use crate::executor::report::Report;
 use crate::planner::{self, Input, JobPhase, JobState, Plan};
+use crate::protocol::report::Report;
 
 use super::error::Error;
 use super::workloads::Source;

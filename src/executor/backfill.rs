@@ -42,10 +42,10 @@ use tokio_postgres::Client;
 
 use super::config::{duration, parse_duration, setting, termination_log};
 use super::connect::{self, Scrubber};
-use super::report::{Outcome, Report, ReportError};
 use super::stop::{Signal, Stop};
 use super::{checksum, finish, stop_on_signals, usage_error, Secret};
 use crate::protocol::env::{self as penv, ExecutorEnv};
+use crate::protocol::report::{Outcome, Report, ReportError};
 
 /// Schema of the checkpoint table (created on first use, next to the ledger).
 pub const SCHEMA_SQL: &str = r#"
@@ -371,83 +371,7 @@ impl BackfillConfig {
 }
 
 pub use crate::api::BackfillProgress;
-
-impl BackfillProgress {
-    /// One line for a status message.
-    pub fn summary(&self) -> String {
-        let mut s = format!(
-            "backfilled {} row(s) of ~{} ({}.{}% of the key range, {} batches of {}, {} rows/s",
-            self.rows_done,
-            self.estimated_rows,
-            self.key_range_done_permille / 10,
-            self.key_range_done_permille % 10,
-            self.batches,
-            self.batch_size,
-            self.rows_per_second
-        );
-        if let Some(eta) = self.eta_seconds {
-            s.push_str(&format!(
-                ", ETA {}",
-                humantime::format_duration(Duration::from_secs(eta.max(0) as u64))
-            ));
-        }
-        s.push(')');
-        if let Some(t) = &self.throttled {
-            s.push_str(&format!("; throttled: {t}"));
-        }
-        s
-    }
-}
-
-/// The newest progress line in the tail of the executor's log, if any.
-pub fn progress(log_tail: &str) -> Option<BackfillProgress> {
-    log_tail.lines().rev().find_map(|raw| {
-        let v: serde_json::Value = serde_json::from_str(&raw[raw.find('{')?..]).ok()?;
-        serde_json::from_value(v.get("backfill")?.clone()).ok()
-    })
-}
-
-/// The kinds of throttle reason, as metric label values: a small fixed set (the messages
-/// themselves carry numbers and would make a new series per value).
-pub const THROTTLE_KINDS: [&str; 7] = [
-    "replication_lag",
-    "lock_waiters",
-    "lock_timeout",
-    "deadlock",
-    "statement_timeout",
-    "slow_batch",
-    "other",
-];
-
-/// The kind of a `throttled` message this executor prints (see [`THROTTLE_KINDS`]); `other`
-/// for anything else, e.g. a message of a newer executor image.
-pub fn throttle_kind(message: &str) -> &'static str {
-    if message.starts_with("replication lag") {
-        "replication_lag"
-    } else if message.contains("wait for a lock on the table") {
-        "lock_waiters"
-    } else if message.starts_with("lock timeout") {
-        "lock_timeout"
-    } else if message.starts_with("deadlock") {
-        "deadlock"
-    } else if message.starts_with("statement timeout") {
-        "statement_timeout"
-    } else if message.starts_with("batch took") {
-        "slow_batch"
-    } else {
-        "other"
-    }
-}
-
-fn progress_line(p: &BackfillProgress) -> String {
-    serde_json::json!({
-        "timestamp": jiff::Timestamp::now().to_string(),
-        "level": "INFO",
-        "message": "backfill progress",
-        "backfill": p,
-    })
-    .to_string()
-}
+use crate::protocol::log::progress_line;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
@@ -543,7 +467,7 @@ pub async fn execute(cfg: &BackfillConfig) -> Report {
         lock_retries: stats.lock_retries,
         lock_wait_ms: stats.throttle_wait.as_millis() as u64,
         duration_ms: start.elapsed().as_millis() as u64,
-        checksum: Some(sum[..12].to_string()),
+        checksum: Some(crate::protocol::checksum::short(&sum)),
         db_check_wait_ms: None,
         db_check_warning: None,
         db_check_rollbacks: None,
@@ -1562,26 +1486,6 @@ mod tests {
         assert_eq!(adapt(1000, Duration::from_secs(10), t, 50_000), 500);
         assert_eq!(adapt(40_000, Duration::from_millis(1), t, 50_000), 50_000);
         assert_eq!(adapt(12, Duration::from_secs(1), t, 50_000), 10);
-    }
-
-    #[test]
-    fn reads_the_newest_progress_line() {
-        let p1 = BackfillProgress {
-            rows_done: 10,
-            ..Default::default()
-        };
-        let p2 = BackfillProgress {
-            rows_done: 20,
-            throttled: Some("lock".into()),
-            ..Default::default()
-        };
-        let log = format!(
-            "{}\nnoise\n{}\n{{\"message\":\"other\"}}\n",
-            progress_line(&p1),
-            progress_line(&p2)
-        );
-        assert_eq!(progress(&log), Some(p2));
-        assert_eq!(progress("nothing"), None);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use super::report::ReportError;
 use super::stop::Signal;
 use super::{connect, locks};
+use crate::protocol::report::ReportError;
 use crate::sql::SqlError;
 
 #[derive(Debug, thiserror::Error)]

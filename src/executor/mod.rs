@@ -23,7 +23,6 @@ mod error;
 pub mod grant;
 pub mod ledger;
 pub mod locks;
-pub mod report;
 mod rerun;
 mod runner;
 mod session;
@@ -34,10 +33,10 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
 use crate::protocol::env::ExecutorEnv;
+pub use crate::protocol::report::{Outcome, Report, ReportError};
 use crate::sql::{self, Statement};
 use config::config_from_args;
 pub use config::{config_from_env, ApplyArgs, Config, ContractArgs, Phase, Secret};
@@ -45,7 +44,6 @@ use connect::Scrubber;
 use dbcheck_run::DbCheckRun;
 pub use error::ApplyError;
 pub use ledger::Identity;
-pub use report::{Outcome, Report, ReportError};
 use runner::Runner;
 pub use session::idle_in_transaction_timeout;
 pub use stop::{Signal, Stop};
@@ -150,10 +148,7 @@ fn write_termination_log(path: &Path, line: &str) {
     }
 }
 
-/// SHA-256 of the phase's SQL (surrounding whitespace ignored), hex.
-pub fn checksum(sql: &str) -> String {
-    hex::encode(Sha256::digest(sql.trim().as_bytes()))
-}
+pub use crate::protocol::checksum::checksum;
 
 /// Runs one phase and returns its report. Never panics on database errors.
 pub async fn execute(cfg: &Config) -> Report {
@@ -173,7 +168,7 @@ pub async fn execute(cfg: &Config) -> Report {
                 lock_retries: stats.lock_retries,
                 lock_wait_ms: stats.lock_wait.as_millis() as u64,
                 duration_ms: elapsed.as_millis() as u64,
-                checksum: Some(sum[..12].to_string()),
+                checksum: Some(crate::protocol::checksum::short(&sum)),
                 db_check_wait_ms: stats.db_check_wait.map(|d| d.as_millis() as u64),
                 db_check_warning: stats.db_check_warning.as_deref().map(|w| scrub.scrub(w)),
                 db_check_rollbacks: (stats.db_check_rollbacks > 0)
@@ -217,7 +212,7 @@ fn failed_report(
         lock_retries: stats.lock_retries,
         lock_wait_ms: stats.lock_wait.as_millis() as u64,
         duration_ms: elapsed.as_millis() as u64,
-        checksum: sum.map(|s| s[..12.min(s.len())].to_string()),
+        checksum: sum.map(crate::protocol::checksum::short),
         db_check_wait_ms: stats.db_check_wait.map(|d| d.as_millis() as u64),
         db_check_warning: stats.db_check_warning.as_deref().map(|w| scrub.scrub(w)),
         db_check_rollbacks: (stats.db_check_rollbacks > 0).then_some(stats.db_check_rollbacks),
@@ -311,7 +306,7 @@ async fn run(
                 } else {
                     "partially applied"
                 },
-                recorded: entry.checksum[..12.min(entry.checksum.len())].to_string(),
+                recorded: crate::protocol::checksum::short(&entry.checksum),
                 current: sum[..12].to_string(),
             });
         }
@@ -484,12 +479,5 @@ mod tests {
             .map(|s| s.range)
             .collect();
         assert_eq!(ranges, vec![2..4]);
-    }
-
-    #[test]
-    fn checksum_ignores_surrounding_whitespace() {
-        assert_eq!(checksum("SELECT 1;\n"), checksum("  SELECT 1;"));
-        assert_ne!(checksum("SELECT 1"), checksum("SELECT 2"));
-        assert_eq!(checksum("x").len(), 64);
     }
 }

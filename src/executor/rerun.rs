@@ -14,7 +14,7 @@
 use tokio_postgres::Client;
 
 use super::error::ApplyError;
-use super::report::{MAX_NOTE_BYTES, MAX_RECOVERED};
+use crate::protocol::report::{MAX_NOTE_BYTES, MAX_RECOVERED};
 use crate::sql::{self, Statement};
 
 /// What to do with a statement outside a transaction, given what an earlier run left.

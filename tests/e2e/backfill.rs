@@ -135,7 +135,7 @@ async fn backfill_runs_after_the_rollout_shows_progress_and_gates_contract() {
         text.lines()
             .filter(|l| l.starts_with("phasegate_backfill_throttled{"))
             .count(),
-        phasegate::executor::backfill::THROTTLE_KINDS.len(),
+        phasegate::protocol::log::THROTTLE_KINDS.len(),
         "{text}"
     );
     assert!(env.column_exists("users", "legacy_flag").await);
