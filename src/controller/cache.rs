@@ -207,8 +207,8 @@ pub fn owning_workload(p: &PodFacts) -> Option<(crate::api::TargetKind, String)>
 mod tests {
     use super::*;
     use crate::api::{TargetKind, VersionFrom};
+    use crate::controller::observations::{deployment_observation, version_of};
     use crate::controller::views::PodView;
-    use crate::controller::workloads::{deployment_observation, version_of};
 
     fn pod(owner: serde_json::Value) -> std::sync::Arc<PodFacts> {
         serde_json::from_value(serde_json::json!({

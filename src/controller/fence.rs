@@ -22,8 +22,9 @@ use crate::planner::{self, Action, Input, JobPhase, JobState};
 use crate::protocol::grant::{Answer, Request};
 use crate::server::{Health, Role};
 
+use super::context::Context;
 use super::workloads::{self, Source};
-use super::{jobs, Context, Error};
+use super::{jobs, Error};
 
 /// What the annotations tell the planner: approved, the retry token, backfill paused.
 pub(super) fn marks(dbm: &DatabaseMigration) -> (bool, Option<&str>, bool) {

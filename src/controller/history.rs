@@ -21,8 +21,9 @@ use crate::planner::{Action, JobPhase, Plan};
 
 use super::cache::Caches;
 use super::error::{Error, KubeContext};
+use super::observations::version_of;
 use super::views::TemplateView;
-use super::workloads::{version_of, workload_ids, Source, WorkloadId};
+use super::workloads::{workload_ids, Source, WorkloadId};
 
 pub const DEPLOYMENT_REVISION: &str = "deployment.kubernetes.io/revision";
 pub const DEPLOYMENT_REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";

@@ -17,9 +17,10 @@ use crate::api::{DatabaseMigration, DatabaseMigrationStatus, Phase, TargetStatus
 use crate::planner::{self, Input, JobPhase, JobState, Plan};
 use crate::protocol::report::Report;
 
+use super::context::Context;
 use super::error::Error;
 use super::workloads::Source;
-use super::{fence, history, jobs, workloads, Context};
+use super::{fence, history, jobs, workloads};
 
 /// How often a running Job is looked at without a watch event (see [`next_wakeup`]).
 const RUNNING_JOB_POLL: Duration = Duration::from_secs(10);

@@ -86,7 +86,7 @@ pub struct PodSpecView {
 }
 
 impl PodSpecView {
-    /// `(name, image)` of each container, as [`super::workloads::version_of`] reads them.
+    /// `(name, image)` of each container, as [`super::observations::version_of`] reads them.
     pub fn images(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
         self.containers
             .iter()

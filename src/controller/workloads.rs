@@ -1,4 +1,5 @@
-//! Reads target workloads and their pods, and turns them into the planner's observations.
+//! Reads target workloads and their pods (from the watch caches or the API server) and judges
+//! them; [`super::observations`] turns what it read into the planner's observations.
 
 use std::sync::Arc;
 
@@ -9,14 +10,17 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{TargetKind, TargetSpec, TargetStatus, VersionFrom};
-use crate::planner::rollout::{self, PodObservation, WorkloadObservation};
+use crate::planner::rollout::{self, WorkloadObservation};
 use crate::planner::version::VersionRule;
 
-use super::argo::{rollout_observation, Rollout};
+use super::argo::Rollout;
 use super::cache::Caches;
 use super::error::{Error, KubeContext};
 use super::labels::{LabelQuery, Labels};
-use super::views::{DaemonSetView, DeploymentView, Labelled, PodFacts, PodView, StatefulSetView};
+use super::observations::{
+    daemonset_observation, deployment_observation, rollout_observation, statefulset_observation,
+};
+use super::views::{DaemonSetView, DeploymentView, PodFacts, PodView, StatefulSetView};
 
 /// Where targets are read from: the watch caches (every reconcile), or the API server (a
 /// quorum read, once, right before the contract Job is created; the caches only tell which
@@ -472,136 +476,6 @@ async fn list<K: Workload>(
     }
 }
 
-/// The planner's view of a Deployment and its pods (pure).
-pub fn deployment_observation(
-    d: &DeploymentView,
-    vf: &VersionFrom,
-    pods: &[Arc<PodFacts>],
-) -> WorkloadObservation {
-    let (spec, status) = (&d.spec, &d.status);
-    let progress_deadline_exceeded = status.conditions.iter().any(|c| {
-        c.type_ == "Progressing"
-            && c.status == "False"
-            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    });
-    WorkloadObservation {
-        kind: TargetKind::Deployment,
-        name: d.metadata.name.clone().unwrap_or_default(),
-        generation: d.metadata.generation.unwrap_or(0),
-        observed_generation: status.observed_generation.unwrap_or(0),
-        template_version: version_of(
-            Some(&spec.template.metadata),
-            spec.template.spec.images(),
-            vf,
-        ),
-        replicas: spec.replicas.unwrap_or(1),
-        current_replicas: status.replicas.unwrap_or(0),
-        updated_replicas: status.updated_replicas.unwrap_or(0),
-        available_replicas: status.available_replicas.unwrap_or(0),
-        paused: spec.paused.unwrap_or(false),
-        progress_deadline_exceeded,
-        unfinished: None,
-        pods: pod_observations(pods, vf),
-    }
-}
-
-/// The planner's view of a StatefulSet and its pods (pure). With `OnDelete` or a partition,
-/// pods not yet replaced keep it incomplete.
-pub fn statefulset_observation(
-    s: &StatefulSetView,
-    vf: &VersionFrom,
-    pods: &[Arc<PodFacts>],
-) -> WorkloadObservation {
-    let (spec, status) = (&s.spec, &s.status);
-    WorkloadObservation {
-        kind: TargetKind::StatefulSet,
-        name: s.metadata.name.clone().unwrap_or_default(),
-        generation: s.metadata.generation.unwrap_or(0),
-        observed_generation: status.observed_generation.unwrap_or(0),
-        template_version: version_of(
-            Some(&spec.template.metadata),
-            spec.template.spec.images(),
-            vf,
-        ),
-        replicas: spec.replicas.unwrap_or(1),
-        current_replicas: status.replicas,
-        updated_replicas: status.updated_replicas.unwrap_or(0),
-        available_replicas: status.available_replicas.unwrap_or(0),
-        paused: false,
-        progress_deadline_exceeded: false,
-        unfinished: None,
-        pods: pod_observations(pods, vf),
-    }
-}
-
-/// The planner's view of a DaemonSet and its pods (pure): one pod per eligible node.
-pub fn daemonset_observation(
-    d: &DaemonSetView,
-    vf: &VersionFrom,
-    pods: &[Arc<PodFacts>],
-) -> WorkloadObservation {
-    let (spec, status) = (&d.spec, &d.status);
-    WorkloadObservation {
-        kind: TargetKind::DaemonSet,
-        name: d.metadata.name.clone().unwrap_or_default(),
-        generation: d.metadata.generation.unwrap_or(0),
-        observed_generation: status.observed_generation.unwrap_or(0),
-        template_version: version_of(
-            Some(&spec.template.metadata),
-            spec.template.spec.images(),
-            vf,
-        ),
-        replicas: status.desired_number_scheduled,
-        // Surplus pods of an old version are caught by the pod check below.
-        current_replicas: status.desired_number_scheduled,
-        updated_replicas: status.updated_number_scheduled.unwrap_or(0),
-        available_replicas: status.number_available.unwrap_or(0),
-        paused: false,
-        progress_deadline_exceeded: false,
-        unfinished: None,
-        pods: pod_observations(pods, vf),
-    }
-}
-
-pub(crate) fn pod_observations(pods: &[Arc<PodFacts>], vf: &VersionFrom) -> Vec<PodObservation> {
-    pods.iter()
-        // A pod that has finished runs no code; every other one counts, terminating too.
-        .filter(|p| !p.finished)
-        .map(|p| PodObservation {
-            name: p.name.to_string(),
-            version: version_of(Some(p.as_ref()), p.spec.images(), vf),
-            terminating: p.terminating,
-        })
-        .collect()
-}
-
-/// The version a pod (template) carries, read as `versionFrom` says; `images` are its
-/// containers' `(name, image)`.
-pub fn version_of<'a, M: Labelled + ?Sized>(
-    meta: Option<&M>,
-    mut images: impl Iterator<Item = (&'a str, Option<&'a str>)>,
-    vf: &VersionFrom,
-) -> Option<String> {
-    if let Some(key) = &vf.label {
-        return meta?.label(key).map(str::to_string);
-    }
-    if let Some(key) = &vf.annotation {
-        return meta?.annotation(key).map(str::to_string);
-    }
-    if let Some(img) = &vf.image {
-        let (_, image) = images.find(|(name, _)| *name == img.container)?;
-        return image_tag(image?);
-    }
-    None
-}
-
-/// The tag of an image reference (`repo/name:tag@digest` → `tag`).
-pub fn image_tag(image: &str) -> Option<String> {
-    let without_digest = image.split('@').next()?;
-    let last = without_digest.rsplit('/').next()?;
-    last.split_once(':').map(|(_, tag)| tag.to_string())
-}
-
 fn to_selector(sel: &LabelSelector, what: &str) -> Result<Selector, Error> {
     Selector::try_from(sel.clone()).map_err(|e| Error::Selector {
         target: what.to_string(),
@@ -612,7 +486,6 @@ fn to_selector(sel: &LabelSelector, what: &str) -> Result<Selector, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ImageVersion;
 
     #[test]
     fn pods_of_single_equality_selectors_on_one_key_are_listed_at_once() {
@@ -659,39 +532,5 @@ mod tests {
                 "{v:?}"
             );
         }
-    }
-
-    #[test]
-    fn image_tags() {
-        assert_eq!(
-            image_tag("registry:5000/shop/api:2.4.0").as_deref(),
-            Some("2.4.0")
-        );
-        assert_eq!(image_tag("api:2.4.0@sha256:abc").as_deref(), Some("2.4.0"));
-        assert_eq!(image_tag("registry:5000/shop/api"), None);
-    }
-
-    #[test]
-    fn version_from_image() {
-        let spec: crate::controller::views::PodSpecView = serde_json::from_value(serde_json::json!({
-            "containers": [{"name": "sidecar", "image": "envoy:1.0"}, {"name": "api", "image": "shop/api:v2.4.0"}]
-        }))
-        .expect("pod spec");
-        let vf = VersionFrom {
-            label: None,
-            annotation: None,
-            image: Some(ImageVersion {
-                container: "api".into(),
-            }),
-        };
-        assert_eq!(
-            version_of(
-                None::<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
-                spec.images(),
-                &vf
-            )
-            .as_deref(),
-            Some("v2.4.0")
-        );
     }
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::error::ApplyError;
+use super::stats::Stats;
 use super::waits::Waits;
-use super::{dbcheck, Config, Phase, Stats};
+use super::{dbcheck, Config, Phase};
 
 /// The database-side check of contract, run right before every attempt (outside any
 /// transaction, holding no table lock), with one time budget for the whole run, and once more

@@ -140,3 +140,16 @@ impl From<Signal> for ApplyError {
         }
     }
 }
+
+/// Runs `fut` unless a stop is requested first (then `fut` is dropped where it waits, and the
+/// run fails with the stop).
+pub(super) async fn or_stop<T>(
+    stop: &super::stop::Stop,
+    fut: impl std::future::Future<Output = Result<T, ApplyError>>,
+) -> Result<T, ApplyError> {
+    tokio::select! {
+        biased;
+        signal = stop.wait() => Err(signal.into()),
+        r = fut => r,
+    }
+}

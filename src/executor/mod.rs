@@ -26,6 +26,7 @@ pub mod locks;
 mod rerun;
 mod runner;
 mod session;
+mod stats;
 pub mod stop;
 pub mod waits;
 
@@ -46,6 +47,7 @@ pub use error::ApplyError;
 pub use ledger::Identity;
 use runner::Runner;
 pub use session::idle_in_transaction_timeout;
+use stats::Stats;
 pub use stop::{Signal, Stop};
 use waits::Waits;
 //
@@ -54,26 +56,6 @@ use waits::Waits;
 // `dbcheck` and `dbcheck_run` (contract's database check), `grant` (the commit grant), `runner` (attempts and the one retry loop),
 // `rerun` (statements outside a transaction made safe to run again), `ledger`, `report`, `stop`,
 // `waits`, `error`. This file: the entry points and the order of work.
-
-/// Counters that end up in the report.
-#[derive(Debug, Default, Clone)]
-pub(super) struct Stats {
-    pub(super) statements: usize,
-    pub(super) attempts: u32,
-    pub(super) lock_retries: u32,
-    pub(super) lock_wait: Duration,
-    /// Set when the database check ran.
-    pub(super) db_check_wait: Option<Duration>,
-    pub(super) db_check_warning: Option<String>,
-    /// Transactions rolled back because the re-check before COMMIT found a blocker.
-    pub(super) db_check_rollbacks: u32,
-    /// Transactions rolled back because no valid commit grant was held at COMMIT.
-    pub(super) grant_rollbacks: u32,
-    /// Longest time from the last look at the gates to COMMIT's acknowledgement.
-    pub(super) gate_to_commit: Option<Duration>,
-    /// What an interrupted earlier run left and this one finished or skipped (see [`rerun`]).
-    pub(super) recovered: Vec<String>,
-}
 
 /// Entry point of `phasegate apply`: runs the phase, writes the report to the termination log
 /// and prints it as the last line on stdout. Exit status: 0 when applied (or already applied),

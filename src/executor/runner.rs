@@ -11,13 +11,14 @@ use tokio_postgres::{CancelToken, Client};
 
 use super::connect::{self, ConnSettings};
 use super::dbcheck_run::DbCheckRun;
-use super::error::ApplyError;
+use super::error::{or_stop, ApplyError};
 use super::grant::Grant;
 use super::rerun::{self, Rerun};
 use super::session::{pg_ms, transaction_timeout};
+use super::stats::Stats;
 use super::stop::Stop;
 use super::waits::Waits;
-use super::{dbcheck, ledger, locks, Config, Stats};
+use super::{dbcheck, ledger, locks, Config};
 use crate::sql::Statement;
 
 /// One run's working state: settings, counters, the database check, the commit grant and
@@ -565,18 +566,6 @@ async fn failpoint(cfg: &Config, name: &str) {
         eprintln!("phasegate failpoint {name} reached");
         // A stop ends the pause, so tests can signal a run that sits at a failpoint.
         let _ = pause(&cfg.stop, Duration::from_secs(600)).await;
-    }
-}
-
-/// Runs `fut` unless a stop is requested first (then `fut` is dropped where it waits).
-pub(super) async fn or_stop<T>(
-    stop: &Stop,
-    fut: impl Future<Output = Result<T, ApplyError>>,
-) -> Result<T, ApplyError> {
-    tokio::select! {
-        biased;
-        signal = stop.wait() => Err(signal.into()),
-        r = fut => r,
     }
 }
 

@@ -6,8 +6,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::connect::{self, ConnSettings, Scrubber};
-use super::error::ApplyError;
-use super::runner::or_stop;
+use super::error::{or_stop, ApplyError};
 use super::Config;
 
 /// TCP keepalives, both ends: a dead peer is noticed after about 30 + 3 × 10 = 60 s.
