@@ -460,27 +460,70 @@ pub fn ours_and_running(job: &JobView, uid: &str) -> bool {
     !uid.is_empty() && owned && !finished && job.metadata.deletion_timestamp.is_none()
 }
 
+/// The Jobs this process created whose UID status may not record yet (its write failed or is
+/// still to come): the one proof of authorship besides status. One entry per Job name, taken
+/// out once status records it; lost with the process (a new leader then deletes such a Job and
+/// creates it again).
+#[derive(Default)]
+pub struct CreatedJobs(std::sync::Mutex<std::collections::HashMap<(String, String), String>>);
+
+impl CreatedJobs {
+    fn remember(&self, ns: &str, name: &str, uid: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert((ns.to_string(), name.to_string()), uid.to_string());
+        }
+    }
+
+    fn created(&self, ns: &str, name: &str, uid: &str) -> bool {
+        self.0.lock().is_ok_and(|m| {
+            m.get(&(ns.to_string(), name.to_string()))
+                .is_some_and(|u| u == uid)
+        })
+    }
+
+    /// Status now records `name`'s UID: nothing left to remember.
+    pub fn recorded(&self, ns: &str, name: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&(ns.to_string(), name.to_string()));
+        }
+    }
+}
+
 /// Create the Job; its UID, from the API server's answer, is what status records (only the
-/// Job of that UID is ever read back). A Job of that name already there is never taken up:
-/// nothing shows who made it — labels, owner references and even the field manager can be
-/// copied by anyone who may create Jobs. One that claims this migration as its controller (our
-/// own, if a crash lost the status write after its creation, or a forgery) is deleted and the
-/// attempt starts again; anything else is a conflict the user must clear.
-pub async fn create(jobs: &Api<Job>, job: &Job, owner: &OwnerReference) -> Result<Job, Error> {
+/// Job of that UID is ever read back). A Job of that name already there is taken up only if
+/// this process created it (its status write failed). Nothing else shows who made it —
+/// labels, owner references and even the field manager can be copied by anyone who may create
+/// Jobs — so one that claims this migration as its controller (our own from before a restart
+/// that lost the status write, or a forgery) is deleted and the attempt starts again; anything
+/// else is a conflict the user must clear.
+pub async fn create(
+    jobs: &Api<Job>,
+    job: &Job,
+    owner: &OwnerReference,
+    created: &CreatedJobs,
+) -> Result<Job, Error> {
     let name = job.name_any();
+    let ns = job.namespace().unwrap_or_default();
     match jobs.create(&PostParams::default(), job).await {
-        Ok(j) => Ok(j),
+        Ok(j) => {
+            created.remember(&ns, &name, j.metadata.uid.as_deref().unwrap_or_default());
+            Ok(j)
+        }
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let existing = jobs
                 .get(&name)
                 .await
                 .during(format!("reading existing Job {name}"))?;
+            let uid = existing.metadata.uid.clone().unwrap_or_default();
             if !claims(&existing.metadata, &owner.uid) {
                 return Err(Error::JobConflict { job: name });
             }
+            if created.created(&ns, &name, &uid) {
+                return Ok(existing);
+            }
             let dp = kube::api::DeleteParams {
                 preconditions: Some(kube::api::Preconditions {
-                    uid: existing.metadata.uid.clone(),
+                    uid: Some(uid),
                     resource_version: None,
                 }),
                 ..kube::api::DeleteParams::background()
@@ -1510,7 +1553,9 @@ mod tests {
         let jobs: Api<Job> = Api::namespaced(client, "shop");
         let mut ours = job.clone();
         ours.metadata.owner_references = Some(vec![owner.clone()]);
-        let err = create(&jobs, &ours, &owner).await.expect_err("not adopted");
+        let err = create(&jobs, &ours, &owner, &CreatedJobs::default())
+            .await
+            .expect_err("not adopted");
         assert!(matches!(err, Error::JobConflict { .. }), "{err:?}");
         assert_eq!(served.await.expect("mock").len(), 2, "no adopting PATCH");
     }
@@ -1553,17 +1598,33 @@ mod tests {
         }
         let exists = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
             "reason": "AlreadyExists", "code": 409, "message": "exists"});
+        let done_again = done.clone();
         let (client, served) = crate::controller::test_support::mock_api(vec![
             (409, exists),
             (200, done.clone()),
             (200, done),
         ]);
         let jobs: Api<Job> = Api::namespaced(client, "shop");
-        let err = create(&jobs, &job, &owner).await.expect_err("not adopted");
+        let err = create(&jobs, &job, &owner, &CreatedJobs::default())
+            .await
+            .expect_err("not adopted");
         assert!(matches!(err, Error::UnrecordedJob { .. }), "{err:?}");
         let served = served.await.expect("mock");
         assert_eq!(served.len(), 3, "{served:?}");
         assert!(served[2].starts_with("DELETE "), "{served:?}");
+
+        // Created by this very process, its status write lost: taken up, not deleted (a
+        // delete would make the next watch event create it again, and so on).
+        let ours = CreatedJobs::default();
+        ours.remember("shop", &job.name_any(), "forged-0000");
+        let exists = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "AlreadyExists", "code": 409, "message": "exists"});
+        let (client, served) =
+            crate::controller::test_support::mock_api(vec![(409, exists), (200, done_again)]);
+        let jobs: Api<Job> = Api::namespaced(client, "shop");
+        let taken = create(&jobs, &job, &owner, &ours).await.expect("taken up");
+        assert_eq!(taken.metadata.uid.as_deref(), Some("forged-0000"));
+        assert_eq!(served.await.expect("mock").len(), 2);
     }
 
     /// What a user container's runtime says may quote a Secret: `$(K)` in its command is

@@ -62,6 +62,8 @@ pub struct Context {
     pub(crate) status_writes: status_writes::StatusWrites,
     /// Migrations whose rollout history this process has read in their current epoch.
     pub(crate) history_checked: history::Checked,
+    /// Jobs this process created, until status records them.
+    pub(crate) created_jobs: jobs::CreatedJobs,
 }
 
 impl Context {
@@ -246,6 +248,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         failures: Default::default(),
         status_writes: Default::default(),
         history_checked: Default::default(),
+        created_jobs: Default::default(),
     });
 
     ops.grants.open(ctx.clone());

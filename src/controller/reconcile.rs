@@ -380,7 +380,7 @@ async fn act(
                 let generation = dbm.metadata.generation.unwrap_or(0);
                 planner::job_refused(plan, phase, why, text, Timestamp::now(), generation)
             };
-            match jobs::create(&jobs_api, &job, &owner).await {
+            match jobs::create(&jobs_api, &job, &owner, &ctx.created_jobs).await {
                 Ok(created) => {
                     planner::record_mut(&mut plan.status, phase).job_uid = created.metadata.uid;
                     // How long the gate took inside the operator (see docs/scale.md).
@@ -490,6 +490,16 @@ async fn write_status(
         written.metadata.resource_version.as_deref(),
         planner::writes::PROGRESS_WRITE_INTERVAL,
     );
+    for rec in [&plan.status.expand, &plan.status.contract]
+        .into_iter()
+        .flatten()
+        .chain(plan.status.backfill.as_ref().map(|b| &b.run))
+        .filter(|r| r.job_uid.is_some())
+    {
+        if let Some(job) = &rec.job_name {
+            ctx.created_jobs.recorded(&seen.ns, job);
+        }
+    }
     // Counted once the new status is stored, so each transition is counted once.
     ctx.metrics.record_transition(
         &seen.status,
