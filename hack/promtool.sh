@@ -29,7 +29,7 @@ go_build() {
   if [[ ! -x "${out}" ]]; then
     local tmp="${out}.tmp.$$" start
     start=$(date +%s)
-    log "building ${pkg} ${VERSION} (first time: a few minutes) ..."
+    log "building $(basename "${out}") from ${PKG} ${VERSION} (first time: a few minutes) ..."
     (cd "${MODDIR}" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "${ldflags}" \
       -o "${tmp}" "${pkg}") || { rm -f "${tmp}"; log "ERROR: build of ${pkg} failed"; exit 1; }
     mv -f "${tmp}" "${out}"

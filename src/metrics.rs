@@ -29,6 +29,15 @@ use crate::api::{DatabaseMigration, DatabaseMigrationStatus, Phase, PhaseStatus}
 use crate::executor::backfill::{throttle_kind, THROTTLE_KINDS};
 use crate::executor::report::Report;
 
+/// The Warning Event reasons that say an executor Job (or its pods) was refused: their
+/// series exist from the start at 0, so that `increase()` sees the first refusal.
+pub const REFUSAL_REASONS: [&str; 4] = [
+    crate::planner::reason::JOB_REJECTED,
+    crate::planner::reason::JOB_CONFLICT,
+    crate::planner::reason::POLICY_REFUSED,
+    crate::planner::reason::JOB_STUCK,
+];
+
 /// Every phase, so that a namespace's gauge shows zeros rather than missing series.
 pub const PHASES: [Phase; 9] = [
     Phase::Pending,
@@ -251,6 +260,13 @@ impl Metrics {
             "1 while this replica holds the leader Lease and runs the controller",
             leader.clone(),
         );
+        for reason in REFUSAL_REASONS {
+            warning_events
+                .get_or_create(&ReasonLabels {
+                    reason: reason.to_string(),
+                })
+                .inc_by(0);
+        }
         let commit_grants = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "commit_grants",
@@ -1134,13 +1150,18 @@ mod tests {
         m.warning_event("JobRejected");
         m.warning_event("JobStuck");
         m.warning_event("JobStuck");
+        m.warning_event("RolloutTimeout");
         let mut got = lines(&m.encode(), "phasegate_warning_events_total{");
         got.sort();
+        // The refusals exist at 0 before the first one, so increase() counts it.
         assert_eq!(
             got,
             [
+                "phasegate_warning_events_total{reason=\"JobConflict\"} 0",
                 "phasegate_warning_events_total{reason=\"JobRejected\"} 1",
-                "phasegate_warning_events_total{reason=\"JobStuck\"} 2"
+                "phasegate_warning_events_total{reason=\"JobStuck\"} 2",
+                "phasegate_warning_events_total{reason=\"PolicyRefused\"} 0",
+                "phasegate_warning_events_total{reason=\"RolloutTimeout\"} 1",
             ]
         );
     }
