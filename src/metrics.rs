@@ -1079,33 +1079,53 @@ mod tests {
         };
         for obj in [
             // Approval waits from the last of rollout, soak and backfill.
-            migration_in("shop", "a", DatabaseMigrationStatus {
-                phase: Some(Phase::AwaitingApproval),
-                rollout_completed_at: ago(900),
-                contract_not_before: ago(600),
-                ..Default::default()
-            }),
-            migration_in("shop", "b", DatabaseMigrationStatus {
-                phase: Some(Phase::AwaitingApproval),
-                rollout_completed_at: ago(300),
-                ..Default::default()
-            }),
-            migration_in("shop", "c", DatabaseMigrationStatus {
-                phase: Some(Phase::Contracting),
-                conditions: ready(waiting(120)),
-                ..Default::default()
-            }),
-            migration_in("shop", "d", DatabaseMigrationStatus {
-                phase: Some(Phase::Contracting),
-                conditions: ready(waiting(30)),
-                ..Default::default()
-            }),
+            migration_in(
+                "shop",
+                "a",
+                DatabaseMigrationStatus {
+                    phase: Some(Phase::AwaitingApproval),
+                    rollout_completed_at: ago(900),
+                    contract_not_before: ago(600),
+                    ..Default::default()
+                },
+            ),
+            migration_in(
+                "shop",
+                "b",
+                DatabaseMigrationStatus {
+                    phase: Some(Phase::AwaitingApproval),
+                    rollout_completed_at: ago(300),
+                    ..Default::default()
+                },
+            ),
+            migration_in(
+                "shop",
+                "c",
+                DatabaseMigrationStatus {
+                    phase: Some(Phase::Contracting),
+                    conditions: ready(waiting(120)),
+                    ..Default::default()
+                },
+            ),
+            migration_in(
+                "shop",
+                "d",
+                DatabaseMigrationStatus {
+                    phase: Some(Phase::Contracting),
+                    conditions: ready(waiting(30)),
+                    ..Default::default()
+                },
+            ),
             // A message that no longer describes a running Job is not a wait.
-            migration_in("billing", "e", DatabaseMigrationStatus {
-                phase: Some(Phase::Failed),
-                conditions: ready(waiting(500)),
-                ..Default::default()
-            }),
+            migration_in(
+                "billing",
+                "e",
+                DatabaseMigrationStatus {
+                    phase: Some(Phase::Failed),
+                    conditions: ready(waiting(500)),
+                    ..Default::default()
+                },
+            ),
         ] {
             writer.apply_watcher_event(&watcher::Event::Apply(obj));
         }
@@ -1113,7 +1133,10 @@ mod tests {
         let approval = seconds(&text, "phasegate_approval_wait_seconds{namespace=\"shop\"}");
         assert!((599.0..620.0).contains(&approval), "{text}");
         assert_eq!(
-            seconds(&text, "phasegate_approval_wait_seconds{namespace=\"billing\"}"),
+            seconds(
+                &text,
+                "phasegate_approval_wait_seconds{namespace=\"billing\"}"
+            ),
             0.0
         );
         let wait = seconds(

@@ -199,12 +199,18 @@ mod tests {
         let message = format!("contract Job attempt 1 is running; {text}");
         assert_eq!(
             in_message(&message),
-            Some((Kind::DatabaseCheck, "2025-01-01T12:00:01Z".parse().expect("ts")))
+            Some((
+                Kind::DatabaseCheck,
+                "2025-01-01T12:00:01Z".parse().expect("ts")
+            ))
         );
         // Cut by the condition's length limit after the timestamp, or without detail.
         assert!(in_message(&message[..message.find(": pid").expect("detail")]).is_some());
         assert_eq!(in_message("expand Job attempt 1 is running"), None);
-        assert_eq!(in_message("waiting for the operator's commit grant since soon"), None);
+        assert_eq!(
+            in_message("waiting for the operator's commit grant since soon"),
+            None
+        );
     }
 
     #[test]

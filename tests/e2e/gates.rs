@@ -17,7 +17,10 @@ async fn manual_approval_waits_for_the_annotation() {
         .wait_phase("users-email-verified", Phase::AwaitingApproval, T)
         .await;
     // How long approval has been awaited, for the alert PhasegateApprovalWaitTooLong.
-    let approval = format!("phasegate_approval_wait_seconds{{namespace=\"{}\"}}", env.ns);
+    let approval = format!(
+        "phasegate_approval_wait_seconds{{namespace=\"{}\"}}",
+        env.ns
+    );
     wait_metric(port, &approval, |v| v >= 2.0).await;
     let (ready, _, msg) = condition(&m, "Ready").expect("Ready");
     assert_eq!(ready, "True");
