@@ -517,6 +517,9 @@ async fn publish(ctx: &Context, dbm: &DatabaseMigration, plan: &Plan) {
         tracing::info!(migration = %name, namespace = ?dbm.namespace(), phase = ?plan.status.phase, reason = %t.reason, message = %t.message, "phase changed");
     }
     for t in plan.transition.iter().chain(plan.notices.iter()) {
+        if t.warning {
+            ctx.metrics.warning_event(&t.reason);
+        }
         let event = Event {
             type_: if t.warning {
                 EventType::Warning

@@ -28,15 +28,15 @@ impl Kind {
         }
     }
 
+    const ALL: [Kind; 4] = [
+        Kind::AdvisoryLock,
+        Kind::TableLock,
+        Kind::DatabaseCheck,
+        Kind::CommitGrant,
+    ];
+
     fn parse(s: &str) -> Option<Kind> {
-        [
-            Kind::AdvisoryLock,
-            Kind::TableLock,
-            Kind::DatabaseCheck,
-            Kind::CommitGrant,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
     /// What the wait is for, as a user reads it in status.
@@ -172,9 +172,46 @@ pub fn current(log_tail: &str) -> Option<String> {
     Some(s)
 }
 
+/// The wait a status message carries (the text of [`current`] inside it) and since when: how
+/// the metrics tell, from the cache alone, how long a running executor has been waiting.
+pub fn in_message(message: &str) -> Option<(Kind, jiff::Timestamp)> {
+    Kind::ALL.into_iter().find_map(|kind| {
+        let prefix = format!("waiting for {} since ", kind.describe());
+        let rest = &message[message.find(&prefix)? + prefix.len()..];
+        let stamp = rest.split(' ').next()?.trim_end_matches(':');
+        Some((kind, stamp.parse().ok()?))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wait_is_read_back_from_the_status_message() {
+        let log = format!(
+            "{}\n",
+            serde_json::json!({"timestamp": "2025-01-01T12:00:01.25Z", "level": "INFO",
+                "message": "contract waits", "waiting": "database-check",
+                "detail": "pid 7 shop-api@1.0.0"})
+        );
+        let text = current(&log).expect("a wait");
+        let message = format!("contract Job attempt 1 is running; {text}");
+        assert_eq!(
+            in_message(&message),
+            Some((
+                Kind::DatabaseCheck,
+                "2025-01-01T12:00:01Z".parse().expect("ts")
+            ))
+        );
+        // Cut by the condition's length limit after the timestamp, or without detail.
+        assert!(in_message(&message[..message.find(": pid").expect("detail")]).is_some());
+        assert_eq!(in_message("expand Job attempt 1 is running"), None);
+        assert_eq!(
+            in_message("waiting for the operator's commit grant since soon"),
+            None
+        );
+    }
 
     #[test]
     fn once_per_reason() {
