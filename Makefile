@@ -5,7 +5,7 @@ CACHE ?= $(or $(PHASEGATE_CACHE),$(HOME)/.cache/phasegate)
 E2E_KUBECONFIG ?= $(CACHE)/kubeconfig
 E2E_THREADS ?= 3
 
-.PHONY: all build deps crd unit executor-pg17 e2e e2e-real real-node-up real-node-down test chart-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock bench-backfill bench-scale bench-cache-memory fmt lint-rust
+.PHONY: all build deps crd unit executor-pg17 e2e e2e-real real-node-up real-node-down test chart-test monitoring-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock bench-backfill bench-scale bench-cache-memory fmt lint-rust
 
 all: build
 
@@ -62,6 +62,12 @@ real-node-down:
 chart-test: deps
 	hack/chart-test.sh
 
+## The chart's alerts and Grafana dashboard: every query parses (Prometheus' parser) and names
+## only metrics the operator exports; `promtool test rules` on the rendered PrometheusRule.
+## promtool and the checker build once into $(CACHE) (hack/promtool.sh). No cluster needed.
+monitoring-test:
+	hack/monitoring-test.sh
+
 ## Argo CD Lua health check table (gopher-lua).
 lua-test:
 	hack/lua-health-test.sh
@@ -80,7 +86,7 @@ gitops-test: deps
 
 ## Every test: unit, PostgreSQL integration, chart, health checks, end-to-end on kwok,
 ## GitOps, and end-to-end with real containers.
-test: unit lua-test chart-test e2e gitops-test e2e-real
+test: unit lua-test chart-test monitoring-test e2e gitops-test e2e-real
 
 ## The operator driving a real migration on the local cluster and a local PostgreSQL.
 demo: deps

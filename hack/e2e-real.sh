@@ -25,6 +25,9 @@
 #      ledger row, the column kept, AwaitingRollout/GateClosed); rolled forward, it commits once.
 #      Again with the kubelet stalled (SIGSTOP) across the rollback, so no stop reaches the
 #      executor and the commit grant alone holds the DROP.
+#   7. examples/psql-job (a user Job: fenced by SIGTERM only) in a postgres:17-alpine stand-in:
+#      a rollback while its contract psql waits for a lock ends psql (the example's shell
+#      forwards the signal), the reader ends inside the grace period, nothing is dropped.
 #
 # Application Deployments (rollout targets) stay on kwok's fake nodes; only the operator and
 # the executor Jobs select the real node (nodeSelector + toleration of its taint, set through
@@ -52,10 +55,11 @@ GRANT_URL="http://${SERVICE_IP}:8082"
 START=$(date +%s)
 failures=0
 passes=0
+failed=() # repeated after the debug dump, so the last lines of a CI log name what failed
 
 log() { echo "[e2e-real] $*" >&2; }
 pass() { log "ok: $*"; passes=$((passes + 1)); }
-fail() { log "FAIL: $*"; failures=$((failures + 1)); }
+fail() { log "FAIL: $*"; failures=$((failures + 1)); failed+=("$*"); }
 die() { log "FATAL: $*"; dump; exit 1; }
 # check <description> <command...>: one assertion.
 check() { local what="$1"; shift; if "$@" >/dev/null 2>&1; then pass "${what}"; else fail "${what}"; fi; }
@@ -89,6 +93,7 @@ eval "$("${ROOT}/hack/real-node.sh" env)" # NODE NODE_IP TAINT_KEY POD_CIDR POD_
 export CONTAINERD_ADDRESS # for ctr
 t1=$(date +%s)
 "${ROOT}/hack/real-node.sh" image || die "the image build failed"
+"${ROOT}/hack/real-node.sh" psql-image || die "the psql image build failed"
 t2=$(date +%s)
 log "real node up in $((t1 - t0))s, image built and loaded in $((t2 - t1))s"
 "${HELM}" --build-only >/dev/null
@@ -134,6 +139,8 @@ cleanup() {
     kubectl delete namespace "${NS}" "${OP_NS}" --ignore-not-found --wait=true --timeout=90s >/dev/null 2>&1 || true
     stop_postgres
   fi
+  local f
+  for f in "${failed[@]}"; do log "failed: ${f}"; done
   log "${passes} passed, ${failures} failed in $(($(date +%s) - START))s (exit ${rc})"
   exit "${rc}"
 }
@@ -194,6 +201,10 @@ executor:
     annotations: {sidecar.istio.io/inject: "false"}
     resources: {requests: {cpu: 50m, memory: 32Mi}, limits: {memory: 256Mi}}
 EOF
+# The chart's CRD as this checkout has it: helm installs a chart's crds/ only when the CRD is
+# missing (and never upgrades it), and the cluster may hold an older one (docs/install.md).
+kubectl apply --server-side --force-conflicts -f "${ROOT}/charts/phasegate/crds/" >/dev/null
+kubectl wait --for condition=established --timeout=60s crd/databasemigrations.phasegate.dev >/dev/null
 # README: helm install phasegate charts/phasegate -n phasegate-system --create-namespace --set watchNamespace=shop
 "${HELM}" install "${RELEASE}" "${ROOT}/charts/phasegate" -n "${OP_NS}" --create-namespace \
   --set watchNamespace="${NS}" -f "${PGHOME}/values.yaml" --wait --timeout 120s >/dev/null \
@@ -294,7 +305,8 @@ expect_eq "contract Job completed" "1" "$(kc get job "${cjob}" -o jsonpath='{.st
 cpod="$(kc get pods -l job-name="${cjob}" -o jsonpath='{.items[0].metadata.name}')"
 expect_eq "contract executor asks ${GRANT_URL}" "${GRANT_URL}" \
   "$(kc get pod "${cpod}" -o jsonpath='{.spec.containers[0].env[?(@.name=="PHASEGATE_GRANT_URL")].value}')"
-expect_has "contract executor logged its commit grant" "Granted" "$(kc logs "${cpod}" 2>&1 | grep 'commit grant' || true)"
+clog="$(kc logs "${cpod}" 2>&1 || true)"
+expect_has "contract executor logged its commit grant" "Granted" "$(grep 'commit grant' <<<"${clog}" || echo "no 'commit grant' line in: ${clog:0:500}")"
 grants_given() { curl -fsS --max-time 5 "http://$(pod_ip "$(leader_of_lease)"):8080/metrics" | awk '$1 == "phasegate_commit_grants_total{reason=\"Granted\"}" {print $2}'; }
 g="$(grants_given || true)"
 [[ "${g:-0}" =~ ^[0-9]+$ && "${g:-0}" -ge 1 ]] && pass "the leader gave commit grants (phasegate_commit_grants_total{reason=\"Granted\"} ${g})" \
@@ -511,17 +523,19 @@ expect_eq "failover: contract ran" "id,total,total_cents" "$(columns billing inv
 #      ended: no stop reaches the executor; only the commit grant, no longer given once the
 #      gate closed, keeps it from committing.
 
-# A reader: a session that read <table> in a transaction it keeps open until end_reader.
+# A reader: a session that read <table> (of database <db>, default shop) in a transaction it
+# keeps open until end_reader.
 open_reader() {
+  local db="${2:-shop}"
   rm -f "${PGHOME}/reader.fifo"
   mkfifo "${PGHOME}/reader.fifo"
-  PGPASSWORD="${PGPASS}" psql -qtAX -h 127.0.0.1 -p "${PGPORT}" -U shop -d shop \
+  PGPASSWORD="${PGPASS}" psql -qtAX -h 127.0.0.1 -p "${PGPORT}" -U shop -d "${db}" \
     <"${PGHOME}/reader.fifo" >"${PGHOME}/reader.log" 2>&1 7>&- &
   reader_pid=$!
   exec 6>"${PGHOME}/reader.fifo"
   echo "BEGIN; SELECT count(*) FROM $1;" >&6
-  wait_until 30 "the reader's open transaction" bash -c "[[ \"\$(PGPASSWORD=${PGPASS} psql -qtAX -h 127.0.0.1 -p ${PGPORT} -U shop -d shop -c \
-    \"SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' AND state = 'idle in transaction'\")\" -ge 1 ]]"
+  wait_until 30 "the reader's open transaction" bash -c "[[ \"\$(PGPASSWORD=${PGPASS} psql -qtAX -h 127.0.0.1 -p ${PGPORT} -U shop -d ${db} -c \
+    \"SELECT count(*) FROM pg_stat_activity WHERE datname = '${db}' AND state = 'idle in transaction'\")\" -ge 1 ]]"
 }
 end_reader() { echo "COMMIT;" >&6; exec 6>&-; wait "${reader_pid}" || true; }
 set_version() { kc patch deployment "$1" --type merge -p "{\"spec\":{\"template\":{\"metadata\":{\"labels\":{\"app.kubernetes.io/version\":\"$2\"}}}}}" >/dev/null; }
@@ -641,6 +655,54 @@ EOF
 }
 rollback_while_waiting "rollback while contract waits" orders-code orders orders-api no
 rollback_while_waiting "rollback while contract waits, kubelet stalled" payments-code payments payments-api yes
+
+# ---------------------------------------------------------------- 7. examples/psql-job stops on SIGTERM
+# The shipped example, on the real kubelet: a user Job is fenced by the signal alone (it asks
+# for no commit grant), so a rollback while its contract psql waits for a lock must end psql
+# at once. The kubelet sends SIGTERM to the container's PID 1, the example's `sh`, which
+# forwards it; a bare `sh -c 'psql …'` as PID 1 ignores it and psql would commit the DROP as
+# soon as the lock frees, within terminationGracePeriodSeconds. The example's files, changed
+# only where this machine needs it: its own namespace's names (app psql-api, Secret psql-db,
+# database psqlex) and a lock_timeout long enough to roll back in (2 s in the example).
+t7=$(date +%s)
+psql_ -d postgres -c "CREATE DATABASE psqlex"
+psql_ -d psqlex -f "${ROOT}/examples/psql-job/schema.sql" >/dev/null
+kc create secret generic psql-db --from-literal=url="postgres://shop:${PGPASS}@${NODE_IP}:${PGPORT}/psqlex" >/dev/null
+example() { sed -e "s/namespace: shop$/namespace: ${NS}/" -e 's/shop-api/psql-api/g' -e 's/name: shop-db/name: psql-db/' \
+  -e 's/lock_timeout=2s/lock_timeout=60s/' "${ROOT}/examples/psql-job/$1"; }
+example deployment.yaml | kc apply -f - >/dev/null
+kc rollout status deployment/psql-api --timeout="${T}s" >/dev/null || die "psql-api did not roll out"
+example migration.yaml | kc apply -f - >/dev/null
+PSQL_M=users-locale-2-0-0
+wait_until "${T}" "${PSQL_M} AwaitingRollout (the psql expand Job ran)" phase_is "${PSQL_M}" AwaitingRollout
+expect_eq "psql example: expand added users.locale" "email,id,legacy_flag,locale" "$(columns psqlex users)"
+ejob="$(jp dbm "${PSQL_M}" '{.status.expand.jobName}')"
+expect_eq "psql example: the expand Job's psql ran on the real node, in postgres:17-alpine" "${NODE} postgres:17-alpine" \
+  "$(kc get pods -l job-name="${ejob}" -o jsonpath='{.items[0].spec.nodeName} {.items[0].spec.containers[0].image}')"
+open_reader users psqlex
+set_version psql-api 2.0.0
+drop_waits() { [[ "$(psql_ -d psqlex -c "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%DROP COLUMN legacy_flag%'")" -ge 1 ]]; }
+wait_until "${T}" "the contract Job's psql to wait for the reader's lock" drop_waits
+cjob="$(jp dbm "${PSQL_M}" '{.status.contract.jobName}')"
+cpod="$(kc get pods -l job-name="${cjob}" -o jsonpath='{.items[0].metadata.name}')"
+pass "psql example: contract's psql waits for the reader's lock (pod ${cpod} on $(kc get pod "${cpod}" -o jsonpath='{.spec.nodeName}'))"
+set_version psql-api 1.0.0
+told_to_stop() { [[ -n "$(jp pod "${cpod}" '{.metadata.deletionTimestamp}')" ]] || ! kc get pod "${cpod}" >/dev/null 2>&1; }
+wait_until "${T}" "the contract pod to be told to stop" told_to_stop
+# The kubelet has sent SIGTERM; end the reader well inside the Job's 10 s grace period: a
+# psql still running now would take the lock and commit.
+sleep 1
+end_reader
+sleep 3
+expect_eq "psql example: no psql left waiting or running the DROP" "0" \
+  "$(psql_ -d psqlex -c "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE '%DROP COLUMN legacy_flag%' AND pid <> pg_backend_pid()")"
+expect_has "psql example: after the rollback and the reader's end, legacy_flag is still there" "legacy_flag" "$(columns psqlex users)"
+wait_until 60 "the stopped psql pod to be gone" bash -c "! kubectl -n ${NS} get pod ${cpod} >/dev/null 2>&1"
+set_version psql-api 2.0.0
+wait_until "${T}" "${PSQL_M} Succeeded after the roll forward" phase_is "${PSQL_M}" Succeeded
+expect_eq "psql example: rolled forward, contract dropped legacy_flag" "email,id,locale" "$(columns psqlex users)"
+expect_eq "psql example: the stopped attempt was followed by one more" "2" "$(jp dbm "${PSQL_M}" '{.status.contract.attempts}')"
+log "psql example: $(($(date +%s) - t7))s"
 
 log "real node: ${NODE}; setup $((t1 - t0))s, image $((t2 - t1))s, tests $(($(date +%s) - t2))s"
 [[ "${failures}" -eq 0 ]] || { dump; exit 1; }

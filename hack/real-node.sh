@@ -14,6 +14,8 @@
 #   hack/real-node.sh image    build the phasegate image (runtime stage of ./Dockerfile, the
 #                              host-built binary copied in) and load it into containerd
 #   hack/real-node.sh image-full  the same from the full multi-stage Dockerfile (slow)
+#   hack/real-node.sh psql-image  postgres:17-alpine for examples/psql-job (a stand-in: this
+#                              host's psql and dash on the distroless stand-in)
 #   hack/real-node.sh env      print NODE=, NODE_IP=, TAINT_KEY=, POD_CIDR=, IMAGE=,
 #                              CONTAINERD_ADDRESS= (for ctr), KUBELET_PID_FILE= for scripts
 #
@@ -256,6 +258,39 @@ cmd_image() {
   ensure_pause
   buildah rmi --prune >/dev/null 2>&1 || true # the previous build's image, now untagged
   log "image ${IMAGE} built and loaded into containerd in $(($(date +%s) - start))s"
+}
+
+# postgres:17-alpine, as examples/psql-job uses it (no registry here): the distroless
+# stand-in plus this host's psql (PostgreSQL 15's client), dash as /bin/sh and the libraries
+# ldd names, and a postgres user of uid 70 as in the alpine image.
+PSQL_IMAGE=docker.io/library/postgres:17-alpine
+cmd_psql_image() {
+  need_up
+  write_containers_conf
+  build_distroless
+  if ! image_exists localhost/phasegate-psql:17-alpine; then
+    local dir ctr psql_bin lib
+    psql_bin=/usr/lib/postgresql/15/bin/psql
+    [[ -x "${psql_bin}" ]] || die "no ${psql_bin} (hack/install-deps.sh installs postgresql)"
+    dir="$(mktemp -d)"
+    mkdir -p "${dir}/root/usr/local/bin" "${dir}/root/bin" "${dir}/root/etc"
+    cp "${psql_bin}" "${dir}/root/usr/local/bin/psql"
+    cp "$(readlink -f /bin/dash)" "${dir}/root/bin/sh"
+    for lib in $(ldd "${psql_bin}" /bin/dash | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u); do
+      mkdir -p "${dir}/root$(dirname "${lib}")"
+      cp -L "${lib}" "${dir}/root${lib}"
+    done
+    printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\npostgres:x:70:70:postgres:/tmp:/bin/sh\n' >"${dir}/root/etc/passwd"
+    printf 'root:x:0:\nnonroot:x:65532:\npostgres:x:70:\n' >"${dir}/root/etc/group"
+    ctr="$(buildah from --pull=never "${DISTROLESS}")"
+    buildah copy "${ctr}" "${dir}/root" / >/dev/null
+    buildah config --user 70:70 --workingdir /tmp "${ctr}"
+    buildah commit -q "${ctr}" localhost/phasegate-psql:17-alpine >/dev/null
+    buildah rm "${ctr}" >/dev/null
+    rm -rf "${dir}"
+  fi
+  load_image localhost/phasegate-psql:17-alpine "${PSQL_IMAGE}"
+  log "image ${PSQL_IMAGE} (stand-in: this host's psql and dash) loaded into containerd"
 }
 
 # The full multi-stage build of ./Dockerfile, unchanged (local stand-ins for its base images).
@@ -628,9 +663,10 @@ case "${1:-}" in
   status) cmd_status ;;
   image) locked cmd_image ;;
   image-full) cmd_image_full ;;
+  psql-image) locked cmd_psql_image ;;
   env) cmd_env ;;
   *)
-    echo "usage: $0 up|down|status|image|image-full|env" >&2
+    echo "usage: $0 up|down|status|image|image-full|psql-image|env" >&2
     exit 2
     ;;
 esac

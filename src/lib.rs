@@ -11,6 +11,7 @@
 //! - [`lint`]: classifying a phase's statements and the policy that refuses them.
 //! - [`policy`]: what a user-supplied Job template may ask of the cluster (admin-set rules).
 //! - [`protocol`]: the contract between the operator and its executor (the commit grant).
+//! - [`wait_schema`]: `phasegate wait-schema`, the app pods' wait for their expand.
 
 pub mod api;
 pub mod controller;
@@ -25,3 +26,4 @@ pub mod protocol;
 pub mod server;
 pub mod sql;
 pub mod telemetry;
+pub mod wait_schema;

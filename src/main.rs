@@ -40,6 +40,9 @@ enum Command {
     /// Fill data between expand and contract in throttled, resumable batches (what a
     /// backfill Job runs).
     Backfill(phasegate::executor::backfill::BackfillArgs),
+    /// Wait until expand for an app version is applied, as the database's ledger says (an
+    /// init container of the app's pods; needs no Kubernetes rights).
+    WaitSchema(phasegate::wait_schema::WaitSchemaArgs),
     /// Lint SQL files for a phase with PostgreSQL's own parser (for CI).
     Lint(phasegate::lint::cli::LintArgs),
     /// Approve contract of a Manual migration (sets phasegate.dev/approve: "true").
@@ -159,6 +162,10 @@ fn main() -> ExitCode {
         Command::Backfill(args) => {
             telemetry::init(cli.log_format, "info");
             runtime.block_on(phasegate::executor::backfill::run(args))
+        }
+        Command::WaitSchema(args) => {
+            telemetry::init(cli.log_format, "info");
+            runtime.block_on(phasegate::wait_schema::run(args))
         }
         Command::Lint(args) => phasegate::lint::cli::run(args),
     }

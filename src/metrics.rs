@@ -5,7 +5,8 @@
 //! error reason, never a migration name — except the `phasegate_backfill_*` gauges, which
 //! exist only while a migration is in `Backfilling` (a handful at a time, gone at the next
 //! scrape once it moves on or is deleted). Values that describe the migrations themselves
-//! (`phasegate_migrations`, `phasegate_rollout_wait_seconds`) are computed from the
+//! (`phasegate_migrations`, `phasegate_rollout_wait_seconds`, `phasegate_approval_wait_seconds`,
+//! `phasegate_executor_wait_seconds`) are computed from the
 //! controller's cache at scrape time, so only the leader reports them; a standby reports them
 //! empty and `phasegate_leader 0`.
 
@@ -27,6 +28,15 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::api::{DatabaseMigration, DatabaseMigrationStatus, Phase, PhaseStatus};
 use crate::protocol::log::{throttle_kind, THROTTLE_KINDS};
 use crate::protocol::report::Report;
+
+/// The Warning Event reasons that say an executor Job (or its pods) was refused: their
+/// series exist from the start at 0, so that `increase()` sees the first refusal.
+pub const REFUSAL_REASONS: [&str; 4] = [
+    crate::planner::reason::JOB_REJECTED,
+    crate::planner::reason::JOB_CONFLICT,
+    crate::planner::reason::POLICY_REFUSED,
+    crate::planner::reason::JOB_STUCK,
+];
 
 /// Every phase, so that a namespace's gauge shows zeros rather than missing series.
 pub const PHASES: [Phase; 9] = [
@@ -69,6 +79,15 @@ pub struct StepLabels {
     pub result: String,
 }
 
+/// `phase`: the executor Job's phase (`expand`, `contract`, `backfill`); `waiting`: what it
+/// waits on (`advisory-lock`, `table-lock`, `database-check`, `commit-grant`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct WaitLabels {
+    pub namespace: String,
+    pub phase: String,
+    pub waiting: String,
+}
+
 /// `phase`: the executor Job's phase, `expand` or `contract`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
@@ -106,6 +125,8 @@ pub struct Metrics {
     scrape: Mutex<()>,
     pub migrations: Family<PhaseLabels, Gauge>,
     pub rollout_wait: Family<NamespaceLabels, Gauge<f64, AtomicU64>>,
+    pub approval_wait: Family<NamespaceLabels, Gauge<f64, AtomicU64>>,
+    pub executor_wait: Family<WaitLabels, Gauge<f64, AtomicU64>>,
     pub backfill_rows_done: Family<MigrationLabels, Gauge>,
     pub backfill_rows_estimated: Family<MigrationLabels, Gauge>,
     pub backfill_rows_per_second: Family<MigrationLabels, Gauge>,
@@ -120,6 +141,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Commit grants answered, by verdict (`Granted`, `Withheld`, `Superseded`).
     pub commit_grants: Family<ReasonLabels, Counter>,
+    /// Warning Events published, by reason (the fixed set of `planner::reason`).
+    pub warning_events: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -133,6 +156,9 @@ impl Metrics {
         let mut registry = Registry::with_prefix("phasegate");
         let migrations = Family::<PhaseLabels, Gauge>::default();
         let rollout_wait = Family::<NamespaceLabels, Gauge<f64, AtomicU64>>::default();
+        let approval_wait = Family::<NamespaceLabels, Gauge<f64, AtomicU64>>::default();
+        let executor_wait = Family::<WaitLabels, Gauge<f64, AtomicU64>>::default();
+        let warning_events = Family::<ReasonLabels, Counter>::default();
         let backfill_rows_done = Family::<MigrationLabels, Gauge>::default();
         let backfill_rows_estimated = Family::<MigrationLabels, Gauge>::default();
         let backfill_rows_per_second = Family::<MigrationLabels, Gauge>::default();
@@ -157,6 +183,23 @@ impl Metrics {
             "Longest current wait for a rollout among the namespace's migrations in AwaitingRollout",
             Unit::Seconds,
             rollout_wait.clone(),
+        );
+        registry.register_with_unit(
+            "approval_wait",
+            "Longest current wait for approval among the namespace's migrations in AwaitingApproval",
+            Unit::Seconds,
+            approval_wait.clone(),
+        );
+        registry.register_with_unit(
+            "executor_wait",
+            "Longest current wait of a running executor, by Job phase and what it waits on (label waiting)",
+            Unit::Seconds,
+            executor_wait.clone(),
+        );
+        registry.register(
+            "warning_events",
+            "Warning Events the operator published, by reason (e.g. JobRejected, JobStuck, PolicyRefused)",
+            warning_events.clone(),
         );
         registry.register(
             "backfill_rows_done",
@@ -217,6 +260,13 @@ impl Metrics {
             "1 while this replica holds the leader Lease and runs the controller",
             leader.clone(),
         );
+        for reason in REFUSAL_REASONS {
+            warning_events
+                .get_or_create(&ReasonLabels {
+                    reason: reason.to_string(),
+                })
+                .inc_by(0);
+        }
         let commit_grants = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "commit_grants",
@@ -230,6 +280,8 @@ impl Metrics {
             scrape: Mutex::new(()),
             migrations,
             rollout_wait,
+            approval_wait,
+            executor_wait,
             backfill_rows_done,
             backfill_rows_estimated,
             backfill_rows_per_second,
@@ -243,6 +295,7 @@ impl Metrics {
             reconcile_duration,
             leader,
             commit_grants,
+            warning_events,
         }
     }
 
@@ -254,6 +307,15 @@ impl Metrics {
     /// A failed reconcile, by [`crate::controller::Error::reason`].
     pub fn reconcile_failed(&self, reason: &str) {
         self.reconcile_errors
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// A Warning Event published (`reason` is one of `planner::reason`'s constants).
+    pub fn warning_event(&self, reason: &str) {
+        self.warning_events
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
             })
@@ -340,6 +402,8 @@ impl Metrics {
         let store = self.store.lock().unwrap_or_else(|e| e.into_inner()).clone();
         self.migrations.clear();
         self.rollout_wait.clear();
+        self.approval_wait.clear();
+        self.executor_wait.clear();
         // Rebuilt from the cache at every scrape: a finished, failed or deleted backfill
         // leaves no stale series behind.
         self.backfill_rows_done.clear();
@@ -348,31 +412,38 @@ impl Metrics {
         self.backfill_key_range_done.clear();
         self.backfill_throttled.clear();
         let Some(store) = store else { return };
-        let mut by_ns: BTreeMap<String, ([i64; PHASES.len()], f64)> = BTreeMap::new();
+        let mut by_ns: BTreeMap<String, NamespaceFigures> = BTreeMap::new();
+        let mut waits: BTreeMap<WaitLabels, f64> = BTreeMap::new();
         for m in store.state() {
-            let entry = by_ns
-                .entry(m.namespace().unwrap_or_default())
-                .or_insert(([0; PHASES.len()], 0.0));
+            let namespace = m.namespace().unwrap_or_default();
+            let entry = by_ns.entry(namespace.clone()).or_default();
             let status = m.status.as_ref();
             let phase = status.and_then(|s| s.phase).unwrap_or(Phase::Pending);
             if let Some(i) = PHASES.iter().position(|p| *p == phase) {
-                entry.0[i] += 1;
+                entry.counts[i] += 1;
             }
             if phase == Phase::Backfilling {
-                self.set_backfill(&m.namespace().unwrap_or_default(), &m.name_any(), status);
+                self.set_backfill(&namespace, &m.name_any(), status);
             }
-            if phase == Phase::AwaitingRollout {
-                let started = status
-                    .and_then(|s| s.rollout_started_at.as_ref())
-                    .map(|t| t.0);
-                if let Some(started) = started {
-                    let waited = now.duration_since(started).as_secs_f64().max(0.0);
-                    entry.1 = entry.1.max(waited);
+            let Some(status) = status else { continue };
+            let since = |t: Option<Timestamp>| t.map_or(0.0, |t| seconds_since(t, now));
+            match phase {
+                Phase::AwaitingRollout => {
+                    let started = status.rollout_started_at.as_ref().map(|t| t.0);
+                    entry.rollout_wait = entry.rollout_wait.max(since(started));
                 }
+                Phase::AwaitingApproval => {
+                    entry.approval_wait = entry.approval_wait.max(since(approval_since(status)));
+                }
+                _ => {}
+            }
+            if let Some((labels, t)) = executor_waiting(&namespace, phase, status) {
+                let w = waits.entry(labels).or_default();
+                *w = w.max(seconds_since(t, now));
             }
         }
-        for (namespace, (counts, waited)) in by_ns {
-            for (phase, n) in PHASES.iter().zip(counts) {
+        for (namespace, fig) in by_ns {
+            for (phase, n) in PHASES.iter().zip(fig.counts) {
                 self.migrations
                     .get_or_create(&PhaseLabels {
                         namespace: namespace.clone(),
@@ -380,9 +451,16 @@ impl Metrics {
                     })
                     .set(n);
             }
+            let labels = NamespaceLabels { namespace };
             self.rollout_wait
-                .get_or_create(&NamespaceLabels { namespace })
-                .set(waited);
+                .get_or_create(&labels)
+                .set(fig.rollout_wait);
+            self.approval_wait
+                .get_or_create(&labels)
+                .set(fig.approval_wait);
+        }
+        for (labels, secs) in waits {
+            self.executor_wait.get_or_create(&labels).set(secs);
         }
     }
 
@@ -442,6 +520,59 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// What the scrape-time gauges of one namespace add up.
+#[derive(Default)]
+struct NamespaceFigures {
+    counts: [i64; PHASES.len()],
+    rollout_wait: f64,
+    approval_wait: f64,
+}
+
+fn seconds_since(t: Timestamp, now: Timestamp) -> f64 {
+    now.duration_since(t).as_secs_f64().max(0.0)
+}
+
+/// When a migration in `AwaitingApproval` began to wait: once the rollout completed, the soak
+/// ended and the backfill finished, whichever came last.
+fn approval_since(status: &DatabaseMigrationStatus) -> Option<Timestamp> {
+    let backfilled = status
+        .backfill
+        .as_ref()
+        .and_then(|b| b.run.finished_at.as_ref());
+    [
+        status.rollout_completed_at.as_ref(),
+        status.contract_not_before.as_ref(),
+        backfilled,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|t| t.0)
+    .max()
+}
+
+/// What the running executor of a migration waits on, and since when, from the wait its
+/// status message carries (the operator copies it there from the executor's log).
+fn executor_waiting(
+    namespace: &str,
+    phase: Phase,
+    status: &DatabaseMigrationStatus,
+) -> Option<(WaitLabels, Timestamp)> {
+    let job_phase = match phase {
+        Phase::Expanding => "expand",
+        Phase::Contracting => "contract",
+        Phase::Backfilling => "backfill",
+        _ => return None,
+    };
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    let (kind, since) = crate::protocol::log::wait_in_message(&ready.message)?;
+    let labels = WaitLabels {
+        namespace: namespace.to_string(),
+        phase: job_phase.to_string(),
+        waiting: kind.as_str().to_string(),
+    };
+    Some((labels, since))
 }
 
 fn newly_finished(before: Option<&PhaseStatus>, after: &PhaseStatus) -> bool {
@@ -899,5 +1030,240 @@ mod tests {
             assert_eq!(crate::protocol::log::throttle_kind(msg), want, "{msg}");
             assert!(THROTTLE_KINDS.contains(&want));
         }
+    }
+
+    fn migration_in(ns: &str, name: &str, status: DatabaseMigrationStatus) -> DatabaseMigration {
+        let mut dbm = backfilling(ns, name, Phase::Pending, false, None);
+        dbm.status = Some(status);
+        dbm
+    }
+
+    fn ready(message: String) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            reason: "Contracting".into(),
+            message,
+            observed_generation: Some(1),
+            last_transition_time: Time(Timestamp::now()),
+        }]
+    }
+
+    fn ago(secs: i64) -> Option<Time> {
+        Some(Time(
+            Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(secs),
+        ))
+    }
+
+    fn seconds(text: &str, series: &str) -> f64 {
+        let got = lines(text, &format!("{series} "));
+        got.first()
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} in {text}"))
+    }
+
+    #[test]
+    fn approval_and_executor_waits_are_the_longest_current_ones() {
+        use kube::runtime::reflector::store;
+        use kube::runtime::watcher;
+        let m = Metrics::new();
+        let (reader, mut writer) = store::<DatabaseMigration>();
+        m.set_store(Some(reader));
+        let waiting = |secs: i64| {
+            let since = ago(secs).map(|t| t.0.round(jiff::Unit::Second).expect("round"));
+            format!(
+                "contract Job attempt 1 is running; waiting for old sessions or transactions \
+                 (database check) since {}: pid 7 shop-api@1.0.0 (and 1 more)",
+                since.expect("since")
+            )
+        };
+        for obj in [
+            // Approval waits from the last of rollout, soak and backfill.
+            migration_in(
+                "shop",
+                "a",
+                DatabaseMigrationStatus {
+                    phase: Some(Phase::AwaitingApproval),
+                    rollout_completed_at: ago(900),
+                    contract_not_before: ago(600),
+                    ..Default::default()
+                },
+            ),
+            migration_in(
+                "shop",
+                "b",
+                DatabaseMigrationStatus {
+                    phase: Some(Phase::AwaitingApproval),
+                    rollout_completed_at: ago(300),
+                    ..Default::default()
+                },
+            ),
+            migration_in(
+                "shop",
+                "c",
+                DatabaseMigrationStatus {
+                    phase: Some(Phase::Contracting),
+                    conditions: ready(waiting(120)),
+                    ..Default::default()
+                },
+            ),
+            migration_in(
+                "shop",
+                "d",
+                DatabaseMigrationStatus {
+                    phase: Some(Phase::Contracting),
+                    conditions: ready(waiting(30)),
+                    ..Default::default()
+                },
+            ),
+            // A message that no longer describes a running Job is not a wait.
+            migration_in(
+                "billing",
+                "e",
+                DatabaseMigrationStatus {
+                    phase: Some(Phase::Failed),
+                    conditions: ready(waiting(500)),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(obj));
+        }
+        let text = m.encode();
+        let approval = seconds(&text, "phasegate_approval_wait_seconds{namespace=\"shop\"}");
+        assert!((599.0..620.0).contains(&approval), "{text}");
+        assert_eq!(
+            seconds(
+                &text,
+                "phasegate_approval_wait_seconds{namespace=\"billing\"}"
+            ),
+            0.0
+        );
+        let wait = seconds(
+            &text,
+            "phasegate_executor_wait_seconds{namespace=\"shop\",phase=\"contract\",waiting=\"database-check\"}",
+        );
+        assert!((119.0..140.0).contains(&wait), "{text}");
+        assert_eq!(
+            lines(&text, "phasegate_executor_wait_seconds{").len(),
+            1,
+            "{text}"
+        );
+        // The wait over (status says the Job runs, nothing more): the series goes.
+        writer.apply_watcher_event(&watcher::Event::Delete(migration_in(
+            "shop",
+            "d",
+            Default::default(),
+        )));
+        writer.apply_watcher_event(&watcher::Event::Apply(migration_in(
+            "shop",
+            "c",
+            DatabaseMigrationStatus {
+                phase: Some(Phase::Contracting),
+                conditions: ready("contract Job attempt 1 is running".into()),
+                ..Default::default()
+            },
+        )));
+        assert!(lines(&m.encode(), "phasegate_executor_wait_seconds{").is_empty());
+    }
+
+    #[test]
+    fn warning_events_are_counted_by_reason() {
+        let m = Metrics::new();
+        m.warning_event("JobRejected");
+        m.warning_event("JobStuck");
+        m.warning_event("JobStuck");
+        m.warning_event("RolloutTimeout");
+        let mut got = lines(&m.encode(), "phasegate_warning_events_total{");
+        got.sort();
+        // The refusals exist at 0 before the first one, so increase() counts it.
+        assert_eq!(
+            got,
+            [
+                "phasegate_warning_events_total{reason=\"JobConflict\"} 0",
+                "phasegate_warning_events_total{reason=\"JobRejected\"} 1",
+                "phasegate_warning_events_total{reason=\"JobStuck\"} 2",
+                "phasegate_warning_events_total{reason=\"PolicyRefused\"} 0",
+                "phasegate_warning_events_total{reason=\"RolloutTimeout\"} 1",
+            ]
+        );
+    }
+
+    /// Every family with one series, so that the text names every sample the operator can
+    /// export (a family without series is left out of the text).
+    fn every_family() -> Metrics {
+        let m = Metrics::new();
+        let ns = || NamespaceLabels {
+            namespace: "n".into(),
+        };
+        let mig = || MigrationLabels {
+            namespace: "n".into(),
+            migration: "m".into(),
+        };
+        let job = || JobLabels {
+            phase: "expand".into(),
+        };
+        let reason = || ReasonLabels { reason: "r".into() };
+        m.migrations
+            .get_or_create(&PhaseLabels {
+                namespace: "n".into(),
+                phase: "Pending".into(),
+            })
+            .set(0);
+        m.rollout_wait.get_or_create(&ns()).set(0.0);
+        m.approval_wait.get_or_create(&ns()).set(0.0);
+        m.executor_wait
+            .get_or_create(&WaitLabels {
+                namespace: "n".into(),
+                phase: "contract".into(),
+                waiting: "database-check".into(),
+            })
+            .set(0.0);
+        m.backfill_rows_done.get_or_create(&mig()).set(0);
+        m.backfill_rows_estimated.get_or_create(&mig()).set(0);
+        m.backfill_rows_per_second.get_or_create(&mig()).set(0);
+        m.backfill_key_range_done.get_or_create(&mig()).set(0.0);
+        m.backfill_throttled
+            .get_or_create(&ThrottleLabels {
+                namespace: "n".into(),
+                migration: "m".into(),
+                reason: "other".into(),
+            })
+            .set(0);
+        m.observe_step("expand", true, 1.0);
+        m.lock_retries.get_or_create(&job()).inc();
+        m.lock_wait.get_or_create(&job()).inc();
+        m.reconcile_errors.get_or_create(&reason()).inc();
+        m.commit_grants.get_or_create(&reason()).inc();
+        m.warning_events.get_or_create(&reason()).inc();
+        m
+    }
+
+    /// The list the chart's alert rules and dashboard are checked against (hack/monitoring-test.sh):
+    /// every sample name the operator exports. Scrape-time gauges are refreshed from the cache
+    /// at encode, so they are read from the families directly.
+    #[test]
+    fn the_list_of_exported_metric_names_is_current() {
+        let m = every_family();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry).expect("encode");
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        names.sort();
+        names.dedup();
+        let want = names.join("\n") + "\n";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/metric-names.txt");
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        if std::env::var_os("PHASEGATE_UPDATE_METRIC_NAMES").is_some() {
+            std::fs::write(path, &want).expect("write the list");
+            return;
+        }
+        assert_eq!(
+            have, want,
+            "{path} is out of date: run PHASEGATE_UPDATE_METRIC_NAMES=1 cargo test --lib metrics"
+        );
     }
 }

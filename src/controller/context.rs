@@ -12,7 +12,7 @@ use crate::api::DatabaseMigration;
 use crate::leader::Shutdown;
 use crate::metrics::Metrics;
 
-use super::jobs::ExecutorConfig;
+use super::jobs::{self, ExecutorConfig};
 use super::{cache, history, status_writes};
 
 /// How the controller runs.
@@ -39,6 +39,8 @@ pub struct Context {
     pub(crate) status_writes: status_writes::StatusWrites,
     /// Migrations whose rollout history this process has read in their current epoch.
     pub(crate) history_checked: history::Checked,
+    /// Jobs this process created, until status records them.
+    pub(crate) created_jobs: jobs::CreatedJobs,
 }
 
 impl Context {

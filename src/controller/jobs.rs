@@ -1,4 +1,4 @@
-//! Executor Jobs: built from the spec (pure), created or adopted, and read back.
+//! Executor Jobs: built from the spec (pure), created (their UID recorded), and read back.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -431,12 +431,18 @@ fn created_for(job: &ObjectMeta, uid: &str, checksum: Option<&str>) -> bool {
     let label = |k: &str| job.labels.as_ref()?.get(k).map(String::as_str);
     let labelled = label(LABEL_MIGRATION_UID) == Some(uid)
         && checksum.is_none_or(|c| label(LABEL_SQL_CHECKSUM) == Some(c));
-    let ours = job
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|r| r.controller == Some(true) && r.uid == uid);
-    !uid.is_empty() && labelled && ours
+    labelled && claims(job, uid)
+}
+
+/// Whether a Job names this migration (UID `uid`) as its controller: what it claims, not
+/// proof that the operator created it (only the UID recorded in status is).
+fn claims(job: &ObjectMeta, uid: &str) -> bool {
+    !uid.is_empty()
+        && job
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true) && r.uid == uid)
 }
 
 /// A Job this migration owns (controller reference to its UID) that has not finished and is
@@ -456,27 +462,85 @@ pub fn ours_and_running(job: &JobView, uid: &str) -> bool {
     !uid.is_empty() && owned && !finished && job.metadata.deletion_timestamp.is_none()
 }
 
-/// Create the Job, or take up one of that name that this migration created (e.g. before a
-/// crash lost the status write). Anything else of that name — an ownerless Job carrying the
-/// migration's labels included — is a conflict, never a success.
-pub async fn create_or_adopt(
+/// The Jobs this process created whose UID status may not record yet (its write failed or is
+/// still to come): the one proof of authorship besides status. One entry per Job name, taken
+/// out once status records it; lost with the process (a new leader then deletes such a Job and
+/// creates it again).
+#[derive(Default)]
+pub struct CreatedJobs(std::sync::Mutex<std::collections::HashMap<(String, String), String>>);
+
+impl CreatedJobs {
+    fn remember(&self, ns: &str, name: &str, uid: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert((ns.to_string(), name.to_string()), uid.to_string());
+        }
+    }
+
+    fn created(&self, ns: &str, name: &str, uid: &str) -> bool {
+        self.0.lock().is_ok_and(|m| {
+            m.get(&(ns.to_string(), name.to_string()))
+                .is_some_and(|u| u == uid)
+        })
+    }
+
+    /// Status now records `name`'s UID: nothing left to remember.
+    pub fn recorded(&self, ns: &str, name: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&(ns.to_string(), name.to_string()));
+        }
+    }
+}
+
+/// Create the Job; its UID, from the API server's answer, is what status records (only the
+/// Job of that UID is ever read back). A Job of that name already there is taken up only if
+/// this process created it (its status write failed). Nothing else shows who made it —
+/// labels, owner references and even the field manager can be copied by anyone who may create
+/// Jobs — so one that claims this migration as its controller (our own from before a restart
+/// that lost the status write, or a forgery) is deleted and the attempt starts again; anything
+/// else is a conflict the user must clear.
+pub async fn create(
     jobs: &Api<Job>,
     job: &Job,
     owner: &OwnerReference,
+    created: &CreatedJobs,
 ) -> Result<Job, Error> {
     let name = job.name_any();
+    let ns = job.namespace().unwrap_or_default();
     match jobs.create(&PostParams::default(), job).await {
-        Ok(j) => Ok(j),
+        Ok(j) => {
+            created.remember(&ns, &name, j.metadata.uid.as_deref().unwrap_or_default());
+            Ok(j)
+        }
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let existing = jobs
                 .get(&name)
                 .await
                 .during(format!("reading existing Job {name}"))?;
-            let checksum = job.labels().get(LABEL_SQL_CHECKSUM).map(String::as_str);
-            if !created_for(&existing.metadata, &owner.uid, checksum) {
+            let uid = existing.metadata.uid.clone().unwrap_or_default();
+            if !claims(&existing.metadata, &owner.uid) {
                 return Err(Error::JobConflict { job: name });
             }
-            Ok(existing)
+            if created.created(&ns, &name, &uid) {
+                return Ok(existing);
+            }
+            let dp = kube::api::DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..kube::api::DeleteParams::background()
+            };
+            match jobs.delete(&name, &dp).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => {
+                    return Err(Error::Kube {
+                        action: format!("deleting unrecorded Job {name}"),
+                        source: e,
+                    })
+                }
+            }
+            Err(Error::UnrecordedJob { job: name })
         }
         Err(e) => Err(Error::Kube {
             action: format!("creating Job {name}"),
@@ -616,7 +680,7 @@ pub async fn observe(
     // runs: the Jobs watch may trail the migrations watch by a moment under load, and
     // "absent" would then read as "deleted by hand" and start another attempt beside it
     // (seen in the bench: up to 14 expand attempts of one migration). The API server says.
-    // A Job of an attempt not recorded yet is started again and adopted (create_or_adopt).
+    // A Job of an attempt not recorded yet is deleted and started again (`create`).
     let recorded_running =
         rec.is_some_and(|r| r.attempts > 0 && r.finished_at.is_none() && !r.succeeded);
     let job = match caches.job(&ns, &name) {
@@ -632,8 +696,13 @@ pub async fn observe(
         },
         None => return Ok((JobState::Absent, None)),
     };
-    // A Job of that name this migration did not create is not ours to read.
-    if !created_for(&job.metadata, &uid, sql_checksum(dbm, phase).as_deref()) {
+    // A Job of that name this migration did not create is not ours to read: only the one
+    // whose UID status recorded at its creation is.
+    let recorded = rec.and_then(|r| r.job_uid.as_deref());
+    if recorded.is_none()
+        || recorded != job.metadata.uid.as_deref()
+        || !created_for(&job.metadata, &uid, sql_checksum(dbm, phase).as_deref())
+    {
         return Ok((JobState::Absent, None));
     }
     let cond = |t: &str| {
@@ -1426,6 +1495,7 @@ mod tests {
     async fn pods_and_jobs_the_operator_did_not_create_are_not_read() {
         let running = crate::api::PhaseStatus {
             attempts: 1,
+            job_uid: Some(JOB_UID.into()),
             ..Default::default()
         };
         let ended = |message: &str, at: &str| {
@@ -1485,11 +1555,78 @@ mod tests {
         let jobs: Api<Job> = Api::namespaced(client, "shop");
         let mut ours = job.clone();
         ours.metadata.owner_references = Some(vec![owner.clone()]);
-        let err = create_or_adopt(&jobs, &ours, &owner)
+        let err = create(&jobs, &ours, &owner, &CreatedJobs::default())
             .await
             .expect_err("not adopted");
         assert!(matches!(err, Error::JobConflict { .. }), "{err:?}");
         assert_eq!(served.await.expect("mock").len(), 2, "no adopting PATCH");
+    }
+
+    /// A Job that copies everything (labels, the controller owner reference) but whose UID
+    /// status never recorded is neither read nor taken up: creating the attempt deletes it
+    /// (only that very Job: a UID precondition) and starts again (issue 23).
+    #[tokio::test]
+    async fn a_job_whose_uid_status_did_not_record_is_neither_read_nor_adopted() {
+        let m = migration("m");
+        let mut job = build_job(
+            &m,
+            &DatabaseMigrationStatus::default(),
+            JobPhase::Expand,
+            1,
+            &ExecutorConfig::default(),
+        )
+        .expect("job");
+        job.metadata.uid = Some("forged-0000".into());
+        let owner = job.metadata.owner_references.clone().expect("owner")[0].clone();
+        assert!(created_for(&job.metadata, &m.uid().expect("uid"), None));
+        let mut done = serde_json::to_value(&job).expect("json");
+        done["status"] =
+            serde_json::json!({"conditions": [{"type": "Complete", "status": "True"}]});
+        let view: JobView = serde_json::from_value(done.clone()).expect("view");
+        let mut caches = Caches::for_tests(vec![], vec![]);
+        caches.jobs = crate::controller::test_support::test_store(vec![view]);
+        for recorded in [None, Some(JOB_UID)] {
+            let rec = crate::api::PhaseStatus {
+                attempts: 1,
+                job_uid: recorded.map(String::from),
+                ..Default::default()
+            };
+            let (apis, _) = api_answering(vec![]);
+            let (state, _) =
+                observe_reported(&caches, &apis, &m, JobPhase::Expand, Some(&rec), true)
+                    .await
+                    .expect("observe");
+            assert!(matches!(state, JobState::Absent), "{recorded:?}: {state:?}");
+        }
+        let exists = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "AlreadyExists", "code": 409, "message": "exists"});
+        let done_again = done.clone();
+        let (client, served) = crate::controller::test_support::mock_api(vec![
+            (409, exists),
+            (200, done.clone()),
+            (200, done),
+        ]);
+        let jobs: Api<Job> = Api::namespaced(client, "shop");
+        let err = create(&jobs, &job, &owner, &CreatedJobs::default())
+            .await
+            .expect_err("not adopted");
+        assert!(matches!(err, Error::UnrecordedJob { .. }), "{err:?}");
+        let served = served.await.expect("mock");
+        assert_eq!(served.len(), 3, "{served:?}");
+        assert!(served[2].starts_with("DELETE "), "{served:?}");
+
+        // Created by this very process, its status write lost: taken up, not deleted (a
+        // delete would make the next watch event create it again, and so on).
+        let ours = CreatedJobs::default();
+        ours.remember("shop", &job.name_any(), "forged-0000");
+        let exists = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "AlreadyExists", "code": 409, "message": "exists"});
+        let (client, served) =
+            crate::controller::test_support::mock_api(vec![(409, exists), (200, done_again)]);
+        let jobs: Api<Job> = Api::namespaced(client, "shop");
+        let taken = create(&jobs, &job, &owner, &ours).await.expect("taken up");
+        assert_eq!(taken.metadata.uid.as_deref(), Some("forged-0000"));
+        assert_eq!(served.await.expect("mock").len(), 2);
     }
 
     /// What a user container's runtime says may quote a Secret: `$(K)` in its command is
@@ -1501,6 +1638,7 @@ mod tests {
         const SECRET: &str = "sk_live_9f8e7d6c5b4a";
         let running = crate::api::PhaseStatus {
             attempts: 1,
+            job_uid: Some(JOB_UID.into()),
             ..Default::default()
         };
         let start_error = serde_json::json!({"phase": "Failed", "containerStatuses": [{"state": {
@@ -1577,10 +1715,12 @@ mod tests {
         )
         .expect("job");
         job.metadata.creation_timestamp = Some(Time(Timestamp::now()));
+        job.metadata.uid = Some(JOB_UID.into());
         let name = job_name("m", &uid, JobPhase::Expand, 1);
         let caches = Caches::for_tests(vec![], vec![]);
         let running = crate::api::PhaseStatus {
             attempts: 1,
+            job_uid: Some(JOB_UID.into()),
             ..Default::default()
         };
 

@@ -166,6 +166,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         failures: Default::default(),
         status_writes: Default::default(),
         history_checked: Default::default(),
+        created_jobs: Default::default(),
     });
 
     ops.grants.open(ctx.clone());

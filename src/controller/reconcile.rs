@@ -353,8 +353,9 @@ async fn fence_only(ctx: &Context, dbm: &DatabaseMigration, plan: &Plan) -> Resu
     Ok(())
 }
 
-/// Act: the Job first, so a crash before the status write is healed by adoption (or, for a
-/// stop, by the next plan stopping it again); then no attempt of a fenced phase the plan does
+/// Act: the Job first, its UID into the status to write (a crash before that write leaves a
+/// Job no status recorded: the next attempt to create it deletes it and starts again; a stop is
+/// repeated by the next plan); then no attempt of a fenced phase the plan does
 /// not want keeps running, whatever the plan says (a failure, an invalid spec, a policy
 /// refusal). Returns the plan, failed when the API server refused the Job it asked for.
 async fn act(
@@ -380,8 +381,9 @@ async fn act(
                 let generation = dbm.metadata.generation.unwrap_or(0);
                 planner::job_refused(plan, phase, why, text, Timestamp::now(), generation)
             };
-            match jobs::create_or_adopt(&jobs_api, &job, &owner).await {
-                Ok(_) => {
+            match jobs::create(&jobs_api, &job, &owner, &ctx.created_jobs).await {
+                Ok(created) => {
+                    planner::record_mut(&mut plan.status, phase).job_uid = created.metadata.uid;
                     // How long the gate took inside the operator (see docs/scale.md).
                     let ms = |d: Duration| d.as_millis() as u64;
                     tracing::info!(
@@ -489,6 +491,16 @@ async fn write_status(
         written.metadata.resource_version.as_deref(),
         planner::writes::PROGRESS_WRITE_INTERVAL,
     );
+    for rec in [&plan.status.expand, &plan.status.contract]
+        .into_iter()
+        .flatten()
+        .chain(plan.status.backfill.as_ref().map(|b| &b.run))
+        .filter(|r| r.job_uid.is_some())
+    {
+        if let Some(job) = &rec.job_name {
+            ctx.created_jobs.recorded(&seen.ns, job);
+        }
+    }
     // Counted once the new status is stored, so each transition is counted once.
     ctx.metrics.record_transition(
         &seen.status,
@@ -506,6 +518,9 @@ async fn publish(ctx: &Context, dbm: &DatabaseMigration, plan: &Plan) {
         tracing::info!(migration = %name, namespace = ?dbm.namespace(), phase = ?plan.status.phase, reason = %t.reason, message = %t.message, "phase changed");
     }
     for t in plan.transition.iter().chain(plan.notices.iter()) {
+        if t.warning {
+            ctx.metrics.warning_event(&t.reason);
+        }
         let event = Event {
             type_: if t.warning {
                 EventType::Warning
@@ -594,7 +609,8 @@ mod tests {
             "10",
             serde_json::json!({"phase": "Contracting", "observedGeneration": 1,
                                "expand": {"attempts": 1, "succeeded": true},
-                               "contract": {"attempts": 1, "startedAt": "2026-12-01T00:00:00Z"},
+                               "contract": {"attempts": 1, "startedAt": "2026-12-01T00:00:00Z",
+                                            "jobUid": "job-1"},
                                "rolloutCompletedAt": "2026-12-01T00:00:00Z"}),
         );
         let cfg = ExecutorConfig::default();
@@ -602,6 +618,7 @@ mod tests {
         let mut job =
             jobs::build_job(&m, &status, JobPhase::Contract, 1, &cfg).expect("contract Job");
         job.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        job.metadata.uid = Some("job-1".into());
         let job: JobView =
             serde_json::from_value(serde_json::to_value(&job).expect("json")).expect("job view");
         let job_name = job.metadata.name.clone().expect("name");

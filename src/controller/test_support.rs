@@ -119,5 +119,6 @@ pub(crate) fn test_context(
         failures: Default::default(),
         status_writes: Default::default(),
         history_checked: Default::default(),
+        created_jobs: Default::default(),
     }
 }

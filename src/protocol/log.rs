@@ -149,6 +149,18 @@ pub fn current_wait(log_tail: &str) -> Option<String> {
     Some(s)
 }
 
+/// The wait a status message carries (the text of [`current_wait`] inside it) and since
+/// when: how the metrics tell, from the cache alone, how long a running executor has been
+/// waiting.
+pub fn wait_in_message(message: &str) -> Option<(WaitKind, jiff::Timestamp)> {
+    WaitKind::ALL.into_iter().find_map(|kind| {
+        let prefix = format!("waiting for {} since ", kind.describe());
+        let rest = &message[message.find(&prefix)? + prefix.len()..];
+        let stamp = rest.split(' ').next()?.trim_end_matches(':');
+        Some((kind, stamp.parse().ok()?))
+    })
+}
+
 impl BackfillProgress {
     /// One line for a status message.
     pub fn summary(&self) -> String {
@@ -354,5 +366,31 @@ mod tests {
             assert_eq!(throttle_kind(message), kind);
             assert!(THROTTLE_KINDS.contains(&kind));
         }
+    }
+
+    #[test]
+    fn the_wait_is_read_back_from_the_status_message() {
+        let log = format!(
+            "{}\n",
+            serde_json::json!({"timestamp": "2025-01-01T12:00:01.25Z", "level": "INFO",
+                "message": "contract waits", "waiting": "database-check",
+                "detail": "pid 7 shop-api@1.0.0"})
+        );
+        let text = current_wait(&log).expect("a wait");
+        let message = format!("contract Job attempt 1 is running; {text}");
+        assert_eq!(
+            wait_in_message(&message),
+            Some((
+                WaitKind::DatabaseCheck,
+                "2025-01-01T12:00:01Z".parse().expect("ts")
+            ))
+        );
+        // Cut by the condition's length limit after the timestamp, or without detail.
+        assert!(wait_in_message(&message[..message.find(": pid").expect("detail")]).is_some());
+        assert_eq!(wait_in_message("expand Job attempt 1 is running"), None);
+        assert_eq!(
+            wait_in_message("waiting for the operator's commit grant since soon"),
+            None
+        );
     }
 }

@@ -13,7 +13,8 @@ const NAME: &str = "users-email-verified";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_refused_by_pod_security_are_named_in_status() {
-    let env = Env::new("psa-refused").await;
+    let mut env = Env::new("psa-refused").await;
+    let (_operator, port) = env.operator_with_metrics().await;
     seed_users_table(&env).await;
     env.create_deployment("shop-api", 1, "1.0.0").await;
     // Enforced from now on: the app's own pods were admitted before.
@@ -58,6 +59,13 @@ async fn pods_refused_by_pod_security_are_named_in_status() {
             .iter()
             .any(|r| r == "JobStuck")
     })
+    .await;
+    // Counted for the alert PhasegateExecutorJobRefused.
+    crate::harness::wait_metric(
+        port,
+        "phasegate_warning_events_total{reason=\"JobStuck\"}",
+        |v| v >= 1.0,
+    )
     .await;
     env.cleanup().await;
 }

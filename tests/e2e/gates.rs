@@ -5,16 +5,23 @@ use std::time::Duration;
 use phasegate::api::Phase;
 use serde_json::json;
 
-use crate::harness::{condition, Env};
+use crate::harness::{condition, wait_metric, Env};
 use crate::{expanded, migration_spec, seed_users_table, T};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn manual_approval_waits_for_the_annotation() {
-    let env = expanded("approval", json!({"approval": "Manual"})).await;
+    let mut env = expanded("approval", json!({"approval": "Manual"})).await;
+    let (_operator, port) = env.operator_with_metrics().await;
     env.set_version("shop-api", "2.0.0", json!({})).await;
     let m = env
         .wait_phase("users-email-verified", Phase::AwaitingApproval, T)
         .await;
+    // How long approval has been awaited, for the alert PhasegateApprovalWaitTooLong.
+    let approval = format!(
+        "phasegate_approval_wait_seconds{{namespace=\"{}\"}}",
+        env.ns
+    );
+    wait_metric(port, &approval, |v| v >= 2.0).await;
     let (ready, _, msg) = condition(&m, "Ready").expect("Ready");
     assert_eq!(ready, "True");
     assert!(
@@ -179,7 +186,8 @@ async fn rollout_timeout_fails_and_blocks_contract_until_retry() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn database_check_waits_for_old_version_sessions() {
-    let env = expanded("dbcheck", json!({})).await;
+    let mut env = expanded("dbcheck", json!({})).await;
+    let (_operator, port) = env.operator_with_metrics().await;
     // An old pod's connection, named by the documented convention `<app>@<version>`.
     let url = format!("{}&application_name=shop-api%401.0.0", env.pg.url());
     let (old_app, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -204,6 +212,12 @@ async fn database_check_waits_for_old_version_sessions() {
     let (_, reason, msg) = condition(&m, "Ready").expect("Ready");
     assert_eq!(reason, "Contracting", "{msg}");
     assert!(msg.contains("shop-api@1.0.0"), "names the session: {msg}");
+    // How long contract has been held by old sessions, for PhasegateContractHeldByOldSessions.
+    let held = format!(
+        "phasegate_executor_wait_seconds{{namespace=\"{}\",phase=\"contract\",waiting=\"database-check\"}}",
+        env.ns
+    );
+    wait_metric(port, &held, |v| v >= 1.0).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let m = env
         .migrations()
@@ -271,7 +285,8 @@ async fn missing_secret_is_explained_and_recovers_once_created() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_the_api_server_rejects_fails_with_its_reason() {
-    let env = Env::new("rejected").await;
+    let mut env = Env::new("rejected").await;
+    let (_operator, port) = env.operator_with_metrics().await;
     seed_users_table(&env).await;
     env.create_deployment("shop-api", 1, "1.0.0").await;
     let mut spec = migration_spec(crate::EXPAND, json!({}));
@@ -290,5 +305,12 @@ async fn a_job_the_api_server_rejects_fails_with_its_reason() {
     );
     assert!(env.job_names("expand").await.is_empty());
     env.wait_event("m", "JobRejected").await;
+    // Counted for the alert PhasegateExecutorJobRefused.
+    wait_metric(
+        port,
+        "phasegate_warning_events_total{reason=\"JobRejected\"}",
+        |v| v >= 1.0,
+    )
+    .await;
     env.cleanup().await;
 }

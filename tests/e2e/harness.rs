@@ -633,6 +633,43 @@ impl Env {
     }
 }
 
+impl Env {
+    /// Replace this namespace's operator by one whose `/metrics` the test reads on the
+    /// returned port; the caller keeps the child (killed on drop).
+    pub async fn operator_with_metrics(&mut self) -> (Child, u16) {
+        self.kill_operator().await;
+        let port = free_port();
+        let child = self.spawn_operator(
+            "op-metrics",
+            &["--metrics-addr", &format!("127.0.0.1:{port}")],
+        );
+        (child, port)
+    }
+}
+
+/// Wait until the value of `series` (name and labels exactly as exposed on the operator's
+/// `/metrics` at `port`) satisfies `ok`; returns it.
+pub async fn wait_metric(port: u16, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if let Ok((200, body)) = http_get(port, "/metrics").await {
+            let v = body.lines().find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            });
+            if let Some(v) = v.filter(|v| ok(*v)) {
+                return v;
+            }
+            last = body;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{series} never as expected; last scrape:\n{last}");
+}
+
 /// A TCP port free on 127.0.0.1 right now (for an operator's `--metrics-addr`).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
