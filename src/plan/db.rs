@@ -40,9 +40,10 @@ impl Env {
         })
     }
 
-    /// A scratch database on the server of `url`, copied from the URL's database (so a schema
-    /// loaded there is planned against too). Needs the CREATEDB privilege.
-    pub async fn scratch(url: &str) -> Result<Env, PlanError> {
+    /// A scratch database on the server of `url`: a copy of the URL's database when `copy`
+    /// (its schema is what is planned against; no other session may be connected to it), else
+    /// a new empty one. Needs the CREATEDB privilege.
+    pub async fn scratch(url: &str, copy: bool) -> Result<Env, PlanError> {
         let admin = connect::parse(url).map_err(|e| PlanError::Database(e.to_string()))?;
         let scrub = Scrubber::new(admin.secrets(url));
         let client = connect::connect(&admin, CONNECT_TIMEOUT, &scrub)
@@ -58,20 +59,21 @@ impl Env {
             std::process::id(),
             rand::random::<u32>()
         );
+        let (create, why) = if copy {
+            (
+                format!("CREATE DATABASE {} TEMPLATE {}", ident(&name), ident(&template)),
+                format!("creating the scratch database {name} as a copy of {template} (the URL's user needs CREATEDB, and no other session may be connected to {template}; or give --schema to start from an empty database)"),
+            )
+        } else {
+            (
+                format!("CREATE DATABASE {}", ident(&name)),
+                format!("creating the scratch database {name} (the URL's user needs CREATEDB)"),
+            )
+        };
         client
-            .batch_execute(&format!(
-                "CREATE DATABASE {} TEMPLATE {}",
-                ident(&name),
-                ident(&template)
-            ))
+            .batch_execute(&create)
             .await
-            .map_err(|e| {
-                db_error(
-                    &scrub,
-                    &format!("creating the scratch database {name} from {template} (the URL's user needs CREATEDB, and no other session may be connected to {template})"),
-                    e,
-                )
-            })?;
+            .map_err(|e| db_error(&scrub, &why, e))?;
         let mut config: Config = admin.config.clone();
         config.dbname(&name);
         let settings = ConnSettings {
@@ -84,7 +86,11 @@ impl Env {
             scrub,
             scratch: Some((admin, name.clone())),
             _server: None,
-            source: format!("scratch database {name}, a copy of {template} on the --url server"),
+            source: if copy {
+                format!("scratch database {name}, a copy of {template} on the --url server")
+            } else {
+                format!("scratch database {name} on the --url server")
+            },
         })
     }
 

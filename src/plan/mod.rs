@@ -198,7 +198,7 @@ pub async fn plan(req: &Request) -> Result<Plan, PlanError> {
         None => None,
     };
     let env = match &req.url {
-        Some(url) => db::Env::scratch(url).await?,
+        Some(url) => db::Env::scratch(url, req.schema.is_empty()).await?,
         None => {
             let bindir = req.pg_bindir.clone();
             tokio::task::spawn_blocking(move || db::Env::throwaway(bindir.as_deref()))
@@ -352,6 +352,9 @@ async fn plan_phase(
         from = next;
         let statement = statements.get(i);
         let mut sp = statement_plan(i + 1, line, step, outcome, findings.get(&(i + 1)));
+        if let PhaseBody::Backfill(b) = &p.body {
+            sp.sql = shorten(&b.sql, 200);
+        }
         sp.estimate = stats.and_then(|st| estimate(st, p.kind, &sp, statement, &p.body));
         planned.push(sp);
     }

@@ -178,23 +178,32 @@ fn describe(
     at_start: &Rels,
 ) -> Observed {
     let name_of = |oid: i64| after.get(&oid).or_else(|| before.get(&oid));
-    let mut locks: Vec<LockTaken> = now
-        .difference(held)
-        .map(|(oid, mode)| {
-            let rel = name_of(*oid);
-            LockTaken {
-                relation: rel
-                    .map(|r| r.name.clone())
-                    .unwrap_or_else(|| format!("oid {oid}")),
-                kind: rel
-                    .map(|r| kind_name(&r.kind))
-                    .unwrap_or("relation")
-                    .to_string(),
-                mode: mode.clone(),
-                new_relation: !at_start.contains_key(oid),
-            }
-        })
-        .collect();
+    let mut locks: Vec<LockTaken> = Vec::new();
+    for (oid, mode) in now.difference(held) {
+        // Gone before the statement ended: a rewrite's transient heap or an index it replaced.
+        let Some(rel) = name_of(*oid) else { continue };
+        // Every write takes these on each index; they block only DDL on that index.
+        let weak = matches!(
+            mode.as_str(),
+            "AccessShareLock" | "RowShareLock" | "RowExclusiveLock"
+        );
+        if rel.kind == "i" && weak {
+            continue;
+        }
+        let lock = LockTaken {
+            relation: rel.name.clone(),
+            kind: kind_name(&rel.kind).to_string(),
+            mode: mode.clone(),
+            new_relation: !at_start.contains_key(oid),
+        };
+        // A rebuilt index has a new OID under the old name: report the name once.
+        if !locks
+            .iter()
+            .any(|l| l.relation == lock.relation && l.mode == lock.mode)
+        {
+            locks.push(lock);
+        }
+    }
     locks.sort();
     let mut rewrites = Vec::new();
     let mut index_builds = Vec::new();
@@ -206,7 +215,9 @@ fn describe(
             "i" if old.is_none() || changed => index_builds.push(IndexBuild {
                 index: rel.name.clone(),
                 table: rel.table.clone(),
-                rebuilt: old.is_some(),
+                // Same OID with a new file, or a new OID under a name that existed (rebuilt
+                // by a column type change).
+                rebuilt: old.is_some() || before.values().any(|b| b.name == rel.name),
             }),
             _ => {}
         }
