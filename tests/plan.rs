@@ -92,6 +92,22 @@ async fn plan_example() -> Plan {
 #[tokio::test]
 async fn known_locks_rewrites_and_index_builds() {
     let p = plan_example().await;
+    // The server is the one under test (15 by default, 17 with PHASEGATE_PG_BINDIR).
+    let bindir = postgres::bindir().expect("bindir");
+    let version = Command::new(bindir.join("postgres"))
+        .arg("--version")
+        .output()
+        .expect("postgres --version");
+    let major = String::from_utf8_lossy(&version.stdout)
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.split('.').next().map(str::to_string))
+        .expect("version");
+    assert!(
+        p.server_version.starts_with(&format!("{major}.")),
+        "{} vs {major}",
+        p.server_version
+    );
     assert_eq!(p.schema.statements, 2, "{:?}", p.schema);
     assert_eq!(p.schema.skipped.len(), 1, "the OWNER TO a missing role");
     let m = &p.migrations[0];
@@ -167,7 +183,10 @@ async fn known_locks_rewrites_and_index_builds() {
         .iter()
         .any(|f| f.rule == "drop-column" && f.verdict == "accepted"));
     // Lint refuses the type change in expand: the plan reports a problem (exit status 1).
-    assert!(s[1].findings.iter().any(|f| f.rule == "change-column-type" && f.verdict == "refused"));
+    assert!(s[1]
+        .findings
+        .iter()
+        .any(|f| f.rule == "change-column-type" && f.verdict == "refused"));
     assert!(p.has_problems());
 
     let md = plan::markdown(&p);
@@ -363,4 +382,79 @@ fn cli_plans_the_example_as_markdown_and_json() {
         v["migrations"][0]["phases"][0]["statements"][1]["rewrites"][0],
         "public.orders"
     );
+}
+
+/// Ctrl-C while a statement runs: the throwaway server is stopped and its directory removed.
+#[test]
+fn interrupted_plan_removes_its_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The server may run as `postgres` (tests as root): it must reach its directory.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let sql = file(tmp.path(), "slow.sql", "SELECT pg_sleep(60);");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+        .env("TMPDIR", tmp.path())
+        .arg("plan")
+        .arg("--pg-bindir")
+        .arg(postgres::bindir().expect("PostgreSQL binaries"))
+        .arg(&sql)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start phasegate plan");
+    let server_dir = || {
+        std::fs::read_dir(tmp.path())
+            .expect("read tmp")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("phasegate-plan-"))
+            })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let pid_file = loop {
+        if let Some(p) = server_dir()
+            .map(|d| d.join("data/postmaster.pid"))
+            .filter(|p| p.exists())
+        {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let dir = pid_file
+        .parent()
+        .and_then(Path::parent)
+        .expect("server dir")
+        .display()
+        .to_string();
+    // Let it reach the statement.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(server_dir().is_none(), "the server's directory is removed");
+    let ps = Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .expect("ps");
+    let left: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.contains(&dir))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "server processes left: {left:?}");
 }
