@@ -395,7 +395,7 @@ fn interrupted_plan_removes_its_server() {
     )
     .expect("chmod");
     let sql = file(tmp.path(), "slow.sql", "SELECT pg_sleep(60);");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_phasegate"))
+    let child = Command::new(env!("CARGO_BIN_EXE_phasegate"))
         .env("TMPDIR", tmp.path())
         .arg("plan")
         .arg("--pg-bindir")
@@ -457,4 +457,23 @@ fn interrupted_plan_removes_its_server() {
         .map(str::to_string)
         .collect();
     assert!(left.is_empty(), "server processes left: {left:?}");
+}
+
+/// A SQL file whose SQL does not parse: reported, nothing run, a problem (exit status 1).
+#[tokio::test]
+async fn unparseable_sql_is_reported_without_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sql = file(dir.path(), "broken.sql", "ALTER TABLE t ADD COLUMN;");
+    let p = plan::plan(&request(vec![sql], Vec::new()))
+        .await
+        .expect("plan");
+    let phase = &p.migrations[0].phases[0];
+    assert_eq!(phase.phase, PhaseKind::Expand);
+    assert!(phase.statements.is_empty());
+    let err = phase.error.as_deref().expect("error");
+    assert!(
+        err.starts_with("the SQL cannot be run: syntax error"),
+        "{err}"
+    );
+    assert!(p.has_problems());
 }

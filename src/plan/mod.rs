@@ -314,34 +314,20 @@ async fn plan_phase(
     version_num: i32,
     stats: Option<&Stats>,
 ) -> Result<PhasePlan, tokio_postgres::Error> {
-    let (sql, steps, statements) = match &p.body {
-        PhaseBody::Job => {
+    let (sql, steps, statements) = match phase_steps(&p.body, version_num) {
+        Ok(parts) => parts,
+        Err(Unplanned::Job) => {
             return Ok(not_run(
                 p.kind,
                 "runs a Job of its own: Phasegate cannot see its SQL, nothing planned".into(),
             ))
         }
-        PhaseBody::Backfill(b) => backfill_steps(b),
-        PhaseBody::Sql(sql) => match crate::sql::parse_phase(sql) {
-            Ok(statements) => {
-                let steps = statements
-                    .iter()
-                    .map(|st| Step {
-                        sql: st.sql.clone(),
-                        own_transaction: st.tx.needs_own_transaction(version_num),
-                        new_transaction: st.new_transaction,
-                    })
-                    .collect();
-                (sql.clone(), steps, statements)
-            }
-            Err(e) => {
-                return Ok(PhasePlan {
-                    error: Some(format!("the SQL cannot be run: {e}")),
-                    ..not_run(p.kind, String::new())
-                }
-                .without_note())
-            }
-        },
+        Err(Unplanned::Invalid(e)) => {
+            let mut plan = not_run(p.kind, String::new());
+            plan.note = None;
+            plan.error = Some(format!("the SQL cannot be run: {e}"));
+            return Ok(plan);
+        }
     };
     let outcomes = observe::run_phase(s, &steps).await?;
     let findings = phase_findings(&sql, p.kind, m);
@@ -350,15 +336,13 @@ async fn plan_phase(
     for (i, (step, outcome)) in steps.iter().zip(outcomes).enumerate() {
         let (line, next) = line_of(&sql, &step.sql, from);
         from = next;
-        let statement = statements.get(i);
         let mut sp = statement_plan(i + 1, line, step, outcome, findings.get(&(i + 1)));
         if let PhaseBody::Backfill(b) = &p.body {
             sp.sql = shorten(&b.sql, 200);
         }
-        sp.estimate = stats.and_then(|st| estimate(st, p.kind, &sp, statement, &p.body));
+        sp.estimate = stats.and_then(|st| estimate(st, p.kind, &sp, statements.get(i), &p.body));
         planned.push(sp);
     }
-    let estimate = sum_estimates(&planned);
     Ok(PhasePlan {
         phase: p.kind,
         holds: holds(&planned),
@@ -370,15 +354,36 @@ async fn plan_phase(
             )),
             _ => None,
         },
+        estimate: sum_estimates(&planned),
         statements: planned,
-        estimate,
     })
 }
 
-impl PhasePlan {
-    fn without_note(mut self) -> Self {
-        self.note = None;
-        self
+enum Unplanned {
+    Job,
+    Invalid(crate::sql::SqlError),
+}
+
+/// The phase's SQL, the steps to run and the parsed statements (none for a backfill).
+fn phase_steps(
+    body: &PhaseBody,
+    version_num: i32,
+) -> Result<(String, Vec<Step>, Vec<crate::sql::Statement>), Unplanned> {
+    match body {
+        PhaseBody::Job => Err(Unplanned::Job),
+        PhaseBody::Backfill(b) => Ok(backfill_steps(b)),
+        PhaseBody::Sql(sql) => {
+            let statements = crate::sql::parse_phase(sql).map_err(Unplanned::Invalid)?;
+            let steps = statements
+                .iter()
+                .map(|st| Step {
+                    sql: st.sql.clone(),
+                    own_transaction: st.tx.needs_own_transaction(version_num),
+                    new_transaction: st.new_transaction,
+                })
+                .collect();
+            Ok((sql.clone(), steps, statements))
+        }
     }
 }
 

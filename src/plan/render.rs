@@ -93,7 +93,7 @@ fn phase(s: &mut String, p: &PhasePlan) {
         .as_ref()
         .map(|e| format!(" — about {}", human_seconds(e.seconds)))
         .unwrap_or_default();
-    let _ = writeln!(s, "#### {}{}{estimate}\n", capitalize(title), "");
+    let _ = writeln!(s, "#### {}{estimate}\n", capitalize(title));
     if let Some(e) = &p.error {
         let _ = writeln!(s, "**Error:** {}\n", cell(e));
     }
