@@ -52,10 +52,11 @@ GRANT_URL="http://${SERVICE_IP}:8082"
 START=$(date +%s)
 failures=0
 passes=0
+failed=() # repeated after the debug dump, so the last lines of a CI log name what failed
 
 log() { echo "[e2e-real] $*" >&2; }
 pass() { log "ok: $*"; passes=$((passes + 1)); }
-fail() { log "FAIL: $*"; failures=$((failures + 1)); }
+fail() { log "FAIL: $*"; failures=$((failures + 1)); failed+=("$*"); }
 die() { log "FATAL: $*"; dump; exit 1; }
 # check <description> <command...>: one assertion.
 check() { local what="$1"; shift; if "$@" >/dev/null 2>&1; then pass "${what}"; else fail "${what}"; fi; }
@@ -134,6 +135,8 @@ cleanup() {
     kubectl delete namespace "${NS}" "${OP_NS}" --ignore-not-found --wait=true --timeout=90s >/dev/null 2>&1 || true
     stop_postgres
   fi
+  local f
+  for f in "${failed[@]}"; do log "failed: ${f}"; done
   log "${passes} passed, ${failures} failed in $(($(date +%s) - START))s (exit ${rc})"
   exit "${rc}"
 }
@@ -294,7 +297,8 @@ expect_eq "contract Job completed" "1" "$(kc get job "${cjob}" -o jsonpath='{.st
 cpod="$(kc get pods -l job-name="${cjob}" -o jsonpath='{.items[0].metadata.name}')"
 expect_eq "contract executor asks ${GRANT_URL}" "${GRANT_URL}" \
   "$(kc get pod "${cpod}" -o jsonpath='{.spec.containers[0].env[?(@.name=="PHASEGATE_GRANT_URL")].value}')"
-expect_has "contract executor logged its commit grant" "Granted" "$(kc logs "${cpod}" 2>&1 | grep 'commit grant' || true)"
+clog="$(kc logs "${cpod}" 2>&1 || true)"
+expect_has "contract executor logged its commit grant" "Granted" "$(grep 'commit grant' <<<"${clog}" || echo "no 'commit grant' line in: ${clog:0:500}")"
 grants_given() { curl -fsS --max-time 5 "http://$(pod_ip "$(leader_of_lease)"):8080/metrics" | awk '$1 == "phasegate_commit_grants_total{reason=\"Granted\"}" {print $2}'; }
 g="$(grants_given || true)"
 [[ "${g:-0}" =~ ^[0-9]+$ && "${g:-0}" -ge 1 ]] && pass "the leader gave commit grants (phasegate_commit_grants_total{reason=\"Granted\"} ${g})" \

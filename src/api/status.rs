@@ -158,6 +158,10 @@ pub struct PhaseStatus {
     /// The Job of the latest attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
+    /// The UID of the Job the operator created for the latest attempt: only that Job is
+    /// read. A Job of the same name, labels and owner created by anyone else is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_uid: Option<String>,
     /// When the latest attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,

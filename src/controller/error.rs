@@ -11,6 +11,8 @@ pub enum Error {
     },
     #[error("a Job named {job} exists that this migration did not create; delete it, then retry (annotate phasegate.dev/retry)")]
     JobConflict { job: String },
+    #[error("Job {job} carries this migration's owner reference but is not the Job the operator recorded creating (a status write lost after its creation, or a Job someone else made look like it): deleted it; the attempt starts again")]
+    UnrecordedJob { job: String },
     #[error("invalid label selector in {target}: {reason}")]
     Selector { target: String, reason: String },
     #[error("object has no {0}")]
@@ -29,6 +31,7 @@ impl Error {
         match self {
             Error::Kube { .. } => "KubeApi",
             Error::JobConflict { .. } => "JobConflict",
+            Error::UnrecordedJob { .. } => "UnrecordedJob",
             Error::Selector { .. } => "InvalidSelector",
             Error::MissingField(_) => "MalformedObject",
             Error::Serialize { .. } => "Serialize",

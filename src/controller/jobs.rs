@@ -1,4 +1,4 @@
-//! Executor Jobs: built from the spec (pure), created or adopted, and read back.
+//! Executor Jobs: built from the spec (pure), created (their UID recorded), and read back.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -429,12 +429,18 @@ fn created_for(job: &ObjectMeta, uid: &str, checksum: Option<&str>) -> bool {
     let label = |k: &str| job.labels.as_ref()?.get(k).map(String::as_str);
     let labelled = label(LABEL_MIGRATION_UID) == Some(uid)
         && checksum.is_none_or(|c| label(LABEL_SQL_CHECKSUM) == Some(c));
-    let ours = job
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|r| r.controller == Some(true) && r.uid == uid);
-    !uid.is_empty() && labelled && ours
+    labelled && claims(job, uid)
+}
+
+/// Whether a Job names this migration (UID `uid`) as its controller: what it claims, not
+/// proof that the operator created it (only the UID recorded in status is).
+fn claims(job: &ObjectMeta, uid: &str) -> bool {
+    !uid.is_empty()
+        && job
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true) && r.uid == uid)
 }
 
 /// A Job this migration owns (controller reference to its UID) that has not finished and is
@@ -454,14 +460,13 @@ pub fn ours_and_running(job: &JobView, uid: &str) -> bool {
     !uid.is_empty() && owned && !finished && job.metadata.deletion_timestamp.is_none()
 }
 
-/// Create the Job, or take up one of that name that this migration created (e.g. before a
-/// crash lost the status write). Anything else of that name — an ownerless Job carrying the
-/// migration's labels included — is a conflict, never a success.
-pub async fn create_or_adopt(
-    jobs: &Api<Job>,
-    job: &Job,
-    owner: &OwnerReference,
-) -> Result<Job, Error> {
+/// Create the Job; its UID, from the API server's answer, is what status records (only the
+/// Job of that UID is ever read back). A Job of that name already there is never taken up:
+/// nothing shows who made it — labels, owner references and even the field manager can be
+/// copied by anyone who may create Jobs. One that claims this migration as its controller (our
+/// own, if a crash lost the status write after its creation, or a forgery) is deleted and the
+/// attempt starts again; anything else is a conflict the user must clear.
+pub async fn create(jobs: &Api<Job>, job: &Job, owner: &OwnerReference) -> Result<Job, Error> {
     let name = job.name_any();
     match jobs.create(&PostParams::default(), job).await {
         Ok(j) => Ok(j),
@@ -470,11 +475,27 @@ pub async fn create_or_adopt(
                 .get(&name)
                 .await
                 .during(format!("reading existing Job {name}"))?;
-            let checksum = job.labels().get(LABEL_SQL_CHECKSUM).map(String::as_str);
-            if !created_for(&existing.metadata, &owner.uid, checksum) {
+            if !claims(&existing.metadata, &owner.uid) {
                 return Err(Error::JobConflict { job: name });
             }
-            Ok(existing)
+            let dp = kube::api::DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: existing.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..kube::api::DeleteParams::background()
+            };
+            match jobs.delete(&name, &dp).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => {
+                    return Err(Error::Kube {
+                        action: format!("deleting unrecorded Job {name}"),
+                        source: e,
+                    })
+                }
+            }
+            Err(Error::UnrecordedJob { job: name })
         }
         Err(e) => Err(Error::Kube {
             action: format!("creating Job {name}"),
@@ -614,7 +635,7 @@ pub async fn observe(
     // runs: the Jobs watch may trail the migrations watch by a moment under load, and
     // "absent" would then read as "deleted by hand" and start another attempt beside it
     // (seen in the bench: up to 14 expand attempts of one migration). The API server says.
-    // A Job of an attempt not recorded yet is started again and adopted (create_or_adopt).
+    // A Job of an attempt not recorded yet is deleted and started again (`create`).
     let recorded_running =
         rec.is_some_and(|r| r.attempts > 0 && r.finished_at.is_none() && !r.succeeded);
     let job = match caches.job(&ns, &name) {
@@ -630,8 +651,13 @@ pub async fn observe(
         },
         None => return Ok((JobState::Absent, None)),
     };
-    // A Job of that name this migration did not create is not ours to read.
-    if !created_for(&job.metadata, &uid, sql_checksum(dbm, phase).as_deref()) {
+    // A Job of that name this migration did not create is not ours to read: only the one
+    // whose UID status recorded at its creation is.
+    let recorded = rec.and_then(|r| r.job_uid.as_deref());
+    if recorded.is_none()
+        || recorded != job.metadata.uid.as_deref()
+        || !created_for(&job.metadata, &uid, sql_checksum(dbm, phase).as_deref())
+    {
         return Ok((JobState::Absent, None));
     }
     let cond = |t: &str| {
@@ -1424,6 +1450,7 @@ mod tests {
     async fn pods_and_jobs_the_operator_did_not_create_are_not_read() {
         let running = crate::api::PhaseStatus {
             attempts: 1,
+            job_uid: Some(JOB_UID.into()),
             ..Default::default()
         };
         let ended = |message: &str, at: &str| {
@@ -1483,11 +1510,60 @@ mod tests {
         let jobs: Api<Job> = Api::namespaced(client, "shop");
         let mut ours = job.clone();
         ours.metadata.owner_references = Some(vec![owner.clone()]);
-        let err = create_or_adopt(&jobs, &ours, &owner)
-            .await
-            .expect_err("not adopted");
+        let err = create(&jobs, &ours, &owner).await.expect_err("not adopted");
         assert!(matches!(err, Error::JobConflict { .. }), "{err:?}");
         assert_eq!(served.await.expect("mock").len(), 2, "no adopting PATCH");
+    }
+
+    /// A Job that copies everything (labels, the controller owner reference) but whose UID
+    /// status never recorded is neither read nor taken up: creating the attempt deletes it
+    /// (only that very Job: a UID precondition) and starts again (issue 23).
+    #[tokio::test]
+    async fn a_job_whose_uid_status_did_not_record_is_neither_read_nor_adopted() {
+        let m = migration("m");
+        let mut job = build_job(
+            &m,
+            &DatabaseMigrationStatus::default(),
+            JobPhase::Expand,
+            1,
+            &ExecutorConfig::default(),
+        )
+        .expect("job");
+        job.metadata.uid = Some("forged-0000".into());
+        let owner = job.metadata.owner_references.clone().expect("owner")[0].clone();
+        assert!(created_for(&job.metadata, &m.uid().expect("uid"), None));
+        let mut done = serde_json::to_value(&job).expect("json");
+        done["status"] =
+            serde_json::json!({"conditions": [{"type": "Complete", "status": "True"}]});
+        let view: JobView = serde_json::from_value(done.clone()).expect("view");
+        let mut caches = Caches::for_tests(vec![], vec![]);
+        caches.jobs = crate::controller::test_support::test_store(vec![view]);
+        for recorded in [None, Some(JOB_UID)] {
+            let rec = crate::api::PhaseStatus {
+                attempts: 1,
+                job_uid: recorded.map(String::from),
+                ..Default::default()
+            };
+            let (apis, _) = api_answering(vec![]);
+            let (state, _) =
+                observe_reported(&caches, &apis, &m, JobPhase::Expand, Some(&rec), true)
+                    .await
+                    .expect("observe");
+            assert!(matches!(state, JobState::Absent), "{recorded:?}: {state:?}");
+        }
+        let exists = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "AlreadyExists", "code": 409, "message": "exists"});
+        let (client, served) = crate::controller::test_support::mock_api(vec![
+            (409, exists),
+            (200, done.clone()),
+            (200, done),
+        ]);
+        let jobs: Api<Job> = Api::namespaced(client, "shop");
+        let err = create(&jobs, &job, &owner).await.expect_err("not adopted");
+        assert!(matches!(err, Error::UnrecordedJob { .. }), "{err:?}");
+        let served = served.await.expect("mock");
+        assert_eq!(served.len(), 3, "{served:?}");
+        assert!(served[2].starts_with("DELETE "), "{served:?}");
     }
 
     /// What a user container's runtime says may quote a Secret: `$(K)` in its command is
@@ -1499,6 +1575,7 @@ mod tests {
         const SECRET: &str = "sk_live_9f8e7d6c5b4a";
         let running = crate::api::PhaseStatus {
             attempts: 1,
+            job_uid: Some(JOB_UID.into()),
             ..Default::default()
         };
         let start_error = serde_json::json!({"phase": "Failed", "containerStatuses": [{"state": {
@@ -1575,10 +1652,12 @@ mod tests {
         )
         .expect("job");
         job.metadata.creation_timestamp = Some(Time(Timestamp::now()));
+        job.metadata.uid = Some(JOB_UID.into());
         let name = job_name("m", &uid, JobPhase::Expand, 1);
         let caches = Caches::for_tests(vec![], vec![]);
         let running = crate::api::PhaseStatus {
             attempts: 1,
+            job_uid: Some(JOB_UID.into()),
             ..Default::default()
         };
 

@@ -352,8 +352,9 @@ async fn fence_only(ctx: &Context, dbm: &DatabaseMigration, plan: &Plan) -> Resu
     Ok(())
 }
 
-/// Act: the Job first, so a crash before the status write is healed by adoption (or, for a
-/// stop, by the next plan stopping it again); then no attempt of a fenced phase the plan does
+/// Act: the Job first, its UID into the status to write (a crash before that write leaves a
+/// Job no status recorded: the next attempt to create it deletes it and starts again; a stop is
+/// repeated by the next plan); then no attempt of a fenced phase the plan does
 /// not want keeps running, whatever the plan says (a failure, an invalid spec, a policy
 /// refusal). Returns the plan, failed when the API server refused the Job it asked for.
 async fn act(
@@ -379,8 +380,9 @@ async fn act(
                 let generation = dbm.metadata.generation.unwrap_or(0);
                 planner::job_refused(plan, phase, why, text, Timestamp::now(), generation)
             };
-            match jobs::create_or_adopt(&jobs_api, &job, &owner).await {
-                Ok(_) => {
+            match jobs::create(&jobs_api, &job, &owner).await {
+                Ok(created) => {
+                    planner::record_mut(&mut plan.status, phase).job_uid = created.metadata.uid;
                     // How long the gate took inside the operator (see docs/scale.md).
                     let ms = |d: Duration| d.as_millis() as u64;
                     tracing::info!(
@@ -593,7 +595,8 @@ mod tests {
             "10",
             serde_json::json!({"phase": "Contracting", "observedGeneration": 1,
                                "expand": {"attempts": 1, "succeeded": true},
-                               "contract": {"attempts": 1, "startedAt": "2026-12-01T00:00:00Z"},
+                               "contract": {"attempts": 1, "startedAt": "2026-12-01T00:00:00Z",
+                                            "jobUid": "job-1"},
                                "rolloutCompletedAt": "2026-12-01T00:00:00Z"}),
         );
         let cfg = ExecutorConfig::default();
@@ -601,6 +604,7 @@ mod tests {
         let mut job =
             jobs::build_job(&m, &status, JobPhase::Contract, 1, &cfg).expect("contract Job");
         job.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        job.metadata.uid = Some("job-1".into());
         let job: JobView =
             serde_json::from_value(serde_json::to_value(&job).expect("json")).expect("job view");
         let job_name = job.metadata.name.clone().expect("name");

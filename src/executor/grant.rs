@@ -154,6 +154,15 @@ async fn renew(cfg: GrantConfig, state: Arc<Mutex<State>>, changed: Arc<tokio::s
                 ASK_TIMEOUT.as_millis()
             )),
         };
+        // Logged before the run can act on it: a COMMIT is always preceded by its grant's line.
+        let verdict = answer.as_ref().ok().map(|a| a.verdict);
+        if verdict != last_verdict {
+            match &answer {
+                Ok(a) => tracing::info!(verdict = ?a.verdict, reason = %a.reason, "commit grant"),
+                Err(e) => tracing::warn!(error = %e, "no answer to the commit grant request"),
+            }
+            last_verdict = verdict;
+        }
         if let Ok(mut s) = state.lock() {
             match &answer {
                 Ok(a) => {
@@ -172,14 +181,6 @@ async fn renew(cfg: GrantConfig, state: Arc<Mutex<State>>, changed: Arc<tokio::s
                 // No answer leaves the last grant to run out on its own.
                 Err(e) => s.reason = format!("no answer from the operator: {e}"),
             }
-        }
-        let verdict = answer.as_ref().ok().map(|a| a.verdict);
-        if verdict != last_verdict {
-            match &answer {
-                Ok(a) => tracing::info!(verdict = ?a.verdict, reason = %a.reason, "commit grant"),
-                Err(e) => tracing::warn!(error = %e, "no answer to the commit grant request"),
-            }
-            last_verdict = verdict;
         }
         changed.notify_waiters();
         let elapsed = sent.elapsed();

@@ -80,7 +80,7 @@ pub fn phase_code(
 }
 
 /// The status record of a phase, created on first use.
-fn record_mut(status: &mut DatabaseMigrationStatus, phase: JobPhase) -> &mut PhaseStatus {
+pub fn record_mut(status: &mut DatabaseMigrationStatus, phase: JobPhase) -> &mut PhaseStatus {
     match phase {
         JobPhase::Expand => status.expand.get_or_insert_with(PhaseStatus::default),
         JobPhase::Contract => status.contract.get_or_insert_with(PhaseStatus::default),
@@ -739,6 +739,8 @@ impl<'a> Planner<'a> {
         rec.succeeded = false;
         rec.message = None;
         rec.job_name = Some(job_name(self.input.name, self.input.uid, phase, attempt));
+        // Filled in from the API server's answer once the Job is created.
+        rec.job_uid = None;
         rec.reason = None;
         self.action = Action::StartJob { phase, attempt };
         let (running, why) = phase.running();

@@ -453,6 +453,73 @@ async fn a_pre_created_job_is_never_taken_for_success() {
     env.cleanup().await;
 }
 
+/// The same, by someone who also copies what identifies the operator's Job: the controller
+/// owner reference to the migration (anyone who can read the migration knows its UID), its
+/// labels and the SQL's checksum, under the name the next attempt will take. Only the Job whose
+/// UID the operator recorded when it created it counts: the forged one is deleted and the real
+/// attempt runs. (Expand after a failure: nothing else stops a finished Job from waiting there.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pre_created_job_with_forged_ownership_is_never_taken_for_success() {
+    const M: &str = "audit-actor";
+    const SQL: &str = "ALTER TABLE audit ADD COLUMN actor text;";
+    let env = Env::new("fence-forged-owner").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    env.create_migration(M, migration_spec(SQL, json!({})))
+        .await
+        .expect("create");
+    let m = env.wait_phase(M, Phase::Failed, T).await;
+    let uid = m.uid().expect("uid");
+    let next = phasegate::planner::job_name(M, &uid, phasegate::planner::JobPhase::Expand, 2);
+    let fake: Job = serde_json::from_value(json!({
+        "metadata": {"name": next, "labels": {
+            "phasegate.dev/executor": "true", "phasegate.dev/migration": M,
+            "phasegate.dev/migration-uid": uid, "phasegate.dev/phase": "expand",
+            "phasegate.dev/sql-checksum": &phasegate::executor::checksum(SQL)[..16]},
+            "ownerReferences": [{"apiVersion": "phasegate.dev/v1alpha1",
+                "kind": "DatabaseMigration", "name": M, "uid": uid, "controller": true}]},
+        "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "x", "image": "busybox", "command": ["true"]}]}}}
+    }))
+    .expect("job");
+    let fake_uid = env
+        .jobs()
+        .create(&Default::default(), &fake)
+        .await
+        .expect("pre-create Job")
+        .uid()
+        .expect("uid");
+    wait_until(T, "the forged Job completed", || async {
+        env.jobs()
+            .get_opt(&next)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|j| j.status?.succeeded)
+            .unwrap_or(0)
+            > 0
+    })
+    .await;
+    // The author fixes the cause and asks for the retry that will take that name.
+    env.pg
+        .client()
+        .await
+        .batch_execute("CREATE TABLE audit (id bigserial PRIMARY KEY);")
+        .await
+        .expect("create audit");
+    env.annotate(M, "phasegate.dev/retry", "1").await;
+    let m = env.wait_phase(M, Phase::AwaitingRollout, T).await;
+    assert!(
+        env.column_exists("audit", "actor").await,
+        "expand is applied, yet its SQL never ran: the forged Job was taken for the phase"
+    );
+    assert_eq!(ledger_rows(&env, "expand").await, 1);
+    let rec = m.status.and_then(|s| s.expand).expect("expand status");
+    assert!(rec.job_uid.is_some(), "the created Job's UID is recorded");
+    assert_ne!(rec.job_uid.as_deref(), Some(fake_uid.as_str()));
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_200_character_name_works_end_to_end() {
     let env = Env::new("fence-long-name").await;
