@@ -27,9 +27,9 @@ unit: deps
 	$(CARGO) test
 	$(MAKE) executor-pg17
 
-## The executor's integration tests again, against PostgreSQL 17 (the default run uses 15).
+## The executor's and `phasegate plan`'s integration tests again, against PostgreSQL 17 (the default run uses 15).
 executor-pg17: deps
-	PHASEGATE_PG_BINDIR=$$(hack/install-postgres17.sh) $(CARGO) test --test executor --test executor_db_check --test executor_lock_safety --test executor_backfill
+	PHASEGATE_PG_BINDIR=$$(hack/install-postgres17.sh) $(CARGO) test --test executor --test executor_db_check --test executor_lock_safety --test executor_backfill --test plan
 
 ## Local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok).
 cluster-up: deps

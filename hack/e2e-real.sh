@@ -28,6 +28,9 @@
 #   7. examples/psql-job (a user Job: fenced by SIGTERM only) in a postgres:17-alpine stand-in:
 #      a rollback while its contract psql waits for a lock ends psql (the example's shell
 #      forwards the signal), the reader ends inside the grace period, nothing is dropped.
+#   8. app pods wait for their expand: app and migration in one apply while a reader holds the
+#      table; `phasegate wait-schema` as the new pods' init container keeps them from starting
+#      until expand commits; the old pod serves throughout; the rollout completes by itself.
 #
 # Application Deployments (rollout targets) stay on kwok's fake nodes; only the operator and
 # the executor Jobs select the real node (nodeSelector + toleration of its taint, set through
@@ -89,7 +92,7 @@ flock -n 7 || { log "another e2e-real run holds ${CACHE}/e2e-real.lock; waiting 
 eval "$("${ROOT}/hack/local-cluster.sh" env)"
 t0=$(date +%s)
 "${ROOT}/hack/real-node.sh" up 7>&- || die "the real node did not come up (see ~/.cache/phasegate/real-node/*.log)"
-eval "$("${ROOT}/hack/real-node.sh" env)" # NODE NODE_IP TAINT_KEY POD_CIDR POD_GATEWAY IMAGE CONTAINERD_ADDRESS KUBELET_PID_FILE
+eval "$("${ROOT}/hack/real-node.sh" env)" # NODE NODE_IP TAINT_KEY POD_CIDR POD_GATEWAY IMAGE PAUSE_IMAGE CONTAINERD_ADDRESS KUBELET_PID_FILE
 export CONTAINERD_ADDRESS # for ctr
 t1=$(date +%s)
 "${ROOT}/hack/real-node.sh" image || die "the image build failed"
@@ -703,6 +706,94 @@ wait_until "${T}" "${PSQL_M} Succeeded after the roll forward" phase_is "${PSQL_
 expect_eq "psql example: rolled forward, contract dropped legacy_flag" "email,id,locale" "$(columns psqlex users)"
 expect_eq "psql example: the stopped attempt was followed by one more" "2" "$(jp dbm "${PSQL_M}" '{.status.contract.attempts}')"
 log "psql example: $(($(date +%s) - t7))s"
+
+# ---------------------------------------------------------------- 8. app pods wait for their expand
+# App and migration in one `kubectl apply` (no sync waves, no dependsOn) while a reader holds
+# the table: the new pods' init container (`phasegate wait-schema`, the app's own database
+# credentials, no Kubernetes rights) keeps them from starting until expand commits; the old
+# pod keeps serving; the rollout then completes by itself. The app is the pause image on the
+# real node (its container has no probe: Ready as soon as it starts).
+t8=$(date +%s)
+psql_ -d shop -c "CREATE TABLE items (id bigserial PRIMARY KEY, note text)"
+ws_app() { # <version> [init container: yes]
+  local init=""
+  [[ "${2:-}" == yes ]] && init="
+      initContainers:
+        - name: wait-schema
+          image: ${IMAGE}
+          imagePullPolicy: Never
+          args: [wait-schema, --migration, items-note-ref, --interval, 500ms]
+          env: [{name: PHASEGATE_DATABASE_URL, valueFrom: {secretKeyRef: {name: shop-db, key: url}}}]
+          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}"
+  cat <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: items-api}
+spec:
+  replicas: 1
+  strategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}
+  selector: {matchLabels: {app: items-api}}
+  template:
+    metadata: {labels: {app: items-api, app.kubernetes.io/version: "$1"}}
+    spec:
+      nodeSelector: {${TAINT_KEY}: "true"}
+      tolerations: [{key: ${TAINT_KEY}, operator: Exists, effect: NoSchedule}]
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}${init}
+      containers:
+        - name: app
+          image: ${PAUSE_IMAGE}
+          imagePullPolicy: Never
+          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+EOF
+}
+# (The shop database already has other apps' expands of 2.0.0: waiting by version alone would
+# pass at once here; the pod names its migration.)
+ws_app 1.0.0 | kc apply -f - >/dev/null
+kc rollout status deployment/items-api --timeout="${T}s" >/dev/null || die "items-api 1.0.0 did not roll out on the real node"
+old_pod="$(kc get pods -l app=items-api -o jsonpath='{.items[0].metadata.name}')"
+open_reader items
+{ ws_app 2.0.0 yes; cat <<EOF
+---
+apiVersion: phasegate.dev/v1alpha1
+kind: DatabaseMigration
+metadata: {name: items-note-ref}
+spec:
+  appVersion: "2.0.0"
+  database: {urlSecretRef: {name: shop-db, key: url}}
+  expand: {sql: "ALTER TABLE items ADD COLUMN note_ref text;"}
+  contract: {sql: "ALTER TABLE items DROP COLUMN note;"}
+  rollout:
+    targets: [{kind: Deployment, name: items-api}]
+    versionFrom: {label: app.kubernetes.io/version}
+EOF
+} | kc apply -f - >/dev/null
+new_pod() { kc get pods -l app=items-api,app.kubernetes.io/version=2.0.0 -o jsonpath='{.items[0].metadata.name}' 2>/dev/null; }
+init_running() { [[ -n "$(new_pod)" && "$(jp pod "$(new_pod)" '{.status.initContainerStatuses[0].state.running.startedAt}')" != "" ]]; }
+wait_until "${T}" "the new pod's wait-schema init container to run" init_running
+npod="$(new_pod)"
+sleep 5 # expand is held by the reader; the new pod must keep waiting
+expect_eq "wait-schema: expand is held by the reader" "Expanding" "$(phase items-note-ref)"
+expect_eq "wait-schema: the new pod waits in its init container, not Ready" "Pending False" \
+  "$(jp pod "${npod}" '{.status.phase} {.status.conditions[?(@.type=="Ready")].status}')"
+expect_eq "wait-schema: the old pod keeps serving" "True" \
+  "$(jp pod "${old_pod}" '{.status.conditions[?(@.type=="Ready")].status}')"
+expect_has "wait-schema: the init container says what it waits for" "items-note-ref: no expand recorded yet" \
+  "$(kc logs "${npod}" -c wait-schema 2>&1 || true)"
+end_reader
+rolled_out() { kc rollout status deployment/items-api --timeout=5s >/dev/null 2>&1; }
+wait_until "${T}" "items-api 2.0.0 to roll out by itself" rolled_out
+applied_at="$(psql_ -d shop -c "SELECT extract(epoch FROM applied_at)::bigint FROM phasegate.ledger WHERE name = 'items-note-ref' AND phase = 'expand'")"
+ready_at="$(date -d "$(jp pod "${npod}" '{.status.conditions[?(@.type=="Ready")].lastTransitionTime}')" +%s 2>/dev/null || echo 0)"
+# Pod condition times have a resolution of one second.
+if [[ -n "${applied_at}" && "${ready_at}" -ge "${applied_at}" ]]; then
+  pass "wait-schema: the new pod became Ready after expand committed (Ready at ${ready_at}, expand applied at ${applied_at})"
+else
+  fail "wait-schema: the new pod was Ready at '${ready_at}', before expand was applied at '${applied_at}'"
+fi
+expect_has "wait-schema: the init container saw the schema ready" "schema ready" "$(kc logs "${npod}" -c wait-schema 2>&1 || true)"
+wait_until "${T}" "items-note-ref Succeeded" phase_is items-note-ref Succeeded
+expect_eq "wait-schema: then contract ran" "id,note_ref" "$(columns shop items)"
+log "wait-schema: $(($(date +%s) - t8))s"
 
 log "real node: ${NODE}; setup $((t1 - t0))s, image $((t2 - t1))s, tests $(($(date +%s) - t2))s"
 [[ "${failures}" -eq 0 ]] || { dump; exit 1; }

@@ -645,6 +645,7 @@ cmd_env() {
   echo "POD_CIDR=${POD_CIDR}"
   echo "POD_GATEWAY=${POD_GATEWAY}"
   echo "IMAGE=${IMAGE}"
+  echo "PAUSE_IMAGE=${PAUSE_IMAGE}"
   echo "CONTAINERD_ADDRESS=${CONTAINERD_SOCK}"
   echo "KUBELET_PID_FILE=${RUN}/kubelet.pid"
 }

@@ -8,6 +8,7 @@
 //! - [`sql`]: statement parsing with PostgreSQL's own parser.
 //! - [`leader`], [`metrics`], [`server`]: leader election on a Lease, Prometheus metrics,
 //!   and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! - [`plan`]: `phasegate plan`, what a migration will lock, rewrite and build, for pull requests.
 //! - [`lint`]: classifying a phase's statements and the policy that refuses them.
 //! - [`policy`]: what a user-supplied Job template may ask of the cluster (admin-set rules).
 //! - [`protocol`]: the contract between the operator and its executor (the commit grant).
@@ -19,6 +20,7 @@ pub mod executor;
 pub mod leader;
 pub mod lint;
 pub mod metrics;
+pub mod plan;
 pub mod planner;
 pub mod plugin;
 pub mod policy;

@@ -45,6 +45,9 @@ enum Command {
     WaitSchema(phasegate::wait_schema::WaitSchemaArgs),
     /// Lint SQL files for a phase with PostgreSQL's own parser (for CI).
     Lint(phasegate::lint::cli::LintArgs),
+    /// Run a migration's phases against a throwaway PostgreSQL loaded with the schema and
+    /// report locks, rewrites, index builds, lint and estimated durations (for pull requests).
+    Plan(phasegate::plan::cli::PlanArgs),
     /// Approve contract of a Manual migration (sets phasegate.dev/approve: "true").
     Approve(phasegate::plugin::TargetArgs),
     /// Retry the failed phase of a Failed migration (sets phasegate.dev/retry to a new value).
@@ -168,6 +171,7 @@ fn main() -> ExitCode {
             runtime.block_on(phasegate::wait_schema::run(args))
         }
         Command::Lint(args) => phasegate::lint::cli::run(args),
+        Command::Plan(args) => runtime.block_on(phasegate::plan::cli::run(args)),
     }
 }
 

@@ -3933,6 +3933,10 @@ fn examples_lint_clean() {
     let mut checked = Vec::new();
     for entry in std::fs::read_dir(&root).expect("examples/") {
         let dir = entry.expect("entry").path();
+        // examples/plan is a migration to review with `phasegate plan`: risky on purpose.
+        if dir.ends_with("plan") {
+            continue;
+        }
         for file in std::fs::read_dir(&dir).into_iter().flatten() {
             let path = file.expect("file").path();
             if path.extension().is_none_or(|e| e != "yaml") {

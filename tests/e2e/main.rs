@@ -15,6 +15,7 @@ mod ha;
 mod harness;
 mod lint;
 mod order;
+mod plan;
 mod plugin;
 #[path = "../support/postgres.rs"]
 mod postgres;
