@@ -30,9 +30,9 @@ const EXPECTED: &[(&str, &str, &str, &[&str])] = &[
         "databasemigrations/status",
         &["patch"],
     ),
-    // jobs::create_or_adopt (create, get on 409; a Job it did not create is never adopted),
-    // jobs::observe (get), Controller::owns (list, watch), jobs::stop (delete: the fence's
-    // fast stop).
+    // jobs::create (create; get on 409, and delete of a Job that claims the migration but whose
+    // UID was never recorded), jobs::observe (get), Controller::owns (list, watch), jobs::stop
+    // (delete: the fence's fast stop).
     (
         "phasegate.operatorRules",
         "batch",
