@@ -104,11 +104,20 @@ async fn nothing_left_behind(direct: &tokio_postgres::Client, url: &str) {
     );
 }
 
+/// Server connections: in session pooling one per client (two executors, two each).
+fn pool_size(mode: PoolMode) -> u32 {
+    match mode {
+        PoolMode::Session => 4,
+        PoolMode::Transaction => 3,
+    }
+}
+
 async fn transactional_phases_race(mode: PoolMode) {
     let pg = TestPostgres::start();
     let direct = setup(&pg).await;
-    // Two server connections for four clients: clients share them.
-    let pooler = TestPgBouncer::start(&pg, mode, 2);
+    // Each executor uses two connections (statements, and the advisory lock's transaction):
+    // in transaction pooling four clients share three server connections.
+    let pooler = TestPgBouncer::start(&pg, mode, pool_size(mode));
     race_phases(&direct, &pooler.url(), |t| {
         format!(
             "ALTER TABLE users ADD COLUMN c{t} int;\nCREATE INDEX users_c{t}_idx ON users (c{t});"
@@ -134,7 +143,7 @@ async fn two_executors_of_one_phase_through_session_pooling() {
 async fn concurrent_index_phases_through_transaction_pooling() {
     let pg = TestPostgres::start();
     let direct = setup(&pg).await;
-    let pooler = TestPgBouncer::start(&pg, PoolMode::Transaction, 2);
+    let pooler = TestPgBouncer::start(&pg, PoolMode::Transaction, pool_size(PoolMode::Transaction));
     race_phases(&direct, &pooler.url(), |t| {
         format!(
             "ALTER TABLE users ADD COLUMN d{t} int;\nCREATE INDEX CONCURRENTLY users_d{t}_idx ON users (d{t});\nCOMMENT ON COLUMN users.d{t} IS 'd';"
@@ -156,28 +165,35 @@ async fn concurrent_index_phases_through_transaction_pooling() {
 async fn no_settings_leak_to_the_next_client_of_a_pooled_connection() {
     let pg = TestPostgres::start();
     let _direct = setup(&pg).await;
-    // One server connection: the application client gets the executor's.
-    let pooler = TestPgBouncer::start(&pg, PoolMode::Transaction, 1);
+    // Two server connections, the executor's two: application clients get them afterwards.
+    let pooler = TestPgBouncer::start(&pg, PoolMode::Transaction, 2);
     let sql =
         "ALTER TABLE users ADD COLUMN x int;\nCREATE INDEX CONCURRENTLY users_x_idx ON users (x);";
     let r = executor::execute(&cfg(&pooler.url(), "settings", sql)).await;
     assert_eq!(r.outcome, Outcome::Applied, "{}", describe(&r));
-    let app = pooler.client().await;
-    for name in [
-        "lock_timeout",
-        "statement_timeout",
-        "idle_in_transaction_session_timeout",
-    ] {
-        let row = app
-            .simple_query(&format!(
-                "SELECT setting = reset_val FROM pg_settings WHERE name = '{name}'"
-            ))
-            .await
-            .expect("setting");
-        let same = row.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v == "t"),
-            _ => None,
-        });
-        assert_eq!(same, Some(true), "{name} leaked to the next client");
+    // Two application transactions open at once: one on each server connection.
+    let (mut a, mut b) = (pooler.client().await, pooler.client().await);
+    let (ta, tb) = (
+        a.transaction().await.expect("begin"),
+        b.transaction().await.expect("begin"),
+    );
+    for app in [&ta, &tb] {
+        for name in [
+            "lock_timeout",
+            "statement_timeout",
+            "idle_in_transaction_session_timeout",
+        ] {
+            let rows = app
+                .simple_query(&format!(
+                    "SELECT setting = reset_val FROM pg_settings WHERE name = '{name}'"
+                ))
+                .await
+                .expect("setting");
+            let same = rows.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v == "t"),
+                _ => None,
+            });
+            assert_eq!(same, Some(true), "{name} leaked to the next client");
+        }
     }
 }

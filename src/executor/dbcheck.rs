@@ -23,6 +23,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient};
 
 use super::waits::{Kind, Waits};
@@ -185,7 +186,7 @@ impl Checker {
         &mut self,
         tx: &C,
     ) -> Result<Observation, tokio_postgres::Error> {
-        tx.execute("SELECT pg_stat_clear_snapshot()", &[]).await?;
+        tx.batch_execute("SELECT pg_stat_clear_snapshot()").await?;
         self.observe(tx).await
     }
 
@@ -195,7 +196,7 @@ impl Checker {
         client: &C,
     ) -> Result<Observation, tokio_postgres::Error> {
         let rows = client
-            .query(
+            .query_typed(
                 "WITH v AS (
                      SELECT pid, virtualxid FROM pg_locks
                       WHERE locktype = 'virtualxid' AND granted AND pid IS NOT NULL
@@ -212,7 +213,7 @@ impl Checker {
                     AND a.pid <> pg_backend_pid()
                     AND a.usesysid IS NOT NULL
                   ORDER BY a.pid",
-                &[&self.rollout_completed_at],
+                &[(&self.rollout_completed_at, Type::TEXT)],
             )
             .await?;
         let first = !self.looked;
