@@ -722,7 +722,7 @@ ws_app() { # <version> [init container: yes]
         - name: wait-schema
           image: ${IMAGE}
           imagePullPolicy: Never
-          args: [wait-schema, --version, \"$1\", --interval, 500ms]
+          args: [wait-schema, --migration, items-note-ref, --interval, 500ms]
           env: [{name: PHASEGATE_DATABASE_URL, valueFrom: {secretKeyRef: {name: shop-db, key: url}}}]
           securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}"
   cat <<EOF
@@ -746,6 +746,8 @@ spec:
           securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
 EOF
 }
+# (The shop database already has other apps' expands of 2.0.0: waiting by version alone would
+# pass at once here; the pod names its migration.)
 ws_app 1.0.0 | kc apply -f - >/dev/null
 kc rollout status deployment/items-api --timeout="${T}s" >/dev/null || die "items-api 1.0.0 did not roll out on the real node"
 old_pod="$(kc get pods -l app=items-api -o jsonpath='{.items[0].metadata.name}')"
@@ -775,7 +777,7 @@ expect_eq "wait-schema: the new pod waits in its init container, not Ready" "Pen
   "$(jp pod "${npod}" '{.status.phase} {.status.conditions[?(@.type=="Ready")].status}')"
 expect_eq "wait-schema: the old pod keeps serving" "True" \
   "$(jp pod "${old_pod}" '{.status.conditions[?(@.type=="Ready")].status}')"
-expect_has "wait-schema: the init container says what it waits for" "no expand for app version 2.0.0" \
+expect_has "wait-schema: the init container says what it waits for" "items-note-ref: no expand recorded yet" \
   "$(kc logs "${npod}" -c wait-schema 2>&1 || true)"
 end_reader
 rolled_out() { kc rollout status deployment/items-api --timeout=5s >/dev/null 2>&1; }

@@ -13,14 +13,19 @@ use crate::executor::connect::{self, ConnectError, Scrubber};
 /// What the app's pod runs, e.g. `phasegate wait-schema --version 2.0.0`.
 #[derive(clap::Args, Debug)]
 pub struct WaitSchemaArgs {
-    /// The app version whose expand this code needs: a migration's `spec.appVersion`. A release
-    /// without a migration keeps the version of the last one it needs.
+    /// The migration whose expand this code needs (its name); repeat for several. The precise
+    /// form: in a database several apps share, their versions collide.
+    #[arg(
+        long = "migration",
+        value_name = "NAME",
+        required_unless_present = "version"
+    )]
+    pub migrations: Vec<String>,
+    /// Or: every expand the ledger records for this app version (a migration's
+    /// `spec.appVersion`); only for a database that one app uses. With `--migration`, both
+    /// must match.
     #[arg(long)]
-    pub version: String,
-    /// Only this migration's expand (its name); default: every migration of that version the
-    /// ledger has seen.
-    #[arg(long)]
-    pub migration: Option<String>,
+    pub version: Option<String>,
     /// Only migrations of this namespace.
     #[arg(long)]
     pub namespace: Option<String>,
@@ -65,9 +70,9 @@ pub enum WaitSchemaError {
     Url(#[from] ConnectError),
     #[error("this role may not read Phasegate's ledger ({message}); grant it: GRANT USAGE ON SCHEMA phasegate TO <app role>; GRANT SELECT ON phasegate.ledger TO <app role>;")]
     Permission { message: String },
-    #[error("expand for app version {version} is not applied after {waited}: {why}")]
+    #[error("expand of {wanted} is not applied after {waited}: {why}")]
     Timeout {
-        version: String,
+        wanted: String,
         waited: String,
         why: String,
     },
@@ -83,23 +88,36 @@ impl WaitSchemaError {
     }
 }
 
-/// Judges the ledger's rows for the version: ready only when there is one and none is still
-/// in progress (a migration the ledger has not seen yet cannot be waited for by name unless
-/// `--migration` names it: name it when several migrations share a version).
-pub fn judge(version: &str, rows: &[ExpandRow]) -> Schema {
-    if rows.is_empty() {
-        return Schema::Pending(format!("no expand for app version {version} recorded yet"));
+/// What is waited for, for messages.
+fn wanted(args: &WaitSchemaArgs) -> String {
+    match (&args.version, args.migrations.is_empty()) {
+        (Some(v), true) => format!("app version {v}"),
+        (Some(v), false) => format!("{} (app version {v})", args.migrations.join(", ")),
+        (None, _) => args.migrations.join(", "),
     }
-    let pending: Vec<String> = rows
+}
+
+/// Judges the ledger's rows: every named migration's expand applied, or — by version alone —
+/// at least one expand of the version and none still in progress (a migration the ledger has
+/// not seen yet cannot be waited for that way: name it).
+pub fn judge(migrations: &[String], version: Option<&str>, rows: &[ExpandRow]) -> Schema {
+    let mut pending: Vec<String> = migrations
         .iter()
-        .filter(|r| !r.applied)
-        .map(|r| {
-            format!(
-                "{}/{} in progress ({} of {} statements)",
-                r.namespace, r.name, r.statements_done, r.statements_total
-            )
-        })
+        .filter(|m| !rows.iter().any(|r| &r.name == *m))
+        .map(|m| format!("{m}: no expand recorded yet"))
         .collect();
+    if migrations.is_empty() && rows.is_empty() {
+        pending.push(format!(
+            "no expand for app version {} recorded yet",
+            version.unwrap_or_default()
+        ));
+    }
+    pending.extend(rows.iter().filter(|r| !r.applied).map(|r| {
+        format!(
+            "{}/{} in progress ({} of {} statements)",
+            r.namespace, r.name, r.statements_done, r.statements_total
+        )
+    }));
     if pending.is_empty() {
         Schema::Ready {
             migrations: rows
@@ -116,11 +134,11 @@ pub fn judge(version: &str, rows: &[ExpandRow]) -> Schema {
 pub async fn run(args: WaitSchemaArgs) -> ExitCode {
     match wait(&args).await {
         Ok(migrations) => {
-            tracing::info!(version = %args.version, migrations = %migrations.join(", "), "schema ready: expand applied");
+            tracing::info!(migrations = %migrations.join(", "), "schema ready: expand applied for {}", wanted(&args));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!(version = %args.version, "{e}");
+            tracing::error!("{e}");
             ExitCode::from(e.exit_code())
         }
     }
@@ -138,13 +156,13 @@ pub async fn wait(args: &WaitSchemaArgs) -> Result<Vec<String>, WaitSchemaError>
             Schema::Pending(why) => why,
         };
         if why != said {
-            tracing::info!(version = %args.version, "waiting for the schema: {why}");
+            tracing::info!("waiting for the schema of {}: {why}", wanted(args));
             said.clone_from(&why);
         }
         let waited = start.elapsed();
         if args.once || (!args.timeout.is_zero() && waited >= args.timeout) {
             return Err(WaitSchemaError::Timeout {
-                version: args.version.clone(),
+                wanted: wanted(args),
                 waited: humantime::format_duration(Duration::from_secs(waited.as_secs()))
                     .to_string(),
                 why,
@@ -176,12 +194,13 @@ async fn ask(
         .query_typed(
             "SELECT namespace, name, status = 'applied', statements_done, statements_total
                FROM phasegate.ledger
-              WHERE phase = 'expand' AND app_version = $1
-                AND ($2::text IS NULL OR name = $2) AND ($3::text IS NULL OR namespace = $3)
+              WHERE phase = 'expand' AND ($1::text IS NULL OR app_version = $1)
+                AND (cardinality($2::text[]) = 0 OR name = ANY($2))
+                AND ($3::text IS NULL OR namespace = $3)
               ORDER BY namespace, name",
             &[
                 (&args.version, tokio_postgres::types::Type::TEXT),
-                (&args.migration, tokio_postgres::types::Type::TEXT),
+                (&args.migrations, tokio_postgres::types::Type::TEXT_ARRAY),
                 (&args.namespace, tokio_postgres::types::Type::TEXT),
             ],
         )
@@ -212,7 +231,7 @@ async fn ask(
             statements_total: r.get(4),
         })
         .collect();
-    Ok(judge(&args.version, &rows))
+    Ok(judge(&args.migrations, args.version.as_deref(), &rows))
 }
 
 #[cfg(test)]
@@ -231,17 +250,30 @@ mod tests {
 
     #[test]
     fn ready_only_when_every_recorded_expand_of_the_version_is_applied() {
+        let judge_v = |rows: &[ExpandRow]| judge(&[], Some("2.0.0"), rows);
         assert!(
-            matches!(judge("2.0.0", &[]), Schema::Pending(w) if w.contains("no expand for app version 2.0.0"))
+            matches!(judge_v(&[]), Schema::Pending(w) if w.contains("no expand for app version 2.0.0"))
         );
         assert_eq!(
-            judge("2.0.0", &[row("a", true), row("b", true)]),
+            judge_v(&[row("a", true), row("b", true)]),
             Schema::Ready {
                 migrations: vec!["shop/a".into(), "shop/b".into()]
             }
         );
         assert!(
-            matches!(judge("2.0.0", &[row("a", true), row("b", false)]), Schema::Pending(w) if w == "shop/b in progress (0 of 1 statements)")
+            matches!(judge_v(&[row("a", true), row("b", false)]), Schema::Pending(w) if w == "shop/b in progress (0 of 1 statements)")
         );
+    }
+
+    #[test]
+    fn named_migrations_wait_for_each_one_even_before_the_ledger_knows_it() {
+        let names = ["a".to_string(), "b".to_string()];
+        assert!(
+            matches!(judge(&names, None, &[row("a", true)]), Schema::Pending(w) if w == "b: no expand recorded yet")
+        );
+        assert!(matches!(
+            judge(&names, None, &[row("a", true), row("b", true)]),
+            Schema::Ready { .. }
+        ));
     }
 }

@@ -23,18 +23,23 @@ fn wait_schema(url: &str, args: &[&str]) -> tokio::process::Command {
     cmd
 }
 
-async fn once(url: &str, version: &str) -> (Option<i32>, String) {
-    let out = wait_schema(url, &["--version", version, "--once"])
-        .output()
-        .await
-        .expect("run wait-schema");
+/// Everything it printed; never the password.
+fn printed(out: &std::process::Output) -> String {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!text.contains(PASSWORD), "the password leaked: {text}");
-    (out.status.code(), text)
+    text
+}
+
+async fn once(url: &str, version: &str) -> (Option<i32>, String) {
+    let out = wait_schema(url, &["--version", version, "--once"])
+        .output()
+        .await
+        .expect("run wait-schema");
+    (out.status.code(), printed(&out))
 }
 
 async fn expand(pg: &TestPostgres, version: &str, sql: &str) {
@@ -48,7 +53,7 @@ async fn expand(pg: &TestPostgres, version: &str, sql: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waits_until_the_versions_expand_is_applied() {
+async fn waits_until_its_migrations_expand_is_applied() {
     let pg = TestPostgres::start();
     let db = pg.client().await;
     db.batch_execute("CREATE TABLE users (id bigserial PRIMARY KEY); CREATE TABLE audit (id int);")
@@ -61,9 +66,12 @@ async fn waits_until_the_versions_expand_is_applied() {
     assert!(text.contains("no Phasegate ledger"), "{text}");
 
     // The pod starts first and waits; an open reader holds expand back.
-    let mut waiting = wait_schema(&pg.url(), &["--version", "2.0.0", "--interval", "200ms"])
-        .spawn()
-        .expect("spawn");
+    let mut waiting = wait_schema(
+        &pg.url(),
+        &["--migration", "users-email", "--interval", "200ms"],
+    )
+    .spawn()
+    .expect("spawn");
     let reader = pg.client().await;
     reader
         .batch_execute("BEGIN; SELECT count(*) FROM users;")
@@ -89,8 +97,8 @@ async fn waits_until_the_versions_expand_is_applied() {
         waiting.try_wait().expect("poll").is_none(),
         "wait-schema returned while expand was still held by the reader"
     );
-    // Another version's expand does not count.
-    expand(&pg, "1.9.0", "ALTER TABLE audit ADD COLUMN actor text;").await;
+    // Another app's expand of the same version, on the same database, does not count.
+    expand(&pg, "2.0.0", "ALTER TABLE audit ADD COLUMN actor text;").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(waiting.try_wait().expect("poll").is_none());
 
@@ -101,14 +109,29 @@ async fn waits_until_the_versions_expand_is_applied() {
         .await
         .expect("wait-schema returns once expand is applied")
         .expect("output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = printed(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("schema ready"), "{text}");
     assert!(text.contains("shop/users-email"), "{text}");
+    assert_eq!(once(&pg.url(), "2.0.0").await.0, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_version_alone_every_recorded_expand_of_it_counts() {
+    let pg = TestPostgres::start();
+    pg.client()
+        .await
+        .batch_execute("CREATE TABLE users (id bigserial PRIMARY KEY);")
+        .await
+        .expect("schema");
+    expand(&pg, "1.9.0", "ALTER TABLE users ADD COLUMN a text;").await;
+    let (code, text) = once(&pg.url(), "2.0.0").await;
+    assert_eq!(
+        code,
+        Some(1),
+        "another version's expand does not count: {text}"
+    );
+    expand(&pg, "2.0.0", "ALTER TABLE users ADD COLUMN b text;").await;
     assert_eq!(once(&pg.url(), "2.0.0").await.0, Some(0));
 }
 
@@ -164,12 +187,7 @@ async fn an_unreachable_database_is_waited_for_and_never_printed() {
     .output()
     .await
     .expect("run");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = printed(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("database not reachable"), "{text}");
-    assert!(!text.contains(PASSWORD), "{text}");
 }

@@ -1546,10 +1546,8 @@ mod tests {
                 .await
                 .expect("observe");
         assert!(matches!(state, JobState::Absent), "{state:?}");
-        let exists = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "reason": "AlreadyExists", "code": 409, "message": "exists"});
         let (client, served) =
-            crate::controller::test_support::mock_api(vec![(409, exists), (200, planted)]);
+            crate::controller::test_support::mock_api(vec![already_exists(), (200, planted)]);
         let jobs: Api<Job> = Api::namespaced(client, "shop");
         let mut ours = job.clone();
         ours.metadata.owner_references = Some(vec![owner.clone()]);
@@ -1558,6 +1556,13 @@ mod tests {
             .expect_err("not adopted");
         assert!(matches!(err, Error::JobConflict { .. }), "{err:?}");
         assert_eq!(served.await.expect("mock").len(), 2, "no adopting PATCH");
+    }
+
+    /// The API server's answer to creating a Job whose name is taken.
+    fn already_exists() -> (u16, serde_json::Value) {
+        let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "AlreadyExists", "code": 409, "message": "exists"});
+        (409, status)
     }
 
     /// A Job that copies everything (labels, the controller owner reference) but whose UID
@@ -1596,11 +1601,9 @@ mod tests {
                     .expect("observe");
             assert!(matches!(state, JobState::Absent), "{recorded:?}: {state:?}");
         }
-        let exists = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "reason": "AlreadyExists", "code": 409, "message": "exists"});
         let done_again = done.clone();
         let (client, served) = crate::controller::test_support::mock_api(vec![
-            (409, exists),
+            already_exists(),
             (200, done.clone()),
             (200, done),
         ]);
@@ -1617,10 +1620,8 @@ mod tests {
         // delete would make the next watch event create it again, and so on).
         let ours = CreatedJobs::default();
         ours.remember("shop", &job.name_any(), "forged-0000");
-        let exists = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "reason": "AlreadyExists", "code": 409, "message": "exists"});
         let (client, served) =
-            crate::controller::test_support::mock_api(vec![(409, exists), (200, done_again)]);
+            crate::controller::test_support::mock_api(vec![already_exists(), (200, done_again)]);
         let jobs: Api<Job> = Api::namespaced(client, "shop");
         let taken = create(&jobs, &job, &owner, &ours).await.expect("taken up");
         assert_eq!(taken.metadata.uid.as_deref(), Some("forged-0000"));
