@@ -49,7 +49,7 @@ async fn race_phases(direct: &tokio_postgres::Client, url: &str, sql_of: impl Fn
         let sql = sql_of(trial);
         let (a, b) = (cfg(url, &name, &sql), cfg(url, &name, &sql));
         let (ra, rb) = tokio::join!(executor::execute(&a), executor::execute(&b));
-        let mut outcomes = vec![ra.outcome.clone(), rb.outcome.clone()];
+        let mut outcomes = vec![ra.outcome, rb.outcome];
         outcomes.sort_by_key(|o| format!("{o:?}"));
         if outcomes != vec![Outcome::AlreadyApplied, Outcome::Applied] {
             failures.push(format!(
