@@ -11,6 +11,7 @@ command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v jq >/dev/null 2>&1 || need+=(jq) # hack/chart-test.sh reads tests/data/policy-cases.json
 command -v pgbench >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need+=(postgresql-contrib)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer) # tests/executor_pooler.rs
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "[deps] installing: ${need[*]}" >&2

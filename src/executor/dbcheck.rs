@@ -23,6 +23,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient};
 
 use super::waits::{Kind, Waits};
@@ -34,8 +35,10 @@ pub const POLL: Duration = Duration::from_millis(200);
 pub const MAX_NAMED: usize = 5;
 
 /// The version part of an `<app>@<version>` application name (split at the last `@`), if any.
+/// A ` - <host>:<port>` suffix, which PgBouncer appends with `application_name_add_host`, is
+/// not part of it.
 pub fn app_version_of(application_name: &str) -> Option<&str> {
-    let (app, version) = application_name.rsplit_once('@')?;
+    let (app, version) = without_pooler_host(application_name).rsplit_once('@')?;
     let version = version.trim();
     if app.trim().is_empty() || version.is_empty() || version.contains(char::is_whitespace) {
         return None;
@@ -46,7 +49,25 @@ pub fn app_version_of(application_name: &str) -> Option<&str> {
 /// The `<app>` part of an `<app>@<version>` application name, if it has that form.
 pub fn app_of(application_name: &str) -> Option<&str> {
     app_version_of(application_name)?;
-    application_name.rsplit_once('@').map(|(app, _)| app.trim())
+    without_pooler_host(application_name)
+        .rsplit_once('@')
+        .map(|(app, _)| app.trim())
+}
+
+/// `application_name` without the ` - <host>:<port>` PgBouncer's `application_name_add_host`
+/// appends (the client's address; the port is digits, the address has no spaces).
+fn without_pooler_host(application_name: &str) -> &str {
+    let Some((name, host)) = application_name.rsplit_once(" - ") else {
+        return application_name;
+    };
+    let port_ok = host.rsplit_once(':').is_some_and(|(addr, port)| {
+        !addr.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+    });
+    if port_ok && !host.contains(char::is_whitespace) {
+        name
+    } else {
+        application_name
+    }
 }
 
 /// Parses `PHASEGATE_APPLICATION_NAMES`: comma-separated `<app>` names; None when there are none.
@@ -185,7 +206,7 @@ impl Checker {
         &mut self,
         tx: &C,
     ) -> Result<Observation, tokio_postgres::Error> {
-        tx.execute("SELECT pg_stat_clear_snapshot()", &[]).await?;
+        tx.batch_execute("SELECT pg_stat_clear_snapshot()").await?;
         self.observe(tx).await
     }
 
@@ -195,7 +216,7 @@ impl Checker {
         client: &C,
     ) -> Result<Observation, tokio_postgres::Error> {
         let rows = client
-            .query(
+            .query_typed(
                 "WITH v AS (
                      SELECT pid, virtualxid FROM pg_locks
                       WHERE locktype = 'virtualxid' AND granted AND pid IS NOT NULL
@@ -212,7 +233,7 @@ impl Checker {
                     AND a.pid <> pg_backend_pid()
                     AND a.usesysid IS NOT NULL
                   ORDER BY a.pid",
-                &[&self.rollout_completed_at],
+                &[(&self.rollout_completed_at, Type::TEXT)],
             )
             .await?;
         let first = !self.looked;
@@ -353,6 +374,16 @@ mod tests {
         assert_eq!(app_version_of(""), None);
         assert_eq!(app_version_of("shop-api@"), None);
         assert_eq!(app_version_of("@1.0.0"), None);
+        // PgBouncer's application_name_add_host suffix.
+        assert_eq!(
+            app_version_of("shop-api@1.4.2 - 10.1.2.3:54012"),
+            Some("1.4.2")
+        );
+        assert_eq!(app_of("shop-api@1.4.2 - 10.1.2.3:54012"), Some("shop-api"));
+        assert_eq!(app_version_of("shop-api@1.4.2 - ::1:5432"), Some("1.4.2"));
+        assert_eq!(app_version_of("psql - 127.0.0.1:5000"), None);
+        // Not a host suffix: left alone (and no version).
+        assert_eq!(app_version_of("shop-api@1.4.2 - canary"), None);
         assert_eq!(app_version_of("x@1.0 beta"), None);
     }
 

@@ -2,7 +2,12 @@
 //! database. The row commits in the same transaction as the phase's statements, so a phase is
 //! applied exactly once whatever crashes or retries.
 
+use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
+
+// Every call here is an unnamed statement with its parameter types given (`query_typed`,
+// `execute_typed`): a transaction pooler cannot keep named prepared statements between
+// transactions (see docs/executor.md, "Through a connection pooler").
 
 /// Run only when the ledger does not exist yet (see [`ensure`]), under the advisory lock, so
 /// concurrent executors never race on `IF NOT EXISTS`.
@@ -37,7 +42,7 @@ pub const EXECUTOR_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// it may use the ledger shows on first use, with PostgreSQL's own message).
 pub async fn ensure<C: GenericClient>(c: &C) -> Result<(), tokio_postgres::Error> {
     let exists: bool = c
-        .query_one(
+        .query_typed_one(
             "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                              WHERE n.nspname = 'phasegate' AND c.relname = 'ledger')",
             &[],
@@ -76,10 +81,14 @@ pub async fn get<C: GenericClient>(
     phase: &str,
 ) -> Result<Option<Entry>, tokio_postgres::Error> {
     let row = c
-        .query_opt(
+        .query_typed_opt(
             "SELECT uid, checksum, status = 'applied', statements_total, statements_done, attempts
                FROM phasegate.ledger WHERE namespace = $1 AND name = $2 AND phase = $3",
-            &[&id.namespace, &id.name, &phase],
+            &[
+                (&id.namespace, Type::TEXT),
+                (&id.name, Type::TEXT),
+                (&phase, Type::TEXT),
+            ],
         )
         .await?;
     Ok(row.map(|r| Entry {
@@ -111,7 +120,7 @@ pub async fn record<C: GenericClient>(
     } else {
         "in_progress"
     };
-    c.execute(
+    c.execute_typed(
         "INSERT INTO phasegate.ledger AS l
              (namespace, name, phase, uid, app_version, checksum, status, statements_total,
               statements_done, attempts, executor_version, applied_at)
@@ -124,17 +133,17 @@ pub async fn record<C: GenericClient>(
              executor_version = EXCLUDED.executor_version, updated_at = clock_timestamp(),
              applied_at = EXCLUDED.applied_at",
         &[
-            &id.namespace,
-            &id.name,
-            &phase,
-            &id.uid,
-            &id.app_version,
-            &checksum,
-            &status,
-            &total,
-            &done_i,
-            &attempts,
-            &EXECUTOR_VERSION,
+            (&id.namespace, Type::TEXT),
+            (&id.name, Type::TEXT),
+            (&phase, Type::TEXT),
+            (&id.uid, Type::TEXT),
+            (&id.app_version, Type::TEXT),
+            (&checksum, Type::TEXT),
+            (&status, Type::TEXT),
+            (&total, Type::INT4),
+            (&done_i, Type::INT4),
+            (&attempts, Type::INT4),
+            (&EXECUTOR_VERSION, Type::TEXT),
         ],
     )
     .await?;
@@ -155,29 +164,33 @@ pub async fn claim<C: GenericClient>(
     total: usize,
 ) -> Result<usize, tokio_postgres::Error> {
     let total = i32::try_from(total).unwrap_or(i32::MAX);
-    c.execute(
+    c.execute_typed(
         "INSERT INTO phasegate.ledger
              (namespace, name, phase, uid, app_version, checksum, status, statements_total,
               statements_done, attempts, executor_version)
          VALUES ($1, $2, $3, $4, $5, $6, 'in_progress', $7, 0, 0, $8)
          ON CONFLICT (namespace, name, phase) DO NOTHING",
         &[
-            &id.namespace,
-            &id.name,
-            &phase,
-            &id.uid,
-            &id.app_version,
-            &checksum,
-            &total,
-            &EXECUTOR_VERSION,
+            (&id.namespace, Type::TEXT),
+            (&id.name, Type::TEXT),
+            (&phase, Type::TEXT),
+            (&id.uid, Type::TEXT),
+            (&id.app_version, Type::TEXT),
+            (&checksum, Type::TEXT),
+            (&total, Type::INT4),
+            (&EXECUTOR_VERSION, Type::TEXT),
         ],
     )
     .await?;
     let row = c
-        .query_one(
+        .query_typed_one(
             "SELECT checksum, statements_done FROM phasegate.ledger
               WHERE namespace = $1 AND name = $2 AND phase = $3 FOR UPDATE",
-            &[&id.namespace, &id.name, &phase],
+            &[
+                (&id.namespace, Type::TEXT),
+                (&id.name, Type::TEXT),
+                (&phase, Type::TEXT),
+            ],
         )
         .await?;
     let recorded: String = row.get(0);
@@ -196,10 +209,15 @@ pub async fn adopt<C: GenericClient>(
     id: &Identity,
     phase: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    c.execute(
+    c.execute_typed(
         "UPDATE phasegate.ledger SET uid = $4, updated_at = clock_timestamp()
           WHERE namespace = $1 AND name = $2 AND phase = $3",
-        &[&id.namespace, &id.name, &phase, &id.uid],
+        &[
+            (&id.namespace, Type::TEXT),
+            (&id.name, Type::TEXT),
+            (&phase, Type::TEXT),
+            (&id.uid, Type::TEXT),
+        ],
     )
     .await?;
     Ok(())

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::waits::{Kind, Waits};
 use crate::sql::{LockMode, Reach, Statement, TableRef};
@@ -59,23 +60,34 @@ impl std::fmt::Display for Blocker {
     }
 }
 
-/// Tries `pg_try_advisory_lock` until `timeout`; returns the time waited, or the holder's pid.
+/// Takes the advisory lock in a transaction of `guard`, a connection of its own, trying
+/// `pg_try_advisory_xact_lock` until `timeout`; returns the time waited, or the holder's pid.
+/// The lock is transaction-scoped, so nothing outlives the guard's transaction on a pooled
+/// server connection (a session-level lock taken through a transaction pooler stays on the
+/// server connection after the client has gone); [`advisory_unlock`] ends the transaction, as
+/// does the guard's connection closing. `idle` bounds how long the guard's transaction may sit
+/// idle (`idle_in_transaction_session_timeout`; zero: no bound).
 pub async fn advisory_lock(
-    client: &Client,
+    guard: &Client,
     timeout: Duration,
+    idle: Duration,
     waits: &mut Waits,
 ) -> Result<Duration, AdvisoryError> {
     let start = Instant::now();
     let mut logged = false;
+    // Constants only, in one simple query: no prepared statement, one round trip.
+    let try_lock = format!(
+        "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{}ms'; \
+         SELECT pg_try_advisory_xact_lock({ADVISORY_CLASS}, {ADVISORY_OBJ})",
+        idle.as_millis()
+    );
     loop {
-        let got: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&ADVISORY_CLASS, &ADVISORY_OBJ],
-            )
+        let got = guard
+            .simple_query(&try_lock)
             .await
             .map_err(AdvisoryError::Db)?
-            .get(0);
+            .iter()
+            .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("t")));
         if got {
             waits.done(Kind::AdvisoryLock);
             // The first try is no wait; only time spent behind another holder counts.
@@ -85,7 +97,8 @@ pub async fn advisory_lock(
                 Duration::ZERO
             });
         }
-        let holder = advisory_holder(client).await.ok().flatten();
+        advisory_unlock(guard).await;
+        let holder = advisory_holder(guard).await.ok().flatten();
         if start.elapsed() >= timeout {
             return Err(AdvisoryError::Timeout {
                 waited: start.elapsed(),
@@ -106,13 +119,18 @@ pub async fn advisory_lock(
     }
 }
 
+/// Ends the guard's transaction, and with it the advisory lock (a no-op without one).
+pub async fn advisory_unlock(guard: &Client) {
+    let _ = guard.batch_execute("ROLLBACK").await;
+}
+
 async fn advisory_holder(client: &Client) -> Result<Option<i32>, tokio_postgres::Error> {
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2 LIMIT 1",
-            &[&ADVISORY_CLASS, &ADVISORY_OBJ],
+            &[(&ADVISORY_CLASS, Type::INT4), (&ADVISORY_OBJ, Type::INT4)],
         )
         .await?;
     Ok(row.and_then(|r| r.get(0)))
@@ -207,7 +225,7 @@ async fn implied_by(
         format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
     };
     let rows = client
-        .query(
+        .query_typed(
             "WITH RECURSIVE named AS (SELECT to_regclass($1)::oid AS oid),
              root AS (SELECT CASE WHEN $5 THEN (SELECT indrelid FROM pg_index WHERE indexrelid = named.oid)
                                   ELSE named.oid END AS oid FROM named),
@@ -255,15 +273,15 @@ async fn implied_by(
                JOIN pg_namespace n ON n.oid = r.relnamespace
               WHERE x.oid IS DISTINCT FROM (SELECT oid FROM named)",
             &[
-                &name,
-                &reach.dropped,
-                &reach.columns,
-                &reach.constraints,
-                &reach.index,
-                &reach.validated,
-                &reach.partitions_change,
-                &reach.only,
-                &reach.cascade,
+                (&name, Type::TEXT),
+                (&reach.dropped, Type::BOOL),
+                (&reach.columns, Type::TEXT_ARRAY),
+                (&reach.constraints, Type::TEXT_ARRAY),
+                (&reach.index, Type::BOOL),
+                (&reach.validated, Type::TEXT_ARRAY),
+                (&reach.partitions_change, Type::BOOL),
+                (&reach.only, Type::BOOL),
+                (&reach.cascade, Type::BOOL),
             ],
         )
         .await?;
@@ -299,7 +317,7 @@ pub async fn blockers(
     // Resolve names the way the statements will (search_path), then look at relation locks of
     // other backends; prepared transactions have no pid and count as infinitely old.
     let rows = client
-        .query(
+        .query_typed(
             "WITH t AS (
                  SELECT ord, to_regclass(CASE WHEN s = '' THEN quote_ident(n)
                                               ELSE quote_ident(s) || '.' || quote_ident(n) END) AS oid,
@@ -316,7 +334,7 @@ pub async fn blockers(
               WHERE l.locktype = 'relation'
                 AND l.pid IS DISTINCT FROM pg_backend_pid()
                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&schemas, &names],
+            &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
         )
         .await?;
     let mut out = Vec::new();
@@ -368,7 +386,7 @@ pub fn yields_to_ddl(backend_type: Option<&str>, query: Option<&str>) -> bool {
 /// their open transactions (see `dbcheck`). Safe, but it may wait longer than needed.
 pub async fn visibility_warning(client: &Client) -> Result<Option<String>, tokio_postgres::Error> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT pg_has_role('pg_read_all_stats', 'USAGE'), current_user::text",
             &[],
         )

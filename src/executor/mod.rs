@@ -219,6 +219,7 @@ async fn run(
     tracing::info!(phase, namespace = %id.namespace, name = %id.name, statements = statements.len(), checksum = &sum[..12], "applying phase");
 
     let (mut client, settings, version) = session::open(cfg, scrub).await?;
+    let guard = session::open_guard(cfg, &settings, scrub).await?;
 
     let mut runner = Runner {
         cfg,
@@ -226,6 +227,8 @@ async fn run(
         server_version: version,
         settings,
         cancel: client.cancel_token(),
+        guard,
+        guard_idle: guard_idle(cfg, statements.len()),
         stats,
         db_check: DbCheckRun::new(cfg),
         waits: Waits::new(),
@@ -254,7 +257,7 @@ async fn run(
     // held for the setup below and then only for each attempt, never while waiting for tables or
     // the database check, so a contract waiting for an old transaction does not hold up other
     // migrations on the same database.
-    runner.lock_database(&client).await?;
+    runner.lock_database().await?;
     if cfg.require_expand {
         // Before creating anything: this may not be our database at all.
         require_expand(&client, id).await?;
@@ -304,7 +307,7 @@ async fn run(
                     .map_err(|e| ApplyError::db(&e, None))?;
             }
             tracing::info!("phase already applied with the same checksum; nothing to do");
-            runner.unlock_database(&client).await;
+            runner.unlock_database().await;
             return Ok(Outcome::AlreadyApplied);
         }
         done = usize::try_from(entry.statements_done)
@@ -317,7 +320,7 @@ async fn run(
         );
     }
 
-    runner.unlock_database(&client).await;
+    runner.unlock_database().await;
 
     let steps = steps(&statements, done, version);
     let n_steps = steps.len();
@@ -337,12 +340,23 @@ async fn run(
     Ok(Outcome::Applied)
 }
 
+/// How long the advisory lock's transaction may sit idle while the statements of a step run:
+/// each statement's `statement_timeout`, plus one more and the attempt's `lock_timeout` bound
+/// (zero, no bound, when statements have no timeout). A frozen executor gives the lock up then.
+fn guard_idle(cfg: &Config, statements: usize) -> Duration {
+    if cfg.statement_timeout.is_zero() {
+        return Duration::ZERO;
+    }
+    session::transaction_timeout(cfg.statement_timeout, statements)
+        + session::idle_in_transaction_timeout(cfg.lock_timeout)
+}
+
 /// PHASEGATE_REQUIRE_EXPAND: this database's ledger must hold the applied expand of the same
 /// migration (namespace, name, uid). Reads only; creates nothing.
 async fn require_expand(client: &Client, id: &Identity) -> Result<(), ApplyError> {
     let db = |e: tokio_postgres::Error| ApplyError::db(&e, None);
     let has_ledger: bool = client
-        .query_one("SELECT to_regclass('phasegate.ledger') IS NOT NULL", &[])
+        .query_typed_one("SELECT to_regclass('phasegate.ledger') IS NOT NULL", &[])
         .await
         .map_err(db)?
         .get(0);

@@ -11,6 +11,7 @@
 //!   (the run was interrupted between the statement's two transactions) is finished with
 //!   `DETACH PARTITION p FINALIZE` (the statement itself would fail: "already pending detach").
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::error::ApplyError;
@@ -71,9 +72,9 @@ pub(super) async fn prepare(
         let mut any = false;
         for t in &s.tables {
             let row = client
-                .query_one(
+                .query_typed_one(
                     "SELECT to_regclass($1) IS NOT NULL",
-                    &[&qualified(&t.schema, &t.name)],
+                    &[(&qualified(&t.schema, &t.name), Type::TEXT)],
                 )
                 .await
                 .map_err(db)?;
@@ -91,11 +92,11 @@ pub(super) async fn prepare(
             qualified(&d.partition.schema, &d.partition.name),
         );
         let row = client
-            .query_one(
+            .query_typed_one(
                 "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL,
                         (SELECT inhdetachpending FROM pg_inherits
                           WHERE inhparent = to_regclass($1) AND inhrelid = to_regclass($2))",
-                &[&parent, &partition],
+                &[(&parent, Type::TEXT), (&partition, Type::TEXT)],
             )
             .await
             .map_err(db)?;
@@ -176,14 +177,14 @@ async fn index_state(
 ) -> Result<Option<(bool, String)>, tokio_postgres::Error> {
     let table = qualified(&ci.table.schema, &ci.table.name);
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "SELECT i.indisvalid AND i.indisready, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
                FROM pg_class c
                JOIN pg_index i ON i.indexrelid = c.oid
                JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relname = $1
                 AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass($2))",
-            &[&ci.index, &table],
+            &[(&ci.index, Type::TEXT), (&table, Type::TEXT)],
         )
         .await?;
     Ok(row.map(|r| (r.get(0), r.get(1))))

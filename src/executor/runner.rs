@@ -14,7 +14,7 @@ use super::dbcheck_run::DbCheckRun;
 use super::error::{or_stop, ApplyError};
 use super::grant::Grant;
 use super::rerun::{self, Rerun};
-use super::session::{pg_ms, transaction_timeout};
+use super::session::{local_settings, pg_ms, transaction_timeout};
 use super::stats::Stats;
 use super::stop::Stop;
 use super::waits::Waits;
@@ -31,6 +31,11 @@ pub(super) struct Runner<'a> {
     pub(super) settings: ConnSettings,
     /// Cancels the statement running on our connection (a stop while it waits for a lock).
     pub(super) cancel: CancelToken,
+    /// A second connection that holds the advisory lock in a transaction of its own.
+    pub(super) guard: Client,
+    /// How long the guard's transaction may sit idle (zero: no bound): while the statements
+    /// of one step run on the first connection.
+    pub(super) guard_idle: Duration,
     pub(super) stats: &'a mut Stats,
     pub(super) db_check: DbCheckRun,
     pub(super) waits: Waits,
@@ -62,29 +67,30 @@ impl Runner<'_> {
     /// Takes the per-database advisory lock, waiting while another migration holds it (it is
     /// applying: holders never wait for tables with it), within PHASEGATE_ADVISORY_LOCK_TIMEOUT
     /// over the whole run. Returns the time waited.
-    pub(super) async fn lock_database(&mut self, client: &Client) -> Result<Duration, ApplyError> {
+    pub(super) async fn lock_database(&mut self) -> Result<Duration, ApplyError> {
         let budget = self
             .cfg
             .advisory_lock_timeout
             .saturating_sub(self.advisory_waited);
-        let waits = &mut self.waits;
+        let (waits, guard, idle) = (&mut self.waits, &self.guard, self.guard_idle);
         let waited = or_stop(&self.cfg.stop, async {
-            Ok(locks::advisory_lock(client, budget, waits).await?)
+            Ok(locks::advisory_lock(guard, budget, idle, waits).await?)
         })
-        .await?;
+        .await;
+        if waited.is_err() {
+            // A stop may have dropped the wait between BEGIN and its end.
+            locks::advisory_unlock(&self.guard).await;
+        }
+        let waited = waited?;
         self.advisory_waited += waited;
         self.stats.lock_wait += waited;
         Ok(waited)
     }
 
-    /// Releases the advisory lock (the server releases it anyway when the session ends).
-    pub(super) async fn unlock_database(&self, client: &Client) {
-        let _ = client
-            .execute(
-                "SELECT pg_advisory_unlock($1, $2)",
-                &[&locks::ADVISORY_CLASS, &locks::ADVISORY_OBJ],
-            )
-            .await;
+    /// Releases the advisory lock (the server releases it anyway when the guard's connection
+    /// ends).
+    pub(super) async fn unlock_database(&self) {
+        locks::advisory_unlock(&self.guard).await;
     }
 
     /// Right before an attempt at the statements of `range`, with the tables clear: takes the
@@ -95,9 +101,9 @@ impl Runner<'_> {
         client: &Client,
         range: &Range<usize>,
     ) -> Result<Entered, ApplyError> {
-        let waited = self.lock_database(client).await?;
+        let waited = self.lock_database().await?;
         if !waited.is_zero() && !self.cfg.lock_wait_timeout.is_zero() {
-            self.unlock_database(client).await;
+            self.unlock_database().await;
             return Ok(Entered::LookAgain);
         }
         let entry = ledger::get(client, &self.cfg.identity, self.cfg.phase.as_str())
@@ -112,7 +118,7 @@ impl Runner<'_> {
                 statements = range.end,
                 "another run applied these statements meanwhile; skipping them"
             );
-            self.unlock_database(client).await;
+            self.unlock_database().await;
             self.skipped += 1;
             return Ok(Entered::Done);
         }
@@ -150,6 +156,33 @@ impl Runner<'_> {
             Ok(Ok(())) => Ok(Ok(())),
             _ => Err(signal.into()),
         }
+    }
+
+    /// [`Self::stoppable`], and the statement is cancelled once it has run for `timeout` (zero:
+    /// never); says whether that happened.
+    async fn stoppable_within(
+        &self,
+        statement: impl Future<Output = Result<(), tokio_postgres::Error>>,
+        timeout: Duration,
+    ) -> Result<(Result<(), tokio_postgres::Error>, bool), ApplyError> {
+        let timed_out = std::sync::atomic::AtomicBool::new(false);
+        let timed = async {
+            tokio::pin!(statement);
+            if timeout.is_zero() {
+                return statement.await;
+            }
+            tokio::select! {
+                r = &mut statement => return r,
+                _ = tokio::time::sleep(timeout) => {}
+            }
+            timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Err(e) = connect::cancel(&self.settings, &self.cancel).await {
+                tracing::warn!(error = %e, "could not cancel the statement after statement_timeout");
+            }
+            statement.await
+        };
+        let r = self.stoppable(timed).await?;
+        Ok((r, timed_out.load(std::sync::atomic::Ordering::Relaxed)))
     }
 
     /// Waits outside the lock queue; fails clearly if the budget runs out.
@@ -265,7 +298,7 @@ impl Runner<'_> {
             };
             let delay = match attempt {
                 Attempt::Done => {
-                    self.unlock_database(client).await;
+                    self.unlock_database().await;
                     return Ok(());
                 }
                 Attempt::LockFailure {
@@ -301,7 +334,7 @@ impl Runner<'_> {
                 // The next round waits for a grant outside the locks.
                 Attempt::NoGrant => Duration::ZERO,
             };
-            self.unlock_database(client).await;
+            self.unlock_database().await;
             pause(&cfg.stop, delay).await?;
         }
     }
@@ -322,11 +355,7 @@ impl Runner<'_> {
             .transaction()
             .await
             .map_err(|e| ApplyError::db(&e, None))?;
-        let mut set = format!(
-            "SET LOCAL lock_timeout = '{}'; SET LOCAL statement_timeout = '{}'",
-            pg_ms(cfg.lock_timeout),
-            pg_ms(cfg.statement_timeout)
-        );
+        let mut set = local_settings(cfg.lock_timeout, cfg.statement_timeout, self.server_version);
         if self.server_version >= 170_000 && !cfg.statement_timeout.is_zero() {
             // Bounds the whole transaction too, whatever state the session is in.
             set.push_str(&format!(
@@ -475,22 +504,25 @@ impl Runner<'_> {
         };
         if let Some((sql, lock_timeout)) = run {
             self.stats.attempts += 1;
-            client
-                .batch_execute(&format!(
-                    "SET lock_timeout = '{}'; SET statement_timeout = '{}'",
-                    pg_ms(lock_timeout),
-                    pg_ms(cfg.statement_timeout)
-                ))
-                .await
-                .map_err(|e| ApplyError::db(&e, None))?;
-            // A stop cancels the statement; if it finished anyway, it is applied (it commits by
-            // itself) and is recorded below before the run stops at the next step.
-            let result = self.stoppable(client.batch_execute(sql)).await?;
-            let _ = client
-                .batch_execute("RESET lock_timeout; RESET statement_timeout")
-                .await;
+            // No SET here: outside a transaction block a session setting would stay on a pooled
+            // server connection. statement_timeout is kept by cancelling from here instead.
+            // A stop cancels the statement too; if it finished anyway, it is applied (it commits
+            // by itself) and is recorded below before the run stops at the next step.
+            let (result, timed_out) = self
+                .stoppable_within(client.batch_execute(sql), cfg.statement_timeout)
+                .await?;
             if let Err(e) = result {
                 rerun::clean_up_after_failure(client, s).await;
+                if timed_out {
+                    return Err(ApplyError::Db {
+                        sqlstate: Some("57014".into()),
+                        message: format!(
+                            "statement {n} ran longer than statement_timeout {} and was cancelled",
+                            humantime::format_duration(cfg.statement_timeout)
+                        ),
+                        statement: Some(n),
+                    });
+                }
                 return lock_failure(&e, n, lock_timeout)
                     .ok_or_else(|| ApplyError::db(&e, Some(n)));
             }

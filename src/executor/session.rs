@@ -33,8 +33,10 @@ pub(super) fn pg_ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
-/// Connects (a stop ends the wait) and sets up the session; returns the client, the settings
-/// (for cancel requests) and `server_version_num`.
+/// Connects (a stop ends the wait); returns the client, the settings (for cancel requests)
+/// and `server_version_num`. Sets nothing on the session: behind a transaction pooler a
+/// session setting would stay on a pooled server connection for whichever client gets it next,
+/// so the executor's settings go into each transaction instead ([`local_settings`]).
 pub(super) async fn open(
     cfg: &Config,
     scrub: &Scrubber,
@@ -47,37 +49,62 @@ pub(super) async fn open(
         .keepalives_idle(KEEPALIVE_IDLE)
         .keepalives_interval(KEEPALIVE_INTERVAL)
         .keepalives_retries(KEEPALIVE_COUNT);
-    let client = or_stop(&cfg.stop, async {
-        Ok(connect::connect(&settings, cfg.connect_timeout, scrub).await?)
-    })
-    .await?;
+    let client = connect_stoppable(cfg, &settings, scrub).await?;
     let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .query_typed_one("SELECT current_setting('server_version_num')::int", &[])
         .await
         .map_err(|e| ApplyError::db(&e, None))?
         .get(0);
-    if version >= 140_000 {
-        // If this process is killed mid-statement, the server notices the dead client within a
-        // second and rolls back, instead of holding its locks until the statement ends.
-        let _ = client
-            .batch_execute("SET client_connection_check_interval = '1s'")
-            .await;
-    }
-    // A frozen or partitioned executor must not hold its locks for hours: the server ends our
-    // session once it sits idle inside a transaction (we never wait there: a pause means we are
-    // stuck) and probes the connection with TCP keepalives (a dead node or network).
-    client
-        .batch_execute(&format!(
-            "SET idle_in_transaction_session_timeout = '{}'; SET tcp_keepalives_idle = {}; \
-             SET tcp_keepalives_interval = {}; SET tcp_keepalives_count = {}",
-            pg_ms(idle_in_transaction_timeout(cfg.lock_timeout)),
-            KEEPALIVE_IDLE.as_secs(),
-            KEEPALIVE_INTERVAL.as_secs(),
-            KEEPALIVE_COUNT
-        ))
-        .await
-        .map_err(|e| ApplyError::db(&e, None))?;
     Ok((client, settings, version))
+}
+
+/// A second connection, which holds the advisory lock in a transaction of its own while the
+/// first applies statements (see [`super::locks::advisory_lock`]).
+pub(super) async fn open_guard(
+    cfg: &Config,
+    settings: &ConnSettings,
+    scrub: &Scrubber,
+) -> Result<Client, ApplyError> {
+    connect_stoppable(cfg, settings, scrub).await
+}
+
+async fn connect_stoppable(
+    cfg: &Config,
+    settings: &ConnSettings,
+    scrub: &Scrubber,
+) -> Result<Client, ApplyError> {
+    or_stop(&cfg.stop, async {
+        Ok(connect::connect(settings, cfg.connect_timeout, scrub).await?)
+    })
+    .await
+}
+
+/// `SET LOCAL`s every transaction of the executor starts with: the statement's timeouts, and
+/// what bounds a frozen or vanished executor. The server ends the session once it sits idle
+/// inside a transaction (the executor never waits there: a pause means it is stuck), probes the
+/// connection with TCP keepalives, and (PostgreSQL 14 on) notices a dead client mid-statement
+/// within a second and rolls back instead of holding the locks until the statement ends.
+pub(super) fn local_settings(
+    lock_timeout: Duration,
+    statement_timeout: Duration,
+    server_version: i32,
+) -> String {
+    let mut set = format!(
+        "SET LOCAL lock_timeout = '{}'; SET LOCAL statement_timeout = '{}'; \
+         SET LOCAL idle_in_transaction_session_timeout = '{}'; \
+         SET LOCAL tcp_keepalives_idle = {}; SET LOCAL tcp_keepalives_interval = {}; \
+         SET LOCAL tcp_keepalives_count = {}",
+        pg_ms(lock_timeout),
+        pg_ms(statement_timeout),
+        pg_ms(idle_in_transaction_timeout(lock_timeout)),
+        KEEPALIVE_IDLE.as_secs(),
+        KEEPALIVE_INTERVAL.as_secs(),
+        KEEPALIVE_COUNT
+    );
+    if server_version >= 140_000 {
+        set.push_str("; SET LOCAL client_connection_check_interval = '1s'");
+    }
+    set
 }
 
 #[cfg(test)]

@@ -294,7 +294,7 @@ fn command_as(user: Option<&str>, program: &Path) -> Command {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     l.local_addr()
         .map(|a| a.port())
@@ -309,7 +309,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn run_as_user() -> Option<String> {
+pub fn run_as_user() -> Option<String> {
     if !is_root() {
         return None;
     }

@@ -1,0 +1,206 @@
+//! A throwaway PgBouncer in front of a [`TestPostgres`]: its ini and userlist (the test role,
+//! SCRAM to clients and to the server) in a temporary directory, listening on a free port on
+//! 127.0.0.1, in session or transaction pooling; stopped on drop.
+//!
+//! Binary: `PHASEGATE_PGBOUNCER`, else `pgbouncer` on PATH, else `/usr/sbin/pgbouncer` (Debian's
+//! `pgbouncer` package, which hack/install-deps.sh installs). PgBouncer refuses to run as root:
+//! then it switches to the user the PostgreSQL support runs the server as (`-u`).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::postgres::{TestPostgres, PASSWORD, USER};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+impl PoolMode {
+    fn as_ini(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+}
+
+pub struct TestPgBouncer {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+impl TestPgBouncer {
+    /// Starts PgBouncer in front of `pg`, with a server pool of `pool_size` connections per
+    /// database and user (small, so that clients share server connections); panics with its log
+    /// if that fails.
+    pub fn start(pg: &TestPostgres, mode: PoolMode, pool_size: u32) -> TestPgBouncer {
+        match TestPgBouncer::try_start(pg, mode, pool_size) {
+            Ok(b) => b,
+            Err(e) => panic!("cannot start a test PgBouncer: {e}"),
+        }
+    }
+
+    pub fn try_start(
+        pg: &TestPostgres,
+        mode: PoolMode,
+        pool_size: u32,
+    ) -> Result<TestPgBouncer, String> {
+        let bin = binary()?;
+        let run_as = super::postgres::run_as_user();
+        let dir = tempfile::Builder::new()
+            .prefix("phasegate-pgbouncer-")
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let mut last_err = String::new();
+        // A free port can be taken by someone else before PgBouncer binds it: retry.
+        for _ in 0..5 {
+            let port = super::postgres::free_port()?;
+            write_config(&dir, pg.port(), port, mode, pool_size)?;
+            if let Some(user) = &run_as {
+                let out = Command::new("chown")
+                    .arg("-R")
+                    .arg(format!("{user}:"))
+                    .arg(dir.path())
+                    .output()
+                    .map_err(|e| format!("chown: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!("chown: {}", String::from_utf8_lossy(&out.stderr)));
+                }
+            }
+            let mut cmd = Command::new(&bin);
+            if let Some(user) = &run_as {
+                cmd.arg("-u").arg(user);
+            }
+            cmd.arg(dir.path().join("pgbouncer.ini"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut child = cmd.spawn().map_err(|e| format!("{bin:?}: {e}"))?;
+            match wait_listening(port, &mut child) {
+                Ok(()) => return Ok(TestPgBouncer { dir, port, child }),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(dir.path().join("pgbouncer.log"))
+                        .unwrap_or_default();
+                    last_err = format!("{e}\n--- pgbouncer log ---\n{log}");
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `postgres://USER:PASSWORD@127.0.0.1:PORT/postgres`, through the pooler.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
+    }
+
+    /// A client through the pooler (the connection task runs on the current runtime).
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect through PgBouncer: {e}"));
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+}
+
+impl Drop for TestPgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(
+    dir: &tempfile::TempDir,
+    server_port: u16,
+    port: u16,
+    mode: PoolMode,
+    pool_size: u32,
+) -> Result<(), String> {
+    let d = dir.path();
+    let ini = format!(
+        "[databases]\n\
+         * = host=127.0.0.1 port={server_port}\n\
+         [pgbouncer]\n\
+         listen_addr = 127.0.0.1\n\
+         listen_port = {port}\n\
+         unix_socket_dir =\n\
+         auth_type = scram-sha-256\n\
+         auth_file = {userlist}\n\
+         admin_users = {USER}\n\
+         pool_mode = {mode}\n\
+         default_pool_size = {pool_size}\n\
+         max_client_conn = 200\n\
+         server_lifetime = 3600\n\
+         ignore_startup_parameters = extra_float_digits\n\
+         logfile = {log}\n\
+         pidfile = {pid}\n",
+        userlist = d.join("userlist.txt").display(),
+        mode = mode.as_ini(),
+        log = d.join("pgbouncer.log").display(),
+        pid = d.join("pgbouncer.pid").display(),
+    );
+    std::fs::write(d.join("pgbouncer.ini"), ini).map_err(|e| format!("write ini: {e}"))?;
+    // A plain-text password lets PgBouncer answer SCRAM on both sides.
+    std::fs::write(
+        d.join("userlist.txt"),
+        format!("\"{USER}\" \"{PASSWORD}\"\n"),
+    )
+    .map_err(|e| format!("write userlist: {e}"))
+}
+
+fn wait_listening(port: u16, child: &mut Child) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("pgbouncer exited: {status}"));
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "pgbouncer did not listen on port {port} within 20 s"
+    ))
+}
+
+fn binary() -> Result<PathBuf, String> {
+    if let Ok(b) = std::env::var("PHASEGATE_PGBOUNCER") {
+        if !b.is_empty() {
+            return Ok(PathBuf::from(b));
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("pgbouncer").exists() {
+                return Ok(dir.join("pgbouncer"));
+            }
+        }
+    }
+    let debian = PathBuf::from("/usr/sbin/pgbouncer");
+    if debian.exists() {
+        return Ok(debian);
+    }
+    Err("no pgbouncer binary: run hack/install-deps.sh (Debian package pgbouncer) or set PHASEGATE_PGBOUNCER".into())
+}
