@@ -315,7 +315,12 @@ pub async fn blockers(
     let names: Vec<String> = targets.keys().map(|t| t.name.clone()).collect();
     let modes: Vec<LockMode> = targets.values().copied().collect();
     // Resolve names the way the statements will (search_path), then look at relation locks of
-    // other backends; prepared transactions have no pid and count as infinitely old.
+    // other backends; prepared transactions have no pid and count as infinitely old, and so do
+    // sessions whose start time is hidden (no pg_read_all_stats: their state reads NULL too).
+    // pg_locks and pg_stat_activity are not one snapshot: a visible session whose transaction
+    // ended (or just began) between the two reads shows a lock and no xact_start. It is young,
+    // not infinitely old — read as old it was marked a "long" session and waited for forever,
+    // so a stream of short transactions starved the executor now and then.
     let rows = client
         .query_typed(
             "WITH t AS (
@@ -324,7 +329,9 @@ pub async fn blockers(
                         CASE WHEN s = '' THEN n ELSE s || '.' || n END AS label
                    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, n, ord))
              SELECT t.ord::int, t.label, l.pid, l.mode, l.granted,
-                    coalesce(extract(epoch FROM clock_timestamp() - a.xact_start) * 1000, 1e9)::float8,
+                    CASE WHEN a.xact_start IS NULL AND a.state IS NOT NULL THEN 0
+                         ELSE coalesce(extract(epoch FROM clock_timestamp() - a.xact_start) * 1000, 1e9)
+                    END::float8,
                     coalesce(a.state, ''), coalesce(a.application_name, ''),
                     a.backend_type,
                     CASE WHEN a.backend_type = 'autovacuum worker' THEN a.query END
