@@ -1022,12 +1022,8 @@ async fn a_stream_of_short_transactions_does_not_starve_the_executor() {
     cfg.lock_wait_attempt_after = Duration::ZERO;
     let starved = executor::execute(&cfg).await;
 
-    // Attempting anyway after 1 s (at least lock_timeout). Under load (this suite starts its
-    // servers in parallel on 2 cores) a stalled session can look older than a 1 s lock_timeout
-    // once, and is then waited for as a long one: 2 s, with a budget to match.
+    // Attempting anyway after 1 s (at least lock_timeout).
     cfg.identity.name = "not-starved".into();
-    cfg.lock_timeout = Duration::from_secs(2);
-    cfg.lock_wait_timeout = Duration::from_secs(8);
     cfg.lock_wait_attempt_after = Duration::from_secs(1);
     let t = Instant::now();
     let r = executor::execute(&cfg).await;
@@ -1039,7 +1035,7 @@ async fn a_stream_of_short_transactions_does_not_starve_the_executor() {
     assert_outcome(&starved, Outcome::Failed);
     assert_eq!(starved.attempts, 0, "{}", starved.to_json_line());
     assert_outcome(&r, Outcome::Applied);
-    assert!(r.lock_wait_ms >= 1900, "{}", r.to_json_line());
+    assert!(r.lock_wait_ms >= 900, "{}", r.to_json_line());
     eprintln!(
         "applied under a stream of short transactions in {:.2} s; {}",
         took.as_secs_f64(),
