@@ -48,6 +48,7 @@ fn status() -> DatabaseMigrationStatus {
     serde_json::from_value(serde_json::json!({
         "rolloutCompletedAt": "2026-12-01T00:00:00Z",
         "previousVersions": ["1.0.0"],
+        "expandAfter": ["add-email", "rename-x"],
         "targets": [{"kind": "Deployment", "name": "shop-api", "complete": true, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1, "oldPods": 0}]
     }))
     .expect("status")
@@ -111,6 +112,17 @@ fn what_the_operator_writes_the_executor_parses_back() {
             .all(|n| ExecutorEnv::<Secret>::names().contains(n)));
         let url = Some(Secret(URL.into()));
         assert_eq!(parsed(&env), written.with_url(url), "{phase}");
+    }
+}
+
+#[test]
+fn an_expand_executor_waits_for_the_earlier_migrations_status_names() {
+    let m = migration(false, false);
+    let cfg = phasegate::executor::config_from_env(parsed(&job_env(&m, JobPhase::Expand)))
+        .expect("config");
+    assert_eq!(cfg.expand_after, vec!["add-email", "rename-x"]);
+    for phase in [JobPhase::Contract, JobPhase::Backfill] {
+        assert_eq!(built(&m, phase).expand_after, None, "{phase}");
     }
 }
 

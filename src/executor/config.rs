@@ -67,6 +67,10 @@ pub struct ApplyArgs {
     /// compares sessions' versions with it.
     #[arg(long)]
     pub app_version: Option<String>,
+    /// Expand only: wait until the ledger records as applied the expand of each of these
+    /// migrations (comma-separated names, in the same namespace) before running this one.
+    #[arg(long, value_name = "NAME,...")]
+    pub expand_after: Option<String>,
     /// `lock_timeout` of each attempt [default: 2s].
     #[arg(long, value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
@@ -188,6 +192,7 @@ pub(super) struct Settings {
     pub migration_name: String,
     pub migration_uid: String,
     pub app_version: String,
+    pub expand_after: Vec<String>,
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
     pub max_lock_retries: u32,
@@ -278,6 +283,10 @@ impl ApplyArgs {
             migration_name: setting(self.migration_name, env.migration_name, || "local".into()),
             migration_uid: setting(self.migration_uid, env.migration_uid, String::new),
             app_version: setting(self.app_version, env.app_version, String::new),
+            expand_after: match self.expand_after {
+                Some(text) => <Vec<String> as penv::EnvText>::from_text(&text)?,
+                None => env.expand_after.unwrap_or_default(),
+            },
             lock_timeout: duration(
                 self.lock_timeout,
                 &env.lock_timeout,
@@ -335,6 +344,8 @@ pub struct Config {
     pub phase: Phase,
     pub sql: String,
     pub identity: Identity,
+    /// Expand only: earlier migrations whose expand the ledger must record first.
+    pub expand_after: Vec<String>,
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
     pub max_lock_retries: u32,
@@ -377,6 +388,7 @@ impl Config {
                 uid: String::new(),
                 app_version: String::new(),
             },
+            expand_after: Vec::new(),
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(600),
             max_lock_retries: 10,
@@ -498,6 +510,11 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
             name: args.migration_name,
             uid: args.migration_uid,
             app_version: args.app_version,
+        },
+        expand_after: if contract {
+            Vec::new()
+        } else {
+            args.expand_after
         },
         lock_timeout: args.lock_timeout,
         statement_timeout: args.statement_timeout,

@@ -23,6 +23,7 @@ mod error;
 pub mod grant;
 pub mod ledger;
 pub mod locks;
+mod order;
 mod rerun;
 mod runner;
 mod session;
@@ -219,6 +220,21 @@ async fn run(
     tracing::info!(phase, namespace = %id.namespace, name = %id.name, statements = statements.len(), checksum = &sum[..12], "applying phase");
 
     let (mut client, settings, version) = session::open(cfg, scrub).await?;
+    let mut waits = Waits::new();
+    let waited = order::wait_for_earlier(
+        &client,
+        &id.namespace,
+        &cfg.expand_after,
+        &cfg.stop,
+        &mut waits,
+    )
+    .await?;
+    if !waited.is_zero() {
+        tracing::info!(
+            waited_ms = waited.as_millis() as u64,
+            "earlier migrations on this database applied their expand"
+        );
+    }
     let guard = session::open_guard(cfg, &settings, scrub).await?;
 
     let mut runner = Runner {
@@ -231,7 +247,7 @@ async fn run(
         guard_idle: guard_idle(cfg, statements.len()),
         stats,
         db_check: DbCheckRun::new(cfg),
-        waits: Waits::new(),
+        waits,
         advisory_waited: Duration::ZERO,
         // Asked from now on, while the run waits, so that a grant is usually held by the time
         // the tables are clear.

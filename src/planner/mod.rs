@@ -159,6 +159,12 @@ pub struct Input<'a> {
     /// migrations on the same database created earlier whose expand has not run), e.g.
     /// `add-email (dependsOn; Expanding)`.
     pub waits_for: Vec<String>,
+    /// Earlier migrations of the same database whose expand a new expand attempt's executor
+    /// waits for in the ledger (see [`order`]).
+    pub expand_after: Vec<String>,
+    /// While expand runs: one of `status.expandAfter` left the line (failed, deleted), so its
+    /// executor would wait for it forever; which.
+    pub expand_after_left: Option<String>,
     /// Every target workload's kept revisions (ReplicaSets, ControllerRevisions), when the
     /// controller read them (see [`regression`]); `None` on most reconciles.
     pub history: Option<Vec<regression::TargetHistory>>,
@@ -553,7 +559,23 @@ impl<'a> Planner<'a> {
         match &self.input.expand_job {
             JobState::Succeeded(report) => {
                 self.job_succeeded(JobPhase::Expand, attempt, report.clone());
+                self.status.expand_after.clear();
                 true
+            }
+            JobState::Running(_) if self.input.expand_after_left.is_some() => {
+                // Its executor waits in the ledger for a migration that will not expand: a
+                // new attempt gets the line as it is now (waiting, the executor did nothing).
+                let why = self.input.expand_after_left.clone().unwrap_or_default();
+                self.action = Action::StopJob {
+                    phase: JobPhase::Expand,
+                    attempt,
+                };
+                self.set(
+                    Phase::Expanding,
+                    reason::WAITING_FOR_MIGRATION,
+                    format!("restarting expand attempt {attempt}: its executor waits for {why}"),
+                );
+                false
             }
             JobState::Running(holdup) => {
                 self.job_running(JobPhase::Expand, attempt, holdup.as_ref());
@@ -742,6 +764,11 @@ impl<'a> Planner<'a> {
         // Filled in from the API server's answer once the Job is created.
         rec.job_uid = None;
         rec.reason = None;
+        if phase == JobPhase::Expand {
+            self.status
+                .expand_after
+                .clone_from(&self.input.expand_after);
+        }
         self.action = Action::StartJob { phase, attempt };
         let (running, why) = phase.running();
         let mut message = format!(

@@ -174,6 +174,8 @@ impl Fx {
             targets: self.targets.clone(),
             job_policy: &POLICY,
             waits_for: Vec::new(),
+            expand_after: Vec::new(),
+            expand_after_left: None,
             history: self.history.clone(),
             unconfirmed_stop: None,
         }
@@ -2202,6 +2204,8 @@ impl Sim {
             targets,
             job_policy: &POLICY,
             waits_for: Vec::new(),
+            expand_after: Vec::new(),
+            expand_after_left: None,
             unconfirmed_stop: None,
             // The endpoint reads the rollout history with every grant.
             history: Some(self.history()),
@@ -2270,6 +2274,8 @@ impl Sim {
             targets,
             job_policy: &POLICY,
             waits_for: Vec::new(),
+            expand_after: Vec::new(),
+            expand_after_left: None,
             unconfirmed_stop: unconfirmed,
             history: None,
         };
@@ -3609,6 +3615,53 @@ fn expand_waits_for_the_migrations_before_it() {
     let mut input = fx.input();
     input.waits_for = vec!["x".into()];
     assert_eq!(phase(&plan(&input)), Phase::Expanding);
+}
+
+#[test]
+fn expand_records_the_earlier_migrations_its_executor_waits_for_and_restarts_when_one_leaves() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    let mut input = fx.input();
+    input.expand_after = vec!["a".into(), "b".into()];
+    let p = plan(&input);
+    assert_eq!(p.action, start(JobPhase::Expand, 1));
+    assert_eq!(
+        p.status.expand_after,
+        vec!["a".to_string(), "b".to_string()]
+    );
+    fx.status = p.status;
+    fx.expand_job = JobState::Running(None);
+    assert_eq!(phase(&fx.step()), Phase::Expanding);
+    // "a" failed: the executor would wait for it forever.
+    let mut input = fx.input();
+    input.expand_after = vec!["b".into()];
+    input.expand_after_left = Some("a left the line (Failed)".into());
+    let p = plan(&input);
+    assert_eq!(
+        p.action,
+        Action::StopJob {
+            phase: JobPhase::Expand,
+            attempt: 1
+        }
+    );
+    assert!(
+        cond(&p.status, RECONCILING)
+            .message
+            .contains("a left the line"),
+        "{:?}",
+        cond(&p.status, RECONCILING)
+    );
+    fx.status = p.status;
+    // Its Job gone, the next attempt gets the line as it is now.
+    fx.expand_job = JobState::Absent;
+    let mut input = fx.input();
+    input.expand_after = vec!["b".into()];
+    let p = plan(&input);
+    assert_eq!(p.action, start(JobPhase::Expand, 2));
+    assert_eq!(p.status.expand_after, vec!["b".to_string()]);
+    fx.status = p.status;
+    fx.expand_job = JobState::Succeeded(None);
+    let p = fx.step();
+    assert!(p.status.expand_after.is_empty(), "forgotten once applied");
 }
 
 #[test]

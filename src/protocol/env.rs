@@ -22,6 +22,7 @@ pub const CONNECT_TIMEOUT: &str = "PHASEGATE_CONNECT_TIMEOUT";
 pub const DATABASE_CHECK: &str = "PHASEGATE_DATABASE_CHECK";
 pub const DATABASE_CHECK_TIMEOUT: &str = "PHASEGATE_DATABASE_CHECK_TIMEOUT";
 pub const DATABASE_URL: &str = "PHASEGATE_DATABASE_URL";
+pub const EXPAND_AFTER: &str = "PHASEGATE_EXPAND_AFTER";
 pub const FAILPOINT: &str = "PHASEGATE_FAILPOINT";
 pub const LOCK_TIMEOUT: &str = "PHASEGATE_LOCK_TIMEOUT";
 pub const LOCK_WAIT_ATTEMPT_AFTER: &str = "PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER";
@@ -281,6 +282,9 @@ executor_env! {
     backfill_pause: String = BACKFILL_PAUSE,
     backfill_lock_timeout: String = BACKFILL_LOCK_TIMEOUT,
     backfill_max_replication_lag: String = BACKFILL_MAX_REPLICATION_LAG,
+    /// Expand only: earlier migrations of this namespace and database whose expand the ledger
+    /// must record as applied before this one runs.
+    expand_after: Vec<String> = EXPAND_AFTER,
     /// The phase's SQL, for Phasegate's own executor (inline `sql`).
     sql: String = SQL,
     /// Contract of inline `sql`: the operator's commit-grant endpoint.

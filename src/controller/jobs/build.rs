@@ -176,7 +176,10 @@ pub fn executor_env(
             env = env.without_apply_only();
             backfill_env(&mut env, spec, status);
         }
-        _ => {}
+        JobPhase::Expand => {
+            env.expand_after =
+                (!status.expand_after.is_empty()).then(|| status.expand_after.clone());
+        }
     }
     env
 }
