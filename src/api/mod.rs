@@ -5,10 +5,12 @@
 mod backfill;
 mod spec;
 mod status;
+mod tenants;
 
 pub use backfill::*;
 pub use spec::*;
 pub use status::*;
+pub use tenants::*;
 
 /// API group of every Phasegate resource.
 pub const GROUP: &str = "phasegate.dev";

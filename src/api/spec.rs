@@ -11,6 +11,7 @@ use super::DatabaseMigrationStatus;
 /// target workload runs `appVersion` or newer, then contract.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("has(self.backfill) == has(oldSelf.backfill)").message("backfill cannot be added or removed after creation; create a new DatabaseMigration"))]
+#[x_kube(validation = Rule::new("has(self.tenants) == has(oldSelf.tenants)").message("tenants cannot be added or removed after creation; create a new DatabaseMigration"))]
 #[kube(
     group = "phasegate.dev",
     version = "v1alpha1",
@@ -70,6 +71,12 @@ pub struct DatabaseMigrationSpec {
     /// after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<super::BackfillSpec>,
+
+    /// Run every phase on each tenant of the server — its schemas or its databases that
+    /// match a pattern — with canaries first, a concurrency limit and a failure budget (see
+    /// docs/fleet.md). Cannot be added or removed after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<super::TenantsSpec>,
 }
 
 /// Where the database is.

@@ -182,6 +182,9 @@ pub struct PhaseStatus {
     /// Why the latest attempt failed: `ExpandFailed`, `ContractFailed` or `JobRejected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// With `spec.tenants`: what the latest attempt did across the tenants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<super::TenantsStatus>,
 }
 
 /// Rollout progress of one workload.

@@ -475,6 +475,7 @@ pub async fn execute(cfg: &BackfillConfig) -> Report {
         gate_to_commit_us: None,
         stopped_by: cfg.stop.requested().map(|s| s.name().to_string()),
         recovered: Vec::new(),
+        tenants: None,
         error,
     }
 }

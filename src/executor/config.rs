@@ -71,6 +71,13 @@ pub struct ApplyArgs {
     /// migrations (comma-separated names, in the same namespace) before running this one.
     #[arg(long, value_name = "NAME,...")]
     pub expand_after: Option<String>,
+    /// Run the phase on every tenant this selects, as JSON of the DatabaseMigration's
+    /// `spec.tenants`, e.g. `{"schemas":"tenant\\_%","maxConcurrent":4}` (docs/fleet.md).
+    #[arg(long, value_name = "JSON")]
+    pub tenants: Option<String>,
+    /// Contract with --tenants: expand's SQL, run first on a tenant whose expand is not applied.
+    #[arg(long, value_name = "SQL")]
+    pub tenant_expand_sql: Option<String>,
     /// `lock_timeout` of each attempt [default: 2s].
     #[arg(long, value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
@@ -193,6 +200,8 @@ pub(super) struct Settings {
     pub migration_uid: String,
     pub app_version: String,
     pub expand_after: Vec<String>,
+    pub tenants: Option<crate::api::TenantsSpec>,
+    pub tenant_expand_sql: Option<String>,
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
     pub max_lock_retries: u32,
@@ -283,6 +292,14 @@ impl ApplyArgs {
             migration_name: setting(self.migration_name, env.migration_name, || "local".into()),
             migration_uid: setting(self.migration_uid, env.migration_uid, String::new),
             app_version: setting(self.app_version, env.app_version, String::new),
+            tenants: match self.tenants {
+                Some(text) => Some(
+                    <crate::api::TenantsSpec as penv::EnvText>::from_text(&text)
+                        .map_err(|e| format!("--tenants: {e}"))?,
+                ),
+                None => env.tenants.clone(),
+            },
+            tenant_expand_sql: self.tenant_expand_sql.or(env.tenant_expand_sql.clone()),
             expand_after: match self.expand_after {
                 Some(text) => <Vec<String> as penv::EnvText>::from_text(&text)?,
                 None => env.expand_after.unwrap_or_default(),
@@ -346,6 +363,10 @@ pub struct Config {
     pub identity: Identity,
     /// Expand only: earlier migrations whose expand the ledger must record first.
     pub expand_after: Vec<String>,
+    /// Run the phase on every tenant this selects (see [`super::fleet`]).
+    pub tenants: Option<crate::api::TenantsSpec>,
+    /// Contract with tenants: expand's SQL, for a tenant created since expand ran.
+    pub tenant_expand_sql: Option<String>,
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
     pub max_lock_retries: u32,
@@ -389,6 +410,8 @@ impl Config {
                 app_version: String::new(),
             },
             expand_after: Vec::new(),
+            tenants: None,
+            tenant_expand_sql: None,
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(600),
             max_lock_retries: 10,
@@ -511,6 +534,8 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
             uid: args.migration_uid,
             app_version: args.app_version,
         },
+        tenants: args.tenants,
+        tenant_expand_sql: args.tenant_expand_sql.filter(|_| contract),
         expand_after: if contract {
             Vec::new()
         } else {

@@ -20,6 +20,7 @@ pub mod connect;
 pub mod dbcheck;
 mod dbcheck_run;
 mod error;
+pub mod fleet;
 pub mod grant;
 pub mod ledger;
 pub mod locks;
@@ -133,8 +134,17 @@ fn write_termination_log(path: &Path, line: &str) {
 
 pub use crate::protocol::checksum::checksum;
 
-/// Runs one phase and returns its report. Never panics on database errors.
+/// Runs one phase — on every tenant with `cfg.tenants` — and returns its report. Never panics
+/// on database errors.
 pub async fn execute(cfg: &Config) -> Report {
+    match &cfg.tenants {
+        Some(spec) => fleet::execute_fleet(cfg, spec).await,
+        None => execute_one(cfg).await,
+    }
+}
+
+/// Runs one phase on one database.
+async fn execute_one(cfg: &Config) -> Report {
     let start = Instant::now();
     let mut stats = Stats::default();
     let sum = checksum(&cfg.sql);
@@ -160,6 +170,7 @@ pub async fn execute(cfg: &Config) -> Report {
                 gate_to_commit_us: stats.gate_to_commit.map(|d| d.as_micros() as u64),
                 stopped_by: None,
                 recovered: stats.recovered.iter().map(|n| scrub.scrub(n)).collect(),
+                tenants: None,
                 error: None,
             };
             tracing::info!(summary = %report.summary(), "phase done");
@@ -203,6 +214,7 @@ fn failed_report(
         gate_to_commit_us: stats.gate_to_commit.map(|d| d.as_micros() as u64),
         stopped_by: None,
         recovered: stats.recovered.iter().map(|n| scrub.scrub(n)).collect(),
+        tenants: None,
         error: Some(error),
     }
 }

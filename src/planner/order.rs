@@ -43,7 +43,8 @@ pub fn expand_order<M: std::borrow::Borrow<DatabaseMigration>>(
             after: Vec::new(),
         };
     };
-    let in_ledger = |m: &DatabaseMigration| m.spec.expand.sql.is_some();
+    // A user Job writes no ledger row; a fleet migration writes one per tenant.
+    let in_ledger = |m: &DatabaseMigration| m.spec.expand.sql.is_some() && m.spec.tenants.is_none();
     if !in_ledger(me) || !earlier.iter().all(|m| in_ledger(m)) || earlier.len() >= WINDOW {
         holds.push(format!(
             "{} (same database, created earlier; {})",

@@ -65,6 +65,7 @@ impl SpecBuilder {
             safety: SafetySpec::default(),
             depends_on: Vec::new(),
             backfill: None,
+            tenants: None,
         })
     }
     fn targets(mut self, names: &[&str]) -> Self {

@@ -37,6 +37,8 @@ pub const REQUIRE_EXPAND: &str = "PHASEGATE_REQUIRE_EXPAND";
 pub const ROLLOUT_COMPLETED_AT: &str = "PHASEGATE_ROLLOUT_COMPLETED_AT";
 pub const SQL: &str = "PHASEGATE_SQL";
 pub const STATEMENT_TIMEOUT: &str = "PHASEGATE_STATEMENT_TIMEOUT";
+pub const TENANTS: &str = "PHASEGATE_TENANTS";
+pub const TENANT_EXPAND_SQL: &str = "PHASEGATE_TENANT_EXPAND_SQL";
 pub const TERMINATION_LOG: &str = "PHASEGATE_TERMINATION_LOG";
 pub const VERSION_ORDER: &str = "PHASEGATE_VERSION_ORDER";
 pub const YOUNG_TRANSACTION: &str = "PHASEGATE_YOUNG_TRANSACTION";
@@ -153,6 +155,16 @@ impl EnvText for Vec<String> {
             .filter(|i| !i.is_empty())
             .map(str::to_string)
             .collect())
+    }
+}
+
+/// `spec.tenants` as JSON.
+impl EnvText for crate::api::TenantsSpec {
+    fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+    fn from_text(s: &str) -> Result<Self, String> {
+        serde_json::from_str(s).map_err(|e| format!("not a tenants spec: {e}"))
     }
 }
 
@@ -285,6 +297,10 @@ executor_env! {
     /// Expand only: earlier migrations of this namespace and database whose expand the ledger
     /// must record as applied before this one runs.
     expand_after: Vec<String> = EXPAND_AFTER,
+    /// `spec.tenants`: run the phase on every tenant it selects.
+    tenants: crate::api::TenantsSpec = TENANTS,
+    /// Contract with tenants: expand's SQL, for tenants created since expand ran.
+    tenant_expand_sql: String = TENANT_EXPAND_SQL,
     /// The phase's SQL, for Phasegate's own executor (inline `sql`).
     sql: String = SQL,
     /// Contract of inline `sql`: the operator's commit-grant endpoint.

@@ -6,6 +6,7 @@
 
 mod argo;
 mod backfill;
+mod bench;
 mod examples;
 mod failures;
 mod fence;

@@ -161,11 +161,15 @@ pub fn executor_env(
         lock_wait_attempt_after: some(&spec.safety.lock_wait_attempt_after),
         max_lock_retries: Some(spec.safety.max_lock_retries),
         sql: phase_code(spec, phase).0.map(str::to_string),
+        tenants: spec.tenants.clone(),
         ..ExecutorEnv::default()
     };
     match phase {
         JobPhase::Contract => {
             contract_env(&mut env, spec, status);
+            if spec.tenants.is_some() {
+                env.tenant_expand_sql = spec.expand.sql.clone();
+            }
             // Phasegate's own contract executor never commits without the operator's grant.
             if env.sql.is_some() {
                 env.grant_url = Some(grant_url.to_string());
