@@ -7,7 +7,8 @@
 # Per run: seconds from the first create until every migration has expanded, the status
 # writes the API server counted meanwhile, and whether the ledger kept creation order. Last
 # line:
-#   migrations_per_db: migrations=N baseline_s=A phasegate_s=B speedup=X baseline_writes=W phasegate_writes=V ordered=true|false
+#   migrations_per_db: migrations=N baseline_s=A phasegate_s=B speedup=X baseline_writes=W phasegate_writes=V baseline_expanded=E phasegate_expanded=F ordered=true|false
+# (a run that hits BENCH_TIMEOUT stops there: its *_expanded is below N).
 #
 # Environment:
 #   MIGRATIONS            how many (default 200)
@@ -59,7 +60,7 @@ cur_s="$(field seconds "${cur_line}")"
 if [[ -n "${base_line}" ]]; then
   base_s="$(field seconds "${base_line}")"
   speedup="$(awk -v a="${base_s}" -v b="${cur_s}" 'BEGIN { printf "%.1f", a / b }')"
-  echo "migrations_per_db: migrations=${MIGRATIONS} baseline_s=${base_s} phasegate_s=${cur_s} speedup=${speedup} baseline_writes=$(field status_writes "${base_line}") phasegate_writes=$(field status_writes "${cur_line}") ordered=$(field ordered "${cur_line}")"
+  echo "migrations_per_db: migrations=${MIGRATIONS} baseline_s=${base_s} phasegate_s=${cur_s} speedup=${speedup} baseline_writes=$(field status_writes "${base_line}") phasegate_writes=$(field status_writes "${cur_line}") baseline_expanded=$(field expanded "${base_line}") phasegate_expanded=$(field expanded "${cur_line}") ordered=$(field ordered "${cur_line}")"
 else
-  echo "migrations_per_db: migrations=${MIGRATIONS} phasegate_s=${cur_s} phasegate_writes=$(field status_writes "${cur_line}") ordered=$(field ordered "${cur_line}")"
+  echo "migrations_per_db: migrations=${MIGRATIONS} phasegate_s=${cur_s} phasegate_writes=$(field status_writes "${cur_line}") phasegate_expanded=$(field expanded "${cur_line}") ordered=$(field ordered "${cur_line}")"
 fi
