@@ -153,7 +153,10 @@ async fn two_at_once(mode: PoolMode) {
             );
         }
         // Which run did how much: both, when their batches took turns.
-        eprintln!("{mode:?} {epoch}: batches {} + {}", a.statements, b.statements);
+        eprintln!(
+            "{mode:?} {epoch}: batches {} + {}",
+            a.statements, b.statements
+        );
         let n = round as i32 + 1;
         assert_eq!(counters(&db).await.0, n, "{a:?} {b:?}");
         assert_eq!(counters(&db).await.1, n, "a row filled twice: {a:?} {b:?}");
