@@ -88,9 +88,10 @@ gitops-test: deps
 ## GitOps, and end-to-end with real containers.
 test: unit lua-test chart-test monitoring-test e2e gitops-test e2e-real
 
-## The operator driving a real migration on the local cluster and a local PostgreSQL.
+## The operator driving a real migration on the local cluster and a local PostgreSQL
+## (PGBOUNCER=transaction or session: through a PgBouncer in that pool mode).
 demo: deps
-	hack/demo.sh
+	PGBOUNCER=$(PGBOUNCER) hack/demo.sh
 
 demo-down:
 	hack/demo.sh down

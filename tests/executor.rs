@@ -1160,15 +1160,24 @@ async fn sigterm_cancels_a_concurrent_index_build_and_the_rerun_completes_it() {
     let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
     assert_stopped(&f, elapsed, &term);
     assert!(ledger_rows(&c).await.iter().all(|r| r.0 != "idx"));
-    let building: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE state = 'active' AND query LIKE 'CREATE INDEX CONCURRENTLY%'",
-            &[],
-        )
-        .await
-        .expect("activity")
-        .get(0);
+    // The backend sends the cancel's error before it shows itself idle: give it a moment (an
+    // uncancelled build would stay active, waiting for `old`, which is still open).
+    let until = Instant::now() + Duration::from_secs(3);
+    let building = loop {
+        let building: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE state = 'active' AND query LIKE 'CREATE INDEX CONCURRENTLY%'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        if building == 0 || Instant::now() > until {
+            break building;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(building, 0, "the build was cancelled");
 
     old.batch_execute("COMMIT").await.expect("commit");

@@ -39,16 +39,29 @@ impl TestPgBouncer {
     /// database and user (small, so that clients share server connections); panics with its log
     /// if that fails.
     pub fn start(pg: &TestPostgres, mode: PoolMode, pool_size: u32) -> TestPgBouncer {
-        match TestPgBouncer::try_start(pg, mode, pool_size) {
+        match TestPgBouncer::try_start(pg, mode, pool_size, "") {
             Ok(b) => b,
             Err(e) => panic!("cannot start a test PgBouncer: {e}"),
         }
     }
 
+    /// As [`TestPgBouncer::start`], with `server_round_robin = 1`: each transaction takes the
+    /// server connection idle the longest, so a client's consecutive transactions run on
+    /// different server connections even when it is alone (by default PgBouncer reuses the
+    /// last one, which hides state a client wrongly expects to find again).
+    pub fn start_round_robin(pg: &TestPostgres, mode: PoolMode, pool_size: u32) -> TestPgBouncer {
+        match TestPgBouncer::try_start(pg, mode, pool_size, "server_round_robin = 1\n") {
+            Ok(b) => b,
+            Err(e) => panic!("cannot start a test PgBouncer: {e}"),
+        }
+    }
+
+    /// `extra`: more `[pgbouncer]` settings, one per line.
     pub fn try_start(
         pg: &TestPostgres,
         mode: PoolMode,
         pool_size: u32,
+        extra: &str,
     ) -> Result<TestPgBouncer, String> {
         let bin = binary()?;
         let run_as = super::postgres::run_as_user();
@@ -60,7 +73,7 @@ impl TestPgBouncer {
         // A free port can be taken by someone else before PgBouncer binds it: retry.
         for _ in 0..5 {
             let port = super::postgres::free_port()?;
-            write_config(&dir, pg.port(), port, mode, pool_size)?;
+            write_config(&dir, pg.port(), port, mode, pool_size, extra)?;
             if let Some(user) = &run_as {
                 let out = Command::new("chown")
                     .arg("-R")
@@ -123,6 +136,55 @@ impl TestPgBouncer {
     }
 }
 
+/// Advisory locks held on the server (`direct` connects to it, not through the pooler).
+pub async fn advisory_locks(direct: &tokio_postgres::Client) -> i64 {
+    direct
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+            &[],
+        )
+        .await
+        .expect("pg_locks")
+        .get(0)
+}
+
+impl TestPgBouncer {
+    /// Two application transactions at once through the pooler, each on a server connection of
+    /// its own when the pool has two (the executor's, after a run), see the server's defaults:
+    /// the executor's settings did not stay on them. The clients are gone afterwards (in
+    /// session pooling they would keep both server connections).
+    pub async fn assert_no_settings_left(&self) {
+        let (mut a, mut b) = (self.client().await, self.client().await);
+        let (ta, tb) = (
+            a.transaction().await.expect("begin"),
+            b.transaction().await.expect("begin"),
+        );
+        for app in [&ta, &tb] {
+            let leaked = changed_settings(app).await;
+            assert_eq!(leaked, None, "settings leaked to the next client");
+        }
+    }
+}
+
+/// The executors' settings that differ from the server's defaults in the transaction of `app`
+/// (comma-separated), if any.
+async fn changed_settings(app: &tokio_postgres::Transaction<'_>) -> Option<String> {
+    let rows = app
+        .simple_query(
+            "SELECT string_agg(name, ',') FROM pg_settings
+              WHERE setting IS DISTINCT FROM reset_val
+                AND name IN ('lock_timeout', 'statement_timeout',
+                             'idle_in_transaction_session_timeout',
+                             'client_connection_check_interval')",
+        )
+        .await
+        .expect("settings");
+    rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    })
+}
+
 impl Drop for TestPgBouncer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -136,6 +198,7 @@ fn write_config(
     port: u16,
     mode: PoolMode,
     pool_size: u32,
+    extra: &str,
 ) -> Result<(), String> {
     let d = dir.path();
     let ini = format!(
@@ -154,7 +217,8 @@ fn write_config(
          server_lifetime = 3600\n\
          ignore_startup_parameters = extra_float_digits\n\
          logfile = {log}\n\
-         pidfile = {pid}\n",
+         pidfile = {pid}\n\
+         {extra}",
         userlist = d.join("userlist.txt").display(),
         mode = mode.as_ini(),
         log = d.join("pgbouncer.log").display(),
