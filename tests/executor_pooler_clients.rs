@@ -288,6 +288,7 @@ async fn an_unreadable_pooler_fails_contract_with_the_reason() {
             bouncer.url(),
             Some(bouncer.admin_url(STATS_USER, wrong)),
             bouncer.port(),
+            "SASL authentication failed",
         ),
         (
             bouncer.url(),
@@ -295,11 +296,17 @@ async fn an_unreadable_pooler_fails_contract_with_the_reason() {
                 "postgres://{STATS_USER}:{STATS_PASSWORD}@127.0.0.1:{closed}/pgbouncer?sslmode=disable"
             )),
             closed,
+            "Connection refused",
         ),
         // The migration's own role, not in admin_users or stats_users here.
-        (plain.url(), None, plain.port()),
+        (
+            plain.url(),
+            None,
+            plain.port(),
+            "not allowed (the user is in neither stats_users nor admin_users of PgBouncer)",
+        ),
     ];
-    for (url, admin, port) in cases {
+    for (url, admin, port, why) in cases {
         let mut cfg = contract(
             url,
             Some(PoolerConfig {
@@ -312,6 +319,7 @@ async fn an_unreadable_pooler_fails_contract_with_the_reason() {
         assert_eq!(r.outcome, Outcome::Failed, "{line}");
         let want = format!("pooler 127.0.0.1:{port}: clients cannot be read: ");
         assert!(message(&r).contains(&want), "{want} in {line}");
+        assert!(message(&r).contains(why), "{why} in {line}");
         assert!(!line.contains(wrong) && !line.contains(PASSWORD), "{line}");
         assert!(!line.contains(STATS_PASSWORD), "{line}");
         assert!(has_legacy(&direct).await);

@@ -87,7 +87,8 @@ pub struct DatabaseSpec {
     /// to (a headless Service lists every PgBouncer pod; a ClusterIP Service in front of several
     /// instances shows only one of them) and waits while a client of an older version is
     /// connected. A pooler whose clients cannot be read holds contract and fails it with the
-    /// reason.
+    /// reason. For Phasegate's own contract executor (inline `sql`). Immutable with the rest of
+    /// `database`; the Secrets' contents may change (each contract attempt reads them anew).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooler: Option<PoolerSpec>,
 }

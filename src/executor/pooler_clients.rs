@@ -189,7 +189,7 @@ impl PoolerClients {
             )
             .await
             .map_err(|_| PoolerError::Timeout)?
-            .map_err(|e| PoolerError::Query(e.to_string()))?;
+            .map_err(login_error)?;
             self.open.insert(a.label.clone(), connected);
         }
         let Some(client) = self.open.get(&a.label) else {
@@ -219,6 +219,21 @@ impl MoreSessions for PoolerClients {
     fn look<'a>(&'a mut self, checker: &'a Checker) -> BoxFuture<'a, Vec<Blocker>> {
         Box::pin(self.blockers(checker))
     }
+}
+
+/// PgBouncer's own words (the wrapper would speak of "the database"), with what its terse
+/// refusal of a user outside `stats_users`/`admin_users` means.
+fn login_error(e: connect::ConnectError) -> PoolerError {
+    let message = match e {
+        connect::ConnectError::Connect { message, .. } => message,
+        other => other.to_string(),
+    };
+    if message.trim() == "not allowed" {
+        return PoolerError::Query(
+            "not allowed (the user is in neither stats_users nor admin_users of PgBouncer)".into(),
+        );
+    }
+    PoolerError::Query(message)
 }
 
 fn address(base: &ConnSettings, label: String, ip: Option<IpAddr>) -> Address {

@@ -3952,6 +3952,11 @@ fn examples_lint_clean() {
                 let spec: crate::api::DatabaseMigrationSpec =
                     serde_json::from_value(v["spec"].clone())
                         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                if path.ends_with("cloudnativepg/migration.yaml") {
+                    // serde ignores unknown keys: make sure the pooler was read, not skipped.
+                    let pooler = spec.database.pooler.as_ref().expect("spec.database.pooler");
+                    assert!(pooler.admin_url_secret_ref.is_some(), "{}", path.display());
+                }
                 let valid =
                     validate(&spec, true).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 assert_eq!(
@@ -3964,12 +3969,12 @@ fn examples_lint_clean() {
             }
         }
     }
-    assert!(
-        checked
-            .iter()
-            .any(|p| p.ends_with("rename-column/migration.yaml")),
-        "{checked:?}"
-    );
+    for want in [
+        "rename-column/migration.yaml",
+        "cloudnativepg/migration.yaml",
+    ] {
+        assert!(checked.iter().any(|p| p.ends_with(want)), "{checked:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------
