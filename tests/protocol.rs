@@ -13,13 +13,15 @@ use phasegate::planner::JobPhase;
 use phasegate::protocol::env::{ExecutorEnv, Secret};
 
 const URL: &str = "postgres://app:pw@db:5432/shop";
+const ADMIN_URL: &str = "postgres://stats:pw2@shop-pooler:5432/pgbouncer";
 const GRANT_URL: &str = "http://phasegate.phasegate-system.svc:8082";
 const UID: &str = "0a1b2c3d-0000-4000-8000-000000000000";
 
 fn migration(backfill: bool, user_job: bool) -> DatabaseMigration {
     let mut spec = serde_json::json!({
         "appVersion": "2.0.0",
-        "database": {"urlSecretRef": {"name": "db", "key": "url"}},
+        "database": {"urlSecretRef": {"name": "db", "key": "url"},
+                     "pooler": {"adminUrlSecretRef": {"name": "pooler-admin", "key": "url"}}},
         "expand": {"sql": "ALTER TABLE users ADD COLUMN a int;"},
         "contract": {"sql": "ALTER TABLE users DROP COLUMN b;"},
         "rollout": {"targets": [{"kind": "Deployment", "name": "shop-api"}],
@@ -75,6 +77,7 @@ fn job_env(m: &DatabaseMigration, phase: JobPhase) -> Vec<(String, String)> {
                 .and_then(|f| f.secret_key_ref.as_ref())
             {
                 Some(k) if k.name == "db" && k.key == "url" => URL.to_string(),
+                Some(k) if k.name == "pooler-admin" && k.key == "url" => ADMIN_URL.to_string(),
                 Some(k) => panic!("unexpected secret key {k:?}"),
                 None => e.value.clone().unwrap_or_default(),
             };
@@ -111,7 +114,11 @@ fn what_the_operator_writes_the_executor_parses_back() {
             .iter()
             .all(|n| ExecutorEnv::<Secret>::names().contains(n)));
         let url = Some(Secret(URL.into()));
-        assert_eq!(parsed(&env), written.with_url(url), "{phase}");
+        // Only Phasegate's own contract executor reads the pooler admin console's Secret.
+        let own_contract = phase == JobPhase::Contract && written.sql.is_some();
+        assert_eq!(written.pooler_admin_url.is_some(), own_contract, "{phase}");
+        let admin = own_contract.then(|| Secret(ADMIN_URL.into()));
+        assert_eq!(parsed(&env), written.with_urls(url, admin), "{phase}");
     }
 }
 
@@ -152,10 +159,20 @@ fn a_contract_executor_runs_with_the_specs_settings() {
     );
     assert_eq!(cfg.version_order, phasegate::api::VersionOrder::NotPrevious);
     assert_eq!(cfg.previous_versions, Some(vec!["1.0.0".to_string()]));
-    let grant = cfg.grant.expect("a contract Job is fenced by the grant");
+    let grant = cfg
+        .grant
+        .clone()
+        .expect("a contract Job is fenced by the grant");
     assert_eq!(grant.url, GRANT_URL);
     assert_eq!(grant.request.attempt, 3);
     assert_eq!(grant.request.uid, UID);
+    assert_eq!(
+        cfg.pooler,
+        Some(phasegate::executor::PoolerConfig {
+            admin_url: Some(Secret(ADMIN_URL.into()))
+        })
+    );
+    assert_eq!(cfg.secret_urls(), vec![URL, ADMIN_URL]);
 }
 
 #[test]

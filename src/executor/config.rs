@@ -166,6 +166,15 @@ pub struct ContractArgs {
     /// `no commit grant`) [default: 10m].
     #[arg(long, value_parser = parse_duration)]
     pub grant_wait: Option<Duration>,
+    /// PgBouncer is in front of the database: the database check also reads `SHOW CLIENTS` on
+    /// every address of the pooler's host name and judges its clients' application names
+    /// (`true`/`false`; default false, or true when --pooler-admin-url is given).
+    #[arg(long)]
+    pub pooler: Option<String>,
+    /// URL of PgBouncer's admin console (a `stats_users`/`admin_users` user, database
+    /// `pgbouncer`) [default: the database URL with the database name `pgbouncer`].
+    #[arg(long, value_name = "URL")]
+    pub pooler_admin_url: Option<Secret>,
 }
 
 /// A setting's value: its flag, else its variable, else `default`.
@@ -228,6 +237,8 @@ pub(super) struct ContractSettings {
     pub grant_url: Option<String>,
     pub attempt: u32,
     pub grant_wait: Duration,
+    pub pooler: Option<String>,
+    pub pooler_admin_url: Option<Secret>,
 }
 
 /// The termination log a run writes: its flag, else its variable, else the kubelet's file.
@@ -280,6 +291,8 @@ impl ApplyArgs {
                 crate::protocol::grant::ENV_WAIT,
                 Duration::from_secs(600),
             )?,
+            pooler: c.pooler.or(env.pooler.clone()),
+            pooler_admin_url: c.pooler_admin_url.or(env.pooler_admin_url.clone()),
         };
         Ok(Settings {
             database_url,
@@ -391,6 +404,9 @@ pub struct Config {
     pub require_expand: bool,
     /// Contract only: where to ask for the commit grant; None when run without an operator.
     pub grant: Option<super::grant::GrantConfig>,
+    /// Contract only, with the database check: PgBouncer in front of the database, whose
+    /// clients the check reads too (see [`super::pooler_clients`]).
+    pub pooler: Option<super::pooler_clients::PoolerConfig>,
     /// Set by SIGTERM/SIGINT (see [`stop`]); a run never commits after it is requested.
     pub stop: Stop,
     pub failpoint: Option<String>,
@@ -428,9 +444,22 @@ impl Config {
             previous_versions: None,
             require_expand: false,
             grant: None,
+            pooler: None,
             stop: Stop::new(),
             failpoint: None,
         }
+    }
+}
+
+impl Config {
+    /// The URLs whose secrets must never be printed: the database's and the pooler admin
+    /// console's.
+    pub fn secret_urls(&self) -> Vec<&str> {
+        let admin = self.pooler.as_ref().and_then(|p| p.admin_url.as_ref());
+        std::iter::once(&self.database_url)
+            .chain(admin)
+            .map(|u| u.0.as_str())
+            .collect()
     }
 }
 
@@ -524,6 +553,8 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
             },
             wait: args.contract.grant_wait,
         });
+    let pooler =
+        pooler_config(&args.contract, &args.database_url, database_check).map_err(setting)?;
     Ok(Config {
         database_url: args.database_url,
         phase,
@@ -557,9 +588,32 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
         previous_versions,
         require_expand,
         grant,
+        pooler,
         stop: Stop::new(),
         failpoint: args.failpoint,
     })
+}
+
+/// `PHASEGATE_POOLER` and `PHASEGATE_POOLER_ADMIN_URL`: an admin URL alone declares the
+/// pooler; `false` turns it off either way. Only with the database check (contract).
+fn pooler_config(
+    c: &ContractSettings,
+    database_url: &Secret,
+    database_check: bool,
+) -> Result<Option<super::pooler_clients::PoolerConfig>, String> {
+    let declared = parse_bool(penv::POOLER, c.pooler.as_deref())?;
+    let admin_url = c
+        .pooler_admin_url
+        .clone()
+        .filter(|u| !u.0.trim().is_empty());
+    let on = declared.unwrap_or(admin_url.is_some());
+    if !(on && database_check) {
+        return Ok(None);
+    }
+    // A URL that cannot work fails the run now, not after the check's timeout.
+    super::pooler_clients::admin_settings(database_url, admin_url.as_ref())
+        .map_err(|e| format!("{}: {e}", penv::POOLER_ADMIN_URL))?;
+    Ok(Some(super::pooler_clients::PoolerConfig { admin_url }))
 }
 
 #[cfg(test)]

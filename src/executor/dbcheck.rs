@@ -89,12 +89,18 @@ pub enum Reason {
     OldTransaction,
     /// A session pg_stat_activity hides from us had this transaction open when we first looked.
     HiddenTransaction,
+    /// The clients of a pooler (`place`) cannot be read: fail-safe, it blocks like an old
+    /// session (the error, scrubbed).
+    PoolerUnreadable(String),
 }
 
 /// A session in the way (no query text: it may hold user data).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Blocker {
     pub pid: i32,
+    /// Where it is when not a backend of this server (a pooler's client): named instead of
+    /// the pid.
+    pub place: Option<String>,
     pub application: String,
     pub state: String,
     /// Age of its transaction, when it has one and we may see it.
@@ -109,7 +115,13 @@ impl std::fmt::Display for Blocker {
         } else {
             &self.application
         };
-        write!(f, "pid {} ({app}", self.pid)?;
+        if let (Some(place), Reason::PoolerUnreadable(e)) = (&self.place, &self.reason) {
+            return write!(f, "{place}: clients cannot be read: {e}");
+        }
+        match &self.place {
+            Some(place) => write!(f, "{place} ({app}")?,
+            None => write!(f, "pid {} ({app}", self.pid)?,
+        }
         if !self.state.is_empty() {
             write!(f, ", {}", self.state)?;
         }
@@ -122,6 +134,7 @@ impl std::fmt::Display for Blocker {
             Reason::HiddenTransaction => f.write_str(
                 "transaction of another role, open since before the check began (start time hidden without pg_read_all_stats)",
             )?,
+            Reason::PoolerUnreadable(e) => write!(f, "clients cannot be read: {e}")?,
         }
         if let Some(ms) = self.xact_ms {
             write!(f, ", transaction open for {:.1} s", ms / 1000.0)?;
@@ -258,6 +271,7 @@ impl Checker {
             }
             let blocker = |reason| Blocker {
                 pid,
+                place: None,
                 application: application.clone(),
                 state: state.clone(),
                 xact_ms,
@@ -306,12 +320,16 @@ impl Checker {
         client: &Client,
         budget: Duration,
         waits: &mut Waits,
+        more: &mut [&mut dyn MoreSessions],
     ) -> Result<(Duration, Vec<Blocker>), tokio_postgres::Error> {
         let start = Instant::now();
-        let mut last: Vec<i32> = Vec::new();
+        let mut last: Vec<Blocker> = Vec::new();
         let mut warned = self.max_hidden > 0;
         loop {
-            let seen = self.observe(client).await?;
+            let mut seen = self.observe(client).await?;
+            for m in more.iter_mut() {
+                seen.blockers.extend(m.look(self).await);
+            }
             if !warned {
                 if let Some(w) = self.warning() {
                     tracing::warn!(hidden = self.max_hidden, "{w}");
@@ -340,10 +358,19 @@ impl Checker {
             for b in &seen.blockers {
                 announce(waits, b);
             }
-            last = seen.blockers.iter().map(|b| b.pid).collect();
+            last = seen.blockers;
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// Another place whose sessions `pg_stat_activity` of this server does not show (a pooler's
+/// idle clients, a standby's sessions), looked at on every look of the check, the one before
+/// COMMIT included. Trouble reading it is a blocker too (fail-safe), never an error.
+pub trait MoreSessions: Send {
+    /// The blockers there now, judged by `checker`'s rules.
+    fn look<'a>(&'a mut self, checker: &'a Checker)
+        -> futures::future::BoxFuture<'a, Vec<Blocker>>;
 }
 
 /// Announces a blocker once per run (per session and reason).
@@ -352,10 +379,12 @@ pub fn announce(waits: &mut Waits, b: &Blocker) {
         Reason::OldVersion { .. } => "version",
         Reason::OldTransaction => "transaction",
         Reason::HiddenTransaction => "hidden",
+        Reason::PoolerUnreadable(_) => "unreadable",
     };
+    let who = b.place.clone().unwrap_or_else(|| b.pid.to_string());
     waits.announce(
         Kind::DatabaseCheck,
-        format!("{} {reason}", b.pid),
+        format!("{who} {reason}"),
         "contract waits: an old session or transaction is still in the database",
         &b.to_string(),
     );
@@ -391,6 +420,7 @@ mod tests {
     fn blocker_text() {
         let b = Blocker {
             pid: 42,
+            place: None,
             application: "shop-api@1.0.0".into(),
             state: "idle".into(),
             xact_ms: None,
@@ -405,6 +435,7 @@ mod tests {
         );
         let b = Blocker {
             pid: 7,
+            place: None,
             application: String::new(),
             state: "idle in transaction".into(),
             xact_ms: Some(12_345.0),

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
+use super::connect::Scrubber;
+use super::dbcheck::MoreSessions;
 use super::error::ApplyError;
+use super::pooler_clients::PoolerClients;
 use super::stats::Stats;
 use super::waits::Waits;
 use super::{dbcheck, Config, Phase};
@@ -17,10 +20,12 @@ pub(super) struct DbCheckRun {
     pub(super) checker: Option<dbcheck::Checker>,
     timeout: Duration,
     pub(super) waited: Duration,
+    /// `spec.database.pooler`: PgBouncer's clients, looked at with every look of the check.
+    pooler: Option<PoolerClients>,
 }
 
 impl DbCheckRun {
-    pub(super) fn new(cfg: &Config) -> DbCheckRun {
+    pub(super) fn new(cfg: &Config, scrub: &Scrubber) -> DbCheckRun {
         let checker = (cfg.phase == Phase::Contract && cfg.database_check).then(|| {
             dbcheck::Checker::new(
                 &cfg.identity.app_version,
@@ -41,10 +46,16 @@ impl DbCheckRun {
                 tracing::info!("database check: no rollout completion time (PHASEGATE_ROLLOUT_COMPLETED_AT) given; transactions are not checked for their age");
             }
         }
+        let checker = checker.filter(dbcheck::Checker::active);
+        let pooler =
+            cfg.pooler.as_ref().filter(|_| checker.is_some()).map(|p| {
+                PoolerClients::new(p, &cfg.database_url, cfg.connect_timeout, scrub.clone())
+            });
         DbCheckRun {
-            checker: checker.filter(dbcheck::Checker::active),
+            checker,
             timeout: cfg.database_check_timeout,
             waited: Duration::ZERO,
+            pooler,
         }
     }
 
@@ -60,7 +71,7 @@ impl DbCheckRun {
         };
         let budget = self.timeout.saturating_sub(self.waited);
         let (waited, blockers) = checker
-            .wait_until_clear(client, budget, waits)
+            .wait_until_clear(client, budget, waits, &mut more(&mut self.pooler))
             .await
             .map_err(|e| ApplyError::db(&e, None))?;
         self.waited += waited;
@@ -98,10 +109,22 @@ impl DbCheckRun {
         let Some(checker) = self.checker.as_mut() else {
             return Ok(Vec::new());
         };
-        let seen = checker
+        let mut seen = checker
             .recheck(tx)
             .await
             .map_err(|e| ApplyError::db(&e, None))?;
+        for m in more(&mut self.pooler) {
+            seen.blockers.extend(m.look(checker).await);
+        }
         Ok(seen.blockers)
     }
+}
+
+/// The places besides this server's `pg_stat_activity` each look of the check covers.
+fn more(pooler: &mut Option<PoolerClients>) -> Vec<&mut dyn MoreSessions> {
+    let mut more: Vec<&mut dyn MoreSessions> = Vec::new();
+    if let Some(p) = pooler.as_mut() {
+        more.push(p);
+    }
+    more
 }

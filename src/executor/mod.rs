@@ -25,6 +25,7 @@ pub mod grant;
 pub mod ledger;
 pub mod locks;
 mod order;
+pub mod pooler_clients;
 mod rerun;
 mod runner;
 mod session;
@@ -47,6 +48,7 @@ use connect::Scrubber;
 use dbcheck_run::DbCheckRun;
 pub use error::ApplyError;
 pub use ledger::Identity;
+pub use pooler_clients::PoolerConfig;
 use runner::Runner;
 pub use session::idle_in_transaction_timeout;
 use stats::Stats;
@@ -148,7 +150,7 @@ async fn execute_one(cfg: &Config) -> Report {
     let start = Instant::now();
     let mut stats = Stats::default();
     let sum = checksum(&cfg.sql);
-    let scrub = Scrubber::for_url(&cfg.database_url.0);
+    let scrub = Scrubber::for_urls(&cfg.secret_urls());
     let result = run(cfg, &sum, &mut stats, &scrub).await;
     let elapsed = start.elapsed();
     let mut report = match result {
@@ -258,7 +260,7 @@ async fn run(
         guard,
         guard_idle: guard_idle(cfg, statements.len()),
         stats,
-        db_check: DbCheckRun::new(cfg),
+        db_check: DbCheckRun::new(cfg, scrub),
         waits,
         advisory_waited: Duration::ZERO,
         // Asked from now on, while the run waits, so that a grant is usually held by the time
@@ -279,6 +281,13 @@ async fn run(
             .map_err(|e| ApplyError::db(&e, None))?;
         if let Some(w) = &runner.stats.db_check_warning {
             tracing::warn!("{}", scrub.scrub(w));
+        }
+    }
+    if runner.db_check.checker.is_some() && cfg.pooler.is_none() {
+        let pooler = pooler_clients::undeclared_pooler_warning(&client, &runner.settings).await;
+        if let Some(w) = pooler {
+            tracing::warn!("{}", scrub.scrub(&w));
+            runner.stats.add_warning(w);
         }
     }
     // The per-database advisory lock serialises what touches the ledger and applies SQL; it is

@@ -45,6 +45,7 @@ impl SpecBuilder {
                     name: "shop-db".into(),
                     key: "url".into(),
                 },
+                pooler: None,
             },
             expand: PhaseSpec {
                 sql: Some("ALTER TABLE users ADD COLUMN email_verified boolean;".into()),
@@ -4005,6 +4006,11 @@ fn examples_lint_clean() {
                 let spec: crate::api::DatabaseMigrationSpec =
                     serde_json::from_value(v["spec"].clone())
                         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                if path.ends_with("cloudnativepg/migration.yaml") {
+                    // serde ignores unknown keys: make sure the pooler was read, not skipped.
+                    let pooler = spec.database.pooler.as_ref().expect("spec.database.pooler");
+                    assert!(pooler.admin_url_secret_ref.is_some(), "{}", path.display());
+                }
                 let valid =
                     validate(&spec, true).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 assert_eq!(
@@ -4017,12 +4023,12 @@ fn examples_lint_clean() {
             }
         }
     }
-    assert!(
-        checked
-            .iter()
-            .any(|p| p.ends_with("rename-column/migration.yaml")),
-        "{checked:?}"
-    );
+    for want in [
+        "rename-column/migration.yaml",
+        "cloudnativepg/migration.yaml",
+    ] {
+        assert!(checked.iter().any(|p| p.ends_with(want)), "{checked:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

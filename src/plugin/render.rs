@@ -183,6 +183,17 @@ pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
         db.name,
         db.key
     );
+    if let Some(pooler) = &spec.database.pooler {
+        let admin = match &pooler.admin_url_secret_ref {
+            Some(r) => format!("admin console from Secret {}, key {}", r.name, r.key),
+            None => "admin console: the database URL on database pgbouncer".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{}PgBouncer (contract reads SHOW CLIENTS); {admin}",
+            label("Pooler:")
+        );
+    }
 
     let mut gates = Vec::new();
     match spec.contract.approval {
@@ -495,6 +506,14 @@ mod tests {
         ] {
             assert!(out.contains(want), "missing {want:?} in:\n{out}");
         }
+        assert!(!out.contains("Pooler:"), "{out}");
+        let mut pooled = migration("Automatic", Some(waiting()));
+        pooled.spec.database.pooler = Some(crate::api::PoolerSpec::default());
+        let pooled = render_status(&pooled, Style::default());
+        assert!(
+            pooled.contains("Pooler:      PgBouncer (contract reads SHOW CLIENTS); admin console: the database URL on database pgbouncer"),
+            "{pooled}"
+        );
         let contract = out.split("Contract\n").nth(1).expect("contract section");
         assert!(contract.contains("not started"), "{out}");
         assert!(

@@ -32,6 +32,8 @@ pub const MIGRATION_NAME: &str = "PHASEGATE_MIGRATION_NAME";
 pub const MIGRATION_NAMESPACE: &str = "PHASEGATE_MIGRATION_NAMESPACE";
 pub const MIGRATION_UID: &str = "PHASEGATE_MIGRATION_UID";
 pub const PHASE: &str = "PHASEGATE_PHASE";
+pub const POOLER: &str = "PHASEGATE_POOLER";
+pub const POOLER_ADMIN_URL: &str = "PHASEGATE_POOLER_ADMIN_URL";
 pub const PREVIOUS_VERSIONS: &str = "PHASEGATE_PREVIOUS_VERSIONS";
 pub const REQUIRE_EXPAND: &str = "PHASEGATE_REQUIRE_EXPAND";
 pub const ROLLOUT_COMPLETED_AT: &str = "PHASEGATE_ROLLOUT_COMPLETED_AT";
@@ -208,6 +210,9 @@ macro_rules! executor_env {
         pub struct ExecutorEnv<U = SecretKey> {
             /// `PHASEGATE_DATABASE_URL`, always from a Secret in a Job.
             pub database_url: Option<U>,
+            /// `PHASEGATE_POOLER_ADMIN_URL` (contract only), from a Secret in a Job
+            /// (`spec.database.pooler.adminUrlSecretRef`).
+            pub pooler_admin_url: Option<U>,
             $($(#[$doc])* pub $field: Option<$ty>,)*
         }
 
@@ -221,17 +226,21 @@ macro_rules! executor_env {
                 $(if let Some(v) = &self.$field {
                     vars.push(Var { name: $name, value: Value::Plain(EnvText::to_text(v)) });
                 })*
+                if let Some(u) = &self.pooler_admin_url {
+                    vars.push(Var { name: POOLER_ADMIN_URL, value: u.value() });
+                }
                 vars
             }
 
             /// Every variable name this type knows, the database URL's first.
             pub fn names() -> Vec<&'static str> {
-                vec![DATABASE_URL, $($name,)*]
+                vec![DATABASE_URL, $($name,)* POOLER_ADMIN_URL]
             }
 
-            /// The same environment with the database URL resolved (or replaced).
-            pub fn with_url<V>(self, url: Option<V>) -> ExecutorEnv<V> {
-                ExecutorEnv { database_url: url, $($field: self.$field,)* }
+            /// The same environment with the Secret-backed URLs resolved (or replaced): the
+            /// database's and the pooler admin console's.
+            pub fn with_urls<V>(self, url: Option<V>, pooler_admin_url: Option<V>) -> ExecutorEnv<V> {
+                ExecutorEnv { database_url: url, pooler_admin_url, $($field: self.$field,)* }
             }
         }
 
@@ -241,6 +250,7 @@ macro_rules! executor_env {
             pub fn parse(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
                 Ok(ExecutorEnv {
                     database_url: lookup(DATABASE_URL).map(Secret),
+                    pooler_admin_url: lookup(POOLER_ADMIN_URL).map(Secret),
                     $($field: match lookup($name) {
                         None => None,
                         Some(value) => Some(<$ty as EnvText>::from_text(&value).map_err(
@@ -282,6 +292,9 @@ executor_env! {
     previous_versions: Vec<String> = PREVIOUS_VERSIONS,
     /// Contract only: `true`/`false`.
     require_expand: String = REQUIRE_EXPAND,
+    /// Contract only, `true`/`false`: PgBouncer in front of the database; the database check
+    /// reads its clients too (`spec.database.pooler`).
+    pooler: String = POOLER,
     backfill_table: String = BACKFILL_TABLE,
     backfill_key: String = BACKFILL_KEY,
     backfill_sql: String = BACKFILL_SQL,

@@ -124,11 +124,19 @@ impl Report {
         line
     }
 
-    /// One line of human text for status conditions.
+    /// One line of human text for status conditions. A successful run's `dbCheckWarning` (the
+    /// executor could not see everything, e.g. a pooler it was not told of) is part of it, so
+    /// status and the Event say it.
     pub fn summary(&self) -> String {
-        match &self.tenants {
+        let base = match &self.tenants {
             Some(t) => self.tenants_summary(t),
-            None => self.one_database_summary(),
+            None => self.outcome_summary(),
+        };
+        match &self.db_check_warning {
+            Some(w) if self.is_success() && !w.is_empty() => {
+                truncate(&format!("{base}; warning: {w}"), 1024)
+            }
+            _ => base,
         }
     }
 
@@ -169,7 +177,7 @@ impl Report {
         truncate(&s, 1024)
     }
 
-    fn one_database_summary(&self) -> String {
+    fn outcome_summary(&self) -> String {
         let plural = |n: u64, w: &str| {
             if n == 1 {
                 format!("{n} {w}")
@@ -312,6 +320,17 @@ mod tests {
         let mut a = sample();
         a.outcome = Outcome::AlreadyApplied;
         assert!(a.summary().starts_with("already applied"));
+        // What the executor could not see reaches status with the summary.
+        let mut w = sample();
+        w.db_check_warning = Some("probably behind a connection pooler".into());
+        assert_eq!(
+            w.summary(),
+            "applied 2 statements in 31 ms (1 attempt, 0 lock retries); warning: probably behind a connection pooler"
+        );
+        assert_eq!(
+            crate::controller::jobs::summarise(&w.to_json_line()),
+            w.summary()
+        );
     }
 
     #[test]

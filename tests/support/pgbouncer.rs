@@ -28,6 +28,38 @@ impl PoolMode {
     }
 }
 
+/// What a test PgBouncer is set up with beyond its pool: the admin console's users and
+/// `application_name_add_host`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: PoolMode,
+    pub pool_size: u32,
+    /// `admin_users`; the test role by default.
+    pub admin_users: Vec<String>,
+    /// `stats_users`.
+    pub stats_users: Vec<String>,
+    /// More users of the auth file (name, password), e.g. a stats user with no PostgreSQL role.
+    pub extra_users: Vec<(String, String)>,
+    /// `application_name_add_host = 1`: PgBouncer appends ` - <client host>:<port>`.
+    pub application_name_add_host: bool,
+    /// More `[pgbouncer]` settings, one per line.
+    pub extra: String,
+}
+
+impl Options {
+    pub fn new(mode: PoolMode, pool_size: u32) -> Options {
+        Options {
+            mode,
+            pool_size,
+            admin_users: vec![USER.to_string()],
+            stats_users: Vec::new(),
+            extra_users: Vec::new(),
+            application_name_add_host: false,
+            extra: String::new(),
+        }
+    }
+}
+
 pub struct TestPgBouncer {
     dir: tempfile::TempDir,
     port: u16,
@@ -39,10 +71,18 @@ impl TestPgBouncer {
     /// database and user (small, so that clients share server connections); panics with its log
     /// if that fails.
     pub fn start(pg: &TestPostgres, mode: PoolMode, pool_size: u32) -> TestPgBouncer {
-        match TestPgBouncer::try_start(pg, mode, pool_size, "") {
+        match TestPgBouncer::try_start(pg, mode, pool_size) {
             Ok(b) => b,
             Err(e) => panic!("cannot start a test PgBouncer: {e}"),
         }
+    }
+
+    pub fn try_start(
+        pg: &TestPostgres,
+        mode: PoolMode,
+        pool_size: u32,
+    ) -> Result<TestPgBouncer, String> {
+        TestPgBouncer::try_start_with(pg, &Options::new(mode, pool_size))
     }
 
     /// As [`TestPgBouncer::start`], with `server_round_robin = 1`: each transaction takes the
@@ -50,19 +90,25 @@ impl TestPgBouncer {
     /// different server connections even when it is alone (by default PgBouncer reuses the
     /// last one, which hides state a client wrongly expects to find again).
     pub fn start_round_robin(pg: &TestPostgres, mode: PoolMode, pool_size: u32) -> TestPgBouncer {
-        match TestPgBouncer::try_start(pg, mode, pool_size, "server_round_robin = 1\n") {
+        let opts = Options {
+            extra: "server_round_robin = 1\n".into(),
+            ..Options::new(mode, pool_size)
+        };
+        match TestPgBouncer::try_start_with(pg, &opts) {
             Ok(b) => b,
             Err(e) => panic!("cannot start a test PgBouncer: {e}"),
         }
     }
 
-    /// `extra`: more `[pgbouncer]` settings, one per line.
-    pub fn try_start(
-        pg: &TestPostgres,
-        mode: PoolMode,
-        pool_size: u32,
-        extra: &str,
-    ) -> Result<TestPgBouncer, String> {
+    /// Starts PgBouncer in front of `pg` as `opts` say; panics with its log if that fails.
+    pub fn start_with(pg: &TestPostgres, opts: &Options) -> TestPgBouncer {
+        match TestPgBouncer::try_start_with(pg, opts) {
+            Ok(b) => b,
+            Err(e) => panic!("cannot start a test PgBouncer: {e}"),
+        }
+    }
+
+    pub fn try_start_with(pg: &TestPostgres, opts: &Options) -> Result<TestPgBouncer, String> {
         let bin = binary()?;
         let run_as = super::postgres::run_as_user();
         let dir = tempfile::Builder::new()
@@ -73,7 +119,7 @@ impl TestPgBouncer {
         // A free port can be taken by someone else before PgBouncer binds it: retry.
         for _ in 0..5 {
             let port = super::postgres::free_port()?;
-            write_config(&dir, pg.port(), port, mode, pool_size, extra)?;
+            write_config(&dir, pg.port(), port, opts)?;
             if let Some(user) = &run_as {
                 let out = Command::new("chown")
                     .arg("-R")
@@ -120,6 +166,14 @@ impl TestPgBouncer {
         )
     }
 
+    /// The admin console's URL for `user` (database `pgbouncer`).
+    pub fn admin_url(&self, user: &str, password: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/pgbouncer?sslmode=disable",
+            self.port
+        )
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
     }
@@ -133,6 +187,13 @@ impl TestPgBouncer {
             let _ = conn.await;
         });
         client
+    }
+}
+
+impl Drop for TestPgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -185,22 +246,14 @@ async fn changed_settings(app: &tokio_postgres::Transaction<'_>) -> Option<Strin
     })
 }
 
-impl Drop for TestPgBouncer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn write_config(
     dir: &tempfile::TempDir,
     server_port: u16,
     port: u16,
-    mode: PoolMode,
-    pool_size: u32,
-    extra: &str,
+    opts: &Options,
 ) -> Result<(), String> {
     let d = dir.path();
+    let (mode, pool_size) = (opts.mode, opts.pool_size);
     let ini = format!(
         "[databases]\n\
          * = host=127.0.0.1 port={server_port}\n\
@@ -210,7 +263,9 @@ fn write_config(
          unix_socket_dir =\n\
          auth_type = scram-sha-256\n\
          auth_file = {userlist}\n\
-         admin_users = {USER}\n\
+         admin_users = {admin}\n\
+         stats_users = {stats}\n\
+         application_name_add_host = {add_host}\n\
          pool_mode = {mode}\n\
          default_pool_size = {pool_size}\n\
          max_client_conn = 200\n\
@@ -219,18 +274,22 @@ fn write_config(
          logfile = {log}\n\
          pidfile = {pid}\n\
          {extra}",
+        extra = opts.extra,
         userlist = d.join("userlist.txt").display(),
         mode = mode.as_ini(),
+        admin = opts.admin_users.join(","),
+        stats = opts.stats_users.join(","),
+        add_host = u8::from(opts.application_name_add_host),
         log = d.join("pgbouncer.log").display(),
         pid = d.join("pgbouncer.pid").display(),
     );
     std::fs::write(d.join("pgbouncer.ini"), ini).map_err(|e| format!("write ini: {e}"))?;
     // A plain-text password lets PgBouncer answer SCRAM on both sides.
-    std::fs::write(
-        d.join("userlist.txt"),
-        format!("\"{USER}\" \"{PASSWORD}\"\n"),
-    )
-    .map_err(|e| format!("write userlist: {e}"))
+    let mut users = format!("\"{USER}\" \"{PASSWORD}\"\n");
+    for (user, password) in &opts.extra_users {
+        users.push_str(&format!("\"{user}\" \"{password}\"\n"));
+    }
+    std::fs::write(d.join("userlist.txt"), users).map_err(|e| format!("write userlist: {e}"))
 }
 
 fn wait_listening(port: u16, child: &mut Child) -> Result<(), String> {

@@ -173,6 +173,7 @@ pub fn executor_env(
             // Phasegate's own contract executor never commits without the operator's grant.
             if env.sql.is_some() {
                 env.grant_url = Some(grant_url.to_string());
+                pooler_env(&mut env, &spec.database);
             }
         }
         JobPhase::Backfill => {
@@ -218,6 +219,20 @@ fn contract_env(
     if spec.expand.sql.is_some() {
         env.require_expand = Some(penv::bool_text(true));
     }
+}
+
+/// `spec.database.pooler`, for Phasegate's own contract executor only: a user Job runs no
+/// database check, and the admin URL's Secret is not one its template may read.
+fn pooler_env(env: &mut ExecutorEnv, database: &crate::api::DatabaseSpec) {
+    let Some(pooler) = &database.pooler else {
+        return;
+    };
+    env.pooler = Some(penv::bool_text(true));
+    // From the Secret by the kubelet, like the database URL: the operator never reads it.
+    env.pooler_admin_url = pooler.admin_url_secret_ref.as_ref().map(|r| SecretKey {
+        name: r.name.clone(),
+        key: r.key.clone(),
+    });
 }
 
 /// The settings of `phasegate backfill`.
