@@ -273,6 +273,11 @@ async fn plan(
         },
         expand_after: seen.order.after.clone(),
         expand_after_left: seen.expand_after_left.clone(),
+        expand_tenants: seen.expand_report.as_ref().and_then(|r| r.tenants.clone()),
+        contract_tenants: seen
+            .contract_report
+            .as_ref()
+            .and_then(|r| r.tenants.clone()),
         history: None,
         unconfirmed_stop: seen.unconfirmed_stop.clone(),
     };

@@ -178,6 +178,8 @@ impl Fx {
             waits_for: Vec::new(),
             expand_after: Vec::new(),
             expand_after_left: None,
+            expand_tenants: None,
+            contract_tenants: None,
             history: self.history.clone(),
             unconfirmed_stop: None,
         }
@@ -2208,6 +2210,8 @@ impl Sim {
             waits_for: Vec::new(),
             expand_after: Vec::new(),
             expand_after_left: None,
+            expand_tenants: None,
+            contract_tenants: None,
             unconfirmed_stop: None,
             // The endpoint reads the rollout history with every grant.
             history: Some(self.history()),
@@ -2278,6 +2282,8 @@ impl Sim {
             waits_for: Vec::new(),
             expand_after: Vec::new(),
             expand_after_left: None,
+            expand_tenants: None,
+            contract_tenants: None,
             unconfirmed_stop: unconfirmed,
             history: None,
         };
@@ -4247,4 +4253,71 @@ fn a_retry_set_while_the_operator_was_away_does_not_retry_a_later_timeout() {
         Ev::Update(0),
     ];
     simulate(&p, &events, false, true).unwrap();
+}
+
+#[test]
+fn a_fleet_migration_keeps_what_its_executor_did_across_the_tenants() {
+    let tenants = crate::api::TenantsSpec {
+        schemas: Some("tenant\\_%".into()),
+        max_concurrent: 4,
+        ..Default::default()
+    };
+    let mut fx = Fx::new(
+        SpecBuilder::new()
+            .with(|s| s.tenants = Some(tenants.clone()))
+            .build(),
+    );
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
+    let counts = crate::api::TenantsStatus {
+        total: 3,
+        applied: 2,
+        failed: 1,
+        ..Default::default()
+    };
+    fx.expand_job = JobState::Failed("failed on 1 of 3 tenants".into());
+    let mut input = fx.input();
+    input.expand_tenants = Some(counts.clone());
+    let p = plan(&input);
+    assert_eq!(phase(&p), Phase::Failed);
+    assert_eq!(
+        p.status.expand.as_ref().and_then(|e| e.tenants.clone()),
+        Some(counts)
+    );
+    // A retry starts afresh.
+    fx.status = p.status;
+    fx.retry("1");
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Expand, 2));
+    assert_eq!(
+        p.status.expand.as_ref().and_then(|e| e.tenants.clone()),
+        None
+    );
+}
+
+#[test]
+fn a_fleet_migration_refuses_what_cannot_run_per_tenant() {
+    let tenants = crate::api::TenantsSpec {
+        databases: Some("shop\\_%".into()),
+        ..Default::default()
+    };
+    let spec = SpecBuilder::new()
+        .with(|s| {
+            s.tenants = Some(tenants.clone());
+            s.backfill = Some(
+                serde_json::from_value(serde_json::json!({
+                    "table": "users", "key": "id",
+                    "sql": "UPDATE users SET a = 1 WHERE id > $1 AND id <= $2"
+                }))
+                .expect("backfill"),
+            );
+        })
+        .build();
+    let mut fx = Fx::new(spec);
+    let p = fx.step();
+    assert_eq!(failure_reason(&p.status), Some(reason::INVALID_SPEC));
+    assert!(
+        cond(&p.status, READY).message.contains("spec.tenants"),
+        "{:?}",
+        cond(&p.status, READY)
+    );
 }

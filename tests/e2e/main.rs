@@ -10,6 +10,7 @@ mod bench;
 mod examples;
 mod failures;
 mod fence;
+mod fleet;
 mod gates;
 mod gitops;
 mod ha;
