@@ -281,3 +281,29 @@ async fn sigkill_mid_wave_resumes_each_tenant_exactly_once() {
     assert_eq!(r.statements, 7, "tenant_01 was not run again");
     assert_eq!(with_column(&c, "verified").await.len(), 8);
 }
+
+/// Through a pooler that drops the `options` startup parameter, a tenant's SQL would run in
+/// the default schema: every tenant fails instead, and `public` is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_tenants_refuse_a_pooler_that_drops_their_search_path() {
+    use support::pgbouncer::{Options, PoolMode, TestPgBouncer};
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 2).await;
+    c.batch_execute("CREATE TABLE public.users (id int, legacy text)")
+        .await
+        .expect("public table");
+    let opts = Options {
+        extra: "ignore_startup_parameters = extra_float_digits,options\n".into(),
+        ..Options::new(PoolMode::Session, 4)
+    };
+    let pooler = TestPgBouncer::start_with(&pg, &opts);
+    let mut run = cfg(&pg, Phase::Expand, EXPAND, spec("tenant\\_%"));
+    run.database_url = executor::Secret(pooler.url());
+    let r = executor::execute(&run).await;
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.to_json_line());
+    let t = r.tenants.as_ref().expect("tenants");
+    assert_eq!(t.applied, 0, "{t:?}");
+    assert!(t.failures.iter().all(|f| f.error.contains("search_path")), "{t:?}");
+    assert!(with_column(&c, "verified").await.is_empty(), "nothing ran anywhere");
+}

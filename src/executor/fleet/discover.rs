@@ -36,3 +36,26 @@ pub(super) async fn tenants(
         .map_err(|e| fail(connect::describe(&e).1))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
+
+/// The tenant's connections really run in its schema: a pooler that drops the `options`
+/// startup parameter (PgBouncer with `ignore_startup_parameters = options`) would otherwise
+/// run every tenant's SQL in the default schema.
+pub(super) async fn check_search_path(one: &Config, tenant: &str) -> Result<(), String> {
+    let scrub = Scrubber::for_url(&one.database_url.0);
+    let settings = connect::parse(&one.database_url.0).map_err(|e| scrub.scrub(&e.to_string()))?;
+    let client = connect::connect(&settings, one.connect_timeout, &scrub)
+        .await
+        .map_err(|e| scrub.scrub(&e.to_string()))?;
+    let path: String = client
+        .query_typed_one("SELECT current_setting('search_path')", &[])
+        .await
+        .map_err(|e| scrub.scrub(&connect::describe(&e).1))?
+        .get(0);
+    if path.trim() != tenant {
+        return Err(format!(
+            "the session's search_path is {path:?}, not the tenant schema: the options startup \
+             parameter did not reach the server (a pooler that drops it?); connect directly"
+        ));
+    }
+    Ok(())
+}

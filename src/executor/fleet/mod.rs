@@ -116,6 +116,14 @@ async fn run_tenant(cfg: &Config, kind: &TenantKind, tenant: &str) -> TenantRun 
             }
         }
     };
+    if let TenantKind::Schemas(_) = kind {
+        if let Err(e) = discover::check_search_path(&one, tenant).await {
+            return TenantRun {
+                report: Tally::default().failed_report(cfg, Duration::ZERO, e),
+                expanded_late: false,
+            };
+        }
+    }
     let mut expanded_late = false;
     if let (Phase::Contract, Some(expand_sql)) = (cfg.phase, &cfg.tenant_expand_sql) {
         let mut expand = one.clone();
