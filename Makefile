@@ -5,7 +5,7 @@ CACHE ?= $(or $(PHASEGATE_CACHE),$(HOME)/.cache/phasegate)
 E2E_KUBECONFIG ?= $(CACHE)/kubeconfig
 E2E_THREADS ?= 3
 
-.PHONY: all build deps crd unit executor-pg17 e2e e2e-real real-node-up real-node-down test chart-test monitoring-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock bench-backfill bench-scale bench-order bench-cache-memory fmt lint-rust
+.PHONY: all build deps crd unit executor-pg17 e2e e2e-real real-node-up real-node-down test chart-test monitoring-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock bench-backfill bench-scale bench-order bench-fanout bench-cache-memory fmt lint-rust
 
 all: build
 
@@ -113,6 +113,11 @@ bench-scale: deps
 ## MIGRATIONS, BASELINE_REF, OPERATOR_BIN/BASELINE_BIN; uses the local cluster).
 bench-order: deps
 	hack/bench-order.sh
+
+## One migration on 1,000 tenant schemas and 200 tenant databases vs a loop of `phasegate apply` per
+## tenant, under open-loop app load (not a test; SCHEMAS, DATABASES; no cluster; docs/fleet.md).
+bench-fanout: deps
+	hack/bench-fanout.sh
 
 ## What each cached object costs the operator (heap bytes per pod, Deployment, migration…;
 ## PODS/DEPLOYMENTS/MIGRATIONS set the counts; no cluster needed; see docs/scale.md).

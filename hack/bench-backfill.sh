@@ -23,42 +23,13 @@ START=3   # seconds after the application starts
 root=$(cd "$(dirname "$0")/.." && pwd)
 log() { echo "bench-backfill: $*" >&2; }
 
-bindir=${PHASEGATE_PG_BINDIR:-}
-if [[ -z $bindir ]]; then
-  bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
-fi
-if [[ -z $bindir ]] && command -v pg_config >/dev/null; then bindir=$(pg_config --bindir); fi
-tool() { if [[ -x $bindir/$1 ]]; then echo "$bindir/$1"; else command -v "$1"; fi; }
-for t in initdb pg_ctl pgbench psql; do
-  tool "$t" >/dev/null || { echo "bench-backfill: $t not found (set PHASEGATE_PG_BINDIR)" >&2; exit 1; }
-done
-PSQL=$(tool psql); PGBENCH=$(tool pgbench)
-
-if [[ -z ${PHASEGATE_BIN:-} ]]; then
-  log "building phasegate"
-  (cd "$root" && cargo build --quiet --bin phasegate)
-  PHASEGATE_BIN=${CARGO_TARGET_DIR:-$root/target}/debug/phasegate
-fi
-
-work=$(mktemp -d /tmp/phasegate-bench-backfill-XXXXXX)
-as_pg=()
-if [[ $(id -u) == 0 ]]; then
-  user=postgres; id -u postgres >/dev/null 2>&1 || user=nobody
-  chown "$user:" "$work"; as_pg=(runuser -u "$user" --)
-fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 55433)
-cleanup() {
-  "${as_pg[@]}" "$(tool pg_ctl)" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-log "initdb in $work (port $port)"
-"${as_pg[@]}" "$(tool initdb)" -D "$work/data" -U bench --auth=trust -N -E UTF8 --locale=C >/dev/null
-"${as_pg[@]}" "$(tool pg_ctl)" -D "$work/data" -l "$work/server.log" -w \
-  -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=50 -c shared_buffers=128MB" \
-  start >/dev/null
-export PGHOST=127.0.0.1 PGPORT=$port PGUSER=bench PGDATABASE=postgres
-url="postgres://bench@127.0.0.1:$port/postgres?sslmode=disable"
+BENCH_NAME=bench-backfill
+# shellcheck source=hack/lib/pg.sh
+. "$root/hack/lib/pg.sh"
+pg_tools
+phasegate_bin
+trap pg_stop EXIT
+pg_start "-c max_connections=50 -c shared_buffers=128MB"
 psql_q() { PGOPTIONS="-c client_min_messages=warning" "$PSQL" -X -q -v ON_ERROR_STOP=1 "$@"; }
 
 # A fresh table per run: the same starting point for every runner.
@@ -102,22 +73,8 @@ run() {
     log "$name: backfill done after $ms ms; rows left unfilled: $left"
   fi
   wait "$app" || true
-  # Per-transaction log: client tx time(us) script epoch us lag(us). With --rate, time already
-  # counts from the scheduled start (it includes the lag): reported alone.
-  cat "$dir"/app.* 2>/dev/null | awk '$3 != "failed" && $3 != "skipped" { printf "%.3f\n", $3 / 1000.0 }' \
-    | sort -n >"$dir/lat.txt"
-  local failed; failed=$(cat "$dir"/app.* 2>/dev/null | awk '$3 == "failed"' | wc -l)
-  local n; n=$(wc -l <"$dir/lat.txt")
-  local expected=$((RATE * duration))
   local rps=0; [[ $ms -gt 0 ]] && rps=$(( ROWS * 1000 / ms ))
-  awk -v n="$n" -v failed="$failed" -v expected="$expected" -v ms="$ms" -v rps="$rps" '
-      { a[NR] = $1 }
-      END {
-        if (n == 0) { print "0 0 0", failed, 0, ms, rps; exit }
-        p50 = a[int(n * 0.50) > 0 ? int(n * 0.50) : 1]; p99 = a[int(n * 0.99) > 0 ? int(n * 0.99) : 1]
-        missing = expected - n - failed; if (missing < 0 || missing < expected * 0.02) missing = 0
-        printf "%.1f %.1f %.1f %d %d %d %d\n", p50, p99, a[n], failed + missing, n, ms, rps
-      }' "$dir/lat.txt"
+  echo "$(latency_summary "$dir" $((RATE * duration))) $ms $rps"
 }
 
 # How long the application runs: the single UPDATE's duration is unknown up front; a first

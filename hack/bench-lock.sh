@@ -48,47 +48,18 @@ log() { echo "bench-lock: $*" >&2; }
 # shellcheck source=hack/pgbouncer.sh
 . "$root/hack/pgbouncer.sh"
 
-# --- binaries ---------------------------------------------------------------------------------
-bindir=${PHASEGATE_PG_BINDIR:-}
-if [[ -z $bindir ]]; then
-  bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
-fi
-if [[ -z $bindir ]] && command -v pg_config >/dev/null; then bindir=$(pg_config --bindir); fi
-for tool in initdb pg_ctl pgbench psql; do
-  if [[ ! -x $bindir/$tool ]] && ! command -v "$tool" >/dev/null; then
-    echo "bench-lock: $tool not found (set PHASEGATE_PG_BINDIR)" >&2; exit 1
-  fi
-done
-tool() { if [[ -x $bindir/$1 ]]; then echo "$bindir/$1"; else command -v "$1"; fi; }
-PSQL=$(tool psql); PGBENCH=$(tool pgbench)
-
-if [[ -z ${PHASEGATE_BIN:-} ]]; then
-  log "building phasegate"
-  (cd "$root" && cargo build --quiet --bin phasegate)
-  PHASEGATE_BIN=${CARGO_TARGET_DIR:-$root/target}/debug/phasegate
-fi
-
-# --- a throwaway server ----------------------------------------------------------------------
-work=$(mktemp -d /tmp/phasegate-bench-XXXXXX)
-as_pg=()
-if [[ $(id -u) == 0 ]]; then
-  user=postgres; id -u postgres >/dev/null 2>&1 || user=nobody
-  chown "$user:" "$work"; as_pg=(runuser -u "$user" --)
-fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 55432)
+# --- binaries and a throwaway server ----------------------------------------------------------
+BENCH_NAME=bench-lock
+# shellcheck source=hack/lib/pg.sh
+. "$root/hack/lib/pg.sh"
+pg_tools
+phasegate_bin
 cleanup() {
-  pgbouncer_stop "$work/pgbouncer"
-  "${as_pg[@]}" "$(tool pg_ctl)" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$work"
+  [[ -z ${work:-} ]] || pgbouncer_stop "$work/pgbouncer"
+  pg_stop
 }
 trap cleanup EXIT
-log "initdb in $work (port $port)"
-"${as_pg[@]}" "$(tool initdb)" -D "$work/data" -U bench --auth=trust -N -E UTF8 --locale=C >/dev/null
-"${as_pg[@]}" "$(tool pg_ctl)" -D "$work/data" -l "$work/server.log" -w \
-  -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=50 -c shared_buffers=64MB" \
-  start >/dev/null
-export PGHOST=127.0.0.1 PGPORT=$port PGUSER=bench PGDATABASE=postgres
-url="postgres://bench@127.0.0.1:$port/postgres?sslmode=disable"
+pg_start "-c max_connections=50 -c shared_buffers=64MB"
 psql_q() { "$PSQL" -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql_q -c "CREATE TABLE users (id int PRIMARY KEY, v text NOT NULL)" \
        -c "INSERT INTO users SELECT g, md5(g::text) FROM generate_series(1, 10000) g" -c "VACUUM ANALYZE users"
@@ -145,25 +116,8 @@ run() {
   fi
   wait "$app" || true
   [[ -z $holder ]] || wait "$holder" || true
-  # Per-transaction log: client tx time(us) script epoch us lag(us); "failed" in place of time.
-  # With --rate, time already counts from the scheduled start (it includes the lag): report it
-  # alone; adding lag would count the lag twice.
-  cat "$dir"/app.* 2>/dev/null | awk '
-      $3 == "failed" { failed++; next }
-      $3 == "skipped" { next }
-      { printf "%.3f\n", $3 / 1000.0 }' | sort -n >"$dir/lat.txt"
-  local failed; failed=$(cat "$dir"/app.* 2>/dev/null | awk '$3 == "failed"' | wc -l)
-  local n; n=$(wc -l <"$dir/lat.txt")
   # Clients aborted by an error stop sending: count what the open loop should have sent.
-  local expected=$((RATE * duration))
-  awk -v n="$n" -v failed="$failed" -v expected="$expected" -v migr="$migr_ms" '
-      { a[NR] = $1 }
-      END {
-        if (n == 0) { print "0 0 0", failed, 0, migr; exit }
-        p50 = a[int(n * 0.50) > 0 ? int(n * 0.50) : 1]; p99 = a[int(n * 0.99) > 0 ? int(n * 0.99) : 1]
-        missing = expected - n - failed; if (missing < 0 || missing < expected * 0.02) missing = 0
-        printf "%.1f %.1f %.1f %d %d %s\n", p50, p99, a[n], failed + missing, n, migr
-      }' "$dir/lat.txt"
+  echo "$(latency_summary "$dir" $((RATE * duration))) $migr_ms"
 }
 
 # Warm up caches and connections so the baseline measures the steady state.

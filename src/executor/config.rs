@@ -378,6 +378,8 @@ pub struct Config {
     pub expand_after: Vec<String>,
     /// Run the phase on every tenant this selects (see [`super::fleet`]).
     pub tenants: Option<crate::api::TenantsSpec>,
+    /// The advisory lock's object key: [`super::locks::ADVISORY_OBJ`], or a tenant schema's.
+    pub advisory_obj: i32,
     /// Contract with tenants: expand's SQL, for a tenant created since expand ran.
     pub tenant_expand_sql: Option<String>,
     pub lock_timeout: Duration,
@@ -428,6 +430,7 @@ impl Config {
             expand_after: Vec::new(),
             tenants: None,
             tenant_expand_sql: None,
+            advisory_obj: super::locks::ADVISORY_OBJ,
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(600),
             max_lock_retries: 10,
@@ -566,6 +569,7 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
             app_version: args.app_version,
         },
         tenants: args.tenants,
+        advisory_obj: super::locks::ADVISORY_OBJ,
         tenant_expand_sql: args.tenant_expand_sql.filter(|_| contract),
         expand_after: if contract {
             Vec::new()

@@ -15,6 +15,17 @@ use crate::sql::{LockMode, Reach, Statement, TableRef};
 pub const ADVISORY_CLASS: i32 = 0x5048_4147;
 pub const ADVISORY_OBJ: i32 = 1;
 
+/// The advisory key of one tenant schema's runs (see [`super::fleet`]): tenants of one database
+/// apply at once, each serialised only with runs of the same schema (a collision only
+/// serialises two tenants). Never [`ADVISORY_OBJ`].
+pub fn tenant_advisory_obj(schema: &str) -> i32 {
+    // FNV-1a: stable across processes and versions, unlike the std hasher.
+    let h = schema.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    2 + (h % 0x3fff_fff0) as i32
+}
+
 /// Default of [`Patience::young`]: transactions younger than this are ordinary short
 /// application work: attempting with a short `lock_timeout` costs them at most that long. Older
 /// ones are waited out.
@@ -69,6 +80,7 @@ impl std::fmt::Display for Blocker {
 /// idle (`idle_in_transaction_session_timeout`; zero: no bound).
 pub async fn advisory_lock(
     guard: &Client,
+    obj: i32,
     timeout: Duration,
     idle: Duration,
     waits: &mut Waits,
@@ -78,7 +90,7 @@ pub async fn advisory_lock(
     // Constants only, in one simple query: no prepared statement, one round trip.
     let try_lock = format!(
         "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{}ms'; \
-         SELECT pg_try_advisory_xact_lock({ADVISORY_CLASS}, {ADVISORY_OBJ})",
+         SELECT pg_try_advisory_xact_lock({ADVISORY_CLASS}, {obj})",
         idle.as_millis()
     );
     loop {
@@ -98,7 +110,7 @@ pub async fn advisory_lock(
             });
         }
         advisory_unlock(guard).await;
-        let holder = advisory_holder(guard).await.ok().flatten();
+        let holder = advisory_holder(guard, obj).await.ok().flatten();
         if start.elapsed() >= timeout {
             return Err(AdvisoryError::Timeout {
                 waited: start.elapsed(),
@@ -124,13 +136,13 @@ pub async fn advisory_unlock(guard: &Client) {
     let _ = guard.batch_execute("ROLLBACK").await;
 }
 
-async fn advisory_holder(client: &Client) -> Result<Option<i32>, tokio_postgres::Error> {
+async fn advisory_holder(client: &Client, obj: i32) -> Result<Option<i32>, tokio_postgres::Error> {
     let row = client
         .query_typed_opt(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2 LIMIT 1",
-            &[(&ADVISORY_CLASS, Type::INT4), (&ADVISORY_OBJ, Type::INT4)],
+            &[(&ADVISORY_CLASS, Type::INT4), (&obj, Type::INT4)],
         )
         .await?;
     Ok(row.and_then(|r| r.get(0)))

@@ -74,7 +74,7 @@ impl Runner<'_> {
             .saturating_sub(self.advisory_waited);
         let (waits, guard, idle) = (&mut self.waits, &self.guard, self.guard_idle);
         let waited = or_stop(&self.cfg.stop, async {
-            Ok(locks::advisory_lock(guard, budget, idle, waits).await?)
+            Ok(locks::advisory_lock(guard, self.cfg.advisory_obj, budget, idle, waits).await?)
         })
         .await;
         if waited.is_err() {

@@ -59,3 +59,25 @@ pub(super) async fn check_search_path(one: &Config, tenant: &str) -> Result<(), 
     }
     Ok(())
 }
+
+/// Creates the ledger, if missing, under the database's advisory lock before schema tenants
+/// run: they apply at once under keys of their own, and would race on its creation.
+pub(super) async fn ensure_ledger(cfg: &Config, scrub: &Scrubber) -> Result<(), FleetError> {
+    use super::super::{ledger, locks};
+    let fail = |e: String| FleetError::Discover(scrub.scrub(&e));
+    let settings = connect::parse(&cfg.database_url.0).map_err(|e| fail(e.to_string()))?;
+    let mut client = connect::connect(&settings, cfg.connect_timeout, scrub)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let db = |e: tokio_postgres::Error| fail(connect::describe(&e).1);
+    let tx = client.transaction().await.map_err(db)?;
+    tx.batch_execute(&format!(
+        "SELECT pg_advisory_xact_lock({}, {})",
+        locks::ADVISORY_CLASS,
+        locks::ADVISORY_OBJ
+    ))
+    .await
+    .map_err(db)?;
+    ledger::ensure(&tx).await.map_err(db)?;
+    tx.commit().await.map_err(db)
+}

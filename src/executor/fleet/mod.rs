@@ -55,6 +55,18 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
         return Err(FleetError::NoTenants(kind.describe()));
     }
     let waves = waves::plan(&tenants, &spec.canary).map_err(FleetError::MissingCanary)?;
+    if let TenantKind::Schemas(_) = kind {
+        // A pooler passes the options startup parameter on for every tenant or for none.
+        let first = waves.canaries.iter().chain(&waves.rest).find_map(|t| {
+            target::config_for(cfg, &kind, t).ok().map(|one| (t, one))
+        });
+        if let Some((t, one)) = first {
+            discover::check_search_path(&one, t)
+                .await
+                .map_err(FleetError::Spec)?;
+        }
+        discover::ensure_ledger(cfg, scrub).await?;
+    }
     tracing::info!(
         tenants = tenants.len(),
         canaries = waves.canaries.len(),
@@ -116,14 +128,6 @@ async fn run_tenant(cfg: &Config, kind: &TenantKind, tenant: &str) -> TenantRun 
             }
         }
     };
-    if let TenantKind::Schemas(_) = kind {
-        if let Err(e) = discover::check_search_path(&one, tenant).await {
-            return TenantRun {
-                report: Tally::default().failed_report(cfg, Duration::ZERO, e),
-                expanded_late: false,
-            };
-        }
-    }
     let mut expanded_late = false;
     if let (Phase::Contract, Some(expand_sql)) = (cfg.phase, &cfg.tenant_expand_sql) {
         let mut expand = one.clone();

@@ -60,6 +60,7 @@ pub(super) fn config_for(cfg: &Config, kind: &TenantKind, tenant: &str) -> Resul
         TenantKind::Schemas(_) => {
             one.database_url.0 = with_search_path(&cfg.database_url.0, tenant)?;
             one.identity.name = format!("{}/{tenant}", cfg.identity.name);
+            one.advisory_obj = super::super::locks::tenant_advisory_obj(tenant);
         }
         TenantKind::Databases(_) => {
             one.database_url.0 = with_database(&cfg.database_url.0, tenant)?;

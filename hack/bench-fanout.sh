@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# `make bench-fanout` (benchmark, not a test): one migration on every tenant of a server — 1,000
+# tenant schemas and 200 tenant databases, an expand and a contract each — under an open-loop
+# application load (pgbench --rate reading the schema tenants' tables; latency counted from each
+# query's scheduled start, the lag never added again), side by side with what users do today: a
+# sequential loop of one `phasegate apply` per tenant and phase. No cluster: the executor alone
+# (`phasegate apply --tenants`, as the operator's Job runs it).
+#
+# Last line:
+#   fanout: tenants=N phasegate_s=A loop_s=B app_p99_baseline_ms=X app_p99_phasegate_ms=Y failed=F executor_rss_mib=E operator_rss_mib=O
+# failed: application queries that failed during the phasegate run (plus tenants that failed).
+# operator_rss_mib is "na": no operator runs here; it holds one status per migration whatever
+# the tenants (counts and 10 failures), see docs/fleet.md.
+#
+# Knobs (env): SCHEMAS (1000), DATABASES (200), BENCH_RATE (500 q/s), BENCH_CONCURRENCY (4,
+# maxConcurrent), BENCH_LOOP=0 skips the loop, PHASEGATE_BIN, PHASEGATE_PG_BINDIR.
+set -euo pipefail
+
+SCHEMAS=${SCHEMAS:-1000}
+DATABASES=${DATABASES:-200}
+RATE=${BENCH_RATE:-500}
+CONCURRENCY=${BENCH_CONCURRENCY:-4}
+LOOP=${BENCH_LOOP:-1}
+WINDOW=5   # seconds per pgbench window while a run goes on
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+log() { echo "bench-fanout: $*" >&2; }
+BENCH_NAME=bench-fanout
+# shellcheck source=hack/lib/pg.sh
+. "$root/hack/lib/pg.sh"
+pg_tools
+phasegate_bin
+trap pg_stop EXIT
+pg_start "-c max_connections=200 -c shared_buffers=128MB"
+psql_q() { PGOPTIONS="-c client_min_messages=warning" "$PSQL" -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+# --- tenants: schemas t1000… in `postgres`, databases d1000… from a template ------------------
+log "creating $SCHEMAS schemas and $DATABASES databases"
+first=1000
+psql_q -c "DO \$\$ BEGIN FOR i IN $first..$((first + SCHEMAS - 1)) LOOP
+  EXECUTE format('CREATE SCHEMA t%s; CREATE TABLE t%s.users (id int PRIMARY KEY, v text, old_a int, old_b int);
+                  INSERT INTO t%s.users SELECT g, md5(g::text), 0, 0 FROM generate_series(1, 100) g', i, i, i);
+END LOOP; END \$\$"
+psql_q -c "CREATE DATABASE tenant_template"
+psql_q -d tenant_template -c "CREATE TABLE users (id int PRIMARY KEY, v text, old_a int, old_b int)" \
+  -c "INSERT INTO users SELECT g, md5(g::text), 0, 0 FROM generate_series(1, 100) g"
+for i in $(seq "$first" $((first + DATABASES - 1))); do
+  psql_q -c "CREATE DATABASE d$i TEMPLATE tenant_template"
+done
+psql_q -c "VACUUM ANALYZE"
+printf '\\set t random(%d, %d)\n\\set id random(1, 100)\nSELECT v FROM t:t.users WHERE id = :id;\n' \
+  "$first" $((first + SCHEMAS - 1)) >"$work/app.sql"
+
+# --- the application, in windows while a command runs -----------------------------------------
+# measure <name> <command...>: runs the command with the application reading meanwhile; prints
+# "seconds p50 p99 max failed done".
+measure() {
+  local name=$1; shift
+  local dir=$work/$name; mkdir -p "$dir"
+  local t0; t0=$(date +%s%N)
+  # The command's own time, not the end of the window it finished in.
+  ( "$@"; echo "$? $(date +%s%N)" >"$dir/end" ) >"$dir/run.out" 2>"$dir/run.err" &
+  local pid=$!
+  local windows=0
+  while kill -0 "$pid" 2>/dev/null || [[ $windows == 0 ]]; do
+    (cd "$dir" && "$PGBENCH" -n -f "$work/app.sql" -c 4 -j 2 -T "$WINDOW" --rate "$RATE" \
+        -l --log-prefix="app.$windows" >>"$dir/pgbench.out" 2>&1) || true
+    windows=$((windows + 1))
+  done
+  wait "$pid" || true
+  local status end; read -r status end <"$dir/end"
+  local secs; secs=$(awk -v ns=$(( end - t0 )) 'BEGIN { printf "%.1f", ns / 1e9 }')
+  [[ $status == 0 ]] || log "$name: exit $status: $(tail -3 "$dir/run.err")"
+  echo "$secs $(latency_summary "$dir" $((RATE * WINDOW * windows)))"
+}
+
+apply() { # apply <url> <phase> <name> <sql> [tenants json]
+  local tenants=(); [[ -z ${5:-} ]] || tenants=(--tenants "$5")
+  PHASEGATE_DATABASE_URL=$1 PHASEGATE_PHASE=$2 PHASEGATE_MIGRATION_NAME=$3 PHASEGATE_SQL=$4 \
+  PHASEGATE_TERMINATION_LOG=/nonexistent/x PHASEGATE_APP_VERSION=2.0.0 \
+    "$PHASEGATE_BIN" apply "${tenants[@]}"
+}
+export -f apply
+export PHASEGATE_BIN
+
+# What users do today: one process per tenant and phase, one after another.
+loop() {
+  local i
+  for phase in expand contract; do
+    local sql="ALTER TABLE users ADD COLUMN new_a int;"
+    [[ $phase == contract ]] && sql="ALTER TABLE users DROP COLUMN old_a;"
+    for i in $(seq "$first" $((first + SCHEMAS - 1))); do
+      apply "$url&options=-c%20search_path%3Dt$i" "$phase" "loop" "$sql" >/dev/null
+    done
+    for i in $(seq "$first" $((first + DATABASES - 1))); do
+      apply "postgres://bench@127.0.0.1:$port/d$i?sslmode=disable" "$phase" "loop" "$sql" >/dev/null
+    done
+  done
+}
+
+# Phasegate: one executor per kind of tenant and phase; its peak RSS (KiB) into rss.
+fleet() {
+  local t="\"maxConcurrent\":$CONCURRENCY"
+  for phase in expand contract; do
+    local sql="ALTER TABLE users ADD COLUMN new_b int;"
+    [[ $phase == contract ]] && sql="ALTER TABLE users DROP COLUMN old_b;"
+    /usr/bin/time -f "%M" -a -o "$work/rss" bash -c 'apply "$@"' _ "$url" "$phase" fleet "$sql" "{\"schemas\":\"t%\",$t}" >"$work/fleet-$phase-schemas.json"
+    /usr/bin/time -f "%M" -a -o "$work/rss" bash -c 'apply "$@"' _ "$url" "$phase" fleet "$sql" "{\"databases\":\"d%\",$t}" >"$work/fleet-$phase-databases.json"
+  done
+}
+[[ -x /usr/bin/time ]] || { log "/usr/bin/time is needed (apt-get install time)"; exit 1; }
+export -f loop fleet
+export url port first SCHEMAS DATABASES CONCURRENCY work
+
+log "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+read -r _ _ base_p99 _ base_failed _ <<<"$(measure baseline sleep 10)"
+log "baseline: app p99 ${base_p99} ms, failed ${base_failed}"
+read -r pg_s _ pg_p99 _ pg_failed _ <<<"$(measure phasegate fleet)"
+tenant_failed=0
+for f in "$work"/fleet-*.json; do
+  log "$(basename "$f"): $(tail -1 "$f" | cut -c1-300)"
+  n=$(tail -1 "$f" | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); print((r.get("tenants") or {}).get("failed", 0) + (0 if r["outcome"] != "failed" or r.get("tenants") else 1))' 2>/dev/null || echo 1)
+  tenant_failed=$((tenant_failed + n))
+done
+rss_mib=$(sort -n "$work/rss" | tail -1 | awk '{ printf "%.1f", $1 / 1024 }')
+log "phasegate: ${pg_s} s, app p99 ${pg_p99} ms, failed queries ${pg_failed}, failed tenants ${tenant_failed}, executor peak RSS ${rss_mib} MiB"
+loop_s=na
+if [[ $LOOP == 1 ]]; then
+  read -r loop_s _ loop_p99 _ loop_failed _ <<<"$(measure loop loop)"
+  log "loop: ${loop_s} s, app p99 ${loop_p99} ms, failed queries ${loop_failed}"
+  ratio=$(awk -v a="$loop_s" -v b="$pg_s" 'BEGIN { printf "%.1f", a / b }')
+  log "phasegate is ${ratio}x faster than the loop"
+fi
+log "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "fanout: tenants=$((SCHEMAS + DATABASES)) phasegate_s=$pg_s loop_s=$loop_s app_p99_baseline_ms=$base_p99 app_p99_phasegate_ms=$pg_p99 failed=$((pg_failed + tenant_failed)) executor_rss_mib=$rss_mib operator_rss_mib=na"
