@@ -3,10 +3,12 @@
 //! Doc comments on fields become `kubectl explain` text; keep them user-facing.
 
 mod backfill;
+mod replicas;
 mod spec;
 mod status;
 
 pub use backfill::*;
+pub use replicas::*;
 pub use spec::*;
 pub use status::*;
 

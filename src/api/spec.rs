@@ -80,6 +80,10 @@ pub struct DatabaseSpec {
     /// (`postgres://user:password@host:5432/db?sslmode=require`). Only the executor Job
     /// reads it; the operator never does.
     pub url_secret_ref: SecretKeyRef,
+    /// Hot standbys that contract's database check looks at too (old code reading from a
+    /// standby holds contract like old code on the primary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<super::ReplicasSpec>,
 }
 
 /// A key in a Secret of the same namespace.

@@ -155,6 +155,15 @@ pub struct ContractArgs {
     /// `no commit grant`) [default: 10m].
     #[arg(long, value_parser = parse_duration)]
     pub grant_wait: Option<Duration>,
+    /// The URL of a hot standby whose sessions the database check judges too (repeat for
+    /// each; a standby that cannot be reached or read holds contract)
+    /// [env: PHASEGATE_REPLICA_URL_0, _1, …].
+    #[arg(long = "replica-url", value_name = "URL")]
+    pub replica_urls: Vec<Secret>,
+    /// Also check every physical standby in the primary's `pg_stat_replication`, at its
+    /// `client_addr` with the primary URL's other settings (`true`/`false`; default false).
+    #[arg(long)]
+    pub replica_discover: Option<String>,
 }
 
 /// A setting's value: its flag, else its variable, else `default`.
@@ -214,6 +223,8 @@ pub(super) struct ContractSettings {
     pub grant_url: Option<String>,
     pub attempt: u32,
     pub grant_wait: Duration,
+    pub replica_urls: Vec<Secret>,
+    pub replica_discover: Option<String>,
 }
 
 /// The termination log a run writes: its flag, else its variable, else the kubelet's file.
@@ -266,6 +277,12 @@ impl ApplyArgs {
                 crate::protocol::grant::ENV_WAIT,
                 Duration::from_secs(600),
             )?,
+            replica_urls: if c.replica_urls.is_empty() {
+                env.replica_urls.clone()
+            } else {
+                c.replica_urls
+            },
+            replica_discover: c.replica_discover.or(env.replica_discover.clone()),
         };
         Ok(Settings {
             database_url,
@@ -359,6 +376,10 @@ pub struct Config {
     pub require_expand: bool,
     /// Contract only: where to ask for the commit grant; None when run without an operator.
     pub grant: Option<super::grant::GrantConfig>,
+    /// Contract with the database check: hot standbys checked too (see [`super::standbys`]).
+    pub replica_urls: Vec<Secret>,
+    /// Contract with the database check: also check the standbys the primary streams to.
+    pub replica_discover: bool,
     /// Set by SIGTERM/SIGINT (see [`stop`]); a run never commits after it is requested.
     pub stop: Stop,
     pub failpoint: Option<String>,
@@ -393,6 +414,8 @@ impl Config {
             previous_versions: None,
             require_expand: false,
             grant: None,
+            replica_urls: Vec::new(),
+            replica_discover: false,
             stop: Stop::new(),
             failpoint: None,
         }
@@ -440,6 +463,13 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
             "PHASEGATE_REQUIRE_EXPAND=true needs PHASEGATE_MIGRATION_UID: the expand to require is identified by it".into(),
         )));
     }
+    let replica_discover = database_check
+        && parse_bool(
+            "PHASEGATE_REPLICA_DISCOVER",
+            args.contract.replica_discover.as_deref(),
+        )
+        .map_err(setting)?
+        .unwrap_or(false);
     let rollout_completed_at = match args.contract.rollout_completed_at.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(_) if !database_check => None,
@@ -515,6 +545,12 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
         previous_versions,
         require_expand,
         grant,
+        replica_urls: if database_check {
+            args.contract.replica_urls
+        } else {
+            Vec::new()
+        },
+        replica_discover,
         stop: Stop::new(),
         failpoint: args.failpoint,
     })

@@ -89,6 +89,8 @@ pub enum Reason {
     OldTransaction,
     /// A session pg_stat_activity hides from us had this transaction open when we first looked.
     HiddenTransaction,
+    /// A server that must be checked (a hot standby) could not be: it may serve old code.
+    Unchecked { why: String },
 }
 
 /// A session in the way (no query text: it may hold user data).
@@ -100,16 +102,26 @@ pub struct Blocker {
     /// Age of its transaction, when it has one and we may see it.
     pub xact_ms: Option<f64>,
     pub reason: Reason,
+    /// The server it is on when not the one the executor applies to (`standby <host>:<port>`).
+    pub server: Option<String>,
 }
 
 impl std::fmt::Display for Blocker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Reason::Unchecked { why } = &self.reason {
+            let server = self.server.as_deref().unwrap_or("server");
+            return write!(f, "{server} could not be checked: {why}");
+        }
         let app = if self.application.is_empty() {
             "no application_name"
         } else {
             &self.application
         };
-        write!(f, "pid {} ({app}", self.pid)?;
+        write!(f, "pid {}", self.pid)?;
+        if let Some(server) = &self.server {
+            write!(f, " on {server}")?;
+        }
+        write!(f, " ({app}")?;
         if !self.state.is_empty() {
             write!(f, ", {}", self.state)?;
         }
@@ -122,6 +134,7 @@ impl std::fmt::Display for Blocker {
             Reason::HiddenTransaction => f.write_str(
                 "transaction of another role, open since before the check began (start time hidden without pg_read_all_stats)",
             )?,
+            Reason::Unchecked { .. } => {}
         }
         if let Some(ms) = self.xact_ms {
             write!(f, ", transaction open for {:.1} s", ms / 1000.0)?;
@@ -262,6 +275,7 @@ impl Checker {
                 state: state.clone(),
                 xact_ms,
                 reason,
+                server: None,
             };
             if !self.want.is_empty() && self.judged(&application) {
                 if let Some(version) = app_version_of(&application) {
@@ -352,11 +366,19 @@ pub fn announce(waits: &mut Waits, b: &Blocker) {
         Reason::OldVersion { .. } => "version",
         Reason::OldTransaction => "transaction",
         Reason::HiddenTransaction => "hidden",
+        Reason::Unchecked { .. } => "unchecked",
     };
+    let message = match (&b.reason, &b.server) {
+        (Reason::Unchecked { .. }, _) => "contract waits: a standby cannot be checked",
+        (_, Some(_)) => "contract waits: an old session or transaction is still on a standby",
+        (_, None) => "contract waits: an old session or transaction is still in the database",
+    };
+    // Pids are per server.
+    let server = b.server.as_deref().unwrap_or("");
     waits.announce(
         Kind::DatabaseCheck,
-        format!("{} {reason}", b.pid),
-        "contract waits: an old session or transaction is still in the database",
+        format!("{server} {} {reason}", b.pid),
+        message,
         &b.to_string(),
     );
 }
@@ -398,6 +420,7 @@ mod tests {
                 version: "1.0.0".into(),
                 want: "2.0.0".into(),
             },
+            server: None,
         };
         assert_eq!(
             b.to_string(),
@@ -409,10 +432,19 @@ mod tests {
             state: "idle in transaction".into(),
             xact_ms: Some(12_345.0),
             reason: Reason::OldTransaction,
+            server: None,
         };
         assert_eq!(
             b.to_string(),
             "pid 7 (no application_name, idle in transaction): transaction began before the rollout completed, transaction open for 12.3 s"
+        );
+        let on_standby = Blocker {
+            server: Some("standby 10.0.0.5:5432".into()),
+            ..b
+        };
+        assert_eq!(
+            on_standby.to_string(),
+            "pid 7 on standby 10.0.0.5:5432 (no application_name, idle in transaction): transaction began before the rollout completed, transaction open for 12.3 s"
         );
     }
 

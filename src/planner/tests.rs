@@ -45,6 +45,7 @@ impl SpecBuilder {
                     name: "shop-db".into(),
                     key: "url".into(),
                 },
+                replicas: None,
             },
             expand: PhaseSpec {
                 sql: Some("ALTER TABLE users ADD COLUMN email_verified boolean;".into()),

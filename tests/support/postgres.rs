@@ -19,6 +19,8 @@ pub const PASSWORD: &str = "pw-Zq7-test-s3cret";
 
 pub struct TestPostgres {
     dir: tempfile::TempDir,
+    /// The address it listens on (127.0.0.1 unless started with [`Self::start_at`]).
+    host: String,
     port: u16,
     bindir: PathBuf,
     run_as: Option<String>,
@@ -61,34 +63,75 @@ impl TestPostgres {
     }
 
     fn try_start_with(tls: bool) -> Result<TestPostgres, String> {
+        TestPostgres::try_start_full(tls, "127.0.0.1", None)
+    }
+
+    /// Starts a fresh server listening on `host` (another loopback address such as
+    /// 127.0.0.2 works: Linux routes all of 127.0.0.0/8 to `lo`), on `port` or a free one.
+    pub fn start_at(host: &str, port: Option<u16>) -> TestPostgres {
+        TestPostgres::try_start_full(false, host, port)
+            .unwrap_or_else(|e| panic!("cannot start a test PostgreSQL server on {host}: {e}"))
+    }
+
+    fn try_start_full(tls: bool, host: &str, port: Option<u16>) -> Result<TestPostgres, String> {
         let bindir = bindir()?;
         let run_as = run_as_user();
         let template = template(&bindir, run_as.as_deref())?;
-        let dir = tempfile::Builder::new()
-            .prefix("phasegate-pg-")
-            .tempdir()
-            .map_err(|e| format!("tempdir: {e}"))?;
+        let dir = new_dir()?;
         let data = dir.path().join("data");
-        let sock = dir.path().join("sock");
-        std::fs::create_dir(&sock).map_err(|e| format!("mkdir: {e}"))?;
         run(Command::new("cp").arg("-a").arg(&template).arg(&data))?;
         if tls {
             make_certs(dir.path())?;
         }
-        if let Some(user) = &run_as {
-            run(Command::new("chown")
+        chown(&dir, run_as.as_deref())?;
+        TestPostgres::launch(dir, host, port, bindir, run_as, tls)
+    }
+
+    /// A hot standby of `primary`: `pg_basebackup -R` (streaming replication, with the
+    /// primary's superuser), started on `host` and `port` (or a free one), once it replays.
+    pub fn standby_of(primary: &TestPostgres, host: &str, port: Option<u16>) -> TestPostgres {
+        let made = (|| {
+            let dir = new_dir()?;
+            chown(&dir, primary.run_as.as_deref())?;
+            let conninfo = format!(
+                "host={} port={} user={USER} password={PASSWORD}",
+                primary.host, primary.port
+            );
+            run(primary
+                .command("pg_basebackup")
+                .arg("-d")
+                .arg(conninfo)
+                .arg("-D")
+                .arg(dir.path().join("data"))
                 .arg("-R")
-                .arg(format!("{user}:"))
-                .arg(dir.path()))?;
-        }
+                .arg("-X")
+                .arg("stream"))?;
+            let bindir = primary.bindir.clone();
+            TestPostgres::launch(dir, host, port, bindir, primary.run_as.clone(), false)
+        })();
+        made.unwrap_or_else(|e| panic!("cannot start a standby: {e}\n{}", primary.log()))
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        host: &str,
+        port: Option<u16>,
+        bindir: PathBuf,
+        run_as: Option<String>,
+        tls: bool,
+    ) -> Result<TestPostgres, String> {
         let mut last_err = String::new();
         // A free port can be taken by someone else before the server binds it: retry.
         for _ in 0..5 {
-            let port = free_port()?;
-            match pg_ctl_start(dir.path(), port, &bindir, run_as.as_deref(), tls) {
+            let port = match port {
+                Some(p) => p,
+                None => free_port()?,
+            };
+            match pg_ctl_start(dir.path(), host, port, &bindir, run_as.as_deref(), tls) {
                 Ok(()) => {
                     return Ok(TestPostgres {
                         dir,
+                        host: host.to_string(),
                         port,
                         bindir,
                         run_as,
@@ -101,12 +144,45 @@ impl TestPostgres {
         Err(last_err)
     }
 
+    /// Waits (up to 30 s) until this standby has replayed everything `primary` wrote so far.
+    pub async fn wait_replayed(&self, primary: &TestPostgres) {
+        let p = primary.client().await;
+        let s = self.client().await;
+        let lsn: String = p
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .expect("primary LSN")
+            .get(0);
+        for _ in 0..300 {
+            let done: Option<bool> = s
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                    &[&lsn],
+                )
+                .await
+                .expect("standby LSN")
+                .get(0);
+            if done == Some(true) {
+                return;
+            }
+            sleep_ms(100).await;
+        }
+        panic!(
+            "the standby did not replay {lsn} within 30 s:\n{}",
+            self.log()
+        );
+    }
+
     fn command(&self, tool: &str) -> Command {
         command_as(self.run_as.as_deref(), &self.bindir.join(tool))
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// `postgres://USER:PASSWORD@127.0.0.1:PORT/postgres`
@@ -116,15 +192,15 @@ impl TestPostgres {
 
     pub fn url_with_password(&self, password: &str) -> String {
         format!(
-            "postgres://{USER}:{password}@127.0.0.1:{}/postgres?sslmode=disable",
-            self.port
+            "postgres://{USER}:{password}@{}:{}/postgres?sslmode=disable",
+            self.host, self.port
         )
     }
 
     pub fn url_for_db(&self, db: &str) -> String {
         format!(
-            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{db}?sslmode=disable",
-            self.port
+            "postgres://{USER}:{PASSWORD}@{}:{}/{db}?sslmode=disable",
+            self.host, self.port
         )
     }
 
@@ -152,8 +228,28 @@ impl TestPostgres {
     }
 }
 
+fn new_dir() -> Result<tempfile::TempDir, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("phasegate-pg-")
+        .tempdir()
+        .map_err(|e| format!("tempdir: {e}"))?;
+    std::fs::create_dir(dir.path().join("sock")).map_err(|e| format!("mkdir: {e}"))?;
+    Ok(dir)
+}
+
+fn chown(dir: &tempfile::TempDir, run_as: Option<&str>) -> Result<(), String> {
+    match run_as {
+        Some(user) => run(Command::new("chown")
+            .arg("-R")
+            .arg(format!("{user}:"))
+            .arg(dir.path())),
+        None => Ok(()),
+    }
+}
+
 fn pg_ctl_start(
     dir: &Path,
+    host: &str,
     port: u16,
     bindir: &Path,
     run_as: Option<&str>,
@@ -163,7 +259,7 @@ fn pg_ctl_start(
     let sock = dir.join("sock");
     let log = dir.join("server.log");
     let mut opts = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+        "-p {port} -k {} -c listen_addresses={host} -c fsync=off -c synchronous_commit=off \
          -c full_page_writes=off -c max_connections=60 -c shared_buffers=32MB \
          -c log_min_messages=warning",
         sock.display()
