@@ -14,15 +14,19 @@ const CONTRACT: &str = "ALTER TABLE users DROP COLUMN legacy";
 
 /// A primary with the `users` table and a hot standby that has replayed it.
 async fn pair(primary: TestPostgres, standby_host: &str, port: Option<u16>) -> Pair {
-    let c = primary.client().await;
-    c.batch_execute(
+    primary
+        .client()
+        .await
+        .batch_execute(
         "CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL, legacy int);
          INSERT INTO users (email) SELECT 'u' || g || '@example.com' FROM generate_series(1, 10) g;",
     )
     .await
     .expect("setup schema");
+    // May restart the primary (see standby_of): connect afterwards.
     let standby = TestPostgres::standby_of(&primary, standby_host, port);
     standby.wait_replayed(&primary).await;
+    let c = primary.client().await;
     Pair {
         primary,
         standby,

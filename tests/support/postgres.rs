@@ -87,8 +87,12 @@ impl TestPostgres {
         TestPostgres::launch(dir, host, port, bindir, run_as, tls)
     }
 
-    /// A hot standby of `primary`: `pg_basebackup -R` (streaming replication, with the
-    /// primary's superuser), started on `host` and `port` (or a free one), once it replays.
+    /// A hot standby of `primary` (streaming replication, with the primary's superuser),
+    /// started on `host` and `port` (or a free one). Made with `pg_basebackup -R`; where the
+    /// binaries have no `pg_basebackup` (hack/install-postgres17.sh's package ships only
+    /// initdb, pg_ctl and postgres, and a pg_basebackup of another major version refuses the
+    /// server), from a cold copy of the primary's data directory (stopped for it) with what
+    /// `-R` writes: `standby.signal` and `primary_conninfo`.
     pub fn standby_of(primary: &TestPostgres, host: &str, port: Option<u16>) -> TestPostgres {
         let made = (|| {
             let dir = new_dir()?;
@@ -97,19 +101,50 @@ impl TestPostgres {
                 "host={} port={} user={USER} password={PASSWORD}",
                 primary.host, primary.port
             );
-            run(primary
-                .command("pg_basebackup")
-                .arg("-d")
-                .arg(conninfo)
-                .arg("-D")
-                .arg(dir.path().join("data"))
-                .arg("-R")
-                .arg("-X")
-                .arg("stream"))?;
+            let data = dir.path().join("data");
+            if primary.bindir.join("pg_basebackup").exists() {
+                run(primary
+                    .command("pg_basebackup")
+                    .arg("-d")
+                    .arg(conninfo)
+                    .arg("-D")
+                    .arg(&data)
+                    .arg("-R")
+                    .arg("-X")
+                    .arg("stream"))?;
+            } else {
+                primary.cold_copy(&data, &conninfo)?;
+            }
             let bindir = primary.bindir.clone();
             TestPostgres::launch(dir, host, port, bindir, primary.run_as.clone(), false)
         })();
         made.unwrap_or_else(|e| panic!("cannot start a standby: {e}\n{}", primary.log()))
+    }
+
+    /// Stops the server, copies its data directory to `to` as a standby's, starts it again.
+    fn cold_copy(&self, to: &Path, conninfo: &str) -> Result<(), String> {
+        let mut stop = self.command("pg_ctl");
+        stop.arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "fast", "-w", "stop"]);
+        run(&mut stop)?;
+        let mut cp = command_as(self.run_as.as_deref(), Path::new("cp"));
+        let copied = run(cp.arg("-a").arg(self.data_dir()).arg(to));
+        let started = pg_ctl_start(
+            self.dir.path(),
+            &self.host,
+            self.port,
+            &self.bindir,
+            self.run_as.as_deref(),
+            self.tls,
+        );
+        copied?;
+        started?;
+        let auto = to.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&auto).unwrap_or_default();
+        conf.push_str(&format!("primary_conninfo = '{conninfo}'\n"));
+        std::fs::write(&auto, conf).map_err(|e| format!("write {}: {e}", auto.display()))?;
+        std::fs::write(to.join("standby.signal"), "").map_err(|e| format!("standby.signal: {e}"))
     }
 
     fn launch(
