@@ -225,6 +225,12 @@ async fn an_old_standby_session_arriving_during_the_lock_wait_is_caught_before_c
     );
     assert!(!run.exited());
     assert!(has_legacy(&p.c).await);
+    // What the operator reads from this log tail and puts in status while the Job runs.
+    let status = phasegate::protocol::log::current_wait(&run.stderr_so_far()).unwrap_or_default();
+    assert!(
+        status.contains("(database check)") && status.contains(&named),
+        "{status}"
+    );
     drop(old);
     let (f, _) = run.finish(Duration::from_secs(30)).await;
     assert_eq!(f.code, Some(0), "{}", f.output());
@@ -266,6 +272,14 @@ async fn an_unreachable_listed_standby_fails_contract_with_a_clear_reason() {
     );
     assert!(!f.output().contains(PASSWORD), "{}", f.output());
     assert!(!f.output().contains(&dead));
+    // What the operator puts in status from the Job's termination message.
+    let status = phasegate::controller::jobs::summarise(&r.to_json_line());
+    assert!(
+        status.contains(&format!(
+            "standby 127.0.0.1:{port} (PHASEGATE_REPLICA_URL_0) could not be checked"
+        )) && !status.contains(PASSWORD),
+        "{status}"
+    );
     assert!(has_legacy(&c).await);
     assert_eq!(ledger_rows(&c).await, 0);
 }

@@ -179,12 +179,13 @@ impl TestPostgres {
         Err(last_err)
     }
 
-    /// Waits (up to 30 s) until this standby has replayed everything `primary` wrote so far.
+    /// Waits (up to 30 s) until this standby has replayed everything `primary` wrote so far
+    /// (its insert position: with `synchronous_commit=off` a commit may not be written yet).
     pub async fn wait_replayed(&self, primary: &TestPostgres) {
         let p = primary.client().await;
         let s = self.client().await;
         let lsn: String = p
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
             .expect("primary LSN")
             .get(0);
