@@ -327,3 +327,79 @@ async fn discovery_finds_the_standby_and_its_old_session_holds_contract() {
     assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
     assert!(!has_legacy(&p.c).await);
 }
+
+/// A migration role without `pg_read_all_stats`: on a standby it sees other roles' sessions as
+/// on the primary (name, no transaction start), and waits out the transactions they had open
+/// when it first looked (their virtualxid locks in the standby's `pg_locks`); discovery cannot
+/// see the standbys' addresses and holds contract, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unprivileged_role_waits_out_hidden_standby_transactions_and_cannot_discover() {
+    let p = pair(TestPostgres::start(), "127.0.0.1", None).await;
+    p.c.batch_execute(
+        "CREATE ROLE app LOGIN PASSWORD 'app-pw';
+         CREATE ROLE migr LOGIN PASSWORD 'migr-pw';
+         GRANT CREATE ON DATABASE postgres TO migr;
+         ALTER TABLE users OWNER TO migr;
+         GRANT ALL ON users TO app;",
+    )
+    .await
+    .expect("roles");
+    p.standby.wait_replayed(&p.primary).await;
+    let url = |user: &str, pw: &str, pg: &TestPostgres| {
+        format!(
+            "postgres://{user}:{pw}@127.0.0.1:{}/postgres?sslmode=disable",
+            pg.port()
+        )
+    };
+    let (tx, tx_pid) = session(&url("app", "app-pw", &p.standby), "psql").await;
+    let mut cfg = contract(url("migr", "migr-pw", &p.primary));
+    cfg.replica_urls = vec![Secret(url("migr", "migr-pw", &p.standby))];
+    cfg.rollout_completed_at = Some(jiff::Timestamp::now());
+    sleep_ms(50).await;
+    tx.batch_execute("BEGIN; SELECT count(*) FROM users;")
+        .await
+        .expect("begin"); // began after the rollout, but the role cannot tell
+    cfg.database_check_timeout = Duration::from_millis(500);
+    let r = executor::execute(&cfg).await;
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.to_json_line());
+    let msg = message(&r);
+    assert!(
+        msg.contains(&format!(
+            "pid {tx_pid} on standby 127.0.0.1:{} (psql): transaction of another role, open since before the check began",
+            p.standby.port()
+        )),
+        "{msg}"
+    );
+    assert!(r.db_check_warning.is_some(), "{}", r.to_json_line());
+
+    // Once that transaction ends, contract commits.
+    let release = tokio::spawn(async move {
+        sleep_ms(1000).await;
+        tx.batch_execute("COMMIT").await.expect("commit");
+        tx
+    });
+    cfg.database_check_timeout = Duration::from_secs(30);
+    let r = executor::execute(&cfg).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
+    assert!(
+        r.db_check_wait_ms.is_some_and(|ms| ms >= 500),
+        "{}",
+        r.to_json_line()
+    );
+    let _tx = release.await.expect("release");
+
+    // Discovery needs pg_read_all_stats to see where the standbys are.
+    let mut cfg = contract(url("migr", "migr-pw", &p.primary));
+    cfg.identity.name = "m2".into();
+    cfg.replica_discover = true;
+    cfg.database_check_timeout = Duration::from_millis(300);
+    let r = executor::execute(&cfg).await;
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.to_json_line());
+    let msg = message(&r);
+    assert!(
+        msg.contains("walsender pid")
+            && msg.contains("pg_stat_replication hides its address")
+            && msg.contains("GRANT pg_read_all_stats"),
+        "{msg}"
+    );
+}

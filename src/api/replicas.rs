@@ -11,8 +11,7 @@ pub const MAX_REPLICA_URLS: usize = 16;
 
 /// Hot standbys (streaming replicas) the application reads from. Old code connected to a
 /// standby reads the columns contract drops, yet never shows in the primary's
-/// `pg_stat_activity`: contract's database check looks at each standby as well, and a standby
-/// it cannot reach or read holds contract.
+/// `pg_stat_activity` (see `DatabaseSpec::replicas` for what the CRD says).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicasSpec {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::error::ApplyError;
-use super::standbys::Standbys;
+use super::standbys::{InvalidUrl, Standbys};
 use super::stats::Stats;
 use super::waits::Waits;
 use super::{dbcheck, Config, Phase};
@@ -23,7 +23,7 @@ pub(super) struct DbCheckRun {
 }
 
 impl DbCheckRun {
-    pub(super) fn new(cfg: &Config) -> Result<DbCheckRun, ApplyError> {
+    pub(super) fn new(cfg: &Config) -> Result<DbCheckRun, InvalidUrl> {
         let checker = (cfg.phase == Phase::Contract && cfg.database_check).then(|| {
             dbcheck::Checker::new(
                 &cfg.identity.app_version,

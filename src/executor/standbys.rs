@@ -201,12 +201,14 @@ impl Standbys {
                 Target::Skip => {}
                 Target::Unchecked(why) => out.push(unreachable(&w.label(), why)),
                 Target::Addr(addr) => {
+                    let settings = at_address(primary, &addr);
+                    let label = format!("standby {}", address(&settings.config));
+                    if self.listed.iter().any(|l| l.label == label) {
+                        continue; // listed too: checked once
+                    }
                     let s = match self.found.remove(&addr) {
                         Some(s) => s,
-                        None => {
-                            let settings = at_address(primary, &addr);
-                            Standby::new(settings, "discovered", &self.template)
-                        }
+                        None => Standby::new(settings, "discovered", &self.template),
                     };
                     now.insert(addr, s);
                 }
