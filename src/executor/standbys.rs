@@ -96,6 +96,11 @@ impl Standbys {
         } else {
             None
         };
+        tracing::info!(
+            listed = listed.len(),
+            discover = discover.is_some(),
+            "database check: hot standbys are checked too"
+        );
         Ok(Some(Standbys {
             listed,
             discover,
