@@ -110,6 +110,10 @@ impl TestPostgres {
                     .arg("-D")
                     .arg(&data)
                     .arg("-R")
+                    // An immediate checkpoint: the default spread one made each standby
+                    // take seconds.
+                    .arg("-c")
+                    .arg("fast")
                     .arg("-X")
                     .arg("stream"))?;
             } else {
@@ -179,13 +183,19 @@ impl TestPostgres {
         Err(last_err)
     }
 
-    /// Waits (up to 30 s) until this standby has replayed everything `primary` wrote so far
-    /// (its insert position: with `synchronous_commit=off` a commit may not be written yet).
+    /// Waits (up to 30 s) until this standby has replayed everything `primary` wrote so far:
+    /// a WAL record written now, whose end `pg_logical_emit_message` returns. Not the current
+    /// insert or write position: with `synchronous_commit=off` a commit may not be written yet,
+    /// and right after a page or segment boundary the insert position lies past the page
+    /// header, which replay reaches only with the next record (up to 15 s on an idle server).
     pub async fn wait_replayed(&self, primary: &TestPostgres) {
         let p = primary.client().await;
         let s = self.client().await;
         let lsn: String = p
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .query_one(
+                "SELECT pg_logical_emit_message(false, 'phasegate-test', 'replayed?')::text",
+                &[],
+            )
             .await
             .expect("primary LSN")
             .get(0);
