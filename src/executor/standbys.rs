@@ -486,6 +486,24 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_standby_url_is_named_by_its_variable_only() {
+        let mut cfg = Config::new("postgres://u:pw@db/shop", super::super::Phase::Contract, "");
+        let checker = dbcheck::Checker::new("2.0.0", None, None);
+        assert!(Standbys::new(&cfg, &checker).is_ok_and(|s| s.is_none()));
+        cfg.replica_urls = vec![
+            Secret("postgres://u:pw@standby-0/shop".into()),
+            Secret("hunter2 s3cret=".into()),
+        ];
+        let e = Standbys::new(&cfg, &checker).err().map(|e| e.to_string());
+        let e = e.unwrap_or_default();
+        assert!(
+            e.starts_with("PHASEGATE_REPLICA_URL_1 is not a valid"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2") && !e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
     fn an_unreadable_standby_is_named_by_address_only() {
         let b = unreachable(
             "standby 10.0.0.5:5432 (PHASEGATE_REPLICA_URL_0)",
