@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::error::ApplyError;
-use super::standbys::{InvalidUrl, Standbys};
+use super::error::{ApplyError, InvalidUrl};
+use super::standbys::Standbys;
 use super::stats::Stats;
 use super::waits::Waits;
 use super::{dbcheck, Config, Phase};

@@ -68,7 +68,7 @@ pub enum ApplyError {
         blockers: String,
     },
     #[error(transparent)]
-    StandbyUrl(#[from] super::standbys::InvalidUrl),
+    StandbyUrl(#[from] InvalidUrl),
     #[error("contract of {namespace}/{name} refused (PHASEGATE_REQUIRE_EXPAND): {why}; nothing was applied. Check that the database Secret still points at the database expand ran on")]
     ExpandNotRecorded {
         namespace: String,
@@ -89,6 +89,15 @@ pub enum ApplyError {
     /// `committed`: statements this run had committed before the stop (filled in by [`execute`]).
     #[error("{}", stopped_message(*signal, *committed))]
     Stopped { signal: Signal, committed: usize },
+}
+
+/// A hot standby's URL that does not parse (the reason never quotes the URL).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{name} is not a valid PostgreSQL URL (the same forms as PHASEGATE_DATABASE_URL are taken)"
+)]
+pub struct InvalidUrl {
+    pub name: &'static str,
 }
 
 fn stopped_message(signal: Signal, committed: usize) -> String {

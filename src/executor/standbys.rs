@@ -25,6 +25,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use super::connect::{self, ConnSettings, Scrubber};
 use super::dbcheck::{self, Blocker, Reason};
+use super::error::InvalidUrl;
 use super::waits::{Kind, Waits};
 use super::{Config, Secret};
 use crate::protocol::env::REPLICA_URLS;
@@ -36,15 +37,6 @@ const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// One look at every standby inside the transaction, locks held: short, so that a standby that
 /// stopped answering stalls the application's queries on the primary for no longer than this.
 const RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A standby URL that does not parse (the reason never quotes the URL).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{name} is not a valid PostgreSQL URL (the same forms as PHASEGATE_DATABASE_URL are taken)"
-)]
-pub struct InvalidUrl {
-    pub name: &'static str,
-}
 
 /// One standby: where it is, its connection (kept between looks) and its own check state.
 struct Standby {
