@@ -53,7 +53,7 @@ pub(super) struct Standbys {
     listed: Vec<Standby>,
     /// With discovery: the primary's connection settings, for the standbys it finds.
     discover: Option<ConnSettings>,
-    /// Discovered standbys by address, kept while the primary lists them.
+    /// Discovered standbys by address, kept for the run once found.
     found: BTreeMap<String, Standby>,
     /// A fresh checker (no state yet) for each new standby.
     template: dbcheck::Checker,
@@ -187,31 +187,30 @@ impl Standbys {
 
     /// Keeps the discovered standbys in step with the primary's walsenders; returns blockers
     /// for walsenders that cannot be checked.
+    /// Adds the standbys the primary streams to now; returns blockers for walsenders that
+    /// cannot be checked. A standby found once stays for the run: one whose replication
+    /// connection dropped may still serve old code (fail-safe: unreachable, it holds contract).
     fn update_found(&mut self, rows: Vec<Walsender>) -> Vec<Blocker> {
         let Some(primary) = &self.discover else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        let mut now = BTreeMap::new();
         for w in rows {
             match w.target() {
                 Target::Skip => {}
                 Target::Unchecked(why) => out.push(unreachable(&w.label(), why)),
-                Target::Addr(addr) => {
+                Target::Addr(addr) if !self.found.contains_key(&addr) => {
                     let settings = at_address(primary, &addr);
                     let label = format!("standby {}", address(&settings.config));
                     if self.listed.iter().any(|l| l.label == label) {
                         continue; // listed too: checked once
                     }
-                    let s = match self.found.remove(&addr) {
-                        Some(s) => s,
-                        None => Standby::new(settings, "discovered", &self.template),
-                    };
-                    now.insert(addr, s);
+                    let s = Standby::new(settings, "discovered", &self.template);
+                    self.found.insert(addr, s);
                 }
+                Target::Addr(_) => {}
             }
         }
-        self.found = now;
         out
     }
 }
@@ -475,6 +474,30 @@ mod tests {
         assert_eq!(s.config.get_dbname(), Some("shop"));
         assert_eq!(s.ssl_mode, connect::SslMode::Disable);
         assert_eq!(address(&at_address(&p, "fd00::5").config), "[fd00::5]:6432");
+    }
+
+    #[test]
+    fn a_discovered_standby_stays_for_the_run_and_a_listed_one_is_not_added_twice() {
+        let mut cfg = Config::new("postgres://u:pw@db/shop", super::super::Phase::Contract, "");
+        cfg.replica_discover = true;
+        cfg.replica_urls = vec![Secret("postgres://u:pw@10.0.0.9/shop".into())];
+        let checker = dbcheck::Checker::new("2.0.0", None, None);
+        let Ok(Some(mut s)) = Standbys::new(&cfg, &checker) else {
+            panic!("standbys configured");
+        };
+        let rows = vec![
+            ws(Some("10.0.0.5"), Some("streaming"), true, false),
+            ws(Some("10.0.0.9"), Some("streaming"), true, false),
+        ];
+        assert!(s.update_found(rows).is_empty());
+        assert_eq!(s.found.keys().collect::<Vec<_>>(), ["10.0.0.5"]);
+        // Its replication connection dropped: still checked.
+        assert!(s.update_found(Vec::new()).is_empty());
+        assert_eq!(s.found.len(), 1);
+        let hidden = s.update_found(vec![ws(None, None, false, false)]);
+        assert!(hidden[0]
+            .to_string()
+            .starts_with("walsender pid 7 (walreceiver) could not be checked"));
     }
 
     #[test]
