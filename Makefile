@@ -5,7 +5,7 @@ CACHE ?= $(or $(PHASEGATE_CACHE),$(HOME)/.cache/phasegate)
 E2E_KUBECONFIG ?= $(CACHE)/kubeconfig
 E2E_THREADS ?= 3
 
-.PHONY: all build deps crd unit executor-pg17 e2e e2e-real real-node-up real-node-down test chart-test monitoring-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock bench-backfill bench-scale bench-cache-memory fmt lint-rust
+.PHONY: all build deps crd unit executor-pg17 e2e e2e-real real-node-up real-node-down test chart-test monitoring-test lua-test gitops-test demo demo-down cluster-up cluster-down bench-lock bench-backfill bench-scale bench-order bench-cache-memory fmt lint-rust
 
 all: build
 
@@ -88,9 +88,10 @@ gitops-test: deps
 ## GitOps, and end-to-end with real containers.
 test: unit lua-test chart-test monitoring-test e2e gitops-test e2e-real
 
-## The operator driving a real migration on the local cluster and a local PostgreSQL.
+## The operator driving a real migration on the local cluster and a local PostgreSQL
+## (PGBOUNCER=transaction or session: through a PgBouncer in that pool mode).
 demo: deps
-	hack/demo.sh
+	PGBOUNCER=$(PGBOUNCER) hack/demo.sh
 
 demo-down:
 	hack/demo.sh down
@@ -107,6 +108,11 @@ bench-backfill: deps
 ## PRESET=small|medium|full or DEPLOYMENTS/REPLICAS/MIGRATIONS, BASELINE_REF; see docs/scale.md).
 bench-scale: deps
 	hack/bench-scale.sh
+
+## Many migrations on one database applied at once, vs a baseline operator (not a test;
+## MIGRATIONS, BASELINE_REF, OPERATOR_BIN/BASELINE_BIN; uses the local cluster).
+bench-order: deps
+	hack/bench-order.sh
 
 ## What each cached object costs the operator (heap bytes per pod, Deployment, migration…;
 ## PODS/DEPLOYMENTS/MIGRATIONS set the counts; no cluster needed; see docs/scale.md).

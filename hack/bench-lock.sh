@@ -19,9 +19,18 @@
 #   fk-peer app p99: naive=<ms> retry=<ms> phasegate=<ms>
 #   validate app p99: … ; migration ms: naive=<ms> retry=<ms> phasegate=<ms>
 #
+# BENCH_POOLER=1 adds, in the same run on the same server, a PgBouncer in transaction pooling
+# (hack/pgbouncer.sh) that the application, the long transaction and `phasegate apply` all go
+# through: a baseline without migration (pgbouncer/baseline) and the phasegate runner per
+# scenario (<scenario>/pgb_phasegate). Before the last lines above (which stay the last ones),
+# one line per scenario, the ratio being phasegate / baseline (both through the pooler):
+#   pgbouncer app p99: baseline=<ms> phasegate=<ms> ratio=<x>          (add-column)
+#   <scenario> pgbouncer app p99: baseline=<ms> phasegate=<ms> ratio=<x>
+#
 # Knobs (env): BENCH_RATE (2000 q/s), BENCH_HOLD (12 s), BENCH_DURATION (20 s per runner),
 # BENCH_RETRY_LOCK_TIMEOUT (200ms), BENCH_PG_LOCK_TIMEOUT (50ms), BENCH_SCENARIOS
-# ("add-column fk-peer validate"), PHASEGATE_BIN, PHASEGATE_PG_BINDIR.
+# ("add-column fk-peer validate"), BENCH_POOLER (0), PHASEGATE_BIN, PHASEGATE_PG_BINDIR,
+# PGBOUNCER_BIN.
 set -euo pipefail
 
 RATE=${BENCH_RATE:-2000}
@@ -30,11 +39,14 @@ DURATION=${BENCH_DURATION:-20}
 RETRY_LT=${BENCH_RETRY_LOCK_TIMEOUT:-200ms}
 PG_LT=${BENCH_PG_LOCK_TIMEOUT:-50ms}
 SCENARIOS=${BENCH_SCENARIOS:-add-column fk-peer validate}
+POOLER=${BENCH_POOLER:-0}
 HOLD_START=2      # seconds after the application starts
 MIGRATE_START=3   # the migration starts while the long transaction is running
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 log() { echo "bench-lock: $*" >&2; }
+# shellcheck source=hack/pgbouncer.sh
+. "$root/hack/pgbouncer.sh"
 
 # --- binaries ---------------------------------------------------------------------------------
 bindir=${PHASEGATE_PG_BINDIR:-}
@@ -65,6 +77,7 @@ if [[ $(id -u) == 0 ]]; then
 fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 55432)
 cleanup() {
+  pgbouncer_stop "$work/pgbouncer"
   "${as_pg[@]}" "$(tool pg_ctl)" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -82,10 +95,14 @@ psql_q -c "CREATE TABLE users (id int PRIMARY KEY, v text NOT NULL)" \
 printf '\\set id random(1, 10000)\nSELECT v FROM users WHERE id = :id;\n' >"$work/app.sql"
 
 # --- one run: application + optional long transaction + optional migration --------------------
-# Prints "p50 p99 max failed done migr" (ms, ms, ms, count, count, ms).
+# Prints "p50 p99 max failed done migr" (ms, ms, ms, count, count, ms). With VIA=pgbouncer the
+# application, the long transaction and phasegate connect through the pooler.
+VIA=direct
 run() {
   local name=$1 migrate=$2 duration=$3 scenario=${4:-add-column}
   local dir=$work/$scenario-$name; mkdir -p "$dir"
+  local port_=$port url_=$url
+  if [[ $VIA == pgbouncer ]]; then port_=$bouncer_port; url_=$bouncer_url; fi
   local sql
   case $scenario in
     add-column) sql="ALTER TABLE users ADD COLUMN c_$name int;" ;;
@@ -96,13 +113,13 @@ run() {
       psql_q -c "ALTER TABLE users ADD CONSTRAINT positive_$name CHECK (id > 0) NOT VALID" >/dev/null
       sql="ALTER TABLE users VALIDATE CONSTRAINT positive_$name;" ;;
   esac
-  (cd "$dir" && "$PGBENCH" -n -f "$work/app.sql" -c 8 -j 2 -T "$duration" --rate "$RATE" \
+  (cd "$dir" && PGPORT=$port_ "$PGBENCH" -n -f "$work/app.sql" -c 8 -j 2 -T "$duration" --rate "$RATE" \
       -l --log-prefix=app >"$dir/pgbench.out" 2>&1) &
   local app=$!
   local holder="" migr_ms=-
   if [[ $migrate != none ]]; then
     sleep "$HOLD_START"
-    psql_q -c "BEGIN; SELECT count(*) FROM users; SELECT pg_sleep($HOLD); COMMIT;" >/dev/null &
+    PGPORT=$port_ psql_q -c "BEGIN; SELECT count(*) FROM users; SELECT pg_sleep($HOLD); COMMIT;" >/dev/null &
     holder=$!
     sleep $((MIGRATE_START - HOLD_START))
     local t0; t0=$(date +%s%N)
@@ -119,8 +136,8 @@ run() {
         done
         echo "retries=$n" >>"$dir/migration.out" ;;
       phasegate)
-        PHASEGATE_DATABASE_URL=$url PHASEGATE_PHASE=expand PHASEGATE_SQL="$sql" \
-        PHASEGATE_MIGRATION_NAME=bench-$scenario PHASEGATE_LOCK_TIMEOUT=$PG_LT PHASEGATE_TERMINATION_LOG=$dir/termination-log \
+        PHASEGATE_DATABASE_URL=$url_ PHASEGATE_PHASE=expand PHASEGATE_SQL="$sql" \
+        PHASEGATE_MIGRATION_NAME=bench-$scenario-$name PHASEGATE_LOCK_TIMEOUT=$PG_LT PHASEGATE_TERMINATION_LOG=$dir/termination-log \
           "$PHASEGATE_BIN" apply >"$dir/migration.out" 2>"$dir/migration.err" || true ;;
     esac
     migr_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
@@ -151,7 +168,7 @@ run() {
 
 # Warm up caches and connections so the baseline measures the steady state.
 run warmup none 3 >/dev/null
-row() { printf '%-11s %-10s %10s %10s %10s %8s %8s %8s\n' "$@"; }
+row() { printf '%-11s %-13s %10s %10s %10s %8s %8s %8s\n' "$@"; }
 row scenario runner p50_ms p99_ms worst_ms failed queries migr_ms
 read -r p50 p99v worst failed n migr <<<"$(run baseline none 8)"
 row - baseline "$p50" "$p99v" "$worst" "$failed" "$n" "$migr"
@@ -167,6 +184,32 @@ for scenario in $SCENARIOS; do
     log "$scenario phasegate report: $(tail -1 "$work/$scenario-phasegate/migration.out")"
   fi
 done
+if [[ $POOLER == 1 ]]; then
+  # Transaction pooling: 8 application clients, the long transaction and phasegate's two
+  # connections fit in the pool, so nothing waits for a server connection.
+  bouncer_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  bouncer_url="postgres://bench@127.0.0.1:$bouncer_port/postgres?sslmode=disable"
+  log "pgbouncer (transaction pooling) on port $bouncer_port"
+  pgbouncer_start "$work/pgbouncer" "$bouncer_port" "$port" transaction 20 bench
+  VIA=pgbouncer
+  run pgb_warmup none 3 >/dev/null   # the pool's server connections, opened once
+  read -r p50 p99v worst failed n migr <<<"$(run pgb_baseline none 8)"
+  p99[pgb-baseline]=$p99v
+  row pgbouncer baseline "$p50" "$p99v" "$worst" "$failed" "$n" "$migr"
+  for scenario in $SCENARIOS; do
+    read -r p50 p99v worst failed n migr <<<"$(run pgb_phasegate phasegate "$DURATION" "$scenario")"
+    p99[$scenario-pgb-phasegate]=$p99v
+    row "$scenario" pgb_phasegate "$p50" "$p99v" "$worst" "$failed" "$n" "$migr"
+    log "$scenario phasegate via pgbouncer report: $(tail -1 "$work/$scenario-pgb_phasegate/migration.out")"
+  done
+  VIA=direct
+  for scenario in $SCENARIOS; do
+    b=${p99[pgb-baseline]} pg=${p99[$scenario-pgb-phasegate]}
+    ratio=$(awk -v b="$b" -v p="$pg" 'BEGIN { printf "%.2f", (b > 0 ? p / b : 0) }')
+    line="pgbouncer app p99: baseline=$b phasegate=$pg ratio=$ratio"
+    if [[ $scenario == add-column ]]; then echo "$line"; else echo "$scenario $line"; fi
+  done
+fi
 for scenario in $SCENARIOS; do
   line="app p99: naive=${p99[$scenario-naive]} retry=${p99[$scenario-retry]} phasegate=${p99[$scenario-phasegate]}"
   case $scenario in

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # `make demo`: the operator drives a real migration on the local control plane and a local
 # PostgreSQL. `hack/demo.sh down` stops everything it started.
+#
+# PGBOUNCER=transaction (or session; `make demo PGBOUNCER=transaction`): a PgBouncer in that
+# pool mode in front of the PostgreSQL (on 127.0.0.1:PHASEGATE_DEMO_PGBOUNCER_PORT, default
+# 56432; hack/pgbouncer.sh), and the migration's Secret URL points at it instead, so every
+# executor Job connects through the pooler. Its admin console and log are printed at the end.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PHASEGATE_CACHE:-$HOME/.cache/phasegate}"
@@ -12,6 +17,13 @@ PGDATA="${PGHOME}/data"
 PGPORT="${PHASEGATE_DEMO_PGPORT:-55432}"
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
 NS=shop
+POOLER="${PGBOUNCER:-}"
+[ "${POOLER}" = 1 ] && POOLER=transaction
+case "${POOLER}" in ""|session|transaction) ;; *) echo "PGBOUNCER must be session or transaction, not ${POOLER}" >&2; exit 2 ;; esac
+BOUNCER_PORT="${PHASEGATE_DEMO_PGBOUNCER_PORT:-56432}"
+BOUNCER_DIR="${PGHOME}/pgbouncer"
+# shellcheck source=hack/pgbouncer.sh
+. "${ROOT}/hack/pgbouncer.sh"
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -24,6 +36,7 @@ stop_processes() {
 
 if [ "${1:-}" = "down" ]; then
   stop_processes
+  pgbouncer_stop "${BOUNCER_DIR}"
   [ -d "${PGDATA}" ] && as_pg "${PGBIN}/pg_ctl" -D "${PGDATA}" -m fast stop >/dev/null 2>&1 || true
   "${ROOT}/hack/local-cluster.sh" down
   exit 0
@@ -50,6 +63,13 @@ if ! as_pg "${PGBIN}/pg_ctl" -D "${PGDATA}" status >/dev/null 2>&1; then
     -o "-p ${PGPORT} -c listen_addresses=127.0.0.1 -k ${PGDATA}" start >/dev/null
 fi
 URL="postgres://shop:demo@127.0.0.1:${PGPORT}/postgres"
+pgbouncer_stop "${BOUNCER_DIR}"
+if [ -n "${POOLER}" ]; then
+  say "Starting PgBouncer (${POOLER} pooling) on 127.0.0.1:${BOUNCER_PORT} in front of it"
+  # Two server connections per executor (statements, and the advisory lock's transaction).
+  pgbouncer_start "${BOUNCER_DIR}" "${BOUNCER_PORT}" "${PGPORT}" "${POOLER}" 10 shop demo
+  URL="postgres://shop:demo@127.0.0.1:${BOUNCER_PORT}/postgres"
+fi
 PGPASSWORD=demo psql -q -h 127.0.0.1 -p "${PGPORT}" -U shop -d postgres -v ON_ERROR_STOP=1 <<'SQL'
 DROP TABLE IF EXISTS users;
 DROP SCHEMA IF EXISTS phasegate CASCADE;
@@ -113,9 +133,16 @@ say "Events"
 kubectl -n "${NS}" get events --field-selector involvedObject.name=users-email-verified --sort-by=.lastTimestamp \
   -o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message 2>/dev/null || true
 
+if [ -n "${POOLER}" ]; then
+  say "PgBouncer (${POOLER} pooling): the executors' transactions went through it"
+  PGPASSWORD=demo psql -X -h 127.0.0.1 -p "${BOUNCER_PORT}" -U shop -d pgbouncer \
+    -c "SHOW STATS" -c "SHOW POOLS" 2>/dev/null | grep -E 'database|postgres' || true
+  echo "  log: ${BOUNCER_DIR}/pgbouncer.log"
+fi
+
 cat <<EOT
 
-Done. The cluster and PostgreSQL are still running; look around with:
+Done. The cluster and PostgreSQL (and PgBouncer, if started) are still running; look around with:
   eval "\$(hack/local-cluster.sh env)"
   kubectl -n ${NS} get dbm
   kubectl -n ${NS} describe dbm users-email-verified

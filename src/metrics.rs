@@ -611,6 +611,7 @@ mod tests {
             gate_to_commit_us: None,
             stopped_by: None,
             recovered: Vec::new(),
+            tenants: None,
             error: None,
         }
     }

@@ -1160,15 +1160,24 @@ async fn sigterm_cancels_a_concurrent_index_build_and_the_rerun_completes_it() {
     let (f, elapsed) = run.finish(Duration::from_secs(10)).await;
     assert_stopped(&f, elapsed, &term);
     assert!(ledger_rows(&c).await.iter().all(|r| r.0 != "idx"));
-    let building: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE state = 'active' AND query LIKE 'CREATE INDEX CONCURRENTLY%'",
-            &[],
-        )
-        .await
-        .expect("activity")
-        .get(0);
+    // The backend sends the cancel's error before it shows itself idle: give it a moment (an
+    // uncancelled build would stay active, waiting for `old`, which is still open).
+    let until = Instant::now() + Duration::from_secs(3);
+    let building = loop {
+        let building: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE state = 'active' AND query LIKE 'CREATE INDEX CONCURRENTLY%'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        if building == 0 || Instant::now() > until {
+            break building;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(building, 0, "the build was cancelled");
 
     old.batch_execute("COMMIT").await.expect("commit");
@@ -1244,4 +1253,73 @@ async fn a_second_claim_of_a_phase_waits_for_the_first_and_sees_its_outcome() {
     }
     let rows = ledger_rows(&a).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
+}
+
+/// Migrations of one database start together; each expand waits in the ledger for the ones
+/// the operator named before it (`PHASEGATE_EXPAND_AFTER`), whatever order their pods start in.
+#[tokio::test]
+async fn an_expand_waits_for_the_earlier_expands_it_is_given_and_a_stop_ends_the_wait() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let named = |name: &str, sql: &str, after: &[&str]| {
+        let mut x = cfg(&pg, sql);
+        x.identity.name = name.into();
+        x.expand_after = after.iter().map(|s| s.to_string()).collect();
+        x
+    };
+    // The later migration's executor starts first, before any ledger exists.
+    let later = named(
+        "b-comment",
+        "COMMENT ON COLUMN users.verified IS 'set at sign-up';",
+        &["a-add"],
+    );
+    let waiting = tokio::spawn(async move { executor::execute(&later).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!waiting.is_finished(), "it waits for a-add");
+    assert!(!columns(&c, "users").await.contains(&"verified".to_string()));
+
+    let first = named(
+        "a-add",
+        "ALTER TABLE users ADD COLUMN verified boolean;",
+        &[],
+    );
+    assert_outcome(&executor::execute(&first).await, Outcome::Applied);
+    let r = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("ends once a-add is applied")
+        .expect("join");
+    assert_outcome(&r, Outcome::Applied);
+    let order: Vec<String> = c
+        .query(
+            "SELECT name FROM phasegate.ledger WHERE phase = 'expand' ORDER BY applied_at, name",
+            &[],
+        )
+        .await
+        .expect("ledger")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(order, ["a-add", "b-comment"]);
+
+    // Waiting for one that never comes, a stop ends the run with nothing applied.
+    let stuck = named(
+        "c-index",
+        "CREATE INDEX users_verified ON users (verified);",
+        &["ghost"],
+    );
+    let stop = stuck.stop.clone();
+    let run = tokio::spawn(async move { executor::execute(&stuck).await });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stop.request(executor::Signal::Term);
+    let r = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the stop ends the wait at once")
+        .expect("join");
+    assert_outcome(&r, Outcome::Failed);
+    let idx: bool = c
+        .query_one("SELECT to_regclass('users_verified') IS NOT NULL", &[])
+        .await
+        .expect("regclass")
+        .get(0);
+    assert!(!idx, "nothing applied");
 }

@@ -4,117 +4,19 @@
 
 mod support;
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use phasegate::executor::backfill::{self, BackfillConfig};
 use phasegate::executor::Outcome;
+use support::backfill::{checkpoint, counters, setup, COUNTER_SQL};
 use support::postgres::TestPostgres;
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-const BIN: &str = env!("CARGO_BIN_EXE_phasegate");
-/// No idempotency filter on purpose: a batch applied twice shows as a counter of 2.
-const COUNTER_SQL: &str = "UPDATE items SET n = n + 1 WHERE id > $1 AND id <= $2";
-
-async fn setup(pg: &TestPostgres, rows: i64) -> tokio_postgres::Client {
-    let c = pg.client().await;
-    c.batch_execute(&format!(
-        "CREATE TABLE items (id bigserial PRIMARY KEY, n integer NOT NULL DEFAULT 0);
-         INSERT INTO items (n) SELECT 0 FROM generate_series(1, {rows});
-         ANALYZE items;"
-    ))
-    .await
-    .expect("setup");
-    c
-}
 
 fn cfg(pg: &TestPostgres, epoch: &str) -> BackfillConfig {
-    let mut c = BackfillConfig::new(pg.url(), "items", "id", COUNTER_SQL);
-    c.namespace = "shop".into();
-    c.name = "fill".into();
-    c.uid = "uid-1".into();
-    c.epoch = epoch.into();
-    c
+    support::backfill::cfg(&pg.url(), epoch)
 }
 
-/// (min n, max n, rows with n = 1).
-async fn counters(c: &tokio_postgres::Client) -> (i32, i32, i64) {
-    let r = c
-        .query_one(
-            "SELECT min(n), max(n), count(*) FILTER (WHERE n = 1) FROM items",
-            &[],
-        )
-        .await
-        .expect("counters");
-    (r.get(0), r.get(1), r.get(2))
-}
-
-/// (status, last_key, rows_done, batches, restarts) of the checkpoint.
-async fn checkpoint(c: &tokio_postgres::Client) -> Option<(String, Option<i64>, i64, i64, i32)> {
-    c.query_opt(
-        "SELECT status, last_key, rows_done, batches, restarts FROM phasegate.backfill
-          WHERE namespace = 'shop' AND name = 'fill'",
-        &[],
-    )
-    .await
-    .ok()
-    .flatten()
-    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-}
-
-struct Child {
-    child: tokio::process::Child,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-fn spawn(pg: &TestPostgres, epoch: &str, extra: &[(&str, &str)]) -> Child {
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("backfill")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PHASEGATE_DATABASE_URL", pg.url())
-        .env("PHASEGATE_BACKFILL_TABLE", "items")
-        .env("PHASEGATE_BACKFILL_KEY", "id")
-        .env("PHASEGATE_BACKFILL_SQL", COUNTER_SQL)
-        .env("PHASEGATE_BACKFILL_EPOCH", epoch)
-        .env("PHASEGATE_MIGRATION_NAMESPACE", "shop")
-        .env("PHASEGATE_MIGRATION_NAME", "fill")
-        .env("PHASEGATE_MIGRATION_UID", "uid-1")
-        .env("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x")
-        .envs(extra.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn phasegate backfill");
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let sink = stderr.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(l)) = lines.next_line().await {
-            sink.lock().expect("lines").push(l);
-        }
-    });
-    Child { child, stderr }
-}
-
-impl Child {
-    async fn wait_for(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if self.stderr.lock().expect("lines").iter().any(|l| pred(l)) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().expect("lines").join("\n")
-    }
+fn spawn(pg: &TestPostgres, epoch: &str, extra: &[(&str, &str)]) -> support::backfill::Child {
+    support::backfill::spawn(&pg.url(), epoch, extra)
 }
 
 #[tokio::test]

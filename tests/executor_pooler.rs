@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use phasegate::executor::{self, Config, Outcome, Phase, Report};
-use support::pgbouncer::{PoolMode, TestPgBouncer};
+use support::pgbouncer::{advisory_locks, PoolMode, TestPgBouncer};
 use support::postgres::TestPostgres;
 
 /// Trials of two executors of one phase at once.
@@ -92,14 +92,7 @@ async fn race_phases(direct: &tokio_postgres::Client, url: &str, sql_of: impl Fn
 /// After the races: no advisory lock is left on any server connection, and a later migration
 /// through the pooler applies without waiting for one.
 async fn nothing_left_behind(direct: &tokio_postgres::Client, url: &str) {
-    let left: i64 = direct
-        .query_one(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
-            &[],
-        )
-        .await
-        .expect("pg_locks")
-        .get(0);
+    let left = advisory_locks(direct).await;
     assert_eq!(left, 0, "advisory locks left on pooled server connections");
     let mut later = cfg(url, "later", "ALTER TABLE users ADD COLUMN later int");
     later.advisory_lock_timeout = Duration::from_secs(2);
@@ -181,28 +174,5 @@ async fn no_settings_leak_to_the_next_client_of_a_pooled_connection() {
     let r = executor::execute(&cfg(&pooler.url(), "settings", sql)).await;
     assert_eq!(r.outcome, Outcome::Applied, "{}", describe(&r));
     // Two application transactions open at once: one on each server connection.
-    let (mut a, mut b) = (pooler.client().await, pooler.client().await);
-    let (ta, tb) = (
-        a.transaction().await.expect("begin"),
-        b.transaction().await.expect("begin"),
-    );
-    for app in [&ta, &tb] {
-        for name in [
-            "lock_timeout",
-            "statement_timeout",
-            "idle_in_transaction_session_timeout",
-        ] {
-            let rows = app
-                .simple_query(&format!(
-                    "SELECT setting = reset_val FROM pg_settings WHERE name = '{name}'"
-                ))
-                .await
-                .expect("setting");
-            let same = rows.iter().find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v == "t"),
-                _ => None,
-            });
-            assert_eq!(same, Some(true), "{name} leaked to the next client");
-        }
-    }
+    pooler.assert_no_settings_left().await;
 }

@@ -13,6 +13,7 @@ use phasegate::planner::JobPhase;
 use phasegate::protocol::env::{ExecutorEnv, Secret};
 
 const URL: &str = "postgres://app:pw@db:5432/shop";
+const ADMIN_URL: &str = "postgres://stats:pw2@shop-pooler:5432/pgbouncer";
 const GRANT_URL: &str = "http://phasegate.phasegate-system.svc:8082";
 const UID: &str = "0a1b2c3d-0000-4000-8000-000000000000";
 /// The hot standbys' Secrets (name, key) and the URLs they hold.
@@ -25,6 +26,9 @@ const STANDBYS: [(&str, &str, &str); 2] = [
 fn resolve(name: &str, key: &str) -> String {
     if (name, key) == ("db", "url") {
         return URL.to_string();
+    }
+    if (name, key) == ("pooler-admin", "url") {
+        return ADMIN_URL.to_string();
     }
     match STANDBYS.iter().find(|(n, k, _)| (*n, *k) == (name, key)) {
         Some((_, _, url)) => url.to_string(),
@@ -47,7 +51,8 @@ fn with_replicas(mut m: DatabaseMigration) -> DatabaseMigration {
 fn migration(backfill: bool, user_job: bool) -> DatabaseMigration {
     let mut spec = serde_json::json!({
         "appVersion": "2.0.0",
-        "database": {"urlSecretRef": {"name": "db", "key": "url"}},
+        "database": {"urlSecretRef": {"name": "db", "key": "url"},
+                     "pooler": {"adminUrlSecretRef": {"name": "pooler-admin", "key": "url"}}},
         "expand": {"sql": "ALTER TABLE users ADD COLUMN a int;"},
         "contract": {"sql": "ALTER TABLE users DROP COLUMN b;"},
         "rollout": {"targets": [{"kind": "Deployment", "name": "shop-api"}],
@@ -76,6 +81,7 @@ fn status() -> DatabaseMigrationStatus {
     serde_json::from_value(serde_json::json!({
         "rolloutCompletedAt": "2026-12-01T00:00:00Z",
         "previousVersions": ["1.0.0"],
+        "expandAfter": ["add-email", "rename-x"],
         "targets": [{"kind": "Deployment", "name": "shop-api", "complete": true, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1, "oldPods": 0}]
     }))
     .expect("status")
@@ -145,7 +151,26 @@ fn what_the_operator_writes_the_executor_parses_back() {
             .iter()
             .map(|k| Secret(resolve(&k.name, &k.key)))
             .collect();
-        assert_eq!(parsed(&env), written.with_urls(url, replicas), "{phase}");
+        // Only Phasegate's own contract executor reads the pooler admin console's Secret.
+        let own_contract = phase == JobPhase::Contract && written.sql.is_some();
+        assert_eq!(written.pooler_admin_url.is_some(), own_contract, "{phase}");
+        let admin = own_contract.then(|| Secret(ADMIN_URL.into()));
+        assert_eq!(
+            parsed(&env),
+            written.with_urls(url, admin).with_replica_urls(replicas),
+            "{phase}"
+        );
+    }
+}
+
+#[test]
+fn an_expand_executor_waits_for_the_earlier_migrations_status_names() {
+    let m = migration(false, false);
+    let cfg = phasegate::executor::config_from_env(parsed(&job_env(&m, JobPhase::Expand)))
+        .expect("config");
+    assert_eq!(cfg.expand_after, vec!["add-email", "rename-x"]);
+    for phase in [JobPhase::Contract, JobPhase::Backfill] {
+        assert_eq!(built(&m, phase).expand_after, None, "{phase}");
     }
 }
 
@@ -175,10 +200,20 @@ fn a_contract_executor_runs_with_the_specs_settings() {
     );
     assert_eq!(cfg.version_order, phasegate::api::VersionOrder::NotPrevious);
     assert_eq!(cfg.previous_versions, Some(vec!["1.0.0".to_string()]));
-    let grant = cfg.grant.expect("a contract Job is fenced by the grant");
+    let grant = cfg
+        .grant
+        .clone()
+        .expect("a contract Job is fenced by the grant");
     assert_eq!(grant.url, GRANT_URL);
     assert_eq!(grant.request.attempt, 3);
     assert_eq!(grant.request.uid, UID);
+    assert_eq!(
+        cfg.pooler,
+        Some(phasegate::executor::PoolerConfig {
+            admin_url: Some(Secret(ADMIN_URL.into()))
+        })
+    );
+    assert_eq!(cfg.secret_urls(), vec![URL, ADMIN_URL]);
 }
 
 /// The standbys reach Phasegate's own contract executor, each URL from its Secret; expand and
@@ -198,6 +233,10 @@ fn a_contract_executor_checks_the_specs_standbys() {
         .collect();
     assert_eq!(cfg.replica_urls, urls);
     assert!(cfg.replica_discover);
+    // Their passwords are scrubbed from every message like the database URL's.
+    assert!(urls
+        .iter()
+        .all(|u| cfg.secret_urls().contains(&u.0.as_str())));
     for (m, phase) in [
         (with_replicas(migration(false, false)), JobPhase::Expand),
         (with_replicas(migration(false, true)), JobPhase::Contract),

@@ -6,11 +6,13 @@ mod backfill;
 mod replicas;
 mod spec;
 mod status;
+mod tenants;
 
 pub use backfill::*;
 pub use replicas::*;
 pub use spec::*;
 pub use status::*;
+pub use tenants::*;
 
 /// API group of every Phasegate resource.
 pub const GROUP: &str = "phasegate.dev";

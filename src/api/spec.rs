@@ -11,6 +11,7 @@ use super::DatabaseMigrationStatus;
 /// target workload runs `appVersion` or newer, then contract.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("has(self.backfill) == has(oldSelf.backfill)").message("backfill cannot be added or removed after creation; create a new DatabaseMigration"))]
+#[x_kube(validation = Rule::new("has(self.tenants) == has(oldSelf.tenants)").message("tenants cannot be added or removed after creation; create a new DatabaseMigration"))]
 #[kube(
     group = "phasegate.dev",
     version = "v1alpha1",
@@ -70,6 +71,12 @@ pub struct DatabaseMigrationSpec {
     /// after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<super::BackfillSpec>,
+
+    /// Run every phase on each tenant of the server — its schemas or its databases that
+    /// match a pattern — with canaries first, a concurrency limit and a failure budget (see
+    /// docs/fleet.md). Cannot be added or removed after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<super::TenantsSpec>,
 }
 
 /// Where the database is.
@@ -87,6 +94,30 @@ pub struct DatabaseSpec {
     /// `host:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<super::ReplicasSpec>,
+    /// PgBouncer in front of the database (`pooler: {}` when the defaults fit). Behind
+    /// transaction pooling an idle client holds no server connection, so `pg_stat_activity`
+    /// cannot show an old application version's idle clients; with this set, contract's
+    /// database check also reads `SHOW CLIENTS` on every address the pooler's host name resolves
+    /// to (a headless Service lists every PgBouncer pod; a ClusterIP Service in front of several
+    /// instances shows only one of them) and waits while a client of an older version is
+    /// connected. A pooler whose clients cannot be read holds contract and fails it with the
+    /// reason. For Phasegate's own contract executor (inline `sql`). Immutable with the rest of
+    /// `database`; the Secrets' contents may change (each contract attempt reads them anew).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooler: Option<PoolerSpec>,
+}
+
+/// PgBouncer in front of the database (see `DatabaseSpec.pooler`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolerSpec {
+    /// A key of a Secret in the migration's namespace holding a URL of PgBouncer's admin
+    /// console: a user listed in PgBouncer's `stats_users` or `admin_users`, database
+    /// `pgbouncer` (`postgresql://stats:password@shop-pooler:5432/pgbouncer`). Unset: the
+    /// migration's own URL with the database name replaced by `pgbouncer`, which works where
+    /// the migration's role is a stats user. Only the executor Job reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_url_secret_ref: Option<SecretKeyRef>,
 }
 
 /// A key in a Secret of the same namespace.

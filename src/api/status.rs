@@ -29,6 +29,11 @@ pub struct DatabaseMigrationStatus {
     /// The expand phase's executions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expand: Option<PhaseStatus>,
+    /// Earlier migrations of the same database (by name) whose expand the executor of expand's
+    /// current attempt waits for in the ledger before it runs its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub expand_after: Vec<String>,
     /// The contract phase's executions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contract: Option<PhaseStatus>,
@@ -177,6 +182,9 @@ pub struct PhaseStatus {
     /// Why the latest attempt failed: `ExpandFailed`, `ContractFailed` or `JobRejected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// With `spec.tenants`: what the latest attempt did across the tenants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<super::TenantsStatus>,
 }
 
 /// Rollout progress of one workload.

@@ -172,6 +172,10 @@ async fn judge(ctx: &Context, req: &Request) -> Result<Answer, Error> {
         targets,
         job_policy: &ctx.config.executor.job_policy,
         waits_for: Vec::new(),
+        expand_after: Vec::new(),
+        expand_after_left: None,
+        expand_tenants: None,
+        contract_tenants: None,
         unconfirmed_stop: None,
         history: Some(history),
     };

@@ -89,7 +89,9 @@ struct Observed {
     contract_report: Option<Report>,
     backfill_job: JobState,
     targets: Vec<TargetStatus>,
-    waits_for: Vec<String>,
+    order: planner::order::ExpandOrder,
+    /// See [`Input::expand_after_left`].
+    expand_after_left: Option<String>,
     unconfirmed_stop: Option<String>,
     /// Expand is applied (recorded, or its Job succeeded) and contract is not recorded yet:
     /// the fenced phases may run.
@@ -171,12 +173,7 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
     } else {
         Vec::new()
     };
-    // The order among migrations matters only until expand first starts.
-    let waits_for = if status.expand.as_ref().is_some_and(|e| e.attempts > 0) {
-        Vec::new()
-    } else {
-        planner::order::waits_for(dbm, &ctx.caches.migrations_in(&ns))
-    };
+    let (order, expand_after_left) = expand_order(ctx, dbm, &ns, &status, &expand_job);
     let fenced_phases_live = expanded && !contracted;
     let unconfirmed_stop = fenced_phases_live
         .then(|| fence::unconfirmed_stop(ctx, dbm, &status))
@@ -190,10 +187,31 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
         contract_report,
         backfill_job,
         targets,
-        waits_for,
+        order,
+        expand_after_left,
         unconfirmed_stop,
         fenced_phases_live,
     })
+}
+
+/// Expand's place among the migrations of its namespace while it is still to be applied, and
+/// whether one its running executor waits for has left the line.
+fn expand_order(
+    ctx: &Context,
+    dbm: &DatabaseMigration,
+    ns: &str,
+    status: &DatabaseMigrationStatus,
+    expand_job: &JobState,
+) -> (planner::order::ExpandOrder, Option<String>) {
+    if status.expand.as_ref().is_some_and(|e| e.succeeded) {
+        return Default::default();
+    }
+    let all = ctx.caches.migrations_in(ns);
+    let order = planner::order::expand_order(dbm, &all);
+    let left = matches!(expand_job, JobState::Running(_))
+        .then(|| planner::order::left_the_line(dbm, &status.expand_after, &all))
+        .flatten();
+    (order, left)
 }
 
 /// Every target of the migration, judged, from the caches or from the API server.
@@ -247,7 +265,19 @@ async fn plan(
         backfill_paused,
         targets: seen.targets.clone(),
         job_policy: &ctx.config.executor.job_policy,
-        waits_for: seen.waits_for.clone(),
+        // The order among migrations holds expand back only until it first starts.
+        waits_for: if seen.status.expand.as_ref().is_some_and(|e| e.attempts > 0) {
+            Vec::new()
+        } else {
+            seen.order.holds.clone()
+        },
+        expand_after: seen.order.after.clone(),
+        expand_after_left: seen.expand_after_left.clone(),
+        expand_tenants: seen.expand_report.as_ref().and_then(|r| r.tenants.clone()),
+        contract_tenants: seen
+            .contract_report
+            .as_ref()
+            .and_then(|r| r.tenants.clone()),
         history: None,
         unconfirmed_stop: seen.unconfirmed_stop.clone(),
     };

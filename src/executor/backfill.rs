@@ -8,7 +8,13 @@
 //! batch in flight, which PostgreSQL rolls back, and the next run resumes after the last
 //! committed batch. The checkpoint update is a compare-and-set on the previous upper bound, so
 //! two executors of the same backfill (a stopped pod still terminating while the next attempt
-//! starts) can never both commit the same batch.
+//! starts) can never both commit the same batch; each transaction also takes the migration's
+//! advisory lock (transaction-scoped), so their batches take turns and the one that finds the
+//! checkpoint moved continues from it.
+//!
+//! Pooler-safe (PgBouncer in transaction pooling): unnamed statements only, settings as
+//! `SET LOCAL` in each transaction, nothing held between transactions (docs/backfill.md,
+//! "Connection poolers").
 //!
 //! The checkpoint is keyed by the migration (namespace, name), and carries its uid, the
 //! backfill's checksum and the *rollout epoch* (`status.rolloutCompletedAt`). A different
@@ -37,11 +43,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio_postgres::types::Type;
-use tokio_postgres::Client;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use super::config::{duration, parse_duration, setting, termination_log};
 use super::connect::{self, Scrubber};
+use super::session;
 use super::stop::{Signal, Stop};
 use super::{checksum, finish, stop_on_signals, usage_error, Secret};
 use crate::protocol::env::{self as penv, ExecutorEnv};
@@ -475,6 +482,7 @@ pub async fn execute(cfg: &BackfillConfig) -> Report {
         gate_to_commit_us: None,
         stopped_by: cfg.stop.requested().map(|s| s.name().to_string()),
         recovered: Vec::new(),
+        tenants: None,
         error,
     }
 }
@@ -500,7 +508,7 @@ async fn sleep(stop: &Stop, batches: u64, d: Duration) -> Result<(), BackfillErr
     .await
 }
 
-/// Before the first batch (the checkpoint's first look, preparing the batch SQL): a lock
+/// Before the first batch (the checkpoint's first look at the table): a lock
 /// timeout on the table is retried after a short pause, up to `max_lock_retries`. `None`:
 /// try again.
 async fn retry_before_first_batch<T>(
@@ -565,10 +573,24 @@ struct Checkpoint {
     fresh: bool,
 }
 
+impl Checkpoint {
+    /// The checkpoint after a committed batch up to `upper` of `rows` rows and `keys` keys.
+    fn advance(&mut self, upper: Key, rows: i64, keys: i64, done: bool) {
+        match upper {
+            Key::Int(u) => self.last_key = Some(u),
+            Key::Text(t) => self.last_text = Some(t),
+        }
+        self.keys_done += keys;
+        self.done = done;
+        self.rows_done += rows;
+        self.batches += 1;
+    }
+}
+
 async fn ensure_table(c: &Client) -> Result<(), BackfillError> {
     for _ in 0..3 {
         let exists: bool = c
-            .query_one(
+            .query_typed_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                                  WHERE n.nspname = 'phasegate' AND c.relname = 'backfill')",
                 &[],
@@ -596,8 +618,8 @@ async fn ensure_table(c: &Client) -> Result<(), BackfillError> {
 
 /// Whether the checkpoint table has the columns of non-integer keys (an older executor's
 /// table does not).
-async fn has_text_key_columns(c: &Client) -> Result<bool, BackfillError> {
-    Ok(c.query_one(
+async fn has_text_key_columns<C: GenericClient>(c: &C) -> Result<bool, BackfillError> {
+    Ok(c.query_typed_one(
         "SELECT EXISTS (SELECT 1 FROM pg_attribute
                              WHERE attrelid = 'phasegate.backfill'::regclass
                                AND attname = 'last_key_text' AND NOT attisdropped)",
@@ -623,17 +645,14 @@ async fn ensure_text_key_columns(c: &Client) -> Result<(), BackfillError> {
     })
 }
 
-/// Reads the checkpoint, or (re)starts the scan: no row, another object (uid), other SQL
-/// (checksum), another rollout epoch or a key of another kind begins from the first key.
-async fn load_checkpoint(
-    c: &Client,
+/// Reads the checkpoint: the scan to resume, or why it restarts (no row, another object (uid),
+/// other SQL (checksum), another rollout epoch or a key of another kind).
+async fn read_checkpoint<C: GenericClient>(
+    c: &C,
     cfg: &BackfillConfig,
     sum: &str,
-    table: &str,
-    key: &str,
     kind: &KeyKind,
-) -> Result<Checkpoint, BackfillError> {
-    let db = |e: tokio_postgres::Error| BackfillError::db(&e);
+) -> Result<Result<Checkpoint, String>, BackfillError> {
     // An integer key reads only the columns every version has (the table may be an older
     // executor's).
     let select = match kind {
@@ -649,35 +668,62 @@ async fn load_checkpoint(
         }
     };
     let row = c
-        .query_opt(select, &[&cfg.namespace, &cfg.name])
+        .query_typed_opt(
+            select,
+            &[(&cfg.namespace, Type::TEXT), (&cfg.name, Type::TEXT)],
+        )
         .await
-        .map_err(db)?;
-    if let Some(r) = &row {
-        let (uid, checksum, epoch): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        let cp = Checkpoint {
-            done: r.get(3),
-            min_key: r.get(4),
-            end_key: r.get(5),
-            last_key: r.get(6),
-            rows_done: r.get(7),
-            batches: r.get(8),
-            end_text: r.get(9),
-            last_text: r.get(10),
-            keys_done: r.get(11),
-            sorted: matches!(kind, KeyKind::Sorted { .. }),
-            fresh: false,
-        };
-        let key_type: Option<String> = r.get(12);
-        // A running scan keeps its lower bound in the columns of its key's kind; a row whose
-        // bound is in the other ones was written for a key of another type.
-        let same_kind = match kind {
-            KeyKind::Integer => cp.done || cp.last_key.is_some(),
-            KeyKind::Sorted { type_name, .. } => {
-                key_type.as_deref() == Some(type_name.as_str())
-                    && (cp.done || cp.last_text.is_some())
-            }
-        };
-        if uid == cfg.uid && checksum == sum && epoch == cfg.epoch && same_kind {
+        .map_err(|e| BackfillError::db(&e))?;
+    let Some(r) = row else {
+        return Ok(Err("no checkpoint".into()));
+    };
+    let (uid, checksum, epoch): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+    let cp = Checkpoint {
+        done: r.get(3),
+        min_key: r.get(4),
+        end_key: r.get(5),
+        last_key: r.get(6),
+        rows_done: r.get(7),
+        batches: r.get(8),
+        end_text: r.get(9),
+        last_text: r.get(10),
+        keys_done: r.get(11),
+        sorted: matches!(kind, KeyKind::Sorted { .. }),
+        fresh: false,
+    };
+    let key_type: Option<String> = r.get(12);
+    // A running scan keeps its lower bound in the columns of its key's kind; a row whose
+    // bound is in the other ones was written for a key of another type.
+    let same_kind = match kind {
+        KeyKind::Integer => cp.done || cp.last_key.is_some(),
+        KeyKind::Sorted { type_name, .. } => {
+            key_type.as_deref() == Some(type_name.as_str()) && (cp.done || cp.last_text.is_some())
+        }
+    };
+    Ok(if uid != cfg.uid {
+        Err("the checkpoint belongs to another object of this name".into())
+    } else if checksum != sum {
+        Err("the backfill's table, key or SQL changed".into())
+    } else if epoch != cfg.epoch {
+        Err(format!("the rollout epoch changed from {epoch:?} (the rollout regressed after the scan began: old code may have written rows behind the checkpoint)"))
+    } else if !same_kind {
+        Err("the key's type changed".into())
+    } else {
+        Ok(cp)
+    })
+}
+
+/// Reads the checkpoint, or (re)starts the scan from the first key.
+async fn load_checkpoint<C: GenericClient>(
+    c: &C,
+    cfg: &BackfillConfig,
+    sum: &str,
+    table: &str,
+    key: &str,
+    kind: &KeyKind,
+) -> Result<Checkpoint, BackfillError> {
+    match read_checkpoint(c, cfg, sum, kind).await? {
+        Ok(cp) => {
             if !cp.done {
                 tracing::info!(
                     last_key = cp.last_key,
@@ -690,20 +736,10 @@ async fn load_checkpoint(
             }
             return Ok(cp);
         }
-        let why = if uid != cfg.uid {
-            "the checkpoint belongs to another object of this name"
-        } else if checksum != sum {
-            "the backfill's table, key or SQL changed"
-        } else if epoch != cfg.epoch {
-            "the rollout epoch changed (the rollout regressed after the scan began: old code may have written rows behind the checkpoint)"
-        } else {
-            "the key's type changed"
-        };
-        tracing::warn!(
-            previous_epoch = %epoch,
-            epoch = %cfg.epoch,
-            "restarting the backfill from the first key: {why}"
-        );
+        Err(why) if why != "no checkpoint" => {
+            tracing::warn!(epoch = %cfg.epoch, "restarting the backfill from the first key: {why}");
+        }
+        Err(_) => {}
     }
     match kind {
         KeyKind::Integer => restart_integer(c, cfg, sum, table, key).await,
@@ -714,8 +750,26 @@ async fn load_checkpoint(
     }
 }
 
-async fn restart_integer(
-    c: &Client,
+/// `$1`–`$5` of the statements that (re)start a scan (the checkpoint row's namespace, name,
+/// uid, checksum and epoch), then `rest`.
+fn scan_params<'a, const N: usize>(
+    cfg: &'a BackfillConfig,
+    sum: &'a &'a str,
+    rest: [(&'a (dyn ToSql + Sync), Type); N],
+) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    let mut params: Vec<(&'a (dyn ToSql + Sync), Type)> = vec![
+        (&cfg.namespace, Type::TEXT),
+        (&cfg.name, Type::TEXT),
+        (&cfg.uid, Type::TEXT),
+        (sum, Type::TEXT),
+        (&cfg.epoch, Type::TEXT),
+    ];
+    params.extend(rest);
+    params
+}
+
+async fn restart_integer<C: GenericClient>(
+    c: &C,
     cfg: &BackfillConfig,
     sum: &str,
     table: &str,
@@ -724,7 +778,7 @@ async fn restart_integer(
     let db = |e: tokio_postgres::Error| BackfillError::db(&e);
     // The key range to walk: from the smallest key to the largest that exists now.
     let bounds = c
-        .query_one(
+        .query_typed_one(
             &format!("SELECT min({key})::bigint, max({key})::bigint FROM {table}"),
             &[],
         )
@@ -740,7 +794,7 @@ async fn restart_integer(
         None => None,
     };
     let done = end_key.is_none();
-    c.execute(
+    c.execute_typed(
         "INSERT INTO phasegate.backfill AS b
              (namespace, name, uid, checksum, epoch, status, min_key, end_key, last_key)
          VALUES ($1, $2, $3, $4, $5, CASE WHEN $8 THEN 'done' ELSE 'running' END, $6, $7, $6)
@@ -751,27 +805,26 @@ async fn restart_integer(
              restarts = b.restarts + 1, started_at = clock_timestamp(),
              updated_at = clock_timestamp(),
              finished_at = CASE WHEN $8 THEN clock_timestamp() END",
-        &[
-            &cfg.namespace,
-            &cfg.name,
-            &cfg.uid,
+        &scan_params(
+            cfg,
             &sum,
-            &cfg.epoch,
-            &start_after,
-            &end_key,
-            &done,
-        ],
+            [
+                (&start_after, Type::INT8),
+                (&end_key, Type::INT8),
+                (&done, Type::BOOL),
+            ],
+        ),
     )
     .await
     .map_err(db)?;
     // A row once written for a non-integer key (the key's type changed since) must not look
     // like one of those to a later run. Only a table that has those columns can hold one.
     if has_text_key_columns(c).await? {
-        c.execute(
+        c.execute_typed(
             "UPDATE phasegate.backfill SET key_type = NULL, last_key_text = NULL, end_key_text = NULL,
                     keys_done = 0
               WHERE namespace = $1 AND name = $2 AND key_type IS NOT NULL",
-            &[&cfg.namespace, &cfg.name],
+            &[(&cfg.namespace, Type::TEXT), (&cfg.name, Type::TEXT)],
         )
         .await
         .map_err(db)?;
@@ -792,8 +845,8 @@ async fn restart_integer(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn restart_sorted(
-    c: &Client,
+async fn restart_sorted<C: GenericClient>(
+    c: &C,
     cfg: &BackfillConfig,
     sum: &str,
     table: &str,
@@ -804,7 +857,7 @@ async fn restart_sorted(
     let db = |e: tokio_postgres::Error| BackfillError::db(&e);
     // The scan ends at the largest key that exists now (an index scan backwards).
     let end: Option<String> = c
-        .query_opt(
+        .query_typed_opt(
             &format!(
                 "SELECT {} FROM {table} WHERE {key} IS NOT NULL ORDER BY {key} DESC LIMIT 1",
                 key_text(key)
@@ -818,12 +871,13 @@ async fn restart_sorted(
     // with it, e.g. a string of characters the collation ignores) would never be walked.
     if end.is_some() {
         let at_start: Option<String> = c
-            .query_opt(
+            .query_typed_opt(
                 &format!(
                     "SELECT {} FROM {table} WHERE {key} <= $1 ORDER BY {key} LIMIT 1",
                     key_text(key)
                 ),
-                &[&Key::Text(before_all.to_string())],
+                // `unknown`: PostgreSQL gives it the key's type, as for the batch SQL.
+                &[(&Key::Text(before_all.to_string()), Type::UNKNOWN)],
             )
             .await
             .map_err(db)?
@@ -836,7 +890,7 @@ async fn restart_sorted(
         }
     }
     let done = end.is_none();
-    c.execute(
+    c.execute_typed(
         "INSERT INTO phasegate.backfill AS b
              (namespace, name, uid, checksum, epoch, status, key_type, end_key_text, last_key_text)
          VALUES ($1, $2, $3, $4, $5, CASE WHEN $9 THEN 'done' ELSE 'running' END, $6, $7, $8)
@@ -848,17 +902,16 @@ async fn restart_sorted(
              restarts = b.restarts + 1, started_at = clock_timestamp(),
              updated_at = clock_timestamp(),
              finished_at = CASE WHEN $9 THEN clock_timestamp() END",
-        &[
-            &cfg.namespace,
-            &cfg.name,
-            &cfg.uid,
+        &scan_params(
+            cfg,
             &sum,
-            &cfg.epoch,
-            &type_name,
-            &end,
-            &before_all,
-            &done,
-        ],
+            [
+                (&type_name, Type::TEXT),
+                (&end, Type::TEXT),
+                (&before_all, Type::TEXT),
+                (&done, Type::BOOL),
+            ],
+        ),
     )
     .await
     .map_err(db)?;
@@ -886,7 +939,7 @@ async fn throttle_reason(
     let db = |e: tokio_postgres::Error| BackfillError::db(&e);
     if !cfg.max_replication_lag.is_zero() {
         let lag: Option<f64> = c
-            .query_one(
+            .query_typed_one(
                 "SELECT max(extract(epoch FROM greatest(write_lag, flush_lag, replay_lag)))::float8
                    FROM pg_stat_replication",
                 &[],
@@ -902,11 +955,11 @@ async fn throttle_reason(
         }
     }
     let waiting: i64 = c
-        .query_one(
+        .query_typed_one(
             "SELECT count(DISTINCT pid) FROM pg_locks
               WHERE locktype = 'relation' AND relation = $1 AND NOT granted
                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&table_oid],
+            &[(&table_oid, Type::OID)],
         )
         .await
         .map_err(db)?
@@ -932,6 +985,37 @@ async fn run_inner(
     stats: &mut RunStats,
     scrub: &Scrubber,
 ) -> Result<Outcome, BackfillError> {
+    let (table, key) = checked_names(cfg)?;
+    let (mut client, set_local) = open(cfg, scrub).await?;
+    let kind = key_kind(&client, cfg, &table).await?;
+    let db = |e: tokio_postgres::Error| BackfillError::db(&e);
+    let table_oid: u32 = client
+        .query_typed_one("SELECT $1::text::regclass::oid", &[(&table, Type::TEXT)])
+        .await
+        .map_err(db)?
+        .get(0);
+    ensure_table(&client).await?;
+    if matches!(kind, KeyKind::Sorted { .. }) {
+        ensure_text_key_columns(&client).await?;
+    }
+    let scan = Scan::new(cfg, sum, table, key, kind, table_oid, set_local);
+    let cp = start(&mut client, &scan, stats).await?;
+    if cp.done && cp.fresh {
+        tracing::info!("nothing to backfill: the table is empty");
+        return Ok(Outcome::Applied);
+    }
+    if cp.done {
+        tracing::info!(
+            rows_done = cp.rows_done,
+            "backfill already done in this rollout epoch"
+        );
+        return Ok(Outcome::AlreadyApplied);
+    }
+    walk(&mut client, &scan, cp, stats).await
+}
+
+/// The table and the key, quoted; refuses a composite key and batch SQL without both bounds.
+fn checked_names(cfg: &BackfillConfig) -> Result<(String, String), BackfillError> {
     let table = quote_ident_path(&cfg.table)?;
     // A composite key would need row comparisons in every bound and two placeholders per
     // bound: not supported yet (docs/backfill.md).
@@ -953,37 +1037,43 @@ async fn run_inner(
             "the batch SQL must use $1 (exclusive lower bound) and $2 (inclusive upper bound) of the key range".into(),
         ));
     }
-    let stop = &cfg.stop;
-    let settings = connect::parse(&cfg.database_url.0)?;
-    let mut client = or_stop(stop, 0, async {
+    Ok((table, key))
+}
+
+/// Connects, with the same client-side keepalives as `phasegate apply`; returns the client
+/// and the `SET LOCAL`s every transaction of the run starts with. Nothing is set on the
+/// session: behind a transaction pooler a session setting would stay on a pooled server
+/// connection for whichever client gets it next.
+async fn open(cfg: &BackfillConfig, scrub: &Scrubber) -> Result<(Client, String), BackfillError> {
+    let mut settings = session::settings(&cfg.database_url.0)?;
+    // A startup parameter, not a SET: PgBouncer gives it to every server connection it lends.
+    settings.config.application_name("phasegate-backfill");
+    let client = or_stop(&cfg.stop, 0, async {
         Ok(connect::connect(&settings, cfg.connect_timeout, scrub).await?)
     })
     .await?;
-    let db = |e: tokio_postgres::Error| BackfillError::db(&e);
-    let _ = client
-        .batch_execute("SET client_connection_check_interval = '1s'")
-        .await;
-    client
-        .batch_execute(&format!(
-            "SET application_name = 'phasegate-backfill'; SET idle_in_transaction_session_timeout = '{}ms'",
-            (cfg.lock_timeout + cfg.statement_timeout).as_millis() + 10_000
-        ))
+    let version = session::server_version(&client)
         .await
-        .map_err(db)?;
-    // The key's base type (through a domain) decides how it is walked.
-    let key_type: Option<(String, String)> = client
-        .query_opt(
+        .map_err(|e| BackfillError::db(&e))?;
+    let set_local = session::local_settings(cfg.lock_timeout, cfg.statement_timeout, version);
+    Ok((client, set_local))
+}
+
+/// How the key is walked, from its base type (through a domain).
+async fn key_kind(c: &Client, cfg: &BackfillConfig, table: &str) -> Result<KeyKind, BackfillError> {
+    let key_type: Option<(String, String)> = c
+        .query_typed_opt(
             "SELECT t.typname::text, format_type(a.atttypid, a.atttypmod)
                FROM pg_attribute a
                JOIN pg_type d ON d.oid = a.atttypid
                JOIN pg_type t ON t.oid = CASE WHEN d.typtype = 'd' THEN d.typbasetype ELSE d.oid END
               WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped",
-            &[&table, &cfg.key.trim()],
+            &[(&table, Type::TEXT), (&cfg.key.trim(), Type::TEXT)],
         )
         .await
-        .map_err(db)?
+        .map_err(|e| BackfillError::db(&e))?
         .map(|r| (r.get(0), r.get(1)));
-    let kind = match key_type {
+    Ok(match key_type {
         Some((base, _)) if matches!(base.as_str(), "int2" | "int4" | "int8") => KeyKind::Integer,
         Some((base, shown)) => match SORTED_KEY_TYPES.iter().find(|(t, _)| *t == base) {
             Some((t, before_all)) => KeyKind::Sorted {
@@ -1006,44 +1096,130 @@ async fn run_inner(
                 cfg.table, cfg.key
             )))
         }
-    };
-    let table_oid: u32 = client
-        .query_one("SELECT $1::text::regclass::oid", &[&table])
+    })
+}
+
+/// One scan's fixed parts: the statements of a batch, the `SET LOCAL`s, the advisory key.
+struct Scan<'a> {
+    cfg: &'a BackfillConfig,
+    sum: &'a str,
+    table: String,
+    key: String,
+    kind: KeyKind,
+    table_oid: u32,
+    set_local: String,
+    /// `hashtext` of this, the advisory lock of this backfill (the key earlier executors
+    /// took as a session lock, so that both kinds exclude each other).
+    lock_key: String,
+    sorted: bool,
+    /// The type the bounds are sent as: `bigint`, or `unknown` for PostgreSQL to give them
+    /// the type the SQL compares them with (the key's).
+    bound_type: Type,
+    /// The next batch's upper bound (and, for a keyset walk, how many keys that is).
+    upper_sql: String,
+}
+
+impl<'a> Scan<'a> {
+    fn new(
+        cfg: &'a BackfillConfig,
+        sum: &'a str,
+        table: String,
+        key: String,
+        kind: KeyKind,
+        table_oid: u32,
+        set_local: String,
+    ) -> Scan<'a> {
+        let sorted = matches!(kind, KeyKind::Sorted { .. });
+        let upper_sql = if sorted {
+            // Keyset: the n-th key after the lower bound, and how many keys that is (fewer
+            // than n at the end of the range).
+            format!(
+                "SELECT {}, n FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) AS n
+                   FROM {table} WHERE {key} > $1 AND {key} <= $2 ORDER BY {key} LIMIT $3) s
+                  ORDER BY n DESC LIMIT 1",
+                key_text("s.k")
+            )
+        } else {
+            format!(
+                "SELECT max(k) FROM (SELECT {key}::bigint AS k FROM {table}
+                  WHERE {key} > $1 AND {key} <= $2 ORDER BY {key} LIMIT $3) s"
+            )
+        };
+        Scan {
+            lock_key: format!("phasegate-backfill/{}/{}", cfg.namespace, cfg.name),
+            bound_type: if sorted { Type::UNKNOWN } else { Type::INT8 },
+            cfg,
+            sum,
+            table,
+            key,
+            kind,
+            table_oid,
+            set_local,
+            sorted,
+            upper_sql,
+        }
+    }
+}
+
+/// Advances an integer key's checkpoint from `$3` (compare-and-set) to `$4`.
+const ADVANCE_INTEGER: &str = "UPDATE phasegate.backfill
+    SET last_key = $4, rows_done = rows_done + $5, batches = batches + 1,
+        status = CASE WHEN $4 >= end_key THEN 'done' ELSE 'running' END,
+        finished_at = CASE WHEN $4 >= end_key THEN clock_timestamp() END,
+        updated_at = clock_timestamp()
+  WHERE namespace = $1 AND name = $2 AND epoch = $6 AND last_key = $3";
+
+/// The same for a keyset walk, with the keys walked (`$7`) and whether it is the last batch.
+const ADVANCE_SORTED: &str = "UPDATE phasegate.backfill
+    SET last_key_text = $4, rows_done = rows_done + $5, keys_done = keys_done + $7,
+        batches = batches + 1,
+        status = CASE WHEN $8 THEN 'done' ELSE 'running' END,
+        finished_at = CASE WHEN $8 THEN clock_timestamp() END,
+        updated_at = clock_timestamp()
+  WHERE namespace = $1 AND name = $2 AND epoch = $6 AND last_key_text = $3";
+
+/// Waiting while another executor of this backfill holds its lock.
+const BUSY_WAIT: Duration = Duration::from_millis(200);
+
+/// Begins a transaction with the run's `SET LOCAL`s and this backfill's advisory lock. The
+/// lock is transaction-scoped: nothing outlives the transaction on a pooled server connection,
+/// and a killed executor's lock goes with its transaction. `None`: another executor of this
+/// backfill holds it right now (this transaction is rolled back).
+async fn begin_locked<'c>(
+    client: &'c mut Client,
+    scan: &Scan<'_>,
+) -> Result<Option<Transaction<'c>>, BackfillError> {
+    let db = |e: tokio_postgres::Error| BackfillError::db(&e);
+    let tx = client.transaction().await.map_err(db)?;
+    tx.batch_execute(&scan.set_local).await.map_err(db)?;
+    let got: bool = tx
+        .query_typed_one(
+            "SELECT pg_try_advisory_xact_lock(hashtext($1))",
+            &[(&scan.lock_key, Type::TEXT)],
+        )
         .await
         .map_err(db)?
         .get(0);
-    // One backfill of a migration at a time, without blocking other migrations' phases.
-    let lock_key = format!("phasegate-backfill/{}/{}", cfg.namespace, cfg.name);
+    if got {
+        return Ok(Some(tx));
+    }
+    tx.rollback().await.map_err(db)?;
+    Ok(None)
+}
+
+/// The checkpoint to walk from: read, or the scan restarted, under this backfill's advisory
+/// lock, so that of two runs starting at once only one restarts the scan and the other
+/// resumes it.
+async fn start(
+    client: &mut Client,
+    scan: &Scan<'_>,
+    stats: &mut RunStats,
+) -> Result<Checkpoint, BackfillError> {
+    let (cfg, stop) = (scan.cfg, &scan.cfg.stop);
     let mut announced = false;
     loop {
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&lock_key])
-            .await
-            .map_err(db)?
-            .get(0);
-        if got {
-            break;
-        }
-        if !announced {
-            tracing::warn!("another executor runs this backfill; waiting for it to end");
-            announced = true;
-        }
-        sleep(stop, 0, Duration::from_millis(500)).await?;
-    }
-    ensure_table(&client).await?;
-    if matches!(kind, KeyKind::Sorted { .. }) {
-        ensure_text_key_columns(&client).await?;
-    }
-    // Every statement outside a batch (the checkpoint's first look at the table) is bounded too.
-    client
-        .batch_execute(&format!(
-            "SET lock_timeout = '{}ms'",
-            cfg.lock_timeout.as_millis().max(1)
-        ))
-        .await
-        .map_err(db)?;
-    let mut cp = loop {
-        while let Some(why) = or_stop(stop, 0, throttle_reason(&client, cfg, table_oid)).await? {
+        while let Some(why) = or_stop(stop, 0, throttle_reason(client, cfg, scan.table_oid)).await?
+        {
             tracing::warn!(reason = %why, "backfill throttled");
             eprintln!(
                 "{}",
@@ -1055,115 +1231,182 @@ async fn run_inner(
             stats.throttle_wait += Duration::from_millis(500);
             sleep(stop, 0, Duration::from_millis(500)).await?;
         }
-        let loaded = load_checkpoint(&client, cfg, sum, &table, &key, &kind).await;
-        if let Some(cp) = retry_before_first_batch(loaded, cfg, stats, stop).await? {
-            break cp;
+        let loaded = or_stop(stop, 0, async {
+            let Some(tx) = begin_locked(client, scan).await? else {
+                return Ok(None);
+            };
+            let cp =
+                load_checkpoint(&tx, cfg, scan.sum, &scan.table, &scan.key, &scan.kind).await?;
+            tx.commit().await.map_err(|e| BackfillError::db(&e))?;
+            Ok(Some(cp))
+        })
+        .await;
+        match retry_before_first_batch(loaded, cfg, stats, stop).await? {
+            Some(Some(cp)) => return Ok(cp),
+            Some(None) => {
+                if !announced {
+                    tracing::warn!("another executor runs this backfill; waiting for its batch");
+                    announced = true;
+                }
+                stats.throttle_wait += BUSY_WAIT;
+                sleep(stop, 0, BUSY_WAIT).await?;
+            }
+            None => {}
         }
+    }
+}
+
+/// What one batch attempt came to.
+enum Batch {
+    /// Another executor of this backfill holds its lock (runs a batch) right now.
+    Busy,
+    /// Another executor committed a batch since this run read the checkpoint: rolled back.
+    Moved,
+    Committed {
+        upper: Key,
+        rows: i64,
+        keys: i64,
+        done: bool,
+    },
+}
+
+/// One batch: the keys in `(lower, end]` up to `size` of them, the batch SQL over them and
+/// the checkpoint's compare-and-set, in one transaction under this backfill's advisory lock.
+/// Unnamed statements only: a transaction pooler keeps no prepared statement between
+/// transactions.
+async fn run_batch(
+    client: &mut Client,
+    scan: &Scan<'_>,
+    lower: &Key,
+    end: &Key,
+    size: i64,
+    end_key: i64,
+) -> Result<Batch, BackfillError> {
+    let (cfg, db) = (scan.cfg, |e: tokio_postgres::Error| BackfillError::db(&e));
+    let Some(tx) = begin_locked(client, scan).await? else {
+        return Ok(Batch::Busy);
     };
-    if cp.done && cp.fresh {
-        tracing::info!("nothing to backfill: the table is empty");
-        return Ok(Outcome::Applied);
-    }
-    if cp.done {
-        tracing::info!(
-            rows_done = cp.rows_done,
-            "backfill already done in this rollout epoch"
-        );
-        return Ok(Outcome::AlreadyApplied);
-    }
-    let estimated: i64 = client
-        .query_one(
-            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1",
-            &[&table_oid],
+    let t = scan.bound_type.clone();
+    let row = tx
+        .query_typed_opt(
+            &scan.upper_sql,
+            &[(lower, t.clone()), (end, t.clone()), (&size, Type::INT8)],
         )
         .await
-        .map_err(db)?
-        .get(0);
-
-    // Preparing the batch SQL locks the table briefly (parse analysis): retried on lock
-    // timeouts like a batch.
-    let sorted = matches!(kind, KeyKind::Sorted { .. });
-    let (upper_stmt, batch_stmt, advance) = loop {
-        let prepared = async {
-            if sorted {
-                // Keyset: the n-th key after the lower bound, and how many keys that is (fewer
-                // than n at the end of the range). Parameter types come from the key column.
-                let upper_stmt = client
-                    .prepare(&format!(
-                        "SELECT {}, n FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) AS n
-                           FROM {table} WHERE {key} > $1 AND {key} <= $2 ORDER BY {key} LIMIT $3) s
-                          ORDER BY n DESC LIMIT 1",
-                        key_text("s.k")
-                    ))
-                    .await
-                    .map_err(db);
-                // `$1` and `$2` take the type the SQL gives them (`id > $1`: the key's).
-                let batch_stmt = client.prepare(&cfg.sql).await.map_err(db);
-                let advance = client
-                    .prepare_typed(
-                        "UPDATE phasegate.backfill
-                        SET last_key_text = $4, rows_done = rows_done + $5, keys_done = keys_done + $7,
-                            batches = batches + 1,
-                            status = CASE WHEN $8 THEN 'done' ELSE 'running' END,
-                            finished_at = CASE WHEN $8 THEN clock_timestamp() END,
-                            updated_at = clock_timestamp()
-                      WHERE namespace = $1 AND name = $2 AND epoch = $6 AND last_key_text = $3",
-                        &[
-                            Type::TEXT,
-                            Type::TEXT,
-                            Type::TEXT,
-                            Type::TEXT,
-                            Type::INT8,
-                            Type::TEXT,
-                            Type::INT8,
-                            Type::BOOL,
-                        ],
-                    )
-                    .await
-                    .map_err(db);
-                return Ok::<_, BackfillError>((upper_stmt?, batch_stmt?, advance?));
+        .map_err(db)?;
+    // (upper bound, keys in the batch, the range's last batch); no key left in
+    // (lower, end]: the scan ends at the end of the range.
+    let (upper, keys, done) = match row {
+        Some(r) if scan.sorted => {
+            let (k, keys): (String, i64) = (r.get(0), r.get(1));
+            if keys < size {
+                (Some(end.clone()), keys, true)
+            } else {
+                let k = Key::Text(k);
+                let done = &k == end;
+                (Some(k), keys, done)
             }
-            let upper_stmt = client
-                .prepare_typed(
-                    &format!(
-                        "SELECT max(k) FROM (SELECT {key}::bigint AS k FROM {table}
-                      WHERE {key} > $1 AND {key} <= $2 ORDER BY {key} LIMIT $3) s"
-                    ),
-                    &[Type::INT8, Type::INT8, Type::INT8],
-                )
-                .await
-                .map_err(db);
-            let batch_stmt = client
-                .prepare_typed(&cfg.sql, &[Type::INT8, Type::INT8])
-                .await
-                .map_err(db);
-            let advance = client
-                .prepare_typed(
-                    "UPDATE phasegate.backfill
-                    SET last_key = $4, rows_done = rows_done + $5, batches = batches + 1,
-                        status = CASE WHEN $4 >= end_key THEN 'done' ELSE 'running' END,
-                        finished_at = CASE WHEN $4 >= end_key THEN clock_timestamp() END,
-                        updated_at = clock_timestamp()
-                  WHERE namespace = $1 AND name = $2 AND epoch = $6 AND last_key = $3",
-                    &[
-                        Type::TEXT,
-                        Type::TEXT,
-                        Type::INT8,
-                        Type::INT8,
-                        Type::INT8,
-                        Type::TEXT,
-                    ],
-                )
-                .await
-                .map_err(db);
-            Ok::<_, BackfillError>((upper_stmt?, batch_stmt?, advance?))
         }
-        .await;
-        if let Some(p) = retry_before_first_batch(prepared, cfg, stats, stop).await? {
-            break p;
-        }
+        Some(r) => match r.get::<_, Option<i64>>(0) {
+            Some(u) => (Some(Key::Int(u)), 0, u >= end_key),
+            None => (None, 0, true),
+        },
+        None => (None, 0, true),
     };
+    let (upper, n) = match upper {
+        Some(upper) => {
+            let n = tx
+                .execute_typed(&cfg.sql, &[(lower, t.clone()), (&upper, t)])
+                .await
+                .map_err(db)?;
+            (upper, n as i64)
+        }
+        None => (end.clone(), 0),
+    };
+    // The bounds as text for a keyset walk; its count of keys and end flag too.
+    let (advance, bound) = match scan.sorted {
+        true => (ADVANCE_SORTED, Type::TEXT),
+        false => (ADVANCE_INTEGER, Type::INT8),
+    };
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+        (&cfg.namespace, Type::TEXT),
+        (&cfg.name, Type::TEXT),
+        (lower, bound.clone()),
+        (&upper, bound),
+        (&n, Type::INT8),
+        (&cfg.epoch, Type::TEXT),
+    ];
+    if scan.sorted {
+        params.extend([
+            (&keys as &(dyn ToSql + Sync), Type::INT8),
+            (&done, Type::BOOL),
+        ]);
+    }
+    let moved = tx.execute_typed(advance, &params).await.map_err(db)?;
+    if moved != 1 {
+        tx.rollback().await.map_err(db)?;
+        return Ok(Batch::Moved);
+    }
+    // The last look at the stop flag before COMMIT (a stop during COMMIT is harmless: the
+    // batch and its checkpoint commit together or not at all).
+    if let Some(signal) = cfg.stop.requested() {
+        tx.rollback().await.map_err(db)?;
+        return Err(BackfillError::Stopped { signal, batches: 0 });
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(Batch::Committed {
+        upper,
+        rows: n,
+        keys,
+        done,
+    })
+}
 
+/// Why a batch rolled back by `code` (lock timeout, deadlock, statement timeout) is retried, for
+/// the progress line; the error that ends the run once `attempt` exceeds the retries allowed.
+fn retry_reason(
+    code: String,
+    message: String,
+    attempt: u32,
+    cfg: &BackfillConfig,
+) -> Result<String, BackfillError> {
+    let lock_timeout = humantime::format_duration(cfg.lock_timeout).to_string();
+    if attempt > cfg.max_lock_retries {
+        return Err(if code == "57014" {
+            BackfillError::Db {
+                sqlstate: Some(code),
+                message,
+            }
+        } else {
+            BackfillError::LockRetriesExhausted {
+                attempts: attempt,
+                lock_timeout,
+            }
+        });
+    }
+    Ok(match code.as_str() {
+        "55P03" => format!("lock timeout ({lock_timeout}) on the table, retry {attempt}"),
+        "40P01" => format!("deadlock, retry {attempt}"),
+        _ => format!("statement timeout, retry {attempt} with a smaller batch"),
+    })
+}
+
+/// Walks the key range from the checkpoint to its end, batch by batch.
+async fn walk(
+    client: &mut Client,
+    scan: &Scan<'_>,
+    mut cp: Checkpoint,
+    stats: &mut RunStats,
+) -> Result<Outcome, BackfillError> {
+    let (cfg, stop, sorted, table_oid) = (scan.cfg, &scan.cfg.stop, scan.sorted, scan.table_oid);
+    let estimated: i64 = client
+        .query_typed_one(
+            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1",
+            &[(&table_oid, Type::OID)],
+        )
+        .await
+        .map_err(|e| BackfillError::db(&e))?
+        .get(0);
     let end_key = cp.end_key.unwrap_or(i64::MIN);
     let min_key = cp.min_key.unwrap_or(0);
     let run_start = Instant::now();
@@ -1172,8 +1415,7 @@ async fn run_inner(
     let mut last_print: Option<Instant> = None;
     let mut consecutive_lock_timeouts = 0u32;
     let mut throttled: Option<String> = None;
-    let lock_ms = cfg.lock_timeout.as_millis().max(1);
-    let stmt_ms = cfg.statement_timeout.as_millis();
+    let mut busy_announced = false;
     loop {
         if cp.done {
             break;
@@ -1191,12 +1433,8 @@ async fn run_inner(
             (Key::Int(lower), Key::Int(end_key))
         };
         // Throttle outside any transaction.
-        if let Some(why) = or_stop(
-            stop,
-            stats.batches,
-            throttle_reason(&client, cfg, table_oid),
-        )
-        .await?
+        if let Some(why) =
+            or_stop(stop, stats.batches, throttle_reason(client, cfg, table_oid)).await?
         {
             if throttled.as_deref() != Some(why.as_str()) {
                 tracing::warn!(reason = %why, "backfill throttled");
@@ -1223,86 +1461,45 @@ async fn run_inner(
             last_print = None;
         }
         let began = Instant::now();
-        stats.attempts += 1;
-        let result = or_stop(stop, stats.batches, async {
-            let tx = client.transaction().await.map_err(db)?;
-            tx.batch_execute(&format!(
-                "SET LOCAL lock_timeout = '{lock_ms}ms'; SET LOCAL statement_timeout = '{stmt_ms}ms'"
-            ))
-            .await
-            .map_err(db)?;
-            let row = tx
-                .query_opt(&upper_stmt, &[&lower, &end, &size])
-                .await
-                .map_err(db)?;
-            // (upper bound, keys in the batch, the range's last batch); no key left in
-            // (lower, end]: the scan ends at the end of the range.
-            let (upper, keys, done) = match row {
-                Some(r) if sorted => {
-                    let (k, keys): (String, i64) = (r.get(0), r.get(1));
-                    if keys < size {
-                        (Some(end.clone()), keys, true)
-                    } else {
-                        let k = Key::Text(k);
-                        let done = k == end;
-                        (Some(k), keys, done)
-                    }
-                }
-                Some(r) => match r.get::<_, Option<i64>>(0) {
-                    Some(u) => (Some(Key::Int(u)), 0, u >= end_key),
-                    None => (None, 0, true),
-                },
-                None => (None, 0, true),
-            };
-            let (upper, n) = match upper {
-                Some(upper) => {
-                    let n = tx.execute(&batch_stmt, &[&lower, &upper]).await.map_err(db)? as i64;
-                    (upper, n)
-                }
-                None => (end.clone(), 0),
-            };
-            let moved = if sorted {
-                tx.execute(
-                    &advance,
-                    &[&cfg.namespace, &cfg.name, &lower, &upper, &n, &cfg.epoch, &keys, &done],
-                )
-                .await
-            } else {
-                tx.execute(&advance, &[&cfg.namespace, &cfg.name, &lower, &upper, &n, &cfg.epoch])
-                    .await
-            }
-            .map_err(db)?;
-            if moved != 1 {
-                tx.rollback().await.map_err(db)?;
-                return Err(BackfillError::CheckpointMoved);
-            }
-            // The last look at the stop flag before COMMIT (a stop during COMMIT is harmless:
-            // the batch and its checkpoint commit together or not at all).
-            if let Some(signal) = stop.requested() {
-                tx.rollback().await.map_err(db)?;
-                return Err(BackfillError::Stopped {
-                    signal,
-                    batches: 0,
-                });
-            }
-            tx.commit().await.map_err(db)?;
-            Ok((upper, n, keys, done))
-        })
+        let result = or_stop(
+            stop,
+            stats.batches,
+            run_batch(client, scan, &lower, &end, size, end_key),
+        )
         .await;
         let took = began.elapsed();
+        if !matches!(result, Ok(Batch::Busy)) {
+            stats.attempts += 1;
+        }
         match result {
-            Ok((upper, n, keys, done)) => {
+            Ok(Batch::Busy) => {
+                if !busy_announced {
+                    tracing::warn!("another executor runs this backfill; its batches go first");
+                    busy_announced = true;
+                }
+                stats.throttle_wait += BUSY_WAIT;
+                sleep(stop, stats.batches, BUSY_WAIT).await?;
+            }
+            Ok(Batch::Moved) => {
+                // Continue where the other executor got to, if it walks the same scan.
+                cp = read_checkpoint(&*client, cfg, scan.sum, &scan.kind)
+                    .await?
+                    .map_err(|_| BackfillError::CheckpointMoved)?;
+                tracing::info!(
+                    rows_done = cp.rows_done,
+                    "another executor of this backfill advanced the checkpoint; continuing from it"
+                );
+            }
+            Ok(Batch::Committed {
+                upper,
+                rows: n,
+                keys,
+                done,
+            }) => {
                 consecutive_lock_timeouts = 0;
                 stats.batches += 1;
                 run_rows += n;
-                match upper {
-                    Key::Int(u) => cp.last_key = Some(u),
-                    Key::Text(t) => cp.last_text = Some(t),
-                }
-                cp.keys_done += keys;
-                cp.done = done;
-                cp.rows_done += n;
-                cp.batches += 1;
+                cp.advance(upper, n, keys, done);
                 size = adapt(size, took, cfg.target_batch_duration, cfg.max_batch_size);
                 // A batch far over target even so: give the database as long again.
                 let extra = if took > cfg.target_batch_duration * 4 {
@@ -1336,29 +1533,8 @@ async fn run_inner(
                 // (done), shrink, back off, retry.
                 stats.lock_retries += 1;
                 consecutive_lock_timeouts += 1;
-                if consecutive_lock_timeouts > cfg.max_lock_retries {
-                    if code == "57014" {
-                        return Err(BackfillError::Db {
-                            sqlstate: Some(code),
-                            message,
-                        });
-                    }
-                    return Err(BackfillError::LockRetriesExhausted {
-                        attempts: consecutive_lock_timeouts,
-                        lock_timeout: humantime::format_duration(cfg.lock_timeout).to_string(),
-                    });
-                }
+                let why = retry_reason(code, message, consecutive_lock_timeouts, cfg)?;
                 size = (size / 2).max(10);
-                let why = match code.as_str() {
-                    "55P03" => format!(
-                        "lock timeout ({}) on the table, retry {consecutive_lock_timeouts}",
-                        humantime::format_duration(cfg.lock_timeout)
-                    ),
-                    "40P01" => format!("deadlock, retry {consecutive_lock_timeouts}"),
-                    _ => format!(
-                        "statement timeout, retry {consecutive_lock_timeouts} with a smaller batch"
-                    ),
-                };
                 tracing::warn!(reason = %why, batch_size = size, "backfill batch rolled back");
                 throttled = Some(why);
                 last_print = None;
@@ -1394,6 +1570,10 @@ async fn run_inner(
         batches = cp.batches,
         "backfill done"
     );
+    // Another executor of this backfill walked it to the end.
+    if stats.batches == 0 {
+        return Ok(Outcome::AlreadyApplied);
+    }
     Ok(Outcome::Applied)
 }
 

@@ -67,6 +67,17 @@ pub struct ApplyArgs {
     /// compares sessions' versions with it.
     #[arg(long)]
     pub app_version: Option<String>,
+    /// Expand only: wait until the ledger records as applied the expand of each of these
+    /// migrations (comma-separated names, in the same namespace) before running this one.
+    #[arg(long, value_name = "NAME,...")]
+    pub expand_after: Option<String>,
+    /// Run the phase on every tenant this selects, as JSON of the DatabaseMigration's
+    /// `spec.tenants`, e.g. `{"schemas":"tenant\\_%","maxConcurrent":4}` (docs/fleet.md).
+    #[arg(long, value_name = "JSON")]
+    pub tenants: Option<String>,
+    /// Contract with --tenants: expand's SQL, run first on a tenant whose expand is not applied.
+    #[arg(long, value_name = "SQL")]
+    pub tenant_expand_sql: Option<String>,
     /// `lock_timeout` of each attempt [default: 2s].
     #[arg(long, value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
@@ -164,6 +175,15 @@ pub struct ContractArgs {
     /// `client_addr` with the primary URL's other settings (`true`/`false`; default false).
     #[arg(long)]
     pub replica_discover: Option<String>,
+    /// PgBouncer is in front of the database: the database check also reads `SHOW CLIENTS` on
+    /// every address of the pooler's host name and judges its clients' application names
+    /// (`true`/`false`; default false, or true when --pooler-admin-url is given).
+    #[arg(long)]
+    pub pooler: Option<String>,
+    /// URL of PgBouncer's admin console (a `stats_users`/`admin_users` user, database
+    /// `pgbouncer`) [default: the database URL with the database name `pgbouncer`].
+    #[arg(long, value_name = "URL")]
+    pub pooler_admin_url: Option<Secret>,
 }
 
 /// A setting's value: its flag, else its variable, else `default`.
@@ -197,6 +217,9 @@ pub(super) struct Settings {
     pub migration_name: String,
     pub migration_uid: String,
     pub app_version: String,
+    pub expand_after: Vec<String>,
+    pub tenants: Option<crate::api::TenantsSpec>,
+    pub tenant_expand_sql: Option<String>,
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
     pub max_lock_retries: u32,
@@ -225,6 +248,8 @@ pub(super) struct ContractSettings {
     pub grant_wait: Duration,
     pub replica_urls: Vec<Secret>,
     pub replica_discover: Option<String>,
+    pub pooler: Option<String>,
+    pub pooler_admin_url: Option<Secret>,
 }
 
 /// The termination log a run writes: its flag, else its variable, else the kubelet's file.
@@ -283,6 +308,8 @@ impl ApplyArgs {
                 c.replica_urls
             },
             replica_discover: c.replica_discover.or(env.replica_discover.clone()),
+            pooler: c.pooler.or(env.pooler.clone()),
+            pooler_admin_url: c.pooler_admin_url.or(env.pooler_admin_url.clone()),
         };
         Ok(Settings {
             database_url,
@@ -295,6 +322,18 @@ impl ApplyArgs {
             migration_name: setting(self.migration_name, env.migration_name, || "local".into()),
             migration_uid: setting(self.migration_uid, env.migration_uid, String::new),
             app_version: setting(self.app_version, env.app_version, String::new),
+            tenants: match self.tenants {
+                Some(text) => Some(
+                    <crate::api::TenantsSpec as penv::EnvText>::from_text(&text)
+                        .map_err(|e| format!("--tenants: {e}"))?,
+                ),
+                None => env.tenants.clone(),
+            },
+            tenant_expand_sql: self.tenant_expand_sql.or(env.tenant_expand_sql.clone()),
+            expand_after: match self.expand_after {
+                Some(text) => <Vec<String> as penv::EnvText>::from_text(&text)?,
+                None => env.expand_after.unwrap_or_default(),
+            },
             lock_timeout: duration(
                 self.lock_timeout,
                 &env.lock_timeout,
@@ -352,6 +391,12 @@ pub struct Config {
     pub phase: Phase,
     pub sql: String,
     pub identity: Identity,
+    /// Expand only: earlier migrations whose expand the ledger must record first.
+    pub expand_after: Vec<String>,
+    /// Run the phase on every tenant this selects (see [`super::fleet`]).
+    pub tenants: Option<crate::api::TenantsSpec>,
+    /// Contract with tenants: expand's SQL, for a tenant created since expand ran.
+    pub tenant_expand_sql: Option<String>,
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
     pub max_lock_retries: u32,
@@ -380,6 +425,9 @@ pub struct Config {
     pub replica_urls: Vec<Secret>,
     /// Contract with the database check: also check the standbys the primary streams to.
     pub replica_discover: bool,
+    /// Contract only, with the database check: PgBouncer in front of the database, whose
+    /// clients the check reads too (see [`super::pooler_clients`]).
+    pub pooler: Option<super::pooler_clients::PoolerConfig>,
     /// Set by SIGTERM/SIGINT (see [`stop`]); a run never commits after it is requested.
     pub stop: Stop,
     pub failpoint: Option<String>,
@@ -398,6 +446,9 @@ impl Config {
                 uid: String::new(),
                 app_version: String::new(),
             },
+            expand_after: Vec::new(),
+            tenants: None,
+            tenant_expand_sql: None,
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(600),
             max_lock_retries: 10,
@@ -416,9 +467,23 @@ impl Config {
             grant: None,
             replica_urls: Vec::new(),
             replica_discover: false,
+            pooler: None,
             stop: Stop::new(),
             failpoint: None,
         }
+    }
+}
+
+impl Config {
+    /// The URLs whose secrets must never be printed: the database's, the pooler admin
+    /// console's and the hot standbys'.
+    pub fn secret_urls(&self) -> Vec<&str> {
+        let admin = self.pooler.as_ref().and_then(|p| p.admin_url.as_ref());
+        std::iter::once(&self.database_url)
+            .chain(admin)
+            .chain(&self.replica_urls)
+            .map(|u| u.0.as_str())
+            .collect()
     }
 }
 
@@ -519,6 +584,8 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
             },
             wait: args.contract.grant_wait,
         });
+    let pooler =
+        pooler_config(&args.contract, &args.database_url, database_check).map_err(setting)?;
     Ok(Config {
         database_url: args.database_url,
         phase,
@@ -528,6 +595,13 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
             name: args.migration_name,
             uid: args.migration_uid,
             app_version: args.app_version,
+        },
+        tenants: args.tenants,
+        tenant_expand_sql: args.tenant_expand_sql.filter(|_| contract),
+        expand_after: if contract {
+            Vec::new()
+        } else {
+            args.expand_after
         },
         lock_timeout: args.lock_timeout,
         statement_timeout: args.statement_timeout,
@@ -551,9 +625,32 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
             Vec::new()
         },
         replica_discover,
+        pooler,
         stop: Stop::new(),
         failpoint: args.failpoint,
     })
+}
+
+/// `PHASEGATE_POOLER` and `PHASEGATE_POOLER_ADMIN_URL`: an admin URL alone declares the
+/// pooler; `false` turns it off either way. Only with the database check (contract).
+fn pooler_config(
+    c: &ContractSettings,
+    database_url: &Secret,
+    database_check: bool,
+) -> Result<Option<super::pooler_clients::PoolerConfig>, String> {
+    let declared = parse_bool(penv::POOLER, c.pooler.as_deref())?;
+    let admin_url = c
+        .pooler_admin_url
+        .clone()
+        .filter(|u| !u.0.trim().is_empty());
+    let on = declared.unwrap_or(admin_url.is_some());
+    if !(on && database_check) {
+        return Ok(None);
+    }
+    // A URL that cannot work fails the run now, not after the check's timeout.
+    super::pooler_clients::admin_settings(database_url, admin_url.as_ref())
+        .map_err(|e| format!("{}: {e}", penv::POOLER_ADMIN_URL))?;
+    Ok(Some(super::pooler_clients::PoolerConfig { admin_url }))
 }
 
 #[cfg(test)]

@@ -87,6 +87,15 @@ impl Scrubber {
         )
     }
 
+    /// [`Scrubber::for_url`] of several URLs at once.
+    pub fn for_urls(urls: &[&str]) -> Scrubber {
+        Scrubber::new(
+            urls.iter()
+                .flat_map(|u| Scrubber::for_url(u).0.iter().cloned().collect::<Vec<_>>())
+                .collect(),
+        )
+    }
+
     pub fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
         for s in self.0.iter() {

@@ -89,7 +89,11 @@ pub enum Reason {
     OldTransaction,
     /// A session pg_stat_activity hides from us had this transaction open when we first looked.
     HiddenTransaction,
-    /// A server that must be checked (a hot standby) could not be: it may serve old code.
+    /// The clients of a pooler (`place`) cannot be read: fail-safe, it blocks like an old
+    /// session (the error, scrubbed).
+    PoolerUnreadable(String),
+    /// A server that must be checked (a hot standby, `place`) could not be: it may serve old
+    /// code (fail-safe; the error, scrubbed).
     Unchecked { why: String },
 }
 
@@ -97,31 +101,34 @@ pub enum Reason {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Blocker {
     pub pid: i32,
+    /// Where it is when not a backend of this server (a pooler's client, `pid N on standby
+    /// <host>:<port>`): named instead of the pid.
+    pub place: Option<String>,
     pub application: String,
     pub state: String,
     /// Age of its transaction, when it has one and we may see it.
     pub xact_ms: Option<f64>,
     pub reason: Reason,
-    /// The server it is on when not the one the executor applies to (`standby <host>:<port>`).
-    pub server: Option<String>,
 }
 
 impl std::fmt::Display for Blocker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if let Reason::Unchecked { why } = &self.reason {
-            let server = self.server.as_deref().unwrap_or("server");
-            return write!(f, "{server} could not be checked: {why}");
+            let place = self.place.as_deref().unwrap_or("server");
+            return write!(f, "{place} could not be checked: {why}");
         }
         let app = if self.application.is_empty() {
             "no application_name"
         } else {
             &self.application
         };
-        write!(f, "pid {}", self.pid)?;
-        if let Some(server) = &self.server {
-            write!(f, " on {server}")?;
+        if let (Some(place), Reason::PoolerUnreadable(e)) = (&self.place, &self.reason) {
+            return write!(f, "{place}: clients cannot be read: {e}");
         }
-        write!(f, " ({app}")?;
+        match &self.place {
+            Some(place) => write!(f, "{place} ({app}")?,
+            None => write!(f, "pid {} ({app}", self.pid)?,
+        }
         if !self.state.is_empty() {
             write!(f, ", {}", self.state)?;
         }
@@ -134,7 +141,8 @@ impl std::fmt::Display for Blocker {
             Reason::HiddenTransaction => f.write_str(
                 "transaction of another role, open since before the check began (start time hidden without pg_read_all_stats)",
             )?,
-            Reason::Unchecked { .. } => {}
+            Reason::PoolerUnreadable(e) => write!(f, "clients cannot be read: {e}")?,
+            Reason::Unchecked { why } => write!(f, "could not be checked: {why}")?,
         }
         if let Some(ms) = self.xact_ms {
             write!(f, ", transaction open for {:.1} s", ms / 1000.0)?;
@@ -271,11 +279,11 @@ impl Checker {
             }
             let blocker = |reason| Blocker {
                 pid,
+                place: None,
                 application: application.clone(),
                 state: state.clone(),
                 xact_ms,
                 reason,
-                server: None,
             };
             if !self.want.is_empty() && self.judged(&application) {
                 if let Some(version) = app_version_of(&application) {
@@ -320,12 +328,16 @@ impl Checker {
         client: &Client,
         budget: Duration,
         waits: &mut Waits,
+        more: &mut [&mut dyn MoreSessions],
     ) -> Result<(Duration, Vec<Blocker>), tokio_postgres::Error> {
         let start = Instant::now();
-        let mut last: Vec<i32> = Vec::new();
+        let mut last: Vec<Blocker> = Vec::new();
         let mut warned = self.max_hidden > 0;
         loop {
-            let seen = self.observe(client).await?;
+            let mut seen = self.observe(client).await?;
+            for m in more.iter_mut() {
+                seen.blockers.extend(m.look(self).await);
+            }
             if !warned {
                 if let Some(w) = self.warning() {
                     tracing::warn!(hidden = self.max_hidden, "{w}");
@@ -354,10 +366,19 @@ impl Checker {
             for b in &seen.blockers {
                 announce(waits, b);
             }
-            last = seen.blockers.iter().map(|b| b.pid).collect();
+            last = seen.blockers;
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// Another place whose sessions `pg_stat_activity` of this server does not show (a pooler's
+/// idle clients, a standby's sessions), looked at on every look of the check, the one before
+/// COMMIT included. Trouble reading it is a blocker too (fail-safe), never an error.
+pub trait MoreSessions: Send {
+    /// The blockers there now, judged by `checker`'s rules.
+    fn look<'a>(&'a mut self, checker: &'a Checker)
+        -> futures::future::BoxFuture<'a, Vec<Blocker>>;
 }
 
 /// Announces a blocker once per run (per session and reason).
@@ -366,18 +387,18 @@ pub fn announce(waits: &mut Waits, b: &Blocker) {
         Reason::OldVersion { .. } => "version",
         Reason::OldTransaction => "transaction",
         Reason::HiddenTransaction => "hidden",
+        Reason::PoolerUnreadable(_) => "unreadable",
         Reason::Unchecked { .. } => "unchecked",
     };
-    let message = match (&b.reason, &b.server) {
-        (Reason::Unchecked { .. }, _) => "contract waits: a standby cannot be checked",
-        (_, Some(_)) => "contract waits: an old session or transaction is still on a standby",
-        (_, None) => "contract waits: an old session or transaction is still in the database",
+    let message = match b.reason {
+        Reason::Unchecked { .. } => "contract waits: a standby cannot be checked",
+        _ => "contract waits: an old session or transaction is still in the database",
     };
-    // Pids are per server.
-    let server = b.server.as_deref().unwrap_or("");
+    // Pids are per server: a place names the server too.
+    let who = b.place.clone().unwrap_or_else(|| b.pid.to_string());
     waits.announce(
         Kind::DatabaseCheck,
-        format!("{server} {} {reason}", b.pid),
+        format!("{who} {reason}"),
         message,
         &b.to_string(),
     );
@@ -413,6 +434,7 @@ mod tests {
     fn blocker_text() {
         let b = Blocker {
             pid: 42,
+            place: None,
             application: "shop-api@1.0.0".into(),
             state: "idle".into(),
             xact_ms: None,
@@ -420,7 +442,6 @@ mod tests {
                 version: "1.0.0".into(),
                 want: "2.0.0".into(),
             },
-            server: None,
         };
         assert_eq!(
             b.to_string(),
@@ -428,18 +449,18 @@ mod tests {
         );
         let b = Blocker {
             pid: 7,
+            place: None,
             application: String::new(),
             state: "idle in transaction".into(),
             xact_ms: Some(12_345.0),
             reason: Reason::OldTransaction,
-            server: None,
         };
         assert_eq!(
             b.to_string(),
             "pid 7 (no application_name, idle in transaction): transaction began before the rollout completed, transaction open for 12.3 s"
         );
         let on_standby = Blocker {
-            server: Some("standby 10.0.0.5:5432".into()),
+            place: Some("pid 7 on standby 10.0.0.5:5432".into()),
             ..b
         };
         assert_eq!(

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
+use super::connect::Scrubber;
+use super::dbcheck::MoreSessions;
 use super::error::{ApplyError, InvalidUrl};
+use super::pooler_clients::PoolerClients;
 use super::standbys::Standbys;
 use super::stats::Stats;
 use super::waits::Waits;
@@ -18,12 +21,14 @@ pub(super) struct DbCheckRun {
     pub(super) checker: Option<dbcheck::Checker>,
     timeout: Duration,
     pub(super) waited: Duration,
+    /// `spec.database.pooler`: PgBouncer's clients, looked at with every look of the check.
+    pooler: Option<PoolerClients>,
     /// `spec.database.replicas`: hot standbys judged by the same rules at each look.
     standbys: Option<Standbys>,
 }
 
 impl DbCheckRun {
-    pub(super) fn new(cfg: &Config) -> Result<DbCheckRun, InvalidUrl> {
+    pub(super) fn new(cfg: &Config, scrub: &Scrubber) -> Result<DbCheckRun, InvalidUrl> {
         let checker = (cfg.phase == Phase::Contract && cfg.database_check).then(|| {
             dbcheck::Checker::new(
                 &cfg.identity.app_version,
@@ -45,6 +50,10 @@ impl DbCheckRun {
             }
         }
         let checker = checker.filter(dbcheck::Checker::active);
+        let pooler =
+            cfg.pooler.as_ref().filter(|_| checker.is_some()).map(|p| {
+                PoolerClients::new(p, &cfg.database_url, cfg.connect_timeout, scrub.clone())
+            });
         let standbys = match &checker {
             Some(c) => Standbys::new(cfg, c)?,
             None => None,
@@ -53,6 +62,7 @@ impl DbCheckRun {
             checker,
             timeout: cfg.database_check_timeout,
             waited: Duration::ZERO,
+            pooler,
             standbys,
         })
     }
@@ -114,7 +124,7 @@ impl DbCheckRun {
         };
         let budget = self.timeout.saturating_sub(self.waited);
         let (waited, blockers) = checker
-            .wait_until_clear(client, budget, waits)
+            .wait_until_clear(client, budget, waits, &mut more(&mut self.pooler))
             .await
             .map_err(|e| ApplyError::db(&e, None))?;
         self.waited += waited;
@@ -137,10 +147,13 @@ impl DbCheckRun {
         let Some(checker) = self.checker.as_mut() else {
             return Ok(Vec::new());
         };
-        let seen = checker
+        let mut seen = checker
             .recheck(tx)
             .await
             .map_err(|e| ApplyError::db(&e, None))?;
+        for m in more(&mut self.pooler) {
+            seen.blockers.extend(m.look(checker).await);
+        }
         if !seen.blockers.is_empty() {
             return Ok(seen.blockers);
         }
@@ -181,4 +194,13 @@ fn timeout_error(blockers: &[dbcheck::Blocker], waited: Duration) -> ApplyError 
         waited,
         blockers,
     }
+}
+
+/// The places besides this server's `pg_stat_activity` each look of the check covers.
+fn more(pooler: &mut Option<PoolerClients>) -> Vec<&mut dyn MoreSessions> {
+    let mut more: Vec<&mut dyn MoreSessions> = Vec::new();
+    if let Some(p) = pooler.as_mut() {
+        more.push(p);
+    }
+    more
 }

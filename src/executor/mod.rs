@@ -20,9 +20,12 @@ pub mod connect;
 pub mod dbcheck;
 mod dbcheck_run;
 mod error;
+pub mod fleet;
 pub mod grant;
 pub mod ledger;
 pub mod locks;
+mod order;
+pub mod pooler_clients;
 mod rerun;
 mod runner;
 mod session;
@@ -46,6 +49,7 @@ use connect::Scrubber;
 use dbcheck_run::DbCheckRun;
 pub use error::ApplyError;
 pub use ledger::Identity;
+pub use pooler_clients::PoolerConfig;
 use runner::Runner;
 pub use session::idle_in_transaction_timeout;
 use stats::Stats;
@@ -133,12 +137,21 @@ fn write_termination_log(path: &Path, line: &str) {
 
 pub use crate::protocol::checksum::checksum;
 
-/// Runs one phase and returns its report. Never panics on database errors.
+/// Runs one phase — on every tenant with `cfg.tenants` — and returns its report. Never panics
+/// on database errors.
 pub async fn execute(cfg: &Config) -> Report {
+    match &cfg.tenants {
+        Some(spec) => fleet::execute_fleet(cfg, spec).await,
+        None => execute_one(cfg).await,
+    }
+}
+
+/// Runs one phase on one database.
+async fn execute_one(cfg: &Config) -> Report {
     let start = Instant::now();
     let mut stats = Stats::default();
     let sum = checksum(&cfg.sql);
-    let scrub = Scrubber::for_url(&cfg.database_url.0);
+    let scrub = Scrubber::for_urls(&cfg.secret_urls());
     let result = run(cfg, &sum, &mut stats, &scrub).await;
     let elapsed = start.elapsed();
     let mut report = match result {
@@ -160,6 +173,7 @@ pub async fn execute(cfg: &Config) -> Report {
                 gate_to_commit_us: stats.gate_to_commit.map(|d| d.as_micros() as u64),
                 stopped_by: None,
                 recovered: stats.recovered.iter().map(|n| scrub.scrub(n)).collect(),
+                tenants: None,
                 error: None,
             };
             tracing::info!(summary = %report.summary(), "phase done");
@@ -203,6 +217,7 @@ fn failed_report(
         gate_to_commit_us: stats.gate_to_commit.map(|d| d.as_micros() as u64),
         stopped_by: None,
         recovered: stats.recovered.iter().map(|n| scrub.scrub(n)).collect(),
+        tenants: None,
         error: Some(error),
     }
 }
@@ -220,6 +235,21 @@ async fn run(
     tracing::info!(phase, namespace = %id.namespace, name = %id.name, statements = statements.len(), checksum = &sum[..12], "applying phase");
 
     let (mut client, settings, version) = session::open(cfg, scrub).await?;
+    let mut waits = Waits::new();
+    let waited = order::wait_for_earlier(
+        &client,
+        &id.namespace,
+        &cfg.expand_after,
+        &cfg.stop,
+        &mut waits,
+    )
+    .await?;
+    if !waited.is_zero() {
+        tracing::info!(
+            waited_ms = waited.as_millis() as u64,
+            "earlier migrations on this database applied their expand"
+        );
+    }
     let guard = session::open_guard(cfg, &settings, scrub).await?;
 
     let mut runner = Runner {
@@ -231,8 +261,8 @@ async fn run(
         guard,
         guard_idle: guard_idle(cfg, statements.len()),
         stats,
-        db_check: DbCheckRun::new(cfg)?,
-        waits: Waits::new(),
+        db_check: DbCheckRun::new(cfg, scrub)?,
+        waits,
         advisory_waited: Duration::ZERO,
         // Asked from now on, while the run waits, so that a grant is usually held by the time
         // the tables are clear.
@@ -252,6 +282,13 @@ async fn run(
             .map_err(|e| ApplyError::db(&e, None))?;
         if let Some(w) = &runner.stats.db_check_warning {
             tracing::warn!("{}", scrub.scrub(w));
+        }
+    }
+    if runner.db_check.checker.is_some() && cfg.pooler.is_none() {
+        let pooler = pooler_clients::undeclared_pooler_warning(&client, &runner.settings).await;
+        if let Some(w) = pooler {
+            tracing::warn!("{}", scrub.scrub(&w));
+            runner.stats.add_warning(w);
         }
     }
     // The per-database advisory lock serialises what touches the ledger and applies SQL; it is

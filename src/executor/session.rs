@@ -41,21 +41,33 @@ pub(super) async fn open(
     cfg: &Config,
     scrub: &Scrubber,
 ) -> Result<(Client, ConnSettings, i32), ApplyError> {
-    let mut settings = connect::parse(&cfg.database_url.0)?;
-    // Client side: notice a server (or network) that died, instead of waiting on a dead socket.
+    let settings = settings(&cfg.database_url.0)?;
+    let client = connect_stoppable(cfg, &settings, scrub).await?;
+    let version = server_version(&client)
+        .await
+        .map_err(|e| ApplyError::db(&e, None))?;
+    Ok((client, settings, version))
+}
+
+/// The connection settings of `url`, with client-side TCP keepalives: a server (or network)
+/// that died is noticed instead of waited on forever. Shared with `phasegate backfill`.
+pub(super) fn settings(url: &str) -> Result<ConnSettings, connect::ConnectError> {
+    let mut settings = connect::parse(url)?;
     settings
         .config
         .keepalives(true)
         .keepalives_idle(KEEPALIVE_IDLE)
         .keepalives_interval(KEEPALIVE_INTERVAL)
         .keepalives_retries(KEEPALIVE_COUNT);
-    let client = connect_stoppable(cfg, &settings, scrub).await?;
-    let version: i32 = client
+    Ok(settings)
+}
+
+/// `server_version_num`: which settings [`local_settings`] may use.
+pub(super) async fn server_version(client: &Client) -> Result<i32, tokio_postgres::Error> {
+    Ok(client
         .query_typed_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(|e| ApplyError::db(&e, None))?
-        .get(0);
-    Ok((client, settings, version))
+        .await?
+        .get(0))
 }
 
 /// A second connection, which holds the advisory lock in a transaction of its own while the

@@ -241,7 +241,7 @@ impl Standby {
                     .blockers
                     .into_iter()
                     .map(|mut b| {
-                        b.server = Some(self.label.clone());
+                        b.place = Some(format!("pid {} on {}", b.pid, self.label));
                         b
                     })
                     .collect()
@@ -343,7 +343,7 @@ fn unreachable(server: &str, why: String) -> Blocker {
         state: String::new(),
         xact_ms: None,
         reason: Reason::Unchecked { why },
-        server: Some(server.to_string()),
+        place: Some(server.to_string()),
     }
 }
 

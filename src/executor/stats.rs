@@ -21,3 +21,13 @@ pub(super) struct Stats {
     /// What an interrupted earlier run left and this one finished or skipped (see [`super::rerun`]).
     pub(super) recovered: Vec<String>,
 }
+
+impl Stats {
+    /// Adds a warning to the report's `dbCheckWarning`, after any already there.
+    pub(super) fn add_warning(&mut self, w: String) {
+        self.db_check_warning = Some(match self.db_check_warning.take() {
+            Some(first) => format!("{first}; {w}"),
+            None => w,
+        });
+    }
+}

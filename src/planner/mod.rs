@@ -159,6 +159,16 @@ pub struct Input<'a> {
     /// migrations on the same database created earlier whose expand has not run), e.g.
     /// `add-email (dependsOn; Expanding)`.
     pub waits_for: Vec<String>,
+    /// Earlier migrations of the same database whose expand a new expand attempt's executor
+    /// waits for in the ledger (see [`order`]).
+    pub expand_after: Vec<String>,
+    /// With `spec.tenants`: what the reports of the observed expand and contract attempts say
+    /// across the tenants.
+    pub expand_tenants: Option<crate::api::TenantsStatus>,
+    pub contract_tenants: Option<crate::api::TenantsStatus>,
+    /// While expand runs: one of `status.expandAfter` left the line (failed, deleted), so its
+    /// executor would wait for it forever; which.
+    pub expand_after_left: Option<String>,
     /// Every target workload's kept revisions (ReplicaSets, ControllerRevisions), when the
     /// controller read them (see [`regression`]); `None` on most reconciles.
     pub history: Option<Vec<regression::TargetHistory>>,
@@ -553,7 +563,23 @@ impl<'a> Planner<'a> {
         match &self.input.expand_job {
             JobState::Succeeded(report) => {
                 self.job_succeeded(JobPhase::Expand, attempt, report.clone());
+                self.status.expand_after.clear();
                 true
+            }
+            JobState::Running(_) if self.input.expand_after_left.is_some() => {
+                // Its executor waits in the ledger for a migration that will not expand: a
+                // new attempt gets the line as it is now (waiting, the executor did nothing).
+                let why = self.input.expand_after_left.clone().unwrap_or_default();
+                self.action = Action::StopJob {
+                    phase: JobPhase::Expand,
+                    attempt,
+                };
+                self.set(
+                    Phase::Expanding,
+                    reason::WAITING_FOR_MIGRATION,
+                    format!("restarting expand attempt {attempt}: its executor waits for {why}"),
+                );
+                false
             }
             JobState::Running(holdup) => {
                 self.job_running(JobPhase::Expand, attempt, holdup.as_ref());
@@ -627,14 +653,25 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// What the observed attempt of `phase` did across the tenants, if it said.
+    fn tenants_of(&self, phase: JobPhase) -> Option<crate::api::TenantsStatus> {
+        match phase {
+            JobPhase::Expand => self.input.expand_tenants.clone(),
+            JobPhase::Contract => self.input.contract_tenants.clone(),
+            JobPhase::Backfill => None,
+        }
+    }
+
     /// The Job of `attempt` completed.
     fn job_succeeded(&mut self, phase: JobPhase, attempt: u32, report: Option<String>) {
         let now = self.now();
         self.adopt(phase, attempt);
+        let tenants = self.tenants_of(phase);
         let rec = record_mut(&mut self.status, phase);
         rec.succeeded = true;
         rec.finished_at = Some(now);
         rec.message = report;
+        rec.tenants = tenants;
         if rec.reason.as_deref() == Some(reason::EXECUTOR_DIED) {
             rec.reason = None;
         }
@@ -701,9 +738,13 @@ impl<'a> Planner<'a> {
     fn job_failed(&mut self, phase: JobPhase, attempt: u32, msg: &str) {
         let now = self.now();
         self.adopt(phase, attempt);
+        let tenants = self.tenants_of(phase);
         let rec = record_mut(&mut self.status, phase);
         if rec.finished_at.is_none() || rec.message.as_deref() != Some(msg) {
             rec.finished_at = Some(now);
+        }
+        if tenants.is_some() {
+            rec.tenants = tenants;
         }
         rec.message = Some(msg.to_string());
         rec.reason = Some(phase.failed_reason().to_string());
@@ -741,7 +782,13 @@ impl<'a> Planner<'a> {
         rec.job_name = Some(job_name(self.input.name, self.input.uid, phase, attempt));
         // Filled in from the API server's answer once the Job is created.
         rec.job_uid = None;
+        rec.tenants = None;
         rec.reason = None;
+        if phase == JobPhase::Expand {
+            self.status
+                .expand_after
+                .clone_from(&self.input.expand_after);
+        }
         self.action = Action::StartJob { phase, attempt };
         let (running, why) = phase.running();
         let mut message = format!(

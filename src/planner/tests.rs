@@ -46,6 +46,7 @@ impl SpecBuilder {
                     key: "url".into(),
                 },
                 replicas: None,
+                pooler: None,
             },
             expand: PhaseSpec {
                 sql: Some("ALTER TABLE users ADD COLUMN email_verified boolean;".into()),
@@ -66,6 +67,7 @@ impl SpecBuilder {
             safety: SafetySpec::default(),
             depends_on: Vec::new(),
             backfill: None,
+            tenants: None,
         })
     }
     fn targets(mut self, names: &[&str]) -> Self {
@@ -175,6 +177,10 @@ impl Fx {
             targets: self.targets.clone(),
             job_policy: &POLICY,
             waits_for: Vec::new(),
+            expand_after: Vec::new(),
+            expand_after_left: None,
+            expand_tenants: None,
+            contract_tenants: None,
             history: self.history.clone(),
             unconfirmed_stop: None,
         }
@@ -2203,6 +2209,10 @@ impl Sim {
             targets,
             job_policy: &POLICY,
             waits_for: Vec::new(),
+            expand_after: Vec::new(),
+            expand_after_left: None,
+            expand_tenants: None,
+            contract_tenants: None,
             unconfirmed_stop: None,
             // The endpoint reads the rollout history with every grant.
             history: Some(self.history()),
@@ -2271,6 +2281,10 @@ impl Sim {
             targets,
             job_policy: &POLICY,
             waits_for: Vec::new(),
+            expand_after: Vec::new(),
+            expand_after_left: None,
+            expand_tenants: None,
+            contract_tenants: None,
             unconfirmed_stop: unconfirmed,
             history: None,
         };
@@ -3613,6 +3627,53 @@ fn expand_waits_for_the_migrations_before_it() {
 }
 
 #[test]
+fn expand_records_the_earlier_migrations_its_executor_waits_for_and_restarts_when_one_leaves() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    let mut input = fx.input();
+    input.expand_after = vec!["a".into(), "b".into()];
+    let p = plan(&input);
+    assert_eq!(p.action, start(JobPhase::Expand, 1));
+    assert_eq!(
+        p.status.expand_after,
+        vec!["a".to_string(), "b".to_string()]
+    );
+    fx.status = p.status;
+    fx.expand_job = JobState::Running(None);
+    assert_eq!(phase(&fx.step()), Phase::Expanding);
+    // "a" failed: the executor would wait for it forever.
+    let mut input = fx.input();
+    input.expand_after = vec!["b".into()];
+    input.expand_after_left = Some("a left the line (Failed)".into());
+    let p = plan(&input);
+    assert_eq!(
+        p.action,
+        Action::StopJob {
+            phase: JobPhase::Expand,
+            attempt: 1
+        }
+    );
+    assert!(
+        cond(&p.status, RECONCILING)
+            .message
+            .contains("a left the line"),
+        "{:?}",
+        cond(&p.status, RECONCILING)
+    );
+    fx.status = p.status;
+    // Its Job gone, the next attempt gets the line as it is now.
+    fx.expand_job = JobState::Absent;
+    let mut input = fx.input();
+    input.expand_after = vec!["b".into()];
+    let p = plan(&input);
+    assert_eq!(p.action, start(JobPhase::Expand, 2));
+    assert_eq!(p.status.expand_after, vec!["b".to_string()]);
+    fx.status = p.status;
+    fx.expand_job = JobState::Succeeded(None);
+    let p = fx.step();
+    assert!(p.status.expand_after.is_empty(), "forgotten once applied");
+}
+
+#[test]
 fn depending_on_itself_is_invalid() {
     let mut fx = Fx::new(
         SpecBuilder::new()
@@ -3952,6 +4013,11 @@ fn examples_lint_clean() {
                 let spec: crate::api::DatabaseMigrationSpec =
                     serde_json::from_value(v["spec"].clone())
                         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                if path.ends_with("cloudnativepg/migration.yaml") {
+                    // serde ignores unknown keys: make sure the pooler was read, not skipped.
+                    let pooler = spec.database.pooler.as_ref().expect("spec.database.pooler");
+                    assert!(pooler.admin_url_secret_ref.is_some(), "{}", path.display());
+                }
                 let valid =
                     validate(&spec, true).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 assert_eq!(
@@ -3964,12 +4030,12 @@ fn examples_lint_clean() {
             }
         }
     }
-    assert!(
-        checked
-            .iter()
-            .any(|p| p.ends_with("rename-column/migration.yaml")),
-        "{checked:?}"
-    );
+    for want in [
+        "rename-column/migration.yaml",
+        "cloudnativepg/migration.yaml",
+    ] {
+        assert!(checked.iter().any(|p| p.ends_with(want)), "{checked:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -4188,4 +4254,71 @@ fn a_retry_set_while_the_operator_was_away_does_not_retry_a_later_timeout() {
         Ev::Update(0),
     ];
     simulate(&p, &events, false, true).unwrap();
+}
+
+#[test]
+fn a_fleet_migration_keeps_what_its_executor_did_across_the_tenants() {
+    let tenants = crate::api::TenantsSpec {
+        schemas: Some("tenant\\_%".into()),
+        max_concurrent: 4,
+        ..Default::default()
+    };
+    let mut fx = Fx::new(
+        SpecBuilder::new()
+            .with(|s| s.tenants = Some(tenants.clone()))
+            .build(),
+    );
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
+    let counts = crate::api::TenantsStatus {
+        total: 3,
+        applied: 2,
+        failed: 1,
+        ..Default::default()
+    };
+    fx.expand_job = JobState::Failed("failed on 1 of 3 tenants".into());
+    let mut input = fx.input();
+    input.expand_tenants = Some(counts.clone());
+    let p = plan(&input);
+    assert_eq!(phase(&p), Phase::Failed);
+    assert_eq!(
+        p.status.expand.as_ref().and_then(|e| e.tenants.clone()),
+        Some(counts)
+    );
+    // A retry starts afresh.
+    fx.status = p.status;
+    fx.retry("1");
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Expand, 2));
+    assert_eq!(
+        p.status.expand.as_ref().and_then(|e| e.tenants.clone()),
+        None
+    );
+}
+
+#[test]
+fn a_fleet_migration_refuses_what_cannot_run_per_tenant() {
+    let tenants = crate::api::TenantsSpec {
+        databases: Some("shop\\_%".into()),
+        ..Default::default()
+    };
+    let spec = SpecBuilder::new()
+        .with(|s| {
+            s.tenants = Some(tenants.clone());
+            s.backfill = Some(
+                serde_json::from_value(serde_json::json!({
+                    "table": "users", "key": "id",
+                    "sql": "UPDATE users SET a = 1 WHERE id > $1 AND id <= $2"
+                }))
+                .expect("backfill"),
+            );
+        })
+        .build();
+    let mut fx = Fx::new(spec);
+    let p = fx.step();
+    assert_eq!(failure_reason(&p.status), Some(reason::INVALID_SPEC));
+    assert!(
+        cond(&p.status, READY).message.contains("spec.tenants"),
+        "{:?}",
+        cond(&p.status, READY)
+    );
 }

@@ -40,6 +40,25 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> SpecError {
     }
 }
 
+/// What a fleet migration (`spec.tenants`) cannot have yet: each needs the executor to run it
+/// per tenant, which it does for inline SQL only.
+fn check_tenants(spec: &DatabaseMigrationSpec) -> Result<(), SpecError> {
+    if spec.backfill.is_some() {
+        return Err(invalid(
+            "spec.tenants",
+            "a backfill on every tenant is not supported yet; backfill each tenant with a \
+             migration of its own, or fill the data in expand",
+        ));
+    }
+    if spec.expand.job.is_some() || spec.contract.job.is_some() {
+        return Err(invalid(
+            "spec.tenants",
+            "a user job cannot be run per tenant: use inline sql in expand and contract",
+        ));
+    }
+    Ok(())
+}
+
 /// Validate what the CRD schema cannot express. `expand_pending` is false once expand is
 /// applied: what has run is not judged again (a later lint rule must not fail it).
 pub fn validate(
@@ -89,6 +108,9 @@ pub fn validate(
                  column (e.g. a surrogate id)",
             ));
         }
+    }
+    if spec.tenants.is_some() {
+        check_tenants(spec)?;
     }
     let vf = &spec.rollout.version_from;
     let sources = usize::from(vf.label.is_some())

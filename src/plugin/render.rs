@@ -183,6 +183,17 @@ pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
         db.name,
         db.key
     );
+    if let Some(pooler) = &spec.database.pooler {
+        let admin = match &pooler.admin_url_secret_ref {
+            Some(r) => format!("admin console from Secret {}, key {}", r.name, r.key),
+            None => "admin console: the database URL on database pgbouncer".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{}PgBouncer (contract reads SHOW CLIENTS); {admin}",
+            label("Pooler:")
+        );
+    }
 
     let mut gates = Vec::new();
     match spec.contract.approval {
@@ -366,6 +377,36 @@ fn render_phase(out: &mut String, style: Style, phase: Option<&PhaseStatus>) {
     if let Some(m) = p.message.as_deref().filter(|m| !m.trim().is_empty()) {
         let _ = writeln!(out, "  report:    {}", indented(m, 13));
     }
+    if let Some(t) = &p.tenants {
+        render_tenants(out, style, t);
+    }
+}
+
+/// Counts by state, then each failed tenant the status keeps, one per line.
+fn render_tenants(out: &mut String, style: Style, t: &crate::api::TenantsStatus) {
+    let _ = writeln!(
+        out,
+        "  tenants:   {} applied, {} failed, {} not run (of {})",
+        t.applied, t.failed, t.not_run, t.total
+    );
+    if let Some(h) = &t.halted {
+        let _ = writeln!(out, "  halted:    {}", style.paint(Tone::Bad, h));
+    }
+    for f in &t.failures {
+        let _ = writeln!(
+            out,
+            "  failed:    {}  {}",
+            style.paint(Tone::Bad, &f.tenant),
+            indented(&f.error, 13)
+        );
+    }
+    if (t.failures.len() as u32) < t.failed {
+        let _ = writeln!(
+            out,
+            "             … and {} more (the ledger lists every one)",
+            t.failed - t.failures.len() as u32
+        );
+    }
 }
 
 fn selector_text(sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> String {
@@ -495,6 +536,14 @@ mod tests {
         ] {
             assert!(out.contains(want), "missing {want:?} in:\n{out}");
         }
+        assert!(!out.contains("Pooler:"), "{out}");
+        let mut pooled = migration("Automatic", Some(waiting()));
+        pooled.spec.database.pooler = Some(crate::api::PoolerSpec::default());
+        let pooled = render_status(&pooled, Style::default());
+        assert!(
+            pooled.contains("Pooler:      PgBouncer (contract reads SHOW CLIENTS); admin console: the database URL on database pgbouncer"),
+            "{pooled}"
+        );
         let contract = out.split("Contract\n").nth(1).expect("contract section");
         assert!(contract.contains("not started"), "{out}");
         assert!(
@@ -589,6 +638,44 @@ mod tests {
         let out = render_status(&migration("Automatic", Some(st)), Style::default());
         assert!(out.contains("Next: Fix the spec in place"), "{out}");
         assert!(!out.contains("phasegate retry"), "{out}");
+    }
+
+    #[test]
+    fn a_fleet_migration_lists_its_failing_tenants() {
+        let st = DatabaseMigrationStatus {
+            phase: Some(Phase::Failed),
+            expand: Some(PhaseStatus {
+                attempts: 1,
+                finished_at: Some(Time("2025-01-01T00:00:05Z".parse().expect("time"))),
+                tenants: Some(crate::api::TenantsStatus {
+                    total: 50,
+                    applied: 0,
+                    failed: 1,
+                    not_run: 49,
+                    halted: Some("canary tenant tenant_03 failed".into()),
+                    failures: vec![crate::api::TenantFailure {
+                        tenant: "tenant_03".into(),
+                        error: "failed: ERROR 42701: column exists".into(),
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let out = render_status(&migration("Automatic", Some(st)), Style::default());
+        assert!(
+            out.contains("tenants:   0 applied, 1 failed, 49 not run (of 50)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("halted:    canary tenant tenant_03 failed"),
+            "{out}"
+        );
+        assert!(
+            out.contains("failed:    tenant_03  failed: ERROR 42701: column exists"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub const CONNECT_TIMEOUT: &str = "PHASEGATE_CONNECT_TIMEOUT";
 pub const DATABASE_CHECK: &str = "PHASEGATE_DATABASE_CHECK";
 pub const DATABASE_CHECK_TIMEOUT: &str = "PHASEGATE_DATABASE_CHECK_TIMEOUT";
 pub const DATABASE_URL: &str = "PHASEGATE_DATABASE_URL";
+pub const EXPAND_AFTER: &str = "PHASEGATE_EXPAND_AFTER";
 pub const FAILPOINT: &str = "PHASEGATE_FAILPOINT";
 pub const LOCK_TIMEOUT: &str = "PHASEGATE_LOCK_TIMEOUT";
 pub const LOCK_WAIT_ATTEMPT_AFTER: &str = "PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER";
@@ -31,6 +32,8 @@ pub const MIGRATION_NAME: &str = "PHASEGATE_MIGRATION_NAME";
 pub const MIGRATION_NAMESPACE: &str = "PHASEGATE_MIGRATION_NAMESPACE";
 pub const MIGRATION_UID: &str = "PHASEGATE_MIGRATION_UID";
 pub const PHASE: &str = "PHASEGATE_PHASE";
+pub const POOLER: &str = "PHASEGATE_POOLER";
+pub const POOLER_ADMIN_URL: &str = "PHASEGATE_POOLER_ADMIN_URL";
 pub const PREVIOUS_VERSIONS: &str = "PHASEGATE_PREVIOUS_VERSIONS";
 pub const REPLICA_DISCOVER: &str = "PHASEGATE_REPLICA_DISCOVER";
 /// `PHASEGATE_REPLICA_URL_<i>`: the URL of the i-th listed hot standby, from its Secret.
@@ -56,6 +59,8 @@ pub const REQUIRE_EXPAND: &str = "PHASEGATE_REQUIRE_EXPAND";
 pub const ROLLOUT_COMPLETED_AT: &str = "PHASEGATE_ROLLOUT_COMPLETED_AT";
 pub const SQL: &str = "PHASEGATE_SQL";
 pub const STATEMENT_TIMEOUT: &str = "PHASEGATE_STATEMENT_TIMEOUT";
+pub const TENANTS: &str = "PHASEGATE_TENANTS";
+pub const TENANT_EXPAND_SQL: &str = "PHASEGATE_TENANT_EXPAND_SQL";
 pub const TERMINATION_LOG: &str = "PHASEGATE_TERMINATION_LOG";
 pub const VERSION_ORDER: &str = "PHASEGATE_VERSION_ORDER";
 pub const YOUNG_TRANSACTION: &str = "PHASEGATE_YOUNG_TRANSACTION";
@@ -175,6 +180,16 @@ impl EnvText for Vec<String> {
     }
 }
 
+/// `spec.tenants` as JSON.
+impl EnvText for crate::api::TenantsSpec {
+    fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+    fn from_text(s: &str) -> Result<Self, String> {
+        serde_json::from_str(s).map_err(|e| format!("not a tenants spec: {e}"))
+    }
+}
+
 /// A duration setting: a bare number is milliseconds (PostgreSQL's convention for its
 /// timeouts), anything else a humantime duration such as `2s` or `1m 30s`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -218,6 +233,9 @@ macro_rules! executor_env {
             /// Contract only: `PHASEGATE_REPLICA_URL_0`, `_1`, …: the listed hot standbys,
             /// each from a Secret in a Job (at most 16; the first unset name ends the list).
             pub replica_urls: Vec<U>,
+            /// `PHASEGATE_POOLER_ADMIN_URL` (contract only), from a Secret in a Job
+            /// (`spec.database.pooler.adminUrlSecretRef`).
+            pub pooler_admin_url: Option<U>,
             $($(#[$doc])* pub $field: Option<$ty>,)*
         }
 
@@ -234,6 +252,9 @@ macro_rules! executor_env {
                 $(if let Some(v) = &self.$field {
                     vars.push(Var { name: $name, value: Value::Plain(EnvText::to_text(v)) });
                 })*
+                if let Some(u) = &self.pooler_admin_url {
+                    vars.push(Var { name: POOLER_ADMIN_URL, value: u.value() });
+                }
                 vars
             }
 
@@ -241,19 +262,26 @@ macro_rules! executor_env {
             pub fn names() -> Vec<&'static str> {
                 let mut names = vec![DATABASE_URL];
                 names.extend(REPLICA_URLS);
-                names.extend([$($name,)*]);
+                names.extend([$($name,)* POOLER_ADMIN_URL]);
                 names
             }
 
-            /// The same environment with the database URL resolved (or replaced), and no
-            /// standby URLs.
-            pub fn with_url<V>(self, url: Option<V>) -> ExecutorEnv<V> {
-                self.with_urls(url, Vec::new())
+            /// The same environment with the Secret-backed URLs resolved (or replaced): the
+            /// database's and the pooler admin console's; no standby URLs (see
+            /// [`ExecutorEnv::with_replica_urls`]).
+            pub fn with_urls<V>(self, url: Option<V>, pooler_admin_url: Option<V>) -> ExecutorEnv<V> {
+                ExecutorEnv {
+                    database_url: url,
+                    replica_urls: Vec::new(),
+                    pooler_admin_url,
+                    $($field: self.$field,)*
+                }
             }
 
-            /// The same environment with the database and standby URLs resolved (or replaced).
-            pub fn with_urls<V>(self, url: Option<V>, replica_urls: Vec<V>) -> ExecutorEnv<V> {
-                ExecutorEnv { database_url: url, replica_urls, $($field: self.$field,)* }
+            /// The same environment with these standby URLs.
+            pub fn with_replica_urls(mut self, replica_urls: Vec<U>) -> Self {
+                self.replica_urls = replica_urls;
+                self
             }
         }
 
@@ -267,6 +295,7 @@ macro_rules! executor_env {
                         .iter()
                         .map_while(|name| lookup(name).map(Secret))
                         .collect(),
+                    pooler_admin_url: lookup(POOLER_ADMIN_URL).map(Secret),
                     $($field: match lookup($name) {
                         None => None,
                         Some(value) => Some(<$ty as EnvText>::from_text(&value).map_err(
@@ -310,6 +339,9 @@ executor_env! {
     require_expand: String = REQUIRE_EXPAND,
     /// Contract only: `true`/`false`: also check the standbys in `pg_stat_replication`.
     replica_discover: String = REPLICA_DISCOVER,
+    /// Contract only, `true`/`false`: PgBouncer in front of the database; the database check
+    /// reads its clients too (`spec.database.pooler`).
+    pooler: String = POOLER,
     backfill_table: String = BACKFILL_TABLE,
     backfill_key: String = BACKFILL_KEY,
     backfill_sql: String = BACKFILL_SQL,
@@ -322,6 +354,13 @@ executor_env! {
     backfill_pause: String = BACKFILL_PAUSE,
     backfill_lock_timeout: String = BACKFILL_LOCK_TIMEOUT,
     backfill_max_replication_lag: String = BACKFILL_MAX_REPLICATION_LAG,
+    /// Expand only: earlier migrations of this namespace and database whose expand the ledger
+    /// must record as applied before this one runs.
+    expand_after: Vec<String> = EXPAND_AFTER,
+    /// `spec.tenants`: run the phase on every tenant it selects.
+    tenants: crate::api::TenantsSpec = TENANTS,
+    /// Contract with tenants: expand's SQL, for tenants created since expand ran.
+    tenant_expand_sql: String = TENANT_EXPAND_SQL,
     /// The phase's SQL, for Phasegate's own executor (inline `sql`).
     sql: String = SQL,
     /// Contract of inline `sql`: the operator's commit-grant endpoint.

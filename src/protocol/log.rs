@@ -20,6 +20,8 @@ pub enum WaitKind {
     DatabaseCheck,
     /// The operator's commit grant (every gate holds for this attempt).
     CommitGrant,
+    /// Expand: an earlier migration on the same database has not applied its expand yet.
+    EarlierMigration,
 }
 
 impl WaitKind {
@@ -29,15 +31,17 @@ impl WaitKind {
             WaitKind::TableLock => "table-lock",
             WaitKind::DatabaseCheck => "database-check",
             WaitKind::CommitGrant => "commit-grant",
+            WaitKind::EarlierMigration => "earlier-migration",
         }
     }
 
     /// Every kind, for parsing.
-    pub const ALL: [WaitKind; 4] = [
+    pub const ALL: [WaitKind; 5] = [
         WaitKind::AdvisoryLock,
         WaitKind::TableLock,
         WaitKind::DatabaseCheck,
         WaitKind::CommitGrant,
+        WaitKind::EarlierMigration,
     ];
 
     pub fn parse(s: &str) -> Option<WaitKind> {
@@ -51,6 +55,7 @@ impl WaitKind {
             WaitKind::TableLock => "an older transaction's lock",
             WaitKind::DatabaseCheck => "old sessions or transactions (database check)",
             WaitKind::CommitGrant => "the operator's commit grant",
+            WaitKind::EarlierMigration => "the expand of earlier migrations on this database",
         }
     }
 }

@@ -79,6 +79,9 @@ pub struct Report {
     /// "events"; skipped`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recovered: Vec<String>,
+    /// With tenants: what the run did across them (counts and the first failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<crate::api::TenantsStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ReportError>,
 }
@@ -111,13 +114,70 @@ impl Report {
             if let Some(e) = r.error.as_mut() {
                 e.message = truncate(&e.message, budget);
             }
+            if let Some(t) = r.tenants.as_mut() {
+                for f in &mut t.failures {
+                    f.error = truncate(&f.error, budget / 4);
+                }
+            }
             line = serde_json::to_string(&r).unwrap_or_else(|_| fallback_json(&r));
         }
         line
     }
 
-    /// One line of human text for status conditions.
+    /// One line of human text for status conditions. A successful run's `dbCheckWarning` (the
+    /// executor could not see everything, e.g. a pooler it was not told of) is part of it, so
+    /// status and the Event say it.
     pub fn summary(&self) -> String {
+        let base = match &self.tenants {
+            Some(t) => self.tenants_summary(t),
+            None => self.outcome_summary(),
+        };
+        match &self.db_check_warning {
+            Some(w) if self.is_success() && !w.is_empty() => {
+                truncate(&format!("{base}; warning: {w}"), 1024)
+            }
+            _ => base,
+        }
+    }
+
+    /// E.g. `applied on 48 of 50 tenants; 2 failed (tenant_07: ERROR 42P01: …); halted: …`.
+    fn tenants_summary(&self, t: &crate::api::TenantsStatus) -> String {
+        let mut s = format!(
+            "{} on {} of {} tenants in {} ms",
+            if self.phase == "contract" {
+                "contracted"
+            } else {
+                "applied"
+            },
+            t.applied,
+            t.total,
+            self.duration_ms
+        );
+        if t.expanded_late > 0 {
+            s.push_str(&format!(
+                " ({} created since expand got expand first)",
+                t.expanded_late
+            ));
+        }
+        if t.failed > 0 {
+            let first: Vec<String> = t
+                .failures
+                .iter()
+                .take(3)
+                .map(|f| format!("{}: {}", f.tenant, f.error))
+                .collect();
+            s.push_str(&format!("; {} failed ({})", t.failed, first.join("; ")));
+        }
+        if t.not_run > 0 {
+            s.push_str(&format!("; {} not run", t.not_run));
+        }
+        if let Some(h) = &t.halted {
+            s.push_str(&format!("; halted: {h}"));
+        }
+        truncate(&s, 1024)
+    }
+
+    fn outcome_summary(&self) -> String {
         let plural = |n: u64, w: &str| {
             if n == 1 {
                 format!("{n} {w}")
@@ -218,6 +278,7 @@ mod tests {
             gate_to_commit_us: None,
             stopped_by: None,
             recovered: Vec::new(),
+            tenants: None,
             error: None,
         }
     }
@@ -259,6 +320,17 @@ mod tests {
         let mut a = sample();
         a.outcome = Outcome::AlreadyApplied;
         assert!(a.summary().starts_with("already applied"));
+        // What the executor could not see reaches status with the summary.
+        let mut w = sample();
+        w.db_check_warning = Some("probably behind a connection pooler".into());
+        assert_eq!(
+            w.summary(),
+            "applied 2 statements in 31 ms (1 attempt, 0 lock retries); warning: probably behind a connection pooler"
+        );
+        assert_eq!(
+            crate::controller::jobs::summarise(&w.to_json_line()),
+            w.summary()
+        );
     }
 
     #[test]

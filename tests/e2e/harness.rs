@@ -131,9 +131,12 @@ impl Env {
         let log = self
             .logs
             .join(format!("{}-operator-{}.log", self.ns, self.operator_starts));
+        // `make bench-order` runs a baseline operator against the same tests.
+        let bin = std::env::var("PHASEGATE_E2E_OPERATOR_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_phasegate").to_string());
         self.operator = Some(spawn(
             &self.operator_kubeconfig,
-            env!("CARGO_BIN_EXE_phasegate"),
+            &bin,
             // Port 0: tests run in parallel, each with its own operator (see ha.rs for probes).
             // Executors (run by the kwok runner on this host) reach its grant port directly.
             &[

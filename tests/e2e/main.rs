@@ -6,9 +6,11 @@
 
 mod argo;
 mod backfill;
+mod bench;
 mod examples;
 mod failures;
 mod fence;
+mod fleet;
 mod gates;
 mod gitops;
 mod ha;

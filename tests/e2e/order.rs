@@ -86,3 +86,95 @@ async fn migrations_on_one_database_expand_in_creation_order() {
     assert!(comment_exists(&env).await);
     env.cleanup().await;
 }
+
+/// Applied at once (a GitOps bootstrap of a service's history), migrations of one database
+/// start their expand Jobs together and keep creation order in the ledger: each one needs the
+/// column the one before it adds. More than `WINDOW` of them: the rest wait in line.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_migrations_on_one_database_expand_together_in_creation_order() {
+    const N: usize = phasegate::planner::order::WINDOW + 4;
+    let env = Env::new("order-many").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    let started = std::time::Instant::now();
+    // Created within a second or two: by name where the second is the same, so the names
+    // sort in creation order.
+    for i in 0..N {
+        let mut sql = format!("ALTER TABLE users ADD COLUMN c{i:02} int;");
+        if i > 0 {
+            sql.push_str(&format!(
+                " COMMENT ON COLUMN users.c{:02} IS 'before c{i:02}';",
+                i - 1
+            ));
+        }
+        env.create_migration(
+            &format!("m{i:02}"),
+            migration_spec(&sql, json!({"sql": "SELECT 1;"})),
+        )
+        .await
+        .expect("create");
+    }
+    for i in 0..N {
+        env.wait_phase(&format!("m{i:02}"), Phase::AwaitingRollout, T)
+            .await;
+    }
+    eprintln!(
+        "order-many: {N} migrations on one database expanded in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let db = env.pg.client().await;
+    let order: Vec<String> = db
+        .query(
+            "SELECT name FROM phasegate.ledger WHERE phase = 'expand' ORDER BY applied_at, name",
+            &[],
+        )
+        .await
+        .expect("ledger")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let want: Vec<String> = (0..N).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(order, want, "applied in creation order");
+    env.cleanup().await;
+}
+
+/// An earlier migration that fails does not hold the line: a later one whose executor was
+/// waiting for it in the ledger is started again without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_earlier_migration_does_not_hold_the_ones_waiting_for_it() {
+    let env = Env::new("order-failed").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    // Fails after a few seconds, with the later migration's executor already waiting for it.
+    env.create_migration(
+        "a-fails",
+        migration_spec(
+            "SELECT pg_sleep(4); ALTER TABLE no_such_table ADD COLUMN x int;",
+            json!({"sql": "SELECT 1;"}),
+        ),
+    )
+    .await
+    .expect("create");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.create_migration(
+        "b-add-email",
+        migration_spec(ADD, json!({"sql": "SELECT 1;"})),
+    )
+    .await
+    .expect("create");
+    let waiting = env
+        .wait_migration("b-add-email", T, "waiting for a-fails in the ledger", |m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.expand_after == ["a-fails".to_string()])
+        })
+        .await;
+    assert_eq!(waiting.status.and_then(|s| s.phase), Some(Phase::Expanding));
+    env.wait_phase("a-fails", Phase::Failed, T).await;
+    let m = env
+        .wait_phase("b-add-email", Phase::AwaitingRollout, T)
+        .await;
+    let expand = m.status.and_then(|s| s.expand).expect("expand status");
+    assert_eq!(expand.attempts, 2, "restarted without a-fails: {expand:?}");
+    env.cleanup().await;
+}

@@ -1,3 +1,4 @@
 pub mod apply;
+pub mod backfill;
 pub mod pgbouncer;
 pub mod postgres;

@@ -264,7 +264,17 @@ impl TestPostgres {
 
     /// A connected client (the connection task runs on the current runtime).
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+        self.client_for_url(&self.url()).await
+    }
+
+    /// A connected client of another database of the server.
+    #[allow(dead_code)]
+    pub async fn client_for_db(&self, db: &str) -> tokio_postgres::Client {
+        self.client_for_url(&self.url_for_db(db)).await
+    }
+
+    async fn client_for_url(&self, url: &str) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
             .unwrap_or_else(|e| panic!("connect to test server: {e}"));
         tokio::spawn(async move {

@@ -161,15 +161,20 @@ pub fn executor_env(
         lock_wait_attempt_after: some(&spec.safety.lock_wait_attempt_after),
         max_lock_retries: Some(spec.safety.max_lock_retries),
         sql: phase_code(spec, phase).0.map(str::to_string),
+        tenants: spec.tenants.clone(),
         ..ExecutorEnv::default()
     };
     match phase {
         JobPhase::Contract => {
             contract_env(&mut env, spec, status);
+            if spec.tenants.is_some() {
+                env.tenant_expand_sql = spec.expand.sql.clone();
+            }
             // Phasegate's own contract executor never commits without the operator's grant.
             if env.sql.is_some() {
                 env.grant_url = Some(grant_url.to_string());
                 replicas_env(&mut env, spec);
+                pooler_env(&mut env, &spec.database);
             }
         }
         JobPhase::Backfill => {
@@ -177,7 +182,10 @@ pub fn executor_env(
             env = env.without_apply_only();
             backfill_env(&mut env, spec, status);
         }
-        _ => {}
+        JobPhase::Expand => {
+            env.expand_after =
+                (!status.expand_after.is_empty()).then(|| status.expand_after.clone());
+        }
     }
     env
 }
@@ -233,6 +241,20 @@ fn replicas_env(env: &mut ExecutorEnv, spec: &crate::api::DatabaseMigrationSpec)
     if r.discover {
         env.replica_discover = Some(penv::bool_text(true));
     }
+}
+
+/// `spec.database.pooler`, for Phasegate's own contract executor only: a user Job runs no
+/// database check, and the admin URL's Secret is not one its template may read.
+fn pooler_env(env: &mut ExecutorEnv, database: &crate::api::DatabaseSpec) {
+    let Some(pooler) = &database.pooler else {
+        return;
+    };
+    env.pooler = Some(penv::bool_text(true));
+    // From the Secret by the kubelet, like the database URL: the operator never reads it.
+    env.pooler_admin_url = pooler.admin_url_secret_ref.as_ref().map(|r| SecretKey {
+        name: r.name.clone(),
+        key: r.key.clone(),
+    });
 }
 
 /// The settings of `phasegate backfill`.

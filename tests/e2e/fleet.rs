@@ -1,0 +1,142 @@
+//! Fleet migrations (`spec.tenants`) end to end: one migration on every tenant schema, the
+//! rollout gate between expand and contract, a tenant created mid-migration, a failing canary
+//! that halts the rest and is retried, and the kubectl plugin listing failing tenants.
+
+use phasegate::api::{DatabaseMigration, Phase};
+use serde_json::json;
+
+use crate::harness::Env;
+use crate::T;
+
+const TENANTS: usize = 20;
+
+async fn tenant_schema(env: &Env, s: &str) {
+    env.pg
+        .client()
+        .await
+        .batch_execute(&format!(
+            "CREATE SCHEMA {s}; CREATE TABLE {s}.users (id int PRIMARY KEY, legacy text);"
+        ))
+        .await
+        .expect("tenant schema");
+}
+
+/// Tenant schemas whose `users` has `column`.
+async fn with_column(env: &Env, column: &str) -> usize {
+    env.pg
+        .client()
+        .await
+        .query(
+            "SELECT 1 FROM information_schema.columns
+              WHERE table_name = 'users' AND column_name = $1 AND table_schema LIKE 'tenant\\_%'",
+            &[&column],
+        )
+        .await
+        .expect("columns")
+        .len()
+}
+
+fn fleet_spec(canary: serde_json::Value) -> serde_json::Value {
+    json!({
+        "appVersion": "2.0.0",
+        "database": {"urlSecretRef": {"name": "shop-db", "key": "url"}},
+        "expand": {"sql": "ALTER TABLE users ADD COLUMN verified boolean;"},
+        "contract": {"sql": "ALTER TABLE users DROP COLUMN legacy;"},
+        "rollout": {"targets": [{"kind": "Deployment", "name": "shop-api"}]},
+        "safety": {"lockTimeout": "1s", "statementTimeout": "30s", "maxLockRetries": 3},
+        "tenants": {"schemas": "tenant\\_%", "canary": canary, "maxConcurrent": 4}
+    })
+}
+
+fn tenants_of(m: &DatabaseMigration, contract: bool) -> phasegate::api::TenantsStatus {
+    let s = m.status.as_ref().expect("status");
+    let p = if contract { &s.contract } else { &s.expand };
+    p.as_ref()
+        .and_then(|p| p.tenants.clone())
+        .expect("tenants in status")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_migration_expands_every_tenant_waits_for_the_rollout_and_contracts_each() {
+    let env = Env::new("fleet").await;
+    for i in 1..=TENANTS {
+        tenant_schema(&env, &format!("tenant_{i:02}")).await;
+    }
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    env.create_migration("verified", fleet_spec(json!({"count": 2})))
+        .await
+        .expect("create");
+    let m = env.wait_phase("verified", Phase::AwaitingRollout, T).await;
+    let t = tenants_of(&m, false);
+    assert_eq!(
+        (t.total, t.applied, t.failed),
+        (TENANTS as u32, TENANTS as u32, 0)
+    );
+    assert_eq!(with_column(&env, "verified").await, TENANTS);
+    assert!(
+        env.job_names("contract").await.is_empty(),
+        "the rollout gate holds"
+    );
+
+    // A tenant signs up mid-migration: contract finds it and gives it expand first.
+    tenant_schema(&env, "tenant_99").await;
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    let m = env.wait_phase("verified", Phase::Succeeded, T).await;
+    let t = tenants_of(&m, true);
+    assert_eq!(
+        (t.total, t.applied, t.expanded_late),
+        (TENANTS as u32 + 1, TENANTS as u32 + 1, 1)
+    );
+    assert_eq!(with_column(&env, "verified").await, TENANTS + 1);
+    assert_eq!(
+        with_column(&env, "legacy").await,
+        0,
+        "contracted on every tenant"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_canary_halts_the_fleet_and_a_retry_finishes_it() {
+    let env = Env::new("fleet-canary").await;
+    for i in 1..=TENANTS {
+        tenant_schema(&env, &format!("tenant_{i:02}")).await;
+    }
+    // The canary tenant is broken: its ALTER fails.
+    let db = env.pg.client().await;
+    db.batch_execute("ALTER TABLE tenant_07.users ADD COLUMN verified int")
+        .await
+        .expect("break the canary");
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    env.create_migration("verified", fleet_spec(json!({"names": ["tenant_07"]})))
+        .await
+        .expect("create");
+    let m = env.wait_phase("verified", Phase::Failed, T).await;
+    let t = tenants_of(&m, false);
+    assert_eq!((t.failed, t.not_run), (1, TENANTS as u32 - 1), "{t:?}");
+    assert_eq!(t.failures[0].tenant, "tenant_07");
+    assert_eq!(
+        with_column(&env, "verified").await,
+        1,
+        "no other tenant ran"
+    );
+
+    let (ok, out, err) = env
+        .phasegate_cli(&["status", "verified", "-n", &env.ns], None)
+        .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("halted:    canary tenant tenant_07 failed"),
+        "{out}"
+    );
+    assert!(out.contains("failed:    tenant_07"), "{out}");
+
+    db.batch_execute("ALTER TABLE tenant_07.users DROP COLUMN verified")
+        .await
+        .expect("fix");
+    env.annotate("verified", "phasegate.dev/retry", "1").await;
+    let m = env.wait_phase("verified", Phase::AwaitingRollout, T).await;
+    assert_eq!(tenants_of(&m, false).applied, TENANTS as u32);
+    assert_eq!(with_column(&env, "verified").await, TENANTS);
+    env.cleanup().await;
+}

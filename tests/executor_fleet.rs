@@ -1,0 +1,315 @@
+//! `spec.tenants` in the executor, against real PostgreSQL: one phase on every tenant schema or
+//! database, canaries, the failure budget, a retry of only the failed and unfinished, a
+//! tenant created since expand, and a SIGKILL mid-wave.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use phasegate::api::{Canary, TenantsSpec};
+use phasegate::executor::{self, Config, Outcome, Phase, Report};
+use support::postgres::TestPostgres;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_phasegate");
+const EXPAND: &str = "ALTER TABLE users ADD COLUMN verified boolean;";
+const CONTRACT: &str = "ALTER TABLE users DROP COLUMN legacy;";
+
+/// `n` tenant schemas `tenant_01`…, each with its own `users` table.
+async fn schemas(c: &tokio_postgres::Client, n: usize) {
+    for i in 1..=n {
+        add_schema(c, &format!("tenant_{i:02}")).await;
+    }
+}
+
+async fn add_schema(c: &tokio_postgres::Client, s: &str) {
+    c.batch_execute(&format!(
+        "CREATE SCHEMA {s}; CREATE TABLE {s}.users (id int PRIMARY KEY, legacy text);
+         INSERT INTO {s}.users VALUES (1, 'x');"
+    ))
+    .await
+    .expect("tenant schema");
+}
+
+fn spec(schemas: &str) -> TenantsSpec {
+    TenantsSpec {
+        schemas: Some(schemas.into()),
+        max_concurrent: 4,
+        ..TenantsSpec::default()
+    }
+}
+
+fn cfg(pg: &TestPostgres, phase: Phase, sql: &str, tenants: TenantsSpec) -> Config {
+    let mut c = Config::new(pg.url(), phase, sql);
+    c.identity.namespace = "shop".into();
+    c.identity.name = "verified".into();
+    c.tenants = Some(tenants);
+    c
+}
+
+/// Tenant schemas whose `users` has `column`.
+async fn with_column(c: &tokio_postgres::Client, column: &str) -> Vec<String> {
+    c.query(
+        "SELECT table_schema::text FROM information_schema.columns
+          WHERE table_name = 'users' AND column_name = $1 ORDER BY 1",
+        &[&column],
+    )
+    .await
+    .expect("columns")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn tally(r: &Report) -> (u32, u32, u32, u32) {
+    let t = r.tenants.as_ref().expect("tenants in the report");
+    (t.total, t.applied, t.failed, t.not_run)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expand_runs_on_every_tenant_schema_once() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 12).await;
+    c.batch_execute("CREATE SCHEMA other; CREATE TABLE other.users (id int);")
+        .await
+        .expect("other schema");
+    let run = cfg(&pg, Phase::Expand, EXPAND, spec("tenant\\_%"));
+    let r = executor::execute(&run).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
+    assert_eq!(tally(&r), (12, 12, 0, 0));
+    assert_eq!(with_column(&c, "verified").await.len(), 12);
+    assert!(!with_column(&c, "verified")
+        .await
+        .contains(&"other".to_string()));
+    let rows: i64 = c
+        .query_one(
+            "SELECT count(*) FROM phasegate.ledger WHERE name LIKE 'verified/tenant\\_%' AND status = 'applied'",
+            &[],
+        )
+        .await
+        .expect("ledger")
+        .get(0);
+    assert_eq!(rows, 12, "one ledger row per tenant");
+    let again = executor::execute(&run).await;
+    assert_eq!(
+        again.outcome,
+        Outcome::AlreadyApplied,
+        "{}",
+        again.to_json_line()
+    );
+    assert_eq!(again.statements, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_halts_every_other_tenant() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 6).await;
+    // The canary already has the column: its ALTER fails.
+    c.batch_execute("ALTER TABLE tenant_03.users ADD COLUMN verified boolean")
+        .await
+        .expect("break the canary");
+    let mut s = spec("tenant\\_%");
+    s.canary = Canary {
+        names: vec!["tenant_03".into()],
+        count: 1,
+    };
+    let r = executor::execute(&cfg(&pg, Phase::Expand, EXPAND, s)).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(tally(&r), (6, 0, 1, 5));
+    let t = r.tenants.as_ref().expect("tenants");
+    assert_eq!(t.halted.as_deref(), Some("canary tenant tenant_03 failed"));
+    assert_eq!(t.failures[0].tenant, "tenant_03");
+    assert!(t.failures[0].error.contains("42701"), "{:?}", t.failures);
+    assert_eq!(
+        with_column(&c, "verified").await,
+        ["tenant_03"],
+        "nothing else ran"
+    );
+    assert!(
+        r.summary().contains("1 failed (tenant_03"),
+        "{}",
+        r.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failure_budget_halts_and_a_retry_runs_only_the_failed_and_unfinished() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 10).await;
+    for s in ["tenant_02", "tenant_04"] {
+        c.batch_execute(&format!("DROP TABLE {s}.users"))
+            .await
+            .expect("break");
+    }
+    let mut s = spec("tenant\\_%");
+    s.max_concurrent = 1;
+    s.failure_budget = 1;
+    let run = cfg(&pg, Phase::Expand, EXPAND, s);
+    let r = executor::execute(&run).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    // tenant_01 applied, 02 failed (within budget), 03 applied, 04 failed: over budget.
+    assert_eq!(tally(&r), (10, 2, 2, 6), "{}", r.to_json_line());
+    assert!(r.tenants.as_ref().and_then(|t| t.halted.clone()).is_some());
+    // Fixed, retried: the two failed and the six not run apply; the two applied are skipped.
+    for s in ["tenant_02", "tenant_04"] {
+        c.batch_execute(&format!("CREATE TABLE {s}.users (id int, legacy text)"))
+            .await
+            .expect("fix");
+    }
+    let retry = executor::execute(&run).await;
+    assert_eq!(retry.outcome, Outcome::Applied, "{}", retry.to_json_line());
+    assert_eq!(tally(&retry), (10, 10, 0, 0));
+    assert_eq!(retry.statements, 8, "only the failed and unfinished ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_databases_each_keep_their_own_ledger() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    for db in ["shop_a", "shop_b", "shop_c"] {
+        c.batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .expect("db");
+        pg.client_for_db(db)
+            .await
+            .batch_execute("CREATE TABLE users (id int, legacy text)")
+            .await
+            .expect("table");
+    }
+    let tenants = TenantsSpec {
+        databases: Some("shop\\_%".into()),
+        max_concurrent: 2,
+        ..TenantsSpec::default()
+    };
+    let r = executor::execute(&cfg(&pg, Phase::Expand, EXPAND, tenants)).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
+    assert_eq!(tally(&r), (3, 3, 0, 0));
+    for db in ["shop_a", "shop_b", "shop_c"] {
+        let d = pg.client_for_db(db).await;
+        assert_eq!(with_column(&d, "verified").await, ["public"], "{db}");
+        let row: String = d
+            .query_one(
+                "SELECT name FROM phasegate.ledger WHERE phase = 'expand'",
+                &[],
+            )
+            .await
+            .expect("ledger")
+            .get(0);
+        assert_eq!(row, "verified");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_gives_a_tenant_created_since_expand_its_expand_first() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 3).await;
+    let r = executor::execute(&cfg(&pg, Phase::Expand, EXPAND, spec("tenant\\_%"))).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
+    add_schema(&c, "tenant_04").await;
+    let mut contract = cfg(&pg, Phase::Contract, CONTRACT, spec("tenant\\_%"));
+    contract.tenant_expand_sql = Some(EXPAND.into());
+    contract.require_expand = true;
+    contract.identity.uid = String::new();
+    let r = executor::execute(&contract).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
+    let t = r.tenants.as_ref().expect("tenants");
+    assert_eq!((t.total, t.applied, t.expanded_late), (4, 4, 1));
+    assert_eq!(with_column(&c, "verified").await.len(), 4);
+    assert!(
+        with_column(&c, "legacy").await.is_empty(),
+        "contracted everywhere"
+    );
+}
+
+/// SIGKILL while the third tenant has committed and not yet said so: the next run applies
+/// every tenant exactly once (an `ADD COLUMN` run twice would fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_wave_resumes_each_tenant_exactly_once() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 8).await;
+    let tenants = r#"{"schemas":"tenant\\_%","maxConcurrent":1}"#;
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("apply")
+        .env("PHASEGATE_DATABASE_URL", pg.url())
+        .env("PHASEGATE_PHASE", "expand")
+        .env("PHASEGATE_SQL", EXPAND)
+        .env("PHASEGATE_MIGRATION_NAME", "verified")
+        .env("PHASEGATE_TENANTS", tenants)
+        .env("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x")
+        .env("PHASEGATE_FAILPOINT", "pause-after-commit")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let reached = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("failpoint pause-after-commit") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(reached, "failpoint not reached");
+    child.start_kill().expect("SIGKILL");
+    let _ = child.wait().await;
+    assert_eq!(with_column(&c, "verified").await, ["tenant_01"]);
+
+    let out = tokio::process::Command::new(BIN)
+        .arg("apply")
+        .env("PHASEGATE_DATABASE_URL", pg.url())
+        .env("PHASEGATE_PHASE", "expand")
+        .env("PHASEGATE_SQL", EXPAND)
+        .env("PHASEGATE_MIGRATION_NAME", "verified")
+        .env("PHASEGATE_TENANTS", tenants)
+        .env("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x")
+        .output()
+        .await
+        .expect("rerun");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let r = Report::parse(&stdout).expect("report");
+    assert_eq!(tally(&r), (8, 8, 0, 0));
+    assert_eq!(r.statements, 7, "tenant_01 was not run again");
+    assert_eq!(with_column(&c, "verified").await.len(), 8);
+}
+
+/// Through a pooler that drops the `options` startup parameter, a tenant's SQL would run in
+/// the default schema: every tenant fails instead, and `public` is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_tenants_refuse_a_pooler_that_drops_their_search_path() {
+    use support::pgbouncer::{Options, PoolMode, TestPgBouncer};
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 2).await;
+    c.batch_execute("CREATE TABLE public.users (id int, legacy text)")
+        .await
+        .expect("public table");
+    let opts = Options {
+        extra: "ignore_startup_parameters = extra_float_digits,options\n".into(),
+        ..Options::new(PoolMode::Session, 4)
+    };
+    let pooler = TestPgBouncer::start_with(&pg, &opts);
+    let mut run = cfg(&pg, Phase::Expand, EXPAND, spec("tenant\\_%"));
+    run.database_url = executor::Secret(pooler.url());
+    let r = executor::execute(&run).await;
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.to_json_line());
+    let t = r.tenants.as_ref().expect("tenants");
+    assert_eq!(t.applied, 0, "{t:?}");
+    assert!(
+        t.failures.iter().all(|f| f.error.contains("search_path")),
+        "{t:?}"
+    );
+    assert!(
+        with_column(&c, "verified").await.is_empty(),
+        "nothing ran anywhere"
+    );
+}
