@@ -29,7 +29,7 @@ unit: deps
 
 ## The executor's and `phasegate plan`'s integration tests again, against PostgreSQL 17 (the default run uses 15).
 executor-pg17: deps
-	PHASEGATE_PG_BINDIR=$$(hack/install-postgres17.sh) $(CARGO) test --test executor --test executor_db_check --test executor_lock_safety --test executor_backfill --test executor_pooler --test plan
+	PHASEGATE_PG_BINDIR=$$(hack/install-postgres17.sh) $(CARGO) test --test executor --test executor_db_check --test executor_lock_safety --test executor_backfill --test executor_pooler --test executor_replicas --test plan
 
 ## Local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok).
 cluster-up: deps

@@ -302,7 +302,14 @@ async fn schema_tenants_refuse_a_pooler_that_drops_their_search_path() {
     run.database_url = executor::Secret(pooler.url());
     let r = executor::execute(&run).await;
     assert_eq!(r.outcome, Outcome::Failed, "{}", r.to_json_line());
-    let error = r.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+    let error = r
+        .error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
     assert!(error.contains("search_path"), "{error}");
-    assert!(with_column(&c, "verified").await.is_empty(), "nothing ran anywhere");
+    assert!(
+        with_column(&c, "verified").await.is_empty(),
+        "nothing ran anywhere"
+    );
 }

@@ -16,6 +16,37 @@ const URL: &str = "postgres://app:pw@db:5432/shop";
 const ADMIN_URL: &str = "postgres://stats:pw2@shop-pooler:5432/pgbouncer";
 const GRANT_URL: &str = "http://phasegate.phasegate-system.svc:8082";
 const UID: &str = "0a1b2c3d-0000-4000-8000-000000000000";
+/// The hot standbys' Secrets (name, key) and the URLs they hold.
+const STANDBYS: [(&str, &str, &str); 2] = [
+    ("standby-a", "url", "postgres://app:pw@standby-a:5432/shop"),
+    ("standby-b", "uri", "postgres://app:pw@standby-b:5432/shop"),
+];
+
+/// What the kubelet puts in a variable whose value is the Secret key `name`/`key`.
+fn resolve(name: &str, key: &str) -> String {
+    if (name, key) == ("db", "url") {
+        return URL.to_string();
+    }
+    if (name, key) == ("pooler-admin", "url") {
+        return ADMIN_URL.to_string();
+    }
+    match STANDBYS.iter().find(|(n, k, _)| (*n, *k) == (name, key)) {
+        Some((_, _, url)) => url.to_string(),
+        None => panic!("unexpected secret key {name}/{key}"),
+    }
+}
+
+/// `m` with `spec.database.replicas`: both standbys listed, and discovery on.
+fn with_replicas(mut m: DatabaseMigration) -> DatabaseMigration {
+    m.spec.database.replicas = Some(
+        serde_json::from_value(serde_json::json!({
+            "urlSecretRefs": STANDBYS.iter().map(|(n, k, _)| serde_json::json!({"name": n, "key": k})).collect::<Vec<_>>(),
+            "discover": true
+        }))
+        .expect("replicas"),
+    );
+    m
+}
 
 fn migration(backfill: bool, user_job: bool) -> DatabaseMigration {
     let mut spec = serde_json::json!({
@@ -76,9 +107,7 @@ fn job_env(m: &DatabaseMigration, phase: JobPhase) -> Vec<(String, String)> {
                 .as_ref()
                 .and_then(|f| f.secret_key_ref.as_ref())
             {
-                Some(k) if k.name == "db" && k.key == "url" => URL.to_string(),
-                Some(k) if k.name == "pooler-admin" && k.key == "url" => ADMIN_URL.to_string(),
-                Some(k) => panic!("unexpected secret key {k:?}"),
+                Some(k) => resolve(&k.name, &k.key),
                 None => e.value.clone().unwrap_or_default(),
             };
             (e.name.clone(), value)
@@ -103,6 +132,9 @@ fn what_the_operator_writes_the_executor_parses_back() {
         (migration(false, false), JobPhase::Contract),
         (migration(true, false), JobPhase::Backfill),
         (migration(false, true), JobPhase::Contract),
+        (with_replicas(migration(false, false)), JobPhase::Contract),
+        (with_replicas(migration(false, false)), JobPhase::Expand),
+        (with_replicas(migration(false, true)), JobPhase::Contract),
     ] {
         let env = job_env(&m, phase);
         let written = built(&m, phase);
@@ -114,11 +146,20 @@ fn what_the_operator_writes_the_executor_parses_back() {
             .iter()
             .all(|n| ExecutorEnv::<Secret>::names().contains(n)));
         let url = Some(Secret(URL.into()));
+        let replicas: Vec<Secret> = written
+            .replica_urls
+            .iter()
+            .map(|k| Secret(resolve(&k.name, &k.key)))
+            .collect();
         // Only Phasegate's own contract executor reads the pooler admin console's Secret.
         let own_contract = phase == JobPhase::Contract && written.sql.is_some();
         assert_eq!(written.pooler_admin_url.is_some(), own_contract, "{phase}");
         let admin = own_contract.then(|| Secret(ADMIN_URL.into()));
-        assert_eq!(parsed(&env), written.with_urls(url, admin), "{phase}");
+        assert_eq!(
+            parsed(&env),
+            written.with_urls(url, admin).with_replica_urls(replicas),
+            "{phase}"
+        );
     }
 }
 
@@ -173,6 +214,56 @@ fn a_contract_executor_runs_with_the_specs_settings() {
         })
     );
     assert_eq!(cfg.secret_urls(), vec![URL, ADMIN_URL]);
+}
+
+/// The standbys reach Phasegate's own contract executor, each URL from its Secret; expand and
+/// a user's contract Job get none (its template was vetted without those Secrets).
+#[test]
+fn a_contract_executor_checks_the_specs_standbys() {
+    let m = with_replicas(migration(false, false));
+    let env = job_env(&m, JobPhase::Contract);
+    let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"PHASEGATE_REPLICA_URL_0") && names.contains(&"PHASEGATE_REPLICA_URL_1")
+    );
+    let cfg = phasegate::executor::config_from_env(parsed(&env)).expect("config");
+    let urls: Vec<Secret> = STANDBYS
+        .iter()
+        .map(|(_, _, u)| Secret(u.to_string()))
+        .collect();
+    assert_eq!(cfg.replica_urls, urls);
+    assert!(cfg.replica_discover);
+    // Their passwords are scrubbed from every message like the database URL's.
+    assert!(urls
+        .iter()
+        .all(|u| cfg.secret_urls().contains(&u.0.as_str())));
+    for (m, phase) in [
+        (with_replicas(migration(false, false)), JobPhase::Expand),
+        (with_replicas(migration(false, true)), JobPhase::Contract),
+        (migration(false, false), JobPhase::Contract),
+    ] {
+        let env = job_env(&m, phase);
+        assert!(
+            env.iter()
+                .all(|(n, _)| !n.starts_with("PHASEGATE_REPLICA_")),
+            "{phase}: {env:?}"
+        );
+        let cfg = phasegate::executor::config_from_env(parsed(&env));
+        if let Ok(cfg) = cfg {
+            assert!(
+                cfg.replica_urls.is_empty() && !cfg.replica_discover,
+                "{phase}"
+            );
+        }
+    }
+    // A gap ends the list; the executor never reads past it.
+    let env = ExecutorEnv::parse(|n| match n {
+        "PHASEGATE_REPLICA_URL_0" => Some("postgres://a/db".into()),
+        "PHASEGATE_REPLICA_URL_2" => Some("postgres://c/db".into()),
+        _ => None,
+    })
+    .expect("parses");
+    assert_eq!(env.replica_urls, vec![Secret("postgres://a/db".into())]);
 }
 
 #[test]

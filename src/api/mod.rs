@@ -3,11 +3,13 @@
 //! Doc comments on fields become `kubectl explain` text; keep them user-facing.
 
 mod backfill;
+mod replicas;
 mod spec;
 mod status;
 mod tenants;
 
 pub use backfill::*;
+pub use replicas::*;
 pub use spec::*;
 pub use status::*;
 pub use tenants::*;

@@ -87,6 +87,13 @@ pub struct DatabaseSpec {
     /// (`postgres://user:password@host:5432/db?sslmode=require`). Only the executor Job
     /// reads it; the operator never does.
     pub url_secret_ref: SecretKeyRef,
+    /// Hot standbys that contract's database check looks at too: old code reading from a
+    /// standby holds contract like old code on the primary, and a standby that cannot be
+    /// reached or read holds it as well. Checked by Phasegate's own executor (inline
+    /// `contract.sql`); a contract `job` gets none of this. Standbys are named in status by
+    /// `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<super::ReplicasSpec>,
     /// PgBouncer in front of the database (`pooler: {}` when the defaults fit). Behind
     /// transaction pooling an idle client holds no server connection, so `pg_stat_activity`
     /// cannot show an old application version's idle clients; with this set, contract's

@@ -166,6 +166,15 @@ pub struct ContractArgs {
     /// `no commit grant`) [default: 10m].
     #[arg(long, value_parser = parse_duration)]
     pub grant_wait: Option<Duration>,
+    /// The URL of a hot standby whose sessions the database check judges too (repeat for
+    /// each; a standby that cannot be reached or read holds contract)
+    /// [env: PHASEGATE_REPLICA_URL_0, _1, …].
+    #[arg(long = "replica-url", value_name = "URL")]
+    pub replica_urls: Vec<Secret>,
+    /// Also check every physical standby in the primary's `pg_stat_replication`, at its
+    /// `client_addr` with the primary URL's other settings (`true`/`false`; default false).
+    #[arg(long)]
+    pub replica_discover: Option<String>,
     /// PgBouncer is in front of the database: the database check also reads `SHOW CLIENTS` on
     /// every address of the pooler's host name and judges its clients' application names
     /// (`true`/`false`; default false, or true when --pooler-admin-url is given).
@@ -237,6 +246,8 @@ pub(super) struct ContractSettings {
     pub grant_url: Option<String>,
     pub attempt: u32,
     pub grant_wait: Duration,
+    pub replica_urls: Vec<Secret>,
+    pub replica_discover: Option<String>,
     pub pooler: Option<String>,
     pub pooler_admin_url: Option<Secret>,
 }
@@ -291,6 +302,12 @@ impl ApplyArgs {
                 crate::protocol::grant::ENV_WAIT,
                 Duration::from_secs(600),
             )?,
+            replica_urls: if c.replica_urls.is_empty() {
+                env.replica_urls.clone()
+            } else {
+                c.replica_urls
+            },
+            replica_discover: c.replica_discover.or(env.replica_discover.clone()),
             pooler: c.pooler.or(env.pooler.clone()),
             pooler_admin_url: c.pooler_admin_url.or(env.pooler_admin_url.clone()),
         };
@@ -406,6 +423,10 @@ pub struct Config {
     pub require_expand: bool,
     /// Contract only: where to ask for the commit grant; None when run without an operator.
     pub grant: Option<super::grant::GrantConfig>,
+    /// Contract with the database check: hot standbys checked too (see [`super::standbys`]).
+    pub replica_urls: Vec<Secret>,
+    /// Contract with the database check: also check the standbys the primary streams to.
+    pub replica_discover: bool,
     /// Contract only, with the database check: PgBouncer in front of the database, whose
     /// clients the check reads too (see [`super::pooler_clients`]).
     pub pooler: Option<super::pooler_clients::PoolerConfig>,
@@ -447,6 +468,8 @@ impl Config {
             previous_versions: None,
             require_expand: false,
             grant: None,
+            replica_urls: Vec::new(),
+            replica_discover: false,
             pooler: None,
             stop: Stop::new(),
             failpoint: None,
@@ -455,12 +478,13 @@ impl Config {
 }
 
 impl Config {
-    /// The URLs whose secrets must never be printed: the database's and the pooler admin
-    /// console's.
+    /// The URLs whose secrets must never be printed: the database's, the pooler admin
+    /// console's and the hot standbys'.
     pub fn secret_urls(&self) -> Vec<&str> {
         let admin = self.pooler.as_ref().and_then(|p| p.admin_url.as_ref());
         std::iter::once(&self.database_url)
             .chain(admin)
+            .chain(&self.replica_urls)
             .map(|u| u.0.as_str())
             .collect()
     }
@@ -507,6 +531,13 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
             "PHASEGATE_REQUIRE_EXPAND=true needs PHASEGATE_MIGRATION_UID: the expand to require is identified by it".into(),
         )));
     }
+    let replica_discover = database_check
+        && parse_bool(
+            "PHASEGATE_REPLICA_DISCOVER",
+            args.contract.replica_discover.as_deref(),
+        )
+        .map_err(setting)?
+        .unwrap_or(false);
     let rollout_completed_at = match args.contract.rollout_completed_at.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(_) if !database_check => None,
@@ -592,6 +623,12 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
         previous_versions,
         require_expand,
         grant,
+        replica_urls: if database_check {
+            args.contract.replica_urls
+        } else {
+            Vec::new()
+        },
+        replica_discover,
         pooler,
         stop: Stop::new(),
         failpoint: args.failpoint,

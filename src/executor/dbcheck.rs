@@ -92,14 +92,17 @@ pub enum Reason {
     /// The clients of a pooler (`place`) cannot be read: fail-safe, it blocks like an old
     /// session (the error, scrubbed).
     PoolerUnreadable(String),
+    /// A server that must be checked (a hot standby, `place`) could not be: it may serve old
+    /// code (fail-safe; the error, scrubbed).
+    Unchecked { why: String },
 }
 
 /// A session in the way (no query text: it may hold user data).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Blocker {
     pub pid: i32,
-    /// Where it is when not a backend of this server (a pooler's client): named instead of
-    /// the pid.
+    /// Where it is when not a backend of this server (a pooler's client, `pid N on standby
+    /// <host>:<port>`): named instead of the pid.
     pub place: Option<String>,
     pub application: String,
     pub state: String,
@@ -110,6 +113,10 @@ pub struct Blocker {
 
 impl std::fmt::Display for Blocker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Reason::Unchecked { why } = &self.reason {
+            let place = self.place.as_deref().unwrap_or("server");
+            return write!(f, "{place} could not be checked: {why}");
+        }
         let app = if self.application.is_empty() {
             "no application_name"
         } else {
@@ -135,6 +142,7 @@ impl std::fmt::Display for Blocker {
                 "transaction of another role, open since before the check began (start time hidden without pg_read_all_stats)",
             )?,
             Reason::PoolerUnreadable(e) => write!(f, "clients cannot be read: {e}")?,
+            Reason::Unchecked { why } => write!(f, "could not be checked: {why}")?,
         }
         if let Some(ms) = self.xact_ms {
             write!(f, ", transaction open for {:.1} s", ms / 1000.0)?;
@@ -380,12 +388,18 @@ pub fn announce(waits: &mut Waits, b: &Blocker) {
         Reason::OldTransaction => "transaction",
         Reason::HiddenTransaction => "hidden",
         Reason::PoolerUnreadable(_) => "unreadable",
+        Reason::Unchecked { .. } => "unchecked",
     };
+    let message = match b.reason {
+        Reason::Unchecked { .. } => "contract waits: a standby cannot be checked",
+        _ => "contract waits: an old session or transaction is still in the database",
+    };
+    // Pids are per server: a place names the server too.
     let who = b.place.clone().unwrap_or_else(|| b.pid.to_string());
     waits.announce(
         Kind::DatabaseCheck,
         format!("{who} {reason}"),
-        "contract waits: an old session or transaction is still in the database",
+        message,
         &b.to_string(),
     );
 }
@@ -444,6 +458,14 @@ mod tests {
         assert_eq!(
             b.to_string(),
             "pid 7 (no application_name, idle in transaction): transaction began before the rollout completed, transaction open for 12.3 s"
+        );
+        let on_standby = Blocker {
+            place: Some("pid 7 on standby 10.0.0.5:5432".into()),
+            ..b
+        };
+        assert_eq!(
+            on_standby.to_string(),
+            "pid 7 on standby 10.0.0.5:5432 (no application_name, idle in transaction): transaction began before the rollout completed, transaction open for 12.3 s"
         );
     }
 

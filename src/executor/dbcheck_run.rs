@@ -7,8 +7,9 @@ use tokio_postgres::Client;
 
 use super::connect::Scrubber;
 use super::dbcheck::MoreSessions;
-use super::error::ApplyError;
+use super::error::{ApplyError, InvalidUrl};
 use super::pooler_clients::PoolerClients;
+use super::standbys::Standbys;
 use super::stats::Stats;
 use super::waits::Waits;
 use super::{dbcheck, Config, Phase};
@@ -22,10 +23,12 @@ pub(super) struct DbCheckRun {
     pub(super) waited: Duration,
     /// `spec.database.pooler`: PgBouncer's clients, looked at with every look of the check.
     pooler: Option<PoolerClients>,
+    /// `spec.database.replicas`: hot standbys judged by the same rules at each look.
+    standbys: Option<Standbys>,
 }
 
 impl DbCheckRun {
-    pub(super) fn new(cfg: &Config, scrub: &Scrubber) -> DbCheckRun {
+    pub(super) fn new(cfg: &Config, scrub: &Scrubber) -> Result<DbCheckRun, InvalidUrl> {
         let checker = (cfg.phase == Phase::Contract && cfg.database_check).then(|| {
             dbcheck::Checker::new(
                 &cfg.identity.app_version,
@@ -51,16 +54,66 @@ impl DbCheckRun {
             cfg.pooler.as_ref().filter(|_| checker.is_some()).map(|p| {
                 PoolerClients::new(p, &cfg.database_url, cfg.connect_timeout, scrub.clone())
             });
-        DbCheckRun {
+        let standbys = match &checker {
+            Some(c) => Standbys::new(cfg, c)?,
+            None => None,
+        };
+        Ok(DbCheckRun {
             checker,
             timeout: cfg.database_check_timeout,
             waited: Duration::ZERO,
             pooler,
+            standbys,
+        })
+    }
+
+    /// Waits until the check passes on the primary and then on every standby, in one round
+    /// (a wait for a standby sends it back to the primary); returns how long it waited.
+    pub(super) async fn pass(
+        &mut self,
+        client: &Client,
+        stats: &mut Stats,
+        waits: &mut Waits,
+    ) -> Result<Duration, ApplyError> {
+        let mut total = Duration::ZERO;
+        loop {
+            total += self.pass_primary(client, stats, waits).await?;
+            let waited = self.pass_standbys(client, stats, waits).await?;
+            if waited.is_zero() {
+                return Ok(total);
+            }
+            total += waited;
         }
     }
 
-    /// Waits until the check passes; returns how long this call waited for blockers.
-    pub(super) async fn pass(
+    /// The hot standbys' part of [`DbCheckRun::pass`] (none configured: nothing to do).
+    async fn pass_standbys(
+        &mut self,
+        client: &Client,
+        stats: &mut Stats,
+        waits: &mut Waits,
+    ) -> Result<Duration, ApplyError> {
+        let Some(standbys) = self.standbys.as_mut() else {
+            return Ok(Duration::ZERO);
+        };
+        let budget = self.timeout.saturating_sub(self.waited);
+        let (waited, blockers) = standbys
+            .wait_until_clear(client, budget, waits)
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        self.waited += waited;
+        stats.db_check_wait = Some(self.waited);
+        if stats.db_check_warning.is_none() {
+            stats.db_check_warning = standbys.warning();
+        }
+        if blockers.is_empty() {
+            return Ok(waited);
+        }
+        Err(timeout_error(&blockers, self.waited))
+    }
+
+    /// The primary's part of [`DbCheckRun::pass`].
+    async fn pass_primary(
         &mut self,
         client: &Client,
         stats: &mut Stats,
@@ -82,22 +135,7 @@ impl DbCheckRun {
         if blockers.is_empty() {
             return Ok(waited);
         }
-        let mut list: Vec<String> = blockers
-            .iter()
-            .take(dbcheck::MAX_NAMED)
-            .map(|b| b.to_string())
-            .collect();
-        if blockers.len() > dbcheck::MAX_NAMED {
-            list.push(format!("and {} more", blockers.len() - dbcheck::MAX_NAMED));
-        }
-        Err(ApplyError::DatabaseCheckTimeout {
-            count: blockers.len(),
-            waited: humantime::format_duration(Duration::from_millis(
-                self.waited.as_millis() as u64
-            ))
-            .to_string(),
-            blockers: list.join("; "),
-        })
+        Err(timeout_error(&blockers, self.waited))
     }
 
     /// One look inside the transaction, locks held, without waiting: the blockers that appeared
@@ -116,7 +154,45 @@ impl DbCheckRun {
         for m in more(&mut self.pooler) {
             seen.blockers.extend(m.look(checker).await);
         }
-        Ok(seen.blockers)
+        if !seen.blockers.is_empty() {
+            return Ok(seen.blockers);
+        }
+        match self.standbys.as_mut() {
+            Some(s) => s.recheck(tx).await.map_err(|e| ApplyError::db(&e, None)),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The failure once the check's time ran out with `blockers` left, naming up to
+/// [`dbcheck::MAX_NAMED`] of them; a standby that could not be checked says so first.
+fn timeout_error(blockers: &[dbcheck::Blocker], waited: Duration) -> ApplyError {
+    let unchecked = |b: &&dbcheck::Blocker| matches!(b.reason, dbcheck::Reason::Unchecked { .. });
+    let mut ordered: Vec<&dbcheck::Blocker> = blockers.iter().filter(unchecked).collect();
+    let count = ordered.len();
+    ordered.extend(blockers.iter().filter(|b| !unchecked(b)));
+    let mut list: Vec<String> = ordered
+        .iter()
+        .take(dbcheck::MAX_NAMED)
+        .map(|b| b.to_string())
+        .collect();
+    if blockers.len() > dbcheck::MAX_NAMED {
+        list.push(format!("and {} more", blockers.len() - dbcheck::MAX_NAMED));
+    }
+    let waited =
+        humantime::format_duration(Duration::from_millis(waited.as_millis() as u64)).to_string();
+    let blockers = list.join("; ");
+    if count > 0 {
+        return ApplyError::StandbyUnchecked {
+            count,
+            waited,
+            blockers,
+        };
+    }
+    ApplyError::DatabaseCheckTimeout {
+        count: ordered.len(),
+        waited,
+        blockers,
     }
 }
 

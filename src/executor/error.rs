@@ -60,6 +60,15 @@ pub enum ApplyError {
         waited: String,
         blockers: String,
     },
+    /// A hot standby could not be checked until the check's time ran out: it may serve old code.
+    #[error("contract refused by the database check: {count} standby(s) could not be checked after waiting {waited} (PHASEGATE_DATABASE_CHECK_TIMEOUT): {blockers}; a standby that cannot be checked may still serve old code, so it holds contract; nothing was applied, retry once it answers")]
+    StandbyUnchecked {
+        count: usize,
+        waited: String,
+        blockers: String,
+    },
+    #[error(transparent)]
+    StandbyUrl(#[from] InvalidUrl),
     #[error("contract of {namespace}/{name} refused (PHASEGATE_REQUIRE_EXPAND): {why}; nothing was applied. Check that the database Secret still points at the database expand ran on")]
     ExpandNotRecorded {
         namespace: String,
@@ -80,6 +89,15 @@ pub enum ApplyError {
     /// `committed`: statements this run had committed before the stop (filled in by [`execute`]).
     #[error("{}", stopped_message(*signal, *committed))]
     Stopped { signal: Signal, committed: usize },
+}
+
+/// A hot standby's URL that does not parse (the reason never quotes the URL).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{name} is not a valid PostgreSQL URL (the same forms as PHASEGATE_DATABASE_URL are taken)"
+)]
+pub struct InvalidUrl {
+    pub name: &'static str,
 }
 
 fn stopped_message(signal: Signal, committed: usize) -> String {

@@ -29,6 +29,7 @@ pub mod pooler_clients;
 mod rerun;
 mod runner;
 mod session;
+mod standbys;
 mod stats;
 pub mod stop;
 pub mod waits;
@@ -57,7 +58,7 @@ use waits::Waits;
 //
 // Modules, each with one job: `config` (arguments and settings), `session` (connecting and the
 // session's timeouts), `locks` (what the statements lock and waiting outside the lock queue),
-// `dbcheck` and `dbcheck_run` (contract's database check), `grant` (the commit grant), `runner` (attempts and the one retry loop),
+// `dbcheck` and `dbcheck_run` (contract's database check; `standbys` for hot standbys), `grant` (the commit grant), `runner` (attempts and the one retry loop),
 // `rerun` (statements outside a transaction made safe to run again), `ledger`, `report`, `stop`,
 // `waits`, `error`. This file: the entry points and the order of work.
 
@@ -260,7 +261,7 @@ async fn run(
         guard,
         guard_idle: guard_idle(cfg, statements.len()),
         stats,
-        db_check: DbCheckRun::new(cfg, scrub),
+        db_check: DbCheckRun::new(cfg, scrub)?,
         waits,
         advisory_waited: Duration::ZERO,
         // Asked from now on, while the run waits, so that a grant is usually held by the time

@@ -45,6 +45,7 @@ impl SpecBuilder {
                     name: "shop-db".into(),
                     key: "url".into(),
                 },
+                replicas: None,
                 pooler: None,
             },
             expand: PhaseSpec {

@@ -35,6 +35,26 @@ pub const PHASE: &str = "PHASEGATE_PHASE";
 pub const POOLER: &str = "PHASEGATE_POOLER";
 pub const POOLER_ADMIN_URL: &str = "PHASEGATE_POOLER_ADMIN_URL";
 pub const PREVIOUS_VERSIONS: &str = "PHASEGATE_PREVIOUS_VERSIONS";
+pub const REPLICA_DISCOVER: &str = "PHASEGATE_REPLICA_DISCOVER";
+/// `PHASEGATE_REPLICA_URL_<i>`: the URL of the i-th listed hot standby, from its Secret.
+pub const REPLICA_URLS: [&str; crate::api::MAX_REPLICA_URLS] = [
+    "PHASEGATE_REPLICA_URL_0",
+    "PHASEGATE_REPLICA_URL_1",
+    "PHASEGATE_REPLICA_URL_2",
+    "PHASEGATE_REPLICA_URL_3",
+    "PHASEGATE_REPLICA_URL_4",
+    "PHASEGATE_REPLICA_URL_5",
+    "PHASEGATE_REPLICA_URL_6",
+    "PHASEGATE_REPLICA_URL_7",
+    "PHASEGATE_REPLICA_URL_8",
+    "PHASEGATE_REPLICA_URL_9",
+    "PHASEGATE_REPLICA_URL_10",
+    "PHASEGATE_REPLICA_URL_11",
+    "PHASEGATE_REPLICA_URL_12",
+    "PHASEGATE_REPLICA_URL_13",
+    "PHASEGATE_REPLICA_URL_14",
+    "PHASEGATE_REPLICA_URL_15",
+];
 pub const REQUIRE_EXPAND: &str = "PHASEGATE_REQUIRE_EXPAND";
 pub const ROLLOUT_COMPLETED_AT: &str = "PHASEGATE_ROLLOUT_COMPLETED_AT";
 pub const SQL: &str = "PHASEGATE_SQL";
@@ -210,6 +230,9 @@ macro_rules! executor_env {
         pub struct ExecutorEnv<U = SecretKey> {
             /// `PHASEGATE_DATABASE_URL`, always from a Secret in a Job.
             pub database_url: Option<U>,
+            /// Contract only: `PHASEGATE_REPLICA_URL_0`, `_1`, …: the listed hot standbys,
+            /// each from a Secret in a Job (at most 16; the first unset name ends the list).
+            pub replica_urls: Vec<U>,
             /// `PHASEGATE_POOLER_ADMIN_URL` (contract only), from a Secret in a Job
             /// (`spec.database.pooler.adminUrlSecretRef`).
             pub pooler_admin_url: Option<U>,
@@ -223,6 +246,9 @@ macro_rules! executor_env {
                 if let Some(u) = &self.database_url {
                     vars.push(Var { name: DATABASE_URL, value: u.value() });
                 }
+                for (name, u) in REPLICA_URLS.iter().zip(&self.replica_urls) {
+                    vars.push(Var { name, value: u.value() });
+                }
                 $(if let Some(v) = &self.$field {
                     vars.push(Var { name: $name, value: Value::Plain(EnvText::to_text(v)) });
                 })*
@@ -234,13 +260,28 @@ macro_rules! executor_env {
 
             /// Every variable name this type knows, the database URL's first.
             pub fn names() -> Vec<&'static str> {
-                vec![DATABASE_URL, $($name,)* POOLER_ADMIN_URL]
+                let mut names = vec![DATABASE_URL];
+                names.extend(REPLICA_URLS);
+                names.extend([$($name,)* POOLER_ADMIN_URL]);
+                names
             }
 
             /// The same environment with the Secret-backed URLs resolved (or replaced): the
-            /// database's and the pooler admin console's.
+            /// database's and the pooler admin console's; no standby URLs (see
+            /// [`ExecutorEnv::with_replica_urls`]).
             pub fn with_urls<V>(self, url: Option<V>, pooler_admin_url: Option<V>) -> ExecutorEnv<V> {
-                ExecutorEnv { database_url: url, pooler_admin_url, $($field: self.$field,)* }
+                ExecutorEnv {
+                    database_url: url,
+                    replica_urls: Vec::new(),
+                    pooler_admin_url,
+                    $($field: self.$field,)*
+                }
+            }
+
+            /// The same environment with these standby URLs.
+            pub fn with_replica_urls(mut self, replica_urls: Vec<U>) -> Self {
+                self.replica_urls = replica_urls;
+                self
             }
         }
 
@@ -250,6 +291,10 @@ macro_rules! executor_env {
             pub fn parse(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
                 Ok(ExecutorEnv {
                     database_url: lookup(DATABASE_URL).map(Secret),
+                    replica_urls: REPLICA_URLS
+                        .iter()
+                        .map_while(|name| lookup(name).map(Secret))
+                        .collect(),
                     pooler_admin_url: lookup(POOLER_ADMIN_URL).map(Secret),
                     $($field: match lookup($name) {
                         None => None,
@@ -292,6 +337,8 @@ executor_env! {
     previous_versions: Vec<String> = PREVIOUS_VERSIONS,
     /// Contract only: `true`/`false`.
     require_expand: String = REQUIRE_EXPAND,
+    /// Contract only: `true`/`false`: also check the standbys in `pg_stat_replication`.
+    replica_discover: String = REPLICA_DISCOVER,
     /// Contract only, `true`/`false`: PgBouncer in front of the database; the database check
     /// reads its clients too (`spec.database.pooler`).
     pooler: String = POOLER,

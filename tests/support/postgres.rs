@@ -19,6 +19,8 @@ pub const PASSWORD: &str = "pw-Zq7-test-s3cret";
 
 pub struct TestPostgres {
     dir: tempfile::TempDir,
+    /// The address it listens on (127.0.0.1 unless started with [`Self::start_at`]).
+    host: String,
     port: u16,
     bindir: PathBuf,
     run_as: Option<String>,
@@ -61,34 +63,114 @@ impl TestPostgres {
     }
 
     fn try_start_with(tls: bool) -> Result<TestPostgres, String> {
+        TestPostgres::try_start_full(tls, "127.0.0.1", None)
+    }
+
+    /// Starts a fresh server listening on `host` (another loopback address such as
+    /// 127.0.0.2 works: Linux routes all of 127.0.0.0/8 to `lo`), on `port` or a free one.
+    pub fn start_at(host: &str, port: Option<u16>) -> TestPostgres {
+        TestPostgres::try_start_full(false, host, port)
+            .unwrap_or_else(|e| panic!("cannot start a test PostgreSQL server on {host}: {e}"))
+    }
+
+    fn try_start_full(tls: bool, host: &str, port: Option<u16>) -> Result<TestPostgres, String> {
         let bindir = bindir()?;
         let run_as = run_as_user();
         let template = template(&bindir, run_as.as_deref())?;
-        let dir = tempfile::Builder::new()
-            .prefix("phasegate-pg-")
-            .tempdir()
-            .map_err(|e| format!("tempdir: {e}"))?;
+        let dir = new_dir()?;
         let data = dir.path().join("data");
-        let sock = dir.path().join("sock");
-        std::fs::create_dir(&sock).map_err(|e| format!("mkdir: {e}"))?;
         run(Command::new("cp").arg("-a").arg(&template).arg(&data))?;
         if tls {
             make_certs(dir.path())?;
         }
-        if let Some(user) = &run_as {
-            run(Command::new("chown")
-                .arg("-R")
-                .arg(format!("{user}:"))
-                .arg(dir.path()))?;
-        }
+        chown(&dir, run_as.as_deref())?;
+        TestPostgres::launch(dir, host, port, bindir, run_as, tls)
+    }
+
+    /// A hot standby of `primary` (streaming replication, with the primary's superuser),
+    /// started on `host` and `port` (or a free one). Made with `pg_basebackup -R`; where the
+    /// binaries have no `pg_basebackup` (hack/install-postgres17.sh's package ships only
+    /// initdb, pg_ctl and postgres, and a pg_basebackup of another major version refuses the
+    /// server), from a cold copy of the primary's data directory (stopped for it) with what
+    /// `-R` writes: `standby.signal` and `primary_conninfo`.
+    pub fn standby_of(primary: &TestPostgres, host: &str, port: Option<u16>) -> TestPostgres {
+        let made = (|| {
+            let dir = new_dir()?;
+            chown(&dir, primary.run_as.as_deref())?;
+            let conninfo = format!(
+                "host={} port={} user={USER} password={PASSWORD}",
+                primary.host, primary.port
+            );
+            let data = dir.path().join("data");
+            if primary.bindir.join("pg_basebackup").exists() {
+                run(primary
+                    .command("pg_basebackup")
+                    .arg("-d")
+                    .arg(conninfo)
+                    .arg("-D")
+                    .arg(&data)
+                    .arg("-R")
+                    // An immediate checkpoint: the default spread one made each standby
+                    // take seconds.
+                    .arg("-c")
+                    .arg("fast")
+                    .arg("-X")
+                    .arg("stream"))?;
+            } else {
+                primary.cold_copy(&data, &conninfo)?;
+            }
+            let bindir = primary.bindir.clone();
+            TestPostgres::launch(dir, host, port, bindir, primary.run_as.clone(), false)
+        })();
+        made.unwrap_or_else(|e| panic!("cannot start a standby: {e}\n{}", primary.log()))
+    }
+
+    /// Stops the server, copies its data directory to `to` as a standby's, starts it again.
+    fn cold_copy(&self, to: &Path, conninfo: &str) -> Result<(), String> {
+        let mut stop = self.command("pg_ctl");
+        stop.arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "fast", "-w", "stop"]);
+        run(&mut stop)?;
+        let mut cp = command_as(self.run_as.as_deref(), Path::new("cp"));
+        let copied = run(cp.arg("-a").arg(self.data_dir()).arg(to));
+        let started = pg_ctl_start(
+            self.dir.path(),
+            &self.host,
+            self.port,
+            &self.bindir,
+            self.run_as.as_deref(),
+            self.tls,
+        );
+        copied?;
+        started?;
+        let auto = to.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&auto).unwrap_or_default();
+        conf.push_str(&format!("primary_conninfo = '{conninfo}'\n"));
+        std::fs::write(&auto, conf).map_err(|e| format!("write {}: {e}", auto.display()))?;
+        std::fs::write(to.join("standby.signal"), "").map_err(|e| format!("standby.signal: {e}"))
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        host: &str,
+        port: Option<u16>,
+        bindir: PathBuf,
+        run_as: Option<String>,
+        tls: bool,
+    ) -> Result<TestPostgres, String> {
         let mut last_err = String::new();
         // A free port can be taken by someone else before the server binds it: retry.
         for _ in 0..5 {
-            let port = free_port()?;
-            match pg_ctl_start(dir.path(), port, &bindir, run_as.as_deref(), tls) {
+            let port = match port {
+                Some(p) => p,
+                None => free_port()?,
+            };
+            match pg_ctl_start(dir.path(), host, port, &bindir, run_as.as_deref(), tls) {
                 Ok(()) => {
                     return Ok(TestPostgres {
                         dir,
+                        host: host.to_string(),
                         port,
                         bindir,
                         run_as,
@@ -101,12 +183,52 @@ impl TestPostgres {
         Err(last_err)
     }
 
+    /// Waits (up to 30 s) until this standby has replayed everything `primary` wrote so far:
+    /// a WAL record written now, whose end `pg_logical_emit_message` returns. Not the current
+    /// insert or write position: with `synchronous_commit=off` a commit may not be written yet,
+    /// and right after a page or segment boundary the insert position lies past the page
+    /// header, which replay reaches only with the next record (up to 15 s on an idle server).
+    pub async fn wait_replayed(&self, primary: &TestPostgres) {
+        let p = primary.client().await;
+        let s = self.client().await;
+        let lsn: String = p
+            .query_one(
+                "SELECT pg_logical_emit_message(false, 'phasegate-test', 'replayed?')::text",
+                &[],
+            )
+            .await
+            .expect("primary LSN")
+            .get(0);
+        for _ in 0..300 {
+            let done: Option<bool> = s
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                    &[&lsn],
+                )
+                .await
+                .expect("standby LSN")
+                .get(0);
+            if done == Some(true) {
+                return;
+            }
+            sleep_ms(100).await;
+        }
+        panic!(
+            "the standby did not replay {lsn} within 30 s:\n{}",
+            self.log()
+        );
+    }
+
     fn command(&self, tool: &str) -> Command {
         command_as(self.run_as.as_deref(), &self.bindir.join(tool))
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// `postgres://USER:PASSWORD@127.0.0.1:PORT/postgres`
@@ -116,15 +238,15 @@ impl TestPostgres {
 
     pub fn url_with_password(&self, password: &str) -> String {
         format!(
-            "postgres://{USER}:{password}@127.0.0.1:{}/postgres?sslmode=disable",
-            self.port
+            "postgres://{USER}:{password}@{}:{}/postgres?sslmode=disable",
+            self.host, self.port
         )
     }
 
     pub fn url_for_db(&self, db: &str) -> String {
         format!(
-            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{db}?sslmode=disable",
-            self.port
+            "postgres://{USER}:{PASSWORD}@{}:{}/{db}?sslmode=disable",
+            self.host, self.port
         )
     }
 
@@ -162,8 +284,28 @@ impl TestPostgres {
     }
 }
 
+fn new_dir() -> Result<tempfile::TempDir, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("phasegate-pg-")
+        .tempdir()
+        .map_err(|e| format!("tempdir: {e}"))?;
+    std::fs::create_dir(dir.path().join("sock")).map_err(|e| format!("mkdir: {e}"))?;
+    Ok(dir)
+}
+
+fn chown(dir: &tempfile::TempDir, run_as: Option<&str>) -> Result<(), String> {
+    match run_as {
+        Some(user) => run(Command::new("chown")
+            .arg("-R")
+            .arg(format!("{user}:"))
+            .arg(dir.path())),
+        None => Ok(()),
+    }
+}
+
 fn pg_ctl_start(
     dir: &Path,
+    host: &str,
     port: u16,
     bindir: &Path,
     run_as: Option<&str>,
@@ -173,7 +315,7 @@ fn pg_ctl_start(
     let sock = dir.join("sock");
     let log = dir.join("server.log");
     let mut opts = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+        "-p {port} -k {} -c listen_addresses={host} -c fsync=off -c synchronous_commit=off \
          -c full_page_writes=off -c max_connections=60 -c shared_buffers=32MB \
          -c log_min_messages=warning",
         sock.display()

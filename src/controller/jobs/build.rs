@@ -173,6 +173,7 @@ pub fn executor_env(
             // Phasegate's own contract executor never commits without the operator's grant.
             if env.sql.is_some() {
                 env.grant_url = Some(grant_url.to_string());
+                replicas_env(&mut env, spec);
                 pooler_env(&mut env, &spec.database);
             }
         }
@@ -218,6 +219,27 @@ fn contract_env(
     // Phasegate's own expand left a ledger row: contract must find it on this database.
     if spec.expand.sql.is_some() {
         env.require_expand = Some(penv::bool_text(true));
+    }
+}
+
+/// The hot standbys of `spec.database.replicas`, for Phasegate's own contract executor only:
+/// a user's Job runs no database check, and its container must not receive Secrets that the
+/// admin's Job policy never allowed it (the policy vets only the template).
+fn replicas_env(env: &mut ExecutorEnv, spec: &crate::api::DatabaseMigrationSpec) {
+    let Some(r) = &spec.database.replicas else {
+        return;
+    };
+    env.replica_urls = r
+        .url_secret_refs
+        .iter()
+        .take(penv::REPLICA_URLS.len())
+        .map(|k| SecretKey {
+            name: k.name.clone(),
+            key: k.key.clone(),
+        })
+        .collect();
+    if r.discover {
+        env.replica_discover = Some(penv::bool_text(true));
     }
 }
 

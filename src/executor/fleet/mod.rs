@@ -57,9 +57,11 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
     let waves = waves::plan(&tenants, &spec.canary).map_err(FleetError::MissingCanary)?;
     if let TenantKind::Schemas(_) = kind {
         // A pooler passes the options startup parameter on for every tenant or for none.
-        let first = waves.canaries.iter().chain(&waves.rest).find_map(|t| {
-            target::config_for(cfg, &kind, t).ok().map(|one| (t, one))
-        });
+        let first = waves
+            .canaries
+            .iter()
+            .chain(&waves.rest)
+            .find_map(|t| target::config_for(cfg, &kind, t).ok().map(|one| (t, one)));
         if let Some((t, one)) = first {
             discover::check_search_path(&one, t)
                 .await

@@ -64,6 +64,10 @@ pub(super) fn config_for(cfg: &Config, kind: &TenantKind, tenant: &str) -> Resul
         }
         TenantKind::Databases(_) => {
             one.database_url.0 = with_database(&cfg.database_url.0, tenant)?;
+            // The standbys' sessions of this tenant are in its database there too.
+            for r in &mut one.replica_urls {
+                r.0 = with_database(&r.0, tenant)?;
+            }
         }
     }
     Ok(one)
@@ -135,6 +139,30 @@ mod tests {
         );
         assert!(with_search_path("postgres://db/s?options=-cfoo%3D1", "t").is_err());
         assert!(with_database("host=db dbname=shop", "t").is_err());
+    }
+
+    #[test]
+    fn a_database_tenant_checks_its_own_database_on_the_standbys() {
+        let mut cfg = Config::new(
+            "postgres://u@db/shop",
+            super::super::super::Phase::Contract,
+            "",
+        );
+        cfg.replica_urls = vec![crate::executor::Secret("postgres://u@standby/shop".into())];
+        let one = config_for(&cfg, &TenantKind::Databases("shop_%".into()), "shop_7");
+        let urls: Vec<String> = one
+            .map(|c| c.replica_urls.into_iter().map(|u| u.0).collect())
+            .unwrap_or_default();
+        assert_eq!(urls, ["postgres://u@standby/shop_7"]);
+        let one = config_for(&cfg, &TenantKind::Schemas("t_%".into()), "t_1");
+        let urls: Vec<String> = one
+            .map(|c| c.replica_urls.into_iter().map(|u| u.0).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            urls,
+            ["postgres://u@standby/shop"],
+            "a schema tenant is in the same database"
+        );
     }
 
     #[test]
