@@ -81,7 +81,8 @@ columns() { PGPASSWORD=demo psql -qtA -h 127.0.0.1 -p "${PGPORT}" -U shop -d pos
 echo "users columns: $(columns)"
 
 say "Installing the CRD and the quickstart"
-kubectl apply --server-side -f "${ROOT}/crds/" >/dev/null
+# The local cluster may hold the CRD from the e2e suite (another field manager): take it over.
+kubectl apply --server-side --force-conflicts -f "${ROOT}/crds/" >/dev/null
 # `kubectl wait` fails at once ("accessor error") while a new CRD has no conditions yet.
 for _ in $(seq 30); do
   [[ "$(kubectl get crd databasemigrations.phasegate.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" == True ]] && break
