@@ -66,6 +66,15 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
+/// Tenants of fleet migrations: `phase` `expand` or `contract`, `state` `applied`, `failed` or
+/// `not_run`, summed over a namespace (never a label per tenant or per migration).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub namespace: String,
+    pub phase: String,
+    pub state: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NamespaceLabels {
     pub namespace: String,
@@ -127,6 +136,7 @@ pub struct Metrics {
     pub rollout_wait: Family<NamespaceLabels, Gauge<f64, AtomicU64>>,
     pub approval_wait: Family<NamespaceLabels, Gauge<f64, AtomicU64>>,
     pub executor_wait: Family<WaitLabels, Gauge<f64, AtomicU64>>,
+    pub tenants: Family<TenantLabels, Gauge>,
     pub backfill_rows_done: Family<MigrationLabels, Gauge>,
     pub backfill_rows_estimated: Family<MigrationLabels, Gauge>,
     pub backfill_rows_per_second: Family<MigrationLabels, Gauge>,
@@ -158,6 +168,7 @@ impl Metrics {
         let rollout_wait = Family::<NamespaceLabels, Gauge<f64, AtomicU64>>::default();
         let approval_wait = Family::<NamespaceLabels, Gauge<f64, AtomicU64>>::default();
         let executor_wait = Family::<WaitLabels, Gauge<f64, AtomicU64>>::default();
+        let tenants = Family::<TenantLabels, Gauge>::default();
         let warning_events = Family::<ReasonLabels, Counter>::default();
         let backfill_rows_done = Family::<MigrationLabels, Gauge>::default();
         let backfill_rows_estimated = Family::<MigrationLabels, Gauge>::default();
@@ -195,6 +206,11 @@ impl Metrics {
             "Longest current wait of a running executor, by Job phase and what it waits on (label waiting)",
             Unit::Seconds,
             executor_wait.clone(),
+        );
+        registry.register(
+            "tenants",
+            "Tenants of fleet migrations (spec.tenants) by phase and state in the latest attempt (applied, failed, not_run), summed per namespace",
+            tenants.clone(),
         );
         registry.register(
             "warning_events",
@@ -282,6 +298,7 @@ impl Metrics {
             rollout_wait,
             approval_wait,
             executor_wait,
+            tenants,
             backfill_rows_done,
             backfill_rows_estimated,
             backfill_rows_per_second,
@@ -404,6 +421,7 @@ impl Metrics {
         self.rollout_wait.clear();
         self.approval_wait.clear();
         self.executor_wait.clear();
+        self.tenants.clear();
         // Rebuilt from the cache at every scrape: a finished, failed or deleted backfill
         // leaves no stale series behind.
         self.backfill_rows_done.clear();
@@ -414,6 +432,7 @@ impl Metrics {
         let Some(store) = store else { return };
         let mut by_ns: BTreeMap<String, NamespaceFigures> = BTreeMap::new();
         let mut waits: BTreeMap<WaitLabels, f64> = BTreeMap::new();
+        let mut tenants: BTreeMap<TenantLabels, i64> = BTreeMap::new();
         for m in store.state() {
             let namespace = m.namespace().unwrap_or_default();
             let entry = by_ns.entry(namespace.clone()).or_default();
@@ -426,6 +445,7 @@ impl Metrics {
                 self.set_backfill(&namespace, &m.name_any(), status);
             }
             let Some(status) = status else { continue };
+            add_tenants(&mut tenants, &namespace, status);
             let since = |t: Option<Timestamp>| t.map_or(0.0, |t| seconds_since(t, now));
             match phase {
                 Phase::AwaitingRollout => {
@@ -441,6 +461,9 @@ impl Metrics {
                 let w = waits.entry(labels).or_default();
                 *w = w.max(seconds_since(t, now));
             }
+        }
+        for (labels, n) in tenants {
+            self.tenants.get_or_create(&labels).set(n);
         }
         for (namespace, fig) in by_ns {
             for (phase, n) in PHASES.iter().zip(fig.counts) {
@@ -528,6 +551,31 @@ struct NamespaceFigures {
     counts: [i64; PHASES.len()],
     rollout_wait: f64,
     approval_wait: f64,
+}
+
+/// Adds a fleet migration's tenant counts (its latest expand and contract attempts).
+fn add_tenants(
+    into: &mut BTreeMap<TenantLabels, i64>,
+    namespace: &str,
+    status: &DatabaseMigrationStatus,
+) {
+    for (phase, rec) in [("expand", &status.expand), ("contract", &status.contract)] {
+        let Some(t) = rec.as_ref().and_then(|r| r.tenants.as_ref()) else {
+            continue;
+        };
+        for (state, n) in [
+            ("applied", t.applied),
+            ("failed", t.failed),
+            ("not_run", t.not_run),
+        ] {
+            let labels = TenantLabels {
+                namespace: namespace.to_string(),
+                phase: phase.to_string(),
+                state: state.to_string(),
+            };
+            *into.entry(labels).or_default() += i64::from(n);
+        }
+    }
 }
 
 fn seconds_since(t: Timestamp, now: Timestamp) -> f64 {
@@ -1220,6 +1268,13 @@ mod tests {
                 waiting: "database-check".into(),
             })
             .set(0.0);
+        m.tenants
+            .get_or_create(&TenantLabels {
+                namespace: "n".into(),
+                phase: "expand".into(),
+                state: "failed".into(),
+            })
+            .set(0);
         m.backfill_rows_done.get_or_create(&mig()).set(0);
         m.backfill_rows_estimated.get_or_create(&mig()).set(0);
         m.backfill_rows_per_second.get_or_create(&mig()).set(0);
@@ -1243,6 +1298,41 @@ mod tests {
     /// The list the chart's alert rules and dashboard are checked against (hack/monitoring-test.sh):
     /// every sample name the operator exports. Scrape-time gauges are refreshed from the cache
     /// at encode, so they are read from the families directly.
+    #[test]
+    fn tenants_are_counted_by_state_not_by_tenant() {
+        let mut status = DatabaseMigrationStatus::default();
+        let counts = |applied, failed, not_run| crate::api::TenantsStatus {
+            total: applied + failed + not_run,
+            applied,
+            failed,
+            not_run,
+            ..Default::default()
+        };
+        status.expand = Some(PhaseStatus {
+            tenants: Some(counts(48, 2, 0)),
+            ..Default::default()
+        });
+        let mut into = BTreeMap::new();
+        add_tenants(&mut into, "shop", &status);
+        status.expand = Some(PhaseStatus {
+            tenants: Some(counts(1, 0, 9)),
+            ..Default::default()
+        });
+        add_tenants(&mut into, "shop", &status);
+        let got: Vec<(String, String, i64)> = into
+            .into_iter()
+            .map(|(l, n)| (l.phase, l.state, n))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("expand".into(), "applied".into(), 49),
+                ("expand".into(), "failed".into(), 2),
+                ("expand".into(), "not_run".into(), 9),
+            ]
+        );
+    }
+
     #[test]
     fn the_list_of_exported_metric_names_is_current() {
         let m = every_family();
