@@ -313,3 +313,32 @@ async fn schema_tenants_refuse_a_pooler_that_drops_their_search_path() {
         "nothing ran anywhere"
     );
 }
+
+/// Schema tenants pass connections from one tenant's run to the next, with the session's
+/// `search_path` set for each: a statement outside a transaction (`CREATE INDEX
+/// CONCURRENTLY`) lands in the right schema too, and no tenant's DDL reaches another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_schema_tenant_gets_its_own_objects_on_shared_connections() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 9).await;
+    let sql = "ALTER TABLE users ADD COLUMN verified boolean;
+               CREATE INDEX CONCURRENTLY users_verified ON users (verified);";
+    let mut s = spec("tenant\\_%");
+    s.max_concurrent = 2;
+    let r = executor::execute(&cfg(&pg, Phase::Expand, sql, s)).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
+    let indexes: Vec<String> = c
+        .query(
+            "SELECT schemaname::text FROM pg_indexes WHERE indexname = 'users_verified' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("indexes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let want: Vec<String> = (1..=9).map(|i| format!("tenant_{i:02}")).collect();
+    assert_eq!(indexes, want, "one index per tenant schema, none elsewhere");
+    assert_eq!(with_column(&c, "verified").await, want);
+}

@@ -397,6 +397,10 @@ pub struct Config {
     pub tenants: Option<crate::api::TenantsSpec>,
     /// The advisory lock's object key: [`super::locks::ADVISORY_OBJ`], or a tenant schema's.
     pub advisory_obj: i32,
+    /// A fleet run's connections, handed from one tenant's run to the next.
+    pub sessions: Option<super::session::Sessions>,
+    /// A schema tenant's run: its session's `search_path` (set on the reused connection).
+    pub search_path: Option<String>,
     /// Contract with tenants: expand's SQL, for a tenant created since expand ran.
     pub tenant_expand_sql: Option<String>,
     pub lock_timeout: Duration,
@@ -452,6 +456,8 @@ impl Config {
             tenants: None,
             tenant_expand_sql: None,
             advisory_obj: super::locks::ADVISORY_OBJ,
+            sessions: None,
+            search_path: None,
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(600),
             max_lock_retries: 10,
@@ -601,6 +607,8 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
         },
         tenants: args.tenants,
         advisory_obj: super::locks::ADVISORY_OBJ,
+        sessions: None,
+        search_path: None,
         tenant_expand_sql: args.tenant_expand_sql.filter(|_| contract),
         expand_after: if contract {
             Vec::new()

@@ -234,7 +234,19 @@ async fn run(
     let id = &cfg.identity;
     tracing::info!(phase, namespace = %id.namespace, name = %id.name, statements = statements.len(), checksum = &sum[..12], "applying phase");
 
-    let (mut client, settings, version) = session::open(cfg, scrub).await?;
+    // A fleet run's next tenant takes the connections the last one gave back.
+    let reused = cfg.sessions.as_ref().and_then(session::Sessions::take);
+    let (reused_guard, (mut client, settings, version)) = match reused {
+        Some(p) => (Some(p.guard), (p.client, p.settings, p.version)),
+        None => (None, session::open(cfg, scrub).await?),
+    };
+    if let Some(schema) = &cfg.search_path {
+        let set = format!("SET search_path TO \"{}\"", schema.replace('"', "\"\""));
+        client
+            .batch_execute(&set)
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+    }
     let mut waits = Waits::new();
     let waited = order::wait_for_earlier(
         &client,
@@ -250,7 +262,10 @@ async fn run(
             "earlier migrations on this database applied their expand"
         );
     }
-    let guard = session::open_guard(cfg, &settings, scrub).await?;
+    let guard = match reused_guard {
+        Some(g) => g,
+        None => session::open_guard(cfg, &settings, scrub).await?,
+    };
 
     let mut runner = Runner {
         cfg,
@@ -346,6 +361,7 @@ async fn run(
             }
             tracing::info!("phase already applied with the same checksum; nothing to do");
             runner.unlock_database().await;
+            give_back(client, runner);
             return Ok(Outcome::AlreadyApplied);
         }
         done = usize::try_from(entry.statements_done)
@@ -373,9 +389,27 @@ async fn run(
     if runner.skipped == n_steps && n_steps > 0 {
         // Another executor of this phase applied every step while this one waited.
         tracing::info!("another run applied the phase meanwhile; nothing to do");
+        give_back(client, runner);
         return Ok(Outcome::AlreadyApplied);
     }
+    give_back(client, runner);
     Ok(Outcome::Applied)
+}
+
+/// A run that ended cleanly gives its connections back for a fleet run's next tenant.
+fn give_back(client: Client, runner: Runner<'_>) {
+    if let Some(sessions) = &runner.cfg.sessions {
+        let version = runner.server_version;
+        let Runner {
+            guard, settings, ..
+        } = runner;
+        sessions.put(session::Pair {
+            client,
+            guard,
+            settings,
+            version,
+        });
+    }
 }
 
 /// How long the advisory lock's transaction may sit idle while the statements of a step run:

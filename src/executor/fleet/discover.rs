@@ -37,13 +37,15 @@ pub(super) async fn tenants(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The tenant's connections really run in its schema: a pooler that drops the `options`
-/// startup parameter (PgBouncer with `ignore_startup_parameters = options`) would otherwise
-/// run every tenant's SQL in the default schema.
-pub(super) async fn check_search_path(one: &Config, tenant: &str) -> Result<(), String> {
-    let scrub = Scrubber::for_url(&one.database_url.0);
-    let settings = connect::parse(&one.database_url.0).map_err(|e| scrub.scrub(&e.to_string()))?;
-    let client = connect::connect(&settings, one.connect_timeout, &scrub)
+/// Schema tenants set `search_path` on the session and pass connections from one tenant to
+/// the next: that needs a real server session per connection. A connection whose startup
+/// `options` reach the server is one; PgBouncer refuses them, or drops them when told to ignore
+/// them (then a session setting would also reach other clients of a transaction pooler).
+pub(super) async fn check_search_path(cfg: &Config, tenant: &str) -> Result<(), String> {
+    let url = super::target::with_search_path(&cfg.database_url.0, tenant)?;
+    let scrub = Scrubber::for_url(&cfg.database_url.0);
+    let settings = connect::parse(&url).map_err(|e| scrub.scrub(&e.to_string()))?;
+    let client = connect::connect(&settings, cfg.connect_timeout, &scrub)
         .await
         .map_err(|e| scrub.scrub(&e.to_string()))?;
     let path: String = client

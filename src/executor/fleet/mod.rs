@@ -55,20 +55,19 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
         return Err(FleetError::NoTenants(kind.describe()));
     }
     let waves = waves::plan(&tenants, &spec.canary).map_err(FleetError::MissingCanary)?;
+    let mut base = cfg.clone();
     if let TenantKind::Schemas(_) = kind {
-        // A pooler passes the options startup parameter on for every tenant or for none.
-        let first = waves
-            .canaries
-            .iter()
-            .chain(&waves.rest)
-            .find_map(|t| target::config_for(cfg, &kind, t).ok().map(|one| (t, one)));
-        if let Some((t, one)) = first {
-            discover::check_search_path(&one, t)
+        // Once: a pooler passes the options startup parameter on for every tenant or for none.
+        let plain = |t: &&String| target::config_for(cfg, &kind, t).is_ok();
+        if let Some(t) = waves.canaries.iter().chain(&waves.rest).find(plain) {
+            discover::check_search_path(cfg, t)
                 .await
                 .map_err(FleetError::Spec)?;
         }
         discover::ensure_ledger(cfg, scrub).await?;
+        base.sessions = Some(super::session::Sessions::default());
     }
+    let cfg = &base;
     tracing::info!(
         tenants = tenants.len(),
         canaries = waves.canaries.len(),

@@ -44,9 +44,11 @@ fn plain_name(kind: &TenantKind, name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || extra.contains(&b))
 }
 
-/// The run of one tenant: its URL, and for schemas a ledger row of its own,
-/// `<migration>/<schema>` (a Kubernetes name has no `/`, so it cannot collide). Each database
-/// keeps its own ledger, with the migration's own name.
+/// The run of one tenant. A schema tenant runs on the server's URL with its `search_path` set
+/// on the session (connections pass from one tenant to the next, see
+/// [`super::super::session::Sessions`]), its own advisory key, and a ledger row of its own,
+/// `<migration>/<schema>` (a Kubernetes name has no `/`, so it cannot collide). A database
+/// tenant runs on its database's URL and keeps its own ledger, with the migration's own name.
 pub(super) fn config_for(cfg: &Config, kind: &TenantKind, tenant: &str) -> Result<Config, String> {
     if !plain_name(kind, tenant) {
         return Err(format!(
@@ -58,11 +60,12 @@ pub(super) fn config_for(cfg: &Config, kind: &TenantKind, tenant: &str) -> Resul
     one.tenant_expand_sql = None;
     match kind {
         TenantKind::Schemas(_) => {
-            one.database_url.0 = with_search_path(&cfg.database_url.0, tenant)?;
+            one.search_path = Some(tenant.to_string());
             one.identity.name = format!("{}/{tenant}", cfg.identity.name);
             one.advisory_obj = super::super::locks::tenant_advisory_obj(tenant);
         }
         TenantKind::Databases(_) => {
+            one.sessions = None;
             one.database_url.0 = with_database(&cfg.database_url.0, tenant)?;
             // The standbys' sessions of this tenant are in its database there too.
             for r in &mut one.replica_urls {
@@ -73,8 +76,8 @@ pub(super) fn config_for(cfg: &Config, kind: &TenantKind, tenant: &str) -> Resul
     Ok(one)
 }
 
-/// `url` with `search_path` set to `schema` for the whole session, by the startup `options`
-/// (also statements outside a transaction, e.g. `CREATE INDEX CONCURRENTLY`, see it).
+/// `url` with `search_path` set to `schema` by the startup `options`: whether that reaches the
+/// server tells a real session from a pooler's (see `discover::check_search_path`).
 pub(super) fn with_search_path(url: &str, schema: &str) -> Result<String, String> {
     let url = postgres_url(url)?;
     if url.contains("options=") {
