@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use phasegate::executor::{self, Config, Outcome, Phase, Report};
 use support::postgres::{sleep_ms, TestPostgres};
+use support::sessions::{connect, session};
 
 const BIN: &str = env!("CARGO_BIN_EXE_phasegate");
 const CONTRACT: &str = "ALTER TABLE users DROP COLUMN legacy";
@@ -20,30 +21,6 @@ async fn setup(pg: &TestPostgres) -> tokio_postgres::Client {
     .await
     .expect("setup schema");
     c
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
-/// An application session following the `<app>@<version>` convention (or any name).
-async fn session(url: &str, application_name: &str) -> (tokio_postgres::Client, i32) {
-    let c = connect(url).await;
-    c.batch_execute(&format!("SET application_name = '{application_name}'"))
-        .await
-        .expect("set application_name");
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
-    (c, pid)
 }
 
 /// Opens a transaction (xact_start = now) and leaves it open.

@@ -226,7 +226,20 @@ async fn contract_gives_a_tenant_created_since_expand_its_expand_first() {
     );
 }
 
-/// SIGKILL while the third tenant has committed and not yet said so: the next run applies
+/// `phasegate apply` of expand on the tenants `tenants` (JSON) selects, configured as a Job is.
+fn fleet_expand(pg: &TestPostgres, tenants: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(BIN);
+    c.arg("apply")
+        .env("PHASEGATE_DATABASE_URL", pg.url())
+        .env("PHASEGATE_PHASE", "expand")
+        .env("PHASEGATE_SQL", EXPAND)
+        .env("PHASEGATE_MIGRATION_NAME", "verified")
+        .env("PHASEGATE_TENANTS", tenants)
+        .env("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x");
+    c
+}
+
+/// SIGKILL after the first tenant committed and before it said so: the next run applies
 /// every tenant exactly once (an `ADD COLUMN` run twice would fail).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_wave_resumes_each_tenant_exactly_once() {
@@ -234,14 +247,7 @@ async fn sigkill_mid_wave_resumes_each_tenant_exactly_once() {
     let c = pg.client().await;
     schemas(&c, 8).await;
     let tenants = r#"{"schemas":"tenant\\_%","maxConcurrent":1}"#;
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("apply")
-        .env("PHASEGATE_DATABASE_URL", pg.url())
-        .env("PHASEGATE_PHASE", "expand")
-        .env("PHASEGATE_SQL", EXPAND)
-        .env("PHASEGATE_MIGRATION_NAME", "verified")
-        .env("PHASEGATE_TENANTS", tenants)
-        .env("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x")
+    let mut child = fleet_expand(&pg, tenants)
         .env("PHASEGATE_FAILPOINT", "pause-after-commit")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -263,17 +269,7 @@ async fn sigkill_mid_wave_resumes_each_tenant_exactly_once() {
     let _ = child.wait().await;
     assert_eq!(with_column(&c, "verified").await, ["tenant_01"]);
 
-    let out = tokio::process::Command::new(BIN)
-        .arg("apply")
-        .env("PHASEGATE_DATABASE_URL", pg.url())
-        .env("PHASEGATE_PHASE", "expand")
-        .env("PHASEGATE_SQL", EXPAND)
-        .env("PHASEGATE_MIGRATION_NAME", "verified")
-        .env("PHASEGATE_TENANTS", tenants)
-        .env("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x")
-        .output()
-        .await
-        .expect("rerun");
+    let out = fleet_expand(&pg, tenants).output().await.expect("rerun");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     let r = Report::parse(&stdout).expect("report");

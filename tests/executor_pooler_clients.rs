@@ -12,6 +12,7 @@ use phasegate::executor::{self, Config, Outcome, Phase, PoolerConfig, Report, Se
 use support::apply;
 use support::pgbouncer::{Options, PoolMode, TestPgBouncer};
 use support::postgres::{free_port, sleep_ms, TestPostgres, PASSWORD};
+use support::sessions::has_legacy;
 
 const CONTRACT: &str = "ALTER TABLE users DROP COLUMN legacy";
 const STATS_USER: &str = "pooler_stats";
@@ -69,17 +70,6 @@ fn stats_admin(bouncer: &TestPgBouncer) -> Option<PoolerConfig> {
     Some(PoolerConfig {
         admin_url: Some(Secret(bouncer.admin_url(STATS_USER, STATS_PASSWORD))),
     })
-}
-
-async fn has_legacy(c: &tokio_postgres::Client) -> bool {
-    c.query_one(
-        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'users'::regclass AND attname = 'legacy' AND NOT attisdropped",
-        &[],
-    )
-    .await
-    .expect("columns")
-    .get::<_, i64>(0)
-        == 1
 }
 
 async fn contract_rows(c: &tokio_postgres::Client) -> i64 {

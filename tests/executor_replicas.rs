@@ -9,6 +9,7 @@ use std::time::Duration;
 use phasegate::executor::{self, Config, Outcome, Phase, Report, Secret};
 use support::apply;
 use support::postgres::{free_port, sleep_ms, TestPostgres, PASSWORD};
+use support::sessions::{has_legacy, session};
 
 const CONTRACT: &str = "ALTER TABLE users DROP COLUMN legacy";
 
@@ -41,30 +42,6 @@ struct Pair {
     c: tokio_postgres::Client,
 }
 
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
-/// An application session following the `<app>@<version>` convention.
-async fn session(url: &str, application_name: &str) -> (tokio_postgres::Client, i32) {
-    let c = connect(url).await;
-    c.batch_execute(&format!("SET application_name = '{application_name}'"))
-        .await
-        .expect("set application_name");
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
-    (c, pid)
-}
-
 fn contract(url: String) -> Config {
     let mut c = Config::new(url, Phase::Contract, CONTRACT);
     c.identity.namespace = "shop".into();
@@ -72,17 +49,6 @@ fn contract(url: String) -> Config {
     c.identity.app_version = "2.0.0".into();
     c.database_check_timeout = Duration::from_secs(30);
     c
-}
-
-async fn has_legacy(c: &tokio_postgres::Client) -> bool {
-    c.query_one(
-        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'users'::regclass AND attname = 'legacy' AND NOT attisdropped",
-        &[],
-    )
-    .await
-    .expect("columns")
-    .get::<_, i64>(0)
-        == 1
 }
 
 async fn ledger_rows(c: &tokio_postgres::Client) -> i64 {

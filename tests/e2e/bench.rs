@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use phasegate::api::Phase;
-use serde_json::json;
 
 use crate::harness::Env;
-use crate::{migration_spec, seed_users_table};
+use crate::order::{chain_name, create_chain, expand_order_in_ledger};
+use crate::seed_users_table;
 
 /// Status writes (PATCH, PUT, server-side apply) of DatabaseMigrations the API server counted
 /// so far, cluster-wide.
@@ -48,21 +48,7 @@ async fn bench_migrations_per_db() {
     env.create_deployment("shop-api", 1, "1.0.0").await;
     let writes_before = status_writes(&env).await;
     let started = Instant::now();
-    for i in 0..n {
-        let mut sql = format!("ALTER TABLE users ADD COLUMN c{i:03} int;");
-        if i > 0 {
-            sql.push_str(&format!(
-                " COMMENT ON COLUMN users.c{:03} IS 'before';",
-                i - 1
-            ));
-        }
-        env.create_migration(
-            &format!("m{i:03}"),
-            migration_spec(&sql, json!({"sql": "SELECT 1;"})),
-        )
-        .await
-        .expect("create");
-    }
+    create_chain(&env, n).await;
     let limit = Duration::from_secs(
         std::env::var("PHASEGATE_BENCH_TIMEOUT")
             .ok()
@@ -88,16 +74,8 @@ async fn bench_migrations_per_db() {
     }
     let seconds = started.elapsed().as_secs_f64();
     let writes = status_writes(&env).await - writes_before;
-    let db = env.pg.client().await;
-    let order: Vec<String> = db
-        .query(
-            "SELECT name FROM phasegate.ledger WHERE phase = 'expand' ORDER BY applied_at, name",
-            &[],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-        .unwrap_or_default();
-    let want: Vec<String> = (0..expanded).map(|i| format!("m{i:03}")).collect();
+    let order = expand_order_in_ledger(&env).await;
+    let want: Vec<String> = (0..expanded).map(chain_name).collect();
     println!(
         "migrations_per_db: migrations={n} expanded={expanded} seconds={seconds:.1} status_writes={writes} ordered={}",
         order == want

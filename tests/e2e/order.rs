@@ -87,6 +87,46 @@ async fn migrations_on_one_database_expand_in_creation_order() {
     env.cleanup().await;
 }
 
+/// The `i`th migration of [`create_chain`].
+pub(crate) fn chain_name(i: usize) -> String {
+    format!("m{i:03}")
+}
+
+/// `n` migrations on the shop database, each needing the column the one before it adds, so
+/// that only creation order applies them. Created within seconds: where the second is the
+/// same the names decide, and they sort in creation order.
+pub(crate) async fn create_chain(env: &Env, n: usize) {
+    for i in 0..n {
+        let mut sql = format!("ALTER TABLE users ADD COLUMN c{i:03} int;");
+        if i > 0 {
+            sql.push_str(&format!(
+                " COMMENT ON COLUMN users.c{:03} IS 'before';",
+                i - 1
+            ));
+        }
+        env.create_migration(
+            &chain_name(i),
+            migration_spec(&sql, json!({"sql": "SELECT 1;"})),
+        )
+        .await
+        .expect("create");
+    }
+}
+
+/// The migrations whose expand the ledger records as applied, in the order they were.
+pub(crate) async fn expand_order_in_ledger(env: &Env) -> Vec<String> {
+    env.pg
+        .client()
+        .await
+        .query(
+            "SELECT name FROM phasegate.ledger WHERE phase = 'expand' ORDER BY applied_at, name",
+            &[],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default()
+}
+
 /// Applied at once (a GitOps bootstrap of a service's history), migrations of one database
 /// start their expand Jobs together and keep creation order in the ledger: each one needs the
 /// column the one before it adds. More than `WINDOW` of them: the rest wait in line.
@@ -97,43 +137,17 @@ async fn many_migrations_on_one_database_expand_together_in_creation_order() {
     seed_users_table(&env).await;
     env.create_deployment("shop-api", 1, "1.0.0").await;
     let started = std::time::Instant::now();
-    // Created within a second or two: by name where the second is the same, so the names
-    // sort in creation order.
+    create_chain(&env, N).await;
     for i in 0..N {
-        let mut sql = format!("ALTER TABLE users ADD COLUMN c{i:02} int;");
-        if i > 0 {
-            sql.push_str(&format!(
-                " COMMENT ON COLUMN users.c{:02} IS 'before c{i:02}';",
-                i - 1
-            ));
-        }
-        env.create_migration(
-            &format!("m{i:02}"),
-            migration_spec(&sql, json!({"sql": "SELECT 1;"})),
-        )
-        .await
-        .expect("create");
-    }
-    for i in 0..N {
-        env.wait_phase(&format!("m{i:02}"), Phase::AwaitingRollout, T)
+        env.wait_phase(&chain_name(i), Phase::AwaitingRollout, T)
             .await;
     }
     eprintln!(
         "order-many: {N} migrations on one database expanded in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let db = env.pg.client().await;
-    let order: Vec<String> = db
-        .query(
-            "SELECT name FROM phasegate.ledger WHERE phase = 'expand' ORDER BY applied_at, name",
-            &[],
-        )
-        .await
-        .expect("ledger")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let want: Vec<String> = (0..N).map(|i| format!("m{i:02}")).collect();
+    let order = expand_order_in_ledger(&env).await;
+    let want: Vec<String> = (0..N).map(chain_name).collect();
     assert_eq!(order, want, "applied in creation order");
     env.cleanup().await;
 }
