@@ -227,7 +227,8 @@ func run(o opts) error {
 		Pods: o.deployments * o.replicas, Migrations: o.migrations}
 
 	// Namespace and the database Secret: one key per migration, so that no two migrations
-	// share a database (migrations on one database run their expands one after another).
+	// share a database (migrations on one database keep their order in its ledger, which
+	// needs executors that really run; make bench-order measures that).
 	_, err = cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: o.ns}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
