@@ -398,7 +398,7 @@ pub struct Config {
     /// The advisory lock's object key: [`super::locks::ADVISORY_OBJ`], or a tenant schema's.
     pub advisory_obj: i32,
     /// A fleet run's connections, handed from one tenant's run to the next.
-    pub sessions: Option<super::session::Sessions>,
+    pub sessions: Option<super::sessions::Sessions>,
     /// A schema tenant's run: its session's `search_path` (set on the reused connection).
     pub search_path: Option<String>,
     /// Contract with tenants: expand's SQL, for a tenant created since expand ran.

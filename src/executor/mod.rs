@@ -29,6 +29,7 @@ pub mod pooler_clients;
 mod rerun;
 mod runner;
 mod session;
+mod sessions;
 mod standbys;
 mod stats;
 pub mod stop;
@@ -60,7 +61,9 @@ use waits::Waits;
 // session's timeouts), `locks` (what the statements lock and waiting outside the lock queue),
 // `dbcheck` and `dbcheck_run` (contract's database check; `standbys` for hot standbys), `grant` (the commit grant), `runner` (attempts and the one retry loop),
 // `rerun` (statements outside a transaction made safe to run again), `ledger`, `report`, `stop`,
-// `waits`, `error`. This file: the entry points and the order of work.
+// `waits`, `error`, `order` (waiting for earlier migrations' expand in the ledger), `fleet` (one
+// phase on every tenant) and `sessions` (the connections its tenants' runs pass on). This file:
+// the entry points and the order of work.
 
 /// Entry point of `phasegate apply`: runs the phase, writes the report to the termination log
 /// and prints it as the last line on stdout. Exit status: 0 when applied (or already applied),
@@ -235,7 +238,7 @@ async fn run(
     tracing::info!(phase, namespace = %id.namespace, name = %id.name, statements = statements.len(), checksum = &sum[..12], "applying phase");
 
     // A fleet run's next tenant takes the connections the last one gave back.
-    let reused = cfg.sessions.as_ref().and_then(session::Sessions::take);
+    let reused = cfg.sessions.as_ref().and_then(sessions::Sessions::take);
     let (reused_guard, (mut client, settings, version)) = match reused {
         Some(p) => (Some(p.guard), (p.client, p.settings, p.version)),
         None => (None, session::open(cfg, scrub).await?),
@@ -403,7 +406,7 @@ fn give_back(client: Client, runner: Runner<'_>) {
         let Runner {
             guard, settings, ..
         } = runner;
-        sessions.put(session::Pair {
+        sessions.put(sessions::Pair {
             client,
             guard,
             settings,

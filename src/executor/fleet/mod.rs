@@ -65,7 +65,7 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
                 .map_err(FleetError::Spec)?;
         }
         discover::ensure_ledger(cfg, scrub).await?;
-        base.sessions = Some(super::session::Sessions::default());
+        base.sessions = Some(super::sessions::Sessions::default());
     }
     let cfg = &base;
     tracing::info!(

@@ -46,7 +46,7 @@ fn plain_name(kind: &TenantKind, name: &str) -> bool {
 
 /// The run of one tenant. A schema tenant runs on the server's URL with its `search_path` set
 /// on the session (connections pass from one tenant to the next, see
-/// [`super::super::session::Sessions`]), its own advisory key, and a ledger row of its own,
+/// [`super::super::sessions::Sessions`]), its own advisory key, and a ledger row of its own,
 /// `<migration>/<schema>` (a Kubernetes name has no `/`, so it cannot collide). A database
 /// tenant runs on its database's URL and keeps its own ledger, with the migration's own name.
 pub(super) fn config_for(cfg: &Config, kind: &TenantKind, tenant: &str) -> Result<Config, String> {
