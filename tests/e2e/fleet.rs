@@ -140,3 +140,75 @@ async fn a_failing_canary_halts_the_fleet_and_a_retry_finishes_it() {
     assert_eq!(with_column(&env, "verified").await, TENANTS);
     env.cleanup().await;
 }
+
+/// A rollback while a fleet's contract runs: the tenants that committed before it stay
+/// contracted (as a single database that committed does); the tenant whose DROP waits for a
+/// lock and every tenant after it keep their column; rolled forward, contract finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_mid_fleet_contract_stops_it_before_the_next_tenant_commits() {
+    let env = Env::new("fleet-rollback").await;
+    for i in 1..=TENANTS {
+        tenant_schema(&env, &format!("tenant_{i:02}")).await;
+    }
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    let mut spec = fleet_spec(json!({}));
+    spec["tenants"]["maxConcurrent"] = json!(1);
+    // The reader below began before the rollout completed: the database check would hold
+    // contract on every tenant; this test is about the lock wait at one tenant.
+    spec["safety"]["databaseCheck"] = json!(false);
+    env.create_migration("verified", spec)
+        .await
+        .expect("create");
+    env.wait_phase("verified", Phase::AwaitingRollout, T).await;
+    // A long reader of tenant_05: contract's DROP there waits outside the lock queue.
+    let mut reader = env.pg.client().await;
+    let tx = reader.transaction().await.expect("begin");
+    tx.batch_execute("SELECT count(*) FROM tenant_05.users")
+        .await
+        .expect("read");
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    env.wait_phase("verified", Phase::Contracting, T).await;
+    crate::harness::wait_until(T, "tenant_04 contracted", || async {
+        with_legacy(&env, "tenant_04").await == Some(false)
+    })
+    .await;
+    env.set_version("shop-api", "1.0.0", json!({})).await;
+    env.wait_migration("verified", T, "the contract attempt stopped", |m| {
+        m.status.as_ref().and_then(|s| s.phase) != Some(Phase::Contracting)
+    })
+    .await;
+    tx.rollback().await.expect("end the reader");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    for i in 5..=TENANTS {
+        let t = format!("tenant_{i:02}");
+        assert_eq!(
+            with_legacy(&env, &t).await,
+            Some(true),
+            "{t} kept its column"
+        );
+    }
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    env.wait_phase("verified", Phase::Succeeded, T).await;
+    assert_eq!(
+        with_column(&env, "legacy").await,
+        0,
+        "contracted on every tenant"
+    );
+    env.cleanup().await;
+}
+
+/// Whether `schema.users` has `legacy` (None: no such table).
+async fn with_legacy(env: &Env, schema: &str) -> Option<bool> {
+    let row = env
+        .pg
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FILTER (WHERE column_name = 'legacy') > 0, count(*) > 0
+               FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'users'",
+            &[&schema],
+        )
+        .await
+        .ok()?;
+    row.get::<_, bool>(1).then(|| row.get(0))
+}
