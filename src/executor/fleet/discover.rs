@@ -2,22 +2,28 @@
 //! phase is found by the next).
 
 use tokio_postgres::types::Type;
+use tokio_postgres::Client;
 
 use super::super::connect::{self, Scrubber};
 use super::super::Config;
 use super::{FleetError, TenantKind};
 
+/// A connection to the server's URL, for discovery and the ledger's creation.
+pub(super) async fn connect(cfg: &Config, scrub: &Scrubber) -> Result<Client, FleetError> {
+    let fail = |e: String| FleetError::Discover(scrub.scrub(&e));
+    let settings = connect::parse(&cfg.database_url.0).map_err(|e| fail(e.to_string()))?;
+    connect::connect(&settings, cfg.connect_timeout, scrub)
+        .await
+        .map_err(|e| fail(e.to_string()))
+}
+
 /// The tenants, sorted by name.
 pub(super) async fn tenants(
-    cfg: &Config,
+    client: &Client,
     kind: &TenantKind,
     scrub: &Scrubber,
 ) -> Result<Vec<String>, FleetError> {
     let fail = |e: String| FleetError::Discover(scrub.scrub(&e));
-    let settings = connect::parse(&cfg.database_url.0).map_err(|e| fail(e.to_string()))?;
-    let client = connect::connect(&settings, cfg.connect_timeout, scrub)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
     // Unnamed statements only: safe through a transaction pooler.
     let (sql, pattern) = match kind {
         TenantKind::Schemas(p) => (
@@ -64,13 +70,9 @@ pub(super) async fn check_search_path(cfg: &Config, tenant: &str) -> Result<(), 
 
 /// Creates the ledger, if missing, under the database's advisory lock before schema tenants
 /// run: they apply at once under keys of their own, and would race on its creation.
-pub(super) async fn ensure_ledger(cfg: &Config, scrub: &Scrubber) -> Result<(), FleetError> {
+pub(super) async fn ensure_ledger(client: &mut Client, scrub: &Scrubber) -> Result<(), FleetError> {
     use super::super::{ledger, locks};
     let fail = |e: String| FleetError::Discover(scrub.scrub(&e));
-    let settings = connect::parse(&cfg.database_url.0).map_err(|e| fail(e.to_string()))?;
-    let mut client = connect::connect(&settings, cfg.connect_timeout, scrub)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
     let db = |e: tokio_postgres::Error| fail(connect::describe(&e).1);
     let tx = client.transaction().await.map_err(db)?;
     tx.batch_execute(&format!(

@@ -50,7 +50,8 @@ pub async fn execute_fleet(cfg: &Config, spec: &TenantsSpec) -> Report {
 
 async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally, FleetError> {
     let kind = TenantKind::of(spec).map_err(FleetError::Spec)?;
-    let tenants = discover::tenants(cfg, &kind, scrub).await?;
+    let mut client = discover::connect(cfg, scrub).await?;
+    let tenants = discover::tenants(&client, &kind, scrub).await?;
     if tenants.is_empty() {
         return Err(FleetError::NoTenants(kind.describe()));
     }
@@ -58,15 +59,17 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
     let mut base = cfg.clone();
     if let TenantKind::Schemas(_) = kind {
         // Once: a pooler passes the options startup parameter on for every tenant or for none.
-        let plain = |t: &&String| target::config_for(cfg, &kind, t).is_ok();
+        let plain = |t: &&String| target::plain_name(&kind, t);
         if let Some(t) = waves.canaries.iter().chain(&waves.rest).find(plain) {
             discover::check_search_path(cfg, t)
                 .await
                 .map_err(FleetError::Spec)?;
         }
-        discover::ensure_ledger(cfg, scrub).await?;
+        discover::ensure_ledger(&mut client, scrub).await?;
         base.sessions = Some(super::sessions::Sessions::default());
     }
+    // Not held while the tenants run: each run has connections of its own.
+    drop(client);
     let cfg = &base;
     tracing::info!(
         tenants = tenants.len(),

@@ -31,7 +31,7 @@ impl TenantKind {
 
 /// A tenant name the executor can put into a URL and a `search_path` as it is: an unquoted
 /// PostgreSQL identifier (lower case), or for databases also `-`.
-fn plain_name(kind: &TenantKind, name: &str) -> bool {
+pub(super) fn plain_name(kind: &TenantKind, name: &str) -> bool {
     let extra: &[u8] = match kind {
         TenantKind::Schemas(_) => b"_$",
         TenantKind::Databases(_) => b"_$-",
