@@ -644,23 +644,12 @@ mod tests {
 
     fn report(lock_retries: u32, lock_wait_ms: u64) -> Report {
         Report {
-            outcome: Outcome::Applied,
-            phase: "expand".into(),
             statements: 1,
             attempts: lock_retries + 1,
             lock_retries,
             lock_wait_ms,
             duration_ms: 10,
-            checksum: None,
-            db_check_wait_ms: None,
-            db_check_warning: None,
-            db_check_rollbacks: None,
-            grant_rollbacks: None,
-            gate_to_commit_us: None,
-            stopped_by: None,
-            recovered: Vec::new(),
-            tenants: None,
-            error: None,
+            ..Report::new(Outcome::Applied, "expand")
         }
     }
 

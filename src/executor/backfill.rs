@@ -467,23 +467,15 @@ pub async fn execute(cfg: &BackfillConfig) -> Report {
         }
     };
     Report {
-        outcome,
-        phase: "backfill".into(),
         statements: stats.batches as usize,
         attempts: stats.attempts,
         lock_retries: stats.lock_retries,
         lock_wait_ms: stats.throttle_wait.as_millis() as u64,
         duration_ms: start.elapsed().as_millis() as u64,
         checksum: Some(crate::protocol::checksum::short(&sum)),
-        db_check_wait_ms: None,
-        db_check_warning: None,
-        db_check_rollbacks: None,
-        grant_rollbacks: None,
-        gate_to_commit_us: None,
         stopped_by: cfg.stop.requested().map(|s| s.name().to_string()),
-        recovered: Vec::new(),
-        tenants: None,
         error,
+        ..Report::new(outcome, "backfill")
     }
 }
 

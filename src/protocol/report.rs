@@ -87,6 +87,30 @@ pub struct Report {
 }
 
 impl Report {
+    /// A report of `outcome` for `phase` with nothing counted yet: the fields a run does not
+    /// fill stay empty.
+    pub fn new(outcome: Outcome, phase: &str) -> Report {
+        Report {
+            outcome,
+            phase: phase.to_string(),
+            statements: 0,
+            attempts: 0,
+            lock_retries: 0,
+            lock_wait_ms: 0,
+            duration_ms: 0,
+            checksum: None,
+            db_check_wait_ms: None,
+            db_check_warning: None,
+            db_check_rollbacks: None,
+            grant_rollbacks: None,
+            gate_to_commit_us: None,
+            stopped_by: None,
+            recovered: Vec::new(),
+            tenants: None,
+            error: None,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Report> {
         // The termination message may carry other lines (e.g. a shell wrapper); take the last JSON one.
         s.lines()
@@ -263,23 +287,10 @@ mod tests {
 
     fn sample() -> Report {
         Report {
-            outcome: Outcome::Applied,
-            phase: "expand".into(),
             statements: 2,
             attempts: 1,
-            lock_retries: 0,
-            lock_wait_ms: 0,
             duration_ms: 31,
-            checksum: None,
-            db_check_wait_ms: None,
-            db_check_warning: None,
-            db_check_rollbacks: None,
-            grant_rollbacks: None,
-            gate_to_commit_us: None,
-            stopped_by: None,
-            recovered: Vec::new(),
-            tenants: None,
-            error: None,
+            ..Report::new(Outcome::Applied, "expand")
         }
     }
 

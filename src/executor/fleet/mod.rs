@@ -257,8 +257,6 @@ impl Tally {
 
     fn base(&self, cfg: &Config, elapsed: Duration) -> Report {
         Report {
-            outcome: Outcome::Failed,
-            phase: cfg.phase.as_str().into(),
             statements: self.statements,
             attempts: self.attempts,
             lock_retries: self.lock_retries,
@@ -267,13 +265,8 @@ impl Tally {
             checksum: Some(crate::protocol::checksum::short(&super::checksum(&cfg.sql))),
             db_check_wait_ms: self.db_check_wait_ms,
             db_check_warning: self.db_check_warning.clone(),
-            db_check_rollbacks: None,
-            grant_rollbacks: None,
-            gate_to_commit_us: None,
             stopped_by: cfg.stop.requested().map(|s| s.name().to_string()),
-            recovered: Vec::new(),
-            tenants: None,
-            error: None,
+            ..Report::new(Outcome::Failed, cfg.phase.as_str())
         }
     }
 }
