@@ -338,3 +338,43 @@ async fn each_schema_tenant_gets_its_own_objects_on_shared_connections() {
     assert_eq!(indexes, want, "one index per tenant schema, none elsewhere");
     assert_eq!(with_column(&c, "verified").await, want);
 }
+
+/// A pattern that matches nothing, or a canary that is not a tenant, fails the phase with a
+/// message saying so, before any tenant runs: a typo must not look like success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_matching_nothing_or_a_missing_canary_fails_before_any_tenant() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 3).await;
+    let r = executor::execute(&cfg(&pg, Phase::Expand, EXPAND, spec("tenants\\_%"))).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    let msg = r
+        .error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("no tenant matches schemas LIKE 'tenants\\_%'"),
+        "{msg}"
+    );
+    let mut s = spec("tenant\\_%");
+    s.canary = Canary {
+        names: vec!["tenant_demo".into()],
+        count: 0,
+    };
+    let r = executor::execute(&cfg(&pg, Phase::Expand, EXPAND, s)).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    let msg = r
+        .error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("canary tenant(s) not found: tenant_demo"),
+        "{msg}"
+    );
+    assert!(
+        with_column(&c, "verified").await.is_empty(),
+        "no tenant ran"
+    );
+}
