@@ -88,6 +88,9 @@ pub struct BackfillStatus {
 }
 
 /// Progress of a running backfill: printed by the executor, copied into status by the operator.
+/// With `spec.tenants`, summed over the tenants: rows, batches and estimates of the tenants
+/// walked so far, and the share of the whole work done (tenants done, plus the running ones'
+/// share of their key ranges).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackfillProgress {
@@ -110,6 +113,11 @@ pub struct BackfillProgress {
     /// timeouts, slow batches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttled: Option<String>,
+    /// With `spec.tenants`, in the executor's progress line only: the tenants' counts so far
+    /// (`notRun`: not started yet). The operator keeps them in `status.backfill.tenants`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
+    pub tenants: Option<super::TenantsStatus>,
 }
 
 fn is_zero(n: &u32) -> bool {

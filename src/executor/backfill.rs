@@ -52,6 +52,8 @@ use super::session;
 use super::stop::{Signal, Stop};
 use super::{checksum, finish, stop_on_signals, usage_error, Secret};
 use crate::protocol::env::{self as penv, ExecutorEnv};
+use super::fleet::backfill::{execute_backfill, BackfillTenant, FleetBackfill};
+pub use super::fleet::backfill::ProgressSink;
 use crate::protocol::report::{Outcome, Report, ReportError};
 
 /// Schema of the checkpoint table (created on first use, next to the ledger).
@@ -235,6 +237,10 @@ pub struct BackfillArgs {
     /// [default: /dev/termination-log]
     #[arg(long)]
     pub termination_log: Option<PathBuf>,
+    /// `spec.tenants`: backfill every tenant it selects, e.g.
+    /// `{"schemas":"tenant\\_%","maxConcurrent":4}` (docs/fleet.md) [env: PHASEGATE_TENANTS].
+    #[arg(long)]
+    pub tenants: Option<String>,
 }
 
 /// Everything a run needs (see [`BackfillArgs`]).
@@ -258,6 +264,13 @@ pub struct BackfillConfig {
     pub uid: String,
     pub connect_timeout: Duration,
     pub stop: Stop,
+    /// `spec.tenants`: every tenant it selects is backfilled ([`super::fleet::backfill`]).
+    pub tenants: Option<crate::api::TenantsSpec>,
+    /// A schema tenant's run: the table is in this schema, and every transaction runs with it
+    /// as `search_path` (`SET LOCAL`: nothing stays on a pooled server connection).
+    pub search_path: Option<String>,
+    /// A tenant's run in a fleet: progress goes there instead of to stderr.
+    pub progress: Option<ProgressSink>,
 }
 
 /// The flag of a `PHASEGATE_BACKFILL_*` variable, e.g. `table`.
@@ -293,6 +306,9 @@ impl BackfillConfig {
             uid: String::new(),
             connect_timeout: Duration::from_secs(10),
             stop: Stop::new(),
+            tenants: None,
+            search_path: None,
+            progress: None,
         }
     }
 
@@ -363,6 +379,15 @@ impl BackfillConfig {
                 Duration::from_secs(10),
             )?,
             stop: Stop::new(),
+            tenants: match a.tenants {
+                Some(json) => Some(
+                    <crate::api::TenantsSpec as penv::EnvText>::from_text(&json)
+                        .map_err(|e| format!("--tenants: {e}"))?,
+                ),
+                None => env.tenants.clone(),
+            },
+            search_path: None,
+            progress: None,
         })
     }
 
@@ -443,9 +468,43 @@ pub async fn run(args: BackfillArgs) -> std::process::ExitCode {
     finish(&report, &termination_log, &stop)
 }
 
-/// Runs the backfill and returns its report (phase `backfill`; `statements` counts the
-/// batches this run committed). Never panics on database errors.
+/// Runs the backfill — on every tenant with `cfg.tenants` — and returns its report (phase
+/// `backfill`; `statements` counts the batches this run committed). Never panics on database
+/// errors.
 pub async fn execute(cfg: &BackfillConfig) -> Report {
+    let Some(spec) = &cfg.tenants else {
+        return execute_one(cfg).await;
+    };
+    let sum = cfg.checksum();
+    let fleet = FleetBackfill {
+        url: &cfg.database_url.0,
+        connect_timeout: cfg.connect_timeout,
+        stop: &cfg.stop,
+        spec,
+        checksum: &sum,
+    };
+    execute_backfill(fleet, |tenant, sink| execute_tenant(cfg, tenant, sink)).await
+}
+
+/// One tenant's complete backfill: a schema tenant's checkpoint row is `<migration>/<schema>`
+/// (a Kubernetes name has no `/`), and so is its advisory key; a database tenant keeps the
+/// migration's own name in its own checkpoint table.
+async fn execute_tenant(cfg: &BackfillConfig, tenant: BackfillTenant, sink: ProgressSink) -> Report {
+    let mut one = cfg.clone();
+    one.tenants = None;
+    one.progress = Some(sink);
+    match tenant {
+        BackfillTenant::Schema(schema) => {
+            one.name = format!("{}/{schema}", cfg.name);
+            one.search_path = Some(schema);
+        }
+        BackfillTenant::Database { url, .. } => one.database_url = Secret(url),
+    }
+    execute_one(&one).await
+}
+
+/// The backfill of one database (or one tenant's schema).
+async fn execute_one(cfg: &BackfillConfig) -> Report {
     let start = Instant::now();
     let scrub = Scrubber::for_url(&cfg.database_url.0);
     let sum = cfg.checksum();
@@ -524,6 +583,11 @@ async fn retry_before_first_batch<T>(
         }
         other => other.map(Some),
     }
+}
+
+/// `name` double-quoted as one identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A double-quoted identifier, schema-qualified when `name` has one dot outside quotes.
@@ -1001,14 +1065,59 @@ async fn run_inner(
             rows_done = cp.rows_done,
             "backfill already done in this rollout epoch"
         );
+        report_done(&client, cfg, &cp, table_oid).await?;
         return Ok(Outcome::AlreadyApplied);
     }
     walk(&mut client, &scan, cp, stats).await
 }
 
+/// A fleet's tenant found done: its rows still count in the fleet's progress.
+async fn report_done(
+    c: &Client,
+    cfg: &BackfillConfig,
+    cp: &Checkpoint,
+    table_oid: u32,
+) -> Result<(), BackfillError> {
+    if cfg.progress.is_none() {
+        return Ok(());
+    }
+    let estimated: i64 = c
+        .query_typed_one(
+            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1",
+            &[(&table_oid, Type::OID)],
+        )
+        .await
+        .map_err(|e| BackfillError::db(&e))?
+        .get(0);
+    let p = BackfillProgress {
+        rows_done: cp.rows_done,
+        estimated_rows: estimated,
+        key_range_done_permille: 1000,
+        batches: cp.batches,
+        eta_seconds: Some(0),
+        ..Default::default()
+    };
+    emit(cfg, &p, 0);
+    Ok(())
+}
+
 /// The table and the key, quoted; refuses a composite key and batch SQL without both bounds.
 fn checked_names(cfg: &BackfillConfig) -> Result<(String, String), BackfillError> {
-    let table = quote_ident_path(&cfg.table)?;
+    let table = match &cfg.search_path {
+        None => quote_ident_path(&cfg.table)?,
+        // A schema tenant's own table: qualified here for the executor's own queries, which
+        // run outside the batches' transactions.
+        Some(schema) if !cfg.table.contains('.') => {
+            format!("{}.{}", quote_ident(schema), quote_ident_path(&cfg.table)?)
+        }
+        Some(_) => {
+            return Err(BackfillError::Setting(format!(
+                "table {:?} is schema-qualified: with tenants.schemas the table is each \
+                 tenant's own, unqualified",
+                cfg.table
+            )))
+        }
+    };
     // A composite key would need row comparisons in every bound and two placeholders per
     // bound: not supported yet (docs/backfill.md).
     if cfg.key.contains(',') || cfg.key.contains('(') {
@@ -1047,7 +1156,12 @@ async fn open(cfg: &BackfillConfig, scrub: &Scrubber) -> Result<(Client, String)
     let version = session::server_version(&client)
         .await
         .map_err(|e| BackfillError::db(&e))?;
-    let set_local = session::local_settings(cfg.lock_timeout, cfg.statement_timeout, version);
+    let mut set_local =
+        session::local_settings(cfg.lock_timeout, cfg.statement_timeout, version);
+    if let Some(schema) = &cfg.search_path {
+        // The batch SQL is unqualified: it runs in the tenant's schema (and nothing else).
+        set_local.push_str(&format!("; SET LOCAL search_path TO {}", quote_ident(schema)));
+    }
     Ok((client, set_local))
 }
 
@@ -1213,13 +1327,11 @@ async fn start(
         while let Some(why) = or_stop(stop, 0, throttle_reason(client, cfg, scan.table_oid)).await?
         {
             tracing::warn!(reason = %why, "backfill throttled");
-            eprintln!(
-                "{}",
-                progress_line(&BackfillProgress {
-                    throttled: Some(why),
-                    ..Default::default()
-                })
-            );
+            let p = BackfillProgress {
+                throttled: Some(why),
+                ..Default::default()
+            };
+            emit(cfg, &p, 0);
             stats.throttle_wait += Duration::from_millis(500);
             sleep(stop, 0, Duration::from_millis(500)).await?;
         }
@@ -1435,6 +1547,7 @@ async fn walk(
             }
             print_progress(
                 &mut last_print,
+                cfg,
                 &cp,
                 estimated,
                 end_key,
@@ -1506,6 +1619,7 @@ async fn walk(
                 };
                 print_progress(
                     &mut last_print,
+                    cfg,
                     &cp,
                     estimated,
                     end_key,
@@ -1532,6 +1646,7 @@ async fn walk(
                 last_print = None;
                 print_progress(
                     &mut last_print,
+                    cfg,
                     &cp,
                     estimated,
                     end_key,
@@ -1556,7 +1671,7 @@ async fn walk(
         }
     }
     cp.done = true;
-    last_print_final(&cp, estimated, end_key, size, run_rows, run_start);
+    last_print_final(cfg, &cp, estimated, end_key, size, run_rows, run_start);
     tracing::info!(
         rows_done = cp.rows_done,
         batches = cp.batches,
@@ -1572,6 +1687,7 @@ async fn walk(
 #[allow(clippy::too_many_arguments)]
 fn print_progress(
     last_print: &mut Option<Instant>,
+    cfg: &BackfillConfig,
     cp: &Checkpoint,
     estimated: i64,
     end_key: i64,
@@ -1580,19 +1696,25 @@ fn print_progress(
     run_start: Instant,
     throttled: Option<String>,
 ) {
-    if last_print.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+    // A fleet's tenant hands every batch's progress on: the fleet prints one line for all.
+    if cfg.progress.is_none() && last_print.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
         return;
     }
     *last_print = Some(Instant::now());
-    eprintln!(
-        "{}",
-        progress_line(&compute(
-            cp, estimated, end_key, size, run_rows, run_start, throttled
-        ))
-    );
+    let p = compute(cp, estimated, end_key, size, run_rows, run_start, throttled);
+    emit(cfg, &p, run_rows);
+}
+
+/// A progress line on stderr, for the operator; in a fleet, to the fleet's aggregate.
+fn emit(cfg: &BackfillConfig, p: &BackfillProgress, run_rows: i64) {
+    match &cfg.progress {
+        Some(sink) => sink.report(p, run_rows),
+        None => eprintln!("{}", progress_line(p)),
+    }
 }
 
 fn last_print_final(
+    cfg: &BackfillConfig,
     cp: &Checkpoint,
     estimated: i64,
     end_key: i64,
@@ -1603,7 +1725,7 @@ fn last_print_final(
     let mut p = compute(cp, estimated, end_key, size, run_rows, run_start, None);
     p.key_range_done_permille = 1000;
     p.eta_seconds = Some(0);
-    eprintln!("{}", progress_line(&p));
+    emit(cfg, &p, run_rows);
 }
 
 fn compute(
@@ -1642,6 +1764,7 @@ fn compute(
         rows_per_second: rate as i64,
         eta_seconds: eta,
         throttled,
+        tenants: None,
     }
 }
 

@@ -169,6 +169,9 @@ pub fn wait_in_message(message: &str) -> Option<(WaitKind, jiff::Timestamp)> {
 impl BackfillProgress {
     /// One line for a status message.
     pub fn summary(&self) -> String {
+        if let Some(t) = &self.tenants {
+            return self.tenants_summary(t);
+        }
         let mut s = format!(
             "backfilled {} row(s) of ~{} ({}.{}% of the key range, {} batches of {}, {} rows/s",
             self.rows_done,
@@ -188,6 +191,39 @@ impl BackfillProgress {
         s.push(')');
         if let Some(t) = &self.throttled {
             s.push_str(&format!("; throttled: {t}"));
+        }
+        s
+    }
+}
+
+impl BackfillProgress {
+    /// E.g. `backfilled 12 of 50 tenants (4 running, 1 failed; 27.5% of the work): 120000
+    /// row(s) of ~480000 in the tenants walked so far, 5000 rows/s, ETA 2m`.
+    fn tenants_summary(&self, t: &crate::api::TenantsStatus) -> String {
+        let running = t.total.saturating_sub(t.applied + t.failed + t.not_run);
+        let mut s = format!(
+            "backfilled {} of {} tenants ({running} running, {} failed; {}.{}% of the work): \
+             {} row(s) of ~{} in the tenants walked so far, {} rows/s",
+            t.applied,
+            t.total,
+            t.failed,
+            self.key_range_done_permille / 10,
+            self.key_range_done_permille % 10,
+            self.rows_done,
+            self.estimated_rows,
+            self.rows_per_second
+        );
+        if let Some(eta) = self.eta_seconds {
+            s.push_str(&format!(
+                ", ETA {}",
+                humantime::format_duration(Duration::from_secs(eta.max(0) as u64))
+            ));
+        }
+        if let Some(h) = &t.halted {
+            s.push_str(&format!("; halted: {h}"));
+        }
+        if let Some(why) = &self.throttled {
+            s.push_str(&format!("; throttled: {why}"));
         }
         s
     }

@@ -168,10 +168,10 @@ impl Report {
     fn tenants_summary(&self, t: &crate::api::TenantsStatus) -> String {
         let mut s = format!(
             "{} on {} of {} tenants in {} ms",
-            if self.phase == "contract" {
-                "contracted"
-            } else {
-                "applied"
+            match self.phase.as_str() {
+                "contract" => "contracted",
+                "backfill" => "backfill done",
+                _ => "applied",
             },
             t.applied,
             t.total,

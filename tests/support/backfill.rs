@@ -27,6 +27,19 @@ pub async fn setup(pg: &TestPostgres, rows: i64) -> tokio_postgres::Client {
     c
 }
 
+/// The same table in database `db` of `pg` (a tenant database).
+pub async fn setup_db(pg: &TestPostgres, db: &str, rows: i64) -> tokio_postgres::Client {
+    let c = pg.client_for_db(db).await;
+    c.batch_execute(&format!(
+        "CREATE TABLE items (id bigserial PRIMARY KEY, n integer NOT NULL DEFAULT 0);
+         INSERT INTO items (n) SELECT 0 FROM generate_series(1, {rows});
+         ANALYZE items;"
+    ))
+    .await
+    .expect("setup");
+    c
+}
+
 pub fn cfg(url: &str, epoch: &str) -> BackfillConfig {
     let mut c = BackfillConfig::new(url, "items", "id", COUNTER_SQL);
     c.namespace = "shop".into();

@@ -236,7 +236,7 @@ async fn changed_settings(app: &tokio_postgres::Transaction<'_>) -> Option<Strin
               WHERE setting IS DISTINCT FROM reset_val
                 AND name IN ('lock_timeout', 'statement_timeout',
                              'idle_in_transaction_session_timeout',
-                             'client_connection_check_interval')",
+                             'client_connection_check_interval', 'search_path')",
         )
         .await
         .expect("settings");

@@ -3,23 +3,23 @@
 //! rest with at most `maxConcurrent` at once, until the failure budget is spent. Each tenant is
 //! a complete single-database run ([`super::execute_one`]) with its own ledger row, so a retry
 //! or a run after a SIGKILL skips what is applied and runs only the failed and unfinished.
+//! Discovery ([`discover`]) and the walk through the waves ([`walk`]) are shared with the
+//! backfill on every tenant ([`backfill`]).
 
+pub mod backfill;
 mod discover;
 mod target;
+mod walk;
 mod waves;
 
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
-
 use super::connect::Scrubber;
 use super::{Config, Outcome, Phase, Report, ReportError};
-use crate::api::{TenantFailure, TenantsSpec, TenantsStatus, MAX_TENANT_FAILURES};
+use crate::api::{TenantsSpec, TenantsStatus};
 
 pub use target::TenantKind;
-
-/// Longest error of one tenant kept in the report.
-const MAX_TENANT_ERROR: usize = 300;
+use walk::Verdict;
 
 /// Why a fleet run could not start on its tenants.
 #[derive(Debug, thiserror::Error)]
@@ -49,13 +49,8 @@ pub async fn execute_fleet(cfg: &Config, spec: &TenantsSpec) -> Report {
 }
 
 async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally, FleetError> {
-    let kind = TenantKind::of(spec).map_err(FleetError::Spec)?;
-    let mut client = discover::connect(cfg, scrub).await?;
-    let tenants = discover::tenants(&client, &kind, scrub).await?;
-    if tenants.is_empty() {
-        return Err(FleetError::NoTenants(kind.describe()));
-    }
-    let waves = waves::plan(&tenants, &spec.canary).map_err(FleetError::MissingCanary)?;
+    let (mut client, kind, waves) =
+        discover::find(&cfg.database_url.0, cfg.connect_timeout, spec, scrub).await?;
     let mut base = cfg.clone();
     if let TenantKind::Schemas(_) = kind {
         // Once: a pooler passes the options startup parameter on for every tenant or for none.
@@ -72,44 +67,26 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
     drop(client);
     let cfg = &base;
     tracing::info!(
-        tenants = tenants.len(),
+        tenants = waves.canaries.len() + waves.rest.len(),
         canaries = waves.canaries.len(),
         max_concurrent = spec.max_concurrent,
         failure_budget = spec.failure_budget,
         "tenants: starting"
     );
-    let mut tally = Tally {
-        status: TenantsStatus {
-            total: tenants.len() as u32,
-            ..TenantsStatus::default()
-        },
-        ..Tally::default()
+    let mut tally = Tally::default();
+    let kind = &kind;
+    let status = walk::walk(
+        &waves,
+        spec,
+        &cfg.stop,
+        |tenant| run_tenant(cfg, kind, tenant),
+        |_, done| tally.add(done),
+    )
+    .await;
+    tally.status = TenantsStatus {
+        expanded_late: tally.status.expanded_late,
+        ..status
     };
-    for tenant in &waves.canaries {
-        if tally.halted(cfg, spec) {
-            break;
-        }
-        let done = run_tenant(cfg, &kind, tenant).await;
-        tally.add(tenant, done);
-        if tally.status.failed > 0 && tally.status.halted.is_none() {
-            tally.status.halted = Some(format!("canary tenant {tenant} failed"));
-        }
-    }
-    let mut queue = waves.rest.iter();
-    let mut running = FuturesUnordered::new();
-    let limit = spec.max_concurrent.max(1) as usize;
-    loop {
-        while running.len() < limit && !tally.halted(cfg, spec) {
-            let Some(tenant) = queue.next() else { break };
-            let kind = &kind;
-            running.push(async move { (tenant, run_tenant(cfg, kind, tenant).await) });
-        }
-        let Some((tenant, done)) = running.next().await else {
-            break;
-        };
-        tally.add(tenant, done);
-    }
-    tally.status.not_run = tally.status.total - tally.status.applied - tally.status.failed;
     Ok(tally)
 }
 
@@ -177,7 +154,8 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, tenant: &str, run: TenantRun) {
+    /// Adds one tenant's run to the sums; how it counts.
+    fn add(&mut self, run: TenantRun) -> Verdict {
         let r = run.report;
         self.statements += r.statements;
         self.attempts += r.attempts;
@@ -191,38 +169,13 @@ impl Tally {
             self.status.expanded_late += 1;
         }
         if r.is_success() {
-            self.status.applied += 1;
             self.applied_now += u32::from(r.outcome == Outcome::Applied);
-            return;
+            return Verdict::Done;
         }
         if r.stopped_by.is_some() {
-            // Interrupted, not failed: it counts as not run, and runs again next attempt.
-            return;
+            return Verdict::Stopped;
         }
-        self.status.failed += 1;
-        let error = r.summary();
-        tracing::warn!(tenant, error = %error, "tenants: failed on this tenant");
-        if self.status.failures.len() < MAX_TENANT_FAILURES {
-            self.status.failures.push(TenantFailure {
-                tenant: tenant.to_string(),
-                error: crate::protocol::report::truncate(&error, MAX_TENANT_ERROR),
-            });
-        }
-    }
-
-    /// No further tenant starts: a canary failed, the budget is spent, or a stop was asked.
-    fn halted(&mut self, cfg: &Config, spec: &TenantsSpec) -> bool {
-        if self.status.halted.is_none() {
-            if self.status.failed > spec.failure_budget {
-                self.status.halted = Some(format!(
-                    "{} failed, over the failure budget of {}",
-                    self.status.failed, spec.failure_budget
-                ));
-            } else if let Some(s) = cfg.stop.requested() {
-                self.status.halted = Some(format!("stopped by {}", s.name()));
-            }
-        }
-        self.status.halted.is_some()
+        Verdict::Failed(r.summary())
     }
 
     fn report(mut self, cfg: &Config, elapsed: Duration) -> Report {

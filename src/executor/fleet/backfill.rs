@@ -1,0 +1,373 @@
+//! `phasegate backfill` on every tenant (`spec.tenants` with `spec.backfill`, docs/fleet.md):
+//! the tenants are discovered and ordered as for a phase ([`super::discover::find`]) and walked
+//! by the fleet's rules ([`super::walk::walk`]); each tenant is a complete single-database
+//! backfill (the caller's `run`) with a checkpoint of its own, so a retry or a run after a
+//! SIGKILL resumes each tenant where it stopped and finds a finished one done.
+//!
+//! Status stays bounded: one aggregate progress line (rows summed, the share of the work done,
+//! the tenants' counts), never a line per tenant, is what the operator reads.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use super::super::connect::Scrubber;
+use super::super::stop::Stop;
+use super::walk::Verdict;
+use super::{discover, target, TenantKind};
+use crate::api::{BackfillProgress, TenantFailure, TenantsSpec, TenantsStatus, MAX_TENANT_FAILURES};
+use crate::protocol::report::{Outcome, Report, ReportError};
+
+/// At most one aggregate progress line per this interval…
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// …and at least one per this many finished tenants: the operator reads the log's last 50
+/// lines, and each tenant's run logs a line or two.
+const PROGRESS_EVERY_TENANTS: u32 = 10;
+
+/// Where one tenant's backfill runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackfillTenant {
+    /// A schema of the URL's database: the table and the batch SQL are unqualified and run
+    /// with it as `search_path`; its checkpoint row is `<migration>/<schema>`.
+    Schema(String),
+    /// A database of the server (`url` names it): its own checkpoint table, the migration's
+    /// own name.
+    Database { name: String, url: String },
+}
+
+/// What a fleet backfill needs besides the per-tenant run.
+pub struct FleetBackfill<'a> {
+    /// The server's URL (for schema tenants, also the database's).
+    pub url: &'a str,
+    pub connect_timeout: Duration,
+    pub stop: &'a Stop,
+    pub spec: &'a TenantsSpec,
+    /// The backfill's checksum, for the report.
+    pub checksum: &'a str,
+}
+
+/// Runs `run` (one tenant's complete backfill, reporting its progress to the sink it is given)
+/// on every tenant, and reports across them.
+pub async fn execute_backfill<F, Fut>(fleet: FleetBackfill<'_>, run: F) -> Report
+where
+    F: Fn(BackfillTenant, ProgressSink) -> Fut,
+    Fut: Future<Output = Report>,
+{
+    let started = Instant::now();
+    let scrub = Scrubber::for_url(fleet.url);
+    let found = discover::find(fleet.url, fleet.connect_timeout, fleet.spec, &scrub).await;
+    // Not held while the tenants run: each run has a connection of its own.
+    let (kind, waves) = match found {
+        Ok((_client, kind, waves)) => (kind, waves),
+        Err(e) => {
+            let message = scrub.scrub(&e.to_string());
+            tracing::error!(error = %message, "tenants: the backfill did not start");
+            let mut r = Sums::default().report(&fleet, started, TenantsStatus::default());
+            r.outcome = Outcome::Failed;
+            r.tenants = None;
+            r.error = Some(error(message));
+            return r;
+        }
+    };
+    let total = (waves.canaries.len() + waves.rest.len()) as u32;
+    tracing::info!(
+        tenants = total,
+        canaries = waves.canaries.len(),
+        max_concurrent = fleet.spec.max_concurrent,
+        failure_budget = fleet.spec.failure_budget,
+        "tenants: starting the backfill"
+    );
+    let agg = Arc::new(Mutex::new(Aggregate::new(total)));
+    let run = &run;
+    let one = |tenant: &str| {
+        let (agg, kind) = (agg.clone(), kind.clone());
+        let tenant = tenant.to_string();
+        async move {
+            let target = match backfill_tenant(fleet.url, &kind, &tenant) {
+                Ok(t) => t,
+                Err(e) => return failed(e),
+            };
+            lock(&agg).start(&tenant);
+            let sink = ProgressSink {
+                agg,
+                tenant: tenant.clone(),
+            };
+            run(target, sink)
+                .instrument(tracing::info_span!("tenant", tenant = %tenant))
+                .await
+        }
+    };
+    let mut sums = Sums::default();
+    let add = |tenant: &str, r: Report| {
+        let verdict = sums.add(&r);
+        let mut a = lock(&agg);
+        a.finish(tenant, &verdict, r.outcome == Outcome::AlreadyApplied);
+        if a.finished_since_print >= PROGRESS_EVERY_TENANTS {
+            a.print(None);
+        }
+        verdict
+    };
+    let walking = super::walk::walk(&waves, fleet.spec, fleet.stop, one, add);
+    let printing = async {
+        loop {
+            tokio::time::sleep(PROGRESS_EVERY).await;
+            lock(&agg).print(None);
+        }
+    };
+    let status = tokio::select! {
+        s = walking => s,
+        () = printing => unreachable!("prints forever"),
+    };
+    lock(&agg).print(Some(&status));
+    sums.report(&fleet, started, status)
+}
+
+/// Where `tenant` of `kind` runs; an error for a name the executor cannot put into a URL or a
+/// `search_path` as it is.
+fn backfill_tenant(url: &str, kind: &TenantKind, tenant: &str) -> Result<BackfillTenant, String> {
+    if !target::plain_name(kind, tenant) {
+        return Err(format!(
+            "tenant name {tenant:?} is not a plain lower-case identifier; such tenants are not supported yet"
+        ));
+    }
+    Ok(match kind {
+        TenantKind::Schemas(_) => BackfillTenant::Schema(tenant.to_string()),
+        TenantKind::Databases(_) => BackfillTenant::Database {
+            name: tenant.to_string(),
+            url: target::with_database(url, tenant)?,
+        },
+    })
+}
+
+fn error(message: String) -> ReportError {
+    ReportError {
+        sqlstate: None,
+        message,
+        statement: None,
+    }
+}
+
+fn failed(message: String) -> Report {
+    let mut r = Report::new(Outcome::Failed, "backfill");
+    r.error = Some(error(message));
+    r
+}
+
+fn lock(agg: &Mutex<Aggregate>) -> std::sync::MutexGuard<'_, Aggregate> {
+    // A panic while printing a line must not stop the backfill: the counts are plain numbers.
+    agg.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The sums of the tenants' reports.
+#[derive(Default)]
+struct Sums {
+    batches: usize,
+    attempts: u32,
+    lock_retries: u32,
+    throttle_wait_ms: u64,
+    /// Tenants where this run committed a batch (not found done).
+    walked_now: u32,
+}
+
+impl Sums {
+    fn add(&mut self, r: &Report) -> Verdict {
+        self.batches += r.statements;
+        self.attempts += r.attempts;
+        self.lock_retries += r.lock_retries;
+        self.throttle_wait_ms += r.lock_wait_ms;
+        if r.is_success() {
+            self.walked_now += u32::from(r.outcome == Outcome::Applied);
+            return Verdict::Done;
+        }
+        if r.stopped_by.is_some() {
+            return Verdict::Stopped;
+        }
+        Verdict::Failed(r.summary())
+    }
+
+    fn report(self, fleet: &FleetBackfill<'_>, started: Instant, status: TenantsStatus) -> Report {
+        let ok = status.failed == 0 && status.not_run == 0;
+        let outcome = match (ok, self.walked_now == 0) {
+            (true, true) => Outcome::AlreadyApplied,
+            (true, false) => Outcome::Applied,
+            (false, _) => Outcome::Failed,
+        };
+        let mut r = Report::new(outcome, "backfill");
+        r.statements = self.batches;
+        r.attempts = self.attempts;
+        r.lock_retries = self.lock_retries;
+        r.lock_wait_ms = self.throttle_wait_ms;
+        r.duration_ms = started.elapsed().as_millis() as u64;
+        r.checksum = Some(crate::protocol::checksum::short(fleet.checksum));
+        r.stopped_by = fleet.stop.requested().map(|s| s.name().to_string());
+        r.tenants = Some(status);
+        if !ok {
+            r.error = Some(error(r.summary()));
+        }
+        tracing::info!(summary = %r.summary(), "tenants: backfill done");
+        r
+    }
+}
+
+/// Where one tenant's backfill sends its progress (instead of printing it): the fleet prints
+/// one line for all of them.
+#[derive(Clone)]
+pub struct ProgressSink {
+    agg: Arc<Mutex<Aggregate>>,
+    tenant: String,
+}
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProgressSink({})", self.tenant)
+    }
+}
+
+impl ProgressSink {
+    /// The tenant's progress now; `run_rows`: rows its batches changed in this run.
+    pub fn report(&self, progress: &BackfillProgress, run_rows: i64) {
+        lock(&self.agg).running.insert(
+            self.tenant.clone(),
+            Latest {
+                progress: progress.clone(),
+                run_rows,
+            },
+        );
+    }
+}
+
+/// A running tenant's latest progress.
+struct Latest {
+    progress: BackfillProgress,
+    run_rows: i64,
+}
+
+/// Everything the aggregate line says: bounded by `maxConcurrent` (the running tenants'
+/// latest progress), whatever the number of tenants.
+struct Aggregate {
+    started: Instant,
+    counts: TenantsStatus,
+    /// Tenants started so far.
+    begun: u32,
+    /// Tenants found done in this epoch when they started (no work this run).
+    found_done: u32,
+    running: BTreeMap<String, Latest>,
+    /// Of the finished tenants: rows done (this epoch), estimated rows, batches, rows this run.
+    rows_done: i64,
+    estimated: i64,
+    batches: i64,
+    run_rows: i64,
+    finished_since_print: u32,
+    last_print: Option<Instant>,
+}
+
+impl Aggregate {
+    fn new(total: u32) -> Aggregate {
+        Aggregate {
+            started: Instant::now(),
+            counts: TenantsStatus {
+                total,
+                ..TenantsStatus::default()
+            },
+            begun: 0,
+            found_done: 0,
+            running: BTreeMap::new(),
+            rows_done: 0,
+            estimated: 0,
+            batches: 0,
+            run_rows: 0,
+            finished_since_print: 0,
+            last_print: None,
+        }
+    }
+
+    fn start(&mut self, tenant: &str) {
+        self.begun += 1;
+        self.running.insert(
+            tenant.to_string(),
+            Latest {
+                progress: BackfillProgress::default(),
+                run_rows: 0,
+            },
+        );
+    }
+
+    fn finish(&mut self, tenant: &str, verdict: &Verdict, found_done: bool) {
+        if let Some(l) = self.running.remove(tenant) {
+            self.rows_done += l.progress.rows_done;
+            self.estimated += l.progress.estimated_rows;
+            self.batches += l.progress.batches;
+            self.run_rows += l.run_rows;
+        }
+        self.finished_since_print += 1;
+        match verdict {
+            Verdict::Done => {
+                self.counts.applied += 1;
+                self.found_done += u32::from(found_done);
+            }
+            Verdict::Stopped => {}
+            Verdict::Failed(e) => {
+                self.counts.failed += 1;
+                if self.counts.failures.len() < MAX_TENANT_FAILURES {
+                    self.counts.failures.push(TenantFailure {
+                        tenant: tenant.to_string(),
+                        error: crate::protocol::report::truncate(e, 300),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Prints the aggregate line; `last` is the walk's final count.
+    fn print(&mut self, last: Option<&TenantsStatus>) {
+        if last.is_none() && self.last_print.is_some_and(|t| t.elapsed() < PROGRESS_EVERY / 2)
+        {
+            return;
+        }
+        self.last_print = Some(Instant::now());
+        self.finished_since_print = 0;
+        let p = self.progress(last);
+        eprintln!("{}", crate::protocol::log::progress_line(&p));
+    }
+
+    fn progress(&self, last: Option<&TenantsStatus>) -> BackfillProgress {
+        let mut counts = last.cloned().unwrap_or_else(|| self.counts.clone());
+        if last.is_none() {
+            counts.not_run = counts.total - self.begun;
+        }
+        let running = self.running.values();
+        let share: f64 = running
+            .clone()
+            .map(|l| l.progress.key_range_done_permille as f64 / 1000.0)
+            .sum();
+        let total = f64::from(counts.total.max(1));
+        let fraction = ((f64::from(counts.applied) + share) / total).clamp(0.0, 1.0);
+        // The pace of this run's work: tenants found done cost nothing and do not count.
+        let todo = f64::from(counts.total.saturating_sub(self.found_done).max(1));
+        let this_run = (f64::from(counts.applied.saturating_sub(self.found_done)) + share) / todo;
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let run_rows = self.run_rows + running.clone().map(|l| l.run_rows).sum::<i64>();
+        let eta = (this_run > 0.0).then(|| (secs * (1.0 - this_run) / this_run).round() as i64);
+        let throttled = self.running.iter().find_map(|(t, l)| {
+            l.progress
+                .throttled
+                .as_ref()
+                .map(|why| format!("{why} (tenant {t})"))
+        });
+        BackfillProgress {
+            rows_done: self.rows_done + running.clone().map(|l| l.progress.rows_done).sum::<i64>(),
+            estimated_rows: self.estimated
+                + running.clone().map(|l| l.progress.estimated_rows).sum::<i64>(),
+            key_range_done_permille: (fraction * 1000.0) as i64,
+            batches: self.batches + running.clone().map(|l| l.progress.batches).sum::<i64>(),
+            batch_size: running.map(|l| l.progress.batch_size).max().unwrap_or(0),
+            rows_per_second: (run_rows as f64 / secs) as i64,
+            eta_seconds: if fraction >= 1.0 { Some(0) } else { eta },
+            throttled,
+            tenants: Some(counts),
+        }
+    }
+}
