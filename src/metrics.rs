@@ -66,7 +66,7 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
-/// Tenants of fleet migrations: `phase` `expand` or `contract`, `state` `applied`, `failed` or
+/// Tenants of fleet migrations: `phase` `expand`, `backfill` or `contract`, `state` `applied`, `failed` or
 /// `not_run`, summed over a namespace (never a label per tenant or per migration).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct TenantLabels {
@@ -209,7 +209,7 @@ impl Metrics {
         );
         registry.register(
             "tenants",
-            "Tenants of fleet migrations (spec.tenants) by phase and state in the latest attempt (applied, failed, not_run), summed per namespace",
+            "Tenants of fleet migrations (spec.tenants) by phase (expand, backfill, contract) and state in the latest attempt (applied, failed, not_run), summed per namespace",
             tenants.clone(),
         );
         registry.register(
@@ -553,14 +553,20 @@ struct NamespaceFigures {
     approval_wait: f64,
 }
 
-/// Adds a fleet migration's tenant counts (its latest expand and contract attempts).
+/// Adds a fleet migration's tenant counts (its latest expand, backfill and contract attempts;
+/// a running backfill's so far).
 fn add_tenants(
     into: &mut BTreeMap<TenantLabels, i64>,
     namespace: &str,
     status: &DatabaseMigrationStatus,
 ) {
-    for (phase, rec) in [("expand", &status.expand), ("contract", &status.contract)] {
-        let Some(t) = rec.as_ref().and_then(|r| r.tenants.as_ref()) else {
+    let backfill = status.backfill.as_ref().map(|b| &b.run);
+    for (phase, rec) in [
+        ("expand", status.expand.as_ref()),
+        ("backfill", backfill),
+        ("contract", status.contract.as_ref()),
+    ] {
+        let Some(t) = rec.and_then(|r| r.tenants.as_ref()) else {
             continue;
         };
         for (state, n) in [
@@ -948,6 +954,7 @@ mod tests {
             throttled: Some(
                 "1 session(s) wait for a lock on the table; letting them go first".into(),
             ),
+            tenants: None,
         };
         let running = backfilling(
             "shop",

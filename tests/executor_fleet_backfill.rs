@@ -102,7 +102,10 @@ fn tally(r: &Report) -> (u32, u32, u32, u32) {
 /// The newest aggregate progress line in `log`, and its tenant counts.
 fn last_progress(log: &str) -> (phasegate::api::BackfillProgress, TenantsStatus) {
     let p = phasegate::protocol::log::progress(log).expect("a progress line");
-    let t = p.tenants.clone().expect("tenant counts in the progress line");
+    let t = p
+        .tenants
+        .clone()
+        .expect("tenant counts in the progress line");
     (p, t)
 }
 
@@ -132,13 +135,26 @@ async fn fills_every_schema_tenant_once_from_its_own_checkpoint_and_nothing_else
     assert_eq!(r.statements, 6 * 5, "every tenant's batches");
     for i in 1..=6 {
         let s = format!("tenant_{i:02}");
-        assert_eq!(counters(&c, &format!("{s}.items")).await, (1, 1, 500), "{s}");
-        let cp = checkpoint(&c, &format!("fill/{s}")).await.expect("checkpoint");
+        assert_eq!(
+            counters(&c, &format!("{s}.items")).await,
+            (1, 1, 500),
+            "{s}"
+        );
+        let cp = checkpoint(&c, &format!("fill/{s}"))
+            .await
+            .expect("checkpoint");
         assert_eq!((cp.0.as_str(), cp.1, cp.2), ("done", Some(500), 500), "{s}");
     }
     assert_eq!(counters(&c, "other.items").await, (0, 0, 0), "not a tenant");
-    assert_eq!(counters(&c, "public.items").await, (0, 0, 0), "not a tenant");
-    assert!(checkpoint(&c, "fill").await.is_none(), "no database-wide checkpoint");
+    assert_eq!(
+        counters(&c, "public.items").await,
+        (0, 0, 0),
+        "not a tenant"
+    );
+    assert!(
+        checkpoint(&c, "fill").await.is_none(),
+        "no database-wide checkpoint"
+    );
     // One aggregate progress line for the operator, with the tenants' counts.
     let (p, t) = last_progress(&log);
     assert_eq!((t.total, t.applied, t.failed), (6, 6, 0), "{log}");
@@ -151,7 +167,12 @@ async fn fills_every_schema_tenant_once_from_its_own_checkpoint_and_nothing_else
 
     // Done in this epoch on every tenant: nothing more.
     let (again, code, _) = run(&pg, tenants, &small).await;
-    assert_eq!(again.outcome, Outcome::AlreadyApplied, "{}", again.to_json_line());
+    assert_eq!(
+        again.outcome,
+        Outcome::AlreadyApplied,
+        "{}",
+        again.to_json_line()
+    );
     assert_eq!((code, again.statements), (0, 0));
     assert_eq!(tally(&again), (6, 6, 0, 0));
     assert_eq!(counters(&c, "tenant_01.items").await, (1, 1, 500));
@@ -206,7 +227,10 @@ async fn sigkill_mid_fleet_resumes_each_tenant_where_it_stopped_and_updates_ever
             )
             .await
             .unwrap_or_default();
-        let done = rows.iter().filter(|r| r.get::<_, String>(0) == "done").count();
+        let done = rows
+            .iter()
+            .filter(|r| r.get::<_, String>(0) == "done")
+            .count();
         let midway = rows
             .iter()
             .any(|r| r.get::<_, String>(0) == "running" && r.get::<_, i64>(1) >= 3);
@@ -227,7 +251,11 @@ async fn sigkill_mid_fleet_resumes_each_tenant_where_it_stopped_and_updates_ever
         match checkpoint(&c, &format!("fill/{s}")).await {
             Some((status, last_key, rows_done, batches)) => {
                 assert_eq!(ones, rows_done, "{s}");
-                assert_eq!(ones, last_key.unwrap_or(0), "{s}: up to the checkpoint, none after");
+                assert_eq!(
+                    ones,
+                    last_key.unwrap_or(0),
+                    "{s}: up to the checkpoint, none after"
+                );
                 assert!(max <= 1, "{s}");
                 if status == "done" {
                     finished.push((s, batches));
@@ -238,17 +266,26 @@ async fn sigkill_mid_fleet_resumes_each_tenant_where_it_stopped_and_updates_ever
             None => assert_eq!((min, max), (0, 0), "{s}: not started, untouched"),
         }
     }
-    assert!(!finished.is_empty() && partway >= 1, "{finished:?} {partway}");
+    assert!(
+        !finished.is_empty() && partway >= 1,
+        "{finished:?} {partway}"
+    );
 
     let (r, code, log) = run(&pg, tenants, &slow).await;
     assert_eq!(r.outcome, Outcome::Applied, "{}\n{log}", r.to_json_line());
     assert_eq!((code, tally(&r)), (0, (5, 5, 0, 0)));
     for i in 1..=5 {
         let s = format!("tenant_{i:02}");
-        assert_eq!(counters(&c, &format!("{s}.items")).await, (1, 1, ROWS), "{s}");
+        assert_eq!(
+            counters(&c, &format!("{s}.items")).await,
+            (1, 1, ROWS),
+            "{s}"
+        );
     }
     for (s, batches) in finished {
-        let after = checkpoint(&c, &format!("fill/{s}")).await.expect("checkpoint");
+        let after = checkpoint(&c, &format!("fill/{s}"))
+            .await
+            .expect("checkpoint");
         assert_eq!(after.3, batches, "{s} was done: not walked again");
     }
 }
@@ -272,7 +309,11 @@ async fn a_failing_canary_halts_every_other_tenant() {
     assert_eq!(t.failures[0].tenant, "tenant_03");
     assert!(t.failures[0].error.contains("42703"), "{:?}", t.failures);
     for s in ["tenant_01", "tenant_02", "tenant_04", "tenant_05"] {
-        assert_eq!(counters(&c, &format!("{s}.items")).await, (0, 0, 0), "{s} ran");
+        assert_eq!(
+            counters(&c, &format!("{s}.items")).await,
+            (0, 0, 0),
+            "{s} ran"
+        );
         assert!(checkpoint(&c, &format!("fill/{s}")).await.is_none(), "{s}");
     }
 }
@@ -289,7 +330,12 @@ async fn the_failure_budget_halts_and_a_retry_runs_only_the_unfinished_tenants()
     }
     let tenants = r#"{"schemas":"tenant\\_%","maxConcurrent":1,"failureBudget":1}"#;
     let (r, code, _) = run(&pg, tenants, &[]).await;
-    assert_eq!((r.outcome, code), (Outcome::Failed, 1), "{}", r.to_json_line());
+    assert_eq!(
+        (r.outcome, code),
+        (Outcome::Failed, 1),
+        "{}",
+        r.to_json_line()
+    );
     // 01 done, 02 failed (within the budget), 03 done, 04 failed: over it; 4 not run.
     assert_eq!(tally(&r), (8, 2, 2, 4), "{}", r.to_json_line());
     assert!(r.tenants.as_ref().and_then(|t| t.halted.clone()).is_some());
@@ -301,7 +347,11 @@ async fn the_failure_budget_halts_and_a_retry_runs_only_the_unfinished_tenants()
         v
     };
     for s in ["tenant_05", "tenant_08"] {
-        assert_eq!(counters(&c, &format!("{s}.items")).await, (0, 0, 0), "{s} ran");
+        assert_eq!(
+            counters(&c, &format!("{s}.items")).await,
+            (0, 0, 0),
+            "{s} ran"
+        );
     }
     // Fixed and retried: the failed and the not run are walked; 01 and 03 are not again.
     for s in ["tenant_02", "tenant_04"] {
@@ -313,14 +363,27 @@ async fn the_failure_budget_halts_and_a_retry_runs_only_the_unfinished_tenants()
         .expect("fix");
     }
     let (retry, code, _) = run(&pg, tenants, &[]).await;
-    assert_eq!((retry.outcome, code), (Outcome::Applied, 0), "{}", retry.to_json_line());
+    assert_eq!(
+        (retry.outcome, code),
+        (Outcome::Applied, 0),
+        "{}",
+        retry.to_json_line()
+    );
     assert_eq!(tally(&retry), (8, 8, 0, 0));
     for i in 1..=8 {
         let s = format!("tenant_{i:02}");
-        assert_eq!(counters(&c, &format!("{s}.items")).await, (1, 1, 200), "{s}");
+        assert_eq!(
+            counters(&c, &format!("{s}.items")).await,
+            (1, 1, 200),
+            "{s}"
+        );
     }
     for (s, b) in ["tenant_01", "tenant_03"].iter().zip(before) {
-        assert_eq!(checkpoint(&c, &format!("fill/{s}")).await.expect("cp").3, b, "{s}");
+        assert_eq!(
+            checkpoint(&c, &format!("fill/{s}")).await.expect("cp").3,
+            b,
+            "{s}"
+        );
     }
 }
 
@@ -370,17 +433,38 @@ async fn a_stop_mid_fleet_ends_every_walk_and_starts_no_other_tenant() {
     assert_eq!(done.status.code(), Some(143), "{}", r.to_json_line());
     assert_eq!(r.stopped_by.as_deref(), Some("SIGTERM"));
     let (total, applied, failed, not_run) = tally(&r);
-    assert_eq!((total, failed), (6, 0), "a stop is no failure: {}", r.to_json_line());
-    assert!(not_run >= 4 && applied + not_run == 6, "{}", r.to_json_line());
+    assert_eq!(
+        (total, failed),
+        (6, 0),
+        "a stop is no failure: {}",
+        r.to_json_line()
+    );
+    assert!(
+        not_run >= 4 && applied + not_run == 6,
+        "{}",
+        r.to_json_line()
+    );
     for s in ["tenant_05", "tenant_06"] {
-        assert!(checkpoint(&c, &format!("fill/{s}")).await.is_none(), "{s} started");
+        assert!(
+            checkpoint(&c, &format!("fill/{s}")).await.is_none(),
+            "{s} started"
+        );
     }
     // Every committed batch is in its tenant's checkpoint; the next run finishes the rest.
     let (again, code, _) = run(&pg, tenants, &[]).await;
-    assert_eq!((again.outcome, code), (Outcome::Applied, 0), "{}", again.to_json_line());
+    assert_eq!(
+        (again.outcome, code),
+        (Outcome::Applied, 0),
+        "{}",
+        again.to_json_line()
+    );
     for i in 1..=6 {
         let s = format!("tenant_{i:02}");
-        assert_eq!(counters(&c, &format!("{s}.items")).await, (1, 1, 3_000), "{s}");
+        assert_eq!(
+            counters(&c, &format!("{s}.items")).await,
+            (1, 1, 3_000),
+            "{s}"
+        );
     }
 }
 
@@ -421,7 +505,11 @@ async fn schema_tenants_backfill_through_a_transaction_pooler() {
     assert_eq!(tally(&r), (4, 4, 0, 0));
     for i in 1..=4 {
         let s = format!("tenant_{i:02}");
-        assert_eq!(counters(&c, &format!("{s}.items")).await, (1, 1, 300), "{s}");
+        assert_eq!(
+            counters(&c, &format!("{s}.items")).await,
+            (1, 1, 300),
+            "{s}"
+        );
     }
     pooler.assert_no_settings_left().await;
 }

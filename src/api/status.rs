@@ -182,7 +182,8 @@ pub struct PhaseStatus {
     /// Why the latest attempt failed: `ExpandFailed`, `ContractFailed` or `JobRejected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// With `spec.tenants`: what the latest attempt did across the tenants.
+    /// With `spec.tenants`: what the latest attempt did across the tenants (a running
+    /// backfill's counts so far, `notRun` being the tenants not started yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenants: Option<super::TenantsStatus>,
 }

@@ -69,7 +69,8 @@ impl Canary {
 pub struct TenantsStatus {
     /// Tenants found when the phase ran.
     pub total: u32,
-    /// Tenants where the phase is applied (now or before).
+    /// Tenants where the phase is applied (now or before); for the backfill, tenants whose
+    /// backfill is done in this rollout epoch.
     pub applied: u32,
     /// Tenants where it failed.
     pub failed: u32,
@@ -81,7 +82,8 @@ pub struct TenantsStatus {
     /// Why the run halted, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halted: Option<String>,
-    /// The first failed tenants and why (at most 10; the ledger has every one).
+    /// The first failed tenants and why (at most 10; the ledger has every one, and the
+    /// executor's log names every one with its error).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<TenantFailure>,
 }

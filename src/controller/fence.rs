@@ -176,6 +176,7 @@ async fn judge(ctx: &Context, req: &Request) -> Result<Answer, Error> {
         expand_after_left: None,
         expand_tenants: None,
         contract_tenants: None,
+        backfill_tenants: None,
         unconfirmed_stop: None,
         history: Some(history),
     };

@@ -88,6 +88,7 @@ struct Observed {
     contract_job: JobState,
     contract_report: Option<Report>,
     backfill_job: JobState,
+    backfill_report: Option<Report>,
     targets: Vec<TargetStatus>,
     order: planner::order::ExpandOrder,
     /// See [`Input::expand_after_left`].
@@ -145,7 +146,7 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
         (JobState::Absent, None)
     };
     // The backfill's Job, while it may still run (see planner/backfill.rs).
-    let backfill_job = match (&dbm.spec.backfill, &status.backfill) {
+    let (backfill_job, backfill_report) = match (&dbm.spec.backfill, &status.backfill) {
         (Some(_), rec)
             if expanded && !contracted && !rec.as_ref().is_some_and(|b| b.run.succeeded) =>
         {
@@ -160,9 +161,8 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
                 jobs::Detail::Unexplained,
             )
             .await?
-            .0
         }
-        _ => JobState::Absent,
+        _ => (JobState::Absent, None),
     };
     // A finished migration no longer looks at its targets (the planner ignores them then);
     // with versionOrder NotPrevious they are looked at from the start, to record what ran.
@@ -186,6 +186,7 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
         contract_job,
         contract_report,
         backfill_job,
+        backfill_report,
         targets,
         order,
         expand_after_left,
@@ -276,6 +277,10 @@ async fn plan(
         expand_tenants: seen.expand_report.as_ref().and_then(|r| r.tenants.clone()),
         contract_tenants: seen
             .contract_report
+            .as_ref()
+            .and_then(|r| r.tenants.clone()),
+        backfill_tenants: seen
+            .backfill_report
             .as_ref()
             .and_then(|r| r.tenants.clone()),
         history: None,

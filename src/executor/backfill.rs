@@ -48,12 +48,12 @@ use tokio_postgres::{Client, GenericClient, Transaction};
 
 use super::config::{duration, parse_duration, setting, termination_log};
 use super::connect::{self, Scrubber};
+pub use super::fleet::backfill::ProgressSink;
+use super::fleet::backfill::{execute_backfill, BackfillTenant, FleetBackfill};
 use super::session;
 use super::stop::{Signal, Stop};
 use super::{checksum, finish, stop_on_signals, usage_error, Secret};
 use crate::protocol::env::{self as penv, ExecutorEnv};
-use super::fleet::backfill::{execute_backfill, BackfillTenant, FleetBackfill};
-pub use super::fleet::backfill::ProgressSink;
 use crate::protocol::report::{Outcome, Report, ReportError};
 
 /// Schema of the checkpoint table (created on first use, next to the ledger).
@@ -489,7 +489,11 @@ pub async fn execute(cfg: &BackfillConfig) -> Report {
 /// One tenant's complete backfill: a schema tenant's checkpoint row is `<migration>/<schema>`
 /// (a Kubernetes name has no `/`), and so is its advisory key; a database tenant keeps the
 /// migration's own name in its own checkpoint table.
-async fn execute_tenant(cfg: &BackfillConfig, tenant: BackfillTenant, sink: ProgressSink) -> Report {
+async fn execute_tenant(
+    cfg: &BackfillConfig,
+    tenant: BackfillTenant,
+    sink: ProgressSink,
+) -> Report {
     let mut one = cfg.clone();
     one.tenants = None;
     one.progress = Some(sink);
@@ -1156,11 +1160,13 @@ async fn open(cfg: &BackfillConfig, scrub: &Scrubber) -> Result<(Client, String)
     let version = session::server_version(&client)
         .await
         .map_err(|e| BackfillError::db(&e))?;
-    let mut set_local =
-        session::local_settings(cfg.lock_timeout, cfg.statement_timeout, version);
+    let mut set_local = session::local_settings(cfg.lock_timeout, cfg.statement_timeout, version);
     if let Some(schema) = &cfg.search_path {
         // The batch SQL is unqualified: it runs in the tenant's schema (and nothing else).
-        set_local.push_str(&format!("; SET LOCAL search_path TO {}", quote_ident(schema)));
+        set_local.push_str(&format!(
+            "; SET LOCAL search_path TO {}",
+            quote_ident(schema)
+        ));
     }
     Ok((client, set_local))
 }

@@ -166,6 +166,8 @@ pub struct Input<'a> {
     /// across the tenants.
     pub expand_tenants: Option<crate::api::TenantsStatus>,
     pub contract_tenants: Option<crate::api::TenantsStatus>,
+    /// The same for the backfill's observed attempt, once it finished.
+    pub backfill_tenants: Option<crate::api::TenantsStatus>,
     /// While expand runs: one of `status.expandAfter` left the line (failed, deleted), so its
     /// executor would wait for it forever; which.
     pub expand_after_left: Option<String>,
@@ -658,7 +660,7 @@ impl<'a> Planner<'a> {
         match phase {
             JobPhase::Expand => self.input.expand_tenants.clone(),
             JobPhase::Contract => self.input.contract_tenants.clone(),
-            JobPhase::Backfill => None,
+            JobPhase::Backfill => self.input.backfill_tenants.clone(),
         }
     }
 
@@ -690,7 +692,12 @@ impl<'a> Planner<'a> {
         if let Some(Holdup::Progress(p)) = holdup {
             if phase == JobPhase::Backfill {
                 if let Some(b) = self.status.backfill.as_mut() {
-                    b.progress = Some(p.clone());
+                    // A fleet's counts so far go where its final counts will be.
+                    let mut p = p.clone();
+                    if let Some(t) = p.tenants.take() {
+                        b.run.tenants = Some(t);
+                    }
+                    b.progress = Some(p);
                 }
             }
         }

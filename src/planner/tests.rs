@@ -132,6 +132,8 @@ struct Fx {
     contract_job: JobState,
     backfill_job: JobState,
     backfill_paused: bool,
+    /// What the observed backfill attempt's report said across the tenants.
+    backfill_tenants: Option<crate::api::TenantsStatus>,
     targets: Vec<TargetStatus>,
     history: Option<Vec<regression::TargetHistory>>,
 }
@@ -156,6 +158,7 @@ impl Fx {
             contract_job: JobState::Absent,
             backfill_job: JobState::Absent,
             backfill_paused: false,
+            backfill_tenants: None,
             targets,
             history: None,
         }
@@ -181,6 +184,7 @@ impl Fx {
             expand_after_left: None,
             expand_tenants: None,
             contract_tenants: None,
+            backfill_tenants: self.backfill_tenants.clone(),
             history: self.history.clone(),
             unconfirmed_stop: None,
         }
@@ -2213,6 +2217,7 @@ impl Sim {
             expand_after_left: None,
             expand_tenants: None,
             contract_tenants: None,
+            backfill_tenants: None,
             unconfirmed_stop: None,
             // The endpoint reads the rollout history with every grant.
             history: Some(self.history()),
@@ -2285,6 +2290,7 @@ impl Sim {
             expand_after_left: None,
             expand_tenants: None,
             contract_tenants: None,
+            backfill_tenants: None,
             unconfirmed_stop: unconfirmed,
             history: None,
         };
@@ -3820,6 +3826,7 @@ fn backfill_runs_after_the_rollout_and_contract_waits_for_it() {
         rows_per_second: 50,
         eta_seconds: Some(10),
         throttled: None,
+        tenants: None,
     };
     fx.backfill_job = JobState::Running(Some(Holdup::Progress(progress.clone())));
     fx.now += 3600;
@@ -4297,28 +4304,138 @@ fn a_fleet_migration_keeps_what_its_executor_did_across_the_tenants() {
 
 #[test]
 fn a_fleet_migration_refuses_what_cannot_run_per_tenant() {
-    let tenants = crate::api::TenantsSpec {
-        databases: Some("shop\\_%".into()),
+    let tenants = |schemas: bool| crate::api::TenantsSpec {
+        schemas: schemas.then(|| "tenant\\_%".into()),
+        databases: (!schemas).then(|| "shop\\_%".into()),
         ..Default::default()
     };
-    let spec = SpecBuilder::new()
+    // A user's own Job cannot run per tenant.
+    let job = SpecBuilder::new()
         .with(|s| {
-            s.tenants = Some(tenants.clone());
-            s.backfill = Some(
-                serde_json::from_value(serde_json::json!({
-                    "table": "users", "key": "id",
-                    "sql": "UPDATE users SET a = 1 WHERE id > $1 AND id <= $2"
-                }))
-                .expect("backfill"),
-            );
+            s.tenants = Some(tenants(false));
+            s.expand.sql = None;
+            s.expand.job = Some(JobSpec {
+                template: serde_json::json!({"spec": {"containers": [{"name": "c", "image": "psql"}]}}),
+                backoff_limit: None,
+            });
         })
         .build();
-    let mut fx = Fx::new(spec);
-    let p = fx.step();
+    let p = Fx::new(job).step();
     assert_eq!(failure_reason(&p.status), Some(reason::INVALID_SPEC));
     assert!(
         cond(&p.status, READY).message.contains("spec.tenants"),
         "{:?}",
         cond(&p.status, READY)
+    );
+    // Schema tenants walk each their own table: a schema-qualified one is refused before
+    // expand; database tenants may name one.
+    let qualified = |schemas: bool| {
+        let mut spec =
+            with_backfill(SpecBuilder::new().with(|s| s.tenants = Some(tenants(schemas))));
+        if let Some(b) = spec.backfill.as_mut() {
+            b.table = "app.users".into();
+        }
+        spec
+    };
+    let p = Fx::new(qualified(true)).step();
+    assert_eq!(failure_reason(&p.status), Some(reason::INVALID_SPEC));
+    assert!(
+        cond(&p.status, READY)
+            .message
+            .contains("spec.backfill.table"),
+        "{:?}",
+        cond(&p.status, READY)
+    );
+    assert_eq!(
+        Fx::new(qualified(false)).step().action,
+        start(JobPhase::Expand, 1)
+    );
+}
+
+/// A fleet migration with a backfill: expand on every tenant, the rollout gate, the backfill on
+/// every tenant (its counts in status while it runs and once it ended), then contract.
+#[test]
+fn a_fleet_backfill_runs_between_the_rollout_and_contract_with_its_counts_in_status() {
+    let tenants = crate::api::TenantsSpec {
+        schemas: Some("tenant\\_%".into()),
+        max_concurrent: 4,
+        ..Default::default()
+    };
+    let mut fx = Fx::expanded(with_backfill(
+        SpecBuilder::new().with(|s| s.tenants = Some(tenants.clone())),
+    ));
+    // Not before the rollout completed.
+    assert_eq!(fx.step().action, Action::None);
+    fx.complete(true);
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Backfill, 1));
+    // Running: the aggregate progress in status, its counts beside expand's and contract's.
+    let counts = |applied: u32, failed: u32, not_run: u32| crate::api::TenantsStatus {
+        total: 10,
+        applied,
+        failed,
+        not_run,
+        ..Default::default()
+    };
+    let progress = crate::api::BackfillProgress {
+        rows_done: 4_000,
+        estimated_rows: 6_000,
+        key_range_done_permille: 400,
+        rows_per_second: 100,
+        tenants: Some(counts(3, 0, 3)),
+        ..Default::default()
+    };
+    fx.backfill_job = JobState::Running(Some(Holdup::Progress(progress)));
+    let p = fx.step();
+    assert_eq!(phase(&p), Phase::Backfilling);
+    let b = p.status.backfill.clone().expect("backfill status");
+    assert_eq!(b.run.tenants, Some(counts(3, 0, 3)));
+    let kept = b.progress.expect("progress");
+    assert_eq!(
+        (kept.rows_done, kept.tenants),
+        (4_000, None),
+        "counts kept once"
+    );
+    let msg = &cond(&p.status, READY).message;
+    assert!(
+        msg.contains("backfilled 3 of 10 tenants (4 running, 0 failed; 40.0% of the work)"),
+        "{msg}"
+    );
+    // Halted by a failure: the migration fails with the report's counts; contract waits.
+    let mut halted = counts(5, 1, 4);
+    halted.halted = Some("1 failed, over the failure budget of 0".into());
+    fx.backfill_job = JobState::Failed("backfill done on 5 of 10 tenants; 1 failed".into());
+    fx.backfill_tenants = Some(halted.clone());
+    let p = fx.step();
+    assert_eq!(failure_reason(&p.status), Some(reason::BACKFILL_FAILED));
+    assert_eq!(
+        p.status
+            .backfill
+            .as_ref()
+            .and_then(|b| b.run.tenants.clone()),
+        Some(halted)
+    );
+    assert_eq!(p.action, Action::None);
+    // Retried: a new attempt (only the unfinished tenants have work), then contract.
+    fx.retry("1");
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Backfill, 2));
+    assert_eq!(
+        p.status
+            .backfill
+            .as_ref()
+            .and_then(|b| b.run.tenants.clone()),
+        None
+    );
+    fx.backfill_job = JobState::Succeeded(Some("backfill done on 10 of 10 tenants".into()));
+    fx.backfill_tenants = Some(counts(10, 0, 0));
+    let p = fx.step();
+    assert_eq!(p.action, start(JobPhase::Contract, 1));
+    assert_eq!(
+        p.status
+            .backfill
+            .as_ref()
+            .and_then(|b| b.run.tenants.clone()),
+        Some(counts(10, 0, 0))
     );
 }

@@ -40,14 +40,23 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> SpecError {
     }
 }
 
-/// What a fleet migration (`spec.tenants`) cannot have yet: each needs the executor to run it
-/// per tenant, which it does for inline SQL only.
+/// What a fleet migration (`spec.tenants`) cannot have: a user job (the executor runs each
+/// tenant, which it does for inline SQL only), and a schema-qualified backfill table with
+/// schema tenants (every tenant walks its own, unqualified).
 fn check_tenants(spec: &DatabaseMigrationSpec) -> Result<(), SpecError> {
-    if spec.backfill.is_some() {
+    let schemas = spec.tenants.as_ref().is_some_and(|t| t.schemas.is_some());
+    if let Some(b) = spec
+        .backfill
+        .as_ref()
+        .filter(|b| schemas && b.table.contains('.'))
+    {
         return Err(invalid(
-            "spec.tenants",
-            "a backfill on every tenant is not supported yet; backfill each tenant with a \
-             migration of its own, or fill the data in expand",
+            "spec.backfill.table",
+            format!(
+                "{:?} is schema-qualified: with tenants.schemas each tenant's own table is \
+                 walked, in its schema; name it unqualified",
+                b.table
+            ),
         ));
     }
     if spec.expand.job.is_some() || spec.contract.job.is_some() {

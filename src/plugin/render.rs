@@ -327,17 +327,20 @@ pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
 
     // Phases.
     let _ = writeln!(out, "\n{}", style.paint(Tone::Bold, "Expand"));
-    render_phase(&mut out, style, status.expand.as_ref());
+    render_phase(&mut out, style, status.expand.as_ref(), LEDGER);
     if dbm.spec.backfill.is_some() {
         let _ = writeln!(out, "\n{}", style.paint(Tone::Bold, "Backfill"));
         let b = status.backfill.clone().unwrap_or_default();
-        render_phase(&mut out, style, Some(&b.run));
+        render_phase(&mut out, style, Some(&b.run), "the Job's log");
         if let Some(p) = &b.progress {
+            // A fleet's progress is read with its counts (status keeps them beside it).
+            let mut p = p.clone();
+            p.tenants = p.tenants.or_else(|| b.run.tenants.clone());
             let _ = writeln!(out, "  progress:  {}", indented(&p.summary(), 13));
         }
     }
     let _ = writeln!(out, "\n{}", style.paint(Tone::Bold, "Contract"));
-    render_phase(&mut out, style, status.contract.as_ref());
+    render_phase(&mut out, style, status.contract.as_ref(), LEDGER);
 
     if let Some(hint) = next_step(dbm) {
         let _ = writeln!(out, "\n{} {hint}", style.paint(Tone::Bold, "Next:"));
@@ -352,7 +355,10 @@ pub fn render_status(dbm: &DatabaseMigration, style: Style) -> String {
         })
 }
 
-fn render_phase(out: &mut String, style: Style, phase: Option<&PhaseStatus>) {
+/// Where a phase's per-tenant record is kept (the status keeps counts and the first failures).
+const LEDGER: &str = "the ledger";
+
+fn render_phase(out: &mut String, style: Style, phase: Option<&PhaseStatus>, record: &str) {
     let Some(p) = phase.filter(|p| p.attempts > 0 || p.job_name.is_some()) else {
         let _ = writeln!(out, "  {}", style.paint(Tone::Dim, "not started"));
         return;
@@ -378,16 +384,23 @@ fn render_phase(out: &mut String, style: Style, phase: Option<&PhaseStatus>) {
         let _ = writeln!(out, "  report:    {}", indented(m, 13));
     }
     if let Some(t) = &p.tenants {
-        render_tenants(out, style, t);
+        render_tenants(out, style, t, record);
     }
 }
 
 /// Counts by state, then each failed tenant the status keeps, one per line.
-fn render_tenants(out: &mut String, style: Style, t: &crate::api::TenantsStatus) {
+fn render_tenants(out: &mut String, style: Style, t: &crate::api::TenantsStatus, record: &str) {
+    // A running backfill's counts so far: the rest run now, or have not started yet.
+    let running = t.total.saturating_sub(t.applied + t.failed + t.not_run);
+    let state = if running > 0 {
+        format!("{running} running, {} not started", t.not_run)
+    } else {
+        format!("{} not run", t.not_run)
+    };
     let _ = writeln!(
         out,
-        "  tenants:   {} applied, {} failed, {} not run (of {})",
-        t.applied, t.failed, t.not_run, t.total
+        "  tenants:   {} applied, {} failed, {state} (of {})",
+        t.applied, t.failed, t.total
     );
     if let Some(h) = &t.halted {
         let _ = writeln!(out, "  halted:    {}", style.paint(Tone::Bad, h));
@@ -403,7 +416,7 @@ fn render_tenants(out: &mut String, style: Style, t: &crate::api::TenantsStatus)
     if (t.failures.len() as u32) < t.failed {
         let _ = writeln!(
             out,
-            "             … and {} more (the ledger lists every one)",
+            "             … and {} more ({record} lists every one)",
             t.failed - t.failures.len() as u32
         );
     }
@@ -674,6 +687,64 @@ mod tests {
         );
         assert!(
             out.contains("failed:    tenant_03  failed: ERROR 42701: column exists"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_running_fleet_backfill_shows_its_counts_so_far_and_its_progress() {
+        let mut m = migration("Automatic", None);
+        m.spec.backfill = Some(
+            serde_json::from_value(serde_json::json!({
+                "table": "users", "key": "id",
+                "sql": "UPDATE users SET a = 1 WHERE id > $1 AND id <= $2"
+            }))
+            .expect("backfill"),
+        );
+        let failures: Vec<crate::api::TenantFailure> = (0..10)
+            .map(|i| crate::api::TenantFailure {
+                tenant: format!("tenant_{i:02}"),
+                error: "failed: ERROR 42703: column \"a\" does not exist".into(),
+            })
+            .collect();
+        m.status = Some(DatabaseMigrationStatus {
+            phase: Some(Phase::Backfilling),
+            backfill: Some(crate::api::BackfillStatus {
+                run: PhaseStatus {
+                    attempts: 1,
+                    job_name: Some("m-backfill-1".into()),
+                    tenants: Some(crate::api::TenantsStatus {
+                        total: 50,
+                        applied: 30,
+                        failed: 12,
+                        not_run: 4,
+                        failures,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                progress: Some(crate::api::BackfillProgress {
+                    rows_done: 1200,
+                    estimated_rows: 2000,
+                    key_range_done_permille: 640,
+                    rows_per_second: 300,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let out = render_status(&m, Style::default());
+        assert!(
+            out.contains("tenants:   30 applied, 12 failed, 4 running, 4 not started (of 50)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("… and 2 more (the Job's log lists every one)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("backfilled 30 of 50 tenants (4 running, 12 failed; 64.0% of the work)"),
             "{out}"
         );
     }

@@ -18,7 +18,9 @@ use super::super::connect::Scrubber;
 use super::super::stop::Stop;
 use super::walk::Verdict;
 use super::{discover, target, TenantKind};
-use crate::api::{BackfillProgress, TenantFailure, TenantsSpec, TenantsStatus, MAX_TENANT_FAILURES};
+use crate::api::{
+    BackfillProgress, TenantFailure, TenantsSpec, TenantsStatus, MAX_TENANT_FAILURES,
+};
 use crate::protocol::report::{Outcome, Report, ReportError};
 
 /// At most one aggregate progress line per this interval…
@@ -323,7 +325,10 @@ impl Aggregate {
 
     /// Prints the aggregate line; `last` is the walk's final count.
     fn print(&mut self, last: Option<&TenantsStatus>) {
-        if last.is_none() && self.last_print.is_some_and(|t| t.elapsed() < PROGRESS_EVERY / 2)
+        if last.is_none()
+            && self
+                .last_print
+                .is_some_and(|t| t.elapsed() < PROGRESS_EVERY / 2)
         {
             return;
         }
@@ -360,7 +365,10 @@ impl Aggregate {
         BackfillProgress {
             rows_done: self.rows_done + running.clone().map(|l| l.progress.rows_done).sum::<i64>(),
             estimated_rows: self.estimated
-                + running.clone().map(|l| l.progress.estimated_rows).sum::<i64>(),
+                + running
+                    .clone()
+                    .map(|l| l.progress.estimated_rows)
+                    .sum::<i64>(),
             key_range_done_permille: (fraction * 1000.0) as i64,
             batches: self.batches + running.clone().map(|l| l.progress.batches).sum::<i64>(),
             batch_size: running.map(|l| l.progress.batch_size).max().unwrap_or(0),
