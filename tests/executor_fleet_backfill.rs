@@ -176,6 +176,23 @@ async fn fills_every_schema_tenant_once_from_its_own_checkpoint_and_nothing_else
     assert_eq!((code, again.statements), (0, 0));
     assert_eq!(tally(&again), (6, 6, 0, 0));
     assert_eq!(counters(&c, "tenant_01.items").await, (1, 1, 500));
+
+    // After a rollback and a new complete rollout (a new epoch), every tenant's scan starts
+    // over from its first key, as a single database's does: old code may have written rows
+    // behind each checkpoint.
+    let mut epoch2 = small.to_vec();
+    epoch2.push(("PHASEGATE_BACKFILL_EPOCH", "epoch-2"));
+    let (r, code, _) = run(&pg, tenants, &epoch2).await;
+    assert_eq!(
+        (r.outcome, code),
+        (Outcome::Applied, 0),
+        "{}",
+        r.to_json_line()
+    );
+    for i in 1..=6 {
+        let s = format!("tenant_{i:02}.items");
+        assert_eq!(counters(&c, &s).await, (2, 2, 0), "{s}: walked again, once");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

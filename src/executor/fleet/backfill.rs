@@ -23,10 +23,10 @@ use crate::api::{
 };
 use crate::protocol::report::{Outcome, Report, ReportError};
 
-/// At most one aggregate progress line per this interval…
+/// One aggregate progress line per this interval…
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-/// …and at least one per this many finished tenants: the operator reads the log's last 50
-/// lines, and each tenant's run logs a line or two.
+/// …and one per this many finished tenants: the operator reads the log's last 50 lines, and
+/// each tenant's run logs a line or two.
 const PROGRESS_EVERY_TENANTS: u32 = 10;
 
 /// Where one tenant's backfill runs.
@@ -67,10 +67,9 @@ where
         Err(e) => {
             let message = scrub.scrub(&e.to_string());
             tracing::error!(error = %message, "tenants: the backfill did not start");
-            let mut r = Sums::default().report(&fleet, started, TenantsStatus::default());
-            r.outcome = Outcome::Failed;
-            r.tenants = None;
-            r.error = Some(error(message));
+            let mut r = failed(message);
+            r.duration_ms = started.elapsed().as_millis() as u64;
+            r.checksum = Some(crate::protocol::checksum::short(fleet.checksum));
             return r;
         }
     };
@@ -112,16 +111,12 @@ where
         }
         verdict
     };
-    let walking = super::walk::walk(&waves, fleet.spec, fleet.stop, one, add);
-    let printing = async {
-        loop {
-            tokio::time::sleep(PROGRESS_EVERY).await;
-            lock(&agg).print(None);
+    let mut walking = std::pin::pin!(super::walk::walk(&waves, fleet.spec, fleet.stop, one, add));
+    let status = loop {
+        tokio::select! {
+            s = &mut walking => break s,
+            () = tokio::time::sleep(PROGRESS_EVERY) => lock(&agg).print(None),
         }
-    };
-    let status = tokio::select! {
-        s = walking => s,
-        () = printing => unreachable!("prints forever"),
     };
     lock(&agg).print(Some(&status));
     sums.report(&fleet, started, status)
@@ -130,11 +125,7 @@ where
 /// Where `tenant` of `kind` runs; an error for a name the executor cannot put into a URL or a
 /// `search_path` as it is.
 fn backfill_tenant(url: &str, kind: &TenantKind, tenant: &str) -> Result<BackfillTenant, String> {
-    if !target::plain_name(kind, tenant) {
-        return Err(format!(
-            "tenant name {tenant:?} is not a plain lower-case identifier; such tenants are not supported yet"
-        ));
-    }
+    target::check_plain(kind, tenant)?;
     Ok(match kind {
         TenantKind::Schemas(_) => BackfillTenant::Schema(tenant.to_string()),
         TenantKind::Databases(_) => BackfillTenant::Database {
@@ -263,7 +254,6 @@ struct Aggregate {
     batches: i64,
     run_rows: i64,
     finished_since_print: u32,
-    last_print: Option<Instant>,
 }
 
 impl Aggregate {
@@ -282,7 +272,6 @@ impl Aggregate {
             batches: 0,
             run_rows: 0,
             finished_since_print: 0,
-            last_print: None,
         }
     }
 
@@ -325,14 +314,6 @@ impl Aggregate {
 
     /// Prints the aggregate line; `last` is the walk's final count.
     fn print(&mut self, last: Option<&TenantsStatus>) {
-        if last.is_none()
-            && self
-                .last_print
-                .is_some_and(|t| t.elapsed() < PROGRESS_EVERY / 2)
-        {
-            return;
-        }
-        self.last_print = Some(Instant::now());
         self.finished_since_print = 0;
         let p = self.progress(last);
         eprintln!("{}", crate::protocol::log::progress_line(&p));
@@ -377,5 +358,86 @@ impl Aggregate {
             throttled,
             tenants: Some(counts),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(rows: i64, estimated: i64, permille: i64) -> Latest {
+        Latest {
+            progress: BackfillProgress {
+                rows_done: rows,
+                estimated_rows: estimated,
+                key_range_done_permille: permille,
+                batches: 2,
+                batch_size: 100,
+                ..BackfillProgress::default()
+            },
+            run_rows: rows,
+        }
+    }
+
+    #[test]
+    fn the_line_sums_the_tenants_and_counts_the_running_ones_share() {
+        let mut a = Aggregate::new(4);
+        a.start("t1");
+        a.running.insert("t1".into(), at(100, 100, 1000));
+        a.finish("t1", &Verdict::Done, true);
+        a.start("t2");
+        let mut t2 = at(50, 100, 500);
+        t2.progress.throttled = Some("lock timeout (1s) on the table, retry 1".into());
+        a.running.insert("t2".into(), t2);
+        a.start("t3");
+        a.finish(
+            "t3",
+            &Verdict::Failed("failed: ERROR 42703: no n".into()),
+            false,
+        );
+        let p = a.progress(None);
+        let t = p.tenants.clone().expect("counts");
+        assert_eq!((t.total, t.applied, t.failed, t.not_run), (4, 1, 1, 1));
+        assert_eq!(t.failures[0].tenant, "t3");
+        assert_eq!((p.rows_done, p.estimated_rows, p.batches), (150, 200, 4));
+        // One tenant done and half of another, of four.
+        assert_eq!(p.key_range_done_permille, 375);
+        assert_eq!(
+            p.throttled.as_deref(),
+            Some("lock timeout (1s) on the table, retry 1 (tenant t2)")
+        );
+        assert_eq!(
+            crate::protocol::log::throttle_kind(p.throttled.as_deref().unwrap_or("")),
+            "lock_timeout",
+            "the metrics still tell the reason"
+        );
+        assert!(p.eta_seconds.is_some());
+        assert!(
+            p.summary()
+                .starts_with("backfilled 1 of 4 tenants (1 running, 1 failed; 37.5% of the work)"),
+            "{}",
+            p.summary()
+        );
+    }
+
+    #[test]
+    fn the_last_line_has_the_walks_counts() {
+        let mut a = Aggregate::new(2);
+        for t in ["t1", "t2"] {
+            a.start(t);
+            a.running.insert(t.into(), at(10, 10, 1000));
+            a.finish(t, &Verdict::Done, false);
+        }
+        let last = TenantsStatus {
+            total: 2,
+            applied: 2,
+            ..TenantsStatus::default()
+        };
+        let p = a.progress(Some(&last));
+        assert_eq!(p.tenants, Some(last));
+        assert_eq!(
+            (p.rows_done, p.key_range_done_permille, p.eta_seconds),
+            (20, 1000, Some(0))
+        );
     }
 }

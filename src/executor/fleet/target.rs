@@ -44,17 +44,23 @@ pub(super) fn plain_name(kind: &TenantKind, name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || extra.contains(&b))
 }
 
+/// A tenant's error when its name is not a [`plain_name`].
+pub(super) fn check_plain(kind: &TenantKind, tenant: &str) -> Result<(), String> {
+    if plain_name(kind, tenant) {
+        return Ok(());
+    }
+    Err(format!(
+        "tenant name {tenant:?} is not a plain lower-case identifier; such tenants are not supported yet"
+    ))
+}
+
 /// The run of one tenant. A schema tenant runs on the server's URL with its `search_path` set
 /// on the session (connections pass from one tenant to the next, see
 /// [`super::super::sessions::Sessions`]), its own advisory key, and a ledger row of its own,
 /// `<migration>/<schema>` (a Kubernetes name has no `/`, so it cannot collide). A database
 /// tenant runs on its database's URL and keeps its own ledger, with the migration's own name.
 pub(super) fn config_for(cfg: &Config, kind: &TenantKind, tenant: &str) -> Result<Config, String> {
-    if !plain_name(kind, tenant) {
-        return Err(format!(
-            "tenant name {tenant:?} is not a plain lower-case identifier; such tenants are not supported yet"
-        ));
-    }
+    check_plain(kind, tenant)?;
     let mut one = cfg.clone();
     one.tenants = None;
     one.tenant_expand_sql = None;
