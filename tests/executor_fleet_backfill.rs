@@ -530,3 +530,72 @@ async fn schema_tenants_backfill_through_a_transaction_pooler() {
     }
     pooler.assert_no_settings_left().await;
 }
+
+/// A tenant created since expand ran (by old code, from the old schema) is found by the
+/// backfill's discovery: expand runs there first (a ledger read where it is applied), then its
+/// backfill, so contract finds it expanded and backfilled. Without it, the batch SQL fails there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_created_since_expand_gets_expand_first() {
+    const EXPAND: &str = "ALTER TABLE items ADD COLUMN m integer NOT NULL DEFAULT 0;";
+    const FILL: &str = "UPDATE items SET m = m + 1 WHERE id > $1 AND id <= $2";
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 3, 100).await;
+    let tenants = r#"{"schemas":"tenant\\_%","maxConcurrent":2}"#;
+    let expand = tokio::process::Command::new(BIN)
+        .arg("apply")
+        .env("PHASEGATE_DATABASE_URL", pg.url())
+        .env("PHASEGATE_PHASE", "expand")
+        .env("PHASEGATE_SQL", EXPAND)
+        .env("PHASEGATE_MIGRATION_NAMESPACE", "shop")
+        .env("PHASEGATE_MIGRATION_NAME", "fill")
+        .env("PHASEGATE_MIGRATION_UID", "uid-1")
+        .env("PHASEGATE_TENANTS", tenants)
+        .env("PHASEGATE_TERMINATION_LOG", "/nonexistent-dir/x")
+        .output()
+        .await
+        .expect("expand");
+    assert!(
+        expand.status.success(),
+        "{}",
+        String::from_utf8_lossy(&expand.stdout)
+    );
+    add_schema(&c, "tenant_04", 100).await;
+    let env = [
+        ("PHASEGATE_BACKFILL_SQL", FILL),
+        ("PHASEGATE_TENANT_EXPAND_SQL", EXPAND),
+    ];
+    let (r, code, log) = run(&pg, tenants, &env).await;
+    assert_eq!(
+        (r.outcome, code),
+        (Outcome::Applied, 0),
+        "{}\n{log}",
+        r.to_json_line()
+    );
+    assert_eq!(tally(&r), (4, 4, 0, 0));
+    assert_eq!(r.tenants.as_ref().map(|t| t.expanded_late), Some(1));
+    for i in 1..=4 {
+        let s = format!("tenant_{i:02}");
+        let (min, max): (i32, i32) = {
+            let row = c
+                .query_one(&format!("SELECT min(m), max(m) FROM {s}.items"), &[])
+                .await
+                .expect("m");
+            (row.get(0), row.get(1))
+        };
+        assert_eq!(
+            (min, max),
+            (1, 1),
+            "{s}: expanded once, every row filled once"
+        );
+    }
+    let late: String = c
+        .query_one(
+            "SELECT status FROM phasegate.ledger WHERE name = 'fill/tenant_04' AND phase = 'expand'",
+            &[],
+        )
+        .await
+        .expect("ledger row of the late tenant")
+        .get(0);
+    assert_eq!(late, "applied");
+}

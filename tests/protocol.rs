@@ -277,6 +277,37 @@ fn a_backfill_executor_runs_with_the_specs_settings() {
     assert_eq!(cfg.pause, Duration::from_millis(10));
     assert_eq!(cfg.uid, UID);
     assert_eq!(cfg.epoch, "2026-12-01T00:00:00Z/0");
+    assert_eq!(cfg.tenants, None);
+}
+
+/// A fleet migration's backfill Job tells its executor the tenants: it backfills every one,
+/// and a tenant created since expand gets expand first, with the spec's safety settings.
+#[test]
+fn a_fleet_backfill_executor_runs_on_the_specs_tenants() {
+    let mut m = migration(true, false);
+    let tenants: phasegate::api::TenantsSpec =
+        serde_json::from_value(serde_json::json!({"schemas": "tenant\\_%", "maxConcurrent": 3}))
+            .expect("tenants");
+    m.spec.tenants = Some(tenants.clone());
+    let cfg = BackfillConfig::from_env(&parsed(&job_env(&m, JobPhase::Backfill))).expect("config");
+    assert_eq!(cfg.tenants, Some(tenants));
+    assert_eq!(cfg.table, "users");
+    let expand = cfg.expand_first.expect("expand for late tenants");
+    assert_eq!(expand.sql, "ALTER TABLE users ADD COLUMN a int;");
+    assert_eq!(expand.phase, phasegate::executor::Phase::Expand);
+    assert_eq!(expand.lock_timeout, Duration::from_millis(20));
+    assert_eq!(expand.max_lock_retries, 4);
+    assert_eq!(
+        (expand.identity.name.as_str(), expand.identity.uid.as_str()),
+        ("m", UID)
+    );
+    assert_eq!(expand.tenants, None);
+    // A single database's backfill runs no expand.
+    let single = parsed(&job_env(&migration(true, false), JobPhase::Backfill));
+    assert!(BackfillConfig::from_env(&single)
+        .expect("config")
+        .expand_first
+        .is_none());
 }
 
 #[test]

@@ -241,6 +241,11 @@ pub struct BackfillArgs {
     /// `{"schemas":"tenant\\_%","maxConcurrent":4}` (docs/fleet.md) [env: PHASEGATE_TENANTS].
     #[arg(long)]
     pub tenants: Option<String>,
+    /// With --tenants: expand's SQL, run first on a tenant whose expand is not applied (created
+    /// since expand ran), with the `PHASEGATE_*` settings of `phasegate apply`
+    /// [env: PHASEGATE_TENANT_EXPAND_SQL].
+    #[arg(long)]
+    pub tenant_expand_sql: Option<String>,
 }
 
 /// Everything a run needs (see [`BackfillArgs`]).
@@ -271,6 +276,9 @@ pub struct BackfillConfig {
     pub search_path: Option<String>,
     /// A tenant's run in a fleet: progress goes there instead of to stderr.
     pub progress: Option<ProgressSink>,
+    /// With tenants: expand's run (its SQL and `phasegate apply`'s settings) on a tenant
+    /// created since expand ran, before its backfill.
+    pub expand_first: Option<super::Config>,
 }
 
 /// The flag of a `PHASEGATE_BACKFILL_*` variable, e.g. `table`.
@@ -309,6 +317,7 @@ impl BackfillConfig {
             tenants: None,
             search_path: None,
             progress: None,
+            expand_first: None,
         }
     }
 
@@ -329,7 +338,8 @@ impl BackfillConfig {
             .database_url
             .or(env.database_url.clone())
             .ok_or_else(|| format!("--database-url or {} is required", penv::DATABASE_URL))?;
-        Ok(BackfillConfig {
+        let expand_sql = a.tenant_expand_sql.or(env.tenant_expand_sql.clone());
+        let mut cfg = BackfillConfig {
             database_url,
             table: required(a.table, &env.backfill_table, penv::BACKFILL_TABLE)?,
             key: required(a.key, &env.backfill_key, penv::BACKFILL_KEY)?,
@@ -388,7 +398,32 @@ impl BackfillConfig {
             },
             search_path: None,
             progress: None,
-        })
+            expand_first: None,
+        };
+        if let (Some(_), Some(sql)) = (&cfg.tenants, expand_sql) {
+            cfg.expand_first = Some(cfg.expand_config(env, sql)?);
+        }
+        Ok(cfg)
+    }
+
+    /// How expand runs on a tenant created since it ran: `phasegate apply`'s settings from the
+    /// environment, this run's database and migration.
+    fn expand_config(
+        &self,
+        env: &ExecutorEnv<Secret>,
+        sql: String,
+    ) -> Result<super::Config, String> {
+        let mut e = env.clone();
+        e.database_url = Some(self.database_url.clone());
+        e.phase = Some("expand".into());
+        e.sql = Some(sql);
+        e.tenants = None;
+        e.tenant_expand_sql = None;
+        e.migration_namespace = Some(self.namespace.clone());
+        e.migration_name = Some(self.name.clone());
+        e.migration_uid = Some(self.uid.clone());
+        e.connect_timeout = Some(self.connect_timeout.as_millis().to_string());
+        super::config_from_env(e).map_err(|m| format!("{}: {m}", penv::TENANT_EXPAND_SQL))
     }
 
     /// What identifies this backfill's work: a change restarts the scan.
@@ -476,12 +511,18 @@ pub async fn execute(cfg: &BackfillConfig) -> Report {
         return execute_one(cfg).await;
     };
     let sum = cfg.checksum();
+    // Stopped with this run (the stop is set after the settings are read).
+    let expand_first = cfg.expand_first.clone().map(|mut c| {
+        c.stop = cfg.stop.clone();
+        c
+    });
     let fleet = FleetBackfill {
         url: &cfg.database_url.0,
         connect_timeout: cfg.connect_timeout,
         stop: &cfg.stop,
         spec,
         checksum: &sum,
+        expand_first: expand_first.as_ref(),
     };
     execute_backfill(fleet, |tenant, sink| execute_tenant(cfg, tenant, sink)).await
 }
@@ -496,6 +537,7 @@ async fn execute_tenant(
 ) -> Report {
     let mut one = cfg.clone();
     one.tenants = None;
+    one.expand_first = None;
     one.progress = Some(sink);
     match tenant {
         BackfillTenant::Schema(schema) => {

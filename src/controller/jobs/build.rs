@@ -179,8 +179,12 @@ pub fn executor_env(
         }
         JobPhase::Backfill => {
             env.sql = None;
+            let apply = env.clone();
             env = env.without_apply_only();
             backfill_env(&mut env, spec, status);
+            if spec.tenants.is_some() {
+                tenant_expand_env(&mut env, &apply, spec);
+            }
         }
         JobPhase::Expand => {
             env.expand_after =
@@ -278,6 +282,22 @@ fn backfill_env(
     env.backfill_pause = b.pause.clone();
     env.backfill_lock_timeout = b.lock_timeout.clone();
     env.backfill_max_replication_lag = b.max_replication_lag.clone();
+}
+
+/// A fleet backfill runs expand first on a tenant created since expand ran (as contract
+/// does): expand's SQL, and the settings `phasegate apply` runs it with.
+fn tenant_expand_env(
+    env: &mut ExecutorEnv,
+    apply: &ExecutorEnv,
+    spec: &crate::api::DatabaseMigrationSpec,
+) {
+    env.tenant_expand_sql = spec.expand.sql.clone();
+    env.app_version = apply.app_version.clone();
+    env.lock_timeout = apply.lock_timeout.clone();
+    env.statement_timeout = apply.statement_timeout.clone();
+    env.young_transaction = apply.young_transaction.clone();
+    env.lock_wait_attempt_after = apply.lock_wait_attempt_after.clone();
+    env.max_lock_retries = apply.max_lock_retries;
 }
 
 /// The Job's `env` of an [`ExecutorEnv`]: the database URL from its Secret key.

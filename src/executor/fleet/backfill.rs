@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::super::connect::Scrubber;
 use super::super::stop::Stop;
+use super::super::Config;
 use super::walk::Verdict;
 use super::{discover, target, TenantKind};
 use crate::api::{
@@ -49,6 +50,9 @@ pub struct FleetBackfill<'a> {
     pub spec: &'a TenantsSpec,
     /// The backfill's checksum, for the report.
     pub checksum: &'a str,
+    /// How expand runs (its SQL, the apply settings) on a tenant created since expand ran, as
+    /// contract does: found by the backfill's discovery, it is expanded, then backfilled.
+    pub expand_first: Option<&'a Config>,
 }
 
 /// Runs `run` (one tenant's complete backfill, reporting its progress to the sink it is given)
@@ -82,27 +86,11 @@ where
         "tenants: starting the backfill"
     );
     let agg = Arc::new(Mutex::new(Aggregate::new(total)));
-    let run = &run;
-    let one = |tenant: &str| {
-        let (agg, kind) = (agg.clone(), kind.clone());
-        let tenant = tenant.to_string();
-        async move {
-            let target = match backfill_tenant(fleet.url, &kind, &tenant) {
-                Ok(t) => t,
-                Err(e) => return failed(e),
-            };
-            lock(&agg).start(&tenant);
-            let sink = ProgressSink {
-                agg,
-                tenant: tenant.clone(),
-            };
-            run(target, sink)
-                .instrument(tracing::info_span!("tenant", tenant = %tenant))
-                .await
-        }
-    };
+    let (fleet_ref, kind_ref, run) = (&fleet, &kind, &run);
+    let one = |tenant: &str| one_tenant(fleet_ref, kind_ref, agg.clone(), tenant.to_string(), run);
     let mut sums = Sums::default();
-    let add = |tenant: &str, r: Report| {
+    let add = |tenant: &str, (r, expanded_late): (Report, bool)| {
+        sums.expanded_late += u32::from(expanded_late);
         let verdict = sums.add(&r);
         let mut a = lock(&agg);
         a.finish(tenant, &verdict, r.outcome == Outcome::AlreadyApplied);
@@ -111,15 +99,60 @@ where
         }
         verdict
     };
-    let mut walking = std::pin::pin!(super::walk::walk(&waves, fleet.spec, fleet.stop, one, add));
-    let status = loop {
-        tokio::select! {
-            s = &mut walking => break s,
-            () = tokio::time::sleep(PROGRESS_EVERY) => lock(&agg).print(None),
+    let status = {
+        let mut walking =
+            std::pin::pin!(super::walk::walk(&waves, fleet.spec, fleet.stop, one, add));
+        loop {
+            tokio::select! {
+                s = &mut walking => break s,
+                () = tokio::time::sleep(PROGRESS_EVERY) => lock(&agg).print(None),
+            }
         }
     };
     lock(&agg).print(Some(&status));
     sums.report(&fleet, started, status)
+}
+
+/// One tenant: expand first where it was created since expand ran (and `fleet` says how),
+/// then its complete backfill; whether expand was applied there now.
+async fn one_tenant<F, Fut>(
+    fleet: &FleetBackfill<'_>,
+    kind: &TenantKind,
+    agg: Arc<Mutex<Aggregate>>,
+    tenant: String,
+    run: &F,
+) -> (Report, bool)
+where
+    F: Fn(BackfillTenant, ProgressSink) -> Fut,
+    Fut: Future<Output = Report>,
+{
+    let target = match backfill_tenant(fleet.url, kind, &tenant) {
+        Ok(t) => t,
+        Err(e) => return (failed(e), false),
+    };
+    let span = tracing::info_span!("tenant", tenant = %tenant);
+    let expanded_late = match fleet.expand_first {
+        Some(base) => match expand_late(base, kind, &tenant)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(late) => late,
+            Err(report) => return (report, false),
+        },
+        None => false,
+    };
+    lock(&agg).start(&tenant);
+    let sink = ProgressSink {
+        agg,
+        tenant: tenant.clone(),
+    };
+    (run(target, sink).instrument(span).await, expanded_late)
+}
+
+/// Expand's SQL (`base.sql`) on `tenant` if it does not have it yet ([`super::late`]).
+async fn expand_late(base: &Config, kind: &TenantKind, tenant: &str) -> Result<bool, Report> {
+    let one = target::config_for(base, kind, tenant).map_err(failed)?;
+    super::late::expand_first(&one, &base.sql, tenant).await
 }
 
 /// Where `tenant` of `kind` runs; an error for a name the executor cannot put into a URL or a
@@ -163,6 +196,8 @@ struct Sums {
     throttle_wait_ms: u64,
     /// Tenants where this run committed a batch (not found done).
     walked_now: u32,
+    /// Tenants created since expand, which got expand first.
+    expanded_late: u32,
 }
 
 impl Sums {
@@ -196,7 +231,10 @@ impl Sums {
         r.duration_ms = started.elapsed().as_millis() as u64;
         r.checksum = Some(crate::protocol::checksum::short(fleet.checksum));
         r.stopped_by = fleet.stop.requested().map(|s| s.name().to_string());
-        r.tenants = Some(status);
+        r.tenants = Some(TenantsStatus {
+            expanded_late: self.expanded_late,
+            ..status
+        });
         if !ok {
             r.error = Some(error(r.summary()));
         }

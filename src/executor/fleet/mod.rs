@@ -8,6 +8,7 @@
 
 pub mod backfill;
 mod discover;
+mod late;
 mod target;
 mod walk;
 mod waves;
@@ -111,25 +112,14 @@ async fn run_tenant(cfg: &Config, kind: &TenantKind, tenant: &str) -> TenantRun 
     };
     let mut expanded_late = false;
     if let (Phase::Contract, Some(expand_sql)) = (cfg.phase, &cfg.tenant_expand_sql) {
-        let mut expand = one.clone();
-        expand.phase = Phase::Expand;
-        expand.sql = expand_sql.clone();
-        expand.grant = None;
-        expand.database_check = false;
-        expand.require_expand = false;
-        let r = super::execute_one(&expand).await;
-        if !r.is_success() {
-            return TenantRun {
-                report: r,
-                expanded_late: false,
-            };
-        }
-        expanded_late = r.outcome == Outcome::Applied;
-        if expanded_late {
-            tracing::info!(
-                tenant,
-                "tenants: created since expand; expand applied there first"
-            );
+        match late::expand_first(&one, expand_sql, tenant).await {
+            Ok(late) => expanded_late = late,
+            Err(report) => {
+                return TenantRun {
+                    report,
+                    expanded_late: false,
+                }
+            }
         }
     }
     one.tenants = None;
