@@ -62,6 +62,27 @@ async fn checkpoint(
     .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
 }
 
+/// Sessions opened on the database so far (once the count reached `at_least`, or after 5 s:
+/// the executor's counts reach the statistics when its connections close).
+async fn sessions(c: &tokio_postgres::Client, at_least: i64) -> i64 {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n: i64 = c
+            .query_one(
+                "SELECT pg_stat_clear_snapshot()::text, sessions FROM pg_stat_database
+                  WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_database")
+            .get(1);
+        if n >= at_least || Instant::now() > until {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One complete run of `phasegate backfill` on the tenants `tenants` (JSON selects), configured
 /// as a Job is: its report, exit status and stderr.
 async fn run(pg: &TestPostgres, tenants: &str, extra: &[(&str, &str)]) -> (Report, i32, String) {
@@ -127,6 +148,7 @@ async fn fills_every_schema_tenant_once_from_its_own_checkpoint_and_nothing_else
         ("PHASEGATE_BACKFILL_BATCH_SIZE", "100"),
         ("PHASEGATE_BACKFILL_MAX_BATCH_SIZE", "100"),
     ];
+    let sessions_before = sessions(&c, 0).await;
     let (r, code, log) = run(&pg, tenants, &small).await;
     assert_eq!(r.outcome, Outcome::Applied, "{}\n{log}", r.to_json_line());
     assert_eq!(code, 0);
@@ -155,6 +177,10 @@ async fn fills_every_schema_tenant_once_from_its_own_checkpoint_and_nothing_else
         checkpoint(&c, "fill").await.is_none(),
         "no database-wide checkpoint"
     );
+    // Schema tenants pass their connections on: one for discovery, then one per tenant at
+    // once (3), not one per tenant (6).
+    let opened = sessions(&c, sessions_before + 4).await - sessions_before;
+    assert!(opened <= 4, "{opened} sessions for 6 tenants");
     // One aggregate progress line for the operator, with the tenants' counts.
     let (p, t) = last_progress(&log);
     assert_eq!((t.total, t.applied, t.failed), (6, 6, 0), "{log}");

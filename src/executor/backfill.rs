@@ -40,6 +40,7 @@
 //! [`PROGRESS_EVERY`]) on stderr, which the operator reads from the pod's log tail.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -276,6 +277,8 @@ pub struct BackfillConfig {
     pub search_path: Option<String>,
     /// A tenant's run in a fleet: progress goes there instead of to stderr.
     pub progress: Option<ProgressSink>,
+    /// A fleet's schema tenants: connections passed from one tenant's run to the next.
+    pub connections: Option<Connections>,
     /// With tenants: expand's run (its SQL and `phasegate apply`'s settings) on a tenant
     /// created since expand ran, before its backfill.
     pub expand_first: Option<super::Config>,
@@ -317,6 +320,7 @@ impl BackfillConfig {
             tenants: None,
             search_path: None,
             progress: None,
+            connections: None,
             expand_first: None,
         }
     }
@@ -398,6 +402,7 @@ impl BackfillConfig {
             },
             search_path: None,
             progress: None,
+            connections: None,
             expand_first: None,
         };
         if let (Some(_), Some(sql)) = (&cfg.tenants, expand_sql) {
@@ -524,7 +529,11 @@ pub async fn execute(cfg: &BackfillConfig) -> Report {
         checksum: &sum,
         expand_first: expand_first.as_ref(),
     };
-    execute_backfill(fleet, |tenant, sink| execute_tenant(cfg, tenant, sink)).await
+    // Schema tenants share their database's connections (database tenants cannot).
+    let mut base = cfg.clone();
+    base.connections = Some(Connections::default());
+    let base = &base;
+    execute_backfill(fleet, |tenant, sink| execute_tenant(base, tenant, sink)).await
 }
 
 /// One tenant's complete backfill: a schema tenant's checkpoint row is `<migration>/<schema>`
@@ -544,7 +553,10 @@ async fn execute_tenant(
             one.name = format!("{}/{schema}", cfg.name);
             one.search_path = Some(schema);
         }
-        BackfillTenant::Database { url, .. } => one.database_url = Secret(url),
+        BackfillTenant::Database { url, .. } => {
+            one.database_url = Secret(url);
+            one.connections = None;
+        }
     }
     execute_one(&one).await
 }
@@ -1088,20 +1100,38 @@ async fn run_inner(
     scrub: &Scrubber,
 ) -> Result<Outcome, BackfillError> {
     let (table, key) = checked_names(cfg)?;
-    let (mut client, set_local) = open(cfg, scrub).await?;
-    let kind = key_kind(&client, cfg, &table).await?;
+    let (mut client, version) = open(cfg, scrub).await?;
+    let outcome = scan_table(&mut client, cfg, sum, stats, (table, key), version).await?;
+    // A fleet's next schema tenant takes the connection: nothing was set on its session.
+    if let Some(pool) = &cfg.connections {
+        pool.give_back(client, version);
+    }
+    Ok(outcome)
+}
+
+/// The backfill on `client`: the checkpoint read (or the scan restarted), then the walk.
+async fn scan_table(
+    client: &mut Client,
+    cfg: &BackfillConfig,
+    sum: &str,
+    stats: &mut RunStats,
+    (table, key): (String, String),
+    version: i32,
+) -> Result<Outcome, BackfillError> {
+    let set_local = local_settings(cfg, version);
+    let kind = key_kind(client, cfg, &table).await?;
     let db = |e: tokio_postgres::Error| BackfillError::db(&e);
     let table_oid: u32 = client
         .query_typed_one("SELECT $1::text::regclass::oid", &[(&table, Type::TEXT)])
         .await
         .map_err(db)?
         .get(0);
-    ensure_table(&client).await?;
+    ensure_table(client).await?;
     if matches!(kind, KeyKind::Sorted { .. }) {
-        ensure_text_key_columns(&client).await?;
+        ensure_text_key_columns(client).await?;
     }
     let scan = Scan::new(cfg, sum, table, key, kind, table_oid, set_local);
-    let cp = start(&mut client, &scan, stats).await?;
+    let cp = start(client, &scan, stats).await?;
     if cp.done && cp.fresh {
         tracing::info!("nothing to backfill: the table is empty");
         return Ok(Outcome::Applied);
@@ -1111,10 +1141,10 @@ async fn run_inner(
             rows_done = cp.rows_done,
             "backfill already done in this rollout epoch"
         );
-        report_done(&client, cfg, &cp, table_oid).await?;
+        report_done(client, cfg, &cp, table_oid).await?;
         return Ok(Outcome::AlreadyApplied);
     }
-    walk(&mut client, &scan, cp, stats).await
+    walk(client, &scan, cp, stats).await
 }
 
 /// A fleet's tenant found done: its rows still count in the fleet's progress.
@@ -1187,11 +1217,14 @@ fn checked_names(cfg: &BackfillConfig) -> Result<(String, String), BackfillError
     Ok((table, key))
 }
 
-/// Connects, with the same client-side keepalives as `phasegate apply`; returns the client
-/// and the `SET LOCAL`s every transaction of the run starts with. Nothing is set on the
-/// session: behind a transaction pooler a session setting would stay on a pooled server
-/// connection for whichever client gets it next.
-async fn open(cfg: &BackfillConfig, scrub: &Scrubber) -> Result<(Client, String), BackfillError> {
+/// Connects, with the same client-side keepalives as `phasegate apply` (or takes the
+/// connection a fleet's last schema tenant gave back); returns the client and the server's
+/// version. Nothing is set on the session: behind a transaction pooler a session setting
+/// would stay on a pooled server connection for whichever client gets it next.
+async fn open(cfg: &BackfillConfig, scrub: &Scrubber) -> Result<(Client, i32), BackfillError> {
+    if let Some(reused) = cfg.connections.as_ref().and_then(Connections::take) {
+        return Ok(reused);
+    }
     let mut settings = session::settings(&cfg.database_url.0)?;
     // A startup parameter, not a SET: PgBouncer gives it to every server connection it lends.
     settings.config.application_name("phasegate-backfill");
@@ -1202,6 +1235,11 @@ async fn open(cfg: &BackfillConfig, scrub: &Scrubber) -> Result<(Client, String)
     let version = session::server_version(&client)
         .await
         .map_err(|e| BackfillError::db(&e))?;
+    Ok((client, version))
+}
+
+/// The `SET LOCAL`s every transaction of the run starts with.
+fn local_settings(cfg: &BackfillConfig, version: i32) -> String {
     let mut set_local = session::local_settings(cfg.lock_timeout, cfg.statement_timeout, version);
     if let Some(schema) = &cfg.search_path {
         // The batch SQL is unqualified: it runs in the tenant's schema (and nothing else).
@@ -1210,7 +1248,38 @@ async fn open(cfg: &BackfillConfig, scrub: &Scrubber) -> Result<(Client, String)
             quote_ident(schema)
         ));
     }
-    Ok((client, set_local))
+    set_local
+}
+
+/// The connections a fleet's schema tenants pass from one tenant's backfill to the next (at
+/// most one per running tenant): every setting is per transaction, so any tenant can use any.
+/// A run that failed drops its connection instead.
+#[derive(Clone, Default)]
+pub struct Connections(Arc<Mutex<Vec<(Client, i32)>>>);
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connections")
+    }
+}
+
+impl Connections {
+    fn take(&self) -> Option<(Client, i32)> {
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((client, version)) = idle.pop() {
+            if !client.is_closed() {
+                return Some((client, version));
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, client: Client, version: i32) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((client, version));
+    }
 }
 
 /// How the key is walked, from its base type (through a domain).

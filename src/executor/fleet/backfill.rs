@@ -7,7 +7,7 @@
 //! Status stays bounded: one aggregate progress line (rows summed, the share of the work done,
 //! the tenants' counts), never a line per tenant, is what the operator reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,8 +27,8 @@ use crate::protocol::report::{Outcome, Report, ReportError};
 /// One aggregate progress line per this interval…
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// …and one per this many finished tenants: the operator reads the log's last 50 lines, and
-/// each tenant's run logs a line or two.
-const PROGRESS_EVERY_TENANTS: u32 = 10;
+/// each tenant's run logs a few (its expand check, its walk).
+const PROGRESS_EVERY_TENANTS: u32 = 5;
 
 /// Where one tenant's backfill runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,9 +65,19 @@ where
     let started = Instant::now();
     let scrub = Scrubber::for_url(fleet.url);
     let found = discover::find(fleet.url, fleet.connect_timeout, fleet.spec, &scrub).await;
-    // Not held while the tenants run: each run has a connection of its own.
-    let (kind, waves) = match found {
-        Ok((_client, kind, waves)) => (kind, waves),
+    let (kind, waves, expanded) = match found {
+        Ok((client, kind, waves)) => {
+            // Schema tenants' expand is in the database's ledger: read once for all.
+            let expanded = match (fleet.expand_first, &kind) {
+                (Some(base), TenantKind::Schemas(_)) => {
+                    Some(super::late::expanded_schemas(&client, base).await)
+                }
+                _ => None,
+            };
+            // Not held while the tenants run: each run has a connection of its own.
+            drop(client);
+            (kind, waves, expanded)
+        }
         Err(e) => {
             let message = scrub.scrub(&e.to_string());
             tracing::error!(error = %message, "tenants: the backfill did not start");
@@ -86,8 +96,13 @@ where
         "tenants: starting the backfill"
     );
     let agg = Arc::new(Mutex::new(Aggregate::new(total)));
-    let (fleet_ref, kind_ref, run) = (&fleet, &kind, &run);
-    let one = |tenant: &str| one_tenant(fleet_ref, kind_ref, agg.clone(), tenant.to_string(), run);
+    let tenants = Tenants {
+        fleet: &fleet,
+        kind: &kind,
+        expanded: expanded.as_ref(),
+    };
+    let (tenants, run) = (&tenants, &run);
+    let one = |tenant: &str| one_tenant(tenants, agg.clone(), tenant.to_string(), run);
     let mut sums = Sums::default();
     let add = |tenant: &str, (r, expanded_late): (Report, bool)| {
         sums.expanded_late += u32::from(expanded_late);
@@ -113,11 +128,18 @@ where
     sums.report(&fleet, started, status)
 }
 
+/// What every tenant's run shares.
+struct Tenants<'a> {
+    fleet: &'a FleetBackfill<'a>,
+    kind: &'a TenantKind,
+    /// Schema tenants whose expand the ledger has (None: each tenant checks its own).
+    expanded: Option<&'a HashSet<String>>,
+}
+
 /// One tenant: expand first where it was created since expand ran (and `fleet` says how),
 /// then its complete backfill; whether expand was applied there now.
 async fn one_tenant<F, Fut>(
-    fleet: &FleetBackfill<'_>,
-    kind: &TenantKind,
+    t: &Tenants<'_>,
     agg: Arc<Mutex<Aggregate>>,
     tenant: String,
     run: &F,
@@ -126,13 +148,15 @@ where
     F: Fn(BackfillTenant, ProgressSink) -> Fut,
     Fut: Future<Output = Report>,
 {
-    let target = match backfill_tenant(fleet.url, kind, &tenant) {
+    lock(&agg).start(&tenant);
+    let target = match backfill_tenant(t.fleet.url, t.kind, &tenant) {
         Ok(t) => t,
         Err(e) => return (failed(e), false),
     };
     let span = tracing::info_span!("tenant", tenant = %tenant);
-    let expanded_late = match fleet.expand_first {
-        Some(base) => match expand_late(base, kind, &tenant)
+    let known = t.expanded.is_some_and(|e| e.contains(&tenant));
+    let expanded_late = match t.fleet.expand_first.filter(|_| !known) {
+        Some(base) => match expand_late(base, t.kind, &tenant)
             .instrument(span.clone())
             .await
         {
@@ -141,7 +165,6 @@ where
         },
         None => false,
     };
-    lock(&agg).start(&tenant);
     let sink = ProgressSink {
         agg,
         tenant: tenant.clone(),

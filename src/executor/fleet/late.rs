@@ -31,3 +31,36 @@ pub(super) async fn expand_first(
     }
     Ok(late)
 }
+
+/// The schema tenants whose expand (this SQL, this object) the database's ledger records as
+/// applied: one read for all of them, so that only the others take [`expand_first`]'s run (two
+/// connections and the tenant's advisory lock each). Empty when the ledger cannot be read:
+/// every tenant then takes the full run, which tells.
+pub(super) async fn expanded_schemas(
+    client: &tokio_postgres::Client,
+    base: &Config,
+) -> std::collections::HashSet<String> {
+    use tokio_postgres::types::Type;
+    let prefix = format!("{}/", base.identity.name);
+    let sum = super::super::checksum(&base.sql);
+    let rows = client
+        .query_typed(
+            "SELECT substr(name, length($2) + 1) FROM phasegate.ledger
+              WHERE namespace = $1 AND left(name, length($2)) = $2 AND phase = 'expand'
+                AND status = 'applied' AND uid = $3 AND checksum = $4",
+            &[
+                (&base.identity.namespace, Type::TEXT),
+                (&prefix, Type::TEXT),
+                (&base.identity.uid, Type::TEXT),
+                (&sum, Type::TEXT),
+            ],
+        )
+        .await;
+    match rows {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "tenants: cannot read the ledger; every tenant checks its expand");
+            std::collections::HashSet::new()
+        }
+    }
+}
