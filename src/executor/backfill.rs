@@ -175,10 +175,11 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 #[derive(clap::Args, Debug, Clone, Default)]
 #[command(
     after_help = "Every setting can also come from its PHASEGATE_* environment variable (see \
-docs/backfill.md); a flag wins over it. Exit status: 0 when the backfill is done (or was already \
-done in this rollout epoch); 1 when it failed; 2 when a setting is missing or invalid; 143 \
-(SIGTERM) or 130 (SIGINT) when stopped: every batch committed so far is recorded in the \
-checkpoint and the next run resumes after it."
+docs/backfill.md); a flag wins over it. With --tenants it backfills every tenant it selects \
+(docs/fleet.md). Exit status: 0 when the backfill is done (or was already done in this rollout \
+epoch), on every tenant with --tenants; 1 when it failed (on any tenant); 2 when a setting is \
+missing or invalid; 143 (SIGTERM) or 130 (SIGINT) when stopped: every batch committed so far is \
+recorded in the checkpoint and the next run resumes after it."
 )]
 pub struct BackfillArgs {
     /// PostgreSQL URL [env: PHASEGATE_DATABASE_URL].
