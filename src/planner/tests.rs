@@ -4322,3 +4322,87 @@ fn a_fleet_migration_refuses_what_cannot_run_per_tenant() {
         cond(&p.status, READY)
     );
 }
+
+/// `spec.tenants.servers` with what names one server only — listed standbys, a pooler's admin
+/// URL — or with a Secret key used twice (its tenants would run twice) is InvalidSpec before
+/// anything runs; `replicas.discover` and a pooler without an admin URL work per server.
+#[test]
+fn a_fleet_migration_on_several_servers_refuses_what_names_one_server() {
+    let tenants: crate::api::TenantsSpec = serde_json::from_value(serde_json::json!({
+        "schemas": "tenant\\_%",
+        "servers": [{"name": "eu-2", "urlSecretRef": {"name": "db-eu-2", "key": "url"}}]
+    }))
+    .expect("tenants");
+    let key = |name: &str| crate::api::SecretKeyRef {
+        name: name.into(),
+        key: "url".into(),
+    };
+    type Edit = Box<dyn Fn(&mut crate::api::DatabaseMigrationSpec)>;
+    let refused: Vec<(&str, Edit)> = vec![
+        (
+            "spec.database.replicas.urlSecretRefs",
+            Box::new(move |s| {
+                s.database.replicas = Some(crate::api::ReplicasSpec {
+                    url_secret_refs: vec![key("standby")],
+                    discover: false,
+                })
+            }),
+        ),
+        (
+            "spec.database.pooler.adminUrlSecretRef",
+            Box::new(move |s| {
+                s.database.pooler = Some(crate::api::PoolerSpec {
+                    admin_url_secret_ref: Some(key("pooler-admin")),
+                })
+            }),
+        ),
+        (
+            "uses the Secret key shop-db/url of spec.database",
+            Box::new(move |s| {
+                if let Some(t) = s.tenants.as_mut() {
+                    t.servers[0].url_secret_ref = s.database.url_secret_ref.clone();
+                }
+            }),
+        ),
+        (
+            "listed twice",
+            Box::new(move |s| {
+                if let Some(t) = s.tenants.as_mut() {
+                    let again = t.servers[0].clone();
+                    t.servers.push(again);
+                }
+            }),
+        ),
+    ];
+    for (says, edit) in refused {
+        let spec = SpecBuilder::new()
+            .with(|s| {
+                s.tenants = Some(tenants.clone());
+                edit(s);
+            })
+            .build();
+        let p = Fx::new(spec).step();
+        assert_eq!(
+            failure_reason(&p.status),
+            Some(reason::INVALID_SPEC),
+            "{says}"
+        );
+        let message = &cond(&p.status, READY).message;
+        assert!(message.contains(says), "{says}: {message}");
+    }
+    let per_server = SpecBuilder::new()
+        .with(|s| {
+            s.tenants = Some(tenants.clone());
+            s.database.replicas = Some(crate::api::ReplicasSpec {
+                url_secret_refs: Vec::new(),
+                discover: true,
+            });
+            s.database.pooler = Some(crate::api::PoolerSpec::default());
+        })
+        .build();
+    assert!(crate::planner::validate::validate(&per_server, true).is_ok());
+    assert_eq!(
+        Fx::new(per_server).step().action,
+        start(JobPhase::Expand, 1)
+    );
+}

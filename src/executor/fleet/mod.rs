@@ -1,20 +1,27 @@
-//! One phase on every tenant of a server (`spec.tenants`, docs/fleet.md): the tenants are
-//! discovered from the server when the phase runs, canaries go first one at a time, then the
-//! rest with at most `maxConcurrent` at once, until the failure budget is spent. Each tenant is
-//! a complete single-database run ([`super::execute_one`]) with its own ledger row, so a retry
-//! or a run after a SIGKILL skips what is applied and runs only the failed and unfinished.
+//! One phase on every tenant of a server, or of several (`spec.tenants`, docs/fleet.md): the
+//! tenants are discovered from every server when the phase runs, canaries go first one at a
+//! time, then the rest with at most `maxConcurrent` at once on each server, until the failure
+//! budget is spent. Each tenant is a complete single-database run ([`super::execute_one`])
+//! with its own ledger row, so a retry or a run after a SIGKILL skips what is applied and runs
+//! only the failed and unfinished.
 
 mod discover;
+mod servers;
 mod target;
+mod tenant;
 mod waves;
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use tracing::Instrument;
 
 use super::connect::Scrubber;
 use super::{Config, Outcome, Phase, Report, ReportError};
 use crate::api::{TenantFailure, TenantsSpec, TenantsStatus, MAX_TENANT_FAILURES};
+use servers::Server;
+use tenant::Tenant;
 
 pub use target::TenantKind;
 
@@ -32,12 +39,20 @@ pub enum FleetError {
     NoTenants(String),
     #[error("canary tenant(s) not found: {0}")]
     MissingCanary(String),
+    /// On one of several servers, named as status names it (never by its URL).
+    #[error("{server}: {error}")]
+    Server {
+        server: String,
+        error: Box<FleetError>,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Servers(Vec<FleetError>),
 }
 
 /// Runs `cfg`'s phase on every tenant of `spec` and reports across them.
 pub async fn execute_fleet(cfg: &Config, spec: &TenantsSpec) -> Report {
     let started = Instant::now();
-    let scrub = Scrubber::for_url(&cfg.database_url.0);
+    let scrub = Scrubber::for_urls(&cfg.secret_urls());
     match run(cfg, spec, &scrub).await {
         Ok(tally) => tally.report(cfg, started.elapsed()),
         Err(e) => {
@@ -50,29 +65,18 @@ pub async fn execute_fleet(cfg: &Config, spec: &TenantsSpec) -> Report {
 
 async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally, FleetError> {
     let kind = TenantKind::of(spec).map_err(FleetError::Spec)?;
-    let mut client = discover::connect(cfg, scrub).await?;
-    let tenants = discover::tenants(&client, &kind, scrub).await?;
+    let mut servers = servers::of(cfg, spec)?;
+    // Every server before any tenant runs: one that cannot be read fails the phase now.
+    let found = servers::discover(&servers, &kind, scrub).await?;
+    let tenants: Vec<Tenant> = found.iter().flat_map(|f| f.tenants.clone()).collect();
     if tenants.is_empty() {
         return Err(FleetError::NoTenants(kind.describe()));
     }
     let waves = waves::plan(&tenants, &spec.canary).map_err(FleetError::MissingCanary)?;
-    let mut base = cfg.clone();
-    if let TenantKind::Schemas(_) = kind {
-        // Once: a pooler passes the options startup parameter on for every tenant or for none.
-        let plain = |t: &&String| target::plain_name(&kind, t);
-        if let Some(t) = waves.canaries.iter().chain(&waves.rest).find(plain) {
-            discover::check_search_path(cfg, t)
-                .await
-                .map_err(FleetError::Spec)?;
-        }
-        discover::ensure_ledger(&mut client, scrub).await?;
-        base.sessions = Some(super::sessions::Sessions::default());
-    }
-    // Not held while the tenants run: each run has connections of its own.
-    drop(client);
-    let cfg = &base;
+    servers::prepare(&mut servers, found, &kind, scrub).await?;
     tracing::info!(
         tenants = tenants.len(),
+        servers = servers.len(),
         canaries = waves.canaries.len(),
         max_concurrent = spec.max_concurrent,
         failure_budget = spec.failure_budget,
@@ -89,28 +93,56 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
         if tally.halted(cfg, spec) {
             break;
         }
-        let done = run_tenant(cfg, &kind, tenant).await;
-        tally.add(tenant, done);
+        let done = run_tenant(&servers[tenant.server].cfg, &kind, tenant).await;
+        tally.add(&tenant.label, done);
         if tally.status.failed > 0 && tally.status.halted.is_none() {
-            tally.status.halted = Some(format!("canary tenant {tenant} failed"));
+            tally.status.halted = Some(format!("canary tenant {} failed", tenant.label));
         }
     }
-    let mut queue = waves.rest.iter();
+    run_rest(cfg, spec, &servers, &kind, waves.rest, &mut tally).await;
+    tally.status.not_run = tally.status.total - tally.status.applied - tally.status.failed;
+    Ok(tally)
+}
+
+/// The tenants after the canaries: on each server at most `maxConcurrent` at once, servers
+/// side by side, until the run is halted.
+async fn run_rest(
+    cfg: &Config,
+    spec: &TenantsSpec,
+    servers: &[Server],
+    kind: &TenantKind,
+    rest: Vec<Tenant>,
+    tally: &mut Tally,
+) {
+    let mut queues: Vec<VecDeque<Tenant>> = servers.iter().map(|_| VecDeque::new()).collect();
+    for t in rest {
+        queues[t.server].push_back(t);
+    }
+    let mut running_on = vec![0usize; servers.len()];
     let mut running = FuturesUnordered::new();
     let limit = spec.max_concurrent.max(1) as usize;
     loop {
-        while running.len() < limit && !tally.halted(cfg, spec) {
-            let Some(tenant) = queue.next() else { break };
-            let kind = &kind;
-            running.push(async move { (tenant, run_tenant(cfg, kind, tenant).await) });
+        if !tally.halted(cfg, spec) {
+            for (i, queue) in queues.iter_mut().enumerate() {
+                while running_on[i] < limit {
+                    let Some(tenant) = queue.pop_front() else {
+                        break;
+                    };
+                    running_on[i] += 1;
+                    let server = &servers[i].cfg;
+                    running.push(async move {
+                        let done = run_tenant(server, kind, &tenant).await;
+                        (tenant, done)
+                    });
+                }
+            }
         }
         let Some((tenant, done)) = running.next().await else {
             break;
         };
-        tally.add(tenant, done);
+        running_on[tenant.server] -= 1;
+        tally.add(&tenant.label, done);
     }
-    tally.status.not_run = tally.status.total - tally.status.applied - tally.status.failed;
-    Ok(tally)
 }
 
 /// What one tenant's run came to: its phase's report, and whether contract had to run
@@ -120,10 +152,16 @@ struct TenantRun {
     expanded_late: bool,
 }
 
-/// One tenant: a complete single-database run; in contract, expand first where a tenant
-/// created since expand does not have it (already applied elsewhere: a ledger read, no SQL).
-async fn run_tenant(cfg: &Config, kind: &TenantKind, tenant: &str) -> TenantRun {
-    let mut one = match target::config_for(cfg, kind, tenant) {
+/// One tenant, on its server's settings `cfg`, its logs in a span naming it.
+async fn run_tenant(cfg: &Config, kind: &TenantKind, tenant: &Tenant) -> TenantRun {
+    let span = tracing::info_span!("tenant", tenant = %tenant.label);
+    run_one_tenant(cfg, kind, tenant).instrument(span).await
+}
+
+/// A complete single-database run; in contract, expand first where a tenant created since
+/// expand (or on a server listed since) does not have it (already applied: a ledger read).
+async fn run_one_tenant(cfg: &Config, kind: &TenantKind, tenant: &Tenant) -> TenantRun {
+    let mut one = match target::config_for(cfg, kind, &tenant.name) {
         Ok(c) => c,
         Err(e) => {
             return TenantRun {
@@ -150,7 +188,7 @@ async fn run_tenant(cfg: &Config, kind: &TenantKind, tenant: &str) -> TenantRun 
         expanded_late = r.outcome == Outcome::Applied;
         if expanded_late {
             tracing::info!(
-                tenant,
+                tenant = %tenant.label,
                 "tenants: created since expand; expand applied there first"
             );
         }
