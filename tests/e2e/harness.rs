@@ -706,3 +706,21 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     .await
     .expect("http_get task")
 }
+
+/// The pid of this namespace's executor process of `phase` and `attempt` (the kwok runner runs
+/// it on this machine), found by its environment: other tests may run executors at the same time.
+pub fn executor_pid(ns: &str, phase: &str, attempt: u32) -> Option<u32> {
+    let want = [
+        format!("PHASEGATE_MIGRATION_NAMESPACE={ns}"),
+        format!("PHASEGATE_ATTEMPT={attempt}"),
+        format!("PHASEGATE_PHASE={phase}"),
+    ];
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|d| {
+        let pid: u32 = d.file_name().to_str()?.parse().ok()?;
+        let environ = std::fs::read(d.path().join("environ")).ok()?;
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        want.iter()
+            .all(|w| vars.contains(&w.as_bytes()))
+            .then_some(pid)
+    })
+}
