@@ -70,6 +70,11 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
     }
     // Not held while the tenants run: each run has connections of its own.
     drop(client);
+    // The grant is for the attempt: one renewal serves every tenant's COMMIT.
+    base.shared_grant = cfg
+        .grant
+        .clone()
+        .map(|g| std::sync::Arc::new(super::grant::Grant::start(g)));
     let cfg = &base;
     tracing::info!(
         tenants = tenants.len(),
@@ -138,6 +143,7 @@ async fn run_tenant(cfg: &Config, kind: &TenantKind, tenant: &str) -> TenantRun 
         expand.phase = Phase::Expand;
         expand.sql = expand_sql.clone();
         expand.grant = None;
+        expand.shared_grant = None;
         expand.database_check = false;
         expand.require_expand = false;
         let r = super::execute_one(&expand).await;
