@@ -166,6 +166,17 @@ impl Env {
         send_signal(self.runner.id(), signal);
     }
 
+    /// The operator process's resident set now and at its peak, in KiB (`VmRSS`, `VmHWM`).
+    pub fn operator_rss_kib(&self) -> Option<(u64, u64)> {
+        let pid = self.operator.as_ref().and_then(Child::id)?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(name))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
     /// SIGKILL the operator, as a node failure would.
     pub async fn kill_operator(&mut self) {
         if let Some(mut child) = self.operator.take() {
