@@ -470,3 +470,31 @@ async fn a_fleet_contract_asks_for_its_commit_grant_once_for_every_tenant() {
         "{asked} grant requests in {secs:.1} s for 40 tenants (at most {most})"
     );
 }
+
+/// `tenants.waves`: a wave's tenants all finish before the next wave starts. The first wave
+/// (one tenant) waits for an old reader of its table; no tenant of the next wave runs meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_finishes_before_the_next_wave_starts() {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 8).await;
+    let mut reader = pg.client().await;
+    let tx = reader.transaction().await.expect("begin");
+    tx.batch_execute("SELECT count(*) FROM tenant_01.users")
+        .await
+        .expect("read");
+    let mut tenants = spec("tenant\\_%");
+    tenants.waves = vec![IntOrString::Int(1), IntOrString::String("50%".into())];
+    let expand = cfg(&pg, Phase::Expand, EXPAND, tenants);
+    let run = tokio::spawn(async move { executor::execute(&expand).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        with_column(&c, "verified").await.is_empty(),
+        "the second wave waits for the first"
+    );
+    tx.rollback().await.expect("end the reader");
+    let r = run.await.expect("run");
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
+    assert_eq!(tally(&r), (8, 8, 0, 0));
+}

@@ -55,12 +55,15 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
     if tenants.is_empty() {
         return Err(FleetError::NoTenants(kind.describe()));
     }
-    let waves = waves::plan(&tenants, &spec.canary).map_err(FleetError::MissingCanary)?;
+    let waves = waves::plan(&tenants, &spec.canary, &spec.waves).map_err(|e| match e {
+        waves::PlanError::MissingCanary(names) => FleetError::MissingCanary(names),
+        waves::PlanError::Spec(why) => FleetError::Spec(why),
+    })?;
     let mut base = cfg.clone();
     if let TenantKind::Schemas(_) = kind {
         // Once: a pooler passes the options startup parameter on for every tenant or for none.
         let plain = |t: &&String| target::plain_name(&kind, t);
-        if let Some(t) = waves.canaries.iter().chain(&waves.rest).find(plain) {
+        if let Some(t) = waves.all().find(plain) {
             discover::check_search_path(cfg, t)
                 .await
                 .map_err(FleetError::Spec)?;
@@ -79,6 +82,7 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
     tracing::info!(
         tenants = tenants.len(),
         canaries = waves.canaries.len(),
+        waves = waves.rest.len(),
         max_concurrent = spec.max_concurrent,
         failure_budget = spec.failure_budget,
         "tenants: starting"
@@ -100,19 +104,28 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
             tally.status.halted = Some(format!("canary tenant {tenant} failed"));
         }
     }
-    let mut queue = waves.rest.iter();
-    let mut running = FuturesUnordered::new();
     let limit = spec.max_concurrent.max(1) as usize;
-    loop {
-        while running.len() < limit && !tally.halted(cfg, spec) {
-            let Some(tenant) = queue.next() else { break };
-            let kind = &kind;
-            running.push(async move { (tenant, run_tenant(cfg, kind, tenant).await) });
-        }
-        let Some((tenant, done)) = running.next().await else {
+    for (i, wave) in waves.rest.iter().enumerate() {
+        if tally.halted(cfg, spec) {
             break;
-        };
-        tally.add(tenant, done);
+        }
+        if waves.rest.len() > 1 {
+            tracing::info!(wave = i + 1, tenants = wave.len(), "tenants: wave starting");
+        }
+        // Every tenant of a wave finishes before the next wave starts.
+        let mut queue = wave.iter();
+        let mut running = FuturesUnordered::new();
+        loop {
+            while running.len() < limit && !tally.halted(cfg, spec) {
+                let Some(tenant) = queue.next() else { break };
+                let kind = &kind;
+                running.push(async move { (tenant, run_tenant(cfg, kind, tenant).await) });
+            }
+            let Some((tenant, done)) = running.next().await else {
+                break;
+            };
+            tally.add(tenant, done);
+        }
     }
     tally.status.not_run = tally.status.total - tally.status.applied - tally.status.failed;
     Ok(tally)
