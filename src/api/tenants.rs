@@ -2,6 +2,7 @@
 //! or of several (shards) — the schemas, or the databases, whose names match a pattern (see
 //! docs/fleet.md).
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,8 @@ use serde::{Deserialize, Serialize};
 /// the commit grant). One executor Job per phase runs them all.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[x_kube(validation = Rule::new("has(self.schemas) != has(self.databases)").message("tenants: set exactly one of schemas or databases"))]
-#[x_kube(validation = Rule::new("(has(self.schemas) ? self.schemas : '') == (has(oldSelf.schemas) ? oldSelf.schemas : '') && (has(self.databases) ? self.databases : '') == (has(oldSelf.databases) ? oldSelf.databases : '')").message("tenants.schemas and tenants.databases are immutable; servers, canary, maxConcurrent and failureBudget may change (they apply from the next attempt)"))]
+#[x_kube(validation = Rule::new("(has(self.schemas) ? self.schemas : '') == (has(oldSelf.schemas) ? oldSelf.schemas : '') && (has(self.databases) ? self.databases : '') == (has(oldSelf.databases) ? oldSelf.databases : '')").message("tenants.schemas and tenants.databases are immutable; servers, canary, waves, maxConcurrent and failureBudget may change (they apply from the next attempt)"))]
+#[x_kube(validation = Rule::new("!has(self.waves) || self.waves.all(w, type(w) == int ? w > 0 : size(string(w)) <= 4 && string(w).endsWith('%'))").message("tenants.waves: each entry is a count above 0 (10) or a share from 1% to 100% (\"25%\")"))]
 #[serde(rename_all = "camelCase")]
 pub struct TenantsSpec {
     /// Tenants are the schemas of the database whose names match this SQL `LIKE` pattern,
@@ -39,6 +41,13 @@ pub struct TenantsSpec {
     /// Tenants that run first, one at a time; a failure among them halts every other tenant.
     #[serde(default, skip_serializing_if = "Canary::is_empty")]
     pub canary: Canary,
+    /// Waves after the canaries: each entry is where a wave ends, as a count (`10`) or a share
+    /// (`"25%"`, rounded up) of the tenants after the canaries; a last wave takes the rest.
+    /// A wave's tenants all finish before the next wave starts, so the failure budget is
+    /// judged on whole waves. Empty: one wave.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub waves: Vec<IntOrString>,
     /// Tenants run at once on each server after the canaries (each holds two connections).
     /// Default 4.
     #[serde(default = "default_max_concurrent")]
@@ -132,6 +141,32 @@ pub struct TenantFailure {
     pub error: String,
 }
 
+/// Where each wave ends among `n` tenants: counts or shares (rounded up), kept increasing and
+/// within `n`; the last wave always ends at `n`. Err: an entry that is neither.
+pub fn wave_ends(waves: &[IntOrString], n: usize) -> Result<Vec<usize>, String> {
+    let mut ends = Vec::new();
+    for w in waves {
+        let end = match w {
+            IntOrString::Int(i) if *i > 0 => *i as usize,
+            IntOrString::String(s) => match s.strip_suffix('%').map(str::parse::<u32>) {
+                Some(Ok(p)) if (1..=100).contains(&p) => (n * p as usize).div_ceil(100),
+                _ => return Err(format!("tenants.waves: {s:?} is not a share like \"25%\"")),
+            },
+            IntOrString::Int(i) => {
+                return Err(format!("tenants.waves: {i} is not a positive count"))
+            }
+        };
+        let end = end.min(n);
+        if ends.last().is_none_or(|last| end > *last) {
+            ends.push(end);
+        }
+    }
+    if ends.last() != Some(&n) {
+        ends.push(n);
+    }
+    Ok(ends)
+}
+
 /// Failures kept in status and in the executor's report.
 pub const MAX_TENANT_FAILURES: usize = 10;
 
@@ -208,5 +243,19 @@ mod tests {
         let many: Vec<String> = (0..33).map(|i| format!("s{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert!(with_servers(&many).check_servers().is_err());
+    }
+
+    #[test]
+    fn waves_end_at_counts_and_shares() {
+        let int = IntOrString::Int;
+        let pct = |s: &str| IntOrString::String(s.into());
+        assert_eq!(wave_ends(&[int(1), pct("50%")], 11), Ok(vec![1, 6, 11]));
+        // Not increasing, or past the end: folded into the waves around them.
+        assert_eq!(wave_ends(&[int(5), int(3), int(50)], 10), Ok(vec![5, 10]));
+        assert_eq!(wave_ends(&[pct("100%")], 4), Ok(vec![4]));
+        assert_eq!(wave_ends(&[], 0), Ok(vec![0]));
+        assert!(wave_ends(&[int(0)], 4).is_err());
+        assert!(wave_ends(&[pct("ten")], 4).is_err());
+        assert!(wave_ends(&[pct("0%")], 4).is_err());
     }
 }

@@ -439,6 +439,9 @@ pub struct Config {
     pub require_expand: bool,
     /// Contract only: where to ask for the commit grant; None when run without an operator.
     pub grant: Option<super::grant::GrantConfig>,
+    /// A fleet's contract: one grant, asked for the attempt, serving every tenant's run (the
+    /// requests would be the same); None starts a grant per run from `grant`.
+    pub shared_grant: Option<std::sync::Arc<super::grant::Grant>>,
     /// Contract with the database check: hot standbys checked too (see [`super::standbys`]).
     pub replica_urls: Vec<Secret>,
     /// Contract with the database check: also check the standbys the primary streams to.
@@ -487,6 +490,7 @@ impl Config {
             previous_versions: None,
             require_expand: false,
             grant: None,
+            shared_grant: None,
             replica_urls: Vec::new(),
             replica_discover: false,
             pooler: None,
@@ -646,6 +650,7 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
         previous_versions,
         require_expand,
         grant,
+        shared_grant: None,
         replica_urls: if database_check {
             args.contract.replica_urls
         } else {

@@ -284,7 +284,11 @@ async fn run(
         advisory_waited: Duration::ZERO,
         // Asked from now on, while the run waits, so that a grant is usually held by the time
         // the tables are clear.
-        grant: cfg.grant.clone().map(grant::Grant::start),
+        grant: cfg.shared_grant.clone().or_else(|| {
+            cfg.grant
+                .clone()
+                .map(|g| std::sync::Arc::new(grant::Grant::start(g)))
+        }),
         grant_waited: Duration::ZERO,
         skipped: 0,
         patience: locks::Patience::new(

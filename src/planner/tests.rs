@@ -4406,3 +4406,25 @@ fn a_fleet_migration_on_several_servers_refuses_what_names_one_server() {
         start(JobPhase::Expand, 1)
     );
 }
+
+#[test]
+fn a_fleet_wave_that_is_neither_a_count_nor_a_share_is_an_invalid_spec() {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let tenants = crate::api::TenantsSpec {
+        schemas: Some("tenant\\_%".into()),
+        waves: vec![IntOrString::Int(5), IntOrString::String("half".into())],
+        ..Default::default()
+    };
+    let mut fx = Fx::new(
+        SpecBuilder::new()
+            .with(|s| s.tenants = Some(tenants))
+            .build(),
+    );
+    let p = fx.step();
+    assert_eq!(failure_reason(&p.status), Some(reason::INVALID_SPEC));
+    let ready = cond(&p.status, READY);
+    assert!(
+        ready.message.contains("spec.tenants.waves") && ready.message.contains("\"half\""),
+        "{ready:?}"
+    );
+}

@@ -50,6 +50,9 @@ fn check_tenants(spec: &DatabaseMigrationSpec) -> Result<(), SpecError> {
              migration of its own, or fill the data in expand",
         ));
     }
+    if let Some(t) = &spec.tenants {
+        crate::api::wave_ends(&t.waves, 100).map_err(|why| invalid("spec.tenants.waves", why))?;
+    }
     if spec.expand.job.is_some() || spec.contract.job.is_some() {
         return Err(invalid(
             "spec.tenants",

@@ -68,16 +68,28 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
     let mut servers = servers::of(cfg, spec)?;
     // Every server before any tenant runs: one that cannot be read fails the phase now.
     let found = servers::discover(&servers, &kind, scrub).await?;
-    let tenants: Vec<Tenant> = found.iter().flat_map(|f| f.tenants.clone()).collect();
+    let tenants = waves::interleave(found.iter().map(|f| f.tenants.clone()).collect());
     if tenants.is_empty() {
         return Err(FleetError::NoTenants(kind.describe()));
     }
-    let waves = waves::plan(&tenants, &spec.canary).map_err(FleetError::MissingCanary)?;
+    let waves = waves::plan(&tenants, &spec.canary, &spec.waves).map_err(|e| match e {
+        waves::PlanError::MissingCanary(names) => FleetError::MissingCanary(names),
+        waves::PlanError::Spec(why) => FleetError::Spec(why),
+    })?;
     servers::prepare(&mut servers, found, &kind, scrub).await?;
+    // The grant is for the attempt: one renewal serves every tenant's COMMIT on every server.
+    let grant = cfg
+        .grant
+        .clone()
+        .map(|g| std::sync::Arc::new(super::grant::Grant::start(g)));
+    for s in &mut servers {
+        s.cfg.shared_grant = grant.clone();
+    }
     tracing::info!(
         tenants = tenants.len(),
         servers = servers.len(),
         canaries = waves.canaries.len(),
+        waves = waves.rest.len(),
         max_concurrent = spec.max_concurrent,
         failure_budget = spec.failure_budget,
         "tenants: starting"
@@ -99,23 +111,32 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
             tally.status.halted = Some(format!("canary tenant {} failed", tenant.label));
         }
     }
-    run_rest(cfg, spec, &servers, &kind, waves.rest, &mut tally).await;
+    let count = waves.rest.len();
+    for (i, wave) in waves.rest.into_iter().enumerate() {
+        if tally.halted(cfg, spec) {
+            break;
+        }
+        if count > 1 {
+            tracing::info!(wave = i + 1, tenants = wave.len(), "tenants: wave starting");
+        }
+        run_wave(cfg, spec, &servers, &kind, wave, &mut tally).await;
+    }
     tally.status.not_run = tally.status.total - tally.status.applied - tally.status.failed;
     Ok(tally)
 }
 
-/// The tenants after the canaries: on each server at most `maxConcurrent` at once, servers
-/// side by side, until the run is halted.
-async fn run_rest(
+/// One wave's tenants, all finished before it returns: on each server at most
+/// `maxConcurrent` at once, servers side by side, until the run is halted.
+async fn run_wave(
     cfg: &Config,
     spec: &TenantsSpec,
     servers: &[Server],
     kind: &TenantKind,
-    rest: Vec<Tenant>,
+    wave: Vec<Tenant>,
     tally: &mut Tally,
 ) {
     let mut queues: Vec<VecDeque<Tenant>> = servers.iter().map(|_| VecDeque::new()).collect();
-    for t in rest {
+    for t in wave {
         queues[t.server].push_back(t);
     }
     let mut running_on = vec![0usize; servers.len()];
@@ -176,6 +197,7 @@ async fn run_one_tenant(cfg: &Config, kind: &TenantKind, tenant: &Tenant) -> Ten
         expand.phase = Phase::Expand;
         expand.sql = expand_sql.clone();
         expand.grant = None;
+        expand.shared_grant = None;
         expand.database_check = false;
         expand.require_expand = false;
         let r = super::execute_one(&expand).await;
