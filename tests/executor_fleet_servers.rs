@@ -9,6 +9,7 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use phasegate::api::{Canary, SecretKeyRef, TenantServer, TenantsSpec};
 use phasegate::executor::{self, Config, Outcome, Phase, Report, Secret};
 use support::postgres::{TestPostgres, PASSWORD};
@@ -231,6 +232,49 @@ async fn a_canary_of_a_listed_server_runs_first_and_its_failure_halts_every_serv
         "{}",
         error_of(&r)
     );
+}
+
+/// Servers take turns in the order tenants run: canaries by count, and each wave, reach every
+/// server (in discovery's order server by server, both canaries would be spec.database's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_by_count_and_waves_take_every_server_in_turn() {
+    let (main, eu2) = (shard(3).await, shard(3).await);
+    eu2.client()
+        .await
+        .batch_execute("DROP TABLE tenant_01.users")
+        .await
+        .expect("break eu-2/tenant_01");
+    let mut run = cfg(&main, Phase::Expand, EXPAND, &[("eu-2", eu2.url())]);
+    tenants_mut(&mut run).canary.count = 2;
+    let r = executor::execute(&run).await;
+    assert_eq!(tally(&r), (6, 1, 1, 4), "{}", r.to_json_line());
+    let t = r.tenants.as_ref().expect("tenants");
+    assert_eq!(
+        t.halted.as_deref(),
+        Some("canary tenant eu-2/tenant_01 failed")
+    );
+    assert_eq!(with_column(&main, "verified").await, ["tenant_01"]);
+
+    // Another migration, no canaries, a first wave of half the tenants: tenant_01 of each
+    // server and main's tenant_02, both servers at once; eu-2/tenant_01 fails in it, and the
+    // budget halts before the second wave.
+    let mut run = cfg(
+        &main,
+        Phase::Expand,
+        "ALTER TABLE users ADD COLUMN waved boolean;",
+        &[("eu-2", eu2.url())],
+    );
+    run.identity.name = "waved".into();
+    tenants_mut(&mut run).waves = vec![IntOrString::String("50%".into())];
+    let r = executor::execute(&run).await;
+    assert_eq!(tally(&r), (6, 2, 1, 3), "{}", r.to_json_line());
+    let t = r.tenants.as_ref().expect("tenants");
+    assert_eq!(t.failures[0].tenant, "eu-2/tenant_01");
+    assert_eq!(
+        with_column(&main, "waved").await,
+        ["tenant_01", "tenant_02"]
+    );
+    assert!(with_column(&eu2, "waved").await.is_empty());
 }
 
 /// A listed server that cannot be reached, and one that refuses the password: the phase fails
