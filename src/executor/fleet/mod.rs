@@ -10,6 +10,9 @@ mod waves;
 
 use std::time::{Duration, Instant};
 
+/// How often a fleet prints its tenants so far (the operator reads the newest line).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::connect::Scrubber;
@@ -100,6 +103,7 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
         }
         let done = run_tenant(cfg, &kind, tenant).await;
         tally.add(tenant, done);
+        tally.progress(false);
         if tally.status.failed > 0 && tally.status.halted.is_none() {
             tally.status.halted = Some(format!("canary tenant {tenant} failed"));
         }
@@ -125,7 +129,9 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
                 break;
             };
             tally.add(tenant, done);
+            tally.progress(false);
         }
+        tally.progress(true);
     }
     tally.status.not_run = tally.status.total - tally.status.applied - tally.status.failed;
     Ok(tally)
@@ -150,6 +156,7 @@ async fn run_tenant(cfg: &Config, kind: &TenantKind, tenant: &str) -> TenantRun 
             }
         }
     };
+    one.quiet = true;
     let mut expanded_late = false;
     if let (Phase::Contract, Some(expand_sql)) = (cfg.phase, &cfg.tenant_expand_sql) {
         let mut expand = one.clone();
@@ -193,9 +200,22 @@ struct Tally {
     db_check_warning: Option<String>,
     /// Tenants where this run applied the phase (not found applied).
     applied_now: u32,
+    /// When the last progress line was printed.
+    printed: Option<Instant>,
 }
 
 impl Tally {
+    /// Prints the tenants so far on stderr, at most every [`PROGRESS_EVERY`] unless `now`.
+    fn progress(&mut self, now: bool) {
+        if !now && self.printed.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        self.printed = Some(Instant::now());
+        let mut so_far = self.status.clone();
+        so_far.not_run = so_far.total - so_far.applied - so_far.failed;
+        eprintln!("{}", crate::protocol::log::tenants_line(&so_far));
+    }
+
     fn add(&mut self, tenant: &str, run: TenantRun) {
         let r = run.report;
         self.statements += r.statements;
