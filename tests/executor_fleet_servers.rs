@@ -464,8 +464,8 @@ async fn database_tenants_of_the_same_name_on_two_servers_are_two_tenants() {
 }
 
 /// `phasegate apply` as a Job runs it: the names in `PHASEGATE_TENANTS`, each server's URL in
-/// `PHASEGATE_SERVER_URL_<i>`; logs name a listed server's tenants `<server>/<tenant>`. A
-/// missing variable fails the phase naming the server.
+/// `PHASEGATE_SERVER_URL_<i>`; the log names a listed server's failed tenant
+/// `<server>/<tenant>`. A missing variable fails the phase naming the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_binary_each_servers_url_comes_from_its_own_variable() {
     let (main, eu2) = (shard(1).await, shard(2).await);
@@ -494,6 +494,11 @@ async fn through_the_binary_each_servers_url_comes_from_its_own_variable() {
         error_of(&r)
     );
 
+    eu2.client()
+        .await
+        .batch_execute("DROP TABLE tenant_02.users")
+        .await
+        .expect("break eu-2/tenant_02");
     let out = apply()
         .env("PHASEGATE_SERVER_URL_0", eu2.url())
         .output()
@@ -501,12 +506,15 @@ async fn through_the_binary_each_servers_url_comes_from_its_own_variable() {
         .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert_eq!(
-        tally(&Report::parse(&stdout).expect("report")),
-        (3, 3, 0, 0)
-    );
-    assert!(stderr.contains("eu-2/tenant_02"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let r = Report::parse(&stdout).expect("report");
+    assert_eq!(tally(&r), (3, 2, 1, 0), "{stdout}");
+    let failed = stderr
+        .lines()
+        .find(|l| l.contains("failed on this tenant"))
+        .unwrap_or_default();
+    assert!(failed.contains("eu-2/tenant_02"), "{stderr}");
     assert!(!stderr.contains(PASSWORD) && !stdout.contains(PASSWORD));
-    assert_eq!(with_column(&eu2, "verified").await.len(), 2);
+    assert_eq!(with_column(&main, "verified").await, ["tenant_01"]);
+    assert_eq!(with_column(&eu2, "verified").await, ["tenant_01"]);
 }

@@ -409,6 +409,9 @@ pub struct Config {
     pub advisory_obj: i32,
     /// A fleet run's connections, handed from one tenant's run to the next.
     pub sessions: Option<super::sessions::Sessions>,
+    /// A fleet tenant's run: its routine lines (applying, committed, done) are left out; the
+    /// fleet prints progress instead, so the log does not grow with the tenants.
+    pub quiet: bool,
     /// A schema tenant's run: its session's `search_path` (set on the reused connection).
     pub search_path: Option<String>,
     /// Contract with tenants: expand's SQL, for a tenant created since expand ran.
@@ -473,6 +476,7 @@ impl Config {
             server_urls: Vec::new(),
             advisory_obj: super::locks::ADVISORY_OBJ,
             sessions: None,
+            quiet: false,
             search_path: None,
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(600),
@@ -626,6 +630,7 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
         tenants: args.tenants,
         advisory_obj: super::locks::ADVISORY_OBJ,
         sessions: None,
+        quiet: false,
         search_path: None,
         tenant_expand_sql: args.tenant_expand_sql.filter(|_| contract),
         server_urls: args.server_urls,

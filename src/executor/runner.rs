@@ -469,12 +469,14 @@ impl Runner<'_> {
         }
         failpoint(cfg, "pause-after-commit").await;
         self.stats.statements += stmts.len();
-        tracing::info!(
-            statements = stmts.len(),
-            attempt,
-            window_us = window.as_micros() as u64,
-            "transaction committed"
-        );
+        if !cfg.quiet {
+            tracing::info!(
+                statements = stmts.len(),
+                attempt,
+                window_us = window.as_micros() as u64,
+                "transaction committed"
+            );
+        }
         Ok(Attempt::Done)
     }
 

@@ -4428,3 +4428,50 @@ fn a_fleet_wave_that_is_neither_a_count_nor_a_share_is_an_invalid_spec() {
         "{ready:?}"
     );
 }
+
+#[test]
+fn a_running_fleet_phase_shows_its_tenants_so_far_without_an_event_each_time() {
+    let tenants = crate::api::TenantsSpec {
+        schemas: Some("tenant\\_%".into()),
+        max_concurrent: 4,
+        ..Default::default()
+    };
+    let mut fx = Fx::new(
+        SpecBuilder::new()
+            .with(|s| s.tenants = Some(tenants))
+            .build(),
+    );
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
+    let so_far = crate::api::TenantsStatus {
+        total: 10_000,
+        applied: 4_210,
+        failed: 0,
+        not_run: 5_790,
+        ..Default::default()
+    };
+    fx.expand_job = JobState::Running(Some(Holdup::Tenants(so_far.clone())));
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert!(p.notices.is_empty(), "{:?}", p.notices);
+    assert_eq!(
+        p.status.expand.as_ref().and_then(|e| e.tenants.clone()),
+        Some(so_far.clone())
+    );
+    let ready = cond(&p.status, READY);
+    assert!(
+        ready
+            .message
+            .contains("4210 of 10000 tenant(s) applied so far"),
+        "{ready:?}"
+    );
+    // Counts that move are progress: written at its pace, not on every change.
+    let mut later = p.status.clone();
+    if let Some(e) = later.expand.as_mut() {
+        e.tenants = Some(crate::api::TenantsStatus {
+            applied: 4_900,
+            not_run: 5_100,
+            ..so_far
+        });
+    }
+    assert!(crate::planner::writes::progress_only(&p.status, &later));
+}

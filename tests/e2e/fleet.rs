@@ -351,3 +351,39 @@ async fn database_tenants_resume_exactly_once_after_a_sigkill_and_a_rollback_hol
     );
     env.cleanup().await;
 }
+
+/// While a fleet's expand runs, status shows the tenants so far (read from the executor's
+/// progress lines), not only when the Job ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_fleet_phase_shows_its_progress_in_status() {
+    let env = Env::new("fleet-progress").await;
+    for i in 1..=TENANTS {
+        tenant_schema(&env, &format!("tenant_{i:02}")).await;
+    }
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    let mut spec = fleet_spec(json!({}));
+    spec["tenants"]["maxConcurrent"] = json!(1);
+    spec["expand"]["sql"] =
+        json!("ALTER TABLE users ADD COLUMN verified boolean; SELECT pg_sleep(0.3);");
+    env.create_migration("verified", spec)
+        .await
+        .expect("create");
+    let m = env
+        .wait_migration("verified", T, "some tenants applied, not all", |m| {
+            let s = m.status.as_ref();
+            s.and_then(|s| s.phase) == Some(Phase::Expanding)
+                && s.and_then(|s| s.expand.as_ref())
+                    .and_then(|e| e.tenants.as_ref())
+                    .is_some_and(|t| t.applied > 0 && t.applied < TENANTS as u32)
+        })
+        .await;
+    let (_, _, message) = crate::harness::condition(&m, "Ready").expect("Ready");
+    assert!(
+        message.contains(&format!("of {TENANTS} tenant(s) applied so far")),
+        "{message}"
+    );
+    let m = env.wait_phase("verified", Phase::AwaitingRollout, T).await;
+    let t = tenants_of(&m, false);
+    assert_eq!((t.applied, t.not_run), (TENANTS as u32, 0));
+    env.cleanup().await;
+}

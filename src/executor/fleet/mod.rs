@@ -14,6 +14,9 @@ mod waves;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// How often a fleet prints its tenants so far (the operator reads the newest line).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
 use futures::stream::{FuturesUnordered, StreamExt};
 use tracing::Instrument;
 
@@ -107,6 +110,7 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
         }
         let done = run_tenant(&servers[tenant.server].cfg, &kind, tenant).await;
         tally.add(&tenant.label, done);
+        tally.progress(false);
         if tally.status.failed > 0 && tally.status.halted.is_none() {
             tally.status.halted = Some(format!("canary tenant {} failed", tenant.label));
         }
@@ -120,6 +124,7 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
             tracing::info!(wave = i + 1, tenants = wave.len(), "tenants: wave starting");
         }
         run_wave(cfg, spec, &servers, &kind, wave, &mut tally).await;
+        tally.progress(true);
     }
     tally.status.not_run = tally.status.total - tally.status.applied - tally.status.failed;
     Ok(tally)
@@ -163,6 +168,7 @@ async fn run_wave(
         };
         running_on[tenant.server] -= 1;
         tally.add(&tenant.label, done);
+        tally.progress(false);
     }
 }
 
@@ -191,6 +197,7 @@ async fn run_one_tenant(cfg: &Config, kind: &TenantKind, tenant: &Tenant) -> Ten
             }
         }
     };
+    one.quiet = true;
     let mut expanded_late = false;
     if let (Phase::Contract, Some(expand_sql)) = (cfg.phase, &cfg.tenant_expand_sql) {
         let mut expand = one.clone();
@@ -234,9 +241,22 @@ struct Tally {
     db_check_warning: Option<String>,
     /// Tenants where this run applied the phase (not found applied).
     applied_now: u32,
+    /// When the last progress line was printed.
+    printed: Option<Instant>,
 }
 
 impl Tally {
+    /// Prints the tenants so far on stderr, at most every [`PROGRESS_EVERY`] unless `now`.
+    fn progress(&mut self, now: bool) {
+        if !now && self.printed.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        self.printed = Some(Instant::now());
+        let mut so_far = self.status.clone();
+        so_far.not_run = so_far.total - so_far.applied - so_far.failed;
+        eprintln!("{}", crate::protocol::log::tenants_line(&so_far));
+    }
+
     fn add(&mut self, tenant: &str, run: TenantRun) {
         let r = run.report;
         self.statements += r.statements;
