@@ -1,5 +1,5 @@
 //! Fleet migrations (`spec.tenants`) end to end: one migration on every tenant schema (50) or
-//! database (10), the rollout gate between expand and contract, a tenant created mid-migration,
+//! database (10) — and on two servers —, the rollout gate between expand and contract, a tenant created mid-migration,
 //! a failing canary that halts the rest and is retried, the kubectl plugin listing failing
 //! tenants, an executor SIGKILLed mid-wave that resumes exactly once per tenant, and rollbacks
 //! that hold every tenant's contract.
@@ -26,17 +26,19 @@ async fn tenant_schema(env: &Env, s: &str) {
 
 /// Tenant schemas whose `users` has `column`.
 async fn with_column(env: &Env, column: &str) -> usize {
-    env.pg
-        .client()
-        .await
-        .query(
-            "SELECT 1 FROM information_schema.columns
+    columns_on(&env.pg.client().await, column).await
+}
+
+/// Tenant schemas of the database `c` is connected to whose `users` has `column`.
+async fn columns_on(c: &tokio_postgres::Client, column: &str) -> usize {
+    c.query(
+        "SELECT 1 FROM information_schema.columns
               WHERE table_name = 'users' AND column_name = $1 AND table_schema LIKE 'tenant\\_%'",
-            &[&column],
-        )
-        .await
-        .expect("columns")
-        .len()
+        &[&column],
+    )
+    .await
+    .expect("columns")
+    .len()
 }
 
 fn fleet_spec(canary: serde_json::Value) -> serde_json::Value {
@@ -385,5 +387,53 @@ async fn a_running_fleet_phase_shows_its_progress_in_status() {
     let m = env.wait_phase("verified", Phase::AwaitingRollout, T).await;
     let t = tenants_of(&m, false);
     assert_eq!((t.applied, t.not_run), (TENANTS as u32, 0));
+    env.cleanup().await;
+}
+
+/// Tenants on two servers (`tenants.servers`): the Job gets the second server's URL from its
+/// Secret; expand reaches every tenant of both, the rollout gate holds contract, and contract
+/// reaches every tenant of both; status counts both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_migration_runs_on_the_tenants_of_two_servers() {
+    let env = Env::new("fleet-servers").await;
+    let eu2 = tokio::task::spawn_blocking(crate::postgres::TestPostgres::start)
+        .await
+        .expect("second PostgreSQL");
+    env.create_secret("shop-db-eu-2", &eu2.url()).await;
+    let second = eu2.client().await;
+    for i in 1..=10 {
+        let s = format!("tenant_{i:02}");
+        tenant_schema(&env, &s).await;
+        second
+            .batch_execute(&format!(
+                "CREATE SCHEMA {s}; CREATE TABLE {s}.users (id int PRIMARY KEY, legacy text);"
+            ))
+            .await
+            .expect("tenant schema on eu-2");
+    }
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    let mut spec = fleet_spec(json!({"names": ["eu-2/tenant_01"]}));
+    spec["tenants"]["servers"] =
+        json!([{"name": "eu-2", "urlSecretRef": {"name": "shop-db-eu-2", "key": "url"}}]);
+    env.create_migration("verified", spec)
+        .await
+        .expect("create");
+    let m = env.wait_phase("verified", Phase::AwaitingRollout, T).await;
+    assert_eq!(tenants_of(&m, false).applied, 20);
+    assert_eq!(columns_on(&second, "verified").await, 10, "expand on eu-2");
+    assert_eq!(
+        with_column(&env, "verified").await,
+        10,
+        "expand on the first server"
+    );
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    let m = env.wait_phase("verified", Phase::Succeeded, T).await;
+    assert_eq!(tenants_of(&m, true).applied, 20);
+    assert_eq!(columns_on(&second, "legacy").await, 0, "contract on eu-2");
+    assert_eq!(
+        with_column(&env, "legacy").await,
+        0,
+        "contract on the first"
+    );
     env.cleanup().await;
 }
