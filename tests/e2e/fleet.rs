@@ -1,8 +1,8 @@
-//! Fleet migrations (`spec.tenants`) end to end: one migration on every tenant schema (50) or
-//! database (10) — and on two servers —, the rollout gate between expand and contract, a tenant created mid-migration,
-//! a failing canary that halts the rest and is retried, the kubectl plugin listing failing
-//! tenants, an executor SIGKILLed mid-wave that resumes exactly once per tenant, and rollbacks
-//! that hold every tenant's contract.
+//! Fleet migrations (`spec.tenants`) end to end: one migration on every tenant schema (50),
+//! database (10) or schema of two servers, the rollout gate between expand and contract, a
+//! tenant created mid-migration, a failing canary that halts the rest and is retried, the
+//! kubectl plugin listing failing tenants, an executor SIGKILLed mid-wave that resumes exactly
+//! once per tenant, rollbacks that hold every tenant's contract, and progress in status.
 
 use phasegate::api::{DatabaseMigration, Phase};
 use serde_json::json;
