@@ -378,3 +378,123 @@ async fn a_pattern_matching_nothing_or_a_missing_canary_fails_before_any_tenant(
         "no tenant ran"
     );
 }
+
+/// A stand-in for the operator's grant endpoint (one narrow HTTP exchange): grants every
+/// request and counts them.
+async fn counting_grant_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then a body as long as Content-Length says.
+                loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let body = r#"{"verdict":"Granted","reason":"every gate holds","validForMs":2000}"#;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (url, count)
+}
+
+/// The commit grant is asked for the attempt, not the tenant: one renewal (twice a second)
+/// serves every tenant of a fleet's contract, however many there are, instead of one per
+/// tenant loading the operator and the API server with each tenant's run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_contract_asks_for_its_commit_grant_once_for_every_tenant() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 40).await;
+    let r = executor::execute(&cfg(&pg, Phase::Expand, EXPAND, spec("tenant\\_%"))).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
+    let (url, asked) = counting_grant_server().await;
+    let mut contract = cfg(&pg, Phase::Contract, CONTRACT, spec("tenant\\_%"));
+    contract.database_check = false;
+    contract.grant = Some(executor::grant::GrantConfig {
+        url,
+        request: phasegate::protocol::grant::Request {
+            namespace: "shop".into(),
+            migration: "verified".into(),
+            uid: "u-1".into(),
+            phase: "contract".into(),
+            attempt: 1,
+        },
+        wait: Duration::from_secs(30),
+    });
+    let started = std::time::Instant::now();
+    let r = executor::execute(&contract).await;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
+    assert_eq!(tally(&r), (40, 40, 0, 0));
+    let asked = asked.load(std::sync::atomic::Ordering::SeqCst);
+    // One renewal every 500 ms for the whole run, plus slack for the first and the last.
+    let most = (secs * 2.0).ceil() as usize + 3;
+    assert!(
+        asked <= most,
+        "{asked} grant requests in {secs:.1} s for 40 tenants (at most {most})"
+    );
+}
+
+/// `tenants.waves`: a wave's tenants all finish before the next wave starts. The first wave
+/// (one tenant) waits for an old reader of its table; no tenant of the next wave runs meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_finishes_before_the_next_wave_starts() {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 8).await;
+    let mut reader = pg.client().await;
+    let tx = reader.transaction().await.expect("begin");
+    tx.batch_execute("SELECT count(*) FROM tenant_01.users")
+        .await
+        .expect("read");
+    let mut tenants = spec("tenant\\_%");
+    tenants.waves = vec![IntOrString::Int(1), IntOrString::String("50%".into())];
+    let expand = cfg(&pg, Phase::Expand, EXPAND, tenants);
+    let run = tokio::spawn(async move { executor::execute(&expand).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        with_column(&c, "verified").await.is_empty(),
+        "the second wave waits for the first"
+    );
+    tx.rollback().await.expect("end the reader");
+    let r = run.await.expect("run");
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
+    assert_eq!(tally(&r), (8, 8, 0, 0));
+}

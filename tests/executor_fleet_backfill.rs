@@ -625,3 +625,34 @@ async fn a_tenant_created_since_expand_gets_expand_first() {
         .get(0);
     assert_eq!(late, "applied");
 }
+
+/// `tenants.servers`: the backfill walks the tenants of every server, each server's tenants
+/// with checkpoints in that server's database; a listed server's tenant is named
+/// `<server>/<tenant>` in the counts' failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfills_the_tenants_of_every_server() {
+    let main = TestPostgres::start();
+    let eu2 = TestPostgres::start();
+    let (cm, ce) = (main.client().await, eu2.client().await);
+    schemas(&cm, 3, 200).await;
+    schemas(&ce, 3, 200).await;
+    ce.batch_execute("ALTER TABLE tenant_02.items DROP COLUMN n")
+        .await
+        .expect("break one tenant of eu-2");
+    let tenants = r#"{"schemas":"tenant\\_%","maxConcurrent":2,"failureBudget":5,
+        "servers":[{"name":"eu-2","urlSecretRef":{"name":"shop-db-eu-2","key":"url"}}]}"#;
+    let eu2_url = eu2.url();
+    let (r, code, log) = run(&main, tenants, &[("PHASEGATE_SERVER_URL_0", &eu2_url)]).await;
+    assert_eq!((r.outcome, code), (Outcome::Failed, 1), "{}\n{log}", r.to_json_line());
+    assert_eq!(tally(&r), (6, 5, 1, 0));
+    let t = r.tenants.as_ref().expect("tenants");
+    assert_eq!(t.failures[0].tenant, "eu-2/tenant_02");
+    for (c, server) in [(&cm, "main"), (&ce, "eu-2")] {
+        for s in ["tenant_01", "tenant_03"] {
+            assert_eq!(counters(c, &format!("{s}.items")).await, (1, 1, 200), "{server} {s}");
+            let cp = checkpoint(c, &format!("fill/{s}")).await.expect("checkpoint");
+            assert_eq!(cp.0, "done", "{server} {s}: its checkpoint in its own server");
+        }
+    }
+    assert!(!log.contains(&eu2_url), "no URL in the log");
+}

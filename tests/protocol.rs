@@ -21,6 +21,21 @@ const STANDBYS: [(&str, &str, &str); 2] = [
     ("standby-a", "url", "postgres://app:pw@standby-a:5432/shop"),
     ("standby-b", "uri", "postgres://app:pw@standby-b:5432/shop"),
 ];
+/// The listed servers of a fleet migration: (name, Secret name, key, the URL it holds).
+const SHARDS: [(&str, &str, &str, &str); 2] = [
+    (
+        "eu-2",
+        "shop-db-eu-2",
+        "url",
+        "postgres://app:pw3@eu-2:5432/shop",
+    ),
+    (
+        "us-1",
+        "shop-db-us-1",
+        "uri",
+        "postgres://app:pw4@us-1:5432/shop",
+    ),
+];
 
 /// What the kubelet puts in a variable whose value is the Secret key `name`/`key`.
 fn resolve(name: &str, key: &str) -> String {
@@ -30,10 +45,27 @@ fn resolve(name: &str, key: &str) -> String {
     if (name, key) == ("pooler-admin", "url") {
         return ADMIN_URL.to_string();
     }
+    if let Some((_, _, _, url)) = SHARDS.iter().find(|(_, n, k, _)| (*n, *k) == (name, key)) {
+        return url.to_string();
+    }
     match STANDBYS.iter().find(|(n, k, _)| (*n, *k) == (name, key)) {
         Some((_, _, url)) => url.to_string(),
         None => panic!("unexpected secret key {name}/{key}"),
     }
+}
+
+/// `m` as a fleet migration on its server and the two [`SHARDS`] (no pooler admin URL: that
+/// names one server's pooler).
+fn with_servers(mut m: DatabaseMigration) -> DatabaseMigration {
+    m.spec.tenants = Some(
+        serde_json::from_value(serde_json::json!({
+            "schemas": "tenant\\_%",
+            "servers": SHARDS.iter().map(|(s, n, k, _)| serde_json::json!({"name": s, "urlSecretRef": {"name": n, "key": k}})).collect::<Vec<_>>(),
+        }))
+        .expect("tenants"),
+    );
+    m.spec.database.pooler = Some(Default::default());
+    m
 }
 
 /// `m` with `spec.database.replicas`: both standbys listed, and discovery on.
@@ -135,6 +167,8 @@ fn what_the_operator_writes_the_executor_parses_back() {
         (with_replicas(migration(false, false)), JobPhase::Contract),
         (with_replicas(migration(false, false)), JobPhase::Expand),
         (with_replicas(migration(false, true)), JobPhase::Contract),
+        (with_servers(migration(false, false)), JobPhase::Expand),
+        (with_servers(migration(false, false)), JobPhase::Contract),
     ] {
         let env = job_env(&m, phase);
         let written = built(&m, phase);
@@ -151,13 +185,35 @@ fn what_the_operator_writes_the_executor_parses_back() {
             .iter()
             .map(|k| Secret(resolve(&k.name, &k.key)))
             .collect();
+        let servers: Vec<Secret> = written
+            .server_urls
+            .iter()
+            .map(|k| Secret(resolve(&k.name, &k.key)))
+            .collect();
         // Only Phasegate's own contract executor reads the pooler admin console's Secret.
         let own_contract = phase == JobPhase::Contract && written.sql.is_some();
-        assert_eq!(written.pooler_admin_url.is_some(), own_contract, "{phase}");
-        let admin = own_contract.then(|| Secret(ADMIN_URL.into()));
+        let admin_listed = m
+            .spec
+            .database
+            .pooler
+            .as_ref()
+            .and_then(|p| p.admin_url_secret_ref.as_ref())
+            .is_some();
+        assert_eq!(
+            written.pooler_admin_url.is_some(),
+            own_contract && admin_listed,
+            "{phase}"
+        );
+        let admin = written
+            .pooler_admin_url
+            .as_ref()
+            .map(|_| Secret(ADMIN_URL.into()));
         assert_eq!(
             parsed(&env),
-            written.with_urls(url, admin).with_replica_urls(replicas),
+            written
+                .with_urls(url, admin)
+                .with_replica_urls(replicas)
+                .with_server_urls(servers),
             "{phase}"
         );
     }
@@ -292,21 +348,35 @@ fn a_fleet_backfill_executor_runs_on_the_specs_tenants() {
     let cfg = BackfillConfig::from_env(&parsed(&job_env(&m, JobPhase::Backfill))).expect("config");
     assert_eq!(cfg.tenants, Some(tenants));
     assert_eq!(cfg.table, "users");
-    let expand = cfg.expand_first.expect("expand for late tenants");
-    assert_eq!(expand.sql, "ALTER TABLE users ADD COLUMN a int;");
-    assert_eq!(expand.phase, phasegate::executor::Phase::Expand);
-    assert_eq!(expand.lock_timeout, Duration::from_millis(20));
-    assert_eq!(expand.max_lock_retries, 4);
+    let fleet = cfg.fleet.expect("the fleet's settings");
     assert_eq!(
-        (expand.identity.name.as_str(), expand.identity.uid.as_str()),
+        fleet.tenant_expand_sql.as_deref(),
+        Some("ALTER TABLE users ADD COLUMN a int;"),
+        "expand first on a tenant created since expand ran"
+    );
+    assert_eq!(fleet.phase, phasegate::executor::Phase::Expand);
+    assert_eq!(fleet.lock_timeout, Duration::from_millis(20));
+    assert_eq!(fleet.max_lock_retries, 4);
+    assert_eq!(
+        (fleet.identity.name.as_str(), fleet.identity.uid.as_str()),
         ("m", UID)
     );
-    assert_eq!(expand.tenants, None);
-    // A single database's backfill runs no expand.
+    assert_eq!(fleet.tenants, None);
+    // On several servers, each server's URL from its Secret.
+    let sharded = with_servers(m);
+    let cfg = BackfillConfig::from_env(&parsed(&job_env(&sharded, JobPhase::Backfill)))
+        .expect("config");
+    let urls: Vec<String> = cfg
+        .fleet
+        .map(|f| f.server_urls.into_iter().map(|u| u.0).collect())
+        .unwrap_or_default();
+    let want: Vec<String> = SHARDS.iter().map(|(_, _, _, u)| u.to_string()).collect();
+    assert_eq!(urls, want);
+    // A single database's backfill has no fleet.
     let single = parsed(&job_env(&migration(true, false), JobPhase::Backfill));
     assert!(BackfillConfig::from_env(&single)
         .expect("config")
-        .expand_first
+        .fleet
         .is_none());
 }
 
@@ -316,4 +386,46 @@ fn a_bad_value_names_its_variable() {
         .expect_err("not a number");
     assert_eq!(e.name, "PHASEGATE_MAX_LOCK_RETRIES");
     assert!(e.to_string().contains("\"many\""), "{e}");
+}
+
+/// A fleet migration's Job carries each listed server's URL from its own Secret, in the list's
+/// order, in every phase; the executor gets them with the names from `PHASEGATE_TENANTS`, and
+/// scrubs their passwords like the database URL's.
+#[test]
+fn a_fleet_executor_gets_each_servers_url_from_its_secret() {
+    let m = with_servers(migration(false, false));
+    for phase in [JobPhase::Expand, JobPhase::Contract] {
+        let env = job_env(&m, phase);
+        let vars: Vec<(&str, &str)> = env
+            .iter()
+            .filter(|(n, _)| n.starts_with("PHASEGATE_SERVER_URL_"))
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            vars,
+            [
+                ("PHASEGATE_SERVER_URL_0", SHARDS[0].3),
+                ("PHASEGATE_SERVER_URL_1", SHARDS[1].3)
+            ],
+            "{phase}"
+        );
+        let cfg = phasegate::executor::config_from_env(parsed(&env)).expect("config");
+        let names: Vec<String> = cfg
+            .tenants
+            .as_ref()
+            .map(|t| t.servers.iter().map(|s| s.name.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(names, ["eu-2", "us-1"], "{phase}");
+        let urls: Vec<&str> = cfg.server_urls.iter().map(|u| u.0.as_str()).collect();
+        assert_eq!(urls, [SHARDS[0].3, SHARDS[1].3], "{phase}");
+        assert!(
+            urls.iter().all(|u| cfg.secret_urls().contains(u)),
+            "{phase}"
+        );
+    }
+    // A migration without servers sets none.
+    let env = job_env(&migration(false, false), JobPhase::Contract);
+    assert!(env
+        .iter()
+        .all(|(n, _)| !n.starts_with("PHASEGATE_SERVER_URL_")));
 }

@@ -73,8 +73,9 @@ pub struct DatabaseMigrationSpec {
     pub backfill: Option<super::BackfillSpec>,
 
     /// Run every phase on each tenant of the server — its schemas or its databases that
-    /// match a pattern — with canaries first, a concurrency limit and a failure budget (see
-    /// docs/fleet.md). Cannot be added or removed after creation.
+    /// match a pattern — and of the more servers it lists, with canaries first, a concurrency
+    /// limit per server and a failure budget (see docs/fleet.md). Cannot be added or removed
+    /// after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenants: Option<super::TenantsSpec>,
 }
@@ -121,7 +122,7 @@ pub struct PoolerSpec {
 }
 
 /// A key in a Secret of the same namespace.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct SecretKeyRef {
     /// Name of the Secret.
     #[schemars(length(min = 1, max = 253))]

@@ -248,6 +248,10 @@ pub struct BackfillArgs {
     /// [env: PHASEGATE_TENANT_EXPAND_SQL].
     #[arg(long)]
     pub tenant_expand_sql: Option<String>,
+    /// With --tenants listing `servers`: the URL of each, in their order (repeat for each)
+    /// [env: PHASEGATE_SERVER_URL_0, _1, …].
+    #[arg(long = "server-url", value_name = "URL")]
+    pub server_urls: Vec<Secret>,
 }
 
 /// Everything a run needs (see [`BackfillArgs`]).
@@ -280,9 +284,10 @@ pub struct BackfillConfig {
     pub progress: Option<ProgressSink>,
     /// A fleet's schema tenants: connections passed from one tenant's run to the next.
     pub connections: Option<Connections>,
-    /// With tenants: expand's run (its SQL and `phasegate apply`'s settings) on a tenant
-    /// created since expand ran, before its backfill.
-    pub expand_first: Option<super::Config>,
+    /// With tenants: the run's servers and `phasegate apply`'s settings, for discovery and
+    /// for expand (`tenant_expand_sql`) on a tenant created since expand ran, before its
+    /// backfill. Unset, they are this configuration's database and defaults.
+    pub fleet: Option<super::Config>,
 }
 
 /// The flag of a `PHASEGATE_BACKFILL_*` variable, e.g. `table`.
@@ -322,7 +327,7 @@ impl BackfillConfig {
             search_path: None,
             progress: None,
             connections: None,
-            expand_first: None,
+            fleet: None,
         }
     }
 
@@ -404,32 +409,52 @@ impl BackfillConfig {
             search_path: None,
             progress: None,
             connections: None,
-            expand_first: None,
+            fleet: None,
         };
-        if let (Some(_), Some(sql)) = (&cfg.tenants, expand_sql) {
-            cfg.expand_first = Some(cfg.expand_config(env, sql)?);
+        if cfg.tenants.is_some() {
+            let mut e = env.clone();
+            if !a.server_urls.is_empty() {
+                e.server_urls = a.server_urls;
+            }
+            cfg.fleet = Some(cfg.fleet_config(e, expand_sql)?);
         }
         Ok(cfg)
     }
 
-    /// How expand runs on a tenant created since it ran: `phasegate apply`'s settings from the
-    /// environment, this run's database and migration.
-    fn expand_config(
+    /// A fleet's servers and `phasegate apply`'s settings from `env`, this run's database and
+    /// migration; `expand_sql`: expand's, for tenants created since it ran.
+    fn fleet_config(
         &self,
-        env: &ExecutorEnv<Secret>,
-        sql: String,
+        mut e: ExecutorEnv<Secret>,
+        expand_sql: Option<String>,
     ) -> Result<super::Config, String> {
-        let mut e = env.clone();
         e.database_url = Some(self.database_url.clone());
         e.phase = Some("expand".into());
-        e.sql = Some(sql);
+        e.sql = Some(expand_sql.clone().unwrap_or_default());
         e.tenants = None;
         e.tenant_expand_sql = None;
         e.migration_namespace = Some(self.namespace.clone());
         e.migration_name = Some(self.name.clone());
         e.migration_uid = Some(self.uid.clone());
         e.connect_timeout = Some(self.connect_timeout.as_millis().to_string());
-        super::config_from_env(e).map_err(|m| format!("{}: {m}", penv::TENANT_EXPAND_SQL))
+        let mut c = super::config_from_env(e).map_err(|m| format!("tenants: {m}"))?;
+        c.tenant_expand_sql = expand_sql;
+        Ok(c)
+    }
+
+    /// [`Self::fleet`], or one of this configuration's database and defaults; stopped with
+    /// this run.
+    fn fleet_base(&self) -> super::Config {
+        let mut c = self.fleet.clone().unwrap_or_else(|| {
+            let mut c = super::Config::new(&self.database_url.0, super::Phase::Expand, "");
+            c.identity.namespace.clone_from(&self.namespace);
+            c.identity.name.clone_from(&self.name);
+            c.identity.uid.clone_from(&self.uid);
+            c.connect_timeout = self.connect_timeout;
+            c
+        });
+        c.stop = self.stop.clone();
+        c
     }
 
     /// What identifies this backfill's work: a change restarts the scan.
@@ -517,18 +542,11 @@ pub async fn execute(cfg: &BackfillConfig) -> Report {
         return execute_one(cfg).await;
     };
     let sum = cfg.checksum();
-    // Stopped with this run (the stop is set after the settings are read).
-    let expand_first = cfg.expand_first.clone().map(|mut c| {
-        c.stop = cfg.stop.clone();
-        c
-    });
+    let base = cfg.fleet_base();
     let fleet = FleetBackfill {
-        url: &cfg.database_url.0,
-        connect_timeout: cfg.connect_timeout,
-        stop: &cfg.stop,
+        base: &base,
         spec,
         checksum: &sum,
-        expand_first: expand_first.as_ref(),
     };
     // Schema tenants share their database's connections (database tenants cannot).
     let mut base = cfg.clone();
@@ -547,12 +565,13 @@ async fn execute_tenant(
 ) -> Report {
     let mut one = cfg.clone();
     one.tenants = None;
-    one.expand_first = None;
+    one.fleet = None;
     one.progress = Some(sink);
     match tenant {
-        BackfillTenant::Schema(schema) => {
-            one.name = format!("{}/{schema}", cfg.name);
-            one.search_path = Some(schema);
+        BackfillTenant::Schema { name, url } => {
+            one.name = format!("{}/{name}", cfg.name);
+            one.search_path = Some(name);
+            one.database_url = Secret(url);
         }
         BackfillTenant::Database { url, .. } => {
             one.database_url = Secret(url);
@@ -1105,7 +1124,7 @@ async fn run_inner(
     let outcome = scan_table(&mut client, cfg, sum, stats, (table, key), version).await?;
     // A fleet's next schema tenant takes the connection: nothing was set on its session.
     if let Some(pool) = &cfg.connections {
-        pool.give_back(client, version);
+        pool.give_back(&cfg.database_url.0, client, version);
     }
     Ok(outcome)
 }
@@ -1223,7 +1242,11 @@ fn checked_names(cfg: &BackfillConfig) -> Result<(String, String), BackfillError
 /// version. Nothing is set on the session: behind a transaction pooler a session setting
 /// would stay on a pooled server connection for whichever client gets it next.
 async fn open(cfg: &BackfillConfig, scrub: &Scrubber) -> Result<(Client, i32), BackfillError> {
-    if let Some(reused) = cfg.connections.as_ref().and_then(Connections::take) {
+    if let Some(reused) = cfg
+        .connections
+        .as_ref()
+        .and_then(|c| c.take(&cfg.database_url.0))
+    {
         return Ok(reused);
     }
     let mut settings = session::settings(&cfg.database_url.0)?;
@@ -1252,11 +1275,11 @@ fn local_settings(cfg: &BackfillConfig, version: i32) -> String {
     set_local
 }
 
-/// The connections a fleet's schema tenants pass from one tenant's backfill to the next (at
-/// most one per running tenant): every setting is per transaction, so any tenant can use any.
-/// A run that failed drops its connection instead.
+/// The connections a fleet's schema tenants pass from one tenant's backfill to the next on the
+/// same server (at most one per running tenant), by URL: every setting is per transaction, so
+/// any tenant of the database can use any. A run that failed drops its connection instead.
 #[derive(Clone, Default)]
-pub struct Connections(Arc<Mutex<Vec<(Client, i32)>>>);
+pub struct Connections(Arc<Mutex<Vec<(String, Client, i32)>>>);
 
 impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1265,21 +1288,20 @@ impl std::fmt::Debug for Connections {
 }
 
 impl Connections {
-    fn take(&self) -> Option<(Client, i32)> {
+    fn take(&self, url: &str) -> Option<(Client, i32)> {
         let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((client, version)) = idle.pop() {
-            if !client.is_closed() {
-                return Some((client, version));
-            }
-        }
-        None
+        // Closed ones go; those of other servers stay.
+        idle.retain(|(_, c, _)| !c.is_closed());
+        let i = idle.iter().position(|(u, _, _)| u == url)?;
+        let (_, client, version) = idle.swap_remove(i);
+        Some((client, version))
     }
 
-    fn give_back(&self, client: Client, version: i32) {
+    fn give_back(&self, url: &str, client: Client, version: i32) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((client, version));
+            .push((url.to_string(), client, version));
     }
 }
 

@@ -78,6 +78,10 @@ pub struct ApplyArgs {
     /// Contract with --tenants: expand's SQL, run first on a tenant whose expand is not applied.
     #[arg(long, value_name = "SQL")]
     pub tenant_expand_sql: Option<String>,
+    /// With --tenants listing `servers`: the URL of each, in their order (repeat for each)
+    /// [env: PHASEGATE_SERVER_URL_0, _1, …].
+    #[arg(long = "server-url", value_name = "URL")]
+    pub server_urls: Vec<Secret>,
     /// `lock_timeout` of each attempt [default: 2s].
     #[arg(long, value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
@@ -220,6 +224,7 @@ pub(super) struct Settings {
     pub expand_after: Vec<String>,
     pub tenants: Option<crate::api::TenantsSpec>,
     pub tenant_expand_sql: Option<String>,
+    pub server_urls: Vec<Secret>,
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
     pub max_lock_retries: u32,
@@ -330,6 +335,11 @@ impl ApplyArgs {
                 None => env.tenants.clone(),
             },
             tenant_expand_sql: self.tenant_expand_sql.or(env.tenant_expand_sql.clone()),
+            server_urls: if self.server_urls.is_empty() {
+                env.server_urls.clone()
+            } else {
+                self.server_urls
+            },
             expand_after: match self.expand_after {
                 Some(text) => <Vec<String> as penv::EnvText>::from_text(&text)?,
                 None => env.expand_after.unwrap_or_default(),
@@ -399,10 +409,15 @@ pub struct Config {
     pub advisory_obj: i32,
     /// A fleet run's connections, handed from one tenant's run to the next.
     pub sessions: Option<super::sessions::Sessions>,
+    /// A fleet tenant's run: its routine lines (applying, committed, done) are left out; the
+    /// fleet prints progress instead, so the log does not grow with the tenants.
+    pub quiet: bool,
     /// A schema tenant's run: its session's `search_path` (set on the reused connection).
     pub search_path: Option<String>,
     /// Contract with tenants: expand's SQL, for a tenant created since expand ran.
     pub tenant_expand_sql: Option<String>,
+    /// With tenants: the URL of each of `tenants.servers`, in their order.
+    pub server_urls: Vec<Secret>,
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
     pub max_lock_retries: u32,
@@ -427,6 +442,9 @@ pub struct Config {
     pub require_expand: bool,
     /// Contract only: where to ask for the commit grant; None when run without an operator.
     pub grant: Option<super::grant::GrantConfig>,
+    /// A fleet's contract: one grant, asked for the attempt, serving every tenant's run (the
+    /// requests would be the same); None starts a grant per run from `grant`.
+    pub shared_grant: Option<std::sync::Arc<super::grant::Grant>>,
     /// Contract with the database check: hot standbys checked too (see [`super::standbys`]).
     pub replica_urls: Vec<Secret>,
     /// Contract with the database check: also check the standbys the primary streams to.
@@ -455,8 +473,10 @@ impl Config {
             expand_after: Vec::new(),
             tenants: None,
             tenant_expand_sql: None,
+            server_urls: Vec::new(),
             advisory_obj: super::locks::ADVISORY_OBJ,
             sessions: None,
+            quiet: false,
             search_path: None,
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(600),
@@ -474,6 +494,7 @@ impl Config {
             previous_versions: None,
             require_expand: false,
             grant: None,
+            shared_grant: None,
             replica_urls: Vec::new(),
             replica_discover: false,
             pooler: None,
@@ -485,12 +506,13 @@ impl Config {
 
 impl Config {
     /// The URLs whose secrets must never be printed: the database's, the pooler admin
-    /// console's and the hot standbys'.
+    /// console's, the hot standbys' and the tenants' other servers'.
     pub fn secret_urls(&self) -> Vec<&str> {
         let admin = self.pooler.as_ref().and_then(|p| p.admin_url.as_ref());
         std::iter::once(&self.database_url)
             .chain(admin)
             .chain(&self.replica_urls)
+            .chain(&self.server_urls)
             .map(|u| u.0.as_str())
             .collect()
     }
@@ -608,8 +630,10 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
         tenants: args.tenants,
         advisory_obj: super::locks::ADVISORY_OBJ,
         sessions: None,
+        quiet: false,
         search_path: None,
         tenant_expand_sql: args.tenant_expand_sql.filter(|_| contract),
+        server_urls: args.server_urls,
         expand_after: if contract {
             Vec::new()
         } else {
@@ -631,6 +655,7 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
         previous_versions,
         require_expand,
         grant,
+        shared_grant: None,
         replica_urls: if database_check {
             args.contract.replica_urls
         } else {

@@ -49,6 +49,15 @@ pub struct Grant {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("attempt", &self.attempt)
+            .field("holds", &self.holds())
+            .finish()
+    }
+}
+
 impl Drop for Grant {
     fn drop(&mut self) {
         self.task.abort();

@@ -179,7 +179,9 @@ async fn execute_one(cfg: &Config) -> Report {
                 tenants: None,
                 error: None,
             };
-            tracing::info!(summary = %report.summary(), "phase done");
+            if !cfg.quiet {
+                tracing::info!(summary = %report.summary(), "phase done");
+            }
             report
         }
         Err(mut e) => {
@@ -235,7 +237,9 @@ async fn run(
     let statements = sql::parse_phase(&cfg.sql)?;
     let phase = cfg.phase.as_str();
     let id = &cfg.identity;
-    tracing::info!(phase, namespace = %id.namespace, name = %id.name, statements = statements.len(), checksum = &sum[..12], "applying phase");
+    if !cfg.quiet {
+        tracing::info!(phase, namespace = %id.namespace, name = %id.name, statements = statements.len(), checksum = &sum[..12], "applying phase");
+    }
 
     // A fleet run's next tenant takes the connections the last one gave back.
     let reused = cfg.sessions.as_ref().and_then(sessions::Sessions::take);
@@ -284,7 +288,11 @@ async fn run(
         advisory_waited: Duration::ZERO,
         // Asked from now on, while the run waits, so that a grant is usually held by the time
         // the tables are clear.
-        grant: cfg.grant.clone().map(grant::Grant::start),
+        grant: cfg.shared_grant.clone().or_else(|| {
+            cfg.grant
+                .clone()
+                .map(|g| std::sync::Arc::new(grant::Grant::start(g)))
+        }),
         grant_waited: Duration::ZERO,
         skipped: 0,
         patience: locks::Patience::new(
@@ -362,7 +370,9 @@ async fn run(
                     .await
                     .map_err(|e| ApplyError::db(&e, None))?;
             }
-            tracing::info!("phase already applied with the same checksum; nothing to do");
+            if !cfg.quiet {
+                tracing::info!("phase already applied with the same checksum; nothing to do");
+            }
             runner.unlock_database().await;
             give_back(client, runner);
             return Ok(Outcome::AlreadyApplied);

@@ -42,7 +42,7 @@ pub(super) struct Runner<'a> {
     /// Time spent waiting for the advisory lock so far (one budget for the run).
     pub(super) advisory_waited: Duration,
     /// Contract run by the operator: the commit grant, renewed in the background.
-    pub(super) grant: Option<Grant>,
+    pub(super) grant: Option<std::sync::Arc<Grant>>,
     /// Time spent waiting for a grant so far (one budget for the run).
     pub(super) grant_waited: Duration,
     /// Steps another executor of this phase applied while this one waited.
@@ -469,12 +469,14 @@ impl Runner<'_> {
         }
         failpoint(cfg, "pause-after-commit").await;
         self.stats.statements += stmts.len();
-        tracing::info!(
-            statements = stmts.len(),
-            attempt,
-            window_us = window.as_micros() as u64,
-            "transaction committed"
-        );
+        if !cfg.quiet {
+            tracing::info!(
+                statements = stmts.len(),
+                attempt,
+                window_us = window.as_micros() as u64,
+                "transaction committed"
+            );
+        }
         Ok(Attempt::Done)
     }
 

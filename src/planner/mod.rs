@@ -122,6 +122,8 @@ pub enum Holdup {
     Waiting(String),
     /// A backfill Job makes progress, as its executor's log says (no Event: it changes often).
     Progress(crate::api::BackfillProgress),
+    /// A fleet's Job runs its tenants: those so far, as its executor's log says (no Event).
+    Tenants(crate::api::TenantsStatus),
 }
 
 /// Attempts in total, automatic ones included, after which an executor that keeps dying
@@ -687,6 +689,7 @@ impl<'a> Planner<'a> {
         let mut suffix = match holdup {
             Some(Holdup::Stuck(w) | Holdup::Waiting(w)) => format!("; {w}"),
             Some(Holdup::Progress(p)) => format!("; {}", p.summary()),
+            Some(Holdup::Tenants(t)) => format!("; {}", t.summary()),
             None => String::new(),
         };
         if let Some(Holdup::Progress(p)) = holdup {
@@ -702,6 +705,9 @@ impl<'a> Planner<'a> {
             }
         }
         let rec = record_mut(&mut self.status, phase);
+        if let Some(Holdup::Tenants(t)) = holdup {
+            rec.tenants = Some(t.clone());
+        }
         if rec.reason.as_deref() == Some(reason::EXECUTOR_DIED) {
             if let Some(m) = &rec.message {
                 suffix.push_str(&format!(" (retried automatically: {m})"));
@@ -712,7 +718,7 @@ impl<'a> Planner<'a> {
             self.signal_only_note(phase)
         );
         let no_detail = String::new();
-        if let Some(h) = holdup.filter(|h| !matches!(h, Holdup::Progress(_))) {
+        if let Some(h) = holdup.filter(|h| !matches!(h, Holdup::Progress(_) | Holdup::Tenants(_))) {
             let cut: String = message
                 .chars()
                 .take(conditions::MAX_MESSAGE_CHARS)
@@ -728,7 +734,9 @@ impl<'a> Planner<'a> {
                 let (warning, why, w) = match h {
                     Holdup::Stuck(w) => (true, reason::JOB_STUCK, w),
                     Holdup::Waiting(w) => (false, reason::EXECUTOR_WAITING, w),
-                    Holdup::Progress(_) => (false, reason::EXECUTOR_WAITING, &no_detail),
+                    Holdup::Progress(_) | Holdup::Tenants(_) => {
+                        (false, reason::EXECUTOR_WAITING, &no_detail)
+                    }
                 };
                 self.extra_notices.push(Transition {
                     warning,

@@ -4439,3 +4439,156 @@ fn a_fleet_backfill_runs_between_the_rollout_and_contract_with_its_counts_in_sta
         Some(counts(10, 0, 0))
     );
 }
+
+/// `spec.tenants.servers` with what names one server only — listed standbys, a pooler's admin
+/// URL — or with a Secret key used twice (its tenants would run twice) is InvalidSpec before
+/// anything runs; `replicas.discover` and a pooler without an admin URL work per server.
+#[test]
+fn a_fleet_migration_on_several_servers_refuses_what_names_one_server() {
+    let tenants: crate::api::TenantsSpec = serde_json::from_value(serde_json::json!({
+        "schemas": "tenant\\_%",
+        "servers": [{"name": "eu-2", "urlSecretRef": {"name": "db-eu-2", "key": "url"}}]
+    }))
+    .expect("tenants");
+    let key = |name: &str| crate::api::SecretKeyRef {
+        name: name.into(),
+        key: "url".into(),
+    };
+    type Edit = Box<dyn Fn(&mut crate::api::DatabaseMigrationSpec)>;
+    let refused: Vec<(&str, Edit)> = vec![
+        (
+            "spec.database.replicas.urlSecretRefs",
+            Box::new(move |s| {
+                s.database.replicas = Some(crate::api::ReplicasSpec {
+                    url_secret_refs: vec![key("standby")],
+                    discover: false,
+                })
+            }),
+        ),
+        (
+            "spec.database.pooler.adminUrlSecretRef",
+            Box::new(move |s| {
+                s.database.pooler = Some(crate::api::PoolerSpec {
+                    admin_url_secret_ref: Some(key("pooler-admin")),
+                })
+            }),
+        ),
+        (
+            "uses the Secret key shop-db/url of spec.database",
+            Box::new(move |s| {
+                if let Some(t) = s.tenants.as_mut() {
+                    t.servers[0].url_secret_ref = s.database.url_secret_ref.clone();
+                }
+            }),
+        ),
+        (
+            "listed twice",
+            Box::new(move |s| {
+                if let Some(t) = s.tenants.as_mut() {
+                    let again = t.servers[0].clone();
+                    t.servers.push(again);
+                }
+            }),
+        ),
+    ];
+    for (says, edit) in refused {
+        let spec = SpecBuilder::new()
+            .with(|s| {
+                s.tenants = Some(tenants.clone());
+                edit(s);
+            })
+            .build();
+        let p = Fx::new(spec).step();
+        assert_eq!(
+            failure_reason(&p.status),
+            Some(reason::INVALID_SPEC),
+            "{says}"
+        );
+        let message = &cond(&p.status, READY).message;
+        assert!(message.contains(says), "{says}: {message}");
+    }
+    let per_server = SpecBuilder::new()
+        .with(|s| {
+            s.tenants = Some(tenants.clone());
+            s.database.replicas = Some(crate::api::ReplicasSpec {
+                url_secret_refs: Vec::new(),
+                discover: true,
+            });
+            s.database.pooler = Some(crate::api::PoolerSpec::default());
+        })
+        .build();
+    assert!(crate::planner::validate::validate(&per_server, true).is_ok());
+    assert_eq!(
+        Fx::new(per_server).step().action,
+        start(JobPhase::Expand, 1)
+    );
+}
+
+#[test]
+fn a_fleet_wave_that_is_neither_a_count_nor_a_share_is_an_invalid_spec() {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let tenants = crate::api::TenantsSpec {
+        schemas: Some("tenant\\_%".into()),
+        waves: vec![IntOrString::Int(5), IntOrString::String("half".into())],
+        ..Default::default()
+    };
+    let mut fx = Fx::new(
+        SpecBuilder::new()
+            .with(|s| s.tenants = Some(tenants))
+            .build(),
+    );
+    let p = fx.step();
+    assert_eq!(failure_reason(&p.status), Some(reason::INVALID_SPEC));
+    let ready = cond(&p.status, READY);
+    assert!(
+        ready.message.contains("spec.tenants.waves") && ready.message.contains("\"half\""),
+        "{ready:?}"
+    );
+}
+
+#[test]
+fn a_running_fleet_phase_shows_its_tenants_so_far_without_an_event_each_time() {
+    let tenants = crate::api::TenantsSpec {
+        schemas: Some("tenant\\_%".into()),
+        max_concurrent: 4,
+        ..Default::default()
+    };
+    let mut fx = Fx::new(
+        SpecBuilder::new()
+            .with(|s| s.tenants = Some(tenants))
+            .build(),
+    );
+    assert_eq!(fx.step().action, start(JobPhase::Expand, 1));
+    let so_far = crate::api::TenantsStatus {
+        total: 10_000,
+        applied: 4_210,
+        failed: 0,
+        not_run: 5_790,
+        ..Default::default()
+    };
+    fx.expand_job = JobState::Running(Some(Holdup::Tenants(so_far.clone())));
+    let p = fx.step();
+    assert_eq!(p.action, Action::None);
+    assert!(p.notices.is_empty(), "{:?}", p.notices);
+    assert_eq!(
+        p.status.expand.as_ref().and_then(|e| e.tenants.clone()),
+        Some(so_far.clone())
+    );
+    let ready = cond(&p.status, READY);
+    assert!(
+        ready
+            .message
+            .contains("4210 of 10000 tenant(s) applied so far"),
+        "{ready:?}"
+    );
+    // Counts that move are progress: written at its pace, not on every change.
+    let mut later = p.status.clone();
+    if let Some(e) = later.expand.as_mut() {
+        e.tenants = Some(crate::api::TenantsStatus {
+            applied: 4_900,
+            not_run: 5_100,
+            ..so_far
+        });
+    }
+    assert!(crate::planner::writes::progress_only(&p.status, &later));
+}

@@ -59,11 +59,61 @@ fn check_tenants(spec: &DatabaseMigrationSpec) -> Result<(), SpecError> {
             ),
         ));
     }
+    if let Some(t) = &spec.tenants {
+        crate::api::wave_ends(&t.waves, 100).map_err(|why| invalid("spec.tenants.waves", why))?;
+    }
     if spec.expand.job.is_some() || spec.contract.job.is_some() {
         return Err(invalid(
             "spec.tenants",
             "a user job cannot be run per tenant: use inline sql in expand and contract",
         ));
+    }
+    check_tenant_servers(spec)
+}
+
+/// `spec.tenants.servers`: what names one server only (`spec.database`'s) cannot go with them.
+fn check_tenant_servers(spec: &DatabaseMigrationSpec) -> Result<(), SpecError> {
+    let Some(t) = spec.tenants.as_ref().filter(|t| !t.servers.is_empty()) else {
+        return Ok(());
+    };
+    t.check_servers()
+        .map_err(|e| invalid("spec.tenants.servers", e))?;
+    let db = &spec.database;
+    if db
+        .replicas
+        .as_ref()
+        .is_some_and(|r| !r.url_secret_refs.is_empty())
+    {
+        return Err(invalid(
+            "spec.database.replicas.urlSecretRefs",
+            "lists standbys of one server and cannot go with spec.tenants.servers; use \
+             replicas.discover, which finds each server's own standbys",
+        ));
+    }
+    if db
+        .pooler
+        .as_ref()
+        .is_some_and(|p| p.admin_url_secret_ref.is_some())
+    {
+        return Err(invalid(
+            "spec.database.pooler.adminUrlSecretRef",
+            "names one pooler's admin console and cannot go with spec.tenants.servers; leave \
+             it unset: each server's own URL with the database pgbouncer is used",
+        ));
+    }
+    let mut refs = vec![&db.url_secret_ref];
+    for s in &t.servers {
+        if refs.contains(&&s.url_secret_ref) {
+            return Err(invalid(
+                "spec.tenants.servers",
+                format!(
+                    "server {} uses the Secret key {}/{} of spec.database or of another server: \
+                     its tenants would run twice",
+                    s.name, s.url_secret_ref.name, s.url_secret_ref.key
+                ),
+            ));
+        }
+        refs.push(&s.url_secret_ref);
     }
     Ok(())
 }

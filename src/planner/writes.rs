@@ -16,7 +16,7 @@ use crate::api::DatabaseMigrationStatus;
 pub const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Whether `new` differs from `old` only in progress: targets' replica counts and messages,
-/// conditions' messages, the backfill's progress figures.
+/// conditions' messages, the backfill's progress figures, a running fleet phase's tenant counts.
 pub fn progress_only(old: &DatabaseMigrationStatus, new: &DatabaseMigrationStatus) -> bool {
     without_progress(old) == without_progress(new)
 }
@@ -38,6 +38,14 @@ fn without_progress(s: &DatabaseMigrationStatus) -> DatabaseMigrationStatus {
         // A fleet backfill's counts while it runs; its end changes more than the counts.
         if b.run.finished_at.is_none() {
             b.run.tenants = None;
+        }
+    }
+    for p in [s.expand.as_mut(), s.contract.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        if p.finished_at.is_none() {
+            p.tenants = None;
         }
     }
     s

@@ -57,6 +57,42 @@ pub const REPLICA_URLS: [&str; crate::api::MAX_REPLICA_URLS] = [
 ];
 pub const REQUIRE_EXPAND: &str = "PHASEGATE_REQUIRE_EXPAND";
 pub const ROLLOUT_COMPLETED_AT: &str = "PHASEGATE_ROLLOUT_COMPLETED_AT";
+/// `PHASEGATE_SERVER_URL_<i>`: the URL of `spec.tenants.servers[i]`, from its Secret (the
+/// names are in `PHASEGATE_TENANTS`).
+pub const SERVER_URLS: [&str; crate::api::MAX_TENANT_SERVERS] = [
+    "PHASEGATE_SERVER_URL_0",
+    "PHASEGATE_SERVER_URL_1",
+    "PHASEGATE_SERVER_URL_2",
+    "PHASEGATE_SERVER_URL_3",
+    "PHASEGATE_SERVER_URL_4",
+    "PHASEGATE_SERVER_URL_5",
+    "PHASEGATE_SERVER_URL_6",
+    "PHASEGATE_SERVER_URL_7",
+    "PHASEGATE_SERVER_URL_8",
+    "PHASEGATE_SERVER_URL_9",
+    "PHASEGATE_SERVER_URL_10",
+    "PHASEGATE_SERVER_URL_11",
+    "PHASEGATE_SERVER_URL_12",
+    "PHASEGATE_SERVER_URL_13",
+    "PHASEGATE_SERVER_URL_14",
+    "PHASEGATE_SERVER_URL_15",
+    "PHASEGATE_SERVER_URL_16",
+    "PHASEGATE_SERVER_URL_17",
+    "PHASEGATE_SERVER_URL_18",
+    "PHASEGATE_SERVER_URL_19",
+    "PHASEGATE_SERVER_URL_20",
+    "PHASEGATE_SERVER_URL_21",
+    "PHASEGATE_SERVER_URL_22",
+    "PHASEGATE_SERVER_URL_23",
+    "PHASEGATE_SERVER_URL_24",
+    "PHASEGATE_SERVER_URL_25",
+    "PHASEGATE_SERVER_URL_26",
+    "PHASEGATE_SERVER_URL_27",
+    "PHASEGATE_SERVER_URL_28",
+    "PHASEGATE_SERVER_URL_29",
+    "PHASEGATE_SERVER_URL_30",
+    "PHASEGATE_SERVER_URL_31",
+];
 pub const SQL: &str = "PHASEGATE_SQL";
 pub const STATEMENT_TIMEOUT: &str = "PHASEGATE_STATEMENT_TIMEOUT";
 pub const TENANTS: &str = "PHASEGATE_TENANTS";
@@ -233,6 +269,10 @@ macro_rules! executor_env {
             /// Contract only: `PHASEGATE_REPLICA_URL_0`, `_1`, …: the listed hot standbys,
             /// each from a Secret in a Job (at most 16; the first unset name ends the list).
             pub replica_urls: Vec<U>,
+            /// `PHASEGATE_SERVER_URL_0`, `_1`, …: the servers of `spec.tenants.servers`, in
+            /// their order, each from a Secret in a Job (at most 32; the first unset name ends
+            /// the list).
+            pub server_urls: Vec<U>,
             /// `PHASEGATE_POOLER_ADMIN_URL` (contract only), from a Secret in a Job
             /// (`spec.database.pooler.adminUrlSecretRef`).
             pub pooler_admin_url: Option<U>,
@@ -249,6 +289,9 @@ macro_rules! executor_env {
                 for (name, u) in REPLICA_URLS.iter().zip(&self.replica_urls) {
                     vars.push(Var { name, value: u.value() });
                 }
+                for (name, u) in SERVER_URLS.iter().zip(&self.server_urls) {
+                    vars.push(Var { name, value: u.value() });
+                }
                 $(if let Some(v) = &self.$field {
                     vars.push(Var { name: $name, value: Value::Plain(EnvText::to_text(v)) });
                 })*
@@ -262,17 +305,19 @@ macro_rules! executor_env {
             pub fn names() -> Vec<&'static str> {
                 let mut names = vec![DATABASE_URL];
                 names.extend(REPLICA_URLS);
+                names.extend(SERVER_URLS);
                 names.extend([$($name,)* POOLER_ADMIN_URL]);
                 names
             }
 
             /// The same environment with the Secret-backed URLs resolved (or replaced): the
-            /// database's and the pooler admin console's; no standby URLs (see
-            /// [`ExecutorEnv::with_replica_urls`]).
+            /// database's and the pooler admin console's; no standby or server URLs (see
+            /// [`ExecutorEnv::with_replica_urls`] and [`ExecutorEnv::with_server_urls`]).
             pub fn with_urls<V>(self, url: Option<V>, pooler_admin_url: Option<V>) -> ExecutorEnv<V> {
                 ExecutorEnv {
                     database_url: url,
                     replica_urls: Vec::new(),
+                    server_urls: Vec::new(),
                     pooler_admin_url,
                     $($field: self.$field,)*
                 }
@@ -281,6 +326,12 @@ macro_rules! executor_env {
             /// The same environment with these standby URLs.
             pub fn with_replica_urls(mut self, replica_urls: Vec<U>) -> Self {
                 self.replica_urls = replica_urls;
+                self
+            }
+
+            /// The same environment with these servers' URLs (`spec.tenants.servers`).
+            pub fn with_server_urls(mut self, server_urls: Vec<U>) -> Self {
+                self.server_urls = server_urls;
                 self
             }
         }
@@ -292,6 +343,10 @@ macro_rules! executor_env {
                 Ok(ExecutorEnv {
                     database_url: lookup(DATABASE_URL).map(Secret),
                     replica_urls: REPLICA_URLS
+                        .iter()
+                        .map_while(|name| lookup(name).map(Secret))
+                        .collect(),
+                    server_urls: SERVER_URLS
                         .iter()
                         .map_while(|name| lookup(name).map(Secret))
                         .collect(),

@@ -1,13 +1,14 @@
 //! The log lines the operator reads from the tail of a running executor's log (the
 //! executor's stderr): why it waits ([`wait_line`], [`over_line`], read back by
 //! [`current_wait`]) and, for a backfill, its progress ([`progress_line`], read back by
-//! [`progress`]; the throttle reasons in it by [`throttle_kind`]). One JSON object a line, in
+//! [`progress`]; the throttle reasons in it by [`throttle_kind`]), and for a fleet its
+//! tenants so far ([`tenants_line`], read back by [`tenants_progress`]). One JSON object a line, in
 //! the shape of `tracing`'s JSON lines, whatever the log format; other lines are ignored.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::api::BackfillProgress;
+use crate::api::{BackfillProgress, TenantsStatus};
 
 /// What kind of wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -281,6 +282,43 @@ pub fn progress_line(p: &BackfillProgress) -> String {
     .to_string()
 }
 
+/// The line a fleet's executor prints on stderr (at most one per couple of seconds, and when
+/// a wave ends): its tenants so far, read back by [`tenants_progress`].
+pub fn tenants_line(t: &TenantsStatus) -> String {
+    serde_json::json!({
+        "timestamp": jiff::Timestamp::now().to_string(),
+        "level": "INFO",
+        "message": "tenants progress",
+        "tenants": t,
+    })
+    .to_string()
+}
+
+/// The newest tenants line in the tail of the executor's log, if any.
+pub fn tenants_progress(log_tail: &str) -> Option<TenantsStatus> {
+    log_tail.lines().rev().find_map(|raw| {
+        let v: serde_json::Value = serde_json::from_str(&raw[raw.find('{')?..]).ok()?;
+        if v.get("message")?.as_str()? != "tenants progress" {
+            return None;
+        }
+        serde_json::from_value(v.get("tenants")?.clone()).ok()
+    })
+}
+
+impl TenantsStatus {
+    /// One line for a status message while the tenants run.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} of {} tenant(s) applied so far",
+            self.applied, self.total
+        );
+        if self.failed > 0 {
+            s.push_str(&format!(", {} failed", self.failed));
+        }
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +398,24 @@ mod tests {
         let now = current_wait(&waiting(WaitKind::TableLock, &long)).unwrap_or_default();
         assert!(!now.contains('\u{1b}'), "{now}");
         assert!(now.len() < 400, "{}", now.len());
+    }
+
+    #[test]
+    fn reads_the_newest_tenants_line() {
+        let t = |applied| TenantsStatus {
+            total: 100,
+            applied,
+            ..Default::default()
+        };
+        let tail = format!(
+            "{}\n{{\"message\":\"tenant_07: applied\"}}\n{}\nnot json\n{}\n",
+            tenants_line(&t(10)),
+            tenants_line(&t(40)),
+            wait_line(WaitKind::TableLock, "waiting", "pid 1")
+        );
+        assert_eq!(tenants_progress(&tail), Some(t(40)));
+        assert_eq!(tenants_progress("{\"message\":\"x\",\"tenants\":{}}"), None);
+        assert_eq!(t(40).summary(), "40 of 100 tenant(s) applied so far");
     }
 
     #[test]

@@ -82,3 +82,59 @@ async fn bench_migrations_per_db() {
     );
     env.cleanup().await;
 }
+
+/// The operator's memory with a fleet migration of `PHASEGATE_BENCH_TENANTS` tenant schemas
+/// (default 1,000), run to Succeeded through the real operator and executors: its status holds
+/// counts and 10 failures whatever the tenants, so the figure should not grow with them.
+/// `make bench-fanout` runs it with 10 and with 1,000 tenants and prints both.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: make bench-fanout"]
+async fn bench_fleet_operator_rss() {
+    let n: usize = std::env::var("PHASEGATE_BENCH_TENANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let env = Env::new("bench-fleet").await;
+    env.pg
+        .client()
+        .await
+        .batch_execute(&format!(
+            "DO $$ BEGIN FOR i IN 1..{n} LOOP
+               EXECUTE format('CREATE SCHEMA tenant_%s; CREATE TABLE tenant_%s.users (id int PRIMARY KEY, legacy text)', i, i);
+             END LOOP; END $$"
+        ))
+        .await
+        .expect("tenant schemas");
+    env.create_deployment("shop-api", 1, "2.0.0").await;
+    let started = Instant::now();
+    env.create_migration(
+        "fleet",
+        serde_json::json!({
+            "appVersion": "2.0.0",
+            "database": {"urlSecretRef": {"name": "shop-db", "key": "url"}},
+            "expand": {"sql": "ALTER TABLE users ADD COLUMN verified boolean;"},
+            "contract": {"sql": "ALTER TABLE users DROP COLUMN legacy;"},
+            "rollout": {"targets": [{"kind": "Deployment", "name": "shop-api"}]},
+            "tenants": {"schemas": "tenant\\_%", "canary": {"count": 1}}
+        }),
+    )
+    .await
+    .expect("create");
+    let m = env
+        .wait_phase("fleet", Phase::Succeeded, Duration::from_secs(900))
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let applied = m
+        .status
+        .as_ref()
+        .and_then(|s| s.contract.as_ref())
+        .and_then(|c| c.tenants.as_ref())
+        .map_or(0, |t| t.applied);
+    let (rss, peak) = env.operator_rss_kib().expect("operator's /proc status");
+    println!(
+        "fleet_operator: tenants={n} applied={applied} seconds={seconds:.1} operator_rss_mib={:.1} operator_peak_mib={:.1}",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    env.cleanup().await;
+}

@@ -70,20 +70,6 @@ async fn pods_refused_by_pod_security_are_named_in_status() {
     env.cleanup().await;
 }
 
-/// The pid of this namespace's executor process of `attempt` (the kwok runner runs it on this
-/// machine), found by its environment: other tests may run executors at the same time.
-fn executor_pid(ns: &str, attempt: u32) -> Option<u32> {
-    let want_ns = format!("PHASEGATE_MIGRATION_NAMESPACE={ns}");
-    let want_attempt = format!("PHASEGATE_ATTEMPT={attempt}");
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|d| {
-        let pid: u32 = d.file_name().to_str()?.parse().ok()?;
-        let environ = std::fs::read(d.path().join("environ")).ok()?;
-        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        let has = |v: &str| vars.contains(&v.as_bytes());
-        (has(&want_ns) && has(&want_attempt) && has("PHASEGATE_PHASE=expand")).then_some(pid)
-    })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_executor_is_retried_automatically_and_applies_once() {
     let env = Env::new("executor-killed").await;
@@ -101,7 +87,7 @@ async fn a_killed_executor_is_retried_automatically_and_applies_once() {
         .expect("create");
     let pid = std::cell::Cell::new(None);
     crate::harness::wait_until(T, "the executor of attempt 1", || {
-        pid.set(executor_pid(&env.ns, 1));
+        pid.set(crate::harness::executor_pid(&env.ns, "expand", 1));
         std::future::ready(pid.get().is_some())
     })
     .await;

@@ -1,6 +1,8 @@
-//! Fleet migrations (`spec.tenants`) end to end: one migration on every tenant schema, the
-//! rollout gate between expand and contract, a tenant created mid-migration, a failing canary
-//! that halts the rest and is retried, and the kubectl plugin listing failing tenants.
+//! Fleet migrations (`spec.tenants`) end to end: one migration on every tenant schema (50),
+//! database (10) or schema of two servers, the rollout gate between expand and contract, a
+//! tenant created mid-migration, a failing canary that halts the rest and is retried, the
+//! kubectl plugin listing failing tenants, an executor SIGKILLed mid-wave that resumes exactly
+//! once per tenant, rollbacks that hold every tenant's contract, and progress in status.
 
 use phasegate::api::{DatabaseMigration, Phase};
 use serde_json::json;
@@ -8,7 +10,8 @@ use serde_json::json;
 use crate::harness::Env;
 use crate::T;
 
-const TENANTS: usize = 20;
+const TENANTS: usize = 50;
+const DATABASES: usize = 10;
 
 async fn tenant_schema(env: &Env, s: &str) {
     env.pg
@@ -23,17 +26,19 @@ async fn tenant_schema(env: &Env, s: &str) {
 
 /// Tenant schemas whose `users` has `column`.
 async fn with_column(env: &Env, column: &str) -> usize {
-    env.pg
-        .client()
-        .await
-        .query(
-            "SELECT 1 FROM information_schema.columns
+    columns_on(&env.pg.client().await, column).await
+}
+
+/// Tenant schemas of the database `c` is connected to whose `users` has `column`.
+async fn columns_on(c: &tokio_postgres::Client, column: &str) -> usize {
+    c.query(
+        "SELECT 1 FROM information_schema.columns
               WHERE table_name = 'users' AND column_name = $1 AND table_schema LIKE 'tenant\\_%'",
-            &[&column],
-        )
-        .await
-        .expect("columns")
-        .len()
+        &[&column],
+    )
+    .await
+    .expect("columns")
+    .len()
 }
 
 fn fleet_spec(canary: serde_json::Value) -> serde_json::Value {
@@ -211,4 +216,224 @@ async fn with_legacy(env: &Env, schema: &str) -> Option<bool> {
         .await
         .ok()?;
     row.get::<_, bool>(1).then(|| row.get(0))
+}
+
+async fn tenant_database(env: &Env, db: &str) {
+    env.pg
+        .client()
+        .await
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .expect("tenant database");
+    env.pg
+        .client_for_db(db)
+        .await
+        .batch_execute(
+            "CREATE TABLE users (id int PRIMARY KEY, legacy text);
+             CREATE TABLE runs (phase text NOT NULL);",
+        )
+        .await
+        .expect("tenant tables");
+}
+
+/// The phases whose SQL ran in tenant database `db`, in order (each run inserts one row in
+/// the same transaction as its DDL: a phase applied twice shows twice).
+async fn runs(env: &Env, db: &str) -> Vec<String> {
+    env.pg
+        .client_for_db(db)
+        .await
+        .query("SELECT phase FROM runs ORDER BY ctid", &[])
+        .await
+        .expect("runs")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn databases_with_runs(env: &Env, phases: &[&str]) -> usize {
+    let mut n = 0;
+    for i in 1..=DATABASES {
+        if runs(env, &format!("shop_{i:02}")).await == phases {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Ten tenant databases. The expand executor is SIGKILLed mid-wave (some databases applied,
+/// others running or not started): the next attempt applies each remaining database once and
+/// skips the applied ones. A rollback during contract's soak delay holds contract on every
+/// database; rolled forward, each is contracted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn database_tenants_resume_exactly_once_after_a_sigkill_and_a_rollback_holds_every_contract()
+{
+    let env = Env::new("fleet-databases").await;
+    for i in 1..=DATABASES {
+        tenant_database(&env, &format!("shop_{i:02}")).await;
+    }
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    let mut spec = fleet_spec(json!({}));
+    spec["tenants"] = json!({"databases": "shop\\_%", "maxConcurrent": 2});
+    // Slow enough per tenant to kill the executor mid-wave.
+    spec["expand"]["sql"] = json!(
+        "ALTER TABLE users ADD COLUMN verified boolean; INSERT INTO runs VALUES ('expand'); SELECT pg_sleep(0.4);"
+    );
+    spec["contract"]["sql"] =
+        json!("ALTER TABLE users DROP COLUMN legacy; INSERT INTO runs VALUES ('contract');");
+    spec["contract"]["delay"] = json!("8s");
+    env.create_migration("verified", spec)
+        .await
+        .expect("create");
+
+    crate::harness::wait_until(T, "3 tenant databases expanded", || async {
+        databases_with_runs(&env, &["expand"]).await >= 3
+    })
+    .await;
+    let pid = crate::harness::executor_pid(&env.ns, "expand", 1).expect("the expand executor");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "killed executor {pid}");
+    let done_at_kill = databases_with_runs(&env, &["expand"]).await;
+    assert!(
+        done_at_kill < DATABASES,
+        "killed mid-wave: {done_at_kill} done"
+    );
+
+    let m = env.wait_phase("verified", Phase::AwaitingRollout, T).await;
+    let expand = m
+        .status
+        .as_ref()
+        .and_then(|s| s.expand.clone())
+        .expect("expand");
+    assert_eq!(
+        expand.attempts, 2,
+        "resumed by a second attempt: {expand:?}"
+    );
+    let t = tenants_of(&m, false);
+    assert_eq!(
+        (t.total, t.applied, t.failed),
+        (DATABASES as u32, DATABASES as u32, 0)
+    );
+    assert_eq!(
+        databases_with_runs(&env, &["expand"]).await,
+        DATABASES,
+        "expand ran exactly once in every tenant database"
+    );
+
+    // Rolled out, then rolled back while contract waits out its soak delay.
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    env.wait_migration("verified", T, "the soak delay counts", |m| {
+        m.status
+            .as_ref()
+            .is_some_and(|s| s.rollout_completed_at.is_some())
+    })
+    .await;
+    env.set_version("shop-api", "1.0.0", json!({})).await;
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    assert!(
+        env.job_names("contract").await.is_empty(),
+        "no contract Job"
+    );
+    assert_eq!(
+        databases_with_runs(&env, &["expand"]).await,
+        DATABASES,
+        "no tenant database contracted after the rollback"
+    );
+
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    let m = env.wait_phase("verified", Phase::Succeeded, T).await;
+    let t = tenants_of(&m, true);
+    assert_eq!((t.total, t.applied), (DATABASES as u32, DATABASES as u32));
+    assert_eq!(
+        databases_with_runs(&env, &["expand", "contract"]).await,
+        DATABASES,
+        "each tenant database expanded once and contracted once"
+    );
+    env.cleanup().await;
+}
+
+/// While a fleet's expand runs, status shows the tenants so far (read from the executor's
+/// progress lines), not only when the Job ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_fleet_phase_shows_its_progress_in_status() {
+    let env = Env::new("fleet-progress").await;
+    for i in 1..=TENANTS {
+        tenant_schema(&env, &format!("tenant_{i:02}")).await;
+    }
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    let mut spec = fleet_spec(json!({}));
+    spec["tenants"]["maxConcurrent"] = json!(1);
+    spec["expand"]["sql"] =
+        json!("ALTER TABLE users ADD COLUMN verified boolean; SELECT pg_sleep(0.3);");
+    env.create_migration("verified", spec)
+        .await
+        .expect("create");
+    let m = env
+        .wait_migration("verified", T, "some tenants applied, not all", |m| {
+            let s = m.status.as_ref();
+            s.and_then(|s| s.phase) == Some(Phase::Expanding)
+                && s.and_then(|s| s.expand.as_ref())
+                    .and_then(|e| e.tenants.as_ref())
+                    .is_some_and(|t| t.applied > 0 && t.applied < TENANTS as u32)
+        })
+        .await;
+    let (_, _, message) = crate::harness::condition(&m, "Ready").expect("Ready");
+    assert!(
+        message.contains(&format!("of {TENANTS} tenant(s) applied so far")),
+        "{message}"
+    );
+    let m = env.wait_phase("verified", Phase::AwaitingRollout, T).await;
+    let t = tenants_of(&m, false);
+    assert_eq!((t.applied, t.not_run), (TENANTS as u32, 0));
+    env.cleanup().await;
+}
+
+/// Tenants on two servers (`tenants.servers`): the Job gets the second server's URL from its
+/// Secret; expand reaches every tenant of both, the rollout gate holds contract, and contract
+/// reaches every tenant of both; status counts both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_migration_runs_on_the_tenants_of_two_servers() {
+    let env = Env::new("fleet-servers").await;
+    let eu2 = tokio::task::spawn_blocking(crate::postgres::TestPostgres::start)
+        .await
+        .expect("second PostgreSQL");
+    env.create_secret("shop-db-eu-2", &eu2.url()).await;
+    let second = eu2.client().await;
+    for i in 1..=10 {
+        let s = format!("tenant_{i:02}");
+        tenant_schema(&env, &s).await;
+        second
+            .batch_execute(&format!(
+                "CREATE SCHEMA {s}; CREATE TABLE {s}.users (id int PRIMARY KEY, legacy text);"
+            ))
+            .await
+            .expect("tenant schema on eu-2");
+    }
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    let mut spec = fleet_spec(json!({"names": ["eu-2/tenant_01"]}));
+    spec["tenants"]["servers"] =
+        json!([{"name": "eu-2", "urlSecretRef": {"name": "shop-db-eu-2", "key": "url"}}]);
+    env.create_migration("verified", spec)
+        .await
+        .expect("create");
+    let m = env.wait_phase("verified", Phase::AwaitingRollout, T).await;
+    assert_eq!(tenants_of(&m, false).applied, 20);
+    assert_eq!(columns_on(&second, "verified").await, 10, "expand on eu-2");
+    assert_eq!(
+        with_column(&env, "verified").await,
+        10,
+        "expand on the first server"
+    );
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    let m = env.wait_phase("verified", Phase::Succeeded, T).await;
+    assert_eq!(tenants_of(&m, true).applied, 20);
+    assert_eq!(columns_on(&second, "legacy").await, 0, "contract on eu-2");
+    assert_eq!(
+        with_column(&env, "legacy").await,
+        0,
+        "contract on the first"
+    );
+    env.cleanup().await;
 }

@@ -166,6 +166,17 @@ impl Env {
         send_signal(self.runner.id(), signal);
     }
 
+    /// The operator process's resident set now and at its peak, in KiB (`VmRSS`, `VmHWM`).
+    pub fn operator_rss_kib(&self) -> Option<(u64, u64)> {
+        let pid = self.operator.as_ref().and_then(Child::id)?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(name))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
     /// SIGKILL the operator, as a node failure would.
     pub async fn kill_operator(&mut self) {
         if let Some(mut child) = self.operator.take() {
@@ -705,4 +716,22 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     })
     .await
     .expect("http_get task")
+}
+
+/// The pid of this namespace's executor process of `phase` and `attempt` (the kwok runner runs
+/// it on this machine), found by its environment: other tests may run executors at the same time.
+pub fn executor_pid(ns: &str, phase: &str, attempt: u32) -> Option<u32> {
+    let want = [
+        format!("PHASEGATE_MIGRATION_NAMESPACE={ns}"),
+        format!("PHASEGATE_ATTEMPT={attempt}"),
+        format!("PHASEGATE_PHASE={phase}"),
+    ];
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|d| {
+        let pid: u32 = d.file_name().to_str()?.parse().ok()?;
+        let environ = std::fs::read(d.path().join("environ")).ok()?;
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        want.iter()
+            .all(|w| vars.contains(&w.as_bytes()))
+            .then_some(pid)
+    })
 }

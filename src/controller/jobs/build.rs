@@ -162,6 +162,7 @@ pub fn executor_env(
         max_lock_retries: Some(spec.safety.max_lock_retries),
         sql: phase_code(spec, phase).0.map(str::to_string),
         tenants: spec.tenants.clone(),
+        server_urls: tenant_servers_env(spec),
         ..ExecutorEnv::default()
     };
     match phase {
@@ -245,6 +246,20 @@ fn replicas_env(env: &mut ExecutorEnv, spec: &crate::api::DatabaseMigrationSpec)
     if r.discover {
         env.replica_discover = Some(penv::bool_text(true));
     }
+}
+
+/// The URL of each of `spec.tenants.servers`, in their order, from its Secret by the kubelet:
+/// the operator never reads it. Every phase of a fleet migration runs on every server.
+fn tenant_servers_env(spec: &crate::api::DatabaseMigrationSpec) -> Vec<SecretKey> {
+    let servers = spec.tenants.as_ref().map_or(&[][..], |t| &t.servers[..]);
+    servers
+        .iter()
+        .take(penv::SERVER_URLS.len())
+        .map(|s| SecretKey {
+            name: s.url_secret_ref.name.clone(),
+            key: s.url_secret_ref.key.clone(),
+        })
+        .collect()
 }
 
 /// `spec.database.pooler`, for Phasegate's own contract executor only: a user Job runs no

@@ -257,6 +257,14 @@ pub async fn observe(
                     .map(Holdup::Waiting)
                     .or_else(|| crate::protocol::log::progress(&log).map(Holdup::Progress))
             }),
+        // A fleet's log also carries its tenants so far.
+        None if !user_job && dbm.spec.tenants.is_some() => executor_log(&apis.pod_logs, &job_pods)
+            .await
+            .and_then(|log| {
+                crate::protocol::log::current_wait(&log)
+                    .map(Holdup::Waiting)
+                    .or_else(|| crate::protocol::log::tenants_progress(&log).map(Holdup::Tenants))
+            }),
         None if !user_job => executor_wait(&apis.pod_logs, &job_pods)
             .await
             .map(Holdup::Waiting),

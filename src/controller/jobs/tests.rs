@@ -168,6 +168,51 @@ fn contract_job_carries_what_the_plan_knows_and_its_identity() {
     );
 }
 
+/// A fleet migration on several servers: each phase's Job reads each listed server's URL from
+/// its own Secret key (`secretKeyRef`, never a value: the operator never reads Secrets), in the
+/// list's order; the names travel in `PHASEGATE_TENANTS`.
+#[test]
+fn a_fleet_job_reads_each_servers_url_from_its_secret() {
+    let mut m = migration("shards");
+    m.spec.tenants = Some(
+        serde_json::from_value(serde_json::json!({
+            "schemas": "tenant\\_%",
+            "servers": [
+                {"name": "eu-2", "urlSecretRef": {"name": "shop-db-eu-2", "key": "url"}},
+                {"name": "us-1", "urlSecretRef": {"name": "shop-db-us-1", "key": "uri"}}
+            ]
+        }))
+        .expect("tenants"),
+    );
+    let status = DatabaseMigrationStatus::default();
+    for phase in [JobPhase::Expand, JobPhase::Contract] {
+        let job = build_job(&m, &status, phase, 1, &ExecutorConfig::default()).expect("job");
+        let vars = &pod_spec(&job).containers[0].env;
+        let from_secret = |name: &str| {
+            vars.iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| {
+                    let k = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+                    Some((e.value.is_none(), k.name.clone(), k.key.clone()))
+                })
+        };
+        assert_eq!(
+            from_secret("PHASEGATE_SERVER_URL_0"),
+            Some((true, "shop-db-eu-2".into(), "url".into())),
+            "{phase}"
+        );
+        assert_eq!(
+            from_secret("PHASEGATE_SERVER_URL_1"),
+            Some((true, "shop-db-us-1".into(), "uri".into())),
+            "{phase}"
+        );
+        assert_eq!(from_secret("PHASEGATE_SERVER_URL_2"), None, "{phase}");
+        let tenants = env_of(&job).get(penv::TENANTS).cloned().unwrap_or_default();
+        assert!(tenants.contains(r#""name":"eu-2""#), "{tenants}");
+    }
+}
+
 #[test]
 fn starvation_settings_reach_the_executor() {
     let status = DatabaseMigrationStatus::default();

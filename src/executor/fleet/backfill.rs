@@ -1,8 +1,9 @@
 //! `phasegate backfill` on every tenant (`spec.tenants` with `spec.backfill`, docs/fleet.md):
-//! the tenants are discovered and ordered as for a phase ([`super::discover::find`]) and walked
-//! by the fleet's rules ([`super::walk::walk`]); each tenant is a complete single-database
-//! backfill (the caller's `run`) with a checkpoint of its own, so a retry or a run after a
-//! SIGKILL resumes each tenant where it stopped and finds a finished one done.
+//! the tenants are discovered on every server and ordered as for a phase
+//! ([`super::servers::plan`]) and walked by the fleet's rules ([`super::walk::walk`]); each
+//! tenant is a complete single-database backfill (the caller's `run`) with a checkpoint of its
+//! own, so a retry or a run after a SIGKILL resumes each tenant where it stopped and finds a
+//! finished one done.
 //!
 //! Status stays bounded: one aggregate progress line (rows summed, the share of the work done,
 //! the tenants' counts), never a line per tenant, is what the operator reads.
@@ -15,44 +16,39 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use super::super::connect::Scrubber;
-use super::super::stop::Stop;
 use super::super::Config;
-use super::walk::Verdict;
-use super::{discover, target, TenantKind};
-use crate::api::{
-    BackfillProgress, TenantFailure, TenantsSpec, TenantsStatus, MAX_TENANT_FAILURES,
-};
+use super::servers::{self, Planned, Server};
+use super::tenant::Tenant;
+use super::walk::{Counter, Verdict};
+use super::{late, target, TenantKind};
+use crate::api::{BackfillProgress, TenantsSpec, TenantsStatus};
 use crate::protocol::report::{Outcome, Report, ReportError};
 
 /// One aggregate progress line per this interval…
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-/// …and one per this many finished tenants: the operator reads the log's last 50 lines, and
-/// each tenant's run logs a few (its expand check, its walk).
+/// …and one per this many finished tenants, and at the end of each wave: the operator reads
+/// the log's last 50 lines, and each tenant's run logs a few (its expand check, its walk).
 const PROGRESS_EVERY_TENANTS: u32 = 5;
 
 /// Where one tenant's backfill runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackfillTenant {
-    /// A schema of the URL's database: the table and the batch SQL are unqualified and run
-    /// with it as `search_path`; its checkpoint row is `<migration>/<schema>`.
-    Schema(String),
-    /// A database of the server (`url` names it): its own checkpoint table, the migration's
-    /// own name.
+    /// A schema of the database `url` names: the table and the batch SQL are unqualified and
+    /// run with it as `search_path`; its checkpoint row is `<migration>/<schema>`.
+    Schema { name: String, url: String },
+    /// A database (`url` names it): its own checkpoint table, the migration's own name.
     Database { name: String, url: String },
 }
 
 /// What a fleet backfill needs besides the per-tenant run.
 pub struct FleetBackfill<'a> {
-    /// The server's URL (for schema tenants, also the database's).
-    pub url: &'a str,
-    pub connect_timeout: Duration,
-    pub stop: &'a Stop,
+    /// The run's settings as `phasegate apply` has them: the servers (`database_url`,
+    /// `server_urls`), `connect_timeout`, the stop, and in `tenant_expand_sql` expand's SQL,
+    /// run first on a tenant created since expand ran (as contract does).
+    pub base: &'a Config,
     pub spec: &'a TenantsSpec,
     /// The backfill's checksum, for the report.
     pub checksum: &'a str,
-    /// How expand runs (its SQL, the apply settings) on a tenant created since expand ran, as
-    /// contract does: found by the backfill's discovery, it is expanded, then backfilled.
-    pub expand_first: Option<&'a Config>,
 }
 
 /// Runs `run` (one tenant's complete backfill, reporting its progress to the sink it is given)
@@ -63,21 +59,9 @@ where
     Fut: Future<Output = Report>,
 {
     let started = Instant::now();
-    let scrub = Scrubber::for_url(fleet.url);
-    let found = discover::find(fleet.url, fleet.connect_timeout, fleet.spec, &scrub).await;
-    let (kind, waves, expanded) = match found {
-        Ok((client, kind, waves)) => {
-            // Schema tenants' expand is in the database's ledger: read once for all.
-            let expanded = match (fleet.expand_first, &kind) {
-                (Some(base), TenantKind::Schemas(_)) => {
-                    Some(super::late::expanded_schemas(&client, base).await)
-                }
-                _ => None,
-            };
-            // Not held while the tenants run: each run has a connection of its own.
-            drop(client);
-            (kind, waves, expanded)
-        }
+    let scrub = Scrubber::for_urls(&fleet.base.secret_urls());
+    let planned = match servers::plan(fleet.base, fleet.spec, &scrub).await {
+        Ok(p) => p,
         Err(e) => {
             let message = scrub.scrub(&e.to_string());
             tracing::error!(error = %message, "tenants: the backfill did not start");
@@ -87,36 +71,41 @@ where
             return r;
         }
     };
-    let total = (waves.canaries.len() + waves.rest.len()) as u32;
+    let expanded = expanded_schemas(fleet.base, &planned).await;
+    let Planned {
+        kind,
+        servers,
+        found,
+        waves,
+        total,
+    } = planned;
+    // Not held while the tenants run: each run has a connection of its own.
+    drop(found);
     tracing::info!(
         tenants = total,
+        servers = servers.len(),
         canaries = waves.canaries.len(),
+        waves = waves.rest.len(),
         max_concurrent = fleet.spec.max_concurrent,
         failure_budget = fleet.spec.failure_budget,
         "tenants: starting the backfill"
     );
-    let agg = Arc::new(Mutex::new(Aggregate::new(total)));
-    let tenants = Tenants {
-        fleet: &fleet,
+    let agg = Arc::new(Mutex::new(Aggregate::new(total as u32)));
+    let each = Each {
         kind: &kind,
+        servers: &servers,
         expanded: expanded.as_ref(),
     };
-    let (tenants, run) = (&tenants, &run);
-    let one = |tenant: &str| one_tenant(tenants, agg.clone(), tenant.to_string(), run);
-    let mut sums = Sums::default();
-    let add = |tenant: &str, (r, expanded_late): (Report, bool)| {
-        sums.expanded_late += u32::from(expanded_late);
-        let verdict = sums.add(&r);
-        let mut a = lock(&agg);
-        a.finish(tenant, &verdict, r.outcome == Outcome::AlreadyApplied);
-        if a.finished_since_print >= PROGRESS_EVERY_TENANTS {
-            a.print(None);
-        }
-        verdict
+    let (each, run) = (&each, &run);
+    let one = |t: Tenant| one_tenant(each, agg.clone(), t, run);
+    let mut counter = Tally {
+        sums: Sums::default(),
+        agg: agg.clone(),
     };
     let status = {
-        let mut walking =
-            std::pin::pin!(super::walk::walk(&waves, fleet.spec, fleet.stop, one, add));
+        let stop = &fleet.base.stop;
+        let walking = super::walk::walk(waves, servers.len(), fleet.spec, stop, one, &mut counter);
+        let mut walking = std::pin::pin!(walking);
         loop {
             tokio::select! {
                 s = &mut walking => break s,
@@ -125,38 +114,58 @@ where
         }
     };
     lock(&agg).print(Some(&status));
-    sums.report(&fleet, started, status)
+    counter.sums.report(&fleet, started, status)
+}
+
+/// The schema tenants whose expand each server's ledger records (read once per server); None
+/// when every tenant checks its own (database tenants) or none needs it (no expand's SQL).
+async fn expanded_schemas(base: &Config, planned: &Planned) -> Option<HashSet<(usize, String)>> {
+    let sql = base.tenant_expand_sql.as_deref()?;
+    if !matches!(planned.kind, TenantKind::Schemas(_)) {
+        return None;
+    }
+    let mut all = HashSet::new();
+    for (i, f) in planned.found.iter().enumerate() {
+        for name in late::expanded_schemas(f.client(), base, sql).await {
+            all.insert((i, name));
+        }
+    }
+    Some(all)
 }
 
 /// What every tenant's run shares.
-struct Tenants<'a> {
-    fleet: &'a FleetBackfill<'a>,
+struct Each<'a> {
     kind: &'a TenantKind,
-    /// Schema tenants whose expand the ledger has (None: each tenant checks its own).
-    expanded: Option<&'a HashSet<String>>,
+    servers: &'a [Server],
+    /// Schema tenants (server, name) whose expand the ledger has.
+    expanded: Option<&'a HashSet<(usize, String)>>,
 }
 
-/// One tenant: expand first where it was created since expand ran (and `fleet` says how),
-/// then its complete backfill; whether expand was applied there now.
+/// One tenant: expand first where it was created since expand ran, then its complete
+/// backfill; whether expand was applied there now.
 async fn one_tenant<F, Fut>(
-    t: &Tenants<'_>,
+    each: &Each<'_>,
     agg: Arc<Mutex<Aggregate>>,
-    tenant: String,
+    tenant: Tenant,
     run: &F,
 ) -> (Report, bool)
 where
     F: Fn(BackfillTenant, ProgressSink) -> Fut,
     Fut: Future<Output = Report>,
 {
-    lock(&agg).start(&tenant);
-    let target = match backfill_tenant(t.fleet.url, t.kind, &tenant) {
+    lock(&agg).start(&tenant.label);
+    let server = &each.servers[tenant.server].cfg;
+    let target = match backfill_tenant(&server.database_url.0, each.kind, &tenant.name) {
         Ok(t) => t,
         Err(e) => return (failed(e), false),
     };
-    let span = tracing::info_span!("tenant", tenant = %tenant);
-    let known = t.expanded.is_some_and(|e| e.contains(&tenant));
-    let expanded_late = match t.fleet.expand_first.filter(|_| !known) {
-        Some(base) => match expand_late(base, t.kind, &tenant)
+    let span = tracing::info_span!("tenant", tenant = %tenant.label);
+    let known = each
+        .expanded
+        .is_some_and(|e| e.contains(&(tenant.server, tenant.name.clone())));
+    let expand_sql = server.tenant_expand_sql.as_deref().filter(|_| !known);
+    let expanded_late = match expand_sql {
+        Some(sql) => match expand_late(server, each.kind, &tenant, sql)
             .instrument(span.clone())
             .await
         {
@@ -167,28 +176,65 @@ where
     };
     let sink = ProgressSink {
         agg,
-        tenant: tenant.clone(),
+        tenant: tenant.label.clone(),
     };
     (run(target, sink).instrument(span).await, expanded_late)
 }
 
-/// Expand's SQL (`base.sql`) on `tenant` if it does not have it yet ([`super::late`]).
-async fn expand_late(base: &Config, kind: &TenantKind, tenant: &str) -> Result<bool, Report> {
-    let one = target::config_for(base, kind, tenant).map_err(failed)?;
-    super::late::expand_first(&one, &base.sql, tenant).await
+/// Expand's SQL on `tenant` if it does not have it yet ([`late::expand_first`]).
+async fn expand_late(
+    server: &Config,
+    kind: &TenantKind,
+    tenant: &Tenant,
+    sql: &str,
+) -> Result<bool, Report> {
+    let mut one = target::config_for(server, kind, &tenant.name).map_err(failed)?;
+    one.quiet = true;
+    late::expand_first(&one, sql, &tenant.label).await
 }
 
-/// Where `tenant` of `kind` runs; an error for a name the executor cannot put into a URL or a
-/// `search_path` as it is.
+/// Where `tenant` of `kind` on the server at `url` runs; an error for a name the executor
+/// cannot put into a URL or a `search_path` as it is.
 fn backfill_tenant(url: &str, kind: &TenantKind, tenant: &str) -> Result<BackfillTenant, String> {
     target::check_plain(kind, tenant)?;
     Ok(match kind {
-        TenantKind::Schemas(_) => BackfillTenant::Schema(tenant.to_string()),
+        TenantKind::Schemas(_) => BackfillTenant::Schema {
+            name: tenant.to_string(),
+            url: url.to_string(),
+        },
         TenantKind::Databases(_) => BackfillTenant::Database {
             name: tenant.to_string(),
             url: target::with_database(url, tenant)?,
         },
     })
+}
+
+/// The walk's view of the tenants' backfills: the sums of their reports, and the aggregate
+/// the progress line says.
+struct Tally {
+    sums: Sums,
+    agg: Arc<Mutex<Aggregate>>,
+}
+
+impl Counter<(Report, bool)> for Tally {
+    fn add(&mut self, tenant: &Tenant, (r, expanded_late): (Report, bool)) -> Verdict {
+        self.sums.expanded_late += u32::from(expanded_late);
+        let verdict = self.sums.add(&r);
+        let found_done = r.outcome == Outcome::AlreadyApplied;
+        lock(&self.agg).finish(&tenant.label, found_done);
+        verdict
+    }
+
+    fn progress(&mut self, so_far: &TenantsStatus, wave_end: bool) {
+        let mut a = lock(&self.agg);
+        a.counts = TenantsStatus {
+            expanded_late: self.sums.expanded_late,
+            ..so_far.clone()
+        };
+        if wave_end || a.finished_since_print >= PROGRESS_EVERY_TENANTS {
+            a.print(None);
+        }
+    }
 }
 
 fn error(message: String) -> ReportError {
@@ -253,7 +299,7 @@ impl Sums {
         r.lock_wait_ms = self.throttle_wait_ms;
         r.duration_ms = started.elapsed().as_millis() as u64;
         r.checksum = Some(crate::protocol::checksum::short(fleet.checksum));
-        r.stopped_by = fleet.stop.requested().map(|s| s.name().to_string());
+        r.stopped_by = fleet.base.stop.requested().map(|s| s.name().to_string());
         r.tenants = Some(TenantsStatus {
             expanded_late: self.expanded_late,
             ..status
@@ -347,7 +393,9 @@ impl Aggregate {
         );
     }
 
-    fn finish(&mut self, tenant: &str, verdict: &Verdict, found_done: bool) {
+    /// `tenant` ended (its counts come from the walk, see [`Tally::progress`]); `found_done`:
+    /// its backfill was done in this epoch before this run.
+    fn finish(&mut self, tenant: &str, found_done: bool) {
         if let Some(l) = self.running.remove(tenant) {
             self.rows_done += l.progress.rows_done;
             self.estimated += l.progress.estimated_rows;
@@ -355,22 +403,7 @@ impl Aggregate {
             self.run_rows += l.run_rows;
         }
         self.finished_since_print += 1;
-        match verdict {
-            Verdict::Done => {
-                self.counts.applied += 1;
-                self.found_done += u32::from(found_done);
-            }
-            Verdict::Stopped => {}
-            Verdict::Failed(e) => {
-                self.counts.failed += 1;
-                if self.counts.failures.len() < MAX_TENANT_FAILURES {
-                    self.counts.failures.push(TenantFailure {
-                        tenant: tenant.to_string(),
-                        error: crate::protocol::report::truncate(e, 300),
-                    });
-                }
-            }
-        }
+        self.found_done += u32::from(found_done);
     }
 
     /// Prints the aggregate line; `last` is the walk's final count.
@@ -445,17 +478,24 @@ mod tests {
         let mut a = Aggregate::new(4);
         a.start("t1");
         a.running.insert("t1".into(), at(100, 100, 1000));
-        a.finish("t1", &Verdict::Done, true);
+        a.finish("t1", true);
         a.start("t2");
         let mut t2 = at(50, 100, 500);
         t2.progress.throttled = Some("lock timeout (1s) on the table, retry 1".into());
         a.running.insert("t2".into(), t2);
         a.start("t3");
-        a.finish(
-            "t3",
-            &Verdict::Failed("failed: ERROR 42703: no n".into()),
-            false,
-        );
+        a.finish("t3", false);
+        // The walk's counts so far: t1 done, t3 failed.
+        a.counts = TenantsStatus {
+            total: 4,
+            applied: 1,
+            failed: 1,
+            failures: vec![crate::api::TenantFailure {
+                tenant: "t3".into(),
+                error: "failed: ERROR 42703: no n".into(),
+            }],
+            ..TenantsStatus::default()
+        };
         let p = a.progress(None);
         let t = p.tenants.clone().expect("counts");
         assert_eq!((t.total, t.applied, t.failed, t.not_run), (4, 1, 1, 1));
@@ -487,7 +527,7 @@ mod tests {
         for t in ["t1", "t2"] {
             a.start(t);
             a.running.insert(t.into(), at(10, 10, 1000));
-            a.finish(t, &Verdict::Done, false);
+            a.finish(t, false);
         }
         let last = TenantsStatus {
             total: 2,

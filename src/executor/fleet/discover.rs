@@ -1,47 +1,24 @@
 //! Finding the tenants on the server, when the phase runs (a tenant created since the last
 //! phase is found by the next).
 
-use std::time::Duration;
-
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::super::connect::{self, Scrubber};
 use super::super::Config;
-use super::waves::{self, Waves};
 use super::{FleetError, TenantKind};
-use crate::api::TenantsSpec;
-
-/// The tenants of `spec` on the server at `url`, in the order they run, and the connection
-/// that found them (for the ledger's creation; drop it before the tenants run). No tenant, or
-/// a named canary that is not one, is an error: a typo must not look like success.
-pub(super) async fn find(
-    url: &str,
-    connect_timeout: Duration,
-    spec: &TenantsSpec,
-    scrub: &Scrubber,
-) -> Result<(Client, TenantKind, Waves), FleetError> {
-    let kind = TenantKind::of(spec).map_err(FleetError::Spec)?;
-    let client = connect(url, connect_timeout, scrub).await?;
-    let found = tenants(&client, &kind, scrub).await?;
-    if found.is_empty() {
-        return Err(FleetError::NoTenants(kind.describe()));
-    }
-    let waves = waves::plan(&found, &spec.canary).map_err(FleetError::MissingCanary)?;
-    Ok((client, kind, waves))
-}
 
 /// A connection to the server's URL, for discovery and the ledger's creation.
-async fn connect(url: &str, timeout: Duration, scrub: &Scrubber) -> Result<Client, FleetError> {
+pub(super) async fn connect(cfg: &Config, scrub: &Scrubber) -> Result<Client, FleetError> {
     let fail = |e: String| FleetError::Discover(scrub.scrub(&e));
-    let settings = connect::parse(url).map_err(|e| fail(e.to_string()))?;
-    connect::connect(&settings, timeout, scrub)
+    let settings = connect::parse(&cfg.database_url.0).map_err(|e| fail(e.to_string()))?;
+    connect::connect(&settings, cfg.connect_timeout, scrub)
         .await
         .map_err(|e| fail(e.to_string()))
 }
 
 /// The tenants, sorted by name.
-async fn tenants(
+pub(super) async fn tenants(
     client: &Client,
     kind: &TenantKind,
     scrub: &Scrubber,

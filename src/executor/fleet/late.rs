@@ -16,6 +16,7 @@ pub(super) async fn expand_first(
     expand.sql = expand_sql.to_string();
     expand.tenants = None;
     expand.grant = None;
+    expand.shared_grant = None;
     expand.database_check = false;
     expand.require_expand = false;
     let r = super::super::execute_one(&expand).await;
@@ -39,10 +40,11 @@ pub(super) async fn expand_first(
 pub(super) async fn expanded_schemas(
     client: &tokio_postgres::Client,
     base: &Config,
+    expand_sql: &str,
 ) -> std::collections::HashSet<String> {
     use tokio_postgres::types::Type;
     let prefix = format!("{}/", base.identity.name);
-    let sum = super::super::checksum(&base.sql);
+    let sum = super::super::checksum(expand_sql);
     let rows = client
         .query_typed(
             "SELECT substr(name, length($2) + 1) FROM phasegate.ledger

@@ -1,26 +1,34 @@
-//! One phase on every tenant of a server (`spec.tenants`, docs/fleet.md): the tenants are
-//! discovered from the server when the phase runs, canaries go first one at a time, then the
-//! rest with at most `maxConcurrent` at once, until the failure budget is spent. Each tenant is
-//! a complete single-database run ([`super::execute_one`]) with its own ledger row, so a retry
-//! or a run after a SIGKILL skips what is applied and runs only the failed and unfinished.
-//! Discovery ([`discover`]) and the walk through the waves ([`walk`]) are shared with the
-//! backfill on every tenant ([`backfill`]).
+//! One phase on every tenant of a server, or of several (`spec.tenants`, docs/fleet.md): the
+//! tenants are discovered from every server when the phase runs, canaries go first one at a
+//! time, then the rest with at most `maxConcurrent` at once on each server, until the failure
+//! budget is spent. Each tenant is a complete single-database run ([`super::execute_one`])
+//! with its own ledger row, so a retry or a run after a SIGKILL skips what is applied and runs
+//! only the failed and unfinished. Discovery ([`servers`]) and the walk through the waves
+//! ([`walk`]) are shared with the backfill on every tenant ([`backfill`]).
 
 pub mod backfill;
 mod discover;
 mod late;
+mod servers;
 mod target;
+mod tenant;
 mod walk;
 mod waves;
 
 use std::time::{Duration, Instant};
 
+/// How often a fleet prints its tenants so far (the operator reads the newest line).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+use tracing::Instrument;
+
 use super::connect::Scrubber;
 use super::{Config, Outcome, Phase, Report, ReportError};
 use crate::api::{TenantsSpec, TenantsStatus};
+use tenant::Tenant;
+use walk::{Counter, Verdict};
 
 pub use target::TenantKind;
-use walk::Verdict;
 
 /// Why a fleet run could not start on its tenants.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +41,20 @@ pub enum FleetError {
     NoTenants(String),
     #[error("canary tenant(s) not found: {0}")]
     MissingCanary(String),
+    /// On one of several servers, named as status names it (never by its URL).
+    #[error("{server}: {error}")]
+    Server {
+        server: String,
+        error: Box<FleetError>,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Servers(Vec<FleetError>),
 }
 
 /// Runs `cfg`'s phase on every tenant of `spec` and reports across them.
 pub async fn execute_fleet(cfg: &Config, spec: &TenantsSpec) -> Report {
     let started = Instant::now();
-    let scrub = Scrubber::for_url(&cfg.database_url.0);
+    let scrub = Scrubber::for_urls(&cfg.secret_urls());
     match run(cfg, spec, &scrub).await {
         Ok(tally) => tally.report(cfg, started.elapsed()),
         Err(e) => {
@@ -50,40 +66,35 @@ pub async fn execute_fleet(cfg: &Config, spec: &TenantsSpec) -> Report {
 }
 
 async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally, FleetError> {
-    let (mut client, kind, waves) =
-        discover::find(&cfg.database_url.0, cfg.connect_timeout, spec, scrub).await?;
-    let mut base = cfg.clone();
-    if let TenantKind::Schemas(_) = kind {
-        // Once: a pooler passes the options startup parameter on for every tenant or for none.
-        let plain = |t: &&String| target::plain_name(&kind, t);
-        if let Some(t) = waves.canaries.iter().chain(&waves.rest).find(plain) {
-            discover::check_search_path(cfg, t)
-                .await
-                .map_err(FleetError::Spec)?;
-        }
-        discover::ensure_ledger(&mut client, scrub).await?;
-        base.sessions = Some(super::sessions::Sessions::default());
+    let servers::Planned {
+        kind,
+        mut servers,
+        found,
+        waves,
+        total,
+    } = servers::plan(cfg, spec, scrub).await?;
+    servers::prepare(&mut servers, found, &kind, scrub).await?;
+    // The grant is for the attempt: one renewal serves every tenant's COMMIT on every server.
+    let grant = cfg
+        .grant
+        .clone()
+        .map(|g| std::sync::Arc::new(super::grant::Grant::start(g)));
+    for s in &mut servers {
+        s.cfg.shared_grant = grant.clone();
     }
-    // Not held while the tenants run: each run has connections of its own.
-    drop(client);
-    let cfg = &base;
     tracing::info!(
-        tenants = waves.canaries.len() + waves.rest.len(),
+        tenants = total,
+        servers = servers.len(),
         canaries = waves.canaries.len(),
+        waves = waves.rest.len(),
         max_concurrent = spec.max_concurrent,
         failure_budget = spec.failure_budget,
         "tenants: starting"
     );
     let mut tally = Tally::default();
-    let kind = &kind;
-    let status = walk::walk(
-        &waves,
-        spec,
-        &cfg.stop,
-        |tenant| run_tenant(cfg, kind, tenant),
-        |_, done| tally.add(done),
-    )
-    .await;
+    let (servers, kind) = (&servers, &kind);
+    let run = |t: Tenant| async move { run_tenant(&servers[t.server].cfg, kind, &t).await };
+    let status = walk::walk(waves, servers.len(), spec, &cfg.stop, run, &mut tally).await;
     tally.status = TenantsStatus {
         expanded_late: tally.status.expanded_late,
         ..status
@@ -98,10 +109,16 @@ struct TenantRun {
     expanded_late: bool,
 }
 
-/// One tenant: a complete single-database run; in contract, expand first where a tenant
-/// created since expand does not have it (already applied elsewhere: a ledger read, no SQL).
-async fn run_tenant(cfg: &Config, kind: &TenantKind, tenant: &str) -> TenantRun {
-    let mut one = match target::config_for(cfg, kind, tenant) {
+/// One tenant, on its server's settings `cfg`, its logs in a span naming it.
+async fn run_tenant(cfg: &Config, kind: &TenantKind, tenant: &Tenant) -> TenantRun {
+    let span = tracing::info_span!("tenant", tenant = %tenant.label);
+    run_one_tenant(cfg, kind, tenant).instrument(span).await
+}
+
+/// A complete single-database run; in contract, expand first where a tenant created since
+/// expand (or on a server listed since) does not have it (already applied: a ledger read).
+async fn run_one_tenant(cfg: &Config, kind: &TenantKind, tenant: &Tenant) -> TenantRun {
+    let mut one = match target::config_for(cfg, kind, &tenant.name) {
         Ok(c) => c,
         Err(e) => {
             return TenantRun {
@@ -110,9 +127,10 @@ async fn run_tenant(cfg: &Config, kind: &TenantKind, tenant: &str) -> TenantRun 
             }
         }
     };
+    one.quiet = true;
     let mut expanded_late = false;
     if let (Phase::Contract, Some(expand_sql)) = (cfg.phase, &cfg.tenant_expand_sql) {
-        match late::expand_first(&one, expand_sql, tenant).await {
+        match late::expand_first(&one, expand_sql, &tenant.label).await {
             Ok(late) => expanded_late = late,
             Err(report) => {
                 return TenantRun {
@@ -141,11 +159,12 @@ struct Tally {
     db_check_warning: Option<String>,
     /// Tenants where this run applied the phase (not found applied).
     applied_now: u32,
+    /// When the last progress line was printed.
+    printed: Option<Instant>,
 }
 
-impl Tally {
-    /// Adds one tenant's run to the sums; how it counts.
-    fn add(&mut self, run: TenantRun) -> Verdict {
+impl Counter<TenantRun> for Tally {
+    fn add(&mut self, _tenant: &Tenant, run: TenantRun) -> Verdict {
         let r = run.report;
         self.statements += r.statements;
         self.attempts += r.attempts;
@@ -168,6 +187,21 @@ impl Tally {
         Verdict::Failed(r.summary())
     }
 
+    /// Prints the tenants so far on stderr, at most every [`PROGRESS_EVERY`] unless at the
+    /// end of a wave.
+    fn progress(&mut self, so_far: &TenantsStatus, wave_end: bool) {
+        if !wave_end && self.printed.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        self.printed = Some(Instant::now());
+        let mut so_far = so_far.clone();
+        so_far.not_run = so_far.total - so_far.applied - so_far.failed;
+        so_far.expanded_late = self.status.expanded_late;
+        eprintln!("{}", crate::protocol::log::tenants_line(&so_far));
+    }
+}
+
+impl Tally {
     fn report(mut self, cfg: &Config, elapsed: Duration) -> Report {
         let ok = self.status.failed == 0 && self.status.not_run == 0;
         let mut r = self.base(cfg, elapsed);

@@ -1,13 +1,16 @@
 //! Walking the waves, whatever runs on one tenant (a phase, or a backfill): the canaries one
-//! at a time (one that fails halts the rest), then at most `maxConcurrent` tenants at once,
+//! at a time (one that fails halts the rest), then wave by wave with at most `maxConcurrent`
+//! tenants at once on each server, every tenant of a wave finished before the next starts,
 //! until more than `failureBudget` have failed or a stop is asked: then no further tenant
 //! starts (those running finish) and the run is *halted*.
 
+use std::collections::VecDeque;
 use std::future::Future;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::super::stop::Stop;
+use super::tenant::Tenant;
 use super::waves::Waves;
 use crate::api::{TenantFailure, TenantsSpec, TenantsStatus, MAX_TENANT_FAILURES};
 
@@ -15,7 +18,7 @@ use crate::api::{TenantFailure, TenantsSpec, TenantsStatus, MAX_TENANT_FAILURES}
 const MAX_TENANT_ERROR: usize = 300;
 
 /// What one tenant's run came to, as the waves count it.
-pub(crate) enum Verdict {
+pub(super) enum Verdict {
     /// Applied (now or before).
     Done,
     /// Failed, with why (already scrubbed of secrets).
@@ -24,49 +27,110 @@ pub(crate) enum Verdict {
     Stopped,
 }
 
-/// Runs `run` on every tenant of `waves` by the fleet's rules; `add` takes each tenant's
-/// result (for the caller's own sums) and says how it counts. Returns the counts.
-pub(super) async fn walk<'a, R, Fut>(
-    waves: &'a Waves,
+/// What the caller keeps of the tenants' runs besides the counts.
+pub(super) trait Counter<R> {
+    /// Takes one tenant's result into the caller's sums; says how it counts.
+    fn add(&mut self, tenant: &Tenant, run: R) -> Verdict;
+    /// The tenants so far, after each tenant and (`wave_end`) at the end of each wave.
+    fn progress(&mut self, so_far: &TenantsStatus, wave_end: bool);
+}
+
+/// Runs `run` on every tenant of `waves` (on `servers` servers) by the fleet's rules; returns
+/// the counts.
+pub(super) async fn walk<R, Fut>(
+    waves: Waves,
+    servers: usize,
     spec: &TenantsSpec,
     stop: &Stop,
-    run: impl Fn(&'a str) -> Fut,
-    mut add: impl FnMut(&str, R) -> Verdict,
+    run: impl Fn(Tenant) -> Fut,
+    counter: &mut impl Counter<R>,
 ) -> TenantsStatus
 where
     Fut: Future<Output = R>,
 {
+    let total = waves.canaries.len() + waves.rest.iter().map(Vec::len).sum::<usize>();
     let mut status = TenantsStatus {
-        total: (waves.canaries.len() + waves.rest.len()) as u32,
+        total: total as u32,
         ..TenantsStatus::default()
     };
-    for tenant in &waves.canaries {
+    for tenant in waves.canaries {
         if halted(&mut status, spec, stop) {
             break;
         }
-        let verdict = add(tenant, run(tenant).await);
-        count(&mut status, tenant, verdict);
+        let result = run(tenant.clone()).await;
+        let verdict = counter.add(&tenant, result);
+        count(&mut status, &tenant.label, verdict);
+        counter.progress(&status, false);
         if status.failed > 0 && status.halted.is_none() {
-            status.halted = Some(format!("canary tenant {tenant} failed"));
+            status.halted = Some(format!("canary tenant {} failed", tenant.label));
         }
     }
-    let mut queue = waves.rest.iter();
+    let count_waves = waves.rest.len();
+    for (i, wave) in waves.rest.into_iter().enumerate() {
+        if halted(&mut status, spec, stop) {
+            break;
+        }
+        if count_waves > 1 {
+            tracing::info!(wave = i + 1, tenants = wave.len(), "tenants: wave starting");
+        }
+        let each = Each {
+            servers,
+            spec,
+            stop,
+        };
+        run_wave(&each, wave, &run, counter, &mut status).await;
+        counter.progress(&status, true);
+    }
+    status.not_run = status.total - status.applied - status.failed;
+    status
+}
+
+/// What every wave of a walk shares.
+struct Each<'a> {
+    servers: usize,
+    spec: &'a TenantsSpec,
+    stop: &'a Stop,
+}
+
+/// One wave's tenants, all finished before it returns: on each server at most
+/// `maxConcurrent` at once, servers side by side, until the run is halted.
+async fn run_wave<R, Fut>(
+    each: &Each<'_>,
+    wave: Vec<Tenant>,
+    run: &impl Fn(Tenant) -> Fut,
+    counter: &mut impl Counter<R>,
+    status: &mut TenantsStatus,
+) where
+    Fut: Future<Output = R>,
+{
+    let mut queues: Vec<VecDeque<Tenant>> = (0..each.servers).map(|_| VecDeque::new()).collect();
+    for t in wave {
+        queues[t.server].push_back(t);
+    }
+    let mut running_on = vec![0usize; each.servers];
     let mut running = FuturesUnordered::new();
-    let limit = spec.max_concurrent.max(1) as usize;
+    let limit = each.spec.max_concurrent.max(1) as usize;
     loop {
-        while running.len() < limit && !halted(&mut status, spec, stop) {
-            let Some(tenant) = queue.next() else { break };
-            let one = run(tenant);
-            running.push(async move { (tenant, one.await) });
+        if !halted(status, each.spec, each.stop) {
+            for (i, queue) in queues.iter_mut().enumerate() {
+                while running_on[i] < limit {
+                    let Some(tenant) = queue.pop_front() else {
+                        break;
+                    };
+                    running_on[i] += 1;
+                    let one = run(tenant.clone());
+                    running.push(async move { (tenant, one.await) });
+                }
+            }
         }
         let Some((tenant, result)) = running.next().await else {
             break;
         };
-        let verdict = add(tenant, result);
-        count(&mut status, tenant, verdict);
+        running_on[tenant.server] -= 1;
+        let verdict = counter.add(&tenant, result);
+        count(status, &tenant.label, verdict);
+        counter.progress(status, false);
     }
-    status.not_run = status.total - status.applied - status.failed;
-    status
 }
 
 fn count(status: &mut TenantsStatus, tenant: &str, verdict: Verdict) {
