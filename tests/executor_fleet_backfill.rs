@@ -643,15 +643,29 @@ async fn backfills_the_tenants_of_every_server() {
         "servers":[{"name":"eu-2","urlSecretRef":{"name":"shop-db-eu-2","key":"url"}}]}"#;
     let eu2_url = eu2.url();
     let (r, code, log) = run(&main, tenants, &[("PHASEGATE_SERVER_URL_0", &eu2_url)]).await;
-    assert_eq!((r.outcome, code), (Outcome::Failed, 1), "{}\n{log}", r.to_json_line());
+    assert_eq!(
+        (r.outcome, code),
+        (Outcome::Failed, 1),
+        "{}\n{log}",
+        r.to_json_line()
+    );
     assert_eq!(tally(&r), (6, 5, 1, 0));
     let t = r.tenants.as_ref().expect("tenants");
     assert_eq!(t.failures[0].tenant, "eu-2/tenant_02");
     for (c, server) in [(&cm, "main"), (&ce, "eu-2")] {
         for s in ["tenant_01", "tenant_03"] {
-            assert_eq!(counters(c, &format!("{s}.items")).await, (1, 1, 200), "{server} {s}");
-            let cp = checkpoint(c, &format!("fill/{s}")).await.expect("checkpoint");
-            assert_eq!(cp.0, "done", "{server} {s}: its checkpoint in its own server");
+            assert_eq!(
+                counters(c, &format!("{s}.items")).await,
+                (1, 1, 200),
+                "{server} {s}"
+            );
+            let cp = checkpoint(c, &format!("fill/{s}"))
+                .await
+                .expect("checkpoint");
+            assert_eq!(
+                cp.0, "done",
+                "{server} {s}: its checkpoint in its own server"
+            );
         }
     }
     assert!(!log.contains(&eu2_url), "no URL in the log");

@@ -364,8 +364,8 @@ fn a_fleet_backfill_executor_runs_on_the_specs_tenants() {
     assert_eq!(fleet.tenants, None);
     // On several servers, each server's URL from its Secret.
     let sharded = with_servers(m);
-    let cfg = BackfillConfig::from_env(&parsed(&job_env(&sharded, JobPhase::Backfill)))
-        .expect("config");
+    let cfg =
+        BackfillConfig::from_env(&parsed(&job_env(&sharded, JobPhase::Backfill))).expect("config");
     let urls: Vec<String> = cfg
         .fleet
         .map(|f| f.server_urls.into_iter().map(|u| u.0).collect())
