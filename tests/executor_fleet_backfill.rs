@@ -670,3 +670,30 @@ async fn backfills_the_tenants_of_every_server() {
     }
     assert!(!log.contains(&eu2_url), "no URL in the log");
 }
+
+/// The checkpoint table is created once however many tenants of one database start at once
+/// (`CREATE TABLE IF NOT EXISTS` run concurrently fails with `type "backfill" already exists`):
+/// 16 tenants, 16 at once, five times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_starting_at_once_create_the_checkpoint_table_once() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 16, 10).await;
+    let tenants = r#"{"schemas":"tenant\\_%","maxConcurrent":16}"#;
+    for round in 0..5 {
+        // The schema exists (expand's ledger is in it); the checkpoint table does not yet.
+        c.batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS phasegate; DROP TABLE IF EXISTS phasegate.backfill",
+        )
+        .await
+        .expect("no checkpoint table");
+        let epoch = format!("epoch-{round}");
+        let (r, code, _) = run(&pg, tenants, &[("PHASEGATE_BACKFILL_EPOCH", &epoch)]).await;
+        assert_eq!(
+            (r.outcome, code),
+            (Outcome::Applied, 0),
+            "round {round}: {}",
+            r.to_json_line()
+        );
+    }
+}

@@ -457,6 +457,12 @@ impl BackfillConfig {
         c
     }
 
+    /// A fleet's tenant: its routine lines (resuming, done) are left out; the fleet prints
+    /// progress for all tenants instead, so the log does not grow with them.
+    fn quiet(&self) -> bool {
+        self.progress.is_some()
+    }
+
     /// What identifies this backfill's work: a change restarts the scan.
     pub fn checksum(&self) -> String {
         checksum(&format!(
@@ -721,33 +727,45 @@ impl Checkpoint {
     }
 }
 
-async fn ensure_table(c: &Client) -> Result<(), BackfillError> {
-    for _ in 0..3 {
-        let exists: bool = c
-            .query_typed_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                                 WHERE n.nspname = 'phasegate' AND c.relname = 'backfill')",
-                &[],
-            )
-            .await
-            .map_err(|e| BackfillError::db(&e))?
-            .get(0);
-        if exists {
-            return Ok(());
-        }
-        match c.batch_execute(SCHEMA_SQL).await {
-            Ok(()) => return Ok(()),
-            // Another executor created it at the same time: look again.
-            Err(e)
-                if e.code()
-                    .is_some_and(|s| matches!(s.code(), "23505" | "42P07" | "42P06")) =>
-            {
-                continue
-            }
-            Err(e) => return Err(BackfillError::db(&e)),
-        }
+/// Whether `phasegate.backfill` exists.
+async fn table_exists<C: GenericClient>(c: &C) -> Result<bool, BackfillError> {
+    Ok(c.query_typed_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = 'phasegate' AND c.relname = 'backfill')",
+        &[],
+    )
+    .await
+    .map_err(|e| BackfillError::db(&e))?
+    .get(0))
+}
+
+/// Creates the checkpoint table if missing, under a transaction-scoped advisory lock of its
+/// own: the tenants of one database starting at once (a fleet), or two executors, would race
+/// on `CREATE TABLE IF NOT EXISTS` (`type "backfill" already exists`).
+async fn ensure_table(c: &mut Client) -> Result<(), BackfillError> {
+    let db = |e: tokio_postgres::Error| BackfillError::db(&e);
+    if table_exists(&*c).await? {
+        return Ok(());
     }
-    Ok(())
+    let tx = c.transaction().await.map_err(db)?;
+    tx.batch_execute("SELECT pg_advisory_xact_lock(hashtext('phasegate.backfill'))")
+        .await
+        .map_err(db)?;
+    if table_exists(&tx).await? {
+        return tx.commit().await.map_err(db);
+    }
+    match tx.batch_execute(SCHEMA_SQL).await {
+        Ok(()) => tx.commit().await.map_err(db),
+        // An older executor, which takes no such lock, created it at the same time (its
+        // transaction committed first): it exists. This one rolls back.
+        Err(e)
+            if e.code()
+                .is_some_and(|s| matches!(s.code(), "23505" | "42P07" | "42P06" | "42710")) =>
+        {
+            tx.rollback().await.map_err(db)
+        }
+        Err(e) => Err(db(e)),
+    }
 }
 
 /// Whether the checkpoint table has the columns of non-integer keys (an older executor's
@@ -858,7 +876,7 @@ async fn load_checkpoint<C: GenericClient>(
 ) -> Result<Checkpoint, BackfillError> {
     match read_checkpoint(c, cfg, sum, kind).await? {
         Ok(cp) => {
-            if !cp.done {
+            if !cp.done && !cfg.quiet() {
                 tracing::info!(
                     last_key = cp.last_key,
                     last_key_text = cp.last_text,
@@ -1146,21 +1164,25 @@ async fn scan_table(
         .await
         .map_err(db)?
         .get(0);
-    ensure_table(client).await?;
+    ensure_table(&mut *client).await?;
     if matches!(kind, KeyKind::Sorted { .. }) {
         ensure_text_key_columns(client).await?;
     }
     let scan = Scan::new(cfg, sum, table, key, kind, table_oid, set_local);
     let cp = start(client, &scan, stats).await?;
     if cp.done && cp.fresh {
-        tracing::info!("nothing to backfill: the table is empty");
+        if !cfg.quiet() {
+            tracing::info!("nothing to backfill: the table is empty");
+        }
         return Ok(Outcome::Applied);
     }
     if cp.done {
-        tracing::info!(
-            rows_done = cp.rows_done,
-            "backfill already done in this rollout epoch"
-        );
+        if !cfg.quiet() {
+            tracing::info!(
+                rows_done = cp.rows_done,
+                "backfill already done in this rollout epoch"
+            );
+        }
         report_done(client, cfg, &cp, table_oid).await?;
         return Ok(Outcome::AlreadyApplied);
     }
@@ -1812,11 +1834,13 @@ async fn walk(
     }
     cp.done = true;
     last_print_final(cfg, &cp, estimated, end_key, size, run_rows, run_start);
-    tracing::info!(
-        rows_done = cp.rows_done,
-        batches = cp.batches,
-        "backfill done"
-    );
+    if !cfg.quiet() {
+        tracing::info!(
+            rows_done = cp.rows_done,
+            batches = cp.batches,
+            "backfill done"
+        );
+    }
     // Another executor of this backfill walked it to the end.
     if stats.batches == 0 {
         return Ok(Outcome::AlreadyApplied);

@@ -27,7 +27,7 @@ use crate::protocol::report::{Outcome, Report, ReportError};
 /// One aggregate progress line per this interval…
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// …and one per this many finished tenants, and at the end of each wave: the operator reads
-/// the log's last 50 lines, and each tenant's run logs a few (its expand check, its walk).
+/// the log's last 50 lines, and a tenant logs its warnings (throttled, a failure).
 const PROGRESS_EVERY_TENANTS: u32 = 5;
 
 /// Where one tenant's backfill runs.
