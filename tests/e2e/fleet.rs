@@ -276,7 +276,7 @@ async fn database_tenants_resume_exactly_once_after_a_sigkill_and_a_rollback_hol
     spec["tenants"] = json!({"databases": "shop\\_%", "maxConcurrent": 2});
     // Slow enough per tenant to kill the executor mid-wave.
     spec["expand"]["sql"] = json!(
-        "ALTER TABLE users ADD COLUMN verified boolean; INSERT INTO runs VALUES ('expand'); SELECT pg_sleep(0.4);"
+        "ALTER TABLE users ADD COLUMN verified boolean; INSERT INTO runs VALUES ('expand'); SELECT pg_sleep(1);"
     );
     spec["contract"]["sql"] =
         json!("ALTER TABLE users DROP COLUMN legacy; INSERT INTO runs VALUES ('contract');");
@@ -285,11 +285,15 @@ async fn database_tenants_resume_exactly_once_after_a_sigkill_and_a_rollback_hol
         .await
         .expect("create");
 
+    let pid = std::cell::Cell::new(None);
     crate::harness::wait_until(T, "3 tenant databases expanded", || async {
-        databases_with_runs(&env, &["expand"]).await >= 3
+        if pid.get().is_none() {
+            pid.set(crate::harness::executor_pid(&env.ns, "expand", 1));
+        }
+        pid.get().is_some() && databases_with_runs(&env, &["expand"]).await >= 3
     })
     .await;
-    let pid = crate::harness::executor_pid(&env.ns, "expand", 1).expect("the expand executor");
+    let pid = pid.get().expect("the expand executor");
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -435,5 +439,57 @@ async fn a_fleet_migration_runs_on_the_tenants_of_two_servers() {
         0,
         "contract on the first"
     );
+    env.cleanup().await;
+}
+
+/// A fleet migration with a backfill, through the operator: expand on every tenant, the
+/// rollout, the backfill of every tenant's rows (counts in status), then contract (which
+/// fails on a tenant with a row left unfilled).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_backfill_fills_every_tenant_between_the_rollout_and_contract() {
+    let env = Env::new("fleet-backfill").await;
+    let db = env.pg.client().await;
+    for i in 1..=10 {
+        let s = format!("tenant_{i:02}");
+        tenant_schema(&env, &s).await;
+        db.batch_execute(&format!(
+            "INSERT INTO {s}.users SELECT g, 'x' || g FROM generate_series(1, 300) g"
+        ))
+        .await
+        .expect("rows");
+    }
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    let mut spec = fleet_spec(json!({"count": 1}));
+    spec["expand"]["sql"] = json!("ALTER TABLE users ADD COLUMN legacy_copy text;");
+    // Fails on a tenant with a row the backfill missed.
+    spec["contract"]["sql"] = json!("ALTER TABLE users ALTER COLUMN legacy_copy SET NOT NULL;");
+    spec["backfill"] = json!({
+        "table": "users",
+        "key": "id",
+        "sql": "UPDATE users SET legacy_copy = legacy WHERE id > $1 AND id <= $2 AND legacy_copy IS NULL",
+        "batchSize": 100
+    });
+    env.create_migration("copy", spec).await.expect("create");
+    env.wait_phase("copy", Phase::AwaitingRollout, T).await;
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    let m = env.wait_phase("copy", Phase::Succeeded, T).await;
+    let b = m
+        .status
+        .as_ref()
+        .and_then(|s| s.backfill.as_ref())
+        .and_then(|b| b.run.tenants.clone())
+        .expect("backfill tenants in status");
+    assert_eq!((b.total, b.applied, b.failed), (10, 10, 0), "{b:?}");
+    for i in 1..=10 {
+        let n: i64 = db
+            .query_one(
+                &format!("SELECT count(*) FROM tenant_{i:02}.users WHERE legacy_copy IS DISTINCT FROM legacy"),
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(n, 0, "tenant_{i:02} backfilled");
+    }
     env.cleanup().await;
 }
