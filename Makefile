@@ -115,7 +115,8 @@ bench-order: deps
 	hack/bench-order.sh
 
 ## One migration on 1,000 tenant schemas and 200 tenant databases vs a loop of `phasegate apply` per
-## tenant, under open-loop app load (not a test; SCHEMAS, DATABASES; no cluster; docs/fleet.md).
+## tenant, under open-loop app load, then the operator's memory through the local cluster (not a
+## test; SCHEMAS, DATABASES, BENCH_OPERATOR=0 skips the cluster part; docs/fleet.md).
 bench-fanout: deps
 	hack/bench-fanout.sh
 
