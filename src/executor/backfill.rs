@@ -1199,14 +1199,7 @@ async fn report_done(
     if cfg.progress.is_none() {
         return Ok(());
     }
-    let estimated: i64 = c
-        .query_typed_one(
-            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1",
-            &[(&table_oid, Type::OID)],
-        )
-        .await
-        .map_err(|e| BackfillError::db(&e))?
-        .get(0);
+    let estimated = estimated_rows(c, table_oid).await?;
     let p = BackfillProgress {
         rows_done: cp.rows_done,
         estimated_rows: estimated,
@@ -1657,6 +1650,17 @@ fn retry_reason(
     })
 }
 
+/// The planner's estimate of the table's rows (for progress and its ETA).
+async fn estimated_rows<C: GenericClient>(c: &C, table_oid: u32) -> Result<i64, BackfillError> {
+    Ok(c.query_typed_one(
+        "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1",
+        &[(&table_oid, Type::OID)],
+    )
+    .await
+    .map_err(|e| BackfillError::db(&e))?
+    .get(0))
+}
+
 /// Walks the key range from the checkpoint to its end, batch by batch.
 async fn walk(
     client: &mut Client,
@@ -1665,14 +1669,7 @@ async fn walk(
     stats: &mut RunStats,
 ) -> Result<Outcome, BackfillError> {
     let (cfg, stop, sorted, table_oid) = (scan.cfg, &scan.cfg.stop, scan.sorted, scan.table_oid);
-    let estimated: i64 = client
-        .query_typed_one(
-            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1",
-            &[(&table_oid, Type::OID)],
-        )
-        .await
-        .map_err(|e| BackfillError::db(&e))?
-        .get(0);
+    let estimated = estimated_rows(client, table_oid).await?;
     let end_key = cp.end_key.unwrap_or(i64::MIN);
     let min_key = cp.min_key.unwrap_or(0);
     let run_start = Instant::now();
