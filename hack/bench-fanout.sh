@@ -6,6 +6,17 @@
 # sequential loop of one `phasegate apply` per tenant and phase. No cluster: the executor alone
 # (`phasegate apply --tenants`, as the operator's Job runs it).
 #
+# Both sides run the same binary: the release build, as the image ships it (the Dockerfile
+# builds with --release; a debug build costs the loop's process starts and the fleet's
+# per-tenant work several times more CPU). Both get the settings the operator gives a contract
+# Job (the app version, the rollout's completion time, the application names, and
+# PHASEGATE_REQUIRE_EXPAND with the migration's uid); the fleet's contract also gets expand's
+# SQL (PHASEGATE_TENANT_EXPAND_SQL: a tenant created since expand gets it first), so each of
+# its tenants reads the expand row too. Not here: the operator's commit grant (no operator
+# runs). The loop is what a user writes: each schema tenant its own ledger row
+# (`loop/<schema>`; one shared name would find the first tenant's row and skip the other 999),
+# each database its own ledger. Afterwards every tenant is checked for both sides' columns.
+#
 # Last line:
 #   fanout: tenants=N phasegate_s=A loop_s=B app_p99_baseline_ms=X app_p99_phasegate_ms=Y failed=F executor_rss_mib=E operator_rss_mib=O
 # failed: application queries that failed during the phasegate run (plus tenants that failed).
@@ -13,7 +24,8 @@
 # the tenants (counts and 10 failures), see docs/fleet.md.
 #
 # Knobs (env): SCHEMAS (1000), DATABASES (200), BENCH_RATE (500 q/s), BENCH_CONCURRENCY (4,
-# maxConcurrent), BENCH_LOOP=0 skips the loop, PHASEGATE_BIN, PHASEGATE_PG_BINDIR.
+# maxConcurrent), BENCH_LOOP=0 skips the loop, PHASEGATE_BIN (default: the release build),
+# PHASEGATE_PG_BINDIR.
 set -euo pipefail
 
 SCHEMAS=${SCHEMAS:-1000}
@@ -29,7 +41,7 @@ BENCH_NAME=bench-fanout
 # shellcheck source=hack/lib/pg.sh
 . "$root/hack/lib/pg.sh"
 pg_tools
-phasegate_bin
+phasegate_bin release
 trap pg_stop EXIT
 pg_start "-c max_connections=200 -c shared_buffers=128MB"
 psql_q() { PGOPTIONS="-c client_min_messages=warning" "$PSQL" -X -q -v ON_ERROR_STOP=1 "$@"; }
@@ -74,11 +86,14 @@ measure() {
   echo "$secs $(latency_summary "$dir" $((RATE * WINDOW * windows)))"
 }
 
+# The settings the operator gives a contract Job (ignored by expand).
+export PHASEGATE_APP_VERSION=2.0.0 PHASEGATE_APPLICATION_NAMES=shop-api \
+  PHASEGATE_ROLLOUT_COMPLETED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ) PHASEGATE_REQUIRE_EXPAND=true \
+  PHASEGATE_TERMINATION_LOG=/nonexistent/x
 apply() { # apply <url> <phase> <name> <sql> [tenants json]
   local tenants=(); [[ -z ${5:-} ]] || tenants=(--tenants "$5")
   PHASEGATE_DATABASE_URL=$1 PHASEGATE_PHASE=$2 PHASEGATE_MIGRATION_NAME=$3 PHASEGATE_SQL=$4 \
-  PHASEGATE_TERMINATION_LOG=/nonexistent/x PHASEGATE_APP_VERSION=2.0.0 \
-    "$PHASEGATE_BIN" apply "${tenants[@]}"
+  PHASEGATE_MIGRATION_UID=uid-$3 "$PHASEGATE_BIN" apply "${tenants[@]}"
 }
 export -f apply
 export PHASEGATE_BIN
@@ -90,7 +105,7 @@ loop() {
     local sql="ALTER TABLE users ADD COLUMN new_a int;"
     [[ $phase == contract ]] && sql="ALTER TABLE users DROP COLUMN old_a;"
     for i in $(seq "$first" $((first + SCHEMAS - 1))); do
-      apply "$url&options=-c%20search_path%3Dt$i" "$phase" "loop" "$sql" >/dev/null
+      apply "$url&options=-c%20search_path%3Dt$i" "$phase" "loop/t$i" "$sql" >/dev/null
     done
     for i in $(seq "$first" $((first + DATABASES - 1))); do
       apply "postgres://bench@127.0.0.1:$port/d$i?sslmode=disable" "$phase" "loop" "$sql" >/dev/null
@@ -100,15 +115,29 @@ loop() {
 
 # Phasegate: one executor per kind of tenant and phase; its peak RSS (KiB) into rss.
 fleet() {
-  local t="\"maxConcurrent\":$CONCURRENCY"
+  local t="\"maxConcurrent\":$CONCURRENCY" expand_sql="ALTER TABLE users ADD COLUMN new_b int;"
   for phase in expand contract; do
-    local sql="ALTER TABLE users ADD COLUMN new_b int;"
-    [[ $phase == contract ]] && sql="ALTER TABLE users DROP COLUMN old_b;"
-    /usr/bin/time -f "%M" -a -o "$work/rss" bash -c 'apply "$@"' _ "$url" "$phase" fleet "$sql" "{\"schemas\":\"t%\",$t}" >"$work/fleet-$phase-schemas.json"
-    /usr/bin/time -f "%M" -a -o "$work/rss" bash -c 'apply "$@"' _ "$url" "$phase" fleet "$sql" "{\"databases\":\"d%\",$t}" >"$work/fleet-$phase-databases.json"
+    local sql=$expand_sql late=""
+    # As the operator's contract Job: expand's SQL for a tenant created since expand.
+    [[ $phase == contract ]] && sql="ALTER TABLE users DROP COLUMN old_b;" late=$expand_sql
+    PHASEGATE_TENANT_EXPAND_SQL=$late /usr/bin/time -f "%M" -a -o "$work/rss" bash -c 'apply "$@"' _ "$url" "$phase" fleet "$sql" "{\"schemas\":\"t%\",$t}" >"$work/fleet-$phase-schemas.json"
+    PHASEGATE_TENANT_EXPAND_SQL=$late /usr/bin/time -f "%M" -a -o "$work/rss" bash -c 'apply "$@"' _ "$url" "$phase" fleet "$sql" "{\"databases\":\"d%\",$t}" >"$work/fleet-$phase-databases.json"
   done
 }
 [[ -x /usr/bin/time ]] || { log "/usr/bin/time is needed (apt-get install time)"; exit 1; }
+
+# unmigrated <new column> <old column>: tenants (schemas and databases) whose users table
+# lacks the new column or still has the old one.
+unmigrated() {
+  local has="SELECT count(*) FROM pg_attribute WHERE NOT attisdropped AND attrelid = to_regclass(%s) AND attname = '%s'"
+  local n i
+  n=$(psql_q -At -c "SELECT count(*) FROM pg_namespace s WHERE s.nspname ~ '^t[0-9]+\$'
+        AND (($(printf "$has" "s.nspname || '.users'" "$1")) = 0 OR ($(printf "$has" "s.nspname || '.users'" "$2")) > 0)")
+  for i in $(seq "$first" $((first + DATABASES - 1))); do
+    n=$((n + $(psql_q -d "d$i" -At -c "SELECT (($(printf "$has" "'users'" "$1")) = 0 OR ($(printf "$has" "'users'" "$2")) > 0)::int")))
+  done
+  echo "$n"
+}
 export -f loop fleet
 export url port first SCHEMAS DATABASES CONCURRENCY work
 
@@ -123,13 +152,21 @@ for f in "$work"/fleet-*.json; do
   tenant_failed=$((tenant_failed + n))
 done
 rss_mib=$(sort -n "$work/rss" | tail -1 | awk '{ printf "%.1f", $1 / 1024 }')
+log "load after phasegate: $(cut -d' ' -f1-3 /proc/loadavg)"
+pg_missed=$(unmigrated new_b old_b)
+[[ $pg_missed == 0 ]] || log "phasegate: $pg_missed tenants not migrated"
+tenant_failed=$((tenant_failed + pg_missed))
 log "phasegate: ${pg_s} s, app p99 ${pg_p99} ms, failed queries ${pg_failed}, failed tenants ${tenant_failed}, executor peak RSS ${rss_mib} MiB"
 loop_s=na
 if [[ $LOOP == 1 ]]; then
   read -r loop_s _ loop_p99 _ loop_failed _ <<<"$(measure loop loop)"
   log "loop: ${loop_s} s, app p99 ${loop_p99} ms, failed queries ${loop_failed}"
+  loop_missed=$(unmigrated new_a old_a)
+  [[ $loop_missed == 0 ]] || log "loop: $loop_missed tenants not migrated: its figure does not count"
   ratio=$(awk -v a="$loop_s" -v b="$pg_s" 'BEGIN { printf "%.1f", a / b }')
   log "phasegate is ${ratio}x faster than the loop"
 fi
 log "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "fanout: tenants=$((SCHEMAS + DATABASES)) phasegate_s=$pg_s loop_s=$loop_s app_p99_baseline_ms=$base_p99 app_p99_phasegate_ms=$pg_p99 failed=$((pg_failed + tenant_failed)) executor_rss_mib=$rss_mib operator_rss_mib=na"
+# A loop that did not migrate every tenant measured something else: say so by the exit status.
+[[ ${loop_missed:-0} == 0 ]]

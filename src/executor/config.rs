@@ -399,6 +399,9 @@ pub struct Config {
     pub advisory_obj: i32,
     /// A fleet run's connections, handed from one tenant's run to the next.
     pub sessions: Option<super::sessions::Sessions>,
+    /// What runs on the same server as the same role all learn alike (shared by clones: a
+    /// fleet's tenants ask once).
+    pub facts: super::facts::ServerFacts,
     /// A schema tenant's run: its session's `search_path` (set on the reused connection).
     pub search_path: Option<String>,
     /// Contract with tenants: expand's SQL, for a tenant created since expand ran.
@@ -457,6 +460,7 @@ impl Config {
             tenant_expand_sql: None,
             advisory_obj: super::locks::ADVISORY_OBJ,
             sessions: None,
+            facts: Default::default(),
             search_path: None,
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(600),
@@ -608,6 +612,7 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
         tenants: args.tenants,
         advisory_obj: super::locks::ADVISORY_OBJ,
         sessions: None,
+        facts: Default::default(),
         search_path: None,
         tenant_expand_sql: args.tenant_expand_sql.filter(|_| contract),
         expand_after: if contract {

@@ -222,13 +222,19 @@ impl Checker {
 
     /// Looks once inside the caller's transaction, right before COMMIT (see
     /// [`Checker::observe`]). PostgreSQL keeps one snapshot of `pg_stat_activity` per
-    /// transaction; clear it so the look is current.
+    /// transaction; clear it so the look is current. Both are sent at once (the server runs
+    /// them in order): one round trip while the transaction holds its locks, not two.
     pub async fn recheck<C: GenericClient>(
         &mut self,
         tx: &C,
     ) -> Result<Observation, tokio_postgres::Error> {
-        tx.batch_execute("SELECT pg_stat_clear_snapshot()").await?;
-        self.observe(tx).await
+        let (cleared, seen) = futures::future::join(
+            tx.batch_execute("SELECT pg_stat_clear_snapshot()"),
+            self.observe(tx),
+        )
+        .await;
+        cleared?;
+        seen
     }
 
     /// Looks once. Never takes a lock.

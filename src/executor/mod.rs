@@ -20,6 +20,7 @@ pub mod connect;
 pub mod dbcheck;
 mod dbcheck_run;
 mod error;
+mod facts;
 pub mod fleet;
 pub mod grant;
 pub mod ledger;
@@ -240,16 +241,11 @@ async fn run(
     // A fleet run's next tenant takes the connections the last one gave back.
     let reused = cfg.sessions.as_ref().and_then(sessions::Sessions::take);
     let (reused_guard, (mut client, settings, version)) = match reused {
-        Some(p) => (Some(p.guard), (p.client, p.settings, p.version)),
+        Some(p) => (p.guard, (p.client, p.settings, p.version)),
         None => (None, session::open(cfg, scrub).await?),
     };
-    if let Some(schema) = &cfg.search_path {
-        let set = format!("SET search_path TO \"{}\"", schema.replace('"', "\"\""));
-        client
-            .batch_execute(&set)
-            .await
-            .map_err(|e| ApplyError::db(&e, None))?;
-    }
+    // A schema tenant's search_path is set with the setup below: nothing before it resolves
+    // an unqualified name.
     let mut waits = Waits::new();
     let waited = order::wait_for_earlier(
         &client,
@@ -265,18 +261,14 @@ async fn run(
             "earlier migrations on this database applied their expand"
         );
     }
-    let guard = match reused_guard {
-        Some(g) => g,
-        None => session::open_guard(cfg, &settings, scrub).await?,
-    };
-
     let mut runner = Runner {
         cfg,
         sum,
         server_version: version,
         settings,
         cancel: client.cancel_token(),
-        guard,
+        scrub,
+        guard: reused_guard,
         guard_idle: guard_idle(cfg, statements.len()),
         stats,
         db_check: DbCheckRun::new(cfg, scrub)?,
@@ -294,8 +286,11 @@ async fn run(
         ),
     };
     if !cfg.lock_wait_timeout.is_zero() || runner.db_check.checker.is_some() {
-        // Once per run; the database check reuses it rather than adding its own.
-        runner.stats.db_check_warning = locks::visibility_warning(&client)
+        // Once per run (a fleet's tenants: once per phase); the database check reuses it
+        // rather than adding its own.
+        runner.stats.db_check_warning = cfg
+            .facts
+            .visibility(&runner.settings, &client)
             .await
             .map_err(|e| ApplyError::db(&e, None))?;
         if let Some(w) = &runner.stats.db_check_warning {
@@ -303,28 +298,23 @@ async fn run(
         }
     }
     if runner.db_check.checker.is_some() && cfg.pooler.is_none() {
-        let pooler = pooler_clients::undeclared_pooler_warning(&client, &runner.settings).await;
+        let port = cfg.facts.port(&runner.settings, &client).await;
+        let pooler = pooler_clients::undeclared_pooler_warning(port, &runner.settings);
         if let Some(w) = pooler {
             tracing::warn!("{}", scrub.scrub(&w));
             runner.stats.add_warning(w);
         }
     }
     // The per-database advisory lock serialises what touches the ledger and applies SQL; it is
-    // held for the setup below and then only for each attempt, never while waiting for tables or
-    // the database check, so a contract waiting for an old transaction does not hold up other
-    // migrations on the same database.
-    runner.lock_database().await?;
+    // held for the setup below (in a transaction of its own) and then only for each attempt,
+    // never while waiting for tables or the database check, so a contract waiting for an old
+    // transaction does not hold up other migrations on the same database.
+    runner.begin_setup(&client).await?;
     if cfg.require_expand {
         // Before creating anything: this may not be our database at all.
         require_expand(&client, id).await?;
     }
-    ledger::ensure(&client)
-        .await
-        .map_err(|e| ApplyError::db(&e, None))?;
-
-    let entry = ledger::get(&client, id, phase)
-        .await
-        .map_err(|e| ApplyError::db(&e, None))?;
+    let entry = read_ledger(&mut runner, &client).await?;
     let mut done = 0usize;
     // A row an earlier object of the same name wrote for other SQL (the migration was deleted
     // and created anew with new SQL): this object is another migration and runs its own.
@@ -363,7 +353,7 @@ async fn run(
                     .map_err(|e| ApplyError::db(&e, None))?;
             }
             tracing::info!("phase already applied with the same checksum; nothing to do");
-            runner.unlock_database().await;
+            runner.end_setup(&client).await?;
             give_back(client, runner);
             return Ok(Outcome::AlreadyApplied);
         }
@@ -377,7 +367,7 @@ async fn run(
         );
     }
 
-    runner.unlock_database().await;
+    runner.end_setup(&client).await?;
 
     let steps = steps(&statements, done, version);
     let n_steps = steps.len();
@@ -397,6 +387,56 @@ async fn run(
     }
     give_back(client, runner);
     Ok(Outcome::Applied)
+}
+
+/// The phase's ledger row, read in the setup's transaction; creates the ledger first where
+/// there is none yet. Read first, because the ledger nearly always exists: looking for it in
+/// the catalog first cost each run a query (a fleet run, each tenant).
+async fn read_ledger(
+    runner: &mut Runner<'_>,
+    client: &Client,
+) -> Result<Option<ledger::Entry>, ApplyError> {
+    let (id, phase) = (&runner.cfg.identity, runner.cfg.phase.as_str());
+    let db = |e: tokio_postgres::Error| ApplyError::db(&e, None);
+    match ledger::get(client, id, phase).await {
+        Ok(entry) => return Ok(entry),
+        Err(e) if !ledger::is_missing(&e) => return Err(db(e)),
+        Err(_) => {}
+    }
+    // The failed read ended the setup's transaction: create the ledger in a new one.
+    locks::advisory_unlock(client).await;
+    runner.begin_setup(client).await?;
+    ledger::ensure(client).await.map_err(db)?;
+    ledger::get(client, id, phase).await.map_err(db)
+}
+
+/// Whether `cfg`'s phase is recorded applied in its database, for the same SQL and by this
+/// object (a run would find nothing to do): a fleet contract's look at a tenant's expand, one
+/// query on the connection its runs share (from `cfg.sessions`, or opened and left there for
+/// the run that follows). False whenever it cannot tell: then the phase runs, with every
+/// guarantee, and finds out itself.
+async fn recorded_applied(cfg: &Config) -> bool {
+    let Some(sessions) = &cfg.sessions else {
+        return false;
+    };
+    let pair = match sessions.take() {
+        Some(p) => p,
+        None => match session::open(cfg, &Scrubber::for_urls(&cfg.secret_urls())).await {
+            Ok((client, settings, version)) => sessions::Pair {
+                client,
+                guard: None,
+                settings,
+                version,
+            },
+            Err(_) => return false,
+        },
+    };
+    let id = &cfg.identity;
+    let entry = ledger::get(&pair.client, id, cfg.phase.as_str()).await;
+    sessions.put(pair);
+    matches!(entry, Ok(Some(e)) if e.applied
+        && e.checksum == checksum(&cfg.sql)
+        && (id.uid.is_empty() || e.uid == id.uid))
 }
 
 /// A run that ended cleanly gives its connections back for a fleet run's next tenant.
