@@ -296,6 +296,9 @@ async fn run(
         if let Some(w) = &runner.stats.db_check_warning {
             tracing::warn!("{}", scrub.scrub(w));
         }
+        if let Some(checker) = runner.db_check.checker.as_mut() {
+            checker.sees_all = runner.stats.db_check_warning.is_none();
+        }
     }
     if runner.db_check.checker.is_some() && cfg.pooler.is_none() {
         let port = cfg.facts.port(&runner.settings, &client).await;
