@@ -83,7 +83,11 @@ measure() {
   local status end; read -r status end <"$dir/end"
   local secs; secs=$(awk -v ns=$(( end - t0 )) 'BEGIN { printf "%.1f", ns / 1e9 }')
   [[ $status == 0 ]] || log "$name: exit $status: $(tail -3 "$dir/run.err")"
-  echo "$secs $(latency_summary "$dir" $((RATE * WINDOW * windows)))"
+  # Only the queries that completed while the command ran: the rest of its last window is the
+  # application alone again.
+  local from to; from=$(awk -v ns="$t0" 'BEGIN { printf "%.6f", ns / 1e9 }')
+  to=$(awk -v ns="$end" 'BEGIN { printf "%.6f", ns / 1e9 }')
+  echo "$secs $(latency_summary "$dir" "$(awk -v s="$secs" -v r="$RATE" 'BEGIN { printf "%d", s * r }')" "$from" "$to")"
 }
 
 # The settings the operator gives a contract Job (ignored by expand).

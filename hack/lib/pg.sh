@@ -59,21 +59,21 @@ pg_stop() {
   rm -rf "$work"
 }
 
-# latency_summary <dir> <expected queries>: from pgbench --rate per-transaction logs
-# (`<dir>/app.*`) prints "p50 p99 max failed done" (ms, ms, ms, count, count). With --rate the
+# latency_summary <dir> <expected queries> [<from> <to>]: from pgbench --rate per-transaction
+# logs (`<dir>/app.*`) prints "p50 p99 max failed done" (ms, ms, ms, count, count), of the
+# queries that completed between the epoch times <from> and <to> when given. With --rate the
 # logged time already counts from the scheduled start: it is reported alone (adding the lag
 # would count it twice). Clients an error stopped send nothing more: when pgbench says a client
 # aborted (`<dir>/pgbench.out`), queries missing from the open loop's schedule (beyond 2 %) count
 # as failed. Without an abort a shortfall is the schedule's own randomness (Poisson arrivals:
 # two 5 s windows at 500/s vary by about 70), not a failure.
 latency_summary() {
-  local dir=$1 expected=$2
+  local dir=$1 expected=$2 from=${3:-0} to=${4:-0}
   grep -qs "aborted" "$dir/pgbench.out" || expected=0
-  cat "$dir"/app.* 2>/dev/null | awk '
-      $3 == "failed" { next }
-      $3 == "skipped" { next }
-      { printf "%.3f\n", $3 / 1000.0 }' | sort -n >"$dir/lat.txt"
-  local failed; failed=$(cat "$dir"/app.* 2>/dev/null | awk '$3 == "failed"' | wc -l)
+  local in_range='$3 != "skipped" && ('"$to"' == 0 || ($5 + $6 / 1e6 >= '"$from"' && $5 + $6 / 1e6 <= '"$to"'))'
+  cat "$dir"/app.* 2>/dev/null | awk "$in_range"' && $3 != "failed" { printf "%.3f\n", $3 / 1000.0 }' \
+    | sort -n >"$dir/lat.txt"
+  local failed; failed=$(cat "$dir"/app.* 2>/dev/null | awk "$in_range"' && $3 == "failed"' | wc -l)
   local n; n=$(wc -l <"$dir/lat.txt")
   awk -v n="$n" -v failed="$failed" -v expected="$expected" '
       { a[NR] = $1 }

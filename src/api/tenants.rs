@@ -28,7 +28,7 @@ pub struct TenantsSpec {
     /// Tenants that run first, one at a time; a failure among them halts every other tenant.
     #[serde(default, skip_serializing_if = "Canary::is_empty")]
     pub canary: Canary,
-    /// Tenants run at once after the canaries (each holds two connections). Default 4.
+    /// Tenants run at once after the canaries (each holds one connection). Default 4.
     #[serde(default = "default_max_concurrent")]
     #[schemars(range(min = 1, max = 64))]
     pub max_concurrent: u32,
