@@ -71,28 +71,27 @@ impl std::fmt::Display for Blocker {
     }
 }
 
-/// Takes the advisory lock in a new transaction of `on` (the run's connection for its setup,
-/// or the guard for a statement outside a transaction block), trying
+/// Takes the advisory lock in a new transaction of `on` (the run's connection, to create the
+/// ledger or to wait until another migration is done; the guard, for a statement outside a
+/// transaction block), trying
 /// `pg_try_advisory_xact_lock` until `timeout`; returns the time waited, or the holder's pid.
 /// The lock is transaction-scoped, so nothing outlives the transaction on a pooled server
 /// connection (a session-level lock taken through a transaction pooler stays on the server
 /// connection after the client has gone); [`advisory_unlock`] ends the transaction, as does
 /// the connection closing. `idle` bounds how long the transaction may sit idle
-/// (`idle_in_transaction_session_timeout`; zero: no bound). `with` (empty, or statements each
-/// ending in `; `) runs first in the same transaction and round trip.
+/// (`idle_in_transaction_session_timeout`; zero: no bound).
 pub async fn advisory_lock(
     on: &Client,
     obj: i32,
     timeout: Duration,
     idle: Duration,
-    with: &str,
     waits: &mut Waits,
 ) -> Result<Duration, AdvisoryError> {
     let start = Instant::now();
     let mut logged = false;
     // Constants only, in one simple query: no prepared statement, one round trip.
     let try_lock = format!(
-        "BEGIN; {with}SET LOCAL idle_in_transaction_session_timeout = '{}ms'; {}",
+        "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{}ms'; {}",
         idle.as_millis(),
         try_lock_sql(obj)
     );

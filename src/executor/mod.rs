@@ -1,14 +1,14 @@
 //! `phasegate apply`: runs one phase (expand or contract) of a migration against PostgreSQL,
 //! exactly once, without stalling application traffic while it waits for locks.
 //!
-//! Order of work: parse and classify the SQL (before touching the database), connect, consult
-//! the ledger under the per-database advisory lock, then run the statements: consecutive
-//! transactional statements as one transaction that also writes the ledger row; statements that
-//! cannot run in a transaction block one by one, with the ledger recording progress after each.
-//! Each attempt first waits outside the lock queue ([`locks`]) and, for contract, for the
-//! database-side check ([`dbcheck`]), without the advisory lock; then takes the advisory lock,
-//! reads the ledger again, and holds the lock until COMMIT. Contract runs the check once more
-//! inside the transaction, with its locks held, right before COMMIT.
+//! Order of work: parse and classify the SQL (before touching the database), connect, read the
+//! ledger, then run the statements: consecutive transactional statements as one transaction
+//! that also writes the ledger row; statements that cannot run in a transaction block one by
+//! one, with the ledger recording progress after each. Each attempt first waits outside the
+//! lock queue ([`locks`]) and, for contract, for the database-side check ([`dbcheck`]), without
+//! the per-database advisory lock; then takes the advisory lock (inside the attempt's own
+//! transaction), claims the ledger row, and holds the lock until COMMIT. Contract runs the check
+//! once more inside the transaction, with its locks held, right before COMMIT.
 //!
 //! The fence: a stop request (SIGTERM, SIGINT; see [`stop`]) ends every wait at once, cancels a
 //! statement in flight, rolls the transaction back and is checked again immediately before
@@ -308,15 +308,11 @@ async fn run(
             runner.stats.add_warning(w);
         }
     }
-    // The per-database advisory lock serialises what touches the ledger and applies SQL; it is
-    // held for the setup below (in a transaction of its own) and then only for each attempt,
-    // never while waiting for tables or the database check, so a contract waiting for an old
-    // transaction does not hold up other migrations on the same database.
-    runner.begin_setup(&client).await?;
-    if cfg.require_expand {
-        // Before creating anything: this may not be our database at all.
-        require_expand(&client, id).await?;
-    }
+    // The per-database advisory lock serialises what applies SQL: it is held only for each
+    // attempt (and to create the ledger where there is none), never while waiting for tables
+    // or the database check, so a contract waiting for an old transaction does not hold up
+    // other migrations on the same database. Reading the ledger needs no lock: each attempt
+    // claims its row (and reads it again) under the lock.
     let entry = read_ledger(&mut runner, &client).await?;
     let mut done = 0usize;
     // A row an earlier object of the same name wrote for other SQL (the migration was deleted
@@ -356,7 +352,6 @@ async fn run(
                     .map_err(|e| ApplyError::db(&e, None))?;
             }
             tracing::info!("phase already applied with the same checksum; nothing to do");
-            runner.end_setup(&client).await?;
             give_back(client, runner);
             return Ok(Outcome::AlreadyApplied);
         }
@@ -369,8 +364,6 @@ async fn run(
             "resuming a partially applied phase"
         );
     }
-
-    runner.end_setup(&client).await?;
 
     let steps = steps(&statements, done, version);
     let n_steps = steps.len();
@@ -392,25 +385,46 @@ async fn run(
     Ok(Outcome::Applied)
 }
 
-/// The phase's ledger row, read in the setup's transaction; creates the ledger first where
-/// there is none yet. Read first, because the ledger nearly always exists: looking for it in
-/// the catalog first cost each run a query (a fleet run, each tenant).
+/// The phase's ledger row, with what must come first, all sent at once (one round trip): a
+/// schema tenant's `search_path` on the session, and PHASEGATE_REQUIRE_EXPAND's look at expand's
+/// row (before anything is created: this may not be our database at all). Where there is no
+/// ledger yet, creates it under the advisory lock and reads again.
 async fn read_ledger(
     runner: &mut Runner<'_>,
     client: &Client,
 ) -> Result<Option<ledger::Entry>, ApplyError> {
-    let (id, phase) = (&runner.cfg.identity, runner.cfg.phase.as_str());
+    let cfg = runner.cfg;
+    let (id, phase) = (&cfg.identity, cfg.phase.as_str());
     let db = |e: tokio_postgres::Error| ApplyError::db(&e, None);
-    match ledger::get(client, id, phase).await {
+    let search_path = async {
+        match &cfg.search_path {
+            Some(schema) => {
+                let sql = format!("SET search_path TO \"{}\"", schema.replace('"', "\"\""));
+                client.batch_execute(&sql).await
+            }
+            None => Ok(()),
+        }
+    };
+    let required = async {
+        match cfg.require_expand {
+            true => require_expand(client, id).await,
+            false => Ok(()),
+        }
+    };
+    let (set, required, entry) =
+        futures::future::join3(search_path, required, ledger::get(client, id, phase)).await;
+    set.map_err(db)?;
+    required?;
+    match entry {
         Ok(entry) => return Ok(entry),
         Err(e) if !ledger::is_missing(&e) => return Err(db(e)),
         Err(_) => {}
     }
-    // The failed read ended the setup's transaction: create the ledger in a new one.
-    locks::advisory_unlock(client).await;
     runner.begin_setup(client).await?;
     ledger::ensure(client).await.map_err(db)?;
-    ledger::get(client, id, phase).await.map_err(db)
+    let entry = ledger::get(client, id, phase).await.map_err(db)?;
+    runner.end_setup(client).await?;
+    Ok(entry)
 }
 
 /// Whether `cfg`'s phase is recorded applied in its database, for the same SQL and by this
@@ -473,18 +487,14 @@ fn guard_idle(cfg: &Config, statements: usize) -> Duration {
 /// migration (namespace, name, uid). Reads only; creates nothing.
 async fn require_expand(client: &Client, id: &Identity) -> Result<(), ApplyError> {
     let db = |e: tokio_postgres::Error| ApplyError::db(&e, None);
-    let has_ledger: bool = client
-        .query_typed_one("SELECT to_regclass('phasegate.ledger') IS NOT NULL", &[])
-        .await
-        .map_err(db)?
-        .get(0);
-    let entry = if has_ledger {
-        ledger::get(client, id, Phase::Expand.as_str())
-            .await
-            .map_err(db)?
-    } else {
-        None
-    };
+    // Both at once: where there is no ledger the read fails, and is not looked at.
+    let (has_ledger, entry) = futures::future::join(
+        client.query_typed_one("SELECT to_regclass('phasegate.ledger') IS NOT NULL", &[]),
+        ledger::get(client, id, Phase::Expand.as_str()),
+    )
+    .await;
+    let has_ledger: bool = has_ledger.map_err(db)?.get(0);
+    let entry = if has_ledger { entry.map_err(db)? } else { None };
     let (ns, name) = (&id.namespace, &id.name);
     let why = match entry {
         None if !has_ledger => format!(

@@ -73,12 +73,7 @@ impl Runner<'_> {
     /// another migration holds it (it is applying: holders never wait for tables with it),
     /// within PHASEGATE_ADVISORY_LOCK_TIMEOUT over the whole run; `idle` bounds how long that
     /// transaction may sit idle. Returns the time waited.
-    async fn take_lock(
-        &mut self,
-        on: &Client,
-        idle: Duration,
-        with: &str,
-    ) -> Result<Duration, ApplyError> {
+    async fn take_lock(&mut self, on: &Client, idle: Duration) -> Result<Duration, ApplyError> {
         let budget = self
             .cfg
             .advisory_lock_timeout
@@ -86,7 +81,7 @@ impl Runner<'_> {
         let waits = &mut self.waits;
         let waited = or_stop(&self.cfg.stop, async {
             let obj = self.cfg.advisory_obj;
-            Ok(locks::advisory_lock(on, obj, budget, idle, with, waits).await?)
+            Ok(locks::advisory_lock(on, obj, budget, idle, waits).await?)
         })
         .await;
         if waited.is_err() {
@@ -99,17 +94,11 @@ impl Runner<'_> {
         Ok(waited)
     }
 
-    /// The run's setup (the ledger's creation and first read) under the advisory lock: begins a
-    /// transaction of `client` that holds it; [`Runner::end_setup`] commits it. A schema
-    /// tenant's `search_path` is set on the session in the same round trip (it stays once the
-    /// setup commits).
+    /// The ledger's creation under the advisory lock: begins a transaction of `client` that
+    /// holds it; [`Runner::end_setup`] commits it.
     pub(super) async fn begin_setup(&mut self, client: &Client) -> Result<(), ApplyError> {
         let idle = idle_in_transaction_timeout(self.cfg.lock_timeout);
-        let with = match &self.cfg.search_path {
-            Some(schema) => format!("SET search_path TO \"{}\"; ", schema.replace('"', "\"\"")),
-            None => String::new(),
-        };
-        self.take_lock(client, idle, &with).await.map(|_| ())
+        self.take_lock(client, idle).await.map(|_| ())
     }
 
     /// Commits the setup's transaction, and with it lets go of the advisory lock.
@@ -124,7 +113,7 @@ impl Runner<'_> {
     /// attempt found it taken); returns the time waited.
     async fn wait_for_lock(&mut self, client: &Client) -> Result<Duration, ApplyError> {
         let idle = idle_in_transaction_timeout(self.cfg.lock_timeout);
-        let waited = self.take_lock(client, idle, "").await?;
+        let waited = self.take_lock(client, idle).await?;
         locks::advisory_unlock(client).await;
         Ok(waited)
     }
@@ -152,7 +141,7 @@ impl Runner<'_> {
             Some(g) => g,
             None => session::open_guard(self.cfg, &self.settings, self.scrub).await?,
         };
-        let taken = self.take_lock(&guard, self.guard_idle, "").await;
+        let taken = self.take_lock(&guard, self.guard_idle).await;
         self.guard = Some(guard);
         let waited = taken?;
         if !waited.is_zero() && !self.cfg.lock_wait_timeout.is_zero() {
