@@ -15,11 +15,15 @@
 # its tenants reads the expand row too. Not here: the operator's commit grant (no operator
 # runs). The loop is what a user writes: each schema tenant its own ledger row
 # (`loop/<schema>`; one shared name would find the first tenant's row and skip the other 999),
-# each database its own ledger. Afterwards every tenant is checked for both sides' columns.
+# each database its own ledger. Both find the same state: every database has a ledger from an
+# earlier migration and has been connected to once (as a live fleet's have). The application's
+# latency counts the queries that completed while a command ran. Afterwards every tenant is
+# checked for both sides' columns. Figures: docs/fleet.md ("Measured").
 #
 # Last line:
 #   fanout: tenants=N phasegate_s=A loop_s=B app_p99_baseline_ms=X app_p99_phasegate_ms=Y failed=F executor_rss_mib=E operator_rss_mib=O
-# failed: application queries that failed during the phasegate run (plus tenants that failed).
+# failed: application queries that failed during the phasegate run, plus tenants that failed or
+# that the check afterwards found not migrated (a loop that missed one: exit status 1).
 # operator_rss_mib is "na": no operator runs here; it holds one status per migration whatever
 # the tenants (counts and 10 failures), see docs/fleet.md.
 #
