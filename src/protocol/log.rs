@@ -183,21 +183,24 @@ impl BackfillProgress {
             self.batch_size,
             self.rows_per_second
         );
-        if let Some(eta) = self.eta_seconds {
-            s.push_str(&format!(
-                ", ETA {}",
-                humantime::format_duration(Duration::from_secs(eta.max(0) as u64))
-            ));
-        }
+        s.push_str(&self.eta());
         s.push(')');
         if let Some(t) = &self.throttled {
             s.push_str(&format!("; throttled: {t}"));
         }
         s
     }
-}
 
-impl BackfillProgress {
+    /// `, ETA 2m` when there is an estimate.
+    fn eta(&self) -> String {
+        self.eta_seconds.map_or_else(String::new, |eta| {
+            format!(
+                ", ETA {}",
+                humantime::format_duration(Duration::from_secs(eta.max(0) as u64))
+            )
+        })
+    }
+
     /// E.g. `backfilled 12 of 50 tenants (4 running, 1 failed; 27.5% of the work): 120000
     /// row(s) of ~480000 in the tenants walked so far, 5000 rows/s, ETA 2m`.
     fn tenants_summary(&self, t: &crate::api::TenantsStatus) -> String {
@@ -214,12 +217,7 @@ impl BackfillProgress {
             self.estimated_rows,
             self.rows_per_second
         );
-        if let Some(eta) = self.eta_seconds {
-            s.push_str(&format!(
-                ", ETA {}",
-                humantime::format_duration(Duration::from_secs(eta.max(0) as u64))
-            ));
-        }
+        s.push_str(&self.eta());
         if let Some(h) = &t.halted {
             s.push_str(&format!("; halted: {h}"));
         }
@@ -232,9 +230,21 @@ impl BackfillProgress {
 
 /// The newest progress line in the tail of the executor's log, if any.
 pub fn progress(log_tail: &str) -> Option<BackfillProgress> {
+    newest(log_tail, None, "backfill")
+}
+
+/// `key` of the newest JSON line in `log_tail` that has it (and, if given, this `message`).
+fn newest<T: serde::de::DeserializeOwned>(
+    log_tail: &str,
+    message: Option<&str>,
+    key: &str,
+) -> Option<T> {
     log_tail.lines().rev().find_map(|raw| {
         let v: serde_json::Value = serde_json::from_str(&raw[raw.find('{')?..]).ok()?;
-        serde_json::from_value(v.get("backfill")?.clone()).ok()
+        if message.is_some_and(|m| v.get("message").and_then(|x| x.as_str()) != Some(m)) {
+            return None;
+        }
+        serde_json::from_value(v.get(key)?.clone()).ok()
     })
 }
 
@@ -288,7 +298,7 @@ pub fn tenants_line(t: &TenantsStatus) -> String {
     serde_json::json!({
         "timestamp": jiff::Timestamp::now().to_string(),
         "level": "INFO",
-        "message": "tenants progress",
+        "message": TENANTS_PROGRESS,
         "tenants": t,
     })
     .to_string()
@@ -296,14 +306,11 @@ pub fn tenants_line(t: &TenantsStatus) -> String {
 
 /// The newest tenants line in the tail of the executor's log, if any.
 pub fn tenants_progress(log_tail: &str) -> Option<TenantsStatus> {
-    log_tail.lines().rev().find_map(|raw| {
-        let v: serde_json::Value = serde_json::from_str(&raw[raw.find('{')?..]).ok()?;
-        if v.get("message")?.as_str()? != "tenants progress" {
-            return None;
-        }
-        serde_json::from_value(v.get("tenants")?.clone()).ok()
-    })
+    newest(log_tail, Some(TENANTS_PROGRESS), "tenants")
 }
+
+/// The message of [`tenants_line`].
+const TENANTS_PROGRESS: &str = "tenants progress";
 
 impl TenantsStatus {
     /// One line for a status message while the tenants run.

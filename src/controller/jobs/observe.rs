@@ -249,22 +249,21 @@ pub async fn observe(
     let holdup = match stuck_reason(&job_pods, created, &apis.events, &name, hide).await? {
         Some(why) => Some(Holdup::Stuck(why)),
         // Only Phasegate's own executor writes wait lines; a user Job's log is not ours to read.
-        // A backfill's log also carries its progress.
-        None if !user_job && phase == JobPhase::Backfill => executor_log(&apis.pod_logs, &job_pods)
-            .await
-            .and_then(|log| {
-                crate::protocol::log::current_wait(&log)
-                    .map(Holdup::Waiting)
-                    .or_else(|| crate::protocol::log::progress(&log).map(Holdup::Progress))
-            }),
-        // A fleet's log also carries its tenants so far.
-        None if !user_job && dbm.spec.tenants.is_some() => executor_log(&apis.pod_logs, &job_pods)
-            .await
-            .and_then(|log| {
-                crate::protocol::log::current_wait(&log)
-                    .map(Holdup::Waiting)
-                    .or_else(|| crate::protocol::log::tenants_progress(&log).map(Holdup::Tenants))
-            }),
+        // A backfill's log also carries its progress, a fleet phase's its tenants so far.
+        None if !user_job && (phase == JobPhase::Backfill || dbm.spec.tenants.is_some()) => {
+            executor_log(&apis.pod_logs, &job_pods)
+                .await
+                .and_then(|log| {
+                    use crate::protocol::log::{current_wait, progress, tenants_progress};
+                    current_wait(&log).map(Holdup::Waiting).or_else(|| {
+                        if phase == JobPhase::Backfill {
+                            progress(&log).map(Holdup::Progress)
+                        } else {
+                            tenants_progress(&log).map(Holdup::Tenants)
+                        }
+                    })
+                })
+        }
         None if !user_job => executor_wait(&apis.pod_logs, &job_pods)
             .await
             .map(Holdup::Waiting),

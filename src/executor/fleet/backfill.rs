@@ -11,10 +11,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::Instrument;
 
+use super::super::backfill::PROGRESS_EVERY;
 use super::super::connect::Scrubber;
 use super::super::Config;
 use super::servers::{self, Planned, Server};
@@ -24,9 +25,8 @@ use super::{late, target, TenantKind};
 use crate::api::{BackfillProgress, TenantsSpec, TenantsStatus};
 use crate::protocol::report::{Outcome, Report, ReportError};
 
-/// One aggregate progress line per this interval…
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-/// …and one per this many finished tenants, and at the end of each wave: the operator reads
+/// One aggregate progress line per [`PROGRESS_EVERY`] (as a single backfill prints its own),
+/// and one per this many finished tenants, and at the end of each wave: the operator reads
 /// the log's last 50 lines, and a tenant logs its warnings (throttled, a failure).
 const PROGRESS_EVERY_TENANTS: u32 = 5;
 

@@ -17,11 +17,9 @@ mod waves;
 
 use std::time::{Duration, Instant};
 
-/// How often a fleet prints its tenants so far (the operator reads the newest line).
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-
 use tracing::Instrument;
 
+use super::backfill::PROGRESS_EVERY;
 use super::connect::Scrubber;
 use super::{Config, Outcome, Phase, Report, ReportError};
 use crate::api::{TenantsSpec, TenantsStatus};
