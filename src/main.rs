@@ -121,10 +121,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(phasegate::plugin::hoist_flags(
         std::env::args_os().collect(),
     ));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `apply` waits on the database nearly all the time: one thread, so that no round trip
+    // hands its reply from one thread to another (a fleet's tenants interleave on it); measured
+    // 5-9 % faster on `make bench-fanout`, with less CPU.
+    let mut builder = match cli.command {
+        Command::Apply(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

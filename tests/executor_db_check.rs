@@ -750,3 +750,39 @@ async fn the_race_window_before_commit_is_measured() {
     eprintln!("gate-to-commit windows (µs): {windows:?}");
     assert!(windows.iter().all(|us| *us < 1_000_000), "{windows:?}");
 }
+
+/// A role that sees every session (pg_read_all_stats) has its look skip `pg_locks`; if a
+/// session is hidden after all (the grant was revoked since the run began), the look reads
+/// `pg_locks` at once and waits out that session's transaction as without the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_hidden_since_the_run_began_is_still_waited_out() {
+    use phasegate::executor::dbcheck::{Checker, Reason};
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    c.batch_execute(
+        "CREATE ROLE app LOGIN PASSWORD 'app-pw';
+         CREATE ROLE migr LOGIN PASSWORD 'migr-pw';",
+    )
+    .await
+    .expect("roles");
+    let port = pg.port();
+    let app_url = format!("postgres://app:app-pw@127.0.0.1:{port}/postgres?sslmode=disable");
+    let migr_url = format!("postgres://migr:migr-pw@127.0.0.1:{port}/postgres?sslmode=disable");
+    let (tx, tx_pid) = session(&app_url, "psql").await;
+    begin(&tx).await;
+    let migr = connect(&migr_url).await;
+    // The run began with the grant (sees_all); it is not there now.
+    let mut checker = Checker::new("2.0.0", Some(jiff::Timestamp::now().to_string()), None);
+    checker.sees_all = true;
+    let seen = checker.observe(&migr).await.expect("observe");
+    assert_eq!(
+        seen.blockers
+            .iter()
+            .map(|b| (b.pid, b.reason.clone()))
+            .collect::<Vec<_>>(),
+        [(tx_pid, Reason::HiddenTransaction)],
+        "{seen:?}"
+    );
+    assert!(!checker.sees_all, "later looks read pg_locks too");
+    tx.batch_execute("COMMIT").await.expect("commit");
+}

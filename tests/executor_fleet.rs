@@ -498,3 +498,118 @@ async fn a_wave_finishes_before_the_next_wave_starts() {
     assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
     assert_eq!(tally(&r), (8, 8, 0, 0));
 }
+
+/// Backends of `phasegate` runs on the server (every database), polled until there are `want`
+/// or `within` has passed: a connection the executor closed leaves a moment later.
+async fn executor_backends(c: &tokio_postgres::Client, want: i64, within: Duration) -> i64 {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'phasegate'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if n == want || tokio::time::Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A tenant's run holds one connection while it applies (the advisory lock is taken inside its
+/// own transaction; a second connection is opened only for a statement outside a transaction
+/// block): `maxConcurrent` tenants at once hold `maxConcurrent` connections, not twice that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_applying_holds_one_connection() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 3).await;
+    let mut child = fleet_expand(&pg, r#"{"schemas":"tenant\\_%","maxConcurrent":1}"#)
+        .env("PHASEGATE_FAILPOINT", "pause-before-commit")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let reached = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("failpoint pause-before-commit") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(reached, "failpoint not reached");
+    let n = executor_backends(&c, 1, Duration::from_secs(5)).await;
+    child.start_kill().expect("SIGKILL");
+    let _ = child.wait().await;
+    assert_eq!(n, 1, "connections of the executor while a tenant applies");
+    assert!(
+        with_column(&c, "verified").await.is_empty(),
+        "nothing committed"
+    );
+}
+
+/// `sessions` of pg_stat_database (connections ever opened) of each database, by name.
+async fn sessions_opened(c: &tokio_postgres::Client, dbs: &[&str]) -> Vec<i64> {
+    let mut out = Vec::new();
+    for db in dbs {
+        let n: i64 = c
+            .query_one(
+                "SELECT sessions FROM pg_stat_database WHERE datname = $1",
+                &[db],
+            )
+            .await
+            .expect("pg_stat_database")
+            .get(0);
+        out.push(n);
+    }
+    out
+}
+
+/// Connections opened in each database by `run`, once the executor's have all left.
+async fn opened_by(c: &tokio_postgres::Client, dbs: &[&str], run: &Config) -> Vec<i64> {
+    let before = sessions_opened(c, dbs).await;
+    let r = executor::execute(run).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
+    executor_backends(c, 0, Duration::from_secs(10)).await;
+    // A backend's counts reach the shared statistics as it exits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = sessions_opened(c, dbs).await;
+    after.iter().zip(before).map(|(a, b)| a - b).collect()
+}
+
+/// A database tenant's expand opens one connection in its database, and so does its contract,
+/// whose look at expand (for a tenant created since) shares the contract's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_tenant_opens_one_connection_per_phase() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    let dbs = ["shop_a", "shop_b", "shop_c"];
+    for db in dbs {
+        c.batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .expect("db");
+        pg.client_for_db(db)
+            .await
+            .batch_execute("CREATE TABLE users (id int, legacy text)")
+            .await
+            .expect("table");
+    }
+    let tenants = TenantsSpec {
+        databases: Some("shop\\_%".into()),
+        max_concurrent: 2,
+        ..TenantsSpec::default()
+    };
+    let expand = cfg(&pg, Phase::Expand, EXPAND, tenants.clone());
+    assert_eq!(opened_by(&c, &dbs, &expand).await, [1, 1, 1], "expand");
+    let mut contract = cfg(&pg, Phase::Contract, CONTRACT, tenants);
+    contract.tenant_expand_sql = Some(EXPAND.into());
+    contract.require_expand = true;
+    assert_eq!(opened_by(&c, &dbs, &contract).await, [1, 1, 1], "contract");
+}

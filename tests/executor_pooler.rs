@@ -176,3 +176,36 @@ async fn no_settings_leak_to_the_next_client_of_a_pooled_connection() {
     // Two application transactions open at once: one on each server connection.
     pooler.assert_no_settings_left().await;
 }
+
+/// A phase of transactional statements needs one server connection, not two: it takes the
+/// advisory lock inside its own transactions (only a statement outside a transaction block
+/// opens the guard). Through transaction pooling with a pool of one, a run that held the lock
+/// on a second connection would wait for a server connection its own guard holds, until
+/// PgBouncer's `query_wait_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_phase_needs_one_server_connection() {
+    use support::pgbouncer::Options;
+    let pg = TestPostgres::start();
+    let direct = setup(&pg).await;
+    let opts = Options {
+        extra: "query_wait_timeout = 5\n".into(),
+        ..Options::new(PoolMode::Transaction, 1)
+    };
+    let pooler = TestPgBouncer::start_with(&pg, &opts);
+    let sql = "ALTER TABLE users ADD COLUMN one int;\nCREATE INDEX users_one_idx ON users (one);";
+    let run = cfg(&pooler.url(), "one", sql);
+    let r = executor::execute(&run).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", describe(&r));
+    let again = executor::execute(&run).await;
+    assert_eq!(
+        again.outcome,
+        Outcome::AlreadyApplied,
+        "{}",
+        describe(&again)
+    );
+    assert_eq!(
+        advisory_locks(&direct).await,
+        0,
+        "advisory locks left behind"
+    );
+}

@@ -48,7 +48,7 @@ pub struct TenantsSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub waves: Vec<IntOrString>,
-    /// Tenants run at once on each server after the canaries (each holds two connections).
+    /// Tenants run at once on each server after the canaries (each holds one connection).
     /// Default 4.
     #[serde(default = "default_max_concurrent")]
     #[schemars(range(min = 1, max = 64))]

@@ -412,6 +412,9 @@ pub struct Config {
     /// A fleet tenant's run: its routine lines (applying, committed, done) are left out; the
     /// fleet prints progress instead, so the log does not grow with the tenants.
     pub quiet: bool,
+    /// What runs on the same server as the same role all learn alike (shared by clones: a
+    /// fleet's tenants ask once).
+    pub facts: super::facts::ServerFacts,
     /// A schema tenant's run: its session's `search_path` (set on the reused connection).
     pub search_path: Option<String>,
     /// Contract with tenants: expand's SQL, for a tenant created since expand ran.
@@ -477,6 +480,7 @@ impl Config {
             advisory_obj: super::locks::ADVISORY_OBJ,
             sessions: None,
             quiet: false,
+            facts: Default::default(),
             search_path: None,
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(600),
@@ -631,6 +635,7 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
         advisory_obj: super::locks::ADVISORY_OBJ,
         sessions: None,
         quiet: false,
+        facts: Default::default(),
         search_path: None,
         tenant_expand_sql: args.tenant_expand_sql.filter(|_| contract),
         server_urls: args.server_urls,

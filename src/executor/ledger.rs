@@ -56,6 +56,11 @@ pub async fn ensure<C: GenericClient>(c: &C) -> Result<(), tokio_postgres::Error
     Ok(())
 }
 
+/// Whether `e` says the ledger does not exist (undefined table or schema).
+pub fn is_missing(e: &tokio_postgres::Error) -> bool {
+    matches!(e.code().map(|c| c.code()), Some("42P01" | "3F000"))
+}
+
 /// Identity of the migration a phase belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -163,6 +168,47 @@ pub async fn claim<C: GenericClient>(
     checksum: &str,
     total: usize,
 ) -> Result<usize, tokio_postgres::Error> {
+    let (inserted, row) = futures::future::join(
+        insert_claim(c, id, phase, checksum, total),
+        lock_row(c, id, phase),
+    )
+    .await;
+    inserted?;
+    Ok(done_under(&row?, checksum))
+}
+
+/// [`claim`], then [`record`] of `done` statements, all sent at once (the server runs them in
+/// this order, in the caller's transaction): one round trip. Returns what [`claim`] returns; when
+/// that is `done` or more, the caller rolls back (the record goes with it).
+#[allow(clippy::too_many_arguments)]
+pub async fn claim_and_record<C: GenericClient>(
+    c: &C,
+    id: &Identity,
+    phase: &str,
+    checksum: &str,
+    total: usize,
+    done: usize,
+    attempts: u32,
+) -> Result<usize, tokio_postgres::Error> {
+    let (inserted, row, recorded) = futures::future::join3(
+        insert_claim(c, id, phase, checksum, total),
+        lock_row(c, id, phase),
+        record(c, id, phase, checksum, total, done, attempts),
+    )
+    .await;
+    inserted?;
+    let before = done_under(&row?, checksum);
+    recorded?;
+    Ok(before)
+}
+
+async fn insert_claim<C: GenericClient>(
+    c: &C,
+    id: &Identity,
+    phase: &str,
+    checksum: &str,
+    total: usize,
+) -> Result<u64, tokio_postgres::Error> {
     let total = i32::try_from(total).unwrap_or(i32::MAX);
     c.execute_typed(
         "INSERT INTO phasegate.ledger
@@ -181,25 +227,35 @@ pub async fn claim<C: GenericClient>(
             (&EXECUTOR_VERSION, Type::TEXT),
         ],
     )
-    .await?;
-    let row = c
-        .query_typed_one(
-            "SELECT checksum, statements_done FROM phasegate.ledger
-              WHERE namespace = $1 AND name = $2 AND phase = $3 FOR UPDATE",
-            &[
-                (&id.namespace, Type::TEXT),
-                (&id.name, Type::TEXT),
-                (&phase, Type::TEXT),
-            ],
-        )
-        .await?;
+    .await
+}
+
+async fn lock_row<C: GenericClient>(
+    c: &C,
+    id: &Identity,
+    phase: &str,
+) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+    c.query_typed_one(
+        "SELECT checksum, statements_done FROM phasegate.ledger
+          WHERE namespace = $1 AND name = $2 AND phase = $3 FOR UPDATE",
+        &[
+            (&id.namespace, Type::TEXT),
+            (&id.name, Type::TEXT),
+            (&phase, Type::TEXT),
+        ],
+    )
+    .await
+}
+
+/// Statements done according to the locked row, none when recorded under another checksum.
+fn done_under(row: &tokio_postgres::Row, checksum: &str) -> usize {
     let recorded: String = row.get(0);
     let done: i32 = row.get(1);
-    Ok(if recorded == checksum {
+    if recorded == checksum {
         usize::try_from(done).unwrap_or(0)
     } else {
         0
-    })
+    }
 }
 
 /// Re-attributes an applied phase to the object `id` (same namespace and name, a new uid), once

@@ -71,15 +71,17 @@ impl std::fmt::Display for Blocker {
     }
 }
 
-/// Takes the advisory lock in a transaction of `guard`, a connection of its own, trying
+/// Takes the advisory lock in a new transaction of `on` (the run's connection, to create the
+/// ledger or to wait until another migration is done; the guard, for a statement outside a
+/// transaction block), trying
 /// `pg_try_advisory_xact_lock` until `timeout`; returns the time waited, or the holder's pid.
-/// The lock is transaction-scoped, so nothing outlives the guard's transaction on a pooled
-/// server connection (a session-level lock taken through a transaction pooler stays on the
-/// server connection after the client has gone); [`advisory_unlock`] ends the transaction, as
-/// does the guard's connection closing. `idle` bounds how long the guard's transaction may sit
-/// idle (`idle_in_transaction_session_timeout`; zero: no bound).
+/// The lock is transaction-scoped, so nothing outlives the transaction on a pooled server
+/// connection (a session-level lock taken through a transaction pooler stays on the server
+/// connection after the client has gone); [`advisory_unlock`] ends the transaction, as does
+/// the connection closing. `idle` bounds how long the transaction may sit idle
+/// (`idle_in_transaction_session_timeout`; zero: no bound).
 pub async fn advisory_lock(
-    guard: &Client,
+    on: &Client,
     obj: i32,
     timeout: Duration,
     idle: Duration,
@@ -89,17 +91,16 @@ pub async fn advisory_lock(
     let mut logged = false;
     // Constants only, in one simple query: no prepared statement, one round trip.
     let try_lock = format!(
-        "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{}ms'; \
-         SELECT pg_try_advisory_xact_lock({ADVISORY_CLASS}, {obj})",
-        idle.as_millis()
+        "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{}ms'; {}",
+        idle.as_millis(),
+        try_lock_sql(obj)
     );
     loop {
-        let got = guard
-            .simple_query(&try_lock)
-            .await
-            .map_err(AdvisoryError::Db)?
-            .iter()
-            .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("t")));
+        let got = lock_granted(
+            &on.simple_query(&try_lock)
+                .await
+                .map_err(AdvisoryError::Db)?,
+        );
         if got {
             waits.done(Kind::AdvisoryLock);
             // The first try is no wait; only time spent behind another holder counts.
@@ -109,8 +110,8 @@ pub async fn advisory_lock(
                 Duration::ZERO
             });
         }
-        advisory_unlock(guard).await;
-        let holder = advisory_holder(guard, obj).await.ok().flatten();
+        advisory_unlock(on).await;
+        let holder = advisory_holder(on, obj).await.ok().flatten();
         if start.elapsed() >= timeout {
             return Err(AdvisoryError::Timeout {
                 waited: start.elapsed(),
@@ -131,9 +132,22 @@ pub async fn advisory_lock(
     }
 }
 
-/// Ends the guard's transaction, and with it the advisory lock (a no-op without one).
-pub async fn advisory_unlock(guard: &Client) {
-    let _ = guard.batch_execute("ROLLBACK").await;
+/// The query that tries the advisory lock of `obj` in the current transaction, without
+/// waiting (see [`lock_granted`]).
+pub fn try_lock_sql(obj: i32) -> String {
+    format!("SELECT pg_try_advisory_xact_lock({ADVISORY_CLASS}, {obj})")
+}
+
+/// Whether the replies of a simple query ending in [`try_lock_sql`] say the lock was taken.
+pub fn lock_granted(replies: &[SimpleQueryMessage]) -> bool {
+    replies
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("t")))
+}
+
+/// Ends the transaction [`advisory_lock`] began, and with it the lock (a no-op without one).
+pub async fn advisory_unlock(on: &Client) {
+    let _ = on.batch_execute("ROLLBACK").await;
 }
 
 async fn advisory_holder(client: &Client, obj: i32) -> Result<Option<i32>, tokio_postgres::Error> {
@@ -204,14 +218,94 @@ pub async fn add_implicit_targets(
     statements: &[Statement],
     targets: &mut BTreeMap<TableRef, LockMode>,
 ) -> Result<(), tokio_postgres::Error> {
-    for s in statements {
-        for reach in &s.reaches {
-            for (t, role) in implied_by(client, reach).await? {
-                raise(targets, t, implied_mode(reach, &role));
-            }
+    add_implicit_and_look(client, statements, targets, false)
+        .await
+        .map(|_| ())
+}
+
+/// [`add_implicit_targets`], and whether the targets are certainly free: `look` asks, in the
+/// same query, whether any other backend (or prepared transaction) holds or awaits any lock on
+/// the named targets at all. True only when that is not so and no statement reaches another
+/// table: then [`wait_until_clear`] would find nothing to wait for, and need not look.
+pub async fn add_implicit_and_look(
+    client: &Client,
+    statements: &[Statement],
+    targets: &mut BTreeMap<TableRef, LockMode>,
+    look: bool,
+) -> Result<bool, tokio_postgres::Error> {
+    let reaches: Vec<&Reach> = statements.iter().flat_map(|s| &s.reaches).collect();
+    if reaches.is_empty() && (targets.is_empty() || !look) {
+        // Nothing to resolve; no target at all is nothing to wait for.
+        return Ok(look && targets.is_empty());
+    }
+    let named: Vec<String> = if look {
+        targets.keys().map(qualified).collect()
+    } else {
+        Vec::new()
+    };
+    let (alone, locked) = first_look(client, &reaches, &named).await?;
+    let mut free = !locked;
+    for (reach, alone) in reaches.into_iter().zip(alone) {
+        if alone {
+            continue;
+        }
+        free = false;
+        for (t, role) in implied_by(client, reach).await? {
+            raise(targets, t, implied_mode(reach, &role));
         }
     }
-    Ok(())
+    Ok(look && free)
+}
+
+/// One cheap query: for each reach, whether [`implied_by`] would find nothing for it (its table
+/// is missing, or is an ordinary table with no partitions or inheritance children, no parent,
+/// and no foreign key on either side; an index, for `DROP INDEX`, always asks) — that is most
+/// tables, and the full query costs milliseconds of planning on the server each time, once per
+/// tenant in a fleet run; and whether another backend has any lock on the `named` tables.
+async fn first_look(
+    client: &Client,
+    reaches: &[&Reach],
+    named: &[String],
+) -> Result<(Vec<bool>, bool), tokio_postgres::Error> {
+    let names: Vec<String> = reaches.iter().map(|r| qualified(&r.table)).collect();
+    let row = client
+        .query_typed_one(
+            "WITH r AS (
+                 SELECT u.ord, c.oid, c.relkind, c.relhassubclass
+                   FROM unnest($1::text[]) WITH ORDINALITY AS u(name, ord)
+                   LEFT JOIN pg_class c ON c.oid = to_regclass(u.name))
+             SELECT ARRAY(
+                      SELECT r.oid IS NULL
+                             OR (r.relkind = 'r' AND NOT r.relhassubclass
+                                 AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = r.oid)
+                                 AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f'
+                                                  AND (k.conrelid = r.oid OR k.confrelid = r.oid)))
+                        FROM r ORDER BY r.ord),
+                    EXISTS (SELECT 1 FROM pg_locks l
+                             WHERE l.locktype = 'relation'
+                               AND l.pid IS DISTINCT FROM pg_backend_pid()
+                               AND l.relation IN (SELECT to_regclass(n) FROM unnest($2::text[]) AS n)
+                               AND l.database = (SELECT oid FROM pg_database
+                                                  WHERE datname = current_database()))",
+            &[(&names, Type::TEXT_ARRAY), (&named, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    let alone: Vec<bool> = row.get(0);
+    let alone = reaches
+        .iter()
+        .zip(alone.into_iter().chain(std::iter::repeat(false)))
+        .map(|(reach, alone)| alone && !reach.index)
+        .collect();
+    Ok((alone, row.get(1)))
+}
+
+/// `t` quoted for `to_regclass`, unqualified when the statement leaves it to `search_path`.
+fn qualified(t: &TableRef) -> String {
+    if t.schema.is_empty() {
+        quote_ident(&t.name)
+    } else {
+        format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
+    }
 }
 
 /// The lock PostgreSQL takes on a table found by [`implied_by`] in the role it names.
@@ -230,12 +324,7 @@ async fn implied_by(
     client: &Client,
     reach: &Reach,
 ) -> Result<Vec<(TableRef, String)>, tokio_postgres::Error> {
-    let t = &reach.table;
-    let name = if t.schema.is_empty() {
-        quote_ident(&t.name)
-    } else {
-        format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
-    };
+    let name = qualified(&reach.table);
     let rows = client
         .query_typed(
             "WITH RECURSIVE named AS (SELECT to_regclass($1)::oid AS oid),

@@ -1,14 +1,14 @@
 //! `phasegate apply`: runs one phase (expand or contract) of a migration against PostgreSQL,
 //! exactly once, without stalling application traffic while it waits for locks.
 //!
-//! Order of work: parse and classify the SQL (before touching the database), connect, consult
-//! the ledger under the per-database advisory lock, then run the statements: consecutive
-//! transactional statements as one transaction that also writes the ledger row; statements that
-//! cannot run in a transaction block one by one, with the ledger recording progress after each.
-//! Each attempt first waits outside the lock queue ([`locks`]) and, for contract, for the
-//! database-side check ([`dbcheck`]), without the advisory lock; then takes the advisory lock,
-//! reads the ledger again, and holds the lock until COMMIT. Contract runs the check once more
-//! inside the transaction, with its locks held, right before COMMIT.
+//! Order of work: parse and classify the SQL (before touching the database), connect, read the
+//! ledger, then run the statements: consecutive transactional statements as one transaction
+//! that also writes the ledger row; statements that cannot run in a transaction block one by
+//! one, with the ledger recording progress after each. Each attempt first waits outside the
+//! lock queue ([`locks`]) and, for contract, for the database-side check ([`dbcheck`]), without
+//! the per-database advisory lock; then takes the advisory lock (inside the attempt's own
+//! transaction), claims the ledger row, and holds the lock until COMMIT. Contract runs the check
+//! once more inside the transaction, with its locks held, right before COMMIT.
 //!
 //! The fence: a stop request (SIGTERM, SIGINT; see [`stop`]) ends every wait at once, cancels a
 //! statement in flight, rolls the transaction back and is checked again immediately before
@@ -20,6 +20,7 @@ pub mod connect;
 pub mod dbcheck;
 mod dbcheck_run;
 mod error;
+mod facts;
 pub mod fleet;
 pub mod grant;
 pub mod ledger;
@@ -244,16 +245,11 @@ async fn run(
     // A fleet run's next tenant takes the connections the last one gave back.
     let reused = cfg.sessions.as_ref().and_then(sessions::Sessions::take);
     let (reused_guard, (mut client, settings, version)) = match reused {
-        Some(p) => (Some(p.guard), (p.client, p.settings, p.version)),
+        Some(p) => (p.guard, (p.client, p.settings, p.version)),
         None => (None, session::open(cfg, scrub).await?),
     };
-    if let Some(schema) = &cfg.search_path {
-        let set = format!("SET search_path TO \"{}\"", schema.replace('"', "\"\""));
-        client
-            .batch_execute(&set)
-            .await
-            .map_err(|e| ApplyError::db(&e, None))?;
-    }
+    // A schema tenant's search_path is set with the setup below: nothing before it resolves
+    // an unqualified name.
     let mut waits = Waits::new();
     let waited = order::wait_for_earlier(
         &client,
@@ -269,18 +265,14 @@ async fn run(
             "earlier migrations on this database applied their expand"
         );
     }
-    let guard = match reused_guard {
-        Some(g) => g,
-        None => session::open_guard(cfg, &settings, scrub).await?,
-    };
-
     let mut runner = Runner {
         cfg,
         sum,
         server_version: version,
         settings,
         cancel: client.cancel_token(),
-        guard,
+        scrub,
+        guard: reused_guard,
         guard_idle: guard_idle(cfg, statements.len()),
         stats,
         db_check: DbCheckRun::new(cfg, scrub)?,
@@ -302,37 +294,34 @@ async fn run(
         ),
     };
     if !cfg.lock_wait_timeout.is_zero() || runner.db_check.checker.is_some() {
-        // Once per run; the database check reuses it rather than adding its own.
-        runner.stats.db_check_warning = locks::visibility_warning(&client)
+        // Once per run (a fleet's tenants: once per phase); the database check reuses it
+        // rather than adding its own.
+        runner.stats.db_check_warning = cfg
+            .facts
+            .visibility(&runner.settings, &client)
             .await
             .map_err(|e| ApplyError::db(&e, None))?;
         if let Some(w) = &runner.stats.db_check_warning {
             tracing::warn!("{}", scrub.scrub(w));
         }
+        if let Some(checker) = runner.db_check.checker.as_mut() {
+            checker.sees_all = runner.stats.db_check_warning.is_none();
+        }
     }
     if runner.db_check.checker.is_some() && cfg.pooler.is_none() {
-        let pooler = pooler_clients::undeclared_pooler_warning(&client, &runner.settings).await;
+        let port = cfg.facts.port(&runner.settings, &client).await;
+        let pooler = pooler_clients::undeclared_pooler_warning(port, &runner.settings);
         if let Some(w) = pooler {
             tracing::warn!("{}", scrub.scrub(&w));
             runner.stats.add_warning(w);
         }
     }
-    // The per-database advisory lock serialises what touches the ledger and applies SQL; it is
-    // held for the setup below and then only for each attempt, never while waiting for tables or
-    // the database check, so a contract waiting for an old transaction does not hold up other
-    // migrations on the same database.
-    runner.lock_database().await?;
-    if cfg.require_expand {
-        // Before creating anything: this may not be our database at all.
-        require_expand(&client, id).await?;
-    }
-    ledger::ensure(&client)
-        .await
-        .map_err(|e| ApplyError::db(&e, None))?;
-
-    let entry = ledger::get(&client, id, phase)
-        .await
-        .map_err(|e| ApplyError::db(&e, None))?;
+    // The per-database advisory lock serialises what applies SQL: it is held only for each
+    // attempt (and to create the ledger where there is none), never while waiting for tables
+    // or the database check, so a contract waiting for an old transaction does not hold up
+    // other migrations on the same database. Reading the ledger needs no lock: each attempt
+    // claims its row (and reads it again) under the lock.
+    let entry = read_ledger(&mut runner, &client).await?;
     let mut done = 0usize;
     // A row an earlier object of the same name wrote for other SQL (the migration was deleted
     // and created anew with new SQL): this object is another migration and runs its own.
@@ -373,7 +362,6 @@ async fn run(
             if !cfg.quiet {
                 tracing::info!("phase already applied with the same checksum; nothing to do");
             }
-            runner.unlock_database().await;
             give_back(client, runner);
             return Ok(Outcome::AlreadyApplied);
         }
@@ -386,8 +374,6 @@ async fn run(
             "resuming a partially applied phase"
         );
     }
-
-    runner.unlock_database().await;
 
     let steps = steps(&statements, done, version);
     let n_steps = steps.len();
@@ -407,6 +393,77 @@ async fn run(
     }
     give_back(client, runner);
     Ok(Outcome::Applied)
+}
+
+/// The phase's ledger row, with what must come first, all sent at once (one round trip): a
+/// schema tenant's `search_path` on the session, and PHASEGATE_REQUIRE_EXPAND's look at expand's
+/// row (before anything is created: this may not be our database at all). Where there is no
+/// ledger yet, creates it under the advisory lock and reads again.
+async fn read_ledger(
+    runner: &mut Runner<'_>,
+    client: &Client,
+) -> Result<Option<ledger::Entry>, ApplyError> {
+    let cfg = runner.cfg;
+    let (id, phase) = (&cfg.identity, cfg.phase.as_str());
+    let db = |e: tokio_postgres::Error| ApplyError::db(&e, None);
+    let search_path = async {
+        match &cfg.search_path {
+            Some(schema) => {
+                let sql = format!("SET search_path TO \"{}\"", schema.replace('"', "\"\""));
+                client.batch_execute(&sql).await
+            }
+            None => Ok(()),
+        }
+    };
+    let required = async {
+        match cfg.require_expand {
+            true => require_expand(client, id).await,
+            false => Ok(()),
+        }
+    };
+    let (set, required, entry) =
+        futures::future::join3(search_path, required, ledger::get(client, id, phase)).await;
+    set.map_err(db)?;
+    required?;
+    match entry {
+        Ok(entry) => return Ok(entry),
+        Err(e) if !ledger::is_missing(&e) => return Err(db(e)),
+        Err(_) => {}
+    }
+    runner.begin_setup(client).await?;
+    ledger::ensure(client).await.map_err(db)?;
+    let entry = ledger::get(client, id, phase).await.map_err(db)?;
+    runner.end_setup(client).await?;
+    Ok(entry)
+}
+
+/// Whether `cfg`'s phase is recorded applied in its database, for the same SQL and by this
+/// object (a run would find nothing to do): a fleet contract's look at a tenant's expand, one
+/// query on the connection its runs share (from `cfg.sessions`, or opened and left there for
+/// the run that follows). False whenever it cannot tell: then the phase runs, with every
+/// guarantee, and finds out itself.
+async fn recorded_applied(cfg: &Config) -> bool {
+    let Some(sessions) = &cfg.sessions else {
+        return false;
+    };
+    let pair = match sessions.take() {
+        Some(p) => p,
+        None => match session::open(cfg, &Scrubber::for_urls(&cfg.secret_urls())).await {
+            Ok((client, settings, version)) => sessions::Pair {
+                client,
+                guard: None,
+                settings,
+                version,
+            },
+            Err(_) => return false,
+        },
+    };
+    let id = &cfg.identity;
+    let entry = ledger::get(&pair.client, id, cfg.phase.as_str()).await;
+    sessions.put(pair);
+    matches!(entry, Ok(Some(e)) if e.applied
+        && e.checksum == checksum(&cfg.sql)
+        && (id.uid.is_empty() || e.uid == id.uid))
 }
 
 /// A run that ended cleanly gives its connections back for a fleet run's next tenant.
@@ -440,18 +497,14 @@ fn guard_idle(cfg: &Config, statements: usize) -> Duration {
 /// migration (namespace, name, uid). Reads only; creates nothing.
 async fn require_expand(client: &Client, id: &Identity) -> Result<(), ApplyError> {
     let db = |e: tokio_postgres::Error| ApplyError::db(&e, None);
-    let has_ledger: bool = client
-        .query_typed_one("SELECT to_regclass('phasegate.ledger') IS NOT NULL", &[])
-        .await
-        .map_err(db)?
-        .get(0);
-    let entry = if has_ledger {
-        ledger::get(client, id, Phase::Expand.as_str())
-            .await
-            .map_err(db)?
-    } else {
-        None
-    };
+    // Both at once: where there is no ledger the read fails, and is not looked at.
+    let (has_ledger, entry) = futures::future::join(
+        client.query_typed_one("SELECT to_regclass('phasegate.ledger') IS NOT NULL", &[]),
+        ledger::get(client, id, Phase::Expand.as_str()),
+    )
+    .await;
+    let has_ledger: bool = has_ledger.map_err(db)?.get(0);
+    let entry = if has_ledger { entry.map_err(db)? } else { None };
     let (ns, name) = (&id.namespace, &id.name);
     let why = match entry {
         None if !has_ledger => format!(

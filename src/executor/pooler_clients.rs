@@ -70,21 +70,20 @@ pub fn admin_settings(
     Ok(settings)
 }
 
-/// With no pooler declared: a warning when the server's own port (`inet_server_port()`) is not
-/// the one the URL connects to, which is what PgBouncer (conventionally on 6432) in between
-/// looks like. Cheap (one query) but partial: a pooler on the server's port (CloudNativePG's
-/// Poolers listen on 5432) is not noticed, and a Service that maps ports is taken for one.
-pub async fn undeclared_pooler_warning(client: &Client, settings: &ConnSettings) -> Option<String> {
+/// With no pooler declared: a warning when the server's own port (`inet_server_port()`, read by
+/// [`server_port`]) is not the one the URL connects to, which is what PgBouncer (conventionally
+/// on 6432) in between looks like. Cheap (one query) but partial: a pooler on the server's port
+/// (CloudNativePG's Poolers listen on 5432) is not noticed, and a Service that maps ports is
+/// taken for one.
+pub fn undeclared_pooler_warning(
+    server_port: Option<i32>,
+    settings: &ConnSettings,
+) -> Option<String> {
     let [_] = settings.config.get_hosts() else {
         return None; // several hosts: which one answered is unknown
     };
     let url_port = settings.config.get_ports().first().copied().unwrap_or(5432);
-    let row = client
-        .query_typed_one("SELECT inet_server_port()", &[])
-        .await
-        .ok()?;
-    // NULL over a Unix socket.
-    let server_port: i32 = row.get::<_, Option<i32>>(0)?;
+    let server_port = server_port?;
     (server_port != i32::from(url_port)).then(|| {
         format!(
             "the server listens on port {server_port} but the database URL connects to port \
@@ -93,6 +92,16 @@ pub async fn undeclared_pooler_warning(client: &Client, settings: &ConnSettings)
              (PHASEGATE_POOLER) so that it reads them from PgBouncer's SHOW CLIENTS"
         )
     })
+}
+
+/// The port the server listens on (`inet_server_port()`); None over a Unix socket, or when it
+/// cannot be read.
+pub async fn server_port(client: &Client) -> Option<i32> {
+    let row = client
+        .query_typed_one("SELECT inet_server_port()", &[])
+        .await
+        .ok()?;
+    row.get::<_, Option<i32>>(0)
 }
 
 /// One pooler address: its name in messages, and the settings that reach exactly it.

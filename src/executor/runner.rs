@@ -9,15 +9,17 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio_postgres::{CancelToken, Client};
 
-use super::connect::{self, ConnSettings};
+use super::connect::{self, ConnSettings, Scrubber};
 use super::dbcheck_run::DbCheckRun;
 use super::error::{or_stop, ApplyError};
 use super::grant::Grant;
 use super::rerun::{self, Rerun};
-use super::session::{local_settings, pg_ms, transaction_timeout};
+use super::session::{
+    self, idle_in_transaction_timeout, local_settings, pg_ms, transaction_timeout,
+};
 use super::stats::Stats;
 use super::stop::Stop;
-use super::waits::Waits;
+use super::waits::{Kind, Waits};
 use super::{dbcheck, ledger, locks, Config};
 use crate::sql::Statement;
 
@@ -31,10 +33,13 @@ pub(super) struct Runner<'a> {
     pub(super) settings: ConnSettings,
     /// Cancels the statement running on our connection (a stop while it waits for a lock).
     pub(super) cancel: CancelToken,
-    /// A second connection that holds the advisory lock in a transaction of its own.
-    pub(super) guard: Client,
-    /// How long the guard's transaction may sit idle (zero: no bound): while the statements
-    /// of one step run on the first connection.
+    pub(super) scrub: &'a Scrubber,
+    /// A second connection, opened for the first statement that runs outside a transaction
+    /// block: it holds the advisory lock in a transaction of its own while that statement runs
+    /// on the first. Everything else takes the lock inside its own transaction.
+    pub(super) guard: Option<Client>,
+    /// How long the guard's transaction may sit idle (zero: no bound): while the statement
+    /// runs on the first connection.
     pub(super) guard_idle: Duration,
     pub(super) stats: &'a mut Stats,
     pub(super) db_check: DbCheckRun,
@@ -64,22 +69,24 @@ enum Entered {
 }
 
 impl Runner<'_> {
-    /// Takes the per-database advisory lock, waiting while another migration holds it (it is
-    /// applying: holders never wait for tables with it), within PHASEGATE_ADVISORY_LOCK_TIMEOUT
-    /// over the whole run. Returns the time waited.
-    pub(super) async fn lock_database(&mut self) -> Result<Duration, ApplyError> {
+    /// Takes the per-database advisory lock in a new transaction of `on`, waiting while
+    /// another migration holds it (it is applying: holders never wait for tables with it),
+    /// within PHASEGATE_ADVISORY_LOCK_TIMEOUT over the whole run; `idle` bounds how long that
+    /// transaction may sit idle. Returns the time waited.
+    async fn take_lock(&mut self, on: &Client, idle: Duration) -> Result<Duration, ApplyError> {
         let budget = self
             .cfg
             .advisory_lock_timeout
             .saturating_sub(self.advisory_waited);
-        let (waits, guard, idle) = (&mut self.waits, &self.guard, self.guard_idle);
+        let waits = &mut self.waits;
         let waited = or_stop(&self.cfg.stop, async {
-            Ok(locks::advisory_lock(guard, self.cfg.advisory_obj, budget, idle, waits).await?)
+            let obj = self.cfg.advisory_obj;
+            Ok(locks::advisory_lock(on, obj, budget, idle, waits).await?)
         })
         .await;
         if waited.is_err() {
             // A stop may have dropped the wait between BEGIN and its end.
-            locks::advisory_unlock(&self.guard).await;
+            locks::advisory_unlock(on).await;
         }
         let waited = waited?;
         self.advisory_waited += waited;
@@ -87,23 +94,58 @@ impl Runner<'_> {
         Ok(waited)
     }
 
-    /// Releases the advisory lock (the server releases it anyway when the guard's connection
-    /// ends).
-    pub(super) async fn unlock_database(&self) {
-        locks::advisory_unlock(&self.guard).await;
+    /// The ledger's creation under the advisory lock: begins a transaction of `client` that
+    /// holds it; [`Runner::end_setup`] commits it.
+    pub(super) async fn begin_setup(&mut self, client: &Client) -> Result<(), ApplyError> {
+        let idle = idle_in_transaction_timeout(self.cfg.lock_timeout);
+        self.take_lock(client, idle).await.map(|_| ())
     }
 
-    /// Right before an attempt at the statements of `range`, with the tables clear: takes the
-    /// advisory lock and reads the ledger again, since another executor of this phase (a
-    /// stale Job, a retry) may have applied them while this one waited without the lock.
-    async fn enter(
+    /// Commits the setup's transaction, and with it lets go of the advisory lock.
+    pub(super) async fn end_setup(&self, client: &Client) -> Result<(), ApplyError> {
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| ApplyError::db(&e, None))
+    }
+
+    /// Waits, outside any lock, until the advisory lock another migration holds is free (an
+    /// attempt found it taken); returns the time waited.
+    async fn wait_for_lock(&mut self, client: &Client) -> Result<Duration, ApplyError> {
+        let idle = idle_in_transaction_timeout(self.cfg.lock_timeout);
+        let waited = self.take_lock(client, idle).await?;
+        locks::advisory_unlock(client).await;
+        Ok(waited)
+    }
+
+    /// Releases the guard's advisory lock (the server releases it anyway when the guard's
+    /// connection ends).
+    async fn unlock_guard(&self) {
+        if let Some(guard) = &self.guard {
+            locks::advisory_unlock(guard).await;
+        }
+    }
+
+    /// Right before an attempt at a statement outside a transaction block, with the tables
+    /// clear: takes the advisory lock on the guard (opened now if this is the run's first such
+    /// statement) and reads the ledger again, since another executor of this phase (a stale
+    /// Job, a retry) may have applied it while this one waited without the lock. Transactional
+    /// attempts take the lock inside their own transaction instead, where the ledger row's
+    /// claim reads it again.
+    async fn enter_guarded(
         &mut self,
         client: &Client,
         range: &Range<usize>,
     ) -> Result<Entered, ApplyError> {
-        let waited = self.lock_database().await?;
+        let guard = match self.guard.take() {
+            Some(g) => g,
+            None => session::open_guard(self.cfg, &self.settings, self.scrub).await?,
+        };
+        let taken = self.take_lock(&guard, self.guard_idle).await;
+        self.guard = Some(guard);
+        let waited = taken?;
         if !waited.is_zero() && !self.cfg.lock_wait_timeout.is_zero() {
-            self.unlock_database().await;
+            self.unlock_guard().await;
             return Ok(Entered::LookAgain);
         }
         let entry = ledger::get(client, &self.cfg.identity, self.cfg.phase.as_str())
@@ -118,7 +160,7 @@ impl Runner<'_> {
                 statements = range.end,
                 "another run applied these statements meanwhile; skipping them"
             );
-            self.unlock_database().await;
+            self.unlock_guard().await;
             self.skipped += 1;
             return Ok(Entered::Done);
         }
@@ -203,9 +245,14 @@ impl Runner<'_> {
         let (waits, patience) = (&mut self.waits, &mut self.patience);
         let (waited, blockers) = or_stop(&cfg.stop, async {
             // Looked up on every attempt: an earlier step may have changed the catalog.
-            locks::add_implicit_targets(client, stmts, &mut targets)
+            let free = locks::add_implicit_and_look(client, stmts, &mut targets, true)
                 .await
                 .map_err(|e| ApplyError::db(&e, None))?;
+            if free {
+                // Nobody has any lock on the tables: nothing to wait for, no need to look closer.
+                waits.done(Kind::TableLock);
+                return Ok((Duration::ZERO, Vec::new()));
+            }
             locks::wait_until_clear(client, &targets, budget, waits, patience)
                 .await
                 .map_err(|e| ApplyError::db(&e, None))
@@ -282,10 +329,12 @@ impl Runner<'_> {
                     continue;
                 }
             }
-            match self.enter(client, &range).await? {
-                Entered::Go => {}
-                Entered::Done => return Ok(()),
-                Entered::LookAgain => continue,
+            if own {
+                match self.enter_guarded(client, &range).await? {
+                    Entered::Go => {}
+                    Entered::Done => return Ok(()),
+                    Entered::LookAgain => continue,
+                }
             }
             if let Some(signal) = cfg.stop.requested() {
                 return Err(signal.into());
@@ -298,8 +347,16 @@ impl Runner<'_> {
             };
             let delay = match attempt {
                 Attempt::Done => {
-                    self.unlock_database().await;
+                    if own {
+                        self.unlock_guard().await;
+                    }
                     return Ok(());
+                }
+                Attempt::LockBusy => {
+                    // Another migration is applying: wait until it is done, then look at the
+                    // tables again (they may have been taken meanwhile).
+                    self.wait_for_lock(client).await?;
+                    continue;
                 }
                 Attempt::LockFailure {
                     statement,
@@ -334,12 +391,39 @@ impl Runner<'_> {
                 // The next round waits for a grant outside the locks.
                 Attempt::NoGrant => Duration::ZERO,
             };
-            self.unlock_database().await;
+            if own {
+                self.unlock_guard().await;
+            }
             pause(&cfg.stop, delay).await?;
         }
     }
 
-    /// One attempt at `range` in one transaction, together with the ledger update.
+    /// The transaction's `SET LOCAL`s and the advisory lock, in one round trip; false when
+    /// another migration holds the lock (never waited for inside a transaction).
+    async fn settings_and_lock(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        statements: usize,
+    ) -> Result<bool, ApplyError> {
+        let cfg = self.cfg;
+        let mut sql = local_settings(cfg.lock_timeout, cfg.statement_timeout, self.server_version);
+        if self.server_version >= 170_000 && !cfg.statement_timeout.is_zero() {
+            // Bounds the whole transaction too, whatever state the session is in.
+            sql.push_str(&format!(
+                "; SET LOCAL transaction_timeout = '{}'",
+                pg_ms(transaction_timeout(cfg.statement_timeout, statements))
+            ));
+        }
+        sql.push_str(&format!("; {}", locks::try_lock_sql(cfg.advisory_obj)));
+        let replies = tx
+            .simple_query(&sql)
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
+        Ok(locks::lock_granted(&replies))
+    }
+
+    /// One attempt at `range` in one transaction, together with the ledger update, under the
+    /// advisory lock taken first in the same transaction.
     async fn attempt_transaction(
         &mut self,
         client: &mut Client,
@@ -349,27 +433,25 @@ impl Runner<'_> {
     ) -> Result<Attempt, ApplyError> {
         let cfg = self.cfg;
         let stmts = &all[range.clone()];
-        self.stats.attempts += 1;
-        let attempt = self.stats.attempts;
         let tx = client
             .transaction()
             .await
             .map_err(|e| ApplyError::db(&e, None))?;
-        let mut set = local_settings(cfg.lock_timeout, cfg.statement_timeout, self.server_version);
-        if self.server_version >= 170_000 && !cfg.statement_timeout.is_zero() {
-            // Bounds the whole transaction too, whatever state the session is in.
-            set.push_str(&format!(
-                "; SET LOCAL transaction_timeout = '{}'",
-                pg_ms(transaction_timeout(cfg.statement_timeout, stmts.len()))
-            ));
+        if !self.settings_and_lock(&tx, stmts.len()).await? {
+            rollback(tx).await;
+            return Ok(Attempt::LockBusy);
         }
-        tx.batch_execute(&set)
-            .await
-            .map_err(|e| ApplyError::db(&e, None))?;
+        self.stats.attempts += 1;
+        let attempt = self.stats.attempts;
         // Exactly once in the ledger itself: the phase's row is claimed (locked) in this
-        // transaction before any statement; another executor of the phase waits for it.
+        // transaction before any statement; another executor of the phase waits for it. The
+        // row is recorded in the same round trip, before the statements (it commits with them or
+        // not at all): after they take their locks only the check before COMMIT and COMMIT
+        // itself remain, so the application waits behind those locks less.
+        let (id, phase) = (&cfg.identity, cfg.phase.as_str());
         let claimed =
-            ledger::claim(&tx, &cfg.identity, cfg.phase.as_str(), self.sum, all.len()).await;
+            ledger::claim_and_record(&tx, id, phase, self.sum, all.len(), range.end, retries + 1)
+                .await;
         match claimed {
             Ok(done) if done >= range.end => {
                 rollback(tx).await;
@@ -408,17 +490,6 @@ impl Runner<'_> {
                 return Err(signal.into());
             }
         }
-        ledger::record(
-            &tx,
-            &cfg.identity,
-            cfg.phase.as_str(),
-            self.sum,
-            all.len(),
-            range.end,
-            retries + 1,
-        )
-        .await
-        .map_err(|e| ApplyError::db(&e, None))?;
         failpoint(cfg, "pause-before-commit").await;
 
         // The database check holds until COMMIT: with our locks held, look once more. A session that
@@ -551,6 +622,8 @@ impl Runner<'_> {
 enum Attempt {
     /// Committed, or run outside a transaction, and recorded in the ledger.
     Done,
+    /// Another migration holds the advisory lock: rolled back before anything ran.
+    LockBusy,
     /// The lock could not be taken within `lock_timeout` (55P03), or a deadlock (40P01):
     /// rolled back, nothing applied.
     LockFailure {

@@ -43,7 +43,9 @@ pub(super) async fn open(
 ) -> Result<(Client, ConnSettings, i32), ApplyError> {
     let settings = settings(&cfg.database_url.0)?;
     let client = connect_stoppable(cfg, &settings, scrub).await?;
-    let version = server_version(&client)
+    let version = cfg
+        .facts
+        .version(&settings, &client)
         .await
         .map_err(|e| ApplyError::db(&e, None))?;
     Ok((client, settings, version))
@@ -64,10 +66,7 @@ pub(super) fn settings(url: &str) -> Result<ConnSettings, connect::ConnectError>
 
 /// `server_version_num`: which settings [`local_settings`] may use.
 pub(super) async fn server_version(client: &Client) -> Result<i32, tokio_postgres::Error> {
-    Ok(client
-        .query_typed_one("SELECT current_setting('server_version_num')::int", &[])
-        .await?
-        .get(0))
+    super::facts::server_version(client).await
 }
 
 /// A second connection, which holds the advisory lock in a transaction of its own while the

@@ -5,10 +5,12 @@ use tokio_postgres::Client;
 
 use super::connect::ConnSettings;
 
-/// Connections a fleet run hands from one tenant's run to the next (see [`super::fleet`]): a
-/// run takes an idle pair if there is one and gives it back once it ended cleanly (no
-/// transaction open: the executor sets nothing on the session, and its advisory lock is
-/// transaction-scoped). Only for one server session per connection, never a transaction pooler.
+/// Connections a fleet run hands from one run to the next (see [`super::fleet`]): a run takes
+/// an idle pair if there is one and gives it back once it ended cleanly (no transaction open:
+/// the executor sets nothing on the session but a schema tenant's `search_path`, and its
+/// advisory lock is transaction-scoped). Schema tenants pass theirs from tenant to tenant,
+/// which needs one server session per connection (never a transaction pooler); a database
+/// tenant's own runs (contract's look at expand, then contract) share one pool of their own.
 #[derive(Clone, Default)]
 pub struct Sessions(std::sync::Arc<std::sync::Mutex<Vec<Pair>>>);
 
@@ -18,10 +20,11 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
-/// The statements' connection and the advisory lock's guard of one run.
+/// The statements' connection of one run, and the advisory lock's guard if the run opened one
+/// (for a statement outside a transaction block).
 pub(super) struct Pair {
     pub client: Client,
-    pub guard: Client,
+    pub guard: Option<Client>,
     pub settings: ConnSettings,
     pub version: i32,
 }
@@ -30,7 +33,7 @@ impl Sessions {
     pub(super) fn take(&self) -> Option<Pair> {
         let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(p) = idle.pop() {
-            if !p.client.is_closed() && !p.guard.is_closed() {
+            if !p.client.is_closed() && !p.guard.as_ref().is_some_and(Client::is_closed) {
                 return Some(p);
             }
         }

@@ -19,6 +19,10 @@ pub(super) async fn expand_first(
     expand.shared_grant = None;
     expand.database_check = false;
     expand.require_expand = false;
+    // Nearly every tenant has it: one ledger read then, not a whole run.
+    if super::super::recorded_applied(&expand).await {
+        return Ok(false);
+    }
     let r = super::super::execute_one(&expand).await;
     if !r.is_success() {
         return Err(r);
@@ -34,8 +38,7 @@ pub(super) async fn expand_first(
 }
 
 /// The schema tenants whose expand (this SQL, this object) the database's ledger records as
-/// applied: one read for all of them, so that only the others take [`expand_first`]'s run (two
-/// connections and the tenant's advisory lock each). Empty when the ledger cannot be read:
+/// applied: one read for all of them, so that only the others take [`expand_first`]. Empty when the ledger cannot be read:
 /// every tenant then takes the full run, which tells.
 pub(super) async fn expanded_schemas(
     client: &tokio_postgres::Client,

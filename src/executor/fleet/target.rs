@@ -71,7 +71,9 @@ pub(super) fn config_for(cfg: &Config, kind: &TenantKind, tenant: &str) -> Resul
             one.advisory_obj = super::super::locks::tenant_advisory_obj(tenant);
         }
         TenantKind::Databases(_) => {
-            one.sessions = None;
+            // Its own: contract's look at expand and contract itself share a connection; no
+            // other database's tenant gets it. Nothing is set on its session.
+            one.sessions = Some(super::super::sessions::Sessions::default());
             one.database_url.0 = with_database(&cfg.database_url.0, tenant)?;
             // The standbys' sessions of this tenant are in its database there too.
             for r in &mut one.replica_urls {
