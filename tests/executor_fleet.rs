@@ -241,22 +241,19 @@ fn fleet_expand(pg: &TestPostgres, tenants: &str) -> tokio::process::Command {
 
 /// SIGKILL after the first tenant committed and before it said so: the next run applies
 /// every tenant exactly once (an `ADD COLUMN` run twice would fail).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_wave_resumes_each_tenant_exactly_once() {
-    let pg = TestPostgres::start();
-    let c = pg.client().await;
-    schemas(&c, 8).await;
-    let tenants = r#"{"schemas":"tenant\\_%","maxConcurrent":1}"#;
-    let mut child = fleet_expand(&pg, tenants)
-        .env("PHASEGATE_FAILPOINT", "pause-after-commit")
+/// `cmd` spawned with the failpoint `name`, once it has reached it (within 30 s).
+async fn paused_at(mut cmd: tokio::process::Command, name: &str) -> tokio::process::Child {
+    let mut child = cmd
+        .env("PHASEGATE_FAILPOINT", name)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let wanted = format!("failpoint {name}");
     let reached = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("failpoint pause-after-commit") {
+            if line.contains(&wanted) {
                 return true;
             }
         }
@@ -264,7 +261,19 @@ async fn sigkill_mid_wave_resumes_each_tenant_exactly_once() {
     })
     .await
     .unwrap_or(false);
-    assert!(reached, "failpoint not reached");
+    assert!(reached, "failpoint {name} not reached");
+    // Keep reading: a closed pipe would fail the run's next log line.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_wave_resumes_each_tenant_exactly_once() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 8).await;
+    let tenants = r#"{"schemas":"tenant\\_%","maxConcurrent":1}"#;
+    let mut child = paused_at(fleet_expand(&pg, tenants), "pause-after-commit").await;
     child.start_kill().expect("SIGKILL");
     let _ = child.wait().await;
     assert_eq!(with_column(&c, "verified").await, ["tenant_01"]);
@@ -527,24 +536,11 @@ async fn a_tenant_applying_holds_one_connection() {
     let pg = TestPostgres::start();
     let c = pg.client().await;
     schemas(&c, 3).await;
-    let mut child = fleet_expand(&pg, r#"{"schemas":"tenant\\_%","maxConcurrent":1}"#)
-        .env("PHASEGATE_FAILPOINT", "pause-before-commit")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let reached = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("failpoint pause-before-commit") {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(reached, "failpoint not reached");
+    let mut child = paused_at(
+        fleet_expand(&pg, r#"{"schemas":"tenant\\_%","maxConcurrent":1}"#),
+        "pause-before-commit",
+    )
+    .await;
     let n = executor_backends(&c, 1, Duration::from_secs(5)).await;
     child.start_kill().expect("SIGKILL");
     let _ = child.wait().await;
