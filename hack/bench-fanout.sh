@@ -28,8 +28,9 @@
 #
 # Knobs (env): SCHEMAS (1000), DATABASES (200), BENCH_RATE (500 q/s), BENCH_CONCURRENCY (4,
 # maxConcurrent), BENCH_LOOP=0 skips the loop, BENCH_OPERATOR=0 skips the operator's memory
-# (which needs the local cluster), PHASEGATE_BIN (default: the release build),
-# PHASEGATE_PG_BINDIR.
+# (which needs the local cluster), BENCH_NICE (e.g. 19: both sides' `phasegate apply` at that
+# CPU niceness, as an executor on another node than the database would be), PHASEGATE_BIN
+# (default: the release build), PHASEGATE_PG_BINDIR.
 set -euo pipefail
 
 SCHEMAS=${SCHEMAS:-1000}
@@ -57,7 +58,7 @@ export PHASEGATE_APP_VERSION=2.0.0 PHASEGATE_APPLICATION_NAMES=shop-api \
 apply() { # apply <url> <phase> <name> <sql> [tenants json]
   local tenants=(); [[ -z ${5:-} ]] || tenants=(--tenants "$5")
   PHASEGATE_DATABASE_URL=$1 PHASEGATE_PHASE=$2 PHASEGATE_MIGRATION_NAME=$3 PHASEGATE_SQL=$4 \
-  PHASEGATE_MIGRATION_UID=uid-$3 "$PHASEGATE_BIN" apply "${tenants[@]}"
+  PHASEGATE_MIGRATION_UID=uid-$3 ${BENCH_NICE:+nice -n $BENCH_NICE} "$PHASEGATE_BIN" apply "${tenants[@]}"
 }
 export -f apply
 export PHASEGATE_BIN
@@ -162,6 +163,10 @@ unmigrated() {
 export -f loop fleet
 export url port first SCHEMAS DATABASES CONCURRENCY work
 
+# The set-up's writes flushed first: a checkpoint during the baseline window would inflate
+# the baseline (and flatter the ratio against it).
+psql_q -c "CHECKPOINT"
+sleep 2
 log "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 read -r _ _ base_p99 _ base_failed _ <<<"$(measure baseline sleep 10)"
 log "baseline: app p99 ${base_p99} ms, failed ${base_failed}"
