@@ -310,6 +310,42 @@ async fn an_unreachable_server_fails_the_phase_before_any_tenant_runs() {
     }
 }
 
+/// Two entries that reach one server (two Secrets with the same URL, or a second address of
+/// it) would count and walk its tenants twice: the phase fails before any tenant runs, naming
+/// both entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_listed_twice_fails_the_phase_before_any_tenant_runs() {
+    let (main, eu2) = (shard(2).await, shard(2).await);
+    let again = eu2.url().replace("127.0.0.1", "localhost");
+    let listed = [("eu-2", eu2.url()), ("eu-3", again)];
+    let r = executor::execute(&cfg(&main, Phase::Expand, EXPAND, &listed)).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    let msg = error_of(&r);
+    assert!(
+        msg.contains("server eu-2 and server eu-3 are the same PostgreSQL server"),
+        "{msg}"
+    );
+    for pg in [&main, &eu2] {
+        assert!(
+            with_column(pg, "verified").await.is_empty(),
+            "no tenant ran"
+        );
+    }
+    // spec.database's server listed again, too.
+    let listed = [("eu-2", main.url())];
+    let r = executor::execute(&cfg(&main, Phase::Expand, EXPAND, &listed)).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    let msg = error_of(&r);
+    assert!(
+        msg.contains("spec.database's server and server eu-2 are the same PostgreSQL server"),
+        "{msg}"
+    );
+    assert!(
+        with_column(&main, "verified").await.is_empty(),
+        "no tenant ran"
+    );
+}
+
 /// A server without a matching tenant is fine when another has one; none anywhere fails with
 /// the pattern, as on one server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,27 @@ pub(super) async fn tenants(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// What tells one PostgreSQL server from another whatever address or Secret reached it: when
+/// its postmaster started, to the microsecond; for schema tenants also the database (another
+/// database of the same server holds other schemas).
+pub(super) async fn identity(
+    client: &Client,
+    kind: &TenantKind,
+    scrub: &Scrubber,
+) -> Result<String, FleetError> {
+    let sql = match kind {
+        TenantKind::Schemas(_) => {
+            "SELECT extract(epoch FROM pg_postmaster_start_time())::text || '/' || current_database()"
+        }
+        TenantKind::Databases(_) => "SELECT extract(epoch FROM pg_postmaster_start_time())::text",
+    };
+    let row = client
+        .query_typed_one(sql, &[])
+        .await
+        .map_err(|e| FleetError::Discover(scrub.scrub(&connect::describe(&e).1)))?;
+    Ok(row.get(0))
+}
+
 /// Schema tenants set `search_path` on the session and pass connections from one tenant to
 /// the next: that needs a real server session per connection. A connection whose startup
 /// `options` reach the server is one; PgBouncer refuses them, or drops them when told to ignore

@@ -103,6 +103,8 @@ fn one_server_settings(cfg: &Config) -> Result<(), String> {
 pub(super) struct Found {
     pub tenants: Vec<Tenant>,
     client: Client,
+    /// [`discover::identity`].
+    identity: String,
 }
 
 impl Found {
@@ -161,6 +163,7 @@ pub(super) async fn discover(
     let each = servers.iter().enumerate().map(|(i, s)| async move {
         let client = discover::connect(&s.cfg, scrub).await?;
         let names = discover::tenants(&client, kind, scrub).await?;
+        let identity = discover::identity(&client, kind, scrub).await?;
         if names.is_empty() && servers.len() > 1 {
             let server = s.about.as_deref().unwrap_or_default();
             tracing::info!(server, "tenants: none matches on this server");
@@ -169,10 +172,38 @@ pub(super) async fn discover(
             .into_iter()
             .map(|n| Tenant::on(i, s.name.as_deref(), n))
             .collect();
-        Ok(Found { tenants, client })
+        Ok(Found {
+            tenants,
+            client,
+            identity,
+        })
     });
     let results: Vec<Result<Found, FleetError>> = join_all(each).await;
-    all_or_errors(servers, results)
+    let found = all_or_errors(servers, results)?;
+    listed_once(servers, &found)?;
+    Ok(found)
+}
+
+/// Two entries that reach one server (two Secrets with the same URL, another address of it)
+/// would walk its tenants twice and count them twice: refused before any tenant runs.
+fn listed_once(servers: &[Server], found: &[Found]) -> Result<(), FleetError> {
+    for (j, f) in found.iter().enumerate() {
+        if let Some(i) = found[..j].iter().position(|e| e.identity == f.identity) {
+            let name = |k: usize| servers[k].about.clone().unwrap_or_default();
+            return Err(FleetError::Spec(format!(
+                "{} and {} are the same PostgreSQL server (same postmaster{}): its tenants \
+                 would be counted twice; list each server once",
+                name(i),
+                name(j),
+                if f.identity.contains('/') {
+                    ", same database"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Before schema tenants run, on each server that has some: the `search_path` check, and the
