@@ -156,6 +156,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         controller: "phasegate".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -167,6 +168,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         status_writes: Default::default(),
         history_checked: Default::default(),
         created_jobs: Default::default(),
+        wake,
     });
 
     ops.grants.open(ctx.clone());
@@ -192,6 +194,10 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         })
         .watches_stream(pod_stream, move |p| migrations_waiting_on(&for_pods, &p))
         .watches_stream(executor_pod_stream, |p| executor_pod_migration(&p))
+        // Migrations another one's phase change may let go (Context::wake_waiting_behind).
+        .reconcile_on(futures::stream::unfold(woken, |mut rx| async move {
+            rx.recv().await.map(|r| (r, rx))
+        }))
         .graceful_shutdown_on(ops.shutdown.clone())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {

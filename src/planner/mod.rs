@@ -612,7 +612,8 @@ impl<'a> Planner<'a> {
             }
             JobState::Absent => {
                 if rec.attempts == 0 && !self.input.waits_for.is_empty() {
-                    // Other migrations' status changes do not wake this one: look again soon.
+                    // A phase change of the ones it waits for wakes it (Context::
+                    // wake_waiting_behind); this is the fallback.
                     self.requeue_after = Some(Duration::from_secs(5));
                     self.set(
                         Phase::Pending,

@@ -83,6 +83,42 @@ pub fn left_the_line<M: std::borrow::Borrow<DatabaseMigration>>(
     })
 }
 
+/// The migrations of `all` whose expand may be waiting for `changed` to move: the next
+/// [`WINDOW`] not started on its database after it, and those whose `dependsOn` names it.
+/// Their own objects do not change when it does, so no watch event wakes them: a phase change
+/// of `changed` does ([`crate::controller`]).
+pub fn waiting_behind<'a, M: std::borrow::Borrow<DatabaseMigration>>(
+    changed: &DatabaseMigration,
+    all: &'a [M],
+) -> Vec<&'a DatabaseMigration> {
+    let name = changed.name_any();
+    let key = |m: &DatabaseMigration| (m.metadata.creation_timestamp.clone(), m.name_any());
+    let not_started = |m: &DatabaseMigration| {
+        matches!(
+            m.status.as_ref().and_then(|s| s.phase),
+            None | Some(Phase::Pending)
+        ) && m.name_any() != name
+    };
+    let mut out: Vec<&DatabaseMigration> = all
+        .iter()
+        .map(M::borrow)
+        .filter(|m| {
+            not_started(m)
+                && m.spec.database.url_secret_ref == changed.spec.database.url_secret_ref
+                && key(m) > key(changed)
+        })
+        .collect();
+    out.sort_by_key(|m| key(m));
+    out.truncate(WINDOW);
+    for m in all.iter().map(M::borrow) {
+        let named = m.spec.depends_on.contains(&name);
+        if named && not_started(m) && !out.iter().any(|o| o.name_any() == m.name_any()) {
+            out.push(m);
+        }
+    }
+    out
+}
+
 fn expand_applied(m: &DatabaseMigration) -> bool {
     m.status
         .as_ref()
@@ -182,6 +218,30 @@ mod tests {
             ..DatabaseMigrationStatus::default()
         });
         d
+    }
+
+    #[test]
+    fn a_migration_that_moves_wakes_the_next_window_behind_it_and_its_dependents() {
+        let mut all: Vec<DatabaseMigration> = (0..40)
+            .map(|i| m(&format!("m{i:03}"), i, "db", false))
+            .collect();
+        for d in all.iter_mut().take(16) {
+            d.status.as_mut().expect("status").phase = Some(Phase::Expanding);
+        }
+        let mut other = m("other", 100, "other-db", false);
+        other.spec.depends_on = vec!["m000".into()];
+        all.push(other);
+        let woken: Vec<String> = waiting_behind(&all[0], &all)
+            .iter()
+            .map(|d| d.name_any())
+            .collect();
+        let want: Vec<String> = (16..32)
+            .map(|i| format!("m{i:03}"))
+            .chain(["other".to_string()])
+            .collect();
+        assert_eq!(woken, want);
+        // Nothing behind the last one on its database, and nothing depends on it.
+        assert!(waiting_behind(&all[39], &all).is_empty());
     }
 
     fn with_job_expand(mut d: DatabaseMigration) -> DatabaseMigration {
