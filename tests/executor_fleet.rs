@@ -169,17 +169,8 @@ async fn the_failure_budget_halts_and_a_retry_runs_only_the_failed_and_unfinishe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_databases_each_keep_their_own_ledger() {
     let pg = TestPostgres::start();
-    let c = pg.client().await;
-    for db in ["shop_a", "shop_b", "shop_c"] {
-        c.batch_execute(&format!("CREATE DATABASE {db}"))
-            .await
-            .expect("db");
-        pg.client_for_db(db)
-            .await
-            .batch_execute("CREATE TABLE users (id int, legacy text)")
-            .await
-            .expect("table");
-    }
+    pg.create_tenant_databases(&["shop_a", "shop_b", "shop_c"])
+        .await;
     let tenants = TenantsSpec {
         databases: Some("shop\\_%".into()),
         max_concurrent: 2,
@@ -587,16 +578,7 @@ async fn a_database_tenant_opens_one_connection_per_phase() {
     let pg = TestPostgres::start();
     let c = pg.client().await;
     let dbs = ["shop_a", "shop_b", "shop_c"];
-    for db in dbs {
-        c.batch_execute(&format!("CREATE DATABASE {db}"))
-            .await
-            .expect("db");
-        pg.client_for_db(db)
-            .await
-            .batch_execute("CREATE TABLE users (id int, legacy text)")
-            .await
-            .expect("table");
-    }
+    pg.create_tenant_databases(&dbs).await;
     let tenants = TenantsSpec {
         databases: Some("shop\\_%".into()),
         max_concurrent: 2,

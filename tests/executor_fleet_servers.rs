@@ -457,18 +457,7 @@ async fn contract_gives_the_tenants_of_a_server_listed_since_expand_their_expand
 async fn database_tenants_of_the_same_name_on_two_servers_are_two_tenants() {
     let (main, eu2) = (TestPostgres::start(), TestPostgres::start());
     for pg in [&main, &eu2] {
-        for db in ["shop_a", "shop_b"] {
-            pg.client()
-                .await
-                .batch_execute(&format!("CREATE DATABASE {db}"))
-                .await
-                .expect("db");
-            pg.client_for_db(db)
-                .await
-                .batch_execute("CREATE TABLE users (id int, legacy text)")
-                .await
-                .expect("table");
-        }
+        pg.create_tenant_databases(&["shop_a", "shop_b"]).await;
     }
     eu2.client_for_db("shop_b")
         .await

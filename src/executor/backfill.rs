@@ -1271,7 +1271,7 @@ async fn open(cfg: &BackfillConfig, scrub: &Scrubber) -> Result<(Client, i32), B
         Ok(connect::connect(&settings, cfg.connect_timeout, scrub).await?)
     })
     .await?;
-    let version = session::server_version(&client)
+    let version = super::facts::server_version(&client)
         .await
         .map_err(|e| BackfillError::db(&e))?;
     Ok((client, version))

@@ -81,7 +81,7 @@ impl ServerFacts {
     }
 }
 
-/// `server_version_num`.
+/// `server_version_num`: which settings [`super::session::local_settings`] may use.
 pub(super) async fn server_version(client: &Client) -> Result<i32, tokio_postgres::Error> {
     Ok(client
         .query_typed_one("SELECT current_setting('server_version_num')::int", &[])

@@ -64,11 +64,6 @@ pub(super) fn settings(url: &str) -> Result<ConnSettings, connect::ConnectError>
     Ok(settings)
 }
 
-/// `server_version_num`: which settings [`local_settings`] may use.
-pub(super) async fn server_version(client: &Client) -> Result<i32, tokio_postgres::Error> {
-    super::facts::server_version(client).await
-}
-
 /// A second connection, which holds the advisory lock in a transaction of its own while the
 /// first applies statements (see [`super::locks::advisory_lock`]).
 pub(super) async fn open_guard(

@@ -273,6 +273,22 @@ impl TestPostgres {
         self.client_for_url(&self.url_for_db(db)).await
     }
 
+    /// Tenant databases `dbs`, each with a table `users (id int, legacy text)`.
+    #[allow(dead_code)]
+    pub async fn create_tenant_databases(&self, dbs: &[&str]) {
+        let c = self.client().await;
+        for db in dbs {
+            c.batch_execute(&format!("CREATE DATABASE {db}"))
+                .await
+                .expect("db");
+            self.client_for_db(db)
+                .await
+                .batch_execute("CREATE TABLE users (id int, legacy text)")
+                .await
+                .expect("table");
+        }
+    }
+
     async fn client_for_url(&self, url: &str) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await

@@ -38,8 +38,8 @@ pub(super) async fn expand_first(
 }
 
 /// The schema tenants whose expand (this SQL, this object) the database's ledger records as
-/// applied: one read for all of them, so that only the others take [`expand_first`]. Empty when the ledger cannot be read:
-/// every tenant then takes the full run, which tells.
+/// applied: one read for all of them, so that only the others take [`expand_first`]. Empty
+/// when the ledger cannot be read: every tenant then takes the full run, which tells.
 pub(super) async fn expanded_schemas(
     client: &tokio_postgres::Client,
     base: &Config,

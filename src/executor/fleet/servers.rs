@@ -180,13 +180,13 @@ pub(super) async fn discover(
     });
     let results: Vec<Result<Found, FleetError>> = join_all(each).await;
     let found = all_or_errors(servers, results)?;
-    listed_once(servers, &found)?;
+    listed_once(servers, &found, kind)?;
     Ok(found)
 }
 
 /// Two entries that reach one server (two Secrets with the same URL, another address of it)
 /// would walk its tenants twice and count them twice: refused before any tenant runs.
-fn listed_once(servers: &[Server], found: &[Found]) -> Result<(), FleetError> {
+fn listed_once(servers: &[Server], found: &[Found], kind: &TenantKind) -> Result<(), FleetError> {
     for (j, f) in found.iter().enumerate() {
         if let Some(i) = found[..j].iter().position(|e| e.identity == f.identity) {
             let name = |k: usize| servers[k].about.clone().unwrap_or_default();
@@ -195,10 +195,9 @@ fn listed_once(servers: &[Server], found: &[Found]) -> Result<(), FleetError> {
                  would be counted twice; list each server once",
                 name(i),
                 name(j),
-                if f.identity.contains('/') {
-                    ", same database"
-                } else {
-                    ""
+                match kind {
+                    TenantKind::Schemas(_) => ", same database",
+                    TenantKind::Databases(_) => "",
                 }
             )));
         }
