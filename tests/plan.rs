@@ -387,6 +387,20 @@ fn cli_plans_the_example_as_markdown_and_json() {
 /// Ctrl-C while a statement runs: the throwaway server is stopped and its directory removed.
 #[test]
 fn interrupted_plan_removes_its_server() {
+    // Let it reach the statement.
+    interrupt_plan_after(std::time::Duration::from_secs(2));
+}
+
+/// Ctrl-C while the throwaway server still starts (it has written its pid file): the same.
+/// Once the signal's default action ended the process there and left the server running.
+#[test]
+fn plan_interrupted_while_its_server_starts_removes_it() {
+    interrupt_plan_after(std::time::Duration::ZERO);
+}
+
+/// Runs `phasegate plan` on a slow statement, sends SIGINT `after` its server's pid file
+/// appears, and checks it exits 2 leaving no server directory or process behind.
+fn interrupt_plan_after(after: std::time::Duration) {
     let tmp = tempfile::tempdir().expect("tempdir");
     // The server may run as `postgres` (tests as root): it must reach its directory.
     std::fs::set_permissions(
@@ -435,8 +449,7 @@ fn interrupted_plan_removes_its_server() {
         .expect("server dir")
         .display()
         .to_string();
-    // Let it reach the statement.
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    std::thread::sleep(after);
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -197,6 +197,10 @@ pub async fn plan(req: &Request) -> Result<Plan, PlanError> {
         )?),
         None => None,
     };
+    // Listening from here: a signal while the server starts is held until it has, and then
+    // stops the plan like one later (its default action would end the process and leave the
+    // server running).
+    let mut stop = Stop::listen();
     let env = match &req.url {
         Some(url) => db::Env::scratch(url, req.schema.is_empty()).await?,
         None => {
@@ -215,8 +219,9 @@ pub async fn plan(req: &Request) -> Result<Plan, PlanError> {
         Ok(plan)
     };
     let result = tokio::select! {
+        biased;
+        _ = stop.recv() => Err(PlanError::Interrupted),
         r = work => r,
-        _ = interrupted() => Err(PlanError::Interrupted),
     };
     let cleaned = env.cleanup().await;
     let plan = result?;
@@ -224,19 +229,37 @@ pub async fn plan(req: &Request) -> Result<Plan, PlanError> {
     Ok(plan)
 }
 
-async fn interrupted() {
+/// SIGINT and SIGTERM, caught from [`Stop::listen`] on.
+struct Stop {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Stop {
+    fn listen() -> Stop {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signals = signal(SignalKind::interrupt())
+                .and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
+                .ok();
+            Stop { signals }
+        }
+        #[cfg(not(unix))]
+        Stop {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((int, term)) = &mut self.signals {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
+                _ = int.recv() => {},
                 _ = term.recv() => {},
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn run_all(
