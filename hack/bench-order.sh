@@ -4,6 +4,9 @@
 # cluster with a real PostgreSQL and real executors (the e2e harness: tests/e2e/bench.rs).
 # Each migration needs the column the one before it adds, so only creation order works.
 #
+# Both runs' executors are this tree's release build, as users run them (the suite's own are
+# debug builds, several times the CPU on a 2-core machine that also hosts the control plane).
+#
 # Per run: seconds from the first create until every migration has expanded, the status
 # writes the API server counted meanwhile, and whether the ledger kept creation order. Last
 # line:
@@ -41,6 +44,7 @@ fi
 run_one() { # run_one <operator binary>: prints the benchmark's line
   log "load before: $(uptime)"
   (cd "${ROOT}" && PHASEGATE_E2E_KUBECONFIG="${KUBECONFIG}" PHASEGATE_E2E_OPERATOR_BIN="$1" \
+    PHASEGATE_E2E_EXECUTOR_BIN="${CURRENT_BIN}" \
     PHASEGATE_BENCH_MIGRATIONS="${MIGRATIONS}" PHASEGATE_BENCH_TIMEOUT="${BENCH_TIMEOUT:-900}" \
     cargo test -q --features e2e --test e2e -- --ignored --exact bench::bench_migrations_per_db --nocapture) \
     | grep '^migrations_per_db:' | tee /dev/stderr

@@ -95,15 +95,13 @@ impl Env {
 
         let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
         std::fs::create_dir_all(&logs).expect("log dir");
+        // Benchmarks run the executors users run, a release build.
+        let executor = std::env::var("PHASEGATE_E2E_EXECUTOR_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_phasegate").to_string());
         let runner = spawn(
             &kubeconfig,
             env!("CARGO_BIN_EXE_phasegate-kwok-runner"),
-            &[
-                "--namespace",
-                &ns,
-                "--phasegate-bin",
-                env!("CARGO_BIN_EXE_phasegate"),
-            ],
+            &["--namespace", &ns, "--phasegate-bin", &executor],
             &logs.join(format!("{ns}-runner.log")),
         );
         let mut env = Env {
