@@ -39,7 +39,6 @@
 //! jittered backoff. Progress is printed as one JSON line per batch (at most every
 //! [`PROGRESS_EVERY`]) on stderr, which the operator reads from the pod's log tail.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,7 +46,7 @@ use rand::Rng;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient, Transaction};
 
-use super::config::{duration, parse_duration, setting, termination_log};
+use super::config::{duration, parse_duration, setting, termination_log, RunArgs};
 use super::connect::{self, Scrubber};
 pub use super::fleet::backfill::ProgressSink;
 use super::fleet::backfill::{execute_backfill, BackfillTenant, FleetBackfill};
@@ -182,9 +181,9 @@ missing or invalid; 143 (SIGTERM) or 130 (SIGINT) when stopped: every batch comm
 recorded in the checkpoint and the next run resumes after it."
 )]
 pub struct BackfillArgs {
-    /// PostgreSQL URL [env: PHASEGATE_DATABASE_URL].
-    #[arg(long)]
-    pub database_url: Option<Secret>,
+    /// The database, the migration and where the report goes.
+    #[command(flatten)]
+    pub run: RunArgs,
     /// The table to fill (optionally schema-qualified) [env: PHASEGATE_BACKFILL_TABLE].
     #[arg(long)]
     pub table: Option<String>,
@@ -225,33 +224,6 @@ pub struct BackfillArgs {
     /// The rollout epoch (`status.rolloutCompletedAt`): a different one restarts the scan.
     #[arg(long)]
     pub epoch: Option<String>,
-    /// [default: default]
-    #[arg(long)]
-    pub migration_namespace: Option<String>,
-    /// [default: local]
-    #[arg(long)]
-    pub migration_name: Option<String>,
-    #[arg(long)]
-    pub migration_uid: Option<String>,
-    /// [default: 10s]
-    #[arg(long, value_parser = parse_duration)]
-    pub connect_timeout: Option<Duration>,
-    /// [default: /dev/termination-log]
-    #[arg(long)]
-    pub termination_log: Option<PathBuf>,
-    /// `spec.tenants`: backfill every tenant it selects, e.g.
-    /// `{"schemas":"tenant\\_%","maxConcurrent":4}` (docs/fleet.md) [env: PHASEGATE_TENANTS].
-    #[arg(long)]
-    pub tenants: Option<String>,
-    /// With --tenants: expand's SQL, run first on a tenant whose expand is not applied (created
-    /// since expand ran), with the `PHASEGATE_*` settings of `phasegate apply`
-    /// [env: PHASEGATE_TENANT_EXPAND_SQL].
-    #[arg(long)]
-    pub tenant_expand_sql: Option<String>,
-    /// With --tenants listing `servers`: the URL of each, in their order (repeat for each)
-    /// [env: PHASEGATE_SERVER_URL_0, _1, …].
-    #[arg(long = "server-url", value_name = "URL")]
-    pub server_urls: Vec<Secret>,
 }
 
 /// Everything a run needs (see [`BackfillArgs`]).
@@ -344,13 +316,9 @@ impl BackfillConfig {
                 .ok_or_else(|| format!("--{} or {name} is required", flag_of(name)))
         };
         let ms = Duration::from_millis;
-        let database_url = a
-            .database_url
-            .or(env.database_url.clone())
-            .ok_or_else(|| format!("--database-url or {} is required", penv::DATABASE_URL))?;
-        let expand_sql = a.tenant_expand_sql.or(env.tenant_expand_sql.clone());
+        let run = a.run.resolve(env)?;
         let mut cfg = BackfillConfig {
-            database_url,
+            database_url: run.database_url,
             table: required(a.table, &env.backfill_table, penv::BACKFILL_TABLE)?,
             key: required(a.key, &env.backfill_key, penv::BACKFILL_KEY)?,
             sql: required(a.sql, &env.backfill_sql, penv::BACKFILL_SQL)?,
@@ -383,40 +351,23 @@ impl BackfillConfig {
                 Duration::from_secs(10),
             )?,
             epoch: setting(a.epoch, env.backfill_epoch.clone(), String::new),
-            namespace: setting(
-                a.migration_namespace,
-                env.migration_namespace.clone(),
-                || "default".into(),
-            ),
-            name: setting(a.migration_name, env.migration_name.clone(), || {
-                "local".into()
-            }),
-            uid: setting(a.migration_uid, env.migration_uid.clone(), String::new),
-            connect_timeout: duration(
-                a.connect_timeout,
-                &env.connect_timeout,
-                penv::CONNECT_TIMEOUT,
-                Duration::from_secs(10),
-            )?,
+            namespace: run.migration_namespace,
+            name: run.migration_name,
+            uid: run.migration_uid,
+            connect_timeout: run.connect_timeout,
             stop: Stop::new(),
-            tenants: match a.tenants {
-                Some(json) => Some(
-                    <crate::api::TenantsSpec as penv::EnvText>::from_text(&json)
-                        .map_err(|e| format!("--tenants: {e}"))?,
-                ),
-                None => env.tenants.clone(),
-            },
+            tenants: run.tenants,
             search_path: None,
             progress: None,
             connections: None,
             fleet: None,
         };
         if cfg.tenants.is_some() {
-            let mut e = env.clone();
-            if !a.server_urls.is_empty() {
-                e.server_urls = a.server_urls;
-            }
-            cfg.fleet = Some(cfg.fleet_config(e, expand_sql)?);
+            let e = ExecutorEnv {
+                server_urls: run.server_urls,
+                ..env.clone()
+            };
+            cfg.fleet = Some(cfg.fleet_config(e, run.tenant_expand_sql)?);
         }
         Ok(cfg)
     }
@@ -529,7 +480,7 @@ pub async fn run(args: BackfillArgs) -> std::process::ExitCode {
         Ok(env) => env,
         Err(e) => return usage_error(&e.to_string()),
     };
-    let termination_log = termination_log(args.termination_log.clone(), &env);
+    let termination_log = termination_log(args.run.termination_log.clone(), &env);
     let mut cfg = match BackfillConfig::resolve(args, &env) {
         Ok(cfg) => cfg,
         Err(e) => return usage_error(&e),

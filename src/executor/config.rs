@@ -40,10 +40,6 @@ after COMMIT was sent changes nothing: the report says applied. The JSON report 
 on stdout and goes to --termination-log."
 )]
 pub struct ApplyArgs {
-    /// PostgreSQL URL (postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=...)
-    /// [env: PHASEGATE_DATABASE_URL].
-    #[arg(long)]
-    pub database_url: Option<Secret>,
     /// Which phase to run [env: PHASEGATE_PHASE].
     #[arg(long, value_enum)]
     pub phase: Option<Phase>,
@@ -53,16 +49,9 @@ pub struct ApplyArgs {
     /// Read the phase's SQL from a file instead.
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// Namespace of the migration: with name and phase, the key of its ledger row
-    /// [default: default].
-    #[arg(long)]
-    pub migration_namespace: Option<String>,
-    /// Name of the migration (ledger key) [default: local].
-    #[arg(long)]
-    pub migration_name: Option<String>,
-    /// UID of the DatabaseMigration object, recorded in the ledger.
-    #[arg(long)]
-    pub migration_uid: Option<String>,
+    /// The database, the migration and where the report goes.
+    #[command(flatten)]
+    pub run: RunArgs,
     /// The migration's `appVersion`: recorded in the ledger; contract's database check
     /// compares sessions' versions with it.
     #[arg(long)]
@@ -71,17 +60,6 @@ pub struct ApplyArgs {
     /// migrations (comma-separated names, in the same namespace) before running this one.
     #[arg(long, value_name = "NAME,...")]
     pub expand_after: Option<String>,
-    /// Run the phase on every tenant this selects, as JSON of the DatabaseMigration's
-    /// `spec.tenants`, e.g. `{"schemas":"tenant\\_%","maxConcurrent":4}` (docs/fleet.md).
-    #[arg(long, value_name = "JSON")]
-    pub tenants: Option<String>,
-    /// Contract with --tenants: expand's SQL, run first on a tenant whose expand is not applied.
-    #[arg(long, value_name = "SQL")]
-    pub tenant_expand_sql: Option<String>,
-    /// With --tenants listing `servers`: the URL of each, in their order (repeat for each)
-    /// [env: PHASEGATE_SERVER_URL_0, _1, …].
-    #[arg(long = "server-url", value_name = "URL")]
-    pub server_urls: Vec<Secret>,
     /// `lock_timeout` of each attempt [default: 2s].
     #[arg(long, value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
@@ -107,13 +85,6 @@ pub struct ApplyArgs {
     /// How long to wait for another migration on the same database to finish [default: 10m].
     #[arg(long, value_parser = parse_duration)]
     pub advisory_lock_timeout: Option<Duration>,
-    /// How long to wait for the database connection [default: 10s].
-    #[arg(long, value_parser = parse_duration)]
-    pub connect_timeout: Option<Duration>,
-    /// Where the JSON report goes (skipped when the directory does not exist)
-    /// [default: /dev/termination-log].
-    #[arg(long)]
-    pub termination_log: Option<PathBuf>,
     /// Test hook: `pause-before-commit` or `pause-after-commit` makes the process sleep there
     /// (until a stop signal).
     #[arg(long, hide = true)]
@@ -122,6 +93,102 @@ pub struct ApplyArgs {
     /// because their help heading applies to every argument after them.
     #[command(flatten, next_help_heading = "Contract only")]
     pub contract: Box<ContractArgs>,
+}
+
+/// What `phasegate apply` and `phasegate backfill` both take: the database, the migration
+/// whose ledger rows the run keeps, its tenants and where its report goes.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// PostgreSQL URL (postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=...)
+    /// [env: PHASEGATE_DATABASE_URL].
+    #[arg(long)]
+    pub database_url: Option<Secret>,
+    /// Namespace of the migration: with its name, the key of its ledger rows
+    /// [default: default].
+    #[arg(long)]
+    pub migration_namespace: Option<String>,
+    /// Name of the migration (ledger key) [default: local].
+    #[arg(long)]
+    pub migration_name: Option<String>,
+    /// UID of the DatabaseMigration object, recorded in the ledger.
+    #[arg(long)]
+    pub migration_uid: Option<String>,
+    /// Run on every tenant this selects, as JSON of the DatabaseMigration's `spec.tenants`,
+    /// e.g. `{"schemas":"tenant\\_%","maxConcurrent":4}` (docs/fleet.md) [env: PHASEGATE_TENANTS].
+    #[arg(long, value_name = "JSON")]
+    pub tenants: Option<String>,
+    /// With --tenants: expand's SQL, run first on a tenant whose expand is not applied (created
+    /// since expand ran) [env: PHASEGATE_TENANT_EXPAND_SQL].
+    #[arg(long, value_name = "SQL")]
+    pub tenant_expand_sql: Option<String>,
+    /// With --tenants listing `servers`: the URL of each, in their order (repeat for each)
+    /// [env: PHASEGATE_SERVER_URL_0, _1, …].
+    #[arg(long = "server-url", value_name = "URL")]
+    pub server_urls: Vec<Secret>,
+    /// How long to wait for the database connection [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Where the JSON report goes (skipped when the directory does not exist)
+    /// [default: /dev/termination-log].
+    #[arg(long)]
+    pub termination_log: Option<PathBuf>,
+}
+
+/// [`RunArgs`] resolved: flags over the environment over defaults.
+#[derive(Debug)]
+pub(super) struct RunSettings {
+    pub database_url: Secret,
+    pub migration_namespace: String,
+    pub migration_name: String,
+    pub migration_uid: String,
+    pub tenants: Option<crate::api::TenantsSpec>,
+    pub tenant_expand_sql: Option<String>,
+    pub server_urls: Vec<Secret>,
+    pub connect_timeout: Duration,
+    pub termination_log: PathBuf,
+}
+
+impl RunArgs {
+    pub(super) fn resolve(self, env: &ExecutorEnv<Secret>) -> Result<RunSettings, String> {
+        let Some(database_url) = self.database_url.or(env.database_url.clone()) else {
+            return Err(format!(
+                "--database-url or {} is required",
+                penv::DATABASE_URL
+            ));
+        };
+        Ok(RunSettings {
+            database_url,
+            migration_namespace: setting(
+                self.migration_namespace,
+                env.migration_namespace.clone(),
+                || "default".into(),
+            ),
+            migration_name: setting(self.migration_name, env.migration_name.clone(), || {
+                "local".into()
+            }),
+            migration_uid: setting(self.migration_uid, env.migration_uid.clone(), String::new),
+            tenants: match self.tenants {
+                Some(text) => Some(
+                    <crate::api::TenantsSpec as penv::EnvText>::from_text(&text)
+                        .map_err(|e| format!("--tenants: {e}"))?,
+                ),
+                None => env.tenants.clone(),
+            },
+            tenant_expand_sql: self.tenant_expand_sql.or(env.tenant_expand_sql.clone()),
+            server_urls: if self.server_urls.is_empty() {
+                env.server_urls.clone()
+            } else {
+                self.server_urls
+            },
+            connect_timeout: duration(
+                self.connect_timeout,
+                &env.connect_timeout,
+                penv::CONNECT_TIMEOUT,
+                Duration::from_secs(10),
+            )?,
+            termination_log: termination_log(self.termination_log, env),
+        })
+    }
 }
 
 /// Contract-only arguments of `phasegate apply` (boxed in [`ApplyArgs`]: they are many).
@@ -213,18 +280,12 @@ pub(super) fn duration(
 /// from both. A missing or invalid one is a usage error (exit 2).
 #[derive(Debug)]
 pub(super) struct Settings {
-    pub database_url: Secret,
+    pub run: RunSettings,
     pub phase: Phase,
     pub sql: Option<String>,
     pub file: Option<PathBuf>,
-    pub migration_namespace: String,
-    pub migration_name: String,
-    pub migration_uid: String,
     pub app_version: String,
     pub expand_after: Vec<String>,
-    pub tenants: Option<crate::api::TenantsSpec>,
-    pub tenant_expand_sql: Option<String>,
-    pub server_urls: Vec<Secret>,
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
     pub max_lock_retries: u32,
@@ -232,8 +293,6 @@ pub(super) struct Settings {
     pub young_transaction: Duration,
     pub lock_wait_attempt_after: Duration,
     pub advisory_lock_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub termination_log: PathBuf,
     pub failpoint: Option<String>,
     pub contract: ContractSettings,
 }
@@ -273,14 +332,8 @@ impl ApplyArgs {
                 .map_err(|_| format!("{}: expand or contract, not {text:?}", penv::PHASE))?,
             (None, None) => return Err(format!("--phase or {} is required", penv::PHASE)),
         };
-        let Some(database_url) = self.database_url.or(env.database_url.clone()) else {
-            return Err(format!(
-                "--database-url or {} is required",
-                penv::DATABASE_URL
-            ));
-        };
+        let run = self.run.resolve(&env)?;
         let ms = Duration::from_millis;
-        let termination_log = termination_log(self.termination_log, &env);
         let c = *self.contract;
         let contract = ContractSettings {
             database_check: c.database_check.or(env.database_check.clone()),
@@ -317,29 +370,11 @@ impl ApplyArgs {
             pooler_admin_url: c.pooler_admin_url.or(env.pooler_admin_url.clone()),
         };
         Ok(Settings {
-            database_url,
+            run,
             phase,
             sql: self.sql.or(env.sql.clone()).filter(|_| self.file.is_none()),
             file: self.file,
-            migration_namespace: setting(self.migration_namespace, env.migration_namespace, || {
-                "default".into()
-            }),
-            migration_name: setting(self.migration_name, env.migration_name, || "local".into()),
-            migration_uid: setting(self.migration_uid, env.migration_uid, String::new),
             app_version: setting(self.app_version, env.app_version, String::new),
-            tenants: match self.tenants {
-                Some(text) => Some(
-                    <crate::api::TenantsSpec as penv::EnvText>::from_text(&text)
-                        .map_err(|e| format!("--tenants: {e}"))?,
-                ),
-                None => env.tenants.clone(),
-            },
-            tenant_expand_sql: self.tenant_expand_sql.or(env.tenant_expand_sql.clone()),
-            server_urls: if self.server_urls.is_empty() {
-                env.server_urls.clone()
-            } else {
-                self.server_urls
-            },
             expand_after: match self.expand_after {
                 Some(text) => <Vec<String> as penv::EnvText>::from_text(&text)?,
                 None => env.expand_after.unwrap_or_default(),
@@ -381,13 +416,6 @@ impl ApplyArgs {
                 penv::ADVISORY_LOCK_TIMEOUT,
                 Duration::from_secs(600),
             )?,
-            connect_timeout: duration(
-                self.connect_timeout,
-                &env.connect_timeout,
-                penv::CONNECT_TIMEOUT,
-                Duration::from_secs(10),
-            )?,
-            termination_log,
             failpoint: self.failpoint.or(env.failpoint),
             contract,
         })
@@ -558,7 +586,7 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
         )
         .map_err(setting)?
         .unwrap_or(false);
-    if require_expand && args.migration_uid.trim().is_empty() {
+    if require_expand && args.run.migration_uid.trim().is_empty() {
         return Err(fail(ApplyError::Setting(
             "PHASEGATE_REQUIRE_EXPAND=true needs PHASEGATE_MIGRATION_UID: the expand to require is identified by it".into(),
         )));
@@ -611,34 +639,34 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
         .map(|url| super::grant::GrantConfig {
             url: url.to_string(),
             request: crate::protocol::grant::Request {
-                namespace: args.migration_namespace.clone(),
-                migration: args.migration_name.clone(),
-                uid: args.migration_uid.clone(),
+                namespace: args.run.migration_namespace.clone(),
+                migration: args.run.migration_name.clone(),
+                uid: args.run.migration_uid.clone(),
                 phase: phase.as_str().to_string(),
                 attempt: args.contract.attempt,
             },
             wait: args.contract.grant_wait,
         });
     let pooler =
-        pooler_config(&args.contract, &args.database_url, database_check).map_err(setting)?;
+        pooler_config(&args.contract, &args.run.database_url, database_check).map_err(setting)?;
     Ok(Config {
-        database_url: args.database_url,
+        database_url: args.run.database_url,
         phase,
         sql,
         identity: Identity {
-            namespace: args.migration_namespace,
-            name: args.migration_name,
-            uid: args.migration_uid,
+            namespace: args.run.migration_namespace,
+            name: args.run.migration_name,
+            uid: args.run.migration_uid,
             app_version: args.app_version,
         },
-        tenants: args.tenants,
+        tenants: args.run.tenants,
         advisory_obj: super::locks::ADVISORY_OBJ,
         sessions: None,
         quiet: false,
         facts: Default::default(),
         search_path: None,
-        tenant_expand_sql: args.tenant_expand_sql.filter(|_| contract),
-        server_urls: args.server_urls,
+        tenant_expand_sql: args.run.tenant_expand_sql.filter(|_| contract),
+        server_urls: args.run.server_urls,
         expand_after: if contract {
             Vec::new()
         } else {
@@ -651,7 +679,7 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
         young_transaction: args.young_transaction,
         lock_wait_attempt_after: args.lock_wait_attempt_after,
         advisory_lock_timeout: args.advisory_lock_timeout,
-        connect_timeout: args.connect_timeout,
+        connect_timeout: args.run.connect_timeout,
         database_check,
         rollout_completed_at,
         database_check_timeout: args.contract.database_check_timeout,
@@ -705,6 +733,56 @@ mod tests {
         assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
         assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    /// `apply` and `backfill` share their database, migration, tenant and report flags: each
+    /// wins over its variable in both.
+    #[test]
+    fn apply_and_backfill_take_the_same_run_flags() {
+        #[derive(clap::Parser)]
+        enum Cli {
+            Apply(ApplyArgs),
+            Backfill(super::super::backfill::BackfillArgs),
+        }
+        let run = [
+            "--database-url=postgres://u@flag/db",
+            "--migration-name=from-flag",
+            "--tenants={\"schemas\":\"t%\"}",
+            "--server-url=postgres://u@s1/db",
+            "--connect-timeout=3s",
+            "--termination-log=/tmp/report",
+        ];
+        let env = ExecutorEnv::<Secret> {
+            database_url: Some(Secret("postgres://u@env/db".into())),
+            migration_name: Some("from-env".into()),
+            migration_namespace: Some("shop".into()),
+            ..Default::default()
+        };
+        let check = |r: RunSettings| {
+            assert_eq!(r.database_url.0, "postgres://u@flag/db");
+            assert_eq!(
+                (r.migration_namespace.as_str(), r.migration_name.as_str()),
+                ("shop", "from-flag")
+            );
+            assert_eq!(r.tenants.and_then(|t| t.schemas).as_deref(), Some("t%"));
+            assert_eq!(r.server_urls, [Secret("postgres://u@s1/db".into())]);
+            assert_eq!(r.connect_timeout, Duration::from_secs(3));
+            assert_eq!(r.termination_log, PathBuf::from("/tmp/report"));
+        };
+        let parse = |cmd: &str, extra: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(
+                ["phasegate", cmd].iter().chain(&run).chain(extra).copied(),
+            )
+            .map_err(|e| e.to_string())
+        };
+        match parse("apply", &["--phase=expand", "--sql=SELECT 1"]) {
+            Ok(Cli::Apply(a)) => check(a.run.resolve(&env).expect("apply settings")),
+            other => panic!("{:?}", other.err()),
+        }
+        match parse("backfill", &["--table=t", "--key=id", "--sql=SELECT 1"]) {
+            Ok(Cli::Backfill(b)) => check(b.run.resolve(&env).expect("backfill settings")),
+            other => panic!("{:?}", other.err()),
+        }
     }
 
     #[test]

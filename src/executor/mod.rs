@@ -46,7 +46,7 @@ use crate::protocol::env::ExecutorEnv;
 pub use crate::protocol::report::{Outcome, Report, ReportError};
 use crate::sql::{self, Statement};
 use config::config_from_args;
-pub use config::{config_from_env, ApplyArgs, Config, ContractArgs, Phase, Secret};
+pub use config::{config_from_env, ApplyArgs, Config, ContractArgs, Phase, RunArgs, Secret};
 use connect::Scrubber;
 use dbcheck_run::DbCheckRun;
 pub use error::ApplyError;
@@ -77,7 +77,7 @@ pub async fn apply(args: ApplyArgs) -> std::process::ExitCode {
         Ok(s) => s,
         Err(e) => return usage_error(&e),
     };
-    let termination_log = settings.termination_log.clone();
+    let termination_log = settings.run.termination_log.clone();
     let stop = stop_on_signals();
     let report = match config_from_args(settings) {
         Ok(mut cfg) => {
