@@ -765,6 +765,15 @@ EOF
 # pass at once here; the pod names its migration.)
 ws_app 1.0.0 | kc apply -f - >/dev/null
 kc rollout status deployment/items-api --timeout="${T}s" >/dev/null || die "items-api 1.0.0 did not roll out on the real node"
+# Settled before 2.0.0 arrives: a pod the Deployment controller does not count as available yet
+# is one it may remove at once ("unhealthy") whatever maxUnavailable says; seen once in CI
+# half a second after rollout status returned, which took the old pod this check is about.
+old_available() {
+  [[ "$(jp deployment items-api '{.status.availableReplicas}/{.status.observedGeneration}/{.metadata.generation}')" == 1/1/1 \
+    && "$(kc get rs -l app=items-api -o jsonpath='{.items[*].status.availableReplicas}')" == 1 ]]
+}
+wait_until "${T}" "items-api 1.0.0 to be available" old_available
+sleep 2
 old_pod="$(kc get pods -l app=items-api -o jsonpath='{.items[0].metadata.name}')"
 open_reader items
 { ws_app 2.0.0 yes; cat <<EOF
