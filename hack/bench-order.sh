@@ -11,7 +11,9 @@
 # writes the API server counted meanwhile, and whether the ledger kept creation order. Last
 # line:
 #   migrations_per_db: migrations=N baseline_s=A phasegate_s=B speedup=X baseline_writes=W phasegate_writes=V baseline_expanded=E phasegate_expanded=F ordered=true|false
-# (a run that hits BENCH_TIMEOUT stops there: its *_expanded is below N).
+# (a run that hits BENCH_TIMEOUT stops there: its *_expanded is below N). Before it, per run,
+# where one slot of the sliding window went (hack/lib/order-steps.py: median and p90 of each
+# step from an executor's end to the next one's).
 #
 # Environment:
 #   MIGRATIONS            how many (default 200)
@@ -43,12 +45,19 @@ fi
 
 run_one() { # run_one <operator binary>: prints the benchmark's line
   log "load before: $(uptime)"
-  (cd "${ROOT}" && PHASEGATE_E2E_KUBECONFIG="${KUBECONFIG}" PHASEGATE_E2E_OPERATOR_BIN="$1" \
+  local line
+  line="$(cd "${ROOT}" && PHASEGATE_E2E_KUBECONFIG="${KUBECONFIG}" PHASEGATE_E2E_OPERATOR_BIN="$1" \
     PHASEGATE_E2E_EXECUTOR_BIN="${CURRENT_BIN}" \
     PHASEGATE_BENCH_MIGRATIONS="${MIGRATIONS}" PHASEGATE_BENCH_TIMEOUT="${BENCH_TIMEOUT:-900}" \
-    cargo test -q --features e2e --test e2e -- --ignored --exact bench::bench_migrations_per_db --nocapture) \
-    | grep '^migrations_per_db:' | tee /dev/stderr
+    cargo test -q --features e2e --test e2e -- --ignored --exact bench::bench_migrations_per_db --nocapture \
+    2>"${WORK}/run.err" | grep '^migrations_per_db:')" || true
+  [[ -n "${line}" ]] || { log "the run printed no result; its last lines:"; tail -20 "${WORK}/run.err" >&2; }
+  echo "${line}" | tee /dev/stderr
   log "load after: $(uptime)"
+  # Where the time went: the operator's and runner's logs of the run's namespace.
+  local where
+  where="$(sed -n 's/.*namespace \(e2e-bench-order-[^ ]*\) (logs in \(.*\))$/\2\/\1/p' "${WORK}/run.err" | tail -1)"
+  [[ -z "${where}" ]] || python3 "${ROOT}/hack/lib/order-steps.py" "${where}" >&2 || true
 }
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
