@@ -1235,9 +1235,19 @@ async fn a_second_claim_of_a_phase_waits_for_the_first_and_sees_its_outcome() {
             "the second claim waits for the first"
         );
         if commit {
-            ledger::record(&ta, &id, "contract", "sum", 1, 1, 1)
-                .await
-                .expect("record");
+            ledger::record(
+                &ta,
+                &id,
+                &ledger::Progress {
+                    phase: "contract",
+                    checksum: "sum",
+                    total: 1,
+                    done: 1,
+                    attempts: 1,
+                },
+            )
+            .await
+            .expect("record");
             ta.commit().await.expect("commit a");
         } else {
             ta.rollback().await.expect("rollback a");

@@ -106,20 +106,27 @@ pub async fn get<C: GenericClient>(
     }))
 }
 
-/// Records progress: `done` statements of `total` applied; `applied` when the phase is complete.
-#[allow(clippy::too_many_arguments)]
+/// What a phase's ledger row records: `done` of the `total` statements of the SQL whose
+/// checksum is `checksum`, and `attempts` more attempts.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress<'a> {
+    pub phase: &'a str,
+    pub checksum: &'a str,
+    pub total: usize,
+    pub done: usize,
+    pub attempts: u32,
+}
+
+/// Records progress: `applied` when every statement is done, else `in_progress`.
 pub async fn record<C: GenericClient>(
     c: &C,
     id: &Identity,
-    phase: &str,
-    checksum: &str,
-    total: usize,
-    done: usize,
-    attempts: u32,
+    p: &Progress<'_>,
 ) -> Result<(), tokio_postgres::Error> {
-    let total = i32::try_from(total).unwrap_or(i32::MAX);
-    let done_i = i32::try_from(done).unwrap_or(i32::MAX);
-    let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+    let (phase, checksum) = (p.phase, p.checksum);
+    let total = i32::try_from(p.total).unwrap_or(i32::MAX);
+    let done_i = i32::try_from(p.done).unwrap_or(i32::MAX);
+    let attempts = i32::try_from(p.attempts).unwrap_or(i32::MAX);
     let status = if done_i >= total {
         "applied"
     } else {
@@ -177,23 +184,19 @@ pub async fn claim<C: GenericClient>(
     Ok(done_under(&row?, checksum))
 }
 
-/// [`claim`], then [`record`] of `done` statements, all sent at once (the server runs them in
-/// this order, in the caller's transaction): one round trip. Returns what [`claim`] returns; when
-/// that is `done` or more, the caller rolls back (the record goes with it).
-#[allow(clippy::too_many_arguments)]
+/// [`claim`], then [`record`] of `p`, all sent at once (the server runs them in this order, in
+/// the caller's transaction): one round trip. Returns what [`claim`] returns; when that is
+/// `p.done` or more, the caller rolls back (the record goes with it).
 pub async fn claim_and_record<C: GenericClient>(
     c: &C,
     id: &Identity,
-    phase: &str,
-    checksum: &str,
-    total: usize,
-    done: usize,
-    attempts: u32,
+    p: &Progress<'_>,
 ) -> Result<usize, tokio_postgres::Error> {
+    let (phase, checksum) = (p.phase, p.checksum);
     let (inserted, row, recorded) = futures::future::join3(
-        insert_claim(c, id, phase, checksum, total),
+        insert_claim(c, id, phase, checksum, p.total),
         lock_row(c, id, phase),
-        record(c, id, phase, checksum, total, done, attempts),
+        record(c, id, p),
     )
     .await;
     inserted?;

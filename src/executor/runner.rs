@@ -448,10 +448,14 @@ impl Runner<'_> {
         // row is recorded in the same round trip, before the statements (it commits with them or
         // not at all): after they take their locks only the check before COMMIT and COMMIT
         // itself remain, so the application waits behind those locks less.
-        let (id, phase) = (&cfg.identity, cfg.phase.as_str());
-        let claimed =
-            ledger::claim_and_record(&tx, id, phase, self.sum, all.len(), range.end, retries + 1)
-                .await;
+        let progress = ledger::Progress {
+            phase: cfg.phase.as_str(),
+            checksum: self.sum,
+            total: all.len(),
+            done: range.end,
+            attempts: retries + 1,
+        };
+        let claimed = ledger::claim_and_record(&tx, &cfg.identity, &progress).await;
         match claimed {
             Ok(done) if done >= range.end => {
                 rollback(tx).await;
@@ -602,17 +606,16 @@ impl Runner<'_> {
             self.stats.statements += 1;
         }
         failpoint(cfg, "pause-before-commit").await;
-        ledger::record(
-            &*client,
-            &cfg.identity,
-            cfg.phase.as_str(),
-            self.sum,
-            all.len(),
-            index + 1,
-            retries + 1,
-        )
-        .await
-        .map_err(|e| ApplyError::db(&e, None))?;
+        let progress = ledger::Progress {
+            phase: cfg.phase.as_str(),
+            checksum: self.sum,
+            total: all.len(),
+            done: index + 1,
+            attempts: retries + 1,
+        };
+        ledger::record(&*client, &cfg.identity, &progress)
+            .await
+            .map_err(|e| ApplyError::db(&e, None))?;
         failpoint(cfg, "pause-after-commit").await;
         Ok(Attempt::Done)
     }
