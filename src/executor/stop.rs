@@ -115,7 +115,7 @@ impl Stop {
                 stop.request(s);
                 tracing::warn!(
                     signal = s.name(),
-                    "stop requested: this run will not commit anything it has not committed yet"
+                    "stop requested: nothing more will be committed"
                 );
             }
         });

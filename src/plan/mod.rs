@@ -30,6 +30,7 @@ use input::{MigrationInput, PhaseBody, PhaseInput};
 use observe::{Observed, Outcome, Sessions, Step};
 use stats::{Estimate, Stats, Work};
 
+use crate::executor::stop::Stop;
 use crate::lint;
 use crate::sql::LockMode;
 
@@ -200,7 +201,9 @@ pub async fn plan(req: &Request) -> Result<Plan, PlanError> {
     // Listening from here: a signal while the server starts is held until it has, and then
     // stops the plan like one later (its default action would end the process and leave the
     // server running).
-    let mut stop = Stop::listen();
+    let stop = Stop::new();
+    stop.on_signals()
+        .map_err(|e| PlanError::Server(format!("listening for SIGINT/SIGTERM: {e}")))?;
     let env = match &req.url {
         Some(url) => db::Env::scratch(url, req.schema.is_empty()).await?,
         None => {
@@ -220,46 +223,13 @@ pub async fn plan(req: &Request) -> Result<Plan, PlanError> {
     };
     let result = tokio::select! {
         biased;
-        _ = stop.recv() => Err(PlanError::Interrupted),
+        _ = stop.wait() => Err(PlanError::Interrupted),
         r = work => r,
     };
     let cleaned = env.cleanup().await;
     let plan = result?;
     cleaned?;
     Ok(plan)
-}
-
-/// SIGINT and SIGTERM, caught from [`Stop::listen`] on.
-struct Stop {
-    #[cfg(unix)]
-    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
-}
-
-impl Stop {
-    fn listen() -> Stop {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let signals = signal(SignalKind::interrupt())
-                .and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
-                .ok();
-            Stop { signals }
-        }
-        #[cfg(not(unix))]
-        Stop {}
-    }
-
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        if let Some((int, term)) = &mut self.signals {
-            tokio::select! {
-                _ = int.recv() => {},
-                _ = term.recv() => {},
-            }
-            return;
-        }
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 async fn run_all(
