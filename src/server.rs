@@ -311,6 +311,7 @@ mod tests {
             uid: "u".into(),
             phase: "contract".into(),
             attempt: 1,
+            hold_ms: 0,
         })
         .expect("json");
         let req = hyper::Request::post(format!("http://{addr}{}", crate::protocol::grant::PATH))

@@ -454,6 +454,7 @@ async fn a_fleet_contract_asks_for_its_commit_grant_once_for_every_tenant() {
             uid: "u-1".into(),
             phase: "contract".into(),
             attempt: 1,
+            hold_ms: 0,
         },
         wait: Duration::from_secs(30),
     });

@@ -41,6 +41,8 @@ pub struct Context {
     pub(crate) history_checked: history::Checked,
     /// Jobs this process created, until status records them.
     pub(crate) created_jobs: jobs::CreatedJobs,
+    /// Contract attempts this process stopped: their held grant requests end at once.
+    pub(crate) recalls: super::fence::Recalls,
     /// Reconciles asked for migrations no watch event would wake (see [`Context::wake`]).
     pub(crate) wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<DatabaseMigration>>,
 }

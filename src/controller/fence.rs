@@ -8,8 +8,14 @@
 //!   its targets from the API server (not the caches). Whatever breaks the fast stop — the
 //!   operator stopped or refused by RBAC, an invalid edit, a kubelet that never delivers
 //!   SIGTERM — also withholds the grant: the fence fails safe.
+//! - **The recall** ([`Recalls`]): a stop this process decides is recalled before the Job is
+//!   deleted and status written; renewals the desk holds for that attempt are answered
+//!   `Superseded` at once, so a "yes" from just before the stop is void by the time status
+//!   says the attempt stopped.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
@@ -19,7 +25,7 @@ use crate::api::{
     DatabaseMigration, Phase, ANNOTATION_APPROVE, ANNOTATION_BACKFILL_PAUSED, ANNOTATION_RETRY,
 };
 use crate::planner::{self, Action, Input, JobPhase, JobState};
-use crate::protocol::grant::{Answer, Request};
+use crate::protocol::grant::{self, Answer, Request};
 use crate::server::{Health, Role};
 
 use super::context::Context;
@@ -35,6 +41,56 @@ pub(super) fn marks(dbm: &DatabaseMigration) -> (bool, Option<&str>, bool) {
         a.get(ANNOTATION_BACKFILL_PAUSED)
             .is_some_and(|v| v == "true"),
     )
+}
+
+/// How long a recall is remembered: the fresh judgement answers the same from status after
+/// that (an executor waits 10 min for a grant at most).
+const RECALL_KEPT: Duration = Duration::from_secs(15 * 60);
+
+/// An attempt: (migration UID, phase, attempt number).
+type AttemptKey = (String, String, u32);
+
+/// Attempts this process stopped, with why and when.
+#[derive(Default)]
+pub(crate) struct Recalls {
+    stopped: Mutex<HashMap<AttemptKey, (String, Instant)>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Recalls {
+    /// `attempt` of `phase` will never commit: answer its grant requests so from now on.
+    pub(crate) fn recall(&self, uid: &str, phase: JobPhase, attempt: u32, why: &str) {
+        // A poisoned lock still holds a usable map: a recall is never lost to it.
+        let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        stopped.retain(|_, (_, at)| at.elapsed() < RECALL_KEPT);
+        stopped.insert(
+            (uid.to_string(), phase.as_str().to_string(), attempt),
+            (why.to_string(), Instant::now()),
+        );
+        drop(stopped);
+        self.changed.notify_waiters();
+    }
+
+    /// Why `req`'s attempt was recalled, if it was.
+    fn recalled(&self, req: &Request) -> Option<String> {
+        let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (req.uid.clone(), req.phase.clone(), req.attempt);
+        stopped.get(&key).map(|(why, _)| why.clone())
+    }
+
+    /// Resolves once `req`'s attempt is recalled (at once if it was): why.
+    async fn recalled_at_last(&self, req: &Request) -> String {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a recall in between is not missed.
+            notified.as_mut().enable();
+            if let Some(why) = self.recalled(req) {
+                return why;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Where executors' grant requests are answered: the controller's context while this process
@@ -88,9 +144,23 @@ impl GrantDesk {
         let Some(ctx) = ctx.filter(|c| !c.stopping()) else {
             return Answer::withheld("the controller is not running in this replica");
         };
-        let answer = judge(&ctx, req).await.unwrap_or_else(|e| {
-            Answer::withheld(format!("cannot read the world from the API server: {e}"))
-        });
+        // A renewal waits out its hold, then the world is read; a recall meanwhile, even
+        // during the read (it takes a while when the API server is busy), answers at once.
+        let hold = Duration::from_millis(req.hold_ms.min(grant::MAX_HOLD_MS));
+        let judged = async {
+            tokio::time::sleep(hold).await;
+            if !self.leads() {
+                return Answer::withheld("this operator replica stopped leading");
+            }
+            judge(&ctx, req).await.unwrap_or_else(|e| {
+                Answer::withheld(format!("cannot read the world from the API server: {e}"))
+            })
+        };
+        let answer = tokio::select! {
+            biased;
+            why = ctx.recalls.recalled_at_last(req) => Answer::superseded(why),
+            a = judged => a,
+        };
         ctx.metrics.record_grant(answer.verdict);
         answer
     }
@@ -229,12 +299,36 @@ pub(super) async fn sweep(
             if !jobs::ours_and_running(&job, &uid) {
                 continue;
             }
-            jobs::stop(&jobs_api, dbm, phase, attempt).await?;
+            stop(ctx, &jobs_api, dbm, plan, phase, attempt).await?;
             tracing::warn!(migration = %dbm.name_any(), namespace = %ns, %phase, attempt, "stopped a running attempt the plan does not want");
             stopped.push((phase, attempt));
         }
     }
     Ok(stopped)
+}
+
+/// Stops `attempt` of `phase`: its grant is recalled first (a renewal held for it is answered
+/// at once), then its Job deleted (its executor gets SIGTERM). The recall does not depend on
+/// the delete: RBAC that refuses it leaves the attempt without a grant all the same.
+pub(super) async fn stop(
+    ctx: &Context,
+    jobs_api: &Api<k8s_openapi::api::batch::v1::Job>,
+    dbm: &DatabaseMigration,
+    plan: &planner::Plan,
+    phase: JobPhase,
+    attempt: u32,
+) -> Result<(), Error> {
+    let recorded = match phase {
+        JobPhase::Contract => plan.status.contract.as_ref(),
+        _ => None,
+    };
+    let why = recorded
+        .filter(|r| r.attempts == attempt)
+        .and_then(|r| r.message.clone())
+        .unwrap_or_else(|| format!("{phase} attempt {attempt} was stopped by the operator"));
+    ctx.recalls
+        .recall(&dbm.uid().unwrap_or_default(), phase, attempt, &why);
+    jobs::stop(jobs_api, dbm, phase, attempt).await
 }
 
 /// The executor pod of a contract attempt recorded as stopped that has not ended yet: the
@@ -266,4 +360,41 @@ pub(super) fn unconfirmed_stop(
                 p.status.phase.as_deref().unwrap_or("Pending")
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(attempt: u32) -> Request {
+        Request {
+            namespace: "shop".into(),
+            migration: "m".into(),
+            uid: "u-1".into(),
+            phase: "contract".into(),
+            attempt,
+            hold_ms: 500,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recall_is_seen_by_whoever_waits_for_it_and_by_later_asks() {
+        let recalls = Arc::new(Recalls::default());
+        let waiting = {
+            let recalls = recalls.clone();
+            tokio::spawn(async move { recalls.recalled_at_last(&request(2)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Another attempt's recall does not end the wait.
+        recalls.recall("u-1", JobPhase::Contract, 1, "attempt 1 stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        recalls.recall("u-1", JobPhase::Contract, 2, "a gate closed");
+        assert_eq!(waiting.await.expect("waited"), "a gate closed");
+        assert_eq!(
+            recalls.recalled(&request(2)).as_deref(),
+            Some("a gate closed")
+        );
+        assert_eq!(recalls.recalled(&request(3)), None);
+    }
 }

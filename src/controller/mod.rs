@@ -168,6 +168,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         status_writes: Default::default(),
         history_checked: Default::default(),
         created_jobs: Default::default(),
+        recalls: Default::default(),
         wake,
     });
 

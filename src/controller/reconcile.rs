@@ -377,8 +377,10 @@ async fn fence_only(ctx: &Context, dbm: &DatabaseMigration, plan: &Plan) -> Resu
         if !ctx.stopping() {
             let ns = dbm.namespace().unwrap_or_default();
             stop_attempt(
+                ctx,
                 &Api::namespaced(ctx.client.clone(), &ns),
                 dbm,
+                plan,
                 phase,
                 attempt,
             )
@@ -445,7 +447,7 @@ async fn act(
             }
         }
         planner::Action::StopJob { phase, attempt } => {
-            stop_attempt(&jobs_api, dbm, phase, attempt).await?;
+            stop_attempt(ctx, &jobs_api, dbm, &plan, phase, attempt).await?;
         }
         planner::Action::None => {}
     }
@@ -599,14 +601,17 @@ fn next_wakeup(plan: &Plan, running: bool, progress_wait: Option<Duration>) -> A
     }
 }
 
-/// A gate closed while an attempt runs: its Job goes (the executor rolls back on SIGTERM).
+/// A gate closed while an attempt runs: its grant is recalled and its Job goes (the executor
+/// rolls back on the recall or on SIGTERM, whichever reaches it first).
 async fn stop_attempt(
+    ctx: &Context,
     jobs_api: &Api<Job>,
     dbm: &DatabaseMigration,
+    plan: &Plan,
     phase: JobPhase,
     attempt: u32,
 ) -> Result<(), Error> {
-    jobs::stop(jobs_api, dbm, phase, attempt).await?;
+    fence::stop(ctx, jobs_api, dbm, plan, phase, attempt).await?;
     tracing::warn!(migration = %dbm.name_any(), namespace = ?dbm.namespace(), %phase, attempt, "a gate closed: stopped the running attempt before it could commit");
     Ok(())
 }

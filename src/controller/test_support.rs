@@ -120,6 +120,7 @@ pub(crate) fn test_context(
         status_writes: Default::default(),
         history_checked: Default::default(),
         created_jobs: Default::default(),
+        recalls: Default::default(),
         // Nobody reconciles here: what a reconcile wakes is dropped.
         wake: tokio::sync::mpsc::unbounded_channel().0,
     }

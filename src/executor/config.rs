@@ -644,6 +644,7 @@ pub(super) fn config_from_args(args: Settings) -> Result<Config, (Phase, Box<App
                 uid: args.run.migration_uid.clone(),
                 phase: phase.as_str().to_string(),
                 attempt: args.contract.attempt,
+                hold_ms: 0,
             },
             wait: args.contract.grant_wait,
         });

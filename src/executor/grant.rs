@@ -17,7 +17,7 @@ use super::stop::Stop;
 use super::waits::{Kind, Waits};
 use crate::protocol::grant::{self, Answer, Request, Verdict};
 
-/// How long one request may take; a slower answer is no answer.
+/// How long one request may take beyond its hold; a slower answer is no answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a run asks for its grant, and for which attempt.
@@ -148,19 +148,33 @@ impl Grant {
     }
 }
 
-/// The renewal loop: ask, record, sleep; forever (the run aborts it when done).
+/// The renewal loop: ask, record, sleep; forever (the run aborts it when done). While a "yes"
+/// is held, each renewal lets the operator hold it for up to [`grant::RENEW_EVERY_MS`], so
+/// a stop it decides meanwhile is answered at once; an operator that answers at once is
+/// asked again after that interval all the same.
 async fn renew(cfg: GrantConfig, state: Arc<Mutex<State>>, changed: Arc<tokio::sync::Notify>) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut last_verdict: Option<Verdict> = None;
+    let holding = |s: &Arc<Mutex<State>>| {
+        s.lock()
+            .is_ok_and(|s| s.valid_until.is_some_and(|t| Instant::now() < t))
+    };
     loop {
         let sent = Instant::now();
-        let answer = tokio::time::timeout(ASK_TIMEOUT, ask(&client, &cfg)).await;
+        let mut cfg = cfg.clone();
+        cfg.request.hold_ms = if holding(&state) {
+            grant::RENEW_EVERY_MS
+        } else {
+            0
+        };
+        let limit = ASK_TIMEOUT + Duration::from_millis(cfg.request.hold_ms);
+        let answer = tokio::time::timeout(limit, ask(&client, &cfg)).await;
         let answer = match answer {
             Ok(Ok(a)) => Ok(a),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(format!(
                 "the operator did not answer within {} ms",
-                ASK_TIMEOUT.as_millis()
+                limit.as_millis()
             )),
         };
         // Logged before the run can act on it: a COMMIT is always preceded by its grant's line.

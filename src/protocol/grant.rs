@@ -28,6 +28,8 @@ pub const VALIDITY_MS: u64 = 2_000;
 /// How often the executor asks again while it holds or waits for a grant: while the operator
 /// runs, a gate that closes withdraws a held grant within this (plus one answer's time).
 pub const RENEW_EVERY_MS: u64 = 500;
+/// The longest the operator holds a renewal ([`Request::hold_ms`]) before it judges.
+pub const MAX_HOLD_MS: u64 = 1_000;
 
 /// What the executor asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +43,15 @@ pub struct Request {
     /// `contract`.
     pub phase: String,
     pub attempt: u32,
+    /// A renewal of a held "yes": the operator may keep the request this long before it
+    /// judges, and answers at once if it stops the attempt meanwhile. So the "yes" the executor
+    /// holds is withdrawn the moment the operator decides to stop, not at the next renewal.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hold_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The operator's answer.
@@ -106,6 +117,7 @@ mod tests {
             uid: "u-1".into(),
             phase: "contract".into(),
             attempt: 2,
+            hold_ms: 0,
         };
         let text = serde_json::to_string(&req).expect("json");
         assert_eq!(
@@ -118,5 +130,20 @@ mod tests {
         assert!(text.contains(r#""verdict":"Granted""#), "{text}");
         assert!(text.contains(r#""validForMs":2000"#), "{text}");
         assert_eq!(serde_json::from_str::<Answer>(&text).expect("parse"), ans);
+    }
+
+    #[test]
+    fn a_renewal_says_how_long_it_may_be_held() {
+        let req = Request {
+            namespace: "shop".into(),
+            migration: "m".into(),
+            uid: "u-1".into(),
+            phase: "contract".into(),
+            attempt: 1,
+            hold_ms: 500,
+        };
+        let text = serde_json::to_string(&req).expect("json");
+        assert!(text.ends_with(r#""attempt":1,"holdMs":500}"#), "{text}");
+        assert_eq!(serde_json::from_str::<Request>(&text).expect("parse"), req);
     }
 }

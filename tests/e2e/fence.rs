@@ -286,6 +286,33 @@ async fn a_stopped_operator_never_lets_contract_commit() {
     env.cleanup().await;
 }
 
+/// Once the operator has deleted the contract Job, nothing commits, even with no SIGTERM and
+/// the lock freed that very moment: the operator recalls the attempt's grant before it deletes
+/// the Job, so a "yes" the executor got just before the rollback is void.
+#[tokio::test(flavor = "multi_thread")]
+async fn once_the_job_is_deleted_a_grant_from_before_is_void() {
+    let (env, reader) = contract_waiting("fence-recall").await;
+    env.signal_runner("STOP");
+    env.set_version("shop-api", "1.0.0", json!({})).await;
+    let deadline = std::time::Instant::now() + T;
+    while !env.job_names("contract").await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the contract Job was never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    reader.batch_execute("COMMIT").await.expect("commit reader");
+    drop(reader);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    contract_not_applied(&env, "a grant from before the stop was used after it").await;
+
+    env.signal_runner("CONT");
+    env.set_version("shop-api", "2.0.0", json!({})).await;
+    commits_once_at_attempt_2(&env).await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_kubelet_never_lets_contract_commit_and_status_says_so() {
     let (env, reader) = contract_waiting("fence-kubelet").await;

@@ -182,16 +182,9 @@ async fn a_rollback_mid_fleet_contract_stops_it_before_the_next_tenant_commits()
         m.status.as_ref().and_then(|s| s.phase) != Some(Phase::Contracting)
     })
     .await;
-    // The reader ends once the stop is complete: a "yes" sent just before the rollback may
-    // still be used within its 2 s, the fence's measured race (guarantees.md), not this
-    // test's. In CI the reader ended the instant status changed and tenant_05 committed.
-    let stopped = std::time::Instant::now();
-    crate::harness::wait_until(T, "the stopped contract Job is gone", || async {
-        env.job_names("contract").await.is_empty()
-    })
-    .await;
-    tokio::time::sleep(std::time::Duration::from_millis(2_500).saturating_sub(stopped.elapsed()))
-        .await;
+    // The reader ends the instant status says the attempt stopped: the grant was recalled
+    // before that, so a "yes" from just before the rollback cannot be used (before the recall,
+    // tenant_05 committed this way in CI, its executor not yet reached by SIGTERM).
     tx.rollback().await.expect("end the reader");
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     for i in 5..=TENANTS {
