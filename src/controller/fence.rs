@@ -152,9 +152,15 @@ impl GrantDesk {
             if !self.leads() {
                 return Answer::withheld("this operator replica stopped leading");
             }
-            judge(&ctx, req).await.unwrap_or_else(|e| {
-                Answer::withheld(format!("cannot read the world from the API server: {e}"))
-            })
+            match judge(&ctx, req).await {
+                Ok(a) => Answer {
+                    held_ms: hold.as_millis() as u64,
+                    ..a
+                },
+                Err(e) => {
+                    Answer::withheld(format!("cannot read the world from the API server: {e}"))
+                }
+            }
         };
         let answer = tokio::select! {
             biased;

@@ -192,7 +192,10 @@ async fn renew(cfg: GrantConfig, state: Arc<Mutex<State>>, changed: Arc<tokio::s
                     s.reason.clone_from(&a.reason);
                     match a.verdict {
                         Verdict::Granted => {
-                            s.valid_until = sent.checked_add(Duration::from_millis(a.valid_for_ms))
+                            // Never more held than asked: the operator cannot stretch it.
+                            let held = a.held_ms.min(cfg.request.hold_ms);
+                            s.valid_until =
+                                sent.checked_add(Duration::from_millis(held + a.valid_for_ms))
                         }
                         Verdict::Withheld => s.valid_until = None,
                         Verdict::Superseded => {

@@ -5,8 +5,9 @@
 //!
 //! The executor asks over HTTP (`POST` [`PATH`] with a [`Request`]) and keeps asking while it
 //! waits; an answer is valid for [`Answer::valid_for_ms`] counted on the executor's own
-//! monotonic clock from the moment it *sent* the request, so neither clock skew nor a slow
-//! answer stretches it.
+//! monotonic clock from the moment it *sent* the request (a held renewal: plus the time the
+//! operator held it before it read the world, [`Answer::held_ms`]), so neither clock skew
+//! nor a slow answer stretches it.
 
 use serde::{Deserialize, Serialize};
 
@@ -61,9 +62,15 @@ pub struct Answer {
     pub verdict: Verdict,
     /// Why, for the executor's log and report (e.g. the gate that is closed).
     pub reason: String,
-    /// How long a `Granted` answer stays valid, from when the request was sent.
+    /// How long a `Granted` answer stays valid, from when the request was sent (plus
+    /// [`Answer::held_ms`]).
     #[serde(default)]
     pub valid_for_ms: u64,
+    /// How long the operator held the request before it began to read the world (at most the
+    /// request's `holdMs`): the validity starts that much later, as the read did, so a held
+    /// renewal costs the executor none of it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_ms: u64,
 }
 
 /// The three answers.
@@ -85,6 +92,7 @@ impl Answer {
             verdict: Verdict::Granted,
             reason: "every gate holds".into(),
             valid_for_ms: VALIDITY_MS,
+            held_ms: 0,
         }
     }
 
@@ -93,6 +101,7 @@ impl Answer {
             verdict: Verdict::Withheld,
             reason: reason.into(),
             valid_for_ms: 0,
+            held_ms: 0,
         }
     }
 
@@ -101,6 +110,7 @@ impl Answer {
             verdict: Verdict::Superseded,
             reason: reason.into(),
             valid_for_ms: 0,
+            held_ms: 0,
         }
     }
 }
@@ -145,5 +155,15 @@ mod tests {
         let text = serde_json::to_string(&req).expect("json");
         assert!(text.ends_with(r#""attempt":1,"holdMs":500}"#), "{text}");
         assert_eq!(serde_json::from_str::<Request>(&text).expect("parse"), req);
+        let held = Answer {
+            held_ms: 500,
+            ..Answer::granted()
+        };
+        let text = serde_json::to_string(&held).expect("json");
+        assert!(
+            text.ends_with(r#""validForMs":2000,"heldMs":500}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Answer>(&text).expect("parse"), held);
     }
 }
