@@ -42,7 +42,7 @@ pub struct Context {
     /// Jobs this process created, until status records them.
     pub(crate) created_jobs: jobs::CreatedJobs,
     /// Contract attempts this process stopped: their held grant requests end at once.
-    pub(crate) recalls: super::fence::Recalls,
+    pub(crate) recalls: super::recalls::Recalls,
     /// Reconciles asked for migrations no watch event would wake (see [`Context::wake`]).
     pub(crate) wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<DatabaseMigration>>,
 }

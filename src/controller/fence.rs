@@ -1,4 +1,4 @@
-//! The fence: a contract attempt commits only while every gate holds. Two halves:
+//! The fence: a contract attempt commits only while every gate holds. Three parts:
 //!
 //! - **The fast stop** (reconcile): when a plan sees a gate close, the attempt's Job is
 //!   deleted and its executor rolls back on SIGTERM; so is every other running attempt of the
@@ -8,14 +8,13 @@
 //!   its targets from the API server (not the caches). Whatever breaks the fast stop — the
 //!   operator stopped or refused by RBAC, an invalid edit, a kubelet that never delivers
 //!   SIGTERM — also withholds the grant: the fence fails safe.
-//! - **The recall** ([`Recalls`]): a stop this process decides is recalled before the Job is
+//! - **The recall** ([`super::recalls::Recalls`]): a stop this process decides is recalled before the Job is
 //!   deleted and status written; renewals the desk holds for that attempt are answered
 //!   `Superseded` at once, so a "yes" from just before the stop is void by the time status
 //!   says the attempt stopped.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
@@ -41,56 +40,6 @@ pub(super) fn marks(dbm: &DatabaseMigration) -> (bool, Option<&str>, bool) {
         a.get(ANNOTATION_BACKFILL_PAUSED)
             .is_some_and(|v| v == "true"),
     )
-}
-
-/// How long a recall is remembered: the fresh judgement answers the same from status after
-/// that (an executor waits 10 min for a grant at most).
-const RECALL_KEPT: Duration = Duration::from_secs(15 * 60);
-
-/// An attempt: (migration UID, phase, attempt number).
-type AttemptKey = (String, String, u32);
-
-/// Attempts this process stopped, with why and when.
-#[derive(Default)]
-pub(crate) struct Recalls {
-    stopped: Mutex<HashMap<AttemptKey, (String, Instant)>>,
-    changed: tokio::sync::Notify,
-}
-
-impl Recalls {
-    /// `attempt` of `phase` will never commit: answer its grant requests so from now on.
-    pub(crate) fn recall(&self, uid: &str, phase: JobPhase, attempt: u32, why: &str) {
-        // A poisoned lock still holds a usable map: a recall is never lost to it.
-        let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
-        stopped.retain(|_, (_, at)| at.elapsed() < RECALL_KEPT);
-        stopped.insert(
-            (uid.to_string(), phase.as_str().to_string(), attempt),
-            (why.to_string(), Instant::now()),
-        );
-        drop(stopped);
-        self.changed.notify_waiters();
-    }
-
-    /// Why `req`'s attempt was recalled, if it was.
-    fn recalled(&self, req: &Request) -> Option<String> {
-        let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (req.uid.clone(), req.phase.clone(), req.attempt);
-        stopped.get(&key).map(|(why, _)| why.clone())
-    }
-
-    /// Resolves once `req`'s attempt is recalled (at once if it was): why.
-    async fn recalled_at_last(&self, req: &Request) -> String {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            // Registered before looking, so a recall in between is not missed.
-            notified.as_mut().enable();
-            if let Some(why) = self.recalled(req) {
-                return why;
-            }
-            notified.await;
-        }
-    }
 }
 
 /// Where executors' grant requests are answered: the controller's context while this process
@@ -366,41 +315,4 @@ pub(super) fn unconfirmed_stop(
                 p.status.phase.as_deref().unwrap_or("Pending")
             )
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(attempt: u32) -> Request {
-        Request {
-            namespace: "shop".into(),
-            migration: "m".into(),
-            uid: "u-1".into(),
-            phase: "contract".into(),
-            attempt,
-            hold_ms: 500,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_recall_is_seen_by_whoever_waits_for_it_and_by_later_asks() {
-        let recalls = Arc::new(Recalls::default());
-        let waiting = {
-            let recalls = recalls.clone();
-            tokio::spawn(async move { recalls.recalled_at_last(&request(2)).await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // Another attempt's recall does not end the wait.
-        recalls.recall("u-1", JobPhase::Contract, 1, "attempt 1 stopped");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished());
-        recalls.recall("u-1", JobPhase::Contract, 2, "a gate closed");
-        assert_eq!(waiting.await.expect("waited"), "a gate closed");
-        assert_eq!(
-            recalls.recalled(&request(2)).as_deref(),
-            Some("a gate closed")
-        );
-        assert_eq!(recalls.recalled(&request(3)), None);
-    }
 }

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod labels;
 pub mod observations;
 pub mod pod_index;
+mod recalls;
 mod reconcile;
 mod status_writes;
 #[cfg(test)]
