@@ -99,6 +99,24 @@ impl Grant {
         }
     }
 
+    /// Resolves once the operator says this attempt will never commit (at once if it has):
+    /// the error that ends the run.
+    pub async fn superseded(&self) -> ApplyError {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so an answer in between is not missed.
+            notified.as_mut().enable();
+            if self.with(|s| s.superseded) {
+                return ApplyError::Superseded {
+                    attempt: self.attempt,
+                    why: self.reason(),
+                };
+            }
+            notified.await;
+        }
+    }
+
     /// Waits until a grant is held, announcing the wait; fails once the operator says the
     /// attempt is superseded, or after the run's grant budget (`waited` counts across steps).
     pub async fn acquire(

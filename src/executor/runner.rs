@@ -284,7 +284,9 @@ impl Runner<'_> {
     /// just now. The check can wait for minutes, and a new long transaction may take a table
     /// meanwhile; queueing behind it blind would stall the application for up to
     /// `lock_timeout` × retries. So whenever the check waited, look at the locks again. Ends:
-    /// each round that waits spends the check's budget, which is finite.
+    /// each round that waits spends the check's budget, which is finite. A contract attempt
+    /// the operator stops meanwhile ends here (the recall tells it at once, SIGTERM or not),
+    /// rather than waiting on until the tables are free only to be told again.
     async fn clear_to_attempt(
         &mut self,
         client: &Client,
@@ -292,12 +294,23 @@ impl Runner<'_> {
         range: &Range<usize>,
         lock_waited: &mut Duration,
     ) -> Result<(), ApplyError> {
-        loop {
-            self.wait_for_tables(client, stmts, range, lock_waited)
-                .await?;
-            if self.pass_database_check(client).await?.is_zero() {
-                return Ok(());
+        let grant = self.grant.clone();
+        let rounds = async {
+            loop {
+                self.wait_for_tables(client, stmts, range, lock_waited)
+                    .await?;
+                if self.pass_database_check(client).await?.is_zero() {
+                    return Ok(());
+                }
             }
+        };
+        match grant {
+            Some(grant) => tokio::select! {
+                biased;
+                stopped = grant.superseded() => Err(stopped),
+                r = rounds => r,
+            },
+            None => rounds.await,
         }
     }
 

@@ -212,6 +212,20 @@ async fn commits_once_at_attempt_2(env: &Env) {
     );
 }
 
+/// Sessions of Phasegate's executor (its default `application_name`) in the test database.
+async fn executor_sessions(env: &Env) -> i64 {
+    env.pg
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'phasegate'",
+            &[],
+        )
+        .await
+        .expect("sessions")
+        .get(0)
+}
+
 /// Nothing committed: the column is there and the ledger has no contract row.
 async fn contract_not_applied(env: &Env, why: &str) {
     assert!(env.column_exists("users", "legacy_flag").await, "{why}");
@@ -324,8 +338,14 @@ async fn a_stalled_kubelet_never_lets_contract_commit_and_status_says_so() {
             && condition(m, "Ready").is_some_and(|(_, _, msg)| msg.contains("stop not confirmed"))
     })
     .await;
-    // A grant issued before the rollback may be used for up to its validity (2 s): the
-    // window docs/guarantees.md states. Past it, nothing may commit.
+    // Told by the recall, the executor leaves the database although no SIGTERM reached it
+    // and the reader still holds the table.
+    wait_until(
+        Duration::from_secs(10),
+        "the stopped executor's session to leave the database",
+        || async { executor_sessions(&env).await == 0 },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     reader.batch_execute("COMMIT").await.expect("commit reader");
     drop(reader);
