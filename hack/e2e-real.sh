@@ -24,7 +24,7 @@
 #      drops): the reader ends, and the DROP never commits while the old version serves (no
 #      ledger row, the column kept, AwaitingRollout/GateClosed); rolled forward, it commits once.
 #      Again with the kubelet stalled (SIGSTOP) across the rollback, so no stop reaches the
-#      executor and the commit grant alone holds the DROP.
+#      executor: the recalled commit grant alone ends it and holds the DROP.
 #   7. examples/psql-job (a user Job: fenced by SIGTERM only) in a postgres:17-alpine stand-in:
 #      a rollback while its contract psql waits for a lock ends psql (the example's shell
 #      forwards the signal), the reader ends inside the grace period, nothing is dropped.
@@ -536,8 +536,8 @@ expect_eq "failover: contract ran" "id,total,total_cents" "$(columns billing inv
 #   a) as it normally goes: the fast stop (the operator deletes the Job, the kubelet stops the
 #      executor) ends the attempt before the reader does;
 #   b) with the kubelet stalled (SIGSTOP) from before the rollback until after the reader
-#      ended: no stop reaches the executor; only the commit grant, no longer given once the
-#      gate closed, keeps it from committing.
+#      ended: no stop reaches the executor; the commit grant, recalled when the operator
+#      stopped the attempt, ends it and keeps it from committing.
 
 # A reader: a session that read <table> (of database <db>, default shop) in a transaction it
 # keeps open until end_reader.
@@ -562,6 +562,8 @@ executor_log() { cat /var/log/pods/"${NS}_$1"_*/executor/*.log 2>/dev/null || tr
 verdicts() { executor_log "$1" | grep 'commit grant' | grep 'verdict'; }
 # Its latest answer is not a grant.
 lost_grant() { verdicts "$1" | tail -1 | grep -Eq 'Withheld|Superseded'; }
+# The container <id>'s task no longer runs (read from containerd: no kubelet needed).
+task_ended() { [[ "$(ctr -n k8s.io tasks ls | awk -v c="$1" '$1 == c {print $3}')" != RUNNING ]]; }
 
 # rollback_while_waiting <case> <migration> <table> <deployment> <stall the kubelet: yes|no>
 rollback_while_waiting() {
@@ -626,16 +628,16 @@ EOF
   pass "${c}: AwaitingRollout ${status_ms} ms after the rollback was written"
   expect_eq "${c}: the attempt is GateClosed" "GateClosed" "$(jp dbm "${m}" '{.status.contract.reason}')"
   if [[ "${stall}" == yes ]]; then
-    # The Job is deleted, yet nothing stops the executor: its container still runs, and it
-    # learns that the gate closed from its next grant request.
-    expect_eq "${c}: the executor's container still runs (no stop delivered)" "RUNNING" \
-      "$(ctr -n k8s.io tasks ls | awk -v c="${cid#containerd://}" '$1 == c {print $3}')"
+    # The Job is deleted and the stalled kubelet delivers no stop, yet the executor is told:
+    # the operator recalled its grant before deleting the Job, and it ends by itself.
+    wait_until 15 "the executor's container to end with no stop delivered" task_ended "${cid#containerd://}"
+    pass "${c}: the executor's container ended by itself while the kubelet was stalled"
     wait_until 15 "the executor to lose its commit grant" lost_grant "${cpod}"
     # When: the first answer after its last grant, by the container log's own timestamp.
     local refused_at
     refused_at="$(verdicts "${cpod}" | awk '/Granted/ {at = ""; next} at == "" {at = $1} END {print at}')"
     refused_at="$(date -d "${refused_at}" +%s%N 2>/dev/null || echo 0)"
-    pass "${c}: the operator refused the executor's next grant request $(((refused_at - rolled_back) / 1000000)) ms after the rollback was written (status said AwaitingRollout after ${status_ms} ms)"
+    pass "${c}: the executor lost its grant (its first answer after the last Granted) $(((refused_at - rolled_back) / 1000000)) ms after the rollback was written (status said AwaitingRollout after ${status_ms} ms)"
   else
     wait_until 60 "the stopped executor pod to be gone" bash -c "! kubectl -n ${NS} get pod ${cpod} >/dev/null 2>&1"
     pass "${c}: the stopped executor pod is gone"
@@ -648,9 +650,7 @@ EOF
   expect_eq "${c}: after the reader ended, still AwaitingRollout/GateClosed" "AwaitingRollout GateClosed" \
     "$(jp dbm "${m}" '{.status.phase} {.status.contract.reason}')"
   if [[ "${stall}" == yes ]]; then
-    # Once the reader let it go, it asked for the grant it needs before taking its locks and
-    # was told its attempt is over (were the reader to end within a grant's validity after the
-    # rollback, it would run the DROP and roll back at COMMIT instead: no valid grant).
+    # It was told its attempt is over (the recall) and ended without taking its locks.
     local said
     said="$(executor_log "${cpod}" | grep -Eo 'was superseded[^"]*|no valid commit grant right before COMMIT' | head -1)"
     [[ -n "${said}" ]] && pass "${c}: the executor ended without committing: ${said:0:140}" \
