@@ -382,6 +382,13 @@ async fn a_pattern_matching_nothing_or_a_missing_canary_fails_before_any_tenant(
 /// A stand-in for the operator's grant endpoint (one narrow HTTP exchange): grants every
 /// request and counts them.
 async fn counting_grant_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    grant_server(r#"{"verdict":"Granted","reason":"every gate holds","validForMs":2000}"#).await
+}
+
+/// A grant endpoint that answers every request with `body`; counts the requests.
+async fn grant_server(
+    body: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -421,7 +428,6 @@ async fn counting_grant_server() -> (String, std::sync::Arc<std::sync::atomic::A
                     }
                 }
                 counted.fetch_add(1, Ordering::SeqCst);
-                let body = r#"{"verdict":"Granted","reason":"every gate holds","validForMs":2000}"#;
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -470,6 +476,48 @@ async fn a_fleet_contract_asks_for_its_commit_grant_once_for_every_tenant() {
         asked <= most,
         "{asked} grant requests in {secs:.1} s for 40 tenants (at most {most})"
     );
+}
+
+/// The operator stops the attempt (its grant is superseded): the fleet halts, saying so, and
+/// counts its tenants as not run rather than failing each in turn on the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_fleet_contract_halts_and_fails_no_tenant() {
+    let pg = TestPostgres::start();
+    let c = pg.client().await;
+    schemas(&c, 6).await;
+    let r = executor::execute(&cfg(&pg, Phase::Expand, EXPAND, spec("tenant\\_%"))).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.to_json_line());
+    let (url, _) = grant_server(
+        r#"{"verdict":"Superseded","reason":"contract attempt 1 stopped before commit: a gate closed"}"#,
+    )
+    .await;
+    let mut tenants = spec("tenant\\_%");
+    tenants.failure_budget = 10;
+    let mut contract = cfg(&pg, Phase::Contract, CONTRACT, tenants);
+    contract.database_check = false;
+    contract.grant = Some(executor::grant::GrantConfig {
+        url,
+        request: phasegate::protocol::grant::Request {
+            namespace: "shop".into(),
+            migration: "verified".into(),
+            uid: "u-1".into(),
+            phase: "contract".into(),
+            attempt: 1,
+            hold_ms: 0,
+        },
+        wait: Duration::from_secs(30),
+    });
+    let r = executor::execute(&contract).await;
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.to_json_line());
+    assert_eq!(tally(&r), (6, 0, 0, 6), "{}", r.to_json_line());
+    let halted = r.tenants.as_ref().and_then(|t| t.halted.clone());
+    assert!(
+        halted
+            .as_deref()
+            .is_some_and(|h| h.contains("the operator stopped this attempt")),
+        "{halted:?}"
+    );
+    assert_eq!(with_column(&c, "legacy").await.len(), 6, "nothing dropped");
 }
 
 /// `tenants.waves`: a wave's tenants all finish before the next wave starts. The first wave

@@ -99,6 +99,11 @@ impl Grant {
         }
     }
 
+    /// Why the operator said this attempt will never commit, if it has.
+    pub fn superseded_why(&self) -> Option<String> {
+        self.with(|s| s.superseded.then(|| s.reason.clone()))
+    }
+
     /// Resolves once the operator says this attempt will never commit (at once if it has):
     /// the error that ends the run.
     pub async fn superseded(&self) -> ApplyError {

@@ -91,7 +91,12 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
     );
     let mut tally = Tally::default();
     let (servers, kind) = (&servers, &kind);
-    let run = |t: Tenant| async move { run_tenant(&servers[t.server].cfg, kind, &t).await };
+    let run = |t: Tenant| async move {
+        let cfg = &servers[t.server].cfg;
+        let mut run = run_tenant(cfg, kind, &t).await;
+        run.superseded = cfg.shared_grant.as_ref().and_then(|g| g.superseded_why());
+        run
+    };
     let status = walk::walk(waves, servers.len(), spec, &cfg.stop, run, &mut tally).await;
     tally.status = TenantsStatus {
         expanded_late: tally.status.expanded_late,
@@ -105,6 +110,8 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
 struct TenantRun {
     report: Report,
     expanded_late: bool,
+    /// The attempt's grant was superseded by the time the tenant's run ended: why.
+    superseded: Option<String>,
 }
 
 /// One tenant, on its server's settings `cfg`, its logs in a span naming it.
@@ -122,6 +129,7 @@ async fn run_one_tenant(cfg: &Config, kind: &TenantKind, tenant: &Tenant) -> Ten
             return TenantRun {
                 report: Tally::default().failed_report(cfg, Duration::ZERO, e),
                 expanded_late: false,
+                superseded: None,
             }
         }
     };
@@ -134,6 +142,7 @@ async fn run_one_tenant(cfg: &Config, kind: &TenantKind, tenant: &Tenant) -> Ten
                 return TenantRun {
                     report,
                     expanded_late: false,
+                    superseded: None,
                 }
             }
         }
@@ -142,6 +151,7 @@ async fn run_one_tenant(cfg: &Config, kind: &TenantKind, tenant: &Tenant) -> Ten
     TenantRun {
         report: super::execute_one(&one).await,
         expanded_late,
+        superseded: None,
     }
 }
 
@@ -181,6 +191,10 @@ impl Counter<TenantRun> for Tally {
         }
         if r.stopped_by.is_some() {
             return Verdict::Stopped;
+        }
+        // Superseded, the tenant's own failure is that, and every later one's would be too.
+        if let Some(why) = run.superseded {
+            return Verdict::Halt(format!("the operator stopped this attempt: {why}"));
         }
         Verdict::Failed(r.summary())
     }

@@ -25,6 +25,9 @@ pub(super) enum Verdict {
     Failed(String),
     /// Interrupted by a stop, not failed: it counts as not run, and runs again next attempt.
     Stopped,
+    /// Not run, and no further tenant may start, with why: the operator superseded the
+    /// attempt. Counts as not run; the run is halted.
+    Halt(String),
 }
 
 /// What the caller keeps of the tenants' runs besides the counts.
@@ -137,6 +140,9 @@ fn count(status: &mut TenantsStatus, tenant: &str, verdict: Verdict) {
     match verdict {
         Verdict::Done => status.applied += 1,
         Verdict::Stopped => {}
+        Verdict::Halt(why) => {
+            status.halted.get_or_insert(why);
+        }
         Verdict::Failed(error) => {
             status.failed += 1;
             tracing::warn!(tenant, error = %error, "tenants: failed on this tenant");
