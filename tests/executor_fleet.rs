@@ -385,6 +385,22 @@ async fn counting_grant_server() -> (String, std::sync::Arc<std::sync::atomic::A
     grant_server(r#"{"verdict":"Granted","reason":"every gate holds","validForMs":2000}"#).await
 }
 
+/// Contract attempt 1 of migration `shop/verified` asks for its grant at `url`.
+fn grant_from(url: String) -> executor::grant::GrantConfig {
+    executor::grant::GrantConfig {
+        url,
+        request: phasegate::protocol::grant::Request {
+            namespace: "shop".into(),
+            migration: "verified".into(),
+            uid: "u-1".into(),
+            phase: "contract".into(),
+            attempt: 1,
+            hold_ms: 0,
+        },
+        wait: Duration::from_secs(30),
+    }
+}
+
 /// A grant endpoint that answers every request with `body`; counts the requests.
 async fn grant_server(
     body: &'static str,
@@ -452,18 +468,7 @@ async fn a_fleet_contract_asks_for_its_commit_grant_once_for_every_tenant() {
     let (url, asked) = counting_grant_server().await;
     let mut contract = cfg(&pg, Phase::Contract, CONTRACT, spec("tenant\\_%"));
     contract.database_check = false;
-    contract.grant = Some(executor::grant::GrantConfig {
-        url,
-        request: phasegate::protocol::grant::Request {
-            namespace: "shop".into(),
-            migration: "verified".into(),
-            uid: "u-1".into(),
-            phase: "contract".into(),
-            attempt: 1,
-            hold_ms: 0,
-        },
-        wait: Duration::from_secs(30),
-    });
+    contract.grant = Some(grant_from(url));
     let started = std::time::Instant::now();
     let r = executor::execute(&contract).await;
     let secs = started.elapsed().as_secs_f64();
@@ -495,18 +500,7 @@ async fn a_superseded_fleet_contract_halts_and_fails_no_tenant() {
     tenants.failure_budget = 10;
     let mut contract = cfg(&pg, Phase::Contract, CONTRACT, tenants);
     contract.database_check = false;
-    contract.grant = Some(executor::grant::GrantConfig {
-        url,
-        request: phasegate::protocol::grant::Request {
-            namespace: "shop".into(),
-            migration: "verified".into(),
-            uid: "u-1".into(),
-            phase: "contract".into(),
-            attempt: 1,
-            hold_ms: 0,
-        },
-        wait: Duration::from_secs(30),
-    });
+    contract.grant = Some(grant_from(url));
     let r = executor::execute(&contract).await;
     assert_eq!(r.outcome, Outcome::Failed, "{}", r.to_json_line());
     assert_eq!(tally(&r), (6, 0, 0, 6), "{}", r.to_json_line());
