@@ -20,6 +20,7 @@ pub mod executor;
 pub mod leader;
 pub mod lint;
 pub mod metrics;
+pub mod notified;
 pub mod plan;
 pub mod planner;
 pub mod plugin;

@@ -47,16 +47,7 @@ impl Recalls {
 
     /// Resolves once `req`'s attempt is recalled (at once if it was): why.
     pub(super) async fn recalled_at_last(&self, req: &Request) -> String {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            // Registered before looking, so a recall in between is not missed.
-            notified.as_mut().enable();
-            if let Some(why) = self.recalled(req) {
-                return why;
-            }
-            notified.await;
-        }
+        crate::notified::until_some(&self.changed, || self.recalled(req)).await
     }
 }
 

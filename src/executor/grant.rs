@@ -40,6 +40,13 @@ struct State {
     reason: String,
 }
 
+impl State {
+    /// A valid "yes" is held right now.
+    fn holds(&self) -> bool {
+        !self.superseded && self.valid_until.is_some_and(|t| Instant::now() < t)
+    }
+}
+
 /// A running grant: the renewal task and what it learnt last.
 pub struct Grant {
     attempt: u32,
@@ -84,7 +91,7 @@ impl Grant {
 
     /// A valid grant is held right now.
     pub fn holds(&self) -> bool {
-        self.with(|s| !s.superseded && s.valid_until.is_some_and(|t| Instant::now() < t))
+        self.with(State::holds)
     }
 
     /// Why no grant is held (the last answer's reason).
@@ -104,22 +111,18 @@ impl Grant {
         self.with(|s| s.superseded.then(|| s.reason.clone()))
     }
 
+    /// The error that ends the run, once the operator said this attempt will never commit.
+    fn superseded_error(&self) -> Option<ApplyError> {
+        self.superseded_why().map(|why| ApplyError::Superseded {
+            attempt: self.attempt,
+            why,
+        })
+    }
+
     /// Resolves once the operator says this attempt will never commit (at once if it has):
     /// the error that ends the run.
     pub async fn superseded(&self) -> ApplyError {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            // Registered before looking, so an answer in between is not missed.
-            notified.as_mut().enable();
-            if self.with(|s| s.superseded) {
-                return ApplyError::Superseded {
-                    attempt: self.attempt,
-                    why: self.reason(),
-                };
-            }
-            notified.await;
-        }
+        crate::notified::until_some(&self.changed, || self.superseded_error()).await
     }
 
     /// Waits until a grant is held, announcing the wait; fails once the operator says the
@@ -132,11 +135,8 @@ impl Grant {
     ) -> Result<(), ApplyError> {
         let start = Instant::now();
         loop {
-            if self.with(|s| s.superseded) {
-                return Err(ApplyError::Superseded {
-                    attempt: self.attempt,
-                    why: self.reason(),
-                });
+            if let Some(e) = self.superseded_error() {
+                return Err(e);
             }
             if self.holds() {
                 *waited += start.elapsed();
@@ -178,9 +178,9 @@ impl Grant {
 async fn renew(cfg: GrantConfig, state: Arc<Mutex<State>>, changed: Arc<tokio::sync::Notify>) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut last_verdict: Option<Verdict> = None;
-    let holding = |s: &Arc<Mutex<State>>| {
-        s.lock()
-            .is_ok_and(|s| s.valid_until.is_some_and(|t| Instant::now() < t))
+    let holding = |s: &Arc<Mutex<State>>| match s.lock() {
+        Ok(s) => s.holds(),
+        Err(poisoned) => poisoned.into_inner().holds(),
     };
     loop {
         let sent = Instant::now();

@@ -86,16 +86,7 @@ impl Stop {
 
     /// Resolves once a stop is requested (at once if it already was). Cancel-safe.
     pub async fn wait(&self) -> Signal {
-        loop {
-            let notified = self.0.notify.notified();
-            tokio::pin!(notified);
-            // Register before reading the flag, so a request in between is not missed.
-            notified.as_mut().enable();
-            if let Some(s) = self.requested() {
-                return s;
-            }
-            notified.await;
-        }
+        crate::notified::until_some(&self.0.notify, || self.requested()).await
     }
 
     /// Turns SIGTERM and SIGINT into stop requests for the rest of the process's life. The

@@ -89,14 +89,12 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
         failure_budget = spec.failure_budget,
         "tenants: starting"
     );
-    let mut tally = Tally::default();
-    let (servers, kind) = (&servers, &kind);
-    let run = |t: Tenant| async move {
-        let cfg = &servers[t.server].cfg;
-        let mut run = run_tenant(cfg, kind, &t).await;
-        run.superseded = cfg.shared_grant.as_ref().and_then(|g| g.superseded_why());
-        run
+    let mut tally = Tally {
+        grant,
+        ..Tally::default()
     };
+    let (servers, kind) = (&servers, &kind);
+    let run = |t: Tenant| async move { run_tenant(&servers[t.server].cfg, kind, &t).await };
     let status = walk::walk(waves, servers.len(), spec, &cfg.stop, run, &mut tally).await;
     tally.status = TenantsStatus {
         expanded_late: tally.status.expanded_late,
@@ -110,8 +108,6 @@ async fn run(cfg: &Config, spec: &TenantsSpec, scrub: &Scrubber) -> Result<Tally
 struct TenantRun {
     report: Report,
     expanded_late: bool,
-    /// The attempt's grant was superseded by the time the tenant's run ended: why.
-    superseded: Option<String>,
 }
 
 /// One tenant, on its server's settings `cfg`, its logs in a span naming it.
@@ -129,7 +125,6 @@ async fn run_one_tenant(cfg: &Config, kind: &TenantKind, tenant: &Tenant) -> Ten
             return TenantRun {
                 report: Tally::default().failed_report(cfg, Duration::ZERO, e),
                 expanded_late: false,
-                superseded: None,
             }
         }
     };
@@ -142,7 +137,6 @@ async fn run_one_tenant(cfg: &Config, kind: &TenantKind, tenant: &Tenant) -> Ten
                 return TenantRun {
                     report,
                     expanded_late: false,
-                    superseded: None,
                 }
             }
         }
@@ -151,13 +145,15 @@ async fn run_one_tenant(cfg: &Config, kind: &TenantKind, tenant: &Tenant) -> Ten
     TenantRun {
         report: super::execute_one(&one).await,
         expanded_late,
-        superseded: None,
     }
 }
 
 /// The counts so far, and the sums the fleet's report carries.
 #[derive(Default)]
 struct Tally {
+    /// The attempt's commit grant (contract run by the operator): once superseded, a tenant
+    /// that did not apply halts the run rather than failing.
+    grant: Option<std::sync::Arc<super::grant::Grant>>,
     status: TenantsStatus,
     statements: usize,
     attempts: u32,
@@ -193,7 +189,7 @@ impl Counter<TenantRun> for Tally {
             return Verdict::Stopped;
         }
         // Superseded, the tenant's own failure is that, and every later one's would be too.
-        if let Some(why) = run.superseded {
+        if let Some(why) = self.grant.as_ref().and_then(|g| g.superseded_why()) {
             return Verdict::Halt(format!("the operator stopped this attempt: {why}"));
         }
         Verdict::Failed(r.summary())
