@@ -514,6 +514,32 @@ async fn a_superseded_fleet_contract_halts_and_fails_no_tenant() {
     assert_eq!(with_column(&c, "legacy").await.len(), 6, "nothing dropped");
 }
 
+/// A "yes" is valid from the request plus the hold the executor asked for, never more: an
+/// answer claiming a longer hold (a confused or hostile operator) does not stretch it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cannot_stretch_a_grant_past_the_hold_asked_for() {
+    let (url, _) = grant_server(
+        r#"{"verdict":"Granted","reason":"every gate holds","validForMs":300,"heldMs":60000}"#,
+    )
+    .await;
+    // The first ask holds nothing, so it asks for no hold: the grant lasts 300 ms.
+    let grant = executor::grant::Grant::start(grant_from(url));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !grant.holds() {
+        assert!(std::time::Instant::now() < deadline, "never granted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Renewals (every 500 ms) keep asking; between them the 300 ms run out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while grant.holds() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a 300 ms grant held for 5 s: the claimed 60 s hold stretched it"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// `tenants.waves`: a wave's tenants all finish before the next wave starts. The first wave
 /// (one tenant) waits for an old reader of its table; no tenant of the next wave runs meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
