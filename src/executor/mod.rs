@@ -15,6 +15,7 @@
 //! COMMIT, so a stopped run never commits anything it had not committed already.
 
 pub mod backfill;
+mod batch;
 mod config;
 pub mod connect;
 pub mod dbcheck;
@@ -62,7 +63,8 @@ use waits::Waits;
 // session's timeouts), `locks` (what the statements lock and waiting outside the lock queue),
 // `dbcheck` and `dbcheck_run` (contract's database check; `standbys` for hot standbys), `grant` (the commit grant), `runner` (attempts and the one retry loop),
 // `rerun` (statements outside a transaction made safe to run again), `ledger`, `report`, `stop`,
-// `waits`, `error`, `order` (waiting for earlier migrations' expand in the ledger), `fleet` (one
+// `waits`, `error`, `order` (waiting for earlier migrations' expand in the ledger), `batch`
+// (later migrations of the database applied after this one, in order), `fleet` (one
 // phase on every tenant) and `sessions` (the connections its tenants' runs pass on). This file:
 // the entry points and the order of work.
 
@@ -70,16 +72,36 @@ use waits::Waits;
 /// and prints it as the last line on stdout. Exit status: 0 when applied (or already applied),
 /// 143 (SIGTERM) or 130 (SIGINT) when stopped before COMMIT, 1 on any other failure.
 pub async fn apply(args: ApplyArgs) -> std::process::ExitCode {
-    let settings = match ExecutorEnv::from_process()
-        .map_err(|e| e.to_string())
-        .and_then(|env| args.resolve(env))
-    {
+    let env = match ExecutorEnv::from_process() {
+        Ok(env) => env,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    let members = match batch_environments(&args, &env) {
+        Ok(m) => m,
+        Err(e) => return usage_error(&e),
+    };
+    let settings = match args.clone().resolve(env) {
         Ok(s) => s,
         Err(e) => return usage_error(&e),
     };
     let termination_log = settings.run.termination_log.clone();
     let stop = stop_on_signals();
     let report = match config_from_args(settings) {
+        Ok(mut cfg) if !members.is_empty() && cfg.phase == Phase::Expand => {
+            cfg.stop = stop.clone();
+            let members = members
+                .into_iter()
+                .map(|(name, env)| {
+                    let cfg = args
+                        .clone()
+                        .resolve(env)
+                        .map_err(ApplyError::Setting)
+                        .and_then(|s| config_from_args(s).map_err(|(_, e)| *e));
+                    (name, cfg)
+                })
+                .collect();
+            batch::execute_batch(&cfg, members).await
+        }
         Ok(mut cfg) => {
             cfg.stop = stop.clone();
             execute(&cfg).await
@@ -94,6 +116,30 @@ pub async fn apply(args: ApplyArgs) -> std::process::ExitCode {
         ),
     };
     finish(&report, &termination_log, &stop)
+}
+
+/// `PHASEGATE_EXPAND_BATCH`: each member's environment, by name (see [`batch`]). Each runs
+/// its own SQL, so flags that set one SQL for all, or tenants, cannot go with it.
+fn batch_environments(
+    args: &ApplyArgs,
+    env: &ExecutorEnv<crate::protocol::env::Secret>,
+) -> Result<Vec<(String, ExecutorEnv<crate::protocol::env::Secret>)>, String> {
+    let members = env.expand_batch.clone().unwrap_or_default();
+    if members.is_empty() {
+        return Ok(Vec::new());
+    }
+    if args.sql.is_some() || args.file.is_some() || env.tenants.is_some() {
+        return Err(format!(
+            "{} cannot be combined with --sql, --file or {}: each migration of a batch runs \
+             its own SQL on the one database",
+            crate::protocol::env::EXPAND_BATCH,
+            crate::protocol::env::TENANTS
+        ));
+    }
+    Ok(members
+        .iter()
+        .map(|m| (m.name.clone(), m.environment(env.clone())))
+        .collect())
 }
 
 /// A setting missing or invalid, as clap reports one: on stderr, exit status 2.
@@ -178,6 +224,7 @@ async fn execute_one(cfg: &Config) -> Report {
                 stopped_by: None,
                 recovered: stats.recovered.iter().map(|n| scrub.scrub(n)).collect(),
                 tenants: None,
+                batch: None,
                 error: None,
             };
             if !cfg.quiet {
@@ -224,6 +271,7 @@ fn failed_report(
         stopped_by: None,
         recovered: stats.recovered.iter().map(|n| scrub.scrub(n)).collect(),
         tenants: None,
+        batch: None,
         error: Some(error),
     }
 }

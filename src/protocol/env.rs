@@ -23,6 +23,7 @@ pub const DATABASE_CHECK: &str = "PHASEGATE_DATABASE_CHECK";
 pub const DATABASE_CHECK_TIMEOUT: &str = "PHASEGATE_DATABASE_CHECK_TIMEOUT";
 pub const DATABASE_URL: &str = "PHASEGATE_DATABASE_URL";
 pub const EXPAND_AFTER: &str = "PHASEGATE_EXPAND_AFTER";
+pub const EXPAND_BATCH: &str = "PHASEGATE_EXPAND_BATCH";
 pub const FAILPOINT: &str = "PHASEGATE_FAILPOINT";
 pub const LOCK_TIMEOUT: &str = "PHASEGATE_LOCK_TIMEOUT";
 pub const LOCK_WAIT_ATTEMPT_AFTER: &str = "PHASEGATE_LOCK_WAIT_ATTEMPT_AFTER";
@@ -226,6 +227,15 @@ impl EnvText for crate::api::TenantsSpec {
     }
 }
 
+impl EnvText for Vec<super::batch::BatchMember> {
+    fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+    fn from_text(s: &str) -> Result<Self, String> {
+        serde_json::from_str(s).map_err(|e| format!("not a list of batch members: {e}"))
+    }
+}
+
 /// A duration setting: a bare number is milliseconds (PostgreSQL's convention for its
 /// timeouts), anything else a humantime duration such as `2s` or `1m 30s`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -412,6 +422,9 @@ executor_env! {
     /// Expand only: earlier migrations of this namespace and database whose expand the ledger
     /// must record as applied before this one runs.
     expand_after: Vec<String> = EXPAND_AFTER,
+    /// Expand only: later migrations of the same database applied after this one, in order
+    /// (see [`super::batch`]).
+    expand_batch: Vec<super::batch::BatchMember> = EXPAND_BATCH,
     /// `spec.tenants`: run the phase on every tenant it selects.
     tenants: crate::api::TenantsSpec = TENANTS,
     /// Contract with tenants: expand's SQL, for tenants created since expand ran.

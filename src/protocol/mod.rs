@@ -8,9 +8,12 @@
 //! - [`log`]: the wait and backfill progress lines the operator reads from the log's tail.
 //! - [`checksum`]: the checksum of a phase's SQL (the executor's ledger and report, the
 //!   operator's Job label).
+//! - [`batch`]: an expand batch: later migrations of one database applied by the first
+//!   one's executor, in order.
 //! - [`grant`]: the commit grant — the operator's fresh, attempt-bound "every gate holds"
 //!   without which a contract attempt never sends COMMIT (the fail-safe half of the fence).
 
+pub mod batch;
 pub mod checksum;
 pub mod env;
 pub mod grant;

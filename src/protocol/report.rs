@@ -82,6 +82,9 @@ pub struct Report {
     /// With tenants: what the run did across them (counts and the first failures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenants: Option<crate::api::TenantsStatus>,
+    /// An expand batch: how far it got (see [`super::batch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<super::batch::BatchOutcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ReportError>,
 }
@@ -107,6 +110,7 @@ impl Report {
             stopped_by: None,
             recovered: Vec::new(),
             tenants: None,
+            batch: None,
             error: None,
         }
     }
