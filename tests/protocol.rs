@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use phasegate::api::{DatabaseMigration, DatabaseMigrationSpec, DatabaseMigrationStatus};
-use phasegate::controller::jobs::{build_job, executor_env, ExecutorConfig};
+use phasegate::controller::jobs::{add_members, build_job, executor_env, ExecutorConfig};
 use phasegate::executor::backfill::BackfillConfig;
 use phasegate::planner::JobPhase;
 use phasegate::protocol::env::{ExecutorEnv, Secret};
@@ -113,7 +113,6 @@ fn status() -> DatabaseMigrationStatus {
     serde_json::from_value(serde_json::json!({
         "rolloutCompletedAt": "2026-12-01T00:00:00Z",
         "previousVersions": ["1.0.0"],
-        "expandAfter": ["add-email", "rename-x"],
         "targets": [{"kind": "Deployment", "name": "shop-api", "complete": true, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1, "oldPods": 0}]
     }))
     .expect("status")
@@ -220,14 +219,56 @@ fn what_the_operator_writes_the_executor_parses_back() {
 }
 
 #[test]
-fn an_expand_executor_waits_for_the_earlier_migrations_status_names() {
-    let m = migration(false, false);
-    let cfg = phasegate::executor::config_from_env(parsed(&job_env(&m, JobPhase::Expand)))
-        .expect("config");
-    assert_eq!(cfg.expand_after, vec!["add-email", "rename-x"]);
-    for phase in [JobPhase::Contract, JobPhase::Backfill] {
-        assert_eq!(built(&m, phase).expand_after, None, "{phase}");
-    }
+fn each_member_of_an_expand_batch_runs_with_its_own_identity_sql_and_settings() {
+    let lead = migration(false, false);
+    let mut next = migration(false, false);
+    next.metadata.name = Some("m-next".into());
+    next.metadata.uid = Some("uid-next".into());
+    next.spec.app_version = "2.1.0".into();
+    next.spec.expand.sql = Some("CREATE INDEX users_v ON users (verified);".into());
+    next.spec.safety.lock_timeout = "750ms".into();
+    next.spec.safety.max_lock_retries = 4;
+    let cfg = ExecutorConfig {
+        image: "phasegate:test".into(),
+        grant_url: GRANT_URL.into(),
+        ..ExecutorConfig::default()
+    };
+    let mut job = build_job(&lead, &status(), JobPhase::Expand, 1, &cfg).expect("job");
+    add_members(&mut job, &[&next]);
+    let pod = job.spec.expect("job spec").template.spec.expect("pod spec");
+    let vars: Vec<(String, String)> = pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let value = match e
+                .value_from
+                .as_ref()
+                .and_then(|f| f.secret_key_ref.as_ref())
+            {
+                Some(k) => resolve(&k.name, &k.key),
+                None => e.value.clone().unwrap_or_default(),
+            };
+            (e.name.clone(), value)
+        })
+        .collect();
+    let env = parsed(&vars);
+    let members = env.expand_batch.clone().expect("the batch");
+    assert_eq!(members.len(), 1);
+    let member_env = members[0].environment(env.clone());
+    let cfg = phasegate::executor::config_from_env(member_env).expect("config");
+    assert_eq!(
+        (cfg.identity.name.as_str(), cfg.identity.uid.as_str()),
+        ("m-next", "uid-next")
+    );
+    assert_eq!(cfg.identity.app_version, "2.1.0");
+    assert_eq!(cfg.sql, "CREATE INDEX users_v ON users (verified);");
+    assert_eq!(cfg.lock_timeout, Duration::from_millis(750));
+    assert_eq!(cfg.max_lock_retries, 4);
+    assert_eq!(cfg.database_url.0, URL, "the lead's database");
+    // The lead's own run is the lead's.
+    let lead_cfg = phasegate::executor::config_from_env(env).expect("lead config");
+    assert_eq!(lead_cfg.identity.name, "m");
 }
 
 #[test]

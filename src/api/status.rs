@@ -29,11 +29,6 @@ pub struct DatabaseMigrationStatus {
     /// The expand phase's executions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expand: Option<PhaseStatus>,
-    /// Earlier migrations of the same database (by name) whose expand the executor of expand's
-    /// current attempt waits for in the ledger before it runs its own.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
-    pub expand_after: Vec<String>,
     /// The contract phase's executions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contract: Option<PhaseStatus>,

@@ -91,8 +91,10 @@ struct Observed {
     backfill_report: Option<Report>,
     targets: Vec<TargetStatus>,
     order: planner::order::ExpandOrder,
-    /// See [`Input::expand_after_left`].
-    expand_after_left: Option<String>,
+    /// See [`Input::expand_seat`].
+    expand_seat: Option<planner::Seat>,
+    /// The later migrations a new expand attempt's Job would carry (see [`Input::expand_batch`]).
+    expand_batch: Vec<Arc<DatabaseMigration>>,
     unconfirmed_stop: Option<String>,
     /// Expand is applied (recorded, or its Job succeeded) and contract is not recorded yet:
     /// the fenced phases may run.
@@ -120,11 +122,10 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
     let status = dbm.status.clone().unwrap_or_default();
     let show_output = ctx.config.executor.job_policy.show_job_output;
     let applied = |p: &Option<crate::api::PhaseStatus>| p.as_ref().is_some_and(|s| s.succeeded);
-    let (expand_job, expand_report) = if applied(&status.expand) {
-        (JobState::Absent, None)
+    let (expand_job, expand_report, expand_seat) = if applied(&status.expand) {
+        (JobState::Absent, None, None)
     } else {
-        let rec = status.expand.as_ref();
-        jobs::observe_reported(&ctx.caches, &apis, dbm, JobPhase::Expand, rec, show_output).await?
+        observe_expand(ctx, &apis, dbm, &status, show_output).await?
     };
     let expanded = applied(&status.expand) || matches!(expand_job, JobState::Succeeded(_));
     let contracted = applied(&status.contract);
@@ -173,7 +174,7 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
     } else {
         Vec::new()
     };
-    let (order, expand_after_left) = expand_order(ctx, dbm, &ns, &status, &expand_job);
+    let (order, expand_batch) = expand_order(ctx, dbm, &ns, &status, expand_seat.is_some());
     let fenced_phases_live = expanded && !contracted;
     let unconfirmed_stop = fenced_phases_live
         .then(|| fence::unconfirmed_stop(ctx, dbm, &status))
@@ -189,30 +190,61 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
         backfill_report,
         targets,
         order,
-        expand_after_left,
+        expand_seat,
+        expand_batch,
         unconfirmed_stop,
         fenced_phases_live,
     })
 }
 
+/// Expand's Job: its own attempt's, or a seat in another migration's batch Job (see
+/// [`jobs::observe_seat`]).
+async fn observe_expand(
+    ctx: &Context,
+    apis: &jobs::JobApis,
+    dbm: &DatabaseMigration,
+    status: &DatabaseMigrationStatus,
+    show_output: bool,
+) -> Result<(JobState, Option<Report>, Option<planner::Seat>), Error> {
+    let rec = status.expand.as_ref();
+    if let Some((seat, state)) =
+        jobs::observe_seat(&ctx.caches, apis, dbm, rec, &ctx.created_jobs).await?
+    {
+        return Ok((state, None, Some(seat)));
+    }
+    // A seat that ended: no Job of its own to read.
+    if jobs::recorded_seat(dbm, rec) {
+        return Ok((JobState::Absent, None, None));
+    }
+    let (state, report) =
+        jobs::observe_reported(&ctx.caches, apis, dbm, JobPhase::Expand, rec, show_output).await?;
+    Ok((state, report, None))
+}
+
 /// Expand's place among the migrations of its namespace while it is still to be applied, and
-/// whether one its running executor waits for has left the line.
+/// the later ones its Job would carry when it is first in line (and not in a batch itself).
 fn expand_order(
     ctx: &Context,
     dbm: &DatabaseMigration,
     ns: &str,
     status: &DatabaseMigrationStatus,
-    expand_job: &JobState,
-) -> (planner::order::ExpandOrder, Option<String>) {
+    in_a_batch: bool,
+) -> (planner::order::ExpandOrder, Vec<Arc<DatabaseMigration>>) {
     if status.expand.as_ref().is_some_and(|e| e.succeeded) {
         return Default::default();
     }
     let all = ctx.caches.migrations_in(ns);
     let order = planner::order::expand_order(dbm, &all);
-    let left = matches!(expand_job, JobState::Running(_))
-        .then(|| planner::order::left_the_line(dbm, &status.expand_after, &all))
-        .flatten();
-    (order, left)
+    let batch = if order.holds.is_empty() && !in_a_batch {
+        // In the batch's order.
+        planner::order::batch(dbm, &all)
+            .iter()
+            .filter_map(|m| all.iter().find(|a| std::ptr::eq(a.as_ref(), *m)).cloned())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (order, batch)
 }
 
 /// Every target of the migration, judged, from the caches or from the API server.
@@ -266,14 +298,10 @@ async fn plan(
         backfill_paused,
         targets: seen.targets.clone(),
         job_policy: &ctx.config.executor.job_policy,
-        // The order among migrations holds expand back only until it first starts.
-        waits_for: if seen.status.expand.as_ref().is_some_and(|e| e.attempts > 0) {
-            Vec::new()
-        } else {
-            seen.order.holds.clone()
-        },
-        expand_after: seen.order.after.clone(),
-        expand_after_left: seen.expand_after_left.clone(),
+        // The planner applies them only while expand waits in line.
+        waits_for: seen.order.holds.clone(),
+        expand_seat: seen.expand_seat.clone(),
+        expand_batch: seen.expand_batch.iter().map(|m| m.name_any()).collect(),
         expand_tenants: seen.expand_report.as_ref().and_then(|r| r.tenants.clone()),
         contract_tenants: seen
             .contract_report
@@ -410,7 +438,12 @@ async fn act(
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     match plan.action {
         planner::Action::StartJob { phase, attempt } => {
-            let job = jobs::build_job(dbm, &plan.status, phase, attempt, &ctx.config.executor)?;
+            let mut job = jobs::build_job(dbm, &plan.status, phase, attempt, &ctx.config.executor)?;
+            let members: Vec<&DatabaseMigration> = match phase {
+                JobPhase::Expand => seen.expand_batch.iter().map(|m| m.as_ref()).collect(),
+                _ => Vec::new(),
+            };
+            jobs::add_members(&mut job, &members);
             let owner = dbm
                 .controller_owner_ref(&())
                 .ok_or(Error::MissingField("metadata.uid"))?;
@@ -425,6 +458,7 @@ async fn act(
                     let ms = |d: Duration| d.as_millis() as u64;
                     tracing::info!(
                         migration = %name, namespace = %ns, %phase, attempt,
+                        batch = members.len(),
                         reconcile_ms = ms(started.elapsed()),
                         quorum_read_ms = quorum_read.map(ms),
                         "started Job"
@@ -528,7 +562,13 @@ async fn write_status(
         written.metadata.resource_version.as_deref(),
         planner::writes::PROGRESS_WRITE_INTERVAL,
     );
-    for rec in [&plan.status.expand, &plan.status.contract]
+    // A seat's Job is its lead's to take out of `created_jobs`.
+    let expand = plan
+        .status
+        .expand
+        .as_ref()
+        .filter(|_| seen.expand_seat.is_none());
+    for rec in [expand, plan.status.contract.as_ref()]
         .into_iter()
         .flatten()
         .chain(plan.status.backfill.as_ref().map(|b| &b.run))

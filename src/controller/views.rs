@@ -36,7 +36,16 @@ struct MetaWire {
 }
 
 impl MetaWire {
-    fn into_meta(self, keep_annotations: bool) -> ObjectMeta {
+    /// Keeps the annotations `keep` names.
+    fn into_meta(self, keep: impl Fn(&str) -> bool) -> ObjectMeta {
+        let annotations = self
+            .annotations
+            .map(|a| {
+                a.into_iter()
+                    .filter(|(k, _)| keep(k))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            })
+            .filter(|a| !a.is_empty());
         ObjectMeta {
             name: self.name,
             namespace: self.namespace,
@@ -45,7 +54,7 @@ impl MetaWire {
             generation: self.generation,
             creation_timestamp: self.creation_timestamp,
             labels: self.labels,
-            annotations: self.annotations.filter(|_| keep_annotations),
+            annotations,
             owner_references: self.owner_references,
             deletion_timestamp: self.deletion_timestamp,
             ..Default::default()
@@ -53,14 +62,16 @@ impl MetaWire {
     }
 }
 
-/// A Job's annotations: no decision reads them.
+/// Of a Job's annotations only the expand batch's members are read (see
+/// [`crate::protocol::batch`]).
 fn job_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
-    Ok(MetaWire::deserialize(d)?.into_meta(false))
+    Ok(MetaWire::deserialize(d)?
+        .into_meta(|k| k == crate::protocol::batch::ANNOTATION_EXPAND_BATCH))
 }
 
 /// An executor pod's annotations name its migration in full (a label value is cut at 63).
 fn executor_pod_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
-    Ok(MetaWire::deserialize(d)?.into_meta(true))
+    Ok(MetaWire::deserialize(d)?.into_meta(|_| true))
 }
 
 /// Reads a JSON value that may be `null` as its type's default.

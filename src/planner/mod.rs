@@ -161,18 +161,18 @@ pub struct Input<'a> {
     /// migrations on the same database created earlier whose expand has not run), e.g.
     /// `add-email (dependsOn; Expanding)`.
     pub waits_for: Vec<String>,
-    /// Earlier migrations of the same database whose expand a new expand attempt's executor
-    /// waits for in the ledger (see [`order`]).
-    pub expand_after: Vec<String>,
+    /// Expand runs (or ran) in another migration's batch Job, which status records or is to
+    /// record (see [`order::batch`]); `expand_job` is what that Job did for this migration.
+    pub expand_seat: Option<Seat>,
+    /// The later migrations of the database a new expand attempt's Job applies after this
+    /// one, by name (see [`order::batch`]).
+    pub expand_batch: Vec<String>,
     /// With `spec.tenants`: what the reports of the observed expand and contract attempts say
     /// across the tenants.
     pub expand_tenants: Option<crate::api::TenantsStatus>,
     pub contract_tenants: Option<crate::api::TenantsStatus>,
     /// The same for the backfill's observed attempt, once it finished.
     pub backfill_tenants: Option<crate::api::TenantsStatus>,
-    /// While expand runs: one of `status.expandAfter` left the line (failed, deleted), so its
-    /// executor would wait for it forever; which.
-    pub expand_after_left: Option<String>,
     /// Every target workload's kept revisions (ReplicaSets, ControllerRevisions), when the
     /// controller read them (see [`regression`]); `None` on most reconciles.
     pub history: Option<Vec<regression::TargetHistory>>,
@@ -180,6 +180,16 @@ pub struct Input<'a> {
     /// kubelet has not confirmed the stop), described, e.g. `pod m-contract-1-x7k2p is still
     /// Running`. The next attempt waits for it.
     pub unconfirmed_stop: Option<String>,
+}
+
+/// A seat in another migration's expand batch Job: that Job applies this one's expand after
+/// its lead's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seat {
+    pub job_name: String,
+    pub job_uid: String,
+    /// The migration that leads the batch.
+    pub lead: String,
 }
 
 /// What to do now.
@@ -559,31 +569,16 @@ impl<'a> Planner<'a> {
 
     /// Drives expand; true once expand is applied.
     fn expand(&mut self) -> bool {
-        let rec = self.status.expand.clone().unwrap_or_default();
-        if rec.succeeded {
+        if self.status.expand.as_ref().is_some_and(|e| e.succeeded) {
             return true;
         }
+        self.take_seat();
+        let rec = self.status.expand.clone().unwrap_or_default();
         let attempt = rec.attempts.max(1);
         match &self.input.expand_job {
             JobState::Succeeded(report) => {
                 self.job_succeeded(JobPhase::Expand, attempt, report.clone());
-                self.status.expand_after.clear();
                 true
-            }
-            JobState::Running(_) if self.input.expand_after_left.is_some() => {
-                // Its executor waits in the ledger for a migration that will not expand: a
-                // new attempt gets the line as it is now (waiting, the executor did nothing).
-                let why = self.input.expand_after_left.clone().unwrap_or_default();
-                self.action = Action::StopJob {
-                    phase: JobPhase::Expand,
-                    attempt,
-                };
-                self.set(
-                    Phase::Expanding,
-                    reason::WAITING_FOR_MIGRATION,
-                    format!("restarting expand attempt {attempt}: its executor waits for {why}"),
-                );
-                false
             }
             JobState::Running(holdup) => {
                 self.job_running(JobPhase::Expand, attempt, holdup.as_ref());
@@ -611,7 +606,10 @@ impl<'a> Planner<'a> {
                 false
             }
             JobState::Absent => {
-                if rec.attempts == 0 && !self.input.waits_for.is_empty() {
+                // In line: never started, or its seat in a batch ended before its turn (an
+                // earlier one failed, the executor died or was stopped).
+                let in_line = rec.attempts == 0 || self.seat_ended(&rec);
+                if in_line && !self.input.waits_for.is_empty() {
                     // A phase change of the ones it waits for wakes it (Context::
                     // wake_waiting_behind); this is the fallback.
                     self.requeue_after = Some(Duration::from_secs(5));
@@ -620,8 +618,8 @@ impl<'a> Planner<'a> {
                         reason::WAITING_FOR_MIGRATION,
                         format!("expand waits for: {}", self.input.waits_for.join("; ")),
                     );
-                } else if rec.attempts == 0 {
-                    self.start(JobPhase::Expand, 1);
+                } else if in_line {
+                    self.start(JobPhase::Expand, rec.attempts + 1);
                 } else if rec.finished_at.is_some() {
                     // The failed Job is gone but its failure is recorded: still failed.
                     if self.retry_requested() {
@@ -638,6 +636,43 @@ impl<'a> Planner<'a> {
                 false
             }
         }
+    }
+
+    /// A batch Job not recorded yet carries this migration's expand: its next attempt is that
+    /// seat.
+    fn take_seat(&mut self) {
+        let Some(seat) = &self.input.expand_seat else {
+            return;
+        };
+        let now = self.now();
+        let rec = record_mut(&mut self.status, JobPhase::Expand);
+        if rec.job_uid.as_deref() == Some(seat.job_uid.as_str()) {
+            return;
+        }
+        rec.attempts += 1;
+        rec.job_name = Some(seat.job_name.clone());
+        rec.job_uid = Some(seat.job_uid.clone());
+        rec.started_at = Some(now);
+        rec.finished_at = None;
+        rec.succeeded = false;
+        rec.message = None;
+        rec.reason = None;
+    }
+
+    /// The latest expand attempt was a seat in another migration's batch Job (not this
+    /// migration's own Job), it did not finish, and no Job says what became of it now.
+    fn seat_ended(&self, rec: &PhaseStatus) -> bool {
+        let own = job_name(
+            self.input.name,
+            self.input.uid,
+            JobPhase::Expand,
+            rec.attempts,
+        );
+        self.input.expand_seat.is_none()
+            && rec.attempts > 0
+            && rec.finished_at.is_none()
+            && !rec.succeeded
+            && rec.job_name.as_deref().is_some_and(|n| n != own)
     }
 
     /// A failure recorded in status whose Job is gone (deleted, or never created because the
@@ -714,10 +749,16 @@ impl<'a> Planner<'a> {
                 suffix.push_str(&format!(" (retried automatically: {m})"));
             }
         }
-        let message = format!(
-            "{phase} Job attempt {attempt} is running{suffix}{}",
-            self.signal_only_note(phase)
-        );
+        let message = match (&self.input.expand_seat, phase) {
+            (Some(seat), JobPhase::Expand) => format!(
+                "expand attempt {attempt} runs in Job {}, the expand batch of {}{suffix}",
+                seat.job_name, seat.lead
+            ),
+            _ => format!(
+                "{phase} Job attempt {attempt} is running{suffix}{}",
+                self.signal_only_note(phase)
+            ),
+        };
         let no_detail = String::new();
         if let Some(h) = holdup.filter(|h| !matches!(h, Holdup::Progress(_) | Holdup::Tenants(_))) {
             let cut: String = message
@@ -775,7 +816,10 @@ impl<'a> Planner<'a> {
     /// write: the Job exists but the status never said so).
     fn adopt(&mut self, phase: JobPhase, attempt: u32) {
         let now = self.now();
-        let name = job_name(self.input.name, self.input.uid, phase, attempt);
+        let name = match (&self.input.expand_seat, phase) {
+            (Some(seat), JobPhase::Expand) => seat.job_name.clone(),
+            _ => job_name(self.input.name, self.input.uid, phase, attempt),
+        };
         let rec = record_mut(&mut self.status, phase);
         rec.attempts = attempt;
         if rec.job_name.as_deref() != Some(name.as_str()) {
@@ -800,16 +844,12 @@ impl<'a> Planner<'a> {
         rec.job_uid = None;
         rec.tenants = None;
         rec.reason = None;
-        if phase == JobPhase::Expand {
-            self.status
-                .expand_after
-                .clone_from(&self.input.expand_after);
-        }
         self.action = Action::StartJob { phase, attempt };
         let (running, why) = phase.running();
         let mut message = format!(
-            "{phase} Job attempt {attempt} started{}",
-            self.signal_only_note(phase)
+            "{phase} Job attempt {attempt} started{}{}",
+            self.signal_only_note(phase),
+            self.batch_note(phase)
         );
         if let Some((_, died, how)) = self.died.take().filter(|(p, _, _)| *p == phase) {
             let why_retry = format!("attempt {died} died: {how}");
@@ -826,6 +866,28 @@ impl<'a> Planner<'a> {
             });
         }
         self.set(running, why, message);
+    }
+
+    /// An expand Job that carries later migrations says which (the first few).
+    fn batch_note(&self, phase: JobPhase) -> String {
+        let members = &self.input.expand_batch;
+        if phase != JobPhase::Expand || members.is_empty() {
+            return String::new();
+        }
+        const SHOWN: usize = 5;
+        let mut names = members
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if members.len() > SHOWN {
+            names.push_str(&format!(" and {} more", members.len() - SHOWN));
+        }
+        format!(
+            "; it applies the next {} migrations of this database after this one, in order: {names}",
+            members.len()
+        )
     }
 
     /// A user Job's contract cannot ask for the commit grant: only its stop holds it.

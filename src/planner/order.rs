@@ -2,20 +2,25 @@
 //! migrations on the same database (same namespace and database Secret key), so that
 //! migrations applied together run in a documented, repeatable order.
 //!
-//! The same-database order is kept in the database where it can be: the expand Jobs of up to
-//! [`WINDOW`] migrations start together and each executor waits until the ledger records the
-//! expand of every earlier one it was given (`PHASEGATE_EXPAND_AFTER`). A Job and pod start
-//! costs seconds; in series, a GitOps bootstrap of 200 migrations took minutes. Only where
-//! the ledger cannot tell — a user `job` phase on either side — does the operator hold expand
-//! back until the earlier expand is recorded in status.
+//! Only the first migration in line on a database starts its expand Job; the later ones that
+//! are ready with it ride in that Job ([`batch`], [`crate::protocol::batch`]) and its executor
+//! applies them after it, in order. A Job and pod start costs seconds: one per migration, in
+//! series, a GitOps bootstrap of 200 migrations took minutes.
 
 use kube::ResourceExt;
 
 use crate::api::{DatabaseMigration, Phase};
 
-/// Migrations of one database whose expand Jobs run at once, the earliest waiting in none:
-/// each waiting executor holds one database connection.
-pub const WINDOW: usize = 16;
+/// The later migrations of the database one batch carries at most: each adds its SQL to the
+/// Job's environment.
+pub const BATCH_MAX: usize = 64;
+
+/// The SQL one batch carries at most, in bytes: the executor's environment holds it (Linux
+/// takes at most 128 KiB in one variable, JSON-quoted).
+pub const BATCH_SQL_BYTES: usize = 48 * 1024;
+
+/// How many migrations not started behind one that moved are woken (see [`waiting_behind`]).
+const WAKE_BEHIND: usize = BATCH_MAX;
 
 /// Where `me`'s expand stands among the migrations of its namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,9 +30,6 @@ pub struct ExpandOrder {
     /// named, so a waiting migration's status changes when the one in front of it moves, not
     /// whenever the queue does.
     pub holds: Vec<String>,
-    /// Earlier migrations of the same database whose expand the executor waits for in the
-    /// ledger before its own, by name.
-    pub after: Vec<String>,
 }
 
 /// Where `me`'s expand stands among `all` (the migrations of its namespace).
@@ -36,55 +38,83 @@ pub fn expand_order<M: std::borrow::Borrow<DatabaseMigration>>(
     all: &[M],
 ) -> ExpandOrder {
     let mut holds = depends_on_holds(me, all);
-    let earlier = earlier_on_same_database(me, all);
-    let Some(nearest) = earlier.last() else {
-        return ExpandOrder {
-            holds,
-            after: Vec::new(),
-        };
-    };
-    // A user Job writes no ledger row; a fleet migration writes one per tenant.
-    let in_ledger = |m: &DatabaseMigration| m.spec.expand.sql.is_some() && m.spec.tenants.is_none();
-    if !in_ledger(me) || !earlier.iter().all(|m| in_ledger(m)) || earlier.len() >= WINDOW {
+    if let Some(nearest) = earlier_on_same_database(me, all).last() {
         holds.push(format!(
             "{} (same database, created earlier; {})",
             nearest.name_any(),
             phase_of(nearest)
         ));
-        return ExpandOrder {
-            holds,
-            after: Vec::new(),
-        };
     }
-    ExpandOrder {
-        holds,
-        after: earlier.iter().map(|m| m.name_any()).collect(),
-    }
+    ExpandOrder { holds }
 }
 
-/// Whether one of `after` (names given to a running expand executor) has left the line without
-/// its expand applied — failed or deleted — so the executor would wait for it forever; which.
-pub fn left_the_line<M: std::borrow::Borrow<DatabaseMigration>>(
-    me: &DatabaseMigration,
-    after: &[String],
-    all: &[M],
-) -> Option<String> {
-    let in_line: Vec<String> = earlier_on_same_database(me, all)
-        .iter()
-        .map(|m| m.name_any())
-        .collect();
-    after.iter().find_map(|name| {
-        let m = all.iter().map(M::borrow).find(|m| &m.name_any() == name);
-        match m {
-            None => Some(format!("{name} was deleted")),
-            Some(m) if expand_applied(m) || in_line.contains(name) => None,
-            Some(m) => Some(format!("{name} left the line ({})", phase_of(m))),
+/// The later migrations of `lead`'s database that its expand Job applies after it, in order:
+/// those next in line that are ready with it — Phasegate's own SQL on one database (a user Job
+/// or tenants write no ledger row the next could be ordered by), not started, valid, with
+/// nothing in line before them but the lead and the ones already taken, and whatever they
+/// `dependsOn` applied or taken — up to [`BATCH_MAX`] and [`BATCH_SQL_BYTES`]. The first that
+/// is not ready ends the batch: every later one has it in line before it.
+pub fn batch<'a, M: std::borrow::Borrow<DatabaseMigration>>(
+    lead: &DatabaseMigration,
+    all: &'a [M],
+) -> Vec<&'a DatabaseMigration> {
+    let mut taken: Vec<&DatabaseMigration> = Vec::new();
+    if !in_ledger(lead) {
+        return taken;
+    }
+    let lead_name = lead.name_any();
+    let mut bytes = sql_len(lead);
+    for next in later_on_same_database(lead, all) {
+        let name = next.name_any();
+        let is_taken = |n: &String| *n == lead_name || taken.iter().any(|t| t.name_any() == *n);
+        let deps_met = next.spec.depends_on.iter().all(|d| {
+            is_taken(d)
+                || all
+                    .iter()
+                    .map(M::borrow)
+                    .any(|m| &m.name_any() == d && expand_applied(m))
+        });
+        let line_taken = earlier_on_same_database(next, all)
+            .iter()
+            .all(|e| is_taken(&e.name_any()));
+        let ready = in_ledger(next)
+            && not_started(next)
+            && !next.spec.depends_on.contains(&name)
+            && deps_met
+            && line_taken
+            && super::validate(&next.spec, true).is_ok();
+        if !ready || taken.len() == BATCH_MAX || bytes + sql_len(next) > BATCH_SQL_BYTES {
+            break;
         }
-    })
+        bytes += sql_len(next);
+        taken.push(next);
+    }
+    taken
+}
+
+/// Phasegate's own executor applies its expand, on one database: the ledger orders it. A
+/// user Job writes no ledger row; a fleet writes one per tenant.
+fn in_ledger(m: &DatabaseMigration) -> bool {
+    m.spec.expand.sql.is_some()
+        && m.spec.tenants.is_none()
+        && m.spec.contract.job.is_none()
+        && m.metadata.deletion_timestamp.is_none()
+}
+
+fn sql_len(m: &DatabaseMigration) -> usize {
+    m.spec.expand.sql.as_deref().map_or(0, str::len)
+}
+
+/// No expand attempt of its own runs or ran: it waits in line (or was never reconciled).
+fn not_started(m: &DatabaseMigration) -> bool {
+    matches!(
+        m.status.as_ref().and_then(|s| s.phase),
+        None | Some(Phase::Pending)
+    ) && !expand_applied(m)
 }
 
 /// The migrations of `all` whose expand may be waiting for `changed` to move: the next
-/// [`WINDOW`] not started on its database after it, and those whose `dependsOn` names it.
+/// [`WAKE_BEHIND`] not started on its database after it, and those whose `dependsOn` names it.
 /// Their own objects do not change when it does, so no watch event wakes them: a phase change
 /// of `changed` does ([`crate::controller`]).
 pub fn waiting_behind<'a, M: std::borrow::Borrow<DatabaseMigration>>(
@@ -109,7 +139,7 @@ pub fn waiting_behind<'a, M: std::borrow::Borrow<DatabaseMigration>>(
         })
         .collect();
     out.sort_by_key(|m| key(m));
-    out.truncate(WINDOW);
+    out.truncate(WAKE_BEHIND);
     for m in all.iter().map(M::borrow) {
         let named = m.spec.depends_on.contains(&name);
         if named && not_started(m) && !out.iter().any(|o| o.name_any() == m.name_any()) {
@@ -163,21 +193,53 @@ fn earlier_on_same_database<'a, M: std::borrow::Borrow<DatabaseMigration>>(
     let key = |m: &DatabaseMigration| (m.metadata.creation_timestamp.clone(), m.name_any());
     let same_db =
         |m: &DatabaseMigration| m.spec.database.url_secret_ref == me.spec.database.url_secret_ref;
+    let waiting = |m: &DatabaseMigration| {
+        !expand_applied(m)
+            && m.status.as_ref().and_then(|s| s.phase) != Some(Phase::Failed)
+            && m.metadata.deletion_timestamp.is_none()
+    };
+    // One that waits for us (`dependsOn`) comes after us, and so does every one created after
+    // it: in our line they would deadlock (z waits for b, b for a, a for z).
+    let after_us = all
+        .iter()
+        .map(M::borrow)
+        .filter(|m| same_db(m) && waiting(m) && m.spec.depends_on.contains(&my_name))
+        .map(|m| key(m))
+        .min();
     let mut out: Vec<&DatabaseMigration> = all
         .iter()
         .map(M::borrow)
         .filter(|m| {
             let name = m.name_any();
-            // A failed one no longer holds the line; one that waits for us would deadlock.
-            let in_line = !expand_applied(m)
-                && m.status.as_ref().and_then(|s| s.phase) != Some(Phase::Failed)
-                && m.metadata.deletion_timestamp.is_none()
-                && !m.spec.depends_on.contains(&my_name);
+            // A failed one no longer holds the line.
             name != my_name
                 && same_db(m)
                 && key(m) < key(me)
-                && in_line
+                && waiting(m)
+                && after_us.as_ref().is_none_or(|k| key(m) < *k)
                 && !me.spec.depends_on.contains(&name)
+        })
+        .collect();
+    out.sort_by_key(|m| key(m));
+    out
+}
+
+/// The migrations of `me`'s database created after it whose expand is still to run and that
+/// have not left the line (failed, being deleted), in creation order.
+fn later_on_same_database<'a, M: std::borrow::Borrow<DatabaseMigration>>(
+    me: &DatabaseMigration,
+    all: &'a [M],
+) -> Vec<&'a DatabaseMigration> {
+    let key = |m: &DatabaseMigration| (m.metadata.creation_timestamp.clone(), m.name_any());
+    let mut out: Vec<&DatabaseMigration> = all
+        .iter()
+        .map(M::borrow)
+        .filter(|m| {
+            m.spec.database.url_secret_ref == me.spec.database.url_secret_ref
+                && key(m) > key(me)
+                && !expand_applied(m)
+                && m.status.as_ref().and_then(|s| s.phase) != Some(Phase::Failed)
+                && m.metadata.deletion_timestamp.is_none()
         })
         .collect();
     out.sort_by_key(|m| key(m));
@@ -221,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn a_migration_that_moves_wakes_the_next_window_behind_it_and_its_dependents() {
+    fn a_migration_that_moves_wakes_the_ones_not_started_behind_it_and_its_dependents() {
         let mut all: Vec<DatabaseMigration> = (0..40)
             .map(|i| m(&format!("m{i:03}"), i, "db", false))
             .collect();
@@ -235,7 +297,7 @@ mod tests {
             .iter()
             .map(|d| d.name_any())
             .collect();
-        let want: Vec<String> = (16..32)
+        let want: Vec<String> = (16..40)
             .map(|i| format!("m{i:03}"))
             .chain(["other".to_string()])
             .collect();
@@ -253,20 +315,92 @@ mod tests {
     }
 
     #[test]
-    fn same_database_starts_together_and_orders_in_the_ledger_by_creation_then_name() {
+    fn on_one_database_the_first_in_line_starts_and_the_others_name_the_nearest_before_them() {
         let a = m("b-first", 0, "db", false);
         let b = m("a-second", 5, "db", false);
         let c = m("c-tie", 0, "db", false);
         let all = [a.clone(), b.clone(), c.clone()];
         assert_eq!(expand_order(&a, &all), ExpandOrder::default());
         assert_eq!(
-            expand_order(&c, &all).after,
-            vec!["b-first".to_string()],
+            expand_order(&c, &all).holds,
+            vec!["b-first (same database, created earlier; Pending)".to_string()],
             "same second: by name, b-first < c-tie"
         );
-        let o = expand_order(&b, &all);
-        assert!(o.holds.is_empty(), "{o:?}");
-        assert_eq!(o.after, vec!["b-first".to_string(), "c-tie".to_string()]);
+        assert_eq!(
+            expand_order(&b, &all).holds,
+            vec!["c-tie (same database, created earlier; Pending)".to_string()]
+        );
+    }
+
+    fn names(ms: &[&DatabaseMigration]) -> Vec<String> {
+        ms.iter().map(|m| m.name_any()).collect()
+    }
+
+    #[test]
+    fn a_batch_takes_the_next_ones_in_line_until_one_is_not_ready() {
+        let all: Vec<DatabaseMigration> = (0..6)
+            .map(|i| m(&format!("m{i}"), i, "db", false))
+            .chain([
+                m("elsewhere", 3, "other-db", false),
+                m("done", 2, "db", true),
+            ])
+            .collect();
+        assert_eq!(names(&batch(&all[0], &all)), ["m1", "m2", "m3", "m4", "m5"]);
+        // A user Job, one that started on its own, invalid SQL: each ends the batch there.
+        let mut with_job = all.clone();
+        with_job[3] = with_job_expand(with_job[3].clone());
+        assert_eq!(names(&batch(&with_job[0], &with_job)), ["m1", "m2"]);
+        let mut started = all.clone();
+        started[2].status.as_mut().expect("status").phase = Some(Phase::Expanding);
+        assert_eq!(names(&batch(&started[0], &started)), ["m1"]);
+        let mut invalid = all.clone();
+        invalid[1].spec.expand.sql = Some("ALTER TABLE;".into());
+        assert!(batch(&invalid[0], &invalid).is_empty());
+        // A failed one left the line: the batch goes on past it.
+        let mut failed = all.clone();
+        failed[2].status.as_mut().expect("status").phase = Some(Phase::Failed);
+        assert_eq!(names(&batch(&failed[0], &failed)), ["m1", "m3", "m4", "m5"]);
+        // A lead whose expand is a user Job carries none.
+        let mut job_lead = all.clone();
+        job_lead[0] = with_job_expand(job_lead[0].clone());
+        assert!(batch(&job_lead[0], &job_lead).is_empty());
+    }
+
+    #[test]
+    fn a_member_may_depend_on_the_lead_or_one_taken_before_it_but_not_on_one_still_to_come() {
+        let mut all: Vec<DatabaseMigration> = (0..4)
+            .map(|i| m(&format!("m{i}"), i, "db", false))
+            .collect();
+        all[2].spec.depends_on = vec!["m0".into(), "m1".into()];
+        all.push(m("other-done", 0, "other-db", true));
+        all[3].spec.depends_on = vec!["other-done".into()];
+        assert_eq!(names(&batch(&all[0], &all)), ["m1", "m2", "m3"]);
+        let mut elsewhere = m("other-pending", 0, "other-db", false);
+        elsewhere.metadata.name = Some("other-pending".into());
+        all.push(elsewhere);
+        all[2].spec.depends_on = vec!["other-pending".into()];
+        assert_eq!(names(&batch(&all[0], &all)), ["m1"]);
+    }
+
+    #[test]
+    fn a_batch_is_bounded_by_count_and_by_its_sql() {
+        let all: Vec<DatabaseMigration> = (0..BATCH_MAX as i64 + 10)
+            .map(|i| m(&format!("m{i:03}"), i, "db", false))
+            .collect();
+        assert_eq!(batch(&all[0], &all).len(), BATCH_MAX);
+        let big = format!(
+            "COMMENT ON TABLE t IS '{}';",
+            "x".repeat(BATCH_SQL_BYTES / 3)
+        );
+        let mut heavy = all.clone();
+        for d in &mut heavy {
+            d.spec.expand.sql = Some(big.clone());
+        }
+        assert_eq!(
+            batch(&heavy[0], &heavy).len(),
+            1,
+            "the lead's SQL counts too"
+        );
     }
 
     #[test]
@@ -280,30 +414,9 @@ mod tests {
             o.holds,
             vec!["second (same database, created earlier; Pending)".to_string()]
         );
-        assert!(o.after.is_empty());
         let me = with_job_expand(m("me", 3, "db", false));
         let o = expand_order(&me, &[second, me.clone()]);
         assert_eq!(o.holds.len(), 1, "{o:?}");
-    }
-
-    #[test]
-    fn beyond_the_window_expand_is_held_and_its_message_names_one_migration() {
-        let all: Vec<DatabaseMigration> = (0..WINDOW as i64 + 3)
-            .map(|i| m(&format!("m{i:03}"), i, "db", false))
-            .collect();
-        let last_in = expand_order(&all[WINDOW - 1], &all);
-        assert!(last_in.holds.is_empty());
-        assert_eq!(last_in.after.len(), WINDOW - 1);
-        let held = expand_order(&all[WINDOW + 2], &all);
-        assert!(held.after.is_empty());
-        assert_eq!(
-            held.holds,
-            vec![format!(
-                "m{:03} (same database, created earlier; Pending)",
-                WINDOW + 1
-            )],
-            "the message does not change while migrations further ahead move"
-        );
     }
 
     #[test]
@@ -339,6 +452,31 @@ mod tests {
     }
 
     #[test]
+    fn the_ones_created_after_a_migration_that_depends_on_me_do_not_hold_me_either() {
+        let mut a = m("a", 0, "db", false);
+        a.spec.depends_on = vec!["z".into()];
+        let (b, c, z) = (
+            m("b", 1, "db", false),
+            m("c", 2, "db", false),
+            m("z", 3, "db", false),
+        );
+        let all = [a.clone(), b.clone(), c.clone(), z.clone()];
+        assert_eq!(
+            expand_order(&z, &all),
+            ExpandOrder::default(),
+            "z goes first"
+        );
+        assert_eq!(
+            expand_order(&c, &all).holds,
+            vec!["b (same database, created earlier; Pending)".to_string()]
+        );
+        // z applied: a leads and carries b and c.
+        let all = [a.clone(), b, c, m("z", 3, "db", true)];
+        assert!(expand_order(&a, &all).holds.is_empty());
+        assert_eq!(names(&batch(&a, &all)), ["b", "c"]);
+    }
+
+    #[test]
     fn an_earlier_migration_that_depends_on_me_does_not_deadlock() {
         let mut earlier = m("earlier", 0, "db", false);
         earlier.spec.depends_on = vec!["later".into()];
@@ -348,25 +486,6 @@ mod tests {
         assert_eq!(
             expand_order(&earlier, &all).holds,
             vec!["later (dependsOn; Pending)".to_string()]
-        );
-    }
-
-    #[test]
-    fn an_executor_waiting_for_a_migration_that_failed_or_was_deleted_is_told() {
-        let me = m("me", 10, "db", false);
-        let a = m("a", 0, "db", false);
-        let b = m("b", 1, "db", true);
-        let after = vec!["a".to_string(), "b".to_string()];
-        assert_eq!(left_the_line(&me, &after, &[&me, &a, &b]), None);
-        let mut failed = a.clone();
-        failed.status.as_mut().expect("status").phase = Some(Phase::Failed);
-        assert_eq!(
-            left_the_line(&me, &after, &[&me, &failed, &b]).as_deref(),
-            Some("a left the line (Failed)")
-        );
-        assert_eq!(
-            left_the_line(&me, &after, &[&me, &b]).as_deref(),
-            Some("a was deleted")
         );
     }
 }

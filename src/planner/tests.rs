@@ -180,8 +180,8 @@ impl Fx {
             targets: self.targets.clone(),
             job_policy: &POLICY,
             waits_for: Vec::new(),
-            expand_after: Vec::new(),
-            expand_after_left: None,
+            expand_seat: None,
+            expand_batch: Vec::new(),
             expand_tenants: None,
             contract_tenants: None,
             backfill_tenants: self.backfill_tenants.clone(),
@@ -2213,8 +2213,8 @@ impl Sim {
             targets,
             job_policy: &POLICY,
             waits_for: Vec::new(),
-            expand_after: Vec::new(),
-            expand_after_left: None,
+            expand_seat: None,
+            expand_batch: Vec::new(),
             expand_tenants: None,
             contract_tenants: None,
             backfill_tenants: None,
@@ -2286,8 +2286,8 @@ impl Sim {
             targets,
             job_policy: &POLICY,
             waits_for: Vec::new(),
-            expand_after: Vec::new(),
-            expand_after_left: None,
+            expand_seat: None,
+            expand_batch: Vec::new(),
             expand_tenants: None,
             contract_tenants: None,
             backfill_tenants: None,
@@ -3632,51 +3632,105 @@ fn expand_waits_for_the_migrations_before_it() {
     assert_eq!(phase(&plan(&input)), Phase::Expanding);
 }
 
+fn seat() -> Seat {
+    Seat {
+        job_name: "first-expand-1-abcde".into(),
+        job_uid: "job-uid-1".into(),
+        lead: "first".into(),
+    }
+}
+
 #[test]
-fn expand_records_the_earlier_migrations_its_executor_waits_for_and_restarts_when_one_leaves() {
+fn a_migration_in_an_earlier_ones_batch_takes_its_seat_and_waits_in_no_line() {
     let mut fx = Fx::new(SpecBuilder::new().build());
-    let mut input = fx.input();
-    input.expand_after = vec!["a".into(), "b".into()];
-    let p = plan(&input);
-    assert_eq!(p.action, start(JobPhase::Expand, 1));
-    assert_eq!(
-        p.status.expand_after,
-        vec!["a".to_string(), "b".to_string()]
-    );
-    fx.status = p.status;
     fx.expand_job = JobState::Running(None);
-    assert_eq!(phase(&fx.step()), Phase::Expanding);
-    // "a" failed: the executor would wait for it forever.
     let mut input = fx.input();
-    input.expand_after = vec!["b".into()];
-    input.expand_after_left = Some("a left the line (Failed)".into());
+    input.waits_for = vec!["first (same database, created earlier; Expanding)".into()];
+    input.expand_seat = Some(seat());
     let p = plan(&input);
     assert_eq!(
-        p.action,
-        Action::StopJob {
-            phase: JobPhase::Expand,
-            attempt: 1
-        }
+        (phase(&p), p.action.clone()),
+        (Phase::Expanding, Action::None)
     );
-    assert!(
-        cond(&p.status, RECONCILING)
-            .message
-            .contains("a left the line"),
-        "{:?}",
-        cond(&p.status, RECONCILING)
+    let rec = p.status.expand.clone().expect("expand record");
+    assert_eq!(
+        (
+            rec.attempts,
+            rec.job_name.as_deref(),
+            rec.job_uid.as_deref()
+        ),
+        (1, Some("first-expand-1-abcde"), Some("job-uid-1"))
     );
+    let msg = &cond(&p.status, RECONCILING).message;
+    assert!(msg.contains("the expand batch of first"), "{msg}");
     fx.status = p.status;
-    // Its Job gone, the next attempt gets the line as it is now.
+    // Applied by the batch: on to the rollout, nothing started of its own.
+    fx.expand_job = JobState::Succeeded(Some("applied by Job first-expand-1-abcde".into()));
+    let mut input = fx.input();
+    input.expand_seat = Some(seat());
+    let p = plan(&input);
+    assert_eq!(p.action, Action::None);
+    assert!(p
+        .status
+        .expand
+        .as_ref()
+        .is_some_and(|e| e.succeeded && e.attempts == 1));
+    assert_eq!(phase(&p), Phase::AwaitingRollout);
+}
+
+#[test]
+fn a_seat_that_ended_before_its_turn_goes_back_in_line_then_starts_its_own_attempt() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.expand_job = JobState::Running(None);
+    let mut input = fx.input();
+    input.expand_seat = Some(seat());
+    fx.status = plan(&input).status;
+    // An earlier one in the batch failed: its Job did not run this one.
     fx.expand_job = JobState::Absent;
     let mut input = fx.input();
-    input.expand_after = vec!["b".into()];
+    input.waits_for = vec!["second (same database, created earlier; Pending)".into()];
     let p = plan(&input);
-    assert_eq!(p.action, start(JobPhase::Expand, 2));
-    assert_eq!(p.status.expand_after, vec!["b".to_string()]);
+    assert_eq!(
+        (phase(&p), p.action.clone()),
+        (Phase::Pending, Action::None)
+    );
     fx.status = p.status;
-    fx.expand_job = JobState::Succeeded(None);
+    // First in line now: its own Job, the next attempt.
     let p = fx.step();
-    assert!(p.status.expand_after.is_empty(), "forgotten once applied");
+    assert_eq!(p.action, start(JobPhase::Expand, 2));
+    assert_eq!(
+        p.status.expand.and_then(|e| e.job_name),
+        Some(job_name(NAME, "", JobPhase::Expand, 2))
+    );
+}
+
+#[test]
+fn the_lead_of_a_batch_says_which_migrations_its_job_applies_after_it() {
+    let fx = Fx::new(SpecBuilder::new().build());
+    let mut input = fx.input();
+    input.expand_batch = (1..=7).map(|i| format!("m{i}")).collect();
+    let p = plan(&input);
+    assert_eq!(p.action, start(JobPhase::Expand, 1));
+    let msg = &cond(&p.status, RECONCILING).message;
+    assert!(
+        msg.contains("the next 7 migrations of this database after this one, in order: m1, m2, m3, m4, m5 and 2 more"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_seat_whose_migration_failed_in_the_batch_is_failed() {
+    let mut fx = Fx::new(SpecBuilder::new().build());
+    fx.expand_job = JobState::Failed("ERROR 42P01: relation \"nope\" does not exist".into());
+    let mut input = fx.input();
+    input.expand_seat = Some(seat());
+    let p = plan(&input);
+    assert_eq!(failure_reason(&p.status), Some(reason::EXPAND_FAILED));
+    assert_eq!(p.action, Action::None);
+    assert_eq!(
+        p.status.expand.and_then(|e| e.job_name).as_deref(),
+        Some("first-expand-1-abcde")
+    );
 }
 
 #[test]

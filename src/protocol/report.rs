@@ -160,6 +160,16 @@ impl Report {
             Some(t) => self.tenants_summary(t),
             None => self.outcome_summary(),
         };
+        // A batch that applied every migration: the counts above are the whole Job's.
+        let base = match &self.batch {
+            Some(b) if self.is_success() && b.total > 1 => {
+                format!(
+                    "{base}; its expand batch applied all {} migrations",
+                    b.total
+                )
+            }
+            _ => base,
+        };
         match &self.db_check_warning {
             Some(w) if self.is_success() && !w.is_empty() => {
                 truncate(&format!("{base}; warning: {w}"), 1024)

@@ -128,11 +128,12 @@ pub(crate) async fn expand_order_in_ledger(env: &Env) -> Vec<String> {
 }
 
 /// Applied at once (a GitOps bootstrap of a service's history), migrations of one database
-/// start their expand Jobs together and keep creation order in the ledger: each one needs the
-/// column the one before it adds. More than `WINDOW` of them: the rest wait in line.
+/// expand in creation order in a few Jobs, not one Job and pod start each: the first in line
+/// carries the ones ready with it (an expand batch). Each needs the column the one before it
+/// adds.
 #[tokio::test(flavor = "multi_thread")]
-async fn many_migrations_on_one_database_expand_together_in_creation_order() {
-    const N: usize = phasegate::planner::order::WINDOW + 4;
+async fn many_migrations_on_one_database_expand_in_a_few_jobs_in_creation_order() {
+    const N: usize = 24;
     let env = Env::new("order-many").await;
     seed_users_table(&env).await;
     env.create_deployment("shop-api", 1, "1.0.0").await;
@@ -142,53 +143,88 @@ async fn many_migrations_on_one_database_expand_together_in_creation_order() {
         env.wait_phase(&chain_name(i), Phase::AwaitingRollout, T)
             .await;
     }
+    let jobs = env.job_names("expand").await;
     eprintln!(
-        "order-many: {N} migrations on one database expanded in {:.1} s",
-        started.elapsed().as_secs_f64()
+        "order-many: {N} migrations on one database expanded in {:.1} s by {} Jobs",
+        started.elapsed().as_secs_f64(),
+        jobs.len()
     );
     let order = expand_order_in_ledger(&env).await;
     let want: Vec<String> = (0..N).map(chain_name).collect();
     assert_eq!(order, want, "applied in creation order");
+    // The first may start before the others exist; the rest ride in batches.
+    assert!(jobs.len() <= 4, "{} expand Jobs: {jobs:?}", jobs.len());
+    // Each names the Job that applied it.
+    for m in env
+        .migrations()
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+    {
+        let job = m.status.and_then(|s| s.expand).and_then(|e| e.job_name);
+        assert!(
+            job.as_ref().is_some_and(|j| jobs.contains(j)),
+            "{job:?} not in {jobs:?}"
+        );
+    }
     env.cleanup().await;
 }
 
-/// An earlier migration that fails does not hold the line: a later one whose executor was
-/// waiting for it in the ledger is started again without it.
+/// A migration that fails inside a batch fails alone: the ones before it stay applied, and the
+/// ones after it, which its Job never ran, expand next in their own Job, in order.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failed_earlier_migration_does_not_hold_the_ones_waiting_for_it() {
+async fn a_migration_that_fails_in_a_batch_fails_alone_and_the_later_ones_expand_next() {
     let env = Env::new("order-failed").await;
     seed_users_table(&env).await;
     env.create_deployment("shop-api", 1, "1.0.0").await;
-    // Fails after a few seconds, with the later migration's executor already waiting for it.
+    // a-add waits for z-gate (created last), so that all three are there when its Job starts.
+    let mut lead = migration_spec(ADD, json!({"sql": "SELECT 1;"}));
+    lead["dependsOn"] = json!(["z-gate"]);
+    env.create_migration("a-add", lead).await.expect("create");
     env.create_migration(
-        "a-fails",
+        "b-fails",
         migration_spec(
-            "SELECT pg_sleep(4); ALTER TABLE no_such_table ADD COLUMN x int;",
+            "ALTER TABLE no_such_table ADD COLUMN x int;",
             json!({"sql": "SELECT 1;"}),
         ),
     )
     .await
     .expect("create");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     env.create_migration(
-        "b-add-email",
-        migration_spec(ADD, json!({"sql": "SELECT 1;"})),
+        "c-comment",
+        migration_spec(COMMENT, json!({"sql": "SELECT 1;"})),
     )
     .await
     .expect("create");
-    let waiting = env
-        .wait_migration("b-add-email", T, "waiting for a-fails in the ledger", |m| {
-            m.status
-                .as_ref()
-                .is_some_and(|s| s.expand_after == ["a-fails".to_string()])
-        })
-        .await;
-    assert_eq!(waiting.status.and_then(|s| s.phase), Some(Phase::Expanding));
-    env.wait_phase("a-fails", Phase::Failed, T).await;
-    let m = env
-        .wait_phase("b-add-email", Phase::AwaitingRollout, T)
-        .await;
-    let expand = m.status.and_then(|s| s.expand).expect("expand status");
-    assert_eq!(expand.attempts, 2, "restarted without a-fails: {expand:?}");
+    env.wait_phase("c-comment", Phase::Pending, T).await;
+    env.create_migration(
+        "z-gate",
+        migration_spec("SELECT 1;", json!({"sql": "SELECT 1;"})),
+    )
+    .await
+    .expect("create");
+    let failed = env.wait_phase("b-fails", Phase::Failed, T).await;
+    let (_, _, message) = condition(&failed, "Ready").expect("Ready");
+    assert!(message.contains("no_such_table"), "{message}");
+    let a = env.wait_phase("a-add", Phase::AwaitingRollout, T).await;
+    let c = env.wait_phase("c-comment", Phase::AwaitingRollout, T).await;
+    let job = |m: &phasegate::api::DatabaseMigration| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.expand.as_ref())
+            .and_then(|e| e.job_name.clone())
+    };
+    assert_eq!(job(&failed), job(&a), "b-fails ran in a-add's batch Job");
+    let c_expand = c.status.and_then(|s| s.expand).expect("expand status");
+    assert_eq!(
+        c_expand.attempts, 2,
+        "its seat did not run, then its own Job: {c_expand:?}"
+    );
+    assert!(comment_exists(&env).await);
+    assert_eq!(
+        expand_order_in_ledger(&env).await,
+        ["z-gate", "a-add", "c-comment"]
+    );
     env.cleanup().await;
 }

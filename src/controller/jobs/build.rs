@@ -187,10 +187,7 @@ pub fn executor_env(
                 tenant_expand_env(&mut env, &apply, spec);
             }
         }
-        JobPhase::Expand => {
-            env.expand_after =
-                (!status.expand_after.is_empty()).then(|| status.expand_after.clone());
-        }
+        JobPhase::Expand => {}
     }
     env
 }

@@ -155,22 +155,7 @@ pub async fn observe(
             .cloned()
     };
     let finished = cond("Complete").is_some() || cond("Failed").is_some();
-    let job_uid = job.metadata.uid.clone().unwrap_or_default();
-    let mut job_pods = caches.job_pods(&ns, &name, &job_uid);
-    // The pods watch may trail the Jobs watch: a finished Job whose pod's end the cache has
-    // not seen yet is read from the API server, or a failure would look like a dead executor.
-    if finished && last_termination(&job_pods).is_none() {
-        job_pods = apis
-            .pods
-            .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}")))
-            .await
-            .during(format!("listing pods of Job {name}"))?
-            .items
-            .into_iter()
-            .filter(|p| crate::controller::cache::controlled_by(&p.metadata, &job_uid))
-            .map(Arc::new)
-            .collect();
-    }
+    let job_pods = pods_of(caches, apis, &job, finished).await?;
     if cond("Complete").is_some() {
         if hide {
             return Ok((JobState::Succeeded(None), None));
@@ -204,6 +189,22 @@ pub async fn observe(
             .and_then(|t| t.message)
             .filter(|m| !m.trim().is_empty() && !hide);
         let report = raw.as_deref().and_then(Report::parse);
+        // A batch that failed after this migration (its lead) applied: this one is applied.
+        let batch = report.as_ref().and_then(|r| r.batch.as_ref());
+        if let Some(b) = batch.filter(|b| b.applied > 0) {
+            let why = raw.as_deref().map(summarise).unwrap_or_default();
+            let message = match &b.failed {
+                Some(failed) => format!(
+                    "applied; its expand batch then applied {} of {}, {failed} failed: {why}",
+                    b.applied, b.total
+                ),
+                None => format!(
+                    "applied; its expand batch applied {} of {}, then stopped",
+                    b.applied, b.total
+                ),
+            };
+            return Ok((JobState::Succeeded(Some(message)), report));
+        }
         // Phasegate's own executor always writes its report, unless it was killed first.
         if !user_job && report.is_none() && !runtime_says {
             let how = how.unwrap_or_else(|| {
@@ -270,6 +271,34 @@ pub async fn observe(
         None => None,
     };
     Ok((JobState::Running(holdup), None))
+}
+
+/// The pods of a Job. The pods watch may trail the Jobs watch: a finished Job whose pod's end
+/// the cache has not seen yet is read from the API server, or a failure would look like a dead
+/// executor.
+pub(super) async fn pods_of(
+    caches: &Caches,
+    apis: &JobApis,
+    job: &JobView,
+    finished: bool,
+) -> Result<Vec<Arc<ExecutorPodView>>, Error> {
+    let ns = job.metadata.namespace.as_deref().unwrap_or_default();
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    let job_uid = job.metadata.uid.as_deref().unwrap_or_default();
+    let job_pods = caches.job_pods(ns, name, job_uid);
+    if !finished || last_termination(&job_pods).is_some() {
+        return Ok(job_pods);
+    }
+    Ok(apis
+        .pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}")))
+        .await
+        .during(format!("listing pods of Job {name}"))?
+        .items
+        .into_iter()
+        .filter(|p| crate::controller::cache::controlled_by(&p.metadata, job_uid))
+        .map(Arc::new)
+        .collect())
 }
 
 /// Most of the executor's log read to find what it waits on: its wait lines are short and
