@@ -8,24 +8,23 @@
 # debug builds, several times the CPU on a 2-core machine that also hosts the control plane).
 #
 # Per run: seconds from the first create until every migration has expanded, the status
-# writes the API server counted meanwhile, and whether the ledger kept creation order. Last
-# line:
-#   migrations_per_db: migrations=N baseline_s=A phasegate_s=B speedup=X baseline_writes=W phasegate_writes=V baseline_expanded=E phasegate_expanded=F ordered=true|false
-# (a run that hits BENCH_TIMEOUT stops there: its *_expanded is below N). Before it, per run,
-# where one slot of the sliding window went (hack/lib/order-steps.py: median and p90 of each
-# step from an executor's end to the next one's).
+# writes the API server counted meanwhile, the expand Jobs it took, and whether the ledger kept
+# creation order. Last line:
+#   migrations_per_db: migrations=N baseline_s=A phasegate_s=B speedup=X baseline_writes=W phasegate_writes=V baseline_jobs=J phasegate_jobs=K baseline_expanded=E phasegate_expanded=F ordered=true|false
+# (a run that hits BENCH_TIMEOUT stops there: its *_expanded is below N).
 #
 # Environment:
 #   MIGRATIONS            how many (default 200)
-#   BASELINE_REF          git ref of the baseline operator (default c59da20, before expands
-#                         of one database started together); "none": this tree only
+#   BASELINE_REF          git ref of the baseline operator (default f44ca95, before expand
+#                         batches: Jobs of up to 16 migrations started together and waited in
+#                         the ledger); "none": this tree only
 #   OPERATOR_BIN, BASELINE_BIN   use these operator binaries instead of building (release)
 #   BENCH_TIMEOUT         seconds a run may take (default 900)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PHASEGATE_CACHE:-$HOME/.cache/phasegate}"
 WORK="${CACHE}/bench-order"
-BASELINE_REF="${BASELINE_REF-c59da20}"
+BASELINE_REF="${BASELINE_REF-f44ca95}"
 MIGRATIONS="${MIGRATIONS:-200}"
 log() { echo "[bench-order] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -54,10 +53,6 @@ run_one() { # run_one <operator binary>: prints the benchmark's line
   [[ -n "${line}" ]] || { log "the run printed no result; its last lines:"; tail -20 "${WORK}/run.err" >&2; }
   echo "${line}" | tee /dev/stderr
   log "load after: $(uptime)"
-  # Where the time went: the operator's and runner's logs of the run's namespace.
-  local where
-  where="$(sed -n 's/.*namespace \(e2e-bench-order-[^ ]*\) (logs in \(.*\))$/\2\/\1/p' "${WORK}/run.err" | tail -1)"
-  [[ -z "${where}" ]] || python3 "${ROOT}/hack/lib/order-steps.py" "${where}" >&2 || true
 }
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
@@ -73,7 +68,7 @@ cur_s="$(field seconds "${cur_line}")"
 if [[ -n "${base_line}" ]]; then
   base_s="$(field seconds "${base_line}")"
   speedup="$(awk -v a="${base_s}" -v b="${cur_s}" 'BEGIN { printf "%.1f", a / b }')"
-  echo "migrations_per_db: migrations=${MIGRATIONS} baseline_s=${base_s} phasegate_s=${cur_s} speedup=${speedup} baseline_writes=$(field status_writes "${base_line}") phasegate_writes=$(field status_writes "${cur_line}") baseline_expanded=$(field expanded "${base_line}") phasegate_expanded=$(field expanded "${cur_line}") ordered=$(field ordered "${cur_line}")"
+  echo "migrations_per_db: migrations=${MIGRATIONS} baseline_s=${base_s} phasegate_s=${cur_s} speedup=${speedup} baseline_writes=$(field status_writes "${base_line}") phasegate_writes=$(field status_writes "${cur_line}") baseline_jobs=$(field jobs "${base_line}") phasegate_jobs=$(field jobs "${cur_line}") baseline_expanded=$(field expanded "${base_line}") phasegate_expanded=$(field expanded "${cur_line}") ordered=$(field ordered "${cur_line}")"
 else
-  echo "migrations_per_db: migrations=${MIGRATIONS} phasegate_s=${cur_s} phasegate_writes=$(field status_writes "${cur_line}") phasegate_expanded=$(field expanded "${cur_line}") ordered=$(field ordered "${cur_line}")"
+  echo "migrations_per_db: migrations=${MIGRATIONS} phasegate_s=${cur_s} phasegate_writes=$(field status_writes "${cur_line}") phasegate_jobs=$(field jobs "${cur_line}") phasegate_expanded=$(field expanded "${cur_line}") ordered=$(field ordered "${cur_line}")"
 fi

@@ -35,7 +35,8 @@ async fn status_writes(env: &Env) -> u64 {
 
 /// A GitOps bootstrap of one service's history: N migrations on one database applied at once,
 /// each needing the column the one before it adds. Prints how long until every one has
-/// expanded, how many status writes that took, and whether the ledger kept creation order.
+/// expanded, how many status writes and expand Jobs that took, and whether the ledger kept
+/// creation order.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "benchmark: make bench-order"]
 async fn bench_migrations_per_db() {
@@ -76,8 +77,9 @@ async fn bench_migrations_per_db() {
     let writes = status_writes(&env).await - writes_before;
     let order = expand_order_in_ledger(&env).await;
     let want: Vec<String> = (0..expanded).map(chain_name).collect();
+    let jobs = env.job_names("expand").await.len();
     println!(
-        "migrations_per_db: migrations={n} expanded={expanded} seconds={seconds:.1} status_writes={writes} ordered={}",
+        "migrations_per_db: migrations={n} expanded={expanded} seconds={seconds:.1} status_writes={writes} jobs={jobs} ordered={}",
         order == want
     );
     env.cleanup().await;
