@@ -44,8 +44,11 @@ fi
 
 run_one() { # run_one <operator binary>: prints the benchmark's line
   log "load before: $(uptime)"
+  # Each operator with its own CRD: this tree's may prune status fields an older one writes.
+  "$1" crd > "${WORK}/crd.yaml"
   local line
   line="$(cd "${ROOT}" && PHASEGATE_E2E_KUBECONFIG="${KUBECONFIG}" PHASEGATE_E2E_OPERATOR_BIN="$1" \
+    PHASEGATE_E2E_CRD="${WORK}/crd.yaml" \
     PHASEGATE_E2E_EXECUTOR_BIN="${CURRENT_BIN}" \
     PHASEGATE_BENCH_MIGRATIONS="${MIGRATIONS}" PHASEGATE_BENCH_TIMEOUT="${BENCH_TIMEOUT:-900}" \
     cargo test -q --features e2e --test e2e -- --ignored --exact bench::bench_migrations_per_db --nocapture \

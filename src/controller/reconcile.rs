@@ -174,7 +174,9 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
     } else {
         Vec::new()
     };
-    let (order, expand_batch) = expand_order(ctx, dbm, &ns, &status, expand_seat.is_some());
+    // Only an expand that may start now carries a batch (not one running, nor a seat).
+    let may_lead = expand_seat.is_none() && !matches!(expand_job, JobState::Running(_));
+    let (order, expand_batch) = expand_order(ctx, dbm, &ns, &status, may_lead);
     let fenced_phases_live = expanded && !contracted;
     let unconfirmed_stop = fenced_phases_live
         .then(|| fence::unconfirmed_stop(ctx, dbm, &status))
@@ -222,20 +224,20 @@ async fn observe_expand(
 }
 
 /// Expand's place among the migrations of its namespace while it is still to be applied, and
-/// the later ones its Job would carry when it is first in line (and not in a batch itself).
+/// the later ones its Job would carry when it is first in line and `may_lead`.
 fn expand_order(
     ctx: &Context,
     dbm: &DatabaseMigration,
     ns: &str,
     status: &DatabaseMigrationStatus,
-    in_a_batch: bool,
+    may_lead: bool,
 ) -> (planner::order::ExpandOrder, Vec<Arc<DatabaseMigration>>) {
     if status.expand.as_ref().is_some_and(|e| e.succeeded) {
         return Default::default();
     }
     let all = ctx.caches.migrations_in(ns);
     let order = planner::order::expand_order(dbm, &all);
-    let batch = if order.holds.is_empty() && !in_a_batch {
+    let batch = if order.holds.is_empty() && may_lead {
         // In the batch's order.
         planner::order::batch(dbm, &all)
             .iter()

@@ -15,8 +15,9 @@ use crate::api::{DatabaseMigration, Phase};
 /// Job's environment.
 pub const BATCH_MAX: usize = 64;
 
-/// The SQL one batch carries at most, in bytes: the executor's environment holds it (Linux
-/// takes at most 128 KiB in one variable, JSON-quoted).
+/// The SQL one batch carries at most, in bytes as JSON quotes it: the executor's environment
+/// holds it, and Linux takes at most 128 KiB in one variable (with each member's other fields,
+/// a few hundred bytes each).
 pub const BATCH_SQL_BYTES: usize = 48 * 1024;
 
 /// How many migrations not started behind one that moved are woken (see [`waiting_behind`]).
@@ -101,8 +102,18 @@ fn in_ledger(m: &DatabaseMigration) -> bool {
         && m.metadata.deletion_timestamp.is_none()
 }
 
+/// The bytes its expand SQL takes JSON-quoted in the Job's environment.
 fn sql_len(m: &DatabaseMigration) -> usize {
-    m.spec.expand.sql.as_deref().map_or(0, str::len)
+    let quoted = |c: char| match c {
+        '"' | '\\' | '\n' | '\r' | '\t' => 2,
+        c if c.is_control() => 6,
+        c => c.len_utf8(),
+    };
+    m.spec
+        .expand
+        .sql
+        .as_deref()
+        .map_or(0, |s| s.chars().map(quoted).sum())
 }
 
 /// No expand attempt of its own runs or ran: it waits in line (or was never reconciled).

@@ -517,9 +517,17 @@ async fn operator_identity(client: &Client, admin: &PathBuf, ns: &str) -> PathBu
     path
 }
 
+/// This tree's CRD, or the one `PHASEGATE_E2E_CRD` names (a benchmark's baseline operator runs
+/// with its own: this tree's may prune status fields it writes).
 async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = DatabaseMigration::crd();
+    let crd = match std::env::var("PHASEGATE_E2E_CRD") {
+        Ok(path) => serde_yaml::from_str::<CustomResourceDefinition>(
+            &std::fs::read_to_string(&path).expect("read PHASEGATE_E2E_CRD"),
+        )
+        .expect("PHASEGATE_E2E_CRD is a CRD"),
+        Err(_) => DatabaseMigration::crd(),
+    };
     crds.patch(
         &crd.name_any(),
         &PatchParams::apply("phasegate-e2e").force(),

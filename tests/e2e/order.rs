@@ -228,3 +228,75 @@ async fn a_migration_that_fails_in_a_batch_fails_alone_and_the_later_ones_expand
     );
     env.cleanup().await;
 }
+
+/// A Job anyone who may create Jobs can make — naming a waiting migration as a member of a
+/// batch, with the lead's labels and owner reference — is not taken for its expand: only a Job
+/// the lead's status records (or this operator created) is. Taken, it would mark the expand
+/// applied by whatever the forged Job's pod reports, and contract would then drop what the app
+/// still needs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_merely_claims_to_carry_a_migration_is_not_taken_for_its_expand() {
+    use phasegate::protocol::batch::{Seat, ANNOTATION_EXPAND_BATCH};
+    use phasegate::protocol::checksum;
+    let env = Env::new("order-forged").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    // The lead waits for a migration that never comes; the member waits behind it.
+    let mut lead = migration_spec(ADD, json!({"sql": "SELECT 1;"}));
+    lead["dependsOn"] = json!(["never"]);
+    let lead = env.create_migration("a-lead", lead).await.expect("create");
+    let member = env
+        .create_migration(
+            "b-member",
+            migration_spec(COMMENT, json!({"sql": "SELECT 1;"})),
+        )
+        .await
+        .expect("create");
+    env.wait_phase("b-member", Phase::Pending, T).await;
+    let owner = |m: &kube::api::DynamicObject, controller: bool| {
+        json!({"apiVersion": "phasegate.dev/v1alpha1", "kind": "DatabaseMigration",
+               "name": m.metadata.name, "uid": m.metadata.uid, "controller": controller})
+    };
+    let seats = vec![Seat {
+        name: "b-member".into(),
+        uid: member.metadata.uid.clone().unwrap_or_default(),
+        checksum: checksum::label(COMMENT),
+    }];
+    let forged: k8s_openapi::api::batch::v1::Job = serde_json::from_value(json!({
+        "metadata": {
+            "name": "a-lead-expand-1-forged",
+            "labels": {
+                "phasegate.dev/executor": "true",
+                "phasegate.dev/migration": "a-lead",
+                "phasegate.dev/migration-uid": lead.metadata.uid,
+                "phasegate.dev/phase": "expand",
+                "phasegate.dev/sql-checksum": checksum::label(ADD),
+            },
+            "annotations": {ANNOTATION_EXPAND_BATCH: serde_json::to_string(&seats).expect("json")},
+            "ownerReferences": [owner(&lead, true), owner(&member, false)],
+        },
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "executor", "image": "busybox", "command": ["true"]}],
+        }}},
+    }))
+    .expect("job");
+    env.jobs()
+        .create(&Default::default(), &forged)
+        .await
+        .expect("create the forged Job");
+    // Its creation wakes the member (it is an owner); give it several reconciles.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let m = env.migrations().get("b-member").await.expect("get");
+    let status = m.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Pending), "{status:?}");
+    assert!(
+        status
+            .expand
+            .as_ref()
+            .is_none_or(|e| e.attempts == 0 && e.job_name.is_none()),
+        "took the forged Job: {:?}",
+        status.expand
+    );
+    env.cleanup().await;
+}
