@@ -43,25 +43,9 @@ pub struct Context {
     pub(crate) created_jobs: jobs::CreatedJobs,
     /// Contract attempts this process stopped: their held grant requests end at once.
     pub(crate) recalls: super::recalls::Recalls,
-    /// Reconciles asked for migrations no watch event would wake (see [`Context::wake`]).
-    pub(crate) wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<DatabaseMigration>>,
 }
 
 impl Context {
-    /// Reconciles the migrations whose expand may wait for `changed`, which just changed phase
-    /// (their own objects did not change: without this they would look again only at their
-    /// next requeue).
-    pub(crate) fn wake_waiting_behind(&self, changed: &DatabaseMigration) {
-        let Some(ns) = changed.metadata.namespace.as_deref() else {
-            return;
-        };
-        let all = self.caches.migrations_in(ns);
-        for m in crate::planner::order::waiting_behind(changed, &all) {
-            // Gone only when the controller is: nothing left to wake.
-            let _ = self.wake.send(ObjectRef::from_obj(m));
-        }
-    }
-
     /// Whether the controller was asked to stop.
     pub fn stopping(&self) -> bool {
         self.shutdown.peek().is_some()

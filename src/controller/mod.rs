@@ -17,6 +17,7 @@ mod status_writes;
 #[cfg(test)]
 mod test_support;
 pub mod views;
+mod wakes;
 pub mod workloads;
 
 use std::sync::Arc;
@@ -89,7 +90,12 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         wc().page_size(MIGRATION_PAGE_SIZE),
         cache::prune_migration,
     );
-    let migration_stream = migration_stream.applied_objects();
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+    let wakes = wakes::PhaseWakes::new(migration_store.clone(), wake);
+    let migration_stream = migration_stream.applied_objects().map_ok(move |m| {
+        wakes.seen(&m);
+        m
+    });
     let (job_store, job_stream) = cached(jobs, wc().labels(LABEL_EXECUTOR), |_| ());
     let pod_cache = pod_index::PodCache::default();
     let pod_stream = {
@@ -157,7 +163,6 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         controller: "phasegate".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -170,7 +175,6 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         history_checked: Default::default(),
         created_jobs: Default::default(),
         recalls: Default::default(),
-        wake,
     });
 
     ops.grants.open(ctx.clone());
@@ -196,7 +200,7 @@ pub async fn run(client: Client, config: Config, ops: Ops) -> anyhow::Result<()>
         })
         .watches_stream(pod_stream, move |p| migrations_waiting_on(&for_pods, &p))
         .watches_stream(executor_pod_stream, |p| executor_pod_migration(&p))
-        // Migrations another one's phase change may let go (Context::wake_waiting_behind).
+        // Migrations another one's phase change may let go (wakes.rs).
         .reconcile_on(futures::stream::unfold(woken, |mut rx| async move {
             rx.recv().await.map(|r| (r, rx))
         }))

@@ -595,7 +595,6 @@ async fn publish(ctx: &Context, dbm: &DatabaseMigration, plan: &Plan) {
     let name = dbm.name_any();
     if let Some(t) = &plan.transition {
         tracing::info!(migration = %name, namespace = ?dbm.namespace(), phase = ?plan.status.phase, reason = %t.reason, message = %t.message, "phase changed");
-        ctx.wake_waiting_behind(dbm);
     }
     for t in plan.transition.iter().chain(plan.notices.iter()) {
         if t.warning {

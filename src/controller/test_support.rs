@@ -122,6 +122,5 @@ pub(crate) fn test_context(
         created_jobs: Default::default(),
         recalls: Default::default(),
         // Nobody reconciles here: what a reconcile wakes is dropped.
-        wake: tokio::sync::mpsc::unbounded_channel().0,
     }
 }

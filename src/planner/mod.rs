@@ -610,8 +610,8 @@ impl<'a> Planner<'a> {
                 // earlier one failed, the executor died or was stopped).
                 let in_line = rec.attempts == 0 || self.seat_ended(&rec);
                 if in_line && !self.input.waits_for.is_empty() {
-                    // A phase change of the ones it waits for wakes it (Context::
-                    // wake_waiting_behind); this is the fallback.
+                    // A phase change of the ones it waits for wakes it
+                    // (controller/wakes.rs); this is the fallback.
                     self.requeue_after = Some(Duration::from_secs(5));
                     self.set(
                         Phase::Pending,
