@@ -95,8 +95,9 @@ pub async fn apply(args: ApplyArgs) -> std::process::ExitCode {
                     let cfg = args
                         .clone()
                         .resolve(env)
-                        .map_err(ApplyError::Setting)
-                        .and_then(|s| config_from_args(s).map_err(|(_, e)| *e));
+                        .map_err(|e| Box::new(ApplyError::Setting(e)))
+                        .and_then(|s| config_from_args(s).map_err(|(_, e)| e))
+                        .map_err(|e| *e);
                     (name, cfg)
                 })
                 .collect();

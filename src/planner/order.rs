@@ -215,7 +215,7 @@ fn earlier_on_same_database<'a, M: std::borrow::Borrow<DatabaseMigration>>(
         .iter()
         .map(M::borrow)
         .filter(|m| same_db(m) && waiting(m) && m.spec.depends_on.contains(&my_name))
-        .map(|m| key(m))
+        .map(&key)
         .min();
     let mut out: Vec<&DatabaseMigration> = all
         .iter()

@@ -300,3 +300,87 @@ async fn a_job_that_merely_claims_to_carry_a_migration_is_not_taken_for_its_expa
     );
     env.cleanup().await;
 }
+
+/// The executor of a batch SIGKILLed while a member waits for a table: what it applied stays
+/// applied, the lead is retried automatically, the ones its Job did not finish go back in line
+/// and expand next, and every migration applies exactly once, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_executor_killed_mid_way_resumes_and_applies_each_migration_once() {
+    let env = Env::new("order-killed").await;
+    seed_users_table(&env).await;
+    env.create_deployment("shop-api", 1, "1.0.0").await;
+    let db = env.pg.client().await;
+    db.batch_execute("CREATE TABLE other (id int)")
+        .await
+        .expect("other");
+    // An old transaction holds `other`: m3 waits for it with m0..m2 applied.
+    let holder = env.pg.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE other IN ACCESS SHARE MODE;")
+        .await
+        .expect("hold other");
+    let sql = |i: usize| match i {
+        3 => "ALTER TABLE other ADD COLUMN x int;".to_string(),
+        i => format!("ALTER TABLE users ADD COLUMN k{i} int;"),
+    };
+    let names: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let mut spec = migration_spec(&sql(i), json!({"sql": "SELECT 1;"}));
+        if i == 0 {
+            spec["dependsOn"] = json!(["gate"]);
+        }
+        env.create_migration(name, spec).await.expect("create");
+    }
+    env.wait_phase("m5", Phase::Pending, T).await;
+    env.create_migration(
+        "gate",
+        migration_spec("SELECT 1;", json!({"sql": "SELECT 1;"})),
+    )
+    .await
+    .expect("create");
+    crate::harness::wait_until(T, "m2 applied by the batch", || async {
+        expand_order_in_ledger(&env)
+            .await
+            .contains(&"m2".to_string())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = crate::harness::executor_pid(&env.ns, "expand", 1).expect("the batch's executor");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "killed executor {pid}");
+    // The lead's next attempt carries the rest again; m3 still waits for the table.
+    env.wait_migration("m0", T, "attempt 2 of the lead", |m| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.expand.as_ref())
+            .is_some_and(|e| e.attempts == 2)
+    })
+    .await;
+    holder.batch_execute("COMMIT").await.expect("release other");
+    for name in &names {
+        env.wait_phase(name, Phase::AwaitingRollout, T).await;
+    }
+    let rows: Vec<(String, i32)> = db
+        .query(
+            "SELECT name, attempts FROM phasegate.ledger WHERE phase = 'expand' AND name LIKE 'm%'
+              ORDER BY applied_at",
+            &[],
+        )
+        .await
+        .expect("ledger")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let want: Vec<(String, i32)> = names.iter().map(|n| (n.clone(), 1)).collect();
+    assert_eq!(rows, want, "each applied once, in order");
+    let m1 = env.migrations().get("m1").await.expect("m1");
+    let e = m1.status.and_then(|s| s.expand).expect("expand");
+    assert_eq!(
+        e.attempts, 2,
+        "its first seat died with the executor: {e:?}"
+    );
+    env.cleanup().await;
+}
