@@ -126,7 +126,11 @@ fn job_env(m: &DatabaseMigration, phase: JobPhase) -> Vec<(String, String)> {
         grant_url: GRANT_URL.into(),
         ..ExecutorConfig::default()
     };
-    let job = build_job(m, &status(), phase, 3, &cfg).expect("job");
+    container_env(build_job(m, &status(), phase, 3, &cfg).expect("job"))
+}
+
+/// The variables of a Job's first container, as the kubelet gives them to the process.
+fn container_env(job: k8s_openapi::api::batch::v1::Job) -> Vec<(String, String)> {
     let pod = job.spec.expect("job spec").template.spec.expect("pod spec");
     pod.containers[0]
         .env
@@ -235,23 +239,7 @@ fn each_member_of_an_expand_batch_runs_with_its_own_identity_sql_and_settings() 
     };
     let mut job = build_job(&lead, &status(), JobPhase::Expand, 1, &cfg).expect("job");
     add_members(&mut job, &[&next]);
-    let pod = job.spec.expect("job spec").template.spec.expect("pod spec");
-    let vars: Vec<(String, String)> = pod.containers[0]
-        .env
-        .iter()
-        .flatten()
-        .map(|e| {
-            let value = match e
-                .value_from
-                .as_ref()
-                .and_then(|f| f.secret_key_ref.as_ref())
-            {
-                Some(k) => resolve(&k.name, &k.key),
-                None => e.value.clone().unwrap_or_default(),
-            };
-            (e.name.clone(), value)
-        })
-        .collect();
+    let vars = container_env(job);
     let env = parsed(&vars);
     let members = env.expand_batch.clone().expect("the batch");
     assert_eq!(members.len(), 1);
