@@ -59,3 +59,49 @@ impl PhaseWakes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::controller::test_support::{test_migration, test_store};
+
+    fn m(name: &str, created: i64, phase: &str) -> DatabaseMigration {
+        let mut d = test_migration(name, "1", serde_json::json!({"phase": phase}));
+        d.metadata.uid = Some(format!("uid-{name}"));
+        d.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(1_700_000_000 + created).expect("ts"),
+        ));
+        d
+    }
+
+    #[test]
+    fn a_phase_change_seen_on_the_watch_wakes_the_ones_waiting_behind_and_nothing_else_does() {
+        let first = m("a-first", 0, "Expanding");
+        let behind = [m("b-next", 1, "Pending"), m("c-last", 2, "Pending")];
+        let mut all = vec![first.clone()];
+        all.extend(behind.iter().cloned());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let wakes = PhaseWakes::new(test_store(all), tx);
+        let woken =
+            |rx: &mut tokio::sync::mpsc::UnboundedReceiver<ObjectRef<DatabaseMigration>>| {
+                let mut names = Vec::new();
+                while let Ok(r) = rx.try_recv() {
+                    names.push(r.name);
+                }
+                names
+            };
+        wakes.seen(&first);
+        assert!(woken(&mut rx).is_empty(), "the first sight wakes none");
+        wakes.seen(&first);
+        assert!(woken(&mut rx).is_empty(), "no phase change, no wake");
+        wakes.seen(&m("a-first", 0, "AwaitingRollout"));
+        assert_eq!(woken(&mut rx), ["b-next", "c-last"]);
+        // The last one on its database wakes no one.
+        wakes.seen(&behind[1]);
+        wakes.seen(&m("c-last", 2, "Expanding"));
+        assert!(woken(&mut rx).is_empty());
+    }
+}
