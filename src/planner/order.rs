@@ -79,7 +79,7 @@ pub fn batch<'a, M: std::borrow::Borrow<DatabaseMigration>>(
             .iter()
             .all(|e| is_taken(&e.name_any()));
         let ready = in_ledger(next)
-            && not_started(next)
+            && (not_started(next) || seated_with(next, lead))
             && !next.spec.depends_on.contains(&name)
             && deps_met
             && line_taken
@@ -114,6 +114,20 @@ fn sql_len(m: &DatabaseMigration) -> usize {
         .sql
         .as_deref()
         .map_or(0, |s| s.chars().map(quoted).sum())
+}
+
+/// `m`'s latest expand attempt is a seat in the Job of `lead`'s latest attempt, and did not
+/// finish: a lead starts anew only once that Job ended (died, failed after it, gone), so the
+/// seat will not run — the cache may just not show `m` back in line yet.
+fn seated_with(m: &DatabaseMigration, lead: &DatabaseMigration) -> bool {
+    let rec = |d: &DatabaseMigration| d.status.as_ref().and_then(|s| s.expand.clone());
+    let (Some(mine), Some(leads)) = (rec(m), rec(lead)) else {
+        return false;
+    };
+    !mine.succeeded
+        && mine.finished_at.is_none()
+        && mine.job_name.is_some()
+        && mine.job_name == leads.job_name
 }
 
 /// No expand attempt of its own runs or ran: it waits in line (or was never reconciled).
@@ -391,6 +405,33 @@ mod tests {
         all.push(elsewhere);
         all[2].spec.depends_on = vec!["other-pending".into()];
         assert_eq!(names(&batch(&all[0], &all)), ["m1"]);
+    }
+
+    #[test]
+    fn a_new_attempt_of_the_lead_takes_back_the_seats_of_its_last_job() {
+        let all: Vec<DatabaseMigration> = (0..4)
+            .map(|i| m(&format!("m{i}"), i, "db", false))
+            .collect();
+        let seated = |mut d: DatabaseMigration, job: &str, phase: Phase| {
+            let s = d.status.as_mut().expect("status");
+            s.phase = Some(phase);
+            s.expand = Some(PhaseStatus {
+                attempts: 1,
+                job_name: Some(job.into()),
+                ..PhaseStatus::default()
+            });
+            d
+        };
+        // The lead's Job died: its members still show the seat.
+        let mut died = all.clone();
+        died[0] = seated(died[0].clone(), "m0-expand-1", Phase::Expanding);
+        for d in died.iter_mut().skip(1) {
+            *d = seated(d.clone(), "m0-expand-1", Phase::Expanding);
+        }
+        assert_eq!(names(&batch(&died[0], &died)), ["m1", "m2", "m3"]);
+        // A seat in another Job is not this lead's to take.
+        died[2] = seated(died[2].clone(), "other-expand-1", Phase::Expanding);
+        assert_eq!(names(&batch(&died[0], &died)), ["m1"]);
     }
 
     #[test]
