@@ -263,3 +263,35 @@ async fn a_batch_refuses_one_sql_for_all_given_by_flag() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("PHASEGATE_EXPAND_BATCH"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_an_invalid_setting_fails_in_its_turn_naming_the_setting() {
+    let pg = TestPostgres::start();
+    let c = setup(&pg).await;
+    let mut bad = member("c-bad", "COMMENT ON TABLE users IS 'people';");
+    bad.lock_timeout = "soon".into();
+    let members = vec![
+        member(
+            "b-index",
+            "CREATE INDEX other_verified ON other (verified);",
+        ),
+        bad,
+        member("d-comment", "COMMENT ON TABLE other IS 'other';"),
+    ];
+    let (code, r) = run(&pg, &members).await;
+    assert_eq!(code, 1, "{}", r.to_json_line());
+    assert_eq!(
+        r.batch,
+        Some(BatchOutcome {
+            applied: 2,
+            total: 4,
+            failed: Some("c-bad".into())
+        })
+    );
+    let error = r.error.expect("its error");
+    assert!(
+        error.message.contains("PHASEGATE_LOCK_TIMEOUT"),
+        "{error:?}"
+    );
+    assert_eq!(ledger(&c).await, applied(&["a-add", "b-index"]));
+}

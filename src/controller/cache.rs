@@ -105,12 +105,20 @@ impl Caches {
     /// Every migration of a namespace (shared, not copied: at 1,000 migrations a copy each
     /// for each reconcile before expand was a million deep clones at startup).
     pub fn migrations_in(&self, ns: &str) -> Vec<std::sync::Arc<DatabaseMigration>> {
-        self.migrations
-            .state()
-            .into_iter()
-            .filter(|m| m.metadata.namespace.as_deref() == Some(ns))
-            .collect()
+        migrations_in(&self.migrations, ns)
     }
+}
+
+/// Every migration of a namespace in `store` (see [`Caches::migrations_in`]).
+pub fn migrations_in(
+    store: &Store<DatabaseMigration>,
+    ns: &str,
+) -> Vec<std::sync::Arc<DatabaseMigration>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|m| m.metadata.namespace.as_deref() == Some(ns))
+        .collect()
 }
 
 /// Whether the object's controller is the object of `uid` (never for an empty `uid`).

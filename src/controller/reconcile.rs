@@ -122,10 +122,15 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
     let status = dbm.status.clone().unwrap_or_default();
     let show_output = ctx.config.executor.job_policy.show_job_output;
     let applied = |p: &Option<crate::api::PhaseStatus>| p.as_ref().is_some_and(|s| s.succeeded);
+    // The namespace's migrations, while expand is still to be applied: its seat and its order.
+    let all = match applied(&status.expand) {
+        true => Vec::new(),
+        false => ctx.caches.migrations_in(&ns),
+    };
     let (expand_job, expand_report, expand_seat) = if applied(&status.expand) {
         (JobState::Absent, None, None)
     } else {
-        observe_expand(ctx, &apis, dbm, &status, show_output).await?
+        observe_expand(ctx, &apis, dbm, &status, &all, show_output).await?
     };
     let expanded = applied(&status.expand) || matches!(expand_job, JobState::Succeeded(_));
     let contracted = applied(&status.contract);
@@ -176,7 +181,7 @@ async fn observe(ctx: &Context, dbm: &DatabaseMigration) -> Result<Observed, Err
     };
     // Only an expand that may start now carries a batch (not one running, nor a seat).
     let may_lead = expand_seat.is_none() && !matches!(expand_job, JobState::Running(_));
-    let (order, expand_batch) = expand_order(ctx, dbm, &ns, &status, may_lead);
+    let (order, expand_batch) = expand_order(dbm, &status, &all, may_lead);
     let fenced_phases_live = expanded && !contracted;
     let unconfirmed_stop = fenced_phases_live
         .then(|| fence::unconfirmed_stop(ctx, dbm, &status))
@@ -206,11 +211,12 @@ async fn observe_expand(
     apis: &jobs::JobApis,
     dbm: &DatabaseMigration,
     status: &DatabaseMigrationStatus,
+    all: &[Arc<DatabaseMigration>],
     show_output: bool,
 ) -> Result<(JobState, Option<Report>, Option<planner::Seat>), Error> {
     let rec = status.expand.as_ref();
     if let Some((seat, state)) =
-        jobs::observe_seat(&ctx.caches, apis, dbm, rec, &ctx.created_jobs).await?
+        jobs::observe_seat(&ctx.caches, apis, dbm, rec, all, &ctx.created_jobs).await?
     {
         return Ok((state, None, Some(seat)));
     }
@@ -223,25 +229,22 @@ async fn observe_expand(
     Ok((state, report, None))
 }
 
-/// Expand's place among the migrations of its namespace while it is still to be applied, and
-/// the later ones its Job would carry when it is first in line and `may_lead`.
+/// Expand's place among `all` (the migrations of its namespace) while it is still to be
+/// applied, and the later ones its Job would carry when it is first in line and `may_lead`.
 fn expand_order(
-    ctx: &Context,
     dbm: &DatabaseMigration,
-    ns: &str,
     status: &DatabaseMigrationStatus,
+    all: &[Arc<DatabaseMigration>],
     may_lead: bool,
 ) -> (planner::order::ExpandOrder, Vec<Arc<DatabaseMigration>>) {
     if status.expand.as_ref().is_some_and(|e| e.succeeded) {
         return Default::default();
     }
-    let all = ctx.caches.migrations_in(ns);
-    let order = planner::order::expand_order(dbm, &all);
+    let order = planner::order::expand_order(dbm, all);
     let batch = if order.holds.is_empty() && may_lead {
-        // In the batch's order.
-        planner::order::batch(dbm, &all)
-            .iter()
-            .filter_map(|m| all.iter().find(|a| std::ptr::eq(a.as_ref(), *m)).cloned())
+        planner::order::batch(dbm, all)
+            .into_iter()
+            .cloned()
             .collect()
     } else {
         Vec::new()

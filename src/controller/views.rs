@@ -431,6 +431,15 @@ pub struct JobStatusView {
     pub conditions: Vec<ConditionWithMessage>,
 }
 
+impl JobStatusView {
+    /// The Job completed or failed.
+    pub fn finished(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+    }
+}
+
 /// A Job or pod condition as read (`Complete`, `Failed`, `PodScheduled`…), whether it holds,
 /// and why.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

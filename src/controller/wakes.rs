@@ -47,12 +47,7 @@ impl PhaseWakes {
         let Some(ns) = m.metadata.namespace.as_deref() else {
             return;
         };
-        let all: Vec<_> = self
-            .store
-            .state()
-            .into_iter()
-            .filter(|o| o.metadata.namespace.as_deref() == Some(ns))
-            .collect();
+        let all = super::cache::migrations_in(&self.store, ns);
         for w in crate::planner::order::waiting_behind(m, &all) {
             // Gone only when the controller is: nothing left to wake.
             let _ = self.wake.send(ObjectRef::from_obj(w));

@@ -3,12 +3,14 @@
 //! settings, lock-aware waiting), on the connections the one before gave back. The first that
 //! does not apply ends the batch: the ones after it did not run, and say so.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::protocol::batch::BatchOutcome;
 
+use super::connect::Scrubber;
 use super::sessions::Sessions;
-use super::{execute_one, ApplyError, Config, Outcome, Report};
+use super::stats::Stats;
+use super::{execute_one, failed_report, ApplyError, Config, Phase, Report};
 
 /// A member by name, and its run's settings; one that did not resolve fails in its turn, with
 /// that error.
@@ -50,10 +52,15 @@ pub(super) async fn execute_batch(lead: &Config, members: Vec<MemberConfig>) -> 
                     execute_one(&cfg).await
                 }
                 Err(e) => {
-                    tracing::error!(migration = %name, error = %e, "expand batch: its settings are invalid");
-                    let mut r = Report::new(Outcome::Failed, "expand");
-                    r.error = Some(e.to_report_error());
-                    r
+                    tracing::error!(migration = %name, "expand batch: its settings are invalid");
+                    failed_report(
+                        Phase::Expand,
+                        e,
+                        Duration::ZERO,
+                        Stats::default(),
+                        None,
+                        &Scrubber::default(),
+                    )
                 }
             };
             sum.add(&next);

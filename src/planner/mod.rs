@@ -192,6 +192,16 @@ pub struct Seat {
     pub lead: String,
 }
 
+/// Whether expand's latest attempt, as `rec` records it, is a seat in another migration's
+/// batch Job: its Job is not this migration's (`name`, `uid`) own Job of that attempt.
+pub fn expand_in_a_seat(name: &str, uid: &str, rec: &PhaseStatus) -> bool {
+    rec.attempts > 0
+        && rec
+            .job_name
+            .as_deref()
+            .is_some_and(|n| n != job_name(name, uid, JobPhase::Expand, rec.attempts))
+}
+
 /// What to do now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -662,17 +672,10 @@ impl<'a> Planner<'a> {
     /// The latest expand attempt was a seat in another migration's batch Job (not this
     /// migration's own Job), it did not finish, and no Job says what became of it now.
     fn seat_ended(&self, rec: &PhaseStatus) -> bool {
-        let own = job_name(
-            self.input.name,
-            self.input.uid,
-            JobPhase::Expand,
-            rec.attempts,
-        );
         self.input.expand_seat.is_none()
-            && rec.attempts > 0
             && rec.finished_at.is_none()
             && !rec.succeeded
-            && rec.job_name.as_deref().is_some_and(|n| n != own)
+            && expand_in_a_seat(self.input.name, self.input.uid, rec)
     }
 
     /// A failure recorded in status whose Job is gone (deleted, or never created because the

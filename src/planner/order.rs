@@ -58,16 +58,18 @@ pub fn expand_order<M: std::borrow::Borrow<DatabaseMigration>>(
 pub fn batch<'a, M: std::borrow::Borrow<DatabaseMigration>>(
     lead: &DatabaseMigration,
     all: &'a [M],
-) -> Vec<&'a DatabaseMigration> {
-    let mut taken: Vec<&DatabaseMigration> = Vec::new();
+) -> Vec<&'a M> {
+    let mut taken: Vec<&'a M> = Vec::new();
     if !in_ledger(lead) {
         return taken;
     }
     let lead_name = lead.name_any();
     let mut bytes = sql_len(lead);
-    for next in later_on_same_database(lead, all) {
+    for entry in later_on_same_database(lead, all) {
+        let next: &DatabaseMigration = entry.borrow();
         let name = next.name_any();
-        let is_taken = |n: &String| *n == lead_name || taken.iter().any(|t| t.name_any() == *n);
+        let is_taken =
+            |n: &String| *n == lead_name || taken.iter().any(|t| t.borrow().name_any() == *n);
         let deps_met = next.spec.depends_on.iter().all(|d| {
             is_taken(d)
                 || all
@@ -88,7 +90,7 @@ pub fn batch<'a, M: std::borrow::Borrow<DatabaseMigration>>(
             break;
         }
         bytes += sql_len(next);
-        taken.push(next);
+        taken.push(entry);
     }
     taken
 }
@@ -254,12 +256,12 @@ fn earlier_on_same_database<'a, M: std::borrow::Borrow<DatabaseMigration>>(
 fn later_on_same_database<'a, M: std::borrow::Borrow<DatabaseMigration>>(
     me: &DatabaseMigration,
     all: &'a [M],
-) -> Vec<&'a DatabaseMigration> {
+) -> Vec<&'a M> {
     let key = |m: &DatabaseMigration| (m.metadata.creation_timestamp.clone(), m.name_any());
-    let mut out: Vec<&DatabaseMigration> = all
+    let mut out: Vec<&'a M> = all
         .iter()
-        .map(M::borrow)
         .filter(|m| {
+            let m: &DatabaseMigration = (*m).borrow();
             m.spec.database.url_secret_ref == me.spec.database.url_secret_ref
                 && key(m) > key(me)
                 && !expand_applied(m)
@@ -267,7 +269,7 @@ fn later_on_same_database<'a, M: std::borrow::Borrow<DatabaseMigration>>(
                 && m.metadata.deletion_timestamp.is_none()
         })
         .collect();
-    out.sort_by_key(|m| key(m));
+    out.sort_by_key(|m| key((*m).borrow()));
     out
 }
 

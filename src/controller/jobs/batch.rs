@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{DatabaseMigration, PhaseStatus};
-use crate::planner::{job_name, JobPhase, JobState, Seat};
+use crate::planner::{expand_in_a_seat, JobPhase, JobState, Seat};
 use crate::protocol::batch::{seats, BatchMember, SeatOutcome, ANNOTATION_EXPAND_BATCH};
 use crate::protocol::env::{EnvText, EXPAND_BATCH};
 use crate::protocol::report::Report;
@@ -88,16 +89,8 @@ fn member(m: &DatabaseMigration) -> BatchMember {
 /// Whether expand's latest attempt is a seat in another migration's Job (its recorded Job is
 /// not this migration's own Job of that attempt).
 pub fn recorded_seat(dbm: &DatabaseMigration, rec: Option<&PhaseStatus>) -> bool {
-    let Some(rec) = rec.filter(|r| r.attempts > 0) else {
-        return false;
-    };
-    let own = job_name(
-        &dbm.name_any(),
-        dbm.uid().as_deref().unwrap_or_default(),
-        JobPhase::Expand,
-        rec.attempts,
-    );
-    rec.job_name.as_deref().is_some_and(|n| n != own)
+    let uid = dbm.uid().unwrap_or_default();
+    rec.is_some_and(|r| expand_in_a_seat(&dbm.name_any(), &uid, r))
 }
 
 /// This migration's expand seat and what its Job did for it: the seat status records while
@@ -108,6 +101,7 @@ pub async fn observe_seat(
     apis: &JobApis,
     dbm: &DatabaseMigration,
     rec: Option<&PhaseStatus>,
+    all: &[Arc<DatabaseMigration>],
     created: &CreatedJobs,
 ) -> Result<Option<(Seat, JobState)>, Error> {
     let Some(checksum) = sql_checksum(dbm, JobPhase::Expand) else {
@@ -130,7 +124,6 @@ pub async fn observe_seat(
         // Its own attempt: not in a batch.
         return Ok(None);
     }
-    let all = caches.migrations_in(&ns);
     let newest = caches
         .jobs
         .state()
@@ -140,7 +133,7 @@ pub async fn observe_seat(
                 && j.metadata.uid != ended
                 && j.metadata.deletion_timestamp.is_none()
                 && owned_by(j, &uid)
-                && trusted(j, &all, created)
+                && trusted(j, all, created)
         })
         .filter_map(|j| Some((place(&j, &uid, &checksum)?, j)))
         .max_by(|a, b| {
@@ -205,17 +198,10 @@ fn owned_by(job: &JobView, uid: &str) -> bool {
 /// this process created it and that write is still to come), and it is the lead's expand Job
 /// for the lead's SQL. Whoever may create Jobs can copy the annotation and owner references.
 fn trusted(job: &JobView, all: &[Arc<DatabaseMigration>], created: &CreatedJobs) -> bool {
-    let Some(lead) = job
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true))
-        .and_then(|r| {
-            all.iter()
-                .find(|m| m.uid().as_deref() == Some(r.uid.as_str()))
-        })
-    else {
+    let Some(lead) = lead_ref(job).and_then(|r| {
+        all.iter()
+            .find(|m| m.uid().as_deref() == Some(r.uid.as_str()))
+    }) else {
         return false;
     };
     let lead_uid = lead.uid().unwrap_or_default();
@@ -236,15 +222,17 @@ fn trusted(job: &JobView, all: &[Arc<DatabaseMigration>], created: &CreatedJobs)
         )
 }
 
-fn seat_of(job: &JobView) -> Seat {
-    let lead = job
-        .metadata
+/// The Job's controller: its lead, if the Job is what it claims.
+fn lead_ref(job: &JobView) -> Option<&OwnerReference> {
+    job.metadata
         .owner_references
         .iter()
         .flatten()
         .find(|r| r.controller == Some(true))
-        .map(|r| r.name.clone())
-        .unwrap_or_default();
+}
+
+fn seat_of(job: &JobView) -> Seat {
+    let lead = lead_ref(job).map(|r| r.name.clone()).unwrap_or_default();
     Seat {
         job_name: job.name_any(),
         job_uid: job.metadata.uid.clone().unwrap_or_default(),
@@ -261,13 +249,7 @@ async fn what_it_did(
     index: usize,
     dbm: &DatabaseMigration,
 ) -> Result<Option<JobState>, Error> {
-    let done = |t: &str| {
-        job.status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == t && c.status == "True")
-    };
-    if !done("Complete") && !done("Failed") {
+    if !job.status.finished() {
         return Ok(Some(JobState::Running(None)));
     }
     let pods = pods_of(caches, apis, job, true).await?;

@@ -38,12 +38,7 @@ pub fn ours_and_running(job: &JobView, uid: &str) -> bool {
         .iter()
         .flatten()
         .any(|r| r.controller == Some(true) && r.uid == uid);
-    let finished = job
-        .status
-        .conditions
-        .iter()
-        .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True");
-    !uid.is_empty() && owned && !finished && job.metadata.deletion_timestamp.is_none()
+    !uid.is_empty() && owned && !job.status.finished() && job.metadata.deletion_timestamp.is_none()
 }
 
 /// The Jobs this process created whose UID status may not record yet (its write failed or is
