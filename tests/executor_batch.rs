@@ -295,3 +295,19 @@ async fn a_member_with_an_invalid_setting_fails_in_its_turn_naming_the_setting()
     );
     assert_eq!(ledger(&c).await, applied(&["a-add", "b-index"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_is_not_a_list_of_members_is_refused_naming_the_variable() {
+    let pg = TestPostgres::start();
+    let out = command(&pg, &[])
+        .env("PHASEGATE_EXPAND_BATCH", "b-index,c-comment")
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PHASEGATE_EXPAND_BATCH") && err.contains("not a list of batch members"),
+        "{err}"
+    );
+}
